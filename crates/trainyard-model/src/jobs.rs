@@ -40,7 +40,11 @@ pub struct TrialCounts {
 
 impl TrialCounts {
     pub fn total(&self) -> i32 {
-        self.completed + self.in_progress + self.retryable_error + self.non_retryable_error + self.stopped
+        self.completed
+            + self.in_progress
+            + self.retryable_error
+            + self.non_retryable_error
+            + self.stopped
     }
 
     fn status_counters(&self) -> api::TrainingJobStatusCounters {
@@ -64,7 +68,11 @@ impl TrialCounts {
 
 impl TuningJob {
     /// A new tuning job from a request that passed validation.
-    pub fn new(request: api::CreateHyperParameterTuningJobRequest, arns: &ArnContext, now: Timestamp) -> Result<Self, DomainError> {
+    pub fn new(
+        request: api::CreateHyperParameterTuningJobRequest,
+        arns: &ArnContext,
+        now: Timestamp,
+    ) -> Result<Self, DomainError> {
         let name = request
             .hyper_parameter_tuning_job_name
             .clone()
@@ -82,7 +90,10 @@ impl TuningJob {
     }
 
     pub fn strategy(&self) -> Option<&str> {
-        self.request.hyper_parameter_tuning_job_config.as_ref().and_then(|c| c.strategy.as_deref())
+        self.request
+            .hyper_parameter_tuning_job_config
+            .as_ref()
+            .and_then(|c| c.strategy.as_deref())
     }
 
     /// StopHyperParameterTuningJob: `InProgress -> Stopping`. Stopping a job that is stopping
@@ -90,10 +101,15 @@ impl TuningJob {
     pub fn request_stop(&mut self, now: Timestamp) -> Result<bool, DomainError> {
         match self.status {
             TuningJobStatus::Stopping => Ok(false),
-            TuningJobStatus::InProgress => self.transition(TuningJobStatus::Stopping, now).map(|_| true),
+            TuningJobStatus::InProgress => self
+                .transition(TuningJobStatus::Stopping, now)
+                .map(|_| true),
             ended => Err(DomainError::invalid(
                 "HyperParameterTuningJobName",
-                format!("hyperparameter tuning job '{}' has already ended ({ended}) and cannot be stopped", self.name),
+                format!(
+                    "hyperparameter tuning job '{}' has already ended ({ended}) and cannot be stopped",
+                    self.name
+                ),
             )),
         }
     }
@@ -120,7 +136,10 @@ impl TuningJob {
         now: Timestamp,
     ) -> api::DescribeHyperParameterTuningJobResponse {
         let r = &self.request;
-        let runtime = self.end_time.unwrap_or(now).seconds_since(self.creation_time);
+        let runtime = self
+            .end_time
+            .unwrap_or(now)
+            .seconds_since(self.creation_time);
         api::DescribeHyperParameterTuningJobResponse {
             autotune: r.autotune.clone(),
             best_training_job: best,
@@ -154,7 +173,11 @@ impl TuningJob {
             hyper_parameter_tuning_job_status: Some(self.status.as_str().to_string()),
             last_modified_time: Some(self.last_modified_time),
             objective_status_counters: Some(counts.objective_counters()),
-            resource_limits: self.request.hyper_parameter_tuning_job_config.as_ref().and_then(|c| c.resource_limits.clone()),
+            resource_limits: self
+                .request
+                .hyper_parameter_tuning_job_config
+                .as_ref()
+                .and_then(|c| c.resource_limits.clone()),
             strategy: self.strategy().map(str::to_string),
             training_job_status_counters: Some(counts.status_counters()),
         }
@@ -246,7 +269,12 @@ impl TrainingJob {
 
     /// Moves to a new secondary status (and the primary status it belongs to), closing the
     /// current transition. A no-op when the job is in that secondary status already.
-    pub fn transition(&mut self, next: SecondaryStatus, message: impl Into<String>, now: Timestamp) -> Result<(), DomainError> {
+    pub fn transition(
+        &mut self,
+        next: SecondaryStatus,
+        message: impl Into<String>,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
         if next == self.secondary_status {
             return Ok(());
         }
@@ -260,7 +288,12 @@ impl TrainingJob {
         if let Some(last) = self.transitions.last_mut() {
             last.end_time = Some(now);
         }
-        self.transitions.push(Transition { status: next, start_time: now, end_time: None, message: message.into() });
+        self.transitions.push(Transition {
+            status: next,
+            start_time: now,
+            end_time: None,
+            message: message.into(),
+        });
         if next == SecondaryStatus::Training && self.training_start_time.is_none() {
             self.training_start_time = Some(now);
         }
@@ -273,8 +306,11 @@ impl TrainingJob {
             }
             self.training_end_time = Some(now);
             if self.objective_status == Some(ObjectiveStatus::Pending) {
-                self.objective_status =
-                    Some(if self.objective_value.is_some() { ObjectiveStatus::Succeeded } else { ObjectiveStatus::Failed });
+                self.objective_status = Some(if self.objective_value.is_some() {
+                    ObjectiveStatus::Succeeded
+                } else {
+                    ObjectiveStatus::Failed
+                });
             }
         }
         Ok(())
@@ -290,7 +326,10 @@ impl TrainingJob {
                 .map(|_| true),
             ended => Err(DomainError::invalid(
                 "TrainingJobName",
-                format!("training job '{}' has already ended ({ended}) and cannot be stopped", self.name),
+                format!(
+                    "training job '{}' has already ended ({ended}) and cannot be stopped",
+                    self.name
+                ),
             )),
         }
     }
@@ -327,9 +366,14 @@ impl TrainingJob {
             training_job_name: _,
             vpc_config,
         } = r;
-        let billable = self
-            .training_start_time
-            .map(|start| i32::try_from(self.training_end_time.unwrap_or(self.last_modified_time).seconds_since(start)).unwrap_or(i32::MAX));
+        let billable = self.training_start_time.map(|start| {
+            i32::try_from(
+                self.training_end_time
+                    .unwrap_or(self.last_modified_time)
+                    .seconds_since(start),
+            )
+            .unwrap_or(i32::MAX)
+        });
         api::DescribeTrainingJobResponse {
             algorithm_specification,
             billable_time_in_seconds: billable,
@@ -343,16 +387,16 @@ impl TrainingJob {
             environment,
             experiment_config,
             failure_reason: self.failure_reason.clone(),
-            final_metric_data_list: (!self.final_metrics.is_empty()).then(|| self.final_metrics.clone()),
+            final_metric_data_list: (!self.final_metrics.is_empty())
+                .then(|| self.final_metrics.clone()),
             hyper_parameters,
             infra_check_config,
             input_data_config,
             last_modified_time: Some(self.last_modified_time),
             mlflow_config,
-            model_artifacts: self
-                .model_artifacts
-                .clone()
-                .map(|uri| api::ModelArtifacts { s3_model_artifacts: Some(uri) }),
+            model_artifacts: self.model_artifacts.clone().map(|uri| api::ModelArtifacts {
+                s3_model_artifacts: Some(uri),
+            }),
             model_package_config,
             output_data_config,
             profiler_config,
@@ -402,7 +446,10 @@ impl TrainingJob {
     }
 
     /// The view of a trial that tuning-job listings and BestTrainingJob show.
-    pub fn trial_summary(&self, objective_metric: Option<&str>) -> api::HyperParameterTrainingJobSummary {
+    pub fn trial_summary(
+        &self,
+        objective_metric: Option<&str>,
+    ) -> api::HyperParameterTrainingJobSummary {
         api::HyperParameterTrainingJobSummary {
             creation_time: Some(self.creation_time),
             failure_reason: self.failure_reason.clone(),
@@ -416,11 +463,19 @@ impl TrainingJob {
             objective_status: self.objective_status.map(|s| s.as_str().to_string()),
             training_end_time: self.training_end_time,
             training_job_arn: Some(self.arn.clone()),
-            training_job_definition_name: self.origin.as_ref().and_then(|o| o.definition_name.clone()),
+            training_job_definition_name: self
+                .origin
+                .as_ref()
+                .and_then(|o| o.definition_name.clone()),
             training_job_name: Some(self.name.clone()),
             training_job_status: Some(self.status.as_str().to_string()),
             training_start_time: self.training_start_time,
-            tuned_hyper_parameters: Some(self.origin.as_ref().map(|o| o.tuned_hyper_parameters.clone()).unwrap_or_default()),
+            tuned_hyper_parameters: Some(
+                self.origin
+                    .as_ref()
+                    .map(|o| o.tuned_hyper_parameters.clone())
+                    .unwrap_or_default(),
+            ),
             tuning_job_name: self.tuning_job_name().map(str::to_string),
         }
     }
@@ -428,5 +483,8 @@ impl TrainingJob {
 
 /// For messages about a missing job.
 pub fn not_found(kind: ResourceKind, name: &str) -> DomainError {
-    DomainError::NotFound { kind, name: name.to_string() }
+    DomainError::NotFound {
+        kind,
+        name: name.to_string(),
+    }
 }

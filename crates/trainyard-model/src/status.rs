@@ -99,7 +99,8 @@ impl TrainingJobStatus {
         use TrainingJobStatus::*;
         matches!(
             (self, next),
-            (InProgress, Completed | Failed | Stopping | Stopped) | (Stopping, Stopped | Completed | Failed)
+            (InProgress, Completed | Failed | Stopping | Stopped)
+                | (Stopping, Stopped | Completed | Failed)
         )
     }
 }
@@ -144,6 +145,9 @@ mod tests {
         }
         assert!(TuningJobStatus::InProgress.may_become(TuningJobStatus::Stopping));
         assert!(!TuningJobStatus::InProgress.may_become(TuningJobStatus::Stopped));
-        assert_eq!(SecondaryStatus::MaxRuntimeExceeded.primary(), TrainingJobStatus::Stopped);
+        assert_eq!(
+            SecondaryStatus::MaxRuntimeExceeded.primary(),
+            TrainingJobStatus::Stopped
+        );
     }
 }

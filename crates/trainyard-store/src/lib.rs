@@ -1,0 +1,133 @@
+//! Trainyard's persistence: one [`Store`] interface, two backends (SQLite, the zero-set-up default,
+//! and PostgreSQL), embedded migrations for each.
+//!
+//! # What is durable
+//! * Every tuning job and training job, with the request exactly as accepted (SageMaker's JSON
+//!   shape), its primary and secondary status, the secondary-status transitions with their times,
+//!   failure reasons, final metrics and objective values.
+//! * A change is written before the coordinator acts on it, one row per statement, so a crash
+//!   leaves each job either before or after a change, never half-way.
+//!
+//! # What is rebuilt at start-up
+//! * Everything else: the agent registry, leases and queues are rebuilt from the stored jobs and
+//!   from what the agents report when they reconnect.
+//!
+//! SQLite runs in WAL mode with `synchronous=NORMAL`: a committed change survives a crash of the
+//! coordinator; the last changes before a power loss of the host may not.
+//!
+//! Concurrency: updates are compare-and-set on a per-row `version`, so two writers (two
+//! coordinators on PostgreSQL, or a retried request) can never overwrite each other's change
+//! silently; the loser gets [`StoreError::Conflict`] and re-reads.
+
+mod rows;
+mod sql;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use trainyard_model::DomainError;
+use trainyard_model::error::ResourceKind;
+use trainyard_model::jobs::{TrainingJob, TrialCounts, TuningJob};
+use trainyard_model::listing::{ListQuery, Page};
+
+pub use sql::SqlStore;
+
+/// A record and the version it was read at (for compare-and-set updates).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub version: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} '{name}' already exists")]
+    AlreadyExists { kind: ResourceKind, name: String },
+    #[error("{kind} '{name}' was changed by another writer; read it again")]
+    Conflict { kind: ResourceKind, name: String },
+    #[error("stored record '{name}' cannot be read: {reason}")]
+    Corrupt { name: String, reason: String },
+    #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<StoreError> for DomainError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AlreadyExists { kind, name } => DomainError::AlreadyExists { kind, name },
+            StoreError::Database(
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_),
+            ) => DomainError::Unavailable(e.to_string()),
+            other => DomainError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Which backend a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The storage interface. Every operation is one statement or a read; see the crate docs for what
+/// is durable.
+#[async_trait]
+pub trait Store: Send + Sync {
+    fn backend(&self) -> Backend;
+
+    async fn create_tuning_job(&self, job: &TuningJob) -> Result<Versioned<TuningJob>, StoreError>;
+    async fn get_tuning_job(&self, name: &str) -> Result<Option<Versioned<TuningJob>>, StoreError>;
+    async fn list_tuning_jobs(&self, query: &ListQuery) -> Result<Page<TuningJob>, StoreError>;
+    /// Writes `job` if the stored row is still at `expected_version`; returns the new version.
+    async fn update_tuning_job(
+        &self,
+        job: &TuningJob,
+        expected_version: i64,
+    ) -> Result<Versioned<TuningJob>, StoreError>;
+    /// Tuning jobs that have not ended (InProgress or Stopping), oldest first.
+    async fn active_tuning_jobs(&self) -> Result<Vec<Versioned<TuningJob>>, StoreError>;
+
+    async fn create_training_job(
+        &self,
+        job: &TrainingJob,
+    ) -> Result<Versioned<TrainingJob>, StoreError>;
+    async fn get_training_job(
+        &self,
+        name: &str,
+    ) -> Result<Option<Versioned<TrainingJob>>, StoreError>;
+    async fn list_training_jobs(&self, query: &ListQuery) -> Result<Page<TrainingJob>, StoreError>;
+    async fn update_training_job(
+        &self,
+        job: &TrainingJob,
+        expected_version: i64,
+    ) -> Result<Versioned<TrainingJob>, StoreError>;
+    /// Training jobs that have not ended, oldest first.
+    async fn active_training_jobs(&self) -> Result<Vec<Versioned<TrainingJob>>, StoreError>;
+
+    /// Trial counts of each named tuning job (jobs without trials are absent).
+    async fn trial_counts(
+        &self,
+        tuning_jobs: &[String],
+    ) -> Result<HashMap<String, TrialCounts>, StoreError>;
+    /// The trial with the best final objective value of a tuning job.
+    async fn best_trial(
+        &self,
+        tuning_job: &str,
+        maximize: bool,
+    ) -> Result<Option<TrainingJob>, StoreError>;
+}
+
+/// Opens (creating if needed) the database at `url` and brings its schema up to date.
+/// `sqlite://PATH` (the file is created on first start) or `postgres://USER@HOST:PORT/DB`.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqlStore::connect(url).await?))
+}

@@ -1,0 +1,526 @@
+//! The SQL implementation of [`Store`], shared by both backends through sqlx's `Any` driver. The
+//! statements are written in the dialect SQLite and PostgreSQL have in common (`$N` parameters,
+//! `ON CONFLICT`, `LOWER(..) LIKE .. ESCAPE`), so one implementation serves both and the conformance
+//! suite checks that they agree.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor, Row};
+use tracing::info;
+use trainyard_model::error::ResourceKind;
+use trainyard_model::jobs::{TrainingJob, TrialCounts, TuningJob};
+use trainyard_model::listing::{Cursor, CursorKey, ListQuery, Page, SortKey, SortOrder};
+use trainyard_model::status::{ObjectiveStatus, TrainingJobStatus};
+
+use crate::rows::{self, TRAINING_COLUMNS, TUNING_COLUMNS, TrainingDetails};
+use crate::{Backend, Store, StoreError, Versioned};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A bind parameter of a statement built at run time.
+#[derive(Debug, Clone)]
+enum Arg {
+    Text(String),
+    Int(i64),
+    Float(f64),
+}
+
+/// A statement with `$N` parameters numbered in the order they are added.
+#[derive(Default)]
+struct Statement {
+    args: Vec<Arg>,
+}
+
+impl Statement {
+    fn bind(&mut self, arg: Arg) -> String {
+        self.args.push(arg);
+        format!("${}", self.args.len())
+    }
+
+    async fn fetch_all(self, pool: &AnyPool, sql: String) -> Result<Vec<AnyRow>, sqlx::Error> {
+        let mut query = sqlx::query(audited(sql));
+        for arg in self.args {
+            query = match arg {
+                Arg::Text(s) => query.bind(s),
+                Arg::Int(i) => query.bind(i),
+                Arg::Float(f) => query.bind(f),
+            };
+        }
+        query.fetch_all(pool).await
+    }
+}
+
+/// Marks SQL built at run time as safe. Every such statement here is assembled only from this
+/// file's constants (table and column names, sort directions) and `$N` placeholders; values always
+/// travel as bind parameters.
+fn audited(sql: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(sql)
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+impl SqlStore {
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
+            // Create the file on first start unless the URL says otherwise.
+            let url = if rest.contains("mode=") {
+                url.to_string()
+            } else if rest.contains('?') {
+                format!("{url}&mode=rwc")
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            (Backend::Sqlite, url)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            (Backend::Postgres, url.to_string())
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        let options = match backend {
+            // SQLite has one writer at a time; a few connections serve concurrent readers (WAL).
+            Backend::Sqlite => AnyPoolOptions::new()
+                .max_connections(4)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        Ok(())
+                    })
+                }),
+            Backend::Postgres => AnyPoolOptions::new().max_connections(16),
+        };
+        let pool = options.connect(&url).await?;
+        match backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        }
+        info!(?backend, "store ready");
+        Ok(Self { pool, backend })
+    }
+
+    /// The shared list implementation: filters, keyset pagination, sort.
+    async fn list(
+        &self,
+        table: &str,
+        columns: &str,
+        query: &ListQuery,
+    ) -> Result<(Vec<AnyRow>, bool), StoreError> {
+        if query.filter.matches_nothing {
+            return Ok((Vec::new(), false));
+        }
+        let mut st = Statement::default();
+        let mut conditions: Vec<String> = Vec::new();
+        let f = &query.filter;
+        if let Some(text) = &f.name_contains {
+            let escaped = text
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            conditions.push(format!(
+                "LOWER(name) LIKE {} ESCAPE '\\'",
+                st.bind(Arg::Text(format!("%{escaped}%")))
+            ));
+        }
+        if let Some(status) = &f.status_equals {
+            conditions.push(format!("status = {}", st.bind(Arg::Text(status.clone()))));
+        }
+        let windows = [
+            ("creation_time >", f.creation_time_after),
+            ("creation_time <", f.creation_time_before),
+            ("last_modified_time >", f.last_modified_time_after),
+            ("last_modified_time <", f.last_modified_time_before),
+        ];
+        for (op, value) in windows {
+            if let Some(t) = value {
+                conditions.push(format!("{op} {}", st.bind(Arg::Int(t.millis()))));
+            }
+        }
+        if let Some(tuning_job) = &f.tuning_job_name {
+            conditions.push(format!(
+                "tuning_job_name = {}",
+                st.bind(Arg::Text(tuning_job.clone()))
+            ));
+        }
+        let column = match query.sort_by {
+            SortKey::Name => "name",
+            SortKey::CreationTime => "creation_time",
+            SortKey::Status => "status",
+            SortKey::FinalObjectiveMetricValue => {
+                conditions.push("objective_value IS NOT NULL".into());
+                "objective_value"
+            }
+        };
+        let (direction, cmp) = match query.sort_order {
+            SortOrder::Ascending => ("ASC", ">"),
+            SortOrder::Descending => ("DESC", "<"),
+        };
+        if let Some(Cursor { key, name }) = &query.after {
+            let name_arg = st.bind(Arg::Text(name.clone()));
+            if column == "name" {
+                conditions.push(format!("name {cmp} {name_arg}"));
+            } else {
+                let key_arg = st.bind(match key {
+                    CursorKey::Text(s) => Arg::Text(s.clone()),
+                    CursorKey::Int(i) => Arg::Int(*i),
+                    CursorKey::Float(x) => Arg::Float(*x),
+                });
+                conditions.push(format!(
+                    "({column} {cmp} {key_arg} OR ({column} = {key_arg} AND name {cmp} {name_arg}))"
+                ));
+            }
+        }
+        let where_clause = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let limit = st.bind(Arg::Int(i64::from(query.limit) + 1));
+        let sql = format!(
+            "SELECT {columns} FROM {table} {where_clause} ORDER BY {column} {direction}, name {direction} LIMIT {limit}"
+        );
+        let mut rows = st.fetch_all(&self.pool, sql).await?;
+        let more = rows.len() > query.limit as usize;
+        rows.truncate(query.limit as usize);
+        Ok((rows, more))
+    }
+}
+
+fn cursor_of(
+    sort: SortKey,
+    name: &str,
+    creation_millis: i64,
+    status: &str,
+    objective: Option<f64>,
+) -> Cursor {
+    let key = match sort {
+        SortKey::Name => CursorKey::Text(name.to_string()),
+        SortKey::CreationTime => CursorKey::Int(creation_millis),
+        SortKey::Status => CursorKey::Text(status.to_string()),
+        SortKey::FinalObjectiveMetricValue => CursorKey::Float(objective.unwrap_or_default()),
+    };
+    Cursor {
+        key,
+        name: name.to_string(),
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn create_tuning_job(&self, job: &TuningJob) -> Result<Versioned<TuningJob>, StoreError> {
+        let request = serde_json::to_string(&job.request).map_err(|e| StoreError::Corrupt {
+            name: job.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let result = sqlx::query(audited(format!(
+            "INSERT INTO tuning_jobs ({TUNING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1)"
+        )))
+        .bind(&job.name)
+        .bind(&job.arn)
+        .bind(job.status.as_str())
+        .bind(job.strategy())
+        .bind(job.creation_time.millis())
+        .bind(job.last_modified_time.millis())
+        .bind(job.end_time.map(|t| t.millis()))
+        .bind(job.failure_reason.as_deref())
+        .bind(request)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(Versioned {
+                value: job.clone(),
+                version: 1,
+            }),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
+                kind: ResourceKind::TuningJob,
+                name: job.name.clone(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_tuning_job(&self, name: &str) -> Result<Option<Versioned<TuningJob>>, StoreError> {
+        let row = sqlx::query(audited(format!(
+            "SELECT {TUNING_COLUMNS} FROM tuning_jobs WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rows::tuning_job).transpose()
+    }
+
+    async fn list_tuning_jobs(&self, query: &ListQuery) -> Result<Page<TuningJob>, StoreError> {
+        let (rows, more) = self.list("tuning_jobs", TUNING_COLUMNS, query).await?;
+        let items = rows
+            .iter()
+            .map(|r| rows::tuning_job(r).map(|v| v.value))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_token = match items.last() {
+            Some(last) if more => Some(query.token_after(cursor_of(
+                query.sort_by,
+                &last.name,
+                last.creation_time.millis(),
+                last.status.as_str(),
+                None,
+            ))),
+            _ => None,
+        };
+        Ok(Page { items, next_token })
+    }
+
+    async fn update_tuning_job(
+        &self,
+        job: &TuningJob,
+        expected_version: i64,
+    ) -> Result<Versioned<TuningJob>, StoreError> {
+        let result = sqlx::query(
+            "UPDATE tuning_jobs SET status = $1, last_modified_time = $2, end_time = $3, failure_reason = $4, \
+             version = $5 WHERE name = $6 AND version = $7",
+        )
+        .bind(job.status.as_str())
+        .bind(job.last_modified_time.millis())
+        .bind(job.end_time.map(|t| t.millis()))
+        .bind(job.failure_reason.as_deref())
+        .bind(expected_version + 1)
+        .bind(&job.name)
+        .bind(expected_version)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::Conflict {
+                kind: ResourceKind::TuningJob,
+                name: job.name.clone(),
+            });
+        }
+        Ok(Versioned {
+            value: job.clone(),
+            version: expected_version + 1,
+        })
+    }
+
+    async fn active_tuning_jobs(&self) -> Result<Vec<Versioned<TuningJob>>, StoreError> {
+        let rows = sqlx::query(audited(format!(
+            "SELECT {TUNING_COLUMNS} FROM tuning_jobs WHERE status IN ('InProgress', 'Stopping') \
+             ORDER BY creation_time, name"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::tuning_job).collect()
+    }
+
+    async fn create_training_job(
+        &self,
+        job: &TrainingJob,
+    ) -> Result<Versioned<TrainingJob>, StoreError> {
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+            name: job.name.clone(),
+            reason: e.to_string(),
+        };
+        let request = serde_json::to_string(&job.request).map_err(corrupt)?;
+        let details = serde_json::to_string(&TrainingDetails::of(job)).map_err(corrupt)?;
+        let result = sqlx::query(audited(format!(
+            "INSERT INTO training_jobs ({TRAINING_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1)"
+        )))
+        .bind(&job.name)
+        .bind(&job.arn)
+        .bind(job.tuning_job_name())
+        .bind(job.status.as_str())
+        .bind(job.secondary_status.as_str())
+        .bind(job.objective_status.map(ObjectiveStatus::as_str))
+        .bind(job.objective_value)
+        .bind(job.creation_time.millis())
+        .bind(job.last_modified_time.millis())
+        .bind(job.training_start_time.map(|t| t.millis()))
+        .bind(job.training_end_time.map(|t| t.millis()))
+        .bind(job.failure_reason.as_deref())
+        .bind(request)
+        .bind(details)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(Versioned {
+                value: job.clone(),
+                version: 1,
+            }),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
+                kind: ResourceKind::TrainingJob,
+                name: job.name.clone(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_training_job(
+        &self,
+        name: &str,
+    ) -> Result<Option<Versioned<TrainingJob>>, StoreError> {
+        let row = sqlx::query(audited(format!(
+            "SELECT {TRAINING_COLUMNS} FROM training_jobs WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rows::training_job).transpose()
+    }
+
+    async fn list_training_jobs(&self, query: &ListQuery) -> Result<Page<TrainingJob>, StoreError> {
+        let (rows, more) = self.list("training_jobs", TRAINING_COLUMNS, query).await?;
+        let items = rows
+            .iter()
+            .map(|r| rows::training_job(r).map(|v| v.value))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_token = match items.last() {
+            Some(last) if more => Some(query.token_after(cursor_of(
+                query.sort_by,
+                &last.name,
+                last.creation_time.millis(),
+                last.status.as_str(),
+                last.objective_value,
+            ))),
+            _ => None,
+        };
+        Ok(Page { items, next_token })
+    }
+
+    async fn update_training_job(
+        &self,
+        job: &TrainingJob,
+        expected_version: i64,
+    ) -> Result<Versioned<TrainingJob>, StoreError> {
+        let details =
+            serde_json::to_string(&TrainingDetails::of(job)).map_err(|e| StoreError::Corrupt {
+                name: job.name.clone(),
+                reason: e.to_string(),
+            })?;
+        let result = sqlx::query(
+            "UPDATE training_jobs SET status = $1, secondary_status = $2, objective_status = $3, \
+             objective_value = $4, last_modified_time = $5, training_start_time = $6, training_end_time = $7, \
+             failure_reason = $8, details = $9, version = $10 WHERE name = $11 AND version = $12",
+        )
+        .bind(job.status.as_str())
+        .bind(job.secondary_status.as_str())
+        .bind(job.objective_status.map(ObjectiveStatus::as_str))
+        .bind(job.objective_value)
+        .bind(job.last_modified_time.millis())
+        .bind(job.training_start_time.map(|t| t.millis()))
+        .bind(job.training_end_time.map(|t| t.millis()))
+        .bind(job.failure_reason.as_deref())
+        .bind(details)
+        .bind(expected_version + 1)
+        .bind(&job.name)
+        .bind(expected_version)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::Conflict {
+                kind: ResourceKind::TrainingJob,
+                name: job.name.clone(),
+            });
+        }
+        Ok(Versioned {
+            value: job.clone(),
+            version: expected_version + 1,
+        })
+    }
+
+    async fn active_training_jobs(&self) -> Result<Vec<Versioned<TrainingJob>>, StoreError> {
+        let rows = sqlx::query(audited(format!(
+            "SELECT {TRAINING_COLUMNS} FROM training_jobs WHERE status IN ('InProgress', 'Stopping') \
+             ORDER BY creation_time, name"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::training_job).collect()
+    }
+
+    async fn trial_counts(
+        &self,
+        tuning_jobs: &[String],
+    ) -> Result<HashMap<String, TrialCounts>, StoreError> {
+        if tuning_jobs.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut st = Statement::default();
+        let placeholders: Vec<String> = tuning_jobs
+            .iter()
+            .map(|n| st.bind(Arg::Text(n.clone())))
+            .collect();
+        let sql = format!(
+            "SELECT tuning_job_name, status, objective_status, COUNT(*) AS n FROM training_jobs \
+             WHERE tuning_job_name IN ({}) GROUP BY tuning_job_name, status, objective_status",
+            placeholders.join(", ")
+        );
+        let mut counts: HashMap<String, TrialCounts> = HashMap::new();
+        for row in st.fetch_all(&self.pool, sql).await? {
+            let name: String = row.try_get("tuning_job_name")?;
+            let status: String = row.try_get("status")?;
+            let objective: Option<String> = row.try_get("objective_status")?;
+            let n = i32::try_from(row.try_get::<i64, _>("n")?).unwrap_or(i32::MAX);
+            let c = counts.entry(name.clone()).or_default();
+            match status.parse::<TrainingJobStatus>() {
+                Ok(TrainingJobStatus::Completed) => c.completed += n,
+                Ok(TrainingJobStatus::InProgress | TrainingJobStatus::Stopping) => {
+                    c.in_progress += n
+                }
+                Ok(TrainingJobStatus::Stopped) => c.stopped += n,
+                Ok(TrainingJobStatus::Failed) => c.non_retryable_error += n,
+                Err(e) => {
+                    return Err(StoreError::Corrupt {
+                        name,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+            match objective.as_deref().map(str::parse::<ObjectiveStatus>) {
+                Some(Ok(ObjectiveStatus::Succeeded)) => c.objective_succeeded += n,
+                Some(Ok(ObjectiveStatus::Failed)) => c.objective_failed += n,
+                Some(Ok(ObjectiveStatus::Pending)) | None => c.objective_pending += n,
+                Some(Err(e)) => {
+                    return Err(StoreError::Corrupt {
+                        name,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn best_trial(
+        &self,
+        tuning_job: &str,
+        maximize: bool,
+    ) -> Result<Option<TrainingJob>, StoreError> {
+        let direction = if maximize { "DESC" } else { "ASC" };
+        let row = sqlx::query(audited(format!(
+            "SELECT {TRAINING_COLUMNS} FROM training_jobs WHERE tuning_job_name = $1 \
+             AND objective_value IS NOT NULL AND status = 'Completed' \
+             ORDER BY objective_value {direction}, name ASC LIMIT 1"
+        )))
+        .bind(tuning_job)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref()
+            .map(|r| rows::training_job(r).map(|v| v.value))
+            .transpose()
+    }
+}

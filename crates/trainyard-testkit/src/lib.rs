@@ -1,0 +1,8 @@
+//! Test support shared by the store suite, the end-to-end tests and the benchmarks. Real parts only:
+//! a real PostgreSQL server in a temp dir, the real binaries, real processes.
+
+pub mod postgres;
+pub mod process;
+
+pub use postgres::PgServer;
+pub use process::{Daemon, binary, free_port, wait_until};
