@@ -1,0 +1,247 @@
+//! What the CLI prints: JSON for scripts, tables and summaries for people, and errors with the
+//! exit code that names their kind.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use comfy_table::presets::UTF8_BORDERS_ONLY;
+use comfy_table::{ContentArrangement, Table};
+use serde::Serialize;
+use tonic::Code;
+use trainyard_proto::model::Timestamp;
+use trainyard_proto::model::api;
+use trainyard_proto::status;
+
+/// The coordinator could not be reached.
+#[derive(Debug)]
+pub struct Unreachable(pub String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot reach the coordinator at {}", self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+pub fn json(value: &impl Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("error: cannot print JSON: {e}"),
+    }
+}
+
+/// Prints an error for a person and returns the exit code for its kind.
+pub fn report_error(error: &anyhow::Error) -> u8 {
+    if let Some(unreachable) = error.downcast_ref::<Unreachable>() {
+        eprintln!("error: {unreachable}");
+        eprintln!("hint: start one with `trainyard-coordinator`, or point --coordinator / TRAINYARD_COORDINATOR at it");
+        return 6;
+    }
+    let Some(s) = error.downcast_ref::<tonic::Status>() else {
+        eprintln!("error: {error:#}");
+        return 1;
+    };
+    let violations = status::violations(s);
+    if !violations.is_empty() {
+        eprintln!("error: the request is invalid ({} violation{}):", violations.len(), if violations.len() == 1 { "" } else { "s" });
+        for v in &violations {
+            eprintln!("  - {}: {}", v.field, v.description);
+        }
+        return 3;
+    }
+    eprintln!("error: {}", s.message());
+    match s.code() {
+        Code::InvalidArgument => 3,
+        Code::NotFound => 4,
+        Code::AlreadyExists => 5,
+        Code::Unavailable => 6,
+        Code::ResourceExhausted => 7,
+        _ => 1,
+    }
+}
+
+fn time(t: Option<Timestamp>) -> String {
+    match t {
+        Some(t) if t.millis() >= 0 => {
+            let at = UNIX_EPOCH + Duration::from_millis(t.millis() as u64);
+            humantime::format_rfc3339_seconds(at).to_string()
+        }
+        _ => "-".to_string(),
+    }
+}
+
+fn text(s: &Option<String>) -> &str {
+    s.as_deref().unwrap_or("-")
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.to_vec());
+    t
+}
+
+fn next_page(token: &Option<String>) {
+    if let Some(token) = token {
+        println!("more results: --next-token {token} (or --all)");
+    }
+}
+
+pub fn describe_tuning_job(r: &api::DescribeHyperParameterTuningJobResponse) {
+    let config = r.hyper_parameter_tuning_job_config.as_ref();
+    let objective = config.and_then(|c| c.hyper_parameter_tuning_job_objective.as_ref());
+    let limits = config.and_then(|c| c.resource_limits.as_ref());
+    let c = r.training_job_status_counters.clone().unwrap_or_default();
+    let o = r.objective_status_counters.clone().unwrap_or_default();
+    println!("Name:          {}", text(&r.hyper_parameter_tuning_job_name));
+    println!("ARN:           {}", text(&r.hyper_parameter_tuning_job_arn));
+    println!("Status:        {}", text(&r.hyper_parameter_tuning_job_status));
+    if let Some(reason) = &r.failure_reason {
+        println!("Failure:       {reason}");
+    }
+    println!("Strategy:      {}", config.and_then(|c| c.strategy.as_deref()).unwrap_or("-"));
+    if let Some(obj) = objective {
+        println!("Objective:     {} {}", text(&obj.r#type), text(&obj.metric_name));
+    }
+    if let Some(l) = limits {
+        let max = l.max_number_of_training_jobs.map_or("-".into(), |n| n.to_string());
+        let parallel = l.max_parallel_training_jobs.map_or("-".into(), |n| n.to_string());
+        let runtime = l.max_runtime_in_seconds.map_or(String::new(), |s| format!(", at most {s} s"));
+        println!("Limits:        {max} trials, {parallel} in parallel{runtime}");
+    }
+    println!("Created:       {}", time(r.creation_time));
+    println!("Last modified: {}", time(r.last_modified_time));
+    println!("Ended:         {}", time(r.hyper_parameter_tuning_end_time));
+    let n = |v: Option<i32>| v.unwrap_or(0);
+    println!(
+        "Trials:        {} completed, {} in progress, {} stopped, {} failed, {} failed and retryable",
+        n(c.completed),
+        n(c.in_progress),
+        n(c.stopped),
+        n(c.non_retryable_error),
+        n(c.retryable_error)
+    );
+    println!("Objectives:    {} succeeded, {} pending, {} failed", n(o.succeeded), n(o.pending), n(o.failed));
+    match &r.best_training_job {
+        Some(best) => {
+            let value = best
+                .final_hyper_parameter_tuning_job_objective_metric
+                .as_ref()
+                .and_then(|m| m.value)
+                .map_or("-".into(), |v| format!("{v}"));
+            println!("Best trial:    {} ({value})", text(&best.training_job_name));
+            for (k, v) in best.tuned_hyper_parameters.iter().flatten() {
+                println!("                 {k} = {v}");
+            }
+        }
+        None => println!("Best trial:    none yet"),
+    }
+}
+
+pub fn list_tuning_jobs(r: &api::ListHyperParameterTuningJobsResponse) {
+    let mut t = table(&["NAME", "STATUS", "STRATEGY", "COMPLETED", "RUNNING", "FAILED", "STOPPED", "CREATED"]);
+    for s in r.hyper_parameter_tuning_job_summaries.iter().flatten() {
+        let c = s.training_job_status_counters.clone().unwrap_or_default();
+        let n = |v: Option<i32>| v.unwrap_or(0).to_string();
+        t.add_row(vec![
+            text(&s.hyper_parameter_tuning_job_name).to_string(),
+            text(&s.hyper_parameter_tuning_job_status).to_string(),
+            text(&s.strategy).to_string(),
+            n(c.completed),
+            n(c.in_progress),
+            (c.non_retryable_error.unwrap_or(0) + c.retryable_error.unwrap_or(0)).to_string(),
+            n(c.stopped),
+            time(s.creation_time),
+        ]);
+    }
+    println!("{t}");
+    next_page(&r.next_token);
+}
+
+pub fn list_trials(r: &api::ListTrainingJobsForHyperParameterTuningJobResponse) {
+    let mut t = table(&["NAME", "STATUS", "OBJECTIVE", "HYPERPARAMETERS", "CREATED"]);
+    for s in r.training_job_summaries.iter().flatten() {
+        let objective = s
+            .final_hyper_parameter_tuning_job_objective_metric
+            .as_ref()
+            .and_then(|m| m.value)
+            .map_or("-".into(), |v| format!("{v}"));
+        let hps = s
+            .tuned_hyper_parameters
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        t.add_row(vec![
+            text(&s.training_job_name).to_string(),
+            text(&s.training_job_status).to_string(),
+            objective,
+            hps,
+            time(s.creation_time),
+        ]);
+    }
+    println!("{t}");
+    next_page(&r.next_token);
+}
+
+pub fn describe_training_job(r: &api::DescribeTrainingJobResponse) {
+    println!("Name:          {}", text(&r.training_job_name));
+    println!("ARN:           {}", text(&r.training_job_arn));
+    println!("Status:        {} / {}", text(&r.training_job_status), text(&r.secondary_status));
+    if let Some(reason) = &r.failure_reason {
+        println!("Failure:       {reason}");
+    }
+    if let Some(tuning) = &r.tuning_job_arn {
+        println!("Tuning job:    {tuning}");
+    }
+    if let Some(spec) = &r.algorithm_specification {
+        println!("Image:         {}", text(&spec.training_image));
+    }
+    if let Some(rc) = &r.resource_config {
+        println!(
+            "Resources:     {} x {}, {} GB volume",
+            rc.instance_count.unwrap_or(1),
+            text(&rc.instance_type),
+            rc.volume_size_in_gb.unwrap_or(0)
+        );
+    }
+    println!("Created:       {}", time(r.creation_time));
+    println!("Started:       {}", time(r.training_start_time));
+    println!("Ended:         {}", time(r.training_end_time));
+    if let Some(uri) = r.model_artifacts.as_ref().and_then(|m| m.s3_model_artifacts.as_ref()) {
+        println!("Model:         {uri}");
+    }
+    let hps = r.hyper_parameters.clone().unwrap_or_default();
+    if !hps.is_empty() {
+        println!("Hyperparameters:");
+        for (k, v) in hps {
+            println!("  {k} = {v}");
+        }
+    }
+    if let Some(metrics) = &r.final_metric_data_list {
+        println!("Final metrics:");
+        for m in metrics {
+            println!("  {} = {}", text(&m.metric_name), m.value.map_or("-".into(), |v| v.to_string()));
+        }
+    }
+    let mut t = table(&["SECONDARY STATUS", "START", "END", "MESSAGE"]);
+    for tr in r.secondary_status_transitions.iter().flatten() {
+        t.add_row(vec![text(&tr.status).to_string(), time(tr.start_time), time(tr.end_time), text(&tr.status_message).to_string()]);
+    }
+    println!("{t}");
+}
+
+pub fn list_training_jobs(r: &api::ListTrainingJobsResponse) {
+    let mut t = table(&["NAME", "STATUS", "SECONDARY", "CREATED", "ENDED"]);
+    for s in r.training_job_summaries.iter().flatten() {
+        t.add_row(vec![
+            text(&s.training_job_name).to_string(),
+            text(&s.training_job_status).to_string(),
+            text(&s.secondary_status).to_string(),
+            time(s.creation_time),
+            time(s.training_end_time),
+        ]);
+    }
+    println!("{t}");
+    next_page(&r.next_token);
+}

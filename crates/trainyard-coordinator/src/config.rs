@@ -1,0 +1,173 @@
+//! Coordinator configuration: a TOML file, overridden by environment variables, overridden by
+//! flags. Everything has a default, so `trainyard-coordinator` with no arguments serves on loopback
+//! with a SQLite file in `./.trainyard`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Deserialize;
+use trainyard_model::catalog::{Catalog, InstanceSpec};
+use trainyard_model::names::ArnContext;
+use trainyard_model::rules::ServiceLimits;
+
+#[derive(Debug, Parser)]
+#[command(name = "trainyard-coordinator", version, about = "Trainyard coordinator: the API, the store and the scheduler's loop")]
+pub struct Flags {
+    /// TOML configuration file.
+    #[arg(long, env = "TRAINYARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, env = "TRAINYARD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the SQLite database and other state.
+    #[arg(long, env = "TRAINYARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite://PATH` or `postgres://...`; default: a SQLite file in the data directory.
+    #[arg(long, env = "TRAINYARD_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Log format.
+    #[arg(long, env = "TRAINYARD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// The file's shape. Unknown keys are errors, so a typo does not silently fall back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    arn: Option<ArnConfig>,
+    #[serde(default)]
+    limits: Option<ServiceLimits>,
+    /// Added to (or replacing, by name) the default instance-type catalog.
+    #[serde(default)]
+    instance_types: Vec<InstanceSpec>,
+    /// Use only `instance_types`, not the defaults.
+    #[serde(default)]
+    replace_default_instance_types: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArnConfig {
+    region: Option<String>,
+    account: Option<String>,
+}
+
+/// The configuration in force.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub log_format: LogFormat,
+    pub arns: ArnContext,
+    pub limits: ServiceLimits,
+    pub catalog: Catalog,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+impl Config {
+    pub fn load(flags: Flags) -> anyhow::Result<Config> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".trainyard"));
+        let database_url = flags
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("trainyard.db").display()));
+        let mut arns = ArnContext::default();
+        if let Some(arn) = file.arn {
+            arns.region = arn.region.unwrap_or(arns.region);
+            arns.account = arn.account.unwrap_or(arns.account);
+        }
+        let catalog = if file.replace_default_instance_types {
+            Catalog::new(file.instance_types)
+        } else {
+            Catalog::default().with(file.instance_types)
+        };
+        Ok(Config {
+            listen: flags
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses")),
+            data_dir,
+            database_url,
+            log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Human),
+            arns,
+            limits: file.limits.unwrap_or_default(),
+            catalog,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(config: Option<PathBuf>) -> Flags {
+        Flags { config, listen: None, data_dir: None, database_url: None, log_format: None }
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(flags(None)).expect("defaults");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.database_url, "sqlite://.trainyard/trainyard.db");
+        assert!(c.catalog.get("ml.m5.large").is_some());
+    }
+
+    #[test]
+    fn the_file_is_read_and_flags_win() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            r#"
+listen = "127.0.0.1:6000"
+data_dir = "/srv/ty"
+[arn]
+region = "lab"
+[limits]
+max_concurrent_tuning_jobs = 3
+[[instance_types]]
+name = "ml.m5.large"
+vcpus = 1
+memory_mib = 1024
+"#,
+        )
+        .expect("write");
+        let mut f = flags(Some(path.clone()));
+        f.listen = Some("127.0.0.1:7000".parse().expect("addr"));
+        let c = Config::load(f).expect("load");
+        assert_eq!(c.listen.port(), 7000, "flag beats file");
+        assert_eq!(c.database_url, "sqlite:///srv/ty/trainyard.db");
+        assert_eq!(c.arns.region, "lab");
+        assert_eq!(c.limits.max_concurrent_tuning_jobs, 3);
+        assert_eq!(c.catalog.get("ml.m5.large").map(|t| t.vcpus), Some(1));
+
+        std::fs::write(&path, "listn = \"x\"").expect("write");
+        let err = Config::load(flags(Some(path))).expect_err("typo is an error");
+        assert!(format!("{err:#}").contains("unknown field `listn`"), "{err:#}");
+    }
+}

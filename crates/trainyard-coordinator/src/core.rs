@@ -1,0 +1,298 @@
+//! The coordinator's operations, in domain terms: validate, persist, then hand the change to the
+//! event loop. The gRPC layer (`grpc.rs`) only converts messages and errors around these.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tracing::info;
+use trainyard_model::api;
+use trainyard_model::catalog::Catalog;
+use trainyard_model::error::ResourceKind;
+use trainyard_model::jobs::{TrainingJob, TuningJob, not_found};
+use trainyard_model::listing::ListQuery;
+use trainyard_model::names::ArnContext;
+use trainyard_model::rules::{self, ServiceLimits};
+use trainyard_model::{DomainError, Timestamp, Validate, Violation};
+use trainyard_store::{Store, StoreError, Versioned};
+
+use crate::events::Event;
+
+/// How often a compare-and-set update is retried against concurrent writers before giving up.
+const UPDATE_ATTEMPTS: usize = 8;
+
+pub struct Coordinator {
+    pub store: Arc<dyn Store>,
+    pub catalog: Catalog,
+    pub limits: ServiceLimits,
+    pub arns: ArnContext,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+pub fn now() -> Timestamp {
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default();
+    Timestamp::from_millis(i64::try_from(millis).unwrap_or(i64::MAX))
+}
+
+fn structural(request: &impl Validate) -> Result<(), DomainError> {
+    request.violations().into_result().map_err(DomainError::Validation)
+}
+
+impl Coordinator {
+    pub fn new(
+        store: Arc<dyn Store>,
+        catalog: Catalog,
+        limits: ServiceLimits,
+        arns: ArnContext,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Self {
+        Self { store, catalog, limits, arns, events }
+    }
+
+    fn emit(&self, event: Event) {
+        // The loop only stops at shutdown; a change made then is reconciled at the next start.
+        let _ = self.events.send(event);
+    }
+
+    // ----- tuning jobs -----
+
+    pub async fn create_tuning_job(
+        &self,
+        request: api::CreateHyperParameterTuningJobRequest,
+    ) -> Result<api::CreateHyperParameterTuningJobResponse, DomainError> {
+        let mut violations = match rules::check_create_tuning_job(&request, &self.catalog, &self.limits) {
+            Ok(()) => Vec::new(),
+            Err(DomainError::Validation(v)) => v,
+            Err(other) => return Err(other),
+        };
+        violations.extend(self.warm_start_violations(&request).await?);
+        if !violations.is_empty() {
+            return Err(DomainError::Validation(violations));
+        }
+        let active = self.store.active_tuning_jobs().await?.len();
+        if active >= self.limits.max_concurrent_tuning_jobs as usize {
+            return Err(DomainError::LimitExceeded(format!(
+                "{active} tuning jobs are running, this cluster's limit is {} (limits.max_concurrent_tuning_jobs)",
+                self.limits.max_concurrent_tuning_jobs
+            )));
+        }
+        let job = TuningJob::new(request, &self.arns, now())?;
+        self.store.create_tuning_job(&job).await?;
+        info!(tuning_job = %job.name, strategy = job.strategy().unwrap_or("-"), "tuning job created");
+        self.emit(Event::TuningJobCreated(job.name.clone()));
+        Ok(api::CreateHyperParameterTuningJobResponse { hyper_parameter_tuning_job_arn: Some(job.arn) })
+    }
+
+    /// Warm-start parents must exist and have ended.
+    async fn warm_start_violations(
+        &self,
+        request: &api::CreateHyperParameterTuningJobRequest,
+    ) -> Result<Vec<Violation>, DomainError> {
+        let mut violations = Vec::new();
+        let parents = request
+            .warm_start_config
+            .as_ref()
+            .and_then(|w| w.parent_hyper_parameter_tuning_jobs.as_ref())
+            .into_iter()
+            .flatten();
+        for (i, parent) in parents.enumerate() {
+            let Some(name) = &parent.hyper_parameter_tuning_job_name else { continue };
+            let field = format!("WarmStartConfig.ParentHyperParameterTuningJobs[{i}].HyperParameterTuningJobName");
+            match self.store.get_tuning_job(name).await? {
+                None => violations.push(Violation {
+                    field,
+                    description: format!("hyperparameter tuning job '{name}' does not exist"),
+                }),
+                Some(p) if !p.value.status.is_terminal() => violations.push(Violation {
+                    field,
+                    description: format!("parent '{name}' must have ended (it is {})", p.value.status),
+                }),
+                Some(_) => {}
+            }
+        }
+        Ok(violations)
+    }
+
+    pub async fn describe_tuning_job(
+        &self,
+        request: api::DescribeHyperParameterTuningJobRequest,
+    ) -> Result<api::DescribeHyperParameterTuningJobResponse, DomainError> {
+        structural(&request)?;
+        let name = request.hyper_parameter_tuning_job_name.unwrap_or_default();
+        let job = self.tuning_job(&name).await?.value;
+        let counts = self.store.trial_counts(std::slice::from_ref(&name)).await?.remove(&name).unwrap_or_default();
+        let objective = objective_of(&job);
+        let best = match &objective {
+            Some((metric, maximize)) => self
+                .store
+                .best_trial(&name, *maximize)
+                .await?
+                .map(|t| t.trial_summary(Some(metric.as_str()))),
+            None => None,
+        };
+        Ok(job.describe(&counts, best, now()))
+    }
+
+    pub async fn list_tuning_jobs(
+        &self,
+        request: api::ListHyperParameterTuningJobsRequest,
+    ) -> Result<api::ListHyperParameterTuningJobsResponse, DomainError> {
+        let query = ListQuery::for_tuning_jobs(&request)?;
+        let page = self.store.list_tuning_jobs(&query).await?;
+        let names: Vec<String> = page.items.iter().map(|j| j.name.clone()).collect();
+        let mut counts = self.store.trial_counts(&names).await?;
+        let summaries =
+            page.items.iter().map(|j| j.summary(&counts.remove(&j.name).unwrap_or_default())).collect::<Vec<_>>();
+        Ok(api::ListHyperParameterTuningJobsResponse {
+            hyper_parameter_tuning_job_summaries: Some(summaries),
+            next_token: page.next_token,
+        })
+    }
+
+    pub async fn stop_tuning_job(&self, request: api::StopHyperParameterTuningJobRequest) -> Result<(), DomainError> {
+        structural(&request)?;
+        let name = request.hyper_parameter_tuning_job_name.unwrap_or_default();
+        let changed = self.update_tuning_job(&name, |job| job.request_stop(now())).await?;
+        if changed {
+            info!(tuning_job = %name, "tuning job stopping");
+        }
+        self.emit(Event::TuningJobStopRequested(name));
+        Ok(())
+    }
+
+    pub async fn list_trials(
+        &self,
+        request: api::ListTrainingJobsForHyperParameterTuningJobRequest,
+    ) -> Result<api::ListTrainingJobsForHyperParameterTuningJobResponse, DomainError> {
+        let query = ListQuery::for_trials(&request)?;
+        let name = request.hyper_parameter_tuning_job_name.unwrap_or_default();
+        let job = self.tuning_job(&name).await?.value;
+        let metric = objective_of(&job).map(|(m, _)| m);
+        let page = self.store.list_training_jobs(&query).await?;
+        Ok(api::ListTrainingJobsForHyperParameterTuningJobResponse {
+            next_token: page.next_token,
+            training_job_summaries: Some(page.items.iter().map(|t| t.trial_summary(metric.as_deref())).collect()),
+        })
+    }
+
+    // ----- training jobs -----
+
+    pub async fn create_training_job(
+        &self,
+        request: api::CreateTrainingJobRequest,
+    ) -> Result<api::CreateTrainingJobResponse, DomainError> {
+        rules::check_create_training_job(&request, &self.catalog)?;
+        let job = TrainingJob::new(request, None, &self.arns, now())?;
+        self.store.create_training_job(&job).await?;
+        info!(training_job = %job.name, "training job created");
+        self.emit(Event::TrainingJobCreated(job.name.clone()));
+        Ok(api::CreateTrainingJobResponse { training_job_arn: Some(job.arn) })
+    }
+
+    pub async fn describe_training_job(
+        &self,
+        request: api::DescribeTrainingJobRequest,
+    ) -> Result<api::DescribeTrainingJobResponse, DomainError> {
+        structural(&request)?;
+        let name = request.training_job_name.unwrap_or_default();
+        let job = self.training_job(&name).await?.value;
+        let mut response = job.describe();
+        if let Some(tuning) = job.tuning_job_name() {
+            response.tuning_job_arn = Some(self.arns.tuning_job(tuning));
+        }
+        Ok(response)
+    }
+
+    pub async fn list_training_jobs(
+        &self,
+        request: api::ListTrainingJobsRequest,
+    ) -> Result<api::ListTrainingJobsResponse, DomainError> {
+        let query = ListQuery::for_training_jobs(&request)?;
+        let page = self.store.list_training_jobs(&query).await?;
+        Ok(api::ListTrainingJobsResponse {
+            next_token: page.next_token,
+            training_job_summaries: Some(page.items.iter().map(TrainingJob::summary).collect()),
+        })
+    }
+
+    pub async fn stop_training_job(&self, request: api::StopTrainingJobRequest) -> Result<(), DomainError> {
+        structural(&request)?;
+        let name = request.training_job_name.unwrap_or_default();
+        let changed = self.update_training_job(&name, |job| job.request_stop(now())).await?;
+        if changed {
+            info!(training_job = %name, "training job stopping");
+        }
+        self.emit(Event::TrainingJobStopRequested(name));
+        Ok(())
+    }
+
+    // ----- shared -----
+
+    pub async fn tuning_job(&self, name: &str) -> Result<Versioned<TuningJob>, DomainError> {
+        self.store.get_tuning_job(name).await?.ok_or_else(|| not_found(ResourceKind::TuningJob, name))
+    }
+
+    pub async fn training_job(&self, name: &str) -> Result<Versioned<TrainingJob>, DomainError> {
+        self.store.get_training_job(name).await?.ok_or_else(|| not_found(ResourceKind::TrainingJob, name))
+    }
+
+    /// Read, change, compare-and-set; again on a concurrent change. `change` returns whether it
+    /// changed anything (nothing is written when it did not).
+    pub async fn update_tuning_job(
+        &self,
+        name: &str,
+        mut change: impl FnMut(&mut TuningJob) -> Result<bool, DomainError>,
+    ) -> Result<bool, DomainError> {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let Versioned { mut value, version } = self.tuning_job(name).await?;
+            if !change(&mut value)? {
+                return Ok(false);
+            }
+            match self.store.update_tuning_job(&value, version).await {
+                Ok(_) => return Ok(true),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(DomainError::Unavailable(format!("tuning job '{name}' keeps changing; try again")))
+    }
+
+    pub async fn update_training_job(
+        &self,
+        name: &str,
+        mut change: impl FnMut(&mut TrainingJob) -> Result<bool, DomainError>,
+    ) -> Result<bool, DomainError> {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let Versioned { mut value, version } = self.training_job(name).await?;
+            if !change(&mut value)? {
+                return Ok(false);
+            }
+            match self.store.update_training_job(&value, version).await {
+                Ok(_) => return Ok(true),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(DomainError::Unavailable(format!("training job '{name}' keeps changing; try again")))
+    }
+
+    /// Trials of a tuning job that have not ended.
+    pub async fn active_trials(&self, tuning_job: &str) -> Result<Vec<String>, DomainError> {
+        let active = self.store.active_training_jobs().await?;
+        Ok(active
+            .into_iter()
+            .filter(|t| t.value.tuning_job_name() == Some(tuning_job))
+            .map(|t| t.value.name)
+            .collect())
+    }
+}
+
+/// The objective metric of a tuning job (its first definition's, when each has its own) and
+/// whether it is maximized.
+fn objective_of(job: &TuningJob) -> Option<(String, bool)> {
+    let config = job.request.hyper_parameter_tuning_job_config.as_ref();
+    let objective = config.and_then(|c| c.hyper_parameter_tuning_job_objective.clone()).or_else(|| {
+        rules::definitions(&job.request).into_iter().find_map(|(_, d)| d.tuning_objective.clone())
+    })?;
+    Some((objective.metric_name?, objective.r#type.as_deref() == Some("Maximize")))
+}

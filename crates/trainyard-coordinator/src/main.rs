@@ -1,0 +1,105 @@
+//! `trainyard-coordinator`: loads the configuration, opens the store, starts the event loop and
+//! serves the gRPC API until SIGTERM or SIGINT; then stops accepting, drains, and stops the loop.
+
+mod config;
+mod core;
+mod events;
+mod grpc;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tracing::info;
+use trainyard_proto::pb::hyper_parameter_tuning_server::HyperParameterTuningServer;
+use trainyard_proto::pb::training_server::TrainingServer;
+
+use crate::config::{Config, Flags, LogFormat};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::load(Flags::parse())?;
+    init_tracing(config.log_format);
+    if config.database_url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    }
+    let store = trainyard_store::connect(&config.database_url)
+        .await
+        .with_context(|| format!("opening the store at {}", redact(&config.database_url)))?;
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let coordinator = Arc::new(core::Coordinator::new(
+        store,
+        config.catalog.clone(),
+        config.limits.clone(),
+        config.arns.clone(),
+        events_tx,
+    ));
+    let cancel = CancellationToken::new();
+    let event_loop = tokio::spawn(events::run(coordinator.clone(), events_rx, cancel.clone()));
+
+    info!(addr = %config.listen, database = %redact(&config.database_url), instance_types = config.catalog.len(), "coordinator listening");
+    let shutdown = {
+        let cancel = cancel.clone();
+        async move {
+            wait_for_signal().await;
+            info!("shutting down: no new requests; draining the ones in flight");
+            cancel.cancel();
+        }
+    };
+    let served = Server::builder()
+        .add_service(HyperParameterTuningServer::new(grpc::TuningService(coordinator.clone())))
+        .add_service(TrainingServer::new(grpc::TrainingService(coordinator)))
+        .serve_with_shutdown(config.listen, shutdown)
+        .await
+        .with_context(|| format!("serving on {}", config.listen));
+    cancel.cancel();
+    event_loop.await.context("event loop")?;
+    served?;
+    info!("coordinator stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
