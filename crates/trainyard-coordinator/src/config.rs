@@ -13,7 +13,11 @@ use trainyard_model::names::ArnContext;
 use trainyard_model::rules::ServiceLimits;
 
 #[derive(Debug, Parser)]
-#[command(name = "trainyard-coordinator", version, about = "Trainyard coordinator: the API, the store and the scheduler's loop")]
+#[command(
+    name = "trainyard-coordinator",
+    version,
+    about = "Trainyard coordinator: the API, the store and the scheduler's loop"
+)]
 pub struct Flags {
     /// TOML configuration file.
     #[arg(long, env = "TRAINYARD_CONFIG")]
@@ -86,7 +90,10 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let data_dir = flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".trainyard"));
+        let data_dir = flags
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(".trainyard"));
         let database_url = flags
             .database_url
             .or(file.database_url)
@@ -108,7 +115,10 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses")),
             data_dir,
             database_url,
-            log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Human),
+            log_format: flags
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Human),
             arns,
             limits: file.limits.unwrap_or_default(),
             catalog,
@@ -117,7 +127,8 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -126,7 +137,13 @@ mod tests {
     use super::*;
 
     fn flags(config: Option<PathBuf>) -> Flags {
-        Flags { config, listen: None, data_dir: None, database_url: None, log_format: None }
+        Flags {
+            config,
+            listen: None,
+            data_dir: None,
+            database_url: None,
+            log_format: None,
+        }
     }
 
     #[test]
@@ -168,6 +185,9 @@ memory_mib = 1024
 
         std::fs::write(&path, "listn = \"x\"").expect("write");
         let err = Config::load(flags(Some(path))).expect_err("typo is an error");
-        assert!(format!("{err:#}").contains("unknown field `listn`"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("unknown field `listn`"),
+            "{err:#}"
+        );
     }
 }

@@ -30,12 +30,18 @@ pub struct Coordinator {
 }
 
 pub fn now() -> Timestamp {
-    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default();
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
     Timestamp::from_millis(i64::try_from(millis).unwrap_or(i64::MAX))
 }
 
 fn structural(request: &impl Validate) -> Result<(), DomainError> {
-    request.violations().into_result().map_err(DomainError::Validation)
+    request
+        .violations()
+        .into_result()
+        .map_err(DomainError::Validation)
 }
 
 impl Coordinator {
@@ -46,7 +52,13 @@ impl Coordinator {
         arns: ArnContext,
         events: mpsc::UnboundedSender<Event>,
     ) -> Self {
-        Self { store, catalog, limits, arns, events }
+        Self {
+            store,
+            catalog,
+            limits,
+            arns,
+            events,
+        }
     }
 
     fn emit(&self, event: Event) {
@@ -60,11 +72,12 @@ impl Coordinator {
         &self,
         request: api::CreateHyperParameterTuningJobRequest,
     ) -> Result<api::CreateHyperParameterTuningJobResponse, DomainError> {
-        let mut violations = match rules::check_create_tuning_job(&request, &self.catalog, &self.limits) {
-            Ok(()) => Vec::new(),
-            Err(DomainError::Validation(v)) => v,
-            Err(other) => return Err(other),
-        };
+        let mut violations =
+            match rules::check_create_tuning_job(&request, &self.catalog, &self.limits) {
+                Ok(()) => Vec::new(),
+                Err(DomainError::Validation(v)) => v,
+                Err(other) => return Err(other),
+            };
         violations.extend(self.warm_start_violations(&request).await?);
         if !violations.is_empty() {
             return Err(DomainError::Validation(violations));
@@ -80,7 +93,9 @@ impl Coordinator {
         self.store.create_tuning_job(&job).await?;
         info!(tuning_job = %job.name, strategy = job.strategy().unwrap_or("-"), "tuning job created");
         self.emit(Event::TuningJobCreated(job.name.clone()));
-        Ok(api::CreateHyperParameterTuningJobResponse { hyper_parameter_tuning_job_arn: Some(job.arn) })
+        Ok(api::CreateHyperParameterTuningJobResponse {
+            hyper_parameter_tuning_job_arn: Some(job.arn),
+        })
     }
 
     /// Warm-start parents must exist and have ended.
@@ -96,8 +111,12 @@ impl Coordinator {
             .into_iter()
             .flatten();
         for (i, parent) in parents.enumerate() {
-            let Some(name) = &parent.hyper_parameter_tuning_job_name else { continue };
-            let field = format!("WarmStartConfig.ParentHyperParameterTuningJobs[{i}].HyperParameterTuningJobName");
+            let Some(name) = &parent.hyper_parameter_tuning_job_name else {
+                continue;
+            };
+            let field = format!(
+                "WarmStartConfig.ParentHyperParameterTuningJobs[{i}].HyperParameterTuningJobName"
+            );
             match self.store.get_tuning_job(name).await? {
                 None => violations.push(Violation {
                     field,
@@ -105,7 +124,10 @@ impl Coordinator {
                 }),
                 Some(p) if !p.value.status.is_terminal() => violations.push(Violation {
                     field,
-                    description: format!("parent '{name}' must have ended (it is {})", p.value.status),
+                    description: format!(
+                        "parent '{name}' must have ended (it is {})",
+                        p.value.status
+                    ),
                 }),
                 Some(_) => {}
             }
@@ -120,7 +142,12 @@ impl Coordinator {
         structural(&request)?;
         let name = request.hyper_parameter_tuning_job_name.unwrap_or_default();
         let job = self.tuning_job(&name).await?.value;
-        let counts = self.store.trial_counts(std::slice::from_ref(&name)).await?.remove(&name).unwrap_or_default();
+        let counts = self
+            .store
+            .trial_counts(std::slice::from_ref(&name))
+            .await?
+            .remove(&name)
+            .unwrap_or_default();
         let objective = objective_of(&job);
         let best = match &objective {
             Some((metric, maximize)) => self
@@ -141,18 +168,26 @@ impl Coordinator {
         let page = self.store.list_tuning_jobs(&query).await?;
         let names: Vec<String> = page.items.iter().map(|j| j.name.clone()).collect();
         let mut counts = self.store.trial_counts(&names).await?;
-        let summaries =
-            page.items.iter().map(|j| j.summary(&counts.remove(&j.name).unwrap_or_default())).collect::<Vec<_>>();
+        let summaries = page
+            .items
+            .iter()
+            .map(|j| j.summary(&counts.remove(&j.name).unwrap_or_default()))
+            .collect::<Vec<_>>();
         Ok(api::ListHyperParameterTuningJobsResponse {
             hyper_parameter_tuning_job_summaries: Some(summaries),
             next_token: page.next_token,
         })
     }
 
-    pub async fn stop_tuning_job(&self, request: api::StopHyperParameterTuningJobRequest) -> Result<(), DomainError> {
+    pub async fn stop_tuning_job(
+        &self,
+        request: api::StopHyperParameterTuningJobRequest,
+    ) -> Result<(), DomainError> {
         structural(&request)?;
         let name = request.hyper_parameter_tuning_job_name.unwrap_or_default();
-        let changed = self.update_tuning_job(&name, |job| job.request_stop(now())).await?;
+        let changed = self
+            .update_tuning_job(&name, |job| job.request_stop(now()))
+            .await?;
         if changed {
             info!(tuning_job = %name, "tuning job stopping");
         }
@@ -171,7 +206,12 @@ impl Coordinator {
         let page = self.store.list_training_jobs(&query).await?;
         Ok(api::ListTrainingJobsForHyperParameterTuningJobResponse {
             next_token: page.next_token,
-            training_job_summaries: Some(page.items.iter().map(|t| t.trial_summary(metric.as_deref())).collect()),
+            training_job_summaries: Some(
+                page.items
+                    .iter()
+                    .map(|t| t.trial_summary(metric.as_deref()))
+                    .collect(),
+            ),
         })
     }
 
@@ -186,7 +226,9 @@ impl Coordinator {
         self.store.create_training_job(&job).await?;
         info!(training_job = %job.name, "training job created");
         self.emit(Event::TrainingJobCreated(job.name.clone()));
-        Ok(api::CreateTrainingJobResponse { training_job_arn: Some(job.arn) })
+        Ok(api::CreateTrainingJobResponse {
+            training_job_arn: Some(job.arn),
+        })
     }
 
     pub async fn describe_training_job(
@@ -215,10 +257,15 @@ impl Coordinator {
         })
     }
 
-    pub async fn stop_training_job(&self, request: api::StopTrainingJobRequest) -> Result<(), DomainError> {
+    pub async fn stop_training_job(
+        &self,
+        request: api::StopTrainingJobRequest,
+    ) -> Result<(), DomainError> {
         structural(&request)?;
         let name = request.training_job_name.unwrap_or_default();
-        let changed = self.update_training_job(&name, |job| job.request_stop(now())).await?;
+        let changed = self
+            .update_training_job(&name, |job| job.request_stop(now()))
+            .await?;
         if changed {
             info!(training_job = %name, "training job stopping");
         }
@@ -229,11 +276,17 @@ impl Coordinator {
     // ----- shared -----
 
     pub async fn tuning_job(&self, name: &str) -> Result<Versioned<TuningJob>, DomainError> {
-        self.store.get_tuning_job(name).await?.ok_or_else(|| not_found(ResourceKind::TuningJob, name))
+        self.store
+            .get_tuning_job(name)
+            .await?
+            .ok_or_else(|| not_found(ResourceKind::TuningJob, name))
     }
 
     pub async fn training_job(&self, name: &str) -> Result<Versioned<TrainingJob>, DomainError> {
-        self.store.get_training_job(name).await?.ok_or_else(|| not_found(ResourceKind::TrainingJob, name))
+        self.store
+            .get_training_job(name)
+            .await?
+            .ok_or_else(|| not_found(ResourceKind::TrainingJob, name))
     }
 
     /// Read, change, compare-and-set; again on a concurrent change. `change` returns whether it
@@ -254,7 +307,9 @@ impl Coordinator {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(DomainError::Unavailable(format!("tuning job '{name}' keeps changing; try again")))
+        Err(DomainError::Unavailable(format!(
+            "tuning job '{name}' keeps changing; try again"
+        )))
     }
 
     pub async fn update_training_job(
@@ -273,7 +328,9 @@ impl Coordinator {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(DomainError::Unavailable(format!("training job '{name}' keeps changing; try again")))
+        Err(DomainError::Unavailable(format!(
+            "training job '{name}' keeps changing; try again"
+        )))
     }
 
     /// Trials of a tuning job that have not ended.
@@ -291,8 +348,15 @@ impl Coordinator {
 /// whether it is maximized.
 fn objective_of(job: &TuningJob) -> Option<(String, bool)> {
     let config = job.request.hyper_parameter_tuning_job_config.as_ref();
-    let objective = config.and_then(|c| c.hyper_parameter_tuning_job_objective.clone()).or_else(|| {
-        rules::definitions(&job.request).into_iter().find_map(|(_, d)| d.tuning_objective.clone())
-    })?;
-    Some((objective.metric_name?, objective.r#type.as_deref() == Some("Maximize")))
+    let objective = config
+        .and_then(|c| c.hyper_parameter_tuning_job_objective.clone())
+        .or_else(|| {
+            rules::definitions(&job.request)
+                .into_iter()
+                .find_map(|(_, d)| d.tuning_objective.clone())
+        })?;
+    Some((
+        objective.metric_name?,
+        objective.r#type.as_deref() == Some("Maximize"),
+    ))
 }

@@ -24,8 +24,9 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::load(Flags::parse())?;
     init_tracing(config.log_format);
     if config.database_url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("creating the data directory {}", config.data_dir.display())
+        })?;
     }
     let store = trainyard_store::connect(&config.database_url)
         .await
@@ -52,7 +53,9 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let served = Server::builder()
-        .add_service(HyperParameterTuningServer::new(grpc::TuningService(coordinator.clone())))
+        .add_service(HyperParameterTuningServer::new(grpc::TuningService(
+            coordinator.clone(),
+        )))
         .add_service(TrainingServer::new(grpc::TrainingService(coordinator)))
         .serve_with_shutdown(config.listen, shutdown)
         .await
@@ -83,7 +86,10 @@ fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

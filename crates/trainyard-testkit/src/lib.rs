@@ -6,3 +6,5 @@ pub mod process;
 
 pub use postgres::PgServer;
 pub use process::{Daemon, binary, free_port, wait_until};
+
+pub use libc::{SIGINT, SIGKILL, SIGTERM};

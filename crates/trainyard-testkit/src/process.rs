@@ -88,12 +88,18 @@ impl Daemon {
         }
     }
 
-    /// Sends a signal to the daemon's process group.
-    pub fn signal(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(format!("-{}", self.child.id()))
-            .status();
+    /// Sends a signal (`libc::SIGTERM`, ...) to the daemon's process group, and only to it.
+    pub fn signal(&self, signal: i32) {
+        let Ok(pgid) = i32::try_from(self.child.id()) else {
+            return;
+        };
+        // A process group id of 0 or 1 would address our own group or every process: never send those.
+        if pgid > 1 {
+            // SAFETY: kill(2) has no memory-safety preconditions; a stale group id only yields ESRCH.
+            unsafe {
+                libc::kill(-pgid, signal);
+            }
+        }
     }
 
     /// Waits for the daemon to exit; its exit status, or None on timeout.
@@ -114,7 +120,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            self.signal("KILL");
+            self.signal(libc::SIGKILL);
             let _ = self.child.wait();
         }
     }
