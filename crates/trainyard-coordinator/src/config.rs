@@ -190,4 +190,12 @@ memory_mib = 1024
             "{err:#}"
         );
     }
+
+    #[test]
+    fn the_example_configuration_in_deploy_is_valid() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/coordinator.example.toml");
+        let c = Config::load(flags(Some(path))).expect("the example loads");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/trainyard"));
+        assert_eq!(c.catalog.get("ml.g5.xlarge").map(|t| t.gpus), Some(1));
+    }
 }

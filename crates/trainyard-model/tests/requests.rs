@@ -129,7 +129,9 @@ fn unknown_members_are_rejected_by_name() {
 fn tuning_job_violations_are_named_with_their_limits() {
     let def = "/TrainingJobDefinition";
     let cfg = "/HyperParameterTuningJobConfig";
-    let cases: Vec<(&str, Value, Vec<(&str, &str)>)> = vec![
+    // (case, request, expected violations as (field, fragment of the description))
+    type Case<'a> = (&'a str, Value, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         (
             "name too long and badly formed",
             patched(

@@ -1,0 +1,182 @@
+//! `trainyard-bench`: create-request throughput of the real coordinator over real gRPC, with
+//! concurrent clients, on SQLite and on PostgreSQL. Each run starts a fresh coordinator (and, for
+//! PostgreSQL, a throwaway server), measures, and prints one table row; `--json` writes them all.
+//!
+//! Run it with `scripts/bench` (release build). A create is validated in full and persisted before
+//! it is answered, so this measures validation plus a durable write per request.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde_json::json;
+use tonic::transport::Channel;
+use trainyard_proto::model::api;
+use trainyard_proto::pb;
+use trainyard_proto::pb::hyper_parameter_tuning_client::HyperParameterTuningClient;
+use trainyard_proto::pb::training_client::TrainingClient;
+use trainyard_testkit::{Daemon, PgServer, binary, free_port, wait_until};
+
+#[derive(Parser)]
+#[command(about = "Create-request throughput of the coordinator over gRPC, SQLite vs PostgreSQL")]
+struct Flags {
+    /// Concurrent clients (each its own HTTP/2 connection).
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Requests per measurement (after a warm-up of a tenth as many).
+    #[arg(long, default_value_t = 20_000)]
+    requests: u64,
+    /// Backends to measure.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    backends: Vec<String>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    TrainingJob,
+    TuningJob,
+}
+
+struct Row {
+    backend: String,
+    kind: &'static str,
+    requests: u64,
+    seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
+const TRAINING: &str = include_str!("../../../deploy/examples/training-job.json");
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let mut rows = Vec::new();
+    for backend in &flags.backends {
+        for kind in [Kind::TuningJob, Kind::TrainingJob] {
+            let pg = (backend == "postgres").then(PgServer::start);
+            let dir = tempfile::tempdir()?;
+            let url = match (&pg, backend.as_str()) {
+                (Some(pg), _) => pg.fresh_database(),
+                (None, "sqlite") => format!("sqlite://{}", dir.path().join("bench.db").display()),
+                (None, other) => bail!("unknown backend {other}: use sqlite or postgres"),
+            };
+            // Tuning-job creates would hit the default limit of 100 running tuning jobs.
+            let config = dir.path().join("coordinator.toml");
+            std::fs::write(&config, "[limits]\nmax_concurrent_tuning_jobs = 100000000\n")?;
+            let port = free_port();
+            let mut cmd = Command::new(binary("trainyard-coordinator"));
+            cmd.arg("--config").arg(&config).arg("--listen").arg(format!("127.0.0.1:{port}"));
+            cmd.arg("--database-url").arg(&url).arg("--data-dir").arg(dir.path()).env("RUST_LOG", "warn");
+            let mut daemon = Daemon::spawn("coordinator", cmd, dir.path());
+            let address = format!("127.0.0.1:{port}");
+            if !wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(&address).is_ok()) {
+                daemon.assert_running();
+                bail!("the coordinator did not start:\n{}", daemon.log());
+            }
+            let row = measure(&flags, backend, kind, &format!("http://{address}")).await?;
+            daemon.assert_running();
+            print_row(&row, rows.is_empty());
+            rows.push(row);
+        }
+    }
+    if let Some(path) = &flags.json {
+        let value: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                json!({"backend": r.backend, "operation": r.kind, "clients": flags.clients, "requests": r.requests,
+                       "seconds": r.seconds, "per_second": r.requests as f64 / r.seconds, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms})
+            })
+            .collect();
+        std::fs::write(path, serde_json::to_vec_pretty(&value)?)?;
+    }
+    Ok(())
+}
+
+fn print_row(r: &Row, header: bool) {
+    if header {
+        println!("{:<10} {:<30} {:>9} {:>10} {:>10} {:>9} {:>9}", "backend", "operation", "requests", "seconds", "per second", "p50 ms", "p99 ms");
+    }
+    println!(
+        "{:<10} {:<30} {:>9} {:>10.2} {:>10.0} {:>9.2} {:>9.2}",
+        r.backend,
+        r.kind,
+        r.requests,
+        r.seconds,
+        r.requests as f64 / r.seconds,
+        r.p50_ms,
+        r.p99_ms
+    );
+}
+
+async fn measure(flags: &Flags, backend: &str, kind: Kind, url: &str) -> anyhow::Result<Row> {
+    let warmup = (flags.requests / 10).max(flags.clients as u64);
+    run(flags.clients, warmup, kind, url, "warm").await?;
+    let started = Instant::now();
+    let mut latencies = run(flags.clients, flags.requests, kind, url, "run").await?;
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1000.0;
+    Ok(Row {
+        backend: backend.to_string(),
+        kind: match kind {
+            Kind::TrainingJob => "CreateTrainingJob",
+            Kind::TuningJob => "CreateHyperParameterTuningJob",
+        },
+        requests: flags.requests,
+        seconds,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+    })
+}
+
+/// `total` creates spread over `clients` connections; returns each request's latency.
+async fn run(clients: usize, total: u64, kind: Kind, url: &str, prefix: &str) -> anyhow::Result<Vec<Duration>> {
+    let tuning: api::CreateHyperParameterTuningJobRequest = serde_json::from_str(TUNING)?;
+    let training: api::CreateTrainingJobRequest = serde_json::from_str(TRAINING)?;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let channel = Channel::from_shared(url.to_string())?.connect().await.context("connecting")?;
+        let (next, tuning, training, prefix) = (next.clone(), tuning.clone(), training.clone(), prefix.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut tuning_client = HyperParameterTuningClient::new(channel.clone());
+            let mut training_client = TrainingClient::new(channel);
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let name = format!("{prefix}-{i}");
+                let started = Instant::now();
+                match kind {
+                    Kind::TuningJob => {
+                        let mut request = tuning.clone();
+                        request.hyper_parameter_tuning_job_name = Some(name);
+                        tuning_client.create_hyper_parameter_tuning_job(pb::CreateHyperParameterTuningJobRequest::from(request)).await?;
+                    }
+                    Kind::TrainingJob => {
+                        let mut request = training.clone();
+                        request.training_job_name = Some(name);
+                        training_client.create_training_job(pb::CreateTrainingJobRequest::from(request)).await?;
+                    }
+                }
+                latencies.push(started.elapsed());
+            }
+            Ok::<_, tonic::Status>(latencies)
+        }));
+    }
+    let mut all = Vec::with_capacity(total as usize);
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(all)
+}
