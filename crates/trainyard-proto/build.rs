@@ -10,9 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let files = ["trainyard/v1/tuning.proto", "trainyard/v1/training.proto"];
     let fds = protox::compile(files, [&proto_root])?;
-    tonic_prost_build::configure()
-        .btree_map(".")
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().btree_map(".").compile_fds(fds)?;
 
     let model = trainyard_codegen::ServiceModel::load()?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?).join("convert.rs");

@@ -29,19 +29,13 @@ pub struct Coordinator {
 impl Coordinator {
     /// On SQLite in a fresh data dir.
     pub fn start() -> Coordinator {
-        let dir = tempfile::Builder::new()
-            .prefix("trainyard-e2e-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("trainyard-e2e-").tempdir().expect("temp dir");
         Self::start_in(dir, None)
     }
 
     /// On the given database (e.g. a throwaway PostgreSQL).
     pub fn start_with_database(url: &str) -> Coordinator {
-        let dir = tempfile::Builder::new()
-            .prefix("trainyard-e2e-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("trainyard-e2e-").tempdir().expect("temp dir");
         Self::start_in(dir, Some(url.to_string()))
     }
 
@@ -49,12 +43,7 @@ impl Coordinator {
         let port = free_port();
         let address = format!("127.0.0.1:{port}");
         let daemon = Self::spawn(dir.path(), &address, database_url.as_deref());
-        let mut c = Coordinator {
-            dir,
-            address,
-            daemon,
-            database_url,
-        };
+        let mut c = Coordinator { dir, address, daemon, database_url };
         c.wait_ready();
         c
     }
@@ -62,10 +51,7 @@ impl Coordinator {
     fn spawn(dir: &Path, address: &str, database_url: Option<&str>) -> Daemon {
         let mut cmd = Command::new(binary("trainyard-coordinator"));
         // The listen address travels by environment, the data dir by flag: both paths are exercised.
-        cmd.env("TRAINYARD_LISTEN", address)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .env("RUST_LOG", "info");
+        cmd.env("TRAINYARD_LISTEN", address).arg("--data-dir").arg(dir.join("data")).env("RUST_LOG", "info");
         if let Some(url) = database_url {
             cmd.arg("--database-url").arg(url);
         }
@@ -74,15 +60,9 @@ impl Coordinator {
 
     fn wait_ready(&mut self) {
         let address = self.address.clone();
-        let ready = wait_until(Duration::from_secs(20), || {
-            std::net::TcpStream::connect(&address).is_ok()
-        });
+        let ready = wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(&address).is_ok());
         self.daemon.assert_running();
-        assert!(
-            ready,
-            "coordinator did not listen on {address}; log:\n{}",
-            self.daemon.log()
-        );
+        assert!(ready, "coordinator did not listen on {address}; log:\n{}", self.daemon.log());
     }
 
     /// Stops the daemon with `signal` and starts a new one on the same data and address.
@@ -91,10 +71,7 @@ impl Coordinator {
         let status = self.daemon.wait_exit(Duration::from_secs(20));
         let address = self.address.clone();
         assert!(
-            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(
-                &address
-            )
-            .is_err()),
+            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&address).is_err()),
             "the old coordinator still listens"
         );
         self.daemon = Self::spawn(self.dir.path(), &self.address, self.database_url.as_deref());
@@ -122,8 +99,7 @@ impl Coordinator {
         full.extend_from_slice(args);
         let out = self.cli(&full);
         out.assert_success();
-        serde_json::from_str(&out.stdout())
-            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}):\n{}", out.stdout()))
+        serde_json::from_str(&out.stdout()).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}):\n{}", out.stdout()))
     }
 
     /// Polls `trainyard --output json ARGS` until `check` holds.
@@ -133,10 +109,7 @@ impl Coordinator {
             last = self.json(args);
             check(&last)
         });
-        assert!(
-            held,
-            "{args:?} never satisfied the condition; last answer:\n{last:#}"
-        );
+        assert!(held, "{args:?} never satisfied the condition; last answer:\n{last:#}");
         last
     }
 }
@@ -157,12 +130,6 @@ impl CliOutput {
     }
 
     pub fn assert_success(&self) {
-        assert_eq!(
-            self.code(),
-            0,
-            "trainyard failed:\nstdout:\n{}\nstderr:\n{}",
-            self.stdout(),
-            self.stderr()
-        );
+        assert_eq!(self.code(), 0, "trainyard failed:\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr());
     }
 }

@@ -102,7 +102,10 @@ async fn main() -> anyhow::Result<()> {
 
 fn print_row(r: &Row, header: bool) {
     if header {
-        println!("{:<10} {:<30} {:>9} {:>10} {:>10} {:>9} {:>9}", "backend", "operation", "requests", "seconds", "per second", "p50 ms", "p99 ms");
+        println!(
+            "{:<10} {:<30} {:>9} {:>10} {:>10} {:>9} {:>9}",
+            "backend", "operation", "requests", "seconds", "per second", "p50 ms", "p99 ms"
+        );
     }
     println!(
         "{:<10} {:<30} {:>9} {:>10.2} {:>10.0} {:>9.2} {:>9.2}",
@@ -161,7 +164,9 @@ async fn run(clients: usize, total: u64, kind: Kind, url: &str, prefix: &str) ->
                     Kind::TuningJob => {
                         let mut request = tuning.clone();
                         request.hyper_parameter_tuning_job_name = Some(name);
-                        tuning_client.create_hyper_parameter_tuning_job(pb::CreateHyperParameterTuningJobRequest::from(request)).await?;
+                        tuning_client
+                            .create_hyper_parameter_tuning_job(pb::CreateHyperParameterTuningJobRequest::from(request))
+                            .await?;
                     }
                     Kind::TrainingJob => {
                         let mut request = training.clone();

@@ -23,23 +23,12 @@ use trainyard_proto::pb::hyper_parameter_tuning_client::HyperParameterTuningClie
 use trainyard_proto::pb::training_client::TrainingClient;
 
 #[derive(Parser)]
-#[command(
-    name = "trainyard",
-    version,
-    about = "Hyperparameter tuning and training jobs on your own hosts"
-)]
-#[command(
-    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 invalid request, 4 not found, 5 already exists, \
-                        6 coordinator unreachable, 7 limit exceeded."
-)]
+#[command(name = "trainyard", version, about = "Hyperparameter tuning and training jobs on your own hosts")]
+#[command(after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 invalid request, 4 not found, 5 already exists, \
+                        6 coordinator unreachable, 7 limit exceeded.")]
 struct Cli {
     /// Coordinator address (http://HOST:PORT or HOST:PORT).
-    #[arg(
-        long,
-        global = true,
-        env = "TRAINYARD_COORDINATOR",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long, global = true, env = "TRAINYARD_COORDINATOR", default_value = "http://127.0.0.1:50051")]
     coordinator: String,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
@@ -154,15 +143,9 @@ fn parse_time(raw: &str) -> Result<Timestamp, String> {
     if let Ok(seconds) = raw.parse::<f64>() {
         return Ok(Timestamp::from_millis((seconds * 1000.0) as i64));
     }
-    let t = humantime::parse_rfc3339_weak(raw)
-        .map_err(|e| format!("'{raw}' is not RFC 3339 or epoch seconds: {e}"))?;
-    let millis = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|e| e.to_string())?
-        .as_millis();
-    Ok(Timestamp::from_millis(
-        i64::try_from(millis).map_err(|e| e.to_string())?,
-    ))
+    let t = humantime::parse_rfc3339_weak(raw).map_err(|e| format!("'{raw}' is not RFC 3339 or epoch seconds: {e}"))?;
+    let millis = t.duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?.as_millis();
+    Ok(Timestamp::from_millis(i64::try_from(millis).map_err(|e| e.to_string())?))
 }
 
 #[tokio::main]
@@ -178,40 +161,27 @@ async fn main() -> ExitCode {
 }
 
 async fn connect(address: &str) -> anyhow::Result<Channel> {
-    let url = if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    };
-    let endpoint = Channel::from_shared(url.clone())
-        .map_err(|e| anyhow!("'{address}' is not an address: {e}"))?;
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| anyhow::Error::new(output::Unreachable(format!("{url}: {e}"))))
+    let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+    let endpoint = Channel::from_shared(url.clone()).map_err(|e| anyhow!("'{address}' is not an address: {e}"))?;
+    endpoint.connect().await.map_err(|e| anyhow::Error::new(output::Unreachable(format!("{url}: {e}"))))
 }
 
 fn read_request<T: DeserializeOwned>(path: &PathBuf) -> anyhow::Result<T> {
     let text = if path.as_os_str() == "-" {
         let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("reading the request from standard input")?;
+        std::io::stdin().read_to_string(&mut s).context("reading the request from standard input")?;
         s
     } else {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
     };
-    serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a valid request body", path.display()))
+    serde_json::from_str(&text).with_context(|| format!("{} is not a valid request body", path.display()))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let channel = connect(&cli.coordinator).await?;
     let out = cli.output;
     match cli.command {
-        Command::TuningJobs(cmd) => {
-            tuning(HyperParameterTuningClient::new(channel), cmd, out).await
-        }
+        Command::TuningJobs(cmd) => tuning(HyperParameterTuningClient::new(channel), cmd, out).await,
         Command::TrainingJobs(cmd) => training(TrainingClient::new(channel), cmd, out).await,
     }
 }
@@ -228,30 +198,20 @@ async fn tuning(
                 request.hyper_parameter_tuning_job_name = Some(name);
             }
             let response = client
-                .create_hyper_parameter_tuning_job(pb::CreateHyperParameterTuningJobRequest::from(
-                    request,
-                ))
+                .create_hyper_parameter_tuning_job(pb::CreateHyperParameterTuningJobRequest::from(request))
                 .await?;
             let response = api::CreateHyperParameterTuningJobResponse::from(response.into_inner());
             match out {
                 Output::Json => output::json(&response),
-                Output::Table => println!(
-                    "{}",
-                    response.hyper_parameter_tuning_job_arn.unwrap_or_default()
-                ),
+                Output::Table => println!("{}", response.hyper_parameter_tuning_job_arn.unwrap_or_default()),
             }
         }
         TuningCommand::Describe { name } => {
-            let request = api::DescribeHyperParameterTuningJobRequest {
-                hyper_parameter_tuning_job_name: Some(name),
-            };
+            let request = api::DescribeHyperParameterTuningJobRequest { hyper_parameter_tuning_job_name: Some(name) };
             let response = client
-                .describe_hyper_parameter_tuning_job(
-                    pb::DescribeHyperParameterTuningJobRequest::from(request),
-                )
+                .describe_hyper_parameter_tuning_job(pb::DescribeHyperParameterTuningJobRequest::from(request))
                 .await?;
-            let response =
-                api::DescribeHyperParameterTuningJobResponse::from(response.into_inner());
+            let response = api::DescribeHyperParameterTuningJobResponse::from(response.into_inner());
             match out {
                 Output::Json => output::json(&response),
                 Output::Table => output::describe_tuning_job(&response),
@@ -273,15 +233,10 @@ async fn tuning(
             let mut all = Vec::new();
             let next = loop {
                 let page = client
-                    .list_hyper_parameter_tuning_jobs(
-                        pb::ListHyperParameterTuningJobsRequest::from(request.clone()),
-                    )
+                    .list_hyper_parameter_tuning_jobs(pb::ListHyperParameterTuningJobsRequest::from(request.clone()))
                     .await?;
                 let page = api::ListHyperParameterTuningJobsResponse::from(page.into_inner());
-                all.extend(
-                    page.hyper_parameter_tuning_job_summaries
-                        .unwrap_or_default(),
-                );
+                all.extend(page.hyper_parameter_tuning_job_summaries.unwrap_or_default());
                 match page.next_token {
                     Some(token) if args.all => request.next_token = Some(token),
                     other => break other,
@@ -297,14 +252,9 @@ async fn tuning(
             }
         }
         TuningCommand::Stop { name } => {
-            let request = api::StopHyperParameterTuningJobRequest {
-                hyper_parameter_tuning_job_name: Some(name.clone()),
-            };
-            client
-                .stop_hyper_parameter_tuning_job(pb::StopHyperParameterTuningJobRequest::from(
-                    request,
-                ))
-                .await?;
+            let request =
+                api::StopHyperParameterTuningJobRequest { hyper_parameter_tuning_job_name: Some(name.clone()) };
+            client.stop_hyper_parameter_tuning_job(pb::StopHyperParameterTuningJobRequest::from(request)).await?;
             if out == Output::Table {
                 println!("stopping {name}");
             }
@@ -322,14 +272,10 @@ async fn tuning(
             let next = loop {
                 let page = client
                     .list_training_jobs_for_hyper_parameter_tuning_job(
-                        pb::ListTrainingJobsForHyperParameterTuningJobRequest::from(
-                            request.clone(),
-                        ),
+                        pb::ListTrainingJobsForHyperParameterTuningJobRequest::from(request.clone()),
                     )
                     .await?;
-                let page = api::ListTrainingJobsForHyperParameterTuningJobResponse::from(
-                    page.into_inner(),
-                );
+                let page = api::ListTrainingJobsForHyperParameterTuningJobResponse::from(page.into_inner());
                 all.extend(page.training_job_summaries.unwrap_or_default());
                 match page.next_token {
                     Some(token) if args.all => request.next_token = Some(token),
@@ -349,20 +295,14 @@ async fn tuning(
     Ok(())
 }
 
-async fn training(
-    mut client: TrainingClient<Channel>,
-    cmd: TrainingCommand,
-    out: Output,
-) -> anyhow::Result<()> {
+async fn training(mut client: TrainingClient<Channel>, cmd: TrainingCommand, out: Output) -> anyhow::Result<()> {
     match cmd {
         TrainingCommand::Create(args) => {
             let mut request: api::CreateTrainingJobRequest = read_request(&args.file)?;
             if let Some(name) = args.name {
                 request.training_job_name = Some(name);
             }
-            let response = client
-                .create_training_job(pb::CreateTrainingJobRequest::from(request))
-                .await?;
+            let response = client.create_training_job(pb::CreateTrainingJobRequest::from(request)).await?;
             let response = api::CreateTrainingJobResponse::from(response.into_inner());
             match out {
                 Output::Json => output::json(&response),
@@ -370,12 +310,8 @@ async fn training(
             }
         }
         TrainingCommand::Describe { name } => {
-            let request = api::DescribeTrainingJobRequest {
-                training_job_name: Some(name),
-            };
-            let response = client
-                .describe_training_job(pb::DescribeTrainingJobRequest::from(request))
-                .await?;
+            let request = api::DescribeTrainingJobRequest { training_job_name: Some(name) };
+            let response = client.describe_training_job(pb::DescribeTrainingJobRequest::from(request)).await?;
             let response = api::DescribeTrainingJobResponse::from(response.into_inner());
             match out {
                 Output::Json => output::json(&response),
@@ -399,9 +335,7 @@ async fn training(
             };
             let mut all = Vec::new();
             let next = loop {
-                let page = client
-                    .list_training_jobs(pb::ListTrainingJobsRequest::from(request.clone()))
-                    .await?;
+                let page = client.list_training_jobs(pb::ListTrainingJobsRequest::from(request.clone())).await?;
                 let page = api::ListTrainingJobsResponse::from(page.into_inner());
                 all.extend(page.training_job_summaries.unwrap_or_default());
                 match page.next_token {
@@ -409,22 +343,15 @@ async fn training(
                     other => break other,
                 }
             };
-            let response = api::ListTrainingJobsResponse {
-                training_job_summaries: Some(all),
-                next_token: next,
-            };
+            let response = api::ListTrainingJobsResponse { training_job_summaries: Some(all), next_token: next };
             match out {
                 Output::Json => output::json(&response),
                 Output::Table => output::list_training_jobs(&response),
             }
         }
         TrainingCommand::Stop { name } => {
-            let request = api::StopTrainingJobRequest {
-                training_job_name: Some(name.clone()),
-            };
-            client
-                .stop_training_job(pb::StopTrainingJobRequest::from(request))
-                .await?;
+            let request = api::StopTrainingJobRequest { training_job_name: Some(name.clone()) };
+            client.stop_training_job(pb::StopTrainingJobRequest::from(request)).await?;
             if out == Output::Table {
                 println!("stopping {name}");
             }

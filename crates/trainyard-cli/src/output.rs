@@ -34,9 +34,7 @@ pub fn json(value: &impl Serialize) {
 pub fn report_error(error: &anyhow::Error) -> u8 {
     if let Some(unreachable) = error.downcast_ref::<Unreachable>() {
         eprintln!("error: {unreachable}");
-        eprintln!(
-            "hint: start one with `trainyard-coordinator`, or point --coordinator / TRAINYARD_COORDINATOR at it"
-        );
+        eprintln!("hint: start one with `trainyard-coordinator`, or point --coordinator / TRAINYARD_COORDINATOR at it");
         return 6;
     }
     let Some(s) = error.downcast_ref::<tonic::Status>() else {
@@ -82,9 +80,7 @@ fn text(s: &Option<String>) -> &str {
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_style(UTF8_BORDERS_ONLY)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(header.to_vec());
+    t.load_style(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.to_vec());
     t
 }
 
@@ -100,39 +96,20 @@ pub fn describe_tuning_job(r: &api::DescribeHyperParameterTuningJobResponse) {
     let limits = config.and_then(|c| c.resource_limits.as_ref());
     let c = r.training_job_status_counters.clone().unwrap_or_default();
     let o = r.objective_status_counters.clone().unwrap_or_default();
-    println!(
-        "Name:          {}",
-        text(&r.hyper_parameter_tuning_job_name)
-    );
+    println!("Name:          {}", text(&r.hyper_parameter_tuning_job_name));
     println!("ARN:           {}", text(&r.hyper_parameter_tuning_job_arn));
-    println!(
-        "Status:        {}",
-        text(&r.hyper_parameter_tuning_job_status)
-    );
+    println!("Status:        {}", text(&r.hyper_parameter_tuning_job_status));
     if let Some(reason) = &r.failure_reason {
         println!("Failure:       {reason}");
     }
-    println!(
-        "Strategy:      {}",
-        config.and_then(|c| c.strategy.as_deref()).unwrap_or("-")
-    );
+    println!("Strategy:      {}", config.and_then(|c| c.strategy.as_deref()).unwrap_or("-"));
     if let Some(obj) = objective {
-        println!(
-            "Objective:     {} {}",
-            text(&obj.r#type),
-            text(&obj.metric_name)
-        );
+        println!("Objective:     {} {}", text(&obj.r#type), text(&obj.metric_name));
     }
     if let Some(l) = limits {
-        let max = l
-            .max_number_of_training_jobs
-            .map_or("-".into(), |n| n.to_string());
-        let parallel = l
-            .max_parallel_training_jobs
-            .map_or("-".into(), |n| n.to_string());
-        let runtime = l
-            .max_runtime_in_seconds
-            .map_or(String::new(), |s| format!(", at most {s} s"));
+        let max = l.max_number_of_training_jobs.map_or("-".into(), |n| n.to_string());
+        let parallel = l.max_parallel_training_jobs.map_or("-".into(), |n| n.to_string());
+        let runtime = l.max_runtime_in_seconds.map_or(String::new(), |s| format!(", at most {s} s"));
         println!("Limits:        {max} trials, {parallel} in parallel{runtime}");
     }
     println!("Created:       {}", time(r.creation_time));
@@ -147,12 +124,7 @@ pub fn describe_tuning_job(r: &api::DescribeHyperParameterTuningJobResponse) {
         n(c.non_retryable_error),
         n(c.retryable_error)
     );
-    println!(
-        "Objectives:    {} succeeded, {} pending, {} failed",
-        n(o.succeeded),
-        n(o.pending),
-        n(o.failed)
-    );
+    println!("Objectives:    {} succeeded, {} pending, {} failed", n(o.succeeded), n(o.pending), n(o.failed));
     match &r.best_training_job {
         Some(best) => {
             let value = best
@@ -170,16 +142,7 @@ pub fn describe_tuning_job(r: &api::DescribeHyperParameterTuningJobResponse) {
 }
 
 pub fn list_tuning_jobs(r: &api::ListHyperParameterTuningJobsResponse) {
-    let mut t = table(&[
-        "NAME",
-        "STATUS",
-        "STRATEGY",
-        "COMPLETED",
-        "RUNNING",
-        "FAILED",
-        "STOPPED",
-        "CREATED",
-    ]);
+    let mut t = table(&["NAME", "STATUS", "STRATEGY", "COMPLETED", "RUNNING", "FAILED", "STOPPED", "CREATED"]);
     for s in r.hyper_parameter_tuning_job_summaries.iter().flatten() {
         let c = s.training_job_status_counters.clone().unwrap_or_default();
         let n = |v: Option<i32>| v.unwrap_or(0).to_string();
@@ -206,13 +169,8 @@ pub fn list_trials(r: &api::ListTrainingJobsForHyperParameterTuningJobResponse) 
             .as_ref()
             .and_then(|m| m.value)
             .map_or("-".into(), |v| format!("{v}"));
-        let hps = s
-            .tuned_hyper_parameters
-            .iter()
-            .flatten()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let hps =
+            s.tuned_hyper_parameters.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
         t.add_row(vec![
             text(&s.training_job_name).to_string(),
             text(&s.training_job_status).to_string(),
@@ -228,11 +186,7 @@ pub fn list_trials(r: &api::ListTrainingJobsForHyperParameterTuningJobResponse) 
 pub fn describe_training_job(r: &api::DescribeTrainingJobResponse) {
     println!("Name:          {}", text(&r.training_job_name));
     println!("ARN:           {}", text(&r.training_job_arn));
-    println!(
-        "Status:        {} / {}",
-        text(&r.training_job_status),
-        text(&r.secondary_status)
-    );
+    println!("Status:        {} / {}", text(&r.training_job_status), text(&r.secondary_status));
     if let Some(reason) = &r.failure_reason {
         println!("Failure:       {reason}");
     }
@@ -253,11 +207,7 @@ pub fn describe_training_job(r: &api::DescribeTrainingJobResponse) {
     println!("Created:       {}", time(r.creation_time));
     println!("Started:       {}", time(r.training_start_time));
     println!("Ended:         {}", time(r.training_end_time));
-    if let Some(uri) = r
-        .model_artifacts
-        .as_ref()
-        .and_then(|m| m.s3_model_artifacts.as_ref())
-    {
+    if let Some(uri) = r.model_artifacts.as_ref().and_then(|m| m.s3_model_artifacts.as_ref()) {
         println!("Model:         {uri}");
     }
     let hps = r.hyper_parameters.clone().unwrap_or_default();
@@ -270,11 +220,7 @@ pub fn describe_training_job(r: &api::DescribeTrainingJobResponse) {
     if let Some(metrics) = &r.final_metric_data_list {
         println!("Final metrics:");
         for m in metrics {
-            println!(
-                "  {} = {}",
-                text(&m.metric_name),
-                m.value.map_or("-".into(), |v| v.to_string())
-            );
+            println!("  {} = {}", text(&m.metric_name), m.value.map_or("-".into(), |v| v.to_string()));
         }
     }
     let mut t = table(&["SECONDARY STATUS", "START", "END", "MESSAGE"]);

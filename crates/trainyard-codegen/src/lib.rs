@@ -115,10 +115,7 @@ impl ServiceModel {
             }
             let shape = self.shape(&name);
             stack.extend(shape.members.values().map(|r| r.shape.clone()));
-            for r in [&shape.member, &shape.key, &shape.value]
-                .into_iter()
-                .flatten()
-            {
+            for r in [&shape.member, &shape.key, &shape.value].into_iter().flatten() {
                 stack.push(r.shape.clone());
             }
         }
@@ -138,9 +135,7 @@ impl ServiceModel {
         self.shapes
             .iter()
             .filter(|(name, shape)| {
-                reachable.contains(name.as_str())
-                    && kinds.contains(&shape.kind.as_str())
-                    && !shape.exception
+                reachable.contains(name.as_str()) && kinds.contains(&shape.kind.as_str()) && !shape.exception
             })
             .map(|(name, shape)| (name.as_str(), shape))
             .collect()
@@ -161,10 +156,7 @@ pub fn words(name: &str) -> Vec<String> {
         Upper,
     }
     let mut out = Vec::new();
-    for part in name
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|p| !p.is_empty())
-    {
+    for part in name.split(|c: char| !c.is_alphanumeric()).filter(|p| !p.is_empty()) {
         let chars: Vec<(usize, char)> = part.char_indices().collect();
         let mut start = 0;
         let mut mode = Mode::Boundary;
@@ -197,11 +189,7 @@ pub fn words(name: &str) -> Vec<String> {
 }
 
 pub fn snake_case(name: &str) -> String {
-    words(name)
-        .iter()
-        .map(|w| w.to_lowercase())
-        .collect::<Vec<_>>()
-        .join("_")
+    words(name).iter().map(|w| w.to_lowercase()).collect::<Vec<_>>().join("_")
 }
 
 pub fn upper_camel_case(name: &str) -> String {
@@ -210,10 +198,7 @@ pub fn upper_camel_case(name: &str) -> String {
         .map(|w| {
             let mut chars = w.chars();
             match chars.next() {
-                Some(first) => first
-                    .to_uppercase()
-                    .chain(chars.flat_map(char::to_lowercase))
-                    .collect(),
+                Some(first) => first.to_uppercase().chain(chars.flat_map(char::to_lowercase)).collect(),
                 None => String::new(),
             }
         })
@@ -221,21 +206,16 @@ pub fn upper_camel_case(name: &str) -> String {
 }
 
 const RUST_KEYWORDS: &[&str] = &[
-    "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern",
-    "false", "fn", "for", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub",
-    "ref", "return", "static", "struct", "trait", "true", "type", "unsafe", "use", "where",
-    "while", "abstract", "become", "box", "do", "final", "macro", "override", "priv", "typeof",
-    "unsized", "virtual", "yield", "try", "gen",
+    "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern", "false", "fn",
+    "for", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub", "ref", "return", "static",
+    "struct", "trait", "true", "type", "unsafe", "use", "where", "while", "abstract", "become", "box", "do", "final",
+    "macro", "override", "priv", "typeof", "unsized", "virtual", "yield", "try", "gen",
 ];
 
 /// The Rust field identifier for a member, as both this generator and prost spell it.
 pub fn field_ident(member: &str) -> String {
     let snake = snake_case(member);
-    if RUST_KEYWORDS.contains(&snake.as_str()) {
-        format!("r#{snake}")
-    } else {
-        snake
-    }
+    if RUST_KEYWORDS.contains(&snake.as_str()) { format!("r#{snake}") } else { snake }
 }
 
 fn checker_name(shape: &str) -> String {
@@ -306,9 +286,7 @@ fn needs_check(model: &ServiceModel, name: &str) -> bool {
         "structure" => true,
         "list" | "map" => true,
         "string" if ENUMS_FROM_CONFIGURATION.contains(&name) => {
-            s.min.is_some()
-                || s.max.is_some()
-                || s.pattern.as_deref().is_some_and(|p| !is_trivial_pattern(p))
+            s.min.is_some() || s.max.is_some() || s.pattern.as_deref().is_some_and(|p| !is_trivial_pattern(p))
         }
         "string" => {
             s.min.is_some()
@@ -347,42 +325,27 @@ pub fn rust_model(model: &ServiceModel) -> String {
 
     for (name, shape) in model.structures() {
         let required: BTreeSet<&str> = shape.required.iter().map(String::as_str).collect();
-        writeln!(
-            out,
-            "#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]"
-        )
-        .ok();
+        writeln!(out, "#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]").ok();
         writeln!(out, "#[serde(deny_unknown_fields)]").ok();
         writeln!(out, "pub struct {name} {{").ok();
         for (member, r) in &shape.members {
             if required.contains(member.as_str()) {
                 writeln!(out, "    /// Required.").ok();
             }
-            writeln!(out, "    #[serde(rename = \"{member}\", default, skip_serializing_if = \"Option::is_none\")]").ok();
-            writeln!(
-                out,
-                "    pub {}: Option<{}>,",
-                field_ident(member),
-                rust_type(model, &r.shape)
-            )
-            .ok();
+            writeln!(out, "    #[serde(rename = \"{member}\", default, skip_serializing_if = \"Option::is_none\")]")
+                .ok();
+            writeln!(out, "    pub {}: Option<{}>,", field_ident(member), rust_type(model, &r.shape)).ok();
         }
         writeln!(out, "}}\n").ok();
 
         writeln!(out, "impl Validate for {name} {{").ok();
-        writeln!(
-            out,
-            "    fn validate(&self, path: &Path<'_>, out: &mut Violations) {{"
-        )
-        .ok();
+        writeln!(out, "    fn validate(&self, path: &Path<'_>, out: &mut Violations) {{").ok();
         for (member, r) in &shape.members {
             let ident = field_ident(member);
             if required.contains(member.as_str()) {
                 writeln!(out, "        if self.{ident}.is_none() {{ out.missing(&path.field(\"{member}\")); }}").ok();
             }
-            let over = FOUNDING_PAGE_OVERRIDES
-                .iter()
-                .find(|o| o.structure == name && o.member == member);
+            let over = FOUNDING_PAGE_OVERRIDES.iter().find(|o| o.structure == name && o.member == member);
             let call = if let Some(over) = over {
                 let fname = format!("check_{}_{}", snake_case(name), snake_case(member));
                 let map = model.shape(&r.shape);
@@ -397,20 +360,11 @@ pub fn rust_model(model: &ServiceModel) -> String {
                 );
                 format!("{fname}(out, &path.field(\"{member}\"), value);")
             } else if needs_check(model, &r.shape) {
-                check_call(
-                    model,
-                    &r.shape,
-                    "value",
-                    &format!("&path.field(\"{member}\")"),
-                )
+                check_call(model, &r.shape, "value", &format!("&path.field(\"{member}\")"))
             } else {
                 continue;
             };
-            writeln!(
-                out,
-                "        if let Some(value) = &self.{ident} {{ {call} }}"
-            )
-            .ok();
+            writeln!(out, "        if let Some(value) = &self.{ident} {{ {call} }}").ok();
         }
         writeln!(out, "    }}\n}}\n").ok();
     }
@@ -423,11 +377,7 @@ pub fn rust_model(model: &ServiceModel) -> String {
         let fname = checker_name(name);
         match shape.kind.as_str() {
             "string" => {
-                writeln!(
-                    out,
-                    "pub(crate) fn {fname}(out: &mut Violations, path: &Path<'_>, value: &str) {{"
-                )
-                .ok();
+                writeln!(out, "pub(crate) fn {fname}(out: &mut Violations, path: &Path<'_>, value: &str) {{").ok();
                 if shape.min.is_some() || shape.max.is_some() {
                     writeln!(
                         out,
@@ -437,16 +387,10 @@ pub fn rust_model(model: &ServiceModel) -> String {
                     )
                     .ok();
                 }
-                if let Some(values) = shape
-                    .enum_values
-                    .as_ref()
-                    .filter(|_| !ENUMS_FROM_CONFIGURATION.contains(&name.as_str()))
+                if let Some(values) =
+                    shape.enum_values.as_ref().filter(|_| !ENUMS_FROM_CONFIGURATION.contains(&name.as_str()))
                 {
-                    let list = values
-                        .iter()
-                        .map(|v| format!("{v:?}"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
+                    let list = values.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ");
                     writeln!(out, "    check::one_of(out, path, value, &[{list}]);").ok();
                 }
                 if let Some(p) = shape.pattern.as_deref().filter(|p| !is_trivial_pattern(p)) {
@@ -460,11 +404,7 @@ pub fn rust_model(model: &ServiceModel) -> String {
                     };
                     let (rust, no_trailing_dash) = rust_pattern(p);
                     let index = intern(&mut patterns, rust);
-                    writeln!(
-                        out,
-                        "    check::pattern(out, path, value, &PATTERNS[{index}], {p:?});"
-                    )
-                    .ok();
+                    writeln!(out, "    check::pattern(out, path, value, &PATTERNS[{index}], {p:?});").ok();
                     if no_trailing_dash {
                         writeln!(out, "    check::no_trailing_dash(out, path, value);").ok();
                     }
@@ -477,11 +417,7 @@ pub fn rust_model(model: &ServiceModel) -> String {
                     "long" => ("i64", "check::range_int(out, path, *value"),
                     _ => ("f64", "check::range_float(out, path, *value"),
                 };
-                writeln!(
-                    out,
-                    "pub(crate) fn {fname}(out: &mut Violations, path: &Path<'_>, value: &{ty}) {{"
-                )
-                .ok();
+                writeln!(out, "pub(crate) fn {fname}(out: &mut Violations, path: &Path<'_>, value: &{ty}) {{").ok();
                 writeln!(
                     out,
                     "    {check}, {}, {});",
@@ -508,11 +444,7 @@ pub fn rust_model(model: &ServiceModel) -> String {
                 .ok();
                 if needs_check(model, item) {
                     let call = check_call(model, item, "item", "&path.index(index)");
-                    writeln!(
-                        out,
-                        "    for (index, item) in value.iter().enumerate() {{ {call} }}"
-                    )
-                    .ok();
+                    writeln!(out, "    for (index, item) in value.iter().enumerate() {{ {call} }}").ok();
                 }
                 writeln!(out, "}}\n").ok();
             }
@@ -522,12 +454,7 @@ pub fn rust_model(model: &ServiceModel) -> String {
     }
     out.push_str(&overridden_checkers);
 
-    writeln!(
-        out,
-        "static PATTERNS: [std::sync::LazyLock<regex::Regex>; {}] = [",
-        patterns.len()
-    )
-    .ok();
+    writeln!(out, "static PATTERNS: [std::sync::LazyLock<regex::Regex>; {}] = [", patterns.len()).ok();
     for p in &patterns {
         writeln!(
             out,
@@ -536,12 +463,9 @@ pub fn rust_model(model: &ServiceModel) -> String {
         .ok();
     }
     writeln!(out, "];\n").ok();
-    writeln!(
-        out,
-        "/// Forces every pattern to compile; called by a test."
-    )
-    .ok();
-    writeln!(out, "pub fn compile_all_patterns() -> usize {{ PATTERNS.iter().map(|p| p.as_str().len()).count() }}").ok();
+    writeln!(out, "/// Forces every pattern to compile; called by a test.").ok();
+    writeln!(out, "pub fn compile_all_patterns() -> usize {{ PATTERNS.iter().map(|p| p.as_str().len()).count() }}")
+        .ok();
     out
 }
 
@@ -571,12 +495,7 @@ fn write_map_checker(
     .ok();
     writeln!(out, "    for (key, item) in value {{").ok();
     if needs_check(model, key) {
-        writeln!(
-            out,
-            "        {}",
-            check_call(model, key, "key", "&path.map_key(key)")
-        )
-        .ok();
+        writeln!(out, "        {}", check_call(model, key, "key", "&path.map_key(key)")).ok();
     }
     match value_max_len {
         Some(max) => {
@@ -584,27 +503,14 @@ fn write_map_checker(
             let vs = model.shape(value);
             let min = opt_lit(vs.min.map(|v| v as u64));
             writeln!(out, "        let item_path = path.map_value(key);").ok();
-            writeln!(
-                out,
-                "        check::length(out, &item_path, item, {min}, Some({max}));"
-            )
-            .ok();
+            writeln!(out, "        check::length(out, &item_path, item, {min}, Some({max}));").ok();
             if let Some(p) = vs.pattern.as_deref().filter(|p| !is_trivial_pattern(p)) {
                 let index = intern(patterns, rust_pattern(p).0);
-                writeln!(
-                    out,
-                    "        check::pattern(out, &item_path, item, &PATTERNS[{index}], {p:?});"
-                )
-                .ok();
+                writeln!(out, "        check::pattern(out, &item_path, item, &PATTERNS[{index}], {p:?});").ok();
             }
         }
         None if needs_check(model, value) => {
-            writeln!(
-                out,
-                "        {}",
-                check_call(model, value, "item", "&path.map_value(key)")
-            )
-            .ok();
+            writeln!(out, "        {}", check_call(model, value, "item", "&path.map_value(key)")).ok();
         }
         None => {}
     }
@@ -649,10 +555,7 @@ fn proto_type(model: &ServiceModel, shape: &str) -> String {
 }
 
 fn is_scalar(model: &ServiceModel, shape: &str) -> bool {
-    matches!(
-        model.shape(shape).kind.as_str(),
-        "string" | "integer" | "long" | "float" | "double" | "boolean"
-    )
+    matches!(model.shape(shape).kind.as_str(), "string" | "integer" | "long" | "float" | "double" | "boolean")
 }
 
 /// The text of `proto/trainyard/v1/sagemaker.proto`.
@@ -671,37 +574,17 @@ pub fn proto(model: &ServiceModel) -> String {
         writeln!(out, "message {name} {{").ok();
         for (number, (member, r)) in shape.members.iter().enumerate() {
             let ty = proto_type(model, &r.shape);
-            let label = if is_scalar(model, &r.shape) {
-                "optional "
-            } else {
-                ""
-            };
-            writeln!(
-                out,
-                "  {label}{ty} {} = {};",
-                snake_case(member),
-                number + 1
-            )
-            .ok();
+            let label = if is_scalar(model, &r.shape) { "optional " } else { "" };
+            writeln!(out, "  {label}{ty} {} = {};", snake_case(member), number + 1).ok();
         }
         writeln!(out, "}}\n").ok();
     }
     for (name, shape) in model.collections() {
         writeln!(out, "message {name} {{").ok();
         if shape.kind == "list" {
-            writeln!(
-                out,
-                "  repeated {} items = 1;",
-                proto_type(model, &member_of(shape).shape)
-            )
-            .ok();
+            writeln!(out, "  repeated {} items = 1;", proto_type(model, &member_of(shape).shape)).ok();
         } else {
-            writeln!(
-                out,
-                "  map<string, {}> entries = 1;",
-                proto_type(model, &value_of(shape).shape)
-            )
-            .ok();
+            writeln!(out, "  map<string, {}> entries = 1;", proto_type(model, &value_of(shape).shape)).ok();
         }
         writeln!(out, "}}\n").ok();
     }
@@ -737,11 +620,7 @@ fn convert_expr(model: &ServiceModel, shape: &str, expr: &str, dir: Direction) -
                     Direction::FromProto => format!("{expr}.items"),
                 }
             } else {
-                let src = if dir == Direction::ToProto {
-                    expr.to_string()
-                } else {
-                    format!("{expr}.items")
-                };
+                let src = if dir == Direction::ToProto { expr.to_string() } else { format!("{expr}.items") };
                 format!("{src}.into_iter().map(|item| {inner}).collect()")
             };
             match dir {
@@ -752,11 +631,7 @@ fn convert_expr(model: &ServiceModel, shape: &str, expr: &str, dir: Direction) -
         "map" => {
             let value = &value_of(s).shape;
             let inner = convert_expr(model, value, "item", dir);
-            let src = if dir == Direction::ToProto {
-                expr.to_string()
-            } else {
-                format!("{expr}.entries")
-            };
+            let src = if dir == Direction::ToProto { expr.to_string() } else { format!("{expr}.entries") };
             let entries = if inner == "item" {
                 src
             } else {
@@ -779,16 +654,9 @@ pub fn rust_conversions(model: &ServiceModel) -> String {
     );
     for (name, shape) in model.structures() {
         let pb_name = upper_camel_case(name);
-        let fields: Vec<(String, &str)> = shape
-            .members
-            .iter()
-            .map(|(m, r)| (field_ident(m), r.shape.as_str()))
-            .collect();
-        let pattern = fields
-            .iter()
-            .map(|(f, _)| f.clone())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let fields: Vec<(String, &str)> =
+            shape.members.iter().map(|(m, r)| (field_ident(m), r.shape.as_str())).collect();
+        let pattern = fields.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>().join(", ");
         for dir in [Direction::ToProto, Direction::FromProto] {
             let (from, to) = match dir {
                 Direction::ToProto => (format!("model::{name}"), format!("pb::{pb_name}")),
@@ -818,11 +686,7 @@ pub fn rust_conversions(model: &ServiceModel) -> String {
 
 /// Every struct name the model defines, for re-export lists and tests.
 pub fn structure_names(model: &ServiceModel) -> Vec<String> {
-    model
-        .structures()
-        .into_iter()
-        .map(|(n, _)| n.to_string())
-        .collect()
+    model.structures().into_iter().map(|(n, _)| n.to_string()).collect()
 }
 
 #[cfg(test)]
@@ -835,11 +699,7 @@ mod tests {
             ("VolumeSizeInGB", "volume_size_in_gb", "VolumeSizeInGb"),
             ("S3Uri", "s3_uri", "S3Uri"),
             ("AutoMLJobArn", "auto_ml_job_arn", "AutoMlJobArn"),
-            (
-                "HyperParameterTuningJobName",
-                "hyper_parameter_tuning_job_name",
-                "HyperParameterTuningJobName",
-            ),
+            ("HyperParameterTuningJobName", "hyper_parameter_tuning_job_name", "HyperParameterTuningJobName"),
             ("Type", "type", "Type"),
         ];
         for (input, snake, camel) in cases {
@@ -854,10 +714,7 @@ mod tests {
         let model = ServiceModel::load().expect("service model parses");
         let reachable = model.reachable();
         for name in &reachable {
-            assert!(
-                model.shapes.contains_key(name),
-                "{name} is referenced but not defined"
-            );
+            assert!(model.shapes.contains_key(name), "{name} is referenced but not defined");
         }
         // Every operation we serve is present.
         for op in [
@@ -874,33 +731,18 @@ mod tests {
             assert!(model.operations.contains_key(op), "{op}");
         }
         // Structures are not recursive (a recursive one would need boxing on both sides).
-        fn reaches(
-            model: &ServiceModel,
-            from: &str,
-            target: &str,
-            seen: &mut BTreeSet<String>,
-        ) -> bool {
+        fn reaches(model: &ServiceModel, from: &str, target: &str, seen: &mut BTreeSet<String>) -> bool {
             let s = model.shape(from);
             let next: Vec<&str> = s
                 .members
                 .values()
                 .map(|r| r.shape.as_str())
-                .chain(
-                    [&s.member, &s.value]
-                        .into_iter()
-                        .flatten()
-                        .map(|r| r.shape.as_str()),
-                )
+                .chain([&s.member, &s.value].into_iter().flatten().map(|r| r.shape.as_str()))
                 .collect();
-            next.into_iter().any(|n| {
-                n == target || (seen.insert(n.to_string()) && reaches(model, n, target, seen))
-            })
+            next.into_iter().any(|n| n == target || (seen.insert(n.to_string()) && reaches(model, n, target, seen)))
         }
         for (name, _) in model.structures() {
-            assert!(
-                !reaches(&model, name, name, &mut BTreeSet::new()),
-                "{name} is recursive"
-            );
+            assert!(!reaches(&model, name, name, &mut BTreeSet::new()), "{name} is recursive");
         }
     }
 
@@ -908,11 +750,7 @@ mod tests {
     fn founding_page_limits_override_the_service_model() {
         let model = ServiceModel::load().expect("service model parses");
         let code = rust_model(&model);
-        assert!(
-            code.contains(
-                "fn check_hyper_parameter_training_job_definition_static_hyper_parameters"
-            )
-        );
+        assert!(code.contains("fn check_hyper_parameter_training_job_definition_static_hyper_parameters"));
         assert!(code.contains("Some(256)"));
     }
 }

@@ -90,10 +90,7 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let data_dir = flags
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from(".trainyard"));
+        let data_dir = flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(".trainyard"));
         let database_url = flags
             .database_url
             .or(file.database_url)
@@ -115,10 +112,7 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses")),
             data_dir,
             database_url,
-            log_format: flags
-                .log_format
-                .or(file.log_format)
-                .unwrap_or(LogFormat::Human),
+            log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Human),
             arns,
             limits: file.limits.unwrap_or_default(),
             catalog,
@@ -127,8 +121,7 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -137,13 +130,7 @@ mod tests {
     use super::*;
 
     fn flags(config: Option<PathBuf>) -> Flags {
-        Flags {
-            config,
-            listen: None,
-            data_dir: None,
-            database_url: None,
-            log_format: None,
-        }
+        Flags { config, listen: None, data_dir: None, database_url: None, log_format: None }
     }
 
     #[test]
@@ -185,10 +172,7 @@ memory_mib = 1024
 
         std::fs::write(&path, "listn = \"x\"").expect("write");
         let err = Config::load(flags(Some(path))).expect_err("typo is an error");
-        assert!(
-            format!("{err:#}").contains("unknown field `listn`"),
-            "{err:#}"
-        );
+        assert!(format!("{err:#}").contains("unknown field `listn`"), "{err:#}");
     }
 
     #[test]

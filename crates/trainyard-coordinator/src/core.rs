@@ -2,6 +2,7 @@
 //! event loop. The gRPC layer (`grpc.rs`) only converts messages and errors around these.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
@@ -27,38 +28,30 @@ pub struct Coordinator {
     pub limits: ServiceLimits,
     pub arns: ArnContext,
     events: mpsc::UnboundedSender<Event>,
+    /// Tuning jobs not yet ended, for the concurrency limit. Counted once at start-up, then kept
+    /// by this process (it makes every tuning-job transition), so a create costs no count query.
+    active_tuning_jobs: AtomicU64,
 }
 
 pub fn now() -> Timestamp {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or_default();
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default();
     Timestamp::from_millis(i64::try_from(millis).unwrap_or(i64::MAX))
 }
 
 fn structural(request: &impl Validate) -> Result<(), DomainError> {
-    request
-        .violations()
-        .into_result()
-        .map_err(DomainError::Validation)
+    request.violations().into_result().map_err(DomainError::Validation)
 }
 
 impl Coordinator {
-    pub fn new(
+    pub async fn start(
         store: Arc<dyn Store>,
         catalog: Catalog,
         limits: ServiceLimits,
         arns: ArnContext,
         events: mpsc::UnboundedSender<Event>,
-    ) -> Self {
-        Self {
-            store,
-            catalog,
-            limits,
-            arns,
-            events,
-        }
+    ) -> Result<Self, DomainError> {
+        let active = store.count_active_tuning_jobs().await?;
+        Ok(Self { store, catalog, limits, arns, events, active_tuning_jobs: AtomicU64::new(active) })
     }
 
     fn emit(&self, event: Event) {
@@ -72,30 +65,38 @@ impl Coordinator {
         &self,
         request: api::CreateHyperParameterTuningJobRequest,
     ) -> Result<api::CreateHyperParameterTuningJobResponse, DomainError> {
-        let mut violations =
-            match rules::check_create_tuning_job(&request, &self.catalog, &self.limits) {
-                Ok(()) => Vec::new(),
-                Err(DomainError::Validation(v)) => v,
-                Err(other) => return Err(other),
-            };
+        let mut violations = match rules::check_create_tuning_job(&request, &self.catalog, &self.limits) {
+            Ok(()) => Vec::new(),
+            Err(DomainError::Validation(v)) => v,
+            Err(other) => return Err(other),
+        };
         violations.extend(self.warm_start_violations(&request).await?);
         if !violations.is_empty() {
             return Err(DomainError::Validation(violations));
         }
-        let active = self.store.active_tuning_jobs().await?.len();
-        if active >= self.limits.max_concurrent_tuning_jobs as usize {
+        // Reserve a slot first, so that concurrent creates cannot overshoot the limit together.
+        let limit = u64::from(self.limits.max_concurrent_tuning_jobs);
+        let active = self.active_tuning_jobs.fetch_add(1, Ordering::SeqCst);
+        if active >= limit {
+            self.active_tuning_jobs.fetch_sub(1, Ordering::SeqCst);
             return Err(DomainError::LimitExceeded(format!(
-                "{active} tuning jobs are running, this cluster's limit is {} (limits.max_concurrent_tuning_jobs)",
-                self.limits.max_concurrent_tuning_jobs
+                "{active} tuning jobs are running, this cluster's limit is {limit} (limits.max_concurrent_tuning_jobs)"
             )));
         }
-        let job = TuningJob::new(request, &self.arns, now())?;
-        self.store.create_tuning_job(&job).await?;
+        let job = match TuningJob::new(request, &self.arns, now()) {
+            Ok(job) => job,
+            Err(e) => {
+                self.active_tuning_jobs.fetch_sub(1, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.store.create_tuning_job(&job).await {
+            self.active_tuning_jobs.fetch_sub(1, Ordering::SeqCst);
+            return Err(e.into());
+        }
         info!(tuning_job = %job.name, strategy = job.strategy().unwrap_or("-"), "tuning job created");
         self.emit(Event::TuningJobCreated(job.name.clone()));
-        Ok(api::CreateHyperParameterTuningJobResponse {
-            hyper_parameter_tuning_job_arn: Some(job.arn),
-        })
+        Ok(api::CreateHyperParameterTuningJobResponse { hyper_parameter_tuning_job_arn: Some(job.arn) })
     }
 
     /// Warm-start parents must exist and have ended.
@@ -114,9 +115,7 @@ impl Coordinator {
             let Some(name) = &parent.hyper_parameter_tuning_job_name else {
                 continue;
             };
-            let field = format!(
-                "WarmStartConfig.ParentHyperParameterTuningJobs[{i}].HyperParameterTuningJobName"
-            );
+            let field = format!("WarmStartConfig.ParentHyperParameterTuningJobs[{i}].HyperParameterTuningJobName");
             match self.store.get_tuning_job(name).await? {
                 None => violations.push(Violation {
                     field,
@@ -124,10 +123,7 @@ impl Coordinator {
                 }),
                 Some(p) if !p.value.status.is_terminal() => violations.push(Violation {
                     field,
-                    description: format!(
-                        "parent '{name}' must have ended (it is {})",
-                        p.value.status
-                    ),
+                    description: format!("parent '{name}' must have ended (it is {})", p.value.status),
                 }),
                 Some(_) => {}
             }
@@ -142,19 +138,12 @@ impl Coordinator {
         structural(&request)?;
         let name = request.hyper_parameter_tuning_job_name.unwrap_or_default();
         let job = self.tuning_job(&name).await?.value;
-        let counts = self
-            .store
-            .trial_counts(std::slice::from_ref(&name))
-            .await?
-            .remove(&name)
-            .unwrap_or_default();
+        let counts = self.store.trial_counts(std::slice::from_ref(&name)).await?.remove(&name).unwrap_or_default();
         let objective = objective_of(&job);
         let best = match &objective {
-            Some((metric, maximize)) => self
-                .store
-                .best_trial(&name, *maximize)
-                .await?
-                .map(|t| t.trial_summary(Some(metric.as_str()))),
+            Some((metric, maximize)) => {
+                self.store.best_trial(&name, *maximize).await?.map(|t| t.trial_summary(Some(metric.as_str())))
+            }
             None => None,
         };
         Ok(job.describe(&counts, best, now()))
@@ -168,26 +157,18 @@ impl Coordinator {
         let page = self.store.list_tuning_jobs(&query).await?;
         let names: Vec<String> = page.items.iter().map(|j| j.name.clone()).collect();
         let mut counts = self.store.trial_counts(&names).await?;
-        let summaries = page
-            .items
-            .iter()
-            .map(|j| j.summary(&counts.remove(&j.name).unwrap_or_default()))
-            .collect::<Vec<_>>();
+        let summaries =
+            page.items.iter().map(|j| j.summary(&counts.remove(&j.name).unwrap_or_default())).collect::<Vec<_>>();
         Ok(api::ListHyperParameterTuningJobsResponse {
             hyper_parameter_tuning_job_summaries: Some(summaries),
             next_token: page.next_token,
         })
     }
 
-    pub async fn stop_tuning_job(
-        &self,
-        request: api::StopHyperParameterTuningJobRequest,
-    ) -> Result<(), DomainError> {
+    pub async fn stop_tuning_job(&self, request: api::StopHyperParameterTuningJobRequest) -> Result<(), DomainError> {
         structural(&request)?;
         let name = request.hyper_parameter_tuning_job_name.unwrap_or_default();
-        let changed = self
-            .update_tuning_job(&name, |job| job.request_stop(now()))
-            .await?;
+        let changed = self.update_tuning_job(&name, |job| job.request_stop(now())).await?;
         if changed {
             info!(tuning_job = %name, "tuning job stopping");
         }
@@ -206,12 +187,7 @@ impl Coordinator {
         let page = self.store.list_training_jobs(&query).await?;
         Ok(api::ListTrainingJobsForHyperParameterTuningJobResponse {
             next_token: page.next_token,
-            training_job_summaries: Some(
-                page.items
-                    .iter()
-                    .map(|t| t.trial_summary(metric.as_deref()))
-                    .collect(),
-            ),
+            training_job_summaries: Some(page.items.iter().map(|t| t.trial_summary(metric.as_deref())).collect()),
         })
     }
 
@@ -226,9 +202,7 @@ impl Coordinator {
         self.store.create_training_job(&job).await?;
         info!(training_job = %job.name, "training job created");
         self.emit(Event::TrainingJobCreated(job.name.clone()));
-        Ok(api::CreateTrainingJobResponse {
-            training_job_arn: Some(job.arn),
-        })
+        Ok(api::CreateTrainingJobResponse { training_job_arn: Some(job.arn) })
     }
 
     pub async fn describe_training_job(
@@ -257,15 +231,10 @@ impl Coordinator {
         })
     }
 
-    pub async fn stop_training_job(
-        &self,
-        request: api::StopTrainingJobRequest,
-    ) -> Result<(), DomainError> {
+    pub async fn stop_training_job(&self, request: api::StopTrainingJobRequest) -> Result<(), DomainError> {
         structural(&request)?;
         let name = request.training_job_name.unwrap_or_default();
-        let changed = self
-            .update_training_job(&name, |job| job.request_stop(now()))
-            .await?;
+        let changed = self.update_training_job(&name, |job| job.request_stop(now())).await?;
         if changed {
             info!(training_job = %name, "training job stopping");
         }
@@ -276,17 +245,11 @@ impl Coordinator {
     // ----- shared -----
 
     pub async fn tuning_job(&self, name: &str) -> Result<Versioned<TuningJob>, DomainError> {
-        self.store
-            .get_tuning_job(name)
-            .await?
-            .ok_or_else(|| not_found(ResourceKind::TuningJob, name))
+        self.store.get_tuning_job(name).await?.ok_or_else(|| not_found(ResourceKind::TuningJob, name))
     }
 
     pub async fn training_job(&self, name: &str) -> Result<Versioned<TrainingJob>, DomainError> {
-        self.store
-            .get_training_job(name)
-            .await?
-            .ok_or_else(|| not_found(ResourceKind::TrainingJob, name))
+        self.store.get_training_job(name).await?.ok_or_else(|| not_found(ResourceKind::TrainingJob, name))
     }
 
     /// Read, change, compare-and-set; again on a concurrent change. `change` returns whether it
@@ -298,18 +261,22 @@ impl Coordinator {
     ) -> Result<bool, DomainError> {
         for _ in 0..UPDATE_ATTEMPTS {
             let Versioned { mut value, version } = self.tuning_job(name).await?;
+            let was_active = !value.status.is_terminal();
             if !change(&mut value)? {
                 return Ok(false);
             }
             match self.store.update_tuning_job(&value, version).await {
-                Ok(_) => return Ok(true),
+                Ok(_) => {
+                    if was_active && value.status.is_terminal() {
+                        self.active_tuning_jobs.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    return Ok(true);
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(DomainError::Unavailable(format!(
-            "tuning job '{name}' keeps changing; try again"
-        )))
+        Err(DomainError::Unavailable(format!("tuning job '{name}' keeps changing; try again")))
     }
 
     pub async fn update_training_job(
@@ -328,19 +295,13 @@ impl Coordinator {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(DomainError::Unavailable(format!(
-            "training job '{name}' keeps changing; try again"
-        )))
+        Err(DomainError::Unavailable(format!("training job '{name}' keeps changing; try again")))
     }
 
     /// Trials of a tuning job that have not ended.
     pub async fn active_trials(&self, tuning_job: &str) -> Result<Vec<String>, DomainError> {
-        let active = self.store.active_training_jobs().await?;
-        Ok(active
-            .into_iter()
-            .filter(|t| t.value.tuning_job_name() == Some(tuning_job))
-            .map(|t| t.value.name)
-            .collect())
+        let active = self.store.active_training_jobs(Some(tuning_job)).await?;
+        Ok(active.into_iter().map(|t| t.value.name).collect())
     }
 }
 
@@ -350,13 +311,6 @@ fn objective_of(job: &TuningJob) -> Option<(String, bool)> {
     let config = job.request.hyper_parameter_tuning_job_config.as_ref();
     let objective = config
         .and_then(|c| c.hyper_parameter_tuning_job_objective.clone())
-        .or_else(|| {
-            rules::definitions(&job.request)
-                .into_iter()
-                .find_map(|(_, d)| d.tuning_objective.clone())
-        })?;
-    Some((
-        objective.metric_name?,
-        objective.r#type.as_deref() == Some("Maximize"),
-    ))
+        .or_else(|| rules::definitions(&job.request).into_iter().find_map(|(_, d)| d.tuning_objective.clone()))?;
+    Some((objective.metric_name?, objective.r#type.as_deref() == Some("Maximize")))
 }

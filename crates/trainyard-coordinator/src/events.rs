@@ -25,14 +25,9 @@ pub enum Event {
     TrainingJobStopRequested(String),
 }
 
-pub const PENDING_MESSAGE: &str =
-    "Waiting for an agent: no agent that can run this job has registered";
+pub const PENDING_MESSAGE: &str = "Waiting for an agent: no agent that can run this job has registered";
 
-pub async fn run(
-    coordinator: Arc<Coordinator>,
-    mut events: mpsc::UnboundedReceiver<Event>,
-    cancel: CancellationToken,
-) {
+pub async fn run(coordinator: Arc<Coordinator>, mut events: mpsc::UnboundedReceiver<Event>, cancel: CancellationToken) {
     if let Err(e) = reconcile(&coordinator).await {
         warn!(error = %e, "start-up reconciliation incomplete; it runs again at the next start");
     }
@@ -81,11 +76,7 @@ async fn finish_stop(c: &Coordinator, name: &str) -> Result<(), DomainError> {
             if job.status != TrainingJobStatus::Stopping {
                 return Ok(false);
             }
-            job.transition(
-                SecondaryStatus::Stopped,
-                "The job was stopped before an agent started it",
-                now(),
-            )?;
+            job.transition(SecondaryStatus::Stopped, "The job was stopped before an agent started it", now())?;
             Ok(true)
         })
         .await?;
@@ -98,8 +89,7 @@ async fn finish_stop(c: &Coordinator, name: &str) -> Result<(), DomainError> {
 /// Stops every trial of the tuning job, then the tuning job itself.
 async fn stop_tuning_job(c: &Coordinator, name: &str) -> Result<(), DomainError> {
     for trial in c.active_trials(name).await? {
-        c.update_training_job(&trial, |job| job.request_stop(now()))
-            .await?;
+        c.update_training_job(&trial, |job| job.request_stop(now())).await?;
         finish_stop(c, &trial).await?;
     }
     let stopped = c
@@ -119,13 +109,9 @@ async fn stop_tuning_job(c: &Coordinator, name: &str) -> Result<(), DomainError>
 
 /// Drives every unfinished job on from its stored state (after a restart or a crash).
 async fn reconcile(c: &Coordinator) -> Result<(), DomainError> {
-    let training = c.store.active_training_jobs().await?;
+    let training = c.store.active_training_jobs(None).await?;
     let tuning = c.store.active_tuning_jobs().await?;
-    info!(
-        training_jobs = training.len(),
-        tuning_jobs = tuning.len(),
-        "reconciling unfinished jobs"
-    );
+    info!(training_jobs = training.len(), tuning_jobs = tuning.len(), "reconciling unfinished jobs");
     for t in training {
         match (t.value.status, t.value.secondary_status) {
             (TrainingJobStatus::Stopping, _) => finish_stop(c, &t.value.name).await?,

@@ -13,10 +13,7 @@ use trainyard_proto::status::to_status;
 
 use crate::core::Coordinator;
 
-fn respond<M, P: From<M>>(
-    operation: &str,
-    result: Result<M, DomainError>,
-) -> Result<Response<P>, Status> {
+fn respond<M, P: From<M>>(operation: &str, result: Result<M, DomainError>) -> Result<Response<P>, Status> {
     match result {
         Ok(m) => Ok(Response::new(P::from(m))),
         Err(e) => {
@@ -39,32 +36,21 @@ impl HyperParameterTuning for TuningService {
         &self,
         request: Request<pb::CreateHyperParameterTuningJobRequest>,
     ) -> Result<Response<pb::CreateHyperParameterTuningJobResponse>, Status> {
-        respond(
-            "CreateHyperParameterTuningJob",
-            self.0.create_tuning_job(request.into_inner().into()).await,
-        )
+        respond("CreateHyperParameterTuningJob", self.0.create_tuning_job(request.into_inner().into()).await)
     }
 
     async fn describe_hyper_parameter_tuning_job(
         &self,
         request: Request<pb::DescribeHyperParameterTuningJobRequest>,
     ) -> Result<Response<pb::DescribeHyperParameterTuningJobResponse>, Status> {
-        respond(
-            "DescribeHyperParameterTuningJob",
-            self.0
-                .describe_tuning_job(request.into_inner().into())
-                .await,
-        )
+        respond("DescribeHyperParameterTuningJob", self.0.describe_tuning_job(request.into_inner().into()).await)
     }
 
     async fn list_hyper_parameter_tuning_jobs(
         &self,
         request: Request<pb::ListHyperParameterTuningJobsRequest>,
     ) -> Result<Response<pb::ListHyperParameterTuningJobsResponse>, Status> {
-        respond(
-            "ListHyperParameterTuningJobs",
-            self.0.list_tuning_jobs(request.into_inner().into()).await,
-        )
+        respond("ListHyperParameterTuningJobs", self.0.list_tuning_jobs(request.into_inner().into()).await)
     }
 
     async fn stop_hyper_parameter_tuning_job(
@@ -72,20 +58,14 @@ impl HyperParameterTuning for TuningService {
         request: Request<pb::StopHyperParameterTuningJobRequest>,
     ) -> Result<Response<pb::StopHyperParameterTuningJobResponse>, Status> {
         let result = self.0.stop_tuning_job(request.into_inner().into()).await;
-        respond(
-            "StopHyperParameterTuningJob",
-            result.map(|()| pb::StopHyperParameterTuningJobResponse {}),
-        )
+        respond("StopHyperParameterTuningJob", result.map(|()| pb::StopHyperParameterTuningJobResponse {}))
     }
 
     async fn list_training_jobs_for_hyper_parameter_tuning_job(
         &self,
         request: Request<pb::ListTrainingJobsForHyperParameterTuningJobRequest>,
     ) -> Result<Response<pb::ListTrainingJobsForHyperParameterTuningJobResponse>, Status> {
-        respond(
-            "ListTrainingJobsForHyperParameterTuningJob",
-            self.0.list_trials(request.into_inner().into()).await,
-        )
+        respond("ListTrainingJobsForHyperParameterTuningJob", self.0.list_trials(request.into_inner().into()).await)
     }
 }
 
@@ -97,34 +77,21 @@ impl Training for TrainingService {
         &self,
         request: Request<pb::CreateTrainingJobRequest>,
     ) -> Result<Response<pb::CreateTrainingJobResponse>, Status> {
-        respond(
-            "CreateTrainingJob",
-            self.0
-                .create_training_job(request.into_inner().into())
-                .await,
-        )
+        respond("CreateTrainingJob", self.0.create_training_job(request.into_inner().into()).await)
     }
 
     async fn describe_training_job(
         &self,
         request: Request<pb::DescribeTrainingJobRequest>,
     ) -> Result<Response<pb::DescribeTrainingJobResponse>, Status> {
-        respond(
-            "DescribeTrainingJob",
-            self.0
-                .describe_training_job(request.into_inner().into())
-                .await,
-        )
+        respond("DescribeTrainingJob", self.0.describe_training_job(request.into_inner().into()).await)
     }
 
     async fn list_training_jobs(
         &self,
         request: Request<pb::ListTrainingJobsRequest>,
     ) -> Result<Response<pb::ListTrainingJobsResponse>, Status> {
-        respond(
-            "ListTrainingJobs",
-            self.0.list_training_jobs(request.into_inner().into()).await,
-        )
+        respond("ListTrainingJobs", self.0.list_training_jobs(request.into_inner().into()).await)
     }
 
     async fn stop_training_job(
@@ -132,9 +99,6 @@ impl Training for TrainingService {
         request: Request<pb::StopTrainingJobRequest>,
     ) -> Result<Response<pb::StopTrainingJobResponse>, Status> {
         let result = self.0.stop_training_job(request.into_inner().into()).await;
-        respond(
-            "StopTrainingJob",
-            result.map(|()| pb::StopTrainingJobResponse {}),
-        )
+        respond("StopTrainingJob", result.map(|()| pb::StopTrainingJobResponse {}))
     }
 }

@@ -24,22 +24,19 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::load(Flags::parse())?;
     init_tracing(config.log_format);
     if config.database_url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("creating the data directory {}", config.data_dir.display())
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     }
     let store = trainyard_store::connect(&config.database_url)
         .await
         .with_context(|| format!("opening the store at {}", redact(&config.database_url)))?;
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let coordinator = Arc::new(core::Coordinator::new(
-        store,
-        config.catalog.clone(),
-        config.limits.clone(),
-        config.arns.clone(),
-        events_tx,
-    ));
+    let coordinator = Arc::new(
+        core::Coordinator::start(store, config.catalog.clone(), config.limits.clone(), config.arns.clone(), events_tx)
+            .await
+            .context("reading the store")?,
+    );
     let cancel = CancellationToken::new();
     let event_loop = tokio::spawn(events::run(coordinator.clone(), events_rx, cancel.clone()));
 
@@ -53,9 +50,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let served = Server::builder()
-        .add_service(HyperParameterTuningServer::new(grpc::TuningService(
-            coordinator.clone(),
-        )))
+        .add_service(HyperParameterTuningServer::new(grpc::TuningService(coordinator.clone())))
         .add_service(TrainingServer::new(grpc::TrainingService(coordinator)))
         .serve_with_shutdown(config.listen, shutdown)
         .await
@@ -86,10 +81,7 @@ fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -28,15 +28,12 @@ pub struct Catalog {
 impl Catalog {
     /// A catalog of exactly these types (later entries replace earlier ones of the same name).
     pub fn new(types: impl IntoIterator<Item = InstanceSpec>) -> Self {
-        Self {
-            types: types.into_iter().map(|t| (t.name.clone(), t)).collect(),
-        }
+        Self { types: types.into_iter().map(|t| (t.name.clone(), t)).collect() }
     }
 
     /// The defaults with `extra` added (an entry with a default's name replaces it).
     pub fn with(mut self, extra: impl IntoIterator<Item = InstanceSpec>) -> Self {
-        self.types
-            .extend(extra.into_iter().map(|t| (t.name.clone(), t)));
+        self.types.extend(extra.into_iter().map(|t| (t.name.clone(), t)));
         self
     }
 

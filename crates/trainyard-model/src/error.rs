@@ -45,17 +45,10 @@ pub enum DomainError {
 impl DomainError {
     /// A single violation, for rules checked outside the request validator (state, references).
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
-        DomainError::Validation(vec![Violation {
-            field: field.into(),
-            description: description.into(),
-        }])
+        DomainError::Validation(vec![Violation { field: field.into(), description: description.into() }])
     }
 }
 
 fn render(violations: &[Violation]) -> String {
-    violations
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+    violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }

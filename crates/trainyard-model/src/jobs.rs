@@ -40,11 +40,7 @@ pub struct TrialCounts {
 
 impl TrialCounts {
     pub fn total(&self) -> i32 {
-        self.completed
-            + self.in_progress
-            + self.retryable_error
-            + self.non_retryable_error
-            + self.stopped
+        self.completed + self.in_progress + self.retryable_error + self.non_retryable_error + self.stopped
     }
 
     fn status_counters(&self) -> api::TrainingJobStatusCounters {
@@ -90,10 +86,7 @@ impl TuningJob {
     }
 
     pub fn strategy(&self) -> Option<&str> {
-        self.request
-            .hyper_parameter_tuning_job_config
-            .as_ref()
-            .and_then(|c| c.strategy.as_deref())
+        self.request.hyper_parameter_tuning_job_config.as_ref().and_then(|c| c.strategy.as_deref())
     }
 
     /// StopHyperParameterTuningJob: `InProgress -> Stopping`. Stopping a job that is stopping
@@ -101,15 +94,10 @@ impl TuningJob {
     pub fn request_stop(&mut self, now: Timestamp) -> Result<bool, DomainError> {
         match self.status {
             TuningJobStatus::Stopping => Ok(false),
-            TuningJobStatus::InProgress => self
-                .transition(TuningJobStatus::Stopping, now)
-                .map(|_| true),
+            TuningJobStatus::InProgress => self.transition(TuningJobStatus::Stopping, now).map(|_| true),
             ended => Err(DomainError::invalid(
                 "HyperParameterTuningJobName",
-                format!(
-                    "hyperparameter tuning job '{}' has already ended ({ended}) and cannot be stopped",
-                    self.name
-                ),
+                format!("hyperparameter tuning job '{}' has already ended ({ended}) and cannot be stopped", self.name),
             )),
         }
     }
@@ -136,10 +124,7 @@ impl TuningJob {
         now: Timestamp,
     ) -> api::DescribeHyperParameterTuningJobResponse {
         let r = &self.request;
-        let runtime = self
-            .end_time
-            .unwrap_or(now)
-            .seconds_since(self.creation_time);
+        let runtime = self.end_time.unwrap_or(now).seconds_since(self.creation_time);
         api::DescribeHyperParameterTuningJobResponse {
             autotune: r.autotune.clone(),
             best_training_job: best,
@@ -233,10 +218,8 @@ impl TrainingJob {
         arns: &ArnContext,
         now: Timestamp,
     ) -> Result<Self, DomainError> {
-        let name = request
-            .training_job_name
-            .clone()
-            .ok_or_else(|| DomainError::invalid("TrainingJobName", "is required"))?;
+        let name =
+            request.training_job_name.clone().ok_or_else(|| DomainError::invalid("TrainingJobName", "is required"))?;
         let objective_status = origin.as_ref().map(|_| ObjectiveStatus::Pending);
         Ok(Self {
             arn: arns.training_job(&name),
@@ -288,12 +271,7 @@ impl TrainingJob {
         if let Some(last) = self.transitions.last_mut() {
             last.end_time = Some(now);
         }
-        self.transitions.push(Transition {
-            status: next,
-            start_time: now,
-            end_time: None,
-            message: message.into(),
-        });
+        self.transitions.push(Transition { status: next, start_time: now, end_time: None, message: message.into() });
         if next == SecondaryStatus::Training && self.training_start_time.is_none() {
             self.training_start_time = Some(now);
         }
@@ -321,15 +299,12 @@ impl TrainingJob {
     pub fn request_stop(&mut self, now: Timestamp) -> Result<bool, DomainError> {
         match self.status {
             TrainingJobStatus::Stopping => Ok(false),
-            TrainingJobStatus::InProgress => self
-                .transition(SecondaryStatus::Stopping, "Stopping the training job", now)
-                .map(|_| true),
+            TrainingJobStatus::InProgress => {
+                self.transition(SecondaryStatus::Stopping, "Stopping the training job", now).map(|_| true)
+            }
             ended => Err(DomainError::invalid(
                 "TrainingJobName",
-                format!(
-                    "training job '{}' has already ended ({ended}) and cannot be stopped",
-                    self.name
-                ),
+                format!("training job '{}' has already ended ({ended}) and cannot be stopped", self.name),
             )),
         }
     }
@@ -367,12 +342,8 @@ impl TrainingJob {
             vpc_config,
         } = r;
         let billable = self.training_start_time.map(|start| {
-            i32::try_from(
-                self.training_end_time
-                    .unwrap_or(self.last_modified_time)
-                    .seconds_since(start),
-            )
-            .unwrap_or(i32::MAX)
+            i32::try_from(self.training_end_time.unwrap_or(self.last_modified_time).seconds_since(start))
+                .unwrap_or(i32::MAX)
         });
         api::DescribeTrainingJobResponse {
             algorithm_specification,
@@ -387,16 +358,16 @@ impl TrainingJob {
             environment,
             experiment_config,
             failure_reason: self.failure_reason.clone(),
-            final_metric_data_list: (!self.final_metrics.is_empty())
-                .then(|| self.final_metrics.clone()),
+            final_metric_data_list: (!self.final_metrics.is_empty()).then(|| self.final_metrics.clone()),
             hyper_parameters,
             infra_check_config,
             input_data_config,
             last_modified_time: Some(self.last_modified_time),
             mlflow_config,
-            model_artifacts: self.model_artifacts.clone().map(|uri| api::ModelArtifacts {
-                s3_model_artifacts: Some(uri),
-            }),
+            model_artifacts: self
+                .model_artifacts
+                .clone()
+                .map(|uri| api::ModelArtifacts { s3_model_artifacts: Some(uri) }),
             model_package_config,
             output_data_config,
             profiler_config,
@@ -446,10 +417,7 @@ impl TrainingJob {
     }
 
     /// The view of a trial that tuning-job listings and BestTrainingJob show.
-    pub fn trial_summary(
-        &self,
-        objective_metric: Option<&str>,
-    ) -> api::HyperParameterTrainingJobSummary {
+    pub fn trial_summary(&self, objective_metric: Option<&str>) -> api::HyperParameterTrainingJobSummary {
         api::HyperParameterTrainingJobSummary {
             creation_time: Some(self.creation_time),
             failure_reason: self.failure_reason.clone(),
@@ -463,18 +431,12 @@ impl TrainingJob {
             objective_status: self.objective_status.map(|s| s.as_str().to_string()),
             training_end_time: self.training_end_time,
             training_job_arn: Some(self.arn.clone()),
-            training_job_definition_name: self
-                .origin
-                .as_ref()
-                .and_then(|o| o.definition_name.clone()),
+            training_job_definition_name: self.origin.as_ref().and_then(|o| o.definition_name.clone()),
             training_job_name: Some(self.name.clone()),
             training_job_status: Some(self.status.as_str().to_string()),
             training_start_time: self.training_start_time,
             tuned_hyper_parameters: Some(
-                self.origin
-                    .as_ref()
-                    .map(|o| o.tuned_hyper_parameters.clone())
-                    .unwrap_or_default(),
+                self.origin.as_ref().map(|o| o.tuned_hyper_parameters.clone()).unwrap_or_default(),
             ),
             tuning_job_name: self.tuning_job_name().map(str::to_string),
         }
@@ -483,8 +445,5 @@ impl TrainingJob {
 
 /// For messages about a missing job.
 pub fn not_found(kind: ResourceKind, name: &str) -> DomainError {
-    DomainError::NotFound {
-        kind,
-        name: name.to_string(),
-    }
+    DomainError::NotFound { kind, name: name.to_string() }
 }

@@ -28,3 +28,8 @@ pub mod validation;
 pub use error::DomainError;
 pub use timestamp::Timestamp;
 pub use validation::{Validate, Violation, Violations};
+
+/// Parses any API shape from SageMaker's JSON (for tools and tests that hold JSON text).
+pub fn api_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, serde_json::Error> {
+    serde_json::from_str(json)
+}

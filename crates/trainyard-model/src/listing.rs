@@ -82,8 +82,7 @@ struct Token {
 impl ListQuery {
     fn fingerprint(&self) -> String {
         // FNV-1a over the canonical JSON of the filter and sort: stable across processes and versions.
-        let text = serde_json::to_string(&(&self.filter, self.sort_by, self.sort_order))
-            .unwrap_or_default();
+        let text = serde_json::to_string(&(&self.filter, self.sort_by, self.sort_order)).unwrap_or_default();
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         for byte in text.bytes() {
             hash ^= u64::from(byte);
@@ -94,11 +93,7 @@ impl ListQuery {
 
     /// The token that continues this query after `cursor`.
     pub fn token_after(&self, cursor: Cursor) -> String {
-        let token = Token {
-            v: 1,
-            q: self.fingerprint(),
-            c: cursor,
-        };
+        let token = Token { v: 1, q: self.fingerprint(), c: cursor };
         hex(serde_json::to_string(&token).unwrap_or_default().as_bytes())
     }
 
@@ -106,12 +101,7 @@ impl ListQuery {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return Ok(self);
         };
-        let invalid = || {
-            DomainError::invalid(
-                "NextToken",
-                "is not a token that this list operation returned",
-            )
-        };
+        let invalid = || DomainError::invalid("NextToken", "is not a token that this list operation returned");
         let bytes = unhex(token).ok_or_else(invalid)?;
         let token: Token = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
         if token.v != 1 {
@@ -127,9 +117,7 @@ impl ListQuery {
         Ok(self)
     }
 
-    pub fn for_tuning_jobs(
-        request: &api::ListHyperParameterTuningJobsRequest,
-    ) -> Result<Self, DomainError> {
+    pub fn for_tuning_jobs(request: &api::ListHyperParameterTuningJobsRequest) -> Result<Self, DomainError> {
         structural(request)?;
         let query = ListQuery {
             filter: ListFilter {
@@ -171,9 +159,7 @@ impl ListQuery {
         query.resume(request.next_token.as_deref())
     }
 
-    pub fn for_trials(
-        request: &api::ListTrainingJobsForHyperParameterTuningJobRequest,
-    ) -> Result<Self, DomainError> {
+    pub fn for_trials(request: &api::ListTrainingJobsForHyperParameterTuningJobRequest) -> Result<Self, DomainError> {
         structural(request)?;
         let query = ListQuery {
             filter: ListFilter {
@@ -207,18 +193,11 @@ fn sort_key(raw: Option<&str>, default: SortKey) -> SortKey {
 }
 
 fn sort_order(raw: Option<&str>) -> SortOrder {
-    if raw == Some("Descending") {
-        SortOrder::Descending
-    } else {
-        SortOrder::Ascending
-    }
+    if raw == Some("Descending") { SortOrder::Descending } else { SortOrder::Ascending }
 }
 
 fn limit(max_results: Option<i32>, default: u32) -> u32 {
-    max_results
-        .and_then(|m| u32::try_from(m).ok())
-        .filter(|m| *m > 0)
-        .unwrap_or(default)
+    max_results.and_then(|m| u32::try_from(m).ok()).filter(|m| *m > 0).unwrap_or(default)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -229,10 +208,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]
@@ -241,43 +217,22 @@ mod tests {
 
     #[test]
     fn tokens_resume_the_query_they_came_from_only() {
-        let request = api::ListTrainingJobsRequest {
-            name_contains: Some("abc".into()),
-            ..Default::default()
-        };
+        let request = api::ListTrainingJobsRequest { name_contains: Some("abc".into()), ..Default::default() };
         let query = ListQuery::for_training_jobs(&request).expect("valid");
-        assert_eq!(
-            (query.sort_by, query.sort_order, query.limit),
-            (SortKey::CreationTime, SortOrder::Ascending, 10)
-        );
-        let cursor = Cursor {
-            key: CursorKey::Int(42),
-            name: "job-1".into(),
-        };
+        assert_eq!((query.sort_by, query.sort_order, query.limit), (SortKey::CreationTime, SortOrder::Ascending, 10));
+        let cursor = Cursor { key: CursorKey::Int(42), name: "job-1".into() };
         let token = query.token_after(cursor.clone());
 
-        let again = api::ListTrainingJobsRequest {
-            next_token: Some(token.clone()),
-            ..request.clone()
-        };
-        assert_eq!(
-            ListQuery::for_training_jobs(&again).expect("resumes").after,
-            Some(cursor)
-        );
+        let again = api::ListTrainingJobsRequest { next_token: Some(token.clone()), ..request.clone() };
+        assert_eq!(ListQuery::for_training_jobs(&again).expect("resumes").after, Some(cursor));
 
-        let other = api::ListTrainingJobsRequest {
-            next_token: Some(token),
-            name_contains: Some("x".into()),
-            ..request
-        };
+        let other =
+            api::ListTrainingJobsRequest { next_token: Some(token), name_contains: Some("x".into()), ..request };
         assert!(
             matches!(ListQuery::for_training_jobs(&other), Err(DomainError::Validation(v)) if v[0].field == "NextToken")
         );
 
-        let garbage = api::ListTrainingJobsRequest {
-            next_token: Some("zz".into()),
-            ..Default::default()
-        };
+        let garbage = api::ListTrainingJobsRequest { next_token: Some("zz".into()), ..Default::default() };
         assert!(ListQuery::for_training_jobs(&garbage).is_err());
     }
 
@@ -288,9 +243,7 @@ mod tests {
             sort_by: Some("Size".into()),
             ..Default::default()
         };
-        let Err(DomainError::Validation(v)) = ListQuery::for_tuning_jobs(&request) else {
-            panic!("must fail")
-        };
+        let Err(DomainError::Validation(v)) = ListQuery::for_tuning_jobs(&request) else { panic!("must fail") };
         let fields: Vec<&str> = v.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["MaxResults", "SortBy"]);
     }

@@ -11,11 +11,7 @@ pub struct ArnContext {
 
 impl Default for ArnContext {
     fn default() -> Self {
-        Self {
-            partition: "aws".into(),
-            region: "local".into(),
-            account: "000000000000".into(),
-        }
+        Self { partition: "aws".into(), region: "local".into(), account: "000000000000".into() }
     }
 }
 
@@ -30,13 +26,7 @@ impl ArnContext {
     }
 
     fn arn(&self, kind: &str, name: &str) -> String {
-        format!(
-            "arn:{}:sagemaker:{}:{}:{kind}/{}",
-            self.partition,
-            self.region,
-            self.account,
-            name.to_lowercase()
-        )
+        format!("arn:{}:sagemaker:{}:{}:{kind}/{}", self.partition, self.region, self.account, name.to_lowercase())
     }
 }
 
@@ -57,10 +47,7 @@ mod tests {
             ctx.tuning_job("My-Tuning"),
             "arn:aws:sagemaker:local:000000000000:hyper-parameter-tuning-job/my-tuning"
         );
-        assert_eq!(
-            trial_name("random-240712-1545", 19, 0x4ac17a84),
-            "random-240712-1545-019-4ac17a84"
-        );
+        assert_eq!(trial_name("random-240712-1545", 19, 0x4ac17a84), "random-240712-1545-019-4ac17a84");
         assert!(trial_name(&"x".repeat(32), 999, u32::MAX).len() <= 63);
     }
 }

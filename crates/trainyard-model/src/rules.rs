@@ -39,8 +39,7 @@ impl Default for ServiceLimits {
 }
 
 /// Hyperband infers MaxResource from a static hyperparameter of one of these names.
-pub const EPOCH_HYPERPARAMETERS: &[&str] =
-    &["epochs", "numepochs", "n-epochs", "n_epochs", "num_epochs"];
+pub const EPOCH_HYPERPARAMETERS: &[&str] = &["epochs", "numepochs", "n-epochs", "n_epochs", "num_epochs"];
 pub const HYPERBAND_MAX_RESOURCE_LIMIT: i64 = 20_000;
 pub const MAX_TOTAL_RANGES: usize = 30;
 
@@ -79,12 +78,7 @@ pub fn check_create_training_job(
         channel_rules(channels, "InputDataConfig", &mut v);
     }
     if let Some(sc) = &request.stopping_condition {
-        stopping_rules(
-            sc,
-            request.enable_managed_spot_training,
-            "StoppingCondition",
-            &mut v,
-        );
+        stopping_rules(sc, request.enable_managed_spot_training, "StoppingCondition", &mut v);
     }
     v.into_result().map_err(DomainError::Validation)
 }
@@ -93,16 +87,11 @@ pub fn check_create_training_job(
 pub fn definitions(
     request: &api::CreateHyperParameterTuningJobRequest,
 ) -> Vec<(String, &api::HyperParameterTrainingJobDefinition)> {
-    match (
-        &request.training_job_definition,
-        &request.training_job_definitions,
-    ) {
+    match (&request.training_job_definition, &request.training_job_definitions) {
         (Some(def), _) => vec![("TrainingJobDefinition".to_string(), def)],
-        (None, Some(defs)) => defs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (format!("TrainingJobDefinitions[{i}]"), d))
-            .collect(),
+        (None, Some(defs)) => {
+            defs.iter().enumerate().map(|(i, d)| (format!("TrainingJobDefinitions[{i}]"), d)).collect()
+        }
         (None, None) => Vec::new(),
     }
 }
@@ -113,10 +102,7 @@ fn tuning_job_rules(
     limits: &ServiceLimits,
     v: &mut Violations,
 ) {
-    match (
-        &request.training_job_definition,
-        &request.training_job_definitions,
-    ) {
+    match (&request.training_job_definition, &request.training_job_definitions) {
         (Some(_), Some(_)) => v.push_at(
             "TrainingJobDefinitions",
             "must not be given together with TrainingJobDefinition: give exactly one of the two",
@@ -146,10 +132,7 @@ fn tuning_job_rules(
     if let Some(autotune) = &request.autotune
         && autotune.mode.as_deref() == Some("Enabled")
     {
-        v.push_at(
-            "Autotune.Mode",
-            "Autotune is not supported by Trainyard: give the tuning configuration explicitly",
-        );
+        v.push_at("Autotune.Mode", "Autotune is not supported by Trainyard: give the tuning configuration explicitly");
     }
 
     let Some(config) = &request.hyper_parameter_tuning_job_config else {
@@ -160,15 +143,9 @@ fn tuning_job_rules(
 
     // Objective: once in the config or in every definition.
     for (path, def) in &defs {
-        let (objective, objective_path) = match (
-            &def.tuning_objective,
-            &config.hyper_parameter_tuning_job_objective,
-        ) {
+        let (objective, objective_path) = match (&def.tuning_objective, &config.hyper_parameter_tuning_job_objective) {
             (Some(o), _) => (Some(o), format!("{path}.TuningObjective")),
-            (None, Some(o)) => (
-                Some(o),
-                "HyperParameterTuningJobConfig.HyperParameterTuningJobObjective".to_string(),
-            ),
+            (None, Some(o)) => (Some(o), "HyperParameterTuningJobConfig.HyperParameterTuningJobObjective".to_string()),
             (None, None) => (None, String::new()),
         };
         match objective {
@@ -185,14 +162,8 @@ fn tuning_job_rules(
     for (path, def) in &defs {
         let (ranges, ranges_path) = match (&def.hyper_parameter_ranges, &config.parameter_ranges) {
             (Some(r), _) => (Some(r), format!("{path}.HyperParameterRanges")),
-            (None, Some(r)) => (
-                Some(r),
-                "HyperParameterTuningJobConfig.ParameterRanges".to_string(),
-            ),
-            (None, None) => (
-                None,
-                "HyperParameterTuningJobConfig.ParameterRanges".to_string(),
-            ),
+            (None, Some(r)) => (Some(r), "HyperParameterTuningJobConfig.ParameterRanges".to_string()),
+            (None, None) => (None, "HyperParameterTuningJobConfig.ParameterRanges".to_string()),
         };
         let empty = api::ParameterRanges::default();
         let ranges = ranges.unwrap_or(&empty);
@@ -205,38 +176,20 @@ fn tuning_job_rules(
                 .flatten()
                 .map(|r| r.values.as_ref().map_or(0, Vec::len) as u64)
                 .product::<u64>();
-            let has_any = ranges
-                .categorical_parameter_ranges
-                .as_ref()
-                .is_some_and(|r| !r.is_empty());
+            let has_any = ranges.categorical_parameter_ranges.as_ref().is_some_and(|r| !r.is_empty());
             if !has_any {
-                v.push_at(
-                    &ranges_path,
-                    "the Grid strategy needs at least one CategoricalParameterRange",
-                );
+                v.push_at(&ranges_path, "the Grid strategy needs at least one CategoricalParameterRange");
             }
             grid_combinations = grid_combinations.saturating_add(if has_any { product } else { 0 });
         }
         algorithm_rules(
-            def.algorithm_specification
-                .as_ref()
-                .and_then(|a| a.training_image.as_deref()),
-            def.algorithm_specification
-                .as_ref()
-                .and_then(|a| a.algorithm_name.as_deref()),
+            def.algorithm_specification.as_ref().and_then(|a| a.training_image.as_deref()),
+            def.algorithm_specification.as_ref().and_then(|a| a.algorithm_name.as_deref()),
             &format!("{path}.AlgorithmSpecification"),
             v,
         );
-        if let Some(metrics) = def
-            .algorithm_specification
-            .as_ref()
-            .and_then(|a| a.metric_definitions.as_ref())
-        {
-            unique_metric_names(
-                metrics,
-                &format!("{path}.AlgorithmSpecification.MetricDefinitions"),
-                v,
-            );
+        if let Some(metrics) = def.algorithm_specification.as_ref().and_then(|a| a.metric_definitions.as_ref()) {
+            unique_metric_names(metrics, &format!("{path}.AlgorithmSpecification.MetricDefinitions"), v);
         }
         match (&def.resource_config, &def.hyper_parameter_tuning_resource_config) {
             (Some(_), Some(_)) => v.push_at(
@@ -256,12 +209,7 @@ fn tuning_job_rules(
             channel_rules(channels, &format!("{path}.InputDataConfig"), v);
         }
         if let Some(sc) = &def.stopping_condition {
-            stopping_rules(
-                sc,
-                def.enable_managed_spot_training,
-                &format!("{path}.StoppingCondition"),
-                v,
-            );
+            stopping_rules(sc, def.enable_managed_spot_training, &format!("{path}.StoppingCondition"), v);
         }
     }
 
@@ -318,10 +266,7 @@ fn tuning_job_rules(
         );
     }
 
-    let hyperband = config
-        .strategy_config
-        .as_ref()
-        .and_then(|s| s.hyperband_strategy_config.as_ref());
+    let hyperband = config.strategy_config.as_ref().and_then(|s| s.hyperband_strategy_config.as_ref());
     if strategy == "Hyperband" {
         hyperband_rules(hyperband, config, &defs, v);
     } else if hyperband.is_some() {
@@ -339,27 +284,18 @@ fn hyperband_rules(
     v: &mut Violations,
 ) {
     const PATH: &str = "HyperParameterTuningJobConfig.StrategyConfig.HyperbandStrategyConfig";
-    if config
-        .training_job_early_stopping_type
-        .as_deref()
-        .is_some_and(|t| t != "Off")
-    {
+    if config.training_job_early_stopping_type.as_deref().is_some_and(|t| t != "Off") {
         v.push_at(
             "HyperParameterTuningJobConfig.TrainingJobEarlyStoppingType",
             "must be Off with the Hyperband strategy, which stops trials itself",
         );
     }
-    let min = hyperband
-        .and_then(|h| h.min_resource)
-        .map(i64::from)
-        .unwrap_or(1);
+    let min = hyperband.and_then(|h| h.min_resource).map(i64::from).unwrap_or(1);
     let max = match hyperband.and_then(|h| h.max_resource) {
         Some(max) => Some(i64::from(max)),
         None => defs.iter().find_map(|(_, def)| {
             let statics = def.static_hyper_parameters.as_ref()?;
-            EPOCH_HYPERPARAMETERS
-                .iter()
-                .find_map(|k| statics.get(*k)?.trim().parse::<i64>().ok())
+            EPOCH_HYPERPARAMETERS.iter().find_map(|k| statics.get(*k)?.trim().parse::<i64>().ok())
         }),
     };
     match max {
@@ -374,9 +310,7 @@ fn hyperband_rules(
             if max > HYPERBAND_MAX_RESOURCE_LIMIT {
                 v.push_at(
                     format!("{PATH}.MaxResource"),
-                    format!(
-                        "must be less than or equal to {HYPERBAND_MAX_RESOURCE_LIMIT} (got {max})"
-                    ),
+                    format!("must be less than or equal to {HYPERBAND_MAX_RESOURCE_LIMIT} (got {max})"),
                 );
             }
             if min > max {
@@ -410,11 +344,7 @@ fn objective_rules(
         .filter_map(|d| d.name.as_deref())
         .collect();
     if !defined.contains(&metric.as_str()) {
-        let known = if defined.is_empty() {
-            "none".to_string()
-        } else {
-            defined.join(", ")
-        };
+        let known = if defined.is_empty() { "none".to_string() } else { defined.join(", ") };
         v.push_at(
             format!("{objective_path}.MetricName"),
             format!(
@@ -432,18 +362,9 @@ fn range_rules(
     strategy: &str,
     v: &mut Violations,
 ) {
-    let integer = ranges
-        .integer_parameter_ranges
-        .as_deref()
-        .unwrap_or_default();
-    let continuous = ranges
-        .continuous_parameter_ranges
-        .as_deref()
-        .unwrap_or_default();
-    let categorical = ranges
-        .categorical_parameter_ranges
-        .as_deref()
-        .unwrap_or_default();
+    let integer = ranges.integer_parameter_ranges.as_deref().unwrap_or_default();
+    let continuous = ranges.continuous_parameter_ranges.as_deref().unwrap_or_default();
+    let categorical = ranges.categorical_parameter_ranges.as_deref().unwrap_or_default();
     let total = integer.len() + continuous.len() + categorical.len();
     if total > MAX_TOTAL_RANGES {
         v.push_at(
@@ -475,27 +396,10 @@ fn range_rules(
         if strategy == "Grid" {
             v.push_at(&at, "the Grid strategy accepts categorical ranges only");
         }
-        let min = parse_bound::<i64>(
-            r.min_value.as_deref(),
-            &format!("{at}.MinValue"),
-            "an integer",
-            v,
-        );
-        let max = parse_bound::<i64>(
-            r.max_value.as_deref(),
-            &format!("{at}.MaxValue"),
-            "an integer",
-            v,
-        );
+        let min = parse_bound::<i64>(r.min_value.as_deref(), &format!("{at}.MinValue"), "an integer", v);
+        let max = parse_bound::<i64>(r.max_value.as_deref(), &format!("{at}.MaxValue"), "an integer", v);
         if let (Some(min), Some(max)) = (min, max) {
-            numeric_range_rules(
-                min as f64,
-                max as f64,
-                r.scaling_type.as_deref(),
-                false,
-                &at,
-                v,
-            );
+            numeric_range_rules(min as f64, max as f64, r.scaling_type.as_deref(), false, &at, v);
         }
     }
     for (i, r) in continuous.iter().enumerate() {
@@ -504,20 +408,10 @@ fn range_rules(
         if strategy == "Grid" {
             v.push_at(&at, "the Grid strategy accepts categorical ranges only");
         }
-        let min = parse_bound::<f64>(
-            r.min_value.as_deref(),
-            &format!("{at}.MinValue"),
-            "a finite number",
-            v,
-        )
-        .filter(|x| x.is_finite());
-        let max = parse_bound::<f64>(
-            r.max_value.as_deref(),
-            &format!("{at}.MaxValue"),
-            "a finite number",
-            v,
-        )
-        .filter(|x| x.is_finite());
+        let min = parse_bound::<f64>(r.min_value.as_deref(), &format!("{at}.MinValue"), "a finite number", v)
+            .filter(|x| x.is_finite());
+        let max = parse_bound::<f64>(r.max_value.as_deref(), &format!("{at}.MaxValue"), "a finite number", v)
+            .filter(|x| x.is_finite());
         if let (Some(min), Some(max)) = (min, max) {
             numeric_range_rules(min, max, r.scaling_type.as_deref(), true, &at, v);
         }
@@ -528,21 +422,13 @@ fn range_rules(
         let mut seen = BTreeSet::new();
         for (j, value) in r.values.iter().flatten().enumerate() {
             if !seen.insert(value.as_str()) {
-                v.push_at(
-                    format!("{at}.Values[{j}]"),
-                    format!("value '{value}' appears more than once"),
-                );
+                v.push_at(format!("{at}.Values[{j}]"), format!("value '{value}' appears more than once"));
             }
         }
     }
 }
 
-fn parse_bound<T: std::str::FromStr>(
-    raw: Option<&str>,
-    at: &str,
-    what: &str,
-    v: &mut Violations,
-) -> Option<T> {
+fn parse_bound<T: std::str::FromStr>(raw: Option<&str>, at: &str, what: &str, v: &mut Violations) -> Option<T> {
     let raw = raw?;
     match raw.trim().parse::<T>() {
         Ok(x) => Some(x),
@@ -553,32 +439,23 @@ fn parse_bound<T: std::str::FromStr>(
     }
 }
 
-fn numeric_range_rules(
-    min: f64,
-    max: f64,
-    scaling: Option<&str>,
-    continuous: bool,
-    at: &str,
-    v: &mut Violations,
-) {
+fn numeric_range_rules(min: f64, max: f64, scaling: Option<&str>, continuous: bool, at: &str, v: &mut Violations) {
     if min > max {
-        v.push_at(
-            format!("{at}.MinValue"),
-            format!("must be less than or equal to MaxValue ({max}) (got {min})"),
-        );
+        v.push_at(format!("{at}.MinValue"), format!("must be less than or equal to MaxValue ({max}) (got {min})"));
     }
     match scaling {
-        Some("Logarithmic") if min <= 0.0 => v.push_at(
-            format!("{at}.MinValue"),
-            format!("must be greater than 0 with Logarithmic scaling (got {min})"),
-        ),
-        Some("ReverseLogarithmic") if !continuous => v.push_at(
-            format!("{at}.ScalingType"),
-            "ReverseLogarithmic scaling is only valid for continuous ranges",
-        ),
+        Some("Logarithmic") if min <= 0.0 => {
+            v.push_at(format!("{at}.MinValue"), format!("must be greater than 0 with Logarithmic scaling (got {min})"))
+        }
+        Some("ReverseLogarithmic") if !continuous => {
+            v.push_at(format!("{at}.ScalingType"), "ReverseLogarithmic scaling is only valid for continuous ranges")
+        }
         Some("ReverseLogarithmic") => {
             if min < 0.0 {
-                v.push_at(format!("{at}.MinValue"), format!("must be greater than or equal to 0 with ReverseLogarithmic scaling (got {min})"));
+                v.push_at(
+                    format!("{at}.MinValue"),
+                    format!("must be greater than or equal to 0 with ReverseLogarithmic scaling (got {min})"),
+                );
             }
             if max >= 1.0 {
                 v.push_at(
@@ -620,13 +497,7 @@ fn unique_metric_names(defs: &[api::MetricDefinition], path: &str, v: &mut Viola
         if let Some(regex) = &d.regex
             && let Err(e) = regex::Regex::new(regex)
         {
-            let first_line = e
-                .to_string()
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .trim()
-                .to_string();
+            let first_line = e.to_string().lines().last().unwrap_or_default().trim().to_string();
             v.push_at(
                 format!("{path}[{i}].Regex"),
                 format!("value '{regex}' is not a valid regular expression: {first_line}"),
@@ -649,31 +520,18 @@ fn instance_type_rule(instance_type: &str, path: &str, catalog: &Catalog, v: &mu
     }
 }
 
-fn resource_config_rules(
-    rc: &api::ResourceConfig,
-    path: &str,
-    catalog: &Catalog,
-    v: &mut Violations,
-) {
+fn resource_config_rules(rc: &api::ResourceConfig, path: &str, catalog: &Catalog, v: &mut Violations) {
     match (&rc.instance_type, &rc.instance_groups) {
         (Some(t), None) => {
             instance_type_rule(t, &format!("{path}.InstanceType"), catalog, v);
             if rc.instance_count.is_none() {
-                v.push_at(
-                    format!("{path}.InstanceCount"),
-                    "is required with InstanceType",
-                );
+                v.push_at(format!("{path}.InstanceCount"), "is required with InstanceType");
             }
         }
         (None, Some(groups)) => {
             for (i, g) in groups.iter().enumerate() {
                 if let Some(t) = &g.instance_type {
-                    instance_type_rule(
-                        t,
-                        &format!("{path}.InstanceGroups[{i}].InstanceType"),
-                        catalog,
-                        v,
-                    );
+                    instance_type_rule(t, &format!("{path}.InstanceGroups[{i}].InstanceType"), catalog, v);
                 }
             }
         }
@@ -681,10 +539,7 @@ fn resource_config_rules(
             format!("{path}.InstanceGroups"),
             "must not be given together with InstanceType: give exactly one of the two",
         ),
-        (None, None) => v.push_at(
-            format!("{path}.InstanceType"),
-            "is required: give InstanceType or InstanceGroups",
-        ),
+        (None, None) => v.push_at(format!("{path}.InstanceType"), "is required: give InstanceType or InstanceGroups"),
     }
 }
 
@@ -699,19 +554,11 @@ fn tuning_resource_config_rules(
     }
     for (i, c) in rc.instance_configs.iter().flatten().enumerate() {
         if let Some(t) = &c.instance_type {
-            instance_type_rule(
-                t,
-                &format!("{path}.InstanceConfigs[{i}].InstanceType"),
-                catalog,
-                v,
-            );
+            instance_type_rule(t, &format!("{path}.InstanceConfigs[{i}].InstanceType"), catalog, v);
         }
     }
     if rc.instance_type.is_none() && rc.instance_configs.as_ref().is_none_or(Vec::is_empty) {
-        v.push_at(
-            format!("{path}.InstanceType"),
-            "is required: give InstanceType or InstanceConfigs",
-        );
+        v.push_at(format!("{path}.InstanceType"), "is required: give InstanceType or InstanceConfigs");
     }
 }
 
@@ -721,10 +568,7 @@ fn channel_rules(channels: &[api::Channel], path: &str, v: &mut Violations) {
         if let Some(name) = &c.channel_name
             && !seen.insert(name.as_str())
         {
-            v.push_at(
-                format!("{path}[{i}].ChannelName"),
-                format!("value '{name}' must be unique among the channels"),
-            );
+            v.push_at(format!("{path}[{i}].ChannelName"), format!("value '{name}' must be unique among the channels"));
         }
         let Some(source) = &c.data_source else {
             continue;
@@ -764,9 +608,7 @@ fn stopping_rules(sc: &api::StoppingCondition, spot: Option<bool>, path: &str, v
         {
             v.push_at(
                 format!("{path}.MaxWaitTimeInSeconds"),
-                format!(
-                    "must be greater than or equal to MaxRuntimeInSeconds ({runtime}) (got {wait})"
-                ),
+                format!("must be greater than or equal to MaxRuntimeInSeconds ({runtime}) (got {wait})"),
             );
         }
     }

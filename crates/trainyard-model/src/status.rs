@@ -83,10 +83,7 @@ impl TuningJobStatus {
     /// `Stopping -> Stopped` (a stop that races with completion may still end `Completed`/`Failed`).
     pub fn may_become(self, next: TuningJobStatus) -> bool {
         use TuningJobStatus::*;
-        matches!(
-            (self, next),
-            (InProgress, Completed | Failed | Stopping) | (Stopping, Stopped | Completed | Failed)
-        )
+        matches!((self, next), (InProgress, Completed | Failed | Stopping) | (Stopping, Stopped | Completed | Failed))
     }
 }
 
@@ -99,8 +96,7 @@ impl TrainingJobStatus {
         use TrainingJobStatus::*;
         matches!(
             (self, next),
-            (InProgress, Completed | Failed | Stopping | Stopped)
-                | (Stopping, Stopped | Completed | Failed)
+            (InProgress, Completed | Failed | Stopping | Stopped) | (Stopping, Stopped | Completed | Failed)
         )
     }
 }
@@ -145,9 +141,6 @@ mod tests {
         }
         assert!(TuningJobStatus::InProgress.may_become(TuningJobStatus::Stopping));
         assert!(!TuningJobStatus::InProgress.may_become(TuningJobStatus::Stopped));
-        assert_eq!(
-            SecondaryStatus::MaxRuntimeExceeded.primary(),
-            TrainingJobStatus::Stopped
-        );
+        assert_eq!(SecondaryStatus::MaxRuntimeExceeded.primary(), TrainingJobStatus::Stopped);
     }
 }

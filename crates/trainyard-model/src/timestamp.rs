@@ -36,9 +36,7 @@ impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let seconds = f64::deserialize(deserializer)?;
         if !seconds.is_finite() {
-            return Err(serde::de::Error::custom(
-                "timestamp must be a finite number of epoch seconds",
-            ));
+            return Err(serde::de::Error::custom("timestamp must be a finite number of epoch seconds"));
         }
         Ok(Self((seconds * 1000.0).round() as i64))
     }

@@ -39,40 +39,25 @@ enum Segment<'a> {
 
 impl<'a> Path<'a> {
     pub const fn root() -> Path<'static> {
-        Path {
-            parent: None,
-            segment: Segment::Root,
-        }
+        Path { parent: None, segment: Segment::Root }
     }
 
     pub fn field(&'a self, name: &'a str) -> Path<'a> {
-        Path {
-            parent: Some(self),
-            segment: Segment::Field(name),
-        }
+        Path { parent: Some(self), segment: Segment::Field(name) }
     }
 
     pub fn index(&'a self, index: usize) -> Path<'a> {
-        Path {
-            parent: Some(self),
-            segment: Segment::Index(index),
-        }
+        Path { parent: Some(self), segment: Segment::Index(index) }
     }
 
     /// The value stored under `key` in a map.
     pub fn map_value(&'a self, key: &'a str) -> Path<'a> {
-        Path {
-            parent: Some(self),
-            segment: Segment::MapValue(key),
-        }
+        Path { parent: Some(self), segment: Segment::MapValue(key) }
     }
 
     /// The key itself of a map entry (a key that breaks a limit).
     pub fn map_key(&'a self, key: &'a str) -> Path<'a> {
-        Path {
-            parent: Some(self),
-            segment: Segment::MapKey(key),
-        }
+        Path { parent: Some(self), segment: Segment::MapKey(key) }
     }
 
     fn is_map_key(&self) -> bool {
@@ -154,18 +139,12 @@ impl Violations {
         if path.is_map_key() {
             description = format!("map key {description}");
         }
-        self.0.push(Violation {
-            field: path.to_string(),
-            description,
-        });
+        self.0.push(Violation { field: path.to_string(), description });
     }
 
     /// A violation at a path given as text (for rules that span several fields).
     pub fn push_at(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(Violation {
-            field: field.into(),
-            description: description.into(),
-        });
+        self.0.push(Violation { field: field.into(), description: description.into() });
     }
 
     pub fn missing(&mut self, path: &Path<'_>) {
@@ -174,11 +153,7 @@ impl Violations {
 
     /// `Ok(())` when nothing was found, else the violations as an error.
     pub fn into_result(self) -> Result<(), Vec<Violation>> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(self.0)
-        }
+        if self.0.is_empty() { Ok(()) } else { Err(self.0) }
     }
 }
 
@@ -198,41 +173,20 @@ pub(crate) fn quote(value: &str) -> String {
 pub mod check {
     use super::*;
 
-    pub fn length(
-        out: &mut Violations,
-        path: &Path<'_>,
-        value: &str,
-        min: Option<u64>,
-        max: Option<u64>,
-    ) {
+    pub fn length(out: &mut Violations, path: &Path<'_>, value: &str, min: Option<u64>, max: Option<u64>) {
         let len = value.chars().count() as u64;
         if let Some(min) = min.filter(|&min| len < min) {
-            out.push(
-                path,
-                format!("must have length greater than or equal to {min} (got {len})"),
-            );
+            out.push(path, format!("must have length greater than or equal to {min} (got {len})"));
         }
         if let Some(max) = max.filter(|&max| len > max) {
-            out.push(
-                path,
-                format!("must have length less than or equal to {max} (got {len})"),
-            );
+            out.push(path, format!("must have length less than or equal to {max} (got {len})"));
         }
     }
 
-    pub fn count(
-        out: &mut Violations,
-        path: &Path<'_>,
-        len: usize,
-        min: Option<u64>,
-        max: Option<u64>,
-    ) {
+    pub fn count(out: &mut Violations, path: &Path<'_>, len: usize, min: Option<u64>, max: Option<u64>) {
         let len = len as u64;
         if let Some(min) = min.filter(|&min| len < min) {
-            out.push(
-                path,
-                format!("must have at least {min} item(s) (got {len})"),
-            );
+            out.push(path, format!("must have at least {min} item(s) (got {len})"));
         }
         if let Some(max) = max.filter(|&max| len > max) {
             out.push(path, format!("must have at most {max} item(s) (got {len})"));
@@ -246,80 +200,41 @@ pub mod check {
             } else {
                 allowed.join(", ")
             };
-            out.push(
-                path,
-                format!(
-                    "value {} must satisfy enum value set: [{shown}]",
-                    quote(value)
-                ),
-            );
+            out.push(path, format!("value {} must satisfy enum value set: [{shown}]", quote(value)));
         }
     }
 
     pub fn pattern(out: &mut Violations, path: &Path<'_>, value: &str, regex: &Regex, shown: &str) {
         if !regex.is_match(value) {
-            out.push(
-                path,
-                format!(
-                    "value {} must satisfy regular expression pattern: {shown}",
-                    quote(value)
-                ),
-            );
+            out.push(path, format!("value {} must satisfy regular expression pattern: {shown}", quote(value)));
         }
     }
 
     pub fn no_trailing_dash(out: &mut Violations, path: &Path<'_>, value: &str) {
         if value.ends_with('-') {
-            out.push(
-                path,
-                format!("value {} must not end with '-'", quote(value)),
-            );
+            out.push(path, format!("value {} must not end with '-'", quote(value)));
         }
     }
 
-    pub fn range_int(
-        out: &mut Violations,
-        path: &Path<'_>,
-        value: i64,
-        min: Option<i64>,
-        max: Option<i64>,
-    ) {
+    pub fn range_int(out: &mut Violations, path: &Path<'_>, value: i64, min: Option<i64>, max: Option<i64>) {
         if let Some(min) = min.filter(|&min| value < min) {
-            out.push(
-                path,
-                format!("must be greater than or equal to {min} (got {value})"),
-            );
+            out.push(path, format!("must be greater than or equal to {min} (got {value})"));
         }
         if let Some(max) = max.filter(|&max| value > max) {
-            out.push(
-                path,
-                format!("must be less than or equal to {max} (got {value})"),
-            );
+            out.push(path, format!("must be less than or equal to {max} (got {value})"));
         }
     }
 
-    pub fn range_float(
-        out: &mut Violations,
-        path: &Path<'_>,
-        value: f64,
-        min: Option<f64>,
-        max: Option<f64>,
-    ) {
+    pub fn range_float(out: &mut Violations, path: &Path<'_>, value: f64, min: Option<f64>, max: Option<f64>) {
         if !value.is_finite() {
             out.push(path, format!("must be a finite number (got {value})"));
             return;
         }
         if let Some(min) = min.filter(|&min| value < min) {
-            out.push(
-                path,
-                format!("must be greater than or equal to {min} (got {value})"),
-            );
+            out.push(path, format!("must be greater than or equal to {min} (got {value})"));
         }
         if let Some(max) = max.filter(|&max| value > max) {
-            out.push(
-                path,
-                format!("must be less than or equal to {max} (got {value})"),
-            );
+            out.push(path, format!("must be less than or equal to {max} (got {value})"));
         }
     }
 }
@@ -335,20 +250,11 @@ mod tests {
         let input = def.field("InputDataConfig");
         let third = input.index(3);
         let name = third.field("ChannelName");
-        assert_eq!(
-            name.to_string(),
-            "TrainingJobDefinition.InputDataConfig[3].ChannelName"
-        );
+        assert_eq!(name.to_string(), "TrainingJobDefinition.InputDataConfig[3].ChannelName");
         let hp = def.field("StaticHyperParameters");
-        assert_eq!(
-            hp.map_value("lr").to_string(),
-            "TrainingJobDefinition.StaticHyperParameters['lr']"
-        );
+        assert_eq!(hp.map_value("lr").to_string(), "TrainingJobDefinition.StaticHyperParameters['lr']");
         let mut v = Violations::default();
-        v.push(
-            &hp.map_key("k"),
-            "must have length less than or equal to 256 (got 300)",
-        );
+        v.push(&hp.map_key("k"), "must have length less than or equal to 256 (got 300)");
         assert_eq!(
             v.iter().next().map(|v| v.description.as_str()),
             Some("map key must have length less than or equal to 256 (got 300)")

@@ -11,8 +11,8 @@ const TUNING_EXAMPLE: &str = include_str!("../../../deploy/examples/tuning-job.j
 const TRAINING_EXAMPLE: &str = include_str!("../../../deploy/examples/training-job.json");
 
 fn tuning_violations(request: &Value) -> Vec<Violation> {
-    let parsed: CreateHyperParameterTuningJobRequest = serde_json::from_value(request.clone())
-        .unwrap_or_else(|e| panic!("request must parse: {e}"));
+    let parsed: CreateHyperParameterTuningJobRequest =
+        serde_json::from_value(request.clone()).unwrap_or_else(|e| panic!("request must parse: {e}"));
     match check_create_tuning_job(&parsed, &Catalog::default(), &ServiceLimits::default()) {
         Ok(()) => Vec::new(),
         Err(DomainError::Validation(v)) => v,
@@ -21,8 +21,8 @@ fn tuning_violations(request: &Value) -> Vec<Violation> {
 }
 
 fn training_violations(request: &Value) -> Vec<Violation> {
-    let parsed: CreateTrainingJobRequest = serde_json::from_value(request.clone())
-        .unwrap_or_else(|e| panic!("request must parse: {e}"));
+    let parsed: CreateTrainingJobRequest =
+        serde_json::from_value(request.clone()).unwrap_or_else(|e| panic!("request must parse: {e}"));
     match check_create_training_job(&parsed, &Catalog::default()) {
         Ok(()) => Vec::new(),
         Err(DomainError::Validation(v)) => v,
@@ -34,9 +34,7 @@ fn training_violations(request: &Value) -> Vec<Violation> {
 fn patched(base: &Value, pointer: &str, value: Option<Value>) -> Value {
     let mut doc = base.clone();
     let (parent, last) = pointer.rsplit_once('/').expect("pointer has a parent");
-    let target = doc
-        .pointer_mut(parent)
-        .unwrap_or_else(|| panic!("{parent} exists"));
+    let target = doc.pointer_mut(parent).unwrap_or_else(|| panic!("{parent} exists"));
     match (target, value) {
         (Value::Object(map), Some(v)) => {
             map.insert(last.to_string(), v);
@@ -46,11 +44,7 @@ fn patched(base: &Value, pointer: &str, value: Option<Value>) -> Value {
         }
         (Value::Array(items), Some(v)) => {
             let i: usize = last.parse().expect("index");
-            if i == items.len() {
-                items.push(v)
-            } else {
-                items[i] = v
-            }
+            if i == items.len() { items.push(v) } else { items[i] = v }
         }
         (Value::Array(items), None) => {
             items.remove(last.parse::<usize>().expect("index"));
@@ -66,16 +60,10 @@ fn example_tuning() -> Value {
 
 fn assert_exactly(violations: &[Violation], expected: &[(&str, &str)], case: &str) {
     let got: Vec<String> = violations.iter().map(ToString::to_string).collect();
-    assert_eq!(
-        violations.len(),
-        expected.len(),
-        "{case}: expected {expected:?}, got {got:#?}"
-    );
+    assert_eq!(violations.len(), expected.len(), "{case}: expected {expected:?}, got {got:#?}");
     for (field, fragment) in expected {
         assert!(
-            violations
-                .iter()
-                .any(|v| v.field == *field && v.description.contains(fragment)),
+            violations.iter().any(|v| v.field == *field && v.description.contains(fragment)),
             "{case}: no violation at {field} containing {fragment:?}; got {got:#?}"
         );
     }
@@ -98,12 +86,10 @@ fn json_round_trips_without_loss() {
     for text in [TUNING_EXAMPLE, TRAINING_EXAMPLE] {
         let original: Value = serde_json::from_str(text).expect("json");
         let back = if original.get("TrainingJobName").is_some() {
-            let r: CreateTrainingJobRequest =
-                serde_json::from_value(original.clone()).expect("parses");
+            let r: CreateTrainingJobRequest = serde_json::from_value(original.clone()).expect("parses");
             serde_json::to_value(r).expect("serializes")
         } else {
-            let r: CreateHyperParameterTuningJobRequest =
-                serde_json::from_value(original.clone()).expect("parses");
+            let r: CreateHyperParameterTuningJobRequest = serde_json::from_value(original.clone()).expect("parses");
             serde_json::to_value(r).expect("serializes")
         };
         assert_eq!(back, original);
@@ -112,17 +98,9 @@ fn json_round_trips_without_loss() {
 
 #[test]
 fn unknown_members_are_rejected_by_name() {
-    let bad = patched(
-        &example_tuning(),
-        "/TrainingJobDefinition/ResourceConfig/InstanceTyp",
-        Some(json!("x")),
-    );
-    let err =
-        serde_json::from_value::<CreateHyperParameterTuningJobRequest>(bad).expect_err("must fail");
-    assert!(
-        err.to_string().contains("unknown field `InstanceTyp`"),
-        "{err}"
-    );
+    let bad = patched(&example_tuning(), "/TrainingJobDefinition/ResourceConfig/InstanceTyp", Some(json!("x")));
+    let err = serde_json::from_value::<CreateHyperParameterTuningJobRequest>(bad).expect_err("must fail");
+    assert!(err.to_string().contains("unknown field `InstanceTyp`"), "{err}");
 }
 
 #[test]
@@ -140,10 +118,7 @@ fn tuning_job_violations_are_named_with_their_limits() {
                 Some(json!("this_name_is_much_too_long_for_a_tuning_job")),
             ),
             vec![
-                (
-                    "HyperParameterTuningJobName",
-                    "length less than or equal to 32 (got 43)",
-                ),
+                ("HyperParameterTuningJobName", "length less than or equal to 32 (got 43)"),
                 ("HyperParameterTuningJobName", "regular expression pattern"),
             ],
         ),
@@ -154,11 +129,7 @@ fn tuning_job_violations_are_named_with_their_limits() {
         ),
         (
             "channel name breaks its pattern",
-            patched(
-                &example_tuning(),
-                &format!("{def}/InputDataConfig/1/ChannelName"),
-                Some(json!("bad channel")),
-            ),
+            patched(&example_tuning(), &format!("{def}/InputDataConfig/1/ChannelName"), Some(json!("bad channel"))),
             vec![(
                 "TrainingJobDefinition.InputDataConfig[1].ChannelName",
                 "regular expression pattern: [A-Za-z0-9\\.\\-_]+",
@@ -168,10 +139,7 @@ fn tuning_job_violations_are_named_with_their_limits() {
             "too many channels (the newer page allows 20)",
             {
                 let mut doc = example_tuning();
-                let channel = doc
-                    .pointer(&format!("{def}/InputDataConfig/0"))
-                    .cloned()
-                    .expect("channel");
+                let channel = doc.pointer(&format!("{def}/InputDataConfig/0")).cloned().expect("channel");
                 let channels: Vec<Value> = (0..21)
                     .map(|i| {
                         let mut c = channel.clone();
@@ -182,22 +150,12 @@ fn tuning_job_violations_are_named_with_their_limits() {
                 doc["TrainingJobDefinition"]["InputDataConfig"] = Value::Array(channels);
                 doc
             },
-            vec![(
-                "TrainingJobDefinition.InputDataConfig",
-                "at most 20 item(s) (got 21)",
-            )],
+            vec![("TrainingJobDefinition.InputDataConfig", "at most 20 item(s) (got 21)")],
         ),
         (
             "an empty channel list",
-            patched(
-                &example_tuning(),
-                &format!("{def}/InputDataConfig"),
-                Some(json!([])),
-            ),
-            vec![(
-                "TrainingJobDefinition.InputDataConfig",
-                "at least 1 item(s) (got 0)",
-            )],
+            patched(&example_tuning(), &format!("{def}/InputDataConfig"), Some(json!([]))),
+            vec![("TrainingJobDefinition.InputDataConfig", "at least 1 item(s) (got 0)")],
         ),
         (
             "static hyperparameter value over the founding page's 256 characters",
@@ -213,41 +171,20 @@ fn tuning_job_violations_are_named_with_their_limits() {
         ),
         (
             "unknown enum value",
-            patched(
-                &example_tuning(),
-                &format!("{cfg}/Strategy"),
-                Some(json!("Genetic")),
-            ),
-            vec![(
-                "HyperParameterTuningJobConfig.Strategy",
-                "enum value set: [Bayesian, Random, Hyperband, Grid]",
-            )],
+            patched(&example_tuning(), &format!("{cfg}/Strategy"), Some(json!("Genetic"))),
+            vec![("HyperParameterTuningJobConfig.Strategy", "enum value set: [Bayesian, Random, Hyperband, Grid]")],
         ),
         (
             "role ARN of the wrong form",
-            patched(
-                &example_tuning(),
-                &format!("{def}/RoleArn"),
-                Some(json!("arn:aws:iam::12:r/x")),
-            ),
+            patched(&example_tuning(), &format!("{def}/RoleArn"), Some(json!("arn:aws:iam::12:r/x"))),
             vec![
-                (
-                    "TrainingJobDefinition.RoleArn",
-                    "length greater than or equal to 20 (got 19)",
-                ),
-                (
-                    "TrainingJobDefinition.RoleArn",
-                    "regular expression pattern",
-                ),
+                ("TrainingJobDefinition.RoleArn", "length greater than or equal to 20 (got 19)"),
+                ("TrainingJobDefinition.RoleArn", "regular expression pattern"),
             ],
         ),
         (
             "numeric range",
-            patched(
-                &example_tuning(),
-                &format!("{cfg}/ResourceLimits/MaxParallelTrainingJobs"),
-                Some(json!(0)),
-            ),
+            patched(&example_tuning(), &format!("{cfg}/ResourceLimits/MaxParallelTrainingJobs"), Some(json!(0))),
             vec![(
                 "HyperParameterTuningJobConfig.ResourceLimits.MaxParallelTrainingJobs",
                 "greater than or equal to 1 (got 0)",
@@ -255,15 +192,8 @@ fn tuning_job_violations_are_named_with_their_limits() {
         ),
         (
             "tuning runtime under 120 seconds",
-            patched(
-                &example_tuning(),
-                &format!("{cfg}/ResourceLimits/MaxRuntimeInSeconds"),
-                Some(json!(60)),
-            ),
-            vec![(
-                "HyperParameterTuningJobConfig.ResourceLimits.MaxRuntimeInSeconds",
-                "greater than or equal to 120",
-            )],
+            patched(&example_tuning(), &format!("{cfg}/ResourceLimits/MaxRuntimeInSeconds"), Some(json!(60))),
+            vec![("HyperParameterTuningJobConfig.ResourceLimits.MaxRuntimeInSeconds", "greater than or equal to 120")],
         ),
         (
             "min above max, unparseable bound",
@@ -334,11 +264,7 @@ fn tuning_job_violations_are_named_with_their_limits() {
                     &format!("{cfg}/ParameterRanges/ContinuousParameterRanges/1/ScalingType"),
                     Some(json!("ReverseLogarithmic")),
                 );
-                patched(
-                    &doc,
-                    &format!("{cfg}/ParameterRanges/ContinuousParameterRanges/1/MaxValue"),
-                    Some(json!("1")),
-                )
+                patched(&doc, &format!("{cfg}/ParameterRanges/ContinuousParameterRanges/1/MaxValue"), Some(json!("1")))
             },
             vec![(
                 "HyperParameterTuningJobConfig.ParameterRanges.ContinuousParameterRanges[1].MaxValue",
@@ -347,15 +273,8 @@ fn tuning_job_violations_are_named_with_their_limits() {
         ),
         (
             "a tuned hyperparameter that is also static",
-            patched(
-                &example_tuning(),
-                &format!("{def}/StaticHyperParameters/epochs"),
-                Some(json!("10")),
-            ),
-            vec![(
-                "TrainingJobDefinition.StaticHyperParameters['epochs']",
-                "must not also be a static hyperparameter",
-            )],
+            patched(&example_tuning(), &format!("{def}/StaticHyperParameters/epochs"), Some(json!("10"))),
+            vec![("TrainingJobDefinition.StaticHyperParameters['epochs']", "must not also be a static hyperparameter")],
         ),
         (
             "the objective is not a defined metric",
@@ -371,16 +290,9 @@ fn tuning_job_violations_are_named_with_their_limits() {
         ),
         (
             "Grid with numeric ranges",
-            patched(
-                &example_tuning(),
-                &format!("{cfg}/Strategy"),
-                Some(json!("Grid")),
-            ),
+            patched(&example_tuning(), &format!("{cfg}/Strategy"), Some(json!("Grid"))),
             vec![
-                (
-                    "HyperParameterTuningJobConfig.ParameterRanges.IntegerParameterRanges[0]",
-                    "categorical ranges only",
-                ),
+                ("HyperParameterTuningJobConfig.ParameterRanges.IntegerParameterRanges[0]", "categorical ranges only"),
                 (
                     "HyperParameterTuningJobConfig.ParameterRanges.ContinuousParameterRanges[0]",
                     "categorical ranges only",
@@ -399,11 +311,7 @@ fn tuning_job_violations_are_named_with_their_limits() {
             "both definition forms",
             {
                 let def_value = example_tuning()["TrainingJobDefinition"].clone();
-                patched(
-                    &example_tuning(),
-                    "/TrainingJobDefinitions",
-                    Some(json!([def_value])),
-                )
+                patched(&example_tuning(), "/TrainingJobDefinitions", Some(json!([def_value])))
             },
             vec![
                 ("TrainingJobDefinitions", "exactly one of the two"),
@@ -413,66 +321,31 @@ fn tuning_job_violations_are_named_with_their_limits() {
         (
             "neither definition form",
             patched(&example_tuning(), "/TrainingJobDefinition", None),
-            vec![(
-                "TrainingJobDefinition",
-                "exactly one of TrainingJobDefinition and TrainingJobDefinitions",
-            )],
+            vec![("TrainingJobDefinition", "exactly one of TrainingJobDefinition and TrainingJobDefinitions")],
         ),
         (
             "instance type outside the catalog",
-            patched(
-                &example_tuning(),
-                &format!("{def}/ResourceConfig/InstanceType"),
-                Some(json!("ml.z9.huge")),
-            ),
-            vec![(
-                "TrainingJobDefinition.ResourceConfig.InstanceType",
-                "not an instance type this cluster knows",
-            )],
+            patched(&example_tuning(), &format!("{def}/ResourceConfig/InstanceType"), Some(json!("ml.z9.huge"))),
+            vec![("TrainingJobDefinition.ResourceConfig.InstanceType", "not an instance type this cluster knows")],
         ),
         (
             "a built-in algorithm",
-            patched(
-                &example_tuning(),
-                &format!("{def}/AlgorithmSpecification/AlgorithmName"),
-                Some(json!("xgboost")),
-            ),
-            vec![(
-                "TrainingJobDefinition.AlgorithmSpecification.AlgorithmName",
-                "exactly one of the two",
-            )],
+            patched(&example_tuning(), &format!("{def}/AlgorithmSpecification/AlgorithmName"), Some(json!("xgboost"))),
+            vec![("TrainingJobDefinition.AlgorithmSpecification.AlgorithmName", "exactly one of the two")],
         ),
         (
             "a bucket URI of another scheme",
-            patched(
-                &example_tuning(),
-                &format!("{def}/OutputDataConfig/S3OutputPath"),
-                Some(json!("ftp://bucket/x")),
-            ),
-            vec![(
-                "TrainingJobDefinition.OutputDataConfig.S3OutputPath",
-                "regular expression pattern",
-            )],
+            patched(&example_tuning(), &format!("{def}/OutputDataConfig/S3OutputPath"), Some(json!("ftp://bucket/x"))),
+            vec![("TrainingJobDefinition.OutputDataConfig.S3OutputPath", "regular expression pattern")],
         ),
         (
             "retry attempts over 30",
-            patched(
-                &example_tuning(),
-                &format!("{def}/RetryStrategy/MaximumRetryAttempts"),
-                Some(json!(31)),
-            ),
-            vec![(
-                "TrainingJobDefinition.RetryStrategy.MaximumRetryAttempts",
-                "less than or equal to 30 (got 31)",
-            )],
+            patched(&example_tuning(), &format!("{def}/RetryStrategy/MaximumRetryAttempts"), Some(json!(31))),
+            vec![("TrainingJobDefinition.RetryStrategy.MaximumRetryAttempts", "less than or equal to 30 (got 31)")],
         ),
         (
             "more trials than the cluster allows",
-            patched(
-                &example_tuning(),
-                &format!("{cfg}/ResourceLimits/MaxNumberOfTrainingJobs"),
-                Some(json!(10001)),
-            ),
+            patched(&example_tuning(), &format!("{cfg}/ResourceLimits/MaxNumberOfTrainingJobs"), Some(json!(10001))),
             vec![(
                 "HyperParameterTuningJobConfig.ResourceLimits.MaxNumberOfTrainingJobs",
                 "less than or equal to 10000",
@@ -492,16 +365,9 @@ fn tuning_job_violations_are_named_with_their_limits() {
         ),
         (
             "spot wait without spot training",
-            patched(
-                &example_tuning(),
-                &format!("{def}/StoppingCondition/MaxWaitTimeInSeconds"),
-                Some(json!(300)),
-            ),
+            patched(&example_tuning(), &format!("{def}/StoppingCondition/MaxWaitTimeInSeconds"), Some(json!(300))),
             vec![
-                (
-                    "TrainingJobDefinition.StoppingCondition.MaxWaitTimeInSeconds",
-                    "EnableManagedSpotTraining",
-                ),
+                ("TrainingJobDefinition.StoppingCondition.MaxWaitTimeInSeconds", "EnableManagedSpotTraining"),
                 (
                     "TrainingJobDefinition.StoppingCondition.MaxWaitTimeInSeconds",
                     "greater than or equal to MaxRuntimeInSeconds (600)",
@@ -510,15 +376,8 @@ fn tuning_job_violations_are_named_with_their_limits() {
         ),
         (
             "duplicate channel names",
-            patched(
-                &example_tuning(),
-                &format!("{def}/InputDataConfig/1/ChannelName"),
-                Some(json!("train")),
-            ),
-            vec![(
-                "TrainingJobDefinition.InputDataConfig[1].ChannelName",
-                "must be unique",
-            )],
+            patched(&example_tuning(), &format!("{def}/InputDataConfig/1/ChannelName"), Some(json!("train"))),
+            vec![("TrainingJobDefinition.InputDataConfig[1].ChannelName", "must be unique")],
         ),
     ];
     for (case, request, expected) in cases {
@@ -543,10 +402,7 @@ fn a_request_with_many_problems_reports_all_of_them() {
         "TrainingJobDefinition.InputDataConfig[0].InputMode",
         "TrainingJobDefinition.StoppingCondition.MaxRuntimeInSeconds",
     ] {
-        assert!(
-            fields.contains(&expected),
-            "{expected} missing from {fields:?}"
-        );
+        assert!(fields.contains(&expected), "{expected} missing from {fields:?}");
     }
 }
 
@@ -561,46 +417,26 @@ fn grid_hyperband_and_multiple_definitions_follow_sagemaker() {
             { "Name": "epochs", "Values": ["10", "20", "30"] }
         ]
     });
-    grid["HyperParameterTuningJobConfig"]["ResourceLimits"] =
-        json!({ "MaxParallelTrainingJobs": 2 });
-    assert_exactly(
-        &tuning_violations(&grid),
-        &[],
-        "grid without MaxNumberOfTrainingJobs",
-    );
+    grid["HyperParameterTuningJobConfig"]["ResourceLimits"] = json!({ "MaxParallelTrainingJobs": 2 });
+    assert_exactly(&tuning_violations(&grid), &[], "grid without MaxNumberOfTrainingJobs");
     grid["HyperParameterTuningJobConfig"]["ResourceLimits"]["MaxNumberOfTrainingJobs"] = json!(6);
-    assert_exactly(
-        &tuning_violations(&grid),
-        &[],
-        "grid with the matching count",
-    );
+    assert_exactly(&tuning_violations(&grid), &[], "grid with the matching count");
 
     // Hyperband: MaxResource inferred from a static `epochs`; early stopping must be Off.
     let mut hyperband = example_tuning();
     hyperband["HyperParameterTuningJobConfig"]["Strategy"] = json!("Hyperband");
-    hyperband["HyperParameterTuningJobConfig"]["ParameterRanges"]["IntegerParameterRanges"] =
-        json!([]);
+    hyperband["HyperParameterTuningJobConfig"]["ParameterRanges"]["IntegerParameterRanges"] = json!([]);
     hyperband["TrainingJobDefinition"]["StaticHyperParameters"]["epochs"] = json!("27");
     hyperband["HyperParameterTuningJobConfig"]["StrategyConfig"] =
         json!({ "HyperbandStrategyConfig": { "MinResource": 1 } });
-    assert_exactly(
-        &tuning_violations(&hyperband),
-        &[],
-        "hyperband inferring MaxResource",
-    );
+    assert_exactly(&tuning_violations(&hyperband), &[], "hyperband inferring MaxResource");
     hyperband["TrainingJobDefinition"]["StaticHyperParameters"] = json!({ "batch_size": "32" });
     hyperband["HyperParameterTuningJobConfig"]["TrainingJobEarlyStoppingType"] = json!("Auto");
     assert_exactly(
         &tuning_violations(&hyperband),
         &[
-            (
-                "HyperParameterTuningJobConfig.StrategyConfig.HyperbandStrategyConfig.MaxResource",
-                "is required",
-            ),
-            (
-                "HyperParameterTuningJobConfig.TrainingJobEarlyStoppingType",
-                "must be Off",
-            ),
+            ("HyperParameterTuningJobConfig.StrategyConfig.HyperbandStrategyConfig.MaxResource", "is required"),
+            ("HyperParameterTuningJobConfig.TrainingJobEarlyStoppingType", "must be Off"),
         ],
         "hyperband without a resource",
     );
@@ -612,10 +448,7 @@ fn grid_hyperband_and_multiple_definitions_follow_sagemaker() {
     a["TuningObjective"] = json!({ "Type": "Minimize", "MetricName": "train:loss" });
     let mut b = a.clone();
     b["DefinitionName"] = json!("logreg");
-    multi
-        .as_object_mut()
-        .expect("object")
-        .remove("TrainingJobDefinition");
+    multi.as_object_mut().expect("object").remove("TrainingJobDefinition");
     multi["TrainingJobDefinitions"] = json!([a, b]);
     assert_exactly(
         &tuning_violations(&multi),
@@ -630,33 +463,14 @@ fn training_job_violations_are_named() {
     let long_name = patched(&base, "/TrainingJobName", Some(json!("x".repeat(64))));
     assert_exactly(
         &training_violations(&long_name),
-        &[
-            ("TrainingJobName", "less than or equal to 63 (got 64)"),
-            ("TrainingJobName", "regular expression pattern"),
-        ],
+        &[("TrainingJobName", "less than or equal to 63 (got 64)"), ("TrainingJobName", "regular expression pattern")],
         "long name",
     );
     // A training job's own hyperparameters follow the service model (2,500), not the founding page.
-    let long_value = patched(
-        &base,
-        "/HyperParameters/batch_size",
-        Some(json!("1".repeat(300))),
-    );
-    assert_exactly(
-        &training_violations(&long_value),
-        &[],
-        "300-character hyperparameter",
-    );
+    let long_value = patched(&base, "/HyperParameters/batch_size", Some(json!("1".repeat(300))));
+    assert_exactly(&training_violations(&long_value), &[], "300-character hyperparameter");
     let no_role = patched(&base, "/RoleArn", None);
-    assert_exactly(
-        &training_violations(&no_role),
-        &[("RoleArn", "is required")],
-        "no role",
-    );
-    let local = patched(
-        &base,
-        "/OutputDataConfig/S3OutputPath",
-        Some(json!("file:///var/lib/trainyard/out")),
-    );
+    assert_exactly(&training_violations(&no_role), &[("RoleArn", "is required")], "no role");
+    let local = patched(&base, "/OutputDataConfig/S3OutputPath", Some(json!("file:///var/lib/trainyard/out")));
     assert_exactly(&training_violations(&local), &[], "file:// output path");
 }

@@ -23,16 +23,9 @@ use trainyard_model::Timestamp;
 /// Protobuf timestamps carry nanoseconds; the model keeps milliseconds, SageMaker's resolution.
 pub fn timestamp_to_proto(t: Timestamp) -> prost_types::Timestamp {
     let millis = t.millis();
-    prost_types::Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    prost_types::Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 pub fn timestamp_from_proto(t: prost_types::Timestamp) -> Timestamp {
-    Timestamp::from_millis(
-        t.seconds
-            .saturating_mul(1000)
-            .saturating_add(i64::from(t.nanos) / 1_000_000),
-    )
+    Timestamp::from_millis(t.seconds.saturating_mul(1000).saturating_add(i64::from(t.nanos) / 1_000_000))
 }

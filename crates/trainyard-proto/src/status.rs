@@ -45,13 +45,7 @@ pub fn violations(status: &Status) -> Vec<Violation> {
     status
         .get_details_bad_request()
         .map(|bad| {
-            bad.field_violations
-                .into_iter()
-                .map(|v| Violation {
-                    field: v.field,
-                    description: v.description,
-                })
-                .collect()
+            bad.field_violations.into_iter().map(|v| Violation { field: v.field, description: v.description }).collect()
         })
         .unwrap_or_default()
 }
@@ -69,14 +63,8 @@ mod tests {
     #[test]
     fn every_violation_survives_the_trip_through_a_status() {
         let sent = vec![
-            Violation {
-                field: "A.B[1]".into(),
-                description: "is required".into(),
-            },
-            Violation {
-                field: "C".into(),
-                description: "must be less than or equal to 3 (got 4)".into(),
-            },
+            Violation { field: "A.B[1]".into(), description: "is required".into() },
+            Violation { field: "C".into(), description: "must be less than or equal to 3 (got 4)".into() },
         ];
         let status = to_status(&DomainError::Validation(sent.clone()));
         assert_eq!(status.code(), Code::InvalidArgument);
@@ -87,24 +75,9 @@ mod tests {
     #[test]
     fn codes_follow_the_table() {
         let cases = [
-            (
-                DomainError::AlreadyExists {
-                    kind: ResourceKind::TuningJob,
-                    name: "x".into(),
-                },
-                Code::AlreadyExists,
-            ),
-            (
-                DomainError::NotFound {
-                    kind: ResourceKind::TrainingJob,
-                    name: "x".into(),
-                },
-                Code::NotFound,
-            ),
-            (
-                DomainError::LimitExceeded("x".into()),
-                Code::ResourceExhausted,
-            ),
+            (DomainError::AlreadyExists { kind: ResourceKind::TuningJob, name: "x".into() }, Code::AlreadyExists),
+            (DomainError::NotFound { kind: ResourceKind::TrainingJob, name: "x".into() }, Code::NotFound),
+            (DomainError::LimitExceeded("x".into()), Code::ResourceExhausted),
             (DomainError::Unavailable("x".into()), Code::Unavailable),
             (DomainError::Internal("x".into()), Code::Internal),
         ];

@@ -21,9 +21,9 @@ where
 
 #[test]
 fn the_examples_survive_json_model_proto_model_json() {
-    round_trip::<api::CreateHyperParameterTuningJobRequest, pb::CreateHyperParameterTuningJobRequest>(
-        include_str!("../../../deploy/examples/tuning-job.json"),
-    );
+    round_trip::<api::CreateHyperParameterTuningJobRequest, pb::CreateHyperParameterTuningJobRequest>(include_str!(
+        "../../../deploy/examples/tuning-job.json"
+    ));
     round_trip::<api::CreateTrainingJobRequest, pb::CreateTrainingJobRequest>(include_str!(
         "../../../deploy/examples/training-job.json"
     ));

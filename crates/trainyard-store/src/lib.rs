@@ -61,10 +61,7 @@ impl From<StoreError> for DomainError {
         match e {
             StoreError::AlreadyExists { kind, name } => DomainError::AlreadyExists { kind, name },
             StoreError::Database(
-                sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::Tls(_),
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_),
             ) => DomainError::Unavailable(e.to_string()),
             other => DomainError::Internal(other.to_string()),
         }
@@ -95,35 +92,24 @@ pub trait Store: Send + Sync {
     ) -> Result<Versioned<TuningJob>, StoreError>;
     /// Tuning jobs that have not ended (InProgress or Stopping), oldest first.
     async fn active_tuning_jobs(&self) -> Result<Vec<Versioned<TuningJob>>, StoreError>;
+    /// How many tuning jobs have not ended.
+    async fn count_active_tuning_jobs(&self) -> Result<u64, StoreError>;
 
-    async fn create_training_job(
-        &self,
-        job: &TrainingJob,
-    ) -> Result<Versioned<TrainingJob>, StoreError>;
-    async fn get_training_job(
-        &self,
-        name: &str,
-    ) -> Result<Option<Versioned<TrainingJob>>, StoreError>;
+    async fn create_training_job(&self, job: &TrainingJob) -> Result<Versioned<TrainingJob>, StoreError>;
+    async fn get_training_job(&self, name: &str) -> Result<Option<Versioned<TrainingJob>>, StoreError>;
     async fn list_training_jobs(&self, query: &ListQuery) -> Result<Page<TrainingJob>, StoreError>;
     async fn update_training_job(
         &self,
         job: &TrainingJob,
         expected_version: i64,
     ) -> Result<Versioned<TrainingJob>, StoreError>;
-    /// Training jobs that have not ended, oldest first.
-    async fn active_training_jobs(&self) -> Result<Vec<Versioned<TrainingJob>>, StoreError>;
+    /// Training jobs that have not ended, oldest first; only the trials of `tuning_job` if given.
+    async fn active_training_jobs(&self, tuning_job: Option<&str>) -> Result<Vec<Versioned<TrainingJob>>, StoreError>;
 
     /// Trial counts of each named tuning job (jobs without trials are absent).
-    async fn trial_counts(
-        &self,
-        tuning_jobs: &[String],
-    ) -> Result<HashMap<String, TrialCounts>, StoreError>;
+    async fn trial_counts(&self, tuning_jobs: &[String]) -> Result<HashMap<String, TrialCounts>, StoreError>;
     /// The trial with the best final objective value of a tuning job.
-    async fn best_trial(
-        &self,
-        tuning_job: &str,
-        maximize: bool,
-    ) -> Result<Option<TrainingJob>, StoreError>;
+    async fn best_trial(&self, tuning_job: &str, maximize: bool) -> Result<Option<TrainingJob>, StoreError>;
 }
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.

@@ -10,7 +10,8 @@ use trainyard_model::timestamp::Timestamp;
 
 use crate::{StoreError, Versioned};
 
-pub(crate) const TUNING_COLUMNS: &str = "name, arn, status, strategy, creation_time, last_modified_time, end_time, failure_reason, request, version";
+pub(crate) const TUNING_COLUMNS: &str =
+    "name, arn, status, strategy, creation_time, last_modified_time, end_time, failure_reason, request, version";
 
 pub(crate) const TRAINING_COLUMNS: &str = "name, arn, tuning_job_name, status, secondary_status, objective_status, \
      objective_value, creation_time, last_modified_time, training_start_time, training_end_time, failure_reason, \
@@ -39,10 +40,7 @@ impl TrainingDetails {
 }
 
 fn corrupt(name: &str, reason: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        name: name.to_string(),
-        reason: reason.to_string(),
-    }
+    StoreError::Corrupt { name: name.to_string(), reason: reason.to_string() }
 }
 
 fn parse<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, StoreError>

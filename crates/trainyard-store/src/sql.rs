@@ -90,17 +90,15 @@ impl SqlStore {
         };
         let options = match backend {
             // SQLite has one writer at a time; a few connections serve concurrent readers (WAL).
-            Backend::Sqlite => AnyPoolOptions::new()
-                .max_connections(4)
-                .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        Ok(())
-                    })
-                }),
+            Backend::Sqlite => AnyPoolOptions::new().max_connections(4).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            }),
             Backend::Postgres => AnyPoolOptions::new().max_connections(16),
         };
         let pool = options.connect(&url).await?;
@@ -113,12 +111,7 @@ impl SqlStore {
     }
 
     /// The shared list implementation: filters, keyset pagination, sort.
-    async fn list(
-        &self,
-        table: &str,
-        columns: &str,
-        query: &ListQuery,
-    ) -> Result<(Vec<AnyRow>, bool), StoreError> {
+    async fn list(&self, table: &str, columns: &str, query: &ListQuery) -> Result<(Vec<AnyRow>, bool), StoreError> {
         if query.filter.matches_nothing {
             return Ok((Vec::new(), false));
         }
@@ -126,15 +119,8 @@ impl SqlStore {
         let mut conditions: Vec<String> = Vec::new();
         let f = &query.filter;
         if let Some(text) = &f.name_contains {
-            let escaped = text
-                .to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            conditions.push(format!(
-                "LOWER(name) LIKE {} ESCAPE '\\'",
-                st.bind(Arg::Text(format!("%{escaped}%")))
-            ));
+            let escaped = text.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            conditions.push(format!("LOWER(name) LIKE {} ESCAPE '\\'", st.bind(Arg::Text(format!("%{escaped}%")))));
         }
         if let Some(status) = &f.status_equals {
             conditions.push(format!("status = {}", st.bind(Arg::Text(status.clone()))));
@@ -151,10 +137,7 @@ impl SqlStore {
             }
         }
         if let Some(tuning_job) = &f.tuning_job_name {
-            conditions.push(format!(
-                "tuning_job_name = {}",
-                st.bind(Arg::Text(tuning_job.clone()))
-            ));
+            conditions.push(format!("tuning_job_name = {}", st.bind(Arg::Text(tuning_job.clone()))));
         }
         let column = match query.sort_by {
             SortKey::Name => "name",
@@ -179,16 +162,12 @@ impl SqlStore {
                     CursorKey::Int(i) => Arg::Int(*i),
                     CursorKey::Float(x) => Arg::Float(*x),
                 });
-                conditions.push(format!(
-                    "({column} {cmp} {key_arg} OR ({column} = {key_arg} AND name {cmp} {name_arg}))"
-                ));
+                conditions
+                    .push(format!("({column} {cmp} {key_arg} OR ({column} = {key_arg} AND name {cmp} {name_arg}))"));
             }
         }
-        let where_clause = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
+        let where_clause =
+            if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
         let limit = st.bind(Arg::Int(i64::from(query.limit) + 1));
         let sql = format!(
             "SELECT {columns} FROM {table} {where_clause} ORDER BY {column} {direction}, name {direction} LIMIT {limit}"
@@ -200,23 +179,14 @@ impl SqlStore {
     }
 }
 
-fn cursor_of(
-    sort: SortKey,
-    name: &str,
-    creation_millis: i64,
-    status: &str,
-    objective: Option<f64>,
-) -> Cursor {
+fn cursor_of(sort: SortKey, name: &str, creation_millis: i64, status: &str, objective: Option<f64>) -> Cursor {
     let key = match sort {
         SortKey::Name => CursorKey::Text(name.to_string()),
         SortKey::CreationTime => CursorKey::Int(creation_millis),
         SortKey::Status => CursorKey::Text(status.to_string()),
         SortKey::FinalObjectiveMetricValue => CursorKey::Float(objective.unwrap_or_default()),
     };
-    Cursor {
-        key,
-        name: name.to_string(),
-    }
+    Cursor { key, name: name.to_string() }
 }
 
 #[async_trait]
@@ -226,10 +196,8 @@ impl Store for SqlStore {
     }
 
     async fn create_tuning_job(&self, job: &TuningJob) -> Result<Versioned<TuningJob>, StoreError> {
-        let request = serde_json::to_string(&job.request).map_err(|e| StoreError::Corrupt {
-            name: job.name.clone(),
-            reason: e.to_string(),
-        })?;
+        let request = serde_json::to_string(&job.request)
+            .map_err(|e| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() })?;
         let result = sqlx::query(audited(format!(
             "INSERT INTO tuning_jobs ({TUNING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1)"
         )))
@@ -245,34 +213,25 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await;
         match result {
-            Ok(_) => Ok(Versioned {
-                value: job.clone(),
-                version: 1,
-            }),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
-                kind: ResourceKind::TuningJob,
-                name: job.name.clone(),
-            }),
+            Ok(_) => Ok(Versioned { value: job.clone(), version: 1 }),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::AlreadyExists { kind: ResourceKind::TuningJob, name: job.name.clone() })
+            }
             Err(e) => Err(e.into()),
         }
     }
 
     async fn get_tuning_job(&self, name: &str) -> Result<Option<Versioned<TuningJob>>, StoreError> {
-        let row = sqlx::query(audited(format!(
-            "SELECT {TUNING_COLUMNS} FROM tuning_jobs WHERE name = $1"
-        )))
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(audited(format!("SELECT {TUNING_COLUMNS} FROM tuning_jobs WHERE name = $1")))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(rows::tuning_job).transpose()
     }
 
     async fn list_tuning_jobs(&self, query: &ListQuery) -> Result<Page<TuningJob>, StoreError> {
         let (rows, more) = self.list("tuning_jobs", TUNING_COLUMNS, query).await?;
-        let items = rows
-            .iter()
-            .map(|r| rows::tuning_job(r).map(|v| v.value))
-            .collect::<Result<Vec<_>, _>>()?;
+        let items = rows.iter().map(|r| rows::tuning_job(r).map(|v| v.value)).collect::<Result<Vec<_>, _>>()?;
         let next_token = match items.last() {
             Some(last) if more => Some(query.token_after(cursor_of(
                 query.sort_by,
@@ -305,15 +264,9 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await?;
         if result.rows_affected() == 0 {
-            return Err(StoreError::Conflict {
-                kind: ResourceKind::TuningJob,
-                name: job.name.clone(),
-            });
+            return Err(StoreError::Conflict { kind: ResourceKind::TuningJob, name: job.name.clone() });
         }
-        Ok(Versioned {
-            value: job.clone(),
-            version: expected_version + 1,
-        })
+        Ok(Versioned { value: job.clone(), version: expected_version + 1 })
     }
 
     async fn active_tuning_jobs(&self) -> Result<Vec<Versioned<TuningJob>>, StoreError> {
@@ -326,14 +279,15 @@ impl Store for SqlStore {
         rows.iter().map(rows::tuning_job).collect()
     }
 
-    async fn create_training_job(
-        &self,
-        job: &TrainingJob,
-    ) -> Result<Versioned<TrainingJob>, StoreError> {
-        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
-            name: job.name.clone(),
-            reason: e.to_string(),
-        };
+    async fn count_active_tuning_jobs(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tuning_jobs WHERE status IN ('InProgress', 'Stopping')")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or_default())
+    }
+
+    async fn create_training_job(&self, job: &TrainingJob) -> Result<Versioned<TrainingJob>, StoreError> {
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() };
         let request = serde_json::to_string(&job.request).map_err(corrupt)?;
         let details = serde_json::to_string(&TrainingDetails::of(job)).map_err(corrupt)?;
         let result = sqlx::query(audited(format!(
@@ -357,37 +311,25 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await;
         match result {
-            Ok(_) => Ok(Versioned {
-                value: job.clone(),
-                version: 1,
-            }),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
-                kind: ResourceKind::TrainingJob,
-                name: job.name.clone(),
-            }),
+            Ok(_) => Ok(Versioned { value: job.clone(), version: 1 }),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::AlreadyExists { kind: ResourceKind::TrainingJob, name: job.name.clone() })
+            }
             Err(e) => Err(e.into()),
         }
     }
 
-    async fn get_training_job(
-        &self,
-        name: &str,
-    ) -> Result<Option<Versioned<TrainingJob>>, StoreError> {
-        let row = sqlx::query(audited(format!(
-            "SELECT {TRAINING_COLUMNS} FROM training_jobs WHERE name = $1"
-        )))
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
+    async fn get_training_job(&self, name: &str) -> Result<Option<Versioned<TrainingJob>>, StoreError> {
+        let row = sqlx::query(audited(format!("SELECT {TRAINING_COLUMNS} FROM training_jobs WHERE name = $1")))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(rows::training_job).transpose()
     }
 
     async fn list_training_jobs(&self, query: &ListQuery) -> Result<Page<TrainingJob>, StoreError> {
         let (rows, more) = self.list("training_jobs", TRAINING_COLUMNS, query).await?;
-        let items = rows
-            .iter()
-            .map(|r| rows::training_job(r).map(|v| v.value))
-            .collect::<Result<Vec<_>, _>>()?;
+        let items = rows.iter().map(|r| rows::training_job(r).map(|v| v.value)).collect::<Result<Vec<_>, _>>()?;
         let next_token = match items.last() {
             Some(last) if more => Some(query.token_after(cursor_of(
                 query.sort_by,
@@ -406,11 +348,8 @@ impl Store for SqlStore {
         job: &TrainingJob,
         expected_version: i64,
     ) -> Result<Versioned<TrainingJob>, StoreError> {
-        let details =
-            serde_json::to_string(&TrainingDetails::of(job)).map_err(|e| StoreError::Corrupt {
-                name: job.name.clone(),
-                reason: e.to_string(),
-            })?;
+        let details = serde_json::to_string(&TrainingDetails::of(job))
+            .map_err(|e| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() })?;
         let result = sqlx::query(
             "UPDATE training_jobs SET status = $1, secondary_status = $2, objective_status = $3, \
              objective_value = $4, last_modified_time = $5, training_start_time = $6, training_end_time = $7, \
@@ -431,39 +370,31 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await?;
         if result.rows_affected() == 0 {
-            return Err(StoreError::Conflict {
-                kind: ResourceKind::TrainingJob,
-                name: job.name.clone(),
-            });
+            return Err(StoreError::Conflict { kind: ResourceKind::TrainingJob, name: job.name.clone() });
         }
-        Ok(Versioned {
-            value: job.clone(),
-            version: expected_version + 1,
-        })
+        Ok(Versioned { value: job.clone(), version: expected_version + 1 })
     }
 
-    async fn active_training_jobs(&self) -> Result<Vec<Versioned<TrainingJob>>, StoreError> {
-        let rows = sqlx::query(audited(format!(
-            "SELECT {TRAINING_COLUMNS} FROM training_jobs WHERE status IN ('InProgress', 'Stopping') \
+    async fn active_training_jobs(&self, tuning_job: Option<&str>) -> Result<Vec<Versioned<TrainingJob>>, StoreError> {
+        let filter = if tuning_job.is_some() { "AND tuning_job_name = $1" } else { "" };
+        let sql = format!(
+            "SELECT {TRAINING_COLUMNS} FROM training_jobs WHERE status IN ('InProgress', 'Stopping') {filter} \
              ORDER BY creation_time, name"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
+        );
+        let mut query = sqlx::query(audited(sql));
+        if let Some(t) = tuning_job {
+            query = query.bind(t);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(rows::training_job).collect()
     }
 
-    async fn trial_counts(
-        &self,
-        tuning_jobs: &[String],
-    ) -> Result<HashMap<String, TrialCounts>, StoreError> {
+    async fn trial_counts(&self, tuning_jobs: &[String]) -> Result<HashMap<String, TrialCounts>, StoreError> {
         if tuning_jobs.is_empty() {
             return Ok(HashMap::new());
         }
         let mut st = Statement::default();
-        let placeholders: Vec<String> = tuning_jobs
-            .iter()
-            .map(|n| st.bind(Arg::Text(n.clone())))
-            .collect();
+        let placeholders: Vec<String> = tuning_jobs.iter().map(|n| st.bind(Arg::Text(n.clone()))).collect();
         let sql = format!(
             "SELECT tuning_job_name, status, objective_status, COUNT(*) AS n FROM training_jobs \
              WHERE tuning_job_name IN ({}) GROUP BY tuning_job_name, status, objective_status",
@@ -478,16 +409,11 @@ impl Store for SqlStore {
             let c = counts.entry(name.clone()).or_default();
             match status.parse::<TrainingJobStatus>() {
                 Ok(TrainingJobStatus::Completed) => c.completed += n,
-                Ok(TrainingJobStatus::InProgress | TrainingJobStatus::Stopping) => {
-                    c.in_progress += n
-                }
+                Ok(TrainingJobStatus::InProgress | TrainingJobStatus::Stopping) => c.in_progress += n,
                 Ok(TrainingJobStatus::Stopped) => c.stopped += n,
                 Ok(TrainingJobStatus::Failed) => c.non_retryable_error += n,
                 Err(e) => {
-                    return Err(StoreError::Corrupt {
-                        name,
-                        reason: e.to_string(),
-                    });
+                    return Err(StoreError::Corrupt { name, reason: e.to_string() });
                 }
             }
             match objective.as_deref().map(str::parse::<ObjectiveStatus>) {
@@ -495,21 +421,14 @@ impl Store for SqlStore {
                 Some(Ok(ObjectiveStatus::Failed)) => c.objective_failed += n,
                 Some(Ok(ObjectiveStatus::Pending)) | None => c.objective_pending += n,
                 Some(Err(e)) => {
-                    return Err(StoreError::Corrupt {
-                        name,
-                        reason: e.to_string(),
-                    });
+                    return Err(StoreError::Corrupt { name, reason: e.to_string() });
                 }
             }
         }
         Ok(counts)
     }
 
-    async fn best_trial(
-        &self,
-        tuning_job: &str,
-        maximize: bool,
-    ) -> Result<Option<TrainingJob>, StoreError> {
+    async fn best_trial(&self, tuning_job: &str, maximize: bool) -> Result<Option<TrainingJob>, StoreError> {
         let direction = if maximize { "DESC" } else { "ASC" };
         let row = sqlx::query(audited(format!(
             "SELECT {TRAINING_COLUMNS} FROM training_jobs WHERE tuning_job_name = $1 \
@@ -519,8 +438,6 @@ impl Store for SqlStore {
         .bind(tuning_job)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref()
-            .map(|r| rows::training_job(r).map(|v| v.value))
-            .transpose()
+        row.as_ref().map(|r| rows::training_job(r).map(|v| v.value)).transpose()
     }
 }

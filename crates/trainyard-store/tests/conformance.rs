@@ -38,9 +38,7 @@ async fn sqlite_backend_conforms() {
     for (name, case) in CASES {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("trainyard.db").display());
-        let store = connect(&url)
-            .await
-            .unwrap_or_else(|e| panic!("{name}: connect: {e}"));
+        let store = connect(&url).await.unwrap_or_else(|e| panic!("{name}: connect: {e}"));
         eprintln!("sqlite: {name}");
         case(store).await;
     }
@@ -50,9 +48,7 @@ async fn sqlite_backend_conforms() {
 async fn postgres_backend_conforms() {
     let server = PgServer::start();
     for (name, case) in CASES {
-        let store = connect(&server.fresh_database())
-            .await
-            .unwrap_or_else(|e| panic!("{name}: connect: {e}"));
+        let store = connect(&server.fresh_database()).await.unwrap_or_else(|e| panic!("{name}: connect: {e}"));
         eprintln!("postgres: {name}");
         case(store).await;
     }
@@ -63,20 +59,11 @@ async fn migrations_run_once_and_reopen_cleanly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("reopen.db").display());
     let store = connect(&url).await.expect("first open");
-    store
-        .create_tuning_job(&tuning("kept", 1))
-        .await
-        .expect("create");
+    store.create_tuning_job(&tuning("kept", 1)).await.expect("create");
     drop(store);
     let store = connect(&url).await.expect("second open");
-    assert!(
-        store.get_tuning_job("kept").await.expect("get").is_some(),
-        "data survives a reopen"
-    );
-    assert!(matches!(
-        connect("mysql://x").await,
-        Err(StoreError::UnsupportedUrl(_))
-    ));
+    assert!(store.get_tuning_job("kept").await.expect("get").is_some(), "data survives a reopen");
+    assert!(matches!(connect("mysql://x").await, Err(StoreError::UnsupportedUrl(_))));
 }
 
 // ----- builders -----
@@ -88,52 +75,27 @@ fn example() -> api::CreateHyperParameterTuningJobRequest {
 fn tuning(name: &str, created: i64) -> TuningJob {
     let mut request = example();
     request.hyper_parameter_tuning_job_name = Some(name.to_string());
-    TuningJob::new(
-        request,
-        &ArnContext::default(),
-        Timestamp::from_millis(created),
-    )
-    .expect("tuning job")
+    TuningJob::new(request, &ArnContext::default(), Timestamp::from_millis(created)).expect("tuning job")
 }
 
 fn training(name: &str, created: i64, tuning_job: Option<&str>) -> TrainingJob {
     let mut request: api::CreateTrainingJobRequest =
-        serde_json::from_str(include_str!("../../../deploy/examples/training-job.json"))
-            .expect("example");
+        serde_json::from_str(include_str!("../../../deploy/examples/training-job.json")).expect("example");
     request.training_job_name = Some(name.to_string());
     let origin = tuning_job.map(|t| TrialOrigin {
         tuning_job_name: t.to_string(),
         definition_name: None,
         tuned_hyper_parameters: BTreeMap::from([("learning_rate".to_string(), "0.1".to_string())]),
     });
-    TrainingJob::new(
-        request,
-        origin,
-        &ArnContext::default(),
-        Timestamp::from_millis(created),
-    )
-    .expect("training job")
+    TrainingJob::new(request, origin, &ArnContext::default(), Timestamp::from_millis(created)).expect("training job")
 }
 
 fn query(sort_by: SortKey, sort_order: SortOrder, limit: u32) -> ListQuery {
-    ListQuery {
-        filter: Default::default(),
-        sort_by,
-        sort_order,
-        limit,
-        after: None,
-    }
+    ListQuery { filter: Default::default(), sort_by, sort_order, limit, after: None }
 }
 
 async fn names_of_tuning(store: &Arc<dyn Store>, q: &ListQuery) -> Vec<String> {
-    store
-        .list_tuning_jobs(q)
-        .await
-        .expect("list")
-        .items
-        .into_iter()
-        .map(|j| j.name)
-        .collect()
+    store.list_tuning_jobs(q).await.expect("list").items.into_iter().map(|j| j.name).collect()
 }
 
 // ----- cases -----
@@ -142,19 +104,11 @@ async fn created_jobs_read_back_unchanged(store: Arc<dyn Store>) {
     let job = tuning("roundtrip", 1_700_000_000_123);
     let stored = store.create_tuning_job(&job).await.expect("create");
     assert_eq!(stored.version, 1);
-    let read = store
-        .get_tuning_job("roundtrip")
-        .await
-        .expect("get")
-        .expect("present");
+    let read = store.get_tuning_job("roundtrip").await.expect("get").expect("present");
     assert_eq!(read.value, job);
     assert!(store.get_tuning_job("absent").await.expect("get").is_none());
 
-    let mut trial = training(
-        "roundtrip-001-0000abcd",
-        1_700_000_000_500,
-        Some("roundtrip"),
-    );
+    let mut trial = training("roundtrip-001-0000abcd", 1_700_000_000_500, Some("roundtrip"));
     trial
         .transition(
             SecondaryStatus::Training,
@@ -168,152 +122,69 @@ async fn created_jobs_read_back_unchanged(store: Arc<dyn Store>) {
         value: Some(0.93),
     });
     trial.objective_value = Some(0.93);
-    store
-        .create_training_job(&trial)
-        .await
-        .expect("create trial");
-    let read = store
-        .get_training_job(&trial.name)
-        .await
-        .expect("get")
-        .expect("present");
+    store.create_training_job(&trial).await.expect("create trial");
+    let read = store.get_training_job(&trial.name).await.expect("get").expect("present");
     assert_eq!(read.value, trial);
 }
 
 async fn duplicate_names_are_already_exists(store: Arc<dyn Store>) {
-    store
-        .create_tuning_job(&tuning("twice", 1))
-        .await
-        .expect("first");
+    store.create_tuning_job(&tuning("twice", 1)).await.expect("first");
     let second = store.create_tuning_job(&tuning("twice", 2)).await;
-    assert!(
-        matches!(second, Err(StoreError::AlreadyExists { .. })),
-        "{second:?}"
-    );
+    assert!(matches!(second, Err(StoreError::AlreadyExists { .. })), "{second:?}");
     // The first one is untouched.
-    let kept = store
-        .get_tuning_job("twice")
-        .await
-        .expect("get")
-        .expect("present");
+    let kept = store.get_tuning_job("twice").await.expect("get").expect("present");
     assert_eq!(kept.value.creation_time, Timestamp::from_millis(1));
 
-    store
-        .create_training_job(&training("t-twice", 1, None))
-        .await
-        .expect("first");
-    let second = store
-        .create_training_job(&training("t-twice", 2, None))
-        .await;
-    assert!(
-        matches!(second, Err(StoreError::AlreadyExists { .. })),
-        "{second:?}"
-    );
+    store.create_training_job(&training("t-twice", 1, None)).await.expect("first");
+    let second = store.create_training_job(&training("t-twice", 2, None)).await;
+    assert!(matches!(second, Err(StoreError::AlreadyExists { .. })), "{second:?}");
 }
 
 async fn updates_are_compare_and_set(store: Arc<dyn Store>) {
-    let created = store
-        .create_tuning_job(&tuning("cas", 1))
-        .await
-        .expect("create");
+    let created = store.create_tuning_job(&tuning("cas", 1)).await.expect("create");
     let mut stopping = created.value.clone();
-    stopping
-        .request_stop(Timestamp::from_millis(5))
-        .expect("stop");
-    let updated = store
-        .update_tuning_job(&stopping, created.version)
-        .await
-        .expect("update");
+    stopping.request_stop(Timestamp::from_millis(5)).expect("stop");
+    let updated = store.update_tuning_job(&stopping, created.version).await.expect("update");
     assert_eq!(updated.version, 2);
 
     // A writer that read version 1 loses and changes nothing.
     let mut stale = created.value.clone();
-    stale
-        .transition(TuningJobStatus::Failed, Timestamp::from_millis(6))
-        .expect("valid transition");
+    stale.transition(TuningJobStatus::Failed, Timestamp::from_millis(6)).expect("valid transition");
     let lost = store.update_tuning_job(&stale, created.version).await;
     assert!(matches!(lost, Err(StoreError::Conflict { .. })), "{lost:?}");
-    let now = store
-        .get_tuning_job("cas")
-        .await
-        .expect("get")
-        .expect("present");
-    assert_eq!(
-        (now.value.status, now.version),
-        (TuningJobStatus::Stopping, 2)
-    );
+    let now = store.get_tuning_job("cas").await.expect("get").expect("present");
+    assert_eq!((now.value.status, now.version), (TuningJobStatus::Stopping, 2));
 
-    let t = store
-        .create_training_job(&training("t-cas", 1, None))
-        .await
-        .expect("create");
+    let t = store.create_training_job(&training("t-cas", 1, None)).await.expect("create");
     let mut stopped = t.value.clone();
-    stopped
-        .request_stop(Timestamp::from_millis(2))
-        .expect("stop");
-    stopped
-        .transition(
-            SecondaryStatus::Stopped,
-            "Stopped",
-            Timestamp::from_millis(3),
-        )
-        .expect("stopped");
-    store
-        .update_training_job(&stopped, 1)
-        .await
-        .expect("update");
-    assert!(matches!(
-        store.update_training_job(&stopped, 1).await,
-        Err(StoreError::Conflict { .. })
-    ));
-    let read = store
-        .get_training_job("t-cas")
-        .await
-        .expect("get")
-        .expect("present")
-        .value;
+    stopped.request_stop(Timestamp::from_millis(2)).expect("stop");
+    stopped.transition(SecondaryStatus::Stopped, "Stopped", Timestamp::from_millis(3)).expect("stopped");
+    store.update_training_job(&stopped, 1).await.expect("update");
+    assert!(matches!(store.update_training_job(&stopped, 1).await, Err(StoreError::Conflict { .. })));
+    let read = store.get_training_job("t-cas").await.expect("get").expect("present").value;
     assert_eq!(read.status, TrainingJobStatus::Stopped);
     assert_eq!(read.transitions.len(), 3, "Starting, Stopping, Stopped");
 }
 
 async fn filters_and_sorts_match_sagemaker(store: Arc<dyn Store>) {
-    for (i, name) in ["Bravo-tune", "alpha-tune", "charlie-other", "delta-tune"]
-        .iter()
-        .enumerate()
-    {
+    for (i, name) in ["Bravo-tune", "alpha-tune", "charlie-other", "delta-tune"].iter().enumerate() {
         let job = tuning(name, 1_000 * (i as i64 + 1));
         store.create_tuning_job(&job).await.expect("create");
     }
-    let mut stopped = store
-        .get_tuning_job("delta-tune")
-        .await
-        .expect("get")
-        .expect("present");
-    stopped
-        .value
-        .request_stop(Timestamp::from_millis(9_000))
-        .expect("stop");
-    store
-        .update_tuning_job(&stopped.value, stopped.version)
-        .await
-        .expect("update");
+    let mut stopped = store.get_tuning_job("delta-tune").await.expect("get").expect("present");
+    stopped.value.request_stop(Timestamp::from_millis(9_000)).expect("stop");
+    store.update_tuning_job(&stopped.value, stopped.version).await.expect("update");
 
     // Name sort is bytewise on both backends: upper case first.
     let by_name = query(SortKey::Name, SortOrder::Ascending, 100);
-    assert_eq!(
-        names_of_tuning(&store, &by_name).await,
-        ["Bravo-tune", "alpha-tune", "charlie-other", "delta-tune"]
-    );
+    assert_eq!(names_of_tuning(&store, &by_name).await, ["Bravo-tune", "alpha-tune", "charlie-other", "delta-tune"]);
     let by_time_desc = query(SortKey::CreationTime, SortOrder::Descending, 100);
     assert_eq!(
         names_of_tuning(&store, &by_time_desc).await,
         ["delta-tune", "charlie-other", "alpha-tune", "Bravo-tune"]
     );
     let by_status = query(SortKey::Status, SortOrder::Ascending, 100);
-    assert_eq!(
-        names_of_tuning(&store, &by_status).await,
-        ["Bravo-tune", "alpha-tune", "charlie-other", "delta-tune"]
-    );
+    assert_eq!(names_of_tuning(&store, &by_status).await, ["Bravo-tune", "alpha-tune", "charlie-other", "delta-tune"]);
 
     let mut contains = query(SortKey::Name, SortOrder::Ascending, 100);
     contains.filter.name_contains = Some("TUNE".into());
@@ -323,10 +194,7 @@ async fn filters_and_sorts_match_sagemaker(store: Arc<dyn Store>) {
         "case-insensitive"
     );
     contains.filter.name_contains = Some("%".into());
-    assert!(
-        names_of_tuning(&store, &contains).await.is_empty(),
-        "LIKE wildcards are literal"
-    );
+    assert!(names_of_tuning(&store, &contains).await.is_empty(), "LIKE wildcards are literal");
 
     let mut status = query(SortKey::Name, SortOrder::Ascending, 100);
     status.filter.status_equals = Some("Stopping".into());
@@ -335,11 +203,7 @@ async fn filters_and_sorts_match_sagemaker(store: Arc<dyn Store>) {
     let mut window = query(SortKey::CreationTime, SortOrder::Ascending, 100);
     window.filter.creation_time_after = Some(Timestamp::from_millis(1_000));
     window.filter.creation_time_before = Some(Timestamp::from_millis(4_000));
-    assert_eq!(
-        names_of_tuning(&store, &window).await,
-        ["alpha-tune", "charlie-other"],
-        "bounds are exclusive"
-    );
+    assert_eq!(names_of_tuning(&store, &window).await, ["alpha-tune", "charlie-other"], "bounds are exclusive");
     let mut modified = query(SortKey::Name, SortOrder::Ascending, 100);
     modified.filter.last_modified_time_after = Some(Timestamp::from_millis(8_000));
     assert_eq!(names_of_tuning(&store, &modified).await, ["delta-tune"]);
@@ -351,10 +215,7 @@ async fn filters_and_sorts_match_sagemaker(store: Arc<dyn Store>) {
 
 async fn pagination_stays_correct_while_jobs_arrive(store: Arc<dyn Store>) {
     for i in 0..25 {
-        store
-            .create_training_job(&training(&format!("job-{i:02}"), 10_000 + i, None))
-            .await
-            .expect("create");
+        store.create_training_job(&training(&format!("job-{i:02}"), 10_000 + i, None)).await.expect("create");
     }
     for (sort_by, order) in [
         (SortKey::Name, SortOrder::Ascending),
@@ -373,10 +234,7 @@ async fn pagination_stays_correct_while_jobs_arrive(store: Arc<dyn Store>) {
             for extra in ["aaa", "zzz"] {
                 let name = format!("{extra}-{sort_by:?}-{order:?}-{pages}").to_lowercase();
                 let created = if extra == "aaa" { 0 } else { 99_999 };
-                store
-                    .create_training_job(&training(&name, created, None))
-                    .await
-                    .expect("arrival");
+                store.create_training_job(&training(&name, created, None)).await.expect("arrival");
             }
             let Some(token) = page.next_token else { break };
             let request = api::ListTrainingJobsRequest {
@@ -394,30 +252,17 @@ async fn pagination_stays_correct_while_jobs_arrive(store: Arc<dyn Store>) {
             expected.reverse();
         }
         let expected: Vec<&String> = expected.iter().collect();
-        assert_eq!(
-            originals, expected,
-            "{sort_by:?} {order:?}: every original job exactly once, in order"
-        );
+        assert_eq!(originals, expected, "{sort_by:?} {order:?}: every original job exactly once, in order");
         let mut unique = seen.clone();
         unique.sort();
         unique.dedup();
-        assert_eq!(
-            unique.len(),
-            seen.len(),
-            "{sort_by:?} {order:?}: no job twice"
-        );
+        assert_eq!(unique.len(), seen.len(), "{sort_by:?} {order:?}: no job twice");
     }
 }
 
 async fn trials_are_counted_and_ranked(store: Arc<dyn Store>) {
-    store
-        .create_tuning_job(&tuning("hpo", 1))
-        .await
-        .expect("create");
-    store
-        .create_tuning_job(&tuning("idle", 2))
-        .await
-        .expect("create");
+    store.create_tuning_job(&tuning("hpo", 1)).await.expect("create");
+    store.create_tuning_job(&tuning("idle", 2)).await.expect("create");
     let results = [
         ("hpo-001-00000001", Some(0.5)),
         ("hpo-002-00000002", Some(0.9)),
@@ -427,60 +272,25 @@ async fn trials_are_counted_and_ranked(store: Arc<dyn Store>) {
     for (i, (name, objective)) in results.iter().enumerate() {
         let mut t = training(name, 10 + i as i64, Some("hpo"));
         let now = Timestamp::from_millis(100 + i as i64);
-        t.transition(SecondaryStatus::Training, "Training", now)
-            .expect("training");
+        t.transition(SecondaryStatus::Training, "Training", now).expect("training");
         t.objective_value = *objective;
-        let end = if objective.is_some() {
-            SecondaryStatus::Completed
-        } else {
-            SecondaryStatus::Failed
-        };
+        let end = if objective.is_some() { SecondaryStatus::Completed } else { SecondaryStatus::Failed };
         t.transition(end, "done", now).expect("end");
         store.create_training_job(&t).await.expect("create");
     }
-    store
-        .create_training_job(&training("hpo-005-00000005", 20, Some("hpo")))
-        .await
-        .expect("running one");
+    store.create_training_job(&training("hpo-005-00000005", 20, Some("hpo"))).await.expect("running one");
 
-    let counts = store
-        .trial_counts(&["hpo".to_string(), "idle".to_string()])
-        .await
-        .expect("counts");
+    let counts = store.trial_counts(&["hpo".to_string(), "idle".to_string()]).await.expect("counts");
     let c = counts.get("hpo").expect("hpo counted");
-    assert_eq!(
-        (c.completed, c.non_retryable_error, c.in_progress, c.stopped),
-        (3, 1, 1, 0)
-    );
-    assert_eq!(
-        (
-            c.objective_succeeded,
-            c.objective_failed,
-            c.objective_pending
-        ),
-        (3, 1, 1)
-    );
+    assert_eq!((c.completed, c.non_retryable_error, c.in_progress, c.stopped), (3, 1, 1, 0));
+    assert_eq!((c.objective_succeeded, c.objective_failed, c.objective_pending), (3, 1, 1));
     assert!(!counts.contains_key("idle"));
 
-    let best = store
-        .best_trial("hpo", true)
-        .await
-        .expect("best")
-        .expect("some");
+    let best = store.best_trial("hpo", true).await.expect("best").expect("some");
     assert_eq!(best.name, "hpo-002-00000002");
-    let best_min = store
-        .best_trial("hpo", false)
-        .await
-        .expect("best")
-        .expect("some");
+    let best_min = store.best_trial("hpo", false).await.expect("best").expect("some");
     assert_eq!(best_min.name, "hpo-001-00000001");
-    assert!(
-        store
-            .best_trial("idle", true)
-            .await
-            .expect("best")
-            .is_none()
-    );
+    assert!(store.best_trial("idle", true).await.expect("best").is_none());
 
     let mut by_objective = query(SortKey::FinalObjectiveMetricValue, SortOrder::Descending, 2);
     by_objective.filter.tuning_job_name = Some("hpo".into());
@@ -495,56 +305,32 @@ async fn trials_are_counted_and_ranked(store: Arc<dyn Store>) {
         next_token: first.next_token,
         ..Default::default()
     };
-    let rest = store
-        .list_training_jobs(&ListQuery::for_trials(&request).expect("resume"))
-        .await
-        .expect("list");
+    let rest = store.list_training_jobs(&ListQuery::for_trials(&request).expect("resume")).await.expect("list");
     let names: Vec<_> = rest.items.iter().map(|j| j.name.as_str()).collect();
-    assert_eq!(
-        names,
-        ["hpo-001-00000001"],
-        "jobs without an objective value are left out of this sort"
-    );
+    assert_eq!(names, ["hpo-001-00000001"], "jobs without an objective value are left out of this sort");
     assert!(rest.next_token.is_none());
 }
 
 async fn active_jobs_are_found_for_reconciliation(store: Arc<dyn Store>) {
-    store
-        .create_tuning_job(&tuning("running", 1))
-        .await
-        .expect("create");
+    store.create_tuning_job(&tuning("running", 1)).await.expect("create");
     let mut done = tuning("done", 2);
-    done.transition(TuningJobStatus::Completed, Timestamp::from_millis(3))
-        .expect("complete");
+    done.transition(TuningJobStatus::Completed, Timestamp::from_millis(3)).expect("complete");
     store.create_tuning_job(&done).await.expect("create");
-    let active: Vec<String> = store
-        .active_tuning_jobs()
-        .await
-        .expect("active")
-        .into_iter()
-        .map(|v| v.value.name)
-        .collect();
+    let active: Vec<String> =
+        store.active_tuning_jobs().await.expect("active").into_iter().map(|v| v.value.name).collect();
     assert_eq!(active, ["running"]);
+    assert_eq!(store.count_active_tuning_jobs().await.expect("count"), 1);
 
-    store
-        .create_training_job(&training("t-running", 1, None))
-        .await
-        .expect("create");
+    store.create_training_job(&training("t-running", 1, None)).await.expect("create");
+    let trial = training("running-001-00000001", 2, Some("running"));
+    store.create_training_job(&trial).await.expect("create");
     let mut t_done = training("t-done", 2, None);
-    t_done
-        .transition(
-            SecondaryStatus::Completed,
-            "done",
-            Timestamp::from_millis(3),
-        )
-        .expect("done");
+    t_done.transition(SecondaryStatus::Completed, "done", Timestamp::from_millis(3)).expect("done");
     store.create_training_job(&t_done).await.expect("create");
-    let active: Vec<String> = store
-        .active_training_jobs()
-        .await
-        .expect("active")
-        .into_iter()
-        .map(|v| v.value.name)
-        .collect();
-    assert_eq!(active, ["t-running"]);
+    let names =
+        |jobs: Vec<trainyard_store::Versioned<TrainingJob>>| jobs.into_iter().map(|v| v.value.name).collect::<Vec<_>>();
+    let all = store.active_training_jobs(None).await.expect("active");
+    assert_eq!(names(all), ["t-running", "running-001-00000001"]);
+    let of_running = store.active_training_jobs(Some("running")).await.expect("active");
+    assert_eq!(names(of_running), ["running-001-00000001"]);
 }

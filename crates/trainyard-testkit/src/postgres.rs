@@ -30,23 +30,13 @@ impl PgServer {
             "PostgreSQL binaries not found in {} (set TRAINYARD_PG_BIN, or run .ci/run which installs postgresql-15)",
             bin.display()
         );
-        let dir = tempfile::Builder::new()
-            .prefix("trainyard-pg-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("trainyard-pg-").tempdir().expect("temp dir");
         // PostgreSQL refuses to run as root: as root, hand the directory to the postgres user.
         let as_postgres = is_root();
         if as_postgres {
-            run(Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path()));
+            run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()));
         }
-        let server = PgServer {
-            bin,
-            port: free_port(),
-            dir,
-            as_postgres,
-        };
+        let server = PgServer { bin, port: free_port(), dir, as_postgres };
         let data = server.dir.path().join("data");
         server.run_tool(
             "initdb",
@@ -97,11 +87,7 @@ impl PgServer {
 
     /// A new, empty database on this server; its URL.
     pub fn fresh_database(&self) -> String {
-        let name = format!(
-            "t{}_{}",
-            std::process::id(),
-            DATABASES.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("t{}_{}", std::process::id(), DATABASES.fetch_add(1, Ordering::Relaxed));
         let port = self.port.to_string();
         self.run_tool(
             "createdb",
@@ -147,18 +133,12 @@ impl Drop for PgServer {
         } else {
             Command::new(&program)
         };
-        let _ = cmd
-            .arg("-D")
-            .arg(&data)
-            .args(["-m", "immediate", "stop"])
-            .output();
+        let _ = cmd.arg("-D").arg(&data).args(["-m", "immediate", "stop"]).output();
     }
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}\n{}",
@@ -169,9 +149,5 @@ fn run(cmd: &mut Command) {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }

@@ -25,10 +25,7 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// A free TCP port on loopback (bound, then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
@@ -59,18 +56,9 @@ impl Daemon {
         let log = log_dir.join(format!("{name}.log"));
         let out = File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Daemon {
-            child,
-            log,
-            name: name.to_string(),
-        }
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Daemon { child, log, name: name.to_string() }
     }
 
     pub fn pid(&self) -> u32 {

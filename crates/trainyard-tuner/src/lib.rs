@@ -1,0 +1,16 @@
+//! Hyperparameter search, as pure functions of a seed and the results so far.
+//!
+//! * [`space`]: the search space from SageMaker's `ParameterRanges`, with its scaling types, and the
+//!   strings a training job receives;
+//! * [`strategy`]: what to try next. Random and Grid are here; Bayesian and Hyperband come with the
+//!   tuner issue and, until then, draw their suggestions the way Random does (stated in
+//!   [`strategy::Strategy::from_name`]).
+//!
+//! Determinism: trial `i` of a tuning job with seed `s` always gets the same hyperparameters, in any
+//! process, whatever order results arrive in.
+
+pub mod space;
+pub mod strategy;
+
+pub use space::{Parameter, Scale, SearchSpace, SpaceError};
+pub use strategy::Strategy;
