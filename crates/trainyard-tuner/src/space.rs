@@ -176,10 +176,7 @@ mod tests {
         assert_eq!(low["lr"], "0.0001");
         assert!((high["lr"].parse::<f64>().expect("number") - 0.1).abs() < 1e-12);
         let lr_mid: f64 = mid["lr"].parse().expect("number");
-        assert!(
-            (lr_mid - (0.0001f64 * 0.1).sqrt()).abs() < 1e-12,
-            "log midpoint is the geometric mean: {lr_mid}"
-        );
+        assert!((lr_mid - (0.0001f64 * 0.1).sqrt()).abs() < 1e-12, "log midpoint is the geometric mean: {lr_mid}");
         let m_mid: f64 = mid["momentum"].parse().expect("number");
         assert!((m_mid - (1.0 - (0.1f64 * 0.001).sqrt())).abs() < 1e-9, "reverse-log midpoint: {m_mid}");
         assert_eq!((low["opt"].as_str(), high["opt"].as_str()), ("sgd", "adam"));

@@ -1,0 +1,234 @@
+//! Placement: which agent runs which training-job instance. Pure: the coordinator builds a
+//! [`Problem`] from what it knows (agents' free resources, the queue, `now`), calls [`place`], then
+//! persists and sends the [`Decision`]s. Nothing here touches the network, the clock or the disk.
+//!
+//! Goals, in order:
+//! 1. **Correct**: an instance only goes where its InstanceType's vCPUs, memory, GPUs and its
+//!    VolumeSizeInGB of disk are free; GPUs are assigned exclusively by UUID; a job with
+//!    `InstanceCount > 1` is placed all-or-nothing on distinct agents (gang); a job that needs
+//!    network isolation only goes to agents that can provide it.
+//! 2. **Honest**: a job that no agent could ever hold, even empty, is reported at once with the
+//!    reason, instead of waiting forever.
+//! 3. **Fair**: queued work is served across tuning jobs round-robin by how many instances each
+//!    already runs, oldest first within one; a job that does not fit now does not block smaller
+//!    ones behind it (no head-of-line blocking).
+//! 4. **Frugal**: best fit: GPU jobs take the agent with the fewest free GPUs that fits; CPU jobs
+//!    prefer agents without GPUs, then the tightest fit, keeping large holes for large jobs.
+//! 5. **Fast**: shapes that failed in a round are remembered, so a long queue of jobs that cannot
+//!    fit costs one lookup each (≥ 50,000 decisions/s with 1,000 agents and 100,000 queued instances,
+//!    measured by `cargo bench -p trainyard-scheduler`).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+
+/// What an agent has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agent {
+    pub id: String,
+    pub vcpus_total: u32,
+    pub memory_total_mib: u64,
+    pub disk_total_mib: u64,
+    pub gpus_total: u32,
+    pub vcpus_free: u32,
+    pub memory_free_mib: u64,
+    pub disk_free_mib: u64,
+    /// UUIDs of the GPUs no instance holds.
+    pub gpus_free: Vec<String>,
+    pub network_isolation: bool,
+}
+
+/// What each instance of a queued job needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Demand {
+    pub job: String,
+    /// The tuning job a trial belongs to (fairness is across these); None for standalone jobs.
+    pub group: Option<String>,
+    pub instance_count: u32,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_mib: u64,
+    pub gpus: u32,
+    pub needs_isolation: bool,
+    /// When it was queued (milliseconds); older first within a group.
+    pub queued_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstancePlacement {
+    /// 1-based: `algo-<instance>`.
+    pub instance: u32,
+    pub agent: String,
+    pub gpu_uuids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Place {
+        job: String,
+        instances: Vec<InstancePlacement>,
+    },
+    /// No agent of the cluster could ever hold it as it is now.
+    Unplaceable {
+        job: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Problem {
+    pub agents: Vec<Agent>,
+    pub queue: Vec<Demand>,
+    /// Instances each group runs already (for fairness).
+    pub running_per_group: BTreeMap<String, u32>,
+}
+
+/// Why a queued job is still waiting, for Describe. `None` when it would fit an empty cluster.
+pub fn never_fits(agents: &[Agent], d: &Demand) -> Option<String> {
+    if agents.is_empty() {
+        return None; // waiting for the first agent is not "never"
+    }
+    let candidates: Vec<&Agent> = agents.iter().filter(|a| !d.needs_isolation || a.network_isolation).collect();
+    if candidates.is_empty() {
+        return Some("it needs network isolation and no agent can provide it".into());
+    }
+    let fits_empty = |a: &&Agent| {
+        a.vcpus_total >= d.vcpus
+            && a.memory_total_mib >= d.memory_mib
+            && a.disk_total_mib >= d.disk_mib
+            && a.gpus_total >= d.gpus
+    };
+    let hosts = candidates.iter().filter(|a| fits_empty(a)).count();
+    if hosts == 0 {
+        let biggest = candidates
+            .iter()
+            .map(|a| (a.gpus_total, a.vcpus_total, a.memory_total_mib / 1024))
+            .max()
+            .unwrap_or_default();
+        return Some(format!(
+            "each instance needs {} vCPU, {} MiB memory, {} GPU and {} MiB disk; the largest agent has {} GPU, {} vCPU, {} GiB",
+            d.vcpus, d.memory_mib, d.gpus, d.disk_mib, biggest.0, biggest.1, biggest.2
+        ));
+    }
+    if (hosts as u32) < d.instance_count {
+        return Some(format!(
+            "it needs {} instances on distinct agents and only {hosts} agent(s) are large enough",
+            d.instance_count
+        ));
+    }
+    None
+}
+
+fn fits(a: &Agent, d: &Demand) -> bool {
+    (!d.needs_isolation || a.network_isolation)
+        && a.vcpus_free >= d.vcpus
+        && a.memory_free_mib >= d.memory_mib
+        && a.disk_free_mib >= d.disk_mib
+        && a.gpus_free.len() as u32 >= d.gpus
+}
+
+/// Lower is better.
+fn score(a: &Agent, d: &Demand) -> (u32, u32, u32, u64) {
+    let spare_gpus = a.gpus_free.len() as u32 - d.gpus;
+    // A CPU job on a GPU host wastes the GPUs' host: prefer hosts without GPUs at all.
+    let gpu_host_penalty = u32::from(d.gpus == 0 && a.gpus_total > 0);
+    (gpu_host_penalty, spare_gpus, a.vcpus_free - d.vcpus, a.memory_free_mib - d.memory_mib)
+}
+
+fn take(a: &mut Agent, d: &Demand) -> Vec<String> {
+    a.vcpus_free -= d.vcpus;
+    a.memory_free_mib -= d.memory_mib;
+    a.disk_free_mib -= d.disk_mib;
+    a.gpus_free.drain(..d.gpus as usize).collect()
+}
+
+/// The resources a demand needs per instance, for remembering failed shapes.
+type Shape = (u32, u64, u64, u32, bool, u32);
+
+fn shape(d: &Demand) -> Shape {
+    (d.vcpus, d.memory_mib, d.disk_mib, d.gpus, d.needs_isolation, d.instance_count)
+}
+
+/// One placement round over the whole queue. The problem's agents are updated with what was
+/// taken, so callers (and tests) can check the invariants afterwards.
+pub fn place(problem: &mut Problem) -> Vec<Decision> {
+    let mut decisions = Vec::new();
+
+    // Per-group queues, oldest first.
+    let mut order: Vec<usize> = (0..problem.queue.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (x, y) = (&problem.queue[a], &problem.queue[b]);
+        x.queued_at.cmp(&y.queued_at).then_with(|| x.job.cmp(&y.job))
+    });
+    let mut group_index: HashMap<Option<&str>, usize> = HashMap::new();
+    let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
+    for i in order {
+        let key = problem.queue[i].group.as_deref();
+        let g = *group_index.entry(key).or_insert_with(|| {
+            let served = key.and_then(|k| problem.running_per_group.get(k)).copied().unwrap_or(0);
+            groups.push((served, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
+    }
+    // Fairness: always serve the group with the fewest running instances next (ties: oldest head).
+    let mut heap: BinaryHeap<Reverse<(u32, i64, usize, usize)>> = groups
+        .iter()
+        .enumerate()
+        .map(|(g, (served, items))| Reverse((*served, problem.queue[items[0]].queued_at, g, 0)))
+        .collect();
+
+    let mut failed_shapes: HashSet<Shape> = HashSet::new();
+    let mut never: HashMap<Shape, Option<String>> = HashMap::new();
+
+    while let Some(Reverse((served, _, g, position))) = heap.pop() {
+        let index = groups[g].1[position];
+        let demand = &problem.queue[index];
+        let mut placed = 0;
+
+        let reason = never.entry(shape(demand)).or_insert_with(|| never_fits(&problem.agents, demand)).clone();
+        if let Some(reason) = reason {
+            decisions.push(Decision::Unplaceable { job: demand.job.clone(), reason });
+        } else if !failed_shapes.contains(&shape(demand)) {
+            match choose(&problem.agents, demand) {
+                Some(chosen) => {
+                    let instances = chosen
+                        .iter()
+                        .enumerate()
+                        .map(|(n, &i)| {
+                            let agent = &mut problem.agents[i];
+                            let gpu_uuids = take(agent, demand);
+                            InstancePlacement { instance: n as u32 + 1, agent: agent.id.clone(), gpu_uuids }
+                        })
+                        .collect();
+                    placed = demand.instance_count;
+                    decisions.push(Decision::Place { job: demand.job.clone(), instances });
+                }
+                None => {
+                    failed_shapes.insert(shape(demand));
+                }
+            }
+        }
+        if let Some(&next) = groups[g].1.get(position + 1) {
+            heap.push(Reverse((served + placed, problem.queue[next].queued_at, g, position + 1)));
+        }
+    }
+    decisions
+}
+
+/// Distinct agents for each instance of the gang, best first; None unless all fit.
+fn choose(agents: &[Agent], demand: &Demand) -> Option<Vec<usize>> {
+    let mut chosen: Vec<usize> = Vec::with_capacity(demand.instance_count as usize);
+    for _ in 0..demand.instance_count {
+        let best = agents
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| !chosen.contains(i) && fits(a, demand))
+            .min_by_key(|(_, a)| score(a, demand))
+            .map(|(i, _)| i)?;
+        chosen.push(best);
+    }
+    Some(chosen)
+}
+
+#[cfg(test)]
+mod tests;

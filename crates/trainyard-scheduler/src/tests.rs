@@ -1,0 +1,209 @@
+//! Placement as data: agents and a queue in, decisions out, invariants checked after every round.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+
+fn agent(id: &str, vcpus: u32, memory_gib: u64, gpus: u32) -> Agent {
+    Agent {
+        id: id.into(),
+        vcpus_total: vcpus,
+        memory_total_mib: memory_gib * 1024,
+        disk_total_mib: 100 * 1024,
+        gpus_total: gpus,
+        vcpus_free: vcpus,
+        memory_free_mib: memory_gib * 1024,
+        disk_free_mib: 100 * 1024,
+        gpus_free: (0..gpus).map(|g| format!("GPU-{id}-{g}")).collect(),
+        network_isolation: true,
+    }
+}
+
+fn demand(job: &str, group: Option<&str>, count: u32, vcpus: u32, memory_gib: u64, gpus: u32, at: i64) -> Demand {
+    Demand {
+        job: job.into(),
+        group: group.map(Into::into),
+        instance_count: count,
+        vcpus,
+        memory_mib: memory_gib * 1024,
+        disk_mib: 1024,
+        gpus,
+        needs_isolation: false,
+        queued_at: at,
+    }
+}
+
+/// Checks what must hold after any round: nothing over-committed, GPUs exclusive, gangs on
+/// distinct agents and complete, each job decided at most once.
+fn sanity_check(before: &[Agent], after: &[Agent], queue: &[Demand], decisions: &[Decision]) {
+    let mut used: BTreeMap<&str, (u32, u64, u64)> = BTreeMap::new();
+    let mut gpus_seen = BTreeSet::new();
+    let mut jobs = BTreeSet::new();
+    for d in decisions {
+        let job = match d {
+            Decision::Place { job, .. } | Decision::Unplaceable { job, .. } => job,
+        };
+        assert!(jobs.insert(job.clone()), "{job} decided twice");
+        let Decision::Place { job, instances } = d else { continue };
+        let demand = queue.iter().find(|q| &q.job == job).expect("placed job was queued");
+        assert_eq!(instances.len() as u32, demand.instance_count, "{job}: gang complete");
+        let agents: BTreeSet<_> = instances.iter().map(|i| i.agent.as_str()).collect();
+        assert_eq!(agents.len(), instances.len(), "{job}: instances on distinct agents");
+        for i in instances {
+            assert_eq!(i.gpu_uuids.len() as u32, demand.gpus, "{job}: GPU count");
+            for g in &i.gpu_uuids {
+                assert!(g.starts_with(&format!("GPU-{}-", i.agent)), "{g} belongs to {}", i.agent);
+                assert!(gpus_seen.insert(g.clone()), "{g} assigned twice");
+            }
+            let u = used.entry(i.agent.as_str()).or_default();
+            u.0 += demand.vcpus;
+            u.1 += demand.memory_mib;
+            u.2 += demand.disk_mib;
+        }
+    }
+    for (b, a) in before.iter().zip(after) {
+        let u = used.get(b.id.as_str()).copied().unwrap_or_default();
+        assert!(u.0 <= b.vcpus_free && u.1 <= b.memory_free_mib && u.2 <= b.disk_free_mib, "{} over-committed", b.id);
+        assert_eq!(a.vcpus_free, b.vcpus_free - u.0, "{}: free vCPUs accounted", b.id);
+        assert_eq!(a.memory_free_mib, b.memory_free_mib - u.1);
+    }
+}
+
+fn run(agents: Vec<Agent>, queue: Vec<Demand>, running: &[(&str, u32)]) -> (Vec<Agent>, Vec<Decision>) {
+    let mut problem = Problem {
+        agents: agents.clone(),
+        queue: queue.clone(),
+        running_per_group: running.iter().map(|(g, n)| (g.to_string(), *n)).collect(),
+    };
+    let decisions = place(&mut problem);
+    sanity_check(&agents, &problem.agents, &queue, &decisions);
+    (problem.agents, decisions)
+}
+
+fn placed(decisions: &[Decision]) -> Vec<(String, Vec<String>)> {
+    decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Place { job, instances } => {
+                Some((job.clone(), instances.iter().map(|i| i.agent.clone()).collect()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn gpu_jobs_take_the_tightest_gpu_host_and_cpu_jobs_avoid_gpu_hosts() {
+    let agents = vec![agent("big", 64, 512, 8), agent("small", 8, 64, 1), agent("cpu", 16, 64, 0)];
+    let queue = vec![demand("gpu-job", None, 1, 4, 16, 1, 1), demand("cpu-job", None, 1, 4, 16, 0, 2)];
+    let (_, d) = run(agents, queue, &[]);
+    assert_eq!(
+        placed(&d),
+        [("gpu-job".to_string(), vec!["small".to_string()]), ("cpu-job".to_string(), vec!["cpu".to_string()])]
+    );
+}
+
+#[test]
+fn gangs_are_all_or_nothing_on_distinct_agents() {
+    let agents = vec![agent("a", 8, 32, 0), agent("b", 8, 32, 0)];
+    let queue = vec![demand("three", None, 3, 4, 8, 0, 1), demand("two", None, 2, 8, 32, 0, 2)];
+    let (after, d) = run(agents, queue, &[]);
+    assert_eq!(d.len(), 2);
+    assert!(
+        matches!(&d[0], Decision::Unplaceable { job, reason } if job == "three" && reason.contains("distinct agents"))
+    );
+    assert_eq!(placed(&d), [("two".to_string(), vec!["a".to_string(), "b".to_string()])]);
+    assert!(after.iter().all(|a| a.vcpus_free == 0));
+}
+
+#[test]
+fn a_job_that_can_never_fit_is_reported_and_one_that_waits_is_not() {
+    let agents = vec![agent("a", 4, 16, 0)];
+    let queue = vec![
+        demand("too-big", None, 1, 8, 16, 0, 1),
+        demand("needs-gpu", None, 1, 1, 1, 1, 2),
+        demand("fits", None, 1, 4, 16, 0, 3),
+        demand("waits", None, 1, 4, 16, 0, 4),
+    ];
+    let (_, d) = run(agents, queue, &[]);
+    let unplaceable: Vec<&str> = d
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Unplaceable { job, .. } => Some(job.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unplaceable, ["too-big", "needs-gpu"]);
+    assert_eq!(placed(&d), [("fits".to_string(), vec!["a".to_string()])]);
+    // No agent at all is waiting, not "never".
+    let (_, d) = run(vec![], vec![demand("early", None, 1, 1, 1, 0, 1)], &[]);
+    assert!(d.is_empty());
+}
+
+#[test]
+fn isolation_needs_a_capable_agent() {
+    let mut plain = agent("plain", 8, 32, 0);
+    plain.network_isolation = false;
+    let mut q = demand("isolated", None, 1, 1, 1, 0, 1);
+    q.needs_isolation = true;
+    let (_, d) = run(vec![plain.clone()], vec![q.clone()], &[]);
+    assert!(matches!(&d[0], Decision::Unplaceable { reason, .. } if reason.contains("network isolation")));
+    let (_, d) = run(vec![plain, agent("capable", 8, 32, 0)], vec![q], &[]);
+    assert_eq!(placed(&d), [("isolated".to_string(), vec!["capable".to_string()])]);
+}
+
+#[test]
+fn tuning_jobs_are_served_fairly_and_big_jobs_do_not_block_small_ones() {
+    // Room for four 1-vCPU trials. Tuning job A queued ten trials before B queued its two, and A
+    // already runs two: B must get its trials now.
+    let agents = vec![agent("a", 4, 64, 0)];
+    let mut queue: Vec<Demand> = (0..10).map(|i| demand(&format!("A-{i}"), Some("A"), 1, 1, 1, 0, i)).collect();
+    queue.push(demand("B-0", Some("B"), 1, 1, 1, 0, 100));
+    queue.push(demand("B-1", Some("B"), 1, 1, 1, 0, 101));
+    let (_, d) = run(agents.clone(), queue, &[("A", 2)]);
+    let jobs: Vec<String> = placed(&d).into_iter().map(|(j, _)| j).collect();
+    assert_eq!(jobs, ["B-0", "B-1", "A-0", "A-1"]);
+
+    // A job too big for the free space now does not stop a smaller one behind it.
+    let queue = vec![demand("huge", None, 1, 4, 64, 0, 1), demand("tiny", None, 1, 1, 1, 0, 2)];
+    let mut partly_used = agents[0].clone();
+    partly_used.vcpus_free = 2;
+    let (_, d) = run(vec![partly_used], queue, &[]);
+    assert_eq!(placed(&d), [("tiny".to_string(), vec!["a".to_string()])]);
+}
+
+#[test]
+fn random_clusters_never_break_the_invariants() {
+    for seed in 0..200 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let agents: Vec<Agent> = (0..rng.random_range(0..12))
+            .map(|i| {
+                let mut a =
+                    agent(&format!("a{i}"), rng.random_range(1..64), rng.random_range(1..256), rng.random_range(0..9));
+                a.vcpus_free = rng.random_range(0..=a.vcpus_total);
+                a.network_isolation = rng.random_bool(0.7);
+                a
+            })
+            .collect();
+        let queue: Vec<Demand> = (0..rng.random_range(0..40))
+            .map(|i| {
+                let group = ["g1", "g2", "g3"][rng.random_range(0..3)];
+                let mut d = demand(
+                    &format!("j{i}"),
+                    rng.random_bool(0.8).then_some(group),
+                    rng.random_range(1..4),
+                    rng.random_range(1..16),
+                    rng.random_range(1..64),
+                    rng.random_range(0..4),
+                    rng.random_range(0..1000),
+                );
+                d.needs_isolation = rng.random_bool(0.2);
+                d
+            })
+            .collect();
+        run(agents, queue, &[("g1", rng.random_range(0..5))]);
+    }
+}
