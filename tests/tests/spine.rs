@@ -67,13 +67,13 @@ fn round_trip(c: &Coordinator) {
     let training = example("training-job.json");
     c.cli(&["training-jobs", "create", "-f", path(&training)]).assert_success();
     let job =
-        c.wait_json(&["training-jobs", "describe", "digits-logreg-baseline"], |d| d["SecondaryStatus"] == "Pending");
+        c.wait_json(&["training-jobs", "describe", "blobs-logreg-baseline"], |d| d["SecondaryStatus"] == "Pending");
     assert_eq!(job["TrainingJobStatus"], "InProgress");
     assert_eq!(job["HyperParameters"]["optimizer"], "momentum");
     assert_eq!(job["SecondaryStatusTransitions"][0]["Status"], "Starting");
-    c.cli(&["training-jobs", "stop", "digits-logreg-baseline"]).assert_success();
+    c.cli(&["training-jobs", "stop", "blobs-logreg-baseline"]).assert_success();
     let job =
-        c.wait_json(&["training-jobs", "describe", "digits-logreg-baseline"], |d| d["TrainingJobStatus"] == "Stopped");
+        c.wait_json(&["training-jobs", "describe", "blobs-logreg-baseline"], |d| d["TrainingJobStatus"] == "Stopped");
     let statuses: Vec<&str> = job["SecondaryStatusTransitions"]
         .as_array()
         .expect("transitions")

@@ -34,6 +34,9 @@ pub struct Flags {
     /// Log format.
     #[arg(long, env = "TRAINYARD_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Seconds without a heartbeat after which an agent is lost (default 10).
+    #[arg(long)]
+    pub agent_lost_after_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -58,6 +61,10 @@ struct FileConfig {
     /// Added to (or replacing, by name) the default instance-type catalog.
     #[serde(default)]
     instance_types: Vec<InstanceSpec>,
+    /// How often agents heartbeat (milliseconds).
+    heartbeat_interval_ms: Option<u64>,
+    /// An agent silent this long (seconds) is declared lost.
+    agent_lost_after_seconds: Option<u64>,
     /// Use only `instance_types`, not the defaults.
     #[serde(default)]
     replace_default_instance_types: bool,
@@ -80,6 +87,8 @@ pub struct Config {
     pub arns: ArnContext,
     pub limits: ServiceLimits,
     pub catalog: Catalog,
+    pub heartbeat_interval: std::time::Duration,
+    pub agent_lost_after: std::time::Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -116,6 +125,10 @@ impl Config {
             arns,
             limits: file.limits.unwrap_or_default(),
             catalog,
+            heartbeat_interval: std::time::Duration::from_millis(file.heartbeat_interval_ms.unwrap_or(2_000).max(100)),
+            agent_lost_after: std::time::Duration::from_secs(
+                flags.agent_lost_after_seconds.or(file.agent_lost_after_seconds).unwrap_or(10).max(1),
+            ),
         })
     }
 }
@@ -130,7 +143,14 @@ mod tests {
     use super::*;
 
     fn flags(config: Option<PathBuf>) -> Flags {
-        Flags { config, listen: None, data_dir: None, database_url: None, log_format: None }
+        Flags {
+            config,
+            listen: None,
+            data_dir: None,
+            database_url: None,
+            log_format: None,
+            agent_lost_after_seconds: None,
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The coordinator's operations, in domain terms: validate, persist, then hand the change to the
 //! event loop. The gRPC layer (`grpc.rs`) only converts messages and errors around these.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,7 +16,12 @@ use trainyard_model::listing::ListQuery;
 use trainyard_model::names::ArnContext;
 use trainyard_model::rules::{self, ServiceLimits};
 use trainyard_model::{DomainError, Timestamp, Validate, Violation};
-use trainyard_store::{Store, StoreError, Versioned};
+use trainyard_store::{LogRecord, Store, StoreError, Versioned};
+
+/// Log lines kept per training job in the store.
+pub const MAX_LOG_LINES: i64 = 100_000;
+/// Longer lines are cut (a progress bar without newlines should not fill the database).
+pub const MAX_LOG_LINE_CHARS: usize = 16 * 1024;
 
 use crate::events::Event;
 
@@ -28,6 +34,8 @@ pub struct Coordinator {
     pub limits: ServiceLimits,
     pub arns: ArnContext,
     events: mpsc::UnboundedSender<Event>,
+    /// The next log sequence number of each job with lines in flight.
+    log_sequences: tokio::sync::Mutex<HashMap<String, i64>>,
     /// Tuning jobs not yet ended, for the concurrency limit. Counted once at start-up, then kept
     /// by this process (it makes every tuning-job transition), so a create costs no count query.
     active_tuning_jobs: AtomicU64,
@@ -51,7 +59,15 @@ impl Coordinator {
         events: mpsc::UnboundedSender<Event>,
     ) -> Result<Self, DomainError> {
         let active = store.count_active_tuning_jobs().await?;
-        Ok(Self { store, catalog, limits, arns, events, active_tuning_jobs: AtomicU64::new(active) })
+        Ok(Self {
+            store,
+            catalog,
+            limits,
+            arns,
+            events,
+            log_sequences: tokio::sync::Mutex::new(HashMap::new()),
+            active_tuning_jobs: AtomicU64::new(active),
+        })
     }
 
     fn emit(&self, event: Event) {
@@ -139,7 +155,7 @@ impl Coordinator {
         let name = request.hyper_parameter_tuning_job_name.unwrap_or_default();
         let job = self.tuning_job(&name).await?.value;
         let counts = self.store.trial_counts(std::slice::from_ref(&name)).await?.remove(&name).unwrap_or_default();
-        let objective = objective_of(&job);
+        let objective = trainyard_model::trials::objective(&job.request);
         let best = match &objective {
             Some((metric, maximize)) => {
                 self.store.best_trial(&name, *maximize).await?.map(|t| t.trial_summary(Some(metric.as_str())))
@@ -183,7 +199,7 @@ impl Coordinator {
         let query = ListQuery::for_trials(&request)?;
         let name = request.hyper_parameter_tuning_job_name.unwrap_or_default();
         let job = self.tuning_job(&name).await?.value;
-        let metric = objective_of(&job).map(|(m, _)| m);
+        let metric = trainyard_model::trials::objective(&job.request).map(|(m, _)| m);
         let page = self.store.list_training_jobs(&query).await?;
         Ok(api::ListTrainingJobsForHyperParameterTuningJobResponse {
             next_token: page.next_token,
@@ -240,6 +256,49 @@ impl Coordinator {
         }
         self.emit(Event::TrainingJobStopRequested(name));
         Ok(())
+    }
+
+    // ----- logs -----
+
+    /// Stores a batch of a job's output lines, numbering them in arrival order. A job keeps at
+    /// most [`MAX_LOG_LINES`]; past that one line says so and the rest is dropped (the agent keeps
+    /// the whole output in the instance's `output/training.log`).
+    pub async fn record_logs(
+        &self,
+        job: &str,
+        instance: u32,
+        lines: Vec<(String, i64, String)>,
+    ) -> Result<(), DomainError> {
+        let mut sequences = self.log_sequences.lock().await;
+        let next = match sequences.get(job) {
+            Some(n) => *n,
+            None => self.store.last_log_seq(job).await? + 1,
+        };
+        let mut records = Vec::with_capacity(lines.len());
+        let mut seq = next;
+        for (stream, at, text) in lines {
+            if seq > MAX_LOG_LINES {
+                break;
+            }
+            let text = if seq == MAX_LOG_LINES {
+                format!("[trainyard] this job's log reached {MAX_LOG_LINES} lines; later lines are on the agent")
+            } else {
+                text.chars().take(MAX_LOG_LINE_CHARS).collect()
+            };
+            records.push(LogRecord { seq, instance, stream, timestamp: Timestamp::from_millis(at), text });
+            seq += 1;
+        }
+        sequences.insert(job.to_string(), seq);
+        drop(sequences);
+        self.store.append_logs(job, &records).await?;
+        Ok(())
+    }
+
+    pub async fn read_logs(&self, job: &str, after: i64, limit: u32) -> Result<(Vec<LogRecord>, bool), DomainError> {
+        let stored = self.training_job(job).await?.value;
+        let limit = if limit == 0 { 10_000 } else { limit.min(10_000) };
+        let lines = self.store.read_logs(job, after, limit).await?;
+        Ok((lines, stored.status.is_terminal()))
     }
 
     // ----- shared -----
@@ -303,14 +362,4 @@ impl Coordinator {
         let active = self.store.active_training_jobs(Some(tuning_job)).await?;
         Ok(active.into_iter().map(|t| t.value.name).collect())
     }
-}
-
-/// The objective metric of a tuning job (its first definition's, when each has its own) and
-/// whether it is maximized.
-fn objective_of(job: &TuningJob) -> Option<(String, bool)> {
-    let config = job.request.hyper_parameter_tuning_job_config.as_ref();
-    let objective = config
-        .and_then(|c| c.hyper_parameter_tuning_job_objective.clone())
-        .or_else(|| rules::definitions(&job.request).into_iter().find_map(|(_, d)| d.tuning_objective.clone()))?;
-    Some((objective.metric_name?, objective.r#type.as_deref() == Some("Maximize")))
 }

@@ -1,128 +1,905 @@
 //! The event loop: the one place that decides what happens to jobs after the API accepted a change.
-//! API handlers persist intent (a new job, a stop request) and send an [`Event`]; the loop makes the
-//! follow-up transitions and persists each before acting on it. At start-up it reconciles: every
-//! job left mid-way by a previous run is driven on from its stored state.
+//! API handlers persist intent (a new job, a stop request) and send an [`Event`]; agents' streams
+//! send theirs. The loop owns the derived state (agents and what they hold, the queue, running
+//! instances, tuning jobs' progress), asks the pure placement crate and the tuner what to do,
+//! persists each decision, and only then sends it to agents.
 //!
-//! Until agents exist (the agents issue), there is nothing to place jobs on: new training jobs wait
-//! as `Pending`, and a stop ends them at once, since nothing is running.
+//! At start-up it reconciles from the store: queued jobs are queued again, placed ones wait for their
+//! agents to reconnect (and fail or retry if they do not), tuning jobs resume.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use trainyard_model::DomainError;
+use trainyard_model::api;
+use trainyard_model::jobs::{PlacedInstance, TrainingJob, TrialOrigin};
 use trainyard_model::status::{SecondaryStatus, TrainingJobStatus, TuningJobStatus};
+use trainyard_model::{DomainError, Timestamp, trials};
+use trainyard_proto::pb::coordinator_message::Body as Down;
+use trainyard_proto::pb::{self, InstanceState};
+use trainyard_scheduler::{Agent as Capacity, Decision, Demand, Problem};
+use trainyard_store::MetricSample;
+use trainyard_tuner::{SearchSpace, Strategy};
 
 use crate::core::{Coordinator, now};
 
 /// Everything the loop reacts to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Event {
     TuningJobCreated(String),
     TrainingJobCreated(String),
     TuningJobStopRequested(String),
     TrainingJobStopRequested(String),
+    AgentConnected { session: u64, register: pb::Register, outbound: mpsc::UnboundedSender<pb::CoordinatorMessage> },
+    AgentHeartbeat { session: u64, agent: String, heartbeat: pb::Heartbeat },
+    InstanceUpdate { session: u64, agent: String, update: pb::InstanceUpdate },
+    AgentDisconnected { session: u64, agent: String },
+    ListAgents(oneshot::Sender<Vec<pb::AgentSummary>>),
 }
 
-pub const PENDING_MESSAGE: &str = "Waiting for an agent: no agent that can run this job has registered";
+pub const PENDING_MESSAGE: &str = "Queued: waiting for an agent with the requested resources";
 
-pub async fn run(coordinator: Arc<Coordinator>, mut events: mpsc::UnboundedReceiver<Event>, cancel: CancellationToken) {
-    if let Err(e) = reconcile(&coordinator).await {
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub heartbeat_interval: Duration,
+    /// An agent silent this long is lost: its instances fail or are retried.
+    pub agent_lost_after: Duration,
+}
+
+struct AgentEntry {
+    session: u64,
+    outbound: Option<mpsc::UnboundedSender<pb::CoordinatorMessage>>,
+    inventory: pb::Inventory,
+    capabilities: pb::Capabilities,
+    heartbeat: Option<pb::Heartbeat>,
+    last_seen: tokio::time::Instant,
+    last_seen_millis: i64,
+    lost: bool,
+    /// (job, instance) → what it holds.
+    allocations: BTreeMap<(String, u32), Allocation>,
+}
+
+#[derive(Debug, Clone)]
+struct Allocation {
+    vcpus: u32,
+    memory_mib: u64,
+    disk_mib: u64,
+    gpus: Vec<String>,
+}
+
+struct Queued {
+    demand: Demand,
+    queued_at: Timestamp,
+    max_pending: Option<Duration>,
+    reason: Option<String>,
+}
+
+/// A placed job: its instances, where, and how each ended.
+struct Running {
+    attempt: u32,
+    instances: BTreeMap<u32, (String, Option<pb::InstanceUpdate>)>,
+}
+
+struct TuningRun {
+    space: SearchSpace,
+    strategy: Strategy,
+    seed: u64,
+    max_trials: u64,
+    max_parallel: u64,
+    launched: u64,
+    active: BTreeSet<String>,
+    objective: Option<(String, bool)>,
+}
+
+pub struct Loop {
+    c: Arc<Coordinator>,
+    timing: Timing,
+    agents: BTreeMap<String, AgentEntry>,
+    queue: BTreeMap<String, Queued>,
+    running: HashMap<String, Running>,
+    tuning: BTreeMap<String, TuningRun>,
+}
+
+pub async fn run(
+    coordinator: Arc<Coordinator>,
+    timing: Timing,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    cancel: CancellationToken,
+) {
+    let mut state = Loop {
+        c: coordinator,
+        timing,
+        agents: BTreeMap::new(),
+        queue: BTreeMap::new(),
+        running: HashMap::new(),
+        tuning: BTreeMap::new(),
+    };
+    if let Err(e) = state.reconcile().await {
         warn!(error = %e, "start-up reconciliation incomplete; it runs again at the next start");
     }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let event = tokio::select! {
+        tokio::select! {
             _ = cancel.cancelled() => break,
-            event = events.recv() => match event {
-                Some(event) => event,
-                None => break,
-            },
-        };
-        debug!(?event, "event");
-        if let Err(e) = handle(&coordinator, &event).await {
-            warn!(?event, error = %e, "event not handled; the job is reconciled at the next start");
+            _ = tick.tick() => {
+                if let Err(e) = state.on_tick().await {
+                    warn!(error = %e, "periodic checks failed");
+                }
+            }
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                debug!(?event, "event");
+                if let Err(e) = state.handle(event).await {
+                    warn!(error = %e, "event not handled; the job is reconciled at the next start");
+                }
+                if let Err(e) = state.schedule().await {
+                    warn!(error = %e, "scheduling failed");
+                }
+            }
         }
     }
     info!("event loop stopped");
 }
 
-async fn handle(c: &Coordinator, event: &Event) -> Result<(), DomainError> {
-    match event {
-        Event::TuningJobCreated(_) => Ok(()),
-        Event::TrainingJobCreated(name) => queue(c, name).await,
-        Event::TrainingJobStopRequested(name) => finish_stop(c, name).await,
-        Event::TuningJobStopRequested(name) => stop_tuning_job(c, name).await,
+fn send(entry: &AgentEntry, body: Down) {
+    if let Some(tx) = &entry.outbound {
+        let _ = tx.send(pb::CoordinatorMessage { body: Some(body) });
     }
 }
 
-/// A new training job waits for capacity.
-async fn queue(c: &Coordinator, name: &str) -> Result<(), DomainError> {
-    c.update_training_job(name, |job| {
-        if job.secondary_status != SecondaryStatus::Starting {
-            return Ok(false);
-        }
-        job.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
-        Ok(true)
-    })
-    .await?;
-    Ok(())
+fn is_final(state: InstanceState) -> bool {
+    matches!(
+        state,
+        InstanceState::Completed | InstanceState::Failed | InstanceState::Stopped | InstanceState::MaxRuntimeExceeded
+    )
 }
 
-/// A stopping training job with nothing running ends `Stopped`.
-async fn finish_stop(c: &Coordinator, name: &str) -> Result<(), DomainError> {
-    let stopped = c
-        .update_training_job(name, |job| {
-            if job.status != TrainingJobStatus::Stopping {
-                return Ok(false);
+impl Loop {
+    async fn handle(&mut self, event: Event) -> Result<(), DomainError> {
+        match event {
+            Event::TuningJobCreated(name) => {
+                self.load_tuning(&name).await?;
+                self.drive_tuning(&name).await
             }
-            job.transition(SecondaryStatus::Stopped, "The job was stopped before an agent started it", now())?;
-            Ok(true)
-        })
-        .await?;
-    if stopped {
-        info!(training_job = %name, "training job stopped");
-    }
-    Ok(())
-}
-
-/// Stops every trial of the tuning job, then the tuning job itself.
-async fn stop_tuning_job(c: &Coordinator, name: &str) -> Result<(), DomainError> {
-    for trial in c.active_trials(name).await? {
-        c.update_training_job(&trial, |job| job.request_stop(now())).await?;
-        finish_stop(c, &trial).await?;
-    }
-    let stopped = c
-        .update_tuning_job(name, |job| {
-            if job.status != TuningJobStatus::Stopping {
-                return Ok(false);
+            Event::TrainingJobCreated(name) => self.enqueue(&name).await,
+            Event::TrainingJobStopRequested(name) => self.stop_training(&name).await,
+            Event::TuningJobStopRequested(name) => self.stop_tuning(&name).await,
+            Event::AgentConnected { session, register, outbound } => self.on_agent(session, register, outbound).await,
+            Event::AgentHeartbeat { session, agent, heartbeat } => {
+                if let Some(a) = self.agents.get_mut(&agent).filter(|a| a.session == session) {
+                    a.heartbeat = Some(heartbeat);
+                    a.last_seen = tokio::time::Instant::now();
+                    a.last_seen_millis = now().millis();
+                    a.lost = false;
+                }
+                Ok(())
             }
-            job.transition(TuningJobStatus::Stopped, now())?;
-            Ok(true)
-        })
-        .await?;
-    if stopped {
-        info!(tuning_job = %name, "tuning job stopped");
+            Event::InstanceUpdate { session, agent, update } => {
+                if let Some(a) = self.agents.get_mut(&agent).filter(|a| a.session == session) {
+                    a.last_seen = tokio::time::Instant::now();
+                    a.last_seen_millis = now().millis();
+                }
+                self.on_update(&agent, update).await
+            }
+            Event::AgentDisconnected { session, agent } => {
+                if let Some(a) = self.agents.get_mut(&agent).filter(|a| a.session == session) {
+                    // Its instances keep running; it has `agent_lost_after` to come back.
+                    a.outbound = None;
+                    info!(agent, "agent disconnected");
+                }
+                Ok(())
+            }
+            Event::ListAgents(reply) => {
+                let _ = reply.send(self.summaries());
+                Ok(())
+            }
+        }
     }
-    Ok(())
-}
 
-/// Drives every unfinished job on from its stored state (after a restart or a crash).
-async fn reconcile(c: &Coordinator) -> Result<(), DomainError> {
-    let training = c.store.active_training_jobs(None).await?;
-    let tuning = c.store.active_tuning_jobs().await?;
-    info!(training_jobs = training.len(), tuning_jobs = tuning.len(), "reconciling unfinished jobs");
-    for t in training {
-        match (t.value.status, t.value.secondary_status) {
-            (TrainingJobStatus::Stopping, _) => finish_stop(c, &t.value.name).await?,
-            (_, SecondaryStatus::Starting) => queue(c, &t.value.name).await?,
-            _ => {}
+    // ----- start-up -----
+
+    async fn reconcile(&mut self) -> Result<(), DomainError> {
+        let training = self.c.store.active_training_jobs(None).await?;
+        let tuning = self.c.store.active_tuning_jobs().await?;
+        info!(training_jobs = training.len(), tuning_jobs = tuning.len(), "reconciling unfinished jobs");
+        for t in &tuning {
+            self.load_tuning(&t.value.name).await?;
         }
-    }
-    for t in tuning {
-        if t.value.status == TuningJobStatus::Stopping {
-            stop_tuning_job(c, &t.value.name).await?;
+        for t in training {
+            let job = t.value;
+            if job.status == TrainingJobStatus::Stopping && job.placement.is_empty() {
+                self.finish(&job.name, SecondaryStatus::Stopped, "Stopped before an agent started it", None, None)
+                    .await?;
+            } else if job.placement.is_empty() {
+                self.enqueue(&job.name).await?;
+            } else {
+                // Placed before the restart: wait for its agents to come back and report.
+                let demand = self.demand_of(&job)?;
+                let mut instances = BTreeMap::new();
+                for p in &job.placement {
+                    let entry = self.agents.entry(p.agent.clone()).or_insert_with(|| AgentEntry {
+                        session: 0,
+                        outbound: None,
+                        inventory: pb::Inventory::default(),
+                        capabilities: pb::Capabilities::default(),
+                        heartbeat: None,
+                        last_seen: tokio::time::Instant::now(),
+                        last_seen_millis: now().millis(),
+                        lost: false,
+                        allocations: BTreeMap::new(),
+                    });
+                    entry.allocations.insert(
+                        (job.name.clone(), p.instance),
+                        Allocation {
+                            vcpus: demand.vcpus,
+                            memory_mib: demand.memory_mib,
+                            disk_mib: demand.disk_mib,
+                            gpus: p.gpu_uuids.clone(),
+                        },
+                    );
+                    instances.insert(p.instance, (p.agent.clone(), None));
+                }
+                self.running.insert(job.name.clone(), Running { attempt: job.attempt, instances });
+            }
         }
+        let names: Vec<String> = self.tuning.keys().cloned().collect();
+        for name in names {
+            let stopping = self.c.tuning_job(&name).await?.value.status == TuningJobStatus::Stopping;
+            if stopping { self.stop_tuning(&name).await? } else { self.drive_tuning(&name).await? }
+        }
+        self.schedule().await
     }
-    Ok(())
+
+    // ----- queue and placement -----
+
+    fn demand_of(&self, job: &TrainingJob) -> Result<Demand, DomainError> {
+        let rc = job.request.resource_config.as_ref();
+        let instance_type = rc.and_then(|r| r.instance_type.clone()).unwrap_or_default();
+        let spec = self.c.catalog.get(&instance_type).ok_or_else(|| {
+            DomainError::invalid("ResourceConfig.InstanceType", format!("'{instance_type}' is not in the catalog"))
+        })?;
+        Ok(Demand {
+            job: job.name.clone(),
+            group: job.tuning_job_name().map(str::to_string),
+            instance_count: rc.and_then(|r| r.instance_count).unwrap_or(1).max(1) as u32,
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            disk_mib: rc.and_then(|r| r.volume_size_in_gb).unwrap_or(0).max(0) as u64 * 1024,
+            gpus: spec.gpus,
+            needs_isolation: false,
+            queued_at: job.creation_time.millis(),
+        })
+    }
+
+    async fn enqueue(&mut self, name: &str) -> Result<(), DomainError> {
+        let job = self.c.training_job(name).await?.value;
+        if job.status != TrainingJobStatus::InProgress || !job.placement.is_empty() {
+            return Ok(());
+        }
+        let demand = self.demand_of(&job)?;
+        let max_pending = job
+            .request
+            .stopping_condition
+            .as_ref()
+            .and_then(|s| s.max_pending_time_in_seconds)
+            .map(|s| Duration::from_secs(s.max(0) as u64));
+        self.c
+            .update_training_job(name, |j| {
+                if j.secondary_status == SecondaryStatus::Pending {
+                    return Ok(false);
+                }
+                j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
+                Ok(true)
+            })
+            .await?;
+        self.queue.insert(name.to_string(), Queued { demand, queued_at: now(), max_pending, reason: None });
+        Ok(())
+    }
+
+    fn capacities(&self) -> Vec<Capacity> {
+        self.agents
+            .iter()
+            .filter(|(_, a)| !a.lost && a.outbound.is_some())
+            .map(|(id, a)| {
+                let used = a
+                    .allocations
+                    .values()
+                    .fold((0u32, 0u64, 0u64), |acc, x| (acc.0 + x.vcpus, acc.1 + x.memory_mib, acc.2 + x.disk_mib));
+                let held: BTreeSet<&String> = a.allocations.values().flat_map(|x| &x.gpus).collect();
+                Capacity {
+                    id: id.clone(),
+                    vcpus_total: a.inventory.cpu_count,
+                    memory_total_mib: a.inventory.memory_total_mib,
+                    disk_total_mib: a.inventory.disk_free_mib,
+                    gpus_total: a.inventory.gpus.len() as u32,
+                    vcpus_free: a.inventory.cpu_count.saturating_sub(used.0),
+                    memory_free_mib: a.inventory.memory_total_mib.saturating_sub(used.1),
+                    disk_free_mib: a.inventory.disk_free_mib.saturating_sub(used.2),
+                    gpus_free: a.inventory.gpus.iter().map(|g| g.uuid.clone()).filter(|u| !held.contains(u)).collect(),
+                    network_isolation: a.capabilities.network_isolation,
+                }
+            })
+            .collect()
+    }
+
+    /// Places what fits; records why the rest cannot run when no agent could ever hold it.
+    async fn schedule(&mut self) -> Result<(), DomainError> {
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+        let mut problem = Problem {
+            agents: self.capacities(),
+            queue: self.queue.values().map(|q| q.demand.clone()).collect(),
+            running_per_group: self.tuning.iter().map(|(n, t)| (n.clone(), t.active.len() as u32)).collect(),
+        };
+        if problem.agents.is_empty() {
+            return Ok(());
+        }
+        for decision in trainyard_scheduler::place(&mut problem) {
+            match decision {
+                Decision::Place { job, instances } => self.start(&job, instances).await?,
+                Decision::Unplaceable { job, reason } => {
+                    let Some(q) = self.queue.get_mut(&job) else { continue };
+                    if q.reason.as_deref() != Some(reason.as_str()) {
+                        q.reason = Some(reason.clone());
+                        let message = format!("Cannot be placed: {reason}");
+                        self.c.update_training_job(&job, |j| Ok(j.set_status_message(message.clone(), now()))).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn start(
+        &mut self,
+        name: &str,
+        instances: Vec<trainyard_scheduler::InstancePlacement>,
+    ) -> Result<(), DomainError> {
+        let Some(queued) = self.queue.remove(name) else { return Ok(()) };
+        let placement: Vec<PlacedInstance> = instances
+            .iter()
+            .map(|i| PlacedInstance { instance: i.instance, agent: i.agent.clone(), gpu_uuids: i.gpu_uuids.clone() })
+            .collect();
+        let agents: Vec<&str> = placement.iter().map(|p| p.agent.as_str()).collect();
+        let message = format!("Launching on {}", agents.join(", "));
+        self.c
+            .update_training_job(name, |j| {
+                j.placement = placement.clone();
+                j.transition(SecondaryStatus::Starting, message.clone(), now())?;
+                Ok(true)
+            })
+            .await?;
+        let job = self.c.training_job(name).await?.value;
+        let hosts: Vec<String> = (1..=placement.len()).map(|i| format!("algo-{i}")).collect();
+        let d = &queued.demand;
+        let mut run = Running { attempt: job.attempt, instances: BTreeMap::new() };
+        for p in &placement {
+            let Some(agent) = self.agents.get_mut(&p.agent) else { continue };
+            agent.allocations.insert(
+                (name.to_string(), p.instance),
+                Allocation {
+                    vcpus: d.vcpus,
+                    memory_mib: d.memory_mib,
+                    disk_mib: d.disk_mib,
+                    gpus: p.gpu_uuids.clone(),
+                },
+            );
+            send(
+                agent,
+                Down::Assignment(pb::Assignment {
+                    training_job_name: name.to_string(),
+                    training_job_arn: job.arn.clone(),
+                    instance: p.instance,
+                    hosts: hosts.clone(),
+                    request: Some(job.request.clone().into()),
+                    gpu_uuids: p.gpu_uuids.clone(),
+                    attempt: job.attempt,
+                }),
+            );
+            run.instances.insert(p.instance, (p.agent.clone(), None));
+        }
+        info!(training_job = name, agents = ?agents, waited_ms = now().millis() - queued.queued_at.millis(), "placed");
+        self.running.insert(name.to_string(), run);
+        Ok(())
+    }
+
+    // ----- agents -----
+
+    async fn on_agent(
+        &mut self,
+        session: u64,
+        register: pb::Register,
+        outbound: mpsc::UnboundedSender<pb::CoordinatorMessage>,
+    ) -> Result<(), DomainError> {
+        let id = register.agent_id.clone();
+        let entry = self.agents.entry(id.clone()).or_insert_with(|| AgentEntry {
+            session,
+            outbound: None,
+            inventory: pb::Inventory::default(),
+            capabilities: pb::Capabilities::default(),
+            heartbeat: None,
+            last_seen: tokio::time::Instant::now(),
+            last_seen_millis: now().millis(),
+            lost: false,
+            allocations: BTreeMap::new(),
+        });
+        entry.session = session;
+        entry.outbound = Some(outbound);
+        entry.inventory = register.inventory.unwrap_or_default();
+        entry.capabilities = register.capabilities.unwrap_or_default();
+        entry.last_seen = tokio::time::Instant::now();
+        entry.last_seen_millis = now().millis();
+        entry.lost = false;
+        send(
+            entry,
+            Down::Registered(pb::Registered {
+                heartbeat_interval_ms: self.timing.heartbeat_interval.as_millis() as u32,
+            }),
+        );
+        let gpus: Vec<&str> = entry.inventory.gpus.iter().map(|g| g.name.as_str()).collect();
+        info!(agent = %id, cpus = entry.inventory.cpu_count, memory_mib = entry.inventory.memory_total_mib, gpus = ?gpus, reported = register.instances.len(), "agent registered");
+
+        // What the agent runs vs what we placed on it.
+        let reported: BTreeSet<(String, u32)> =
+            register.instances.iter().map(|u| (u.training_job_name.clone(), u.instance)).collect();
+        let ours: Vec<(String, u32)> = self
+            .running
+            .iter()
+            .flat_map(|(job, r)| r.instances.iter().filter(|(_, (a, _))| *a == id).map(move |(i, _)| (job.clone(), *i)))
+            .collect();
+        for update in register.instances {
+            self.on_update(&id, update).await?;
+        }
+        for (job, instance) in ours {
+            if !reported.contains(&(job.clone(), instance)) {
+                self.instance_lost(&job, instance, &format!("agent {id} restarted and no longer runs it")).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_tick(&mut self) -> Result<(), DomainError> {
+        let now_instant = tokio::time::Instant::now();
+        let lost: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| !a.lost && now_instant.duration_since(a.last_seen) > self.timing.agent_lost_after)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in lost {
+            warn!(agent = %id, after_s = self.timing.agent_lost_after.as_secs(), "agent lost: no heartbeat");
+            let held: Vec<(String, u32)> = match self.agents.get_mut(&id) {
+                Some(a) => {
+                    a.lost = true;
+                    a.outbound = None;
+                    a.allocations.keys().cloned().collect()
+                }
+                None => Vec::new(),
+            };
+            for (job, instance) in held {
+                self.instance_lost(&job, instance, &format!("agent {id} was lost (no heartbeat)")).await?;
+            }
+        }
+        // MaxPendingTimeInSeconds.
+        let expired: Vec<String> = self
+            .queue
+            .iter()
+            .filter(|(_, q)| {
+                q.max_pending.is_some_and(|m| now().millis() - q.queued_at.millis() > m.as_millis() as i64)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in expired {
+            self.queue.remove(&name);
+            let reason =
+                "CapacityError: the job waited longer than StoppingCondition.MaxPendingTimeInSeconds for an agent";
+            self.finish(&name, SecondaryStatus::Failed, "Failed", Some(reason.to_string()), None).await?;
+        }
+        self.schedule().await
+    }
+
+    /// An instance whose agent is gone: retry the job under RetryStrategy, else fail it.
+    async fn instance_lost(&mut self, job: &str, instance: u32, why: &str) -> Result<(), DomainError> {
+        let Some(run) = self.running.remove(job) else { return Ok(()) };
+        for (i, (agent, _)) in &run.instances {
+            if let Some(a) = self.agents.get_mut(agent) {
+                a.allocations.remove(&(job.to_string(), *i));
+                if *i != instance {
+                    send(a, Down::Stop(pb::StopInstance { training_job_name: job.to_string(), instance: *i }));
+                }
+            }
+        }
+        let stored = self.c.training_job(job).await?.value;
+        let retries =
+            stored.request.retry_strategy.as_ref().and_then(|r| r.maximum_retry_attempts).unwrap_or(0).max(0) as u32;
+        if stored.status == TrainingJobStatus::InProgress && stored.attempt <= retries {
+            let message = format!("Retrying (attempt {} of {}): {why}", stored.attempt + 1, retries + 1);
+            info!(training_job = job, %message, "retrying");
+            self.c
+                .update_training_job(job, |j| {
+                    j.attempt += 1;
+                    j.placement.clear();
+                    j.transition(SecondaryStatus::Restarting, message.clone(), now())?;
+                    Ok(true)
+                })
+                .await?;
+            return self.enqueue(job).await;
+        }
+        let (status, reason) = if stored.status == TrainingJobStatus::Stopping {
+            (SecondaryStatus::Stopped, None)
+        } else {
+            (SecondaryStatus::Failed, Some(format!("InternalServerError: {why}")))
+        };
+        self.finish(job, status, why, reason, None).await
+    }
+
+    // ----- instance reports -----
+
+    async fn on_update(&mut self, agent: &str, update: pb::InstanceUpdate) -> Result<(), DomainError> {
+        let job = update.training_job_name.clone();
+        let state = update.state();
+        let known = self.running.get(&job).is_some_and(|r| {
+            r.attempt == update.attempt && r.instances.get(&update.instance).is_some_and(|(a, _)| a == agent)
+        });
+        if !known {
+            // Not ours (any more): the job ended or was retried elsewhere. The agent can drop it.
+            if let Some(a) = self.agents.get(agent) {
+                if !is_final(state) {
+                    send(a, Down::Stop(pb::StopInstance { training_job_name: job.clone(), instance: update.instance }));
+                } else {
+                    send(
+                        a,
+                        Down::Forget(pb::ForgetInstance { training_job_name: job.clone(), instance: update.instance }),
+                    );
+                }
+            }
+            return Ok(());
+        }
+        if !update.metrics.is_empty() {
+            self.record_metrics(&job, &update.metrics).await?;
+        }
+        let secondary = match state {
+            InstanceState::Downloading => Some(SecondaryStatus::Downloading),
+            InstanceState::Training => Some(SecondaryStatus::Training),
+            InstanceState::Uploading => Some(SecondaryStatus::Uploading),
+            _ => None,
+        };
+        if let Some(next) = secondary {
+            let message = update.message.clone();
+            self.c
+                .update_training_job(&job, |j| {
+                    // Progress only moves forward; a multi-instance job shows its furthest instance.
+                    let order = |s: SecondaryStatus| match s {
+                        SecondaryStatus::Downloading => 1,
+                        SecondaryStatus::Training => 2,
+                        SecondaryStatus::Uploading => 3,
+                        _ => 0,
+                    };
+                    if j.status != TrainingJobStatus::InProgress || order(next) <= order(j.secondary_status) {
+                        return Ok(false);
+                    }
+                    j.transition(next, message.clone(), now())?;
+                    Ok(true)
+                })
+                .await?;
+        }
+        if !is_final(state) {
+            return Ok(());
+        }
+        // An instance ended.
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.allocations.remove(&(job.clone(), update.instance));
+        }
+        let run = self.running.get_mut(&job).expect("known above");
+        if let Some(slot) = run.instances.get_mut(&update.instance) {
+            slot.1 = Some(update.clone());
+        }
+        let ended: Vec<&pb::InstanceUpdate> = run.instances.values().filter_map(|(_, u)| u.as_ref()).collect();
+        let failed = ended.iter().find(|u| u.state() == InstanceState::Failed).map(|u| (*u).clone());
+        let all_ended = ended.len() == run.instances.len();
+        if failed.is_none() && !all_ended {
+            return Ok(());
+        }
+        // The job ends: with the first failure, or when every instance has.
+        let others: Vec<(u32, String)> =
+            run.instances.iter().filter(|(_, (_, u))| u.is_none()).map(|(i, (a, _))| (*i, a.clone())).collect();
+        let model = run.instances.get(&1).and_then(|(_, u)| u.as_ref()).and_then(|u| u.model_artifacts.clone());
+        let states: Vec<InstanceState> = ended.iter().map(|u| u.state()).collect();
+        for (i, a) in &others {
+            if let Some(entry) = self.agents.get_mut(a) {
+                entry.allocations.remove(&(job.clone(), *i));
+                send(entry, Down::Stop(pb::StopInstance { training_job_name: job.clone(), instance: *i }));
+            }
+        }
+        let (status, message, reason) = if let Some(f) = failed {
+            let reason = f.failure_reason.clone().unwrap_or_else(|| "AlgorithmError".into());
+            let instance = if run.instances.len() > 1 { format!(" (algo-{})", f.instance) } else { String::new() };
+            (SecondaryStatus::Failed, "Training job failed".to_string(), Some(format!("{reason}{instance}")))
+        } else if states.contains(&InstanceState::MaxRuntimeExceeded) {
+            (
+                SecondaryStatus::MaxRuntimeExceeded,
+                "Training job reached MaxRuntimeInSeconds and was stopped".into(),
+                None,
+            )
+        } else if states.contains(&InstanceState::Stopped) {
+            (SecondaryStatus::Stopped, "Training job stopped".into(), None)
+        } else {
+            (SecondaryStatus::Completed, "Training job completed".into(), None)
+        };
+        let instances: Vec<(u32, String)> = self
+            .running
+            .remove(&job)
+            .map(|r| r.instances.into_iter().map(|(i, (a, _))| (i, a)).collect())
+            .unwrap_or_default();
+        self.finish(&job, status, &message, reason, model).await?;
+        // Stored: the agents may forget the instances that have ended.
+        for (i, a) in instances {
+            if let Some(entry) = self.agents.get(&a) {
+                send(entry, Down::Forget(pb::ForgetInstance { training_job_name: job.clone(), instance: i }));
+            }
+        }
+        Ok(())
+    }
+
+    async fn record_metrics(&mut self, job: &str, samples: &[pb::MetricSample]) -> Result<(), DomainError> {
+        let converted: Vec<MetricSample> = samples
+            .iter()
+            .map(|s| MetricSample {
+                name: s.name.clone(),
+                timestamp: Timestamp::from_millis(s.timestamp_millis),
+                value: s.value,
+            })
+            .collect();
+        self.c.store.append_metrics(job, &converted).await?;
+        let objective = {
+            let stored = self.c.training_job(job).await?.value;
+            stored.tuning_job_name().and_then(|t| self.tuning.get(t)).and_then(|t| t.objective.clone()).map(|(m, _)| m)
+        };
+        self.c
+            .update_training_job(job, |j| {
+                for s in &converted {
+                    let data = api::MetricData {
+                        metric_name: Some(s.name.clone()),
+                        timestamp: Some(s.timestamp),
+                        value: Some(s.value),
+                    };
+                    let existing = j.final_metrics.iter().position(|m| m.metric_name.as_deref() == Some(s.name.as_str()));
+                    match existing {
+                        Some(i) => j.final_metrics[i] = data,
+                        None if j.final_metrics.len() < 40 => j.final_metrics.push(data),
+                        None => {}
+                    }
+                    if objective.as_deref() == Some(s.name.as_str()) {
+                        j.objective_value = Some(s.value);
+                    }
+                }
+                j.last_modified_time = now();
+                Ok(true)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a training job (persisted), frees its slot, and lets its tuning job go on.
+    async fn finish(
+        &mut self,
+        job: &str,
+        status: SecondaryStatus,
+        message: &str,
+        failure_reason: Option<String>,
+        model_artifacts: Option<String>,
+    ) -> Result<(), DomainError> {
+        self.c
+            .update_training_job(job, |j| {
+                if j.status.is_terminal() {
+                    return Ok(false);
+                }
+                if j.status == TrainingJobStatus::Stopping
+                    && status != SecondaryStatus::Failed
+                    && status != SecondaryStatus::Stopped
+                {
+                    // A stop raced with the end: SageMaker reports what happened.
+                }
+                j.failure_reason = failure_reason.clone();
+                j.model_artifacts = model_artifacts.clone().or(j.model_artifacts.take());
+                j.transition(status, message, now())?;
+                Ok(true)
+            })
+            .await?;
+        info!(training_job = job, status = %status, "training job ended");
+        let stored = self.c.training_job(job).await?.value;
+        if let Some(tuning) = stored.tuning_job_name().map(str::to_string) {
+            if let Some(run) = self.tuning.get_mut(&tuning) {
+                run.active.remove(job);
+            }
+            let stopping = self.c.tuning_job(&tuning).await?.value.status == TuningJobStatus::Stopping;
+            if stopping { self.stop_tuning(&tuning).await? } else { self.drive_tuning(&tuning).await? }
+        }
+        Ok(())
+    }
+
+    async fn stop_training(&mut self, name: &str) -> Result<(), DomainError> {
+        if self.queue.remove(name).is_some() || !self.running.contains_key(name) {
+            let job = self.c.training_job(name).await?.value;
+            if job.status == TrainingJobStatus::Stopping {
+                return self
+                    .finish(name, SecondaryStatus::Stopped, "Stopped before an agent started it", None, None)
+                    .await;
+            }
+            return Ok(());
+        }
+        if let Some(run) = self.running.get(name) {
+            for (i, (agent, ended)) in &run.instances {
+                if ended.is_none()
+                    && let Some(a) = self.agents.get(agent)
+                {
+                    send(a, Down::Stop(pb::StopInstance { training_job_name: name.to_string(), instance: *i }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ----- tuning jobs -----
+
+    async fn load_tuning(&mut self, name: &str) -> Result<(), DomainError> {
+        if self.tuning.contains_key(name) {
+            return Ok(());
+        }
+        let job = self.c.tuning_job(name).await?.value;
+        let config = job.request.hyper_parameter_tuning_job_config.clone().unwrap_or_default();
+        let strategy_name = config.strategy.clone().unwrap_or_default();
+        let strategy = Strategy::from_name(&strategy_name);
+        if !matches!(strategy_name.as_str(), "Random" | "Grid") {
+            warn!(tuning_job = name, strategy = %strategy_name, "this strategy is not implemented yet: trials are drawn as Random draws them");
+        }
+        let definition = trials::definition(&job.request, 0).cloned().unwrap_or_default();
+        let space = SearchSpace::from_ranges(&trials::ranges(&job.request, &definition))
+            .map_err(|e| DomainError::Internal(format!("tuning job {name}: {e}")))?;
+        let limits = config.resource_limits.clone().unwrap_or_default();
+        let capacity = strategy.capacity(&space);
+        let max_trials = limits
+            .max_number_of_training_jobs
+            .map(|m| m.max(0) as u64)
+            .or(capacity)
+            .unwrap_or(u64::MAX)
+            .min(capacity.unwrap_or(u64::MAX));
+        let launched = self.c.store.count_trials(name).await?;
+        let active: BTreeSet<String> =
+            self.c.store.active_training_jobs(Some(name)).await?.into_iter().map(|t| t.value.name).collect();
+        // Without a RandomSeed, a seed from the name keeps a restarted job's draws the same.
+        let seed = config.random_seed.map(|s| s as u64).unwrap_or_else(|| {
+            name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+        });
+        self.tuning.insert(
+            name.to_string(),
+            TuningRun {
+                space,
+                strategy,
+                seed,
+                max_trials,
+                max_parallel: limits.max_parallel_training_jobs.unwrap_or(1).max(1) as u64,
+                launched,
+                active,
+                objective: trials::objective(&job.request),
+            },
+        );
+        Ok(())
+    }
+
+    /// Launches trials up to MaxParallelTrainingJobs, and completes the job when all have run.
+    async fn drive_tuning(&mut self, name: &str) -> Result<(), DomainError> {
+        let job = self.c.tuning_job(name).await?.value;
+        if job.status != TuningJobStatus::InProgress {
+            return Ok(());
+        }
+        loop {
+            let Some(run) = self.tuning.get(name) else { return Ok(()) };
+            if run.launched >= run.max_trials || run.active.len() as u64 >= run.max_parallel {
+                break;
+            }
+            let index = run.launched;
+            let Some(tuned) = run.strategy.suggest(&run.space, run.seed, index) else {
+                if let Some(run) = self.tuning.get_mut(name) {
+                    run.max_trials = run.launched;
+                }
+                break;
+            };
+            let definition = trials::definition(&job.request, index).cloned().unwrap_or_default();
+            let trial = trials::name(name, index);
+            let request = trials::request(&job.request, &definition, &trial, &tuned);
+            let origin = TrialOrigin {
+                tuning_job_name: name.to_string(),
+                definition_name: definition.definition_name.clone(),
+                tuned_hyper_parameters: tuned,
+            };
+            let training = TrainingJob::new(request, Some(origin), &self.c.arns, now())?;
+            match self.c.store.create_training_job(&training).await {
+                Ok(_) | Err(trainyard_store::StoreError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(run) = self.tuning.get_mut(name) {
+                run.launched += 1;
+                run.active.insert(trial.clone());
+            }
+            info!(tuning_job = name, trial = %trial, index = index + 1, "trial launched");
+            self.enqueue(&trial).await?;
+        }
+        let Some(run) = self.tuning.get(name) else { return Ok(()) };
+        if run.launched >= run.max_trials && run.active.is_empty() {
+            self.c
+                .update_tuning_job(name, |j| {
+                    if j.status != TuningJobStatus::InProgress {
+                        return Ok(false);
+                    }
+                    j.transition(TuningJobStatus::Completed, now())?;
+                    Ok(true)
+                })
+                .await?;
+            info!(tuning_job = name, trials = run.launched, "tuning job completed");
+            self.tuning.remove(name);
+        }
+        Ok(())
+    }
+
+    async fn stop_tuning(&mut self, name: &str) -> Result<(), DomainError> {
+        let active: Vec<String> = match self.tuning.get(name) {
+            Some(run) => run.active.iter().cloned().collect(),
+            None => self.c.active_trials(name).await?,
+        };
+        for trial in &active {
+            self.c.update_training_job(trial, |j| j.request_stop(now())).await?;
+            Box::pin(self.stop_training(trial)).await?;
+        }
+        let remaining = self.tuning.get(name).map_or(0, |r| r.active.len());
+        if remaining == 0 {
+            let stopped = self
+                .c
+                .update_tuning_job(name, |j| {
+                    if j.status != TuningJobStatus::Stopping {
+                        return Ok(false);
+                    }
+                    j.transition(TuningJobStatus::Stopped, now())?;
+                    Ok(true)
+                })
+                .await?;
+            if stopped {
+                info!(tuning_job = name, "tuning job stopped");
+                self.tuning.remove(name);
+            }
+        }
+        Ok(())
+    }
+
+    fn summaries(&self) -> Vec<pb::AgentSummary> {
+        let capacities: HashMap<String, Capacity> = self.capacities().into_iter().map(|c| (c.id.clone(), c)).collect();
+        self.agents
+            .iter()
+            .map(|(id, a)| {
+                let cap = capacities.get(id);
+                pb::AgentSummary {
+                    agent_id: id.clone(),
+                    state: if a.lost {
+                        "lost".into()
+                    } else if a.outbound.is_some() {
+                        "ready".into()
+                    } else {
+                        "disconnected".into()
+                    },
+                    inventory: Some(a.inventory.clone()),
+                    last_heartbeat: a.heartbeat.clone(),
+                    last_heartbeat_millis: a.last_seen_millis,
+                    vcpus_free: cap.map_or(0, |c| c.vcpus_free),
+                    memory_free_mib: cap.map_or(0, |c| c.memory_free_mib),
+                    gpus_free: cap.map_or(0, |c| c.gpus_free.len() as u32),
+                    running: a.allocations.keys().map(|(j, i)| format!("{j}/algo-{i}")).collect(),
+                    capabilities: Some(a.capabilities.clone()),
+                }
+            })
+            .collect()
+    }
 }

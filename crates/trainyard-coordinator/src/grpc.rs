@@ -101,4 +101,28 @@ impl Training for TrainingService {
         let result = self.0.stop_training_job(request.into_inner().into()).await;
         respond("StopTrainingJob", result.map(|()| pb::StopTrainingJobResponse {}))
     }
+
+    async fn get_training_job_logs(
+        &self,
+        request: Request<pb::GetTrainingJobLogsRequest>,
+    ) -> Result<Response<pb::GetTrainingJobLogsResponse>, Status> {
+        let r = request.into_inner();
+        let result =
+            self.0.read_logs(&r.training_job_name, r.after_sequence, r.max_lines).await.map(|(lines, ended)| {
+                pb::GetTrainingJobLogsResponse {
+                    lines: lines
+                        .into_iter()
+                        .map(|l| pb::LogEntry {
+                            sequence: l.seq,
+                            instance: l.instance,
+                            stream: l.stream,
+                            timestamp_millis: l.timestamp.millis(),
+                            text: l.text,
+                        })
+                        .collect(),
+                    ended,
+                }
+            });
+        respond("GetTrainingJobLogs", result)
+    }
 }

@@ -1,6 +1,7 @@
 //! `trainyard-coordinator`: loads the configuration, opens the store, starts the event loop and
 //! serves the gRPC API until SIGTERM or SIGINT; then stops accepting, drains, and stops the loop.
 
+mod agents;
 mod config;
 mod core;
 mod events;
@@ -14,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tracing::info;
+use trainyard_proto::pb::agents_server::AgentsServer;
 use trainyard_proto::pb::hyper_parameter_tuning_server::HyperParameterTuningServer;
 use trainyard_proto::pb::training_server::TrainingServer;
 
@@ -33,12 +35,19 @@ async fn main() -> anyhow::Result<()> {
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let coordinator = Arc::new(
-        core::Coordinator::start(store, config.catalog.clone(), config.limits.clone(), config.arns.clone(), events_tx)
+        core::Coordinator::start(store, config.catalog.clone(), config.limits.clone(), config.arns.clone(), events_tx.clone())
             .await
             .context("reading the store")?,
     );
     let cancel = CancellationToken::new();
-    let event_loop = tokio::spawn(events::run(coordinator.clone(), events_rx, cancel.clone()));
+    let timing =
+        events::Timing { heartbeat_interval: config.heartbeat_interval, agent_lost_after: config.agent_lost_after };
+    let event_loop = tokio::spawn(events::run(coordinator.clone(), timing, events_rx, cancel.clone()));
+    let agent_service = agents::AgentService {
+        coordinator: coordinator.clone(),
+        events: events_tx.clone(),
+        sessions: std::sync::atomic::AtomicU64::new(0),
+    };
 
     info!(addr = %config.listen, database = %redact(&config.database_url), instance_types = config.catalog.len(), "coordinator listening");
     let shutdown = {
@@ -52,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let served = Server::builder()
         .add_service(HyperParameterTuningServer::new(grpc::TuningService(coordinator.clone())))
         .add_service(TrainingServer::new(grpc::TrainingService(coordinator)))
+        .add_service(AgentsServer::new(agent_service))
         .serve_with_shutdown(config.listen, shutdown)
         .await
         .with_context(|| format!("serving on {}", config.listen));

@@ -186,6 +186,16 @@ pub struct TrialOrigin {
     pub tuned_hyper_parameters: BTreeMap<String, String>,
 }
 
+/// Where one instance of a training job was placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedInstance {
+    /// 1-based: `algo-<instance>`.
+    pub instance: u32,
+    pub agent: String,
+    #[serde(default)]
+    pub gpu_uuids: Vec<String>,
+}
+
 /// A training job as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainingJob {
@@ -206,6 +216,10 @@ pub struct TrainingJob {
     pub objective_value: Option<f64>,
     pub objective_status: Option<ObjectiveStatus>,
     pub model_artifacts: Option<String>,
+    /// Where its instances run (empty while queued).
+    pub placement: Vec<PlacedInstance>,
+    /// 1 for the first run; RetryStrategy runs it again after an infrastructure failure.
+    pub attempt: u32,
 }
 
 /// What SageMaker says while a job waits for capacity.
@@ -243,6 +257,8 @@ impl TrainingJob {
             objective_value: None,
             objective_status,
             model_artifacts: None,
+            placement: Vec::new(),
+            attempt: 1,
         })
     }
 
@@ -292,6 +308,19 @@ impl TrainingJob {
             }
         }
         Ok(())
+    }
+
+    /// Replaces the message of the current transition (why a queued job still waits).
+    pub fn set_status_message(&mut self, message: impl Into<String>, now: Timestamp) -> bool {
+        let message = message.into();
+        match self.transitions.last_mut() {
+            Some(last) if last.message != message => {
+                last.message = message;
+                self.last_modified_time = now;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// StopTrainingJob: `InProgress -> Stopping`. A stopping job stays stopping; an ended job is a

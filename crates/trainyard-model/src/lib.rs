@@ -23,6 +23,7 @@ pub mod names;
 pub mod rules;
 pub mod status;
 pub mod timestamp;
+pub mod trials;
 pub mod validation;
 
 pub use error::DomainError;

@@ -33,6 +33,26 @@ use trainyard_model::listing::{ListQuery, Page};
 
 pub use sql::SqlStore;
 
+/// One line of a training job's output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRecord {
+    /// Position in the job's log, from 1.
+    pub seq: i64,
+    pub instance: u32,
+    /// "stdout" or "stderr".
+    pub stream: String,
+    pub timestamp: trainyard_model::Timestamp,
+    pub text: String,
+}
+
+/// One value a metric regex captured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSample {
+    pub name: String,
+    pub timestamp: trainyard_model::Timestamp,
+    pub value: f64,
+}
+
 /// A record and the version it was read at (for compare-and-set updates).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned<T> {
@@ -108,6 +128,17 @@ pub trait Store: Send + Sync {
 
     /// Trial counts of each named tuning job (jobs without trials are absent).
     async fn trial_counts(&self, tuning_jobs: &[String]) -> Result<HashMap<String, TrialCounts>, StoreError>;
+    /// Appends log lines (their `seq` numbers are the caller's, unique per job).
+    async fn append_logs(&self, training_job: &str, lines: &[LogRecord]) -> Result<(), StoreError>;
+    /// Lines after `after_seq`, in order, at most `limit`.
+    async fn read_logs(&self, training_job: &str, after_seq: i64, limit: u32) -> Result<Vec<LogRecord>, StoreError>;
+    /// The highest `seq` stored for a job (0 when none).
+    async fn last_log_seq(&self, training_job: &str) -> Result<i64, StoreError>;
+    async fn append_metrics(&self, training_job: &str, samples: &[MetricSample]) -> Result<(), StoreError>;
+    async fn read_metrics(&self, training_job: &str) -> Result<Vec<MetricSample>, StoreError>;
+    /// How many trials a tuning job has launched.
+    async fn count_trials(&self, tuning_job: &str) -> Result<u64, StoreError>;
+
     /// The trial with the best final objective value of a tuning job.
     async fn best_trial(&self, tuning_job: &str, maximize: bool) -> Result<Option<TrainingJob>, StoreError>;
 }

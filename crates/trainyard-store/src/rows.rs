@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use trainyard_model::api;
-use trainyard_model::jobs::{TrainingJob, Transition, TrialOrigin, TuningJob};
+use trainyard_model::jobs::{PlacedInstance, TrainingJob, Transition, TrialOrigin, TuningJob};
 use trainyard_model::timestamp::Timestamp;
 
 use crate::{StoreError, Versioned};
@@ -26,6 +26,14 @@ pub(crate) struct TrainingDetails {
     pub final_metrics: Vec<api::MetricData>,
     #[serde(default)]
     pub model_artifacts: Option<String>,
+    #[serde(default)]
+    pub placement: Vec<PlacedInstance>,
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 impl TrainingDetails {
@@ -35,6 +43,8 @@ impl TrainingDetails {
             origin: job.origin.clone(),
             final_metrics: job.final_metrics.clone(),
             model_artifacts: job.model_artifacts.clone(),
+            placement: job.placement.clone(),
+            attempt: job.attempt,
         }
     }
 }
@@ -99,6 +109,8 @@ pub(crate) fn training_job(row: &AnyRow) -> Result<Versioned<TrainingJob>, Store
             objective_value: row.try_get("objective_value")?,
             objective_status: objective_status.map(|s| parse(&name, &s)).transpose()?,
             model_artifacts: details.model_artifacts,
+            placement: details.placement,
+            attempt: details.attempt,
             name,
         },
     })

@@ -14,9 +14,10 @@ use trainyard_model::error::ResourceKind;
 use trainyard_model::jobs::{TrainingJob, TrialCounts, TuningJob};
 use trainyard_model::listing::{Cursor, CursorKey, ListQuery, Page, SortKey, SortOrder};
 use trainyard_model::status::{ObjectiveStatus, TrainingJobStatus};
+use trainyard_model::timestamp::Timestamp;
 
 use crate::rows::{self, TRAINING_COLUMNS, TUNING_COLUMNS, TrainingDetails};
-use crate::{Backend, Store, StoreError, Versioned};
+use crate::{Backend, LogRecord, MetricSample, Store, StoreError, Versioned};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -44,6 +45,18 @@ impl Statement {
     fn bind(&mut self, arg: Arg) -> String {
         self.args.push(arg);
         format!("${}", self.args.len())
+    }
+
+    async fn execute(self, pool: &AnyPool, sql: String) -> Result<(), sqlx::Error> {
+        let mut query = sqlx::query(audited(sql));
+        for arg in self.args {
+            query = match arg {
+                Arg::Text(s) => query.bind(s),
+                Arg::Int(i) => query.bind(i),
+                Arg::Float(f) => query.bind(f),
+            };
+        }
+        query.execute(pool).await.map(|_| ())
     }
 
     async fn fetch_all(self, pool: &AnyPool, sql: String) -> Result<Vec<AnyRow>, sqlx::Error> {
@@ -426,6 +439,116 @@ impl Store for SqlStore {
             }
         }
         Ok(counts)
+    }
+
+    async fn append_logs(&self, training_job: &str, lines: &[LogRecord]) -> Result<(), StoreError> {
+        // Multi-row inserts in chunks keep a busy job's log to a few statements per second.
+        for chunk in lines.chunks(100) {
+            let mut st = Statement::default();
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|l| {
+                    format!(
+                        "({}, {}, {}, {}, {}, {})",
+                        st.bind(Arg::Text(training_job.to_string())),
+                        st.bind(Arg::Int(l.seq)),
+                        st.bind(Arg::Int(i64::from(l.instance))),
+                        st.bind(Arg::Text(l.stream.clone())),
+                        st.bind(Arg::Int(l.timestamp.millis())),
+                        st.bind(Arg::Text(l.text.clone())),
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO training_job_logs (training_job_name, seq, instance, stream, timestamp, text) VALUES {} \
+                 ON CONFLICT DO NOTHING",
+                rows.join(", ")
+            );
+            st.execute(&self.pool, sql).await?;
+        }
+        Ok(())
+    }
+
+    async fn read_logs(&self, training_job: &str, after_seq: i64, limit: u32) -> Result<Vec<LogRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, instance, stream, timestamp, text FROM training_job_logs \
+             WHERE training_job_name = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(training_job)
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LogRecord {
+                    seq: r.try_get("seq")?,
+                    instance: u32::try_from(r.try_get::<i64, _>("instance")?).unwrap_or_default(),
+                    stream: r.try_get("stream")?,
+                    timestamp: Timestamp::from_millis(r.try_get("timestamp")?),
+                    text: r.try_get("text")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn last_log_seq(&self, training_job: &str) -> Result<i64, StoreError> {
+        let n: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM training_job_logs WHERE training_job_name = $1")
+            .bind(training_job)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    async fn append_metrics(&self, training_job: &str, samples: &[MetricSample]) -> Result<(), StoreError> {
+        for chunk in samples.chunks(100) {
+            let mut st = Statement::default();
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|m| {
+                    format!(
+                        "({}, {}, {}, {})",
+                        st.bind(Arg::Text(training_job.to_string())),
+                        st.bind(Arg::Text(m.name.clone())),
+                        st.bind(Arg::Int(m.timestamp.millis())),
+                        st.bind(Arg::Float(m.value)),
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO metric_samples (training_job_name, metric_name, timestamp, value) VALUES {}",
+                rows.join(", ")
+            );
+            st.execute(&self.pool, sql).await?;
+        }
+        Ok(())
+    }
+
+    async fn read_metrics(&self, training_job: &str) -> Result<Vec<MetricSample>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT metric_name, timestamp, value FROM metric_samples WHERE training_job_name = $1 \
+             ORDER BY timestamp, metric_name",
+        )
+        .bind(training_job)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(MetricSample {
+                    name: r.try_get("metric_name")?,
+                    timestamp: Timestamp::from_millis(r.try_get("timestamp")?),
+                    value: r.try_get("value")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn count_trials(&self, tuning_job: &str) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM training_jobs WHERE tuning_job_name = $1")
+            .bind(tuning_job)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or_default())
     }
 
     async fn best_trial(&self, tuning_job: &str, maximize: bool) -> Result<Option<TrainingJob>, StoreError> {

@@ -31,6 +31,7 @@ cases!(
     pagination_stays_correct_while_jobs_arrive,
     trials_are_counted_and_ranked,
     active_jobs_are_found_for_reconciliation,
+    logs_and_metrics_append_and_read_in_order,
 );
 
 #[tokio::test]
@@ -333,4 +334,43 @@ async fn active_jobs_are_found_for_reconciliation(store: Arc<dyn Store>) {
     assert_eq!(names(all), ["t-running", "running-001-00000001"]);
     let of_running = store.active_training_jobs(Some("running")).await.expect("active");
     assert_eq!(names(of_running), ["running-001-00000001"]);
+}
+
+async fn logs_and_metrics_append_and_read_in_order(store: Arc<dyn Store>) {
+    use trainyard_store::{LogRecord, MetricSample};
+    let lines: Vec<LogRecord> = (1..=250)
+        .map(|seq| LogRecord {
+            seq,
+            instance: 1,
+            stream: if seq % 2 == 0 { "stderr".into() } else { "stdout".into() },
+            timestamp: Timestamp::from_millis(seq),
+            text: format!("line {seq} with 'quotes' and ünïcode"),
+        })
+        .collect();
+    store.append_logs("job", &lines[..120]).await.expect("append");
+    store.append_logs("job", &lines[100..]).await.expect("append with overlap is idempotent");
+    assert_eq!(store.last_log_seq("job").await.expect("last"), 250);
+    assert_eq!(store.last_log_seq("other").await.expect("last"), 0);
+    let first = store.read_logs("job", 0, 100).await.expect("read");
+    assert_eq!(first.len(), 100);
+    assert_eq!(first[0], lines[0]);
+    let rest = store.read_logs("job", 240, 100).await.expect("read");
+    assert_eq!(rest.iter().map(|l| l.seq).collect::<Vec<_>>(), (241..=250).collect::<Vec<_>>());
+
+    let samples = vec![
+        MetricSample { name: "loss".into(), timestamp: Timestamp::from_millis(2), value: 0.5 },
+        MetricSample { name: "loss".into(), timestamp: Timestamp::from_millis(1), value: 0.9 },
+    ];
+    store.append_metrics("job", &samples).await.expect("append");
+    let read = store.read_metrics("job").await.expect("read");
+    assert_eq!(read.iter().map(|m| m.value).collect::<Vec<_>>(), [0.9, 0.5], "ordered by time");
+
+    store.create_tuning_job(&tuning("counted", 1)).await.expect("create");
+    for i in 1..=3 {
+        store
+            .create_training_job(&training(&format!("counted-00{i}-0000000{i}"), i, Some("counted")))
+            .await
+            .expect("trial");
+    }
+    assert_eq!(store.count_trials("counted").await.expect("count"), 3);
 }

@@ -66,12 +66,12 @@ fn grid_point(space: &SearchSpace, index: u64) -> Option<BTreeMap<String, String
         return None;
     }
     let mut rest = index;
-    let mut digits = vec![0u64; sizes.len()];
-    for (d, size) in digits.iter_mut().zip(&sizes).rev() {
+    let mut blobs = vec![0u64; sizes.len()];
+    for (d, size) in blobs.iter_mut().zip(&sizes).rev() {
         *d = rest % size;
         rest /= size;
     }
-    let point: Vec<f64> = digits.iter().zip(&sizes).map(|(&d, &n)| (d as f64 + 0.5) / n as f64).collect();
+    let point: Vec<f64> = blobs.iter().zip(&sizes).map(|(&d, &n)| (d as f64 + 0.5) / n as f64).collect();
     Some(space.at(&point))
 }
 

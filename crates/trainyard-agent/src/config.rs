@@ -1,0 +1,108 @@
+//! Agent configuration: a TOML file, overridden by environment variables, overridden by flags.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(name = "trainyard-agent", version, about = "Trainyard agent: runs training jobs on this host")]
+pub struct Flags {
+    /// TOML configuration file.
+    #[arg(long, env = "TRAINYARD_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Coordinator address (http://HOST:PORT or HOST:PORT).
+    #[arg(long, env = "TRAINYARD_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// This agent's id (default: the host name).
+    #[arg(long, env = "TRAINYARD_AGENT_ID")]
+    pub id: Option<String>,
+    /// Where instances' work dirs live.
+    #[arg(long, env = "TRAINYARD_WORK_ROOT")]
+    pub work_root: Option<PathBuf>,
+    /// Path of libnvidia-ml.so (default: the system's).
+    #[arg(long, env = "TRAINYARD_NVML_LIBRARY")]
+    pub nvml_library: Option<PathBuf>,
+    /// Seconds between SIGTERM and SIGKILL when a job is stopped.
+    #[arg(long, env = "TRAINYARD_STOP_GRACE_SECONDS")]
+    pub stop_grace_seconds: Option<u64>,
+    /// vCPUs to offer instead of the host's count (to oversubscribe a development machine).
+    #[arg(long)]
+    pub advertise_vcpus: Option<u32>,
+    /// Memory to offer instead of the host's, in MiB.
+    #[arg(long)]
+    pub advertise_memory_mib: Option<u64>,
+    /// A bucket served from a local directory: NAME=DIR (repeatable).
+    #[arg(long = "bucket", value_parser = parse_bucket)]
+    pub buckets: Vec<(String, PathBuf)>,
+    /// Log format: human or json.
+    #[arg(long, env = "TRAINYARD_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+fn parse_bucket(raw: &str) -> Result<(String, PathBuf), String> {
+    let (name, dir) = raw.split_once('=').ok_or_else(|| format!("'{raw}' is not NAME=DIR"))?;
+    Ok((name.to_string(), PathBuf::from(dir)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    coordinator: Option<String>,
+    id: Option<String>,
+    work_root: Option<PathBuf>,
+    nvml_library: Option<PathBuf>,
+    stop_grace_seconds: Option<u64>,
+    advertise_vcpus: Option<u32>,
+    advertise_memory_mib: Option<u64>,
+    log_format: Option<String>,
+    /// `s3://NAME/...` resolves to this directory.
+    #[serde(default)]
+    buckets: BTreeMap<String, PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub coordinator: String,
+    pub id: String,
+    pub work_root: PathBuf,
+    pub nvml_library: Option<PathBuf>,
+    pub stop_grace: Duration,
+    pub advertise_vcpus: Option<u32>,
+    pub advertise_memory_mib: Option<u64>,
+    pub buckets: BTreeMap<String, PathBuf>,
+    pub json_logs: bool,
+}
+
+impl Config {
+    pub fn load(flags: Flags) -> anyhow::Result<Config> {
+        let file = match &flags.config {
+            Some(path) => read(path)?,
+            None => FileConfig::default(),
+        };
+        let mut buckets = file.buckets;
+        buckets.extend(flags.buckets);
+        let id =
+            flags.id.or(file.id).or_else(|| sysinfo::System::host_name().ok()).unwrap_or_else(|| "agent".to_string());
+        let coordinator = flags.coordinator.or(file.coordinator).unwrap_or_else(|| "127.0.0.1:50051".into());
+        Ok(Config {
+            coordinator: if coordinator.contains("://") { coordinator } else { format!("http://{coordinator}") },
+            id,
+            work_root: flags.work_root.or(file.work_root).unwrap_or_else(|| PathBuf::from(".trainyard/agent")),
+            nvml_library: flags.nvml_library.or(file.nvml_library),
+            stop_grace: Duration::from_secs(flags.stop_grace_seconds.or(file.stop_grace_seconds).unwrap_or(120)),
+            advertise_vcpus: flags.advertise_vcpus.or(file.advertise_vcpus),
+            advertise_memory_mib: flags.advertise_memory_mib.or(file.advertise_memory_mib),
+            buckets,
+            json_logs: flags.log_format.or(file.log_format).as_deref() == Some("json"),
+        })
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}

@@ -1,0 +1,94 @@
+//! GPU inventory through NVML (nvml-wrapper). No library, or a library that fails, means zero GPUs
+//! and a note saying why: never a crash.
+
+use std::path::Path;
+
+use nvml_wrapper::Nvml;
+use trainyard_proto::pb;
+
+pub struct GpuInventory {
+    pub gpus: Vec<pb::Gpu>,
+    pub driver_version: String,
+    pub cuda_version: String,
+    /// Why there are no GPUs (empty when there are some).
+    pub note: String,
+}
+
+/// Opens NVML once; keep the handle to read live utilisation for heartbeats.
+pub struct Gpus {
+    nvml: Option<Nvml>,
+    note: String,
+}
+
+impl Gpus {
+    pub fn open(library: Option<&Path>) -> Gpus {
+        let mut builder = Nvml::builder();
+        if let Some(path) = library {
+            builder.lib_path(path.as_os_str());
+        }
+        match builder.init() {
+            Ok(nvml) => Gpus { nvml: Some(nvml), note: String::new() },
+            Err(e) => {
+                let place = library.map_or("the system library".to_string(), |p| p.display().to_string());
+                Gpus { nvml: None, note: format!("NVML unavailable ({place}): {e}; reporting no GPUs") }
+            }
+        }
+    }
+
+    pub fn note(&self) -> &str {
+        &self.note
+    }
+
+    /// Every GPU NVML reports. A device that cannot be read is skipped with a note; a missing
+    /// optional reading (utilisation) is reported as 0.
+    pub fn inventory(&self) -> GpuInventory {
+        let Some(nvml) = &self.nvml else {
+            return GpuInventory {
+                gpus: Vec::new(),
+                driver_version: String::new(),
+                cuda_version: String::new(),
+                note: self.note.clone(),
+            };
+        };
+        let mut notes = Vec::new();
+        let count = nvml.device_count().unwrap_or_else(|e| {
+            notes.push(format!("cannot count devices: {e}"));
+            0
+        });
+        let mut gpus = Vec::new();
+        for index in 0..count {
+            let device = match nvml.device_by_index(index) {
+                Ok(d) => d,
+                Err(e) => {
+                    notes.push(format!("GPU {index}: {e}"));
+                    continue;
+                }
+            };
+            let (uuid, name) = match (device.uuid(), device.name()) {
+                (Ok(u), Ok(n)) => (u, n),
+                (Err(e), _) | (_, Err(e)) => {
+                    notes.push(format!("GPU {index}: {e}"));
+                    continue;
+                }
+            };
+            let memory = device.memory_info().ok();
+            let utilization = device.utilization_rates().map(|u| u.gpu).unwrap_or(0);
+            gpus.push(pb::Gpu {
+                index,
+                uuid,
+                name,
+                memory_total_mib: memory.as_ref().map_or(0, |m| m.total / (1024 * 1024)),
+                memory_used_mib: memory.as_ref().map_or(0, |m| m.used / (1024 * 1024)),
+                utilization_percent: utilization,
+            });
+        }
+        let cuda_version =
+            nvml.sys_cuda_driver_version().map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10)).unwrap_or_default();
+        GpuInventory {
+            gpus,
+            driver_version: nvml.sys_driver_version().unwrap_or_default(),
+            cuda_version,
+            note: notes.join("; "),
+        }
+    }
+}

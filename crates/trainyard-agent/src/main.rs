@@ -1,0 +1,270 @@
+//! `trainyard-agent`: reports this host to the coordinator over one bidirectional stream and runs
+//! the instances it is assigned. It reconnects with backoff; running instances go on while the
+//! coordinator is away, and every (re)registration lists them with their latest state, so nothing
+//! that happened meanwhile is lost. An instance's final state is re-sent until the coordinator says
+//! it has stored it (`ForgetInstance`).
+
+mod config;
+mod gpu;
+mod inventory;
+mod runner;
+mod storage;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use trainyard_proto::pb::agent_message::Body as Up;
+use trainyard_proto::pb::agents_client::AgentsClient;
+use trainyard_proto::pb::coordinator_message::Body as Down;
+use trainyard_proto::pb::{self, InstanceState};
+
+use crate::config::{Config, Flags};
+use crate::inventory::Host;
+use crate::runner::{InstanceSpec, Report, Settings, StopReason};
+
+type Key = (String, u32);
+
+/// What the agent knows about each instance it was given.
+struct Instance {
+    latest: pb::InstanceUpdate,
+    stop: watch::Sender<Option<StopReason>>,
+}
+
+struct Agent {
+    config: Config,
+    settings: Arc<Settings>,
+    host: Mutex<Host>,
+    instances: Mutex<BTreeMap<Key, Instance>>,
+    /// The stream of the current connection, if any.
+    outbound: Mutex<Option<mpsc::UnboundedSender<pb::AgentMessage>>>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::load(Flags::parse())?;
+    init_tracing(config.json_logs);
+    std::fs::create_dir_all(&config.work_root)
+        .with_context(|| format!("creating the work root {}", config.work_root.display()))?;
+    let host = Host::open(
+        &config.work_root,
+        config.nvml_library.as_deref(),
+        config.advertise_vcpus,
+        config.advertise_memory_mib,
+    )?;
+    if !host.gpus.note().is_empty() {
+        info!(note = host.gpus.note(), "no GPUs");
+    }
+    let vcpus =
+        config.advertise_vcpus.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let settings = Arc::new(Settings {
+        work_root: config.work_root.clone(),
+        buckets: storage::Buckets(config.buckets.clone()),
+        stop_grace: config.stop_grace,
+        vcpus,
+    });
+    let agent = Arc::new(Agent {
+        config,
+        settings,
+        host: Mutex::new(host),
+        instances: Mutex::new(BTreeMap::new()),
+        outbound: Mutex::new(None),
+    });
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            cancel.cancel();
+        });
+    }
+    let mut backoff = Duration::from_millis(100);
+    while !cancel.is_cancelled() {
+        match session(&agent, &cancel).await {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "coordinator unreachable or stream ended; instances keep running");
+            }
+        }
+        *agent.outbound.lock().await = None;
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    // Shutdown: stop taking work, stop what runs (it still uploads), and wait for it to end.
+    info!("shutting down: stopping running instances");
+    let stops: Vec<_> = agent.instances.lock().await.values().map(|i| i.stop.clone()).collect();
+    for stop in stops {
+        let _ = stop.send(Some(StopReason::Requested));
+    }
+    let deadline = tokio::time::Instant::now() + agent.config.stop_grace + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline && agent.instances.lock().await.values().any(|i| !is_final(&i.latest))
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    info!("agent stopped");
+    Ok(())
+}
+
+fn is_final(u: &pb::InstanceUpdate) -> bool {
+    matches!(
+        u.state(),
+        InstanceState::Completed | InstanceState::Failed | InstanceState::Stopped | InstanceState::MaxRuntimeExceeded
+    )
+}
+
+/// One connection: register, then serve until the stream ends.
+async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> anyhow::Result<()> {
+    let mut client = AgentsClient::connect(agent.config.coordinator.clone()).await.context("connecting")?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let inventory = agent.host.lock().await.inventory();
+    let instances: Vec<pb::InstanceUpdate> = agent.instances.lock().await.values().map(|i| i.latest.clone()).collect();
+    tx.send(pb::AgentMessage {
+        body: Some(Up::Register(pb::Register {
+            agent_id: agent.config.id.clone(),
+            inventory: Some(inventory),
+            capabilities: Some(pb::Capabilities {
+                network_isolation: false,
+                network_isolation_note: "network isolation is not implemented by this agent yet".into(),
+            }),
+            instances,
+        })),
+    })?;
+    let mut inbound =
+        client.session(UnboundedReceiverStream::new(rx)).await.context("opening the stream")?.into_inner();
+    *agent.outbound.lock().await = Some(tx.clone());
+    info!(coordinator = %agent.config.coordinator, id = %agent.config.id, "connected");
+
+    let mut heartbeat_every = Duration::from_secs(2);
+    let mut ticker = tokio::time::interval(heartbeat_every);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = ticker.tick() => {
+                let beat = agent.host.lock().await.heartbeat();
+                tx.send(pb::AgentMessage { body: Some(Up::Heartbeat(beat)) })?;
+            }
+            message = inbound.message() => {
+                let Some(message) = message.context("reading from the coordinator")? else {
+                    anyhow::bail!("the coordinator closed the stream");
+                };
+                match message.body {
+                    Some(Down::Registered(r)) => {
+                        if r.heartbeat_interval_ms > 0 && Duration::from_millis(r.heartbeat_interval_ms.into()) != heartbeat_every {
+                            heartbeat_every = Duration::from_millis(r.heartbeat_interval_ms.into());
+                            ticker = tokio::time::interval(heartbeat_every);
+                        }
+                    }
+                    Some(Down::Assignment(a)) => start_instance(agent, a).await,
+                    Some(Down::Stop(s)) => {
+                        if let Some(i) = agent.instances.lock().await.get(&(s.training_job_name.clone(), s.instance)) {
+                            let _ = i.stop.send(Some(StopReason::Requested));
+                        }
+                    }
+                    Some(Down::Forget(f)) => {
+                        agent.instances.lock().await.remove(&(f.training_job_name, f.instance));
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+/// Records a report and forwards it on the current connection, if there is one.
+async fn report(agent: &Arc<Agent>, report: Report) {
+    let message = match report {
+        Report::Update(update) => {
+            let key = (update.training_job_name.clone(), update.instance);
+            if let Some(i) = agent.instances.lock().await.get_mut(&key) {
+                // Metric samples travel once; the latest state without them is what re-registration repeats.
+                i.latest = pb::InstanceUpdate { metrics: Vec::new(), ..update.clone() };
+            }
+            pb::AgentMessage { body: Some(Up::Update(update)) }
+        }
+        Report::Logs(batch) => pb::AgentMessage { body: Some(Up::Logs(batch)) },
+    };
+    if let Some(tx) = agent.outbound.lock().await.as_ref() {
+        let _ = tx.send(message);
+    }
+}
+
+async fn start_instance(agent: &Arc<Agent>, a: pb::Assignment) {
+    let key = (a.training_job_name.clone(), a.instance);
+    let (stop_tx, stop_rx) = watch::channel(None);
+    {
+        let mut instances = agent.instances.lock().await;
+        if instances.contains_key(&key) {
+            return; // a repeated assignment (after a reconnect): it runs already
+        }
+        instances.insert(
+            key.clone(),
+            Instance {
+                latest: pb::InstanceUpdate {
+                    training_job_name: a.training_job_name.clone(),
+                    instance: a.instance,
+                    state: InstanceState::Downloading as i32,
+                    attempt: a.attempt,
+                    at_millis: runner::now_millis(),
+                    ..Default::default()
+                },
+                stop: stop_tx,
+            },
+        );
+    }
+    let spec = InstanceSpec {
+        job: a.training_job_name,
+        arn: a.training_job_arn,
+        instance: a.instance,
+        attempt: a.attempt,
+        hosts: a.hosts,
+        request: a.request.map(Into::into).unwrap_or_default(),
+        gpu_uuids: a.gpu_uuids,
+    };
+    info!(job = %spec.job, instance = spec.instance, gpus = ?spec.gpu_uuids, "starting instance");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let forwarder = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                report(&agent, r).await;
+            }
+        })
+    };
+    let settings = agent.settings.clone();
+    tokio::spawn(async move {
+        runner::run(spec, &settings, tx, stop_rx).await;
+        let _ = forwarder.await;
+    });
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if json { builder.json().init() } else { builder.init() }
+}

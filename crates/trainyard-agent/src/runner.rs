@@ -1,0 +1,581 @@
+//! Runs one training-job instance with SageMaker's container contract, so that training code written
+//! for SageMaker runs unchanged:
+//!
+//! * a work dir laid out like `/opt/ml`: `input/config/{hyperparameters,resourceconfig,
+//!   inputdataconfig}.json`, `input/data/<channel>/`, `model/`, `output/{data,failure}`,
+//!   `checkpoints/`;
+//! * the `SM_*` variables of the SageMaker training toolkit, `TRAINING_JOB_NAME`/`ARN`,
+//!   `SAGEMAKER_BASE_DIR`, `CUDA_VISIBLE_DEVICES` and the job's `Environment`;
+//! * `<TrainingImage> train` as the command, in its own process group;
+//! * stop = SIGTERM to the group, a grace period, then SIGKILL; `MaxRuntimeInSeconds` does the same
+//!   and ends the job `MaxRuntimeExceeded`; what the job saved is uploaded either way;
+//! * exit 0 = Completed; otherwise Failed with the first 1,024 characters of `output/failure`, or the
+//!   last lines of stderr.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use regex::Regex;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+use trainyard_proto::model::api;
+use trainyard_proto::pb::{self, InstanceState};
+
+use crate::storage::{self, Buckets};
+
+/// Everything an instance needs to run, from its assignment.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub job: String,
+    pub arn: String,
+    pub instance: u32,
+    pub attempt: u32,
+    pub hosts: Vec<String>,
+    pub request: api::CreateTrainingJobRequest,
+    pub gpu_uuids: Vec<String>,
+}
+
+/// What the runner reports, in order.
+#[derive(Debug)]
+pub enum Report {
+    Update(pb::InstanceUpdate),
+    Logs(pb::LogBatch),
+}
+
+/// Why an instance is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Requested,
+}
+
+pub struct Settings {
+    pub work_root: PathBuf,
+    pub buckets: Buckets,
+    pub stop_grace: Duration,
+    pub vcpus: u32,
+}
+
+pub fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+}
+
+/// The SageMaker default when a job gives no MaxRuntimeInSeconds: one day.
+const DEFAULT_MAX_RUNTIME: u64 = 86_400;
+/// Stderr lines kept for a FailureReason when the job writes no `output/failure`.
+const STDERR_TAIL: usize = 10;
+const LOG_BATCH: usize = 200;
+
+struct Reporter<'a> {
+    spec: &'a InstanceSpec,
+    tx: &'a mpsc::UnboundedSender<Report>,
+}
+
+impl Reporter<'_> {
+    fn update(&self, state: InstanceState, message: &str, metrics: Vec<pb::MetricSample>) {
+        let _ = self.tx.send(Report::Update(pb::InstanceUpdate {
+            training_job_name: self.spec.job.clone(),
+            instance: self.spec.instance,
+            state: state as i32,
+            message: message.to_string(),
+            at_millis: now_millis(),
+            metrics,
+            attempt: self.spec.attempt,
+            ..Default::default()
+        }));
+    }
+}
+
+/// Runs the instance to its end and returns its final update (also sent through `tx`).
+pub async fn run(
+    spec: InstanceSpec,
+    settings: &Settings,
+    tx: mpsc::UnboundedSender<Report>,
+    mut stop: watch::Receiver<Option<StopReason>>,
+) -> pb::InstanceUpdate {
+    let reporter = Reporter { spec: &spec, tx: &tx };
+    let host = format!("algo-{}", spec.instance);
+    let dir = settings.work_root.join("jobs").join(&spec.job).join(&host);
+    reporter.update(InstanceState::Downloading, "Downloading input data", Vec::new());
+
+    let outcome = match prepare(&spec, settings, &dir) {
+        Err(reason) => Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
+        Ok(prepared) => {
+            let pipes = std::sync::Arc::new(prepared.pipes);
+            for i in 0..pipes.len() {
+                let pipes = pipes.clone();
+                std::thread::spawn(move || {
+                    if let Err(e) = feed_pipe(&pipes[i]) {
+                        warn!(fifo = %pipes[i].fifo.display(), error = %e, "pipe channel ended early");
+                    }
+                });
+            }
+            let outcome = execute(&spec, settings, &dir, prepared.env, &reporter, &mut stop).await;
+            pipes.iter().for_each(release_pipe);
+            outcome
+        }
+    };
+
+    // Upload what the job saved, whatever the outcome (a stopped job keeps its model).
+    let mut model_artifacts = None;
+    let mut failure = outcome.failure.clone();
+    let mut state = outcome.state;
+    if dir.join("model").exists() && spec.instance == 1 {
+        reporter.update(InstanceState::Uploading, "Uploading generated training model", Vec::new());
+        match upload(&spec, settings, &dir) {
+            Ok(uri) => model_artifacts = Some(uri),
+            Err(reason) => {
+                if state == InstanceState::Completed {
+                    state = InstanceState::Failed;
+                    failure = Some(reason);
+                } else {
+                    warn!(job = %spec.job, %reason, "upload after an unsuccessful run failed");
+                }
+            }
+        }
+    }
+    let final_update = pb::InstanceUpdate {
+        training_job_name: spec.job.clone(),
+        instance: spec.instance,
+        state: state as i32,
+        message: final_message(state).to_string(),
+        at_millis: now_millis(),
+        failure_reason: failure,
+        model_artifacts,
+        exit_code: outcome.exit_code,
+        metrics: Vec::new(),
+        attempt: spec.attempt,
+    };
+    let _ = tx.send(Report::Update(final_update.clone()));
+    info!(job = %spec.job, instance = spec.instance, state = ?state, "instance ended");
+    final_update
+}
+
+fn final_message(state: InstanceState) -> &'static str {
+    match state {
+        InstanceState::Completed => "Training job completed",
+        InstanceState::Failed => "Training job failed",
+        InstanceState::Stopped => "Training job stopped",
+        InstanceState::MaxRuntimeExceeded => "Training job stopped: MaxRuntimeInSeconds exceeded",
+        _ => "",
+    }
+}
+
+struct Outcome {
+    state: InstanceState,
+    failure: Option<String>,
+    exit_code: Option<i32>,
+}
+
+/// A Pipe-mode channel: a FIFO the job reads, fed from the staged files.
+struct Pipe {
+    fifo: PathBuf,
+    staged: PathBuf,
+    gzip: bool,
+}
+
+struct Prepared {
+    env: BTreeMap<String, String>,
+    pipes: Vec<Pipe>,
+}
+
+/// Lays out the work dir, writes the config files, stages the channels. Returns the environment.
+fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result<Prepared, String> {
+    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| io("clearing the work dir", e))?;
+    }
+    for sub in ["input/config", "input/data", "model", "output/data", "output/intermediate", "checkpoints"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| io("creating the work dir", e))?;
+    }
+    let r = &spec.request;
+    let hyperparameters = r.hyper_parameters.clone().unwrap_or_default();
+    let mut hosts = spec.hosts.clone();
+    hosts.sort();
+    let host = format!("algo-{}", spec.instance);
+    let instance_type = r.resource_config.as_ref().and_then(|c| c.instance_type.clone()).unwrap_or_default();
+    let resource_config = json!({
+        "current_host": host,
+        "current_instance_type": instance_type,
+        "current_group_name": "homogeneousCluster",
+        "hosts": hosts,
+        "instance_groups": [{"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": hosts}],
+        "network_interface_name": "eth0",
+    });
+    let channels = r.input_data_config.clone().unwrap_or_default();
+    let default_mode =
+        r.algorithm_specification.as_ref().and_then(|a| a.training_input_mode.clone()).unwrap_or("File".into());
+    let mut input_config = serde_json::Map::new();
+    for c in &channels {
+        let name = c.channel_name.clone().unwrap_or_default();
+        let s3 = c.data_source.as_ref().and_then(|d| d.s3_data_source.as_ref());
+        input_config.insert(
+            name,
+            json!({
+                "ContentType": c.content_type,
+                "TrainingInputMode": c.input_mode.clone().unwrap_or(default_mode.clone()),
+                "S3DistributionType": s3.and_then(|s| s.s3_data_distribution_type.clone()).unwrap_or("FullyReplicated".into()),
+                "RecordWrapperType": c.record_wrapper_type.clone().unwrap_or("None".into()),
+            }),
+        );
+    }
+    let write = |name: &str, value: &Value| {
+        std::fs::write(dir.join("input/config").join(name), serde_json::to_vec_pretty(value).unwrap_or_default())
+            .map_err(|e| io(name, e))
+    };
+    write("hyperparameters.json", &json!(hyperparameters))?;
+    write("resourceconfig.json", &resource_config)?;
+    write("inputdataconfig.json", &Value::Object(input_config.clone()))?;
+
+    // Channels are staged before the job starts, so an isolated job needs no network.
+    let mut pipes = Vec::new();
+    for c in &channels {
+        let name = c.channel_name.clone().unwrap_or_default();
+        let Some(uri) = c.data_source.as_ref().and_then(|d| d.s3_data_source.as_ref()).and_then(|s| s.s3_uri.clone())
+        else {
+            continue;
+        };
+        let source = settings.buckets.resolve(&uri).map_err(|e| format!("channel {name}: {e}"))?;
+        let mode = c.input_mode.clone().unwrap_or(default_mode.clone());
+        let dest = if mode == "Pipe" {
+            dir.join("input/data").join(format!(".{name}-staged"))
+        } else {
+            dir.join("input/data").join(&name)
+        };
+        let files = storage::stage(&source, &dest).map_err(|e| format!("channel {name}: staging {uri}: {e}"))?;
+        if files == 0 {
+            return Err(format!("channel {name}: no data found at {uri}"));
+        }
+        if mode == "Pipe" {
+            // SageMaker's Pipe mode: the job reads `<channel>_0`, a FIFO.
+            let fifo = dir.join("input/data").join(format!("{name}_0"));
+            make_fifo(&fifo).map_err(|e| format!("channel {name}: creating {}: {e}", fifo.display()))?;
+            pipes.push(Pipe { fifo, staged: dest, gzip: c.compression_type.as_deref() == Some("Gzip") });
+        }
+    }
+    // Checkpoints of an earlier run are restored, as SageMaker restores them into a new job.
+    if let Some(uri) = r.checkpoint_config.as_ref().and_then(|c| c.s3_uri.clone()) {
+        let source = settings.buckets.resolve(&uri).map_err(|e| format!("CheckpointConfig: {e}"))?;
+        if source.is_dir() {
+            storage::copy_tree(&source, &dir.join("checkpoints")).map_err(|e| format!("restoring checkpoints: {e}"))?;
+        }
+    }
+
+    let mut env = BTreeMap::new();
+    let path = |sub: &str| dir.join(sub).display().to_string();
+    let names: Vec<String> = channels.iter().filter_map(|c| c.channel_name.clone()).collect();
+    env.insert("SAGEMAKER_BASE_DIR".into(), dir.display().to_string());
+    env.insert("TRAINING_JOB_NAME".into(), spec.job.clone());
+    env.insert("TRAINING_JOB_ARN".into(), spec.arn.clone());
+    env.insert("SM_MODEL_DIR".into(), path("model"));
+    env.insert("SM_INPUT_DIR".into(), path("input"));
+    env.insert("SM_INPUT_CONFIG_DIR".into(), path("input/config"));
+    env.insert("SM_INPUT_DATA_DIR".into(), path("input/data"));
+    env.insert("SM_OUTPUT_DIR".into(), path("output"));
+    env.insert("SM_OUTPUT_DATA_DIR".into(), path("output/data"));
+    env.insert("SM_OUTPUT_INTERMEDIATE_DIR".into(), path("output/intermediate"));
+    env.insert("SM_CHECKPOINT_DIR".into(), path("checkpoints"));
+    env.insert("SM_CHANNELS".into(), json!(names).to_string());
+    for name in &names {
+        env.insert(
+            format!("SM_CHANNEL_{}", name.to_uppercase()),
+            dir.join("input/data").join(name).display().to_string(),
+        );
+    }
+    env.insert("SM_HPS".into(), json!(hyperparameters).to_string());
+    for (k, v) in &hyperparameters {
+        env.insert(format!("SM_HP_{}", k.to_uppercase()), v.clone());
+    }
+    env.insert("SM_CURRENT_HOST".into(), host.clone());
+    env.insert("SM_CURRENT_INSTANCE_TYPE".into(), instance_type);
+    env.insert("SM_HOSTS".into(), json!(hosts).to_string());
+    env.insert("SM_NUM_GPUS".into(), spec.gpu_uuids.len().to_string());
+    env.insert("SM_NUM_CPUS".into(), settings.vcpus.to_string());
+    env.insert("SM_NETWORK_INTERFACE_NAME".into(), "eth0".into());
+    env.insert("SM_RESOURCE_CONFIG".into(), resource_config.to_string());
+    env.insert("SM_INPUT_DATA_CONFIG".into(), Value::Object(input_config).to_string());
+    env.insert("SM_USER_ENTRY_POINT".into(), String::new());
+    // GPUs are exclusive to this instance; name them by UUID, which survives re-enumeration.
+    env.insert("CUDA_VISIBLE_DEVICES".into(), spec.gpu_uuids.join(","));
+    env.insert(
+        "NVIDIA_VISIBLE_DEVICES".into(),
+        if spec.gpu_uuids.is_empty() { "void".into() } else { spec.gpu_uuids.join(",") },
+    );
+    for (k, v) in r.environment.clone().unwrap_or_default() {
+        env.insert(k, v);
+    }
+    Ok(Prepared { env, pipes })
+}
+
+fn make_fifo(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Writes every staged file of a Pipe channel into its FIFO (decompressing Gzip), then closes it,
+/// which the job sees as the end of the epoch. Blocks until the job opens the FIFO.
+fn feed_pipe(pipe: &Pipe) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::fs::OpenOptions::new().write(true).open(&pipe.fifo)?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut stack = vec![pipe.staged.clone()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() { stack.push(path) } else { files.push(path) }
+        }
+    }
+    files.sort();
+    for f in files {
+        let file = std::fs::File::open(&f)?;
+        if pipe.gzip {
+            std::io::copy(&mut flate2::read::GzDecoder::new(file), &mut out)?;
+        } else {
+            std::io::copy(&mut std::io::BufReader::new(file), &mut out)?;
+        }
+    }
+    out.flush()
+}
+
+/// Unblocks a feeder still waiting for a reader, once the job has ended.
+fn release_pipe(pipe: &Pipe) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&pipe.fifo);
+}
+
+/// The command line: the image names a program (a path or a command line), invoked with `train`
+/// as SageMaker invokes a container; ContainerEntrypoint/Arguments replace it when given.
+fn command_line(request: &api::CreateTrainingJobRequest) -> Result<Vec<String>, String> {
+    let spec = request.algorithm_specification.as_ref().ok_or("AlgorithmSpecification is missing")?;
+    if let Some(entry) = spec.container_entrypoint.clone().filter(|e| !e.is_empty()) {
+        let mut argv = entry;
+        argv.extend(spec.container_arguments.clone().unwrap_or_default());
+        return Ok(argv);
+    }
+    let image = spec.training_image.as_deref().ok_or("TrainingImage is missing")?;
+    let mut argv: Vec<String> = image.split_whitespace().map(str::to_string).collect();
+    if argv.is_empty() {
+        return Err("TrainingImage is empty".into());
+    }
+    // A relative program path is relative to the agent's working directory.
+    if argv[0].contains('/') && !argv[0].starts_with('/') {
+        if let Ok(cwd) = std::env::current_dir() {
+            argv[0] = cwd.join(&argv[0]).display().to_string();
+        }
+    }
+    argv.extend(spec.container_arguments.clone().unwrap_or_default());
+    argv.push("train".into());
+    Ok(argv)
+}
+
+async fn execute(
+    spec: &InstanceSpec,
+    settings: &Settings,
+    dir: &Path,
+    env: BTreeMap<String, String>,
+    reporter: &Reporter<'_>,
+    stop: &mut watch::Receiver<Option<StopReason>>,
+) -> Outcome {
+    let argv = match command_line(&spec.request) {
+        Ok(argv) => argv,
+        Err(reason) => return Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
+    };
+    let metrics: Vec<(String, Regex)> = spec
+        .request
+        .algorithm_specification
+        .as_ref()
+        .and_then(|a| a.metric_definitions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|d| Some((d.name?, Regex::new(&d.regex?).ok()?)))
+        .collect();
+
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .current_dir(dir)
+        .envs(&env)
+        .env_remove("TRAINYARD_COORDINATOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return Outcome {
+                state: InstanceState::Failed,
+                failure: Some(format!("cannot start {}: {e}", argv[0])),
+                exit_code: None,
+            };
+        }
+    };
+    let pid = child.id().map(|p| p as i32);
+    reporter.update(InstanceState::Training, "Training in progress", Vec::new());
+
+    // Lines from both streams, in arrival order.
+    let (line_tx, mut lines) = mpsc::unbounded_channel::<(&'static str, String)>();
+    for (name, stream) in [
+        ("stdout", child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
+        ("stderr", child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
+    ] {
+        let Some(stream) = stream else { continue };
+        let tx = line_tx.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send((name, line)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(line_tx);
+
+    let max_runtime = spec
+        .request
+        .stopping_condition
+        .as_ref()
+        .and_then(|s| s.max_runtime_in_seconds)
+        .map_or(DEFAULT_MAX_RUNTIME, |s| s.max(1) as u64);
+    let deadline = tokio::time::sleep(Duration::from_secs(max_runtime));
+    tokio::pin!(deadline);
+    let mut flush = tokio::time::interval(Duration::from_millis(250));
+    let mut log_file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("output/training.log")).ok();
+
+    let mut batch: Vec<pb::LogLine> = Vec::new();
+    let mut samples: Vec<pb::MetricSample> = Vec::new();
+    let mut stderr_tail: VecDeque<String> = VecDeque::new();
+    let mut stopping: Option<InstanceState> = None;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut streams_open = true;
+    let status = loop {
+        tokio::select! {
+            line = lines.recv(), if streams_open => match line {
+                Some((stream, text)) => {
+                    let at = now_millis();
+                    for (name, regex) in &metrics {
+                        if let Some(value) = regex.captures(&text).and_then(|c| c.get(1)).and_then(|m| m.as_str().trim().parse::<f64>().ok()) {
+                            samples.push(pb::MetricSample { name: name.clone(), value, timestamp_millis: at });
+                        }
+                    }
+                    if stream == "stderr" {
+                        stderr_tail.push_back(text.clone());
+                        if stderr_tail.len() > STDERR_TAIL { stderr_tail.pop_front(); }
+                    }
+                    if let Some(f) = log_file.as_mut() {
+                        use std::io::Write;
+                        let _ = writeln!(f, "{text}");
+                    }
+                    batch.push(pb::LogLine { stream: stream.into(), text, timestamp_millis: at });
+                    if batch.len() >= LOG_BATCH { send_logs(spec, reporter, &mut batch); }
+                }
+                None => streams_open = false,
+            },
+            _ = flush.tick() => {
+                send_logs(spec, reporter, &mut batch);
+                if !samples.is_empty() {
+                    reporter.update(stopping.map_or(InstanceState::Training, |_| InstanceState::Stopping), "Training in progress", std::mem::take(&mut samples));
+                }
+                if let (Some(at), Some(pid)) = (kill_at, pid) && tokio::time::Instant::now() >= at {
+                    signal_group(pid, libc::SIGKILL);
+                    kill_at = None;
+                }
+            }
+            status = child.wait(), if !streams_open => break status,
+            _ = &mut deadline, if stopping.is_none() => {
+                stopping = Some(InstanceState::MaxRuntimeExceeded);
+                reporter.update(InstanceState::Stopping, "MaxRuntimeInSeconds exceeded: stopping", Vec::new());
+                if let Some(pid) = pid { signal_group(pid, libc::SIGTERM); }
+                kill_at = Some(tokio::time::Instant::now() + settings.stop_grace);
+            }
+            changed = stop.changed(), if stopping.is_none() => {
+                if changed.is_err() || stop.borrow().is_some() {
+                    stopping = Some(InstanceState::Stopped);
+                    reporter.update(InstanceState::Stopping, "Stopping the training job", Vec::new());
+                    if let Some(pid) = pid { signal_group(pid, libc::SIGTERM); }
+                    kill_at = Some(tokio::time::Instant::now() + settings.stop_grace);
+                }
+            }
+        }
+    };
+    // Children of the job that outlived it do not outlive the instance.
+    if let Some(pid) = pid {
+        signal_group(pid, libc::SIGKILL);
+    }
+    send_logs(spec, reporter, &mut batch);
+    if !samples.is_empty() {
+        reporter.update(InstanceState::Training, "Training in progress", samples);
+    }
+    let exit_code = status.as_ref().ok().and_then(|s| s.code());
+    if let Some(state) = stopping {
+        return Outcome { state, failure: None, exit_code };
+    }
+    match status {
+        Ok(s) if s.success() => Outcome { state: InstanceState::Completed, failure: None, exit_code },
+        Ok(s) => {
+            let written = std::fs::read_to_string(dir.join("output/failure")).unwrap_or_default();
+            let reason = if written.trim().is_empty() {
+                let tail: Vec<String> = stderr_tail.into_iter().collect();
+                format!("AlgorithmError: {s}; last stderr lines: {}", tail.join("\n"))
+            } else {
+                written.chars().take(1024).collect()
+            };
+            Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code }
+        }
+        Err(e) => {
+            Outcome { state: InstanceState::Failed, failure: Some(format!("waiting for the job: {e}")), exit_code }
+        }
+    }
+}
+
+fn send_logs(spec: &InstanceSpec, reporter: &Reporter<'_>, batch: &mut Vec<pb::LogLine>) {
+    if batch.is_empty() {
+        return;
+    }
+    let _ = reporter.tx.send(Report::Logs(pb::LogBatch {
+        training_job_name: spec.job.clone(),
+        instance: spec.instance,
+        lines: std::mem::take(batch),
+    }));
+}
+
+fn signal_group(pid: i32, signal: i32) {
+    if pid > 1 {
+        // SAFETY: kill(2) has no memory-safety preconditions; the group is the job's own
+        // (process_group(0) at spawn), never ours.
+        unsafe {
+            libc::kill(-pid, signal);
+        }
+    }
+}
+
+/// Packs `model/` (and `output/data/` when it has files) under `<S3OutputPath>/<job>/output/` and
+/// syncs checkpoints; returns the model's URI.
+fn upload(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result<String, String> {
+    let output = spec
+        .request
+        .output_data_config
+        .as_ref()
+        .and_then(|o| o.s3_output_path.clone())
+        .ok_or("OutputDataConfig.S3OutputPath is missing")?;
+    let (uri, path) = storage::artifact(&settings.buckets, &output, &spec.job, "model.tar.gz")?;
+    storage::pack(&dir.join("model"), &path).map_err(|e| format!("uploading the model to {uri}: {e}"))?;
+    let data = dir.join("output/data");
+    if std::fs::read_dir(&data).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        let (data_uri, data_path) = storage::artifact(&settings.buckets, &output, &spec.job, "output.tar.gz")?;
+        storage::pack(&data, &data_path).map_err(|e| format!("uploading output data to {data_uri}: {e}"))?;
+    }
+    if let Some(checkpoints) = spec.request.checkpoint_config.as_ref().and_then(|c| c.s3_uri.clone()) {
+        let target = settings.buckets.resolve(&checkpoints)?;
+        storage::copy_tree(&dir.join("checkpoints"), &target)
+            .map_err(|e| format!("syncing checkpoints to {checkpoints}: {e}"))?;
+    }
+    Ok(uri)
+}

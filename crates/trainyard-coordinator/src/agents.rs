@@ -1,0 +1,89 @@
+//! The agents' side of the API: one bidirectional stream per agent (`Session`), and `ListAgents`.
+//! Everything an agent says becomes an event for the loop, except log lines, which go straight to
+//! the store (they need no decision).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::warn;
+use trainyard_proto::pb;
+use trainyard_proto::pb::agent_message::Body as Up;
+
+use crate::core::Coordinator;
+use crate::events::Event;
+
+pub struct AgentService {
+    pub coordinator: Arc<Coordinator>,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub sessions: AtomicU64,
+}
+
+type Outbound = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::agents_server::Agents for AgentService {
+    type SessionStream = Outbound;
+
+    async fn session(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Outbound>, Status> {
+        let mut inbound = request.into_inner();
+        let first =
+            inbound.message().await?.ok_or_else(|| Status::invalid_argument("the stream ended before Register"))?;
+        let Some(Up::Register(register)) = first.body else {
+            return Err(Status::invalid_argument("the first message of a session must be Register"));
+        };
+        if register.agent_id.is_empty() {
+            return Err(Status::invalid_argument("Register.agent_id is required"));
+        }
+        let agent = register.agent_id.clone();
+        let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.events
+            .send(Event::AgentConnected { session, register, outbound: tx })
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+        let events = self.events.clone();
+        let coordinator = self.coordinator.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(agent, error = %e, "agent stream broke");
+                        break;
+                    }
+                };
+                let event = match message.body {
+                    Some(Up::Heartbeat(heartbeat)) => {
+                        Event::AgentHeartbeat { session, agent: agent.clone(), heartbeat }
+                    }
+                    Some(Up::Update(update)) => Event::InstanceUpdate { session, agent: agent.clone(), update },
+                    Some(Up::Logs(batch)) => {
+                        let lines = batch.lines.into_iter().map(|l| (l.stream, l.timestamp_millis, l.text)).collect();
+                        if let Err(e) = coordinator.record_logs(&batch.training_job_name, batch.instance, lines).await {
+                            warn!(agent, job = %batch.training_job_name, error = %e, "log lines not stored");
+                        }
+                        continue;
+                    }
+                    Some(Up::Register(_)) | None => continue,
+                };
+                if events.send(event).is_err() {
+                    break;
+                }
+            }
+            let _ = events.send(Event::AgentDisconnected { session, agent });
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx).map(Ok))))
+    }
+
+    async fn list_agents(&self, _: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.events.send(Event::ListAgents(tx)).map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+        let agents = rx.await.map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+}

@@ -1,0 +1,152 @@
+//! What a tuning job's trials are made of: the training-job request of trial `i`, its name, and the
+//! objective it is judged by. Pure: the coordinator calls these with the tuner's suggestions.
+
+use std::collections::BTreeMap;
+
+use crate::api;
+use crate::names::trial_name;
+use crate::rules;
+
+/// The hyperparameter SageMaker adds to every trial: the objective metric's name.
+pub const OBJECTIVE_HYPERPARAMETER: &str = "_tuning_objective_metric";
+
+/// The objective of a tuning job: metric name, and whether larger is better. With several
+/// definitions each may have its own; this is the tuning config's, else the first definition's.
+pub fn objective(request: &api::CreateHyperParameterTuningJobRequest) -> Option<(String, bool)> {
+    let config = request.hyper_parameter_tuning_job_config.as_ref();
+    let objective = config
+        .and_then(|c| c.hyper_parameter_tuning_job_objective.clone())
+        .or_else(|| rules::definitions(request).into_iter().find_map(|(_, d)| d.tuning_objective.clone()))?;
+    Some((objective.metric_name?, objective.r#type.as_deref() == Some("Maximize")))
+}
+
+/// The definition trial `index` (0-based) uses: definitions take turns.
+pub fn definition(
+    request: &api::CreateHyperParameterTuningJobRequest,
+    index: u64,
+) -> Option<&api::HyperParameterTrainingJobDefinition> {
+    match (&request.training_job_definition, &request.training_job_definitions) {
+        (Some(d), _) => Some(d),
+        (None, Some(defs)) if !defs.is_empty() => defs.get((index % defs.len() as u64) as usize),
+        _ => None,
+    }
+}
+
+/// The ranges a definition tunes: its own, else the tuning config's.
+pub fn ranges(
+    request: &api::CreateHyperParameterTuningJobRequest,
+    definition: &api::HyperParameterTrainingJobDefinition,
+) -> api::ParameterRanges {
+    definition
+        .hyper_parameter_ranges
+        .clone()
+        .or_else(|| request.hyper_parameter_tuning_job_config.as_ref().and_then(|c| c.parameter_ranges.clone()))
+        .unwrap_or_default()
+}
+
+/// `<tuning-job>-<NNN>-<8 hex>` for trial `index` (0-based); the suffix is a hash of the tuning job
+/// and the index, so a restarted coordinator names a trial exactly as before.
+pub fn name(tuning_job: &str, index: u64) -> String {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in tuning_job.bytes().chain(index.to_le_bytes()) {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    trial_name(tuning_job, (index + 1) as u32, hash)
+}
+
+/// The CreateTrainingJob request of a trial: the definition, its static hyperparameters, the tuned
+/// ones, and `_tuning_objective_metric`, all strings as a training job receives them.
+pub fn request(
+    tuning: &api::CreateHyperParameterTuningJobRequest,
+    definition: &api::HyperParameterTrainingJobDefinition,
+    name: &str,
+    tuned: &BTreeMap<String, String>,
+) -> api::CreateTrainingJobRequest {
+    let d = definition.clone();
+    let mut hyper_parameters = d.static_hyper_parameters.clone().unwrap_or_default();
+    hyper_parameters.extend(tuned.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let metric =
+        d.tuning_objective.as_ref().and_then(|o| o.metric_name.clone()).or_else(|| objective(tuning).map(|(m, _)| m));
+    if let Some(metric) = metric {
+        hyper_parameters.insert(OBJECTIVE_HYPERPARAMETER.into(), metric);
+    }
+    let algorithm = d.algorithm_specification.map(|a| api::AlgorithmSpecification {
+        algorithm_name: a.algorithm_name,
+        metric_definitions: a.metric_definitions,
+        training_image: a.training_image,
+        training_input_mode: a.training_input_mode,
+        ..Default::default()
+    });
+    // HyperParameterTuningResourceConfig describes the same instance as ResourceConfig.
+    let resource_config = d.resource_config.or_else(|| {
+        d.hyper_parameter_tuning_resource_config.map(|h| api::ResourceConfig {
+            instance_count: h.instance_count,
+            instance_type: h
+                .instance_type
+                .or_else(|| h.instance_configs.and_then(|c| c.into_iter().next()).and_then(|c| c.instance_type)),
+            volume_kms_key_id: h.volume_kms_key_id,
+            volume_size_in_gb: h.volume_size_in_gb,
+            ..Default::default()
+        })
+    });
+    api::CreateTrainingJobRequest {
+        algorithm_specification: algorithm,
+        checkpoint_config: d.checkpoint_config,
+        enable_inter_container_traffic_encryption: d.enable_inter_container_traffic_encryption,
+        enable_managed_spot_training: d.enable_managed_spot_training,
+        enable_network_isolation: d.enable_network_isolation,
+        environment: d.environment,
+        hyper_parameters: Some(hyper_parameters),
+        input_data_config: d.input_data_config,
+        output_data_config: d.output_data_config,
+        resource_config,
+        retry_strategy: d.retry_strategy,
+        role_arn: d.role_arn,
+        stopping_condition: d.stopping_condition,
+        tags: tuning.tags.clone(),
+        training_job_name: Some(name.to_string()),
+        vpc_config: d.vpc_config,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> api::CreateHyperParameterTuningJobRequest {
+        serde_json::from_str(include_str!("../../../deploy/examples/tuning-job.json")).expect("example")
+    }
+
+    #[test]
+    fn trials_carry_static_tuned_and_objective_hyperparameters() {
+        let tuning = example();
+        let def = definition(&tuning, 0).expect("definition");
+        let tuned = BTreeMap::from([("learning_rate".to_string(), "0.1".to_string())]);
+        let r = request(&tuning, def, "t-001-00000000", &tuned);
+        let hp = r.hyper_parameters.expect("hyperparameters");
+        assert_eq!(hp["batch_size"], "32");
+        assert_eq!(hp["learning_rate"], "0.1");
+        assert_eq!(hp[OBJECTIVE_HYPERPARAMETER], "validation:accuracy");
+        assert_eq!(r.training_job_name.as_deref(), Some("t-001-00000000"));
+        assert_eq!(r.input_data_config, def.input_data_config);
+        // The trial request is itself a valid CreateTrainingJob request.
+        crate::rules::check_create_training_job(&r_again(&tuning), &crate::catalog::Catalog::default()).expect("valid");
+    }
+
+    fn r_again(tuning: &api::CreateHyperParameterTuningJobRequest) -> api::CreateTrainingJobRequest {
+        let def = definition(tuning, 0).expect("definition");
+        request(tuning, def, &name("blobs-logreg-random", 0), &BTreeMap::new())
+    }
+
+    #[test]
+    fn names_are_stable_and_sagemaker_shaped() {
+        let a = name("random-240712-1545", 18);
+        assert!(a.starts_with("random-240712-1545-019-"), "{a}");
+        assert_eq!(a.len(), "random-240712-1545-019-".len() + 8);
+        assert_eq!(a, name("random-240712-1545", 18));
+        assert_ne!(a, name("random-240712-1545", 19));
+        assert_eq!(objective(&example()), Some(("validation:accuracy".to_string(), true)));
+    }
+}
