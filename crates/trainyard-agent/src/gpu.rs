@@ -92,3 +92,36 @@ impl Gpus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trainyard_testkit::nvml;
+
+    // One test runs both cases: FAKE_NVML_GPUS is read by the library from this process's
+    // environment, and NVML is initialised once per process.
+    #[test]
+    fn gpus_come_from_nvml_and_a_missing_library_means_none() {
+        let missing = Gpus::open(Some(Path::new("/nonexistent/libnvidia-ml.so.1")));
+        let inv = missing.inventory();
+        assert!(inv.gpus.is_empty());
+        assert!(inv.note.contains("NVML unavailable"), "{}", inv.note);
+
+        let dir = tempfile::tempdir().expect("dir");
+        let library = nvml::build_fake_nvml(dir.path());
+        // SAFETY: set before any thread of this test reads the environment; this is the only test
+        // of this binary that touches FAKE_NVML_GPUS.
+        unsafe { std::env::set_var("FAKE_NVML_GPUS", nvml::gpus(2, "NVIDIA A100-SXM4-40GB", 40960)) };
+        let gpus = Gpus::open(Some(&library));
+        let inv = gpus.inventory();
+        assert_eq!(inv.note, "", "no problems reported");
+        assert_eq!(inv.gpus.len(), 2);
+        assert_eq!(inv.gpus[1].uuid, nvml::uuid(1));
+        assert_eq!(inv.gpus[0].name, "NVIDIA A100-SXM4-40GB");
+        assert_eq!(inv.gpus[0].memory_total_mib, 40960);
+        assert_eq!(inv.gpus[0].memory_used_mib, 512);
+        assert_eq!(inv.gpus[1].utilization_percent, 14);
+        assert_eq!(inv.driver_version, "550.54.15");
+        assert_eq!(inv.cuda_version, "12.4");
+    }
+}

@@ -48,10 +48,16 @@ struct Agent {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::load(Flags::parse())?;
+    let mut config = Config::load(Flags::parse())?;
     init_tracing(config.json_logs);
     std::fs::create_dir_all(&config.work_root)
         .with_context(|| format!("creating the work root {}", config.work_root.display()))?;
+    // Jobs run in their own work dirs: every path they are given must be absolute.
+    config.work_root = std::fs::canonicalize(&config.work_root)?;
+    for dir in config.buckets.values_mut() {
+        std::fs::create_dir_all(&*dir).with_context(|| format!("creating the bucket directory {}", dir.display()))?;
+        *dir = std::fs::canonicalize(&*dir)?;
+    }
     let host = Host::open(
         &config.work_root,
         config.nvml_library.as_deref(),

@@ -138,6 +138,6 @@ mod tests {
             .filter(|n| n.ends_with(".csv"))
             .collect();
         names.sort();
-        assert_eq!(names, ["./a.csv", "./sub/b.csv"]);
+        assert_eq!(names, ["a.csv", "sub/b.csv"], "files at the archive root, as SageMaker packs model.tar.gz");
     }
 }

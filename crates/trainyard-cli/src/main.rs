@@ -6,6 +6,7 @@
 //! Exit codes: 0 success, 1 other errors, 2 usage, 3 invalid request (every violation is listed),
 //! 4 not found, 5 already exists, 6 coordinator unreachable, 7 resource limit exceeded.
 
+mod dev;
 mod output;
 
 use std::io::Read;
@@ -19,6 +20,7 @@ use tonic::transport::Channel;
 use trainyard_proto::model::Timestamp;
 use trainyard_proto::model::api;
 use trainyard_proto::pb;
+use trainyard_proto::pb::agents_client::AgentsClient;
 use trainyard_proto::pb::hyper_parameter_tuning_client::HyperParameterTuningClient;
 use trainyard_proto::pb::training_client::TrainingClient;
 
@@ -53,6 +55,36 @@ enum Command {
     /// Training jobs.
     #[command(subcommand, name = "training-jobs")]
     TrainingJobs(TrainingCommand),
+    /// Agents: the hosts that run training jobs.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+    /// Run a coordinator (SQLite) and an agent on this machine; optionally run a tuning job on them.
+    Dev(DevCommand),
+}
+
+#[derive(Subcommand)]
+enum AgentsCommand {
+    /// Every agent with its resources (free/total), GPUs, running instances and state.
+    List,
+}
+
+#[derive(Args)]
+struct DevCommand {
+    /// Where the coordinator's database, the agent's work dirs, outputs and logs go.
+    #[arg(long, default_value = ".trainyard/dev")]
+    data_dir: PathBuf,
+    /// The coordinator's port on 127.0.0.1.
+    #[arg(long, default_value_t = 50051)]
+    port: u16,
+    /// Serve s3://trainyard-examples/ from this directory.
+    #[arg(long, default_value = "deploy/examples/data")]
+    examples: PathBuf,
+    /// vCPUs the agent offers (a development machine may oversubscribe).
+    #[arg(long, default_value_t = 8)]
+    vcpus: u32,
+    /// Submit this CreateHyperParameterTuningJob request, watch it to the end, then stop.
+    #[arg(long)]
+    run: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -67,6 +99,8 @@ enum TuningCommand {
     Stop { name: String },
     /// List the training jobs (trials) of a tuning job.
     Trials(TrialsArgs),
+    /// Follow a tuning job: a progress bar of finished trials and the best objective so far.
+    Watch { name: String },
 }
 
 #[derive(Subcommand)]
@@ -79,6 +113,13 @@ enum TrainingCommand {
     List(ListArgs),
     /// Stop a training job.
     Stop { name: String },
+    /// Print a training job's stdout and stderr.
+    Logs {
+        name: String,
+        /// Keep printing new lines until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
 }
 
 #[derive(Args)]
@@ -178,11 +219,135 @@ fn read_request<T: DeserializeOwned>(path: &PathBuf) -> anyhow::Result<T> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let channel = connect(&cli.coordinator).await?;
     let out = cli.output;
+    if let Command::Dev(args) = cli.command {
+        return run_dev(args, out).await;
+    }
+    let channel = connect(&cli.coordinator).await?;
     match cli.command {
         Command::TuningJobs(cmd) => tuning(HyperParameterTuningClient::new(channel), cmd, out).await,
         Command::TrainingJobs(cmd) => training(TrainingClient::new(channel), cmd, out).await,
+        Command::Agents(AgentsCommand::List) => {
+            let response = AgentsClient::new(channel).list_agents(pb::ListAgentsRequest {}).await?.into_inner();
+            match out {
+                Output::Json => output::agents_json(&response),
+                Output::Table => output::list_agents(&response),
+            }
+            Ok(())
+        }
+        Command::Dev(_) => Ok(()),
+    }
+}
+
+async fn run_dev(args: DevCommand, out: Output) -> anyhow::Result<()> {
+    let settings =
+        dev::DevArgs { data_dir: args.data_dir, port: args.port, examples: args.examples, vcpus: args.vcpus };
+    if !settings.examples.is_dir() {
+        anyhow::bail!(
+            "{} is not a directory: run from the repository root or pass --examples",
+            settings.examples.display()
+        );
+    }
+    let mut cluster = dev::start(&settings)?;
+    let address = format!("http://{}", cluster.address);
+    eprintln!(
+        "coordinator on {} and agent dev-agent started; logs in {}",
+        cluster.address,
+        cluster.data_dir.join("logs").display()
+    );
+    let channel = connect(&address).await?;
+    let Some(file) = args.run else {
+        eprintln!(
+            "export TRAINYARD_COORDINATOR={} and use trainyard in another terminal; Ctrl-C stops both",
+            cluster.address
+        );
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => cluster.check_running()?,
+            }
+        }
+    };
+    let request: api::CreateHyperParameterTuningJobRequest = read_request(&file)?;
+    let name = request.hyper_parameter_tuning_job_name.clone().unwrap_or_default();
+    let mut client = HyperParameterTuningClient::new(channel);
+    client.create_hyper_parameter_tuning_job(pb::CreateHyperParameterTuningJobRequest::from(request)).await?;
+    eprintln!("submitted tuning job {name}");
+    let described = watch(&mut client, &name, out == Output::Table).await?;
+    match out {
+        Output::Json => output::json(&described),
+        Output::Table => {
+            println!();
+            output::describe_tuning_job(&described);
+            let trials = client
+                .list_training_jobs_for_hyper_parameter_tuning_job(
+                    pb::ListTrainingJobsForHyperParameterTuningJobRequest::from(
+                        api::ListTrainingJobsForHyperParameterTuningJobRequest {
+                            hyper_parameter_tuning_job_name: Some(name),
+                            max_results: Some(100),
+                            sort_by: Some("FinalObjectiveMetricValue".into()),
+                            sort_order: Some("Descending".into()),
+                            ..Default::default()
+                        },
+                    ),
+                )
+                .await?;
+            output::list_trials(&api::ListTrainingJobsForHyperParameterTuningJobResponse::from(trials.into_inner()));
+            println!("models: {}", cluster.data_dir.join("output").display());
+        }
+    }
+    cluster.check_running()?;
+    Ok(())
+}
+
+/// Polls a tuning job until it ends, showing a progress bar of finished trials and the best
+/// objective so far; returns the final description.
+async fn watch(
+    client: &mut HyperParameterTuningClient<Channel>,
+    name: &str,
+    show: bool,
+) -> anyhow::Result<api::DescribeHyperParameterTuningJobResponse> {
+    let bar = indicatif::ProgressBar::new(0);
+    if !show {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} trials  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    loop {
+        let request =
+            api::DescribeHyperParameterTuningJobRequest { hyper_parameter_tuning_job_name: Some(name.to_string()) };
+        let d = client
+            .describe_hyper_parameter_tuning_job(pb::DescribeHyperParameterTuningJobRequest::from(request))
+            .await?;
+        let d = api::DescribeHyperParameterTuningJobResponse::from(d.into_inner());
+        let c = d.training_job_status_counters.clone().unwrap_or_default();
+        let n = |v: Option<i32>| v.unwrap_or(0) as u64;
+        let finished = n(c.completed) + n(c.stopped) + n(c.non_retryable_error) + n(c.retryable_error);
+        let total = d
+            .hyper_parameter_tuning_job_config
+            .as_ref()
+            .and_then(|c| c.resource_limits.as_ref())
+            .and_then(|l| l.max_number_of_training_jobs)
+            .map_or(finished + n(c.in_progress), |m| m as u64);
+        bar.set_length(total);
+        bar.set_position(finished);
+        let best = d.best_training_job.as_ref().and_then(|b| {
+            Some((b.training_job_name.clone()?, b.final_hyper_parameter_tuning_job_objective_metric.as_ref()?.value?))
+        });
+        let status = d.hyper_parameter_tuning_job_status.clone().unwrap_or_default();
+        bar.set_message(match &best {
+            Some((trial, value)) => format!("{status}, {} running, best {value} ({trial})", n(c.in_progress)),
+            None => format!("{status}, {} running", n(c.in_progress)),
+        });
+        if matches!(status.as_str(), "Completed" | "Failed" | "Stopped") {
+            bar.finish();
+            return Ok(d);
+        }
+        bar.tick();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 
@@ -257,6 +422,13 @@ async fn tuning(
             client.stop_hyper_parameter_tuning_job(pb::StopHyperParameterTuningJobRequest::from(request)).await?;
             if out == Output::Table {
                 println!("stopping {name}");
+            }
+        }
+        TuningCommand::Watch { name } => {
+            let described = watch(&mut client, &name, out == Output::Table).await?;
+            match out {
+                Output::Json => output::json(&described),
+                Output::Table => output::describe_tuning_job(&described),
             }
         }
         TuningCommand::Trials(args) => {
@@ -347,6 +519,39 @@ async fn training(mut client: TrainingClient<Channel>, cmd: TrainingCommand, out
             match out {
                 Output::Json => output::json(&response),
                 Output::Table => output::list_training_jobs(&response),
+            }
+        }
+        TrainingCommand::Logs { name, follow } => {
+            let mut after = 0;
+            loop {
+                let page = client
+                    .get_training_job_logs(pb::GetTrainingJobLogsRequest {
+                        training_job_name: name.clone(),
+                        after_sequence: after,
+                        max_lines: 0,
+                    })
+                    .await?
+                    .into_inner();
+                let count = page.lines.len();
+                for line in page.lines {
+                    after = line.sequence;
+                    match out {
+                        Output::Json => println!(
+                            "{}",
+                            serde_json::json!({"sequence": line.sequence, "instance": line.instance, "stream": line.stream,
+                                               "timestamp": line.timestamp_millis as f64 / 1000.0, "text": line.text})
+                        ),
+                        Output::Table if line.instance > 1 => println!("[algo-{}] {}", line.instance, line.text),
+                        Output::Table => println!("{}", line.text),
+                    }
+                }
+                if count > 0 {
+                    continue; // there may be more right away
+                }
+                if !follow || page.ended {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }
         TrainingCommand::Stop { name } => {

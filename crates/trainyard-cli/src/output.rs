@@ -249,3 +249,68 @@ pub fn list_training_jobs(r: &api::ListTrainingJobsResponse) {
     println!("{t}");
     next_page(&r.next_token);
 }
+
+pub fn agents_json(r: &trainyard_proto::pb::ListAgentsResponse) {
+    let agents: Vec<serde_json::Value> = r
+        .agents
+        .iter()
+        .map(|a| {
+            let inv = a.inventory.clone().unwrap_or_default();
+            serde_json::json!({
+                "AgentId": a.agent_id,
+                "State": a.state,
+                "Hostname": inv.hostname,
+                "Os": inv.os,
+                "CpuModel": inv.cpu_model,
+                "VCpus": inv.cpu_count,
+                "VCpusFree": a.vcpus_free,
+                "MemoryMiB": inv.memory_total_mib,
+                "MemoryFreeMiB": a.memory_free_mib,
+                "DiskFreeMiB": inv.disk_free_mib,
+                "Gpus": inv.gpus.iter().map(|g| serde_json::json!({
+                    "Index": g.index, "Uuid": g.uuid, "Name": g.name,
+                    "MemoryTotalMiB": g.memory_total_mib, "MemoryUsedMiB": g.memory_used_mib,
+                    "UtilizationPercent": g.utilization_percent})).collect::<Vec<_>>(),
+                "GpusFree": a.gpus_free,
+                "GpuDriverVersion": inv.gpu_driver_version,
+                "CudaVersion": inv.cuda_version,
+                "GpuNote": inv.gpu_note,
+                "Running": a.running,
+                "LastHeartbeat": a.last_heartbeat_millis as f64 / 1000.0,
+            })
+        })
+        .collect();
+    json(&serde_json::json!({ "Agents": agents }));
+}
+
+pub fn list_agents(r: &trainyard_proto::pb::ListAgentsResponse) {
+    let mut t = table(&[
+        "AGENT",
+        "STATE",
+        "VCPU FREE/TOTAL",
+        "MEMORY FREE/TOTAL",
+        "GPUS FREE/TOTAL",
+        "RUNNING",
+        "LAST HEARTBEAT",
+    ]);
+    for a in &r.agents {
+        let inv = a.inventory.clone().unwrap_or_default();
+        let mut models: Vec<String> = inv.gpus.iter().map(|g| g.name.clone()).collect();
+        models.dedup();
+        let gpus = if inv.gpus.is_empty() {
+            "0".to_string()
+        } else {
+            format!("{}/{} {}", a.gpus_free, inv.gpus.len(), models.join(", "))
+        };
+        t.add_row(vec![
+            a.agent_id.clone(),
+            a.state.clone(),
+            format!("{}/{}", a.vcpus_free, inv.cpu_count),
+            format!("{}/{} GiB", a.memory_free_mib / 1024, inv.memory_total_mib / 1024),
+            gpus,
+            if a.running.is_empty() { "-".into() } else { a.running.join("\n") },
+            time(Some(Timestamp::from_millis(a.last_heartbeat_millis))),
+        ]);
+    }
+    println!("{t}");
+}

@@ -667,7 +667,8 @@ impl Loop {
                         timestamp: Some(s.timestamp),
                         value: Some(s.value),
                     };
-                    let existing = j.final_metrics.iter().position(|m| m.metric_name.as_deref() == Some(s.name.as_str()));
+                    let existing =
+                        j.final_metrics.iter().position(|m| m.metric_name.as_deref() == Some(s.name.as_str()));
                     match existing {
                         Some(i) => j.final_metrics[i] = data,
                         None if j.final_metrics.len() < 40 => j.final_metrics.push(data),

@@ -35,9 +35,15 @@ async fn main() -> anyhow::Result<()> {
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let coordinator = Arc::new(
-        core::Coordinator::start(store, config.catalog.clone(), config.limits.clone(), config.arns.clone(), events_tx.clone())
-            .await
-            .context("reading the store")?,
+        core::Coordinator::start(
+            store,
+            config.catalog.clone(),
+            config.limits.clone(),
+            config.arns.clone(),
+            events_tx.clone(),
+        )
+        .await
+        .context("reading the store")?,
     );
     let cancel = CancellationToken::new();
     let timing =
