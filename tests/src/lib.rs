@@ -24,6 +24,7 @@ pub struct Coordinator {
     pub address: String,
     pub daemon: Daemon,
     database_url: Option<String>,
+    args: Vec<String>,
 }
 
 impl Coordinator {
@@ -39,17 +40,33 @@ impl Coordinator {
         Self::start_in(dir, Some(url.to_string()))
     }
 
-    fn start_in(dir: TempDir, database_url: Option<String>) -> Coordinator {
+    /// On SQLite, with extra flags (e.g. `--agent-lost-after-seconds 2`).
+    pub fn start_with_args(args: &[&str]) -> Coordinator {
+        let dir = tempfile::Builder::new().prefix("trainyard-e2e-").tempdir().expect("temp dir");
         let port = free_port();
         let address = format!("127.0.0.1:{port}");
-        let daemon = Self::spawn(dir.path(), &address, database_url.as_deref());
-        let mut c = Coordinator { dir, address, daemon, database_url };
+        let mut extra: Vec<String> =
+            vec!["--database-url".into(), format!("sqlite://{}", dir.path().join("data/trainyard.db").display())];
+        extra.extend(args.iter().map(|a| a.to_string()));
+        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+        let daemon = Self::spawn(dir.path(), &address, None, &extra);
+        let mut c = Coordinator { dir, address, daemon, database_url: None, args: extra };
         c.wait_ready();
         c
     }
 
-    fn spawn(dir: &Path, address: &str, database_url: Option<&str>) -> Daemon {
+    fn start_in(dir: TempDir, database_url: Option<String>) -> Coordinator {
+        let port = free_port();
+        let address = format!("127.0.0.1:{port}");
+        let daemon = Self::spawn(dir.path(), &address, database_url.as_deref(), &[]);
+        let mut c = Coordinator { dir, address, daemon, database_url, args: Vec::new() };
+        c.wait_ready();
+        c
+    }
+
+    fn spawn(dir: &Path, address: &str, database_url: Option<&str>, args: &[String]) -> Daemon {
         let mut cmd = Command::new(binary("trainyard-coordinator"));
+        cmd.args(args);
         // The listen address travels by environment, the data dir by flag: both paths are exercised.
         cmd.env("TRAINYARD_LISTEN", address).arg("--data-dir").arg(dir.join("data")).env("RUST_LOG", "info");
         if let Some(url) = database_url {
@@ -74,9 +91,51 @@ impl Coordinator {
             wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&address).is_err()),
             "the old coordinator still listens"
         );
-        self.daemon = Self::spawn(self.dir.path(), &self.address, self.database_url.as_deref());
+        self.daemon = Self::spawn(self.dir.path(), &self.address, self.database_url.as_deref(), &self.args);
         self.wait_ready();
         status
+    }
+
+    /// Starts an agent connected to this coordinator, with its work root and buckets
+    /// (`examples` = the repository's example data, `output` = `<dir>/output`) in this temp dir.
+    pub fn start_agent(&self, id: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(binary("trainyard-agent"));
+        cmd.arg("--coordinator")
+            .arg(&self.address)
+            .arg("--id")
+            .arg(id)
+            .arg("--work-root")
+            .arg(self.dir.path().join("agents").join(id))
+            .arg("--bucket")
+            .arg(format!("trainyard-examples={}", repo_root().join("deploy/examples/data").display()))
+            .arg("--bucket")
+            .arg(format!("trainyard-output={}", self.output_dir().display()))
+            .args(args)
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut agent = Daemon::spawn(&format!("agent-{id}"), cmd, self.dir.path());
+        let registered = wait_until(Duration::from_secs(20), || {
+            self.json(&["agents", "list"])["Agents"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["AgentId"] == id && x["State"] == "ready"))
+        });
+        agent.assert_running();
+        assert!(registered, "agent {id} did not register; its log:\n{}", agent.log());
+        agent
+    }
+
+    /// Where `s3://trainyard-output/` is served from.
+    pub fn output_dir(&self) -> PathBuf {
+        self.dir.path().join("output")
+    }
+
+    /// Writes a file into this coordinator's temp dir and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("write");
+        path
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -104,8 +163,12 @@ impl Coordinator {
 
     /// Polls `trainyard --output json ARGS` until `check` holds.
     pub fn wait_json(&self, args: &[&str], check: impl Fn(&Value) -> bool) -> Value {
+        self.wait_json_for(Duration::from_secs(30), args, check)
+    }
+
+    pub fn wait_json_for(&self, timeout: Duration, args: &[&str], check: impl Fn(&Value) -> bool) -> Value {
         let mut last = Value::Null;
-        let held = wait_until(Duration::from_secs(20), || {
+        let held = wait_until(timeout, || {
             last = self.json(args);
             check(&last)
         });
@@ -133,3 +196,37 @@ impl CliOutput {
         assert_eq!(self.code(), 0, "trainyard failed:\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr());
     }
 }
+
+/// A training program for tests, written for SageMaker's contract. Its hyperparameters say what it
+/// does: `mode` = ok (default) | fail | stubborn (ignores SIGTERM); `sleep` seconds of work; `x`, from
+/// which it reports `score` = 1 - (x - 0.3)^2 as its objective. It prints the GPUs it was given and
+/// when it ran, and saves a model (also when stopped with SIGTERM).
+pub const TEST_TRAINER: &str = r#"#!/usr/bin/env python3
+import json, os, signal, sys, time
+base = os.environ["SAGEMAKER_BASE_DIR"]
+hp = json.load(open(os.path.join(os.environ["SM_INPUT_CONFIG_DIR"], "hyperparameters.json")))
+mode = hp.get("mode", "ok")
+stopped = []
+if mode == "stubborn":
+    signal.signal(signal.SIGTERM, lambda s, f: print("ignoring SIGTERM", flush=True))
+else:
+    signal.signal(signal.SIGTERM, lambda s, f: stopped.append(1))
+start = time.time()
+print("visible=" + os.environ.get("CUDA_VISIBLE_DEVICES", "") + " hosts=" + os.environ["SM_HOSTS"], flush=True)
+print("channels=" + os.environ["SM_CHANNELS"] + " train_files=" + ",".join(sorted(os.listdir(os.environ["SM_CHANNEL_TRAIN"]))), flush=True)
+if mode == "fail":
+    open(os.path.join(base, "output", "failure"), "w").write("ValueError: the data is not what it should be")
+    print("about to fail", file=sys.stderr, flush=True)
+    sys.exit(3)
+x = float(hp.get("x", "0.5"))
+deadline = start + float(hp.get("sleep", "0.2"))
+epoch = 0
+while time.time() < deadline and not stopped:
+    epoch += 1
+    print(f"epoch={epoch} score={1 - (x - 0.3) ** 2:.6f}", flush=True)
+    time.sleep(0.1)
+print(f"epoch={epoch + 1} score={1 - (x - 0.3) ** 2:.6f}", flush=True)
+os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
+json.dump({"x": x, "stopped": bool(stopped)}, open(os.path.join(os.environ["SM_MODEL_DIR"], "model.json"), "w"))
+print(f"started={start:.3f} ended={time.time():.3f}", flush=True)
+"#;

@@ -1,0 +1,283 @@
+//! Agents run the jobs, end to end: the real coordinator, real agents (one with a fake NVML library
+//! of two GPUs, loaded through nvml-wrapper), real training processes, driven through the CLI.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use trainyard_e2e::{Coordinator, TEST_TRAINER, example};
+use trainyard_testkit::nvml;
+
+fn trainer(c: &Coordinator) -> String {
+    let path = c.write("trainer.py", TEST_TRAINER);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path.display().to_string()
+}
+
+fn tuning_request(c: &Coordinator, name: &str, instance_type: &str, trials: u32, parallel: u32) -> Value {
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    r["HyperParameterTuningJobName"] = json!(name);
+    let config = &mut r["HyperParameterTuningJobConfig"];
+    config["HyperParameterTuningJobObjective"] = json!({"Type": "Maximize", "MetricName": "score"});
+    config["ResourceLimits"] = json!({"MaxNumberOfTrainingJobs": trials, "MaxParallelTrainingJobs": parallel});
+    config["ParameterRanges"] = json!({
+        "ContinuousParameterRanges": [{"Name": "x", "MinValue": "0", "MaxValue": "1", "ScalingType": "Linear"}],
+        "CategoricalParameterRanges": [{"Name": "sleep", "Values": ["0.6", "0.8"]}]
+    });
+    let def = &mut r["TrainingJobDefinition"];
+    def["AlgorithmSpecification"]["TrainingImage"] = json!(trainer(c));
+    def["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
+    def["StaticHyperParameters"] = json!({"mode": "ok"});
+    def["ResourceConfig"]["InstanceType"] = json!(instance_type);
+    r
+}
+
+fn training_request(c: &Coordinator, name: &str, hyperparameters: Value, max_runtime: u32) -> Value {
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    r["TrainingJobName"] = json!(name);
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(trainer(c));
+    r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
+    r["HyperParameters"] = hyperparameters;
+    r["StoppingCondition"] = json!({"MaxRuntimeInSeconds": max_runtime});
+    r
+}
+
+fn submit(c: &Coordinator, kind: &str, name: &str, request: &Value) {
+    let file = c.write(&format!("{name}.json"), &request.to_string());
+    c.cli(&[kind, "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+}
+
+fn logs(c: &Coordinator, job: &str) -> String {
+    let out = c.cli(&["training-jobs", "logs", job]);
+    out.assert_success();
+    out.stdout()
+}
+
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}=")))
+}
+
+#[test]
+fn a_tuning_job_runs_to_completion_on_gpu_and_cpu_agents() {
+    let c = Coordinator::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let library = nvml::build_fake_nvml(dir.path());
+    let fake_gpus = nvml::gpus(2, "NVIDIA A10G", 23028);
+    let mut cpu_agent = c.start_agent("cpu-host", &["--advertise-vcpus", "8"], &[]);
+    let mut gpu_agent = c.start_agent(
+        "gpu-host",
+        &[
+            "--nvml-library",
+            library.to_str().expect("utf-8"),
+            "--advertise-vcpus",
+            "16",
+            "--advertise-memory-mib",
+            "65536",
+        ],
+        &[("FAKE_NVML_GPUS", fake_gpus.as_str())],
+    );
+
+    // The inventory reaches `agents list` through the real NVML code path.
+    let agents = c.json(&["agents", "list"]);
+    let gpu = agents["Agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .find(|a| a["AgentId"] == "gpu-host")
+        .expect("gpu-host")
+        .clone();
+    assert_eq!(gpu["Gpus"].as_array().map(Vec::len), Some(2));
+    assert_eq!(gpu["Gpus"][0]["Name"], "NVIDIA A10G");
+    assert_eq!(gpu["GpuDriverVersion"], "550.54.15");
+    let cpu = agents["Agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .find(|a| a["AgentId"] == "cpu-host")
+        .expect("cpu-host")
+        .clone();
+    assert_eq!(cpu["Gpus"], json!([]));
+    assert!(cpu["GpuNote"].as_str().unwrap_or_default().contains("NVML unavailable"), "{cpu}");
+    let table = c.cli(&["agents", "list"]);
+    assert!(table.stdout().contains("2/2 NVIDIA A10G"), "{}", table.stdout());
+
+    // A GPU tuning job (one GPU per trial, two at a time) and a CPU one, side by side.
+    submit(&c, "tuning-jobs", "gpu-tuning", &tuning_request(&c, "gpu-tuning", "ml.g5.xlarge", 6, 2));
+    submit(&c, "tuning-jobs", "cpu-tuning", &tuning_request(&c, "cpu-tuning", "ml.m5.large", 4, 2));
+    let watched = c.cli(&["--output", "json", "tuning-jobs", "watch", "gpu-tuning"]);
+    watched.assert_success();
+    let done = c.wait_json_for(Duration::from_secs(60), &["tuning-jobs", "describe", "cpu-tuning"], |d| {
+        d["HyperParameterTuningJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
+
+    let described: Value = serde_json::from_str(&watched.stdout()).expect("json");
+    assert_eq!(described["HyperParameterTuningJobStatus"], "Completed", "{described:#}");
+    assert_eq!(described["TrainingJobStatusCounters"]["Completed"], 6);
+    assert_eq!(described["ObjectiveStatusCounters"]["Succeeded"], 6);
+
+    let trials = c.json(&["tuning-jobs", "trials", "gpu-tuning", "--max-results", "100"]);
+    let trials = trials["TrainingJobSummaries"].as_array().expect("trials").clone();
+    assert_eq!(trials.len(), 6, "every trial ran");
+    let mut best = (f64::MIN, String::new());
+    let mut windows: Vec<(f64, f64, String)> = Vec::new();
+    for t in &trials {
+        let name = t["TrainingJobName"].as_str().expect("name").to_string();
+        assert!(name.starts_with("gpu-tuning-00") && name.len() == "gpu-tuning-001-".len() + 8, "{name}");
+        let x: f64 = t["TunedHyperParameters"]["x"].as_str().expect("x").parse().expect("number");
+        assert!((0.0..=1.0).contains(&x), "x={x} inside its range");
+        assert!(["0.6", "0.8"].contains(&t["TunedHyperParameters"]["sleep"].as_str().expect("sleep")));
+        let expected = 1.0 - (x - 0.3) * (x - 0.3);
+        let reported = t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"].as_f64().expect("objective");
+        assert!((reported - expected).abs() < 1e-5, "{name}: objective {reported} = 1 - (x - 0.3)^2 = {expected}");
+        if reported > best.0 {
+            best = (reported, name.clone());
+        }
+        let job = c.json(&["training-jobs", "describe", &name]);
+        assert_eq!(job["HyperParameters"]["_tuning_objective_metric"], "score");
+        assert_eq!(job["HyperParameters"]["mode"], "ok", "static hyperparameters are passed");
+        let model = job["ModelArtifacts"]["S3ModelArtifacts"].as_str().expect("model artifacts");
+        assert_eq!(model, format!("s3://trainyard-output/blobs-logreg-random/{name}/output/model.tar.gz"));
+        assert!(
+            c.output_dir().join(format!("blobs-logreg-random/{name}/output/model.tar.gz")).exists(),
+            "{model} written"
+        );
+        let log = logs(&c, &name);
+        let visible = field(&log, "visible").expect("the trainer printed its GPUs").to_string();
+        let uuids = [nvml::uuid(0), nvml::uuid(1)];
+        assert!(uuids.contains(&visible), "{name} got one fake GPU by UUID, got {visible:?}");
+        assert_eq!(field(&log, "train_files"), Some("train.csv"), "the train channel was staged");
+        let started: f64 = field(&log, "started").expect("started").parse().expect("number");
+        let ended: f64 = field(&log, "ended").expect("ended").parse().expect("number");
+        windows.push((started, ended, visible));
+    }
+    assert_eq!(described["BestTrainingJob"]["TrainingJobName"], json!(best.1), "the best job is the best objective");
+    // Trials that ran at the same time on the GPU agent had different GPUs.
+    let mut overlaps = 0;
+    for (i, a) in windows.iter().enumerate() {
+        for b in &windows[i + 1..] {
+            if a.0 < b.1 && b.0 < a.1 {
+                overlaps += 1;
+                assert_ne!(a.2, b.2, "overlapping trials shared a GPU: {a:?} {b:?}");
+            }
+        }
+    }
+    assert!(overlaps > 0, "two trials ran at once (MaxParallelTrainingJobs = 2): {windows:?}");
+    // CPU trials went to the CPU agent (GPU hosts are kept for GPU work).
+    let cpu_trials = c.json(&["tuning-jobs", "trials", "cpu-tuning"]);
+    for t in cpu_trials["TrainingJobSummaries"].as_array().expect("trials") {
+        assert_eq!(
+            field(&logs(&c, t["TrainingJobName"].as_str().expect("name")), "visible"),
+            Some(""),
+            "no GPU for a CPU trial"
+        );
+    }
+    cpu_agent.assert_running();
+    gpu_agent.assert_running();
+}
+
+#[test]
+fn stops_runtime_limits_and_failures_end_jobs_as_sagemaker_does() {
+    let c = Coordinator::start();
+    let mut agent = c.start_agent(
+        "worker",
+        &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536", "--stop-grace-seconds", "1"],
+        &[],
+    );
+
+    submit(&c, "training-jobs", "fails", &training_request(&c, "fails", json!({"mode": "fail"}), 600));
+    submit(&c, "training-jobs", "too-long", &training_request(&c, "too-long", json!({"sleep": "60"}), 2));
+    submit(&c, "training-jobs", "stopped", &training_request(&c, "stopped", json!({"sleep": "60"}), 600));
+    submit(
+        &c,
+        "training-jobs",
+        "stubborn",
+        &training_request(&c, "stubborn", json!({"sleep": "60", "mode": "stubborn"}), 600),
+    );
+    submit(&c, "training-jobs", "fine", &training_request(&c, "fine", json!({"x": "0.3"}), 600));
+
+    let ended = |d: &Value| !matches!(d["TrainingJobStatus"].as_str(), Some("InProgress") | Some("Stopping"));
+    let failed = c.wait_json(&["training-jobs", "describe", "fails"], ended);
+    assert_eq!(failed["TrainingJobStatus"], "Failed");
+    assert_eq!(failed["FailureReason"], "ValueError: the data is not what it should be", "from output/failure");
+    assert!(logs(&c, "fails").contains("about to fail"), "stderr is kept");
+
+    let fine = c.wait_json(&["training-jobs", "describe", "fine"], ended);
+    assert_eq!(fine["TrainingJobStatus"], "Completed");
+    let metrics: BTreeMap<String, f64> = fine["FinalMetricDataList"]
+        .as_array()
+        .expect("final metrics")
+        .iter()
+        .map(|m| (m["MetricName"].as_str().unwrap_or_default().to_string(), m["Value"].as_f64().unwrap_or_default()))
+        .collect();
+    assert_eq!(metrics.get("score"), Some(&1.0));
+    let statuses: Vec<&str> = fine["SecondaryStatusTransitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .filter_map(|t| t["Status"].as_str())
+        .collect();
+    for s in ["Starting", "Downloading", "Training", "Uploading", "Completed"] {
+        assert!(statuses.contains(&s), "{s} in {statuses:?}");
+    }
+
+    // MaxRuntimeInSeconds: SIGTERM, the model is still uploaded, the job ends Stopped/MaxRuntimeExceeded.
+    let long = c.wait_json(&["training-jobs", "describe", "too-long"], ended);
+    assert_eq!(
+        (long["TrainingJobStatus"].as_str(), long["SecondaryStatus"].as_str()),
+        (Some("Stopped"), Some("MaxRuntimeExceeded"))
+    );
+    assert!(long["ModelArtifacts"]["S3ModelArtifacts"].is_string(), "what it saved is kept: {long:#}");
+
+    // StopTrainingJob while it trains.
+    c.wait_json(&["training-jobs", "describe", "stopped"], |d| d["SecondaryStatus"] == "Training");
+    c.wait_json(&["training-jobs", "describe", "stubborn"], |d| d["SecondaryStatus"] == "Training");
+    c.cli(&["training-jobs", "stop", "stopped"]).assert_success();
+    c.cli(&["training-jobs", "stop", "stubborn"]).assert_success();
+    let stopped = c.wait_json(&["training-jobs", "describe", "stopped"], ended);
+    assert_eq!(
+        (stopped["TrainingJobStatus"].as_str(), stopped["SecondaryStatus"].as_str()),
+        (Some("Stopped"), Some("Stopped"))
+    );
+    // A program that ignores SIGTERM is killed after the grace period.
+    let stubborn = c.wait_json(&["training-jobs", "describe", "stubborn"], ended);
+    assert_eq!(stubborn["TrainingJobStatus"], "Stopped");
+    assert!(logs(&c, "stubborn").contains("ignoring SIGTERM"));
+    agent.assert_running();
+}
+
+#[test]
+fn an_agent_killed_mid_job_fails_its_jobs_or_retries_them_elsewhere() {
+    let c = Coordinator::start_with_args(&["--agent-lost-after-seconds", "2"]);
+    let mut doomed = c.start_agent("doomed", &["--advertise-vcpus", "16"], &[]);
+    let mut retried = training_request(&c, "retried", json!({"sleep": "3"}), 600);
+    retried["RetryStrategy"] = json!({"MaximumRetryAttempts": 1});
+    submit(&c, "training-jobs", "retried", &retried);
+    submit(&c, "training-jobs", "not-retried", &training_request(&c, "not-retried", json!({"sleep": "30"}), 600));
+    c.wait_json(&["training-jobs", "describe", "retried"], |d| d["SecondaryStatus"] == "Training");
+    c.wait_json(&["training-jobs", "describe", "not-retried"], |d| d["SecondaryStatus"] == "Training");
+
+    doomed.signal(trainyard_testkit::SIGKILL);
+    doomed.wait_exit(Duration::from_secs(10)).expect("the agent died");
+    let lost = c.wait_json(&["training-jobs", "describe", "not-retried"], |d| d["TrainingJobStatus"] == "Failed");
+    assert!(lost["FailureReason"].as_str().unwrap_or_default().contains("agent doomed was lost"), "{lost:#}");
+    let waiting = c.wait_json(&["training-jobs", "describe", "retried"], |d| d["SecondaryStatus"] == "Pending");
+    let statuses: Vec<&str> = waiting["SecondaryStatusTransitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .filter_map(|t| t["Status"].as_str())
+        .collect();
+    assert!(statuses.contains(&"Restarting"), "{statuses:?}");
+    let agents = c.json(&["agents", "list"]);
+    assert_eq!(agents["Agents"][0]["State"], "lost");
+
+    // Another agent joins: the retried job runs there to completion.
+    let mut rescuer = c.start_agent("rescuer", &["--advertise-vcpus", "16"], &[]);
+    let done = c.wait_json(&["training-jobs", "describe", "retried"], |d| d["TrainingJobStatus"] != "InProgress");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    rescuer.assert_running();
+}
