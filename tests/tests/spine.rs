@@ -29,7 +29,9 @@ fn round_trip(c: &Coordinator) {
     // Describe returns SageMaker's shape with the request as sent.
     let described = c.json(&["tuning-jobs", "describe", "round-trip"]);
     assert_eq!(described["HyperParameterTuningJobStatus"], "InProgress");
-    assert_eq!(described["TrainingJobStatusCounters"]["InProgress"], 0);
+    // Two trials (MaxParallelTrainingJobs) are launched and wait for an agent.
+    let described =
+        c.wait_json(&["tuning-jobs", "describe", "round-trip"], |d| d["TrainingJobStatusCounters"]["InProgress"] == 2);
     let sent: Value = serde_json::from_str(&std::fs::read_to_string(&tuning).expect("read")).expect("json");
     assert_eq!(described["HyperParameterTuningJobConfig"], sent["HyperParameterTuningJobConfig"]);
     assert_eq!(
@@ -52,13 +54,17 @@ fn round_trip(c: &Coordinator) {
     assert_eq!(listed["HyperParameterTuningJobSummaries"][0]["HyperParameterTuningJobName"], "round-trip");
     assert_eq!(listed["HyperParameterTuningJobSummaries"][0]["Strategy"], "Random");
     let trials = c.json(&["tuning-jobs", "trials", "round-trip"]);
-    assert_eq!(trials["TrainingJobSummaries"], json!([]));
+    let trials = trials["TrainingJobSummaries"].as_array().expect("trials").clone();
+    assert_eq!(trials.len(), 2);
+    assert!(trials.iter().all(|t| t["TrainingJobStatus"] == "InProgress" && t["ObjectiveStatus"] == "Pending"));
+    assert!(trials[0]["TunedHyperParameters"]["learning_rate"].is_string());
 
     // Stop: Stopping, then Stopped (nothing runs yet); stopping again is a validation error.
     c.cli(&["tuning-jobs", "stop", "round-trip"]).assert_success();
     let stopped =
         c.wait_json(&["tuning-jobs", "describe", "round-trip"], |d| d["HyperParameterTuningJobStatus"] == "Stopped");
     assert!(stopped["HyperParameterTuningEndTime"].is_number());
+    assert_eq!(stopped["TrainingJobStatusCounters"]["Stopped"], 2, "its trials were stopped too");
     let again = c.cli(&["tuning-jobs", "stop", "round-trip"]);
     assert_eq!(again.code(), 3, "{}", again.stderr());
     assert!(again.stderr().contains("has already ended (Stopped)"), "{}", again.stderr());

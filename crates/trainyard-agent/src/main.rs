@@ -163,12 +163,14 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> anyhow::Resu
                     anyhow::bail!("the coordinator closed the stream");
                 };
                 match message.body {
-                    Some(Down::Registered(r)) => {
-                        if r.heartbeat_interval_ms > 0 && Duration::from_millis(r.heartbeat_interval_ms.into()) != heartbeat_every {
-                            heartbeat_every = Duration::from_millis(r.heartbeat_interval_ms.into());
-                            ticker = tokio::time::interval(heartbeat_every);
-                        }
+                    Some(Down::Registered(r))
+                        if r.heartbeat_interval_ms > 0
+                            && Duration::from_millis(r.heartbeat_interval_ms.into()) != heartbeat_every =>
+                    {
+                        heartbeat_every = Duration::from_millis(r.heartbeat_interval_ms.into());
+                        ticker = tokio::time::interval(heartbeat_every);
                     }
+                    Some(Down::Registered(_)) => {}
                     Some(Down::Assignment(a)) => start_instance(agent, a).await,
                     Some(Down::Stop(s)) => {
                         if let Some(i) = agent.instances.lock().await.get(&(s.training_job_name.clone(), s.instance)) {

@@ -364,10 +364,11 @@ fn command_line(request: &api::CreateTrainingJobRequest) -> Result<Vec<String>, 
         return Err("TrainingImage is empty".into());
     }
     // A relative program path is relative to the agent's working directory.
-    if argv[0].contains('/') && !argv[0].starts_with('/') {
-        if let Ok(cwd) = std::env::current_dir() {
-            argv[0] = cwd.join(&argv[0]).display().to_string();
-        }
+    if argv[0].contains('/')
+        && !argv[0].starts_with('/')
+        && let Ok(cwd) = std::env::current_dir()
+    {
+        argv[0] = cwd.join(&argv[0]).display().to_string();
     }
     argv.extend(spec.container_arguments.clone().unwrap_or_default());
     argv.push("train".into());
