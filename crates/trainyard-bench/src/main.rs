@@ -32,6 +32,9 @@ struct Flags {
     /// Backends to measure.
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
     backends: Vec<String>,
+    /// Which suites: creates (API throughput), agents (jobs run by a real agent), or both.
+    #[arg(long, value_delimiter = ',', default_value = "creates,agents")]
+    suites: Vec<String>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -55,9 +58,22 @@ struct Row {
 const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
 const TRAINING: &str = include_str!("../../../deploy/examples/training-job.json");
 
+mod agents;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    if flags.suites.iter().any(|s| s == "creates") {
+        creates(&flags).await?;
+    }
+    if flags.suites.iter().any(|s| s == "agents") {
+        println!();
+        agents::run().await?;
+    }
+    Ok(())
+}
+
+async fn creates(flags: &Flags) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for backend in &flags.backends {
         for kind in [Kind::TuningJob, Kind::TrainingJob] {
@@ -81,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
                 daemon.assert_running();
                 bail!("the coordinator did not start:\n{}", daemon.log());
             }
-            let row = measure(&flags, backend, kind, &format!("http://{address}")).await?;
+            let row = measure(flags, backend, kind, &format!("http://{address}")).await?;
             daemon.assert_running();
             print_row(&row, rows.is_empty());
             rows.push(row);

@@ -34,7 +34,7 @@ pub struct Flags {
     /// Log format.
     #[arg(long, env = "TRAINYARD_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Seconds without a heartbeat after which an agent is lost (default 10).
+    /// Seconds without a heartbeat after which an agent is lost (default 8: four missed heartbeats).
     #[arg(long)]
     pub agent_lost_after_seconds: Option<u64>,
 }
@@ -127,7 +127,7 @@ impl Config {
             catalog,
             heartbeat_interval: std::time::Duration::from_millis(file.heartbeat_interval_ms.unwrap_or(2_000).max(100)),
             agent_lost_after: std::time::Duration::from_secs(
-                flags.agent_lost_after_seconds.or(file.agent_lost_after_seconds).unwrap_or(10).max(1),
+                flags.agent_lost_after_seconds.or(file.agent_lost_after_seconds).unwrap_or(8).max(1),
             ),
         })
     }

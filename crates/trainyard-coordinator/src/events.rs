@@ -120,7 +120,7 @@ pub async fn run(
     if let Err(e) = state.reconcile().await {
         warn!(error = %e, "start-up reconciliation incomplete; it runs again at the next start");
     }
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,

@@ -1,0 +1,245 @@
+//! The agents suite: a real coordinator (SQLite) and a real agent on this machine run trivial
+//! programs, and we measure what the scheduler adds around them.
+//!
+//! * submit → running: from the CreateTrainingJob call to the moment the program runs (it prints
+//!   its own start time), for jobs submitted one after another to a warm agent;
+//! * trials per second: a tuning job of programs that exit at once;
+//! * overhead: a tuning job of 1-second programs, wall time against the ideal
+//!   (trials / parallel × 1 s);
+//! * lost agent: how long after `kill -9` the coordinator reports the agent lost (default settings).
+
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use tonic::transport::Channel;
+use trainyard_proto::model::api;
+use trainyard_proto::pb;
+use trainyard_proto::pb::agents_client::AgentsClient;
+use trainyard_proto::pb::hyper_parameter_tuning_client::HyperParameterTuningClient;
+use trainyard_proto::pb::training_client::TrainingClient;
+use trainyard_testkit::{Daemon, binary, free_port, wait_until};
+
+const TRAINING: &str = include_str!("../../../deploy/examples/training-job.json");
+const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    coordinator: Daemon,
+    agent: Option<Daemon>,
+    channel: Channel,
+    program_dir: std::path::PathBuf,
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
+}
+
+async fn cluster() -> anyhow::Result<Cluster> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(binary("trainyard-coordinator"));
+    cmd.arg("--listen").arg(&address).arg("--data-dir").arg(dir.path().join("data")).env("RUST_LOG", "warn");
+    let coordinator = Daemon::spawn("coordinator", cmd, dir.path());
+    if !wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(&address).is_ok()) {
+        bail!("the coordinator did not start:\n{}", coordinator.log());
+    }
+    let program_dir = dir.path().join("programs");
+    std::fs::create_dir_all(&program_dir)?;
+    // Trivial programs: print the start time (ns), optionally sleep, exit 0.
+    for (name, body) in [("quick", ""), ("second", "sleep 1\n")] {
+        let path = program_dir.join(name);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho \"started=$(date +%s%N)\"\n{body}mkdir -p \"$SM_MODEL_DIR\"\n"),
+        )?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let mut agent = Command::new(binary("trainyard-agent"));
+    agent
+        .arg("--coordinator")
+        .arg(&address)
+        .arg("--id")
+        .arg("bench-agent")
+        .arg("--work-root")
+        .arg(dir.path().join("agent"))
+        .arg("--advertise-vcpus")
+        .arg("256")
+        .arg("--advertise-memory-mib")
+        .arg("4194304")
+        .arg("--bucket")
+        .arg(format!("trainyard-examples={}", concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/examples/data")))
+        .arg("--bucket")
+        .arg(format!("trainyard-output={}", dir.path().join("output").display()))
+        .env("RUST_LOG", "warn");
+    let agent = Daemon::spawn("agent", agent, dir.path());
+    let channel = Channel::from_shared(format!("http://{address}"))?.connect().await?;
+    let mut agents = AgentsClient::new(channel.clone());
+    let started = Instant::now();
+    loop {
+        let list = agents.list_agents(pb::ListAgentsRequest {}).await?.into_inner();
+        if list.agents.iter().any(|a| a.state == "ready") {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("the agent did not register:\n{}", agent.log());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Cluster { _dir: dir, coordinator, agent: Some(agent), channel, program_dir })
+}
+
+fn training_request(name: &str, program: &std::path::Path) -> anyhow::Result<api::CreateTrainingJobRequest> {
+    let mut r: api::CreateTrainingJobRequest = serde_json::from_str(TRAINING)?;
+    r.training_job_name = Some(name.to_string());
+    if let Some(a) = r.algorithm_specification.as_mut() {
+        a.training_image = Some(program.display().to_string());
+    }
+    Ok(r)
+}
+
+async fn wait_training(
+    client: &mut TrainingClient<Channel>,
+    name: &str,
+) -> anyhow::Result<api::DescribeTrainingJobResponse> {
+    loop {
+        let d = client
+            .describe_training_job(pb::DescribeTrainingJobRequest { training_job_name: Some(name.to_string()) })
+            .await?
+            .into_inner();
+        let d = api::DescribeTrainingJobResponse::from(d);
+        if !matches!(d.training_job_status.as_deref(), Some("InProgress") | Some("Stopping")) {
+            return Ok(d);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn wait_tuning(client: &mut HyperParameterTuningClient<Channel>, name: &str) -> anyhow::Result<()> {
+    loop {
+        let d = client
+            .describe_hyper_parameter_tuning_job(pb::DescribeHyperParameterTuningJobRequest {
+                hyper_parameter_tuning_job_name: Some(name.to_string()),
+            })
+            .await?
+            .into_inner();
+        if d.hyper_parameter_tuning_job_status.as_deref() != Some("InProgress") {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn tuning_request(
+    name: &str,
+    program: &std::path::Path,
+    trials: i32,
+    parallel: i32,
+) -> anyhow::Result<api::CreateHyperParameterTuningJobRequest> {
+    let mut r: api::CreateHyperParameterTuningJobRequest = serde_json::from_str(TUNING)?;
+    r.hyper_parameter_tuning_job_name = Some(name.to_string());
+    if let Some(c) = r.hyper_parameter_tuning_job_config.as_mut() {
+        c.resource_limits = Some(api::ResourceLimits {
+            max_number_of_training_jobs: Some(trials),
+            max_parallel_training_jobs: Some(parallel),
+            max_runtime_in_seconds: None,
+        });
+    }
+    if let Some(d) = r.training_job_definition.as_mut()
+        && let Some(a) = d.algorithm_specification.as_mut()
+    {
+        a.training_image = Some(program.display().to_string());
+    }
+    Ok(r)
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let mut c = cluster().await?;
+    let mut training = TrainingClient::new(c.channel.clone());
+    let mut tuning = HyperParameterTuningClient::new(c.channel.clone());
+
+    // Submit → running, one job at a time on a warm agent.
+    let quick = c.program_dir.join("quick");
+    let mut latencies = Vec::new();
+    for i in 0..120 {
+        let name = format!("latency-{i}");
+        let submitted = now_ns();
+        training.create_training_job(pb::CreateTrainingJobRequest::from(training_request(&name, &quick)?)).await?;
+        let d = wait_training(&mut training, &name).await?;
+        if d.training_job_status.as_deref() != Some("Completed") {
+            bail!("{name} ended {:?}: {:?}", d.training_job_status, d.failure_reason);
+        }
+        let logs = training
+            .get_training_job_logs(pb::GetTrainingJobLogsRequest {
+                training_job_name: name.clone(),
+                after_sequence: 0,
+                max_lines: 10,
+            })
+            .await?
+            .into_inner();
+        let started: u128 = logs
+            .lines
+            .iter()
+            .find_map(|l| l.text.strip_prefix("started=")?.trim().parse().ok())
+            .context("the program printed its start time")?;
+        if i >= 20 {
+            latencies.push((started.saturating_sub(submitted)) as f64 / 1e6);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    println!("{:<44} {:>12}", "agents suite", "result");
+    println!("{:<44} {:>9.1} ms", "submit -> process running, p50", pct(0.5));
+    println!("{:<44} {:>9.1} ms", "submit -> process running, p99", pct(0.99));
+
+    // Trials per second with programs that exit at once.
+    let started = Instant::now();
+    tuning
+        .create_hyper_parameter_tuning_job(pb::CreateHyperParameterTuningJobRequest::from(tuning_request(
+            "throughput",
+            &quick,
+            300,
+            10,
+        )?))
+        .await?;
+    wait_tuning(&mut tuning, "throughput").await?;
+    let per_second = 300.0 / started.elapsed().as_secs_f64();
+    println!("{:<44} {:>12.1}", "trials per second (300 trials, 10 parallel)", per_second);
+
+    // Overhead on 1-second trials.
+    let second = c.program_dir.join("second");
+    let (trials, parallel) = (40, 4);
+    let started = Instant::now();
+    tuning
+        .create_hyper_parameter_tuning_job(pb::CreateHyperParameterTuningJobRequest::from(tuning_request(
+            "overhead", &second, trials, parallel,
+        )?))
+        .await?;
+    wait_tuning(&mut tuning, "overhead").await?;
+    let wall = started.elapsed().as_secs_f64();
+    let ideal = f64::from(trials / parallel);
+    println!("{:<44} {:>9.2} s", "1-second trials: 40 trials, 4 parallel, wall", wall);
+    println!("{:<44} {:>10.1} %", "overhead against the ideal 10 s", (wall - ideal) / ideal * 100.0);
+
+    // A killed agent is declared lost.
+    let mut agents = AgentsClient::new(c.channel.clone());
+    if let Some(agent) = c.agent.as_mut() {
+        agent.signal(trainyard_testkit::SIGKILL);
+        agent.wait_exit(Duration::from_secs(5));
+    }
+    let killed = Instant::now();
+    loop {
+        let list = agents.list_agents(pb::ListAgentsRequest {}).await?.into_inner();
+        if list.agents.iter().any(|a| a.state == "lost") {
+            break;
+        }
+        if killed.elapsed() > Duration::from_secs(30) {
+            bail!("the agent was never declared lost");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("{:<44} {:>9.1} s", "kill -9 of an agent -> declared lost", killed.elapsed().as_secs_f64());
+    c.coordinator.assert_running();
+    Ok(())
+}
