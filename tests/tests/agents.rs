@@ -281,3 +281,62 @@ fn an_agent_killed_mid_job_fails_its_jobs_or_retries_them_elsewhere() {
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
     rescuer.assert_running();
 }
+
+#[test]
+fn jobs_keep_running_while_the_coordinator_restarts() {
+    let mut c = Coordinator::start();
+    let mut agent = c.start_agent("steady", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
+    submit(&c, "training-jobs", "outlives", &training_request(&c, "outlives", json!({"sleep": "4", "x": "0.3"}), 600));
+    c.wait_json(&["training-jobs", "describe", "outlives"], |d| d["SecondaryStatus"] == "Training");
+
+    // The coordinator goes away while the job trains, and comes back after it has finished.
+    c.daemon.signal(trainyard_testkit::SIGKILL);
+    c.daemon.wait_exit(Duration::from_secs(10)).expect("killed");
+    std::thread::sleep(Duration::from_secs(5));
+    c.restart(trainyard_testkit::SIGKILL);
+
+    // The agent reconnects, reports what happened meanwhile, and the job ends as it really did.
+    let done = c.wait_json(&["training-jobs", "describe", "outlives"], |d| d["TrainingJobStatus"] != "InProgress");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    assert!(done["ModelArtifacts"]["S3ModelArtifacts"].is_string());
+    agent.assert_running();
+}
+
+#[test]
+fn pipe_mode_and_jobs_that_no_agent_can_hold() {
+    let c = Coordinator::start();
+    let _agent = c.start_agent("small", &["--advertise-vcpus", "4", "--advertise-memory-mib", "16384"], &[]);
+
+    // Pipe mode: the channel is a FIFO `<channel>_0` the program reads to its end.
+    let reader = c.write(
+        "pipe_reader.sh",
+        "#!/bin/sh\nlines=$(wc -l < \"$SM_INPUT_DATA_DIR/train_0\")\necho \"pipe_lines=$lines\"\nmkdir -p \"$SM_MODEL_DIR\"\n",
+    );
+    std::fs::set_permissions(&reader, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut piped = training_request(&c, "piped", json!({}), 600);
+    piped["AlgorithmSpecification"]["TrainingImage"] = json!(reader.display().to_string());
+    piped["AlgorithmSpecification"]["TrainingInputMode"] = json!("Pipe");
+    submit(&c, "training-jobs", "piped", &piped);
+    let done = c.wait_json(&["training-jobs", "describe", "piped"], |d| d["TrainingJobStatus"] != "InProgress");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    assert_eq!(field(&logs(&c, "piped"), "pipe_lines"), Some("400"), "every row of train.csv came through the pipe");
+
+    // A job no agent could ever hold says why, at once, and waits (an agent may still join).
+    // (MaxPendingTimeInSeconds would end the wait, but its minimum is 1,800 s.)
+    let mut huge = training_request(&c, "huge", json!({}), 600);
+    huge["ResourceConfig"]["InstanceType"] = json!("ml.p4d.24xlarge");
+    submit(&c, "training-jobs", "huge", &huge);
+    let waiting = c.wait_json(&["training-jobs", "describe", "huge"], |d| {
+        d["SecondaryStatusTransitions"]
+            .as_array()
+            .and_then(|t| t.last())
+            .and_then(|t| t["StatusMessage"].as_str())
+            .is_some_and(|m| m.contains("Cannot be placed"))
+    });
+    let message =
+        waiting["SecondaryStatusTransitions"].as_array().and_then(|t| t.last()).map(|t| t["StatusMessage"].clone());
+    assert!(message.as_ref().and_then(Value::as_str).is_some_and(|m| m.contains("8 GPU")), "{message:?}");
+    assert_eq!(waiting["TrainingJobStatus"], "InProgress");
+    c.cli(&["training-jobs", "stop", "huge"]).assert_success();
+    c.wait_json(&["training-jobs", "describe", "huge"], |d| d["TrainingJobStatus"] == "Stopped");
+}
