@@ -331,11 +331,12 @@ fn pipe_mode_and_jobs_that_no_agent_can_hold() {
             .as_array()
             .and_then(|t| t.last())
             .and_then(|t| t["StatusMessage"].as_str())
-            .is_some_and(|m| m.contains("Cannot be placed"))
+            .is_some_and(|m| m.contains("cannot be placed"))
     });
     let message =
         waiting["SecondaryStatusTransitions"].as_array().and_then(|t| t.last()).map(|t| t["StatusMessage"].clone());
-    assert!(message.as_ref().and_then(Value::as_str).is_some_and(|m| m.contains("8 GPU")), "{message:?}");
+    let message = message.as_ref().and_then(Value::as_str).unwrap_or_default();
+    assert!(message.contains("8 GPU") && message.contains("position 1 of 1 in the queue"), "{message}");
     assert_eq!(waiting["TrainingJobStatus"], "InProgress");
     c.cli(&["training-jobs", "stop", "huge"]).assert_success();
     c.wait_json(&["training-jobs", "describe", "huge"], |d| d["TrainingJobStatus"] == "Stopped");

@@ -77,6 +77,8 @@ fn round_trip(c: &Coordinator) {
     assert_eq!(job["TrainingJobStatus"], "InProgress");
     assert_eq!(job["HyperParameters"]["optimizer"], "momentum");
     assert_eq!(job["SecondaryStatusTransitions"][0]["Status"], "Starting");
+    let waiting = job["SecondaryStatusTransitions"][1]["StatusMessage"].as_str().unwrap_or_default();
+    assert!(waiting.contains("position 1 of 1 in the queue"), "a queued job says where it stands: {waiting}");
     c.cli(&["training-jobs", "stop", "blobs-logreg-baseline"]).assert_success();
     let job =
         c.wait_json(&["training-jobs", "describe", "blobs-logreg-baseline"], |d| d["TrainingJobStatus"] == "Stopped");

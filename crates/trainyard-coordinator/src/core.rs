@@ -229,6 +229,15 @@ impl Coordinator {
         let name = request.training_job_name.unwrap_or_default();
         let job = self.training_job(&name).await?.value;
         let mut response = job.describe();
+        // A queued job says where it stands (computed by the loop, not stored).
+        if job.secondary_status == trainyard_model::status::SecondaryStatus::Pending
+            && let Some((position, length, reason)) = self.queue_position(&name).await
+            && let Some(last) = response.secondary_status_transitions.as_mut().and_then(|t| t.last_mut())
+        {
+            let why = reason.map_or(String::new(), |r| format!("; cannot be placed: {r}"));
+            last.status_message =
+                Some(format!("{}; position {position} of {length} in the queue{why}", crate::events::PENDING_MESSAGE));
+        }
         if let Some(tuning) = job.tuning_job_name() {
             response.tuning_job_arn = Some(self.arns.tuning_job(tuning));
         }
@@ -256,6 +265,12 @@ impl Coordinator {
         }
         self.emit(Event::TrainingJobStopRequested(name));
         Ok(())
+    }
+
+    async fn queue_position(&self, name: &str) -> Option<(usize, usize, Option<String>)> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.events.send(Event::QueuePosition(name.to_string(), tx)).ok()?;
+        rx.await.ok().flatten()
     }
 
     // ----- logs -----

@@ -33,11 +33,28 @@ pub enum Event {
     TrainingJobCreated(String),
     TuningJobStopRequested(String),
     TrainingJobStopRequested(String),
-    AgentConnected { session: u64, register: pb::Register, outbound: mpsc::UnboundedSender<pb::CoordinatorMessage> },
-    AgentHeartbeat { session: u64, agent: String, heartbeat: pb::Heartbeat },
-    InstanceUpdate { session: u64, agent: String, update: pb::InstanceUpdate },
-    AgentDisconnected { session: u64, agent: String },
+    AgentConnected {
+        session: u64,
+        register: pb::Register,
+        outbound: mpsc::UnboundedSender<pb::CoordinatorMessage>,
+    },
+    AgentHeartbeat {
+        session: u64,
+        agent: String,
+        heartbeat: pb::Heartbeat,
+    },
+    InstanceUpdate {
+        session: u64,
+        agent: String,
+        update: pb::InstanceUpdate,
+    },
+    AgentDisconnected {
+        session: u64,
+        agent: String,
+    },
     ListAgents(oneshot::Sender<Vec<pb::AgentSummary>>),
+    /// Where a queued job stands: its position (1-based), the queue's length, and why it waits.
+    QueuePosition(String, oneshot::Sender<Option<(usize, usize, Option<String>)>>),
 }
 
 pub const PENDING_MESSAGE: &str = "Queued: waiting for an agent with the requested resources";
@@ -194,6 +211,10 @@ impl Loop {
             }
             Event::ListAgents(reply) => {
                 let _ = reply.send(self.summaries());
+                Ok(())
+            }
+            Event::QueuePosition(name, reply) => {
+                let _ = reply.send(self.position(&name));
                 Ok(())
             }
         }
@@ -874,6 +895,17 @@ impl Loop {
             }
         }
         Ok(())
+    }
+
+    /// Queue order is arrival order; placement serves tuning jobs fairly, so this is an estimate.
+    fn position(&self, name: &str) -> Option<(usize, usize, Option<String>)> {
+        let queued = self.queue.get(name)?;
+        let ahead = self
+            .queue
+            .values()
+            .filter(|q| (q.queued_at, &q.demand.job) < (queued.queued_at, &queued.demand.job))
+            .count();
+        Some((ahead + 1, self.queue.len(), queued.reason.clone()))
     }
 
     fn summaries(&self) -> Vec<pb::AgentSummary> {

@@ -79,8 +79,15 @@ fn audited(sql: String) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(sql)
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+/// The outcome of an insert: a taken name is `AlreadyExists`, whatever the backend's error says.
+fn inserted<T>(result: Result<T, sqlx::Error>, kind: ResourceKind, name: &str) -> Result<(), StoreError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            Err(StoreError::AlreadyExists { kind, name: name.to_string() })
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl SqlStore {
@@ -225,13 +232,7 @@ impl Store for SqlStore {
         .bind(request)
         .execute(&self.pool)
         .await;
-        match result {
-            Ok(_) => Ok(Versioned { value: job.clone(), version: 1 }),
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::AlreadyExists { kind: ResourceKind::TuningJob, name: job.name.clone() })
-            }
-            Err(e) => Err(e.into()),
-        }
+        inserted(result, ResourceKind::TuningJob, &job.name).map(|()| Versioned { value: job.clone(), version: 1 })
     }
 
     async fn get_tuning_job(&self, name: &str) -> Result<Option<Versioned<TuningJob>>, StoreError> {
@@ -323,13 +324,7 @@ impl Store for SqlStore {
         .bind(details)
         .execute(&self.pool)
         .await;
-        match result {
-            Ok(_) => Ok(Versioned { value: job.clone(), version: 1 }),
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::AlreadyExists { kind: ResourceKind::TrainingJob, name: job.name.clone() })
-            }
-            Err(e) => Err(e.into()),
-        }
+        inserted(result, ResourceKind::TrainingJob, &job.name).map(|()| Versioned { value: job.clone(), version: 1 })
     }
 
     async fn get_training_job(&self, name: &str) -> Result<Option<Versioned<TrainingJob>>, StoreError> {
