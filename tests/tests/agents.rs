@@ -341,3 +341,33 @@ fn pipe_mode_and_jobs_that_no_agent_can_hold() {
     c.cli(&["training-jobs", "stop", "huge"]).assert_success();
     c.wait_json(&["training-jobs", "describe", "huge"], |d| d["TrainingJobStatus"] == "Stopped");
 }
+
+#[test]
+fn a_bayesian_tuning_job_learns_from_its_trials() {
+    let c = Coordinator::start();
+    let _agent = c.start_agent("bayes", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
+    let mut request = tuning_request(&c, "bayes", "ml.m5.large", 12, 2);
+    request["HyperParameterTuningJobConfig"]["Strategy"] = json!("Bayesian");
+    request["HyperParameterTuningJobConfig"]["ParameterRanges"] =
+        json!({"ContinuousParameterRanges": [{"Name": "x", "MinValue": "0", "MaxValue": "1"}]});
+    request["TrainingJobDefinition"]["StaticHyperParameters"] = json!({"mode": "ok", "sleep": "0.1"});
+    submit(&c, "tuning-jobs", "bayes", &request);
+    let done = c.wait_json_for(Duration::from_secs(90), &["tuning-jobs", "describe", "bayes"], |d| {
+        d["HyperParameterTuningJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
+    assert_eq!(done["TrainingJobStatusCounters"]["Completed"], 12);
+    let best = done["BestTrainingJob"]["FinalHyperParameterTuningJobObjectiveMetric"]["Value"].as_f64().expect("best");
+    assert!(best > 0.995, "the search closes in on x = 0.3 (score 1): {best}");
+    // The later trials, chosen by the model, are better on average than the random start.
+    let trials = c.json(&["tuning-jobs", "trials", "bayes", "--sort-by", "Name", "--max-results", "100"]);
+    let scores: Vec<f64> = trials["TrainingJobSummaries"]
+        .as_array()
+        .expect("trials")
+        .iter()
+        .map(|t| t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"].as_f64().expect("objective"))
+        .collect();
+    let early: f64 = scores[..5].iter().sum::<f64>() / 5.0;
+    let late: f64 = scores[7..].iter().sum::<f64>() / 5.0;
+    assert!(late > early, "model-guided trials ({late}) beat the random start ({early}): {scores:?}");
+}

@@ -16,13 +16,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use trainyard_model::api;
 use trainyard_model::jobs::{PlacedInstance, TrainingJob, TrialOrigin};
+use trainyard_model::listing::{Cursor, CursorKey, ListFilter, ListQuery, SortKey, SortOrder};
 use trainyard_model::status::{SecondaryStatus, TrainingJobStatus, TuningJobStatus};
 use trainyard_model::{DomainError, Timestamp, trials};
 use trainyard_proto::pb::coordinator_message::Body as Down;
 use trainyard_proto::pb::{self, InstanceState};
 use trainyard_scheduler::{Agent as Capacity, Decision, Demand, Problem};
 use trainyard_store::MetricSample;
-use trainyard_tuner::{SearchSpace, Strategy};
+use trainyard_tuner::{Finished, SearchSpace, Strategy};
 
 use crate::core::{Coordinator, now};
 
@@ -109,6 +110,10 @@ struct TuningRun {
     launched: u64,
     active: BTreeSet<String>,
     objective: Option<(String, bool)>,
+    /// Trials with an objective value (larger is better: a minimised metric is negated).
+    finished: Vec<Finished>,
+    /// Hyperparameters of the trials still running, for strategies that avoid them.
+    pending: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 pub struct Loop {
@@ -737,6 +742,11 @@ impl Loop {
         if let Some(tuning) = stored.tuning_job_name().map(str::to_string) {
             if let Some(run) = self.tuning.get_mut(&tuning) {
                 run.active.remove(job);
+                let tuned = run.pending.remove(job).unwrap_or_default();
+                if let Some(v) = stored.objective_value {
+                    let maximize = run.objective.as_ref().is_none_or(|(_, m)| *m);
+                    run.finished.push(Finished { hyper_parameters: tuned, value: if maximize { v } else { -v } });
+                }
             }
             let stopping = self.c.tuning_job(&tuning).await?.value.status == TuningJobStatus::Stopping;
             if stopping { self.stop_tuning(&tuning).await? } else { self.drive_tuning(&tuning).await? }
@@ -776,7 +786,7 @@ impl Loop {
         let config = job.request.hyper_parameter_tuning_job_config.clone().unwrap_or_default();
         let strategy_name = config.strategy.clone().unwrap_or_default();
         let strategy = Strategy::from_name(&strategy_name);
-        if !matches!(strategy_name.as_str(), "Random" | "Grid") {
+        if !matches!(strategy_name.as_str(), "Random" | "Grid" | "Bayesian") {
             warn!(tuning_job = name, strategy = %strategy_name, "this strategy is not implemented yet: trials are drawn as Random draws them");
         }
         let definition = trials::definition(&job.request, 0).cloned().unwrap_or_default();
@@ -791,8 +801,38 @@ impl Loop {
             .unwrap_or(u64::MAX)
             .min(capacity.unwrap_or(u64::MAX));
         let launched = self.c.store.count_trials(name).await?;
-        let active: BTreeSet<String> =
-            self.c.store.active_training_jobs(Some(name)).await?.into_iter().map(|t| t.value.name).collect();
+        let objective = trials::objective(&job.request);
+        let maximize = objective.as_ref().is_none_or(|(_, m)| *m);
+        // What earlier trials found (after a restart, from the store).
+        let mut finished = Vec::new();
+        let mut pending = BTreeMap::new();
+        let mut active = BTreeSet::new();
+        let mut query = ListQuery {
+            filter: ListFilter { tuning_job_name: Some(name.to_string()), ..Default::default() },
+            sort_by: SortKey::CreationTime,
+            sort_order: SortOrder::Ascending,
+            limit: 1000,
+            after: None,
+        };
+        loop {
+            let page = self.c.store.list_training_jobs(&query).await?;
+            for t in &page.items {
+                let tuned = t.origin.as_ref().map(|o| o.tuned_hyper_parameters.clone()).unwrap_or_default();
+                if !t.status.is_terminal() {
+                    active.insert(t.name.clone());
+                    pending.insert(t.name.clone(), tuned);
+                } else if let Some(v) = t.objective_value {
+                    finished.push(Finished { hyper_parameters: tuned, value: if maximize { v } else { -v } });
+                }
+            }
+            match (page.next_token, page.items.last()) {
+                (Some(_), Some(last)) => {
+                    query.after =
+                        Some(Cursor { key: CursorKey::Int(last.creation_time.millis()), name: last.name.clone() })
+                }
+                _ => break,
+            }
+        }
         // Without a RandomSeed, a seed from the name keeps a restarted job's draws the same.
         let seed = config.random_seed.map(|s| s as u64).unwrap_or_else(|| {
             name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
@@ -807,7 +847,9 @@ impl Loop {
                 max_parallel: limits.max_parallel_training_jobs.unwrap_or(1).max(1) as u64,
                 launched,
                 active,
-                objective: trials::objective(&job.request),
+                objective,
+                finished,
+                pending,
             },
         );
         Ok(())
@@ -825,7 +867,8 @@ impl Loop {
                 break;
             }
             let index = run.launched;
-            let Some(tuned) = run.strategy.suggest(&run.space, run.seed, index) else {
+            let pending: Vec<BTreeMap<String, String>> = run.pending.values().cloned().collect();
+            let Some(tuned) = run.strategy.suggest(&run.space, run.seed, index, &run.finished, &pending) else {
                 if let Some(run) = self.tuning.get_mut(name) {
                     run.max_trials = run.launched;
                 }
@@ -837,7 +880,7 @@ impl Loop {
             let origin = TrialOrigin {
                 tuning_job_name: name.to_string(),
                 definition_name: definition.definition_name.clone(),
-                tuned_hyper_parameters: tuned,
+                tuned_hyper_parameters: tuned.clone(),
             };
             let training = TrainingJob::new(request, Some(origin), &self.c.arns, now())?;
             match self.c.store.create_training_job(&training).await {
@@ -847,6 +890,7 @@ impl Loop {
             if let Some(run) = self.tuning.get_mut(name) {
                 run.launched += 1;
                 run.active.insert(trial.clone());
+                run.pending.insert(trial.clone(), tuned);
             }
             info!(tuning_job = name, trial = %trial, index = index + 1, "trial launched");
             self.enqueue(&trial).await?;

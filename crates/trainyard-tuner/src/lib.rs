@@ -2,15 +2,16 @@
 //!
 //! * [`space`]: the search space from SageMaker's `ParameterRanges`, with its scaling types, and the
 //!   strings a training job receives;
-//! * [`strategy`]: what to try next. Random and Grid are here; Bayesian and Hyperband come with the
-//!   tuner issue and, until then, draw their suggestions the way Random does (stated in
-//!   [`strategy::Strategy::from_name`]).
+//! * [`strategy`]: what to try next: Random, Grid and Bayesian ([`bayesian`]: a Gaussian process
+//!   and expected improvement). Hyperband comes with the tuner issue and, until then, draws its
+//!   suggestions the way Random does (stated in [`strategy::Strategy::from_name`]).
 //!
 //! Determinism: trial `i` of a tuning job with seed `s` always gets the same hyperparameters, in any
 //! process, whatever order results arrive in.
 
+pub mod bayesian;
 pub mod space;
 pub mod strategy;
 
 pub use space::{Parameter, Scale, SearchSpace, SpaceError};
-pub use strategy::Strategy;
+pub use strategy::{Finished, Strategy};

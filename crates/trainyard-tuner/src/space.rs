@@ -90,6 +90,15 @@ impl SearchSpace {
         Ok(SearchSpace { parameters })
     }
 
+    /// The point of the unit cube a set of hyperparameters came from (the inverse of [`Self::at`],
+    /// up to rounding); a missing or unparseable value maps to the middle of its range.
+    pub fn point_of(&self, values: &BTreeMap<String, String>) -> Vec<f64> {
+        self.parameters
+            .iter()
+            .map(|p| values.get(&p.name).map_or(0.5, |v| p.domain.unit_of(v)).clamp(0.0, 0.999_999))
+            .collect()
+    }
+
     /// The hyperparameters at a point of the unit cube (one coordinate per parameter, in [0, 1)).
     pub fn at(&self, point: &[f64]) -> BTreeMap<String, String> {
         self.parameters.iter().zip(point).map(|(p, &u)| (p.name.clone(), p.domain.render(u.clamp(0.0, 1.0)))).collect()
@@ -116,7 +125,45 @@ fn scaled(u: f64, min: f64, max: f64, scale: Scale) -> f64 {
     }
 }
 
+/// The inverse of [`scaled`].
+fn unscaled(x: f64, min: f64, max: f64, scale: Scale) -> f64 {
+    if max <= min {
+        return 0.5;
+    }
+    match scale {
+        Scale::Linear => (x - min) / (max - min),
+        Scale::Logarithmic if x > 0.0 && min > 0.0 => (x.ln() - min.ln()) / (max.ln() - min.ln()),
+        Scale::ReverseLogarithmic if x < 1.0 && max < 1.0 => {
+            let (a, b) = (1.0 - max, 1.0 - min);
+            ((1.0 - x).ln() - b.ln()) / (a.ln() - b.ln())
+        }
+        _ => 0.5,
+    }
+}
+
 impl Domain {
+    /// Where a rendered value sits in the unit interval.
+    pub fn unit_of(&self, value: &str) -> f64 {
+        match self {
+            Domain::Integer { min, max, scale } => {
+                let Ok(x) = value.trim().parse::<f64>() else { return 0.5 };
+                match scale {
+                    Scale::Logarithmic if *min > 0 => {
+                        unscaled(x + 0.5, *min as f64, *max as f64 + 0.9999, Scale::Logarithmic)
+                    }
+                    _ => unscaled(x, *min as f64 - 0.5, *max as f64 + 0.4999, Scale::Linear),
+                }
+            }
+            Domain::Continuous { min, max, scale } => {
+                value.trim().parse::<f64>().map_or(0.5, |x| unscaled(x, *min, *max, *scale))
+            }
+            Domain::Categorical { values } => match values.iter().position(|v| v == value) {
+                Some(i) => (i as f64 + 0.5) / values.len() as f64,
+                None => 0.5,
+            },
+        }
+    }
+
     /// The string a training job receives for the point `u` of this domain.
     pub fn render(&self, u: f64) -> String {
         match self {

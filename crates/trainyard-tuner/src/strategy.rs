@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::bayesian::{self, Dim, Observation};
 use crate::space::{Domain, SearchSpace};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -13,36 +14,79 @@ pub enum Strategy {
     Random,
     /// Every combination of the categorical values, in a stable order.
     Grid,
+    /// A Gaussian-process surrogate and expected improvement (see [`crate::bayesian`]).
+    Bayesian,
 }
 
+/// A finished trial as the strategies see it: its hyperparameters and its objective value, with
+/// larger meaning better (callers negate a minimised metric).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub hyper_parameters: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Trials a Bayesian search draws at random before it trusts its model.
+pub const BAYESIAN_RANDOM_START: u64 = 5;
+
 impl Strategy {
-    /// The strategy that drives a tuning job of SageMaker strategy `name`. Bayesian and Hyperband are
-    /// not implemented yet (the tuner issue): until they are, they draw like Random.
+    /// The strategy that drives a tuning job of SageMaker strategy `name`. Hyperband is not
+    /// implemented yet (the tuner issue): until it is, it draws like Random.
     pub fn from_name(name: &str) -> Strategy {
         match name {
             "Grid" => Strategy::Grid,
+            "Bayesian" => Strategy::Bayesian,
             _ => Strategy::Random,
         }
     }
 
     /// Hyperparameters for trial `index` (0-based), or None when the strategy has no more (Grid).
-    pub fn suggest(&self, space: &SearchSpace, seed: u64, index: u64) -> Option<BTreeMap<String, String>> {
+    /// `finished` are the trials with an objective value, `pending` those still running. The
+    /// result depends only on (seed, index, finished, pending).
+    pub fn suggest(
+        &self,
+        space: &SearchSpace,
+        seed: u64,
+        index: u64,
+        finished: &[Finished],
+        pending: &[BTreeMap<String, String>],
+    ) -> Option<BTreeMap<String, String>> {
+        // One stream per trial: trial i's draws depend on nothing but (seed, i) and the results.
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(index);
         match self {
             Strategy::Random => {
-                // One stream per trial: trial i's draw depends on nothing but (seed, i).
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                rng.set_stream(index);
                 let point: Vec<f64> = space.parameters.iter().map(|_| rng.random::<f64>()).collect();
                 Some(space.at(&point))
             }
             Strategy::Grid => grid_point(space, index),
+            Strategy::Bayesian if index < BAYESIAN_RANDOM_START || finished.len() < 2 => {
+                Strategy::Random.suggest(space, seed, index, finished, pending)
+            }
+            Strategy::Bayesian => {
+                let dims: Vec<Dim> = space
+                    .parameters
+                    .iter()
+                    .map(|p| match &p.domain {
+                        Domain::Categorical { values } => Dim::Categorical(values.len()),
+                        _ => Dim::Numeric,
+                    })
+                    .collect();
+                let observations: Vec<Observation> = finished
+                    .iter()
+                    .filter(|f| f.value.is_finite())
+                    .map(|f| Observation { point: space.point_of(&f.hyper_parameters), value: f.value })
+                    .collect();
+                let pending: Vec<Vec<f64>> = pending.iter().map(|p| space.point_of(p)).collect();
+                Some(space.at(&bayesian::suggest(&dims, &observations, &pending, &mut rng)))
+            }
         }
     }
 
     /// How many trials the strategy can produce at most (Grid: the number of combinations).
     pub fn capacity(&self, space: &SearchSpace) -> Option<u64> {
         match self {
-            Strategy::Random => None,
+            Strategy::Random | Strategy::Bayesian => None,
             Strategy::Grid => Some(grid_sizes(space).iter().product()),
         }
     }
@@ -88,10 +132,10 @@ mod tests {
     #[test]
     fn random_is_a_function_of_seed_and_index() {
         let s = space(r#"{"ContinuousParameterRanges": [{"Name": "x", "MinValue": "0", "MaxValue": "1"}]}"#);
-        let a: Vec<_> = (0..5).map(|i| Strategy::Random.suggest(&s, 42, i)).collect();
-        let b: Vec<_> = (0..5).rev().map(|i| Strategy::Random.suggest(&s, 42, i)).rev().collect();
+        let a: Vec<_> = (0..5).map(|i| Strategy::Random.suggest(&s, 42, i, &[], &[])).collect();
+        let b: Vec<_> = (0..5).rev().map(|i| Strategy::Random.suggest(&s, 42, i, &[], &[])).rev().collect();
         assert_eq!(a, b, "order of asking does not matter");
-        assert_ne!(Strategy::Random.suggest(&s, 43, 0), a[0], "another seed, another draw");
+        assert_ne!(Strategy::Random.suggest(&s, 43, 0, &[], &[]), a[0], "another seed, another draw");
         let distinct: std::collections::BTreeSet<_> = a.iter().map(|h| h.as_ref().map(|m| m["x"].clone())).collect();
         assert_eq!(distinct.len(), 5);
     }
@@ -104,11 +148,40 @@ mod tests {
         assert_eq!(Strategy::Grid.capacity(&s), Some(6));
         let all: Vec<String> = (0..6)
             .map(|i| {
-                let h = Strategy::Grid.suggest(&s, 0, i).expect("in range");
+                let h = Strategy::Grid.suggest(&s, 0, i, &[], &[]).expect("in range");
                 format!("{}{}", h["a"], h["b"])
             })
             .collect();
         assert_eq!(all, ["x1", "x2", "x3", "y1", "y2", "y3"]);
-        assert_eq!(Strategy::Grid.suggest(&s, 0, 6), None);
+        assert_eq!(Strategy::Grid.suggest(&s, 0, 6, &[], &[]), None);
+    }
+
+    #[test]
+    fn bayesian_is_deterministic_and_learns_from_results() {
+        let s = space(r#"{"ContinuousParameterRanges": [{"Name": "x", "MinValue": "-5", "MaxValue": "5"}]}"#);
+        let f = |h: &BTreeMap<String, String>| -(h["x"].parse::<f64>().expect("number") - 1.7).powi(2);
+        let mut finished: Vec<Finished> = Vec::new();
+        for i in 0..15 {
+            let h = Strategy::Bayesian.suggest(&s, 3, i, &finished, &[]).expect("suggestion");
+            let again = Strategy::Bayesian.suggest(&s, 3, i, &finished, &[]).expect("suggestion");
+            assert_eq!(h, again, "same seed and results, same suggestion");
+            finished.push(Finished { value: f(&h), hyper_parameters: h });
+        }
+        let best = finished.iter().map(|f| f.value).fold(f64::MIN, f64::max);
+        assert!(best > -0.05, "close to x = 1.7 after 15 trials: {best}");
+    }
+
+    #[test]
+    fn points_map_back_to_where_they_came_from() {
+        let s = space(
+            r#"{"ContinuousParameterRanges": [{"Name": "lr", "MinValue": "0.001", "MaxValue": "1", "ScalingType": "Logarithmic"},
+                                               {"Name": "m", "MinValue": "0.5", "MaxValue": "0.99", "ScalingType": "ReverseLogarithmic"}],
+               "CategoricalParameterRanges": [{"Name": "opt", "Values": ["a", "b", "c"]}]}"#,
+        );
+        let point = [0.3, 0.6, 0.5];
+        let back = s.point_of(&s.at(&point));
+        for (a, b) in point.iter().zip(&back) {
+            assert!((a - b).abs() < 1e-9, "{point:?} -> {back:?}");
+        }
     }
 }
