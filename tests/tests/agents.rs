@@ -371,3 +371,53 @@ fn a_bayesian_tuning_job_learns_from_its_trials() {
     let late: f64 = scores[7..].iter().sum::<f64>() / 5.0;
     assert!(late > early, "model-guided trials ({late}) beat the random start ({early}): {scores:?}");
 }
+
+#[test]
+fn early_stopping_and_completion_criteria_end_trials_and_jobs() {
+    let c = Coordinator::start();
+    let _agent = c.start_agent("tuner", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
+
+    // The median rule: once three trials have finished, a trial whose objective is below the
+    // median of their running averages is stopped, keeps its last value and counts as stopped.
+    let mut early = tuning_request(&c, "early", "ml.m5.large", 10, 1);
+    early["HyperParameterTuningJobConfig"]["TrainingJobEarlyStoppingType"] = json!("Auto");
+    early["HyperParameterTuningJobConfig"]["ParameterRanges"] =
+        json!({"ContinuousParameterRanges": [{"Name": "x", "MinValue": "0", "MaxValue": "1"}]});
+    early["TrainingJobDefinition"]["StaticHyperParameters"] = json!({"mode": "ok", "sleep": "1.5"});
+    submit(&c, "tuning-jobs", "early", &early);
+
+    // TargetObjectiveMetricValue: the job completes as soon as a trial reaches it.
+    let mut target = tuning_request(&c, "target", "ml.m5.large", 30, 1);
+    target["HyperParameterTuningJobConfig"]["TuningJobCompletionCriteria"] = json!({"TargetObjectiveMetricValue": 0.9});
+    target["HyperParameterTuningJobConfig"]["ParameterRanges"] =
+        json!({"ContinuousParameterRanges": [{"Name": "x", "MinValue": "0", "MaxValue": "1"}]});
+    target["TrainingJobDefinition"]["StaticHyperParameters"] = json!({"mode": "ok", "sleep": "0.1"});
+    submit(&c, "tuning-jobs", "target", &target);
+
+    let done = c.wait_json_for(Duration::from_secs(60), &["tuning-jobs", "describe", "target"], |d| {
+        d["HyperParameterTuningJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
+    let best = done["BestTrainingJob"]["FinalHyperParameterTuningJobObjectiveMetric"]["Value"].as_f64().expect("best");
+    assert!(best >= 0.9, "{best}");
+    let counters = &done["TrainingJobStatusCounters"];
+    let ran = counters["Completed"].as_i64().unwrap_or(0) + counters["Stopped"].as_i64().unwrap_or(0);
+    assert!(ran < 30, "it stopped early, after {ran} trials");
+    assert!(done["TuningJobCompletionDetails"]["NumberOfTrainingJobsObjectiveNotImproving"].is_number(), "{done:#}");
+
+    let done = c.wait_json_for(Duration::from_secs(90), &["tuning-jobs", "describe", "early"], |d| {
+        d["HyperParameterTuningJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
+    let stopped = done["TrainingJobStatusCounters"]["Stopped"].as_i64().unwrap_or(0);
+    let completed = done["TrainingJobStatusCounters"]["Completed"].as_i64().unwrap_or(0);
+    assert_eq!(stopped + completed, 10);
+    assert!(stopped >= 1 && completed >= 3, "stopped {stopped}, completed {completed}");
+    let trials = c.json(&["tuning-jobs", "trials", "early", "--status", "Stopped"]);
+    for t in trials["TrainingJobSummaries"].as_array().expect("trials") {
+        assert!(
+            t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"].is_number(),
+            "a stopped trial keeps its last value: {t}"
+        );
+    }
+}

@@ -23,6 +23,7 @@ use trainyard_proto::pb::coordinator_message::Body as Down;
 use trainyard_proto::pb::{self, InstanceState};
 use trainyard_scheduler::{Agent as Capacity, Decision, Demand, Problem};
 use trainyard_store::MetricSample;
+use trainyard_tuner::stopping::{self, Completion, Criteria};
 use trainyard_tuner::{Finished, SearchSpace, Strategy};
 
 use crate::core::{Coordinator, now};
@@ -114,6 +115,17 @@ struct TuningRun {
     finished: Vec<Finished>,
     /// Hyperparameters of the trials still running, for strategies that avoid them.
     pending: BTreeMap<String, BTreeMap<String, String>>,
+    criteria: Criteria,
+    /// TrainingJobEarlyStoppingType: Auto (the median rule).
+    early_stopping: bool,
+    /// Objective after each epoch (larger is better) of running trials, and of finished ones.
+    curves: HashMap<String, Vec<f64>>,
+    finished_curves: Vec<Vec<f64>>,
+    stopped_early: BTreeSet<String>,
+    /// ResourceLimits.MaxRuntimeInSeconds of the tuning job.
+    deadline: Option<Timestamp>,
+    /// A completion criterion or the runtime limit holds: no new trials, running ones are stopped.
+    completing: bool,
 }
 
 pub struct Loop {
@@ -510,6 +522,19 @@ impl Loop {
                 self.instance_lost(&job, instance, &format!("agent {id} was lost (no heartbeat)")).await?;
             }
         }
+        // Tuning jobs past ResourceLimits.MaxRuntimeInSeconds.
+        let overdue: Vec<(String, u32)> = self
+            .tuning
+            .iter()
+            .filter(|(_, r)| !r.completing && r.deadline.is_some_and(|d| now() > d))
+            .map(|(n, r)| {
+                (n.clone(), stopping::trials_not_improving(&r.finished.iter().map(|f| f.value).collect::<Vec<_>>()))
+            })
+            .collect();
+        for (name, not_improving) in overdue {
+            info!(tuning_job = %name, "MaxRuntimeInSeconds of the tuning job reached");
+            self.complete_early(&name, None, not_improving).await?;
+        }
         // MaxPendingTimeInSeconds.
         let expired: Vec<String> = self
             .queue
@@ -671,6 +696,38 @@ impl Loop {
         Ok(())
     }
 
+    /// Feeds a trial's objective to the median stopping rule; stops the trial if it says so.
+    fn early_stop(&mut self, tuning: &str, trial: &str, metric: &str, samples: &[pb::MetricSample]) {
+        let Some(run) = self.tuning.get_mut(tuning) else { return };
+        let Some((objective, maximize)) = run.objective.clone() else { return };
+        if !run.early_stopping || objective != metric || run.stopped_early.contains(trial) {
+            return;
+        }
+        let curve = run.curves.entry(trial.to_string()).or_default();
+        for s in samples.iter().filter(|s| s.name == objective) {
+            curve.push(if maximize { s.value } else { -s.value });
+        }
+        if !stopping::median_rule(curve, &run.finished_curves) {
+            return;
+        }
+        run.stopped_early.insert(trial.to_string());
+        info!(
+            tuning_job = tuning,
+            trial,
+            epoch = curve.len(),
+            "stopped early: worse than the median of earlier trials"
+        );
+        if let Some(r) = self.running.get(trial) {
+            for (i, (agent, ended)) in &r.instances {
+                if ended.is_none()
+                    && let Some(a) = self.agents.get(agent)
+                {
+                    send(a, Down::Stop(pb::StopInstance { training_job_name: trial.to_string(), instance: *i }));
+                }
+            }
+        }
+    }
+
     async fn record_metrics(&mut self, job: &str, samples: &[pb::MetricSample]) -> Result<(), DomainError> {
         let converted: Vec<MetricSample> = samples
             .iter()
@@ -681,10 +738,13 @@ impl Loop {
             })
             .collect();
         self.c.store.append_metrics(job, &converted).await?;
-        let objective = {
-            let stored = self.c.training_job(job).await?.value;
-            stored.tuning_job_name().and_then(|t| self.tuning.get(t)).and_then(|t| t.objective.clone()).map(|(m, _)| m)
-        };
+        let stored = self.c.training_job(job).await?.value;
+        let tuning = stored.tuning_job_name().map(str::to_string);
+        let objective =
+            tuning.as_deref().and_then(|t| self.tuning.get(t)).and_then(|t| t.objective.clone()).map(|(m, _)| m);
+        if let (Some(tuning), Some(metric)) = (&tuning, &objective) {
+            self.early_stop(tuning, job, metric, samples);
+        }
         self.c
             .update_training_job(job, |j| {
                 for s in &converted {
@@ -740,13 +800,25 @@ impl Loop {
         info!(training_job = job, status = %status, "training job ended");
         let stored = self.c.training_job(job).await?.value;
         if let Some(tuning) = stored.tuning_job_name().map(str::to_string) {
+            let mut completion = None;
             if let Some(run) = self.tuning.get_mut(&tuning) {
                 run.active.remove(job);
                 let tuned = run.pending.remove(job).unwrap_or_default();
+                if let Some(curve) = run.curves.remove(job) {
+                    run.finished_curves.push(curve);
+                }
                 if let Some(v) = stored.objective_value {
                     let maximize = run.objective.as_ref().is_none_or(|(_, m)| *m);
                     run.finished.push(Finished { hyper_parameters: tuned, value: if maximize { v } else { -v } });
                 }
+                if !run.completing {
+                    let values: Vec<f64> = run.finished.iter().map(|f| f.value).collect();
+                    completion = stopping::complete(&run.criteria, &values)
+                        .map(|c| (c, stopping::trials_not_improving(&values)));
+                }
+            }
+            if let Some((reason, not_improving)) = completion {
+                self.complete_early(&tuning, Some(reason), not_improving).await?;
             }
             let stopping = self.c.tuning_job(&tuning).await?.value.status == TuningJobStatus::Stopping;
             if stopping { self.stop_tuning(&tuning).await? } else { self.drive_tuning(&tuning).await? }
@@ -801,11 +873,32 @@ impl Loop {
             .unwrap_or(u64::MAX)
             .min(capacity.unwrap_or(u64::MAX));
         let launched = self.c.store.count_trials(name).await?;
+        let sign = |v: f64, maximize: bool| if maximize { v } else { -v };
+        let completion = config.tuning_job_completion_criteria.clone().unwrap_or_default();
+        let criteria_maximize = trials::objective(&job.request).is_none_or(|(_, m)| m);
+        let criteria = Criteria {
+            target: completion.target_objective_metric_value.map(|t| sign(t, criteria_maximize)),
+            max_not_improving: completion
+                .best_objective_not_improving
+                .and_then(|b| b.max_number_of_training_jobs_not_improving)
+                .map(|n| n.max(0) as u32),
+            complete_on_convergence: completion
+                .convergence_detected
+                .and_then(|c| c.complete_on_convergence)
+                .is_some_and(|c| c == "Enabled"),
+        };
+        let deadline = limits
+            .max_runtime_in_seconds
+            .map(|s| Timestamp::from_millis(job.creation_time.millis() + i64::from(s) * 1000));
         let objective = trials::objective(&job.request);
         let maximize = objective.as_ref().is_none_or(|(_, m)| *m);
         // What earlier trials found (after a restart, from the store).
         let mut finished = Vec::new();
         let mut pending = BTreeMap::new();
+        let early_stopping =
+            config.training_job_early_stopping_type.as_deref() == Some("Auto") && strategy_name != "Hyperband";
+        let mut curves = HashMap::new();
+        let mut finished_curves = Vec::new();
         let mut active = BTreeSet::new();
         let mut query = ListQuery {
             filter: ListFilter { tuning_job_name: Some(name.to_string()), ..Default::default() },
@@ -823,6 +916,22 @@ impl Loop {
                     pending.insert(t.name.clone(), tuned);
                 } else if let Some(v) = t.objective_value {
                     finished.push(Finished { hyper_parameters: tuned, value: if maximize { v } else { -v } });
+                }
+                if early_stopping && let Some((metric, _)) = &objective {
+                    let curve: Vec<f64> = self
+                        .c
+                        .store
+                        .read_metrics(&t.name)
+                        .await?
+                        .into_iter()
+                        .filter(|m| &m.name == metric)
+                        .map(|m| if maximize { m.value } else { -m.value })
+                        .collect();
+                    if t.status.is_terminal() {
+                        finished_curves.push(curve);
+                    } else {
+                        curves.insert(t.name.clone(), curve);
+                    }
                 }
             }
             match (page.next_token, page.items.last()) {
@@ -850,6 +959,13 @@ impl Loop {
                 objective,
                 finished,
                 pending,
+                criteria,
+                early_stopping,
+                curves,
+                finished_curves,
+                stopped_early: BTreeSet::new(),
+                deadline,
+                completing: job.completion.is_some(),
             },
         );
         Ok(())
@@ -863,7 +979,7 @@ impl Loop {
         }
         loop {
             let Some(run) = self.tuning.get(name) else { return Ok(()) };
-            if run.launched >= run.max_trials || run.active.len() as u64 >= run.max_parallel {
+            if run.completing || run.launched >= run.max_trials || run.active.len() as u64 >= run.max_parallel {
                 break;
             }
             let index = run.launched;
@@ -896,7 +1012,7 @@ impl Loop {
             self.enqueue(&trial).await?;
         }
         let Some(run) = self.tuning.get(name) else { return Ok(()) };
-        if run.launched >= run.max_trials && run.active.is_empty() {
+        if (run.completing || run.launched >= run.max_trials) && run.active.is_empty() {
             self.c
                 .update_tuning_job(name, |j| {
                     if j.status != TuningJobStatus::InProgress {
@@ -910,6 +1026,36 @@ impl Loop {
             self.tuning.remove(name);
         }
         Ok(())
+    }
+
+    /// A completion criterion (or the tuning job's runtime limit) holds: record why, launch nothing
+    /// more, and stop the trials still running; the job completes when they have ended.
+    async fn complete_early(
+        &mut self,
+        name: &str,
+        reason: Option<Completion>,
+        not_improving: u32,
+    ) -> Result<(), DomainError> {
+        let Some(run) = self.tuning.get_mut(name) else { return Ok(()) };
+        run.completing = true;
+        let active: Vec<String> = run.active.iter().cloned().collect();
+        info!(tuning_job = name, reason = ?reason, "completion criteria met: stopping the remaining trials");
+        let at = now();
+        self.c
+            .update_tuning_job(name, |j| {
+                j.completion = Some(api::HyperParameterTuningJobCompletionDetails {
+                    convergence_detected_time: matches!(reason, Some(Completion::Converged)).then_some(at),
+                    number_of_training_jobs_objective_not_improving: Some(not_improving as i32),
+                });
+                j.last_modified_time = at;
+                Ok(true)
+            })
+            .await?;
+        for trial in &active {
+            self.c.update_training_job(trial, |j| j.request_stop(now())).await?;
+            Box::pin(self.stop_training(trial)).await?;
+        }
+        Box::pin(self.drive_tuning(name)).await
     }
 
     async fn stop_tuning(&mut self, name: &str) -> Result<(), DomainError> {

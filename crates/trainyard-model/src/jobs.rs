@@ -23,6 +23,8 @@ pub struct TuningJob {
     pub end_time: Option<Timestamp>,
     pub failure_reason: Option<String>,
     pub request: api::CreateHyperParameterTuningJobRequest,
+    /// How it completed, when completion criteria ended it.
+    pub completion: Option<api::HyperParameterTuningJobCompletionDetails>,
 }
 
 /// Counts of a tuning job's trials, by status and by objective status.
@@ -82,6 +84,7 @@ impl TuningJob {
             end_time: None,
             failure_reason: None,
             request,
+            completion: None,
         })
     }
 
@@ -144,7 +147,7 @@ impl TuningJob {
             training_job_definition: r.training_job_definition.clone(),
             training_job_definitions: r.training_job_definitions.clone(),
             training_job_status_counters: Some(counts.status_counters()),
-            tuning_job_completion_details: None,
+            tuning_job_completion_details: self.completion.clone(),
             warm_start_config: r.warm_start_config.clone(),
         }
     }

@@ -10,8 +10,7 @@ use trainyard_model::timestamp::Timestamp;
 
 use crate::{StoreError, Versioned};
 
-pub(crate) const TUNING_COLUMNS: &str =
-    "name, arn, status, strategy, creation_time, last_modified_time, end_time, failure_reason, request, version";
+pub(crate) const TUNING_COLUMNS: &str = "name, arn, status, strategy, creation_time, last_modified_time, end_time, failure_reason, request, version, details";
 
 pub(crate) const TRAINING_COLUMNS: &str = "name, arn, tuning_job_name, status, secondary_status, objective_status, \
      objective_value, creation_time, last_modified_time, training_start_time, training_end_time, failure_reason, \
@@ -68,6 +67,7 @@ pub(crate) fn tuning_job(row: &AnyRow) -> Result<Versioned<TuningJob>, StoreErro
     let name: String = row.try_get("name")?;
     let request: String = row.try_get("request")?;
     let status: String = row.try_get("status")?;
+    let details: Option<String> = row.try_get("details")?;
     Ok(Versioned {
         version: row.try_get("version")?,
         value: TuningJob {
@@ -78,6 +78,7 @@ pub(crate) fn tuning_job(row: &AnyRow) -> Result<Versioned<TuningJob>, StoreErro
             end_time: ts(row.try_get("end_time")?),
             failure_reason: row.try_get("failure_reason")?,
             request: serde_json::from_str(&request).map_err(|e| corrupt(&name, e))?,
+            completion: details.map(|d| serde_json::from_str(&d)).transpose().map_err(|e| corrupt(&name, e))?,
             name,
         },
     })

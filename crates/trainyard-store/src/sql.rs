@@ -79,6 +79,14 @@ fn audited(sql: String) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(sql)
 }
 
+fn completion_json(job: &TuningJob) -> Result<Option<String>, StoreError> {
+    job.completion
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() })
+}
+
 /// The outcome of an insert: a taken name is `AlreadyExists`, whatever the backend's error says.
 fn inserted<T>(result: Result<T, sqlx::Error>, kind: ResourceKind, name: &str) -> Result<(), StoreError> {
     match result {
@@ -219,7 +227,7 @@ impl Store for SqlStore {
         let request = serde_json::to_string(&job.request)
             .map_err(|e| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() })?;
         let result = sqlx::query(audited(format!(
-            "INSERT INTO tuning_jobs ({TUNING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1)"
+            "INSERT INTO tuning_jobs ({TUNING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10)"
         )))
         .bind(&job.name)
         .bind(&job.arn)
@@ -230,6 +238,7 @@ impl Store for SqlStore {
         .bind(job.end_time.map(|t| t.millis()))
         .bind(job.failure_reason.as_deref())
         .bind(request)
+        .bind(completion_json(job)?)
         .execute(&self.pool)
         .await;
         inserted(result, ResourceKind::TuningJob, &job.name).map(|()| Versioned { value: job.clone(), version: 1 })
@@ -266,7 +275,7 @@ impl Store for SqlStore {
     ) -> Result<Versioned<TuningJob>, StoreError> {
         let result = sqlx::query(
             "UPDATE tuning_jobs SET status = $1, last_modified_time = $2, end_time = $3, failure_reason = $4, \
-             version = $5 WHERE name = $6 AND version = $7",
+             version = $5, details = $8 WHERE name = $6 AND version = $7",
         )
         .bind(job.status.as_str())
         .bind(job.last_modified_time.millis())
@@ -275,6 +284,7 @@ impl Store for SqlStore {
         .bind(expected_version + 1)
         .bind(&job.name)
         .bind(expected_version)
+        .bind(completion_json(job)?)
         .execute(&self.pool)
         .await?;
         if result.rows_affected() == 0 {

@@ -107,6 +107,14 @@ async fn created_jobs_read_back_unchanged(store: Arc<dyn Store>) {
     assert_eq!(stored.version, 1);
     let read = store.get_tuning_job("roundtrip").await.expect("get").expect("present");
     assert_eq!(read.value, job);
+    let mut completed = job.clone();
+    completed.completion = Some(api::HyperParameterTuningJobCompletionDetails {
+        convergence_detected_time: Some(Timestamp::from_millis(1_700_000_009_000)),
+        number_of_training_jobs_objective_not_improving: Some(4),
+    });
+    store.update_tuning_job(&completed, 1).await.expect("update");
+    let read = store.get_tuning_job("roundtrip").await.expect("get").expect("present");
+    assert_eq!(read.value, completed, "completion details are stored");
     assert!(store.get_tuning_job("absent").await.expect("get").is_none());
 
     let mut trial = training("roundtrip-001-0000abcd", 1_700_000_000_500, Some("roundtrip"));

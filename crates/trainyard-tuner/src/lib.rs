@@ -11,6 +11,7 @@
 
 pub mod bayesian;
 pub mod space;
+pub mod stopping;
 pub mod strategy;
 
 pub use space::{Parameter, Scale, SearchSpace, SpaceError};
