@@ -421,3 +421,28 @@ fn early_stopping_and_completion_criteria_end_trials_and_jobs() {
         );
     }
 }
+
+#[test]
+fn hyperband_stops_trials_outside_the_top_of_their_rung() {
+    let c = Coordinator::start();
+    let _agent = c.start_agent("bands", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
+    let mut request = tuning_request(&c, "bands", "ml.m5.large", 12, 3);
+    let config = &mut request["HyperParameterTuningJobConfig"];
+    config["Strategy"] = json!("Hyperband");
+    config["TrainingJobEarlyStoppingType"] = json!("Off");
+    config["StrategyConfig"] = json!({"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": 9}});
+    config["ParameterRanges"] = json!({"ContinuousParameterRanges": [{"Name": "x", "MinValue": "0", "MaxValue": "1"}]});
+    request["TrainingJobDefinition"]["StaticHyperParameters"] = json!({"mode": "ok", "sleep": "1.2"});
+    submit(&c, "tuning-jobs", "bands", &request);
+    let done = c.wait_json_for(Duration::from_secs(90), &["tuning-jobs", "describe", "bands"], |d| {
+        d["HyperParameterTuningJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
+    let stopped = done["TrainingJobStatusCounters"]["Stopped"].as_i64().unwrap_or(0);
+    let completed = done["TrainingJobStatusCounters"]["Completed"].as_i64().unwrap_or(0);
+    assert_eq!(stopped + completed, 12);
+    assert!(stopped >= 1, "Hyperband stopped the losers at their rungs: {done:#}");
+    // The best trial ran to the end.
+    let best = done["BestTrainingJob"]["TrainingJobStatus"].clone();
+    assert_eq!(best, "Completed");
+}

@@ -23,6 +23,7 @@ use trainyard_proto::pb::coordinator_message::Body as Down;
 use trainyard_proto::pb::{self, InstanceState};
 use trainyard_scheduler::{Agent as Capacity, Decision, Demand, Problem};
 use trainyard_store::MetricSample;
+use trainyard_tuner::hyperband::Hyperband;
 use trainyard_tuner::stopping::{self, Completion, Criteria};
 use trainyard_tuner::{Finished, SearchSpace, Strategy};
 
@@ -126,6 +127,8 @@ struct TuningRun {
     deadline: Option<Timestamp>,
     /// A completion criterion or the runtime limit holds: no new trials, running ones are stopped.
     completing: bool,
+    /// The Hyperband strategy's brackets and rungs (it stops trials itself).
+    hyperband: Option<Hyperband>,
 }
 
 pub struct Loop {
@@ -696,27 +699,36 @@ impl Loop {
         Ok(())
     }
 
-    /// Feeds a trial's objective to the median stopping rule; stops the trial if it says so.
+    /// Feeds a trial's objective to the early-stopping policy — Hyperband's rungs, or the median
+    /// rule of `TrainingJobEarlyStoppingType: Auto` — and stops the trial if it says so.
     fn early_stop(&mut self, tuning: &str, trial: &str, metric: &str, samples: &[pb::MetricSample]) {
         let Some(run) = self.tuning.get_mut(tuning) else { return };
         let Some((objective, maximize)) = run.objective.clone() else { return };
-        if !run.early_stopping || objective != metric || run.stopped_early.contains(trial) {
+        if !(run.early_stopping || run.hyperband.is_some()) || objective != metric || run.stopped_early.contains(trial)
+        {
             return;
         }
+        let bracket = run.hyperband.as_ref().map(|h| h.bracket_of(trials::index_of(tuning, trial).unwrap_or(0)));
         let curve = run.curves.entry(trial.to_string()).or_default();
+        let mut stop = false;
         for s in samples.iter().filter(|s| s.name == objective) {
-            curve.push(if maximize { s.value } else { -s.value });
+            let value = if maximize { s.value } else { -s.value };
+            curve.push(value);
+            stop = match (&mut run.hyperband, bracket) {
+                (Some(hb), Some(b)) => stop || hb.report(b, curve.len() as u64, value),
+                _ => stop || stopping::median_rule(curve, &run.finished_curves),
+            };
         }
-        if !stopping::median_rule(curve, &run.finished_curves) {
+        if !stop {
             return;
         }
         run.stopped_early.insert(trial.to_string());
-        info!(
-            tuning_job = tuning,
-            trial,
-            epoch = curve.len(),
-            "stopped early: worse than the median of earlier trials"
-        );
+        let rule = if run.hyperband.is_some() {
+            "outside the top 1/3 of its Hyperband rung"
+        } else {
+            "worse than the median of earlier trials"
+        };
+        info!(tuning_job = tuning, trial, epoch = curve.len(), rule, "stopped early");
         if let Some(r) = self.running.get(trial) {
             for (i, (agent, ended)) in &r.instances {
                 if ended.is_none()
@@ -858,9 +870,17 @@ impl Loop {
         let config = job.request.hyper_parameter_tuning_job_config.clone().unwrap_or_default();
         let strategy_name = config.strategy.clone().unwrap_or_default();
         let strategy = Strategy::from_name(&strategy_name);
-        if !matches!(strategy_name.as_str(), "Random" | "Grid" | "Bayesian") {
-            warn!(tuning_job = name, strategy = %strategy_name, "this strategy is not implemented yet: trials are drawn as Random draws them");
-        }
+        let hyperband = (strategy_name == "Hyperband").then(|| {
+            let hb =
+                config.strategy_config.as_ref().and_then(|s| s.hyperband_strategy_config.clone()).unwrap_or_default();
+            let statics =
+                trials::definition(&job.request, 0).and_then(|d| d.static_hyper_parameters.clone()).unwrap_or_default();
+            let inferred = trainyard_model::rules::EPOCH_HYPERPARAMETERS
+                .iter()
+                .find_map(|k| statics.get(*k)?.trim().parse::<u64>().ok());
+            let max = hb.max_resource.map(|m| m.max(1) as u64).or(inferred).unwrap_or(1);
+            Hyperband::new(hb.min_resource.map_or(1, |m| m.max(1) as u64), max)
+        });
         let definition = trials::definition(&job.request, 0).cloned().unwrap_or_default();
         let space = SearchSpace::from_ranges(&trials::ranges(&job.request, &definition))
             .map_err(|e| DomainError::Internal(format!("tuning job {name}: {e}")))?;
@@ -966,6 +986,7 @@ impl Loop {
                 stopped_early: BTreeSet::new(),
                 deadline,
                 completing: job.completion.is_some(),
+                hyperband,
             },
         );
         Ok(())

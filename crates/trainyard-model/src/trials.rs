@@ -55,6 +55,13 @@ pub fn name(tuning_job: &str, index: u64) -> String {
     trial_name(tuning_job, (index + 1) as u32, hash)
 }
 
+/// The 0-based index of a trial from its name (the inverse of [`name`]).
+pub fn index_of(tuning_job: &str, trial: &str) -> Option<u64> {
+    let rest = trial.strip_prefix(tuning_job)?.strip_prefix('-')?;
+    let (number, _) = rest.split_once('-')?;
+    number.parse::<u64>().ok()?.checked_sub(1)
+}
+
 /// The CreateTrainingJob request of a trial: the definition, its static hyperparameters, the tuned
 /// ones, and `_tuning_objective_metric`, all strings as a training job receives them.
 pub fn request(
@@ -146,6 +153,8 @@ mod tests {
         assert!(a.starts_with("random-240712-1545-019-"), "{a}");
         assert_eq!(a.len(), "random-240712-1545-019-".len() + 8);
         assert_eq!(a, name("random-240712-1545", 18));
+        assert_eq!(index_of("random-240712-1545", &a), Some(18));
+        assert_eq!(index_of("other", &a), None);
         assert_ne!(a, name("random-240712-1545", 19));
         assert_eq!(objective(&example()), Some(("validation:accuracy".to_string(), true)));
     }

@@ -18,7 +18,8 @@ pub fn median_rule(curve: &[f64], others: &[Vec<f64>]) -> bool {
     }
     averages.sort_by(f64::total_cmp);
     let mid = averages.len() / 2;
-    let median = if averages.len().is_multiple_of(2) { (averages[mid - 1] + averages[mid]) / 2.0 } else { averages[mid] };
+    let median =
+        if averages.len().is_multiple_of(2) { (averages[mid - 1] + averages[mid]) / 2.0 } else { averages[mid] };
     current < median
 }
 

@@ -30,8 +30,8 @@ pub struct Finished {
 pub const BAYESIAN_RANDOM_START: u64 = 5;
 
 impl Strategy {
-    /// The strategy that drives a tuning job of SageMaker strategy `name`. Hyperband is not
-    /// implemented yet (the tuner issue): until it is, it draws like Random.
+    /// The strategy that suggests configurations for SageMaker strategy `name`. Hyperband draws
+    /// its configurations at random; its brackets ([`crate::hyperband`]) decide when to stop them.
     pub fn from_name(name: &str) -> Strategy {
         match name {
             "Grid" => Strategy::Grid,
