@@ -446,3 +446,54 @@ fn hyperband_stops_trials_outside_the_top_of_their_rung() {
     let best = done["BestTrainingJob"]["TrainingJobStatus"].clone();
     assert_eq!(best, "Completed");
 }
+
+#[test]
+fn warm_start_seeds_a_search_with_its_parents_trials() {
+    let c = Coordinator::start();
+    let _agent = c.start_agent("warm", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
+    let ranges = json!({"ContinuousParameterRanges": [{"Name": "x", "MinValue": "0", "MaxValue": "1"}]});
+    let mut parent = tuning_request(&c, "parent", "ml.m5.large", 6, 3);
+    parent["HyperParameterTuningJobConfig"]["ParameterRanges"] = ranges.clone();
+    // Six one-second trials, three at a time: the parent runs for at least two seconds.
+    parent["TrainingJobDefinition"]["StaticHyperParameters"] = json!({"mode": "ok", "sleep": "1"});
+    submit(&c, "tuning-jobs", "parent", &parent);
+
+    // A parent still running is refused, as is one with another objective.
+    let mut child = tuning_request(&c, "child", "ml.m5.large", 4, 1);
+    child["HyperParameterTuningJobConfig"]["Strategy"] = json!("Bayesian");
+    child["HyperParameterTuningJobConfig"]["ParameterRanges"] = ranges;
+    child["TrainingJobDefinition"]["StaticHyperParameters"] = json!({"mode": "ok", "sleep": "0.1"});
+    child["WarmStartConfig"] = json!({"WarmStartType": "IdenticalDataAndAlgorithm", "ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": "parent"}]});
+    let early = c.write("child-early.json", &child.to_string());
+    let out = c.cli(&["tuning-jobs", "create", "--file", early.to_str().expect("utf-8")]);
+    assert_eq!(out.code(), 3, "a warm start from a running parent is refused: {}", out.stderr());
+    assert!(out.stderr().contains("must have ended"), "{}", out.stderr());
+    let parent_done = c.wait_json_for(Duration::from_secs(60), &["tuning-jobs", "describe", "parent"], |d| {
+        d["HyperParameterTuningJobStatus"] == "Completed"
+    });
+    let mut other = child.clone();
+    other["HyperParameterTuningJobName"] = json!("other-objective");
+    other["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["Type"] = json!("Minimize");
+    let file = c.write("other.json", &other.to_string());
+    let out = c.cli(&["tuning-jobs", "create", "--file", file.to_str().expect("utf-8")]);
+    assert_eq!(out.code(), 3);
+    assert!(out.stderr().contains("same objective metric"), "{}", out.stderr());
+
+    submit(&c, "tuning-jobs", "child", &child);
+    let done = c.wait_json_for(Duration::from_secs(60), &["tuning-jobs", "describe", "child"], |d| {
+        d["HyperParameterTuningJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
+    let parent_best = parent_done["BestTrainingJob"]["FinalHyperParameterTuningJobObjectiveMetric"]["Value"]
+        .as_f64()
+        .expect("parent best");
+    let overall = &done["OverallBestTrainingJob"];
+    let overall_value = overall["FinalHyperParameterTuningJobObjectiveMetric"]["Value"].as_f64().expect("overall best");
+    assert!(overall_value >= parent_best, "{overall_value} >= {parent_best}");
+    // Six results seed the model, so even the child's first trial is model-guided: near x = 0.3.
+    let trials = c.json(&["tuning-jobs", "trials", "child", "--sort-by", "Name"]);
+    let first = trials["TrainingJobSummaries"][0]["FinalHyperParameterTuningJobObjectiveMetric"]["Value"]
+        .as_f64()
+        .expect("value");
+    assert!(first > 0.9, "the first warm-started trial already scores {first}");
+}

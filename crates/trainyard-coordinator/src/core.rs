@@ -141,6 +141,17 @@ impl Coordinator {
                     field,
                     description: format!("parent '{name}' must have ended (it is {})", p.value.status),
                 }),
+                Some(p)
+                    if trainyard_model::trials::objective(&p.value.request)
+                        != trainyard_model::trials::objective(request) =>
+                {
+                    violations.push(Violation {
+                        field,
+                        description: format!(
+                            "parent '{name}' must have the same objective metric and type as this tuning job"
+                        ),
+                    })
+                }
                 Some(_) => {}
             }
         }
@@ -162,7 +173,33 @@ impl Coordinator {
             }
             None => None,
         };
-        Ok(job.describe(&counts, best, now()))
+        let mut response = job.describe(&counts, best, now());
+        // IdenticalDataAndAlgorithm: the best trial of this job and its parents together.
+        let warm = job.request.warm_start_config.as_ref();
+        if let (Some(w), Some((metric, maximize))) = (warm, &objective)
+            && w.warm_start_type.as_deref() == Some("IdenticalDataAndAlgorithm")
+        {
+            let mut candidates: Vec<api::HyperParameterTrainingJobSummary> =
+                response.best_training_job.iter().cloned().collect();
+            for parent in w
+                .parent_hyper_parameter_tuning_jobs
+                .iter()
+                .flatten()
+                .filter_map(|p| p.hyper_parameter_tuning_job_name.clone())
+            {
+                if let Some(t) = self.store.best_trial(&parent, *maximize).await? {
+                    candidates.push(t.trial_summary(Some(metric.as_str())));
+                }
+            }
+            let value = |s: &api::HyperParameterTrainingJobSummary| {
+                s.final_hyper_parameter_tuning_job_objective_metric.as_ref().and_then(|m| m.value).unwrap_or(f64::NAN)
+            };
+            response.overall_best_training_job = candidates.into_iter().max_by(|a, b| {
+                let (x, y) = (value(a), value(b));
+                if *maximize { x.total_cmp(&y) } else { y.total_cmp(&x) }
+            });
+        }
+        Ok(response)
     }
 
     pub async fn list_tuning_jobs(

@@ -129,6 +129,8 @@ struct TuningRun {
     completing: bool,
     /// The Hyperband strategy's brackets and rungs (it stops trials itself).
     hyperband: Option<Hyperband>,
+    /// How many entries at the start of `finished` came from warm-start parents.
+    seeded: usize,
 }
 
 pub struct Loop {
@@ -824,7 +826,7 @@ impl Loop {
                     run.finished.push(Finished { hyper_parameters: tuned, value: if maximize { v } else { -v } });
                 }
                 if !run.completing {
-                    let values: Vec<f64> = run.finished.iter().map(|f| f.value).collect();
+                    let values: Vec<f64> = run.finished[run.seeded..].iter().map(|f| f.value).collect();
                     completion = stopping::complete(&run.criteria, &values)
                         .map(|c| (c, stopping::trials_not_improving(&values)));
                 }
@@ -920,48 +922,56 @@ impl Loop {
         let mut curves = HashMap::new();
         let mut finished_curves = Vec::new();
         let mut active = BTreeSet::new();
-        let mut query = ListQuery {
-            filter: ListFilter { tuning_job_name: Some(name.to_string()), ..Default::default() },
-            sort_by: SortKey::CreationTime,
-            sort_order: SortOrder::Ascending,
-            limit: 1000,
-            after: None,
-        };
-        loop {
-            let page = self.c.store.list_training_jobs(&query).await?;
-            for t in &page.items {
-                let tuned = t.origin.as_ref().map(|o| o.tuned_hyper_parameters.clone()).unwrap_or_default();
-                if !t.status.is_terminal() {
-                    active.insert(t.name.clone());
-                    pending.insert(t.name.clone(), tuned);
-                } else if let Some(v) = t.objective_value {
-                    finished.push(Finished { hyper_parameters: tuned, value: if maximize { v } else { -v } });
-                }
-                if early_stopping && let Some((metric, _)) = &objective {
-                    let curve: Vec<f64> = self
-                        .c
-                        .store
-                        .read_metrics(&t.name)
-                        .await?
-                        .into_iter()
-                        .filter(|m| &m.name == metric)
-                        .map(|m| if maximize { m.value } else { -m.value })
-                        .collect();
-                    if t.status.is_terminal() {
-                        finished_curves.push(curve);
-                    } else {
-                        curves.insert(t.name.clone(), curve);
-                    }
-                }
+        for t in &self.trials_of(name).await? {
+            let tuned = t.origin.as_ref().map(|o| o.tuned_hyper_parameters.clone()).unwrap_or_default();
+            if !t.status.is_terminal() {
+                active.insert(t.name.clone());
+                pending.insert(t.name.clone(), tuned);
+            } else if let Some(v) = t.objective_value {
+                finished.push(Finished { hyper_parameters: tuned, value: if maximize { v } else { -v } });
             }
-            match (page.next_token, page.items.last()) {
-                (Some(_), Some(last)) => {
-                    query.after =
-                        Some(Cursor { key: CursorKey::Int(last.creation_time.millis()), name: last.name.clone() })
+            if (early_stopping || strategy_name == "Hyperband")
+                && let Some((metric, _)) = &objective
+            {
+                let curve: Vec<f64> = self
+                    .c
+                    .store
+                    .read_metrics(&t.name)
+                    .await?
+                    .into_iter()
+                    .filter(|m| &m.name == metric)
+                    .map(|m| if maximize { m.value } else { -m.value })
+                    .collect();
+                if t.status.is_terminal() {
+                    finished_curves.push(curve);
+                } else {
+                    curves.insert(t.name.clone(), curve);
                 }
-                _ => break,
             }
         }
+        // Warm start: the parents' finished trials seed the search (our own come after them, so
+        // completion criteria judge this job's trials).
+        let mut seeded = Vec::new();
+        for parent in job
+            .request
+            .warm_start_config
+            .iter()
+            .flat_map(|w| w.parent_hyper_parameter_tuning_jobs.iter().flatten())
+            .filter_map(|p| p.hyper_parameter_tuning_job_name.clone())
+        {
+            for t in self.trials_of(&parent).await? {
+                if let Some(v) = t.objective_value {
+                    let tuned = t.origin.map(|o| o.tuned_hyper_parameters).unwrap_or_default();
+                    seeded.push(Finished { hyper_parameters: tuned, value: if maximize { v } else { -v } });
+                }
+            }
+        }
+        if !seeded.is_empty() {
+            info!(tuning_job = name, trials = seeded.len(), "warm start: parents' trials seed the search");
+        }
+        let seeded_count = seeded.len();
+        seeded.extend(finished);
+        let finished = seeded;
         // Without a RandomSeed, a seed from the name keeps a restarted job's draws the same.
         let seed = config.random_seed.map(|s| s as u64).unwrap_or_else(|| {
             name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
@@ -987,9 +997,34 @@ impl Loop {
                 deadline,
                 completing: job.completion.is_some(),
                 hyperband,
+                seeded: seeded_count,
             },
         );
         Ok(())
+    }
+
+    /// Every trial of a tuning job, oldest first.
+    async fn trials_of(&self, tuning: &str) -> Result<Vec<TrainingJob>, DomainError> {
+        let mut query = ListQuery {
+            filter: ListFilter { tuning_job_name: Some(tuning.to_string()), ..Default::default() },
+            sort_by: SortKey::CreationTime,
+            sort_order: SortOrder::Ascending,
+            limit: 1000,
+            after: None,
+        };
+        let mut all = Vec::new();
+        loop {
+            let page = self.c.store.list_training_jobs(&query).await?;
+            let last = page
+                .items
+                .last()
+                .map(|t| Cursor { key: CursorKey::Int(t.creation_time.millis()), name: t.name.clone() });
+            all.extend(page.items);
+            match (page.next_token, last) {
+                (Some(_), Some(cursor)) => query.after = Some(cursor),
+                _ => return Ok(all),
+            }
+        }
     }
 
     /// Launches trials up to MaxParallelTrainingJobs, and completes the job when all have run.

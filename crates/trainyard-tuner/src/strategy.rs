@@ -26,7 +26,7 @@ pub struct Finished {
     pub value: f64,
 }
 
-/// Trials a Bayesian search draws at random before it trusts its model.
+/// Results a Bayesian search needs before it trusts its model; until then it draws at random.
 pub const BAYESIAN_RANDOM_START: u64 = 5;
 
 impl Strategy {
@@ -60,7 +60,8 @@ impl Strategy {
                 Some(space.at(&point))
             }
             Strategy::Grid => grid_point(space, index),
-            Strategy::Bayesian if index < BAYESIAN_RANDOM_START || finished.len() < 2 => {
+            // Random until the model has a few results to learn from (a warm start brings them).
+            Strategy::Bayesian if (finished.len() as u64) < BAYESIAN_RANDOM_START => {
                 Strategy::Random.suggest(space, seed, index, finished, pending)
             }
             Strategy::Bayesian => {
