@@ -14,9 +14,24 @@ use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 
 /// Observations the surrogate is fitted on, at most.
-pub const MAX_POINTS: usize = 120;
+pub const MAX_POINTS: usize = 100;
 /// Candidates scored per suggestion.
-pub const CANDIDATES: usize = 512;
+pub const CANDIDATES: usize = 320;
+
+/// The observations the model keeps when there are more than [`MAX_POINTS`]: the most recent half
+/// and the best half of the rest. Linear in the number of observations.
+pub fn keep<T: Copy>(items: &[T], value: impl Fn(&T) -> f64) -> Vec<T> {
+    if items.len() <= MAX_POINTS {
+        return items.to_vec();
+    }
+    let split = items.len() - MAX_POINTS / 2;
+    let mut older: Vec<T> = items[..split].to_vec();
+    let k = MAX_POINTS / 2;
+    older.select_nth_unstable_by(k - 1, |a, b| value(b).total_cmp(&value(a)));
+    older.truncate(k);
+    older.extend_from_slice(&items[split..]);
+    older
+}
 
 /// A finished trial: where it was (unit cube) and its objective, larger is better.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,14 +198,8 @@ pub fn suggest(dims: &[Dim], observations: &[Observation], pending: &[Vec<f64>],
         return random_point(rng);
     }
     // Bounded model: the best half and the most recent half of MAX_POINTS.
-    let mut kept: Vec<Observation> = observations.to_vec();
-    if kept.len() > MAX_POINTS {
-        let recent: Vec<Observation> = kept[kept.len() - MAX_POINTS / 2..].to_vec();
-        kept.truncate(kept.len() - MAX_POINTS / 2);
-        kept.sort_by(|a, b| b.value.total_cmp(&a.value));
-        kept.truncate(MAX_POINTS / 2);
-        kept.extend(recent);
-    }
+    let refs: Vec<&Observation> = observations.iter().collect();
+    let mut kept: Vec<Observation> = keep(&refs, |o| o.value).into_iter().cloned().collect();
     let best = kept.iter().map(|o| o.value).fold(f64::MIN, f64::max);
     // Constant liar: running trials count as having returned the best value.
     for p in pending.iter().take(MAX_POINTS / 4) {
@@ -233,6 +242,20 @@ pub fn suggest(dims: &[Dim], observations: &[Observation], pending: &[Vec<f64>],
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn the_model_keeps_the_best_and_the_most_recent() {
+        let values: Vec<f64> = (0..1000).map(|i| f64::from((i * 7919) % 1000)).collect();
+        let kept = keep(&values, |v| *v);
+        assert_eq!(kept.len(), MAX_POINTS);
+        let mut older: Vec<f64> = values[..1000 - MAX_POINTS / 2].to_vec();
+        older.sort_by(|a, b| b.total_cmp(a));
+        let mut best: Vec<f64> = kept[..MAX_POINTS / 2].to_vec();
+        best.sort_by(|a, b| b.total_cmp(a));
+        assert_eq!(best, older[..MAX_POINTS / 2], "the best half of the older ones");
+        assert_eq!(&kept[MAX_POINTS / 2..], &values[1000 - MAX_POINTS / 2..], "and the most recent");
+        assert_eq!(keep(&values[..10], |v| *v), values[..10].to_vec());
+    }
 
     #[test]
     fn cholesky_solves_a_known_system() {

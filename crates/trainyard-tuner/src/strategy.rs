@@ -73,9 +73,11 @@ impl Strategy {
                         _ => Dim::Numeric,
                     })
                     .collect();
-                let observations: Vec<Observation> = finished
-                    .iter()
-                    .filter(|f| f.value.is_finite())
+                // Only the observations the model keeps are mapped to points: the cost of a
+                // suggestion does not grow with the number of finished trials.
+                let usable: Vec<&Finished> = finished.iter().filter(|f| f.value.is_finite()).collect();
+                let observations: Vec<Observation> = bayesian::keep(&usable, |f| f.value)
+                    .into_iter()
                     .map(|f| Observation { point: space.point_of(&f.hyper_parameters), value: f.value })
                     .collect();
                 let pending: Vec<Vec<f64>> = pending.iter().map(|p| space.point_of(p)).collect();
