@@ -152,7 +152,14 @@ impl Coordinator {
                         ),
                     })
                 }
-                Some(_) => {}
+                Some(p) => {
+                    for problem in trainyard_model::trials::warm_start_problems(request, &p.value.request) {
+                        violations.push(Violation {
+                            field: field.clone(),
+                            description: format!("parent '{name}': {problem}"),
+                        });
+                    }
+                }
             }
         }
         Ok(violations)

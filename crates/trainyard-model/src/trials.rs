@@ -55,6 +55,72 @@ pub fn name(tuning_job: &str, index: u64) -> String {
     trial_name(tuning_job, (index + 1) as u32, hash)
 }
 
+/// What a hyperparameter is in a tuning job: a static value or a range of one of three types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Role {
+    Static(String),
+    Integer,
+    Continuous,
+    Categorical,
+}
+
+fn roles(request: &api::CreateHyperParameterTuningJobRequest) -> BTreeMap<String, Role> {
+    let mut out = BTreeMap::new();
+    let Some(def) = definition(request, 0) else { return out };
+    for (k, v) in def.static_hyper_parameters.iter().flatten() {
+        out.insert(k.clone(), Role::Static(v.clone()));
+    }
+    let r = ranges(request, def);
+    for x in r.integer_parameter_ranges.iter().flatten() {
+        out.insert(x.name.clone().unwrap_or_default(), Role::Integer);
+    }
+    for x in r.continuous_parameter_ranges.iter().flatten() {
+        out.insert(x.name.clone().unwrap_or_default(), Role::Continuous);
+    }
+    for x in r.categorical_parameter_ranges.iter().flatten() {
+        out.insert(x.name.clone().unwrap_or_default(), Role::Categorical);
+    }
+    out
+}
+
+/// Changes allowed between a warm-start parent and its child.
+pub const MAX_WARM_START_CHANGES: usize = 10;
+
+/// Why `parent` cannot warm-start `child`, as SageMaker rules it: the same hyperparameters (static
+/// plus tunable), each range keeping its type, and at most ten changes (static ↔ tunable, or a
+/// static value changed). Empty when it can.
+pub fn warm_start_problems(
+    child: &api::CreateHyperParameterTuningJobRequest,
+    parent: &api::CreateHyperParameterTuningJobRequest,
+) -> Vec<String> {
+    let (c, p) = (roles(child), roles(parent));
+    let mut problems = Vec::new();
+    let missing: Vec<&String> = p.keys().filter(|k| !c.contains_key(*k)).collect();
+    let added: Vec<&String> = c.keys().filter(|k| !p.contains_key(*k)).collect();
+    if !missing.is_empty() || !added.is_empty() {
+        problems.push(format!(
+            "the hyperparameters (static plus tunable) must stay the same: missing {missing:?}, added {added:?}"
+        ));
+    }
+    let mut changes = 0;
+    for (name, role) in &c {
+        let Some(before) = p.get(name) else { continue };
+        match (before, role) {
+            (Role::Static(a), Role::Static(b)) if a != b => changes += 1,
+            (Role::Static(_), Role::Static(_)) => {}
+            (Role::Static(_), _) | (_, Role::Static(_)) => changes += 1,
+            (a, b) if a != b => problems.push(format!("'{name}' must keep its type ({a:?} in the parent, {b:?} here)")),
+            _ => {}
+        }
+    }
+    if changes > MAX_WARM_START_CHANGES {
+        problems.push(format!(
+            "at most {MAX_WARM_START_CHANGES} changes (static to tunable, tunable to static, static values) are allowed (got {changes})"
+        ));
+    }
+    problems
+}
+
 /// The 0-based index of a trial from its name (the inverse of [`name`]).
 pub fn index_of(tuning_job: &str, trial: &str) -> Option<u64> {
     let rest = trial.strip_prefix(tuning_job)?.strip_prefix('-')?;
@@ -145,6 +211,42 @@ mod tests {
     fn r_again(tuning: &api::CreateHyperParameterTuningJobRequest) -> api::CreateTrainingJobRequest {
         let def = definition(tuning, 0).expect("definition");
         request(tuning, def, &name("blobs-logreg-random", 0), &BTreeMap::new())
+    }
+
+    #[test]
+    fn warm_start_keeps_the_hyperparameters_and_their_types() {
+        let parent = example();
+        assert!(warm_start_problems(&parent, &parent).is_empty());
+        let mut child = example();
+        let statics = |c: &mut api::CreateHyperParameterTuningJobRequest| {
+            c.training_job_definition
+                .as_mut()
+                .and_then(|d| d.static_hyper_parameters.as_mut())
+                .map(std::mem::take)
+                .unwrap_or_default()
+        };
+        // batch_size: static → another value (1 change); a new static one is an addition.
+        let mut s = statics(&mut child);
+        s.insert("batch_size".into(), "64".into());
+        child.training_job_definition.as_mut().expect("definition").static_hyper_parameters = Some(s.clone());
+        assert!(warm_start_problems(&child, &parent).is_empty(), "one change is fine");
+        s.insert("extra".into(), "1".into());
+        child.training_job_definition.as_mut().expect("definition").static_hyper_parameters = Some(s);
+        let problems = warm_start_problems(&child, &parent);
+        assert!(problems[0].contains("added [\"extra\"]"), "{problems:?}");
+        // epochs: an integer range becoming continuous keeps the name but not the type.
+        let mut child = example();
+        let ranges =
+            child.hyper_parameter_tuning_job_config.as_mut().and_then(|c| c.parameter_ranges.as_mut()).expect("ranges");
+        let epochs = ranges.integer_parameter_ranges.take().expect("integer ranges").remove(0);
+        ranges.continuous_parameter_ranges.as_mut().expect("continuous").push(api::ContinuousParameterRange {
+            name: epochs.name,
+            min_value: epochs.min_value,
+            max_value: epochs.max_value,
+            scaling_type: None,
+        });
+        let problems = warm_start_problems(&child, &parent);
+        assert!(problems.iter().any(|p| p.contains("'epochs' must keep its type")), "{problems:?}");
     }
 
     #[test]

@@ -49,8 +49,10 @@ def run(sampler, f, optimum, batch):
     best, regrets, done = math.inf, [], 0
     while done < TRIALS:
         trials = [study.ask() for _ in range(min(batch, TRIALS - done))]
-        for t in trials:
-            y = f(t)
+        # Optuna samples when a parameter is first asked for: evaluate the whole batch before
+        # telling any result, so that the batch is suggested blind, as ours is.
+        values = [f(t) for t in trials]
+        for t, y in zip(trials, values):
             study.tell(t, y)
             best = min(best, y)
             regrets.append(best - optimum)
