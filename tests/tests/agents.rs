@@ -9,9 +9,15 @@ use serde_json::{Value, json};
 use trainyard_e2e::{Coordinator, TEST_TRAINER, example};
 use trainyard_testkit::nvml;
 
+/// The test trainer, written once per coordinator: rewriting a program while an agent starts it
+/// would make that start fail with "text file busy".
 fn trainer(c: &Coordinator) -> String {
-    let path = c.write("trainer.py", TEST_TRAINER);
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = c.dir.path().join("trainer.py");
+    if !path.exists() {
+        let staging = c.write("trainer.py.new", TEST_TRAINER);
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::rename(&staging, &path).expect("rename");
+    }
     path.display().to_string()
 }
 
@@ -496,4 +502,68 @@ fn warm_start_seeds_a_search_with_its_parents_trials() {
         .as_f64()
         .expect("value");
     assert!(first > 0.9, "the first warm-started trial already scores {first}");
+}
+
+#[test]
+fn each_definition_of_a_tuning_job_tunes_its_own_ranges() {
+    let c = Coordinator::start();
+    let _agent = c.start_agent("defs", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
+    let mut request = tuning_request(&c, "defs", "ml.m5.large", 6, 2);
+    let mut low = request["TrainingJobDefinition"].clone();
+    low["DefinitionName"] = json!("low");
+    low["StaticHyperParameters"] = json!({"mode": "ok", "sleep": "0.1"});
+    low["HyperParameterRanges"] =
+        json!({"ContinuousParameterRanges": [{"Name": "x", "MinValue": "0", "MaxValue": "0.5"}]});
+    low["TuningObjective"] = json!({"Type": "Maximize", "MetricName": "score"});
+    let mut high = low.clone();
+    high["DefinitionName"] = json!("high");
+    high["HyperParameterRanges"] =
+        json!({"ContinuousParameterRanges": [{"Name": "x", "MinValue": "0.5", "MaxValue": "1"}]});
+    let object = request.as_object_mut().expect("object");
+    object.remove("TrainingJobDefinition");
+    object.insert("TrainingJobDefinitions".into(), json!([low, high]));
+    let config = object.get_mut("HyperParameterTuningJobConfig").and_then(Value::as_object_mut).expect("config");
+    config.remove("ParameterRanges");
+    config.remove("HyperParameterTuningJobObjective");
+    submit(&c, "tuning-jobs", "defs", &request);
+    let done = c.wait_json_for(Duration::from_secs(60), &["tuning-jobs", "describe", "defs"], |d| {
+        d["HyperParameterTuningJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
+    let trials = c.json(&["tuning-jobs", "trials", "defs", "--sort-by", "Name"]);
+    let trials = trials["TrainingJobSummaries"].as_array().expect("trials").clone();
+    assert_eq!(trials.len(), 6);
+    for (i, t) in trials.iter().enumerate() {
+        let definition = if i % 2 == 0 { "low" } else { "high" };
+        assert_eq!(t["TrainingJobDefinitionName"], definition, "definitions take turns");
+        let x: f64 = t["TunedHyperParameters"]["x"].as_str().expect("x").parse().expect("number");
+        let range = if definition == "low" { 0.0..=0.5 } else { 0.5..=1.0 };
+        assert!(range.contains(&x), "{definition}: x = {x}");
+    }
+}
+
+#[test]
+fn a_tuning_job_completes_at_its_max_runtime() {
+    let c = Coordinator::start();
+    let _agent = c.start_agent(
+        "clock",
+        &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536", "--stop-grace-seconds", "2"],
+        &[],
+    );
+    let mut request = tuning_request(&c, "clock", "ml.m5.large", 500, 2);
+    // 120 seconds is the smallest limit the service model allows.
+    request["HyperParameterTuningJobConfig"]["ResourceLimits"]["MaxRuntimeInSeconds"] = json!(120);
+    request["TrainingJobDefinition"]["StaticHyperParameters"] = json!({"mode": "ok", "sleep": "7"});
+    request["HyperParameterTuningJobConfig"]["ParameterRanges"] =
+        json!({"ContinuousParameterRanges": [{"Name": "x", "MinValue": "0", "MaxValue": "1"}]});
+    submit(&c, "tuning-jobs", "clock", &request);
+    let done = c.wait_json_for(Duration::from_secs(160), &["tuning-jobs", "describe", "clock"], |d| {
+        d["HyperParameterTuningJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
+    let runtime = done["ConsumedResources"]["RuntimeInSeconds"].as_i64().expect("runtime");
+    assert!((120..=135).contains(&runtime), "ended at its limit: {runtime} s");
+    let counters = &done["TrainingJobStatusCounters"];
+    assert!(counters["Stopped"].as_i64().unwrap_or(0) >= 1, "the trials running at the limit were stopped: {counters}");
+    assert_eq!(counters["InProgress"], 0);
 }

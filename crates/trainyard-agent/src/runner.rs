@@ -418,14 +418,19 @@ async fn execute(
             Ok(())
         });
     }
-    let mut child = match cmd.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            return Outcome {
-                state: InstanceState::Failed,
-                failure: Some(format!("cannot start {}: {e}", argv[0])),
-                exit_code: None,
-            };
+    // A program being replaced while it starts fails with ETXTBSY for a moment: try again.
+    let mut attempts = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Ok(child) => break child,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 10 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                let failure = Some(format!("cannot start {}: {e}", argv[0]));
+                return Outcome { state: InstanceState::Failed, failure, exit_code: None };
+            }
         }
     };
     let pid = child.id().map(|p| p as i32);

@@ -104,7 +104,8 @@ struct Running {
 }
 
 struct TuningRun {
-    space: SearchSpace,
+    /// One search space per training-job definition (each may tune its own ranges).
+    spaces: Vec<SearchSpace>,
     strategy: Strategy,
     seed: u64,
     max_trials: u64,
@@ -131,6 +132,28 @@ struct TuningRun {
     hyperband: Option<Hyperband>,
     /// How many entries at the start of `finished` came from warm-start parents.
     seeded: usize,
+}
+
+impl TuningRun {
+    /// Which definition trial `index` uses, and the index its strategy is asked for: Grid runs each
+    /// definition's combinations in turn (the index within the definition); the other strategies
+    /// alternate definitions (the trial's own index).
+    fn definition_of(&self, index: u64) -> (usize, u64) {
+        let n = self.spaces.len().max(1);
+        if self.strategy == Strategy::Grid {
+            let mut rest = index;
+            for (d, space) in self.spaces.iter().enumerate() {
+                let combos = self.strategy.capacity(space).unwrap_or(0);
+                if rest < combos {
+                    return (d, rest);
+                }
+                rest -= combos;
+            }
+            return (n - 1, u64::MAX);
+        }
+        // The trial's own index keeps each trial's random stream distinct across definitions.
+        ((index % n as u64) as usize, index)
+    }
 }
 
 pub struct Loop {
@@ -883,11 +906,17 @@ impl Loop {
             let max = hb.max_resource.map(|m| m.max(1) as u64).or(inferred).unwrap_or(1);
             Hyperband::new(hb.min_resource.map_or(1, |m| m.max(1) as u64), max)
         });
-        let definition = trials::definition(&job.request, 0).cloned().unwrap_or_default();
-        let space = SearchSpace::from_ranges(&trials::ranges(&job.request, &definition))
+        let definitions = trainyard_model::rules::definitions(&job.request).len().max(1);
+        let spaces = (0..definitions as u64)
+            .map(|d| {
+                let definition = trials::definition(&job.request, d).cloned().unwrap_or_default();
+                SearchSpace::from_ranges(&trials::ranges(&job.request, &definition))
+            })
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| DomainError::Internal(format!("tuning job {name}: {e}")))?;
         let limits = config.resource_limits.clone().unwrap_or_default();
-        let capacity = strategy.capacity(&space);
+        // Grid: every definition's combinations, one definition after another.
+        let capacity = spaces.iter().map(|s| strategy.capacity(s)).sum::<Option<u64>>();
         let max_trials = limits
             .max_number_of_training_jobs
             .map(|m| m.max(0) as u64)
@@ -979,7 +1008,7 @@ impl Loop {
         self.tuning.insert(
             name.to_string(),
             TuningRun {
-                space,
+                spaces,
                 strategy,
                 seed,
                 max_trials,
@@ -1039,14 +1068,26 @@ impl Loop {
                 break;
             }
             let index = run.launched;
-            let pending: Vec<BTreeMap<String, String>> = run.pending.values().cloned().collect();
-            let Some(tuned) = run.strategy.suggest(&run.space, run.seed, index, &run.finished, &pending) else {
+            let (d, local) = run.definition_of(index);
+            let space = &run.spaces[d];
+            // A definition learns from the trials that tuned its hyperparameters.
+            let tunes = |h: &BTreeMap<String, String>| space.parameters.iter().all(|p| h.contains_key(&p.name));
+            let finished: Vec<Finished> = run.finished.iter().filter(|f| tunes(&f.hyper_parameters)).cloned().collect();
+            let pending: Vec<BTreeMap<String, String>> = run.pending.values().filter(|h| tunes(h)).cloned().collect();
+            let Some(tuned) = run.strategy.suggest(space, run.seed, local, &finished, &pending) else {
                 if let Some(run) = self.tuning.get_mut(name) {
                     run.max_trials = run.launched;
                 }
                 break;
             };
-            let definition = trials::definition(&job.request, index).cloned().unwrap_or_default();
+            let definition = job
+                .request
+                .training_job_definitions
+                .as_ref()
+                .and_then(|defs| defs.get(d))
+                .or(job.request.training_job_definition.as_ref())
+                .cloned()
+                .unwrap_or_default();
             let trial = trials::name(name, index);
             let request = trials::request(&job.request, &definition, &trial, &tuned);
             let origin = TrialOrigin {
