@@ -567,3 +567,96 @@ fn a_tuning_job_completes_at_its_max_runtime() {
     assert!(counters["Stopped"].as_i64().unwrap_or(0) >= 1, "the trials running at the limit were stopped: {counters}");
     assert_eq!(counters["InProgress"], 0);
 }
+
+#[test]
+fn data_and_models_travel_through_an_s3_compatible_store() {
+    let s3 = trainyard_testkit::s3::S3Server::start();
+    let data = trainyard_e2e::repo_root().join("deploy/examples/data/blobs");
+    s3.python(&format!(
+        "s3.create_bucket(Bucket='datasets')\ns3.create_bucket(Bucket='models')\n\
+         s3.upload_file('{train}', 'datasets', 'blobs/train/train.csv')\n\
+         s3.upload_file('{validation}', 'datasets', 'blobs/validation/validation.csv')\n\
+         s3.put_object(Bucket='datasets', Key='checkpoints/run1/step-1.ckpt', Body=b'restored')",
+        train = data.join("train/train.csv").display(),
+        validation = data.join("validation/validation.csv").display(),
+    ));
+    let c = Coordinator::start();
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _agent = c.start_agent("cloudy", &["--advertise-vcpus", "8", "--s3-endpoint", &s3.endpoint], &env);
+
+    let mut request: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    request["TrainingJobName"] = json!("from-s3");
+    let trainer = trainyard_e2e::repo_root().join("deploy/examples/trainer/train.py");
+    request["AlgorithmSpecification"]["TrainingImage"] = json!(trainer.display().to_string());
+    request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = json!("s3://datasets/blobs/train/");
+    request["InputDataConfig"][1]["DataSource"]["S3DataSource"]["S3Uri"] = json!("s3://datasets/blobs/validation/");
+    request["OutputDataConfig"]["S3OutputPath"] = json!("s3://models/runs/");
+    request["CheckpointConfig"] = json!({"S3Uri": "s3://datasets/checkpoints/run1/"});
+    submit(&c, "training-jobs", "from-s3", &request);
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "from-s3"], |d| {
+        d["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    assert_eq!(done["ModelArtifacts"]["S3ModelArtifacts"], "s3://models/runs/from-s3/output/model.tar.gz");
+    let keys = s3.python("print('\\n'.join(o['Key'] for o in s3.list_objects_v2(Bucket='models')['Contents']))");
+    assert!(keys.lines().any(|k| k == "runs/from-s3/output/model.tar.gz"), "{keys}");
+    let accuracy = done["FinalMetricDataList"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["MetricName"] == "validation:accuracy"))
+        .and_then(|m| m["Value"].as_f64())
+        .expect("accuracy");
+    assert!(accuracy > 0.7, "it trained on the data it read from S3: {accuracy}");
+    // The checkpoint was restored into the job before it started, and synced back after.
+    let restored = c.dir.path().join("agents/cloudy/jobs/from-s3/algo-1/checkpoints/step-1.ckpt");
+    assert_eq!(std::fs::read_to_string(&restored).expect("restored checkpoint"), "restored");
+    let ckpt = s3
+        .python("print(s3.get_object(Bucket='datasets', Key='checkpoints/run1/step-1.ckpt')['Body'].read().decode())");
+    assert_eq!(ckpt.trim(), "restored");
+}
+
+#[test]
+fn a_two_instance_job_runs_on_two_agents_with_sharded_data() {
+    let c = Coordinator::start();
+    let _a = c.start_agent("left", &["--advertise-vcpus", "4"], &[]);
+    let _b = c.start_agent("right", &["--advertise-vcpus", "4"], &[]);
+    // Six objects under one prefix, in a bucket served from a directory.
+    let shards = c.output_dir().join("shards/parts");
+    std::fs::create_dir_all(&shards).expect("dir");
+    for i in 0..6 {
+        std::fs::write(shards.join(format!("part-{i}.csv")), format!("{i}\n")).expect("write");
+    }
+    let lister = c.write(
+        "lister.sh",
+        "#!/bin/sh\necho \"host=$SM_CURRENT_HOST hosts=$SM_HOSTS files=$(ls \"$SM_CHANNEL_TRAIN\" | sort | tr '\\n' ',')\"\nmkdir -p \"$SM_MODEL_DIR\"\n",
+    );
+    std::fs::set_permissions(&lister, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut request = training_request(&c, "pair", json!({}), 600);
+    request["AlgorithmSpecification"]["TrainingImage"] = json!(lister.display().to_string());
+    request["ResourceConfig"]["InstanceCount"] = json!(2);
+    request["InputDataConfig"] = json!([{
+        "ChannelName": "train",
+        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://trainyard-output/shards/parts/",
+                                         "S3DataDistributionType": "ShardedByS3Key"}}
+    }]);
+    submit(&c, "training-jobs", "pair", &request);
+    let done = c.wait_json(&["training-jobs", "describe", "pair"], |d| d["TrainingJobStatus"] != "InProgress");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    let log = logs(&c, "pair");
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("host=")).collect();
+    assert_eq!(lines.len(), 2, "both instances ran: {log}");
+    let mut seen = Vec::new();
+    for line in &lines {
+        assert!(line.contains("hosts=[\"algo-1\",\"algo-2\"]"), "{line}");
+        seen.extend(field(line, "files").expect("files").split(',').filter(|f| !f.is_empty()).map(str::to_string));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..6).map(|i| format!("part-{i}.csv")).collect::<Vec<_>>(),
+        "each object on exactly one instance"
+    );
+    let agents = c.json(&["agents", "list"]);
+    assert_eq!(agents["Agents"].as_array().map(Vec::len), Some(2));
+}

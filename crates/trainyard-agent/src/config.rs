@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::storage::S3Settings;
+
 #[derive(Debug, Parser)]
 #[command(name = "trainyard-agent", version, about = "Trainyard agent: runs training jobs on this host")]
 pub struct Flags {
@@ -38,6 +40,9 @@ pub struct Flags {
     /// A bucket served from a local directory: NAME=DIR (repeatable).
     #[arg(long = "bucket", value_parser = parse_bucket)]
     pub buckets: Vec<(String, PathBuf)>,
+    /// An S3-compatible endpoint for buckets not mapped to a directory (credentials: AWS_* variables).
+    #[arg(long, env = "TRAINYARD_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
     /// Log format: human or json.
     #[arg(long, env = "TRAINYARD_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -62,6 +67,15 @@ struct FileConfig {
     /// `s3://NAME/...` resolves to this directory.
     #[serde(default)]
     buckets: BTreeMap<String, PathBuf>,
+    /// Other buckets are objects in this S3-compatible store.
+    s3: Option<S3File>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct S3File {
+    endpoint: Option<String>,
+    region: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +88,8 @@ pub struct Config {
     pub advertise_vcpus: Option<u32>,
     pub advertise_memory_mib: Option<u64>,
     pub buckets: BTreeMap<String, PathBuf>,
+    /// Set when buckets may live in an S3-compatible store (AWS's, or one at `endpoint`).
+    pub s3: Option<S3Settings>,
     pub json_logs: bool,
 }
 
@@ -97,6 +113,17 @@ impl Config {
             advertise_vcpus: flags.advertise_vcpus.or(file.advertise_vcpus),
             advertise_memory_mib: flags.advertise_memory_mib.or(file.advertise_memory_mib),
             buckets,
+            s3: match (flags.s3_endpoint, file.s3) {
+                (Some(endpoint), file) => Some(S3Settings {
+                    endpoint: Some(endpoint),
+                    region: file.and_then(|f| f.region).or_else(|| std::env::var("AWS_REGION").ok()),
+                }),
+                (None, Some(f)) => Some(S3Settings {
+                    endpoint: f.endpoint,
+                    region: f.region.or_else(|| std::env::var("AWS_REGION").ok()),
+                }),
+                (None, None) => None,
+            },
             json_logs: flags.log_format.or(file.log_format).as_deref() == Some("json"),
         })
     }

@@ -50,6 +50,8 @@ struct Agent {
 async fn main() -> anyhow::Result<()> {
     let mut config = Config::load(Flags::parse())?;
     init_tracing(config.json_logs);
+    // One TLS provider for the process (ring), before any connection is made.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&config.work_root)
         .with_context(|| format!("creating the work root {}", config.work_root.display()))?;
     // Jobs run in their own work dirs: every path they are given must be absolute.
@@ -71,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
         config.advertise_vcpus.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
     let settings = Arc::new(Settings {
         work_root: config.work_root.clone(),
-        buckets: storage::Buckets(config.buckets.clone()),
+        storage: storage::Storage::new(config.buckets.clone(), config.s3.clone()),
         stop_grace: config.stop_grace,
         vcpus,
     });

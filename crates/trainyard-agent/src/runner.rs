@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use trainyard_proto::model::api;
 use trainyard_proto::pb::{self, InstanceState};
 
-use crate::storage::{self, Buckets};
+use crate::storage::{self, Storage};
 
 /// Everything an instance needs to run, from its assignment.
 #[derive(Debug, Clone)]
@@ -55,7 +55,7 @@ pub enum StopReason {
 
 pub struct Settings {
     pub work_root: PathBuf,
-    pub buckets: Buckets,
+    pub storage: Storage,
     pub stop_grace: Duration,
     pub vcpus: u32,
 }
@@ -102,7 +102,7 @@ pub async fn run(
     let dir = settings.work_root.join("jobs").join(&spec.job).join(&host);
     reporter.update(InstanceState::Downloading, "Downloading input data", Vec::new());
 
-    let outcome = match prepare(&spec, settings, &dir) {
+    let outcome = match prepare(&spec, settings, &dir).await {
         Err(reason) => Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
         Ok(prepared) => {
             let pipes = std::sync::Arc::new(prepared.pipes);
@@ -126,7 +126,7 @@ pub async fn run(
     let mut state = outcome.state;
     if dir.join("model").exists() && spec.instance == 1 {
         reporter.update(InstanceState::Uploading, "Uploading generated training model", Vec::new());
-        match upload(&spec, settings, &dir) {
+        match upload(&spec, settings, &dir).await {
             Ok(uri) => model_artifacts = Some(uri),
             Err(reason) => {
                 if state == InstanceState::Completed {
@@ -174,7 +174,8 @@ struct Outcome {
 /// A Pipe-mode channel: a FIFO the job reads, fed from the staged files.
 struct Pipe {
     fifo: PathBuf,
-    staged: PathBuf,
+    /// In the order SageMaker would stream them (key order, or shuffled with ShuffleConfig).
+    files: Vec<PathBuf>,
     gzip: bool,
 }
 
@@ -184,7 +185,7 @@ struct Prepared {
 }
 
 /// Lays out the work dir, writes the config files, stages the channels. Returns the environment.
-fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result<Prepared, String> {
+async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result<Prepared, String> {
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| io("clearing the work dir", e))?;
@@ -239,14 +240,21 @@ fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result<Prepa
         else {
             continue;
         };
-        let source = settings.buckets.resolve(&uri).map_err(|e| format!("channel {name}: {e}"))?;
         let mode = c.input_mode.clone().unwrap_or(default_mode.clone());
         let dest = if mode == "Pipe" {
             dir.join("input/data").join(format!(".{name}-staged"))
         } else {
             dir.join("input/data").join(&name)
         };
-        let files = storage::stage(&source, &dest).map_err(|e| format!("channel {name}: staging {uri}: {e}"))?;
+        let s3 = c.data_source.as_ref().and_then(|d| d.s3_data_source.as_ref());
+        let selection = storage::Selection {
+            shard: (s3.and_then(|s| s.s3_data_distribution_type.as_deref()) == Some("ShardedByS3Key"))
+                .then(|| (spec.instance as usize - 1, spec.hosts.len().max(1))),
+            shuffle_seed: c.shuffle_config.as_ref().and_then(|s| s.seed),
+        };
+        let staged =
+            settings.storage.stage(&uri, &dest, selection).await.map_err(|e| format!("channel {name}: {e}"))?;
+        let files = staged.len();
         if files == 0 {
             return Err(format!("channel {name}: no data found at {uri}"));
         }
@@ -254,15 +262,16 @@ fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result<Prepa
             // SageMaker's Pipe mode: the job reads `<channel>_0`, a FIFO.
             let fifo = dir.join("input/data").join(format!("{name}_0"));
             make_fifo(&fifo).map_err(|e| format!("channel {name}: creating {}: {e}", fifo.display()))?;
-            pipes.push(Pipe { fifo, staged: dest, gzip: c.compression_type.as_deref() == Some("Gzip") });
+            pipes.push(Pipe { fifo, files: staged, gzip: c.compression_type.as_deref() == Some("Gzip") });
         }
     }
     // Checkpoints of an earlier run are restored, as SageMaker restores them into a new job.
     if let Some(uri) = r.checkpoint_config.as_ref().and_then(|c| c.s3_uri.clone()) {
-        let source = settings.buckets.resolve(&uri).map_err(|e| format!("CheckpointConfig: {e}"))?;
-        if source.is_dir() {
-            storage::copy_tree(&source, &dir.join("checkpoints")).map_err(|e| format!("restoring checkpoints: {e}"))?;
-        }
+        settings
+            .storage
+            .stage(&uri, &dir.join("checkpoints"), storage::Selection::default())
+            .await
+            .map_err(|e| format!("restoring checkpoints: {e}"))?;
     }
 
     let mut env = BTreeMap::new();
@@ -323,17 +332,8 @@ fn make_fifo(path: &Path) -> std::io::Result<()> {
 fn feed_pipe(pipe: &Pipe) -> std::io::Result<()> {
     use std::io::Write;
     let mut out = std::fs::OpenOptions::new().write(true).open(&pipe.fifo)?;
-    let mut files: Vec<PathBuf> = Vec::new();
-    let mut stack = vec![pipe.staged.clone()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let path = entry?.path();
-            if path.is_dir() { stack.push(path) } else { files.push(path) }
-        }
-    }
-    files.sort();
-    for f in files {
-        let file = std::fs::File::open(&f)?;
+    for f in &pipe.files {
+        let file = std::fs::File::open(f)?;
         if pipe.gzip {
             std::io::copy(&mut flate2::read::GzDecoder::new(file), &mut out)?;
         } else {
@@ -575,23 +575,29 @@ fn signal_group(pid: i32, signal: i32) {
 
 /// Packs `model/` (and `output/data/` when it has files) under `<S3OutputPath>/<job>/output/` and
 /// syncs checkpoints; returns the model's URI.
-fn upload(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result<String, String> {
+async fn upload(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result<String, String> {
     let output = spec
         .request
         .output_data_config
         .as_ref()
         .and_then(|o| o.s3_output_path.clone())
         .ok_or("OutputDataConfig.S3OutputPath is missing")?;
-    let (uri, path) = storage::artifact(&settings.buckets, &output, &spec.job, "model.tar.gz")?;
-    storage::pack(&dir.join("model"), &path).map_err(|e| format!("uploading the model to {uri}: {e}"))?;
+    let uri = storage::artifact_uri(&output, &spec.job, "model.tar.gz");
+    let archive = dir.join("output/.model.tar.gz");
+    storage::pack(&dir.join("model"), &archive).map_err(|e| format!("packing the model: {e}"))?;
+    settings.storage.put_file(&archive, &uri).await.map_err(|e| format!("uploading the model: {e}"))?;
     let data = dir.join("output/data");
     if std::fs::read_dir(&data).map(|mut d| d.next().is_some()).unwrap_or(false) {
-        let (data_uri, data_path) = storage::artifact(&settings.buckets, &output, &spec.job, "output.tar.gz")?;
-        storage::pack(&data, &data_path).map_err(|e| format!("uploading output data to {data_uri}: {e}"))?;
+        let archive = dir.join("output/.output.tar.gz");
+        storage::pack(&data, &archive).map_err(|e| format!("packing output data: {e}"))?;
+        let data_uri = storage::artifact_uri(&output, &spec.job, "output.tar.gz");
+        settings.storage.put_file(&archive, &data_uri).await.map_err(|e| format!("uploading output data: {e}"))?;
     }
     if let Some(checkpoints) = spec.request.checkpoint_config.as_ref().and_then(|c| c.s3_uri.clone()) {
-        let target = settings.buckets.resolve(&checkpoints)?;
-        storage::copy_tree(&dir.join("checkpoints"), &target)
+        settings
+            .storage
+            .put_tree(&dir.join("checkpoints"), &checkpoints)
+            .await
             .map_err(|e| format!("syncing checkpoints to {checkpoints}: {e}"))?;
     }
     Ok(uri)

@@ -1,20 +1,78 @@
-//! Where data comes from and artifacts go. `file:///absolute/path` is a local path; `s3://bucket/key`
-//! resolves through the configured buckets (a bucket served from a local directory). S3-compatible
-//! endpoints are not wired yet: an unknown bucket is a clear error on the job.
+//! Where data comes from and artifacts go.
+//!
+//! * `file:///absolute/path` is a local path;
+//! * `s3://bucket/key` is a local directory when the agent maps that bucket (`--bucket NAME=DIR`),
+//!   otherwise an object in an S3-compatible store (`--s3-endpoint`, credentials from the usual
+//!   `AWS_*` variables), reached through the `object_store` crate.
+//!
+//! S3 prefix semantics hold for both: `s3://b/train/` names every object under `train/`, and
+//! `s3://b/train/part-` every object whose key starts with `train/part-`; staged files keep their
+//! path below the prefix's directory.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-#[derive(Debug, Clone)]
-pub struct Buckets(pub BTreeMap<String, PathBuf>);
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-impl Buckets {
-    /// The local path a URI names.
-    pub fn resolve(&self, uri: &str) -> Result<PathBuf, String> {
+/// Which of the objects a prefix names an instance gets, and in what order: `ShardedByS3Key`
+/// gives instance i of N every N-th object; `ShuffleConfig.Seed` shuffles the order first (it is
+/// the order a Pipe-mode channel feeds them in).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Selection {
+    /// (0-based instance, instance count) when sharded by key.
+    pub shard: Option<(usize, usize)>,
+    pub shuffle_seed: Option<i64>,
+}
+
+impl Selection {
+    fn apply<T>(&self, mut items: Vec<T>) -> Vec<T> {
+        if let Some(seed) = self.shuffle_seed {
+            use rand::SeedableRng;
+            use rand::seq::SliceRandom;
+            items.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed as u64));
+        }
+        match self.shard {
+            Some((index, count)) if count > 1 => {
+                items.into_iter().enumerate().filter(|(i, _)| i % count == index).map(|(_, x)| x).collect()
+            }
+            _ => items,
+        }
+    }
+}
+
+/// How the agent reaches an S3-compatible store.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct S3Settings {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+}
+
+pub struct Storage {
+    buckets: BTreeMap<String, PathBuf>,
+    s3: Option<S3Settings>,
+    stores: Mutex<BTreeMap<String, Arc<dyn ObjectStore>>>,
+}
+
+/// What a URI names.
+pub enum Location {
+    Local(PathBuf),
+    Remote { store: Arc<dyn ObjectStore>, key: String },
+}
+
+impl Storage {
+    pub fn new(buckets: BTreeMap<String, PathBuf>, s3: Option<S3Settings>) -> Storage {
+        Storage { buckets, s3, stores: Mutex::new(BTreeMap::new()) }
+    }
+
+    pub fn locate(&self, uri: &str) -> Result<Location, String> {
         if let Some(path) = uri.strip_prefix("file://") {
             return if path.starts_with('/') {
-                Ok(PathBuf::from(path))
+                Ok(Location::Local(PathBuf::from(path)))
             } else {
                 Err(format!("'{uri}' is not an absolute file:// URI"))
             };
@@ -24,60 +82,160 @@ impl Buckets {
             .or_else(|| uri.strip_prefix("https://"))
             .ok_or_else(|| format!("'{uri}' is neither s3://, https:// nor file://"))?;
         let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-        let root = self.0.get(bucket).ok_or_else(|| {
-            format!("bucket '{bucket}' of '{uri}' is not configured on this agent (--bucket {bucket}=DIR)")
-        })?;
-        Ok(root.join(key))
+        if let Some(root) = self.buckets.get(bucket) {
+            return Ok(Location::Local(root.join(key)));
+        }
+        let Some(s3) = &self.s3 else {
+            return Err(format!(
+                "bucket '{bucket}' of '{uri}' is neither mapped to a directory (--bucket {bucket}=DIR) nor reachable: no --s3-endpoint"
+            ));
+        };
+        let mut stores = self.stores.lock().map_err(|_| "storage lock poisoned".to_string())?;
+        let store = match stores.get(bucket) {
+            Some(s) => s.clone(),
+            None => {
+                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                if let Some(endpoint) = &s3.endpoint {
+                    builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+                }
+                builder = builder.with_region(s3.region.clone().unwrap_or_else(|| "us-east-1".into()));
+                let store: Arc<dyn ObjectStore> =
+                    Arc::new(builder.build().map_err(|e| format!("S3 bucket '{bucket}': {e}"))?);
+                stores.insert(bucket.to_string(), store.clone());
+                store
+            }
+        };
+        Ok(Location::Remote { store, key: key.to_string() })
     }
-}
 
-/// Copies what an S3 prefix names into `dest`: a directory's whole tree, a single object, or every
-/// object whose name starts with the prefix (S3 prefix semantics). Returns the number of files.
-pub fn stage(source: &Path, dest: &Path) -> io::Result<usize> {
-    std::fs::create_dir_all(dest)?;
-    if source.is_dir() {
-        return copy_tree(source, dest);
-    }
-    if source.is_file() {
-        let name = source.file_name().unwrap_or_default();
-        std::fs::copy(source, dest.join(name))?;
-        return Ok(1);
-    }
-    let (Some(parent), Some(prefix)) = (source.parent(), source.file_name().and_then(|p| p.to_str())) else {
-        return Ok(0);
-    };
-    let mut count = 0;
-    if parent.is_dir() {
-        for entry in std::fs::read_dir(parent)? {
-            let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(prefix) {
-                let path = entry.path();
-                if path.is_dir() {
-                    count += copy_tree(&path, &dest.join(entry.file_name()))?;
-                } else {
-                    std::fs::copy(&path, dest.join(entry.file_name()))?;
-                    count += 1;
+    /// Copies the objects `uri` names (selected and ordered by `selection`) into `dest`; returns
+    /// the files written, in order.
+    pub async fn stage(&self, uri: &str, dest: &Path, selection: Selection) -> Result<Vec<PathBuf>, String> {
+        std::fs::create_dir_all(dest).map_err(|e| e.to_string())?;
+        let mut written = Vec::new();
+        match self.locate(uri)? {
+            Location::Local(source) => {
+                let objects = local_objects(&source).map_err(|e| format!("listing {uri}: {e}"))?;
+                for (path, relative) in selection.apply(objects) {
+                    let target = dest.join(&relative);
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+                    }
+                    std::fs::copy(&path, &target).map_err(|e| format!("staging {}: {e}", path.display()))?;
+                    written.push(target);
+                }
+            }
+            Location::Remote { store, key } => {
+                // List the directory of the prefix, keep the keys that start with the prefix.
+                let directory = key.rfind('/').map_or("", |i| &key[..=i]);
+                let listed: Vec<_> = store
+                    .list(Some(&ObjectPath::from(directory.trim_end_matches('/'))))
+                    .try_collect()
+                    .await
+                    .map_err(|e| format!("listing {uri}: {e}"))?;
+                let mut names: Vec<String> =
+                    listed.iter().map(|o| o.location.as_ref().to_string()).filter(|n| n.starts_with(&key)).collect();
+                names.sort();
+                for name in selection.apply(names) {
+                    let target = dest.join(&name[directory.len()..]);
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+                    }
+                    let bytes = store
+                        .get(&ObjectPath::from(name.as_str()))
+                        .await
+                        .map_err(|e| format!("reading s3 object {name}: {e}"))?
+                        .bytes()
+                        .await
+                        .map_err(|e| format!("reading s3 object {name}: {e}"))?;
+                    std::fs::write(&target, &bytes).map_err(|e| format!("writing {}: {e}", target.display()))?;
+                    written.push(target);
                 }
             }
         }
+        Ok(written)
     }
-    Ok(count)
-}
 
-pub fn copy_tree(source: &Path, dest: &Path) -> io::Result<usize> {
-    std::fs::create_dir_all(dest)?;
-    let mut count = 0;
-    for entry in std::fs::read_dir(source)? {
-        let entry = entry?;
-        let target = dest.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            count += copy_tree(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-            count += 1;
+    /// Stores a local file at `uri`.
+    pub async fn put_file(&self, file: &Path, uri: &str) -> Result<(), String> {
+        match self.locate(uri)? {
+            Location::Local(target) => {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+                }
+                std::fs::copy(file, &target).map(|_| ()).map_err(|e| format!("writing {uri}: {e}"))
+            }
+            Location::Remote { store, key } => {
+                let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
+                store
+                    .put(&ObjectPath::from(key.as_str()), PutPayload::from(bytes))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("writing {uri}: {e}"))
+            }
         }
     }
-    Ok(count)
+
+    /// Stores every file under `dir` below `uri` (a prefix), keeping relative paths.
+    pub async fn put_tree(&self, dir: &Path, uri: &str) -> Result<usize, String> {
+        let base = uri.trim_end_matches('/');
+        let mut count = 0;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).map_err(|e| e.to_string())? {
+                let path = entry.map_err(|e| e.to_string())?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let relative = path.strip_prefix(dir).map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+                self.put_file(&path, &format!("{base}/{relative}")).await?;
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+}
+
+/// The files a local S3 prefix names, with their paths below the prefix's directory, sorted: a
+/// directory's whole tree, a single file, or every entry whose name starts with the prefix.
+pub fn local_objects(source: &Path) -> io::Result<Vec<(PathBuf, String)>> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<(PathBuf, String)>) -> io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                walk(&path, base, out)?;
+            } else {
+                let relative = path.strip_prefix(base).map_err(io::Error::other)?.to_string_lossy().into_owned();
+                out.push((path, relative));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    if source.is_dir() {
+        walk(source, source, &mut out)?;
+    } else if source.is_file() {
+        let name = source.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        out.push((source.to_path_buf(), name));
+    } else if let (Some(parent), Some(prefix)) = (source.parent(), source.file_name().and_then(|p| p.to_str()))
+        && parent.is_dir()
+    {
+        for entry in std::fs::read_dir(parent)? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            if !name.starts_with(prefix) {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, parent, &mut out)?;
+            } else {
+                out.push((path, name));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
 }
 
 /// Packs the contents of `dir` into a gzipped tar at `archive` (its parent is created).
@@ -92,25 +250,41 @@ pub fn pack(dir: &Path, archive: &Path) -> io::Result<()> {
     tar.into_inner()?.finish()?.sync_all()
 }
 
-/// `<output>/<job>/output/<name>` as a URI (for ModelArtifacts) and as a local path.
-pub fn artifact(buckets: &Buckets, output_uri: &str, job: &str, name: &str) -> Result<(String, PathBuf), String> {
-    let base = output_uri.trim_end_matches('/');
-    let uri = format!("{base}/{job}/output/{name}");
-    let path = buckets.resolve(&uri)?;
-    Ok((uri, path))
+/// `<output>/<job>/output/<name>`, where SageMaker puts a job's artifacts.
+pub fn artifact_uri(output_uri: &str, job: &str, name: &str) -> String {
+    format!("{}/{job}/output/{name}", output_uri.trim_end_matches('/'))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Copies what a local prefix names into `dest` (all of it, in order); the number of files.
+    fn stage(source: &Path, dest: &Path) -> io::Result<usize> {
+        let objects = local_objects(source)?;
+        for (path, relative) in &objects {
+            let target = dest.join(relative);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::copy(path, target)?;
+        }
+        Ok(objects.len())
+    }
+
     #[test]
     fn uris_resolve_through_buckets() {
-        let b = Buckets(BTreeMap::from([("data".to_string(), PathBuf::from("/srv/data"))]));
-        assert_eq!(b.resolve("s3://data/a/b/").expect("ok"), PathBuf::from("/srv/data/a/b/"));
-        assert_eq!(b.resolve("file:///tmp/x").expect("ok"), PathBuf::from("/tmp/x"));
-        assert!(b.resolve("s3://other/x").expect_err("unknown").contains("--bucket other=DIR"));
-        assert!(b.resolve("ftp://x").is_err());
+        let s = Storage::new(BTreeMap::from([("data".to_string(), PathBuf::from("/srv/data"))]), None);
+        let local = |uri: &str| match s.locate(uri) {
+            Ok(Location::Local(p)) => p,
+            Ok(Location::Remote { .. }) => panic!("{uri} should be local"),
+            Err(e) => panic!("{uri}: {e}"),
+        };
+        assert_eq!(local("s3://data/a/b/"), PathBuf::from("/srv/data/a/b/"));
+        assert_eq!(local("file:///tmp/x"), PathBuf::from("/tmp/x"));
+        assert!(s.locate("s3://other/x").err().unwrap_or_default().contains("--bucket other=DIR"));
+        assert!(s.locate("ftp://x").is_err());
+        assert_eq!(artifact_uri("s3://b/out/", "job", "model.tar.gz"), "s3://b/out/job/output/model.tar.gz");
     }
 
     #[test]
@@ -127,6 +301,15 @@ mod tests {
         assert!(dir.path().join("d1/sub/b.csv").exists());
         assert_eq!(stage(&src.join("part-"), &dir.path().join("d2")).expect("stage"), 2);
         assert_eq!(stage(&src.join("other.csv"), &dir.path().join("d3")).expect("stage"), 1);
+
+        // Sharding and shuffling select and order what an instance gets.
+        let keys: Vec<u32> = (0..10).collect();
+        let shard = |i, seed| Selection { shard: Some((i, 3)), shuffle_seed: seed }.apply(keys.clone());
+        assert_eq!(shard(1, None), [1, 4, 7]);
+        let all: std::collections::BTreeSet<u32> = (0..3).flat_map(|i| shard(i, Some(42))).collect();
+        assert_eq!(all.len(), 10, "the shards of a shuffled prefix still cover every object once");
+        assert_eq!(shard(0, Some(42)), shard(0, Some(42)), "a seed gives the same order every time");
+        assert_ne!(Selection { shard: None, shuffle_seed: Some(7) }.apply(keys.clone()), keys);
 
         pack(&src.join("train"), &dir.path().join("out/model.tar.gz")).expect("pack");
         let file = std::fs::File::open(dir.path().join("out/model.tar.gz")).expect("open");

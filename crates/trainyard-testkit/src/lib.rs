@@ -4,6 +4,7 @@
 pub mod nvml;
 pub mod postgres;
 pub mod process;
+pub mod s3;
 
 pub use postgres::PgServer;
 pub use process::{Daemon, binary, free_port, wait_until};
