@@ -34,6 +34,9 @@ pub struct Flags {
     /// Log format.
     #[arg(long, env = "TRAINYARD_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Also serve the SageMaker-compatible HTTP API (AWS JSON 1.1, SigV4) on this address.
+    #[arg(long, env = "TRAINYARD_SAGEMAKER_LISTEN")]
+    pub sagemaker_listen: Option<SocketAddr>,
     /// Seconds without a heartbeat after which an agent is lost (default 8: four missed heartbeats).
     #[arg(long)]
     pub agent_lost_after_seconds: Option<u64>,
@@ -61,6 +64,10 @@ struct FileConfig {
     /// Added to (or replacing, by name) the default instance-type catalog.
     #[serde(default)]
     instance_types: Vec<InstanceSpec>,
+    sagemaker_listen: Option<SocketAddr>,
+    /// Access keys that may sign requests to the SageMaker-compatible endpoint.
+    #[serde(default)]
+    access_keys: Vec<AccessKey>,
     /// How often agents heartbeat (milliseconds).
     heartbeat_interval_ms: Option<u64>,
     /// An agent silent this long (seconds) is declared lost.
@@ -68,6 +75,13 @@ struct FileConfig {
     /// Use only `instance_types`, not the defaults.
     #[serde(default)]
     replace_default_instance_types: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessKey {
+    id: String,
+    secret: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +103,8 @@ pub struct Config {
     pub catalog: Catalog,
     pub heartbeat_interval: std::time::Duration,
     pub agent_lost_after: std::time::Duration,
+    pub sagemaker_listen: Option<SocketAddr>,
+    pub access_keys: std::collections::BTreeMap<String, String>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -125,6 +141,8 @@ impl Config {
             arns,
             limits: file.limits.unwrap_or_default(),
             catalog,
+            sagemaker_listen: flags.sagemaker_listen.or(file.sagemaker_listen),
+            access_keys: file.access_keys.into_iter().map(|k| (k.id, k.secret)).collect(),
             heartbeat_interval: std::time::Duration::from_millis(file.heartbeat_interval_ms.unwrap_or(2_000).max(100)),
             agent_lost_after: std::time::Duration::from_secs(
                 flags.agent_lost_after_seconds.or(file.agent_lost_after_seconds).unwrap_or(8).max(1),
@@ -150,6 +168,7 @@ mod tests {
             database_url: None,
             log_format: None,
             agent_lost_after_seconds: None,
+            sagemaker_listen: None,
         }
     }
 

@@ -6,6 +6,8 @@ mod config;
 mod core;
 mod events;
 mod grpc;
+mod sagemaker;
+mod sigv4;
 
 use std::sync::Arc;
 
@@ -55,6 +57,10 @@ async fn main() -> anyhow::Result<()> {
         sessions: std::sync::atomic::AtomicU64::new(0),
     };
 
+    let sagemaker = config.sagemaker_listen.map(|address| {
+        let endpoint = sagemaker::Endpoint { coordinator: coordinator.clone(), keys: config.access_keys.clone() };
+        tokio::spawn(sagemaker::serve(endpoint, address, cancel.clone()))
+    });
     info!(addr = %config.listen, database = %redact(&config.database_url), instance_types = config.catalog.len(), "coordinator listening");
     let shutdown = {
         let cancel = cancel.clone();
@@ -72,6 +78,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("serving on {}", config.listen));
     cancel.cancel();
+    if let Some(task) = sagemaker {
+        task.await.context("SageMaker endpoint")??;
+    }
     event_loop.await.context("event loop")?;
     served?;
     info!("coordinator stopped");

@@ -1,13 +1,13 @@
 //! The one place where domain errors become gRPC statuses, and where clients read them back.
 //!
-//! | domain error     | gRPC code          | SageMaker error          |
-//! |------------------|--------------------|--------------------------|
-//! | Validation       | INVALID_ARGUMENT   | ValidationException      |
-//! | AlreadyExists    | ALREADY_EXISTS     | ResourceInUse            |
-//! | NotFound         | NOT_FOUND          | ResourceNotFound         |
-//! | LimitExceeded    | RESOURCE_EXHAUSTED | ResourceLimitExceeded    |
-//! | Unavailable      | UNAVAILABLE        | (retry)                  |
-//! | Internal         | INTERNAL           | InternalFailure          |
+//! | domain error     | gRPC code          | SageMaker error          | HTTP |
+//! |------------------|--------------------|--------------------------|------|
+//! | Validation       | INVALID_ARGUMENT   | ValidationException      | 400  |
+//! | AlreadyExists    | ALREADY_EXISTS     | ResourceInUse            | 400  |
+//! | NotFound         | NOT_FOUND          | ResourceNotFound         | 400  |
+//! | LimitExceeded    | RESOURCE_EXHAUSTED | ResourceLimitExceeded    | 400  |
+//! | Unavailable      | UNAVAILABLE        | ServiceUnavailable       | 503  |
+//! | Internal         | INTERNAL           | InternalFailure          | 500  |
 //!
 //! Every violation of an invalid request travels as a `google.rpc.BadRequest` field violation, so
 //! clients can list them one by one; the SageMaker error name travels as `google.rpc.ErrorInfo`.
@@ -21,15 +21,20 @@ use trainyard_model::{DomainError, Violation};
 /// The domain of the `ErrorInfo` detail.
 pub const ERROR_DOMAIN: &str = "trainyard.dev";
 
+/// The gRPC code, the SageMaker error name and the HTTP status of a domain error: the table above.
+pub fn classify(error: &DomainError) -> (Code, &'static str, u16) {
+    match error {
+        DomainError::Validation(_) => (Code::InvalidArgument, "ValidationException", 400),
+        DomainError::AlreadyExists { .. } => (Code::AlreadyExists, "ResourceInUse", 400),
+        DomainError::NotFound { .. } => (Code::NotFound, "ResourceNotFound", 400),
+        DomainError::LimitExceeded(_) => (Code::ResourceExhausted, "ResourceLimitExceeded", 400),
+        DomainError::Unavailable(_) => (Code::Unavailable, "ServiceUnavailable", 503),
+        DomainError::Internal(_) => (Code::Internal, "InternalFailure", 500),
+    }
+}
+
 pub fn to_status(error: &DomainError) -> Status {
-    let (code, reason) = match error {
-        DomainError::Validation(_) => (Code::InvalidArgument, "ValidationException"),
-        DomainError::AlreadyExists { .. } => (Code::AlreadyExists, "ResourceInUse"),
-        DomainError::NotFound { .. } => (Code::NotFound, "ResourceNotFound"),
-        DomainError::LimitExceeded(_) => (Code::ResourceExhausted, "ResourceLimitExceeded"),
-        DomainError::Unavailable(_) => (Code::Unavailable, "ServiceUnavailable"),
-        DomainError::Internal(_) => (Code::Internal, "InternalFailure"),
-    };
+    let (code, reason, _) = classify(error);
     let mut details = ErrorDetails::new();
     details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
     if let DomainError::Validation(violations) = error {

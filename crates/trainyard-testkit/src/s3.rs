@@ -92,3 +92,8 @@ impl S3Server {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+/// A Python with boto3 (the virtualenv moto brings it in), for tests that drive AWS clients.
+pub fn boto3_python() -> PathBuf {
+    ensure_installed().join("bin/python")
+}

@@ -1,0 +1,100 @@
+//! The SageMaker-compatible endpoint, driven by AWS's own client: boto3 (from PyPI) with
+//! `endpoint_url` pointed at the coordinator, SigV4-signed with a configured access key.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use trainyard_e2e::{Coordinator, example, repo_root};
+use trainyard_testkit::free_port;
+
+const SCRIPT: &str = r#"
+import json, sys
+import boto3, botocore
+url, key, secret, tuning_file, training_file = sys.argv[1:6]
+def client(secret):
+    return boto3.client("sagemaker", endpoint_url=url, region_name="us-east-1",
+                        aws_access_key_id=key, aws_secret_access_key=secret)
+sm = client(secret)
+def code(call):
+    try:
+        call()
+        return None
+    except botocore.exceptions.ClientError as e:
+        return [e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Message"]]
+out = {}
+tuning = json.load(open(tuning_file))
+out["arn"] = sm.create_hyper_parameter_tuning_job(**tuning)["HyperParameterTuningJobArn"]
+out["duplicate"] = code(lambda: sm.create_hyper_parameter_tuning_job(**tuning))
+out["missing"] = code(lambda: sm.describe_training_job(TrainingJobName="no-such-job"))
+too_long = dict(tuning, HyperParameterTuningJobName="x" * 40)
+out["invalid"] = code(lambda: sm.create_hyper_parameter_tuning_job(**too_long))
+described = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning["HyperParameterTuningJobName"])
+out["tuning_status"] = described["HyperParameterTuningJobStatus"]
+out["creation_time_type"] = type(described["CreationTime"]).__name__
+training = json.load(open(training_file))
+for i in range(3):
+    sm.create_training_job(**dict(training, TrainingJobName=f"boto-{i}"))
+sm.get_waiter("training_job_completed_or_stopped").wait(TrainingJobName="boto-0", WaiterConfig={"Delay": 1, "MaxAttempts": 90})
+out["training_status"] = sm.describe_training_job(TrainingJobName="boto-0")["TrainingJobStatus"]
+pages = sm.get_paginator("list_training_jobs").paginate(NameContains="boto", PaginationConfig={"PageSize": 2})
+out["pages"] = [[s["TrainingJobName"] for s in p["TrainingJobSummaries"]] for p in pages]
+sm.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning["HyperParameterTuningJobName"])
+out["stop_again"] = code(lambda: sm.stop_training_job(TrainingJobName="boto-0"))
+out["bad_secret"] = code(lambda: client("not-the-secret").list_training_jobs())
+print(json.dumps(out))
+"#;
+
+#[test]
+fn boto3_drives_the_coordinator_through_the_sagemaker_api() {
+    let python = trainyard_testkit::s3::boto3_python();
+    let port = free_port();
+    let config = tempfile::tempdir().expect("dir");
+    let config_file = config.path().join("coordinator.toml");
+    std::fs::write(&config_file, "[[access_keys]]\nid = \"AKIATRAINYARDTEST\"\nsecret = \"s3cr3t/with+chars\"\n")
+        .expect("write");
+    let c = Coordinator::start_with_args(&[
+        "--config",
+        config_file.to_str().expect("utf-8"),
+        "--sagemaker-listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let _agent = c.start_agent("boto", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
+    let trainer = repo_root().join("deploy/examples/trainer/train.py").display().to_string();
+    let mut tuning: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    tuning["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] = json!(trainer);
+    let mut training: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    training["AlgorithmSpecification"]["TrainingImage"] = json!(trainer);
+    let tuning_file = c.write("tuning.json", &tuning.to_string());
+    let training_file = c.write("training.json", &training.to_string());
+
+    let started = std::time::Instant::now();
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args(["AKIATRAINYARDTEST", "s3cr3t/with+chars"])
+        .arg(&tuning_file)
+        .arg(&training_file)
+        .env_remove("AWS_ENDPOINT_URL")
+        .output()
+        .expect("run boto3");
+    assert!(out.status.success(), "boto3 script failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(120));
+    let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(r["arn"], "arn:aws:sagemaker:local:000000000000:hyper-parameter-tuning-job/blobs-logreg-random");
+    assert_eq!(r["duplicate"][0], "ResourceInUse");
+    assert_eq!(r["missing"][0], "ResourceNotFound");
+    assert_eq!(r["invalid"][0], "ValidationException");
+    assert!(r["invalid"][2].as_str().unwrap_or_default().contains("HyperParameterTuningJobName"), "{}", r["invalid"]);
+    assert_eq!(r["tuning_status"], "InProgress");
+    assert_eq!(r["creation_time_type"], "datetime", "timestamps travel as epoch seconds, parsed by botocore");
+    assert_eq!(r["training_status"], "Completed", "the waiter saw the job through");
+    let pages: Vec<Vec<String>> = serde_json::from_value(r["pages"].clone()).expect("pages");
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1], "the paginator follows NextToken");
+    assert_eq!(r["stop_again"][0], "ValidationException", "stopping an ended job");
+    assert_eq!(r["bad_secret"][0], "InvalidSignatureException");
+    assert_eq!(r["bad_secret"][1], 403);
+}
