@@ -53,9 +53,10 @@ fn ok(value: &impl Serialize) -> Response {
     }
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+/// The request body as the operation's input shape; the message says what does not fit.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let body = if body.is_empty() { b"{}".as_slice() } else { body };
-    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, "SerializationException", e.to_string()))
+    serde_json::from_slice(body).map_err(|e| e.to_string())
 }
 
 async fn handle(
@@ -108,7 +109,7 @@ async fn handle(
                     Ok(response) => ok(&response),
                     Err(e) => domain_error(&e),
                 },
-                Err(response) => response,
+                Err(message) => error(StatusCode::BAD_REQUEST, "SerializationException", message),
             }
         };
         ($method:ident, empty) => {
@@ -117,7 +118,7 @@ async fn handle(
                     Ok(()) => ok(&json!({})),
                     Err(e) => domain_error(&e),
                 },
-                Err(response) => response,
+                Err(message) => error(StatusCode::BAD_REQUEST, "SerializationException", message),
             }
         };
     }
