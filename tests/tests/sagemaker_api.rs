@@ -98,3 +98,59 @@ fn boto3_drives_the_coordinator_through_the_sagemaker_api() {
     assert_eq!(r["bad_secret"][0], "InvalidSignatureException");
     assert_eq!(r["bad_secret"][1], 403);
 }
+
+#[test]
+fn the_aws_cli_creates_and_describes_jobs_from_the_example_files() {
+    let aws = trainyard_testkit::s3::aws_cli();
+    let port = free_port();
+    let config = tempfile::tempdir().expect("dir");
+    let config_file = config.path().join("coordinator.toml");
+    std::fs::write(&config_file, "[[access_keys]]\nid = \"AKIACLI\"\nsecret = \"cli-secret\"\n").expect("write");
+    let _coordinator = Coordinator::start_with_args(&[
+        "--config",
+        config_file.to_str().expect("utf-8"),
+        "--sagemaker-listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let run = |args: &[&str]| {
+        let out = Command::new(&aws)
+            .args(["sagemaker"])
+            .args(args)
+            .args(["--endpoint-url", &endpoint, "--output", "json"])
+            .env("AWS_ACCESS_KEY_ID", "AKIACLI")
+            .env("AWS_SECRET_ACCESS_KEY", "cli-secret")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env("AWS_CONFIG_FILE", config.path().join("none"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", config.path().join("none"))
+            .output()
+            .expect("run aws");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (operation, file) in
+        [("create-hyper-parameter-tuning-job", "tuning-job.json"), ("create-training-job", "training-job.json")]
+    {
+        let input = format!("file://{}", example(file).display());
+        let (code, stdout, stderr) = run(&[operation, "--cli-input-json", &input]);
+        assert_eq!(code, Some(0), "{operation}: {stderr}");
+        assert!(stdout.contains("arn:aws:sagemaker:local:000000000000:"), "{stdout}");
+    }
+    let (code, stdout, stderr) =
+        run(&["describe-hyper-parameter-tuning-job", "--hyper-parameter-tuning-job-name", "blobs-logreg-random"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let described: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(described["HyperParameterTuningJobConfig"]["Strategy"], "Random");
+    let (code, stdout, _) = run(&["list-training-jobs"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("blobs-logreg-baseline"), "{stdout}");
+    // A duplicate is refused with SageMaker's error name, as the CLI prints it.
+    let input = format!("file://{}", example("training-job.json").display());
+    let (code, _, stderr) = run(&["create-training-job", "--cli-input-json", &input]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("ResourceInUse"), "{stderr}");
+}

@@ -18,40 +18,52 @@ pub struct S3Server {
 pub const ACCESS_KEY: &str = "trainyard-test";
 pub const SECRET_KEY: &str = "trainyard-test-secret";
 
-fn venv() -> PathBuf {
-    if let Some(dir) = std::env::var_os("TRAINYARD_MOTO_VENV") {
-        return PathBuf::from(dir);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let target = exe.ancestors().find(|p| p.ends_with("target")).map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    target.join("moto-venv")
-}
-
-/// Installs moto[server] once per machine; concurrent tests wait on a lock file.
-fn ensure_installed() -> PathBuf {
-    let venv = venv();
-    let server = venv.join("bin/moto_server");
-    if server.exists() {
+/// A virtualenv under the target directory (or `TRAINYARD_<NAME>_VENV`) with `packages`
+/// installed from PyPI, created once per machine; concurrent tests wait on a lock file.
+pub fn venv_with(name: &str, packages: &[&str], probe: &str) -> PathBuf {
+    let venv = match std::env::var_os(format!("TRAINYARD_{}_VENV", name.to_uppercase())) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("current exe");
+            let target =
+                exe.ancestors().find(|p| p.ends_with("target")).map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+            target.join(format!("{name}-venv"))
+        }
+    };
+    if venv.join(probe).exists() {
         return venv;
     }
     std::fs::create_dir_all(venv.parent().expect("parent")).expect("dir");
-    let lock_path = venv.with_extension("lock");
-    let lock = std::fs::File::create(&lock_path).expect("lock file");
+    let lock = std::fs::File::create(venv.with_extension("lock")).expect("lock file");
     // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
     unsafe {
         libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX);
     }
-    if !server.exists() {
+    if !venv.join(probe).exists() {
         let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");
-        assert!(status.success(), "creating the moto virtualenv failed");
+        assert!(status.success(), "creating the {name} virtualenv failed");
         let out = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "moto[server]==5.*"])
+            .args(["install", "--quiet"])
+            .args(packages)
             .output()
-            .expect("pip install moto[server]");
-        assert!(out.status.success(), "installing moto from PyPI failed:\n{}", String::from_utf8_lossy(&out.stderr));
+            .expect("pip install");
+        assert!(
+            out.status.success(),
+            "installing {packages:?} from PyPI failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     drop(lock);
     venv
+}
+
+fn ensure_installed() -> PathBuf {
+    venv_with("moto", &["moto[server]==5.*"], "bin/moto_server")
+}
+
+/// The AWS CLI (`awscli` from PyPI), in a virtualenv of its own.
+pub fn aws_cli() -> PathBuf {
+    venv_with("awscli", &["awscli"], "bin/aws").join("bin/aws")
 }
 
 impl S3Server {
