@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -659,4 +660,41 @@ fn a_two_instance_job_runs_on_two_agents_with_sharded_data() {
     );
     let agents = c.json(&["agents", "list"]);
     assert_eq!(agents["Agents"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn programs_with_hard_coded_opt_ml_paths_run_unchanged_and_apart() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (mount namespaces), as CI has");
+    let c = Coordinator::start();
+    let _agent = c.start_agent("optml", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
+    let program = c.write(
+        "hardcoded.sh",
+        "#!/bin/sh\nset -e\ncp /opt/ml/input/config/hyperparameters.json /opt/ml/model/seen.json\n\
+         echo \"$TRAINING_JOB_NAME\" > /opt/ml/model/owner.txt\nsleep 1\n\
+         echo \"base=$SAGEMAKER_BASE_DIR model=$SM_MODEL_DIR pwd=$(pwd) train=$(ls /opt/ml/input/data/train) owner=$(cat /opt/ml/model/owner.txt)\"\n",
+    );
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    for name in ["opt-a", "opt-b"] {
+        let mut request = training_request(&c, name, json!({"who": name}), 600);
+        request["AlgorithmSpecification"]["TrainingImage"] = json!(program.display().to_string());
+        submit(&c, "training-jobs", name, &request);
+    }
+    for name in ["opt-a", "opt-b"] {
+        let done = c.wait_json(&["training-jobs", "describe", name], |d| d["TrainingJobStatus"] != "InProgress");
+        assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+        let log = logs(&c, name);
+        assert_eq!(field(&log, "base"), Some("/opt/ml"), "{log}");
+        assert_eq!(field(&log, "model"), Some("/opt/ml/model"));
+        assert_eq!(field(&log, "pwd"), Some("/opt/ml"));
+        assert_eq!(field(&log, "train"), Some("train.csv"));
+        assert_eq!(field(&log, "owner"), Some(name), "each instance has its own /opt/ml");
+        // What the program wrote to /opt/ml/model is in its model.tar.gz.
+        let archive = c.output_dir().join(format!("blobs-logreg-baseline/{name}/output/model.tar.gz"));
+        assert!(archive.exists(), "{}", archive.display());
+        let listing = Command::new("tar").arg("tzf").arg(&archive).output().expect("tar");
+        let names = String::from_utf8_lossy(&listing.stdout).into_owned();
+        assert!(names.contains("seen.json") && names.contains("owner.txt"), "{names}");
+    }
+    assert!(!std::path::Path::new("/opt/ml/model/owner.txt").exists(), "nothing leaks to the host's /opt/ml");
 }

@@ -46,6 +46,9 @@ pub struct Flags {
     /// Log format: human or json.
     #[arg(long, env = "TRAINYARD_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Do not mount work dirs at /opt/ml even as root (programs use $SAGEMAKER_BASE_DIR).
+    #[arg(long)]
+    pub no_opt_ml: bool,
 }
 
 fn parse_bucket(raw: &str) -> Result<(String, PathBuf), String> {
@@ -91,6 +94,7 @@ pub struct Config {
     /// Set when buckets may live in an S3-compatible store (AWS's, or one at `endpoint`).
     pub s3: Option<S3Settings>,
     pub json_logs: bool,
+    pub no_opt_ml: bool,
 }
 
 impl Config {
@@ -124,6 +128,7 @@ impl Config {
                 }),
                 (None, None) => None,
             },
+            no_opt_ml: flags.no_opt_ml,
             json_logs: flags.log_format.or(file.log_format).as_deref() == Some("json"),
         })
     }

@@ -71,7 +71,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let vcpus =
         config.advertise_vcpus.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    // As root, each instance sees its work dir at /opt/ml (a mount point that must exist).
+    // SAFETY: geteuid has no preconditions.
+    let opt_ml =
+        !config.no_opt_ml && unsafe { libc::geteuid() } == 0 && std::fs::create_dir_all(runner::OPT_ML).is_ok();
+    info!(opt_ml, "instances see their work dir at /opt/ml: {opt_ml}");
     let settings = Arc::new(Settings {
+        opt_ml,
         work_root: config.work_root.clone(),
         storage: storage::Storage::new(config.buckets.clone(), config.s3.clone()),
         stop_grace: config.stop_grace,

@@ -54,6 +54,8 @@ pub enum StopReason {
 }
 
 pub struct Settings {
+    /// Mount each instance's work dir at `/opt/ml` in a private mount namespace (needs root).
+    pub opt_ml: bool,
     pub work_root: PathBuf,
     pub storage: Storage,
     pub stop_grace: Duration,
@@ -63,6 +65,9 @@ pub struct Settings {
 pub fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }
+
+/// Where SageMaker's containers find their files.
+pub const OPT_ML: &str = "/opt/ml";
 
 /// The SageMaker default when a job gives no MaxRuntimeInSeconds: one day.
 const DEFAULT_MAX_RUNTIME: u64 = 86_400;
@@ -275,9 +280,11 @@ async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result
     }
 
     let mut env = BTreeMap::new();
-    let path = |sub: &str| dir.join(sub).display().to_string();
+    // Where the program sees its work dir: /opt/ml itself when the agent can mount it there.
+    let seen = if settings.opt_ml { PathBuf::from(OPT_ML) } else { dir.to_path_buf() };
+    let path = |sub: &str| seen.join(sub).display().to_string();
     let names: Vec<String> = channels.iter().filter_map(|c| c.channel_name.clone()).collect();
-    env.insert("SAGEMAKER_BASE_DIR".into(), dir.display().to_string());
+    env.insert("SAGEMAKER_BASE_DIR".into(), seen.display().to_string());
     env.insert("TRAINING_JOB_NAME".into(), spec.job.clone());
     env.insert("TRAINING_JOB_ARN".into(), spec.arn.clone());
     env.insert("SM_MODEL_DIR".into(), path("model"));
@@ -292,7 +299,7 @@ async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result
     for name in &names {
         env.insert(
             format!("SM_CHANNEL_{}", name.to_uppercase()),
-            dir.join("input/data").join(name).display().to_string(),
+            seen.join("input/data").join(name).display().to_string(),
         );
     }
     env.insert("SM_HPS".into(), json!(hyperparameters).to_string());
@@ -417,6 +424,36 @@ async fn execute(
             }
             Ok(())
         });
+    }
+    // /opt/ml at its real path: a private mount namespace per instance, with the work dir bound
+    // there, so code with hard-coded /opt/ml paths runs unchanged and no instance sees another's.
+    if settings.opt_ml {
+        use std::os::unix::ffi::OsStrExt;
+        let source = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap_or_default();
+        let target = std::ffi::CString::new(OPT_ML).unwrap_or_default();
+        let root = std::ffi::CString::new("/").unwrap_or_default();
+        // SAFETY: only syscalls (unshare, mount, chdir) on CStrings prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                check(libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                check(libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
+                check(libc::chdir(target.as_ptr()))
+            });
+        }
     }
     // A program being replaced while it starts fails with ETXTBSY for a moment: try again.
     let mut attempts = 0;
