@@ -432,6 +432,17 @@ async fn execute(
         let source = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap_or_default();
         let target = std::ffi::CString::new(OPT_ML).unwrap_or_default();
         let root = std::ffi::CString::new("/").unwrap_or_default();
+        // The instance's own name resolves, as in a SageMaker container (training toolkits wait
+        // for every host in SM_HOSTS to resolve). Peers' addresses come with the networking work.
+        let hosts_file = dir.join(".hosts");
+        let host_entries = format!(
+            "{}\n127.0.0.1 algo-{}\n",
+            std::fs::read_to_string("/etc/hosts").unwrap_or_default().trim_end(),
+            spec.instance
+        );
+        let hosts_ready = std::fs::write(&hosts_file, host_entries).is_ok();
+        let hosts_source = std::ffi::CString::new(hosts_file.as_os_str().as_bytes()).unwrap_or_default();
+        let etc_hosts = std::ffi::CString::new("/etc/hosts").unwrap_or_default();
         // SAFETY: only syscalls (unshare, mount, chdir) on CStrings prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
@@ -451,6 +462,15 @@ async fn execute(
                     libc::MS_BIND | libc::MS_REC,
                     std::ptr::null(),
                 ))?;
+                if hosts_ready {
+                    check(libc::mount(
+                        hosts_source.as_ptr(),
+                        etc_hosts.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ))?;
+                }
                 check(libc::chdir(target.as_ptr()))
             });
         }

@@ -191,6 +191,11 @@ fn parse_time(raw: &str) -> Result<Timestamp, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Output piped into `head` ends quietly, as a Unix tool's does, instead of panicking on EPIPE.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread writes.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,82 @@
+//! AWS's own SageMaker training toolkit (`sagemaker-training` from PyPI, installed by the test into
+//! a virtualenv) runs under an agent unchanged: its `train` entry point is the TrainingImage, the
+//! user script comes through `sagemaker_program` / `sagemaker_submit_directory`, and a tuning job
+//! over it completes with the right best trial.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use trainyard_e2e::{Coordinator, example};
+
+const ENTRY_POINT: &str = r#"
+import argparse, glob, json, os
+parser = argparse.ArgumentParser()
+parser.add_argument("--alpha", type=float, required=True)
+parser.add_argument("--epochs", type=int, default=3)
+args, _ = parser.parse_known_args()
+rows = sum(1 for f in glob.glob(os.path.join(os.environ["SM_CHANNEL_TRAIN"], "*.csv")) for _ in open(f))
+for epoch in range(1, args.epochs + 1):
+    print(f"epoch={epoch} rows={rows} score={1 - (args.alpha - 0.3) ** 2:.6f}", flush=True)
+os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
+json.dump({"alpha": args.alpha, "rows": rows}, open(os.path.join(os.environ["SM_MODEL_DIR"], "model.json"), "w"))
+"#;
+
+#[test]
+fn the_sagemaker_training_toolkit_runs_user_scripts_unchanged() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the toolkit reads /opt/ml: this test needs root, as CI has");
+    let venv = trainyard_testkit::s3::venv_with("sagemaker-training", &["sagemaker-training"], "bin/train");
+    let c = Coordinator::start();
+    let _agent = c.start_agent("toolkit", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
+    let code = c.dir.path().join("user-code");
+    std::fs::create_dir_all(&code).expect("dir");
+    std::fs::write(code.join("entry.py"), ENTRY_POINT).expect("write");
+    std::fs::set_permissions(code.join("entry.py"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    r["HyperParameterTuningJobName"] = json!("toolkit");
+    r["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"] =
+        json!({"Type": "Maximize", "MetricName": "score"});
+    r["HyperParameterTuningJobConfig"]["ResourceLimits"] =
+        json!({"MaxNumberOfTrainingJobs": 4, "MaxParallelTrainingJobs": 2});
+    r["HyperParameterTuningJobConfig"]["ParameterRanges"] =
+        json!({"ContinuousParameterRanges": [{"Name": "alpha", "MinValue": "0", "MaxValue": "1"}]});
+    let def = &mut r["TrainingJobDefinition"];
+    def["AlgorithmSpecification"]["TrainingImage"] = json!(venv.join("bin/train").display().to_string());
+    def["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
+    // As the SageMaker Python SDK passes them: JSON-encoded strings.
+    def["StaticHyperParameters"] = json!({
+        "sagemaker_program": "\"entry.py\"",
+        "sagemaker_submit_directory": format!("\"{}\"", code.display()),
+        "epochs": "3"
+    });
+    let file = c.write("toolkit.json", &r.to_string());
+    c.cli(&["tuning-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+
+    let done = c.wait_json_for(Duration::from_secs(120), &["tuning-jobs", "describe", "toolkit"], |d| {
+        d["HyperParameterTuningJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
+    assert_eq!(done["TrainingJobStatusCounters"]["Completed"], 4, "{done:#}");
+    let trials = c.json(&["tuning-jobs", "trials", "toolkit"]);
+    let best = trials["TrainingJobSummaries"]
+        .as_array()
+        .expect("trials")
+        .iter()
+        .max_by(|a, b| {
+            let v = |t: &Value| t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"].as_f64().unwrap_or(f64::MIN);
+            v(a).total_cmp(&v(b))
+        })
+        .expect("a trial")
+        .clone();
+    assert_eq!(done["BestTrainingJob"]["TrainingJobName"], best["TrainingJobName"]);
+    let x: f64 = best["TunedHyperParameters"]["alpha"].as_str().expect("alpha").parse().expect("number");
+    let score = best["FinalHyperParameterTuningJobObjectiveMetric"]["Value"].as_f64().expect("score");
+    assert!((score - (1.0 - (x - 0.3) * (x - 0.3))).abs() < 1e-5, "the toolkit passed --alpha {x} to the script");
+    let name = best["TrainingJobName"].as_str().expect("name");
+    let log = c.cli(&["training-jobs", "logs", name]).stdout();
+    assert!(log.contains("rows=400"), "the script read the train channel through SM_CHANNEL_TRAIN:\n{log}");
+    assert!(c.output_dir().join(format!("blobs-logreg-random/{name}/output/model.tar.gz")).exists());
+}
