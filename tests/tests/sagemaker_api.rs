@@ -26,6 +26,7 @@ out = {}
 tuning = json.load(open(tuning_file))
 out["arn"] = sm.create_hyper_parameter_tuning_job(**tuning)["HyperParameterTuningJobArn"]
 out["duplicate"] = code(lambda: sm.create_hyper_parameter_tuning_job(**tuning))
+out["limit"] = code(lambda: sm.create_hyper_parameter_tuning_job(**dict(tuning, HyperParameterTuningJobName="second")))
 out["missing"] = code(lambda: sm.describe_training_job(TrainingJobName="no-such-job"))
 too_long = dict(tuning, HyperParameterTuningJobName="x" * 40)
 out["invalid"] = code(lambda: sm.create_hyper_parameter_tuning_job(**too_long))
@@ -51,7 +52,11 @@ fn boto3_drives_the_coordinator_through_the_sagemaker_api() {
     let port = free_port();
     let config = tempfile::tempdir().expect("dir");
     let config_file = config.path().join("coordinator.toml");
-    std::fs::write(&config_file, "[[access_keys]]\nid = \"AKIATRAINYARDTEST\"\nsecret = \"s3cr3t/with+chars\"\n")
+    // One running tuning job at most, so that a second one meets ResourceLimitExceeded.
+    std::fs::write(
+        &config_file,
+        "[limits]\nmax_concurrent_tuning_jobs = 1\n[[access_keys]]\nid = \"AKIATRAINYARDTEST\"\nsecret = \"s3cr3t/with+chars\"\n",
+    )
         .expect("write");
     let c = Coordinator::start_with_args(&[
         "--config",
@@ -86,6 +91,7 @@ fn boto3_drives_the_coordinator_through_the_sagemaker_api() {
     let r: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(r["arn"], "arn:aws:sagemaker:local:000000000000:hyper-parameter-tuning-job/blobs-logreg-random");
     assert_eq!(r["duplicate"][0], "ResourceInUse");
+    assert_eq!(r["limit"][0], "ResourceLimitExceeded");
     assert_eq!(r["missing"][0], "ResourceNotFound");
     assert_eq!(r["invalid"][0], "ValidationException");
     assert!(r["invalid"][2].as_str().unwrap_or_default().contains("HyperParameterTuningJobName"), "{}", r["invalid"]);

@@ -90,6 +90,13 @@ impl Coordinator {
         if !violations.is_empty() {
             return Err(DomainError::Validation(violations));
         }
+        // A taken name is the more specific answer than a full cluster (the insert below still
+        // settles a race between two creates of one name).
+        if let Some(name) = &request.hyper_parameter_tuning_job_name
+            && self.store.get_tuning_job(name).await?.is_some()
+        {
+            return Err(DomainError::AlreadyExists { kind: ResourceKind::TuningJob, name: name.clone() });
+        }
         // Reserve a slot first, so that concurrent creates cannot overshoot the limit together.
         let limit = u64::from(self.limits.max_concurrent_tuning_jobs);
         let active = self.active_tuning_jobs.fetch_add(1, Ordering::SeqCst);
