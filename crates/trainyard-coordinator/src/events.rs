@@ -754,15 +754,7 @@ impl Loop {
             "worse than the median of earlier trials"
         };
         info!(tuning_job = tuning, trial, epoch = curve.len(), rule, "stopped early");
-        if let Some(r) = self.running.get(trial) {
-            for (i, (agent, ended)) in &r.instances {
-                if ended.is_none()
-                    && let Some(a) = self.agents.get(agent)
-                {
-                    send(a, Down::Stop(pb::StopInstance { training_job_name: trial.to_string(), instance: *i }));
-                }
-            }
-        }
+        self.stop_running_instances(trial);
     }
 
     async fn record_metrics(&mut self, job: &str, samples: &[pb::MetricSample]) -> Result<(), DomainError> {
@@ -873,15 +865,7 @@ impl Loop {
             }
             return Ok(());
         }
-        if let Some(run) = self.running.get(name) {
-            for (i, (agent, ended)) in &run.instances {
-                if ended.is_none()
-                    && let Some(a) = self.agents.get(agent)
-                {
-                    send(a, Down::Stop(pb::StopInstance { training_job_name: name.to_string(), instance: *i }));
-                }
-            }
-        }
+        self.stop_running_instances(name);
         Ok(())
     }
 
@@ -1182,6 +1166,18 @@ impl Loop {
             }
         }
         Ok(())
+    }
+
+    /// Asks the agents to stop every instance of `job` that has not ended yet.
+    fn stop_running_instances(&self, job: &str) {
+        let Some(run) = self.running.get(job) else { return };
+        for (i, (agent, ended)) in &run.instances {
+            if ended.is_none()
+                && let Some(a) = self.agents.get(agent)
+            {
+                send(a, Down::Stop(pb::StopInstance { training_job_name: job.to_string(), instance: *i }));
+            }
+        }
     }
 
     /// Queue order is arrival order; placement serves tuning jobs fairly, so this is an estimate.
