@@ -206,6 +206,25 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Reads one page from `first` on, or every page when `all` is set; the items, and the token of
+/// the page after them (None when there is none).
+async fn collect_pages<T>(
+    first: Option<String>,
+    all: bool,
+    mut fetch: impl AsyncFnMut(Option<String>) -> anyhow::Result<(Vec<T>, Option<String>)>,
+) -> anyhow::Result<(Vec<T>, Option<String>)> {
+    let mut items = Vec::new();
+    let mut token = first;
+    loop {
+        let (page, next) = fetch(token).await?;
+        items.extend(page);
+        match next {
+            Some(next) if all => token = Some(next),
+            other => return Ok((items, other)),
+        }
+    }
+}
+
 async fn connect(address: &str) -> anyhow::Result<Channel> {
     let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
     let endpoint = Channel::from_shared(url.clone()).map_err(|e| anyhow!("'{address}' is not an address: {e}"))?;
@@ -388,7 +407,7 @@ async fn tuning(
             }
         }
         TuningCommand::List(args) => {
-            let mut request = api::ListHyperParameterTuningJobsRequest {
+            let request = api::ListHyperParameterTuningJobsRequest {
                 creation_time_after: args.created_after,
                 creation_time_before: args.created_before,
                 last_modified_time_after: args.modified_after,
@@ -400,18 +419,15 @@ async fn tuning(
                 sort_order: args.sort_order,
                 status_equals: args.status,
             };
-            let mut all = Vec::new();
-            let next = loop {
+            let (all, next) = collect_pages(request.next_token.clone(), args.all, async |next_token| {
+                let page = api::ListHyperParameterTuningJobsRequest { next_token, ..request.clone() };
                 let page = client
-                    .list_hyper_parameter_tuning_jobs(pb::ListHyperParameterTuningJobsRequest::from(request.clone()))
+                    .list_hyper_parameter_tuning_jobs(pb::ListHyperParameterTuningJobsRequest::from(page))
                     .await?;
                 let page = api::ListHyperParameterTuningJobsResponse::from(page.into_inner());
-                all.extend(page.hyper_parameter_tuning_job_summaries.unwrap_or_default());
-                match page.next_token {
-                    Some(token) if args.all => request.next_token = Some(token),
-                    other => break other,
-                }
-            };
+                Ok((page.hyper_parameter_tuning_job_summaries.unwrap_or_default(), page.next_token))
+            })
+            .await?;
             let response = api::ListHyperParameterTuningJobsResponse {
                 hyper_parameter_tuning_job_summaries: Some(all),
                 next_token: next,
@@ -437,7 +453,7 @@ async fn tuning(
             }
         }
         TuningCommand::Trials(args) => {
-            let mut request = api::ListTrainingJobsForHyperParameterTuningJobRequest {
+            let request = api::ListTrainingJobsForHyperParameterTuningJobRequest {
                 hyper_parameter_tuning_job_name: Some(args.name),
                 max_results: args.max_results,
                 next_token: args.next_token,
@@ -445,20 +461,17 @@ async fn tuning(
                 sort_order: args.sort_order,
                 status_equals: args.status,
             };
-            let mut all = Vec::new();
-            let next = loop {
+            let (all, next) = collect_pages(request.next_token.clone(), args.all, async |next_token| {
+                let page = api::ListTrainingJobsForHyperParameterTuningJobRequest { next_token, ..request.clone() };
                 let page = client
                     .list_training_jobs_for_hyper_parameter_tuning_job(
-                        pb::ListTrainingJobsForHyperParameterTuningJobRequest::from(request.clone()),
+                        pb::ListTrainingJobsForHyperParameterTuningJobRequest::from(page),
                     )
                     .await?;
                 let page = api::ListTrainingJobsForHyperParameterTuningJobResponse::from(page.into_inner());
-                all.extend(page.training_job_summaries.unwrap_or_default());
-                match page.next_token {
-                    Some(token) if args.all => request.next_token = Some(token),
-                    other => break other,
-                }
-            };
+                Ok((page.training_job_summaries.unwrap_or_default(), page.next_token))
+            })
+            .await?;
             let response = api::ListTrainingJobsForHyperParameterTuningJobResponse {
                 training_job_summaries: Some(all),
                 next_token: next,
@@ -496,7 +509,7 @@ async fn training(mut client: TrainingClient<Channel>, cmd: TrainingCommand, out
             }
         }
         TrainingCommand::List(args) => {
-            let mut request = api::ListTrainingJobsRequest {
+            let request = api::ListTrainingJobsRequest {
                 creation_time_after: args.created_after,
                 creation_time_before: args.created_before,
                 last_modified_time_after: args.modified_after,
@@ -510,16 +523,13 @@ async fn training(mut client: TrainingClient<Channel>, cmd: TrainingCommand, out
                 training_plan_arn_equals: None,
                 warm_pool_status_equals: None,
             };
-            let mut all = Vec::new();
-            let next = loop {
-                let page = client.list_training_jobs(pb::ListTrainingJobsRequest::from(request.clone())).await?;
+            let (all, next) = collect_pages(request.next_token.clone(), args.all, async |next_token| {
+                let page = api::ListTrainingJobsRequest { next_token, ..request.clone() };
+                let page = client.list_training_jobs(pb::ListTrainingJobsRequest::from(page)).await?;
                 let page = api::ListTrainingJobsResponse::from(page.into_inner());
-                all.extend(page.training_job_summaries.unwrap_or_default());
-                match page.next_token {
-                    Some(token) if args.all => request.next_token = Some(token),
-                    other => break other,
-                }
-            };
+                Ok((page.training_job_summaries.unwrap_or_default(), page.next_token))
+            })
+            .await?;
             let response = api::ListTrainingJobsResponse { training_job_summaries: Some(all), next_token: next };
             match out {
                 Output::Json => output::json(&response),

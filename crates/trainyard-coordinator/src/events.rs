@@ -82,6 +82,23 @@ struct AgentEntry {
     allocations: BTreeMap<(String, u32), Allocation>,
 }
 
+impl AgentEntry {
+    /// An agent known by name, with no stream yet: it has `agent_lost_after` from now to connect.
+    fn unconnected(session: u64) -> AgentEntry {
+        AgentEntry {
+            session,
+            outbound: None,
+            inventory: pb::Inventory::default(),
+            capabilities: pb::Capabilities::default(),
+            heartbeat: None,
+            last_seen: tokio::time::Instant::now(),
+            last_seen_millis: now().millis(),
+            lost: false,
+            allocations: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Allocation {
     vcpus: u32,
@@ -286,17 +303,7 @@ impl Loop {
                 let demand = self.demand_of(&job)?;
                 let mut instances = BTreeMap::new();
                 for p in &job.placement {
-                    let entry = self.agents.entry(p.agent.clone()).or_insert_with(|| AgentEntry {
-                        session: 0,
-                        outbound: None,
-                        inventory: pb::Inventory::default(),
-                        capabilities: pb::Capabilities::default(),
-                        heartbeat: None,
-                        last_seen: tokio::time::Instant::now(),
-                        last_seen_millis: now().millis(),
-                        lost: false,
-                        allocations: BTreeMap::new(),
-                    });
+                    let entry = self.agents.entry(p.agent.clone()).or_insert_with(|| AgentEntry::unconnected(0));
                     entry.allocations.insert(
                         (job.name.clone(), p.instance),
                         Allocation {
@@ -482,17 +489,7 @@ impl Loop {
         outbound: mpsc::UnboundedSender<pb::CoordinatorMessage>,
     ) -> Result<(), DomainError> {
         let id = register.agent_id.clone();
-        let entry = self.agents.entry(id.clone()).or_insert_with(|| AgentEntry {
-            session,
-            outbound: None,
-            inventory: pb::Inventory::default(),
-            capabilities: pb::Capabilities::default(),
-            heartbeat: None,
-            last_seen: tokio::time::Instant::now(),
-            last_seen_millis: now().millis(),
-            lost: false,
-            allocations: BTreeMap::new(),
-        });
+        let entry = self.agents.entry(id.clone()).or_insert_with(|| AgentEntry::unconnected(session));
         entry.session = session;
         entry.outbound = Some(outbound);
         entry.inventory = register.inventory.unwrap_or_default();
