@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
+pub use trainyard_testkit::netns;
 use trainyard_testkit::{Daemon, binary, free_port, wait_until};
 
 /// The repository root (for the examples under deploy/).
@@ -22,6 +23,8 @@ pub fn example(name: &str) -> PathBuf {
 pub struct Coordinator {
     pub dir: TempDir,
     pub address: String,
+    /// Where the daemon listens (`address`, or all interfaces for simulated hosts).
+    listen: String,
     pub daemon: Daemon,
     database_url: Option<String>,
     args: Vec<String>,
@@ -42,15 +45,26 @@ impl Coordinator {
 
     /// On SQLite, with extra flags (e.g. `--agent-lost-after-seconds 2`).
     pub fn start_with_args(args: &[&str]) -> Coordinator {
+        Self::start_listening("127.0.0.1", args)
+    }
+
+    /// Listening on every interface, so that agents in simulated hosts reach it at the LAN's
+    /// gateway address; the CLI still uses loopback.
+    pub fn start_for_lan(args: &[&str]) -> Coordinator {
+        Self::start_listening("0.0.0.0", args)
+    }
+
+    fn start_listening(host: &str, args: &[&str]) -> Coordinator {
         let dir = tempfile::Builder::new().prefix("trainyard-e2e-").tempdir().expect("temp dir");
         let port = free_port();
         let address = format!("127.0.0.1:{port}");
+        let listen = format!("{host}:{port}");
         let mut extra: Vec<String> =
             vec!["--database-url".into(), format!("sqlite://{}", dir.path().join("data/trainyard.db").display())];
         extra.extend(args.iter().map(|a| a.to_string()));
         std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
-        let daemon = Self::spawn(dir.path(), &address, None, &extra);
-        let mut c = Coordinator { dir, address, daemon, database_url: None, args: extra };
+        let daemon = Self::spawn(dir.path(), &listen, None, &extra);
+        let mut c = Coordinator { dir, address, listen, daemon, database_url: None, args: extra };
         c.wait_ready();
         c
     }
@@ -59,7 +73,8 @@ impl Coordinator {
         let port = free_port();
         let address = format!("127.0.0.1:{port}");
         let daemon = Self::spawn(dir.path(), &address, database_url.as_deref(), &[]);
-        let mut c = Coordinator { dir, address, daemon, database_url, args: Vec::new() };
+        let listen = address.clone();
+        let mut c = Coordinator { dir, address, listen, daemon, database_url, args: Vec::new() };
         c.wait_ready();
         c
     }
@@ -91,7 +106,7 @@ impl Coordinator {
             wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&address).is_err()),
             "the old coordinator still listens"
         );
-        self.daemon = Self::spawn(self.dir.path(), &self.address, self.database_url.as_deref(), &self.args);
+        self.daemon = Self::spawn(self.dir.path(), &self.listen, self.database_url.as_deref(), &self.args);
         self.wait_ready();
         status
     }
@@ -99,9 +114,26 @@ impl Coordinator {
     /// Starts an agent connected to this coordinator, with its work root and buckets
     /// (`examples` = the repository's example data, `output` = `<dir>/output`) in this temp dir.
     pub fn start_agent(&self, id: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let mut cmd = Command::new(binary("trainyard-agent"));
+        self.start_agent_with(Command::new(binary("trainyard-agent")), &self.address, id, args, env)
+    }
+
+    /// Starts an agent inside a simulated host; it reaches this coordinator through the LAN.
+    pub fn start_agent_on(&self, host: &netns::Host, lan: &netns::Lan, id: &str, args: &[&str]) -> Daemon {
+        let port = self.address.rsplit(':').next().unwrap_or_default();
+        let address = format!("{}:{port}", lan.gateway);
+        self.start_agent_with(host.command(binary("trainyard-agent")), &address, id, args, &[])
+    }
+
+    fn start_agent_with(
+        &self,
+        mut cmd: Command,
+        coordinator: &str,
+        id: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         cmd.arg("--coordinator")
-            .arg(&self.address)
+            .arg(coordinator)
             .arg("--id")
             .arg(id)
             .arg("--work-root")

@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::network::plan::Net;
 use crate::storage::S3Settings;
+use std::net::SocketAddr;
 
 #[derive(Debug, Parser)]
 #[command(name = "trainyard-agent", version, about = "Trainyard agent: runs training jobs on this host")]
@@ -49,6 +51,27 @@ pub struct Flags {
     /// Do not mount work dirs at /opt/ml even as root (programs use $SAGEMAKER_BASE_DIR).
     #[arg(long)]
     pub no_opt_ml: bool,
+    /// Run instances in the host's network instead of a namespace each (no isolation, no peers).
+    #[arg(long)]
+    pub no_network_namespaces: bool,
+    /// Where other agents reach this one for distributed jobs' peer traffic (default 0.0.0.0:0,
+    /// any free port).
+    #[arg(long, env = "TRAINYARD_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// The address other agents should dial (default: this host's address towards the coordinator,
+    /// with the listener's port).
+    #[arg(long, env = "TRAINYARD_PEER_ADVERTISE")]
+    pub peer_advertise: Option<String>,
+    /// What a VpcConfig subnet or security group lets an instance reach: NAME=CIDR[,CIDR...]
+    /// (repeatable).
+    #[arg(long = "vpc-network", value_parser = parse_vpc_network)]
+    pub vpc_networks: Vec<(String, Vec<Net>)>,
+}
+
+fn parse_vpc_network(raw: &str) -> Result<(String, Vec<Net>), String> {
+    let (name, cidrs) = raw.split_once('=').ok_or_else(|| format!("'{raw}' is not NAME=CIDR[,CIDR...]"))?;
+    let nets = cidrs.split(',').filter(|c| !c.trim().is_empty()).map(str::parse).collect::<Result<Vec<Net>, _>>()?;
+    Ok((name.to_string(), nets))
 }
 
 fn parse_bucket(raw: &str) -> Result<(String, PathBuf), String> {
@@ -72,6 +95,12 @@ struct FileConfig {
     buckets: BTreeMap<String, PathBuf>,
     /// Other buckets are objects in this S3-compatible store.
     s3: Option<S3File>,
+    no_network_namespaces: Option<bool>,
+    peer_listen: Option<SocketAddr>,
+    peer_advertise: Option<String>,
+    /// `"subnet-0abc" = ["10.1.0.0/16"]`: what VpcConfig names let an instance reach.
+    #[serde(default)]
+    vpc_networks: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +124,10 @@ pub struct Config {
     pub s3: Option<S3Settings>,
     pub json_logs: bool,
     pub no_opt_ml: bool,
+    pub network_namespaces: bool,
+    pub peer_listen: SocketAddr,
+    pub peer_advertise: Option<String>,
+    pub vpc_networks: BTreeMap<String, Vec<Net>>,
 }
 
 impl Config {
@@ -105,6 +138,12 @@ impl Config {
         };
         let mut buckets = file.buckets;
         buckets.extend(flags.buckets);
+        let mut vpc_networks = BTreeMap::new();
+        for (name, cidrs) in file.vpc_networks {
+            let nets = cidrs.iter().map(|c| c.parse()).collect::<Result<Vec<Net>, String>>();
+            vpc_networks.insert(name.clone(), nets.map_err(|e| anyhow::anyhow!("vpc_networks.{name}: {e}"))?);
+        }
+        vpc_networks.extend(flags.vpc_networks);
         let id =
             flags.id.or(file.id).or_else(|| sysinfo::System::host_name().ok()).unwrap_or_else(|| "agent".to_string());
         let coordinator = flags.coordinator.or(file.coordinator).unwrap_or_else(|| "127.0.0.1:50051".into());
@@ -129,6 +168,10 @@ impl Config {
                 (None, None) => None,
             },
             no_opt_ml: flags.no_opt_ml,
+            network_namespaces: !(flags.no_network_namespaces || file.no_network_namespaces == Some(true)),
+            peer_listen: flags.peer_listen.or(file.peer_listen).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            peer_advertise: flags.peer_advertise.or(file.peer_advertise),
+            vpc_networks,
             json_logs: flags.log_format.or(file.log_format).as_deref() == Some("json"),
         })
     }

@@ -7,6 +7,7 @@
 mod config;
 mod gpu;
 mod inventory;
+mod network;
 mod runner;
 mod storage;
 
@@ -42,6 +43,10 @@ struct Agent {
     settings: Arc<Settings>,
     host: Mutex<Host>,
     instances: Mutex<BTreeMap<Key, Instance>>,
+    /// Why instances run in the host's network, when they do.
+    network_note: Option<String>,
+    /// The port of the peer listener (0: none).
+    peer_port: u16,
     /// The stream of the current connection, if any.
     outbound: Mutex<Option<mpsc::UnboundedSender<pb::AgentMessage>>>,
 }
@@ -76,18 +81,45 @@ async fn main() -> anyhow::Result<()> {
     let opt_ml =
         !config.no_opt_ml && unsafe { libc::geteuid() } == 0 && std::fs::create_dir_all(runner::OPT_ML).is_ok();
     info!(opt_ml, "instances see their work dir at /opt/ml: {opt_ml}");
+    let network = if config.network_namespaces {
+        network::Network::detect(&config.id, &config.work_root).await
+    } else {
+        Err("network namespaces are turned off (--no-network-namespaces)".to_string())
+    };
+    let (network, network_note) = match network {
+        Ok(n) => (Some(Arc::new(n)), None),
+        Err(note) => {
+            warn!(%note, "instances run in the host's network: no isolation, no distributed peers");
+            (None, Some(note))
+        }
+    };
+    let forwarder = Arc::new(network::forwarder::Forwarder::default());
+    let mut peer_port = 0;
+    if network.is_some() {
+        let listener = tokio::net::TcpListener::bind(config.peer_listen)
+            .await
+            .with_context(|| format!("listening for peers on {}", config.peer_listen))?;
+        peer_port = listener.local_addr()?.port();
+        info!(address = %listener.local_addr()?, "peer forwarder listening");
+        tokio::spawn(forwarder.clone().serve(listener));
+    }
     let settings = Arc::new(Settings {
         opt_ml,
         work_root: config.work_root.clone(),
         storage: storage::Storage::new(config.buckets.clone(), config.s3.clone()),
         stop_grace: config.stop_grace,
         vcpus,
+        network,
+        forwarder,
+        vpc_networks: config.vpc_networks.clone(),
     });
     let agent = Arc::new(Agent {
         config,
         settings,
         host: Mutex::new(host),
         instances: Mutex::new(BTreeMap::new()),
+        network_note,
+        peer_port,
         outbound: Mutex::new(None),
     });
     let cancel = CancellationToken::new();
@@ -146,10 +178,11 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> anyhow::Resu
             agent_id: agent.config.id.clone(),
             inventory: Some(inventory),
             capabilities: Some(pb::Capabilities {
-                network_isolation: false,
-                network_isolation_note: "network isolation is not implemented by this agent yet".into(),
+                network_isolation: agent.network_note.is_none(),
+                network_isolation_note: agent.network_note.clone().unwrap_or_default(),
             }),
             instances,
+            peer_address: peer_address(agent),
         })),
     })?;
     let mut inbound =
@@ -244,6 +277,8 @@ async fn start_instance(agent: &Arc<Agent>, a: pb::Assignment) {
         hosts: a.hosts,
         request: a.request.map(Into::into).unwrap_or_default(),
         gpu_uuids: a.gpu_uuids,
+        peers: a.peers.into_iter().map(|p| (p.instance, p.agent_peer_address)).collect(),
+        credential: a.credential,
     };
     info!(job = %spec.job, instance = spec.instance, gpus = ?spec.gpu_uuids, "starting instance");
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -260,6 +295,20 @@ async fn start_instance(agent: &Arc<Agent>, a: pb::Assignment) {
         runner::run(spec, &settings, tx, stop_rx).await;
         let _ = forwarder.await;
     });
+}
+
+/// Where other agents reach this one: the configured address, or this host's address towards the
+/// coordinator with the peer listener's port.
+fn peer_address(agent: &Agent) -> String {
+    if agent.peer_port == 0 {
+        return String::new();
+    }
+    if let Some(address) = &agent.config.peer_advertise {
+        return address.clone();
+    }
+    let coordinator = agent.config.coordinator.split("://").last().unwrap_or_default().trim_end_matches('/');
+    let ip = network::local_address_towards(coordinator).unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    std::net::SocketAddr::new(ip, agent.peer_port).to_string()
 }
 
 async fn wait_for_signal() {

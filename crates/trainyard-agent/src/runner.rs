@@ -26,7 +26,11 @@ use tracing::{info, warn};
 use trainyard_proto::model::api;
 use trainyard_proto::pb::{self, InstanceState};
 
+use crate::network::forwarder::Forwarder;
+use crate::network::plan::{self, Egress, Net};
+use crate::network::{InstanceNetwork, Network};
 use crate::storage::{self, Storage};
+use std::sync::Arc;
 
 /// Everything an instance needs to run, from its assignment.
 #[derive(Debug, Clone)]
@@ -38,6 +42,10 @@ pub struct InstanceSpec {
     pub hosts: Vec<String>,
     pub request: api::CreateTrainingJobRequest,
     pub gpu_uuids: Vec<String>,
+    /// Instance → the peer address of its agent (every instance of the job).
+    pub peers: BTreeMap<u32, String>,
+    /// The job's certificate when its peer traffic is encrypted.
+    pub credential: Option<pb::JobCredential>,
 }
 
 /// What the runner reports, in order.
@@ -60,6 +68,11 @@ pub struct Settings {
     pub storage: Storage,
     pub stop_grace: Duration,
     pub vcpus: u32,
+    /// Set when each instance gets its own network namespace (root, ip, nft).
+    pub network: Option<Arc<Network>>,
+    pub forwarder: Arc<Forwarder>,
+    /// VpcConfig subnet and security-group names → the networks they may reach.
+    pub vpc_networks: BTreeMap<String, Vec<Net>>,
 }
 
 pub fn now_millis() -> i64 {
@@ -119,7 +132,17 @@ pub async fn run(
                     }
                 });
             }
-            let outcome = execute(&spec, settings, &dir, prepared.env, &reporter, &mut stop).await;
+            let outcome = match join_network(&spec, settings).await {
+                Err(reason) => Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
+                Ok(network) => {
+                    let namespace = network.as_ref().map(|n| n.network.path());
+                    let outcome = execute(&spec, settings, &dir, prepared.env, namespace, &reporter, &mut stop).await;
+                    if let Some(network) = network {
+                        leave_network(&spec, settings, network).await;
+                    }
+                    outcome
+                }
+            };
             pipes.iter().for_each(release_pipe);
             outcome
         }
@@ -382,11 +405,78 @@ fn command_line(request: &api::CreateTrainingJobRequest) -> Result<Vec<String>, 
     Ok(argv)
 }
 
+/// An instance's namespace and the task carrying its connections to its peers.
+struct JoinedNetwork {
+    network: InstanceNetwork,
+    outbound: tokio::task::JoinHandle<()>,
+}
+
+/// What the instance may reach besides its peers: nothing with EnableNetworkIsolation, its VPC's
+/// allow-list with a VpcConfig, else what the host reaches.
+fn egress_of(spec: &InstanceSpec, settings: &Settings) -> Result<Egress, String> {
+    if spec.request.enable_network_isolation == Some(true) {
+        return Ok(Egress::Isolated);
+    }
+    Ok(match crate::network::vpc_egress(spec.request.vpc_config.as_ref(), &settings.vpc_networks)? {
+        Some(allowed) => Egress::Only(allowed),
+        None => Egress::Open,
+    })
+}
+
+/// Gives the instance its own network namespace and makes it reachable by its peers. Without
+/// namespaces (not root, no nftables) the instance shares the host's network, which only jobs
+/// without isolation accept.
+async fn join_network(spec: &InstanceSpec, settings: &Settings) -> Result<Option<JoinedNetwork>, String> {
+    let egress = egress_of(spec, settings)?;
+    let Some(network) = settings.network.as_ref() else {
+        if egress != Egress::Open {
+            return Err(
+                "this agent cannot isolate networks (see `trainyard agents list`), and the job asks for it".into()
+            );
+        }
+        return Ok(None);
+    };
+    let mut joined = network.create(spec.instance, &egress).await.map_err(|e| format!("network set-up: {e}"))?;
+    let tls = match &spec.credential {
+        Some(c) => {
+            let credential = trainyard_pki::Credential {
+                ca_pem: c.ca_pem.clone(),
+                certificate_pem: c.certificate_pem.clone(),
+                key_pem: c.key_pem.clone(),
+            };
+            match trainyard_pki::JobTls::new(&spec.job, &credential) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    joined.destroy().await;
+                    return Err(format!("the job's certificate: {e}"));
+                }
+            }
+        }
+        None => None,
+    };
+    let listener = joined.take_forwarder_listener().ok_or("the forwarder's listener is missing")?;
+    match settings.forwarder.add_instance(&spec.job, spec.instance, joined.path(), listener, spec.peers.clone(), tls) {
+        Ok(outbound) => Ok(Some(JoinedNetwork { network: joined, outbound })),
+        Err(e) => {
+            settings.forwarder.remove_instance(&spec.job, spec.instance);
+            joined.destroy().await;
+            Err(format!("starting the peer forwarder: {e}"))
+        }
+    }
+}
+
+async fn leave_network(spec: &InstanceSpec, settings: &Settings, joined: JoinedNetwork) {
+    joined.outbound.abort();
+    settings.forwarder.remove_instance(&spec.job, spec.instance);
+    joined.network.destroy().await;
+}
+
 async fn execute(
     spec: &InstanceSpec,
     settings: &Settings,
     dir: &Path,
     env: BTreeMap<String, String>,
+    namespace: Option<PathBuf>,
     reporter: &Reporter<'_>,
     stop: &mut watch::Receiver<Option<StopReason>>,
 ) -> Outcome {
@@ -425,24 +515,46 @@ async fn execute(
             Ok(())
         });
     }
-    // /opt/ml at its real path: a private mount namespace per instance, with the work dir bound
-    // there, so code with hard-coded /opt/ml paths runs unchanged and no instance sees another's.
-    if settings.opt_ml {
+    // The instance's own network namespace, entered before anything else.
+    let namespace_file = match namespace.as_ref().map(std::fs::File::open).transpose() {
+        Ok(file) => file,
+        Err(e) => {
+            let failure = Some(format!("opening the instance's network namespace: {e}"));
+            return Outcome { state: InstanceState::Failed, failure, exit_code: None };
+        }
+    };
+    if let Some(file) = &namespace_file {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        // SAFETY: setns on a descriptor that stays open until after spawn (namespace_file lives on).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    // A private mount namespace per instance: the work dir at /opt/ml, so code with hard-coded
+    // /opt/ml paths runs unchanged and no instance sees another's, and a private /etc/hosts where
+    // `algo-N` resolve (training toolkits wait for every host in SM_HOSTS to resolve).
+    if settings.opt_ml || namespace.is_some() {
         use std::os::unix::ffi::OsStrExt;
         let source = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap_or_default();
         let target = std::ffi::CString::new(OPT_ML).unwrap_or_default();
         let root = std::ffi::CString::new("/").unwrap_or_default();
-        // The instance's own name resolves, as in a SageMaker container (training toolkits wait
-        // for every host in SM_HOSTS to resolve). Peers' addresses come with the networking work.
+        let base = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        let host_entries = if namespace.is_some() {
+            plan::hosts_file(&base, spec.hosts.len() as u32)
+        } else {
+            format!("{}\n127.0.0.1 algo-{}\n", base.trim_end(), spec.instance)
+        };
         let hosts_file = dir.join(".hosts");
-        let host_entries = format!(
-            "{}\n127.0.0.1 algo-{}\n",
-            std::fs::read_to_string("/etc/hosts").unwrap_or_default().trim_end(),
-            spec.instance
-        );
         let hosts_ready = std::fs::write(&hosts_file, host_entries).is_ok();
         let hosts_source = std::ffi::CString::new(hosts_file.as_os_str().as_bytes()).unwrap_or_default();
         let etc_hosts = std::ffi::CString::new("/etc/hosts").unwrap_or_default();
+        let opt_ml = settings.opt_ml;
         // SAFETY: only syscalls (unshare, mount, chdir) on CStrings prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
@@ -455,13 +567,6 @@ async fn execute(
                     libc::MS_REC | libc::MS_PRIVATE,
                     std::ptr::null(),
                 ))?;
-                check(libc::mount(
-                    source.as_ptr(),
-                    target.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                ))?;
                 if hosts_ready {
                     check(libc::mount(
                         hosts_source.as_ptr(),
@@ -471,7 +576,17 @@ async fn execute(
                         std::ptr::null(),
                     ))?;
                 }
-                check(libc::chdir(target.as_ptr()))
+                if opt_ml {
+                    check(libc::mount(
+                        source.as_ptr(),
+                        target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ))?;
+                    check(libc::chdir(target.as_ptr()))?;
+                }
+                Ok(())
             });
         }
     }

@@ -32,8 +32,9 @@ struct Flags {
     /// Backends to measure.
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
     backends: Vec<String>,
-    /// Which suites: creates (API throughput), agents (jobs run by a real agent), or both.
-    #[arg(long, value_delimiter = ',', default_value = "creates,agents")]
+    /// Which suites: creates (API throughput), agents (jobs run by a real agent), peers (a
+    /// distributed job's traffic between simulated hosts; needs root).
+    #[arg(long, value_delimiter = ',', default_value = "creates,agents,peers")]
     suites: Vec<String>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
@@ -59,6 +60,7 @@ const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
 const TRAINING: &str = include_str!("../../../deploy/examples/training-job.json");
 
 mod agents;
+mod peers;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -69,6 +71,10 @@ async fn main() -> anyhow::Result<()> {
     if flags.suites.iter().any(|s| s == "agents") {
         println!();
         agents::run().await?;
+    }
+    if flags.suites.iter().any(|s| s == "peers") {
+        println!();
+        peers::run().await?;
     }
     Ok(())
 }

@@ -276,6 +276,9 @@ pub fn agents_json(r: &trainyard_proto::pb::ListAgentsResponse) {
                 "CudaVersion": inv.cuda_version,
                 "GpuNote": inv.gpu_note,
                 "Running": a.running,
+                "NetworkIsolation": a.capabilities.as_ref().is_some_and(|c| c.network_isolation),
+                "NetworkIsolationNote": a.capabilities.as_ref().map(|c| c.network_isolation_note.clone()).unwrap_or_default(),
+                "PeerAddress": a.peer_address,
                 "LastHeartbeat": a.last_heartbeat_millis as f64 / 1000.0,
             })
         })
@@ -290,6 +293,7 @@ pub fn list_agents(r: &trainyard_proto::pb::ListAgentsResponse) {
         "VCPU FREE/TOTAL",
         "MEMORY FREE/TOTAL",
         "GPUS FREE/TOTAL",
+        "ISOLATION",
         "RUNNING",
         "LAST HEARTBEAT",
     ]);
@@ -308,6 +312,11 @@ pub fn list_agents(r: &trainyard_proto::pb::ListAgentsResponse) {
             format!("{}/{}", a.vcpus_free, inv.cpu_count),
             format!("{}/{} GiB", a.memory_free_mib / 1024, inv.memory_total_mib / 1024),
             gpus,
+            match &a.capabilities {
+                Some(c) if c.network_isolation => "yes".to_string(),
+                Some(c) => format!("no: {}", c.network_isolation_note),
+                None => "-".to_string(),
+            },
             if a.running.is_empty() { "-".into() } else { a.running.join("\n") },
             time(Some(Timestamp::from_millis(a.last_heartbeat_millis))),
         ]);

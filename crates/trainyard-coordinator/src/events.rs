@@ -74,6 +74,8 @@ struct AgentEntry {
     outbound: Option<mpsc::UnboundedSender<pb::CoordinatorMessage>>,
     inventory: pb::Inventory,
     capabilities: pb::Capabilities,
+    /// Where other agents reach this one's peer forwarder (empty: it runs no namespaces).
+    peer_address: String,
     heartbeat: Option<pb::Heartbeat>,
     last_seen: tokio::time::Instant,
     last_seen_millis: i64,
@@ -90,6 +92,7 @@ impl AgentEntry {
             outbound: None,
             inventory: pb::Inventory::default(),
             capabilities: pb::Capabilities::default(),
+            peer_address: String::new(),
             heartbeat: None,
             last_seen: tokio::time::Instant::now(),
             last_seen_millis: now().millis(),
@@ -175,6 +178,7 @@ impl TuningRun {
 
 pub struct Loop {
     c: Arc<Coordinator>,
+    authority: Arc<trainyard_pki::Authority>,
     timing: Timing,
     agents: BTreeMap<String, AgentEntry>,
     queue: BTreeMap<String, Queued>,
@@ -184,12 +188,14 @@ pub struct Loop {
 
 pub async fn run(
     coordinator: Arc<Coordinator>,
+    authority: Arc<trainyard_pki::Authority>,
     timing: Timing,
     mut events: mpsc::UnboundedReceiver<Event>,
     cancel: CancellationToken,
 ) {
     let mut state = Loop {
         c: coordinator,
+        authority,
         timing,
         agents: BTreeMap::new(),
         queue: BTreeMap::new(),
@@ -342,7 +348,7 @@ impl Loop {
             memory_mib: spec.memory_mib,
             disk_mib: rc.and_then(|r| r.volume_size_in_gb).unwrap_or(0).max(0) as u64 * 1024,
             gpus: spec.gpus,
-            needs_isolation: false,
+            needs_isolation: job.request.enable_network_isolation == Some(true),
             queued_at: job.creation_time.millis(),
         })
     }
@@ -448,6 +454,17 @@ impl Loop {
             .await?;
         let job = self.c.training_job(name).await?.value;
         let hosts: Vec<String> = (1..=placement.len()).map(|i| format!("algo-{i}")).collect();
+        let peers: Vec<pb::PeerInstance> = placement
+            .iter()
+            .map(|p| pb::PeerInstance {
+                instance: p.instance,
+                agent_peer_address: self.agents.get(&p.agent).map(|a| a.peer_address.clone()).unwrap_or_default(),
+            })
+            .collect();
+        let credential = match job.request.enable_inter_container_traffic_encryption {
+            Some(true) => Some(self.job_credential(&job)?),
+            _ => None,
+        };
         let d = &queued.demand;
         let mut run = Running { attempt: job.attempt, instances: BTreeMap::new() };
         for p in &placement {
@@ -471,6 +488,8 @@ impl Loop {
                     request: Some(job.request.clone().into()),
                     gpu_uuids: p.gpu_uuids.clone(),
                     attempt: job.attempt,
+                    peers: peers.clone(),
+                    credential: credential.clone(),
                 }),
             );
             run.instances.insert(p.instance, (p.agent.clone(), None));
@@ -478,6 +497,22 @@ impl Loop {
         info!(training_job = name, agents = ?agents, waited_ms = now().millis() - queued.queued_at.millis(), "placed");
         self.running.insert(name.to_string(), run);
         Ok(())
+    }
+
+    /// The certificate a job's agents present to each other. It outlives the job's longest possible
+    /// run (MaxRuntimeInSeconds, or SageMaker's one-day default) by a day.
+    fn job_credential(&self, job: &TrainingJob) -> Result<pb::JobCredential, DomainError> {
+        let runtime = job.request.stopping_condition.as_ref().and_then(|s| s.max_runtime_in_seconds).unwrap_or(86_400);
+        let valid_for = Duration::from_secs(runtime.max(0) as u64 + 86_400);
+        let credential = self
+            .authority
+            .issue_job_credential(&job.name, valid_for)
+            .map_err(|e| DomainError::Internal(format!("issuing the job's certificate: {e}")))?;
+        Ok(pb::JobCredential {
+            ca_pem: credential.ca_pem,
+            certificate_pem: credential.certificate_pem,
+            key_pem: credential.key_pem,
+        })
     }
 
     // ----- agents -----
@@ -494,6 +529,7 @@ impl Loop {
         entry.outbound = Some(outbound);
         entry.inventory = register.inventory.unwrap_or_default();
         entry.capabilities = register.capabilities.unwrap_or_default();
+        entry.peer_address = register.peer_address.clone();
         entry.last_seen = tokio::time::Instant::now();
         entry.last_seen_millis = now().millis();
         entry.lost = false;
@@ -1211,6 +1247,7 @@ impl Loop {
                     gpus_free: cap.map_or(0, |c| c.gpus_free.len() as u32),
                     running: a.allocations.keys().map(|(j, i)| format!("{j}/algo-{i}")).collect(),
                     capabilities: Some(a.capabilities.clone()),
+                    peer_address: a.peer_address.clone(),
                 }
             })
             .collect()

@@ -27,10 +27,13 @@ use crate::config::{Config, Flags, LogFormat};
 async fn main() -> anyhow::Result<()> {
     let config = Config::load(Flags::parse())?;
     init_tracing(config.log_format);
-    if config.database_url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    // The CA issues the certificates of distributed jobs' encrypted peer traffic.
+    let authority = Arc::new(
+        trainyard_pki::Authority::load_or_create(&config.data_dir.join("pki"))
+            .context("loading the coordinator's CA")?,
+    );
     let store = trainyard_store::connect(&config.database_url)
         .await
         .with_context(|| format!("opening the store at {}", redact(&config.database_url)))?;
@@ -50,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let timing =
         events::Timing { heartbeat_interval: config.heartbeat_interval, agent_lost_after: config.agent_lost_after };
-    let event_loop = tokio::spawn(events::run(coordinator.clone(), timing, events_rx, cancel.clone()));
+    let event_loop = tokio::spawn(events::run(coordinator.clone(), authority, timing, events_rx, cancel.clone()));
     let agent_service = agents::AgentService {
         coordinator: coordinator.clone(),
         events: events_tx.clone(),

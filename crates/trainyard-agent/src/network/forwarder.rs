@@ -1,0 +1,319 @@
+//! The peer forwarder: the only path between the instances of a distributed job.
+//!
+//! ```text
+//! algo-1 ──redirect──▶ agent A (listener inside algo-1's namespace)
+//!        ──TCP, or mutual TLS with the job's certificate──▶ agent B (--peer-listen)
+//!        ──connect inside algo-2's namespace──▶ algo-2
+//! ```
+//!
+//! After the (optional) TLS handshake the caller sends one header line,
+//! `TRAINYARD-PEER/1 <job> <from> <to> <port>`, and the callee answers `OK` or `NO <reason>` before
+//! bytes flow both ways. The callee accepts only jobs it runs an instance of:
+//! * encrypted jobs: the caller's certificate must chain to the coordinator's CA and name the job,
+//!   and the SNI it asked for must be that job's;
+//! * plain jobs (no encryption asked): the caller's address must be one of the job's agents.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+use trainyard_pki::JobTls;
+
+use super::plan;
+
+const MAGIC: &str = "TRAINYARD-PEER/1";
+const MAX_HEADER: usize = 512;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TLS record of type handshake: how a ClientHello starts.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// What the forwarder knows about one job with an instance on this agent.
+struct Job {
+    /// Instance → the peer address of the agent that runs it.
+    peers: BTreeMap<u32, String>,
+    /// Instances of the job on this agent → their namespace.
+    local: BTreeMap<u32, PathBuf>,
+    tls: Option<JobTls>,
+}
+
+#[derive(Default)]
+pub struct Forwarder {
+    jobs: Mutex<HashMap<String, Job>>,
+}
+
+/// One connection's request, from its header line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Header {
+    job: String,
+    from: u32,
+    to: u32,
+    port: u16,
+}
+
+impl Header {
+    fn line(&self) -> String {
+        format!("{MAGIC} {} {} {} {}\n", self.job, self.from, self.to, self.port)
+    }
+
+    fn parse(line: &str) -> Result<Header, String> {
+        let parts: Vec<&str> = line.trim_end().split(' ').collect();
+        let [magic, job, from, to, port] = parts[..] else { return Err("malformed header".into()) };
+        if magic != MAGIC {
+            return Err("not a Trainyard peer connection".into());
+        }
+        let number = |s: &str| s.parse::<u32>().map_err(|_| format!("'{s}' is not a number"));
+        let port = port.parse::<u16>().map_err(|_| format!("'{port}' is not a port"))?;
+        Ok(Header { job: job.to_string(), from: number(from)?, to: number(to)?, port })
+    }
+}
+
+impl Forwarder {
+    /// Makes a local instance reachable by its peers and starts carrying its own connections to them.
+    pub fn add_instance(
+        self: &Arc<Self>,
+        job: &str,
+        instance: u32,
+        namespace: PathBuf,
+        listener: std::net::TcpListener,
+        peers: BTreeMap<u32, String>,
+        tls: Option<JobTls>,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        {
+            let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = jobs.entry(job.to_string()).or_insert_with(|| Job {
+                peers: peers.clone(),
+                local: BTreeMap::new(),
+                tls: tls.clone(),
+            });
+            entry.peers = peers;
+            entry.tls = tls;
+            entry.local.insert(instance, namespace);
+        }
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
+        let forwarder = self.clone();
+        let job = job.to_string();
+        Ok(tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let forwarder = forwarder.clone();
+                let job = job.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = forwarder.outbound(&job, instance, stream).await {
+                        warn!(%job, instance, error = %e, "peer connection refused");
+                    }
+                });
+            }
+        }))
+    }
+
+    pub fn remove_instance(&self, job: &str, instance: u32) {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = jobs.get_mut(job) {
+            entry.local.remove(&instance);
+            if entry.local.is_empty() {
+                jobs.remove(job);
+            }
+        }
+    }
+
+    /// A connection from a local instance to one of its peers.
+    async fn outbound(&self, job: &str, from: u32, local: TcpStream) -> Result<(), String> {
+        let original = super::original_destination(&local).map_err(|e| format!("SO_ORIGINAL_DST: {e}"))?;
+        let to = plan::instance_of(*original.ip()).ok_or_else(|| format!("{original} is not a peer address"))?;
+        let (address, tls) = {
+            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = jobs.get(job).ok_or("the job no longer runs here")?;
+            let address = entry.peers.get(&to).cloned().ok_or_else(|| format!("the job has no algo-{to}"))?;
+            (address, entry.tls.clone())
+        };
+        if address.is_empty() {
+            return Err(format!("the agent of algo-{to} has no peer address (it runs no namespaces)"));
+        }
+        let header = Header { job: job.to_string(), from, to, port: original.port() };
+        let remote = TcpStream::connect(&address).await.map_err(|e| format!("connecting to {address}: {e}"))?;
+        let _ = remote.set_nodelay(true);
+        let _ = local.set_nodelay(true);
+        debug!(%job, from, to, port = original.port(), %address, encrypted = tls.is_some(), "peer connection");
+        match tls {
+            Some(tls) => {
+                let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+                let remote =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(tls.server_name.clone(), remote))
+                        .await
+                        .map_err(|_| "TLS handshake timed out".to_string())?
+                        .map_err(|e| format!("TLS handshake with {address}: {e}"))?;
+                splice_after_header(local, remote, &header).await
+            }
+            None => splice_after_header(local, remote, &header).await,
+        }
+    }
+
+    /// Accepts peer connections from other agents, until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, from) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "peer listener");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let forwarder = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = forwarder.inbound(stream, from).await {
+                    info!(%from, error = %e, "inbound peer connection refused");
+                }
+            });
+        }
+    }
+
+    async fn inbound(&self, stream: TcpStream, from: SocketAddr) -> Result<(), String> {
+        let _ = stream.set_nodelay(true);
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
+            .await
+            .map_err(|_| "nothing received".to_string())?
+            .map_err(|e| e.to_string())?;
+        if peeked == 0 {
+            return Ok(());
+        }
+        if first[0] != TLS_HANDSHAKE {
+            return self.inbound_plain(stream, from.ip()).await;
+        }
+        let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let start = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor)
+            .await
+            .map_err(|_| "TLS handshake timed out".to_string())?
+            .map_err(|e| format!("reading the ClientHello: {e}"))?;
+        let sni = start.client_hello().server_name().map(str::to_string).ok_or("no SNI: not a peer")?;
+        let (job, tls) = {
+            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            jobs.iter()
+                .find_map(|(name, j)| {
+                    j.tls.as_ref().filter(|t| t.server_name.to_str() == sni).map(|t| (name.clone(), t.clone()))
+                })
+                .ok_or_else(|| format!("{sni}: no encrypted job of that name runs here"))?
+        };
+        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(tls.server.clone()))
+            .await
+            .map_err(|_| "TLS handshake timed out".to_string())?
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        tls.verify_peer_is_job(&job, stream.get_ref().1.peer_certificates()).map_err(|e| e.to_string())?;
+        let header = read_header(&mut stream).await?;
+        if header.job != job {
+            let _ = stream.write_all(b"NO the header names another job\n").await;
+            return Err(format!("certificate of {job}, header for {}", header.job));
+        }
+        self.deliver(stream, header).await
+    }
+
+    async fn inbound_plain(&self, mut stream: TcpStream, from: IpAddr) -> Result<(), String> {
+        let header = read_header(&mut stream).await?;
+        let allowed = {
+            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            match jobs.get(&header.job) {
+                None => Err("no such job runs here".to_string()),
+                Some(j) if j.tls.is_some() => Err("the job's peer traffic is encrypted".to_string()),
+                Some(j) => {
+                    let agents = j.peers.values().filter_map(|a| a.parse::<SocketAddr>().ok()).map(|a| a.ip());
+                    let known = agents.clone().any(|ip| ip == from || (ip.is_unspecified() && from.is_loopback()));
+                    if known { Ok(()) } else { Err(format!("{from} is not an agent of job {}", header.job)) }
+                }
+            }
+        };
+        if let Err(reason) = allowed {
+            let _ = stream.write_all(format!("NO {reason}\n").as_bytes()).await;
+            return Err(reason);
+        }
+        self.deliver(stream, header).await
+    }
+
+    /// Connects to the target instance inside its namespace and joins the two streams.
+    async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(&self, mut stream: S, header: Header) -> Result<(), String> {
+        let namespace = {
+            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            jobs.get(&header.job).and_then(|j| j.local.get(&header.to).cloned())
+        };
+        let Some(namespace) = namespace else {
+            let _ = stream.write_all(b"NO the instance does not run here\n").await;
+            return Err(format!("{} algo-{} does not run here", header.job, header.to));
+        };
+        let target = SocketAddrV4::new(plan::peer_address(header.to), header.port);
+        let local = super::in_namespace(&namespace, move || {
+            let s = std::net::TcpStream::connect_timeout(&target.into(), Duration::from_secs(5))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        });
+        let local = match local.and_then(TcpStream::from_std) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = stream.write_all(format!("NO {e}\n").as_bytes()).await;
+                return Err(format!("connecting to algo-{}:{}: {e}", header.to, header.port));
+            }
+        };
+        let _ = local.set_nodelay(true);
+        stream.write_all(b"OK\n").await.map_err(|e| e.to_string())?;
+        let mut local = local;
+        let _ = tokio::io::copy_bidirectional(&mut stream, &mut local).await;
+        Ok(())
+    }
+}
+
+/// Sends the header, waits for the answer, then carries bytes both ways until either side closes.
+async fn splice_after_header<S: AsyncRead + AsyncWrite + Unpin>(
+    mut local: TcpStream,
+    mut remote: S,
+    header: &Header,
+) -> Result<(), String> {
+    remote.write_all(header.line().as_bytes()).await.map_err(|e| e.to_string())?;
+    let answer = read_line(&mut remote).await?;
+    if answer != "OK" {
+        return Err(format!("the peer's agent refused: {answer}"));
+    }
+    let _ = tokio::io::copy_bidirectional(&mut local, &mut remote).await;
+    Ok(())
+}
+
+async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Header, String> {
+    Header::parse(&read_line(stream).await?)
+}
+
+/// One line, byte by byte, so that nothing after it is consumed.
+async fn read_line<S: AsyncRead + Unpin>(stream: &mut S) -> Result<String, String> {
+    let mut line = Vec::new();
+    let read = async {
+        loop {
+            let byte = stream.read_u8().await.map_err(|e| format!("reading the header: {e}"))?;
+            if byte == b'\n' {
+                return Ok::<_, String>(());
+            }
+            line.push(byte);
+            if line.len() > MAX_HEADER {
+                return Err("header too long".to_string());
+            }
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, read).await.map_err(|_| "header timed out".to_string())??;
+    String::from_utf8(line).map_err(|_| "header is not UTF-8".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_and_reject_garbage() {
+        let h = Header { job: "job-a".into(), from: 1, to: 2, port: 5555 };
+        assert_eq!(Header::parse(&h.line()), Ok(h));
+        assert!(Header::parse("GET / HTTP/1.1").is_err());
+        assert!(Header::parse("TRAINYARD-PEER/1 job 1 2 70000").unwrap_err().contains("port"));
+        assert!(Header::parse("TRAINYARD-PEER/1 job x 2 80").unwrap_err().contains("number"));
+    }
+}

@@ -1,0 +1,275 @@
+//! Instance networking: a network namespace per instance, a veth pair to the host, nftables rules
+//! inside (see [`plan`]), and the peer forwarder ([`forwarder`]) that carries a distributed job's
+//! traffic between agents. Needs root, `ip` (iproute2) and `nft` (nftables); an agent without them
+//! runs instances in the host's network and says so at registration, and the coordinator never
+//! gives it a job that asks for isolation.
+//!
+//! Every namespace and veth the agent creates is recorded under `<work_root>/network/` before it
+//! exists, so an agent that crashed removes what it left behind when it starts again.
+
+pub mod forwarder;
+pub mod plan;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio::process::Command;
+use tracing::{debug, info, warn};
+
+use self::plan::{Egress, Net};
+
+/// Where `ip netns` keeps named namespaces.
+const NETNS_DIR: &str = "/run/netns";
+
+/// The agent's ability to give instances their own network.
+pub struct Network {
+    namespace_prefix: String,
+    state_dir: PathBuf,
+    next_slot: AtomicU32,
+}
+
+impl Network {
+    /// Checks that this agent can create namespaces, veths and rules, and prepares the host
+    /// (forwarding on, the masquerade rule). `Err` says why not, for operators and the coordinator.
+    pub async fn detect(agent_id: &str, work_root: &Path) -> Result<Network, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("the agent does not run as root, so it cannot create network namespaces".into());
+        }
+        for (program, package) in [("ip", "iproute2"), ("nft", "nftables")] {
+            let found = Command::new(program).arg("-V").output().await.is_ok_and(|o| o.status.success());
+            if !found {
+                return Err(format!("`{program}` is missing (install the {package} package)"));
+            }
+        }
+        // Instances without isolation reach the outside through the host.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(|e| format!("cannot enable IPv4 forwarding: {e}"))?;
+        apply_rules(None, plan::host_ruleset()).await?;
+        let state_dir = work_root.join("network");
+        std::fs::create_dir_all(&state_dir).map_err(|e| format!("creating {}: {e}", state_dir.display()))?;
+        let sanitized: String =
+            agent_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(40).collect();
+        let network = Network {
+            namespace_prefix: format!("ty-{sanitized}-"),
+            state_dir,
+            next_slot: AtomicU32::new(rand::random::<u32>() % plan::SLOTS),
+        };
+        network.remove_leftovers().await;
+        Ok(network)
+    }
+
+    /// Removes the namespaces and veths recorded by an earlier run of this agent.
+    async fn remove_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.state_dir) else { return };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let namespace = entry.file_name().to_string_lossy().to_string();
+            let veth = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            remove(&namespace, veth.trim()).await;
+            let _ = std::fs::remove_file(entry.path());
+            removed += 1;
+        }
+        if removed > 0 {
+            info!(removed, "removed network namespaces left by an earlier run of this agent");
+        }
+    }
+
+    /// Creates the namespace of one instance, ready for its process.
+    pub async fn create(&self, own: u32, egress: &Egress) -> Result<InstanceNetwork, String> {
+        let slot = self.claim_slot().await?;
+        let veth = plan::veth_name(slot);
+        let namespace = format!("{}{slot}", self.namespace_prefix);
+        let record = self.state_dir.join(&namespace);
+        if let Err(e) = std::fs::write(&record, &veth) {
+            let _ = run_ip(&["link", "del", &veth], None).await;
+            return Err(format!("recording {}: {e}", record.display()));
+        }
+        let network = InstanceNetwork { namespace, veth, record, forwarder: None };
+        match network.configure(slot, own, egress).await {
+            Ok(port) => Ok(InstanceNetwork { forwarder: Some(port), ..network }),
+            Err(e) => {
+                network.destroy().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A free slot: creating its host-side veth is the lock (names are unique per namespace), so
+    /// several agents on one host never share one.
+    async fn claim_slot(&self) -> Result<u32, String> {
+        let mut last = String::new();
+        for _ in 0..64 {
+            let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % plan::SLOTS;
+            let veth = plan::veth_name(slot);
+            let peer = format!("{veth}p");
+            match run_ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer], None).await {
+                Ok(()) => return Ok(slot),
+                Err(e) if e.contains("File exists") => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(format!("no free network slot on this host: {last}"))
+    }
+}
+
+/// One instance's namespace.
+#[derive(Debug)]
+pub struct InstanceNetwork {
+    pub namespace: String,
+    veth: String,
+    record: PathBuf,
+    /// The forwarder's listener inside the namespace, taken by the forwarder.
+    forwarder: Option<std::net::TcpListener>,
+}
+
+impl InstanceNetwork {
+    pub fn path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.namespace)
+    }
+
+    pub fn take_forwarder_listener(&mut self) -> Option<std::net::TcpListener> {
+        self.forwarder.take()
+    }
+
+    /// Moves the veth's far end into a new namespace, addresses both ends, loads the rules and opens
+    /// the forwarder's listener inside. Returns that listener.
+    async fn configure(&self, slot: u32, own: u32, egress: &Egress) -> Result<std::net::TcpListener, String> {
+        let (host_ip, ns_ip) = plan::slot_addresses(slot);
+        let far_end = format!("{}p", self.veth);
+        let host_side = format!(
+            "netns add {ns}\nlink set {far_end} netns {ns}\naddr add {host_ip}/30 dev {veth}\nlink set {veth} up\n",
+            ns = self.namespace,
+            veth = self.veth,
+        );
+        run_ip(&["-batch", "-"], Some(&host_side)).await?;
+        let inside = format!(
+            "link set lo up\nlink set {far_end} name eth0\naddr add {ns_ip}/30 dev eth0\nlink set eth0 up\n\
+             addr add {peer}/32 dev lo\nroute add default via {host_ip}\n",
+            peer = plan::peer_address(own),
+        );
+        run_ip(&["-n", &self.namespace, "-batch", "-"], Some(&inside)).await?;
+        let path = self.path();
+        let listener = in_namespace(&path, || std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+            .map_err(|e| format!("opening the peer forwarder in {}: {e}", self.namespace))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        apply_rules(Some(&self.namespace), plan::instance_ruleset(own, port, egress)).await?;
+        debug!(namespace = %self.namespace, slot, forwarder_port = port, ?egress, "instance network ready");
+        Ok(listener)
+    }
+
+    /// Removes the namespace (its end of the veth, and so the whole pair, goes with it).
+    pub async fn destroy(&self) {
+        remove(&self.namespace, &self.veth).await;
+        let _ = std::fs::remove_file(&self.record);
+    }
+}
+
+async fn remove(namespace: &str, veth: &str) {
+    if Path::new(NETNS_DIR).join(namespace).exists()
+        && let Err(e) = run_ip(&["netns", "del", namespace], None).await
+    {
+        warn!(%namespace, error = %e, "could not remove a network namespace");
+    }
+    // Only present when the far end never reached the namespace.
+    if !veth.is_empty() && Path::new("/sys/class/net").join(veth).exists() {
+        let _ = run_ip(&["link", "del", veth], None).await;
+    }
+}
+
+async fn run_ip(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut command = Command::new("ip");
+    command.args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+    command.stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().map_err(|e| format!("running ip: {e}"))?;
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.unwrap_or_default().as_bytes()).await.map_err(|e| format!("writing to ip: {e}"))?;
+    }
+    let output = child.wait_with_output().await.map_err(|e| format!("running ip: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()))
+    }
+}
+
+/// Loads a ruleset with `nft`, in the host's namespace or in a named one.
+async fn apply_rules(namespace: Option<&str>, ruleset: nftables::schema::Nftables<'static>) -> Result<(), String> {
+    let namespace = namespace.map(str::to_string);
+    tokio::task::spawn_blocking(move || match namespace {
+        None => nftables::helper::apply_ruleset(&ruleset),
+        Some(ns) => nftables::helper::apply_ruleset_with_args(&ruleset, Some("ip"), &["netns", "exec", &ns, "nft"]),
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("loading nftables rules: {e}"))
+}
+
+/// Runs `f` on a short-lived thread that has entered the network namespace at `path`: sockets it
+/// creates belong to that namespace for their whole life, whichever thread uses them later.
+pub fn in_namespace<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let file = std::fs::File::open(path)?;
+    std::thread::spawn(move || {
+        // SAFETY: setns on a namespace file we hold open; it changes only this thread, which ends here.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
+}
+
+/// The address a connection redirected by nftables was headed for (`SO_ORIGINAL_DST`).
+pub fn original_destination(stream: &tokio::net::TcpStream) -> std::io::Result<SocketAddrV4> {
+    let mut address: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: the buffer and its length describe a sockaddr_in we own, as the option expects.
+    let result = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_IP,
+            libc::SO_ORIGINAL_DST,
+            (&mut address as *mut libc::sockaddr_in).cast(),
+            &mut length,
+        )
+    };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(SocketAddrV4::new(Ipv4Addr::from(u32::from_be(address.sin_addr.s_addr)), u16::from_be(address.sin_port)))
+}
+
+/// The local address this host uses to reach `target` (where peers should reach this agent).
+pub fn local_address_towards(target: &str) -> Option<std::net::IpAddr> {
+    let address: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(target).ok()?.next()?;
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    socket.connect(address).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
+}
+
+/// The networks a job's VpcConfig maps to on this agent; every subnet and security group must be
+/// configured (`--vpc-network NAME=CIDR,...`).
+pub fn vpc_egress(
+    vpc: Option<&trainyard_proto::model::api::VpcConfig>,
+    configured: &std::collections::BTreeMap<String, Vec<Net>>,
+) -> Result<Option<Vec<Net>>, String> {
+    let Some(vpc) = vpc else { return Ok(None) };
+    let mut networks = Vec::new();
+    let names = [("Subnets", vpc.subnets.clone()), ("SecurityGroupIds", vpc.security_group_ids.clone())];
+    for (field, values) in names {
+        for (i, name) in values.unwrap_or_default().iter().enumerate() {
+            let nets = configured.get(name).ok_or_else(|| {
+                format!("VpcConfig.{field}[{i}] '{name}' is not configured on this agent (--vpc-network {name}=CIDR)")
+            })?;
+            networks.extend(nets.iter().copied());
+        }
+    }
+    Ok(Some(networks))
+}

@@ -1,0 +1,246 @@
+//! The peers suite: throughput and latency of the traffic between a distributed job's instances,
+//! over the path every job uses (instance → its agent → the peer's agent → peer instance), plain
+//! and with `EnableInterContainerTrafficEncryption` (mutual TLS between the agents), against a
+//! direct connection between the same two simulated hosts (veth and bridge, no agents).
+//!
+//! Hosts are network namespaces on this machine (needs root), so all of it shares the same two
+//! cores: the ratios are what this measures, not absolute wire speed.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use trainyard_testkit::netns::{Host, Lan};
+use trainyard_testkit::{Daemon, binary, free_port, wait_until};
+
+const TRAINING: &str = include_str!("../../../deploy/examples/training-job.json");
+
+/// Server: echo (latency), then sink (throughput). Client: N round trips of 64 bytes, then M MiB.
+const PROGRAM: &str = r#"#!/usr/bin/env python3
+import json, os, socket, sys, time
+ROUND_TRIPS, MEBIBYTES = int(os.environ["ROUND_TRIPS"]), int(os.environ["MEBIBYTES"])
+
+def accept(server):
+    conn, _ = server.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    assert conn.recv(1) == b"H"
+    conn.sendall(b"H")
+    return conn
+
+def serve(port):
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", port))
+    server.listen()
+    conn = accept(server)
+    while True:
+        data = conn.recv(64)
+        if not data:
+            break
+        conn.sendall(data)
+    conn.close()
+    conn = accept(server)
+    received = 0
+    while True:
+        data = conn.recv(1 << 20)
+        if not data:
+            break
+        received += len(data)
+    conn.sendall(b"%d\n" % received)
+    conn.close()
+
+def connect(host, port):
+    deadline = time.time() + 60
+    while True:
+        try:
+            conn = socket.create_connection((host, port), timeout=10)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.sendall(b"H")
+            if conn.recv(1) == b"H":
+                return conn
+            conn.close()
+        except OSError:
+            if time.time() > deadline:
+                raise
+        time.sleep(0.1)
+
+def client(host, port, out):
+    conn = connect(host, port)
+    samples = []
+    message = b"x" * 64
+    for _ in range(ROUND_TRIPS):
+        start = time.perf_counter_ns()
+        conn.sendall(message)
+        got = 0
+        while got < 64:
+            got += len(conn.recv(64 - got))
+        samples.append((time.perf_counter_ns() - start) / 1000)
+    conn.close()
+    samples.sort()
+    conn = connect(host, port)
+    block = b"\0" * (1 << 20)
+    start = time.perf_counter()
+    for _ in range(MEBIBYTES):
+        conn.sendall(block)
+    conn.shutdown(socket.SHUT_WR)
+    received = int(conn.recv(100).decode().strip())
+    seconds = time.perf_counter() - start
+    assert received == MEBIBYTES << 20, received
+    json.dump({"p50_us": samples[len(samples) // 2], "p99_us": samples[len(samples) * 99 // 100],
+               "mib_per_s": MEBIBYTES / seconds}, open(out, "w"))
+
+if len(sys.argv) > 1 and sys.argv[1] == "serve":
+    serve(int(sys.argv[2]))
+elif len(sys.argv) > 1 and sys.argv[1] == "client":
+    client(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+elif os.environ["SM_CURRENT_HOST"] == "algo-1":
+    serve(5555)
+else:
+    client("algo-1", 5555, os.environ["RESULT"])
+"#;
+
+const ROUND_TRIPS: u32 = 5_000;
+const MEBIBYTES: u32 = 1_024;
+
+struct Measured {
+    path: &'static str,
+    p50_us: f64,
+    p99_us: f64,
+    mib_per_s: f64,
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    if !trainyard_testkit::netns::available() {
+        println!("peers: skipped (needs root and iproute2 to simulate hosts)");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let program = dir.path().join("peerbench.py");
+    std::fs::write(&program, PROGRAM)?;
+    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut lan = Lan::new();
+    let (a, b) = (lan.add_host(), lan.add_host());
+
+    let mut rows = vec![direct(&a, &b, &program, dir.path())?];
+
+    let port = free_port();
+    let mut cmd = Command::new(binary("trainyard-coordinator"));
+    cmd.arg("--listen").arg(format!("0.0.0.0:{port}")).arg("--data-dir").arg(dir.path().join("data"));
+    cmd.env("RUST_LOG", "warn");
+    let coordinator = Daemon::spawn("coordinator", cmd, dir.path());
+    if !wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()) {
+        bail!("the coordinator did not start:\n{}", coordinator.log());
+    }
+    let _agents: Vec<Daemon> = [&a, &b]
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let mut cmd = host.command(binary("trainyard-agent"));
+            cmd.arg("--coordinator")
+                .arg(format!("{}:{port}", lan.gateway))
+                .arg("--id")
+                .arg(format!("bench-host-{i}"))
+                .arg("--work-root")
+                .arg(dir.path().join(format!("agent-{i}")))
+                .arg("--advertise-vcpus")
+                .arg("8")
+                .arg("--bucket")
+                .arg(format!(
+                    "trainyard-examples={}",
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/examples/data")
+                ))
+                .arg("--bucket")
+                .arg(format!("trainyard-output={}", dir.path().join("output").display()))
+                .env("RUST_LOG", "warn");
+            Daemon::spawn(&format!("agent-{i}"), cmd, dir.path())
+        })
+        .collect();
+    let cli = |args: &[&str]| -> anyhow::Result<Value> {
+        let out = Command::new(binary("trainyard"))
+            .env("TRAINYARD_COORDINATOR", format!("127.0.0.1:{port}"))
+            .args(["--output", "json"])
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("trainyard {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    };
+    let ready = wait_until(Duration::from_secs(30), || {
+        cli(&["agents", "list"]).is_ok_and(|v| v["Agents"].as_array().is_some_and(|a| a.len() == 2))
+    });
+    if !ready {
+        bail!("the agents did not register");
+    }
+    for (path, encrypted) in [("agents, plain TCP", false), ("agents, mutual TLS", true)] {
+        let name = if encrypted { "bench-encrypted" } else { "bench-plain" };
+        let result = dir.path().join(format!("{name}.json"));
+        let mut r: Value = serde_json::from_str(TRAINING)?;
+        r["TrainingJobName"] = json!(name);
+        r["AlgorithmSpecification"]["TrainingImage"] = json!(program.display().to_string());
+        r["ResourceConfig"]["InstanceCount"] = json!(2);
+        r["EnableInterContainerTrafficEncryption"] = json!(encrypted);
+        r["Environment"] = json!({
+            "RESULT": result.display().to_string(),
+            "ROUND_TRIPS": ROUND_TRIPS.to_string(),
+            "MEBIBYTES": MEBIBYTES.to_string(),
+        });
+        let file = dir.path().join(format!("{name}.request.json"));
+        std::fs::write(&file, r.to_string())?;
+        cli(&["training-jobs", "create", "--file", &file.display().to_string()])?;
+        let mut status = Value::Null;
+        wait_until(Duration::from_secs(600), || {
+            status = cli(&["training-jobs", "describe", name]).unwrap_or(Value::Null);
+            matches!(status["TrainingJobStatus"].as_str(), Some("Completed" | "Failed" | "Stopped"))
+        });
+        if status["TrainingJobStatus"] != "Completed" {
+            bail!("{name} did not complete: {status:#}");
+        }
+        rows.push(read_result(path, &result)?);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+/// The baseline: the same program straight between the two hosts, no agent in the path.
+fn direct(a: &Host, b: &Host, program: &Path, dir: &Path) -> anyhow::Result<Measured> {
+    let result = dir.join("direct.json");
+    let env = [("ROUND_TRIPS", ROUND_TRIPS.to_string()), ("MEBIBYTES", MEBIBYTES.to_string())];
+    let mut server = a.command(program).args(["serve", "5555"]).envs(env.clone()).spawn()?;
+    let status = b
+        .command(program)
+        .args(["client", &a.address.to_string(), "5555", &result.display().to_string()])
+        .envs(env)
+        .status()?;
+    let _ = server.wait();
+    if !status.success() {
+        bail!("the direct run failed");
+    }
+    read_result("direct (veth + bridge, no agents)", &result)
+}
+
+fn read_result(path: &'static str, file: &Path) -> anyhow::Result<Measured> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(file).with_context(|| file.display().to_string())?)?;
+    let number = |k: &str| v[k].as_f64().unwrap_or_default();
+    Ok(Measured { path, p50_us: number("p50_us"), p99_us: number("p99_us"), mib_per_s: number("mib_per_s") })
+}
+
+fn print_table(rows: &[Measured]) {
+    let plain = rows.iter().find(|r| r.path.contains("plain")).map_or(1.0, |r| r.mib_per_s);
+    let direct = rows.first().map_or(1.0, |r| r.mib_per_s);
+    println!("peer traffic: {ROUND_TRIPS} round trips of 64 bytes, then {MEBIBYTES} MiB one way (Python on both ends)");
+    println!("{:<36} {:>10} {:>9} {:>10} {:>10} {:>10}", "path", "MiB/s", "vs plain", "vs direct", "p50 µs", "p99 µs");
+    for r in rows {
+        println!(
+            "{:<36} {:>10.0} {:>8.0}% {:>9.0}% {:>10.0} {:>10.0}",
+            r.path,
+            r.mib_per_s,
+            100.0 * r.mib_per_s / plain,
+            100.0 * r.mib_per_s / direct,
+            r.p50_us,
+            r.p99_us
+        );
+    }
+}

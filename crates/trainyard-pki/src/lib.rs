@@ -1,0 +1,197 @@
+//! The coordinator's certificate authority and the rustls configurations built on it.
+//!
+//! * [`Authority`] is created once, in the coordinator's data directory (`ca.pem`, `ca-key.pem`),
+//!   and reloaded on every start.
+//! * A distributed job that asks for `EnableInterContainerTrafficEncryption` gets a [`Credential`]:
+//!   a key and a certificate valid only for that job's name ([`job_server_name`]). Its agents use it
+//!   on both ends of the agent-to-agent hop ([`JobTls`]): the caller sends the job's name as SNI and
+//!   presents the certificate; the callee answers with the same job's certificate and checks that
+//!   the caller's certificate names the same job. A certificate for one job opens no other job.
+//!
+//! Only the `ring` provider is used: with two providers compiled in, rustls refuses to pick one.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: String, source: std::io::Error },
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("bad PEM in {0}")]
+    Pem(&'static str),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("the peer's certificate is not valid for job {job}: {reason}")]
+    WrongJob { job: String, reason: String },
+}
+
+/// The fixed subject of our CA: the issuer of every certificate is rebuilt from it and the stored
+/// key, so reloading the CA needs no certificate parser.
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "Trainyard");
+    name.push(DnType::CommonName, "Trainyard coordinator CA");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params
+}
+
+/// The coordinator's certificate authority.
+pub struct Authority {
+    certificate_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority").finish_non_exhaustive()
+    }
+}
+
+const CA_CERT: &str = "ca.pem";
+const CA_KEY: &str = "ca-key.pem";
+
+impl Authority {
+    /// Loads the CA from `dir`, creating it (valid for 10 years) on first use.
+    pub fn load_or_create(dir: &Path) -> Result<Self, PkiError> {
+        let cert_path = dir.join(CA_CERT);
+        let key_path = dir.join(CA_KEY);
+        let io = |what, path: &Path| {
+            let path = path.display().to_string();
+            move |source| PkiError::Io { what, path, source }
+        };
+        if cert_path.exists() && key_path.exists() {
+            let certificate_pem = std::fs::read_to_string(&cert_path).map_err(io("reading", &cert_path))?;
+            let key_pem = std::fs::read_to_string(&key_path).map_err(io("reading", &key_path))?;
+            let key = KeyPair::from_pem(&key_pem)?;
+            return Ok(Self { certificate_pem, issuer: Issuer::new(ca_params(), key) });
+        }
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        let key = KeyPair::generate()?;
+        let mut params = ca_params();
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
+        let certificate_pem = params.self_signed(&key)?.pem();
+        write_private(&key_path, &key.serialize_pem()).map_err(io("writing", &key_path))?;
+        std::fs::write(&cert_path, &certificate_pem).map_err(io("writing", &cert_path))?;
+        Ok(Self { certificate_pem, issuer: Issuer::new(ca_params(), key) })
+    }
+
+    pub fn certificate_pem(&self) -> &str {
+        &self.certificate_pem
+    }
+
+    /// A key and certificate that let the agents of `job` talk to each other, valid from an hour
+    /// ago (clocks differ) for `valid_for`.
+    pub fn issue_job_credential(&self, job: &str, valid_for: Duration) -> Result<Credential, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![job_server_name(job)])?;
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, format!("training job {job}"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::seconds(valid_for.as_secs().min(i64::MAX as u64) as i64);
+        let certificate = params.signed_by(&key, &self.issuer)?;
+        Ok(Credential {
+            ca_pem: self.certificate_pem.clone(),
+            certificate_pem: certificate.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+/// What one job's agents need for their mutual TLS: the CA to trust, the job's certificate and key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub ca_pem: String,
+    pub certificate_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential").field("certificate_pem", &self.certificate_pem).finish_non_exhaustive()
+    }
+}
+
+/// The DNS name a job's certificate is issued for and its connections ask for (SNI). Job names may
+/// differ only in case and reach 63 characters, so the name is a digest, not the job name itself.
+pub fn job_server_name(job: &str) -> String {
+    let digest = Sha256::digest(job.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("j{hex}.jobs.trainyard")
+}
+
+/// Both ends of one job's agent-to-agent connections.
+#[derive(Debug, Clone)]
+pub struct JobTls {
+    pub client: Arc<ClientConfig>,
+    pub server: Arc<ServerConfig>,
+    pub server_name: ServerName<'static>,
+}
+
+impl JobTls {
+    pub fn new(job: &str, credential: &Credential) -> Result<Self, PkiError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(credential.ca_pem.as_bytes()) {
+            roots.add(ca.map_err(|_| PkiError::Pem("the CA certificate"))?)?;
+        }
+        let roots = Arc::new(roots);
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(credential.certificate_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|_| PkiError::Pem("the job certificate"))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(credential.key_pem.as_bytes()).map_err(|_| PkiError::Pem("the job key"))?;
+
+        let client = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(chain.clone(), key.clone_key())?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
+        let server = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        let server_name = ServerName::try_from(job_server_name(job))
+            .map_err(|e| PkiError::WrongJob { job: job.into(), reason: e.to_string() })?;
+        Ok(Self { client: Arc::new(client), server: Arc::new(server), server_name })
+    }
+
+    /// The client verifier has checked the chain to our CA; this checks that the certificate was
+    /// issued for this job and not for another one.
+    pub fn verify_peer_is_job(&self, job: &str, peer_chain: Option<&[CertificateDer<'_>]>) -> Result<(), PkiError> {
+        let wrong = |reason: &str| PkiError::WrongJob { job: job.into(), reason: reason.into() };
+        let leaf = peer_chain.and_then(|c| c.first()).ok_or_else(|| wrong("no certificate presented"))?;
+        let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| wrong(&e.to_string()))?;
+        cert.verify_is_valid_for_subject_name(&self.server_name).map_err(|e| wrong(&e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+//! Simulated hosts on one machine: a LAN is a network namespace holding a bridge; each host is a
+//! namespace with one veth into it; the test's own (root) namespace joins too, as the LAN's
+//! gateway, so the coordinator and the test's servers can run there. Needs root and `ip`.
+//! Everything is removed on drop.
+//!
+//! Addresses: the LAN is `10.77.<n>.0/24` (gateway `.1`, hosts from `.2`); `outside` is a
+//! `198.18.<n>.1` address on the gateway that stands for the internet.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Whether this machine can simulate hosts (root, iproute2).
+pub fn available() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success())
+}
+
+pub struct Lan {
+    tag: String,
+    pub namespace: String,
+    /// The root namespace's address on the LAN.
+    pub gateway: Ipv4Addr,
+    /// An address outside the LAN (on the gateway) that hosts route to: "the internet".
+    pub outside: Ipv4Addr,
+    gateway_link: String,
+    hosts: Vec<String>,
+}
+
+pub struct Host {
+    pub namespace: String,
+    pub address: Ipv4Addr,
+}
+
+impl Lan {
+    pub fn new() -> Lan {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let subnet = ((std::process::id() + n * 37) % 250 + 1) as u8;
+        let tag = format!("{:x}{n}", std::process::id() % 0xfff);
+        let namespace = format!("tylan-{tag}");
+        let gateway_link = format!("tyg{tag}");
+        ip(&["netns", "add", &namespace]);
+        ip(&["-n", &namespace, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &namespace, "link", "set", "br0", "up"]);
+        let lan = Lan {
+            tag,
+            namespace,
+            gateway: Ipv4Addr::new(10, 77, subnet, 1),
+            outside: Ipv4Addr::new(198, 18, subnet, 1),
+            gateway_link,
+            hosts: Vec::new(),
+        };
+        lan.plug(&lan.gateway_link, 0);
+        ip(&["addr", "add", &format!("{}/24", lan.gateway), "dev", &lan.gateway_link]);
+        ip(&["addr", "add", &format!("{}/32", lan.outside), "dev", &lan.gateway_link]);
+        ip(&["link", "set", &lan.gateway_link, "up"]);
+        lan
+    }
+
+    /// A veth from the root namespace into the bridge; its root end is `name`.
+    fn plug(&self, name: &str, index: usize) {
+        let port = format!("p{index}");
+        ip(&["link", "add", name, "type", "veth", "peer", "name", &port, "netns", &self.namespace]);
+        ip(&["-n", &self.namespace, "link", "set", &port, "master", "br0"]);
+        ip(&["-n", &self.namespace, "link", "set", &port, "up"]);
+    }
+
+    /// A new host on the LAN, with a default route through the gateway.
+    pub fn add_host(&mut self) -> Host {
+        let index = self.hosts.len() + 1;
+        let namespace = format!("tyhost-{}-{index}", self.tag);
+        ip(&["netns", "add", &namespace]);
+        let link = format!("tyh{}{index}", self.tag);
+        self.plug(&link, index);
+        ip(&["link", "set", &link, "netns", &namespace]);
+        let octets = self.gateway.octets();
+        let address = Ipv4Addr::new(octets[0], octets[1], octets[2], 1 + index as u8);
+        ip(&["-n", &namespace, "link", "set", "lo", "up"]);
+        ip(&["-n", &namespace, "link", "set", &link, "name", "eth0"]);
+        ip(&["-n", &namespace, "addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+        ip(&["-n", &namespace, "link", "set", "eth0", "up"]);
+        ip(&["-n", &namespace, "route", "add", "default", "via", &self.gateway.to_string()]);
+        self.hosts.push(namespace.clone());
+        Host { namespace, address }
+    }
+
+    /// Records every frame crossing the LAN's bridge into `file` (tcpdump) until the capture is
+    /// dropped or stopped.
+    pub fn capture(&self, file: &Path) -> Capture {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.namespace, "tcpdump", "--immediate-mode", "-i", "br0", "-U", "-s", "0", "-w"])
+            .arg(file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump (apt-get install -y tcpdump)");
+        // tcpdump writes the file header once it listens.
+        let ready = crate::wait_until(Duration::from_secs(10), || file.metadata().is_ok_and(|m| m.len() > 0));
+        assert!(ready, "tcpdump did not start");
+        std::thread::sleep(Duration::from_millis(200));
+        Capture { child: Some(child) }
+    }
+}
+
+impl Default for Lan {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for host in &self.hosts {
+            let _ = Command::new("ip").args(["netns", "del", host]).output();
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.gateway_link]).output();
+        let _ = Command::new("ip").args(["netns", "del", &self.namespace]).output();
+    }
+}
+
+impl Host {
+    /// A command that runs inside this host.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.namespace]).arg(program);
+        cmd
+    }
+}
+
+pub struct Capture {
+    child: Option<Child>,
+}
+
+impl Capture {
+    /// Stops tcpdump and waits until it has flushed the file.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Frames still on their way to tcpdump are written before it is told to stop.
+            std::thread::sleep(Duration::from_millis(300));
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGINT);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether `needle` occurs in the bytes of `file` (a capture: packets are stored as they were).
+pub fn file_contains(file: &Path, needle: &[u8]) -> bool {
+    let bytes = std::fs::read(file).unwrap_or_default();
+    bytes.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,402 @@
+//! Distributed jobs, network isolation and encrypted peer traffic, proven on a simulated network:
+//! each host is a network namespace with its own agent process, on a LAN (a bridge in another
+//! namespace) whose gateway is the test's namespace, where the coordinator runs. A packet capture on
+//! the LAN's bridge sees every byte that travels between hosts.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use trainyard_e2e::{Coordinator, example, netns};
+
+/// One program for every job here, steered by hyperparameters:
+/// * `exchange`: algo-2 sends a marker (`$MARKER_SEED` reversed, upper case) to algo-1 (port
+///   5555), which answers `ACK <marker>`;
+/// * `probe`: tries a TCP connection to each `host:port` of `targets` and prints `reach T=ok|fail`;
+/// * `serve`: listens on 6000 for `seconds` seconds and prints its own address;
+/// * `fail`: the named host exits 3 at once, the others sleep a minute.
+const NETWORK_PROGRAM: &str = r#"#!/usr/bin/env python3
+import json, os, socket, sys, time
+hp = json.load(open(os.path.join(os.environ["SM_INPUT_CONFIG_DIR"], "hyperparameters.json")))
+me = os.environ["SM_CURRENT_HOST"]
+hosts = json.loads(os.environ["SM_HOSTS"])
+# The marker crosses only the peer path: the job definition and the logs travel to the agents
+# and back through the coordinator's channel, so they carry a seed it is derived from instead.
+marker = os.environ.get("MARKER_SEED", "no-seed-given")[::-1].upper()
+
+def say(*words):
+    print(me, *words, flush=True)
+
+if hp.get("mode") == "serve":
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.connect(("198.18.0.1", 9))
+    say("address=" + probe.getsockname()[0])
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", 6000))
+    server.listen()
+    server.settimeout(float(hp.get("seconds", "60")))
+    try:
+        while True:
+            conn, _ = server.accept()
+            conn.sendall(b"hello from another job\n")
+            conn.close()
+    except socket.timeout:
+        sys.exit(0)
+
+if hp.get("fail"):
+    if me == hp["fail"]:
+        say("failing on purpose")
+        sys.exit(3)
+    time.sleep(60)
+    sys.exit(0)
+
+if len(hosts) > 1 and hp.get("exchange", "yes") == "yes":
+    if me == "algo-1":
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("0.0.0.0", 5555))
+        server.listen()
+        server.settimeout(60)
+        conn, _ = server.accept()
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        conn.sendall(b"ACK " + data)
+        conn.close()
+        say("received-marker=" + str(data.decode().strip() == marker))
+    else:
+        deadline = time.time() + 60
+        while True:
+            try:
+                conn = socket.create_connection(("algo-1", 5555), timeout=5)
+                conn.sendall(marker.encode() + b"\n")
+                reply = conn.recv(4096)
+                conn.close()
+                if reply.startswith(b"ACK"):
+                    say("acknowledged=" + str(reply.decode().strip() == "ACK " + marker))
+                    break
+            except OSError as e:
+                if time.time() > deadline:
+                    say("peer unreachable:", e)
+                    sys.exit(1)
+            time.sleep(0.2)
+
+for target in filter(None, hp.get("targets", "").split(",")):
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+        say("reach " + target + "=ok")
+    except OSError as e:
+        say("reach " + target + "=fail", e)
+"#;
+
+fn program(c: &Coordinator) -> String {
+    let path = c.dir.path().join("network.py");
+    if !path.exists() {
+        let staging = c.write("network.py.new", NETWORK_PROGRAM);
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::rename(&staging, &path).expect("rename");
+    }
+    path.display().to_string()
+}
+
+fn job(c: &Coordinator, name: &str, instances: u32, hyperparameters: Value) -> Value {
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    r["TrainingJobName"] = json!(name);
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(program(c));
+    r["AlgorithmSpecification"]["MetricDefinitions"] = json!([]);
+    r["HyperParameters"] = hyperparameters;
+    r["ResourceConfig"]["InstanceCount"] = json!(instances);
+    r["StoppingCondition"] = json!({"MaxRuntimeInSeconds": 120});
+    r
+}
+
+fn submit(c: &Coordinator, request: &Value) {
+    let name = request["TrainingJobName"].as_str().expect("name");
+    let file = c.write(&format!("{name}.json"), &request.to_string());
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+}
+
+fn finished(c: &Coordinator, name: &str) -> Value {
+    c.wait_json_for(Duration::from_secs(90), &["training-jobs", "describe", name], |j| {
+        matches!(j["TrainingJobStatus"].as_str(), Some("Completed" | "Failed" | "Stopped"))
+    })
+}
+
+fn logs(c: &Coordinator, name: &str) -> String {
+    let out = c.cli(&["training-jobs", "logs", name]);
+    out.assert_success();
+    out.stdout()
+}
+
+/// Simulated hosts need root; on a machine without it the suite says so instead of passing.
+fn lan_or_explain() -> netns::Lan {
+    assert!(netns::available(), "these tests need root and iproute2 (they create network namespaces)");
+    netns::Lan::new()
+}
+
+#[test]
+fn peers_talk_through_their_agents_and_encryption_hides_the_bytes_on_the_wire() {
+    let mut lan = lan_or_explain();
+    let c = Coordinator::start_for_lan(&[]);
+    let (a, b) = (lan.add_host(), lan.add_host());
+    let agent_a = c.start_agent_on(&a, &lan, "host-a", &["--advertise-vcpus", "8"]);
+    let agent_b = c.start_agent_on(&b, &lan, "host-b", &["--advertise-vcpus", "8"]);
+
+    for (name, encrypted) in [("peers-plain", false), ("peers-encrypted", true)] {
+        let seed = format!("c9a3f5-{name}-rekram");
+        let marker: String = seed.chars().rev().collect::<String>().to_uppercase();
+        let mut request = job(&c, name, 2, json!({"mode": "exchange"}));
+        request["Environment"] = json!({"MARKER_SEED": seed});
+        request["EnableInterContainerTrafficEncryption"] = json!(encrypted);
+        let capture_file = c.dir.path().join(format!("{name}.pcap"));
+        let mut capture = lan.capture(&capture_file);
+        submit(&c, &request);
+        let described = finished(&c, name);
+        capture.stop();
+        let text = logs(&c, name);
+        assert_eq!(described["TrainingJobStatus"], "Completed", "{described:#}\n{text}");
+        assert!(text.contains("algo-1 received-marker=True"), "{text}");
+        assert!(text.contains("algo-2 acknowledged=True"), "{text}");
+        // Both instances ran at once, on different hosts.
+        let on_wire = netns::file_contains(&capture_file, marker.as_bytes());
+        let bytes = std::fs::metadata(&capture_file).map(|m| m.len()).unwrap_or_default();
+        assert!(
+            bytes > 1000,
+            "the capture recorded the LAN's traffic ({bytes} bytes)\n{}\n{}\n{described:#}",
+            agent_a.log(),
+            agent_b.log()
+        );
+        // The ClientHello names the job's certificate (SNI): the hop was TLS exactly when asked for.
+        assert_eq!(netns::file_contains(&capture_file, b".jobs.trainyard"), encrypted, "TLS on the wire");
+        if encrypted {
+            assert!(!on_wire, "the marker crossed the LAN in plaintext although the job asked for encryption");
+        } else {
+            assert!(on_wire, "the plain job's marker should be visible on the LAN: is the capture working?");
+        }
+    }
+}
+
+/// A TCP listener in the test's namespace (the LAN's gateway, and "the internet" address): accepts
+/// and closes connections until the test ends.
+fn listen_everywhere() -> u16 {
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    port
+}
+
+/// The `reach` lines of a job's logs: target → whether it connected.
+fn reached(text: &str) -> std::collections::BTreeMap<String, bool> {
+    text.lines()
+        .filter_map(|l| l.split("reach ").nth(1))
+        .filter_map(|rest| {
+            let word = rest.split_whitespace().next()?;
+            let (target, outcome) = word.rsplit_once('=')?;
+            Some((target.to_string(), outcome == "ok"))
+        })
+        .collect()
+}
+
+#[test]
+fn isolated_jobs_reach_their_peers_and_nothing_else() {
+    let mut lan = lan_or_explain();
+    let c = Coordinator::start_for_lan(&[]);
+    let (a, b) = (lan.add_host(), lan.add_host());
+    let outside = format!("subnet-outside={}/32", lan.outside);
+    let args = ["--advertise-vcpus", "8", "--vpc-network", &outside, "--vpc-network", "sg-any="];
+    let _agent_a = c.start_agent_on(&a, &lan, "host-a", &args);
+    let _agent_b = c.start_agent_on(&b, &lan, "host-b", &args);
+
+    // Things an isolated job must not reach: the coordinator, a server on the coordinator's host,
+    // "the internet", another host, and another job's instance.
+    let port = listen_everywhere();
+    let coordinator_port = c.address.rsplit(':').next().expect("port").to_string();
+    let mut other_host = b
+        .command("python3")
+        .args([
+            "-c",
+            "import socket\ns=socket.socket()\ns.bind(('0.0.0.0',7000))\ns.listen()\nwhile True: s.accept()[0].close()",
+        ])
+        .spawn()
+        .expect("a server on host b");
+    // The other job has an instance on each host: an instance's address is routable on its own
+    // host only, and every probing job shares a host with one of them.
+    submit(&c, &job(&c, "neighbour", 2, json!({"mode": "serve", "seconds": "60"})));
+    let mut neighbours: Vec<String> = Vec::new();
+    let started = trainyard_testkit::wait_until(Duration::from_secs(30), || {
+        neighbours = logs(&c, "neighbour")
+            .split("address=")
+            .skip(1)
+            .filter_map(|r| r.split_whitespace().next().map(|a| format!("{a}:6000")))
+            .collect();
+        neighbours.len() == 2
+    });
+    assert!(started, "the neighbour job did not start: {neighbours:?}");
+    // ... nor the agents' own listeners (their peer forwarders).
+    let agents = c.json(&["agents", "list"]);
+    let peer_listeners: Vec<String> = agents["Agents"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x["PeerAddress"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    assert_eq!(peer_listeners.len(), 2, "{agents:#}");
+    let mut targets = vec![
+        format!("{}:{coordinator_port}", lan.gateway),
+        format!("{}:{port}", lan.gateway),
+        format!("{}:{port}", lan.outside),
+        format!("{}:7000", b.address),
+    ];
+    targets.extend(neighbours.iter().cloned());
+    targets.extend(peer_listeners);
+    let hyperparameters = json!({"mode": "probe", "targets": targets.join(",")});
+
+    let mut isolated = job(&c, "isolated", 2, hyperparameters.clone());
+    isolated["EnableNetworkIsolation"] = json!(true);
+    let mut open = job(&c, "open", 1, hyperparameters.clone());
+    open["EnableNetworkIsolation"] = json!(false);
+    let mut vpc = job(&c, "in-a-vpc", 1, hyperparameters);
+    vpc["VpcConfig"] = json!({"Subnets": ["subnet-outside"], "SecurityGroupIds": ["sg-any"]});
+    for request in [&isolated, &open, &vpc] {
+        submit(&c, request);
+    }
+    for name in ["isolated", "open", "in-a-vpc"] {
+        let described = finished(&c, name);
+        assert_eq!(described["TrainingJobStatus"], "Completed", "{name}: {described:#}\n{}", logs(&c, name));
+    }
+
+    // Isolated: its peers, and nothing else (each instance tried every target).
+    let text = logs(&c, "isolated");
+    assert!(text.contains("algo-1 received-marker=True") && text.contains("algo-2 acknowledged=True"), "{text}");
+    let isolated_reached = reached(&text);
+    assert_eq!(isolated_reached.len(), targets.len(), "{text}");
+    assert!(isolated_reached.values().all(|ok| !ok), "an isolated job reached something: {isolated_reached:?}");
+
+    // Without isolation: what the host reaches, including the other job's instance on that host.
+    let open_reached = reached(&logs(&c, "open"));
+    assert_eq!(open_reached.len(), targets.len(), "{open_reached:?}");
+    for (target, ok) in &open_reached {
+        assert!(*ok || neighbours.contains(target), "the open job could not reach {target}: {open_reached:?}");
+    }
+    assert_eq!(neighbours.iter().filter(|n| open_reached[*n]).count(), 1, "{open_reached:?}");
+
+    // With a VpcConfig: its subnet's allow-list only.
+    let vpc_reached = reached(&logs(&c, "in-a-vpc"));
+    let expected: std::collections::BTreeMap<String, bool> =
+        targets.iter().map(|t| (t.clone(), t.starts_with(&lan.outside.to_string()))).collect();
+    assert_eq!(vpc_reached, expected);
+    let _ = other_host.kill();
+    let _ = other_host.wait();
+}
+
+#[test]
+fn a_vpc_name_the_agent_does_not_know_fails_the_job_with_the_field_named() {
+    let c = Coordinator::start();
+    let _agent = c.start_agent("plain-host", &["--advertise-vcpus", "8"], &[]);
+    let mut request = job(&c, "unknown-subnet", 1, json!({"mode": "probe"}));
+    request["VpcConfig"] = json!({"Subnets": ["subnet-nowhere"], "SecurityGroupIds": ["sg-1"]});
+    submit(&c, &request);
+    let described = finished(&c, "unknown-subnet");
+    assert_eq!(described["TrainingJobStatus"], "Failed");
+    let reason = described["FailureReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("VpcConfig.Subnets[0] 'subnet-nowhere'"), "{reason}");
+}
+
+#[test]
+fn an_agent_without_namespaces_never_gets_an_isolated_job() {
+    let c = Coordinator::start();
+    let _plain = c.start_agent("no-namespaces", &["--advertise-vcpus", "8", "--no-network-namespaces"], &[]);
+    let agents = c.json(&["agents", "list"]);
+    let entry = &agents["Agents"][0];
+    assert_eq!(entry["NetworkIsolation"], false, "{agents:#}");
+    assert!(
+        entry["NetworkIsolationNote"].as_str().unwrap_or_default().contains("--no-network-namespaces"),
+        "{agents:#}"
+    );
+
+    let mut isolated = job(&c, "needs-isolation", 1, json!({"mode": "probe"}));
+    isolated["EnableNetworkIsolation"] = json!(true);
+    submit(&c, &isolated);
+    // A job without isolation runs on that agent meanwhile: the queue is not blocked.
+    submit(&c, &job(&c, "no-isolation", 1, json!({"mode": "probe"})));
+    assert_eq!(finished(&c, "no-isolation")["TrainingJobStatus"], "Completed");
+    let pending = c.json(&["training-jobs", "describe", "needs-isolation"]);
+    assert_eq!(pending["TrainingJobStatus"], "InProgress", "{pending:#}");
+    assert_eq!(pending["SecondaryStatus"], "Pending", "{pending:#}");
+    let message =
+        pending["SecondaryStatusTransitions"].as_array().and_then(|t| t.last()).map(|t| t["StatusMessage"].to_string());
+    assert!(message.unwrap_or_default().contains("network isolation"), "{pending:#}");
+
+    // An agent that can isolate picks it up.
+    let _capable = c.start_agent("with-namespaces", &["--advertise-vcpus", "8"], &[]);
+    assert_eq!(finished(&c, "needs-isolation")["TrainingJobStatus"], "Completed");
+}
+
+#[test]
+fn when_one_instance_fails_the_job_fails_and_the_others_are_stopped() {
+    let mut lan = lan_or_explain();
+    let c = Coordinator::start_for_lan(&[]);
+    let (a, b) = (lan.add_host(), lan.add_host());
+    let _agent_a = c.start_agent_on(&a, &lan, "host-a", &["--advertise-vcpus", "8", "--stop-grace-seconds", "2"]);
+    let _agent_b = c.start_agent_on(&b, &lan, "host-b", &["--advertise-vcpus", "8", "--stop-grace-seconds", "2"]);
+    let started = std::time::Instant::now();
+    submit(&c, &job(&c, "one-fails", 2, json!({"fail": "algo-2"})));
+    let described = finished(&c, "one-fails");
+    assert_eq!(described["TrainingJobStatus"], "Failed", "{described:#}");
+    assert!(started.elapsed() < Duration::from_secs(40), "algo-1 was not stopped: it slept on");
+    // Both instances are over: the agents hold nothing.
+    let agents = c.wait_json(&["agents", "list"], |a| {
+        a["Agents"]
+            .as_array()
+            .is_some_and(|list| list.iter().all(|x| x["Running"].as_array().is_some_and(|r| r.is_empty())))
+    });
+    assert!(agents["Agents"].as_array().is_some_and(|a| a.len() == 2), "{agents:#}");
+}
+
+/// Namespaces of instances that ended are gone; those of a killed agent are removed when it
+/// starts again (it records them before creating them).
+#[test]
+fn namespaces_do_not_outlive_their_instances_or_a_crashed_agent() {
+    let c = Coordinator::start();
+    let id = "leaky-host";
+    let namespaces = || -> Vec<String> {
+        std::fs::read_dir("/run/netns")
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("ty-{id}-")))
+            .collect()
+    };
+    let mut agent = c.start_agent(id, &["--advertise-vcpus", "8"], &[]);
+    for i in 0..12 {
+        submit(&c, &job(&c, &format!("short-{i}"), 1, json!({"mode": "probe"})));
+    }
+    for i in 0..12 {
+        assert_eq!(finished(&c, &format!("short-{i}"))["TrainingJobStatus"], "Completed");
+    }
+    assert!(trainyard_testkit::wait_until(Duration::from_secs(10), || namespaces().is_empty()), "{:?}", namespaces());
+
+    submit(&c, &job(&c, "long", 1, json!({"mode": "serve", "seconds": "60"})));
+    assert!(
+        trainyard_testkit::wait_until(Duration::from_secs(30), || namespaces().len() == 1),
+        "no namespace for the running job"
+    );
+    let left = namespaces();
+    agent.signal(trainyard_testkit::SIGKILL);
+    let _ = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(namespaces(), left, "a killed agent cannot clean up: its namespace is still there");
+    let _agent = c.start_agent(id, &["--advertise-vcpus", "8"], &[]);
+    assert!(
+        trainyard_testkit::wait_until(Duration::from_secs(10), || namespaces().is_empty()),
+        "left behind: {:?}",
+        namespaces()
+    );
+}
