@@ -20,6 +20,8 @@ pub fn example(name: &str) -> PathBuf {
 }
 
 /// A running coordinator. Dropping it kills the process group; its log stays in `dir`.
+/// Agents started through it are dropped before it (they are declared after it); it then removes
+/// the network namespaces they were killed too abruptly to remove.
 pub struct Coordinator {
     pub dir: TempDir,
     pub address: String,
@@ -28,6 +30,12 @@ pub struct Coordinator {
     pub daemon: Daemon,
     database_url: Option<String>,
     args: Vec<String>,
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        netns::remove_agents_leftovers(&self.dir.path().join("agents"));
+    }
 }
 
 impl Coordinator {

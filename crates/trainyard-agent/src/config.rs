@@ -181,3 +181,26 @@ fn read(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_loads() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/agent.example.toml");
+        let config = Config::load(Flags::parse_from(["trainyard-agent", "--config", example])).expect("example");
+        assert_eq!(config.coordinator, "http://10.0.0.5:50051");
+        assert_eq!(config.peer_listen, "0.0.0.0:50052".parse().expect("address"));
+        assert!(config.network_namespaces);
+        assert_eq!(config.vpc_networks["sg-0123456789abcdef0"].len(), 2);
+        assert_eq!(config.vpc_networks["subnet-0a1b2c3d"][0].prefix, 16);
+    }
+
+    #[test]
+    fn a_bad_vpc_network_names_its_entry() {
+        assert!(parse_vpc_network("subnet-1=10.0.0.0/8,nonsense").unwrap_err().contains("nonsense"));
+        assert!(parse_vpc_network("no-equals-sign").unwrap_err().contains("NAME=CIDR"));
+        assert_eq!(parse_vpc_network("sg-empty="), Ok(("sg-empty".to_string(), Vec::new())));
+    }
+}

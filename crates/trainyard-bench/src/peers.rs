@@ -16,6 +16,9 @@ use trainyard_testkit::netns::{Host, Lan};
 use trainyard_testkit::{Daemon, binary, free_port, wait_until};
 
 const TRAINING: &str = include_str!("../../../deploy/examples/training-job.json");
+const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
+/// Instances run one after another through the same two agents to look for leaked namespaces.
+const LEAK_RUNS: u32 = 1_000;
 
 /// Server: echo (latency), then sink (throughput). Client: N round trips of 64 bytes, then M MiB.
 const PROGRAM: &str = r#"#!/usr/bin/env python3
@@ -133,7 +136,7 @@ pub async fn run() -> anyhow::Result<()> {
     if !wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()) {
         bail!("the coordinator did not start:\n{}", coordinator.log());
     }
-    let _agents: Vec<Daemon> = [&a, &b]
+    let agents: Vec<Daemon> = [&a, &b]
         .iter()
         .enumerate()
         .map(|(i, host)| {
@@ -201,6 +204,67 @@ pub async fn run() -> anyhow::Result<()> {
         rows.push(read_result(path, &result)?);
     }
     print_table(&rows);
+    leaks(&cli, dir.path(), &[&a, &b], &agents)?;
+    Ok(())
+}
+
+/// Runs LEAK_RUNS trivial instances (a Random tuning job), then counts what is left on the hosts:
+/// host-side veths, namespaces in the agents' view, and the agents' records of them.
+fn leaks(
+    cli: &dyn Fn(&[&str]) -> anyhow::Result<Value>,
+    dir: &Path,
+    hosts: &[&Host],
+    agents: &[Daemon],
+) -> anyhow::Result<()> {
+    let program = dir.join("quick.sh");
+    std::fs::write(&program, "#!/bin/sh\necho score=0.5\n")?;
+    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut r: Value = serde_json::from_str(TUNING)?;
+    r["HyperParameterTuningJobName"] = json!("leak-check");
+    let config = &mut r["HyperParameterTuningJobConfig"];
+    config["Strategy"] = json!("Random");
+    config["HyperParameterTuningJobObjective"] = json!({"Type": "Maximize", "MetricName": "score"});
+    config["ResourceLimits"] = json!({"MaxNumberOfTrainingJobs": LEAK_RUNS, "MaxParallelTrainingJobs": 8});
+    config["TrainingJobEarlyStoppingType"] = json!("Off");
+    let definition = &mut r["TrainingJobDefinition"];
+    definition["AlgorithmSpecification"]["TrainingImage"] = json!(program.display().to_string());
+    definition["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
+    let file = dir.join("leak-check.json");
+    std::fs::write(&file, r.to_string())?;
+    let started = std::time::Instant::now();
+    cli(&["tuning-jobs", "create", "--file", &file.display().to_string()])?;
+    let mut status = Value::Null;
+    wait_until(Duration::from_secs(1800), || {
+        status = cli(&["tuning-jobs", "describe", "leak-check"]).unwrap_or(Value::Null);
+        matches!(status["HyperParameterTuningJobStatus"].as_str(), Some("Completed" | "Failed" | "Stopped"))
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let counters = &status["TrainingJobStatusCounters"];
+    let mut veths = 0;
+    let mut namespaces = 0;
+    let mut records = 0;
+    for (i, (host, agent)) in hosts.iter().zip(agents).enumerate() {
+        let links = Command::new("ip").args(["-n", &host.namespace, "-o", "link", "show"]).output()?;
+        veths += String::from_utf8_lossy(&links.stdout).lines().filter(|l| l.contains(": tyv")).count();
+        // The agent's namespaces are mounted in its own mount namespace (ip netns exec made one).
+        let listed = Command::new("nsenter")
+            .args(["-t", &agent.pid().to_string(), "-m", "ls", "/run/netns"])
+            .output()?;
+        let prefix = format!("ty-bench-host-{i}-");
+        namespaces += String::from_utf8_lossy(&listed.stdout).lines().filter(|l| l.starts_with(&prefix)).count();
+        records += std::fs::read_dir(dir.join(format!("agent-{i}/network")))?.count();
+    }
+    println!();
+    println!(
+        "leak check: {LEAK_RUNS} instances on 2 agents in {seconds:.1} s ({:.1}/s), status {}, completed {}; \
+         left behind: {veths} veths, {namespaces} namespaces, {records} records",
+        f64::from(LEAK_RUNS) / seconds,
+        status["HyperParameterTuningJobStatus"],
+        counters["Completed"],
+    );
+    if veths + namespaces + records > 0 {
+        bail!("instances left network state behind");
+    }
     Ok(())
 }
 

@@ -167,3 +167,22 @@ pub fn file_contains(file: &Path, needle: &[u8]) -> bool {
     let bytes = std::fs::read(file).unwrap_or_default();
     bytes.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Removes the namespaces that agents under `agents_dir` (one work root per agent)
+/// recorded and could not remove themselves because the test killed them. Agents record each one
+/// in `<work-root>/network/<namespace>` before creating it.
+pub fn remove_agents_leftovers(agents_dir: &Path) {
+    let Ok(agents) = std::fs::read_dir(agents_dir) else { return };
+    for agent in agents.flatten() {
+        let Ok(records) = std::fs::read_dir(agent.path().join("network")) else { continue };
+        for record in records.flatten() {
+            let namespace = record.file_name().to_string_lossy().to_string();
+            // Deleting the namespace deletes its veth pair too. Veth names are per host namespace,
+            // so a name alone could be another test's: they are left alone.
+            if Path::new("/run/netns").join(&namespace).exists() {
+                let _ = Command::new("ip").args(["netns", "del", &namespace]).output();
+            }
+            let _ = std::fs::remove_file(record.path());
+        }
+    }
+}

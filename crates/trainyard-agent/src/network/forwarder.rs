@@ -31,6 +31,9 @@ const MAX_HEADER: usize = 512;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A TLS record of type handshake: how a ClientHello starts.
 const TLS_HANDSHAKE: u8 = 0x16;
+/// Bytes moved per read in each direction. Large enough that a TLS write carries several full
+/// records per syscall: with tokio's default (8 KiB) the encrypted path ran at 69 % of the plain one.
+const SPLICE_BUFFER: usize = 256 * 1024;
 
 /// What the forwarder knows about one job with an instance on this agent.
 struct Job {
@@ -261,7 +264,7 @@ impl Forwarder {
         let _ = local.set_nodelay(true);
         stream.write_all(b"OK\n").await.map_err(|e| e.to_string())?;
         let mut local = local;
-        let _ = tokio::io::copy_bidirectional(&mut stream, &mut local).await;
+        let _ = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut local, SPLICE_BUFFER, SPLICE_BUFFER).await;
         Ok(())
     }
 }
@@ -277,7 +280,7 @@ async fn splice_after_header<S: AsyncRead + AsyncWrite + Unpin>(
     if answer != "OK" {
         return Err(format!("the peer's agent refused: {answer}"));
     }
-    let _ = tokio::io::copy_bidirectional(&mut local, &mut remote).await;
+    let _ = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut remote, SPLICE_BUFFER, SPLICE_BUFFER).await;
     Ok(())
 }
 

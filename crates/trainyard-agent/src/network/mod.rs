@@ -79,22 +79,36 @@ impl Network {
 
     /// Creates the namespace of one instance, ready for its process.
     pub async fn create(&self, own: u32, egress: &Egress) -> Result<InstanceNetwork, String> {
-        let slot = self.claim_slot().await?;
-        let veth = plan::veth_name(slot);
-        let namespace = format!("{}{slot}", self.namespace_prefix);
-        let record = self.state_dir.join(&namespace);
-        if let Err(e) = std::fs::write(&record, &veth) {
-            let _ = run_ip(&["link", "del", &veth], None).await;
-            return Err(format!("recording {}: {e}", record.display()));
-        }
-        let network = InstanceNetwork { namespace, veth, record, forwarder: None };
-        match network.configure(slot, own, egress).await {
-            Ok(port) => Ok(InstanceNetwork { forwarder: Some(port), ..network }),
-            Err(e) => {
-                network.destroy().await;
-                Err(e)
+        for _ in 0..16 {
+            let slot = self.claim_slot().await?;
+            let veth = plan::veth_name(slot);
+            let namespace = format!("{}{slot}", self.namespace_prefix);
+            // Recorded before it exists, so that a crash between the two leaves nothing unknown.
+            let record = self.state_dir.join(&namespace);
+            if let Err(e) = std::fs::write(&record, &veth) {
+                let _ = run_ip(&["link", "del", &veth], None).await;
+                return Err(format!("recording {}: {e}", record.display()));
             }
+            // Namespace names are machine-wide: another agent (in another host namespace, as in
+            // the tests' simulated hosts) may hold this one. Then it is theirs: take another slot.
+            if let Err(e) = run_ip(&["netns", "add", &namespace], None).await {
+                let _ = run_ip(&["link", "del", &veth], None).await;
+                let _ = std::fs::remove_file(&record);
+                if e.contains("File exists") {
+                    continue;
+                }
+                return Err(e);
+            }
+            let network = InstanceNetwork { namespace, veth, record, forwarder: None };
+            return match network.configure(slot, own, egress).await {
+                Ok(listener) => Ok(InstanceNetwork { forwarder: Some(listener), ..network }),
+                Err(e) => {
+                    network.destroy().await;
+                    Err(e)
+                }
+            };
         }
+        Err("no free network namespace name on this machine".into())
     }
 
     /// A free slot: creating its host-side veth is the lock (names are unique per namespace), so
@@ -140,7 +154,7 @@ impl InstanceNetwork {
         let (host_ip, ns_ip) = plan::slot_addresses(slot);
         let far_end = format!("{}p", self.veth);
         let host_side = format!(
-            "netns add {ns}\nlink set {far_end} netns {ns}\naddr add {host_ip}/30 dev {veth}\nlink set {veth} up\n",
+            "link set {far_end} netns {ns}\naddr add {host_ip}/30 dev {veth}\nlink set {veth} up\n",
             ns = self.namespace,
             veth = self.veth,
         );
