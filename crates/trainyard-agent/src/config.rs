@@ -195,6 +195,7 @@ mod tests {
         assert!(config.network_namespaces);
         assert_eq!(config.vpc_networks["sg-0123456789abcdef0"].len(), 2);
         assert_eq!(config.vpc_networks["subnet-0a1b2c3d"][0].prefix, 16);
+        assert_eq!(config.buckets.len(), 2, "top-level keys must come before the first [table]");
     }
 
     #[test]

@@ -87,6 +87,8 @@ const DEFAULT_MAX_RUNTIME: u64 = 86_400;
 /// Stderr lines kept for a FailureReason when the job writes no `output/failure`.
 const STDERR_TAIL: usize = 10;
 const LOG_BATCH: usize = 200;
+/// Longest log line kept; longer ones are cut (the coordinator stores every line).
+const MAX_LINE_BYTES: usize = 64 * 1024;
 
 struct Reporter<'a> {
     spec: &'a InstanceSpec,
@@ -617,8 +619,8 @@ async fn execute(
         let Some(stream) = stream else { continue };
         let tx = line_tx.clone();
         tokio::spawn(async move {
-            let mut reader = BufReader::new(stream).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
+            let mut reader = BufReader::new(stream);
+            while let Ok(Some(line)) = next_line(&mut reader, MAX_LINE_BYTES).await {
                 if tx.send((name, line)).is_err() {
                     break;
                 }
@@ -724,6 +726,46 @@ async fn execute(
     }
 }
 
+/// The next line of a job's output, at most `limit` bytes: a longer one is cut there and the rest
+/// of it skipped (a job that prints without newlines must not grow the agent without bound). Not
+/// UTF-8 is replaced, not refused. `None` at the end of the stream.
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    let mut skipped = 0usize;
+    loop {
+        let buffer = reader.fill_buf().await?;
+        if buffer.is_empty() {
+            if line.is_empty() && skipped == 0 {
+                return Ok(None);
+            }
+            break;
+        }
+        let (chunk, done) = match buffer.iter().position(|b| *b == b'\n') {
+            Some(i) => (&buffer[..i], Some(i + 1)),
+            None => (buffer, None),
+        };
+        let room = limit.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        skipped += chunk.len().saturating_sub(room);
+        let consumed = done.unwrap_or(buffer.len());
+        reader.consume(consumed);
+        if done.is_some() {
+            break;
+        }
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let mut text = String::from_utf8_lossy(&line).into_owned();
+    if skipped > 0 {
+        text.push_str(&format!(" [line cut at {limit} bytes; {skipped} more bytes dropped]"));
+    }
+    Ok(Some(text))
+}
+
 fn send_logs(spec: &InstanceSpec, reporter: &Reporter<'_>, batch: &mut Vec<pb::LogLine>) {
     if batch.is_empty() {
         return;
@@ -773,4 +815,35 @@ async fn upload(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result<
             .map_err(|e| format!("syncing checkpoints to {checkpoints}: {e}"))?;
     }
     Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines_of(input: &[u8], limit: usize) -> Vec<String> {
+        let mut reader = BufReader::with_capacity(7, input);
+        let mut lines = Vec::new();
+        while let Some(line) = next_line(&mut reader, limit).await.expect("read") {
+            lines.push(line);
+        }
+        lines
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_cut_and_the_rest_of_them_skipped() {
+        let mut input = b"short\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 50));
+        input.extend(b"\nafter\nno newline at the end");
+        let lines = lines_of(&input, 21).await;
+        assert_eq!(lines[0], "short");
+        assert_eq!(lines[1], format!("{} [line cut at 21 bytes; 29 more bytes dropped]", "x".repeat(21)));
+        assert_eq!(lines[2..], ["after".to_string(), "no newline at the end".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_is_replaced_not_refused() {
+        assert_eq!(lines_of(b"caf\xe9\n", 100).await, vec!["caf\u{fffd}".to_string()]);
+        assert!(lines_of(b"", 100).await.is_empty());
+    }
 }

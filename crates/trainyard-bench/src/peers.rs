@@ -247,9 +247,8 @@ fn leaks(
         let links = Command::new("ip").args(["-n", &host.namespace, "-o", "link", "show"]).output()?;
         veths += String::from_utf8_lossy(&links.stdout).lines().filter(|l| l.contains(": tyv")).count();
         // The agent's namespaces are mounted in its own mount namespace (ip netns exec made one).
-        let listed = Command::new("nsenter")
-            .args(["-t", &agent.pid().to_string(), "-m", "ls", "/run/netns"])
-            .output()?;
+        let listed =
+            Command::new("nsenter").args(["-t", &agent.pid().to_string(), "-m", "ls", "/run/netns"]).output()?;
         let prefix = format!("ty-bench-host-{i}-");
         namespaces += String::from_utf8_lossy(&listed.stdout).lines().filter(|l| l.starts_with(&prefix)).count();
         records += std::fs::read_dir(dir.join(format!("agent-{i}/network")))?.count();
