@@ -135,6 +135,17 @@ fn invalid_requests_list_every_violation_and_store_nothing() {
     let listed = c.json(&["tuning-jobs", "list"]);
     assert_eq!(listed["HyperParameterTuningJobSummaries"], json!([]));
 
+    // An oversized request (a 5 MiB environment value) is refused whole, with the limit named.
+    let mut huge: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    huge["TrainingJobName"] = json!("huge");
+    huge["Environment"] = json!({"BLOB": "x".repeat(5 * 1024 * 1024)});
+    let file = write_json(c.dir.path(), "huge.json", &huge);
+    let out = c.cli(&["training-jobs", "create", "--file", path(&file)]);
+    assert_ne!(out.code(), 0);
+    assert!(out.stderr().contains("message length too large"), "{}", out.stderr());
+    assert_eq!(c.cli(&["training-jobs", "describe", "huge"]).code(), 4, "nothing of it was stored");
+
     // A file that is not a request at all is refused before it reaches the coordinator.
     let typo = write_json(c.dir.path(), "typo.json", &json!({"HyperParameterTuningJobNam": "x"}));
     let out = c.cli(&["tuning-jobs", "create", "--file", path(&typo)]);

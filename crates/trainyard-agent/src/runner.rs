@@ -87,6 +87,7 @@ const DEFAULT_MAX_RUNTIME: u64 = 86_400;
 /// Stderr lines kept for a FailureReason when the job writes no `output/failure`.
 const STDERR_TAIL: usize = 10;
 const LOG_BATCH: usize = 200;
+const LOG_BATCH_BYTES: usize = 1024 * 1024;
 /// Longest log line kept; longer ones are cut (the coordinator stores every line).
 const MAX_LINE_BYTES: usize = 64 * 1024;
 
@@ -665,7 +666,9 @@ async fn execute(
                         let _ = writeln!(f, "{text}");
                     }
                     batch.push(pb::LogLine { stream: stream.into(), text, timestamp_millis: at });
-                    if batch.len() >= LOG_BATCH { send_logs(spec, reporter, &mut batch); }
+                    // Batches stay far below the coordinator's 4 MiB message limit, even of long lines.
+                    let bytes: usize = batch.iter().map(|l| l.text.len()).sum();
+                    if batch.len() >= LOG_BATCH || bytes >= LOG_BATCH_BYTES { send_logs(spec, reporter, &mut batch); }
                 }
                 None => streams_open = false,
             },

@@ -184,6 +184,9 @@ pub struct Loop {
     queue: BTreeMap<String, Queued>,
     running: HashMap<String, Running>,
     tuning: BTreeMap<String, TuningRun>,
+    /// Set when an event or a tick failed (e.g. the database was away): the loop then compares
+    /// its state with the store on the next ticks until that succeeds.
+    resync_needed: bool,
 }
 
 pub async fn run(
@@ -201,24 +204,37 @@ pub async fn run(
         queue: BTreeMap::new(),
         running: HashMap::new(),
         tuning: BTreeMap::new(),
+        resync_needed: false,
     };
     if let Err(e) = state.reconcile().await {
-        warn!(error = %e, "start-up reconciliation incomplete; it runs again at the next start");
+        warn!(error = %e, "start-up reconciliation incomplete; retrying from the store");
+        state.resync_needed = true;
     }
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {
+                if state.resync_needed {
+                    match state.resync().await {
+                        Ok(()) => {
+                            state.resync_needed = false;
+                            info!("caught up with the store after a failure");
+                        }
+                        Err(e) => debug!(error = %e, "still cannot catch up with the store"),
+                    }
+                }
                 if let Err(e) = state.on_tick().await {
                     warn!(error = %e, "periodic checks failed");
+                    state.resync_needed = true;
                 }
             }
             event = events.recv() => {
                 let Some(event) = event else { break };
                 debug!(?event, "event");
                 if let Err(e) = state.handle(event).await {
-                    warn!(error = %e, "event not handled; the job is reconciled at the next start");
+                    warn!(error = %e, "event not handled; catching up from the store");
+                    state.resync_needed = true;
                 }
                 if let Err(e) = state.schedule().await {
                     warn!(error = %e, "scheduling failed");
@@ -306,22 +322,60 @@ impl Loop {
                 self.enqueue(&job.name).await?;
             } else {
                 // Placed before the restart: wait for its agents to come back and report.
-                let demand = self.demand_of(&job)?;
-                let mut instances = BTreeMap::new();
-                for p in &job.placement {
-                    let entry = self.agents.entry(p.agent.clone()).or_insert_with(|| AgentEntry::unconnected(0));
-                    entry.allocations.insert(
-                        (job.name.clone(), p.instance),
-                        Allocation {
-                            vcpus: demand.vcpus,
-                            memory_mib: demand.memory_mib,
-                            disk_mib: demand.disk_mib,
-                            gpus: p.gpu_uuids.clone(),
-                        },
-                    );
-                    instances.insert(p.instance, (p.agent.clone(), None));
-                }
-                self.running.insert(job.name.clone(), Running { attempt: job.attempt, instances });
+                self.adopt_placed(&job)?;
+            }
+        }
+        let names: Vec<String> = self.tuning.keys().cloned().collect();
+        for name in names {
+            let stopping = self.c.tuning_job(&name).await?.value.status == TuningJobStatus::Stopping;
+            if stopping { self.stop_tuning(&name).await? } else { self.drive_tuning(&name).await? }
+        }
+        self.schedule().await
+    }
+
+    /// A job the store says is placed but the loop does not track: its resources are held on its
+    /// agents and their reports are awaited (an agent that no longer runs it says so when it
+    /// registers; one that never comes back is declared lost).
+    fn adopt_placed(&mut self, job: &TrainingJob) -> Result<(), DomainError> {
+        let demand = self.demand_of(job)?;
+        let mut instances = BTreeMap::new();
+        for p in &job.placement {
+            let entry = self.agents.entry(p.agent.clone()).or_insert_with(|| AgentEntry::unconnected(0));
+            entry.allocations.insert(
+                (job.name.clone(), p.instance),
+                Allocation {
+                    vcpus: demand.vcpus,
+                    memory_mib: demand.memory_mib,
+                    disk_mib: demand.disk_mib,
+                    gpus: p.gpu_uuids.clone(),
+                },
+            );
+            instances.insert(p.instance, (p.agent.clone(), None));
+        }
+        self.running.insert(job.name.clone(), Running { attempt: job.attempt, instances });
+        Ok(())
+    }
+
+    /// Catches up with the store after a failed event (the database was away, say): what an event
+    /// would have done for a job, done from the job's stored state. Idempotent.
+    async fn resync(&mut self) -> Result<(), DomainError> {
+        for t in self.c.store.active_tuning_jobs().await? {
+            if !self.tuning.contains_key(&t.value.name) {
+                self.load_tuning(&t.value.name).await?;
+            }
+        }
+        for t in self.c.store.active_training_jobs(None).await? {
+            let job = t.value;
+            if self.queue.contains_key(&job.name) || self.running.contains_key(&job.name) {
+                continue;
+            }
+            if !job.placement.is_empty() {
+                self.adopt_placed(&job)?;
+            } else if job.status == TrainingJobStatus::Stopping {
+                self.finish(&job.name, SecondaryStatus::Stopped, "Stopped before an agent started it", None, None)
+                    .await?;
+            } else {
+                self.enqueue(&job.name).await?;
             }
         }
         let names: Vec<String> = self.tuning.keys().cloned().collect();

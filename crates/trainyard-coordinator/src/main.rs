@@ -23,6 +23,10 @@ use trainyard_proto::pb::training_server::TrainingServer;
 
 use crate::config::{Config, Flags, LogFormat};
 
+/// The largest request or agent message accepted (gRPC `OutOfRange` beyond). A maximal valid
+/// CreateTrainingJob is far smaller; agents keep their log batches under a quarter of it.
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::load(Flags::parse())?;
@@ -74,9 +78,14 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let served = Server::builder()
-        .add_service(HyperParameterTuningServer::new(grpc::TuningService(coordinator.clone())))
-        .add_service(TrainingServer::new(grpc::TrainingService(coordinator)))
-        .add_service(AgentsServer::new(agent_service))
+        .add_service(
+            HyperParameterTuningServer::new(grpc::TuningService(coordinator.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            TrainingServer::new(grpc::TrainingService(coordinator)).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(AgentsServer::new(agent_service).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .serve_with_shutdown(config.listen, shutdown)
         .await
         .with_context(|| format!("serving on {}", config.listen));

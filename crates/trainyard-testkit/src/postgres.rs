@@ -15,13 +15,24 @@ pub struct PgServer {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    options: String,
 }
 
 static DATABASES: AtomicU32 = AtomicU32::new(0);
 
 impl PgServer {
     /// Starts a server. Panics with the reason if it cannot (tests must not skip PostgreSQL).
+    /// Commits are not flushed (fast, and enough while the server process lives).
     pub fn start() -> PgServer {
+        Self::start_with("-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+    }
+
+    /// A server whose commits survive its own crash (`restart_immediately`): synchronous commit.
+    pub fn start_durable() -> PgServer {
+        Self::start_with("-c fsync=off -c synchronous_commit=on")
+    }
+
+    fn start_with(durability: &str) -> PgServer {
         let bin = std::env::var_os("TRAINYARD_PG_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
@@ -36,7 +47,12 @@ impl PgServer {
         if as_postgres {
             run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()));
         }
-        let server = PgServer { bin, port: free_port(), dir, as_postgres };
+        let port = free_port();
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 {durability} -c max_connections=200",
+            dir.path().display()
+        );
+        let server = PgServer { bin, port, dir, as_postgres, options };
         let data = server.dir.path().join("data");
         server.run_tool(
             "initdb",
@@ -50,13 +66,14 @@ impl PgServer {
                 "--no-sync".as_ref(),
             ],
         );
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
-            server.port,
-            server.dir.path().display()
-        );
-        let log = server.dir.path().join("server.log");
-        server.run_tool(
+        server.pg_start();
+        server
+    }
+
+    fn pg_start(&self) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("server.log");
+        self.run_tool(
             "pg_ctl",
             &[
                 "-D".as_ref(),
@@ -64,12 +81,22 @@ impl PgServer {
                 "-l".as_ref(),
                 log.as_os_str(),
                 "-o".as_ref(),
-                options.as_ref(),
+                self.options.as_ref(),
                 "-w".as_ref(),
                 "start".as_ref(),
             ],
         );
-        server
+    }
+
+    /// Kills the server as a crash would (`-m immediate`: no checkpoint, connections cut) and
+    /// starts it again on the same data and port; returns once it accepts connections.
+    pub fn restart_immediately(&self) {
+        let data = self.dir.path().join("data");
+        self.run_tool(
+            "pg_ctl",
+            &["-D".as_ref(), data.as_os_str(), "-m".as_ref(), "immediate".as_ref(), "-w".as_ref(), "stop".as_ref()],
+        );
+        self.pg_start();
     }
 
     pub fn port(&self) -> u16 {
