@@ -3,8 +3,9 @@
 //! and with `EnableInterContainerTrafficEncryption` (mutual TLS between the agents), against a
 //! direct connection between the same two simulated hosts (veth and bridge, no agents).
 //!
-//! Hosts are network namespaces on this machine (needs root), so all of it shares the same two
-//! cores: the ratios are what this measures, not absolute wire speed.
+//! Hosts are network namespaces on this machine (needs root). Each host's processes are pinned to a
+//! CPU of their own (as two machines would have), unless TRAINYARD_BENCH_UNPINNED is set; either
+//! way the ratios are what this measures, not wire speed.
 
 use std::path::Path;
 use std::process::Command;
@@ -140,7 +141,7 @@ pub async fn run() -> anyhow::Result<()> {
         .iter()
         .enumerate()
         .map(|(i, host)| {
-            let mut cmd = host.command(binary("trainyard-agent"));
+            let mut cmd = on_cpu(host, i, binary("trainyard-agent"));
             cmd.arg("--coordinator")
                 .arg(format!("{}:{port}", lan.gateway))
                 .arg("--id")
@@ -267,13 +268,25 @@ fn leaks(
     Ok(())
 }
 
+/// A command inside `host`, pinned to one CPU per host (host i on CPU i) when the machine has two:
+/// each simulated host then has a core of its own, as separate machines would, instead of every
+/// process of both hosts competing for both cores. `TRAINYARD_BENCH_UNPINNED=1` turns it off.
+fn on_cpu(host: &Host, index: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 || std::env::var_os("TRAINYARD_BENCH_UNPINNED").is_some() {
+        return host.command(program);
+    }
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &(index % cpus).to_string(), "ip", "netns", "exec", &host.namespace]).arg(program);
+    cmd
+}
+
 /// The baseline: the same program straight between the two hosts, no agent in the path.
 fn direct(a: &Host, b: &Host, program: &Path, dir: &Path) -> anyhow::Result<Measured> {
     let result = dir.join("direct.json");
     let env = [("ROUND_TRIPS", ROUND_TRIPS.to_string()), ("MEBIBYTES", MEBIBYTES.to_string())];
-    let mut server = a.command(program).args(["serve", "5555"]).envs(env.clone()).spawn()?;
-    let status = b
-        .command(program)
+    let mut server = on_cpu(a, 0, program).args(["serve", "5555"]).envs(env.clone()).spawn()?;
+    let status = on_cpu(b, 1, program)
         .args(["client", &a.address.to_string(), "5555", &result.display().to_string()])
         .envs(env)
         .status()?;
@@ -293,7 +306,11 @@ fn read_result(path: &'static str, file: &Path) -> anyhow::Result<Measured> {
 fn print_table(rows: &[Measured]) {
     let plain = rows.iter().find(|r| r.path.contains("plain")).map_or(1.0, |r| r.mib_per_s);
     let direct = rows.first().map_or(1.0, |r| r.mib_per_s);
-    println!("peer traffic: {ROUND_TRIPS} round trips of 64 bytes, then {MEBIBYTES} MiB one way (Python on both ends)");
+    let pinned = std::env::var_os("TRAINYARD_BENCH_UNPINNED").is_none();
+    println!(
+        "peer traffic: {ROUND_TRIPS} round trips of 64 bytes, then {MEBIBYTES} MiB one way (Python on both ends; {})",
+        if pinned { "each host pinned to its own CPU" } else { "both hosts share every CPU" }
+    );
     println!("{:<36} {:>10} {:>9} {:>10} {:>10} {:>10}", "path", "MiB/s", "vs plain", "vs direct", "p50 µs", "p99 µs");
     for r in rows {
         println!(
