@@ -33,9 +33,19 @@ struct Flags {
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
     backends: Vec<String>,
     /// Which suites: creates (API throughput), agents (jobs run by a real agent), peers (a
-    /// distributed job's traffic between simulated hosts; needs root).
-    #[arg(long, value_delimiter = ',', default_value = "creates,agents,peers")]
+    /// distributed job's traffic between simulated hosts; needs root), load (simulated agents
+    /// heartbeating while clients submit and describe).
+    #[arg(long, value_delimiter = ',', default_value = "creates,agents,peers,load")]
     suites: Vec<String>,
+    /// Load suite: simulated agents.
+    #[arg(long, default_value_t = 3_000)]
+    load_agents: usize,
+    /// Load suite: concurrent clients, each creating then describing jobs.
+    #[arg(long, default_value_t = 16)]
+    load_clients: usize,
+    /// Load suite: how long the clients run.
+    #[arg(long, default_value_t = 20)]
+    load_seconds: u64,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -60,6 +70,7 @@ const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
 const TRAINING: &str = include_str!("../../../deploy/examples/training-job.json");
 
 mod agents;
+mod load;
 mod peers;
 
 #[tokio::main]
@@ -75,6 +86,11 @@ async fn main() -> anyhow::Result<()> {
     if flags.suites.iter().any(|s| s == "peers") {
         println!();
         peers::run().await?;
+    }
+    if flags.suites.iter().any(|s| s == "load") {
+        println!();
+        let load = load::Load { agents: flags.load_agents, clients: flags.load_clients, seconds: flags.load_seconds };
+        load::run(&load).await?;
     }
     Ok(())
 }

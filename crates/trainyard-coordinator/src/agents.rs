@@ -21,6 +21,7 @@ pub struct AgentService {
     pub coordinator: Arc<Coordinator>,
     pub events: mpsc::UnboundedSender<Event>,
     pub sessions: AtomicU64,
+    pub liveness: crate::liveness::Liveness,
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
@@ -40,6 +41,8 @@ impl pb::agents_server::Agents for AgentService {
             return Err(Status::invalid_argument("Register.agent_id is required"));
         }
         let agent = register.agent_id.clone();
+        self.liveness.touch(&agent);
+        let liveness = self.liveness.clone();
         let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::unbounded_channel();
         self.events
@@ -57,6 +60,7 @@ impl pb::agents_server::Agents for AgentService {
                         break;
                     }
                 };
+                liveness.touch(&agent);
                 let event = match message.body {
                     Some(Up::Heartbeat(heartbeat)) => {
                         Event::AgentHeartbeat { session, agent: agent.clone(), heartbeat }

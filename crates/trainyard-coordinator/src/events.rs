@@ -176,9 +176,13 @@ impl TuningRun {
     }
 }
 
+/// Events handled before one placement pass (see the loop).
+const MAX_EVENTS_PER_PASS: usize = 512;
+
 pub struct Loop {
     c: Arc<Coordinator>,
     authority: Arc<trainyard_pki::Authority>,
+    liveness: crate::liveness::Liveness,
     timing: Timing,
     agents: BTreeMap<String, AgentEntry>,
     queue: BTreeMap<String, Queued>,
@@ -192,6 +196,7 @@ pub struct Loop {
 pub async fn run(
     coordinator: Arc<Coordinator>,
     authority: Arc<trainyard_pki::Authority>,
+    liveness: crate::liveness::Liveness,
     timing: Timing,
     mut events: mpsc::UnboundedReceiver<Event>,
     cancel: CancellationToken,
@@ -199,6 +204,7 @@ pub async fn run(
     let mut state = Loop {
         c: coordinator,
         authority,
+        liveness,
         timing,
         agents: BTreeMap::new(),
         queue: BTreeMap::new(),
@@ -231,10 +237,22 @@ pub async fn run(
             }
             event = events.recv() => {
                 let Some(event) = event else { break };
-                debug!(?event, "event");
-                if let Err(e) = state.handle(event).await {
-                    warn!(error = %e, "event not handled; catching up from the store");
-                    state.resync_needed = true;
+                // Events that are already waiting are handled first and placement runs once for
+                // all of them: a placement pass costs O(queue x agents), and running it per event
+                // made the loop fall minutes behind under a burst of submissions to a full cluster.
+                let mut batch = vec![event];
+                while batch.len() < MAX_EVENTS_PER_PASS {
+                    match events.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
+                for event in batch {
+                    debug!(?event, "event");
+                    if let Err(e) = state.handle(event).await {
+                        warn!(error = %e, "event not handled; catching up from the store");
+                        state.resync_needed = true;
+                    }
                 }
                 if let Err(e) = state.schedule().await {
                     warn!(error = %e, "scheduling failed");
@@ -620,7 +638,11 @@ impl Loop {
         let lost: Vec<String> = self
             .agents
             .iter()
-            .filter(|(_, a)| !a.lost && now_instant.duration_since(a.last_seen) > self.timing.agent_lost_after)
+            .filter(|(id, a)| {
+                // The streams' own record counts too: heartbeats may still wait in this loop's queue.
+                let seen = self.liveness.last_seen(id).map_or(a.last_seen, |l| l.max(a.last_seen));
+                !a.lost && now_instant.duration_since(seen) > self.timing.agent_lost_after
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in lost {

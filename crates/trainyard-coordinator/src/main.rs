@@ -6,6 +6,7 @@ mod config;
 mod core;
 mod events;
 mod grpc;
+mod liveness;
 mod sagemaker;
 mod sigv4;
 
@@ -55,13 +56,16 @@ async fn main() -> anyhow::Result<()> {
         .context("reading the store")?,
     );
     let cancel = CancellationToken::new();
+    let liveness = liveness::Liveness::default();
     let timing =
         events::Timing { heartbeat_interval: config.heartbeat_interval, agent_lost_after: config.agent_lost_after };
-    let event_loop = tokio::spawn(events::run(coordinator.clone(), authority, timing, events_rx, cancel.clone()));
+    let event_loop =
+        tokio::spawn(events::run(coordinator.clone(), authority, liveness.clone(), timing, events_rx, cancel.clone()));
     let agent_service = agents::AgentService {
         coordinator: coordinator.clone(),
         events: events_tx.clone(),
         sessions: std::sync::atomic::AtomicU64::new(0),
+        liveness: liveness.clone(),
     };
 
     let sagemaker = config.sagemaker_listen.map(|address| {
