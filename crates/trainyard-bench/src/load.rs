@@ -58,10 +58,10 @@ pub async fn run(load: &Load) -> anyhow::Result<()> {
             let (channel, stop, heartbeats, errors) =
                 (channel.clone(), stop.clone(), heartbeats.clone(), agent_errors.clone());
             agent_tasks.push(tokio::spawn(async move {
-                if let Err(e) = simulated_agent(channel, id.clone(), stop, heartbeats).await {
-                    if errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                        eprintln!("first agent stream error ({id}): {e:#}");
-                    }
+                if let Err(e) = simulated_agent(channel, id.clone(), stop, heartbeats).await
+                    && errors.fetch_add(1, Ordering::Relaxed) == 0
+                {
+                    eprintln!("first agent stream error ({id}): {e:#}");
                 }
             }));
         }
