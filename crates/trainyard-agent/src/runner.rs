@@ -468,10 +468,12 @@ async fn join_network(spec: &InstanceSpec, settings: &Settings) -> Result<Option
     }
 }
 
+/// Stops carrying the instance's peer traffic at once; the namespace itself is removed in the
+/// background, so that the instance's end is reported without waiting for it.
 async fn leave_network(spec: &InstanceSpec, settings: &Settings, joined: JoinedNetwork) {
     joined.outbound.abort();
     settings.forwarder.remove_instance(&spec.job, spec.instance);
-    joined.network.destroy().await;
+    tokio::spawn(async move { joined.network.destroy().await });
 }
 
 async fn execute(

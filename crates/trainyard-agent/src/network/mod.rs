@@ -78,23 +78,36 @@ impl Network {
     }
 
     /// Creates the namespace of one instance, ready for its process.
+    ///
+    /// A slot is free when both its names are: the namespace's (machine-wide: another agent, in
+    /// another host namespace as in the tests' simulated hosts, may hold it) and the host-side
+    /// veth's (per host namespace: creating it is the lock among agents sharing a host). The veth's
+    /// far end is created inside the namespace: moving a link between namespaces costs ~25 ms.
     pub async fn create(&self, own: u32, egress: &Egress) -> Result<InstanceNetwork, String> {
-        for _ in 0..16 {
-            let slot = self.claim_slot().await?;
+        let mut last = String::new();
+        for _ in 0..64 {
+            let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % plan::SLOTS;
             let veth = plan::veth_name(slot);
             let namespace = format!("{}{slot}", self.namespace_prefix);
             // Recorded before it exists, so that a crash between the two leaves nothing unknown.
             let record = self.state_dir.join(&namespace);
             if let Err(e) = std::fs::write(&record, &veth) {
-                let _ = run_ip(&["link", "del", &veth], None).await;
                 return Err(format!("recording {}: {e}", record.display()));
             }
-            // Namespace names are machine-wide: another agent (in another host namespace, as in
-            // the tests' simulated hosts) may hold this one. Then it is theirs: take another slot.
             if let Err(e) = run_ip(&["netns", "add", &namespace], None).await {
-                let _ = run_ip(&["link", "del", &veth], None).await;
                 let _ = std::fs::remove_file(&record);
                 if e.contains("File exists") {
+                    last = e;
+                    continue;
+                }
+                return Err(e);
+            }
+            let link = ["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &namespace];
+            if let Err(e) = run_ip(&link, None).await {
+                let _ = run_ip(&["netns", "del", &namespace], None).await;
+                let _ = std::fs::remove_file(&record);
+                if e.contains("File exists") {
+                    last = e;
                     continue;
                 }
                 return Err(e);
@@ -107,23 +120,6 @@ impl Network {
                     Err(e)
                 }
             };
-        }
-        Err("no free network namespace name on this machine".into())
-    }
-
-    /// A free slot: creating its host-side veth is the lock (names are unique per namespace), so
-    /// several agents on one host never share one.
-    async fn claim_slot(&self) -> Result<u32, String> {
-        let mut last = String::new();
-        for _ in 0..64 {
-            let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % plan::SLOTS;
-            let veth = plan::veth_name(slot);
-            let peer = format!("{veth}p");
-            match run_ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer], None).await {
-                Ok(()) => return Ok(slot),
-                Err(e) if e.contains("File exists") => last = e,
-                Err(e) => return Err(e),
-            }
         }
         Err(format!("no free network slot on this host: {last}"))
     }
@@ -152,15 +148,10 @@ impl InstanceNetwork {
     /// the forwarder's listener inside. Returns that listener.
     async fn configure(&self, slot: u32, own: u32, egress: &Egress) -> Result<std::net::TcpListener, String> {
         let (host_ip, ns_ip) = plan::slot_addresses(slot);
-        let far_end = format!("{}p", self.veth);
-        let host_side = format!(
-            "link set {far_end} netns {ns}\naddr add {host_ip}/30 dev {veth}\nlink set {veth} up\n",
-            ns = self.namespace,
-            veth = self.veth,
-        );
+        let host_side = format!("addr add {host_ip}/30 dev {veth}\nlink set {veth} up\n", veth = self.veth);
         run_ip(&["-batch", "-"], Some(&host_side)).await?;
         let inside = format!(
-            "link set lo up\nlink set {far_end} name eth0\naddr add {ns_ip}/30 dev eth0\nlink set eth0 up\n\
+            "link set lo up\naddr add {ns_ip}/30 dev eth0\nlink set eth0 up\n\
              addr add {peer}/32 dev lo\nroute add default via {host_ip}\n",
             peer = plan::peer_address(own),
         );
@@ -182,13 +173,13 @@ impl InstanceNetwork {
 }
 
 async fn remove(namespace: &str, veth: &str) {
-    if Path::new(NETNS_DIR).join(namespace).exists()
-        && let Err(e) = run_ip(&["netns", "del", namespace], None).await
-    {
-        warn!(%namespace, error = %e, "could not remove a network namespace");
-    }
-    // Only present when the far end never reached the namespace.
-    if !veth.is_empty() && Path::new("/sys/class/net").join(veth).exists() {
+    if Path::new(NETNS_DIR).join(namespace).exists() {
+        // The kernel deletes the veth pair with the namespace (asynchronously): deleting the veth
+        // ourselves as well would wait for a network-wide synchronisation, tens of milliseconds.
+        if let Err(e) = run_ip(&["netns", "del", namespace], None).await {
+            warn!(%namespace, error = %e, "could not remove a network namespace");
+        }
+    } else if !veth.is_empty() && Path::new("/sys/class/net").join(veth).exists() {
         let _ = run_ip(&["link", "del", veth], None).await;
     }
 }
@@ -210,16 +201,27 @@ async fn run_ip(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
     }
 }
 
-/// Loads a ruleset with `nft`, in the host's namespace or in a named one.
+/// Loads a ruleset with `nft`, in the host's namespace or in a named one. For a named one, `nft` is
+/// started from a thread that has entered the namespace (a child inherits its namespaces from the
+/// thread that forks it), which is cheaper than `ip netns exec`.
 async fn apply_rules(namespace: Option<&str>, ruleset: nftables::schema::Nftables<'static>) -> Result<(), String> {
-    let namespace = namespace.map(str::to_string);
-    tokio::task::spawn_blocking(move || match namespace {
-        None => nftables::helper::apply_ruleset(&ruleset),
-        Some(ns) => nftables::helper::apply_ruleset_with_args(&ruleset, Some("ip"), &["netns", "exec", &ns, "nft"]),
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("loading nftables rules: {e}"))
+    let loaded = match namespace {
+        None => {
+            tokio::task::spawn_blocking(move || nftables::helper::apply_ruleset(&ruleset).map_err(|e| e.to_string()))
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        Some(ns) => {
+            let path = Path::new(NETNS_DIR).join(ns);
+            tokio::task::spawn_blocking(move || {
+                in_namespace(&path, move || Ok(nftables::helper::apply_ruleset(&ruleset).map_err(|e| e.to_string())))
+                    .map_err(|e| e.to_string())?
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        }
+    };
+    loaded.map_err(|e| format!("loading nftables rules: {e}"))
 }
 
 /// Runs `f` on a short-lived thread that has entered the network namespace at `path`: sockets it
