@@ -156,6 +156,9 @@ async fn main() -> anyhow::Result<()> {
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if let Some(network) = &agent.settings.network {
+        network.remove_recorded().await;
+    }
     info!("agent stopped");
     Ok(())
 }

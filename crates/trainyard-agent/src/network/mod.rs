@@ -57,12 +57,13 @@ impl Network {
             state_dir,
             next_slot: AtomicU32::new(rand::random::<u32>() % plan::SLOTS),
         };
-        network.remove_leftovers().await;
+        network.remove_recorded().await;
         Ok(network)
     }
 
-    /// Removes the namespaces and veths recorded by an earlier run of this agent.
-    async fn remove_leftovers(&self) {
+    /// Removes every namespace and veth on record: at start, those an earlier run left; at
+    /// shutdown, those whose removal in the background had not finished.
+    pub async fn remove_recorded(&self) {
         let Ok(entries) = std::fs::read_dir(&self.state_dir) else { return };
         let mut removed = 0;
         for entry in entries.flatten() {
@@ -73,7 +74,7 @@ impl Network {
             removed += 1;
         }
         if removed > 0 {
-            info!(removed, "removed network namespaces left by an earlier run of this agent");
+            info!(removed, "removed network namespaces on record (left by an earlier run, or not yet removed)");
         }
     }
 
