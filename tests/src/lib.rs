@@ -178,6 +178,27 @@ impl Coordinator {
         path
     }
 
+    /// Writes an executable program into this coordinator's temp dir, once, and returns its path.
+    /// Written under another name and renamed: rewriting a program while an agent starts it would
+    /// make that start fail with "text file busy".
+    pub fn install_program(&self, name: &str, text: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join(name);
+        if !path.exists() {
+            let staging = self.write(&format!("{name}.new"), text);
+            std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            std::fs::rename(&staging, &path).expect("rename");
+        }
+        path.display().to_string()
+    }
+
+    /// `trainyard training-jobs logs JOB`, asserted to succeed.
+    pub fn logs(&self, job: &str) -> String {
+        let out = self.cli(&["training-jobs", "logs", job]);
+        out.assert_success();
+        out.stdout()
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

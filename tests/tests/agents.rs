@@ -10,16 +10,9 @@ use serde_json::{Value, json};
 use trainyard_e2e::{Coordinator, TEST_TRAINER, example};
 use trainyard_testkit::nvml;
 
-/// The test trainer, written once per coordinator: rewriting a program while an agent starts it
-/// would make that start fail with "text file busy".
+/// The test trainer, written once per coordinator.
 fn trainer(c: &Coordinator) -> String {
-    let path = c.dir.path().join("trainer.py");
-    if !path.exists() {
-        let staging = c.write("trainer.py.new", TEST_TRAINER);
-        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        std::fs::rename(&staging, &path).expect("rename");
-    }
-    path.display().to_string()
+    c.install_program("trainer.py", TEST_TRAINER)
 }
 
 fn tuning_request(c: &Coordinator, name: &str, instance_type: &str, trials: u32, parallel: u32) -> Value {
@@ -55,12 +48,6 @@ fn training_request(c: &Coordinator, name: &str, hyperparameters: Value, max_run
 fn submit(c: &Coordinator, kind: &str, name: &str, request: &Value) {
     let file = c.write(&format!("{name}.json"), &request.to_string());
     c.cli(&[kind, "create", "--file", file.to_str().expect("utf-8")]).assert_success();
-}
-
-fn logs(c: &Coordinator, job: &str) -> String {
-    let out = c.cli(&["training-jobs", "logs", job]);
-    out.assert_success();
-    out.stdout()
 }
 
 fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
@@ -152,7 +139,7 @@ fn a_tuning_job_runs_to_completion_on_gpu_and_cpu_agents() {
             c.output_dir().join(format!("blobs-logreg-random/{name}/output/model.tar.gz")).exists(),
             "{model} written"
         );
-        let log = logs(&c, &name);
+        let log = c.logs(&name);
         let visible = field(&log, "visible").expect("the trainer printed its GPUs").to_string();
         let uuids = [nvml::uuid(0), nvml::uuid(1)];
         assert!(uuids.contains(&visible), "{name} got one fake GPU by UUID, got {visible:?}");
@@ -177,7 +164,7 @@ fn a_tuning_job_runs_to_completion_on_gpu_and_cpu_agents() {
     let cpu_trials = c.json(&["tuning-jobs", "trials", "cpu-tuning"]);
     for t in cpu_trials["TrainingJobSummaries"].as_array().expect("trials") {
         assert_eq!(
-            field(&logs(&c, t["TrainingJobName"].as_str().expect("name")), "visible"),
+            field(&c.logs(t["TrainingJobName"].as_str().expect("name")), "visible"),
             Some(""),
             "no GPU for a CPU trial"
         );
@@ -210,7 +197,7 @@ fn stops_runtime_limits_and_failures_end_jobs_as_sagemaker_does() {
     let failed = c.wait_json(&["training-jobs", "describe", "fails"], ended);
     assert_eq!(failed["TrainingJobStatus"], "Failed");
     assert_eq!(failed["FailureReason"], "ValueError: the data is not what it should be", "from output/failure");
-    assert!(logs(&c, "fails").contains("about to fail"), "stderr is kept");
+    assert!(c.logs("fails").contains("about to fail"), "stderr is kept");
 
     let fine = c.wait_json(&["training-jobs", "describe", "fine"], ended);
     assert_eq!(fine["TrainingJobStatus"], "Completed");
@@ -252,7 +239,7 @@ fn stops_runtime_limits_and_failures_end_jobs_as_sagemaker_does() {
     // A program that ignores SIGTERM is killed after the grace period.
     let stubborn = c.wait_json(&["training-jobs", "describe", "stubborn"], ended);
     assert_eq!(stubborn["TrainingJobStatus"], "Stopped");
-    assert!(logs(&c, "stubborn").contains("ignoring SIGTERM"));
+    assert!(c.logs("stubborn").contains("ignoring SIGTERM"));
     agent.assert_running();
 }
 
@@ -326,7 +313,7 @@ fn pipe_mode_and_jobs_that_no_agent_can_hold() {
     submit(&c, "training-jobs", "piped", &piped);
     let done = c.wait_json(&["training-jobs", "describe", "piped"], |d| d["TrainingJobStatus"] != "InProgress");
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
-    assert_eq!(field(&logs(&c, "piped"), "pipe_lines"), Some("400"), "every row of train.csv came through the pipe");
+    assert_eq!(field(&c.logs("piped"), "pipe_lines"), Some("400"), "every row of train.csv came through the pipe");
 
     // A job no agent could ever hold says why, at once, and waits (an agent may still join).
     // (MaxPendingTimeInSeconds would end the wait, but its minimum is 1,800 s.)
@@ -644,7 +631,7 @@ fn a_two_instance_job_runs_on_two_agents_with_sharded_data() {
     submit(&c, "training-jobs", "pair", &request);
     let done = c.wait_json(&["training-jobs", "describe", "pair"], |d| d["TrainingJobStatus"] != "InProgress");
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
-    let log = logs(&c, "pair");
+    let log = c.logs("pair");
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("host=")).collect();
     assert_eq!(lines.len(), 2, "both instances ran: {log}");
     let mut seen = Vec::new();
@@ -683,7 +670,7 @@ fn programs_with_hard_coded_opt_ml_paths_run_unchanged_and_apart() {
     for name in ["opt-a", "opt-b"] {
         let done = c.wait_json(&["training-jobs", "describe", name], |d| d["TrainingJobStatus"] != "InProgress");
         assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
-        let log = logs(&c, name);
+        let log = c.logs(name);
         assert_eq!(field(&log, "base"), Some("/opt/ml"), "{log}");
         assert_eq!(field(&log, "model"), Some("/opt/ml/model"));
         assert_eq!(field(&log, "pwd"), Some("/opt/ml"));

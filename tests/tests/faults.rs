@@ -1,7 +1,6 @@
 //! Faults injected for real: the coordinator is killed (SIGKILL) at random moments while a tuning
 //! job of a few hundred short trials runs on three agents. Nothing may be lost or run twice.
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -32,9 +31,7 @@ impl Random {
 fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice() {
     const TRIALS: u64 = 300;
     let mut c = Coordinator::start();
-    let program = c.dir.path().join("trial.sh");
-    std::fs::write(&program, PROGRAM).expect("program");
-    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let program = c.install_program("trial.sh", PROGRAM);
     let runs = c.dir.path().join("runs.log");
     let _agents: Vec<_> =
         (1..=3).map(|i| c.start_agent(&format!("host-{i}"), &["--advertise-vcpus", "8"], &[])).collect();
@@ -48,7 +45,7 @@ fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice(
     config["ResourceLimits"] = json!({"MaxNumberOfTrainingJobs": TRIALS, "MaxParallelTrainingJobs": 12});
     config["TrainingJobEarlyStoppingType"] = json!("Off");
     let definition = &mut r["TrainingJobDefinition"];
-    definition["AlgorithmSpecification"]["TrainingImage"] = json!(program.display().to_string());
+    definition["AlgorithmSpecification"]["TrainingImage"] = json!(program);
     definition["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
     definition["Environment"] = json!({"RUNS": runs.display().to_string()});
     let file = c.write("job.json", &r.to_string());
@@ -94,7 +91,7 @@ fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice(
     assert_eq!(total as u64, TRIALS, "seed {seed}: some trial ran twice");
 
     // No process of a trial is left on any host.
-    let leftovers = std::process::Command::new("pgrep").args(["-f", &program.display().to_string()]).output();
+    let leftovers = std::process::Command::new("pgrep").args(["-f", &program]).output();
     let left = leftovers.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
     assert!(left.is_empty(), "seed {seed}: trial processes left running: {left}");
     println!("seed {seed}: {kills} coordinator kills, {TRIALS} trials, {:.0} s", started.elapsed().as_secs_f64());
@@ -107,8 +104,6 @@ fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice(
 fn a_postgresql_crash_under_load_loses_no_accepted_request() {
     let pg = trainyard_testkit::PgServer::start_durable();
     let c = Coordinator::start_with_database(&pg.fresh_database());
-    let program = c.dir.path().join("trial.sh");
-    std::fs::write(&program, PROGRAM).expect("program");
     let template: Value =
         serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
 

@@ -3,7 +3,6 @@
 //! namespace) whose gateway is the test's namespace, where the coordinator runs. A packet capture on
 //! the LAN's bridge sees every byte that travels between hosts.
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -95,13 +94,7 @@ for target in filter(None, hp.get("targets", "").split(",")):
 "#;
 
 fn program(c: &Coordinator) -> String {
-    let path = c.dir.path().join("network.py");
-    if !path.exists() {
-        let staging = c.write("network.py.new", NETWORK_PROGRAM);
-        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        std::fs::rename(&staging, &path).expect("rename");
-    }
-    path.display().to_string()
+    c.install_program("network.py", NETWORK_PROGRAM)
 }
 
 fn job(c: &Coordinator, name: &str, instances: u32, hyperparameters: Value) -> Value {
@@ -126,12 +119,6 @@ fn finished(c: &Coordinator, name: &str) -> Value {
     c.wait_json_for(Duration::from_secs(90), &["training-jobs", "describe", name], |j| {
         matches!(j["TrainingJobStatus"].as_str(), Some("Completed" | "Failed" | "Stopped"))
     })
-}
-
-fn logs(c: &Coordinator, name: &str) -> String {
-    let out = c.cli(&["training-jobs", "logs", name]);
-    out.assert_success();
-    out.stdout()
 }
 
 /// Simulated hosts need root; on a machine without it the suite says so instead of passing.
@@ -159,7 +146,7 @@ fn peers_talk_through_their_agents_and_encryption_hides_the_bytes_on_the_wire() 
         submit(&c, &request);
         let described = finished(&c, name);
         capture.stop();
-        let text = logs(&c, name);
+        let text = c.logs(name);
         assert_eq!(described["TrainingJobStatus"], "Completed", "{described:#}\n{text}");
         assert!(text.contains("algo-1 received-marker=True"), "{text}");
         assert!(text.contains("algo-2 acknowledged=True"), "{text}");
@@ -234,7 +221,8 @@ fn isolated_jobs_reach_their_peers_and_nothing_else() {
     submit(&c, &job(&c, "neighbour", 2, json!({"mode": "serve", "seconds": "60"})));
     let mut neighbours: Vec<String> = Vec::new();
     let started = trainyard_testkit::wait_until(Duration::from_secs(30), || {
-        neighbours = logs(&c, "neighbour")
+        neighbours = c
+            .logs("neighbour")
             .split("address=")
             .skip(1)
             .filter_map(|r| r.split_whitespace().next().map(|a| format!("{a}:6000")))
@@ -270,18 +258,18 @@ fn isolated_jobs_reach_their_peers_and_nothing_else() {
     }
     for name in ["isolated", "open", "in-a-vpc"] {
         let described = finished(&c, name);
-        assert_eq!(described["TrainingJobStatus"], "Completed", "{name}: {described:#}\n{}", logs(&c, name));
+        assert_eq!(described["TrainingJobStatus"], "Completed", "{name}: {described:#}\n{}", c.logs(name));
     }
 
     // Isolated: its peers, and nothing else (each instance tried every target).
-    let text = logs(&c, "isolated");
+    let text = c.logs("isolated");
     assert!(text.contains("algo-1 received-marker=True") && text.contains("algo-2 acknowledged=True"), "{text}");
     let isolated_reached = reached(&text);
     assert_eq!(isolated_reached.len(), targets.len(), "{text}");
     assert!(isolated_reached.values().all(|ok| !ok), "an isolated job reached something: {isolated_reached:?}");
 
     // Without isolation: what the host reaches, including the other job's instance on that host.
-    let open_reached = reached(&logs(&c, "open"));
+    let open_reached = reached(&c.logs("open"));
     assert_eq!(open_reached.len(), targets.len(), "{open_reached:?}");
     for (target, ok) in &open_reached {
         assert!(*ok || neighbours.contains(target), "the open job could not reach {target}: {open_reached:?}");
@@ -289,7 +277,7 @@ fn isolated_jobs_reach_their_peers_and_nothing_else() {
     assert_eq!(neighbours.iter().filter(|n| open_reached[*n]).count(), 1, "{open_reached:?}");
 
     // With a VpcConfig: its subnet's allow-list only.
-    let vpc_reached = reached(&logs(&c, "in-a-vpc"));
+    let vpc_reached = reached(&c.logs("in-a-vpc"));
     let expected: std::collections::BTreeMap<String, bool> =
         targets.iter().map(|t| (t.clone(), t.starts_with(&lan.outside.to_string()))).collect();
     assert_eq!(vpc_reached, expected);

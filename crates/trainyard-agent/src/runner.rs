@@ -644,6 +644,7 @@ async fn execute(
     let mut log_file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("output/training.log")).ok();
 
     let mut batch: Vec<pb::LogLine> = Vec::new();
+    let mut batch_bytes = 0usize;
     let mut samples: Vec<pb::MetricSample> = Vec::new();
     let mut stderr_tail: VecDeque<String> = VecDeque::new();
     let mut stopping: Option<InstanceState> = None;
@@ -667,15 +668,19 @@ async fn execute(
                         use std::io::Write;
                         let _ = writeln!(f, "{text}");
                     }
+                    batch_bytes += text.len();
                     batch.push(pb::LogLine { stream: stream.into(), text, timestamp_millis: at });
                     // Batches stay far below the coordinator's 4 MiB message limit, even of long lines.
-                    let bytes: usize = batch.iter().map(|l| l.text.len()).sum();
-                    if batch.len() >= LOG_BATCH || bytes >= LOG_BATCH_BYTES { send_logs(spec, reporter, &mut batch); }
+                    if batch.len() >= LOG_BATCH || batch_bytes >= LOG_BATCH_BYTES {
+                        send_logs(spec, reporter, &mut batch);
+                        batch_bytes = 0;
+                    }
                 }
                 None => streams_open = false,
             },
             _ = flush.tick() => {
                 send_logs(spec, reporter, &mut batch);
+                batch_bytes = 0;
                 if !samples.is_empty() {
                     reporter.update(stopping.map_or(InstanceState::Training, |_| InstanceState::Stopping), "Training in progress", std::mem::take(&mut samples));
                 }

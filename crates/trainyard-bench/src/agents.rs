@@ -18,7 +18,7 @@ use trainyard_proto::pb;
 use trainyard_proto::pb::agents_client::AgentsClient;
 use trainyard_proto::pb::hyper_parameter_tuning_client::HyperParameterTuningClient;
 use trainyard_proto::pb::training_client::TrainingClient;
-use trainyard_testkit::{Daemon, binary, free_port, wait_until};
+use trainyard_testkit::{Daemon, binary};
 
 const TRAINING: &str = include_str!("../../../deploy/examples/training-job.json");
 const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
@@ -37,14 +37,8 @@ fn now_ns() -> u128 {
 
 async fn cluster() -> anyhow::Result<Cluster> {
     let dir = tempfile::tempdir()?;
-    let port = free_port();
+    let (coordinator, port) = crate::start_coordinator(dir.path(), "127.0.0.1", &[])?;
     let address = format!("127.0.0.1:{port}");
-    let mut cmd = Command::new(binary("trainyard-coordinator"));
-    cmd.arg("--listen").arg(&address).arg("--data-dir").arg(dir.path().join("data")).env("RUST_LOG", "warn");
-    let coordinator = Daemon::spawn("coordinator", cmd, dir.path());
-    if !wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(&address).is_ok()) {
-        bail!("the coordinator did not start:\n{}", coordinator.log());
-    }
     let program_dir = dir.path().join("programs");
     std::fs::create_dir_all(&program_dir)?;
     // Trivial programs: print the start time (ns), optionally sleep, exit 0.

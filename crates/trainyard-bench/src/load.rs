@@ -7,7 +7,6 @@
 //! Heartbeat every interval the coordinator asks for. They accept assignments and never run them,
 //! so every submitted job ends up placed on one of them.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +20,6 @@ use trainyard_proto::pb;
 use trainyard_proto::pb::agent_message::Body as Up;
 use trainyard_proto::pb::agents_client::AgentsClient;
 use trainyard_proto::pb::training_client::TrainingClient;
-use trainyard_testkit::{Daemon, binary, free_port, wait_until};
 
 const TRAINING: &str = include_str!("../../../deploy/examples/training-job.json");
 /// Streams per HTTP/2 connection, as many agents would share a NAT or a proxy.
@@ -35,14 +33,8 @@ pub struct Load {
 
 pub async fn run(load: &Load) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let port = free_port();
+    let (coordinator, port) = crate::start_coordinator(dir.path(), "127.0.0.1", &[])?;
     let address = format!("127.0.0.1:{port}");
-    let mut cmd = Command::new(binary("trainyard-coordinator"));
-    cmd.arg("--listen").arg(&address).arg("--data-dir").arg(dir.path().join("data")).env("RUST_LOG", "warn");
-    let coordinator = Daemon::spawn("coordinator", cmd, dir.path());
-    if !wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(&address).is_ok()) {
-        bail!("the coordinator did not start:\n{}", coordinator.log());
-    }
     let url = format!("http://{address}");
     let stop = Arc::new(AtomicBool::new(false));
     let heartbeats = Arc::new(AtomicU64::new(0));

@@ -73,6 +73,21 @@ mod agents;
 mod load;
 mod peers;
 
+/// Starts a coordinator listening on `host` (a free port), its data in `dir`, with `args` added;
+/// returns it and its port once it accepts connections.
+fn start_coordinator(dir: &std::path::Path, host: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<(Daemon, u16)> {
+    let port = free_port();
+    let mut cmd = Command::new(binary("trainyard-coordinator"));
+    cmd.arg("--listen").arg(format!("{host}:{port}")).arg("--data-dir").arg(dir.join("data")).args(args);
+    cmd.env("RUST_LOG", "warn");
+    let mut daemon = Daemon::spawn("coordinator", cmd, dir);
+    if !wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()) {
+        daemon.assert_running();
+        bail!("the coordinator did not start:\n{}", daemon.log());
+    }
+    Ok((daemon, port))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
@@ -109,16 +124,9 @@ async fn creates(flags: &Flags) -> anyhow::Result<()> {
             // Tuning-job creates would hit the default limit of 100 running tuning jobs.
             let config = dir.path().join("coordinator.toml");
             std::fs::write(&config, "[limits]\nmax_concurrent_tuning_jobs = 100000000\n")?;
-            let port = free_port();
-            let mut cmd = Command::new(binary("trainyard-coordinator"));
-            cmd.arg("--config").arg(&config).arg("--listen").arg(format!("127.0.0.1:{port}"));
-            cmd.arg("--database-url").arg(&url).arg("--data-dir").arg(dir.path()).env("RUST_LOG", "warn");
-            let mut daemon = Daemon::spawn("coordinator", cmd, dir.path());
+            let args = ["--config".as_ref(), config.as_os_str(), "--database-url".as_ref(), url.as_ref()];
+            let (mut daemon, port) = start_coordinator(dir.path(), "127.0.0.1", &args)?;
             let address = format!("127.0.0.1:{port}");
-            if !wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(&address).is_ok()) {
-                daemon.assert_running();
-                bail!("the coordinator did not start:\n{}", daemon.log());
-            }
             let row = measure(flags, backend, kind, &format!("http://{address}")).await?;
             daemon.assert_running();
             print_row(&row, rows.is_empty());

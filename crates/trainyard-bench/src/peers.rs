@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use trainyard_testkit::netns::{Host, Lan};
-use trainyard_testkit::{Daemon, binary, free_port, wait_until};
+use trainyard_testkit::{Daemon, binary, wait_until};
 
 const TRAINING: &str = include_str!("../../../deploy/examples/training-job.json");
 const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
@@ -129,14 +129,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     let mut rows = vec![direct(&a, &b, &program, dir.path())?];
 
-    let port = free_port();
-    let mut cmd = Command::new(binary("trainyard-coordinator"));
-    cmd.arg("--listen").arg(format!("0.0.0.0:{port}")).arg("--data-dir").arg(dir.path().join("data"));
-    cmd.env("RUST_LOG", "warn");
-    let coordinator = Daemon::spawn("coordinator", cmd, dir.path());
-    if !wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()) {
-        bail!("the coordinator did not start:\n{}", coordinator.log());
-    }
+    let (_coordinator, port) = crate::start_coordinator(dir.path(), "0.0.0.0", &[])?;
     let agents: Vec<Daemon> = [&a, &b]
         .iter()
         .enumerate()

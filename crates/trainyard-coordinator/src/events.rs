@@ -212,7 +212,8 @@ pub async fn run(
         tuning: BTreeMap::new(),
         resync_needed: false,
     };
-    if let Err(e) = state.reconcile().await {
+    // At start the loop knows nothing: catching up with the store rebuilds everything.
+    if let Err(e) = state.resync().await {
         warn!(error = %e, "start-up reconciliation incomplete; retrying from the store");
         state.resync_needed = true;
     }
@@ -324,33 +325,6 @@ impl Loop {
 
     // ----- start-up -----
 
-    async fn reconcile(&mut self) -> Result<(), DomainError> {
-        let training = self.c.store.active_training_jobs(None).await?;
-        let tuning = self.c.store.active_tuning_jobs().await?;
-        info!(training_jobs = training.len(), tuning_jobs = tuning.len(), "reconciling unfinished jobs");
-        for t in &tuning {
-            self.load_tuning(&t.value.name).await?;
-        }
-        for t in training {
-            let job = t.value;
-            if job.status == TrainingJobStatus::Stopping && job.placement.is_empty() {
-                self.finish(&job.name, SecondaryStatus::Stopped, "Stopped before an agent started it", None, None)
-                    .await?;
-            } else if job.placement.is_empty() {
-                self.enqueue(&job.name).await?;
-            } else {
-                // Placed before the restart: wait for its agents to come back and report.
-                self.adopt_placed(&job)?;
-            }
-        }
-        let names: Vec<String> = self.tuning.keys().cloned().collect();
-        for name in names {
-            let stopping = self.c.tuning_job(&name).await?.value.status == TuningJobStatus::Stopping;
-            if stopping { self.stop_tuning(&name).await? } else { self.drive_tuning(&name).await? }
-        }
-        self.schedule().await
-    }
-
     /// A job the store says is placed but the loop does not track: its resources are held on its
     /// agents and their reports are awaited (an agent that no longer runs it says so when it
     /// registers; one that never comes back is declared lost).
@@ -374,15 +348,23 @@ impl Loop {
         Ok(())
     }
 
-    /// Catches up with the store after a failed event (the database was away, say): what an event
-    /// would have done for a job, done from the job's stored state. Idempotent.
+    /// Catches up with the store, at start and after a failed event (the database was away, say):
+    /// what an event would have done for a job, done from the job's stored state. Jobs placed
+    /// before a restart wait for their agents to come back and report. Idempotent.
     async fn resync(&mut self) -> Result<(), DomainError> {
-        for t in self.c.store.active_tuning_jobs().await? {
+        let tuning = self.c.store.active_tuning_jobs().await?;
+        let training = self.c.store.active_training_jobs(None).await?;
+        info!(
+            training_jobs = training.len(),
+            tuning_jobs = tuning.len(),
+            "catching up with unfinished jobs in the store"
+        );
+        for t in tuning {
             if !self.tuning.contains_key(&t.value.name) {
                 self.load_tuning(&t.value.name).await?;
             }
         }
-        for t in self.c.store.active_training_jobs(None).await? {
+        for t in training {
             let job = t.value;
             if self.queue.contains_key(&job.name) || self.running.contains_key(&job.name) {
                 continue;

@@ -90,9 +90,9 @@ impl Forwarder {
         {
             let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
             let entry = jobs.entry(job.to_string()).or_insert_with(|| Job {
-                peers: peers.clone(),
+                peers: BTreeMap::new(),
                 local: BTreeMap::new(),
-                tls: tls.clone(),
+                tls: None,
             });
             entry.peers = peers;
             entry.tls = tls;
@@ -228,8 +228,8 @@ impl Forwarder {
                 None => Err("no such job runs here".to_string()),
                 Some(j) if j.tls.is_some() => Err("the job's peer traffic is encrypted".to_string()),
                 Some(j) => {
-                    let agents = j.peers.values().filter_map(|a| a.parse::<SocketAddr>().ok()).map(|a| a.ip());
-                    let known = agents.clone().any(|ip| ip == from || (ip.is_unspecified() && from.is_loopback()));
+                    let mut agents = j.peers.values().filter_map(|a| a.parse::<SocketAddr>().ok()).map(|a| a.ip());
+                    let known = agents.any(|ip| ip == from || (ip.is_unspecified() && from.is_loopback()));
                     if known { Ok(()) } else { Err(format!("{from} is not an agent of job {}", header.job)) }
                 }
             }
