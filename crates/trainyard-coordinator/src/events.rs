@@ -354,11 +354,7 @@ impl Loop {
     async fn resync(&mut self) -> Result<(), DomainError> {
         let tuning = self.c.store.active_tuning_jobs().await?;
         let training = self.c.store.active_training_jobs(None).await?;
-        info!(
-            training_jobs = training.len(),
-            tuning_jobs = tuning.len(),
-            "catching up with unfinished jobs in the store"
-        );
+        info!(training_jobs = training.len(), tuning_jobs = tuning.len(), "reconciling unfinished jobs with the store");
         for t in tuning {
             if !self.tuning.contains_key(&t.value.name) {
                 self.load_tuning(&t.value.name).await?;
