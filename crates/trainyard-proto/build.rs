@@ -8,7 +8,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=../trainyard-codegen/src/lib.rs");
     println!("cargo:rerun-if-changed=../trainyard-codegen/service-model");
 
-    let files = ["trainyard/v1/tuning.proto", "trainyard/v1/training.proto", "trainyard/v1/agent.proto"];
+    let files = [
+        "trainyard/v1/tuning.proto",
+        "trainyard/v1/training.proto",
+        "trainyard/v1/agent.proto",
+        "trainyard/v1/access.proto",
+    ];
     let fds = protox::compile(files, [&proto_root])?;
     tonic_prost_build::configure().btree_map(".").compile_fds(fds)?;
 

@@ -19,7 +19,8 @@ pub fn example(name: &str) -> PathBuf {
     repo_root().join("deploy/examples").join(name)
 }
 
-/// A running coordinator. Dropping it kills the process group; its log stays in `dir`.
+/// A running coordinator: TLS, an admin token for the CLI (user `e2e`), and a join token for the
+/// agents started through it. Dropping it kills the process group; its log stays in `dir`.
 /// Agents started through it are dropped before it (they are declared after it); it then removes
 /// the network namespaces they were killed too abruptly to remove.
 pub struct Coordinator {
@@ -30,6 +31,10 @@ pub struct Coordinator {
     pub daemon: Daemon,
     database_url: Option<String>,
     args: Vec<String>,
+    /// An admin API token, passed to every `cli` call.
+    pub token: String,
+    /// The join token agents started through this coordinator use.
+    pub join_token: String,
 }
 
 impl Drop for Coordinator {
@@ -72,8 +77,18 @@ impl Coordinator {
         extra.extend(args.iter().map(|a| a.to_string()));
         std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
         let daemon = Self::spawn(dir.path(), &listen, None, &extra);
-        let mut c = Coordinator { dir, address, listen, daemon, database_url: None, args: extra };
+        let mut c = Coordinator {
+            dir,
+            address,
+            listen,
+            daemon,
+            database_url: None,
+            args: extra,
+            token: String::new(),
+            join_token: String::new(),
+        };
         c.wait_ready();
+        c.make_tokens();
         c
     }
 
@@ -82,9 +97,50 @@ impl Coordinator {
         let address = format!("127.0.0.1:{port}");
         let daemon = Self::spawn(dir.path(), &address, database_url.as_deref(), &[]);
         let listen = address.clone();
-        let mut c = Coordinator { dir, address, listen, daemon, database_url, args: Vec::new() };
+        let mut c = Coordinator {
+            dir,
+            address,
+            listen,
+            daemon,
+            database_url,
+            args: Vec::new(),
+            token: String::new(),
+            join_token: String::new(),
+        };
         c.wait_ready();
+        c.make_tokens();
         c
+    }
+
+    fn make_tokens(&mut self) {
+        self.token = self.admin(&["tokens", "create", "--user", "e2e", "--scope", "admin"]);
+        self.join_token = self.admin(&["join-token"]);
+    }
+
+    /// Runs `trainyard-coordinator SUBCOMMAND...` on this coordinator's data and database (no
+    /// server: `tokens ...`, `join-token`); asserts success and returns its standard output, trimmed.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let out = self.admin_command(args);
+        assert!(
+            out.status.success(),
+            "trainyard-coordinator {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn admin_command(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(binary("trainyard-coordinator"));
+        cmd.args(&self.args).arg("--data-dir").arg(self.data_dir());
+        if let Some(url) = &self.database_url {
+            cmd.arg("--database-url").arg(url);
+        }
+        cmd.args(args).env("RUST_LOG", "warn").output().expect("run trainyard-coordinator")
+    }
+
+    /// The coordinator's CA certificate (what `--ca-file` names).
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir().join("pki/ca.pem")
     }
 
     fn spawn(dir: &Path, address: &str, database_url: Option<&str>, args: &[String]) -> Daemon {
@@ -134,6 +190,30 @@ impl Coordinator {
 
     fn start_agent_with(
         &self,
+        cmd: Command,
+        coordinator: &str,
+        id: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let mut agent = self.spawn_agent_with(cmd, coordinator, id, args, env);
+        let registered = wait_until(Duration::from_secs(20), || {
+            self.json(&["agents", "list"])["Agents"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["AgentId"] == id && x["State"] == "ready"))
+        });
+        agent.assert_running();
+        assert!(registered, "agent {id} did not register; its log:\n{}", agent.log());
+        agent
+    }
+
+    /// Starts an agent without waiting for it to register (for agents that must not).
+    pub fn spawn_agent(&self, id: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        self.spawn_agent_with(Command::new(binary("trainyard-agent")), &self.address, id, args, env)
+    }
+
+    fn spawn_agent_with(
+        &self,
         mut cmd: Command,
         coordinator: &str,
         id: &str,
@@ -151,19 +231,12 @@ impl Coordinator {
             .arg("--bucket")
             .arg(format!("trainyard-output={}", self.output_dir().display()))
             .args(args)
+            .env("TRAINYARD_JOIN_TOKEN", &self.join_token)
             .env("RUST_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut agent = Daemon::spawn(&format!("agent-{id}"), cmd, self.dir.path());
-        let registered = wait_until(Duration::from_secs(20), || {
-            self.json(&["agents", "list"])["Agents"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x["AgentId"] == id && x["State"] == "ready"))
-        });
-        agent.assert_running();
-        assert!(registered, "agent {id} did not register; its log:\n{}", agent.log());
-        agent
+        Daemon::spawn(&format!("agent-{id}"), cmd, self.dir.path())
     }
 
     /// Where `s3://trainyard-output/` is served from.
@@ -203,14 +276,30 @@ impl Coordinator {
         self.dir.path().join("data")
     }
 
-    /// Runs `trainyard ARGS` against this coordinator.
+    /// Runs `trainyard ARGS` against this coordinator, with the admin token.
     pub fn cli(&self, args: &[&str]) -> CliOutput {
+        self.cli_as(&self.token, args)
+    }
+
+    /// Runs `trainyard ARGS` with another API token.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> CliOutput {
         let output = Command::new(binary("trainyard"))
             .env("TRAINYARD_COORDINATOR", &self.address)
+            .env("TRAINYARD_CA_FILE", self.ca_file())
+            .env("TRAINYARD_TOKEN", token)
             .args(args)
             .output()
             .expect("run trainyard");
         CliOutput(output)
+    }
+
+    /// `trainyard --output json ARGS` with another token, asserted to succeed.
+    pub fn json_as(&self, token: &str, args: &[&str]) -> Value {
+        let mut full = vec!["--output", "json"];
+        full.extend_from_slice(args);
+        let out = self.cli_as(token, &full);
+        out.assert_success();
+        serde_json::from_str(&out.stdout()).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}):\n{}", out.stdout()))
     }
 
     /// Runs `trainyard --output json ARGS`, asserts success, and parses the output.

@@ -114,6 +114,7 @@ fn a_postgresql_crash_under_load_loses_no_accepted_request() {
             let template = template.clone();
             let dir = c.dir.path().to_path_buf();
             let address = c.address.clone();
+            let (ca_file, token) = (c.ca_file(), c.token.clone());
             std::thread::spawn(move || {
                 let mut outcomes = Vec::new();
                 let mut i = 0;
@@ -125,6 +126,8 @@ fn a_postgresql_crash_under_load_loses_no_accepted_request() {
                     std::fs::write(&file, request.to_string()).expect("write");
                     let out = std::process::Command::new(trainyard_testkit::binary("trainyard"))
                         .env("TRAINYARD_COORDINATOR", &address)
+                        .env("TRAINYARD_CA_FILE", &ca_file)
+                        .env("TRAINYARD_TOKEN", &token)
                         .args(["training-jobs", "create", "--file"])
                         .arg(&file)
                         .output()

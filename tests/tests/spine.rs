@@ -154,7 +154,7 @@ fn invalid_requests_list_every_violation_and_store_nothing() {
 
     // An unreachable coordinator is its own exit code.
     let out = std::process::Command::new(trainyard_testkit::binary("trainyard"))
-        .args(["--coordinator", "127.0.0.1:1", "tuning-jobs", "list"])
+        .args(["--coordinator", "127.0.0.1:1", "--insecure", "tuning-jobs", "list"])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));

@@ -18,9 +18,19 @@ pub struct Flags {
     /// TOML configuration file.
     #[arg(long, env = "TRAINYARD_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Coordinator address (http://HOST:PORT or HOST:PORT).
+    /// Coordinator address (HOST:PORT; TLS unless --insecure).
     #[arg(long, env = "TRAINYARD_COORDINATOR")]
     pub coordinator: Option<String>,
+    /// A join token (`trainyard-coordinator join-token`): needed once, on the first start; the
+    /// agent keeps the certificate it receives in its identity directory.
+    #[arg(long, env = "TRAINYARD_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Where the agent keeps its certificate and key (default: WORK_ROOT/identity).
+    #[arg(long, env = "TRAINYARD_IDENTITY_DIR")]
+    pub identity_dir: Option<PathBuf>,
+    /// Talk to a coordinator started with --insecure: plain text, no certificate.
+    #[arg(long, env = "TRAINYARD_INSECURE")]
+    pub insecure: bool,
     /// This agent's id (default: the host name).
     #[arg(long, env = "TRAINYARD_AGENT_ID")]
     pub id: Option<String>,
@@ -83,6 +93,10 @@ fn parse_bucket(raw: &str) -> Result<(String, PathBuf), String> {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     coordinator: Option<String>,
+    join_token: Option<String>,
+    identity_dir: Option<PathBuf>,
+    #[serde(default)]
+    insecure: bool,
     id: Option<String>,
     work_root: Option<PathBuf>,
     nvml_library: Option<PathBuf>,
@@ -112,7 +126,11 @@ struct S3File {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// HOST:PORT (a scheme given by the user is dropped: TLS is decided by `insecure`).
     pub coordinator: String,
+    pub join_token: Option<String>,
+    pub identity_dir: PathBuf,
+    pub insecure: bool,
     pub id: String,
     pub work_root: PathBuf,
     pub nvml_library: Option<PathBuf>,
@@ -147,10 +165,14 @@ impl Config {
         let id =
             flags.id.or(file.id).or_else(|| sysinfo::System::host_name().ok()).unwrap_or_else(|| "agent".to_string());
         let coordinator = flags.coordinator.or(file.coordinator).unwrap_or_else(|| "127.0.0.1:50051".into());
+        let work_root = flags.work_root.or(file.work_root).unwrap_or_else(|| PathBuf::from(".trainyard/agent"));
         Ok(Config {
-            coordinator: if coordinator.contains("://") { coordinator } else { format!("http://{coordinator}") },
+            coordinator: coordinator.split("://").last().unwrap_or_default().trim_end_matches('/').to_string(),
+            join_token: flags.join_token.or(file.join_token),
+            identity_dir: flags.identity_dir.or(file.identity_dir).unwrap_or_else(|| work_root.join("identity")),
+            insecure: flags.insecure || file.insecure,
             id,
-            work_root: flags.work_root.or(file.work_root).unwrap_or_else(|| PathBuf::from(".trainyard/agent")),
+            work_root,
             nvml_library: flags.nvml_library.or(file.nvml_library),
             stop_grace: Duration::from_secs(flags.stop_grace_seconds.or(file.stop_grace_seconds).unwrap_or(120)),
             advertise_vcpus: flags.advertise_vcpus.or(file.advertise_vcpus),
@@ -190,7 +212,8 @@ mod tests {
     fn the_example_configuration_loads() {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/agent.example.toml");
         let config = Config::load(Flags::parse_from(["trainyard-agent", "--config", example])).expect("example");
-        assert_eq!(config.coordinator, "http://10.0.0.5:50051");
+        assert_eq!(config.coordinator, "10.0.0.5:50051");
+        assert!(!config.insecure, "TLS unless asked otherwise");
         assert_eq!(config.peer_listen, "0.0.0.0:50052".parse().expect("address"));
         assert!(config.network_namespaces);
         assert_eq!(config.vpc_networks["sg-0123456789abcdef0"].len(), 2);

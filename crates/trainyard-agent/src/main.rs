@@ -6,6 +6,7 @@
 
 mod config;
 mod gpu;
+mod identity;
 mod inventory;
 mod network;
 mod runner;
@@ -49,6 +50,8 @@ struct Agent {
     peer_port: u16,
     /// The stream of the current connection, if any.
     outbound: Mutex<Option<mpsc::UnboundedSender<pb::AgentMessage>>>,
+    /// The certificate it joined with (None with `--insecure`).
+    identity: Option<identity::Identity>,
 }
 
 #[tokio::main]
@@ -61,6 +64,23 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("creating the work root {}", config.work_root.display()))?;
     // Jobs run in their own work dirs: every path they are given must be absolute.
     config.work_root = std::fs::canonicalize(&config.work_root)?;
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            cancel.cancel();
+        });
+    }
+    let identity = if config.insecure {
+        warn!("--insecure: plain text to the coordinator, no certificate");
+        None
+    } else {
+        match join(&config, &cancel).await? {
+            Some(identity) => Some(identity),
+            None => return Ok(()), // stopped while waiting for the coordinator
+        }
+    };
     for dir in config.buckets.values_mut() {
         std::fs::create_dir_all(&*dir).with_context(|| format!("creating the bucket directory {}", dir.display()))?;
         *dir = std::fs::canonicalize(&*dir)?;
@@ -121,15 +141,8 @@ async fn main() -> anyhow::Result<()> {
         network_note,
         peer_port,
         outbound: Mutex::new(None),
+        identity,
     });
-    let cancel = CancellationToken::new();
-    {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            cancel.cancel();
-        });
-    }
     let mut backoff = Duration::from_millis(100);
     while !cancel.is_cancelled() {
         match session(&agent, &cancel).await {
@@ -170,9 +183,33 @@ fn is_final(u: &pb::InstanceUpdate) -> bool {
     )
 }
 
+/// This agent's certificate, joining with the join token first if it has none; retried while the
+/// coordinator cannot be reached. None when cancelled meanwhile.
+async fn join(config: &Config, cancel: &CancellationToken) -> anyhow::Result<Option<identity::Identity>> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match identity::load_or_join(config).await {
+            Ok(identity) => return Ok(Some(identity)),
+            Err(identity::JoinError::Fatal(e)) => return Err(e),
+            Err(identity::JoinError::Retry(e)) => {
+                warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "cannot join yet");
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// One connection: register, then serve until the stream ends.
 async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> anyhow::Result<()> {
-    let mut client = AgentsClient::connect(agent.config.coordinator.clone()).await.context("connecting")?;
+    let channel = match &agent.identity {
+        Some(identity) => identity::connect(&agent.config.coordinator, &identity.ca_pem, Some(identity)).await?,
+        None => identity::connect_insecure(&agent.config.coordinator).await?,
+    };
+    let mut client = AgentsClient::new(channel);
     let (tx, rx) = mpsc::unbounded_channel();
     let inventory = agent.host.lock().await.inventory();
     let instances: Vec<pb::InstanceUpdate> = agent.instances.lock().await.values().map(|i| i.latest.clone()).collect();
@@ -309,8 +346,8 @@ fn peer_address(agent: &Agent) -> String {
     if let Some(address) = &agent.config.peer_advertise {
         return address.clone();
     }
-    let coordinator = agent.config.coordinator.split("://").last().unwrap_or_default().trim_end_matches('/');
-    let ip = network::local_address_towards(coordinator).unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let ip =
+        network::local_address_towards(&agent.config.coordinator).unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
     std::net::SocketAddr::new(ip, agent.peer_port).to_string()
 }
 

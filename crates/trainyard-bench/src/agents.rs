@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use tonic::transport::Channel;
+use trainyard_proto::client::Transport;
 use trainyard_proto::model::api;
 use trainyard_proto::pb;
 use trainyard_proto::pb::agents_client::AgentsClient;
@@ -25,9 +25,9 @@ const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
 
 struct Cluster {
     _dir: tempfile::TempDir,
-    coordinator: Daemon,
+    coordinator: crate::BenchCoordinator,
     agent: Option<Daemon>,
-    channel: Channel,
+    channel: Transport,
     program_dir: std::path::PathBuf,
 }
 
@@ -37,8 +37,8 @@ fn now_ns() -> u128 {
 
 async fn cluster() -> anyhow::Result<Cluster> {
     let dir = tempfile::tempdir()?;
-    let (coordinator, port) = crate::start_coordinator(dir.path(), "127.0.0.1", &[])?;
-    let address = format!("127.0.0.1:{port}");
+    let coordinator = crate::start_coordinator(dir.path(), "127.0.0.1", &[], true)?;
+    let address = format!("127.0.0.1:{}", coordinator.port);
     let program_dir = dir.path().join("programs");
     std::fs::create_dir_all(&program_dir)?;
     // Trivial programs: print the start time (ns), optionally sleep, exit 0.
@@ -66,9 +66,10 @@ async fn cluster() -> anyhow::Result<Cluster> {
         .arg(format!("trainyard-examples={}", concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/examples/data")))
         .arg("--bucket")
         .arg(format!("trainyard-output={}", dir.path().join("output").display()))
+        .envs(coordinator.env())
         .env("RUST_LOG", "warn");
     let agent = Daemon::spawn("agent", agent, dir.path());
-    let channel = Channel::from_shared(format!("http://{address}"))?.connect().await?;
+    let channel = coordinator.connect().await?;
     let mut agents = AgentsClient::new(channel.clone());
     let started = Instant::now();
     loop {
@@ -94,7 +95,7 @@ fn training_request(name: &str, program: &std::path::Path) -> anyhow::Result<api
 }
 
 async fn wait_training(
-    client: &mut TrainingClient<Channel>,
+    client: &mut TrainingClient<Transport>,
     name: &str,
 ) -> anyhow::Result<api::DescribeTrainingJobResponse> {
     loop {
@@ -110,7 +111,7 @@ async fn wait_training(
     }
 }
 
-async fn wait_tuning(client: &mut HyperParameterTuningClient<Channel>, name: &str) -> anyhow::Result<()> {
+async fn wait_tuning(client: &mut HyperParameterTuningClient<Transport>, name: &str) -> anyhow::Result<()> {
     loop {
         let d = client
             .describe_hyper_parameter_tuning_job(pb::DescribeHyperParameterTuningJobRequest {
@@ -234,6 +235,6 @@ pub async fn run() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("{:<44} {:>9.1} s", "kill -9 of an agent -> declared lost", killed.elapsed().as_secs_f64());
-    c.coordinator.assert_running();
+    c.coordinator.daemon.assert_running();
     Ok(())
 }

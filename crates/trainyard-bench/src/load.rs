@@ -33,7 +33,10 @@ pub struct Load {
 
 pub async fn run(load: &Load) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (coordinator, port) = crate::start_coordinator(dir.path(), "127.0.0.1", &[])?;
+    // Plain text: a hundred simulated agents share each connection, which mutual TLS (one
+    // certificate per agent) forbids by design; the numbers are the coordinator's, not TLS's.
+    let coordinator = crate::start_coordinator(dir.path(), "127.0.0.1", &[], false)?;
+    let port = coordinator.port;
     let address = format!("127.0.0.1:{port}");
     let url = format!("http://{address}");
     let stop = Arc::new(AtomicBool::new(false));
@@ -73,7 +76,7 @@ pub async fn run(load: &Load) -> anyhow::Result<()> {
     let registered_in = started.elapsed();
 
     // Memory of the coordinator, sampled while the clients run.
-    let pid = coordinator.pid();
+    let pid = coordinator.daemon.pid();
     let peak_rss = Arc::new(AtomicU64::new(rss_kib(pid)));
     let sampler = {
         let (peak, stop) = (peak_rss.clone(), stop.clone());

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use serde_json::json;
-use tonic::transport::Channel;
 use trainyard_proto::model::api;
 use trainyard_proto::pb;
 use trainyard_proto::pb::hyper_parameter_tuning_client::HyperParameterTuningClient;
@@ -73,19 +72,71 @@ mod agents;
 mod load;
 mod peers;
 
-/// Starts a coordinator listening on `host` (a free port), its data in `dir`, with `args` added;
-/// returns it and its port once it accepts connections.
-fn start_coordinator(dir: &std::path::Path, host: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<(Daemon, u16)> {
+/// A coordinator started for a suite, and what its clients need.
+struct BenchCoordinator {
+    daemon: Daemon,
+    port: u16,
+    /// None: it runs with `--insecure` (plain text, no tokens).
+    ca_pem: Option<String>,
+    /// An admin token (empty with `--insecure`).
+    token: String,
+    /// For agents (empty with `--insecure`).
+    join_token: String,
+}
+
+impl BenchCoordinator {
+    /// A client connection: TLS and the admin token, or plain text.
+    async fn connect(&self) -> anyhow::Result<trainyard_proto::client::Transport> {
+        let token = (!self.token.is_empty()).then_some(self.token.as_str());
+        Ok(trainyard_proto::client::connect(&format!("127.0.0.1:{}", self.port), self.ca_pem.as_deref(), token).await?)
+    }
+
+    /// Environment for `trainyard` and `trainyard-agent` processes talking to it.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        match &self.ca_pem {
+            None => vec![("TRAINYARD_INSECURE", "true".into())],
+            Some(_) => vec![("TRAINYARD_TOKEN", self.token.clone()), ("TRAINYARD_JOIN_TOKEN", self.join_token.clone())],
+        }
+    }
+}
+
+/// Starts a coordinator listening on `host` (a free port), its data in `dir`, with `args` added,
+/// once it accepts connections. `secure`: TLS with an admin token and a join token made for the
+/// suite (as deployed); otherwise `--insecure` (loopback only).
+fn start_coordinator(
+    dir: &std::path::Path,
+    host: &str,
+    args: &[&std::ffi::OsStr],
+    secure: bool,
+) -> anyhow::Result<BenchCoordinator> {
     let port = free_port();
+    let data = dir.join("data");
     let mut cmd = Command::new(binary("trainyard-coordinator"));
-    cmd.arg("--listen").arg(format!("{host}:{port}")).arg("--data-dir").arg(dir.join("data")).args(args);
+    cmd.arg("--listen").arg(format!("{host}:{port}")).arg("--data-dir").arg(&data).args(args);
+    if !secure {
+        cmd.arg("--insecure");
+    }
     cmd.env("RUST_LOG", "warn");
     let mut daemon = Daemon::spawn("coordinator", cmd, dir);
     if !wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()) {
         daemon.assert_running();
         bail!("the coordinator did not start:\n{}", daemon.log());
     }
-    Ok((daemon, port))
+    if !secure {
+        return Ok(BenchCoordinator { daemon, port, ca_pem: None, token: String::new(), join_token: String::new() });
+    }
+    let admin = |sub: &[&str]| -> anyhow::Result<String> {
+        let out =
+            Command::new(binary("trainyard-coordinator")).arg("--data-dir").arg(&data).args(args).args(sub).output()?;
+        if !out.status.success() {
+            bail!("trainyard-coordinator {sub:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let token = admin(&["tokens", "create", "--user", "bench", "--scope", "admin"])?;
+    let join_token = admin(&["join-token"])?;
+    let ca_pem = std::fs::read_to_string(data.join("pki/ca.pem"))?;
+    Ok(BenchCoordinator { daemon, port, ca_pem: Some(ca_pem), token, join_token })
 }
 
 #[tokio::main]
@@ -125,10 +176,9 @@ async fn creates(flags: &Flags) -> anyhow::Result<()> {
             let config = dir.path().join("coordinator.toml");
             std::fs::write(&config, "[limits]\nmax_concurrent_tuning_jobs = 100000000\n")?;
             let args = ["--config".as_ref(), config.as_os_str(), "--database-url".as_ref(), url.as_ref()];
-            let (mut daemon, port) = start_coordinator(dir.path(), "127.0.0.1", &args)?;
-            let address = format!("127.0.0.1:{port}");
-            let row = measure(flags, backend, kind, &format!("http://{address}")).await?;
-            daemon.assert_running();
+            let mut coordinator = start_coordinator(dir.path(), "127.0.0.1", &args, true)?;
+            let row = measure(flags, backend, kind, &coordinator).await?;
+            coordinator.daemon.assert_running();
             print_row(&row, rows.is_empty());
             rows.push(row);
         }
@@ -165,11 +215,11 @@ fn print_row(r: &Row, header: bool) {
     );
 }
 
-async fn measure(flags: &Flags, backend: &str, kind: Kind, url: &str) -> anyhow::Result<Row> {
+async fn measure(flags: &Flags, backend: &str, kind: Kind, coordinator: &BenchCoordinator) -> anyhow::Result<Row> {
     let warmup = (flags.requests / 10).max(flags.clients as u64);
-    run(flags.clients, warmup, kind, url, "warm").await?;
+    run(flags.clients, warmup, kind, coordinator, "warm").await?;
     let started = Instant::now();
-    let mut latencies = run(flags.clients, flags.requests, kind, url, "run").await?;
+    let mut latencies = run(flags.clients, flags.requests, kind, coordinator, "run").await?;
     let seconds = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1000.0;
@@ -187,13 +237,19 @@ async fn measure(flags: &Flags, backend: &str, kind: Kind, url: &str) -> anyhow:
 }
 
 /// `total` creates spread over `clients` connections; returns each request's latency.
-async fn run(clients: usize, total: u64, kind: Kind, url: &str, prefix: &str) -> anyhow::Result<Vec<Duration>> {
+async fn run(
+    clients: usize,
+    total: u64,
+    kind: Kind,
+    coordinator: &BenchCoordinator,
+    prefix: &str,
+) -> anyhow::Result<Vec<Duration>> {
     let tuning: api::CreateHyperParameterTuningJobRequest = serde_json::from_str(TUNING)?;
     let training: api::CreateTrainingJobRequest = serde_json::from_str(TRAINING)?;
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let channel = Channel::from_shared(url.to_string())?.connect().await.context("connecting")?;
+        let channel = coordinator.connect().await.context("connecting")?;
         let (next, tuning, training, prefix) = (next.clone(), tuning.clone(), training.clone(), prefix.to_string());
         tasks.push(tokio::spawn(async move {
             let mut tuning_client = HyperParameterTuningClient::new(channel.clone());

@@ -129,7 +129,9 @@ pub async fn run() -> anyhow::Result<()> {
 
     let mut rows = vec![direct(&a, &b, &program, dir.path())?];
 
-    let (_coordinator, port) = crate::start_coordinator(dir.path(), "0.0.0.0", &[])?;
+    let coordinator = crate::start_coordinator(dir.path(), "0.0.0.0", &[], true)?;
+    let port = coordinator.port;
+    let ca_file = dir.path().join("data/pki/ca.pem");
     let agents: Vec<Daemon> = [&a, &b]
         .iter()
         .enumerate()
@@ -150,6 +152,7 @@ pub async fn run() -> anyhow::Result<()> {
                 ))
                 .arg("--bucket")
                 .arg(format!("trainyard-output={}", dir.path().join("output").display()))
+                .envs(coordinator.env())
                 .env("RUST_LOG", "warn");
             Daemon::spawn(&format!("agent-{i}"), cmd, dir.path())
         })
@@ -157,6 +160,8 @@ pub async fn run() -> anyhow::Result<()> {
     let cli = |args: &[&str]| -> anyhow::Result<Value> {
         let out = Command::new(binary("trainyard"))
             .env("TRAINYARD_COORDINATOR", format!("127.0.0.1:{port}"))
+            .env("TRAINYARD_CA_FILE", &ca_file)
+            .envs(coordinator.env())
             .args(["--output", "json"])
             .args(args)
             .output()?;

@@ -4,7 +4,11 @@
 //! SageMaker-shaped JSON for scripts, the default prints tables and summaries for people.
 //!
 //! Exit codes: 0 success, 1 other errors, 2 usage, 3 invalid request (every violation is listed),
-//! 4 not found, 5 already exists, 6 coordinator unreachable, 7 resource limit exceeded.
+//! 4 not found, 5 already exists, 6 coordinator unreachable, 7 resource limit exceeded,
+//! 8 not authenticated or not allowed.
+//!
+//! The connection is TLS, verified against the coordinator's CA (`--ca-file`), with an API token
+//! (`--token`); `--insecure` talks plain text to a coordinator started that way (`trainyard dev`).
 
 mod dev;
 mod output;
@@ -13,13 +17,13 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::de::DeserializeOwned;
-use tonic::transport::Channel;
 use trainyard_proto::model::Timestamp;
 use trainyard_proto::model::api;
 use trainyard_proto::pb;
+use trainyard_proto::pb::access_client::AccessClient;
 use trainyard_proto::pb::agents_client::AgentsClient;
 use trainyard_proto::pb::hyper_parameter_tuning_client::HyperParameterTuningClient;
 use trainyard_proto::pb::training_client::TrainingClient;
@@ -27,11 +31,20 @@ use trainyard_proto::pb::training_client::TrainingClient;
 #[derive(Parser)]
 #[command(name = "trainyard", version, about = "Hyperparameter tuning and training jobs on your own hosts")]
 #[command(after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 invalid request, 4 not found, 5 already exists, \
-                        6 coordinator unreachable, 7 limit exceeded.")]
+                        6 coordinator unreachable, 7 limit exceeded, 8 not authenticated or not allowed.")]
 struct Cli {
-    /// Coordinator address (http://HOST:PORT or HOST:PORT).
-    #[arg(long, global = true, env = "TRAINYARD_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    /// Coordinator address (HOST:PORT).
+    #[arg(long, global = true, env = "TRAINYARD_COORDINATOR", default_value = "127.0.0.1:50051")]
     coordinator: String,
+    /// API token (from an admin: `trainyard tokens create` or `trainyard-coordinator tokens create`).
+    #[arg(long, global = true, env = "TRAINYARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The coordinator's CA certificate (its DATA_DIR/pki/ca.pem).
+    #[arg(long, global = true, env = "TRAINYARD_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Plain text, no token: only for a coordinator started with --insecure (e.g. `trainyard dev`).
+    #[arg(long, global = true, env = "TRAINYARD_INSECURE")]
+    insecure: bool,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -60,12 +73,50 @@ enum Command {
     Agents(AgentsCommand),
     /// Run a coordinator (SQLite) and an agent on this machine; optionally run a tuning job on them.
     Dev(DevCommand),
+    /// The user and scope of your token.
+    Whoami,
+    /// API tokens (admin scope).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Print a token that lets agents join, valid 24 hours unless --expires-in says otherwise
+    /// (admin scope).
+    JoinToken {
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum AgentsCommand {
     /// Every agent with its resources (free/total), GPUs, running instances and state.
     List,
+    /// Refuse an agent's certificate from now on; its instances are stopped and handled as those
+    /// of a lost agent (admin scope).
+    Revoke { agent_id: String },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Create an API token; prints it (shown once).
+    Create {
+        /// The user it acts as: it sees and stops only this user's jobs (unless admin).
+        #[arg(long)]
+        user: String,
+        /// read, submit or admin.
+        #[arg(long)]
+        scope: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// e.g. 90d; default: never.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+    },
+    /// Every token (without secrets).
+    List,
+    /// Revoke a token by id; it is refused at once.
+    Revoke { id: String },
 }
 
 #[derive(Args)]
@@ -191,11 +242,17 @@ fn parse_time(raw: &str) -> Result<Timestamp, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // Output piped into `head` ends quietly, as a Unix tool's does, instead of panicking on EPIPE.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread writes.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // Output piped into `head` ends quietly, as a Unix tool's does. SIGPIPE stays ignored (Rust's
+    // default): with its default action, a write to a socket the coordinator closed (h2 uses
+    // writev, which has no MSG_NOSIGNAL) would kill the CLI instead of reporting the error.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload_as_str().unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -225,10 +282,35 @@ async fn collect_pages<T>(
     }
 }
 
-async fn connect(address: &str) -> anyhow::Result<Channel> {
-    let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
-    let endpoint = Channel::from_shared(url.clone()).map_err(|e| anyhow!("'{address}' is not an address: {e}"))?;
-    endpoint.connect().await.map_err(|e| anyhow::Error::new(output::Unreachable(format!("{url}: {e}"))))
+use trainyard_proto::client::Transport;
+
+/// How to reach the coordinator.
+struct Connection<'a> {
+    address: &'a str,
+    token: Option<&'a str>,
+    ca_file: Option<&'a PathBuf>,
+    insecure: bool,
+}
+
+async fn connect(c: Connection<'_>) -> anyhow::Result<Transport> {
+    let ca = if c.insecure {
+        None
+    } else {
+        let Some(ca_file) = c.ca_file else {
+            anyhow::bail!(
+                "the coordinator's CA certificate is needed to verify it: pass --ca-file or set TRAINYARD_CA_FILE \
+                 (the coordinator's DATA_DIR/pki/ca.pem); --insecure only for a coordinator started with --insecure"
+            );
+        };
+        Some(std::fs::read_to_string(ca_file).with_context(|| format!("reading {}", ca_file.display()))?)
+    };
+    let token = if c.insecure { None } else { c.token };
+    trainyard_proto::client::connect(c.address, ca.as_deref(), token).await.map_err(|e| match e {
+        trainyard_proto::client::ConnectError::Unreachable { url, source } => {
+            anyhow::Error::new(output::Unreachable(format!("{url}: {source:#}")))
+        }
+        other => anyhow::Error::new(other),
+    })
 }
 
 fn read_request<T: DeserializeOwned>(path: &PathBuf) -> anyhow::Result<T> {
@@ -247,7 +329,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Dev(args) = cli.command {
         return run_dev(args, out).await;
     }
-    let channel = connect(&cli.coordinator).await?;
+    let channel = connect(Connection {
+        address: &cli.coordinator,
+        token: cli.token.as_deref().filter(|t| !t.trim().is_empty()),
+        ca_file: cli.ca_file.as_ref(),
+        insecure: cli.insecure,
+    })
+    .await?;
     match cli.command {
         Command::TuningJobs(cmd) => tuning(HyperParameterTuningClient::new(channel), cmd, out).await,
         Command::TrainingJobs(cmd) => training(TrainingClient::new(channel), cmd, out).await,
@@ -259,8 +347,73 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Agents(AgentsCommand::Revoke { agent_id }) => {
+            AccessClient::new(channel).revoke_agent(pb::RevokeAgentRequest { agent_id: agent_id.clone() }).await?;
+            eprintln!("agent {agent_id} revoked: its certificate is refused and its instances are stopped");
+            Ok(())
+        }
+        Command::Whoami => {
+            let me = AccessClient::new(channel).who_am_i(pb::WhoAmIRequest {}).await?.into_inner();
+            match out {
+                Output::Json => output::json(&serde_json::json!({
+                    "User": me.user, "Scope": me.scope, "Authenticated": me.authenticated
+                })),
+                Output::Table if !me.authenticated => {
+                    println!("no authentication (the coordinator runs with --insecure): everyone is an admin")
+                }
+                Output::Table => println!("user {} with scope {}", me.user, me.scope),
+            }
+            Ok(())
+        }
+        Command::Tokens(cmd) => tokens(AccessClient::new(channel), cmd, out).await,
+        Command::JoinToken { expires_in, description } => {
+            let created = AccessClient::new(channel)
+                .create_join_token(pb::CreateJoinTokenRequest {
+                    description,
+                    expires_in_seconds: expires_in.map_or(0, |d| d.as_secs().max(1)),
+                })
+                .await?
+                .into_inner();
+            println!("{}", created.token);
+            Ok(())
+        }
         Command::Dev(_) => Ok(()),
     }
+}
+
+async fn tokens(mut client: AccessClient<Transport>, cmd: TokensCommand, out: Output) -> anyhow::Result<()> {
+    match cmd {
+        TokensCommand::Create { user, scope, description, expires_in } => {
+            let created = client
+                .create_token(pb::CreateTokenRequest {
+                    user,
+                    scope,
+                    description,
+                    expires_in_seconds: expires_in.map_or(0, |d| d.as_secs().max(1)),
+                })
+                .await?
+                .into_inner();
+            match out {
+                Output::Json => output::json(&serde_json::json!({
+                    "Token": created.token,
+                    "Id": created.info.map(|i| i.id).unwrap_or_default(),
+                })),
+                Output::Table => println!("{}", created.token),
+            }
+        }
+        TokensCommand::List => {
+            let listed = client.list_tokens(pb::ListTokensRequest {}).await?.into_inner();
+            match out {
+                Output::Json => output::tokens_json(&listed.tokens),
+                Output::Table => output::list_tokens(&listed.tokens),
+            }
+        }
+        TokensCommand::Revoke { id } => {
+            client.revoke_token(pb::RevokeTokenRequest { id: id.clone() }).await?;
+            eprintln!("token {id} revoked");
+        }
+    }
+    Ok(())
 }
 
 async fn run_dev(args: DevCommand, out: Output) -> anyhow::Result<()> {
@@ -273,16 +426,18 @@ async fn run_dev(args: DevCommand, out: Output) -> anyhow::Result<()> {
         );
     }
     let mut cluster = dev::start(&settings)?;
-    let address = format!("http://{}", cluster.address);
+    let address = cluster.address.clone();
     eprintln!(
         "coordinator on {} and agent dev-agent started; logs in {}",
         cluster.address,
         cluster.data_dir.join("logs").display()
     );
-    let channel = connect(&address).await?;
+    // Plain text on loopback: the one place the CLI uses --insecure by itself.
+    let channel = connect(Connection { address: &address, token: None, ca_file: None, insecure: true }).await?;
     let Some(file) = args.run else {
         eprintln!(
-            "export TRAINYARD_COORDINATOR={} and use trainyard in another terminal; Ctrl-C stops both",
+            "export TRAINYARD_COORDINATOR={} TRAINYARD_INSECURE=true and use trainyard in another terminal; \
+             Ctrl-C stops both",
             cluster.address
         );
         loop {
@@ -327,7 +482,7 @@ async fn run_dev(args: DevCommand, out: Output) -> anyhow::Result<()> {
 /// Polls a tuning job until it ends, showing a progress bar of finished trials and the best
 /// objective so far; returns the final description.
 async fn watch(
-    client: &mut HyperParameterTuningClient<Channel>,
+    client: &mut HyperParameterTuningClient<Transport>,
     name: &str,
     show: bool,
 ) -> anyhow::Result<api::DescribeHyperParameterTuningJobResponse> {
@@ -376,7 +531,7 @@ async fn watch(
 }
 
 async fn tuning(
-    mut client: HyperParameterTuningClient<Channel>,
+    mut client: HyperParameterTuningClient<Transport>,
     cmd: TuningCommand,
     out: Output,
 ) -> anyhow::Result<()> {
@@ -485,7 +640,7 @@ async fn tuning(
     Ok(())
 }
 
-async fn training(mut client: TrainingClient<Channel>, cmd: TrainingCommand, out: Output) -> anyhow::Result<()> {
+async fn training(mut client: TrainingClient<Transport>, cmd: TrainingCommand, out: Output) -> anyhow::Result<()> {
     match cmd {
         TrainingCommand::Create(args) => {
             let mut request: api::CreateTrainingJobRequest = read_request(&args.file)?;

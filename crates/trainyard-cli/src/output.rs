@@ -37,7 +37,20 @@ pub fn report_error(error: &anyhow::Error) -> u8 {
         eprintln!("hint: start one with `trainyard-coordinator`, or point --coordinator / TRAINYARD_COORDINATOR at it");
         return 6;
     }
-    let Some(s) = error.downcast_ref::<tonic::Status>() else {
+    // A connection that broke under a request (e.g. plain text sent to a TLS listener) reaches
+    // here as a transport error, with or without a status around it.
+    let text = format!("{error:#}");
+    let status = error.downcast_ref::<tonic::Status>();
+    if status.is_none_or(|s| s.code() != Code::Ok)
+        && (text.contains("transport error") || text.contains("h2 protocol error"))
+    {
+        eprintln!("error: {text}");
+        eprintln!(
+            "hint: the connection failed; does the coordinator use TLS? Then drop --insecure / TRAINYARD_INSECURE"
+        );
+        return 6;
+    }
+    let Some(s) = status else {
         eprintln!("error: {error:#}");
         return 1;
     };
@@ -60,6 +73,7 @@ pub fn report_error(error: &anyhow::Error) -> u8 {
         Code::AlreadyExists => 5,
         Code::Unavailable => 6,
         Code::ResourceExhausted => 7,
+        Code::Unauthenticated | Code::PermissionDenied => 8,
         _ => 1,
     }
 }
@@ -322,4 +336,40 @@ pub fn list_agents(r: &trainyard_proto::pb::ListAgentsResponse) {
         ]);
     }
     println!("{t}");
+}
+
+fn millis(at: i64) -> String {
+    if at == 0 { "-".into() } else { time(Some(Timestamp::from_millis(at))) }
+}
+
+pub fn list_tokens(tokens: &[trainyard_proto::pb::TokenInfo]) {
+    let mut t = table(&["ID", "KIND", "USER", "SCOPE", "CREATED", "EXPIRES", "REVOKED", "DESCRIPTION"]);
+    for k in tokens {
+        t.add_row(vec![
+            k.id.clone(),
+            k.kind.clone(),
+            k.user.clone(),
+            if k.scope.is_empty() { "-".into() } else { k.scope.clone() },
+            millis(k.created_millis),
+            millis(k.expires_millis),
+            millis(k.revoked_millis),
+            k.description.clone(),
+        ]);
+    }
+    println!("{t}");
+}
+
+pub fn tokens_json(tokens: &[trainyard_proto::pb::TokenInfo]) {
+    let at = |m: i64| if m == 0 { serde_json::Value::Null } else { serde_json::json!(m as f64 / 1000.0) };
+    let tokens: Vec<serde_json::Value> = tokens
+        .iter()
+        .map(|k| {
+            serde_json::json!({
+                "Id": k.id, "Kind": k.kind, "User": k.user, "Scope": k.scope, "Description": k.description,
+                "CreationTime": at(k.created_millis), "ExpirationTime": at(k.expires_millis),
+                "RevocationTime": at(k.revoked_millis),
+            })
+        })
+        .collect();
+    json(&serde_json::json!({ "Tokens": tokens }));
 }

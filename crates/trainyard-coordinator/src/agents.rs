@@ -13,12 +13,14 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 use trainyard_proto::pb;
 use trainyard_proto::pb::agent_message::Body as Up;
+use trainyard_proto::status::to_status;
 
 use crate::core::Coordinator;
 use crate::events::Event;
 
 pub struct AgentService {
     pub coordinator: Arc<Coordinator>,
+    pub auth: Arc<crate::auth::Auth>,
     pub events: mpsc::UnboundedSender<Event>,
     pub sessions: AtomicU64,
     pub liveness: crate::liveness::Liveness,
@@ -30,7 +32,24 @@ type Outbound = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>
 impl pb::agents_server::Agents for AgentService {
     type SessionStream = Outbound;
 
+    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let r = request.into_inner();
+        let credential = self.auth.join(&r.join_token, &r.agent_id).await.map_err(|e| {
+            warn!(agent = %r.agent_id, error = %e, "join refused");
+            to_status(&e)
+        })?;
+        Ok(Response::new(pb::JoinResponse {
+            certificate_pem: credential.certificate_pem,
+            key_pem: credential.key_pem,
+            ca_pem: credential.ca_pem,
+        }))
+    }
+
     async fn session(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Outbound>, Status> {
+        let authenticated = self.auth.agent(&request).await.map_err(|e| {
+            warn!(error = %e, "agent session refused");
+            to_status(&e)
+        })?;
         let mut inbound = request.into_inner();
         let first =
             inbound.message().await?.ok_or_else(|| Status::invalid_argument("the stream ended before Register"))?;
@@ -39,6 +58,15 @@ impl pb::agents_server::Agents for AgentService {
         };
         if register.agent_id.is_empty() {
             return Err(Status::invalid_argument("Register.agent_id is required"));
+        }
+        if let Some(id) = authenticated
+            && id != register.agent_id
+        {
+            warn!(certificate_of = %id, claims = %register.agent_id, "agent session refused: wrong agent id");
+            return Err(Status::permission_denied(format!(
+                "this certificate belongs to agent '{id}', not to '{}'",
+                register.agent_id
+            )));
         }
         let agent = register.agent_id.clone();
         self.liveness.touch(&agent);
@@ -84,7 +112,11 @@ impl pb::agents_server::Agents for AgentService {
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx).map(Ok))))
     }
 
-    async fn list_agents(&self, _: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.auth.caller(&request).await.map_err(|e| to_status(&e))?;
         let (tx, rx) = oneshot::channel();
         self.events.send(Event::ListAgents(tx)).map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         let agents = rx.await.map_err(|_| Status::unavailable("the coordinator is shutting down"))?;

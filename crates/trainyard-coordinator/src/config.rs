@@ -40,6 +40,55 @@ pub struct Flags {
     /// Seconds without a heartbeat after which an agent is lost (default 8: four missed heartbeats).
     #[arg(long)]
     pub agent_lost_after_seconds: Option<u64>,
+    /// Serve plain-text gRPC without authentication (no TLS, no tokens: every caller is an admin).
+    /// Only on a loopback listen address; for `trainyard dev` and experiments.
+    #[arg(long, env = "TRAINYARD_INSECURE")]
+    pub insecure: bool,
+    /// Another name or IP address clients reach the coordinator by, for its TLS certificate
+    /// (repeatable). Agents and the CLI verify `coordinator.trainyard` whatever they dial.
+    #[arg(long = "tls-name")]
+    pub tls_names: Vec<String>,
+    #[command(subcommand)]
+    pub command: Option<AdminCommand>,
+}
+
+/// Administration without a running server, against the same data directory and database: how
+/// the first admin token is made.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AdminCommand {
+    /// API tokens for the CLI and other clients.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Print a token that lets agents join (each receives its own certificate), valid 24 hours
+    /// unless --expires-in says otherwise.
+    JoinToken {
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TokensCommand {
+    /// Create an API token and print it (it is shown once; only its hash is stored).
+    Create {
+        /// The user the token acts as: it sees and stops only this user's jobs (unless admin).
+        #[arg(long)]
+        user: String,
+        /// read, submit or admin.
+        #[arg(long)]
+        scope: trainyard_model::access::Scope,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// e.g. 90d; default: never.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+    },
+    /// Every API and join token (without secrets).
+    List,
+    /// Revoke a token by id (a running coordinator notices within 5 seconds).
+    Revoke { id: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -72,6 +121,10 @@ struct FileConfig {
     heartbeat_interval_ms: Option<u64>,
     /// An agent silent this long (seconds) is declared lost.
     agent_lost_after_seconds: Option<u64>,
+    #[serde(default)]
+    insecure: bool,
+    #[serde(default)]
+    tls_names: Vec<String>,
     /// Use only `instance_types`, not the defaults.
     #[serde(default)]
     replace_default_instance_types: bool,
@@ -82,6 +135,10 @@ struct FileConfig {
 struct AccessKey {
     id: String,
     secret: String,
+    /// The user requests signed with this key act as (default: the key's id).
+    user: Option<String>,
+    /// read, submit (the default) or admin.
+    scope: Option<trainyard_model::access::Scope>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +162,10 @@ pub struct Config {
     pub agent_lost_after: std::time::Duration,
     pub sagemaker_listen: Option<SocketAddr>,
     pub access_keys: std::collections::BTreeMap<String, String>,
+    /// Who each access key acts as.
+    pub access_key_callers: std::collections::BTreeMap<String, trainyard_model::access::Caller>,
+    pub insecure: bool,
+    pub tls_names: Vec<String>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -142,7 +203,18 @@ impl Config {
             limits: file.limits.unwrap_or_default(),
             catalog,
             sagemaker_listen: flags.sagemaker_listen.or(file.sagemaker_listen),
+            access_key_callers: file
+                .access_keys
+                .iter()
+                .map(|k| {
+                    let user = k.user.clone().unwrap_or_else(|| k.id.clone());
+                    let scope = k.scope.unwrap_or(trainyard_model::access::Scope::Submit);
+                    (k.id.clone(), trainyard_model::access::Caller { user, scope })
+                })
+                .collect(),
             access_keys: file.access_keys.into_iter().map(|k| (k.id, k.secret)).collect(),
+            insecure: flags.insecure || file.insecure,
+            tls_names: flags.tls_names.into_iter().chain(file.tls_names).collect(),
             heartbeat_interval: std::time::Duration::from_millis(file.heartbeat_interval_ms.unwrap_or(2_000).max(100)),
             agent_lost_after: std::time::Duration::from_secs(
                 flags.agent_lost_after_seconds.or(file.agent_lost_after_seconds).unwrap_or(8).max(1),
@@ -169,6 +241,9 @@ mod tests {
             log_format: None,
             agent_lost_after_seconds: None,
             sagemaker_listen: None,
+            insecure: false,
+            tls_names: Vec::new(),
+            command: None,
         }
     }
 
@@ -220,5 +295,9 @@ memory_mib = 1024
         let c = Config::load(flags(Some(path))).expect("the example loads");
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/trainyard"));
         assert_eq!(c.catalog.get("ml.g5.xlarge").map(|t| t.gpus), Some(1));
+        assert!(!c.insecure);
+        assert_eq!(c.tls_names, vec!["trainyard.lab.example".to_string()]);
+        let caller = &c.access_key_callers["AKIAEXAMPLETRAINYARD"];
+        assert_eq!((caller.user.as_str(), caller.scope), ("ana", trainyard_model::access::Scope::Submit));
     }
 }

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tracing::info;
+use trainyard_model::access::{Caller, Scope};
 use trainyard_model::api;
 use trainyard_model::catalog::Catalog;
 use trainyard_model::error::ResourceKind;
@@ -79,14 +80,16 @@ impl Coordinator {
 
     pub async fn create_tuning_job(
         &self,
+        caller: &Caller,
         request: api::CreateHyperParameterTuningJobRequest,
     ) -> Result<api::CreateHyperParameterTuningJobResponse, DomainError> {
+        caller.require(Scope::Submit, "CreateHyperParameterTuningJob")?;
         let mut violations = match rules::check_create_tuning_job(&request, &self.catalog, &self.limits) {
             Ok(()) => Vec::new(),
             Err(DomainError::Validation(v)) => v,
             Err(other) => return Err(other),
         };
-        violations.extend(self.warm_start_violations(&request).await?);
+        violations.extend(self.warm_start_violations(caller, &request).await?);
         if !violations.is_empty() {
             return Err(DomainError::Validation(violations));
         }
@@ -107,7 +110,7 @@ impl Coordinator {
             )));
         }
         let job = match TuningJob::new(request, &self.arns, now()) {
-            Ok(job) => job,
+            Ok(job) => TuningJob { owner: caller.user.clone(), ..job },
             Err(e) => {
                 self.active_tuning_jobs.fetch_sub(1, Ordering::SeqCst);
                 return Err(e);
@@ -125,6 +128,7 @@ impl Coordinator {
     /// Warm-start parents must exist and have ended.
     async fn warm_start_violations(
         &self,
+        caller: &Caller,
         request: &api::CreateHyperParameterTuningJobRequest,
     ) -> Result<Vec<Violation>, DomainError> {
         let mut violations = Vec::new();
@@ -139,7 +143,7 @@ impl Coordinator {
                 continue;
             };
             let field = format!("WarmStartConfig.ParentHyperParameterTuningJobs[{i}].HyperParameterTuningJobName");
-            match self.store.get_tuning_job(name).await? {
+            match self.store.get_tuning_job(name).await?.filter(|p| caller.sees(&p.value.owner)) {
                 None => violations.push(Violation {
                     field,
                     description: format!("hyperparameter tuning job '{name}' does not exist"),
@@ -174,11 +178,12 @@ impl Coordinator {
 
     pub async fn describe_tuning_job(
         &self,
+        caller: &Caller,
         request: api::DescribeHyperParameterTuningJobRequest,
     ) -> Result<api::DescribeHyperParameterTuningJobResponse, DomainError> {
         structural(&request)?;
         let name = request.hyper_parameter_tuning_job_name.unwrap_or_default();
-        let job = self.tuning_job(&name).await?.value;
+        let job = self.visible_tuning_job(caller, &name).await?;
         let counts = self.store.trial_counts(std::slice::from_ref(&name)).await?.remove(&name).unwrap_or_default();
         let objective = trainyard_model::trials::objective(&job.request);
         let best = match &objective {
@@ -218,9 +223,10 @@ impl Coordinator {
 
     pub async fn list_tuning_jobs(
         &self,
+        caller: &Caller,
         request: api::ListHyperParameterTuningJobsRequest,
     ) -> Result<api::ListHyperParameterTuningJobsResponse, DomainError> {
-        let query = ListQuery::for_tuning_jobs(&request)?;
+        let query = ListQuery::for_tuning_jobs(&request, caller.list_filter())?;
         let page = self.store.list_tuning_jobs(&query).await?;
         let names: Vec<String> = page.items.iter().map(|j| j.name.clone()).collect();
         let mut counts = self.store.trial_counts(&names).await?;
@@ -232,10 +238,22 @@ impl Coordinator {
         })
     }
 
-    pub async fn stop_tuning_job(&self, request: api::StopHyperParameterTuningJobRequest) -> Result<(), DomainError> {
+    pub async fn stop_tuning_job(
+        &self,
+        caller: &Caller,
+        request: api::StopHyperParameterTuningJobRequest,
+    ) -> Result<(), DomainError> {
+        caller.require(Scope::Submit, "StopHyperParameterTuningJob")?;
         structural(&request)?;
         let name = request.hyper_parameter_tuning_job_name.unwrap_or_default();
-        let changed = self.update_tuning_job(&name, |job| job.request_stop(now())).await?;
+        let changed = self
+            .update_tuning_job(&name, |job| {
+                if !caller.sees(&job.owner) {
+                    return Err(not_found(ResourceKind::TuningJob, &name));
+                }
+                job.request_stop(now())
+            })
+            .await?;
         if changed {
             info!(tuning_job = %name, "tuning job stopping");
         }
@@ -245,11 +263,12 @@ impl Coordinator {
 
     pub async fn list_trials(
         &self,
+        caller: &Caller,
         request: api::ListTrainingJobsForHyperParameterTuningJobRequest,
     ) -> Result<api::ListTrainingJobsForHyperParameterTuningJobResponse, DomainError> {
         let query = ListQuery::for_trials(&request)?;
         let name = request.hyper_parameter_tuning_job_name.unwrap_or_default();
-        let job = self.tuning_job(&name).await?.value;
+        let job = self.visible_tuning_job(caller, &name).await?;
         let metric = trainyard_model::trials::objective(&job.request).map(|(m, _)| m);
         let page = self.store.list_training_jobs(&query).await?;
         Ok(api::ListTrainingJobsForHyperParameterTuningJobResponse {
@@ -262,10 +281,12 @@ impl Coordinator {
 
     pub async fn create_training_job(
         &self,
+        caller: &Caller,
         request: api::CreateTrainingJobRequest,
     ) -> Result<api::CreateTrainingJobResponse, DomainError> {
+        caller.require(Scope::Submit, "CreateTrainingJob")?;
         rules::check_create_training_job(&request, &self.catalog)?;
-        let job = TrainingJob::new(request, None, &self.arns, now())?;
+        let job = TrainingJob { owner: caller.user.clone(), ..TrainingJob::new(request, None, &self.arns, now())? };
         self.store.create_training_job(&job).await?;
         info!(training_job = %job.name, "training job created");
         self.emit(Event::TrainingJobCreated(job.name.clone()));
@@ -274,11 +295,12 @@ impl Coordinator {
 
     pub async fn describe_training_job(
         &self,
+        caller: &Caller,
         request: api::DescribeTrainingJobRequest,
     ) -> Result<api::DescribeTrainingJobResponse, DomainError> {
         structural(&request)?;
         let name = request.training_job_name.unwrap_or_default();
-        let job = self.training_job(&name).await?.value;
+        let job = self.visible_training_job(caller, &name).await?;
         let mut response = job.describe();
         // A queued job says where it stands (computed by the loop, not stored).
         if job.secondary_status == trainyard_model::status::SecondaryStatus::Pending
@@ -297,9 +319,10 @@ impl Coordinator {
 
     pub async fn list_training_jobs(
         &self,
+        caller: &Caller,
         request: api::ListTrainingJobsRequest,
     ) -> Result<api::ListTrainingJobsResponse, DomainError> {
-        let query = ListQuery::for_training_jobs(&request)?;
+        let query = ListQuery::for_training_jobs(&request, caller.list_filter())?;
         let page = self.store.list_training_jobs(&query).await?;
         Ok(api::ListTrainingJobsResponse {
             next_token: page.next_token,
@@ -307,10 +330,22 @@ impl Coordinator {
         })
     }
 
-    pub async fn stop_training_job(&self, request: api::StopTrainingJobRequest) -> Result<(), DomainError> {
+    pub async fn stop_training_job(
+        &self,
+        caller: &Caller,
+        request: api::StopTrainingJobRequest,
+    ) -> Result<(), DomainError> {
+        caller.require(Scope::Submit, "StopTrainingJob")?;
         structural(&request)?;
         let name = request.training_job_name.unwrap_or_default();
-        let changed = self.update_training_job(&name, |job| job.request_stop(now())).await?;
+        let changed = self
+            .update_training_job(&name, |job| {
+                if !caller.sees(&job.owner) {
+                    return Err(not_found(ResourceKind::TrainingJob, &name));
+                }
+                job.request_stop(now())
+            })
+            .await?;
         if changed {
             info!(training_job = %name, "training job stopping");
         }
@@ -360,14 +395,31 @@ impl Coordinator {
         Ok(())
     }
 
-    pub async fn read_logs(&self, job: &str, after: i64, limit: u32) -> Result<(Vec<LogRecord>, bool), DomainError> {
-        let stored = self.training_job(job).await?.value;
+    pub async fn read_logs(
+        &self,
+        caller: &Caller,
+        job: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<(Vec<LogRecord>, bool), DomainError> {
+        let stored = self.visible_training_job(caller, job).await?;
         let limit = if limit == 0 { 10_000 } else { limit.min(10_000) };
         let lines = self.store.read_logs(job, after, limit).await?;
         Ok((lines, stored.status.is_terminal()))
     }
 
     // ----- shared -----
+
+    /// A tuning job as `caller` may see it: another user's job does not exist for a non-admin.
+    async fn visible_tuning_job(&self, caller: &Caller, name: &str) -> Result<TuningJob, DomainError> {
+        let job = self.tuning_job(name).await?.value;
+        if caller.sees(&job.owner) { Ok(job) } else { Err(not_found(ResourceKind::TuningJob, name)) }
+    }
+
+    async fn visible_training_job(&self, caller: &Caller, name: &str) -> Result<TrainingJob, DomainError> {
+        let job = self.training_job(name).await?.value;
+        if caller.sees(&job.owner) { Ok(job) } else { Err(not_found(ResourceKind::TrainingJob, name)) }
+    }
 
     pub async fn tuning_job(&self, name: &str) -> Result<Versioned<TuningJob>, DomainError> {
         self.store.get_tuning_job(name).await?.ok_or_else(|| not_found(ResourceKind::TuningJob, name))

@@ -56,6 +56,8 @@ pub enum Event {
         agent: String,
     },
     ListAgents(oneshot::Sender<Vec<pb::AgentSummary>>),
+    /// An admin revoked this agent: stop its instances, close its stream, treat it as lost.
+    AgentRevoked(String),
     /// Where a queued job stands: its position (1-based), the queue's length, and why it waits.
     QueuePosition(String, oneshot::Sender<Option<(usize, usize, Option<String>)>>),
 }
@@ -314,6 +316,19 @@ impl Loop {
             }
             Event::ListAgents(reply) => {
                 let _ = reply.send(self.summaries());
+                Ok(())
+            }
+            Event::AgentRevoked(agent) => {
+                if let Some(a) = self.agents.get(&agent) {
+                    // Queued before the stream closes, so a connected agent stops what it runs.
+                    for (job, instance) in a.allocations.keys() {
+                        send(a, Down::Stop(pb::StopInstance { training_job_name: job.clone(), instance: *instance }));
+                    }
+                }
+                self.declare_lost(&agent, "was revoked").await?;
+                if let Some(a) = self.agents.get_mut(&agent) {
+                    a.session = 0; // sessions count from 1: whatever the old stream still says is ignored
+                }
                 Ok(())
             }
             Event::QueuePosition(name, reply) => {
@@ -625,17 +640,7 @@ impl Loop {
             .collect();
         for id in lost {
             warn!(agent = %id, after_s = self.timing.agent_lost_after.as_secs(), "agent lost: no heartbeat");
-            let held: Vec<(String, u32)> = match self.agents.get_mut(&id) {
-                Some(a) => {
-                    a.lost = true;
-                    a.outbound = None;
-                    a.allocations.keys().cloned().collect()
-                }
-                None => Vec::new(),
-            };
-            for (job, instance) in held {
-                self.instance_lost(&job, instance, &format!("agent {id} was lost (no heartbeat)")).await?;
-            }
+            self.declare_lost(&id, "was lost (no heartbeat)").await?;
         }
         // Tuning jobs past ResourceLimits.MaxRuntimeInSeconds.
         let overdue: Vec<(String, u32)> = self
@@ -666,6 +671,23 @@ impl Loop {
             self.finish(&name, SecondaryStatus::Failed, "Failed", Some(reason.to_string()), None).await?;
         }
         self.schedule().await
+    }
+
+    /// An agent that will not report again: its stream is closed and its instances are failed or
+    /// retried elsewhere.
+    async fn declare_lost(&mut self, id: &str, why: &str) -> Result<(), DomainError> {
+        let held: Vec<(String, u32)> = match self.agents.get_mut(id) {
+            Some(a) => {
+                a.lost = true;
+                a.outbound = None;
+                a.allocations.keys().cloned().collect()
+            }
+            None => Vec::new(),
+        };
+        for (job, instance) in held {
+            self.instance_lost(&job, instance, &format!("agent {id} {why}")).await?;
+        }
+        Ok(())
     }
 
     /// An instance whose agent is gone: retry the job under RetryStrategy, else fail it.
@@ -1166,7 +1188,10 @@ impl Loop {
                 definition_name: definition.definition_name.clone(),
                 tuned_hyper_parameters: tuned.clone(),
             };
-            let training = TrainingJob::new(request, Some(origin), &self.c.arns, now())?;
+            let training = TrainingJob {
+                owner: job.owner.clone(),
+                ..TrainingJob::new(request, Some(origin), &self.c.arns, now())?
+            };
             match self.c.store.create_training_job(&training).await {
                 Ok(_) | Err(trainyard_store::StoreError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e.into()),

@@ -11,6 +11,7 @@ use trainyard_proto::pb::hyper_parameter_tuning_server::HyperParameterTuning;
 use trainyard_proto::pb::training_server::Training;
 use trainyard_proto::status::to_status;
 
+use crate::auth::Auth;
 use crate::core::Coordinator;
 
 fn respond<M, P: From<M>>(operation: &str, result: Result<M, DomainError>) -> Result<Response<P>, Status> {
@@ -28,7 +29,19 @@ fn respond<M, P: From<M>>(operation: &str, result: Result<M, DomainError>) -> Re
     }
 }
 
-pub struct TuningService(pub Arc<Coordinator>);
+/// The caller of a request, or the status that refuses it.
+async fn caller<T>(
+    auth: &Auth,
+    operation: &str,
+    request: &Request<T>,
+) -> Result<trainyard_model::access::Caller, Status> {
+    auth.caller(request).await.map_err(|e| {
+        debug!(operation, error = %e, "request refused");
+        to_status(&e)
+    })
+}
+
+pub struct TuningService(pub Arc<Coordinator>, pub Arc<Auth>);
 
 #[tonic::async_trait]
 impl HyperParameterTuning for TuningService {
@@ -36,28 +49,32 @@ impl HyperParameterTuning for TuningService {
         &self,
         request: Request<pb::CreateHyperParameterTuningJobRequest>,
     ) -> Result<Response<pb::CreateHyperParameterTuningJobResponse>, Status> {
-        respond("CreateHyperParameterTuningJob", self.0.create_tuning_job(request.into_inner().into()).await)
+        let who = caller(&self.1, "CreateHyperParameterTuningJob", &request).await?;
+        respond("CreateHyperParameterTuningJob", self.0.create_tuning_job(&who, request.into_inner().into()).await)
     }
 
     async fn describe_hyper_parameter_tuning_job(
         &self,
         request: Request<pb::DescribeHyperParameterTuningJobRequest>,
     ) -> Result<Response<pb::DescribeHyperParameterTuningJobResponse>, Status> {
-        respond("DescribeHyperParameterTuningJob", self.0.describe_tuning_job(request.into_inner().into()).await)
+        let who = caller(&self.1, "DescribeHyperParameterTuningJob", &request).await?;
+        respond("DescribeHyperParameterTuningJob", self.0.describe_tuning_job(&who, request.into_inner().into()).await)
     }
 
     async fn list_hyper_parameter_tuning_jobs(
         &self,
         request: Request<pb::ListHyperParameterTuningJobsRequest>,
     ) -> Result<Response<pb::ListHyperParameterTuningJobsResponse>, Status> {
-        respond("ListHyperParameterTuningJobs", self.0.list_tuning_jobs(request.into_inner().into()).await)
+        let who = caller(&self.1, "ListHyperParameterTuningJobs", &request).await?;
+        respond("ListHyperParameterTuningJobs", self.0.list_tuning_jobs(&who, request.into_inner().into()).await)
     }
 
     async fn stop_hyper_parameter_tuning_job(
         &self,
         request: Request<pb::StopHyperParameterTuningJobRequest>,
     ) -> Result<Response<pb::StopHyperParameterTuningJobResponse>, Status> {
-        let result = self.0.stop_tuning_job(request.into_inner().into()).await;
+        let who = caller(&self.1, "StopHyperParameterTuningJob", &request).await?;
+        let result = self.0.stop_tuning_job(&who, request.into_inner().into()).await;
         respond("StopHyperParameterTuningJob", result.map(|()| pb::StopHyperParameterTuningJobResponse {}))
     }
 
@@ -65,11 +82,15 @@ impl HyperParameterTuning for TuningService {
         &self,
         request: Request<pb::ListTrainingJobsForHyperParameterTuningJobRequest>,
     ) -> Result<Response<pb::ListTrainingJobsForHyperParameterTuningJobResponse>, Status> {
-        respond("ListTrainingJobsForHyperParameterTuningJob", self.0.list_trials(request.into_inner().into()).await)
+        let who = caller(&self.1, "ListTrainingJobsForHyperParameterTuningJob", &request).await?;
+        respond(
+            "ListTrainingJobsForHyperParameterTuningJob",
+            self.0.list_trials(&who, request.into_inner().into()).await,
+        )
     }
 }
 
-pub struct TrainingService(pub Arc<Coordinator>);
+pub struct TrainingService(pub Arc<Coordinator>, pub Arc<Auth>);
 
 #[tonic::async_trait]
 impl Training for TrainingService {
@@ -77,28 +98,32 @@ impl Training for TrainingService {
         &self,
         request: Request<pb::CreateTrainingJobRequest>,
     ) -> Result<Response<pb::CreateTrainingJobResponse>, Status> {
-        respond("CreateTrainingJob", self.0.create_training_job(request.into_inner().into()).await)
+        let who = caller(&self.1, "CreateTrainingJob", &request).await?;
+        respond("CreateTrainingJob", self.0.create_training_job(&who, request.into_inner().into()).await)
     }
 
     async fn describe_training_job(
         &self,
         request: Request<pb::DescribeTrainingJobRequest>,
     ) -> Result<Response<pb::DescribeTrainingJobResponse>, Status> {
-        respond("DescribeTrainingJob", self.0.describe_training_job(request.into_inner().into()).await)
+        let who = caller(&self.1, "DescribeTrainingJob", &request).await?;
+        respond("DescribeTrainingJob", self.0.describe_training_job(&who, request.into_inner().into()).await)
     }
 
     async fn list_training_jobs(
         &self,
         request: Request<pb::ListTrainingJobsRequest>,
     ) -> Result<Response<pb::ListTrainingJobsResponse>, Status> {
-        respond("ListTrainingJobs", self.0.list_training_jobs(request.into_inner().into()).await)
+        let who = caller(&self.1, "ListTrainingJobs", &request).await?;
+        respond("ListTrainingJobs", self.0.list_training_jobs(&who, request.into_inner().into()).await)
     }
 
     async fn stop_training_job(
         &self,
         request: Request<pb::StopTrainingJobRequest>,
     ) -> Result<Response<pb::StopTrainingJobResponse>, Status> {
-        let result = self.0.stop_training_job(request.into_inner().into()).await;
+        let who = caller(&self.1, "StopTrainingJob", &request).await?;
+        let result = self.0.stop_training_job(&who, request.into_inner().into()).await;
         respond("StopTrainingJob", result.map(|()| pb::StopTrainingJobResponse {}))
     }
 
@@ -106,9 +131,10 @@ impl Training for TrainingService {
         &self,
         request: Request<pb::GetTrainingJobLogsRequest>,
     ) -> Result<Response<pb::GetTrainingJobLogsResponse>, Status> {
+        let who = caller(&self.1, "GetTrainingJobLogs", &request).await?;
         let r = request.into_inner();
         let result =
-            self.0.read_logs(&r.training_job_name, r.after_sequence, r.max_lines).await.map(|(lines, ended)| {
+            self.0.read_logs(&who, &r.training_job_name, r.after_sequence, r.max_lines).await.map(|(lines, ended)| {
                 pb::GetTrainingJobLogsResponse {
                     lines: lines
                         .into_iter()

@@ -1,7 +1,12 @@
 //! `trainyard-coordinator`: loads the configuration, opens the store, starts the event loop and
-//! serves the gRPC API until SIGTERM or SIGINT; then stops accepting, drains, and stops the loop.
+//! serves the gRPC API (TLS; plain text only with `--insecure` on loopback) until SIGTERM or
+//! SIGINT; then stops accepting, drains, and stops the loop. With a subcommand (`tokens ...`,
+//! `join-token`) it administers the same data directory and database instead, and exits.
 
+mod access;
+mod admin;
 mod agents;
+mod auth;
 mod config;
 mod core;
 mod events;
@@ -16,8 +21,9 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
-use tracing::info;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tracing::{info, warn};
+use trainyard_proto::pb::access_server::AccessServer;
 use trainyard_proto::pb::agents_server::AgentsServer;
 use trainyard_proto::pb::hyper_parameter_tuning_server::HyperParameterTuningServer;
 use trainyard_proto::pb::training_server::TrainingServer;
@@ -30,11 +36,22 @@ const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::load(Flags::parse())?;
+    let mut flags = Flags::parse();
+    let command = flags.command.take();
+    let config = Config::load(flags)?;
     init_tracing(config.log_format);
+    // One TLS provider for the process (ring), before any TLS configuration is built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if config.insecure && !config.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--insecure serves without TLS or tokens: it is allowed on a loopback address only, not on {}",
+            config.listen
+        );
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-    // The CA issues the certificates of distributed jobs' encrypted peer traffic.
+    // The CA: the coordinator's own certificate, agents' certificates, and the certificates of
+    // distributed jobs' encrypted peer traffic.
     let authority = Arc::new(
         trainyard_pki::Authority::load_or_create(&config.data_dir.join("pki"))
             .context("loading the coordinator's CA")?,
@@ -42,6 +59,10 @@ async fn main() -> anyhow::Result<()> {
     let store = trainyard_store::connect(&config.database_url)
         .await
         .with_context(|| format!("opening the store at {}", redact(&config.database_url)))?;
+    let auth = Arc::new(auth::Auth::new(store.clone(), authority.clone(), !config.insecure));
+    if let Some(command) = command {
+        return admin::run(command, &auth, &config).await;
+    }
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let coordinator = Arc::new(
@@ -59,20 +80,37 @@ async fn main() -> anyhow::Result<()> {
     let liveness = liveness::Liveness::default();
     let timing =
         events::Timing { heartbeat_interval: config.heartbeat_interval, agent_lost_after: config.agent_lost_after };
-    let event_loop =
-        tokio::spawn(events::run(coordinator.clone(), authority, liveness.clone(), timing, events_rx, cancel.clone()));
+    let event_loop = tokio::spawn(events::run(
+        coordinator.clone(),
+        authority.clone(),
+        liveness.clone(),
+        timing,
+        events_rx,
+        cancel.clone(),
+    ));
     let agent_service = agents::AgentService {
         coordinator: coordinator.clone(),
+        auth: auth.clone(),
         events: events_tx.clone(),
         sessions: std::sync::atomic::AtomicU64::new(0),
         liveness: liveness.clone(),
     };
 
     let sagemaker = config.sagemaker_listen.map(|address| {
-        let endpoint = sagemaker::Endpoint { coordinator: coordinator.clone(), keys: config.access_keys.clone() };
+        let endpoint = sagemaker::Endpoint {
+            coordinator: coordinator.clone(),
+            keys: config.access_keys.clone(),
+            callers: config.access_key_callers.clone(),
+        };
         tokio::spawn(sagemaker::serve(endpoint, address, cancel.clone()))
     });
-    info!(addr = %config.listen, database = %redact(&config.database_url), instance_types = config.catalog.len(), "coordinator listening");
+    let mut server = Server::builder();
+    if config.insecure {
+        warn!(addr = %config.listen, "serving plain-text gRPC without authentication (--insecure)");
+    } else {
+        server = server.tls_config(server_tls(&authority, &config)?).context("configuring TLS")?;
+    }
+    info!(addr = %config.listen, tls = !config.insecure, database = %redact(&config.database_url), instance_types = config.catalog.len(), "coordinator listening");
     let shutdown = {
         let cancel = cancel.clone();
         async move {
@@ -81,15 +119,17 @@ async fn main() -> anyhow::Result<()> {
             cancel.cancel();
         }
     };
-    let served = Server::builder()
+    let served = server
         .add_service(
-            HyperParameterTuningServer::new(grpc::TuningService(coordinator.clone()))
+            HyperParameterTuningServer::new(grpc::TuningService(coordinator.clone(), auth.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            TrainingServer::new(grpc::TrainingService(coordinator)).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            TrainingServer::new(grpc::TrainingService(coordinator, auth.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(AgentsServer::new(agent_service).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(AccessServer::new(access::AccessService { auth, events: events_tx.clone() }))
         .serve_with_shutdown(config.listen, shutdown)
         .await
         .with_context(|| format!("serving on {}", config.listen));
@@ -101,6 +141,27 @@ async fn main() -> anyhow::Result<()> {
     served?;
     info!("coordinator stopped");
     Ok(())
+}
+
+/// TLS for the gRPC listener: a certificate re-issued at every start for `coordinator.trainyard`
+/// and the names clients may dial; client certificates optional (agents have one, the CLI uses a
+/// token) and, when present, chained to our CA.
+fn server_tls(authority: &trainyard_pki::Authority, config: &Config) -> anyhow::Result<ServerTlsConfig> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.push(host.trim().to_string());
+    }
+    if !config.listen.ip().is_unspecified() {
+        names.push(config.listen.ip().to_string());
+    }
+    names.extend(config.tls_names.iter().cloned());
+    let credential = authority
+        .issue_server_credential(&names, std::time::Duration::from_secs(365 * 24 * 3600))
+        .context("issuing the coordinator's certificate")?;
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(credential.certificate_pem, credential.key_pem))
+        .client_ca_root(Certificate::from_pem(credential.ca_pem))
+        .client_auth_optional(true))
 }
 
 async fn wait_for_signal() {

@@ -26,6 +26,8 @@ pub struct Endpoint {
     pub coordinator: Arc<Coordinator>,
     /// Access key id → secret.
     pub keys: BTreeMap<String, String>,
+    /// Who each key acts as (user and scope), as an API token would.
+    pub callers: BTreeMap<String, trainyard_model::access::Caller>,
 }
 
 pub async fn serve(endpoint: Endpoint, address: SocketAddr, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -80,16 +82,26 @@ async fn handle(
         &state.keys,
         now_seconds,
     );
-    if let Err(e) = verified {
-        warn!(error = %e, "refused an unauthenticated SageMaker request");
-        let name = match e {
-            SigV4Error::Missing => "MissingAuthenticationTokenException",
-            SigV4Error::UnknownKey(_) => "UnrecognizedClientException",
-            SigV4Error::Skewed(_) => "InvalidSignatureException",
-            SigV4Error::BadSignature | SigV4Error::Malformed(_) => "InvalidSignatureException",
-        };
-        return error(StatusCode::FORBIDDEN, name, e.to_string());
-    }
+    let key = match verified {
+        Ok(key) => key,
+        Err(e) => {
+            warn!(error = %e, "refused an unauthenticated SageMaker request");
+            let name = match e {
+                SigV4Error::Missing => "MissingAuthenticationTokenException",
+                SigV4Error::UnknownKey(_) => "UnrecognizedClientException",
+                SigV4Error::Skewed(_) => "InvalidSignatureException",
+                SigV4Error::BadSignature | SigV4Error::Malformed(_) => "InvalidSignatureException",
+            };
+            return error(StatusCode::FORBIDDEN, name, e.to_string());
+        }
+    };
+    let Some(caller) = state.callers.get(&key) else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "UnrecognizedClientException",
+            format!("access key {key} is not configured"),
+        );
+    };
     if method != Method::POST {
         return error(StatusCode::METHOD_NOT_ALLOWED, "UnknownOperationException", "use POST /");
     }
@@ -105,7 +117,7 @@ async fn handle(
     macro_rules! call {
         ($method:ident) => {
             match parse(&body) {
-                Ok(request) => match c.$method(request).await {
+                Ok(request) => match c.$method(caller, request).await {
                     Ok(response) => ok(&response),
                     Err(e) => domain_error(&e),
                 },
@@ -114,7 +126,7 @@ async fn handle(
         };
         ($method:ident, empty) => {
             match parse(&body) {
-                Ok(request) => match c.$method(request).await {
+                Ok(request) => match c.$method(caller, request).await {
                     Ok(()) => ok(&json!({})),
                     Err(e) => domain_error(&e),
                 },

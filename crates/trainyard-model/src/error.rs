@@ -9,6 +9,8 @@ use crate::validation::Violation;
 pub enum ResourceKind {
     TuningJob,
     TrainingJob,
+    Token,
+    Agent,
 }
 
 impl fmt::Display for ResourceKind {
@@ -16,6 +18,8 @@ impl fmt::Display for ResourceKind {
         f.write_str(match self {
             ResourceKind::TuningJob => "hyperparameter tuning job",
             ResourceKind::TrainingJob => "training job",
+            ResourceKind::Token => "token",
+            ResourceKind::Agent => "agent",
         })
     }
 }
@@ -34,6 +38,12 @@ pub enum DomainError {
     /// A configured service limit would be exceeded (gRPC `ResourceExhausted`).
     #[error("resource limit exceeded: {0}")]
     LimitExceeded(String),
+    /// No valid credentials: no token, an unknown, expired or revoked one (gRPC `Unauthenticated`).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// Valid credentials whose scope does not allow the operation (gRPC `PermissionDenied`).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The backing store could not be reached; the request may be retried (gRPC `Unavailable`).
     #[error("storage unavailable: {0}")]
     Unavailable(String),

@@ -23,6 +23,8 @@ pub struct TuningJob {
     pub end_time: Option<Timestamp>,
     pub failure_reason: Option<String>,
     pub request: api::CreateHyperParameterTuningJobRequest,
+    /// The user whose token created it ("" when created without authentication).
+    pub owner: String,
     /// How it completed, when completion criteria ended it.
     pub completion: Option<api::HyperParameterTuningJobCompletionDetails>,
 }
@@ -84,6 +86,7 @@ impl TuningJob {
             end_time: None,
             failure_reason: None,
             request,
+            owner: String::new(),
             completion: None,
         })
     }
@@ -213,6 +216,8 @@ pub struct TrainingJob {
     pub training_end_time: Option<Timestamp>,
     pub failure_reason: Option<String>,
     pub request: api::CreateTrainingJobRequest,
+    /// The user whose token created it, or its tuning job's ("" without authentication).
+    pub owner: String,
     pub origin: Option<TrialOrigin>,
     pub final_metrics: Vec<api::MetricData>,
     /// The final value of the tuning objective, for trials.
@@ -255,6 +260,7 @@ impl TrainingJob {
             training_end_time: None,
             failure_reason: None,
             request,
+            owner: String::new(),
             origin,
             final_metrics: Vec::new(),
             objective_value: None,

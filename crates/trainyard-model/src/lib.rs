@@ -15,6 +15,7 @@ pub mod api {
     include!(concat!(env!("OUT_DIR"), "/api.rs"));
 }
 
+pub mod access;
 pub mod catalog;
 pub mod error;
 pub mod jobs;

@@ -37,6 +37,8 @@ pub struct ListFilter {
     pub last_modified_time_before: Option<Timestamp>,
     /// Only the trials of this tuning job.
     pub tuning_job_name: Option<String>,
+    /// Only the jobs of this user (a caller without the admin scope sees only its own).
+    pub owner: Option<String>,
     /// A filter no Trainyard job can match (e.g. a training plan): the result is empty.
     pub matches_nothing: bool,
 }
@@ -117,7 +119,11 @@ impl ListQuery {
         Ok(self)
     }
 
-    pub fn for_tuning_jobs(request: &api::ListHyperParameterTuningJobsRequest) -> Result<Self, DomainError> {
+    /// `owner`: only that user's jobs (a NextToken of another owner's listing is refused).
+    pub fn for_tuning_jobs(
+        request: &api::ListHyperParameterTuningJobsRequest,
+        owner: Option<String>,
+    ) -> Result<Self, DomainError> {
         structural(request)?;
         let query = ListQuery {
             filter: ListFilter {
@@ -127,6 +133,7 @@ impl ListQuery {
                 creation_time_before: request.creation_time_before,
                 last_modified_time_after: request.last_modified_time_after,
                 last_modified_time_before: request.last_modified_time_before,
+                owner,
                 ..Default::default()
             },
             sort_by: sort_key(request.sort_by.as_deref(), SortKey::Name),
@@ -137,7 +144,10 @@ impl ListQuery {
         query.resume(request.next_token.as_deref())
     }
 
-    pub fn for_training_jobs(request: &api::ListTrainingJobsRequest) -> Result<Self, DomainError> {
+    pub fn for_training_jobs(
+        request: &api::ListTrainingJobsRequest,
+        owner: Option<String>,
+    ) -> Result<Self, DomainError> {
         structural(request)?;
         let query = ListQuery {
             filter: ListFilter {
@@ -148,6 +158,7 @@ impl ListQuery {
                 last_modified_time_after: request.last_modified_time_after,
                 last_modified_time_before: request.last_modified_time_before,
                 tuning_job_name: None,
+                owner,
                 matches_nothing: request.training_plan_arn_equals.is_some()
                     || request.warm_pool_status_equals.is_some(),
             },
@@ -218,22 +229,26 @@ mod tests {
     #[test]
     fn tokens_resume_the_query_they_came_from_only() {
         let request = api::ListTrainingJobsRequest { name_contains: Some("abc".into()), ..Default::default() };
-        let query = ListQuery::for_training_jobs(&request).expect("valid");
+        let query = ListQuery::for_training_jobs(&request, None).expect("valid");
         assert_eq!((query.sort_by, query.sort_order, query.limit), (SortKey::CreationTime, SortOrder::Ascending, 10));
         let cursor = Cursor { key: CursorKey::Int(42), name: "job-1".into() };
         let token = query.token_after(cursor.clone());
 
         let again = api::ListTrainingJobsRequest { next_token: Some(token.clone()), ..request.clone() };
-        assert_eq!(ListQuery::for_training_jobs(&again).expect("resumes").after, Some(cursor));
+        assert_eq!(ListQuery::for_training_jobs(&again, None).expect("resumes").after, Some(cursor));
+        assert!(
+            ListQuery::for_training_jobs(&again, Some("ana".into())).is_err(),
+            "another user's listing cannot be continued"
+        );
 
         let other =
             api::ListTrainingJobsRequest { next_token: Some(token), name_contains: Some("x".into()), ..request };
         assert!(
-            matches!(ListQuery::for_training_jobs(&other), Err(DomainError::Validation(v)) if v[0].field == "NextToken")
+            matches!(ListQuery::for_training_jobs(&other, None), Err(DomainError::Validation(v)) if v[0].field == "NextToken")
         );
 
         let garbage = api::ListTrainingJobsRequest { next_token: Some("zz".into()), ..Default::default() };
-        assert!(ListQuery::for_training_jobs(&garbage).is_err());
+        assert!(ListQuery::for_training_jobs(&garbage, None).is_err());
     }
 
     #[test]
@@ -243,7 +258,7 @@ mod tests {
             sort_by: Some("Size".into()),
             ..Default::default()
         };
-        let Err(DomainError::Validation(v)) = ListQuery::for_tuning_jobs(&request) else { panic!("must fail") };
+        let Err(DomainError::Validation(v)) = ListQuery::for_tuning_jobs(&request, None) else { panic!("must fail") };
         let fields: Vec<&str> = v.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["MaxResults", "SortBy"]);
     }

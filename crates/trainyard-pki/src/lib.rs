@@ -8,6 +8,13 @@
 //!   presents the certificate; the callee answers with the same job's certificate and checks that
 //!   the caller's certificate names the same job. A certificate for one job opens no other job.
 //!
+//! * The coordinator serves gRPC with a certificate for [`COORDINATOR_SERVER_NAME`] (and any names
+//!   it is reached by), re-issued at every start; clients verify that name against the CA.
+//! * An agent that joins receives a client certificate ([`Authority::issue_agent_credential`]);
+//!   the coordinator knows agents by the SHA-256 of that certificate ([`certificate_fingerprint`]).
+//! * A join token carries the CA's fingerprint, so an agent with nothing else can verify the
+//!   coordinator on its first connection ([`PinnedCaVerifier`]).
+//!
 //! Only the `ring` provider is used: with two providers compiled in, rustls refuses to pick one.
 
 use std::path::Path;
@@ -35,6 +42,8 @@ pub enum PkiError {
     Tls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("a server name: {0}")]
+    ServerName(String),
     #[error("the peer's certificate is not valid for job {job}: {reason}")]
     WrongJob { job: String, reason: String },
 }
@@ -97,6 +106,59 @@ impl Authority {
         &self.certificate_pem
     }
 
+    /// Hex SHA-256 of the CA certificate: what join tokens carry.
+    pub fn fingerprint(&self) -> Result<String, PkiError> {
+        certificate_fingerprint(&self.certificate_pem)
+    }
+
+    /// The coordinator's own certificate: [`COORDINATOR_SERVER_NAME`] plus `names` (DNS names or IP
+    /// addresses clients use). Its `certificate_pem` holds the chain (leaf, then the CA), so that a
+    /// joining agent sees the CA it has pinned.
+    pub fn issue_server_credential(&self, names: &[String], valid_for: Duration) -> Result<Credential, PkiError> {
+        let mut sans = vec![COORDINATOR_SERVER_NAME.to_string()];
+        sans.extend(names.iter().filter(|n| !n.is_empty()).cloned());
+        sans.dedup();
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(sans)?;
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, "Trainyard coordinator");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let certificate = self.sign(params, &key, valid_for)?;
+        Ok(Credential {
+            ca_pem: self.certificate_pem.clone(),
+            certificate_pem: format!("{}{}", certificate.pem(), self.certificate_pem),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// An agent's client certificate (no name: the coordinator knows it by its fingerprint).
+    pub fn issue_agent_credential(&self, agent_id: &str, valid_for: Duration) -> Result<Credential, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, format!("agent {agent_id}"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let certificate = self.sign(params, &key, valid_for)?;
+        Ok(Credential {
+            ca_pem: self.certificate_pem.clone(),
+            certificate_pem: certificate.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    fn sign(
+        &self,
+        mut params: CertificateParams,
+        key: &KeyPair,
+        valid_for: Duration,
+    ) -> Result<rcgen::Certificate, PkiError> {
+        params.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::seconds(valid_for.as_secs().min(i64::MAX as u64) as i64);
+        Ok(params.signed_by(key, &self.issuer)?)
+    }
+
     /// A key and certificate that let the agents of `job` talk to each other, valid from an hour
     /// ago (clocks differ) for `valid_for`.
     pub fn issue_job_credential(&self, job: &str, valid_for: Duration) -> Result<Credential, PkiError> {
@@ -105,11 +167,7 @@ impl Authority {
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, format!("training job {job}"));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + time::Duration::seconds(valid_for.as_secs().min(i64::MAX as u64) as i64);
-        let certificate = params.signed_by(&key, &self.issuer)?;
+        let certificate = self.sign(params, &key, valid_for)?;
         Ok(Credential {
             ca_pem: self.certificate_pem.clone(),
             certificate_pem: certificate.pem(),
@@ -195,6 +253,115 @@ impl JobTls {
         let leaf = peer_chain.and_then(|c| c.first()).ok_or_else(|| wrong("no certificate presented"))?;
         let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| wrong(&e.to_string()))?;
         cert.verify_is_valid_for_subject_name(&self.server_name).map_err(|e| wrong(&e.to_string()))
+    }
+}
+
+pub use trainyard_model::access::COORDINATOR_SERVER_NAME;
+
+/// Hex SHA-256 of the first certificate (DER) in a PEM text.
+pub fn certificate_fingerprint(pem: &str) -> Result<String, PkiError> {
+    let first = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or(PkiError::Pem("a certificate"))?
+        .map_err(|_| PkiError::Pem("a certificate"))?;
+    Ok(der_fingerprint(&first))
+}
+
+/// Hex SHA-256 of a DER certificate.
+pub fn der_fingerprint(der: &[u8]) -> String {
+    Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Accepts a server whose chain contains the CA with a given fingerprint and whose leaf that CA
+/// signed for the requested name: how an agent trusts the coordinator on its first connection,
+/// knowing only its join token. The CA it saw is kept ([`PinnedCaVerifier::ca_pem`]) for later
+/// connections.
+#[derive(Debug)]
+pub struct PinnedCaVerifier {
+    fingerprint: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    seen: std::sync::Mutex<Option<CertificateDer<'static>>>,
+}
+
+impl PinnedCaVerifier {
+    pub fn new(fingerprint: &str) -> Arc<Self> {
+        Arc::new(Self {
+            fingerprint: fingerprint.to_ascii_lowercase(),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            seen: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// A client configuration that trusts only the pinned CA.
+    pub fn client_config(self: &Arc<Self>) -> Result<ClientConfig, PkiError> {
+        Ok(ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(self.clone())
+            .with_no_client_auth())
+    }
+
+    /// The pinned CA, as PEM, once a handshake has verified it.
+    pub fn ca_pem(&self) -> Option<String> {
+        let seen = self.seen.lock().ok()?.clone()?;
+        Some(pem_of_certificate(&seen))
+    }
+}
+
+fn pem_of_certificate(der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("CERTIFICATE", der.to_vec()), config)
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ca = intermediates.iter().find(|c| der_fingerprint(c) == self.fingerprint).ok_or_else(|| {
+            rustls::Error::General(
+                "the coordinator's CA does not match the fingerprint in the join token (wrong coordinator, \
+                 or a CA created after the token)"
+                    .into(),
+            )
+        })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verified = verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)?;
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(ca.clone().into_owned());
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -15,6 +15,7 @@ mod convert {
     include!(concat!(env!("OUT_DIR"), "/convert.rs"));
 }
 
+pub mod client;
 pub mod status;
 
 pub use trainyard_model as model;

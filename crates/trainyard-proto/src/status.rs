@@ -6,6 +6,8 @@
 //! | AlreadyExists    | ALREADY_EXISTS     | ResourceInUse            | 400  |
 //! | NotFound         | NOT_FOUND          | ResourceNotFound         | 400  |
 //! | LimitExceeded    | RESOURCE_EXHAUSTED | ResourceLimitExceeded    | 400  |
+//! | Unauthenticated  | UNAUTHENTICATED    | UnrecognizedClientException | 403 |
+//! | PermissionDenied | PERMISSION_DENIED  | AccessDeniedException    | 403  |
 //! | Unavailable      | UNAVAILABLE        | ServiceUnavailable       | 503  |
 //! | Internal         | INTERNAL           | InternalFailure          | 500  |
 //!
@@ -28,6 +30,8 @@ pub fn classify(error: &DomainError) -> (Code, &'static str, u16) {
         DomainError::AlreadyExists { .. } => (Code::AlreadyExists, "ResourceInUse", 400),
         DomainError::NotFound { .. } => (Code::NotFound, "ResourceNotFound", 400),
         DomainError::LimitExceeded(_) => (Code::ResourceExhausted, "ResourceLimitExceeded", 400),
+        DomainError::Unauthenticated(_) => (Code::Unauthenticated, "UnrecognizedClientException", 403),
+        DomainError::PermissionDenied(_) => (Code::PermissionDenied, "AccessDeniedException", 403),
         DomainError::Unavailable(_) => (Code::Unavailable, "ServiceUnavailable", 503),
         DomainError::Internal(_) => (Code::Internal, "InternalFailure", 500),
     }

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use trainyard_model::DomainError;
+use trainyard_model::access::{Scope, TokenKind};
 use trainyard_model::error::ResourceKind;
 use trainyard_model::jobs::{TrainingJob, TrialCounts, TuningJob};
 use trainyard_model::listing::{ListQuery, Page};
@@ -51,6 +52,34 @@ pub struct MetricSample {
     pub name: String,
     pub timestamp: trainyard_model::Timestamp,
     pub value: f64,
+}
+
+/// An API token or an agent join token, as stored: the secret itself is never kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub kind: TokenKind,
+    /// Hex SHA-256 of the token's secret.
+    pub secret_sha256: String,
+    /// API tokens: the user the token acts as. Join tokens: the user who created it.
+    pub user: String,
+    /// API tokens only.
+    pub scope: Option<Scope>,
+    pub description: String,
+    pub created_at: trainyard_model::Timestamp,
+    pub expires_at: Option<trainyard_model::Timestamp>,
+    pub revoked_at: Option<trainyard_model::Timestamp>,
+}
+
+/// The certificate an agent received when it joined.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentIdentity {
+    pub agent_id: String,
+    /// Hex SHA-256 of the certificate (DER) the agent presents.
+    pub certificate_sha256: String,
+    pub join_token_id: String,
+    pub joined_at: trainyard_model::Timestamp,
+    pub revoked_at: Option<trainyard_model::Timestamp>,
 }
 
 /// A record and the version it was read at (for compare-and-set updates).
@@ -141,6 +170,22 @@ pub trait Store: Send + Sync {
 
     /// The trial with the best final objective value of a tuning job.
     async fn best_trial(&self, tuning_job: &str, maximize: bool) -> Result<Option<TrainingJob>, StoreError>;
+
+    async fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Every token, oldest first.
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Marks a token revoked; false when there is no such token (revoking twice keeps the first time).
+    async fn revoke_token(&self, id: &str, at: trainyard_model::Timestamp) -> Result<bool, StoreError>;
+
+    /// Records the certificate an agent joined with, replacing any earlier one (and its revocation).
+    async fn put_agent_identity(&self, identity: &AgentIdentity) -> Result<(), StoreError>;
+    async fn agent_identity_by_certificate(
+        &self,
+        certificate_sha256: &str,
+    ) -> Result<Option<AgentIdentity>, StoreError>;
+    /// Marks an agent revoked; false when no agent of that id ever joined.
+    async fn revoke_agent(&self, agent_id: &str, at: trainyard_model::Timestamp) -> Result<bool, StoreError>;
 }
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.

@@ -8,13 +8,13 @@ use trainyard_model::api;
 use trainyard_model::jobs::{PlacedInstance, TrainingJob, Transition, TrialOrigin, TuningJob};
 use trainyard_model::timestamp::Timestamp;
 
-use crate::{StoreError, Versioned};
+use crate::{AgentIdentity, StoreError, TokenRecord, Versioned};
 
-pub(crate) const TUNING_COLUMNS: &str = "name, arn, status, strategy, creation_time, last_modified_time, end_time, failure_reason, request, version, details";
+pub(crate) const TUNING_COLUMNS: &str = "name, arn, status, strategy, creation_time, last_modified_time, end_time, failure_reason, request, version, details, owner";
 
 pub(crate) const TRAINING_COLUMNS: &str = "name, arn, tuning_job_name, status, secondary_status, objective_status, \
      objective_value, creation_time, last_modified_time, training_start_time, training_end_time, failure_reason, \
-     request, details, version";
+     request, details, version, owner";
 
 /// The parts of a training job that no query filters on, stored as one JSON document.
 #[derive(Serialize, Deserialize)]
@@ -78,6 +78,7 @@ pub(crate) fn tuning_job(row: &AnyRow) -> Result<Versioned<TuningJob>, StoreErro
             end_time: ts(row.try_get("end_time")?),
             failure_reason: row.try_get("failure_reason")?,
             request: serde_json::from_str(&request).map_err(|e| corrupt(&name, e))?,
+            owner: row.try_get("owner")?,
             completion: details.map(|d| serde_json::from_str(&d)).transpose().map_err(|e| corrupt(&name, e))?,
             name,
         },
@@ -105,6 +106,7 @@ pub(crate) fn training_job(row: &AnyRow) -> Result<Versioned<TrainingJob>, Store
             training_end_time: ts(row.try_get("training_end_time")?),
             failure_reason: row.try_get("failure_reason")?,
             request: serde_json::from_str(&request).map_err(|e| corrupt(&name, e))?,
+            owner: row.try_get("owner")?,
             origin: details.origin,
             final_metrics: details.final_metrics,
             objective_value: row.try_get("objective_value")?,
@@ -114,5 +116,35 @@ pub(crate) fn training_job(row: &AnyRow) -> Result<Versioned<TrainingJob>, Store
             attempt: details.attempt,
             name,
         },
+    })
+}
+
+pub(crate) const TOKEN_COLUMNS: &str =
+    "id, kind, secret_sha256, user_name, scope, description, created_at, expires_at, revoked_at";
+
+pub(crate) fn token(row: &AnyRow) -> Result<TokenRecord, StoreError> {
+    let id: String = row.try_get("id")?;
+    let kind: String = row.try_get("kind")?;
+    let scope: String = row.try_get("scope")?;
+    Ok(TokenRecord {
+        kind: parse(&id, &kind)?,
+        scope: if scope.is_empty() { None } else { Some(parse(&id, &scope)?) },
+        secret_sha256: row.try_get("secret_sha256")?,
+        user: row.try_get("user_name")?,
+        description: row.try_get("description")?,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+        expires_at: ts(row.try_get("expires_at")?),
+        revoked_at: ts(row.try_get("revoked_at")?),
+        id,
+    })
+}
+
+pub(crate) fn agent_identity(row: &AnyRow) -> Result<AgentIdentity, StoreError> {
+    Ok(AgentIdentity {
+        agent_id: row.try_get("agent_id")?,
+        certificate_sha256: row.try_get("certificate_sha256")?,
+        join_token_id: row.try_get("join_token_id")?,
+        joined_at: Timestamp::from_millis(row.try_get("joined_at")?),
+        revoked_at: ts(row.try_get("revoked_at")?),
     })
 }

@@ -16,8 +16,10 @@ use trainyard_model::listing::{Cursor, CursorKey, ListQuery, Page, SortKey, Sort
 use trainyard_model::status::{ObjectiveStatus, TrainingJobStatus};
 use trainyard_model::timestamp::Timestamp;
 
-use crate::rows::{self, TRAINING_COLUMNS, TUNING_COLUMNS, TrainingDetails};
-use crate::{Backend, LogRecord, MetricSample, Store, StoreError, Versioned};
+use trainyard_model::access::Scope;
+
+use crate::rows::{self, TOKEN_COLUMNS, TRAINING_COLUMNS, TUNING_COLUMNS, TrainingDetails};
+use crate::{AgentIdentity, Backend, LogRecord, MetricSample, Store, StoreError, TokenRecord, Versioned};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -164,6 +166,9 @@ impl SqlStore {
                 conditions.push(format!("{op} {}", st.bind(Arg::Int(t.millis()))));
             }
         }
+        if let Some(owner) = &f.owner {
+            conditions.push(format!("owner = {}", st.bind(Arg::Text(owner.clone()))));
+        }
         if let Some(tuning_job) = &f.tuning_job_name {
             conditions.push(format!("tuning_job_name = {}", st.bind(Arg::Text(tuning_job.clone()))));
         }
@@ -227,7 +232,7 @@ impl Store for SqlStore {
         let request = serde_json::to_string(&job.request)
             .map_err(|e| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() })?;
         let result = sqlx::query(audited(format!(
-            "INSERT INTO tuning_jobs ({TUNING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10)"
+            "INSERT INTO tuning_jobs ({TUNING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $11)"
         )))
         .bind(&job.name)
         .bind(&job.arn)
@@ -239,6 +244,7 @@ impl Store for SqlStore {
         .bind(job.failure_reason.as_deref())
         .bind(request)
         .bind(completion_json(job)?)
+        .bind(&job.owner)
         .execute(&self.pool)
         .await;
         inserted(result, ResourceKind::TuningJob, &job.name).map(|()| Versioned { value: job.clone(), version: 1 })
@@ -316,7 +322,7 @@ impl Store for SqlStore {
         let details = serde_json::to_string(&TrainingDetails::of(job)).map_err(corrupt)?;
         let result = sqlx::query(audited(format!(
             "INSERT INTO training_jobs ({TRAINING_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, $15)"
         )))
         .bind(&job.name)
         .bind(&job.arn)
@@ -332,6 +338,7 @@ impl Store for SqlStore {
         .bind(job.failure_reason.as_deref())
         .bind(request)
         .bind(details)
+        .bind(&job.owner)
         .execute(&self.pool)
         .await;
         inserted(result, ResourceKind::TrainingJob, &job.name).map(|()| Versioned { value: job.clone(), version: 1 })
@@ -567,5 +574,87 @@ impl Store for SqlStore {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(|r| rows::training_job(r).map(|v| v.value)).transpose()
+    }
+
+    async fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO access_tokens (id, kind, secret_sha256, user_name, scope, description, created_at, \
+             expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&token.id)
+        .bind(token.kind.as_str())
+        .bind(&token.secret_sha256)
+        .bind(&token.user)
+        .bind(token.scope.map_or("", Scope::as_str))
+        .bind(&token.description)
+        .bind(token.created_at.millis())
+        .bind(token.expires_at.map(|t| t.millis()))
+        .bind(token.revoked_at.map(|t| t.millis()))
+        .execute(&self.pool)
+        .await;
+        inserted(result, ResourceKind::Token, &token.id)
+    }
+
+    async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(audited(format!("SELECT {TOKEN_COLUMNS} FROM access_tokens WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rows::token).transpose()
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query(audited(format!("SELECT {TOKEN_COLUMNS} FROM access_tokens ORDER BY created_at, id")))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(rows::token).collect()
+    }
+
+    async fn revoke_token(&self, id: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let result = sqlx::query("UPDATE access_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+            .bind(at.millis())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn put_agent_identity(&self, identity: &AgentIdentity) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO agent_identities (agent_id, certificate_sha256, join_token_id, joined_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, NULL) ON CONFLICT (agent_id) DO UPDATE SET \
+             certificate_sha256 = $2, join_token_id = $3, joined_at = $4, revoked_at = NULL",
+        )
+        .bind(&identity.agent_id)
+        .bind(&identity.certificate_sha256)
+        .bind(&identity.join_token_id)
+        .bind(identity.joined_at.millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn agent_identity_by_certificate(
+        &self,
+        certificate_sha256: &str,
+    ) -> Result<Option<AgentIdentity>, StoreError> {
+        let row = sqlx::query(
+            "SELECT agent_id, certificate_sha256, join_token_id, joined_at, revoked_at FROM agent_identities \
+             WHERE certificate_sha256 = $1",
+        )
+        .bind(certificate_sha256)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rows::agent_identity).transpose()
+    }
+
+    async fn revoke_agent(&self, agent_id: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let result =
+            sqlx::query("UPDATE agent_identities SET revoked_at = COALESCE(revoked_at, $1) WHERE agent_id = $2")
+                .bind(at.millis())
+                .bind(agent_id)
+                .execute(&self.pool)
+                .await?;
+        Ok(result.rows_affected() > 0)
     }
 }

@@ -6,13 +6,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use trainyard_model::access::{Scope, TokenKind};
 use trainyard_model::api;
 use trainyard_model::jobs::{TrainingJob, TrialOrigin, TuningJob};
 use trainyard_model::listing::{ListQuery, SortKey, SortOrder};
 use trainyard_model::names::ArnContext;
 use trainyard_model::status::{SecondaryStatus, TrainingJobStatus, TuningJobStatus};
 use trainyard_model::timestamp::Timestamp;
-use trainyard_store::{Store, StoreError, connect};
+use trainyard_store::{AgentIdentity, Store, StoreError, TokenRecord, connect};
 use trainyard_testkit::PgServer;
 
 type Case = fn(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -32,6 +33,9 @@ cases!(
     trials_are_counted_and_ranked,
     active_jobs_are_found_for_reconciliation,
     logs_and_metrics_append_and_read_in_order,
+    owners_are_stored_and_filter_lists,
+    tokens_are_stored_hashed_and_revoked,
+    agent_identities_are_replaced_and_revoked,
 );
 
 #[tokio::test]
@@ -253,7 +257,7 @@ async fn pagination_stays_correct_while_jobs_arrive(store: Arc<dyn Store>) {
                 sort_order: Some(format!("{order:?}")),
                 ..Default::default()
             };
-            q = ListQuery::for_training_jobs(&request).expect("token resumes");
+            q = ListQuery::for_training_jobs(&request, None).expect("token resumes");
         }
         let originals: Vec<&String> = seen.iter().filter(|n| n.starts_with("job-")).collect();
         let mut expected: Vec<String> = (0..25).map(|i| format!("job-{i:02}")).collect();
@@ -381,4 +385,82 @@ async fn logs_and_metrics_append_and_read_in_order(store: Arc<dyn Store>) {
             .expect("trial");
     }
     assert_eq!(store.count_trials("counted").await.expect("count"), 3);
+}
+
+async fn owners_are_stored_and_filter_lists(store: Arc<dyn Store>) {
+    let mut mine = tuning("ana-tuning", 1);
+    mine.owner = "ana".into();
+    store.create_tuning_job(&mine).await.expect("create");
+    store.create_tuning_job(&tuning("nobodys", 2)).await.expect("create");
+    let mut trial = training("ana-trial", 3, Some("ana-tuning"));
+    trial.owner = "ana".into();
+    store.create_training_job(&trial).await.expect("create");
+    store.create_training_job(&training("bo-job", 4, None)).await.expect("create");
+
+    assert_eq!(store.get_tuning_job("ana-tuning").await.expect("get").expect("some").value.owner, "ana");
+    assert_eq!(store.get_training_job("bo-job").await.expect("get").expect("some").value.owner, "");
+    let mut q = query(SortKey::Name, SortOrder::Ascending, 10);
+    q.filter.owner = Some("ana".into());
+    assert_eq!(names_of_tuning(&store, &q).await, vec!["ana-tuning"]);
+    let trainings = store.list_training_jobs(&q).await.expect("list");
+    assert_eq!(trainings.items.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(), vec!["ana-trial"]);
+    q.filter.owner = None;
+    assert_eq!(names_of_tuning(&store, &q).await, vec!["ana-tuning", "nobodys"]);
+}
+
+async fn tokens_are_stored_hashed_and_revoked(store: Arc<dyn Store>) {
+    let token = TokenRecord {
+        id: "0123456789ab".into(),
+        kind: TokenKind::Api,
+        secret_sha256: "f".repeat(64),
+        user: "ana".into(),
+        scope: Some(Scope::Submit),
+        description: "laptop".into(),
+        created_at: Timestamp::from_millis(10),
+        expires_at: Some(Timestamp::from_millis(1_000)),
+        revoked_at: None,
+    };
+    let join = TokenRecord {
+        id: "ba9876543210".into(),
+        kind: TokenKind::Join,
+        scope: None,
+        created_at: Timestamp::from_millis(20),
+        expires_at: None,
+        ..token.clone()
+    };
+    store.create_token(&token).await.expect("create");
+    store.create_token(&join).await.expect("create");
+    assert!(matches!(store.create_token(&token).await, Err(StoreError::AlreadyExists { .. })));
+    assert_eq!(store.get_token(&token.id).await.expect("get"), Some(token.clone()));
+    assert_eq!(store.list_tokens().await.expect("list"), vec![token.clone(), join.clone()]);
+    assert_eq!(store.get_token("nope").await.expect("get"), None);
+
+    assert!(store.revoke_token(&token.id, Timestamp::from_millis(50)).await.expect("revoke"));
+    assert!(store.revoke_token(&token.id, Timestamp::from_millis(90)).await.expect("again"));
+    assert!(!store.revoke_token("nope", Timestamp::from_millis(50)).await.expect("revoke"));
+    let revoked = store.get_token(&token.id).await.expect("get").expect("some");
+    assert_eq!(revoked.revoked_at, Some(Timestamp::from_millis(50)), "the first revocation time is kept");
+    assert_eq!(store.get_token(&join.id).await.expect("get").expect("some").revoked_at, None);
+}
+
+async fn agent_identities_are_replaced_and_revoked(store: Arc<dyn Store>) {
+    let first = AgentIdentity {
+        agent_id: "gpu-1".into(),
+        certificate_sha256: "a".repeat(64),
+        join_token_id: "0123456789ab".into(),
+        joined_at: Timestamp::from_millis(1),
+        revoked_at: None,
+    };
+    store.put_agent_identity(&first).await.expect("put");
+    assert_eq!(store.agent_identity_by_certificate(&"a".repeat(64)).await.expect("get"), Some(first.clone()));
+    assert!(store.revoke_agent("gpu-1", Timestamp::from_millis(5)).await.expect("revoke"));
+    assert!(!store.revoke_agent("gpu-9", Timestamp::from_millis(5)).await.expect("revoke"));
+    let revoked = store.agent_identity_by_certificate(&"a".repeat(64)).await.expect("get").expect("some");
+    assert_eq!(revoked.revoked_at, Some(Timestamp::from_millis(5)));
+
+    // Joining again: a new certificate, no longer revoked; the old certificate names nobody.
+    let second = AgentIdentity { certificate_sha256: "b".repeat(64), joined_at: Timestamp::from_millis(9), ..first };
+    store.put_agent_identity(&second).await.expect("put");
+    assert_eq!(store.agent_identity_by_certificate(&"a".repeat(64)).await.expect("get"), None);
+    assert_eq!(store.agent_identity_by_certificate(&"b".repeat(64)).await.expect("get"), Some(second));
 }

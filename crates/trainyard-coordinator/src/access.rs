@@ -1,0 +1,126 @@
+//! The `Access` service: API tokens, join tokens and agent revocation, for admins (`trainyard
+//! tokens ...`, `trainyard agents revoke`). The same operations run without a server through
+//! `trainyard-coordinator tokens ...` (how the first admin token is made).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+use tracing::debug;
+use trainyard_model::DomainError;
+use trainyard_model::access::{Caller, Scope, TokenKind};
+use trainyard_proto::pb;
+use trainyard_proto::status::to_status;
+use trainyard_store::TokenRecord;
+
+use crate::auth::{Auth, DEFAULT_JOIN_TOKEN_LIFETIME};
+use crate::events::Event;
+
+pub struct AccessService {
+    pub auth: Arc<Auth>,
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+fn refused(operation: &str, e: DomainError) -> Status {
+    debug!(operation, error = %e, "access request refused");
+    to_status(&e)
+}
+
+pub fn token_info(r: &TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: r.id.clone(),
+        kind: r.kind.as_str().into(),
+        user: r.user.clone(),
+        scope: r.scope.map(|s| s.to_string()).unwrap_or_default(),
+        description: r.description.clone(),
+        created_millis: r.created_at.millis(),
+        expires_millis: r.expires_at.map(|t| t.millis()).unwrap_or_default(),
+        revoked_millis: r.revoked_at.map(|t| t.millis()).unwrap_or_default(),
+    }
+}
+
+fn lifetime(seconds: u64) -> Option<Duration> {
+    (seconds > 0).then(|| Duration::from_secs(seconds))
+}
+
+impl AccessService {
+    async fn admin<T>(&self, operation: &str, request: &Request<T>) -> Result<Caller, Status> {
+        let caller = self.auth.caller(request).await.map_err(|e| refused(operation, e))?;
+        caller.require(Scope::Admin, operation).map_err(|e| refused(operation, e))?;
+        Ok(caller)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::access_server::Access for AccessService {
+    async fn who_am_i(&self, request: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let caller = self.auth.caller(&request).await.map_err(|e| refused("WhoAmI", e))?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            user: caller.user,
+            scope: caller.scope.to_string(),
+            authenticated: self.auth.required(),
+        }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        self.admin("CreateToken", &request).await?;
+        let r = request.into_inner();
+        let scope = r.scope.parse::<Scope>().map_err(|e| refused("CreateToken", DomainError::invalid("Scope", e)))?;
+        let (token, record) = self
+            .auth
+            .create_token(TokenKind::Api, &r.user, Some(scope), &r.description, lifetime(r.expires_in_seconds))
+            .await
+            .map_err(|e| refused("CreateToken", e))?;
+        Ok(Response::new(pb::CreateTokenResponse { token, info: Some(token_info(&record)) }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.admin("ListTokens", &request).await?;
+        let tokens = self.auth.list_tokens().await.map_err(|e| refused("ListTokens", e))?;
+        Ok(Response::new(pb::ListTokensResponse { tokens: tokens.iter().map(token_info).collect() }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        self.admin("RevokeToken", &request).await?;
+        self.auth.revoke_token(&request.into_inner().id).await.map_err(|e| refused("RevokeToken", e))?;
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let caller = self.admin("CreateJoinToken", &request).await?;
+        let r = request.into_inner();
+        let lifetime = lifetime(r.expires_in_seconds).unwrap_or(DEFAULT_JOIN_TOKEN_LIFETIME);
+        let user = if caller.user.is_empty() { "admin" } else { caller.user.as_str() };
+        let (token, record) = self
+            .auth
+            .create_token(TokenKind::Join, user, None, &r.description, Some(lifetime))
+            .await
+            .map_err(|e| refused("CreateJoinToken", e))?;
+        Ok(Response::new(pb::CreateTokenResponse { token, info: Some(token_info(&record)) }))
+    }
+
+    async fn revoke_agent(
+        &self,
+        request: Request<pb::RevokeAgentRequest>,
+    ) -> Result<Response<pb::RevokeAgentResponse>, Status> {
+        self.admin("RevokeAgent", &request).await?;
+        let agent = request.into_inner().agent_id;
+        self.auth.revoke_agent(&agent).await.map_err(|e| refused("RevokeAgent", e))?;
+        // The loop stops its instances, closes its stream and fails or retries its jobs.
+        let _ = self.events.send(Event::AgentRevoked(agent));
+        Ok(Response::new(pb::RevokeAgentResponse {}))
+    }
+}

@@ -1,0 +1,76 @@
+//! `trainyard-coordinator tokens ...` and `join-token`: administration without a running server,
+//! against the same data directory and database (how the first admin token is made).
+
+use std::sync::Arc;
+
+use trainyard_model::access::TokenKind;
+use trainyard_model::{DomainError, Timestamp};
+
+use crate::auth::{Auth, DEFAULT_JOIN_TOKEN_LIFETIME};
+use crate::config::{AdminCommand, Config, TokensCommand};
+
+pub async fn run(command: AdminCommand, auth: &Arc<Auth>, config: &Config) -> anyhow::Result<()> {
+    if config.insecure {
+        anyhow::bail!("this coordinator is configured with --insecure: it uses no tokens");
+    }
+    let ca = config.data_dir.join("pki/ca.pem");
+    match command {
+        AdminCommand::Tokens(TokensCommand::Create { user, scope, description, expires_in }) => {
+            let (token, record) =
+                auth.create_token(TokenKind::Api, &user, Some(scope), &description, expires_in).await.map_err(plain)?;
+            println!("{token}");
+            eprintln!(
+                "token {} for user {user}, scope {scope}{}. It is shown only now. Clients use it with:\n  \
+                 export TRAINYARD_TOKEN={token}\n  export TRAINYARD_CA_FILE={}",
+                record.id,
+                record.expires_at.map(|t| format!(", expires {t}")).unwrap_or_default(),
+                ca.display()
+            );
+        }
+        AdminCommand::Tokens(TokensCommand::List) => {
+            println!(
+                "{:<12}  {:<4}  {:<16}  {:<6}  {:<24}  {:<24}  DESCRIPTION",
+                "ID", "KIND", "USER", "SCOPE", "CREATED", "STATE"
+            );
+            for t in auth.list_tokens().await.map_err(plain)? {
+                let state = match (t.revoked_at, t.expires_at) {
+                    (Some(at), _) => format!("revoked {at}"),
+                    (None, Some(at)) if at <= crate::core::now() => format!("expired {at}"),
+                    (None, Some(at)) => format!("until {at}"),
+                    (None, None) => "valid".into(),
+                };
+                let scope = t.scope.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<12}  {:<4}  {:<16}  {:<6}  {:<24}  {:<24}  {}",
+                    t.id,
+                    t.kind.as_str(),
+                    t.user,
+                    scope,
+                    t.created_at.to_string(),
+                    state,
+                    t.description
+                );
+            }
+        }
+        AdminCommand::Tokens(TokensCommand::Revoke { id }) => {
+            auth.revoke_token(&id).await.map_err(plain)?;
+            eprintln!("token {id} revoked");
+        }
+        AdminCommand::JoinToken { expires_in, description } => {
+            let lifetime = expires_in.unwrap_or(DEFAULT_JOIN_TOKEN_LIFETIME);
+            let (token, record) =
+                auth.create_token(TokenKind::Join, "admin", None, &description, Some(lifetime)).await.map_err(plain)?;
+            println!("{token}");
+            eprintln!(
+                "join token {} valid until {}: start each agent once with --join-token (or TRAINYARD_JOIN_TOKEN)",
+                record.id,
+                record.expires_at.unwrap_or(Timestamp::from_millis(0))
+            );
+        }
+    }
+    Ok(())
+}
+
+fn plain(e: DomainError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}

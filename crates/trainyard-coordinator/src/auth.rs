@@ -1,0 +1,256 @@
+//! Who is calling: API tokens for clients (`authorization: Bearer tya_...`), client certificates for
+//! agents (issued by `Join` in exchange for a join token). With `--insecure` there are no tokens
+//! and every caller is an admin.
+//!
+//! A verified API token is remembered for [`TOKEN_CACHE_TTL`], so that a busy client costs no
+//! database read per request; a revocation through this coordinator's API takes effect at once,
+//! one made by `trainyard-coordinator tokens revoke` (another process) within that time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tonic::Request;
+use tracing::{info, warn};
+use trainyard_model::access::{Caller, Scope, TokenKind, TokenText, check_user_name};
+use trainyard_model::error::ResourceKind;
+use trainyard_model::{DomainError, Timestamp};
+use trainyard_pki::{Authority, Credential};
+use trainyard_store::{AgentIdentity, Store, TokenRecord};
+
+use crate::core::now;
+
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
+/// How long a join token is good for unless its creator says otherwise.
+pub const DEFAULT_JOIN_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Agent certificates: long-lived; an agent is cut off by revocation, not by expiry.
+const AGENT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
+
+pub struct Auth {
+    store: Arc<dyn Store>,
+    authority: Arc<Authority>,
+    /// False with `--insecure`.
+    required: bool,
+    verified: Mutex<HashMap<String, Verified>>,
+}
+
+/// A token checked against the store: when, the hash it had, who it is, until when it is good.
+#[derive(Clone)]
+struct Verified {
+    at: Instant,
+    secret_sha256: String,
+    caller: Caller,
+    expires_at: Option<Timestamp>,
+}
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unauthenticated(why: impl Into<String>) -> DomainError {
+    DomainError::Unauthenticated(why.into())
+}
+
+impl Auth {
+    pub fn new(store: Arc<dyn Store>, authority: Arc<Authority>, required: bool) -> Self {
+        Self { store, authority, required, verified: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
+    /// The caller of a client request, from its bearer token.
+    pub async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, DomainError> {
+        if !self.required {
+            return Ok(Caller::unauthenticated_admin());
+        }
+        let header = request
+            .metadata()
+            .get("authorization")
+            .ok_or_else(|| unauthenticated("no API token: pass --token or set TRAINYARD_TOKEN"))?;
+        let value = header.to_str().map_err(|_| unauthenticated("the authorization header is not text"))?;
+        let text = value
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| unauthenticated("the authorization header must be 'Bearer <token>'"))?;
+        self.verify_api_token(text).await
+    }
+
+    pub async fn verify_api_token(&self, text: &str) -> Result<Caller, DomainError> {
+        let token = TokenText::parse(text).map_err(unauthenticated)?;
+        if token.kind != TokenKind::Api {
+            return Err(unauthenticated("a join token is not an API token"));
+        }
+        let hash = sha256_hex(&token.secret);
+        let cached = self.verified.lock().ok().and_then(|c| c.get(&token.id).cloned());
+        if let Some(v) = cached
+            && v.at.elapsed() < TOKEN_CACHE_TTL
+            && v.secret_sha256 == hash
+            && v.expires_at.is_none_or(|e| now() < e)
+        {
+            return Ok(v.caller);
+        }
+        let record = self.store.get_token(&token.id).await?;
+        let record = match record {
+            Some(r) if r.kind == TokenKind::Api && r.secret_sha256 == hash => r,
+            _ => return Err(unauthenticated(format!("unknown API token {}", token.id))),
+        };
+        Self::usable(&record)?;
+        let scope = record.scope.ok_or_else(|| DomainError::Internal(format!("token {} has no scope", record.id)))?;
+        let caller = Caller { user: record.user.clone(), scope };
+        if let Ok(mut cache) = self.verified.lock() {
+            let verified = Verified {
+                at: Instant::now(),
+                secret_sha256: hash,
+                caller: caller.clone(),
+                expires_at: record.expires_at,
+            };
+            cache.insert(record.id.clone(), verified);
+        }
+        Ok(caller)
+    }
+
+    fn usable(record: &TokenRecord) -> Result<(), DomainError> {
+        if let Some(at) = record.revoked_at {
+            return Err(unauthenticated(format!("{} token {} was revoked at {at}", record.kind.as_str(), record.id)));
+        }
+        if let Some(at) = record.expires_at
+            && now() >= at
+        {
+            return Err(unauthenticated(format!("{} token {} expired at {at}", record.kind.as_str(), record.id)));
+        }
+        Ok(())
+    }
+
+    /// The agent a session belongs to: the one whose certificate the client presented. None when
+    /// the coordinator runs with `--insecure`.
+    pub async fn agent<T>(&self, request: &Request<T>) -> Result<Option<String>, DomainError> {
+        if !self.required {
+            return Ok(None);
+        }
+        let certificates = request.peer_certs().ok_or_else(|| {
+            unauthenticated("agents authenticate with the certificate they received when they joined (--join-token)")
+        })?;
+        let leaf = certificates.first().ok_or_else(|| unauthenticated("no client certificate"))?;
+        let fingerprint = trainyard_pki::der_fingerprint(leaf);
+        let identity = self.store.agent_identity_by_certificate(&fingerprint).await?.ok_or_else(|| {
+            unauthenticated("this certificate belongs to no agent (it was replaced by a later join?)")
+        })?;
+        if let Some(at) = identity.revoked_at {
+            return Err(DomainError::PermissionDenied(format!(
+                "agent {} was revoked at {at}; it may join again with a new join token",
+                identity.agent_id
+            )));
+        }
+        Ok(Some(identity.agent_id))
+    }
+
+    /// Creates a token; returns its text (shown once) and its record.
+    pub async fn create_token(
+        &self,
+        kind: TokenKind,
+        user: &str,
+        scope: Option<Scope>,
+        description: &str,
+        lifetime: Option<Duration>,
+    ) -> Result<(String, TokenRecord), DomainError> {
+        check_user_name(user).map_err(|e| DomainError::invalid("User", e))?;
+        if description.chars().count() > 256 {
+            return Err(DomainError::invalid("Description", "must be at most 256 characters"));
+        }
+        let mut random = [0u8; 30];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+            .map_err(|_| DomainError::Internal("the system's random number generator failed".into()))?;
+        let fingerprint = match kind {
+            TokenKind::Join => Some(self.authority.fingerprint().map_err(|e| DomainError::Internal(e.to_string()))?),
+            TokenKind::Api => None,
+        };
+        let text = TokenText::new(kind, &random, fingerprint);
+        let created = now();
+        let record = TokenRecord {
+            id: text.id.clone(),
+            kind,
+            secret_sha256: sha256_hex(&text.secret),
+            user: user.to_string(),
+            scope,
+            description: description.to_string(),
+            created_at: created,
+            expires_at: lifetime.map(|l| Timestamp::from_millis(created.millis().saturating_add(l.as_millis() as i64))),
+            revoked_at: None,
+        };
+        self.store.create_token(&record).await?;
+        info!(token = %record.id, kind = kind.as_str(), user, scope = ?scope, "token created");
+        Ok((text.to_string(), record))
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, DomainError> {
+        Ok(self.store.list_tokens().await?)
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<(), DomainError> {
+        if !self.store.revoke_token(id, now()).await? {
+            return Err(DomainError::NotFound { kind: ResourceKind::Token, name: id.to_string() });
+        }
+        if let Ok(mut cache) = self.verified.lock() {
+            cache.remove(id);
+        }
+        info!(token = id, "token revoked");
+        Ok(())
+    }
+
+    /// Marks an agent revoked (the caller closes its stream).
+    pub async fn revoke_agent(&self, agent_id: &str) -> Result<(), DomainError> {
+        if !self.store.revoke_agent(agent_id, now()).await? {
+            return Err(DomainError::NotFound { kind: ResourceKind::Agent, name: agent_id.to_string() });
+        }
+        warn!(agent = agent_id, "agent revoked");
+        Ok(())
+    }
+
+    /// A join token and an agent id buy a client certificate; the agent's previous one (if it
+    /// joined before) stops working.
+    pub async fn join(&self, token_text: &str, agent_id: &str) -> Result<Credential, DomainError> {
+        if !self.required {
+            return Err(DomainError::invalid(
+                "JoinToken",
+                "this coordinator runs with --insecure: agents need no join",
+            ));
+        }
+        check_agent_id(agent_id)?;
+        let token = TokenText::parse(token_text).map_err(unauthenticated)?;
+        if token.kind != TokenKind::Join {
+            return Err(unauthenticated("an API token is not a join token"));
+        }
+        let record = match self.store.get_token(&token.id).await? {
+            Some(r) if r.kind == TokenKind::Join && r.secret_sha256 == sha256_hex(&token.secret) => r,
+            _ => return Err(unauthenticated(format!("unknown join token {}", token.id))),
+        };
+        Self::usable(&record)?;
+        let credential = self
+            .authority
+            .issue_agent_credential(agent_id, AGENT_CERTIFICATE_LIFETIME)
+            .map_err(|e| DomainError::Internal(e.to_string()))?;
+        let fingerprint = trainyard_pki::certificate_fingerprint(&credential.certificate_pem)
+            .map_err(|e| DomainError::Internal(e.to_string()))?;
+        self.store
+            .put_agent_identity(&AgentIdentity {
+                agent_id: agent_id.to_string(),
+                certificate_sha256: fingerprint,
+                join_token_id: record.id.clone(),
+                joined_at: now(),
+                revoked_at: None,
+            })
+            .await?;
+        info!(agent = agent_id, join_token = %record.id, "agent joined");
+        Ok(credential)
+    }
+}
+
+/// Agent ids name directories and network namespaces on their host.
+pub fn check_agent_id(id: &str) -> Result<(), DomainError> {
+    let valid = !id.is_empty()
+        && id.len() <= 63
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid { Ok(()) } else { Err(DomainError::invalid("AgentId", format!("'{id}' must be 1-63 of [A-Za-z0-9-_.]"))) }
+}

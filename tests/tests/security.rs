@@ -1,0 +1,263 @@
+//! Who may use the cluster: TLS on every gRPC connection, API tokens with scopes for clients,
+//! join tokens and client certificates for agents, revocation of both. Everything through the real
+//! binaries over real sockets.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use trainyard_e2e::{Coordinator, TEST_TRAINER, example};
+use trainyard_testkit::{binary, free_port, wait_until};
+
+fn training(c: &Coordinator, name: &str, sleep: &str) -> std::path::PathBuf {
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    r["TrainingJobName"] = json!(name);
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(c.install_program("trainer.py", TEST_TRAINER));
+    r["HyperParameters"] = json!({"sleep": sleep});
+    c.write(&format!("{name}.json"), &r.to_string())
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Creates an API token through the admin RPC; returns (token, id).
+fn token(c: &Coordinator, user: &str, scope: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["tokens", "create", "--user", user, "--scope", scope];
+    args.extend_from_slice(extra);
+    let created = c.json(&args);
+    (created["Token"].as_str().expect("token").to_string(), created["Id"].as_str().expect("id").to_string())
+}
+
+fn names(listed: &Value) -> Vec<String> {
+    listed["TrainingJobSummaries"]
+        .as_array()
+        .expect("summaries")
+        .iter()
+        .filter_map(|s| s["TrainingJobName"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn tokens_and_scopes_decide_who_sees_creates_and_stops_what() {
+    let c = Coordinator::start();
+    let _agent = c.start_agent("worker", &["--advertise-vcpus", "16"], &[]);
+    let (ana, ana_id) = token(&c, "ana", "submit", &["--description", "ana's laptop"]);
+    let (ana_reader, _) = token(&c, "ana", "read", &[]);
+    let (bo, _) = token(&c, "bo", "submit", &[]);
+
+    // Without TLS, without a token, with a bad one, or trusting another CA: refused.
+    let plain = c.cli(&["--insecure", "training-jobs", "list"]);
+    assert_eq!(plain.code(), 6, "plain text against TLS: {}", plain.stderr());
+    assert!(plain.stderr().contains("does the coordinator use TLS? Then drop --insecure"), "{}", plain.stderr());
+    let anonymous = c.cli_as("", &["training-jobs", "list"]);
+    assert_eq!(anonymous.code(), 8, "{}", anonymous.stderr());
+    assert!(anonymous.stderr().contains("no API token"), "{}", anonymous.stderr());
+    let garbage = c.cli_as("tya_000000000000_0000", &["training-jobs", "list"]);
+    assert_eq!(garbage.code(), 8);
+    assert!(garbage.stderr().contains("malformed api token"), "{}", garbage.stderr());
+    let forged = format!("{}_{}", &ana[..16], "0".repeat(48));
+    let out = c.cli_as(&forged, &["training-jobs", "list"]);
+    assert_eq!(out.code(), 8, "a right id with a wrong secret: {}", out.stderr());
+    let stranger = Coordinator::start();
+    let out = Command::new(binary("trainyard"))
+        .env("TRAINYARD_COORDINATOR", &c.address)
+        .env("TRAINYARD_CA_FILE", stranger.ca_file())
+        .env("TRAINYARD_TOKEN", &c.token)
+        .args(["training-jobs", "list"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(6), "another cluster's CA does not verify this coordinator");
+
+    // Each user submits; each sees only their own jobs; the admin sees all.
+    let out = c.cli_as(&ana, &["training-jobs", "create", "--file", path(&training(&c, "ana-job", "30"))]);
+    out.assert_success();
+    c.cli_as(&bo, &["training-jobs", "create", "--file", path(&training(&c, "bo-job", "30"))]).assert_success();
+    assert_eq!(names(&c.json_as(&ana, &["training-jobs", "list"])), vec!["ana-job"]);
+    assert_eq!(names(&c.json_as(&ana_reader, &["training-jobs", "list"])), vec!["ana-job"]);
+    assert_eq!(names(&c.json_as(&bo, &["training-jobs", "list"])), vec!["bo-job"]);
+    assert_eq!(names(&c.json(&["training-jobs", "list"])), vec!["ana-job", "bo-job"]);
+
+    // Bo can neither read nor stop Ana's job: for him it does not exist.
+    for args in [
+        vec!["training-jobs", "describe", "ana-job"],
+        vec!["training-jobs", "stop", "ana-job"],
+        vec!["training-jobs", "logs", "ana-job"],
+    ] {
+        let out = c.cli_as(&bo, &args);
+        assert_eq!(out.code(), 4, "{args:?}: {}", out.stderr());
+        assert!(out.stderr().contains("training job 'ana-job' does not exist"), "{}", out.stderr());
+    }
+    // A read-only token reads but neither creates nor stops.
+    assert_eq!(c.json_as(&ana_reader, &["training-jobs", "describe", "ana-job"])["TrainingJobName"], "ana-job");
+    let out = c.cli_as(&ana_reader, &["training-jobs", "stop", "ana-job"]);
+    assert_eq!(out.code(), 8);
+    assert!(
+        out.stderr()
+            .contains("StopTrainingJob needs a token with scope 'submit' or more; this token (ana) has scope 'read'"),
+        "{}",
+        out.stderr()
+    );
+    let out = c.cli_as(&ana_reader, &["training-jobs", "create", "--file", path(&training(&c, "sneaky", "1"))]);
+    assert_eq!(out.code(), 8, "{}", out.stderr());
+    assert_eq!(c.cli(&["training-jobs", "describe", "sneaky"]).code(), 4, "nothing was stored");
+    // Only admins manage tokens.
+    let out = c.cli_as(&ana, &["tokens", "list"]);
+    assert_eq!(out.code(), 8);
+    assert!(out.stderr().contains("ListTokens needs a token with scope 'admin'"), "{}", out.stderr());
+    assert_eq!(c.cli_as(&ana, &["whoami"]).stdout().trim(), "user ana with scope submit");
+
+    // Bo stops his own job; the admin stops Ana's.
+    c.cli_as(&bo, &["training-jobs", "stop", "bo-job"]).assert_success();
+    c.cli(&["training-jobs", "stop", "ana-job"]).assert_success();
+    for job in ["ana-job", "bo-job"] {
+        c.wait_json(&["training-jobs", "describe", job], |d| d["TrainingJobStatus"] == "Stopped");
+    }
+
+    // Revoked through the API: refused at once. The listing shows when, without secrets.
+    c.cli(&["tokens", "revoke", &ana_id]).assert_success();
+    let out = c.cli_as(&ana, &["training-jobs", "list"]);
+    assert_eq!(out.code(), 8);
+    assert!(out.stderr().contains(&format!("api token {ana_id} was revoked")), "{}", out.stderr());
+    let tokens = c.json(&["tokens", "list"]);
+    let listed = tokens["Tokens"].as_array().expect("tokens");
+    let entry = listed.iter().find(|t| t["Id"] == ana_id.as_str()).expect("ana's token is listed");
+    assert!(entry["RevocationTime"].is_number(), "{entry:#}");
+    assert_eq!(entry["Description"], "ana's laptop");
+    assert!(!tokens.to_string().contains(&ana[17..]), "no secret in the listing");
+
+    // Expired tokens are refused; a token revoked offline (another process) within the cache's 5 s.
+    let (brief, _) = token(&c, "cy", "read", &["--expires-in", "1s"]);
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = c.cli_as(&brief, &["training-jobs", "list"]);
+    assert_eq!(out.code(), 8);
+    assert!(out.stderr().contains("expired"), "{}", out.stderr());
+    let (offline, offline_id) = token(&c, "di", "read", &[]);
+    c.cli_as(&offline, &["training-jobs", "list"]).assert_success();
+    c.admin(&["tokens", "revoke", &offline_id]);
+    assert!(
+        wait_until(Duration::from_secs(8), || c.cli_as(&offline, &["training-jobs", "list"]).code() == 8),
+        "a token revoked with trainyard-coordinator is refused within the cache's lifetime"
+    );
+}
+
+#[test]
+fn agents_join_once_and_a_revoked_agent_is_refused_and_its_work_ends() {
+    let c = Coordinator::start_with_args(&["--agent-lost-after-seconds", "2"]);
+
+    // A made-up join token, or an API token, buys nothing.
+    let fingerprint = c.join_token.rsplit('_').next().expect("fingerprint").to_string();
+    let made_up = format!("tyj_{}_{}_{fingerprint}", "1".repeat(12), "2".repeat(48));
+    let mut intruder = c.spawn_agent("intruder", &[], &[("TRAINYARD_JOIN_TOKEN", &made_up)]);
+    assert!(intruder.wait_exit(Duration::from_secs(20)).is_some_and(|s| !s.success()), "{}", intruder.log());
+    assert!(intruder.log().contains("refused to let this agent join: unauthenticated: unknown join token"));
+    let mut confused = c.spawn_agent("confused", &[], &[("TRAINYARD_JOIN_TOKEN", &c.token)]);
+    assert!(confused.wait_exit(Duration::from_secs(20)).is_some());
+    assert!(confused.log().contains("this is not a join token"), "{}", confused.log());
+    // A join token of another cluster: its CA fingerprint does not match this coordinator.
+    let other = Coordinator::start();
+    let mut lost = c.spawn_agent("lost", &[], &[("TRAINYARD_JOIN_TOKEN", &other.join_token)]);
+    assert!(lost.wait_exit(Duration::from_secs(20)).is_some());
+    assert!(lost.log().contains("does not match the fingerprint in the join token"), "{}", lost.log());
+
+    // Joining once is enough: with its join token revoked, the agent restarts on its certificate.
+    let mut first = c.start_agent("gpu-host", &["--advertise-vcpus", "16"], &[]);
+    let identity = c.dir.path().join("agents/gpu-host/identity");
+    let key_mode = std::fs::metadata(identity.join("agent-key.pem")).expect("key").permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key_mode) & 0o777, 0o600);
+    let join_id = c.join_token.split('_').nth(1).expect("id").to_string();
+    c.cli(&["tokens", "revoke", &join_id]).assert_success();
+    first.signal(trainyard_testkit::SIGTERM);
+    first.wait_exit(Duration::from_secs(20)).expect("stopped");
+    let mut agent = c.start_agent("gpu-host", &["--advertise-vcpus", "16"], &[]);
+
+    // A certificate speaks for its own agent only.
+    let copy = c.dir.path().join("stolen-identity");
+    std::fs::create_dir_all(&copy).expect("dir");
+    for file in ["ca.pem", "agent.pem", "agent-key.pem"] {
+        std::fs::copy(identity.join(file), copy.join(file)).expect("copy");
+    }
+    std::fs::write(copy.join("agent-id"), "impostor").expect("write");
+    let impostor = c.spawn_agent("impostor", &["--identity-dir", path(&copy)], &[]);
+    assert!(
+        wait_until(Duration::from_secs(20), || impostor
+            .log()
+            .contains("belongs to agent 'gpu-host', not to 'impostor'")),
+        "{}",
+        impostor.log()
+    );
+    assert!(
+        c.json(&["agents", "list"])["Agents"].as_array().expect("agents").iter().all(|a| a["AgentId"] != "impostor")
+    );
+    impostor.signal(trainyard_testkit::SIGKILL);
+
+    // Revoked while it runs a job: the job ends (failed: its agent is gone), the agent is refused.
+    let job = training(&c, "on-revoked", "60");
+    c.cli(&["training-jobs", "create", "--file", path(&job)]).assert_success();
+    c.wait_json(&["training-jobs", "describe", "on-revoked"], |d| d["SecondaryStatus"] == "Training");
+    c.cli(&["agents", "revoke", "gpu-host"]).assert_success();
+    let ended = c.wait_json(&["training-jobs", "describe", "on-revoked"], |d| d["TrainingJobStatus"] != "InProgress");
+    assert_eq!(ended["TrainingJobStatus"], "Failed");
+    assert!(ended["FailureReason"].as_str().unwrap_or_default().contains("agent gpu-host was revoked"), "{ended:#}");
+    assert!(
+        wait_until(Duration::from_secs(20), || agent.log().contains("agent gpu-host was revoked")),
+        "the agent is refused when it reconnects:\n{}",
+        agent.log()
+    );
+    // It stopped the job's process, as told before its stream was closed.
+    assert!(
+        wait_until(Duration::from_secs(20), || agent
+            .log()
+            .contains("instance ended job=on-revoked instance=1 state=Stopped")),
+        "the revoked agent did not stop its instance:\n{}",
+        agent.log()
+    );
+    let state = c.json(&["agents", "list"])["Agents"][0]["State"].clone();
+    assert_eq!(state, "lost", "a revoked agent holds no work");
+
+    // It may come back only by joining again, with a new join token.
+    agent.signal(trainyard_testkit::SIGKILL);
+    agent.wait_exit(Duration::from_secs(10)).expect("killed");
+    std::fs::remove_dir_all(&identity).expect("forget the old identity");
+    let fresh = c.cli(&["join-token"]);
+    fresh.assert_success();
+    let _back =
+        c.start_agent("gpu-host", &["--advertise-vcpus", "16"], &[("TRAINYARD_JOIN_TOKEN", fresh.stdout().trim())]);
+}
+
+#[test]
+fn plain_text_is_only_for_loopback_and_needs_no_tokens() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let refused = Command::new(binary("trainyard-coordinator"))
+        .args(["--insecure", "--listen", &format!("0.0.0.0:{port}"), "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("allowed on a loopback address only"), "{stderr}");
+
+    let mut cmd = Command::new(binary("trainyard-coordinator"));
+    cmd.args(["--insecure", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(dir.path().join("data"));
+    let mut daemon = trainyard_testkit::Daemon::spawn("coordinator", cmd, dir.path());
+    assert!(wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let out = Command::new(binary("trainyard"))
+        .args(["--coordinator", &format!("127.0.0.1:{port}"), "--insecure", "whoami"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "no authentication (the coordinator runs with --insecure): everyone is an admin"
+    );
+    // TLS against a plain-text coordinator fails instead of silently falling back.
+    let out = Command::new(binary("trainyard"))
+        .args(["--coordinator", &format!("127.0.0.1:{port}"), "--ca-file"])
+        .arg(dir.path().join("data/pki/ca.pem"))
+        .args(["--token", "tya_000000000000_000000000000000000000000000000000000000000000000", "whoami"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    daemon.assert_running();
+}
