@@ -245,7 +245,8 @@ fn stops_runtime_limits_and_failures_end_jobs_as_sagemaker_does() {
 
 #[test]
 fn an_agent_killed_mid_job_fails_its_jobs_or_retries_them_elsewhere() {
-    let c = Coordinator::start_with_args(&["--agent-lost-after-seconds", "2"]);
+    // A lost agent's jobs are retried once its lease has run out (it may only be cut off).
+    let c = Coordinator::start_with_args(&["--agent-lost-after-seconds", "2", "--agent-lease-seconds", "3"]);
     let mut doomed = c.start_agent("doomed", &["--advertise-vcpus", "16"], &[]);
     let mut retried = training_request(&c, "retried", json!({"sleep": "3"}), 600);
     retried["RetryStrategy"] = json!({"MaximumRetryAttempts": 1});

@@ -388,3 +388,120 @@ fn namespaces_do_not_outlive_their_instances_or_a_crashed_agent() {
         namespaces()
     );
 }
+
+/// Appends `<pid> <time in ns>` to the file `ticks` every 50 ms for `seconds`, then saves a model.
+const TICKER: &str = r#"#!/usr/bin/env python3
+import json, os, time
+hp = json.load(open(os.path.join(os.environ["SM_INPUT_CONFIG_DIR"], "hyperparameters.json")))
+end = time.time() + float(hp["seconds"])
+with open(hp["ticks"], "a") as ticks:
+    while time.time() < end:
+        ticks.write(f"{os.getpid()} {time.time_ns()}\n")
+        ticks.flush()
+        time.sleep(0.05)
+os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
+print("done", flush=True)
+"#;
+
+/// Each process's first and last tick, in the order they started.
+fn tick_spans(file: &std::path::Path) -> Vec<(u64, u64)> {
+    let mut spans: Vec<(String, u64, u64)> = Vec::new();
+    for line in std::fs::read_to_string(file).unwrap_or_default().lines() {
+        let Some((pid, at)) = line.split_once(' ') else { continue };
+        let Ok(at) = at.parse::<u64>() else { continue };
+        match spans.iter_mut().find(|s| s.0 == pid) {
+            Some(span) => span.2 = at,
+            None => spans.push((pid.to_string(), at, at)),
+        }
+    }
+    spans.into_iter().map(|(_, first, last)| (first, last)).collect()
+}
+
+#[test]
+fn a_partitioned_agent_stops_its_work_before_a_retry_runs_elsewhere() {
+    let mut lan = lan_or_explain();
+    let config_dir = tempfile::tempdir().expect("dir");
+    let config = config_dir.path().join("coordinator.toml");
+    std::fs::write(&config, "heartbeat_interval_ms = 300\n").expect("write");
+    let c = Coordinator::start_for_lan(&[
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--agent-lost-after-seconds",
+        "2",
+        "--agent-lease-seconds",
+        "4",
+    ]);
+    let (a, b) = (lan.add_host(), lan.add_host());
+    let agent_a = c.start_agent_on(&a, &lan, "host-a", &["--advertise-vcpus", "8"]);
+    let ticker = c.install_program("ticker.py", TICKER);
+    let request = |name: &str, seconds: &str| {
+        let ticks = c.dir.path().join(format!("{name}.ticks"));
+        let mut r = job(&c, name, 1, json!({"seconds": seconds, "ticks": ticks.display().to_string()}));
+        r["AlgorithmSpecification"]["TrainingImage"] = json!(ticker);
+        r["RetryStrategy"] = json!({"MaximumRetryAttempts": 1});
+        (r, ticks)
+    };
+
+    // Shorter than the heartbeat timeout: nothing happens, the job goes on and completes.
+    let (steady, _) = request("steady", "3");
+    submit(&c, &steady);
+    c.wait_json(&["training-jobs", "describe", "steady"], |d| d["SecondaryStatus"] == "Training");
+    a.partition_from(lan.gateway);
+    std::thread::sleep(Duration::from_millis(700));
+    a.heal();
+    let done = finished(&c, "steady");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    let transitions = done["SecondaryStatusTransitions"].to_string();
+    assert!(!transitions.contains("Restarting"), "a short partition restarts nothing: {transitions}");
+
+    // Longer than the lease: the coordinator declares host-a lost and retries the job on host-b,
+    // but only after host-a has stopped its copy itself. The two copies never run at once.
+    let (fenced, ticks) = request("fenced", "8");
+    submit(&c, &fenced);
+    c.wait_json(&["training-jobs", "describe", "fenced"], |d| d["SecondaryStatus"] == "Training");
+    let agent_b = c.start_agent_on(&b, &lan, "host-b", &["--advertise-vcpus", "8"]);
+    std::thread::sleep(Duration::from_millis(500));
+    a.partition_from(lan.gateway);
+    let waiting = c.wait_json(&["training-jobs", "describe", "fenced"], |d| {
+        d["SecondaryStatusTransitions"].to_string().contains("Restarting")
+    });
+    let message = waiting["SecondaryStatusTransitions"].to_string();
+    assert!(message.contains("once the lost copy has stopped itself: agent host-a was lost"), "{message}");
+    let done = finished(&c, "fenced");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    let transitions = done["SecondaryStatusTransitions"].to_string();
+    assert!(transitions.contains("s for the lost copy to stop itself (fencing)"), "{transitions}");
+    assert!(transitions.contains("Launching on host-b"), "{transitions}");
+    assert!(agent_a.log().contains("stopping every instance (fencing)"), "{}", agent_a.log());
+    let spans = tick_spans(&ticks);
+    assert_eq!(spans.len(), 2, "two attempts: {spans:?}");
+    assert!(
+        spans[0].1 < spans[1].0,
+        "the first copy's last tick ({}) comes before the retry's first ({}): never both at once",
+        spans[0].1,
+        spans[1].0
+    );
+
+    // Healed, host-a comes back (its fenced instance reported and forgotten) and takes work again.
+    a.heal();
+    c.wait_json(&["agents", "list"], |l| {
+        l["Agents"].as_array().is_some_and(|a| a.iter().any(|x| x["AgentId"] == "host-a" && x["State"] == "ready"))
+    });
+
+    // Longer than the heartbeat timeout, shorter than the lease: declared lost, the retry waits for
+    // the lease; host-a comes back first and is told to kill the copy it no longer owns.
+    drop(agent_b);
+    let (healed, ticks) = request("healed", "6");
+    submit(&c, &healed);
+    c.wait_json(&["training-jobs", "describe", "healed"], |d| d["SecondaryStatus"] == "Training");
+    a.partition_from(lan.gateway);
+    c.wait_json(&["training-jobs", "describe", "healed"], |d| {
+        d["SecondaryStatusTransitions"].to_string().contains("Restarting")
+    });
+    a.heal();
+    let done = finished(&c, "healed");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    let spans = tick_spans(&ticks);
+    assert_eq!(spans.len(), 2, "two attempts: {spans:?}");
+    assert!(spans[0].1 < spans[1].0, "never both at once: {spans:?}");
+}

@@ -1,5 +1,7 @@
-//! The SageMaker-compatible endpoint, driven by AWS's own client: boto3 (from PyPI) with
-//! `endpoint_url` pointed at the coordinator, SigV4-signed with a configured access key.
+//! The SageMaker-compatible endpoint, driven by AWS's own clients: boto3 (from PyPI) with
+//! `endpoint_url` pointed at the coordinator, and the AWS CLI; HTTPS verified against the
+//! coordinator's CA (`AWS_CA_BUNDLE`), SigV4-signed with a configured access key or one issued with
+//! an API token.
 
 use std::process::Command;
 use std::time::Duration;
@@ -79,11 +81,12 @@ fn boto3_drives_the_coordinator_through_the_sagemaker_api() {
     let out = Command::new(python)
         .arg("-c")
         .arg(SCRIPT)
-        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(format!("https://127.0.0.1:{port}"))
         .args(["AKIATRAINYARDTEST", "s3cr3t/with+chars"])
         .arg(&tuning_file)
         .arg(&training_file)
         .env_remove("AWS_ENDPOINT_URL")
+        .env("AWS_CA_BUNDLE", c.ca_file())
         .output()
         .expect("run boto3");
     assert!(out.status.success(), "boto3 script failed:\n{}", String::from_utf8_lossy(&out.stderr));
@@ -109,23 +112,27 @@ fn boto3_drives_the_coordinator_through_the_sagemaker_api() {
 fn the_aws_cli_creates_and_describes_jobs_from_the_example_files() {
     let aws = trainyard_testkit::s3::aws_cli();
     let port = free_port();
+    // An empty directory, so that the AWS CLI reads no configuration of this machine's.
     let config = tempfile::tempdir().expect("dir");
-    let config_file = config.path().join("coordinator.toml");
-    std::fs::write(&config_file, "[[access_keys]]\nid = \"AKIACLI\"\nsecret = \"cli-secret\"\n").expect("write");
-    let _coordinator = Coordinator::start_with_args(&[
-        "--config",
-        config_file.to_str().expect("utf-8"),
-        "--sagemaker-listen",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let run = |args: &[&str]| {
+    let c = Coordinator::start_with_args(&["--sagemaker-listen", &format!("127.0.0.1:{port}")]);
+    // Access keys issued by the coordinator, bound to an API token's user and scope.
+    let issue = |user: &str, scope: &str| {
+        let created = c.json(&["tokens", "create", "--user", user, "--scope", scope, "--access-key"]);
+        let field = |k: &str| created[k].as_str().expect("field").to_string();
+        (field("Id"), field("AccessKeyId"), field("SecretAccessKey"))
+    };
+    let (token_id, key_id, secret) = issue("cli", "submit");
+    assert!(key_id.starts_with("TYAK") && secret.len() == 40, "{key_id}");
+    let (_, reader_key, reader_secret) = issue("cli", "read");
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let run_as = |key: &str, secret: &str, args: &[&str]| {
         let out = Command::new(&aws)
             .args(["sagemaker"])
             .args(args)
             .args(["--endpoint-url", &endpoint, "--output", "json"])
-            .env("AWS_ACCESS_KEY_ID", "AKIACLI")
-            .env("AWS_SECRET_ACCESS_KEY", "cli-secret")
+            .env("AWS_CA_BUNDLE", c.ca_file())
+            .env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
             .env("AWS_DEFAULT_REGION", "us-east-1")
             .env_remove("AWS_ENDPOINT_URL")
             .env("AWS_CONFIG_FILE", config.path().join("none"))
@@ -138,6 +145,7 @@ fn the_aws_cli_creates_and_describes_jobs_from_the_example_files() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let run = |args: &[&str]| run_as(&key_id, &secret, args);
     for (operation, file) in
         [("create-hyper-parameter-tuning-job", "tuning-job.json"), ("create-training-job", "training-job.json")]
     {
@@ -159,4 +167,37 @@ fn the_aws_cli_creates_and_describes_jobs_from_the_example_files() {
     let (code, _, stderr) = run(&["create-training-job", "--cli-input-json", &input]);
     assert_ne!(code, Some(0));
     assert!(stderr.contains("ResourceInUse"), "{stderr}");
+
+    // The key acts as its token's user: the jobs are theirs, and a read-only key reads but cannot
+    // create. Revoking the token revokes the key.
+    let stranger = c.json(&["tokens", "create", "--user", "someone-else", "--scope", "read"]);
+    let seen = c.json_as(stranger["Token"].as_str().expect("token"), &["training-jobs", "list"]);
+    assert_eq!(seen["TrainingJobSummaries"].as_array().map(Vec::len), Some(0), "the jobs are cli's: {seen:#}");
+    let (code, stdout, stderr) = run_as(&reader_key, &reader_secret, &["list-training-jobs"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("blobs-logreg-baseline"), "same user: {stdout}");
+    let input = format!("file://{}", example("training-job.json").display());
+    let (code, _, stderr) = run_as(
+        &reader_key,
+        &reader_secret,
+        &["create-training-job", "--cli-input-json", &input, "--training-job-name", "from-reader"],
+    );
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("AccessDeniedException"), "{stderr}");
+    c.cli(&["tokens", "revoke", &token_id]).assert_success();
+    let (code, _, stderr) = run(&["list-training-jobs"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("UnrecognizedClientException") && stderr.contains("revoked"), "{stderr}");
+    // Plain HTTP to the TLS endpoint gets nowhere.
+    let plain = Command::new(&aws)
+        .args(["sagemaker", "list-training-jobs", "--endpoint-url", &format!("http://127.0.0.1:{port}")])
+        .env("AWS_ACCESS_KEY_ID", &reader_key)
+        .env("AWS_SECRET_ACCESS_KEY", &reader_secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .env("AWS_CONFIG_FILE", config.path().join("none"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", config.path().join("none"))
+        .output()
+        .expect("run aws");
+    assert!(!plain.status.success());
 }

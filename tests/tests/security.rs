@@ -205,11 +205,11 @@ fn agents_join_once_and_a_revoked_agent_is_refused_and_its_work_ends() {
         "the agent is refused when it reconnects:\n{}",
         agent.log()
     );
-    // It stopped the job's process, as told before its stream was closed.
+    // It killed the job's process (fencing), as told before its stream was closed.
     assert!(
         wait_until(Duration::from_secs(20), || agent
             .log()
-            .contains("instance ended job=on-revoked instance=1 state=Stopped")),
+            .contains("instance ended job=on-revoked instance=1 state=Failed")),
         "the revoked agent did not stop its instance:\n{}",
         agent.log()
     );
@@ -237,7 +237,7 @@ fn plain_text_is_only_for_loopback_and_needs_no_tokens() {
         .expect("run");
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("allowed on a loopback address only"), "{stderr}");
+    assert!(stderr.contains("allowed on loopback addresses only"), "{stderr}");
 
     let mut cmd = Command::new(binary("trainyard-coordinator"));
     cmd.args(["--insecure", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(dir.path().join("data"));
@@ -260,4 +260,95 @@ fn plain_text_is_only_for_loopback_and_needs_no_tokens() {
         .expect("run");
     assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
     daemon.assert_running();
+}
+
+#[test]
+fn execution_roles_decide_the_user_and_what_a_job_may_reach() {
+    let config_dir = tempfile::tempdir().expect("dir");
+    let config = config_dir.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[roles]]
+arn = "arn:aws:iam::123456789012:role/TrainyardExecution"
+user = "nobody"
+read = ["s3://trainyard-examples/blobs"]
+write = ["s3://trainyard-output/"]
+"#,
+    )
+    .expect("write");
+    let c = Coordinator::start_with_args(&["--config", path(&config)]);
+    let _agent = c.start_agent("worker", &["--advertise-vcpus", "8"], &[]);
+
+    // The program lives where the role's user can read it, as it would in a shared software dir.
+    let programs = tempfile::Builder::new().prefix("trainyard-programs-").tempdir().expect("dir");
+    std::fs::set_permissions(programs.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let program = programs.path().join("whoami.sh");
+    std::fs::write(
+        &program,
+        "#!/bin/sh\necho \"uid=$(id -u) gid=$(id -g) join=${TRAINYARD_JOIN_TOKEN:-none}\"\n\
+         cat \"$SM_CHANNEL_TRAIN\"/* > /dev/null && echo data-readable\n\
+         mkdir -p \"$SM_MODEL_DIR\" && echo trained > \"$SM_MODEL_DIR/model.txt\"\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let request = |name: &str, role: &str, output: &str| {
+        let mut r: Value =
+            serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+        r["TrainingJobName"] = json!(name);
+        r["RoleArn"] = json!(role);
+        r["AlgorithmSpecification"]["TrainingImage"] = json!(path(&program));
+        r["OutputDataConfig"]["S3OutputPath"] = json!(output);
+        c.write(&format!("{name}.json"), &r.to_string())
+    };
+    let role = "arn:aws:iam::123456789012:role/TrainyardExecution";
+
+    // Inside its role: runs as the role's user (not root), reads its data, writes its model.
+    c.cli(&["training-jobs", "create", "--file", path(&request("as-nobody", role, "s3://trainyard-output/r/"))])
+        .assert_success();
+    let done = c.wait_json(&["training-jobs", "describe", "as-nobody"], |d| d["TrainingJobStatus"] != "InProgress");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs("as-nobody"));
+    let logs = c.logs("as-nobody");
+    let nobody = Command::new("id").args(["-u", "nobody"]).output().expect("id");
+    let nobody_uid = String::from_utf8_lossy(&nobody.stdout).trim().to_string();
+    assert!(logs.contains(&format!("uid={nobody_uid} ")), "{logs}");
+    assert!(logs.contains("join=none"), "the agent's own secrets do not reach the job: {logs}");
+    assert!(logs.contains("data-readable"), "{logs}");
+    assert!(c.output_dir().join("r/as-nobody/output/model.tar.gz").is_file());
+
+    // Outside it, or with a role nobody configured: refused at submission, every field named.
+    let out = c.cli(&["training-jobs", "create", "--file", path(&request("escapes", role, "s3://elsewhere/out/"))]);
+    assert_eq!(out.code(), 3, "{}", out.stderr());
+    assert!(
+        out.stderr().contains(
+            "OutputDataConfig.S3OutputPath: 's3://elsewhere/out/' is outside what role \
+             'arn:aws:iam::123456789012:role/TrainyardExecution' may write (s3://trainyard-output/)"
+        ),
+        "{}",
+        out.stderr()
+    );
+    let unknown = "arn:aws:iam::123456789012:role/Admin";
+    let out =
+        c.cli(&["training-jobs", "create", "--file", path(&request("no-role", unknown, "s3://trainyard-output/"))]);
+    assert_eq!(out.code(), 3);
+    assert!(
+        out.stderr().contains("RoleArn: role 'arn:aws:iam::123456789012:role/Admin' is not configured"),
+        "{}",
+        out.stderr()
+    );
+    for name in ["escapes", "no-role"] {
+        assert_eq!(c.cli(&["training-jobs", "describe", name]).code(), 4, "nothing stored for {name}");
+    }
+    let mut tuning: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    tuning["TrainingJobDefinition"]["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] =
+        json!("s3://trainyard-examples/other/");
+    let file = c.write("tuning.json", &tuning.to_string());
+    let out = c.cli(&["tuning-jobs", "create", "--file", path(&file)]);
+    assert_eq!(out.code(), 3);
+    assert!(
+        out.stderr().contains("TrainingJobDefinition.InputDataConfig[0].DataSource.S3DataSource.S3Uri: 's3://trainyard-examples/other/' is outside what role"),
+        "{}",
+        out.stderr()
+    );
 }

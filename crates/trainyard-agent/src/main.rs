@@ -11,6 +11,7 @@ mod inventory;
 mod network;
 mod runner;
 mod storage;
+mod users;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,6 +53,9 @@ struct Agent {
     outbound: Mutex<Option<mpsc::UnboundedSender<pb::AgentMessage>>>,
     /// The certificate it joined with (None with `--insecure`).
     identity: Option<identity::Identity>,
+    /// When the coordinator last renewed this agent's lease, and for how long (None: no lease yet,
+    /// or it ran out and the instances were fenced).
+    lease: std::sync::Mutex<Option<(tokio::time::Instant, Duration)>>,
 }
 
 #[tokio::main]
@@ -142,7 +146,9 @@ async fn main() -> anyhow::Result<()> {
         peer_port,
         outbound: Mutex::new(None),
         identity,
+        lease: std::sync::Mutex::new(None),
     });
+    tokio::spawn(fence_when_the_lease_runs_out(agent.clone()));
     let mut backoff = Duration::from_millis(100);
     while !cancel.is_cancelled() {
         match session(&agent, &cancel).await {
@@ -181,6 +187,40 @@ fn is_final(u: &pb::InstanceUpdate) -> bool {
         u.state(),
         InstanceState::Completed | InstanceState::Failed | InstanceState::Stopped | InstanceState::MaxRuntimeExceeded
     )
+}
+
+/// Fencing: when the coordinator has not renewed the lease in time (a partition, or a coordinator
+/// down for longer than the lease), it may already have given this agent's instances to another
+/// agent, so they are killed here. The coordinator retries them only after the lease has run out.
+async fn fence_when_the_lease_runs_out(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let expired = match agent.lease.lock() {
+            Ok(mut lease) => match *lease {
+                Some((renewed, valid_for)) if renewed.elapsed() > valid_for => {
+                    *lease = None;
+                    Some(valid_for)
+                }
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        let Some(valid_for) = expired else { continue };
+        let instances = agent.instances.lock().await;
+        let running: Vec<&Instance> = instances.values().filter(|i| !is_final(&i.latest)).collect();
+        if running.is_empty() {
+            continue;
+        }
+        warn!(
+            lease_s = valid_for.as_secs(),
+            instances = running.len(),
+            "no word from the coordinator for longer than the lease: stopping every instance (fencing)"
+        );
+        for instance in running {
+            let _ = instance.stop.send(Some(StopReason::Fence));
+        }
+    }
 }
 
 /// This agent's certificate, joining with the join token first if it has none; retried while the
@@ -255,11 +295,17 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> anyhow::Resu
                     Some(Down::Assignment(a)) => start_instance(agent, a).await,
                     Some(Down::Stop(s)) => {
                         if let Some(i) = agent.instances.lock().await.get(&(s.training_job_name.clone(), s.instance)) {
-                            let _ = i.stop.send(Some(StopReason::Requested));
+                            let _ = i.stop.send(Some(if s.kill { StopReason::Fence } else { StopReason::Requested }));
                         }
                     }
                     Some(Down::Forget(f)) => {
                         agent.instances.lock().await.remove(&(f.training_job_name, f.instance));
+                    }
+                    Some(Down::Lease(l)) => {
+                        let renewed = (tokio::time::Instant::now(), Duration::from_millis(l.valid_for_ms.into()));
+                        if let Ok(mut lease) = agent.lease.lock() {
+                            *lease = Some(renewed);
+                        }
                     }
                     None => {}
                 }
@@ -319,8 +365,10 @@ async fn start_instance(agent: &Arc<Agent>, a: pb::Assignment) {
         gpu_uuids: a.gpu_uuids,
         peers: a.peers.into_iter().map(|p| (p.instance, p.agent_peer_address)).collect(),
         credential: a.credential,
+        run_as: a.run_as,
     };
-    info!(job = %spec.job, instance = spec.instance, gpus = ?spec.gpu_uuids, "starting instance");
+    let user = spec.run_as.as_ref().map(|r| r.user.as_str()).unwrap_or("(the agent's)");
+    info!(job = %spec.job, instance = spec.instance, gpus = ?spec.gpu_uuids, user, "starting instance");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let forwarder = {
         let agent = agent.clone();

@@ -46,6 +46,8 @@ pub struct InstanceSpec {
     pub peers: BTreeMap<u32, String>,
     /// The job's certificate when its peer traffic is encrypted.
     pub credential: Option<pb::JobCredential>,
+    /// The execution role's user and group (None: the agent's own user).
+    pub run_as: Option<pb::RunAs>,
 }
 
 /// What the runner reports, in order.
@@ -59,7 +61,15 @@ pub enum Report {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
     Requested,
+    /// Fencing: the coordinator has not been heard from for longer than its lease (it may be
+    /// running this instance elsewhere by now), or it says the instance is no longer this agent's.
+    /// Killed at once, nothing uploaded.
+    Fence,
 }
+
+/// Why a fenced instance failed.
+pub const FENCED: &str = "InternalServerError: killed by its agent (fencing): the coordinator could not be reached \
+                          within its lease, or gave the job to another agent; a retry never runs at the same time";
 
 pub struct Settings {
     /// Mount each instance's work dir at `/opt/ml` in a private mount namespace (needs root).
@@ -151,11 +161,13 @@ pub async fn run(
         }
     };
 
-    // Upload what the job saved, whatever the outcome (a stopped job keeps its model).
+    // Upload what the job saved, whatever the outcome (a stopped job keeps its model); not after
+    // fencing, when a retry elsewhere owns the job's outputs.
     let mut model_artifacts = None;
     let mut failure = outcome.failure.clone();
     let mut state = outcome.state;
-    if dir.join("model").exists() && spec.instance == 1 {
+    let fenced = *stop.borrow() == Some(StopReason::Fence);
+    if dir.join("model").exists() && spec.instance == 1 && !fenced {
         reporter.update(InstanceState::Uploading, "Uploading generated training model", Vec::new());
         match upload(&spec, settings, &dir).await {
             Ok(uri) => model_artifacts = Some(uri),
@@ -499,11 +511,31 @@ async fn execute(
         .filter_map(|d| Some((d.name?, Regex::new(&d.regex?).ok()?)))
         .collect();
 
+    // The execution role's user owns the work dir and runs the program.
+    let user = match &spec.run_as {
+        Some(r) => match crate::users::resolve(&r.user, Some(r.group.as_str()).filter(|g| !g.is_empty())) {
+            Ok(user) => match crate::users::give_tree(dir, &user) {
+                Ok(()) => Some(user),
+                Err(e) => {
+                    let failure = Some(format!("giving the work dir to {}: {e}", user.name));
+                    return Outcome { state: InstanceState::Failed, failure, exit_code: None };
+                }
+            },
+            Err(reason) => return Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
+        },
+        None => None,
+    };
+
     let mut cmd = Command::new(&argv[0]);
+    // Nothing of the agent's own configuration (join token, API token, ...) reaches the job.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TRAINYARD_") {
+            cmd.env_remove(name);
+        }
+    }
     cmd.args(&argv[1..])
         .current_dir(dir)
         .envs(&env)
-        .env_remove("TRAINYARD_COORDINATOR")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -595,6 +627,14 @@ async fn execute(
             });
         }
     }
+    if let Some(user) = &user {
+        cmd.env("USER", &user.name).env("LOGNAME", &user.name).env("HOME", &user.home);
+        let (uid, gid) = (user.uid, user.gid);
+        // SAFETY: registered last, so the steps above run privileged; only syscalls.
+        unsafe {
+            cmd.pre_exec(move || crate::users::switch_to(uid, gid));
+        }
+    }
     // A program being replaced while it starts fails with ETXTBSY for a moment: try again.
     let mut attempts = 0;
     let mut child = loop {
@@ -648,6 +688,8 @@ async fn execute(
     let mut samples: Vec<pb::MetricSample> = Vec::new();
     let mut stderr_tail: VecDeque<String> = VecDeque::new();
     let mut stopping: Option<InstanceState> = None;
+    // Fencing may come during a graceful stop too, and then kills at once.
+    let (mut fenced, mut stop_closed) = (false, false);
     let mut kill_at: Option<tokio::time::Instant> = None;
     let mut streams_open = true;
     let status = loop {
@@ -696,8 +738,14 @@ async fn execute(
                 if let Some(pid) = pid { signal_group(pid, libc::SIGTERM); }
                 kill_at = Some(tokio::time::Instant::now() + settings.stop_grace);
             }
-            changed = stop.changed(), if stopping.is_none() => {
-                if changed.is_err() || stop.borrow().is_some() {
+            changed = stop.changed(), if !fenced && !stop_closed => {
+                stop_closed = changed.is_err();
+                if *stop.borrow() == Some(StopReason::Fence) {
+                    fenced = true;
+                    stopping = Some(InstanceState::Failed);
+                    if let Some(pid) = pid { signal_group(pid, libc::SIGKILL); }
+                    kill_at = None;
+                } else if stopping.is_none() && (changed.is_err() || stop.borrow().is_some()) {
                     stopping = Some(InstanceState::Stopped);
                     reporter.update(InstanceState::Stopping, "Stopping the training job", Vec::new());
                     if let Some(pid) = pid { signal_group(pid, libc::SIGTERM); }
@@ -715,6 +763,9 @@ async fn execute(
         reporter.update(InstanceState::Training, "Training in progress", samples);
     }
     let exit_code = status.as_ref().ok().and_then(|s| s.code());
+    if fenced {
+        return Outcome { state: InstanceState::Failed, failure: Some(FENCED.to_string()), exit_code };
+    }
     if let Some(state) = stopping {
         return Outcome { state, failure: None, exit_code };
     }

@@ -112,6 +112,10 @@ enum TokensCommand {
         /// e.g. 90d; default: never.
         #[arg(long, value_parser = humantime::parse_duration)]
         expires_in: Option<std::time::Duration>,
+        /// Also issue a SigV4 access key bound to the token (for boto3 / the AWS CLI against the
+        /// SageMaker-compatible endpoint).
+        #[arg(long)]
+        access_key: bool,
     },
     /// Every token (without secrets).
     List,
@@ -383,13 +387,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn tokens(mut client: AccessClient<Transport>, cmd: TokensCommand, out: Output) -> anyhow::Result<()> {
     match cmd {
-        TokensCommand::Create { user, scope, description, expires_in } => {
+        TokensCommand::Create { user, scope, description, expires_in, access_key } => {
             let created = client
                 .create_token(pb::CreateTokenRequest {
                     user,
                     scope,
                     description,
                     expires_in_seconds: expires_in.map_or(0, |d| d.as_secs().max(1)),
+                    access_key,
                 })
                 .await?
                 .into_inner();
@@ -397,8 +402,16 @@ async fn tokens(mut client: AccessClient<Transport>, cmd: TokensCommand, out: Ou
                 Output::Json => output::json(&serde_json::json!({
                     "Token": created.token,
                     "Id": created.info.map(|i| i.id).unwrap_or_default(),
+                    "AccessKeyId": created.access_key_id,
+                    "SecretAccessKey": created.secret_access_key,
                 })),
-                Output::Table => println!("{}", created.token),
+                Output::Table => {
+                    println!("{}", created.token);
+                    if !created.access_key_id.is_empty() {
+                        println!("AWS_ACCESS_KEY_ID={}", created.access_key_id);
+                        println!("AWS_SECRET_ACCESS_KEY={}", created.secret_access_key);
+                    }
+                }
             }
         }
         TokensCommand::List => {

@@ -343,13 +343,14 @@ fn millis(at: i64) -> String {
 }
 
 pub fn list_tokens(tokens: &[trainyard_proto::pb::TokenInfo]) {
-    let mut t = table(&["ID", "KIND", "USER", "SCOPE", "CREATED", "EXPIRES", "REVOKED", "DESCRIPTION"]);
+    let mut t = table(&["ID", "KIND", "USER", "SCOPE", "ACCESS KEY", "CREATED", "EXPIRES", "REVOKED", "DESCRIPTION"]);
     for k in tokens {
         t.add_row(vec![
             k.id.clone(),
             k.kind.clone(),
             k.user.clone(),
             if k.scope.is_empty() { "-".into() } else { k.scope.clone() },
+            if k.access_key_id.is_empty() { "-".into() } else { k.access_key_id.clone() },
             millis(k.created_millis),
             millis(k.expires_millis),
             millis(k.revoked_millis),
@@ -366,6 +367,7 @@ pub fn tokens_json(tokens: &[trainyard_proto::pb::TokenInfo]) {
         .map(|k| {
             serde_json::json!({
                 "Id": k.id, "Kind": k.kind, "User": k.user, "Scope": k.scope, "Description": k.description,
+                "AccessKeyId": k.access_key_id,
                 "CreationTime": at(k.created_millis), "ExpirationTime": at(k.expires_millis),
                 "RevocationTime": at(k.revoked_millis),
             })

@@ -37,6 +37,7 @@ pub fn token_info(r: &TokenRecord) -> pb::TokenInfo {
         created_millis: r.created_at.millis(),
         expires_millis: r.expires_at.map(|t| t.millis()).unwrap_or_default(),
         revoked_millis: r.revoked_at.map(|t| t.millis()).unwrap_or_default(),
+        access_key_id: r.access_key_id.clone().unwrap_or_default(),
     }
 }
 
@@ -70,12 +71,25 @@ impl pb::access_server::Access for AccessService {
         self.admin("CreateToken", &request).await?;
         let r = request.into_inner();
         let scope = r.scope.parse::<Scope>().map_err(|e| refused("CreateToken", DomainError::invalid("Scope", e)))?;
-        let (token, record) = self
+        let (token, record, access) = self
             .auth
-            .create_token(TokenKind::Api, &r.user, Some(scope), &r.description, lifetime(r.expires_in_seconds))
+            .create_token(
+                TokenKind::Api,
+                &r.user,
+                Some(scope),
+                &r.description,
+                lifetime(r.expires_in_seconds),
+                r.access_key,
+            )
             .await
             .map_err(|e| refused("CreateToken", e))?;
-        Ok(Response::new(pb::CreateTokenResponse { token, info: Some(token_info(&record)) }))
+        let (access_key_id, secret_access_key) = access.unwrap_or_default();
+        Ok(Response::new(pb::CreateTokenResponse {
+            token,
+            info: Some(token_info(&record)),
+            access_key_id,
+            secret_access_key,
+        }))
     }
 
     async fn list_tokens(
@@ -104,12 +118,12 @@ impl pb::access_server::Access for AccessService {
         let r = request.into_inner();
         let lifetime = lifetime(r.expires_in_seconds).unwrap_or(DEFAULT_JOIN_TOKEN_LIFETIME);
         let user = if caller.user.is_empty() { "admin" } else { caller.user.as_str() };
-        let (token, record) = self
+        let (token, record, _) = self
             .auth
-            .create_token(TokenKind::Join, user, None, &r.description, Some(lifetime))
+            .create_token(TokenKind::Join, user, None, &r.description, Some(lifetime), false)
             .await
             .map_err(|e| refused("CreateJoinToken", e))?;
-        Ok(Response::new(pb::CreateTokenResponse { token, info: Some(token_info(&record)) }))
+        Ok(Response::new(pb::CreateTokenResponse { token, info: Some(token_info(&record)), ..Default::default() }))
     }
 
     async fn revoke_agent(

@@ -15,10 +15,15 @@ pub async fn run(command: AdminCommand, auth: &Arc<Auth>, config: &Config) -> an
     }
     let ca = config.data_dir.join("pki/ca.pem");
     match command {
-        AdminCommand::Tokens(TokensCommand::Create { user, scope, description, expires_in }) => {
-            let (token, record) =
-                auth.create_token(TokenKind::Api, &user, Some(scope), &description, expires_in).await.map_err(plain)?;
+        AdminCommand::Tokens(TokensCommand::Create { user, scope, description, expires_in, access_key }) => {
+            let (token, record, access) = auth
+                .create_token(TokenKind::Api, &user, Some(scope), &description, expires_in, access_key)
+                .await
+                .map_err(plain)?;
             println!("{token}");
+            if let Some((id, secret)) = access {
+                println!("AWS_ACCESS_KEY_ID={id}\nAWS_SECRET_ACCESS_KEY={secret}");
+            }
             eprintln!(
                 "token {} for user {user}, scope {scope}{}. It is shown only now. Clients use it with:\n  \
                  export TRAINYARD_TOKEN={token}\n  export TRAINYARD_CA_FILE={}",
@@ -58,8 +63,10 @@ pub async fn run(command: AdminCommand, auth: &Arc<Auth>, config: &Config) -> an
         }
         AdminCommand::JoinToken { expires_in, description } => {
             let lifetime = expires_in.unwrap_or(DEFAULT_JOIN_TOKEN_LIFETIME);
-            let (token, record) =
-                auth.create_token(TokenKind::Join, "admin", None, &description, Some(lifetime)).await.map_err(plain)?;
+            let (token, record, _) = auth
+                .create_token(TokenKind::Join, "admin", None, &description, Some(lifetime), false)
+                .await
+                .map_err(plain)?;
             println!("{token}");
             eprintln!(
                 "join token {} valid until {}: start each agent once with --join-token (or TRAINYARD_JOIN_TOKEN)",

@@ -24,6 +24,8 @@ pub struct AgentService {
     pub events: mpsc::UnboundedSender<Event>,
     pub sessions: AtomicU64,
     pub liveness: crate::liveness::Liveness,
+    /// How long an agent may run its instances without hearing from us (see `events::Timing`).
+    pub lease: std::time::Duration,
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
@@ -73,6 +75,14 @@ impl pb::agents_server::Agents for AgentService {
         let liveness = self.liveness.clone();
         let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::unbounded_channel();
+        // Weak: the loop's sender is the only strong one, so that the stream ends, and renewals
+        // stop, the moment the loop lets go of this agent (lost, revoked, replaced).
+        let renewals = tx.downgrade();
+        let lease = pb::CoordinatorMessage {
+            body: Some(pb::coordinator_message::Body::Lease(pb::Lease {
+                valid_for_ms: self.lease.as_millis().min(u128::from(u32::MAX)) as u32,
+            })),
+        };
         self.events
             .send(Event::AgentConnected { session, register, outbound: tx })
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
@@ -91,6 +101,10 @@ impl pb::agents_server::Agents for AgentService {
                 liveness.touch(&agent);
                 let event = match message.body {
                     Some(Up::Heartbeat(heartbeat)) => {
+                        // Renewed here, not by the loop: a busy loop must not fence healthy agents.
+                        if let Some(outbound) = renewals.upgrade() {
+                            let _ = outbound.send(lease.clone());
+                        }
                         Event::AgentHeartbeat { session, agent: agent.clone(), heartbeat }
                     }
                     Some(Up::Update(update)) => Event::InstanceUpdate { session, agent: agent.clone(), update },

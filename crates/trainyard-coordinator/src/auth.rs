@@ -30,6 +30,7 @@ const AGENT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(5 * 365 * 24 * 
 pub struct Auth {
     store: Arc<dyn Store>,
     authority: Arc<Authority>,
+    sealer: crate::sealing::Sealer,
     /// False with `--insecure`.
     required: bool,
     verified: Mutex<HashMap<String, Verified>>,
@@ -45,7 +46,7 @@ struct Verified {
 }
 
 fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    trainyard_model::hex::encode(&Sha256::digest(text.as_bytes()))
 }
 
 fn unauthenticated(why: impl Into<String>) -> DomainError {
@@ -53,8 +54,13 @@ fn unauthenticated(why: impl Into<String>) -> DomainError {
 }
 
 impl Auth {
-    pub fn new(store: Arc<dyn Store>, authority: Arc<Authority>, required: bool) -> Self {
-        Self { store, authority, required, verified: Mutex::new(HashMap::new()) }
+    pub fn new(
+        store: Arc<dyn Store>,
+        authority: Arc<Authority>,
+        sealer: crate::sealing::Sealer,
+        required: bool,
+    ) -> Self {
+        Self { store, authority, sealer, required, verified: Mutex::new(HashMap::new()) }
     }
 
     pub fn required(&self) -> bool {
@@ -146,7 +152,8 @@ impl Auth {
         Ok(Some(identity.agent_id))
     }
 
-    /// Creates a token; returns its text (shown once) and its record.
+    /// Creates a token; returns its text (shown once), its record, and with `access_key` a SigV4
+    /// access key id and secret bound to it (shown once too).
     pub async fn create_token(
         &self,
         kind: TokenKind,
@@ -154,19 +161,33 @@ impl Auth {
         scope: Option<Scope>,
         description: &str,
         lifetime: Option<Duration>,
-    ) -> Result<(String, TokenRecord), DomainError> {
+        access_key: bool,
+    ) -> Result<(String, TokenRecord, Option<(String, String)>), DomainError> {
         check_user_name(user).map_err(|e| DomainError::invalid("User", e))?;
         if description.chars().count() > 256 {
             return Err(DomainError::invalid("Description", "must be at most 256 characters"));
         }
         let mut random = [0u8; 30];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+        let mut key_secret = [0u8; 20];
+        let rng = ring::rand::SystemRandom::new();
+        ring::rand::SecureRandom::fill(&rng, &mut random)
+            .and_then(|()| ring::rand::SecureRandom::fill(&rng, &mut key_secret))
             .map_err(|_| DomainError::Internal("the system's random number generator failed".into()))?;
         let fingerprint = match kind {
             TokenKind::Join => Some(self.authority.fingerprint().map_err(|e| DomainError::Internal(e.to_string()))?),
             TokenKind::Api => None,
         };
         let text = TokenText::new(kind, &random, fingerprint);
+        // AWS access key ids are upper-case letters and digits; ours name the token they belong to.
+        let access = (access_key && kind == TokenKind::Api).then(|| {
+            let id = format!("TYAK{}", text.id.to_ascii_uppercase());
+            let secret = trainyard_model::hex::encode(&key_secret);
+            (id, secret)
+        });
+        let access_key_sealed = match &access {
+            Some((id, secret)) => Some(self.sealer.seal(secret, id).map_err(DomainError::Internal)?),
+            None => None,
+        };
         let created = now();
         let record = TokenRecord {
             id: text.id.clone(),
@@ -178,10 +199,26 @@ impl Auth {
             created_at: created,
             expires_at: lifetime.map(|l| Timestamp::from_millis(created.millis().saturating_add(l.as_millis() as i64))),
             revoked_at: None,
+            access_key_id: access.as_ref().map(|(id, _)| id.clone()),
+            access_key_sealed,
         };
         self.store.create_token(&record).await?;
-        info!(token = %record.id, kind = kind.as_str(), user, scope = ?scope, "token created");
-        Ok((text.to_string(), record))
+        info!(token = %record.id, kind = kind.as_str(), user, scope = ?scope, access_key = ?record.access_key_id, "token created");
+        Ok((text.to_string(), record, access))
+    }
+
+    /// The secret of a SigV4 access key issued with a token, and who it acts as. None: no such
+    /// key; an error when its token was revoked or has expired.
+    pub async fn access_key(&self, key_id: &str) -> Result<Option<(String, Caller)>, DomainError> {
+        let Some(record) = self.store.get_token_by_access_key(key_id).await? else {
+            return Ok(None);
+        };
+        Self::usable(&record)?;
+        let sealed = record.access_key_sealed.as_deref().unwrap_or_default();
+        let secret =
+            self.sealer.open(sealed, key_id).map_err(|e| DomainError::Internal(format!("access key {key_id}: {e}")))?;
+        let scope = record.scope.ok_or_else(|| DomainError::Internal(format!("token {} has no scope", record.id)))?;
+        Ok(Some((secret, Caller { user: record.user, scope })))
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, DomainError> {

@@ -40,6 +40,10 @@ pub struct Flags {
     /// Seconds without a heartbeat after which an agent is lost (default 8: four missed heartbeats).
     #[arg(long)]
     pub agent_lost_after_seconds: Option<u64>,
+    /// Seconds an agent keeps running its instances without hearing from the coordinator, before
+    /// it stops them itself (default 60). A lost agent's jobs are retried only after that.
+    #[arg(long)]
+    pub agent_lease_seconds: Option<u64>,
     /// Serve plain-text gRPC without authentication (no TLS, no tokens: every caller is an admin).
     /// Only on a loopback listen address; for `trainyard dev` and experiments.
     #[arg(long, env = "TRAINYARD_INSECURE")]
@@ -84,6 +88,9 @@ pub enum TokensCommand {
         /// e.g. 90d; default: never.
         #[arg(long, value_parser = humantime::parse_duration)]
         expires_in: Option<std::time::Duration>,
+        /// Also print a SigV4 access key bound to the token, for the SageMaker-compatible endpoint.
+        #[arg(long)]
+        access_key: bool,
     },
     /// Every API and join token (without secrets).
     List,
@@ -121,10 +128,15 @@ struct FileConfig {
     heartbeat_interval_ms: Option<u64>,
     /// An agent silent this long (seconds) is declared lost.
     agent_lost_after_seconds: Option<u64>,
+    /// An agent cut off this long (seconds) stops its instances itself.
+    agent_lease_seconds: Option<u64>,
     #[serde(default)]
     insecure: bool,
     #[serde(default)]
     tls_names: Vec<String>,
+    /// Execution roles: what each RoleArn runs as and may read and write. None: not enforced.
+    #[serde(default)]
+    roles: Vec<trainyard_model::roles::ExecutionRole>,
     /// Use only `instance_types`, not the defaults.
     #[serde(default)]
     replace_default_instance_types: bool,
@@ -160,12 +172,14 @@ pub struct Config {
     pub catalog: Catalog,
     pub heartbeat_interval: std::time::Duration,
     pub agent_lost_after: std::time::Duration,
+    pub agent_lease: std::time::Duration,
     pub sagemaker_listen: Option<SocketAddr>,
     pub access_keys: std::collections::BTreeMap<String, String>,
     /// Who each access key acts as.
     pub access_key_callers: std::collections::BTreeMap<String, trainyard_model::access::Caller>,
     pub insecure: bool,
     pub tls_names: Vec<String>,
+    pub roles: trainyard_model::roles::ExecutionRoles,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -214,10 +228,15 @@ impl Config {
                 .collect(),
             access_keys: file.access_keys.into_iter().map(|k| (k.id, k.secret)).collect(),
             insecure: flags.insecure || file.insecure,
+            roles: trainyard_model::roles::ExecutionRoles::new(file.roles)
+                .map_err(|e| anyhow::anyhow!("[[roles]] in the configuration: {e}"))?,
             tls_names: flags.tls_names.into_iter().chain(file.tls_names).collect(),
             heartbeat_interval: std::time::Duration::from_millis(file.heartbeat_interval_ms.unwrap_or(2_000).max(100)),
             agent_lost_after: std::time::Duration::from_secs(
                 flags.agent_lost_after_seconds.or(file.agent_lost_after_seconds).unwrap_or(8).max(1),
+            ),
+            agent_lease: std::time::Duration::from_secs(
+                flags.agent_lease_seconds.or(file.agent_lease_seconds).unwrap_or(60).max(1),
             ),
         })
     }
@@ -240,6 +259,7 @@ mod tests {
             database_url: None,
             log_format: None,
             agent_lost_after_seconds: None,
+            agent_lease_seconds: None,
             sagemaker_listen: None,
             insecure: false,
             tls_names: Vec::new(),
@@ -296,6 +316,8 @@ memory_mib = 1024
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/trainyard"));
         assert_eq!(c.catalog.get("ml.g5.xlarge").map(|t| t.gpus), Some(1));
         assert!(!c.insecure);
+        assert_eq!(c.agent_lease, std::time::Duration::from_secs(60));
+        assert!(c.roles.run_as(Some("arn:aws:iam::123456789012:role/TrainyardExecution")).is_ok_and(|r| r.is_some()));
         assert_eq!(c.tls_names, vec!["trainyard.lab.example".to_string()]);
         let caller = &c.access_key_callers["AKIAEXAMPLETRAINYARD"];
         assert_eq!((caller.user.as_str(), caller.scope), ("ana", trainyard_model::access::Scope::Submit));

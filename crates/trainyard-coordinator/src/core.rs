@@ -15,6 +15,7 @@ use trainyard_model::error::ResourceKind;
 use trainyard_model::jobs::{TrainingJob, TuningJob, not_found};
 use trainyard_model::listing::ListQuery;
 use trainyard_model::names::ArnContext;
+use trainyard_model::roles::ExecutionRoles;
 use trainyard_model::rules::{self, ServiceLimits};
 use trainyard_model::{DomainError, Timestamp, Validate, Violation};
 use trainyard_store::{LogRecord, Store, StoreError, Versioned};
@@ -34,6 +35,8 @@ pub struct Coordinator {
     pub catalog: Catalog,
     pub limits: ServiceLimits,
     pub arns: ArnContext,
+    /// What each RoleArn runs as and may reach (not enforced when empty).
+    pub roles: ExecutionRoles,
     events: mpsc::UnboundedSender<Event>,
     /// The next log sequence number of each job with lines in flight.
     log_sequences: tokio::sync::Mutex<HashMap<String, i64>>,
@@ -57,6 +60,7 @@ impl Coordinator {
         catalog: Catalog,
         limits: ServiceLimits,
         arns: ArnContext,
+        roles: ExecutionRoles,
         events: mpsc::UnboundedSender<Event>,
     ) -> Result<Self, DomainError> {
         let active = store.count_active_tuning_jobs().await?;
@@ -65,6 +69,7 @@ impl Coordinator {
             catalog,
             limits,
             arns,
+            roles,
             events,
             log_sequences: tokio::sync::Mutex::new(HashMap::new()),
             active_tuning_jobs: AtomicU64::new(active),
@@ -89,6 +94,7 @@ impl Coordinator {
             Err(DomainError::Validation(v)) => v,
             Err(other) => return Err(other),
         };
+        violations.extend(self.roles.check_tuning_job(&request));
         violations.extend(self.warm_start_violations(caller, &request).await?);
         if !violations.is_empty() {
             return Err(DomainError::Validation(violations));
@@ -285,7 +291,15 @@ impl Coordinator {
         request: api::CreateTrainingJobRequest,
     ) -> Result<api::CreateTrainingJobResponse, DomainError> {
         caller.require(Scope::Submit, "CreateTrainingJob")?;
-        rules::check_create_training_job(&request, &self.catalog)?;
+        let mut violations = match rules::check_create_training_job(&request, &self.catalog) {
+            Ok(()) => Vec::new(),
+            Err(DomainError::Validation(v)) => v,
+            Err(other) => return Err(other),
+        };
+        violations.extend(self.roles.check_training_job(&request));
+        if !violations.is_empty() {
+            return Err(DomainError::Validation(violations));
+        }
         let job = TrainingJob { owner: caller.user.clone(), ..TrainingJob::new(request, None, &self.arns, now())? };
         self.store.create_training_job(&job).await?;
         info!(training_job = %job.name, "training job created");

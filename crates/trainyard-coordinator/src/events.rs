@@ -69,7 +69,15 @@ pub struct Timing {
     pub heartbeat_interval: Duration,
     /// An agent silent this long is lost: its instances fail or are retried.
     pub agent_lost_after: Duration,
+    /// An agent that has not heard from the coordinator this long stops its instances itself; a
+    /// lost agent's jobs are retried elsewhere only after that (plus a margin), never while its
+    /// copy may still run.
+    pub agent_lease: Duration,
 }
+
+/// Added to the lease before a lost agent's jobs are retried: the lease renewal's trip to the agent
+/// and the time it takes to kill its instances.
+pub const FENCING_MARGIN: Duration = Duration::from_secs(2);
 
 struct AgentEntry {
     session: u64,
@@ -117,6 +125,8 @@ struct Queued {
     queued_at: Timestamp,
     max_pending: Option<Duration>,
     reason: Option<String>,
+    /// Not placed before this: a retry waits until the lost agent's copy has surely stopped.
+    not_before: Option<tokio::time::Instant>,
 }
 
 /// A placed job: its instances, where, and how each ended.
@@ -322,7 +332,14 @@ impl Loop {
                 if let Some(a) = self.agents.get(&agent) {
                     // Queued before the stream closes, so a connected agent stops what it runs.
                     for (job, instance) in a.allocations.keys() {
-                        send(a, Down::Stop(pb::StopInstance { training_job_name: job.clone(), instance: *instance }));
+                        send(
+                            a,
+                            Down::Stop(pb::StopInstance {
+                                training_job_name: job.clone(),
+                                instance: *instance,
+                                kill: true,
+                            }),
+                        );
                     }
                 }
                 self.declare_lost(&agent, "was revoked").await?;
@@ -439,7 +456,8 @@ impl Loop {
                 Ok(true)
             })
             .await?;
-        self.queue.insert(name.to_string(), Queued { demand, queued_at: now(), max_pending, reason: None });
+        self.queue
+            .insert(name.to_string(), Queued { demand, queued_at: now(), max_pending, reason: None, not_before: None });
         Ok(())
     }
 
@@ -476,7 +494,14 @@ impl Loop {
         }
         let mut problem = Problem {
             agents: self.capacities(),
-            queue: self.queue.values().map(|q| q.demand.clone()).collect(),
+            queue: {
+                let now = tokio::time::Instant::now();
+                self.queue
+                    .values()
+                    .filter(|q| q.not_before.is_none_or(|t| t <= now))
+                    .map(|q| q.demand.clone())
+                    .collect()
+            },
             running_per_group: self.tuning.iter().map(|(n, t)| (n.clone(), t.active.len() as u32)).collect(),
         };
         if problem.agents.is_empty() {
@@ -504,6 +529,16 @@ impl Loop {
         instances: Vec<trainyard_scheduler::InstancePlacement>,
     ) -> Result<(), DomainError> {
         let Some(queued) = self.queue.remove(name) else { return Ok(()) };
+        // Who it runs as, decided before anything is placed: a role removed from the configuration
+        // since the job was accepted fails it.
+        let role_arn = self.c.training_job(name).await?.value.request.role_arn;
+        let run_as = match self.c.roles.run_as(role_arn.as_deref()) {
+            Ok(run_as) => run_as.map(|r| pb::RunAs { user: r.user, group: r.group.unwrap_or_default() }),
+            Err(reason) => {
+                let reason = format!("ClientError: RoleArn: {reason}");
+                return self.finish(name, SecondaryStatus::Failed, "Failed", Some(reason), None).await;
+            }
+        };
         let placement: Vec<PlacedInstance> = instances
             .iter()
             .map(|i| PlacedInstance { instance: i.instance, agent: i.agent.clone(), gpu_uuids: i.gpu_uuids.clone() })
@@ -555,6 +590,7 @@ impl Loop {
                     attempt: job.attempt,
                     peers: peers.clone(),
                     credential: credential.clone(),
+                    run_as: run_as.clone(),
                 }),
             );
             run.instances.insert(p.instance, (p.agent.clone(), None));
@@ -604,6 +640,10 @@ impl Loop {
                 heartbeat_interval_ms: self.timing.heartbeat_interval.as_millis() as u32,
             }),
         );
+        send(
+            entry,
+            Down::Lease(pb::Lease { valid_for_ms: self.timing.agent_lease.as_millis().min(u32::MAX as u128) as u32 }),
+        );
         let gpus: Vec<&str> = entry.inventory.gpus.iter().map(|g| g.name.as_str()).collect();
         info!(agent = %id, cpus = entry.inventory.cpu_count, memory_mib = entry.inventory.memory_total_mib, gpus = ?gpus, reported = register.instances.len(), "agent registered");
 
@@ -620,7 +660,8 @@ impl Loop {
         }
         for (job, instance) in ours {
             if !reported.contains(&(job.clone(), instance)) {
-                self.instance_lost(&job, instance, &format!("agent {id} restarted and no longer runs it")).await?;
+                self.instance_lost(&job, instance, &format!("agent {id} restarted and no longer runs it"), None)
+                    .await?;
             }
         }
         Ok(())
@@ -676,6 +717,11 @@ impl Loop {
     /// An agent that will not report again: its stream is closed and its instances are failed or
     /// retried elsewhere.
     async fn declare_lost(&mut self, id: &str, why: &str) -> Result<(), DomainError> {
+        // The agent may still run them (a partition): its lease, renewed at most until it was
+        // last heard from, must run out before they run anywhere else.
+        let last_heard =
+            self.agents.get(id).map(|a| self.liveness.last_seen(id).map_or(a.last_seen, |l| l.max(a.last_seen)));
+        let fenced_until = last_heard.map(|t| t + self.timing.agent_lease + FENCING_MARGIN);
         let held: Vec<(String, u32)> = match self.agents.get_mut(id) {
             Some(a) => {
                 a.lost = true;
@@ -685,19 +731,31 @@ impl Loop {
             None => Vec::new(),
         };
         for (job, instance) in held {
-            self.instance_lost(&job, instance, &format!("agent {id} {why}")).await?;
+            self.instance_lost(&job, instance, &format!("agent {id} {why}"), fenced_until).await?;
         }
         Ok(())
     }
 
     /// An instance whose agent is gone: retry the job under RetryStrategy, else fail it.
-    async fn instance_lost(&mut self, job: &str, instance: u32, why: &str) -> Result<(), DomainError> {
+    /// `fenced_until`: when the lost copy has surely stopped (None: it is known to have).
+    async fn instance_lost(
+        &mut self,
+        job: &str,
+        instance: u32,
+        why: &str,
+        fenced_until: Option<tokio::time::Instant>,
+    ) -> Result<(), DomainError> {
         let Some(run) = self.running.remove(job) else { return Ok(()) };
+        // The rest of the gang is killed, not stopped gracefully: the attempt is over, and a retry
+        // must not meet its old copies still running.
         for (i, (agent, _)) in &run.instances {
             if let Some(a) = self.agents.get_mut(agent) {
                 a.allocations.remove(&(job.to_string(), *i));
                 if *i != instance {
-                    send(a, Down::Stop(pb::StopInstance { training_job_name: job.to_string(), instance: *i }));
+                    send(
+                        a,
+                        Down::Stop(pb::StopInstance { training_job_name: job.to_string(), instance: *i, kill: true }),
+                    );
                 }
             }
         }
@@ -705,7 +763,14 @@ impl Loop {
         let retries =
             stored.request.retry_strategy.as_ref().and_then(|r| r.maximum_retry_attempts).unwrap_or(0).max(0) as u32;
         if stored.status == TrainingJobStatus::InProgress && stored.attempt <= retries {
-            let message = format!("Retrying (attempt {} of {}): {why}", stored.attempt + 1, retries + 1);
+            let wait =
+                fenced_until.map(|t| t.saturating_duration_since(tokio::time::Instant::now())).unwrap_or_default();
+            let after = if wait.is_zero() {
+                String::new()
+            } else {
+                format!(" in {} s, once the lost copy has stopped itself", wait.as_secs_f64().ceil() as u64)
+            };
+            let message = format!("Retrying (attempt {} of {}){after}: {why}", stored.attempt + 1, retries + 1);
             info!(training_job = job, %message, "retrying");
             self.c
                 .update_training_job(job, |j| {
@@ -715,7 +780,18 @@ impl Loop {
                     Ok(true)
                 })
                 .await?;
-            return self.enqueue(job).await;
+            self.enqueue(job).await?;
+            if let Some(queued) = self.queue.get_mut(job)
+                && !wait.is_zero()
+            {
+                queued.not_before = fenced_until;
+                let message = format!(
+                    "Queued: waiting {} s for the lost copy to stop itself (fencing), then for an agent",
+                    wait.as_secs_f64().ceil() as u64
+                );
+                self.c.update_training_job(job, |j| Ok(j.set_status_message(message.clone(), now()))).await?;
+            }
+            return Ok(());
         }
         let (status, reason) = if stored.status == TrainingJobStatus::Stopping {
             (SecondaryStatus::Stopped, None)
@@ -737,7 +813,14 @@ impl Loop {
             // Not ours (any more): the job ended or was retried elsewhere. The agent can drop it.
             if let Some(a) = self.agents.get(agent) {
                 if !is_final(state) {
-                    send(a, Down::Stop(pb::StopInstance { training_job_name: job.clone(), instance: update.instance }));
+                    send(
+                        a,
+                        Down::Stop(pb::StopInstance {
+                            training_job_name: job.clone(),
+                            instance: update.instance,
+                            kill: true,
+                        }),
+                    );
                 } else {
                     send(
                         a,
@@ -800,7 +883,7 @@ impl Loop {
         for (i, a) in &others {
             if let Some(entry) = self.agents.get_mut(a) {
                 entry.allocations.remove(&(job.clone(), *i));
-                send(entry, Down::Stop(pb::StopInstance { training_job_name: job.clone(), instance: *i }));
+                send(entry, Down::Stop(pb::StopInstance { training_job_name: job.clone(), instance: *i, kill: false }));
             }
         }
         let (status, message, reason) = if let Some(f) = failed {
@@ -1287,7 +1370,7 @@ impl Loop {
             if ended.is_none()
                 && let Some(a) = self.agents.get(agent)
             {
-                send(a, Down::Stop(pb::StopInstance { training_job_name: job.to_string(), instance: *i }));
+                send(a, Down::Stop(pb::StopInstance { training_job_name: job.to_string(), instance: *i, kill: false }));
             }
         }
     }

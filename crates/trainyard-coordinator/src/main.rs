@@ -13,6 +13,7 @@ mod events;
 mod grpc;
 mod liveness;
 mod sagemaker;
+mod sealing;
 mod sigv4;
 
 use std::sync::Arc;
@@ -42,10 +43,12 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(config.log_format);
     // One TLS provider for the process (ring), before any TLS configuration is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    if config.insecure && !config.listen.ip().is_loopback() {
+    let sagemaker_public = config.sagemaker_listen.is_some_and(|a| !a.ip().is_loopback());
+    if config.insecure && (!config.listen.ip().is_loopback() || sagemaker_public) {
         anyhow::bail!(
-            "--insecure serves without TLS or tokens: it is allowed on a loopback address only, not on {}",
-            config.listen
+            "--insecure serves without TLS or tokens: it is allowed on loopback addresses only, not on {}{}",
+            config.listen,
+            config.sagemaker_listen.map(|a| format!(" / {a}")).unwrap_or_default()
         );
     }
     std::fs::create_dir_all(&config.data_dir)
@@ -59,9 +62,13 @@ async fn main() -> anyhow::Result<()> {
     let store = trainyard_store::connect(&config.database_url)
         .await
         .with_context(|| format!("opening the store at {}", redact(&config.database_url)))?;
-    let auth = Arc::new(auth::Auth::new(store.clone(), authority.clone(), !config.insecure));
+    let sealer = sealing::Sealer::load_or_create(&config.data_dir.join("pki")).context("the sealing key")?;
+    let auth = Arc::new(auth::Auth::new(store.clone(), authority.clone(), sealer, !config.insecure));
     if let Some(command) = command {
         return admin::run(command, &auth, &config).await;
+    }
+    if !config.roles.enforced() {
+        warn!("no [[roles]] configured: RoleArn is not enforced and training runs as each agent's user");
     }
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -71,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
             config.catalog.clone(),
             config.limits.clone(),
             config.arns.clone(),
+            config.roles.clone(),
             events_tx.clone(),
         )
         .await
@@ -78,8 +86,11 @@ async fn main() -> anyhow::Result<()> {
     );
     let cancel = CancellationToken::new();
     let liveness = liveness::Liveness::default();
-    let timing =
-        events::Timing { heartbeat_interval: config.heartbeat_interval, agent_lost_after: config.agent_lost_after };
+    let timing = events::Timing {
+        heartbeat_interval: config.heartbeat_interval,
+        agent_lost_after: config.agent_lost_after,
+        agent_lease: config.agent_lease,
+    };
     let event_loop = tokio::spawn(events::run(
         coordinator.clone(),
         authority.clone(),
@@ -94,21 +105,28 @@ async fn main() -> anyhow::Result<()> {
         events: events_tx.clone(),
         sessions: std::sync::atomic::AtomicU64::new(0),
         liveness: liveness.clone(),
+        lease: config.agent_lease,
     };
 
+    let credential = server_credential(&authority, &config)?;
+    let http_tls = match config.insecure {
+        true => None,
+        false => Some(http_tls(&credential).context("configuring TLS for the SageMaker-compatible endpoint")?),
+    };
     let sagemaker = config.sagemaker_listen.map(|address| {
         let endpoint = sagemaker::Endpoint {
             coordinator: coordinator.clone(),
             keys: config.access_keys.clone(),
             callers: config.access_key_callers.clone(),
+            auth: auth.clone(),
         };
-        tokio::spawn(sagemaker::serve(endpoint, address, cancel.clone()))
+        tokio::spawn(sagemaker::serve(endpoint, address, http_tls.clone(), cancel.clone()))
     });
     let mut server = Server::builder();
     if config.insecure {
         warn!(addr = %config.listen, "serving plain-text gRPC without authentication (--insecure)");
     } else {
-        server = server.tls_config(server_tls(&authority, &config)?).context("configuring TLS")?;
+        server = server.tls_config(grpc_tls(credential)).context("configuring TLS")?;
     }
     info!(addr = %config.listen, tls = !config.insecure, database = %redact(&config.database_url), instance_types = config.catalog.len(), "coordinator listening");
     let shutdown = {
@@ -143,10 +161,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// TLS for the gRPC listener: a certificate re-issued at every start for `coordinator.trainyard`
-/// and the names clients may dial; client certificates optional (agents have one, the CLI uses a
-/// token) and, when present, chained to our CA.
-fn server_tls(authority: &trainyard_pki::Authority, config: &Config) -> anyhow::Result<ServerTlsConfig> {
+/// The coordinator's certificate, re-issued at every start for `coordinator.trainyard` and the
+/// names clients may dial.
+fn server_credential(
+    authority: &trainyard_pki::Authority,
+    config: &Config,
+) -> anyhow::Result<trainyard_pki::Credential> {
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
     if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         names.push(host.trim().to_string());
@@ -154,14 +174,36 @@ fn server_tls(authority: &trainyard_pki::Authority, config: &Config) -> anyhow::
     if !config.listen.ip().is_unspecified() {
         names.push(config.listen.ip().to_string());
     }
+    if let Some(address) = config.sagemaker_listen
+        && !address.ip().is_unspecified()
+    {
+        names.push(address.ip().to_string());
+    }
     names.extend(config.tls_names.iter().cloned());
-    let credential = authority
+    authority
         .issue_server_credential(&names, std::time::Duration::from_secs(365 * 24 * 3600))
-        .context("issuing the coordinator's certificate")?;
-    Ok(ServerTlsConfig::new()
+        .context("issuing the coordinator's certificate")
+}
+
+/// TLS for the gRPC listener: client certificates optional (agents have one, the CLI uses a
+/// token) and, when present, chained to our CA.
+fn grpc_tls(credential: trainyard_pki::Credential) -> ServerTlsConfig {
+    ServerTlsConfig::new()
         .identity(Identity::from_pem(credential.certificate_pem, credential.key_pem))
         .client_ca_root(Certificate::from_pem(credential.ca_pem))
-        .client_auth_optional(true))
+        .client_auth_optional(true)
+}
+
+/// TLS for the SageMaker-compatible endpoint (HTTP/1.1; SigV4 authenticates the requests).
+fn http_tls(credential: &trainyard_pki::Credential) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(credential.certificate_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(credential.key_pem.as_bytes())?;
+    let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 async fn wait_for_signal() {

@@ -1,6 +1,7 @@
-//! A SageMaker-compatible endpoint: AWS JSON 1.1 over HTTP (`POST /`, `X-Amz-Target:
-//! SageMaker.<Operation>`), SigV4-signed with access keys from the configuration, SageMaker's error
-//! shapes. Unchanged AWS clients (boto3 with `endpoint_url`, the AWS CLI with `--endpoint-url`)
+//! A SageMaker-compatible endpoint: AWS JSON 1.1 over HTTPS (`POST /`, `X-Amz-Target:
+//! SageMaker.<Operation>`; plain HTTP only with `--insecure`), SigV4-signed with an access key issued
+//! with an API token (`trainyard tokens create --access-key`) or configured (`[[access_keys]]`),
+//! SageMaker's error shapes. Unchanged AWS clients (boto3 with `endpoint_url`, the AWS CLI with `--endpoint-url`)
 //! talk to it. The operations are the coordinator's own (`core.rs`); this module only translates.
 
 use std::collections::BTreeMap;
@@ -19,23 +20,98 @@ use tracing::{debug, info, warn};
 use trainyard_model::DomainError;
 use trainyard_proto::status::classify;
 
+use trainyard_model::access::Caller;
+
 use crate::core::{Coordinator, now};
 use crate::sigv4::{self, SigV4Error};
 
 pub struct Endpoint {
     pub coordinator: Arc<Coordinator>,
-    /// Access key id → secret.
+    /// Configured access keys: id → secret.
     pub keys: BTreeMap<String, String>,
-    /// Who each key acts as (user and scope), as an API token would.
-    pub callers: BTreeMap<String, trainyard_model::access::Caller>,
+    /// Who each configured key acts as (user and scope), as an API token would.
+    pub callers: BTreeMap<String, Caller>,
+    /// Access keys issued with API tokens.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
-pub async fn serve(endpoint: Endpoint, address: SocketAddr, cancel: CancellationToken) -> anyhow::Result<()> {
+/// Serves until cancelled: TLS with `tls`, plain HTTP without.
+pub async fn serve(
+    endpoint: Endpoint,
+    address: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let app = axum::Router::new().fallback(handle).with_state(Arc::new(endpoint));
     let listener = tokio::net::TcpListener::bind(address).await?;
-    info!(%address, "SageMaker-compatible endpoint listening");
-    axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await?;
+    info!(%address, tls = tls.is_some(), "SageMaker-compatible endpoint listening");
+    let shutdown = async move { cancel.cancelled().await };
+    match tls {
+        Some(config) => axum::serve(TlsListener::start(listener, config), app).with_graceful_shutdown(shutdown).await?,
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await?,
+    }
     Ok(())
+}
+
+/// Accepts TCP connections and completes their TLS handshakes concurrently (a slow or silent
+/// client holds up no one else), handing finished ones to the HTTP server.
+struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl TlsListener {
+    fn start(listener: tokio::net::TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
+        let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, handed) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = handed.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        Self { ready, local }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            // The acceptor task ended (only when this listener is dropped): wait for shutdown.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
 }
 
 fn error(status: StatusCode, name: &str, message: impl Into<String>) -> Response {
@@ -73,13 +149,23 @@ async fn handle(
         .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
         .collect();
     let now_seconds = now().millis() / 1000;
+    // The key's secret and who it acts as: a configured key, or one issued with an API token.
+    let key_id = sigv4::access_key_id(&lowered).unwrap_or_default();
+    let (keys, issued_caller) = match state.keys.get(&key_id) {
+        Some(_) => (state.keys.clone(), None),
+        None => match state.auth.access_key(&key_id).await {
+            Ok(Some((secret, caller))) => (BTreeMap::from([(key_id.clone(), secret)]), Some(caller)),
+            Ok(None) => (BTreeMap::new(), None),
+            Err(e) => return domain_error(&e),
+        },
+    };
     let verified = sigv4::verify(
         method.as_str(),
         uri.path(),
         uri.query().unwrap_or_default(),
         &lowered,
         &body,
-        &state.keys,
+        &keys,
         now_seconds,
     );
     let key = match verified {
@@ -95,7 +181,7 @@ async fn handle(
             return error(StatusCode::FORBIDDEN, name, e.to_string());
         }
     };
-    let Some(caller) = state.callers.get(&key) else {
+    let Some(caller) = issued_caller.as_ref().or_else(|| state.callers.get(&key)) else {
         return error(
             StatusCode::FORBIDDEN,
             "UnrecognizedClientException",

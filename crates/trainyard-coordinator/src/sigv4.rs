@@ -24,9 +24,7 @@ pub enum SigV4Error {
     Skewed(String),
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use trainyard_model::hex::encode as hex;
 
 fn hmac(key: &[u8], data: &str) -> Vec<u8> {
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
@@ -53,6 +51,14 @@ fn parse_amz_date(s: &str) -> Option<i64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// The access key id a request says it is signed with (to look its secret up before verifying).
+pub fn access_key_id(headers: &BTreeMap<String, String>) -> Option<String> {
+    let auth = headers.get("authorization")?;
+    let credential = auth.split("Credential=").nth(1)?;
+    let id = credential.split('/').next()?;
+    (!id.is_empty() && id.len() <= 128).then(|| id.to_string())
 }
 
 /// Verifies a signed request. `headers` are lower-cased names to values; `keys` maps access key

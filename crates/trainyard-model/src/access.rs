@@ -160,7 +160,7 @@ impl TokenText {
     /// A token from random bytes (the caller's RNG: this crate has none): 6 for the id, 24 for the
     /// secret.
     pub fn new(kind: TokenKind, random: &[u8; 30], ca_fingerprint: Option<String>) -> Self {
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let hex = crate::hex::encode;
         TokenText { kind, id: hex(&random[..6]), secret: hex(&random[6..]), ca_fingerprint }
     }
 

@@ -18,9 +18,11 @@ pub mod api {
 pub mod access;
 pub mod catalog;
 pub mod error;
+pub mod hex;
 pub mod jobs;
 pub mod listing;
 pub mod names;
+pub mod roles;
 pub mod rules;
 pub mod status;
 pub mod timestamp;

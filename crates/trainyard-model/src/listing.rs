@@ -96,7 +96,7 @@ impl ListQuery {
     /// The token that continues this query after `cursor`.
     pub fn token_after(&self, cursor: Cursor) -> String {
         let token = Token { v: 1, q: self.fingerprint(), c: cursor };
-        hex(serde_json::to_string(&token).unwrap_or_default().as_bytes())
+        crate::hex::encode(serde_json::to_string(&token).unwrap_or_default().as_bytes())
     }
 
     fn resume(mut self, token: Option<&str>) -> Result<Self, DomainError> {
@@ -104,7 +104,7 @@ impl ListQuery {
             return Ok(self);
         };
         let invalid = || DomainError::invalid("NextToken", "is not a token that this list operation returned");
-        let bytes = unhex(token).ok_or_else(invalid)?;
+        let bytes = crate::hex::decode(token).ok_or_else(invalid)?;
         let token: Token = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
         if token.v != 1 {
             return Err(invalid());
@@ -209,17 +209,6 @@ fn sort_order(raw: Option<&str>) -> SortOrder {
 
 fn limit(max_results: Option<i32>, default: u32) -> u32 {
     max_results.and_then(|m| u32::try_from(m).ok()).filter(|m| *m > 0).unwrap_or(default)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]

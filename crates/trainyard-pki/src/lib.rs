@@ -201,7 +201,7 @@ impl std::fmt::Debug for Credential {
 /// differ only in case and reach 63 characters, so the name is a digest, not the job name itself.
 pub fn job_server_name(job: &str) -> String {
     let digest = Sha256::digest(job.as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = trainyard_model::hex::encode(&digest[..16]);
     format!("j{hex}.jobs.trainyard")
 }
 
@@ -269,7 +269,7 @@ pub fn certificate_fingerprint(pem: &str) -> Result<String, PkiError> {
 
 /// Hex SHA-256 of a DER certificate.
 pub fn der_fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
+    trainyard_model::hex::encode(&Sha256::digest(der))
 }
 
 /// Accepts a server whose chain contains the CA with a given fingerprint and whose leaf that CA

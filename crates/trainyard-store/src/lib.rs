@@ -69,6 +69,10 @@ pub struct TokenRecord {
     pub created_at: trainyard_model::Timestamp,
     pub expires_at: Option<trainyard_model::Timestamp>,
     pub revoked_at: Option<trainyard_model::Timestamp>,
+    /// API tokens may carry a SigV4 access key for the SageMaker-compatible endpoint: its id...
+    pub access_key_id: Option<String>,
+    /// ...and its secret, sealed by the coordinator (the store never sees it in clear).
+    pub access_key_sealed: Option<String>,
 }
 
 /// The certificate an agent received when it joined.
@@ -173,6 +177,7 @@ pub trait Store: Send + Sync {
 
     async fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+    async fn get_token_by_access_key(&self, access_key_id: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Every token, oldest first.
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     /// Marks a token revoked; false when there is no such token (revoking twice keeps the first time).

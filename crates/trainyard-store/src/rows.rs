@@ -119,8 +119,8 @@ pub(crate) fn training_job(row: &AnyRow) -> Result<Versioned<TrainingJob>, Store
     })
 }
 
-pub(crate) const TOKEN_COLUMNS: &str =
-    "id, kind, secret_sha256, user_name, scope, description, created_at, expires_at, revoked_at";
+pub(crate) const TOKEN_COLUMNS: &str = "id, kind, secret_sha256, user_name, scope, description, created_at, expires_at, revoked_at, access_key_id, \
+     access_key_sealed";
 
 pub(crate) fn token(row: &AnyRow) -> Result<TokenRecord, StoreError> {
     let id: String = row.try_get("id")?;
@@ -135,6 +135,8 @@ pub(crate) fn token(row: &AnyRow) -> Result<TokenRecord, StoreError> {
         created_at: Timestamp::from_millis(row.try_get("created_at")?),
         expires_at: ts(row.try_get("expires_at")?),
         revoked_at: ts(row.try_get("revoked_at")?),
+        access_key_id: row.try_get("access_key_id")?,
+        access_key_sealed: row.try_get("access_key_sealed")?,
         id,
     })
 }

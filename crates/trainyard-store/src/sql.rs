@@ -579,7 +579,7 @@ impl Store for SqlStore {
     async fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         let result = sqlx::query(
             "INSERT INTO access_tokens (id, kind, secret_sha256, user_name, scope, description, created_at, \
-             expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             expires_at, revoked_at, access_key_id, access_key_sealed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&token.id)
         .bind(token.kind.as_str())
@@ -590,6 +590,8 @@ impl Store for SqlStore {
         .bind(token.created_at.millis())
         .bind(token.expires_at.map(|t| t.millis()))
         .bind(token.revoked_at.map(|t| t.millis()))
+        .bind(token.access_key_id.as_deref())
+        .bind(token.access_key_sealed.as_deref())
         .execute(&self.pool)
         .await;
         inserted(result, ResourceKind::Token, &token.id)
@@ -598,6 +600,14 @@ impl Store for SqlStore {
     async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
         let row = sqlx::query(audited(format!("SELECT {TOKEN_COLUMNS} FROM access_tokens WHERE id = $1")))
             .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rows::token).transpose()
+    }
+
+    async fn get_token_by_access_key(&self, access_key_id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(audited(format!("SELECT {TOKEN_COLUMNS} FROM access_tokens WHERE access_key_id = $1")))
+            .bind(access_key_id)
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(rows::token).transpose()

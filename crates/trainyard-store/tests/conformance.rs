@@ -419,6 +419,8 @@ async fn tokens_are_stored_hashed_and_revoked(store: Arc<dyn Store>) {
         created_at: Timestamp::from_millis(10),
         expires_at: Some(Timestamp::from_millis(1_000)),
         revoked_at: None,
+        access_key_id: Some("TYAK0123456789AB".into()),
+        access_key_sealed: Some("00ff".into()),
     };
     let join = TokenRecord {
         id: "ba9876543210".into(),
@@ -426,6 +428,8 @@ async fn tokens_are_stored_hashed_and_revoked(store: Arc<dyn Store>) {
         scope: None,
         created_at: Timestamp::from_millis(20),
         expires_at: None,
+        access_key_id: None,
+        access_key_sealed: None,
         ..token.clone()
     };
     store.create_token(&token).await.expect("create");
@@ -434,6 +438,8 @@ async fn tokens_are_stored_hashed_and_revoked(store: Arc<dyn Store>) {
     assert_eq!(store.get_token(&token.id).await.expect("get"), Some(token.clone()));
     assert_eq!(store.list_tokens().await.expect("list"), vec![token.clone(), join.clone()]);
     assert_eq!(store.get_token("nope").await.expect("get"), None);
+    assert_eq!(store.get_token_by_access_key("TYAK0123456789AB").await.expect("get"), Some(token.clone()));
+    assert_eq!(store.get_token_by_access_key("nope").await.expect("get"), None);
 
     assert!(store.revoke_token(&token.id, Timestamp::from_millis(50)).await.expect("revoke"));
     assert!(store.revoke_token(&token.id, Timestamp::from_millis(90)).await.expect("again"));

@@ -129,6 +129,28 @@ impl Drop for Lan {
 }
 
 impl Host {
+    /// Cuts this host off from `peer` (nftables inside the host: every packet to or from it is
+    /// dropped, silently, as a broken link would) until [`Host::heal`].
+    pub fn partition_from(&self, peer: Ipv4Addr) {
+        let rules = format!(
+            "table inet typartition {{\n\
+               chain out {{ type filter hook output priority 0; policy accept; ip daddr {peer} drop; }}\n\
+               chain in {{ type filter hook input priority 0; policy accept; ip saddr {peer} drop; }}\n\
+             }}\n"
+        );
+        let mut nft =
+            self.command("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().expect("run nft");
+        use std::io::Write;
+        nft.stdin.take().expect("stdin").write_all(rules.as_bytes()).expect("write rules");
+        assert!(nft.wait().expect("nft").success(), "nft refused the partition rules");
+    }
+
+    /// Ends a [`Host::partition_from`].
+    pub fn heal(&self) {
+        let out = self.command("nft").args(["delete", "table", "inet", "typartition"]).output().expect("nft");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// A command that runs inside this host.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("ip");

@@ -1,0 +1,337 @@
+//! Execution roles: what a job's `RoleArn` means on our hosts. Each role configured on the
+//! coordinator names the local user (and group) its training processes run as, never root, and the
+//! URI prefixes its jobs may read data from and write outputs to. A job that names an unknown role,
+//! or reaches outside its role, is rejected at submission with the field named.
+//!
+//! With no role configured the coordinator does not enforce roles (`RoleArn` is checked for its
+//! form only and processes run as the agent's user): a single-user or development set-up.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::api;
+use crate::validation::Violation;
+
+/// One role, as configured (`[[roles]]` in the coordinator's TOML).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionRole {
+    /// The RoleArn jobs name, e.g. `arn:aws:iam::000000000000:role/vision-team`.
+    pub arn: String,
+    /// The local user training processes run as (a name resolved on each agent; never root).
+    pub user: String,
+    /// The group (default: the user's primary group).
+    pub group: Option<String>,
+    /// URI prefixes input channels may read (`s3://bucket/prefix/`, `file:///srv/data/`).
+    #[serde(default)]
+    pub read: Vec<String>,
+    /// URI prefixes outputs, checkpoints and debugger/profiler/TensorBoard data may be written to.
+    #[serde(default)]
+    pub write: Vec<String>,
+}
+
+/// Who an instance's processes run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    pub group: Option<String>,
+}
+
+/// Every configured role, by ARN.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecutionRoles {
+    roles: BTreeMap<String, ExecutionRole>,
+}
+
+impl ExecutionRoles {
+    /// Checks the configuration: unique ARNs, no root, prefixes with a scheme and no `..`.
+    pub fn new(roles: Vec<ExecutionRole>) -> Result<Self, String> {
+        let mut by_arn = BTreeMap::new();
+        for role in roles {
+            if role.user.is_empty() || role.user == "root" || role.user == "0" {
+                return Err(format!(
+                    "role {}: user '{}' is not allowed (training never runs as root)",
+                    role.arn, role.user
+                ));
+            }
+            if role.group.as_deref().is_some_and(|g| g == "root" || g == "0") {
+                return Err(format!("role {}: group 'root' is not allowed", role.arn));
+            }
+            for prefix in role.read.iter().chain(&role.write) {
+                if !prefix.contains("://") || has_parent_segment(prefix) {
+                    return Err(format!("role {}: '{prefix}' is not a URI prefix like s3://bucket/path/", role.arn));
+                }
+            }
+            let arn = role.arn.clone();
+            if by_arn.insert(arn.clone(), role).is_some() {
+                return Err(format!("role {arn} is configured twice"));
+            }
+        }
+        Ok(Self { roles: by_arn })
+    }
+
+    /// Whether roles are enforced (at least one is configured).
+    pub fn enforced(&self) -> bool {
+        !self.roles.is_empty()
+    }
+
+    /// Who a job with this RoleArn runs as: None when roles are not enforced; an error when the
+    /// role is not (or no longer) configured.
+    pub fn run_as(&self, role_arn: Option<&str>) -> Result<Option<RunAs>, String> {
+        if !self.enforced() {
+            return Ok(None);
+        }
+        let arn = role_arn.unwrap_or_default();
+        let role = self.roles.get(arn).ok_or_else(|| format!("role '{arn}' is not configured on this coordinator"))?;
+        Ok(Some(RunAs { user: role.user.clone(), group: role.group.clone() }))
+    }
+
+    pub fn check_training_job(&self, r: &api::CreateTrainingJobRequest) -> Vec<Violation> {
+        let mut writes: Vec<(String, Option<&String>)> = vec![
+            (
+                "DebugHookConfig.S3OutputPath".into(),
+                r.debug_hook_config.as_ref().and_then(|d| d.s3_output_path.as_ref()),
+            ),
+            (
+                "TensorBoardOutputConfig.S3OutputPath".into(),
+                r.tensor_board_output_config.as_ref().and_then(|t| t.s3_output_path.as_ref()),
+            ),
+            ("ProfilerConfig.S3OutputPath".into(), r.profiler_config.as_ref().and_then(|p| p.s3_output_path.as_ref())),
+        ];
+        for (i, rule) in r.debug_rule_configurations.iter().flatten().enumerate() {
+            writes.push((format!("DebugRuleConfigurations[{i}].S3OutputPath"), rule.s3_output_path.as_ref()));
+        }
+        for (i, rule) in r.profiler_rule_configurations.iter().flatten().enumerate() {
+            writes.push((format!("ProfilerRuleConfigurations[{i}].S3OutputPath"), rule.s3_output_path.as_ref()));
+        }
+        self.check(
+            "",
+            r.role_arn.as_deref(),
+            r.input_data_config.as_deref(),
+            r.output_data_config.as_ref(),
+            r.checkpoint_config.as_ref(),
+            writes,
+        )
+    }
+
+    pub fn check_tuning_job(&self, r: &api::CreateHyperParameterTuningJobRequest) -> Vec<Violation> {
+        let mut v = Vec::new();
+        let single = r.training_job_definition.iter().map(|d| ("TrainingJobDefinition.".to_string(), d));
+        let many = r
+            .training_job_definitions
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, d)| (format!("TrainingJobDefinitions[{i}]."), d));
+        for (field, d) in single.chain(many) {
+            v.extend(self.check(
+                &field,
+                d.role_arn.as_deref(),
+                d.input_data_config.as_deref(),
+                d.output_data_config.as_ref(),
+                d.checkpoint_config.as_ref(),
+                Vec::new(),
+            ));
+        }
+        v
+    }
+
+    fn check<'a>(
+        &self,
+        field: &str,
+        role_arn: Option<&str>,
+        inputs: Option<&[api::Channel]>,
+        output: Option<&'a api::OutputDataConfig>,
+        checkpoint: Option<&'a api::CheckpointConfig>,
+        mut writes: Vec<(String, Option<&'a String>)>,
+    ) -> Vec<Violation> {
+        if !self.enforced() {
+            return Vec::new();
+        }
+        let Some(arn) = role_arn else {
+            return Vec::new(); // "is required" is the structural validator's to say
+        };
+        let Some(role) = self.roles.get(arn) else {
+            let known: Vec<&str> = self.roles.keys().map(String::as_str).collect();
+            return vec![Violation {
+                field: format!("{field}RoleArn"),
+                description: format!(
+                    "role '{arn}' is not configured on this coordinator (configured: {})",
+                    known.join(", ")
+                ),
+            }];
+        };
+        let mut v = Vec::new();
+        for (i, channel) in inputs.unwrap_or_default().iter().enumerate() {
+            let uri =
+                channel.data_source.as_ref().and_then(|d| d.s3_data_source.as_ref()).and_then(|s| s.s3_uri.as_ref());
+            if let Some(uri) = uri {
+                let path = format!("{field}InputDataConfig[{i}].DataSource.S3DataSource.S3Uri");
+                v.extend(outside(&path, uri, &role.read, "read", arn));
+            }
+        }
+        writes.insert(
+            0,
+            (format!("{field}OutputDataConfig.S3OutputPath"), output.and_then(|o| o.s3_output_path.as_ref())),
+        );
+        // A checkpoint is written, and read back when the job restarts: writing covers both.
+        writes.insert(1, (format!("{field}CheckpointConfig.S3Uri"), checkpoint.and_then(|c| c.s3_uri.as_ref())));
+        for (path, uri) in writes {
+            if let Some(uri) = uri {
+                v.extend(outside(&path, uri, &role.write, "write", arn));
+            }
+        }
+        v
+    }
+}
+
+/// A violation when `uri` is not under one of `prefixes`.
+fn outside(field: &str, uri: &str, prefixes: &[String], access: &str, arn: &str) -> Option<Violation> {
+    if has_parent_segment(uri) {
+        return Some(Violation { field: field.into(), description: format!("'{uri}' must not contain '..'") });
+    }
+    if prefixes.iter().any(|p| under(uri, p)) {
+        return None;
+    }
+    let allowed = if prefixes.is_empty() { "nothing".to_string() } else { prefixes.join(", ") };
+    Some(Violation {
+        field: field.into(),
+        description: format!("'{uri}' is outside what role '{arn}' may {access} ({allowed})"),
+    })
+}
+
+/// Whole path segments: `s3://b/data` and `s3://b/data/` both cover `s3://b/data`, `s3://b/data/`
+/// and `s3://b/data/x`, never `s3://b/database`.
+fn under(uri: &str, prefix: &str) -> bool {
+    let directory = |s: &str| if s.ends_with('/') { s.to_string() } else { format!("{s}/") };
+    directory(uri).starts_with(&directory(prefix))
+}
+
+fn has_parent_segment(uri: &str) -> bool {
+    uri.split('/').any(|segment| segment == "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles() -> ExecutionRoles {
+        ExecutionRoles::new(vec![ExecutionRole {
+            arn: "arn:aws:iam::000000000000:role/vision".into(),
+            user: "vision".into(),
+            group: Some("ml".into()),
+            read: vec!["s3://datasets/vision/".into(), "file:///srv/shared".into()],
+            write: vec!["s3://models/vision/".into()],
+        }])
+        .expect("valid")
+    }
+
+    fn training(role: &str, input: &str, output: &str) -> api::CreateTrainingJobRequest {
+        api::CreateTrainingJobRequest {
+            role_arn: Some(role.into()),
+            input_data_config: Some(vec![api::Channel {
+                data_source: Some(api::DataSource {
+                    s3_data_source: Some(api::S3DataSource { s3_uri: Some(input.into()), ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            output_data_config: Some(api::OutputDataConfig {
+                s3_output_path: Some(output.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    const VISION: &str = "arn:aws:iam::000000000000:role/vision";
+
+    #[test]
+    fn a_job_inside_its_role_passes_and_runs_as_its_user() {
+        let r = roles();
+        assert_eq!(
+            r.check_training_job(&training(VISION, "s3://datasets/vision/train/", "s3://models/vision")),
+            vec![]
+        );
+        assert_eq!(r.check_training_job(&training(VISION, "file:///srv/shared/x", "s3://models/vision/a")), vec![]);
+        assert_eq!(r.run_as(Some(VISION)), Ok(Some(RunAs { user: "vision".into(), group: Some("ml".into()) })));
+    }
+
+    #[test]
+    fn reaching_outside_the_role_names_the_field_and_the_allowed_prefixes() {
+        let v = roles().check_training_job(&training(VISION, "s3://datasets/audio/", "s3://models/visionary/"));
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert_eq!(v[0].field, "InputDataConfig[0].DataSource.S3DataSource.S3Uri");
+        assert_eq!(
+            v[0].description,
+            "'s3://datasets/audio/' is outside what role 'arn:aws:iam::000000000000:role/vision' may read \
+             (s3://datasets/vision/, file:///srv/shared)"
+        );
+        assert_eq!(v[1].field, "OutputDataConfig.S3OutputPath");
+        let sneaky =
+            roles().check_training_job(&training(VISION, "s3://datasets/vision/../audio/", "s3://models/vision/"));
+        assert_eq!(sneaky[0].description, "'s3://datasets/vision/../audio/' must not contain '..'");
+        assert!(!under("file:///srv/sharedsecrets", "file:///srv/shared"));
+    }
+
+    #[test]
+    fn an_unknown_role_is_refused_and_unenforced_roles_allow_anything() {
+        let v = roles().check_training_job(&training("arn:aws:iam::000000000000:role/other", "s3://x/", "s3://y/"));
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].field, "RoleArn");
+        assert!(
+            v[0].description
+                .contains("is not configured on this coordinator (configured: arn:aws:iam::000000000000:role/vision)")
+        );
+        assert!(roles().run_as(Some("arn:other")).is_err());
+        let open = ExecutionRoles::default();
+        assert!(open.check_training_job(&training("arn:any", "s3://x/", "s3://y/")).is_empty());
+        assert_eq!(open.run_as(Some("arn:any")), Ok(None));
+    }
+
+    #[test]
+    fn tuning_definitions_are_checked_each_with_its_path() {
+        let definition = |role: &str, output: &str| api::HyperParameterTrainingJobDefinition {
+            role_arn: Some(role.into()),
+            output_data_config: Some(api::OutputDataConfig {
+                s3_output_path: Some(output.into()),
+                ..Default::default()
+            }),
+            checkpoint_config: Some(api::CheckpointConfig {
+                s3_uri: Some("s3://scratch/".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let request = api::CreateHyperParameterTuningJobRequest {
+            training_job_definitions: Some(vec![
+                definition(VISION, "s3://models/vision/"),
+                definition("arn:nope", "s3://m/"),
+            ]),
+            ..Default::default()
+        };
+        let fields: Vec<String> = roles().check_tuning_job(&request).into_iter().map(|v| v.field).collect();
+        assert_eq!(
+            fields,
+            vec!["TrainingJobDefinitions[0].CheckpointConfig.S3Uri", "TrainingJobDefinitions[1].RoleArn"]
+        );
+    }
+
+    #[test]
+    fn configurations_that_would_run_as_root_or_escape_are_refused() {
+        let role = |user: &str, read: &str| ExecutionRole {
+            arn: "arn:r".into(),
+            user: user.into(),
+            group: None,
+            read: vec![read.into()],
+            write: vec![],
+        };
+        assert!(ExecutionRoles::new(vec![role("root", "s3://a/")]).unwrap_err().contains("never runs as root"));
+        assert!(ExecutionRoles::new(vec![role("ml", "bucket/path")]).unwrap_err().contains("not a URI prefix"));
+        assert!(ExecutionRoles::new(vec![role("ml", "s3://a/../b")]).is_err());
+        assert!(
+            ExecutionRoles::new(vec![role("ml", "s3://a/"), role("ml2", "s3://b/")]).unwrap_err().contains("twice")
+        );
+    }
+}
