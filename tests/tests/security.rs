@@ -214,7 +214,7 @@ fn agents_join_once_and_a_revoked_agent_is_refused_and_its_work_ends() {
         agent.log()
     );
     let state = c.json(&["agents", "list"])["Agents"][0]["State"].clone();
-    assert_eq!(state, "lost", "a revoked agent holds no work");
+    assert_eq!(state, "revoked", "a revoked agent holds no work");
 
     // It may come back only by joining again, with a new join token.
     agent.signal(trainyard_testkit::SIGKILL);

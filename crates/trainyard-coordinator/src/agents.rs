@@ -88,6 +88,10 @@ impl pb::agents_server::Agents for AgentService {
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         let events = self.events.clone();
         let coordinator = self.coordinator.clone();
+        // A quarter of the lease between renewals: the agent always has most of its lease ahead,
+        // without a message per heartbeat (thousands of agents).
+        let renew_every = self.lease / 4;
+        let mut renewed_at = std::time::Instant::now(); // the loop sends the first with Registered
         tokio::spawn(async move {
             loop {
                 let message = match inbound.message().await {
@@ -102,8 +106,11 @@ impl pb::agents_server::Agents for AgentService {
                 let event = match message.body {
                     Some(Up::Heartbeat(heartbeat)) => {
                         // Renewed here, not by the loop: a busy loop must not fence healthy agents.
-                        if let Some(outbound) = renewals.upgrade() {
+                        if renewed_at.elapsed() >= renew_every
+                            && let Some(outbound) = renewals.upgrade()
+                        {
                             let _ = outbound.send(lease.clone());
+                            renewed_at = std::time::Instant::now();
                         }
                         Event::AgentHeartbeat { session, agent: agent.clone(), heartbeat }
                     }

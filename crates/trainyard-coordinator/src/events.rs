@@ -90,6 +90,8 @@ struct AgentEntry {
     last_seen: tokio::time::Instant,
     last_seen_millis: i64,
     lost: bool,
+    /// An admin revoked it (until it joins again and registers).
+    revoked: bool,
     /// (job, instance) → what it holds.
     allocations: BTreeMap<(String, u32), Allocation>,
 }
@@ -107,6 +109,7 @@ impl AgentEntry {
             last_seen: tokio::time::Instant::now(),
             last_seen_millis: now().millis(),
             lost: false,
+            revoked: false,
             allocations: BTreeMap::new(),
         }
     }
@@ -345,6 +348,7 @@ impl Loop {
                 self.declare_lost(&agent, "was revoked").await?;
                 if let Some(a) = self.agents.get_mut(&agent) {
                     a.session = 0; // sessions count from 1: whatever the old stream still says is ignored
+                    a.revoked = true;
                 }
                 Ok(())
             }
@@ -634,6 +638,7 @@ impl Loop {
         entry.last_seen = tokio::time::Instant::now();
         entry.last_seen_millis = now().millis();
         entry.lost = false;
+        entry.revoked = false;
         send(
             entry,
             Down::Registered(pb::Registered {
@@ -1394,7 +1399,9 @@ impl Loop {
                 let cap = capacities.get(id);
                 pb::AgentSummary {
                     agent_id: id.clone(),
-                    state: if a.lost {
+                    state: if a.revoked {
+                        "revoked".into()
+                    } else if a.lost {
                         "lost".into()
                     } else if a.outbound.is_some() {
                         "ready".into()
