@@ -480,12 +480,18 @@ async fn join_network(spec: &InstanceSpec, settings: &Settings) -> Result<Option
     }
 }
 
-/// Stops carrying the instance's peer traffic at once; the namespace itself is removed in the
-/// background, so that the instance's end is reported without waiting for it.
+/// Stops carrying the instance's peer traffic at once; the namespace itself is kept for the next
+/// instance or removed, in the background, so that the instance's end is reported without waiting.
 async fn leave_network(spec: &InstanceSpec, settings: &Settings, joined: JoinedNetwork) {
     joined.outbound.abort();
     settings.forwarder.remove_instance(&spec.job, spec.instance);
-    tokio::spawn(async move { joined.network.destroy().await });
+    let network = settings.network.clone();
+    tokio::spawn(async move {
+        match network {
+            Some(network) => network.release(joined.network).await,
+            None => joined.network.destroy().await,
+        }
+    });
 }
 
 async fn execute(

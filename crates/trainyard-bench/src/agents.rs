@@ -31,6 +31,15 @@ struct Cluster {
     program_dir: std::path::PathBuf,
 }
 
+impl Drop for Cluster {
+    /// The agent is killed with the cluster (SIGKILL: it cannot clean up); the network namespaces
+    /// it recorded, kept idle or in flight, are removed here.
+    fn drop(&mut self) {
+        drop(self.agent.take());
+        trainyard_testkit::netns::remove_agents_leftovers(self._dir.path());
+    }
+}
+
 fn now_ns() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
 }

@@ -28,7 +28,13 @@ pub struct Network {
     namespace_prefix: String,
     state_dir: PathBuf,
     next_slot: AtomicU32,
+    /// Namespaces of ended instances, kept for the next ones: creating a namespace and, above all,
+    /// removing one (which holds the kernel's RTNL lock while it waits) cost more than resetting.
+    idle: std::sync::Mutex<Vec<InstanceNetwork>>,
 }
+
+/// Idle namespaces kept at most; more are removed.
+pub const IDLE_NAMESPACES: usize = 4;
 
 impl Network {
     /// Checks that this agent can create namespaces, veths and rules, and prepares the host
@@ -56,6 +62,7 @@ impl Network {
             namespace_prefix: format!("ty-{sanitized}-"),
             state_dir,
             next_slot: AtomicU32::new(rand::random::<u32>() % plan::SLOTS),
+            idle: std::sync::Mutex::new(Vec::new()),
         };
         network.remove_recorded().await;
         Ok(network)
@@ -64,6 +71,9 @@ impl Network {
     /// Removes every namespace and veth on record: at start, those an earlier run left; at
     /// shutdown, those whose removal in the background had not finished.
     pub async fn remove_recorded(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear(); // on record too: removed below
+        }
         let Ok(entries) = std::fs::read_dir(&self.state_dir) else { return };
         let mut removed = 0;
         for entry in entries.flatten() {
@@ -85,6 +95,16 @@ impl Network {
     /// veth's (per host namespace: creating it is the lock among agents sharing a host). The veth's
     /// far end is created inside the namespace: moving a link between namespaces costs ~25 ms.
     pub async fn create(&self, own: u32, egress: &Egress) -> Result<InstanceNetwork, String> {
+        loop {
+            let Some(network) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) else { break };
+            match network.reuse(own, egress).await {
+                Ok(listener) => return Ok(InstanceNetwork { forwarder: Some(listener), ..network }),
+                Err(e) => {
+                    warn!(namespace = %network.namespace, error = %e, "an idle namespace could not be reused; removing it");
+                    network.destroy().await;
+                }
+            }
+        }
         let mut last = String::new();
         for _ in 0..64 {
             let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % plan::SLOTS;
@@ -113,7 +133,7 @@ impl Network {
                 }
                 return Err(e);
             }
-            let network = InstanceNetwork { namespace, veth, record, forwarder: None };
+            let network = InstanceNetwork { namespace, veth, record, slot, forwarder: None };
             return match network.configure(slot, own, egress).await {
                 Ok(listener) => Ok(InstanceNetwork { forwarder: Some(listener), ..network }),
                 Err(e) => {
@@ -124,6 +144,36 @@ impl Network {
         }
         Err(format!("no free network slot on this host: {last}"))
     }
+
+    /// After its instance: kept for the next one when nothing of the instance is left inside (no
+    /// process; sockets die with their processes) and fewer than [`IDLE_NAMESPACES`] are idle;
+    /// removed otherwise.
+    pub async fn release(&self, network: InstanceNetwork) {
+        let keep = match self.idle.lock() {
+            Ok(idle) => idle.len() < IDLE_NAMESPACES,
+            Err(_) => false,
+        };
+        if keep
+            && !occupied(&network.path())
+            && let Ok(mut idle) = self.idle.lock()
+        {
+            idle.push(network);
+            return;
+        }
+        network.destroy().await;
+    }
+}
+
+/// Whether any process still lives in the network namespace at `path`.
+fn occupied(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(namespace) = std::fs::metadata(path).map(|m| m.ino()) else { return true };
+    let wanted = format!("net:[{namespace}]");
+    let Ok(processes) = std::fs::read_dir("/proc") else { return true };
+    processes
+        .flatten()
+        .filter(|p| p.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .any(|p| std::fs::read_link(p.path().join("ns/net")).is_ok_and(|link| link.to_string_lossy() == wanted))
 }
 
 /// One instance's namespace.
@@ -132,6 +182,7 @@ pub struct InstanceNetwork {
     pub namespace: String,
     veth: String,
     record: PathBuf,
+    slot: u32,
     /// The forwarder's listener inside the namespace, taken by the forwarder.
     forwarder: Option<std::net::TcpListener>,
 }
@@ -143,6 +194,19 @@ impl InstanceNetwork {
 
     pub fn take_forwarder_listener(&mut self) -> Option<std::net::TcpListener> {
         self.forwarder.take()
+    }
+
+    /// A namespace an earlier instance used, for instance `own`: its own `algo-N` address on
+    /// loopback, a new forwarder listener, the rules replaced in one transaction.
+    async fn reuse(&self, own: u32, egress: &Egress) -> Result<std::net::TcpListener, String> {
+        let address = format!("addr flush dev lo scope global\naddr add {}/32 dev lo\n", plan::peer_address(own));
+        run_ip(&["-n", &self.namespace, "-batch", "-"], Some(&address)).await?;
+        let listener = in_namespace(&self.path(), || std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+            .map_err(|e| format!("opening the peer forwarder in {}: {e}", self.namespace))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        apply_rules(Some(&self.namespace), plan::instance_ruleset(own, port, egress)).await?;
+        debug!(namespace = %self.namespace, slot = self.slot, forwarder_port = port, ?egress, "idle instance network reused");
+        Ok(listener)
     }
 
     /// Moves the veth's far end into a new namespace, addresses both ends, loads the rules and opens

@@ -103,7 +103,18 @@ pub enum Egress {
 
 /// The ruleset loaded into an instance's namespace.
 pub fn instance_ruleset(own: u32, forwarder_port: u16, egress: &Egress) -> Nftables<'static> {
-    let mut objects = vec![table(), base_chain("peers", NfChainType::NAT, NfHook::Output, -100, None)];
+    // Add, delete, add: in one transaction, whatever an earlier instance of a recycled namespace
+    // loaded is replaced (adding an existing table is a no-op; deleting a missing one fails).
+    let mut objects = vec![
+        table(),
+        NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(Table {
+            family: NfFamily::IP,
+            name: TABLE.into(),
+            handle: None,
+        }))),
+        table(),
+        base_chain("peers", NfChainType::NAT, NfHook::Output, -100, None),
+    ];
     // Connections to another instance go to the agent's forwarder inside this namespace.
     objects.push(rule(
         "peers",
@@ -322,6 +333,22 @@ mod tests {
         assert_eq!("192.0.2.7".parse::<Net>().map(|n| n.prefix), Ok(32));
         assert!("10.1.0.0/33".parse::<Net>().unwrap_err().contains("prefix"));
         assert!("example.com".parse::<Net>().unwrap_err().contains("not an IPv4"));
+    }
+
+    #[test]
+    fn an_instance_ruleset_replaces_the_previous_one_in_one_transaction() {
+        let ruleset = instance_ruleset(1, 40000, &Egress::Open);
+        let kinds: Vec<&str> = ruleset
+            .objects
+            .iter()
+            .take(3)
+            .map(|o| match o {
+                NfObject::CmdObject(NfCmd::Add(NfListObject::Table(_))) => "add table",
+                NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(_))) => "delete table",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["add table", "delete table", "add table"]);
     }
 
     #[test]
