@@ -125,6 +125,9 @@ pub async fn run() -> anyhow::Result<()> {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
+    // Declared before the agents, so dropped after them: removes the namespaces they recorded
+    // (kept idle, or in flight) once they have been killed.
+    let _leftovers = Leftovers(dir.path().to_path_buf());
     let program = dir.path().join("peerbench.py");
     std::fs::write(&program, PROGRAM)?;
     std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
@@ -327,5 +330,15 @@ fn print_table(rows: &[Measured]) {
             r.p50_us,
             r.p99_us
         );
+    }
+}
+
+/// Removes, when dropped, the network namespaces that the agents under a directory recorded and
+/// could not remove themselves (the bench kills them).
+struct Leftovers(std::path::PathBuf);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        trainyard_testkit::netns::remove_agents_leftovers(&self.0);
     }
 }
