@@ -6,9 +6,33 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use tempfile::TempDir;
 pub use trainyard_testkit::netns;
-use trainyard_testkit::{Daemon, binary, free_port, wait_until};
+
+use trainyard_testkit::{Daemon, LogCheck, PgServer, binary, free_port, wait_until};
+
+/// The store a coordinator runs on. Scenarios that touch the store run on both (`on_both_backends!`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named scenario `fn name(backend: Backend)` as two tests, `sqlite::name` and
+/// `postgres::name`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name($crate::Backend::Sqlite) })+
+        }
+        mod postgres {
+            $(#[test] fn $name() { super::$name($crate::Backend::Postgres) })+
+        }
+    };
+}
 
 /// The repository root (for the examples under deploy/).
 pub fn repo_root() -> PathBuf {
@@ -24,7 +48,6 @@ pub fn example(name: &str) -> PathBuf {
 /// Agents started through it are dropped before it (they are declared after it); it then removes
 /// the network namespaces they were killed too abruptly to remove.
 pub struct Coordinator {
-    pub dir: TempDir,
     pub address: String,
     /// Where the daemon listens (`address`, or all interfaces for simulated hosts).
     listen: String,
@@ -35,6 +58,14 @@ pub struct Coordinator {
     pub token: String,
     /// The join token agents started through this coordinator use.
     pub join_token: String,
+    /// The judge of the coordinator's log, across restarts; frozen when the first agent is dropped.
+    log_check: Arc<LogCheck>,
+    /// The judges of the agents' logs, by agent id.
+    agent_checks: Mutex<HashMap<String, Arc<LogCheck>>>,
+    /// The throwaway PostgreSQL server of [`Coordinator::start_on`], stopped after the daemon.
+    _postgres: Option<PgServer>,
+    /// Dropped last: the daemons' logs, read when they are dropped, live here.
+    pub dir: TempDir,
 }
 
 impl Drop for Coordinator {
@@ -50,6 +81,19 @@ impl Coordinator {
         Self::start_in(dir, None)
     }
 
+    /// On SQLite, or on a throwaway PostgreSQL server of its own.
+    pub fn start_on(backend: Backend) -> Coordinator {
+        match backend {
+            Backend::Sqlite => Self::start(),
+            Backend::Postgres => {
+                let server = PgServer::start();
+                let mut c = Self::start_with_database(&server.fresh_database());
+                c._postgres = Some(server);
+                c
+            }
+        }
+    }
+
     /// On the given database (e.g. a throwaway PostgreSQL).
     pub fn start_with_database(url: &str) -> Coordinator {
         let dir = tempfile::Builder::new().prefix("trainyard-e2e-").tempdir().expect("temp dir");
@@ -58,25 +102,41 @@ impl Coordinator {
 
     /// On SQLite, with extra flags (e.g. `--agent-lost-after-seconds 2`).
     pub fn start_with_args(args: &[&str]) -> Coordinator {
-        Self::start_listening("127.0.0.1", args)
+        Self::start_listening("127.0.0.1", None, args)
+    }
+
+    /// On either backend, with extra flags.
+    pub fn start_on_with_args(backend: Backend, args: &[&str]) -> Coordinator {
+        match backend {
+            Backend::Sqlite => Self::start_with_args(args),
+            Backend::Postgres => {
+                let server = PgServer::start();
+                let mut c = Self::start_listening("127.0.0.1", Some(server.fresh_database()), args);
+                c._postgres = Some(server);
+                c
+            }
+        }
     }
 
     /// Listening on every interface, so that agents in simulated hosts reach it at the LAN's
     /// gateway address; the CLI still uses loopback.
     pub fn start_for_lan(args: &[&str]) -> Coordinator {
-        Self::start_listening("0.0.0.0", args)
+        Self::start_listening("0.0.0.0", None, args)
     }
 
-    fn start_listening(host: &str, args: &[&str]) -> Coordinator {
+    /// `database`: a URL, or None for SQLite in the data dir (named by flag).
+    fn start_listening(host: &str, database: Option<String>, args: &[&str]) -> Coordinator {
         let dir = tempfile::Builder::new().prefix("trainyard-e2e-").tempdir().expect("temp dir");
         let port = free_port();
         let address = format!("127.0.0.1:{port}");
         let listen = format!("{host}:{port}");
-        let mut extra: Vec<String> =
-            vec!["--database-url".into(), format!("sqlite://{}", dir.path().join("data/trainyard.db").display())];
+        let database =
+            database.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("data/trainyard.db").display()));
+        let mut extra: Vec<String> = vec!["--database-url".into(), database];
         extra.extend(args.iter().map(|a| a.to_string()));
         std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
-        let daemon = Self::spawn(dir.path(), &listen, None, &extra);
+        let log_check = Self::log_check(dir.path());
+        let daemon = Self::spawn(dir.path(), &listen, None, &extra, &log_check);
         let mut c = Coordinator {
             dir,
             address,
@@ -86,6 +146,9 @@ impl Coordinator {
             args: extra,
             token: String::new(),
             join_token: String::new(),
+            log_check,
+            agent_checks: Mutex::default(),
+            _postgres: None,
         };
         c.wait_ready();
         c.make_tokens();
@@ -95,7 +158,8 @@ impl Coordinator {
     fn start_in(dir: TempDir, database_url: Option<String>) -> Coordinator {
         let port = free_port();
         let address = format!("127.0.0.1:{port}");
-        let daemon = Self::spawn(dir.path(), &address, database_url.as_deref(), &[]);
+        let log_check = Self::log_check(dir.path());
+        let daemon = Self::spawn(dir.path(), &address, database_url.as_deref(), &[], &log_check);
         let listen = address.clone();
         let mut c = Coordinator {
             dir,
@@ -106,6 +170,9 @@ impl Coordinator {
             args: Vec::new(),
             token: String::new(),
             join_token: String::new(),
+            log_check,
+            agent_checks: Mutex::default(),
+            _postgres: None,
         };
         c.wait_ready();
         c.make_tokens();
@@ -143,7 +210,15 @@ impl Coordinator {
         self.data_dir().join("pki/ca.pem")
     }
 
-    fn spawn(dir: &Path, address: &str, database_url: Option<&str>, args: &[String]) -> Daemon {
+    /// The coordinator's log check. The harness configures no execution roles, so the start-up
+    /// warning about that is expected; tests that configure roles see it disappear.
+    fn log_check(dir: &Path) -> Arc<LogCheck> {
+        let check = LogCheck::new(dir.join("coordinator.log"));
+        check.expect("no [[roles]] configured");
+        check
+    }
+
+    fn spawn(dir: &Path, address: &str, database_url: Option<&str>, args: &[String], check: &Arc<LogCheck>) -> Daemon {
         let mut cmd = Command::new(binary("trainyard-coordinator"));
         cmd.args(args);
         // The listen address travels by environment, the data dir by flag: both paths are exercised.
@@ -151,7 +226,14 @@ impl Coordinator {
         if let Some(url) = database_url {
             cmd.arg("--database-url").arg(url);
         }
-        Daemon::spawn("coordinator", cmd, dir)
+        Daemon::spawn("coordinator", cmd, dir).checked_by(check.clone())
+    }
+
+    /// Declares a `WARN`/`ERROR` line of the coordinator's log (containing `pattern`) that the test
+    /// causes on purpose; any other fails the test. The log is judged up to the moment the test
+    /// drops its first agent (what follows is the teardown's).
+    pub fn expect_log(&self, pattern: &str) {
+        self.log_check.expect(pattern);
     }
 
     fn wait_ready(&mut self) {
@@ -170,7 +252,8 @@ impl Coordinator {
             wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&address).is_err()),
             "the old coordinator still listens"
         );
-        self.daemon = Self::spawn(self.dir.path(), &self.listen, self.database_url.as_deref(), &self.args);
+        self.daemon =
+            Self::spawn(self.dir.path(), &self.listen, self.database_url.as_deref(), &self.args, &self.log_check);
         self.wait_ready();
         status
     }
@@ -196,7 +279,15 @@ impl Coordinator {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
-        let mut agent = self.spawn_agent_with(cmd, coordinator, id, args, env);
+        // One check per agent id: an agent restarted under its id appends to the same log.
+        let check = self
+            .agent_checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_insert_with(|| LogCheck::new(self.dir.path().join(format!("agent-{id}.log"))))
+            .clone();
+        let mut agent = self.spawn_agent_with(cmd, coordinator, id, args, env).checked_by(check);
         let registered = wait_until(Duration::from_secs(20), || {
             self.json(&["agents", "list"])["Agents"]
                 .as_array()
@@ -207,7 +298,8 @@ impl Coordinator {
         agent
     }
 
-    /// Starts an agent without waiting for it to register (for agents that must not).
+    /// Starts an agent without waiting for it to register (for agents that must not: their
+    /// refusals are in their logs, which the test reads; the logs are not checked).
     pub fn spawn_agent(&self, id: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         self.spawn_agent_with(Command::new(binary("trainyard-agent")), &self.address, id, args, env)
     }
@@ -236,7 +328,7 @@ impl Coordinator {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Daemon::spawn(&format!("agent-{id}"), cmd, self.dir.path())
+        Daemon::spawn(&format!("agent-{id}"), cmd, self.dir.path()).freezes(self.log_check.clone())
     }
 
     /// Where `s3://trainyard-output/` is served from.

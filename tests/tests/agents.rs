@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Coordinator, TEST_TRAINER, example};
+use trainyard_e2e::{Backend, Coordinator, TEST_TRAINER, example, on_both_backends};
 use trainyard_testkit::nvml;
 
 /// The test trainer, written once per coordinator.
@@ -255,6 +255,8 @@ fn an_agent_killed_mid_job_fails_its_jobs_or_retries_them_elsewhere() {
     c.wait_json(&["training-jobs", "describe", "retried"], |d| d["SecondaryStatus"] == "Training");
     c.wait_json(&["training-jobs", "describe", "not-retried"], |d| d["SecondaryStatus"] == "Training");
 
+    c.expect_log(r#"agent stream broke agent="doomed""#);
+    c.expect_log("agent lost: no heartbeat agent=doomed");
     doomed.signal(trainyard_testkit::SIGKILL);
     doomed.wait_exit(Duration::from_secs(10)).expect("the agent died");
     let lost = c.wait_json(&["training-jobs", "describe", "not-retried"], |d| d["TrainingJobStatus"] == "Failed");
@@ -285,6 +287,7 @@ fn jobs_keep_running_while_the_coordinator_restarts() {
     c.wait_json(&["training-jobs", "describe", "outlives"], |d| d["SecondaryStatus"] == "Training");
 
     // The coordinator goes away while the job trains, and comes back after it has finished.
+    agent.expect_log("coordinator unreachable or stream ended; instances keep running");
     c.daemon.signal(trainyard_testkit::SIGKILL);
     c.daemon.wait_exit(Duration::from_secs(10)).expect("killed");
     std::thread::sleep(Duration::from_secs(5));
@@ -300,7 +303,9 @@ fn jobs_keep_running_while_the_coordinator_restarts() {
 #[test]
 fn pipe_mode_and_jobs_that_no_agent_can_hold() {
     let c = Coordinator::start();
-    let _agent = c.start_agent("small", &["--advertise-vcpus", "4", "--advertise-memory-mib", "16384"], &[]);
+    let agent = c.start_agent("small", &["--advertise-vcpus", "4", "--advertise-memory-mib", "16384"], &[]);
+    // The program reads its train channel only; the agent says so of the validation channel.
+    agent.expect_log("pipe channel ended early fifo=");
 
     // Pipe mode: the channel is a FIFO `<channel>_0` the program reads to its end.
     let reader = c.write(
@@ -337,12 +342,23 @@ fn pipe_mode_and_jobs_that_no_agent_can_hold() {
     c.wait_json(&["training-jobs", "describe", "huge"], |d| d["TrainingJobStatus"] == "Stopped");
 }
 
-#[test]
-fn a_bayesian_tuning_job_learns_from_its_trials() {
-    let c = Coordinator::start();
+// The tuning scenarios read and write objectives, rankings and completion details through the
+// store: each runs on SQLite and on PostgreSQL.
+on_both_backends!(
+    a_bayesian_tuning_job_learns_from_its_trials,
+    early_stopping_and_completion_criteria_end_trials_and_jobs,
+    hyperband_stops_trials_outside_the_top_of_their_rung,
+    warm_start_seeds_a_search_with_its_parents_trials,
+);
+
+/// Trials run one at a time with a fixed seed, so every suggestion is made from the results of all
+/// earlier trials, whatever the timing: the sequence of trials is the same on every run.
+fn a_bayesian_tuning_job_learns_from_its_trials(backend: Backend) {
+    let c = Coordinator::start_on(backend);
     let _agent = c.start_agent("bayes", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
-    let mut request = tuning_request(&c, "bayes", "ml.m5.large", 12, 2);
+    let mut request = tuning_request(&c, "bayes", "ml.m5.large", 12, 1);
     request["HyperParameterTuningJobConfig"]["Strategy"] = json!("Bayesian");
+    request["HyperParameterTuningJobConfig"]["RandomSeed"] = json!(7);
     request["HyperParameterTuningJobConfig"]["ParameterRanges"] =
         json!({"ContinuousParameterRanges": [{"Name": "x", "MinValue": "0", "MaxValue": "1"}]});
     request["TrainingJobDefinition"]["StaticHyperParameters"] = json!({"mode": "ok", "sleep": "0.1"});
@@ -352,6 +368,7 @@ fn a_bayesian_tuning_job_learns_from_its_trials() {
     });
     assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
     assert_eq!(done["TrainingJobStatusCounters"]["Completed"], 12);
+    assert_eq!(done["ObjectiveStatusCounters"]["Succeeded"], 12, "every trial's objective was recorded: {done:#}");
     let best = done["BestTrainingJob"]["FinalHyperParameterTuningJobObjectiveMetric"]["Value"].as_f64().expect("best");
     assert!(best > 0.995, "the search closes in on x = 0.3 (score 1): {best}");
     // The later trials, chosen by the model, are better on average than the random start.
@@ -367,9 +384,8 @@ fn a_bayesian_tuning_job_learns_from_its_trials() {
     assert!(late > early, "model-guided trials ({late}) beat the random start ({early}): {scores:?}");
 }
 
-#[test]
-fn early_stopping_and_completion_criteria_end_trials_and_jobs() {
-    let c = Coordinator::start();
+fn early_stopping_and_completion_criteria_end_trials_and_jobs(backend: Backend) {
+    let c = Coordinator::start_on(backend);
     let _agent = c.start_agent("tuner", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
 
     // The median rule: once three trials have finished, a trial whose objective is below the
@@ -417,9 +433,8 @@ fn early_stopping_and_completion_criteria_end_trials_and_jobs() {
     }
 }
 
-#[test]
-fn hyperband_stops_trials_outside_the_top_of_their_rung() {
-    let c = Coordinator::start();
+fn hyperband_stops_trials_outside_the_top_of_their_rung(backend: Backend) {
+    let c = Coordinator::start_on(backend);
     let _agent = c.start_agent("bands", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
     let mut request = tuning_request(&c, "bands", "ml.m5.large", 12, 3);
     let config = &mut request["HyperParameterTuningJobConfig"];
@@ -442,9 +457,8 @@ fn hyperband_stops_trials_outside_the_top_of_their_rung() {
     assert_eq!(best, "Completed");
 }
 
-#[test]
-fn warm_start_seeds_a_search_with_its_parents_trials() {
-    let c = Coordinator::start();
+fn warm_start_seeds_a_search_with_its_parents_trials(backend: Backend) {
+    let c = Coordinator::start_on(backend);
     let _agent = c.start_agent("warm", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
     let ranges = json!({"ContinuousParameterRanges": [{"Name": "x", "MinValue": "0", "MaxValue": "1"}]});
     let mut parent = tuning_request(&c, "parent", "ml.m5.large", 6, 3);

@@ -1,10 +1,11 @@
 //! Faults injected for real: the coordinator is killed (SIGKILL) at random moments while a tuning
-//! job of a few hundred short trials runs on three agents. Nothing may be lost or run twice.
+//! job of a few hundred short trials runs on three agents (on SQLite and on PostgreSQL), and
+//! PostgreSQL crashes under load. Nothing may be lost or run twice.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Coordinator, example};
+use trainyard_e2e::{Backend, Coordinator, example, on_both_backends};
 
 /// Each run appends its job name to `$RUNS` (one short O_APPEND write: atomic), works a moment,
 /// and reports a score.
@@ -27,14 +28,18 @@ impl Random {
     }
 }
 
-#[test]
-fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice() {
+on_both_backends!(killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice);
+
+fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice(backend: Backend) {
     const TRIALS: u64 = 300;
-    let mut c = Coordinator::start();
+    let mut c = Coordinator::start_on(backend);
     let program = c.install_program("trial.sh", PROGRAM);
     let runs = c.dir.path().join("runs.log");
-    let _agents: Vec<_> =
+    let agents: Vec<_> =
         (1..=3).map(|i| c.start_agent(&format!("host-{i}"), &["--advertise-vcpus", "8"], &[])).collect();
+    for agent in &agents {
+        agent.expect_log("coordinator unreachable or stream ended; instances keep running");
+    }
 
     let mut r: Value =
         serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
@@ -104,6 +109,16 @@ fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice(
 fn a_postgresql_crash_under_load_loses_no_accepted_request() {
     let pg = trainyard_testkit::PgServer::start_durable();
     let c = Coordinator::start_with_database(&pg.fresh_database());
+    // What the coordinator says while its database is away: requests fail (the client is told),
+    // events wait for the store to come back, pooled connections are found broken.
+    for expected in [
+        "terminating connection due to immediate shutdown command",
+        "error occurred while testing the connection on-release",
+        r#"request failed operation="CreateTrainingJob" error=storage unavailable"#,
+        "event not handled; catching up from the store error=storage unavailable",
+    ] {
+        c.expect_log(expected);
+    }
     let template: Value =
         serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
 

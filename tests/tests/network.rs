@@ -208,14 +208,13 @@ fn isolated_jobs_reach_their_peers_and_nothing_else() {
     // "the internet", another host, and another job's instance.
     let port = listen_everywhere();
     let coordinator_port = c.address.rsplit(':').next().expect("port").to_string();
-    let mut other_host = b
-        .command("python3")
-        .args([
-            "-c",
-            "import socket\ns=socket.socket()\ns.bind(('0.0.0.0',7000))\ns.listen()\nwhile True: s.accept()[0].close()",
-        ])
-        .spawn()
-        .expect("a server on host b");
+    // A daemon: killed with its process group when the test ends, also when it fails.
+    let mut server = b.command("python3");
+    server.args([
+        "-c",
+        "import socket\ns=socket.socket()\ns.bind(('0.0.0.0',7000))\ns.listen()\nwhile True: s.accept()[0].close()",
+    ]);
+    let _other_host = trainyard_testkit::Daemon::spawn("server-on-host-b", server, c.dir.path());
     // The other job has an instance on each host: an instance's address is routable on its own
     // host only, and every probing job shares a host with one of them.
     submit(&c, &job(&c, "neighbour", 2, json!({"mode": "serve", "seconds": "60"})));
@@ -281,8 +280,6 @@ fn isolated_jobs_reach_their_peers_and_nothing_else() {
     let expected: std::collections::BTreeMap<String, bool> =
         targets.iter().map(|t| (t.clone(), t.starts_with(&lan.outside.to_string()))).collect();
     assert_eq!(vpc_reached, expected);
-    let _ = other_host.kill();
-    let _ = other_host.wait();
 }
 
 #[test]
@@ -301,7 +298,8 @@ fn a_vpc_name_the_agent_does_not_know_fails_the_job_with_the_field_named() {
 #[test]
 fn an_agent_without_namespaces_never_gets_an_isolated_job() {
     let c = Coordinator::start();
-    let _plain = c.start_agent("no-namespaces", &["--advertise-vcpus", "8", "--no-network-namespaces"], &[]);
+    let plain = c.start_agent("no-namespaces", &["--advertise-vcpus", "8", "--no-network-namespaces"], &[]);
+    plain.expect_log("instances run in the host's network: no isolation, no distributed peers");
     let agents = c.json(&["agents", "list"]);
     let entry = &agents["Agents"][0];
     assert_eq!(entry["NetworkIsolation"], false, "{agents:#}");
@@ -390,6 +388,7 @@ fn namespaces_are_recycled_empty_and_do_not_outlive_a_crashed_agent() {
         "no namespace holds the running job"
     );
     let left = namespaces();
+    c.expect_log(&format!("agent stream broke agent=\"{id}\""));
     agent.signal(trainyard_testkit::SIGKILL);
     let _ = agent.wait_exit(Duration::from_secs(10));
     assert_eq!(namespaces(), left, "a killed agent cannot clean up: its namespace is still there");
@@ -445,6 +444,9 @@ fn a_partitioned_agent_stops_its_work_before_a_retry_runs_elsewhere() {
     ]);
     let (a, b) = (lan.add_host(), lan.add_host());
     let agent_a = c.start_agent_on(&a, &lan, "host-a", &["--advertise-vcpus", "8"]);
+    agent_a.expect_log("no word from the coordinator for longer than the lease: stopping every instance (fencing)");
+    agent_a.expect_log("coordinator unreachable or stream ended");
+    c.expect_log("agent lost: no heartbeat agent=host-a");
     let ticker = c.install_program("ticker.py", TICKER);
     let request = |name: &str, seconds: &str| {
         let ticks = c.dir.path().join(format!("{name}.ticks"));

@@ -7,11 +7,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Coordinator, example, repo_root};
+use trainyard_e2e::{Backend, Coordinator, example, on_both_backends, repo_root};
 use trainyard_testkit::free_port;
 
 const SCRIPT: &str = r#"
-import json, sys
+import json, sys, time
 import boto3, botocore
 url, key, secret, tuning_file, training_file = sys.argv[1:6]
 def client(secret):
@@ -44,12 +44,58 @@ pages = sm.get_paginator("list_training_jobs").paginate(NameContains="boto", Pag
 out["pages"] = [[s["TrainingJobName"] for s in p["TrainingJobSummaries"]] for p in pages]
 sm.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning["HyperParameterTuningJobName"])
 out["stop_again"] = code(lambda: sm.stop_training_job(TrainingJobName="boto-0"))
+# A small tuning job run to its end (the stopped one frees the one running slot): its description
+# carries the objective of every trial and the best one.
+def ended(name):
+    d = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+    return d if d["HyperParameterTuningJobStatus"] in ("Completed", "Failed", "Stopped") else None
+for _ in range(300):
+    if ended(tuning["HyperParameterTuningJobName"]):
+        break
+    time.sleep(0.2)
+small = dict(tuning, HyperParameterTuningJobName="small")
+small["HyperParameterTuningJobConfig"] = dict(tuning["HyperParameterTuningJobConfig"],
+    ResourceLimits={"MaxNumberOfTrainingJobs": 2, "MaxParallelTrainingJobs": 2})
+sm.create_hyper_parameter_tuning_job(**small)
+for _ in range(600):
+    finished = ended("small")
+    if finished:
+        break
+    time.sleep(0.2)
+out["finished"] = json.loads(json.dumps(finished, default=str))
 out["bad_secret"] = code(lambda: client("not-the-secret").list_training_jobs())
+# Requests signed for one body and carrying another, or with an unsigned payload: refused, and
+# nothing of them is executed.
+import hashlib, ssl, os, urllib.request, urllib.error
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+def raw(signed_body, sent_body, payload_hash):
+    request = AWSRequest(method="POST", url=url + "/", data=signed_body, headers={
+        "Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "SageMaker.CreateTrainingJob",
+        "X-Amz-Content-SHA256": payload_hash})
+    SigV4Auth(Credentials(key, secret), "sagemaker", "us-east-1").add_auth(request)
+    sent = urllib.request.Request(url + "/", data=sent_body, method="POST", headers=dict(request.headers.items()))
+    context = ssl.create_default_context(cafile=os.environ["AWS_CA_BUNDLE"])
+    try:
+        with urllib.request.urlopen(sent, context=context) as response:
+            return [response.status, json.loads(response.read() or b"{}")]
+    except urllib.error.HTTPError as e:
+        return [e.code, json.loads(e.read() or b"{}")]
+signed = json.dumps(dict(training, TrainingJobName="signed-body")).encode()
+swapped = json.dumps(dict(training, TrainingJobName="swapped-body")).encode()
+out["as_signed"] = raw(signed, signed, hashlib.sha256(signed).hexdigest())
+out["swapped"] = raw(signed, swapped, hashlib.sha256(signed).hexdigest())
+unsigned = json.dumps(dict(training, TrainingJobName="unsigned-body")).encode()
+out["unsigned"] = raw(unsigned, unsigned, "UNSIGNED-PAYLOAD")
+out["swapped_stored"] = code(lambda: sm.describe_training_job(TrainingJobName="swapped-body"))
+out["unsigned_stored"] = code(lambda: sm.describe_training_job(TrainingJobName="unsigned-body"))
 print(json.dumps(out))
 "#;
 
-#[test]
-fn boto3_drives_the_coordinator_through_the_sagemaker_api() {
+on_both_backends!(boto3_drives_the_coordinator_through_the_sagemaker_api);
+
+fn boto3_drives_the_coordinator_through_the_sagemaker_api(backend: Backend) {
     let python = trainyard_testkit::s3::boto3_python();
     let port = free_port();
     let config = tempfile::tempdir().expect("dir");
@@ -60,12 +106,12 @@ fn boto3_drives_the_coordinator_through_the_sagemaker_api() {
         "[limits]\nmax_concurrent_tuning_jobs = 1\n[[access_keys]]\nid = \"AKIATRAINYARDTEST\"\nsecret = \"s3cr3t/with+chars\"\n",
     )
         .expect("write");
-    let c = Coordinator::start_with_args(&[
-        "--config",
-        config_file.to_str().expect("utf-8"),
-        "--sagemaker-listen",
-        &format!("127.0.0.1:{port}"),
-    ]);
+    let c = Coordinator::start_on_with_args(
+        backend,
+        &["--config", config_file.to_str().expect("utf-8"), "--sagemaker-listen", &format!("127.0.0.1:{port}")],
+    );
+    // The script signs one request with the wrong secret on purpose.
+    c.expect_log("refused an unauthenticated SageMaker request");
     let _agent = c.start_agent("boto", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
     let trainer = repo_root().join("deploy/examples/trainer/train.py").display().to_string();
     let mut tuning: Value =
@@ -106,6 +152,19 @@ fn boto3_drives_the_coordinator_through_the_sagemaker_api() {
     assert_eq!(r["stop_again"][0], "ValidationException", "stopping an ended job");
     assert_eq!(r["bad_secret"][0], "InvalidSignatureException");
     assert_eq!(r["bad_secret"][1], 403);
+    assert_eq!(r["as_signed"][0], 200, "a correctly signed raw request works: {}", r["as_signed"]);
+    for attack in ["swapped", "unsigned"] {
+        assert_eq!(r[attack][0], 403, "{attack}: {}", r[attack]);
+        assert!(r[attack][1].to_string().contains("x-amz-content-sha256"), "{attack}: {}", r[attack]);
+        assert_eq!(r[format!("{attack}_stored")][0], "ResourceNotFound", "{attack}: nothing was executed");
+    }
+    let finished = &r["finished"];
+    assert_eq!(finished["HyperParameterTuningJobStatus"], "Completed", "{finished:#}");
+    assert_eq!(finished["ObjectiveStatusCounters"]["Succeeded"], 2, "{finished:#}");
+    assert_eq!(finished["TrainingJobStatusCounters"]["Completed"], 2, "{finished:#}");
+    let best = &finished["BestTrainingJob"];
+    assert!(best["FinalHyperParameterTuningJobObjectiveMetric"]["Value"].is_number(), "{finished:#}");
+    assert_eq!(best["ObjectiveStatus"], "Succeeded", "{finished:#}");
 }
 
 #[test]

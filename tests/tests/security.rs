@@ -145,6 +145,15 @@ fn tokens_and_scopes_decide_who_sees_creates_and_stops_what() {
 #[test]
 fn agents_join_once_and_a_revoked_agent_is_refused_and_its_work_ends() {
     let c = Coordinator::start_with_args(&["--agent-lost-after-seconds", "2"]);
+    // Every refusal below is logged, as an operator would want it.
+    for expected in [
+        "join refused agent=intruder error=unauthenticated: unknown join token",
+        "agent session refused: wrong agent id certificate_of=gpu-host claims=impostor",
+        r#"agent revoked agent="gpu-host""#,
+        "agent session refused error=permission denied: agent gpu-host was revoked",
+    ] {
+        c.expect_log(expected);
+    }
 
     // A made-up join token, or an API token, buys nothing.
     let fingerprint = c.join_token.rsplit('_').next().expect("fingerprint").to_string();
@@ -171,6 +180,8 @@ fn agents_join_once_and_a_revoked_agent_is_refused_and_its_work_ends() {
     first.signal(trainyard_testkit::SIGTERM);
     first.wait_exit(Duration::from_secs(20)).expect("stopped");
     let mut agent = c.start_agent("gpu-host", &["--advertise-vcpus", "16"], &[]);
+    // Revoked below: its stream is closed and it is refused from then on.
+    agent.expect_log("coordinator unreachable or stream ended");
 
     // A certificate speaks for its own agent only.
     let copy = c.dir.path().join("stolen-identity");

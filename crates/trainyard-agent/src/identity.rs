@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
+use tonic::transport::Channel;
 use tracing::info;
 use trainyard_model::access::TokenText;
 use trainyard_pki::{COORDINATOR_SERVER_NAME, PinnedCaVerifier};
+use trainyard_proto::client::ClientIdentity;
 use trainyard_proto::pb;
 use trainyard_proto::pb::agents_client::AgentsClient;
 
@@ -141,25 +142,11 @@ fn save(dir: &Path, agent_id: &str, identity: &Identity) -> anyhow::Result<()> {
 /// A channel to the coordinator: TLS verified against `ca_pem` for `coordinator.trainyard`,
 /// presenting `identity` when given.
 pub async fn connect(coordinator: &str, ca_pem: &str, identity: Option<&Identity>) -> anyhow::Result<Channel> {
-    let mut tls =
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name(COORDINATOR_SERVER_NAME);
-    if let Some(identity) = identity {
-        tls = tls.identity(TlsIdentity::from_pem(&identity.certificate_pem, &identity.key_pem));
-    }
-    Channel::from_shared(format!("https://{coordinator}"))
-        .map_err(|e| anyhow!("'{coordinator}' is not an address: {e}"))?
-        .tls_config(tls)
-        .context("TLS configuration")?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {coordinator}"))
+    let identity = identity.map(|i| ClientIdentity { certificate_pem: &i.certificate_pem, key_pem: &i.key_pem });
+    Ok(trainyard_proto::client::channel(coordinator, Some(ca_pem), identity).await?)
 }
 
 /// A plain-text channel (`--insecure`).
 pub async fn connect_insecure(coordinator: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(format!("http://{coordinator}"))
-        .map_err(|e| anyhow!("'{coordinator}' is not an address: {e}"))?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {coordinator}"))
+    Ok(trainyard_proto::client::channel(coordinator, None, None).await?)
 }

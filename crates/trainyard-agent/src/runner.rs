@@ -704,7 +704,7 @@ async fn execute(
                 Some((stream, text)) => {
                     let at = now_millis();
                     for (name, regex) in &metrics {
-                        if let Some(value) = regex.captures(&text).and_then(|c| c.get(1)).and_then(|m| m.as_str().trim().parse::<f64>().ok()) {
+                        if let Some(value) = regex.captures(&text).and_then(|c| c.get(1)).and_then(|m| m.as_str().trim().parse::<f64>().ok()).filter(|v| v.is_finite()) {
                             samples.push(pb::MetricSample { name: name.clone(), value, timestamp_millis: at });
                         }
                     }

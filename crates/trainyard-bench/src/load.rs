@@ -1,4 +1,4 @@
-//! The load suite: a real coordinator (SQLite) with thousands of simulated agents holding their
+//! The load suite: a real coordinator (SQLite, then PostgreSQL) with thousands of simulated agents holding their
 //! streams open and heartbeating, while concurrent clients submit training jobs and describe them.
 //! Reports per-operation latency, errors (expected: none), agents still "ready" at the end (none
 //! may be declared lost under load), and the coordinator's peak memory.
@@ -31,11 +31,13 @@ pub struct Load {
     pub seconds: u64,
 }
 
-pub async fn run(load: &Load) -> anyhow::Result<()> {
+pub async fn run(load: &Load, database: &crate::Database) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // Plain text: a hundred simulated agents share each connection, which mutual TLS (one
     // certificate per agent) forbids by design; the numbers are the coordinator's, not TLS's.
-    let coordinator = crate::start_coordinator(dir.path(), "127.0.0.1", &[], false)?;
+    let url = database.url();
+    let args = ["--database-url".as_ref(), url.as_ref()];
+    let coordinator = crate::start_coordinator(dir.path(), "127.0.0.1", &args, false)?;
     let port = coordinator.port;
     let address = format!("127.0.0.1:{port}");
     let url = format!("http://{address}");
@@ -136,7 +138,8 @@ pub async fn run(load: &Load) -> anyhow::Result<()> {
     }
 
     println!(
-        "load: {} simulated agents ({} per connection, registered in {:.1} s), {} clients for {} s",
+        "load on {}: {} simulated agents ({} per connection, registered in {:.1} s), {} clients for {} s",
+        database.backend,
         load.agents,
         AGENTS_PER_CONNECTION,
         registered_in.as_secs_f64(),

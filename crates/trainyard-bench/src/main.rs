@@ -139,6 +139,33 @@ fn start_coordinator(
     Ok(BenchCoordinator { daemon, port, ca_pem: Some(ca_pem), token, join_token })
 }
 
+/// The database a suite's coordinator runs on: a SQLite file in a temp dir, or a throwaway
+/// PostgreSQL server (stopped when dropped).
+pub struct Database {
+    pub backend: String,
+    dir: tempfile::TempDir,
+    postgres: Option<PgServer>,
+}
+
+impl Database {
+    pub fn start(backend: &str) -> anyhow::Result<Database> {
+        let postgres = match backend {
+            "postgres" => Some(PgServer::start()),
+            "sqlite" => None,
+            other => bail!("unknown backend {other}: use sqlite or postgres"),
+        };
+        Ok(Database { backend: backend.to_string(), dir: tempfile::tempdir()?, postgres })
+    }
+
+    /// A fresh database on every call for PostgreSQL; the one file for SQLite.
+    pub fn url(&self) -> String {
+        match &self.postgres {
+            Some(pg) => pg.fresh_database(),
+            None => format!("sqlite://{}", self.dir.path().join("bench.db").display()),
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
@@ -156,7 +183,13 @@ async fn main() -> anyhow::Result<()> {
     if flags.suites.iter().any(|s| s == "load") {
         println!();
         let load = load::Load { agents: flags.load_agents, clients: flags.load_clients, seconds: flags.load_seconds };
-        load::run(&load).await?;
+        for (i, backend) in flags.backends.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            let database = Database::start(backend)?;
+            load::run(&load, &database).await?;
+        }
     }
     Ok(())
 }
@@ -165,13 +198,9 @@ async fn creates(flags: &Flags) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for backend in &flags.backends {
         for kind in [Kind::TuningJob, Kind::TrainingJob] {
-            let pg = (backend == "postgres").then(PgServer::start);
+            let database = Database::start(backend)?;
             let dir = tempfile::tempdir()?;
-            let url = match (&pg, backend.as_str()) {
-                (Some(pg), _) => pg.fresh_database(),
-                (None, "sqlite") => format!("sqlite://{}", dir.path().join("bench.db").display()),
-                (None, other) => bail!("unknown backend {other}: use sqlite or postgres"),
-            };
+            let url = database.url();
             // Tuning-job creates would hit the default limit of 100 running tuning jobs.
             let config = dir.path().join("coordinator.toml");
             std::fs::write(&config, "[limits]\nmax_concurrent_tuning_jobs = 100000000\n")?;

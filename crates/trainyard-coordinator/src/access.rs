@@ -9,12 +9,12 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 use trainyard_model::DomainError;
-use trainyard_model::access::{Caller, Scope, TokenKind};
+use trainyard_model::access::{Caller, Scope};
 use trainyard_proto::pb;
 use trainyard_proto::status::to_status;
 use trainyard_store::TokenRecord;
 
-use crate::auth::{Auth, DEFAULT_JOIN_TOKEN_LIFETIME};
+use crate::auth::Auth;
 use crate::events::Event;
 
 pub struct AccessService {
@@ -73,14 +73,7 @@ impl pb::access_server::Access for AccessService {
         let scope = r.scope.parse::<Scope>().map_err(|e| refused("CreateToken", DomainError::invalid("Scope", e)))?;
         let (token, record, access) = self
             .auth
-            .create_token(
-                TokenKind::Api,
-                &r.user,
-                Some(scope),
-                &r.description,
-                lifetime(r.expires_in_seconds),
-                r.access_key,
-            )
+            .create_api_token(&r.user, scope, &r.description, lifetime(r.expires_in_seconds), r.access_key)
             .await
             .map_err(|e| refused("CreateToken", e))?;
         let (access_key_id, secret_access_key) = access.unwrap_or_default();
@@ -116,11 +109,10 @@ impl pb::access_server::Access for AccessService {
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let caller = self.admin("CreateJoinToken", &request).await?;
         let r = request.into_inner();
-        let lifetime = lifetime(r.expires_in_seconds).unwrap_or(DEFAULT_JOIN_TOKEN_LIFETIME);
         let user = if caller.user.is_empty() { "admin" } else { caller.user.as_str() };
-        let (token, record, _) = self
+        let (token, record) = self
             .auth
-            .create_token(TokenKind::Join, user, None, &r.description, Some(lifetime), false)
+            .create_join_token(user, &r.description, lifetime(r.expires_in_seconds))
             .await
             .map_err(|e| refused("CreateJoinToken", e))?;
         Ok(Response::new(pb::CreateTokenResponse { token, info: Some(token_info(&record)), ..Default::default() }))

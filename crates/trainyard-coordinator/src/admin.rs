@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use trainyard_model::access::TokenKind;
 use trainyard_model::{DomainError, Timestamp};
 
-use crate::auth::{Auth, DEFAULT_JOIN_TOKEN_LIFETIME};
+use crate::auth::Auth;
 use crate::config::{AdminCommand, Config, TokensCommand};
 
 pub async fn run(command: AdminCommand, auth: &Arc<Auth>, config: &Config) -> anyhow::Result<()> {
@@ -16,10 +15,8 @@ pub async fn run(command: AdminCommand, auth: &Arc<Auth>, config: &Config) -> an
     let ca = config.data_dir.join("pki/ca.pem");
     match command {
         AdminCommand::Tokens(TokensCommand::Create { user, scope, description, expires_in, access_key }) => {
-            let (token, record, access) = auth
-                .create_token(TokenKind::Api, &user, Some(scope), &description, expires_in, access_key)
-                .await
-                .map_err(plain)?;
+            let (token, record, access) =
+                auth.create_api_token(&user, scope, &description, expires_in, access_key).await.map_err(plain)?;
             println!("{token}");
             if let Some((id, secret)) = access {
                 println!("AWS_ACCESS_KEY_ID={id}\nAWS_SECRET_ACCESS_KEY={secret}");
@@ -62,11 +59,7 @@ pub async fn run(command: AdminCommand, auth: &Arc<Auth>, config: &Config) -> an
             eprintln!("token {id} revoked");
         }
         AdminCommand::JoinToken { expires_in, description } => {
-            let lifetime = expires_in.unwrap_or(DEFAULT_JOIN_TOKEN_LIFETIME);
-            let (token, record, _) = auth
-                .create_token(TokenKind::Join, "admin", None, &description, Some(lifetime), false)
-                .await
-                .map_err(plain)?;
+            let (token, record) = auth.create_join_token("admin", &description, expires_in).await.map_err(plain)?;
             println!("{token}");
             eprintln!(
                 "join token {} valid until {}: start each agent once with --join-token (or TRAINYARD_JOIN_TOKEN)",

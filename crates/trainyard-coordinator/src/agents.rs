@@ -78,11 +78,7 @@ impl pb::agents_server::Agents for AgentService {
         // Weak: the loop's sender is the only strong one, so that the stream ends, and renewals
         // stop, the moment the loop lets go of this agent (lost, revoked, replaced).
         let renewals = tx.downgrade();
-        let lease = pb::CoordinatorMessage {
-            body: Some(pb::coordinator_message::Body::Lease(pb::Lease {
-                valid_for_ms: self.lease.as_millis().min(u128::from(u32::MAX)) as u32,
-            })),
-        };
+        let lease = pb::CoordinatorMessage { body: Some(pb::coordinator_message::Body::Lease(lease(self.lease))) };
         self.events
             .send(Event::AgentConnected { session, register, outbound: tx })
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
@@ -143,4 +139,9 @@ impl pb::agents_server::Agents for AgentService {
         let agents = rx.await.map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         Ok(Response::new(pb::ListAgentsResponse { agents }))
     }
+}
+
+/// A lease of `valid_for` (the first goes out with Registered, renewals from the stream's task).
+pub fn lease(valid_for: std::time::Duration) -> pb::Lease {
+    pb::Lease { valid_for_ms: valid_for.as_millis().min(u128::from(u32::MAX)) as u32 }
 }

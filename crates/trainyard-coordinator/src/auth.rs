@@ -49,6 +49,14 @@ fn sha256_hex(text: &str) -> String {
     trainyard_model::hex::encode(&Sha256::digest(text.as_bytes()))
 }
 
+/// `N` bytes from the system's random number generator.
+fn random_bytes<const N: usize>() -> Result<[u8; N], DomainError> {
+    let mut bytes = [0u8; N];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| DomainError::Internal("the system's random number generator failed".into()))?;
+    Ok(bytes)
+}
+
 fn unauthenticated(why: impl Into<String>) -> DomainError {
     DomainError::Unauthenticated(why.into())
 }
@@ -152,59 +160,92 @@ impl Auth {
         Ok(Some(identity.agent_id))
     }
 
-    /// Creates a token; returns its text (shown once), its record, and with `access_key` a SigV4
-    /// access key id and secret bound to it (shown once too).
-    pub async fn create_token(
+    /// Creates an API token acting as `user` with `scope`; returns its text (shown once), its
+    /// record, and with `access_key` a SigV4 access key id and secret bound to it (shown once too).
+    pub async fn create_api_token(
         &self,
-        kind: TokenKind,
         user: &str,
-        scope: Option<Scope>,
+        scope: Scope,
         description: &str,
         lifetime: Option<Duration>,
         access_key: bool,
     ) -> Result<(String, TokenRecord, Option<(String, String)>), DomainError> {
-        check_user_name(user).map_err(|e| DomainError::invalid("User", e))?;
-        if description.chars().count() > 256 {
-            return Err(DomainError::invalid("Description", "must be at most 256 characters"));
-        }
-        let mut random = [0u8; 30];
-        let mut key_secret = [0u8; 20];
-        let rng = ring::rand::SystemRandom::new();
-        ring::rand::SecureRandom::fill(&rng, &mut random)
-            .and_then(|()| ring::rand::SecureRandom::fill(&rng, &mut key_secret))
-            .map_err(|_| DomainError::Internal("the system's random number generator failed".into()))?;
-        let fingerprint = match kind {
-            TokenKind::Join => Some(self.authority.fingerprint().map_err(|e| DomainError::Internal(e.to_string()))?),
-            TokenKind::Api => None,
-        };
-        let text = TokenText::new(kind, &random, fingerprint);
+        let text = self.new_token_text(TokenKind::Api)?;
         // AWS access key ids are upper-case letters and digits; ours name the token they belong to.
-        let access = (access_key && kind == TokenKind::Api).then(|| {
-            let id = format!("TYAK{}", text.id.to_ascii_uppercase());
-            let secret = trainyard_model::hex::encode(&key_secret);
-            (id, secret)
-        });
+        let access = match access_key {
+            true => {
+                let id = format!("TYAK{}", text.id.to_ascii_uppercase());
+                Some((id, trainyard_model::hex::encode(&random_bytes::<20>()?)))
+            }
+            false => None,
+        };
         let access_key_sealed = match &access {
             Some((id, secret)) => Some(self.sealer.seal(secret, id).map_err(DomainError::Internal)?),
             None => None,
         };
+        let mut record = self.token_record(&text, user, description, lifetime)?;
+        record.scope = Some(scope);
+        record.access_key_id = access.as_ref().map(|(id, _)| id.clone());
+        record.access_key_sealed = access_key_sealed;
+        self.store_token(&record).await?;
+        Ok((text.to_string(), record, access))
+    }
+
+    /// Creates a join token made by `user`, valid for `lifetime` (default
+    /// [`DEFAULT_JOIN_TOKEN_LIFETIME`]); it carries the CA's fingerprint for the agent to pin.
+    pub async fn create_join_token(
+        &self,
+        user: &str,
+        description: &str,
+        lifetime: Option<Duration>,
+    ) -> Result<(String, TokenRecord), DomainError> {
+        let text = self.new_token_text(TokenKind::Join)?;
+        let record =
+            self.token_record(&text, user, description, Some(lifetime.unwrap_or(DEFAULT_JOIN_TOKEN_LIFETIME)))?;
+        self.store_token(&record).await?;
+        Ok((text.to_string(), record))
+    }
+
+    fn new_token_text(&self, kind: TokenKind) -> Result<TokenText, DomainError> {
+        let fingerprint = match kind {
+            TokenKind::Join => Some(self.authority.fingerprint().map_err(|e| DomainError::Internal(e.to_string()))?),
+            TokenKind::Api => None,
+        };
+        Ok(TokenText::new(kind, &random_bytes::<30>()?, fingerprint))
+    }
+
+    /// The stored form of a new token (its secret hashed), checked the same way for both kinds.
+    fn token_record(
+        &self,
+        text: &TokenText,
+        user: &str,
+        description: &str,
+        lifetime: Option<Duration>,
+    ) -> Result<TokenRecord, DomainError> {
+        check_user_name(user).map_err(|e| DomainError::invalid("User", e))?;
+        if description.chars().count() > 256 {
+            return Err(DomainError::invalid("Description", "must be at most 256 characters"));
+        }
         let created = now();
-        let record = TokenRecord {
+        Ok(TokenRecord {
             id: text.id.clone(),
-            kind,
+            kind: text.kind,
             secret_sha256: sha256_hex(&text.secret),
             user: user.to_string(),
-            scope,
+            scope: None,
             description: description.to_string(),
             created_at: created,
             expires_at: lifetime.map(|l| Timestamp::from_millis(created.millis().saturating_add(l.as_millis() as i64))),
             revoked_at: None,
-            access_key_id: access.as_ref().map(|(id, _)| id.clone()),
-            access_key_sealed,
-        };
-        self.store.create_token(&record).await?;
-        info!(token = %record.id, kind = kind.as_str(), user, scope = ?scope, access_key = ?record.access_key_id, "token created");
-        Ok((text.to_string(), record, access))
+            access_key_id: None,
+            access_key_sealed: None,
+        })
+    }
+
+    async fn store_token(&self, record: &TokenRecord) -> Result<(), DomainError> {
+        self.store.create_token(record).await?;
+        info!(token = %record.id, kind = record.kind.as_str(), user = %record.user, scope = ?record.scope, access_key = ?record.access_key_id, "token created");
+        Ok(())
     }
 
     /// The secret of a SigV4 access key issued with a token, and who it acts as. None: no such

@@ -174,12 +174,18 @@ pub struct Config {
     pub agent_lost_after: std::time::Duration,
     pub agent_lease: std::time::Duration,
     pub sagemaker_listen: Option<SocketAddr>,
-    pub access_keys: std::collections::BTreeMap<String, String>,
-    /// Who each access key acts as.
-    pub access_key_callers: std::collections::BTreeMap<String, trainyard_model::access::Caller>,
+    /// Configured SigV4 access keys: id → its secret and who it acts as.
+    pub access_keys: std::collections::BTreeMap<String, ConfiguredKey>,
     pub insecure: bool,
     pub tls_names: Vec<String>,
     pub roles: trainyard_model::roles::ExecutionRoles,
+}
+
+/// An access key from `[[access_keys]]`.
+#[derive(Debug, Clone)]
+pub struct ConfiguredKey {
+    pub secret: String,
+    pub caller: trainyard_model::access::Caller,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -217,16 +223,16 @@ impl Config {
             limits: file.limits.unwrap_or_default(),
             catalog,
             sagemaker_listen: flags.sagemaker_listen.or(file.sagemaker_listen),
-            access_key_callers: file
+            access_keys: file
                 .access_keys
-                .iter()
+                .into_iter()
                 .map(|k| {
-                    let user = k.user.clone().unwrap_or_else(|| k.id.clone());
+                    let user = k.user.unwrap_or_else(|| k.id.clone());
                     let scope = k.scope.unwrap_or(trainyard_model::access::Scope::Submit);
-                    (k.id.clone(), trainyard_model::access::Caller { user, scope })
+                    let caller = trainyard_model::access::Caller { user, scope };
+                    (k.id, ConfiguredKey { secret: k.secret, caller })
                 })
                 .collect(),
-            access_keys: file.access_keys.into_iter().map(|k| (k.id, k.secret)).collect(),
             insecure: flags.insecure || file.insecure,
             roles: trainyard_model::roles::ExecutionRoles::new(file.roles)
                 .map_err(|e| anyhow::anyhow!("[[roles]] in the configuration: {e}"))?,
@@ -319,7 +325,7 @@ memory_mib = 1024
         assert_eq!(c.agent_lease, std::time::Duration::from_secs(60));
         assert!(c.roles.run_as(Some("arn:aws:iam::123456789012:role/TrainyardExecution")).is_ok_and(|r| r.is_some()));
         assert_eq!(c.tls_names, vec!["trainyard.lab.example".to_string()]);
-        let caller = &c.access_key_callers["AKIAEXAMPLETRAINYARD"];
+        let caller = &c.access_keys["AKIAEXAMPLETRAINYARD"].caller;
         assert_eq!((caller.user.as_str(), caller.scope), ("ana", trainyard_model::access::Scope::Submit));
     }
 }

@@ -473,15 +473,26 @@ impl Coordinator {
     pub async fn update_training_job(
         &self,
         name: &str,
-        mut change: impl FnMut(&mut TrainingJob) -> Result<bool, DomainError>,
+        change: impl FnMut(&mut TrainingJob) -> Result<bool, DomainError>,
     ) -> Result<bool, DomainError> {
+        Ok(self.updated_training_job(name, change).await?.is_some())
+    }
+
+    /// Compare-and-set: applies `change` to the stored job and writes it, reading again when another
+    /// writer came first. Returns the job as written, or None when `change` said there was nothing
+    /// to write.
+    pub async fn updated_training_job(
+        &self,
+        name: &str,
+        mut change: impl FnMut(&mut TrainingJob) -> Result<bool, DomainError>,
+    ) -> Result<Option<TrainingJob>, DomainError> {
         for _ in 0..UPDATE_ATTEMPTS {
             let Versioned { mut value, version } = self.training_job(name).await?;
             if !change(&mut value)? {
-                return Ok(false);
+                return Ok(None);
             }
             match self.store.update_training_job(&value, version).await {
-                Ok(_) => return Ok(true),
+                Ok(_) => return Ok(Some(value)),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -533,30 +533,34 @@ impl Loop {
         instances: Vec<trainyard_scheduler::InstancePlacement>,
     ) -> Result<(), DomainError> {
         let Some(queued) = self.queue.remove(name) else { return Ok(()) };
-        // Who it runs as, decided before anything is placed: a role removed from the configuration
-        // since the job was accepted fails it.
-        let role_arn = self.c.training_job(name).await?.value.request.role_arn;
-        let run_as = match self.c.roles.run_as(role_arn.as_deref()) {
-            Ok(run_as) => run_as.map(|r| pb::RunAs { user: r.user, group: r.group.unwrap_or_default() }),
-            Err(reason) => {
-                let reason = format!("ClientError: RoleArn: {reason}");
-                return self.finish(name, SecondaryStatus::Failed, "Failed", Some(reason), None).await;
-            }
-        };
         let placement: Vec<PlacedInstance> = instances
             .iter()
             .map(|i| PlacedInstance { instance: i.instance, agent: i.agent.clone(), gpu_uuids: i.gpu_uuids.clone() })
             .collect();
         let agents: Vec<&str> = placement.iter().map(|p| p.agent.as_str()).collect();
         let message = format!("Launching on {}", agents.join(", "));
-        self.c
-            .update_training_job(name, |j| {
+        // Who it runs as is decided in the same write that places it: a role removed from the
+        // configuration since the job was accepted fails it instead.
+        let (mut run_as, mut refused) = (None, None);
+        let placed = self
+            .c
+            .updated_training_job(name, |j| {
+                match self.c.roles.run_as(j.request.role_arn.as_deref()) {
+                    Ok(role) => run_as = role.map(|r| pb::RunAs { user: r.user, group: r.group.unwrap_or_default() }),
+                    Err(reason) => {
+                        refused = Some(format!("ClientError: RoleArn: {reason}"));
+                        return Ok(false);
+                    }
+                }
                 j.placement = placement.clone();
                 j.transition(SecondaryStatus::Starting, message.clone(), now())?;
                 Ok(true)
             })
             .await?;
-        let job = self.c.training_job(name).await?.value;
+        if let Some(reason) = refused {
+            return self.finish(name, SecondaryStatus::Failed, "Failed", Some(reason), None).await;
+        }
+        let Some(job) = placed else { return Ok(()) };
         let hosts: Vec<String> = (1..=placement.len()).map(|i| format!("algo-{i}")).collect();
         let peers: Vec<pb::PeerInstance> = placement
             .iter()
@@ -645,10 +649,7 @@ impl Loop {
                 heartbeat_interval_ms: self.timing.heartbeat_interval.as_millis() as u32,
             }),
         );
-        send(
-            entry,
-            Down::Lease(pb::Lease { valid_for_ms: self.timing.agent_lease.as_millis().min(u32::MAX as u128) as u32 }),
-        );
+        send(entry, Down::Lease(crate::agents::lease(self.timing.agent_lease)));
         let gpus: Vec<&str> = entry.inventory.gpus.iter().map(|g| g.name.as_str()).collect();
         info!(agent = %id, cpus = entry.inventory.cpu_count, memory_mib = entry.inventory.memory_total_mib, gpus = ?gpus, reported = register.instances.len(), "agent registered");
 
@@ -955,6 +956,12 @@ impl Loop {
     }
 
     async fn record_metrics(&mut self, job: &str, samples: &[pb::MetricSample]) -> Result<(), DomainError> {
+        // SageMaker records numbers only: NaN and infinities (a regex that captured "nan" or "inf")
+        // are dropped, here as at the agent, so no objective or ranking ever sees one.
+        let samples: Vec<pb::MetricSample> = samples.iter().filter(|s| s.value.is_finite()).cloned().collect();
+        if samples.is_empty() {
+            return Ok(());
+        }
         let converted: Vec<MetricSample> = samples
             .iter()
             .map(|s| MetricSample {
@@ -969,7 +976,7 @@ impl Loop {
         let objective =
             tuning.as_deref().and_then(|t| self.tuning.get(t)).and_then(|t| t.objective.clone()).map(|(m, _)| m);
         if let (Some(tuning), Some(metric)) = (&tuning, &objective) {
-            self.early_stop(tuning, job, metric, samples);
+            self.early_stop(tuning, job, metric, &samples);
         }
         self.c
             .update_training_job(job, |j| {
@@ -1333,10 +1340,25 @@ impl Loop {
             })
             .await?;
         for trial in &active {
-            self.c.update_training_job(trial, |j| j.request_stop(now())).await?;
-            Box::pin(self.stop_training(trial)).await?;
+            self.stop_trial(trial).await?;
         }
         Box::pin(self.drive_tuning(name)).await
+    }
+
+    /// Stops one trial, unless it has ended meanwhile: stopping a trial can end others first (a
+    /// queued trial ends at once, and its end drives its tuning job's stop, which stops the rest).
+    async fn stop_trial(&mut self, trial: &str) -> Result<(), DomainError> {
+        let mut ended = false;
+        self.c
+            .update_training_job(trial, |j| {
+                ended = j.status.is_terminal();
+                if ended { Ok(false) } else { j.request_stop(now()) }
+            })
+            .await?;
+        if !ended {
+            Box::pin(self.stop_training(trial)).await?;
+        }
+        Ok(())
     }
 
     async fn stop_tuning(&mut self, name: &str) -> Result<(), DomainError> {
@@ -1345,8 +1367,7 @@ impl Loop {
             None => self.c.active_trials(name).await?,
         };
         for trial in &active {
-            self.c.update_training_job(trial, |j| j.request_stop(now())).await?;
-            Box::pin(self.stop_training(trial)).await?;
+            self.stop_trial(trial).await?;
         }
         let remaining = self.tuning.get(name).map_or(0, |r| r.active.len());
         if remaining == 0 {

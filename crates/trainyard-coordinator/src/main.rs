@@ -108,25 +108,29 @@ async fn main() -> anyhow::Result<()> {
         lease: config.agent_lease,
     };
 
-    let credential = server_credential(&authority, &config)?;
-    let http_tls = match config.insecure {
+    // Under --insecure no certificate is issued: nothing would present it.
+    let credential = match config.insecure {
         true => None,
-        false => Some(http_tls(&credential).context("configuring TLS for the SageMaker-compatible endpoint")?),
+        false => Some(server_credential(&authority, &config)?),
+    };
+    let http_tls = match &credential {
+        None => None,
+        Some(credential) => {
+            Some(http_tls(credential).context("configuring TLS for the SageMaker-compatible endpoint")?)
+        }
     };
     let sagemaker = config.sagemaker_listen.map(|address| {
         let endpoint = sagemaker::Endpoint {
             coordinator: coordinator.clone(),
             keys: config.access_keys.clone(),
-            callers: config.access_key_callers.clone(),
             auth: auth.clone(),
         };
         tokio::spawn(sagemaker::serve(endpoint, address, http_tls.clone(), cancel.clone()))
     });
     let mut server = Server::builder();
-    if config.insecure {
-        warn!(addr = %config.listen, "serving plain-text gRPC without authentication (--insecure)");
-    } else {
-        server = server.tls_config(grpc_tls(credential)).context("configuring TLS")?;
+    match credential {
+        None => warn!(addr = %config.listen, "serving plain-text gRPC without authentication (--insecure)"),
+        Some(credential) => server = server.tls_config(grpc_tls(credential)).context("configuring TLS")?,
     }
     info!(addr = %config.listen, tls = !config.insecure, database = %redact(&config.database_url), instance_types = config.catalog.len(), "coordinator listening");
     let shutdown = {

@@ -27,10 +27,8 @@ use crate::sigv4::{self, SigV4Error};
 
 pub struct Endpoint {
     pub coordinator: Arc<Coordinator>,
-    /// Configured access keys: id → secret.
-    pub keys: BTreeMap<String, String>,
-    /// Who each configured key acts as (user and scope), as an API token would.
-    pub callers: BTreeMap<String, Caller>,
+    /// Configured access keys: id → secret and who it acts as (user and scope, as a token would).
+    pub keys: BTreeMap<String, crate::config::ConfiguredKey>,
     /// Access keys issued with API tokens.
     pub auth: Arc<crate::auth::Auth>,
 }
@@ -151,8 +149,8 @@ async fn handle(
     let now_seconds = now().millis() / 1000;
     // The key's secret and who it acts as: a configured key, or one issued with an API token.
     let key_id = sigv4::access_key_id(&lowered).unwrap_or_default();
-    let (keys, issued_caller) = match state.keys.get(&key_id) {
-        Some(_) => (state.keys.clone(), None),
+    let (keys, caller): (BTreeMap<String, String>, Option<Caller>) = match state.keys.get(&key_id) {
+        Some(k) => (BTreeMap::from([(key_id.clone(), k.secret.clone())]), Some(k.caller.clone())),
         None => match state.auth.access_key(&key_id).await {
             Ok(Some((secret, caller))) => (BTreeMap::from([(key_id.clone(), secret)]), Some(caller)),
             Ok(None) => (BTreeMap::new(), None),
@@ -176,12 +174,14 @@ async fn handle(
                 SigV4Error::Missing => "MissingAuthenticationTokenException",
                 SigV4Error::UnknownKey(_) => "UnrecognizedClientException",
                 SigV4Error::Skewed(_) => "InvalidSignatureException",
-                SigV4Error::BadSignature | SigV4Error::Malformed(_) => "InvalidSignatureException",
+                SigV4Error::BadSignature | SigV4Error::Malformed(_) | SigV4Error::PayloadMismatch(_) => {
+                    "InvalidSignatureException"
+                }
             };
             return error(StatusCode::FORBIDDEN, name, e.to_string());
         }
     };
-    let Some(caller) = issued_caller.as_ref().or_else(|| state.callers.get(&key)) else {
+    let Some(caller) = caller.as_ref() else {
         return error(
             StatusCode::FORBIDDEN,
             "UnrecognizedClientException",

@@ -22,6 +22,10 @@ pub enum SigV4Error {
     BadSignature,
     #[error("the request time {0} is more than 15 minutes from the coordinator's clock")]
     Skewed(String),
+    /// `x-amz-content-sha256` is not the SHA-256 of the body that came: the signature covered
+    /// another body, or none (`UNSIGNED-PAYLOAD`, which AWS refuses for SageMaker too).
+    #[error("x-amz-content-sha256 '{0}' is not the SHA-256 of the request body: the signature must cover the body")]
+    PayloadMismatch(String),
 }
 
 use trainyard_model::hex::encode as hex;
@@ -104,7 +108,14 @@ pub fn verify(
         let value = value.split_whitespace().collect::<Vec<_>>().join(" ");
         canonical_headers.push_str(&format!("{name}:{value}\n"));
     }
-    let payload_hash = headers.get("x-amz-content-sha256").cloned().unwrap_or_else(|| sha256_hex(body));
+    // The hash of the body that came, never the one the client claims: a signature is only worth
+    // what it covers.
+    let payload_hash = sha256_hex(body);
+    if let Some(claimed) = headers.get("x-amz-content-sha256")
+        && !claimed.eq_ignore_ascii_case(&payload_hash)
+    {
+        return Err(SigV4Error::PayloadMismatch(claimed.chars().take(80).collect()));
+    }
     let mut query_pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
     query_pairs.sort_unstable();
     let canonical_request = format!(
@@ -152,6 +163,57 @@ mod tests {
         assert!(matches!(verify("GET", "/", "", &headers, b"", &BTreeMap::new(), now), Err(SigV4Error::UnknownKey(_))));
         assert!(matches!(verify("GET", "/", "", &headers, b"", &keys, now + 3600), Err(SigV4Error::Skewed(_))));
         assert_eq!(verify("GET", "/", "", &BTreeMap::new(), b"", &keys, now), Err(SigV4Error::Missing));
+    }
+
+    /// A POST signed (with the same canonical form as `verify`) over `signed_body`, with the
+    /// body's hash in `x-amz-content-sha256` as boto3 sends it.
+    fn signed_post(signed_body: &[u8], claimed_hash: &str) -> BTreeMap<String, String> {
+        let amz_date = "20261123T213000Z";
+        let scope = "20261123/local/sagemaker/aws4_request";
+        let canonical_headers = format!("host:trainyard\nx-amz-content-sha256:{claimed_hash}\nx-amz-date:{amz_date}\n");
+        let signed_headers = "host;x-amz-content-sha256;x-amz-date";
+        let canonical_request =
+            format!("POST\n/\n\n{canonical_headers}\n{signed_headers}\n{}", sha256_hex(signed_body));
+        let string_to_sign =
+            format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", sha256_hex(canonical_request.as_bytes()));
+        let mut key = hmac(b"AWS4secret", "20261123");
+        for part in ["local", "sagemaker", "aws4_request"] {
+            key = hmac(&key, part);
+        }
+        let signature = hex(&hmac(&key, &string_to_sign));
+        BTreeMap::from([
+            ("host".to_string(), "trainyard".to_string()),
+            ("x-amz-date".to_string(), amz_date.to_string()),
+            ("x-amz-content-sha256".to_string(), claimed_hash.to_string()),
+            (
+                "authorization".to_string(),
+                format!(
+                    "AWS4-HMAC-SHA256 Credential=KEY/{scope}, SignedHeaders={signed_headers}, Signature={signature}"
+                ),
+            ),
+        ])
+    }
+
+    #[test]
+    fn the_signature_covers_the_body_that_came() {
+        let keys = BTreeMap::from([("KEY".to_string(), "secret".to_string())]);
+        let now = parse_amz_date("20261123T213000Z").expect("date");
+        let (a, b): (&[u8], &[u8]) = (br#"{"TrainingJobName":"a"}"#, br#"{"TrainingJobName":"b"}"#);
+        let headers = signed_post(a, &sha256_hex(a));
+        assert_eq!(verify("POST", "/", "", &headers, a, &keys, now), Ok("KEY".to_string()));
+        // Signed for body A, carrying body B: refused, whatever the header claims.
+        assert!(matches!(verify("POST", "/", "", &headers, b, &keys, now), Err(SigV4Error::PayloadMismatch(_))));
+        // The header changed to B's hash: the signature (over A) no longer matches.
+        let mut swapped = headers.clone();
+        swapped.insert("x-amz-content-sha256".into(), sha256_hex(b));
+        assert_eq!(verify("POST", "/", "", &swapped, b, &keys, now), Err(SigV4Error::BadSignature));
+        // An unsigned payload is refused, as AWS refuses it for SageMaker.
+        let unsigned = signed_post(a, "UNSIGNED-PAYLOAD");
+        assert!(matches!(verify("POST", "/", "", &unsigned, a, &keys, now), Err(SigV4Error::PayloadMismatch(_))));
+        // Without the header, the body's own hash is what the signature must cover.
+        let mut without = headers.clone();
+        without.remove("x-amz-content-sha256");
+        assert_eq!(verify("POST", "/", "", &without, b, &keys, now), Err(SigV4Error::BadSignature));
     }
 
     #[test]

@@ -38,15 +38,35 @@ pub enum ConnectError {
 
 /// Connects to `address` (HOST:PORT): TLS trusting `ca_pem`, or plain text when it is None.
 pub async fn connect(address: &str, ca_pem: Option<&str>, token: Option<&str>) -> Result<Transport, ConnectError> {
+    with_token(channel(address, ca_pem, None).await?, token)
+}
+
+/// A client certificate and its key (PEM): how an agent proves who it is.
+pub struct ClientIdentity<'a> {
+    pub certificate_pem: &'a str,
+    pub key_pem: &'a str,
+}
+
+/// A channel to `address` (HOST:PORT, or a URL): TLS trusting `ca_pem` for the coordinator's name,
+/// presenting `identity` when given; plain text when `ca_pem` is None. The CLI, the agents and the
+/// benchmarks all connect through here.
+pub async fn channel(
+    address: &str,
+    ca_pem: Option<&str>,
+    identity: Option<ClientIdentity<'_>>,
+) -> Result<Channel, ConnectError> {
     let address = address.split("://").last().unwrap_or_default().trim_end_matches('/');
     let url = format!("{}://{address}", if ca_pem.is_some() { "https" } else { "http" });
     let mut endpoint = Channel::from_shared(url.clone()).map_err(|_| ConnectError::Address(address.to_string()))?;
     if let Some(ca) = ca_pem {
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name(COORDINATOR_SERVER_NAME);
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name(COORDINATOR_SERVER_NAME);
+        if let Some(identity) = identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(identity.certificate_pem, identity.key_pem));
+        }
         endpoint = endpoint.tls_config(tls).map_err(ConnectError::Tls)?;
     }
-    let channel = endpoint.connect().await.map_err(|source| ConnectError::Unreachable { url, source })?;
-    with_token(channel, token)
+    endpoint.connect().await.map_err(|source| ConnectError::Unreachable { url, source })
 }
 
 /// A channel whose requests carry `token`.

@@ -81,6 +81,30 @@ fn audited(sql: String) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(sql)
 }
 
+/// The SQL for a `DOUBLE PRECISION` value that may be absent: the placeholder, or a literal `NULL`.
+///
+/// An absent value is never bound. sqlx 0.9's `Any` driver declares a bound `None::<f64>` as a
+/// PostgreSQL `float4` (`sqlx-core` `any/arguments.rs` swaps the two float kinds for NULLs), and the
+/// connection's cached prepared statement keeps that type: the next statement of the same text with
+/// a value sends eight bytes for a four-byte parameter and fails ("incorrect binary data format in
+/// bind parameter"). A trial's first update has no objective and its last one has: on PostgreSQL
+/// every objective was lost. The placeholder must be the statement's last one, so that leaving it
+/// out renumbers nothing.
+fn nullable_double(placeholder: &'static str, value: Option<f64>) -> &'static str {
+    if value.is_some() { placeholder } else { "NULL" }
+}
+
+/// Binds the value [`nullable_double`] wrote a placeholder for.
+fn bind_double<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    value: Option<f64>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    match value {
+        Some(v) => query.bind(v),
+        None => query,
+    }
+}
+
 fn completion_json(job: &TuningJob) -> Result<Option<String>, StoreError> {
     job.completion
         .as_ref()
@@ -320,9 +344,10 @@ impl Store for SqlStore {
         let corrupt = |e: serde_json::Error| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() };
         let request = serde_json::to_string(&job.request).map_err(corrupt)?;
         let details = serde_json::to_string(&TrainingDetails::of(job)).map_err(corrupt)?;
-        let result = sqlx::query(audited(format!(
+        let objective = nullable_double("$15", job.objective_value);
+        let query = sqlx::query(audited(format!(
             "INSERT INTO training_jobs ({TRAINING_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, $15)"
+             VALUES ($1, $2, $3, $4, $5, $6, {objective}, $7, $8, $9, $10, $11, $12, $13, 1, $14)"
         )))
         .bind(&job.name)
         .bind(&job.arn)
@@ -330,7 +355,6 @@ impl Store for SqlStore {
         .bind(job.status.as_str())
         .bind(job.secondary_status.as_str())
         .bind(job.objective_status.map(ObjectiveStatus::as_str))
-        .bind(job.objective_value)
         .bind(job.creation_time.millis())
         .bind(job.last_modified_time.millis())
         .bind(job.training_start_time.map(|t| t.millis()))
@@ -338,9 +362,8 @@ impl Store for SqlStore {
         .bind(job.failure_reason.as_deref())
         .bind(request)
         .bind(details)
-        .bind(&job.owner)
-        .execute(&self.pool)
-        .await;
+        .bind(&job.owner);
+        let result = bind_double(query, job.objective_value).execute(&self.pool).await;
         inserted(result, ResourceKind::TrainingJob, &job.name).map(|()| Versioned { value: job.clone(), version: 1 })
     }
 
@@ -375,15 +398,15 @@ impl Store for SqlStore {
     ) -> Result<Versioned<TrainingJob>, StoreError> {
         let details = serde_json::to_string(&TrainingDetails::of(job))
             .map_err(|e| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() })?;
-        let result = sqlx::query(
+        let objective = nullable_double("$12", job.objective_value);
+        let query = sqlx::query(audited(format!(
             "UPDATE training_jobs SET status = $1, secondary_status = $2, objective_status = $3, \
-             objective_value = $4, last_modified_time = $5, training_start_time = $6, training_end_time = $7, \
-             failure_reason = $8, details = $9, version = $10 WHERE name = $11 AND version = $12",
-        )
+             objective_value = {objective}, last_modified_time = $4, training_start_time = $5, training_end_time = $6, \
+             failure_reason = $7, details = $8, version = $9 WHERE name = $10 AND version = $11"
+        )))
         .bind(job.status.as_str())
         .bind(job.secondary_status.as_str())
         .bind(job.objective_status.map(ObjectiveStatus::as_str))
-        .bind(job.objective_value)
         .bind(job.last_modified_time.millis())
         .bind(job.training_start_time.map(|t| t.millis()))
         .bind(job.training_end_time.map(|t| t.millis()))
@@ -391,9 +414,8 @@ impl Store for SqlStore {
         .bind(details)
         .bind(expected_version + 1)
         .bind(&job.name)
-        .bind(expected_version)
-        .execute(&self.pool)
-        .await?;
+        .bind(expected_version);
+        let result = bind_double(query, job.objective_value).execute(&self.pool).await?;
         if result.rows_affected() == 0 {
             return Err(StoreError::Conflict { kind: ResourceKind::TrainingJob, name: job.name.clone() });
         }

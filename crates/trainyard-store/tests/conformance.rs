@@ -13,7 +13,7 @@ use trainyard_model::listing::{ListQuery, SortKey, SortOrder};
 use trainyard_model::names::ArnContext;
 use trainyard_model::status::{SecondaryStatus, TrainingJobStatus, TuningJobStatus};
 use trainyard_model::timestamp::Timestamp;
-use trainyard_store::{AgentIdentity, Store, StoreError, TokenRecord, connect};
+use trainyard_store::{AgentIdentity, LogRecord, MetricSample, Store, StoreError, TokenRecord, connect};
 use trainyard_testkit::PgServer;
 
 type Case = fn(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -36,6 +36,7 @@ cases!(
     owners_are_stored_and_filter_lists,
     tokens_are_stored_hashed_and_revoked,
     agent_identities_are_replaced_and_revoked,
+    values_at_their_edges_survive_every_statement,
 );
 
 #[tokio::test]
@@ -469,4 +470,105 @@ async fn agent_identities_are_replaced_and_revoked(store: Arc<dyn Store>) {
     store.put_agent_identity(&second).await.expect("put");
     assert_eq!(store.agent_identity_by_certificate(&"a".repeat(64)).await.expect("get"), None);
     assert_eq!(store.agent_identity_by_certificate(&"b".repeat(64)).await.expect("get"), Some(second));
+}
+
+/// Values at their edges through the statements the loop issues, in the order it issues them: a
+/// trial is created without an objective, updated while it trains, then updated with its objective,
+/// again and again on the same pooled connection. (A NULL objective followed by a value in the
+/// same statement text lost every objective on PostgreSQL: see `nullable_double` in `sql.rs`.)
+async fn values_at_their_edges_survive_every_statement(store: Arc<dyn Store>) {
+    store.create_tuning_job(&tuning("edges", 1)).await.expect("create");
+    let objectives = [
+        None,
+        Some(0.0),
+        Some(-1.5),
+        None,
+        Some(1e308),
+        Some(-1e308),
+        Some(f64::MIN_POSITIVE),
+        Some(5e-324),
+        Some(0.123_456_789_012_345_67),
+        None,
+        Some(42.0),
+    ];
+    let long_reason: String = "é∂\u{1F600}'\"%_\\".repeat(300);
+    for round in 0..3 {
+        let name = format!("edges-{round:03}-0000000{round}");
+        let mut trial = training(&name, 10 + round, Some("edges"));
+        assert!(trial.objective_value.is_none());
+        let mut version = store.create_training_job(&trial).await.expect("create").version;
+        trial.transition(SecondaryStatus::Training, "Training", Timestamp::from_millis(20)).expect("training");
+        for objective in objectives {
+            trial.objective_value = objective;
+            trial.failure_reason = Some(long_reason.clone());
+            version = store.update_training_job(&trial, version).await.expect("update").version;
+            let read = store.get_training_job(&name).await.expect("get").expect("present").value;
+            assert_eq!(
+                read.objective_value.map(f64::to_bits),
+                objective.map(f64::to_bits),
+                "objective {objective:?} reads back bit for bit"
+            );
+            assert_eq!(read.failure_reason.as_deref(), Some(long_reason.as_str()));
+        }
+        trial.objective_value = Some(-(round as f64) * 1e300);
+        trial.transition(SecondaryStatus::Completed, "done", Timestamp::from_millis(30)).expect("end");
+        store.update_training_job(&trial, version).await.expect("final update");
+    }
+    // Ranking and paging by the objective at the extremes of the range.
+    let best = store.best_trial("edges", true).await.expect("best").expect("some");
+    assert_eq!(best.name, "edges-000-00000000");
+    let worst = store.best_trial("edges", false).await.expect("best").expect("some");
+    assert_eq!(worst.name, "edges-002-00000002");
+    let mut by_objective = query(SortKey::FinalObjectiveMetricValue, SortOrder::Ascending, 1);
+    by_objective.filter.tuning_job_name = Some("edges".into());
+    let mut seen = Vec::new();
+    loop {
+        let page = store.list_training_jobs(&by_objective).await.expect("page");
+        seen.extend(page.items.iter().map(|j| j.name.clone()));
+        let Some(token) = page.next_token else { break };
+        let request = api::ListTrainingJobsForHyperParameterTuningJobRequest {
+            hyper_parameter_tuning_job_name: Some("edges".into()),
+            sort_by: Some("FinalObjectiveMetricValue".into()),
+            sort_order: Some("Ascending".into()),
+            max_results: Some(1),
+            next_token: Some(token),
+            ..Default::default()
+        };
+        by_objective = ListQuery::for_trials(&request).expect("resume");
+    }
+    assert_eq!(seen, ["edges-002-00000002", "edges-001-00000001", "edges-000-00000000"]);
+
+    // Metric samples: negative, zero, huge, tiny; empty batches are no-ops.
+    store.append_metrics("edges-000-00000000", &[]).await.expect("empty batch");
+    // (-0.0 is left out: SQLite stores it as the integer 0.)
+    let values = [0.0, -3.25, 1e308, -1e308, f64::MIN_POSITIVE, 5e-324, 1.0 / 3.0];
+    let samples: Vec<MetricSample> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| MetricSample {
+            name: "m".repeat(255),
+            timestamp: Timestamp::from_millis(i64::from(i as u8) + 1),
+            value: *v,
+        })
+        .collect();
+    store.append_metrics("edges-000-00000000", &samples).await.expect("metrics");
+    let read = store.read_metrics("edges-000-00000000").await.expect("read metrics");
+    assert_eq!(read.iter().map(|m| m.value.to_bits()).collect::<Vec<_>>(), values.map(f64::to_bits));
+
+    // Logs: an empty batch, a 64 KiB line of multi-byte characters, reads past the end.
+    store.append_logs("edges-000-00000000", &[]).await.expect("empty logs");
+    let line = "ü".repeat(32 * 1024);
+    let record = LogRecord {
+        seq: 1,
+        instance: 65_535,
+        stream: "stderr".into(),
+        timestamp: Timestamp::from_millis(i64::from(i32::MAX) * 1000),
+        text: line.clone(),
+    };
+    store.append_logs("edges-000-00000000", std::slice::from_ref(&record)).await.expect("long line");
+    let read = store.read_logs("edges-000-00000000", 0, 10).await.expect("read logs");
+    assert_eq!(read, vec![record]);
+    assert!(store.read_logs("edges-000-00000000", i64::MAX, 10).await.expect("past the end").is_empty());
+    assert_eq!(store.last_log_seq("no-such-job").await.expect("seq"), 0);
+    assert!(store.trial_counts(&[]).await.expect("no jobs").is_empty());
 }

@@ -8,6 +8,6 @@ pub mod process;
 pub mod s3;
 
 pub use postgres::PgServer;
-pub use process::{Daemon, binary, free_port, wait_until};
+pub use process::{Daemon, LogCheck, binary, free_port, wait_until};
 
 pub use libc::{SIGINT, SIGKILL, SIGTERM};

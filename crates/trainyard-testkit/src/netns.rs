@@ -19,6 +19,11 @@ fn ip(args: &[&str]) {
     assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
+/// Whether `program` is found on the PATH.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
 /// Whether this machine can simulate hosts (root, iproute2).
 pub fn available() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -97,16 +102,21 @@ impl Lan {
     /// Records every frame crossing the LAN's bridge into `file` (tcpdump) until the capture is
     /// dropped or stopped.
     pub fn capture(&self, file: &Path) -> Capture {
-        let child = Command::new("ip")
+        assert!(on_path("tcpdump"), "tcpdump is not installed (scripts/setup installs the tcpdump package)");
+        let mut child = Command::new("ip")
             .args(["netns", "exec", &self.namespace, "tcpdump", "--immediate-mode", "-i", "br0", "-U", "-s", "0", "-w"])
             .arg(file)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("tcpdump (apt-get install -y tcpdump)");
+            .expect("run ip netns exec tcpdump");
         // tcpdump writes the file header once it listens.
         let ready = crate::wait_until(Duration::from_secs(10), || file.metadata().is_ok_and(|m| m.len() > 0));
-        assert!(ready, "tcpdump did not start");
+        if !ready {
+            let _ = child.kill();
+            let out = child.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+            panic!("tcpdump did not start capturing within 10 s: {}", out.unwrap_or_default());
+        }
         std::thread::sleep(Duration::from_millis(200));
         Capture { child: Some(child) }
     }
@@ -138,11 +148,18 @@ impl Host {
                chain in {{ type filter hook input priority 0; policy accept; ip saddr {peer} drop; }}\n\
              }}\n"
         );
-        let mut nft =
-            self.command("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().expect("run nft");
+        assert!(on_path("nft"), "nft is not installed (scripts/setup installs the nftables package)");
+        let mut nft = self
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run nft");
         use std::io::Write;
         nft.stdin.take().expect("stdin").write_all(rules.as_bytes()).expect("write rules");
-        assert!(nft.wait().expect("nft").success(), "nft refused the partition rules");
+        let out = nft.wait_with_output().expect("nft");
+        assert!(out.status.success(), "nft refused the partition rules: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Ends a [`Host::partition_from`].

@@ -1,9 +1,10 @@
 //! The built binaries, daemons with their own log files, and waiting for conditions.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The path of a workspace binary built by `cargo build` (the test command builds them first).
@@ -44,25 +45,110 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 
 /// A daemon started for a test, with its stdout and stderr in its own log file. Killed (with its
 /// process group) when dropped.
+///
+/// A checked daemon ([`Daemon::checked`]) also fails the test that drops it if its log holds a
+/// `WARN` or `ERROR` line the test did not declare with [`Daemon::expect_log`]: a warning in a log
+/// is a result, and a test that caused one without saying so has found something.
 pub struct Daemon {
     child: Child,
     log: PathBuf,
     name: String,
+    check: Option<Arc<LogCheck>>,
+    /// Another daemon's check, frozen when this one is dropped (see [`Daemon::freezes`]).
+    freezes: Option<Arc<LogCheck>>,
+}
+
+/// What a checked daemon's log is judged against: the lines a test declared, and how much of the
+/// log counts. Shared by the daemons one test restarts under the same name (they append to one log).
+pub struct LogCheck {
+    log: PathBuf,
+    expected: Mutex<Vec<String>>,
+    /// The log's length when the test began to tear down (set once; lines after it are teardown's).
+    judged_until: Mutex<Option<u64>>,
+}
+
+impl LogCheck {
+    pub fn new(log: PathBuf) -> Arc<LogCheck> {
+        Arc::new(LogCheck { log, expected: Mutex::new(Vec::new()), judged_until: Mutex::new(None) })
+    }
+
+    /// Declares that log lines containing `pattern` at `WARN` or `ERROR` are expected.
+    pub fn expect(&self, pattern: &str) {
+        self.expected.lock().unwrap_or_else(|e| e.into_inner()).push(pattern.to_string());
+    }
+
+    /// Judges only what the log holds now: what follows is the test tearing down (e.g. the
+    /// coordinator's warnings about the agents the test kills as it ends). The first call counts.
+    pub fn freeze(&self) {
+        let length = std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or_default();
+        self.judged_until.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(length);
+    }
+
+    /// The `WARN` and `ERROR` lines (up to the freeze) that no declared pattern matches.
+    pub fn unexpected_lines(&self) -> Vec<String> {
+        let expected = self.expected.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut text = std::fs::read(&self.log).unwrap_or_default();
+        if let Some(until) = *self.judged_until.lock().unwrap_or_else(|e| e.into_inner()) {
+            text.truncate(usize::try_from(until).unwrap_or(usize::MAX));
+        }
+        String::from_utf8_lossy(&text)
+            .lines()
+            .filter(|line| is_warning_or_error(line))
+            .filter(|line| !expected.iter().any(|p| line.contains(p.as_str())))
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 impl Daemon {
+    /// Starts `cmd` in a process group of its own. Its output is appended to `<log_dir>/<name>.log`,
+    /// so a daemon restarted under the same name keeps one log.
     pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Daemon {
         use std::os::unix::process::CommandExt;
         let log = log_dir.join(format!("{name}.log"));
-        let out = File::create(&log).expect("log file");
+        let out = OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Daemon { child, log, name: name.to_string() }
+        Daemon { child, log, name: name.to_string(), check: None, freezes: None }
+    }
+
+    /// Fails the dropping test on an undeclared `WARN` or `ERROR` line in the log.
+    pub fn checked(self) -> Daemon {
+        let check = LogCheck::new(self.log.clone());
+        self.checked_by(check)
+    }
+
+    /// Like [`Daemon::checked`], with a check shared with earlier daemons of the same log.
+    pub fn checked_by(mut self, check: Arc<LogCheck>) -> Daemon {
+        self.check = Some(check);
+        self
+    }
+
+    /// When this daemon is dropped, `other`'s log is judged only up to that moment.
+    pub fn freezes(mut self, other: Arc<LogCheck>) -> Daemon {
+        self.freezes = Some(other);
+        self
+    }
+
+    /// Declares that log lines containing `pattern` at `WARN` or `ERROR` are expected.
+    pub fn expect_log(&self, pattern: &str) {
+        if let Some(check) = &self.check {
+            check.expect(pattern);
+        }
+    }
+
+    /// The `WARN` and `ERROR` lines of the log that no declared pattern matches.
+    pub fn unexpected_log_lines(&self) -> Vec<String> {
+        self.check.as_ref().map(|c| c.unexpected_lines()).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn log(&self) -> String {
@@ -105,11 +191,43 @@ impl Daemon {
     }
 }
 
+/// A line of a `tracing` log at WARN or ERROR level (`<time>  WARN <target>: ...`).
+fn is_warning_or_error(line: &str) -> bool {
+    let mut words = line.split_whitespace();
+    words.next().is_some_and(|time| time.contains('T')) && matches!(words.next(), Some("WARN" | "ERROR"))
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.signal(libc::SIGKILL);
-            let _ = self.child.wait();
+        if let Some(other) = &self.freezes {
+            other.freeze();
         }
+        // The whole group, even when its leader has exited: what it started must not outlive the test.
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let unexpected = self.unexpected_log_lines();
+            assert!(
+                unexpected.is_empty(),
+                "{} logged {} warning(s) or error(s) the test did not expect (declare them with expect_log):\n{}",
+                self.name,
+                unexpected.len(),
+                unexpected.join("\n")
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_warning_or_error;
+
+    #[test]
+    fn warnings_and_errors_are_recognised_by_their_level() {
+        assert!(is_warning_or_error("2026-12-04T03:38:14.123Z  WARN trainyard_coordinator::events: x"));
+        assert!(is_warning_or_error("2026-12-04T03:38:14.123Z ERROR trainyard_agent: y"));
+        assert!(!is_warning_or_error("2026-12-04T03:38:14.123Z  INFO trainyard_agent: WARN in a message"));
+        assert!(!is_warning_or_error("WARN at the start of a program's own output"));
+        assert!(!is_warning_or_error(""));
     }
 }

@@ -108,8 +108,10 @@ impl Forwarder {
                 let forwarder = forwarder.clone();
                 let job = job.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = forwarder.outbound(&job, instance, stream).await {
-                        warn!(%job, instance, error = %e, "peer connection refused");
+                    match forwarder.outbound(&job, instance, stream).await {
+                        Ok(()) => {}
+                        Err(PeerError::Refused(e)) => info!(%job, instance, error = %e, "peer connection refused"),
+                        Err(PeerError::Failed(e)) => warn!(%job, instance, error = %e, "peer connection failed"),
                     }
                 });
             }
@@ -127,17 +129,19 @@ impl Forwarder {
     }
 
     /// A connection from a local instance to one of its peers.
-    async fn outbound(&self, job: &str, from: u32, local: TcpStream) -> Result<(), String> {
+    async fn outbound(&self, job: &str, from: u32, local: TcpStream) -> Result<(), PeerError> {
         let original = super::original_destination(&local).map_err(|e| format!("SO_ORIGINAL_DST: {e}"))?;
         let to = plan::instance_of(*original.ip()).ok_or_else(|| format!("{original} is not a peer address"))?;
         let (address, tls) = {
             let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = jobs.get(job).ok_or("the job no longer runs here")?;
+            let entry = jobs.get(job).ok_or_else(|| PeerError::Failed("the job no longer runs here".into()))?;
             let address = entry.peers.get(&to).cloned().ok_or_else(|| format!("the job has no algo-{to}"))?;
             (address, entry.tls.clone())
         };
         if address.is_empty() {
-            return Err(format!("the agent of algo-{to} has no peer address (it runs no namespaces)"));
+            return Err(PeerError::Failed(format!(
+                "the agent of algo-{to} has no peer address (it runs no namespaces)"
+            )));
         }
         let header = Header { job: job.to_string(), from, to, port: original.port() };
         let remote = TcpStream::connect(&address).await.map_err(|e| format!("connecting to {address}: {e}"))?;
@@ -272,16 +276,33 @@ impl Forwarder {
     }
 }
 
+/// Why a connection from an instance to a peer did not go through.
+#[derive(Debug)]
+enum PeerError {
+    /// The peer's agent answered NO: nothing listens on that port of the peer (yet), or the
+    /// instance has gone. The program's business (distributed programs retry until their peers
+    /// listen), so it is logged at INFO.
+    Refused(String),
+    /// This side or the path failed: the peer's agent unreachable, TLS, the job's records.
+    Failed(String),
+}
+
+impl From<String> for PeerError {
+    fn from(e: String) -> Self {
+        PeerError::Failed(e)
+    }
+}
+
 /// Sends the header, waits for the answer, then carries bytes both ways until either side closes.
 async fn splice_after_header<S: AsyncRead + AsyncWrite + Unpin>(
     mut local: TcpStream,
     mut remote: S,
     header: &Header,
-) -> Result<(), String> {
+) -> Result<(), PeerError> {
     remote.write_all(header.line().as_bytes()).await.map_err(|e| e.to_string())?;
     let answer = read_line(&mut remote).await?;
     if answer != "OK" {
-        return Err(format!("the peer's agent refused: {answer}"));
+        return Err(PeerError::Refused(format!("the peer's agent refused: {answer}")));
     }
     let _ = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut remote, SPLICE_BUFFER, SPLICE_BUFFER).await;
     Ok(())

@@ -201,12 +201,19 @@ impl InstanceNetwork {
     async fn reuse(&self, own: u32, egress: &Egress) -> Result<std::net::TcpListener, String> {
         let address = format!("addr flush dev lo scope global\naddr add {}/32 dev lo\n", plan::peer_address(own));
         run_ip(&["-n", &self.namespace, "-batch", "-"], Some(&address)).await?;
+        let (listener, port) = self.arm(own, egress).await?;
+        debug!(namespace = %self.namespace, slot = self.slot, forwarder_port = port, ?egress, "idle instance network reused");
+        Ok(listener)
+    }
+
+    /// The last step for a fresh namespace and a reused one alike: the forwarder's listener inside,
+    /// and the instance's rules (redirecting peer traffic to it) in one transaction.
+    async fn arm(&self, own: u32, egress: &Egress) -> Result<(std::net::TcpListener, u16), String> {
         let listener = in_namespace(&self.path(), || std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
             .map_err(|e| format!("opening the peer forwarder in {}: {e}", self.namespace))?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         apply_rules(Some(&self.namespace), plan::instance_ruleset(own, port, egress)).await?;
-        debug!(namespace = %self.namespace, slot = self.slot, forwarder_port = port, ?egress, "idle instance network reused");
-        Ok(listener)
+        Ok((listener, port))
     }
 
     /// Moves the veth's far end into a new namespace, addresses both ends, loads the rules and opens
@@ -221,11 +228,7 @@ impl InstanceNetwork {
             peer = plan::peer_address(own),
         );
         run_ip(&["-n", &self.namespace, "-batch", "-"], Some(&inside)).await?;
-        let path = self.path();
-        let listener = in_namespace(&path, || std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-            .map_err(|e| format!("opening the peer forwarder in {}: {e}", self.namespace))?;
-        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-        apply_rules(Some(&self.namespace), plan::instance_ruleset(own, port, egress)).await?;
+        let (listener, port) = self.arm(own, egress).await?;
         debug!(namespace = %self.namespace, slot, forwarder_port = port, ?egress, "instance network ready");
         Ok(listener)
     }
