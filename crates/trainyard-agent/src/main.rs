@@ -5,6 +5,7 @@
 //! it has stored it (`ForgetInstance`).
 
 mod config;
+mod confined;
 mod gpu;
 mod identity;
 mod inventory;
@@ -68,6 +69,11 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("creating the work root {}", config.work_root.display()))?;
     // Jobs run in their own work dirs: every path they are given must be absolute.
     config.work_root = std::fs::canonicalize(&config.work_root)?;
+    // Archives are built here, out of every job's reach.
+    let staging = config.work_root.join(runner::STAGING);
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    std::fs::set_permissions(&staging, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("making {} private", staging.display()))?;
     let cancel = CancellationToken::new();
     {
         let cancel = cancel.clone();

@@ -26,6 +26,7 @@ use tracing::{info, warn};
 use trainyard_proto::model::api;
 use trainyard_proto::pb::{self, InstanceState};
 
+use crate::confined::Confined;
 use crate::network::forwarder::Forwarder;
 use crate::network::plan::{self, Egress, Net};
 use crate::network::{InstanceNetwork, Network};
@@ -100,6 +101,8 @@ const LOG_BATCH: usize = 200;
 const LOG_BATCH_BYTES: usize = 1024 * 1024;
 /// Longest log line kept; longer ones are cut (the coordinator stores every line).
 const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Lines read from a job but not yet handled, at most (with MAX_LINE_BYTES: 64 MiB at worst).
+const LINE_BACKLOG: usize = 1024;
 
 struct Reporter<'a> {
     spec: &'a InstanceSpec,
@@ -659,8 +662,9 @@ async fn execute(
     let pid = child.id().map(|p| p as i32);
     reporter.update(InstanceState::Training, "Training in progress", Vec::new());
 
-    // Lines from both streams, in arrival order.
-    let (line_tx, mut lines) = mpsc::unbounded_channel::<(&'static str, String)>();
+    // Lines from both streams, in arrival order. Bounded: a job that prints faster than the agent
+    // matches metrics waits on its own stdout, as it would on a slow terminal.
+    let (line_tx, mut lines) = mpsc::channel::<(&'static str, String)>(LINE_BACKLOG);
     for (name, stream) in [
         ("stdout", child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
         ("stderr", child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
@@ -670,7 +674,7 @@ async fn execute(
         tokio::spawn(async move {
             let mut reader = BufReader::new(stream);
             while let Ok(Some(line)) = next_line(&mut reader, MAX_LINE_BYTES).await {
-                if tx.send((name, line)).is_err() {
+                if tx.send((name, line)).await.is_err() {
                     break;
                 }
             }
@@ -687,7 +691,8 @@ async fn execute(
     let deadline = tokio::time::sleep(Duration::from_secs(max_runtime));
     tokio::pin!(deadline);
     let mut flush = tokio::time::interval(Duration::from_millis(250));
-    let mut log_file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("output/training.log")).ok();
+    // The job can write to output/: the log is appended without following links.
+    let mut log_file = Confined::open(dir).and_then(|d| d.append(Path::new("output/training.log"))).ok();
 
     let mut batch: Vec<pb::LogLine> = Vec::new();
     let mut batch_bytes = 0usize;
@@ -778,7 +783,11 @@ async fn execute(
     match status {
         Ok(s) if s.success() => Outcome { state: InstanceState::Completed, failure: None, exit_code },
         Ok(s) => {
-            let written = std::fs::read_to_string(dir.join("output/failure")).unwrap_or_default();
+            // Written by the job: read without following links, at most 4 KiB of it.
+            let written = Confined::open(dir)
+                .and_then(|d| d.read_prefix(Path::new("output/failure"), 4096))
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .unwrap_or_default();
             let reason = if written.trim().is_empty() {
                 let tail: Vec<String> = stderr_tail.into_iter().collect();
                 format!("AlgorithmError: {s}; last stderr lines: {}", tail.join("\n"))
@@ -864,24 +873,56 @@ async fn upload(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result<
         .and_then(|o| o.s3_output_path.clone())
         .ok_or("OutputDataConfig.S3OutputPath is missing")?;
     let uri = storage::artifact_uri(&output, &spec.job, "model.tar.gz");
-    let archive = dir.join("output/.model.tar.gz");
-    storage::pack(&dir.join("model"), &archive).map_err(|e| format!("packing the model: {e}"))?;
-    settings.storage.put_file(&archive, &uri).await.map_err(|e| format!("uploading the model: {e}"))?;
-    let data = dir.join("output/data");
-    if std::fs::read_dir(&data).map(|mut d| d.next().is_some()).unwrap_or(false) {
-        let archive = dir.join("output/.output.tar.gz");
-        storage::pack(&data, &archive).map_err(|e| format!("packing output data: {e}"))?;
+    // Everything beneath the work dir was written by the job: read without following links. The
+    // archives are built in the agent's own staging dir, which no job can reach.
+    let work = Confined::open(dir).map_err(|e| format!("opening the work dir: {e}"))?;
+    let staging = settings.work_root.join(STAGING);
+    let archive = staging.join(format!("{}-{}-model.tar.gz", spec.job, spec.instance));
+    let packed = storage::pack(&work, Path::new("model"), &archive);
+    let uploaded = match packed {
+        Ok(skipped) => {
+            warn_skipped(spec, "model/", &skipped);
+            settings.storage.put_file(&archive, &uri).await.map_err(|e| format!("uploading the model: {e}"))
+        }
+        Err(e) => Err(format!("packing the model: {e}")),
+    };
+    let _ = std::fs::remove_file(&archive);
+    uploaded?;
+    let has_data = work.walk(Path::new("output/data")).is_ok_and(|entries| !entries.is_empty());
+    if has_data {
+        let archive = staging.join(format!("{}-{}-output.tar.gz", spec.job, spec.instance));
+        let packed = storage::pack(&work, Path::new("output/data"), &archive);
         let data_uri = storage::artifact_uri(&output, &spec.job, "output.tar.gz");
-        settings.storage.put_file(&archive, &data_uri).await.map_err(|e| format!("uploading output data: {e}"))?;
+        let uploaded = match packed {
+            Ok(skipped) => {
+                warn_skipped(spec, "output/data/", &skipped);
+                settings.storage.put_file(&archive, &data_uri).await.map_err(|e| format!("uploading output data: {e}"))
+            }
+            Err(e) => Err(format!("packing output data: {e}")),
+        };
+        let _ = std::fs::remove_file(&archive);
+        uploaded?;
     }
     if let Some(checkpoints) = spec.request.checkpoint_config.as_ref().and_then(|c| c.s3_uri.clone()) {
-        settings
+        let (_, skipped) = settings
             .storage
-            .put_tree(&dir.join("checkpoints"), &checkpoints)
+            .put_tree(&work, Path::new("checkpoints"), &checkpoints)
             .await
             .map_err(|e| format!("syncing checkpoints to {checkpoints}: {e}"))?;
+        warn_skipped(spec, "checkpoints/", &skipped);
     }
     Ok(uri)
+}
+
+/// The agent's own directory under the work root for archives being built (0700, root's).
+pub const STAGING: &str = "staging";
+
+/// What an upload left out (links, FIFOs, devices): said in the agent's log and the job's.
+fn warn_skipped(spec: &InstanceSpec, what: &str, skipped: &[PathBuf]) {
+    if !skipped.is_empty() {
+        let names: Vec<String> = skipped.iter().take(10).map(|p| p.display().to_string()).collect();
+        warn!(job = %spec.job, count = skipped.len(), first = ?names, "links and special files in {what} were not uploaded");
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
+
+use crate::confined::{Confined, Entry};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -69,7 +71,11 @@ impl Storage {
         Storage { buckets, s3, stores: Mutex::new(BTreeMap::new()) }
     }
 
+    /// What `uri` names. Only URIs in normal form are served (the coordinator refuses others at
+    /// submission; a job stored before it did is refused here): a key joined onto a bucket's
+    /// directory then stays beneath it.
     pub fn locate(&self, uri: &str) -> Result<Location, String> {
+        trainyard_model::uris::check(uri)?;
         if let Some(path) = uri.strip_prefix("file://") {
             return if path.starts_with('/') {
                 Ok(Location::Local(PathBuf::from(path)))
@@ -176,24 +182,47 @@ impl Storage {
         }
     }
 
-    /// Stores every file under `dir` below `uri` (a prefix), keeping relative paths.
-    pub async fn put_tree(&self, dir: &Path, uri: &str) -> Result<usize, String> {
+    /// Stores every regular file beneath `dir` (a job-writable directory, relative to `work`)
+    /// below `uri` (a prefix), keeping relative paths. Links are never followed: a link, a FIFO or
+    /// a device is left out and named in the returned list.
+    pub async fn put_tree(&self, work: &Confined, dir: &Path, uri: &str) -> Result<(usize, Vec<PathBuf>), String> {
         let base = uri.trim_end_matches('/');
-        let mut count = 0;
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for entry in std::fs::read_dir(&d).map_err(|e| e.to_string())? {
-                let path = entry.map_err(|e| e.to_string())?.path();
-                if path.is_dir() {
-                    stack.push(path);
-                    continue;
+        let (mut count, mut skipped) = (0, Vec::new());
+        for entry in work.walk(dir).map_err(|e| format!("listing {}: {e}", dir.display()))? {
+            match entry {
+                Entry::Directory(_) => {}
+                Entry::File { path, .. } => {
+                    let file = work.open_file(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+                    let relative = path.strip_prefix(dir).map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+                    self.put_reader(file, &format!("{base}/{relative}")).await?;
+                    count += 1;
                 }
-                let relative = path.strip_prefix(dir).map_err(|e| e.to_string())?.to_string_lossy().into_owned();
-                self.put_file(&path, &format!("{base}/{relative}")).await?;
-                count += 1;
+                Entry::Link { path, .. } | Entry::Other(path) => skipped.push(path),
             }
         }
-        Ok(count)
+        Ok((count, skipped))
+    }
+
+    /// Stores what `file` holds at `uri`.
+    async fn put_reader(&self, mut file: std::fs::File, uri: &str) -> Result<(), String> {
+        match self.locate(uri)? {
+            Location::Local(target) => {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+                }
+                let mut out = std::fs::File::create(&target).map_err(|e| format!("writing {uri}: {e}"))?;
+                io::copy(&mut file, &mut out).map(|_| ()).map_err(|e| format!("writing {uri}: {e}"))
+            }
+            Location::Remote { store, key } => {
+                let mut bytes = Vec::new();
+                io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| e.to_string())?;
+                store
+                    .put(&ObjectPath::from(key.as_str()), PutPayload::from(bytes))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("writing {uri}: {e}"))
+            }
+        }
     }
 }
 
@@ -238,16 +267,49 @@ pub fn local_objects(source: &Path) -> io::Result<Vec<(PathBuf, String)>> {
     Ok(out)
 }
 
-/// Packs the contents of `dir` into a gzipped tar at `archive` (its parent is created).
-pub fn pack(dir: &Path, archive: &Path) -> io::Result<()> {
+/// Packs what `dir` (a job-writable directory, relative to `work`) holds into a gzipped tar at
+/// `archive` (a path of the agent's own), as SageMaker packs model.tar.gz: paths relative to `dir`,
+/// regular files and directories as they are, links stored as links (never followed). FIFOs,
+/// sockets and devices are left out; their paths are returned.
+pub fn pack(work: &Confined, dir: &Path, archive: &Path) -> io::Result<Vec<PathBuf>> {
     if let Some(parent) = archive.parent() {
         std::fs::create_dir_all(parent)?;
     }
     let file = std::fs::File::create(archive)?;
     let encoder = flate2::write::GzEncoder::new(file, flate2::Compression::default());
     let mut tar = tar::Builder::new(encoder);
-    tar.append_dir_all(".", dir)?;
-    tar.into_inner()?.finish()?.sync_all()
+    let mut skipped = Vec::new();
+    for entry in work.walk(dir)? {
+        let relative = |path: &Path| path.strip_prefix(dir).map(Path::to_path_buf).map_err(io::Error::other);
+        let mut header = tar::Header::new_gnu();
+        header.set_mtime(0);
+        match entry {
+            Entry::Directory(path) => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o755);
+                header.set_size(0);
+                tar.append_data(&mut header, relative(&path)?, io::empty())?;
+            }
+            Entry::File { path, mode, .. } => {
+                let file = work.open_file(&path)?;
+                // The size of what was opened: the walk's may be stale.
+                let size = file.metadata()?.len();
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(mode & 0o777);
+                header.set_size(size);
+                tar.append_data(&mut header, relative(&path)?, io::Read::take(file, size))?;
+            }
+            Entry::Link { path, target } => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                header.set_size(0);
+                tar.append_link(&mut header, relative(&path)?, &target)?;
+            }
+            Entry::Other(path) => skipped.push(path),
+        }
+    }
+    tar.into_inner()?.finish()?.sync_all()?;
+    Ok(skipped)
 }
 
 /// `<output>/<job>/output/<name>`, where SageMaker puts a job's artifacts.
@@ -284,6 +346,10 @@ mod tests {
         assert_eq!(local("file:///tmp/x"), PathBuf::from("/tmp/x"));
         assert!(s.locate("s3://other/x").err().unwrap_or_default().contains("--bucket other=DIR"));
         assert!(s.locate("ftp://x").is_err());
+        // A key that would leave the bucket's directory is refused, not joined.
+        for escape in ["s3://data//etc/", "s3://data/../etc", "s3://data/%2e%2e/etc"] {
+            assert!(s.locate(escape).is_err(), "{escape}");
+        }
         assert_eq!(artifact_uri("s3://b/out/", "job", "model.tar.gz"), "s3://b/out/job/output/model.tar.gz");
     }
 
@@ -311,7 +377,9 @@ mod tests {
         assert_eq!(shard(0, Some(42)), shard(0, Some(42)), "a seed gives the same order every time");
         assert_ne!(Selection { shard: None, shuffle_seed: Some(7) }.apply(keys.clone()), keys);
 
-        pack(&src.join("train"), &dir.path().join("out/model.tar.gz")).expect("pack");
+        let work = Confined::open(&src).expect("open");
+        std::os::unix::fs::symlink("/etc/hostname", src.join("train/link")).expect("link");
+        assert!(pack(&work, Path::new("train"), &dir.path().join("out/model.tar.gz")).expect("pack").is_empty());
         let file = std::fs::File::open(dir.path().join("out/model.tar.gz")).expect("open");
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
         let mut names: Vec<String> = archive
@@ -322,5 +390,17 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["a.csv", "sub/b.csv"], "files at the archive root, as SageMaker packs model.tar.gz");
+        // The link went in as a link: its target's contents did not.
+        let file = std::fs::File::open(dir.path().join("out/model.tar.gz")).expect("open");
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        let link = archive
+            .entries()
+            .expect("entries")
+            .filter_map(Result::ok)
+            .find(|e| e.path().is_ok_and(|p| p.ends_with("link")))
+            .expect("the link is archived");
+        assert_eq!(link.header().entry_type(), tar::EntryType::Symlink);
+        assert_eq!(link.link_name().ok().flatten().map(|l| l.into_owned()), Some(PathBuf::from("/etc/hostname")));
+        assert_eq!(link.header().size().ok(), Some(0));
     }
 }

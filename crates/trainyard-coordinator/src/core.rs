@@ -24,6 +24,13 @@ use trainyard_store::{LogRecord, Store, StoreError, Versioned};
 pub const MAX_LOG_LINES: i64 = 100_000;
 /// Longer lines are cut (a progress bar without newlines should not fill the database).
 pub const MAX_LOG_LINE_CHARS: usize = 16 * 1024;
+/// Lines in one GetTrainingJobLogs page at most.
+pub const MAX_LOG_PAGE_LINES: u32 = 10_000;
+/// Text in one GetTrainingJobLogs page at most (the message stays under the 4 MiB clients decode);
+/// a page holds at least one line, and a line at most 16 Ki characters.
+pub const MAX_LOG_PAGE_BYTES: usize = 3 * 1024 * 1024;
+/// Lines read from the store at a time while a page fills.
+const LOG_READ_CHUNK: usize = 256;
 
 use crate::events::Event;
 
@@ -417,8 +424,26 @@ impl Coordinator {
         limit: u32,
     ) -> Result<(Vec<LogRecord>, bool), DomainError> {
         let stored = self.visible_training_job(caller, job).await?;
-        let limit = if limit == 0 { 10_000 } else { limit.min(10_000) };
-        let lines = self.store.read_logs(job, after, limit).await?;
+        let limit = if limit == 0 { MAX_LOG_PAGE_LINES } else { limit.min(MAX_LOG_PAGE_LINES) } as usize;
+        // Read in chunks until the page holds `limit` lines or MAX_LOG_PAGE_BYTES of text: a page
+        // of long lines must not grow the coordinator, nor exceed what a client decodes (4 MiB).
+        let (mut lines, mut bytes, mut after) = (Vec::new(), 0, after);
+        'page: while lines.len() < limit {
+            let want = LOG_READ_CHUNK.min(limit - lines.len());
+            let chunk = self.store.read_logs(job, after, want as u32).await?;
+            let complete = chunk.len() == want;
+            for line in chunk {
+                if !lines.is_empty() && bytes + line.text.len() > MAX_LOG_PAGE_BYTES {
+                    break 'page;
+                }
+                bytes += line.text.len();
+                after = line.seq;
+                lines.push(line);
+            }
+            if !complete {
+                break;
+            }
+        }
         Ok((lines, stored.status.is_terminal()))
     }
 

@@ -203,6 +203,8 @@ pub struct Loop {
     queue: BTreeMap<String, Queued>,
     running: HashMap<String, Running>,
     tuning: BTreeMap<String, TuningRun>,
+    /// What has been stored of each running job's metric samples (a restart starts afresh).
+    metric_budgets: HashMap<String, trainyard_model::metrics::SampleBudget>,
     /// Set when an event or a tick failed (e.g. the database was away): the loop then compares
     /// its state with the store on the next ticks until that succeeds.
     resync_needed: bool,
@@ -225,6 +227,7 @@ pub async fn run(
         queue: BTreeMap::new(),
         running: HashMap::new(),
         tuning: BTreeMap::new(),
+        metric_budgets: HashMap::new(),
         resync_needed: false,
     };
     // At start the loop knows nothing: catching up with the store rebuilds everything.
@@ -970,7 +973,10 @@ impl Loop {
                 value: s.value,
             })
             .collect();
-        self.c.store.append_metrics(job, &converted).await?;
+        let budget = self.metric_budgets.entry(job.to_string()).or_default();
+        let stored: Vec<MetricSample> =
+            converted.iter().filter(|m| budget.keep(&m.name, m.timestamp.millis())).cloned().collect();
+        self.c.store.append_metrics(job, &stored).await?;
         let stored = self.c.training_job(job).await?.value;
         let tuning = stored.tuning_job_name().map(str::to_string);
         let objective =
@@ -1031,6 +1037,7 @@ impl Loop {
             })
             .await?;
         info!(training_job = job, status = %status, "training job ended");
+        self.metric_budgets.remove(job);
         let stored = self.c.training_job(job).await?.value;
         if let Some(tuning) = stored.tuning_job_name().map(str::to_string) {
             let mut completion = None;

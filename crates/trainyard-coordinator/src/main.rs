@@ -53,6 +53,9 @@ async fn main() -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    // The CA's key, the sealing key and (on SQLite) the database: for the coordinator's user only.
+    std::fs::set_permissions(&config.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("making the data directory {} private", config.data_dir.display()))?;
     // The CA: the coordinator's own certificate, agents' certificates, and the certificates of
     // distributed jobs' encrypted peer traffic.
     let authority = Arc::new(
@@ -196,7 +199,12 @@ fn grpc_tls(credential: trainyard_pki::Credential) -> ServerTlsConfig {
         .identity(Identity::from_pem(credential.certificate_pem, credential.key_pem))
         .client_ca_root(Certificate::from_pem(credential.ca_pem))
         .client_auth_optional(true)
+        // A connection that never completes its handshake is closed, not kept forever.
+        .timeout(TLS_HANDSHAKE_TIMEOUT)
 }
+
+/// How long a client has to complete its TLS handshake, on every listener.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// TLS for the SageMaker-compatible endpoint (HTTP/1.1; SigV4 authenticates the requests).
 fn http_tls(credential: &trainyard_pki::Credential) -> anyhow::Result<Arc<rustls::ServerConfig>> {

@@ -21,12 +21,14 @@ pub mod error;
 pub mod hex;
 pub mod jobs;
 pub mod listing;
+pub mod metrics;
 pub mod names;
 pub mod roles;
 pub mod rules;
 pub mod status;
 pub mod timestamp;
 pub mod trials;
+pub mod uris;
 pub mod validation;
 
 pub use error::DomainError;

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::api;
+use crate::uris::{self, Access, UriField};
 use crate::validation::Violation;
 
 /// One role, as configured (`[[roles]]` in the coordinator's TOML).
@@ -88,64 +89,19 @@ impl ExecutionRoles {
     }
 
     pub fn check_training_job(&self, r: &api::CreateTrainingJobRequest) -> Vec<Violation> {
-        let mut writes: Vec<(String, Option<&String>)> = vec![
-            (
-                "DebugHookConfig.S3OutputPath".into(),
-                r.debug_hook_config.as_ref().and_then(|d| d.s3_output_path.as_ref()),
-            ),
-            (
-                "TensorBoardOutputConfig.S3OutputPath".into(),
-                r.tensor_board_output_config.as_ref().and_then(|t| t.s3_output_path.as_ref()),
-            ),
-            ("ProfilerConfig.S3OutputPath".into(), r.profiler_config.as_ref().and_then(|p| p.s3_output_path.as_ref())),
-        ];
-        for (i, rule) in r.debug_rule_configurations.iter().flatten().enumerate() {
-            writes.push((format!("DebugRuleConfigurations[{i}].S3OutputPath"), rule.s3_output_path.as_ref()));
-        }
-        for (i, rule) in r.profiler_rule_configurations.iter().flatten().enumerate() {
-            writes.push((format!("ProfilerRuleConfigurations[{i}].S3OutputPath"), rule.s3_output_path.as_ref()));
-        }
-        self.check(
-            "",
-            r.role_arn.as_deref(),
-            r.input_data_config.as_deref(),
-            r.output_data_config.as_ref(),
-            r.checkpoint_config.as_ref(),
-            writes,
-        )
+        self.check("", r.role_arn.as_deref(), &uris::of_training_job(r))
     }
 
     pub fn check_tuning_job(&self, r: &api::CreateHyperParameterTuningJobRequest) -> Vec<Violation> {
         let mut v = Vec::new();
-        let single = r.training_job_definition.iter().map(|d| ("TrainingJobDefinition.".to_string(), d));
-        let many = r
-            .training_job_definitions
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, d)| (format!("TrainingJobDefinitions[{i}]."), d));
-        for (field, d) in single.chain(many) {
-            v.extend(self.check(
-                &field,
-                d.role_arn.as_deref(),
-                d.input_data_config.as_deref(),
-                d.output_data_config.as_ref(),
-                d.checkpoint_config.as_ref(),
-                Vec::new(),
-            ));
+        for definition in uris::of_tuning_job(r) {
+            v.extend(self.check(&definition.field, definition.role_arn, &definition.uris));
         }
         v
     }
 
-    fn check<'a>(
-        &self,
-        field: &str,
-        role_arn: Option<&str>,
-        inputs: Option<&[api::Channel]>,
-        output: Option<&'a api::OutputDataConfig>,
-        checkpoint: Option<&'a api::CheckpointConfig>,
-        mut writes: Vec<(String, Option<&'a String>)>,
-    ) -> Vec<Violation> {
+    /// `field`: where the RoleArn is reported (`""` or a definition's `TrainingJobDefinition.`).
+    fn check(&self, field: &str, role_arn: Option<&str>, uris: &[UriField<'_>]) -> Vec<Violation> {
         if !self.enforced() {
             return Vec::new();
         }
@@ -162,27 +118,12 @@ impl ExecutionRoles {
                 ),
             }];
         };
-        let mut v = Vec::new();
-        for (i, channel) in inputs.unwrap_or_default().iter().enumerate() {
-            let uri =
-                channel.data_source.as_ref().and_then(|d| d.s3_data_source.as_ref()).and_then(|s| s.s3_uri.as_ref());
-            if let Some(uri) = uri {
-                let path = format!("{field}InputDataConfig[{i}].DataSource.S3DataSource.S3Uri");
-                v.extend(outside(&path, uri, &role.read, "read", arn));
-            }
-        }
-        writes.insert(
-            0,
-            (format!("{field}OutputDataConfig.S3OutputPath"), output.and_then(|o| o.s3_output_path.as_ref())),
-        );
-        // A checkpoint is written, and read back when the job restarts: writing covers both.
-        writes.insert(1, (format!("{field}CheckpointConfig.S3Uri"), checkpoint.and_then(|c| c.s3_uri.as_ref())));
-        for (path, uri) in writes {
-            if let Some(uri) = uri {
-                v.extend(outside(&path, uri, &role.write, "write", arn));
-            }
-        }
-        v
+        uris.iter()
+            .filter_map(|f| match f.access {
+                Access::Read => outside(&f.field, f.uri, &role.read, "read", arn),
+                Access::Write => outside(&f.field, f.uri, &role.write, "write", arn),
+            })
+            .collect()
     }
 }
 

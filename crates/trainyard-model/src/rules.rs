@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::api;
 use crate::catalog::Catalog;
 use crate::error::DomainError;
+use crate::uris;
 use crate::validation::{Validate, Violations};
 
 /// Service limits, configurable by the operator. Defaults are SageMaker's default quotas.
@@ -51,6 +52,11 @@ pub fn check_create_tuning_job(
 ) -> Result<(), DomainError> {
     let mut v = request.violations();
     tuning_job_rules(request, catalog, limits, &mut v);
+    for definition in uris::of_tuning_job(request) {
+        for violation in uris::violations(&definition.uris) {
+            v.push_at(violation.field, violation.description);
+        }
+    }
     v.into_result().map_err(DomainError::Validation)
 }
 
@@ -79,6 +85,9 @@ pub fn check_create_training_job(
     }
     if let Some(sc) = &request.stopping_condition {
         stopping_rules(sc, request.enable_managed_spot_training, "StoppingCondition", &mut v);
+    }
+    for violation in uris::violations(&uris::of_training_job(request)) {
+        v.push_at(violation.field, violation.description);
     }
     v.into_result().map_err(DomainError::Validation)
 }

@@ -339,6 +339,15 @@ fn tuning_job_violations_are_named_with_their_limits() {
             vec![("TrainingJobDefinition.OutputDataConfig.S3OutputPath", "regular expression pattern")],
         ),
         (
+            "a channel URI that leaves its bucket",
+            patched(
+                &example_tuning(),
+                &format!("{def}/InputDataConfig/0/DataSource/S3DataSource/S3Uri"),
+                Some(json!("s3://data//etc/")),
+            ),
+            vec![("TrainingJobDefinition.InputDataConfig[0].DataSource.S3DataSource.S3Uri", "empty path segment")],
+        ),
+        (
             "retry attempts over 30",
             patched(&example_tuning(), &format!("{def}/RetryStrategy/MaximumRetryAttempts"), Some(json!(31))),
             vec![("TrainingJobDefinition.RetryStrategy.MaximumRetryAttempts", "less than or equal to 30 (got 31)")],
@@ -473,4 +482,8 @@ fn training_job_violations_are_named() {
     assert_exactly(&training_violations(&no_role), &[("RoleArn", "is required")], "no role");
     let local = patched(&base, "/OutputDataConfig/S3OutputPath", Some(json!("file:///var/lib/trainyard/out")));
     assert_exactly(&training_violations(&local), &[], "file:// output path");
+    let escaping = patched(&base, "/CheckpointConfig", Some(json!({"S3Uri": "s3://data/ckpt/../../etc/"})));
+    assert_exactly(&training_violations(&escaping), &[("CheckpointConfig.S3Uri", "'.' or '..'")], "checkpoint ..");
+    let encoded = patched(&base, "/OutputDataConfig/S3OutputPath", Some(json!("s3://out/%2e%2e/x")));
+    assert_exactly(&training_violations(&encoded), &[("OutputDataConfig.S3OutputPath", "percent-encoding")], "%2e");
 }

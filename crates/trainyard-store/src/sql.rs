@@ -113,6 +113,20 @@ fn completion_json(job: &TuningJob) -> Result<Option<String>, StoreError> {
         .map_err(|e| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() })
 }
 
+/// Creates the SQLite file of `sqlite:<rest>` readable by its owner only (mode 0600), or makes an
+/// existing one so: it holds users' Environment values and hashed tokens. SQLite gives its WAL and
+/// shared-memory files the database file's mode.
+fn private_database_file(rest: &str) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = rest.trim_start_matches("//").split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    let io = |e: std::io::Error| StoreError::Database(sqlx::Error::Io(e));
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
+}
+
 /// The outcome of an insert: a taken name is `AlreadyExists`, whatever the backend's error says.
 fn inserted<T>(result: Result<T, sqlx::Error>, kind: ResourceKind, name: &str) -> Result<(), StoreError> {
     match result {
@@ -136,6 +150,7 @@ impl SqlStore {
             } else {
                 format!("{url}?mode=rwc")
             };
+            private_database_file(rest)?;
             (Backend::Sqlite, url)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             (Backend::Postgres, url.to_string())

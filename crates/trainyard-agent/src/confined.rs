@@ -1,0 +1,215 @@
+//! Files inside a job's work dir, as the agent (root) reads and writes them: never through a link
+//! the job could have planted. Every path is resolved by the kernel beneath a directory opened
+//! once, refusing symbolic links in any component, `..` and magic links (`openat2` with
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`), so that a link swapped in
+//! between a check and a use is refused too. Only regular files are read (a FIFO would block the
+//! agent), and a walk is bounded in entries and depth.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+
+/// Entries a walk lists at most (a job could create millions of files to stall the upload).
+pub const MAX_ENTRIES: usize = 100_000;
+/// Directory depth a walk descends to at most.
+pub const MAX_DEPTH: usize = 64;
+
+fn resolve() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+}
+
+/// A directory a job can write to, opened by the agent.
+pub struct Confined {
+    root: OwnedFd,
+}
+
+/// What a walk found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Directory(PathBuf),
+    File {
+        path: PathBuf,
+        size: u64,
+        mode: u32,
+    },
+    /// A symbolic link and what it points to (never followed).
+    Link {
+        path: PathBuf,
+        target: PathBuf,
+    },
+    /// A FIFO, socket or device: never read.
+    Other(PathBuf),
+}
+
+impl Confined {
+    /// Opens `dir`. `dir` itself is the agent's own path (the work root's), but its last component
+    /// must not be a link.
+    pub fn open(dir: &Path) -> io::Result<Confined> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let root = rustix::fs::open(dir, flags, Mode::empty())?;
+        Ok(Confined { root })
+    }
+
+    fn open_at(&self, relative: &Path, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
+        let relative = if relative.as_os_str().is_empty() { Path::new(".") } else { relative };
+        Ok(rustix::fs::openat2(&self.root, relative, flags | OFlags::CLOEXEC | OFlags::NOCTTY, mode, resolve())?)
+    }
+
+    /// A regular file beneath the directory, for reading. Anything else (a link anywhere on the
+    /// way, a FIFO, a directory) is an error.
+    pub fn open_file(&self, relative: &Path) -> io::Result<File> {
+        let fd = self.open_at(relative, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK, Mode::empty())?;
+        if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", relative.display()),
+            ));
+        }
+        // Reads of a regular file never block; clear O_NONBLOCK anyway for the readers' sake.
+        rustix::fs::fcntl_setfl(&fd, OFlags::empty())?;
+        Ok(File::from(fd))
+    }
+
+    /// Appends to a regular file beneath the directory, creating it (mode 0644) if needed.
+    pub fn append(&self, relative: &Path) -> io::Result<File> {
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+        let fd = self.open_at(relative, flags, Mode::from_raw_mode(0o644))?;
+        if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", relative.display()),
+            ));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// At most `limit` bytes from the start of a regular file beneath the directory.
+    pub fn read_prefix(&self, relative: &Path, limit: u64) -> io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        self.open_file(relative)?.take(limit).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Everything beneath `relative` (a directory), depth first, sorted by path, without following
+    /// links; at most [`MAX_ENTRIES`] entries and [`MAX_DEPTH`] levels, else an error that says so.
+    pub fn walk(&self, relative: &Path) -> io::Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        self.walk_into(relative, 0, &mut entries)?;
+        Ok(entries)
+    }
+
+    fn walk_into(&self, relative: &Path, depth: usize, out: &mut Vec<Entry>) -> io::Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(io::Error::other(format!("{} is nested deeper than {MAX_DEPTH} levels", relative.display())));
+        }
+        let dir = self.open_at(relative, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW, Mode::empty())?;
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&dir)? {
+            let name = entry?.file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                names.push(name);
+            }
+        }
+        names.sort();
+        for name in names {
+            if out.len() >= MAX_ENTRIES {
+                return Err(io::Error::other(format!("more than {MAX_ENTRIES} files and directories")));
+            }
+            let name = OsStr::from_bytes(&name);
+            let path = relative.join(name);
+            let stat = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+            match FileType::from_raw_mode(stat.st_mode) {
+                FileType::Directory => {
+                    out.push(Entry::Directory(path.clone()));
+                    self.walk_into(&path, depth + 1, out)?;
+                }
+                FileType::RegularFile => {
+                    out.push(Entry::File { path, size: stat.st_size as u64, mode: stat.st_mode & 0o7777 })
+                }
+                FileType::Symlink => {
+                    let target = rustix::fs::readlinkat(&dir, name, Vec::new())?;
+                    out.push(Entry::Link { path, target: PathBuf::from(OsStr::from_bytes(target.as_bytes())) });
+                }
+                _ => out.push(Entry::Other(path)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    /// A work dir as a hostile job leaves it: links to a secret outside, a link in the middle of a
+    /// path, a FIFO, and an ordinary file.
+    fn hostile() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("dir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "the agent's key").expect("write");
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(work.join("model/sub")).expect("mkdir");
+        std::fs::write(work.join("model/weights.bin"), "weights").expect("write");
+        std::fs::write(work.join("model/sub/extra.txt"), "extra").expect("write");
+        symlink(&secret, work.join("model/key.pem")).expect("link");
+        symlink(dir.path(), work.join("model/outside")).expect("link to a directory");
+        std::fs::create_dir_all(work.join("output")).expect("mkdir");
+        symlink(&secret, work.join("output/failure")).expect("link");
+        symlink(dir.path(), work.join("escape")).expect("link");
+        let fifo = std::ffi::CString::new(work.join("model/pipe").as_os_str().as_bytes()).expect("path");
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        (dir, work)
+    }
+
+    #[test]
+    fn links_are_never_followed_and_only_regular_files_are_read() {
+        let (_dir, work) = hostile();
+        let c = Confined::open(&work).expect("open");
+        assert_eq!(c.read_prefix(Path::new("model/weights.bin"), 100).expect("read"), b"weights");
+        assert_eq!(c.read_prefix(Path::new("model/weights.bin"), 3).expect("read"), b"wei");
+        for refused in [
+            "output/failure",
+            "model/key.pem",
+            "escape/secret",
+            "model/outside/secret",
+            "../secret",
+            "model/pipe",
+            "model",
+        ] {
+            assert!(c.open_file(Path::new(refused)).is_err(), "{refused} was opened");
+        }
+        assert!(c.append(Path::new("output/failure")).is_err(), "appending through a link");
+        assert!(c.append(Path::new("escape/new")).is_err(), "creating through a linked directory");
+        let mut log = c.append(Path::new("output/training.log")).expect("a new file");
+        std::io::Write::write_all(&mut log, b"line\n").expect("write");
+        assert_eq!(std::fs::read(work.join("output/training.log")).expect("read"), b"line\n");
+        assert!(Confined::open(&work.join("escape")).is_err(), "the directory itself must not be a link");
+    }
+
+    #[test]
+    fn a_walk_lists_links_as_links_and_never_enters_them() {
+        let (dir, work) = hostile();
+        let c = Confined::open(&work).expect("open");
+        let entries = c.walk(Path::new("model")).expect("walk");
+        assert_eq!(
+            entries,
+            vec![
+                Entry::Link { path: "model/key.pem".into(), target: dir.path().join("secret") },
+                Entry::Link { path: "model/outside".into(), target: dir.path().to_path_buf() },
+                Entry::Other("model/pipe".into()),
+                Entry::Directory("model/sub".into()),
+                Entry::File { path: "model/sub/extra.txt".into(), size: 5, mode: 0o644 },
+                Entry::File { path: "model/weights.bin".into(), size: 7, mode: 0o644 },
+            ]
+        );
+        assert!(c.walk(Path::new("escape")).is_err(), "a linked directory is not walked");
+    }
+}

@@ -1,0 +1,240 @@
+//! The job boundary, attacked by real jobs: a training program running as an execution role's
+//! unprivileged user tries to make the root agent read, upload or overwrite what it must not, and
+//! requests try to leave their buckets. Each test asserts the attack failed.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use trainyard_e2e::{Coordinator, example};
+
+const ROLE: &str = "arn:aws:iam::123456789012:role/TrainyardExecution";
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A coordinator whose one role runs jobs as `nobody`, reading the examples and writing outputs.
+fn with_role() -> (Coordinator, tempfile::TempDir) {
+    let config_dir = tempfile::tempdir().expect("dir");
+    let config = config_dir.path().join("coordinator.toml");
+    let role = format!(
+        "[[roles]]\narn = \"{ROLE}\"\nuser = \"nobody\"\nread = [\"s3://trainyard-examples/\"]\n\
+         write = [\"s3://trainyard-output/\"]\n"
+    );
+    std::fs::write(&config, role).expect("write");
+    (Coordinator::start_with_args(&["--config", path(&config)]), config_dir)
+}
+
+/// Plants links to `$SECRET` (a root-only file) everywhere the agent reads after the run, a link
+/// at the agent's old temporary archive path and at the job's log to `$VICTIM` (a root-owned file
+/// it must not overwrite), a FIFO in `model/` (reading it would block the agent), then fails.
+const PLANTER: &str = r#"#!/bin/sh
+base="$SAGEMAKER_BASE_DIR"
+mkdir -p "$SM_MODEL_DIR" "$base/output/data" "$base/checkpoints"
+echo weights > "$SM_MODEL_DIR/weights.bin"
+ln -s "$SECRET" "$SM_MODEL_DIR/key.pem"
+ln -s "$(dirname "$SECRET")" "$SM_MODEL_DIR/host-dir"
+mkfifo "$SM_MODEL_DIR/pipe"
+ln -s "$SECRET" "$base/output/data/leak.txt"
+ln -s "$SECRET" "$base/checkpoints/leak.pem"
+echo step=1 > "$base/checkpoints/state.txt"
+ln -s "$VICTIM" "$base/output/.model.tar.gz"
+rm -f "$base/output/training.log"; ln -s "$VICTIM" "$base/output/training.log"
+ln -s "$SECRET" "$base/output/failure"
+echo "planted as uid $(id -u)"
+echo "the job fails on purpose" >&2
+exit 1
+"#;
+
+#[test]
+fn links_a_job_plants_are_never_followed_by_the_agent() {
+    let (c, _config) = with_role();
+    let agent = c.start_agent("boundary", &["--advertise-vcpus", "8"], &[]);
+    agent.expect_log("links and special files in");
+
+    // A root-only secret and a root-owned file, both outside anything the job may reach.
+    let host = tempfile::Builder::new().prefix("trainyard-host-").tempdir().expect("dir");
+    let secret = host.path().join("secret.pem");
+    std::fs::write(&secret, "-----BEGIN PRIVATE KEY----- top-secret-6c1f").expect("write");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let victim = host.path().join("victim.conf");
+    std::fs::write(&victim, "untouched\n").expect("write");
+
+    let programs = tempfile::Builder::new().prefix("trainyard-programs-").tempdir().expect("dir");
+    std::fs::set_permissions(programs.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let program = programs.path().join("planter.sh");
+    std::fs::write(&program, PLANTER).expect("write");
+    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    r["TrainingJobName"] = json!("planter");
+    r["RoleArn"] = json!(ROLE);
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(path(&program));
+    r["OutputDataConfig"]["S3OutputPath"] = json!("s3://trainyard-output/models/");
+    r["CheckpointConfig"] = json!({"S3Uri": "s3://trainyard-output/checkpoints/planter/"});
+    r["Environment"] = json!({"SECRET": path(&secret), "VICTIM": path(&victim)});
+    let file = c.write("planter.json", &r.to_string());
+    c.cli(&["training-jobs", "create", "--file", path(&file)]).assert_success();
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "planter"], |d| {
+        d["TrainingJobStatus"] != "InProgress"
+    });
+    let logs = c.logs("planter");
+    assert!(logs.contains("planted as uid") && !logs.contains("planted as uid 0"), "it ran unprivileged: {logs}");
+
+    // FailureReason: not the linked secret; the stderr tail instead.
+    assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
+    let reason = done["FailureReason"].as_str().unwrap_or_default();
+    assert!(!reason.contains("top-secret"), "the secret leaked through FailureReason: {reason}");
+    assert!(reason.contains("the job fails on purpose"), "{reason}");
+
+    // model.tar.gz: the file as a file, links as links (empty), no FIFO, no secret anywhere.
+    let model = c.output_dir().join("models/planter/output/model.tar.gz");
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(&model).expect("model")));
+    let mut seen = Vec::new();
+    for entry in archive.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let name = entry.path().expect("path").display().to_string();
+        let mut contents = String::new();
+        let _ = entry.read_to_string(&mut contents);
+        assert!(!contents.contains("top-secret"), "{name} carries the secret");
+        seen.push((name, entry.header().entry_type()));
+    }
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        seen,
+        vec![
+            ("host-dir".to_string(), tar::EntryType::Symlink),
+            ("key.pem".to_string(), tar::EntryType::Symlink),
+            ("weights.bin".to_string(), tar::EntryType::Regular),
+        ],
+        "no FIFO, links not followed"
+    );
+    let data = c.output_dir().join("models/planter/output/output.tar.gz");
+    if data.exists() {
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(&data).expect("data")).read_to_end(&mut bytes).expect("read");
+        assert!(!String::from_utf8_lossy(&bytes).contains("top-secret"), "output.tar.gz carries the secret");
+    }
+
+    // Checkpoints: the real one synced, the link not.
+    let checkpoints = c.output_dir().join("checkpoints/planter");
+    assert_eq!(std::fs::read_to_string(checkpoints.join("state.txt")).expect("checkpoint"), "step=1\n");
+    assert!(!checkpoints.join("leak.pem").exists(), "a linked checkpoint was copied");
+
+    // The root-owned file was neither overwritten by an archive nor appended to by the log.
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "untouched\n");
+    assert!(std::fs::symlink_metadata(&victim).expect("victim").file_type().is_file());
+    // Nothing was archived where the job could reach it.
+    assert!(std::fs::read_dir(c.dir.path().join("agents/boundary/staging")).expect("staging").next().is_none());
+}
+
+#[test]
+fn uris_that_leave_their_bucket_are_refused_at_submission() {
+    let (c, _config) = with_role();
+    let base: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let attempts = [
+        ("/InputDataConfig/0/DataSource/S3DataSource/S3Uri", "s3://trainyard-examples//etc/", "empty path segment"),
+        ("/InputDataConfig/0/DataSource/S3DataSource/S3Uri", "s3://trainyard-examples/%2e%2e/x", "percent-encoding"),
+        ("/OutputDataConfig/S3OutputPath", "s3://trainyard-output//root/", "empty path segment"),
+        ("/OutputDataConfig/S3OutputPath", "s3://trainyard-output/a/../../b", "'.' or '..'"),
+    ];
+    for (i, (pointer, uri, reason)) in attempts.iter().enumerate() {
+        let mut r = base.clone();
+        let name = format!("escape-{i}");
+        r["TrainingJobName"] = json!(name);
+        r["RoleArn"] = json!(ROLE);
+        *r.pointer_mut(pointer).expect("field") = json!(uri);
+        let file = c.write(&format!("{name}.json"), &r.to_string());
+        let out = c.cli(&["training-jobs", "create", "--file", path(&file)]);
+        assert_eq!(out.code(), 3, "{uri}: {}", out.stderr());
+        let field = pointer.trim_start_matches('/').replace("/0/", "[0].").replace('/', ".");
+        assert!(out.stderr().contains(&format!("{field}: '{uri}'")), "{uri}: {}", out.stderr());
+        assert!(out.stderr().contains(reason), "{uri}: {}", out.stderr());
+        assert_eq!(c.cli(&["training-jobs", "describe", &name]).code(), 4, "nothing stored for {uri}");
+    }
+    // A checkpoint location is checked the same way.
+    let mut r = base.clone();
+    r["TrainingJobName"] = json!("escape-checkpoint");
+    r["RoleArn"] = json!(ROLE);
+    r["CheckpointConfig"] = json!({"S3Uri": "s3://trainyard-output//etc/cron.d/"});
+    let file = c.write("escape-checkpoint.json", &r.to_string());
+    let out = c.cli(&["training-jobs", "create", "--file", path(&file)]);
+    assert_eq!(out.code(), 3);
+    assert!(
+        out.stderr().contains(
+            "CheckpointConfig.S3Uri: 's3://trainyard-output//etc/cron.d/' must not contain an empty path segment"
+        ),
+        "{}",
+        out.stderr()
+    );
+}
+
+/// Prints 300 lines of 16 KiB (a 4.8 MB log: more than one response may carry), then a metric
+/// 200,000 times as fast as it can.
+const FLOOD: &str = r#"#!/usr/bin/env python3
+import os, sys
+for i in range(300):
+    print(f"{i:04d} " + "x" * 16_000)
+out = sys.stdout
+for i in range(200_000):
+    out.write("loss=0.5\n")
+out.flush()
+os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
+"#;
+
+#[test]
+fn floods_and_idle_connections_are_bounded() {
+    let c = Coordinator::start();
+    let _agent = c.start_agent("flood", &["--advertise-vcpus", "8"], &[]);
+    let program = c.install_program("flood.py", FLOOD);
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    r["TrainingJobName"] = json!("flood");
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "loss", "Regex": "loss=([0-9.]+)"}]);
+    let file = c.write("flood.json", &r.to_string());
+    c.cli(&["training-jobs", "create", "--file", path(&file)]).assert_success();
+    let done = c.wait_json_for(Duration::from_secs(120), &["training-jobs", "describe", "flood"], |d| {
+        d["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+
+    // The log comes back whole, page by page: no page is larger than a client decodes.
+    let logs = c.cli(&["training-jobs", "logs", "flood"]);
+    logs.assert_success();
+    let text = logs.stdout();
+    let long: Vec<&str> = text.lines().filter(|l| l.len() > 16_000).collect();
+    assert_eq!(long.len(), 300, "every long line arrived");
+    assert!(
+        long.first().is_some_and(|l| l.starts_with("0000 ")) && long.last().is_some_and(|l| l.starts_with("0299 "))
+    );
+
+    // 200,000 samples in a few seconds are stored at one a second.
+    let url = format!("sqlite://{}", c.data_dir().join("trainyard.db").display());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let samples = runtime.block_on(async {
+        let store = trainyard_store::connect(&url).await.expect("store");
+        store.read_metrics("flood").await.expect("metrics")
+    });
+    let seconds = done["TrainingTimeInSeconds"].as_u64().unwrap_or(60);
+    assert!(!samples.is_empty() && samples.len() as u64 <= seconds + 2, "{} samples stored", samples.len());
+    assert_eq!(done["FinalMetricDataList"][0]["Value"], 0.5, "the final value is the latest sample");
+
+    // The data dir and the database are the coordinator's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&c.data_dir()), 0o700);
+    assert_eq!(mode(&c.data_dir().join("trainyard.db")), 0o600);
+
+    // A connection that never starts TLS is closed by the coordinator.
+    let mut idle = std::net::TcpStream::connect(&c.address).expect("connect");
+    idle.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let started = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let closed = matches!(std::io::Read::read(&mut idle, &mut byte), Ok(0) | Err(_));
+    assert!(closed && started.elapsed() < Duration::from_secs(20), "closed after {:?}", started.elapsed());
+}
