@@ -872,36 +872,15 @@ async fn upload(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result<
         .as_ref()
         .and_then(|o| o.s3_output_path.clone())
         .ok_or("OutputDataConfig.S3OutputPath is missing")?;
-    let uri = storage::artifact_uri(&output, &spec.job, "model.tar.gz");
-    // Everything beneath the work dir was written by the job: read without following links. The
-    // archives are built in the agent's own staging dir, which no job can reach.
+    // Everything beneath the work dir was written by the job: read without following links.
     let work = Confined::open(dir).map_err(|e| format!("opening the work dir: {e}"))?;
-    let staging = settings.work_root.join(STAGING);
-    let archive = staging.join(format!("{}-{}-model.tar.gz", spec.job, spec.instance));
-    let packed = storage::pack(&work, Path::new("model"), &archive);
-    let uploaded = match packed {
-        Ok(skipped) => {
-            warn_skipped(spec, "model/", &skipped);
-            settings.storage.put_file(&archive, &uri).await.map_err(|e| format!("uploading the model: {e}"))
-        }
-        Err(e) => Err(format!("packing the model: {e}")),
-    };
-    let _ = std::fs::remove_file(&archive);
-    uploaded?;
-    let has_data = work.walk(Path::new("output/data")).is_ok_and(|entries| !entries.is_empty());
-    if has_data {
-        let archive = staging.join(format!("{}-{}-output.tar.gz", spec.job, spec.instance));
-        let packed = storage::pack(&work, Path::new("output/data"), &archive);
+    let uri = storage::artifact_uri(&output, &spec.job, "model.tar.gz");
+    pack_and_put(spec, settings, &work, "model", &uri).await.map_err(|e| format!("{e} (the model)"))?;
+    if work.walk(Path::new("output/data")).is_ok_and(|entries| !entries.is_empty()) {
         let data_uri = storage::artifact_uri(&output, &spec.job, "output.tar.gz");
-        let uploaded = match packed {
-            Ok(skipped) => {
-                warn_skipped(spec, "output/data/", &skipped);
-                settings.storage.put_file(&archive, &data_uri).await.map_err(|e| format!("uploading output data: {e}"))
-            }
-            Err(e) => Err(format!("packing output data: {e}")),
-        };
-        let _ = std::fs::remove_file(&archive);
-        uploaded?;
+        pack_and_put(spec, settings, &work, "output/data", &data_uri)
+            .await
+            .map_err(|e| format!("{e} (output data)"))?;
     }
     if let Some(checkpoints) = spec.request.checkpoint_config.as_ref().and_then(|c| c.s3_uri.clone()) {
         let (_, skipped) = settings
@@ -909,9 +888,31 @@ async fn upload(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result<
             .put_tree(&work, Path::new("checkpoints"), &checkpoints)
             .await
             .map_err(|e| format!("syncing checkpoints to {checkpoints}: {e}"))?;
-        warn_skipped(spec, "checkpoints/", &skipped);
+        warn_skipped(spec, "checkpoints", &skipped);
     }
     Ok(uri)
+}
+
+/// Packs `dir` of the work dir into a tar.gz at `uri`. The archive is built in the agent's own
+/// staging dir, which no job can reach, and removed afterwards.
+async fn pack_and_put(
+    spec: &InstanceSpec,
+    settings: &Settings,
+    work: &Confined,
+    dir: &str,
+    uri: &str,
+) -> Result<(), String> {
+    let name = dir.replace('/', "-");
+    let archive = settings.work_root.join(STAGING).join(format!("{}-{}-{name}.tar.gz", spec.job, spec.instance));
+    let uploaded = match storage::pack(work, Path::new(dir), &archive) {
+        Ok(skipped) => {
+            warn_skipped(spec, dir, &skipped);
+            settings.storage.put_file(&archive, uri).await.map_err(|e| format!("uploading: {e}"))
+        }
+        Err(e) => Err(format!("packing: {e}")),
+    };
+    let _ = std::fs::remove_file(&archive);
+    uploaded
 }
 
 /// The agent's own directory under the work root for archives being built (0700, root's).
@@ -921,7 +922,7 @@ pub const STAGING: &str = "staging";
 fn warn_skipped(spec: &InstanceSpec, what: &str, skipped: &[PathBuf]) {
     if !skipped.is_empty() {
         let names: Vec<String> = skipped.iter().take(10).map(|p| p.display().to_string()).collect();
-        warn!(job = %spec.job, count = skipped.len(), first = ?names, "links and special files in {what} were not uploaded");
+        warn!(job = %spec.job, count = skipped.len(), first = ?names, "links and special files in {what}/ were not uploaded");
     }
 }
 
