@@ -71,6 +71,7 @@ pub struct Coordinator {
 impl Drop for Coordinator {
     fn drop(&mut self) {
         netns::remove_agents_leftovers(&self.dir.path().join("agents"));
+        netns::remove_agents_cgroups(&self.dir.path().join("agents"));
     }
 }
 
@@ -181,7 +182,8 @@ impl Coordinator {
 
     fn make_tokens(&mut self) {
         self.token = self.admin(&["tokens", "create", "--user", "e2e", "--scope", "admin"]);
-        self.join_token = self.admin(&["join-token"]);
+        // One token for every agent a test starts (a join token is single-use by default).
+        self.join_token = self.admin(&["join-token", "--uses", "100"]);
     }
 
     /// Runs `trainyard-coordinator SUBCOMMAND...` on this coordinator's data and database (no
@@ -265,9 +267,12 @@ impl Coordinator {
     }
 
     /// Starts an agent inside a simulated host; it reaches this coordinator through the LAN.
+    /// (`ip netns exec` mounts the namespace's own /sys, without the cgroup file systems: agents in
+    /// simulated hosts run instances without cgroups, and say so.)
     pub fn start_agent_on(&self, host: &netns::Host, lan: &netns::Lan, id: &str, args: &[&str]) -> Daemon {
         let port = self.address.rsplit(':').next().unwrap_or_default();
         let address = format!("{}:{port}", lan.gateway);
+        self.agent_check(id).expect("instances run without a cgroup");
         self.start_agent_with(host.command(binary("trainyard-agent")), &address, id, args, &[])
     }
 
@@ -279,15 +284,7 @@ impl Coordinator {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
-        // One check per agent id: an agent restarted under its id appends to the same log.
-        let check = self
-            .agent_checks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id.to_string())
-            .or_insert_with(|| LogCheck::new(self.dir.path().join(format!("agent-{id}.log"))))
-            .clone();
-        let mut agent = self.spawn_agent_with(cmd, coordinator, id, args, env).checked_by(check);
+        let mut agent = self.spawn_agent_with(cmd, coordinator, id, args, env).checked_by(self.agent_check(id));
         let registered = wait_until(Duration::from_secs(20), || {
             self.json(&["agents", "list"])["Agents"]
                 .as_array()
@@ -296,6 +293,17 @@ impl Coordinator {
         agent.assert_running();
         assert!(registered, "agent {id} did not register; its log:\n{}", agent.log());
         agent
+    }
+
+    /// The judge of agent `id`'s log: one per id, as an agent restarted under its id appends to
+    /// the same log.
+    fn agent_check(&self, id: &str) -> Arc<LogCheck> {
+        self.agent_checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_insert_with(|| LogCheck::new(self.dir.path().join(format!("agent-{id}.log"))))
+            .clone()
     }
 
     /// Starts an agent without waiting for it to register (for agents that must not: their

@@ -591,8 +591,16 @@ fn data_and_models_travel_through_an_s3_compatible_store() {
     let mut request: Value =
         serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
     request["TrainingJobName"] = json!("from-s3");
+    // The example trainer, after saying what the restored checkpoint holds.
     let trainer = trainyard_e2e::repo_root().join("deploy/examples/trainer/train.py");
-    request["AlgorithmSpecification"]["TrainingImage"] = json!(trainer.display().to_string());
+    let wrapper = c.install_program(
+        "with-checkpoint.sh",
+        &format!(
+            "#!/bin/sh\necho \"restored=$(cat \"$SM_CHECKPOINT_DIR/step-1.ckpt\")\"\nexec python3 {} \"$@\"\n",
+            trainer.display()
+        ),
+    );
+    request["AlgorithmSpecification"]["TrainingImage"] = json!(wrapper);
     request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = json!("s3://datasets/blobs/train/");
     request["InputDataConfig"][1]["DataSource"]["S3DataSource"]["S3Uri"] = json!("s3://datasets/blobs/validation/");
     request["OutputDataConfig"]["S3OutputPath"] = json!("s3://models/runs/");
@@ -611,9 +619,10 @@ fn data_and_models_travel_through_an_s3_compatible_store() {
         .and_then(|m| m["Value"].as_f64())
         .expect("accuracy");
     assert!(accuracy > 0.7, "it trained on the data it read from S3: {accuracy}");
-    // The checkpoint was restored into the job before it started, and synced back after.
-    let restored = c.dir.path().join("agents/cloudy/jobs/from-s3/algo-1/checkpoints/step-1.ckpt");
-    assert_eq!(std::fs::read_to_string(&restored).expect("restored checkpoint"), "restored");
+    // The checkpoint was restored into the job before it started, and synced back after; the
+    // work dir is gone once the job completed.
+    assert!(c.logs("from-s3").contains("restored=restored"), "{}", c.logs("from-s3"));
+    assert!(!c.dir.path().join("agents/cloudy/jobs/from-s3").exists(), "the completed job's work dir was removed");
     let ckpt = s3
         .python("print(s3.get_object(Bucket='datasets', Key='checkpoints/run1/step-1.ckpt')['Body'].read().decode())");
     assert_eq!(ckpt.trim(), "restored");

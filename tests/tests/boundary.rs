@@ -21,7 +21,7 @@ fn with_role() -> (Coordinator, tempfile::TempDir) {
     let config = config_dir.path().join("coordinator.toml");
     let role = format!(
         "[[roles]]\narn = \"{ROLE}\"\nuser = \"nobody\"\nread = [\"s3://trainyard-examples/\"]\n\
-         write = [\"s3://trainyard-output/\"]\n"
+         write = [\"s3://trainyard-output/\"]\nusers = [\"ana\"]\n"
     );
     std::fs::write(&config, role).expect("write");
     (Coordinator::start_with_args(&["--config", path(&config)]), config_dir)
@@ -237,4 +237,97 @@ fn floods_and_idle_connections_are_bounded() {
     let mut byte = [0u8; 1];
     let closed = matches!(std::io::Read::read(&mut idle, &mut byte), Ok(0) | Err(_));
     assert!(closed && started.elapsed() < Duration::from_secs(20), "closed after {:?}", started.elapsed());
+}
+
+#[test]
+fn only_the_users_a_role_names_may_pass_it() {
+    let (c, _config) = with_role();
+    let ana = c.admin(&["tokens", "create", "--user", "ana", "--scope", "submit"]);
+    let eve = c.admin(&["tokens", "create", "--user", "eve", "--scope", "submit"]);
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    r["RoleArn"] = json!(ROLE);
+    r["TrainingJobName"] = json!("passed-by-eve");
+    let file = c.write("eve.json", &r.to_string());
+    let out = c.cli_as(&eve, &["training-jobs", "create", "--file", path(&file)]);
+    assert_eq!(out.code(), 8, "{}", out.stderr());
+    assert!(out.stderr().contains(&format!("user 'eve' may not pass role '{ROLE}'")), "{}", out.stderr());
+    assert_eq!(c.cli(&["training-jobs", "describe", "passed-by-eve"]).code(), 4, "nothing stored");
+    // A tuning job's definitions are checked the same way.
+    let mut tuning: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    tuning["TrainingJobDefinition"]["RoleArn"] = json!(ROLE);
+    let file = c.write("eve-tuning.json", &tuning.to_string());
+    assert_eq!(c.cli_as(&eve, &["tuning-jobs", "create", "--file", path(&file)]).code(), 8);
+    // The role's own user may.
+    r["TrainingJobName"] = json!("passed-by-ana");
+    let file = c.write("ana.json", &r.to_string());
+    c.cli_as(&ana, &["training-jobs", "create", "--file", path(&file)]).assert_success();
+}
+
+/// Leaves two processes behind, each in a session of its own: one holds stdout (a job used to stay
+/// Stopping for as long as it lived), one does not (a job used to complete with it still running).
+const ESCAPER: &str = r#"#!/bin/sh
+setsid -f sh -c 'while true; do echo still-here; sleep 0.2; done' escaper-7f3a
+setsid sh -c 'sleep 600' escaper-7f3a > /dev/null 2>&1 < /dev/null &
+mkdir -p "$SM_MODEL_DIR"
+echo main-ends
+"#;
+
+/// Touches 512 MiB, more than its instance type gives it.
+const HOG: &str = r#"#!/usr/bin/env python3
+block = bytearray(512 * 1024 * 1024)
+for i in range(0, len(block), 4096):
+    block[i] = 1
+print("survived", flush=True)
+"#;
+
+fn escapers_alive() -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .filter(|c| c.contains("escaper-7f3a"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn nothing_a_job_starts_outlives_it_and_its_memory_is_its_instance_types() {
+    let config_dir = tempfile::tempdir().expect("dir");
+    let config = config_dir.path().join("coordinator.toml");
+    // A small instance type, so that a small program can exceed it.
+    std::fs::write(&config, "[[instance_types]]\nname = \"ml.m5.large\"\nvcpus = 2\nmemory_mib = 128\n")
+        .expect("write");
+    let c = Coordinator::start_with_args(&["--config", path(&config)]);
+    let _agent = c.start_agent("cgroups", &["--advertise-vcpus", "8"], &[]);
+    let request = |name: &str, program: &str| {
+        let mut r: Value =
+            serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+        r["TrainingJobName"] = json!(name);
+        r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+        r["ResourceConfig"]["InstanceType"] = json!("ml.m5.large");
+        c.write(&format!("{name}.json"), &r.to_string())
+    };
+
+    let escaper = c.install_program("escaper.sh", ESCAPER);
+    c.cli(&["training-jobs", "create", "--file", path(&request("escaper", &escaper))]).assert_success();
+    let done = c.wait_json_for(Duration::from_secs(30), &["training-jobs", "describe", "escaper"], |d| {
+        d["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    assert!(c.logs("escaper").contains("main-ends"));
+    assert!(escapers_alive().is_empty(), "left running: {:?}", escapers_alive());
+
+    let hog = c.install_program("hog.py", HOG);
+    c.cli(&["training-jobs", "create", "--file", path(&request("hog", &hog))]).assert_success();
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "hog"], |d| {
+        d["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
+    let reason = done["FailureReason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("OutOfMemoryError") && reason.contains("128 MiB"), "{reason}");
+    assert!(!c.logs("hog").contains("survived"));
 }

@@ -82,7 +82,18 @@ fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice(
     assert!(kills >= 3, "seed {seed}: the job ended before the coordinator was killed three times");
     assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "seed {seed}: {done:#}");
     let counters = &done["TrainingJobStatusCounters"];
-    assert_eq!(counters["Completed"], json!(TRIALS), "seed {seed}: {counters:#}");
+    let failed = c.json(&["tuning-jobs", "trials", "survives-crashes", "--status", "Failed"]);
+    let reasons: Vec<String> = failed["TrainingJobSummaries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["TrainingJobName"].as_str())
+        .map(|name| {
+            let d = c.json(&["training-jobs", "describe", name]);
+            format!("{name}: {}", d["FailureReason"])
+        })
+        .collect();
+    assert_eq!(counters["Completed"], json!(TRIALS), "seed {seed}: {counters:#}; failed: {reasons:#?}");
     assert_eq!(counters["RetryableError"], json!(0), "seed {seed}: {counters:#}");
     assert_eq!(counters["NonRetryableError"], json!(0), "seed {seed}: {counters:#}");
 

@@ -151,6 +151,8 @@ fn agents_join_once_and_a_revoked_agent_is_refused_and_its_work_ends() {
         "agent session refused: wrong agent id certificate_of=gpu-host claims=impostor",
         r#"agent revoked agent="gpu-host""#,
         "agent session refused error=permission denied: agent gpu-host was revoked",
+        // The revoked agent is killed below, possibly while it tries a stream again.
+        r#"agent stream broke agent="gpu-host""#,
     ] {
         c.expect_log(expected);
     }
@@ -231,10 +233,64 @@ fn agents_join_once_and_a_revoked_agent_is_refused_and_its_work_ends() {
     agent.signal(trainyard_testkit::SIGKILL);
     agent.wait_exit(Duration::from_secs(10)).expect("killed");
     std::fs::remove_dir_all(&identity).expect("forget the old identity");
-    let fresh = c.cli(&["join-token"]);
+    let fresh = c.cli(&["join-token", "--agent-id", "gpu-host"]);
     fresh.assert_success();
     let _back =
         c.start_agent("gpu-host", &["--advertise-vcpus", "16"], &[("TRAINYARD_JOIN_TOKEN", fresh.stdout().trim())]);
+}
+
+#[test]
+fn join_tokens_are_single_use_and_a_connected_agent_cannot_be_displaced() {
+    let c = Coordinator::start();
+    for expected in [
+        "join refused agent=second error=unauthenticated: join token",
+        "join refused agent=not-the-one error=unauthenticated: join token",
+        r#"a second session for a connected agent was refused agent=first"#,
+    ] {
+        c.expect_log(expected);
+    }
+    let exits_saying = |mut agent: trainyard_testkit::Daemon, words: &str| {
+        assert!(agent.wait_exit(Duration::from_secs(20)).is_some(), "{}", agent.log());
+        assert!(agent.log().contains(words), "{}", agent.log());
+    };
+
+    // One join token, one agent.
+    let once = c.admin(&["join-token"]);
+    let first = c.start_agent("first", &["--advertise-vcpus", "8"], &[("TRAINYARD_JOIN_TOKEN", &once)]);
+    exits_saying(c.spawn_agent("second", &[], &[("TRAINYARD_JOIN_TOKEN", &once)]), "has been used (1 of 1)");
+
+    // A token for one agent id joins that id only; read from a file, not the command line.
+    let bound = c.admin(&["join-token", "--agent-id", "the-one"]);
+    exits_saying(
+        c.spawn_agent("not-the-one", &[], &[("TRAINYARD_JOIN_TOKEN", &bound)]),
+        "is for agent 'the-one', not 'not-the-one'",
+    );
+    let token_file = c.write("join-token", &bound);
+    // (Too small for the job below, which must run on "first".)
+    let _the_one = c.start_agent("the-one", &["--join-token-file", path(&token_file), "--advertise-vcpus", "1"], &[]);
+
+    // A second process presenting the first agent's own certificate does not cut it off.
+    let copy = c.dir.path().join("copied-identity");
+    std::fs::create_dir_all(&copy).expect("dir");
+    for file in ["ca.pem", "agent.pem", "agent-key.pem", "agent-id"] {
+        std::fs::copy(c.dir.path().join("agents/first/identity").join(file), copy.join(file)).expect("copy");
+    }
+    let mut cmd = Command::new(binary("trainyard-agent"));
+    cmd.args(["--coordinator", &c.address, "--id", "first", "--identity-dir", path(&copy), "--work-root"])
+        // Under agents/, where the harness looks for what killed agents leave behind.
+        .arg(c.dir.path().join("agents/first-copy"))
+        .env("RUST_LOG", "info");
+    let copy_agent = trainyard_testkit::Daemon::spawn("agent-first-copy", cmd, c.dir.path());
+    assert!(
+        wait_until(Duration::from_secs(20), || copy_agent.log().contains("coordinator unreachable or stream ended")),
+        "{}",
+        copy_agent.log()
+    );
+    let job = training(&c, "on-first", "0.2");
+    c.cli(&["training-jobs", "create", "--file", path(&job)]).assert_success();
+    let done = c.wait_json(&["training-jobs", "describe", "on-first"], |d| d["TrainingJobStatus"] != "InProgress");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "the first agent kept its session: {done:#}");
+    drop(first);
 }
 
 #[test]

@@ -22,9 +22,13 @@ pub struct Flags {
     #[arg(long, env = "TRAINYARD_COORDINATOR")]
     pub coordinator: Option<String>,
     /// A join token (`trainyard-coordinator join-token`): needed once, on the first start; the
-    /// agent keeps the certificate it receives in its identity directory.
+    /// agent keeps the certificate it receives in its identity directory. Prefer
+    /// TRAINYARD_JOIN_TOKEN or --join-token-file: every local user can read a command line.
     #[arg(long, env = "TRAINYARD_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+    /// A file holding the join token (read once, at the first start).
+    #[arg(long, env = "TRAINYARD_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
     /// Where the agent keeps its certificate and key (default: WORK_ROOT/identity).
     #[arg(long, env = "TRAINYARD_IDENTITY_DIR")]
     pub identity_dir: Option<PathBuf>,
@@ -43,6 +47,13 @@ pub struct Flags {
     /// Seconds between SIGTERM and SIGKILL when a job is stopped.
     #[arg(long, env = "TRAINYARD_STOP_GRACE_SECONDS")]
     pub stop_grace_seconds: Option<u64>,
+    /// How long the work dir of a failed instance is kept for debugging (0700, its job's user
+    /// only); others are removed as soon as their outputs are uploaded. Default: one day.
+    #[arg(long, env = "TRAINYARD_KEEP_FAILED_WORK_DIRS_SECONDS")]
+    pub keep_failed_work_dirs_seconds: Option<u64>,
+    /// Processes and threads one instance may have at most (its cgroup's pids limit).
+    #[arg(long, env = "TRAINYARD_INSTANCE_PIDS_MAX")]
+    pub instance_pids_max: Option<u32>,
     /// vCPUs to offer instead of the host's count (to oversubscribe a development machine).
     #[arg(long)]
     pub advertise_vcpus: Option<u32>,
@@ -94,6 +105,7 @@ fn parse_bucket(raw: &str) -> Result<(String, PathBuf), String> {
 struct FileConfig {
     coordinator: Option<String>,
     join_token: Option<String>,
+    join_token_file: Option<PathBuf>,
     identity_dir: Option<PathBuf>,
     #[serde(default)]
     insecure: bool,
@@ -101,6 +113,8 @@ struct FileConfig {
     work_root: Option<PathBuf>,
     nvml_library: Option<PathBuf>,
     stop_grace_seconds: Option<u64>,
+    keep_failed_work_dirs_seconds: Option<u64>,
+    instance_pids_max: Option<u32>,
     advertise_vcpus: Option<u32>,
     advertise_memory_mib: Option<u64>,
     log_format: Option<String>,
@@ -135,6 +149,8 @@ pub struct Config {
     pub work_root: PathBuf,
     pub nvml_library: Option<PathBuf>,
     pub stop_grace: Duration,
+    pub keep_failed_work_dirs: Duration,
+    pub instance_pids_max: u32,
     pub advertise_vcpus: Option<u32>,
     pub advertise_memory_mib: Option<u64>,
     pub buckets: BTreeMap<String, PathBuf>,
@@ -168,13 +184,29 @@ impl Config {
         let work_root = flags.work_root.or(file.work_root).unwrap_or_else(|| PathBuf::from(".trainyard/agent"));
         Ok(Config {
             coordinator: coordinator.split("://").last().unwrap_or_default().trim_end_matches('/').to_string(),
-            join_token: flags.join_token.or(file.join_token),
+            // A file named for the purpose wins over a token in the environment.
+            join_token: match flags.join_token_file.or(file.join_token_file) {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| anyhow::anyhow!("--join-token-file {}: {e}", path.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => flags.join_token.or(file.join_token),
+            },
             identity_dir: flags.identity_dir.or(file.identity_dir).unwrap_or_else(|| work_root.join("identity")),
             insecure: flags.insecure || file.insecure,
             id,
             work_root,
             nvml_library: flags.nvml_library.or(file.nvml_library),
             stop_grace: Duration::from_secs(flags.stop_grace_seconds.or(file.stop_grace_seconds).unwrap_or(120)),
+            instance_pids_max: flags
+                .instance_pids_max
+                .or(file.instance_pids_max)
+                .unwrap_or(crate::cgroup::DEFAULT_PIDS),
+            keep_failed_work_dirs: Duration::from_secs(
+                flags.keep_failed_work_dirs_seconds.or(file.keep_failed_work_dirs_seconds).unwrap_or(86_400),
+            ),
             advertise_vcpus: flags.advertise_vcpus.or(file.advertise_vcpus),
             advertise_memory_mib: flags.advertise_memory_mib.or(file.advertise_memory_mib),
             buckets,

@@ -46,8 +46,9 @@ pub async fn load_or_join(config: &Config) -> Result<Identity, JoinError> {
     }
     let Some(token) = &config.join_token else {
         return Err(JoinError::Fatal(anyhow!(
-            "this agent has not joined yet ({} holds no certificate): start it once with --join-token \
-             (from `trainyard-coordinator join-token` or `trainyard join-token create`)",
+            "this agent has not joined yet ({} holds no certificate): start it once with a join token in \
+             TRAINYARD_JOIN_TOKEN or a file named by --join-token-file (from `trainyard-coordinator join-token` \
+             or `trainyard join-token`)",
             dir.display()
         )));
     };

@@ -4,6 +4,7 @@
 //! that happened meanwhile is lost. An instance's final state is re-sent until the coordinator says
 //! it has stored it (`ForgetInstance`).
 
+mod cgroup;
 mod config;
 mod confined;
 mod gpu;
@@ -13,6 +14,7 @@ mod network;
 mod runner;
 mod storage;
 mod users;
+mod workdirs;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -69,6 +71,18 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("creating the work root {}", config.work_root.display()))?;
     // Jobs run in their own work dirs: every path they are given must be absolute.
     config.work_root = std::fs::canonicalize(&config.work_root)?;
+    // Work dirs of an earlier run (its instances died with it) go; failed ones are kept a while.
+    workdirs::sweep(&config.work_root, config.keep_failed_work_dirs, true);
+    {
+        let (root, keep) = (config.work_root.clone(), config.keep_failed_work_dirs);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(600));
+            loop {
+                every.tick().await;
+                workdirs::sweep(&root, keep, false);
+            }
+        });
+    }
     // Archives are built here, out of every job's reach.
     let staging = config.work_root.join(runner::STAGING);
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
@@ -123,6 +137,19 @@ async fn main() -> anyhow::Result<()> {
             (None, Some(note))
         }
     };
+    // Each instance in a cgroup of its own (its limits; nothing it starts outlives it), under one
+    // of this agent's: named by its id and its work root, as two agents on one host may share an id
+    // (in two clusters) but never a work root.
+    let cgroup_name = cgroup::agent_cgroup_name(&config.id, &config.work_root);
+    // Recorded for whoever cleans up after an agent that was killed (a test harness, an operator).
+    let _ = std::fs::write(config.work_root.join("cgroup"), format!("trainyard-{cgroup_name}\n"));
+    let cgroups = match cgroup::available(&cgroup_name) {
+        Ok(()) => Some(cgroup_name),
+        Err(note) => {
+            warn!(%note, "instances run without a cgroup: no memory, CPU or process limits, and processes that leave their process group are not stopped with them");
+            None
+        }
+    };
     let forwarder = Arc::new(network::forwarder::Forwarder::default());
     let mut peer_port = 0;
     if network.is_some() {
@@ -142,6 +169,8 @@ async fn main() -> anyhow::Result<()> {
         network,
         forwarder,
         vpc_networks: config.vpc_networks.clone(),
+        cgroups,
+        pids_max: config.instance_pids_max,
     });
     let agent = Arc::new(Agent {
         config,
@@ -183,6 +212,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(network) = &agent.settings.network {
         network.remove_recorded().await;
+    }
+    if let Some(name) = &agent.settings.cgroups {
+        cgroup::remove_agent_cgroup(name);
     }
     info!("agent stopped");
     Ok(())
@@ -372,6 +404,8 @@ async fn start_instance(agent: &Arc<Agent>, a: pb::Assignment) {
         peers: a.peers.into_iter().map(|p| (p.instance, p.agent_peer_address)).collect(),
         credential: a.credential,
         run_as: a.run_as,
+        memory_mib: a.memory_mib,
+        vcpus: a.vcpus,
     };
     let user = spec.run_as.as_ref().map(|r| r.user.as_str()).unwrap_or("(the agent's)");
     info!(job = %spec.job, instance = spec.instance, gpus = ?spec.gpu_uuids, user, "starting instance");

@@ -31,6 +31,7 @@ use crate::network::forwarder::Forwarder;
 use crate::network::plan::{self, Egress, Net};
 use crate::network::{InstanceNetwork, Network};
 use crate::storage::{self, Storage};
+use crate::workdirs;
 use std::sync::Arc;
 
 /// Everything an instance needs to run, from its assignment.
@@ -49,6 +50,9 @@ pub struct InstanceSpec {
     pub credential: Option<pb::JobCredential>,
     /// The execution role's user and group (None: the agent's own user).
     pub run_as: Option<pb::RunAs>,
+    /// The instance type's memory and vCPUs (the cgroup's limits; 0: none).
+    pub memory_mib: u64,
+    pub vcpus: u32,
 }
 
 /// What the runner reports, in order.
@@ -84,6 +88,10 @@ pub struct Settings {
     pub forwarder: Arc<Forwarder>,
     /// VpcConfig subnet and security-group names → the networks they may reach.
     pub vpc_networks: BTreeMap<String, Vec<Net>>,
+    /// Set when each instance gets its own cgroup (root, a cgroup file system): the agent's id.
+    pub cgroups: Option<String>,
+    /// Processes and threads an instance may have at most.
+    pub pids_max: u32,
 }
 
 pub fn now_millis() -> i64 {
@@ -132,8 +140,7 @@ pub async fn run(
     mut stop: watch::Receiver<Option<StopReason>>,
 ) -> pb::InstanceUpdate {
     let reporter = Reporter { spec: &spec, tx: &tx };
-    let host = format!("algo-{}", spec.instance);
-    let dir = settings.work_root.join("jobs").join(&spec.job).join(&host);
+    let dir = workdirs::instance_dir(&settings.work_root, &spec.job, spec.instance);
     reporter.update(InstanceState::Downloading, "Downloading input data", Vec::new());
 
     let outcome = match prepare(&spec, settings, &dir).await {
@@ -198,6 +205,9 @@ pub async fn run(
     };
     let _ = tx.send(Report::Update(final_update.clone()));
     info!(job = %spec.job, instance = spec.instance, state = ?state, "instance ended");
+    // Its outputs are uploaded (or a retry elsewhere owns them): the dir goes, unless it failed.
+    let keep = !matches!(state, InstanceState::Completed | InstanceState::Stopped);
+    workdirs::finished(&settings.work_root, &spec.job, spec.instance, keep);
     final_update
 }
 
@@ -239,6 +249,9 @@ async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result
     for sub in ["input/config", "input/data", "model", "output/data", "output/intermediate", "checkpoints"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(|e| io("creating the work dir", e))?;
     }
+    // Its job's user's alone (given to the role's user before the program starts).
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(|e| io("making the work dir private", e))?;
     let r = &spec.request;
     let hyperparameters = r.hyper_parameters.clone().unwrap_or_default();
     let mut hosts = spec.hosts.clone();
@@ -561,6 +574,30 @@ async fn execute(
             Ok(())
         });
     }
+    // Its own cgroup, joined before the program runs: everything it starts is born inside, and
+    // the instance's limits hold for all of it.
+    let cgroup = match &settings.cgroups {
+        None => None,
+        Some(agent) => {
+            let limits = crate::cgroup::Limits {
+                memory_mib: (spec.memory_mib > 0).then_some(spec.memory_mib),
+                vcpus: (spec.vcpus > 0).then_some(spec.vcpus),
+                pids: settings.pids_max,
+            };
+            match crate::cgroup::InstanceCgroup::create(agent, &spec.job, spec.instance, limits) {
+                Ok(cgroup) => Some(cgroup),
+                Err(reason) => return Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
+            }
+        }
+    };
+    if let Some(cgroup) = &cgroup {
+        let files = cgroup.procs_files();
+        // SAFETY: join_self only opens and writes files prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || crate::cgroup::InstanceCgroup::join_self(&files));
+        }
+    }
+    let processes = Processes { cgroup: cgroup.as_ref(), group: None };
     // The instance's own network namespace, entered before anything else.
     let namespace_file = match namespace.as_ref().map(std::fs::File::open).transpose() {
         Ok(file) => file,
@@ -659,7 +696,7 @@ async fn execute(
             }
         }
     };
-    let pid = child.id().map(|p| p as i32);
+    let processes = Processes { group: child.id().map(|p| p as i32), ..processes };
     reporter.update(InstanceState::Training, "Training in progress", Vec::new());
 
     // Lines from both streams, in arrival order. Bounded: a job that prints faster than the agent
@@ -703,6 +740,8 @@ async fn execute(
     let (mut fenced, mut stop_closed) = (false, false);
     let mut kill_at: Option<tokio::time::Instant> = None;
     let mut streams_open = true;
+    let mut exited: Option<std::io::Result<std::process::ExitStatus>> = None;
+    let mut drain_until: Option<tokio::time::Instant> = None;
     let status = loop {
         tokio::select! {
             line = lines.recv(), if streams_open => match line {
@@ -737,38 +776,53 @@ async fn execute(
                 if !samples.is_empty() {
                     reporter.update(stopping.map_or(InstanceState::Training, |_| InstanceState::Stopping), "Training in progress", std::mem::take(&mut samples));
                 }
-                if let (Some(at), Some(pid)) = (kill_at, pid) && tokio::time::Instant::now() >= at {
-                    signal_group(pid, libc::SIGKILL);
+                if let Some(at) = kill_at && tokio::time::Instant::now() >= at {
+                    processes.signal(libc::SIGKILL);
                     kill_at = None;
                 }
+                // Without a cgroup an escaped child may hold the streams open: stop reading them.
+                if exited.is_some() && streams_open && drain_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                    streams_open = false;
+                }
             }
-            status = child.wait(), if !streams_open => break status,
-            _ = &mut deadline, if stopping.is_none() => {
+            // The program has ended: so has the instance. What it started is killed (a cgroup holds
+            // all of it), which closes the streams; their last lines are still read.
+            status = child.wait(), if exited.is_none() => {
+                exited = Some(status);
+                processes.kill_all().await;
+                drain_until = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+            }
+            _ = &mut deadline, if stopping.is_none() && exited.is_none() => {
                 stopping = Some(InstanceState::MaxRuntimeExceeded);
                 reporter.update(InstanceState::Stopping, "MaxRuntimeInSeconds exceeded: stopping", Vec::new());
-                if let Some(pid) = pid { signal_group(pid, libc::SIGTERM); }
+                processes.signal(libc::SIGTERM);
                 kill_at = Some(tokio::time::Instant::now() + settings.stop_grace);
             }
-            changed = stop.changed(), if !fenced && !stop_closed => {
+            changed = stop.changed(), if !fenced && !stop_closed && exited.is_none() => {
                 stop_closed = changed.is_err();
                 if *stop.borrow() == Some(StopReason::Fence) {
                     fenced = true;
                     stopping = Some(InstanceState::Failed);
-                    if let Some(pid) = pid { signal_group(pid, libc::SIGKILL); }
+                    processes.signal(libc::SIGKILL);
                     kill_at = None;
                 } else if stopping.is_none() && (changed.is_err() || stop.borrow().is_some()) {
                     stopping = Some(InstanceState::Stopped);
                     reporter.update(InstanceState::Stopping, "Stopping the training job", Vec::new());
-                    if let Some(pid) = pid { signal_group(pid, libc::SIGTERM); }
+                    processes.signal(libc::SIGTERM);
                     kill_at = Some(tokio::time::Instant::now() + settings.stop_grace);
                 }
             }
         }
+        if let Some(status) = &exited
+            && !streams_open
+        {
+            break status.as_ref().map(|s| *s).map_err(|e| std::io::Error::new(e.kind(), e.to_string()));
+        }
     };
-    // Children of the job that outlived it do not outlive the instance.
-    if let Some(pid) = pid {
-        signal_group(pid, libc::SIGKILL);
-    }
+    // Nothing of the instance outlives it.
+    processes.kill_all().await;
+    let oom_kills = cgroup.as_ref().map_or(0, |c| c.oom_kills());
+    drop(cgroup); // removed (empty)
     send_logs(spec, reporter, &mut batch);
     if !samples.is_empty() {
         reporter.update(InstanceState::Training, "Training in progress", samples);
@@ -782,6 +836,14 @@ async fn execute(
     }
     match status {
         Ok(s) if s.success() => Outcome { state: InstanceState::Completed, failure: None, exit_code },
+        Ok(_) if oom_kills > 0 => {
+            let limit = spec.request.resource_config.as_ref().and_then(|r| r.instance_type.clone()).unwrap_or_default();
+            let reason = format!(
+                "OutOfMemoryError: the instance used all of its {} MiB ({limit}) and the kernel killed {oom_kills} of its processes; choose an instance type with more memory",
+                spec.memory_mib
+            );
+            Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code }
+        }
         Ok(s) => {
             // Written by the job: read without following links, at most 4 KiB of it.
             let written = Confined::open(dir)
@@ -853,12 +915,34 @@ fn send_logs(spec: &InstanceSpec, reporter: &Reporter<'_>, batch: &mut Vec<pb::L
     }));
 }
 
-fn signal_group(pid: i32, signal: i32) {
-    if pid > 1 {
-        // SAFETY: kill(2) has no memory-safety preconditions; the group is the job's own
-        // (process_group(0) at spawn), never ours.
-        unsafe {
-            libc::kill(-pid, signal);
+/// An instance's processes: its cgroup when it has one (everything it started, wherever it
+/// moved), else its process group.
+#[derive(Clone, Copy)]
+struct Processes<'a> {
+    cgroup: Option<&'a crate::cgroup::InstanceCgroup>,
+    /// The program's pid, which is its process group's id (process_group(0) at spawn).
+    group: Option<i32>,
+}
+
+impl Processes<'_> {
+    fn signal(&self, signal: i32) {
+        match (self.cgroup, self.group) {
+            (Some(cgroup), _) => cgroup.signal(signal),
+            (None, Some(pid)) if pid > 1 => {
+                // SAFETY: kill(2) has no memory-safety preconditions; the group is the job's own,
+                // never ours.
+                unsafe {
+                    libc::kill(-pid, signal);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn kill_all(&self) {
+        match self.cgroup {
+            Some(cgroup) => cgroup.kill_all().await,
+            None => self.signal(libc::SIGKILL),
         }
     }
 }

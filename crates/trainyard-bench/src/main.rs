@@ -134,7 +134,7 @@ fn start_coordinator(
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
     let token = admin(&["tokens", "create", "--user", "bench", "--scope", "admin"])?;
-    let join_token = admin(&["join-token"])?;
+    let join_token = admin(&["join-token", "--uses", "1000"])?;
     let ca_pem = std::fs::read_to_string(data.join("pki/ca.pem"))?;
     Ok(BenchCoordinator { daemon, port, ca_pem: Some(ca_pem), token, join_token })
 }

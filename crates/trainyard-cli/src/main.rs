@@ -78,13 +78,19 @@ enum Command {
     /// API tokens (admin scope).
     #[command(subcommand)]
     Tokens(TokensCommand),
-    /// Print a token that lets agents join, valid 24 hours unless --expires-in says otherwise
-    /// (admin scope).
+    /// Print a token that lets one agent join, valid 24 hours unless --expires-in says otherwise;
+    /// --uses N for a batch of agents (admin scope).
     JoinToken {
         #[arg(long, value_parser = humantime::parse_duration)]
         expires_in: Option<std::time::Duration>,
         #[arg(long, default_value = "")]
         description: String,
+        /// How many agents may join with it (default: one).
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// The only agent id it joins.
+        #[arg(long)]
+        agent_id: Option<String>,
     },
 }
 
@@ -370,11 +376,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tokens(cmd) => tokens(AccessClient::new(channel), cmd, out).await,
-        Command::JoinToken { expires_in, description } => {
+        Command::JoinToken { expires_in, description, uses, agent_id } => {
             let created = AccessClient::new(channel)
                 .create_join_token(pb::CreateJoinTokenRequest {
                     description,
                     expires_in_seconds: expires_in.map_or(0, |d| d.as_secs().max(1)),
+                    uses,
+                    agent_id: agent_id.unwrap_or_default(),
                 })
                 .await?
                 .into_inner();

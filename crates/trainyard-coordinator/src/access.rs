@@ -38,6 +38,9 @@ pub fn token_info(r: &TokenRecord) -> pb::TokenInfo {
         expires_millis: r.expires_at.map(|t| t.millis()).unwrap_or_default(),
         revoked_millis: r.revoked_at.map(|t| t.millis()).unwrap_or_default(),
         access_key_id: r.access_key_id.clone().unwrap_or_default(),
+        uses: r.uses,
+        uses_allowed: r.uses_allowed.unwrap_or_default(),
+        agent_id: r.agent_id.clone().unwrap_or_default(),
     }
 }
 
@@ -110,9 +113,10 @@ impl pb::access_server::Access for AccessService {
         let caller = self.admin("CreateJoinToken", &request).await?;
         let r = request.into_inner();
         let user = if caller.user.is_empty() { "admin" } else { caller.user.as_str() };
+        let agent_id = (!r.agent_id.is_empty()).then_some(r.agent_id.as_str());
         let (token, record) = self
             .auth
-            .create_join_token(user, &r.description, lifetime(r.expires_in_seconds))
+            .create_join_token(user, &r.description, lifetime(r.expires_in_seconds), r.uses, agent_id)
             .await
             .map_err(|e| refused("CreateJoinToken", e))?;
         Ok(Response::new(pb::CreateTokenResponse { token, info: Some(token_info(&record)), ..Default::default() }))

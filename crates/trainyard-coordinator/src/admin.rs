@@ -58,12 +58,18 @@ pub async fn run(command: AdminCommand, auth: &Arc<Auth>, config: &Config) -> an
             auth.revoke_token(&id).await.map_err(plain)?;
             eprintln!("token {id} revoked");
         }
-        AdminCommand::JoinToken { expires_in, description } => {
-            let (token, record) = auth.create_join_token("admin", &description, expires_in).await.map_err(plain)?;
+        AdminCommand::JoinToken { expires_in, description, uses, agent_id } => {
+            let (token, record) = auth
+                .create_join_token("admin", &description, expires_in, uses, agent_id.as_deref())
+                .await
+                .map_err(plain)?;
             println!("{token}");
             eprintln!(
-                "join token {} valid until {}: start each agent once with --join-token (or TRAINYARD_JOIN_TOKEN)",
+                "join token {} for {} agent(s){}, valid until {}: give it to the agent once in TRAINYARD_JOIN_TOKEN \
+                 or a file named by --join-token-file (a command line is readable by every local user)",
                 record.id,
+                record.uses_allowed.unwrap_or(1),
+                record.agent_id.as_ref().map(|a| format!(" joining as '{a}'")).unwrap_or_default(),
                 record.expires_at.unwrap_or(Timestamp::from_millis(0))
             );
         }

@@ -24,6 +24,8 @@ use crate::core::now;
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
 /// How long a join token is good for unless its creator says otherwise.
 pub const DEFAULT_JOIN_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Agents one join token may let in at most (`--uses`).
+pub const MAX_JOIN_TOKEN_USES: u32 = 10_000;
 /// Agent certificates: long-lived; an agent is cut off by revocation, not by expiry.
 const AGENT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
 
@@ -192,16 +194,30 @@ impl Auth {
     }
 
     /// Creates a join token made by `user`, valid for `lifetime` (default
-    /// [`DEFAULT_JOIN_TOKEN_LIFETIME`]); it carries the CA's fingerprint for the agent to pin.
+    /// [`DEFAULT_JOIN_TOKEN_LIFETIME`]) and for `uses` agents (0: one), only as `agent_id` when
+    /// given; it carries the CA's fingerprint for the agent to pin.
     pub async fn create_join_token(
         &self,
         user: &str,
         description: &str,
         lifetime: Option<Duration>,
+        uses: u32,
+        agent_id: Option<&str>,
     ) -> Result<(String, TokenRecord), DomainError> {
+        if uses > MAX_JOIN_TOKEN_USES {
+            return Err(DomainError::invalid("Uses", format!("must be at most {MAX_JOIN_TOKEN_USES} (got {uses})")));
+        }
+        if let Some(id) = agent_id {
+            check_agent_id(id).map_err(|_| DomainError::invalid("AgentId", format!("'{id}' is not an agent id")))?;
+            if uses > 1 {
+                return Err(DomainError::invalid("Uses", "a token for one agent id joins once"));
+            }
+        }
         let text = self.new_token_text(TokenKind::Join)?;
-        let record =
+        let mut record =
             self.token_record(&text, user, description, Some(lifetime.unwrap_or(DEFAULT_JOIN_TOKEN_LIFETIME)))?;
+        record.uses_allowed = Some(i64::from(uses.max(1)));
+        record.agent_id = agent_id.map(str::to_string);
         self.store_token(&record).await?;
         Ok((text.to_string(), record))
     }
@@ -239,6 +255,9 @@ impl Auth {
             revoked_at: None,
             access_key_id: None,
             access_key_sealed: None,
+            uses_allowed: None,
+            uses: 0,
+            agent_id: None,
         })
     }
 
@@ -305,6 +324,20 @@ impl Auth {
             _ => return Err(unauthenticated(format!("unknown join token {}", token.id))),
         };
         Self::usable(&record)?;
+        if let Some(bound) = record.agent_id.as_deref()
+            && bound != agent_id
+        {
+            return Err(unauthenticated(format!("join token {} is for agent '{bound}', not '{agent_id}'", record.id)));
+        }
+        // Counted before the certificate is issued: two agents racing for a token's last use
+        // cannot both join.
+        if !self.store.use_join_token(&record.id).await? {
+            let allowed = record.uses_allowed.unwrap_or_default();
+            return Err(unauthenticated(format!(
+                "join token {} has been used ({allowed} of {allowed}): make a new one",
+                record.id
+            )));
+        }
         let credential = self
             .authority
             .issue_agent_credential(agent_id, AGENT_CERTIFICATE_LIFETIME)

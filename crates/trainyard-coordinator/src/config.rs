@@ -63,13 +63,19 @@ pub enum AdminCommand {
     /// API tokens for the CLI and other clients.
     #[command(subcommand)]
     Tokens(TokensCommand),
-    /// Print a token that lets agents join (each receives its own certificate), valid 24 hours
-    /// unless --expires-in says otherwise.
+    /// Print a token that lets one agent join (it receives its own certificate), valid 24 hours
+    /// unless --expires-in says otherwise; --uses N for a batch of agents.
     JoinToken {
         #[arg(long, value_parser = humantime::parse_duration)]
         expires_in: Option<std::time::Duration>,
         #[arg(long, default_value = "")]
         description: String,
+        /// How many agents may join with it (default: one).
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// The only agent id it joins.
+        #[arg(long)]
+        agent_id: Option<String>,
     },
 }
 

@@ -96,6 +96,9 @@ impl Coordinator {
         request: api::CreateHyperParameterTuningJobRequest,
     ) -> Result<api::CreateHyperParameterTuningJobResponse, DomainError> {
         caller.require(Scope::Submit, "CreateHyperParameterTuningJob")?;
+        for definition in trainyard_model::uris::of_tuning_job(&request) {
+            self.roles.may_pass(definition.role_arn, caller)?;
+        }
         let mut violations = match rules::check_create_tuning_job(&request, &self.catalog, &self.limits) {
             Ok(()) => Vec::new(),
             Err(DomainError::Validation(v)) => v,
@@ -298,6 +301,7 @@ impl Coordinator {
         request: api::CreateTrainingJobRequest,
     ) -> Result<api::CreateTrainingJobResponse, DomainError> {
         caller.require(Scope::Submit, "CreateTrainingJob")?;
+        self.roles.may_pass(request.role_arn.as_deref(), caller)?;
         let mut violations = match rules::check_create_training_job(&request, &self.catalog) {
             Ok(()) => Vec::new(),
             Err(DomainError::Validation(v)) => v,

@@ -602,6 +602,8 @@ impl Loop {
                     peers: peers.clone(),
                     credential: credential.clone(),
                     run_as: run_as.clone(),
+                    memory_mib: d.memory_mib,
+                    vcpus: d.vcpus,
                 }),
             );
             run.instances.insert(p.instance, (p.agent.clone(), None));
@@ -636,6 +638,18 @@ impl Loop {
         outbound: mpsc::UnboundedSender<pb::CoordinatorMessage>,
     ) -> Result<(), DomainError> {
         let id = register.agent_id.clone();
+        // An agent that is connected keeps its session: a second one for its id (a copied identity,
+        // or a rejoin under its name) is refused, not allowed to cut it off. An agent whose old
+        // stream died unnoticed gets in once that session is declared lost.
+        if let Some(live) = self
+            .agents
+            .get(&id)
+            .filter(|a| a.session != session && !a.lost && a.outbound.as_ref().is_some_and(|o| !o.is_closed()))
+        {
+            warn!(agent = %id, connected_session = live.session, refused_session = session, "a second session for a connected agent was refused");
+            drop(outbound); // ends the new stream
+            return Ok(());
+        }
         let entry = self.agents.entry(id.clone()).or_insert_with(|| AgentEntry::unconnected(session));
         entry.session = session;
         entry.outbound = Some(outbound);

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::access::{Caller, Scope};
 use crate::api;
+use crate::error::DomainError;
 use crate::uris::{self, Access, UriField};
 use crate::validation::Violation;
 
@@ -30,6 +32,10 @@ pub struct ExecutionRole {
     /// URI prefixes outputs, checkpoints and debugger/profiler/TensorBoard data may be written to.
     #[serde(default)]
     pub write: Vec<String>,
+    /// The users (of API tokens and access keys) who may submit jobs with this role: AWS's
+    /// iam:PassRole. Admins may pass every role; with no users listed, only admins may.
+    #[serde(default)]
+    pub users: Vec<String>,
 }
 
 /// Who an instance's processes run as.
@@ -75,6 +81,26 @@ impl ExecutionRoles {
     /// Whether roles are enforced (at least one is configured).
     pub fn enforced(&self) -> bool {
         !self.roles.is_empty()
+    }
+
+    /// Whether `caller` may submit a job that names `role_arn` (iam:PassRole): admins may pass every
+    /// role, others the roles that list them. A role that is not configured passes here: the
+    /// request's validation says so, with the field named.
+    pub fn may_pass(&self, role_arn: Option<&str>, caller: &Caller) -> Result<(), DomainError> {
+        let Some(role) = role_arn.and_then(|arn| self.roles.get(arn)) else { return Ok(()) };
+        if caller.scope == Scope::Admin || role.users.contains(&caller.user) {
+            return Ok(());
+        }
+        Err(DomainError::PermissionDenied(format!(
+            "user '{}' may not pass role '{}' (iam:PassRole): it may be used by {}",
+            caller.user,
+            role.arn,
+            if role.users.is_empty() {
+                "admins only".to_string()
+            } else {
+                format!("admins and {}", role.users.join(", "))
+            }
+        )))
     }
 
     /// Who a job with this RoleArn runs as: None when roles are not enforced; an error when the
@@ -164,6 +190,7 @@ mod tests {
             group: Some("ml".into()),
             read: vec!["s3://datasets/vision/".into(), "file:///srv/shared".into()],
             write: vec!["s3://models/vision/".into()],
+            users: vec!["ana".into()],
         }])
         .expect("valid")
     }
@@ -187,6 +214,22 @@ mod tests {
     }
 
     const VISION: &str = "arn:aws:iam::000000000000:role/vision";
+
+    #[test]
+    fn only_the_roles_users_and_admins_may_pass_it() {
+        let r = roles();
+        let caller = |user: &str, scope| Caller { user: user.into(), scope };
+        assert!(r.may_pass(Some(VISION), &caller("ana", Scope::Submit)).is_ok());
+        assert!(r.may_pass(Some(VISION), &caller("root-of-all", Scope::Admin)).is_ok());
+        let refused = r.may_pass(Some(VISION), &caller("eve", Scope::Submit)).expect_err("eve is not listed");
+        assert!(
+            matches!(&refused, DomainError::PermissionDenied(m) if m.contains("user 'eve' may not pass role") && m.contains("admins and ana")),
+            "{refused:?}"
+        );
+        // Unknown roles are the validator's to report; without roles nothing is enforced.
+        assert!(r.may_pass(Some("arn:aws:iam::1:role/Unknown"), &caller("eve", Scope::Submit)).is_ok());
+        assert!(ExecutionRoles::default().may_pass(Some(VISION), &caller("eve", Scope::Read)).is_ok());
+    }
 
     #[test]
     fn a_job_inside_its_role_passes_and_runs_as_its_user() {
@@ -267,6 +310,7 @@ mod tests {
             group: None,
             read: vec![read.into()],
             write: vec![],
+            users: vec![],
         };
         assert!(ExecutionRoles::new(vec![role("root", "s3://a/")]).unwrap_err().contains("never runs as root"));
         assert!(ExecutionRoles::new(vec![role("ml", "bucket/path")]).unwrap_err().contains("not a URI prefix"));

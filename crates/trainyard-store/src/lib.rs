@@ -73,6 +73,12 @@ pub struct TokenRecord {
     pub access_key_id: Option<String>,
     /// ...and its secret, sealed by the coordinator (the store never sees it in clear).
     pub access_key_sealed: Option<String>,
+    /// Join tokens: how many agents may join with it (None: no limit; tokens made before limits).
+    pub uses_allowed: Option<i64>,
+    /// Join tokens: how many have.
+    pub uses: i64,
+    /// Join tokens: the only agent id it joins (None: any).
+    pub agent_id: Option<String>,
 }
 
 /// The certificate an agent received when it joined.
@@ -180,6 +186,9 @@ pub trait Store: Send + Sync {
     async fn get_token_by_access_key(&self, access_key_id: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Every token, oldest first.
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Counts one use of a join token, if it has one left (compare-and-set: two agents racing for
+    /// the last use cannot both have it); false when it has none.
+    async fn use_join_token(&self, id: &str) -> Result<bool, StoreError>;
     /// Marks a token revoked; false when there is no such token (revoking twice keeps the first time).
     async fn revoke_token(&self, id: &str, at: trainyard_model::Timestamp) -> Result<bool, StoreError>;
 

@@ -120,7 +120,7 @@ pub(crate) fn training_job(row: &AnyRow) -> Result<Versioned<TrainingJob>, Store
 }
 
 pub(crate) const TOKEN_COLUMNS: &str = "id, kind, secret_sha256, user_name, scope, description, created_at, expires_at, revoked_at, access_key_id, \
-     access_key_sealed";
+     access_key_sealed, uses_allowed, uses, agent_id";
 
 pub(crate) fn token(row: &AnyRow) -> Result<TokenRecord, StoreError> {
     let id: String = row.try_get("id")?;
@@ -137,6 +137,9 @@ pub(crate) fn token(row: &AnyRow) -> Result<TokenRecord, StoreError> {
         revoked_at: ts(row.try_get("revoked_at")?),
         access_key_id: row.try_get("access_key_id")?,
         access_key_sealed: row.try_get("access_key_sealed")?,
+        uses_allowed: row.try_get("uses_allowed")?,
+        uses: row.try_get("uses")?,
+        agent_id: row.try_get("agent_id")?,
         id,
     })
 }

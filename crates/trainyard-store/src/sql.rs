@@ -616,7 +616,8 @@ impl Store for SqlStore {
     async fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         let result = sqlx::query(
             "INSERT INTO access_tokens (id, kind, secret_sha256, user_name, scope, description, created_at, \
-             expires_at, revoked_at, access_key_id, access_key_sealed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             expires_at, revoked_at, access_key_id, access_key_sealed, uses_allowed, uses, agent_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&token.id)
         .bind(token.kind.as_str())
@@ -629,9 +630,23 @@ impl Store for SqlStore {
         .bind(token.revoked_at.map(|t| t.millis()))
         .bind(token.access_key_id.as_deref())
         .bind(token.access_key_sealed.as_deref())
+        .bind(token.uses_allowed)
+        .bind(token.uses)
+        .bind(token.agent_id.as_deref())
         .execute(&self.pool)
         .await;
         inserted(result, ResourceKind::Token, &token.id)
+    }
+
+    async fn use_join_token(&self, id: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE access_tokens SET uses = uses + 1 \
+             WHERE id = $1 AND kind = 'join' AND (uses_allowed IS NULL OR uses < uses_allowed)",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
     }
 
     async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {

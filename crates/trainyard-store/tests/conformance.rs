@@ -422,6 +422,9 @@ async fn tokens_are_stored_hashed_and_revoked(store: Arc<dyn Store>) {
         revoked_at: None,
         access_key_id: Some("TYAK0123456789AB".into()),
         access_key_sealed: Some("00ff".into()),
+        uses_allowed: None,
+        uses: 0,
+        agent_id: None,
     };
     let join = TokenRecord {
         id: "ba9876543210".into(),
@@ -431,6 +434,8 @@ async fn tokens_are_stored_hashed_and_revoked(store: Arc<dyn Store>) {
         expires_at: None,
         access_key_id: None,
         access_key_sealed: None,
+        uses_allowed: Some(2),
+        agent_id: Some("gpu-7".into()),
         ..token.clone()
     };
     store.create_token(&token).await.expect("create");
@@ -448,6 +453,15 @@ async fn tokens_are_stored_hashed_and_revoked(store: Arc<dyn Store>) {
     let revoked = store.get_token(&token.id).await.expect("get").expect("some");
     assert_eq!(revoked.revoked_at, Some(Timestamp::from_millis(50)), "the first revocation time is kept");
     assert_eq!(store.get_token(&join.id).await.expect("get").expect("some").revoked_at, None);
+
+    // A join token made for two agents is used twice, then never again; an API token never.
+    assert!(store.use_join_token(&join.id).await.expect("first use"));
+    assert!(store.use_join_token(&join.id).await.expect("second use"));
+    assert!(!store.use_join_token(&join.id).await.expect("third use"));
+    let used = store.get_token(&join.id).await.expect("get").expect("some");
+    assert_eq!((used.uses, used.uses_allowed, used.agent_id.as_deref()), (2, Some(2), Some("gpu-7")));
+    assert!(!store.use_join_token(&token.id).await.expect("an API token"));
+    assert!(!store.use_join_token("nope").await.expect("no token"));
 }
 
 async fn agent_identities_are_replaced_and_revoked(store: Arc<dyn Store>) {

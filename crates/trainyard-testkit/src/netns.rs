@@ -225,3 +225,64 @@ pub fn remove_agents_leftovers(agents_dir: &Path) {
         }
     }
 }
+
+/// Removes the cgroups that agents under `agents_dir` (one work root per agent) left because the
+/// test killed them: each agent records its cgroup's name in `<work-root>/cgroup`. Processes still
+/// in them are killed first.
+pub fn remove_agents_cgroups(agents_dir: &Path) {
+    let Ok(agents) = std::fs::read_dir(agents_dir) else { return };
+    let names: Vec<String> = agents
+        .flatten()
+        .filter_map(|a| std::fs::read_to_string(a.path().join("cgroup")).ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| n.starts_with("trainyard-"))
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let mut found = Vec::new();
+    find_dirs(Path::new("/sys/fs/cgroup"), 0, &names, &mut found);
+    for dir in found {
+        remove_cgroup_tree(&dir);
+    }
+}
+
+fn find_dirs(dir: &Path, depth: usize, names: &[String], out: &mut Vec<std::path::PathBuf>) {
+    if depth > 4 {
+        return;
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if names.iter().any(|n| entry.file_name().to_string_lossy() == *n) {
+            out.push(entry.path());
+        } else {
+            find_dirs(&entry.path(), depth + 1, names, out);
+        }
+    }
+}
+
+/// Kills what is left in a cgroup and its children, then removes them, deepest first.
+fn remove_cgroup_tree(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&entry.path());
+        }
+    }
+    for _ in 0..50 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<i32> = procs.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            // SAFETY: kill(2) on a process of a killed agent's cgroup.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
