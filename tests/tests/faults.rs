@@ -198,3 +198,37 @@ fn a_postgresql_crash_under_load_loses_no_accepted_request() {
         assert_eq!(job["TrainingJobStatus"], "InProgress", "{name}: {job:#}");
     }
 }
+
+/// The gRPC health service follows the database: NOT_SERVING while PostgreSQL is down (a load
+/// balancer or a probe sends no one there), SERVING again when it is back, with no restart.
+#[test]
+fn health_follows_the_database() {
+    let pg = trainyard_testkit::PgServer::start_durable();
+    let c = Coordinator::start_with_database(&pg.fresh_database());
+    for expected in [
+        "health: the store does not answer",
+        "terminating connection due to immediate shutdown command",
+        "error occurred while testing the connection on-release",
+        "event not handled; catching up from the store",
+        "periodic checks failed",
+        "scheduling failed",
+    ] {
+        c.expect_log(expected);
+    }
+    let health = |c: &Coordinator| c.cli(&["health"]);
+    let first = health(&c);
+    first.assert_success();
+    assert_eq!(first.stdout().trim(), "SERVING");
+    pg.stop_immediately();
+    let mut last = String::new();
+    let down = trainyard_testkit::wait_until(Duration::from_secs(15), || {
+        let out = health(&c);
+        last = format!("{} {}", out.stdout(), out.stderr());
+        out.code() == 1 && out.stdout().trim() == "NOT_SERVING"
+    });
+    assert!(down, "health while PostgreSQL is down: {last}");
+    assert!(last.contains("is its database reachable?"), "{last}");
+    pg.start_again();
+    let up = trainyard_testkit::wait_until(Duration::from_secs(20), || health(&c).code() == 0);
+    assert!(up, "health after PostgreSQL came back: {}", health(&c).stdout());
+}

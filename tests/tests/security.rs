@@ -69,6 +69,8 @@ fn tokens_and_scopes_decide_who_sees_creates_and_stops_what() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(6), "another cluster's CA does not verify this coordinator");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("its certificate is not signed by the CA"), "not 'start a coordinator': {stderr}");
 
     // Each user submits; each sees only their own jobs; the admin sees all.
     let out = c.cli_as(&ana, &["training-jobs", "create", "--file", path(&training(&c, "ana-job", "30"))]);
@@ -78,6 +80,15 @@ fn tokens_and_scopes_decide_who_sees_creates_and_stops_what() {
     assert_eq!(names(&c.json_as(&ana_reader, &["training-jobs", "list"])), vec!["ana-job"]);
     assert_eq!(names(&c.json_as(&bo, &["training-jobs", "list"])), vec!["bo-job"]);
     assert_eq!(names(&c.json(&["training-jobs", "list"])), vec!["ana-job", "bo-job"]);
+    // Who did what is in the coordinator's log.
+    let log = c.daemon.log();
+    for (job, user) in [("ana-job", "ana"), ("bo-job", "bo")] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("training job created") && l.contains(job) && l.contains(&format!("user={user}"))),
+            "{job} by {user} is not in the log"
+        );
+    }
 
     // Bo can neither read nor stop Ana's job: for him it does not exist.
     for args in [

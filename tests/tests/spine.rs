@@ -20,6 +20,10 @@ fn write_json(dir: &std::path::Path, name: &str, value: &Value) -> std::path::Pa
 /// The whole user journey on one coordinator.
 fn round_trip(c: &Coordinator) {
     let tuning = example("tuning-job.json");
+    // The health service answers (no token needed).
+    let health = c.cli_as("", &["health"]);
+    health.assert_success();
+    assert_eq!(health.stdout().trim(), "SERVING");
 
     // Create prints the ARN; the name can be overridden.
     let created = c.cli(&["tuning-jobs", "create", "--file", path(&tuning), "--name", "round-trip"]);

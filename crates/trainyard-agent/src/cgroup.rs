@@ -77,6 +77,7 @@ impl InstanceCgroup {
             .filter_map(|p| CString::new(p.as_os_str().as_encoded_bytes()).ok())
             .collect::<Vec<_>>();
         if procs_files.is_empty() {
+            drop(InstanceCgroup { cgroup, procs_files }); // removed
             return Err(format!(
                 "no cgroup file system is mounted under /sys/fs/cgroup (cgroup {path} cannot be joined)"
             ));

@@ -75,6 +75,9 @@ enum Command {
     Dev(DevCommand),
     /// The user and scope of your token.
     Whoami,
+    /// Whether the coordinator serves (the gRPC health service): exit 0 when SERVING, 1 otherwise
+    /// (e.g. its database does not answer). No token needed.
+    Health,
     /// API tokens (admin scope).
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -317,7 +320,14 @@ async fn connect(c: Connection<'_>) -> anyhow::Result<Transport> {
     let token = if c.insecure { None } else { c.token };
     trainyard_proto::client::connect(c.address, ca.as_deref(), token).await.map_err(|e| match e {
         trainyard_proto::client::ConnectError::Unreachable { url, source } => {
-            anyhow::Error::new(output::Unreachable(format!("{url}: {source:#}")))
+            // The whole chain: "transport error" alone does not say a certificate was refused.
+            let mut detail = source.to_string();
+            let mut cause = std::error::Error::source(&source);
+            while let Some(e) = cause {
+                detail.push_str(&format!(": {e}"));
+                cause = e.source();
+            }
+            anyhow::Error::new(output::Unreachable(format!("{url}: {detail}")))
         }
         other => anyhow::Error::new(other),
     })
@@ -360,6 +370,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agents(AgentsCommand::Revoke { agent_id }) => {
             AccessClient::new(channel).revoke_agent(pb::RevokeAgentRequest { agent_id: agent_id.clone() }).await?;
             eprintln!("agent {agent_id} revoked: its certificate is refused and its instances are stopped");
+            Ok(())
+        }
+        Command::Health => {
+            use tonic_health::pb::health_check_response::ServingStatus;
+            let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .await?
+                .into_inner();
+            let status = ServingStatus::try_from(answer.status).unwrap_or(ServingStatus::Unknown);
+            match out {
+                Output::Json => output::json(&serde_json::json!({ "Status": status.as_str_name() })),
+                Output::Table => println!("{}", status.as_str_name()),
+            }
+            if status != ServingStatus::Serving {
+                anyhow::bail!("the coordinator does not serve ({}): is its database reachable?", status.as_str_name());
+            }
             Ok(())
         }
         Command::Whoami => {

@@ -30,11 +30,27 @@ pub fn json(value: &impl Serialize) {
     }
 }
 
+/// What to do about a coordinator the CLI could not reach, from what the connection said: a
+/// coordinator that answered with a certificate the CA file does not vouch for is there, and
+/// starting another one would not help.
+pub fn unreachable_hint(detail: &str) -> &'static str {
+    let lowered = detail.to_ascii_lowercase();
+    if lowered.contains("certificate") || lowered.contains("unknownissuer") || lowered.contains("badsignature") {
+        "the coordinator answered, but its certificate is not signed by the CA in --ca-file / \
+         TRAINYARD_CA_FILE: use that coordinator's <data-dir>/pki/ca.pem"
+    } else if lowered.contains("connection refused") {
+        "nothing listens there: start one with `trainyard-coordinator`, or point --coordinator / \
+         TRAINYARD_COORDINATOR at it"
+    } else {
+        "check --coordinator / TRAINYARD_COORDINATOR, and that the coordinator is running and reachable"
+    }
+}
+
 /// Prints an error for a person and returns the exit code for its kind.
 pub fn report_error(error: &anyhow::Error) -> u8 {
     if let Some(unreachable) = error.downcast_ref::<Unreachable>() {
         eprintln!("error: {unreachable}");
-        eprintln!("hint: start one with `trainyard-coordinator`, or point --coordinator / TRAINYARD_COORDINATOR at it");
+        eprintln!("hint: {}", unreachable_hint(&unreachable.0));
         return 6;
     }
     // A connection that broke under a request (e.g. plain text sent to a TLS listener) reaches
@@ -374,4 +390,18 @@ pub fn tokens_json(tokens: &[trainyard_proto::pb::TokenInfo]) {
         })
         .collect();
     json(&serde_json::json!({ "Tokens": tokens }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unreachable_hint;
+
+    #[test]
+    fn a_wrong_ca_file_is_not_mistaken_for_a_missing_coordinator() {
+        let wrong_ca = "https://127.0.0.1:50051: transport error: invalid peer certificate: UnknownIssuer";
+        assert!(unreachable_hint(wrong_ca).contains("ca.pem"));
+        let nothing = "https://127.0.0.1:50051: transport error: tcp connect error: Connection refused (os error 111)";
+        assert!(unreachable_hint(nothing).contains("start one"));
+        assert!(unreachable_hint("dns error").contains("check --coordinator"));
+    }
 }

@@ -136,7 +136,7 @@ impl Coordinator {
             self.active_tuning_jobs.fetch_sub(1, Ordering::SeqCst);
             return Err(e.into());
         }
-        info!(tuning_job = %job.name, strategy = job.strategy().unwrap_or("-"), "tuning job created");
+        info!(tuning_job = %job.name, user = %caller.user, strategy = job.strategy().unwrap_or("-"), "tuning job created");
         self.emit(Event::TuningJobCreated(job.name.clone()));
         Ok(api::CreateHyperParameterTuningJobResponse { hyper_parameter_tuning_job_arn: Some(job.arn) })
     }
@@ -271,7 +271,7 @@ impl Coordinator {
             })
             .await?;
         if changed {
-            info!(tuning_job = %name, "tuning job stopping");
+            info!(tuning_job = %name, user = %caller.user, "tuning job stopping");
         }
         self.emit(Event::TuningJobStopRequested(name));
         Ok(())
@@ -313,7 +313,7 @@ impl Coordinator {
         }
         let job = TrainingJob { owner: caller.user.clone(), ..TrainingJob::new(request, None, &self.arns, now())? };
         self.store.create_training_job(&job).await?;
-        info!(training_job = %job.name, "training job created");
+        info!(training_job = %job.name, user = %caller.user, "training job created");
         self.emit(Event::TrainingJobCreated(job.name.clone()));
         Ok(api::CreateTrainingJobResponse { training_job_arn: Some(job.arn) })
     }
@@ -372,7 +372,7 @@ impl Coordinator {
             })
             .await?;
         if changed {
-            info!(training_job = %name, "training job stopping");
+            info!(training_job = %name, user = %caller.user, "training job stopping");
         }
         self.emit(Event::TrainingJobStopRequested(name));
         Ok(())

@@ -11,6 +11,7 @@ mod config;
 mod core;
 mod events;
 mod grpc;
+mod health;
 mod liveness;
 mod sagemaker;
 mod sealing;
@@ -77,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let coordinator = Arc::new(
         core::Coordinator::start(
-            store,
+            store.clone(),
             config.catalog.clone(),
             config.limits.clone(),
             config.arns.clone(),
@@ -130,6 +131,8 @@ async fn main() -> anyhow::Result<()> {
         };
         tokio::spawn(sagemaker::serve(endpoint, address, http_tls.clone(), cancel.clone()))
     });
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(health::watch(store.clone(), health_reporter, cancel.clone()));
     let mut server = Server::builder();
     match credential {
         None => warn!(addr = %config.listen, "serving plain-text gRPC without authentication (--insecure)"),
@@ -155,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .add_service(AgentsServer::new(agent_service).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(AccessServer::new(access::AccessService { auth, events: events_tx.clone() }))
+        .add_service(health_service)
         .serve_with_shutdown(config.listen, shutdown)
         .await
         .with_context(|| format!("serving on {}", config.listen));

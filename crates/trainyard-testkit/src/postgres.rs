@@ -91,11 +91,21 @@ impl PgServer {
     /// Kills the server as a crash would (`-m immediate`: no checkpoint, connections cut) and
     /// starts it again on the same data and port; returns once it accepts connections.
     pub fn restart_immediately(&self) {
+        self.stop_immediately();
+        self.pg_start();
+    }
+
+    /// Stops the server as a crash would (`-m immediate`), until [`PgServer::start_again`].
+    pub fn stop_immediately(&self) {
         let data = self.dir.path().join("data");
         self.run_tool(
             "pg_ctl",
             &["-D".as_ref(), data.as_os_str(), "-m".as_ref(), "immediate".as_ref(), "-w".as_ref(), "stop".as_ref()],
         );
+    }
+
+    /// Starts a server stopped with [`PgServer::stop_immediately`] on the same data and port.
+    pub fn start_again(&self) {
         self.pg_start();
     }
 
