@@ -16,6 +16,17 @@ echo "score=0.$$"
 mkdir -p "$SM_MODEL_DIR"
 "#;
 
+/// What the coordinator says while its database is away: requests fail (the client is told),
+/// events and the loop's checks wait for the store to come back, pooled connections are found broken.
+const DATABASE_AWAY: &[&str] = &[
+    "terminating connection due to immediate shutdown command",
+    "error occurred while testing the connection on-release",
+    r#"request failed operation="CreateTrainingJob" error=storage unavailable"#,
+    "event not handled; catching up from the store",
+    "periodic checks failed",
+    "scheduling failed",
+];
+
 /// A small deterministic generator (xorshift), so that a failing run can be repeated from its seed.
 struct Random(u64);
 
@@ -120,14 +131,7 @@ fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice(
 fn a_postgresql_crash_under_load_loses_no_accepted_request() {
     let pg = trainyard_testkit::PgServer::start_durable();
     let c = Coordinator::start_with_database(&pg.fresh_database());
-    // What the coordinator says while its database is away: requests fail (the client is told),
-    // events wait for the store to come back, pooled connections are found broken.
-    for expected in [
-        "terminating connection due to immediate shutdown command",
-        "error occurred while testing the connection on-release",
-        r#"request failed operation="CreateTrainingJob" error=storage unavailable"#,
-        "event not handled; catching up from the store error=storage unavailable",
-    ] {
+    for expected in DATABASE_AWAY {
         c.expect_log(expected);
     }
     let template: Value =
@@ -205,14 +209,7 @@ fn a_postgresql_crash_under_load_loses_no_accepted_request() {
 fn health_follows_the_database() {
     let pg = trainyard_testkit::PgServer::start_durable();
     let c = Coordinator::start_with_database(&pg.fresh_database());
-    for expected in [
-        "health: the store does not answer",
-        "terminating connection due to immediate shutdown command",
-        "error occurred while testing the connection on-release",
-        "event not handled; catching up from the store",
-        "periodic checks failed",
-        "scheduling failed",
-    ] {
+    for expected in DATABASE_AWAY.iter().chain(&["health: the store does not answer"]) {
         c.expect_log(expected);
     }
     let health = |c: &Coordinator| c.cli(&["health"]);

@@ -45,10 +45,8 @@ impl InstanceCgroup {
     /// Creates the instance's cgroup with its limits. An earlier one of the same name (a crashed
     /// agent's) is emptied and replaced.
     pub fn create(agent: &str, job: &str, instance: u32, limits: Limits) -> Result<InstanceCgroup, String> {
-        let hierarchy = cgroups_rs::hierarchies::auto();
-        let relative = own_paths();
         let path = name(agent, job, instance);
-        let stale = Cgroup::load_with_relative_paths(cgroups_rs::hierarchies::auto(), &path, relative.clone());
+        let stale = load(&path);
         if stale.exists() {
             drop(InstanceCgroup { cgroup: stale, procs_files: Vec::new() }); // emptied and removed
         }
@@ -63,7 +61,7 @@ impl InstanceCgroup {
             resources.cpu.period = Some(CPU_PERIOD_US);
             resources.cpu.quota = Some(i64::try_from(u64::from(vcpus) * CPU_PERIOD_US).unwrap_or(i64::MAX));
         }
-        let cgroup = Cgroup::new_with_relative_paths(hierarchy, &path, relative)
+        let cgroup = Cgroup::new_with_relative_paths(cgroups_rs::hierarchies::auto(), &path, own_paths())
             .map_err(|e| format!("creating cgroup {path}: {e}"))?;
         if let Err(e) = cgroup.apply(&resources) {
             drop(InstanceCgroup { cgroup, procs_files: Vec::new() }); // removed
@@ -199,6 +197,11 @@ pub fn agent_cgroup_name(id: &str, work_root: &std::path::Path) -> String {
     format!("{id}-{:08x}", hash as u32)
 }
 
+/// A handle on the cgroup at `path` under the agent's own (it may not exist yet).
+fn load(path: &str) -> Cgroup {
+    Cgroup::load_with_relative_paths(cgroups_rs::hierarchies::auto(), path, own_paths())
+}
+
 /// The agent's own cgroup in each v1 hierarchy (controller → path), under which instances' go.
 fn own_paths() -> HashMap<String, String> {
     cgroups_rs::cgroup::get_cgroups_relative_paths().unwrap_or_default()
@@ -206,9 +209,7 @@ fn own_paths() -> HashMap<String, String> {
 
 /// Removes the agent's parent cgroup, at shutdown (its instances' are gone by then).
 pub fn remove_agent_cgroup(agent: &str) {
-    let _ =
-        Cgroup::load_with_relative_paths(cgroups_rs::hierarchies::auto(), format!("trainyard-{agent}"), own_paths())
-            .delete();
+    let _ = load(&format!("trainyard-{agent}")).delete();
 }
 
 /// Whether this agent can give instances cgroups: `Err` says why not.
@@ -219,12 +220,12 @@ pub fn available(agent: &str) -> Result<(), String> {
     }
     // Instances of an earlier run of this agent (it crashed): what is left of them is killed.
     let parent = format!("trainyard-{agent}");
-    let probe = Cgroup::load_with_relative_paths(cgroups_rs::hierarchies::auto(), &parent, own_paths());
+    let probe = load(&parent);
     let listed = probe.subsystems().first().map(|s| s.to_controller().path().to_path_buf());
     for entry in listed.and_then(|dir| std::fs::read_dir(dir).ok()).into_iter().flatten().flatten() {
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             let path = format!("{parent}/{}", entry.file_name().to_string_lossy());
-            let stale = Cgroup::load_with_relative_paths(cgroups_rs::hierarchies::auto(), &path, own_paths());
+            let stale = load(&path);
             tracing::info!(cgroup = %path, left = stale.procs().len(), "removing an earlier run's instance cgroup");
             drop(InstanceCgroup { cgroup: stale, procs_files: Vec::new() });
         }

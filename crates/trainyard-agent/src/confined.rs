@@ -23,6 +23,15 @@ fn resolve() -> ResolveFlags {
     ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
 }
 
+/// Refuses anything but a regular file (a FIFO would block the agent, a device is not data).
+fn regular_only(fd: &OwnedFd, relative: &Path) -> io::Result<()> {
+    if FileType::from_raw_mode(rustix::fs::fstat(fd)?.st_mode) != FileType::RegularFile {
+        let message = format!("{} is not a regular file", relative.display());
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, message));
+    }
+    Ok(())
+}
+
 /// A directory a job can write to, opened by the agent.
 pub struct Confined {
     root: OwnedFd,
@@ -64,12 +73,7 @@ impl Confined {
     /// way, a FIFO, a directory) is an error.
     pub fn open_file(&self, relative: &Path) -> io::Result<File> {
         let fd = self.open_at(relative, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK, Mode::empty())?;
-        if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is not a regular file", relative.display()),
-            ));
-        }
+        regular_only(&fd, relative)?;
         // Reads of a regular file never block; clear O_NONBLOCK anyway for the readers' sake.
         rustix::fs::fcntl_setfl(&fd, OFlags::empty())?;
         Ok(File::from(fd))
@@ -79,12 +83,7 @@ impl Confined {
     pub fn append(&self, relative: &Path) -> io::Result<File> {
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::NONBLOCK;
         let fd = self.open_at(relative, flags, Mode::from_raw_mode(0o644))?;
-        if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is not a regular file", relative.display()),
-            ));
-        }
+        regular_only(&fd, relative)?;
         Ok(File::from(fd))
     }
 

@@ -204,11 +204,8 @@ fn grpc_tls(credential: trainyard_pki::Credential) -> ServerTlsConfig {
         .client_ca_root(Certificate::from_pem(credential.ca_pem))
         .client_auth_optional(true)
         // A connection that never completes its handshake is closed, not kept forever.
-        .timeout(TLS_HANDSHAKE_TIMEOUT)
+        .timeout(sagemaker::HANDSHAKE_TIMEOUT)
 }
-
-/// How long a client has to complete its TLS handshake, on every listener.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// TLS for the SageMaker-compatible endpoint (HTTP/1.1; SigV4 authenticates the requests).
 fn http_tls(credential: &trainyard_pki::Credential) -> anyhow::Result<Arc<rustls::ServerConfig>> {

@@ -58,8 +58,9 @@ struct TlsListener {
     local: SocketAddr,
 }
 
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A client that has not finished its TLS handshake by then is dropped, on every listener (the
+/// gRPC one too).
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl TlsListener {
     fn start(listener: tokio::net::TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
