@@ -64,6 +64,8 @@ pub struct Coordinator {
     agent_checks: Mutex<HashMap<String, Arc<LogCheck>>>,
     /// The throwaway PostgreSQL server of [`Coordinator::start_on`], stopped after the daemon.
     _postgres: Option<PgServer>,
+    /// Training programs ([`Coordinator::install_program`]).
+    programs: TempDir,
     /// Dropped last: the daemons' logs, read when they are dropped, live here.
     pub dir: TempDir,
 }
@@ -75,10 +77,26 @@ impl Drop for Coordinator {
     }
 }
 
+fn coordinator_dir() -> TempDir {
+    tempfile::Builder::new().prefix("trainyard-e2e-").tempdir().expect("temp dir")
+}
+
+/// Where a test's training programs live: readable and executable by every user (instances run as
+/// uids of their own), as deployed programs are, and outside /tmp, which instances see a private
+/// one of.
+fn programs_dir() -> TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = repo_root().join("target/e2e-programs");
+    std::fs::create_dir_all(&parent).expect("programs dir");
+    let dir = tempfile::Builder::new().prefix("programs-").tempdir_in(&parent).expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
 impl Coordinator {
     /// On SQLite in a fresh data dir.
     pub fn start() -> Coordinator {
-        let dir = tempfile::Builder::new().prefix("trainyard-e2e-").tempdir().expect("temp dir");
+        let dir = coordinator_dir();
         Self::start_in(dir, None)
     }
 
@@ -97,7 +115,7 @@ impl Coordinator {
 
     /// On the given database (e.g. a throwaway PostgreSQL).
     pub fn start_with_database(url: &str) -> Coordinator {
-        let dir = tempfile::Builder::new().prefix("trainyard-e2e-").tempdir().expect("temp dir");
+        let dir = coordinator_dir();
         Self::start_in(dir, Some(url.to_string()))
     }
 
@@ -127,7 +145,7 @@ impl Coordinator {
 
     /// `database`: a URL, or None for SQLite in the data dir (named by flag).
     fn start_listening(host: &str, database: Option<String>, args: &[&str]) -> Coordinator {
-        let dir = tempfile::Builder::new().prefix("trainyard-e2e-").tempdir().expect("temp dir");
+        let dir = coordinator_dir();
         let port = free_port();
         let address = format!("127.0.0.1:{port}");
         let listen = format!("{host}:{port}");
@@ -150,6 +168,7 @@ impl Coordinator {
             log_check,
             agent_checks: Mutex::default(),
             _postgres: None,
+            programs: programs_dir(),
         };
         c.wait_ready();
         c.make_tokens();
@@ -174,6 +193,7 @@ impl Coordinator {
             log_check,
             agent_checks: Mutex::default(),
             _postgres: None,
+            programs: programs_dir(),
         };
         c.wait_ready();
         c.make_tokens();
@@ -351,14 +371,30 @@ impl Coordinator {
         path
     }
 
-    /// Writes an executable program into this coordinator's temp dir, once, and returns its path.
+    /// Where training programs go: every user may read and run what is in it.
+    pub fn programs_dir(&self) -> &Path {
+        self.programs.path()
+    }
+
+    /// An empty file every job may append to (jobs run as uids of their own, and see a /tmp of
+    /// their own): how a test's programs tell it what they did.
+    pub fn shared_file(&self, name: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.programs.path().join(name);
+        std::fs::write(&path, "").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        path
+    }
+
+    /// Writes an executable program into this test's programs dir, once, and returns its path.
     /// Written under another name and renamed: rewriting a program while an agent starts it would
     /// make that start fail with "text file busy".
     pub fn install_program(&self, name: &str, text: &str) -> String {
         use std::os::unix::fs::PermissionsExt;
-        let path = self.dir.path().join(name);
+        let path = self.programs.path().join(name);
         if !path.exists() {
-            let staging = self.write(&format!("{name}.new"), text);
+            let staging = self.programs.path().join(format!("{name}.new"));
+            std::fs::write(&staging, text).expect("write");
             std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).expect("chmod");
             std::fs::rename(&staging, &path).expect("rename");
         }

@@ -2,7 +2,6 @@
 //! of two GPUs, loaded through nvml-wrapper), real training processes, driven through the CLI.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -308,13 +307,12 @@ fn pipe_mode_and_jobs_that_no_agent_can_hold() {
     agent.expect_log("pipe channel ended early fifo=");
 
     // Pipe mode: the channel is a FIFO `<channel>_0` the program reads to its end.
-    let reader = c.write(
+    let reader = c.install_program(
         "pipe_reader.sh",
         "#!/bin/sh\nlines=$(wc -l < \"$SM_INPUT_DATA_DIR/train_0\")\necho \"pipe_lines=$lines\"\nmkdir -p \"$SM_MODEL_DIR\"\n",
     );
-    std::fs::set_permissions(&reader, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut piped = training_request(&c, "piped", json!({}), 600);
-    piped["AlgorithmSpecification"]["TrainingImage"] = json!(reader.display().to_string());
+    piped["AlgorithmSpecification"]["TrainingImage"] = json!(reader);
     piped["AlgorithmSpecification"]["TrainingInputMode"] = json!("Pipe");
     submit(&c, "training-jobs", "piped", &piped);
     let done = c.wait_json(&["training-jobs", "describe", "piped"], |d| d["TrainingJobStatus"] != "InProgress");
@@ -639,13 +637,12 @@ fn a_two_instance_job_runs_on_two_agents_with_sharded_data() {
     for i in 0..6 {
         std::fs::write(shards.join(format!("part-{i}.csv")), format!("{i}\n")).expect("write");
     }
-    let lister = c.write(
+    let lister = c.install_program(
         "lister.sh",
         "#!/bin/sh\necho \"host=$SM_CURRENT_HOST hosts=$SM_HOSTS files=$(ls \"$SM_CHANNEL_TRAIN\" | sort | tr '\\n' ',')\"\nmkdir -p \"$SM_MODEL_DIR\"\n",
     );
-    std::fs::set_permissions(&lister, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut request = training_request(&c, "pair", json!({}), 600);
-    request["AlgorithmSpecification"]["TrainingImage"] = json!(lister.display().to_string());
+    request["AlgorithmSpecification"]["TrainingImage"] = json!(lister);
     request["ResourceConfig"]["InstanceCount"] = json!(2);
     request["InputDataConfig"] = json!([{
         "ChannelName": "train",
@@ -679,16 +676,15 @@ fn programs_with_hard_coded_opt_ml_paths_run_unchanged_and_apart() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (mount namespaces), as CI has");
     let c = Coordinator::start();
     let _agent = c.start_agent("optml", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
-    let program = c.write(
+    let program = c.install_program(
         "hardcoded.sh",
         "#!/bin/sh\nset -e\ncp /opt/ml/input/config/hyperparameters.json /opt/ml/model/seen.json\n\
          echo \"$TRAINING_JOB_NAME\" > /opt/ml/model/owner.txt\nsleep 1\n\
          echo \"base=$SAGEMAKER_BASE_DIR model=$SM_MODEL_DIR pwd=$(pwd) train=$(ls /opt/ml/input/data/train) owner=$(cat /opt/ml/model/owner.txt)\"\n",
     );
-    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     for name in ["opt-a", "opt-b"] {
         let mut request = training_request(&c, name, json!({"who": name}), 600);
-        request["AlgorithmSpecification"]["TrainingImage"] = json!(program.display().to_string());
+        request["AlgorithmSpecification"]["TrainingImage"] = json!(program);
         submit(&c, "training-jobs", name, &request);
     }
     for name in ["opt-a", "opt-b"] {

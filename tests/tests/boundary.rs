@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use trainyard_e2e::{Coordinator, example};
+use trainyard_testkit::wait_until;
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/TrainyardExecution";
 
@@ -15,12 +16,12 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// A coordinator whose one role runs jobs as `nobody`, reading the examples and writing outputs.
+/// A coordinator with one role, reading the examples and writing outputs.
 fn with_role() -> (Coordinator, tempfile::TempDir) {
     let config_dir = tempfile::tempdir().expect("dir");
     let config = config_dir.path().join("coordinator.toml");
     let role = format!(
-        "[[roles]]\narn = \"{ROLE}\"\nuser = \"nobody\"\nread = [\"s3://trainyard-examples/\"]\n\
+        "[[roles]]\narn = \"{ROLE}\"\nread = [\"s3://trainyard-examples/\"]\n\
          write = [\"s3://trainyard-output/\"]\nusers = [\"ana\"]\n"
     );
     std::fs::write(&config, role).expect("write");
@@ -62,17 +63,13 @@ fn links_a_job_plants_are_never_followed_by_the_agent() {
     let victim = host.path().join("victim.conf");
     std::fs::write(&victim, "untouched\n").expect("write");
 
-    let programs = tempfile::Builder::new().prefix("trainyard-programs-").tempdir().expect("dir");
-    std::fs::set_permissions(programs.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    let program = programs.path().join("planter.sh");
-    std::fs::write(&program, PLANTER).expect("write");
-    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let program = c.install_program("planter.sh", PLANTER);
 
     let mut r: Value =
         serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
     r["TrainingJobName"] = json!("planter");
     r["RoleArn"] = json!(ROLE);
-    r["AlgorithmSpecification"]["TrainingImage"] = json!(path(&program));
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
     r["OutputDataConfig"]["S3OutputPath"] = json!("s3://trainyard-output/models/");
     r["CheckpointConfig"] = json!({"S3Uri": "s3://trainyard-output/checkpoints/planter/"});
     r["Environment"] = json!({"SECRET": path(&secret), "VICTIM": path(&victim)});
@@ -330,4 +327,167 @@ fn nothing_a_job_starts_outlives_it_and_its_memory_is_its_instance_types() {
     let reason = done["FailureReason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("OutOfMemoryError") && reason.contains("128 MiB"), "{reason}");
     assert!(!c.logs("hog").contains("survived"));
+}
+
+/// Holds a secret in its environment, its work dir, /tmp and /dev/shm, says so, and waits.
+const SECRET_HOLDER: &str = r#"#!/usr/bin/env python3
+import os, time
+secret = os.environ["HOLDER_SECRET"]
+for path in ["/tmp/holder-secret", "/dev/shm/holder-secret", os.environ["SM_MODEL_DIR"] + "/holder-secret"]:
+    with open(path, "w") as f:
+        f.write(secret)
+    os.chmod(path, 0o644)
+print(f"holding uid={os.getuid()}", flush=True)
+time.sleep(120)
+"#;
+
+/// Tries every way into another job it knows of, and says what worked (LEAK ...) and who it is.
+const PROBE: &str = r#"#!/usr/bin/env python3
+import os, signal
+me = os.getpid()
+secret = b"holder-" + b"secret-4d1c"
+print(f"probing uid={os.getuid()} gid={os.getgid()}", flush=True)
+for path in ["/tmp/holder-secret", "/dev/shm/holder-secret"]:
+    if os.path.exists(path):
+        print(f"LEAK {path} exists", flush=True)
+signalled = 0
+for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            if secret in f.read():
+                print(f"LEAK environ of {pid}", flush=True)
+    except OSError:
+        pass
+    try:
+        for name in os.listdir(f"/proc/{pid}/root/opt/ml/model"):
+            if name == "holder-secret":
+                print(f"LEAK /opt/ml of {pid}", flush=True)
+    except OSError:
+        pass
+    if pid != me:
+        try:
+            os.kill(pid, 0)
+            signalled += 1
+            print(f"may signal {pid}: {open(f'/proc/{pid}/cmdline', 'rb').read()!r}", flush=True)
+        except OSError:
+            pass
+print(f"probe done, may signal {signalled} other processes", flush=True)
+"#;
+
+#[test]
+fn concurrent_jobs_share_no_uid_and_none_runs_as_root() {
+    // No roles configured: the default a scheduler of other people's code starts with.
+    let c = Coordinator::start();
+    let _agent = c.start_agent("uids", &["--advertise-vcpus", "8"], &[]);
+    let request = |name: &str, program: &str, environment: Value| {
+        let mut r: Value =
+            serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+        r["TrainingJobName"] = json!(name);
+        r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+        r["Environment"] = environment;
+        c.write(&format!("{name}.json"), &r.to_string())
+    };
+    let holder = c.install_program("holder.py", SECRET_HOLDER);
+    let file = request("holder", &holder, json!({"HOLDER_SECRET": "holder-secret-4d1c"}));
+    c.cli(&["training-jobs", "create", "--file", path(&file)]).assert_success();
+    assert!(
+        wait_until(Duration::from_secs(30), || c.logs("holder").contains("holding uid=")),
+        "the holder did not start: {}\n{:#}",
+        c.logs("holder"),
+        c.json(&["training-jobs", "describe", "holder"])
+    );
+
+    let probe = c.install_program("probe.py", PROBE);
+    c.cli(&["training-jobs", "create", "--file", path(&request("probe", &probe, json!({})))]).assert_success();
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "probe"], |d| {
+        d["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    let probed = c.logs("probe");
+    assert!(probed.contains("probe done, may signal 0 other processes"), "{probed}");
+    assert!(!probed.contains("LEAK"), "{probed}");
+
+    let uid_of = |logs: &str, prefix: &str| -> u32 {
+        logs.split(prefix)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|u| u.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {logs}"))
+    };
+    let (holder_uid, probe_uid) = (uid_of(&c.logs("holder"), "holding uid="), uid_of(&probed, "probing uid="));
+    assert_ne!(holder_uid, probe_uid);
+    for uid in [holder_uid, probe_uid] {
+        assert!((61184..=65519).contains(&uid), "uid {uid} is from the agent's range, never root");
+    }
+    assert!(probed.contains(&format!("gid={probe_uid}")), "a group of its own: {probed}");
+
+    // The holder was never disturbed; stopped, nothing of its uid is left on the host.
+    let holder_state = c.json(&["training-jobs", "describe", "holder"]);
+    assert_eq!(holder_state["TrainingJobStatus"], "InProgress", "{holder_state:#}");
+    c.cli(&["training-jobs", "stop", "holder"]).assert_success();
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "holder"], |d| {
+        d["TrainingJobStatus"] != "InProgress" && d["TrainingJobStatus"] != "Stopping"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Stopped", "{done:#}");
+    assert!(!std::path::Path::new("/tmp/holder-secret").exists(), "its /tmp was its own");
+    assert!(!std::path::Path::new("/dev/shm/holder-secret").exists(), "its /dev/shm was its own");
+    let processes_of_uid = |uid: u32| {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|p| std::fs::read_to_string(p.path().join("status")).ok())
+            .filter(|s| {
+                s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(&uid.to_string()))
+            })
+            .count()
+    };
+    assert_eq!(processes_of_uid(holder_uid), 0);
+}
+
+/// Says which file it was given, whose it is, and whether it could change it.
+const INPUT_READER: &str = r#"#!/bin/sh
+f=$(find "$SM_CHANNEL_TRAIN" -type f | sort | head -n 1)
+echo "input inode=$(stat -c %i "$f") owner=$(stat -c %u "$f") mode=$(stat -c %a "$f") me=$(id -u)"
+if (echo tampered >> "$f") 2> /dev/null; then echo "TAMPERED"; fi
+if chmod 666 "$f" 2> /dev/null; then echo "TAMPERED mode"; fi
+mkdir -p "$SM_MODEL_DIR"
+"#;
+
+#[test]
+fn staged_inputs_are_one_read_only_copy_shared_between_trials() {
+    let c = Coordinator::start();
+    let _agent = c.start_agent("cache", &["--advertise-vcpus", "8"], &[]);
+    let reader = c.install_program("input-reader.sh", INPUT_READER);
+    let source: Vec<(std::path::PathBuf, Vec<u8>)> =
+        std::fs::read_dir(trainyard_e2e::repo_root().join("deploy/examples/data/blobs/train"))
+            .expect("examples")
+            .flatten()
+            .filter(|e| e.path().is_file())
+            .map(|e| (e.path(), std::fs::read(e.path()).expect("read")))
+            .collect();
+    let mut seen = Vec::new();
+    for name in ["reader-a", "reader-b"] {
+        let mut r: Value =
+            serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+        r["TrainingJobName"] = json!(name);
+        r["AlgorithmSpecification"]["TrainingImage"] = json!(reader);
+        let file = c.write(&format!("{name}.json"), &r.to_string());
+        c.cli(&["training-jobs", "create", "--file", path(&file)]).assert_success();
+        let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", name], |d| {
+            d["TrainingJobStatus"] != "InProgress"
+        });
+        assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+        let logs = c.logs(name);
+        assert!(!logs.contains("TAMPERED"), "{logs}");
+        let line = logs.lines().find(|l| l.contains("input inode=")).unwrap_or_else(|| panic!("{logs}")).to_string();
+        assert!(line.contains("owner=0 mode=644"), "root's and read-only: {line}");
+        seen.push(line.split_whitespace().find(|w| w.starts_with("inode=")).map(str::to_string));
+    }
+    assert_eq!(seen[0], seen[1], "both trials read the one cached copy");
+    let objects = c.dir.path().join("agents/cache/cache/objects");
+    assert!(std::fs::read_dir(&objects).expect("cache").count() > 0, "{}", objects.display());
+    for (path, bytes) in source {
+        assert_eq!(std::fs::read(&path).expect("read"), bytes, "{} unchanged", path.display());
+    }
 }

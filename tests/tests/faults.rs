@@ -45,7 +45,7 @@ fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice(
     const TRIALS: u64 = 300;
     let mut c = Coordinator::start_on(backend);
     let program = c.install_program("trial.sh", PROGRAM);
-    let runs = c.dir.path().join("runs.log");
+    let runs = c.shared_file("runs.log");
     let agents: Vec<_> =
         (1..=3).map(|i| c.start_agent(&format!("host-{i}"), &["--advertise-vcpus", "8"], &[])).collect();
     for agent in &agents {

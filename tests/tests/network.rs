@@ -449,7 +449,7 @@ fn a_partitioned_agent_stops_its_work_before_a_retry_runs_elsewhere() {
     c.expect_log("agent lost: no heartbeat agent=host-a");
     let ticker = c.install_program("ticker.py", TICKER);
     let request = |name: &str, seconds: &str| {
-        let ticks = c.dir.path().join(format!("{name}.ticks"));
+        let ticks = c.shared_file(&format!("{name}.ticks"));
         let mut r = job(&c, name, 1, json!({"seconds": seconds, "ticks": ticks.display().to_string()}));
         r["AlgorithmSpecification"]["TrainingImage"] = json!(ticker);
         r["RetryStrategy"] = json!({"MaximumRetryAttempts": 1});

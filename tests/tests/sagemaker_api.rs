@@ -117,6 +117,8 @@ fn boto3_drives_the_coordinator_through_the_sagemaker_api(backend: Backend) {
     let mut tuning: Value =
         serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
     tuning["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] = json!(trainer);
+    // Slow enough trials that the tuning job is still running when the script stops it.
+    tuning["TrainingJobDefinition"]["StaticHyperParameters"]["epoch_seconds"] = json!("0.2");
     let mut training: Value =
         serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
     training["AlgorithmSpecification"]["TrainingImage"] = json!(trainer);

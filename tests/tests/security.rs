@@ -341,7 +341,7 @@ fn plain_text_is_only_for_loopback_and_needs_no_tokens() {
 }
 
 #[test]
-fn execution_roles_decide_the_user_and_what_a_job_may_reach() {
+fn execution_roles_decide_what_a_job_may_reach_and_add_their_group() {
     let config_dir = tempfile::tempdir().expect("dir");
     let config = config_dir.path().join("coordinator.toml");
     std::fs::write(
@@ -350,46 +350,48 @@ fn execution_roles_decide_the_user_and_what_a_job_may_reach() {
 [[roles]]
 arn = "arn:aws:iam::123456789012:role/TrainyardExecution"
 user = "nobody"
+group = "nogroup"
 read = ["s3://trainyard-examples/blobs"]
 write = ["s3://trainyard-output/"]
 "#,
     )
     .expect("write");
     let c = Coordinator::start_with_args(&["--config", path(&config)]);
+    c.expect_log("the role's `user` is no longer used");
     let _agent = c.start_agent("worker", &["--advertise-vcpus", "8"], &[]);
 
-    // The program lives where the role's user can read it, as it would in a shared software dir.
-    let programs = tempfile::Builder::new().prefix("trainyard-programs-").tempdir().expect("dir");
-    std::fs::set_permissions(programs.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    let program = programs.path().join("whoami.sh");
-    std::fs::write(
-        &program,
-        "#!/bin/sh\necho \"uid=$(id -u) gid=$(id -g) join=${TRAINYARD_JOIN_TOKEN:-none}\"\n\
+    let program = c.install_program(
+        "whoami.sh",
+        "#!/bin/sh\necho \"uid=$(id -u) gid=$(id -g) groups=$(id -G | tr ' ' ,) join=${TRAINYARD_JOIN_TOKEN:-none}\"\n\
          cat \"$SM_CHANNEL_TRAIN\"/* > /dev/null && echo data-readable\n\
          mkdir -p \"$SM_MODEL_DIR\" && echo trained > \"$SM_MODEL_DIR/model.txt\"\n",
-    )
-    .expect("write");
-    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    );
     let request = |name: &str, role: &str, output: &str| {
         let mut r: Value =
             serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
         r["TrainingJobName"] = json!(name);
         r["RoleArn"] = json!(role);
-        r["AlgorithmSpecification"]["TrainingImage"] = json!(path(&program));
+        r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
         r["OutputDataConfig"]["S3OutputPath"] = json!(output);
         c.write(&format!("{name}.json"), &r.to_string())
     };
     let role = "arn:aws:iam::123456789012:role/TrainyardExecution";
 
-    // Inside its role: runs as the role's user (not root), reads its data, writes its model.
+    // Inside its role: runs as a uid of its own (not root, not the `user` the configuration still
+    // names), with its own group and the role's; reads its data, writes its model.
     c.cli(&["training-jobs", "create", "--file", path(&request("as-nobody", role, "s3://trainyard-output/r/"))])
         .assert_success();
     let done = c.wait_json(&["training-jobs", "describe", "as-nobody"], |d| d["TrainingJobStatus"] != "InProgress");
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs("as-nobody"));
     let logs = c.logs("as-nobody");
-    let nobody = Command::new("id").args(["-u", "nobody"]).output().expect("id");
-    let nobody_uid = String::from_utf8_lossy(&nobody.stdout).trim().to_string();
-    assert!(logs.contains(&format!("uid={nobody_uid} ")), "{logs}");
+    let uid: u32 = logs
+        .split("uid=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("no uid in {logs}"));
+    assert!((61184..=65519).contains(&uid), "a uid of the agent's range: {logs}");
+    assert!(logs.contains(&format!("gid={uid} groups={uid},65534 ")), "its own group and the role's (nogroup): {logs}");
     assert!(logs.contains("join=none"), "the agent's own secrets do not reach the job: {logs}");
     assert!(logs.contains("data-readable"), "{logs}");
     assert!(c.output_dir().join("r/as-nobody/output/model.tar.gz").is_file());

@@ -29,7 +29,7 @@ fn the_sagemaker_training_toolkit_runs_user_scripts_unchanged() {
     let venv = trainyard_testkit::s3::venv_with("sagemaker-training", &["sagemaker-training"], "bin/train");
     let c = Coordinator::start();
     let _agent = c.start_agent("toolkit", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
-    let code = c.dir.path().join("user-code");
+    let code = c.programs_dir().join("user-code");
     std::fs::create_dir_all(&code).expect("dir");
     std::fs::write(code.join("entry.py"), ENTRY_POINT).expect("write");
     std::fs::set_permissions(code.join("entry.py"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -59,8 +59,14 @@ fn the_sagemaker_training_toolkit_runs_user_scripts_unchanged() {
         d["HyperParameterTuningJobStatus"] != "InProgress"
     });
     assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
-    assert_eq!(done["TrainingJobStatusCounters"]["Completed"], 4, "{done:#}");
     let trials = c.json(&["tuning-jobs", "trials", "toolkit"]);
+    let reasons: Vec<String> = trials["TrainingJobSummaries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["FailureReason"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(done["TrainingJobStatusCounters"]["Completed"], 4, "{done:#}\nfailures: {reasons:#?}");
     let best = trials["TrainingJobSummaries"]
         .as_array()
         .expect("trials")

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::network::plan::Net;
 use crate::storage::S3Settings;
+use crate::uids::UidRange;
 use std::net::SocketAddr;
 
 #[derive(Debug, Parser)]
@@ -54,6 +55,22 @@ pub struct Flags {
     /// Processes and threads one instance may have at most (its cgroup's pids limit).
     #[arg(long, env = "TRAINYARD_INSTANCE_PIDS_MAX")]
     pub instance_pids_max: Option<u32>,
+    /// The uids instances run as, one each while it runs (FIRST-LAST; default 61184-65519, systemd's
+    /// dynamic range). Each instance's gid is its uid.
+    #[arg(long, env = "TRAINYARD_INSTANCE_UIDS")]
+    pub instance_uids: Option<String>,
+    /// Where every agent on this host locks the uids it hands out (one directory per host).
+    #[arg(long, env = "TRAINYARD_UID_LOCKS")]
+    pub uid_locks: Option<PathBuf>,
+    /// Run instances as the agent's own user instead of a uid each: as root, jobs then run as
+    /// root and share everything. For single-user development machines only.
+    #[arg(long)]
+    pub jobs_run_as_agent_user: bool,
+    /// Staged inputs are kept once per version in WORK_ROOT/cache, read-only, and linked into
+    /// every instance that reads them; objects no instance uses are removed beyond this size
+    /// (MiB; default 20480; 0: no cache, every instance gets copies).
+    #[arg(long, env = "TRAINYARD_INPUT_CACHE_MIB")]
+    pub input_cache_mib: Option<u64>,
     /// vCPUs to offer instead of the host's count (to oversubscribe a development machine).
     #[arg(long)]
     pub advertise_vcpus: Option<u32>,
@@ -115,6 +132,10 @@ struct FileConfig {
     stop_grace_seconds: Option<u64>,
     keep_failed_work_dirs_seconds: Option<u64>,
     instance_pids_max: Option<u32>,
+    instance_uids: Option<String>,
+    input_cache_mib: Option<u64>,
+    uid_locks: Option<PathBuf>,
+    jobs_run_as_agent_user: Option<bool>,
     advertise_vcpus: Option<u32>,
     advertise_memory_mib: Option<u64>,
     log_format: Option<String>,
@@ -151,6 +172,10 @@ pub struct Config {
     pub stop_grace: Duration,
     pub keep_failed_work_dirs: Duration,
     pub instance_pids_max: u32,
+    pub instance_uids: UidRange,
+    pub input_cache_mib: u64,
+    pub uid_locks: PathBuf,
+    pub jobs_run_as_agent_user: bool,
     pub advertise_vcpus: Option<u32>,
     pub advertise_memory_mib: Option<u64>,
     pub buckets: BTreeMap<String, PathBuf>,
@@ -204,6 +229,13 @@ impl Config {
                 .instance_pids_max
                 .or(file.instance_pids_max)
                 .unwrap_or(crate::cgroup::DEFAULT_PIDS),
+            instance_uids: UidRange::parse(
+                flags.instance_uids.or(file.instance_uids).as_deref().unwrap_or(crate::uids::DEFAULT_RANGE),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
+            input_cache_mib: flags.input_cache_mib.or(file.input_cache_mib).unwrap_or(20_480),
+            uid_locks: flags.uid_locks.or(file.uid_locks).unwrap_or_else(|| PathBuf::from("/run/trainyard/uids")),
+            jobs_run_as_agent_user: flags.jobs_run_as_agent_user || file.jobs_run_as_agent_user == Some(true),
             keep_failed_work_dirs: Duration::from_secs(
                 flags.keep_failed_work_dirs_seconds.or(file.keep_failed_work_dirs_seconds).unwrap_or(86_400),
             ),

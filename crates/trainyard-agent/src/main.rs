@@ -4,6 +4,7 @@
 //! that happened meanwhile is lost. An instance's final state is re-sent until the coordinator says
 //! it has stored it (`ForgetInstance`).
 
+mod cache;
 mod cgroup;
 mod config;
 mod confined;
@@ -13,6 +14,7 @@ mod inventory;
 mod network;
 mod runner;
 mod storage;
+mod uids;
 mod users;
 mod workdirs;
 
@@ -150,6 +152,30 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
+    // Each instance runs as a uid of its own, unless the operator says otherwise.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let uids = if config.jobs_run_as_agent_user {
+        warn!(
+            root,
+            "--jobs-run-as-agent-user: instances run as the agent's user and share it (and everything it may reach) with each other"
+        );
+        None
+    } else if !root {
+        warn!("the agent is not root: instances run as its user and share it with each other");
+        None
+    } else {
+        let pool = uids::UidPool::new(config.instance_uids, &config.uid_locks).map_err(anyhow::Error::msg)?;
+        info!(uids = %config.instance_uids, locks = %config.uid_locks.display(), "each instance runs as a uid of its own");
+        Some(Arc::new(pool))
+    };
+    let input_cache = match config.input_cache_mib {
+        0 => None,
+        mib => Some(
+            cache::InputCache::open(&config.work_root.join("cache"), mib * 1024 * 1024)
+                .context("opening the input cache")?,
+        ),
+    };
     let forwarder = Arc::new(network::forwarder::Forwarder::default());
     let mut peer_port = 0;
     if network.is_some() {
@@ -163,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Arc::new(Settings {
         opt_ml,
         work_root: config.work_root.clone(),
-        storage: storage::Storage::new(config.buckets.clone(), config.s3.clone()),
+        storage: storage::Storage::new(config.buckets.clone(), config.s3.clone(), input_cache),
         stop_grace: config.stop_grace,
         vcpus,
         network,
@@ -171,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
         vpc_networks: config.vpc_networks.clone(),
         cgroups,
         pids_max: config.instance_pids_max,
+        uids,
     });
     let agent = Arc::new(Agent {
         config,
@@ -407,8 +434,8 @@ async fn start_instance(agent: &Arc<Agent>, a: pb::Assignment) {
         memory_mib: a.memory_mib,
         vcpus: a.vcpus,
     };
-    let user = spec.run_as.as_ref().map(|r| r.user.as_str()).unwrap_or("(the agent's)");
-    info!(job = %spec.job, instance = spec.instance, gpus = ?spec.gpu_uuids, user, "starting instance");
+    let role_group = spec.run_as.as_ref().map(|r| r.group.as_str()).filter(|g| !g.is_empty()).unwrap_or("(none)");
+    info!(job = %spec.job, instance = spec.instance, gpus = ?spec.gpu_uuids, role_group, "starting instance");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let forwarder = {
         let agent = agent.clone();

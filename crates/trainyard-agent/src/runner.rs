@@ -92,6 +92,8 @@ pub struct Settings {
     pub cgroups: Option<String>,
     /// Processes and threads an instance may have at most.
     pub pids_max: u32,
+    /// Set when each instance runs as a uid of its own (root); else as the agent's user.
+    pub uids: Option<Arc<crate::uids::UidPool>>,
 }
 
 pub fn now_millis() -> i64 {
@@ -246,7 +248,8 @@ async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| io("clearing the work dir", e))?;
     }
-    for sub in ["input/config", "input/data", "model", "output/data", "output/intermediate", "checkpoints"] {
+    for sub in ["input/config", "input/data", "model", "output/data", "output/intermediate", "checkpoints", PRIVATE_TMP]
+    {
         std::fs::create_dir_all(dir.join(sub)).map_err(|e| io("creating the work dir", e))?;
     }
     // Its job's user's alone (given to the role's user before the program starts).
@@ -533,20 +536,36 @@ async fn execute(
         .filter_map(|d| Some((d.name?, Regex::new(&d.regex?).ok()?)))
         .collect();
 
-    // The execution role's user owns the work dir and runs the program.
-    let user = match &spec.run_as {
-        Some(r) => match crate::users::resolve(&r.user, Some(r.group.as_str()).filter(|g| !g.is_empty())) {
-            Ok(user) => match crate::users::give_tree(dir, &user) {
-                Ok(()) => Some(user),
-                Err(e) => {
-                    let failure = Some(format!("giving the work dir to {}: {e}", user.name));
-                    return Outcome { state: InstanceState::Failed, failure, exit_code: None };
-                }
+    // A uid of its own owns the work dir and runs the program; the role's group, if it names one,
+    // is added to the instance's own group.
+    let mut lease = None;
+    let mut identity = None;
+    if let Some(pool) = &settings.uids {
+        let groups = match spec.run_as.as_ref().map(|r| r.group.as_str()).filter(|g| !g.is_empty()) {
+            Some(group) => match crate::users::role_group(group) {
+                Ok(gid) => vec![gid],
+                Err(reason) => return Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
             },
-            Err(reason) => return Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
-        },
-        None => None,
-    };
+            None => Vec::new(),
+        };
+        let held = match pool.lease() {
+            Ok(held) => held,
+            Err(reason) => {
+                let failure = Some(format!("InternalServerError: {reason}"));
+                return Outcome { state: InstanceState::Failed, failure, exit_code: None };
+            }
+        };
+        let uid = held.uid;
+        info!(job = %spec.job, instance = spec.instance, uid, "the instance runs as a uid of its own");
+        lease = Some(HeldUid { lease: held, dir: dir.to_path_buf() });
+        if let Err(e) = crate::users::give_tree(dir, uid, uid) {
+            let failure = Some(format!("giving the work dir to uid {uid}: {e}"));
+            return Outcome { state: InstanceState::Failed, failure, exit_code: None };
+        }
+        let mut all_groups = vec![uid];
+        all_groups.extend(groups);
+        identity = Some((uid, all_groups));
+    }
 
     let mut cmd = Command::new(&argv[0]);
     // Nothing of the agent's own configuration (join token, API token, ...) reaches the job.
@@ -597,7 +616,7 @@ async fn execute(
             cmd.pre_exec(move || crate::cgroup::InstanceCgroup::join_self(&files));
         }
     }
-    let processes = Processes { cgroup: cgroup.as_ref(), group: None };
+    let processes = Processes { cgroup: cgroup.as_ref(), group: None, uid: None };
     // The instance's own network namespace, entered before anything else.
     let namespace_file = match namespace.as_ref().map(std::fs::File::open).transpose() {
         Ok(file) => file,
@@ -638,11 +657,21 @@ async fn execute(
         let hosts_source = std::ffi::CString::new(hosts_file.as_os_str().as_bytes()).unwrap_or_default();
         let etc_hosts = std::ffi::CString::new("/etc/hosts").unwrap_or_default();
         let opt_ml = settings.opt_ml;
+        // Its own /tmp (a dir of its work dir, removed with it; only where the work dir is at
+        // /opt/ml, as its paths would otherwise lie under the hidden /tmp), its own /dev/shm
+        // (charged to its cgroup) and its own System V IPC: nothing an instance leaves there is
+        // seen by another, even one that later runs under the same uid.
+        let private_tmp = std::ffi::CString::new(dir.join(PRIVATE_TMP).as_os_str().as_bytes()).unwrap_or_default();
+        let tmp = std::ffi::CString::new("/tmp").unwrap_or_default();
+        let shm = std::ffi::CString::new("/dev/shm").unwrap_or_default();
+        let tmpfs = std::ffi::CString::new("tmpfs").unwrap_or_default();
+        let shm_options = std::ffi::CString::new("mode=1777").unwrap_or_default();
+        let has_shm = Path::new("/dev/shm").is_dir();
         // SAFETY: only syscalls (unshare, mount, chdir) on CStrings prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
-                check(libc::unshare(libc::CLONE_NEWNS))?;
+                check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC))?;
                 check(libc::mount(
                     std::ptr::null(),
                     root.as_ptr(),
@@ -668,17 +697,39 @@ async fn execute(
                         std::ptr::null(),
                     ))?;
                     check(libc::chdir(target.as_ptr()))?;
+                    // Last: the sources above may lie under /tmp.
+                    check(libc::mount(
+                        private_tmp.as_ptr(),
+                        tmp.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ))?;
+                }
+                if has_shm {
+                    check(libc::mount(
+                        tmpfs.as_ptr(),
+                        shm.as_ptr(),
+                        tmpfs.as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV,
+                        shm_options.as_ptr().cast(),
+                    ))?;
                 }
                 Ok(())
             });
         }
     }
-    if let Some(user) = &user {
-        cmd.env("USER", &user.name).env("LOGNAME", &user.name).env("HOME", &user.home);
-        let (uid, gid) = (user.uid, user.gid);
+    if let Some((uid, groups)) = identity {
+        // No passwd entry names the uid: these say who it is to tools that ask (getpass, pip).
+        let name = format!("trainyard-{uid}");
+        let base = if settings.opt_ml { PathBuf::from(OPT_ML) } else { dir.to_path_buf() };
+        cmd.env("USER", &name).env("LOGNAME", &name).env("HOME", base.join(PRIVATE_TMP));
+        if !settings.opt_ml {
+            cmd.env("TMPDIR", base.join(PRIVATE_TMP));
+        }
         // SAFETY: registered last, so the steps above run privileged; only syscalls.
         unsafe {
-            cmd.pre_exec(move || crate::users::switch_to(uid, gid));
+            cmd.pre_exec(move || crate::users::switch_to(uid, uid, &groups));
         }
     }
     // A program being replaced while it starts fails with ETXTBSY for a moment: try again.
@@ -691,12 +742,24 @@ async fn execute(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => {
-                let failure = Some(format!("cannot start {}: {e}", argv[0]));
+                let hint = match (e.raw_os_error(), &lease) {
+                    (Some(libc::ENOENT), _) if settings.opt_ml && Path::new(&argv[0]).starts_with("/tmp") => {
+                        " (instances have a /tmp of their own: install training programs elsewhere, e.g. under /opt)"
+                            .to_string()
+                    }
+                    (Some(libc::EACCES), Some(held)) => format!(
+                        " (the instance runs as uid {}, a user of its own: the program and every directory above it must be readable and executable by every user, e.g. under /opt with mode 0755)",
+                        held.lease.uid
+                    ),
+                    _ => String::new(),
+                };
+                let failure = Some(format!("ClientError: cannot start {}: {e}{hint}", argv[0]));
                 return Outcome { state: InstanceState::Failed, failure, exit_code: None };
             }
         }
     };
-    let processes = Processes { group: child.id().map(|p| p as i32), ..processes };
+    let processes =
+        Processes { group: child.id().map(|p| p as i32), uid: lease.as_ref().map(|l| l.lease.uid), ..processes };
     reporter.update(InstanceState::Training, "Training in progress", Vec::new());
 
     // Lines from both streams, in arrival order. Bounded: a job that prints faster than the agent
@@ -823,6 +886,7 @@ async fn execute(
     processes.kill_all().await;
     let oom_kills = cgroup.as_ref().map_or(0, |c| c.oom_kills());
     drop(cgroup); // removed (empty)
+    drop(lease); // nothing runs under its uid any more
     send_logs(spec, reporter, &mut batch);
     if !samples.is_empty() {
         reporter.update(InstanceState::Training, "Training in progress", samples);
@@ -916,19 +980,21 @@ fn send_logs(spec: &InstanceSpec, reporter: &Reporter<'_>, batch: &mut Vec<pb::L
 }
 
 /// An instance's processes: its cgroup when it has one (everything it started, wherever it
-/// moved), else its process group.
+/// moved), else every process of its uid when it has one of its own, else its process group.
 #[derive(Clone, Copy)]
 struct Processes<'a> {
     cgroup: Option<&'a crate::cgroup::InstanceCgroup>,
     /// The program's pid, which is its process group's id (process_group(0) at spawn).
     group: Option<i32>,
+    uid: Option<u32>,
 }
 
 impl Processes<'_> {
     fn signal(&self, signal: i32) {
-        match (self.cgroup, self.group) {
-            (Some(cgroup), _) => cgroup.signal(signal),
-            (None, Some(pid)) if pid > 1 => {
+        match (self.cgroup, self.uid, self.group) {
+            (Some(cgroup), _, _) => cgroup.signal(signal),
+            (None, Some(uid), _) => crate::uids::signal_every_process_of(uid, signal),
+            (None, None, Some(pid)) if pid > 1 => {
                 // SAFETY: kill(2) has no memory-safety preconditions; the group is the job's own,
                 // never ours.
                 unsafe {
@@ -940,9 +1006,12 @@ impl Processes<'_> {
     }
 
     async fn kill_all(&self) {
-        match self.cgroup {
-            Some(cgroup) => cgroup.kill_all().await,
-            None => self.signal(libc::SIGKILL),
+        match (self.cgroup, self.uid) {
+            (Some(cgroup), _) => cgroup.kill_all().await,
+            (None, Some(uid)) => {
+                let _ = tokio::task::spawn_blocking(move || crate::uids::kill_every_process_of(uid)).await;
+            }
+            (None, None) => self.signal(libc::SIGKILL),
         }
     }
 }
@@ -997,6 +1066,25 @@ async fn pack_and_put(
     };
     let _ = std::fs::remove_file(&archive);
     uploaded
+}
+
+/// The instance's own /tmp (and $HOME), in its work dir.
+const PRIVATE_TMP: &str = ".tmp";
+
+/// The instance's uid while it runs. Dropped: its work dir goes back to root (a dir kept for
+/// debugging must not be reachable by the uid's next holder), every process left under the uid is
+/// killed, and the uid is free again.
+struct HeldUid {
+    lease: crate::uids::UidLease,
+    dir: PathBuf,
+}
+
+impl Drop for HeldUid {
+    fn drop(&mut self) {
+        if let Err(e) = std::os::unix::fs::lchown(&self.dir, Some(0), Some(0)) {
+            warn!(dir = %self.dir.display(), uid = self.lease.uid, error = %e, "could not give an ended instance's work dir back to root");
+        }
+    }
 }
 
 /// The agent's own directory under the work root for archives being built (0700, root's).

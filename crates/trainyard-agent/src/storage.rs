@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
 
+use crate::cache::{self, InputCache};
 use crate::confined::{Confined, Entry};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
@@ -56,6 +57,8 @@ pub struct S3Settings {
 
 pub struct Storage {
     buckets: BTreeMap<String, PathBuf>,
+    /// Where staged inputs are kept read-only and shared (None: each instance gets copies).
+    cache: Option<InputCache>,
     s3: Option<S3Settings>,
     stores: Mutex<BTreeMap<String, Arc<dyn ObjectStore>>>,
 }
@@ -67,8 +70,8 @@ pub enum Location {
 }
 
 impl Storage {
-    pub fn new(buckets: BTreeMap<String, PathBuf>, s3: Option<S3Settings>) -> Storage {
-        Storage { buckets, s3, stores: Mutex::new(BTreeMap::new()) }
+    pub fn new(buckets: BTreeMap<String, PathBuf>, s3: Option<S3Settings>, cache: Option<InputCache>) -> Storage {
+        Storage { buckets, cache, s3, stores: Mutex::new(BTreeMap::new()) }
     }
 
     /// What `uri` names. Only URIs in normal form are served (the coordinator refuses others at
@@ -114,8 +117,8 @@ impl Storage {
         Ok(Location::Remote { store, key: key.to_string() })
     }
 
-    /// Copies the objects `uri` names (selected and ordered by `selection`) into `dest`; returns
-    /// the files written, in order.
+    /// Places the objects `uri` names (selected and ordered by `selection`) in `dest`: links to
+    /// the read-only input cache when there is one, else copies; returns the files, in order.
     pub async fn stage(&self, uri: &str, dest: &Path, selection: Selection) -> Result<Vec<PathBuf>, String> {
         std::fs::create_dir_all(dest).map_err(|e| e.to_string())?;
         let mut written = Vec::new();
@@ -127,37 +130,65 @@ impl Storage {
                     if let Some(parent) = target.parent() {
                         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
                     }
-                    std::fs::copy(&path, &target).map_err(|e| format!("staging {}: {e}", path.display()))?;
+                    let staging = |e: io::Error| format!("staging {}: {e}", path.display());
+                    match &self.cache {
+                        Some(cache) => {
+                            let version = cache::local_version(&path, &std::fs::metadata(&path).map_err(staging)?);
+                            if !cache.link(&version, &target).map_err(staging)? {
+                                let incoming = cache.incoming();
+                                std::fs::copy(&path, &incoming).map_err(staging)?;
+                                cache.admit(&version, &incoming, &target).map_err(staging)?;
+                            }
+                        }
+                        None => {
+                            std::fs::copy(&path, &target).map_err(staging)?;
+                        }
+                    }
                     written.push(target);
                 }
             }
             Location::Remote { store, key } => {
                 // List the directory of the prefix, keep the keys that start with the prefix.
                 let directory = key.rfind('/').map_or("", |i| &key[..=i]);
-                let listed: Vec<_> = store
+                let mut listed: Vec<object_store::ObjectMeta> = store
                     .list(Some(&ObjectPath::from(directory.trim_end_matches('/'))))
                     .try_collect()
                     .await
                     .map_err(|e| format!("listing {uri}: {e}"))?;
-                let mut names: Vec<String> =
-                    listed.iter().map(|o| o.location.as_ref().to_string()).filter(|n| n.starts_with(&key)).collect();
-                names.sort();
-                for name in selection.apply(names) {
+                listed.retain(|o| o.location.as_ref().starts_with(&key));
+                listed.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
+                let bucket = uri.split_once("://").map_or(uri, |(_, rest)| rest.split('/').next().unwrap_or(rest));
+                let endpoint = self.s3.as_ref().and_then(|s| s.endpoint.clone()).unwrap_or_default();
+                for meta in selection.apply(listed) {
+                    let name = meta.location.as_ref().to_string();
                     let target = dest.join(&name[directory.len()..]);
                     if let Some(parent) = target.parent() {
                         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
                     }
-                    let bytes = store
-                        .get(&ObjectPath::from(name.as_str()))
-                        .await
-                        .map_err(|e| format!("reading s3 object {name}: {e}"))?
-                        .bytes()
-                        .await
-                        .map_err(|e| format!("reading s3 object {name}: {e}"))?;
-                    std::fs::write(&target, &bytes).map_err(|e| format!("writing {}: {e}", target.display()))?;
+                    match &self.cache {
+                        Some(cache) => {
+                            let version = cache::object_version(&format!("{endpoint}/{bucket}"), &name, &meta);
+                            let linked = cache.link(&version, &target).map_err(|e| format!("staging {name}: {e}"))?;
+                            if !linked {
+                                let incoming = cache.incoming();
+                                let fetched = download(&store, &name, &incoming).await;
+                                if let Err(e) = fetched {
+                                    let _ = std::fs::remove_file(&incoming);
+                                    return Err(e);
+                                }
+                                cache
+                                    .admit(&version, &incoming, &target)
+                                    .map_err(|e| format!("staging {name}: {e}"))?;
+                            }
+                        }
+                        None => download(&store, &name, &target).await?,
+                    }
                     written.push(target);
                 }
             }
+        }
+        if let Some(cache) = &self.cache {
+            cache.trim();
         }
         Ok(written)
     }
@@ -224,6 +255,19 @@ impl Storage {
             }
         }
     }
+}
+
+/// Streams an object into a file (objects may be larger than the agent's memory).
+async fn download(store: &Arc<dyn ObjectStore>, name: &str, file: &Path) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let reading = |e: object_store::Error| format!("reading s3 object {name}: {e}");
+    let writing = |e: io::Error| format!("writing {}: {e}", file.display());
+    let mut stream = store.get(&ObjectPath::from(name)).await.map_err(reading)?.into_stream();
+    let mut out = tokio::fs::File::create(file).await.map_err(writing)?;
+    while let Some(chunk) = stream.try_next().await.map_err(reading)? {
+        out.write_all(&chunk).await.map_err(writing)?;
+    }
+    out.flush().await.map_err(writing)
 }
 
 /// The files a local S3 prefix names, with their paths below the prefix's directory, sorted: a
@@ -336,7 +380,7 @@ mod tests {
 
     #[test]
     fn uris_resolve_through_buckets() {
-        let s = Storage::new(BTreeMap::from([("data".to_string(), PathBuf::from("/srv/data"))]), None);
+        let s = Storage::new(BTreeMap::from([("data".to_string(), PathBuf::from("/srv/data"))]), None, None);
         let local = |uri: &str| match s.locate(uri) {
             Ok(Location::Local(p)) => p,
             Ok(Location::Remote { .. }) => panic!("{uri} should be local"),

@@ -549,7 +549,9 @@ impl Loop {
             .c
             .updated_training_job(name, |j| {
                 match self.c.roles.run_as(j.request.role_arn.as_deref()) {
-                    Ok(role) => run_as = role.map(|r| pb::RunAs { user: r.user, group: r.group.unwrap_or_default() }),
+                    Ok(role) => {
+                        run_as = role.map(|r| pb::RunAs { group: r.group.unwrap_or_default(), ..Default::default() })
+                    }
                     Err(reason) => {
                         refused = Some(format!("ClientError: RoleArn: {reason}"));
                         return Ok(false);

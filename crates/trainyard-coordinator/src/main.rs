@@ -72,7 +72,15 @@ async fn main() -> anyhow::Result<()> {
         return admin::run(command, &auth, &config).await;
     }
     if !config.roles.enforced() {
-        warn!("no [[roles]] configured: RoleArn is not enforced and training runs as each agent's user");
+        warn!(
+            "no [[roles]] configured: RoleArn is not enforced (jobs may read and write every bucket the agents reach)"
+        );
+    }
+    for arn in config.roles.with_ignored_user() {
+        warn!(
+            role = arn,
+            "the role's `user` is no longer used: every instance runs as a uid of its own on its agent (a role's `group` is added to it); remove `user`"
+        );
     }
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();

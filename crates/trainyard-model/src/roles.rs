@@ -1,10 +1,12 @@
 //! Execution roles: what a job's `RoleArn` means on our hosts. Each role configured on the
-//! coordinator names the local user (and group) its training processes run as, never root, and the
-//! URI prefixes its jobs may read data from and write outputs to. A job that names an unknown role,
-//! or reaches outside its role, is rejected at submission with the field named.
+//! coordinator names the URI prefixes its jobs may read data from and write outputs to, who may pass
+//! it, and optionally a local group its processes get (to read group-readable data on the hosts). A
+//! role never decides a uid: every instance runs as a uid of its own on its agent, so two jobs of one
+//! role share nothing. A job that names an unknown role, or reaches outside its role, is rejected at
+//! submission with the field named.
 //!
 //! With no role configured the coordinator does not enforce roles (`RoleArn` is checked for its
-//! form only and processes run as the agent's user): a single-user or development set-up.
+//! form only): a single-user or development set-up.
 
 use std::collections::BTreeMap;
 
@@ -22,9 +24,10 @@ use crate::validation::Violation;
 pub struct ExecutionRole {
     /// The RoleArn jobs name, e.g. `arn:aws:iam::000000000000:role/vision-team`.
     pub arn: String,
-    /// The local user training processes run as (a name resolved on each agent; never root).
-    pub user: String,
-    /// The group (default: the user's primary group).
+    /// No longer used (instances run as uids of their own); accepted so that older configurations
+    /// still load, and warned about at start.
+    pub user: Option<String>,
+    /// A local group (resolved on each agent; never root's) added to its instances' own groups.
     pub group: Option<String>,
     /// URI prefixes input channels may read (`s3://bucket/prefix/`, `file:///srv/data/`).
     #[serde(default)]
@@ -38,10 +41,9 @@ pub struct ExecutionRole {
     pub users: Vec<String>,
 }
 
-/// Who an instance's processes run as.
+/// What a role adds to the identity of its instances' processes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunAs {
-    pub user: String,
     pub group: Option<String>,
 }
 
@@ -52,16 +54,10 @@ pub struct ExecutionRoles {
 }
 
 impl ExecutionRoles {
-    /// Checks the configuration: unique ARNs, no root, prefixes with a scheme and no `..`.
+    /// Checks the configuration: unique ARNs, no root group, prefixes with a scheme and no `..`.
     pub fn new(roles: Vec<ExecutionRole>) -> Result<Self, String> {
         let mut by_arn = BTreeMap::new();
         for role in roles {
-            if role.user.is_empty() || role.user == "root" || role.user == "0" {
-                return Err(format!(
-                    "role {}: user '{}' is not allowed (training never runs as root)",
-                    role.arn, role.user
-                ));
-            }
             if role.group.as_deref().is_some_and(|g| g == "root" || g == "0") {
                 return Err(format!("role {}: group 'root' is not allowed", role.arn));
             }
@@ -76,6 +72,11 @@ impl ExecutionRoles {
             }
         }
         Ok(Self { roles: by_arn })
+    }
+
+    /// The roles whose configuration still names a `user`, which nothing uses any more.
+    pub fn with_ignored_user(&self) -> Vec<&str> {
+        self.roles.values().filter(|r| r.user.is_some()).map(|r| r.arn.as_str()).collect()
     }
 
     /// Whether roles are enforced (at least one is configured).
@@ -103,15 +104,15 @@ impl ExecutionRoles {
         )))
     }
 
-    /// Who a job with this RoleArn runs as: None when roles are not enforced; an error when the
-    /// role is not (or no longer) configured.
+    /// What a job with this RoleArn adds to its processes' identity: None when roles are not
+    /// enforced; an error when the role is not (or no longer) configured.
     pub fn run_as(&self, role_arn: Option<&str>) -> Result<Option<RunAs>, String> {
         if !self.enforced() {
             return Ok(None);
         }
         let arn = role_arn.unwrap_or_default();
         let role = self.roles.get(arn).ok_or_else(|| format!("role '{arn}' is not configured on this coordinator"))?;
-        Ok(Some(RunAs { user: role.user.clone(), group: role.group.clone() }))
+        Ok(Some(RunAs { group: role.group.clone() }))
     }
 
     pub fn check_training_job(&self, r: &api::CreateTrainingJobRequest) -> Vec<Violation> {
@@ -186,7 +187,7 @@ mod tests {
     fn roles() -> ExecutionRoles {
         ExecutionRoles::new(vec![ExecutionRole {
             arn: "arn:aws:iam::000000000000:role/vision".into(),
-            user: "vision".into(),
+            user: None,
             group: Some("ml".into()),
             read: vec!["s3://datasets/vision/".into(), "file:///srv/shared".into()],
             write: vec!["s3://models/vision/".into()],
@@ -232,14 +233,14 @@ mod tests {
     }
 
     #[test]
-    fn a_job_inside_its_role_passes_and_runs_as_its_user() {
+    fn a_job_inside_its_role_passes_and_gets_its_group() {
         let r = roles();
         assert_eq!(
             r.check_training_job(&training(VISION, "s3://datasets/vision/train/", "s3://models/vision")),
             vec![]
         );
         assert_eq!(r.check_training_job(&training(VISION, "file:///srv/shared/x", "s3://models/vision/a")), vec![]);
-        assert_eq!(r.run_as(Some(VISION)), Ok(Some(RunAs { user: "vision".into(), group: Some("ml".into()) })));
+        assert_eq!(r.run_as(Some(VISION)), Ok(Some(RunAs { group: Some("ml".into()) })));
     }
 
     #[test]
@@ -304,15 +305,17 @@ mod tests {
 
     #[test]
     fn configurations_that_would_run_as_root_or_escape_are_refused() {
-        let role = |user: &str, read: &str| ExecutionRole {
+        let role = |group: &str, read: &str| ExecutionRole {
             arn: "arn:r".into(),
-            user: user.into(),
-            group: None,
+            user: None,
+            group: Some(group.into()),
             read: vec![read.into()],
             write: vec![],
             users: vec![],
         };
-        assert!(ExecutionRoles::new(vec![role("root", "s3://a/")]).unwrap_err().contains("never runs as root"));
+        assert!(
+            ExecutionRoles::new(vec![role("root", "s3://a/")]).unwrap_err().contains("group 'root' is not allowed")
+        );
         assert!(ExecutionRoles::new(vec![role("ml", "bucket/path")]).unwrap_err().contains("not a URI prefix"));
         assert!(ExecutionRoles::new(vec![role("ml", "s3://a/../b")]).is_err());
         assert!(

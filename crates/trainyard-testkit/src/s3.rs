@@ -1,7 +1,7 @@
 //! A local S3-compatible server for tests: moto's server mode (from PyPI, installed once into a
 //! virtualenv under the target directory), and its boto3 for the test's own S3 calls.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -40,7 +40,10 @@ pub fn venv_with(name: &str, packages: &[&str], probe: &str) -> PathBuf {
         libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX);
     }
     if !venv.join(probe).exists() {
-        let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");
+        // The system's interpreter where there is one: jobs (each a uid of its own) run programs
+        // from these virtualenvs, and an interpreter under a 0700 home is out of their reach.
+        let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+        let status = Command::new(python).args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");
         assert!(status.success(), "creating the {name} virtualenv failed");
         let out = Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet"])

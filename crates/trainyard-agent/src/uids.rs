@@ -1,0 +1,255 @@
+//! A uid of its own for every running instance, like systemd's DynamicUser or Slurm's per-job users:
+//! two jobs never share a uid, so neither can read the other's `/proc/PID/environ`, enter its
+//! `/proc/PID/root`, signal it or open its files; and when an instance ends, every process of its uid
+//! is killed, whether it left the process group or not (a cgroup does the same where there is one).
+//!
+//! The uids come from a range no local user has (default: systemd's dynamic range 61184–65519) and
+//! are taken with a lock file each (`flock`) in a directory shared by every agent on the host, so two
+//! agents on one host (simulated hosts, or two clusters) never hand out the same uid at once. A lock
+//! dies with its agent; the next agent to take that uid first kills whatever the dead one left
+//! running under it. Each instance's gid is its uid (a group of its own); the execution role's group,
+//! when it names one, is added as a supplementary group (to read group-readable data on the host).
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tracing::warn;
+
+/// systemd's range for dynamic users: no distribution allocates from it.
+pub const DEFAULT_RANGE: &str = "61184-65519";
+
+/// An inclusive range of uids, none of them root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UidRange {
+    pub first: u32,
+    pub last: u32,
+}
+
+impl UidRange {
+    /// `FIRST-LAST`, both above 0 and below 2^31 (uids beyond do not survive every tool), FIRST ≤ LAST.
+    pub fn parse(raw: &str) -> Result<UidRange, String> {
+        let (first, last) = raw.split_once('-').ok_or_else(|| format!("instance uids '{raw}' is not FIRST-LAST"))?;
+        let number =
+            |s: &str| s.trim().parse::<u32>().map_err(|_| format!("instance uids '{raw}': '{s}' is not a number"));
+        let (first, last) = (number(first)?, number(last)?);
+        if first == 0 {
+            return Err(format!("instance uids '{raw}': uid 0 is root, and training never runs as root"));
+        }
+        if first > last {
+            return Err(format!("instance uids '{raw}': {first} is above {last}"));
+        }
+        if last >= 1 << 31 {
+            return Err(format!("instance uids '{raw}': {last} is not below 2147483648"));
+        }
+        Ok(UidRange { first, last })
+    }
+
+    pub fn len(&self) -> u32 {
+        self.last - self.first + 1
+    }
+
+    /// Every uid of the range once, starting at `start` and wrapping around: handed out round-robin,
+    /// a uid is reused as late as possible.
+    pub fn from(&self, start: u32) -> impl Iterator<Item = u32> + use<> {
+        let (first, len) = (self.first, self.len());
+        let offset = start.saturating_sub(first) % len;
+        (0..len).map(move |i| first + (offset + i) % len)
+    }
+}
+
+impl std::fmt::Display for UidRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// The uids this agent hands out.
+pub struct UidPool {
+    range: UidRange,
+    locks: PathBuf,
+    next: Mutex<u32>,
+}
+
+/// A uid held by one instance. Dropping it kills every process left under the uid, then frees it.
+pub struct UidLease {
+    pub uid: u32,
+    _lock: File,
+}
+
+impl UidPool {
+    /// `locks`: the host-wide directory of lock files (root's, 0700).
+    pub fn new(range: UidRange, locks: &Path) -> Result<UidPool, String> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(locks).map_err(|e| format!("creating {}: {e}", locks.display()))?;
+        std::fs::set_permissions(locks, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("making {} private: {e}", locks.display()))?;
+        Ok(UidPool { range, locks: locks.to_path_buf(), next: Mutex::new(range.first) })
+    }
+
+    /// A uid no other instance on this host holds and no local user has.
+    pub fn lease(&self) -> Result<UidLease, String> {
+        let start = *self.next.lock().unwrap_or_else(|e| e.into_inner());
+        for uid in self.range.from(start) {
+            if user_exists(uid) {
+                continue;
+            }
+            let Some(lock) = self.try_lock(uid)? else { continue };
+            *self.next.lock().unwrap_or_else(|e| e.into_inner()) = uid.saturating_add(1);
+            // Held by nobody else: whatever runs under it was left by an agent that died.
+            if any_process_of(uid) {
+                warn!(uid, "processes left under a free instance uid by an earlier agent: killing them");
+                kill_every_process_of(uid);
+            }
+            return Ok(UidLease { uid, _lock: lock });
+        }
+        Err(format!(
+            "every instance uid ({}, {} of them) is in use on this host: wait for instances to end, or widen --instance-uids",
+            self.range,
+            self.range.len()
+        ))
+    }
+
+    fn try_lock(&self, uid: u32) -> Result<Option<File>, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.locks.join(uid.to_string());
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| format!("opening the uid lock {}: {e}", path.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            Ok(Some(file))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+impl Drop for UidLease {
+    fn drop(&mut self) {
+        kill_every_process_of(self.uid);
+    }
+}
+
+/// Whether the system's user database has this uid (then it is someone's, never handed out).
+fn user_exists(uid: u32) -> bool {
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid value to be overwritten by getpwuid_r.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found) };
+    rc == 0 && !found.is_null()
+}
+
+/// Live (not zombie) processes whose real, effective or saved uid is `uid`.
+fn processes_of(uid: u32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
+        if status_has_uid(&status, uid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn any_process_of(uid: u32) -> bool {
+    !processes_of(uid).is_empty()
+}
+
+/// From `/proc/PID/status`: not a zombie, and `uid` among its real, effective and saved uids.
+fn status_has_uid(status: &str, uid: u32) -> bool {
+    let mut zombie = false;
+    let mut has = false;
+    for line in status.lines() {
+        if let Some(state) = line.strip_prefix("State:") {
+            zombie = state.trim_start().starts_with('Z') || state.trim_start().starts_with('X');
+        } else if let Some(uids) = line.strip_prefix("Uid:") {
+            has = uids.split_whitespace().take(3).any(|u| u.parse::<u32>() == Ok(uid));
+        }
+    }
+    has && !zombie
+}
+
+/// Kills every process of `uid`, repeated until /proc shows none.
+pub fn kill_every_process_of(uid: u32) {
+    for round in 0..50 {
+        if !any_process_of(uid) {
+            return;
+        }
+        signal_every_process_of(uid, libc::SIGKILL);
+        std::thread::sleep(Duration::from_millis(if round < 5 { 10 } else { 100 }));
+    }
+    warn!(uid, pids = ?processes_of(uid), "processes of an instance uid survived SIGKILL");
+}
+
+/// Sends `signal` to every process of `uid` the way Slurm does: a child that becomes the uid and
+/// signals -1 reaches every process of the uid at once (forks in flight included, which a /proc
+/// scan followed by kill would miss), and nothing else.
+pub fn signal_every_process_of(uid: u32, signal: i32) {
+    // SAFETY: the child calls only async-signal-safe functions (raw syscalls and _exit) before it
+    // exits; the parent waits for it.
+    unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            // Raw syscalls: only this (the child's only) thread changes credentials.
+            if libc::syscall(libc::SYS_setgid, uid as libc::c_long) == 0
+                && libc::syscall(libc::SYS_setuid, uid as libc::c_long) == 0
+            {
+                libc::kill(-1, signal);
+            }
+            libc::_exit(0);
+        }
+        if pid > 0 {
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+        } else {
+            warn!(uid, error = %std::io::Error::last_os_error(), "could not fork to signal an instance uid's processes");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_with_the_limit_named() {
+        assert_eq!(UidRange::parse(DEFAULT_RANGE), Ok(UidRange { first: 61184, last: 65519 }));
+        assert_eq!(UidRange::parse("70000-70000").map(|r| r.len()), Ok(1));
+        assert!(UidRange::parse("0-10").unwrap_err().contains("root"));
+        assert!(UidRange::parse("10-5").unwrap_err().contains("above"));
+        assert!(UidRange::parse("5").unwrap_err().contains("FIRST-LAST"));
+        assert!(UidRange::parse("a-5").unwrap_err().contains("'a' is not a number"));
+        assert!(UidRange::parse("1-4294967295").unwrap_err().contains("below 2147483648"));
+    }
+
+    #[test]
+    fn uids_are_handed_out_round_robin_and_each_once() {
+        let range = UidRange { first: 100, last: 104 };
+        assert_eq!(range.from(100).collect::<Vec<_>>(), vec![100, 101, 102, 103, 104]);
+        assert_eq!(range.from(103).collect::<Vec<_>>(), vec![103, 104, 100, 101, 102]);
+        assert_eq!(range.from(105).collect::<Vec<_>>(), vec![100, 101, 102, 103, 104], "past the end wraps");
+        assert_eq!(range.from(7).collect::<Vec<_>>(), vec![100, 101, 102, 103, 104], "below the start too");
+    }
+
+    #[test]
+    fn a_process_counts_by_its_real_effective_or_saved_uid_unless_it_is_a_zombie() {
+        let status = |state: &str, uids: &str| format!("Name:\tx\nState:\t{state}\nUid:\t{uids}\nGid:\t0\t0\t0\t0\n");
+        assert!(status_has_uid(&status("S (sleeping)", "61184\t61184\t61184\t61184"), 61184));
+        assert!(status_has_uid(&status("R (running)", "61184\t0\t0\t0"), 61184), "real uid");
+        assert!(status_has_uid(&status("R (running)", "0\t0\t61184\t0"), 61184), "saved uid");
+        assert!(!status_has_uid(&status("R (running)", "0\t0\t0\t61184"), 61184), "file-system uid alone");
+        assert!(!status_has_uid(&status("Z (zombie)", "61184\t61184\t61184\t61184"), 61184));
+        assert!(!status_has_uid(&status("S (sleeping)", "611840\t611840\t611840\t611840"), 61184));
+    }
+}
