@@ -1,0 +1,332 @@
+//! Runs one training-job instance with SageMaker's container contract, so that training code written
+//! for SageMaker runs unchanged. An instance goes through five steps, each in its own file:
+//!
+//! 1. `prepare`: a work dir laid out like `/opt/ml` (`input/config/*.json`, `input/data/<channel>/`,
+//!    `model/`, `output/`, `checkpoints/`), channels staged, the `SM_*` environment;
+//! 2. the network: its own namespace, reachable by its peers (`crate::network`);
+//! 3. a runtime launches the program (`process`: a program on the host, `<TrainingImage> train`);
+//!    what it hands back is the program's output, its end, and a [`Control`] to signal or kill
+//!    everything the instance started;
+//! 4. `supervise`: logs and metrics stream, stop/MaxRuntimeInSeconds = SIGTERM, a grace period,
+//!    SIGKILL; exit 0 = Completed, else Failed with `output/failure` or the last stderr lines;
+//! 5. `upload`: `model/` and `output/data/` packed and uploaded, checkpoints synced, the work dir
+//!    removed (kept for a while when the instance failed).
+
+mod prepare;
+mod process;
+mod supervise;
+mod upload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+use trainyard_proto::model::api;
+use trainyard_proto::pb::{self, InstanceState};
+
+use crate::network::forwarder::Forwarder;
+use crate::network::plan::{Egress, Net};
+use crate::network::{InstanceNetwork, Network};
+use crate::storage::Storage;
+use crate::workdirs;
+
+pub use upload::STAGING;
+
+/// Everything an instance needs to run, from its assignment.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub job: String,
+    pub arn: String,
+    pub instance: u32,
+    pub attempt: u32,
+    pub hosts: Vec<String>,
+    pub request: api::CreateTrainingJobRequest,
+    pub gpu_uuids: Vec<String>,
+    /// Instance → the peer address of its agent (every instance of the job).
+    pub peers: BTreeMap<u32, String>,
+    /// The job's certificate when its peer traffic is encrypted.
+    pub credential: Option<pb::JobCredential>,
+    /// The execution role's user and group (None: the agent's own user).
+    pub run_as: Option<pb::RunAs>,
+    /// The instance type's memory and vCPUs (the cgroup's limits; 0: none).
+    pub memory_mib: u64,
+    pub vcpus: u32,
+}
+
+/// What the runner reports, in order.
+#[derive(Debug)]
+pub enum Report {
+    Update(pb::InstanceUpdate),
+    Logs(pb::LogBatch),
+}
+
+/// Why an instance is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Requested,
+    /// Fencing: the coordinator has not been heard from for longer than its lease (it may be
+    /// running this instance elsewhere by now), or it says the instance is no longer this agent's.
+    /// Killed at once, nothing uploaded.
+    Fence,
+}
+
+/// Why a fenced instance failed.
+pub const FENCED: &str = "InternalServerError: killed by its agent (fencing): the coordinator could not be reached \
+                          within its lease, or gave the job to another agent; a retry never runs at the same time";
+
+pub struct Settings {
+    /// Mount each instance's work dir at `/opt/ml` in a private mount namespace (needs root).
+    pub opt_ml: bool,
+    pub work_root: PathBuf,
+    pub storage: Storage,
+    pub stop_grace: Duration,
+    pub vcpus: u32,
+    /// Set when each instance gets its own network namespace (root, ip, nft).
+    pub network: Option<Arc<Network>>,
+    pub forwarder: Arc<Forwarder>,
+    /// VpcConfig subnet and security-group names → the networks they may reach.
+    pub vpc_networks: BTreeMap<String, Vec<Net>>,
+    /// Set when each instance gets its own cgroup (root, a cgroup file system): the agent's id.
+    pub cgroups: Option<String>,
+    /// Processes and threads an instance may have at most.
+    pub pids_max: u32,
+    /// Set when each instance runs as a uid of its own (root); else as the agent's user.
+    pub uids: Option<Arc<crate::uids::UidPool>>,
+}
+
+pub fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+}
+
+/// Where SageMaker's containers find their files.
+pub const OPT_ML: &str = "/opt/ml";
+
+/// The instance's own /tmp (and $HOME), in its work dir.
+const PRIVATE_TMP: &str = ".tmp";
+
+/// One of the program's output streams.
+type Output = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
+/// How a program ended.
+#[derive(Debug)]
+struct Exit {
+    /// Its exit code; None when a signal ended it.
+    code: Option<i32>,
+    /// As a person reads it: "exit status: 1", "signal: 9 (SIGKILL)".
+    text: String,
+}
+
+/// What a runtime hands the supervisor once the program runs.
+struct Launched<C> {
+    stdout: Option<Output>,
+    stderr: Option<Output>,
+    /// Sent when the program (not everything it started) has ended.
+    exited: oneshot::Receiver<std::io::Result<Exit>>,
+    control: C,
+}
+
+/// Reaches every process of a running instance, wherever it moved. Dropped once the supervisor
+/// has killed them all: whatever the runtime holds for the instance is released then.
+trait Control {
+    fn signal(&self, signal: i32);
+    fn kill_all(&self) -> impl std::future::Future<Output = ()>;
+    /// Processes the kernel killed for running out of the instance's memory.
+    fn oom_kills(&self) -> u64;
+}
+
+struct Reporter<'a> {
+    spec: &'a InstanceSpec,
+    tx: &'a mpsc::UnboundedSender<Report>,
+}
+
+impl Reporter<'_> {
+    fn update(&self, state: InstanceState, message: &str, metrics: Vec<pb::MetricSample>) {
+        let _ = self.tx.send(Report::Update(pb::InstanceUpdate {
+            training_job_name: self.spec.job.clone(),
+            instance: self.spec.instance,
+            state: state as i32,
+            message: message.to_string(),
+            at_millis: now_millis(),
+            metrics,
+            attempt: self.spec.attempt,
+            ..Default::default()
+        }));
+    }
+}
+
+/// Runs the instance to its end and returns its final update (also sent through `tx`).
+pub async fn run(
+    spec: InstanceSpec,
+    settings: &Settings,
+    tx: mpsc::UnboundedSender<Report>,
+    mut stop: watch::Receiver<Option<StopReason>>,
+) -> pb::InstanceUpdate {
+    let reporter = Reporter { spec: &spec, tx: &tx };
+    let dir = workdirs::instance_dir(&settings.work_root, &spec.job, spec.instance);
+    reporter.update(InstanceState::Downloading, "Downloading input data", Vec::new());
+
+    let outcome = match prepare::prepare(&spec, settings, &dir).await {
+        Err(reason) => Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
+        Ok(prepared) => {
+            let pipes = std::sync::Arc::new(prepared.pipes);
+            for i in 0..pipes.len() {
+                let pipes = pipes.clone();
+                std::thread::spawn(move || {
+                    if let Err(e) = prepare::feed_pipe(&pipes[i]) {
+                        warn!(fifo = %pipes[i].fifo.display(), error = %e, "pipe channel ended early");
+                    }
+                });
+            }
+            let outcome = match join_network(&spec, settings).await {
+                Err(reason) => Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
+                Ok(network) => {
+                    let namespace = network.as_ref().map(|n| n.network.path());
+                    let outcome = match process::launch(&spec, settings, &dir, prepared.env, namespace).await {
+                        Ok(launched) => {
+                            supervise::supervise(&spec, settings, &dir, launched, &reporter, &mut stop).await
+                        }
+                        Err(reason) => Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
+                    };
+                    if let Some(network) = network {
+                        leave_network(&spec, settings, network).await;
+                    }
+                    outcome
+                }
+            };
+            pipes.iter().for_each(prepare::release_pipe);
+            outcome
+        }
+    };
+
+    // Upload what the job saved, whatever the outcome (a stopped job keeps its model); not after
+    // fencing, when a retry elsewhere owns the job's outputs.
+    let mut model_artifacts = None;
+    let mut failure = outcome.failure.clone();
+    let mut state = outcome.state;
+    let fenced = *stop.borrow() == Some(StopReason::Fence);
+    if dir.join("model").exists() && spec.instance == 1 && !fenced {
+        reporter.update(InstanceState::Uploading, "Uploading generated training model", Vec::new());
+        match upload::upload(&spec, settings, &dir).await {
+            Ok(uri) => model_artifacts = Some(uri),
+            Err(reason) => {
+                if state == InstanceState::Completed {
+                    state = InstanceState::Failed;
+                    failure = Some(reason);
+                } else {
+                    warn!(job = %spec.job, %reason, "upload after an unsuccessful run failed");
+                }
+            }
+        }
+    }
+    let final_update = pb::InstanceUpdate {
+        training_job_name: spec.job.clone(),
+        instance: spec.instance,
+        state: state as i32,
+        message: final_message(state).to_string(),
+        at_millis: now_millis(),
+        failure_reason: failure,
+        model_artifacts,
+        exit_code: outcome.exit_code,
+        metrics: Vec::new(),
+        attempt: spec.attempt,
+    };
+    let _ = tx.send(Report::Update(final_update.clone()));
+    info!(job = %spec.job, instance = spec.instance, state = ?state, "instance ended");
+    // Its outputs are uploaded (or a retry elsewhere owns them): the dir goes, unless it failed.
+    let keep = !matches!(state, InstanceState::Completed | InstanceState::Stopped);
+    workdirs::finished(&settings.work_root, &spec.job, spec.instance, keep);
+    final_update
+}
+
+fn final_message(state: InstanceState) -> &'static str {
+    match state {
+        InstanceState::Completed => "Training job completed",
+        InstanceState::Failed => "Training job failed",
+        InstanceState::Stopped => "Training job stopped",
+        InstanceState::MaxRuntimeExceeded => "Training job stopped: MaxRuntimeInSeconds exceeded",
+        _ => "",
+    }
+}
+
+struct Outcome {
+    state: InstanceState,
+    failure: Option<String>,
+    exit_code: Option<i32>,
+}
+
+/// An instance's namespace and the task carrying its connections to its peers.
+struct JoinedNetwork {
+    network: InstanceNetwork,
+    outbound: tokio::task::JoinHandle<()>,
+}
+
+/// What the instance may reach besides its peers: nothing with EnableNetworkIsolation, its VPC's
+/// allow-list with a VpcConfig, else what the host reaches.
+fn egress_of(spec: &InstanceSpec, settings: &Settings) -> Result<Egress, String> {
+    if spec.request.enable_network_isolation == Some(true) {
+        return Ok(Egress::Isolated);
+    }
+    Ok(match crate::network::vpc_egress(spec.request.vpc_config.as_ref(), &settings.vpc_networks)? {
+        Some(allowed) => Egress::Only(allowed),
+        None => Egress::Open,
+    })
+}
+
+/// Gives the instance its own network namespace and makes it reachable by its peers. Without
+/// namespaces (not root, no nftables) the instance shares the host's network, which only jobs
+/// without isolation accept.
+async fn join_network(spec: &InstanceSpec, settings: &Settings) -> Result<Option<JoinedNetwork>, String> {
+    let egress = egress_of(spec, settings)?;
+    let Some(network) = settings.network.as_ref() else {
+        if egress != Egress::Open {
+            return Err(
+                "this agent cannot isolate networks (see `trainyard agents list`), and the job asks for it".into()
+            );
+        }
+        return Ok(None);
+    };
+    let mut joined = network.create(spec.instance, &egress).await.map_err(|e| format!("network set-up: {e}"))?;
+    let tls = match &spec.credential {
+        Some(c) => {
+            let credential = trainyard_pki::Credential {
+                ca_pem: c.ca_pem.clone(),
+                certificate_pem: c.certificate_pem.clone(),
+                key_pem: c.key_pem.clone(),
+            };
+            match trainyard_pki::JobTls::new(&spec.job, &credential) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    joined.destroy().await;
+                    return Err(format!("the job's certificate: {e}"));
+                }
+            }
+        }
+        None => None,
+    };
+    let listener = joined.take_forwarder_listener().ok_or("the forwarder's listener is missing")?;
+    match settings.forwarder.add_instance(&spec.job, spec.instance, joined.path(), listener, spec.peers.clone(), tls) {
+        Ok(outbound) => Ok(Some(JoinedNetwork { network: joined, outbound })),
+        Err(e) => {
+            settings.forwarder.remove_instance(&spec.job, spec.instance);
+            joined.destroy().await;
+            Err(format!("starting the peer forwarder: {e}"))
+        }
+    }
+}
+
+/// Stops carrying the instance's peer traffic at once; the namespace itself is kept for the next
+/// instance or removed, in the background, so that the instance's end is reported without waiting.
+async fn leave_network(spec: &InstanceSpec, settings: &Settings, joined: JoinedNetwork) {
+    joined.outbound.abort();
+    settings.forwarder.remove_instance(&spec.job, spec.instance);
+    let network = settings.network.clone();
+    tokio::spawn(async move {
+        match network {
+            Some(network) => network.release(joined.network).await,
+            None => joined.network.destroy().await,
+        }
+    });
+}

@@ -1,0 +1,330 @@
+//! The process runtime: the training image is a program on the agent's host, started as SageMaker
+//! starts a container (`<program> train`), in the instance's cgroup, network namespace and private
+//! mount namespace (its work dir at `/opt/ml`, its own `/tmp`, `/dev/shm` and `/etc/hosts`), as a
+//! uid of its own.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+use trainyard_proto::model::api;
+
+use super::{Control, Exit, InstanceSpec, Launched, OPT_ML, PRIVATE_TMP, Settings};
+use crate::network::plan;
+
+/// Starts the instance's program. `Err` is the job's FailureReason.
+pub(super) async fn launch(
+    spec: &InstanceSpec,
+    settings: &Settings,
+    dir: &Path,
+    env: BTreeMap<String, String>,
+    namespace: Option<PathBuf>,
+) -> Result<Launched<ProcessControl>, String> {
+    let argv = command_line(&spec.request)?;
+    // A uid of its own owns the work dir and runs the program; the role's group, if it names one,
+    // is added to the instance's own group.
+    let mut lease = None;
+    let mut identity = None;
+    if let Some(pool) = &settings.uids {
+        let groups = match spec.run_as.as_ref().map(|r| r.group.as_str()).filter(|g| !g.is_empty()) {
+            Some(group) => vec![crate::users::role_group(group)?],
+            None => Vec::new(),
+        };
+        let held = pool.lease().map_err(|reason| format!("InternalServerError: {reason}"))?;
+        let uid = held.uid;
+        info!(job = %spec.job, instance = spec.instance, uid, "the instance runs as a uid of its own");
+        lease = Some(HeldUid { lease: held, dir: dir.to_path_buf() });
+        if let Err(e) = crate::users::give_tree(dir, uid, uid) {
+            return Err(format!("giving the work dir to uid {uid}: {e}"));
+        }
+        let mut all_groups = vec![uid];
+        all_groups.extend(groups);
+        identity = Some((uid, all_groups));
+    }
+
+    let mut cmd = Command::new(&argv[0]);
+    // Nothing of the agent's own configuration (join token, API token, ...) reaches the job.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TRAINYARD_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.args(&argv[1..])
+        .current_dir(dir)
+        .envs(&env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    // If the agent dies, its jobs die with it instead of running on unsupervised; a restarted
+    // agent reports them lost and the coordinator retries or fails them.
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // Its own cgroup, joined before the program runs: everything it starts is born inside, and
+    // the instance's limits hold for all of it.
+    let cgroup = match &settings.cgroups {
+        None => None,
+        Some(agent) => {
+            let limits = crate::cgroup::Limits {
+                memory_mib: (spec.memory_mib > 0).then_some(spec.memory_mib),
+                vcpus: (spec.vcpus > 0).then_some(spec.vcpus),
+                pids: settings.pids_max,
+            };
+            Some(crate::cgroup::InstanceCgroup::create(agent, &spec.job, spec.instance, limits)?)
+        }
+    };
+    if let Some(cgroup) = &cgroup {
+        let files = cgroup.procs_files();
+        // SAFETY: join_self only opens and writes files prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || crate::cgroup::InstanceCgroup::join_self(&files));
+        }
+    }
+    // The instance's own network namespace, entered before anything else.
+    let namespace_file = namespace
+        .as_ref()
+        .map(std::fs::File::open)
+        .transpose()
+        .map_err(|e| format!("opening the instance's network namespace: {e}"))?;
+    if let Some(file) = &namespace_file {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        // SAFETY: setns on a descriptor that stays open until after spawn (namespace_file lives on).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    // A private mount namespace per instance: the work dir at /opt/ml, so code with hard-coded
+    // /opt/ml paths runs unchanged and no instance sees another's, and a private /etc/hosts where
+    // `algo-N` resolve (training toolkits wait for every host in SM_HOSTS to resolve).
+    if settings.opt_ml || namespace.is_some() {
+        use std::os::unix::ffi::OsStrExt;
+        let source = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap_or_default();
+        let target = std::ffi::CString::new(OPT_ML).unwrap_or_default();
+        let root = std::ffi::CString::new("/").unwrap_or_default();
+        let base = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        let host_entries = if namespace.is_some() {
+            plan::hosts_file(&base, spec.hosts.len() as u32)
+        } else {
+            format!("{}\n127.0.0.1 algo-{}\n", base.trim_end(), spec.instance)
+        };
+        let hosts_file = dir.join(".hosts");
+        let hosts_ready = std::fs::write(&hosts_file, host_entries).is_ok();
+        let hosts_source = std::ffi::CString::new(hosts_file.as_os_str().as_bytes()).unwrap_or_default();
+        let etc_hosts = std::ffi::CString::new("/etc/hosts").unwrap_or_default();
+        let opt_ml = settings.opt_ml;
+        // Its own /tmp (a dir of its work dir, removed with it; only where the work dir is at
+        // /opt/ml, as its paths would otherwise lie under the hidden /tmp), its own /dev/shm
+        // (charged to its cgroup) and its own System V IPC: nothing an instance leaves there is
+        // seen by another, even one that later runs under the same uid.
+        let private_tmp = std::ffi::CString::new(dir.join(PRIVATE_TMP).as_os_str().as_bytes()).unwrap_or_default();
+        let tmp = std::ffi::CString::new("/tmp").unwrap_or_default();
+        let shm = std::ffi::CString::new("/dev/shm").unwrap_or_default();
+        let tmpfs = std::ffi::CString::new("tmpfs").unwrap_or_default();
+        let shm_options = std::ffi::CString::new("mode=1777").unwrap_or_default();
+        let has_shm = Path::new("/dev/shm").is_dir();
+        // SAFETY: only syscalls (unshare, mount, chdir) on CStrings prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+                check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC))?;
+                check(libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                if hosts_ready {
+                    check(libc::mount(
+                        hosts_source.as_ptr(),
+                        etc_hosts.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ))?;
+                }
+                if opt_ml {
+                    check(libc::mount(
+                        source.as_ptr(),
+                        target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ))?;
+                    check(libc::chdir(target.as_ptr()))?;
+                    // Last: the sources above may lie under /tmp.
+                    check(libc::mount(
+                        private_tmp.as_ptr(),
+                        tmp.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ))?;
+                }
+                if has_shm {
+                    check(libc::mount(
+                        tmpfs.as_ptr(),
+                        shm.as_ptr(),
+                        tmpfs.as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV,
+                        shm_options.as_ptr().cast(),
+                    ))?;
+                }
+                Ok(())
+            });
+        }
+    }
+    if let Some((uid, groups)) = identity {
+        // No passwd entry names the uid: these say who it is to tools that ask (getpass, pip).
+        let name = format!("trainyard-{uid}");
+        let base = if settings.opt_ml { PathBuf::from(OPT_ML) } else { dir.to_path_buf() };
+        cmd.env("USER", &name).env("LOGNAME", &name).env("HOME", base.join(PRIVATE_TMP));
+        if !settings.opt_ml {
+            cmd.env("TMPDIR", base.join(PRIVATE_TMP));
+        }
+        // SAFETY: registered last, so the steps above run privileged; only syscalls.
+        unsafe {
+            cmd.pre_exec(move || crate::users::switch_to(uid, uid, &groups));
+        }
+    }
+    // A program being replaced while it starts fails with ETXTBSY for a moment: try again.
+    let mut attempts = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Ok(child) => break child,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 10 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                let hint = match (e.raw_os_error(), &lease) {
+                    (Some(libc::ENOENT), _) if settings.opt_ml && Path::new(&argv[0]).starts_with("/tmp") => {
+                        " (instances have a /tmp of their own: install training programs elsewhere, e.g. under /opt)"
+                            .to_string()
+                    }
+                    (Some(libc::EACCES), Some(held)) => format!(
+                        " (the instance runs as uid {}, a user of its own: the program and every directory above it must be readable and executable by every user, e.g. under /opt with mode 0755)",
+                        held.lease.uid
+                    ),
+                    _ => String::new(),
+                };
+                return Err(format!("ClientError: cannot start {}: {e}{hint}", argv[0]));
+            }
+        }
+    };
+    let group = child.id().map(|p| p as i32);
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (exited_tx, exited) = oneshot::channel();
+    tokio::spawn(async move {
+        let status = child.wait().await.map(|s| Exit { code: s.code(), text: s.to_string() });
+        let _ = exited_tx.send(status);
+    });
+    Ok(Launched {
+        stdout: stdout.map(|s| Box::new(s) as super::Output),
+        stderr: stderr.map(|s| Box::new(s) as super::Output),
+        exited,
+        control: ProcessControl { cgroup, group, uid: lease },
+    })
+}
+
+/// The command line: the image names a program (a path or a command line), invoked with `train`
+/// as SageMaker invokes a container; ContainerEntrypoint/Arguments replace it when given.
+fn command_line(request: &api::CreateTrainingJobRequest) -> Result<Vec<String>, String> {
+    let spec = request.algorithm_specification.as_ref().ok_or("AlgorithmSpecification is missing")?;
+    if let Some(entry) = spec.container_entrypoint.clone().filter(|e| !e.is_empty()) {
+        let mut argv = entry;
+        argv.extend(spec.container_arguments.clone().unwrap_or_default());
+        return Ok(argv);
+    }
+    let image = spec.training_image.as_deref().ok_or("TrainingImage is missing")?;
+    let mut argv: Vec<String> = image.split_whitespace().map(str::to_string).collect();
+    if argv.is_empty() {
+        return Err("TrainingImage is empty".into());
+    }
+    // A relative program path is relative to the agent's working directory.
+    if argv[0].contains('/')
+        && !argv[0].starts_with('/')
+        && let Ok(cwd) = std::env::current_dir()
+    {
+        argv[0] = cwd.join(&argv[0]).display().to_string();
+    }
+    argv.extend(spec.container_arguments.clone().unwrap_or_default());
+    argv.push("train".into());
+    Ok(argv)
+}
+
+/// The instance's uid while it runs. Dropped: its work dir goes back to root (a dir kept for
+/// debugging must not be reachable by the uid's next holder), every process left under the uid is
+/// killed, and the uid is free again.
+struct HeldUid {
+    lease: crate::uids::UidLease,
+    dir: PathBuf,
+}
+
+impl Drop for HeldUid {
+    fn drop(&mut self) {
+        if let Err(e) = std::os::unix::fs::lchown(&self.dir, Some(0), Some(0)) {
+            warn!(dir = %self.dir.display(), uid = self.lease.uid, error = %e, "could not give an ended instance's work dir back to root");
+        }
+    }
+}
+
+/// An instance's processes: its cgroup when it has one (everything it started, wherever it
+/// moved), else every process of its uid when it has one of its own, else its process group.
+/// Dropped after the supervisor has killed them all: the cgroup is removed, the uid freed.
+pub(super) struct ProcessControl {
+    cgroup: Option<crate::cgroup::InstanceCgroup>,
+    /// The program's pid, which is its process group's id (process_group(0) at spawn).
+    group: Option<i32>,
+    uid: Option<HeldUid>,
+}
+
+impl Control for ProcessControl {
+    fn signal(&self, signal: i32) {
+        match (&self.cgroup, &self.uid, self.group) {
+            (Some(cgroup), _, _) => cgroup.signal(signal),
+            (None, Some(held), _) => crate::uids::signal_every_process_of(held.lease.uid, signal),
+            (None, None, Some(pid)) if pid > 1 => {
+                // SAFETY: kill(2) has no memory-safety preconditions; the group is the job's own,
+                // never ours.
+                unsafe {
+                    libc::kill(-pid, signal);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn kill_all(&self) {
+        match (&self.cgroup, &self.uid) {
+            (Some(cgroup), _) => cgroup.kill_all().await,
+            (None, Some(held)) => {
+                let uid = held.lease.uid;
+                let _ = tokio::task::spawn_blocking(move || crate::uids::kill_every_process_of(uid)).await;
+            }
+            (None, None) => self.signal(libc::SIGKILL),
+        }
+    }
+
+    fn oom_kills(&self) -> u64 {
+        self.cgroup.as_ref().map_or(0, |c| c.oom_kills())
+    }
+}

@@ -1,0 +1,290 @@
+//! Supervising a launched instance, whatever runs it: its output becomes log batches (cut at
+//! 64 KiB a line, a bounded backlog) and metric samples, `MaxRuntimeInSeconds` and stop requests
+//! become SIGTERM, a grace period and SIGKILL, fencing kills at once; the instance ends when its
+//! program has exited, everything it started is killed and its output is read to the end.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::Duration;
+
+use regex::Regex;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{mpsc, watch};
+use trainyard_proto::pb::{self, InstanceState};
+
+use super::{Control, FENCED, InstanceSpec, Launched, Outcome, Report, Reporter, Settings, StopReason, now_millis};
+use crate::confined::Confined;
+
+/// The SageMaker default when a job gives no MaxRuntimeInSeconds: one day.
+const DEFAULT_MAX_RUNTIME: u64 = 86_400;
+/// Stderr lines kept for a FailureReason when the job writes no `output/failure`.
+const STDERR_TAIL: usize = 10;
+const LOG_BATCH: usize = 200;
+const LOG_BATCH_BYTES: usize = 1024 * 1024;
+/// Longest log line kept; longer ones are cut (the coordinator stores every line).
+const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Lines read from a job but not yet handled, at most (with MAX_LINE_BYTES: 64 MiB at worst).
+const LINE_BACKLOG: usize = 1024;
+
+/// Runs the launched instance to its end.
+pub(super) async fn supervise<C: Control>(
+    spec: &InstanceSpec,
+    settings: &Settings,
+    dir: &Path,
+    launched: Launched<C>,
+    reporter: &Reporter<'_>,
+    stop: &mut watch::Receiver<Option<StopReason>>,
+) -> Outcome {
+    let metrics: Vec<(String, Regex)> = spec
+        .request
+        .algorithm_specification
+        .as_ref()
+        .and_then(|a| a.metric_definitions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|d| Some((d.name?, Regex::new(&d.regex?).ok()?)))
+        .collect();
+    let Launched { stdout, stderr, exited: mut exited_rx, control } = launched;
+    reporter.update(InstanceState::Training, "Training in progress", Vec::new());
+
+    // Lines from both streams, in arrival order. Bounded: a job that prints faster than the agent
+    // matches metrics waits on its own stdout, as it would on a slow terminal.
+    let (line_tx, mut lines) = mpsc::channel::<(&'static str, String)>(LINE_BACKLOG);
+    for (name, stream) in [("stdout", stdout), ("stderr", stderr)] {
+        let Some(stream) = stream else { continue };
+        let tx = line_tx.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stream);
+            while let Ok(Some(line)) = next_line(&mut reader, MAX_LINE_BYTES).await {
+                if tx.send((name, line)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(line_tx);
+
+    let max_runtime = spec
+        .request
+        .stopping_condition
+        .as_ref()
+        .and_then(|s| s.max_runtime_in_seconds)
+        .map_or(DEFAULT_MAX_RUNTIME, |s| s.max(1) as u64);
+    let deadline = tokio::time::sleep(Duration::from_secs(max_runtime));
+    tokio::pin!(deadline);
+    let mut flush = tokio::time::interval(Duration::from_millis(250));
+    // The job can write to output/: the log is appended without following links.
+    let mut log_file = Confined::open(dir).and_then(|d| d.append(Path::new("output/training.log"))).ok();
+
+    let mut batch: Vec<pb::LogLine> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let mut samples: Vec<pb::MetricSample> = Vec::new();
+    let mut stderr_tail: VecDeque<String> = VecDeque::new();
+    let mut stopping: Option<InstanceState> = None;
+    // Fencing may come during a graceful stop too, and then kills at once.
+    let (mut fenced, mut stop_closed) = (false, false);
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut streams_open = true;
+    let mut exited: Option<std::io::Result<super::Exit>> = None;
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    let status = loop {
+        tokio::select! {
+            line = lines.recv(), if streams_open => match line {
+                Some((stream, text)) => {
+                    let at = now_millis();
+                    for (name, regex) in &metrics {
+                        if let Some(value) = regex.captures(&text).and_then(|c| c.get(1)).and_then(|m| m.as_str().trim().parse::<f64>().ok()).filter(|v| v.is_finite()) {
+                            samples.push(pb::MetricSample { name: name.clone(), value, timestamp_millis: at });
+                        }
+                    }
+                    if stream == "stderr" {
+                        stderr_tail.push_back(text.clone());
+                        if stderr_tail.len() > STDERR_TAIL { stderr_tail.pop_front(); }
+                    }
+                    if let Some(f) = log_file.as_mut() {
+                        use std::io::Write;
+                        let _ = writeln!(f, "{text}");
+                    }
+                    batch_bytes += text.len();
+                    batch.push(pb::LogLine { stream: stream.into(), text, timestamp_millis: at });
+                    // Batches stay far below the coordinator's 4 MiB message limit, even of long lines.
+                    if batch.len() >= LOG_BATCH || batch_bytes >= LOG_BATCH_BYTES {
+                        send_logs(spec, reporter, &mut batch);
+                        batch_bytes = 0;
+                    }
+                }
+                None => streams_open = false,
+            },
+            _ = flush.tick() => {
+                send_logs(spec, reporter, &mut batch);
+                batch_bytes = 0;
+                if !samples.is_empty() {
+                    reporter.update(stopping.map_or(InstanceState::Training, |_| InstanceState::Stopping), "Training in progress", std::mem::take(&mut samples));
+                }
+                if let Some(at) = kill_at && tokio::time::Instant::now() >= at {
+                    control.signal(libc::SIGKILL);
+                    kill_at = None;
+                }
+                // Without a cgroup an escaped child may hold the streams open: stop reading them.
+                if exited.is_some() && streams_open && drain_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                    streams_open = false;
+                }
+            }
+            // The program has ended: so has the instance. What it started is killed (a cgroup holds
+            // all of it), which closes the streams; their last lines are still read.
+            status = &mut exited_rx, if exited.is_none() => {
+                exited = Some(status.unwrap_or_else(|_| Err(std::io::Error::other("the runtime lost the program"))));
+                control.kill_all().await;
+                drain_until = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+            }
+            _ = &mut deadline, if stopping.is_none() && exited.is_none() => {
+                stopping = Some(InstanceState::MaxRuntimeExceeded);
+                reporter.update(InstanceState::Stopping, "MaxRuntimeInSeconds exceeded: stopping", Vec::new());
+                control.signal(libc::SIGTERM);
+                kill_at = Some(tokio::time::Instant::now() + settings.stop_grace);
+            }
+            changed = stop.changed(), if !fenced && !stop_closed && exited.is_none() => {
+                stop_closed = changed.is_err();
+                if *stop.borrow() == Some(StopReason::Fence) {
+                    fenced = true;
+                    stopping = Some(InstanceState::Failed);
+                    control.signal(libc::SIGKILL);
+                    kill_at = None;
+                } else if stopping.is_none() && (changed.is_err() || stop.borrow().is_some()) {
+                    stopping = Some(InstanceState::Stopped);
+                    reporter.update(InstanceState::Stopping, "Stopping the training job", Vec::new());
+                    control.signal(libc::SIGTERM);
+                    kill_at = Some(tokio::time::Instant::now() + settings.stop_grace);
+                }
+            }
+        }
+        if !streams_open && let Some(status) = exited.take() {
+            break status;
+        }
+    };
+    // Nothing of the instance outlives it.
+    control.kill_all().await;
+    let oom_kills = control.oom_kills();
+    drop(control); // its cgroup removed (empty), its uid free
+    send_logs(spec, reporter, &mut batch);
+    if !samples.is_empty() {
+        reporter.update(InstanceState::Training, "Training in progress", samples);
+    }
+    let exit_code = status.as_ref().ok().and_then(|s| s.code);
+    if fenced {
+        return Outcome { state: InstanceState::Failed, failure: Some(FENCED.to_string()), exit_code };
+    }
+    if let Some(state) = stopping {
+        return Outcome { state, failure: None, exit_code };
+    }
+    match status {
+        Ok(s) if s.code == Some(0) => Outcome { state: InstanceState::Completed, failure: None, exit_code },
+        Ok(_) if oom_kills > 0 => {
+            let limit = spec.request.resource_config.as_ref().and_then(|r| r.instance_type.clone()).unwrap_or_default();
+            let reason = format!(
+                "OutOfMemoryError: the instance used all of its {} MiB ({limit}) and the kernel killed {oom_kills} of its processes; choose an instance type with more memory",
+                spec.memory_mib
+            );
+            Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code }
+        }
+        Ok(s) => {
+            // Written by the job: read without following links, at most 4 KiB of it.
+            let written = Confined::open(dir)
+                .and_then(|d| d.read_prefix(Path::new("output/failure"), 4096))
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .unwrap_or_default();
+            let reason = if written.trim().is_empty() {
+                let tail: Vec<String> = stderr_tail.into_iter().collect();
+                format!("AlgorithmError: {}; last stderr lines: {}", s.text, tail.join("\n"))
+            } else {
+                written.chars().take(1024).collect()
+            };
+            Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code }
+        }
+        Err(e) => {
+            Outcome { state: InstanceState::Failed, failure: Some(format!("waiting for the job: {e}")), exit_code }
+        }
+    }
+}
+
+/// The next line of a job's output, at most `limit` bytes: a longer one is cut there and the rest
+/// of it skipped (a job that prints without newlines must not grow the agent without bound). Not
+/// UTF-8 is replaced, not refused. `None` at the end of the stream.
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    let mut skipped = 0usize;
+    loop {
+        let buffer = reader.fill_buf().await?;
+        if buffer.is_empty() {
+            if line.is_empty() && skipped == 0 {
+                return Ok(None);
+            }
+            break;
+        }
+        let (chunk, done) = match buffer.iter().position(|b| *b == b'\n') {
+            Some(i) => (&buffer[..i], Some(i + 1)),
+            None => (buffer, None),
+        };
+        let room = limit.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        skipped += chunk.len().saturating_sub(room);
+        let consumed = done.unwrap_or(buffer.len());
+        reader.consume(consumed);
+        if done.is_some() {
+            break;
+        }
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let mut text = String::from_utf8_lossy(&line).into_owned();
+    if skipped > 0 {
+        text.push_str(&format!(" [line cut at {limit} bytes; {skipped} more bytes dropped]"));
+    }
+    Ok(Some(text))
+}
+
+fn send_logs(spec: &InstanceSpec, reporter: &Reporter<'_>, batch: &mut Vec<pb::LogLine>) {
+    if batch.is_empty() {
+        return;
+    }
+    let _ = reporter.tx.send(Report::Logs(pb::LogBatch {
+        training_job_name: spec.job.clone(),
+        instance: spec.instance,
+        lines: std::mem::take(batch),
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines_of(input: &[u8], limit: usize) -> Vec<String> {
+        let mut reader = BufReader::with_capacity(7, input);
+        let mut lines = Vec::new();
+        while let Some(line) = next_line(&mut reader, limit).await.expect("read") {
+            lines.push(line);
+        }
+        lines
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_cut_and_the_rest_of_them_skipped() {
+        let mut input = b"short\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 50));
+        input.extend(b"\nafter\nno newline at the end");
+        let lines = lines_of(&input, 21).await;
+        assert_eq!(lines[0], "short");
+        assert_eq!(lines[1], format!("{} [line cut at 21 bytes; 29 more bytes dropped]", "x".repeat(21)));
+        assert_eq!(lines[2..], ["after".to_string(), "no newline at the end".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_is_replaced_not_refused() {
+        assert_eq!(lines_of(b"caf\xe9\n", 100).await, vec!["caf\u{fffd}".to_string()]);
+        assert!(lines_of(b"", 100).await.is_empty());
+    }
+}
