@@ -130,6 +130,11 @@ impl InstanceCgroup {
     /// Kills every process in the cgroup and waits (at most a few seconds) until it is empty.
     /// Frozen first where the freezer controller exists, so that none forks meanwhile; a fork
     /// bomb is bounded by the pids limit either way.
+    /// Whether no process is left in it.
+    pub fn is_empty(&self) -> bool {
+        self.pids().is_empty()
+    }
+
     pub async fn kill_all(&self) {
         for _ in 0..100 {
             self.kill_round();

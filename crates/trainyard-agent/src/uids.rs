@@ -14,6 +14,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tracing::warn;
@@ -73,10 +74,13 @@ pub struct UidPool {
     next: Mutex<u32>,
 }
 
-/// A uid held by one instance. Dropping it kills every process left under the uid, then frees it.
+/// A uid held by one instance. Dropped: kills every process left under the uid (unless it is known
+/// to have none: [`UidLease::settle`]), marks it clean, and frees it.
+#[derive(Debug)]
 pub struct UidLease {
     pub uid: u32,
-    _lock: File,
+    lock: File,
+    settled: AtomicBool,
 }
 
 impl UidPool {
@@ -96,14 +100,18 @@ impl UidPool {
             if user_exists(uid) {
                 continue;
             }
-            let Some(lock) = self.try_lock(uid)? else { continue };
+            let Some(mut lock) = self.try_lock(uid)? else { continue };
             *self.next.lock().unwrap_or_else(|e| e.into_inner()) = uid.saturating_add(1);
-            // Held by nobody else: whatever runs under it was left by an agent that died.
-            if any_process_of(uid) {
+            // A lock file is emptied when its uid is given back clean. One that is not was held by
+            // an agent that died: whatever it left running under the uid is killed first.
+            if lock.metadata().map(|m| m.len() > 0).unwrap_or(true) && any_process_of(uid) {
                 warn!(uid, "processes left under a free instance uid by an earlier agent: killing them");
                 kill_every_process_of(uid);
             }
-            return Ok(UidLease { uid, _lock: lock });
+            use std::io::Write;
+            lock.write_all(format!("{}\n", std::process::id()).as_bytes())
+                .map_err(|e| format!("marking the uid lock {uid} in use: {e}"))?;
+            return Ok(UidLease { uid, lock, settled: AtomicBool::new(false) });
         }
         Err(format!(
             "every instance uid ({}, {} of them) is in use on this host: wait for instances to end, or widen --instance-uids",
@@ -132,9 +140,22 @@ impl UidPool {
     }
 }
 
+impl UidLease {
+    /// Says that nothing runs under the uid any more (the instance's cgroup, which held everything
+    /// it started, is empty): giving it back then needs no search of /proc.
+    pub fn settle(&self) {
+        self.settled.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Drop for UidLease {
     fn drop(&mut self) {
-        kill_every_process_of(self.uid);
+        if !self.settled.load(Ordering::Relaxed) {
+            kill_every_process_of(self.uid);
+        }
+        if let Err(e) = self.lock.set_len(0) {
+            warn!(uid = self.uid, error = %e, "could not mark an instance uid clean: its next holder searches /proc");
+        }
     }
 }
 
@@ -240,6 +261,30 @@ mod tests {
         assert_eq!(range.from(103).collect::<Vec<_>>(), vec![103, 104, 100, 101, 102]);
         assert_eq!(range.from(105).collect::<Vec<_>>(), vec![100, 101, 102, 103, 104], "past the end wraps");
         assert_eq!(range.from(7).collect::<Vec<_>>(), vec![100, 101, 102, 103, 104], "below the start too");
+    }
+
+    #[test]
+    fn a_uid_left_by_a_dead_holder_is_cleaned_before_it_is_handed_out_again() {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root (CI runs as root)");
+            return;
+        }
+        let locks = tempfile::tempdir().expect("dir");
+        let range = UidRange { first: 64990, last: 64990 };
+        let pool = UidPool::new(range, locks.path()).expect("pool");
+        // An agent that died while an instance ran: its lock file says so, its process runs on.
+        std::fs::write(locks.path().join("64990"), "4242\n").expect("write");
+        let mut orphan = std::process::Command::new("sleep").arg("60").uid(64990).gid(64990).spawn().expect("sleep");
+        let lease = pool.lease().expect("the uid is free: nobody holds its lock");
+        assert_eq!(lease.uid, 64990);
+        let status = orphan.wait().expect("wait");
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "killed before reuse");
+        assert!(pool.lease().unwrap_err().contains("every instance uid (64990-64990, 1 of them) is in use"));
+        drop(lease);
+        assert_eq!(std::fs::read(locks.path().join("64990")).expect("read").len(), 0, "given back clean");
+        assert!(pool.lease().is_ok());
     }
 
     #[test]

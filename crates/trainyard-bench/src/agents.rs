@@ -25,6 +25,7 @@ const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
 
 struct Cluster {
     _dir: tempfile::TempDir,
+    _programs: tempfile::TempDir,
     coordinator: crate::BenchCoordinator,
     agent: Option<Daemon>,
     channel: Transport,
@@ -48,8 +49,8 @@ async fn cluster() -> anyhow::Result<Cluster> {
     let dir = tempfile::tempdir()?;
     let coordinator = crate::start_coordinator(dir.path(), "127.0.0.1", &[], true)?;
     let address = format!("127.0.0.1:{}", coordinator.port);
-    let program_dir = dir.path().join("programs");
-    std::fs::create_dir_all(&program_dir)?;
+    let programs = crate::programs_dir()?;
+    let program_dir = programs.path().to_path_buf();
     // Trivial programs: print the start time (ns), optionally sleep, exit 0.
     for (name, body) in [("quick", ""), ("second", "sleep 1\n")] {
         let path = program_dir.join(name);
@@ -91,7 +92,7 @@ async fn cluster() -> anyhow::Result<Cluster> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(Cluster { _dir: dir, coordinator, agent: Some(agent), channel, program_dir })
+    Ok(Cluster { _dir: dir, _programs: programs, coordinator, agent: Some(agent), channel, program_dir })
 }
 
 fn training_request(name: &str, program: &std::path::Path) -> anyhow::Result<api::CreateTrainingJobRequest> {

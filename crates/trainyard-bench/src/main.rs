@@ -100,6 +100,15 @@ impl BenchCoordinator {
     }
 }
 
+/// Where the benchmarks' training programs live: readable and executable by every user (each
+/// instance runs as a uid of its own) and outside /tmp (instances see a /tmp of their own).
+fn programs_dir() -> anyhow::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("trainyard-bench-programs-").tempdir_in("/var/tmp")?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
+
 /// Starts a coordinator listening on `host` (a free port), its data in `dir`, with `args` added,
 /// once it accepts connections. `secure`: TLS with an admin token and a join token made for the
 /// suite (as deployed); otherwise `--insecure` (loopback only).

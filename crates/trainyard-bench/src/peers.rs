@@ -128,7 +128,8 @@ pub async fn run() -> anyhow::Result<()> {
     // Declared before the agents, so dropped after them: removes the namespaces they recorded
     // (kept idle, or in flight) once they have been killed.
     let _leftovers = Leftovers(dir.path().to_path_buf());
-    let program = dir.path().join("peerbench.py");
+    let programs = crate::programs_dir()?;
+    let program = programs.path().join("peerbench.py");
     std::fs::write(&program, PROGRAM)?;
     std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let mut lan = Lan::new();
@@ -223,7 +224,8 @@ fn leaks(
     hosts: &[&Host],
     agents: &[Daemon],
 ) -> anyhow::Result<()> {
-    let program = dir.join("quick.sh");
+    let programs = crate::programs_dir()?;
+    let program = programs.path().join("quick.sh");
     std::fs::write(&program, "#!/bin/sh\necho score=0.5\n")?;
     std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let mut r: Value = serde_json::from_str(TUNING)?;

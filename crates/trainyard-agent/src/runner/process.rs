@@ -315,7 +315,14 @@ impl Control for ProcessControl {
 
     async fn kill_all(&self) {
         match (&self.cgroup, &self.uid) {
-            (Some(cgroup), _) => cgroup.kill_all().await,
+            (Some(cgroup), held) => {
+                cgroup.kill_all().await;
+                if let Some(held) = held
+                    && cgroup.is_empty()
+                {
+                    held.lease.settle();
+                }
+            }
             (None, Some(held)) => {
                 let uid = held.lease.uid;
                 let _ = tokio::task::spawn_blocking(move || crate::uids::kill_every_process_of(uid)).await;
