@@ -34,6 +34,18 @@ macro_rules! on_both_backends {
     };
 }
 
+/// The number that follows the first `prefix` in `text` (e.g. `uid=` in a job's log).
+pub fn number_after(text: &str, prefix: &str) -> u32 {
+    text.split(prefix)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {prefix} in {text}"))
+}
+
+/// The uids agents give instances by default (systemd's dynamic range).
+pub const INSTANCE_UIDS: std::ops::RangeInclusive<u32> = 61184..=65519;
+
 /// The repository root (for the examples under deploy/).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

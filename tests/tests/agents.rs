@@ -109,10 +109,16 @@ fn a_tuning_job_runs_to_completion_on_gpu_and_cpu_agents() {
 
     let described: Value = serde_json::from_str(&watched.stdout()).expect("json");
     assert_eq!(described["HyperParameterTuningJobStatus"], "Completed", "{described:#}");
-    assert_eq!(described["TrainingJobStatusCounters"]["Completed"], 6);
+    let trials = c.json(&["tuning-jobs", "trials", "gpu-tuning", "--max-results", "100"]);
+    let failures: Vec<String> = trials["TrainingJobSummaries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["FailureReason"].as_str().map(|r| format!("{}: {r}", t["TrainingJobName"])))
+        .collect();
+    assert_eq!(described["TrainingJobStatusCounters"]["Completed"], 6, "{failures:#?}");
     assert_eq!(described["ObjectiveStatusCounters"]["Succeeded"], 6);
 
-    let trials = c.json(&["tuning-jobs", "trials", "gpu-tuning", "--max-results", "100"]);
     let trials = trials["TrainingJobSummaries"].as_array().expect("trials").clone();
     assert_eq!(trials.len(), 6, "every trial ran");
     let mut best = (f64::MIN, String::new());
@@ -162,10 +168,13 @@ fn a_tuning_job_runs_to_completion_on_gpu_and_cpu_agents() {
     // CPU trials went to the CPU agent (GPU hosts are kept for GPU work).
     let cpu_trials = c.json(&["tuning-jobs", "trials", "cpu-tuning"]);
     for t in cpu_trials["TrainingJobSummaries"].as_array().expect("trials") {
+        let name = t["TrainingJobName"].as_str().expect("name");
+        let log = c.logs(name);
         assert_eq!(
-            field(&c.logs(t["TrainingJobName"].as_str().expect("name")), "visible"),
+            field(&log, "visible"),
             Some(""),
-            "no GPU for a CPU trial"
+            "no GPU for a CPU trial: {name}: {log}\n{:#}",
+            c.json(&["training-jobs", "describe", name])
         );
     }
     cpu_agent.assert_running();

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Coordinator, example};
+use trainyard_e2e::{Coordinator, INSTANCE_UIDS, example, number_after};
 use trainyard_testkit::wait_until;
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/TrainyardExecution";
@@ -407,17 +407,11 @@ fn concurrent_jobs_share_no_uid_and_none_runs_as_root() {
     assert!(probed.contains("probe done, may signal 0 other processes"), "{probed}");
     assert!(!probed.contains("LEAK"), "{probed}");
 
-    let uid_of = |logs: &str, prefix: &str| -> u32 {
-        logs.split(prefix)
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|u| u.parse().ok())
-            .unwrap_or_else(|| panic!("no {prefix} in {logs}"))
-    };
-    let (holder_uid, probe_uid) = (uid_of(&c.logs("holder"), "holding uid="), uid_of(&probed, "probing uid="));
+    let (holder_uid, probe_uid) =
+        (number_after(&c.logs("holder"), "holding uid="), number_after(&probed, "probing uid="));
     assert_ne!(holder_uid, probe_uid);
     for uid in [holder_uid, probe_uid] {
-        assert!((61184..=65519).contains(&uid), "uid {uid} is from the agent's range, never root");
+        assert!(INSTANCE_UIDS.contains(&uid), "uid {uid} is from the agent's range, never root");
     }
     assert!(probed.contains(&format!("gid={probe_uid}")), "a group of its own: {probed}");
 

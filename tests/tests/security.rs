@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Coordinator, TEST_TRAINER, example};
+use trainyard_e2e::{Coordinator, INSTANCE_UIDS, TEST_TRAINER, example, number_after};
 use trainyard_testkit::{binary, free_port, wait_until};
 
 fn training(c: &Coordinator, name: &str, sleep: &str) -> std::path::PathBuf {
@@ -384,13 +384,8 @@ write = ["s3://trainyard-output/"]
     let done = c.wait_json(&["training-jobs", "describe", "as-nobody"], |d| d["TrainingJobStatus"] != "InProgress");
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs("as-nobody"));
     let logs = c.logs("as-nobody");
-    let uid: u32 = logs
-        .split("uid=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|u| u.parse().ok())
-        .unwrap_or_else(|| panic!("no uid in {logs}"));
-    assert!((61184..=65519).contains(&uid), "a uid of the agent's range: {logs}");
+    let uid = number_after(&logs, "uid=");
+    assert!(INSTANCE_UIDS.contains(&uid), "a uid of the agent's range: {logs}");
     assert!(logs.contains(&format!("gid={uid} groups={uid},65534 ")), "its own group and the role's (nogroup): {logs}");
     assert!(logs.contains("join=none"), "the agent's own secrets do not reach the job: {logs}");
     assert!(logs.contains("data-readable"), "{logs}");

@@ -71,6 +71,12 @@ pub struct Flags {
     /// (MiB; default 20480; 0: no cache, every instance gets copies).
     #[arg(long, env = "TRAINYARD_INPUT_CACHE_MIB")]
     pub input_cache_mib: Option<u64>,
+    /// containerd's socket: images run as containers when it answers.
+    #[arg(long, env = "TRAINYARD_CONTAINERD_SOCKET")]
+    pub containerd_socket: Option<PathBuf>,
+    /// The containerd namespace the agent's images and containers live in (never another's).
+    #[arg(long, env = "TRAINYARD_CONTAINERD_NAMESPACE")]
+    pub containerd_namespace: Option<String>,
     /// vCPUs to offer instead of the host's count (to oversubscribe a development machine).
     #[arg(long)]
     pub advertise_vcpus: Option<u32>,
@@ -133,6 +139,8 @@ struct FileConfig {
     keep_failed_work_dirs_seconds: Option<u64>,
     instance_pids_max: Option<u32>,
     instance_uids: Option<String>,
+    containerd_socket: Option<PathBuf>,
+    containerd_namespace: Option<String>,
     input_cache_mib: Option<u64>,
     uid_locks: Option<PathBuf>,
     jobs_run_as_agent_user: Option<bool>,
@@ -173,6 +181,8 @@ pub struct Config {
     pub keep_failed_work_dirs: Duration,
     pub instance_pids_max: u32,
     pub instance_uids: UidRange,
+    pub containerd_socket: PathBuf,
+    pub containerd_namespace: String,
     pub input_cache_mib: u64,
     pub uid_locks: PathBuf,
     pub jobs_run_as_agent_user: bool,
@@ -233,6 +243,14 @@ impl Config {
                 flags.instance_uids.or(file.instance_uids).as_deref().unwrap_or(crate::uids::DEFAULT_RANGE),
             )
             .map_err(|e| anyhow::anyhow!(e))?,
+            containerd_socket: flags
+                .containerd_socket
+                .or(file.containerd_socket)
+                .unwrap_or_else(|| PathBuf::from("/run/containerd/containerd.sock")),
+            containerd_namespace: flags
+                .containerd_namespace
+                .or(file.containerd_namespace)
+                .unwrap_or_else(|| "trainyard".into()),
             input_cache_mib: flags.input_cache_mib.or(file.input_cache_mib).unwrap_or(20_480),
             uid_locks: flags.uid_locks.or(file.uid_locks).unwrap_or_else(|| PathBuf::from("/run/trainyard/uids")),
             jobs_run_as_agent_user: flags.jobs_run_as_agent_user || file.jobs_run_as_agent_user == Some(true),

@@ -8,6 +8,7 @@ mod cache;
 mod cgroup;
 mod config;
 mod confined;
+mod containerd;
 mod gpu;
 mod identity;
 mod inventory;
@@ -52,6 +53,8 @@ struct Agent {
     instances: Mutex<BTreeMap<Key, Instance>>,
     /// Why instances run in the host's network, when they do.
     network_note: Option<String>,
+    /// Why images cannot run as containers, when they cannot.
+    containers_note: Option<String>,
     /// The port of the peer listener (0: none).
     peer_port: u16,
     /// The stream of the current connection, if any.
@@ -176,6 +179,27 @@ async fn main() -> anyhow::Result<()> {
                 .context("opening the input cache")?,
         ),
     };
+    // Images run as containers when containerd answers; what an earlier run of this agent left
+    // there (killed with -9, nothing of it supervised any more) is removed first.
+    let (containerd, containers_note) = match containerd::Containerd::connect(
+        &config.containerd_socket,
+        &config.containerd_namespace,
+    )
+    .await
+    {
+        Ok(client) => {
+            for id in client.containers_of(&config.id).await.unwrap_or_default() {
+                warn!(container = %id, "removing a container an earlier run of this agent left");
+                client.remove(&id).await;
+            }
+            info!(runtime = %client.version, namespace = %config.containerd_namespace, "container images run through containerd");
+            (Some(Arc::new(client)), None)
+        }
+        Err(note) => {
+            info!(%note, "no container runtime: only host programs run here");
+            (None, Some(note))
+        }
+    };
     let forwarder = Arc::new(network::forwarder::Forwarder::default());
     let mut peer_port = 0;
     if network.is_some() {
@@ -198,6 +222,8 @@ async fn main() -> anyhow::Result<()> {
         cgroups,
         pids_max: config.instance_pids_max,
         uids,
+        containerd,
+        agent_id: config.id.clone(),
     });
     let agent = Arc::new(Agent {
         config,
@@ -205,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
         host: Mutex::new(host),
         instances: Mutex::new(BTreeMap::new()),
         network_note,
+        containers_note,
         peer_port,
         outbound: Mutex::new(None),
         identity,
@@ -325,6 +352,8 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> anyhow::Resu
             capabilities: Some(pb::Capabilities {
                 network_isolation: agent.network_note.is_none(),
                 network_isolation_note: agent.network_note.clone().unwrap_or_default(),
+                container_runtime: agent.settings.containerd.as_ref().map(|c| c.version.clone()).unwrap_or_default(),
+                container_runtime_note: agent.containers_note.clone().unwrap_or_default(),
             }),
             instances,
             peer_address: peer_address(agent),

@@ -34,10 +34,11 @@ struct Cluster {
 
 impl Drop for Cluster {
     /// The agent is killed with the cluster (SIGKILL: it cannot clean up); the network namespaces
-    /// it recorded, kept idle or in flight, are removed here.
+    /// it recorded, kept idle or in flight, and its cgroups are removed here.
     fn drop(&mut self) {
         drop(self.agent.take());
         trainyard_testkit::netns::remove_agents_leftovers(self._dir.path());
+        trainyard_testkit::netns::remove_agents_cgroups(self._dir.path());
     }
 }
 

@@ -308,6 +308,8 @@ pub fn agents_json(r: &trainyard_proto::pb::ListAgentsResponse) {
                 "Running": a.running,
                 "NetworkIsolation": a.capabilities.as_ref().is_some_and(|c| c.network_isolation),
                 "NetworkIsolationNote": a.capabilities.as_ref().map(|c| c.network_isolation_note.clone()).unwrap_or_default(),
+                "ContainerRuntime": a.capabilities.as_ref().map(|c| c.container_runtime.clone()).unwrap_or_default(),
+                "ContainerRuntimeNote": a.capabilities.as_ref().map(|c| c.container_runtime_note.clone()).unwrap_or_default(),
                 "PeerAddress": a.peer_address,
                 "LastHeartbeat": a.last_heartbeat_millis as f64 / 1000.0,
             })
@@ -324,6 +326,7 @@ pub fn list_agents(r: &trainyard_proto::pb::ListAgentsResponse) {
         "MEMORY FREE/TOTAL",
         "GPUS FREE/TOTAL",
         "ISOLATION",
+        "CONTAINERS",
         "RUNNING",
         "LAST HEARTBEAT",
     ]);
@@ -345,6 +348,11 @@ pub fn list_agents(r: &trainyard_proto::pb::ListAgentsResponse) {
             match &a.capabilities {
                 Some(c) if c.network_isolation => "yes".to_string(),
                 Some(c) => format!("no: {}", c.network_isolation_note),
+                None => "-".to_string(),
+            },
+            match &a.capabilities {
+                Some(c) if !c.container_runtime.is_empty() => c.container_runtime.clone(),
+                Some(_) => "no".to_string(),
                 None => "-".to_string(),
             },
             if a.running.is_empty() { "-".into() } else { a.running.join("\n") },

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+use trainyard_model::images::TrainingImage;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -438,6 +439,16 @@ impl Loop {
             disk_mib: rc.and_then(|r| r.volume_size_in_gb).unwrap_or(0).max(0) as u64 * 1024,
             gpus: spec.gpus,
             needs_isolation: job.request.enable_network_isolation == Some(true),
+            needs_containers: matches!(
+                TrainingImage::of(
+                    job.request
+                        .algorithm_specification
+                        .as_ref()
+                        .and_then(|a| a.training_image.as_deref())
+                        .unwrap_or_default()
+                ),
+                TrainingImage::Container(_)
+            ),
             queued_at: job.creation_time.millis(),
         })
     }
@@ -489,6 +500,7 @@ impl Loop {
                     disk_free_mib: a.inventory.disk_free_mib.saturating_sub(used.2),
                     gpus_free: a.inventory.gpus.iter().map(|g| g.uuid.clone()).filter(|u| !held.contains(u)).collect(),
                     network_isolation: a.capabilities.network_isolation,
+                    containers: !a.capabilities.container_runtime.is_empty(),
                 }
             })
             .collect()

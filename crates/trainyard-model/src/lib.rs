@@ -19,6 +19,7 @@ pub mod access;
 pub mod catalog;
 pub mod error;
 pub mod hex;
+pub mod images;
 pub mod jobs;
 pub mod listing;
 pub mod metrics;

@@ -21,6 +21,7 @@ fn cluster(agents: usize) -> Vec<Agent> {
                 disk_free_mib: 2 * 1024 * 1024,
                 gpus_free: (0..gpus).map(|g| format!("GPU-{i}-{g}")).collect(),
                 network_isolation: true,
+                containers: true,
             }
         })
         .collect()
@@ -41,6 +42,7 @@ fn queue(instances: usize) -> Vec<Demand> {
                 disk_mib: 10 * 1024,
                 gpus,
                 needs_isolation: i % 10 == 0,
+                needs_containers: i % 3 == 0,
                 queued_at: i as i64,
             }
         })

@@ -35,6 +35,8 @@ pub struct Agent {
     /// UUIDs of the GPUs no instance holds.
     pub gpus_free: Vec<String>,
     pub network_isolation: bool,
+    /// It can run container images.
+    pub containers: bool,
 }
 
 /// What each instance of a queued job needs.
@@ -49,6 +51,8 @@ pub struct Demand {
     pub disk_mib: u64,
     pub gpus: u32,
     pub needs_isolation: bool,
+    /// Its TrainingImage is a container image.
+    pub needs_containers: bool,
     /// When it was queued (milliseconds); older first within a group.
     pub queued_at: i64,
 }
@@ -87,9 +91,16 @@ pub fn never_fits(agents: &[Agent], d: &Demand) -> Option<String> {
     if agents.is_empty() {
         return None; // waiting for the first agent is not "never"
     }
-    let candidates: Vec<&Agent> = agents.iter().filter(|a| !d.needs_isolation || a.network_isolation).collect();
+    if d.needs_containers && !agents.iter().any(|a| a.containers) {
+        return Some("its TrainingImage is a container image and no agent has a container runtime (containerd)".into());
+    }
+    let candidates: Vec<&Agent> = agents.iter().filter(|a| capable(a, d)).collect();
     if candidates.is_empty() {
-        return Some("it needs network isolation and no agent can provide it".into());
+        return Some(if d.needs_containers && d.needs_isolation {
+            "it needs network isolation and a container runtime, and no agent has both".into()
+        } else {
+            "it needs network isolation and no agent can provide it".into()
+        });
     }
     let fits_empty = |a: &&Agent| {
         a.vcpus_total >= d.vcpus
@@ -118,8 +129,13 @@ pub fn never_fits(agents: &[Agent], d: &Demand) -> Option<String> {
     None
 }
 
+/// Whether the agent can run the job at all, busy or not.
+fn capable(a: &Agent, d: &Demand) -> bool {
+    (!d.needs_isolation || a.network_isolation) && (!d.needs_containers || a.containers)
+}
+
 fn fits(a: &Agent, d: &Demand) -> bool {
-    (!d.needs_isolation || a.network_isolation)
+    capable(a, d)
         && a.vcpus_free >= d.vcpus
         && a.memory_free_mib >= d.memory_mib
         && a.disk_free_mib >= d.disk_mib
@@ -142,10 +158,10 @@ fn take(a: &mut Agent, d: &Demand) -> Vec<String> {
 }
 
 /// The resources a demand needs per instance, for remembering failed shapes.
-type Shape = (u32, u64, u64, u32, bool, u32);
+type Shape = (u32, u64, u64, u32, bool, bool, u32);
 
 fn shape(d: &Demand) -> Shape {
-    (d.vcpus, d.memory_mib, d.disk_mib, d.gpus, d.needs_isolation, d.instance_count)
+    (d.vcpus, d.memory_mib, d.disk_mib, d.gpus, d.needs_isolation, d.needs_containers, d.instance_count)
 }
 
 /// One placement round over the whole queue. The problem's agents are updated with what was

@@ -19,6 +19,7 @@ fn agent(id: &str, vcpus: u32, memory_gib: u64, gpus: u32) -> Agent {
         disk_free_mib: 100 * 1024,
         gpus_free: (0..gpus).map(|g| format!("GPU-{id}-{g}")).collect(),
         network_isolation: true,
+        containers: false,
     }
 }
 
@@ -32,6 +33,7 @@ fn demand(job: &str, group: Option<&str>, count: u32, vcpus: u32, memory_gib: u6
         disk_mib: 1024,
         gpus,
         needs_isolation: false,
+        needs_containers: false,
         queued_at: at,
     }
 }
@@ -153,6 +155,26 @@ fn isolation_needs_a_capable_agent() {
     assert!(matches!(&d[0], Decision::Unplaceable { reason, .. } if reason.contains("network isolation")));
     let (_, d) = run(vec![plain, agent("capable", 8, 32, 0)], vec![q], &[]);
     assert_eq!(placed(&d), [("isolated".to_string(), vec!["capable".to_string()])]);
+}
+
+#[test]
+fn container_images_go_only_to_agents_with_a_container_runtime() {
+    let mut q = demand("image", None, 1, 1, 1, 0, 1);
+    q.needs_containers = true;
+    let (_, d) = run(vec![agent("processes-only", 8, 32, 0)], vec![q.clone()], &[]);
+    assert!(
+        matches!(&d[0], Decision::Unplaceable { reason, .. } if reason.contains("no agent has a container runtime")),
+        "{d:?}"
+    );
+    let mut runtime = agent("containerd", 8, 32, 0);
+    runtime.containers = true;
+    runtime.network_isolation = false;
+    q.needs_isolation = true;
+    let (_, d) = run(vec![agent("processes-only", 8, 32, 0), runtime.clone()], vec![q.clone()], &[]);
+    assert!(matches!(&d[0], Decision::Unplaceable { reason, .. } if reason.contains("no agent has both")), "{d:?}");
+    q.needs_isolation = false;
+    let (_, d) = run(vec![agent("processes-only", 8, 32, 0), runtime], vec![q], &[]);
+    assert_eq!(placed(&d), [("image".to_string(), vec!["containerd".to_string()])]);
 }
 
 #[test]

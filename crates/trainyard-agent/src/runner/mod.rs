@@ -12,6 +12,7 @@
 //! 5. `upload`: `model/` and `output/data/` packed and uploaded, checkpoints synced, the work dir
 //!    removed (kept for a while when the instance failed).
 
+mod container;
 mod prepare;
 mod process;
 mod supervise;
@@ -24,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
+use trainyard_model::images::TrainingImage;
 use trainyard_proto::model::api;
 use trainyard_proto::pb::{self, InstanceState};
 
@@ -95,6 +97,10 @@ pub struct Settings {
     pub pids_max: u32,
     /// Set when each instance runs as a uid of its own (root); else as the agent's user.
     pub uids: Option<Arc<crate::uids::UidPool>>,
+    /// Set when images run as containers.
+    pub containerd: Option<Arc<crate::containerd::Containerd>>,
+    /// This agent's id (its containers carry it).
+    pub agent_id: String,
 }
 
 pub fn now_millis() -> i64 {
@@ -106,6 +112,64 @@ pub const OPT_ML: &str = "/opt/ml";
 
 /// The instance's own /tmp (and $HOME), in its work dir.
 const PRIVATE_TMP: &str = ".tmp";
+
+/// The instance's own /etc/hosts (`algo-N` of every instance), in its work dir.
+const HOSTS_FILE: &str = ".hosts";
+
+/// Writes the instance's /etc/hosts: the host's, and `algo-N` of every instance (in its own
+/// network namespace: at their addresses; without one: only itself, on loopback).
+fn write_hosts_file(spec: &InstanceSpec, path: &std::path::Path, own_namespace: bool) -> std::io::Result<()> {
+    let base = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let entries = if own_namespace {
+        crate::network::plan::hosts_file(&base, spec.hosts.len() as u32)
+    } else {
+        format!("{}\n127.0.0.1 algo-{}\n", base.trim_end(), spec.instance)
+    };
+    std::fs::write(path, entries)
+}
+
+/// Who the instance's processes are while it runs: a uid of its own (its gid the same), with the
+/// execution role's group added. Dropped: the work dir goes back to root (a dir kept for debugging
+/// must not be reachable by the uid's next holder), every process left under the uid is killed,
+/// and the uid is free again.
+struct Identity {
+    lease: crate::uids::UidLease,
+    /// The instance's own group first, then the role's.
+    groups: Vec<u32>,
+    dir: PathBuf,
+}
+
+impl Identity {
+    /// None when the agent runs instances as its own user.
+    fn lease(spec: &InstanceSpec, settings: &Settings, dir: &std::path::Path) -> Result<Option<Identity>, String> {
+        let Some(pool) = &settings.uids else { return Ok(None) };
+        let role_group = match spec.run_as.as_ref().map(|r| r.group.as_str()).filter(|g| !g.is_empty()) {
+            Some(group) => Some(crate::users::role_group(group)?),
+            None => None,
+        };
+        let lease = pool.lease().map_err(|reason| format!("InternalServerError: {reason}"))?;
+        let uid = lease.uid;
+        info!(job = %spec.job, instance = spec.instance, uid, "the instance runs as a uid of its own");
+        let identity =
+            Identity { lease, groups: std::iter::once(uid).chain(role_group).collect(), dir: dir.to_path_buf() };
+        crate::users::give_tree(dir, uid, uid).map_err(|e| format!("giving the work dir to uid {uid}: {e}"))?;
+        Ok(Some(identity))
+    }
+
+    fn uid(&self) -> u32 {
+        self.lease.uid
+    }
+}
+
+impl Drop for Identity {
+    fn drop(&mut self) {
+        if let Err(e) = std::os::unix::fs::lchown(&self.dir, Some(0), Some(0))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(dir = %self.dir.display(), uid = self.lease.uid, error = %e, "could not give an ended instance's work dir back to root");
+        }
+    }
+}
 
 /// One of the program's output streams.
 type Output = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
@@ -184,11 +248,40 @@ pub async fn run(
                 Err(reason) => Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
                 Ok(network) => {
                     let namespace = network.as_ref().map(|n| n.network.path());
-                    let outcome = match process::launch(&spec, settings, &dir, prepared.env, namespace).await {
-                        Ok(launched) => {
-                            supervise::supervise(&spec, settings, &dir, launched, &reporter, &mut stop).await
+                    let failed =
+                        |reason| Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None };
+                    let image = spec.request.algorithm_specification.as_ref().and_then(|a| a.training_image.clone());
+                    let outcome = match (TrainingImage::of(image.as_deref().unwrap_or_default()), &settings.containerd)
+                    {
+                        (TrainingImage::HostProgram, _) => {
+                            match process::launch(&spec, settings, &dir, prepared.env, namespace).await {
+                                Ok(launched) => {
+                                    supervise::supervise(&spec, settings, &dir, launched, &reporter, &mut stop).await
+                                }
+                                Err(reason) => failed(reason),
+                            }
                         }
-                        Err(reason) => Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
+                        (TrainingImage::Container(reference), Some(containerd)) => {
+                            match container::launch(
+                                &spec,
+                                settings,
+                                containerd,
+                                &reference,
+                                &dir,
+                                prepared.env,
+                                namespace,
+                            )
+                            .await
+                            {
+                                Ok(launched) => {
+                                    supervise::supervise(&spec, settings, &dir, launched, &reporter, &mut stop).await
+                                }
+                                Err(reason) => failed(reason),
+                            }
+                        }
+                        (TrainingImage::Container(reference), None) => failed(format!(
+                            "InternalServerError: {reference} is a container image and this agent has no container runtime"
+                        )),
                     };
                     if let Some(network) = network {
                         leave_network(&spec, settings, network).await;

@@ -165,7 +165,7 @@ pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path
     Ok(Prepared { env, pipes })
 }
 
-fn make_fifo(path: &Path) -> std::io::Result<()> {
+pub(super) fn make_fifo(path: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use tokio::process::Command;
 use tokio::sync::oneshot;
-use tracing::{info, warn};
 use trainyard_proto::model::api;
 
-use super::{Control, Exit, InstanceSpec, Launched, OPT_ML, PRIVATE_TMP, Settings};
-use crate::network::plan;
+use super::{
+    Control, Exit, HOSTS_FILE, Identity, InstanceSpec, Launched, OPT_ML, PRIVATE_TMP, Settings, write_hosts_file,
+};
 
 /// Starts the instance's program. `Err` is the job's FailureReason.
 pub(super) async fn launch(
@@ -25,26 +25,8 @@ pub(super) async fn launch(
     namespace: Option<PathBuf>,
 ) -> Result<Launched<ProcessControl>, String> {
     let argv = command_line(&spec.request)?;
-    // A uid of its own owns the work dir and runs the program; the role's group, if it names one,
-    // is added to the instance's own group.
-    let mut lease = None;
-    let mut identity = None;
-    if let Some(pool) = &settings.uids {
-        let groups = match spec.run_as.as_ref().map(|r| r.group.as_str()).filter(|g| !g.is_empty()) {
-            Some(group) => vec![crate::users::role_group(group)?],
-            None => Vec::new(),
-        };
-        let held = pool.lease().map_err(|reason| format!("InternalServerError: {reason}"))?;
-        let uid = held.uid;
-        info!(job = %spec.job, instance = spec.instance, uid, "the instance runs as a uid of its own");
-        lease = Some(HeldUid { lease: held, dir: dir.to_path_buf() });
-        if let Err(e) = crate::users::give_tree(dir, uid, uid) {
-            return Err(format!("giving the work dir to uid {uid}: {e}"));
-        }
-        let mut all_groups = vec![uid];
-        all_groups.extend(groups);
-        identity = Some((uid, all_groups));
-    }
+    let lease = Identity::lease(spec, settings, dir)?;
+    let identity = lease.as_ref().map(|held| (held.uid(), held.groups.clone()));
 
     let mut cmd = Command::new(&argv[0]);
     // Nothing of the agent's own configuration (join token, API token, ...) reaches the job.
@@ -119,14 +101,8 @@ pub(super) async fn launch(
         let source = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap_or_default();
         let target = std::ffi::CString::new(OPT_ML).unwrap_or_default();
         let root = std::ffi::CString::new("/").unwrap_or_default();
-        let base = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
-        let host_entries = if namespace.is_some() {
-            plan::hosts_file(&base, spec.hosts.len() as u32)
-        } else {
-            format!("{}\n127.0.0.1 algo-{}\n", base.trim_end(), spec.instance)
-        };
-        let hosts_file = dir.join(".hosts");
-        let hosts_ready = std::fs::write(&hosts_file, host_entries).is_ok();
+        let hosts_file = dir.join(HOSTS_FILE);
+        let hosts_ready = write_hosts_file(spec, &hosts_file, namespace.is_some()).is_ok();
         let hosts_source = std::ffi::CString::new(hosts_file.as_os_str().as_bytes()).unwrap_or_default();
         let etc_hosts = std::ffi::CString::new("/etc/hosts").unwrap_or_default();
         let opt_ml = settings.opt_ml;
@@ -222,7 +198,7 @@ pub(super) async fn launch(
                     }
                     (Some(libc::EACCES), Some(held)) => format!(
                         " (the instance runs as uid {}, a user of its own: the program and every directory above it must be readable and executable by every user, e.g. under /opt with mode 0755)",
-                        held.lease.uid
+                        held.uid()
                     ),
                     _ => String::new(),
                 };
@@ -271,22 +247,6 @@ fn command_line(request: &api::CreateTrainingJobRequest) -> Result<Vec<String>, 
     Ok(argv)
 }
 
-/// The instance's uid while it runs. Dropped: its work dir goes back to root (a dir kept for
-/// debugging must not be reachable by the uid's next holder), every process left under the uid is
-/// killed, and the uid is free again.
-struct HeldUid {
-    lease: crate::uids::UidLease,
-    dir: PathBuf,
-}
-
-impl Drop for HeldUid {
-    fn drop(&mut self) {
-        if let Err(e) = std::os::unix::fs::lchown(&self.dir, Some(0), Some(0)) {
-            warn!(dir = %self.dir.display(), uid = self.lease.uid, error = %e, "could not give an ended instance's work dir back to root");
-        }
-    }
-}
-
 /// An instance's processes: its cgroup when it has one (everything it started, wherever it
 /// moved), else every process of its uid when it has one of its own, else its process group.
 /// Dropped after the supervisor has killed them all: the cgroup is removed, the uid freed.
@@ -294,14 +254,14 @@ pub(super) struct ProcessControl {
     cgroup: Option<crate::cgroup::InstanceCgroup>,
     /// The program's pid, which is its process group's id (process_group(0) at spawn).
     group: Option<i32>,
-    uid: Option<HeldUid>,
+    uid: Option<Identity>,
 }
 
 impl Control for ProcessControl {
     fn signal(&self, signal: i32) {
         match (&self.cgroup, &self.uid, self.group) {
             (Some(cgroup), _, _) => cgroup.signal(signal),
-            (None, Some(held), _) => crate::uids::signal_every_process_of(held.lease.uid, signal),
+            (None, Some(held), _) => crate::uids::signal_every_process_of(held.uid(), signal),
             (None, None, Some(pid)) if pid > 1 => {
                 // SAFETY: kill(2) has no memory-safety preconditions; the group is the job's own,
                 // never ours.
@@ -324,7 +284,7 @@ impl Control for ProcessControl {
                 }
             }
             (None, Some(held)) => {
-                let uid = held.lease.uid;
+                let uid = held.uid();
                 let _ = tokio::task::spawn_blocking(move || crate::uids::kill_every_process_of(uid)).await;
             }
             (None, None) => self.signal(libc::SIGKILL),

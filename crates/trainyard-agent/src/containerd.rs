@@ -1,0 +1,333 @@
+//! The agent's containerd client: images already in containerd's store, containers and their tasks,
+//! all in a containerd namespace of the agent's own (default `trainyard`; Docker's `moby` and
+//! Kubernetes' `k8s.io` are never touched). Every container the agent creates carries the label
+//! `trainyard.agent=<agent id>`, which is how a restarted agent finds what it left behind.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest};
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest, GetImageRequest,
+    KillRequest, ListContainersRequest, ReadContentRequest, StartRequest, WaitRequest,
+    containers_client::ContainersClient, content_client::ContentClient, images_client::ImagesClient,
+    tasks_client::TasksClient, version_client::VersionClient,
+};
+use containerd_client::tonic::transport::Channel;
+use containerd_client::tonic::{Code, Request};
+use containerd_client::types::Mount;
+use futures::StreamExt;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+const SNAPSHOTTER: &str = "overlayfs";
+const RUNTIME: &str = "io.containerd.runc.v2";
+/// The label that says which agent made a container.
+pub const AGENT_LABEL: &str = "trainyard.agent";
+/// Manifests, indexes and image configs are small; anything larger is not one.
+const MAX_METADATA_BYTES: usize = 4 * 1024 * 1024;
+
+pub struct Containerd {
+    channel: Channel,
+    namespace: String,
+    /// "containerd 1.6.20": what `trainyard agents list` shows.
+    pub version: String,
+}
+
+/// What an image says about how to run it (its config), and the snapshot its layers make.
+#[derive(Debug, Clone, Default)]
+pub struct Image {
+    pub reference: String,
+    /// Its Cmd is not kept: SageMaker replaces it with `train`.
+    pub entrypoint: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    /// The committed snapshot of all its layers (the chain id of its diff ids).
+    pub chain_id: String,
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    digest: String,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+struct Platform {
+    architecture: String,
+    os: String,
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+    config: Option<Descriptor>,
+}
+
+#[derive(Deserialize)]
+struct ImageConfig {
+    #[serde(default)]
+    config: RunConfig,
+    rootfs: RootFs,
+}
+
+#[derive(Deserialize, Default)]
+struct RunConfig {
+    #[serde(rename = "Entrypoint", default)]
+    entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Env", default)]
+    env: Option<Vec<String>>,
+    #[serde(rename = "WorkingDir", default)]
+    working_dir: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+fn rpc(what: &str) -> impl Fn(containerd_client::tonic::Status) -> String + '_ {
+    move |status| format!("containerd {what}: {}", status.message())
+}
+
+impl Containerd {
+    /// Connects and asks for containerd's version (a socket nobody answers on is no runtime).
+    pub async fn connect(socket: &Path, namespace: &str) -> Result<Containerd, String> {
+        if !socket.exists() {
+            return Err(format!("no containerd socket at {}", socket.display()));
+        }
+        let channel = containerd_client::connect(socket)
+            .await
+            .map_err(|e| format!("connecting to containerd at {}: {e}", socket.display()))?;
+        let version = VersionClient::new(channel.clone()).version(()).await.map_err(rpc("version"))?.into_inner();
+        Ok(Containerd { channel, namespace: namespace.to_string(), version: format!("containerd {}", version.version) })
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Ok(namespace) = self.namespace.parse() {
+            request.metadata_mut().insert("containerd-namespace", namespace);
+        }
+        request
+    }
+
+    async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, String> {
+        let request = self.request(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 });
+        let mut stream =
+            ContentClient::new(self.channel.clone()).read(request).await.map_err(rpc("read"))?.into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            bytes.extend(chunk.map_err(rpc("read"))?.data);
+            if bytes.len() > MAX_METADATA_BYTES {
+                return Err(format!(
+                    "{digest} is larger than {MAX_METADATA_BYTES} bytes: not an image manifest or config"
+                ));
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// The image `reference` (fully qualified), from containerd's store. `Err` is a FailureReason.
+    pub async fn image(&self, reference: &str) -> Result<Image, String> {
+        let request = self.request(GetImageRequest { name: reference.to_string() });
+        let image = match ImagesClient::new(self.channel.clone()).get(request).await {
+            Ok(response) => response.into_inner().image,
+            Err(status) if status.code() == Code::NotFound => None,
+            Err(status) => return Err(rpc("image")(status)),
+        };
+        let target = image.and_then(|i| i.target).ok_or_else(|| {
+            format!(
+                "ClientError: the training image {reference} is not on this agent (pulling from registries is not done yet: import it with `ctr -n {} images import` or pull it with `ctr -n {} images pull`)",
+                self.namespace, self.namespace
+            )
+        })?;
+        let mut manifest: Manifest = self.json(&target.digest).await?;
+        if !manifest.manifests.is_empty() || manifest.config.is_none() {
+            // An index: this host's platform.
+            let chosen = manifest
+                .manifests
+                .iter()
+                .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64"))
+                .or_else(|| manifest.manifests.first())
+                .ok_or_else(|| format!("ClientError: {reference} names an index without manifests"))?;
+            manifest = self.json(&chosen.digest).await?;
+        }
+        let config = manifest.config.ok_or_else(|| format!("ClientError: {reference} has no image config"))?;
+        let config: ImageConfig = self.json(&config.digest).await?;
+        let chain_id =
+            chain_id(&config.rootfs.diff_ids).ok_or_else(|| format!("ClientError: {reference} has no layers"))?;
+        let stat = self.request(StatSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: chain_id.clone() });
+        if let Err(status) = SnapshotsClient::new(self.channel.clone()).stat(stat).await {
+            return Err(if status.code() == Code::NotFound {
+                format!(
+                    "ClientError: the training image {reference} is in containerd's store but not unpacked for {SNAPSHOTTER}"
+                )
+            } else {
+                rpc("snapshot")(status)
+            });
+        }
+        Ok(Image {
+            reference: reference.to_string(),
+            entrypoint: config.config.entrypoint.unwrap_or_default(),
+            env: config.config.env.unwrap_or_default(),
+            working_dir: config.config.working_dir.unwrap_or_default(),
+            chain_id,
+        })
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(&self, digest: &str) -> Result<T, String> {
+        serde_json::from_slice(&self.read_blob(digest).await?).map_err(|e| format!("ClientError: {digest}: {e}"))
+    }
+
+    /// Creates container `id` from `image` with the OCI runtime `spec`; returns its root file
+    /// system's mounts (a fresh writable snapshot on top of the image's).
+    pub async fn create(
+        &self,
+        id: &str,
+        image: &Image,
+        spec: &serde_json::Value,
+        agent: &str,
+    ) -> Result<Vec<Mount>, String> {
+        let prepare = self.request(PrepareSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: id.to_string(),
+            parent: image.chain_id.clone(),
+            ..Default::default()
+        });
+        let mounts = SnapshotsClient::new(self.channel.clone())
+            .prepare(prepare)
+            .await
+            .map_err(rpc("snapshot"))?
+            .into_inner()
+            .mounts;
+        let container = Container {
+            id: id.to_string(),
+            labels: HashMap::from([(AGENT_LABEL.to_string(), agent.to_string())]),
+            image: image.reference.clone(),
+            runtime: Some(Runtime { name: RUNTIME.into(), options: None }),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                value: serde_json::to_vec(spec).map_err(|e| e.to_string())?,
+            }),
+            snapshotter: SNAPSHOTTER.into(),
+            snapshot_key: id.to_string(),
+            ..Default::default()
+        };
+        let create = self.request(CreateContainerRequest { container: Some(container) });
+        if let Err(status) = ContainersClient::new(self.channel.clone()).create(create).await {
+            self.remove_snapshot(id).await;
+            return Err(rpc("container")(status));
+        }
+        Ok(mounts)
+    }
+
+    /// Creates and starts container `id`'s task, its output going to the two FIFOs.
+    pub async fn start(&self, id: &str, rootfs: Vec<Mount>, stdout: &Path, stderr: &Path) -> Result<(), String> {
+        let create = self.request(CreateTaskRequest {
+            container_id: id.to_string(),
+            rootfs,
+            stdout: stdout.display().to_string(),
+            stderr: stderr.display().to_string(),
+            ..Default::default()
+        });
+        let mut tasks = TasksClient::new(self.channel.clone());
+        tasks.create(create).await.map_err(rpc("task"))?;
+        tasks
+            .start(self.request(StartRequest { container_id: id.to_string(), ..Default::default() }))
+            .await
+            .map_err(rpc("start"))?;
+        Ok(())
+    }
+
+    /// Waits for the task's init to exit; its exit status.
+    pub async fn wait(&self, id: &str) -> Result<u32, String> {
+        let request = self.request(WaitRequest { container_id: id.to_string(), ..Default::default() });
+        let response = TasksClient::new(self.channel.clone()).wait(request).await.map_err(rpc("wait"))?;
+        Ok(response.into_inner().exit_status)
+    }
+
+    /// Signals every process of the task (`all`), or its init.
+    pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), String> {
+        let request = self.request(KillRequest {
+            container_id: id.to_string(),
+            signal: signal as u32,
+            all,
+            ..Default::default()
+        });
+        match TasksClient::new(self.channel.clone()).kill(request).await {
+            Ok(_) => Ok(()),
+            Err(status) if matches!(status.code(), Code::NotFound | Code::FailedPrecondition) => Ok(()),
+            Err(status) => Err(rpc("kill")(status)),
+        }
+    }
+
+    /// Removes the task, the container and its snapshot; what is already gone is no error.
+    pub async fn remove(&self, id: &str) {
+        // A running task cannot be deleted: killed, then waited for.
+        if self.kill(id, libc::SIGKILL, true).await.is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.wait(id)).await;
+        }
+        let delete = self.request(DeleteTaskRequest { container_id: id.to_string() });
+        if let Err(status) = TasksClient::new(self.channel.clone()).delete(delete).await
+            && status.code() != Code::NotFound
+        {
+            tracing::warn!(container = id, error = %status.message(), "deleting a task failed");
+        }
+        let delete = self.request(DeleteContainerRequest { id: id.to_string() });
+        if let Err(status) = ContainersClient::new(self.channel.clone()).delete(delete).await
+            && status.code() != Code::NotFound
+        {
+            tracing::warn!(container = id, error = %status.message(), "deleting a container failed");
+        }
+        self.remove_snapshot(id).await;
+    }
+
+    async fn remove_snapshot(&self, key: &str) {
+        let remove = self.request(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.to_string() });
+        if let Err(status) = SnapshotsClient::new(self.channel.clone()).remove(remove).await
+            && status.code() != Code::NotFound
+        {
+            tracing::warn!(snapshot = key, error = %status.message(), "removing a snapshot failed");
+        }
+    }
+
+    /// The containers `agent` made (in this namespace).
+    pub async fn containers_of(&self, agent: &str) -> Result<Vec<String>, String> {
+        let filter = format!("labels.\"{AGENT_LABEL}\"=={agent}");
+        let request = self.request(ListContainersRequest { filters: vec![filter] });
+        let listed = ContainersClient::new(self.channel.clone()).list(request).await.map_err(rpc("list"))?;
+        Ok(listed.into_inner().containers.into_iter().map(|c| c.id).collect())
+    }
+}
+
+/// The chain id of layers with these diff ids: the id of the snapshot they make, as containerd
+/// names committed snapshots (`chain(n) = sha256(chain(n-1) + " " + diff(n))`).
+pub fn chain_id(diff_ids: &[String]) -> Option<String> {
+    let mut ids = diff_ids.iter();
+    let mut chain = ids.next()?.clone();
+    for diff in ids {
+        chain =
+            format!("sha256:{}", trainyard_model::hex::encode(&Sha256::digest(format!("{chain} {diff}").as_bytes())));
+    }
+    Some(chain)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chain_ids_follow_the_oci_definition() {
+        let diffs: Vec<String> = ["sha256:aaa", "sha256:bbb"].map(String::from).to_vec();
+        assert_eq!(super::chain_id(&diffs[..1]), Some("sha256:aaa".to_string()));
+        // sha256("sha256:aaa sha256:bbb")
+        let expected = format!(
+            "sha256:{}",
+            trainyard_model::hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(b"sha256:aaa sha256:bbb"))
+        );
+        assert_eq!(super::chain_id(&diffs), Some(expected));
+        assert_eq!(super::chain_id(&[]), None);
+    }
+}

@@ -1,0 +1,333 @@
+//! The container runtime: the training image runs through containerd as SageMaker runs it
+//! (`docker run <image> train`: the image's entrypoint with `train` as its argument, or `train` as
+//! the command), with the instance's work dir at `/opt/ml`, its `/etc/hosts`, its network namespace,
+//! its uid, no capabilities, `no_new_privileges`, and its instance type's memory, CPU and pids limits
+//! (in a cgroup runc makes for it).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::{Control, Exit, HOSTS_FILE, Identity, InstanceSpec, Launched, OPT_ML, Settings, write_hosts_file};
+use crate::containerd::{Containerd, Image};
+
+/// Starts the instance's container. `Err` is the job's FailureReason.
+pub(super) async fn launch(
+    spec: &InstanceSpec,
+    settings: &Settings,
+    containerd: &Arc<Containerd>,
+    reference: &str,
+    dir: &Path,
+    env: BTreeMap<String, String>,
+    namespace: Option<PathBuf>,
+) -> Result<Launched<ContainerControl>, String> {
+    let image = containerd.image(reference).await?;
+    let identity = Identity::lease(spec, settings, dir)?;
+    let hosts = dir.join(HOSTS_FILE);
+    write_hosts_file(spec, &hosts, namespace.is_some()).map_err(|e| format!("writing /etc/hosts: {e}"))?;
+    let id = format!("{}.algo-{}.{}", spec.job, spec.instance, spec.attempt);
+    let cgroup = format!("/trainyard-containers/{}/{id}", settings.agent_id);
+    let runtime = RuntimeSpec {
+        image: &image,
+        request: &spec.request,
+        env: &env,
+        hostname: format!("algo-{}", spec.instance),
+        work_dir: dir,
+        hosts: &hosts,
+        network: namespace.as_deref(),
+        user: identity.as_ref().map(|i| (i.uid(), i.groups.clone())).unwrap_or((0, vec![0])),
+        memory_mib: spec.memory_mib,
+        vcpus: spec.vcpus,
+        pids: settings.pids_max,
+        cgroup: &cgroup,
+    }
+    .build();
+    // Its output comes through two FIFOs in the agent's own staging dir, out of every job's reach.
+    let staging = settings.work_root.join(super::STAGING);
+    std::fs::create_dir_all(&staging).map_err(|e| format!("creating {}: {e}", staging.display()))?;
+    let (stdout, stderr) = (staging.join(format!("{id}.stdout")), staging.join(format!("{id}.stderr")));
+    for fifo in [&stdout, &stderr] {
+        let _ = std::fs::remove_file(fifo);
+        super::prepare::make_fifo(fifo).map_err(|e| format!("creating {}: {e}", fifo.display()))?;
+    }
+    // Opened for reading while containerd's shim opens them for writing (each open waits for the
+    // other side), so that the end of the program's output is an end of file.
+    let readers =
+        [stdout.clone(), stderr.clone()].map(|fifo| tokio::task::spawn_blocking(move || std::fs::File::open(fifo)));
+    let control = ContainerControl {
+        containerd: containerd.clone(),
+        id: id.clone(),
+        cgroup,
+        fifos: [stdout.clone(), stderr.clone()],
+        identity,
+    };
+    let mounts = containerd.create(&id, &image, &runtime, &settings.agent_id).await?;
+    containerd
+        .start(&id, mounts, &stdout, &stderr)
+        .await
+        .map_err(|e| format!("ClientError: starting {reference}: {e}"))?;
+    let mut streams = Vec::new();
+    for reader in readers {
+        let file = reader.await.map_err(|e| e.to_string())?.map_err(|e| format!("opening the output FIFO: {e}"))?;
+        streams.push(Some(Box::new(tokio::fs::File::from_std(file)) as super::Output));
+    }
+    let (exited_tx, exited) = oneshot::channel();
+    let waiter = containerd.clone();
+    let waited = id.clone();
+    tokio::spawn(async move {
+        let status = waiter
+            .wait(&waited)
+            .await
+            .map_err(std::io::Error::other)
+            .map(|code| Exit { code: Some(code as i32), text: format!("exit status: {code}") });
+        let _ = exited_tx.send(status);
+    });
+    let stderr_stream = streams.pop().flatten();
+    let stdout_stream = streams.pop().flatten();
+    Ok(Launched { stdout: stdout_stream, stderr: stderr_stream, exited, control })
+}
+
+/// A running container. Dropped: the task, the container and its snapshot are removed (in the
+/// background), then the uid is given back.
+pub(super) struct ContainerControl {
+    containerd: Arc<Containerd>,
+    id: String,
+    /// runc's cgroup for the container (relative to each hierarchy's root).
+    cgroup: String,
+    fifos: [PathBuf; 2],
+    identity: Option<Identity>,
+}
+
+impl Control for ContainerControl {
+    fn signal(&self, signal: i32) {
+        let (containerd, id) = (self.containerd.clone(), self.id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = containerd.kill(&id, signal, true).await {
+                tracing::warn!(container = %id, error = %e, "signalling a container failed");
+            }
+        });
+    }
+
+    async fn kill_all(&self) {
+        if let Err(e) = self.containerd.kill(&self.id, libc::SIGKILL, true).await {
+            tracing::warn!(container = %self.id, error = %e, "killing a container failed");
+        }
+    }
+
+    fn oom_kills(&self) -> u64 {
+        let control =
+            Path::new("/sys/fs/cgroup/memory").join(self.cgroup.trim_start_matches('/')).join("memory.oom_control");
+        std::fs::read_to_string(control)
+            .ok()
+            .and_then(|text| text.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ContainerControl {
+    fn drop(&mut self) {
+        let (containerd, id) = (self.containerd.clone(), self.id.clone());
+        let fifos = self.fifos.clone();
+        // The uid goes back only once nothing of the container is left.
+        let identity = self.identity.take();
+        let cgroup = self.cgroup.clone();
+        tokio::spawn(async move {
+            containerd.remove(&id).await;
+            remove_empty_parents(&cgroup);
+            for fifo in fifos {
+                let _ = std::fs::remove_file(fifo);
+            }
+            drop(identity);
+        });
+    }
+}
+
+/// Removes the (now empty) dirs above a container's cgroup that runc made in every hierarchy:
+/// `trainyard-containers/<agent>` and `trainyard-containers`. One still in use stays (rmdir of a
+/// cgroup with children fails).
+fn remove_empty_parents(cgroup: &str) {
+    let relative = Path::new(cgroup.trim_start_matches('/'));
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .chain(std::iter::once(PathBuf::from("/sys/fs/cgroup")));
+    for hierarchy in hierarchies {
+        for parent in relative.ancestors().skip(1).filter(|p| !p.as_os_str().is_empty()) {
+            let _ = std::fs::remove_dir(hierarchy.join(parent));
+        }
+    }
+}
+
+/// Everything the OCI runtime spec of an instance's container is made of.
+struct RuntimeSpec<'a> {
+    image: &'a Image,
+    request: &'a trainyard_proto::model::api::CreateTrainingJobRequest,
+    env: &'a BTreeMap<String, String>,
+    hostname: String,
+    work_dir: &'a Path,
+    hosts: &'a Path,
+    /// The instance's network namespace; None: the host's network.
+    network: Option<&'a Path>,
+    /// uid, then its groups (the first is its gid).
+    user: (u32, Vec<u32>),
+    memory_mib: u64,
+    vcpus: u32,
+    pids: u32,
+    cgroup: &'a str,
+}
+
+impl RuntimeSpec<'_> {
+    /// SageMaker's command line: ContainerEntrypoint or the image's entrypoint, then
+    /// ContainerArguments or `train`; an image without an entrypoint runs `train`.
+    fn args(&self) -> Vec<String> {
+        let algorithm = self.request.algorithm_specification.as_ref();
+        let entrypoint = algorithm
+            .and_then(|a| a.container_entrypoint.clone())
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| self.image.entrypoint.clone());
+        let arguments = algorithm
+            .and_then(|a| a.container_arguments.clone())
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| vec!["train".to_string()]);
+        entrypoint.into_iter().chain(arguments).collect()
+    }
+
+    fn build(&self) -> Value {
+        // The image's environment, then the contract's and the job's, which win.
+        let mut env: BTreeMap<String, String> = self
+            .image
+            .env
+            .iter()
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        env.entry("PATH".into())
+            .or_insert_with(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.insert("HOME".into(), if self.user.0 == 0 { "/root".into() } else { OPT_ML.into() });
+        let (uid, groups) = &self.user;
+        let gid = groups.first().copied().unwrap_or(*uid);
+        let mut namespaces =
+            vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
+        if let Some(path) = self.network {
+            namespaces.push(json!({"type": "network", "path": path}));
+        }
+        let bind = |source: &Path, destination: &str, options: &[&str]| json!({"destination": destination, "type": "bind", "source": source, "options": options});
+        let mut resources = json!({
+            "devices": [{"allow": false, "access": "rwm"}],
+            "pids": {"limit": self.pids},
+        });
+        if self.memory_mib > 0 {
+            resources["memory"] = json!({"limit": self.memory_mib * 1024 * 1024});
+        }
+        if self.vcpus > 0 {
+            resources["cpu"] = json!({"quota": i64::from(self.vcpus) * 100_000, "period": 100_000});
+        }
+        json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": uid, "gid": gid, "additionalGids": groups},
+                "args": self.args(),
+                "env": env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+                "cwd": if self.image.working_dir.is_empty() { "/" } else { self.image.working_dir.as_str() },
+                // No privileges, whoever the user is.
+                "capabilities": {"bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": []},
+                "noNewPrivileges": true,
+            },
+            "root": {"path": "rootfs", "readonly": false},
+            "hostname": self.hostname,
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777"]},
+                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
+                bind(self.work_dir, OPT_ML, &["rbind", "rw", "nosuid", "nodev"]),
+                bind(self.hosts, "/etc/hosts", &["bind", "ro", "nosuid", "nodev", "noexec"]),
+            ],
+            "linux": {
+                "namespaces": namespaces,
+                "cgroupsPath": self.cgroup,
+                "resources": resources,
+                "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+                "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trainyard_proto::model::api;
+
+    fn spec_for(entrypoint: &[&str], request: api::CreateTrainingJobRequest) -> Value {
+        let image = Image {
+            reference: "localhost/trainer:1".into(),
+            entrypoint: entrypoint.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/opt/conda/bin:/bin".into(), "SM_MODEL_DIR=/wrong".into()],
+            working_dir: "/code".into(),
+            ..Default::default()
+        };
+        let env = BTreeMap::from([("SM_MODEL_DIR".to_string(), "/opt/ml/model".to_string())]);
+        RuntimeSpec {
+            image: &image,
+            request: &request,
+            env: &env,
+            hostname: "algo-2".into(),
+            work_dir: Path::new("/var/lib/trainyard/jobs/j/algo-2"),
+            hosts: Path::new("/var/lib/trainyard/jobs/j/algo-2/.hosts"),
+            network: Some(Path::new("/run/netns/ty-a-1")),
+            user: (61184, vec![61184, 1001]),
+            memory_mib: 8192,
+            vcpus: 2,
+            pids: 16384,
+            cgroup: "/trainyard-containers/a/j.algo-2.1",
+        }
+        .build()
+    }
+
+    #[test]
+    fn the_container_runs_as_sagemaker_runs_it_with_nothing_extra() {
+        let s = spec_for(&["python", "/code/entry.py"], api::CreateTrainingJobRequest::default());
+        assert_eq!(s["process"]["args"], json!(["python", "/code/entry.py", "train"]));
+        assert_eq!(s["process"]["user"], json!({"uid": 61184, "gid": 61184, "additionalGids": [61184, 1001]}));
+        assert_eq!(s["process"]["noNewPrivileges"], json!(true));
+        assert_eq!(s["process"]["capabilities"]["bounding"], json!([]));
+        assert_eq!(s["process"]["cwd"], json!("/code"));
+        let env: Vec<&str> = s["process"]["env"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        assert!(env.contains(&"SM_MODEL_DIR=/opt/ml/model"), "the contract wins over the image: {env:?}");
+        assert!(env.contains(&"PATH=/opt/conda/bin:/bin"), "the image's PATH stays: {env:?}");
+        assert_eq!(s["hostname"], json!("algo-2"));
+        let mounts = s["mounts"].as_array().expect("mounts");
+        let opt_ml = mounts.iter().find(|m| m["destination"] == "/opt/ml").expect("/opt/ml");
+        assert_eq!(opt_ml["source"], json!("/var/lib/trainyard/jobs/j/algo-2"));
+        assert!(mounts.iter().any(|m| m["destination"] == "/etc/hosts" && m["options"][1] == "ro"));
+        assert_eq!(s["linux"]["namespaces"][4], json!({"type": "network", "path": "/run/netns/ty-a-1"}));
+        assert_eq!(s["linux"]["resources"]["memory"]["limit"], json!(8192u64 * 1024 * 1024));
+        assert_eq!(s["linux"]["resources"]["cpu"]["quota"], json!(200_000));
+        assert_eq!(s["linux"]["resources"]["pids"]["limit"], json!(16384));
+    }
+
+    #[test]
+    fn no_entrypoint_runs_train_and_the_job_may_replace_both() {
+        assert_eq!(spec_for(&[], api::CreateTrainingJobRequest::default())["process"]["args"], json!(["train"]));
+        let request = api::CreateTrainingJobRequest {
+            algorithm_specification: Some(api::AlgorithmSpecification {
+                container_entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+                container_arguments: Some(vec!["echo hi".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(spec_for(&["python"], request)["process"]["args"], json!(["/bin/sh", "-c", "echo hi"]));
+    }
+}

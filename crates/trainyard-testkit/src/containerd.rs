@@ -1,0 +1,188 @@
+//! A real containerd of the test's own (its root, state and socket in a temp dir; the CRI plugin
+//! off), and OCI images the tests build themselves from the host's static busybox: no registry
+//! outside this machine is reachable, and none is needed to run an image already in the store.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+/// The containerd namespace agents use by default.
+pub const NAMESPACE: &str = "trainyard";
+/// Where Debian's busybox-static puts its binary.
+const BUSYBOX: &str = "/bin/busybox";
+
+pub struct Containerd {
+    child: Child,
+    pub socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    /// Starts one (scripts/setup installs containerd, runc and busybox-static).
+    pub fn start() -> Containerd {
+        let dir = tempfile::Builder::new().prefix("trainyard-containerd-").tempdir().expect("temp dir");
+        let root = dir.path();
+        let socket = root.join("containerd.sock");
+        let config = root.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{r}/root\"\nstate = \"{r}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n\
+                 [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{r}/opt\"\n",
+                r = root.display(),
+                s = socket.display()
+            ),
+        )
+        .expect("config");
+        let log = std::fs::File::create(root.join("containerd.log")).expect("log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("containerd (scripts/setup installs it)");
+        let containerd = Containerd { child, socket, dir };
+        let up = crate::wait_until(Duration::from_secs(20), || containerd.ctr(&["version"]).status.success());
+        assert!(up, "containerd did not start: {}", containerd.log());
+        containerd
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Runs `ctr` against this containerd, in the agents' namespace.
+    pub fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", NAMESPACE])
+            .args(args)
+            .output()
+            .expect("ctr")
+    }
+
+    /// Builds an image of busybox and `files` (path in the image, contents, mode) with this
+    /// entrypoint, and imports it as `reference`.
+    pub fn import_busybox_image(&self, reference: &str, entrypoint: &[&str], files: &[(&str, &str, u32)]) {
+        let archive = self.dir.path().join(format!("{}.tar", reference.replace(['/', ':'], "_")));
+        write_image(&archive, reference, entrypoint, files);
+        let out = self.ctr(&["images", "import", archive.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "ctr images import: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The ids of the containers in the agents' namespace.
+    pub fn containers(&self) -> Vec<String> {
+        let out = self.ctr(&["containers", "list", "--quiet"]);
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    }
+
+    /// The snapshots in the agents' namespace (the images' committed ones included).
+    pub fn snapshots(&self) -> Vec<String> {
+        let out = self.ctr(&["snapshots", "list"]);
+        String::from_utf8_lossy(&out.stdout).lines().skip(1).map(str::to_string).collect()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Whatever a failed test left: tasks (their shims outlive containerd), then containerd.
+        for id in self.containers() {
+            let _ = self.ctr(&["tasks", "kill", "--all", "--signal", "SIGKILL", &id]);
+            let _ = self.ctr(&["tasks", "delete", "--force", &id]);
+            let _ = self.ctr(&["containers", "delete", &id]);
+        }
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn digest(bytes: &[u8]) -> String {
+    let hash = Sha256::digest(bytes);
+    format!("sha256:{}", hash.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+fn entry(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_path(path).expect("path");
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_size(size);
+    header.set_mtime(0);
+    header.set_cksum();
+    header
+}
+
+/// An OCI image layout archive of one layer (busybox, its applets, `files`), named `reference`
+/// for `ctr images import`.
+fn write_image(archive: &Path, reference: &str, entrypoint: &[&str], files: &[(&str, &str, u32)]) {
+    let mut layer = tar::Builder::new(Vec::new());
+    for (dir, mode) in [("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("opt", 0o755), ("opt/ml", 0o755)] {
+        layer.append(&entry(dir, tar::EntryType::Directory, mode, 0), std::io::empty()).expect("dir");
+    }
+    let busybox = std::fs::read(BUSYBOX).expect("busybox (scripts/setup installs busybox-static)");
+    layer
+        .append(&entry("bin/busybox", tar::EntryType::Regular, 0o755, busybox.len() as u64), &busybox[..])
+        .expect("busybox");
+    for applet in
+        ["sh", "cat", "echo", "id", "ls", "mkdir", "sleep", "env", "kill", "head", "wc", "stat", "true", "dd", "cp"]
+    {
+        let mut link = entry(&format!("bin/{applet}"), tar::EntryType::Symlink, 0o777, 0);
+        link.set_link_name("busybox").expect("link");
+        link.set_cksum();
+        layer.append(&link, std::io::empty()).expect("applet");
+    }
+    for (path, contents, mode) in files {
+        layer
+            .append(
+                &entry(path.trim_start_matches('/'), tar::EntryType::Regular, *mode, contents.len() as u64),
+                contents.as_bytes(),
+            )
+            .expect("file");
+    }
+    let layer = layer.into_inner().expect("layer");
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gzip.write_all(&layer).expect("gzip");
+    let compressed = gzip.finish().expect("gzip");
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Entrypoint": entrypoint, "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]},
+    })
+    .to_string()
+    .into_bytes();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(&compressed), "size": compressed.len()}],
+    })
+    .to_string()
+    .into_bytes();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest(&manifest),
+                       "size": manifest.len(), "annotations": {"io.containerd.image.name": reference}}],
+    })
+    .to_string()
+    .into_bytes();
+    let mut out = tar::Builder::new(std::fs::File::create(archive).expect("archive"));
+    let mut blobs = vec![
+        ("oci-layout".to_string(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
+        ("index.json".to_string(), index),
+    ];
+    for blob in [compressed, config, manifest] {
+        blobs.push((format!("blobs/sha256/{}", &digest(&blob)[7..]), blob));
+    }
+    for (path, bytes) in blobs {
+        out.append(&entry(&path, tar::EntryType::Regular, 0o644, bytes.len() as u64), &bytes[..]).expect("blob");
+    }
+    out.finish().expect("archive");
+}

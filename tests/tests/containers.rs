@@ -1,0 +1,169 @@
+//! Training images run as containers through a real containerd (the test's own), as SageMaker runs
+//! them: the image's entrypoint with `train`, the instance's work dir at /opt/ml, its uid, its
+//! instance type's memory, SIGTERM and a grace period on stop; nothing is left in containerd after.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use trainyard_e2e::{Backend, Coordinator, INSTANCE_UIDS, example, number_after, on_both_backends};
+use trainyard_testkit::containerd::Containerd;
+
+const IMAGE: &str = "localhost/trainyard-e2e/trainer:1";
+
+/// The image's training script: what SageMaker's contract gives it, then a model and output data.
+const TRAIN: &str = r#"#!/bin/sh
+echo "args=$* uid=$(id -u) gid=$(id -g)"
+echo "hyperparameters=$(cat /opt/ml/input/config/hyperparameters.json | tr -d ' \n')"
+echo "channel=$(ls /opt/ml/input/data/train) rows=$(cat /opt/ml/input/data/train/* | wc -l)"
+echo "sm_model_dir=$SM_MODEL_DIR epochs=$SM_HP_EPOCHS"
+case "$MODE" in
+  sleep)
+    trap 'echo "got TERM, saving"; echo saved > /opt/ml/model/partial.txt; exit 0' TERM
+    echo sleeping
+    while true; do sleep 1; done ;;
+  hog)
+    echo filling
+    exec dd if=/dev/zero of=/dev/shm/fill bs=1048576 count=400 ;;
+esac
+echo trained > /opt/ml/model/model.txt
+echo "loss=0.25"
+"#;
+
+fn request(name: &str, image: &str, environment: Value) -> Value {
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    r["TrainingJobName"] = json!(name);
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(image);
+    r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "loss", "Regex": "loss=([0-9.]+)"}]);
+    r["HyperParameters"] = json!({"epochs": "3"});
+    r["Environment"] = environment;
+    r
+}
+
+fn submit(c: &Coordinator, r: &Value) -> Value {
+    let name = r["TrainingJobName"].as_str().expect("name").to_string();
+    let file = c.write(&format!("{name}.json"), &r.to_string());
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", &name], |d| {
+        !matches!(d["TrainingJobStatus"].as_str(), Some("InProgress" | "Stopping"))
+    })
+}
+
+on_both_backends!(an_image_runs_as_a_container_with_the_sagemaker_contract);
+
+fn an_image_runs_as_a_container_with_the_sagemaker_contract(backend: Backend) {
+    let containerd = Containerd::start();
+    containerd.import_busybox_image(IMAGE, &["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
+    let c = Coordinator::start_on(backend);
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let _agent = c.start_agent("containers", &["--advertise-vcpus", "8", "--containerd-socket", &socket], &[]);
+    let agents = c.json(&["agents", "list"]);
+    assert!(
+        agents["Agents"][0]["ContainerRuntime"].as_str().is_some_and(|r| r.starts_with("containerd 1.")),
+        "{agents:#}"
+    );
+
+    let done = submit(&c, &request("in-a-container", IMAGE, json!({})));
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs("in-a-container"));
+    let logs = c.logs("in-a-container");
+    assert!(logs.contains("args=train "), "the image's entrypoint, with train: {logs}");
+    assert!(INSTANCE_UIDS.contains(&number_after(&logs, "uid=")), "a uid of its own, not root: {logs}");
+    assert!(logs.contains("hyperparameters={\"epochs\":\"3\"}"), "{logs}");
+    assert!(logs.contains("channel=train.csv rows="), "the channel is staged at /opt/ml/input/data: {logs}");
+    assert!(logs.contains("sm_model_dir=/opt/ml/model epochs=3"), "{logs}");
+    assert_eq!(done["FinalMetricDataList"][0]["Value"], json!(0.25), "{done:#}");
+    let model = c.output_dir().join("blobs-logreg-baseline/in-a-container/output/model.tar.gz");
+    assert!(model.is_file(), "{}", model.display());
+    assert!(
+        trainyard_testkit::wait_until(Duration::from_secs(10), || containerd.containers().is_empty()
+            && containerd.snapshots().len() == 1),
+        "left in containerd: {:?} {:?} (only the image's own snapshot stays)",
+        containerd.containers(),
+        containerd.snapshots()
+    );
+
+    // An image this agent does not have fails the job, saying so.
+    let missing = submit(&c, &request("missing-image", "localhost/trainyard-e2e/absent:1", json!({})));
+    assert_eq!(missing["TrainingJobStatus"], "Failed");
+    let reason = missing["FailureReason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("ClientError: the training image localhost/trainyard-e2e/absent:1 is not on this agent"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_container_is_stopped_with_a_grace_period_and_held_to_its_memory() {
+    let containerd = Containerd::start();
+    containerd.import_busybox_image(IMAGE, &["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
+    let config_dir = tempfile::tempdir().expect("dir");
+    let config = config_dir.path().join("coordinator.toml");
+    std::fs::write(&config, "[[instance_types]]\nname = \"ml.m5.large\"\nvcpus = 2\nmemory_mib = 128\n")
+        .expect("write");
+    let c = Coordinator::start_with_args(&["--config", config.to_str().expect("utf-8")]);
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let _agent = c.start_agent("containers", &["--advertise-vcpus", "8", "--containerd-socket", &socket], &[]);
+
+    let mut sleeper = request("sleeper", IMAGE, json!({"MODE": "sleep"}));
+    sleeper["ResourceConfig"]["InstanceType"] = json!("ml.m5.large");
+    let file = c.write("sleeper.json", &sleeper.to_string());
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    assert!(trainyard_testkit::wait_until(Duration::from_secs(30), || c.logs("sleeper").contains("sleeping")));
+    c.cli(&["training-jobs", "stop", "sleeper"]).assert_success();
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "sleeper"], |d| {
+        !matches!(d["TrainingJobStatus"].as_str(), Some("InProgress" | "Stopping"))
+    });
+    assert_eq!(done["TrainingJobStatus"], "Stopped", "{done:#}");
+    assert!(c.logs("sleeper").contains("got TERM, saving"), "{}", c.logs("sleeper"));
+    assert!(
+        c.output_dir().join("blobs-logreg-baseline/sleeper/output/model.tar.gz").is_file(),
+        "what it saved is uploaded"
+    );
+
+    let mut hog = request("hog", IMAGE, json!({"MODE": "hog"}));
+    hog["ResourceConfig"]["InstanceType"] = json!("ml.m5.large");
+    let done = submit(&c, &hog);
+    assert_eq!(done["TrainingJobStatus"], "Failed", "{}", c.logs("hog"));
+    let reason = done["FailureReason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("OutOfMemoryError") && reason.contains("128 MiB"), "{reason}");
+    assert!(
+        trainyard_testkit::wait_until(Duration::from_secs(10), || containerd.containers().is_empty()),
+        "left in containerd: {:?}",
+        containerd.containers()
+    );
+}
+
+#[test]
+fn an_agent_killed_with_its_container_running_removes_it_when_it_comes_back() {
+    let containerd = Containerd::start();
+    containerd.import_busybox_image(IMAGE, &["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
+    let c = Coordinator::start();
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let args = ["--advertise-vcpus", "8", "--containerd-socket", &socket];
+    let agent = c.start_agent("crashes", &args, &[]);
+    let file = c.write("orphan.json", &request("orphan", IMAGE, json!({"MODE": "sleep"})).to_string());
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    assert!(
+        trainyard_testkit::wait_until(Duration::from_secs(30), || c.logs("orphan").contains("sleeping")),
+        "{:#}",
+        c.json(&["training-jobs", "describe", "orphan"])
+    );
+    assert_eq!(containerd.containers().len(), 1);
+
+    c.expect_log(r#"agent stream broke agent="crashes""#);
+    agent.signal(trainyard_testkit::SIGKILL);
+    drop(agent);
+    // Its container runs on inside containerd, unsupervised, until the agent is back.
+    assert_eq!(containerd.containers().len(), 1, "containerd keeps tasks of a dead client");
+    let back = c.start_agent("crashes", &args, &[]);
+    back.expect_log("removing a container an earlier run of this agent left");
+    assert!(
+        trainyard_testkit::wait_until(Duration::from_secs(20), || containerd.containers().is_empty()),
+        "left in containerd: {:?}",
+        containerd.containers()
+    );
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "orphan"], |d| {
+        d["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
+}
