@@ -89,6 +89,10 @@ impl Drop for Coordinator {
     }
 }
 
+fn with_host_programs<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    std::iter::once("--host-programs").chain(args.iter().copied()).collect()
+}
+
 fn coordinator_dir() -> TempDir {
     tempfile::Builder::new().prefix("trainyard-e2e-").tempdir().expect("temp dir")
 }
@@ -294,8 +298,15 @@ impl Coordinator {
 
     /// Starts an agent connected to this coordinator, with its work root and buckets
     /// (`examples` = the repository's example data, `output` = `<dir>/output`) in this temp dir.
+    /// It runs host programs (`--host-programs`): the tests' training programs are.
     pub fn start_agent(&self, id: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        self.start_agent_with(Command::new(binary("trainyard-agent")), &self.address, id, args, env)
+        let args = with_host_programs(args);
+        self.start_agent_with(Command::new(binary("trainyard-agent")), &self.address, id, &args, env)
+    }
+
+    /// An agent as production runs it: container images only, no programs on the host.
+    pub fn start_agent_for_images_only(&self, id: &str, args: &[&str]) -> Daemon {
+        self.start_agent_with(Command::new(binary("trainyard-agent")), &self.address, id, args, &[])
     }
 
     /// Starts an agent inside a simulated host; it reaches this coordinator through the LAN.
@@ -305,7 +316,7 @@ impl Coordinator {
         let port = self.address.rsplit(':').next().unwrap_or_default();
         let address = format!("{}:{port}", lan.gateway);
         self.agent_check(id).expect("instances run without a cgroup");
-        self.start_agent_with(host.command(binary("trainyard-agent")), &address, id, args, &[])
+        self.start_agent_with(host.command(binary("trainyard-agent")), &address, id, &with_host_programs(args), &[])
     }
 
     fn start_agent_with(
@@ -341,7 +352,13 @@ impl Coordinator {
     /// Starts an agent without waiting for it to register (for agents that must not: their
     /// refusals are in their logs, which the test reads; the logs are not checked).
     pub fn spawn_agent(&self, id: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        self.spawn_agent_with(Command::new(binary("trainyard-agent")), &self.address, id, args, env)
+        self.spawn_agent_with(
+            Command::new(binary("trainyard-agent")),
+            &self.address,
+            id,
+            &with_host_programs(args),
+            env,
+        )
     }
 
     fn spawn_agent_with(

@@ -351,7 +351,52 @@ fn pipe_mode_and_jobs_that_no_agent_can_hold() {
 
 // The tuning scenarios read and write objectives, rankings and completion details through the
 // store: each runs on SQLite and on PostgreSQL.
+fn agents_are_cordoned_and_drained_for_maintenance_across_restarts(backend: Backend) {
+    let mut c = Coordinator::start_on(backend);
+    let agent = c.start_agent("maint", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
+    let cordon_of = |c: &Coordinator| c.json(&["agents", "list"])["Agents"][0]["Cordon"].clone();
+    submit(&c, "training-jobs", "running", &training_request(&c, "running", json!({"sleep": "60"}), 600));
+    c.wait_json(&["training-jobs", "describe", "running"], |d| d["SecondaryStatus"] == "Training");
+
+    // Drained: what runs goes on, nothing new starts, and the waiting job says why.
+    c.cli(&["agents", "drain", "maint"]).assert_success();
+    let agents = c.json(&["agents", "list"]);
+    assert_eq!(agents["Agents"][0]["Cordon"], "draining", "{agents:#}");
+    assert_eq!(agents["Agents"][0]["CordonedBy"], "e2e", "{agents:#}");
+    assert!(c.cli(&["agents", "list"]).stdout().contains("ready, draining"));
+    submit(&c, "training-jobs", "waits", &training_request(&c, "waits", json!({}), 600));
+    let waiting = c.wait_json(&["training-jobs", "describe", "waits"], |d| {
+        d["SecondaryStatusTransitions"].to_string().contains("cordoned or draining")
+    });
+    assert_eq!(waiting["SecondaryStatus"], "Pending", "{waiting:#}");
+    assert_eq!(c.json(&["training-jobs", "describe", "running"])["TrainingJobStatus"], "InProgress");
+
+    // Its last instance ends: drained, and so it stays when the coordinator restarts.
+    c.cli(&["training-jobs", "stop", "running"]).assert_success();
+    c.wait_json(&["training-jobs", "describe", "running"], |d| d["TrainingJobStatus"] == "Stopped");
+    assert!(trainyard_testkit::wait_until(Duration::from_secs(10), || cordon_of(&c) == "drained"));
+    agent.expect_log("coordinator unreachable or stream ended; instances keep running");
+    c.restart(trainyard_testkit::SIGTERM);
+    assert!(
+        trainyard_testkit::wait_until(Duration::from_secs(20), || cordon_of(&c) == "drained"),
+        "{:#}",
+        c.json(&["agents", "list"])
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.json(&["training-jobs", "describe", "waits"])["SecondaryStatus"], "Pending");
+
+    // Back in placement: the waiting job runs.
+    c.cli(&["agents", "uncordon", "maint"]).assert_success();
+    let done = c.wait_json(&["training-jobs", "describe", "waits"], |d| d["TrainingJobStatus"] != "InProgress");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    assert_eq!(cordon_of(&c), "");
+    let again = c.cli(&["agents", "uncordon", "maint"]);
+    assert_ne!(again.code(), 0);
+    assert!(again.stderr().contains("agent 'maint' is not cordoned"), "{}", again.stderr());
+}
+
 on_both_backends!(
+    agents_are_cordoned_and_drained_for_maintenance_across_restarts,
     a_bayesian_tuning_job_learns_from_its_trials,
     early_stopping_and_completion_criteria_end_trials_and_jobs,
     hyperband_stops_trials_outside_the_top_of_their_rung,

@@ -56,12 +56,15 @@ fn an_image_runs_as_a_container_with_the_sagemaker_contract(backend: Backend) {
     containerd.import_busybox_image(IMAGE, &["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
     let c = Coordinator::start_on(backend);
     let socket = containerd.socket.to_str().expect("utf-8").to_string();
-    let _agent = c.start_agent("containers", &["--advertise-vcpus", "8", "--containerd-socket", &socket], &[]);
+    // As production runs agents: images only.
+    let _agent =
+        c.start_agent_for_images_only("containers", &["--advertise-vcpus", "8", "--containerd-socket", &socket]);
     let agents = c.json(&["agents", "list"]);
     assert!(
         agents["Agents"][0]["ContainerRuntime"].as_str().is_some_and(|r| r.starts_with("containerd 1.")),
         "{agents:#}"
     );
+    assert_eq!(agents["Agents"][0]["HostPrograms"], json!(false), "{agents:#}");
 
     let done = submit(&c, &request("in-a-container", IMAGE, json!({})));
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs("in-a-container"));
@@ -81,6 +84,17 @@ fn an_image_runs_as_a_container_with_the_sagemaker_contract(backend: Backend) {
         containerd.containers(),
         containerd.snapshots()
     );
+
+    // A program on the host waits: no agent runs host programs, and its status says so.
+    let mut program = request("host-program", "deploy/examples/trainer/train.py", json!({}));
+    program["TrainingJobName"] = json!("host-program");
+    let file = c.write("host-program.json", &program.to_string());
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    let waiting = c.wait_json(&["training-jobs", "describe", "host-program"], |d| {
+        d["SecondaryStatusTransitions"].to_string().contains("no agent runs host programs")
+    });
+    assert_eq!(waiting["TrainingJobStatus"], "InProgress", "{waiting:#}");
+    c.cli(&["training-jobs", "stop", "host-program"]).assert_success();
 
     // An image this agent does not have fails the job, saying so.
     let missing = submit(&c, &request("missing-image", "localhost/trainyard-e2e/absent:1", json!({})));
@@ -102,7 +116,8 @@ fn a_container_is_stopped_with_a_grace_period_and_held_to_its_memory() {
         .expect("write");
     let c = Coordinator::start_with_args(&["--config", config.to_str().expect("utf-8")]);
     let socket = containerd.socket.to_str().expect("utf-8").to_string();
-    let _agent = c.start_agent("containers", &["--advertise-vcpus", "8", "--containerd-socket", &socket], &[]);
+    let _agent =
+        c.start_agent_for_images_only("containers", &["--advertise-vcpus", "8", "--containerd-socket", &socket]);
 
     let mut sleeper = request("sleeper", IMAGE, json!({"MODE": "sleep"}));
     sleeper["ResourceConfig"]["InstanceType"] = json!("ml.m5.large");
@@ -139,8 +154,10 @@ fn an_agent_killed_with_its_container_running_removes_it_when_it_comes_back() {
     containerd.import_busybox_image(IMAGE, &["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
     let c = Coordinator::start();
     let socket = containerd.socket.to_str().expect("utf-8").to_string();
-    let args = ["--advertise-vcpus", "8", "--containerd-socket", &socket];
-    let agent = c.start_agent("crashes", &args, &[]);
+    // Uids of its own: its container outlives it under its uid, which other tests' agents (on
+    // this host, from the default range) would otherwise reclaim, killing the container first.
+    let args = ["--advertise-vcpus", "8", "--containerd-socket", &socket, "--instance-uids", "70000-70009"];
+    let agent = c.start_agent_for_images_only("crashes", &args);
     let file = c.write("orphan.json", &request("orphan", IMAGE, json!({"MODE": "sleep"})).to_string());
     c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
     assert!(
@@ -155,7 +172,7 @@ fn an_agent_killed_with_its_container_running_removes_it_when_it_comes_back() {
     drop(agent);
     // Its container runs on inside containerd, unsupervised, until the agent is back.
     assert_eq!(containerd.containers().len(), 1, "containerd keeps tasks of a dead client");
-    let back = c.start_agent("crashes", &args, &[]);
+    let back = c.start_agent_for_images_only("crashes", &args);
     back.expect_log("removing a container an earlier run of this agent left");
     assert!(
         trainyard_testkit::wait_until(Duration::from_secs(20), || containerd.containers().is_empty()),

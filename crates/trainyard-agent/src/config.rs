@@ -55,6 +55,10 @@ pub struct Flags {
     /// Processes and threads one instance may have at most (its cgroup's pids limit).
     #[arg(long, env = "TRAINYARD_INSTANCE_PIDS_MAX")]
     pub instance_pids_max: Option<u32>,
+    /// Run TrainingImages that are programs on this host (not container images). Off by default:
+    /// a program on the host sees the host's files and software; images see only themselves.
+    #[arg(long, env = "TRAINYARD_HOST_PROGRAMS")]
+    pub host_programs: bool,
     /// The uids instances run as, one each while it runs (FIRST-LAST; default 61184-65519, systemd's
     /// dynamic range). Each instance's gid is its uid.
     #[arg(long, env = "TRAINYARD_INSTANCE_UIDS")]
@@ -139,6 +143,7 @@ struct FileConfig {
     keep_failed_work_dirs_seconds: Option<u64>,
     instance_pids_max: Option<u32>,
     instance_uids: Option<String>,
+    host_programs: Option<bool>,
     containerd_socket: Option<PathBuf>,
     containerd_namespace: Option<String>,
     input_cache_mib: Option<u64>,
@@ -181,6 +186,7 @@ pub struct Config {
     pub keep_failed_work_dirs: Duration,
     pub instance_pids_max: u32,
     pub instance_uids: UidRange,
+    pub host_programs: bool,
     pub containerd_socket: PathBuf,
     pub containerd_namespace: String,
     pub input_cache_mib: u64,
@@ -243,6 +249,7 @@ impl Config {
                 flags.instance_uids.or(file.instance_uids).as_deref().unwrap_or(crate::uids::DEFAULT_RANGE),
             )
             .map_err(|e| anyhow::anyhow!(e))?,
+            host_programs: flags.host_programs || file.host_programs == Some(true),
             containerd_socket: flags
                 .containerd_socket
                 .or(file.containerd_socket)

@@ -223,7 +223,9 @@ async fn main() -> anyhow::Result<()> {
         pids_max: config.instance_pids_max,
         uids,
         containerd,
+        host_programs: config.host_programs,
         agent_id: config.id.clone(),
+        work_dirs_in_use: Default::default(),
     });
     let agent = Arc::new(Agent {
         config,
@@ -354,6 +356,7 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> anyhow::Resu
                 network_isolation_note: agent.network_note.clone().unwrap_or_default(),
                 container_runtime: agent.settings.containerd.as_ref().map(|c| c.version.clone()).unwrap_or_default(),
                 container_runtime_note: agent.containers_note.clone().unwrap_or_default(),
+                host_programs: agent.settings.host_programs,
             }),
             instances,
             peer_address: peer_address(agent),

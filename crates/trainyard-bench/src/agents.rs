@@ -69,6 +69,7 @@ async fn cluster() -> anyhow::Result<Cluster> {
         .arg("bench-agent")
         .arg("--work-root")
         .arg(dir.path().join("agent"))
+        .arg("--host-programs")
         .arg("--advertise-vcpus")
         .arg("256")
         .arg("--advertise-memory-mib")

@@ -151,6 +151,7 @@ pub async fn run() -> anyhow::Result<()> {
                 .arg(format!("bench-host-{i}"))
                 .arg("--work-root")
                 .arg(dir.path().join(format!("agent-{i}")))
+                .arg("--host-programs")
                 .arg("--advertise-vcpus")
                 .arg("8")
                 .arg("--bucket")

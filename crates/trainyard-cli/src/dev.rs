@@ -63,6 +63,7 @@ pub fn start(args: &DevArgs) -> anyhow::Result<Cluster> {
         .arg("dev-agent")
         .arg("--work-root")
         .arg(data.join("agent"))
+        .arg("--host-programs")
         .arg("--advertise-vcpus")
         .arg(args.vcpus.to_string())
         .arg("--bucket")

@@ -104,6 +104,13 @@ enum AgentsCommand {
     /// Refuse an agent's certificate from now on; its instances are stopped and handled as those
     /// of a lost agent (admin scope).
     Revoke { agent_id: String },
+    /// Take an agent out of placement: nothing new starts there; what runs goes on (admin scope).
+    Cordon { agent_id: String },
+    /// Cordon an agent and have `agents list` say when its last instance has ended ("drained"):
+    /// then it can be stopped for maintenance without killing a job (admin scope).
+    Drain { agent_id: String },
+    /// Put a cordoned or drained agent back into placement (admin scope).
+    Uncordon { agent_id: String },
 }
 
 #[derive(Subcommand)]
@@ -365,6 +372,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Output::Json => output::agents_json(&response),
                 Output::Table => output::list_agents(&response),
             }
+            Ok(())
+        }
+        Command::Agents(
+            ref command @ (AgentsCommand::Cordon { ref agent_id }
+            | AgentsCommand::Drain { ref agent_id }
+            | AgentsCommand::Uncordon { ref agent_id }),
+        ) => {
+            let (action, outcome) = match command {
+                AgentsCommand::Cordon { .. } => ("cordon", "cordoned: nothing new starts there"),
+                AgentsCommand::Drain { .. } => (
+                    "drain",
+                    "draining: nothing new starts there; `agents list` says drained once its instances have ended",
+                ),
+                _ => ("uncordon", "back in placement"),
+            };
+            AccessClient::new(channel)
+                .cordon_agent(pb::CordonAgentRequest { agent_id: agent_id.clone(), action: action.into() })
+                .await?;
+            eprintln!("agent {agent_id} {outcome}");
             Ok(())
         }
         Command::Agents(AgentsCommand::Revoke { agent_id }) => {

@@ -133,4 +133,17 @@ impl pb::access_server::Access for AccessService {
         let _ = self.events.send(Event::AgentRevoked(agent));
         Ok(Response::new(pb::RevokeAgentResponse {}))
     }
+
+    async fn cordon_agent(
+        &self,
+        request: Request<pb::CordonAgentRequest>,
+    ) -> Result<Response<pb::CordonAgentResponse>, Status> {
+        let caller = self.admin("CordonAgent", &request).await?;
+        let r = request.into_inner();
+        let cordon =
+            self.auth.cordon_agent(&r.agent_id, &r.action, &caller).await.map_err(|e| refused("CordonAgent", e))?;
+        // Placement sees it from the next pass on.
+        let _ = self.events.send(Event::CordonChanged { agent: r.agent_id, cordon });
+        Ok(Response::new(pb::CordonAgentResponse {}))
+    }
 }

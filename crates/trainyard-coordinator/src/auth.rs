@@ -305,6 +305,40 @@ impl Auth {
         Ok(())
     }
 
+    /// Cordons, drains or uncordons an agent (known or not: an agent may be cordoned before it
+    /// first connects); what is in force afterwards.
+    pub async fn cordon_agent(
+        &self,
+        agent_id: &str,
+        action: &str,
+        caller: &Caller,
+    ) -> Result<Option<trainyard_store::AgentCordon>, DomainError> {
+        check_agent_id(agent_id)?;
+        let drain = match action {
+            "cordon" => false,
+            "drain" => true,
+            "uncordon" => {
+                if !self.store.delete_cordon(agent_id).await? {
+                    return Err(DomainError::invalid("AgentId", format!("agent '{agent_id}' is not cordoned")));
+                }
+                info!(agent = agent_id, user = %caller.user, "agent uncordoned");
+                return Ok(None);
+            }
+            other => {
+                return Err(DomainError::invalid("Action", format!("'{other}' is not one of cordon, drain, uncordon")));
+            }
+        };
+        let cordon = trainyard_store::AgentCordon {
+            agent_id: agent_id.to_string(),
+            drain,
+            by_user: caller.user.clone(),
+            at: now(),
+        };
+        self.store.put_cordon(&cordon).await?;
+        info!(agent = agent_id, user = %caller.user, action, "agent taken out of placement");
+        Ok(Some(cordon))
+    }
+
     /// A join token and an agent id buy a client certificate; the agent's previous one (if it
     /// joined before) stops working.
     pub async fn join(&self, token_text: &str, agent_id: &str) -> Result<Credential, DomainError> {

@@ -59,6 +59,11 @@ pub enum Event {
     ListAgents(oneshot::Sender<Vec<pb::AgentSummary>>),
     /// An admin revoked this agent: stop its instances, close its stream, treat it as lost.
     AgentRevoked(String),
+    /// An admin cordoned, drained (Some) or uncordoned (None) this agent.
+    CordonChanged {
+        agent: String,
+        cordon: Option<trainyard_store::AgentCordon>,
+    },
     /// Where a queued job stands: its position (1-based), the queue's length, and why it waits.
     QueuePosition(String, oneshot::Sender<Option<(usize, usize, Option<String>)>>),
 }
@@ -201,6 +206,8 @@ pub struct Loop {
     liveness: crate::liveness::Liveness,
     timing: Timing,
     agents: BTreeMap<String, AgentEntry>,
+    /// Agents placement leaves alone (cordoned or draining), by id; from the store.
+    cordons: BTreeMap<String, trainyard_store::AgentCordon>,
     queue: BTreeMap<String, Queued>,
     running: HashMap<String, Running>,
     tuning: BTreeMap<String, TuningRun>,
@@ -225,6 +232,7 @@ pub async fn run(
         liveness,
         timing,
         agents: BTreeMap::new(),
+        cordons: BTreeMap::new(),
         queue: BTreeMap::new(),
         running: HashMap::new(),
         tuning: BTreeMap::new(),
@@ -335,6 +343,13 @@ impl Loop {
                 let _ = reply.send(self.summaries());
                 Ok(())
             }
+            Event::CordonChanged { agent, cordon } => {
+                match cordon {
+                    Some(cordon) => self.cordons.insert(agent, cordon),
+                    None => self.cordons.remove(&agent),
+                };
+                Ok(())
+            }
             Event::AgentRevoked(agent) => {
                 if let Some(a) = self.agents.get(&agent) {
                     // Queued before the stream closes, so a connected agent stops what it runs.
@@ -392,6 +407,7 @@ impl Loop {
     /// what an event would have done for a job, done from the job's stored state. Jobs placed
     /// before a restart wait for their agents to come back and report. Idempotent.
     async fn resync(&mut self) -> Result<(), DomainError> {
+        self.cordons = self.c.store.cordons().await?.into_iter().map(|c| (c.agent_id.clone(), c)).collect();
         let tuning = self.c.store.active_tuning_jobs().await?;
         let training = self.c.store.active_training_jobs(None).await?;
         info!(training_jobs = training.len(), tuning_jobs = tuning.len(), "reconciling unfinished jobs with the store");
@@ -501,6 +517,8 @@ impl Loop {
                     gpus_free: a.inventory.gpus.iter().map(|g| g.uuid.clone()).filter(|u| !held.contains(u)).collect(),
                     network_isolation: a.capabilities.network_isolation,
                     containers: !a.capabilities.container_runtime.is_empty(),
+                    host_programs: a.capabilities.host_programs,
+                    cordoned: self.cordons.contains_key(id),
                 }
             })
             .collect()
@@ -1473,6 +1491,13 @@ impl Loop {
                     running: a.allocations.keys().map(|(j, i)| format!("{j}/algo-{i}")).collect(),
                     capabilities: Some(a.capabilities.clone()),
                     peer_address: a.peer_address.clone(),
+                    cordon: match self.cordons.get(id) {
+                        None => String::new(),
+                        Some(c) if !c.drain => "cordoned".into(),
+                        Some(_) if a.allocations.is_empty() => "drained".into(),
+                        Some(_) => "draining".into(),
+                    },
+                    cordoned_by: self.cordons.get(id).map(|c| c.by_user.clone()).unwrap_or_default(),
                 }
             })
             .collect()

@@ -22,6 +22,8 @@ fn cluster(agents: usize) -> Vec<Agent> {
                 gpus_free: (0..gpus).map(|g| format!("GPU-{i}-{g}")).collect(),
                 network_isolation: true,
                 containers: true,
+                host_programs: true,
+                cordoned: false,
             }
         })
         .collect()

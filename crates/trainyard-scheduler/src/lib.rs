@@ -37,6 +37,10 @@ pub struct Agent {
     pub network_isolation: bool,
     /// It can run container images.
     pub containers: bool,
+    /// It runs programs on its host.
+    pub host_programs: bool,
+    /// An operator took it out of placement (cordoned or draining): nothing new goes there.
+    pub cordoned: bool,
 }
 
 /// What each instance of a queued job needs.
@@ -94,7 +98,16 @@ pub fn never_fits(agents: &[Agent], d: &Demand) -> Option<String> {
     if d.needs_containers && !agents.iter().any(|a| a.containers) {
         return Some("its TrainingImage is a container image and no agent has a container runtime (containerd)".into());
     }
+    if !d.needs_containers && !agents.iter().any(|a| a.host_programs) {
+        return Some(
+            "its TrainingImage is a program on the host and no agent runs host programs (trainyard-agent --host-programs)"
+                .into(),
+        );
+    }
     let candidates: Vec<&Agent> = agents.iter().filter(|a| capable(a, d)).collect();
+    if !candidates.is_empty() && candidates.iter().all(|a| a.cordoned) {
+        return Some("every agent that could run it is cordoned or draining (trainyard agents uncordon)".into());
+    }
     if candidates.is_empty() {
         return Some(if d.needs_containers && d.needs_isolation {
             "it needs network isolation and a container runtime, and no agent has both".into()
@@ -131,11 +144,12 @@ pub fn never_fits(agents: &[Agent], d: &Demand) -> Option<String> {
 
 /// Whether the agent can run the job at all, busy or not.
 fn capable(a: &Agent, d: &Demand) -> bool {
-    (!d.needs_isolation || a.network_isolation) && (!d.needs_containers || a.containers)
+    (!d.needs_isolation || a.network_isolation) && if d.needs_containers { a.containers } else { a.host_programs }
 }
 
 fn fits(a: &Agent, d: &Demand) -> bool {
     capable(a, d)
+        && !a.cordoned
         && a.vcpus_free >= d.vcpus
         && a.memory_free_mib >= d.memory_mib
         && a.disk_free_mib >= d.disk_mib

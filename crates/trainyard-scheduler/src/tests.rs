@@ -20,6 +20,8 @@ fn agent(id: &str, vcpus: u32, memory_gib: u64, gpus: u32) -> Agent {
         gpus_free: (0..gpus).map(|g| format!("GPU-{id}-{g}")).collect(),
         network_isolation: true,
         containers: false,
+        host_programs: true,
+        cordoned: false,
     }
 }
 
@@ -173,8 +175,31 @@ fn container_images_go_only_to_agents_with_a_container_runtime() {
     let (_, d) = run(vec![agent("processes-only", 8, 32, 0), runtime.clone()], vec![q.clone()], &[]);
     assert!(matches!(&d[0], Decision::Unplaceable { reason, .. } if reason.contains("no agent has both")), "{d:?}");
     q.needs_isolation = false;
-    let (_, d) = run(vec![agent("processes-only", 8, 32, 0), runtime], vec![q], &[]);
+    let (_, d) = run(vec![agent("processes-only", 8, 32, 0), runtime.clone()], vec![q], &[]);
     assert_eq!(placed(&d), [("image".to_string(), vec!["containerd".to_string()])]);
+
+    // A program on the host goes only where host programs are allowed.
+    let mut containers_only = runtime;
+    containers_only.host_programs = false;
+    let program = demand("program", None, 1, 1, 1, 0, 2);
+    let (_, d) = run(vec![containers_only.clone()], vec![program.clone()], &[]);
+    assert!(
+        matches!(&d[0], Decision::Unplaceable { reason, .. } if reason.contains("no agent runs host programs")),
+        "{d:?}"
+    );
+    let (_, d) = run(vec![containers_only, agent("processes-only", 8, 32, 0)], vec![program], &[]);
+    assert_eq!(placed(&d), [("program".to_string(), vec!["processes-only".to_string()])]);
+}
+
+#[test]
+fn cordoned_agents_get_nothing_new_and_the_job_says_why_it_waits() {
+    let mut maintenance = agent("maintenance", 8, 32, 0);
+    maintenance.cordoned = true;
+    let q = demand("queued", None, 1, 1, 1, 0, 1);
+    let (_, d) = run(vec![maintenance.clone()], vec![q.clone()], &[]);
+    assert!(matches!(&d[0], Decision::Unplaceable { reason, .. } if reason.contains("cordoned")), "{d:?}");
+    let (_, d) = run(vec![maintenance, agent("open", 8, 32, 0)], vec![q], &[]);
+    assert_eq!(placed(&d), [("queued".to_string(), vec!["open".to_string()])]);
 }
 
 #[test]

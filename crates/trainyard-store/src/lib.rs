@@ -92,6 +92,17 @@ pub struct AgentIdentity {
     pub revoked_at: Option<trainyard_model::Timestamp>,
 }
 
+/// An agent an operator took out of placement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentCordon {
+    pub agent_id: String,
+    /// Drained (reported drained once its instances have ended), or only cordoned.
+    pub drain: bool,
+    /// Who did it.
+    pub by_user: String,
+    pub at: trainyard_model::Timestamp,
+}
+
 /// A record and the version it was read at (for compare-and-set updates).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned<T> {
@@ -200,6 +211,13 @@ pub trait Store: Send + Sync {
     ) -> Result<Option<AgentIdentity>, StoreError>;
     /// Marks an agent revoked; false when no agent of that id ever joined.
     async fn revoke_agent(&self, agent_id: &str, at: trainyard_model::Timestamp) -> Result<bool, StoreError>;
+
+    /// Cordons (or drains) an agent, replacing what was said of it before.
+    async fn put_cordon(&self, cordon: &AgentCordon) -> Result<(), StoreError>;
+    /// Uncordons an agent; false when it was not cordoned.
+    async fn delete_cordon(&self, agent_id: &str) -> Result<bool, StoreError>;
+    /// Every cordoned agent, by id.
+    async fn cordons(&self) -> Result<Vec<AgentCordon>, StoreError>;
 }
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.

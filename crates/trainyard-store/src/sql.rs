@@ -19,7 +19,7 @@ use trainyard_model::timestamp::Timestamp;
 use trainyard_model::access::Scope;
 
 use crate::rows::{self, TOKEN_COLUMNS, TRAINING_COLUMNS, TUNING_COLUMNS, TrainingDetails};
-use crate::{AgentIdentity, Backend, LogRecord, MetricSample, Store, StoreError, TokenRecord, Versioned};
+use crate::{AgentCordon, AgentIdentity, Backend, LogRecord, MetricSample, Store, StoreError, TokenRecord, Versioned};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -708,6 +708,42 @@ impl Store for SqlStore {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(rows::agent_identity).transpose()
+    }
+
+    async fn put_cordon(&self, cordon: &AgentCordon) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO agent_cordons (agent_id, mode, by_user, at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (agent_id) DO UPDATE SET mode = $2, by_user = $3, at = $4",
+        )
+        .bind(&cordon.agent_id)
+        .bind(if cordon.drain { "drain" } else { "cordon" })
+        .bind(&cordon.by_user)
+        .bind(cordon.at.millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_cordon(&self, agent_id: &str) -> Result<bool, StoreError> {
+        let result =
+            sqlx::query("DELETE FROM agent_cordons WHERE agent_id = $1").bind(agent_id).execute(&self.pool).await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn cordons(&self) -> Result<Vec<AgentCordon>, StoreError> {
+        let rows = sqlx::query("SELECT agent_id, mode, by_user, at FROM agent_cordons ORDER BY agent_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AgentCordon {
+                    agent_id: row.try_get("agent_id")?,
+                    drain: row.try_get::<String, _>("mode")? == "drain",
+                    by_user: row.try_get("by_user")?,
+                    at: Timestamp::from_millis(row.try_get("at")?),
+                })
+            })
+            .collect()
     }
 
     async fn revoke_agent(&self, agent_id: &str, at: Timestamp) -> Result<bool, StoreError> {

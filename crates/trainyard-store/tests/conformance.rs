@@ -13,7 +13,7 @@ use trainyard_model::listing::{ListQuery, SortKey, SortOrder};
 use trainyard_model::names::ArnContext;
 use trainyard_model::status::{SecondaryStatus, TrainingJobStatus, TuningJobStatus};
 use trainyard_model::timestamp::Timestamp;
-use trainyard_store::{AgentIdentity, LogRecord, MetricSample, Store, StoreError, TokenRecord, connect};
+use trainyard_store::{AgentCordon, AgentIdentity, LogRecord, MetricSample, Store, StoreError, TokenRecord, connect};
 use trainyard_testkit::PgServer;
 
 type Case = fn(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -36,6 +36,7 @@ cases!(
     owners_are_stored_and_filter_lists,
     tokens_are_stored_hashed_and_revoked,
     agent_identities_are_replaced_and_revoked,
+    cordons_are_replaced_listed_and_removed,
     values_at_their_edges_survive_every_statement,
 );
 
@@ -484,6 +485,23 @@ async fn agent_identities_are_replaced_and_revoked(store: Arc<dyn Store>) {
     store.put_agent_identity(&second).await.expect("put");
     assert_eq!(store.agent_identity_by_certificate(&"a".repeat(64)).await.expect("get"), None);
     assert_eq!(store.agent_identity_by_certificate(&"b".repeat(64)).await.expect("get"), Some(second));
+}
+
+async fn cordons_are_replaced_listed_and_removed(store: Arc<dyn Store>) {
+    let cordon = |agent: &str, drain: bool, at: i64| AgentCordon {
+        agent_id: agent.into(),
+        drain,
+        by_user: "ops".into(),
+        at: Timestamp::from_millis(at),
+    };
+    assert_eq!(store.cordons().await.expect("list"), vec![]);
+    store.put_cordon(&cordon("gpu-2", false, 1)).await.expect("cordon");
+    store.put_cordon(&cordon("gpu-1", false, 2)).await.expect("cordon");
+    store.put_cordon(&cordon("gpu-1", true, 3)).await.expect("drain replaces cordon");
+    assert_eq!(store.cordons().await.expect("list"), vec![cordon("gpu-1", true, 3), cordon("gpu-2", false, 1)]);
+    assert!(store.delete_cordon("gpu-2").await.expect("uncordon"));
+    assert!(!store.delete_cordon("gpu-2").await.expect("uncordon twice"));
+    assert_eq!(store.cordons().await.expect("list"), vec![cordon("gpu-1", true, 3)]);
 }
 
 /// Values at their edges through the statements the loop issues, in the order it issues them: a

@@ -99,8 +99,30 @@ pub struct Settings {
     pub uids: Option<Arc<crate::uids::UidPool>>,
     /// Set when images run as containers.
     pub containerd: Option<Arc<crate::containerd::Containerd>>,
+    /// It runs programs on its host (`--host-programs`).
+    pub host_programs: bool,
     /// This agent's id (its containers carry it).
     pub agent_id: String,
+    /// One run at a time per work dir: a run the coordinator has already forgotten (fenced, or
+    /// placed again after a restart) may still be cleaning up the dir a new run of the same
+    /// instance would lay out.
+    pub work_dirs_in_use: std::sync::Mutex<BTreeMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Settings {
+    fn work_dir_lock(&self, dir: &std::path::Path) -> Arc<tokio::sync::Mutex<()>> {
+        let mut in_use = self.work_dirs_in_use.lock().unwrap_or_else(|e| e.into_inner());
+        in_use.entry(dir.to_path_buf()).or_default().clone()
+    }
+
+    /// Forgets the lock of a dir no run holds or waits for any more (the map stays small).
+    fn release_work_dir(&self, dir: &std::path::Path, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut in_use = self.work_dirs_in_use.lock().unwrap_or_else(|e| e.into_inner());
+        // Ours and the map's: nobody else has it.
+        if Arc::strong_count(&lock) <= 2 {
+            in_use.remove(dir);
+        }
+    }
 }
 
 pub fn now_millis() -> i64 {
@@ -230,6 +252,8 @@ pub async fn run(
 ) -> pb::InstanceUpdate {
     let reporter = Reporter { spec: &spec, tx: &tx };
     let dir = workdirs::instance_dir(&settings.work_root, &spec.job, spec.instance);
+    let dir_lock = settings.work_dir_lock(&dir);
+    let held = dir_lock.clone().lock_owned().await;
     reporter.update(InstanceState::Downloading, "Downloading input data", Vec::new());
 
     let outcome = match prepare::prepare(&spec, settings, &dir).await {
@@ -253,6 +277,10 @@ pub async fn run(
                     let image = spec.request.algorithm_specification.as_ref().and_then(|a| a.training_image.clone());
                     let outcome = match (TrainingImage::of(image.as_deref().unwrap_or_default()), &settings.containerd)
                     {
+                        (TrainingImage::HostProgram, _) if !settings.host_programs => failed(
+                            "InternalServerError: the TrainingImage is a program on the host and this agent does not run host programs (--host-programs)"
+                                .into(),
+                        ),
                         (TrainingImage::HostProgram, _) => {
                             match process::launch(&spec, settings, &dir, prepared.env, namespace).await {
                                 Ok(launched) => {
@@ -331,6 +359,8 @@ pub async fn run(
     // Its outputs are uploaded (or a retry elsewhere owns them): the dir goes, unless it failed.
     let keep = !matches!(state, InstanceState::Completed | InstanceState::Stopped);
     workdirs::finished(&settings.work_root, &spec.job, spec.instance, keep);
+    drop(held);
+    settings.release_work_dir(&dir, dir_lock);
     final_update
 }
 
