@@ -395,7 +395,33 @@ fn agents_are_cordoned_and_drained_for_maintenance_across_restarts(backend: Back
     assert!(again.stderr().contains("agent 'maint' is not cordoned"), "{}", again.stderr());
 }
 
+fn a_drain_past_its_deadline_moves_jobs_that_may_retry_and_fails_the_others(backend: Backend) {
+    let c = Coordinator::start_on(backend);
+    let _old = c.start_agent("old", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
+    let mut moved = training_request(&c, "moved", json!({"sleep": "5"}), 600);
+    moved["RetryStrategy"] = json!({"MaximumRetryAttempts": 1});
+    submit(&c, "training-jobs", "moved", &moved);
+    submit(&c, "training-jobs", "stays", &training_request(&c, "stays", json!({"sleep": "60"}), 600));
+    for job in ["moved", "stays"] {
+        c.wait_json(&["training-jobs", "describe", job], |d| d["SecondaryStatus"] == "Training");
+    }
+    let _new = c.start_agent("new", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
+
+    c.cli(&["agents", "drain", "old", "--deadline-seconds", "1"]).assert_success();
+    let failed = c.wait_json(&["training-jobs", "describe", "stays"], |d| d["TrainingJobStatus"] != "InProgress");
+    assert_eq!(failed["TrainingJobStatus"], "Failed", "{failed:#}");
+    let reason = failed["FailureReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("agent old was drained for maintenance and its deadline passed"), "{reason}");
+    let done = c.wait_json(&["training-jobs", "describe", "moved"], |d| d["TrainingJobStatus"] != "InProgress");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    assert!(done["SecondaryStatusTransitions"].to_string().contains("Retrying (attempt 2 of 2)"), "{done:#}");
+    let agents = c.json(&["agents", "list"]);
+    let old = agents["Agents"].as_array().into_iter().flatten().find(|a| a["AgentId"] == "old").cloned();
+    assert_eq!(old.map(|a| a["Cordon"].clone()), Some(json!("drained")), "{agents:#}");
+}
+
 on_both_backends!(
+    a_drain_past_its_deadline_moves_jobs_that_may_retry_and_fails_the_others,
     agents_are_cordoned_and_drained_for_maintenance_across_restarts,
     a_bayesian_tuning_job_learns_from_its_trials,
     early_stopping_and_completion_criteria_end_trials_and_jobs,

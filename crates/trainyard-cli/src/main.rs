@@ -108,7 +108,13 @@ enum AgentsCommand {
     Cordon { agent_id: String },
     /// Cordon an agent and have `agents list` say when its last instance has ended ("drained"):
     /// then it can be stopped for maintenance without killing a job (admin scope).
-    Drain { agent_id: String },
+    Drain {
+        agent_id: String,
+        /// After this many seconds, stop what still runs there; each job is retried elsewhere
+        /// under its RetryStrategy (else it fails, saying why).
+        #[arg(long)]
+        deadline_seconds: Option<u64>,
+    },
     /// Put a cordoned or drained agent back into placement (admin scope).
     Uncordon { agent_id: String },
 }
@@ -376,7 +382,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Agents(
             ref command @ (AgentsCommand::Cordon { ref agent_id }
-            | AgentsCommand::Drain { ref agent_id }
+            | AgentsCommand::Drain { ref agent_id, .. }
             | AgentsCommand::Uncordon { ref agent_id }),
         ) => {
             let (action, outcome) = match command {
@@ -388,7 +394,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => ("uncordon", "back in placement"),
             };
             AccessClient::new(channel)
-                .cordon_agent(pb::CordonAgentRequest { agent_id: agent_id.clone(), action: action.into() })
+                .cordon_agent(pb::CordonAgentRequest {
+                    agent_id: agent_id.clone(),
+                    action: action.into(),
+                    deadline_seconds: match command {
+                        AgentsCommand::Drain { deadline_seconds, .. } => deadline_seconds.unwrap_or(0),
+                        _ => 0,
+                    },
+                })
                 .await?;
             eprintln!("agent {agent_id} {outcome}");
             Ok(())

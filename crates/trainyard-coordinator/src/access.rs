@@ -140,8 +140,12 @@ impl pb::access_server::Access for AccessService {
     ) -> Result<Response<pb::CordonAgentResponse>, Status> {
         let caller = self.admin("CordonAgent", &request).await?;
         let r = request.into_inner();
-        let cordon =
-            self.auth.cordon_agent(&r.agent_id, &r.action, &caller).await.map_err(|e| refused("CordonAgent", e))?;
+        let deadline = (r.deadline_seconds > 0).then(|| Duration::from_secs(r.deadline_seconds));
+        let cordon = self
+            .auth
+            .cordon_agent(&r.agent_id, &r.action, deadline, &caller)
+            .await
+            .map_err(|e| refused("CordonAgent", e))?;
         // Placement sees it from the next pass on.
         let _ = self.events.send(Event::CordonChanged { agent: r.agent_id, cordon });
         Ok(Response::new(pb::CordonAgentResponse {}))

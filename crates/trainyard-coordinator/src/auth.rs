@@ -311,9 +311,13 @@ impl Auth {
         &self,
         agent_id: &str,
         action: &str,
+        deadline: Option<std::time::Duration>,
         caller: &Caller,
     ) -> Result<Option<trainyard_store::AgentCordon>, DomainError> {
         check_agent_id(agent_id)?;
+        if deadline.is_some() && action != "drain" {
+            return Err(DomainError::invalid("DeadlineSeconds", "only a drain has a deadline"));
+        }
         let drain = match action {
             "cordon" => false,
             "drain" => true,
@@ -333,6 +337,7 @@ impl Auth {
             drain,
             by_user: caller.user.clone(),
             at: now(),
+            stop_at: deadline.map(|d| Timestamp::from_millis(now().millis() + d.as_millis() as i64)),
         };
         self.store.put_cordon(&cordon).await?;
         info!(agent = agent_id, user = %caller.user, action, "agent taken out of placement");

@@ -722,6 +722,28 @@ impl Loop {
         Ok(())
     }
 
+    /// Drains past their deadline: what still runs on the agent is killed there and handled as
+    /// lost (retried elsewhere under its RetryStrategy, else failed with the reason).
+    async fn enforce_drain_deadlines(&mut self) -> Result<(), DomainError> {
+        let at = now();
+        let overdue: Vec<(String, u32, String)> = self
+            .cordons
+            .values()
+            .filter(|c| c.drain && c.stop_at.is_some_and(|t| t <= at))
+            .filter_map(|c| self.agents.get(&c.agent_id).map(|a| (c, a)))
+            .flat_map(|(c, a)| a.allocations.keys().map(|(job, i)| (job.clone(), *i, c.agent_id.clone())))
+            .collect();
+        for (job, instance, agent) in overdue {
+            info!(training_job = %job, instance, %agent, "drain deadline passed: stopping the instance");
+            if let Some(a) = self.agents.get(&agent) {
+                send(a, Down::Stop(pb::StopInstance { training_job_name: job.clone(), instance, kill: true }));
+            }
+            let why = format!("agent {agent} was drained for maintenance and its deadline passed");
+            self.instance_lost(&job, instance, &why, None).await?;
+        }
+        Ok(())
+    }
+
     async fn on_tick(&mut self) -> Result<(), DomainError> {
         let now_instant = tokio::time::Instant::now();
         let lost: Vec<String> = self
@@ -738,6 +760,7 @@ impl Loop {
             warn!(agent = %id, after_s = self.timing.agent_lost_after.as_secs(), "agent lost: no heartbeat");
             self.declare_lost(&id, "was lost (no heartbeat)").await?;
         }
+        self.enforce_drain_deadlines().await?;
         // Tuning jobs past ResourceLimits.MaxRuntimeInSeconds.
         let overdue: Vec<(String, u32)> = self
             .tuning

@@ -101,6 +101,9 @@ pub struct AgentCordon {
     /// Who did it.
     pub by_user: String,
     pub at: trainyard_model::Timestamp,
+    /// A drain's deadline: what still runs there then is stopped (and retried elsewhere under its
+    /// RetryStrategy).
+    pub stop_at: Option<trainyard_model::Timestamp>,
 }
 
 /// A record and the version it was read at (for compare-and-set updates).

@@ -712,13 +712,14 @@ impl Store for SqlStore {
 
     async fn put_cordon(&self, cordon: &AgentCordon) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO agent_cordons (agent_id, mode, by_user, at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (agent_id) DO UPDATE SET mode = $2, by_user = $3, at = $4",
+            "INSERT INTO agent_cordons (agent_id, mode, by_user, at, stop_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (agent_id) DO UPDATE SET mode = $2, by_user = $3, at = $4, stop_at = $5",
         )
         .bind(&cordon.agent_id)
         .bind(if cordon.drain { "drain" } else { "cordon" })
         .bind(&cordon.by_user)
         .bind(cordon.at.millis())
+        .bind(cordon.stop_at.map(|t| t.millis()))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -731,7 +732,7 @@ impl Store for SqlStore {
     }
 
     async fn cordons(&self) -> Result<Vec<AgentCordon>, StoreError> {
-        let rows = sqlx::query("SELECT agent_id, mode, by_user, at FROM agent_cordons ORDER BY agent_id")
+        let rows = sqlx::query("SELECT agent_id, mode, by_user, at, stop_at FROM agent_cordons ORDER BY agent_id")
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -741,6 +742,7 @@ impl Store for SqlStore {
                     drain: row.try_get::<String, _>("mode")? == "drain",
                     by_user: row.try_get("by_user")?,
                     at: Timestamp::from_millis(row.try_get("at")?),
+                    stop_at: row.try_get::<Option<i64>, _>("stop_at")?.map(Timestamp::from_millis),
                 })
             })
             .collect()

@@ -493,6 +493,7 @@ async fn cordons_are_replaced_listed_and_removed(store: Arc<dyn Store>) {
         drain,
         by_user: "ops".into(),
         at: Timestamp::from_millis(at),
+        stop_at: drain.then(|| Timestamp::from_millis(at + 60_000)),
     };
     assert_eq!(store.cordons().await.expect("list"), vec![]);
     store.put_cordon(&cordon("gpu-2", false, 1)).await.expect("cordon");
