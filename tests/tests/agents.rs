@@ -363,6 +363,7 @@ fn agents_are_cordoned_and_drained_for_maintenance_across_restarts(backend: Back
     let agents = c.json(&["agents", "list"]);
     assert_eq!(agents["Agents"][0]["Cordon"], "draining", "{agents:#}");
     assert_eq!(agents["Agents"][0]["CordonedBy"], "e2e", "{agents:#}");
+    assert_eq!(agents["Agents"][0]["Version"], env!("CARGO_PKG_VERSION"), "the agent's build: {agents:#}");
     assert!(c.cli(&["agents", "list"]).stdout().contains("ready, draining"));
     submit(&c, "training-jobs", "waits", &training_request(&c, "waits", json!({}), 600));
     let waiting = c.wait_json(&["training-jobs", "describe", "waits"], |d| {

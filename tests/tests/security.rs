@@ -340,6 +340,53 @@ fn plain_text_is_only_for_loopback_and_needs_no_tokens() {
     daemon.assert_running();
 }
 
+/// A rolling upgrade mixes builds: an agent that speaks an agent protocol the coordinator does not
+/// is refused with what to upgrade, and `agents list` shows it and why.
+#[test]
+fn an_agent_of_a_protocol_the_coordinator_does_not_speak_is_refused_and_listed() {
+    use trainyard_proto::pb;
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let mut cmd = Command::new(binary("trainyard-coordinator"));
+    cmd.args(["--insecure", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(dir.path().join("data"));
+    let daemon = trainyard_testkit::Daemon::spawn("coordinator", cmd, dir.path()).checked();
+    daemon.expect_log("--insecure");
+    daemon.expect_log("no [[roles]] configured");
+    daemon.expect_log("agent session refused: incompatible");
+    assert!(wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+
+    // An agent of a build older than protocols sends none (protocol 0).
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let refused = runtime.block_on(async {
+        let mut client =
+            pb::agents_client::AgentsClient::connect(format!("http://127.0.0.1:{port}")).await.expect("connect");
+        let register = pb::AgentMessage {
+            body: Some(pb::agent_message::Body::Register(pb::Register {
+                agent_id: "ancient".into(),
+                version: "0.0.1".into(),
+                protocol: 0,
+                ..Default::default()
+            })),
+        };
+        client.session(tokio_stream::iter(vec![register])).await.err()
+    });
+    let status = refused.expect("the session is refused");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("agent build 0.0.1 speaks agent protocol 0"), "{}", status.message());
+    assert!(status.message().ends_with("upgrade the agent"), "{}", status.message());
+
+    let out = Command::new(binary("trainyard"))
+        .args(["--coordinator", &format!("127.0.0.1:{port}"), "--insecure", "--output", "json", "agents", "list"])
+        .output()
+        .expect("run");
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let ancient = &listed["Agents"][0];
+    assert_eq!(ancient["AgentId"], "ancient", "{listed:#}");
+    assert_eq!(ancient["State"], "refused", "{listed:#}");
+    assert_eq!(ancient["Version"], "0.0.1", "{listed:#}");
+    assert!(ancient["Refusal"].as_str().is_some_and(|r| r.ends_with("upgrade the agent")), "{listed:#}");
+}
+
 #[test]
 fn execution_roles_decide_what_a_job_may_reach_and_add_their_group() {
     let config_dir = tempfile::tempdir().expect("dir");

@@ -360,6 +360,8 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> anyhow::Resu
             }),
             instances,
             peer_address: peer_address(agent),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: trainyard_proto::AGENT_PROTOCOL,
         })),
     })?;
     let mut inbound =

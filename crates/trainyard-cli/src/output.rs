@@ -311,6 +311,8 @@ pub fn agents_json(r: &trainyard_proto::pb::ListAgentsResponse) {
                 "ContainerRuntime": a.capabilities.as_ref().map(|c| c.container_runtime.clone()).unwrap_or_default(),
                 "ContainerRuntimeNote": a.capabilities.as_ref().map(|c| c.container_runtime_note.clone()).unwrap_or_default(),
                 "HostPrograms": a.capabilities.as_ref().is_some_and(|c| c.host_programs),
+                "Version": a.version,
+                "Refusal": a.refusal,
                 "Cordon": a.cordon,
                 "CordonedBy": a.cordoned_by,
                 "PeerAddress": a.peer_address,
@@ -344,7 +346,13 @@ pub fn list_agents(r: &trainyard_proto::pb::ListAgentsResponse) {
         };
         t.add_row(vec![
             a.agent_id.clone(),
-            if a.cordon.is_empty() { a.state.clone() } else { format!("{}, {}", a.state, a.cordon) },
+            if !a.refusal.is_empty() {
+                format!("{}: {}", a.state, a.refusal)
+            } else if a.cordon.is_empty() {
+                a.state.clone()
+            } else {
+                format!("{}, {}", a.state, a.cordon)
+            },
             format!("{}/{}", a.vcpus_free, inv.cpu_count),
             format!("{}/{} GiB", a.memory_free_mib / 1024, inv.memory_total_mib / 1024),
             gpus,

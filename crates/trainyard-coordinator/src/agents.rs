@@ -70,6 +70,15 @@ impl pb::agents_server::Agents for AgentService {
                 register.agent_id
             )));
         }
+        if let Err(reason) = trainyard_proto::check_agent_protocol(register.protocol, &register.version) {
+            warn!(agent = %register.agent_id, version = %register.version, %reason, "agent session refused: incompatible");
+            let _ = self.events.send(Event::AgentRefused {
+                agent: register.agent_id.clone(),
+                version: register.version.clone(),
+                reason: reason.clone(),
+            });
+            return Err(Status::failed_precondition(reason));
+        }
         let agent = register.agent_id.clone();
         self.liveness.touch(&agent);
         let liveness = self.liveness.clone();
@@ -80,7 +89,7 @@ impl pb::agents_server::Agents for AgentService {
         let renewals = tx.downgrade();
         let lease = pb::CoordinatorMessage { body: Some(pb::coordinator_message::Body::Lease(lease(self.lease))) };
         self.events
-            .send(Event::AgentConnected { session, register, outbound: tx })
+            .send(Event::AgentConnected { session, register: Box::new(register), outbound: tx })
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         let events = self.events.clone();
         let coordinator = self.coordinator.clone();

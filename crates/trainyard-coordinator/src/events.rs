@@ -39,7 +39,7 @@ pub enum Event {
     TrainingJobStopRequested(String),
     AgentConnected {
         session: u64,
-        register: pb::Register,
+        register: Box<pb::Register>,
         outbound: mpsc::UnboundedSender<pb::CoordinatorMessage>,
     },
     AgentHeartbeat {
@@ -59,6 +59,12 @@ pub enum Event {
     ListAgents(oneshot::Sender<Vec<pb::AgentSummary>>),
     /// An admin revoked this agent: stop its instances, close its stream, treat it as lost.
     AgentRevoked(String),
+    /// An agent's session was refused: it speaks an agent protocol this coordinator does not.
+    AgentRefused {
+        agent: String,
+        version: String,
+        reason: String,
+    },
     /// An admin cordoned, drained (Some) or uncordoned (None) this agent.
     CordonChanged {
         agent: String,
@@ -92,6 +98,8 @@ struct AgentEntry {
     capabilities: pb::Capabilities,
     /// Where other agents reach this one's peer forwarder (empty: it runs no namespaces).
     peer_address: String,
+    /// Its build.
+    version: String,
     heartbeat: Option<pb::Heartbeat>,
     last_seen: tokio::time::Instant,
     last_seen_millis: i64,
@@ -111,6 +119,7 @@ impl AgentEntry {
             inventory: pb::Inventory::default(),
             capabilities: pb::Capabilities::default(),
             peer_address: String::new(),
+            version: String::new(),
             heartbeat: None,
             last_seen: tokio::time::Instant::now(),
             last_seen_millis: now().millis(),
@@ -208,6 +217,8 @@ pub struct Loop {
     agents: BTreeMap<String, AgentEntry>,
     /// Agents placement leaves alone (cordoned or draining), by id; from the store.
     cordons: BTreeMap<String, trainyard_store::AgentCordon>,
+    /// Agents whose last session was refused (incompatible): id → (version, why).
+    refused: BTreeMap<String, (String, String)>,
     queue: BTreeMap<String, Queued>,
     running: HashMap<String, Running>,
     tuning: BTreeMap<String, TuningRun>,
@@ -233,6 +244,7 @@ pub async fn run(
         timing,
         agents: BTreeMap::new(),
         cordons: BTreeMap::new(),
+        refused: BTreeMap::new(),
         queue: BTreeMap::new(),
         running: HashMap::new(),
         tuning: BTreeMap::new(),
@@ -314,7 +326,7 @@ impl Loop {
             Event::TrainingJobCreated(name) => self.enqueue(&name).await,
             Event::TrainingJobStopRequested(name) => self.stop_training(&name).await,
             Event::TuningJobStopRequested(name) => self.stop_tuning(&name).await,
-            Event::AgentConnected { session, register, outbound } => self.on_agent(session, register, outbound).await,
+            Event::AgentConnected { session, register, outbound } => self.on_agent(session, *register, outbound).await,
             Event::AgentHeartbeat { session, agent, heartbeat } => {
                 if let Some(a) = self.agents.get_mut(&agent).filter(|a| a.session == session) {
                     a.heartbeat = Some(heartbeat);
@@ -341,6 +353,10 @@ impl Loop {
             }
             Event::ListAgents(reply) => {
                 let _ = reply.send(self.summaries());
+                Ok(())
+            }
+            Event::AgentRefused { agent, version, reason } => {
+                self.refused.insert(agent, (version, reason));
                 Ok(())
             }
             Event::CordonChanged { agent, cordon } => {
@@ -688,6 +704,8 @@ impl Loop {
         entry.inventory = register.inventory.unwrap_or_default();
         entry.capabilities = register.capabilities.unwrap_or_default();
         entry.peer_address = register.peer_address.clone();
+        entry.version = register.version.clone();
+        self.refused.remove(&id);
         entry.last_seen = tokio::time::Instant::now();
         entry.last_seen_millis = now().millis();
         entry.lost = false;
@@ -1521,8 +1539,19 @@ impl Loop {
                         Some(_) => "draining".into(),
                     },
                     cordoned_by: self.cordons.get(id).map(|c| c.by_user.clone()).unwrap_or_default(),
+                    version: a.version.clone(),
+                    refusal: String::new(),
                 }
             })
+            .chain(self.refused.iter().filter(|(id, _)| !self.agents.contains_key(*id)).map(
+                |(id, (version, reason))| pb::AgentSummary {
+                    agent_id: id.clone(),
+                    state: "refused".into(),
+                    version: version.clone(),
+                    refusal: reason.clone(),
+                    ..Default::default()
+                },
+            ))
             .collect()
     }
 }

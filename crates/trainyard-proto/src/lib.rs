@@ -16,6 +16,46 @@ mod convert {
 }
 
 pub mod client;
+
+/// The agent protocol this build speaks: bumped when agents and coordinators of different builds
+/// could no longer understand each other (a field's meaning changes, a message becomes required).
+/// Builds that speak the same protocol may be mixed, which is what a rolling upgrade of agents does.
+pub const AGENT_PROTOCOL: u32 = 1;
+/// The oldest agent protocol a coordinator of this build still speaks.
+pub const OLDEST_AGENT_PROTOCOL: u32 = 1;
+
+/// Whether a coordinator of this build can speak with an agent that speaks `protocol` (an agent
+/// older than protocols, which sends none, speaks 0). The error says what to upgrade.
+pub fn check_agent_protocol(protocol: u32, agent_version: &str) -> Result<(), String> {
+    let agent = if agent_version.is_empty() { "(unknown)" } else { agent_version };
+    let ours = env!("CARGO_PKG_VERSION");
+    if protocol < OLDEST_AGENT_PROTOCOL {
+        return Err(format!(
+            "agent build {agent} speaks agent protocol {protocol}; this coordinator (build {ours}) speaks {OLDEST_AGENT_PROTOCOL} to {AGENT_PROTOCOL}: upgrade the agent"
+        ));
+    }
+    if protocol > AGENT_PROTOCOL {
+        return Err(format!(
+            "agent build {agent} speaks agent protocol {protocol}; this coordinator (build {ours}) speaks {OLDEST_AGENT_PROTOCOL} to {AGENT_PROTOCOL}: upgrade the coordinator first"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod protocol_tests {
+    #[test]
+    fn agents_of_a_protocol_the_coordinator_speaks_are_accepted_others_told_what_to_upgrade() {
+        assert!(super::check_agent_protocol(super::AGENT_PROTOCOL, "0.1.0").is_ok());
+        let old = super::check_agent_protocol(0, "").unwrap_err();
+        assert!(
+            old.contains("agent build (unknown) speaks agent protocol 0") && old.ends_with("upgrade the agent"),
+            "{old}"
+        );
+        let new = super::check_agent_protocol(super::AGENT_PROTOCOL + 1, "9.0.0").unwrap_err();
+        assert!(new.ends_with("upgrade the coordinator first"), "{new}");
+    }
+}
 pub mod status;
 
 pub use trainyard_model as model;
