@@ -81,6 +81,9 @@ pub struct Flags {
     /// The containerd namespace the agent's images and containers live in (never another's).
     #[arg(long, env = "TRAINYARD_CONTAINERD_NAMESPACE")]
     pub containerd_namespace: Option<String>,
+    /// Serve Prometheus metrics, /healthz and /readyz (plain HTTP, no token) on this address.
+    #[arg(long, env = "TRAINYARD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// vCPUs to offer instead of the host's count (to oversubscribe a development machine).
     #[arg(long)]
     pub advertise_vcpus: Option<u32>,
@@ -143,6 +146,7 @@ struct FileConfig {
     keep_failed_work_dirs_seconds: Option<u64>,
     instance_pids_max: Option<u32>,
     instance_uids: Option<String>,
+    metrics_listen: Option<SocketAddr>,
     host_programs: Option<bool>,
     containerd_socket: Option<PathBuf>,
     containerd_namespace: Option<String>,
@@ -186,6 +190,7 @@ pub struct Config {
     pub keep_failed_work_dirs: Duration,
     pub instance_pids_max: u32,
     pub instance_uids: UidRange,
+    pub metrics_listen: Option<SocketAddr>,
     pub host_programs: bool,
     pub containerd_socket: PathBuf,
     pub containerd_namespace: String,
@@ -249,6 +254,7 @@ impl Config {
                 flags.instance_uids.or(file.instance_uids).as_deref().unwrap_or(crate::uids::DEFAULT_RANGE),
             )
             .map_err(|e| anyhow::anyhow!(e))?,
+            metrics_listen: flags.metrics_listen.or(file.metrics_listen),
             host_programs: flags.host_programs || file.host_programs == Some(true),
             containerd_socket: flags
                 .containerd_socket

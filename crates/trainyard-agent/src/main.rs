@@ -15,6 +15,7 @@ mod inventory;
 mod network;
 mod runner;
 mod storage;
+mod telemetry;
 mod uids;
 mod users;
 mod workdirs;
@@ -55,6 +56,8 @@ struct Agent {
     network_note: Option<String>,
     /// Why images cannot run as containers, when they cannot.
     containers_note: Option<String>,
+    /// Ready while its stream to the coordinator is up.
+    readiness: trainyard_telemetry::Readiness,
     /// The port of the peer listener (0: none).
     peer_port: u16,
     /// The stream of the current connection, if any.
@@ -200,6 +203,10 @@ async fn main() -> anyhow::Result<()> {
             (None, Some(note))
         }
     };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = telemetry::Metrics::register(&mut registry);
+    let readiness = trainyard_telemetry::Readiness::new("not connected to the coordinator yet");
+    trainyard_telemetry::spawn(config.metrics_listen, registry, readiness.clone(), cancel.clone());
     let forwarder = Arc::new(network::forwarder::Forwarder::default());
     let mut peer_port = 0;
     if network.is_some() {
@@ -226,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
         host_programs: config.host_programs,
         agent_id: config.id.clone(),
         work_dirs_in_use: Default::default(),
+        metrics,
     });
     let agent = Arc::new(Agent {
         config,
@@ -234,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
         instances: Mutex::new(BTreeMap::new()),
         network_note,
         containers_note,
+        readiness: readiness.clone(),
         peer_port,
         outbound: Mutex::new(None),
         identity,
@@ -368,6 +377,15 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> anyhow::Resu
         client.session(UnboundedReceiverStream::new(rx)).await.context("opening the stream")?.into_inner();
     *agent.outbound.lock().await = Some(tx.clone());
     info!(coordinator = %agent.config.coordinator, id = %agent.config.id, "connected");
+    agent.readiness.ready();
+    // Not ready again the moment this session ends, however it ends.
+    struct Disconnected<'a>(&'a trainyard_telemetry::Readiness);
+    impl Drop for Disconnected<'_> {
+        fn drop(&mut self) {
+            self.0.not_ready("not connected to the coordinator");
+        }
+    }
+    let _disconnected = Disconnected(&agent.readiness);
 
     let mut heartbeat_every = Duration::from_secs(2);
     let mut ticker = tokio::time::interval(heartbeat_every);
@@ -376,6 +394,7 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> anyhow::Resu
             _ = cancel.cancelled() => return Ok(()),
             _ = ticker.tick() => {
                 let beat = agent.host.lock().await.heartbeat();
+                agent.settings.metrics.gpus(&beat.gpus);
                 tx.send(pb::AgentMessage { body: Some(Up::Heartbeat(beat)) })?;
             }
             message = inbound.message() => {

@@ -37,6 +37,9 @@ pub struct Flags {
     /// Also serve the SageMaker-compatible HTTP API (AWS JSON 1.1, SigV4) on this address.
     #[arg(long, env = "TRAINYARD_SAGEMAKER_LISTEN")]
     pub sagemaker_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics, /healthz and /readyz (plain HTTP, no token) on this address.
+    #[arg(long, env = "TRAINYARD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Seconds without a heartbeat after which an agent is lost (default 8: four missed heartbeats).
     #[arg(long)]
     pub agent_lost_after_seconds: Option<u64>,
@@ -127,6 +130,7 @@ struct FileConfig {
     #[serde(default)]
     instance_types: Vec<InstanceSpec>,
     sagemaker_listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
     /// Access keys that may sign requests to the SageMaker-compatible endpoint.
     #[serde(default)]
     access_keys: Vec<AccessKey>,
@@ -180,6 +184,7 @@ pub struct Config {
     pub agent_lost_after: std::time::Duration,
     pub agent_lease: std::time::Duration,
     pub sagemaker_listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
     /// Configured SigV4 access keys: id → its secret and who it acts as.
     pub access_keys: std::collections::BTreeMap<String, ConfiguredKey>,
     pub insecure: bool,
@@ -229,6 +234,7 @@ impl Config {
             limits: file.limits.unwrap_or_default(),
             catalog,
             sagemaker_listen: flags.sagemaker_listen.or(file.sagemaker_listen),
+            metrics_listen: flags.metrics_listen.or(file.metrics_listen),
             access_keys: file
                 .access_keys
                 .into_iter()
@@ -273,6 +279,7 @@ mod tests {
             agent_lost_after_seconds: None,
             agent_lease_seconds: None,
             sagemaker_listen: None,
+            metrics_listen: None,
             insecure: false,
             tls_names: Vec::new(),
             command: None,

@@ -211,6 +211,7 @@ const MAX_EVENTS_PER_PASS: usize = 512;
 
 pub struct Loop {
     c: Arc<Coordinator>,
+    metrics: Arc<crate::telemetry::Metrics>,
     authority: Arc<trainyard_pki::Authority>,
     liveness: crate::liveness::Liveness,
     timing: Timing,
@@ -231,6 +232,7 @@ pub struct Loop {
 
 pub async fn run(
     coordinator: Arc<Coordinator>,
+    metrics: Arc<crate::telemetry::Metrics>,
     authority: Arc<trainyard_pki::Authority>,
     liveness: crate::liveness::Liveness,
     timing: Timing,
@@ -239,6 +241,7 @@ pub async fn run(
 ) {
     let mut state = Loop {
         c: coordinator,
+        metrics,
         authority,
         liveness,
         timing,
@@ -560,9 +563,18 @@ impl Loop {
         if problem.agents.is_empty() {
             return Ok(());
         }
-        for decision in trainyard_scheduler::place(&mut problem) {
+        let pass = std::time::Instant::now();
+        let decisions = trainyard_scheduler::place(&mut problem);
+        self.metrics.placement_seconds.observe(pass.elapsed().as_secs_f64());
+        for decision in decisions {
             match decision {
-                Decision::Place { job, instances } => self.start(&job, instances).await?,
+                Decision::Place { job, instances } => {
+                    if let Some(q) = self.queue.get(&job) {
+                        let waited = now().millis().saturating_sub(q.queued_at.millis()).max(0);
+                        self.metrics.queue_wait_seconds.observe(waited as f64 / 1000.0);
+                    }
+                    self.start(&job, instances).await?
+                }
                 Decision::Unplaceable { job, reason } => {
                     let Some(q) = self.queue.get_mut(&job) else { continue };
                     if q.reason.as_deref() != Some(reason.as_str()) {
@@ -740,6 +752,26 @@ impl Loop {
         Ok(())
     }
 
+    /// The gauges operators scrape: queue, running jobs, agents by state.
+    fn update_gauges(&self) {
+        self.metrics.queue_length.set(self.queue.len() as i64);
+        self.metrics.jobs_running.set(self.running.len() as i64);
+        let mut states: BTreeMap<String, i64> =
+            ["ready", "disconnected", "lost", "revoked", "refused", "cordoned", "draining", "drained"]
+                .into_iter()
+                .map(|s| (s.to_string(), 0))
+                .collect();
+        for summary in self.summaries() {
+            *states.entry(summary.state).or_default() += 1;
+            if !summary.cordon.is_empty() {
+                *states.entry(summary.cordon).or_default() += 1;
+            }
+        }
+        for (state, count) in states {
+            self.metrics.agents.get_or_create(&crate::telemetry::State { state }).set(count);
+        }
+    }
+
     /// Drains past their deadline: what still runs on the agent is killed there and handled as
     /// lost (retried elsewhere under its RetryStrategy, else failed with the reason).
     async fn enforce_drain_deadlines(&mut self) -> Result<(), DomainError> {
@@ -779,6 +811,7 @@ impl Loop {
             self.declare_lost(&id, "was lost (no heartbeat)").await?;
         }
         self.enforce_drain_deadlines().await?;
+        self.update_gauges();
         // Tuning jobs past ResourceLimits.MaxRuntimeInSeconds.
         let overdue: Vec<(String, u32)> = self
             .tuning
@@ -925,6 +958,11 @@ impl Loop {
                 }
             }
             return Ok(());
+        }
+        // Counted once: only the report of an instance this coordinator placed.
+        if is_final(state) {
+            let label = crate::telemetry::State { state: format!("{state:?}") };
+            self.metrics.instances_ended.get_or_create(&label).inc();
         }
         if !update.metrics.is_empty() {
             self.record_metrics(&job, &update.metrics).await?;

@@ -18,7 +18,12 @@ const SERVICES: &[&str] =
     &["trainyard.v1.HyperParameterTuning", "trainyard.v1.Training", "trainyard.v1.Agents", "trainyard.v1.Access"];
 
 /// Keeps the reported status in step with the store until cancelled.
-pub async fn watch(store: Arc<dyn Store>, reporter: HealthReporter, cancel: CancellationToken) {
+pub async fn watch(
+    store: Arc<dyn Store>,
+    reporter: HealthReporter,
+    readiness: trainyard_telemetry::Readiness,
+    cancel: CancellationToken,
+) {
     let mut serving: Option<bool> = None;
     loop {
         // Bounded: a pool waiting for a database that is down would otherwise hold the answer
@@ -48,6 +53,11 @@ pub async fn watch(store: Arc<dyn Store>, reporter: HealthReporter, cancel: Canc
                 info!("health: the store answers again; reporting SERVING");
             }
             serving = Some(now_serving);
+            if now_serving {
+                readiness.ready();
+            } else {
+                readiness.not_ready("the store does not answer");
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(CHECK_EVERY) => {}

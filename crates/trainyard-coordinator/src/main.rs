@@ -16,6 +16,7 @@ mod liveness;
 mod sagemaker;
 mod sealing;
 mod sigv4;
+mod telemetry;
 
 use std::sync::Arc;
 
@@ -103,8 +104,13 @@ async fn main() -> anyhow::Result<()> {
         agent_lost_after: config.agent_lost_after,
         agent_lease: config.agent_lease,
     };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = telemetry::Metrics::register(&mut registry);
+    let readiness = trainyard_telemetry::Readiness::new("the store has not answered yet");
+    trainyard_telemetry::spawn(config.metrics_listen, registry, readiness.clone(), cancel.clone());
     let event_loop = tokio::spawn(events::run(
         coordinator.clone(),
+        metrics,
         authority.clone(),
         liveness.clone(),
         timing,
@@ -140,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(sagemaker::serve(endpoint, address, http_tls.clone(), cancel.clone()))
     });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    tokio::spawn(health::watch(store.clone(), health_reporter, cancel.clone()));
+    tokio::spawn(health::watch(store.clone(), health_reporter, readiness, cancel.clone()));
     let mut server = Server::builder();
     match credential {
         None => warn!(addr = %config.listen, "serving plain-text gRPC without authentication (--insecure)"),

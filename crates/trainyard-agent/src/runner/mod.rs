@@ -107,6 +107,7 @@ pub struct Settings {
     /// placed again after a restart) may still be cleaning up the dir a new run of the same
     /// instance would lay out.
     pub work_dirs_in_use: std::sync::Mutex<BTreeMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl Settings {
@@ -254,9 +255,13 @@ pub async fn run(
     let dir = workdirs::instance_dir(&settings.work_root, &spec.job, spec.instance);
     let dir_lock = settings.work_dir_lock(&dir);
     let held = dir_lock.clone().lock_owned().await;
+    settings.metrics.instances_running.inc();
     reporter.update(InstanceState::Downloading, "Downloading input data", Vec::new());
 
-    let outcome = match prepare::prepare(&spec, settings, &dir).await {
+    let staging = std::time::Instant::now();
+    let prepared = prepare::prepare(&spec, settings, &dir).await;
+    settings.metrics.staging_seconds.observe(staging.elapsed().as_secs_f64());
+    let outcome = match prepared {
         Err(reason) => Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
         Ok(prepared) => {
             let pipes = std::sync::Arc::new(prepared.pipes);
@@ -330,7 +335,10 @@ pub async fn run(
     let fenced = *stop.borrow() == Some(StopReason::Fence);
     if dir.join("model").exists() && spec.instance == 1 && !fenced {
         reporter.update(InstanceState::Uploading, "Uploading generated training model", Vec::new());
-        match upload::upload(&spec, settings, &dir).await {
+        let uploading = std::time::Instant::now();
+        let uploaded = upload::upload(&spec, settings, &dir).await;
+        settings.metrics.upload_seconds.observe(uploading.elapsed().as_secs_f64());
+        match uploaded {
             Ok(uri) => model_artifacts = Some(uri),
             Err(reason) => {
                 if state == InstanceState::Completed {
@@ -361,6 +369,7 @@ pub async fn run(
     workdirs::finished(&settings.work_root, &spec.job, spec.instance, keep);
     drop(held);
     settings.release_work_dir(&dir, dir_lock);
+    settings.metrics.instances_running.dec();
     final_update
 }
 

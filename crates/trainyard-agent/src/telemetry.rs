@@ -1,0 +1,74 @@
+//! The agent's Prometheus metrics (served by `trainyard-telemetry` on `--metrics-listen`).
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use trainyard_proto::pb;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GpuLabels {
+    pub uuid: String,
+    pub name: String,
+}
+
+pub struct Metrics {
+    /// Instances between their assignment and their end (upload included).
+    pub instances_running: Gauge,
+    /// How long laying out a work dir and staging its channels takes.
+    pub staging_seconds: Histogram,
+    /// How long uploading an instance's model, output and checkpoints takes.
+    pub upload_seconds: Histogram,
+    pub gpu_utilization_percent: Family<GpuLabels, Gauge>,
+    pub gpu_memory_used_mib: Family<GpuLabels, Gauge>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Arc<Metrics> {
+        let metrics = Metrics {
+            instances_running: Gauge::default(),
+            staging_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            upload_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            gpu_utilization_percent: Family::default(),
+            gpu_memory_used_mib: Family::default(),
+        };
+        registry.register(
+            "trainyard_agent_instances_running",
+            "Instances between their assignment and their end",
+            metrics.instances_running.clone(),
+        );
+        registry.register(
+            "trainyard_agent_staging_seconds",
+            "How long laying out a work dir and staging its channels takes",
+            metrics.staging_seconds.clone(),
+        );
+        registry.register(
+            "trainyard_agent_upload_seconds",
+            "How long uploading an instance's model, output and checkpoints takes",
+            metrics.upload_seconds.clone(),
+        );
+        registry.register(
+            "trainyard_agent_gpu_utilization_percent",
+            "GPU utilisation (NVML)",
+            metrics.gpu_utilization_percent.clone(),
+        );
+        registry.register(
+            "trainyard_agent_gpu_memory_used_mib",
+            "GPU memory in use (NVML)",
+            metrics.gpu_memory_used_mib.clone(),
+        );
+        Arc::new(metrics)
+    }
+
+    /// The GPUs' numbers, from a heartbeat's reading.
+    pub fn gpus(&self, gpus: &[pb::Gpu]) {
+        for gpu in gpus {
+            let labels = GpuLabels { uuid: gpu.uuid.clone(), name: gpu.name.clone() };
+            self.gpu_utilization_percent.get_or_create(&labels).set(i64::from(gpu.utilization_percent));
+            self.gpu_memory_used_mib.get_or_create(&labels).set(gpu.memory_used_mib as i64);
+        }
+    }
+}

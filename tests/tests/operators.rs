@@ -1,0 +1,98 @@
+//! What operators scrape and probe: both daemons' Prometheus metrics, `/healthz` and `/readyz` on
+//! their `--metrics-listen` addresses, read over real HTTP while a job runs through them.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use serde_json::json;
+use trainyard_e2e::{Backend, Coordinator, TEST_TRAINER, example, on_both_backends};
+use trainyard_testkit::{free_port, nvml, wait_until};
+
+/// GET `path` from `address`: the status code and the body.
+fn get(address: &str, path: &str) -> (u16, String) {
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else { return (0, String::new()) };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `name` (with its labels, as written) in a Prometheus text page.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+on_both_backends!(both_daemons_serve_metrics_health_and_readiness);
+
+fn both_daemons_serve_metrics_health_and_readiness(backend: Backend) {
+    let coordinator_metrics = format!("127.0.0.1:{}", free_port());
+    let agent_metrics = format!("127.0.0.1:{}", free_port());
+    let mut c = Coordinator::start_on_with_args(backend, &["--metrics-listen", &coordinator_metrics]);
+    let dir = tempfile::tempdir().expect("dir");
+    let library = nvml::build_fake_nvml(dir.path());
+    let agent = c.start_agent(
+        "scraped",
+        &[
+            "--advertise-vcpus",
+            "16",
+            "--metrics-listen",
+            &agent_metrics,
+            "--nvml-library",
+            library.to_str().expect("utf-8"),
+        ],
+        &[("FAKE_NVML_GPUS", nvml::gpus(1, "NVIDIA A10G", 23028).as_str())],
+    );
+    for address in [&coordinator_metrics, &agent_metrics] {
+        assert!(
+            wait_until(Duration::from_secs(10), || get(address, "/readyz").0 == 200),
+            "{address}: {:?}",
+            get(address, "/readyz")
+        );
+        assert_eq!(get(address, "/healthz"), (200, "ok\n".to_string()));
+    }
+
+    let mut r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    r["TrainingJobName"] = json!("scraped-job");
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(c.install_program("trainer.py", TEST_TRAINER));
+    let file = c.write("scraped-job.json", &r.to_string());
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    let done = c.wait_json(&["training-jobs", "describe", "scraped-job"], |d| d["TrainingJobStatus"] != "InProgress");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+
+    let scraped = || get(&coordinator_metrics, "/metrics").1;
+    assert!(
+        wait_until(Duration::from_secs(5), || sample(&scraped(), "trainyard_jobs_running") == Some(0.0)),
+        "{}",
+        scraped()
+    );
+    let page = scraped();
+    assert_eq!(sample(&page, "trainyard_agents{state=\"ready\"}"), Some(1.0), "{page}");
+    assert_eq!(sample(&page, "trainyard_queue_length"), Some(0.0), "{page}");
+    assert_eq!(sample(&page, "trainyard_instances_ended_total{state=\"Completed\"}"), Some(1.0), "{page}");
+    assert_eq!(sample(&page, "trainyard_queue_wait_seconds_count"), Some(1.0), "{page}");
+    assert!(sample(&page, "trainyard_placement_pass_seconds_count").is_some_and(|n| n >= 1.0), "{page}");
+
+    let page = get(&agent_metrics, "/metrics").1;
+    assert_eq!(sample(&page, "trainyard_agent_instances_running"), Some(0.0), "{page}");
+    assert_eq!(sample(&page, "trainyard_agent_staging_seconds_count"), Some(1.0), "{page}");
+    assert_eq!(sample(&page, "trainyard_agent_upload_seconds_count"), Some(1.0), "{page}");
+    let gpu = format!("trainyard_agent_gpu_memory_used_mib{{uuid=\"{}\",name=\"NVIDIA A10G\"}}", nvml::uuid(0));
+    assert!(sample(&page, &gpu).is_some(), "the fake GPU, through NVML: {page}");
+
+    // Without its coordinator an agent is alive but not ready.
+    agent.expect_log("coordinator unreachable or stream ended; instances keep running");
+    c.daemon.signal(trainyard_testkit::SIGKILL);
+    c.daemon.wait_exit(Duration::from_secs(10)).expect("killed");
+    assert!(wait_until(Duration::from_secs(10), || get(&agent_metrics, "/readyz").0 == 503));
+    assert_eq!(get(&agent_metrics, "/readyz").1, "not ready: not connected to the coordinator\n");
+    assert_eq!(get(&agent_metrics, "/healthz").0, 200);
+    c.restart(trainyard_testkit::SIGKILL);
+    assert!(wait_until(Duration::from_secs(20), || get(&agent_metrics, "/readyz").0 == 200), "it reconnects");
+}
