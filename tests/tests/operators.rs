@@ -96,3 +96,36 @@ fn both_daemons_serve_metrics_health_and_readiness(backend: Backend) {
     c.restart(trainyard_testkit::SIGKILL);
     assert!(wait_until(Duration::from_secs(20), || get(&agent_metrics, "/readyz").0 == 200), "it reconnects");
 }
+
+/// The units in deploy/systemd load without a warning, and the coordinator's sandbox is tight
+/// (`systemd-analyze security` rates it; the agent must run as root and cannot be).
+#[test]
+fn the_systemd_units_verify_and_sandbox_the_coordinator() {
+    let dir = tempfile::tempdir().expect("dir");
+    let binaries = trainyard_testkit::binary("trainyard-coordinator");
+    let binaries = binaries.parent().expect("target dir").display().to_string();
+    let mut units = Vec::new();
+    for name in ["trainyard-coordinator.service", "trainyard-agent.service"] {
+        let text = std::fs::read_to_string(trainyard_e2e::repo_root().join("deploy/systemd").join(name)).expect("unit");
+        // As installed, with the binaries this suite built where the units expect them.
+        let unit = dir.path().join(name);
+        std::fs::write(&unit, text.replace("/usr/local/bin", &binaries)).expect("write");
+        units.push(unit);
+    }
+    let verify =
+        std::process::Command::new("systemd-analyze").arg("verify").args(&units).output().expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success() && stderr.trim().is_empty(), "{stderr}");
+
+    let security = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&units[0])
+        .output()
+        .expect("systemd-analyze");
+    let report = String::from_utf8_lossy(&security.stdout);
+    let exposure: f64 = report
+        .lines()
+        .find_map(|l| l.split("trainyard-coordinator.service: ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in {report}"));
+    assert!(exposure <= 2.0, "the coordinator's exposure is {exposure}: {report}");
+}

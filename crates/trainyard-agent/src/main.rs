@@ -195,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
                 warn!(container = %id, "removing a container an earlier run of this agent left");
                 client.remove(&id).await;
             }
+            runner::remove_container_cgroup_parents(&config.id);
             info!(runtime = %client.version, namespace = %config.containerd_namespace, "container images run through containerd");
             (Some(Arc::new(client)), None)
         }

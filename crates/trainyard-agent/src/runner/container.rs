@@ -29,7 +29,7 @@ pub(super) async fn launch(
     let hosts = dir.join(HOSTS_FILE);
     write_hosts_file(spec, &hosts, namespace.is_some()).map_err(|e| format!("writing /etc/hosts: {e}"))?;
     let id = format!("{}.algo-{}.{}", spec.job, spec.instance, spec.attempt);
-    let cgroup = format!("/trainyard-containers/{}/{id}", settings.agent_id);
+    let cgroup = container_cgroup(&settings.agent_id, &id);
     let runtime = RuntimeSpec {
         image: &image,
         request: &spec.request,
@@ -143,6 +143,16 @@ impl Drop for ContainerControl {
             drop(identity);
         });
     }
+}
+
+/// The cgroup runc makes for one of this agent's containers (relative to each hierarchy's root).
+fn container_cgroup(agent: &str, id: &str) -> String {
+    format!("/trainyard-containers/{agent}/{id}")
+}
+
+/// After an earlier run's containers were removed at start: their cgroups' parents go too.
+pub fn remove_container_cgroup_parents(agent: &str) {
+    remove_empty_parents(&container_cgroup(agent, "none"));
 }
 
 /// Removes the (now empty) dirs above a container's cgroup that runc made in every hierarchy:

@@ -13,6 +13,8 @@
 //!    removed (kept for a while when the instance failed).
 
 mod container;
+
+pub use container::remove_container_cgroup_parents;
 mod prepare;
 mod process;
 mod supervise;
