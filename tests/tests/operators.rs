@@ -129,3 +129,27 @@ fn the_systemd_units_verify_and_sandbox_the_coordinator() {
         .unwrap_or_else(|| panic!("no exposure level in {report}"));
     assert!(exposure <= 2.0, "the coordinator's exposure is {exposure}: {report}");
 }
+
+/// Completions and the manual page come from the CLI's own definitions: every subcommand is in them.
+#[test]
+fn the_cli_prints_shell_completions_and_its_manual_page() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(trainyard_testkit::binary("trainyard")).args(args).output().expect("run");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let bash = run(&["completions", "bash"]);
+    for word in ["tuning-jobs", "training-jobs", "agents", "drain", "uncordon", "--deadline-seconds"] {
+        assert!(bash.contains(word), "{word} is not completed");
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let script = dir.path().join("trainyard.bash");
+    std::fs::write(&script, &bash).expect("write");
+    let syntax = std::process::Command::new("bash").arg("-n").arg(&script).output().expect("bash");
+    assert!(syntax.status.success(), "{}", String::from_utf8_lossy(&syntax.stderr));
+    assert!(run(&["completions", "zsh"]).starts_with("#compdef trainyard"));
+
+    let man = run(&["man"]);
+    assert!(man.contains(".TH trainyard 1"), "{man}");
+    assert!(man.contains("training\\-jobs") && man.contains("agents"), "{man}");
+}

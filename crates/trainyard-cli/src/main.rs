@@ -73,6 +73,11 @@ enum Command {
     Agents(AgentsCommand),
     /// Run a coordinator (SQLite) and an agent on this machine; optionally run a tuning job on them.
     Dev(DevCommand),
+    /// Print a completion script for a shell (e.g. `trainyard completions bash >
+    /// /etc/bash_completion.d/trainyard`).
+    Completions { shell: clap_complete::Shell },
+    /// Print this CLI's manual page (roff: `trainyard man > /usr/local/share/man/man1/trainyard.1`).
+    Man,
     /// The user and scope of your token.
     Whoami,
     /// Whether the coordinator serves (the gRPC health service): exit 0 when SERVING, 1 otherwise
@@ -359,8 +364,22 @@ fn read_request<T: DeserializeOwned>(path: &PathBuf) -> anyhow::Result<T> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = cli.output;
-    if let Command::Dev(args) = cli.command {
-        return run_dev(args, out).await;
+    match cli.command {
+        Command::Dev(args) => return run_dev(args, out).await,
+        // Written whole, at once: a reader that stops early (`| head`) is no error.
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "trainyard", &mut script);
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            return Ok(());
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut page)?;
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &page);
+            return Ok(());
+        }
+        _ => {}
     }
     let channel = connect(Connection {
         address: &cli.coordinator,
@@ -454,7 +473,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", created.token);
             Ok(())
         }
-        Command::Dev(_) => Ok(()),
+        Command::Dev(_) | Command::Completions { .. } | Command::Man => Ok(()),
     }
 }
 
