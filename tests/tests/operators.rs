@@ -153,3 +153,43 @@ fn the_cli_prints_shell_completions_and_its_manual_page() {
     assert!(man.contains(".TH trainyard 1"), "{man}");
     assert!(man.contains("training\\-jobs") && man.contains("agents"), "{man}");
 }
+
+/// `tuning-jobs watch` outlives a coordinator restart: it says the coordinator does not answer,
+/// waits, and goes on to the job's end.
+#[test]
+fn watch_waits_for_a_restarted_coordinator() {
+    let mut c = Coordinator::start();
+    let agent = c.start_agent("watched", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
+    let mut r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    r["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] =
+        json!(trainyard_e2e::repo_root().join("deploy/examples/trainer/train.py").display().to_string());
+    r["TrainingJobDefinition"]["StaticHyperParameters"]["epoch_seconds"] = json!("0.2");
+    let file = c.write("watched.json", &r.to_string());
+    c.cli(&["tuning-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    let name = r["HyperParameterTuningJobName"].as_str().expect("name").to_string();
+    let watch = std::process::Command::new(trainyard_testkit::binary("trainyard"))
+        .env("TRAINYARD_COORDINATOR", &c.address)
+        .env("TRAINYARD_CA_FILE", c.ca_file())
+        .env("TRAINYARD_TOKEN", &c.token)
+        .args(["--output", "json", "tuning-jobs", "watch", &name])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("watch");
+
+    std::thread::sleep(Duration::from_secs(1));
+    agent.expect_log("coordinator unreachable or stream ended; instances keep running");
+    c.daemon.signal(trainyard_testkit::SIGKILL);
+    c.daemon.wait_exit(Duration::from_secs(10)).expect("killed");
+    std::thread::sleep(Duration::from_secs(3));
+    c.restart(trainyard_testkit::SIGKILL);
+
+    let out = watch.wait_with_output().expect("watch ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("the coordinator does not answer") && stderr.contains("retrying"), "{stderr}");
+    assert!(stderr.contains("the coordinator answers again"), "{stderr}");
+    let described: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(described["HyperParameterTuningJobStatus"], "Completed", "{described:#}");
+}

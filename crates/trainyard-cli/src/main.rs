@@ -586,6 +586,9 @@ async fn run_dev(args: DevCommand, out: Output) -> anyhow::Result<()> {
 
 /// Polls a tuning job until it ends, showing a progress bar of finished trials and the best
 /// objective so far; returns the final description.
+/// How long `tuning-jobs watch` keeps trying a coordinator that does not answer.
+const WATCH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
+
 async fn watch(
     client: &mut HyperParameterTuningClient<Transport>,
     name: &str,
@@ -600,12 +603,36 @@ async fn watch(
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
+    // The coordinator may restart while a long job is watched: unreachable, the watch waits and
+    // tries again (backing off to 5 s) for up to WATCH_PATIENCE, and says so; any other error ends it.
+    let mut unreachable_since: Option<std::time::Instant> = None;
+    let mut backoff = std::time::Duration::from_millis(500);
     loop {
         let request =
             api::DescribeHyperParameterTuningJobRequest { hyper_parameter_tuning_job_name: Some(name.to_string()) };
-        let d = client
+        let d = match client
             .describe_hyper_parameter_tuning_job(pb::DescribeHyperParameterTuningJobRequest::from(request))
-            .await?;
+            .await
+        {
+            Ok(d) => d,
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                let since = *unreachable_since.get_or_insert_with(|| {
+                    bar.suspend(|| eprintln!("the coordinator does not answer ({}); retrying", status.message()));
+                    std::time::Instant::now()
+                });
+                if since.elapsed() > WATCH_PATIENCE {
+                    return Err(status.into());
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                continue;
+            }
+            Err(status) => return Err(status.into()),
+        };
+        if unreachable_since.take().is_some() {
+            bar.suspend(|| eprintln!("the coordinator answers again"));
+            backoff = std::time::Duration::from_millis(500);
+        }
         let d = api::DescribeHyperParameterTuningJobResponse::from(d.into_inner());
         let c = d.training_job_status_counters.clone().unwrap_or_default();
         let n = |v: Option<i32>| v.unwrap_or(0) as u64;
