@@ -41,8 +41,29 @@ impl InputCache {
         self.dir.join(OBJECTS).join(trainyard_model::hex::encode(&Sha256::digest(version.as_bytes())))
     }
 
+    /// Places `version` at `target`: a link to the cached copy, or else `fetch` writes the object
+    /// to a path of the cache's, which then takes it in. True when it was fetched (the cache grew:
+    /// [`InputCache::trim`] is due). `what` names the object in errors.
+    pub async fn place<F, Fut>(&self, version: &str, target: &Path, what: &str, fetch: F) -> Result<bool, String>
+    where
+        F: FnOnce(PathBuf) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let staging = |e: io::Error| format!("staging {what}: {e}");
+        if self.link(version, target).map_err(staging)? {
+            return Ok(false);
+        }
+        let incoming = self.incoming();
+        if let Err(e) = fetch(incoming.clone()).await {
+            let _ = std::fs::remove_file(&incoming);
+            return Err(e);
+        }
+        self.admit(version, &incoming, target).map_err(staging)?;
+        Ok(true)
+    }
+
     /// Links the cached copy of `version` at `target` when there is one.
-    pub fn link(&self, version: &str, target: &Path) -> io::Result<bool> {
+    fn link(&self, version: &str, target: &Path) -> io::Result<bool> {
         let entry = self.entry(version);
         match std::fs::hard_link(&entry, target) {
             Ok(()) => {
@@ -56,14 +77,14 @@ impl InputCache {
     }
 
     /// A fresh path to write an object to before [`InputCache::admit`] takes it in.
-    pub fn incoming(&self) -> PathBuf {
+    fn incoming(&self) -> PathBuf {
         let n = self.incoming.fetch_add(1, Ordering::Relaxed);
         self.dir.join(INCOMING).join(format!("{}-{n}", std::process::id()))
     }
 
     /// Takes the object written at `incoming` into the cache as `version`, read-only, and links it
     /// at `target`.
-    pub fn admit(&self, version: &str, incoming: &Path, target: &Path) -> io::Result<()> {
+    fn admit(&self, version: &str, incoming: &Path, target: &Path) -> io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let entry = self.entry(version);
         std::fs::set_permissions(incoming, std::fs::Permissions::from_mode(0o644))?;

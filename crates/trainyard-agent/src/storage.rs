@@ -122,6 +122,7 @@ impl Storage {
     pub async fn stage(&self, uri: &str, dest: &Path, selection: Selection) -> Result<Vec<PathBuf>, String> {
         std::fs::create_dir_all(dest).map_err(|e| e.to_string())?;
         let mut written = Vec::new();
+        let mut admitted = false;
         match self.locate(uri)? {
             Location::Local(source) => {
                 let objects = local_objects(&source).map_err(|e| format!("listing {uri}: {e}"))?;
@@ -130,20 +131,12 @@ impl Storage {
                     if let Some(parent) = target.parent() {
                         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
                     }
-                    let staging = |e: io::Error| format!("staging {}: {e}", path.display());
-                    match &self.cache {
-                        Some(cache) => {
-                            let version = cache::local_version(&path, &std::fs::metadata(&path).map_err(staging)?);
-                            if !cache.link(&version, &target).map_err(staging)? {
-                                let incoming = cache.incoming();
-                                std::fs::copy(&path, &incoming).map_err(staging)?;
-                                cache.admit(&version, &incoming, &target).map_err(staging)?;
-                            }
-                        }
-                        None => {
-                            std::fs::copy(&path, &target).map_err(staging)?;
-                        }
-                    }
+                    let what = path.display().to_string();
+                    let staging = |e: io::Error| format!("staging {what}: {e}");
+                    let version = || Ok(cache::local_version(&path, &std::fs::metadata(&path).map_err(staging)?));
+                    let (source, staging) = (&path, &staging);
+                    let copy = |to: PathBuf| async move { std::fs::copy(source, &to).map(|_| ()).map_err(staging) };
+                    admitted |= self.place(version, &target, &what, copy).await?;
                     written.push(target);
                 }
             }
@@ -165,32 +158,38 @@ impl Storage {
                     if let Some(parent) = target.parent() {
                         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
                     }
-                    match &self.cache {
-                        Some(cache) => {
-                            let version = cache::object_version(&format!("{endpoint}/{bucket}"), &name, &meta);
-                            let linked = cache.link(&version, &target).map_err(|e| format!("staging {name}: {e}"))?;
-                            if !linked {
-                                let incoming = cache.incoming();
-                                let fetched = download(&store, &name, &incoming).await;
-                                if let Err(e) = fetched {
-                                    let _ = std::fs::remove_file(&incoming);
-                                    return Err(e);
-                                }
-                                cache
-                                    .admit(&version, &incoming, &target)
-                                    .map_err(|e| format!("staging {name}: {e}"))?;
-                            }
-                        }
-                        None => download(&store, &name, &target).await?,
-                    }
+                    let version = || Ok(cache::object_version(&format!("{endpoint}/{bucket}"), &name, &meta));
+                    let (store, object) = (&store, &name);
+                    let fetch = |to: PathBuf| async move { download(store, object, &to).await };
+                    admitted |= self.place(version, &target, &name, fetch).await?;
                     written.push(target);
                 }
             }
         }
-        if let Some(cache) = &self.cache {
+        // Only what was fetched grows the cache.
+        if admitted && let Some(cache) = &self.cache {
             cache.trim();
         }
         Ok(written)
+    }
+
+    /// Puts one object at `target`: through the input cache when there is one (true when it was
+    /// fetched into it), else fetched straight there. `version` is only asked for with a cache.
+    async fn place<F, Fut>(
+        &self,
+        version: impl FnOnce() -> Result<String, String>,
+        target: &Path,
+        what: &str,
+        fetch: F,
+    ) -> Result<bool, String>
+    where
+        F: FnOnce(PathBuf) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        match &self.cache {
+            Some(cache) => cache.place(&version()?, target, what, fetch).await,
+            None => fetch(target.to_path_buf()).await.map(|()| false),
+        }
     }
 
     /// Stores a local file at `uri`.

@@ -78,7 +78,12 @@ impl Containerd {
 
     /// The ids of the containers in the agents' namespace.
     pub fn containers(&self) -> Vec<String> {
-        let out = self.ctr(&["containers", "list", "--quiet"]);
+        self.ids("containers")
+    }
+
+    /// The ids `ctr <what> list` gives (tasks, containers).
+    fn ids(&self, what: &str) -> Vec<String> {
+        let out = self.ctr(&[what, "list", "--quiet"]);
         String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
     }
 
@@ -91,10 +96,13 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // Whatever a failed test left: tasks (their shims outlive containerd), then containerd.
-        for id in self.containers() {
+        // Whatever a failed test left: tasks (a task can outlive its container's record), their
+        // containers, then containerd itself.
+        for id in self.ids("tasks") {
             let _ = self.ctr(&["tasks", "kill", "--all", "--signal", "SIGKILL", &id]);
             let _ = self.ctr(&["tasks", "delete", "--force", &id]);
+        }
+        for id in self.containers() {
             let _ = self.ctr(&["containers", "delete", &id]);
         }
         // SAFETY: kill(2) on our own child.
@@ -102,6 +110,41 @@ impl Drop for Containerd {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
         let _ = self.child.wait();
+        // Shims outlive containerd by design: any still serving this one are killed, and the root
+        // file systems they held are unmounted, so that the temp dir can go.
+        kill_shims_of(&self.socket);
+        unmount_beneath(self.dir.path());
+    }
+}
+
+fn kill_shims_of(socket: &Path) {
+    let socket = socket.display().to_string();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.starts_with("/usr/bin/containerd-shim") && cmdline.contains(&socket) {
+            // SAFETY: kill(2) on a shim this test's containerd started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn unmount_beneath(dir: &Path) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<&str> =
+        mountinfo.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| Path::new(p).starts_with(dir)).collect();
+    // Deepest first.
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        if let Ok(path) = std::ffi::CString::new(point) {
+            // SAFETY: umount2 on a NUL-terminated path.
+            unsafe {
+                libc::umount2(path.as_ptr(), libc::MNT_DETACH);
+            }
+        }
     }
 }
 

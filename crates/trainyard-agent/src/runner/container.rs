@@ -64,11 +64,22 @@ pub(super) async fn launch(
         fifos: [stdout.clone(), stderr.clone()],
         identity,
     };
-    let mounts = containerd.create(&id, &image, &runtime, &settings.agent_id).await?;
-    containerd
-        .start(&id, mounts, &stdout, &stderr)
-        .await
-        .map_err(|e| format!("ClientError: starting {reference}: {e}"))?;
+    let started = async {
+        let mounts = containerd.create(&id, &image, &runtime, &settings.agent_id).await?;
+        containerd
+            .start(&id, mounts, &stdout, &stderr)
+            .await
+            .map_err(|e| format!("ClientError: starting {reference}: {e}"))
+    }
+    .await;
+    if let Err(reason) = started {
+        // No shim will open the FIFOs: the readers waiting for one are let go.
+        for fifo in [&stdout, &stderr] {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(fifo);
+        }
+        return Err(reason);
+    }
     let mut streams = Vec::new();
     for reader in readers {
         let file = reader.await.map_err(|e| e.to_string())?.map_err(|e| format!("opening the output FIFO: {e}"))?;

@@ -279,45 +279,7 @@ pub async fn run(
                 Err(reason) => Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
                 Ok(network) => {
                     let namespace = network.as_ref().map(|n| n.network.path());
-                    let failed =
-                        |reason| Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None };
-                    let image = spec.request.algorithm_specification.as_ref().and_then(|a| a.training_image.clone());
-                    let outcome = match (TrainingImage::of(image.as_deref().unwrap_or_default()), &settings.containerd)
-                    {
-                        (TrainingImage::HostProgram, _) if !settings.host_programs => failed(
-                            "InternalServerError: the TrainingImage is a program on the host and this agent does not run host programs (--host-programs)"
-                                .into(),
-                        ),
-                        (TrainingImage::HostProgram, _) => {
-                            match process::launch(&spec, settings, &dir, prepared.env, namespace).await {
-                                Ok(launched) => {
-                                    supervise::supervise(&spec, settings, &dir, launched, &reporter, &mut stop).await
-                                }
-                                Err(reason) => failed(reason),
-                            }
-                        }
-                        (TrainingImage::Container(reference), Some(containerd)) => {
-                            match container::launch(
-                                &spec,
-                                settings,
-                                containerd,
-                                &reference,
-                                &dir,
-                                prepared.env,
-                                namespace,
-                            )
-                            .await
-                            {
-                                Ok(launched) => {
-                                    supervise::supervise(&spec, settings, &dir, launched, &reporter, &mut stop).await
-                                }
-                                Err(reason) => failed(reason),
-                            }
-                        }
-                        (TrainingImage::Container(reference), None) => failed(format!(
-                            "InternalServerError: {reference} is a container image and this agent has no container runtime"
-                        )),
-                    };
+                    let outcome = execute(&spec, settings, &dir, prepared.env, namespace, &reporter, &mut stop).await;
                     if let Some(network) = network {
                         leave_network(&spec, settings, network).await;
                     }
@@ -373,6 +335,40 @@ pub async fn run(
     settings.release_work_dir(&dir, dir_lock);
     settings.metrics.instances_running.dec();
     final_update
+}
+
+/// Launches the instance through the runtime its TrainingImage needs, and supervises it to its end.
+async fn execute(
+    spec: &InstanceSpec,
+    settings: &Settings,
+    dir: &std::path::Path,
+    env: BTreeMap<String, String>,
+    namespace: Option<PathBuf>,
+    reporter: &Reporter<'_>,
+    stop: &mut watch::Receiver<Option<StopReason>>,
+) -> Outcome {
+    let image = spec.request.algorithm_specification.as_ref().and_then(|a| a.training_image.as_deref());
+    // Each arm either runs the instance to its end, or says why it could not start.
+    let reason = match (TrainingImage::of(image.unwrap_or_default()), &settings.containerd) {
+        (TrainingImage::HostProgram, _) if !settings.host_programs => {
+            "InternalServerError: the TrainingImage is a program on the host and this agent does not run host programs (--host-programs)"
+                .to_string()
+        }
+        (TrainingImage::HostProgram, _) => match process::launch(spec, settings, dir, env, namespace).await {
+            Ok(launched) => return supervise::supervise(spec, settings, dir, launched, reporter, stop).await,
+            Err(reason) => reason,
+        },
+        (TrainingImage::Container(reference), Some(containerd)) => {
+            match container::launch(spec, settings, containerd, &reference, dir, env, namespace).await {
+                Ok(launched) => return supervise::supervise(spec, settings, dir, launched, reporter, stop).await,
+                Err(reason) => reason,
+            }
+        }
+        (TrainingImage::Container(reference), None) => {
+            format!("InternalServerError: {reference} is a container image and this agent has no container runtime")
+        }
+    };
+    Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None }
 }
 
 fn final_message(state: InstanceState) -> &'static str {

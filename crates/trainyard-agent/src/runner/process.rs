@@ -97,72 +97,44 @@ pub(super) async fn launch(
     // /opt/ml paths runs unchanged and no instance sees another's, and a private /etc/hosts where
     // `algo-N` resolve (training toolkits wait for every host in SM_HOSTS to resolve).
     if settings.opt_ml || namespace.is_some() {
-        use std::os::unix::ffi::OsStrExt;
-        let source = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap_or_default();
-        let target = std::ffi::CString::new(OPT_ML).unwrap_or_default();
-        let root = std::ffi::CString::new("/").unwrap_or_default();
+        let source = c_string(dir);
+        let target = c_string(OPT_ML);
+        let root = c_string("/");
         let hosts_file = dir.join(HOSTS_FILE);
         let hosts_ready = write_hosts_file(spec, &hosts_file, namespace.is_some()).is_ok();
-        let hosts_source = std::ffi::CString::new(hosts_file.as_os_str().as_bytes()).unwrap_or_default();
-        let etc_hosts = std::ffi::CString::new("/etc/hosts").unwrap_or_default();
+        let hosts_source = c_string(&hosts_file);
+        let etc_hosts = c_string("/etc/hosts");
         let opt_ml = settings.opt_ml;
         // Its own /tmp (a dir of its work dir, removed with it; only where the work dir is at
         // /opt/ml, as its paths would otherwise lie under the hidden /tmp), its own /dev/shm
         // (charged to its cgroup) and its own System V IPC: nothing an instance leaves there is
         // seen by another, even one that later runs under the same uid.
-        let private_tmp = std::ffi::CString::new(dir.join(PRIVATE_TMP).as_os_str().as_bytes()).unwrap_or_default();
-        let tmp = std::ffi::CString::new("/tmp").unwrap_or_default();
-        let shm = std::ffi::CString::new("/dev/shm").unwrap_or_default();
-        let tmpfs = std::ffi::CString::new("tmpfs").unwrap_or_default();
-        let shm_options = std::ffi::CString::new("mode=1777").unwrap_or_default();
+        let private_tmp = c_string(dir.join(PRIVATE_TMP));
+        let tmp = c_string("/tmp");
+        let shm = c_string("/dev/shm");
+        let tmpfs = c_string("tmpfs");
+        let shm_options = c_string("mode=1777");
         let has_shm = Path::new("/dev/shm").is_dir();
         // SAFETY: only syscalls (unshare, mount, chdir) on CStrings prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
-                let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
-                check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC))?;
-                check(libc::mount(
-                    std::ptr::null(),
-                    root.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ))?;
+                if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                mount(None, &root, None, libc::MS_REC | libc::MS_PRIVATE, None)?;
                 if hosts_ready {
-                    check(libc::mount(
-                        hosts_source.as_ptr(),
-                        etc_hosts.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND,
-                        std::ptr::null(),
-                    ))?;
+                    mount(Some(&hosts_source), &etc_hosts, None, libc::MS_BIND, None)?;
                 }
                 if opt_ml {
-                    check(libc::mount(
-                        source.as_ptr(),
-                        target.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND | libc::MS_REC,
-                        std::ptr::null(),
-                    ))?;
-                    check(libc::chdir(target.as_ptr()))?;
+                    mount(Some(&source), &target, None, libc::MS_BIND | libc::MS_REC, None)?;
+                    if libc::chdir(target.as_ptr()) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                     // Last: the sources above may lie under /tmp.
-                    check(libc::mount(
-                        private_tmp.as_ptr(),
-                        tmp.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND,
-                        std::ptr::null(),
-                    ))?;
+                    mount(Some(&private_tmp), &tmp, None, libc::MS_BIND, None)?;
                 }
                 if has_shm {
-                    check(libc::mount(
-                        tmpfs.as_ptr(),
-                        shm.as_ptr(),
-                        tmpfs.as_ptr(),
-                        libc::MS_NOSUID | libc::MS_NODEV,
-                        shm_options.as_ptr().cast(),
-                    ))?;
+                    mount(Some(&tmpfs), &shm, Some(&tmpfs), libc::MS_NOSUID | libc::MS_NODEV, Some(&shm_options))?;
                 }
                 Ok(())
             });
@@ -219,6 +191,27 @@ pub(super) async fn launch(
         exited,
         control: ProcessControl { cgroup, group, uid: lease },
     })
+}
+
+/// A path or a name as a C string (one with a NUL byte, which no path here has, becomes empty
+/// and fails where it is used).
+fn c_string(text: impl AsRef<std::ffi::OsStr>) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(text.as_ref().as_bytes()).unwrap_or_default()
+}
+
+/// mount(2) for `pre_exec`: one syscall on strings prepared before the fork.
+fn mount(
+    source: Option<&std::ffi::CStr>,
+    target: &std::ffi::CStr,
+    fstype: Option<&std::ffi::CStr>,
+    flags: libc::c_ulong,
+    data: Option<&std::ffi::CStr>,
+) -> std::io::Result<()> {
+    let pointer = |s: Option<&std::ffi::CStr>| s.map_or(std::ptr::null(), std::ffi::CStr::as_ptr);
+    // SAFETY: every pointer is null or a NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::mount(pointer(source), target.as_ptr(), pointer(fstype), flags, pointer(data).cast()) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// The command line: the image names a program (a path or a command line), invoked with `train`
