@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use trainyard_e2e::{Backend, Coordinator, INSTANCE_UIDS, example, number_after, on_both_backends};
-use trainyard_testkit::containerd::Containerd;
+use trainyard_testkit::containerd::{BusyboxImage, Containerd};
+use trainyard_testkit::registry::Registry;
 
 const IMAGE: &str = "localhost/trainyard-e2e/trainer:1";
 
@@ -49,7 +50,10 @@ fn submit(c: &Coordinator, r: &Value) -> Value {
     })
 }
 
-on_both_backends!(an_image_runs_as_a_container_with_the_sagemaker_contract);
+on_both_backends!(
+    an_image_runs_as_a_container_with_the_sagemaker_contract,
+    an_image_is_pulled_once_from_a_private_registry_and_collected_when_the_cache_is_full
+);
 
 fn an_image_runs_as_a_container_with_the_sagemaker_contract(backend: Backend) {
     let containerd = Containerd::start();
@@ -57,8 +61,9 @@ fn an_image_runs_as_a_container_with_the_sagemaker_contract(backend: Backend) {
     let c = Coordinator::start_on(backend);
     let socket = containerd.socket.to_str().expect("utf-8").to_string();
     // As production runs agents: images only.
-    let _agent =
+    let agent =
         c.start_agent_for_images_only("containers", &["--advertise-vcpus", "8", "--containerd-socket", &socket]);
+    agent.expect_log("pull failed");
     let agents = c.json(&["agents", "list"]);
     assert!(
         agents["Agents"][0]["ContainerRuntime"].as_str().is_some_and(|r| r.starts_with("containerd 1.")),
@@ -96,14 +101,144 @@ fn an_image_runs_as_a_container_with_the_sagemaker_contract(backend: Backend) {
     assert_eq!(waiting["TrainingJobStatus"], "InProgress", "{waiting:#}");
     c.cli(&["training-jobs", "stop", "host-program"]).assert_success();
 
-    // An image this agent does not have fails the job, saying so.
+    // An image this agent does not have is pulled from its registry; none answers there.
     let missing = submit(&c, &request("missing-image", "localhost/trainyard-e2e/absent:1", json!({})));
     assert_eq!(missing["TrainingJobStatus"], "Failed");
     let reason = missing["FailureReason"].as_str().unwrap_or_default();
     assert!(
-        reason.starts_with("ClientError: the training image localhost/trainyard-e2e/absent:1 is not on this agent"),
+        reason.starts_with(
+            "ClientError: cannot reach the registry localhost for the training image localhost/trainyard-e2e/absent:1"
+        ),
         "{reason}"
     );
+}
+
+/// The agent's registry credentials: a Docker config.json with the test registry's password.
+fn registry_auth(c: &Coordinator, registry: &Registry) -> String {
+    c.write("registry-auth.json", &registry.docker_config()).to_str().expect("utf-8").to_string()
+}
+
+fn start(c: &Coordinator, name: &str, image: &str) {
+    let file = c.write(&format!("{name}.json"), &request(name, image, json!({})).to_string());
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+}
+
+fn wait_done(c: &Coordinator, name: &str) -> Value {
+    c.wait_json_for(Duration::from_secs(90), &["training-jobs", "describe", name], |d| {
+        !matches!(d["TrainingJobStatus"].as_str(), Some("InProgress" | "Stopping"))
+    })
+}
+
+fn an_image_is_pulled_once_from_a_private_registry_and_collected_when_the_cache_is_full(backend: Backend) {
+    let containerd = Containerd::start();
+    let registry = Registry::start_with_password();
+    let trainer = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
+    let image = registry.push("e2e/trainer", "1", &trainer, true);
+    let c = Coordinator::start_on(backend);
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let auth = registry_auth(&c, &registry);
+    // One busybox image (about 1 MB compressed, 2 unpacked) fits in 4 MiB; two do not.
+    let args = [
+        "--advertise-vcpus",
+        "8",
+        "--containerd-socket",
+        &socket,
+        "--registry-auth",
+        &auth,
+        "--insecure-registry",
+        &registry.address,
+        "--image-cache-mib",
+        "4",
+    ];
+    let _agent = c.start_agent_for_images_only("puller", &args);
+
+    // Two trials at once: one pull, which the SecondaryStatus shows (the second trial may find the
+    // image already pulled).
+    start(&c, "first", &image);
+    start(&c, "second", &image);
+    let mut messages = Vec::new();
+    for name in ["first", "second"] {
+        let done = wait_done(&c, name);
+        assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs(name));
+        assert!(c.logs(name).contains("args=train "), "{}", c.logs(name));
+        for transition in done["SecondaryStatusTransitions"].as_array().into_iter().flatten() {
+            if transition["Status"] == "Downloading" {
+                messages.push(transition["StatusMessage"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    }
+    assert!(messages.iter().any(|m| m.starts_with("Downloading the training image (")), "{messages:?}");
+    assert_eq!(registry.blob_downloads(&trainer.layer_digest()), 1, "pulled once: {}", registry.log());
+    assert!(containerd.images().contains(&image), "{:?}", containerd.images());
+
+    // By digest: the same content, nothing downloaded again.
+    let by_digest =
+        format!("{}/e2e/trainer@{}", registry.address, trainyard_testkit::containerd::digest(&trainer.index()));
+    start(&c, "by-digest", &by_digest);
+    let done = wait_done(&c, "by-digest");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs("by-digest"));
+    assert_eq!(registry.blob_downloads(&trainer.layer_digest()), 1, "{}", registry.log());
+
+    // Another image fills the cache beyond its limit: the least recently used ones, the trainer's,
+    // are deleted (containerd's collector frees their layers), and pulled again when needed.
+    let other = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755), ("/other", "x", 0o644)]);
+    let other_image = registry.push("e2e/other", "1", &other, false);
+    start(&c, "other", &other_image);
+    let done = wait_done(&c, "other");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs("other"));
+    assert!(
+        trainyard_testkit::wait_until(Duration::from_secs(10), || containerd.images() == vec![other_image.clone()]),
+        "only the image used last stays: {:?}",
+        containerd.images()
+    );
+    start(&c, "again", &image);
+    let done = wait_done(&c, "again");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs("again"));
+    assert_eq!(registry.blob_downloads(&trainer.layer_digest()), 2, "{}", registry.log());
+}
+
+#[test]
+fn pull_failures_fail_the_job_with_a_client_error() {
+    let containerd = Containerd::start();
+    let open = Registry::start();
+    let private = Registry::start_with_password();
+    let trainer = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
+    let refused = private.push("e2e/trainer", "1", &trainer, false);
+    let c = Coordinator::start();
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let nobody = format!("127.0.0.1:{}", trainyard_testkit::free_port());
+    let args = [
+        "--advertise-vcpus",
+        "8",
+        "--containerd-socket",
+        &socket,
+        "--insecure-registry",
+        &open.address,
+        "--insecure-registry",
+        &private.address,
+        "--insecure-registry",
+        &nobody,
+    ];
+    let agent = c.start_agent_for_images_only("puller", &args);
+    agent.expect_log("pull failed");
+    let cases = [
+        ("not-pushed", format!("{}/e2e/absent:1", open.address), "was not found in its registry"),
+        ("no-credentials", refused, "refused access to the training image"),
+        ("no-registry", format!("{nobody}/e2e/trainer:1"), "cannot reach the registry"),
+    ];
+    for (name, image, _) in &cases {
+        start(&c, name, image);
+    }
+    for (name, image, expected) in &cases {
+        let done = wait_done(&c, name);
+        assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
+        let reason = done["FailureReason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with("ClientError: ") && reason.contains(expected) && reason.contains(image.as_str()),
+            "{reason}"
+        );
+    }
+    assert!(containerd.images().is_empty() && containerd.containers().is_empty(), "{:?}", containerd.images());
 }
 
 #[test]

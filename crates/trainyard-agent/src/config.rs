@@ -81,6 +81,18 @@ pub struct Flags {
     /// The containerd namespace the agent's images and containers live in (never another's).
     #[arg(long, env = "TRAINYARD_CONTAINERD_NAMESPACE")]
     pub containerd_namespace: Option<String>,
+    /// Registry credentials: a Docker `config.json` (its `auths`; an ECR token is the password of
+    /// user AWS).
+    #[arg(long, env = "TRAINYARD_REGISTRY_AUTH")]
+    pub registry_auth: Option<PathBuf>,
+    /// A registry (HOST:PORT) reached over plain HTTP instead of HTTPS (repeatable), as Docker's
+    /// insecure-registries.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// Pulled images beyond this size (MiB, blobs and unpacked layers; default 102400) are
+    /// deleted, least recently used first, never one in use.
+    #[arg(long, env = "TRAINYARD_IMAGE_CACHE_MIB")]
+    pub image_cache_mib: Option<u64>,
     /// Serve Prometheus metrics, /healthz and /readyz (plain HTTP, no token) on this address.
     #[arg(long, env = "TRAINYARD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -150,6 +162,10 @@ struct FileConfig {
     host_programs: Option<bool>,
     containerd_socket: Option<PathBuf>,
     containerd_namespace: Option<String>,
+    registry_auth: Option<PathBuf>,
+    #[serde(default)]
+    insecure_registries: Vec<String>,
+    image_cache_mib: Option<u64>,
     input_cache_mib: Option<u64>,
     uid_locks: Option<PathBuf>,
     jobs_run_as_agent_user: Option<bool>,
@@ -194,6 +210,9 @@ pub struct Config {
     pub host_programs: bool,
     pub containerd_socket: PathBuf,
     pub containerd_namespace: String,
+    pub registry_auth: Option<PathBuf>,
+    pub insecure_registries: Vec<String>,
+    pub image_cache_mib: u64,
     pub input_cache_mib: u64,
     pub uid_locks: PathBuf,
     pub jobs_run_as_agent_user: bool,
@@ -264,6 +283,9 @@ impl Config {
                 .containerd_namespace
                 .or(file.containerd_namespace)
                 .unwrap_or_else(|| "trainyard".into()),
+            registry_auth: flags.registry_auth.or(file.registry_auth),
+            insecure_registries: [file.insecure_registries, flags.insecure_registries].concat(),
+            image_cache_mib: flags.image_cache_mib.or(file.image_cache_mib).unwrap_or(102_400),
             input_cache_mib: flags.input_cache_mib.or(file.input_cache_mib).unwrap_or(20_480),
             uid_locks: flags.uid_locks.or(file.uid_locks).unwrap_or_else(|| PathBuf::from("/run/trainyard/uids")),
             jobs_run_as_agent_user: flags.jobs_run_as_agent_user || file.jobs_run_as_agent_user == Some(true),

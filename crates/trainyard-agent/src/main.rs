@@ -11,8 +11,10 @@ mod confined;
 mod containerd;
 mod gpu;
 mod identity;
+mod image_cache;
 mod inventory;
 mod network;
+mod registry;
 mod runner;
 mod storage;
 mod telemetry;
@@ -195,7 +197,7 @@ async fn main() -> anyhow::Result<()> {
                 warn!(container = %id, "removing a container an earlier run of this agent left");
                 client.remove(&id).await;
             }
-            runner::remove_container_cgroup_parents(&config.id);
+            runner::remove_container_cgroup_parent(&config.id);
             info!(runtime = %client.version, namespace = %config.containerd_namespace, "container images run through containerd");
             (Some(Arc::new(client)), None)
         }
@@ -204,6 +206,18 @@ async fn main() -> anyhow::Result<()> {
             (None, Some(note))
         }
     };
+    let credentials = match &config.registry_auth {
+        Some(path) => {
+            let credentials = registry::Credentials::load(path).map_err(|e| anyhow::anyhow!("--registry-auth {e}"))?;
+            info!(registries = credentials.len(), "registry credentials loaded");
+            credentials
+        }
+        None => registry::Credentials::default(),
+    };
+    let images = containerd.as_ref().map(|client| {
+        let registries = registry::Registries::new(credentials, &config.insecure_registries);
+        image_cache::ImageCache::new(client.clone(), registries, config.image_cache_mib * 1024 * 1024)
+    });
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = telemetry::Metrics::register(&mut registry);
     let readiness = trainyard_telemetry::Readiness::new("not connected to the coordinator yet");
@@ -231,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
         pids_max: config.instance_pids_max,
         uids,
         containerd,
+        images,
         host_programs: config.host_programs,
         agent_id: config.id.clone(),
         work_dirs_in_use: Default::default(),
@@ -275,6 +290,13 @@ async fn main() -> anyhow::Result<()> {
     while tokio::time::Instant::now() < deadline && agent.instances.lock().await.values().any(|i| !is_final(&i.latest))
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Containers are removed in the background as instances end: what is left goes now.
+    if let Some(containerd) = &agent.settings.containerd {
+        for id in containerd.containers_of(&agent.config.id).await.unwrap_or_default() {
+            containerd.remove(&id).await;
+        }
+        runner::remove_container_cgroup_parent(&agent.config.id);
     }
     if let Some(network) = &agent.settings.network {
         network.remove_recorded().await;

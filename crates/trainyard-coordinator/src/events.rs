@@ -984,8 +984,12 @@ impl Loop {
                         SecondaryStatus::Uploading => 3,
                         _ => 0,
                     };
-                    if j.status != TrainingJobStatus::InProgress || order(next) <= order(j.secondary_status) {
+                    if j.status != TrainingJobStatus::InProgress || order(next) < order(j.secondary_status) {
                         return Ok(false);
+                    }
+                    if next == j.secondary_status {
+                        // Progress within a step ("Downloading the training image (12.0 of 40.0 MB)").
+                        return Ok(j.set_status_message(message.clone(), now()));
                     }
                     j.transition(next, message.clone(), now())?;
                     Ok(true)

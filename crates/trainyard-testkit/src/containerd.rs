@@ -1,6 +1,6 @@
 //! A real containerd of the test's own (its root, state and socket in a temp dir; the CRI plugin
-//! off), and OCI images the tests build themselves from the host's static busybox: no registry
-//! outside this machine is reachable, and none is needed to run an image already in the store.
+//! off), and OCI images the tests build themselves from the host's static busybox (imported into
+//! the store, or pushed to the test's own registry: no registry outside this machine is reachable).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -81,6 +81,11 @@ impl Containerd {
         self.ids("containers")
     }
 
+    /// The names of the images in the agents' namespace.
+    pub fn images(&self) -> Vec<String> {
+        self.ids("images")
+    }
+
     /// The ids `ctr <what> list` gives (tasks, containers).
     fn ids(&self, what: &str) -> Vec<String> {
         let out = self.ctr(&[what, "list", "--quiet"]);
@@ -148,7 +153,7 @@ fn unmount_beneath(dir: &Path) {
     }
 }
 
-fn digest(bytes: &[u8]) -> String {
+pub fn digest(bytes: &[u8]) -> String {
     let hash = Sha256::digest(bytes);
     format!("sha256:{}", hash.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
@@ -164,55 +169,98 @@ fn entry(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header 
     header
 }
 
-/// An OCI image layout archive of one layer (busybox, its applets, `files`), named `reference`
-/// for `ctr images import`.
-fn write_image(archive: &Path, reference: &str, entrypoint: &[&str], files: &[(&str, &str, u32)]) {
-    let mut layer = tar::Builder::new(Vec::new());
-    for (dir, mode) in [("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("opt", 0o755), ("opt/ml", 0o755)] {
-        layer.append(&entry(dir, tar::EntryType::Directory, mode, 0), std::io::empty()).expect("dir");
-    }
-    let busybox = std::fs::read(BUSYBOX).expect("busybox (scripts/setup installs busybox-static)");
-    layer
-        .append(&entry("bin/busybox", tar::EntryType::Regular, 0o755, busybox.len() as u64), &busybox[..])
-        .expect("busybox");
-    for applet in
-        ["sh", "cat", "echo", "id", "ls", "mkdir", "sleep", "env", "kill", "head", "wc", "stat", "true", "dd", "cp"]
-    {
-        let mut link = entry(&format!("bin/{applet}"), tar::EntryType::Symlink, 0o777, 0);
-        link.set_link_name("busybox").expect("link");
-        link.set_cksum();
-        layer.append(&link, std::io::empty()).expect("applet");
-    }
-    for (path, contents, mode) in files {
+/// An image of one layer (busybox, its applets, `files`), as a registry or an image layout holds it.
+pub struct BusyboxImage {
+    /// The gzipped layer.
+    pub layer: Vec<u8>,
+    pub config: Vec<u8>,
+    pub manifest: Vec<u8>,
+}
+
+impl BusyboxImage {
+    /// `files`: path in the image, contents, mode.
+    pub fn build(entrypoint: &[&str], files: &[(&str, &str, u32)]) -> BusyboxImage {
+        let mut layer = tar::Builder::new(Vec::new());
+        for (dir, mode) in [("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("opt", 0o755), ("opt/ml", 0o755)] {
+            layer.append(&entry(dir, tar::EntryType::Directory, mode, 0), std::io::empty()).expect("dir");
+        }
+        let busybox = std::fs::read(BUSYBOX).expect("busybox (scripts/setup installs busybox-static)");
         layer
-            .append(
-                &entry(path.trim_start_matches('/'), tar::EntryType::Regular, *mode, contents.len() as u64),
-                contents.as_bytes(),
-            )
-            .expect("file");
+            .append(&entry("bin/busybox", tar::EntryType::Regular, 0o755, busybox.len() as u64), &busybox[..])
+            .expect("busybox");
+        for applet in
+            ["sh", "cat", "echo", "id", "ls", "mkdir", "sleep", "env", "kill", "head", "wc", "stat", "true", "dd", "cp"]
+        {
+            let mut link = entry(&format!("bin/{applet}"), tar::EntryType::Symlink, 0o777, 0);
+            link.set_link_name("busybox").expect("link");
+            link.set_cksum();
+            layer.append(&link, std::io::empty()).expect("applet");
+        }
+        for (path, contents, mode) in files {
+            layer
+                .append(
+                    &entry(path.trim_start_matches('/'), tar::EntryType::Regular, *mode, contents.len() as u64),
+                    contents.as_bytes(),
+                )
+                .expect("file");
+        }
+        let tar = layer.into_inner().expect("layer");
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip.write_all(&tar).expect("gzip");
+        let layer = gzip.finish().expect("gzip");
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Env": ["PATH=/bin"], "Entrypoint": entrypoint, "WorkingDir": "/"},
+            "rootfs": {"type": "layers", "diff_ids": [digest(&tar)]},
+        })
+        .to_string()
+        .into_bytes();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config), "size": config.len()},
+            "layers": [{"mediaType": LAYER_TYPE, "digest": digest(&layer), "size": layer.len()}],
+        })
+        .to_string()
+        .into_bytes();
+        BusyboxImage { layer, config, manifest }
     }
-    let layer = layer.into_inner().expect("layer");
-    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gzip.write_all(&layer).expect("gzip");
-    let compressed = gzip.finish().expect("gzip");
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Entrypoint": entrypoint, "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]},
-    })
-    .to_string()
-    .into_bytes();
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(&compressed), "size": compressed.len()}],
-    })
-    .to_string()
-    .into_bytes();
+
+    pub fn manifest_digest(&self) -> String {
+        digest(&self.manifest)
+    }
+
+    pub fn layer_digest(&self) -> String {
+        digest(&self.layer)
+    }
+
+    /// An index of this image's manifest (linux/amd64) and one for another platform that is
+    /// never fetched.
+    pub fn index(&self) -> Vec<u8> {
+        serde_json::json!({
+            "schemaVersion": 2, "mediaType": INDEX_TYPE,
+            "manifests": [
+                {"mediaType": MANIFEST_TYPE, "digest": digest(&self.manifest), "size": self.manifest.len(),
+                 "platform": {"architecture": "arm64", "os": "linux"}},
+                {"mediaType": MANIFEST_TYPE, "digest": digest(&self.manifest), "size": self.manifest.len(),
+                 "platform": {"architecture": "amd64", "os": "linux"}},
+            ],
+        })
+        .to_string()
+        .into_bytes()
+    }
+}
+
+pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// An OCI image layout archive of the image, named `reference` for `ctr images import`.
+fn write_image(archive: &Path, reference: &str, entrypoint: &[&str], files: &[(&str, &str, u32)]) {
+    let image = BusyboxImage::build(entrypoint, files);
     let index = serde_json::json!({
         "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest(&manifest),
-                       "size": manifest.len(), "annotations": {"io.containerd.image.name": reference}}],
+        "manifests": [{"mediaType": MANIFEST_TYPE, "digest": digest(&image.manifest),
+                       "size": image.manifest.len(), "annotations": {"io.containerd.image.name": reference}}],
     })
     .to_string()
     .into_bytes();
@@ -221,7 +269,7 @@ fn write_image(archive: &Path, reference: &str, entrypoint: &[&str], files: &[(&
         ("oci-layout".to_string(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
         ("index.json".to_string(), index),
     ];
-    for blob in [compressed, config, manifest] {
+    for blob in [image.layer, image.config, image.manifest] {
         blobs.push((format!("blobs/sha256/{}", &digest(&blob)[7..]), blob));
     }
     for (path, bytes) in blobs {

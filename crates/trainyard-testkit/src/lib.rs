@@ -6,6 +6,7 @@ pub mod netns;
 pub mod nvml;
 pub mod postgres;
 pub mod process;
+pub mod registry;
 pub mod s3;
 
 pub use postgres::PgServer;

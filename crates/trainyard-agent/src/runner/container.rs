@@ -11,20 +11,29 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::{Control, Exit, HOSTS_FILE, Identity, InstanceSpec, Launched, OPT_ML, Settings, write_hosts_file};
+use super::{
+    Control, Exit, HOSTS_FILE, Identity, InstanceSpec, Launched, OPT_ML, Reporter, Settings, write_hosts_file,
+};
 use crate::containerd::{Containerd, Image};
+use crate::image_cache::Pinned;
+use trainyard_proto::pb::InstanceState;
 
 /// Starts the instance's container. `Err` is the job's FailureReason.
 pub(super) async fn launch(
     spec: &InstanceSpec,
     settings: &Settings,
-    containerd: &Arc<Containerd>,
     reference: &str,
     dir: &Path,
     env: BTreeMap<String, String>,
     namespace: Option<PathBuf>,
+    reporter: &Reporter<'_>,
 ) -> Result<Launched<ContainerControl>, String> {
-    let image = containerd.image(reference).await?;
+    let (Some(containerd), Some(images)) = (&settings.containerd, &settings.images) else {
+        return Err(format!(
+            "InternalServerError: {reference} is a container image and this agent has no container runtime"
+        ));
+    };
+    let (image, pinned) = images.get(reference, &mut pull_progress(reporter)).await?;
     let identity = Identity::lease(spec, settings, dir)?;
     let hosts = dir.join(HOSTS_FILE);
     write_hosts_file(spec, &hosts, namespace.is_some()).map_err(|e| format!("writing /etc/hosts: {e}"))?;
@@ -63,6 +72,7 @@ pub(super) async fn launch(
         cgroup,
         fifos: [stdout.clone(), stderr.clone()],
         identity,
+        image: Some(pinned),
     };
     let started = async {
         let mounts = containerd.create(&id, &image, &runtime, &settings.agent_id).await?;
@@ -101,6 +111,27 @@ pub(super) async fn launch(
     Ok(Launched { stdout: stdout_stream, stderr: stderr_stream, exited, control })
 }
 
+/// Reports a pull's progress as the instance's SecondaryStatus message, at most once a second.
+fn pull_progress<'a>(reporter: &'a Reporter<'_>) -> impl FnMut(u64, u64) + Send + 'a {
+    let mut last: Option<std::time::Instant> = None;
+    move |done, total| {
+        if last.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1)) && done < total {
+            return;
+        }
+        last = Some(std::time::Instant::now());
+        let message = if total == 0 {
+            "Downloading the training image".to_string()
+        } else {
+            format!("Downloading the training image ({} of {})", megabytes(done), megabytes(total))
+        };
+        reporter.update(InstanceState::Downloading, &message, Vec::new());
+    }
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1_000_000.0)
+}
+
 /// A running container. Dropped: the task, the container and its snapshot are removed (in the
 /// background), then the uid is given back.
 pub(super) struct ContainerControl {
@@ -110,6 +141,8 @@ pub(super) struct ContainerControl {
     cgroup: String,
     fifos: [PathBuf; 2],
     identity: Option<Identity>,
+    /// Its image is not collected while the container exists.
+    image: Option<Pinned>,
 }
 
 impl Control for ContainerControl {
@@ -144,33 +177,31 @@ impl Drop for ContainerControl {
         let fifos = self.fifos.clone();
         // The uid goes back only once nothing of the container is left.
         let identity = self.identity.take();
-        let cgroup = self.cgroup.clone();
+        let image = self.image.take();
         tokio::spawn(async move {
             containerd.remove(&id).await;
-            remove_empty_parents(&cgroup);
             for fifo in fifos {
                 let _ = std::fs::remove_file(fifo);
             }
             drop(identity);
+            drop(image);
         });
     }
 }
 
 /// The cgroup runc makes for one of this agent's containers (relative to each hierarchy's root).
+/// Each agent has a parent of its own: one agent removing its empty parent never races another's
+/// runc creating a container in it.
 fn container_cgroup(agent: &str, id: &str) -> String {
-    format!("/trainyard-containers/{agent}/{id}")
+    format!("/trainyard-containers-{agent}/{id}")
 }
 
-/// After an earlier run's containers were removed at start: their cgroups' parents go too.
-pub fn remove_container_cgroup_parents(agent: &str) {
-    remove_empty_parents(&container_cgroup(agent, "none"));
-}
-
-/// Removes the (now empty) dirs above a container's cgroup that runc made in every hierarchy:
-/// `trainyard-containers/<agent>` and `trainyard-containers`. One still in use stays (rmdir of a
-/// cgroup with children fails).
-fn remove_empty_parents(cgroup: &str) {
-    let relative = Path::new(cgroup.trim_start_matches('/'));
+/// Removes the agent's (empty) parent of its containers' cgroups in every hierarchy, at start and
+/// at shutdown: never while the agent runs, when a container being created may need it. One still
+/// in use stays (rmdir of a cgroup with children fails).
+pub fn remove_container_cgroup_parent(agent: &str) {
+    let parent = Path::new(container_cgroup(agent, "none").trim_start_matches('/')).parent().map(Path::to_path_buf);
+    let Some(parent) = parent else { return };
     let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
         .flatten()
@@ -178,9 +209,7 @@ fn remove_empty_parents(cgroup: &str) {
         .map(|e| e.path())
         .chain(std::iter::once(PathBuf::from("/sys/fs/cgroup")));
     for hierarchy in hierarchies {
-        for parent in relative.ancestors().skip(1).filter(|p| !p.as_os_str().is_empty()) {
-            let _ = std::fs::remove_dir(hierarchy.join(parent));
-        }
+        let _ = std::fs::remove_dir(hierarchy.join(&parent));
     }
 }
 
@@ -311,7 +340,7 @@ mod tests {
             memory_mib: 8192,
             vcpus: 2,
             pids: 16384,
-            cgroup: "/trainyard-containers/a/j.algo-2.1",
+            cgroup: "/trainyard-containers-a/j.algo-2.1",
         }
         .build()
     }

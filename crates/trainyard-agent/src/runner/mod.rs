@@ -14,7 +14,7 @@
 
 mod container;
 
-pub use container::remove_container_cgroup_parents;
+pub use container::remove_container_cgroup_parent;
 mod prepare;
 mod process;
 mod supervise;
@@ -101,6 +101,8 @@ pub struct Settings {
     pub uids: Option<Arc<crate::uids::UidPool>>,
     /// Set when images run as containers.
     pub containerd: Option<Arc<crate::containerd::Containerd>>,
+    /// Where containers' images come from (set with `containerd`).
+    pub images: Option<Arc<crate::image_cache::ImageCache>>,
     /// It runs programs on its host (`--host-programs`).
     pub host_programs: bool,
     /// This agent's id (its containers carry it).
@@ -358,8 +360,8 @@ async fn execute(
             Ok(launched) => return supervise::supervise(spec, settings, dir, launched, reporter, stop).await,
             Err(reason) => reason,
         },
-        (TrainingImage::Container(reference), Some(containerd)) => {
-            match container::launch(spec, settings, containerd, &reference, dir, env, namespace).await {
+        (TrainingImage::Container(reference), Some(_)) => {
+            match container::launch(spec, settings, &reference, dir, env, namespace, reporter).await {
                 Ok(launched) => return supervise::supervise(spec, settings, dir, launched, reporter, stop).await,
                 Err(reason) => reason,
             }

@@ -1,5 +1,4 @@
-//! The agent's containerd client: images already in containerd's store, containers and their tasks,
-//! all in a containerd namespace of the agent's own (default `trainyard`; Docker's `moby` and
+//! The agent's containerd client: containers and their tasks here, images in `images`, all in a containerd namespace of the agent's own (default `trainyard`; Docker's `moby` and
 //! Kubernetes' `k8s.io` are never touched). Every container the agent creates carries the label
 //! `trainyard.agent=<agent id>`, which is how a restarted agent finds what it left behind.
 
@@ -7,27 +6,27 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
-use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest};
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest, GetImageRequest,
-    KillRequest, ListContainersRequest, ReadContentRequest, StartRequest, WaitRequest,
-    containers_client::ContainersClient, content_client::ContentClient, images_client::ImagesClient,
-    tasks_client::TasksClient, version_client::VersionClient,
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest, KillRequest,
+    ListContainersRequest, StartRequest, WaitRequest, containers_client::ContainersClient, tasks_client::TasksClient,
+    version_client::VersionClient,
 };
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request};
 use containerd_client::types::Mount;
-use futures::StreamExt;
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-const SNAPSHOTTER: &str = "overlayfs";
+mod images;
+pub use images::{
+    BYTES_LABEL, Blob, Image, ImageConfig, ImageRecord, LAST_USED_LABEL, Lease, MAX_METADATA_BYTES, Manifest,
+};
+
+pub(crate) const SNAPSHOTTER: &str = "overlayfs";
 const RUNTIME: &str = "io.containerd.runc.v2";
 /// The label that says which agent made a container.
 pub const AGENT_LABEL: &str = "trainyard.agent";
-/// Manifests, indexes and image configs are small; anything larger is not one.
-const MAX_METADATA_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct Containerd {
     channel: Channel,
@@ -36,61 +35,7 @@ pub struct Containerd {
     pub version: String,
 }
 
-/// What an image says about how to run it (its config), and the snapshot its layers make.
-#[derive(Debug, Clone, Default)]
-pub struct Image {
-    pub reference: String,
-    /// Its Cmd is not kept: SageMaker replaces it with `train`.
-    pub entrypoint: Vec<String>,
-    pub env: Vec<String>,
-    pub working_dir: String,
-    /// The committed snapshot of all its layers (the chain id of its diff ids).
-    pub chain_id: String,
-}
-
-#[derive(Deserialize)]
-struct Descriptor {
-    digest: String,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Deserialize)]
-struct Platform {
-    architecture: String,
-    os: String,
-}
-
-#[derive(Deserialize)]
-struct Manifest {
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-    config: Option<Descriptor>,
-}
-
-#[derive(Deserialize)]
-struct ImageConfig {
-    #[serde(default)]
-    config: RunConfig,
-    rootfs: RootFs,
-}
-
-#[derive(Deserialize, Default)]
-struct RunConfig {
-    #[serde(rename = "Entrypoint", default)]
-    entrypoint: Option<Vec<String>>,
-    #[serde(rename = "Env", default)]
-    env: Option<Vec<String>>,
-    #[serde(rename = "WorkingDir", default)]
-    working_dir: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    diff_ids: Vec<String>,
-}
-
-fn rpc(what: &str) -> impl Fn(containerd_client::tonic::Status) -> String + '_ {
+pub(crate) fn rpc(what: &str) -> impl Fn(containerd_client::tonic::Status) -> String + '_ {
     move |status| format!("containerd {what}: {}", status.message())
 }
 
@@ -107,80 +52,12 @@ impl Containerd {
         Ok(Containerd { channel, namespace: namespace.to_string(), version: format!("containerd {}", version.version) })
     }
 
-    fn request<T>(&self, message: T) -> Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         if let Ok(namespace) = self.namespace.parse() {
             request.metadata_mut().insert("containerd-namespace", namespace);
         }
         request
-    }
-
-    async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, String> {
-        let request = self.request(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 });
-        let mut stream =
-            ContentClient::new(self.channel.clone()).read(request).await.map_err(rpc("read"))?.into_inner();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            bytes.extend(chunk.map_err(rpc("read"))?.data);
-            if bytes.len() > MAX_METADATA_BYTES {
-                return Err(format!(
-                    "{digest} is larger than {MAX_METADATA_BYTES} bytes: not an image manifest or config"
-                ));
-            }
-        }
-        Ok(bytes)
-    }
-
-    /// The image `reference` (fully qualified), from containerd's store. `Err` is a FailureReason.
-    pub async fn image(&self, reference: &str) -> Result<Image, String> {
-        let request = self.request(GetImageRequest { name: reference.to_string() });
-        let image = match ImagesClient::new(self.channel.clone()).get(request).await {
-            Ok(response) => response.into_inner().image,
-            Err(status) if status.code() == Code::NotFound => None,
-            Err(status) => return Err(rpc("image")(status)),
-        };
-        let target = image.and_then(|i| i.target).ok_or_else(|| {
-            format!(
-                "ClientError: the training image {reference} is not on this agent (pulling from registries is not done yet: import it with `ctr -n {} images import` or pull it with `ctr -n {} images pull`)",
-                self.namespace, self.namespace
-            )
-        })?;
-        let mut manifest: Manifest = self.json(&target.digest).await?;
-        if !manifest.manifests.is_empty() || manifest.config.is_none() {
-            // An index: this host's platform.
-            let chosen = manifest
-                .manifests
-                .iter()
-                .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64"))
-                .or_else(|| manifest.manifests.first())
-                .ok_or_else(|| format!("ClientError: {reference} names an index without manifests"))?;
-            manifest = self.json(&chosen.digest).await?;
-        }
-        let config = manifest.config.ok_or_else(|| format!("ClientError: {reference} has no image config"))?;
-        let config: ImageConfig = self.json(&config.digest).await?;
-        let chain_id =
-            chain_id(&config.rootfs.diff_ids).ok_or_else(|| format!("ClientError: {reference} has no layers"))?;
-        let stat = self.request(StatSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: chain_id.clone() });
-        if let Err(status) = SnapshotsClient::new(self.channel.clone()).stat(stat).await {
-            return Err(if status.code() == Code::NotFound {
-                format!(
-                    "ClientError: the training image {reference} is in containerd's store but not unpacked for {SNAPSHOTTER}"
-                )
-            } else {
-                rpc("snapshot")(status)
-            });
-        }
-        Ok(Image {
-            reference: reference.to_string(),
-            entrypoint: config.config.entrypoint.unwrap_or_default(),
-            env: config.config.env.unwrap_or_default(),
-            working_dir: config.config.working_dir.unwrap_or_default(),
-            chain_id,
-        })
-    }
-
-    async fn json<T: serde::de::DeserializeOwned>(&self, digest: &str) -> Result<T, String> {
-        serde_json::from_slice(&self.read_blob(digest).await?).map_err(|e| format!("ClientError: {digest}: {e}"))
     }
 
     /// Creates container `id` from `image` with the OCI runtime `spec`; returns its root file
@@ -192,12 +69,29 @@ impl Containerd {
         spec: &serde_json::Value,
         agent: &str,
     ) -> Result<Vec<Mount>, String> {
-        let prepare = self.request(PrepareSnapshotRequest {
+        // Under a lease until the container's record holds its snapshot: a collection between the
+        // two would take the fresh snapshot away.
+        let lease = self.lease(std::time::Duration::from_secs(3600)).await?;
+        let created = self.create_leased(id, image, spec, agent, &lease).await;
+        self.end_lease(lease).await;
+        created
+    }
+
+    async fn create_leased(
+        &self,
+        id: &str,
+        image: &Image,
+        spec: &serde_json::Value,
+        agent: &str,
+        lease: &Lease,
+    ) -> Result<Vec<Mount>, String> {
+        let prepare = PrepareSnapshotRequest {
             snapshotter: SNAPSHOTTER.into(),
             key: id.to_string(),
             parent: image.chain_id.clone(),
             ..Default::default()
-        });
+        };
+        let prepare = self.leased(prepare, lease);
         let mounts = SnapshotsClient::new(self.channel.clone())
             .prepare(prepare)
             .await
@@ -217,7 +111,7 @@ impl Containerd {
             snapshot_key: id.to_string(),
             ..Default::default()
         };
-        let create = self.request(CreateContainerRequest { container: Some(container) });
+        let create = self.leased(CreateContainerRequest { container: Some(container) }, lease);
         if let Err(status) = ContainersClient::new(self.channel.clone()).create(create).await {
             self.remove_snapshot(id).await;
             return Err(rpc("container")(status));
@@ -284,15 +178,6 @@ impl Containerd {
             tracing::warn!(container = id, error = %status.message(), "deleting a container failed");
         }
         self.remove_snapshot(id).await;
-    }
-
-    async fn remove_snapshot(&self, key: &str) {
-        let remove = self.request(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.to_string() });
-        if let Err(status) = SnapshotsClient::new(self.channel.clone()).remove(remove).await
-            && status.code() != Code::NotFound
-        {
-            tracing::warn!(snapshot = key, error = %status.message(), "removing a snapshot failed");
-        }
     }
 
     /// The containers `agent` made (in this namespace).

@@ -1,0 +1,365 @@
+//! Pulling a training image from its registry into containerd (containerd 1.6 has no Transfer
+//! service, so the client does it): the manifest (through an index, this host's platform), the
+//! config and the layers fetched with `oci-client`, written into containerd's content store under a
+//! lease, labelled for its garbage collector, unpacked layer by layer into snapshots, and recorded
+//! as an image. Failures are SageMaker-style `ClientError`s naming the image and the cause.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use futures::StreamExt;
+use oci_client::errors::OciDistributionError;
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::Deserialize;
+
+use crate::containerd::{
+    BYTES_LABEL, Blob, Containerd, Image, ImageConfig, LAST_USED_LABEL, MAX_METADATA_BYTES, Manifest,
+};
+
+/// What a pull accepts, OCI's and Docker's (schema 2) manifests and indexes.
+const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+/// A pull that has not finished by then loses its lease's protection (what it wrote may be collected).
+const LEASE: Duration = Duration::from_secs(6 * 3600);
+
+/// Registry credentials, from a Docker `config.json` (`{"auths": {"HOST[:PORT]": {"auth":
+/// base64("USER:PASSWORD")}}}`, or `username` and `password`); an ECR token is the password of
+/// user `AWS`.
+#[derive(Debug, Default, Clone)]
+pub struct Credentials(HashMap<String, (String, String)>);
+
+#[derive(Deserialize)]
+struct DockerConfig {
+    #[serde(default)]
+    auths: HashMap<String, DockerAuth>,
+}
+
+#[derive(Deserialize)]
+struct DockerAuth {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+impl Credentials {
+    pub fn load(path: &Path) -> Result<Credentials, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Credentials::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(json: &str) -> Result<Credentials, String> {
+        let config: DockerConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let mut credentials = HashMap::new();
+        for (server, entry) in config.auths {
+            let pair = match (entry.auth, entry.username, entry.password) {
+                (Some(auth), _, _) => {
+                    let decoded = base64::engine::general_purpose::STANDARD
+                        .decode(auth.trim())
+                        .map_err(|e| format!("auths.{server}.auth is not base64: {e}"))?;
+                    let decoded = String::from_utf8(decoded)
+                        .map_err(|_| format!("auths.{server}.auth is not USER:PASSWORD in UTF-8"))?;
+                    let (user, password) = decoded
+                        .split_once(':')
+                        .ok_or_else(|| format!("auths.{server}.auth is not base64 of USER:PASSWORD"))?;
+                    (user.to_string(), password.to_string())
+                }
+                (None, Some(user), Some(password)) => (user, password),
+                _ => return Err(format!("auths.{server} has neither auth nor username and password")),
+            };
+            credentials.insert(registry_host(&server), pair);
+        }
+        Ok(Credentials(credentials))
+    }
+
+    fn for_registry(&self, registry: &str) -> RegistryAuth {
+        match self.0.get(&registry_host(registry)) {
+            Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
+            None => RegistryAuth::Anonymous,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// `https://index.docker.io/v1/`, `registry-1.docker.io` and `docker.io` are one registry.
+fn registry_host(server: &str) -> String {
+    let host = server.trim().trim_start_matches("https://").trim_start_matches("http://");
+    let host = host.split('/').next().unwrap_or_default().to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
+        _ => host,
+    }
+}
+
+/// The agent's way to registries.
+pub struct Registries {
+    client: Client,
+    credentials: Credentials,
+}
+
+impl Registries {
+    /// `insecure`: registries (HOST:PORT) reached over plain HTTP, as Docker's `insecure-registries`.
+    pub fn new(credentials: Credentials, insecure: &[String]) -> Registries {
+        let config = oci_client::client::ClientConfig {
+            protocol: oci_client::client::ClientProtocol::HttpsExcept(insecure.to_vec()),
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(60)),
+            user_agent: concat!("trainyard-agent/", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        };
+        Registries { client: Client::new(config), credentials }
+    }
+
+    /// Pulls `reference` into containerd; `progress` is told (bytes fetched, bytes to fetch).
+    /// `Err` is the job's FailureReason.
+    pub async fn pull(
+        &self,
+        containerd: &Containerd,
+        reference: &str,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<Image, String> {
+        let parsed: Reference =
+            reference.parse().map_err(|e| format!("ClientError: {reference} is not an image reference: {e}"))?;
+        let lease = containerd.lease(LEASE).await?;
+        let pulled = self.fetch(containerd, &lease, reference, &parsed, progress).await;
+        containerd.end_lease(lease).await;
+        pulled
+    }
+
+    async fn fetch(
+        &self,
+        containerd: &Containerd,
+        lease: &crate::containerd::Lease,
+        reference: &str,
+        parsed: &Reference,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<Image, String> {
+        let failed = |e: OciDistributionError| failure(reference, parsed, e);
+        let auth = self.credentials.for_registry(parsed.registry());
+        let (bytes, digest) = self.client.pull_manifest_raw(parsed, &auth, MANIFEST_TYPES).await.map_err(failed)?;
+        let (top, top_blob) = metadata(reference, &bytes, digest)?;
+        let (is_index, index_labels) = (top.is_index(), top.gc_labels());
+        // An index: the manifest for this host's platform, fetched by digest.
+        let (manifest, manifest_blob, manifest_bytes) = if is_index {
+            let chosen = top
+                .this_platform()
+                .ok_or_else(|| format!("ClientError: {reference} names an index without manifests"))?
+                .clone();
+            let by_digest = Reference::with_digest(
+                parsed.registry().to_string(),
+                parsed.repository().to_string(),
+                chosen.digest.clone(),
+            );
+            let (bytes, digest) =
+                self.client.pull_manifest_raw(&by_digest, &auth, MANIFEST_TYPES).await.map_err(failed)?;
+            let (manifest, blob) = metadata(reference, &bytes, digest)?;
+            (manifest, blob, bytes.to_vec())
+        } else {
+            (top, top_blob.clone(), bytes.to_vec())
+        };
+        let config_blob =
+            manifest.config.clone().ok_or_else(|| format!("ClientError: {reference} has no image config"))?;
+        if config_blob.size < 0 || config_blob.size as usize > MAX_METADATA_BYTES {
+            return Err(format!("ClientError: {reference}'s image config is larger than {MAX_METADATA_BYTES} bytes"));
+        }
+        let mut config_bytes = Vec::new();
+        self.client.pull_blob(parsed, &descriptor(&config_blob), &mut config_bytes).await.map_err(failed)?;
+        let config: ImageConfig = serde_json::from_slice(&config_bytes)
+            .map_err(|e| format!("ClientError: {reference}'s image config: {e}"))?;
+        let diff_ids = config.rootfs.diff_ids;
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(format!(
+                "ClientError: {reference} has {} layers and its config {} diff ids",
+                manifest.layers.len(),
+                diff_ids.len()
+            ));
+        }
+        let chain =
+            crate::containerd::chain_id(&diff_ids).ok_or_else(|| format!("ClientError: {reference} has no layers"))?;
+
+        // The layers not in the store yet are what is downloaded.
+        let mut missing = Vec::new();
+        for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
+            let labels = HashMap::from([("containerd.io/uncompressed".to_string(), diff_id.clone())]);
+            if containerd.has_blob(&layer.digest).await? {
+                containerd.hold_blob(lease, &layer.digest, labels).await?;
+            } else {
+                missing.push((layer, labels));
+            }
+        }
+        let total: u64 = missing.iter().map(|(layer, _)| layer.size.max(0) as u64).sum();
+        let mut done = 0u64;
+        progress(0, total);
+        for (layer, labels) in missing {
+            let stream = self.client.pull_blob_stream(parsed, &descriptor(layer)).await.map_err(failed)?;
+            let stream = stream.map(|chunk| {
+                chunk.map_err(|e| format!("ClientError: downloading {reference} (layer {}): {e}", layer.digest))
+            });
+            containerd
+                .write_blob(lease, layer, labels, stream, &mut |n| {
+                    done += n;
+                    progress(done, total);
+                })
+                .await?;
+        }
+
+        // The config keeps the unpacked snapshot, the manifest its blobs, the index its manifest.
+        let snapshot_label =
+            HashMap::from([(format!("containerd.io/gc.ref.snapshot.{}", super::containerd::SNAPSHOTTER), chain)]);
+        store_small(containerd, lease, &config_blob, config_bytes, snapshot_label).await?;
+        store_small(containerd, lease, &manifest_blob, manifest_bytes, manifest.gc_labels()).await?;
+        if is_index {
+            store_small(containerd, lease, &top_blob, bytes.to_vec(), index_labels).await?;
+        }
+        let unpacked = containerd.unpack(lease, &manifest.layers, &diff_ids).await?;
+        let blobs: i64 = manifest.layers.iter().map(|l| l.size).sum::<i64>() + config_blob.size + manifest_blob.size;
+        let labels = HashMap::from([
+            (BYTES_LABEL.to_string(), (blobs.max(0) as u64 + unpacked).to_string()),
+            (LAST_USED_LABEL.to_string(), crate::image_cache::now_seconds().to_string()),
+        ]);
+        containerd.put_image(reference, &top_blob, labels).await?;
+        containerd
+            .image(reference)
+            .await?
+            .ok_or_else(|| format!("ClientError: {reference} was pulled and is not in containerd's store"))
+    }
+}
+
+async fn store_small(
+    containerd: &Containerd,
+    lease: &crate::containerd::Lease,
+    blob: &Blob,
+    bytes: Vec<u8>,
+    labels: HashMap<String, String>,
+) -> Result<(), String> {
+    if containerd.has_blob(&blob.digest).await? {
+        return containerd.hold_blob(lease, &blob.digest, labels).await;
+    }
+    let once = futures::stream::iter([Ok::<_, String>(bytes)]);
+    containerd.write_blob(lease, blob, labels, once, &mut |_| {}).await
+}
+
+/// A manifest or index as fetched: parsed, and described as a blob.
+fn metadata(reference: &str, bytes: &[u8], digest: String) -> Result<(Manifest, Blob), String> {
+    if bytes.len() > MAX_METADATA_BYTES {
+        return Err(format!("ClientError: {reference}'s manifest is larger than {MAX_METADATA_BYTES} bytes"));
+    }
+    let manifest: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| format!("ClientError: {reference}'s manifest: {e}"))?;
+    let media_type = if !manifest.media_type.is_empty() {
+        manifest.media_type.clone()
+    } else if manifest.is_index() {
+        MANIFEST_TYPES[0].to_string()
+    } else {
+        MANIFEST_TYPES[1].to_string()
+    };
+    let blob = Blob { media_type, digest, size: bytes.len() as i64, platform: None };
+    Ok((manifest, blob))
+}
+
+fn descriptor(blob: &Blob) -> OciDescriptor {
+    OciDescriptor {
+        media_type: blob.media_type.clone(),
+        digest: blob.digest.clone(),
+        size: blob.size,
+        ..Default::default()
+    }
+}
+
+/// A registry's answer as a FailureReason, SageMaker-style.
+fn failure(reference: &str, parsed: &Reference, error: OciDistributionError) -> String {
+    let registry = parsed.registry();
+    match error {
+        OciDistributionError::ImageManifestNotFoundError(_) => {
+            format!("ClientError: the training image {reference} was not found in its registry")
+        }
+        OciDistributionError::RegistryError { envelope, .. }
+            if envelope.errors.iter().any(|e| {
+                matches!(
+                    e.code,
+                    oci_client::errors::OciErrorCode::ManifestUnknown
+                        | oci_client::errors::OciErrorCode::NameUnknown
+                        | oci_client::errors::OciErrorCode::BlobUnknown
+                )
+            }) =>
+        {
+            format!("ClientError: the training image {reference} was not found in its registry")
+        }
+        OciDistributionError::RegistryError { envelope, .. }
+            if envelope.errors.iter().any(|e| {
+                matches!(
+                    e.code,
+                    oci_client::errors::OciErrorCode::Unauthorized | oci_client::errors::OciErrorCode::Denied
+                )
+            }) =>
+        {
+            refused(reference, registry)
+        }
+        OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
+            refused(reference, registry)
+        }
+        OciDistributionError::ServerError { code: 401 | 403, .. } => refused(reference, registry),
+        OciDistributionError::ServerError { code: 404, .. } => {
+            format!("ClientError: the training image {reference} was not found in its registry")
+        }
+        OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
+            // reqwest's own text names the URL only; the cause is further down ("Connection refused").
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(source) = cause.source() {
+                cause = source;
+            }
+            format!("ClientError: cannot reach the registry {registry} for the training image {reference}: {cause}")
+        }
+        other => format!("ClientError: pulling the training image {reference} from {registry}: {other}"),
+    }
+}
+
+fn refused(reference: &str, registry: &str) -> String {
+    format!(
+        "ClientError: the registry {registry} refused access to the training image {reference}: check the agent's registry credentials (--registry-auth)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_config_auths_are_read_in_both_forms() {
+        let json = r#"{"auths": {
+            "127.0.0.1:5000": {"auth": "dHJhaW5lcjpzM2NyZXQ="},
+            "https://index.docker.io/v1/": {"username": "AWS", "password": "token:with:colons"}
+        }}"#;
+        let credentials = Credentials::parse(json).expect("parses");
+        assert_eq!(credentials.len(), 2);
+        assert!(matches!(credentials.for_registry("127.0.0.1:5000"),
+            RegistryAuth::Basic(u, p) if u == "trainer" && p == "s3cret"));
+        assert!(matches!(credentials.for_registry("docker.io"),
+            RegistryAuth::Basic(u, p) if u == "AWS" && p == "token:with:colons"));
+        assert!(matches!(credentials.for_registry("ghcr.io"), RegistryAuth::Anonymous));
+    }
+
+    #[test]
+    fn broken_credentials_name_the_entry() {
+        let error = Credentials::parse(r#"{"auths": {"r.example": {"auth": "not base64!"}}}"#).unwrap_err();
+        assert!(error.contains("auths.r.example.auth"), "{error}");
+        let error = Credentials::parse(r#"{"auths": {"r.example": {"username": "u"}}}"#).unwrap_err();
+        assert!(error.contains("auths.r.example"), "{error}");
+        // base64("nocolon")
+        let error = Credentials::parse(r#"{"auths": {"r.example": {"auth": "bm9jb2xvbg=="}}}"#).unwrap_err();
+        assert!(error.contains("USER:PASSWORD"), "{error}");
+    }
+}
