@@ -306,7 +306,11 @@ impl Coordinator {
 
     /// An agent as production runs it: container images only, no programs on the host.
     pub fn start_agent_for_images_only(&self, id: &str, args: &[&str]) -> Daemon {
-        self.start_agent_with(Command::new(binary("trainyard-agent")), &self.address, id, args, &[])
+        self.start_agent_for_images_only_with_env(id, args, &[])
+    }
+
+    pub fn start_agent_for_images_only_with_env(&self, id: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        self.start_agent_with(Command::new(binary("trainyard-agent")), &self.address, id, args, env)
     }
 
     /// Starts an agent inside a simulated host; it reaches this coordinator through the LAN.

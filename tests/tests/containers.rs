@@ -319,3 +319,89 @@ fn an_agent_killed_with_its_container_running_removes_it_when_it_comes_back() {
     });
     assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
 }
+
+/// What the GPU test's image prints: its device nodes and the environment CDI gave it.
+const LIST_GPUS: &str = r#"#!/bin/sh
+echo "gpus=$(ls /dev | grep nvidia | tr '\n' ' ')"
+echo "cdi=$FAKE_CDI cuda=$CUDA_VISIBLE_DEVICES"
+echo "read=$(for d in /dev/nvidia*; do head -c 4 "$d"; done | wc -c)"
+sleep 2
+"#;
+
+#[test]
+fn gpus_reach_a_container_through_cdi_and_only_its_own() {
+    let containerd = Containerd::start();
+    containerd.import_busybox_image(IMAGE, &["/bin/sh", "/train.sh"], &[("/train.sh", LIST_GPUS, 0o755)]);
+    let dir = tempfile::tempdir().expect("dir");
+    let library = trainyard_testkit::nvml::build_fake_nvml(dir.path());
+    // Fake device nodes: character devices with /dev/zero's numbers, one per GPU, and the control node.
+    let node = |name: &str| {
+        let path = dir.path().join(name);
+        let c_path = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("path");
+        // SAFETY: mknod on a NUL-terminated path in the test's own dir.
+        let made = unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 5)) };
+        assert_eq!(made, 0, "mknod {}", path.display());
+        path.to_str().expect("utf-8").to_string()
+    };
+    let device = |name: &str, index: u32| json!({"name": name, "containerEdits": {"deviceNodes": [{"path": format!("/dev/nvidia{index}"), "hostPath": node(&format!("nvidia{index}"))}]}});
+    let cdi = dir.path().join("cdi");
+    std::fs::create_dir(&cdi).expect("cdi dir");
+    // Named as nvidia-ctk names them by default (NVML index) for GPU 0, by UUID for GPU 1.
+    let spec = json!({
+        "cdiVersion": "0.5.0", "kind": "nvidia.com/gpu",
+        "devices": [device("0", 0), device(&trainyard_testkit::nvml::uuid(1), 1)],
+        "containerEdits": {"env": ["FAKE_CDI=yes"], "deviceNodes": [{"path": "/dev/nvidiactl", "hostPath": node("nvidiactl")}]},
+    });
+    std::fs::write(cdi.join("nvidia.json"), spec.to_string()).expect("spec");
+
+    let c = Coordinator::start();
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let fake_gpus = trainyard_testkit::nvml::gpus(2, "NVIDIA A10G", 23028);
+    let args = [
+        "--advertise-vcpus",
+        "16",
+        "--advertise-memory-mib",
+        "65536",
+        "--containerd-socket",
+        &socket,
+        "--nvml-library",
+        library.to_str().expect("utf-8"),
+        "--cdi-spec-dir",
+        cdi.to_str().expect("utf-8"),
+    ];
+    let _agent = c.start_agent_for_images_only_with_env("gpus", &args, &[("FAKE_NVML_GPUS", fake_gpus.as_str())]);
+    let mut seen = Vec::new();
+    for name in ["gpu-a", "gpu-b"] {
+        let mut r = request(name, IMAGE, json!({}));
+        r["ResourceConfig"]["InstanceType"] = json!("ml.g5.xlarge");
+        let file = c.write(&format!("{name}.json"), &r.to_string());
+        c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    }
+    for name in ["gpu-a", "gpu-b"] {
+        let done = wait_done(&c, name);
+        assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs(name));
+        let logs = c.logs(name);
+        let line = logs.lines().find_map(|l| l.split("gpus=").nth(1)).unwrap_or_default().trim().to_string();
+        let gpus: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(gpus.len(), 2, "its GPU and the control node, no other: {logs}");
+        assert!(gpus.contains(&"nvidiactl"), "{logs}");
+        assert!(logs.contains("cdi=yes"), "the spec's environment: {logs}");
+        assert!(logs.contains("read=8"), "both nodes can be read: {logs}");
+        seen.push(gpus.into_iter().find(|g| *g != "nvidiactl").unwrap_or_default().to_string());
+    }
+    seen.sort();
+    assert_eq!(seen, ["nvidia0", "nvidia1"], "the two trials ran at once, each with a GPU of its own");
+
+    // A GPU the specs do not name fails the job, saying so.
+    std::fs::write(
+        cdi.join("nvidia.json"),
+        json!({"cdiVersion": "0.5.0", "kind": "nvidia.com/gpu", "devices": []}).to_string(),
+    )
+    .expect("spec");
+    let mut r = request("no-cdi", IMAGE, json!({}));
+    r["ResourceConfig"]["InstanceType"] = json!("ml.g5.xlarge");
+    let done = submit(&c, &r);
+    assert_eq!(done["TrainingJobStatus"], "Failed");
+    let reason = done["FailureReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("no CDI device nvidia.com/gpu="), "{reason}");
+}

@@ -89,6 +89,10 @@ pub struct Flags {
     /// insecure-registries.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// Where the CDI specs of GPUs are (repeatable; default /etc/cdi and /var/run/cdi; JSON:
+    /// `nvidia-ctk cdi generate --format=json`).
+    #[arg(long = "cdi-spec-dir")]
+    pub cdi_spec_dirs: Vec<PathBuf>,
     /// Pulled images beyond this size (MiB, blobs and unpacked layers; default 102400) are
     /// deleted, least recently used first, never one in use.
     #[arg(long, env = "TRAINYARD_IMAGE_CACHE_MIB")]
@@ -166,6 +170,8 @@ struct FileConfig {
     #[serde(default)]
     insecure_registries: Vec<String>,
     image_cache_mib: Option<u64>,
+    #[serde(default)]
+    cdi_spec_dirs: Vec<PathBuf>,
     input_cache_mib: Option<u64>,
     uid_locks: Option<PathBuf>,
     jobs_run_as_agent_user: Option<bool>,
@@ -213,6 +219,7 @@ pub struct Config {
     pub registry_auth: Option<PathBuf>,
     pub insecure_registries: Vec<String>,
     pub image_cache_mib: u64,
+    pub cdi_spec_dirs: Vec<PathBuf>,
     pub input_cache_mib: u64,
     pub uid_locks: PathBuf,
     pub jobs_run_as_agent_user: bool,
@@ -286,6 +293,7 @@ impl Config {
             registry_auth: flags.registry_auth.or(file.registry_auth),
             insecure_registries: [file.insecure_registries, flags.insecure_registries].concat(),
             image_cache_mib: flags.image_cache_mib.or(file.image_cache_mib).unwrap_or(102_400),
+            cdi_spec_dirs: crate::cdi::dirs(&[file.cdi_spec_dirs, flags.cdi_spec_dirs].concat()),
             input_cache_mib: flags.input_cache_mib.or(file.input_cache_mib).unwrap_or(20_480),
             uid_locks: flags.uid_locks.or(file.uid_locks).unwrap_or_else(|| PathBuf::from("/run/trainyard/uids")),
             jobs_run_as_agent_user: flags.jobs_run_as_agent_user || file.jobs_run_as_agent_user == Some(true),

@@ -5,6 +5,7 @@
 //! it has stored it (`ForgetInstance`).
 
 mod cache;
+mod cdi;
 mod cgroup;
 mod config;
 mod confined;
@@ -214,6 +215,15 @@ async fn main() -> anyhow::Result<()> {
         }
         None => registry::Credentials::default(),
     };
+    if containerd.is_some() {
+        let (specs, skipped) = cdi::Registry::load(&config.cdi_spec_dirs);
+        for line in skipped {
+            warn!(%line, "a CDI spec was not read");
+        }
+        if !host.gpus.inventory().gpus.is_empty() && !specs.has_any(cdi::GPU_KIND) {
+            warn!(dirs = ?config.cdi_spec_dirs, "this host has GPUs and no CDI spec gives them to containers: jobs with GPUs in containers will fail (nvidia-ctk cdi generate --format=json)");
+        }
+    }
     let images = containerd.as_ref().map(|client| {
         let registries = registry::Registries::new(credentials, &config.insecure_registries);
         image_cache::ImageCache::new(client.clone(), registries, config.image_cache_mib * 1024 * 1024)
@@ -246,6 +256,8 @@ async fn main() -> anyhow::Result<()> {
         uids,
         containerd,
         images,
+        cdi_dirs: config.cdi_spec_dirs.clone(),
+        gpu_indexes: host.gpus.inventory().gpus.iter().map(|g| (g.uuid.clone(), g.index)).collect(),
         host_programs: config.host_programs,
         agent_id: config.id.clone(),
         work_dirs_in_use: Default::default(),

@@ -39,7 +39,7 @@ pub(super) async fn launch(
     write_hosts_file(spec, &hosts, namespace.is_some()).map_err(|e| format!("writing /etc/hosts: {e}"))?;
     let id = format!("{}.algo-{}.{}", spec.job, spec.instance, spec.attempt);
     let cgroup = container_cgroup(&settings.agent_id, &id);
-    let runtime = RuntimeSpec {
+    let mut runtime = RuntimeSpec {
         image: &image,
         request: &spec.request,
         env: &env,
@@ -54,6 +54,7 @@ pub(super) async fn launch(
         cgroup: &cgroup,
     }
     .build();
+    give_gpus(&mut runtime, &spec.gpu_uuids, settings)?;
     // Its output comes through two FIFOs in the agent's own staging dir, out of every job's reach.
     let staging = settings.work_root.join(super::STAGING);
     std::fs::create_dir_all(&staging).map_err(|e| format!("creating {}: {e}", staging.display()))?;
@@ -109,6 +110,24 @@ pub(super) async fn launch(
     let stderr_stream = streams.pop().flatten();
     let stdout_stream = streams.pop().flatten();
     Ok(Launched { stdout: stdout_stream, stderr: stderr_stream, exited, control })
+}
+
+/// Gives the container the instance's GPUs through their CDI devices (named by UUID, or by NVML
+/// index as `nvidia-ctk`'s default names them), and no other device.
+fn give_gpus(runtime: &mut Value, gpus: &[String], settings: &Settings) -> Result<(), String> {
+    if gpus.is_empty() {
+        return Ok(());
+    }
+    let (registry, _) = crate::cdi::Registry::load(&settings.cdi_dirs);
+    let names: Vec<String> = gpus
+        .iter()
+        .map(|uuid| match settings.gpu_indexes.get(uuid) {
+            Some(index) if !registry.has(crate::cdi::GPU_KIND, uuid) => index.to_string(),
+            _ => uuid.clone(),
+        })
+        .collect();
+    let edits = registry.edits_for(crate::cdi::GPU_KIND, &names).map_err(|e| format!("InternalServerError: {e}"))?;
+    crate::cdi::apply(runtime, &edits).map_err(|e| format!("InternalServerError: {e}"))
 }
 
 /// Reports a pull's progress as the instance's SecondaryStatus message, at most once a second.

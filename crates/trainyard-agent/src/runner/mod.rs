@@ -103,6 +103,11 @@ pub struct Settings {
     pub containerd: Option<Arc<crate::containerd::Containerd>>,
     /// Where containers' images come from (set with `containerd`).
     pub images: Option<Arc<crate::image_cache::ImageCache>>,
+    /// Where the CDI specs that give containers their GPUs are (read at each launch: a driver
+    /// upgrade rewrites them).
+    pub cdi_dirs: Vec<PathBuf>,
+    /// Each GPU's NVML index, by UUID (CDI specs name GPUs by either).
+    pub gpu_indexes: BTreeMap<String, u32>,
     /// It runs programs on its host (`--host-programs`).
     pub host_programs: bool,
     /// This agent's id (its containers carry it).
