@@ -317,10 +317,22 @@ impl Coordinator {
     /// (`ip netns exec` mounts the namespace's own /sys, without the cgroup file systems: agents in
     /// simulated hosts run instances without cgroups, and say so.)
     pub fn start_agent_on(&self, host: &netns::Host, lan: &netns::Lan, id: &str, args: &[&str]) -> Daemon {
+        self.start_agent_on_for_images_only(host, lan, id, &with_host_programs(args))
+    }
+
+    /// As `start_agent_on`, for an agent that runs images only (containers get their cgroups
+    /// from containerd, outside the simulated host).
+    pub fn start_agent_on_for_images_only(
+        &self,
+        host: &netns::Host,
+        lan: &netns::Lan,
+        id: &str,
+        args: &[&str],
+    ) -> Daemon {
         let port = self.address.rsplit(':').next().unwrap_or_default();
         let address = format!("{}:{port}", lan.gateway);
         self.agent_check(id).expect("instances run without a cgroup");
-        self.start_agent_with(host.command(binary("trainyard-agent")), &address, id, &with_host_programs(args), &[])
+        self.start_agent_with(host.command(binary("trainyard-agent")), &address, id, args, &[])
     }
 
     fn start_agent_with(

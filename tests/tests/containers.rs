@@ -25,6 +25,10 @@ case "$MODE" in
   hog)
     echo filling
     exec dd if=/dev/zero of=/dev/shm/fill bs=1048576 count=400 ;;
+  bomb)
+    # 100 processes; the shell dies at the first fork refused.
+    for i in $(seq 100); do sleep 30 & done
+    echo "all forked" ;;
 esac
 echo trained > /opt/ml/model/model.txt
 echo "loss=0.25"
@@ -242,7 +246,7 @@ fn pull_failures_fail_the_job_with_a_client_error() {
 }
 
 #[test]
-fn a_container_is_stopped_with_a_grace_period_and_held_to_its_memory() {
+fn a_container_is_stopped_with_a_grace_period_and_held_to_its_memory_and_pids() {
     let containerd = Containerd::start();
     containerd.import_busybox_image(IMAGE, &["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
     let config_dir = tempfile::tempdir().expect("dir");
@@ -251,8 +255,8 @@ fn a_container_is_stopped_with_a_grace_period_and_held_to_its_memory() {
         .expect("write");
     let c = Coordinator::start_with_args(&["--config", config.to_str().expect("utf-8")]);
     let socket = containerd.socket.to_str().expect("utf-8").to_string();
-    let _agent =
-        c.start_agent_for_images_only("containers", &["--advertise-vcpus", "8", "--containerd-socket", &socket]);
+    let args = ["--advertise-vcpus", "8", "--containerd-socket", &socket, "--instance-pids-max", "32"];
+    let _agent = c.start_agent_for_images_only("containers", &args);
 
     let mut sleeper = request("sleeper", IMAGE, json!({"MODE": "sleep"}));
     sleeper["ResourceConfig"]["InstanceType"] = json!("ml.m5.large");
@@ -276,6 +280,15 @@ fn a_container_is_stopped_with_a_grace_period_and_held_to_its_memory() {
     assert_eq!(done["TrainingJobStatus"], "Failed", "{}", c.logs("hog"));
     let reason = done["FailureReason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("OutOfMemoryError") && reason.contains("128 MiB"), "{reason}");
+
+    // A fork bomb stops at the agent's pids limit.
+    let mut bomb = request("bomb", IMAGE, json!({"MODE": "bomb"}));
+    bomb["ResourceConfig"]["InstanceType"] = json!("ml.m5.large");
+    let done = submit(&c, &bomb);
+    assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
+    let reason = done["FailureReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("can't fork: Resource temporarily unavailable"), "{reason}");
+    assert!(!c.logs("bomb").contains("all forked"), "{}", c.logs("bomb"));
     assert!(
         trainyard_testkit::wait_until(Duration::from_secs(10), || containerd.containers().is_empty()),
         "left in containerd: {:?}",
@@ -404,4 +417,71 @@ fn gpus_reach_a_container_through_cdi_and_only_its_own() {
     assert_eq!(done["TrainingJobStatus"], "Failed");
     let reason = done["FailureReason"].as_str().unwrap_or_default();
     assert!(reason.contains("no CDI device nvidia.com/gpu="), "{reason}");
+}
+
+/// A two-instance job's image: algo-2 sends algo-1 a marker through their agents, then probes a
+/// listener outside that isolation must hide.
+const PEERS: &str = r#"#!/bin/sh
+case "$(hostname)" in
+  algo-1)
+    echo "algo-1 received=$(nc -l -p 7000)" ;;
+  algo-2)
+    for i in $(seq 100); do
+      if echo "$MARKER" | nc algo-1 7000 2>/dev/null; then echo "algo-2 sent"; break; fi
+      sleep 0.2
+    done
+    if nc -w 2 "$PROBE" "$PROBE_PORT" < /dev/null 2>/dev/null; then echo "probe=reached"; else echo "probe=blocked"; fi ;;
+esac
+"#;
+
+#[test]
+fn a_two_instance_job_runs_in_containers_on_two_hosts_encrypted_and_isolated() {
+    use trainyard_testkit::netns;
+    assert!(netns::available(), "this test needs root and iproute2 (it creates network namespaces)");
+    let containerd = Containerd::start();
+    containerd.import_busybox_image(IMAGE, &["/bin/sh", "/train.sh"], &[("/train.sh", PEERS, 0o755)]);
+    let mut lan = netns::Lan::new();
+    let c = Coordinator::start_for_lan(&[]);
+    let (a, b) = (lan.add_host(), lan.add_host());
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let args = ["--advertise-vcpus", "8", "--containerd-socket", &socket];
+    let _agent_a = c.start_agent_on_for_images_only(&a, &lan, "host-a", &args);
+    let _agent_b = c.start_agent_on_for_images_only(&b, &lan, "host-b", &args);
+    // Something outside the job that a job without isolation reaches.
+    let outside = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = outside.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for connection in outside.incoming() {
+            drop(connection)
+        }
+    });
+
+    for (name, isolated) in [("containers-open", false), ("containers-isolated", true)] {
+        let seed = format!("7f3e1b-{name}-rekram");
+        let marker: String = seed.chars().rev().collect::<String>().to_uppercase();
+        let mut r = request(
+            name,
+            IMAGE,
+            json!({"MARKER": marker, "PROBE": lan.gateway.to_string(), "PROBE_PORT": port.to_string()}),
+        );
+        r["ResourceConfig"]["InstanceCount"] = json!(2);
+        r["EnableInterContainerTrafficEncryption"] = json!(true);
+        r["EnableNetworkIsolation"] = json!(isolated);
+        let capture_file = c.dir.path().join(format!("{name}.pcap"));
+        let mut capture = lan.capture(&capture_file);
+        let done = submit(&c, &r);
+        capture.stop();
+        let logs = c.logs(name);
+        assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{logs}");
+        assert!(logs.contains(&format!("algo-1 received={marker}")) && logs.contains("algo-2 sent"), "{logs}");
+        assert!(netns::file_contains(&capture_file, b".jobs.trainyard"), "the peers' hop was TLS");
+        assert!(!netns::file_contains(&capture_file, marker.as_bytes()), "the marker crossed the LAN in plaintext");
+        let probe = if isolated { "probe=blocked" } else { "probe=reached" };
+        assert!(logs.contains(probe), "{name}: {logs}");
+    }
+    assert!(
+        trainyard_testkit::wait_until(Duration::from_secs(10), || containerd.containers().is_empty()),
+        "{:?}",
+        containerd.containers()
+    );
 }

@@ -39,6 +39,17 @@ pub(super) async fn launch(
     write_hosts_file(spec, &hosts, namespace.is_some()).map_err(|e| format!("writing /etc/hosts: {e}"))?;
     let id = format!("{}.algo-{}.{}", spec.job, spec.instance, spec.attempt);
     let cgroup = container_cgroup(&settings.agent_id, &id);
+    // runc joins the namespace through this process's descriptor of it: the name `ip netns add`
+    // mounted under /run/netns may not be visible to containerd, whose mount namespace is not the
+    // agent's (systemd's sandbox, a simulated host) and receives no mounts from it.
+    let netns = match &namespace {
+        Some(path) => Some(std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?),
+        None => None,
+    };
+    let netns_path = netns.as_ref().map(|f| {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), f.as_raw_fd()))
+    });
     let mut runtime = RuntimeSpec {
         image: &image,
         request: &spec.request,
@@ -46,7 +57,7 @@ pub(super) async fn launch(
         hostname: format!("algo-{}", spec.instance),
         work_dir: dir,
         hosts: &hosts,
-        network: namespace.as_deref(),
+        network: netns_path.as_deref(),
         user: identity.as_ref().map(|i| (i.uid(), i.groups.clone())).unwrap_or((0, vec![0])),
         memory_mib: spec.memory_mib,
         vcpus: spec.vcpus,
@@ -83,6 +94,8 @@ pub(super) async fn launch(
             .map_err(|e| format!("ClientError: starting {reference}: {e}"))
     }
     .await;
+    // Joined (or failed): the descriptor has done its work.
+    drop(netns);
     if let Err(reason) = started {
         // No shim will open the FIFOs: the readers waiting for one are let go.
         for fifo in [&stdout, &stderr] {
