@@ -424,10 +424,14 @@ fn gpus_reach_a_container_through_cdi_and_only_its_own() {
 const PEERS: &str = r#"#!/bin/sh
 case "$(hostname)" in
   algo-1)
-    echo "algo-1 received=$(nc -l -p 7000)" ;;
+    # Answers one connection: keeps what it read, acknowledges it.
+    nc -l -p 7000 -e sh -c 'read m; echo "$m" > /tmp/received; echo ack'
+    echo "algo-1 received=$(cat /tmp/received)" ;;
   algo-2)
+    # Its agent accepts at once and closes when algo-1 does not listen yet: only an ack counts.
     for i in $(seq 100); do
-      if echo "$MARKER" | nc algo-1 7000 2>/dev/null; then echo "algo-2 sent"; break; fi
+      reply=$( (echo "$MARKER"; sleep 1) | nc algo-1 7000 2>/dev/null)
+      if [ "$reply" = ack ]; then echo "algo-2 sent"; break; fi
       sleep 0.2
     done
     if nc -w 2 "$PROBE" "$PROBE_PORT" < /dev/null 2>/dev/null; then echo "probe=reached"; else echo "probe=blocked"; fi ;;

@@ -11,6 +11,9 @@ use tokio::sync::watch;
 use crate::containerd::{BYTES_LABEL, Containerd, Image, ImageRecord, LAST_USED_LABEL};
 use crate::registry::Registries;
 
+/// How stale an image's last use may be before a launch records it again.
+const TOUCH_EVERY_SECONDS: u64 = 60;
+
 /// Where a pull is.
 #[derive(Debug, Clone)]
 pub enum Pull {
@@ -72,7 +75,10 @@ impl ImageCache {
     ) -> Result<(Image, Pinned), String> {
         let pinned = self.pin(reference);
         if let Some(image) = self.containerd.image(reference).await? {
-            self.touch(reference).await;
+            // Minutes are fine for choosing what to collect; a write per launch would not be.
+            if image.last_used.is_none_or(|at| now_seconds().saturating_sub(at) >= TOUCH_EVERY_SECONDS) {
+                self.touch(reference).await;
+            }
             return Ok((image, pinned));
         }
         let mut pull = self.join_pull(reference);

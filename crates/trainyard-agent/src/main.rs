@@ -155,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
     // Recorded for whoever cleans up after an agent that was killed (a test harness, an operator).
     let _ = std::fs::write(config.work_root.join("cgroup"), format!("trainyard-{cgroup_name}\n"));
     let cgroups = match cgroup::available(&cgroup_name) {
-        Ok(()) => Some(cgroup_name),
+        Ok(()) => Some(cgroup_name.clone()),
         Err(note) => {
             warn!(%note, "instances run without a cgroup: no memory, CPU or process limits, and processes that leave their process group are not stopped with them");
             None
@@ -198,7 +198,6 @@ async fn main() -> anyhow::Result<()> {
                 warn!(container = %id, "removing a container an earlier run of this agent left");
                 client.remove(&id).await;
             }
-            runner::remove_container_cgroup_parent(&config.id);
             info!(runtime = %client.version, namespace = %config.containerd_namespace, "container images run through containerd");
             (Some(Arc::new(client)), None)
         }
@@ -207,6 +206,11 @@ async fn main() -> anyhow::Result<()> {
             (None, Some(note))
         }
     };
+    let container_cgroups = Arc::new(runner::ContainerCgroups::new(&cgroup_name));
+    if containerd.is_some() {
+        // The stale containers of an earlier run are gone: so may their cgroups' parent.
+        container_cgroups.remove_parent();
+    }
     let credentials = match &config.registry_auth {
         Some(path) => {
             let credentials = registry::Credentials::load(path).map_err(|e| anyhow::anyhow!("--registry-auth {e}"))?;
@@ -256,6 +260,7 @@ async fn main() -> anyhow::Result<()> {
         uids,
         containerd,
         images,
+        container_cgroups: container_cgroups.clone(),
         cdi_dirs: config.cdi_spec_dirs.clone(),
         gpu_indexes: host.gpus.inventory().gpus.iter().map(|g| (g.uuid.clone(), g.index)).collect(),
         host_programs: config.host_programs,
@@ -308,7 +313,7 @@ async fn main() -> anyhow::Result<()> {
         for id in containerd.containers_of(&agent.config.id).await.unwrap_or_default() {
             containerd.remove(&id).await;
         }
-        runner::remove_container_cgroup_parent(&agent.config.id);
+        agent.settings.container_cgroups.remove_parent();
     }
     if let Some(network) = &agent.settings.network {
         network.remove_recorded().await;

@@ -23,13 +23,13 @@ use trainyard_testkit::{Daemon, binary};
 const TRAINING: &str = include_str!("../../../deploy/examples/training-job.json");
 const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
 
-struct Cluster {
+pub(crate) struct Cluster {
     _dir: tempfile::TempDir,
     _programs: tempfile::TempDir,
-    coordinator: crate::BenchCoordinator,
-    agent: Option<Daemon>,
-    channel: Transport,
-    program_dir: std::path::PathBuf,
+    pub coordinator: crate::BenchCoordinator,
+    pub agent: Option<Daemon>,
+    pub channel: Transport,
+    pub program_dir: std::path::PathBuf,
 }
 
 impl Drop for Cluster {
@@ -46,7 +46,8 @@ fn now_ns() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
 }
 
-async fn cluster() -> anyhow::Result<Cluster> {
+/// A coordinator and one agent (`agent_args` added to its command line).
+pub(crate) async fn cluster(agent_args: &[&str]) -> anyhow::Result<Cluster> {
     let dir = tempfile::tempdir()?;
     let coordinator = crate::start_coordinator(dir.path(), "127.0.0.1", &[], true)?;
     let address = format!("127.0.0.1:{}", coordinator.port);
@@ -78,6 +79,7 @@ async fn cluster() -> anyhow::Result<Cluster> {
         .arg(format!("trainyard-examples={}", concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/examples/data")))
         .arg("--bucket")
         .arg(format!("trainyard-output={}", dir.path().join("output").display()))
+        .args(agent_args)
         .envs(coordinator.env())
         .env("RUST_LOG", "warn");
     let agent = Daemon::spawn("agent", agent, dir.path());
@@ -97,16 +99,16 @@ async fn cluster() -> anyhow::Result<Cluster> {
     Ok(Cluster { _dir: dir, _programs: programs, coordinator, agent: Some(agent), channel, program_dir })
 }
 
-fn training_request(name: &str, program: &std::path::Path) -> anyhow::Result<api::CreateTrainingJobRequest> {
+pub(crate) fn training_request(name: &str, image: &str) -> anyhow::Result<api::CreateTrainingJobRequest> {
     let mut r: api::CreateTrainingJobRequest = serde_json::from_str(TRAINING)?;
     r.training_job_name = Some(name.to_string());
     if let Some(a) = r.algorithm_specification.as_mut() {
-        a.training_image = Some(program.display().to_string());
+        a.training_image = Some(image.to_string());
     }
     Ok(r)
 }
 
-async fn wait_training(
+pub(crate) async fn wait_training(
     client: &mut TrainingClient<Transport>,
     name: &str,
 ) -> anyhow::Result<api::DescribeTrainingJobResponse> {
@@ -123,7 +125,7 @@ async fn wait_training(
     }
 }
 
-async fn wait_tuning(client: &mut HyperParameterTuningClient<Transport>, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_tuning(client: &mut HyperParameterTuningClient<Transport>, name: &str) -> anyhow::Result<()> {
     loop {
         let d = client
             .describe_hyper_parameter_tuning_job(pb::DescribeHyperParameterTuningJobRequest {
@@ -138,9 +140,9 @@ async fn wait_tuning(client: &mut HyperParameterTuningClient<Transport>, name: &
     }
 }
 
-fn tuning_request(
+pub(crate) fn tuning_request(
     name: &str,
-    program: &std::path::Path,
+    image: &str,
     trials: i32,
     parallel: i32,
 ) -> anyhow::Result<api::CreateHyperParameterTuningJobRequest> {
@@ -156,18 +158,18 @@ fn tuning_request(
     if let Some(d) = r.training_job_definition.as_mut()
         && let Some(a) = d.algorithm_specification.as_mut()
     {
-        a.training_image = Some(program.display().to_string());
+        a.training_image = Some(image.to_string());
     }
     Ok(r)
 }
 
 pub async fn run() -> anyhow::Result<()> {
-    let mut c = cluster().await?;
+    let mut c = cluster(&[]).await?;
     let mut training = TrainingClient::new(c.channel.clone());
     let mut tuning = HyperParameterTuningClient::new(c.channel.clone());
 
     // Submit → running, one job at a time on a warm agent.
-    let quick = c.program_dir.join("quick");
+    let quick = c.program_dir.join("quick").display().to_string();
     let mut latencies = Vec::new();
     for i in 0..120 {
         let name = format!("latency-{i}");
@@ -215,7 +217,7 @@ pub async fn run() -> anyhow::Result<()> {
     println!("{:<44} {:>12.1}", "trials per second (300 trials, 10 parallel)", per_second);
 
     // Overhead on 1-second trials.
-    let second = c.program_dir.join("second");
+    let second = c.program_dir.join("second").display().to_string();
     let (trials, parallel) = (40, 4);
     let started = Instant::now();
     tuning

@@ -31,10 +31,11 @@ struct Flags {
     /// Backends to measure.
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
     backends: Vec<String>,
-    /// Which suites: creates (API throughput), agents (jobs run by a real agent), peers (a
+    /// Which suites: creates (API throughput), agents (jobs run by a real agent), containers (the
+    /// same through containerd, against `ctr run`; needs root), peers (a
     /// distributed job's traffic between simulated hosts; needs root), load (simulated agents
     /// heartbeating while clients submit and describe).
-    #[arg(long, value_delimiter = ',', default_value = "creates,agents,peers,load")]
+    #[arg(long, value_delimiter = ',', default_value = "creates,agents,containers,peers,load")]
     suites: Vec<String>,
     /// Load suite: simulated agents.
     #[arg(long, default_value_t = 3_000)]
@@ -69,6 +70,7 @@ const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
 const TRAINING: &str = include_str!("../../../deploy/examples/training-job.json");
 
 mod agents;
+mod containers;
 mod load;
 mod peers;
 
@@ -184,6 +186,10 @@ async fn main() -> anyhow::Result<()> {
     if flags.suites.iter().any(|s| s == "agents") {
         println!();
         agents::run().await?;
+    }
+    if flags.suites.iter().any(|s| s == "containers") {
+        println!();
+        containers::run().await?;
     }
     if flags.suites.iter().any(|s| s == "peers") {
         println!();

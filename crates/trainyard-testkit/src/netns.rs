@@ -236,6 +236,8 @@ pub fn remove_agents_cgroups(agents_dir: &Path) {
         .filter_map(|a| std::fs::read_to_string(a.path().join("cgroup")).ok())
         .map(|n| n.trim().to_string())
         .filter(|n| n.starts_with("trainyard-"))
+        // Its containers' cgroups have a parent of their own at each hierarchy's root.
+        .flat_map(|n| [n.replacen("trainyard-", "trainyard-containers-", 1), n])
         .collect();
     if names.is_empty() {
         return;

@@ -43,6 +43,8 @@ pub struct Image {
     pub working_dir: String,
     /// The committed snapshot of all its layers (the chain id of its diff ids).
     pub chain_id: String,
+    /// When an instance last used it (seconds since the epoch; its record's label).
+    pub last_used: Option<u64>,
 }
 
 /// A blob as a manifest describes it.
@@ -181,12 +183,12 @@ impl Containerd {
     /// unpacked. `Err` is a FailureReason.
     pub async fn image(&self, reference: &str) -> Result<Option<Image>, String> {
         let request = self.request(GetImageRequest { name: reference.to_string() });
-        let target = match ImagesClient::new(self.channel.clone()).get(request).await {
-            Ok(response) => response.into_inner().image.and_then(|i| i.target),
+        let record = match ImagesClient::new(self.channel.clone()).get(request).await {
+            Ok(response) => response.into_inner().image,
             Err(status) if status.code() == Code::NotFound => None,
             Err(status) => return Err(rpc("image")(status)),
         };
-        let Some(target) = target else { return Ok(None) };
+        let Some((target, labels)) = record.and_then(|i| Some((i.target?, i.labels))) else { return Ok(None) };
         let mut manifest: Manifest = match self.json(&target.digest).await {
             Ok(manifest) => manifest,
             // The record outlived its content (collected): pulled again.
@@ -212,6 +214,7 @@ impl Containerd {
             env: config.config.env.unwrap_or_default(),
             working_dir: config.config.working_dir.unwrap_or_default(),
             chain_id,
+            last_used: labels.get(LAST_USED_LABEL).and_then(|v| v.parse().ok()),
         }))
     }
 

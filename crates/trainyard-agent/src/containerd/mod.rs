@@ -69,35 +69,8 @@ impl Containerd {
         spec: &serde_json::Value,
         agent: &str,
     ) -> Result<Vec<Mount>, String> {
-        // Under a lease until the container's record holds its snapshot: a collection between the
-        // two would take the fresh snapshot away.
-        let lease = self.lease(std::time::Duration::from_secs(3600)).await?;
-        let created = self.create_leased(id, image, spec, agent, &lease).await;
-        self.end_lease(lease).await;
-        created
-    }
-
-    async fn create_leased(
-        &self,
-        id: &str,
-        image: &Image,
-        spec: &serde_json::Value,
-        agent: &str,
-        lease: &Lease,
-    ) -> Result<Vec<Mount>, String> {
-        let prepare = PrepareSnapshotRequest {
-            snapshotter: SNAPSHOTTER.into(),
-            key: id.to_string(),
-            parent: image.chain_id.clone(),
-            ..Default::default()
-        };
-        let prepare = self.leased(prepare, lease);
-        let mounts = SnapshotsClient::new(self.channel.clone())
-            .prepare(prepare)
-            .await
-            .map_err(rpc("snapshot"))?
-            .into_inner()
-            .mounts;
+        // The container's record first: it names the snapshot (not made yet), which keeps the
+        // snapshot from the collector from the moment it exists (no lease to write and delete).
         let container = Container {
             id: id.to_string(),
             labels: HashMap::from([(AGENT_LABEL.to_string(), agent.to_string())]),
@@ -111,12 +84,21 @@ impl Containerd {
             snapshot_key: id.to_string(),
             ..Default::default()
         };
-        let create = self.leased(CreateContainerRequest { container: Some(container) }, lease);
-        if let Err(status) = ContainersClient::new(self.channel.clone()).create(create).await {
-            self.remove_snapshot(id).await;
-            return Err(rpc("container")(status));
+        let create = self.request(CreateContainerRequest { container: Some(container) });
+        ContainersClient::new(self.channel.clone()).create(create).await.map_err(rpc("container"))?;
+        let prepare = self.request(PrepareSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: id.to_string(),
+            parent: image.chain_id.clone(),
+            ..Default::default()
+        });
+        match SnapshotsClient::new(self.channel.clone()).prepare(prepare).await {
+            Ok(prepared) => Ok(prepared.into_inner().mounts),
+            Err(status) => {
+                self.remove(id).await;
+                Err(rpc("snapshot")(status))
+            }
         }
-        Ok(mounts)
     }
 
     /// Creates and starts container `id`'s task, its output going to the two FIFOs.

@@ -38,7 +38,7 @@ pub(super) async fn launch(
     let hosts = dir.join(HOSTS_FILE);
     write_hosts_file(spec, &hosts, namespace.is_some()).map_err(|e| format!("writing /etc/hosts: {e}"))?;
     let id = format!("{}.algo-{}.{}", spec.job, spec.instance, spec.attempt);
-    let cgroup = container_cgroup(&settings.agent_id, &id);
+    let cgroup = settings.container_cgroups.slot(&id);
     // runc joins the namespace through this process's descriptor of it: the name `ip netns add`
     // mounted under /run/netns may not be visible to containerd, whose mount namespace is not the
     // agent's (systemd's sandbox, a simulated host) and receives no mounts from it.
@@ -62,7 +62,7 @@ pub(super) async fn launch(
         memory_mib: spec.memory_mib,
         vcpus: spec.vcpus,
         pids: settings.pids_max,
-        cgroup: &cgroup,
+        cgroup: &cgroup.path,
     }
     .build();
     give_gpus(&mut runtime, &spec.gpu_uuids, settings)?;
@@ -81,7 +81,7 @@ pub(super) async fn launch(
     let control = ContainerControl {
         containerd: containerd.clone(),
         id: id.clone(),
-        cgroup,
+        cgroup: Some(cgroup),
         fifos: [stdout.clone(), stderr.clone()],
         identity,
         image: Some(pinned),
@@ -169,8 +169,8 @@ fn megabytes(bytes: u64) -> String {
 pub(super) struct ContainerControl {
     containerd: Arc<Containerd>,
     id: String,
-    /// runc's cgroup for the container (relative to each hierarchy's root).
-    cgroup: String,
+    /// runc's cgroup for the container (counted until the container is removed).
+    cgroup: Option<CgroupSlot>,
     fifos: [PathBuf; 2],
     identity: Option<Identity>,
     /// Its image is not collected while the container exists.
@@ -194,8 +194,9 @@ impl Control for ContainerControl {
     }
 
     fn oom_kills(&self) -> u64 {
-        let control =
-            Path::new("/sys/fs/cgroup/memory").join(self.cgroup.trim_start_matches('/')).join("memory.oom_control");
+        let control = Path::new("/sys/fs/cgroup/memory")
+            .join(self.cgroup.as_ref().map_or("", |c| c.path.trim_start_matches('/')))
+            .join("memory.oom_control");
         std::fs::read_to_string(control)
             .ok()
             .and_then(|text| text.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()))
@@ -210,6 +211,7 @@ impl Drop for ContainerControl {
         // The uid goes back only once nothing of the container is left.
         let identity = self.identity.take();
         let image = self.image.take();
+        let cgroup = self.cgroup.take();
         tokio::spawn(async move {
             containerd.remove(&id).await;
             for fifo in fifos {
@@ -217,31 +219,73 @@ impl Drop for ContainerControl {
             }
             drop(identity);
             drop(image);
+            drop(cgroup);
         });
     }
 }
 
-/// The cgroup runc makes for one of this agent's containers (relative to each hierarchy's root).
-/// Each agent has a parent of its own: one agent removing its empty parent never races another's
-/// runc creating a container in it.
-fn container_cgroup(agent: &str, id: &str) -> String {
-    format!("/trainyard-containers-{agent}/{id}")
+/// The cgroups runc makes for this agent's containers, under a parent of the agent's own
+/// (`trainyard-containers-<id>-<work root's hash>` at each hierarchy's root: the shims run outside
+/// the agent's cgroup). The parent is removed when the agent's last container is, and at start;
+/// never while a container is being created in it (the count and the removal share a lock).
+pub struct ContainerCgroups {
+    parent: String,
+    live: std::sync::Mutex<usize>,
 }
 
-/// Removes the agent's (empty) parent of its containers' cgroups in every hierarchy, at start and
-/// at shutdown: never while the agent runs, when a container being created may need it. One still
-/// in use stays (rmdir of a cgroup with children fails).
-pub fn remove_container_cgroup_parent(agent: &str) {
-    let parent = Path::new(container_cgroup(agent, "none").trim_start_matches('/')).parent().map(Path::to_path_buf);
-    let Some(parent) = parent else { return };
-    let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .chain(std::iter::once(PathBuf::from("/sys/fs/cgroup")));
-    for hierarchy in hierarchies {
-        let _ = std::fs::remove_dir(hierarchy.join(&parent));
+impl ContainerCgroups {
+    /// `agent`: the agent's cgroup name (its id and the hash of its work root).
+    pub fn new(agent: &str) -> ContainerCgroups {
+        ContainerCgroups { parent: format!("trainyard-containers-{agent}"), live: std::sync::Mutex::new(0) }
+    }
+
+    /// The cgroup of container `id`, counted until the slot is dropped (once the container is gone).
+    fn slot(self: &Arc<Self>, id: &str) -> CgroupSlot {
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        CgroupSlot { cgroups: self.clone(), path: format!("/{}/{id}", self.parent) }
+    }
+
+    /// A container counted by `slot` is gone: the parent goes with the last one.
+    fn removed(&self) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        *live = live.saturating_sub(1);
+        if *live == 0 {
+            self.remove_parent_dirs();
+        }
+    }
+
+    /// Removes the parent if no container of this agent needs it (an earlier run's are removed
+    /// first, at start).
+    pub fn remove_parent(&self) {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if *live == 0 {
+            self.remove_parent_dirs();
+        }
+    }
+
+    fn remove_parent_dirs(&self) {
+        let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .chain(std::iter::once(PathBuf::from("/sys/fs/cgroup")));
+        for hierarchy in hierarchies {
+            // One still in use stays (rmdir of a cgroup with children fails).
+            let _ = std::fs::remove_dir(hierarchy.join(&self.parent));
+        }
+    }
+}
+
+/// One container's cgroup (relative to each hierarchy's root).
+struct CgroupSlot {
+    cgroups: Arc<ContainerCgroups>,
+    path: String,
+}
+
+impl Drop for CgroupSlot {
+    fn drop(&mut self) {
+        self.cgroups.removed();
     }
 }
 
@@ -372,7 +416,7 @@ mod tests {
             memory_mib: 8192,
             vcpus: 2,
             pids: 16384,
-            cgroup: "/trainyard-containers-a/j.algo-2.1",
+            cgroup: "/trainyard-containers-a-0123abcd/j.algo-2.1",
         }
         .build()
     }

@@ -14,7 +14,7 @@
 
 mod container;
 
-pub use container::remove_container_cgroup_parent;
+pub use container::ContainerCgroups;
 mod prepare;
 mod process;
 mod supervise;
@@ -103,6 +103,8 @@ pub struct Settings {
     pub containerd: Option<Arc<crate::containerd::Containerd>>,
     /// Where containers' images come from (set with `containerd`).
     pub images: Option<Arc<crate::image_cache::ImageCache>>,
+    /// The cgroups of this agent's containers.
+    pub container_cgroups: Arc<ContainerCgroups>,
     /// Where the CDI specs that give containers their GPUs are (read at each launch: a driver
     /// upgrade rewrites them).
     pub cdi_dirs: Vec<PathBuf>,
