@@ -489,3 +489,37 @@ fn a_two_instance_job_runs_in_containers_on_two_hosts_encrypted_and_isolated() {
         containerd.containers()
     );
 }
+
+#[test]
+fn a_registry_with_a_private_ca_is_trusted_through_the_agents_registry_ca() {
+    let containerd = Containerd::start();
+    let registry = Registry::start_with_tls();
+    let trainer = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
+    let image = registry.push("e2e/trainer", "1", &trainer, false);
+    let c = Coordinator::start();
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let ca = registry.ca_file().to_str().expect("utf-8").to_string();
+    let trusting = c.start_agent_for_images_only(
+        "trusting",
+        &["--advertise-vcpus", "8", "--containerd-socket", &socket, "--registry-ca", &ca],
+    );
+    start(&c, "over-tls", &image);
+    let done = wait_done(&c, "over-tls");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs("over-tls"));
+    assert_eq!(registry.blob_downloads(&trainer.layer_digest()), 1, "pulled over HTTPS: {}", registry.log());
+    c.expect_log(r#"agent stream broke agent="trusting""#);
+    drop(trusting);
+
+    // Without the CA, the registry's certificate is refused, and the job says so (another
+    // containerd: the first one has the image).
+    let containerd_of_other = Containerd::start();
+    let socket = containerd_of_other.socket.to_str().expect("utf-8").to_string();
+    let agent =
+        c.start_agent_for_images_only("distrusting", &["--advertise-vcpus", "8", "--containerd-socket", &socket]);
+    agent.expect_log("pull failed");
+    start(&c, "untrusted", &image);
+    let done = wait_done(&c, "untrusted");
+    assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
+    let reason = done["FailureReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("TLS certificate is not trusted") && reason.contains("--registry-ca"), "{reason}");
+}

@@ -86,3 +86,54 @@ fn the_sagemaker_training_toolkit_runs_user_scripts_unchanged() {
     assert!(log.contains("rows=400"), "the script read the train channel through SM_CHANNEL_TRAIN:\n{log}");
     assert!(c.output_dir().join(format!("blobs-logreg-random/{name}/output/model.tar.gz")).exists());
 }
+
+#[test]
+fn the_sagemaker_training_toolkit_runs_unchanged_in_a_container_image() {
+    let venv = trainyard_testkit::s3::venv_with("sagemaker-training", &["sagemaker-training"], "bin/train");
+    let containerd = trainyard_testkit::containerd::Containerd::start();
+    // An image as SageMaker's script-mode images are made: Python, the toolkit (whose `train` is on
+    // PATH, no entrypoint), the user's code baked in at /code.
+    let interpreter = std::fs::canonicalize("/usr/bin/python3").expect("python3");
+    let version = interpreter.file_name().and_then(|n| n.to_str()).expect("python3.X").to_string();
+    let image = trainyard_testkit::host_image::HostImage {
+        host_paths: vec![
+            "/usr/bin/python3".into(),
+            interpreter.clone(),
+            std::path::Path::new("/usr/lib").join(&version),
+            venv.clone(),
+        ],
+        files: vec![("/code/entry.py", ENTRY_POINT, 0o755)],
+        env: vec![format!("PATH={}/bin:/usr/local/bin:/usr/bin:/bin", venv.display())],
+        entrypoint: Vec::new(),
+    };
+    let reference = "localhost/trainyard-e2e/toolkit:1";
+    let archive = image.archive(&venv.parent().expect("target").join("images"), reference);
+    containerd.import(&archive);
+    let c = Coordinator::start();
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let _agent = c.start_agent_for_images_only("toolkit", &["--advertise-vcpus", "8", "--containerd-socket", &socket]);
+
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    r["TrainingJobName"] = json!("toolkit-in-a-container");
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(reference);
+    r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
+    r["HyperParameters"] = json!({
+        "sagemaker_program": "\"entry.py\"",
+        "sagemaker_submit_directory": "\"/code\"",
+        "alpha": "0.3",
+        "epochs": "2"
+    });
+    let file = c.write("toolkit-in-a-container.json", &r.to_string());
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    let done =
+        c.wait_json_for(Duration::from_secs(120), &["training-jobs", "describe", "toolkit-in-a-container"], |d| {
+            !matches!(d["TrainingJobStatus"].as_str(), Some("InProgress" | "Stopping"))
+        });
+    let logs = c.logs("toolkit-in-a-container");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{logs}");
+    assert!(logs.contains("epoch=2 rows="), "the user script ran through the toolkit: {logs}");
+    assert_eq!(done["FinalMetricDataList"][0]["Value"], json!(1.0), "{done:#}");
+    let model = c.output_dir().join("blobs-logreg-baseline/toolkit-in-a-container/output/model.tar.gz");
+    assert!(model.is_file(), "{}", model.display());
+}

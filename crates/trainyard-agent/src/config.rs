@@ -85,6 +85,10 @@ pub struct Flags {
     /// user AWS).
     #[arg(long, env = "TRAINYARD_REGISTRY_AUTH")]
     pub registry_auth: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for registries, besides the system's (a registry with a
+    /// certificate of a private CA).
+    #[arg(long, env = "TRAINYARD_REGISTRY_CA")]
+    pub registry_ca: Option<PathBuf>,
     /// A registry (HOST:PORT) reached over plain HTTP instead of HTTPS (repeatable), as Docker's
     /// insecure-registries.
     #[arg(long = "insecure-registry")]
@@ -167,6 +171,7 @@ struct FileConfig {
     containerd_socket: Option<PathBuf>,
     containerd_namespace: Option<String>,
     registry_auth: Option<PathBuf>,
+    registry_ca: Option<PathBuf>,
     #[serde(default)]
     insecure_registries: Vec<String>,
     image_cache_mib: Option<u64>,
@@ -217,6 +222,7 @@ pub struct Config {
     pub containerd_socket: PathBuf,
     pub containerd_namespace: String,
     pub registry_auth: Option<PathBuf>,
+    pub registry_ca: Option<PathBuf>,
     pub insecure_registries: Vec<String>,
     pub image_cache_mib: u64,
     pub cdi_spec_dirs: Vec<PathBuf>,
@@ -291,6 +297,7 @@ impl Config {
                 .or(file.containerd_namespace)
                 .unwrap_or_else(|| "trainyard".into()),
             registry_auth: flags.registry_auth.or(file.registry_auth),
+            registry_ca: flags.registry_ca.or(file.registry_ca),
             insecure_registries: [file.insecure_registries, flags.insecure_registries].concat(),
             image_cache_mib: flags.image_cache_mib.or(file.image_cache_mib).unwrap_or(102_400),
             cdi_spec_dirs: crate::cdi::dirs(&[file.cdi_spec_dirs, flags.cdi_spec_dirs].concat()),

@@ -228,8 +228,12 @@ async fn main() -> anyhow::Result<()> {
             warn!(dirs = ?config.cdi_spec_dirs, "this host has GPUs and no CDI spec gives them to containers: jobs with GPUs in containers will fail (nvidia-ctk cdi generate --format=json)");
         }
     }
+    let registry_ca = match &config.registry_ca {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("--registry-ca {}", path.display()))?),
+        None => None,
+    };
     let images = containerd.as_ref().map(|client| {
-        let registries = registry::Registries::new(credentials, &config.insecure_registries);
+        let registries = registry::Registries::new(credentials, &config.insecure_registries, registry_ca.clone());
         image_cache::ImageCache::new(client.clone(), registries, config.image_cache_mib * 1024 * 1024)
     });
     let mut registry = prometheus_client::registry::Registry::default();
@@ -577,6 +581,9 @@ async fn wait_for_signal() {
 fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A registry's untrusted certificate fails that job's pull, which says why in its FailureReason;
+    // the verifier's own ERROR line would read as the agent's fault.
+    let filter = filter.add_directive("rustls_platform_verifier=off".parse().expect("a valid directive"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json { builder.json().init() } else { builder.init() }

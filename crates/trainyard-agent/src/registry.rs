@@ -111,10 +111,19 @@ pub struct Registries {
 }
 
 impl Registries {
-    /// `insecure`: registries (HOST:PORT) reached over plain HTTP, as Docker's `insecure-registries`.
-    pub fn new(credentials: Credentials, insecure: &[String]) -> Registries {
+    /// `insecure`: registries (HOST:PORT) reached over plain HTTP, as Docker's `insecure-registries`;
+    /// `ca_pem`: certificates to trust besides the system's.
+    pub fn new(credentials: Credentials, insecure: &[String], ca_pem: Option<Vec<u8>>) -> Registries {
+        let extra_root_certificates = ca_pem
+            .map(|data| oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data,
+            })
+            .into_iter()
+            .collect();
         let config = oci_client::client::ClientConfig {
             protocol: oci_client::client::ClientProtocol::HttpsExcept(insecure.to_vec()),
+            extra_root_certificates,
             connect_timeout: Some(Duration::from_secs(10)),
             read_timeout: Some(Duration::from_secs(60)),
             user_agent: concat!("trainyard-agent/", env!("CARGO_PKG_VERSION")),
@@ -321,7 +330,13 @@ fn failure(reference: &str, parsed: &Reference, error: OciDistributionError) -> 
             while let Some(source) = cause.source() {
                 cause = source;
             }
-            format!("ClientError: cannot reach the registry {registry} for the training image {reference}: {cause}")
+            if cause.to_string().contains("certificate") {
+                format!(
+                    "ClientError: the registry {registry}'s TLS certificate is not trusted ({cause}) for the training image {reference}: give the agent its CA (--registry-ca)"
+                )
+            } else {
+                format!("ClientError: cannot reach the registry {registry} for the training image {reference}: {cause}")
+            }
         }
         other => format!("ClientError: pulling the training image {reference} from {registry}: {other}"),
     }

@@ -81,6 +81,12 @@ impl Containerd {
         self.ids("containers")
     }
 
+    /// Imports an image layout archive (e.g. a `HostImage`'s).
+    pub fn import(&self, archive: &Path) {
+        let out = self.ctr(&["images", "import", archive.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "ctr images import: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// The names of the images in the agents' namespace.
     pub fn images(&self) -> Vec<String> {
         self.ids("images")

@@ -2,6 +2,7 @@
 //! a real PostgreSQL server in a temp dir, the real binaries, real processes.
 
 pub mod containerd;
+pub mod host_image;
 pub mod netns;
 pub mod nvml;
 pub mod postgres;

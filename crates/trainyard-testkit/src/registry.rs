@@ -1,7 +1,7 @@
 //! A real image registry of the test's own: Debian's `docker-registry` (the CNCF distribution
 //! registry) on a loopback port, its storage in a temp dir, optionally behind a password (htpasswd,
-//! bcrypt). Images are pushed with the Registry v2 API over plain HTTP; the registry's request log
-//! says what a pull fetched.
+//! bcrypt), or HTTPS with a CA of its own. Images are pushed with the Registry v2 API over plain
+//! HTTP; the registry's request log says what a pull fetched.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -20,8 +20,12 @@ const PASSWORD_BCRYPT: &str = "$2b$04$XOOg4w1.jOZSTgQvDwgdeOjM4toUspKTgW/cVrvfB7
 
 pub struct Registry {
     child: Child,
-    /// HOST:PORT on loopback.
+    /// HOST:PORT on loopback: where agents pull from.
     pub address: String,
+    /// Where the tests push (plain HTTP): `address` itself, or for a TLS registry a second
+    /// registry process serving the same storage.
+    push_address: String,
+    pusher: Option<Child>,
     dir: tempfile::TempDir,
     password: bool,
 }
@@ -29,41 +33,62 @@ pub struct Registry {
 impl Registry {
     /// Anyone may pull and push.
     pub fn start() -> Registry {
-        Registry::launch(false)
+        Registry::launch(false, false)
     }
 
     /// Only USER with PASSWORD may pull or push.
     pub fn start_with_password() -> Registry {
-        Registry::launch(true)
+        Registry::launch(true, false)
     }
 
-    fn launch(password: bool) -> Registry {
+    /// Serves HTTPS with a certificate for 127.0.0.1 from a CA of its own (`ca_file`).
+    pub fn start_with_tls() -> Registry {
+        Registry::launch(false, true)
+    }
+
+    /// The CA that signed a TLS registry's certificate (PEM).
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca/ca.pem")
+    }
+
+    fn launch(password: bool, tls: bool) -> Registry {
         let dir = tempfile::Builder::new().prefix("trainyard-registry-").tempdir().expect("temp dir");
         let address = format!("127.0.0.1:{}", crate::free_port());
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}/data\nhttp:\n  addr: {address}\n  secret: trainyard-tests\n",
-            dir.path().display()
-        );
+        let config = |address: &str| {
+            format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}/data\nhttp:\n  addr: {address}\n  secret: trainyard-tests\n",
+                dir.path().display()
+            )
+        };
+        let mut served = config(&address);
+        let (mut push_address, mut pusher) = (address.clone(), None);
+        if tls {
+            let authority = trainyard_pki::Authority::load_or_create(&dir.path().join("ca")).expect("CA");
+            let credential = authority
+                .issue_server_credential(&["127.0.0.1".to_string()], Duration::from_secs(3600))
+                .expect("certificate");
+            std::fs::write(dir.path().join("server.pem"), &credential.certificate_pem).expect("certificate");
+            std::fs::write(dir.path().join("server-key.pem"), &credential.key_pem).expect("key");
+            served.push_str(&format!(
+                "  tls:\n    certificate: {d}/server.pem\n    key: {d}/server-key.pem\n",
+                d = dir.path().display()
+            ));
+            push_address = format!("127.0.0.1:{}", crate::free_port());
+            pusher = Some(spawn(&dir, "pusher", &config(&push_address)));
+        }
         if password {
             let htpasswd = dir.path().join("htpasswd");
             std::fs::write(&htpasswd, format!("{USER}:{PASSWORD_BCRYPT}\n")).expect("htpasswd");
-            config.push_str(&format!(
+            served.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: trainyard-tests\n    path: {}\n",
                 htpasswd.display()
             ));
         }
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("config");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry (scripts/setup installs it)");
-        let registry = Registry { child, address, dir, password };
-        let up = crate::wait_until(Duration::from_secs(20), || TcpStream::connect(&registry.address).is_ok());
+        let child = spawn(&dir, "registry", &served);
+        let registry = Registry { child, address, push_address, pusher, dir, password };
+        let up = crate::wait_until(Duration::from_secs(20), || {
+            TcpStream::connect(&registry.address).is_ok() && TcpStream::connect(&registry.push_address).is_ok()
+        });
         assert!(up, "the registry did not start: {}", registry.log());
         registry
     }
@@ -76,6 +101,11 @@ impl Registry {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// The reference of REPOSITORY:TAG as agents pull it.
+    pub fn reference(&self, repository: &str, tag: &str) -> String {
+        format!("{}/{repository}:{tag}", self.address)
     }
 
     /// How many times a blob (by digest) was sent to a client in full.
@@ -101,7 +131,7 @@ impl Registry {
         } else {
             self.put_manifest(repository, tag, MANIFEST_TYPE, &image.manifest);
         }
-        format!("{}/{repository}:{tag}", self.address)
+        self.reference(repository, tag)
     }
 
     fn push_blob(&self, repository: &str, blob: &[u8]) {
@@ -109,7 +139,7 @@ impl Registry {
         assert_eq!(status, 202, "starting an upload");
         let location =
             headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("location")).map(|(_, v)| v.clone()).expect("Location");
-        let path = location.split_once(&self.address).map(|(_, p)| p.to_string()).unwrap_or(location);
+        let path = location.split_once(&self.push_address).map(|(_, p)| p.to_string()).unwrap_or(location);
         let separator = if path.contains('?') { '&' } else { '?' };
         let put = format!("{path}{separator}digest={}", digest(blob));
         let (status, _, body) = self.request("PUT", &put, Some("application/octet-stream"), blob);
@@ -130,10 +160,10 @@ impl Registry {
         content_type: Option<&str>,
         body: &[u8],
     ) -> (u16, Vec<(String, String)>, String) {
-        let mut stream = TcpStream::connect(&self.address).expect("registry");
+        let mut stream = TcpStream::connect(&self.push_address).expect("registry");
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-            self.address,
+            self.push_address,
             body.len()
         );
         if let Some(content_type) = content_type {
@@ -170,7 +200,23 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in std::iter::once(&mut self.child).chain(self.pusher.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
+}
+
+/// Starts one docker-registry with `config`, its log in `<dir>/<name>.log`.
+fn spawn(dir: &tempfile::TempDir, name: &str, config: &str) -> Child {
+    let config_path = dir.path().join(format!("{name}.yml"));
+    std::fs::write(&config_path, config).expect("config");
+    let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("log");
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("docker-registry (scripts/setup installs it)")
 }
