@@ -14,6 +14,7 @@ const IMAGE: &str = "localhost/trainyard-e2e/trainer:1";
 /// The image's training script: what SageMaker's contract gives it, then a model and output data.
 const TRAIN: &str = r#"#!/bin/sh
 echo "args=$* uid=$(id -u) gid=$(id -g)"
+echo "capeff=$(grep CapEff /proc/self/status | cut -f2)"
 echo "hyperparameters=$(cat /opt/ml/input/config/hyperparameters.json | tr -d ' \n')"
 echo "channel=$(ls /opt/ml/input/data/train) rows=$(cat /opt/ml/input/data/train/* | wc -l)"
 echo "sm_model_dir=$SM_MODEL_DIR epochs=$SM_HP_EPOCHS"
@@ -80,6 +81,7 @@ fn an_image_runs_as_a_container_with_the_sagemaker_contract(backend: Backend) {
     let logs = c.logs("in-a-container");
     assert!(logs.contains("args=train "), "the image's entrypoint, with train: {logs}");
     assert!(INSTANCE_UIDS.contains(&number_after(&logs, "uid=")), "a uid of its own, not root: {logs}");
+    assert!(logs.contains("capeff=0000000000000000"), "no capabilities: {logs}");
     assert!(logs.contains("hyperparameters={\"epochs\":\"3\"}"), "{logs}");
     assert!(logs.contains("channel=train.csv rows="), "the channel is staged at /opt/ml/input/data: {logs}");
     assert!(logs.contains("sm_model_dir=/opt/ml/model epochs=3"), "{logs}");
@@ -522,4 +524,50 @@ fn a_registry_with_a_private_ca_is_trusted_through_the_agents_registry_ca() {
     assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
     let reason = done["FailureReason"].as_str().unwrap_or_default();
     assert!(reason.contains("TLS certificate is not trusted") && reason.contains("--registry-ca"), "{reason}");
+}
+
+#[test]
+fn an_image_runs_as_root_only_where_the_agent_allows_it_and_without_capabilities() {
+    let containerd = Containerd::start();
+    containerd.import_busybox_image(IMAGE, &["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
+    let c = Coordinator::start();
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let _agent = c.start_agent_for_images_only(
+        "root-images",
+        &["--advertise-vcpus", "8", "--containerd-socket", &socket, "--root-images"],
+    );
+    let done = submit(&c, &request("as-root", IMAGE, json!({})));
+    let logs = c.logs("as-root");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{logs}");
+    assert!(logs.contains("uid=0 gid=0"), "the image names no user: root, as Docker runs it: {logs}");
+    assert!(logs.contains("capeff=0000000000000000"), "root without capabilities: {logs}");
+}
+
+#[test]
+fn latest_is_pulled_again_when_its_tag_moves_and_other_tags_are_not() {
+    let containerd = Containerd::start();
+    let registry = Registry::start();
+    let version = |n: &str| {
+        let script = format!("#!/bin/sh\necho version={n}\nmkdir -p /opt/ml/model\n");
+        BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", &script, 0o755)])
+    };
+    let (one, two) = (version("1"), version("2"));
+    let latest = registry.push("e2e/moving", "latest", &one, false);
+    let pinned = registry.push("e2e/moving", "stable", &one, false);
+    let c = Coordinator::start();
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let args = ["--advertise-vcpus", "8", "--containerd-socket", &socket, "--insecure-registry", &registry.address];
+    let _agent = c.start_agent_for_images_only("latest", &args);
+    for (name, image) in [("latest-1", &latest), ("stable-1", &pinned)] {
+        start(&c, name, image);
+        assert_eq!(wait_done(&c, name)["TrainingJobStatus"], "Completed", "{}", c.logs(name));
+        assert!(c.logs(name).contains("version=1"), "{}", c.logs(name));
+    }
+    registry.push("e2e/moving", "latest", &two, false);
+    registry.push("e2e/moving", "stable", &two, false);
+    for (name, image, expected) in [("latest-2", &latest, "version=2"), ("stable-2", &pinned, "version=1")] {
+        start(&c, name, image);
+        assert_eq!(wait_done(&c, name)["TrainingJobStatus"], "Completed", "{}", c.logs(name));
+        assert!(c.logs(name).contains(expected), "{name}: {}", c.logs(name));
+    }
 }

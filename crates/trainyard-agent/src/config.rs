@@ -97,6 +97,11 @@ pub struct Flags {
     /// `nvidia-ctk cdi generate --format=json`).
     #[arg(long = "cdi-spec-dir")]
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Images that run as root (their config names no user, or root) run as root in their
+    /// container, without capabilities and without gaining privileges, instead of as the instance's
+    /// own uid. For images that write where only root may; the job boundary is weaker.
+    #[arg(long, env = "TRAINYARD_ROOT_IMAGES")]
+    pub root_images: bool,
     /// Pulled images beyond this size (MiB, blobs and unpacked layers; default 102400) are
     /// deleted, least recently used first, never one in use.
     #[arg(long, env = "TRAINYARD_IMAGE_CACHE_MIB")]
@@ -175,6 +180,7 @@ struct FileConfig {
     #[serde(default)]
     insecure_registries: Vec<String>,
     image_cache_mib: Option<u64>,
+    root_images: Option<bool>,
     #[serde(default)]
     cdi_spec_dirs: Vec<PathBuf>,
     input_cache_mib: Option<u64>,
@@ -225,6 +231,7 @@ pub struct Config {
     pub registry_ca: Option<PathBuf>,
     pub insecure_registries: Vec<String>,
     pub image_cache_mib: u64,
+    pub root_images: bool,
     pub cdi_spec_dirs: Vec<PathBuf>,
     pub input_cache_mib: u64,
     pub uid_locks: PathBuf,
@@ -300,6 +307,7 @@ impl Config {
             registry_ca: flags.registry_ca.or(file.registry_ca),
             insecure_registries: [file.insecure_registries, flags.insecure_registries].concat(),
             image_cache_mib: flags.image_cache_mib.or(file.image_cache_mib).unwrap_or(102_400),
+            root_images: flags.root_images || file.root_images == Some(true),
             cdi_spec_dirs: crate::cdi::dirs(&[file.cdi_spec_dirs, flags.cdi_spec_dirs].concat()),
             input_cache_mib: flags.input_cache_mib.or(file.input_cache_mib).unwrap_or(20_480),
             uid_locks: flags.uid_locks.or(file.uid_locks).unwrap_or_else(|| PathBuf::from("/run/trainyard/uids")),

@@ -74,7 +74,9 @@ impl ImageCache {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<(Image, Pinned), String> {
         let pinned = self.pin(reference);
-        if let Some(image) = self.containerd.image(reference).await? {
+        if let Some(image) = self.containerd.image(reference).await?
+            && self.is_current(&image).await
+        {
             // Minutes are fine for choosing what to collect; a write per launch would not be.
             if image.last_used.is_none_or(|at| now_seconds().saturating_sub(at) >= TOUCH_EVERY_SECONDS) {
                 self.touch(reference).await;
@@ -94,6 +96,22 @@ impl ImageCache {
             }
         };
         Ok((outcome?, pinned))
+    }
+
+    /// Whether a cached image is the one to run: yes, unless it is a `:latest` whose tag has
+    /// moved in its registry since (as Kubernetes pulls `:latest` always, other tags if absent). An
+    /// unreachable registry leaves the cached one in use.
+    async fn is_current(&self, image: &Image) -> bool {
+        if !image.reference.ends_with(":latest") {
+            return true;
+        }
+        match self.registries.current_digest(&image.reference).await {
+            Ok(digest) => digest == image.digest,
+            Err(reason) => {
+                tracing::info!(image = %image.reference, %reason, "running the cached image: its registry did not say where :latest points");
+                true
+            }
+        }
     }
 
     fn pin(self: &Arc<Self>, reference: &str) -> Pinned {

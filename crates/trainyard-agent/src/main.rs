@@ -265,6 +265,7 @@ async fn main() -> anyhow::Result<()> {
         containerd,
         images,
         container_cgroups: container_cgroups.clone(),
+        root_images: config.root_images,
         cdi_dirs: config.cdi_spec_dirs.clone(),
         gpu_indexes: host.gpus.inventory().gpus.iter().map(|g| (g.uuid.clone(), g.index)).collect(),
         host_programs: config.host_programs,

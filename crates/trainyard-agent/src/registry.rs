@@ -132,6 +132,14 @@ impl Registries {
         Registries { client: Client::new(config), credentials }
     }
 
+    /// The digest `reference`'s tag points at in its registry now. `Err` is a FailureReason.
+    pub async fn current_digest(&self, reference: &str) -> Result<String, String> {
+        let parsed: Reference =
+            reference.parse().map_err(|e| format!("ClientError: {reference} is not an image reference: {e}"))?;
+        let auth = self.credentials.for_registry(parsed.registry());
+        self.client.fetch_manifest_digest(&parsed, &auth).await.map_err(|e| failure(reference, &parsed, e))
+    }
+
     /// Pulls `reference` into containerd; `progress` is told (bytes fetched, bytes to fetch).
     /// `Err` is the job's FailureReason.
     pub async fn pull(

@@ -45,6 +45,17 @@ pub struct Image {
     pub chain_id: String,
     /// When an instance last used it (seconds since the epoch; its record's label).
     pub last_used: Option<u64>,
+    /// The user its config names (`USER` of its Dockerfile; empty: root, as Docker runs it).
+    pub user: String,
+    /// What its record points at (a manifest or an index): what its registry's tag is compared to.
+    pub digest: String,
+}
+
+impl Image {
+    /// Whether Docker would run it as root: its config names no user, or root.
+    pub fn runs_as_root(&self) -> bool {
+        matches!(self.user.split(':').next().unwrap_or_default().trim(), "" | "root" | "0")
+    }
 }
 
 /// A blob as a manifest describes it.
@@ -132,6 +143,8 @@ struct RunConfig {
     env: Option<Vec<String>>,
     #[serde(rename = "WorkingDir", default)]
     working_dir: Option<String>,
+    #[serde(rename = "User", default)]
+    user: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -215,6 +228,8 @@ impl Containerd {
             working_dir: config.config.working_dir.unwrap_or_default(),
             chain_id,
             last_used: labels.get(LAST_USED_LABEL).and_then(|v| v.parse().ok()),
+            user: config.config.user.unwrap_or_default(),
+            digest: target.digest.clone(),
         }))
     }
 

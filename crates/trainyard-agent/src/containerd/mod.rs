@@ -186,6 +186,17 @@ pub fn chain_id(diff_ids: &[String]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn an_image_runs_as_root_unless_its_config_names_another_user() {
+        let image = |user: &str| super::Image { user: user.to_string(), ..Default::default() };
+        for root in ["", "root", "0", "root:root", "0:1000"] {
+            assert!(image(root).runs_as_root(), "{root:?}");
+        }
+        for other in ["1000", "trainer", "1000:0", "nobody:nogroup"] {
+            assert!(!image(other).runs_as_root(), "{other:?}");
+        }
+    }
+
+    #[test]
     fn chain_ids_follow_the_oci_definition() {
         let diffs: Vec<String> = ["sha256:aaa", "sha256:bbb"].map(String::from).to_vec();
         assert_eq!(super::chain_id(&diffs[..1]), Some("sha256:aaa".to_string()));

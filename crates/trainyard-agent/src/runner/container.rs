@@ -34,7 +34,13 @@ pub(super) async fn launch(
         ));
     };
     let (image, pinned) = images.get(reference, &mut pull_progress(reporter)).await?;
-    let identity = Identity::lease(spec, settings, dir)?;
+    // An image that runs as root does so only where the agent allows it; else as the instance's uid.
+    let identity = if settings.root_images && image.runs_as_root() {
+        tracing::info!(job = %spec.job, instance = spec.instance, image = reference, "the container runs as root (--root-images)");
+        None
+    } else {
+        Identity::lease(spec, settings, dir)?
+    };
     let hosts = dir.join(HOSTS_FILE);
     write_hosts_file(spec, &hosts, namespace.is_some()).map_err(|e| format!("writing /etc/hosts: {e}"))?;
     let id = format!("{}.algo-{}.{}", spec.job, spec.instance, spec.attempt);

@@ -103,6 +103,8 @@ pub struct Settings {
     pub containerd: Option<Arc<crate::containerd::Containerd>>,
     /// Where containers' images come from (set with `containerd`).
     pub images: Option<Arc<crate::image_cache::ImageCache>>,
+    /// Images that run as root do so in their containers (`--root-images`).
+    pub root_images: bool,
     /// The cgroups of this agent's containers.
     pub container_cgroups: Arc<ContainerCgroups>,
     /// Where the CDI specs that give containers their GPUs are (read at each launch: a driver
