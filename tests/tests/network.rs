@@ -519,3 +519,114 @@ fn a_partitioned_agent_stops_its_work_before_a_retry_runs_elsewhere() {
     assert_eq!(spans.len(), 2, "two attempts: {spans:?}");
     assert!(spans[0].1 < spans[1].0, "never both at once: {spans:?}");
 }
+
+/// What gloo (PyTorch's CPU backend) does to find its peers: each rank resolves its own host name,
+/// listens on that address, publishes `address:port` through a store on algo-1, and dials every
+/// other rank's published address. Also: the interface in SM_NETWORK_INTERFACE_NAME (gloo's
+/// GLOO_SOCKET_IFNAME, NCCL's NCCL_SOCKET_IFNAME) has that address first, reverse lookups of
+/// peers answer locally (IPv4 and v4-mapped), and what a client sees at a peer port nobody
+/// listens on.
+const RENDEZVOUS: &str = r#"#!/usr/bin/env python3
+import fcntl, os, socket, struct, sys, time
+def say(*a): print(*a, flush=True)
+host = socket.gethostname()
+me = socket.gethostbyname(host)
+ifname = os.environ["SM_NETWORK_INTERFACE_NAME"]
+probe = socket.socket()
+first = socket.inet_ntoa(fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", ifname.encode()))[20:24])
+say(f"{host} resolves={me} interface={first}")
+peers = [h for h in os.environ["SM_HOSTS"].strip("[]").replace('"', "").split(",") if h != host]
+for peer in peers:
+    address = socket.gethostbyname(peer)
+    started = time.time()
+    names = (socket.gethostbyaddr(address)[0], socket.getnameinfo(("::ffff:" + address, 0), socket.NI_NAMEREQD)[0])
+    say(f"{host} reverse {address}={names[0]} mapped={names[1]} seconds={time.time() - started:.2f}")
+data = socket.socket()
+data.bind((me, 0))
+data.listen()
+mine = f"{me}:{data.getsockname()[1]}"
+def connect(target, attempts=300):
+    for _ in range(attempts):
+        try:
+            return socket.create_connection(target, timeout=5)
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{host}: cannot reach {target}")
+if host == "algo-1":
+    store = socket.socket()
+    store.bind(("0.0.0.0", 29500))
+    store.listen()
+    conn, _ = store.accept()
+    theirs = conn.recv(100).decode()
+    conn.sendall(mine.encode())
+    conn.close()
+else:
+    # Before algo-1 listens, its agent resets the connection: retried, as store clients do.
+    while True:
+        try:
+            conn = connect(("algo-1", 29500))
+            conn.sendall(mine.encode())
+            theirs = conn.recv(100).decode()
+            conn.close()
+            if theirs:
+                break
+        except ConnectionResetError:
+            pass
+        time.sleep(0.1)
+say(f"{host} published={mine} peer-published={theirs}")
+a, p = theirs.rsplit(":", 1)
+out = connect((a, int(p)))
+out.sendall(f"token-from-{host}".encode())
+inbound, _ = data.accept()
+say(f"{host} got={inbound.recv(100).decode()}")
+out.close()
+if host == "algo-2":
+    # A peer port nobody listens on.
+    try:
+        s = socket.create_connection(("algo-1", 1), timeout=5)
+        try:
+            outcome = "eof" if s.recv(1) == b"" else "data"
+        except ConnectionResetError:
+            outcome = "reset"
+    except ConnectionRefusedError:
+        outcome = "refused"
+    except OSError as e:
+        outcome = f"error:{e}"
+    say(f"closed-port={outcome}")
+"#;
+
+#[test]
+fn each_instance_is_its_algo_n_host_and_a_gloo_style_rendezvous_completes() {
+    let mut lan = lan_or_explain();
+    let c = Coordinator::start_for_lan(&[]);
+    let (a, b) = (lan.add_host(), lan.add_host());
+    let _agent_a = c.start_agent_on(&a, &lan, "host-a", &["--advertise-vcpus", "8"]);
+    let _agent_b = c.start_agent_on(&b, &lan, "host-b", &["--advertise-vcpus", "8"]);
+    let program = c.install_program("rendezvous.py", RENDEZVOUS);
+    for (name, encrypted, isolated) in
+        [("gloo-plain", false, false), ("gloo-encrypted", true, false), ("gloo-isolated", true, true)]
+    {
+        let mut request = job(&c, name, 2, json!({}));
+        request["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+        request["EnableInterContainerTrafficEncryption"] = json!(encrypted);
+        request["EnableNetworkIsolation"] = json!(isolated);
+        submit(&c, &request);
+        let described = finished(&c, name);
+        let text = c.logs(name);
+        assert_eq!(described["TrainingJobStatus"], "Completed", "{described:#}\n{text}");
+        for (n, other) in [(1, 2), (2, 1)] {
+            let address = format!("10.254.0.{n}");
+            assert!(text.contains(&format!("algo-{n} resolves={address} interface={address}")), "{text}");
+            assert!(
+                text.contains(&format!(
+                    "algo-{n} reverse 10.254.0.{other}=algo-{other} mapped=algo-{other} seconds=0.0"
+                )),
+                "{text}"
+            );
+            assert!(text.contains(&format!("algo-{n} got=token-from-algo-{other}")), "{text}");
+        }
+        // The local agent accepts at once (it cannot know yet), then resets before any data when
+        // the peer's agent finds nothing listening: not an ordinary end of the connection.
+        assert!(text.contains("closed-port=reset"), "{text}");
+    }
+}

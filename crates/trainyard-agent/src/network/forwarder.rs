@@ -144,6 +144,9 @@ impl Forwarder {
             )));
         }
         let header = Header { job: job.to_string(), from, to, port: original.port() };
+        // Until the peer's agent says its end is connected, closing this connection resets it:
+        // for the program, a peer port nobody listens on looks refused, not accepted and ended.
+        let _ = local.set_zero_linger();
         let remote = TcpStream::connect(&address).await.map_err(|e| format!("connecting to {address}: {e}"))?;
         let _ = remote.set_nodelay(true);
         let _ = local.set_nodelay(true);
@@ -304,8 +307,26 @@ async fn splice_after_header<S: AsyncRead + AsyncWrite + Unpin>(
     if answer != "OK" {
         return Err(PeerError::Refused(format!("the peer's agent refused: {answer}")));
     }
+    // Connected end to end: from now on either side's close is an ordinary one.
+    default_linger(&local);
     let _ = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut remote, SPLICE_BUFFER, SPLICE_BUFFER).await;
     Ok(())
+}
+
+/// Turns SO_LINGER off again (the default: close sends FIN, in the background).
+fn default_linger(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let off = libc::linger { l_onoff: 0, l_linger: 0 };
+    // SAFETY: setsockopt on a socket we own, with a linger struct of the size given.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&off as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
 
 async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Header, String> {

@@ -155,6 +155,7 @@ impl Network {
         };
         if keep
             && !occupied(&network.path())
+            && !has_connections(&network.path())
             && let Ok(mut idle) = self.idle.lock()
         {
             idle.push(network);
@@ -162,6 +163,20 @@ impl Network {
         }
         network.destroy().await;
     }
+}
+
+/// Whether TCP connections of an ended instance linger in the namespace at `path` (TIME_WAIT and
+/// the like, for a minute): the next instance there could not bind their ports. Only listeners
+/// (the agent's forwarder) may be left.
+fn has_connections(path: &Path) -> bool {
+    let listed = in_namespace(path, || {
+        let mut text = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
+        text.push_str(&std::fs::read_to_string("/proc/thread-self/net/tcp6").unwrap_or_default());
+        Ok(text)
+    });
+    let Ok(text) = listed else { return true };
+    // `sl local_address rem_address st ...`: st 0A is LISTEN.
+    text.lines().filter_map(|line| line.split_whitespace().nth(3)).any(|state| state != "st" && state != "0A")
 }
 
 /// Whether any process still lives in the network namespace at `path`.
@@ -199,8 +214,11 @@ impl InstanceNetwork {
     /// A namespace an earlier instance used, for instance `own`: its own `algo-N` address on
     /// loopback, a new forwarder listener, the rules replaced in one transaction.
     async fn reuse(&self, own: u32, egress: &Egress) -> Result<std::net::TcpListener, String> {
-        let address = format!("addr flush dev lo scope global\naddr add {}/32 dev lo\n", plan::peer_address(own));
-        run_ip(&["-n", &self.namespace, "-batch", "-"], Some(&address)).await?;
+        run_ip(
+            &["-n", &self.namespace, "-batch", "-"],
+            Some(&format!("addr flush dev eth0\n{}", addresses(self.slot, own))),
+        )
+        .await?;
         let (listener, port) = self.arm(own, egress).await?;
         debug!(namespace = %self.namespace, slot = self.slot, forwarder_port = port, ?egress, "idle instance network reused");
         Ok(listener)
@@ -219,14 +237,10 @@ impl InstanceNetwork {
     /// Moves the veth's far end into a new namespace, addresses both ends, loads the rules and opens
     /// the forwarder's listener inside. Returns that listener.
     async fn configure(&self, slot: u32, own: u32, egress: &Egress) -> Result<std::net::TcpListener, String> {
-        let (host_ip, ns_ip) = plan::slot_addresses(slot);
+        let (host_ip, _) = plan::slot_addresses(slot);
         let host_side = format!("addr add {host_ip}/30 dev {veth}\nlink set {veth} up\n", veth = self.veth);
         run_ip(&["-batch", "-"], Some(&host_side)).await?;
-        let inside = format!(
-            "link set lo up\naddr add {ns_ip}/30 dev eth0\nlink set eth0 up\n\
-             addr add {peer}/32 dev lo\nroute add default via {host_ip}\n",
-            peer = plan::peer_address(own),
-        );
+        let inside = format!("link set lo up\nlink set eth0 up\n{}", addresses(slot, own));
         run_ip(&["-n", &self.namespace, "-batch", "-"], Some(&inside)).await?;
         let (listener, port) = self.arm(own, egress).await?;
         debug!(namespace = %self.namespace, slot, forwarder_port = port, ?egress, "instance network ready");
@@ -238,6 +252,17 @@ impl InstanceNetwork {
         remove(&self.namespace, &self.veth).await;
         let _ = std::fs::remove_file(&self.record);
     }
+}
+
+/// `ip` commands addressing `eth0` inside an instance's namespace: its `algo-N` address first (what
+/// frameworks told `SM_NETWORK_INTERFACE_NAME=eth0` find, bind and publish to their peers), then
+/// the veth's own /30, which the default route leaves from.
+fn addresses(slot: u32, own: u32) -> String {
+    let (host_ip, ns_ip) = plan::slot_addresses(slot);
+    format!(
+        "addr add {peer}/32 dev eth0\naddr add {ns_ip}/30 dev eth0\nroute replace default via {host_ip} src {ns_ip}\n",
+        peer = plan::peer_address(own)
+    )
 }
 
 async fn remove(namespace: &str, veth: &str) {

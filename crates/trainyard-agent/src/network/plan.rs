@@ -84,8 +84,13 @@ pub fn instance_of(address: Ipv4Addr) -> Option<u32> {
 pub fn hosts_file(base: &str, instance_count: u32) -> String {
     let mut text = base.trim_end().to_string();
     text.push('\n');
+    // v4-mapped too: reverse lookups of `::ffff:10.254.0.N` (a dual-stack listener's view of a
+    // peer) are answered here, not by a nameserver an isolated instance cannot reach.
     for n in 1..=instance_count {
         text.push_str(&format!("{} algo-{n}\n", peer_address(n)));
+    }
+    for n in 1..=instance_count {
+        text.push_str(&format!("::ffff:{} algo-{n}\n", peer_address(n)));
     }
     text
 }
@@ -324,6 +329,7 @@ mod tests {
         let text = hosts_file("127.0.0.1 localhost\n", 3);
         assert!(text.starts_with("127.0.0.1 localhost\n"));
         assert!(text.contains("10.254.0.1 algo-1\n") && text.contains("10.254.0.3 algo-3\n"));
+        assert!(text.contains("::ffff:10.254.0.2 algo-2\n"), "v4-mapped, for reverse lookups: {text}");
         assert!(!text.contains("algo-4"));
     }
 

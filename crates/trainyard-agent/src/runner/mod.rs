@@ -159,7 +159,7 @@ fn write_hosts_file(spec: &InstanceSpec, path: &std::path::Path, own_namespace: 
     let entries = if own_namespace {
         crate::network::plan::hosts_file(&base, spec.hosts.len() as u32)
     } else {
-        format!("{}\n127.0.0.1 algo-{}\n", base.trim_end(), spec.instance)
+        format!("{}\n127.0.0.1 algo-{n}\n::ffff:127.0.0.1 algo-{n}\n", base.trim_end(), n = spec.instance)
     };
     std::fs::write(path, entries)
 }

@@ -95,7 +95,8 @@ pub(super) async fn launch(
     }
     // A private mount namespace per instance: the work dir at /opt/ml, so code with hard-coded
     // /opt/ml paths runs unchanged and no instance sees another's, and a private /etc/hosts where
-    // `algo-N` resolve (training toolkits wait for every host in SM_HOSTS to resolve).
+    // `algo-N` resolve (training toolkits wait for every host in SM_HOSTS to resolve); and a UTS
+    // namespace whose host name is `algo-N`.
     if settings.opt_ml || namespace.is_some() {
         let source = c_string(dir);
         let target = c_string(OPT_ML);
@@ -115,10 +116,15 @@ pub(super) async fn launch(
         let tmpfs = c_string("tmpfs");
         let shm_options = c_string("mode=1777");
         let has_shm = Path::new("/dev/shm").is_dir();
+        // Its own host name, as on SageMaker: what frameworks resolve to find their own address.
+        let hostname = format!("algo-{}", spec.instance).into_bytes();
         // SAFETY: only syscalls (unshare, mount, chdir) on CStrings prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC) != 0 {
+                if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::sethostname(hostname.as_ptr().cast(), hostname.len()) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 mount(None, &root, None, libc::MS_REC | libc::MS_PRIVATE, None)?;
