@@ -193,3 +193,20 @@ fn watch_waits_for_a_restarted_coordinator() {
     let described: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(described["HyperParameterTuningJobStatus"], "Completed", "{described:#}");
 }
+
+#[test]
+fn a_coordinator_whose_database_is_down_says_why_at_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("postgres://trainyard:s3cret-password@127.0.0.1:{}/trainyard", trainyard_testkit::free_port());
+    let out = std::process::Command::new(trainyard_testkit::binary("trainyard-coordinator"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--database-url", &url])
+        .env("TRAINYARD_LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("run the coordinator");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "the real error, not the pool's time-out: {stderr}");
+    assert!(!stderr.contains("s3cret-password"), "{stderr}");
+}

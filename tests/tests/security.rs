@@ -474,3 +474,61 @@ write = ["s3://trainyard-output/"]
         out.stderr()
     );
 }
+
+#[test]
+fn every_call_that_changes_something_is_audited_once_with_who_and_how_it_ended() {
+    let c = Coordinator::start_with_args(&["--log-format", "json"]);
+    let (alice, _) = token(&c, "alice", "submit", &[]);
+    let (reader, _) = token(&c, "reader", "read", &[]);
+    let request = |name: &str| {
+        let mut r: Value =
+            serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+        r["TrainingJobName"] = json!(name);
+        c.write(&format!("{name}.json"), &r.to_string())
+    };
+    let (audited, bad) = (request("audited"), request("bad name!"));
+    c.cli_as(&alice, &["training-jobs", "create", "--file", path(&audited)]).assert_success();
+    assert!(!c.cli_as(&alice, &["training-jobs", "create", "--file", path(&audited)]).0.status.success());
+    assert!(!c.cli_as(&alice, &["training-jobs", "create", "--file", path(&bad)]).0.status.success());
+    assert!(!c.cli_as(&reader, &["training-jobs", "stop", "audited"]).0.status.success());
+    assert!(!c.cli_as("not-a-token", &["training-jobs", "stop", "audited"]).0.status.success());
+    c.cli_as(&alice, &["training-jobs", "stop", "audited"]).assert_success();
+    // Cordoning an agent before it joins is allowed; revoking a token nobody has is not.
+    c.cli(&["agents", "cordon", "gpu-7"]).assert_success();
+    assert!(!c.cli(&["tokens", "revoke", "no-such-token"]).0.status.success());
+    // Reads are not audited.
+    c.cli_as(&alice, &["training-jobs", "describe", "audited"]).assert_success();
+
+    let entries: Vec<Value> = c
+        .daemon
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["target"] == "audit")
+        .map(|l| l["fields"].clone())
+        .collect();
+    let seen: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            format!("{} {} {} {} {}", e["user"], e["scope"], e["operation"], e["resource"], e["outcome"])
+                .replace('"', "")
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "e2e admin CreateToken user alice (submit) ok",
+            "e2e admin CreateToken user reader (read) ok",
+            "alice submit CreateTrainingJob audited ok",
+            "alice submit CreateTrainingJob audited AlreadyExists",
+            "alice submit CreateTrainingJob bad name! InvalidArgument",
+            "reader read StopTrainingJob audited PermissionDenied",
+            "- - StopTrainingJob audited Unauthenticated",
+            "alice submit StopTrainingJob audited ok",
+            "e2e admin CordonAgent gpu-7 (cordon) ok",
+            "e2e admin RevokeToken no-such-token NotFound",
+        ],
+        "{entries:#?}"
+    );
+    assert!(entries[4]["error"].as_str().is_some_and(|e| e.contains("TrainingJobName")), "{:#}", entries[4]);
+}

@@ -14,6 +14,7 @@ use trainyard_proto::pb;
 use trainyard_proto::status::to_status;
 use trainyard_store::TokenRecord;
 
+use crate::audit;
 use crate::auth::Auth;
 use crate::events::Event;
 
@@ -54,6 +55,22 @@ impl AccessService {
         caller.require(Scope::Admin, operation).map_err(|e| refused(operation, e))?;
         Ok(caller)
     }
+
+    /// `admin` for a call that changes something: a refusal is recorded in the audit trail here,
+    /// the outcome by the caller (with `audit::record`).
+    async fn admin_change<T>(&self, operation: &str, resource: &str, request: &Request<T>) -> Result<Caller, Status> {
+        let caller = self
+            .auth
+            .caller(request)
+            .await
+            .map_err(|e| refused(operation, e))
+            .inspect_err(|status| audit::record(None, operation, resource, audit::refused(status)))?;
+        caller
+            .require(Scope::Admin, operation)
+            .map_err(|e| refused(operation, e))
+            .inspect_err(|status| audit::record(Some(&caller), operation, resource, audit::refused(status)))?;
+        Ok(caller)
+    }
 }
 
 #[tonic::async_trait]
@@ -71,21 +88,28 @@ impl pb::access_server::Access for AccessService {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        self.admin("CreateToken", &request).await?;
+        let resource = format!("user {} ({})", request.get_ref().user, request.get_ref().scope);
+        let caller = self.admin_change("CreateToken", &resource, &request).await?;
         let r = request.into_inner();
-        let scope = r.scope.parse::<Scope>().map_err(|e| refused("CreateToken", DomainError::invalid("Scope", e)))?;
-        let (token, record, access) = self
-            .auth
-            .create_api_token(&r.user, scope, &r.description, lifetime(r.expires_in_seconds), r.access_key)
-            .await
-            .map_err(|e| refused("CreateToken", e))?;
-        let (access_key_id, secret_access_key) = access.unwrap_or_default();
-        Ok(Response::new(pb::CreateTokenResponse {
-            token,
-            info: Some(token_info(&record)),
-            access_key_id,
-            secret_access_key,
-        }))
+        let created = async {
+            let scope =
+                r.scope.parse::<Scope>().map_err(|e| refused("CreateToken", DomainError::invalid("Scope", e)))?;
+            let (token, record, access) = self
+                .auth
+                .create_api_token(&r.user, scope, &r.description, lifetime(r.expires_in_seconds), r.access_key)
+                .await
+                .map_err(|e| refused("CreateToken", e))?;
+            let (access_key_id, secret_access_key) = access.unwrap_or_default();
+            Ok(Response::new(pb::CreateTokenResponse {
+                token,
+                info: Some(token_info(&record)),
+                access_key_id,
+                secret_access_key,
+            }))
+        }
+        .await;
+        audit::record(Some(&caller), "CreateToken", &resource, audit::of(&created));
+        created
     }
 
     async fn list_tokens(
@@ -101,24 +125,32 @@ impl pb::access_server::Access for AccessService {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        self.admin("RevokeToken", &request).await?;
-        self.auth.revoke_token(&request.into_inner().id).await.map_err(|e| refused("RevokeToken", e))?;
-        Ok(Response::new(pb::RevokeTokenResponse {}))
+        let id = request.get_ref().id.clone();
+        let caller = self.admin_change("RevokeToken", &id, &request).await?;
+        let revoked = self.auth.revoke_token(&id).await.map_err(|e| refused("RevokeToken", e));
+        audit::record(Some(&caller), "RevokeToken", &id, audit::of(&revoked));
+        revoked.map(|()| Response::new(pb::RevokeTokenResponse {}))
     }
 
     async fn create_join_token(
         &self,
         request: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        let caller = self.admin("CreateJoinToken", &request).await?;
+        let resource = match request.get_ref().agent_id.as_str() {
+            "" => "any agent".to_string(),
+            agent => format!("agent {agent}"),
+        };
+        let caller = self.admin_change("CreateJoinToken", &resource, &request).await?;
         let r = request.into_inner();
         let user = if caller.user.is_empty() { "admin" } else { caller.user.as_str() };
         let agent_id = (!r.agent_id.is_empty()).then_some(r.agent_id.as_str());
-        let (token, record) = self
+        let created = self
             .auth
             .create_join_token(user, &r.description, lifetime(r.expires_in_seconds), r.uses, agent_id)
             .await
-            .map_err(|e| refused("CreateJoinToken", e))?;
+            .map_err(|e| refused("CreateJoinToken", e));
+        audit::record(Some(&caller), "CreateJoinToken", &resource, audit::of(&created));
+        let (token, record) = created?;
         Ok(Response::new(pb::CreateTokenResponse { token, info: Some(token_info(&record)), ..Default::default() }))
     }
 
@@ -126,9 +158,11 @@ impl pb::access_server::Access for AccessService {
         &self,
         request: Request<pb::RevokeAgentRequest>,
     ) -> Result<Response<pb::RevokeAgentResponse>, Status> {
-        self.admin("RevokeAgent", &request).await?;
-        let agent = request.into_inner().agent_id;
-        self.auth.revoke_agent(&agent).await.map_err(|e| refused("RevokeAgent", e))?;
+        let agent = request.get_ref().agent_id.clone();
+        let caller = self.admin_change("RevokeAgent", &agent, &request).await?;
+        let revoked = self.auth.revoke_agent(&agent).await.map_err(|e| refused("RevokeAgent", e));
+        audit::record(Some(&caller), "RevokeAgent", &agent, audit::of(&revoked));
+        revoked?;
         // The loop stops its instances, closes its stream and fails or retries its jobs.
         let _ = self.events.send(Event::AgentRevoked(agent));
         Ok(Response::new(pb::RevokeAgentResponse {}))
@@ -138,14 +172,21 @@ impl pb::access_server::Access for AccessService {
         &self,
         request: Request<pb::CordonAgentRequest>,
     ) -> Result<Response<pb::CordonAgentResponse>, Status> {
-        let caller = self.admin("CordonAgent", &request).await?;
+        let r = request.get_ref();
+        let resource = match r.deadline_seconds {
+            0 => format!("{} ({})", r.agent_id, r.action),
+            seconds => format!("{} ({}, deadline {seconds} s)", r.agent_id, r.action),
+        };
+        let caller = self.admin_change("CordonAgent", &resource, &request).await?;
         let r = request.into_inner();
         let deadline = (r.deadline_seconds > 0).then(|| Duration::from_secs(r.deadline_seconds));
-        let cordon = self
+        let cordoned = self
             .auth
             .cordon_agent(&r.agent_id, &r.action, deadline, &caller)
             .await
-            .map_err(|e| refused("CordonAgent", e))?;
+            .map_err(|e| refused("CordonAgent", e));
+        audit::record(Some(&caller), "CordonAgent", &resource, audit::of(&cordoned));
+        let cordon = cordoned?;
         // Placement sees it from the next pass on.
         let _ = self.events.send(Event::CordonChanged { agent: r.agent_id, cordon });
         Ok(Response::new(pb::CordonAgentResponse {}))

@@ -11,6 +11,7 @@ use trainyard_proto::pb::hyper_parameter_tuning_server::HyperParameterTuning;
 use trainyard_proto::pb::training_server::Training;
 use trainyard_proto::status::to_status;
 
+use crate::audit;
 use crate::auth::Auth;
 use crate::core::Coordinator;
 
@@ -41,6 +42,31 @@ async fn caller<T>(
     })
 }
 
+/// The caller of a call that changes something; a refusal is audited here, the outcome by
+/// [`audited`].
+async fn audited_caller<T>(
+    auth: &Auth,
+    operation: &str,
+    resource: &str,
+    request: &Request<T>,
+) -> Result<trainyard_model::access::Caller, Status> {
+    caller(auth, operation, request)
+        .await
+        .inspect_err(|status| audit::record(None, operation, resource, audit::refused(status)))
+}
+
+/// `respond`, with the answer recorded in the audit trail.
+fn audited<M, P: From<M>>(
+    who: &trainyard_model::access::Caller,
+    operation: &str,
+    resource: &str,
+    result: Result<M, DomainError>,
+) -> Result<Response<P>, Status> {
+    let response = respond(operation, result);
+    audit::record(Some(who), operation, resource, audit::of(&response));
+    response
+}
+
 pub struct TuningService(pub Arc<Coordinator>, pub Arc<Auth>);
 
 #[tonic::async_trait]
@@ -49,8 +75,10 @@ impl HyperParameterTuning for TuningService {
         &self,
         request: Request<pb::CreateHyperParameterTuningJobRequest>,
     ) -> Result<Response<pb::CreateHyperParameterTuningJobResponse>, Status> {
-        let who = caller(&self.1, "CreateHyperParameterTuningJob", &request).await?;
-        respond("CreateHyperParameterTuningJob", self.0.create_tuning_job(&who, request.into_inner().into()).await)
+        let name = request.get_ref().hyper_parameter_tuning_job_name.clone().unwrap_or_default();
+        let who = audited_caller(&self.1, "CreateHyperParameterTuningJob", &name, &request).await?;
+        let result = self.0.create_tuning_job(&who, request.into_inner().into()).await;
+        audited(&who, "CreateHyperParameterTuningJob", &name, result)
     }
 
     async fn describe_hyper_parameter_tuning_job(
@@ -73,9 +101,10 @@ impl HyperParameterTuning for TuningService {
         &self,
         request: Request<pb::StopHyperParameterTuningJobRequest>,
     ) -> Result<Response<pb::StopHyperParameterTuningJobResponse>, Status> {
-        let who = caller(&self.1, "StopHyperParameterTuningJob", &request).await?;
+        let name = request.get_ref().hyper_parameter_tuning_job_name.clone().unwrap_or_default();
+        let who = audited_caller(&self.1, "StopHyperParameterTuningJob", &name, &request).await?;
         let result = self.0.stop_tuning_job(&who, request.into_inner().into()).await;
-        respond("StopHyperParameterTuningJob", result.map(|()| pb::StopHyperParameterTuningJobResponse {}))
+        audited(&who, "StopHyperParameterTuningJob", &name, result.map(|()| pb::StopHyperParameterTuningJobResponse {}))
     }
 
     async fn list_training_jobs_for_hyper_parameter_tuning_job(
@@ -98,8 +127,10 @@ impl Training for TrainingService {
         &self,
         request: Request<pb::CreateTrainingJobRequest>,
     ) -> Result<Response<pb::CreateTrainingJobResponse>, Status> {
-        let who = caller(&self.1, "CreateTrainingJob", &request).await?;
-        respond("CreateTrainingJob", self.0.create_training_job(&who, request.into_inner().into()).await)
+        let name = request.get_ref().training_job_name.clone().unwrap_or_default();
+        let who = audited_caller(&self.1, "CreateTrainingJob", &name, &request).await?;
+        let result = self.0.create_training_job(&who, request.into_inner().into()).await;
+        audited(&who, "CreateTrainingJob", &name, result)
     }
 
     async fn describe_training_job(
@@ -122,9 +153,10 @@ impl Training for TrainingService {
         &self,
         request: Request<pb::StopTrainingJobRequest>,
     ) -> Result<Response<pb::StopTrainingJobResponse>, Status> {
-        let who = caller(&self.1, "StopTrainingJob", &request).await?;
+        let name = request.get_ref().training_job_name.clone().unwrap_or_default();
+        let who = audited_caller(&self.1, "StopTrainingJob", &name, &request).await?;
         let result = self.0.stop_training_job(&who, request.into_inner().into()).await;
-        respond("StopTrainingJob", result.map(|()| pb::StopTrainingJobResponse {}))
+        audited(&who, "StopTrainingJob", &name, result.map(|()| pb::StopTrainingJobResponse {}))
     }
 
     async fn get_training_job_logs(

@@ -6,6 +6,7 @@
 mod access;
 mod admin;
 mod agents;
+mod audit;
 mod auth;
 mod config;
 mod core;

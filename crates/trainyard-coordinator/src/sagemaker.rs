@@ -22,6 +22,7 @@ use trainyard_proto::status::classify;
 
 use trainyard_model::access::Caller;
 
+use crate::audit;
 use crate::core::{Coordinator, now};
 use crate::sigv4::{self, SigV4Error};
 
@@ -130,6 +131,22 @@ fn ok(value: &impl Serialize) -> Response {
     }
 }
 
+/// The operations that change something (audited).
+const MUTATING: [&str; 4] =
+    ["CreateHyperParameterTuningJob", "StopHyperParameterTuningJob", "CreateTrainingJob", "StopTrainingJob"];
+
+/// The job a request names, for the audit trail (whatever the body, valid or not).
+fn resource_of(body: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    ["TrainingJobName", "HyperParameterTuningJobName"]
+        .iter()
+        .find_map(|key| value.get(key).and_then(|v| v.as_str()))
+        .unwrap_or_default()
+        .chars()
+        .take(256)
+        .collect()
+}
+
 /// The request body as the operation's input shape; the message says what does not fit.
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let body = if body.is_empty() { b"{}".as_slice() } else { body };
@@ -147,6 +164,15 @@ async fn handle(
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
         .collect();
+    // Calls that change something are recorded in the audit trail, refused ones too.
+    let target = lowered.get("x-amz-target").and_then(|t| t.strip_prefix("SageMaker.")).unwrap_or_default().to_string();
+    let audited = MUTATING.contains(&target.as_str());
+    let resource = if audited { resource_of(&body) } else { String::new() };
+    let audit = |who: Option<&Caller>, outcome: Result<(), (&str, &str)>| {
+        if audited {
+            audit::record(who, &target, &resource, outcome);
+        }
+    };
     let now_seconds = now().millis() / 1000;
     // The key's secret and who it acts as: a configured key, or one issued with an API token.
     let key_id = sigv4::access_key_id(&lowered).unwrap_or_default();
@@ -179,15 +205,14 @@ async fn handle(
                     "InvalidSignatureException"
                 }
             };
+            audit(None, Err((name, &e.to_string())));
             return error(StatusCode::FORBIDDEN, name, e.to_string());
         }
     };
     let Some(caller) = caller.as_ref() else {
-        return error(
-            StatusCode::FORBIDDEN,
-            "UnrecognizedClientException",
-            format!("access key {key} is not configured"),
-        );
+        let message = format!("access key {key} is not configured");
+        audit(None, Err(("UnrecognizedClientException", &message)));
+        return error(StatusCode::FORBIDDEN, "UnrecognizedClientException", message);
     };
     if method != Method::POST {
         return error(StatusCode::METHOD_NOT_ALLOWED, "UnknownOperationException", "use POST /");
@@ -205,19 +230,37 @@ async fn handle(
         ($method:ident) => {
             match parse(&body) {
                 Ok(request) => match c.$method(caller, request).await {
-                    Ok(response) => ok(&response),
-                    Err(e) => domain_error(&e),
+                    Ok(response) => {
+                        audit(Some(caller), Ok(()));
+                        ok(&response)
+                    }
+                    Err(e) => {
+                        audit(Some(caller), Err((classify(&e).1, &e.to_string())));
+                        domain_error(&e)
+                    }
                 },
-                Err(message) => error(StatusCode::BAD_REQUEST, "SerializationException", message),
+                Err(message) => {
+                    audit(Some(caller), Err(("SerializationException", &message)));
+                    error(StatusCode::BAD_REQUEST, "SerializationException", message)
+                }
             }
         };
         ($method:ident, empty) => {
             match parse(&body) {
                 Ok(request) => match c.$method(caller, request).await {
-                    Ok(()) => ok(&json!({})),
-                    Err(e) => domain_error(&e),
+                    Ok(()) => {
+                        audit(Some(caller), Ok(()));
+                        ok(&json!({}))
+                    }
+                    Err(e) => {
+                        audit(Some(caller), Err((classify(&e).1, &e.to_string())));
+                        domain_error(&e)
+                    }
                 },
-                Err(message) => error(StatusCode::BAD_REQUEST, "SerializationException", message),
+                Err(message) => {
+                    audit(Some(caller), Err(("SerializationException", &message)));
+                    error(StatusCode::BAD_REQUEST, "SerializationException", message)
+                }
             }
         };
     }

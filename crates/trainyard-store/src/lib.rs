@@ -125,6 +125,8 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database unreachable: {0}")]
+    Unreachable(String),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -136,6 +138,7 @@ impl From<StoreError> for DomainError {
             StoreError::Database(
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_),
             ) => DomainError::Unavailable(e.to_string()),
+            StoreError::Unreachable(_) => DomainError::Unavailable(e.to_string()),
             other => DomainError::Internal(other.to_string()),
         }
     }

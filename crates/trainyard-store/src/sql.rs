@@ -138,6 +138,18 @@ fn inserted<T>(result: Result<T, sqlx::Error>, kind: ResourceKind, name: &str) -
     }
 }
 
+/// A database URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@')) else { return url.to_string() };
+    if at < scheme {
+        return url.to_string();
+    }
+    match url[scheme + 3..at].split_once(':') {
+        Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+        None => url.to_string(),
+    }
+}
+
 impl SqlStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
@@ -170,6 +182,17 @@ impl SqlStore {
             }),
             Backend::Postgres => AnyPoolOptions::new().max_connections(16),
         };
+        if backend == Backend::Postgres {
+            // One connection first, so that a server that is down or refuses us says so at once
+            // ("Connection refused", a wrong password) instead of the pool's "timed out" 30 s later.
+            use sqlx::Connection;
+            let first = tokio::time::timeout(std::time::Duration::from_secs(10), sqlx::AnyConnection::connect(&url))
+                .await
+                .map_err(|_| {
+                    StoreError::Unreachable(format!("no answer from PostgreSQL at {} within 10 s", redacted(&url)))
+                })?;
+            first?.close().await?;
+        }
         let pool = options.connect(&url).await?;
         match backend {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
@@ -756,5 +779,15 @@ impl Store for SqlStore {
                 .execute(&self.pool)
                 .await?;
         Ok(result.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_left_out_of_messages() {
+        assert_eq!(super::redacted("postgres://ty:s3cret@db:5432/ty"), "postgres://ty:***@db:5432/ty");
+        assert_eq!(super::redacted("postgres://ty@db/ty"), "postgres://ty@db/ty");
+        assert_eq!(super::redacted("postgres://db/ty"), "postgres://db/ty");
     }
 }
