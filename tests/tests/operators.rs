@@ -28,7 +28,10 @@ fn sample(page: &str, name: &str) -> Option<f64> {
     page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-on_both_backends!(both_daemons_serve_metrics_health_and_readiness);
+on_both_backends!(
+    both_daemons_serve_metrics_health_and_readiness,
+    ended_jobs_leave_after_their_retention_and_ended_tuning_jobs_can_be_deleted
+);
 
 fn both_daemons_serve_metrics_health_and_readiness(backend: Backend) {
     let coordinator_metrics = format!("127.0.0.1:{}", free_port());
@@ -209,4 +212,63 @@ fn a_coordinator_whose_database_is_down_says_why_at_once() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("Connection refused"), "the real error, not the pool's time-out: {stderr}");
     assert!(!stderr.contains("s3cret-password"), "{stderr}");
+}
+
+fn ended_jobs_leave_after_their_retention_and_ended_tuning_jobs_can_be_deleted(backend: Backend) {
+    let c = Coordinator::start_on_with_args(backend, &["--job-retention", "8s", "--log-retention", "2s"]);
+    let _agent = c.start_agent("keeper", &["--advertise-vcpus", "16"], &[]);
+    let trainer = c.install_program("trainer.py", TEST_TRAINER);
+    let mut r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    r["TrainingJobName"] = json!("short-lived");
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(trainer);
+    let file = c.write("short-lived.json", &r.to_string());
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    t["HyperParameterTuningJobName"] = json!("deleted-tuning");
+    t["HyperParameterTuningJobConfig"]["ResourceLimits"] =
+        json!({"MaxNumberOfTrainingJobs": 2, "MaxParallelTrainingJobs": 2});
+    t["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] = json!(trainer);
+    let file = c.write("deleted-tuning.json", &t.to_string());
+    c.cli(&["tuning-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+
+    // A tuning job is deleted only once it has ended.
+    let refused = c.cli(&["tuning-jobs", "delete", "deleted-tuning"]);
+    let tuning = c.json(&["tuning-jobs", "describe", "deleted-tuning"]);
+    if tuning["HyperParameterTuningJobStatus"] == "InProgress" {
+        assert!(!refused.0.status.success(), "deleted while it ran");
+        assert!(refused.stderr().contains("wait for it to end"), "{}", refused.stderr());
+    }
+    let done = c.wait_json_for(Duration::from_secs(60), &["tuning-jobs", "describe", "deleted-tuning"], |d| {
+        d["HyperParameterTuningJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
+    let trials = c.json(&["tuning-jobs", "trials", "deleted-tuning"]);
+    let trial = trials["TrainingJobSummaries"][0]["TrainingJobName"].as_str().expect("a trial").to_string();
+    c.cli(&["tuning-jobs", "delete", "deleted-tuning"]).assert_success();
+    assert!(!c.cli(&["tuning-jobs", "describe", "deleted-tuning"]).0.status.success(), "deleted");
+    assert!(c.cli(&["training-jobs", "describe", &trial]).0.status.success(), "its trials stay");
+
+    // Logs first, after 2 s; the jobs themselves after 8 s.
+    let done = c.wait_json(&["training-jobs", "describe", "short-lived"], |d| d["TrainingJobStatus"] != "InProgress");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    assert!(
+        wait_until(Duration::from_secs(20), || c.logs("short-lived").trim().is_empty()),
+        "{}",
+        c.logs("short-lived")
+    );
+    assert!(c.cli(&["training-jobs", "describe", "short-lived"]).0.status.success(), "the job outlives its logs");
+    assert!(
+        wait_until(Duration::from_secs(30), || !c
+            .cli(&["training-jobs", "describe", "short-lived"])
+            .0
+            .status
+            .success()),
+        "the ended job is deleted after its retention"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !c.cli(&["training-jobs", "describe", &trial]).0.status.success()),
+        "so is the deleted tuning job's trial"
+    );
 }

@@ -63,6 +63,9 @@ for _ in range(600):
         break
     time.sleep(0.2)
 out["finished"] = json.loads(json.dumps(finished, default=str))
+# DeleteHyperParameterTuningJob: an ended one goes, its trials stay.
+sm.delete_hyper_parameter_tuning_job(HyperParameterTuningJobName="small")
+out["deleted"] = code(lambda: sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="small"))
 out["bad_secret"] = code(lambda: client("not-the-secret").list_training_jobs())
 # Requests signed for one body and carrying another, or with an unsigned payload: refused, and
 # nothing of them is executed.
@@ -144,6 +147,7 @@ fn boto3_drives_the_coordinator_through_the_sagemaker_api(backend: Backend) {
     assert_eq!(r["duplicate"][0], "ResourceInUse");
     assert_eq!(r["limit"][0], "ResourceLimitExceeded");
     assert_eq!(r["missing"][0], "ResourceNotFound");
+    assert_eq!(r["deleted"][0], "ResourceNotFound", "DeleteHyperParameterTuningJob: {:#}", r["deleted"]);
     assert_eq!(r["invalid"][0], "ValidationException");
     assert!(r["invalid"][2].as_str().unwrap_or_default().contains("HyperParameterTuningJobName"), "{}", r["invalid"]);
     assert_eq!(r["tuning_status"], "InProgress");

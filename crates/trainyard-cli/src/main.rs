@@ -179,6 +179,8 @@ enum TuningCommand {
     List(ListArgs),
     /// Stop a tuning job and all its running trials.
     Stop { name: String },
+    /// Delete an ended tuning job's record (its training jobs, models and logs stay).
+    Delete { name: String },
     /// List the training jobs (trials) of a tuning job.
     Trials(TrialsArgs),
     /// Follow a tuning job: a progress bar of finished trials and the best objective so far.
@@ -730,6 +732,14 @@ async fn tuning(
             client.stop_hyper_parameter_tuning_job(pb::StopHyperParameterTuningJobRequest::from(request)).await?;
             if out == Output::Table {
                 println!("stopping {name}");
+            }
+        }
+        TuningCommand::Delete { name } => {
+            let request =
+                api::DeleteHyperParameterTuningJobRequest { hyper_parameter_tuning_job_name: Some(name.clone()) };
+            client.delete_hyper_parameter_tuning_job(pb::DeleteHyperParameterTuningJobRequest::from(request)).await?;
+            if out == Output::Table {
+                println!("deleted {name}");
             }
         }
         TuningCommand::Watch { name } => {

@@ -55,6 +55,14 @@ pub struct Flags {
     /// (repeatable). Agents and the CLI verify `coordinator.trainyard` whatever they dial.
     #[arg(long = "tls-name")]
     pub tls_names: Vec<String>,
+    /// Ended jobs (with their logs and metric samples) are deleted this long after they ended
+    /// (default 90days; `off`: kept for ever).
+    #[arg(long, env = "TRAINYARD_JOB_RETENTION")]
+    pub job_retention: Option<String>,
+    /// The logs and metric samples of ended jobs are deleted this long after the jobs ended
+    /// (default: the job retention; `off`: kept as long as their jobs).
+    #[arg(long, env = "TRAINYARD_LOG_RETENTION")]
+    pub log_retention: Option<String>,
     #[command(subcommand)]
     pub command: Option<AdminCommand>,
 }
@@ -150,6 +158,10 @@ struct FileConfig {
     /// Use only `instance_types`, not the defaults.
     #[serde(default)]
     replace_default_instance_types: bool,
+    /// How long ended jobs are kept ("90days"; "off").
+    job_retention: Option<String>,
+    /// How long the logs and metric samples of ended jobs are kept.
+    log_retention: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +202,19 @@ pub struct Config {
     pub insecure: bool,
     pub tls_names: Vec<String>,
     pub roles: trainyard_model::roles::ExecutionRoles,
+    /// None: kept for ever.
+    pub job_retention: Option<std::time::Duration>,
+    pub log_retention: Option<std::time::Duration>,
+}
+
+/// A retention period: a duration (`90days`, `12h`), or `off`.
+fn retention(flag: &str, value: &str) -> anyhow::Result<Option<std::time::Duration>> {
+    if matches!(value.trim(), "off" | "never" | "0" | "0s") {
+        return Ok(None);
+    }
+    humantime::parse_duration(value.trim())
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{flag} '{value}': {e} (a duration such as 90days or 12h, or off)"))
 }
 
 /// An access key from `[[access_keys]]`.
@@ -222,7 +247,17 @@ impl Config {
         } else {
             Catalog::default().with(file.instance_types)
         };
+        let job_retention = match flags.job_retention.or(file.job_retention) {
+            Some(value) => retention("--job-retention", &value)?,
+            None => Some(std::time::Duration::from_secs(90 * 24 * 3600)),
+        };
+        let log_retention = match flags.log_retention.or(file.log_retention) {
+            Some(value) => retention("--log-retention", &value)?,
+            None => job_retention,
+        };
         Ok(Config {
+            job_retention,
+            log_retention,
             listen: flags
                 .listen
                 .or(file.listen)
@@ -282,8 +317,27 @@ mod tests {
             metrics_listen: None,
             insecure: false,
             tls_names: Vec::new(),
+            job_retention: None,
+            log_retention: None,
             command: None,
         }
+    }
+
+    #[test]
+    fn retention_is_ninety_days_unless_configured_and_off_keeps_for_ever() {
+        let c = Config::load(flags(None)).expect("defaults");
+        assert_eq!(c.job_retention, Some(std::time::Duration::from_secs(90 * 24 * 3600)));
+        assert_eq!(c.log_retention, c.job_retention, "logs follow their jobs unless told");
+        let mut f = flags(None);
+        f.job_retention = Some("off".into());
+        f.log_retention = Some("30days".into());
+        let c = Config::load(f).expect("configured");
+        assert_eq!(c.job_retention, None);
+        assert_eq!(c.log_retention, Some(std::time::Duration::from_secs(30 * 24 * 3600)));
+        let mut f = flags(None);
+        f.job_retention = Some("ninety".into());
+        let error = Config::load(f).unwrap_err().to_string();
+        assert!(error.contains("--job-retention 'ninety'"), "{error}");
     }
 
     #[test]

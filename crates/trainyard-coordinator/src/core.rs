@@ -277,6 +277,32 @@ impl Coordinator {
         Ok(())
     }
 
+    /// DeleteHyperParameterTuningJob, as SageMaker has it: an ended tuning job's record goes; its
+    /// training jobs, models and logs stay (no longer listed under it), and the name is free again.
+    pub async fn delete_tuning_job(
+        &self,
+        caller: &Caller,
+        request: api::DeleteHyperParameterTuningJobRequest,
+    ) -> Result<(), DomainError> {
+        caller.require(Scope::Submit, "DeleteHyperParameterTuningJob")?;
+        structural(&request)?;
+        let name = request.hyper_parameter_tuning_job_name.unwrap_or_default();
+        let job = self.visible_tuning_job(caller, &name).await?;
+        if !job.status.is_terminal() {
+            return Err(DomainError::invalid(
+                "HyperParameterTuningJobName",
+                format!(
+                    "tuning job {name} is {}: stop it, or wait for it to end, before deleting it",
+                    job.status.as_str()
+                ),
+            ));
+        }
+        if self.store.delete_tuning_job(&name).await? {
+            info!(tuning_job = %name, user = %caller.user, "tuning job deleted");
+        }
+        Ok(())
+    }
+
     pub async fn list_trials(
         &self,
         caller: &Caller,

@@ -107,6 +107,21 @@ impl HyperParameterTuning for TuningService {
         audited(&who, "StopHyperParameterTuningJob", &name, result.map(|()| pb::StopHyperParameterTuningJobResponse {}))
     }
 
+    async fn delete_hyper_parameter_tuning_job(
+        &self,
+        request: Request<pb::DeleteHyperParameterTuningJobRequest>,
+    ) -> Result<Response<pb::DeleteHyperParameterTuningJobResponse>, Status> {
+        let name = request.get_ref().hyper_parameter_tuning_job_name.clone().unwrap_or_default();
+        let who = audited_caller(&self.1, "DeleteHyperParameterTuningJob", &name, &request).await?;
+        let result = self.0.delete_tuning_job(&who, request.into_inner().into()).await;
+        audited(
+            &who,
+            "DeleteHyperParameterTuningJob",
+            &name,
+            result.map(|()| pb::DeleteHyperParameterTuningJobResponse {}),
+        )
+    }
+
     async fn list_training_jobs_for_hyper_parameter_tuning_job(
         &self,
         request: Request<pb::ListTrainingJobsForHyperParameterTuningJobRequest>,

@@ -14,6 +14,7 @@ mod events;
 mod grpc;
 mod health;
 mod liveness;
+mod retention;
 mod sagemaker;
 mod sealing;
 mod sigv4;
@@ -148,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(health::watch(store.clone(), health_reporter, readiness, cancel.clone()));
+    tokio::spawn(retention::run(store.clone(), config.job_retention, config.log_retention, cancel.clone()));
     let mut server = Server::builder();
     match credential {
         None => warn!(addr = %config.listen, "serving plain-text gRPC without authentication (--insecure)"),

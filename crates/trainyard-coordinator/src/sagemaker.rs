@@ -132,8 +132,13 @@ fn ok(value: &impl Serialize) -> Response {
 }
 
 /// The operations that change something (audited).
-const MUTATING: [&str; 4] =
-    ["CreateHyperParameterTuningJob", "StopHyperParameterTuningJob", "CreateTrainingJob", "StopTrainingJob"];
+const MUTATING: [&str; 5] = [
+    "CreateHyperParameterTuningJob",
+    "StopHyperParameterTuningJob",
+    "DeleteHyperParameterTuningJob",
+    "CreateTrainingJob",
+    "StopTrainingJob",
+];
 
 /// The job a request names, for the audit trail (whatever the body, valid or not).
 fn resource_of(body: &[u8]) -> String {
@@ -269,6 +274,7 @@ async fn handle(
         "DescribeHyperParameterTuningJob" => call!(describe_tuning_job),
         "ListHyperParameterTuningJobs" => call!(list_tuning_jobs),
         "StopHyperParameterTuningJob" => call!(stop_tuning_job, empty),
+        "DeleteHyperParameterTuningJob" => call!(delete_tuning_job, empty),
         "ListTrainingJobsForHyperParameterTuningJob" => call!(list_trials),
         "CreateTrainingJob" => call!(create_training_job),
         "DescribeTrainingJob" => call!(describe_training_job),

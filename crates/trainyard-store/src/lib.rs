@@ -198,6 +198,17 @@ pub trait Store: Send + Sync {
     /// The trial with the best final objective value of a tuning job.
     async fn best_trial(&self, tuning_job: &str, maximize: bool) -> Result<Option<TrainingJob>, StoreError>;
 
+    /// Retention: up to `limit` ended tuning jobs last changed before `before`, each with its
+    /// trials, and up to `limit` ended training jobs of no tuning job; every job with its logs
+    /// and metric samples. What was deleted: (tuning jobs, training jobs).
+    async fn prune_ended_jobs(&self, before: trainyard_model::Timestamp, limit: u32) -> Result<(u64, u64), StoreError>;
+    /// Retention of logs: the logs and metric samples of up to `limit` training jobs that ended
+    /// before `before` (the jobs stay). How many jobs lost theirs.
+    async fn prune_logs(&self, before: trainyard_model::Timestamp, limit: u32) -> Result<u64, StoreError>;
+    /// DeleteHyperParameterTuningJob: an ended tuning job's record goes; its trials stay, as
+    /// training jobs of no tuning job. False when there is no such ended job.
+    async fn delete_tuning_job(&self, name: &str) -> Result<bool, StoreError>;
+
     async fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
     async fn get_token_by_access_key(&self, access_key_id: &str) -> Result<Option<TokenRecord>, StoreError>;

@@ -138,6 +138,20 @@ fn inserted<T>(result: Result<T, sqlx::Error>, kind: ResourceKind, name: &str) -
     }
 }
 
+/// The statuses of a job that has ended (tuning and training jobs alike), as an SQL list.
+const ENDED: &str = "('Completed', 'Failed', 'Stopped')";
+
+/// Deletes a training job's logs and metric samples, in `tx`.
+async fn delete_logs_of(tx: &mut sqlx::Transaction<'_, sqlx::Any>, name: &str) -> Result<(), sqlx::Error> {
+    for table in ["training_job_logs", "metric_samples"] {
+        sqlx::query(audited(format!("DELETE FROM {table} WHERE training_job_name = $1")))
+            .bind(name)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// A database URL without its password, for messages.
 fn redacted(url: &str) -> String {
     let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@')) else { return url.to_string() };
@@ -746,6 +760,99 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn prune_ended_jobs(&self, before: trainyard_model::Timestamp, limit: u32) -> Result<(u64, u64), StoreError> {
+        let tuning: Vec<String> = sqlx::query_scalar(audited(format!(
+            "SELECT name FROM tuning_jobs WHERE status IN {ENDED} AND last_modified_time < $1 \
+             ORDER BY last_modified_time, name LIMIT $2"
+        )))
+        .bind(before.millis())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let standalone: Vec<String> = sqlx::query_scalar(audited(format!(
+            "SELECT name FROM training_jobs WHERE tuning_job_name IS NULL AND status IN {ENDED} \
+             AND last_modified_time < $1 ORDER BY last_modified_time, name LIMIT $2"
+        )))
+        .bind(before.millis())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut trials = 0u64;
+        // One tuning job (with its trials) per transaction: a crash leaves no half-deleted job.
+        for name in &tuning {
+            let mut tx = self.pool.begin().await?;
+            for table in ["training_job_logs", "metric_samples"] {
+                sqlx::query(audited(format!(
+                    "DELETE FROM {table} WHERE training_job_name IN \
+                     (SELECT name FROM training_jobs WHERE tuning_job_name = $1)"
+                )))
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let deleted = sqlx::query("DELETE FROM training_jobs WHERE tuning_job_name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            trials += deleted.rows_affected();
+            sqlx::query("DELETE FROM tuning_jobs WHERE name = $1").bind(name).execute(&mut *tx).await?;
+            tx.commit().await?;
+        }
+        for name in &standalone {
+            let mut tx = self.pool.begin().await?;
+            delete_logs_of(&mut tx, name).await?;
+            sqlx::query("DELETE FROM training_jobs WHERE name = $1").bind(name).execute(&mut *tx).await?;
+            tx.commit().await?;
+        }
+        Ok((tuning.len() as u64, trials + standalone.len() as u64))
+    }
+
+    async fn prune_logs(&self, before: trainyard_model::Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let ended = |table: &str| {
+            format!(
+                "SELECT DISTINCT t.training_job_name FROM {table} t JOIN training_jobs j ON j.name = t.training_job_name \
+                 WHERE j.status IN {ENDED} AND j.last_modified_time < $1 LIMIT $2"
+            )
+        };
+        let mut names: Vec<String> = Vec::new();
+        for table in ["training_job_logs", "metric_samples"] {
+            let found: Vec<String> = sqlx::query_scalar(audited(ended(table)))
+                .bind(before.millis())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+            names.extend(found);
+        }
+        names.sort();
+        names.dedup();
+        names.truncate(limit as usize);
+        for name in &names {
+            let mut tx = self.pool.begin().await?;
+            delete_logs_of(&mut tx, name).await?;
+            tx.commit().await?;
+        }
+        Ok(names.len() as u64)
+    }
+
+    async fn delete_tuning_job(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let ended: Option<String> =
+            sqlx::query_scalar(audited(format!("SELECT name FROM tuning_jobs WHERE name = $1 AND status IN {ENDED}")))
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if ended.is_none() {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE training_jobs SET tuning_job_name = NULL WHERE tuning_job_name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM tuning_jobs WHERE name = $1").bind(name).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn delete_cordon(&self, agent_id: &str) -> Result<bool, StoreError> {

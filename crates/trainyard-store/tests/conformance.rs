@@ -38,6 +38,7 @@ cases!(
     agent_identities_are_replaced_and_revoked,
     cordons_are_replaced_listed_and_removed,
     values_at_their_edges_survive_every_statement,
+    retention_deletes_what_ended_long_enough_ago_and_nothing_else,
 );
 
 #[tokio::test]
@@ -604,4 +605,77 @@ async fn values_at_their_edges_survive_every_statement(store: Arc<dyn Store>) {
     assert!(store.read_logs("edges-000-00000000", i64::MAX, 10).await.expect("past the end").is_empty());
     assert_eq!(store.last_log_seq("no-such-job").await.expect("seq"), 0);
     assert!(store.trial_counts(&[]).await.expect("no jobs").is_empty());
+}
+
+async fn retention_deletes_what_ended_long_enough_ago_and_nothing_else(store: Arc<dyn Store>) {
+    let line = |seq| LogRecord {
+        seq,
+        instance: 1,
+        stream: "stdout".into(),
+        timestamp: Timestamp::from_millis(seq),
+        text: "x".into(),
+    };
+    let sample = MetricSample { name: "loss".into(), timestamp: Timestamp::from_millis(1), value: 0.5 };
+    let ended_training = |name: &str, at: i64, tuning: Option<&str>| {
+        let mut job = training(name, at, tuning);
+        job.transition(SecondaryStatus::Completed, "done", Timestamp::from_millis(at)).expect("done");
+        job
+    };
+    // Ended long ago: a tuning job with a trial, and a standalone job. Ended lately, or running.
+    let mut old_tuning = tuning("old-tuning", 10);
+    old_tuning.transition(TuningJobStatus::Completed, Timestamp::from_millis(20)).expect("complete");
+    store.create_tuning_job(&old_tuning).await.expect("create");
+    store.create_training_job(&ended_training("old-tuning-001-0000001", 15, Some("old-tuning"))).await.expect("create");
+    store.create_training_job(&ended_training("old-job", 30, None)).await.expect("create");
+    store.create_training_job(&ended_training("recent-job", 5_000, None)).await.expect("create");
+    store.create_training_job(&training("running-job", 10, None)).await.expect("create");
+    store.create_tuning_job(&tuning("running-tuning", 10)).await.expect("create");
+    store
+        .create_training_job(&ended_training("running-tuning-001-0000001", 12, Some("running-tuning")))
+        .await
+        .expect("create");
+    for job in ["old-tuning-001-0000001", "old-job", "recent-job", "running-job", "running-tuning-001-0000001"] {
+        store.append_logs(job, &[line(1), line(2)]).await.expect("logs");
+        store.append_metrics(job, std::slice::from_ref(&sample)).await.expect("metrics");
+    }
+
+    // Logs first: of jobs that ended before 1000, whatever their tuning job; the jobs stay.
+    assert_eq!(store.prune_logs(Timestamp::from_millis(1_000), 2).await.expect("prune"), 2, "a bounded batch");
+    assert_eq!(store.prune_logs(Timestamp::from_millis(1_000), 100).await.expect("prune"), 1);
+    assert_eq!(store.prune_logs(Timestamp::from_millis(1_000), 100).await.expect("prune"), 0, "nothing left");
+    for (job, kept) in [
+        ("old-job", false),
+        ("old-tuning-001-0000001", false),
+        ("running-tuning-001-0000001", false),
+        ("recent-job", true),
+        ("running-job", true),
+    ] {
+        assert_eq!(store.last_log_seq(job).await.expect("seq") == 2, kept, "{job}'s logs");
+        assert_eq!(!store.read_metrics(job).await.expect("metrics").is_empty(), kept, "{job}'s metrics");
+        assert!(store.get_training_job(job).await.expect("get").is_some(), "{job} itself stays");
+    }
+
+    // Jobs: an ended tuning job with its trials, and an ended standalone job.
+    assert_eq!(store.prune_ended_jobs(Timestamp::from_millis(1_000), 100).await.expect("prune"), (1, 2));
+    assert_eq!(store.prune_ended_jobs(Timestamp::from_millis(1_000), 100).await.expect("prune"), (0, 0));
+    for gone in ["old-job", "old-tuning-001-0000001"] {
+        assert!(store.get_training_job(gone).await.expect("get").is_none(), "{gone}");
+    }
+    assert!(store.get_tuning_job("old-tuning").await.expect("get").is_none());
+    for kept in ["recent-job", "running-job", "running-tuning-001-0000001"] {
+        assert!(store.get_training_job(kept).await.expect("get").is_some(), "{kept}");
+    }
+
+    // DeleteHyperParameterTuningJob: only an ended one; its trials stay, of no tuning job.
+    assert!(!store.delete_tuning_job("running-tuning").await.expect("delete"), "still running");
+    let mut ended = store.get_tuning_job("running-tuning").await.expect("get").expect("there").value;
+    ended.transition(TuningJobStatus::Completed, Timestamp::from_millis(50)).expect("complete");
+    let version = store.get_tuning_job("running-tuning").await.expect("get").expect("there").version;
+    store.update_tuning_job(&ended, version).await.expect("update");
+    assert!(store.delete_tuning_job("running-tuning").await.expect("delete"));
+    assert!(!store.delete_tuning_job("running-tuning").await.expect("delete"), "gone");
+    assert!(store.get_tuning_job("running-tuning").await.expect("get").is_none());
+    assert!(store.get_training_job("running-tuning-001-0000001").await.expect("get").is_some(), "the trial stays");
+    assert_eq!(store.count_trials("running-tuning").await.expect("count"), 0);
+    store.create_tuning_job(&tuning("running-tuning", 60)).await.expect("the name is free again");
 }
