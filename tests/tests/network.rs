@@ -630,3 +630,70 @@ fn each_instance_is_its_algo_n_host_and_a_gloo_style_rendezvous_completes() {
         assert!(text.contains("closed-port=reset"), "{text}");
     }
 }
+
+/// PyTorch DDP over gloo, launched as SageMaker's `torch_distributed` does (`torchrun` on every
+/// host, algo-1 the master), on two simulated hosts: plain, encrypted, and encrypted and isolated.
+/// Ignored by default: it needs PyTorch, whose PyPI wheel brings 3.4 GB of CUDA libraries. Run it
+/// with `TRAINYARD_TORCH_VENV=/path/to/venv cargo test -p trainyard-e2e --test network -- --ignored`
+/// (a virtualenv of the system's python3 with `pip install torch`, readable by every user).
+#[test]
+#[ignore = "needs PyTorch in TRAINYARD_TORCH_VENV (3.4 GB of wheels)"]
+fn pytorch_ddp_runs_across_two_hosts_through_torchrun() {
+    let venv = std::env::var("TRAINYARD_TORCH_VENV").expect("TRAINYARD_TORCH_VENV names a virtualenv with torch");
+    let mut lan = lan_or_explain();
+    let c = Coordinator::start_for_lan(&[]);
+    let (a, b) = (lan.add_host(), lan.add_host());
+    let _agent_a = c.start_agent_on(&a, &lan, "host-a", &["--advertise-vcpus", "8"]);
+    let _agent_b = c.start_agent_on(&b, &lan, "host-b", &["--advertise-vcpus", "8"]);
+    let ddp = c.install_program(
+        "ddp.py",
+        r#"import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+torch.manual_seed(dist.get_rank())
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(64, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+for step in range(50):
+    opt.zero_grad()
+    loss = model(torch.randn(32, 64)).pow(2).mean()
+    loss.backward()
+    opt.step()
+total = torch.ones(1) * (dist.get_rank() + 1)
+dist.all_reduce(total)
+weights = [p.detach().clone() for p in model.parameters()]
+gathered = [torch.zeros_like(weights[0]) for _ in range(dist.get_world_size())]
+dist.all_gather(gathered, weights[0])
+print(f"rank={dist.get_rank()} world={dist.get_world_size()} allreduce={total.item():.0f} in-sync={all(torch.equal(g, gathered[0]) for g in gathered)}", flush=True)
+dist.destroy_process_group()
+"#,
+    );
+    let launcher = c.install_program(
+        "torchrun.sh",
+        &format!(
+            "#!/bin/sh\nrank=$(( ${{SM_CURRENT_HOST#algo-}} - 1 ))\nexec {venv}/bin/torchrun --nnodes 2 --node-rank $rank \
+             --nproc-per-node 1 --master-addr algo-1 --master-port 29500 {ddp}\n"
+        ),
+    );
+    for (name, encrypted, isolated, interface) in [
+        ("ddp-plain", false, false, None),
+        ("ddp-encrypted", true, false, Some("eth0")),
+        ("ddp-isolated", true, true, Some("eth0")),
+    ] {
+        let mut request = job(&c, name, 2, json!({}));
+        request["AlgorithmSpecification"]["TrainingImage"] = json!(launcher);
+        request["EnableInterContainerTrafficEncryption"] = json!(encrypted);
+        request["EnableNetworkIsolation"] = json!(isolated);
+        request["StoppingCondition"] = json!({"MaxRuntimeInSeconds": 300});
+        if let Some(interface) = interface {
+            request["Environment"] = json!({"GLOO_SOCKET_IFNAME": interface});
+        }
+        submit(&c, &request);
+        let described = c.wait_json_for(Duration::from_secs(300), &["training-jobs", "describe", name], |j| {
+            matches!(j["TrainingJobStatus"].as_str(), Some("Completed" | "Failed" | "Stopped"))
+        });
+        let text = c.logs(name);
+        assert_eq!(described["TrainingJobStatus"], "Completed", "{described:#}\n{text}");
+        for rank in 0..2 {
+            assert!(text.contains(&format!("rank={rank} world=2 allreduce=3 in-sync=True")), "{name}: {text}");
+        }
+    }
+}
