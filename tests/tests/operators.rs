@@ -80,6 +80,19 @@ fn both_daemons_serve_metrics_health_and_readiness(backend: Backend) {
     assert_eq!(sample(&page, "trainyard_queue_length"), Some(0.0), "{page}");
     assert_eq!(sample(&page, "trainyard_instances_ended_total{state=\"Completed\"}"), Some(1.0), "{page}");
     assert_eq!(sample(&page, "trainyard_queue_wait_seconds_count"), Some(1.0), "{page}");
+    // The API's latency, by method and status code.
+    assert_eq!(
+        sample(&page, "trainyard_rpc_seconds_count{method=\"CreateTrainingJob\",code=\"Ok\"}"),
+        Some(1.0),
+        "{page}"
+    );
+    assert!(!c.cli(&["training-jobs", "describe", "no-such-job"]).0.status.success());
+    let page = scraped();
+    assert_eq!(
+        sample(&page, "trainyard_rpc_seconds_count{method=\"DescribeTrainingJob\",code=\"NotFound\"}"),
+        Some(1.0),
+        "{page}"
+    );
     assert!(sample(&page, "trainyard_placement_pass_seconds_count").is_some_and(|n| n >= 1.0), "{page}");
 
     let page = get(&agent_metrics, "/metrics").1;

@@ -112,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
     trainyard_telemetry::spawn(config.metrics_listen, registry, readiness.clone(), cancel.clone());
     let event_loop = tokio::spawn(events::run(
         coordinator.clone(),
-        metrics,
+        metrics.clone(),
         authority.clone(),
         liveness.clone(),
         timing,
@@ -150,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(health::watch(store.clone(), health_reporter, readiness, cancel.clone()));
     tokio::spawn(retention::run(store.clone(), config.job_retention, config.log_retention, cancel.clone()));
-    let mut server = Server::builder();
+    let mut server = Server::builder().layer(telemetry::RpcLayer(metrics.clone()));
     match credential {
         None => warn!(addr = %config.listen, "serving plain-text gRPC without authentication (--insecure)"),
         Some(credential) => server = server.tls_config(grpc_tls(credential)).context("configuring TLS")?,
