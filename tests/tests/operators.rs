@@ -95,8 +95,35 @@ fn both_daemons_serve_metrics_health_and_readiness(backend: Backend) {
     );
     assert!(sample(&page, "trainyard_placement_pass_seconds_count").is_some_and(|n| n >= 1.0), "{page}");
 
+    let coordinator_page = page.clone();
     let page = get(&agent_metrics, "/metrics").1;
     assert_eq!(sample(&page, "trainyard_agent_instances_running"), Some(0.0), "{page}");
+    // The Grafana dashboard in deploy/ queries only what the two daemons export.
+    let exported: std::collections::BTreeSet<String> = [coordinator_page.as_str(), page.as_str()]
+        .iter()
+        .flat_map(|p| p.lines())
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next().map(str::to_string))
+        .collect();
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/trainyard.json"))
+        .expect("the dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for (at, _) in expr.match_indices("trainyard_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    let unknown: Vec<&String> = queried.iter().filter(|q| !exported.contains(*q)).collect();
+    assert!(unknown.is_empty(), "the dashboard queries metrics nobody exports: {unknown:?}\n{exported:?}");
     assert_eq!(sample(&page, "trainyard_agent_staging_seconds_count"), Some(1.0), "{page}");
     assert_eq!(sample(&page, "trainyard_agent_upload_seconds_count"), Some(1.0), "{page}");
     let gpu = format!("trainyard_agent_gpu_memory_used_mib{{uuid=\"{}\",name=\"NVIDIA A10G\"}}", nvml::uuid(0));
