@@ -125,6 +125,15 @@ fn both_daemons_serve_metrics_health_and_readiness(backend: Backend) {
     let unknown: Vec<&String> = queried.iter().filter(|q| !exported.contains(*q)).collect();
     assert!(unknown.is_empty(), "the dashboard queries metrics nobody exports: {unknown:?}\n{exported:?}");
     assert_eq!(sample(&page, "trainyard_agent_staging_seconds_count"), Some(1.0), "{page}");
+    // The example's two channels (train.csv, validation.csv) and the model archive, in bytes.
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/data/blobs");
+    let channel_bytes: u64 = ["train", "validation"]
+        .iter()
+        .flat_map(|c| std::fs::read_dir(format!("{data}/{c}")).expect("channel dir").flatten())
+        .map(|f| f.metadata().map(|m| m.len()).unwrap_or_default())
+        .sum();
+    assert_eq!(sample(&page, "trainyard_agent_staged_bytes_total"), Some(channel_bytes as f64), "{page}");
+    assert!(sample(&page, "trainyard_agent_uploaded_bytes_total").is_some_and(|b| b > 0.0), "{page}");
     assert_eq!(sample(&page, "trainyard_agent_upload_seconds_count"), Some(1.0), "{page}");
     let gpu = format!("trainyard_agent_gpu_memory_used_mib{{uuid=\"{}\",name=\"NVIDIA A10G\"}}", nvml::uuid(0));
     assert!(sample(&page, &gpu).is_some(), "the fake GPU, through NVML: {page}");

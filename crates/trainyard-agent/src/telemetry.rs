@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -22,6 +23,10 @@ pub struct Metrics {
     pub staging_seconds: Histogram,
     /// How long uploading an instance's model, output and checkpoints takes.
     pub upload_seconds: Histogram,
+    /// Bytes of channel data laid out in work dirs (from the input cache or the store).
+    pub staged_bytes: Counter,
+    /// Bytes of model and output archives uploaded.
+    pub uploaded_bytes: Counter,
     pub gpu_utilization_percent: Family<GpuLabels, Gauge>,
     pub gpu_memory_used_mib: Family<GpuLabels, Gauge>,
 }
@@ -32,6 +37,8 @@ impl Metrics {
             instances_running: Gauge::default(),
             staging_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
             upload_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            staged_bytes: Counter::default(),
+            uploaded_bytes: Counter::default(),
             gpu_utilization_percent: Family::default(),
             gpu_memory_used_mib: Family::default(),
         };
@@ -49,6 +56,16 @@ impl Metrics {
             "trainyard_agent_upload_seconds",
             "How long uploading an instance's model, output and checkpoints takes",
             metrics.upload_seconds.clone(),
+        );
+        registry.register(
+            "trainyard_agent_staged_bytes",
+            "Bytes of channel data laid out in instances' work dirs",
+            metrics.staged_bytes.clone(),
+        );
+        registry.register(
+            "trainyard_agent_uploaded_bytes",
+            "Bytes of model and output archives uploaded",
+            metrics.uploaded_bytes.clone(),
         );
         registry.register(
             "trainyard_agent_gpu_utilization_percent",

@@ -98,6 +98,8 @@ pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path
         let staged =
             settings.storage.stage(&uri, &dest, selection).await.map_err(|e| format!("channel {name}: {e}"))?;
         let files = staged.len();
+        let bytes: u64 = staged.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+        settings.metrics.staged_bytes.inc_by(bytes);
         if files == 0 {
             return Err(format!("channel {name}: no data found at {uri}"));
         }

@@ -53,7 +53,12 @@ async fn pack_and_put(
     let uploaded = match storage::pack(work, Path::new(dir), &archive) {
         Ok(skipped) => {
             warn_skipped(spec, dir, &skipped);
-            settings.storage.put_file(&archive, uri).await.map_err(|e| format!("uploading: {e}"))
+            let bytes = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or_default();
+            let put = settings.storage.put_file(&archive, uri).await.map_err(|e| format!("uploading: {e}"));
+            if put.is_ok() {
+                settings.metrics.uploaded_bytes.inc_by(bytes);
+            }
+            put
         }
         Err(e) => Err(format!("packing: {e}")),
     };
