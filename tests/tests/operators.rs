@@ -23,6 +23,51 @@ fn get(address: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Debian's Prometheus server, scraping the given targets (job name, address) every second, its
+/// data in a temp dir.
+struct Prometheus {
+    address: String,
+    _daemon: trainyard_testkit::Daemon,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(targets: &[(&str, &str)]) -> Prometheus {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut config = String::from("global:\n  scrape_interval: 1s\nscrape_configs:\n");
+        for (job, address) in targets {
+            config.push_str(&format!("  - job_name: {job}\n    static_configs:\n      - targets: ['{address}']\n"));
+        }
+        let config_file = dir.path().join("prometheus.yml");
+        std::fs::write(&config_file, config).expect("config");
+        let address = format!("127.0.0.1:{}", free_port());
+        let mut command = std::process::Command::new("prometheus");
+        command
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={address}"));
+        let daemon = trainyard_testkit::Daemon::spawn("prometheus", command, dir.path());
+        let up = wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(&address).is_ok());
+        assert!(up, "prometheus did not start (scripts/setup installs it): {}", daemon.log());
+        Prometheus { address, _daemon: daemon, _dir: dir }
+    }
+
+    /// The answer of the HTTP API to an instant query (a PromQL of letters, digits and `_`).
+    fn query(&self, promql: &str) -> serde_json::Value {
+        // HTTP/1.0: the answer comes whole, not chunked.
+        let Ok(mut stream) = std::net::TcpStream::connect(&self.address) else { return serde_json::Value::Null };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let request = format!("GET /api/v1/query?query={promql} HTTP/1.0\r\nHost: {}\r\n\r\n", self.address);
+        if stream.write_all(request.as_bytes()).is_err() {
+            return serde_json::Value::Null;
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
 /// The value of the sample `name` (with its labels, as written) in a Prometheus text page.
 fn sample(page: &str, name: &str) -> Option<f64> {
     page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -137,6 +182,20 @@ fn both_daemons_serve_metrics_health_and_readiness(backend: Backend) {
     assert_eq!(sample(&page, "trainyard_agent_upload_seconds_count"), Some(1.0), "{page}");
     let gpu = format!("trainyard_agent_gpu_memory_used_mib{{uuid=\"{}\",name=\"NVIDIA A10G\"}}", nvml::uuid(0));
     assert!(sample(&page, &gpu).is_some(), "the fake GPU, through NVML: {page}");
+
+    // A real Prometheus server scrapes both and answers queries over what it scraped.
+    let prometheus = Prometheus::start(&[("coordinator", &coordinator_metrics), ("agent", &agent_metrics)]);
+    let scraped_up = wait_until(Duration::from_secs(30), || {
+        let up = prometheus.query("up");
+        let results = up["data"]["result"].as_array().cloned().unwrap_or_default();
+        results.len() == 2 && results.iter().all(|r| r["value"][1] == "1")
+    });
+    assert!(scraped_up, "both targets up: {:#}", prometheus.query("up"));
+    let ended = prometheus.query("trainyard_instances_ended_total");
+    assert_eq!(ended["data"]["result"][0]["metric"]["state"], "Completed", "{ended:#}");
+    assert_eq!(ended["data"]["result"][0]["value"][1], "1", "{ended:#}");
+    let staged = prometheus.query("trainyard_agent_staged_bytes_total");
+    assert_eq!(staged["data"]["result"][0]["value"][1], channel_bytes.to_string(), "{staged:#}");
 
     // Without its coordinator an agent is alive but not ready.
     agent.expect_log("coordinator unreachable or stream ended; instances keep running");
