@@ -12,7 +12,8 @@ use trainyard_testkit::{free_port, nvml, wait_until};
 fn get(address: &str, path: &str) -> (u16, String) {
     let Ok(mut stream) = std::net::TcpStream::connect(address) else { return (0, String::new()) };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    // HTTP/1.0: the answer comes whole (not chunked) and the connection closes after it.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
     if stream.write_all(request.as_bytes()).is_err() {
         return (0, String::new());
     }
@@ -54,17 +55,8 @@ impl Prometheus {
 
     /// The answer of the HTTP API to an instant query (a PromQL of letters, digits and `_`).
     fn query(&self, promql: &str) -> serde_json::Value {
-        // HTTP/1.0: the answer comes whole, not chunked.
-        let Ok(mut stream) = std::net::TcpStream::connect(&self.address) else { return serde_json::Value::Null };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let request = format!("GET /api/v1/query?query={promql} HTTP/1.0\r\nHost: {}\r\n\r\n", self.address);
-        if stream.write_all(request.as_bytes()).is_err() {
-            return serde_json::Value::Null;
-        }
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+        serde_json::from_str(&get(&self.address, &format!("/api/v1/query?query={promql}")).1)
+            .unwrap_or(serde_json::Value::Null)
     }
 }
 

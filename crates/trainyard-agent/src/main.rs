@@ -207,10 +207,6 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let container_cgroups = Arc::new(runner::ContainerCgroups::new(&cgroup_name));
-    if containerd.is_some() {
-        // The stale containers of an earlier run are gone: so may their cgroups' parent.
-        container_cgroups.remove_parent();
-    }
     let credentials = match &config.registry_auth {
         Some(path) => {
             let credentials = registry::Credentials::load(path).map_err(|e| anyhow::anyhow!("--registry-auth {e}"))?;
@@ -219,12 +215,17 @@ async fn main() -> anyhow::Result<()> {
         }
         None => registry::Credentials::default(),
     };
+    // Each GPU's NVML index by UUID: CDI specs name GPUs by either.
+    let gpu_indexes: BTreeMap<String, u32> =
+        host.gpus.inventory().gpus.iter().map(|g| (g.uuid.clone(), g.index)).collect();
     if containerd.is_some() {
+        // The stale containers of an earlier run are gone: so may their cgroups' parent.
+        container_cgroups.remove_parent();
         let (specs, skipped) = cdi::Registry::load(&config.cdi_spec_dirs);
         for line in skipped {
             warn!(%line, "a CDI spec was not read");
         }
-        if !host.gpus.inventory().gpus.is_empty() && !specs.has_any(cdi::GPU_KIND) {
+        if !gpu_indexes.is_empty() && !specs.has_any(cdi::GPU_KIND) {
             warn!(dirs = ?config.cdi_spec_dirs, "this host has GPUs and no CDI spec gives them to containers: jobs with GPUs in containers will fail (nvidia-ctk cdi generate --format=json)");
         }
     }
@@ -267,7 +268,7 @@ async fn main() -> anyhow::Result<()> {
         container_cgroups: container_cgroups.clone(),
         root_images: config.root_images,
         cdi_dirs: config.cdi_spec_dirs.clone(),
-        gpu_indexes: host.gpus.inventory().gpus.iter().map(|g| (g.uuid.clone(), g.index)).collect(),
+        gpu_indexes,
         host_programs: config.host_programs,
         agent_id: config.id.clone(),
         work_dirs_in_use: Default::default(),

@@ -6,6 +6,7 @@
 
 use tonic::Status;
 use trainyard_model::access::Caller;
+use trainyard_proto::status::code_name;
 
 /// Records one call that changes something. `who`: None when the caller could not be established;
 /// `outcome`: the error's name and message.
@@ -31,27 +32,4 @@ pub fn of<T>(answer: &Result<T, Status>) -> Result<(), (&'static str, &str)> {
 /// A refusal as an outcome.
 pub fn refused(status: &Status) -> Result<(), (&'static str, &str)> {
     Err((code_name(status.code()), status.message()))
-}
-
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "Ok",
-        Cancelled => "Cancelled",
-        Unknown => "Unknown",
-        InvalidArgument => "InvalidArgument",
-        DeadlineExceeded => "DeadlineExceeded",
-        NotFound => "NotFound",
-        AlreadyExists => "AlreadyExists",
-        PermissionDenied => "PermissionDenied",
-        ResourceExhausted => "ResourceExhausted",
-        FailedPrecondition => "FailedPrecondition",
-        Aborted => "Aborted",
-        OutOfRange => "OutOfRange",
-        Unimplemented => "Unimplemented",
-        Internal => "Internal",
-        Unavailable => "Unavailable",
-        DataLoss => "DataLoss",
-        Unauthenticated => "Unauthenticated",
-    }
 }

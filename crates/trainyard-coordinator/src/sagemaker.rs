@@ -231,31 +231,17 @@ async fn handle(
     };
     debug!(operation, "SageMaker request");
     let c = &state.coordinator;
+    // Parse, call, answer `answer(response)`; calls that change something are audited.
     macro_rules! call {
         ($method:ident) => {
+            call!($method, |response| response)
+        };
+        ($method:ident, $answer:expr) => {
             match parse(&body) {
                 Ok(request) => match c.$method(caller, request).await {
                     Ok(response) => {
                         audit(Some(caller), Ok(()));
-                        ok(&response)
-                    }
-                    Err(e) => {
-                        audit(Some(caller), Err((classify(&e).1, &e.to_string())));
-                        domain_error(&e)
-                    }
-                },
-                Err(message) => {
-                    audit(Some(caller), Err(("SerializationException", &message)));
-                    error(StatusCode::BAD_REQUEST, "SerializationException", message)
-                }
-            }
-        };
-        ($method:ident, empty) => {
-            match parse(&body) {
-                Ok(request) => match c.$method(caller, request).await {
-                    Ok(()) => {
-                        audit(Some(caller), Ok(()));
-                        ok(&json!({}))
+                        ok(&($answer)(response))
                     }
                     Err(e) => {
                         audit(Some(caller), Err((classify(&e).1, &e.to_string())));
@@ -273,13 +259,13 @@ async fn handle(
         "CreateHyperParameterTuningJob" => call!(create_tuning_job),
         "DescribeHyperParameterTuningJob" => call!(describe_tuning_job),
         "ListHyperParameterTuningJobs" => call!(list_tuning_jobs),
-        "StopHyperParameterTuningJob" => call!(stop_tuning_job, empty),
-        "DeleteHyperParameterTuningJob" => call!(delete_tuning_job, empty),
+        "StopHyperParameterTuningJob" => call!(stop_tuning_job, |()| json!({})),
+        "DeleteHyperParameterTuningJob" => call!(delete_tuning_job, |()| json!({})),
         "ListTrainingJobsForHyperParameterTuningJob" => call!(list_trials),
         "CreateTrainingJob" => call!(create_training_job),
         "DescribeTrainingJob" => call!(describe_training_job),
         "ListTrainingJobs" => call!(list_training_jobs),
-        "StopTrainingJob" => call!(stop_training_job, empty),
+        "StopTrainingJob" => call!(stop_training_job, |()| json!({})),
         other => error(
             StatusCode::BAD_REQUEST,
             "UnknownOperationException",

@@ -130,7 +130,7 @@ where
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<i32>().ok())
                     .map_or(tonic::Code::Ok, tonic::Code::from_i32);
-                let label = Rpc { method, code: format!("{code:?}") };
+                let label = Rpc { method, code: trainyard_proto::status::code_name(code).to_string() };
                 metrics.rpc_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
             }
             Ok(response)
