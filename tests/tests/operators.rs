@@ -107,13 +107,18 @@ fn both_daemons_serve_metrics_health_and_readiness(backend: Backend) {
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
 
     let scraped = || get(&coordinator_metrics, "/metrics").1;
+    // The gauges are refreshed by the coordinator's periodic pass (twice a second), so a job this
+    // short may end before they first show the agent.
     assert!(
-        wait_until(Duration::from_secs(5), || sample(&scraped(), "trainyard_jobs_running") == Some(0.0)),
+        wait_until(Duration::from_secs(5), || {
+            let page = scraped();
+            sample(&page, "trainyard_jobs_running") == Some(0.0)
+                && sample(&page, "trainyard_agents{state=\"ready\"}") == Some(1.0)
+        }),
         "{}",
         scraped()
     );
     let page = scraped();
-    assert_eq!(sample(&page, "trainyard_agents{state=\"ready\"}"), Some(1.0), "{page}");
     assert_eq!(sample(&page, "trainyard_queue_length"), Some(0.0), "{page}");
     assert_eq!(sample(&page, "trainyard_instances_ended_total{state=\"Completed\"}"), Some(1.0), "{page}");
     assert_eq!(sample(&page, "trainyard_queue_wait_seconds_count"), Some(1.0), "{page}");
