@@ -78,6 +78,10 @@ pub struct Coordinator {
     _postgres: Option<PgServer>,
     /// Training programs ([`Coordinator::install_program`]).
     programs: TempDir,
+    /// What the CLI dials, when not `address` ([`Coordinator::use_coordinators`]).
+    cli_coordinators: Mutex<Option<String>>,
+    /// The log checks of its peers ([`Coordinator::start_peer`]), frozen with its own.
+    peer_checks: Mutex<Vec<Arc<LogCheck>>>,
     /// Dropped last: the daemons' logs, read when they are dropped, live here.
     pub dir: TempDir,
 }
@@ -185,6 +189,8 @@ impl Coordinator {
             agent_checks: Mutex::default(),
             _postgres: None,
             programs: programs_dir(),
+            cli_coordinators: Mutex::default(),
+            peer_checks: Mutex::default(),
         };
         c.wait_ready();
         c.make_tokens();
@@ -210,6 +216,8 @@ impl Coordinator {
             agent_checks: Mutex::default(),
             _postgres: None,
             programs: programs_dir(),
+            cli_coordinators: Mutex::default(),
+            peer_checks: Mutex::default(),
         };
         c.wait_ready();
         c.make_tokens();
@@ -283,6 +291,13 @@ impl Coordinator {
 
     /// Stops the daemon with `signal` and starts a new one on the same data and address.
     pub fn restart(&mut self, signal: i32) -> Option<std::process::ExitStatus> {
+        let status = self.stop(signal);
+        self.respawn();
+        status
+    }
+
+    /// Stops the daemon with `signal`; returns once it no longer listens.
+    pub fn stop(&mut self, signal: i32) -> Option<std::process::ExitStatus> {
         self.daemon.signal(signal);
         let status = self.daemon.wait_exit(Duration::from_secs(20));
         let address = self.address.clone();
@@ -290,10 +305,65 @@ impl Coordinator {
             wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&address).is_err()),
             "the old coordinator still listens"
         );
+        status
+    }
+
+    /// Starts the daemon again on the same data and address (after [`Coordinator::stop`]).
+    pub fn respawn(&mut self) {
         self.daemon =
             Self::spawn(self.dir.path(), &self.listen, self.database_url.as_deref(), &self.args, &self.log_check);
         self.wait_ready();
-        status
+    }
+
+    /// Another coordinator on this one's database, as a second host runs it: a data directory
+    /// of its own holding a copy of this one's `pki/` (its CA and sealing key), its own address.
+    /// It stands by while this one leads. Its log is checked like this one's.
+    pub fn start_peer(&self, args: &[&str]) -> PeerCoordinator {
+        self.start_peer_with(self.database_args(), args)
+    }
+
+    /// [`Coordinator::start_peer`], reaching the same database by another URL.
+    pub fn start_peer_on(&self, database_url: &str, args: &[&str]) -> PeerCoordinator {
+        self.start_peer_with(vec!["--database-url".into(), database_url.to_string()], args)
+    }
+
+    fn start_peer_with(&self, database_args: Vec<String>, args: &[&str]) -> PeerCoordinator {
+        let dir = coordinator_dir();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("pki")).expect("data dir");
+        for entry in std::fs::read_dir(self.data_dir().join("pki")).expect("pki") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), data.join("pki").join(entry.file_name())).expect("copy pki");
+        }
+        let address = format!("127.0.0.1:{}", free_port());
+        let mut extra: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        extra.extend(database_args);
+        let log_check = Self::log_check(dir.path());
+        self.peer_checks.lock().unwrap_or_else(|e| e.into_inner()).push(log_check.clone());
+        let daemon = Self::spawn(dir.path(), &address, None, &extra, &log_check);
+        let mut peer = PeerCoordinator { address, args: extra, daemon, log_check, dir };
+        peer.wait_listening();
+        peer
+    }
+
+    /// The flags that name this coordinator's database (none: SQLite in its data directory).
+    pub fn database_args(&self) -> Vec<String> {
+        match (&self.database_url, self.args.iter().position(|a| a == "--database-url")) {
+            (Some(url), _) => vec!["--database-url".into(), url.clone()],
+            (None, Some(i)) => self.args[i..=i + 1].to_vec(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// The CLI dials `list` (e.g. every coordinator's address, comma-separated) from now on.
+    pub fn use_coordinators(&self, list: &str) {
+        *self.cli_coordinators.lock().unwrap_or_else(|e| e.into_inner()) = Some(list.to_string());
+    }
+
+    /// An agent given `coordinators` (a comma-separated list) rather than this one's address.
+    pub fn start_agent_via(&self, coordinators: &str, id: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let args = with_host_programs(args);
+        self.start_agent_with(Command::new(binary("trainyard-agent")), coordinators, id, &args, env)
     }
 
     /// Starts an agent connected to this coordinator, with its work root and buckets
@@ -401,7 +471,11 @@ impl Coordinator {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Daemon::spawn(&format!("agent-{id}"), cmd, self.dir.path()).freezes(self.log_check.clone())
+        let mut agent = Daemon::spawn(&format!("agent-{id}"), cmd, self.dir.path()).freezes(self.log_check.clone());
+        for peer in self.peer_checks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            agent = agent.freezes(peer.clone());
+        }
+        agent
     }
 
     /// Where `s3://trainyard-output/` is served from.
@@ -464,8 +538,9 @@ impl Coordinator {
 
     /// Runs `trainyard ARGS` with another API token.
     pub fn cli_as(&self, token: &str, args: &[&str]) -> CliOutput {
+        let dialled = self.cli_coordinators.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let output = Command::new(binary("trainyard"))
-            .env("TRAINYARD_COORDINATOR", &self.address)
+            .env("TRAINYARD_COORDINATOR", dialled.as_deref().unwrap_or(&self.address))
             .env("TRAINYARD_CA_FILE", self.ca_file())
             .env("TRAINYARD_TOKEN", token)
             .args(args)
@@ -505,6 +580,55 @@ impl Coordinator {
         });
         assert!(held, "{args:?} never satisfied the condition; last answer:\n{last:#}");
         last
+    }
+}
+
+/// A small deterministic generator (xorshift), so that a failing run can be repeated from its seed.
+pub struct Random(u64);
+
+impl Random {
+    /// Seeded from the clock; the seed is printed (and returned) for the failure messages.
+    pub fn from_clock() -> (Random, u64) {
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
+        println!("seed {seed}");
+        (Random(seed), seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// A coordinator sharing another's database ([`Coordinator::start_peer`]).
+pub struct PeerCoordinator {
+    pub address: String,
+    args: Vec<String>,
+    pub daemon: Daemon,
+    log_check: Arc<LogCheck>,
+    pub dir: TempDir,
+}
+
+impl PeerCoordinator {
+    fn wait_listening(&mut self) {
+        let address = self.address.clone();
+        let up = wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(&address).is_ok());
+        self.daemon.assert_running();
+        assert!(up, "coordinator did not listen on {address}; log:\n{}", self.daemon.log());
+    }
+
+    /// Starts it again on the same data and address, after it was stopped.
+    pub fn respawn(&mut self) {
+        self.daemon = Coordinator::spawn(self.dir.path(), &self.address, None, &self.args, &self.log_check);
+        self.wait_listening();
+    }
+
+    /// Declares a `WARN`/`ERROR` line of its log the test causes on purpose.
+    pub fn expect_log(&self, pattern: &str) {
+        self.log_check.expect(pattern);
     }
 }
 

@@ -39,7 +39,7 @@ pub enum JoinError {
 }
 
 /// The identity this agent joined with, joining first if it has none.
-pub async fn load_or_join(config: &Config) -> Result<Identity, JoinError> {
+pub async fn load_or_join(config: &Config, coordinator: &str) -> Result<Identity, JoinError> {
     let dir = &config.identity_dir;
     if let Some(identity) = load(dir, &config.id).map_err(JoinError::Fatal)? {
         return Ok(identity);
@@ -55,8 +55,8 @@ pub async fn load_or_join(config: &Config) -> Result<Identity, JoinError> {
     let parsed = TokenText::parse(token).map_err(|e| JoinError::Fatal(anyhow!("--join-token: {e}")))?;
     let fingerprint =
         parsed.ca_fingerprint.ok_or_else(|| JoinError::Fatal(anyhow!("--join-token: this is not a join token")))?;
-    let ca_pem = learn_ca(&config.coordinator, &fingerprint).await?;
-    let channel = connect(&config.coordinator, &ca_pem, None).await.map_err(JoinError::Retry)?;
+    let ca_pem = learn_ca(coordinator, &fingerprint).await?;
+    let channel = connect(coordinator, &ca_pem, None).await.map_err(JoinError::Retry)?;
     let answer = AgentsClient::new(channel)
         .join(pb::JoinRequest { join_token: token.clone(), agent_id: config.id.clone() })
         .await

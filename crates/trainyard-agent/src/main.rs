@@ -33,6 +33,7 @@ use tokio::sync::{Mutex, mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use trainyard_proto::client::Coordinators;
 use trainyard_proto::pb::agent_message::Body as Up;
 use trainyard_proto::pb::agents_client::AgentsClient;
 use trainyard_proto::pb::coordinator_message::Body as Down;
@@ -70,6 +71,8 @@ struct Agent {
     /// When the coordinator last renewed this agent's lease, and for how long (None: no lease yet,
     /// or it ran out and the instances were fenced).
     lease: std::sync::Mutex<Option<(tokio::time::Instant, Duration)>>,
+    /// The coordinators it may reach (one leads), and the one to try next.
+    coordinators: std::sync::Mutex<Coordinators>,
 }
 
 #[tokio::main]
@@ -107,11 +110,12 @@ async fn main() -> anyhow::Result<()> {
             cancel.cancel();
         });
     }
+    let coordinators = Coordinators::parse(&config.coordinator).context("--coordinator")?;
     let identity = if config.insecure {
         warn!("--insecure: plain text to the coordinator, no certificate");
         None
     } else {
-        match join(&config, &cancel).await? {
+        match join(&config, coordinators.clone(), &cancel).await? {
             Some(identity) => Some(identity),
             None => return Ok(()), // stopped while waiting for the coordinator
         }
@@ -286,13 +290,19 @@ async fn main() -> anyhow::Result<()> {
         outbound: Mutex::new(None),
         identity,
         lease: std::sync::Mutex::new(None),
+        coordinators: std::sync::Mutex::new(coordinators),
     });
     tokio::spawn(fence_when_the_lease_runs_out(agent.clone()));
     let mut backoff = Duration::from_millis(100);
     while !cancel.is_cancelled() {
         match session(&agent, &cancel).await {
             Ok(()) => backoff = Duration::from_millis(100),
-            Err(e) => {
+            // A standby named the leader: go there at once.
+            Err(SessionError::Standby(address)) => {
+                info!(leader = %address, "the coordinator dialled is a standby: following it to the leader");
+                continue;
+            }
+            Err(SessionError::Other(e)) => {
                 warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "coordinator unreachable or stream ended; instances keep running");
             }
         }
@@ -301,7 +311,8 @@ async fn main() -> anyhow::Result<()> {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        // Capped low: after a failover the agents should find the new leader within seconds.
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
     // Shutdown: stop taking work, stop what runs (it still uploads), and wait for it to end.
     info!("shutting down: stopping running instances");
@@ -374,10 +385,14 @@ async fn fence_when_the_lease_runs_out(agent: Arc<Agent>) {
 
 /// This agent's certificate, joining with the join token first if it has none; retried while the
 /// coordinator cannot be reached. None when cancelled meanwhile.
-async fn join(config: &Config, cancel: &CancellationToken) -> anyhow::Result<Option<identity::Identity>> {
+async fn join(
+    config: &Config,
+    mut coordinators: Coordinators,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<identity::Identity>> {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match identity::load_or_join(config).await {
+        match identity::load_or_join(config, &coordinators.next_address()).await {
             Ok(identity) => return Ok(Some(identity)),
             Err(identity::JoinError::Fatal(e)) => return Err(e),
             Err(identity::JoinError::Retry(e)) => {
@@ -392,12 +407,34 @@ async fn join(config: &Config, cancel: &CancellationToken) -> anyhow::Result<Opt
     }
 }
 
+/// How long connecting to a coordinator and opening the stream may take.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Why a session ended early.
+enum SessionError {
+    /// The coordinator dialled stands by; the leader is at this address (tried next).
+    Standby(String),
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for SessionError {
+    fn from(e: E) -> Self {
+        SessionError::Other(e.into())
+    }
+}
+
 /// One connection: register, then serve until the stream ends.
-async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> anyhow::Result<()> {
-    let channel = match &agent.identity {
-        Some(identity) => identity::connect(&agent.config.coordinator, &identity.ca_pem, Some(identity)).await?,
-        None => identity::connect_insecure(&agent.config.coordinator).await?,
-    };
+async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> Result<(), SessionError> {
+    let address = agent.coordinators.lock().unwrap_or_else(|e| e.into_inner()).next_address();
+    // Bounded: a coordinator that accepts connections but does not answer (paused) is passed over.
+    let channel = tokio::time::timeout(CONNECT_PATIENCE, async {
+        match &agent.identity {
+            Some(identity) => identity::connect(&address, &identity.ca_pem, Some(identity)).await,
+            None => identity::connect_insecure(&address).await,
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("{address} did not answer within {} s", CONNECT_PATIENCE.as_secs()))??;
     let mut client = AgentsClient::new(channel);
     let (tx, rx) = mpsc::unbounded_channel();
     let inventory = agent.host.lock().await.inventory();
@@ -419,10 +456,21 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> anyhow::Resu
             protocol: trainyard_proto::AGENT_PROTOCOL,
         })),
     })?;
-    let mut inbound =
-        client.session(UnboundedReceiverStream::new(rx)).await.context("opening the stream")?.into_inner();
+    let opened = tokio::time::timeout(CONNECT_PATIENCE, client.session(UnboundedReceiverStream::new(rx)))
+        .await
+        .map_err(|_| anyhow::anyhow!("{address} did not open the stream within {} s", CONNECT_PATIENCE.as_secs()))?;
+    let mut inbound = match opened {
+        Ok(stream) => stream.into_inner(),
+        Err(status) => {
+            let mut coordinators = agent.coordinators.lock().unwrap_or_else(|e| e.into_inner());
+            if coordinators.follow(&status) {
+                return Err(SessionError::Standby(trainyard_proto::client::leader_hint(&status).unwrap_or_default()));
+            }
+            return Err(anyhow::Error::new(status).context(format!("opening the stream to {address}")).into());
+        }
+    };
     *agent.outbound.lock().await = Some(tx.clone());
-    info!(coordinator = %agent.config.coordinator, id = %agent.config.id, "connected");
+    info!(coordinator = %address, id = %agent.config.id, "connected");
     agent.readiness.ready();
     // Not ready again the moment this session ends, however it ends.
     struct Disconnected<'a>(&'a trainyard_telemetry::Readiness);
@@ -445,7 +493,7 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> anyhow::Resu
             }
             message = inbound.message() => {
                 let Some(message) = message.context("reading from the coordinator")? else {
-                    anyhow::bail!("the coordinator closed the stream");
+                    return Err(anyhow::anyhow!("the coordinator closed the stream").into());
                 };
                 match message.body {
                     Some(Down::Registered(r))
@@ -560,8 +608,8 @@ fn peer_address(agent: &Agent) -> String {
     if let Some(address) = &agent.config.peer_advertise {
         return address.clone();
     }
-    let ip =
-        network::local_address_towards(&agent.config.coordinator).unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let first = agent.coordinators.lock().unwrap_or_else(|e| e.into_inner()).addresses()[0].clone();
+    let ip = network::local_address_towards(&first).unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
     std::net::SocketAddr::new(ip, agent.peer_port).to_string()
 }
 

@@ -33,7 +33,8 @@ use trainyard_proto::pb::training_client::TrainingClient;
 #[command(after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 invalid request, 4 not found, 5 already exists, \
                         6 coordinator unreachable, 7 limit exceeded, 8 not authenticated or not allowed.")]
 struct Cli {
-    /// Coordinator address (HOST:PORT).
+    /// Coordinator address (HOST:PORT), or several (HOST:PORT,HOST:PORT,...): the one that leads
+    /// is found and used; the others stand by.
     #[arg(long, global = true, env = "TRAINYARD_COORDINATOR", default_value = "127.0.0.1:50051")]
     coordinator: String,
     /// API token (from an admin: `trainyard tokens create` or `trainyard-coordinator tokens create`).
@@ -318,6 +319,7 @@ async fn collect_pages<T>(
 use trainyard_proto::client::Transport;
 
 /// How to reach the coordinator.
+#[derive(Clone, Copy)]
 struct Connection<'a> {
     address: &'a str,
     token: Option<&'a str>,
@@ -338,7 +340,8 @@ async fn connect(c: Connection<'_>) -> anyhow::Result<Transport> {
         Some(std::fs::read_to_string(ca_file).with_context(|| format!("reading {}", ca_file.display()))?)
     };
     let token = if c.insecure { None } else { c.token };
-    trainyard_proto::client::connect(c.address, ca.as_deref(), token).await.map_err(|e| match e {
+    let mut coordinators = trainyard_proto::client::Coordinators::parse(c.address)?;
+    trainyard_proto::client::connect_leader(&mut coordinators, ca.as_deref(), token).await.map_err(|e| match e {
         trainyard_proto::client::ConnectError::Unreachable { url, source } => {
             // The whole chain: "transport error" alone does not say a certificate was refused.
             let mut detail = source.to_string();
@@ -348,6 +351,12 @@ async fn connect(c: Connection<'_>) -> anyhow::Result<Transport> {
                 cause = e.source();
             }
             anyhow::Error::new(output::Unreachable(format!("{url}: {detail}")))
+        }
+        e @ trainyard_proto::client::ConnectError::NoAnswer { .. } => {
+            anyhow::Error::new(output::Unreachable(e.to_string()))
+        }
+        trainyard_proto::client::ConnectError::NoLeader { tried, last } => {
+            anyhow::Error::new(output::Unreachable(format!("no coordinator of {tried} leads: {last}")))
         }
         other => anyhow::Error::new(other),
     })
@@ -383,15 +392,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let channel = connect(Connection {
+    let connection = Connection {
         address: &cli.coordinator,
         token: cli.token.as_deref().filter(|t| !t.trim().is_empty()),
         ca_file: cli.ca_file.as_ref(),
         insecure: cli.insecure,
-    })
-    .await?;
+    };
+    let channel = connect(connection).await?;
     match cli.command {
-        Command::TuningJobs(cmd) => tuning(HyperParameterTuningClient::new(channel), cmd, out).await,
+        Command::TuningJobs(cmd) => tuning(HyperParameterTuningClient::new(channel), cmd, out, connection).await,
         Command::TrainingJobs(cmd) => training(TrainingClient::new(channel), cmd, out).await,
         Command::Agents(AgentsCommand::List) => {
             let response = AgentsClient::new(channel).list_agents(pb::ListAgentsRequest {}).await?.into_inner();
@@ -540,7 +549,8 @@ async fn run_dev(args: DevCommand, out: Output) -> anyhow::Result<()> {
         cluster.data_dir.join("logs").display()
     );
     // Plain text on loopback: the one place the CLI uses --insecure by itself.
-    let channel = connect(Connection { address: &address, token: None, ca_file: None, insecure: true }).await?;
+    let connection = Connection { address: &address, token: None, ca_file: None, insecure: true };
+    let channel = connect(connection).await?;
     let Some(file) = args.run else {
         eprintln!(
             "export TRAINYARD_COORDINATOR={} TRAINYARD_INSECURE=true and use trainyard in another terminal; \
@@ -559,7 +569,7 @@ async fn run_dev(args: DevCommand, out: Output) -> anyhow::Result<()> {
     let mut client = HyperParameterTuningClient::new(channel);
     client.create_hyper_parameter_tuning_job(pb::CreateHyperParameterTuningJobRequest::from(request)).await?;
     eprintln!("submitted tuning job {name}");
-    let described = watch(&mut client, &name, out == Output::Table).await?;
+    let described = watch(&mut client, &name, out == Output::Table, connection).await?;
     match out {
         Output::Json => output::json(&described),
         Output::Table => {
@@ -595,6 +605,7 @@ async fn watch(
     client: &mut HyperParameterTuningClient<Transport>,
     name: &str,
     show: bool,
+    connection: Connection<'_>,
 ) -> anyhow::Result<api::DescribeHyperParameterTuningJobResponse> {
     let bar = indicatif::ProgressBar::new(0);
     if !show {
@@ -605,8 +616,9 @@ async fn watch(
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    // The coordinator may restart while a long job is watched: unreachable, the watch waits and
-    // tries again (backing off to 5 s) for up to WATCH_PATIENCE, and says so; any other error ends it.
+    // The coordinator may restart while a long job is watched, or another may take over the lead:
+    // unreachable (or a standby now), the watch finds the leader again and retries (backing off to
+    // 5 s) for up to WATCH_PATIENCE, and says so; any other error ends it.
     let mut unreachable_since: Option<std::time::Instant> = None;
     let mut backoff = std::time::Duration::from_millis(500);
     loop {
@@ -626,6 +638,9 @@ async fn watch(
                     return Err(status.into());
                 }
                 tokio::time::sleep(backoff).await;
+                if let Ok(transport) = connect(connection).await {
+                    *client = HyperParameterTuningClient::new(transport);
+                }
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                 continue;
             }
@@ -668,6 +683,7 @@ async fn tuning(
     mut client: HyperParameterTuningClient<Transport>,
     cmd: TuningCommand,
     out: Output,
+    connection: Connection<'_>,
 ) -> anyhow::Result<()> {
     match cmd {
         TuningCommand::Create(args) => {
@@ -743,7 +759,7 @@ async fn tuning(
             }
         }
         TuningCommand::Watch { name } => {
-            let described = watch(&mut client, &name, out == Output::Table).await?;
+            let described = watch(&mut client, &name, out == Output::Table, connection).await?;
             match out {
                 Output::Json => output::json(&described),
                 Output::Table => output::describe_tuning_job(&described),

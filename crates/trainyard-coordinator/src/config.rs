@@ -63,6 +63,14 @@ pub struct Flags {
     /// (default: the job retention; `off`: kept as long as their jobs).
     #[arg(long, env = "TRAINYARD_LOG_RETENTION")]
     pub log_retention: Option<String>,
+    /// Where clients and agents reach this coordinator (HOST:PORT), told to them by standbys when
+    /// it leads (default: the listen address; this host's name when listening on every address).
+    #[arg(long, env = "TRAINYARD_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+    /// Seconds a leader's lease lasts without renewal (renewed every third of it; default 6).
+    /// Coordinators sharing a database wait this long after a leader dies before one takes over.
+    #[arg(long)]
+    pub leader_lease_seconds: Option<u64>,
     #[command(subcommand)]
     pub command: Option<AdminCommand>,
 }
@@ -162,6 +170,8 @@ struct FileConfig {
     job_retention: Option<String>,
     /// How long the logs and metric samples of ended jobs are kept.
     log_retention: Option<String>,
+    advertise_address: Option<String>,
+    leader_lease_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,6 +215,9 @@ pub struct Config {
     /// None: kept for ever.
     pub job_retention: Option<std::time::Duration>,
     pub log_retention: Option<std::time::Duration>,
+    /// What standbys tell clients to dial while this coordinator leads.
+    pub advertise_address: String,
+    pub leader_lease: std::time::Duration,
 }
 
 /// A retention period: a duration (`90days`, `12h`), or `off`.
@@ -255,13 +268,24 @@ impl Config {
             Some(value) => retention("--log-retention", &value)?,
             None => job_retention,
         };
+        let listen: SocketAddr =
+            flags.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses"));
+        let advertise_address = flags.advertise_address.or(file.advertise_address).unwrap_or_else(|| {
+            if listen.ip().is_unspecified() {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                format!("{}:{}", host.trim(), listen.port())
+            } else {
+                listen.to_string()
+            }
+        });
         Ok(Config {
+            advertise_address,
+            leader_lease: std::time::Duration::from_secs(
+                flags.leader_lease_seconds.or(file.leader_lease_seconds).unwrap_or(6).max(2),
+            ),
             job_retention,
             log_retention,
-            listen: flags
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses")),
+            listen,
             data_dir,
             database_url,
             log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Human),
@@ -319,6 +343,8 @@ mod tests {
             tls_names: Vec::new(),
             job_retention: None,
             log_retention: None,
+            advertise_address: None,
+            leader_lease_seconds: None,
             command: None,
         }
     }

@@ -13,6 +13,7 @@ mod core;
 mod events;
 mod grpc;
 mod health;
+mod leadership;
 mod liveness;
 mod retention;
 mod sagemaker;
@@ -27,7 +28,7 @@ use clap::Parser;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use trainyard_proto::pb::access_server::AccessServer;
 use trainyard_proto::pb::agents_server::AgentsServer;
 use trainyard_proto::pb::hyper_parameter_tuning_server::HyperParameterTuningServer;
@@ -74,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(command) = command {
         return admin::run(command, &auth, &config).await;
     }
+    let _lock = leadership::lock_data_dir(&config.data_dir)?;
     if !config.roles.enforced() {
         warn!(
             "no [[roles]] configured: RoleArn is not enforced (jobs may read and write every bucket the agents reach)"
@@ -85,6 +87,46 @@ async fn main() -> anyhow::Result<()> {
             "the role's `user` is no longer used: every instance runs as a uid of its own on its agent (a role's `group` is added to it); remove `user`"
         );
     }
+
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            info!("shutting down: no new requests; draining the ones in flight");
+            cancel.cancel();
+        });
+    }
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = telemetry::Metrics::register(&mut registry);
+    let readiness = trainyard_telemetry::Readiness::new("the store has not answered yet");
+    trainyard_telemetry::spawn(config.metrics_listen, registry, readiness.clone(), cancel.clone());
+    // Under --insecure no certificate is issued: nothing would present it.
+    let credential = match config.insecure {
+        true => None,
+        false => Some(server_credential(&authority, &config)?),
+    };
+
+    // Only the leader goes further; the others stand by until the lease is theirs.
+    let claim = leadership::Claim {
+        holder: leadership::holder_id(&config.data_dir)?,
+        address: config.advertise_address.clone(),
+        lease: config.leader_lease,
+    };
+    let Some(epoch) = stand_by(&store, &claim, credential.as_ref(), config.listen, &readiness, &cancel).await? else {
+        info!("stopped while standing by");
+        return Ok(());
+    };
+    info!(epoch, address = %claim.address, "leading: this coordinator places the work of every coordinator on this database");
+    metrics.leader.set(1);
+    let stop_holding = CancellationToken::new();
+    // On SQLite nobody else can take over: the leader waits out any trouble with its database.
+    let patience = match store.backend() {
+        trainyard_store::Backend::Postgres => Some(config.leader_lease * 3),
+        trainyard_store::Backend::Sqlite => None,
+    };
+    let mut holding =
+        tokio::spawn(leadership::hold(store.clone(), epoch, config.leader_lease, patience, stop_holding.clone()));
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let coordinator = Arc::new(
@@ -99,17 +141,12 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("reading the store")?,
     );
-    let cancel = CancellationToken::new();
     let liveness = liveness::Liveness::default();
     let timing = events::Timing {
         heartbeat_interval: config.heartbeat_interval,
         agent_lost_after: config.agent_lost_after,
         agent_lease: config.agent_lease,
     };
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = telemetry::Metrics::register(&mut registry);
-    let readiness = trainyard_telemetry::Readiness::new("the store has not answered yet");
-    trainyard_telemetry::spawn(config.metrics_listen, registry, readiness.clone(), cancel.clone());
     let event_loop = tokio::spawn(events::run(
         coordinator.clone(),
         metrics.clone(),
@@ -128,11 +165,6 @@ async fn main() -> anyhow::Result<()> {
         lease: config.agent_lease,
     };
 
-    // Under --insecure no certificate is issued: nothing would present it.
-    let credential = match config.insecure {
-        true => None,
-        false => Some(server_credential(&authority, &config)?),
-    };
     let http_tls = match &credential {
         None => None,
         Some(credential) => {
@@ -156,15 +188,7 @@ async fn main() -> anyhow::Result<()> {
         Some(credential) => server = server.tls_config(grpc_tls(credential)).context("configuring TLS")?,
     }
     info!(addr = %config.listen, tls = !config.insecure, database = %redact(&config.database_url), instance_types = config.catalog.len(), "coordinator listening");
-    let shutdown = {
-        let cancel = cancel.clone();
-        async move {
-            wait_for_signal().await;
-            info!("shutting down: no new requests; draining the ones in flight");
-            cancel.cancel();
-        }
-    };
-    let served = server
+    let serving = server
         .add_service(
             HyperParameterTuningServer::new(grpc::TuningService(coordinator.clone(), auth.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -176,17 +200,70 @@ async fn main() -> anyhow::Result<()> {
         .add_service(AgentsServer::new(agent_service).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(AccessServer::new(access::AccessService { auth, events: events_tx.clone() }))
         .add_service(health_service)
-        .serve_with_shutdown(config.listen, shutdown)
-        .await
-        .with_context(|| format!("serving on {}", config.listen));
+        .serve_with_shutdown(config.listen, cancel.clone().cancelled_owned());
+    let served = tokio::select! {
+        served = serving => served.with_context(|| format!("serving on {}", config.listen)),
+        held = &mut holding => {
+            let reason = match held {
+                Ok(Err(reason)) => reason,
+                Ok(Ok(())) => anyhow::anyhow!("the lease was released"),
+                Err(e) => anyhow::Error::new(e),
+            };
+            // At once, without draining: whatever this process would still do is another leader's now.
+            error!(error = %format!("{reason:#}"), "stepping down: this coordinator no longer leads; exiting (restart it to stand by)");
+            std::process::exit(3);
+        }
+    };
     cancel.cancel();
     if let Some(task) = sagemaker {
         task.await.context("SageMaker endpoint")??;
     }
     event_loop.await.context("event loop")?;
+    stop_holding.cancel();
+    holding.await.context("lease")??;
     served?;
     info!("coordinator stopped");
     Ok(())
+}
+
+/// Returns at once with the lease when it is free (one coordinator, or the leader restarting);
+/// otherwise stands by: serves every gRPC call on `listen` with UNAVAILABLE naming the leader
+/// until the lease is ours (the epoch), and stops serving before the leader's server takes the
+/// address. None when stopped meanwhile.
+async fn stand_by(
+    store: &Arc<dyn trainyard_store::Store>,
+    claim: &leadership::Claim,
+    credential: Option<&trainyard_pki::Credential>,
+    listen: std::net::SocketAddr,
+    readiness: &trainyard_telemetry::Readiness,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<i64>> {
+    if let Some(epoch) = store
+        .acquire_leadership(&claim.holder, &claim.address, claim.lease)
+        .await
+        .context("taking the leader's lease")?
+    {
+        return Ok(Some(epoch));
+    }
+    readiness.not_ready("a standby: another coordinator leads");
+    let hint = leadership::LeaderHint::default();
+    let mut server = Server::builder();
+    if let Some(credential) = credential {
+        server = server.tls_config(grpc_tls(credential.clone())).context("configuring TLS")?;
+    }
+    let (_, health) = tonic_health::server::health_reporter();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(
+        server
+            .layer(leadership::StandbyLayer(hint.clone()))
+            .add_service(health)
+            .serve_with_shutdown(listen, stop.clone().cancelled_owned()),
+    );
+    info!(addr = %listen, "standing by");
+    let epoch = leadership::campaign(store, claim, &hint, cancel).await;
+    stop.cancel();
+    serving.await.context("standby server")?.with_context(|| format!("serving on {listen}"))?;
+    Ok(epoch)
 }
 
 /// The coordinator's certificate, re-issued at every start for `coordinator.trainyard` and the

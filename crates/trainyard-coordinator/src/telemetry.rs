@@ -37,6 +37,8 @@ pub struct Metrics {
     pub instances_ended: Family<State, Counter>,
     /// How long the API takes to answer, by method and status code.
     pub rpc_seconds: Family<Rpc, Histogram>,
+    /// 1 while this coordinator leads, 0 while it stands by.
+    pub leader: Gauge,
 }
 
 impl Metrics {
@@ -49,7 +51,13 @@ impl Metrics {
             queue_wait_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 20)),
             instances_ended: Family::default(),
             rpc_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_1, 2.0, 18))),
+            leader: Gauge::default(),
         };
+        registry.register(
+            "trainyard_leader",
+            "1 while this coordinator leads, 0 while it stands by",
+            metrics.leader.clone(),
+        );
         registry.register(
             "trainyard_queue_length",
             "Training jobs waiting for placement",

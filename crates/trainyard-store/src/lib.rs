@@ -18,6 +18,12 @@
 //! Concurrency: updates are compare-and-set on a per-row `version`, so two writers (two
 //! coordinators on PostgreSQL, or a retried request) can never overwrite each other's change
 //! silently; the loser gets [`StoreError::Conflict`] and re-reads.
+//!
+//! Leadership: coordinators sharing a database take turns through one lease row (an epoch, a
+//! holder, an expiry on the database's clock). Once a store has acquired the lease, every write it
+//! makes runs in a transaction that first locks the lease row (`FOR SHARE` on PostgreSQL) and
+//! checks the epoch: a coordinator that was paused or cut off while another took over gets
+//! [`StoreError::Fenced`] and changes nothing, and a takeover waits for writes in flight to end.
 
 mod rows;
 mod sql;
@@ -106,6 +112,19 @@ pub struct AgentCordon {
     pub stop_at: Option<trainyard_model::Timestamp>,
 }
 
+/// Who leads the coordinators sharing this database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaderRecord {
+    /// Increases by one at every takeover (and at every start of a coordinator).
+    pub epoch: i64,
+    /// The holder's identity (stable across restarts of one coordinator: its data directory's).
+    pub holder: String,
+    /// Where clients reach it (HOST:PORT).
+    pub address: String,
+    /// How long the lease still runs, by the database's clock (negative: expired).
+    pub expires_in_ms: i64,
+}
+
 /// A record and the version it was read at (for compare-and-set updates).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned<T> {
@@ -123,6 +142,8 @@ pub enum StoreError {
     Corrupt { name: String, reason: String },
     #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
+    #[error("this coordinator no longer leads (its epoch {epoch}; the database's is {current:?}): nothing was written")]
+    Fenced { epoch: i64, current: Option<i64> },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database unreachable: {0}")]
@@ -138,7 +159,7 @@ impl From<StoreError> for DomainError {
             StoreError::Database(
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_),
             ) => DomainError::Unavailable(e.to_string()),
-            StoreError::Unreachable(_) => DomainError::Unavailable(e.to_string()),
+            StoreError::Unreachable(_) | StoreError::Fenced { .. } => DomainError::Unavailable(e.to_string()),
             other => DomainError::Internal(other.to_string()),
         }
     }
@@ -235,6 +256,23 @@ pub trait Store: Send + Sync {
     async fn delete_cordon(&self, agent_id: &str) -> Result<bool, StoreError>;
     /// Every cordoned agent, by id.
     async fn cordons(&self) -> Result<Vec<AgentCordon>, StoreError>;
+
+    /// Takes the leadership for `lease` if nobody holds it, it has expired, or `holder` held it
+    /// (a restart of the same coordinator): the new epoch, or None when another holds it. From then
+    /// on every write of this store is fenced by that epoch.
+    async fn acquire_leadership(
+        &self,
+        holder: &str,
+        address: &str,
+        lease: std::time::Duration,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Extends the lease of `epoch` by `lease` from now; false when another coordinator has taken
+    /// over meanwhile (this one must step down).
+    async fn renew_leadership(&self, epoch: i64, lease: std::time::Duration) -> Result<bool, StoreError>;
+    /// Ends the lease of `epoch` now (an orderly shutdown), so that a standby takes over at once.
+    async fn release_leadership(&self, epoch: i64) -> Result<(), StoreError>;
+    /// Who leads, if anyone ever did.
+    async fn leader(&self) -> Result<Option<LeaderRecord>, StoreError>;
 }
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.

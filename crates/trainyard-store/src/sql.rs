@@ -4,6 +4,7 @@
 //! suite checks that they agree.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -19,7 +20,10 @@ use trainyard_model::timestamp::Timestamp;
 use trainyard_model::access::Scope;
 
 use crate::rows::{self, TOKEN_COLUMNS, TRAINING_COLUMNS, TUNING_COLUMNS, TrainingDetails};
-use crate::{AgentCordon, AgentIdentity, Backend, LogRecord, MetricSample, Store, StoreError, TokenRecord, Versioned};
+use crate::{
+    AgentCordon, AgentIdentity, Backend, LeaderRecord, LogRecord, MetricSample, Store, StoreError, TokenRecord,
+    Versioned,
+};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -27,6 +31,18 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
+    /// The leadership epoch every write is fenced by; 0 until this store acquires the lease (the
+    /// admin commands, the tests of the store, a coordinator still waiting as a standby).
+    fence: AtomicI64,
+}
+
+/// The database's clock in milliseconds since the Unix epoch: leases are judged by one clock,
+/// whatever the coordinators' own say.
+fn now_ms_sql(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+        Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+    }
 }
 
 /// A bind parameter of a statement built at run time.
@@ -49,7 +65,7 @@ impl Statement {
         format!("${}", self.args.len())
     }
 
-    async fn execute(self, pool: &AnyPool, sql: String) -> Result<(), sqlx::Error> {
+    async fn execute(self, conn: &mut sqlx::AnyConnection, sql: String) -> Result<(), sqlx::Error> {
         let mut query = sqlx::query(audited(sql));
         for arg in self.args {
             query = match arg {
@@ -58,7 +74,7 @@ impl Statement {
                 Arg::Float(f) => query.bind(f),
             };
         }
-        query.execute(pool).await.map(|_| ())
+        query.execute(conn).await.map(|_| ())
     }
 
     async fn fetch_all(self, pool: &AnyPool, sql: String) -> Result<Vec<AnyRow>, sqlx::Error> {
@@ -213,7 +229,31 @@ impl SqlStore {
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
         info!(?backend, "store ready");
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, fence: AtomicI64::new(0) })
+    }
+
+    /// A transaction for a write: once this store leads, it first locks the lease row and checks
+    /// that the epoch is still ours, so that nothing is written after another coordinator took
+    /// over, and a takeover waits for this write to end. SQLite's is `BEGIN IMMEDIATE`: a
+    /// transaction that reads before it writes would otherwise fail at once when another
+    /// connection writes first (SQLite does not wait for an upgrade).
+    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        let epoch = self.fence.load(Ordering::Acquire);
+        if epoch != 0 {
+            let sql = match self.backend {
+                Backend::Postgres => "SELECT epoch FROM coordinator_lease WHERE id = 1 FOR SHARE",
+                Backend::Sqlite => "SELECT epoch FROM coordinator_lease WHERE id = 1",
+            };
+            let current: Option<i64> = sqlx::query_scalar(sql).fetch_optional(&mut *tx).await?;
+            if current != Some(epoch) {
+                return Err(StoreError::Fenced { epoch, current });
+            }
+        }
+        Ok(tx)
     }
 
     /// The shared list implementation: filters, keyset pagination, sort.
@@ -307,6 +347,7 @@ impl Store for SqlStore {
     async fn create_tuning_job(&self, job: &TuningJob) -> Result<Versioned<TuningJob>, StoreError> {
         let request = serde_json::to_string(&job.request)
             .map_err(|e| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() })?;
+        let mut tx = self.write().await?;
         let result = sqlx::query(audited(format!(
             "INSERT INTO tuning_jobs ({TUNING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $11)"
         )))
@@ -321,9 +362,11 @@ impl Store for SqlStore {
         .bind(request)
         .bind(completion_json(job)?)
         .bind(&job.owner)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
-        inserted(result, ResourceKind::TuningJob, &job.name).map(|()| Versioned { value: job.clone(), version: 1 })
+        inserted(result, ResourceKind::TuningJob, &job.name)?;
+        tx.commit().await?;
+        Ok(Versioned { value: job.clone(), version: 1 })
     }
 
     async fn get_tuning_job(&self, name: &str) -> Result<Option<Versioned<TuningJob>>, StoreError> {
@@ -355,6 +398,7 @@ impl Store for SqlStore {
         job: &TuningJob,
         expected_version: i64,
     ) -> Result<Versioned<TuningJob>, StoreError> {
+        let mut tx = self.write().await?;
         let result = sqlx::query(
             "UPDATE tuning_jobs SET status = $1, last_modified_time = $2, end_time = $3, failure_reason = $4, \
              version = $5, details = $8 WHERE name = $6 AND version = $7",
@@ -367,11 +411,12 @@ impl Store for SqlStore {
         .bind(&job.name)
         .bind(expected_version)
         .bind(completion_json(job)?)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if result.rows_affected() == 0 {
             return Err(StoreError::Conflict { kind: ResourceKind::TuningJob, name: job.name.clone() });
         }
+        tx.commit().await?;
         Ok(Versioned { value: job.clone(), version: expected_version + 1 })
     }
 
@@ -415,8 +460,11 @@ impl Store for SqlStore {
         .bind(request)
         .bind(details)
         .bind(&job.owner);
-        let result = bind_double(query, job.objective_value).execute(&self.pool).await;
-        inserted(result, ResourceKind::TrainingJob, &job.name).map(|()| Versioned { value: job.clone(), version: 1 })
+        let mut tx = self.write().await?;
+        let result = bind_double(query, job.objective_value).execute(&mut *tx).await;
+        inserted(result, ResourceKind::TrainingJob, &job.name)?;
+        tx.commit().await?;
+        Ok(Versioned { value: job.clone(), version: 1 })
     }
 
     async fn get_training_job(&self, name: &str) -> Result<Option<Versioned<TrainingJob>>, StoreError> {
@@ -467,10 +515,12 @@ impl Store for SqlStore {
         .bind(expected_version + 1)
         .bind(&job.name)
         .bind(expected_version);
-        let result = bind_double(query, job.objective_value).execute(&self.pool).await?;
+        let mut tx = self.write().await?;
+        let result = bind_double(query, job.objective_value).execute(&mut *tx).await?;
         if result.rows_affected() == 0 {
             return Err(StoreError::Conflict { kind: ResourceKind::TrainingJob, name: job.name.clone() });
         }
+        tx.commit().await?;
         Ok(Versioned { value: job.clone(), version: expected_version + 1 })
     }
 
@@ -529,6 +579,7 @@ impl Store for SqlStore {
 
     async fn append_logs(&self, training_job: &str, lines: &[LogRecord]) -> Result<(), StoreError> {
         // Multi-row inserts in chunks keep a busy job's log to a few statements per second.
+        let mut tx = self.write().await?;
         for chunk in lines.chunks(100) {
             let mut st = Statement::default();
             let rows: Vec<String> = chunk
@@ -550,8 +601,9 @@ impl Store for SqlStore {
                  ON CONFLICT DO NOTHING",
                 rows.join(", ")
             );
-            st.execute(&self.pool, sql).await?;
+            st.execute(&mut tx, sql).await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -587,6 +639,7 @@ impl Store for SqlStore {
     }
 
     async fn append_metrics(&self, training_job: &str, samples: &[MetricSample]) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         for chunk in samples.chunks(100) {
             let mut st = Statement::default();
             let rows: Vec<String> = chunk
@@ -605,8 +658,9 @@ impl Store for SqlStore {
                 "INSERT INTO metric_samples (training_job_name, metric_name, timestamp, value) VALUES {}",
                 rows.join(", ")
             );
-            st.execute(&self.pool, sql).await?;
+            st.execute(&mut tx, sql).await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -651,6 +705,7 @@ impl Store for SqlStore {
     }
 
     async fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         let result = sqlx::query(
             "INSERT INTO access_tokens (id, kind, secret_sha256, user_name, scope, description, created_at, \
              expires_at, revoked_at, access_key_id, access_key_sealed, uses_allowed, uses, agent_id) \
@@ -670,19 +725,22 @@ impl Store for SqlStore {
         .bind(token.uses_allowed)
         .bind(token.uses)
         .bind(token.agent_id.as_deref())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
-        inserted(result, ResourceKind::Token, &token.id)
+        inserted(result, ResourceKind::Token, &token.id)?;
+        Ok(tx.commit().await?)
     }
 
     async fn use_join_token(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
         let result = sqlx::query(
             "UPDATE access_tokens SET uses = uses + 1 \
              WHERE id = $1 AND kind = 'join' AND (uses_allowed IS NULL OR uses < uses_allowed)",
         )
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -710,15 +768,18 @@ impl Store for SqlStore {
     }
 
     async fn revoke_token(&self, id: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
         let result = sqlx::query("UPDATE access_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
             .bind(at.millis())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(result.rows_affected() > 0)
     }
 
     async fn put_agent_identity(&self, identity: &AgentIdentity) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO agent_identities (agent_id, certificate_sha256, join_token_id, joined_at, revoked_at) \
              VALUES ($1, $2, $3, $4, NULL) ON CONFLICT (agent_id) DO UPDATE SET \
@@ -728,9 +789,9 @@ impl Store for SqlStore {
         .bind(&identity.certificate_sha256)
         .bind(&identity.join_token_id)
         .bind(identity.joined_at.millis())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        Ok(tx.commit().await?)
     }
 
     async fn agent_identity_by_certificate(
@@ -748,6 +809,7 @@ impl Store for SqlStore {
     }
 
     async fn put_cordon(&self, cordon: &AgentCordon) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO agent_cordons (agent_id, mode, by_user, at, stop_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (agent_id) DO UPDATE SET mode = $2, by_user = $3, at = $4, stop_at = $5",
@@ -757,9 +819,9 @@ impl Store for SqlStore {
         .bind(&cordon.by_user)
         .bind(cordon.at.millis())
         .bind(cordon.stop_at.map(|t| t.millis()))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        Ok(tx.commit().await?)
     }
 
     async fn prune_ended_jobs(&self, before: trainyard_model::Timestamp, limit: u32) -> Result<(u64, u64), StoreError> {
@@ -782,7 +844,7 @@ impl Store for SqlStore {
         let mut trials = 0u64;
         // One tuning job (with its trials) per transaction: a crash leaves no half-deleted job.
         for name in &tuning {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write().await?;
             for table in ["training_job_logs", "metric_samples"] {
                 sqlx::query(audited(format!(
                     "DELETE FROM {table} WHERE training_job_name IN \
@@ -801,7 +863,7 @@ impl Store for SqlStore {
             tx.commit().await?;
         }
         for name in &standalone {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write().await?;
             delete_logs_of(&mut tx, name).await?;
             sqlx::query("DELETE FROM training_jobs WHERE name = $1").bind(name).execute(&mut *tx).await?;
             tx.commit().await?;
@@ -829,7 +891,7 @@ impl Store for SqlStore {
         names.dedup();
         names.truncate(limit as usize);
         for name in &names {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write().await?;
             delete_logs_of(&mut tx, name).await?;
             tx.commit().await?;
         }
@@ -837,7 +899,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_tuning_job(&self, name: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let ended: Option<String> =
             sqlx::query_scalar(audited(format!("SELECT name FROM tuning_jobs WHERE name = $1 AND status IN {ENDED}")))
                 .bind(name)
@@ -856,8 +918,10 @@ impl Store for SqlStore {
     }
 
     async fn delete_cordon(&self, agent_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
         let result =
-            sqlx::query("DELETE FROM agent_cordons WHERE agent_id = $1").bind(agent_id).execute(&self.pool).await?;
+            sqlx::query("DELETE FROM agent_cordons WHERE agent_id = $1").bind(agent_id).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(result.rows_affected() > 0)
     }
 
@@ -879,14 +943,83 @@ impl Store for SqlStore {
     }
 
     async fn revoke_agent(&self, agent_id: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
         let result =
             sqlx::query("UPDATE agent_identities SET revoked_at = COALESCE(revoked_at, $1) WHERE agent_id = $2")
                 .bind(at.millis())
                 .bind(agent_id)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+        tx.commit().await?;
         Ok(result.rows_affected() > 0)
     }
+
+    async fn acquire_leadership(
+        &self,
+        holder: &str,
+        address: &str,
+        lease: std::time::Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        let now = now_ms_sql(self.backend);
+        let epoch: Option<i64> = sqlx::query_scalar(audited(format!(
+            "INSERT INTO coordinator_lease (id, epoch, holder, address, expires_at_ms) VALUES (1, 1, $1, $2, {now} + $3) \
+             ON CONFLICT (id) DO UPDATE SET epoch = coordinator_lease.epoch + 1, holder = $1, address = $2, \
+             expires_at_ms = {now} + $3 \
+             WHERE coordinator_lease.expires_at_ms < {now} OR coordinator_lease.holder = $1 \
+             RETURNING epoch"
+        )))
+        .bind(holder)
+        .bind(address)
+        .bind(millis(lease))
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(epoch) = epoch {
+            self.fence.store(epoch, Ordering::Release);
+        }
+        Ok(epoch)
+    }
+
+    async fn renew_leadership(&self, epoch: i64, lease: std::time::Duration) -> Result<bool, StoreError> {
+        let now = now_ms_sql(self.backend);
+        let result = sqlx::query(audited(format!(
+            "UPDATE coordinator_lease SET expires_at_ms = {now} + $1 WHERE id = 1 AND epoch = $2"
+        )))
+        .bind(millis(lease))
+        .bind(epoch)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn release_leadership(&self, epoch: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE coordinator_lease SET expires_at_ms = 0 WHERE id = 1 AND epoch = $1")
+            .bind(epoch)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn leader(&self) -> Result<Option<LeaderRecord>, StoreError> {
+        let now = now_ms_sql(self.backend);
+        let row = sqlx::query(audited(format!(
+            "SELECT epoch, holder, address, expires_at_ms - {now} AS expires_in_ms FROM coordinator_lease WHERE id = 1"
+        )))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(LeaderRecord {
+                epoch: row.try_get("epoch")?,
+                holder: row.try_get("holder")?,
+                address: row.try_get("address")?,
+                expires_in_ms: row.try_get("expires_in_ms")?,
+            })
+        })
+        .transpose()
+    }
+}
+
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
 #[cfg(test)]

@@ -63,6 +63,74 @@ async fn postgres_backend_conforms() {
 }
 
 #[tokio::test]
+async fn sqlite_leadership_is_one_at_a_time_and_fences_the_old_leader() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    leadership_is_one_at_a_time_and_fences_the_old_leader(&format!(
+        "sqlite://{}",
+        dir.path().join("trainyard.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_leadership_is_one_at_a_time_and_fences_the_old_leader() {
+    let server = PgServer::start();
+    leadership_is_one_at_a_time_and_fences_the_old_leader(&server.fresh_database()).await;
+}
+
+/// Two coordinators' stores on one database: one lease, taken over only once it expires, and the
+/// old holder's writes refused from then on.
+async fn leadership_is_one_at_a_time_and_fences_the_old_leader(url: &str) {
+    use std::time::Duration;
+    let short = Duration::from_millis(400);
+    let a = connect(url).await.expect("connect a");
+    let b = connect(url).await.expect("connect b");
+    assert_eq!(a.leader().await.expect("leader"), None, "nobody led yet");
+    assert_eq!(a.acquire_leadership("a", "a:1", short).await.expect("acquire"), Some(1));
+    assert_eq!(b.acquire_leadership("b", "b:1", short).await.expect("acquire"), None, "a holds it");
+    let led = b.leader().await.expect("leader").expect("a leads");
+    assert_eq!((led.epoch, led.holder.as_str(), led.address.as_str()), (1, "a", "a:1"));
+    assert!(led.expires_in_ms > 0 && led.expires_in_ms <= 400, "{led:?}");
+    let kept = a.create_tuning_job(&tuning("by-a", 1)).await.expect("the leader writes");
+    assert!(a.renew_leadership(1, short).await.expect("renew"));
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.acquire_leadership("b", "b:1", short).await.expect("take over"), Some(2), "a's lease ran out");
+    assert!(!a.renew_leadership(1, short).await.expect("renew"), "a must step down");
+    // a, unaware, tries to change things: refused, nothing written.
+    let refused = a.create_tuning_job(&tuning("late", 2)).await;
+    assert!(matches!(refused, Err(StoreError::Fenced { epoch: 1, current: Some(2) })), "{refused:?}");
+    assert!(b.get_tuning_job("late").await.expect("get").is_none());
+    let mut stopping = kept.value.clone();
+    stopping.request_stop(Timestamp::from_millis(5)).expect("stop");
+    assert!(matches!(a.update_tuning_job(&stopping, kept.version).await, Err(StoreError::Fenced { .. })));
+    let lines = [LogRecord {
+        seq: 1,
+        instance: 1,
+        stream: "stdout".into(),
+        timestamp: Timestamp::from_millis(1),
+        text: "x".into(),
+    }];
+    assert!(matches!(a.append_logs("by-a", &lines).await, Err(StoreError::Fenced { .. })));
+    let unchanged = b.get_tuning_job("by-a").await.expect("get").expect("present");
+    assert_eq!(unchanged.version, kept.version, "the old leader changed nothing");
+    b.update_tuning_job(&stopping, kept.version).await.expect("the new leader writes");
+
+    // A restart of the holder takes its own lease back at once (a new epoch); the other waits.
+    assert_eq!(a.acquire_leadership("a", "a:1", short).await.expect("acquire"), None);
+    let b2 = connect(url).await.expect("b restarted");
+    assert_eq!(b2.acquire_leadership("b", "b:2", short).await.expect("acquire"), Some(3));
+    assert!(matches!(b.create_tuning_job(&tuning("stale-b", 3)).await, Err(StoreError::Fenced { .. })));
+    // An orderly stop hands over at once.
+    b2.release_leadership(3).await.expect("release");
+    assert_eq!(a.acquire_leadership("a", "a:1", short).await.expect("acquire"), Some(4));
+    a.create_tuning_job(&tuning("by-a-again", 4)).await.expect("a leads again");
+    // A store that never led (the admin commands) is not fenced.
+    let admin = connect(url).await.expect("admin");
+    admin.create_tuning_job(&tuning("by-admin", 5)).await.expect("unfenced write");
+}
+
+#[tokio::test]
 async fn migrations_run_once_and_reopen_cleanly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("reopen.db").display());

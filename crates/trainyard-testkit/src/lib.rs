@@ -13,4 +13,4 @@ pub mod s3;
 pub use postgres::PgServer;
 pub use process::{Daemon, LogCheck, binary, free_port, wait_until};
 
-pub use libc::{SIGINT, SIGKILL, SIGTERM};
+pub use libc::{SIGCONT, SIGINT, SIGKILL, SIGSTOP, SIGTERM};

@@ -54,8 +54,8 @@ pub struct Daemon {
     log: PathBuf,
     name: String,
     check: Option<Arc<LogCheck>>,
-    /// Another daemon's check, frozen when this one is dropped (see [`Daemon::freezes`]).
-    freezes: Option<Arc<LogCheck>>,
+    /// Other daemons' checks, frozen when this one is dropped (see [`Daemon::freezes`]).
+    freezes: Vec<Arc<LogCheck>>,
 }
 
 /// What a checked daemon's log is judged against: the lines a test declared, and how much of the
@@ -110,7 +110,7 @@ impl Daemon {
         let err = out.try_clone().expect("log file");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Daemon { child, log, name: name.to_string(), check: None, freezes: None }
+        Daemon { child, log, name: name.to_string(), check: None, freezes: Vec::new() }
     }
 
     /// Fails the dropping test on an undeclared `WARN` or `ERROR` line in the log.
@@ -127,7 +127,7 @@ impl Daemon {
 
     /// When this daemon is dropped, `other`'s log is judged only up to that moment.
     pub fn freezes(mut self, other: Arc<LogCheck>) -> Daemon {
-        self.freezes = Some(other);
+        self.freezes.push(other);
         self
     }
 
@@ -199,7 +199,7 @@ fn is_warning_or_error(line: &str) -> bool {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(other) = &self.freezes {
+        for other in &self.freezes {
             other.freeze();
         }
         // The whole group, even when its leader has exited: what it started must not outlive the test.

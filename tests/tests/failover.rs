@@ -1,0 +1,325 @@
+//! Coordinators that share a PostgreSQL database: one leads, the others stand by and take over
+//! when its lease runs out; the agents and the CLI, given every coordinator's address, follow the
+//! leader. The leader is killed (SIGKILL) at random moments of a tuning job, and paused (SIGSTOP)
+//! past its lease: nothing is lost or run twice, and a leader that comes back after another took
+//! over writes nothing and exits. A data directory serves one coordinator, on either backend.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use trainyard_e2e::{Backend, Coordinator, PeerCoordinator, Random, example, on_both_backends};
+use trainyard_testkit::{PgServer, free_port, wait_until};
+
+/// Each run appends its job name to `$RUNS` (one short O_APPEND write: atomic), works a moment,
+/// and reports a score.
+const PROGRAM: &str = r#"#!/bin/sh
+echo "$TRAINING_JOB_NAME" >> "$RUNS"
+sleep 0.5
+echo "score=0.$$"
+mkdir -p "$SM_MODEL_DIR"
+"#;
+
+/// What agents say while the leader changes: their stream breaks, a standby sends them on.
+const AGENTS_DURING_FAILOVER: &[&str] =
+    &["coordinator unreachable or stream ended; instances keep running", "cannot join yet"];
+
+on_both_backends!(a_data_directory_serves_one_coordinator);
+
+fn a_data_directory_serves_one_coordinator(backend: Backend) {
+    let c = Coordinator::start_on(backend);
+    let second = std::process::Command::new(trainyard_testkit::binary("trainyard-coordinator"))
+        .arg("--data-dir")
+        .arg(c.data_dir())
+        .args(c.database_args())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", trainyard_testkit::free_port()))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run a second coordinator");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second coordinator started on the same data directory: {said}");
+    assert!(said.contains("another coordinator (pid") && said.contains("already serves the data directory"), "{said}");
+    // The first one is untouched.
+    c.cli(&["agents", "list"]).assert_success();
+}
+
+/// Which of `addresses` leads: the one whose health check answers (standbys answer UNAVAILABLE).
+fn leader_of(c: &Coordinator, addresses: &[&str]) -> Option<usize> {
+    addresses.iter().position(|address| {
+        let out = std::process::Command::new(trainyard_testkit::binary("trainyard"))
+            .args(["--coordinator", address, "--ca-file"])
+            .arg(c.ca_file())
+            .args(["--token", &c.token, "health"])
+            .output()
+            .expect("run trainyard health");
+        out.status.success()
+    })
+}
+
+fn tuning_job(c: &Coordinator, name: &str, trials: u64, program: &str, runs: &std::path::Path) -> std::path::PathBuf {
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    r["HyperParameterTuningJobName"] = json!(name);
+    let config = &mut r["HyperParameterTuningJobConfig"];
+    config["Strategy"] = json!("Random");
+    config["HyperParameterTuningJobObjective"] = json!({"Type": "Maximize", "MetricName": "score"});
+    config["ResourceLimits"] = json!({"MaxNumberOfTrainingJobs": trials, "MaxParallelTrainingJobs": 8});
+    config["TrainingJobEarlyStoppingType"] = json!("Off");
+    let definition = &mut r["TrainingJobDefinition"];
+    definition["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    definition["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
+    definition["Environment"] = json!({"RUNS": runs.display().to_string()});
+    c.write(&format!("{name}.json"), &r.to_string())
+}
+
+/// The CLI and one agent given both coordinators' addresses; the trial program and its runs file.
+fn leader_standby_and_agent(
+    c: &Coordinator,
+    peer: &PeerCoordinator,
+) -> (trainyard_testkit::Daemon, String, std::path::PathBuf) {
+    let list = format!("{},{}", c.address, peer.address);
+    c.use_coordinators(&list);
+    let program = c.install_program("trial.sh", PROGRAM);
+    let runs = c.shared_file("runs.log");
+    let agent = c.start_agent_via(&list, "host-1", &["--advertise-vcpus", "8"], &[]);
+    for line in AGENTS_DURING_FAILOVER {
+        agent.expect_log(line);
+    }
+    (agent, program, runs)
+}
+
+/// Every trial ran exactly once, and ended Completed.
+fn assert_each_trial_ran_once(c: &Coordinator, name: &str, trials: u64, runs: &std::path::Path, seed: u64) {
+    let done = c.wait_json_for(Duration::from_secs(180), &["tuning-jobs", "describe", name], |j| {
+        j["HyperParameterTuningJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "seed {seed}: {done:#}");
+    let counters = &done["TrainingJobStatusCounters"];
+    let failed = c.json(&["tuning-jobs", "trials", name, "--status", "Failed"]);
+    let reasons: Vec<String> = failed["TrainingJobSummaries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["TrainingJobName"].as_str())
+        .map(|trial| format!("{trial}: {}", c.json(&["training-jobs", "describe", trial])["FailureReason"]))
+        .collect();
+    assert_eq!(counters["Completed"], json!(trials), "seed {seed}: {counters:#}; failed: {reasons:#?}");
+    assert_eq!(counters["RetryableError"], json!(0), "seed {seed}: {counters:#}");
+    assert_eq!(counters["NonRetryableError"], json!(0), "seed {seed}: {counters:#}");
+    assert_eq!(counters["Stopped"], json!(0), "seed {seed}: no trial was stopped: {counters:#}");
+    let log = std::fs::read_to_string(runs).expect("runs");
+    let mut started: Vec<&str> = log.lines().collect();
+    started.sort();
+    let total = started.len();
+    started.dedup();
+    assert_eq!(started.len() as u64, trials, "seed {seed}: distinct trials that ran");
+    assert_eq!(total as u64, trials, "seed {seed}: some trial ran twice");
+}
+
+/// Three coordinators on one PostgreSQL, two agents that know all three. The leader is killed at
+/// random moments of a tuning job; a standby takes over each time (the killed one comes back as a
+/// standby once another leads). Measures the failover: kill → the first trial started after it.
+#[test]
+fn killing_the_leader_at_random_moments_fails_over_and_loses_no_trial() {
+    const TRIALS: u64 = 200;
+    let mut c = Coordinator::start_on(Backend::Postgres);
+    let mut peers: Vec<PeerCoordinator> = (0..2).map(|_| c.start_peer(&[])).collect();
+    let addresses: Vec<String> =
+        std::iter::once(c.address.clone()).chain(peers.iter().map(|p| p.address.clone())).collect();
+    let list = addresses.join(",");
+    let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+    c.use_coordinators(&list);
+    assert_eq!(leader_of(&c, &refs), Some(0), "the first coordinator leads");
+    let program = c.install_program("trial.sh", PROGRAM);
+    let runs = c.shared_file("runs.log");
+    let agents: Vec<_> =
+        (1..=2).map(|i| c.start_agent_via(&list, &format!("host-{i}"), &["--advertise-vcpus", "8"], &[])).collect();
+    for agent in &agents {
+        for line in AGENTS_DURING_FAILOVER {
+            agent.expect_log(line);
+        }
+    }
+    let file = tuning_job(&c, "fails-over", TRIALS, &program, &runs);
+    c.cli(&["tuning-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+
+    let (mut random, seed) = Random::from_clock();
+    let started = Instant::now();
+    let mut failovers: Vec<Duration> = Vec::new();
+    // Index of the leader in `addresses`: 0 is `c`, 1.. are the peers.
+    let mut leader = 0;
+    while failovers.len() < 3 {
+        std::thread::sleep(Duration::from_millis(500 + random.next_u64() % 2_500));
+        let now = c.json(&["tuning-jobs", "describe", "fails-over"]);
+        assert_eq!(
+            now["HyperParameterTuningJobStatus"], "InProgress",
+            "seed {seed}: ended before 3 failovers: {now:#}"
+        );
+        let killed_at = Instant::now();
+        match leader {
+            0 => {
+                c.stop(trainyard_testkit::SIGKILL);
+            }
+            i => {
+                peers[i - 1].daemon.signal(trainyard_testkit::SIGKILL);
+                peers[i - 1].daemon.wait_exit(Duration::from_secs(10));
+            }
+        }
+        let mut next = None;
+        assert!(
+            wait_until(Duration::from_secs(60), || {
+                next = leader_of(&c, &refs);
+                next.is_some()
+            }),
+            "seed {seed}: no coordinator leads 60 s after the leader was killed"
+        );
+        let next = next.unwrap_or_default();
+        assert_ne!(next, leader, "seed {seed}: a killed coordinator cannot lead");
+        // The first trial started once the new leader leads was placed by it (what the old one
+        // placed started at once).
+        let runs_before = std::fs::read_to_string(&runs).expect("runs").lines().count();
+        assert!(
+            wait_until(Duration::from_secs(60), || {
+                std::fs::read_to_string(&runs).expect("runs").lines().count() > runs_before
+            }),
+            "seed {seed}: the new leader started no trial within 60 s"
+        );
+        failovers.push(killed_at.elapsed());
+        // The killed one comes back, as a standby now.
+        match leader {
+            0 => c.respawn(),
+            i => peers[i - 1].respawn(),
+        }
+        leader = next;
+    }
+    assert_each_trial_ran_once(&c, "fails-over", TRIALS, &runs, seed);
+    let leftovers = std::process::Command::new("pgrep").args(["-f", &program]).output();
+    let left = leftovers.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    assert!(left.is_empty(), "seed {seed}: trial processes left running: {left}");
+    let millis: Vec<u128> = failovers.iter().map(Duration::as_millis).collect();
+    println!(
+        "seed {seed}: failovers (leader killed -> first trial started by the next leader) {millis:?} ms; {TRIALS} trials in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The leader is paused past its lease: a standby takes over and places new work; the old leader,
+/// resumed, finds it no longer leads, exits, and its writes are refused meanwhile.
+#[test]
+fn a_paused_leader_that_comes_back_steps_down_without_writing() {
+    let mut c = Coordinator::start_on(Backend::Postgres);
+    let peer = c.start_peer(&[]);
+    let (_agent, program, runs) = leader_standby_and_agent(&c, &peer);
+    // What the old leader says when it wakes up: its writes are refused, it steps down.
+    for line in [
+        "no longer leads",
+        "event not handled; catching up from the store",
+        "periodic checks failed",
+        "agent lost: no heartbeat",
+        "still cannot catch up with the store",
+        "agent stream broke",
+    ] {
+        c.expect_log(line);
+    }
+    let first = tuning_job(&c, "before-pause", 4, &program, &runs);
+    c.cli(&["tuning-jobs", "create", "--file", first.to_str().expect("utf-8")]).assert_success();
+    assert_each_trial_ran_once(&c, "before-pause", 4, &runs, 0);
+
+    c.daemon.signal(trainyard_testkit::SIGSTOP);
+    let paused_at = Instant::now();
+    let refs = [c.address.as_str(), peer.address.as_str()];
+    let standby_leads = wait_until(Duration::from_secs(30), || leader_of(&c, &refs) == Some(1));
+    assert!(standby_leads, "the standby did not take over from the paused leader");
+    println!("standby leads {} ms after the leader was paused", paused_at.elapsed().as_millis());
+    std::fs::write(&runs, "").expect("reset runs");
+    let second = tuning_job(&c, "after-pause", 4, &program, &runs);
+    c.cli(&["tuning-jobs", "create", "--file", second.to_str().expect("utf-8")]).assert_success();
+    assert_each_trial_ran_once(&c, "after-pause", 4, &runs, 0);
+
+    c.daemon.signal(trainyard_testkit::SIGCONT);
+    let status = c.daemon.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(3), "the old leader must step down: {}", c.daemon.log());
+    let log = c.daemon.log();
+    assert!(log.contains("stepping down"), "{log}");
+    // The jobs it knew are as the new leader left them.
+    let done = c.json(&["tuning-jobs", "describe", "after-pause"]);
+    assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
+    let before = c.json(&["tuning-jobs", "describe", "before-pause"]);
+    assert_eq!(before["HyperParameterTuningJobStatus"], "Completed", "{before:#}");
+}
+
+/// What a leader cut off from its database says until it steps down.
+const DATABASE_CUT_OFF: &[&str] = &[
+    "could not renew the leader's lease",
+    "renewing the leader's lease took too long",
+    "event not handled; catching up from the store",
+    "periodic checks failed",
+    "still cannot catch up with the store",
+    "scheduling failed",
+    "agent stream broke",
+    "error occurred while testing the connection",
+    "log lines not stored",
+    "health: the store does not answer",
+    "stepping down",
+];
+
+/// An nftables table of the test's own, deleted when dropped.
+struct NftTable(String);
+
+impl NftTable {
+    fn add(&self, rule: &str) {
+        let out = std::process::Command::new("nft").arg(rule.replace("{table}", &self.0)).output().expect("run nft");
+        assert!(out.status.success(), "nft {rule}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for NftTable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft").args(["delete", "table", "ip", &self.0]).output();
+    }
+}
+
+/// The leader is cut off from PostgreSQL (it reaches the server through a port of its own, which
+/// nftables redirects, and then drops): a standby takes over once the lease runs out and places
+/// new work; the old leader cannot renew, lets its agents go and exits.
+#[test]
+fn a_leader_cut_off_from_postgresql_is_replaced_and_steps_down() {
+    let pg = PgServer::start();
+    let direct = pg.fresh_database();
+    let via = free_port();
+    let through_via = direct.replace(&format!(":{}/", pg.port()), &format!(":{via}/"));
+    assert_ne!(through_via, direct);
+    let table = NftTable(format!("trainyard_cut_{via}"));
+    table.add("add table ip {table}");
+    table.add("add chain ip {table} nat { type nat hook output priority -100; }");
+    table.add(&format!("add rule ip {{table}} nat tcp dport {via} redirect to :{}", pg.port()));
+    table.add("add chain ip {table} cut { type filter hook output priority 0; }");
+
+    let mut c = Coordinator::start_with_database(&through_via);
+    let peer = c.start_peer_on(&direct, &[]);
+    let (_agent, program, runs) = leader_standby_and_agent(&c, &peer);
+    for line in DATABASE_CUT_OFF {
+        c.expect_log(line);
+    }
+    let first = tuning_job(&c, "before-cut", 2, &program, &runs);
+    c.cli(&["tuning-jobs", "create", "--file", first.to_str().expect("utf-8")]).assert_success();
+    assert_each_trial_ran_once(&c, "before-cut", 2, &runs, 0);
+
+    // Both directions of its connections: the packets of the redirected port's connections.
+    table.add(&format!("add rule ip {{table}} cut ct original protocol tcp ct original proto-dst {via} drop"));
+    let cut_at = Instant::now();
+    let refs = [c.address.as_str(), peer.address.as_str()];
+    assert!(
+        wait_until(Duration::from_secs(40), || leader_of(&c, &refs) == Some(1)),
+        "the standby did not take over from the leader cut off from PostgreSQL"
+    );
+    println!("standby leads {} ms after the leader was cut off", cut_at.elapsed().as_millis());
+    std::fs::write(&runs, "").expect("reset runs");
+    let second = tuning_job(&c, "after-cut", 2, &program, &runs);
+    c.cli(&["tuning-jobs", "create", "--file", second.to_str().expect("utf-8")]).assert_success();
+    assert_each_trial_ran_once(&c, "after-cut", 2, &runs, 0);
+    println!("the cut-off leader's agent ran new work {} ms after the cut", cut_at.elapsed().as_millis());
+
+    let status = c.daemon.wait_exit(Duration::from_secs(40));
+    assert_eq!(status.and_then(|s| s.code()), Some(3), "the cut-off leader must step down: {}", c.daemon.log());
+    assert!(c.daemon.log().contains("another coordinator may lead"), "{}", c.daemon.log());
+}
