@@ -447,6 +447,9 @@ fn a_partitioned_agent_stops_its_work_before_a_retry_runs_elsewhere() {
     agent_a.expect_log("no word from the coordinator for longer than the lease: stopping every instance (fencing)");
     agent_a.expect_log("coordinator unreachable or stream ended");
     c.expect_log("agent lost: no heartbeat agent=host-a");
+    // The agent gives up on its connection (HTTP/2 pings unanswered) and reconnects after the
+    // partition; when the old connection's end finally reaches the coordinator it is a broken one.
+    c.expect_log("agent stream broke agent=\"host-a\"");
     let ticker = c.install_program("ticker.py", TICKER);
     let request = |name: &str, seconds: &str| {
         let ticks = c.shared_file(&format!("{name}.ticks"));
