@@ -172,7 +172,8 @@ pub enum Backend {
     Postgres,
 }
 
-/// The storage interface. Every operation is one statement or a read; see the crate docs for what
+/// The storage interface. Every write is one statement (in a transaction that checks the leader's
+/// epoch once a lease is held) or one transaction, every read one query; see the crate docs for what
 /// is durable.
 #[async_trait]
 pub trait Store: Send + Sync {
