@@ -19,7 +19,8 @@ pub struct Flags {
     /// TOML configuration file.
     #[arg(long, env = "TRAINYARD_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Coordinator address (HOST:PORT; TLS unless --insecure).
+    /// Coordinator address (HOST:PORT; TLS unless --insecure), or every coordinator's
+    /// (HOST:PORT,HOST:PORT,...): the agent finds the one that leads.
     #[arg(long, env = "TRAINYARD_COORDINATOR")]
     pub coordinator: Option<String>,
     /// A join token (`trainyard-coordinator join-token`): needed once, on the first start; the
@@ -211,8 +212,8 @@ struct S3File {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// HOST:PORT (a scheme given by the user is dropped: TLS is decided by `insecure`).
-    pub coordinator: String,
+    /// The coordinators (a scheme given by the user is dropped: TLS is decided by `insecure`).
+    pub coordinators: trainyard_proto::client::Coordinators,
     pub join_token: Option<String>,
     pub identity_dir: PathBuf,
     pub insecure: bool,
@@ -268,7 +269,8 @@ impl Config {
         let coordinator = flags.coordinator.or(file.coordinator).unwrap_or_else(|| "127.0.0.1:50051".into());
         let work_root = flags.work_root.or(file.work_root).unwrap_or_else(|| PathBuf::from(".trainyard/agent"));
         Ok(Config {
-            coordinator: coordinator.split("://").last().unwrap_or_default().trim_end_matches('/').to_string(),
+            coordinators: trainyard_proto::client::Coordinators::parse(&coordinator)
+                .map_err(|e| anyhow::anyhow!("--coordinator: {e}"))?,
             // A file named for the purpose wins over a token in the environment.
             join_token: match flags.join_token_file.or(file.join_token_file) {
                 Some(path) => Some(
@@ -352,7 +354,7 @@ mod tests {
     fn the_example_configuration_loads() {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/agent.example.toml");
         let config = Config::load(Flags::parse_from(["trainyard-agent", "--config", example])).expect("example");
-        assert_eq!(config.coordinator, "10.0.0.5:50051");
+        assert_eq!(config.coordinators.addresses(), ["10.0.0.5:50051"]);
         assert!(!config.insecure, "TLS unless asked otherwise");
         assert_eq!(config.peer_listen, "0.0.0.0:50052".parse().expect("address"));
         assert!(config.network_namespaces);

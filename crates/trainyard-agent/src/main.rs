@@ -110,12 +110,11 @@ async fn main() -> anyhow::Result<()> {
             cancel.cancel();
         });
     }
-    let coordinators = Coordinators::parse(&config.coordinator).context("--coordinator")?;
     let identity = if config.insecure {
         warn!("--insecure: plain text to the coordinator, no certificate");
         None
     } else {
-        match join(&config, coordinators.clone(), &cancel).await? {
+        match join(&config, config.coordinators.clone(), &cancel).await? {
             Some(identity) => Some(identity),
             None => return Ok(()), // stopped while waiting for the coordinator
         }
@@ -279,6 +278,7 @@ async fn main() -> anyhow::Result<()> {
         metrics,
     });
     let agent = Arc::new(Agent {
+        coordinators: std::sync::Mutex::new(config.coordinators.clone()),
         config,
         settings,
         host: Mutex::new(host),
@@ -290,7 +290,6 @@ async fn main() -> anyhow::Result<()> {
         outbound: Mutex::new(None),
         identity,
         lease: std::sync::Mutex::new(None),
-        coordinators: std::sync::Mutex::new(coordinators),
     });
     tokio::spawn(fence_when_the_lease_runs_out(agent.clone()));
     let mut backoff = Duration::from_millis(100);
@@ -407,7 +406,7 @@ async fn join(
     }
 }
 
-/// How long connecting to a coordinator and opening the stream may take.
+/// How long opening the stream may take.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Why a session ended early.
@@ -426,15 +425,12 @@ impl<E: Into<anyhow::Error>> From<E> for SessionError {
 /// One connection: register, then serve until the stream ends.
 async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> Result<(), SessionError> {
     let address = agent.coordinators.lock().unwrap_or_else(|e| e.into_inner()).next_address();
-    // Bounded: a coordinator that accepts connections but does not answer (paused) is passed over.
-    let channel = tokio::time::timeout(CONNECT_PATIENCE, async {
-        match &agent.identity {
-            Some(identity) => identity::connect(&address, &identity.ca_pem, Some(identity)).await,
-            None => identity::connect_insecure(&address).await,
-        }
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("{address} did not answer within {} s", CONNECT_PATIENCE.as_secs()))??;
+    // A coordinator that accepts connections but does not answer (paused) is passed over: the
+    // channel bounds its connecting, and this the opening of the stream.
+    let channel = match &agent.identity {
+        Some(identity) => identity::connect(&address, &identity.ca_pem, Some(identity)).await?,
+        None => identity::connect_insecure(&address).await?,
+    };
     let mut client = AgentsClient::new(channel);
     let (tx, rx) = mpsc::unbounded_channel();
     let inventory = agent.host.lock().await.inventory();
@@ -462,9 +458,8 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> Result<(), S
     let mut inbound = match opened {
         Ok(stream) => stream.into_inner(),
         Err(status) => {
-            let mut coordinators = agent.coordinators.lock().unwrap_or_else(|e| e.into_inner());
-            if coordinators.follow(&status) {
-                return Err(SessionError::Standby(trainyard_proto::client::leader_hint(&status).unwrap_or_default()));
+            if let Some(leader) = agent.coordinators.lock().unwrap_or_else(|e| e.into_inner()).follow(&status) {
+                return Err(SessionError::Standby(leader));
             }
             return Err(anyhow::Error::new(status).context(format!("opening the stream to {address}")).into());
         }

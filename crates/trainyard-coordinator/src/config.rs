@@ -239,6 +239,11 @@ pub struct ConfiguredKey {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
+/// This host's name (empty when the kernel does not say).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
+}
+
 impl Config {
     pub fn load(flags: Flags) -> anyhow::Result<Config> {
         let file = match &flags.config {
@@ -271,12 +276,7 @@ impl Config {
         let listen: SocketAddr =
             flags.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses"));
         let advertise_address = flags.advertise_address.or(file.advertise_address).unwrap_or_else(|| {
-            if listen.ip().is_unspecified() {
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-                format!("{}:{}", host.trim(), listen.port())
-            } else {
-                listen.to_string()
-            }
+            if listen.ip().is_unspecified() { format!("{}:{}", hostname(), listen.port()) } else { listen.to_string() }
         });
         Ok(Config {
             advertise_address,

@@ -70,9 +70,8 @@ pub fn holder_id(data_dir: &Path) -> anyhow::Result<String> {
             text
         }
     };
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    Ok(format!("{}:{}:{random}", host.trim(), dir.display()))
+    Ok(format!("{}:{}:{random}", crate::config::hostname(), dir.display()))
 }
 
 /// What this coordinator claims the lease as.

@@ -273,8 +273,9 @@ fn server_credential(
     config: &Config,
 ) -> anyhow::Result<trainyard_pki::Credential> {
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        names.push(host.trim().to_string());
+    let host = config::hostname();
+    if !host.is_empty() {
+        names.push(host);
     }
     if !config.listen.ip().is_unspecified() {
         names.push(config.listen.ip().to_string());

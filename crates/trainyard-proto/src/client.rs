@@ -46,6 +46,11 @@ pub enum ConnectError {
     NoLeader { tried: String, last: String },
 }
 
+/// HOST:PORT of an address given as HOST:PORT or as a URL (`https://HOST:PORT/`).
+fn bare_address(address: &str) -> &str {
+    address.split("://").last().unwrap_or_default().trim_end_matches('/')
+}
+
 /// The metadata key under which a standby coordinator names the leader (HOST:PORT) in the
 /// UNAVAILABLE answer it gives to every call.
 pub const LEADER_HINT: &str = "trainyard-leader";
@@ -67,11 +72,8 @@ pub struct Coordinators {
 
 impl Coordinators {
     pub fn parse(list: &str) -> Result<Self, ConnectError> {
-        let addresses: Vec<String> = list
-            .split(',')
-            .map(|a| a.trim().split("://").last().unwrap_or_default().trim_end_matches('/').to_string())
-            .filter(|a| !a.is_empty())
-            .collect();
+        let addresses: Vec<String> =
+            list.split(',').map(|a| bare_address(a.trim()).to_string()).filter(|a| !a.is_empty()).collect();
         if addresses.is_empty() {
             return Err(ConnectError::Address(list.to_string()));
         }
@@ -87,15 +89,15 @@ impl Coordinators {
         if let Some(hinted) = self.hinted.take() {
             return hinted;
         }
-        let address = self.addresses[self.turn % self.addresses.len()].clone();
+        let address = self.addresses[self.turn].clone();
         self.turn = (self.turn + 1) % self.addresses.len();
         address
     }
 
-    /// Remembers the leader `status` names (true when it names one).
-    pub fn follow(&mut self, status: &tonic::Status) -> bool {
+    /// Remembers the leader `status` names, to be tried next; which one, if it names one.
+    pub fn follow(&mut self, status: &tonic::Status) -> Option<String> {
         self.hinted = leader_hint(status);
-        self.hinted.is_some()
+        self.hinted.clone()
     }
 }
 
@@ -164,7 +166,7 @@ pub async fn channel(
     ca_pem: Option<&str>,
     identity: Option<ClientIdentity<'_>>,
 ) -> Result<Channel, ConnectError> {
-    let address = address.split("://").last().unwrap_or_default().trim_end_matches('/');
+    let address = bare_address(address);
     let url = format!("{}://{address}", if ca_pem.is_some() { "https" } else { "http" });
     let mut endpoint = Channel::from_shared(url.clone())
         .map_err(|_| ConnectError::Address(address.to_string()))?
@@ -211,14 +213,14 @@ mod tests {
         assert_eq!([c.next_address(), c.next_address()], ["a:1", "b:2"]);
         let mut standby = tonic::Status::unavailable("a standby");
         standby.metadata_mut().insert(LEADER_HINT, "c:3".parse().expect("ascii"));
-        assert!(c.follow(&standby));
+        assert_eq!(c.follow(&standby).as_deref(), Some("c:3"));
         assert_eq!(c.next_address(), "c:3", "the named leader");
         assert_eq!(c.next_address(), "c:3", "then the rotation goes on where it was");
         assert_eq!(c.next_address(), "a:1");
         // Only an UNAVAILABLE answer names a leader.
         let mut other = tonic::Status::not_found("x");
         other.metadata_mut().insert(LEADER_HINT, "b:2".parse().expect("ascii"));
-        assert!(!c.follow(&other));
+        assert_eq!(c.follow(&other), None);
         assert!(Coordinators::parse(" , ").is_err());
     }
 }

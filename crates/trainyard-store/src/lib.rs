@@ -21,9 +21,11 @@
 //!
 //! Leadership: coordinators sharing a database take turns through one lease row (an epoch, a
 //! holder, an expiry on the database's clock). Once a store has acquired the lease, every write it
-//! makes runs in a transaction that first locks the lease row (`FOR SHARE` on PostgreSQL) and
-//! checks the epoch: a coordinator that was paused or cut off while another took over gets
-//! [`StoreError::Fenced`] and changes nothing, and a takeover waits for writes in flight to end.
+//! makes checks the epoch under a lock on the lease row (`FOR SHARE` on PostgreSQL): inside the
+//! statement itself for the writes of jobs, logs and metrics (one round trip, as before leases),
+//! in a transaction that reads the row first for the others. A coordinator that was paused or cut
+//! off while another took over gets [`StoreError::Fenced`] and changes nothing, and a takeover
+//! waits for writes in flight to end.
 
 mod rows;
 mod sql;
@@ -172,9 +174,8 @@ pub enum Backend {
     Postgres,
 }
 
-/// The storage interface. Every write is one statement (in a transaction that checks the leader's
-/// epoch once a lease is held) or one transaction, every read one query; see the crate docs for what
-/// is durable.
+/// The storage interface. Every write is one statement or one transaction (fenced by the leader's
+/// epoch once a lease is held), every read one query; see the crate docs for what is durable.
 #[async_trait]
 pub trait Store: Send + Sync {
     fn backend(&self) -> Backend;

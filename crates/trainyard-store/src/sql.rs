@@ -65,7 +65,8 @@ impl Statement {
         format!("${}", self.args.len())
     }
 
-    async fn execute(self, conn: &mut sqlx::AnyConnection, sql: String) -> Result<(), sqlx::Error> {
+    /// Runs the statement; how many rows it changed.
+    async fn execute(self, pool: &AnyPool, sql: String) -> Result<u64, sqlx::Error> {
         let mut query = sqlx::query(audited(sql));
         for arg in self.args {
             query = match arg {
@@ -74,7 +75,7 @@ impl Statement {
                 Arg::Float(f) => query.bind(f),
             };
         }
-        query.execute(conn).await.map(|_| ())
+        query.execute(pool).await.map(|r| r.rows_affected())
     }
 
     async fn fetch_all(self, pool: &AnyPool, sql: String) -> Result<Vec<AnyRow>, sqlx::Error> {
@@ -144,9 +145,14 @@ fn private_database_file(rest: &str) -> Result<(), StoreError> {
 }
 
 /// The outcome of an insert: a taken name is `AlreadyExists`, whatever the backend's error says.
-fn inserted<T>(result: Result<T, sqlx::Error>, kind: ResourceKind, name: &str) -> Result<(), StoreError> {
+/// How many rows it inserted.
+fn inserted(
+    result: Result<sqlx::any::AnyQueryResult, sqlx::Error>,
+    kind: ResourceKind,
+    name: &str,
+) -> Result<u64, StoreError> {
     match result {
-        Ok(_) => Ok(()),
+        Ok(done) => Ok(done.rows_affected()),
         Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
             Err(StoreError::AlreadyExists { kind, name: name.to_string() })
         }
@@ -232,9 +238,41 @@ impl SqlStore {
         Ok(Self { pool, backend, fence: AtomicI64::new(0) })
     }
 
-    /// A transaction for a write: once this store leads, it first locks the lease row and checks
-    /// that the epoch is still ours, so that nothing is written after another coordinator took
-    /// over, and a takeover waits for this write to end. SQLite's is `BEGIN IMMEDIATE`: a
+    /// The epoch this store's writes are fenced by (0: none).
+    fn epoch(&self) -> i64 {
+        self.fence.load(Ordering::Acquire)
+    }
+
+    /// The fence of a write made in one statement, ANDed into its WHERE, with `placeholder` bound
+    /// to [`SqlStore::epoch`]: true while this store holds no lease, else the lease row still
+    /// carries our epoch, read `FOR SHARE` on PostgreSQL so that a takeover waits for the
+    /// statement (the lock is taken, and the epoch re-checked, on the row's newest version). The
+    /// same guarantee as [`SqlStore::write`] in one round trip, for the writes of every trial.
+    fn fence_clause(&self, placeholder: &str) -> String {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR SHARE",
+            Backend::Sqlite => "",
+        };
+        format!(
+            "({placeholder} = 0 OR EXISTS (SELECT 1 FROM coordinator_lease WHERE id = 1 AND epoch = {placeholder}{lock}))"
+        )
+    }
+
+    /// After a fenced statement changed nothing: `Fenced` when the lease is no longer ours, else
+    /// `otherwise` (the statement's own reason: a stale version, a duplicate).
+    async fn fenced_or(&self, otherwise: Result<(), StoreError>) -> Result<(), StoreError> {
+        let epoch = self.epoch();
+        if epoch == 0 {
+            return otherwise;
+        }
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT epoch FROM coordinator_lease WHERE id = 1").fetch_optional(&self.pool).await?;
+        if current == Some(epoch) { otherwise } else { Err(StoreError::Fenced { epoch, current }) }
+    }
+
+    /// A transaction for a write of several statements: once this store leads, it first locks
+    /// the lease row and checks that the epoch is still ours, so that nothing is written after
+    /// another coordinator took over, and a takeover waits for this write to end. SQLite's is `BEGIN IMMEDIATE`: a
     /// transaction that reads before it writes would otherwise fail at once when another
     /// connection writes first (SQLite does not wait for an upgrade).
     async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
@@ -347,9 +385,10 @@ impl Store for SqlStore {
     async fn create_tuning_job(&self, job: &TuningJob) -> Result<Versioned<TuningJob>, StoreError> {
         let request = serde_json::to_string(&job.request)
             .map_err(|e| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() })?;
-        let mut tx = self.write().await?;
+        let fence = self.fence_clause("$12");
         let result = sqlx::query(audited(format!(
-            "INSERT INTO tuning_jobs ({TUNING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $11)"
+            "INSERT INTO tuning_jobs ({TUNING_COLUMNS}) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $11 WHERE {fence}"
         )))
         .bind(&job.name)
         .bind(&job.arn)
@@ -362,10 +401,12 @@ impl Store for SqlStore {
         .bind(request)
         .bind(completion_json(job)?)
         .bind(&job.owner)
-        .execute(&mut *tx)
+        .bind(self.epoch())
+        .execute(&self.pool)
         .await;
-        inserted(result, ResourceKind::TuningJob, &job.name)?;
-        tx.commit().await?;
+        if inserted(result, ResourceKind::TuningJob, &job.name)? == 0 {
+            self.fenced_or(Ok(())).await?;
+        }
         Ok(Versioned { value: job.clone(), version: 1 })
     }
 
@@ -398,11 +439,11 @@ impl Store for SqlStore {
         job: &TuningJob,
         expected_version: i64,
     ) -> Result<Versioned<TuningJob>, StoreError> {
-        let mut tx = self.write().await?;
-        let result = sqlx::query(
+        let result = sqlx::query(audited(format!(
             "UPDATE tuning_jobs SET status = $1, last_modified_time = $2, end_time = $3, failure_reason = $4, \
-             version = $5, details = $8 WHERE name = $6 AND version = $7",
-        )
+             version = $5, details = $8 WHERE name = $6 AND version = $7 AND {}",
+            self.fence_clause("$9")
+        )))
         .bind(job.status.as_str())
         .bind(job.last_modified_time.millis())
         .bind(job.end_time.map(|t| t.millis()))
@@ -411,12 +452,13 @@ impl Store for SqlStore {
         .bind(&job.name)
         .bind(expected_version)
         .bind(completion_json(job)?)
-        .execute(&mut *tx)
+        .bind(self.epoch())
+        .execute(&self.pool)
         .await?;
         if result.rows_affected() == 0 {
-            return Err(StoreError::Conflict { kind: ResourceKind::TuningJob, name: job.name.clone() });
+            let conflict = StoreError::Conflict { kind: ResourceKind::TuningJob, name: job.name.clone() };
+            self.fenced_or(Err(conflict)).await?;
         }
-        tx.commit().await?;
         Ok(Versioned { value: job.clone(), version: expected_version + 1 })
     }
 
@@ -441,10 +483,11 @@ impl Store for SqlStore {
         let corrupt = |e: serde_json::Error| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() };
         let request = serde_json::to_string(&job.request).map_err(corrupt)?;
         let details = serde_json::to_string(&TrainingDetails::of(job)).map_err(corrupt)?;
-        let objective = nullable_double("$15", job.objective_value);
+        let objective = nullable_double("$16", job.objective_value);
+        let fence = self.fence_clause("$15");
         let query = sqlx::query(audited(format!(
             "INSERT INTO training_jobs ({TRAINING_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, {objective}, $7, $8, $9, $10, $11, $12, $13, 1, $14)"
+             SELECT $1, $2, $3, $4, $5, $6, {objective}, $7, $8, $9, $10, $11, $12, $13, 1, $14 WHERE {fence}"
         )))
         .bind(&job.name)
         .bind(&job.arn)
@@ -459,11 +502,12 @@ impl Store for SqlStore {
         .bind(job.failure_reason.as_deref())
         .bind(request)
         .bind(details)
-        .bind(&job.owner);
-        let mut tx = self.write().await?;
-        let result = bind_double(query, job.objective_value).execute(&mut *tx).await;
-        inserted(result, ResourceKind::TrainingJob, &job.name)?;
-        tx.commit().await?;
+        .bind(&job.owner)
+        .bind(self.epoch());
+        let result = bind_double(query, job.objective_value).execute(&self.pool).await;
+        if inserted(result, ResourceKind::TrainingJob, &job.name)? == 0 {
+            self.fenced_or(Ok(())).await?;
+        }
         Ok(Versioned { value: job.clone(), version: 1 })
     }
 
@@ -498,11 +542,12 @@ impl Store for SqlStore {
     ) -> Result<Versioned<TrainingJob>, StoreError> {
         let details = serde_json::to_string(&TrainingDetails::of(job))
             .map_err(|e| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() })?;
-        let objective = nullable_double("$12", job.objective_value);
+        let objective = nullable_double("$13", job.objective_value);
+        let fence = self.fence_clause("$12");
         let query = sqlx::query(audited(format!(
             "UPDATE training_jobs SET status = $1, secondary_status = $2, objective_status = $3, \
              objective_value = {objective}, last_modified_time = $4, training_start_time = $5, training_end_time = $6, \
-             failure_reason = $7, details = $8, version = $9 WHERE name = $10 AND version = $11"
+             failure_reason = $7, details = $8, version = $9 WHERE name = $10 AND version = $11 AND {fence}"
         )))
         .bind(job.status.as_str())
         .bind(job.secondary_status.as_str())
@@ -514,13 +559,13 @@ impl Store for SqlStore {
         .bind(details)
         .bind(expected_version + 1)
         .bind(&job.name)
-        .bind(expected_version);
-        let mut tx = self.write().await?;
-        let result = bind_double(query, job.objective_value).execute(&mut *tx).await?;
+        .bind(expected_version)
+        .bind(self.epoch());
+        let result = bind_double(query, job.objective_value).execute(&self.pool).await?;
         if result.rows_affected() == 0 {
-            return Err(StoreError::Conflict { kind: ResourceKind::TrainingJob, name: job.name.clone() });
+            let conflict = StoreError::Conflict { kind: ResourceKind::TrainingJob, name: job.name.clone() };
+            self.fenced_or(Err(conflict)).await?;
         }
-        tx.commit().await?;
         Ok(Versioned { value: job.clone(), version: expected_version + 1 })
     }
 
@@ -579,7 +624,6 @@ impl Store for SqlStore {
 
     async fn append_logs(&self, training_job: &str, lines: &[LogRecord]) -> Result<(), StoreError> {
         // Multi-row inserts in chunks keep a busy job's log to a few statements per second.
-        let mut tx = self.write().await?;
         for chunk in lines.chunks(100) {
             let mut st = Statement::default();
             let rows: Vec<String> = chunk
@@ -596,14 +640,17 @@ impl Store for SqlStore {
                     )
                 })
                 .collect();
+            let fence = self.fence_clause(&st.bind(Arg::Int(self.epoch())));
             let sql = format!(
-                "INSERT INTO training_job_logs (training_job_name, seq, instance, stream, timestamp, text) VALUES {} \
-                 ON CONFLICT DO NOTHING",
+                "INSERT INTO training_job_logs (training_job_name, seq, instance, stream, timestamp, text) \
+                 SELECT * FROM (VALUES {}) AS v WHERE {fence} ON CONFLICT DO NOTHING",
                 rows.join(", ")
             );
-            st.execute(&mut tx, sql).await?;
+            // Nothing inserted: lines stored before (a re-sent batch), or fenced.
+            if st.execute(&self.pool, sql).await? == 0 {
+                self.fenced_or(Ok(())).await?;
+            }
         }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -639,7 +686,6 @@ impl Store for SqlStore {
     }
 
     async fn append_metrics(&self, training_job: &str, samples: &[MetricSample]) -> Result<(), StoreError> {
-        let mut tx = self.write().await?;
         for chunk in samples.chunks(100) {
             let mut st = Statement::default();
             let rows: Vec<String> = chunk
@@ -654,13 +700,16 @@ impl Store for SqlStore {
                     )
                 })
                 .collect();
+            let fence = self.fence_clause(&st.bind(Arg::Int(self.epoch())));
             let sql = format!(
-                "INSERT INTO metric_samples (training_job_name, metric_name, timestamp, value) VALUES {}",
+                "INSERT INTO metric_samples (training_job_name, metric_name, timestamp, value) \
+                 SELECT * FROM (VALUES {}) AS v WHERE {fence}",
                 rows.join(", ")
             );
-            st.execute(&mut tx, sql).await?;
+            if st.execute(&self.pool, sql).await? == 0 {
+                self.fenced_or(Ok(())).await?;
+            }
         }
-        tx.commit().await?;
         Ok(())
     }
 
