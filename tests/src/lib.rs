@@ -93,8 +93,19 @@ impl Drop for Coordinator {
     }
 }
 
-fn with_host_programs<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    std::iter::once("--host-programs").chain(args.iter().copied()).collect()
+/// The arguments of an agent that runs the tests' programs (`--host-programs`), whose instances
+/// may write the shared files of `shared` (the rest of the host is read-only to them).
+fn with_host_programs(shared: &Path, args: &[&str]) -> Vec<String> {
+    let shared = shared.display().to_string();
+    ["--host-programs", "--instance-writable-path", &shared]
+        .into_iter()
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect()
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 fn coordinator_dir() -> TempDir {
@@ -110,8 +121,12 @@ fn programs_dir() -> TempDir {
     std::fs::create_dir_all(&parent).expect("programs dir");
     let dir = tempfile::Builder::new().prefix("programs-").tempdir_in(&parent).expect("temp dir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::create_dir(dir.path().join(SHARED)).expect("shared dir");
     dir
 }
+
+/// The dir of the programs dir whose files jobs may write (see `shared_file`).
+const SHARED: &str = "shared";
 
 impl Coordinator {
     /// On SQLite in a fresh data dir.
@@ -362,16 +377,23 @@ impl Coordinator {
 
     /// An agent given `coordinators` (a comma-separated list) rather than this one's address.
     pub fn start_agent_via(&self, coordinators: &str, id: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let args = with_host_programs(args);
-        self.start_agent_with(Command::new(binary("trainyard-agent")), coordinators, id, &args, env)
+        let args = with_host_programs(&self.shared_dir(), args);
+        self.start_agent_with(Command::new(binary("trainyard-agent")), coordinators, id, &as_strs(&args), env)
     }
 
     /// Starts an agent connected to this coordinator, with its work root and buckets
     /// (`examples` = the repository's example data, `output` = `<dir>/output`) in this temp dir.
     /// It runs host programs (`--host-programs`): the tests' training programs are.
     pub fn start_agent(&self, id: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let args = with_host_programs(args);
-        self.start_agent_with(Command::new(binary("trainyard-agent")), &self.address, id, &args, env)
+        let args = with_host_programs(&self.shared_dir(), args);
+        self.start_agent_with(Command::new(binary("trainyard-agent")), &self.address, id, &as_strs(&args), env)
+    }
+
+    /// An agent started by `launcher` (a command that ends by running the agent with the
+    /// arguments appended to it, e.g. `unshare ... sh -c '...; exec "$@"' sh <agent>`).
+    pub fn start_agent_through(&self, launcher: Command, id: &str, args: &[&str]) -> Daemon {
+        let args = with_host_programs(&self.shared_dir(), args);
+        self.start_agent_with(launcher, &self.address, id, &as_strs(&args), &[])
     }
 
     /// An agent as production runs it: container images only, no programs on the host.
@@ -387,7 +409,8 @@ impl Coordinator {
     /// (`ip netns exec` mounts the namespace's own /sys, without the cgroup file systems: agents in
     /// simulated hosts run instances without cgroups, and say so.)
     pub fn start_agent_on(&self, host: &netns::Host, lan: &netns::Lan, id: &str, args: &[&str]) -> Daemon {
-        self.start_agent_on_for_images_only(host, lan, id, &with_host_programs(args))
+        let args = with_host_programs(&self.shared_dir(), args);
+        self.start_agent_on_for_images_only(host, lan, id, &as_strs(&args))
     }
 
     /// As `start_agent_on`, for an agent that runs images only (containers get their cgroups
@@ -442,7 +465,7 @@ impl Coordinator {
             Command::new(binary("trainyard-agent")),
             &self.address,
             id,
-            &with_host_programs(args),
+            &as_strs(&with_host_programs(&self.shared_dir(), args)),
             env,
         )
     }
@@ -490,6 +513,11 @@ impl Coordinator {
         path
     }
 
+    /// The dir agents started here let instances write (`--instance-writable-path`).
+    fn shared_dir(&self) -> PathBuf {
+        self.programs.path().join(SHARED)
+    }
+
     /// Where training programs go: every user may read and run what is in it.
     pub fn programs_dir(&self) -> &Path {
         self.programs.path()
@@ -499,7 +527,7 @@ impl Coordinator {
     /// their own): how a test's programs tell it what they did.
     pub fn shared_file(&self, name: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
-        let path = self.programs.path().join(name);
+        let path = self.shared_dir().join(name);
         std::fs::write(&path, "").expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
         path

@@ -329,14 +329,131 @@ fn nothing_a_job_starts_outlives_it_and_its_memory_is_its_instance_types() {
     assert!(!c.logs("hog").contains("survived"));
 }
 
-/// Holds a secret in its environment, its work dir, /tmp and /dev/shm, says so, and waits.
+/// Says which cgroup it is in, then leaves the escapers behind.
+const CGROUP_ESCAPER: &str = r#"#!/bin/sh
+grep '^0::' /proc/self/cgroup | sed 's/^/in-cgroup /'
+setsid -f sh -c 'while true; do echo still-here; sleep 0.2; done' escaper-7f3a
+setsid sh -c 'sleep 600' escaper-7f3a > /dev/null 2>&1 < /dev/null &
+mkdir -p "$SM_MODEL_DIR"
+echo main-ends
+"#;
+
+/// A cgroup of the unified hierarchy made for one test (the agent's, as systemd makes a
+/// service's), removed with what the agent left in it once the agent is gone.
+struct TestCgroup {
+    /// Where the unified hierarchy is mounted on this host.
+    unified: std::path::PathBuf,
+    name: String,
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let dir = self.unified.join(&self.name);
+        let children = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>());
+        for child in children.unwrap_or_default().into_iter().filter(|p| p.is_dir()) {
+            for grandchild in std::fs::read_dir(&child).into_iter().flatten().flatten() {
+                let _ = std::fs::remove_dir(grandchild.path());
+            }
+            let _ = std::fs::remove_dir(child);
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// cgroup v2, as a systemd host with `Delegate=yes` runs the agent: started in a cgroup of its own,
+/// it moves itself into a leaf and puts each instance in a cgroup under that one, which is what it
+/// kills (the job's processes run as the agent's user here, so that no per-uid kill can be what
+/// stops the escapers). On this hybrid host the unified hierarchy (mounted at
+/// /sys/fs/cgroup/unified) is bound over /sys/fs/cgroup in the agent's mount namespace, which is
+/// what a v2-only host looks like to it; the memory, cpu and pids controllers stay with v1 here,
+/// so the agent says those limits are not enforced.
+#[test]
+fn on_cgroup_v2_instances_nest_under_the_agents_cgroup_and_nothing_outlives_them() {
+    let cgroup2 = |p: &str| {
+        std::process::Command::new("stat")
+            .args(["-f", "-c", "%T", p])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "cgroup2fs")
+    };
+    let unified = if cgroup2("/sys/fs/cgroup") {
+        "/sys/fs/cgroup"
+    } else {
+        assert!(cgroup2("/sys/fs/cgroup/unified"), "this test needs a cgroup v2 hierarchy");
+        "/sys/fs/cgroup/unified"
+    };
+    let test_cgroup = TestCgroup { unified: unified.into(), name: format!("trainyard-e2e-{}", std::process::id()) };
+    std::fs::create_dir(test_cgroup.unified.join(&test_cgroup.name)).expect("mkdir cgroup");
+    let c = Coordinator::start();
+    let mut launcher = std::process::Command::new("unshare");
+    launcher.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        // A v2-only host, to the agent: the unified hierarchy at /sys/fs/cgroup.
+        r#"if [ "$UNIFIED" != /sys/fs/cgroup ]; then mount --bind "$UNIFIED" /sys/fs/cgroup || exit 1; fi
+           echo $$ > "/sys/fs/cgroup/$CGROUP/cgroup.procs" || exit 1
+           exec "$@""#,
+        "sh",
+    ]);
+    launcher.arg(trainyard_testkit::binary("trainyard-agent"));
+    launcher.env("UNIFIED", unified).env("CGROUP", &test_cgroup.name);
+    let agent = c.start_agent_through(launcher, "unified", &["--jobs-run-as-agent-user"]);
+    agent.expect_log("--jobs-run-as-agent-user");
+    agent.expect_log("controllers are not delegated");
+
+    // The agent left the cgroup it was started in for a leaf of its own.
+    let agent_cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", agent.pid())).expect("agent's cgroup");
+    let own = format!("0::/{}/", test_cgroup.name);
+    assert!(
+        agent_cgroup.lines().any(|l| l.starts_with(&own) && l.ends_with(".self")),
+        "the agent is not in a leaf of its cgroup: {agent_cgroup}"
+    );
+
+    let program = c.install_program("cgroup-escaper.sh", CGROUP_ESCAPER);
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    r["TrainingJobName"] = json!("nested");
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    let file = c.write("nested.json", &r.to_string());
+    c.cli(&["training-jobs", "create", "--file", path(&file)]).assert_success();
+    let done = c.wait_json_for(Duration::from_secs(30), &["training-jobs", "describe", "nested"], |d| {
+        d["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    let logs = c.logs("nested");
+    assert!(logs.contains("main-ends"), "{logs}");
+    let nested = logs.lines().find_map(|l| l.split("in-cgroup ").nth(1)).expect("the job printed its cgroup");
+    assert!(
+        nested.starts_with(&format!("0::/{}/trainyard-unified-", test_cgroup.name))
+            && nested.ends_with("/nested.algo-1"),
+        "the instance's cgroup is not under the agent's: {nested}"
+    );
+    assert!(escapers_alive().is_empty(), "left running: {:?}", escapers_alive());
+    // The instance's cgroup is gone with it.
+    let instance_dir = Path::new(unified).join(nested.trim_start_matches("0::/"));
+    assert!(!instance_dir.exists(), "{} is left", instance_dir.display());
+    drop(agent);
+}
+
+/// Holds a secret in its environment, its work dir, /tmp, /var/tmp and /dev/shm, says so, tries
+/// to leave it in the host's other world-writable dir (/run/lock) and a shared file the agent lets
+/// instances write, and waits.
 const SECRET_HOLDER: &str = r#"#!/usr/bin/env python3
 import os, time
 secret = os.environ["HOLDER_SECRET"]
-for path in ["/tmp/holder-secret", "/dev/shm/holder-secret", os.environ["SM_MODEL_DIR"] + "/holder-secret"]:
+for path in ["/tmp/holder-secret", "/var/tmp/holder-secret", "/dev/shm/holder-secret", os.environ["SM_MODEL_DIR"] + "/holder-secret"]:
     with open(path, "w") as f:
         f.write(secret)
     os.chmod(path, 0o644)
+for path in ["/run/lock/holder-secret", os.environ["SHARED_FILE"]]:
+    try:
+        with open(path, "a") as f:
+            f.write(secret)
+        print(f"wrote {path}", flush=True)
+    except OSError as e:
+        print(f"refused {path}: {e.strerror}", flush=True)
 print(f"holding uid={os.getuid()}", flush=True)
 time.sleep(120)
 "#;
@@ -347,7 +464,7 @@ import os, signal
 me = os.getpid()
 secret = b"holder-" + b"secret-4d1c"
 print(f"probing uid={os.getuid()} gid={os.getgid()}", flush=True)
-for path in ["/tmp/holder-secret", "/dev/shm/holder-secret"]:
+for path in ["/tmp/holder-secret", "/var/tmp/holder-secret", "/dev/shm/holder-secret", "/run/lock/holder-secret"]:
     if os.path.exists(path):
         print(f"LEAK {path} exists", flush=True)
 signalled = 0
@@ -388,7 +505,8 @@ fn concurrent_jobs_share_no_uid_and_none_runs_as_root() {
         c.write(&format!("{name}.json"), &r.to_string())
     };
     let holder = c.install_program("holder.py", SECRET_HOLDER);
-    let file = request("holder", &holder, json!({"HOLDER_SECRET": "holder-secret-4d1c"}));
+    let shared = c.shared_file("holder.shared");
+    let file = request("holder", &holder, json!({"HOLDER_SECRET": "holder-secret-4d1c", "SHARED_FILE": path(&shared)}));
     c.cli(&["training-jobs", "create", "--file", path(&file)]).assert_success();
     assert!(
         wait_until(Duration::from_secs(30), || c.logs("holder").contains("holding uid=")),
@@ -423,7 +541,14 @@ fn concurrent_jobs_share_no_uid_and_none_runs_as_root() {
         d["TrainingJobStatus"] != "InProgress" && d["TrainingJobStatus"] != "Stopping"
     });
     assert_eq!(done["TrainingJobStatus"], "Stopped", "{done:#}");
+    // The host is read-only to it but for what the agent shares on purpose.
+    let held = c.logs("holder");
+    assert!(held.contains("refused /run/lock/holder-secret: Read-only file system"), "{held}");
+    assert!(held.contains(&format!("wrote {}", path(&shared))), "{held}");
+    assert_eq!(std::fs::read_to_string(&shared).expect("shared file"), "holder-secret-4d1c");
+    assert!(!std::path::Path::new("/run/lock/holder-secret").exists());
     assert!(!std::path::Path::new("/tmp/holder-secret").exists(), "its /tmp was its own");
+    assert!(!std::path::Path::new("/var/tmp/holder-secret").exists(), "its /var/tmp was its own");
     assert!(!std::path::Path::new("/dev/shm/holder-secret").exists(), "its /dev/shm was its own");
     let processes_of_uid = |uid: u32| {
         std::fs::read_dir("/proc")

@@ -319,6 +319,51 @@ fn a_coordinator_whose_database_is_down_says_why_at_once() {
     assert!(!stderr.contains("s3cret-password"), "{stderr}");
 }
 
+/// `trainyard-coordinator backup` copies a running coordinator's SQLite database; a coordinator
+/// restored from the copy has every job the copy was taken after, and none from later.
+#[test]
+fn a_running_coordinator_is_backed_up_and_restored_from_the_copy() {
+    let mut c = Coordinator::start();
+    let agent = c.start_agent("backed-up", &[], &[]);
+    agent.expect_log("coordinator unreachable or stream ended");
+    let trainer = c.install_program("trainer.py", TEST_TRAINER);
+    let request = |name: &str| {
+        let mut r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+        r["TrainingJobName"] = json!(name);
+        r["AlgorithmSpecification"]["TrainingImage"] = json!(trainer);
+        c.write(&format!("{name}.json"), &r.to_string())
+    };
+    let file = request("before-backup");
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "before-backup"], |d| {
+        d["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+
+    let copy = c.data_dir().parent().expect("dir").join("backup.db");
+    let copy_arg = copy.to_str().expect("utf-8").to_string();
+    c.admin(&["backup", "--to", &copy_arg]);
+    // Refused, not overwritten, the second time.
+    let again = c.admin_command(&["backup", "--to", &copy_arg]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("exists"));
+    let file = request("after-backup");
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+
+    c.stop(trainyard_testkit::SIGTERM);
+    let data = c.data_dir();
+    for stale in ["trainyard.db-wal", "trainyard.db-shm"] {
+        let _ = std::fs::remove_file(data.join(stale));
+    }
+    std::fs::copy(&copy, data.join("trainyard.db")).expect("restore the copy");
+    c.respawn();
+    let restored = c.json(&["training-jobs", "describe", "before-backup"]);
+    assert_eq!(restored["TrainingJobStatus"], "Completed", "{restored:#}");
+    assert!(c.logs("before-backup").contains("epoch"), "its logs came back too");
+    let later = c.cli(&["training-jobs", "describe", "after-backup"]);
+    assert_ne!(later.code(), 0, "a job from after the backup is not in it");
+}
+
 fn ended_jobs_leave_after_their_retention_and_ended_tuning_jobs_can_be_deleted(backend: Backend) {
     let c = Coordinator::start_on_with_args(backend, &["--job-retention", "8s", "--log-retention", "2s"]);
     let _agent = c.start_agent("keeper", &["--advertise-vcpus", "16"], &[]);

@@ -4,14 +4,25 @@
 //! job's process group (`setsid`) is still in it. It carries the instance's limits: the memory and
 //! vCPUs of its instance type and a number of processes; an out-of-memory kill is counted in it.
 //!
+//! On cgroup v2 a cgroup whose children have controllers may hold no process itself, so the agent
+//! first moves itself out of the cgroup it was started in (systemd's `Delegate=yes` hands that
+//! cgroup to it) into a leaf beside its instances' parent:
+//!
+//! ```text
+//! <agent's cgroup>/trainyard-<agent>.self      the agent
+//! <agent's cgroup>/trainyard-<agent>/<job>.algo-<n>  each instance (memory, cpu, pids)
+//! ```
+//!
 //! An agent that cannot create cgroups (not root, no cgroup file system) runs instances without
 //! one, signalling their process group instead, and says so at start.
 
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cgroups_rs::freezer::FreezerController;
+use cgroups_rs::hierarchies::{V1, V2};
 use cgroups_rs::memory::MemController;
 use cgroups_rs::{Cgroup, MaxValue};
 
@@ -28,52 +39,111 @@ pub struct Limits {
 /// Processes and threads an instance may have at most, unless configured.
 pub const DEFAULT_PIDS: u32 = 16_384;
 const CPU_PERIOD_US: u64 = 100_000;
+/// Where the unified (v2) hierarchy is mounted on a host that runs v2 only.
+const UNIFIED_ROOT: &str = "/sys/fs/cgroup";
+/// The controllers an instance's limits need.
+const LIMIT_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
 
-/// One instance's cgroup.
-pub struct InstanceCgroup {
-    cgroup: Cgroup,
-    /// `cgroup.procs` of each hierarchy, for the child to join before it runs the program.
-    procs_files: Vec<CString>,
+/// This agent's place in the cgroup hierarchies, found (and on v2 prepared) once at start.
+#[derive(Debug, Clone)]
+pub struct AgentCgroups {
+    /// The agent's id and the hash of its work root (see [`agent_cgroup_name`]).
+    name: String,
+    version: Version,
 }
 
-/// The cgroup of `<agent>/<job>.algo-<instance>` under the agent's own.
-fn name(agent: &str, job: &str, instance: u32) -> String {
-    format!("trainyard-{agent}/{job}.algo-{instance}")
+#[derive(Debug, Clone)]
+enum Version {
+    /// Each v1 hierarchy: instances go under the agent's cgroup of that hierarchy.
+    V1,
+    /// The unified hierarchy: instances go under `parent` (relative to its root), where
+    /// `controllers` are enabled (those of [`LIMIT_CONTROLLERS`] delegated to the agent).
+    V2 { parent: String, controllers: Vec<String> },
 }
 
-impl InstanceCgroup {
+impl AgentCgroups {
+    /// Finds (v1) or makes (v2) this agent's parent cgroup, removes what an earlier run of the
+    /// agent left in it, and proves an instance's cgroup can be made and limited. `Err` says why
+    /// instances will run without cgroups.
+    pub fn set_up(name: &str) -> Result<AgentCgroups, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("the agent does not run as root, so it cannot create cgroups".into());
+        }
+        let version = if cgroups_rs::hierarchies::is_cgroup2_unified_mode() { delegate_v2(name)? } else { Version::V1 };
+        let cgroups = AgentCgroups { name: name.to_string(), version };
+        // Instances of an earlier run of this agent (it crashed): what is left of them is killed.
+        let parent = cgroups.parent_path();
+        let probe = cgroups.load(&parent);
+        let listed = probe.subsystems().first().map(|s| s.to_controller().path().to_path_buf());
+        for entry in listed.and_then(|dir| std::fs::read_dir(dir).ok()).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let path = format!("{parent}/{}", entry.file_name().to_string_lossy());
+                let stale = cgroups.load(&path);
+                tracing::info!(cgroup = %path, left = stale.procs().len(), "removing an earlier run's instance cgroup");
+                drop(InstanceCgroup { cgroup: stale, procs_files: Vec::new() });
+            }
+        }
+        drop(cgroups.create("probe", 0, Limits { memory_mib: Some(64), vcpus: Some(1), pids: 16 })?);
+        Ok(cgroups)
+    }
+
+    /// The limits the kernel will not enforce here (controllers not delegated to the agent).
+    pub fn unenforced(&self) -> Vec<&'static str> {
+        match &self.version {
+            Version::V1 => Vec::new(),
+            Version::V2 { controllers, .. } => {
+                LIMIT_CONTROLLERS.into_iter().filter(|c| !controllers.iter().any(|have| have == c)).collect()
+            }
+        }
+    }
+
     /// Creates the instance's cgroup with its limits. An earlier one of the same name (a crashed
     /// agent's) is emptied and replaced.
-    pub fn create(agent: &str, job: &str, instance: u32, limits: Limits) -> Result<InstanceCgroup, String> {
-        let path = name(agent, job, instance);
-        let stale = load(&path);
+    pub fn create(&self, job: &str, instance: u32, limits: Limits) -> Result<InstanceCgroup, String> {
+        let path = format!("{}/{job}.algo-{instance}", self.parent_path());
+        let stale = self.load(&path);
         if stale.exists() {
             drop(InstanceCgroup { cgroup: stale, procs_files: Vec::new() }); // emptied and removed
         }
         let mut resources = cgroups_rs::Resources::default();
-        resources.pid.maximum_number_of_processes = Some(MaxValue::Value(i64::from(limits.pids)));
-        if let Some(mib) = limits.memory_mib {
+        let enforced = |controller: &str| !self.unenforced().contains(&controller);
+        if enforced("pids") {
+            resources.pid.maximum_number_of_processes = Some(MaxValue::Value(i64::from(limits.pids)));
+        }
+        if let Some(mib) = limits.memory_mib.filter(|_| enforced("memory")) {
             resources.memory.memory_hard_limit =
                 Some(i64::try_from(mib.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX));
             // (Swap is not limited: memsw accounting is off on many kernels.)
         }
-        if let Some(vcpus) = limits.vcpus.filter(|v| *v > 0) {
+        if let Some(vcpus) = limits.vcpus.filter(|v| *v > 0 && enforced("cpu")) {
             resources.cpu.period = Some(CPU_PERIOD_US);
             resources.cpu.quota = Some(i64::try_from(u64::from(vcpus) * CPU_PERIOD_US).unwrap_or(i64::MAX));
         }
-        let cgroup = Cgroup::new_with_relative_paths(cgroups_rs::hierarchies::auto(), &path, own_paths())
-            .map_err(|e| format!("creating cgroup {path}: {e}"))?;
+        let created = match &self.version {
+            Version::V1 => Cgroup::new_with_relative_paths(Box::new(V1::new()), &path, own_v1_paths()).map(drop),
+            // Only the delegated controllers: cgroups-rs enables them on every level above, where
+            // the agent's own cgroup already has them.
+            Version::V2 { controllers, .. } => {
+                Cgroup::new_with_specified_controllers(Box::new(V2::new()), &path, Some(controllers.clone())).map(drop)
+            }
+        };
+        created.map_err(|e| format!("creating cgroup {path}: {e}"))?;
+        let cgroup = self.load(&path);
         if let Err(e) = cgroup.apply(&resources) {
             drop(InstanceCgroup { cgroup, procs_files: Vec::new() }); // removed
             return Err(format!("limiting cgroup {path}: {e}"));
         }
-        let procs_files = cgroup
+        let mut procs_files = cgroup
             .subsystems()
             .iter()
             .map(|s| s.to_controller().path().join("cgroup.procs"))
             .filter(|p| p.exists())
             .filter_map(|p| CString::new(p.as_os_str().as_encoded_bytes()).ok())
             .collect::<Vec<_>>();
+        // (On v2 every controller names the one directory.)
+        procs_files.sort();
+        procs_files.dedup();
         if procs_files.is_empty() {
             drop(InstanceCgroup { cgroup, procs_files }); // removed
             return Err(format!(
@@ -83,6 +153,37 @@ impl InstanceCgroup {
         Ok(InstanceCgroup { cgroup, procs_files })
     }
 
+    /// Removes the agent's parent cgroup, at shutdown (its instances' are gone by then).
+    pub fn remove(&self) {
+        let _ = self.load(&self.parent_path()).delete();
+    }
+
+    /// The parent of this agent's instances' cgroups: relative to the agent's own cgroup on v1,
+    /// to the hierarchy's root on v2.
+    fn parent_path(&self) -> String {
+        match &self.version {
+            Version::V1 => format!("trainyard-{}", self.name),
+            Version::V2 { parent, .. } => parent.clone(),
+        }
+    }
+
+    /// A handle on the cgroup at `path` (it may not exist yet).
+    fn load(&self, path: &str) -> Cgroup {
+        match self.version {
+            Version::V1 => Cgroup::load_with_relative_paths(Box::new(V1::new()), path, own_v1_paths()),
+            Version::V2 { .. } => Cgroup::load(Box::new(V2::new()), path),
+        }
+    }
+}
+
+/// One instance's cgroup.
+pub struct InstanceCgroup {
+    cgroup: Cgroup,
+    /// `cgroup.procs` of each hierarchy, for the child to join before it runs the program.
+    procs_files: Vec<CString>,
+}
+
+impl InstanceCgroup {
     /// Moves the calling process into the cgroup (every hierarchy). For `pre_exec`: only
     /// open/write/close on paths prepared before the fork, so everything the program starts is born
     /// inside.
@@ -127,14 +228,14 @@ impl InstanceCgroup {
         }
     }
 
-    /// Kills every process in the cgroup and waits (at most a few seconds) until it is empty.
-    /// Frozen first where the freezer controller exists, so that none forks meanwhile; a fork
-    /// bomb is bounded by the pids limit either way.
     /// Whether no process is left in it.
     pub fn is_empty(&self) -> bool {
         self.pids().is_empty()
     }
 
+    /// Kills every process in the cgroup and waits (at most a few seconds) until it is empty.
+    /// Frozen first where the freezer controller exists, so that none forks meanwhile; a fork
+    /// bomb is bounded by the pids limit either way.
     pub async fn kill_all(&self) {
         for _ in 0..100 {
             self.kill_round();
@@ -157,6 +258,7 @@ impl InstanceCgroup {
     }
 
     fn kill_round(&self) {
+        // v2 (Linux 5.14+): the kernel kills the whole cgroup, forks in flight included.
         let v2_kill = self.cgroup.v2() && self.cgroup.kill().is_ok();
         if v2_kill {
             return;
@@ -171,6 +273,11 @@ impl InstanceCgroup {
 
     /// How many processes the kernel killed for running out of the cgroup's memory.
     pub fn oom_kills(&self) -> u64 {
+        if self.cgroup.v2() {
+            // (cgroups-rs reads v1's memory.oom_control only.)
+            let events = Path::new(UNIFIED_ROOT).join(self.cgroup.path()).join("memory.events");
+            return count_oom_kills(&std::fs::read_to_string(events).unwrap_or_default());
+        }
         let memory: Option<&MemController> = self.cgroup.controller_of();
         memory.map_or(0, |m| m.memory_stat().oom_control.oom_kill)
     }
@@ -192,6 +299,11 @@ impl Drop for InstanceCgroup {
     }
 }
 
+/// `oom_kill N` of a v2 `memory.events` file (v1's `memory.oom_control` has the same line).
+pub fn count_oom_kills(events: &str) -> u64 {
+    events.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()).unwrap_or(0)
+}
+
 /// The name of an agent's cgroup: its id and a fingerprint of its work root (FNV-1a).
 pub fn agent_cgroup_name(id: &str, work_root: &std::path::Path) -> String {
     let hash = work_root
@@ -202,41 +314,65 @@ pub fn agent_cgroup_name(id: &str, work_root: &std::path::Path) -> String {
     format!("{id}-{:08x}", hash as u32)
 }
 
-/// A handle on the cgroup at `path` under the agent's own (it may not exist yet).
-fn load(path: &str) -> Cgroup {
-    Cgroup::load_with_relative_paths(cgroups_rs::hierarchies::auto(), path, own_paths())
-}
-
 /// The agent's own cgroup in each v1 hierarchy (controller → path), under which instances' go.
-fn own_paths() -> HashMap<String, String> {
+fn own_v1_paths() -> HashMap<String, String> {
     cgroups_rs::cgroup::get_cgroups_relative_paths().unwrap_or_default()
 }
 
-/// Removes the agent's parent cgroup, at shutdown (its instances' are gone by then).
-pub fn remove_agent_cgroup(agent: &str) {
-    let _ = load(&format!("trainyard-{agent}")).delete();
+/// The agent's cgroup in the unified hierarchy (`0::/path` of /proc/self/cgroup), without the
+/// leading `/` ("" for the root).
+fn own_v2_path(proc_self_cgroup: &str) -> Option<String> {
+    proc_self_cgroup
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(|path| path.trim().trim_start_matches('/').to_string())
 }
 
-/// Whether this agent can give instances cgroups: `Err` says why not.
-pub fn available(agent: &str) -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("the agent does not run as root, so it cannot create cgroups".into());
+/// Prepares the v2 layout (see the module's doc): the agent leaves its cgroup for a leaf of its
+/// own, so that its cgroup may hand the limit controllers down to the instances' parent.
+/// Controllers the agent's cgroup was not given are left out, and [`AgentCgroups::unenforced`]
+/// names them.
+fn delegate_v2(name: &str) -> Result<Version, String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|text| own_v2_path(&text))
+        .ok_or("/proc/self/cgroup names no cgroup v2 path")?;
+    let root = Path::new(UNIFIED_ROOT);
+    let own_dir = root.join(&own);
+    let join = |leaf: String| if own.is_empty() { leaf } else { format!("{own}/{leaf}") };
+    // The root cgroup is exempt from "no processes where controllers are handed down".
+    if !own.is_empty() {
+        let leaf = own_dir.join(format!("trainyard-{name}.self"));
+        make_dir(&leaf)?;
+        std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())
+            .map_err(|e| format!("moving the agent into {}: {e}", leaf.display()))?;
     }
-    // Instances of an earlier run of this agent (it crashed): what is left of them is killed.
-    let parent = format!("trainyard-{agent}");
-    let probe = load(&parent);
-    let listed = probe.subsystems().first().map(|s| s.to_controller().path().to_path_buf());
-    for entry in listed.and_then(|dir| std::fs::read_dir(dir).ok()).into_iter().flatten().flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            let path = format!("{parent}/{}", entry.file_name().to_string_lossy());
-            let stale = load(&path);
-            tracing::info!(cgroup = %path, left = stale.procs().len(), "removing an earlier run's instance cgroup");
-            drop(InstanceCgroup { cgroup: stale, procs_files: Vec::new() });
+    let parent = join(format!("trainyard-{name}"));
+    let parent_dir = root.join(&parent);
+    make_dir(&parent_dir)?;
+    let delegated = std::fs::read_to_string(own_dir.join("cgroup.controllers")).unwrap_or_default();
+    for controller in LIMIT_CONTROLLERS.into_iter().filter(|c| delegated.split_whitespace().any(|d| d == *c)) {
+        for dir in [&own_dir, &parent_dir] {
+            if let Err(e) = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{controller}")) {
+                // EBUSY: processes other than the agent's are in its cgroup.
+                tracing::warn!(controller, cgroup = %dir.display(), error = %e, "could not hand a controller down");
+            }
         }
     }
-    drop(InstanceCgroup::create(agent, "probe", 0, Limits { memory_mib: Some(64), vcpus: Some(1), pids: 16 })?);
-    Ok(())
+    let enabled = std::fs::read_to_string(parent_dir.join("cgroup.subtree_control")).unwrap_or_default();
+    let controllers =
+        enabled.split_whitespace().filter(|c| LIMIT_CONTROLLERS.contains(c)).map(str::to_string).collect::<Vec<_>>();
+    tracing::info!(cgroup = %parent, ?controllers, "cgroup v2: instances' cgroups go under the agent's");
+    Ok(Version::V2 { parent, controllers })
+}
+
+fn make_dir(dir: &PathBuf) -> Result<(), String> {
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(format!("creating cgroup {}: {e}", dir.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -256,8 +392,8 @@ mod tests {
     async fn escaped_processes_are_found_and_killed_and_limits_hold() {
         assert!(root(), "this test needs root (as the suite runs on CI)");
         let limits = Limits { memory_mib: Some(256), vcpus: Some(1), pids: 64 };
-        let cgroup =
-            InstanceCgroup::create("unit-test", &format!("escape-{}", std::process::id()), 1, limits).expect("cgroup");
+        let agent = AgentCgroups::set_up("unit-test").expect("cgroups");
+        let cgroup = agent.create(&format!("escape-{}", std::process::id()), 1, limits).expect("cgroup");
         let files = cgroup.procs_files();
         let mut cmd = std::process::Command::new("sh");
         cmd.args(["-c", "setsid sleep 600 & setsid -f sleep 600; sleep 600"]).process_group(0);
@@ -277,8 +413,7 @@ mod tests {
         drop(cgroup);
 
         // A fork bomb stops at the pids limit.
-        let bomb =
-            InstanceCgroup::create("unit-test", &format!("bomb-{}", std::process::id()), 1, limits).expect("cgroup");
+        let bomb = agent.create(&format!("bomb-{}", std::process::id()), 1, limits).expect("cgroup");
         let files = bomb.procs_files();
         let mut cmd = std::process::Command::new("sh");
         cmd.args(["-c", "for i in $(seq 200); do sleep 600 & done; wait"]);
@@ -293,6 +428,20 @@ mod tests {
         bomb.kill_all().await;
         let _ = child.wait();
         drop(bomb);
-        remove_agent_cgroup("unit-test");
+        agent.remove();
+    }
+
+    #[test]
+    fn the_agents_v2_cgroup_is_read_from_proc_self_cgroup() {
+        let hybrid = "4:memory:/process_api/982f\n1:cpu:/\n0::/system.slice/trainyard-agent.service\n";
+        assert_eq!(own_v2_path(hybrid).as_deref(), Some("system.slice/trainyard-agent.service"));
+        assert_eq!(own_v2_path("0::/\n").as_deref(), Some(""));
+        assert_eq!(own_v2_path("4:memory:/x\n"), None);
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_v2_memory_events() {
+        assert_eq!(count_oom_kills("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n"), 2);
+        assert_eq!(count_oom_kills(""), 0);
     }
 }

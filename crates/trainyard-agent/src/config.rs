@@ -128,6 +128,11 @@ pub struct Flags {
     /// Do not mount work dirs at /opt/ml even as root (programs use $SAGEMAKER_BASE_DIR).
     #[arg(long)]
     pub no_opt_ml: bool,
+    /// A host dir instances' programs may write (repeatable; e.g. a shared scratch file system).
+    /// The rest of the host is read-only to them, but for their own /opt/ml, /tmp, /var/tmp and
+    /// /dev/shm.
+    #[arg(long = "instance-writable-path")]
+    pub instance_writable_paths: Vec<PathBuf>,
     /// Run instances in the host's network instead of a namespace each (no isolation, no peers).
     #[arg(long)]
     pub no_network_namespaces: bool,
@@ -149,6 +154,28 @@ fn parse_vpc_network(raw: &str) -> Result<(String, Vec<Net>), String> {
     let (name, cidrs) = raw.split_once('=').ok_or_else(|| format!("'{raw}' is not NAME=CIDR[,CIDR...]"))?;
     let nets = cidrs.split(',').filter(|c| !c.trim().is_empty()).map(str::parse).collect::<Result<Vec<Net>, _>>()?;
     Ok((name.to_string(), nets))
+}
+
+/// A dir instances may write, as given by the operator: absolute, existing, and not one every
+/// instance has its own of (the instance would see its own instead).
+fn writable_path(path: &Path) -> Result<PathBuf, String> {
+    let shown = path.display();
+    if !path.is_absolute() {
+        return Err(format!("{shown} is not an absolute path"));
+    }
+    let path = path.canonicalize().map_err(|e| format!("{shown}: {e}"))?;
+    if !path.is_dir() {
+        return Err(format!("{shown} is not a directory"));
+    }
+    if path == Path::new("/") {
+        return Err("/ would make the whole host writable to jobs".into());
+    }
+    for own in ["/tmp", "/var/tmp", "/dev/shm", "/opt/ml"] {
+        if path.starts_with(own) {
+            return Err(format!("{shown} is under {own}, of which every instance has its own"));
+        }
+    }
+    Ok(path)
 }
 
 fn parse_bucket(raw: &str) -> Result<(String, PathBuf), String> {
@@ -201,6 +228,8 @@ struct FileConfig {
     /// `"subnet-0abc" = ["10.1.0.0/16"]`: what VpcConfig names let an instance reach.
     #[serde(default)]
     vpc_networks: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    instance_writable_paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -244,6 +273,8 @@ pub struct Config {
     pub s3: Option<S3Settings>,
     pub json_logs: bool,
     pub no_opt_ml: bool,
+    /// Host dirs instances may write (checked: absolute, existing, not hidden by their own).
+    pub instance_writable_paths: Vec<PathBuf>,
     pub network_namespaces: bool,
     pub peer_listen: SocketAddr,
     pub peer_advertise: Option<String>,
@@ -332,6 +363,11 @@ impl Config {
                 (None, None) => None,
             },
             no_opt_ml: flags.no_opt_ml,
+            instance_writable_paths: [file.instance_writable_paths, flags.instance_writable_paths]
+                .concat()
+                .into_iter()
+                .map(|path| writable_path(&path).map_err(|e| anyhow::anyhow!("--instance-writable-path: {e}")))
+                .collect::<anyhow::Result<Vec<_>>>()?,
             network_namespaces: !(flags.no_network_namespaces || file.no_network_namespaces == Some(true)),
             peer_listen: flags.peer_listen.or(file.peer_listen).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             peer_advertise: flags.peer_advertise.or(file.peer_advertise),
@@ -349,6 +385,21 @@ fn read(path: &Path) -> anyhow::Result<FileConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_writable_path_must_be_a_dir_the_instance_does_not_have_its_own_of() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("dir");
+        assert_eq!(writable_path(dir.path()), Ok(dir.path().canonicalize().expect("canonical")));
+        let refused = |path: &str| writable_path(Path::new(path)).unwrap_err();
+        assert!(refused("relative/dir").contains("not an absolute path"));
+        assert!(refused("/").contains("whole host"));
+        assert!(refused("/tmp").contains("under /tmp"));
+        assert!(refused("/var/tmp").contains("under /var/tmp"));
+        assert!(refused("/nonexistent-trainyard-dir").contains("No such file"));
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").expect("write");
+        assert!(writable_path(&file).unwrap_err().contains("not a directory"));
+    }
 
     #[test]
     fn the_example_configuration_loads() {

@@ -139,6 +139,15 @@ async fn main() -> anyhow::Result<()> {
     let opt_ml =
         !config.no_opt_ml && unsafe { libc::geteuid() } == 0 && std::fs::create_dir_all(runner::OPT_ML).is_ok();
     info!(opt_ml, "instances see their work dir at /opt/ml: {opt_ml}");
+    if opt_ml {
+        if runner::read_only_host_supported() {
+            info!(writable = ?config.instance_writable_paths, "the host is read-only to instances but for their own dirs and these");
+        } else {
+            warn!(
+                "this kernel has no mount_setattr (Linux 5.12): the host stays writable to instances, and a file one leaves in a world-writable dir (/var/lock, ...) outlives it"
+            );
+        }
+    }
     let network = if config.network_namespaces {
         network::Network::detect(&config.id, &config.work_root).await
     } else {
@@ -157,8 +166,17 @@ async fn main() -> anyhow::Result<()> {
     let cgroup_name = cgroup::agent_cgroup_name(&config.id, &config.work_root);
     // Recorded for whoever cleans up after an agent that was killed (a test harness, an operator).
     let _ = std::fs::write(config.work_root.join("cgroup"), format!("trainyard-{cgroup_name}\n"));
-    let cgroups = match cgroup::available(&cgroup_name) {
-        Ok(()) => Some(cgroup_name.clone()),
+    let cgroups = match cgroup::AgentCgroups::set_up(&cgroup_name) {
+        Ok(cgroups) => {
+            let unenforced = cgroups.unenforced();
+            if !unenforced.is_empty() {
+                warn!(
+                    ?unenforced,
+                    "cgroup v2: these controllers are not delegated to the agent's cgroup, so instances run without those limits (systemd: Delegate=yes)"
+                );
+            }
+            Some(Arc::new(cgroups))
+        }
         Err(note) => {
             warn!(%note, "instances run without a cgroup: no memory, CPU or process limits, and processes that leave their process group are not stopped with them");
             None
@@ -273,6 +291,7 @@ async fn main() -> anyhow::Result<()> {
         cdi_dirs: config.cdi_spec_dirs.clone(),
         gpu_indexes,
         host_programs: config.host_programs,
+        instance_writable_paths: config.instance_writable_paths.clone(),
         agent_id: config.id.clone(),
         work_dirs_in_use: Default::default(),
         metrics,
@@ -334,8 +353,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(network) = &agent.settings.network {
         network.remove_recorded().await;
     }
-    if let Some(name) = &agent.settings.cgroups {
-        cgroup::remove_agent_cgroup(name);
+    if let Some(cgroups) = &agent.settings.cgroups {
+        cgroups.remove();
     }
     info!("agent stopped");
     Ok(())

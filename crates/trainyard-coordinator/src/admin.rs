@@ -1,5 +1,6 @@
-//! `trainyard-coordinator tokens ...` and `join-token`: administration without a running server,
-//! against the same data directory and database (how the first admin token is made).
+//! `trainyard-coordinator tokens ...`, `join-token` and `backup`: administration without a running
+//! server (or beside it), against the same data directory and database (how the first admin token
+//! is made).
 
 use std::sync::Arc;
 
@@ -8,8 +9,14 @@ use trainyard_model::{DomainError, Timestamp};
 use crate::auth::Auth;
 use crate::config::{AdminCommand, Config, TokensCommand};
 
-pub async fn run(command: AdminCommand, auth: &Arc<Auth>, config: &Config) -> anyhow::Result<()> {
-    if config.insecure {
+pub async fn run(
+    command: AdminCommand,
+    store: &Arc<dyn trainyard_store::Store>,
+    auth: &Arc<Auth>,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let about_tokens = !matches!(command, AdminCommand::Backup { .. });
+    if config.insecure && about_tokens {
         anyhow::bail!("this coordinator is configured with --insecure: it uses no tokens");
     }
     let ca = config.data_dir.join("pki/ca.pem");
@@ -72,6 +79,10 @@ pub async fn run(command: AdminCommand, auth: &Arc<Auth>, config: &Config) -> an
                 record.agent_id.as_ref().map(|a| format!(" joining as '{a}'")).unwrap_or_default(),
                 record.expires_at.unwrap_or(Timestamp::from_millis(0))
             );
+        }
+        AdminCommand::Backup { to } => {
+            store.backup_to(&to).await?;
+            eprintln!("the database is copied to {}", to.display());
         }
     }
     Ok(())

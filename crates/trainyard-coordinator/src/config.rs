@@ -96,6 +96,15 @@ pub enum AdminCommand {
         #[arg(long)]
         agent_id: Option<String>,
     },
+    /// Copy the SQLite database to a new file while the coordinator runs (a consistent snapshot,
+    /// what is still in the WAL included; 0600). Restore: stop the coordinator, put the copy at
+    /// <data-dir>/trainyard.db (removing trainyard.db-wal and -shm), start it. On PostgreSQL, use
+    /// pg_dump.
+    Backup {
+        /// The file to write (must not exist).
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

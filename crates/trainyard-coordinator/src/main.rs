@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
     let sealer = sealing::Sealer::load_or_create(&config.data_dir.join("pki")).context("the sealing key")?;
     let auth = Arc::new(auth::Auth::new(store.clone(), authority.clone(), sealer, !config.insecure));
     if let Some(command) = command {
-        return admin::run(command, &auth, &config).await;
+        return admin::run(command, &store, &auth, &config).await;
     }
     let _lock = leadership::lock_data_dir(&config.data_dir)?;
     if !config.roles.enforced() {

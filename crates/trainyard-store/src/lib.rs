@@ -146,6 +146,10 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("this coordinator no longer leads (its epoch {epoch}; the database's is {current:?}): nothing was written")]
     Fenced { epoch: i64, current: Option<i64> },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("backup: {0}")]
+    Backup(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database unreachable: {0}")]
@@ -275,6 +279,11 @@ pub trait Store: Send + Sync {
     async fn release_leadership(&self, epoch: i64) -> Result<(), StoreError>;
     /// Who leads, if anyone ever did.
     async fn leader(&self) -> Result<Option<LeaderRecord>, StoreError>;
+
+    /// Writes a consistent copy of the whole database to `path` (a new file, 0600) while the
+    /// coordinator runs: SQLite's `VACUUM INTO`, which includes what is still in the WAL. On
+    /// PostgreSQL, `Unsupported` (pg_dump or the platform's point-in-time recovery do this).
+    async fn backup_to(&self, path: &std::path::Path) -> Result<(), StoreError>;
 }
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.

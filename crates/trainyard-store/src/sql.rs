@@ -4,6 +4,7 @@
 //! suite checks that they agree.
 
 use std::collections::HashMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use async_trait::async_trait;
@@ -1064,6 +1065,30 @@ impl Store for SqlStore {
             })
         })
         .transpose()
+    }
+
+    async fn backup_to(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            return Err(StoreError::Unsupported(
+                "a PostgreSQL database is backed up with pg_dump (or the platform's point-in-time recovery), not by the coordinator".into(),
+            ));
+        }
+        // Created first, empty and private (VACUUM INTO accepts an empty file): the copy holds
+        // users' Environment values, and is never readable by others even for a moment.
+        let shown = path.display();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| StoreError::Backup(format!("creating {shown}: {e}")))?;
+        let target = path.to_str().ok_or_else(|| StoreError::Backup(format!("{shown} is not UTF-8")))?;
+        // One transaction's snapshot: writers go on meanwhile, and what is still in the WAL is in it.
+        if let Err(e) = sqlx::query("VACUUM INTO $1").bind(target).execute(&self.pool).await {
+            let _ = std::fs::remove_file(path);
+            return Err(e.into());
+        }
+        Ok(())
     }
 }
 

@@ -55,6 +55,9 @@ async fn sqlite_backend_conforms() {
 #[tokio::test]
 async fn postgres_backend_conforms() {
     let server = PgServer::start();
+    // Every case below talks TLS (verify-full against the test's CA): the server refuses anything else.
+    let plain = connect(&server.plain_url()).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(plain.contains("no encryption"), "a connection without TLS was not refused: {plain}");
     for (name, case) in CASES {
         let store = connect(&server.fresh_database()).await.unwrap_or_else(|e| panic!("{name}: connect: {e}"));
         eprintln!("postgres: {name}");
@@ -140,6 +143,54 @@ async fn migrations_run_once_and_reopen_cleanly() {
     let store = connect(&url).await.expect("second open");
     assert!(store.get_tuning_job("kept").await.expect("get").is_some(), "data survives a reopen");
     assert!(matches!(connect("mysql://x").await, Err(StoreError::UnsupportedUrl(_))));
+}
+
+/// An online backup: a copy taken while writers go on holds everything committed before it (in
+/// the WAL or not), nothing half-written, is private, and opens as a store of its own.
+#[tokio::test]
+async fn sqlite_backups_are_consistent_copies_taken_while_writers_go_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = connect(&format!("sqlite://{}", dir.path().join("live.db").display())).await.expect("open");
+    for i in 0..50 {
+        store.create_tuning_job(&tuning(&format!("before-{i}"), i)).await.expect("create");
+    }
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..200 {
+                store.create_tuning_job(&tuning(&format!("during-{i}"), 100 + i)).await.expect("create during");
+            }
+        })
+    };
+    let copy = dir.path().join("copy.db");
+    store.backup_to(&copy).await.expect("backup");
+    writer.await.expect("writer");
+    let mode = std::fs::metadata(&copy).expect("copy").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the copy holds users' Environment values");
+    // A second backup to the same file is refused: nothing is overwritten.
+    assert!(matches!(store.backup_to(&copy).await, Err(StoreError::Backup(_))));
+
+    let restored = connect(&format!("sqlite://{}", copy.display())).await.expect("open the copy");
+    let names = names_of_tuning(&restored, &query(SortKey::CreationTime, SortOrder::Ascending, 1000)).await;
+    for i in 0..50 {
+        assert!(names.contains(&format!("before-{i}")), "before-{i} is missing from the copy");
+    }
+    // Jobs written meanwhile are in it up to some point, in order: a prefix, never a gap.
+    let during = names.iter().filter(|n| n.starts_with("during-")).count();
+    for i in 0..during {
+        assert!(names.contains(&format!("during-{i}")), "the copy has a gap at during-{i}");
+    }
+}
+
+#[tokio::test]
+async fn postgres_backups_are_left_to_pg_dump() {
+    let server = PgServer::start();
+    let store = connect(&server.fresh_database()).await.expect("connect");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let refused = store.backup_to(&dir.path().join("copy.db")).await;
+    assert!(matches!(&refused, Err(StoreError::Unsupported(m)) if m.contains("pg_dump")), "{refused:?}");
+    assert!(!dir.path().join("copy.db").exists());
 }
 
 // ----- builders -----

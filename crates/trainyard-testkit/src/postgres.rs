@@ -1,10 +1,13 @@
 //! A throwaway PostgreSQL server: `initdb` in a temp dir, started on a free loopback port with
-//! durability off (tests need speed, not crash safety), stopped with `-m immediate` when dropped.
-//! Missing binaries are a test failure, never a silent skip.
+//! durability off (tests need speed, not crash safety), reached over TLS only (as deployed),
+//! stopped with `-m immediate` when dropped. Missing binaries are a test failure, never a silent
+//! skip.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -19,6 +22,9 @@ pub struct PgServer {
 }
 
 static DATABASES: AtomicU32 = AtomicU32::new(0);
+
+/// The CA certificate clients verify the server with, in the server's dir.
+const CA_FILE: &str = "ca.crt";
 
 impl PgServer {
     /// Starts a server. Panics with the reason if it cannot (tests must not skip PostgreSQL).
@@ -42,6 +48,18 @@ impl PgServer {
             bin.display()
         );
         let dir = tempfile::Builder::new().prefix("trainyard-pg-").tempdir().expect("temp dir");
+        // As deployed: clients reach it over TLS only (the server's certificate is issued by a CA
+        // of the test's, which `url()` tells clients to verify).
+        let authority = trainyard_pki::Authority::load_or_create(&dir.path().join("ca")).expect("CA");
+        let credential = authority
+            .issue_server_credential(&["127.0.0.1".to_string(), "localhost".to_string()], Duration::from_secs(86_400))
+            .expect("server certificate");
+        std::fs::write(dir.path().join("server.crt"), &credential.certificate_pem).expect("certificate");
+        std::fs::write(dir.path().join("server.key"), &credential.key_pem).expect("key");
+        std::fs::set_permissions(dir.path().join("server.key"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::write(dir.path().join(CA_FILE), authority.certificate_pem()).expect("CA certificate");
+        // The CA's own key is not the server's business.
+        let _ = std::fs::remove_dir_all(dir.path().join("ca"));
         // PostgreSQL refuses to run as root: as root, hand the directory to the postgres user.
         let as_postgres = is_root();
         if as_postgres {
@@ -49,9 +67,16 @@ impl PgServer {
         }
         let port = free_port();
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 {durability} -c max_connections=200",
-            dir.path().display()
+            "-p {port} -k {d} -c listen_addresses=127.0.0.1 {durability} -c max_connections=200 \
+             -c ssl=on -c ssl_cert_file={d}/server.crt -c ssl_key_file={d}/server.key -c hba_file={d}/pg_hba.conf",
+            d = dir.path().display()
         );
+        // TCP without TLS is refused; the tools' Unix socket stays open.
+        std::fs::write(
+            dir.path().join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n",
+        )
+        .expect("pg_hba.conf");
         let server = PgServer { bin, port, dir, as_postgres, options };
         let data = server.dir.path().join("data");
         server.run_tool(
@@ -119,7 +144,21 @@ impl PgServer {
     }
 
     fn url_of(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{database}?sslmode=verify-full&sslrootcert={}",
+            self.port,
+            self.ca_file().display()
+        )
+    }
+
+    /// The same database without TLS, which this server refuses (to show that clients use TLS).
+    pub fn plain_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable", self.port)
+    }
+
+    /// The certificate of the CA that issued the server's.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join(CA_FILE)
     }
 
     /// A new, empty database on this server; its URL.

@@ -200,13 +200,15 @@ impl Control for ContainerControl {
     }
 
     fn oom_kills(&self) -> u64 {
-        let control = Path::new("/sys/fs/cgroup/memory")
-            .join(self.cgroup.as_ref().map_or("", |c| c.path.trim_start_matches('/')))
-            .join("memory.oom_control");
-        std::fs::read_to_string(control)
-            .ok()
-            .and_then(|text| text.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()))
-            .unwrap_or(0)
+        // runc's cgroup: v1's memory hierarchy, or the unified one (both count `oom_kill N`).
+        let relative = self.cgroup.as_ref().map_or("", |c| c.path.trim_start_matches('/'));
+        [
+            Path::new("/sys/fs/cgroup/memory").join(relative).join("memory.oom_control"),
+            Path::new("/sys/fs/cgroup").join(relative).join("memory.events"),
+        ]
+        .iter()
+        .find_map(|file| std::fs::read_to_string(file).ok())
+        .map_or(0, |text| crate::cgroup::count_oom_kills(&text))
     }
 }
 

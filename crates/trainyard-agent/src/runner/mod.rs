@@ -17,6 +17,7 @@ mod container;
 pub use container::ContainerCgroups;
 mod prepare;
 mod process;
+pub use process::read_only_host_supported;
 mod supervise;
 mod upload;
 
@@ -93,8 +94,8 @@ pub struct Settings {
     pub forwarder: Arc<Forwarder>,
     /// VpcConfig subnet and security-group names → the networks they may reach.
     pub vpc_networks: BTreeMap<String, Vec<Net>>,
-    /// Set when each instance gets its own cgroup (root, a cgroup file system): the agent's id.
-    pub cgroups: Option<String>,
+    /// Set when each instance gets its own cgroup (root, a cgroup file system).
+    pub cgroups: Option<Arc<crate::cgroup::AgentCgroups>>,
     /// Processes and threads an instance may have at most.
     pub pids_max: u32,
     /// Set when each instance runs as a uid of its own (root); else as the agent's user.
@@ -114,6 +115,8 @@ pub struct Settings {
     pub gpu_indexes: BTreeMap<String, u32>,
     /// It runs programs on its host (`--host-programs`).
     pub host_programs: bool,
+    /// Host dirs that instances' programs may write (the rest of the host is read-only to them).
+    pub instance_writable_paths: Vec<PathBuf>,
     /// This agent's id (its containers carry it).
     pub agent_id: String,
     /// One run at a time per work dir: a run the coordinator has already forgotten (fenced, or
@@ -148,6 +151,9 @@ pub const OPT_ML: &str = "/opt/ml";
 
 /// The instance's own /tmp (and $HOME), in its work dir.
 const PRIVATE_TMP: &str = ".tmp";
+
+/// The instance's own /var/tmp, in its work dir.
+const PRIVATE_VAR_TMP: &str = ".var-tmp";
 
 /// The instance's own /etc/hosts (`algo-N` of every instance), in its work dir.
 const HOSTS_FILE: &str = ".hosts";

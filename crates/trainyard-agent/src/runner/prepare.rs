@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use super::{InstanceSpec, OPT_ML, PRIVATE_TMP, Settings};
+use super::{InstanceSpec, OPT_ML, PRIVATE_TMP, PRIVATE_VAR_TMP, Settings};
 use crate::storage;
 
 /// A Pipe-mode channel: a FIFO the job reads, fed from the staged files.
@@ -29,8 +29,16 @@ pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| io("clearing the work dir", e))?;
     }
-    for sub in ["input/config", "input/data", "model", "output/data", "output/intermediate", "checkpoints", PRIVATE_TMP]
-    {
+    for sub in [
+        "input/config",
+        "input/data",
+        "model",
+        "output/data",
+        "output/intermediate",
+        "checkpoints",
+        PRIVATE_TMP,
+        PRIVATE_VAR_TMP,
+    ] {
         std::fs::create_dir_all(dir.join(sub)).map_err(|e| io("creating the work dir", e))?;
     }
     // Its job's user's alone (given to the role's user before the program starts).

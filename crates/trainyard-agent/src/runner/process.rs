@@ -13,7 +13,8 @@ use tokio::sync::oneshot;
 use trainyard_proto::model::api;
 
 use super::{
-    Control, Exit, HOSTS_FILE, Identity, InstanceSpec, Launched, OPT_ML, PRIVATE_TMP, Settings, write_hosts_file,
+    Control, Exit, HOSTS_FILE, Identity, InstanceSpec, Launched, OPT_ML, PRIVATE_TMP, PRIVATE_VAR_TMP, Settings,
+    write_hosts_file,
 };
 
 /// Starts the instance's program. `Err` is the job's FailureReason.
@@ -58,13 +59,13 @@ pub(super) async fn launch(
     // the instance's limits hold for all of it.
     let cgroup = match &settings.cgroups {
         None => None,
-        Some(agent) => {
+        Some(cgroups) => {
             let limits = crate::cgroup::Limits {
                 memory_mib: (spec.memory_mib > 0).then_some(spec.memory_mib),
                 vcpus: (spec.vcpus > 0).then_some(spec.vcpus),
                 pids: settings.pids_max,
             };
-            Some(crate::cgroup::InstanceCgroup::create(agent, &spec.job, spec.instance, limits)?)
+            Some(cgroups.create(&spec.job, spec.instance, limits)?)
         }
     };
     if let Some(cgroup) = &cgroup {
@@ -106,19 +107,30 @@ pub(super) async fn launch(
         let hosts_source = c_string(&hosts_file);
         let etc_hosts = c_string("/etc/hosts");
         let opt_ml = settings.opt_ml;
-        // Its own /tmp (a dir of its work dir, removed with it; only where the work dir is at
-        // /opt/ml, as its paths would otherwise lie under the hidden /tmp), its own /dev/shm
-        // (charged to its cgroup) and its own System V IPC: nothing an instance leaves there is
-        // seen by another, even one that later runs under the same uid.
+        // Its own /tmp and /var/tmp (dirs of its work dir, removed with it; only where the work
+        // dir is at /opt/ml, as its paths would otherwise lie under the hidden /tmp), its own
+        // /dev/shm (charged to its cgroup) and its own System V IPC: nothing an instance leaves
+        // there is seen by another, even one that later runs under the same uid.
         let private_tmp = c_string(dir.join(PRIVATE_TMP));
+        let private_var_tmp = c_string(dir.join(PRIVATE_VAR_TMP));
         let tmp = c_string("/tmp");
+        let var_tmp = c_string("/var/tmp");
+        let has_var_tmp = Path::new("/var/tmp").is_dir();
         let shm = c_string("/dev/shm");
         let tmpfs = c_string("tmpfs");
         let shm_options = c_string("mode=1777");
         let has_shm = Path::new("/dev/shm").is_dir();
+        // The rest of the host is read-only to it (as systemd's DynamicUser= implies
+        // ProtectSystem=strict): a uid is lent to one instance at a time, so a file it left in a
+        // world-writable dir of the host would outlive the job and be the next holder's.
+        // What the operator shares on purpose (`--instance-writable-path`) stays writable.
+        let read_only_host = opt_ml;
+        let proc_dir = c_string("/proc");
+        let writable = settings.instance_writable_paths.iter().map(c_string).collect::<Vec<_>>();
         // Its own host name, as on SageMaker: what frameworks resolve to find their own address.
         let hostname = format!("algo-{}", spec.instance).into_bytes();
-        // SAFETY: only syscalls (unshare, mount, chdir) on CStrings prepared before the fork.
+        // SAFETY: only syscalls (unshare, mount, mount_setattr, chdir) on CStrings prepared before
+        // the fork.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) != 0 {
@@ -128,16 +140,40 @@ pub(super) async fn launch(
                     return Err(std::io::Error::last_os_error());
                 }
                 mount(None, &root, None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+                // First, so that what is mounted below (bind mounts keep their source's
+                // read-only flag) is made writable one by one. A kernel without mount_setattr
+                // (before 5.12) leaves the host writable, as the agent says at start.
+                let read_only = read_only_host && set_read_only(&root, true, true).is_ok();
+                if read_only {
+                    // /proc/self (oom_score_adj, comm) as before; /sys stays read-only.
+                    set_read_only(&proc_dir, false, false)?;
+                    for path in &writable {
+                        mount(Some(path), path, None, libc::MS_BIND | libc::MS_REC, None)?;
+                        set_read_only(path, false, true)?;
+                    }
+                }
                 if hosts_ready {
                     mount(Some(&hosts_source), &etc_hosts, None, libc::MS_BIND, None)?;
                 }
                 if opt_ml {
                     mount(Some(&source), &target, None, libc::MS_BIND | libc::MS_REC, None)?;
+                    if read_only {
+                        set_read_only(&target, false, true)?;
+                    }
                     if libc::chdir(target.as_ptr()) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     // Last: the sources above may lie under /tmp.
+                    if has_var_tmp {
+                        mount(Some(&private_var_tmp), &var_tmp, None, libc::MS_BIND, None)?;
+                        if read_only {
+                            set_read_only(&var_tmp, false, false)?;
+                        }
+                    }
                     mount(Some(&private_tmp), &tmp, None, libc::MS_BIND, None)?;
+                    if read_only {
+                        set_read_only(&tmp, false, false)?;
+                    }
                 }
                 if has_shm {
                     mount(Some(&tmpfs), &shm, Some(&tmpfs), libc::MS_NOSUID | libc::MS_NODEV, Some(&shm_options))?;
@@ -218,6 +254,38 @@ fn mount(
     // SAFETY: every pointer is null or a NUL-terminated string that outlives the call.
     let rc = unsafe { libc::mount(pointer(source), target.as_ptr(), pointer(fstype), flags, pointer(data).cast()) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// mount_setattr(2) for `pre_exec`: makes the mount at `path` (and, `recursive`, every mount
+/// below it) read-only, or writable again.
+fn set_read_only(path: &std::ffi::CStr, read_only: bool, recursive: bool) -> std::io::Result<()> {
+    let mut attr = libc::mount_attr { attr_set: 0, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    if read_only {
+        attr.attr_set = libc::MOUNT_ATTR_RDONLY;
+    } else {
+        attr.attr_clr = libc::MOUNT_ATTR_RDONLY;
+    }
+    let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: a NUL-terminated path and a mount_attr that outlive the call, and their sizes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            flags,
+            std::ptr::from_ref(&attr),
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Whether this kernel has mount_setattr(2) (Linux 5.12): an empty call fails with EINVAL there,
+/// with ENOSYS before.
+pub fn read_only_host_supported() -> bool {
+    // SAFETY: a call with no attributes changes nothing.
+    let rc = unsafe { libc::syscall(libc::SYS_mount_setattr, -1, std::ptr::null::<libc::c_char>(), 0, 0, 0) };
+    !(rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
 }
 
 /// The command line: the image names a program (a path or a command line), invoked with `train`
