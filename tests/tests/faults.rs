@@ -20,6 +20,9 @@ mkdir -p "$SM_MODEL_DIR"
 /// events and the loop's checks wait for the store to come back, pooled connections are found broken.
 const DATABASE_AWAY: &[&str] = &[
     "terminating connection due to immediate shutdown command",
+    // Over TLS the server's end often shows as a reset rather than its goodbye message.
+    "Connection reset by peer",
+    "health: the store does not answer; reporting NOT_SERVING",
     "error occurred while testing the connection on-release",
     r#"request failed operation="CreateTrainingJob" error=storage unavailable"#,
     "event not handled; catching up from the store",

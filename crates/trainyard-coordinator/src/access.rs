@@ -16,7 +16,7 @@ use trainyard_store::TokenRecord;
 
 use crate::audit;
 use crate::auth::Auth;
-use crate::events::Event;
+use crate::inbox::Event;
 
 pub struct AccessService {
     pub auth: Arc<Auth>,

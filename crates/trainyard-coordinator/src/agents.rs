@@ -16,7 +16,7 @@ use trainyard_proto::pb::agent_message::Body as Up;
 use trainyard_proto::status::to_status;
 
 use crate::core::Coordinator;
-use crate::events::Event;
+use crate::inbox::Event;
 
 pub struct AgentService {
     pub coordinator: Arc<Coordinator>,

@@ -32,7 +32,7 @@ pub const MAX_LOG_PAGE_BYTES: usize = 3 * 1024 * 1024;
 /// Lines read from the store at a time while a page fills.
 const LOG_READ_CHUNK: usize = 256;
 
-use crate::events::Event;
+use crate::inbox::Event;
 
 /// How often a compare-and-set update is retried against concurrent writers before giving up.
 const UPDATE_ATTEMPTS: usize = 8;
@@ -360,7 +360,7 @@ impl Coordinator {
         {
             let why = reason.map_or(String::new(), |r| format!("; cannot be placed: {r}"));
             last.status_message =
-                Some(format!("{}; position {position} of {length} in the queue{why}", crate::events::PENDING_MESSAGE));
+                Some(format!("{}; position {position} of {length} in the queue{why}", crate::inbox::PENDING_MESSAGE));
         }
         if let Some(tuning) = job.tuning_job_name() {
             response.tuning_job_arn = Some(self.arns.tuning_job(tuning));

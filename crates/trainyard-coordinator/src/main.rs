@@ -13,6 +13,7 @@ mod core;
 mod events;
 mod grpc;
 mod health;
+mod inbox;
 mod leadership;
 mod liveness;
 mod retention;

@@ -1,0 +1,340 @@
+//! Instances: their updates from agents (states, logs, metrics), their ends (the job's outcome,
+//! retries under RetryStrategy), stops, and an instance whose agent was lost.
+
+use tracing::info;
+use trainyard_model::status::{SecondaryStatus, TrainingJobStatus, TuningJobStatus};
+use trainyard_model::{DomainError, Timestamp, api};
+use trainyard_proto::pb::coordinator_message::Body as Down;
+use trainyard_proto::pb::{self, InstanceState};
+use trainyard_store::MetricSample;
+use trainyard_tuner::{Finished, stopping};
+
+use super::{Loop, is_final, send};
+use crate::core::now;
+
+impl Loop {
+    /// An instance whose agent is gone: retry the job under RetryStrategy, else fail it.
+    /// `fenced_until`: when the lost copy has surely stopped (None: it is known to have).
+    pub(super) async fn instance_lost(
+        &mut self,
+        job: &str,
+        instance: u32,
+        why: &str,
+        fenced_until: Option<tokio::time::Instant>,
+    ) -> Result<(), DomainError> {
+        let Some(run) = self.running.remove(job) else { return Ok(()) };
+        // The rest of the gang is killed, not stopped gracefully: the attempt is over, and a retry
+        // must not meet its old copies still running.
+        for (i, (agent, _)) in &run.instances {
+            if let Some(a) = self.agents.get_mut(agent) {
+                a.allocations.remove(&(job.to_string(), *i));
+                if *i != instance {
+                    send(
+                        a,
+                        Down::Stop(pb::StopInstance { training_job_name: job.to_string(), instance: *i, kill: true }),
+                    );
+                }
+            }
+        }
+        let stored = self.c.training_job(job).await?.value;
+        let retries =
+            stored.request.retry_strategy.as_ref().and_then(|r| r.maximum_retry_attempts).unwrap_or(0).max(0) as u32;
+        if stored.status == TrainingJobStatus::InProgress && stored.attempt <= retries {
+            let wait =
+                fenced_until.map(|t| t.saturating_duration_since(tokio::time::Instant::now())).unwrap_or_default();
+            let after = if wait.is_zero() {
+                String::new()
+            } else {
+                format!(" in {} s, once the lost copy has stopped itself", wait.as_secs_f64().ceil() as u64)
+            };
+            let message = format!("Retrying (attempt {} of {}){after}: {why}", stored.attempt + 1, retries + 1);
+            info!(training_job = job, %message, "retrying");
+            self.c
+                .update_training_job(job, |j| {
+                    j.attempt += 1;
+                    j.placement.clear();
+                    j.transition(SecondaryStatus::Restarting, message.clone(), now())?;
+                    Ok(true)
+                })
+                .await?;
+            self.enqueue(job).await?;
+            if let Some(queued) = self.queue.get_mut(job)
+                && !wait.is_zero()
+            {
+                queued.not_before = fenced_until;
+                let message = format!(
+                    "Queued: waiting {} s for the lost copy to stop itself (fencing), then for an agent",
+                    wait.as_secs_f64().ceil() as u64
+                );
+                self.c.update_training_job(job, |j| Ok(j.set_status_message(message.clone(), now()))).await?;
+            }
+            return Ok(());
+        }
+        let (status, reason) = if stored.status == TrainingJobStatus::Stopping {
+            (SecondaryStatus::Stopped, None)
+        } else {
+            (SecondaryStatus::Failed, Some(format!("InternalServerError: {why}")))
+        };
+        self.finish(job, status, why, reason, None).await
+    }
+
+    // ----- instance reports -----
+
+    pub(super) async fn on_update(&mut self, agent: &str, update: pb::InstanceUpdate) -> Result<(), DomainError> {
+        let job = update.training_job_name.clone();
+        let state = update.state();
+        let known = self.running.get(&job).is_some_and(|r| {
+            r.attempt == update.attempt && r.instances.get(&update.instance).is_some_and(|(a, _)| a == agent)
+        });
+        if !known {
+            // Not ours (any more): the job ended or was retried elsewhere. The agent can drop it.
+            if let Some(a) = self.agents.get(agent) {
+                if !is_final(state) {
+                    send(
+                        a,
+                        Down::Stop(pb::StopInstance {
+                            training_job_name: job.clone(),
+                            instance: update.instance,
+                            kill: true,
+                        }),
+                    );
+                } else {
+                    send(
+                        a,
+                        Down::Forget(pb::ForgetInstance { training_job_name: job.clone(), instance: update.instance }),
+                    );
+                }
+            }
+            return Ok(());
+        }
+        // Counted once: only the report of an instance this coordinator placed.
+        if is_final(state) {
+            let label = crate::telemetry::State { state: format!("{state:?}") };
+            self.metrics.instances_ended.get_or_create(&label).inc();
+        }
+        if !update.metrics.is_empty() {
+            self.record_metrics(&job, &update.metrics).await?;
+        }
+        let secondary = match state {
+            InstanceState::Downloading => Some(SecondaryStatus::Downloading),
+            InstanceState::Training => Some(SecondaryStatus::Training),
+            InstanceState::Uploading => Some(SecondaryStatus::Uploading),
+            _ => None,
+        };
+        if let Some(next) = secondary {
+            let message = update.message.clone();
+            self.c
+                .update_training_job(&job, |j| {
+                    // Progress only moves forward; a multi-instance job shows its furthest instance.
+                    let order = |s: SecondaryStatus| match s {
+                        SecondaryStatus::Downloading => 1,
+                        SecondaryStatus::Training => 2,
+                        SecondaryStatus::Uploading => 3,
+                        _ => 0,
+                    };
+                    if j.status != TrainingJobStatus::InProgress || order(next) < order(j.secondary_status) {
+                        return Ok(false);
+                    }
+                    if next == j.secondary_status {
+                        // Progress within a step ("Downloading the training image (12.0 of 40.0 MB)").
+                        return Ok(j.set_status_message(message.clone(), now()));
+                    }
+                    j.transition(next, message.clone(), now())?;
+                    Ok(true)
+                })
+                .await?;
+        }
+        if !is_final(state) {
+            return Ok(());
+        }
+        // An instance ended.
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.allocations.remove(&(job.clone(), update.instance));
+        }
+        let run = self.running.get_mut(&job).expect("known above");
+        if let Some(slot) = run.instances.get_mut(&update.instance) {
+            slot.1 = Some(update.clone());
+        }
+        let ended: Vec<&pb::InstanceUpdate> = run.instances.values().filter_map(|(_, u)| u.as_ref()).collect();
+        let failed = ended.iter().find(|u| u.state() == InstanceState::Failed).map(|u| (*u).clone());
+        let all_ended = ended.len() == run.instances.len();
+        if failed.is_none() && !all_ended {
+            return Ok(());
+        }
+        // The job ends: with the first failure, or when every instance has.
+        let others: Vec<(u32, String)> =
+            run.instances.iter().filter(|(_, (_, u))| u.is_none()).map(|(i, (a, _))| (*i, a.clone())).collect();
+        let model = run.instances.get(&1).and_then(|(_, u)| u.as_ref()).and_then(|u| u.model_artifacts.clone());
+        let states: Vec<InstanceState> = ended.iter().map(|u| u.state()).collect();
+        for (i, a) in &others {
+            if let Some(entry) = self.agents.get_mut(a) {
+                entry.allocations.remove(&(job.clone(), *i));
+                send(entry, Down::Stop(pb::StopInstance { training_job_name: job.clone(), instance: *i, kill: false }));
+            }
+        }
+        let (status, message, reason) = if let Some(f) = failed {
+            let reason = f.failure_reason.clone().unwrap_or_else(|| "AlgorithmError".into());
+            let instance = if run.instances.len() > 1 { format!(" (algo-{})", f.instance) } else { String::new() };
+            (SecondaryStatus::Failed, "Training job failed".to_string(), Some(format!("{reason}{instance}")))
+        } else if states.contains(&InstanceState::MaxRuntimeExceeded) {
+            (
+                SecondaryStatus::MaxRuntimeExceeded,
+                "Training job reached MaxRuntimeInSeconds and was stopped".into(),
+                None,
+            )
+        } else if states.contains(&InstanceState::Stopped) {
+            (SecondaryStatus::Stopped, "Training job stopped".into(), None)
+        } else {
+            (SecondaryStatus::Completed, "Training job completed".into(), None)
+        };
+        let instances: Vec<(u32, String)> = self
+            .running
+            .remove(&job)
+            .map(|r| r.instances.into_iter().map(|(i, (a, _))| (i, a)).collect())
+            .unwrap_or_default();
+        self.finish(&job, status, &message, reason, model).await?;
+        // Stored: the agents may forget the instances that have ended.
+        for (i, a) in instances {
+            if let Some(entry) = self.agents.get(&a) {
+                send(entry, Down::Forget(pb::ForgetInstance { training_job_name: job.clone(), instance: i }));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn record_metrics(&mut self, job: &str, samples: &[pb::MetricSample]) -> Result<(), DomainError> {
+        // SageMaker records numbers only: NaN and infinities (a regex that captured "nan" or "inf")
+        // are dropped, here as at the agent, so no objective or ranking ever sees one.
+        let samples: Vec<pb::MetricSample> = samples.iter().filter(|s| s.value.is_finite()).cloned().collect();
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let converted: Vec<MetricSample> = samples
+            .iter()
+            .map(|s| MetricSample {
+                name: s.name.clone(),
+                timestamp: Timestamp::from_millis(s.timestamp_millis),
+                value: s.value,
+            })
+            .collect();
+        let budget = self.metric_budgets.entry(job.to_string()).or_default();
+        let stored: Vec<MetricSample> =
+            converted.iter().filter(|m| budget.keep(&m.name, m.timestamp.millis())).cloned().collect();
+        self.c.store.append_metrics(job, &stored).await?;
+        let stored = self.c.training_job(job).await?.value;
+        let tuning = stored.tuning_job_name().map(str::to_string);
+        let objective =
+            tuning.as_deref().and_then(|t| self.tuning.get(t)).and_then(|t| t.objective.clone()).map(|(m, _)| m);
+        if let (Some(tuning), Some(metric)) = (&tuning, &objective) {
+            self.early_stop(tuning, job, metric, &samples);
+        }
+        self.c
+            .update_training_job(job, |j| {
+                for s in &converted {
+                    let data = api::MetricData {
+                        metric_name: Some(s.name.clone()),
+                        timestamp: Some(s.timestamp),
+                        value: Some(s.value),
+                    };
+                    let existing =
+                        j.final_metrics.iter().position(|m| m.metric_name.as_deref() == Some(s.name.as_str()));
+                    match existing {
+                        Some(i) => j.final_metrics[i] = data,
+                        None if j.final_metrics.len() < 40 => j.final_metrics.push(data),
+                        None => {}
+                    }
+                    if objective.as_deref() == Some(s.name.as_str()) {
+                        j.objective_value = Some(s.value);
+                    }
+                }
+                j.last_modified_time = now();
+                Ok(true)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a training job (persisted), frees its slot, and lets its tuning job go on.
+    pub(super) async fn finish(
+        &mut self,
+        job: &str,
+        status: SecondaryStatus,
+        message: &str,
+        failure_reason: Option<String>,
+        model_artifacts: Option<String>,
+    ) -> Result<(), DomainError> {
+        self.c
+            .update_training_job(job, |j| {
+                if j.status.is_terminal() {
+                    return Ok(false);
+                }
+                if j.status == TrainingJobStatus::Stopping
+                    && status != SecondaryStatus::Failed
+                    && status != SecondaryStatus::Stopped
+                {
+                    // A stop raced with the end: SageMaker reports what happened.
+                }
+                j.failure_reason = failure_reason.clone();
+                j.model_artifacts = model_artifacts.clone().or(j.model_artifacts.take());
+                j.transition(status, message, now())?;
+                Ok(true)
+            })
+            .await?;
+        info!(training_job = job, status = %status, "training job ended");
+        self.metric_budgets.remove(job);
+        let stored = self.c.training_job(job).await?.value;
+        if let Some(tuning) = stored.tuning_job_name().map(str::to_string) {
+            let mut completion = None;
+            if let Some(run) = self.tuning.get_mut(&tuning) {
+                run.active.remove(job);
+                let tuned = run.pending.remove(job).unwrap_or_default();
+                if let Some(curve) = run.curves.remove(job) {
+                    run.finished_curves.push(curve);
+                }
+                if let Some(v) = stored.objective_value {
+                    let maximize = run.objective.as_ref().is_none_or(|(_, m)| *m);
+                    run.finished.push(Finished { hyper_parameters: tuned, value: if maximize { v } else { -v } });
+                }
+                if !run.completing {
+                    let values: Vec<f64> = run.finished[run.seeded..].iter().map(|f| f.value).collect();
+                    completion = stopping::complete(&run.criteria, &values)
+                        .map(|c| (c, stopping::trials_not_improving(&values)));
+                }
+            }
+            if let Some((reason, not_improving)) = completion {
+                self.complete_early(&tuning, Some(reason), not_improving).await?;
+            }
+            let stopping = self.c.tuning_job(&tuning).await?.value.status == TuningJobStatus::Stopping;
+            if stopping { self.stop_tuning(&tuning).await? } else { self.drive_tuning(&tuning).await? }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn stop_training(&mut self, name: &str) -> Result<(), DomainError> {
+        if self.queue.remove(name).is_some() || !self.running.contains_key(name) {
+            let job = self.c.training_job(name).await?.value;
+            if job.status == TrainingJobStatus::Stopping {
+                return self
+                    .finish(name, SecondaryStatus::Stopped, "Stopped before an agent started it", None, None)
+                    .await;
+            }
+            return Ok(());
+        }
+        self.stop_running_instances(name);
+        Ok(())
+    }
+
+    // ----- tuning jobs -----
+
+    /// Asks the agents to stop every instance of `job` that has not ended yet.
+    pub(super) fn stop_running_instances(&self, job: &str) {
+        let Some(run) = self.running.get(job) else { return };
+        for (i, (agent, ended)) in &run.instances {
+            if ended.is_none()
+                && let Some(a) = self.agents.get(agent)
+            {
+                send(a, Down::Stop(pb::StopInstance { training_job_name: job.to_string(), instance: *i, kill: false }));
+            }
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! The event loop: the one place that decides what happens to jobs after the API accepted a change.
+//! API handlers persist intent (a new job, a stop request) and send an [`Event`]; agents' streams
+//! send theirs. The loop owns the derived state (agents and what they hold, the queue, running
+//! instances, tuning jobs' progress), asks the pure placement crate and the tuner what to do,
+//! persists each decision, and only then sends it to agents.
+//!
+//! At start-up it reconciles from the store: queued jobs are queued again, placed ones wait for their
+//! agents to reconnect (and fail or retry if they do not), tuning jobs resume.
+//!
+//! One module per concern, each a part of [`Loop`]'s methods: `queue` (queueing and placement),
+//! `agents` (agent sessions, drains, lost agents), `instances` (instance updates, ends, stops),
+//! `tuning` (trials, early stopping, completion). This module holds the state and dispatches
+//! events and ticks. Imports go one way: `core` sends [`crate::inbox::Event`]s, the loop reads the
+//! store through `core`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use trainyard_model::status::{SecondaryStatus, TrainingJobStatus, TuningJobStatus};
+use trainyard_model::{DomainError, Timestamp};
+use trainyard_proto::pb::coordinator_message::Body as Down;
+use trainyard_proto::pb::{self, InstanceState};
+use trainyard_scheduler::Demand;
+use trainyard_tuner::hyperband::Hyperband;
+use trainyard_tuner::stopping::{self, Criteria};
+use trainyard_tuner::{Finished, SearchSpace, Strategy};
+
+use crate::core::{Coordinator, now};
+use crate::inbox::Event;
+
+mod agents;
+mod instances;
+mod queue;
+mod tuning;
+
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub heartbeat_interval: Duration,
+    /// An agent silent this long is lost: its instances fail or are retried.
+    pub agent_lost_after: Duration,
+    /// An agent that has not heard from the coordinator this long stops its instances itself; a
+    /// lost agent's jobs are retried elsewhere only after that (plus a margin), never while its
+    /// copy may still run.
+    pub agent_lease: Duration,
+}
+
+/// Added to the lease before a lost agent's jobs are retried: the lease renewal's trip to the agent
+/// and the time it takes to kill its instances.
+pub const FENCING_MARGIN: Duration = Duration::from_secs(2);
+
+struct AgentEntry {
+    session: u64,
+    outbound: Option<mpsc::UnboundedSender<pb::CoordinatorMessage>>,
+    inventory: pb::Inventory,
+    capabilities: pb::Capabilities,
+    /// Where other agents reach this one's peer forwarder (empty: it runs no namespaces).
+    peer_address: String,
+    /// Its build.
+    version: String,
+    heartbeat: Option<pb::Heartbeat>,
+    last_seen: tokio::time::Instant,
+    last_seen_millis: i64,
+    lost: bool,
+    /// An admin revoked it (until it joins again and registers).
+    revoked: bool,
+    /// (job, instance) → what it holds.
+    allocations: BTreeMap<(String, u32), Allocation>,
+}
+
+impl AgentEntry {
+    /// An agent known by name, with no stream yet: it has `agent_lost_after` from now to connect.
+    fn unconnected(session: u64) -> AgentEntry {
+        AgentEntry {
+            session,
+            outbound: None,
+            inventory: pb::Inventory::default(),
+            capabilities: pb::Capabilities::default(),
+            peer_address: String::new(),
+            version: String::new(),
+            heartbeat: None,
+            last_seen: tokio::time::Instant::now(),
+            last_seen_millis: now().millis(),
+            lost: false,
+            revoked: false,
+            allocations: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Allocation {
+    vcpus: u32,
+    memory_mib: u64,
+    disk_mib: u64,
+    gpus: Vec<String>,
+}
+
+struct Queued {
+    demand: Demand,
+    queued_at: Timestamp,
+    max_pending: Option<Duration>,
+    reason: Option<String>,
+    /// Not placed before this: a retry waits until the lost agent's copy has surely stopped.
+    not_before: Option<tokio::time::Instant>,
+}
+
+/// A placed job: its instances, where, and how each ended.
+struct Running {
+    attempt: u32,
+    instances: BTreeMap<u32, (String, Option<pb::InstanceUpdate>)>,
+}
+
+struct TuningRun {
+    /// One search space per training-job definition (each may tune its own ranges).
+    spaces: Vec<SearchSpace>,
+    strategy: Strategy,
+    seed: u64,
+    max_trials: u64,
+    max_parallel: u64,
+    launched: u64,
+    active: BTreeSet<String>,
+    objective: Option<(String, bool)>,
+    /// Trials with an objective value (larger is better: a minimised metric is negated).
+    finished: Vec<Finished>,
+    /// Hyperparameters of the trials still running, for strategies that avoid them.
+    pending: BTreeMap<String, BTreeMap<String, String>>,
+    criteria: Criteria,
+    /// TrainingJobEarlyStoppingType: Auto (the median rule).
+    early_stopping: bool,
+    /// Objective after each epoch (larger is better) of running trials, and of finished ones.
+    curves: HashMap<String, Vec<f64>>,
+    finished_curves: Vec<Vec<f64>>,
+    stopped_early: BTreeSet<String>,
+    /// ResourceLimits.MaxRuntimeInSeconds of the tuning job.
+    deadline: Option<Timestamp>,
+    /// A completion criterion or the runtime limit holds: no new trials, running ones are stopped.
+    completing: bool,
+    /// The Hyperband strategy's brackets and rungs (it stops trials itself).
+    hyperband: Option<Hyperband>,
+    /// How many entries at the start of `finished` came from warm-start parents.
+    seeded: usize,
+}
+
+impl TuningRun {
+    /// Which definition trial `index` uses, and the index its strategy is asked for: Grid runs each
+    /// definition's combinations in turn (the index within the definition); the other strategies
+    /// alternate definitions (the trial's own index).
+    fn definition_of(&self, index: u64) -> (usize, u64) {
+        let n = self.spaces.len().max(1);
+        if self.strategy == Strategy::Grid {
+            let mut rest = index;
+            for (d, space) in self.spaces.iter().enumerate() {
+                let combos = self.strategy.capacity(space).unwrap_or(0);
+                if rest < combos {
+                    return (d, rest);
+                }
+                rest -= combos;
+            }
+            return (n - 1, u64::MAX);
+        }
+        // The trial's own index keeps each trial's random stream distinct across definitions.
+        ((index % n as u64) as usize, index)
+    }
+}
+
+/// Events handled before one placement pass (see the loop).
+const MAX_EVENTS_PER_PASS: usize = 512;
+
+pub struct Loop {
+    c: Arc<Coordinator>,
+    metrics: Arc<crate::telemetry::Metrics>,
+    authority: Arc<trainyard_pki::Authority>,
+    liveness: crate::liveness::Liveness,
+    timing: Timing,
+    agents: BTreeMap<String, AgentEntry>,
+    /// Agents placement leaves alone (cordoned or draining), by id; from the store.
+    cordons: BTreeMap<String, trainyard_store::AgentCordon>,
+    /// Agents whose last session was refused (incompatible): id → (version, why).
+    refused: BTreeMap<String, (String, String)>,
+    queue: BTreeMap<String, Queued>,
+    running: HashMap<String, Running>,
+    tuning: BTreeMap<String, TuningRun>,
+    /// What has been stored of each running job's metric samples (a restart starts afresh).
+    metric_budgets: HashMap<String, trainyard_model::metrics::SampleBudget>,
+    /// Set when an event or a tick failed (e.g. the database was away): the loop then compares
+    /// its state with the store on the next ticks until that succeeds.
+    resync_needed: bool,
+}
+
+pub async fn run(
+    coordinator: Arc<Coordinator>,
+    metrics: Arc<crate::telemetry::Metrics>,
+    authority: Arc<trainyard_pki::Authority>,
+    liveness: crate::liveness::Liveness,
+    timing: Timing,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    cancel: CancellationToken,
+) {
+    let mut state = Loop {
+        c: coordinator,
+        metrics,
+        authority,
+        liveness,
+        timing,
+        agents: BTreeMap::new(),
+        cordons: BTreeMap::new(),
+        refused: BTreeMap::new(),
+        queue: BTreeMap::new(),
+        running: HashMap::new(),
+        tuning: BTreeMap::new(),
+        metric_budgets: HashMap::new(),
+        resync_needed: false,
+    };
+    // At start the loop knows nothing: catching up with the store rebuilds everything.
+    if let Err(e) = state.resync().await {
+        warn!(error = %e, "start-up reconciliation incomplete; retrying from the store");
+        state.resync_needed = true;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {
+                if state.resync_needed {
+                    match state.resync().await {
+                        Ok(()) => {
+                            state.resync_needed = false;
+                            info!("caught up with the store after a failure");
+                        }
+                        Err(e) => debug!(error = %e, "still cannot catch up with the store"),
+                    }
+                }
+                if let Err(e) = state.on_tick().await {
+                    warn!(error = %e, "periodic checks failed");
+                    state.resync_needed = true;
+                }
+            }
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                // Events that are already waiting are handled first and placement runs once for
+                // all of them: a placement pass costs O(queue x agents), and running it per event
+                // made the loop fall minutes behind under a burst of submissions to a full cluster.
+                let mut batch = vec![event];
+                while batch.len() < MAX_EVENTS_PER_PASS {
+                    match events.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
+                for event in batch {
+                    debug!(?event, "event");
+                    if let Err(e) = state.handle(event).await {
+                        warn!(error = %e, "event not handled; catching up from the store");
+                        state.resync_needed = true;
+                    }
+                }
+                if let Err(e) = state.schedule().await {
+                    warn!(error = %e, "scheduling failed");
+                }
+            }
+        }
+    }
+    info!("event loop stopped");
+}
+
+fn send(entry: &AgentEntry, body: Down) {
+    if let Some(tx) = &entry.outbound {
+        let _ = tx.send(pb::CoordinatorMessage { body: Some(body) });
+    }
+}
+
+fn is_final(state: InstanceState) -> bool {
+    matches!(
+        state,
+        InstanceState::Completed | InstanceState::Failed | InstanceState::Stopped | InstanceState::MaxRuntimeExceeded
+    )
+}
+
+impl Loop {
+    async fn handle(&mut self, event: Event) -> Result<(), DomainError> {
+        match event {
+            Event::TuningJobCreated(name) => {
+                self.load_tuning(&name).await?;
+                self.drive_tuning(&name).await
+            }
+            Event::TrainingJobCreated(name) => self.enqueue(&name).await,
+            Event::TrainingJobStopRequested(name) => self.stop_training(&name).await,
+            Event::TuningJobStopRequested(name) => self.stop_tuning(&name).await,
+            Event::AgentConnected { session, register, outbound } => self.on_agent(session, *register, outbound).await,
+            Event::AgentHeartbeat { session, agent, heartbeat } => {
+                if let Some(a) = self.agents.get_mut(&agent).filter(|a| a.session == session) {
+                    a.heartbeat = Some(heartbeat);
+                    a.last_seen = tokio::time::Instant::now();
+                    a.last_seen_millis = now().millis();
+                    a.lost = false;
+                }
+                Ok(())
+            }
+            Event::InstanceUpdate { session, agent, update } => {
+                if let Some(a) = self.agents.get_mut(&agent).filter(|a| a.session == session) {
+                    a.last_seen = tokio::time::Instant::now();
+                    a.last_seen_millis = now().millis();
+                }
+                self.on_update(&agent, update).await
+            }
+            Event::AgentDisconnected { session, agent } => {
+                if let Some(a) = self.agents.get_mut(&agent).filter(|a| a.session == session) {
+                    // Its instances keep running; it has `agent_lost_after` to come back.
+                    a.outbound = None;
+                    info!(agent, "agent disconnected");
+                }
+                Ok(())
+            }
+            Event::ListAgents(reply) => {
+                let _ = reply.send(self.summaries());
+                Ok(())
+            }
+            Event::AgentRefused { agent, version, reason } => {
+                self.refused.insert(agent, (version, reason));
+                Ok(())
+            }
+            Event::CordonChanged { agent, cordon } => {
+                match cordon {
+                    Some(cordon) => self.cordons.insert(agent, cordon),
+                    None => self.cordons.remove(&agent),
+                };
+                Ok(())
+            }
+            Event::AgentRevoked(agent) => {
+                if let Some(a) = self.agents.get(&agent) {
+                    // Queued before the stream closes, so a connected agent stops what it runs.
+                    for (job, instance) in a.allocations.keys() {
+                        send(
+                            a,
+                            Down::Stop(pb::StopInstance {
+                                training_job_name: job.clone(),
+                                instance: *instance,
+                                kill: true,
+                            }),
+                        );
+                    }
+                }
+                self.declare_lost(&agent, "was revoked").await?;
+                if let Some(a) = self.agents.get_mut(&agent) {
+                    a.session = 0; // sessions count from 1: whatever the old stream still says is ignored
+                    a.revoked = true;
+                }
+                Ok(())
+            }
+            Event::QueuePosition(name, reply) => {
+                let _ = reply.send(self.position(&name));
+                Ok(())
+            }
+        }
+    }
+
+    // ----- start-up -----
+
+    /// Catches up with the store, at start and after a failed event (the database was away, say):
+    /// what an event would have done for a job, done from the job's stored state. Jobs placed
+    /// before a restart wait for their agents to come back and report. Idempotent.
+    async fn resync(&mut self) -> Result<(), DomainError> {
+        self.cordons = self.c.store.cordons().await?.into_iter().map(|c| (c.agent_id.clone(), c)).collect();
+        let tuning = self.c.store.active_tuning_jobs().await?;
+        let training = self.c.store.active_training_jobs(None).await?;
+        info!(training_jobs = training.len(), tuning_jobs = tuning.len(), "reconciling unfinished jobs with the store");
+        for t in tuning {
+            if !self.tuning.contains_key(&t.value.name) {
+                self.load_tuning(&t.value.name).await?;
+            }
+        }
+        for t in training {
+            let job = t.value;
+            if self.queue.contains_key(&job.name) || self.running.contains_key(&job.name) {
+                continue;
+            }
+            if !job.placement.is_empty() {
+                self.adopt_placed(&job)?;
+            } else if job.status == TrainingJobStatus::Stopping {
+                self.finish(&job.name, SecondaryStatus::Stopped, "Stopped before an agent started it", None, None)
+                    .await?;
+            } else {
+                self.enqueue(&job.name).await?;
+            }
+        }
+        let names: Vec<String> = self.tuning.keys().cloned().collect();
+        for name in names {
+            let stopping = self.c.tuning_job(&name).await?.value.status == TuningJobStatus::Stopping;
+            if stopping { self.stop_tuning(&name).await? } else { self.drive_tuning(&name).await? }
+        }
+        self.schedule().await
+    }
+
+    // ----- queue and placement -----
+
+    /// The gauges operators scrape: queue, running jobs, agents by state.
+    fn update_gauges(&self) {
+        self.metrics.queue_length.set(self.queue.len() as i64);
+        self.metrics.jobs_running.set(self.running.len() as i64);
+        let mut states: BTreeMap<String, i64> =
+            ["ready", "disconnected", "lost", "revoked", "refused", "cordoned", "draining", "drained"]
+                .into_iter()
+                .map(|s| (s.to_string(), 0))
+                .collect();
+        for summary in self.summaries() {
+            *states.entry(summary.state).or_default() += 1;
+            if !summary.cordon.is_empty() {
+                *states.entry(summary.cordon).or_default() += 1;
+            }
+        }
+        for (state, count) in states {
+            self.metrics.agents.get_or_create(&crate::telemetry::State { state }).set(count);
+        }
+    }
+
+    async fn on_tick(&mut self) -> Result<(), DomainError> {
+        let now_instant = tokio::time::Instant::now();
+        let lost: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|(id, a)| {
+                // The streams' own record counts too: heartbeats may still wait in this loop's queue.
+                let seen = self.liveness.last_seen(id).map_or(a.last_seen, |l| l.max(a.last_seen));
+                !a.lost && now_instant.duration_since(seen) > self.timing.agent_lost_after
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in lost {
+            warn!(agent = %id, after_s = self.timing.agent_lost_after.as_secs(), "agent lost: no heartbeat");
+            self.declare_lost(&id, "was lost (no heartbeat)").await?;
+        }
+        self.enforce_drain_deadlines().await?;
+        self.update_gauges();
+        // Tuning jobs past ResourceLimits.MaxRuntimeInSeconds.
+        let overdue: Vec<(String, u32)> = self
+            .tuning
+            .iter()
+            .filter(|(_, r)| !r.completing && r.deadline.is_some_and(|d| now() > d))
+            .map(|(n, r)| {
+                (n.clone(), stopping::trials_not_improving(&r.finished.iter().map(|f| f.value).collect::<Vec<_>>()))
+            })
+            .collect();
+        for (name, not_improving) in overdue {
+            info!(tuning_job = %name, "MaxRuntimeInSeconds of the tuning job reached");
+            self.complete_early(&name, None, not_improving).await?;
+        }
+        // MaxPendingTimeInSeconds.
+        let expired: Vec<String> = self
+            .queue
+            .iter()
+            .filter(|(_, q)| {
+                q.max_pending.is_some_and(|m| now().millis() - q.queued_at.millis() > m.as_millis() as i64)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in expired {
+            self.queue.remove(&name);
+            let reason =
+                "CapacityError: the job waited longer than StoppingCondition.MaxPendingTimeInSeconds for an agent";
+            self.finish(&name, SecondaryStatus::Failed, "Failed", Some(reason.to_string()), None).await?;
+        }
+        self.schedule().await
+    }
+}

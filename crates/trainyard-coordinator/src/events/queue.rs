@@ -1,0 +1,286 @@
+//! The queue and placement: jobs waiting for capacity, the placement pass (the pure scheduler
+//! decides; this persists and sends), and where a queued job stands.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use tracing::info;
+use trainyard_model::DomainError;
+use trainyard_model::images::TrainingImage;
+use trainyard_model::jobs::{PlacedInstance, TrainingJob};
+use trainyard_model::status::{SecondaryStatus, TrainingJobStatus};
+use trainyard_proto::pb;
+use trainyard_proto::pb::coordinator_message::Body as Down;
+use trainyard_scheduler::{Agent as Capacity, Decision, Demand, Problem};
+
+use super::{AgentEntry, Allocation, Loop, Queued, Running, send};
+use crate::core::now;
+use crate::inbox::PENDING_MESSAGE;
+
+impl Loop {
+    /// A job the store says is placed but the loop does not track: its resources are held on its
+    /// agents and their reports are awaited (an agent that no longer runs it says so when it
+    /// registers; one that never comes back is declared lost).
+    pub(super) fn adopt_placed(&mut self, job: &TrainingJob) -> Result<(), DomainError> {
+        let demand = self.demand_of(job)?;
+        let mut instances = BTreeMap::new();
+        for p in &job.placement {
+            let entry = self.agents.entry(p.agent.clone()).or_insert_with(|| AgentEntry::unconnected(0));
+            entry.allocations.insert(
+                (job.name.clone(), p.instance),
+                Allocation {
+                    vcpus: demand.vcpus,
+                    memory_mib: demand.memory_mib,
+                    disk_mib: demand.disk_mib,
+                    gpus: p.gpu_uuids.clone(),
+                },
+            );
+            instances.insert(p.instance, (p.agent.clone(), None));
+        }
+        self.running.insert(job.name.clone(), Running { attempt: job.attempt, instances });
+        Ok(())
+    }
+
+    pub(super) fn demand_of(&self, job: &TrainingJob) -> Result<Demand, DomainError> {
+        let rc = job.request.resource_config.as_ref();
+        let instance_type = rc.and_then(|r| r.instance_type.clone()).unwrap_or_default();
+        let spec = self.c.catalog.get(&instance_type).ok_or_else(|| {
+            DomainError::invalid("ResourceConfig.InstanceType", format!("'{instance_type}' is not in the catalog"))
+        })?;
+        Ok(Demand {
+            job: job.name.clone(),
+            group: job.tuning_job_name().map(str::to_string),
+            instance_count: rc.and_then(|r| r.instance_count).unwrap_or(1).max(1) as u32,
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            disk_mib: rc.and_then(|r| r.volume_size_in_gb).unwrap_or(0).max(0) as u64 * 1024,
+            gpus: spec.gpus,
+            needs_isolation: job.request.enable_network_isolation == Some(true),
+            needs_containers: matches!(
+                TrainingImage::of(
+                    job.request
+                        .algorithm_specification
+                        .as_ref()
+                        .and_then(|a| a.training_image.as_deref())
+                        .unwrap_or_default()
+                ),
+                TrainingImage::Container(_)
+            ),
+            queued_at: job.creation_time.millis(),
+        })
+    }
+
+    pub(super) async fn enqueue(&mut self, name: &str) -> Result<(), DomainError> {
+        let job = self.c.training_job(name).await?.value;
+        if job.status != TrainingJobStatus::InProgress || !job.placement.is_empty() {
+            return Ok(());
+        }
+        let demand = self.demand_of(&job)?;
+        let max_pending = job
+            .request
+            .stopping_condition
+            .as_ref()
+            .and_then(|s| s.max_pending_time_in_seconds)
+            .map(|s| Duration::from_secs(s.max(0) as u64));
+        self.c
+            .update_training_job(name, |j| {
+                if j.secondary_status == SecondaryStatus::Pending {
+                    return Ok(false);
+                }
+                j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
+                Ok(true)
+            })
+            .await?;
+        self.queue
+            .insert(name.to_string(), Queued { demand, queued_at: now(), max_pending, reason: None, not_before: None });
+        Ok(())
+    }
+
+    pub(super) fn capacities(&self) -> Vec<Capacity> {
+        self.agents
+            .iter()
+            .filter(|(_, a)| !a.lost && a.outbound.is_some())
+            .map(|(id, a)| {
+                let used = a
+                    .allocations
+                    .values()
+                    .fold((0u32, 0u64, 0u64), |acc, x| (acc.0 + x.vcpus, acc.1 + x.memory_mib, acc.2 + x.disk_mib));
+                let held: BTreeSet<&String> = a.allocations.values().flat_map(|x| &x.gpus).collect();
+                Capacity {
+                    id: id.clone(),
+                    vcpus_total: a.inventory.cpu_count,
+                    memory_total_mib: a.inventory.memory_total_mib,
+                    disk_total_mib: a.inventory.disk_free_mib,
+                    gpus_total: a.inventory.gpus.len() as u32,
+                    vcpus_free: a.inventory.cpu_count.saturating_sub(used.0),
+                    memory_free_mib: a.inventory.memory_total_mib.saturating_sub(used.1),
+                    disk_free_mib: a.inventory.disk_free_mib.saturating_sub(used.2),
+                    gpus_free: a.inventory.gpus.iter().map(|g| g.uuid.clone()).filter(|u| !held.contains(u)).collect(),
+                    network_isolation: a.capabilities.network_isolation,
+                    containers: !a.capabilities.container_runtime.is_empty(),
+                    host_programs: a.capabilities.host_programs,
+                    cordoned: self.cordons.contains_key(id),
+                }
+            })
+            .collect()
+    }
+
+    /// Places what fits; records why the rest cannot run when no agent could ever hold it.
+    pub(super) async fn schedule(&mut self) -> Result<(), DomainError> {
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+        let mut problem = Problem {
+            agents: self.capacities(),
+            queue: {
+                let now = tokio::time::Instant::now();
+                self.queue
+                    .values()
+                    .filter(|q| q.not_before.is_none_or(|t| t <= now))
+                    .map(|q| q.demand.clone())
+                    .collect()
+            },
+            running_per_group: self.tuning.iter().map(|(n, t)| (n.clone(), t.active.len() as u32)).collect(),
+        };
+        if problem.agents.is_empty() {
+            return Ok(());
+        }
+        let pass = std::time::Instant::now();
+        let decisions = trainyard_scheduler::place(&mut problem);
+        self.metrics.placement_seconds.observe(pass.elapsed().as_secs_f64());
+        for decision in decisions {
+            match decision {
+                Decision::Place { job, instances } => {
+                    if let Some(q) = self.queue.get(&job) {
+                        let waited = now().millis().saturating_sub(q.queued_at.millis()).max(0);
+                        self.metrics.queue_wait_seconds.observe(waited as f64 / 1000.0);
+                    }
+                    self.start(&job, instances).await?
+                }
+                Decision::Unplaceable { job, reason } => {
+                    let Some(q) = self.queue.get_mut(&job) else { continue };
+                    if q.reason.as_deref() != Some(reason.as_str()) {
+                        q.reason = Some(reason.clone());
+                        let message = format!("Cannot be placed: {reason}");
+                        self.c.update_training_job(&job, |j| Ok(j.set_status_message(message.clone(), now()))).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn start(
+        &mut self,
+        name: &str,
+        instances: Vec<trainyard_scheduler::InstancePlacement>,
+    ) -> Result<(), DomainError> {
+        let Some(queued) = self.queue.remove(name) else { return Ok(()) };
+        let placement: Vec<PlacedInstance> = instances
+            .iter()
+            .map(|i| PlacedInstance { instance: i.instance, agent: i.agent.clone(), gpu_uuids: i.gpu_uuids.clone() })
+            .collect();
+        let agents: Vec<&str> = placement.iter().map(|p| p.agent.as_str()).collect();
+        let message = format!("Launching on {}", agents.join(", "));
+        // Who it runs as is decided in the same write that places it: a role removed from the
+        // configuration since the job was accepted fails it instead.
+        let (mut run_as, mut refused) = (None, None);
+        let placed = self
+            .c
+            .updated_training_job(name, |j| {
+                match self.c.roles.run_as(j.request.role_arn.as_deref()) {
+                    Ok(role) => {
+                        run_as = role.map(|r| pb::RunAs { group: r.group.unwrap_or_default(), ..Default::default() })
+                    }
+                    Err(reason) => {
+                        refused = Some(format!("ClientError: RoleArn: {reason}"));
+                        return Ok(false);
+                    }
+                }
+                j.placement = placement.clone();
+                j.transition(SecondaryStatus::Starting, message.clone(), now())?;
+                Ok(true)
+            })
+            .await?;
+        if let Some(reason) = refused {
+            return self.finish(name, SecondaryStatus::Failed, "Failed", Some(reason), None).await;
+        }
+        let Some(job) = placed else { return Ok(()) };
+        let hosts: Vec<String> = (1..=placement.len()).map(|i| format!("algo-{i}")).collect();
+        let peers: Vec<pb::PeerInstance> = placement
+            .iter()
+            .map(|p| pb::PeerInstance {
+                instance: p.instance,
+                agent_peer_address: self.agents.get(&p.agent).map(|a| a.peer_address.clone()).unwrap_or_default(),
+            })
+            .collect();
+        let credential = match job.request.enable_inter_container_traffic_encryption {
+            Some(true) => Some(self.job_credential(&job)?),
+            _ => None,
+        };
+        let d = &queued.demand;
+        let mut run = Running { attempt: job.attempt, instances: BTreeMap::new() };
+        for p in &placement {
+            let Some(agent) = self.agents.get_mut(&p.agent) else { continue };
+            agent.allocations.insert(
+                (name.to_string(), p.instance),
+                Allocation {
+                    vcpus: d.vcpus,
+                    memory_mib: d.memory_mib,
+                    disk_mib: d.disk_mib,
+                    gpus: p.gpu_uuids.clone(),
+                },
+            );
+            send(
+                agent,
+                Down::Assignment(pb::Assignment {
+                    training_job_name: name.to_string(),
+                    training_job_arn: job.arn.clone(),
+                    instance: p.instance,
+                    hosts: hosts.clone(),
+                    request: Some(job.request.clone().into()),
+                    gpu_uuids: p.gpu_uuids.clone(),
+                    attempt: job.attempt,
+                    peers: peers.clone(),
+                    credential: credential.clone(),
+                    run_as: run_as.clone(),
+                    memory_mib: d.memory_mib,
+                    vcpus: d.vcpus,
+                }),
+            );
+            run.instances.insert(p.instance, (p.agent.clone(), None));
+        }
+        info!(training_job = name, agents = ?agents, waited_ms = now().millis() - queued.queued_at.millis(), "placed");
+        self.running.insert(name.to_string(), run);
+        Ok(())
+    }
+
+    /// The certificate a job's agents present to each other. It outlives the job's longest possible
+    /// run (MaxRuntimeInSeconds, or SageMaker's one-day default) by a day.
+    pub(super) fn job_credential(&self, job: &TrainingJob) -> Result<pb::JobCredential, DomainError> {
+        let runtime = job.request.stopping_condition.as_ref().and_then(|s| s.max_runtime_in_seconds).unwrap_or(86_400);
+        let valid_for = Duration::from_secs(runtime.max(0) as u64 + 86_400);
+        let credential = self
+            .authority
+            .issue_job_credential(&job.name, valid_for)
+            .map_err(|e| DomainError::Internal(format!("issuing the job's certificate: {e}")))?;
+        Ok(pb::JobCredential {
+            ca_pem: credential.ca_pem,
+            certificate_pem: credential.certificate_pem,
+            key_pem: credential.key_pem,
+        })
+    }
+
+    // ----- agents -----
+
+    /// Queue order is arrival order; placement serves tuning jobs fairly, so this is an estimate.
+    pub(super) fn position(&self, name: &str) -> Option<(usize, usize, Option<String>)> {
+        let queued = self.queue.get(name)?;
+        let ahead = self
+            .queue
+            .values()
+            .filter(|q| (q.queued_at, &q.demand.job) < (queued.queued_at, &queued.demand.job))
+            .count();
+        Some((ahead + 1, self.queue.len(), queued.reason.clone()))
+    }
+}

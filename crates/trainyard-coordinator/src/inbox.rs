@@ -1,0 +1,52 @@
+//! What the event loop is told: by the API after it persisted a change, and by agents' streams.
+//! Its own module so that the API (`core`, `agents`, `access`) and the loop (`events`) depend on it
+//! and not on each other.
+
+use tokio::sync::{mpsc, oneshot};
+use trainyard_proto::pb;
+
+/// Everything the loop reacts to.
+#[derive(Debug)]
+pub enum Event {
+    TuningJobCreated(String),
+    TrainingJobCreated(String),
+    TuningJobStopRequested(String),
+    TrainingJobStopRequested(String),
+    AgentConnected {
+        session: u64,
+        register: Box<pb::Register>,
+        outbound: mpsc::UnboundedSender<pb::CoordinatorMessage>,
+    },
+    AgentHeartbeat {
+        session: u64,
+        agent: String,
+        heartbeat: pb::Heartbeat,
+    },
+    InstanceUpdate {
+        session: u64,
+        agent: String,
+        update: pb::InstanceUpdate,
+    },
+    AgentDisconnected {
+        session: u64,
+        agent: String,
+    },
+    ListAgents(oneshot::Sender<Vec<pb::AgentSummary>>),
+    /// An admin revoked this agent: stop its instances, close its stream, treat it as lost.
+    AgentRevoked(String),
+    /// An agent's session was refused: it speaks an agent protocol this coordinator does not.
+    AgentRefused {
+        agent: String,
+        version: String,
+        reason: String,
+    },
+    /// An admin cordoned, drained (Some) or uncordoned (None) this agent.
+    CordonChanged {
+        agent: String,
+        cordon: Option<trainyard_store::AgentCordon>,
+    },
+    /// Where a queued job stands: its position (1-based), the queue's length, and why it waits.
+    QueuePosition(String, oneshot::Sender<Option<(usize, usize, Option<String>)>>),
+}
+
+pub const PENDING_MESSAGE: &str = "Queued: waiting for an agent with the requested resources";
