@@ -15,8 +15,10 @@ use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
+use trainyard_proto::client::{self, ClientIdentity};
 use trainyard_proto::model::api;
 use trainyard_proto::pb;
+use trainyard_proto::pb::access_client::AccessClient;
 use trainyard_proto::pb::agent_message::Body as Up;
 use trainyard_proto::pb::agents_client::AgentsClient;
 use trainyard_proto::pb::training_client::TrainingClient;
@@ -29,53 +31,75 @@ pub struct Load {
     pub agents: usize,
     pub clients: usize,
     pub seconds: u64,
+    /// Each agent joins and holds a mutual-TLS connection of its own; clients use TLS and a token.
+    pub tls: bool,
 }
 
+/// Joins in flight at once (each is a certificate the coordinator signs).
+const CONCURRENT_JOINS: usize = 64;
+
 pub async fn run(load: &Load, database: &crate::Database) -> anyhow::Result<()> {
+    raise_open_files_limit(load.agents);
     let dir = tempfile::tempdir()?;
-    // Plain text: a hundred simulated agents share each connection, which mutual TLS (one
-    // certificate per agent) forbids by design; the numbers are the coordinator's, not TLS's.
     let url = database.url();
-    let args = ["--database-url".as_ref(), url.as_ref()];
-    let coordinator = crate::start_coordinator(dir.path(), "127.0.0.1", &args, false)?;
+    let metrics_address = format!("127.0.0.1:{}", trainyard_testkit::free_port());
+    let args = ["--database-url".as_ref(), url.as_ref(), "--metrics-listen".as_ref(), metrics_address.as_ref()];
+    let coordinator = crate::start_coordinator(dir.path(), "127.0.0.1", &args, load.tls)?;
     let port = coordinator.port;
     let address = format!("127.0.0.1:{port}");
-    let url = format!("http://{address}");
     let stop = Arc::new(AtomicBool::new(false));
     let heartbeats = Arc::new(AtomicU64::new(0));
     let agent_errors = Arc::new(AtomicU64::new(0));
 
-    // The agents, a hundred streams per connection.
     let started = Instant::now();
-    let mut agent_tasks = Vec::new();
-    for group in 0..load.agents.div_ceil(AGENTS_PER_CONNECTION) {
-        let channel = Channel::from_shared(url.clone())?.connect().await.context("connecting")?;
-        for i in 0..AGENTS_PER_CONNECTION.min(load.agents - group * AGENTS_PER_CONNECTION) {
-            let id = format!("sim-{:05}", group * AGENTS_PER_CONNECTION + i);
-            let (channel, stop, heartbeats, errors) =
-                (channel.clone(), stop.clone(), heartbeats.clone(), agent_errors.clone());
-            agent_tasks.push(tokio::spawn(async move {
-                if let Err(e) = simulated_agent(channel, id.clone(), stop, heartbeats).await
-                    && errors.fetch_add(1, Ordering::Relaxed) == 0
-                {
-                    eprintln!("first agent stream error ({id}): {e:#}");
-                }
-            }));
+    let channels = if load.tls {
+        // As deployed: every agent joins, receives its own certificate, and dials with it.
+        let identities = join_all(&coordinator, &address, load.agents).await?;
+        let joined_in = started.elapsed();
+        println!("{} agents joined in {:.1} s", load.agents, joined_in.as_secs_f64());
+        let ca = coordinator.ca_pem.clone().unwrap_or_default();
+        let mut channels = Vec::with_capacity(load.agents);
+        for (certificate_pem, key_pem) in &identities {
+            let identity = ClientIdentity { certificate_pem, key_pem };
+            channels.push(client::channel(&address, Some(&ca), Some(identity)).await.context("an agent's connection")?);
         }
+        channels
+    } else {
+        // Plain text: a hundred simulated agents share each connection, which mutual TLS (one
+        // certificate per agent) forbids by design; the numbers are the coordinator's, not TLS's.
+        let mut channels = Vec::with_capacity(load.agents);
+        for _ in 0..load.agents.div_ceil(AGENTS_PER_CONNECTION) {
+            let channel = Channel::from_shared(format!("http://{address}"))?.connect().await.context("connecting")?;
+            channels.extend(std::iter::repeat_n(channel, AGENTS_PER_CONNECTION));
+        }
+        channels.truncate(load.agents);
+        channels
+    };
+    let mut agent_tasks = Vec::new();
+    for (i, channel) in channels.into_iter().enumerate() {
+        let id = format!("sim-{i:05}");
+        let (stop, heartbeats, errors) = (stop.clone(), heartbeats.clone(), agent_errors.clone());
+        agent_tasks.push(tokio::spawn(async move {
+            if let Err(e) = simulated_agent(channel, id.clone(), stop, heartbeats).await
+                && errors.fetch_add(1, Ordering::Relaxed) == 0
+            {
+                eprintln!("first agent stream error ({id}): {e:#}");
+            }
+        }));
     }
-    let channel = Channel::from_shared(url.clone())?.connect().await?;
-    let mut agents = AgentsClient::new(channel.clone());
+    let mut agents = AgentsClient::new(coordinator.connect().await?);
     loop {
         let ready = agents.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents.len();
         if ready >= load.agents {
             break;
         }
-        if started.elapsed() > Duration::from_secs(120) {
+        if started.elapsed() > Duration::from_secs(600) {
             bail!("only {ready} of {} simulated agents registered", load.agents);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let registered_in = started.elapsed();
+    let idle_rss = rss_kib(coordinator.daemon.pid());
 
     // Memory of the coordinator, sampled while the clients run.
     let pid = coordinator.daemon.pid();
@@ -95,7 +119,7 @@ pub async fn run(load: &Load, database: &crate::Database) -> anyhow::Result<()> 
     let template: api::CreateTrainingJobRequest = serde_json::from_str(TRAINING)?;
     let mut client_tasks = Vec::new();
     for c in 0..load.clients {
-        let channel = Channel::from_shared(url.clone())?.connect().await?;
+        let channel = coordinator.connect().await?;
         let template = template.clone();
         client_tasks.push(tokio::spawn(async move {
             let mut client = TrainingClient::new(channel);
@@ -131,6 +155,10 @@ pub async fn run(load: &Load, database: &crate::Database) -> anyhow::Result<()> 
     let listed = agents.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents;
     let ready = listed.iter().filter(|a| a.state == "ready").count();
     let placed: usize = listed.iter().map(|a| a.running.len()).sum();
+    // How far behind the coordinator's view of the heartbeats is: the oldest one it holds.
+    let now_millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let oldest_heartbeat = listed.iter().map(|a| now_millis - a.last_heartbeat_millis).max().unwrap_or(0);
+    let placement = placement_pass(&metrics_address);
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
     for task in agent_tasks {
@@ -138,10 +166,14 @@ pub async fn run(load: &Load, database: &crate::Database) -> anyhow::Result<()> 
     }
 
     println!(
-        "load on {}: {} simulated agents ({} per connection, registered in {:.1} s), {} clients for {} s",
+        "load on {}: {} simulated agents ({}, registered in {:.1} s), {} clients for {} s",
         database.backend,
         load.agents,
-        AGENTS_PER_CONNECTION,
+        if load.tls {
+            "each its own certificate and mutual-TLS connection".to_string()
+        } else {
+            format!("plain text, {AGENTS_PER_CONNECTION} per connection")
+        },
         registered_in.as_secs_f64(),
         load.clients,
         load.seconds
@@ -164,11 +196,19 @@ pub async fn run(load: &Load, database: &crate::Database) -> anyhow::Result<()> 
     }
     println!(
         "heartbeats {}, agent stream errors {}, agents ready at the end {ready}/{}, jobs placed on them {placed}, \
-         coordinator peak RSS {:.0} MiB",
+         coordinator RSS with the agents idle {:.0} MiB ({:.1} KiB per agent), peak {:.0} MiB",
         heartbeats.load(Ordering::Relaxed),
         agent_errors.load(Ordering::Relaxed),
         load.agents,
+        idle_rss as f64 / 1024.0,
+        idle_rss as f64 / load.agents.max(1) as f64,
         peak_rss.load(Ordering::Relaxed) as f64 / 1024.0
+    );
+    println!(
+        "placement passes {} (mean {:.2} ms), oldest heartbeat the coordinator holds at the end {} ms",
+        placement.1,
+        placement.0 * 1e3 / placement.1.max(1) as f64,
+        oldest_heartbeat
     );
     Ok(())
 }
@@ -196,7 +236,9 @@ async fn simulated_agent(
         body: Some(Up::Register(pb::Register {
             agent_id: id,
             inventory: Some(inventory),
-            capabilities: Some(pb::Capabilities::default()),
+            capabilities: Some(pb::Capabilities { host_programs: true, ..Default::default() }),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: trainyard_proto::AGENT_PROTOCOL,
             ..Default::default()
         })),
     })?;
@@ -226,6 +268,76 @@ async fn simulated_agent(
         }
     }
     Ok(())
+}
+
+/// Joins `count` agents with the coordinator's join tokens (a token lets in at most 10,000):
+/// each agent's certificate and key (PEM).
+async fn join_all(
+    coordinator: &crate::BenchCoordinator,
+    address: &str,
+    count: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    const PER_TOKEN: usize = 10_000;
+    let mut access = AccessClient::new(coordinator.connect().await?);
+    let mut tokens = Vec::new();
+    for _ in 0..count.div_ceil(PER_TOKEN) {
+        let request =
+            pb::CreateJoinTokenRequest { uses: PER_TOKEN as u32, description: "load".into(), ..Default::default() };
+        tokens.push(access.create_join_token(request).await?.into_inner().token);
+    }
+    let ca = coordinator.ca_pem.clone().unwrap_or_default();
+    let joiner = AgentsClient::new(client::channel(address, Some(&ca), None).await?);
+    let mut joined = Vec::with_capacity(count);
+    let mut in_flight = tokio::task::JoinSet::new();
+    for i in 0..count {
+        if in_flight.len() >= CONCURRENT_JOINS
+            && let Some(done) = in_flight.join_next().await
+        {
+            joined.push(done??);
+        }
+        let (mut joiner, token) = (joiner.clone(), tokens[i / PER_TOKEN].clone());
+        in_flight.spawn(async move {
+            let request = pb::JoinRequest { join_token: token, agent_id: format!("sim-{i:05}") };
+            let response = joiner.join(request).await.with_context(|| format!("joining sim-{i:05}"))?.into_inner();
+            anyhow::Ok((i, response.certificate_pem, response.key_pem))
+        });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        joined.push(done??);
+    }
+    joined.sort_by_key(|(i, ..)| *i);
+    Ok(joined.into_iter().map(|(_, certificate, key)| (certificate, key)).collect())
+}
+
+/// The coordinator's placement passes so far: (seconds in all, count), from its metrics.
+fn placement_pass(metrics_address: &str) -> (f64, u64) {
+    use std::io::{Read, Write};
+    let mut page = String::new();
+    if let Ok(mut stream) = std::net::TcpStream::connect(metrics_address) {
+        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+        let _ = stream.read_to_string(&mut page);
+    }
+    let sample =
+        |name: &str| page.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or_default();
+    (sample("trainyard_placement_pass_seconds_sum "), sample("trainyard_placement_pass_seconds_count ") as u64)
+}
+
+/// Every agent is a socket here and one at the coordinator (which inherits the limit): the
+/// soft limit of open files is raised to fit (as root, the hard one too).
+fn raise_open_files_limit(agents: usize) {
+    let wanted = (agents as u64) * 2 + 4096;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= wanted {
+            return;
+        }
+        limit.rlim_max = limit.rlim_max.max(wanted);
+        limit.rlim_cur = wanted;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            eprintln!("could not raise the open-files limit to {wanted}: {}", std::io::Error::last_os_error());
+        }
+    }
 }
 
 fn rand_millis(every: Duration) -> u64 {

@@ -46,6 +46,11 @@ struct Flags {
     /// Load suite: how long the clients run.
     #[arg(long, default_value_t = 20)]
     load_seconds: u64,
+    /// Load suite: as deployed — every simulated agent joins (a join token), gets its own
+    /// certificate and holds its own mutual-TLS connection; clients use TLS and a token. Without
+    /// it, plain text with a hundred agents per connection (the coordinator's own cost).
+    #[arg(long)]
+    load_tls: bool,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -197,7 +202,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if flags.suites.iter().any(|s| s == "load") {
         println!();
-        let load = load::Load { agents: flags.load_agents, clients: flags.load_clients, seconds: flags.load_seconds };
+        let load = load::Load {
+            agents: flags.load_agents,
+            clients: flags.load_clients,
+            seconds: flags.load_seconds,
+            tls: flags.load_tls,
+        };
         for (i, backend) in flags.backends.iter().enumerate() {
             if i > 0 {
                 println!();
