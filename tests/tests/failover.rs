@@ -1,8 +1,9 @@
 //! Coordinators that share a PostgreSQL database: one leads, the others stand by and take over
 //! when its lease runs out; the agents and the CLI, given every coordinator's address, follow the
 //! leader. The leader is killed (SIGKILL) at random moments of a tuning job, and paused (SIGSTOP)
-//! past its lease: nothing is lost or run twice, and a leader that comes back after another took
-//! over writes nothing and exits. A data directory serves one coordinator, on either backend.
+//! past its lease, cut off from PostgreSQL, and PostgreSQL itself restarts under them: nothing is
+//! lost or run twice, and a leader that comes back after another took over writes nothing and
+//! exits. A data directory serves one coordinator, on either backend.
 
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,19 @@ fn leader_of(c: &Coordinator, addresses: &[&str]) -> Option<usize> {
             .expect("run trainyard health");
         out.status.success()
     })
+}
+
+/// `trainyard tuning-jobs watch NAME` against every coordinator in `list`, printing the job at its end.
+fn watch(c: &Coordinator, list: &str, name: &str) -> std::process::Child {
+    std::process::Command::new(trainyard_testkit::binary("trainyard"))
+        .env("TRAINYARD_COORDINATOR", list)
+        .env("TRAINYARD_CA_FILE", c.ca_file())
+        .env("TRAINYARD_TOKEN", &c.token)
+        .args(["--output", "json", "tuning-jobs", "watch", name])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("watch")
 }
 
 fn tuning_job(c: &Coordinator, name: &str, trials: u64, program: &str, runs: &std::path::Path) -> std::path::PathBuf {
@@ -121,7 +135,7 @@ fn assert_each_trial_ran_once(c: &Coordinator, name: &str, trials: u64, runs: &s
 /// standby once another leads). Measures the failover: kill → the first trial started after it.
 #[test]
 fn killing_the_leader_at_random_moments_fails_over_and_loses_no_trial() {
-    const TRIALS: u64 = 200;
+    const TRIALS: u64 = 300;
     let mut c = Coordinator::start_on(Backend::Postgres);
     let mut peers: Vec<PeerCoordinator> = (0..2).map(|_| c.start_peer(&[])).collect();
     let addresses: Vec<String> =
@@ -141,6 +155,8 @@ fn killing_the_leader_at_random_moments_fails_over_and_loses_no_trial() {
     }
     let file = tuning_job(&c, "fails-over", TRIALS, &program, &runs);
     c.cli(&["tuning-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    // A user watching the job from the CLI, given every coordinator's address, rides through.
+    let watch = watch(&c, &list, "fails-over");
 
     let (mut random, seed) = Random::from_clock();
     let started = Instant::now();
@@ -192,6 +208,11 @@ fn killing_the_leader_at_random_moments_fails_over_and_loses_no_trial() {
         leader = next;
     }
     assert_each_trial_ran_once(&c, "fails-over", TRIALS, &runs, seed);
+    let watched = watch.wait_with_output().expect("watch ends");
+    let said = String::from_utf8_lossy(&watched.stderr);
+    assert!(watched.status.success(), "seed {seed}: watch failed across the failovers: {said}");
+    let last: Value = serde_json::from_slice(&watched.stdout).expect("watch prints the job");
+    assert_eq!(last["HyperParameterTuningJobStatus"], "Completed", "seed {seed}: {last:#}");
     let leftovers = std::process::Command::new("pgrep").args(["-f", &program]).output();
     let left = leftovers.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
     assert!(left.is_empty(), "seed {seed}: trial processes left running: {left}");
@@ -200,6 +221,75 @@ fn killing_the_leader_at_random_moments_fails_over_and_loses_no_trial() {
         "seed {seed}: failovers (leader killed -> first trial started by the next leader) {millis:?} ms; {TRIALS} trials in {:.0} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// What coordinators say while their PostgreSQL restarts: statements fail, the loop catches up,
+/// the lease is not renewed for a moment, the health check says NOT_SERVING.
+const DATABASE_RESTARTS: &[&str] = &[
+    "terminating connection due to immediate shutdown command",
+    "Connection reset by peer",
+    "error occurred while testing the connection on-release",
+    "health: the store does not answer; reporting NOT_SERVING",
+    "event not handled; catching up from the store",
+    "periodic checks failed",
+    "scheduling failed",
+    "could not renew the leader's lease",
+    "renewing the leader's lease took too long",
+    "standby: cannot read who leads",
+    "standby: cannot reach the store to take the lead",
+    "no longer leads",
+    "stepping down",
+];
+
+/// Three coordinators and two agents on a PostgreSQL that crashes (`-m immediate`) and comes back
+/// twice during a tuning job: whoever leads afterwards, every trial runs exactly once and ends
+/// Completed, and the job's watcher sees it through.
+#[test]
+fn postgresql_restarting_under_three_coordinators_loses_no_trial() {
+    const TRIALS: u64 = 120;
+    // Commits survive its crash (synchronous commit), as a production server's do.
+    let pg = PgServer::start_durable();
+    let c = Coordinator::start_with_database(&pg.fresh_database());
+    let peers: Vec<PeerCoordinator> = (0..2).map(|_| c.start_peer(&[])).collect();
+    for line in DATABASE_RESTARTS {
+        c.expect_log(line);
+        for peer in &peers {
+            peer.expect_log(line);
+        }
+    }
+    let addresses: Vec<String> =
+        std::iter::once(c.address.clone()).chain(peers.iter().map(|p| p.address.clone())).collect();
+    let list = addresses.join(",");
+    let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+    c.use_coordinators(&list);
+    let program = c.install_program("trial.sh", PROGRAM);
+    let runs = c.shared_file("runs.log");
+    let agents: Vec<_> =
+        (1..=2).map(|i| c.start_agent_via(&list, &format!("host-{i}"), &["--advertise-vcpus", "8"], &[])).collect();
+    for agent in &agents {
+        for line in AGENTS_DURING_FAILOVER {
+            agent.expect_log(line);
+        }
+    }
+    let file = tuning_job(&c, "through-restarts", TRIALS, &program, &runs);
+    c.cli(&["tuning-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    let watch = watch(&c, &list, "through-restarts");
+
+    let (mut random, seed) = Random::from_clock();
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(1_000 + random.next_u64() % 3_000));
+        let now = c.json(&["tuning-jobs", "describe", "through-restarts"]);
+        assert_eq!(now["HyperParameterTuningJobStatus"], "InProgress", "seed {seed}: ended early: {now:#}");
+        pg.restart_immediately();
+        assert!(
+            wait_until(Duration::from_secs(60), || leader_of(&c, &refs).is_some()),
+            "seed {seed}: no coordinator leads after PostgreSQL came back"
+        );
+    }
+    assert_each_trial_ran_once(&c, "through-restarts", TRIALS, &runs, seed);
+    let watched = watch.wait_with_output().expect("watch ends");
+    assert!(watched.status.success(), "seed {seed}: {}", String::from_utf8_lossy(&watched.stderr));
+    println!("seed {seed}: the leader after two restarts of PostgreSQL: {:?}", leader_of(&c, &refs));
 }
 
 /// The leader is paused past its lease: a standby takes over and places new work; the old leader,
