@@ -171,6 +171,22 @@ fn boto3_drives_the_coordinator_through_the_sagemaker_api(backend: Backend) {
     let best = &finished["BestTrainingJob"];
     assert!(best["FinalHyperParameterTuningJobObjectiveMetric"]["Value"].is_number(), "{finished:#}");
     assert_eq!(best["ObjectiveStatus"], "Succeeded", "{finished:#}");
+
+    // The audit trail names outcomes as the gRPC API's does, whichever door a call came through;
+    // the SageMaker error is in its message.
+    let log = c.daemon.log();
+    let audit_line = |operation: &str, outcome: &str| {
+        log.lines().any(|l| {
+            l.contains(" audit")
+                && l.contains(&format!("operation=\"{operation}\""))
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+    };
+    assert!(audit_line("CreateHyperParameterTuningJob", "ok"), "{log}");
+    assert!(audit_line("CreateHyperParameterTuningJob", "AlreadyExists"), "the duplicate: {log}");
+    assert!(audit_line("CreateHyperParameterTuningJob", "InvalidArgument"), "the invalid one: {log}");
+    assert!(audit_line("CreateTrainingJob", "Unauthenticated"), "the swapped body: {log}");
+    assert!(!log.lines().any(|l| l.contains(" audit") && l.contains("outcome=\"ResourceInUse")), "{log}");
 }
 
 #[test]

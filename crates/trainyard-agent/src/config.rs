@@ -386,6 +386,18 @@ fn read(path: &Path) -> anyhow::Result<FileConfig> {
 mod tests {
     use super::*;
 
+    /// The configuration reference, and the tables whose keys it must name.
+    const EXAMPLE: &str = "/../../deploy/agent.example.toml";
+    const TABLES: &[&str] = &["", "[s3]"];
+
+    /// The example file is the configuration reference: it names every key the file may hold.
+    #[test]
+    fn the_example_names_every_configuration_key() {
+        let example = std::fs::read_to_string(format!("{}{EXAMPLE}", env!("CARGO_MANIFEST_DIR"))).expect("example");
+        let missing = trainyard_testkit::config_reference::keys_not_named::<FileConfig>(&example, TABLES);
+        assert!(missing.is_empty(), "keys the example does not name: {missing:?}");
+    }
+
     #[test]
     fn a_writable_path_must_be_a_dir_the_instance_does_not_have_its_own_of() {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("dir");

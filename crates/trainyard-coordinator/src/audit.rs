@@ -1,8 +1,9 @@
 //! The audit trail: every call that changes something (jobs created and stopped, tokens, agents
 //! revoked, cordoned or drained), over gRPC or the SageMaker endpoint, is logged once when it is
 //! answered: who (user and scope; `-` when the credentials were refused), what (operation and the
-//! job, token or agent it names) and how it ended (`ok`, or the error's name and message). One INFO
-//! line on the `audit` target; with `--log-format json`, one JSON object per call.
+//! job, token or agent it names) and how it ended (`ok`, or the error's gRPC status name and its
+//! message: one vocabulary for both doors). One INFO line on the `audit` target; with
+//! `--log-format json`, one JSON object per call.
 
 use tonic::Status;
 use trainyard_model::access::Caller;

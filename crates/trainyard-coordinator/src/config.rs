@@ -337,6 +337,18 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 mod tests {
     use super::*;
 
+    /// The configuration reference, and the tables whose keys it must name.
+    const EXAMPLE: &str = "/../../deploy/coordinator.example.toml";
+    const TABLES: &[&str] = &["", "[arn]", "[limits]", "[[access_keys]]", "[[roles]]", "[[instance_types]]"];
+
+    /// The example file is the configuration reference: it names every key the file may hold.
+    #[test]
+    fn the_example_names_every_configuration_key() {
+        let example = std::fs::read_to_string(format!("{}{EXAMPLE}", env!("CARGO_MANIFEST_DIR"))).expect("example");
+        let missing = trainyard_testkit::config_reference::keys_not_named::<FileConfig>(&example, TABLES);
+        assert!(missing.is_empty(), "keys the example does not name: {missing:?}");
+    }
+
     fn flags(config: Option<PathBuf>) -> Flags {
         Flags {
             config,

@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use trainyard_model::DomainError;
-use trainyard_proto::status::classify;
+use trainyard_proto::status::{classify, code_name};
 
 use trainyard_model::access::Caller;
 
@@ -210,13 +210,13 @@ async fn handle(
                     "InvalidSignatureException"
                 }
             };
-            audit(None, Err((name, &e.to_string())));
+            audit(None, Err(("Unauthenticated", &format!("{name}: {e}"))));
             return error(StatusCode::FORBIDDEN, name, e.to_string());
         }
     };
     let Some(caller) = caller.as_ref() else {
         let message = format!("access key {key} is not configured");
-        audit(None, Err(("UnrecognizedClientException", &message)));
+        audit(None, Err(("Unauthenticated", &format!("UnrecognizedClientException: {message}"))));
         return error(StatusCode::FORBIDDEN, "UnrecognizedClientException", message);
     };
     if method != Method::POST {
@@ -244,12 +244,15 @@ async fn handle(
                         ok(&($answer)(response))
                     }
                     Err(e) => {
-                        audit(Some(caller), Err((classify(&e).1, &e.to_string())));
+                        // The audit trail names outcomes as the gRPC API does, whichever door the
+                        // call came through; the SageMaker error's name is in the message.
+                        let (code, aws_name, _) = classify(&e);
+                        audit(Some(caller), Err((code_name(code), &format!("{aws_name}: {e}"))));
                         domain_error(&e)
                     }
                 },
                 Err(message) => {
-                    audit(Some(caller), Err(("SerializationException", &message)));
+                    audit(Some(caller), Err(("InvalidArgument", &format!("SerializationException: {message}"))));
                     error(StatusCode::BAD_REQUEST, "SerializationException", message)
                 }
             }

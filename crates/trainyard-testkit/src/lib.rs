@@ -1,6 +1,7 @@
 //! Test support shared by the store suite, the end-to-end tests and the benchmarks. Real parts only:
 //! a real PostgreSQL server in a temp dir, the real binaries, real processes.
 
+pub mod config_reference;
 pub mod containerd;
 pub mod host_image;
 pub mod netns;
