@@ -136,6 +136,17 @@ fn both_daemons_serve_metrics_health_and_readiness(backend: Backend) {
         "{page}"
     );
     assert!(sample(&page, "trainyard_placement_pass_seconds_count").is_some_and(|n| n >= 1.0), "{page}");
+    // The store's latency, by operation: the one job was created once, and read since.
+    assert_eq!(
+        sample(&page, "trainyard_store_seconds_count{operation=\"create_training_job\",outcome=\"ok\"}"),
+        Some(1.0),
+        "{page}"
+    );
+    assert!(
+        sample(&page, "trainyard_store_seconds_count{operation=\"get_training_job\",outcome=\"ok\"}")
+            .is_some_and(|n| n >= 1.0),
+        "{page}"
+    );
 
     let coordinator_page = page.clone();
     let page = get(&agent_metrics, "/metrics").1;

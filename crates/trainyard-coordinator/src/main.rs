@@ -21,6 +21,7 @@ mod sagemaker;
 mod sealing;
 mod sigv4;
 mod telemetry;
+mod timed_store;
 
 use std::sync::Arc;
 
@@ -68,9 +69,12 @@ async fn main() -> anyhow::Result<()> {
         trainyard_pki::Authority::load_or_create(&config.data_dir.join("pki"))
             .context("loading the coordinator's CA")?,
     );
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = telemetry::Metrics::register(&mut registry);
     let store = trainyard_store::connect(&config.database_url)
         .await
         .with_context(|| format!("opening the store at {}", redact(&config.database_url)))?;
+    let store = timed_store::TimedStore::wrap(store, metrics.store_seconds.clone());
     let sealer = sealing::Sealer::load_or_create(&config.data_dir.join("pki")).context("the sealing key")?;
     let auth = Arc::new(auth::Auth::new(store.clone(), authority.clone(), sealer, !config.insecure));
     if let Some(command) = command {
@@ -98,8 +102,6 @@ async fn main() -> anyhow::Result<()> {
             cancel.cancel();
         });
     }
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = telemetry::Metrics::register(&mut registry);
     let readiness = trainyard_telemetry::Readiness::new("the store has not answered yet");
     trainyard_telemetry::spawn(config.metrics_listen, registry, readiness.clone(), cancel.clone());
     // Under --insecure no certificate is issued: nothing would present it.

@@ -22,6 +22,14 @@ pub struct Rpc {
     pub code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreCall {
+    /// The store's operation (`create_training_job`, `append_logs`, ...).
+    pub operation: &'static str,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     /// Training jobs (standalone and trials) waiting for placement.
     pub queue_length: Gauge,
@@ -39,6 +47,8 @@ pub struct Metrics {
     pub rpc_seconds: Family<Rpc, Histogram>,
     /// 1 while this coordinator leads, 0 while it stands by.
     pub leader: Gauge,
+    /// How long the store takes, by operation and outcome.
+    pub store_seconds: Family<StoreCall, Histogram>,
 }
 
 impl Metrics {
@@ -52,6 +62,7 @@ impl Metrics {
             instances_ended: Family::default(),
             rpc_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_1, 2.0, 18))),
             leader: Gauge::default(),
+            store_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 18))),
         };
         registry.register(
             "trainyard_leader",
@@ -85,6 +96,11 @@ impl Metrics {
             metrics.rpc_seconds.clone(),
         );
         registry.register("trainyard_instances_ended", "Instances that ended, by how", metrics.instances_ended.clone());
+        registry.register(
+            "trainyard_store_seconds",
+            "How long the store (SQLite or PostgreSQL) takes, by operation and outcome",
+            metrics.store_seconds.clone(),
+        );
         Arc::new(metrics)
     }
 }
