@@ -433,3 +433,104 @@ fn ended_jobs_leave_after_their_retention_and_ended_tuning_jobs_can_be_deleted(b
         "so is the deleted tuning job's trial"
     );
 }
+
+/// `scripts/package` builds a Debian package per program (here of the debug binaries the test
+/// command built): each holds
+/// its binary where its unit looks for it, a minimal configuration that loads (a conffile), the
+/// full example, and the CLI its manual page and bash completion.
+#[test]
+fn the_debian_packages_hold_each_program_its_unit_and_a_configuration_that_loads() {
+    let out = tempfile::tempdir().expect("dir");
+    let built = std::process::Command::new(trainyard_e2e::repo_root().join("scripts/package"))
+        .args(["--profile", "debug", "--no-build", "--out"])
+        .arg(out.path())
+        .output()
+        .expect("run scripts/package");
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let deb = |name: &str| {
+        std::fs::read_dir(out.path())
+            .expect("out")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}_"))))
+            .unwrap_or_else(|| panic!("no package {name}"))
+    };
+    let dpkg_deb = |args: &[&str], package: &std::path::Path| {
+        let out = std::process::Command::new("dpkg-deb").args(args).arg(package).output().expect("dpkg-deb");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for (name, files) in [
+        (
+            "trainyard",
+            &[
+                "./usr/bin/trainyard",
+                "./usr/share/man/man1/trainyard.1.gz",
+                "./usr/share/bash-completion/completions/trainyard",
+            ][..],
+        ),
+        (
+            "trainyard-coordinator",
+            &[
+                "./usr/bin/trainyard-coordinator",
+                "./lib/systemd/system/trainyard-coordinator.service",
+                "./etc/trainyard/coordinator.toml",
+                "./usr/share/doc/trainyard-coordinator/examples/coordinator.example.toml",
+            ][..],
+        ),
+        (
+            "trainyard-agent",
+            &[
+                "./usr/bin/trainyard-agent",
+                "./lib/systemd/system/trainyard-agent.service",
+                "./etc/trainyard/agent.toml",
+                "./usr/share/doc/trainyard-agent/examples/agent.example.toml",
+            ][..],
+        ),
+    ] {
+        let package = deb(name);
+        let fields = dpkg_deb(&["--field"], &package);
+        assert!(fields.contains(&format!("Package: {name}\n")), "{fields}");
+        assert!(fields.contains(&format!("Version: {}\n", env!("CARGO_PKG_VERSION"))), "{fields}");
+        let listed = dpkg_deb(&["--contents"], &package);
+        for file in files {
+            assert!(listed.lines().any(|l| l.ends_with(file)), "{name} lacks {file}:\n{listed}");
+        }
+    }
+    assert!(dpkg_deb(&["--field"], &deb("trainyard-agent")).contains("Depends: iproute2, nftables"));
+    let conffiles = std::process::Command::new("dpkg-deb")
+        .args(["--ctrl-tarfile"])
+        .arg(deb("trainyard-coordinator"))
+        .output()
+        .expect("dpkg-deb");
+    assert!(String::from_utf8_lossy(&conffiles.stdout).contains("conffiles"), "the configuration is a conffile");
+
+    // Installed (here: unpacked), each unit finds its binary, the CLI its manual page, and the
+    // coordinator's shipped configuration loads.
+    let root = tempfile::tempdir().expect("dir");
+    for name in ["trainyard", "trainyard-coordinator", "trainyard-agent"] {
+        let out = std::process::Command::new("dpkg-deb").arg("-x").arg(deb(name)).arg(root.path()).output().expect("x");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for unit in ["trainyard-coordinator", "trainyard-agent"] {
+        let text =
+            std::fs::read_to_string(root.path().join(format!("lib/systemd/system/{unit}.service"))).expect("unit");
+        assert!(text.contains(&format!("ExecStart=/usr/bin/{unit} ")), "{text}");
+    }
+    let man = std::process::Command::new("gzip")
+        .args(["-dc"])
+        .arg(root.path().join("usr/share/man/man1/trainyard.1.gz"))
+        .output()
+        .expect("gzip");
+    assert!(String::from_utf8_lossy(&man.stdout).contains(".TH trainyard"), "a roff manual page");
+    let data = tempfile::tempdir().expect("dir");
+    let loaded = std::process::Command::new(root.path().join("usr/bin/trainyard-coordinator"))
+        .arg("--config")
+        .arg(root.path().join("etc/trainyard/coordinator.toml"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["tokens", "list"])
+        .output()
+        .expect("run the packaged coordinator");
+    assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
+}
