@@ -87,7 +87,7 @@ pub(crate) async fn cluster(agent_args: &[&str]) -> anyhow::Result<Cluster> {
     let mut agents = AgentsClient::new(channel.clone());
     let started = Instant::now();
     loop {
-        let list = agents.list_agents(pb::ListAgentsRequest {}).await?.into_inner();
+        let list = agents.list_agents(pb::ListAgentsRequest::default()).await?.into_inner();
         if list.agents.iter().any(|a| a.state == "ready") {
             break;
         }
@@ -239,7 +239,7 @@ pub async fn run() -> anyhow::Result<()> {
     }
     let killed = Instant::now();
     loop {
-        let list = agents.list_agents(pb::ListAgentsRequest {}).await?.into_inner();
+        let list = agents.list_agents(pb::ListAgentsRequest::default()).await?.into_inner();
         if list.agents.iter().any(|a| a.state == "lost") {
             break;
         }

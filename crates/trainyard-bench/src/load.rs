@@ -89,7 +89,7 @@ pub async fn run(load: &Load, database: &crate::Database) -> anyhow::Result<()> 
     }
     let mut agents = AgentsClient::new(coordinator.connect().await?);
     loop {
-        let ready = agents.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents.len();
+        let ready = all_agents(&mut agents).await?.len();
         if ready >= load.agents {
             break;
         }
@@ -152,7 +152,7 @@ pub async fn run(load: &Load, database: &crate::Database) -> anyhow::Result<()> 
         describes.extend(d);
         client_errors += e;
     }
-    let listed = agents.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents;
+    let listed = all_agents(&mut agents).await?;
     let ready = listed.iter().filter(|a| a.state == "ready").count();
     let placed: usize = listed.iter().map(|a| a.running.len()).sum();
     // How far behind the coordinator's view of the heartbeats is: the oldest one it holds.
@@ -268,6 +268,21 @@ async fn simulated_agent(
         }
     }
     Ok(())
+}
+
+/// Every agent the coordinator lists, page by page.
+async fn all_agents(
+    client: &mut AgentsClient<trainyard_proto::client::Transport>,
+) -> anyhow::Result<Vec<pb::AgentSummary>> {
+    let (mut agents, mut next_token) = (Vec::new(), String::new());
+    loop {
+        let page = client.list_agents(pb::ListAgentsRequest { next_token, max_results: 0 }).await?.into_inner();
+        agents.extend(page.agents);
+        if page.next_token.is_empty() {
+            return Ok(agents);
+        }
+        next_token = page.next_token;
+    }
 }
 
 /// Joins `count` agents with the coordinator's join tokens (a token lets in at most 10,000):

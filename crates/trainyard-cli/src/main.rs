@@ -403,7 +403,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::TuningJobs(cmd) => tuning(HyperParameterTuningClient::new(channel), cmd, out, connection).await,
         Command::TrainingJobs(cmd) => training(TrainingClient::new(channel), cmd, out).await,
         Command::Agents(AgentsCommand::List) => {
-            let response = AgentsClient::new(channel).list_agents(pb::ListAgentsRequest {}).await?.into_inner();
+            // Every page, as one list.
+            let mut client = AgentsClient::new(channel);
+            let mut response = pb::ListAgentsResponse::default();
+            loop {
+                let request = pb::ListAgentsRequest { next_token: response.next_token.clone(), max_results: 0 };
+                let page = client.list_agents(request).await?.into_inner();
+                response.agents.extend(page.agents);
+                response.next_token = page.next_token;
+                if response.next_token.is_empty() {
+                    break;
+                }
+            }
             match out {
                 Output::Json => output::agents_json(&response),
                 Output::Table => output::list_agents(&response),

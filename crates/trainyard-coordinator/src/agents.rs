@@ -11,6 +11,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
+use trainyard_model::DomainError;
 use trainyard_proto::pb;
 use trainyard_proto::pb::agent_message::Body as Up;
 use trainyard_proto::status::to_status;
@@ -143,14 +144,69 @@ impl pb::agents_server::Agents for AgentService {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.auth.caller(&request).await.map_err(|e| to_status(&e))?;
+        let pb::ListAgentsRequest { next_token, max_results } = request.into_inner();
+        let limit = match max_results {
+            0 => MAX_AGENTS_PER_PAGE,
+            n if n as usize > MAX_AGENTS_PER_PAGE => {
+                return Err(to_status(&DomainError::invalid(
+                    "MaxResults",
+                    format!("must be at most {MAX_AGENTS_PER_PAGE} (got {n})"),
+                )));
+            }
+            n => n as usize,
+        };
         let (tx, rx) = oneshot::channel();
         self.events.send(Event::ListAgents(tx)).map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         let agents = rx.await.map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
-        Ok(Response::new(pb::ListAgentsResponse { agents }))
+        Ok(Response::new(page_of_agents(agents, &next_token, limit)))
     }
+}
+
+/// Agents in one ListAgents answer at most (about 100 bytes each without GPUs).
+const MAX_AGENTS_PER_PAGE: usize = 1000;
+
+/// The page of `agents` (in any order) that follows the agent id `after` ("" for the first), by id.
+fn page_of_agents(mut agents: Vec<pb::AgentSummary>, after: &str, limit: usize) -> pb::ListAgentsResponse {
+    agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+    let start = if after.is_empty() { 0 } else { agents.partition_point(|a| a.agent_id.as_str() <= after) };
+    let end = start.saturating_add(limit.max(1)).min(agents.len());
+    let next_token = match end < agents.len() {
+        true => agents[end - 1].agent_id.clone(),
+        false => String::new(),
+    };
+    pb::ListAgentsResponse { agents: agents.drain(start..end).collect(), next_token }
 }
 
 /// A lease of `valid_for` (the first goes out with Registered, renewals from the stream's task).
 pub fn lease(valid_for: std::time::Duration) -> pb::Lease {
     pb::Lease { valid_for_ms: valid_for.as_millis().min(u128::from(u32::MAX)) as u32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(ids: &[&str]) -> Vec<pb::AgentSummary> {
+        ids.iter().map(|id| pb::AgentSummary { agent_id: id.to_string(), ..Default::default() }).collect()
+    }
+
+    fn ids(page: &pb::ListAgentsResponse) -> Vec<&str> {
+        page.agents.iter().map(|a| a.agent_id.as_str()).collect()
+    }
+
+    #[test]
+    fn agents_are_paged_by_id_and_every_one_is_listed_once() {
+        let all = named(&["c", "a", "e", "b", "d"]);
+        let first = page_of_agents(all.clone(), "", 2);
+        assert_eq!((ids(&first), first.next_token.as_str()), (vec!["a", "b"], "b"));
+        let second = page_of_agents(all.clone(), &first.next_token, 2);
+        assert_eq!((ids(&second), second.next_token.as_str()), (vec!["c", "d"], "d"));
+        let last = page_of_agents(all.clone(), &second.next_token, 2);
+        assert_eq!((ids(&last), last.next_token.as_str()), (vec!["e"], ""));
+        // Exactly full: no token pointing at an empty page.
+        assert_eq!(page_of_agents(all.clone(), "", 5).next_token, "");
+        // An agent that left since the token was issued does not break the walk.
+        assert_eq!(ids(&page_of_agents(named(&["a", "c"]), "b", 10)), ["c"]);
+        assert!(page_of_agents(all, "z", 10).agents.is_empty());
+    }
 }
