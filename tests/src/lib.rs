@@ -342,7 +342,17 @@ impl Coordinator {
         self.start_peer_with(vec!["--database-url".into(), database_url.to_string()], args)
     }
 
+    /// [`Coordinator::start_peer`], listening on `address` (e.g. another loopback address with this
+    /// one's port, as a second host behind one DNS name would).
+    pub fn start_peer_at(&self, address: &str, args: &[&str]) -> PeerCoordinator {
+        self.start_peer_listening(address.to_string(), self.database_args(), args)
+    }
+
     fn start_peer_with(&self, database_args: Vec<String>, args: &[&str]) -> PeerCoordinator {
+        self.start_peer_listening(format!("127.0.0.1:{}", free_port()), database_args, args)
+    }
+
+    fn start_peer_listening(&self, address: String, database_args: Vec<String>, args: &[&str]) -> PeerCoordinator {
         let dir = coordinator_dir();
         let data = dir.path().join("data");
         std::fs::create_dir_all(data.join("pki")).expect("data dir");
@@ -350,7 +360,6 @@ impl Coordinator {
             let entry = entry.expect("entry");
             std::fs::copy(entry.path(), data.join("pki").join(entry.file_name())).expect("copy pki");
         }
-        let address = format!("127.0.0.1:{}", free_port());
         let mut extra: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         extra.extend(database_args);
         let log_check = Self::log_check(dir.path());
@@ -390,10 +399,11 @@ impl Coordinator {
     }
 
     /// An agent started by `launcher` (a command that ends by running the agent with the
-    /// arguments appended to it, e.g. `unshare ... sh -c '...; exec "$@"' sh <agent>`).
-    pub fn start_agent_through(&self, launcher: Command, id: &str, args: &[&str]) -> Daemon {
+    /// arguments appended to it, e.g. `unshare ... sh -c '...; exec "$@"' sh <agent>`), given
+    /// `coordinators`.
+    pub fn start_agent_through(&self, launcher: Command, coordinators: &str, id: &str, args: &[&str]) -> Daemon {
         let args = with_host_programs(&self.shared_dir(), args);
-        self.start_agent_with(launcher, &self.address, id, &as_strs(&args), &[])
+        self.start_agent_with(launcher, coordinators, id, &as_strs(&args), &[])
     }
 
     /// An agent as production runs it: container images only, no programs on the host.

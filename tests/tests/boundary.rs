@@ -399,7 +399,7 @@ fn on_cgroup_v2_instances_nest_under_the_agents_cgroup_and_nothing_outlives_them
     ]);
     launcher.arg(trainyard_testkit::binary("trainyard-agent"));
     launcher.env("UNIFIED", unified).env("CGROUP", &test_cgroup.name);
-    let agent = c.start_agent_through(launcher, "unified", &["--jobs-run-as-agent-user"]);
+    let agent = c.start_agent_through(launcher, &c.address, "unified", &["--jobs-run-as-agent-user"]);
     agent.expect_log("--jobs-run-as-agent-user");
     agent.expect_log("controllers are not delegated");
 

@@ -292,6 +292,88 @@ fn postgresql_restarting_under_three_coordinators_loses_no_trial() {
     println!("seed {seed}: the leader after two restarts of PostgreSQL: {:?}", leader_of(&c, &refs));
 }
 
+/// A command run where `name` resolves to every address in `addresses` (a private /etc/hosts in a
+/// mount namespace of its own, as a DNS name with an address per coordinator): `launcher`, which
+/// ends by running the rest of its arguments.
+fn resolving(name: &str, addresses: &[&str], dir: &std::path::Path) -> std::process::Command {
+    let hosts = dir.join(format!("hosts-{name}"));
+    let lines: String = addresses.iter().map(|a| format!("{a} {name}\n")).collect();
+    std::fs::write(&hosts, format!("127.0.0.1 localhost\n{lines}")).expect("hosts");
+    let mut launcher = std::process::Command::new("unshare");
+    launcher
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            r#"mount --bind "$HOSTS" /etc/hosts && exec "$@""#,
+            "sh",
+        ])
+        .env("HOSTS", hosts);
+    launcher
+}
+
+/// Clients and agents given one DNS name that resolves to every coordinator follow the leader
+/// through a failover: each address is tried in turn, and a standby's answer names the leader.
+#[test]
+fn one_dns_name_for_every_coordinator_is_followed_through_a_failover() {
+    let mut c = Coordinator::start_on(Backend::Postgres);
+    let port = c.address.rsplit(':').next().expect("port").to_string();
+    // The second coordinator on another loopback address, same port: one name, two hosts.
+    let peer = c.start_peer_at(&format!("127.0.0.2:{port}"), &[]);
+    let name = format!("coordinators.test:{port}");
+    let dir = tempfile::tempdir().expect("dir");
+    let (ca_file, token) = (c.ca_file(), c.token.clone());
+    let cli = |args: &[&str]| {
+        let mut cmd = resolving("coordinators.test", &["127.0.0.1", "127.0.0.2"], dir.path());
+        cmd.arg(trainyard_testkit::binary("trainyard"))
+            .args(["--coordinator", &name, "--ca-file"])
+            .arg(&ca_file)
+            .args(["--token", &token])
+            .args(args);
+        cmd.output().expect("run trainyard")
+    };
+    let launcher = {
+        let mut cmd = resolving("coordinators.test", &["127.0.0.2", "127.0.0.1"], dir.path());
+        cmd.arg(trainyard_testkit::binary("trainyard-agent"));
+        cmd
+    };
+    let agent = c.start_agent_through(launcher, &name, "by-name", &["--advertise-vcpus", "8"]);
+    for line in AGENTS_DURING_FAILOVER {
+        agent.expect_log(line);
+    }
+    let program = c.install_program("trial.sh", PROGRAM);
+    let runs = c.shared_file("runs.log");
+    let submit = |job: &str| {
+        let mut r: Value =
+            serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+        r["TrainingJobName"] = json!(job);
+        r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+        r["Environment"] = json!({"RUNS": runs.display().to_string()});
+        let file = dir.path().join(format!("{job}.json"));
+        std::fs::write(&file, r.to_string()).expect("write");
+        let out = cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let ended = wait_until(Duration::from_secs(60), || {
+            let out = cli(&["--output", "json", "training-jobs", "describe", job]);
+            serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|d| d["TrainingJobStatus"] == "Completed")
+        });
+        assert!(ended, "{job} did not complete through the name");
+    };
+    submit("before-failover");
+
+    c.stop(trainyard_testkit::SIGKILL);
+    let refs = [c.address.as_str(), peer.address.as_str()];
+    assert!(
+        wait_until(Duration::from_secs(40), || leader_of(&c, &refs) == Some(1)),
+        "the coordinator at 127.0.0.2 did not take over"
+    );
+    submit("after-failover");
+    let log = std::fs::read_to_string(&runs).expect("runs");
+    assert_eq!(log.lines().collect::<Vec<_>>(), ["before-failover", "after-failover"], "each ran once");
+}
+
 /// The leader is paused past its lease: a standby takes over and places new work; the old leader,
 /// resumed, finds it no longer leads, exits, and its writes are refused meanwhile.
 #[test]
