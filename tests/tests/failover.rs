@@ -374,6 +374,93 @@ fn one_dns_name_for_every_coordinator_is_followed_through_a_failover() {
     assert_eq!(log.lines().collect::<Vec<_>>(), ["before-failover", "after-failover"], "each ran once");
 }
 
+/// boto3 against one name for every coordinator's SageMaker endpoint: creates the training job
+/// argv[2] (retrying, as botocore's standard mode does, while nobody serves) and waits for it to
+/// complete; prints how many attempts the create took.
+const BOTO3_THROUGH_A_NAME: &str = r#"
+import json, sys, time, boto3, botocore.config
+endpoint, name, request_file = sys.argv[1], sys.argv[2], sys.argv[3]
+config = botocore.config.Config(retries={"mode": "standard", "max_attempts": 20}, connect_timeout=2, read_timeout=10)
+sm = boto3.client("sagemaker", endpoint_url=endpoint, region_name="us-east-1", config=config,
+                  aws_access_key_id="AKIATRAINYARDHA", aws_secret_access_key="ha-s3cret")
+request = json.load(open(request_file))
+request["TrainingJobName"] = name
+response = sm.create_training_job(**request)
+attempts = response["ResponseMetadata"].get("RetryAttempts", 0) + 1
+for _ in range(300):
+    status = sm.describe_training_job(TrainingJobName=name)["TrainingJobStatus"]
+    if status != "InProgress":
+        break
+    time.sleep(0.2)
+print(json.dumps({"status": status, "attempts": attempts}))
+"#;
+
+/// The SageMaker-compatible endpoint is served by the leader alone; boto3 given one name for every
+/// coordinator reaches whoever leads, and a call made while the leader is down succeeds once the
+/// next one leads (botocore retries connection errors; each address is tried in turn).
+#[test]
+fn boto3_rides_through_a_failover_behind_one_name() {
+    let config = tempfile::tempdir().expect("dir");
+    let config_file = config.path().join("coordinator.toml");
+    std::fs::write(&config_file, "[[access_keys]]\nid = \"AKIATRAINYARDHA\"\nsecret = \"ha-s3cret\"\n").expect("write");
+    let port = free_port();
+    let args = |host: &str| {
+        vec![
+            "--config".to_string(),
+            config_file.display().to_string(),
+            "--sagemaker-listen".to_string(),
+            format!("{host}:{port}"),
+            "--tls-name".to_string(),
+            "coordinators.test".to_string(),
+        ]
+    };
+    let first = args("127.0.0.1");
+    let mut c =
+        Coordinator::start_on_with_args(Backend::Postgres, &first.iter().map(String::as_str).collect::<Vec<_>>());
+    let second = args("127.0.0.2");
+    let peer = c.start_peer(&second.iter().map(String::as_str).collect::<Vec<_>>());
+    let (_agent, program, runs) = leader_standby_and_agent(&c, &peer);
+    let mut request: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    request["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    request["Environment"] = json!({"RUNS": runs.display().to_string()});
+    let request_file = c.write("sagemaker-request.json", &request.to_string());
+    let dir = tempfile::tempdir().expect("dir");
+    let ca_file = c.ca_file();
+    let boto3 = |job: &str| {
+        let mut cmd = resolving("coordinators.test", &["127.0.0.1", "127.0.0.2"], dir.path());
+        cmd.arg(trainyard_testkit::s3::boto3_python())
+            .arg("-c")
+            .arg(BOTO3_THROUGH_A_NAME)
+            .arg(format!("https://coordinators.test:{port}"))
+            .arg(job)
+            .arg(&request_file)
+            .env_remove("AWS_ENDPOINT_URL")
+            .env("AWS_CA_BUNDLE", &ca_file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().expect("run boto3")
+    };
+    let ended = |child: std::process::Child| {
+        let out = child.wait_with_output().expect("boto3 ends");
+        assert!(out.status.success(), "boto3: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).expect("json")
+    };
+    let before = ended(boto3("sagemaker-before"));
+    assert_eq!(before["status"], "Completed", "{before}");
+
+    // The call is made while the leader is dead and before the standby leads.
+    c.stop(trainyard_testkit::SIGKILL);
+    let during = boto3("sagemaker-during");
+    let refs = [c.address.as_str(), peer.address.as_str()];
+    assert!(wait_until(Duration::from_secs(40), || leader_of(&c, &refs) == Some(1)), "the standby did not lead");
+    let during = ended(during);
+    assert_eq!(during["status"], "Completed", "{during}");
+    assert!(during["attempts"].as_u64().is_some_and(|n| n > 1), "it was retried while nobody served: {during}");
+    let log = std::fs::read_to_string(&runs).expect("runs");
+    assert_eq!(log.lines().collect::<Vec<_>>(), ["sagemaker-before", "sagemaker-during"], "each ran once");
+}
+
 /// The leader is paused past its lease: a standby takes over and places new work; the old leader,
 /// resumed, finds it no longer leads, exits, and its writes are refused meanwhile.
 #[test]

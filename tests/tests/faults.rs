@@ -220,3 +220,37 @@ fn health_follows_the_database() {
     let up = trainyard_testkit::wait_until(Duration::from_secs(20), || health(&c).code() == 0);
     assert!(up, "health after PostgreSQL came back: {}", health(&c).stdout());
 }
+
+/// A job that ends while PostgreSQL is down: the report of its end may not be stored (the store
+/// call fails, or waits until the database is back, depending on timing), and the agent's stream
+/// stays up, so no re-registration repeats it. The agent sends the final state again until the
+/// coordinator confirms it (ForgetInstance): the job completes once the database is back either way.
+#[test]
+fn a_job_that_ends_while_the_database_is_down_still_completes() {
+    let pg = trainyard_testkit::PgServer::start_durable();
+    let c = Coordinator::start_with_database(&pg.fresh_database());
+    for expected in DATABASE_AWAY {
+        c.expect_log(expected);
+    }
+    let agent = c.start_agent("outage", &["--advertise-vcpus", "8"], &[]);
+    agent.expect_log("coordinator unreachable or stream ended; instances keep running");
+    let program =
+        c.install_program("ends-during-outage.sh", "#!/bin/sh\nsleep 3\nmkdir -p \"$SM_MODEL_DIR\"\necho done\n");
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    r["TrainingJobName"] = json!("ends-during-outage");
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    let file = c.write("ends-during-outage.json", &r.to_string());
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    c.wait_json_for(Duration::from_secs(30), &["training-jobs", "describe", "ends-during-outage"], |j| {
+        j["SecondaryStatus"] == "Training"
+    });
+    // Down before the program ends (3 s), back well after.
+    pg.stop_immediately();
+    std::thread::sleep(Duration::from_secs(6));
+    pg.start_again();
+    let done = c.wait_json_for(Duration::from_secs(40), &["training-jobs", "describe", "ends-during-outage"], |j| {
+        j["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+}

@@ -49,7 +49,14 @@ type Key = (String, u32);
 struct Instance {
     latest: pb::InstanceUpdate,
     stop: watch::Sender<Option<StopReason>>,
+    /// When its final state was last sent (None while it runs): sent again every
+    /// [`FINAL_RESEND`] until the coordinator says it stored it, as a coordinator that could not
+    /// store it (its database was away) waits for it on a stream that stays up.
+    final_sent: Option<tokio::time::Instant>,
 }
+
+/// How often an instance's final state is sent again until the coordinator forgets the instance.
+const FINAL_RESEND: Duration = Duration::from_secs(10);
 
 struct Agent {
     config: Config,
@@ -504,6 +511,10 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> Result<(), S
                 let beat = agent.host.lock().await.heartbeat();
                 agent.settings.metrics.gpus(&beat.gpus);
                 tx.send(pb::AgentMessage { body: Some(Up::Heartbeat(beat)) })?;
+                for update in finals_to_send_again(agent).await {
+                    info!(job = %update.training_job_name, instance = update.instance, "sending a final state again: the coordinator has not confirmed it");
+                    tx.send(pb::AgentMessage { body: Some(Up::Update(update)) })?;
+                }
             }
             message = inbound.message() => {
                 let Some(message) = message.context("reading from the coordinator")? else {
@@ -540,6 +551,20 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> Result<(), S
     }
 }
 
+/// The final states the coordinator has not confirmed (no ForgetInstance) for [`FINAL_RESEND`].
+async fn finals_to_send_again(agent: &Arc<Agent>) -> Vec<pb::InstanceUpdate> {
+    let now = tokio::time::Instant::now();
+    let mut instances = agent.instances.lock().await;
+    instances
+        .values_mut()
+        .filter(|i| i.final_sent.is_some_and(|at| now.duration_since(at) >= FINAL_RESEND))
+        .map(|i| {
+            i.final_sent = Some(now);
+            i.latest.clone()
+        })
+        .collect()
+}
+
 /// Records a report and forwards it on the current connection, if there is one.
 async fn report(agent: &Arc<Agent>, report: Report) {
     let message = match report {
@@ -548,6 +573,9 @@ async fn report(agent: &Arc<Agent>, report: Report) {
             if let Some(i) = agent.instances.lock().await.get_mut(&key) {
                 // Metric samples travel once; the latest state without them is what re-registration repeats.
                 i.latest = pb::InstanceUpdate { metrics: Vec::new(), ..update.clone() };
+                if is_final(&update) {
+                    i.final_sent = Some(tokio::time::Instant::now());
+                }
             }
             pb::AgentMessage { body: Some(Up::Update(update)) }
         }
@@ -578,6 +606,7 @@ async fn start_instance(agent: &Arc<Agent>, a: pb::Assignment) {
                     ..Default::default()
                 },
                 stop: stop_tx,
+                final_sent: None,
             },
         );
     }
