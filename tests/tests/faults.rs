@@ -23,6 +23,8 @@ const DATABASE_AWAY: &[&str] = &[
     // Over TLS the server's end often shows as a reset rather than its goodbye message.
     "Connection reset by peer",
     "health: the store does not answer; reporting NOT_SERVING",
+    // A connection taken once the database is back, after waiting for it.
+    "time to acquire exceeded slow threshold",
     "error occurred while testing the connection on-release",
     r#"request failed operation="CreateTrainingJob" error=storage unavailable"#,
     "event not handled; catching up from the store",

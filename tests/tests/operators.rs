@@ -90,9 +90,11 @@ fn both_daemons_serve_metrics_health_and_readiness(backend: Backend) {
     );
     for address in [&coordinator_metrics, &agent_metrics] {
         assert!(
-            wait_until(Duration::from_secs(10), || get(address, "/readyz").0 == 200),
-            "{address}: {:?}",
-            get(address, "/readyz")
+            wait_until(Duration::from_secs(30), || get(address, "/readyz").0 == 200),
+            "{address}: {:?}\ncoordinator's log:\n{}\nagent's log:\n{}",
+            get(address, "/readyz"),
+            c.daemon.log(),
+            agent.log()
         );
         assert_eq!(get(address, "/healthz"), (200, "ok\n".to_string()));
     }

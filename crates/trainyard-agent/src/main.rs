@@ -334,7 +334,7 @@ async fn main() -> anyhow::Result<()> {
         *agent.outbound.lock().await = None;
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(jittered(backoff)) => {}
         }
         // Capped low: after a failover the agents should find the new leader within seconds.
         backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -549,6 +549,14 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> Result<(), S
             }
         }
     }
+}
+
+/// `wait` plus up to half of it again, so that the agents of a cluster that lost their coordinator
+/// at one moment do not all dial the next one at the same instants. (The clock's nanoseconds differ
+/// from host to host and from retry to retry: enough to spread them.)
+fn jittered(wait: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    wait.mul_f64(1.0 + f64::from(nanos % 1_000) / 2_000.0)
 }
 
 /// The final states the coordinator has not confirmed (no ForgetInstance) for [`FINAL_RESEND`].
