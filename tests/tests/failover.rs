@@ -86,20 +86,50 @@ fn tuning_job(c: &Coordinator, name: &str, trials: u64, program: &str, runs: &st
     c.write(&format!("{name}.json"), &r.to_string())
 }
 
+/// Coordinators and agents that know every one of them.
+struct Cluster {
+    /// `c`'s address, then each peer's.
+    addresses: Vec<String>,
+    /// The same, comma-separated: what the CLI and the agents are given.
+    list: String,
+    agents: Vec<trainyard_testkit::Daemon>,
+    /// The trial program, and the file each run appends its job's name to.
+    program: String,
+    runs: std::path::PathBuf,
+}
+
+impl Cluster {
+    fn refs(&self) -> Vec<&str> {
+        self.addresses.iter().map(String::as_str).collect()
+    }
+}
+
+/// The CLI and `agents` agents (`host-1`, ...) given every coordinator's address; the trial program.
+fn cluster(c: &Coordinator, peers: &[&PeerCoordinator], agents: usize) -> Cluster {
+    let addresses: Vec<String> =
+        std::iter::once(c.address.clone()).chain(peers.iter().map(|p| p.address.clone())).collect();
+    let list = addresses.join(",");
+    c.use_coordinators(&list);
+    let program = c.install_program("trial.sh", PROGRAM);
+    let runs = c.shared_file("runs.log");
+    let agents: Vec<_> = (1..=agents)
+        .map(|i| c.start_agent_via(&list, &format!("host-{i}"), &["--advertise-vcpus", "8"], &[]))
+        .collect();
+    for agent in &agents {
+        for line in AGENTS_DURING_FAILOVER {
+            agent.expect_log(line);
+        }
+    }
+    Cluster { addresses, list, agents, program, runs }
+}
+
 /// The CLI and one agent given both coordinators' addresses; the trial program and its runs file.
 fn leader_standby_and_agent(
     c: &Coordinator,
     peer: &PeerCoordinator,
 ) -> (trainyard_testkit::Daemon, String, std::path::PathBuf) {
-    let list = format!("{},{}", c.address, peer.address);
-    c.use_coordinators(&list);
-    let program = c.install_program("trial.sh", PROGRAM);
-    let runs = c.shared_file("runs.log");
-    let agent = c.start_agent_via(&list, "host-1", &["--advertise-vcpus", "8"], &[]);
-    for line in AGENTS_DURING_FAILOVER {
-        agent.expect_log(line);
-    }
-    (agent, program, runs)
+    let mut cluster = cluster(c, &[peer], 1);
+    (cluster.agents.remove(0), cluster.program, cluster.runs)
 }
 
 /// Every trial ran exactly once, and ended Completed.
@@ -138,21 +168,9 @@ fn killing_the_leader_at_random_moments_fails_over_and_loses_no_trial() {
     const TRIALS: u64 = 300;
     let mut c = Coordinator::start_on(Backend::Postgres);
     let mut peers: Vec<PeerCoordinator> = (0..2).map(|_| c.start_peer(&[])).collect();
-    let addresses: Vec<String> =
-        std::iter::once(c.address.clone()).chain(peers.iter().map(|p| p.address.clone())).collect();
-    let list = addresses.join(",");
+    let Cluster { addresses, list, agents: _agents, program, runs } = cluster(&c, &peers.iter().collect::<Vec<_>>(), 2);
     let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
-    c.use_coordinators(&list);
     assert_eq!(leader_of(&c, &refs), Some(0), "the first coordinator leads");
-    let program = c.install_program("trial.sh", PROGRAM);
-    let runs = c.shared_file("runs.log");
-    let agents: Vec<_> =
-        (1..=2).map(|i| c.start_agent_via(&list, &format!("host-{i}"), &["--advertise-vcpus", "8"], &[])).collect();
-    for agent in &agents {
-        for line in AGENTS_DURING_FAILOVER {
-            agent.expect_log(line);
-        }
-    }
     let file = tuning_job(&c, "fails-over", TRIALS, &program, &runs);
     c.cli(&["tuning-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
     // A user watching the job from the CLI, given every coordinator's address, rides through.
@@ -257,23 +275,11 @@ fn postgresql_restarting_under_three_coordinators_loses_no_trial() {
             peer.expect_log(line);
         }
     }
-    let addresses: Vec<String> =
-        std::iter::once(c.address.clone()).chain(peers.iter().map(|p| p.address.clone())).collect();
-    let list = addresses.join(",");
-    let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
-    c.use_coordinators(&list);
-    let program = c.install_program("trial.sh", PROGRAM);
-    let runs = c.shared_file("runs.log");
-    let agents: Vec<_> =
-        (1..=2).map(|i| c.start_agent_via(&list, &format!("host-{i}"), &["--advertise-vcpus", "8"], &[])).collect();
-    for agent in &agents {
-        for line in AGENTS_DURING_FAILOVER {
-            agent.expect_log(line);
-        }
-    }
-    let file = tuning_job(&c, "through-restarts", TRIALS, &program, &runs);
+    let cluster = cluster(&c, &peers.iter().collect::<Vec<_>>(), 2);
+    let (refs, list, program, runs) = (cluster.refs(), &cluster.list, &cluster.program, &cluster.runs);
+    let file = tuning_job(&c, "through-restarts", TRIALS, program, runs);
     c.cli(&["tuning-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
-    let watch = watch(&c, &list, "through-restarts");
+    let watch = watch(&c, list, "through-restarts");
 
     let (mut random, seed) = Random::from_clock();
     for _ in 0..2 {
@@ -286,7 +292,7 @@ fn postgresql_restarting_under_three_coordinators_loses_no_trial() {
             "seed {seed}: no coordinator leads after PostgreSQL came back"
         );
     }
-    assert_each_trial_ran_once(&c, "through-restarts", TRIALS, &runs, seed);
+    assert_each_trial_ran_once(&c, "through-restarts", TRIALS, runs, seed);
     let watched = watch.wait_with_output().expect("watch ends");
     assert!(watched.status.success(), "seed {seed}: {}", String::from_utf8_lossy(&watched.stderr));
     println!("seed {seed}: the leader after two restarts of PostgreSQL: {:?}", leader_of(&c, &refs));
