@@ -30,6 +30,9 @@ pub struct Selection {
     /// (0-based instance, instance count) when sharded by key.
     pub shard: Option<(usize, usize)>,
     pub shuffle_seed: Option<i64>,
+    /// Fetched as the job's own copies, never through the shared read-only input cache: files the
+    /// job overwrites in place (checkpoints it restores and writes again).
+    pub private: bool,
 }
 
 impl Selection {
@@ -136,7 +139,7 @@ impl Storage {
                     let version = || Ok(cache::local_version(&path, &std::fs::metadata(&path).map_err(staging)?));
                     let (source, staging) = (&path, &staging);
                     let copy = |to: PathBuf| async move { std::fs::copy(source, &to).map(|_| ()).map_err(staging) };
-                    admitted |= self.place(version, &target, &what, copy).await?;
+                    admitted |= self.place(version, &target, &what, copy, selection.private).await?;
                     written.push(target);
                 }
             }
@@ -161,7 +164,7 @@ impl Storage {
                     let version = || Ok(cache::object_version(&format!("{endpoint}/{bucket}"), &name, &meta));
                     let (store, object) = (&store, &name);
                     let fetch = |to: PathBuf| async move { download(store, object, &to).await };
-                    admitted |= self.place(version, &target, &name, fetch).await?;
+                    admitted |= self.place(version, &target, &name, fetch, selection.private).await?;
                     written.push(target);
                 }
             }
@@ -173,22 +176,24 @@ impl Storage {
         Ok(written)
     }
 
-    /// Puts one object at `target`: through the input cache when there is one (true when it was
-    /// fetched into it), else fetched straight there. `version` is only asked for with a cache.
+    /// Puts one object at `target`: through the input cache when there is one and the copy need
+    /// not be private (true when it was fetched into it), else fetched straight there. `version`
+    /// is only asked for with a cache.
     async fn place<F, Fut>(
         &self,
         version: impl FnOnce() -> Result<String, String>,
         target: &Path,
         what: &str,
         fetch: F,
+        private: bool,
     ) -> Result<bool, String>
     where
         F: FnOnce(PathBuf) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
         match &self.cache {
-            Some(cache) => cache.place(&version()?, target, what, fetch).await,
-            None => fetch(target.to_path_buf()).await.map(|()| false),
+            Some(cache) if !private => cache.place(&version()?, target, what, fetch).await,
+            _ => fetch(target.to_path_buf()).await.map(|()| false),
         }
     }
 
@@ -413,12 +418,12 @@ mod tests {
 
         // Sharding and shuffling select and order what an instance gets.
         let keys: Vec<u32> = (0..10).collect();
-        let shard = |i, seed| Selection { shard: Some((i, 3)), shuffle_seed: seed }.apply(keys.clone());
+        let shard = |i, seed| Selection { shard: Some((i, 3)), shuffle_seed: seed, private: false }.apply(keys.clone());
         assert_eq!(shard(1, None), [1, 4, 7]);
         let all: std::collections::BTreeSet<u32> = (0..3).flat_map(|i| shard(i, Some(42))).collect();
         assert_eq!(all.len(), 10, "the shards of a shuffled prefix still cover every object once");
         assert_eq!(shard(0, Some(42)), shard(0, Some(42)), "a seed gives the same order every time");
-        assert_ne!(Selection { shard: None, shuffle_seed: Some(7) }.apply(keys.clone()), keys);
+        assert_ne!(Selection { shard: None, shuffle_seed: Some(7), private: false }.apply(keys.clone()), keys);
 
         let work = Confined::open(&src).expect("open");
         std::os::unix::fs::symlink("/etc/hostname", src.join("train/link")).expect("link");

@@ -237,6 +237,14 @@ pub fn describe_training_job(r: &api::DescribeTrainingJobResponse) {
     println!("Created:       {}", time(r.creation_time));
     println!("Started:       {}", time(r.training_start_time));
     println!("Ended:         {}", time(r.training_end_time));
+    if let (Some(training), Some(billable)) = (r.training_time_in_seconds, r.billable_time_in_seconds) {
+        println!("Training time: {training} s (billable {billable} s)");
+        if r.enable_managed_spot_training == Some(true) {
+            // The console's line: (1 - BillableTimeInSeconds / TrainingTimeInSeconds) * 100.
+            let savings = (1.0 - f64::from(billable) / f64::from(training.max(1))) * 100.0;
+            println!("Managed spot training savings: {:.0}%", savings.max(0.0));
+        }
+    }
     if let Some(uri) = r.model_artifacts.as_ref().and_then(|m| m.s3_model_artifacts.as_ref()) {
         println!("Model:         {uri}");
     }

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// How long the store takes, by operation and outcome.
     pub store_seconds: Family<StoreCall, Histogram>,
+    /// Spot jobs interrupted so that a job that is not spot could start.
+    pub interruptions: Counter,
 }
 
 impl Metrics {
@@ -63,6 +65,7 @@ impl Metrics {
             rpc_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_1, 2.0, 18))),
             leader: Gauge::default(),
             store_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 18))),
+            interruptions: Counter::default(),
         };
         registry.register(
             "trainyard_leader",
@@ -100,6 +103,11 @@ impl Metrics {
             "trainyard_store_seconds",
             "How long the store (SQLite or PostgreSQL) takes, by operation and outcome",
             metrics.store_seconds.clone(),
+        );
+        registry.register(
+            "trainyard_spot_interruptions",
+            "Spot training jobs interrupted so that a job that is not spot could start",
+            metrics.interruptions.clone(),
         );
         Arc::new(metrics)
     }

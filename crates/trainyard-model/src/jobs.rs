@@ -226,8 +226,29 @@ pub struct TrainingJob {
     pub model_artifacts: Option<String>,
     /// Where its instances run (empty while queued).
     pub placement: Vec<PlacedInstance>,
-    /// 1 for the first run; RetryStrategy runs it again after an infrastructure failure.
+    /// 1 for the first run; each retry (RetryStrategy) and each resumption after an
+    /// interruption runs it again as the next attempt.
     pub attempt: u32,
+    /// Its runs: how long they trained, and the interruptions of a spot job.
+    pub runs: Runs,
+}
+
+/// What a job's runs used, as SageMaker bills it, and a spot job's interruptions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runs {
+    /// Milliseconds of training in runs that have ended.
+    #[serde(default)]
+    pub billable_millis: i64,
+    /// When the current run started training.
+    #[serde(default)]
+    pub started: Option<Timestamp>,
+    /// How many times it was interrupted (each resumed as a new attempt, no retry spent).
+    #[serde(default)]
+    pub interruptions: u32,
+    /// It is being interrupted so that this job can start (written before its instances are told
+    /// to stop, so that their end is read as an interruption after a coordinator restart too).
+    #[serde(default)]
+    pub interrupting_for: Option<String>,
 }
 
 /// What SageMaker says while a job waits for capacity.
@@ -268,6 +289,7 @@ impl TrainingJob {
             model_artifacts: None,
             placement: Vec::new(),
             attempt: 1,
+            runs: Runs::default(),
         })
     }
 
@@ -297,13 +319,15 @@ impl TrainingJob {
             last.end_time = Some(now);
         }
         self.transitions.push(Transition { status: next, start_time: now, end_time: None, message: message.into() });
-        if next == SecondaryStatus::Training && self.training_start_time.is_none() {
-            self.training_start_time = Some(now);
+        if next == SecondaryStatus::Training {
+            self.training_start_time.get_or_insert(now);
+            self.runs.started.get_or_insert(now);
         }
         self.status = primary;
         self.secondary_status = next;
         self.last_modified_time = now;
         if primary.is_terminal() {
+            self.end_run(now);
             if let Some(last) = self.transitions.last_mut() {
                 last.end_time = Some(now);
             }
@@ -317,6 +341,55 @@ impl TrainingJob {
             }
         }
         Ok(())
+    }
+
+    /// The current run is over: its training time becomes billable.
+    fn end_run(&mut self, now: Timestamp) {
+        if let Some(started) = self.runs.started.take() {
+            self.runs.billable_millis += now.millis().saturating_sub(started.millis()).max(0);
+        }
+    }
+
+    /// A spot job's run ends because its place was needed: it goes back to wait (`Interrupted`,
+    /// then queued by the caller) as its next attempt, without spending a retry; what it trained so
+    /// far is billable.
+    pub fn interrupt(&mut self, message: impl Into<String>, now: Timestamp) -> Result<(), DomainError> {
+        self.transition(SecondaryStatus::Interrupted, message, now)?;
+        self.end_run(now);
+        self.runs.interruptions += 1;
+        self.runs.interrupting_for = None;
+        self.attempt += 1;
+        self.placement.clear();
+        Ok(())
+    }
+
+    /// Retries (RetryStrategy) spent so far: attempts that were not resumptions after interruptions.
+    pub fn retries_spent(&self) -> u32 {
+        self.attempt.saturating_sub(1 + self.runs.interruptions)
+    }
+
+    pub fn is_spot(&self) -> bool {
+        self.request.enable_managed_spot_training == Some(true)
+    }
+
+    /// Milliseconds it trained: the runs that ended, and the current one until `now`.
+    pub fn billable_millis(&self, now: Timestamp) -> i64 {
+        self.runs.billable_millis + self.runs.started.map_or(0, |s| now.millis().saturating_sub(s.millis()).max(0))
+    }
+
+    /// MaxRuntimeInSeconds bounds the time it trains, over all its runs: what is left of it for
+    /// the next run (at least a second), None without a limit.
+    pub fn remaining_runtime_seconds(&self) -> Option<i32> {
+        let limit = self.request.stopping_condition.as_ref()?.max_runtime_in_seconds?;
+        let used = i32::try_from(self.runs.billable_millis / 1000).unwrap_or(i32::MAX);
+        Some(limit.saturating_sub(used).max(1))
+    }
+
+    /// A spot job past StoppingCondition.MaxWaitTimeInSeconds (waiting and running, since it was
+    /// created).
+    pub fn max_wait_exceeded(&self, now: Timestamp) -> bool {
+        let wait = self.request.stopping_condition.as_ref().and_then(|s| s.max_wait_time_in_seconds);
+        self.is_spot() && wait.is_some_and(|w| now.millis() - self.creation_time.millis() > i64::from(w) * 1000)
     }
 
     /// Replaces the message of the current transition (why a queued job still waits).
@@ -379,10 +452,14 @@ impl TrainingJob {
             training_job_name: _,
             vpc_config,
         } = r;
-        let billable = self.training_start_time.map(|start| {
-            i32::try_from(self.training_end_time.unwrap_or(self.last_modified_time).seconds_since(start))
-                .unwrap_or(i32::MAX)
-        });
+        // SageMaker's two clocks: TrainingTimeInSeconds is the wall clock since training first
+        // started, interruptions included; BillableTimeInSeconds only the time it trained. They
+        // are equal unless a spot job was interrupted (the console's "savings").
+        let until = self.training_end_time.unwrap_or(self.last_modified_time);
+        let seconds = |millis: i64| i32::try_from((millis.max(0) as u64).div_ceil(1000)).unwrap_or(i32::MAX).max(1);
+        let training_time =
+            self.training_start_time.map(|start| seconds(until.millis().saturating_sub(start.millis())));
+        let billable = self.training_start_time.map(|_| seconds(self.billable_millis(until)));
         api::DescribeTrainingJobResponse {
             algorithm_specification,
             billable_time_in_seconds: billable,
@@ -434,6 +511,7 @@ impl TrainingJob {
             training_job_name: Some(self.name.clone()),
             training_job_status: Some(self.status.as_str().to_string()),
             training_start_time: self.training_start_time,
+            training_time_in_seconds: training_time,
             tuning_job_arn: None,
             vpc_config,
             ..Default::default()

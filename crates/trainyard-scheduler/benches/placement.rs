@@ -45,6 +45,7 @@ fn queue(instances: usize) -> Vec<Demand> {
                 gpus,
                 needs_isolation: i % 10 == 0,
                 needs_containers: i % 3 == 0,
+                spot: false,
                 queued_at: i as i64,
             }
         })

@@ -37,6 +37,7 @@ fn demand(job: &str, group: Option<&str>, count: u32, vcpus: u32, memory_gib: u6
         needs_isolation: false,
         needs_containers: false,
         queued_at: at,
+        spot: false,
     }
 }
 
@@ -253,4 +254,143 @@ fn random_clusters_never_break_the_invariants() {
             .collect();
         run(agents, queue, &[("g1", rng.random_range(0..5))]);
     }
+}
+
+// ----- spot jobs and preemption -----
+
+fn spot(mut d: Demand) -> Demand {
+    d.spot = true;
+    d
+}
+
+/// A running spot job: one instance per agent named, each holding `vcpus` (and 1 GiB).
+fn running(job: &str, agents: &[&str], vcpus: u32, lost_work_ms: i64) -> Preemptible {
+    Preemptible {
+        job: job.into(),
+        instances: agents
+            .iter()
+            .map(|a| Held { agent: a.to_string(), vcpus, memory_mib: 1024, disk_mib: 1024, gpu_uuids: Vec::new() })
+            .collect(),
+        lost_work_ms,
+        interrupting: false,
+    }
+}
+
+/// The agents with what the running jobs hold taken.
+fn occupied(mut agents: Vec<Agent>, jobs: &[&Preemptible]) -> Vec<Agent> {
+    for job in jobs {
+        for h in &job.instances {
+            let a = agents.iter_mut().find(|a| a.id == h.agent).expect("agent of the job");
+            a.vcpus_free -= h.vcpus;
+            a.memory_free_mib -= h.memory_mib;
+            a.disk_free_mib -= h.disk_mib;
+            a.gpus_free.retain(|g| !h.gpu_uuids.contains(g));
+        }
+    }
+    agents
+}
+
+fn victims(agents: &[Agent], waiting: &[Demand], running: &[Preemptible]) -> Vec<(String, Vec<String>)> {
+    preemptions(agents, waiting, running).into_iter().map(|p| (p.job, p.victims)).collect()
+}
+
+#[test]
+fn spot_jobs_are_served_after_every_other_even_when_older() {
+    let mut problem = Problem {
+        agents: vec![agent("a", 2, 8, 0)],
+        queue: vec![spot(demand("old-spot", None, 1, 2, 1, 0, 1)), demand("new", None, 1, 2, 1, 0, 50)],
+        ..Default::default()
+    };
+    let decisions = place(&mut problem);
+    assert!(
+        matches!(&decisions[0], Decision::Place { job, .. } if job == "new"),
+        "the job that is not spot takes the only place: {decisions:?}"
+    );
+}
+
+#[test]
+fn a_job_that_does_not_fit_interrupts_the_fewest_instances_then_the_least_work() {
+    let gang = running("gang", &["a", "b"], 2, 1);
+    let long = running("long", &["a"], 2, 90_000);
+    let short = running("short", &["b"], 2, 5_000);
+    let agents = occupied(vec![agent("a", 4, 8, 0), agent("b", 4, 8, 0)], &[&gang, &long, &short]);
+    let waiting = [demand("urgent", None, 1, 2, 1, 0, 10)];
+    assert_eq!(
+        victims(&agents, &waiting, &[gang, long, short]),
+        vec![("urgent".to_string(), vec!["short".to_string()])],
+        "one instance rather than a gang of two, and of two single ones the one that ran less"
+    );
+}
+
+#[test]
+fn a_gang_is_interrupted_whole_and_only_when_single_instances_do_not_do() {
+    // Only 4 free vCPUs on one agent do: on "a" that means both jobs there, the gang included.
+    let gang = running("gang", &["a", "b"], 2, 1);
+    let single = running("single", &["a"], 2, 1);
+    let other = running("other", &["b"], 1, 1);
+    let agents = occupied(vec![agent("a", 4, 8, 0), agent("b", 4, 8, 0)], &[&gang, &single, &other]);
+    let waiting = [demand("big", None, 1, 4, 1, 0, 10)];
+    let decided = preemptions(&agents, &waiting, &[gang.clone(), single, other]);
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert!(decided[0].victims.contains(&"gang".to_string()), "{decided:?}");
+    // The gang's instance on "b" goes with it: there is no way to name an instance here, only the
+    // job, so a gang cannot be cut in parts; "b" then has 3 free and needs nothing else.
+    let mut names = decided[0].victims.clone();
+    names.sort();
+    assert!(names == ["gang", "single"] || names == ["gang", "other"], "{names:?}");
+}
+
+#[test]
+fn spot_jobs_never_preempt_and_nothing_is_interrupted_in_vain() {
+    let victim = running("victim", &["a"], 2, 1);
+    let agents = occupied(vec![agent("a", 2, 8, 0)], &[&victim]);
+    assert!(victims(&agents, &[spot(demand("spot", None, 1, 2, 1, 0, 1))], std::slice::from_ref(&victim)).is_empty());
+    // Even with the spot job gone it would not fit (the rest of the agent is not spot): no victim.
+    let too_big = demand("too-big", None, 1, 3, 1, 0, 1);
+    let mut agents = vec![agent("a", 4, 8, 0)];
+    agents[0].vcpus_free = 2;
+    let agents = occupied(agents, &[&victim]);
+    assert!(victims(&agents, &[too_big], std::slice::from_ref(&victim)).is_empty());
+    // It could never fit at all: nothing either.
+    let never = demand("never", None, 1, 64, 1, 0, 1);
+    assert!(victims(&occupied(vec![agent("a", 2, 8, 0)], &[&victim]), &[never], &[victim]).is_empty());
+}
+
+#[test]
+fn victims_that_are_not_needed_are_spared() {
+    // The cheapest candidate is on the CPU host; only the GPU host's job frees a GPU.
+    let mut on_gpu_host = running("on-gpu-host", &["g"], 1, 100_000);
+    on_gpu_host.instances[0].gpu_uuids = vec!["GPU-g-0".into(), "GPU-g-1".into()];
+    let on_cpu_host = running("on-cpu-host", &["c"], 4, 1);
+    let agents = occupied(vec![agent("g", 8, 8, 2), agent("c", 4, 8, 0)], &[&on_gpu_host, &on_cpu_host]);
+    let waiting = [demand("gpu", None, 1, 1, 1, 1, 1)];
+    assert_eq!(
+        victims(&agents, &waiting, &[on_cpu_host, on_gpu_host]),
+        vec![("gpu".to_string(), vec!["on-gpu-host".to_string()])]
+    );
+}
+
+#[test]
+fn what_is_being_interrupted_is_reserved_for_the_oldest_waiting_job() {
+    let first = running("first", &["a"], 2, 1);
+    let second = running("second", &["a"], 2, 50);
+    let agents = occupied(vec![agent("a", 4, 8, 0)], &[&first, &second]);
+    let one = demand("one", None, 1, 2, 1, 0, 10);
+    let two = demand("two", None, 1, 2, 1, 0, 20);
+    // The first pass interrupts the cheaper job for the older arrival only.
+    assert_eq!(
+        victims(&agents, std::slice::from_ref(&one), &[first.clone(), second.clone()]),
+        vec![("one".to_string(), vec!["first".to_string()])]
+    );
+    // While "first" stops, "one" needs nothing more, and "two" gets a victim of its own.
+    let mut stopping = first.clone();
+    stopping.interrupting = true;
+    assert_eq!(
+        victims(&agents, &[one.clone(), two.clone()], &[stopping.clone(), second.clone()]),
+        vec![("two".to_string(), vec!["second".to_string()])]
+    );
+    // With both stopping, nothing else is interrupted.
+    let mut both = second;
+    both.interrupting = true;
+    assert!(victims(&agents, &[one, two], &[stopping, both]).is_empty());
 }

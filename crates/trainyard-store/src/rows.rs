@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use trainyard_model::api;
-use trainyard_model::jobs::{PlacedInstance, TrainingJob, Transition, TrialOrigin, TuningJob};
+use trainyard_model::jobs::{PlacedInstance, Runs, TrainingJob, Transition, TrialOrigin, TuningJob};
 use trainyard_model::timestamp::Timestamp;
 
 use crate::{AgentIdentity, StoreError, TokenRecord, Versioned};
@@ -29,6 +29,8 @@ pub(crate) struct TrainingDetails {
     pub placement: Vec<PlacedInstance>,
     #[serde(default = "first_attempt")]
     pub attempt: u32,
+    #[serde(default)]
+    pub runs: Runs,
 }
 
 fn first_attempt() -> u32 {
@@ -44,6 +46,7 @@ impl TrainingDetails {
             model_artifacts: job.model_artifacts.clone(),
             placement: job.placement.clone(),
             attempt: job.attempt,
+            runs: job.runs.clone(),
         }
     }
 }
@@ -114,6 +117,7 @@ pub(crate) fn training_job(row: &AnyRow) -> Result<Versioned<TrainingJob>, Store
             model_artifacts: details.model_artifacts,
             placement: details.placement,
             attempt: details.attempt,
+            runs: details.runs,
             name,
         },
     })

@@ -102,6 +102,7 @@ pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path
             shard: (s3.and_then(|s| s.s3_data_distribution_type.as_deref()) == Some("ShardedByS3Key"))
                 .then(|| (spec.instance as usize - 1, spec.hosts.len().max(1))),
             shuffle_seed: c.shuffle_config.as_ref().and_then(|s| s.seed),
+            private: false,
         };
         let staged =
             settings.storage.stage(&uri, &dest, selection).await.map_err(|e| format!("channel {name}: {e}"))?;
@@ -118,11 +119,12 @@ pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path
             pipes.push(Pipe { fifo, files: staged, gzip: c.compression_type.as_deref() == Some("Gzip") });
         }
     }
-    // Checkpoints of an earlier run are restored, as SageMaker restores them into a new job.
+    // Checkpoints of an earlier run (or of this job before an interruption) are restored, as
+    // SageMaker restores them into a new job: as the job's own files, which it overwrites.
     if let Some(uri) = r.checkpoint_config.as_ref().and_then(|c| c.s3_uri.clone()) {
         settings
             .storage
-            .stage(&uri, &dir.join("checkpoints"), storage::Selection::default())
+            .stage(&uri, &dir.join("checkpoints"), storage::Selection { private: true, ..Default::default() })
             .await
             .map_err(|e| format!("restoring checkpoints: {e}"))?;
     }

@@ -39,7 +39,7 @@ impl Loop {
         let stored = self.c.training_job(job).await?.value;
         let retries =
             stored.request.retry_strategy.as_ref().and_then(|r| r.maximum_retry_attempts).unwrap_or(0).max(0) as u32;
-        if stored.status == TrainingJobStatus::InProgress && stored.attempt <= retries {
+        if stored.status == TrainingJobStatus::InProgress && stored.retries_spent() < retries {
             let wait =
                 fenced_until.map(|t| t.saturating_duration_since(tokio::time::Instant::now())).unwrap_or_default();
             let after = if wait.is_zero() {
@@ -47,12 +47,14 @@ impl Loop {
             } else {
                 format!(" in {} s, once the lost copy has stopped itself", wait.as_secs_f64().ceil() as u64)
             };
-            let message = format!("Retrying (attempt {} of {}){after}: {why}", stored.attempt + 1, retries + 1);
+            let message = format!("Retrying (attempt {} of {}){after}: {why}", stored.retries_spent() + 2, retries + 1);
             info!(training_job = job, %message, "retrying");
+            self.interrupting.remove(job);
             self.c
                 .update_training_job(job, |j| {
                     j.attempt += 1;
                     j.placement.clear();
+                    j.runs.interrupting_for = None;
                     j.transition(SecondaryStatus::Restarting, message.clone(), now())?;
                     Ok(true)
                 })
@@ -172,6 +174,10 @@ impl Loop {
                 send(entry, Down::Stop(pb::StopInstance { training_job_name: job.clone(), instance: *i, kill: false }));
             }
         }
+        let stopped = states.contains(&InstanceState::Stopped);
+        if failed.is_none() && stopped && self.interrupting.contains_key(&job) {
+            return self.resume_later(&job).await;
+        }
         let (status, message, reason) = if let Some(f) = failed {
             let reason = f.failure_reason.clone().unwrap_or_else(|| "AlgorithmError".into());
             let instance = if run.instances.len() > 1 { format!(" (algo-{})", f.instance) } else { String::new() };
@@ -182,7 +188,13 @@ impl Loop {
                 "Training job reached MaxRuntimeInSeconds and was stopped".into(),
                 None,
             )
-        } else if states.contains(&InstanceState::Stopped) {
+        } else if stopped && self.wait_exceeded.contains(&job) {
+            (
+                SecondaryStatus::MaxWaitTimeExceeded,
+                "Training job reached MaxWaitTimeInSeconds and was stopped".into(),
+                None,
+            )
+        } else if stopped {
             (SecondaryStatus::Stopped, "Training job stopped".into(), None)
         } else {
             (SecondaryStatus::Completed, "Training job completed".into(), None)
@@ -197,6 +209,74 @@ impl Loop {
         for (i, a) in instances {
             if let Some(entry) = self.agents.get(&a) {
                 send(entry, Down::Forget(pb::ForgetInstance { training_job_name: job.clone(), instance: i }));
+            }
+        }
+        Ok(())
+    }
+
+    /// A spot job's instances stopped because another job needed their place: it goes back to the
+    /// queue (`Interrupted`, then `Pending`) and resumes from its checkpoints when there is room. A
+    /// user's stop that came meanwhile wins: the job ends `Stopped`.
+    async fn resume_later(&mut self, job: &str) -> Result<(), DomainError> {
+        let for_job = self.interrupting.remove(job).unwrap_or_default();
+        let instances: Vec<(u32, String)> = self
+            .running
+            .remove(job)
+            .map(|r| r.instances.into_iter().map(|(i, (a, _))| (i, a)).collect())
+            .unwrap_or_default();
+        let message = format!(
+            "Training job interrupted: training job {for_job} needed its place; it resumes from its checkpoints"
+        );
+        let interrupted = self
+            .c
+            .updated_training_job(job, |j| {
+                if j.status != TrainingJobStatus::InProgress {
+                    return Ok(false);
+                }
+                j.interrupt(message.clone(), now())?;
+                Ok(true)
+            })
+            .await?;
+        match interrupted {
+            Some(stored) => {
+                info!(training_job = job, for_job = %for_job, "spot job interrupted; queued to resume");
+                self.enqueue(job).await?;
+                // It no longer counts against MaxParallelTrainingJobs: another trial may start.
+                if let Some(tuning) = stored.tuning_job_name() {
+                    self.drive_tuning(tuning).await?;
+                }
+            }
+            None => self.finish(job, SecondaryStatus::Stopped, "Training job stopped", None, None).await?,
+        }
+        for (i, a) in instances {
+            if let Some(entry) = self.agents.get(&a) {
+                send(entry, Down::Forget(pb::ForgetInstance { training_job_name: job.to_string(), instance: i }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Spot jobs past StoppingCondition.MaxWaitTimeInSeconds: a queued one ends at once, a running
+    /// one is stopped as StopTrainingJob would (its model and checkpoints are uploaded) and ends
+    /// `MaxWaitTimeExceeded`.
+    pub(super) async fn enforce_max_wait(&mut self) -> Result<(), DomainError> {
+        let now = now().millis();
+        let due: Vec<String> = self
+            .wait_deadlines
+            .iter()
+            .filter(|(name, deadline)| now > **deadline && !self.wait_exceeded.contains(*name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in due {
+            info!(training_job = %name, "MaxWaitTimeInSeconds reached");
+            if self.queue.remove(&name).is_some() {
+                let message = "Training job reached MaxWaitTimeInSeconds while it waited";
+                self.finish(&name, SecondaryStatus::MaxWaitTimeExceeded, message, None, None).await?;
+            } else if self.running.contains_key(&name) {
+                self.wait_exceeded.insert(name.clone());
+                self.stop_running_instances(&name);
+            } else {
+                self.wait_deadlines.remove(&name);
             }
         }
         Ok(())
@@ -282,6 +362,10 @@ impl Loop {
             .await?;
         info!(training_job = job, status = %status, "training job ended");
         self.metric_budgets.remove(job);
+        self.interrupting.remove(job);
+        self.wait_exceeded.remove(job);
+        self.wait_deadlines.remove(job);
+        self.resuming.remove(job);
         let stored = self.c.training_job(job).await?.value;
         if let Some(tuning) = stored.tuning_job_name().map(str::to_string) {
             let mut completion = None;

@@ -112,6 +112,10 @@ struct Queued {
 struct Running {
     attempt: u32,
     instances: BTreeMap<u32, (String, Option<pb::InstanceUpdate>)>,
+    /// A spot job, which a job that is not spot may interrupt.
+    spot: bool,
+    /// When it was placed (milliseconds): the work an interruption would lose grows from there.
+    placed_at: i64,
 }
 
 struct TuningRun {
@@ -186,6 +190,16 @@ pub struct Loop {
     tuning: BTreeMap<String, TuningRun>,
     /// What has been stored of each running job's metric samples (a restart starts afresh).
     metric_budgets: HashMap<String, trainyard_model::metrics::SampleBudget>,
+    /// Spot jobs being interrupted → the job each makes room for (also in the store:
+    /// `Runs::interrupting_for`).
+    interrupting: BTreeMap<String, String>,
+    /// Spot jobs past MaxWaitTimeInSeconds whose instances were told to stop.
+    wait_exceeded: BTreeSet<String>,
+    /// Spot jobs with MaxWaitTimeInSeconds → when it runs out (milliseconds).
+    wait_deadlines: HashMap<String, i64>,
+    /// Interrupted jobs waiting in the queue to resume: a tuning job's MaxParallelTrainingJobs
+    /// does not count them.
+    resuming: BTreeSet<String>,
     /// Set when an event or a tick failed (e.g. the database was away): the loop then compares
     /// its state with the store on the next ticks until that succeeds.
     resync_needed: bool,
@@ -213,6 +227,10 @@ pub async fn run(
         running: HashMap::new(),
         tuning: BTreeMap::new(),
         metric_budgets: HashMap::new(),
+        interrupting: BTreeMap::new(),
+        wait_exceeded: BTreeSet::new(),
+        wait_deadlines: HashMap::new(),
+        resuming: BTreeSet::new(),
         resync_needed: false,
     };
     // At start the loop knows nothing: catching up with the store rebuilds everything.
@@ -463,6 +481,7 @@ impl Loop {
                 "CapacityError: the job waited longer than StoppingCondition.MaxPendingTimeInSeconds for an agent";
             self.finish(&name, SecondaryStatus::Failed, "Failed", Some(reason.to_string()), None).await?;
         }
+        self.enforce_max_wait().await?;
         self.schedule().await
     }
 }

@@ -11,7 +11,7 @@ use trainyard_model::jobs::{PlacedInstance, TrainingJob};
 use trainyard_model::status::{SecondaryStatus, TrainingJobStatus};
 use trainyard_proto::pb;
 use trainyard_proto::pb::coordinator_message::Body as Down;
-use trainyard_scheduler::{Agent as Capacity, Decision, Demand, Problem};
+use trainyard_scheduler::{Agent as Capacity, Decision, Demand, Held, Preemptible, Preemption, Problem};
 
 use super::{AgentEntry, Allocation, Loop, Queued, Running, send};
 use crate::core::now;
@@ -37,8 +37,56 @@ impl Loop {
             );
             instances.insert(p.instance, (p.agent.clone(), None));
         }
-        self.running.insert(job.name.clone(), Running { attempt: job.attempt, instances });
+        let placed_at = job.runs.started.unwrap_or(job.last_modified_time).millis();
+        self.running
+            .insert(job.name.clone(), Running { attempt: job.attempt, instances, spot: demand.spot, placed_at });
+        if let Some(other) = &job.runs.interrupting_for {
+            self.interrupting.insert(job.name.clone(), other.clone());
+        }
+        self.track_spot(job);
         Ok(())
+    }
+
+    /// Remembers when a spot job's MaxWaitTimeInSeconds runs out.
+    fn track_spot(&mut self, job: &TrainingJob) {
+        let wait = job.request.stopping_condition.as_ref().and_then(|s| s.max_wait_time_in_seconds);
+        if let (true, Some(wait)) = (job.is_spot(), wait) {
+            self.wait_deadlines.insert(job.name.clone(), job.creation_time.millis() + i64::from(wait) * 1000);
+        }
+    }
+
+    /// What may be placed this pass: everything due, except that a tuning job never runs more
+    /// trials than MaxParallelTrainingJobs. Only a tuning job with more unfinished trials than that
+    /// can reach it (interrupted trials do not count while they wait, so others were launched
+    /// meanwhile); its oldest trials go first.
+    fn placeable(&self) -> Vec<Demand> {
+        let now = tokio::time::Instant::now();
+        let due = self.queue.values().filter(|q| q.not_before.is_none_or(|t| t <= now)).map(|q| &q.demand);
+        let mut room: BTreeMap<&str, usize> = self
+            .tuning
+            .iter()
+            .filter(|(_, run)| run.active.len() as u64 > run.max_parallel)
+            .map(|(name, run)| {
+                let running = run.active.iter().filter(|t| self.running.contains_key(*t)).count();
+                (name.as_str(), (run.max_parallel as usize).saturating_sub(running))
+            })
+            .collect();
+        if room.is_empty() {
+            return due.cloned().collect();
+        }
+        let mut due: Vec<&Demand> = due.collect();
+        due.sort_by_key(|d| (d.queued_at, &d.job));
+        due.into_iter()
+            .filter(|d| match d.group.as_deref().and_then(|g| room.get_mut(g)) {
+                Some(0) => false,
+                Some(left) => {
+                    *left -= 1;
+                    true
+                }
+                None => true,
+            })
+            .cloned()
+            .collect()
     }
 
     pub(super) fn demand_of(&self, job: &TrainingJob) -> Result<Demand, DomainError> {
@@ -67,6 +115,7 @@ impl Loop {
                 TrainingImage::Container(_)
             ),
             queued_at: job.creation_time.millis(),
+            spot: job.is_spot(),
         })
     }
 
@@ -93,6 +142,10 @@ impl Loop {
             .await?;
         self.queue
             .insert(name.to_string(), Queued { demand, queued_at: now(), max_pending, reason: None, not_before: None });
+        self.track_spot(&job);
+        if job.runs.interruptions > 0 {
+            self.resuming.insert(name.to_string());
+        }
         Ok(())
     }
 
@@ -132,14 +185,7 @@ impl Loop {
         }
         let mut problem = Problem {
             agents: self.capacities(),
-            queue: {
-                let now = tokio::time::Instant::now();
-                self.queue
-                    .values()
-                    .filter(|q| q.not_before.is_none_or(|t| t <= now))
-                    .map(|q| q.demand.clone())
-                    .collect()
-            },
+            queue: self.placeable(),
             running_per_group: self.tuning.iter().map(|(n, t)| (n.clone(), t.active.len() as u32)).collect(),
         };
         if problem.agents.is_empty() {
@@ -147,7 +193,11 @@ impl Loop {
         }
         let pass = std::time::Instant::now();
         let decisions = trainyard_scheduler::place(&mut problem);
+        let preemptions = self.preemptions(&problem, &decisions);
         self.metrics.placement_seconds.observe(pass.elapsed().as_secs_f64());
+        for preemption in preemptions {
+            self.preempt(preemption).await?;
+        }
         for decision in decisions {
             match decision {
                 Decision::Place { job, instances } => {
@@ -170,12 +220,86 @@ impl Loop {
         Ok(())
     }
 
+    /// The spot jobs to interrupt so that jobs this pass could not place start (the pure
+    /// scheduler's policy); nothing when no spot job runs or nothing that is not spot waits.
+    fn preemptions(&self, problem: &Problem, decisions: &[Decision]) -> Vec<Preemption> {
+        let decided: BTreeSet<&str> = decisions
+            .iter()
+            .map(|d| match d {
+                Decision::Place { job, .. } | Decision::Unplaceable { job, .. } => job.as_str(),
+            })
+            .collect();
+        let waiting: Vec<Demand> =
+            problem.queue.iter().filter(|d| !d.spot && !decided.contains(d.job.as_str())).cloned().collect();
+        if waiting.is_empty() || !self.running.values().any(|r| r.spot) {
+            return Vec::new();
+        }
+        let now = now().millis();
+        let running: Vec<Preemptible> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.spot)
+            .map(|(job, r)| Preemptible {
+                job: job.clone(),
+                instances: r
+                    .instances
+                    .iter()
+                    .filter(|(_, (_, ended))| ended.is_none())
+                    .filter_map(|(i, (agent, _))| {
+                        let held = self.agents.get(agent)?.allocations.get(&(job.clone(), *i))?;
+                        Some(Held {
+                            agent: agent.clone(),
+                            vcpus: held.vcpus,
+                            memory_mib: held.memory_mib,
+                            disk_mib: held.disk_mib,
+                            gpu_uuids: held.gpus.clone(),
+                        })
+                    })
+                    .collect(),
+                lost_work_ms: now - r.placed_at,
+                interrupting: self.interrupting.contains_key(job),
+            })
+            .collect();
+        trainyard_scheduler::preemptions(&problem.agents, &waiting, &running)
+    }
+
+    /// Interrupts spot jobs for a job that cannot start otherwise: the intent is stored first, then
+    /// their instances are stopped as a StopTrainingJob would (SIGTERM, the grace period to write a
+    /// checkpoint, SIGKILL; checkpoints synced); their end sends them back to the queue.
+    async fn preempt(&mut self, preemption: Preemption) -> Result<(), DomainError> {
+        let Preemption { job, victims } = preemption;
+        for victim in &victims {
+            let message = format!("Interrupting: training job {job} needs its place (managed spot training)");
+            let marked = self
+                .c
+                .update_training_job(victim, |j| {
+                    if j.status != TrainingJobStatus::InProgress || j.runs.interrupting_for.is_some() {
+                        return Ok(false);
+                    }
+                    j.runs.interrupting_for = Some(job.clone());
+                    j.set_status_message(message.clone(), now());
+                    Ok(true)
+                })
+                .await?;
+            if marked {
+                info!(training_job = %victim, for_job = %job, "interrupting a spot job");
+                self.metrics.interruptions.inc();
+                self.interrupting.insert(victim.clone(), job.clone());
+                self.stop_running_instances(victim);
+            }
+        }
+        let message = format!("Waiting for spot training job(s) {} to give up their place", victims.join(", "));
+        self.c.update_training_job(&job, |j| Ok(j.set_status_message(message.clone(), now()))).await?;
+        Ok(())
+    }
+
     pub(super) async fn start(
         &mut self,
         name: &str,
         instances: Vec<trainyard_scheduler::InstancePlacement>,
     ) -> Result<(), DomainError> {
         let Some(queued) = self.queue.remove(name) else { return Ok(()) };
+        self.resuming.remove(name);
         let placement: Vec<PlacedInstance> = instances
             .iter()
             .map(|i| PlacedInstance { instance: i.instance, agent: i.agent.clone(), gpu_uuids: i.gpu_uuids.clone() })
@@ -219,7 +343,14 @@ impl Loop {
             _ => None,
         };
         let d = &queued.demand;
-        let mut run = Running { attempt: job.attempt, instances: BTreeMap::new() };
+        let mut run =
+            Running { attempt: job.attempt, instances: BTreeMap::new(), spot: d.spot, placed_at: now().millis() };
+        // MaxRuntimeInSeconds bounds its training over all its runs: a resumed spot job gets the rest.
+        let mut request = job.request.clone();
+        if let (Some(rest), Some(sc)) = (job.remaining_runtime_seconds(), request.stopping_condition.as_mut()) {
+            sc.max_runtime_in_seconds = Some(rest);
+        }
+        let request: pb::CreateTrainingJobRequest = request.into();
         for p in &placement {
             let Some(agent) = self.agents.get_mut(&p.agent) else { continue };
             agent.allocations.insert(
@@ -238,7 +369,7 @@ impl Loop {
                     training_job_arn: job.arn.clone(),
                     instance: p.instance,
                     hosts: hosts.clone(),
-                    request: Some(job.request.clone().into()),
+                    request: Some(request.clone()),
                     gpu_uuids: p.gpu_uuids.clone(),
                     attempt: job.attempt,
                     peers: peers.clone(),

@@ -226,7 +226,10 @@ impl Loop {
         }
         loop {
             let Some(run) = self.tuning.get(name) else { return Ok(()) };
-            if run.completing || run.launched >= run.max_trials || run.active.len() as u64 >= run.max_parallel {
+            // MaxParallelTrainingJobs counts the trials that run or wait to start, not interrupted
+            // ones waiting to resume.
+            let counted = run.active.iter().filter(|t| !self.resuming.contains(*t)).count() as u64;
+            if run.completing || run.launched >= run.max_trials || counted >= run.max_parallel {
                 break;
             }
             let index = run.launched;

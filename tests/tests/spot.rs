@@ -1,0 +1,304 @@
+//! Managed spot training on our own hosts: a job that is not spot interrupts spot jobs when it
+//! cannot start otherwise; the interrupted job writes a checkpoint in its grace period, waits, and
+//! resumes from it; MaxWaitTimeInSeconds ends a spot job that waited too long. Real coordinator,
+//! real agent, real programs, on both backends.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use trainyard_e2e::{Backend, Coordinator, example, on_both_backends};
+
+/// Counts to `$TARGET` in steps of 0.2 s, keeping its step in `$SM_CHECKPOINT_DIR/step`: it starts
+/// from there, and writes it (and a partial model) when SIGTERM asks it to stop.
+const COUNTER: &str = r#"#!/bin/sh
+ck="$SM_CHECKPOINT_DIR/step"
+step=0
+if [ -f "$ck" ]; then step=$(cat "$ck"); echo "resumed at step=$step"; fi
+trap 'echo "$step" > "$ck"; echo "$step" > /opt/ml/model/partial; echo "checkpoint written at step=$step"; exit 143' TERM
+while [ "$step" -lt "$TARGET" ]; do
+  step=$((step + 1))
+  echo "step=$step"
+  sleep 0.2 & wait $!
+done
+echo "$step" > "$ck"
+echo "$step" > /opt/ml/model/steps
+echo "finished at step=$step"
+"#;
+
+/// Holds its place for `$SECONDS_TO_RUN` seconds.
+const SLEEPER: &str = "#!/bin/sh\necho \"on-demand work\"\nsleep \"$SECONDS_TO_RUN\"\necho done\n";
+
+/// One agent with room for exactly one ml.m5.large (2 vCPUs, 8 GiB) at a time.
+fn one_slot_cluster(backend: Backend) -> (Coordinator, trainyard_testkit::Daemon) {
+    let c = Coordinator::start_on(backend);
+    let agent = c.start_agent(
+        "one-slot",
+        &["--advertise-vcpus", "2", "--advertise-memory-mib", "8192", "--stop-grace-seconds", "10"],
+        &[],
+    );
+    (c, agent)
+}
+
+fn request(c: &Coordinator, name: &str, program: &str, environment: Value) -> Value {
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    r["TrainingJobName"] = json!(name);
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "step", "Regex": "step=([0-9]+)"}]);
+    r["OutputDataConfig"]["S3OutputPath"] = json!("s3://trainyard-output/models/");
+    r["Environment"] = environment;
+    r["StoppingCondition"] = json!({"MaxRuntimeInSeconds": 300});
+    let _ = c;
+    r
+}
+
+fn spot(mut r: Value, name: &str, max_runtime: u32, max_wait: u32) -> Value {
+    r["EnableManagedSpotTraining"] = json!(true);
+    r["StoppingCondition"] = json!({"MaxRuntimeInSeconds": max_runtime, "MaxWaitTimeInSeconds": max_wait});
+    r["CheckpointConfig"] = json!({"S3Uri": format!("s3://trainyard-output/checkpoints/{name}/")});
+    r
+}
+
+fn submit(c: &Coordinator, request: &Value) {
+    let name = request["TrainingJobName"].as_str().expect("name");
+    let file = c.write(&format!("{name}.json"), &request.to_string());
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+}
+
+fn ended(c: &Coordinator, name: &str, within: Duration) -> Value {
+    c.wait_json_for(within, &["training-jobs", "describe", name], |d| {
+        !matches!(d["TrainingJobStatus"].as_str(), Some("InProgress" | "Stopping"))
+    })
+}
+
+fn statuses(described: &Value) -> Vec<String> {
+    described["SecondaryStatusTransitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["Status"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The number after the last `prefix` in `text`.
+fn last_number_after(text: &str, prefix: &str) -> u32 {
+    text.rsplit(prefix)
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {prefix} in {text}"))
+}
+
+fn an_on_demand_job_interrupts_a_spot_job_which_resumes_from_its_checkpoint(backend: Backend) {
+    let (c, _agent) = one_slot_cluster(backend);
+    let counter = c.install_program("counter.sh", COUNTER);
+    let sleeper = c.install_program("sleeper.sh", SLEEPER);
+
+    // The spot job fills the cluster and gets going.
+    submit(&c, &spot(request(&c, "spot-counter", &counter, json!({"TARGET": "60"})), "spot-counter", 300, 900));
+    c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "spot-counter"], |d| {
+        d["SecondaryStatus"] == "Training"
+    });
+    let started = Instant::now();
+    while !c.logs("spot-counter").contains("step=5\n") {
+        assert!(started.elapsed() < Duration::from_secs(60), "the spot job does not count: {}", c.logs("spot-counter"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A job that is not spot arrives on the full cluster and starts within seconds.
+    let submitted = Instant::now();
+    submit(&c, &request(&c, "urgent", &sleeper, json!({"SECONDS_TO_RUN": "3"})));
+    c.wait_json_for(Duration::from_secs(30), &["training-jobs", "describe", "urgent"], |d| {
+        d["SecondaryStatus"] == "Training" || d["TrainingJobStatus"] != "InProgress"
+    });
+    let waited = submitted.elapsed();
+    assert!(waited < Duration::from_secs(15), "the on-demand job waited {waited:?} for its place");
+    let interrupted = c.json(&["training-jobs", "describe", "spot-counter"]);
+    assert!(
+        statuses(&interrupted).contains(&"Interrupted".to_string()),
+        "the spot job was interrupted: {interrupted:#}"
+    );
+    assert_eq!(interrupted["TrainingJobStatus"], "InProgress", "an interrupted job waits to resume: {interrupted:#}");
+    let urgent = ended(&c, "urgent", Duration::from_secs(60));
+    assert_eq!(urgent["TrainingJobStatus"], "Completed", "{urgent:#}");
+
+    // The spot job resumes once there is room, from where it was, and completes.
+    let done = ended(&c, "spot-counter", Duration::from_secs(120));
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    let logs = c.logs("spot-counter");
+    let saved = last_number_after(&logs, "checkpoint written at step=");
+    assert!(saved >= 5, "the checkpoint was written in the grace period: {logs}");
+    assert_eq!(
+        last_number_after(&logs, "resumed at step="),
+        saved,
+        "the second run restored the checkpoint the first one wrote: {logs}"
+    );
+    assert!(logs.contains(&format!("step={}\n", saved + 1)), "it went on from there: {logs}");
+    assert_eq!(logs.matches("step=1\n").count(), 1, "it did not start over: {logs}");
+    assert!(logs.contains("finished at step=60"), "{logs}");
+    let checkpoint = c.output_dir().join("checkpoints/spot-counter/step");
+    assert_eq!(std::fs::read_to_string(&checkpoint).expect("checkpoint").trim(), "60");
+
+    // Its history: trained, interrupted, waited, trained again, completed.
+    let history = statuses(&done);
+    let interruption = history.iter().position(|s| s == "Interrupted").expect("Interrupted in the history");
+    assert!(history[..interruption].contains(&"Training".to_string()), "{history:?}");
+    assert!(history[interruption..].contains(&"Pending".to_string()), "{history:?}");
+    assert!(history[interruption..].contains(&"Training".to_string()), "{history:?}");
+    assert_eq!(history.last().map(String::as_str), Some("Completed"), "{history:?}");
+
+    // It was billed for the time it trained, not for the time it waited for the urgent job.
+    let billable = done["BillableTimeInSeconds"].as_i64().expect("BillableTimeInSeconds");
+    let training = done["TrainingTimeInSeconds"].as_i64().expect("TrainingTimeInSeconds");
+    assert!(billable >= 12 && billable < training, "billable {billable} s, training {training} s");
+    let table = c.cli(&["training-jobs", "describe", "spot-counter"]);
+    assert!(table.stdout().contains("Managed spot training savings"), "{}", table.stdout());
+    assert_eq!(urgent["BillableTimeInSeconds"], urgent["TrainingTimeInSeconds"], "{urgent:#}");
+}
+
+fn max_wait_time_ends_a_spot_job_that_waited_and_ran_too_long(backend: Backend) {
+    let (c, _agent) = one_slot_cluster(backend);
+    let counter = c.install_program("counter.sh", COUNTER);
+    let sleeper = c.install_program("sleeper.sh", SLEEPER);
+
+    // The spot job waits about 5 s behind a job that is not spot (spot jobs never preempt), then
+    // runs; 20 s after it was created it has to stop, although its runtime is not over.
+    submit(&c, &request(&c, "blocker", &sleeper, json!({"SECONDS_TO_RUN": "5"})));
+    c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "blocker"], |d| {
+        d["SecondaryStatus"] == "Training"
+    });
+    submit(&c, &spot(request(&c, "patient", &counter, json!({"TARGET": "100000"})), "patient", 20, 20));
+    let waiting = c.json(&["training-jobs", "describe", "patient"]);
+    assert_eq!(waiting["TrainingJobStatus"], "InProgress");
+    let blocker = ended(&c, "blocker", Duration::from_secs(60));
+    assert_eq!(blocker["TrainingJobStatus"], "Completed", "a spot job never preempts: {blocker:#}");
+
+    let done = ended(&c, "patient", Duration::from_secs(60));
+    assert_eq!(done["TrainingJobStatus"], "Stopped", "{done:#}");
+    assert_eq!(done["SecondaryStatus"], "MaxWaitTimeExceeded", "{done:#}");
+    let logs = c.logs("patient");
+    assert!(logs.contains("checkpoint written at step="), "it was stopped with a grace period: {logs}");
+    // The last model and the checkpoints are kept.
+    assert!(
+        done["ModelArtifacts"]["S3ModelArtifacts"].as_str().is_some_and(|m| m.ends_with("model.tar.gz")),
+        "{done:#}"
+    );
+    assert!(c.output_dir().join("checkpoints/patient/step").exists());
+    let created = done["CreationTime"].as_f64().expect("CreationTime");
+    let ended_at = done["TrainingEndTime"].as_f64().expect("TrainingEndTime");
+    assert!((20.0..40.0).contains(&(ended_at - created)), "ended {} s after it was created", ended_at - created);
+}
+
+/// The counter, with a checkpoint directory per trial (trials of one definition share its
+/// CheckpointConfig).
+fn trial_counter() -> String {
+    COUNTER.replace(
+        r#"ck="$SM_CHECKPOINT_DIR/step""#,
+        r#"mkdir -p "$SM_CHECKPOINT_DIR/$TRAINING_JOB_NAME"; ck="$SM_CHECKPOINT_DIR/$TRAINING_JOB_NAME/step""#,
+    )
+}
+
+/// The [start, end) of each time the job trained, in seconds.
+fn training_spans(described: &Value) -> Vec<(f64, f64)> {
+    described["SecondaryStatusTransitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["Status"] == "Training")
+        .map(|t| (t["StartTime"].as_f64().unwrap_or_default(), t["EndTime"].as_f64().unwrap_or(f64::MAX)))
+        .collect()
+}
+
+fn trials_of_a_spot_tuning_job_give_way_resume_and_stay_within_max_parallel(backend: Backend) {
+    let c = Coordinator::start_on(backend);
+    // Room for two ml.m5.large, or one ml.m5.xlarge.
+    let _agent = c.start_agent(
+        "two-slots",
+        &["--advertise-vcpus", "4", "--advertise-memory-mib", "16384", "--stop-grace-seconds", "10"],
+        &[],
+    );
+    let counter = c.install_program("trial-counter.sh", &trial_counter());
+    let sleeper = c.install_program("sleeper.sh", SLEEPER);
+
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    r["HyperParameterTuningJobName"] = json!("spot-tuning");
+    let config = &mut r["HyperParameterTuningJobConfig"];
+    config["HyperParameterTuningJobObjective"] = json!({"Type": "Maximize", "MetricName": "step"});
+    config["ResourceLimits"] = json!({"MaxNumberOfTrainingJobs": 3, "MaxParallelTrainingJobs": 1});
+    config["ParameterRanges"] = json!({
+        "ContinuousParameterRanges": [{"Name": "x", "MinValue": "0", "MaxValue": "1", "ScalingType": "Linear"}]
+    });
+    let def = &mut r["TrainingJobDefinition"];
+    def["AlgorithmSpecification"]["TrainingImage"] = json!(counter);
+    def["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "step", "Regex": "step=([0-9]+)"}]);
+    def["OutputDataConfig"]["S3OutputPath"] = json!("s3://trainyard-output/models/");
+    def["Environment"] = json!({"TARGET": "25"});
+    def["EnableManagedSpotTraining"] = json!(true);
+    def["StoppingCondition"] = json!({"MaxRuntimeInSeconds": 300, "MaxWaitTimeInSeconds": 900});
+    def["CheckpointConfig"] = json!({"S3Uri": "s3://trainyard-output/checkpoints/spot-tuning/"});
+    let file = c.write("spot-tuning.json", &r.to_string());
+    c.cli(&["tuning-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+
+    // The first trial counts; a job that needs the whole agent arrives.
+    let listed = c.wait_json(&["tuning-jobs", "trials", "spot-tuning"], |t| {
+        t["TrainingJobSummaries"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    let first = listed["TrainingJobSummaries"][0]["TrainingJobName"].as_str().expect("name").to_string();
+    let first = first.as_str();
+    let started = Instant::now();
+    while !c.logs(first).contains("step=3\n") {
+        assert!(started.elapsed() < Duration::from_secs(60), "the first trial does not count: {}", c.logs(first));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut big = request(&c, "whole-agent", &sleeper, json!({"SECONDS_TO_RUN": "3"}));
+    big["ResourceConfig"]["InstanceType"] = json!("ml.m5.xlarge");
+    submit(&c, &big);
+    let big = ended(&c, "whole-agent", Duration::from_secs(60));
+    assert_eq!(big["TrainingJobStatus"], "Completed", "{big:#}");
+
+    let tuning = c.wait_json_for(Duration::from_secs(180), &["tuning-jobs", "describe", "spot-tuning"], |d| {
+        d["HyperParameterTuningJobStatus"] != "InProgress"
+    });
+    assert_eq!(tuning["HyperParameterTuningJobStatus"], "Completed", "{tuning:#}");
+    assert_eq!(tuning["TrainingJobStatusCounters"]["Completed"], 3, "{tuning:#}");
+    assert_eq!(tuning["ObjectiveStatusCounters"]["Succeeded"], 3, "{tuning:#}");
+
+    let listed = c.json(&["tuning-jobs", "trials", "spot-tuning", "--max-results", "10"]);
+    let mut names: Vec<String> = listed["TrainingJobSummaries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["TrainingJobName"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 3, "{listed:#}");
+    assert_eq!(names[0], first);
+    let trials: Vec<Value> = names.iter().map(|n| c.json(&["training-jobs", "describe", n])).collect();
+    let first_described = &trials[0];
+    assert!(statuses(first_described).contains(&"Interrupted".to_string()), "{first_described:#}");
+    let logs = c.logs(first);
+    assert_eq!(
+        last_number_after(&logs, "resumed at step="),
+        last_number_after(&logs, "checkpoint written at step="),
+        "the trial resumed from its own checkpoint: {logs}"
+    );
+    assert_eq!(first_described["FinalMetricDataList"][0]["Value"].as_f64(), Some(25.0), "{first_described:#}");
+    // MaxParallelTrainingJobs does not count the interrupted trial: the second was launched while
+    // the first waited to resume...
+    let second_created = trials[1]["CreationTime"].as_f64().expect("CreationTime");
+    let resumed = training_spans(first_described).get(1).map(|s| s.0).expect("the first trial trained twice");
+    assert!(second_created < resumed, "trial 2 created at {second_created}, trial 1 resumed at {resumed}");
+    // ...and yet never more than one trial trained at a time, though the agent had room for two.
+    let mut spans: Vec<(f64, f64)> = trials.iter().flat_map(training_spans).collect();
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for pair in spans.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "two trials trained at once: {spans:?}\n{}", c.daemon.log());
+    }
+}
+
+on_both_backends!(
+    an_on_demand_job_interrupts_a_spot_job_which_resumes_from_its_checkpoint,
+    max_wait_time_ends_a_spot_job_that_waited_and_ran_too_long,
+    trials_of_a_spot_tuning_job_give_way_resume_and_stay_within_max_parallel,
+);
