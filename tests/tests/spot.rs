@@ -297,7 +297,48 @@ fn trials_of_a_spot_tuning_job_give_way_resume_and_stay_within_max_parallel(back
     }
 }
 
+fn a_spot_gang_is_interrupted_whole_and_resumes_whole(backend: Backend) {
+    let c = Coordinator::start_on(backend);
+    let slot = ["--advertise-vcpus", "2", "--advertise-memory-mib", "8192", "--stop-grace-seconds", "10"];
+    let _left = c.start_agent("left", &slot, &[]);
+    let _right = c.start_agent("right", &slot, &[]);
+    // Each instance keeps its own checkpoint (they share the job's CheckpointConfig).
+    let program = COUNTER.replace(
+        r#"ck="$SM_CHECKPOINT_DIR/step""#,
+        r#"mkdir -p "$SM_CHECKPOINT_DIR/$SM_CURRENT_HOST"; ck="$SM_CHECKPOINT_DIR/$SM_CURRENT_HOST/step""#,
+    );
+    let counter = c.install_program("gang-counter.sh", &program);
+    let sleeper = c.install_program("sleeper.sh", SLEEPER);
+    let mut gang = spot(request(&c, "gang", &counter, json!({"TARGET": "40"})), "gang", 300, 900);
+    gang["ResourceConfig"]["InstanceCount"] = json!(2);
+    submit(&c, &gang);
+    let started = Instant::now();
+    while c.logs("gang").matches("step=3\n").count() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the gang does not count: {}", c.logs("gang"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // One instance's place is needed; the whole gang gives way, never half of it.
+    submit(&c, &request(&c, "single", &sleeper, json!({"SECONDS_TO_RUN": "3"})));
+    let single = ended(&c, "single", Duration::from_secs(60));
+    assert_eq!(single["TrainingJobStatus"], "Completed", "{single:#}");
+    let logs = c.logs("gang");
+    assert_eq!(logs.matches("checkpoint written at step=").count(), 2, "both instances were interrupted: {logs}");
+
+    let done = ended(&c, "gang", Duration::from_secs(120));
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    assert_eq!(statuses(&done).iter().filter(|s| *s == "Interrupted").count(), 1, "{done:#}");
+    let logs = c.logs("gang");
+    assert_eq!(logs.matches("resumed at step=").count(), 2, "both instances resumed: {logs}");
+    assert_eq!(logs.matches("finished at step=40").count(), 2, "{logs}");
+    for host in ["algo-1", "algo-2"] {
+        let checkpoint = c.output_dir().join(format!("checkpoints/gang/{host}/step"));
+        assert_eq!(std::fs::read_to_string(&checkpoint).expect("checkpoint").trim(), "40", "{host}");
+    }
+}
+
 on_both_backends!(
+    a_spot_gang_is_interrupted_whole_and_resumes_whole,
     an_on_demand_job_interrupts_a_spot_job_which_resumes_from_its_checkpoint,
     max_wait_time_ends_a_spot_job_that_waited_and_ran_too_long,
     trials_of_a_spot_tuning_job_give_way_resume_and_stay_within_max_parallel,

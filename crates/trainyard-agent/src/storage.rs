@@ -220,7 +220,14 @@ impl Storage {
     /// Stores every regular file beneath `dir` (a job-writable directory, relative to `work`)
     /// below `uri` (a prefix), keeping relative paths. Links are never followed: a link, a FIFO or
     /// a device is left out and named in the returned list.
-    pub async fn put_tree(&self, work: &Confined, dir: &Path, uri: &str) -> Result<(usize, Vec<PathBuf>), String> {
+    /// With `modified_since`, files not modified since then are left out (not counted either).
+    pub async fn put_tree(
+        &self,
+        work: &Confined,
+        dir: &Path,
+        uri: &str,
+        modified_since: Option<std::time::SystemTime>,
+    ) -> Result<(usize, Vec<PathBuf>), String> {
         let base = uri.trim_end_matches('/');
         let (mut count, mut skipped) = (0, Vec::new());
         for entry in work.walk(dir).map_err(|e| format!("listing {}: {e}", dir.display()))? {
@@ -228,6 +235,12 @@ impl Storage {
                 Entry::Directory(_) => {}
                 Entry::File { path, .. } => {
                     let file = work.open_file(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+                    if let Some(since) = modified_since {
+                        let modified = file.metadata().and_then(|m| m.modified());
+                        if modified.is_ok_and(|m| m < since) {
+                            continue;
+                        }
+                    }
                     let relative = path.strip_prefix(dir).map_err(|e| e.to_string())?.to_string_lossy().into_owned();
                     self.put_reader(file, &format!("{base}/{relative}")).await?;
                     count += 1;

@@ -280,6 +280,9 @@ pub async fn run(
     let staging = std::time::Instant::now();
     let prepared = prepare::prepare(&spec, settings, &dir).await;
     settings.metrics.staging_seconds.observe(staging.elapsed().as_secs_f64());
+    // Checkpoints not written since (restored ones, other instances' among them) are not synced
+    // back: a stale copy must never overwrite what another instance wrote.
+    let restored_before = std::time::SystemTime::now();
     let outcome = match prepared {
         Err(reason) => Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
         Ok(prepared) => {
@@ -314,13 +317,21 @@ pub async fn run(
     let mut failure = outcome.failure.clone();
     let mut state = outcome.state;
     let fenced = *stop.borrow() == Some(StopReason::Fence);
-    if dir.join("model").exists() && spec.instance == 1 && !fenced {
-        reporter.update(InstanceState::Uploading, "Uploading generated training model", Vec::new());
+    // The model and output come from algo-1; checkpoints from every instance, as SageMaker syncs
+    // each instance's /opt/ml/checkpoints (a resumed gang needs all of them).
+    let uploads_model = spec.instance == 1;
+    if dir.join("model").exists() && !fenced && (uploads_model || upload::has_checkpoints(&spec)) {
+        let message = if uploads_model { "Uploading generated training model" } else { "Syncing checkpoints" };
+        reporter.update(InstanceState::Uploading, message, Vec::new());
         let uploading = std::time::Instant::now();
-        let uploaded = upload::upload(&spec, settings, &dir).await;
+        let uploaded = if uploads_model {
+            upload::upload(&spec, settings, &dir, restored_before).await.map(Some)
+        } else {
+            upload::sync_checkpoints(&spec, settings, &dir, restored_before).await.map(|()| None)
+        };
         settings.metrics.upload_seconds.observe(uploading.elapsed().as_secs_f64());
         match uploaded {
-            Ok(uri) => model_artifacts = Some(uri),
+            Ok(uri) => model_artifacts = uri,
             Err(reason) => {
                 if state == InstanceState::Completed {
                     state = InstanceState::Failed;

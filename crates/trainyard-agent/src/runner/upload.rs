@@ -2,6 +2,7 @@
 //! everything read from the work dir without following a link the job planted.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use tracing::warn;
 
@@ -10,8 +11,13 @@ use crate::confined::Confined;
 use crate::storage;
 
 /// Packs `model/` (and `output/data/` when it has files) under `<S3OutputPath>/<job>/output/` and
-/// syncs checkpoints; returns the model's URI.
-pub(super) async fn upload(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result<String, String> {
+/// syncs the checkpoints written since `since`; returns the model's URI.
+pub(super) async fn upload(
+    spec: &InstanceSpec,
+    settings: &Settings,
+    dir: &Path,
+    since: SystemTime,
+) -> Result<String, String> {
     let output = spec
         .request
         .output_data_config
@@ -28,15 +34,42 @@ pub(super) async fn upload(spec: &InstanceSpec, settings: &Settings, dir: &Path)
             .await
             .map_err(|e| format!("{e} (output data)"))?;
     }
+    put_checkpoints(spec, settings, &work, since).await?;
+    Ok(uri)
+}
+
+/// Whether the job keeps checkpoints (CheckpointConfig).
+pub(super) fn has_checkpoints(spec: &InstanceSpec) -> bool {
+    spec.request.checkpoint_config.as_ref().and_then(|c| c.s3_uri.as_ref()).is_some()
+}
+
+/// Syncs the instance's checkpoints only (those written since `since`): what every instance but
+/// algo-1 uploads.
+pub(super) async fn sync_checkpoints(
+    spec: &InstanceSpec,
+    settings: &Settings,
+    dir: &Path,
+    since: SystemTime,
+) -> Result<(), String> {
+    let work = Confined::open(dir).map_err(|e| format!("opening the work dir: {e}"))?;
+    put_checkpoints(spec, settings, &work, since).await
+}
+
+async fn put_checkpoints(
+    spec: &InstanceSpec,
+    settings: &Settings,
+    work: &Confined,
+    since: SystemTime,
+) -> Result<(), String> {
     if let Some(checkpoints) = spec.request.checkpoint_config.as_ref().and_then(|c| c.s3_uri.clone()) {
         let (_, skipped) = settings
             .storage
-            .put_tree(&work, Path::new("checkpoints"), &checkpoints)
+            .put_tree(work, Path::new("checkpoints"), &checkpoints, Some(since))
             .await
             .map_err(|e| format!("syncing checkpoints to {checkpoints}: {e}"))?;
         warn_skipped(spec, "checkpoints", &skipped);
     }
-    Ok(uri)
+    Ok(())
 }
 
 /// Packs `dir` of the work dir into a tar.gz at `uri`. The archive is built in the agent's own
