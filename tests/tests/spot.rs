@@ -1,7 +1,8 @@
 //! Managed spot training on our own hosts: a job that is not spot interrupts spot jobs when it
 //! cannot start otherwise; the interrupted job writes a checkpoint in its grace period, waits, and
-//! resumes from it; MaxWaitTimeInSeconds ends a spot job that waited too long. Real coordinator,
-//! real agent, real programs, on both backends.
+//! resumes from it; MaxWaitTimeInSeconds ends a spot job that waited too long. And priorities
+//! (`trainyard:priority`): served first, bounded by the operator. Real coordinator, real agent,
+//! real programs, on both backends.
 
 use std::time::{Duration, Instant};
 
@@ -337,7 +338,46 @@ fn a_spot_gang_is_interrupted_whole_and_resumes_whole(backend: Backend) {
     }
 }
 
+fn a_higher_priority_goes_first_within_the_limit_the_operator_set(backend: Backend) {
+    let config_dir = tempfile::tempdir().expect("dir");
+    let config = config_dir.path().join("coordinator.toml");
+    std::fs::write(&config, "[limits]\nmax_job_priority = 10\n").expect("write");
+    let c = Coordinator::start_on_with_args(backend, &["--config", config.to_str().expect("utf-8")]);
+    let _agent = c.start_agent("one-slot", &["--advertise-vcpus", "2", "--advertise-memory-mib", "8192"], &[]);
+    let sleeper = c.install_program("sleeper.sh", SLEEPER);
+    let tagged = |name: &str, priority: &str| {
+        let mut r = request(&c, name, &sleeper, json!({"SECONDS_TO_RUN": "1"}));
+        r["Tags"] = json!([{"Key": "team", "Value": "research"}, {"Key": "trainyard:priority", "Value": priority}]);
+        r
+    };
+
+    // Above the operator's limit, or not a number: refused, naming the field and the limit.
+    for (value, expected) in [("50", "from -100 to 10"), ("urgent", "must be an integer from -100 to 100")] {
+        let file = c.write("refused.json", &tagged("refused", value).to_string());
+        let out = c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]);
+        assert_ne!(out.code(), 0, "{value} accepted");
+        assert!(out.stderr().contains("Tags[1].Value") && out.stderr().contains(expected), "{}", out.stderr());
+    }
+    let listed = c.json(&["training-jobs", "list"]);
+    assert_eq!(listed["TrainingJobSummaries"], json!([]), "nothing stored from a refused request");
+
+    // Behind a running job, a normal job and then a high one wait; the high one goes first.
+    submit(&c, &request(&c, "running", &sleeper, json!({"SECONDS_TO_RUN": "3"})));
+    c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "running"], |d| {
+        d["SecondaryStatus"] == "Training"
+    });
+    submit(&c, &tagged("normal", "0"));
+    submit(&c, &tagged("high", "10"));
+    let normal = ended(&c, "normal", Duration::from_secs(60));
+    let high = ended(&c, "high", Duration::from_secs(60));
+    assert_eq!((&normal["TrainingJobStatus"], &high["TrainingJobStatus"]), (&json!("Completed"), &json!("Completed")));
+    let (normal_start, high_start) =
+        (normal["TrainingStartTime"].as_f64().expect("start"), high["TrainingStartTime"].as_f64().expect("start"));
+    assert!(high_start < normal_start, "high started at {high_start}, normal at {normal_start}");
+}
+
 on_both_backends!(
+    a_higher_priority_goes_first_within_the_limit_the_operator_set,
     a_spot_gang_is_interrupted_whole_and_resumes_whole,
     an_on_demand_job_interrupts_a_spot_job_which_resumes_from_its_checkpoint,
     max_wait_time_ends_a_spot_job_that_waited_and_ran_too_long,

@@ -6,7 +6,9 @@
 //! * trials per second: a tuning job of programs that exit at once;
 //! * overhead: a tuning job of 1-second programs, wall time against the ideal
 //!   (trials / parallel × 1 s);
-//! * lost agent: how long after `kill -9` the coordinator reports the agent lost (default settings).
+//! * lost agent: how long after `kill -9` the coordinator reports the agent lost (default settings);
+//! * preemption: on a cluster full of spot jobs, from the CreateTrainingJob call of a job that is
+//!   not spot to the moment its program runs (a spot job interrupted for it first).
 
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -53,8 +55,10 @@ pub(crate) async fn cluster(agent_args: &[&str]) -> anyhow::Result<Cluster> {
     let address = format!("127.0.0.1:{}", coordinator.port);
     let programs = crate::programs_dir()?;
     let program_dir = programs.path().to_path_buf();
-    // Trivial programs: print the start time (ns), optionally sleep, exit 0.
-    for (name, body) in [("quick", ""), ("second", "sleep 1\n")] {
+    // Trivial programs: print the start time (ns), optionally sleep, exit 0; "held" runs until it
+    // is stopped, and stops at once.
+    let held = "trap 'exit 143' TERM\nsleep 600 & wait $!\n";
+    for (name, body) in [("quick", ""), ("second", "sleep 1\n"), ("held", held)] {
         let path = program_dir.join(name);
         std::fs::write(
             &path,
@@ -71,15 +75,17 @@ pub(crate) async fn cluster(agent_args: &[&str]) -> anyhow::Result<Cluster> {
         .arg("--work-root")
         .arg(dir.path().join("agent"))
         .arg("--host-programs")
-        .arg("--advertise-vcpus")
-        .arg("256")
-        .arg("--advertise-memory-mib")
-        .arg("4194304")
         .arg("--bucket")
         .arg(format!("trainyard-examples={}", concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/examples/data")))
         .arg("--bucket")
         .arg(format!("trainyard-output={}", dir.path().join("output").display()))
         .args(agent_args)
+        // Room for everything, unless the caller says how much.
+        .args(if agent_args.contains(&"--advertise-vcpus") {
+            &[][..]
+        } else {
+            &["--advertise-vcpus", "256", "--advertise-memory-mib", "4194304"][..]
+        })
         .envs(coordinator.env())
         .env("RUST_LOG", "warn");
     let agent = Daemon::spawn("agent", agent, dir.path());
@@ -249,6 +255,77 @@ pub async fn run() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("{:<44} {:>9.1} s", "kill -9 of an agent -> declared lost", killed.elapsed().as_secs_f64());
+    c.coordinator.daemon.assert_running();
+    drop(c);
+    preemption().await
+}
+
+/// On an agent full of spot jobs (four ml.m5.large that stop at once on SIGTERM), a job that is not
+/// spot is submitted: from the call to its program running, a spot job being interrupted first.
+async fn preemption() -> anyhow::Result<()> {
+    let mut c =
+        cluster(&["--advertise-vcpus", "8", "--advertise-memory-mib", "32768", "--stop-grace-seconds", "30"]).await?;
+    let mut training = TrainingClient::new(c.channel.clone());
+    let held = c.program_dir.join("held").display().to_string();
+    let quick = c.program_dir.join("quick").display().to_string();
+    let spots: Vec<String> = (0..4).map(|i| format!("spot-{i}")).collect();
+    for name in &spots {
+        let mut r = training_request(name, &held)?;
+        r.enable_managed_spot_training = Some(true);
+        r.stopping_condition = Some(api::StoppingCondition {
+            max_runtime_in_seconds: Some(3600),
+            max_wait_time_in_seconds: Some(7200),
+            ..Default::default()
+        });
+        training.create_training_job(pb::CreateTrainingJobRequest::from(r)).await?;
+    }
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        // Full again: every spot job trains (the one interrupted last time has resumed).
+        let filled = Instant::now();
+        loop {
+            let mut training_now = 0;
+            for name in &spots {
+                let d = training
+                    .describe_training_job(pb::DescribeTrainingJobRequest { training_job_name: Some(name.clone()) })
+                    .await?
+                    .into_inner();
+                training_now += usize::from(d.secondary_status.as_deref() == Some("Training"));
+            }
+            if training_now == spots.len() {
+                break;
+            }
+            if filled.elapsed() > Duration::from_secs(60) {
+                bail!("the spot jobs did not all train again");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let name = format!("on-demand-{i}");
+        let submitted = now_ns();
+        training.create_training_job(pb::CreateTrainingJobRequest::from(training_request(&name, &quick)?)).await?;
+        let d = wait_training(&mut training, &name).await?;
+        if d.training_job_status.as_deref() != Some("Completed") {
+            bail!("{name} ended {:?}: {:?}", d.training_job_status, d.failure_reason);
+        }
+        let logs = training
+            .get_training_job_logs(pb::GetTrainingJobLogsRequest {
+                training_job_name: name,
+                after_sequence: 0,
+                max_lines: 10,
+            })
+            .await?
+            .into_inner();
+        let started: u128 = logs
+            .lines
+            .iter()
+            .find_map(|l| l.text.strip_prefix("started=")?.trim().parse().ok())
+            .context("the program printed its start time")?;
+        latencies.push(started.saturating_sub(submitted) as f64 / 1e6);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    println!("{:<44} {:>9.1} ms", "full cluster: on-demand submit -> running, p50", pct(0.5));
+    println!("{:<44} {:>9.1} ms", "full cluster: on-demand submit -> running, max", pct(1.0));
     c.coordinator.daemon.assert_running();
     Ok(())
 }

@@ -108,10 +108,13 @@ impl BenchCoordinator {
 }
 
 /// Where the benchmarks' training programs live: readable and executable by every user (each
-/// instance runs as a uid of its own) and outside /tmp (instances see a /tmp of their own).
+/// instance runs as a uid of its own) and outside /tmp and /var/tmp (instances see their own).
 fn programs_dir() -> anyhow::Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new().prefix("trainyard-bench-programs-").tempdir_in("/var/tmp")?;
+    let parent = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/bench-programs"));
+    std::fs::create_dir_all(parent)?;
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
+    let dir = tempfile::Builder::new().prefix("programs-").tempdir_in(parent)?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
     Ok(dir)
 }

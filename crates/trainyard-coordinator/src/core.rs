@@ -328,7 +328,7 @@ impl Coordinator {
     ) -> Result<api::CreateTrainingJobResponse, DomainError> {
         caller.require(Scope::Submit, "CreateTrainingJob")?;
         self.roles.may_pass(request.role_arn.as_deref(), caller)?;
-        let mut violations = match rules::check_create_training_job(&request, &self.catalog) {
+        let mut violations = match rules::check_create_training_job(&request, &self.catalog, &self.limits) {
             Ok(()) => Vec::new(),
             Err(DomainError::Validation(v)) => v,
             Err(other) => return Err(other),

@@ -26,6 +26,8 @@ pub struct ServiceLimits {
     pub max_training_jobs_per_tuning_job: i64,
     /// The Random strategy may run more trials.
     pub max_training_jobs_per_random_tuning_job: i64,
+    /// The highest `trainyard:priority` a job may have (see `priority`).
+    pub max_job_priority: i32,
 }
 
 impl Default for ServiceLimits {
@@ -35,6 +37,7 @@ impl Default for ServiceLimits {
             max_parallel_training_jobs_per_tuning_job: 100,
             max_training_jobs_per_tuning_job: 750,
             max_training_jobs_per_random_tuning_job: 10_000,
+            max_job_priority: 0,
         }
     }
 }
@@ -51,6 +54,7 @@ pub fn check_create_tuning_job(
     limits: &ServiceLimits,
 ) -> Result<(), DomainError> {
     let mut v = request.violations();
+    crate::priority::rules(request.tags.as_ref(), "Tags", limits.max_job_priority, &mut v);
     tuning_job_rules(request, catalog, limits, &mut v);
     for definition in uris::of_tuning_job(request) {
         for violation in uris::violations(&definition.uris) {
@@ -64,8 +68,10 @@ pub fn check_create_tuning_job(
 pub fn check_create_training_job(
     request: &api::CreateTrainingJobRequest,
     catalog: &Catalog,
+    limits: &ServiceLimits,
 ) -> Result<(), DomainError> {
     let mut v = request.violations();
+    crate::priority::rules(request.tags.as_ref(), "Tags", limits.max_job_priority, &mut v);
     if let Some(spec) = &request.algorithm_specification {
         algorithm_rules(
             spec.training_image.as_deref(),

@@ -205,7 +205,12 @@ mod tests {
         assert_eq!(r.training_job_name.as_deref(), Some("t-001-00000000"));
         assert_eq!(r.input_data_config, def.input_data_config);
         // The trial request is itself a valid CreateTrainingJob request.
-        crate::rules::check_create_training_job(&r_again(&tuning), &crate::catalog::Catalog::default()).expect("valid");
+        crate::rules::check_create_training_job(
+            &r_again(&tuning),
+            &crate::catalog::Catalog::default(),
+            &Default::default(),
+        )
+        .expect("valid");
     }
 
     fn r_again(tuning: &api::CreateHyperParameterTuningJobRequest) -> api::CreateTrainingJobRequest {

@@ -23,7 +23,7 @@ fn tuning_violations(request: &Value) -> Vec<Violation> {
 fn training_violations(request: &Value) -> Vec<Violation> {
     let parsed: CreateTrainingJobRequest =
         serde_json::from_value(request.clone()).unwrap_or_else(|e| panic!("request must parse: {e}"));
-    match check_create_training_job(&parsed, &Catalog::default()) {
+    match check_create_training_job(&parsed, &Catalog::default(), &ServiceLimits::default()) {
         Ok(()) => Vec::new(),
         Err(DomainError::Validation(v)) => v,
         Err(other) => panic!("unexpected error {other}"),

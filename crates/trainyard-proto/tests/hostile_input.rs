@@ -23,7 +23,7 @@ fn check_tuning(request: api::CreateHyperParameterTuningJobRequest) {
 }
 
 fn check_training(request: api::CreateTrainingJobRequest) {
-    let _ = check_create_training_job(&request, &Catalog::default());
+    let _ = check_create_training_job(&request, &Catalog::default(), &Default::default());
     let wire = pb::CreateTrainingJobRequest::from(request.clone()).encode_to_vec();
     let decoded = pb::CreateTrainingJobRequest::decode(wire.as_slice()).expect("our own encoding decodes");
     assert_eq!(api::CreateTrainingJobRequest::from(decoded), request);
@@ -90,7 +90,7 @@ proptest! {
             let _ = check_create_tuning_job(&request.into(), &Catalog::default(), &ServiceLimits::default());
         }
         if let Ok(request) = pb::CreateTrainingJobRequest::decode(bytes.as_slice()) {
-            let _ = check_create_training_job(&request.into(), &Catalog::default());
+            let _ = check_create_training_job(&request.into(), &Catalog::default(), &Default::default());
         }
     }
 

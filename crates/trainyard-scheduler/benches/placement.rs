@@ -46,6 +46,8 @@ fn queue(instances: usize) -> Vec<Demand> {
                 needs_isolation: i % 10 == 0,
                 needs_containers: i % 3 == 0,
                 spot: false,
+                priority: 0,
+                user: String::new(),
                 queued_at: i as i64,
             }
         })
@@ -60,8 +62,7 @@ fn main() {
     for (agents, queued) in [(100, 10_000), (1_000, 100_000)] {
         let mut runs = Vec::new();
         for _ in 0..3 {
-            let mut problem =
-                Problem { agents: cluster(agents), queue: queue(queued), running_per_group: Default::default() };
+            let mut problem = Problem { agents: cluster(agents), queue: queue(queued), ..Default::default() };
             let started = Instant::now();
             let decisions = place(&mut problem);
             runs.push((started.elapsed(), decisions));

@@ -9,14 +9,15 @@
 //!    network isolation only goes to agents that can provide it.
 //! 2. **Honest**: a job that no agent could ever hold, even empty, is reported at once with the
 //!    reason, instead of waiting forever.
-//! 3. **Fair**: queued work is served across tuning jobs round-robin by how many instances each
-//!    already runs, oldest first within one; a job that does not fit now does not block smaller
-//!    ones behind it (no head-of-line blocking).
+//! 3. **By priority, then fair**: higher priorities first; within one, spot jobs after the others;
+//!    then users round-robin by how many instances each already runs, then their tuning jobs
+//!    likewise, oldest first within one; a job that does not fit now does not block smaller ones
+//!    behind it (no head-of-line blocking).
+//! 4. **Spot gives way**: a job that is not spot and does not fit may interrupt running spot jobs
+//!    of its priority or lower ([`preemptions`]): whole jobs, the lowest priority, the fewest
+//!    instances and the least work lost first.
 //! 5. **Frugal**: best fit: GPU jobs take the agent with the fewest free GPUs that fits; CPU jobs
 //!    prefer agents without GPUs, then the tightest fit, keeping large holes for large jobs.
-//! 4. **Spot last**: spot jobs are served after all others, and a job that is not spot and does
-//!    not fit may interrupt running spot jobs ([`preemptions`]): whole jobs, the fewest instances
-//!    and the least work lost first.
 //! 6. **Fast**: shapes that failed in a round are remembered, so a long queue of jobs that cannot
 //!    fit costs one lookup each (≥ 50,000 decisions/s with 1,000 agents and 100,000 queued instances,
 //!    measured by `cargo bench -p trainyard-scheduler`).
@@ -62,9 +63,13 @@ pub struct Demand {
     pub needs_containers: bool,
     /// When it was queued (milliseconds); older first within a group.
     pub queued_at: i64,
-    /// A managed spot job (`EnableManagedSpotTraining`): served after every other job, and
-    /// interrupted when another job needs its place ([`preemptions`]).
+    /// A managed spot job (`EnableManagedSpotTraining`): served after every other job of its
+    /// priority, and interrupted when another job needs its place ([`preemptions`]).
     pub spot: bool,
+    /// Higher first (the `trainyard:priority` tag; 0 by default).
+    pub priority: i32,
+    /// Who submitted it: equal priorities are shared fairly between users.
+    pub user: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +99,8 @@ pub struct Problem {
     pub queue: Vec<Demand>,
     /// Instances each group runs already (for fairness).
     pub running_per_group: BTreeMap<String, u32>,
+    /// Instances each user runs already (for fairness between users).
+    pub running_per_user: BTreeMap<String, u32>,
 }
 
 /// Why a queued job is still waiting, for Describe. `None` when it would fit an empty cluster.
@@ -184,49 +191,64 @@ fn shape(d: &Demand) -> Shape {
     (d.vcpus, d.memory_mib, d.disk_mib, d.gpus, d.needs_isolation, d.needs_containers, d.instance_count)
 }
 
-/// Whose turn it is in a round, smallest first: (spot, instances the group runs, queued at,
-/// group, position in the group's queue).
-type Turn = (bool, u32, i64, usize, usize);
+/// Whose turn it is in a round, smallest first: (higher priority, not spot, instances the
+/// user runs, instances the group runs, queued at, group, position in the group's queue).
+type Turn = (Reverse<i32>, bool, u32, u32, i64, usize, usize);
 
 /// One placement round over the whole queue. The problem's agents are updated with what was
 /// taken, so callers (and tests) can check the invariants afterwards.
 pub fn place(problem: &mut Problem) -> Vec<Decision> {
     let mut decisions = Vec::new();
 
-    // Per-group queues, oldest first, spot jobs last.
+    // Per-group queues (a group: a user's tuning job, or a user's standalone jobs), highest
+    // priority first, spot jobs last, then oldest first.
     let mut order: Vec<usize> = (0..problem.queue.len()).collect();
     order.sort_by(|&a, &b| {
         let (x, y) = (&problem.queue[a], &problem.queue[b]);
-        (x.spot, x.queued_at, &x.job).cmp(&(y.spot, y.queued_at, &y.job))
+        (Reverse(x.priority), x.spot, x.queued_at, &x.job).cmp(&(Reverse(y.priority), y.spot, y.queued_at, &y.job))
     });
-    let mut group_index: HashMap<Option<&str>, usize> = HashMap::new();
+    let mut group_index: HashMap<(&str, Option<&str>), usize> = HashMap::new();
     let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
     for i in order {
-        let key = problem.queue[i].group.as_deref();
+        let d = &problem.queue[i];
+        let key = (d.user.as_str(), d.group.as_deref());
         let g = *group_index.entry(key).or_insert_with(|| {
-            let served = key.and_then(|k| problem.running_per_group.get(k)).copied().unwrap_or(0);
+            let served = key.1.and_then(|k| problem.running_per_group.get(k)).copied().unwrap_or(0);
             groups.push((served, Vec::new()));
             groups.len() - 1
         });
         groups[g].1.push(i);
     }
-    // Fairness: always serve the group with the fewest running instances next (ties: oldest head);
-    // a spot job only after every other.
+    let mut user_served: HashMap<&str, u32> = problem
+        .queue
+        .iter()
+        .map(|d| (d.user.as_str(), problem.running_per_user.get(&d.user).copied().unwrap_or(0)))
+        .collect();
+    let turn = |d: &Demand, user: u32, served: u32, g: usize, position: usize| -> Turn {
+        (Reverse(d.priority), d.spot, user, served, d.queued_at, g, position)
+    };
+    // Fairness: always serve the user, then the group, with the fewest running instances next.
     let mut heap: BinaryHeap<Reverse<Turn>> = groups
         .iter()
         .enumerate()
         .map(|(g, (served, items))| {
             let head = &problem.queue[items[0]];
-            Reverse((head.spot, *served, head.queued_at, g, 0))
+            Reverse(turn(head, user_served[head.user.as_str()], *served, g, 0))
         })
         .collect();
 
     let mut failed_shapes: HashSet<Shape> = HashSet::new();
     let mut never: HashMap<Shape, Option<String>> = HashMap::new();
 
-    while let Some(Reverse((_, served, _, g, position))) = heap.pop() {
+    while let Some(Reverse((_, _, user, served, _, g, position))) = heap.pop() {
         let index = groups[g].1[position];
         let demand = &problem.queue[index];
+        // The user was served meanwhile through another group: back in line with the new count.
+        let now_served = user_served[demand.user.as_str()];
+        if now_served != user {
+            heap.push(Reverse(turn(demand, now_served, served, g, position)));
+            continue;
+        }
         let mut placed = 0;
 
         let reason = never.entry(shape(demand)).or_insert_with(|| never_fits(&problem.agents, demand)).clone();
@@ -252,9 +274,12 @@ pub fn place(problem: &mut Problem) -> Vec<Decision> {
                 }
             }
         }
+        let user_now = now_served + placed;
+        if let Some(count) = user_served.get_mut(demand.user.as_str()) {
+            *count = user_now;
+        }
         if let Some(&next) = groups[g].1.get(position + 1) {
-            let next = &problem.queue[next];
-            heap.push(Reverse((next.spot, served + placed, next.queued_at, g, position + 1)));
+            heap.push(Reverse(turn(&problem.queue[next], user_now, served + placed, g, position + 1)));
         }
     }
     decisions

@@ -1,15 +1,18 @@
 //! Preemption: which running spot jobs to interrupt so that a job that is not spot starts now.
 //!
 //! The policy, exactly:
-//! - Only a job that is not spot preempts, only spot jobs are preempted, and only when the job
-//!   does not fit as the cluster is but would fit once some spot jobs are gone.
+//! - Only a job that is not spot preempts, only spot jobs of its priority or lower are preempted,
+//!   and only when the job does not fit as the cluster is but would fit once some are gone.
 //! - A spot job is interrupted whole: every instance of a gang, wherever it runs, never a part.
-//! - Victims are chosen fewest instances first, then least work lost (how long they have run since
-//!   they last started), then by name; a victim that turns out not to be needed is spared again.
+//! - Victims are chosen lowest priority first, then fewest instances, then least work lost (how
+//!   long they have run since they last started), then by name; a victim that turns out not to be
+//!   needed is spared again.
 //! - Spot jobs already being interrupted count as gone, and the capacity they free is reserved for
-//!   the waiting jobs in queue order (oldest first), so that one arrival never interrupts twice
-//!   the work it needs, and a second arrival does not take the first one's place.
+//!   the waiting jobs in queue order (highest priority, then oldest first), so that one arrival
+//!   never interrupts twice the work it needs, and a second arrival does not take the first one's
+//!   place.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 
 use crate::{Agent, Demand, capable, choose, never_fits, take};
@@ -34,6 +37,8 @@ pub struct Preemptible {
     pub lost_work_ms: i64,
     /// It is being interrupted already: what it holds is as good as free.
     pub interrupting: bool,
+    /// Its priority: only a job of this priority or higher interrupts it.
+    pub priority: i32,
 }
 
 /// Interrupt `victims` so that `job` can start.
@@ -53,7 +58,7 @@ pub fn preemptions(agents: &[Agent], waiting: &[Demand], running: &[Preemptible]
         release(&mut cluster, &index, victim);
     }
     let mut order: Vec<&Demand> = waiting.iter().filter(|d| !d.spot).collect();
-    order.sort_by(|x, y| x.queued_at.cmp(&y.queued_at).then_with(|| x.job.cmp(&y.job)));
+    order.sort_by(|x, y| (Reverse(x.priority), x.queued_at, &x.job).cmp(&(Reverse(y.priority), y.queued_at, &y.job)));
 
     let mut taken: BTreeSet<&str> = BTreeSet::new();
     let mut decided = Vec::new();
@@ -70,7 +75,7 @@ pub fn preemptions(agents: &[Agent], waiting: &[Demand], running: &[Preemptible]
         }
         let mut candidates: Vec<&Preemptible> = running
             .iter()
-            .filter(|r| !r.interrupting && !taken.contains(r.job.as_str()))
+            .filter(|r| !r.interrupting && r.priority <= demand.priority && !taken.contains(r.job.as_str()))
             .filter(|r| {
                 r.instances
                     .iter()
@@ -78,7 +83,12 @@ pub fn preemptions(agents: &[Agent], waiting: &[Demand], running: &[Preemptible]
             })
             .collect();
         candidates.sort_by(|x, y| {
-            (x.instances.len(), x.lost_work_ms, &x.job).cmp(&(y.instances.len(), y.lost_work_ms, &y.job))
+            (x.priority, x.instances.len(), x.lost_work_ms, &x.job).cmp(&(
+                y.priority,
+                y.instances.len(),
+                y.lost_work_ms,
+                &y.job,
+            ))
         });
         let Some(victims) = fewest_victims(&cluster, &index, demand, &candidates) else { continue };
         for victim in &victims {

@@ -38,6 +38,8 @@ fn demand(job: &str, group: Option<&str>, count: u32, vcpus: u32, memory_gib: u6
         needs_containers: false,
         queued_at: at,
         spot: false,
+        priority: 0,
+        user: String::new(),
     }
 }
 
@@ -82,6 +84,7 @@ fn run(agents: Vec<Agent>, queue: Vec<Demand>, running: &[(&str, u32)]) -> (Vec<
         agents: agents.clone(),
         queue: queue.clone(),
         running_per_group: running.iter().map(|(g, n)| (g.to_string(), *n)).collect(),
+        ..Default::default()
     };
     let decisions = place(&mut problem);
     sanity_check(&agents, &problem.agents, &queue, &decisions);
@@ -273,6 +276,7 @@ fn running(job: &str, agents: &[&str], vcpus: u32, lost_work_ms: i64) -> Preempt
             .collect(),
         lost_work_ms,
         interrupting: false,
+        priority: 0,
     }
 }
 
@@ -393,4 +397,83 @@ fn what_is_being_interrupted_is_reserved_for_the_oldest_waiting_job() {
     let mut both = second;
     both.interrupting = true;
     assert!(victims(&agents, &[one, two], &[stopping, both]).is_empty());
+}
+
+// ----- priorities and users -----
+
+fn of(mut d: Demand, user: &str, priority: i32) -> Demand {
+    d.user = user.into();
+    d.priority = priority;
+    d
+}
+
+fn placed_jobs(decisions: &[Decision]) -> Vec<String> {
+    decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Place { job, .. } => Some(job.clone()),
+            Decision::Unplaceable { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn higher_priorities_go_first_even_younger_and_spot() {
+    let (_, decisions) = run(
+        vec![agent("a", 2, 8, 0)],
+        vec![
+            of(demand("old-normal", None, 1, 1, 1, 0, 1), "ana", 0),
+            of(spot(demand("young-urgent-spot", None, 1, 1, 1, 0, 50)), "bo", 10),
+            of(demand("background", None, 1, 1, 1, 0, 0), "cy", -5),
+        ],
+        &[],
+    );
+    assert_eq!(placed_jobs(&decisions), ["young-urgent-spot", "old-normal"]);
+}
+
+#[test]
+fn users_of_equal_priority_share_the_cluster_whatever_their_job_counts() {
+    // Ana queued twenty single jobs and a tuning job before Bo queued two; Bo already runs one
+    // instance, Ana none. Six places: Bo gets his two, Ana four (3 + 3 with Bo's running one).
+    let mut queue: Vec<Demand> =
+        (0..20).map(|i| of(demand(&format!("ana-{i:02}"), None, 1, 1, 1, 0, i), "ana", 0)).collect();
+    queue.extend((0..5).map(|i| of(demand(&format!("ana-t{i}"), Some("ana-tuning"), 1, 1, 1, 0, i), "ana", 0)));
+    queue.extend((0..2).map(|i| of(demand(&format!("bo-{i}"), None, 1, 1, 1, 0, 100 + i), "bo", 0)));
+    let mut problem = Problem {
+        agents: vec![agent("a", 6, 64, 0)],
+        queue,
+        running_per_user: BTreeMap::from([("bo".to_string(), 1)]),
+        ..Default::default()
+    };
+    let decisions = place(&mut problem);
+    let jobs = placed_jobs(&decisions);
+    assert_eq!(jobs.iter().filter(|j| j.starts_with("bo-")).count(), 2, "{jobs:?}");
+    let ana = jobs.iter().filter(|j| j.starts_with("ana")).count();
+    assert_eq!(ana, 4, "{jobs:?}");
+    // Within Ana's share her two groups alternate, as tuning jobs always did.
+    assert!(jobs.iter().any(|j| j.starts_with("ana-t")) && jobs.iter().any(|j| j.starts_with("ana-0")), "{jobs:?}");
+}
+
+#[test]
+fn spot_jobs_of_a_higher_priority_are_not_interrupted_for_a_lower_one() {
+    let mut precious = running("precious", &["a"], 2, 1);
+    precious.priority = 5;
+    let mut cheap = running("cheap", &["a"], 2, 1_000_000);
+    cheap.priority = -1;
+    let agents = occupied(vec![agent("a", 4, 8, 0)], &[&precious, &cheap]);
+    // A normal job takes the low-priority spot job's place, though it ran far longer.
+    assert_eq!(
+        victims(&agents, &[demand("normal", None, 1, 2, 1, 0, 1)], &[precious.clone(), cheap.clone()]),
+        vec![("normal".to_string(), vec!["cheap".to_string()])]
+    );
+    // One that needs both places cannot have the precious one: nothing is interrupted in vain.
+    assert!(victims(&agents, &[demand("big", None, 1, 4, 1, 0, 1)], &[precious.clone(), cheap.clone()]).is_empty());
+    // A job of priority 5 may.
+    let mut urgent = demand("urgent", None, 1, 4, 1, 0, 1);
+    urgent.priority = 5;
+    let decided = victims(&agents, &[urgent], &[precious, cheap]);
+    assert_eq!(decided.len(), 1);
+    let mut names = decided[0].1.clone();
+    names.sort();
+    assert_eq!(names, ["cheap", "precious"]);
 }

@@ -116,6 +116,10 @@ struct Running {
     spot: bool,
     /// When it was placed (milliseconds): the work an interruption would lose grows from there.
     placed_at: i64,
+    /// Its `trainyard:priority`.
+    priority: i32,
+    /// Who owns it (fairness between users).
+    user: String,
 }
 
 struct TuningRun {

@@ -38,8 +38,17 @@ impl Loop {
             instances.insert(p.instance, (p.agent.clone(), None));
         }
         let placed_at = job.runs.started.unwrap_or(job.last_modified_time).millis();
-        self.running
-            .insert(job.name.clone(), Running { attempt: job.attempt, instances, spot: demand.spot, placed_at });
+        self.running.insert(
+            job.name.clone(),
+            Running {
+                attempt: job.attempt,
+                instances,
+                spot: demand.spot,
+                placed_at,
+                priority: demand.priority,
+                user: demand.user,
+            },
+        );
         if let Some(other) = &job.runs.interrupting_for {
             self.interrupting.insert(job.name.clone(), other.clone());
         }
@@ -116,6 +125,8 @@ impl Loop {
             ),
             queued_at: job.creation_time.millis(),
             spot: job.is_spot(),
+            priority: trainyard_model::priority::of(job.request.tags.as_ref()),
+            user: job.owner.clone(),
         })
     }
 
@@ -187,6 +198,7 @@ impl Loop {
             agents: self.capacities(),
             queue: self.placeable(),
             running_per_group: self.tuning.iter().map(|(n, t)| (n.clone(), t.active.len() as u32)).collect(),
+            running_per_user: self.running_per_user(),
         };
         if problem.agents.is_empty() {
             return Ok(());
@@ -218,6 +230,16 @@ impl Loop {
             }
         }
         Ok(())
+    }
+
+    /// Instances each user runs (fairness between users).
+    fn running_per_user(&self) -> BTreeMap<String, u32> {
+        let mut per_user = BTreeMap::new();
+        for run in self.running.values() {
+            let live = run.instances.values().filter(|(_, ended)| ended.is_none()).count() as u32;
+            *per_user.entry(run.user.clone()).or_default() += live;
+        }
+        per_user
     }
 
     /// The spot jobs to interrupt so that jobs this pass could not place start (the pure
@@ -258,6 +280,7 @@ impl Loop {
                     .collect(),
                 lost_work_ms: now - r.placed_at,
                 interrupting: self.interrupting.contains_key(job),
+                priority: r.priority,
             })
             .collect();
         trainyard_scheduler::preemptions(&problem.agents, &waiting, &running)
@@ -343,8 +366,14 @@ impl Loop {
             _ => None,
         };
         let d = &queued.demand;
-        let mut run =
-            Running { attempt: job.attempt, instances: BTreeMap::new(), spot: d.spot, placed_at: now().millis() };
+        let mut run = Running {
+            attempt: job.attempt,
+            instances: BTreeMap::new(),
+            spot: d.spot,
+            placed_at: now().millis(),
+            priority: d.priority,
+            user: d.user.clone(),
+        };
         // MaxRuntimeInSeconds bounds its training over all its runs: a resumed spot job gets the rest.
         let mut request = job.request.clone();
         if let (Some(rest), Some(sc)) = (job.remaining_runtime_seconds(), request.stopping_condition.as_mut()) {
