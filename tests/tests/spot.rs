@@ -376,7 +376,45 @@ fn a_higher_priority_goes_first_within_the_limit_the_operator_set(backend: Backe
     assert!(high_start < normal_start, "high started at {high_start}, normal at {normal_start}");
 }
 
+fn an_interruption_survives_a_coordinator_killed_while_the_job_saves(backend: Backend) {
+    let (mut c, agent) = one_slot_cluster(backend);
+    // It takes 4 s to save its checkpoint once asked to stop.
+    let slow_saver = COUNTER.replace("trap 'echo", "trap 'sleep 4; echo");
+    let program = c.install_program("slow-saver.sh", &slow_saver);
+    let sleeper = c.install_program("sleeper.sh", SLEEPER);
+    submit(&c, &spot(request(&c, "slow-saver", &program, json!({"TARGET": "30"})), "slow-saver", 300, 900));
+    let started = Instant::now();
+    while !c.logs("slow-saver").contains("step=3\n") {
+        assert!(started.elapsed() < Duration::from_secs(60), "it does not count: {}", c.logs("slow-saver"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    submit(&c, &request(&c, "urgent", &sleeper, json!({"SECONDS_TO_RUN": "1"})));
+    c.wait_json_for(Duration::from_secs(30), &["training-jobs", "describe", "slow-saver"], |d| {
+        d["SecondaryStatusTransitions"]
+            .as_array()
+            .and_then(|t| t.last())
+            .is_some_and(|t| t["StatusMessage"].as_str().is_some_and(|m| m.starts_with("Interrupting")))
+    });
+    // The decision is stored; the coordinator dies while the program saves, and a new one reads
+    // the stopped instance as the interruption it was, not as a stop.
+    agent.expect_log("coordinator unreachable or stream ended; instances keep running");
+    c.restart(trainyard_testkit::SIGKILL);
+    let urgent = ended(&c, "urgent", Duration::from_secs(60));
+    assert_eq!(urgent["TrainingJobStatus"], "Completed", "{urgent:#}");
+    let done = ended(&c, "slow-saver", Duration::from_secs(120));
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    assert!(statuses(&done).contains(&"Interrupted".to_string()), "{done:#}");
+    let logs = c.logs("slow-saver");
+    assert_eq!(
+        last_number_after(&logs, "resumed at step="),
+        last_number_after(&logs, "checkpoint written at step="),
+        "{logs}"
+    );
+    assert!(logs.contains("finished at step=30"), "{logs}");
+}
+
 on_both_backends!(
+    an_interruption_survives_a_coordinator_killed_while_the_job_saves,
     a_higher_priority_goes_first_within_the_limit_the_operator_set,
     a_spot_gang_is_interrupted_whole_and_resumes_whole,
     an_on_demand_job_interrupts_a_spot_job_which_resumes_from_its_checkpoint,

@@ -66,10 +66,23 @@ impl Loop {
         for update in register.instances {
             self.on_update(&id, update).await?;
         }
-        for (job, instance) in ours {
-            if !reported.contains(&(job.clone(), instance)) {
-                self.instance_lost(&job, instance, &format!("agent {id} restarted and no longer runs it"), None)
+        for (job, instance) in &ours {
+            if !reported.contains(&(job.clone(), *instance)) {
+                self.instance_lost(job, *instance, &format!("agent {id} restarted and no longer runs it"), None)
                     .await?;
+            }
+        }
+        // A stop decided before a coordinator restart may never have reached the agent: the
+        // interruptions and MaxWaitTime stops in the store are asked for again (a second stop of a
+        // stopping instance changes nothing).
+        if let Some(entry) = self.agents.get(&id) {
+            for (job, instance) in ours {
+                let unfinished = self.running.get(&job).is_some_and(|r| {
+                    r.instances.get(&instance).is_some_and(|(agent, ended)| *agent == id && ended.is_none())
+                });
+                if unfinished && (self.interrupting.contains_key(&job) || self.wait_exceeded.contains(&job)) {
+                    send(entry, Down::Stop(pb::StopInstance { training_job_name: job, instance, kill: false }));
+                }
             }
         }
         Ok(())
