@@ -39,7 +39,10 @@ impl Loop {
         let stored = self.c.training_job(job).await?.value;
         let retries =
             stored.request.retry_strategy.as_ref().and_then(|r| r.maximum_retry_attempts).unwrap_or(0).max(0) as u32;
-        if stored.status == TrainingJobStatus::InProgress && stored.retries_spent() < retries {
+        // A spot job that was being interrupted anyway goes back to wait as interrupted: losing
+        // its agent meanwhile spends no retry.
+        let interrupted = self.interrupting.remove(job).is_some();
+        if stored.status == TrainingJobStatus::InProgress && (interrupted || stored.retries_spent() < retries) {
             let wait =
                 fenced_until.map(|t| t.saturating_duration_since(tokio::time::Instant::now())).unwrap_or_default();
             let after = if wait.is_zero() {
@@ -47,11 +50,17 @@ impl Loop {
             } else {
                 format!(" in {} s, once the lost copy has stopped itself", wait.as_secs_f64().ceil() as u64)
             };
-            let message = format!("Retrying (attempt {} of {}){after}: {why}", stored.retries_spent() + 2, retries + 1);
+            let message = if interrupted {
+                format!("Training job interrupted; it resumes from its checkpoints{after} ({why})")
+            } else {
+                format!("Retrying (attempt {} of {}){after}: {why}", stored.retries_spent() + 2, retries + 1)
+            };
             info!(training_job = job, %message, "retrying");
-            self.interrupting.remove(job);
             self.c
                 .update_training_job(job, |j| {
+                    if interrupted {
+                        return j.interrupt(message.clone(), now()).map(|()| true);
+                    }
                     j.attempt += 1;
                     j.placement.clear();
                     j.runs.interrupting_for = None;
@@ -206,11 +215,7 @@ impl Loop {
             .unwrap_or_default();
         self.finish(&job, status, &message, reason, model).await?;
         // Stored: the agents may forget the instances that have ended.
-        for (i, a) in instances {
-            if let Some(entry) = self.agents.get(&a) {
-                send(entry, Down::Forget(pb::ForgetInstance { training_job_name: job.clone(), instance: i }));
-            }
-        }
+        self.forget(&job, instances);
         Ok(())
     }
 
@@ -224,6 +229,18 @@ impl Loop {
             .remove(job)
             .map(|r| r.instances.into_iter().map(|(i, (a, _))| (i, a)).collect())
             .unwrap_or_default();
+        // A trial that early stopping ended meanwhile (on the last metrics of this run) does not
+        // come back.
+        let stored = self.c.training_job(job).await?.value;
+        let stopped_early = stored
+            .tuning_job_name()
+            .and_then(|t| self.tuning.get(t))
+            .is_some_and(|run| run.stopped_early.contains(job));
+        if stopped_early {
+            self.finish(job, SecondaryStatus::Stopped, "Training job stopped", None, None).await?;
+            self.forget(job, instances);
+            return Ok(());
+        }
         let message = format!(
             "Training job interrupted: training job {for_job} needed its place; it resumes from its checkpoints"
         );
@@ -248,12 +265,17 @@ impl Loop {
             }
             None => self.finish(job, SecondaryStatus::Stopped, "Training job stopped", None, None).await?,
         }
+        self.forget(job, instances);
+        Ok(())
+    }
+
+    /// The job's end is stored: its agents may forget these instances.
+    fn forget(&self, job: &str, instances: Vec<(u32, String)>) {
         for (i, a) in instances {
             if let Some(entry) = self.agents.get(&a) {
                 send(entry, Down::Forget(pb::ForgetInstance { training_job_name: job.to_string(), instance: i }));
             }
         }
-        Ok(())
     }
 
     /// Spot jobs past StoppingCondition.MaxWaitTimeInSeconds: a queued one ends at once, a running
