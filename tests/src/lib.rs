@@ -723,3 +723,19 @@ os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
 json.dump({"x": x, "stopped": bool(stopped)}, open(os.path.join(os.environ["SM_MODEL_DIR"], "model.json"), "w"))
 print(f"started={start:.3f} ended={time.time():.3f}", flush=True)
 "#;
+
+/// GET `path` from `address`: the status code and the body.
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else { return (0, String::new()) };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    // HTTP/1.0: the answer comes whole (not chunked) and the connection closes after it.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    if std::io::Write::write_all(&mut stream, request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = std::io::Read::read_to_string(&mut stream, &mut response);
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}

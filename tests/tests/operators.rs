@@ -1,28 +1,11 @@
 //! What operators scrape and probe: both daemons' Prometheus metrics, `/healthz` and `/readyz` on
 //! their `--metrics-listen` addresses, read over real HTTP while a job runs through them.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use serde_json::json;
-use trainyard_e2e::{Backend, Coordinator, TEST_TRAINER, example, on_both_backends};
+use trainyard_e2e::{Backend, Coordinator, TEST_TRAINER, example, http_get as get, on_both_backends};
 use trainyard_testkit::{free_port, nvml, wait_until};
-
-/// GET `path` from `address`: the status code and the body.
-fn get(address: &str, path: &str) -> (u16, String) {
-    let Ok(mut stream) = std::net::TcpStream::connect(address) else { return (0, String::new()) };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    // HTTP/1.0: the answer comes whole (not chunked) and the connection closes after it.
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
 
 /// Debian's Prometheus server, scraping the given targets (job name, address) every second, its
 /// data in a temp dir.

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Backend, Coordinator, example, on_both_backends};
+use trainyard_e2e::{Backend, Coordinator, example, http_get, on_both_backends};
 
 /// Counts to `$TARGET` in steps of 0.2 s, keeping its step in `$SM_CHECKPOINT_DIR/step`: it starts
 /// from there, and writes it (and a partial model) when SIGTERM asks it to stop.
@@ -171,6 +171,16 @@ fn max_wait_time_ends_a_spot_job_that_waited_and_ran_too_long(backend: Backend) 
     submit(&c, &spot(request(&c, "patient", &counter, json!({"TARGET": "100000"})), "patient", 20, 20));
     let waiting = c.json(&["training-jobs", "describe", "patient"]);
     assert_eq!(waiting["TrainingJobStatus"], "InProgress");
+    // One that may wait only 2 s in all ends while it waits, never having started.
+    submit(&c, &spot(request(&c, "impatient", &counter, json!({"TARGET": "1"})), "impatient", 2, 2));
+    let impatient = ended(&c, "impatient", Duration::from_secs(30));
+    assert_eq!(impatient["SecondaryStatus"], "MaxWaitTimeExceeded", "{impatient:#}");
+    assert!(impatient.get("TrainingStartTime").is_none(), "it never started: {impatient:#}");
+    assert_eq!(
+        c.json(&["training-jobs", "describe", "blocker"])["TrainingJobStatus"],
+        "InProgress",
+        "it ended while the blocker still ran"
+    );
     let blocker = ended(&c, "blocker", Duration::from_secs(60));
     assert_eq!(blocker["TrainingJobStatus"], "Completed", "a spot job never preempts: {blocker:#}");
 
@@ -299,7 +309,8 @@ fn trials_of_a_spot_tuning_job_give_way_resume_and_stay_within_max_parallel(back
 }
 
 fn a_spot_gang_is_interrupted_whole_and_resumes_whole(backend: Backend) {
-    let c = Coordinator::start_on(backend);
+    let metrics = format!("127.0.0.1:{}", trainyard_testkit::free_port());
+    let c = Coordinator::start_on_with_args(backend, &["--metrics-listen", &metrics]);
     let slot = ["--advertise-vcpus", "2", "--advertise-memory-mib", "8192", "--stop-grace-seconds", "10"];
     let _left = c.start_agent("left", &slot, &[]);
     let _right = c.start_agent("right", &slot, &[]);
@@ -325,6 +336,9 @@ fn a_spot_gang_is_interrupted_whole_and_resumes_whole(backend: Backend) {
     assert_eq!(single["TrainingJobStatus"], "Completed", "{single:#}");
     let logs = c.logs("gang");
     assert_eq!(logs.matches("checkpoint written at step=").count(), 2, "both instances were interrupted: {logs}");
+    let (status, page) = http_get(&metrics, "/metrics");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.lines().any(|l| l == "trainyard_spot_interruptions_total 1"), "one interruption counted: {page}");
 
     let done = ended(&c, "gang", Duration::from_secs(120));
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
@@ -413,7 +427,79 @@ fn an_interruption_survives_a_coordinator_killed_while_the_job_saves(backend: Ba
     assert!(logs.contains("finished at step=30"), "{logs}");
 }
 
+/// Ten epochs of 0.4 s, resumable (`$SM_CHECKPOINT_DIR/<job>/epoch`). Trials 1–3 score 0 for five
+/// epochs, then 100; later trials score 10 throughout.
+const EPOCHS: &str = r#"#!/bin/sh
+n=$(echo "$TRAINING_JOB_NAME" | sed 's/.*-\([0-9][0-9][0-9]\)-[0-9a-f]*$/\1/')
+dir="$SM_CHECKPOINT_DIR/$TRAINING_JOB_NAME"; mkdir -p "$dir"; ck="$dir/epoch"
+epoch=0
+if [ -f "$ck" ]; then epoch=$(cat "$ck"); echo "resumed at epoch=$epoch"; fi
+trap 'echo "$epoch" > "$ck"; echo "checkpoint written at epoch=$epoch"; exit 143' TERM
+while [ "$epoch" -lt 10 ]; do
+  epoch=$((epoch + 1))
+  if [ "$n" -le 3 ]; then if [ "$epoch" -le 5 ]; then v=0; else v=100; fi; else v=10; fi
+  echo "epoch=$epoch score=$v"
+  sleep 0.4 & wait $!
+done
+echo finished
+"#;
+
+fn the_median_rule_sees_a_resumed_trial_as_one_curve(backend: Backend) {
+    let (c, _agent) = one_slot_cluster(backend);
+    let program = c.install_program("epochs.sh", EPOCHS);
+    let sleeper = c.install_program("sleeper.sh", SLEEPER);
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    r["HyperParameterTuningJobName"] = json!("median");
+    let config = &mut r["HyperParameterTuningJobConfig"];
+    config["HyperParameterTuningJobObjective"] = json!({"Type": "Maximize", "MetricName": "score"});
+    config["ResourceLimits"] = json!({"MaxNumberOfTrainingJobs": 4, "MaxParallelTrainingJobs": 1});
+    config["ParameterRanges"] = json!({
+        "ContinuousParameterRanges": [{"Name": "x", "MinValue": "0", "MaxValue": "1", "ScalingType": "Linear"}]
+    });
+    config["TrainingJobEarlyStoppingType"] = json!("Auto");
+    let def = &mut r["TrainingJobDefinition"];
+    def["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    def["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9]+)"}]);
+    def["OutputDataConfig"]["S3OutputPath"] = json!("s3://trainyard-output/models/");
+    def["EnableManagedSpotTraining"] = json!(true);
+    def["StoppingCondition"] = json!({"MaxRuntimeInSeconds": 300, "MaxWaitTimeInSeconds": 900});
+    def["CheckpointConfig"] = json!({"S3Uri": "s3://trainyard-output/checkpoints/median/"});
+    let file = c.write("median.json", &r.to_string());
+    c.cli(&["tuning-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+
+    // Three trials finish; the fourth is interrupted after its third epoch.
+    let listed = c.wait_json_for(Duration::from_secs(90), &["tuning-jobs", "trials", "median"], |t| {
+        t["TrainingJobSummaries"].as_array().is_some_and(|a| a.len() == 4)
+    });
+    let mut names: Vec<String> = listed["TrainingJobSummaries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["TrainingJobName"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    let fourth = names[3].clone();
+    let started = Instant::now();
+    while !c.logs(&fourth).contains("epoch=3 ") {
+        assert!(started.elapsed() < Duration::from_secs(60), "{}", c.logs(&fourth));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    submit(&c, &request(&c, "urgent", &sleeper, json!({"SECONDS_TO_RUN": "2"})));
+
+    let done = ended(&c, &fourth, Duration::from_secs(120));
+    let logs = c.logs(&fourth);
+    assert!(statuses(&done).contains(&"Interrupted".to_string()), "{done:#}");
+    assert!(logs.contains("resumed at epoch="), "{logs}");
+    // The others averaged 0 over five epochs and 16.7 over six: a curve of 10s falls below the
+    // median at its sixth epoch. Counted from its resumption instead, it would run to the ninth.
+    assert_eq!(done["TrainingJobStatus"], "Stopped", "stopped early: {done:#}\n{logs}");
+    let last_epoch = last_number_after(&logs, "epoch=");
+    assert!((6..=7).contains(&last_epoch), "stopped at epoch {last_epoch}: {logs}");
+}
+
 on_both_backends!(
+    the_median_rule_sees_a_resumed_trial_as_one_curve,
     an_interruption_survives_a_coordinator_killed_while_the_job_saves,
     a_higher_priority_goes_first_within_the_limit_the_operator_set,
     a_spot_gang_is_interrupted_whole_and_resumes_whole,
