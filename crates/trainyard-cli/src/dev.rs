@@ -3,17 +3,89 @@
 //! submits that tuning job, watches it to the end and prints the best trial; otherwise it runs until
 //! Ctrl-C. Plain-text gRPC on loopback only: this is for one machine.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use trainyard_proto::model::images::TrainingImage;
 
 pub struct DevArgs {
     pub data_dir: PathBuf,
     pub port: u16,
     pub examples: PathBuf,
     pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+/// The example data and trainer, built in, so that `trainyard dev` works from any directory.
+const EMBEDDED: &[(&str, &str)] = &[
+    ("data/blobs/train/train.csv", include_str!("../../../deploy/examples/data/blobs/train/train.csv")),
+    (
+        "data/blobs/validation/validation.csv",
+        include_str!("../../../deploy/examples/data/blobs/validation/validation.csv"),
+    ),
+    ("trainer/train.py", include_str!("../../../deploy/examples/trainer/train.py")),
+];
+
+/// Where the example requests' relative TrainingImage points (from the repository root).
+const EXAMPLE_TRAINER: &str = "deploy/examples/trainer/train.py";
+
+/// The directory served as s3://trainyard-examples/: the one given; else the repository's, when
+/// run from its root; else the built-in copy, written under the data dir.
+pub fn examples_dir(given: Option<PathBuf>, data_dir: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = given {
+        if !dir.is_dir() {
+            bail!("--examples {} is not a directory", dir.display());
+        }
+        return Ok(dir);
+    }
+    let repository = PathBuf::from("deploy/examples/data");
+    if repository.is_dir() {
+        return Ok(repository);
+    }
+    Ok(write_embedded(data_dir)?.join("data"))
+}
+
+/// Writes the built-in examples under `<data-dir>/examples` (readable by every instance's uid).
+fn write_embedded(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = data_dir.join("examples");
+    for (relative, text) in EMBEDDED {
+        let path = root.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        let mode = if relative.ends_with(".py") { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(root)
+}
+
+/// A TrainingImage that is a relative path to a program, made absolute: against the current
+/// directory; else the request file's directory and its parents (the examples name their trainer
+/// from the repository root); else, for the examples' trainer, the built-in copy. Anything else is
+/// left as it is (an image reference, an absolute path, or a path the agent will report missing).
+pub fn resolve_program(image: &str, request_file: &Path, data_dir: &Path) -> anyhow::Result<String> {
+    if image.starts_with('/') || !matches!(TrainingImage::of(image), TrainingImage::HostProgram) {
+        return Ok(image.to_string());
+    }
+    let absolute = |p: PathBuf| std::path::absolute(&p).map(|a| a.display().to_string());
+    if Path::new(image).is_file() {
+        return Ok(absolute(PathBuf::from(image))?);
+    }
+    let start = std::path::absolute(request_file)?;
+    for dir in start.ancestors().skip(1) {
+        let candidate = dir.join(image);
+        if candidate.is_file() {
+            return Ok(candidate.display().to_string());
+        }
+    }
+    if image == EXAMPLE_TRAINER {
+        return Ok(absolute(write_embedded(data_dir)?.join("trainer/train.py"))?);
+    }
+    Ok(image.to_string())
 }
 
 /// The two daemons; dropping this stops them (SIGTERM, then SIGKILL).
@@ -66,6 +138,8 @@ pub fn start(args: &DevArgs) -> anyhow::Result<Cluster> {
         .arg("--host-programs")
         .arg("--advertise-vcpus")
         .arg(args.vcpus.to_string())
+        .arg("--advertise-memory-mib")
+        .arg(args.memory_mib.to_string())
         .arg("--bucket")
         .arg(format!("trainyard-examples={}", args.examples.display()))
         .arg("--bucket")

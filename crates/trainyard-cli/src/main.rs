@@ -159,12 +159,18 @@ struct DevCommand {
     /// The coordinator's port on 127.0.0.1.
     #[arg(long, default_value_t = 50051)]
     port: u16,
-    /// Serve s3://trainyard-examples/ from this directory.
-    #[arg(long, default_value = "deploy/examples/data")]
-    examples: PathBuf,
+    /// Serve s3://trainyard-examples/ from this directory (default: the repository's
+    /// deploy/examples/data when run from its root, else a built-in copy).
+    #[arg(long)]
+    examples: Option<PathBuf>,
     /// vCPUs the agent offers (a development machine may oversubscribe).
     #[arg(long, default_value_t = 8)]
     vcpus: u32,
+    /// Memory the agent offers, in MiB (a development machine may oversubscribe: an ml.m5.large
+    /// reserves 8 GiB, which a small trainer never uses; each instance is still limited to its
+    /// instance type's memory).
+    #[arg(long, default_value_t = 65536)]
+    memory_mib: u64,
     /// Submit this CreateHyperParameterTuningJob request, watch it to the end, then stop.
     #[arg(long)]
     run: Option<PathBuf>,
@@ -544,14 +550,14 @@ async fn tokens(mut client: AccessClient<Transport>, cmd: TokensCommand, out: Ou
 }
 
 async fn run_dev(args: DevCommand, out: Output) -> anyhow::Result<()> {
-    let settings =
-        dev::DevArgs { data_dir: args.data_dir, port: args.port, examples: args.examples, vcpus: args.vcpus };
-    if !settings.examples.is_dir() {
-        anyhow::bail!(
-            "{} is not a directory: run from the repository root or pass --examples",
-            settings.examples.display()
-        );
-    }
+    let examples = dev::examples_dir(args.examples, &args.data_dir)?;
+    let settings = dev::DevArgs {
+        data_dir: args.data_dir,
+        port: args.port,
+        examples,
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+    };
     let mut cluster = dev::start(&settings)?;
     let address = cluster.address.clone();
     eprintln!(
@@ -575,7 +581,15 @@ async fn run_dev(args: DevCommand, out: Output) -> anyhow::Result<()> {
             }
         }
     };
-    let request: api::CreateHyperParameterTuningJobRequest = read_request(&file)?;
+    let mut request: api::CreateHyperParameterTuningJobRequest = read_request(&file)?;
+    // The agent runs from this directory: a relative program path is resolved here first.
+    let definitions =
+        request.training_job_definition.iter_mut().chain(request.training_job_definitions.iter_mut().flatten());
+    for definition in definitions {
+        if let Some(image) = definition.algorithm_specification.as_mut().and_then(|a| a.training_image.as_mut()) {
+            *image = dev::resolve_program(image, &file, &settings.data_dir)?;
+        }
+    }
     let name = request.hyper_parameter_tuning_job_name.clone().unwrap_or_default();
     let mut client = HyperParameterTuningClient::new(channel);
     client.create_hyper_parameter_tuning_job(pb::CreateHyperParameterTuningJobRequest::from(request)).await?;
