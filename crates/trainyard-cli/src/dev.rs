@@ -50,7 +50,16 @@ pub fn examples_dir(given: Option<PathBuf>, data_dir: &Path) -> anyhow::Result<P
 /// Writes the built-in examples under `<data-dir>/examples` (readable by every instance's uid).
 fn write_embedded(data_dir: &Path) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let root = data_dir.join("examples");
+    let root = std::path::absolute(data_dir.join("examples"))?;
+    // SAFETY: geteuid(2) has no preconditions.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    if as_root && (root.starts_with("/tmp") || root.starts_with("/var/tmp")) {
+        bail!(
+            "the built-in examples would be written under {}, which instances cannot see (each has a \
+             /tmp and /var/tmp of its own): pass a --data-dir elsewhere, or --examples",
+            root.display()
+        );
+    }
     for (relative, text) in EMBEDDED {
         let path = root.join(relative);
         if let Some(parent) = path.parent() {
