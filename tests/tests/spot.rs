@@ -90,6 +90,53 @@ fn last_number_after(text: &str, prefix: &str) -> u32 {
         .unwrap_or_else(|| panic!("no number after {prefix} in {text}"))
 }
 
+/// Waits (a minute at most) until the job's log holds `text` `times` times.
+fn wait_for_log(c: &Coordinator, job: &str, text: &str, times: usize) {
+    let started = Instant::now();
+    while c.logs(job).matches(text).count() < times {
+        assert!(started.elapsed() < Duration::from_secs(60), "no {text:?} in the log of {job}: {}", c.logs(job));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A tuning job of `program`'s spot trials, one at a time, maximising `metric` (`<metric>=<n>` in
+/// its output), one continuous range that the program ignores.
+fn spot_tuning_request(name: &str, program: &str, metric: &str, trials: u32) -> Value {
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    r["HyperParameterTuningJobName"] = json!(name);
+    let config = &mut r["HyperParameterTuningJobConfig"];
+    config["HyperParameterTuningJobObjective"] = json!({"Type": "Maximize", "MetricName": metric});
+    config["ResourceLimits"] = json!({"MaxNumberOfTrainingJobs": trials, "MaxParallelTrainingJobs": 1});
+    config["ParameterRanges"] = json!({
+        "ContinuousParameterRanges": [{"Name": "x", "MinValue": "0", "MaxValue": "1", "ScalingType": "Linear"}]
+    });
+    let def = &mut r["TrainingJobDefinition"];
+    def["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    def["AlgorithmSpecification"]["MetricDefinitions"] =
+        json!([{"Name": metric, "Regex": format!("{metric}=([0-9]+)")}]);
+    def["OutputDataConfig"]["S3OutputPath"] = json!("s3://trainyard-output/models/");
+    def["EnableManagedSpotTraining"] = json!(true);
+    def["StoppingCondition"] = json!({"MaxRuntimeInSeconds": 300, "MaxWaitTimeInSeconds": 900});
+    def["CheckpointConfig"] = json!({"S3Uri": format!("s3://trainyard-output/checkpoints/{name}/")});
+    r
+}
+
+/// The names of a tuning job's trials in launch order, once there are `count`.
+fn trial_names(c: &Coordinator, tuning: &str, count: usize) -> Vec<String> {
+    let listed = c.wait_json_for(Duration::from_secs(90), &["tuning-jobs", "trials", tuning], |t| {
+        t["TrainingJobSummaries"].as_array().is_some_and(|a| a.len() >= count)
+    });
+    let mut names: Vec<String> = listed["TrainingJobSummaries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["TrainingJobName"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
 fn an_on_demand_job_interrupts_a_spot_job_which_resumes_from_its_checkpoint(backend: Backend) {
     let (c, _agent) = one_slot_cluster(backend);
     let counter = c.install_program("counter.sh", COUNTER);
@@ -100,11 +147,7 @@ fn an_on_demand_job_interrupts_a_spot_job_which_resumes_from_its_checkpoint(back
     c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "spot-counter"], |d| {
         d["SecondaryStatus"] == "Training"
     });
-    let started = Instant::now();
-    while !c.logs("spot-counter").contains("step=5\n") {
-        assert!(started.elapsed() < Duration::from_secs(60), "the spot job does not count: {}", c.logs("spot-counter"));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_log(&c, "spot-counter", "step=5\n", 1);
 
     // A job that is not spot arrives on the full cluster and starts within seconds.
     let submitted = Instant::now();
@@ -231,37 +274,15 @@ fn trials_of_a_spot_tuning_job_give_way_resume_and_stay_within_max_parallel(back
     let counter = c.install_program("trial-counter.sh", &trial_counter());
     let sleeper = c.install_program("sleeper.sh", SLEEPER);
 
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
-    r["HyperParameterTuningJobName"] = json!("spot-tuning");
-    let config = &mut r["HyperParameterTuningJobConfig"];
-    config["HyperParameterTuningJobObjective"] = json!({"Type": "Maximize", "MetricName": "step"});
-    config["ResourceLimits"] = json!({"MaxNumberOfTrainingJobs": 3, "MaxParallelTrainingJobs": 1});
-    config["ParameterRanges"] = json!({
-        "ContinuousParameterRanges": [{"Name": "x", "MinValue": "0", "MaxValue": "1", "ScalingType": "Linear"}]
-    });
-    let def = &mut r["TrainingJobDefinition"];
-    def["AlgorithmSpecification"]["TrainingImage"] = json!(counter);
-    def["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "step", "Regex": "step=([0-9]+)"}]);
-    def["OutputDataConfig"]["S3OutputPath"] = json!("s3://trainyard-output/models/");
-    def["Environment"] = json!({"TARGET": "25"});
-    def["EnableManagedSpotTraining"] = json!(true);
-    def["StoppingCondition"] = json!({"MaxRuntimeInSeconds": 300, "MaxWaitTimeInSeconds": 900});
-    def["CheckpointConfig"] = json!({"S3Uri": "s3://trainyard-output/checkpoints/spot-tuning/"});
+    let mut r = spot_tuning_request("spot-tuning", &counter, "step", 3);
+    r["TrainingJobDefinition"]["Environment"] = json!({"TARGET": "25"});
     let file = c.write("spot-tuning.json", &r.to_string());
     c.cli(&["tuning-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
 
     // The first trial counts; a job that needs the whole agent arrives.
-    let listed = c.wait_json(&["tuning-jobs", "trials", "spot-tuning"], |t| {
-        t["TrainingJobSummaries"].as_array().is_some_and(|a| !a.is_empty())
-    });
-    let first = listed["TrainingJobSummaries"][0]["TrainingJobName"].as_str().expect("name").to_string();
+    let first = trial_names(&c, "spot-tuning", 1).remove(0);
     let first = first.as_str();
-    let started = Instant::now();
-    while !c.logs(first).contains("step=3\n") {
-        assert!(started.elapsed() < Duration::from_secs(60), "the first trial does not count: {}", c.logs(first));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_log(&c, first, "step=3\n", 1);
     let mut big = request(&c, "whole-agent", &sleeper, json!({"SECONDS_TO_RUN": "3"}));
     big["ResourceConfig"]["InstanceType"] = json!("ml.m5.xlarge");
     submit(&c, &big);
@@ -275,15 +296,8 @@ fn trials_of_a_spot_tuning_job_give_way_resume_and_stay_within_max_parallel(back
     assert_eq!(tuning["TrainingJobStatusCounters"]["Completed"], 3, "{tuning:#}");
     assert_eq!(tuning["ObjectiveStatusCounters"]["Succeeded"], 3, "{tuning:#}");
 
-    let listed = c.json(&["tuning-jobs", "trials", "spot-tuning", "--max-results", "10"]);
-    let mut names: Vec<String> = listed["TrainingJobSummaries"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t["TrainingJobName"].as_str().map(str::to_string))
-        .collect();
-    names.sort();
-    assert_eq!(names.len(), 3, "{listed:#}");
+    let names = trial_names(&c, "spot-tuning", 3);
+    assert_eq!(names.len(), 3, "{names:?}");
     assert_eq!(names[0], first);
     let trials: Vec<Value> = names.iter().map(|n| c.json(&["training-jobs", "describe", n])).collect();
     let first_described = &trials[0];
@@ -324,11 +338,7 @@ fn a_spot_gang_is_interrupted_whole_and_resumes_whole(backend: Backend) {
     let mut gang = spot(request(&c, "gang", &counter, json!({"TARGET": "40"})), "gang", 300, 900);
     gang["ResourceConfig"]["InstanceCount"] = json!(2);
     submit(&c, &gang);
-    let started = Instant::now();
-    while c.logs("gang").matches("step=3\n").count() < 2 {
-        assert!(started.elapsed() < Duration::from_secs(60), "the gang does not count: {}", c.logs("gang"));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_log(&c, "gang", "step=3\n", 2);
 
     // One instance's place is needed; the whole gang gives way, never half of it.
     submit(&c, &request(&c, "single", &sleeper, json!({"SECONDS_TO_RUN": "3"})));
@@ -397,11 +407,7 @@ fn an_interruption_survives_a_coordinator_killed_while_the_job_saves(backend: Ba
     let program = c.install_program("slow-saver.sh", &slow_saver);
     let sleeper = c.install_program("sleeper.sh", SLEEPER);
     submit(&c, &spot(request(&c, "slow-saver", &program, json!({"TARGET": "30"})), "slow-saver", 300, 900));
-    let started = Instant::now();
-    while !c.logs("slow-saver").contains("step=3\n") {
-        assert!(started.elapsed() < Duration::from_secs(60), "it does not count: {}", c.logs("slow-saver"));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_log(&c, "slow-saver", "step=3\n", 1);
     submit(&c, &request(&c, "urgent", &sleeper, json!({"SECONDS_TO_RUN": "1"})));
     c.wait_json_for(Duration::from_secs(30), &["training-jobs", "describe", "slow-saver"], |d| {
         d["SecondaryStatusTransitions"]
@@ -448,43 +454,15 @@ fn the_median_rule_sees_a_resumed_trial_as_one_curve(backend: Backend) {
     let (c, _agent) = one_slot_cluster(backend);
     let program = c.install_program("epochs.sh", EPOCHS);
     let sleeper = c.install_program("sleeper.sh", SLEEPER);
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
-    r["HyperParameterTuningJobName"] = json!("median");
-    let config = &mut r["HyperParameterTuningJobConfig"];
-    config["HyperParameterTuningJobObjective"] = json!({"Type": "Maximize", "MetricName": "score"});
-    config["ResourceLimits"] = json!({"MaxNumberOfTrainingJobs": 4, "MaxParallelTrainingJobs": 1});
-    config["ParameterRanges"] = json!({
-        "ContinuousParameterRanges": [{"Name": "x", "MinValue": "0", "MaxValue": "1", "ScalingType": "Linear"}]
-    });
-    config["TrainingJobEarlyStoppingType"] = json!("Auto");
-    let def = &mut r["TrainingJobDefinition"];
-    def["AlgorithmSpecification"]["TrainingImage"] = json!(program);
-    def["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9]+)"}]);
-    def["OutputDataConfig"]["S3OutputPath"] = json!("s3://trainyard-output/models/");
-    def["EnableManagedSpotTraining"] = json!(true);
-    def["StoppingCondition"] = json!({"MaxRuntimeInSeconds": 300, "MaxWaitTimeInSeconds": 900});
-    def["CheckpointConfig"] = json!({"S3Uri": "s3://trainyard-output/checkpoints/median/"});
+    let mut r = spot_tuning_request("median", &program, "score", 4);
+    r["HyperParameterTuningJobConfig"]["TrainingJobEarlyStoppingType"] = json!("Auto");
     let file = c.write("median.json", &r.to_string());
     c.cli(&["tuning-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
 
     // Three trials finish; the fourth is interrupted after its third epoch.
-    let listed = c.wait_json_for(Duration::from_secs(90), &["tuning-jobs", "trials", "median"], |t| {
-        t["TrainingJobSummaries"].as_array().is_some_and(|a| a.len() == 4)
-    });
-    let mut names: Vec<String> = listed["TrainingJobSummaries"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t["TrainingJobName"].as_str().map(str::to_string))
-        .collect();
-    names.sort();
+    let names = trial_names(&c, "median", 4);
     let fourth = names[3].clone();
-    let started = Instant::now();
-    while !c.logs(&fourth).contains("epoch=3 ") {
-        assert!(started.elapsed() < Duration::from_secs(60), "{}", c.logs(&fourth));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_log(&c, &fourth, "epoch=3 ", 1);
     submit(&c, &request(&c, "urgent", &sleeper, json!({"SECONDS_TO_RUN": "2"})));
 
     let done = ended(&c, &fourth, Duration::from_secs(120));

@@ -169,6 +169,31 @@ pub(crate) fn tuning_request(
     Ok(r)
 }
 
+/// Submits a training job of `image` (a program that prints `started=<ns>` first) and waits for it
+/// to complete: milliseconds from the CreateTrainingJob call to the program running.
+async fn submit_to_running(training: &mut TrainingClient<Transport>, name: &str, image: &str) -> anyhow::Result<f64> {
+    let submitted = now_ns();
+    training.create_training_job(pb::CreateTrainingJobRequest::from(training_request(name, image)?)).await?;
+    let d = wait_training(training, name).await?;
+    if d.training_job_status.as_deref() != Some("Completed") {
+        bail!("{name} ended {:?}: {:?}", d.training_job_status, d.failure_reason);
+    }
+    let logs = training
+        .get_training_job_logs(pb::GetTrainingJobLogsRequest {
+            training_job_name: name.to_string(),
+            after_sequence: 0,
+            max_lines: 10,
+        })
+        .await?
+        .into_inner();
+    let started: u128 = logs
+        .lines
+        .iter()
+        .find_map(|l| l.text.strip_prefix("started=")?.trim().parse().ok())
+        .context("the program printed its start time")?;
+    Ok(started.saturating_sub(submitted) as f64 / 1e6)
+}
+
 pub async fn run() -> anyhow::Result<()> {
     let mut c = cluster(&[]).await?;
     let mut training = TrainingClient::new(c.channel.clone());
@@ -178,28 +203,9 @@ pub async fn run() -> anyhow::Result<()> {
     let quick = c.program_dir.join("quick").display().to_string();
     let mut latencies = Vec::new();
     for i in 0..120 {
-        let name = format!("latency-{i}");
-        let submitted = now_ns();
-        training.create_training_job(pb::CreateTrainingJobRequest::from(training_request(&name, &quick)?)).await?;
-        let d = wait_training(&mut training, &name).await?;
-        if d.training_job_status.as_deref() != Some("Completed") {
-            bail!("{name} ended {:?}: {:?}", d.training_job_status, d.failure_reason);
-        }
-        let logs = training
-            .get_training_job_logs(pb::GetTrainingJobLogsRequest {
-                training_job_name: name.clone(),
-                after_sequence: 0,
-                max_lines: 10,
-            })
-            .await?
-            .into_inner();
-        let started: u128 = logs
-            .lines
-            .iter()
-            .find_map(|l| l.text.strip_prefix("started=")?.trim().parse().ok())
-            .context("the program printed its start time")?;
+        let latency = submit_to_running(&mut training, &format!("latency-{i}"), &quick).await?;
         if i >= 20 {
-            latencies.push((started.saturating_sub(submitted)) as f64 / 1e6);
+            latencies.push(latency);
         }
     }
     latencies.sort_by(f64::total_cmp);
@@ -300,27 +306,7 @@ async fn preemption() -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let name = format!("on-demand-{i}");
-        let submitted = now_ns();
-        training.create_training_job(pb::CreateTrainingJobRequest::from(training_request(&name, &quick)?)).await?;
-        let d = wait_training(&mut training, &name).await?;
-        if d.training_job_status.as_deref() != Some("Completed") {
-            bail!("{name} ended {:?}: {:?}", d.training_job_status, d.failure_reason);
-        }
-        let logs = training
-            .get_training_job_logs(pb::GetTrainingJobLogsRequest {
-                training_job_name: name,
-                after_sequence: 0,
-                max_lines: 10,
-            })
-            .await?
-            .into_inner();
-        let started: u128 = logs
-            .lines
-            .iter()
-            .find_map(|l| l.text.strip_prefix("started=")?.trim().parse().ok())
-            .context("the program printed its start time")?;
-        latencies.push(started.saturating_sub(submitted) as f64 / 1e6);
+        latencies.push(submit_to_running(&mut training, &format!("on-demand-{i}"), &quick).await?);
     }
     latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];

@@ -51,13 +51,13 @@ pub struct Preemption {
 /// The interruptions that let the waiting jobs start. `agents` is the cluster after this round's
 /// placements; `waiting` what is still queued (spot jobs among it are ignored: they never
 /// preempt); `running` the spot jobs that run.
-pub fn preemptions(agents: &[Agent], waiting: &[Demand], running: &[Preemptible]) -> Vec<Preemption> {
+pub fn preemptions(agents: &[Agent], waiting: &[&Demand], running: &[Preemptible]) -> Vec<Preemption> {
     let mut cluster = agents.to_vec();
     let index: HashMap<String, usize> = cluster.iter().enumerate().map(|(i, a)| (a.id.clone(), i)).collect();
     for victim in running.iter().filter(|r| r.interrupting) {
         release(&mut cluster, &index, victim);
     }
-    let mut order: Vec<&Demand> = waiting.iter().filter(|d| !d.spot).collect();
+    let mut order: Vec<&Demand> = waiting.iter().copied().filter(|d| !d.spot).collect();
     order.sort_by(|x, y| (Reverse(x.priority), x.queued_at, &x.job).cmp(&(Reverse(y.priority), y.queued_at, &y.job)));
 
     let mut taken: BTreeSet<&str> = BTreeSet::new();

@@ -295,7 +295,8 @@ fn occupied(mut agents: Vec<Agent>, jobs: &[&Preemptible]) -> Vec<Agent> {
 }
 
 fn victims(agents: &[Agent], waiting: &[Demand], running: &[Preemptible]) -> Vec<(String, Vec<String>)> {
-    preemptions(agents, waiting, running).into_iter().map(|p| (p.job, p.victims)).collect()
+    let waiting: Vec<&Demand> = waiting.iter().collect();
+    preemptions(agents, &waiting, running).into_iter().map(|p| (p.job, p.victims)).collect()
 }
 
 #[test]
@@ -334,7 +335,7 @@ fn a_gang_is_interrupted_whole_and_only_when_single_instances_do_not_do() {
     let other = running("other", &["b"], 1, 1);
     let agents = occupied(vec![agent("a", 4, 8, 0), agent("b", 4, 8, 0)], &[&gang, &single, &other]);
     let waiting = [demand("big", None, 1, 4, 1, 0, 10)];
-    let decided = preemptions(&agents, &waiting, &[gang.clone(), single, other]);
+    let decided = preemptions(&agents, &[&waiting[0]], &[gang.clone(), single, other]);
     assert_eq!(decided.len(), 1, "{decided:?}");
     assert!(decided[0].victims.contains(&"gang".to_string()), "{decided:?}");
     // The gang's instance on "b" goes with it: there is no way to name an instance here, only the

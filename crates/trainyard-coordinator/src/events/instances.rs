@@ -387,7 +387,6 @@ impl Loop {
         self.interrupting.remove(job);
         self.wait_exceeded.remove(job);
         self.wait_deadlines.remove(job);
-        self.resuming.remove(job);
         let stored = self.c.training_job(job).await?.value;
         if let Some(tuning) = stored.tuning_job_name().map(str::to_string) {
             let mut completion = None;

@@ -106,6 +106,8 @@ struct Queued {
     reason: Option<String>,
     /// Not placed before this: a retry waits until the lost agent's copy has surely stopped.
     not_before: Option<tokio::time::Instant>,
+    /// An interrupted job waiting to resume: a tuning job's MaxParallelTrainingJobs does not count it.
+    resumes: bool,
 }
 
 /// A placed job: its instances, where, and how each ended.
@@ -201,9 +203,6 @@ pub struct Loop {
     wait_exceeded: BTreeSet<String>,
     /// Spot jobs with MaxWaitTimeInSeconds → when it runs out (milliseconds).
     wait_deadlines: HashMap<String, i64>,
-    /// Interrupted jobs waiting in the queue to resume: a tuning job's MaxParallelTrainingJobs
-    /// does not count them.
-    resuming: BTreeSet<String>,
     /// Set when an event or a tick failed (e.g. the database was away): the loop then compares
     /// its state with the store on the next ticks until that succeeds.
     resync_needed: bool,
@@ -234,7 +233,6 @@ pub async fn run(
         interrupting: BTreeMap::new(),
         wait_exceeded: BTreeSet::new(),
         wait_deadlines: HashMap::new(),
-        resuming: BTreeSet::new(),
         resync_needed: false,
     };
     // At start the loop knows nothing: catching up with the store rebuilds everything.

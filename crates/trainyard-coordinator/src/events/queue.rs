@@ -151,12 +151,12 @@ impl Loop {
                 Ok(true)
             })
             .await?;
-        self.queue
-            .insert(name.to_string(), Queued { demand, queued_at: now(), max_pending, reason: None, not_before: None });
+        let resumes = job.runs.interruptions > 0;
+        self.queue.insert(
+            name.to_string(),
+            Queued { demand, queued_at: now(), max_pending, reason: None, not_before: None, resumes },
+        );
         self.track_spot(&job);
-        if job.runs.interruptions > 0 {
-            self.resuming.insert(name.to_string());
-        }
         Ok(())
     }
 
@@ -245,15 +245,19 @@ impl Loop {
     /// The spot jobs to interrupt so that jobs this pass could not place start (the pure
     /// scheduler's policy); nothing when no spot job runs or nothing that is not spot waits.
     fn preemptions(&self, problem: &Problem, decisions: &[Decision]) -> Vec<Preemption> {
+        // The common case costs one look at what runs: no spot job, nothing to decide.
+        if !self.running.values().any(|r| r.spot) {
+            return Vec::new();
+        }
         let decided: BTreeSet<&str> = decisions
             .iter()
             .map(|d| match d {
                 Decision::Place { job, .. } | Decision::Unplaceable { job, .. } => job.as_str(),
             })
             .collect();
-        let waiting: Vec<Demand> =
-            problem.queue.iter().filter(|d| !d.spot && !decided.contains(d.job.as_str())).cloned().collect();
-        if waiting.is_empty() || !self.running.values().any(|r| r.spot) {
+        let waiting: Vec<&Demand> =
+            problem.queue.iter().filter(|d| !d.spot && !decided.contains(d.job.as_str())).collect();
+        if waiting.is_empty() {
             return Vec::new();
         }
         let now = now().millis();
@@ -322,7 +326,6 @@ impl Loop {
         instances: Vec<trainyard_scheduler::InstancePlacement>,
     ) -> Result<(), DomainError> {
         let Some(queued) = self.queue.remove(name) else { return Ok(()) };
-        self.resuming.remove(name);
         let placement: Vec<PlacedInstance> = instances
             .iter()
             .map(|i| PlacedInstance { instance: i.instance, agent: i.agent.clone(), gpu_uuids: i.gpu_uuids.clone() })

@@ -228,7 +228,8 @@ impl Loop {
             let Some(run) = self.tuning.get(name) else { return Ok(()) };
             // MaxParallelTrainingJobs counts the trials that run or wait to start, not interrupted
             // ones waiting to resume.
-            let counted = run.active.iter().filter(|t| !self.resuming.contains(*t)).count() as u64;
+            let resuming = |t: &String| self.queue.get(t).is_some_and(|q| q.resumes);
+            let counted = run.active.iter().filter(|t| !resuming(t)).count() as u64;
             if run.completing || run.launched >= run.max_trials || counted >= run.max_parallel {
                 break;
             }
