@@ -385,11 +385,16 @@ impl TrainingJob {
         Some(limit.saturating_sub(used).max(1))
     }
 
-    /// A spot job past StoppingCondition.MaxWaitTimeInSeconds (waiting and running, since it was
-    /// created).
+    /// When a spot job's StoppingCondition.MaxWaitTimeInSeconds (waiting and running, since it
+    /// was created) runs out; None for a job without one.
+    pub fn max_wait_deadline(&self) -> Option<Timestamp> {
+        let wait = self.request.stopping_condition.as_ref()?.max_wait_time_in_seconds?;
+        self.is_spot().then(|| Timestamp::from_millis(self.creation_time.millis() + i64::from(wait) * 1000))
+    }
+
+    /// A spot job past its [`Self::max_wait_deadline`].
     pub fn max_wait_exceeded(&self, now: Timestamp) -> bool {
-        let wait = self.request.stopping_condition.as_ref().and_then(|s| s.max_wait_time_in_seconds);
-        self.is_spot() && wait.is_some_and(|w| now.millis() - self.creation_time.millis() > i64::from(w) * 1000)
+        self.max_wait_deadline().is_some_and(|deadline| now.millis() > deadline.millis())
     }
 
     /// Replaces the message of the current transition (why a queued job still waits).

@@ -58,9 +58,8 @@ impl Loop {
 
     /// Remembers when a spot job's MaxWaitTimeInSeconds runs out.
     fn track_spot(&mut self, job: &TrainingJob) {
-        let wait = job.request.stopping_condition.as_ref().and_then(|s| s.max_wait_time_in_seconds);
-        if let (true, Some(wait)) = (job.is_spot(), wait) {
-            self.wait_deadlines.insert(job.name.clone(), job.creation_time.millis() + i64::from(wait) * 1000);
+        if let Some(deadline) = job.max_wait_deadline() {
+            self.wait_deadlines.insert(job.name.clone(), deadline.millis());
         }
     }
 
