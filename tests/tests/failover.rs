@@ -137,6 +137,18 @@ fn assert_each_trial_ran_once(c: &Coordinator, name: &str, trials: u64, runs: &s
     let done = c.wait_json_for(Duration::from_secs(180), &["tuning-jobs", "describe", name], |j| {
         j["HyperParameterTuningJobStatus"] != "InProgress"
     });
+    if done["HyperParameterTuningJobStatus"] == "InProgress" {
+        // Say which trials hold it up, and where they stand.
+        let stuck = c.json(&["tuning-jobs", "trials", name, "--status", "InProgress"]);
+        let described: Vec<Value> = stuck["TrainingJobSummaries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["TrainingJobName"].as_str())
+            .map(|trial| c.json(&["training-jobs", "describe", trial]))
+            .collect();
+        panic!("seed {seed}: still in progress after 180 s: {described:#?}\n{}", c.daemon.log());
+    }
     assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "seed {seed}: {done:#}");
     let counters = &done["TrainingJobStatusCounters"];
     let failed = c.json(&["tuning-jobs", "trials", name, "--status", "Failed"]);
