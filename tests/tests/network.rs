@@ -634,23 +634,9 @@ fn each_instance_is_its_algo_n_host_and_a_gloo_style_rendezvous_completes() {
     }
 }
 
-/// PyTorch DDP over gloo, launched as SageMaker's `torch_distributed` does (`torchrun` on every
-/// host, algo-1 the master), on two simulated hosts: plain, encrypted, and encrypted and isolated.
-/// Ignored by default: it needs PyTorch, whose PyPI wheel brings 3.4 GB of CUDA libraries. Run it
-/// with `TRAINYARD_TORCH_VENV=/path/to/venv cargo test -p trainyard-e2e --test network -- --ignored`
-/// (a virtualenv of the system's python3 with `pip install torch`, readable by every user).
-#[test]
-#[ignore = "needs PyTorch in TRAINYARD_TORCH_VENV (3.4 GB of wheels)"]
-fn pytorch_ddp_runs_across_two_hosts_through_torchrun() {
-    let venv = std::env::var("TRAINYARD_TORCH_VENV").expect("TRAINYARD_TORCH_VENV names a virtualenv with torch");
-    let mut lan = lan_or_explain();
-    let c = Coordinator::start_for_lan(&[]);
-    let (a, b) = (lan.add_host(), lan.add_host());
-    let _agent_a = c.start_agent_on(&a, &lan, "host-a", &["--advertise-vcpus", "8"]);
-    let _agent_b = c.start_agent_on(&b, &lan, "host-b", &["--advertise-vcpus", "8"]);
-    let ddp = c.install_program(
-        "ddp.py",
-        r#"import torch, torch.distributed as dist
+/// A DDP training script: 50 steps, then an all-reduce and an all-gather that prove the replicas
+/// stayed in sync.
+const DDP_SCRIPT: &str = r#"import torch, torch.distributed as dist
 dist.init_process_group("gloo")
 torch.manual_seed(dist.get_rank())
 model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(64, 1))
@@ -667,27 +653,63 @@ gathered = [torch.zeros_like(weights[0]) for _ in range(dist.get_world_size())]
 dist.all_gather(gathered, weights[0])
 print(f"rank={dist.get_rank()} world={dist.get_world_size()} allreduce={total.item():.0f} in-sync={all(torch.equal(g, gathered[0]) for g in gathered)}", flush=True)
 dist.destroy_process_group()
-"#,
-    );
+"#;
+
+/// PyTorch DDP over gloo (torch 2.5.1 from PyPI, CPU) on two simulated hosts, launched the two ways
+/// a SageMaker user's job launches it: `torchrun` on every host with algo-1 as master (plain,
+/// encrypted with gloo told the interface `SM_NETWORK_INTERFACE_NAME` names, and encrypted and
+/// isolated); and AWS's PyTorch training toolkit, as the PyTorch image runs it for the SDK's
+/// `distribution={"torch_distributed": {"enabled": True}}`: its `train` entry point reads the
+/// SageMaker contract (hosts, current host, interface) and starts `torchrun` itself.
+#[test]
+fn pytorch_ddp_runs_across_two_hosts_as_torch_distributed_launches_it() {
+    let venv = trainyard_testkit::python::pytorch();
+    let mut lan = lan_or_explain();
+    let c = Coordinator::start_for_lan(&[]);
+    let (a, b) = (lan.add_host(), lan.add_host());
+    let _agent_a = c.start_agent_on(&a, &lan, "host-a", &["--advertise-vcpus", "8"]);
+    let _agent_b = c.start_agent_on(&b, &lan, "host-b", &["--advertise-vcpus", "8"]);
+    let ddp = c.install_program("ddp.py", DDP_SCRIPT);
     let launcher = c.install_program(
         "torchrun.sh",
         &format!(
             "#!/bin/sh\nrank=$(( ${{SM_CURRENT_HOST#algo-}} - 1 ))\nexec {venv}/bin/torchrun --nnodes 2 --node-rank $rank \
-             --nproc-per-node 1 --master-addr algo-1 --master-port 29500 {ddp}\n"
+             --nproc-per-node 1 --master-addr algo-1 --master-port 29500 {ddp}\n",
+            venv = venv.display()
         ),
     );
-    for (name, encrypted, isolated, interface) in [
-        ("ddp-plain", false, false, None),
-        ("ddp-encrypted", true, false, Some("eth0")),
-        ("ddp-isolated", true, true, Some("eth0")),
+    // What the PyTorch training image sets (its ENV) before its entry point, `train`.
+    let toolkit_image = c.install_program(
+        "pytorch-image.sh",
+        &format!(
+            "#!/bin/sh\nexport PATH={venv}/bin:$PATH SAGEMAKER_TRAINING_MODULE=sagemaker_pytorch_container.training:main\n\
+             exec train\n",
+            venv = venv.display()
+        ),
+    );
+    let code = c.programs_dir().join("ddp-code");
+    std::fs::create_dir_all(&code).expect("dir");
+    std::fs::write(code.join("ddp.py"), DDP_SCRIPT).expect("write");
+    for (name, encrypted, isolated, toolkit) in [
+        ("ddp-plain", false, false, false),
+        ("ddp-encrypted", true, false, false),
+        ("ddp-isolated", true, true, false),
+        ("ddp-toolkit", true, true, true),
     ] {
         let mut request = job(&c, name, 2, json!({}));
-        request["AlgorithmSpecification"]["TrainingImage"] = json!(launcher);
+        request["AlgorithmSpecification"]["TrainingImage"] = json!(if toolkit { &toolkit_image } else { &launcher });
         request["EnableInterContainerTrafficEncryption"] = json!(encrypted);
         request["EnableNetworkIsolation"] = json!(isolated);
         request["StoppingCondition"] = json!({"MaxRuntimeInSeconds": 300});
-        if let Some(interface) = interface {
-            request["Environment"] = json!({"GLOO_SOCKET_IFNAME": interface});
+        if toolkit {
+            // As the SDK passes them: JSON-encoded strings.
+            request["HyperParameters"] = json!({
+                "sagemaker_program": "\"ddp.py\"",
+                "sagemaker_submit_directory": format!("\"{}\"", code.display()),
+                "sagemaker_torch_distributed_enabled": "true",
+            });
+        } else if encrypted {
+            request["Environment"] = json!({"GLOO_SOCKET_IFNAME": "eth0"});
         }
         submit(&c, &request);
         let described = c.wait_json_for(Duration::from_secs(300), &["training-jobs", "describe", name], |j| {
@@ -697,6 +719,10 @@ dist.destroy_process_group()
         assert_eq!(described["TrainingJobStatus"], "Completed", "{described:#}\n{text}");
         for rank in 0..2 {
             assert!(text.contains(&format!("rank={rank} world=2 allreduce=3 in-sync=True")), "{name}: {text}");
+        }
+        if toolkit {
+            // The toolkit chose its torchrun launcher, with the contract's hosts: not one process.
+            assert!(text.contains("--nnodes 2") && text.contains("--master_addr algo-1"), "{text}");
         }
     }
 }

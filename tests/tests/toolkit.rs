@@ -26,7 +26,7 @@ json.dump({"alpha": args.alpha, "rows": rows}, open(os.path.join(os.environ["SM_
 fn the_sagemaker_training_toolkit_runs_user_scripts_unchanged() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "the toolkit reads /opt/ml: this test needs root, as CI has");
-    let venv = trainyard_testkit::s3::venv_with("sagemaker-training", &["sagemaker-training"], "bin/train");
+    let venv = trainyard_testkit::python::sagemaker_training();
     let c = Coordinator::start();
     let _agent = c.start_agent("toolkit", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
     let code = c.programs_dir().join("user-code");
@@ -89,7 +89,7 @@ fn the_sagemaker_training_toolkit_runs_user_scripts_unchanged() {
 
 #[test]
 fn the_sagemaker_training_toolkit_runs_unchanged_in_a_container_image() {
-    let venv = trainyard_testkit::s3::venv_with("sagemaker-training", &["sagemaker-training"], "bin/train");
+    let venv = trainyard_testkit::python::sagemaker_training();
     let containerd = trainyard_testkit::containerd::Containerd::start();
     // An image as SageMaker's script-mode images are made: Python, the toolkit (whose `train` is on
     // PATH, no entrypoint), the user's code baked in at /code.

@@ -1,7 +1,9 @@
 //! The peers suite: throughput and latency of the traffic between a distributed job's instances,
 //! over the path every job uses (instance → its agent → the peer's agent → peer instance), plain
 //! and with `EnableInterContainerTrafficEncryption` (mutual TLS between the agents), against a
-//! direct connection between the same two simulated hosts (veth and bridge, no agents).
+//! direct connection between the same two simulated hosts (veth and bridge, no agents); then the
+//! same three paths under PyTorch DDP's collective, an all-reduce over gloo, launched by `torchrun`
+//! on each host as SageMaker's `torch_distributed` launches it.
 //!
 //! Hosts are network namespaces on this machine (needs root). Each host's processes are pinned to a
 //! CPU of their own (as two machines would have), unless TRAINYARD_BENCH_UNPINNED is set; either
@@ -74,7 +76,7 @@ def connect(host, port):
                 raise
         time.sleep(0.1)
 
-def client(host, port, out):
+def client(host, port):
     conn = connect(host, port)
     samples = []
     message = b"x" * 64
@@ -96,18 +98,42 @@ def client(host, port, out):
     received = int(conn.recv(100).decode().strip())
     seconds = time.perf_counter() - start
     assert received == MEBIBYTES << 20, received
-    json.dump({"p50_us": samples[len(samples) // 2], "p99_us": samples[len(samples) * 99 // 100],
-               "mib_per_s": MEBIBYTES / seconds}, open(out, "w"))
+    print("PEERS " + json.dumps({"p50_us": samples[len(samples) // 2], "p99_us": samples[len(samples) * 99 // 100],
+                               "mib_per_s": MEBIBYTES / seconds}), flush=True)
 
 if len(sys.argv) > 1 and sys.argv[1] == "serve":
     serve(int(sys.argv[2]))
 elif len(sys.argv) > 1 and sys.argv[1] == "client":
-    client(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    client(sys.argv[2], int(sys.argv[3]))
 elif os.environ["SM_CURRENT_HOST"] == "algo-1":
     serve(5555)
 else:
-    client("algo-1", 5555, os.environ["RESULT"])
+    client("algo-1", 5555)
 "#;
+
+/// DDP's collective: every step ends with an all-reduce of the gradients, here one tensor of
+/// `TENSOR_MIB` summed across the ranks `ROUNDS` times. Rank 0 prints the result as one line; the
+/// sums are checked (each round doubles every element of a tensor of ones on two ranks).
+const ALL_REDUCE: &str = r#"import json, os, time, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+mib, rounds = int(os.environ["TENSOR_MIB"]), int(os.environ["ROUNDS"])
+tensor = torch.ones(mib * (1 << 20) // 4)
+dist.all_reduce(tensor)
+seconds = []
+for _ in range(rounds):
+    dist.barrier()
+    start = time.perf_counter()
+    dist.all_reduce(tensor)
+    seconds.append(time.perf_counter() - start)
+assert tensor[0].item() == dist.get_world_size() ** (rounds + 1), tensor[0].item()
+if dist.get_rank() == 0:
+    seconds.sort()
+    print("ALL-REDUCE " + json.dumps({"mib_per_s": mib * rounds / sum(seconds), "p50_ms": seconds[len(seconds) // 2] * 1000,
+          "max_ms": seconds[-1] * 1000}), flush=True)
+dist.destroy_process_group()
+"#;
+const TENSOR_MIB: u32 = 64;
+const ROUNDS: u32 = 10;
 
 const ROUND_TRIPS: u32 = 5_000;
 const MEBIBYTES: u32 = 1_024;
@@ -135,7 +161,7 @@ pub async fn run() -> anyhow::Result<()> {
     let mut lan = Lan::new();
     let (a, b) = (lan.add_host(), lan.add_host());
 
-    let mut rows = vec![direct(&a, &b, &program, dir.path())?];
+    let mut rows = vec![direct(&a, &b, &program)?];
 
     let coordinator = crate::start_coordinator(dir.path(), "0.0.0.0", &[], true)?;
     let port = coordinator.port;
@@ -166,18 +192,21 @@ pub async fn run() -> anyhow::Result<()> {
             Daemon::spawn(&format!("agent-{i}"), cmd, dir.path())
         })
         .collect();
-    let cli = |args: &[&str]| -> anyhow::Result<Value> {
+    let cli_text = |args: &[&str]| -> anyhow::Result<String> {
         let out = Command::new(binary("trainyard"))
             .env("TRAINYARD_COORDINATOR", format!("127.0.0.1:{port}"))
             .env("TRAINYARD_CA_FILE", &ca_file)
             .envs(coordinator.env())
-            .args(["--output", "json"])
             .args(args)
             .output()?;
         if !out.status.success() {
             bail!("trainyard {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
         }
-        Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let cli = |args: &[&str]| -> anyhow::Result<Value> {
+        let text = cli_text(&[&["--output", "json"], args].concat())?;
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     };
     let ready = wait_until(Duration::from_secs(30), || {
         cli(&["agents", "list"]).is_ok_and(|v| v["Agents"].as_array().is_some_and(|a| a.len() == 2))
@@ -185,33 +214,62 @@ pub async fn run() -> anyhow::Result<()> {
     if !ready {
         bail!("the agents did not register");
     }
-    for (path, encrypted) in [("agents, plain TCP", false), ("agents, mutual TLS", true)] {
-        let name = if encrypted { "bench-encrypted" } else { "bench-plain" };
-        let result = dir.path().join(format!("{name}.json"));
+    // Runs a two-instance job of `image` with `environment` to its end.
+    let run_job = |name: &str, image: &Path, encrypted: bool, environment: Value| -> anyhow::Result<()> {
         let mut r: Value = serde_json::from_str(TRAINING)?;
         r["TrainingJobName"] = json!(name);
-        r["AlgorithmSpecification"]["TrainingImage"] = json!(program.display().to_string());
+        r["AlgorithmSpecification"]["TrainingImage"] = json!(image.display().to_string());
         r["ResourceConfig"]["InstanceCount"] = json!(2);
         r["EnableInterContainerTrafficEncryption"] = json!(encrypted);
-        r["Environment"] = json!({
-            "RESULT": result.display().to_string(),
-            "ROUND_TRIPS": ROUND_TRIPS.to_string(),
-            "MEBIBYTES": MEBIBYTES.to_string(),
-        });
+        r["StoppingCondition"] = json!({"MaxRuntimeInSeconds": 1800});
+        r["Environment"] = environment;
         let file = dir.path().join(format!("{name}.request.json"));
         std::fs::write(&file, r.to_string())?;
         cli(&["training-jobs", "create", "--file", &file.display().to_string()])?;
         let mut status = Value::Null;
-        wait_until(Duration::from_secs(600), || {
+        wait_until(Duration::from_secs(1800), || {
             status = cli(&["training-jobs", "describe", name]).unwrap_or(Value::Null);
             matches!(status["TrainingJobStatus"].as_str(), Some("Completed" | "Failed" | "Stopped"))
         });
         if status["TrainingJobStatus"] != "Completed" {
-            bail!("{name} did not complete: {status:#}");
+            bail!("{name} did not complete: {status:#}\n{}", cli_text(&["training-jobs", "logs", name])?);
         }
-        rows.push(read_result(path, &result)?);
+        Ok(())
+    };
+    for (path, encrypted) in [("agents, plain TCP", false), ("agents, mutual TLS", true)] {
+        let name = if encrypted { "bench-encrypted" } else { "bench-plain" };
+        let environment = json!({
+            "ROUND_TRIPS": ROUND_TRIPS.to_string(),
+            "MEBIBYTES": MEBIBYTES.to_string(),
+        });
+        run_job(name, &program, encrypted, environment)?;
+        rows.push(read_result(path, &cli_text(&["training-jobs", "logs", name])?)?);
     }
     print_table(&rows);
+
+    // The same paths under DDP's all-reduce.
+    let venv = trainyard_testkit::python::pytorch();
+    let script = programs.path().join("all_reduce.py");
+    std::fs::write(&script, ALL_REDUCE)?;
+    let launcher = programs.path().join("torchrun.sh");
+    std::fs::write(
+        &launcher,
+        format!(
+            "#!/bin/sh\nrank=$(( ${{SM_CURRENT_HOST#algo-}} - 1 ))\nexec {venv}/bin/torchrun --nnodes 2 --node-rank $rank \
+             --nproc-per-node 1 --master-addr algo-1 --master-port 29500 {script}\n",
+            venv = venv.display(),
+            script = script.display()
+        ),
+    )?;
+    std::fs::set_permissions(&launcher, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut collective = vec![direct_all_reduce(&a, &b, &venv, &script)?];
+    for (path, encrypted) in [("agents, plain TCP", false), ("agents, mutual TLS", true)] {
+        let name = if encrypted { "all-reduce-encrypted" } else { "all-reduce-plain" };
+        let environment = json!({"TENSOR_MIB": TENSOR_MIB.to_string(), "ROUNDS": ROUNDS.to_string()});
+        run_job(name, &launcher, encrypted, environment)?;
+        collective.push(all_reduce_result(path, &cli_text(&["training-jobs", "logs", name])?)?);
+    }
+    print_all_reduce_table(&collective);
     leaks(&cli, dir.path(), &[&a, &b], &agents)?;
     Ok(())
 }
@@ -293,23 +351,85 @@ fn on_cpu(host: &Host, index: usize, program: impl AsRef<std::ffi::OsStr>) -> Co
 }
 
 /// The baseline: the same program straight between the two hosts, no agent in the path.
-fn direct(a: &Host, b: &Host, program: &Path, dir: &Path) -> anyhow::Result<Measured> {
-    let result = dir.join("direct.json");
+fn direct(a: &Host, b: &Host, program: &Path) -> anyhow::Result<Measured> {
     let env = [("ROUND_TRIPS", ROUND_TRIPS.to_string()), ("MEBIBYTES", MEBIBYTES.to_string())];
     let mut server = on_cpu(a, 0, program).args(["serve", "5555"]).envs(env.clone()).spawn()?;
-    let status = on_cpu(b, 1, program)
-        .args(["client", &a.address.to_string(), "5555", &result.display().to_string()])
-        .envs(env)
-        .status()?;
+    let client = on_cpu(b, 1, program).args(["client", &a.address.to_string(), "5555"]).envs(env).output()?;
     let _ = server.wait();
-    if !status.success() {
-        bail!("the direct run failed");
+    if !client.status.success() {
+        bail!("the direct run failed: {}", String::from_utf8_lossy(&client.stderr));
     }
-    read_result("direct (veth + bridge, no agents)", &result)
+    read_result("direct (veth + bridge, no agents)", &String::from_utf8_lossy(&client.stdout))
 }
 
-fn read_result(path: &'static str, file: &Path) -> anyhow::Result<Measured> {
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(file).with_context(|| file.display().to_string())?)?;
+/// The all-reduce straight between the two hosts: `torchrun` in each, gloo on their LAN interface.
+fn direct_all_reduce(a: &Host, b: &Host, venv: &Path, script: &Path) -> anyhow::Result<AllReduce> {
+    let torchrun = venv.join("bin/torchrun");
+    let run = |host: &Host, rank: usize| {
+        let mut cmd = on_cpu(host, rank, &torchrun);
+        cmd.args(["--nnodes", "2", "--node-rank", &rank.to_string(), "--nproc-per-node", "1"])
+            .args(["--master-addr", &a.address.to_string(), "--master-port", "29500"])
+            .arg(script)
+            .env("GLOO_SOCKET_IFNAME", "eth0")
+            .env("TENSOR_MIB", TENSOR_MIB.to_string())
+            .env("ROUNDS", ROUNDS.to_string());
+        cmd
+    };
+    let other = run(b, 1).stdout(std::process::Stdio::null()).spawn()?;
+    let first = run(a, 0).output()?;
+    let second = other.wait_with_output()?;
+    if !first.status.success() || !second.status.success() {
+        bail!("the direct all-reduce failed: {}", String::from_utf8_lossy(&first.stderr));
+    }
+    all_reduce_result("direct (veth + bridge, no agents)", &String::from_utf8_lossy(&first.stdout))
+}
+
+struct AllReduce {
+    path: &'static str,
+    mib_per_s: f64,
+    p50_ms: f64,
+    max_ms: f64,
+}
+
+/// The line rank 0 printed.
+fn all_reduce_result(path: &'static str, output: &str) -> anyhow::Result<AllReduce> {
+    let v = result_line(path, "ALL-REDUCE ", output)?;
+    let number = |k: &str| v[k].as_f64().unwrap_or_default();
+    Ok(AllReduce { path, mib_per_s: number("mib_per_s"), p50_ms: number("p50_ms"), max_ms: number("max_ms") })
+}
+
+fn print_all_reduce_table(rows: &[AllReduce]) {
+    let direct = rows.first().map_or(1.0, |r| r.mib_per_s);
+    let plain = rows.iter().find(|r| r.path.contains("plain")).map_or(1.0, |r| r.mib_per_s);
+    println!();
+    println!(
+        "DDP all-reduce: a {TENSOR_MIB} MiB float32 tensor summed across 2 ranks, {ROUNDS} times (torch gloo, torchrun on each host)"
+    );
+    println!("{:<36} {:>10} {:>9} {:>10} {:>10} {:>10}", "path", "MiB/s", "vs plain", "vs direct", "p50 ms", "max ms");
+    for r in rows {
+        println!(
+            "{:<36} {:>10.0} {:>8.0}% {:>9.0}% {:>10.1} {:>10.1}",
+            r.path,
+            r.mib_per_s,
+            100.0 * r.mib_per_s / plain,
+            100.0 * r.mib_per_s / direct,
+            r.p50_ms,
+            r.max_ms
+        );
+    }
+}
+
+/// The JSON a program printed after `prefix` (on a line of its own, or of a job's log).
+fn result_line(path: &str, prefix: &str, output: &str) -> anyhow::Result<Value> {
+    let line = output
+        .lines()
+        .find_map(|l| l.split_once(prefix).map(|(_, json)| json.to_string()))
+        .with_context(|| format!("{path}: no result in the output:\n{output}"))?;
+    Ok(serde_json::from_str(&line)?)
+}
+
+fn read_result(path: &'static str, output: &str) -> anyhow::Result<Measured> {
+    let v = result_line(path, "PEERS ", output)?;
     let number = |k: &str| v[k].as_f64().unwrap_or_default();
     Ok(Measured { path, p50_us: number("p50_us"), p99_us: number("p99_us"), mib_per_s: number("mib_per_s") })
 }

@@ -8,6 +8,7 @@ pub mod netns;
 pub mod nvml;
 pub mod postgres;
 pub mod process;
+pub mod python;
 pub mod registry;
 pub mod s3;
 

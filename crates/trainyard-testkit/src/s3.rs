@@ -1,7 +1,7 @@
 //! A local S3-compatible server for tests: moto's server mode (from PyPI, installed once into a
 //! virtualenv under the target directory), and its boto3 for the test's own S3 calls.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -18,55 +18,13 @@ pub struct S3Server {
 pub const ACCESS_KEY: &str = "trainyard-test";
 pub const SECRET_KEY: &str = "trainyard-test-secret";
 
-/// A virtualenv under the target directory (or `TRAINYARD_<NAME>_VENV`) with `packages`
-/// installed from PyPI, created once per machine; concurrent tests wait on a lock file.
-pub fn venv_with(name: &str, packages: &[&str], probe: &str) -> PathBuf {
-    let venv = match std::env::var_os(format!("TRAINYARD_{}_VENV", name.to_uppercase())) {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let exe = std::env::current_exe().expect("current exe");
-            let target =
-                exe.ancestors().find(|p| p.ends_with("target")).map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-            target.join(format!("{name}-venv"))
-        }
-    };
-    if venv.join(probe).exists() {
-        return venv;
-    }
-    std::fs::create_dir_all(venv.parent().expect("parent")).expect("dir");
-    let lock = std::fs::File::create(venv.with_extension("lock")).expect("lock file");
-    // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
-    unsafe {
-        libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX);
-    }
-    if !venv.join(probe).exists() {
-        // The system's interpreter where there is one: jobs (each a uid of its own) run programs
-        // from these virtualenvs, and an interpreter under a 0700 home is out of their reach.
-        let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
-        let status = Command::new(python).args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");
-        assert!(status.success(), "creating the {name} virtualenv failed");
-        let out = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet"])
-            .args(packages)
-            .output()
-            .expect("pip install");
-        assert!(
-            out.status.success(),
-            "installing {packages:?} from PyPI failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    drop(lock);
-    venv
-}
-
 fn ensure_installed() -> PathBuf {
-    venv_with("moto", &["moto[server]==5.*"], "bin/moto_server")
+    crate::python::venv_with("moto", &["moto[server]==5.*"])
 }
 
 /// The AWS CLI (`awscli` from PyPI), in a virtualenv of its own.
 pub fn aws_cli() -> PathBuf {
-    venv_with("awscli", &["awscli"], "bin/aws").join("bin/aws")
+    crate::python::venv_with("awscli", &["awscli"]).join("bin/aws")
 }
 
 impl S3Server {
