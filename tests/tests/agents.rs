@@ -428,7 +428,57 @@ on_both_backends!(
     early_stopping_and_completion_criteria_end_trials_and_jobs,
     hyperband_stops_trials_outside_the_top_of_their_rung,
     warm_start_seeds_a_search_with_its_parents_trials,
+    metric_series_are_read_back_by_metric_and_time,
 );
+
+/// What a job's MetricDefinitions matched comes back as series, one per metric, in time order
+/// (`training-jobs metrics`, the GetTrainingJobMetrics RPC), whole or for one metric.
+fn metric_series_are_read_back_by_metric_and_time(backend: Backend) {
+    let c = Coordinator::start_on(backend);
+    let _agent = c.start_agent("worker", &["--advertise-vcpus", "16"], &[]);
+    // A second apart: one sample per metric per second is stored.
+    let program = c.install_program(
+        "curves.sh",
+        "#!/bin/sh\necho 'epoch=1 loss=0.9 accuracy=0.1'\nsleep 1.2\necho 'epoch=2 loss=0.5 accuracy=0.4'\nsleep 1.2\n\
+         echo 'epoch=3 loss=0.25 accuracy=0.8'\n",
+    );
+    let mut r = training_request(&c, "curves", json!({}), 600);
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    r["AlgorithmSpecification"]["MetricDefinitions"] = json!([
+        {"Name": "train:loss", "Regex": "loss=([0-9.]+)"},
+        {"Name": "train:accuracy", "Regex": "accuracy=([0-9.]+)"}
+    ]);
+    submit(&c, "training-jobs", "curves", &r);
+    let done = c.wait_json(&["training-jobs", "describe", "curves"], |d| d["TrainingJobStatus"] != "InProgress");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+
+    let metrics = c.json(&["training-jobs", "metrics", "curves"]);
+    let series = metrics["Metrics"].as_array().expect("series");
+    let names: Vec<&str> = series.iter().filter_map(|s| s["MetricName"].as_str()).collect();
+    assert_eq!(names, ["train:accuracy", "train:loss"], "{metrics:#}");
+    assert_eq!(series[0]["Values"], json!([0.1, 0.4, 0.8]));
+    assert_eq!(series[1]["Values"], json!([0.9, 0.5, 0.25]));
+    let times: Vec<f64> = series[1]["Timestamps"].as_array().expect("times").iter().filter_map(Value::as_f64).collect();
+    assert!(times.windows(2).all(|w| w[1] - w[0] >= 1.0), "a second apart, in order: {times:?}");
+    let started = done["TrainingStartTime"].as_f64().expect("start");
+    assert!(times[0] >= started - 1.0, "{times:?} after {started}");
+
+    let loss = c.json(&["training-jobs", "metrics", "curves", "--metric", "train:loss"]);
+    assert_eq!(loss["Metrics"].as_array().map(Vec::len), Some(1), "{loss:#}");
+    assert_eq!(loss["Metrics"][0]["Values"], json!([0.9, 0.5, 0.25]));
+    let none = c.json(&["training-jobs", "metrics", "curves", "--metric", "nothing"]);
+    assert_eq!(none["Metrics"], json!([]));
+    let table = c.cli(&["training-jobs", "metrics", "curves"]);
+    table.assert_success();
+    assert!(table.stdout().contains("train:loss") && table.stdout().contains("0.25"), "{}", table.stdout());
+
+    // Bad input names the field and the limit; an unknown job is NotFound.
+    let long = "m".repeat(256);
+    let out = c.cli(&["training-jobs", "metrics", "curves", "--metric", &long]);
+    assert_eq!(out.code(), 3, "{}", out.stderr());
+    assert!(out.stderr().contains("metric_name") && out.stderr().contains("at most 255"), "{}", out.stderr());
+    assert_eq!(c.cli(&["training-jobs", "metrics", "no-such-job"]).code(), 4);
+}
 
 /// Trials run one at a time with a fixed seed, so every suggestion is made from the results of all
 /// earlier trials, whatever the timing: the sequence of trials is the same on every run.

@@ -95,6 +95,7 @@ fn tokens_and_scopes_decide_who_sees_creates_and_stops_what() {
         vec!["training-jobs", "describe", "ana-job"],
         vec!["training-jobs", "stop", "ana-job"],
         vec!["training-jobs", "logs", "ana-job"],
+        vec!["training-jobs", "metrics", "ana-job"],
     ] {
         let out = c.cli_as(&bo, &args);
         assert_eq!(out.code(), 4, "{args:?}: {}", out.stderr());

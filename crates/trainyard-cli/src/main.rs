@@ -211,6 +211,14 @@ enum TrainingCommand {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Print a training job's metric series (what its MetricDefinitions matched, at most one
+    /// sample per metric per second).
+    Metrics {
+        name: String,
+        /// Only this metric.
+        #[arg(long)]
+        metric: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -905,6 +913,36 @@ async fn training(mut client: TrainingClient<Transport>, cmd: TrainingCommand, o
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+        TrainingCommand::Metrics { name, metric } => {
+            let mut series: Vec<pb::MetricSeries> = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = client
+                    .get_training_job_metrics(pb::GetTrainingJobMetricsRequest {
+                        training_job_name: name.clone(),
+                        metric_name: metric.clone().unwrap_or_default(),
+                        next_token: token,
+                        max_samples: 0,
+                    })
+                    .await?
+                    .into_inner();
+                for part in page.series {
+                    // A series may go on from one page to the next.
+                    match series.last_mut() {
+                        Some(last) if last.metric_name == part.metric_name => last.points.extend(part.points),
+                        _ => series.push(part),
+                    }
+                }
+                if page.next_token.is_empty() {
+                    break;
+                }
+                token = page.next_token;
+            }
+            match out {
+                Output::Json => output::metrics_json(&name, &series),
+                Output::Table => output::metrics(&series),
             }
         }
         TrainingCommand::Stop { name } => {

@@ -381,6 +381,32 @@ pub fn list_agents(r: &trainyard_proto::pb::ListAgentsResponse) {
     println!("{t}");
 }
 
+/// A job's metric series, a row per sample.
+pub fn metrics(series: &[trainyard_proto::pb::MetricSeries]) {
+    let mut t = table(&["METRIC", "TIME", "VALUE"]);
+    for s in series {
+        for p in &s.points {
+            t.add_row(vec![s.metric_name.clone(), millis(p.timestamp_millis), p.value.to_string()]);
+        }
+    }
+    println!("{t}");
+}
+
+/// A job's metric series as columns (times in seconds since the epoch), ready to plot.
+pub fn metrics_json(name: &str, series: &[trainyard_proto::pb::MetricSeries]) {
+    let metrics: Vec<serde_json::Value> = series
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "MetricName": s.metric_name,
+                "Timestamps": s.points.iter().map(|p| p.timestamp_millis as f64 / 1000.0).collect::<Vec<_>>(),
+                "Values": s.points.iter().map(|p| p.value).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json(&serde_json::json!({ "TrainingJobName": name, "Metrics": metrics }));
+}
+
 fn millis(at: i64) -> String {
     if at == 0 { "-".into() } else { time(Some(Timestamp::from_millis(at))) }
 }

@@ -14,11 +14,12 @@ use trainyard_model::catalog::Catalog;
 use trainyard_model::error::ResourceKind;
 use trainyard_model::jobs::{TrainingJob, TuningJob, not_found};
 use trainyard_model::listing::ListQuery;
+use trainyard_model::metrics::{MAX_PAGE_SAMPLES, PageEnd, end_page};
 use trainyard_model::names::ArnContext;
 use trainyard_model::roles::ExecutionRoles;
 use trainyard_model::rules::{self, ServiceLimits};
 use trainyard_model::{DomainError, Timestamp, Validate, Violation};
-use trainyard_store::{LogRecord, Store, StoreError, Versioned};
+use trainyard_store::{LogRecord, MetricSample, Store, StoreError, Versioned};
 
 /// Log lines kept per training job in the store.
 pub const MAX_LOG_LINES: i64 = 100_000;
@@ -31,6 +32,8 @@ pub const MAX_LOG_PAGE_LINES: u32 = 10_000;
 pub const MAX_LOG_PAGE_BYTES: usize = 3 * 1024 * 1024;
 /// Lines read from the store at a time while a page fills.
 const LOG_READ_CHUNK: usize = 256;
+/// A MetricDefinition's Name is at most this long (SageMaker's limit).
+const MAX_METRIC_NAME_CHARS: usize = 255;
 
 use crate::inbox::Event;
 
@@ -475,6 +478,45 @@ impl Coordinator {
             }
         }
         Ok((lines, stored.status.is_terminal()))
+    }
+
+    // ----- metrics -----
+
+    /// A page of a job's stored metric samples (of `metric` only, if not empty), ordered by metric
+    /// then time, after the page `token` ended (from the start if empty); with the next page's
+    /// token, if any, and whether the job has ended.
+    pub async fn read_metrics(
+        &self,
+        caller: &Caller,
+        job: &str,
+        metric: &str,
+        token: &str,
+        limit: u32,
+    ) -> Result<(Vec<MetricSample>, Option<String>, bool), DomainError> {
+        let mut violations = Vec::new();
+        if metric.chars().count() > MAX_METRIC_NAME_CHARS {
+            violations.push(Violation {
+                field: "metric_name".into(),
+                description: format!("must be at most {MAX_METRIC_NAME_CHARS} characters (a MetricDefinition's Name)"),
+            });
+        }
+        let after = if token.is_empty() { None } else { PageEnd::parse(token) };
+        if !token.is_empty() && after.is_none() {
+            violations.push(Violation {
+                field: "next_token".into(),
+                description: "is not a token a page of metrics returned".into(),
+            });
+        }
+        if !violations.is_empty() {
+            return Err(DomainError::Validation(violations));
+        }
+        let stored = self.visible_training_job(caller, job).await?;
+        let limit = if limit == 0 { MAX_PAGE_SAMPLES } else { limit.min(MAX_PAGE_SAMPLES) };
+        let metric = (!metric.is_empty()).then_some(metric);
+        let after = after.as_ref().map(|e| (e.metric.as_str(), Timestamp::from_millis(e.at_millis)));
+        let mut samples = self.store.read_metric_page(job, metric, after, limit).await?;
+        let end = end_page(&mut samples, limit as usize, |s| (s.name.as_str(), s.timestamp.millis()));
+        Ok((samples, end.map(|e| e.token()), stored.status.is_terminal()))
     }
 
     // ----- shared -----

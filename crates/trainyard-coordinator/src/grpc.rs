@@ -198,4 +198,29 @@ impl Training for TrainingService {
             });
         respond("GetTrainingJobLogs", result)
     }
+
+    async fn get_training_job_metrics(
+        &self,
+        request: Request<pb::GetTrainingJobMetricsRequest>,
+    ) -> Result<Response<pb::GetTrainingJobMetricsResponse>, Status> {
+        let who = caller(&self.1, "GetTrainingJobMetrics", &request).await?;
+        let r = request.into_inner();
+        let result = self
+            .0
+            .read_metrics(&who, &r.training_job_name, &r.metric_name, &r.next_token, r.max_samples)
+            .await
+            .map(|(samples, next_token, ended)| {
+                // Ordered by metric: each run of one name is a series.
+                let mut series: Vec<pb::MetricSeries> = Vec::new();
+                for sample in samples {
+                    let point = pb::MetricPoint { timestamp_millis: sample.timestamp.millis(), value: sample.value };
+                    match series.last_mut() {
+                        Some(last) if last.metric_name == sample.name => last.points.push(point),
+                        _ => series.push(pb::MetricSeries { metric_name: sample.name, points: vec![point] }),
+                    }
+                }
+                pb::GetTrainingJobMetricsResponse { series, next_token: next_token.unwrap_or_default(), ended }
+            });
+        respond("GetTrainingJobMetrics", result)
+    }
 }

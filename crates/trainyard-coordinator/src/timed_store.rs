@@ -72,6 +72,7 @@ timed! {
     fn last_log_seq(&self, training_job: &str) -> i64;
     fn append_metrics(&self, training_job: &str, samples: &[MetricSample]) -> ();
     fn read_metrics(&self, training_job: &str) -> Vec<MetricSample>;
+    fn read_metric_page(&self, training_job: &str, metric: Option<&str>, after: Option<(&str, trainyard_model::Timestamp)>, limit: u32) -> Vec<MetricSample>;
     fn count_trials(&self, tuning_job: &str) -> u64;
     fn best_trial(&self, tuning_job: &str, maximize: bool) -> Option<TrainingJob>;
     fn prune_ended_jobs(&self, before: trainyard_model::Timestamp, limit: u32) -> (u64, u64);

@@ -11,6 +11,45 @@ pub const MAX_SAMPLES_PER_METRIC: u32 = 10_000;
 /// The finest resolution of a stored series.
 pub const SAMPLE_SPACING_MILLIS: i64 = 1_000;
 
+/// Samples in one page of a job's metrics, at most (and when a request names no size).
+pub const MAX_PAGE_SAMPLES: u32 = 10_000;
+
+/// Where a page of a job's samples (ordered by metric, then time) ended: the next page starts
+/// after this sample. Its token is opaque to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageEnd {
+    pub metric: String,
+    pub at_millis: i64,
+}
+
+impl PageEnd {
+    pub fn token(&self) -> String {
+        format!("{}/{}", self.at_millis, self.metric)
+    }
+
+    /// The page end a token names; `None` for a text no page gave.
+    pub fn parse(token: &str) -> Option<PageEnd> {
+        let (at, metric) = token.split_once('/')?;
+        let at_millis = at.parse().ok()?;
+        (!metric.is_empty()).then(|| PageEnd { metric: metric.to_string(), at_millis })
+    }
+}
+
+/// Cuts a full page (`samples.len() == limit`, ordered by metric and time) before its last
+/// (metric, time): more samples of that key may follow unread (two instances of a job report the
+/// same metric in the same millisecond), and the next page, which starts after the page's last
+/// key, must hold them all. Returns where the page ends, or `None` when it was the last one. A page
+/// of a single key is left whole.
+pub fn end_page<T>(samples: &mut Vec<T>, limit: usize, key: impl Fn(&T) -> (&str, i64)) -> Option<PageEnd> {
+    if samples.len() < limit || samples.is_empty() {
+        return None;
+    }
+    let last = samples.last().map(|s| (key(s).0.to_string(), key(s).1))?;
+    let keep = samples.iter().rposition(|s| key(s) != (last.0.as_str(), last.1)).map_or(samples.len(), |i| i + 1);
+    samples.truncate(keep);
+    samples.last().map(|s| PageEnd { metric: key(s).0.to_string(), at_millis: key(s).1 })
+}
+
 /// What has been stored of one job's metrics so far.
 #[derive(Debug, Default)]
 pub struct SampleBudget {
@@ -39,6 +78,38 @@ impl SampleBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_token_names_where_the_page_ended_and_nothing_else_parses() {
+        let end = PageEnd { metric: "validation/loss: top-1".into(), at_millis: 1_700_000_000_123 };
+        assert_eq!(PageEnd::parse(&end.token()), Some(end));
+        for bad in ["", "12", "/loss", "x/loss", "12/", "1.5/loss"] {
+            assert_eq!(PageEnd::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_full_page_ends_where_the_key_changes_so_equal_samples_stay_together() {
+        fn key<'a>(s: &'a (&'static str, i64)) -> (&'a str, i64) {
+            (s.0, s.1)
+        }
+        // Not full: the last page.
+        let mut samples = vec![("loss", 1), ("loss", 2)];
+        assert_eq!(end_page(&mut samples, 3, key), None);
+        assert_eq!(samples.len(), 2);
+        // Full: its last key may go on beyond the page, so it starts the next one.
+        let mut samples = vec![("acc", 5), ("loss", 1), ("loss", 2)];
+        assert_eq!(end_page(&mut samples, 3, key), Some(PageEnd { metric: "loss".into(), at_millis: 1 }));
+        assert_eq!(samples, vec![("acc", 5), ("loss", 1)]);
+        // Full, two instances' samples at the same time at its end: both go to the next page.
+        let mut samples = vec![("loss", 1), ("loss", 2), ("loss", 3), ("loss", 3)];
+        assert_eq!(end_page(&mut samples, 4, key), Some(PageEnd { metric: "loss".into(), at_millis: 2 }));
+        assert_eq!(samples, vec![("loss", 1), ("loss", 2)]);
+        // A page of one key cannot be cut.
+        let mut samples = vec![("loss", 3), ("loss", 3)];
+        assert_eq!(end_page(&mut samples, 2, key), Some(PageEnd { metric: "loss".into(), at_millis: 3 }));
+        assert_eq!(samples.len(), 2);
+    }
 
     #[test]
     fn a_flood_is_stored_at_one_sample_per_second_per_metric_and_capped() {

@@ -219,6 +219,15 @@ pub trait Store: Send + Sync {
     async fn last_log_seq(&self, training_job: &str) -> Result<i64, StoreError>;
     async fn append_metrics(&self, training_job: &str, samples: &[MetricSample]) -> Result<(), StoreError>;
     async fn read_metrics(&self, training_job: &str) -> Result<Vec<MetricSample>, StoreError>;
+    /// A page of a job's samples ordered by metric name, then time: of `metric` only if given,
+    /// after the sample `after` (metric name, time) if given, at most `limit`.
+    async fn read_metric_page(
+        &self,
+        training_job: &str,
+        metric: Option<&str>,
+        after: Option<(&str, trainyard_model::Timestamp)>,
+        limit: u32,
+    ) -> Result<Vec<MetricSample>, StoreError>;
     /// How many trials a tuning job has launched.
     async fn count_trials(&self, tuning_job: &str) -> Result<u64, StoreError>;
 

@@ -733,6 +733,49 @@ impl Store for SqlStore {
             .collect()
     }
 
+    async fn read_metric_page(
+        &self,
+        training_job: &str,
+        metric: Option<&str>,
+        after: Option<(&str, Timestamp)>,
+        limit: u32,
+    ) -> Result<Vec<MetricSample>, StoreError> {
+        // Built to the conditions given (the Any driver binds no NULL of every type).
+        let mut sql =
+            String::from("SELECT metric_name, timestamp, value FROM metric_samples WHERE training_job_name = $1");
+        let mut next = 2;
+        if metric.is_some() {
+            sql.push_str(&format!(" AND metric_name = ${next}"));
+            next += 1;
+        }
+        if after.is_some() {
+            sql.push_str(&format!(
+                " AND (metric_name > ${a} OR (metric_name = ${a} AND timestamp > ${b}))",
+                a = next,
+                b = next + 1
+            ));
+            next += 2;
+        }
+        sql.push_str(&format!(" ORDER BY metric_name, timestamp LIMIT ${next}"));
+        let mut query = sqlx::query(audited(sql)).bind(training_job);
+        if let Some(metric) = metric {
+            query = query.bind(metric);
+        }
+        if let Some((name, at)) = after {
+            query = query.bind(name).bind(at.millis());
+        }
+        let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(MetricSample {
+                    name: r.try_get("metric_name")?,
+                    timestamp: Timestamp::from_millis(r.try_get("timestamp")?),
+                    value: r.try_get("value")?,
+                })
+            })
+            .collect()
+    }
+
     async fn count_trials(&self, tuning_job: &str) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM training_jobs WHERE tuning_job_name = $1")
             .bind(tuning_job)

@@ -33,6 +33,7 @@ cases!(
     trials_are_counted_and_ranked,
     active_jobs_are_found_for_reconciliation,
     logs_and_metrics_append_and_read_in_order,
+    metric_pages_go_by_metric_then_time,
     owners_are_stored_and_filter_lists,
     tokens_are_stored_hashed_and_revoked,
     agent_identities_are_replaced_and_revoked,
@@ -507,6 +508,32 @@ async fn logs_and_metrics_append_and_read_in_order(store: Arc<dyn Store>) {
             .expect("trial");
     }
     assert_eq!(store.count_trials("counted").await.expect("count"), 3);
+}
+
+async fn metric_pages_go_by_metric_then_time(store: Arc<dyn Store>) {
+    let sample = |name: &str, at: i64| MetricSample {
+        name: name.into(),
+        timestamp: Timestamp::from_millis(at),
+        value: at as f64,
+    };
+    // Stored out of order, one sample shared by two instances (loss at 3), another job's beside.
+    let samples = [sample("loss", 3), sample("acc", 2), sample("loss", 1), sample("loss", 3), sample("acc", 1)];
+    store.append_metrics("paged", &samples).await.expect("append");
+    store.append_metrics("paged-other", &[sample("acc", 9)]).await.expect("append");
+    let key = |page: &[MetricSample]| page.iter().map(|s| (s.name.clone(), s.timestamp.millis())).collect::<Vec<_>>();
+    let all = store.read_metric_page("paged", None, None, 100).await.expect("page");
+    let expected = [("acc", 1), ("acc", 2), ("loss", 1), ("loss", 3), ("loss", 3)];
+    assert_eq!(key(&all), expected.map(|(n, t)| (n.to_string(), t)));
+    let first = store.read_metric_page("paged", None, None, 2).await.expect("page");
+    assert_eq!(key(&first), [("acc".to_string(), 1), ("acc".to_string(), 2)]);
+    let rest = store.read_metric_page("paged", None, Some(("acc", Timestamp::from_millis(2))), 10).await.expect("page");
+    assert_eq!(rest.len(), 3, "after the last acc sample: every loss sample");
+    let losses = store.read_metric_page("paged", Some("loss"), None, 10).await.expect("page");
+    assert_eq!(key(&losses), [("loss".to_string(), 1), ("loss".to_string(), 3), ("loss".to_string(), 3)]);
+    let later = store.read_metric_page("paged", Some("loss"), Some(("loss", Timestamp::from_millis(1))), 10).await;
+    assert_eq!(later.expect("page").len(), 2);
+    assert!(store.read_metric_page("paged", Some("nothing"), None, 10).await.expect("page").is_empty());
+    assert!(store.read_metric_page("no-such-job", None, None, 10).await.expect("page").is_empty());
 }
 
 async fn owners_are_stored_and_filter_lists(store: Arc<dyn Store>) {
