@@ -32,6 +32,16 @@ pub const MAX_LOG_PAGE_LINES: u32 = 10_000;
 pub const MAX_LOG_PAGE_BYTES: usize = 3 * 1024 * 1024;
 /// Lines read from the store at a time while a page fills.
 const LOG_READ_CHUNK: usize = 256;
+/// A read of one instance's lines: stamped at `from` or later, after sequence `after`, in order, at
+/// most `limit` lines and `max_bytes` of text (at least one line).
+pub struct StreamRead {
+    pub instance: u32,
+    pub from: Timestamp,
+    pub after: i64,
+    pub limit: u32,
+    pub max_bytes: usize,
+}
+
 /// A MetricDefinition's Name is at most this long (SageMaker's limit).
 const MAX_METRIC_NAME_CHARS: usize = 255;
 
@@ -478,6 +488,87 @@ impl Coordinator {
             }
         }
         Ok((lines, stored.status.is_terminal()))
+    }
+
+    /// One instance's lines of a job (what a CloudWatch Logs stream of it shows): see
+    /// [`StreamRead`].
+    pub async fn read_instance_logs(
+        &self,
+        caller: &Caller,
+        job: &str,
+        read: StreamRead,
+    ) -> Result<Vec<LogRecord>, DomainError> {
+        let StreamRead { instance, from, after, limit, max_bytes } = read;
+        self.visible_training_job(caller, job).await?;
+        let limit = limit.clamp(1, MAX_LOG_PAGE_LINES) as usize;
+        let (mut lines, mut bytes, mut after) = (Vec::new(), 0, after);
+        'page: while lines.len() < limit {
+            let want = LOG_READ_CHUNK.min(limit - lines.len());
+            let chunk = self.store.read_instance_logs(job, instance, from, after, want as u32).await?;
+            let complete = chunk.len() == want;
+            for line in chunk {
+                if !lines.is_empty() && bytes + line.text.len() > max_bytes {
+                    break 'page;
+                }
+                bytes += line.text.len();
+                after = line.seq;
+                lines.push(line);
+            }
+            if !complete {
+                break;
+            }
+        }
+        Ok(lines)
+    }
+
+    // ----- tags -----
+
+    /// The tags a training or tuning job was created with, by its ARN (SageMaker's ListTags). ARNs
+    /// carry names lower-cased: a name with capitals is found by a case-blind search.
+    pub async fn tags_of(&self, caller: &Caller, arn: &str) -> Result<Vec<api::Tag>, DomainError> {
+        let unknown = || not_found(ResourceKind::TrainingJob, arn);
+        if let Some((_, name)) = arn.split_once(":training-job/") {
+            let job = match self.store.get_training_job(name).await? {
+                Some(job) if job.value.arn == arn => job.value,
+                _ => {
+                    let request = api::ListTrainingJobsRequest {
+                        name_contains: Some(name.to_string()),
+                        max_results: Some(100),
+                        ..Default::default()
+                    };
+                    let query = ListQuery::for_training_jobs(&request, caller.list_filter())?;
+                    let page = self.store.list_training_jobs(&query).await?;
+                    page.items.into_iter().find(|j| j.arn == arn).ok_or_else(unknown)?
+                }
+            };
+            if !caller.sees(&job.owner) {
+                return Err(unknown());
+            }
+            return Ok(job.request.tags.unwrap_or_default());
+        }
+        if let Some((_, name)) = arn.split_once(":hyper-parameter-tuning-job/") {
+            let job = match self.store.get_tuning_job(name).await? {
+                Some(job) if job.value.arn == arn => job.value,
+                _ => {
+                    let request = api::ListHyperParameterTuningJobsRequest {
+                        name_contains: Some(name.to_string()),
+                        max_results: Some(100),
+                        ..Default::default()
+                    };
+                    let query = ListQuery::for_tuning_jobs(&request, caller.list_filter())?;
+                    let page = self.store.list_tuning_jobs(&query).await?;
+                    page.items.into_iter().find(|j| j.arn == arn).ok_or_else(unknown)?
+                }
+            };
+            if !caller.sees(&job.owner) {
+                return Err(unknown());
+            }
+            return Ok(job.request.tags.unwrap_or_default());
+        }
+        Err(DomainError::Validation(vec![Violation {
+            field: "ResourceArn".into(),
+            description: "must be the ARN of a training job or a hyperparameter tuning job".into(),
+        }]))
     }
 
     // ----- metrics -----

@@ -69,6 +69,7 @@ timed! {
     fn trial_counts(&self, tuning_jobs: &[String]) -> HashMap<String, TrialCounts>;
     fn append_logs(&self, training_job: &str, lines: &[LogRecord]) -> ();
     fn read_logs(&self, training_job: &str, after_seq: i64, limit: u32) -> Vec<LogRecord>;
+    fn read_instance_logs(&self, training_job: &str, instance: u32, from: trainyard_model::Timestamp, after_seq: i64, limit: u32) -> Vec<LogRecord>;
     fn last_log_seq(&self, training_job: &str) -> i64;
     fn append_metrics(&self, training_job: &str, samples: &[MetricSample]) -> ();
     fn read_metrics(&self, training_job: &str) -> Vec<MetricSample>;

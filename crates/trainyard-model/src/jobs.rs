@@ -297,6 +297,14 @@ impl TrainingJob {
         self.origin.as_ref().map(|o| o.tuning_job_name.as_str())
     }
 
+    /// A trial's tuning job's ARN, in the same partition, region and account as its own (the
+    /// name lower-cased, as SageMaker does).
+    pub fn tuning_job_arn(&self) -> Option<String> {
+        let tuning = self.tuning_job_name()?;
+        let (prefix, _) = self.arn.rsplit_once(":training-job/")?;
+        Some(format!("{prefix}:hyper-parameter-tuning-job/{}", tuning.to_lowercase()))
+    }
+
     /// Moves to a new secondary status (and the primary status it belongs to), closing the
     /// current transition. A no-op when the job is in that secondary status already.
     pub fn transition(
@@ -489,7 +497,11 @@ impl TrainingJob {
                 .clone()
                 .map(|uri| api::ModelArtifacts { s3_model_artifacts: Some(uri) }),
             model_package_config,
-            output_data_config,
+            // SageMaker answers an empty KmsKeyId for a job given none (the SDK's attach reads it).
+            output_data_config: output_data_config.map(|mut o| {
+                o.kms_key_id.get_or_insert_with(String::new);
+                o
+            }),
             profiler_config,
             profiler_rule_configurations,
             remote_debug_config,
@@ -517,7 +529,7 @@ impl TrainingJob {
             training_job_status: Some(self.status.as_str().to_string()),
             training_start_time: self.training_start_time,
             training_time_in_seconds: training_time,
-            tuning_job_arn: None,
+            tuning_job_arn: self.tuning_job_arn(),
             vpc_config,
             ..Default::default()
         }

@@ -138,12 +138,13 @@ pub fn never_fits(agents: &[Agent], d: &Demand) -> Option<String> {
     if hosts == 0 {
         let biggest = candidates
             .iter()
-            .map(|a| (a.gpus_total, a.vcpus_total, a.memory_total_mib / 1024))
+            .map(|a| (a.gpus_total, a.vcpus_total, a.memory_total_mib / 1024, a.disk_total_mib / 1024))
             .max()
             .unwrap_or_default();
         return Some(format!(
-            "each instance needs {} vCPU, {} MiB memory, {} GPU and {} MiB disk; the largest agent has {} GPU, {} vCPU, {} GiB",
-            d.vcpus, d.memory_mib, d.gpus, d.disk_mib, biggest.0, biggest.1, biggest.2
+            "each instance needs {} vCPU, {} MiB memory, {} GPU and {} MiB disk; the largest agent has {} GPU, {} vCPU, \
+             {} GiB memory, {} GiB disk",
+            d.vcpus, d.memory_mib, d.gpus, d.disk_mib, biggest.0, biggest.1, biggest.2, biggest.3
         ));
     }
     if (hosts as u32) < d.instance_count {

@@ -216,6 +216,16 @@ pub trait Store: Send + Sync {
     /// Lines after `after_seq`, in order, at most `limit`.
     async fn read_logs(&self, training_job: &str, after_seq: i64, limit: u32) -> Result<Vec<LogRecord>, StoreError>;
     /// The highest `seq` stored for a job (0 when none).
+    /// One instance's lines stamped at `from` or later, after `after_seq`, in order, at most `limit`
+    /// (a CloudWatch Logs stream's view of the job's log).
+    async fn read_instance_logs(
+        &self,
+        training_job: &str,
+        instance: u32,
+        from: trainyard_model::Timestamp,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<LogRecord>, StoreError>;
     async fn last_log_seq(&self, training_job: &str) -> Result<i64, StoreError>;
     async fn append_metrics(&self, training_job: &str, samples: &[MetricSample]) -> Result<(), StoreError>;
     async fn read_metrics(&self, training_job: &str) -> Result<Vec<MetricSample>, StoreError>;

@@ -678,6 +678,38 @@ impl Store for SqlStore {
             .collect()
     }
 
+    async fn read_instance_logs(
+        &self,
+        training_job: &str,
+        instance: u32,
+        from: Timestamp,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, instance, stream, timestamp, text FROM training_job_logs \
+             WHERE training_job_name = $1 AND instance = $2 AND timestamp >= $3 AND seq > $4 ORDER BY seq LIMIT $5",
+        )
+        .bind(training_job)
+        .bind(i64::from(instance))
+        .bind(from.millis())
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LogRecord {
+                    seq: r.try_get("seq")?,
+                    instance: u32::try_from(r.try_get::<i64, _>("instance")?).unwrap_or_default(),
+                    stream: r.try_get("stream")?,
+                    timestamp: Timestamp::from_millis(r.try_get("timestamp")?),
+                    text: r.try_get("text")?,
+                })
+            })
+            .collect()
+    }
+
     async fn last_log_seq(&self, training_job: &str) -> Result<i64, StoreError> {
         let n: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM training_job_logs WHERE training_job_name = $1")
             .bind(training_job)

@@ -491,6 +491,23 @@ async fn logs_and_metrics_append_and_read_in_order(store: Arc<dyn Store>) {
     assert_eq!(first[0], lines[0]);
     let rest = store.read_logs("job", 240, 100).await.expect("read");
     assert_eq!(rest.iter().map(|l| l.seq).collect::<Vec<_>>(), (241..=250).collect::<Vec<_>>());
+    // One instance's stream: lines of instance 2 only, stamped at 200 or later, after seq 230.
+    let mut second: Vec<LogRecord> = (1..=20)
+        .map(|seq| LogRecord {
+            seq,
+            instance: 1 + (seq as u32 % 2),
+            stream: "stdout".into(),
+            timestamp: Timestamp::from_millis(seq * 10),
+            text: format!("{seq}"),
+        })
+        .collect();
+    second.retain(|l| l.instance == 2 || l.seq < 5);
+    store.append_logs("pair", &second).await.expect("append");
+    let read = store.read_instance_logs("pair", 2, Timestamp::from_millis(60), 0, 100).await.expect("read");
+    assert_eq!(read.iter().map(|l| l.seq).collect::<Vec<_>>(), [7, 9, 11, 13, 15, 17, 19]);
+    let read = store.read_instance_logs("pair", 2, Timestamp::from_millis(60), 11, 2).await.expect("read");
+    assert_eq!(read.iter().map(|l| l.seq).collect::<Vec<_>>(), [13, 15]);
+    assert!(store.read_instance_logs("pair", 3, Timestamp::from_millis(0), 0, 100).await.expect("read").is_empty());
 
     let samples = vec![
         MetricSample { name: "loss".into(), timestamp: Timestamp::from_millis(2), value: 0.5 },

@@ -66,3 +66,8 @@ pub fn sagemaker_training() -> PathBuf {
 pub fn pytorch() -> PathBuf {
     venv_with("torch", &["torch==2.5.1", "sagemaker-pytorch-training==3.0.0"])
 }
+
+/// The SageMaker Python SDK (`sagemaker` 2.x): Estimator, HyperparameterTuner, analytics.
+pub fn sagemaker_sdk() -> PathBuf {
+    venv_with("sagemaker-sdk", &["sagemaker==2.*"])
+}

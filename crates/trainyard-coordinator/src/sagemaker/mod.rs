@@ -3,6 +3,12 @@
 //! with an API token (`trainyard tokens create --access-key`) or configured (`[[access_keys]]`),
 //! SageMaker's error shapes. Unchanged AWS clients (boto3 with `endpoint_url`, the AWS CLI with `--endpoint-url`)
 //! talk to it. The operations are the coordinator's own (`core.rs`); this module only translates.
+//! Beside SageMaker's operations, what the SageMaker Python SDK calls around a job, on the same
+//! endpoint and signed the same way: CloudWatch Logs reads of a job's output (`logs.rs`) and STS
+//! `GetCallerIdentity` (`sts.rs`).
+
+mod logs;
+mod sts;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -152,6 +158,13 @@ fn resource_of(body: &[u8]) -> String {
         .collect()
 }
 
+/// SageMaker's ListTags request (of the jobs served here: their tags fit one page).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListTags {
+    resource_arn: String,
+}
+
 /// The request body as the operation's input shape; the message says what does not fit.
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let body = if body.is_empty() { b"{}".as_slice() } else { body };
@@ -222,6 +235,15 @@ async fn handle(
     if method != Method::POST {
         return error(StatusCode::METHOD_NOT_ALLOWED, "UnknownOperationException", "use POST /");
     }
+    let c = &state.coordinator;
+    if let Some(operation) = lowered.get("x-amz-target").and_then(|t| t.strip_prefix("Logs_20140328.")) {
+        debug!(operation, "CloudWatch Logs request");
+        return logs::handle(c, caller, operation, &body).await;
+    }
+    if sts::is_sts(lowered.get("content-type").map(String::as_str).unwrap_or_default(), &body) {
+        debug!("STS request");
+        return sts::handle(&c.arns, caller, &body);
+    }
     let Some(operation) = lowered.get("x-amz-target").and_then(|t| t.strip_prefix("SageMaker.")) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -230,7 +252,6 @@ async fn handle(
         );
     };
     debug!(operation, "SageMaker request");
-    let c = &state.coordinator;
     // Parse, call, answer `answer(response)`; calls that change something are audited.
     macro_rules! call {
         ($method:ident) => {
@@ -269,6 +290,14 @@ async fn handle(
         "DescribeTrainingJob" => call!(describe_training_job),
         "ListTrainingJobs" => call!(list_training_jobs),
         "StopTrainingJob" => call!(stop_training_job, |()| json!({})),
+        "ListTags" => match parse::<ListTags>(&body) {
+            Ok(request) => match c.tags_of(caller, &request.resource_arn).await {
+                // Every tag in one page: a job has at most 50.
+                Ok(tags) => ok(&json!({ "Tags": tags })),
+                Err(e) => domain_error(&e),
+            },
+            Err(message) => error(StatusCode::BAD_REQUEST, "SerializationException", message),
+        },
         other => error(
             StatusCode::BAD_REQUEST,
             "UnknownOperationException",

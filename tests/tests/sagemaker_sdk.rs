@@ -1,0 +1,152 @@
+//! The SageMaker Python SDK (`sagemaker` from PyPI), unchanged, against the coordinator: every AWS
+//! service it calls pointed at the SageMaker-compatible endpoint by the standard
+//! `AWS_ENDPOINT_URL_<SERVICE>` variables, HTTPS verified against the coordinator's CA, signed with
+//! an access key issued with an API token.
+
+use std::process::Command;
+
+use serde_json::Value;
+use trainyard_e2e::{Backend, Coordinator, on_both_backends, repo_root};
+use trainyard_testkit::free_port;
+
+/// What a data scientist's notebook does: an Estimator fitted with its logs followed, attached
+/// again later, a tuner over it, and its best estimator.
+const NOTEBOOK: &str = r#"
+import contextlib, io, json, sys
+import boto3, sagemaker
+from sagemaker.estimator import Estimator
+from sagemaker.tuner import ContinuousParameter, HyperparameterTuner
+image, role = sys.argv[1:3]
+session = sagemaker.Session(boto3.Session(region_name="us-east-1"))
+# As the SDK's own telemetry asks (its Session.account_id() dials STS's regional AWS name instead,
+# which no variable changes).
+out = {"account": boto3.client("sts").get_caller_identity()["Account"]}
+metrics = [{"Name": "train:loss", "Regex": "train_loss=([0-9.]+)"},
+           {"Name": "validation:accuracy", "Regex": "validation_accuracy=([0-9.]+)"}]
+estimator = Estimator(image_uri=image, role=role, instance_count=1, instance_type="ml.m5.large",
+                      output_path="s3://trainyard-output/sdk/", sagemaker_session=session,
+                      hyperparameters={"epochs": 3, "learning_rate": 0.3}, metric_definitions=metrics,
+                      volume_size=1, disable_profiler=True, max_run=600)
+inputs = {"train": "s3://trainyard-examples/blobs/train/",
+          "validation": "s3://trainyard-examples/blobs/validation/"}
+printed = io.StringIO()
+with contextlib.redirect_stdout(printed):
+    estimator.fit(inputs, job_name="sdk-fit", logs="All")
+out["fit_printed"] = printed.getvalue()
+out["model_data"] = estimator.model_data
+# The CloudWatch Logs reads behind it, directly: the job's stream, pages that follow each other,
+# errors named as CloudWatch names them.
+import botocore
+def code(call):
+    try:
+        call()
+        return None
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+logs, group = boto3.client("logs"), "/aws/sagemaker/TrainingJobs"
+streams = logs.describe_log_streams(logGroupName=group, logStreamNamePrefix="sdk-fit/")["logStreams"]
+out["streams"] = [s["logStreamName"] for s in streams]
+first = logs.get_log_events(logGroupName=group, logStreamName=out["streams"][0], startFromHead=True, limit=2)
+second = logs.get_log_events(logGroupName=group, logStreamName=out["streams"][0], nextToken=first["nextForwardToken"], limit=2)
+out["pages"] = [[e["message"] for e in page["events"]] for page in (first, second)]
+out["wrong_group"] = code(lambda: logs.describe_log_streams(logGroupName="/aws/lambda/x", logStreamNamePrefix="sdk-fit/"))
+out["too_many"] = code(lambda: logs.get_log_events(logGroupName=group, logStreamName=out["streams"][0], limit=10001))
+out["no_stream"] = code(lambda: logs.get_log_events(logGroupName=group, logStreamName="no-such-job/algo-1-1"))
+attached = Estimator.attach("sdk-fit", sagemaker_session=session)
+out["attached"] = {"image": attached.image_uri, "instance_type": attached.instance_type,
+                   "output_path": attached.output_path, "hyperparameters": attached.hyperparameters()}
+printed = io.StringIO()
+with contextlib.redirect_stdout(printed):
+    attached.logs()
+out["logs_printed"] = printed.getvalue()
+tuner = HyperparameterTuner(estimator, objective_metric_name="validation:accuracy",
+                            hyperparameter_ranges={"learning_rate": ContinuousParameter(0.01, 1.0)},
+                            metric_definitions=metrics, max_jobs=2, max_parallel_jobs=2)
+tuner.fit(inputs, job_name="sdk-tune", wait=True)
+out["best"] = tuner.best_training_job()
+best = tuner.best_estimator()
+out["best_estimator_job"] = best.latest_training_job.name
+frame = tuner.analytics().dataframe()
+out["analytics_rows"] = len(frame)
+print(json.dumps(out))
+"#;
+
+on_both_backends!(the_sagemaker_sdk_fits_attaches_follows_logs_and_tunes);
+
+fn the_sagemaker_sdk_fits_attaches_follows_logs_and_tunes(backend: Backend) {
+    let venv = trainyard_testkit::python::sagemaker_sdk();
+    let port = free_port();
+    let c = Coordinator::start_on_with_args(backend, &["--sagemaker-listen", &format!("127.0.0.1:{port}")]);
+    let _agent = c.start_agent("sdk", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
+    let created = c.json(&["tokens", "create", "--user", "ana", "--scope", "submit", "--access-key"]);
+    let field = |k: &str| created[k].as_str().expect("field").to_string();
+    // No configuration of this machine's; the SDK's telemetry off (it would call AWS itself).
+    let home = tempfile::tempdir().expect("dir");
+    let sdk_config = home.path().join("sagemaker.yaml");
+    std::fs::write(
+        &sdk_config,
+        "SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n",
+    )
+    .expect("write");
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let trainer = repo_root().join("deploy/examples/trainer/train.py").display().to_string();
+    // The SDK waits for its jobs without end: a job that never runs must not hang the suite.
+    let mut command = Command::new("timeout");
+    command
+        .args(["--kill-after=5", "600"])
+        .arg(venv.join("bin/python"))
+        .arg("-c")
+        .arg(NOTEBOOK)
+        .args([&trainer, "arn:aws:iam::000000000000:role/TrainyardExecution"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", home.path())
+        .env("SAGEMAKER_USER_CONFIG_OVERRIDE", &sdk_config)
+        .env("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+        .env("AWS_CONFIG_FILE", home.path().join("none"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("none"))
+        .env("AWS_ACCESS_KEY_ID", field("AccessKeyId"))
+        .env("AWS_SECRET_ACCESS_KEY", field("SecretAccessKey"))
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CA_BUNDLE", c.ca_file())
+        // Anything the SDK would send elsewhere fails here instead of leaving the machine.
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env("NO_PROXY", "127.0.0.1,localhost");
+    for service in ["SAGEMAKER", "CLOUDWATCH_LOGS", "STS", "CLOUDWATCH"] {
+        command.env(format!("AWS_ENDPOINT_URL_{service}"), &endpoint);
+    }
+    let out = command.output().expect("run the SDK");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the notebook failed ({}):\n{stdout}\n{stderr}", out.status);
+    // The SDK prints its progress too: the notebook's answer is the last line.
+    let r: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("json");
+
+    assert_eq!(r["account"], "000000000000", "STS GetCallerIdentity");
+    // fit(logs="All") printed the job's own output, from CloudWatch Logs reads.
+    let fit = r["fit_printed"].as_str().unwrap_or_default();
+    assert!(fit.contains("epoch=3 train_loss="), "{fit}\n{stderr}");
+    assert!(fit.contains("Training seconds:") && fit.contains("Billable seconds:"), "{fit}");
+    assert_eq!(r["model_data"], "s3://trainyard-output/sdk/sdk-fit/output/model.tar.gz");
+    let streams = r["streams"].as_array().expect("streams");
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert!(streams[0].as_str().unwrap_or_default().starts_with("sdk-fit/algo-1-"), "{streams:?}");
+    let pages: Vec<Vec<String>> = serde_json::from_value(r["pages"].clone()).expect("pages");
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2], "{pages:?}");
+    assert!(fit.contains(&format!("{}\n{}\n{}", pages[0][1], pages[1][0], pages[1][1])), "pages follow on: {pages:?}");
+    assert_eq!(r["wrong_group"], "ResourceNotFoundException");
+    assert_eq!(r["too_many"], "InvalidParameterException");
+    assert_eq!(r["no_stream"], "ResourceNotFoundException");
+    let attached = &r["attached"];
+    assert_eq!(attached["image"], trainer.as_str());
+    assert_eq!(attached["instance_type"], "ml.m5.large");
+    assert_eq!(attached["hyperparameters"]["epochs"], "3", "{attached:#}");
+    let logs = r["logs_printed"].as_str().unwrap_or_default();
+    assert!(logs.contains("epoch=3 train_loss="), "an attached estimator's logs(): {logs}");
+    // The tuner: its best trial, the estimator attached to it, the analytics of both trials.
+    let best = r["best"].as_str().expect("best");
+    assert!(best.starts_with("sdk-tune-"), "{best}");
+    assert_eq!(r["best_estimator_job"], best);
+    assert_eq!(r["analytics_rows"], 2);
+}
