@@ -25,7 +25,8 @@ metrics = [{"Name": "train:loss", "Regex": "train_loss=([0-9.]+)"},
            {"Name": "validation:accuracy", "Regex": "validation_accuracy=([0-9.]+)"}]
 estimator = Estimator(image_uri=image, role=role, instance_count=1, instance_type="ml.m5.large",
                       output_path="s3://trainyard-output/sdk/", sagemaker_session=session,
-                      hyperparameters={"epochs": 3, "learning_rate": 0.3}, metric_definitions=metrics,
+                      hyperparameters={"epochs": 3, "learning_rate": 0.3, "epoch_seconds": 1.1},
+                      metric_definitions=metrics,
                       volume_size=1, disable_profiler=True, max_run=600)
 inputs = {"train": "s3://trainyard-examples/blobs/train/",
           "validation": "s3://trainyard-examples/blobs/validation/"}
@@ -52,6 +53,22 @@ out["pages"] = [[e["message"] for e in page["events"]] for page in (first, secon
 out["wrong_group"] = code(lambda: logs.describe_log_streams(logGroupName="/aws/lambda/x", logStreamNamePrefix="sdk-fit/"))
 out["too_many"] = code(lambda: logs.get_log_events(logGroupName=group, logStreamName=out["streams"][0], limit=10001))
 out["no_stream"] = code(lambda: logs.get_log_events(logGroupName=group, logStreamName="no-such-job/algo-1-1"))
+# Its metrics as the SDK's analytics read them (CloudWatch metric statistics), per second.
+from sagemaker.analytics import TrainingJobAnalytics
+frame = TrainingJobAnalytics("sdk-fit", metric_names=["train:loss"], sagemaker_session=session, period=1).dataframe()
+out["loss_frame"] = {"values": list(frame["value"]), "seconds": list(frame["timestamp"])}
+cloudwatch = boto3.client("cloudwatch")
+import datetime
+now = datetime.datetime.now(datetime.timezone.utc)
+def statistics(**overrides):
+    request = dict(Namespace="/aws/sagemaker/TrainingJobs", MetricName="train:loss", StartTime=now - datetime.timedelta(hours=1),
+                   EndTime=now, Period=60, Statistics=["SampleCount", "Maximum"],
+                   Dimensions=[{"Name": "TrainingJobName", "Value": "sdk-fit"}])
+    request.update(overrides)
+    return cloudwatch.get_metric_statistics(**request)
+out["per_minute"] = [[p["SampleCount"], p["Maximum"]] for p in statistics()["Datapoints"]]
+out["bad_period"] = code(lambda: statistics(Period=7))
+out["too_many_points"] = code(lambda: statistics(Period=1))
 attached = Estimator.attach("sdk-fit", sagemaker_session=session)
 out["attached"] = {"image": attached.image_uri, "instance_type": attached.instance_type,
                    "output_path": attached.output_path, "hyperparameters": attached.hyperparameters()}
@@ -138,6 +155,19 @@ fn the_sagemaker_sdk_fits_attaches_follows_logs_and_tunes(backend: Backend) {
     assert_eq!(r["wrong_group"], "ResourceNotFoundException");
     assert_eq!(r["too_many"], "InvalidParameterException");
     assert_eq!(r["no_stream"], "ResourceNotFoundException");
+    // TrainingJobAnalytics: the stored series, a sample a second.
+    let series = c.json(&["training-jobs", "metrics", "sdk-fit", "--metric", "train:loss"]);
+    let stored = &series["Metrics"][0]["Values"];
+    assert_eq!(stored.as_array().map(Vec::len), Some(3), "{series:#}");
+    assert_eq!(&r["loss_frame"]["values"], stored, "{:#}", r["loss_frame"]);
+    // The same per minute (the hour before the notebook's clock): within one or two minutes.
+    let per_minute = r["per_minute"].as_array().expect("datapoints");
+    let counted: f64 = per_minute.iter().filter_map(|p| p[0].as_f64()).sum();
+    assert_eq!(counted, 3.0, "{per_minute:?}");
+    let maximum = stored.as_array().into_iter().flatten().filter_map(Value::as_f64).fold(f64::MIN, f64::max);
+    assert!(per_minute.iter().any(|p| p[1].as_f64() == Some(maximum)), "{per_minute:?}");
+    assert_eq!(r["bad_period"], "InvalidParameterValue");
+    assert_eq!(r["too_many_points"], "InvalidParameterCombination", "3,600 one-second points: over 1,440");
     let attached = &r["attached"];
     assert_eq!(attached["image"], trainer.as_str());
     assert_eq!(attached["instance_type"], "ml.m5.large");

@@ -50,6 +50,52 @@ pub fn end_page<T>(samples: &mut Vec<T>, limit: usize, key: impl Fn(&T) -> (&str
     samples.last().map(|s| PageEnd { metric: key(s).0.to_string(), at_millis: key(s).1 })
 }
 
+/// One period's statistics of a metric (a CloudWatch datapoint).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Datapoint {
+    /// The start of its period.
+    pub start_millis: i64,
+    pub count: u32,
+    pub sum: f64,
+    pub minimum: f64,
+    pub maximum: f64,
+}
+
+impl Datapoint {
+    pub fn average(&self) -> f64 {
+        self.sum / f64::from(self.count)
+    }
+}
+
+/// Samples `(time in ms, value)` at or after `start_millis` and before `end_millis`, grouped into
+/// periods of `period_seconds` counted from `start_millis`, in time order; periods without a sample
+/// are left out, as CloudWatch leaves them out.
+pub fn datapoints(
+    samples: impl IntoIterator<Item = (i64, f64)>,
+    start_millis: i64,
+    end_millis: i64,
+    period_seconds: u32,
+) -> Vec<Datapoint> {
+    let period = i64::from(period_seconds.max(1)) * 1000;
+    let mut periods: std::collections::BTreeMap<i64, Datapoint> = std::collections::BTreeMap::new();
+    for (at, value) in samples {
+        if at < start_millis || at >= end_millis {
+            continue;
+        }
+        let start = start_millis + (at - start_millis) / period * period;
+        periods
+            .entry(start)
+            .and_modify(|d| {
+                d.count += 1;
+                d.sum += value;
+                d.minimum = d.minimum.min(value);
+                d.maximum = d.maximum.max(value);
+            })
+            .or_insert(Datapoint { start_millis: start, count: 1, sum: value, minimum: value, maximum: value });
+    }
+    periods.into_values().collect()
+}
+
 /// What has been stored of one job's metrics so far.
 #[derive(Debug, Default)]
 pub struct SampleBudget {
@@ -78,6 +124,23 @@ impl SampleBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_are_summarised_per_period_from_the_start_and_empty_periods_left_out() {
+        let samples =
+            [(999, 9.0), (1_000, 1.0), (30_000, 3.0), (60_000, 10.0), (61_000, 2.0), (200_000, 7.0), (240_000, 8.0)];
+        let points = datapoints(samples, 1_000, 240_000, 60);
+        assert_eq!(
+            points,
+            [
+                Datapoint { start_millis: 1_000, count: 3, sum: 14.0, minimum: 1.0, maximum: 10.0 },
+                Datapoint { start_millis: 61_000, count: 1, sum: 2.0, minimum: 2.0, maximum: 2.0 },
+                Datapoint { start_millis: 181_000, count: 1, sum: 7.0, minimum: 7.0, maximum: 7.0 },
+            ],
+            "before the start, at the end and the empty period (121 s) are left out"
+        );
+        assert_eq!(points[0].average(), 14.0 / 3.0);
+    }
 
     #[test]
     fn a_page_token_names_where_the_page_ended_and_nothing_else_parses() {

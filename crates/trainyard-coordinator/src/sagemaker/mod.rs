@@ -4,9 +4,10 @@
 //! SageMaker's error shapes. Unchanged AWS clients (boto3 with `endpoint_url`, the AWS CLI with `--endpoint-url`)
 //! talk to it. The operations are the coordinator's own (`core.rs`); this module only translates.
 //! Beside SageMaker's operations, what the SageMaker Python SDK calls around a job, on the same
-//! endpoint and signed the same way: CloudWatch Logs reads of a job's output (`logs.rs`) and STS
-//! `GetCallerIdentity` (`sts.rs`).
+//! endpoint and signed the same way: CloudWatch Logs reads of a job's output (`logs.rs`), CloudWatch
+//! metric statistics of a job's metrics (`cloudwatch.rs`) and STS `GetCallerIdentity` (`sts.rs`).
 
+mod cloudwatch;
 mod logs;
 mod sts;
 
@@ -239,6 +240,11 @@ async fn handle(
     if let Some(operation) = lowered.get("x-amz-target").and_then(|t| t.strip_prefix("Logs_20140328.")) {
         debug!(operation, "CloudWatch Logs request");
         return logs::handle(c, caller, operation, &body).await;
+    }
+    if let Some(operation) = lowered.get("x-amz-target").and_then(|t| t.strip_prefix("GraniteServiceVersion20100801."))
+    {
+        debug!(operation, "CloudWatch request");
+        return cloudwatch::handle(c, caller, operation, &body).await;
     }
     if sts::is_sts(lowered.get("content-type").map(String::as_str).unwrap_or_default(), &body) {
         debug!("STS request");
