@@ -85,45 +85,85 @@ best = tuner.best_estimator()
 out["best_estimator_job"] = best.latest_training_job.name
 frame = tuner.analytics().dataframe()
 out["analytics_rows"] = len(frame)
+# Warm start from it: a second tuner that knows the first one's trials.
+from sagemaker.tuner import WarmStartConfig, WarmStartTypes
+warm = HyperparameterTuner(estimator, objective_metric_name="validation:accuracy",
+                           hyperparameter_ranges={"learning_rate": ContinuousParameter(0.01, 1.0)},
+                           metric_definitions=metrics, max_jobs=1, max_parallel_jobs=1,
+                           warm_start_config=WarmStartConfig(WarmStartTypes.IDENTICAL_DATA_AND_ALGORITHM, parents={"sdk-tune"}))
+warm.fit(inputs, job_name="sdk-warm", wait=True)
+described = session.sagemaker_client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="sdk-warm")
+out["warm"] = {"status": described["HyperParameterTuningJobStatus"], "parents": [p["HyperParameterTuningJobName"]
+               for p in described["WarmStartConfig"]["ParentHyperParameterTuningJobs"]]}
 print(json.dumps(out))
 "#;
 
-on_both_backends!(the_sagemaker_sdk_fits_attaches_follows_logs_and_tunes);
+/// Script mode: the SDK uploads the estimator's `source_dir` (to an S3-compatible store) and the
+/// image's toolkit runs `entry_point` from it.
+const SCRIPT_MODE: &str = r#"
+import json, sys
+import boto3, sagemaker
+from sagemaker.estimator import Estimator
+image, role, source_dir = sys.argv[1:4]
+session = sagemaker.Session(boto3.Session(region_name="us-east-1"))
+boto3.client("s3").create_bucket(Bucket="code")
+estimator = Estimator(image_uri=image, role=role, instance_count=1, instance_type="ml.m5.large", volume_size=1,
+                      entry_point="entry.py", source_dir=source_dir, code_location="s3://code/sdk",
+                      output_path="s3://trainyard-output/sdk/", hyperparameters={"alpha": 0.25},
+                      metric_definitions=[{"Name": "score", "Regex": "score=([0-9.]+)"}],
+                      sagemaker_session=session, disable_profiler=True, max_run=600)
+estimator.fit({"train": "s3://trainyard-examples/blobs/train/"}, job_name="sdk-script", logs="None")
+described = session.sagemaker_client.describe_training_job(TrainingJobName="sdk-script")
+print(json.dumps({"status": described["TrainingJobStatus"], "reason": described.get("FailureReason"),
+                  "submit": described["HyperParameters"].get("sagemaker_submit_directory"),
+                  "metrics": described.get("FinalMetricDataList")}, default=str))
+"#;
 
-fn the_sagemaker_sdk_fits_attaches_follows_logs_and_tunes(backend: Backend) {
-    let venv = trainyard_testkit::python::sagemaker_sdk();
-    let port = free_port();
-    let c = Coordinator::start_on_with_args(backend, &["--sagemaker-listen", &format!("127.0.0.1:{port}")]);
-    let _agent = c.start_agent("sdk", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
-    let created = c.json(&["tokens", "create", "--user", "ana", "--scope", "submit", "--access-key"]);
-    let field = |k: &str| created[k].as_str().expect("field").to_string();
-    // No configuration of this machine's; the SDK's telemetry off (it would call AWS itself).
-    let home = tempfile::tempdir().expect("dir");
-    let sdk_config = home.path().join("sagemaker.yaml");
+/// The user's script: what the toolkit passed it, what it read from its channel.
+const ENTRY_POINT: &str = r#"
+import argparse, glob, os
+parser = argparse.ArgumentParser()
+parser.add_argument("--alpha", type=float, required=True)
+args, _ = parser.parse_known_args()
+rows = sum(1 for f in glob.glob(os.path.join(os.environ["SM_CHANNEL_TRAIN"], "*.csv")) for _ in open(f))
+print(f"from-source-dir rows={rows} score={1 - args.alpha:.2f}", flush=True)
+"#;
+
+on_both_backends!(
+    the_sagemaker_sdk_fits_attaches_follows_logs_and_tunes,
+    a_script_mode_estimators_source_dir_travels_through_an_s3_compatible_store
+);
+
+/// Environment for a Python process driving the SDK against `c`'s endpoint on `port`: no
+/// configuration of this machine's, telemetry off, anything bound elsewhere failing locally.
+fn sdk_command(
+    venv: &std::path::Path,
+    c: &Coordinator,
+    port: u16,
+    key: (&str, &str),
+    home: &std::path::Path,
+) -> Command {
+    let sdk_config = home.join("sagemaker.yaml");
     std::fs::write(
         &sdk_config,
         "SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n",
     )
     .expect("write");
     let endpoint = format!("https://127.0.0.1:{port}");
-    let trainer = repo_root().join("deploy/examples/trainer/train.py").display().to_string();
     // The SDK waits for its jobs without end: a job that never runs must not hang the suite.
     let mut command = Command::new("timeout");
     command
         .args(["--kill-after=5", "600"])
         .arg(venv.join("bin/python"))
-        .arg("-c")
-        .arg(NOTEBOOK)
-        .args([&trainer, "arn:aws:iam::000000000000:role/TrainyardExecution"])
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
-        .env("HOME", home.path())
+        .env("HOME", home)
         .env("SAGEMAKER_USER_CONFIG_OVERRIDE", &sdk_config)
         .env("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-        .env("AWS_CONFIG_FILE", home.path().join("none"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("none"))
-        .env("AWS_ACCESS_KEY_ID", field("AccessKeyId"))
-        .env("AWS_SECRET_ACCESS_KEY", field("SecretAccessKey"))
+        .env("AWS_CONFIG_FILE", home.join("none"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("none"))
+        .env("AWS_ACCESS_KEY_ID", key.0)
+        .env("AWS_SECRET_ACCESS_KEY", key.1)
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_CA_BUNDLE", c.ca_file())
         // Anything the SDK would send elsewhere fails here instead of leaving the machine.
@@ -133,17 +173,70 @@ fn the_sagemaker_sdk_fits_attaches_follows_logs_and_tunes(backend: Backend) {
     for service in ["SAGEMAKER", "CLOUDWATCH_LOGS", "STS", "CLOUDWATCH"] {
         command.env(format!("AWS_ENDPOINT_URL_{service}"), &endpoint);
     }
-    let out = command.output().expect("run the SDK");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "the notebook failed ({}):\n{stdout}\n{stderr}", out.status);
-    // The SDK prints its progress too: the notebook's answer is the last line.
-    let r: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("json");
+    command
+}
 
+/// Runs `command`; its answer is the last line it printed (the SDK prints its progress too).
+fn answer(command: &mut Command) -> Value {
+    let out = command.output().expect("run the SDK");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the notebook failed ({}):\n{stdout}\n{stderr}", out.status);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("json")
+}
+
+fn a_script_mode_estimators_source_dir_travels_through_an_s3_compatible_store(backend: Backend) {
+    let venv = trainyard_testkit::python::sagemaker_sdk();
+    let toolkit = trainyard_testkit::python::sagemaker_training();
+    let s3 = trainyard_testkit::s3::S3Server::start();
+    let port = free_port();
+    let c = Coordinator::start_on_with_args(backend, &["--sagemaker-listen", &format!("127.0.0.1:{port}")]);
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = ["--advertise-vcpus", "16", "--advertise-memory-mib", "65536", "--s3-endpoint", &s3.endpoint];
+    let _agent = c.start_agent("sdk", &args, &env);
+    let created = c.json(&["tokens", "create", "--user", "ana", "--scope", "submit", "--access-key"]);
+    let field = |k: &str| created[k].as_str().expect("field").to_string();
+    let home = tempfile::tempdir().expect("dir");
+    let source_dir = home.path().join("src");
+    std::fs::create_dir_all(&source_dir).expect("dir");
+    std::fs::write(source_dir.join("entry.py"), ENTRY_POINT).expect("write");
+    let r = answer(
+        sdk_command(&venv, &c, port, (&field("AccessKeyId"), &field("SecretAccessKey")), home.path())
+            .env("AWS_ENDPOINT_URL_S3", &s3.endpoint)
+            .arg("-c")
+            .arg(SCRIPT_MODE)
+            .arg(toolkit.join("bin/train"))
+            .arg("arn:aws:iam::000000000000:role/TrainyardExecution")
+            .arg(&source_dir),
+    );
+    assert_eq!(r["status"], "Completed", "{r:#}\n{}", c.logs("sdk-script"));
+    // The SDK uploaded the code and passed its URI; the job ran the script from it.
+    assert_eq!(r["submit"], "\"s3://code/sdk/sdk-script/source/sourcedir.tar.gz\"", "{r:#}");
+    assert_eq!(r["metrics"][0]["Value"], 0.75, "{r:#}");
+    let logs = c.logs("sdk-script");
+    assert!(logs.contains("from-source-dir rows=400 score=0.75"), "{logs}");
+}
+
+fn the_sagemaker_sdk_fits_attaches_follows_logs_and_tunes(backend: Backend) {
+    let venv = trainyard_testkit::python::sagemaker_sdk();
+    let port = free_port();
+    let c = Coordinator::start_on_with_args(backend, &["--sagemaker-listen", &format!("127.0.0.1:{port}")]);
+    let _agent = c.start_agent("sdk", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
+    let created = c.json(&["tokens", "create", "--user", "ana", "--scope", "submit", "--access-key"]);
+    let field = |k: &str| created[k].as_str().expect("field").to_string();
+    let home = tempfile::tempdir().expect("dir");
+    let trainer = repo_root().join("deploy/examples/trainer/train.py").display().to_string();
+    let r = answer(
+        sdk_command(&venv, &c, port, (&field("AccessKeyId"), &field("SecretAccessKey")), home.path())
+            .arg("-c")
+            .arg(NOTEBOOK)
+            .args([&trainer, "arn:aws:iam::000000000000:role/TrainyardExecution"]),
+    );
+    let fit = r["fit_printed"].as_str().unwrap_or_default();
     assert_eq!(r["account"], "000000000000", "STS GetCallerIdentity");
     // fit(logs="All") printed the job's own output, from CloudWatch Logs reads.
-    let fit = r["fit_printed"].as_str().unwrap_or_default();
-    assert!(fit.contains("epoch=3 train_loss="), "{fit}\n{stderr}");
+    assert!(fit.contains("epoch=3 train_loss="), "{fit}");
     assert!(fit.contains("Training seconds:") && fit.contains("Billable seconds:"), "{fit}");
     assert_eq!(r["model_data"], "s3://trainyard-output/sdk/sdk-fit/output/model.tar.gz");
     let streams = r["streams"].as_array().expect("streams");
@@ -179,4 +272,6 @@ fn the_sagemaker_sdk_fits_attaches_follows_logs_and_tunes(backend: Backend) {
     assert!(best.starts_with("sdk-tune-"), "{best}");
     assert_eq!(r["best_estimator_job"], best);
     assert_eq!(r["analytics_rows"], 2);
+    assert_eq!(r["warm"]["status"], "Completed", "{:#}", r["warm"]);
+    assert_eq!(r["warm"]["parents"], serde_json::json!(["sdk-tune"]));
 }

@@ -81,6 +81,19 @@ pub fn violations(fields: &[UriField<'_>]) -> Vec<Violation> {
         .collect()
 }
 
+/// The hyperparameter where script mode names the code to run: the SageMaker SDK uploads an
+/// estimator's `source_dir` as a tar.gz and passes its URI here (JSON-encoded, as every value the
+/// SDK passes).
+pub const SUBMIT_DIRECTORY: &str = "sagemaker_submit_directory";
+
+/// The storage URI `sagemaker_submit_directory` names, if it names one (not a path on the host or
+/// in the image): a job reads it, so it is checked as its other inputs are.
+pub fn submit_directory(hyperparameters: Option<&std::collections::BTreeMap<String, String>>) -> Option<&str> {
+    let value = hyperparameters?.get(SUBMIT_DIRECTORY)?;
+    let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
+    SCHEMES.iter().any(|s| value.starts_with(s)).then_some(value)
+}
+
 /// Every URI a training job reads or writes, with its field.
 pub fn of_training_job(r: &api::CreateTrainingJobRequest) -> Vec<UriField<'_>> {
     let mut writes: Vec<(String, Option<&String>)> = vec![
@@ -97,8 +110,13 @@ pub fn of_training_job(r: &api::CreateTrainingJobRequest) -> Vec<UriField<'_>> {
     for (i, rule) in r.profiler_rule_configurations.iter().flatten().enumerate() {
         writes.push((format!("ProfilerRuleConfigurations[{i}].S3OutputPath"), rule.s3_output_path.as_ref()));
     }
-    let mut fields =
-        job_uris("", r.input_data_config.as_deref(), r.output_data_config.as_ref(), r.checkpoint_config.as_ref());
+    let mut fields = job_uris(
+        "",
+        r.input_data_config.as_deref(),
+        r.output_data_config.as_ref(),
+        r.checkpoint_config.as_ref(),
+        ("HyperParameters", r.hyper_parameters.as_ref()),
+    );
     fields.extend(
         writes
             .into_iter()
@@ -132,22 +150,28 @@ pub fn of_tuning_job(r: &api::CreateHyperParameterTuningJobRequest) -> Vec<Defin
                 d.input_data_config.as_deref(),
                 d.output_data_config.as_ref(),
                 d.checkpoint_config.as_ref(),
+                ("StaticHyperParameters", d.static_hyper_parameters.as_ref()),
             );
             DefinitionUris { field, role_arn: d.role_arn.as_deref(), uris }
         })
         .collect()
 }
 
-/// The URIs training jobs and tuning definitions share: channels (read), the output path and the
-/// checkpoint location (written, and a checkpoint read back when the job restarts: writing covers
-/// both).
+/// The URIs training jobs and tuning definitions share: channels and script mode's code (read), the
+/// output path and the checkpoint location (written, and a checkpoint read back when the job
+/// restarts: writing covers both).
 fn job_uris<'a>(
     field: &str,
     inputs: Option<&'a [api::Channel]>,
     output: Option<&'a api::OutputDataConfig>,
     checkpoint: Option<&'a api::CheckpointConfig>,
+    (hyperparameters_field, hyperparameters): (&str, Option<&'a std::collections::BTreeMap<String, String>>),
 ) -> Vec<UriField<'a>> {
     let mut fields = Vec::new();
+    if let Some(uri) = submit_directory(hyperparameters) {
+        let field = format!("{field}{hyperparameters_field}['{SUBMIT_DIRECTORY}']");
+        fields.push(UriField { field, uri, access: Access::Read });
+    }
     for (i, channel) in inputs.unwrap_or_default().iter().enumerate() {
         let uri = channel.data_source.as_ref().and_then(|d| d.s3_data_source.as_ref()).and_then(|s| s.s3_uri.as_ref());
         if let Some(uri) = uri {
@@ -167,6 +191,30 @@ fn job_uris<'a>(
 #[cfg(test)]
 mod tests {
     use super::check;
+
+    #[test]
+    fn script_modes_code_uri_is_one_of_the_jobs_inputs() {
+        use super::{Access, of_training_job, submit_directory};
+        let hps =
+            |v: &str| std::collections::BTreeMap::from([("sagemaker_submit_directory".to_string(), v.to_string())]);
+        // As the SDK passes it (JSON-encoded), or plain; a path is not a URI.
+        assert_eq!(
+            submit_directory(Some(&hps("\"s3://code/a/sourcedir.tar.gz\""))),
+            Some("s3://code/a/sourcedir.tar.gz")
+        );
+        assert_eq!(submit_directory(Some(&hps("s3://code/b.tar.gz"))), Some("s3://code/b.tar.gz"));
+        assert_eq!(submit_directory(Some(&hps("\"/opt/ml/code\""))), None);
+        assert_eq!(submit_directory(None), None);
+        let request = crate::api::CreateTrainingJobRequest {
+            hyper_parameters: Some(hps("\"s3://code//etc/x.tar.gz\"")),
+            ..Default::default()
+        };
+        let fields = of_training_job(&request);
+        assert_eq!(fields.len(), 1);
+        assert_eq!(fields[0].field, "HyperParameters['sagemaker_submit_directory']");
+        assert_eq!(fields[0].access, Access::Read);
+        assert!(check(fields[0].uri).is_err(), "and checked in normal form like the others");
+    }
 
     #[test]
     fn uris_in_normal_form_pass() {

@@ -45,7 +45,25 @@ pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .map_err(|e| io("making the work dir private", e))?;
     let r = &spec.request;
-    let hyperparameters = r.hyper_parameters.clone().unwrap_or_default();
+    // Where the program sees its work dir: /opt/ml itself when the agent can mount it there.
+    let seen = if settings.opt_ml { PathBuf::from(OPT_ML) } else { dir.to_path_buf() };
+    let mut hyperparameters = r.hyper_parameters.clone().unwrap_or_default();
+    // Script mode's code, where the SageMaker SDK uploaded an estimator's `source_dir`: staged like
+    // a channel (the agent's credentials, the role's prefixes checked at submission), and the job
+    // is told the local copy instead, so that its code needs neither credentials nor a network.
+    if let Some(uri) = trainyard_model::uris::submit_directory(r.hyper_parameters.as_ref()).map(str::to_string) {
+        let name = uri.rsplit('/').next().unwrap_or_default().to_string();
+        let staged = settings
+            .storage
+            .stage(&uri, &dir.join("input/code"), storage::Selection::default())
+            .await
+            .map_err(|e| format!("{}: {e}", trainyard_model::uris::SUBMIT_DIRECTORY))?;
+        if !staged.iter().any(|f| f.file_name().is_some_and(|n| n == name.as_str())) {
+            return Err(format!("{}: no object at {uri}", trainyard_model::uris::SUBMIT_DIRECTORY));
+        }
+        let local = seen.join("input/code").join(&name).display().to_string();
+        hyperparameters.insert(trainyard_model::uris::SUBMIT_DIRECTORY.into(), json!(local).to_string());
+    }
     let mut hosts = spec.hosts.clone();
     hosts.sort();
     let host = format!("algo-{}", spec.instance);
@@ -130,8 +148,6 @@ pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path
     }
 
     let mut env = BTreeMap::new();
-    // Where the program sees its work dir: /opt/ml itself when the agent can mount it there.
-    let seen = if settings.opt_ml { PathBuf::from(OPT_ML) } else { dir.to_path_buf() };
     let path = |sub: &str| seen.join(sub).display().to_string();
     let names: Vec<String> = channels.iter().filter_map(|c| c.channel_name.clone()).collect();
     env.insert("SAGEMAKER_BASE_DIR".into(), seen.display().to_string());
