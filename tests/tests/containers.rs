@@ -210,6 +210,19 @@ fn pull_failures_fail_the_job_with_a_client_error() {
     let private = Registry::start_with_password();
     let trainer = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
     let refused = private.push("e2e/trainer", "1", &trainer, false);
+    // 3 MiB of text that compresses no smaller than 2.2 MiB (6 random bits a byte): over the agent's
+    // 2 MiB.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let noise: String = (0..3 * 1024 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(state % 64) as usize])
+        })
+        .collect();
+    let big = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755), ("/noise", &noise, 0o644)]);
+    let too_big = open.push("e2e/big", "1", &big, false);
     let c = Coordinator::start();
     let socket = containerd.socket.to_str().expect("utf-8").to_string();
     let nobody = format!("127.0.0.1:{}", trainyard_testkit::free_port());
@@ -224,6 +237,8 @@ fn pull_failures_fail_the_job_with_a_client_error() {
         &private.address,
         "--insecure-registry",
         &nobody,
+        "--max-image-mib",
+        "2",
     ];
     let agent = c.start_agent_for_images_only("puller", &args);
     agent.expect_log("pull failed");
@@ -231,6 +246,7 @@ fn pull_failures_fail_the_job_with_a_client_error() {
         ("not-pushed", format!("{}/e2e/absent:1", open.address), "was not found in its registry"),
         ("no-credentials", refused, "refused access to the training image"),
         ("no-registry", format!("{nobody}/e2e/trainer:1"), "cannot reach the registry"),
+        ("too-big", too_big, "MiB (its layers, compressed), more than this agent pulls (2 MiB)"),
     ];
     for (name, image, _) in &cases {
         start(&c, name, image);

@@ -107,6 +107,10 @@ pub struct Flags {
     /// deleted, least recently used first, never one in use.
     #[arg(long, env = "TRAINYARD_IMAGE_CACHE_MIB")]
     pub image_cache_mib: Option<u64>,
+    /// An image whose layers and config (compressed, as its registry lists them) exceed this many
+    /// MiB is not pulled: the job fails with a ClientError. Default: the image cache's size.
+    #[arg(long, env = "TRAINYARD_MAX_IMAGE_MIB")]
+    pub max_image_mib: Option<u64>,
     /// Serve Prometheus metrics, /healthz and /readyz (plain HTTP, no token) on this address.
     #[arg(long, env = "TRAINYARD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -208,6 +212,7 @@ struct FileConfig {
     #[serde(default)]
     insecure_registries: Vec<String>,
     image_cache_mib: Option<u64>,
+    max_image_mib: Option<u64>,
     root_images: Option<bool>,
     #[serde(default)]
     cdi_spec_dirs: Vec<PathBuf>,
@@ -261,6 +266,7 @@ pub struct Config {
     pub registry_ca: Option<PathBuf>,
     pub insecure_registries: Vec<String>,
     pub image_cache_mib: u64,
+    pub max_image_mib: u64,
     pub root_images: bool,
     pub cdi_spec_dirs: Vec<PathBuf>,
     pub input_cache_mib: u64,
@@ -340,6 +346,10 @@ impl Config {
             registry_ca: flags.registry_ca.or(file.registry_ca),
             insecure_registries: [file.insecure_registries, flags.insecure_registries].concat(),
             image_cache_mib: flags.image_cache_mib.or(file.image_cache_mib).unwrap_or(102_400),
+            max_image_mib: flags
+                .max_image_mib
+                .or(file.max_image_mib)
+                .unwrap_or_else(|| flags.image_cache_mib.or(file.image_cache_mib).unwrap_or(102_400)),
             root_images: flags.root_images || file.root_images == Some(true),
             cdi_spec_dirs: crate::cdi::dirs(&[file.cdi_spec_dirs, flags.cdi_spec_dirs].concat()),
             input_cache_mib: flags.input_cache_mib.or(file.input_cache_mib).unwrap_or(20_480),

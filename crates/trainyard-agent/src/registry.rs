@@ -108,6 +108,8 @@ fn registry_host(server: &str) -> String {
 pub struct Registries {
     client: Client,
     credentials: Credentials,
+    /// An image larger than this (its blobs, compressed) is not pulled.
+    max_image_bytes: u64,
 }
 
 impl Registries {
@@ -129,7 +131,14 @@ impl Registries {
             user_agent: concat!("trainyard-agent/", env!("CARGO_PKG_VERSION")),
             ..Default::default()
         };
-        Registries { client: Client::new(config), credentials }
+        Registries { client: Client::new(config), credentials, max_image_bytes: u64::MAX }
+    }
+
+    /// Refuses images whose blobs (layers and config, compressed, as the manifest lists them)
+    /// exceed `bytes`: what a job names must not fill the agent's disk.
+    pub fn with_max_image_bytes(mut self, bytes: u64) -> Registries {
+        self.max_image_bytes = bytes;
+        self
     }
 
     /// The digest `reference`'s tag points at in its registry now. `Err` is a FailureReason.
@@ -189,6 +198,15 @@ impl Registries {
         };
         let config_blob =
             manifest.config.clone().ok_or_else(|| format!("ClientError: {reference} has no image config"))?;
+        let image_bytes = manifest.layers.iter().chain([&config_blob]).map(|b| b.size.max(0) as u64).sum::<u64>();
+        if image_bytes > self.max_image_bytes {
+            const MIB: u64 = 1024 * 1024;
+            return Err(format!(
+                "ClientError: {reference} is {} MiB (its layers, compressed), more than this agent pulls ({} MiB)",
+                image_bytes.div_ceil(MIB),
+                self.max_image_bytes / MIB
+            ));
+        }
         if config_blob.size < 0 || config_blob.size as usize > MAX_METADATA_BYTES {
             return Err(format!("ClientError: {reference}'s image config is larger than {MAX_METADATA_BYTES} bytes"));
         }

@@ -335,6 +335,14 @@ impl Containerd {
         let (mut offset, mut pending) = (0i64, Vec::with_capacity(WRITE_CHUNK_BYTES));
         while let Some(chunk) = data.next().await {
             let chunk = chunk?;
+            // A registry that sends more than the manifest declares is cut off here, before the
+            // ingest grows past it (containerd would refuse it only at commit).
+            if offset + (pending.len() + chunk.as_ref().len()) as i64 > blob.size {
+                return Err(format!(
+                    "ClientError: the registry sent more than the {} bytes the manifest declares for layer {}",
+                    blob.size, blob.digest
+                ));
+            }
             pending.extend_from_slice(chunk.as_ref());
             if pending.len() >= WRITE_CHUNK_BYTES {
                 let len = pending.len();
