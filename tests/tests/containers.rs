@@ -203,6 +203,74 @@ fn an_image_is_pulled_once_from_a_private_registry_and_collected_when_the_cache_
     assert_eq!(registry.blob_downloads(&trainer.layer_digest()), 2, "{}", registry.log());
 }
 
+/// Credentials from Docker's credential helpers (`credHelpers`), as ECR's `docker-credential-ecr-login`
+/// gives them: the helper is asked at each pull with the registry on its standard input; one that
+/// fails fails the job, naming it.
+#[test]
+fn credential_helpers_sign_pulls_in_and_a_failing_one_fails_the_job() {
+    use std::os::unix::fs::PermissionsExt;
+    let containerd = Containerd::start();
+    let (good, broken) = (Registry::start_with_password(), Registry::start_with_password());
+    let trainer = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
+    let (signed, unsigned) =
+        (good.push("e2e/trainer", "1", &trainer, false), broken.push("e2e/trainer", "1", &trainer, false));
+    let c = Coordinator::start();
+    let helpers = c.programs_dir().join("helpers");
+    std::fs::create_dir_all(&helpers).expect("dir");
+    let asked = c.shared_file("helper-asked");
+    let helper = |name: &str, body: String| {
+        let path = helpers.join(format!("docker-credential-{name}"));
+        std::fs::write(&path, format!("#!/bin/sh\n{body}")).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    };
+    helper(
+        "trainyard-good",
+        format!(
+            "[ \"$1\" = get ] || exit 2\nread server\necho \"$server\" >> {asked}\n\
+             [ \"$server\" = {host} ] || {{ echo 'credentials not found in native keychain' >&2; exit 1; }}\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{password}\"}}' \"$server\"\n",
+            asked = asked.display(),
+            host = good.address,
+            user = trainyard_testkit::registry::USER,
+            password = trainyard_testkit::registry::PASSWORD
+        ),
+    );
+    helper("trainyard-broken", "echo 'the keyring is locked' >&2\nexit 3\n".into());
+    let config =
+        json!({"credHelpers": {good.address.clone(): "trainyard-good", broken.address.clone(): "trainyard-broken"}});
+    let auth = c.write("registry-auth.json", &config.to_string()).to_str().expect("utf-8").to_string();
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let args = [
+        "--advertise-vcpus",
+        "8",
+        "--containerd-socket",
+        &socket,
+        "--registry-auth",
+        &auth,
+        "--insecure-registry",
+        &good.address,
+        "--insecure-registry",
+        &broken.address,
+    ];
+    let path = format!("{}:{}", helpers.display(), std::env::var("PATH").unwrap_or_default());
+    let agent = c.start_agent_for_images_only_with_env("helped", &args, &[("PATH", &path)]);
+    agent.expect_log("pull failed");
+    start(&c, "helped", &signed);
+    let done = wait_done(&c, "helped");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    let asked = std::fs::read_to_string(&asked).expect("asked");
+    assert!(asked.lines().all(|l| l == good.address) && !asked.is_empty(), "{asked}");
+    start(&c, "unhelped", &unsigned);
+    let done = wait_done(&c, "unhelped");
+    assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
+    let reason = done["FailureReason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("ClientError: the credential helper docker-credential-trainyard-broken failed for")
+            && reason.contains("the keyring is locked"),
+        "{reason}"
+    );
+}
+
 #[test]
 fn pull_failures_fail_the_job_with_a_client_error() {
     let containerd = Containerd::start();

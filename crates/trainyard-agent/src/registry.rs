@@ -30,16 +30,45 @@ const MANIFEST_TYPES: &[&str] = &[
 /// A pull that has not finished by then loses its lease's protection (what it wrote may be collected).
 const LEASE: Duration = Duration::from_secs(6 * 3600);
 
-/// Registry credentials, from a Docker `config.json` (`{"auths": {"HOST[:PORT]": {"auth":
-/// base64("USER:PASSWORD")}}}`, or `username` and `password`); an ECR token is the password of
-/// user `AWS`.
+/// Registry credentials, from a Docker `config.json`: `{"auths": {"HOST[:PORT]": {"auth":
+/// base64("USER:PASSWORD")}}}` (or `username` and `password`; an ECR token is the password of user
+/// `AWS`), and credential helpers as Docker runs them: `credHelpers` (`{"HOST": "ecr-login"}`) and
+/// `credsStore` (for every other registry), each the program `docker-credential-<name>` on the
+/// agent's PATH, asked at every pull (their tokens expire).
 #[derive(Debug, Default, Clone)]
-pub struct Credentials(HashMap<String, (String, String)>);
+pub struct Credentials {
+    passwords: HashMap<String, (String, String)>,
+    helpers: HashMap<String, String>,
+    store: Option<String>,
+}
 
 #[derive(Deserialize)]
 struct DockerConfig {
     #[serde(default)]
     auths: HashMap<String, DockerAuth>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: HashMap<String, String>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+}
+
+/// What a credential helper answers to `get`.
+#[derive(Deserialize)]
+struct HelperAnswer {
+    #[serde(rename = "Username")]
+    username: String,
+    #[serde(rename = "Secret")]
+    secret: String,
+}
+
+/// A helper that has not answered by then has failed.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Of a helper's answer, at most this much is read.
+const HELPER_ANSWER_BYTES: u64 = 64 * 1024;
+
+/// A helper's name is the end of a program's name, never a path.
+fn valid_helper(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && name != ".."
 }
 
 #[derive(Deserialize)]
@@ -79,19 +108,89 @@ impl Credentials {
             };
             credentials.insert(registry_host(&server), pair);
         }
-        Ok(Credentials(credentials))
+        let named = config.cred_helpers.iter().map(|(server, helper)| (format!("credHelpers.{server}"), helper));
+        for (at, helper) in named.chain(config.creds_store.iter().map(|h| ("credsStore".to_string(), h))) {
+            if !valid_helper(helper) {
+                return Err(format!("{at}: '{helper}' is not a credential helper's name (docker-credential-<name>)"));
+            }
+        }
+        let helpers =
+            config.cred_helpers.into_iter().map(|(server, helper)| (registry_host(&server), helper)).collect();
+        Ok(Credentials { passwords: credentials, helpers, store: config.creds_store })
     }
 
-    fn for_registry(&self, registry: &str) -> RegistryAuth {
-        match self.0.get(&registry_host(registry)) {
-            Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
-            None => RegistryAuth::Anonymous,
+    /// How to sign in to `registry`: its helper (credHelpers), its password (auths), the default
+    /// helper (credsStore), or anonymously. `Err` is a FailureReason.
+    async fn for_registry(&self, registry: &str) -> Result<RegistryAuth, String> {
+        let host = registry_host(registry);
+        if let Some(helper) = self.helpers.get(&host) {
+            return ask_helper(helper, &host).await;
+        }
+        if let Some((user, password)) = self.passwords.get(&host) {
+            return Ok(RegistryAuth::Basic(user.clone(), password.clone()));
+        }
+        match &self.store {
+            Some(helper) => ask_helper(helper, &host).await,
+            None => Ok(RegistryAuth::Anonymous),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.passwords.len() + self.helpers.len() + usize::from(self.store.is_some())
     }
+}
+
+/// Runs `docker-credential-<helper> get` for `host`, as Docker does (the server on its standard
+/// input, JSON on its output). A helper with no credentials for it answers anonymously.
+async fn ask_helper(helper: &str, host: &str) -> Result<RegistryAuth, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let program = format!("docker-credential-{helper}");
+    let failed = |why: String| format!("ClientError: the credential helper {program} failed for {host}: {why}");
+    let mut child = tokio::process::Command::new(&program)
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| failed(e.to_string()))?;
+    let run = async {
+        // A helper need not read what it is told (one that fails at once does not): a closed
+        // input is no error of ours.
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(host.as_bytes()).await;
+        }
+        let read = |pipe: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| async move {
+            let mut bytes = Vec::new();
+            if let Some(pipe) = pipe {
+                pipe.take(HELPER_ANSWER_BYTES).read_to_end(&mut bytes).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(bytes)
+        };
+        let stdout = child.stdout.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+        let stderr = child.stderr.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+        let (out, err) = tokio::join!(read(stdout), read(stderr));
+        let (out, err) = (out?, err?);
+        let status = child.wait().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((status, out, err))
+    };
+    let (status, out, err) = tokio::time::timeout(HELPER_TIMEOUT, run)
+        .await
+        .map_err(|_| failed("no answer in 30 s".into()))?
+        .map_err(failed)?;
+    if !status.success() {
+        let said = String::from_utf8_lossy(if err.is_empty() { &out } else { &err }).trim().to_string();
+        // The helper's protocol: this message means it has nothing for the server.
+        if said.contains("credentials not found") {
+            return Ok(RegistryAuth::Anonymous);
+        }
+        return Err(failed(format!("{status}: {}", said.lines().next().unwrap_or_default())));
+    }
+    let answer: HelperAnswer = serde_json::from_slice(&out).map_err(|e| failed(format!("its answer: {e}")))?;
+    if answer.username == "<token>" {
+        return Err(failed("it answers an identity token, which only Docker's own token flow uses".into()));
+    }
+    Ok(RegistryAuth::Basic(answer.username, answer.secret))
 }
 
 /// `https://index.docker.io/v1/`, `registry-1.docker.io` and `docker.io` are one registry.
@@ -145,7 +244,7 @@ impl Registries {
     pub async fn current_digest(&self, reference: &str) -> Result<String, String> {
         let parsed: Reference =
             reference.parse().map_err(|e| format!("ClientError: {reference} is not an image reference: {e}"))?;
-        let auth = self.credentials.for_registry(parsed.registry());
+        let auth = self.credentials.for_registry(parsed.registry()).await?;
         self.client.fetch_manifest_digest(&parsed, &auth).await.map_err(|e| failure(reference, &parsed, e))
     }
 
@@ -174,7 +273,7 @@ impl Registries {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<Image, String> {
         let failed = |e: OciDistributionError| failure(reference, parsed, e);
-        let auth = self.credentials.for_registry(parsed.registry());
+        let auth = self.credentials.for_registry(parsed.registry()).await?;
         let (bytes, digest) = self.client.pull_manifest_raw(parsed, &auth, MANIFEST_TYPES).await.map_err(failed)?;
         let (top, top_blob) = metadata(reference, &bytes, digest)?;
         let (is_index, index_labels) = (top.is_index(), top.gc_labels());
@@ -378,19 +477,32 @@ fn refused(reference: &str, registry: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn docker_config_auths_are_read_in_both_forms() {
+    #[tokio::test]
+    async fn docker_config_auths_are_read_in_both_forms() {
         let json = r#"{"auths": {
             "127.0.0.1:5000": {"auth": "dHJhaW5lcjpzM2NyZXQ="},
             "https://index.docker.io/v1/": {"username": "AWS", "password": "token:with:colons"}
         }}"#;
         let credentials = Credentials::parse(json).expect("parses");
         assert_eq!(credentials.len(), 2);
-        assert!(matches!(credentials.for_registry("127.0.0.1:5000"),
-            RegistryAuth::Basic(u, p) if u == "trainer" && p == "s3cret"));
-        assert!(matches!(credentials.for_registry("docker.io"),
-            RegistryAuth::Basic(u, p) if u == "AWS" && p == "token:with:colons"));
-        assert!(matches!(credentials.for_registry("ghcr.io"), RegistryAuth::Anonymous));
+        assert!(matches!(credentials.for_registry("127.0.0.1:5000").await,
+            Ok(RegistryAuth::Basic(u, p)) if u == "trainer" && p == "s3cret"));
+        assert!(matches!(credentials.for_registry("docker.io").await,
+            Ok(RegistryAuth::Basic(u, p)) if u == "AWS" && p == "token:with:colons"));
+        assert!(matches!(credentials.for_registry("ghcr.io").await, Ok(RegistryAuth::Anonymous)));
+    }
+
+    #[test]
+    fn credential_helpers_are_names_never_paths() {
+        let config = r#"{"credHelpers": {"123.dkr.ecr.eu-west-1.amazonaws.com": "ecr-login"}, "credsStore": "pass"}"#;
+        assert_eq!(Credentials::parse(config).expect("parses").len(), 2);
+        for bad in ["../../bin/sh", "/usr/bin/evil", "", "a b"] {
+            let config = serde_json::json!({"credHelpers": {"r.example": bad}}).to_string();
+            let error = Credentials::parse(&config).unwrap_err();
+            assert!(error.contains("credHelpers.r.example"), "{bad}: {error}");
+        }
+        let error = Credentials::parse(r#"{"credsStore": "x/y"}"#).unwrap_err();
+        assert!(error.contains("credsStore"), "{error}");
     }
 
     #[test]
