@@ -1,5 +1,5 @@
 //! GPUs for containers through the Container Device Interface: the specs a vendor's tool writes
-//! (`nvidia-ctk cdi generate --format=json` into `/etc/cdi` or `/var/run/cdi`) name each device and
+//! (`nvidia-ctk cdi generate`, YAML or JSON, into `/etc/cdi` or `/var/run/cdi`) name each device and
 //! what a container needs to use it (device nodes, mounts, environment, hooks). The agent gives a
 //! container the devices of the GPUs assigned to its instance and nothing else: their nodes are
 //! the only devices its cgroup allows besides the defaults.
@@ -98,8 +98,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Reads every `*.json` spec in `dirs` (missing dirs are fine). Returns the registry and
-    /// what was skipped, one line each (a YAML spec: regenerate it with `--format=json`).
+    /// Reads every spec in `dirs`, `*.json`, `*.yaml` and `*.yml` (missing dirs are fine). Returns
+    /// the registry and what was skipped, one line each (a spec that does not parse).
     pub fn load(dirs: &[PathBuf]) -> (Registry, Vec<String>) {
         let (mut specs, mut skipped) = (Vec::new(), Vec::new());
         for dir in dirs {
@@ -107,19 +107,14 @@ impl Registry {
                 std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
             files.sort();
             for file in files {
-                match file.extension().and_then(|e| e.to_str()) {
-                    Some("json") => match std::fs::read_to_string(&file)
-                        .map_err(|e| e.to_string())
-                        .and_then(|text| serde_json::from_str::<Spec>(&text).map_err(|e| e.to_string()))
-                    {
-                        Ok(spec) => specs.push(spec),
-                        Err(e) => skipped.push(format!("{}: {e}", file.display())),
-                    },
-                    Some("yaml" | "yml") => skipped.push(format!(
-                        "{}: YAML specs are not read; write JSON (nvidia-ctk cdi generate --format=json)",
-                        file.display()
-                    )),
-                    _ => {}
+                let parse: fn(&str) -> Result<Spec, String> = match file.extension().and_then(|e| e.to_str()) {
+                    Some("json") => |text| serde_json::from_str(text).map_err(|e| e.to_string()),
+                    Some("yaml" | "yml") => |text| serde_saphyr::from_str(text).map_err(|e| e.to_string()),
+                    _ => continue,
+                };
+                match std::fs::read_to_string(&file).map_err(|e| e.to_string()).and_then(|text| parse(&text)) {
+                    Ok(spec) => specs.push(spec),
+                    Err(e) => skipped.push(format!("{}: {e}", file.display())),
                 }
             }
         }
@@ -151,7 +146,7 @@ impl Registry {
             let Some((i, device)) = found else {
                 let dirs: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
                 return Err(format!(
-                    "no CDI device {kind}={name} in {} (nvidia-ctk cdi generate --format=json writes them)",
+                    "no CDI device {kind}={name} in {} (nvidia-ctk cdi generate writes them)",
                     if dirs.is_empty() { "the agent's CDI specs".to_string() } else { dirs.join(", ") }
                 ));
             };
@@ -303,6 +298,62 @@ mod tests {
             "the spec's value replaces the image's"
         );
         assert_eq!(spec["mounts"][0]["destination"], "/usr/lib/x86_64-linux-gnu/libcuda.so.1");
+        assert_eq!(spec["hooks"]["createContainer"][0]["args"][2], "update-ldcache");
+    }
+
+    /// As `nvidia-ctk cdi generate` writes it by default (YAML).
+    const NVIDIA_YAML: &str = r#"---
+cdiVersion: 0.5.0
+containerEdits:
+  deviceNodes:
+  - path: /dev/nvidiactl
+    major: 195
+    minor: 255
+  env:
+  - NVIDIA_VISIBLE_DEVICES=void
+  hooks:
+  - args:
+    - nvidia-ctk
+    - hook
+    - update-ldcache
+    hookName: createContainer
+    path: /usr/bin/nvidia-ctk
+devices:
+- containerEdits:
+    deviceNodes:
+    - path: /dev/nvidia0
+      major: 195
+      minor: 0
+  name: "0"
+- containerEdits:
+    deviceNodes:
+    - path: /dev/nvidia1
+      major: 195
+      minor: 1
+  name: GPU-4cf8db2d-06c0-7d70-1a51-e59b25b2c16c
+kind: nvidia.com/gpu
+"#;
+
+    #[test]
+    fn specs_are_read_as_yaml_or_json_and_a_broken_one_is_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("nvidia.yaml"), NVIDIA_YAML).expect("write");
+        let other = json!({"cdiVersion": "0.5.0", "kind": "example.com/fpga", "devices": [{"name": "f0", "containerEdits": {}}]});
+        std::fs::write(dir.path().join("fpga.json"), other.to_string()).expect("write");
+        std::fs::write(dir.path().join("broken.yml"), "kind: [unclosed\n").expect("write");
+        std::fs::write(dir.path().join("notes.txt"), "not a spec").expect("write");
+        let (registry, skipped) = Registry::load(&[dir.path().to_path_buf()]);
+        assert!(registry.has(GPU_KIND, "GPU-4cf8db2d-06c0-7d70-1a51-e59b25b2c16c") && registry.has(GPU_KIND, "0"));
+        assert!(registry.has("example.com/fpga", "f0"));
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert!(skipped[0].contains("broken.yml"), "{skipped:?}");
+        let edits =
+            registry.edits_for(GPU_KIND, &["GPU-4cf8db2d-06c0-7d70-1a51-e59b25b2c16c".to_string()]).expect("edits");
+        let mut spec = base();
+        apply(&mut spec, &edits).expect("applied");
+        let devices: Vec<&str> =
+            spec["linux"]["devices"].as_array().expect("devices").iter().filter_map(|d| d["path"].as_str()).collect();
+        assert_eq!(devices, ["/dev/nvidiactl", "/dev/nvidia1"]);
         assert_eq!(spec["hooks"]["createContainer"][0]["args"][2], "update-ldcache");
     }
 

@@ -94,8 +94,8 @@ pub struct Flags {
     /// insecure-registries.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
-    /// Where the CDI specs of GPUs are (repeatable; default /etc/cdi and /var/run/cdi; JSON:
-    /// `nvidia-ctk cdi generate --format=json`).
+    /// Where the CDI specs of GPUs are (repeatable; default /etc/cdi and /var/run/cdi; YAML or
+    /// JSON, as `nvidia-ctk cdi generate` writes them).
     #[arg(long = "cdi-spec-dir")]
     pub cdi_spec_dirs: Vec<PathBuf>,
     /// Images that run as root (their config names no user, or root) run as root in their

@@ -254,7 +254,7 @@ async fn main() -> anyhow::Result<()> {
             warn!(%line, "a CDI spec was not read");
         }
         if !gpu_indexes.is_empty() && !specs.has_any(cdi::GPU_KIND) {
-            warn!(dirs = ?config.cdi_spec_dirs, "this host has GPUs and no CDI spec gives them to containers: jobs with GPUs in containers will fail (nvidia-ctk cdi generate --format=json)");
+            warn!(dirs = ?config.cdi_spec_dirs, "this host has GPUs and no CDI spec gives them to containers: jobs with GPUs in containers will fail (nvidia-ctk cdi generate)");
         }
     }
     let registry_ca = match &config.registry_ca {
