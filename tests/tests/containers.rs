@@ -203,6 +203,76 @@ fn an_image_is_pulled_once_from_a_private_registry_and_collected_when_the_cache_
     assert_eq!(registry.blob_downloads(&trainer.layer_digest()), 2, "{}", registry.log());
 }
 
+/// A registry the job's submitter picked (a TrainingImage may name any registry the agent reaches)
+/// that lies: its manifest declares a 100-byte layer and it sends the whole layer. The agent stops
+/// reading at the declared size and fails the job; nothing of it stays in containerd.
+const LYING_REGISTRY: &str = r#"
+import http.server, os, sys
+root = sys.argv[1]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def answer(self, body, content_type, digest=None):
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if digest:
+            self.send_header("Docker-Content-Digest", digest)
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(body)
+    def do_HEAD(self):
+        self.do_GET()
+    def do_GET(self):
+        if self.path == "/v2/":
+            return self.answer(b"{}", "application/json")
+        if self.path.startswith("/v2/e2e/liar/manifests/"):
+            body = open(os.path.join(root, "manifest"), "rb").read()
+            return self.answer(body, "application/vnd.oci.image.manifest.v1+json", open(os.path.join(root, "manifest.digest")).read())
+        if self.path.startswith("/v2/e2e/liar/blobs/sha256:"):
+            path = os.path.join(root, self.path.rsplit(":", 1)[1])
+            if os.path.exists(path):
+                return self.answer(open(path, "rb").read(), "application/octet-stream")
+        self.send_error(404)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Handler).serve_forever()
+"#;
+
+#[test]
+fn a_registry_that_sends_more_than_its_manifest_declares_is_cut_off() {
+    use trainyard_testkit::containerd::digest;
+    let containerd = Containerd::start();
+    let image = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
+    let served = tempfile::tempdir().expect("dir");
+    let mut manifest: Value = serde_json::from_slice(&image.manifest).expect("manifest");
+    manifest["layers"][0]["size"] = json!(100);
+    let manifest = serde_json::to_vec(&manifest).expect("json");
+    std::fs::write(served.path().join("manifest"), &manifest).expect("write");
+    std::fs::write(served.path().join("manifest.digest"), digest(&manifest)).expect("write");
+    for blob in [&image.config, &image.layer] {
+        let name = digest(blob).trim_start_matches("sha256:").to_string();
+        std::fs::write(served.path().join(name), blob).expect("write");
+    }
+    assert!(image.layer.len() > 100_000, "the layer is far larger than declared");
+    let port = trainyard_testkit::free_port();
+    let mut server = std::process::Command::new("python3");
+    server.arg("-c").arg(LYING_REGISTRY).arg(served.path()).arg(port.to_string());
+    let server = trainyard_testkit::Daemon::spawn("lying-registry", server, served.path());
+    let address = format!("127.0.0.1:{port}");
+    let up = trainyard_testkit::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&address).is_ok());
+    assert!(up, "the registry did not start: {}", server.log());
+    let c = Coordinator::start();
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let args = ["--advertise-vcpus", "8", "--containerd-socket", &socket, "--insecure-registry", &address];
+    let agent = c.start_agent_for_images_only("puller", &args);
+    agent.expect_log("pull failed");
+    start(&c, "lied-to", &format!("{address}/e2e/liar:1"));
+    let done = wait_done(&c, "lied-to");
+    assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
+    let reason = done["FailureReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("sent more than the 100 bytes the manifest declares"), "{reason}");
+    assert!(containerd.images().is_empty() && containerd.containers().is_empty(), "{:?}", containerd.images());
+}
+
 /// Credentials from Docker's credential helpers (`credHelpers`), as ECR's `docker-credential-ecr-login`
 /// gives them: the helper is asked at each pull with the registry on its standard input; one that
 /// fails fails the job, naming it.
