@@ -37,6 +37,9 @@ pub struct Flags {
     /// Also serve the SageMaker-compatible HTTP API (AWS JSON 1.1, SigV4) on this address.
     #[arg(long, env = "TRAINYARD_SAGEMAKER_LISTEN")]
     pub sagemaker_listen: Option<SocketAddr>,
+    /// Also serve the web dashboard (HTTPS, signed in with an API token) on this address.
+    #[arg(long, env = "TRAINYARD_DASHBOARD_LISTEN")]
+    pub dashboard_listen: Option<SocketAddr>,
     /// Serve Prometheus metrics, /healthz and /readyz (plain HTTP, no token) on this address.
     #[arg(long, env = "TRAINYARD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -155,6 +158,7 @@ struct FileConfig {
     #[serde(default)]
     instance_types: Vec<InstanceSpec>,
     sagemaker_listen: Option<SocketAddr>,
+    dashboard_listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
     /// Access keys that may sign requests to the SageMaker-compatible endpoint.
     #[serde(default)]
@@ -215,6 +219,7 @@ pub struct Config {
     pub agent_lost_after: std::time::Duration,
     pub agent_lease: std::time::Duration,
     pub sagemaker_listen: Option<SocketAddr>,
+    pub dashboard_listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
     /// Configured SigV4 access keys: id → its secret and who it acts as.
     pub access_keys: std::collections::BTreeMap<String, ConfiguredKey>,
@@ -302,6 +307,7 @@ impl Config {
             limits: file.limits.unwrap_or_default(),
             catalog,
             sagemaker_listen: flags.sagemaker_listen.or(file.sagemaker_listen),
+            dashboard_listen: flags.dashboard_listen.or(file.dashboard_listen),
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
             access_keys: file
                 .access_keys
@@ -359,6 +365,7 @@ mod tests {
             agent_lost_after_seconds: None,
             agent_lease_seconds: None,
             sagemaker_listen: None,
+            dashboard_listen: None,
             metrics_listen: None,
             insecure: false,
             tls_names: Vec::new(),

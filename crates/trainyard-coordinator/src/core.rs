@@ -521,6 +521,12 @@ impl Coordinator {
         Ok(lines)
     }
 
+    /// The sequence number of a job's last stored line (0 for none).
+    pub async fn last_log_sequence(&self, caller: &Caller, job: &str) -> Result<i64, DomainError> {
+        self.visible_training_job(caller, job).await?;
+        Ok(self.store.last_log_seq(job).await?)
+    }
+
     // ----- tags -----
 
     /// The tags a training or tuning job was created with, by its ARN (SageMaker's ListTags). ARNs

@@ -10,9 +10,11 @@ mod audit;
 mod auth;
 mod config;
 mod core;
+mod dashboard;
 mod events;
 mod grpc;
 mod health;
+mod https;
 mod inbox;
 mod leadership;
 mod liveness;
@@ -50,12 +52,13 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(config.log_format);
     // One TLS provider for the process (ring), before any TLS configuration is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let sagemaker_public = config.sagemaker_listen.is_some_and(|a| !a.ip().is_loopback());
-    if config.insecure && (!config.listen.ip().is_loopback() || sagemaker_public) {
+    let http_listeners: Vec<std::net::SocketAddr> =
+        [config.sagemaker_listen, config.dashboard_listen].into_iter().flatten().collect();
+    if config.insecure && (!config.listen.ip().is_loopback() || http_listeners.iter().any(|a| !a.ip().is_loopback())) {
         anyhow::bail!(
             "--insecure serves without TLS or tokens: it is allowed on loopback addresses only, not on {}{}",
             config.listen,
-            config.sagemaker_listen.map(|a| format!(" / {a}")).unwrap_or_default()
+            http_listeners.iter().map(|a| format!(" / {a}")).collect::<String>()
         );
     }
     std::fs::create_dir_all(&config.data_dir)
@@ -170,9 +173,9 @@ async fn main() -> anyhow::Result<()> {
 
     let http_tls = match &credential {
         None => None,
-        Some(credential) => {
-            Some(http_tls(credential).context("configuring TLS for the SageMaker-compatible endpoint")?)
-        }
+        Some(credential) => Some(
+            http_tls(credential).context("configuring TLS for the SageMaker-compatible endpoint and the dashboard")?,
+        ),
     };
     let sagemaker = config.sagemaker_listen.map(|address| {
         let endpoint = sagemaker::Endpoint {
@@ -181,6 +184,10 @@ async fn main() -> anyhow::Result<()> {
             auth: auth.clone(),
         };
         tokio::spawn(sagemaker::serve(endpoint, address, http_tls.clone(), cancel.clone()))
+    });
+    let dashboard = config.dashboard_listen.map(|address| {
+        let dashboard = dashboard::Dashboard { coordinator: coordinator.clone(), auth: auth.clone() };
+        tokio::spawn(dashboard::serve(dashboard, address, http_tls.clone(), cancel.clone()))
     });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(health::watch(store.clone(), health_reporter, readiness, cancel.clone()));
@@ -220,6 +227,9 @@ async fn main() -> anyhow::Result<()> {
     cancel.cancel();
     if let Some(task) = sagemaker {
         task.await.context("SageMaker endpoint")??;
+    }
+    if let Some(task) = dashboard {
+        task.await.context("dashboard")??;
     }
     event_loop.await.context("event loop")?;
     stop_holding.cancel();
@@ -283,10 +293,10 @@ fn server_credential(
     if !config.listen.ip().is_unspecified() {
         names.push(config.listen.ip().to_string());
     }
-    if let Some(address) = config.sagemaker_listen
-        && !address.ip().is_unspecified()
-    {
-        names.push(address.ip().to_string());
+    for address in [config.sagemaker_listen, config.dashboard_listen].into_iter().flatten() {
+        if !address.ip().is_unspecified() {
+            names.push(address.ip().to_string());
+        }
     }
     names.extend(config.tls_names.iter().cloned());
     authority
@@ -302,7 +312,7 @@ fn grpc_tls(credential: trainyard_pki::Credential) -> ServerTlsConfig {
         .client_ca_root(Certificate::from_pem(credential.ca_pem))
         .client_auth_optional(true)
         // A connection that never completes its handshake is closed, not kept forever.
-        .timeout(sagemaker::HANDSHAKE_TIMEOUT)
+        .timeout(https::HANDSHAKE_TIMEOUT)
 }
 
 /// TLS for the SageMaker-compatible endpoint (HTTP/1.1; SigV4 authenticates the requests).
