@@ -1,7 +1,10 @@
 //! The web dashboard, through a real HTTPS client (curl, verifying the coordinator's CA): signing
 //! in with an API token, a finished tuning job drawn (objective by trial, against each tuned
 //! hyperparameter, every trial in the table), a trial's learning curve and log, and another
-//! user's jobs not shown.
+//! user's jobs not shown; and in a real browser (Debian's headless Chromium through chromedriver,
+//! WebDriver spoken over HTTP): signed in through the form, pages without console errors, a
+//! table sorted by a click, a running job's page updating by itself, a screenshot of each page
+//! under `target/dashboard-screenshots/` for review.
 
 use std::process::Command;
 use std::time::Duration;
@@ -11,6 +14,182 @@ use trainyard_e2e::{Backend, Coordinator, example, on_both_backends, repo_root};
 use trainyard_testkit::free_port;
 
 on_both_backends!(the_dashboard_draws_a_tuning_job_and_its_trials_for_a_signed_in_user);
+
+/// A WebDriver session of headless Chromium (chromedriver on a port of its own).
+struct Browser {
+    base: String,
+    _driver: trainyard_testkit::Daemon,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = free_port();
+        let profile = tempfile::tempdir().expect("dir");
+        let mut command = Command::new("chromedriver");
+        command.arg(format!("--port={port}")).env("HOME", profile.path());
+        let driver = trainyard_testkit::Daemon::spawn("chromedriver", command, profile.path());
+        let address = format!("127.0.0.1:{port}");
+        let up =
+            trainyard_testkit::wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(&address).is_ok());
+        assert!(up, "chromedriver did not start: {}", driver.log());
+        let mut browser = Browser { base: format!("http://{address}"), _driver: driver, _profile: profile };
+        // The coordinator's CA is not the browser's: its certificate is accepted for the session.
+        let session = browser.call("POST", "/session", json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "acceptInsecureCerts": true,
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1500"]},
+            "goog:loggingPrefs": {"browser": "ALL"},
+        }}}));
+        let id = session["sessionId"].as_str().expect("session").to_string();
+        browser.base = format!("{}/session/{id}", browser.base);
+        browser
+    }
+
+    /// One WebDriver command; its `value`.
+    fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let mut command = Command::new("curl");
+        command.args(["-sS", "-X", method, "-H", "Content-Type: application/json"]);
+        if method == "POST" {
+            command.args(["-d", &body.to_string()]);
+        }
+        let out = command.arg(format!("{}{path}", self.base)).output().expect("curl");
+        let answer: Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)));
+        assert!(answer["value"]["error"].is_null(), "{method} {path}: {answer:#}");
+        answer["value"].clone()
+    }
+
+    fn open(&self, url: &str) {
+        self.call("POST", "/url", json!({"url": url}));
+    }
+
+    fn source(&self) -> String {
+        self.call("GET", "/source", Value::Null).as_str().unwrap_or_default().to_string()
+    }
+
+    /// The page's source once it contains `text` (pages load, and redirects land, asynchronously).
+    fn source_with(&self, text: &str) -> String {
+        let mut page = String::new();
+        let found = trainyard_testkit::wait_until(Duration::from_secs(10), || {
+            page = self.source();
+            page.contains(text)
+        });
+        assert!(found, "no {text:?} in the page: {page}");
+        page
+    }
+
+    fn element(&self, css: &str) -> String {
+        let found = self.call("POST", "/element", json!({"using": "css selector", "value": css}));
+        found.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).expect("element").to_string()
+    }
+
+    /// What the page logged to its console at warning level or worse since the last call.
+    fn console_errors(&self) -> Vec<String> {
+        let entries = self.call("POST", "/se/log", json!({"type": "browser"}));
+        entries
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| matches!(e["level"].as_str(), Some("SEVERE" | "WARNING")))
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    fn screenshot(&self, name: &str) {
+        use base64::Engine;
+        let png = self.call("GET", "/screenshot", Value::Null);
+        let bytes = base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap_or_default()).expect("png");
+        assert!(bytes.starts_with(b"\x89PNG"), "a PNG");
+        let dir = repo_root().join("target/dashboard-screenshots");
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join(format!("{name}.png")), bytes).expect("write");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = Command::new("curl").args(["-sS", "-X", "DELETE", &self.base]).output();
+    }
+}
+
+/// In headless Chromium: signed in through the form, every page loads without console errors and
+/// is photographed; a click sorts the trials; a running job's page shows its progress by itself.
+#[test]
+fn the_dashboard_works_in_a_real_browser() {
+    let port = free_port();
+    let c = Coordinator::start_with_args(&["--dashboard-listen", &format!("127.0.0.1:{port}")]);
+    let _agent = c.start_agent("browsed", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
+    let trainer = repo_root().join("deploy/examples/trainer/train.py").display().to_string();
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    r["HyperParameterTuningJobName"] = json!("browsed");
+    r["HyperParameterTuningJobConfig"]["ResourceLimits"] =
+        json!({"MaxNumberOfTrainingJobs": 4, "MaxParallelTrainingJobs": 4});
+    r["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] = json!(trainer);
+    let file = c.write("browsed.json", &r.to_string());
+    c.cli(&["tuning-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    let done = c.wait_json_for(Duration::from_secs(120), &["tuning-jobs", "describe", "browsed"], |d| {
+        d["HyperParameterTuningJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
+    // A job still training while the browser watches: an epoch a second.
+    let mut slow: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    slow["TrainingJobName"] = json!("watched");
+    slow["AlgorithmSpecification"]["TrainingImage"] = json!(trainer);
+    slow["HyperParameters"] = json!({"epochs": "30", "epoch_seconds": "1"});
+    let file = c.write("watched.json", &slow.to_string());
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    c.wait_json(&["training-jobs", "describe", "watched"], |d| d["SecondaryStatus"] == "Training");
+
+    let browser = Browser::start();
+    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    browser.open(&url("/tuning-jobs/browsed"));
+    browser.source_with("Sign in with an API token");
+    browser.screenshot("sign-in");
+    let field = browser.element("input[name=token]");
+    browser.call("POST", &format!("/element/{field}/value"), json!({"text": c.token}));
+    let button = browser.element("form button");
+    browser.call("POST", &format!("/element/{button}/click"), json!({}));
+    browser.source_with("href=\"/tuning-jobs/browsed\"");
+    browser.screenshot("tuning-jobs");
+
+    browser.open(&url("/tuning-jobs/browsed"));
+    let page = browser.source_with("<h2>Trials</h2>");
+    assert_eq!(page.matches("<circle").count(), 4 * 5, "every trial drawn in every chart");
+    browser.screenshot("tuning-job");
+    // Sorting by the objective (the 4th column), ascending on the first click.
+    let header = browser.element("table.sortable th:nth-child(4)");
+    browser.call("POST", &format!("/element/{header}/click"), json!({}));
+    let objectives = browser.call(
+        "POST",
+        "/execute/sync",
+        json!({"script": "return [...document.querySelectorAll('table.sortable tbody tr')].map(r => parseFloat(r.cells[3].textContent))", "args": []}),
+    );
+    let objectives: Vec<f64> = objectives.as_array().expect("values").iter().filter_map(Value::as_f64).collect();
+    assert_eq!(objectives.len(), 4, "{objectives:?}");
+    assert!(objectives.windows(2).all(|w| w[0] <= w[1]), "sorted: {objectives:?}");
+
+    let best = done["BestTrainingJob"]["TrainingJobName"].as_str().expect("best");
+    browser.open(&url(&format!("/training-jobs/{best}")));
+    browser.source_with("<polyline");
+    browser.screenshot("training-job");
+
+    // The running job's page reloads by itself and shows more of its log each time.
+    browser.open(&url("/training-jobs/watched"));
+    let epochs = |page: &str| page.matches("validation_accuracy=").count();
+    let before = epochs(&browser.source_with("Learning curves"));
+    std::thread::sleep(Duration::from_secs(7));
+    let after = epochs(&browser.source());
+    assert!(after > before, "the page updated by itself: {before} then {after} epochs");
+    browser.screenshot("running-training-job");
+    browser.open(&url("/training-jobs"));
+    browser.screenshot("training-jobs");
+    let errors = browser.console_errors();
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    c.cli(&["training-jobs", "stop", "watched"]).assert_success();
+}
 
 /// `curl` against the dashboard: (HTTP status, headers, body).
 fn curl(c: &Coordinator, args: &[&str]) -> (u16, String, String) {

@@ -54,7 +54,7 @@ rows.sort((a,b)=>{const x=key(a),y=key(b);return (x<y?-1:x>y?1:0)*(asc?1:-1)});r
 pub fn layout(title: &str, body: &str, refresh: bool) -> String {
     let meta = if refresh { r#"<meta http-equiv="refresh" content="5">"# } else { "" };
     format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{meta}<title>{} · Trainyard</title>\
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{meta}<link rel=\"icon\" href=\"data:,\"><title>{} · Trainyard</title>\
          <style>{STYLE}</style></head><body><nav><a href=\"/\">Tuning jobs</a><a href=\"/training-jobs\">Training jobs</a>\
          <form method=\"post\" action=\"/logout\" style=\"display:inline\"><button>Sign out</button></form></nav>\
          <h1>{}</h1>{body}<script>{SORT}</script></body></html>",
@@ -65,7 +65,7 @@ pub fn layout(title: &str, body: &str, refresh: bool) -> String {
 
 pub fn login(message: &str) -> String {
     format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sign in · Trainyard</title><style>{STYLE}</style></head>\
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><link rel=\"icon\" href=\"data:,\"><title>Sign in · Trainyard</title><style>{STYLE}</style></head>\
          <body><h1>Trainyard</h1><p>Sign in with an API token (read scope is enough: <code>trainyard tokens create --user NAME --scope read</code>).</p>\
          <p class=\"status-Failed\">{}</p><form method=\"post\" action=\"/login\"><input type=\"password\" name=\"token\" size=\"60\" autofocus>\
          <button>Sign in</button></form></body></html>",
