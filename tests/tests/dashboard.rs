@@ -143,8 +143,10 @@ fn the_dashboard_works_in_a_real_browser() {
     c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
     c.wait_json(&["training-jobs", "describe", "watched"], |d| d["SecondaryStatus"] == "Training");
 
-    let browser = Browser::start();
     let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    // Ours that answers there (the CA verifies it), before the browser goes.
+    assert_eq!(curl(&c, &[&url("/login")]).0, 200);
+    let browser = Browser::start();
     browser.open(&url("/tuning-jobs/browsed"));
     browser.source_with("Sign in with an API token");
     browser.screenshot("sign-in");
@@ -186,6 +188,10 @@ fn the_dashboard_works_in_a_real_browser() {
     browser.screenshot("running-training-job");
     browser.open(&url("/training-jobs"));
     browser.screenshot("training-jobs");
+    // The agent, with what runs there now.
+    browser.open(&url("/agents"));
+    browser.source_with("href=\"/training-jobs/watched\"");
+    browser.screenshot("agents");
     let errors = browser.console_errors();
     assert!(errors.is_empty(), "console errors: {errors:#?}");
     c.cli(&["training-jobs", "stop", "watched"]).assert_success();
@@ -277,6 +283,11 @@ fn the_dashboard_draws_a_tuning_job_and_its_trials_for_a_signed_in_user(backend:
     assert_eq!(trial.matches("<polyline").count(), 2, "{trial}");
     assert!(trial.contains("validation_accuracy="), "the log's lines: {trial}");
 
+    // The agent and its resources.
+    let (code, _, agents) = curl(&c, &["-b", &cookie, &url("/agents")]);
+    assert_eq!(code, 200);
+    assert!(agents.contains("<td>drawn</td><td>ready</td>") && agents.contains(" of 16<"), "{agents}");
+
     // Another user sees none of it: an empty list, and no such job.
     let other = c.json(&["tokens", "create", "--user", "bo", "--scope", "read"]);
     let bo = format!("trainyard_token={}", other["Token"].as_str().expect("token"));
@@ -286,4 +297,26 @@ fn the_dashboard_draws_a_tuning_job_and_its_trials_for_a_signed_in_user(backend:
     assert_eq!(code, 404);
     let (code, _, _) = curl(&c, &["-b", &bo, &url(&format!("/training-jobs/{best}"))]);
     assert_eq!(code, 404);
+}
+
+/// An address already in use stops the coordinator at start, naming it, instead of leaving it up
+/// without its dashboard.
+#[test]
+fn a_dashboard_address_in_use_stops_the_coordinator_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    let dir = tempfile::tempdir().expect("dir");
+    let out = Command::new(trainyard_testkit::binary("trainyard-coordinator"))
+        .args(["--insecure", "--listen", &format!("127.0.0.1:{}", free_port()), "--dashboard-listen", &address])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains(&format!("listening for the dashboard on {address}")),
+        "{stdout}\n{stderr}"
+    );
 }

@@ -417,6 +417,16 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Every agent the loop knows, as ListAgents shows them (any signed-in caller may see them).
+    pub async fn agents(&self) -> Result<Vec<trainyard_proto::pb::AgentSummary>, DomainError> {
+        let gone = || DomainError::Unavailable("the coordinator is shutting down".into());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.events.send(Event::ListAgents(tx)).map_err(|_| gone())?;
+        let mut agents = rx.await.map_err(|_| gone())?;
+        agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        Ok(agents)
+    }
+
     async fn queue_position(&self, name: &str) -> Option<(usize, usize, Option<String>)> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.events.send(Event::QueuePosition(name.to_string(), tx)).ok()?;

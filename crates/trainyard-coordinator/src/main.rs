@@ -177,18 +177,31 @@ async fn main() -> anyhow::Result<()> {
             http_tls(credential).context("configuring TLS for the SageMaker-compatible endpoint and the dashboard")?,
         ),
     };
-    let sagemaker = config.sagemaker_listen.map(|address| {
-        let endpoint = sagemaker::Endpoint {
-            coordinator: coordinator.clone(),
-            keys: config.access_keys.clone(),
-            auth: auth.clone(),
-        };
-        tokio::spawn(sagemaker::serve(endpoint, address, http_tls.clone(), cancel.clone()))
-    });
-    let dashboard = config.dashboard_listen.map(|address| {
-        let dashboard = dashboard::Dashboard { coordinator: coordinator.clone(), auth: auth.clone() };
-        tokio::spawn(dashboard::serve(dashboard, address, http_tls.clone(), cancel.clone()))
-    });
+    // Bound here, before serving anything: an address in use stops the coordinator at start
+    // instead of leaving it up without that listener.
+    let bind = |address: std::net::SocketAddr, what: &'static str| async move {
+        tokio::net::TcpListener::bind(address).await.with_context(|| format!("listening for the {what} on {address}"))
+    };
+    let sagemaker = match config.sagemaker_listen {
+        Some(address) => {
+            let listener = bind(address, "SageMaker-compatible endpoint").await?;
+            let endpoint = sagemaker::Endpoint {
+                coordinator: coordinator.clone(),
+                keys: config.access_keys.clone(),
+                auth: auth.clone(),
+            };
+            Some(tokio::spawn(sagemaker::serve(endpoint, listener, http_tls.clone(), cancel.clone())))
+        }
+        None => None,
+    };
+    let dashboard = match config.dashboard_listen {
+        Some(address) => {
+            let listener = bind(address, "dashboard").await?;
+            let dashboard = dashboard::Dashboard { coordinator: coordinator.clone(), auth: auth.clone() };
+            Some(tokio::spawn(dashboard::serve(dashboard, listener, http_tls.clone(), cancel.clone())))
+        }
+        None => None,
+    };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(health::watch(store.clone(), health_reporter, readiness, cancel.clone()));
     tokio::spawn(retention::run(store.clone(), config.job_retention, config.log_retention, cancel.clone()));

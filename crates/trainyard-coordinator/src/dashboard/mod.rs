@@ -1,6 +1,7 @@
 //! A read-only web dashboard (`--dashboard-listen`): tuning jobs as pictures (objective by trial
 //! with the best so far, objective against each hyperparameter, a sortable table of trials),
-//! training jobs with their status history, learning curves and log. Server-rendered HTML with
+//! training jobs with their status history, learning curves and log; agents with their resources,
+//! GPUs and what runs on them. Server-rendered HTML with
 //! inline SVG: every asset is in the binary and nothing is fetched from elsewhere. HTTPS with the
 //! coordinator's certificate; signed in with an API token (read scope is enough), kept in an
 //! HttpOnly, Secure, SameSite=Strict cookie; each page shows what that token's user may see, as the
@@ -9,7 +10,6 @@
 mod pages;
 mod svg;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -38,19 +38,20 @@ pub struct Dashboard {
 
 pub async fn serve(
     dashboard: Dashboard,
-    address: SocketAddr,
+    listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route("/", get(tuning_jobs))
         .route("/training-jobs", get(training_jobs))
+        .route("/agents", get(agents))
         .route("/tuning-jobs/{name}", get(tuning_job))
         .route("/training-jobs/{name}", get(training_job))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .with_state(Arc::new(dashboard));
-    let listener = tokio::net::TcpListener::bind(address).await?;
+    let address = listener.local_addr()?;
     info!(%address, tls = tls.is_some(), "dashboard listening");
     let shutdown = async move { cancel.cancelled().await };
     match tls {
@@ -118,6 +119,16 @@ async fn training_jobs(State(state): State<Arc<Dashboard>>, headers: HeaderMap) 
     let request = api::ListTrainingJobsRequest { max_results: Some(MAX_JOBS), ..Default::default() };
     match state.coordinator.list_training_jobs(&caller, request).await {
         Ok(list) => Html(pages::training_jobs(&list.training_job_summaries.unwrap_or_default())).into_response(),
+        Err(e) => failure(&e),
+    }
+}
+
+async fn agents(State(state): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
+    if let Err(r) = caller(&state, &headers).await {
+        return r;
+    }
+    match state.coordinator.agents().await {
+        Ok(agents) => Html(pages::agents(&agents)).into_response(),
         Err(e) => failure(&e),
     }
 }

@@ -55,7 +55,7 @@ pub fn layout(title: &str, body: &str, refresh: bool) -> String {
     let meta = if refresh { r#"<meta http-equiv="refresh" content="5">"# } else { "" };
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{meta}<link rel=\"icon\" href=\"data:,\"><title>{} · Trainyard</title>\
-         <style>{STYLE}</style></head><body><nav><a href=\"/\">Tuning jobs</a><a href=\"/training-jobs\">Training jobs</a>\
+         <style>{STYLE}</style></head><body><nav><a href=\"/\">Tuning jobs</a><a href=\"/training-jobs\">Training jobs</a><a href=\"/agents\">Agents</a>\
          <form method=\"post\" action=\"/logout\" style=\"display:inline\"><button>Sign out</button></form></nav>\
          <h1>{}</h1>{body}<script>{SORT}</script></body></html>",
         escape(title),
@@ -131,6 +131,63 @@ pub fn training_jobs(jobs: &[api::TrainingJobSummary]) -> String {
         "<table class=\"sortable\"><thead><tr><th>Name</th><th>Status</th><th>Secondary status</th><th>Created</th></tr></thead><tbody>{rows}</tbody></table>"
     );
     layout("Training jobs", &body, running)
+}
+
+/// The agents: state, resources free and in all, GPUs with their last utilisation, what runs there.
+pub fn agents(agents: &[trainyard_proto::pb::AgentSummary]) -> String {
+    let mut rows = String::new();
+    for a in agents {
+        let inventory = a.inventory.clone().unwrap_or_default();
+        let state = if a.cordon.is_empty() { a.state.clone() } else { format!("{} ({})", a.state, a.cordon) };
+        let reported = a.last_heartbeat.as_ref().map(|h| h.gpus.clone()).unwrap_or_default();
+        let gpus: Vec<String> = inventory
+            .gpus
+            .iter()
+            .map(|g| {
+                let now = reported.iter().find(|r| r.uuid == g.uuid).unwrap_or(g);
+                format!(
+                    "{} #{}: {} %, {}/{} MiB",
+                    escape(&g.name),
+                    g.index,
+                    now.utilization_percent,
+                    now.memory_used_mib,
+                    g.memory_total_mib
+                )
+            })
+            .collect();
+        let running: Vec<String> = a
+            .running
+            .iter()
+            .map(|r| {
+                let job = r.split_once('/').map_or(r.as_str(), |(job, _)| job);
+                format!("<a href=\"/training-jobs/{}\">{}</a>", segment(job), escape(r))
+            })
+            .collect();
+        let runtime = a.capabilities.as_ref().map(|c| c.container_runtime.clone()).unwrap_or_default();
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} of {}</td><td>{} of {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&a.agent_id),
+            escape(&state),
+            escape(&inventory.hostname),
+            a.vcpus_free,
+            inventory.cpu_count,
+            a.memory_free_mib,
+            inventory.memory_total_mib,
+            if gpus.is_empty() { "-".to_string() } else { gpus.join("<br>") },
+            if running.is_empty() { "-".to_string() } else { running.join("<br>") },
+            if runtime.is_empty() { "-".to_string() } else { escape(&runtime) },
+            time(Some(Timestamp::from_millis(a.last_heartbeat_millis))),
+        ));
+    }
+    let body = if agents.is_empty() {
+        "<p class=\"muted\">No agent has joined.</p>".to_string()
+    } else {
+        format!(
+            "<table class=\"sortable\"><thead><tr><th>Agent</th><th>State</th><th>Host</th><th>vCPUs free</th><th>Memory free (MiB)</th>\
+             <th>GPUs (utilisation, memory)</th><th>Running</th><th>Containers</th><th>Last heartbeat</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    };
+    layout("Agents", &body, true)
 }
 
 /// A tuning job: its objective against the trial number with the best so far, the objective
@@ -352,6 +409,34 @@ mod tests {
         assert!(first < page.find("search-002-bbb").expect("listed"));
         assert!(page.contains("&lt;b&gt;odd&lt;/b&gt;") && !page.contains("<b>odd</b>"));
         assert!(page.contains("/training-jobs/%3Cb%3Eodd%3C%2Fb%3E"), "{page}");
+    }
+
+    #[test]
+    fn the_agents_page_shows_resources_gpus_and_running_instances() {
+        use trainyard_proto::pb;
+        let gpu = pb::Gpu {
+            index: 0,
+            uuid: "GPU-1".into(),
+            name: "<Fake> GPU".into(),
+            memory_total_mib: 16_000,
+            ..Default::default()
+        };
+        let agent = pb::AgentSummary {
+            agent_id: "host-a".into(),
+            state: "ready".into(),
+            inventory: Some(pb::Inventory { cpu_count: 8, gpus: vec![gpu.clone()], ..Default::default() }),
+            last_heartbeat: Some(pb::Heartbeat {
+                gpus: vec![pb::Gpu { utilization_percent: 73, memory_used_mib: 512, ..gpu }],
+                ..Default::default()
+            }),
+            vcpus_free: 6,
+            running: vec!["job-1/algo-2".into()],
+            ..Default::default()
+        };
+        let page = agents(&[agent]);
+        assert!(page.contains("6 of 8"), "{page}");
+        assert!(page.contains("&lt;Fake&gt; GPU #0: 73 %, 512/16000 MiB"), "the last heartbeat's utilisation: {page}");
+        assert!(page.contains("<a href=\"/training-jobs/job-1\">job-1/algo-2</a>"), "{page}");
     }
 
     #[test]

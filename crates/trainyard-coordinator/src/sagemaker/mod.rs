@@ -12,7 +12,6 @@ mod logs;
 mod sts;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -41,15 +40,16 @@ pub struct Endpoint {
     pub auth: Arc<crate::auth::Auth>,
 }
 
-/// Serves until cancelled: TLS with `tls`, plain HTTP without.
+/// Serves on `listener` (bound at start-up, so that an address in use stops the coordinator) until
+/// cancelled: TLS with `tls`, plain HTTP without.
 pub async fn serve(
     endpoint: Endpoint,
-    address: SocketAddr,
+    listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = axum::Router::new().fallback(handle).with_state(Arc::new(endpoint));
-    let listener = tokio::net::TcpListener::bind(address).await?;
+    let address = listener.local_addr()?;
     info!(%address, tls = tls.is_some(), "SageMaker-compatible endpoint listening");
     let shutdown = async move { cancel.cancelled().await };
     match tls {
