@@ -27,7 +27,8 @@ impl Browser {
         let port = free_port();
         let profile = tempfile::tempdir().expect("dir");
         let mut command = Command::new("chromedriver");
-        command.arg(format!("--port={port}")).env("HOME", profile.path());
+        // Chromium's scratch dirs go with the profile, not into the suite's temp dir.
+        command.arg(format!("--port={port}")).env("HOME", profile.path()).env("TMPDIR", profile.path());
         let driver = trainyard_testkit::Daemon::spawn("chromedriver", command, profile.path());
         let address = format!("127.0.0.1:{port}");
         let up =
