@@ -32,6 +32,34 @@ pub const MAX_LOG_PAGE_LINES: u32 = 10_000;
 pub const MAX_LOG_PAGE_BYTES: usize = 3 * 1024 * 1024;
 /// Lines read from the store at a time while a page fills.
 const LOG_READ_CHUNK: usize = 256;
+/// Lines after `after`, read in chunks until the page holds `limit` lines or `max_bytes` of text
+/// (at least one line): `read(after, want)` reads the next chunk.
+async fn log_page<F, Fut>(mut after: i64, limit: u32, max_bytes: usize, read: F) -> Result<Vec<LogRecord>, StoreError>
+where
+    F: Fn(i64, u32) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<LogRecord>, StoreError>>,
+{
+    let limit = limit as usize;
+    let (mut lines, mut bytes) = (Vec::new(), 0);
+    'page: while lines.len() < limit {
+        let want = LOG_READ_CHUNK.min(limit - lines.len());
+        let chunk = read(after, want as u32).await?;
+        let complete = chunk.len() == want;
+        for line in chunk {
+            if !lines.is_empty() && bytes + line.text.len() > max_bytes {
+                break 'page;
+            }
+            bytes += line.text.len();
+            after = line.seq;
+            lines.push(line);
+        }
+        if !complete {
+            break;
+        }
+    }
+    Ok(lines)
+}
+
 /// A read of one instance's lines: stamped at `from` or later, after sequence `after`, in order, at
 /// most `limit` lines and `max_bytes` of text (at least one line).
 pub struct StreamRead {
@@ -477,26 +505,10 @@ impl Coordinator {
         limit: u32,
     ) -> Result<(Vec<LogRecord>, bool), DomainError> {
         let stored = self.visible_training_job(caller, job).await?;
-        let limit = if limit == 0 { MAX_LOG_PAGE_LINES } else { limit.min(MAX_LOG_PAGE_LINES) } as usize;
-        // Read in chunks until the page holds `limit` lines or MAX_LOG_PAGE_BYTES of text: a page
-        // of long lines must not grow the coordinator, nor exceed what a client decodes (4 MiB).
-        let (mut lines, mut bytes, mut after) = (Vec::new(), 0, after);
-        'page: while lines.len() < limit {
-            let want = LOG_READ_CHUNK.min(limit - lines.len());
-            let chunk = self.store.read_logs(job, after, want as u32).await?;
-            let complete = chunk.len() == want;
-            for line in chunk {
-                if !lines.is_empty() && bytes + line.text.len() > MAX_LOG_PAGE_BYTES {
-                    break 'page;
-                }
-                bytes += line.text.len();
-                after = line.seq;
-                lines.push(line);
-            }
-            if !complete {
-                break;
-            }
-        }
+        let limit = if limit == 0 { MAX_LOG_PAGE_LINES } else { limit.min(MAX_LOG_PAGE_LINES) };
+        // A page of long lines must not grow the coordinator, nor exceed what a client decodes (4 MiB).
+        let lines =
+            log_page(after, limit, MAX_LOG_PAGE_BYTES, |after, want| self.store.read_logs(job, after, want)).await?;
         Ok((lines, stored.status.is_terminal()))
     }
 
@@ -510,25 +522,9 @@ impl Coordinator {
     ) -> Result<Vec<LogRecord>, DomainError> {
         let StreamRead { instance, from, after, limit, max_bytes } = read;
         self.visible_training_job(caller, job).await?;
-        let limit = limit.clamp(1, MAX_LOG_PAGE_LINES) as usize;
-        let (mut lines, mut bytes, mut after) = (Vec::new(), 0, after);
-        'page: while lines.len() < limit {
-            let want = LOG_READ_CHUNK.min(limit - lines.len());
-            let chunk = self.store.read_instance_logs(job, instance, from, after, want as u32).await?;
-            let complete = chunk.len() == want;
-            for line in chunk {
-                if !lines.is_empty() && bytes + line.text.len() > max_bytes {
-                    break 'page;
-                }
-                bytes += line.text.len();
-                after = line.seq;
-                lines.push(line);
-            }
-            if !complete {
-                break;
-            }
-        }
-        Ok(lines)
+        let limit = limit.clamp(1, MAX_LOG_PAGE_LINES);
+        let read = |after, want| self.store.read_instance_logs(job, instance, from, after, want);
+        Ok(log_page(after, limit, max_bytes, read).await?)
     }
 
     /// The sequence number of a job's last stored line (0 for none).

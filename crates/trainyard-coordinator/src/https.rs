@@ -67,3 +67,17 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.local)
     }
 }
+
+/// Serves `app` on `listener` until `cancel`: TLS with `tls`, plain HTTP without.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: axum::Router,
+    cancel: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let shutdown = async move { cancel.cancelled().await };
+    match tls {
+        Some(config) => axum::serve(TlsListener::start(listener, config), app).with_graceful_shutdown(shutdown).await,
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    }
+}

@@ -92,6 +92,26 @@ impl Statement {
     }
 }
 
+/// A `training_job_logs` row.
+fn log_record(r: &sqlx::any::AnyRow) -> Result<LogRecord, StoreError> {
+    Ok(LogRecord {
+        seq: r.try_get("seq")?,
+        instance: u32::try_from(r.try_get::<i64, _>("instance")?).unwrap_or_default(),
+        stream: r.try_get("stream")?,
+        timestamp: Timestamp::from_millis(r.try_get("timestamp")?),
+        text: r.try_get("text")?,
+    })
+}
+
+/// A `metric_samples` row.
+fn metric_sample(r: &sqlx::any::AnyRow) -> Result<MetricSample, StoreError> {
+    Ok(MetricSample {
+        name: r.try_get("metric_name")?,
+        timestamp: Timestamp::from_millis(r.try_get("timestamp")?),
+        value: r.try_get("value")?,
+    })
+}
+
 /// Marks SQL built at run time as safe. Every such statement here is assembled only from this
 /// file's constants (table and column names, sort directions) and `$N` placeholders; values always
 /// travel as bind parameters.
@@ -665,17 +685,7 @@ impl Store for SqlStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LogRecord {
-                    seq: r.try_get("seq")?,
-                    instance: u32::try_from(r.try_get::<i64, _>("instance")?).unwrap_or_default(),
-                    stream: r.try_get("stream")?,
-                    timestamp: Timestamp::from_millis(r.try_get("timestamp")?),
-                    text: r.try_get("text")?,
-                })
-            })
-            .collect()
+        rows.iter().map(log_record).collect()
     }
 
     async fn read_instance_logs(
@@ -697,17 +707,7 @@ impl Store for SqlStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LogRecord {
-                    seq: r.try_get("seq")?,
-                    instance: u32::try_from(r.try_get::<i64, _>("instance")?).unwrap_or_default(),
-                    stream: r.try_get("stream")?,
-                    timestamp: Timestamp::from_millis(r.try_get("timestamp")?),
-                    text: r.try_get("text")?,
-                })
-            })
-            .collect()
+        rows.iter().map(log_record).collect()
     }
 
     async fn last_log_seq(&self, training_job: &str) -> Result<i64, StoreError> {
@@ -754,15 +754,7 @@ impl Store for SqlStore {
         .bind(training_job)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(MetricSample {
-                    name: r.try_get("metric_name")?,
-                    timestamp: Timestamp::from_millis(r.try_get("timestamp")?),
-                    value: r.try_get("value")?,
-                })
-            })
-            .collect()
+        rows.iter().map(metric_sample).collect()
     }
 
     async fn read_metric_page(
@@ -797,15 +789,7 @@ impl Store for SqlStore {
             query = query.bind(name).bind(at.millis());
         }
         let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(MetricSample {
-                    name: r.try_get("metric_name")?,
-                    timestamp: Timestamp::from_millis(r.try_get("timestamp")?),
-                    value: r.try_get("value")?,
-                })
-            })
-            .collect()
+        rows.iter().map(metric_sample).collect()
     }
 
     async fn count_trials(&self, tuning_job: &str) -> Result<u64, StoreError> {

@@ -53,15 +53,7 @@ pub async fn serve(
         .with_state(Arc::new(dashboard));
     let address = listener.local_addr()?;
     info!(%address, tls = tls.is_some(), "dashboard listening");
-    let shutdown = async move { cancel.cancelled().await };
-    match tls {
-        Some(config) => {
-            axum::serve(crate::https::TlsListener::start(listener, config), app)
-                .with_graceful_shutdown(shutdown)
-                .await?
-        }
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await?,
-    }
+    crate::https::serve(listener, tls, app, cancel).await?;
     Ok(())
 }
 

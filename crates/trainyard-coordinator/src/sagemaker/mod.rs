@@ -51,15 +51,7 @@ pub async fn serve(
     let app = axum::Router::new().fallback(handle).with_state(Arc::new(endpoint));
     let address = listener.local_addr()?;
     info!(%address, tls = tls.is_some(), "SageMaker-compatible endpoint listening");
-    let shutdown = async move { cancel.cancelled().await };
-    match tls {
-        Some(config) => {
-            axum::serve(crate::https::TlsListener::start(listener, config), app)
-                .with_graceful_shutdown(shutdown)
-                .await?
-        }
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await?,
-    }
+    crate::https::serve(listener, tls, app, cancel).await?;
     Ok(())
 }
 
