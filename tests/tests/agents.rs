@@ -559,7 +559,39 @@ fn early_stopping_and_completion_criteria_end_trials_and_jobs(backend: Backend) 
             t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"].is_number(),
             "a stopped trial keeps its last value: {t}"
         );
+        // It says why it stopped, in its status history.
+        let name = t["TrainingJobName"].as_str().expect("name");
+        let described = c.json(&["training-jobs", "describe", name]);
+        let last = described["SecondaryStatusTransitions"].as_array().and_then(|t| t.last()).expect("transitions");
+        assert_eq!(last["Status"], "Stopped", "{described:#}");
+        assert_eq!(
+            last["StatusMessage"],
+            "Training job stopped early: its objective was worse than the median of earlier trials",
+            "{described:#}"
+        );
     }
+
+    // The trials shaped for plotting (GetTuningJobTrials): all ten in launch order, the
+    // early-stopped ones marked, the best so far rising to the tuning job's best.
+    let results = c.json(&["tuning-jobs", "results", "early"]);
+    assert_eq!(results["ObjectiveMetricName"], "score");
+    assert_eq!(results["Maximize"], true);
+    assert_eq!(results["Ended"], true);
+    let numbers: Vec<i64> = results["Number"].as_array().expect("numbers").iter().filter_map(|n| n.as_i64()).collect();
+    assert_eq!(numbers, (1..=10).collect::<Vec<i64>>(), "{results:#}");
+    let statuses = results["Status"].as_array().expect("statuses");
+    let marked = results["StoppedEarly"].as_array().expect("marks");
+    for (status, early) in statuses.iter().zip(marked) {
+        assert_eq!(early.as_bool(), Some(status == "Stopped"), "early stopping ended every stopped trial: {results:#}");
+    }
+    let best: Vec<f64> = results["BestSoFar"].as_array().expect("best").iter().filter_map(|b| b.as_f64()).collect();
+    assert!(best.windows(2).all(|w| w[0] <= w[1]), "the best so far never falls: {best:?}");
+    let overall = done["BestTrainingJob"]["FinalHyperParameterTuningJobObjectiveMetric"]["Value"].as_f64();
+    assert_eq!(best.last().copied(), overall, "{results:#}");
+    assert_eq!(results["HyperParameters"]["x"].as_array().map(Vec::len), Some(10), "{results:#}");
+    // Three a page, the best so far carried from page to page: the same answer.
+    assert_eq!(c.json(&["tuning-jobs", "results", "early", "--page-size", "3"]), results);
+    assert_eq!(c.cli(&["tuning-jobs", "results", "no-such-tuning-job"]).code(), 4);
 }
 
 fn hyperband_stops_trials_outside_the_top_of_their_rung(backend: Backend) {
@@ -584,6 +616,14 @@ fn hyperband_stops_trials_outside_the_top_of_their_rung(backend: Backend) {
     // The best trial ran to the end.
     let best = done["BestTrainingJob"]["TrainingJobStatus"].clone();
     assert_eq!(best, "Completed");
+    // Each stopped trial is marked as stopped by its rung.
+    let results = c.json(&["tuning-jobs", "results", "bands"]);
+    let marked =
+        results["StoppedEarly"].as_array().expect("marks").iter().filter(|m| m.as_bool() == Some(true)).count();
+    assert_eq!(marked as i64, stopped, "{results:#}");
+    let table = c.cli(&["tuning-jobs", "results", "bands"]);
+    table.assert_success();
+    assert_eq!(table.stdout().matches("Stopped (early)").count() as i64, stopped, "{}", table.stdout());
 }
 
 fn warm_start_seeds_a_search_with_its_parents_trials(backend: Backend) {

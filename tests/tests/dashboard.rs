@@ -3,7 +3,7 @@
 //! hyperparameter, every trial in the table), a trial's learning curve and log, and another
 //! user's jobs not shown; and in a real browser (Debian's headless Chromium through chromedriver,
 //! WebDriver spoken over HTTP): signed in through the form, pages without console errors, a
-//! table sorted by a click, a running job's page updating by itself, a screenshot of each page
+//! table sorted by a click, a running job's page following its log in place, a screenshot of each page
 //! under `target/dashboard-screenshots/` for review.
 
 use std::process::Command;
@@ -204,18 +204,24 @@ fn the_dashboard_works_in_a_real_browser() {
     browser.source_with("<polyline");
     browser.screenshot("training-job");
 
-    // The running job's page reloads by itself and shows more of its log each time.
+    // The running job's page follows its log and redraws its curves in place, without reloading
+    // (a mark left on the window stays).
     browser.open(&url("/training-jobs/watched"));
     let epochs = |page: &str| page.matches("validation_accuracy=").count();
+    // The points of the curves drawn now.
+    let samples = || {
+        let script = "return [...document.querySelectorAll('#live polyline')].map(p => p.getAttribute('points').split(' ').length).reduce((a, b) => a + b, 0)";
+        browser.call("POST", "/execute/sync", json!({"script": script, "args": []})).as_u64().expect("a count")
+    };
     let before = epochs(&browser.source_with("Learning curves"));
+    let points_before = samples();
+    browser.call("POST", "/execute/sync", json!({"script": "window.stayed = true; return null", "args": []}));
     std::thread::sleep(Duration::from_secs(7));
-    let mut after = epochs(&browser.source());
-    if network_error(&browser.source()) {
-        // Its reload was aborted by the network: the page as it is now.
-        browser.open(&url("/training-jobs/watched"));
-        after = epochs(&browser.source_with("Learning curves"));
-    }
-    assert!(after > before, "the page updated by itself: {before} then {after} epochs");
+    let (after, points_after) = (epochs(&browser.source()), samples());
+    assert!(after > before, "the log followed the job: {before} then {after} epochs");
+    assert!(points_after > points_before, "the curves were redrawn: {points_before} then {points_after}");
+    let stayed = browser.call("POST", "/execute/sync", json!({"script": "return window.stayed === true", "args": []}));
+    assert_eq!(stayed, json!(true), "the page was not reloaded");
     browser.screenshot("running-training-job");
     browser.open(&url("/training-jobs"));
     browser.screenshot("training-jobs");
@@ -286,12 +292,15 @@ fn the_dashboard_draws_a_tuning_job_and_its_trials_for_a_signed_in_user(backend:
     assert_eq!(code, 200);
     assert!(list.contains("href=\"/tuning-jobs/drawn\"") && list.contains("3 completed"), "{list}");
 
-    // The tuning job: objective by trial (3 points and the best-so-far line), one chart per tuned
-    // hyperparameter (4 in the example), a row per trial; it has ended, so it does not reload.
+    // The tuning job: objective by trial (3 points and the best-so-far line), parallel coordinates
+    // (a line per trial), one chart per tuned hyperparameter (4 in the example), a row per trial;
+    // it has ended, so it does not reload.
     let (code, _, page) = curl(&c, &["-b", &cookie, &url("/tuning-jobs/drawn")]);
     assert_eq!(code, 200, "{page}");
-    assert_eq!(page.matches("<svg").count(), 5, "{page}");
+    assert_eq!(page.matches("<svg").count(), 1 + 1 + 4, "{page}");
     assert_eq!(page.matches("<circle").count(), 3 * 5, "{page}");
+    assert_eq!(page.matches("class=\"trial\"").count(), 3, "{page}");
+    assert_eq!(page.matches("class=\"axis\"").count(), 4 + 1, "{page}");
     assert!(page.contains("class=\"best\""));
     let trials = c.json(&["tuning-jobs", "trials", "drawn"]);
     let names: Vec<&str> = trials["TrainingJobSummaries"]
@@ -313,6 +322,24 @@ fn the_dashboard_draws_a_tuning_job_and_its_trials_for_a_signed_in_user(backend:
     assert_eq!(code, 200, "{trial}");
     assert_eq!(trial.matches("<polyline").count(), 2, "{trial}");
     assert!(trial.contains("validation_accuracy="), "the log's lines: {trial}");
+    // The lines a following page asks for: after a sequence number, with where to ask next.
+    let (code, headers, lines) = curl(&c, &["-b", &cookie, &url(&format!("/training-jobs/{best}/log?after=0"))]);
+    assert_eq!(code, 200, "{lines}");
+    assert!(headers.to_ascii_lowercase().contains("content-type: application/json"), "{headers}");
+    let lines: Value = serde_json::from_str(&lines).expect("JSON");
+    assert_eq!(lines["ended"], true);
+    let first = lines["lines"].as_array().expect("lines").len();
+    assert!(first > 0, "{lines:#}");
+    let last = lines["last"].as_i64().expect("last");
+    let (_, _, rest) = curl(&c, &["-b", &cookie, &url(&format!("/training-jobs/{best}/log?after={last}"))]);
+    let rest: Value = serde_json::from_str(&rest).expect("JSON");
+    assert_eq!(rest["lines"].as_array().map(Vec::len), Some(0), "nothing after the last line: {rest:#}");
+    assert_eq!(rest["last"], last);
+    for bad in ["after=-1", "after=x", "from=3"] {
+        let (code, _, body) = curl(&c, &["-b", &cookie, &url(&format!("/training-jobs/{best}/log?{bad}"))]);
+        assert_eq!(code, 400, "{bad}: {body}");
+        assert!(body.contains("after"), "{body}");
+    }
 
     // The agent and its resources.
     let (code, _, agents) = curl(&c, &["-b", &cookie, &url("/agents")]);
@@ -328,6 +355,10 @@ fn the_dashboard_draws_a_tuning_job_and_its_trials_for_a_signed_in_user(backend:
     assert_eq!(code, 404);
     let (code, _, _) = curl(&c, &["-b", &bo, &url(&format!("/training-jobs/{best}"))]);
     assert_eq!(code, 404);
+    let (code, _, _) = curl(&c, &["-b", &bo, &url(&format!("/training-jobs/{best}/log?after=0"))]);
+    assert_eq!(code, 404);
+    let (code, headers, _) = curl(&c, &[&url(&format!("/training-jobs/{best}/log?after=0"))]);
+    assert_eq!(code, 303, "not signed in: {headers}");
 }
 
 /// An address already in use stops the coordinator at start, naming it, instead of leaving it up

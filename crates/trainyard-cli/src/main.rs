@@ -192,6 +192,14 @@ enum TuningCommand {
     Trials(TrialsArgs),
     /// Follow a tuning job: a progress bar of finished trials and the best objective so far.
     Watch { name: String },
+    /// Every trial in launch order with its objective, the best so far, whether early stopping
+    /// ended it, and its hyperparameters (`--output json`: columns ready to plot).
+    Results {
+        name: String,
+        /// Trials fetched a request (1–1000; the CLI pages through them all).
+        #[arg(long, default_value_t = 1000)]
+        page_size: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -825,6 +833,33 @@ async fn tuning(
             match out {
                 Output::Json => output::json(&response),
                 Output::Table => output::list_trials(&response),
+            }
+        }
+        TuningCommand::Results { name, page_size } => {
+            let mut first: Option<pb::GetTuningJobTrialsResponse> = None;
+            let mut token = String::new();
+            loop {
+                let page = client
+                    .get_tuning_job_trials(pb::GetTuningJobTrialsRequest {
+                        hyper_parameter_tuning_job_name: name.clone(),
+                        next_token: token,
+                        max_trials: page_size,
+                    })
+                    .await?
+                    .into_inner();
+                token = page.next_token.clone();
+                match &mut first {
+                    Some(all) => all.trials.extend(page.trials),
+                    None => first = Some(page),
+                }
+                if token.is_empty() {
+                    break;
+                }
+            }
+            let all = first.unwrap_or_default();
+            match out {
+                Output::Json => output::trial_results_json(&name, &all),
+                Output::Table => output::trial_results(&all),
             }
         }
     }

@@ -407,6 +407,59 @@ pub fn metrics_json(name: &str, series: &[trainyard_proto::pb::MetricSeries]) {
     json(&serde_json::json!({ "TrainingJobName": name, "Metrics": metrics }));
 }
 
+/// A tuning job's trials in launch order, a row each.
+pub fn trial_results(r: &trainyard_proto::pb::GetTuningJobTrialsResponse) {
+    let number = |v: Option<f64>| v.map_or("-".into(), |v| v.to_string());
+    let mut t = table(&["#", "TRIAL", "STATUS", &r.objective_metric_name, "BEST SO FAR", "HYPERPARAMETERS"]);
+    for trial in &r.trials {
+        let mut hps: Vec<String> = trial.tuned_hyper_parameters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        hps.sort();
+        let status = if trial.stopped_early { format!("{} (early)", trial.status) } else { trial.status.clone() };
+        t.add_row(vec![
+            trial.number.to_string(),
+            trial.training_job_name.clone(),
+            status,
+            number(trial.objective_value),
+            number(trial.best_so_far),
+            hps.join(" "),
+        ]);
+    }
+    println!("{t}");
+}
+
+/// A tuning job's trials as columns, one entry per trial in launch order, ready to plot (a
+/// hyperparameter a trial did not tune is null).
+pub fn trial_results_json(name: &str, r: &trainyard_proto::pb::GetTuningJobTrialsResponse) {
+    let mut parameters: Vec<&String> = r.trials.iter().flat_map(|t| t.tuned_hyper_parameters.keys()).collect();
+    parameters.sort();
+    parameters.dedup();
+    let column = |f: &dyn Fn(&trainyard_proto::pb::TuningTrial) -> serde_json::Value| {
+        serde_json::Value::Array(r.trials.iter().map(f).collect())
+    };
+    let hyper_parameters: serde_json::Map<String, serde_json::Value> = parameters
+        .iter()
+        .map(|p| {
+            (
+                (*p).clone(),
+                column(&|t| t.tuned_hyper_parameters.get(*p).map_or(serde_json::Value::Null, |v| v.clone().into())),
+            )
+        })
+        .collect();
+    json(&serde_json::json!({
+        "HyperParameterTuningJobName": name,
+        "ObjectiveMetricName": r.objective_metric_name,
+        "Maximize": r.maximize,
+        "Ended": r.ended,
+        "Number": column(&|t| t.number.into()),
+        "TrainingJobName": column(&|t| t.training_job_name.clone().into()),
+        "Status": column(&|t| t.status.clone().into()),
+        "ObjectiveValue": column(&|t| t.objective_value.into()),
+        "BestSoFar": column(&|t| t.best_so_far.into()),
+        "StoppedEarly": column(&|t| t.stopped_early.into()),
+        "HyperParameters": hyper_parameters,
+    }));
+}
+
 fn millis(at: i64) -> String {
     if at == 0 { "-".into() } else { time(Some(Timestamp::from_millis(at))) }
 }

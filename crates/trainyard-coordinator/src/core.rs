@@ -16,6 +16,7 @@ use trainyard_model::jobs::{TrainingJob, TuningJob, not_found};
 use trainyard_model::listing::ListQuery;
 use trainyard_model::metrics::{MAX_PAGE_SAMPLES, PageEnd, end_page};
 use trainyard_model::names::ArnContext;
+use trainyard_model::plot;
 use trainyard_model::roles::ExecutionRoles;
 use trainyard_model::rules::{self, ServiceLimits};
 use trainyard_model::{DomainError, Timestamp, Validate, Violation};
@@ -68,6 +69,19 @@ pub struct StreamRead {
     pub after: i64,
     pub limit: u32,
     pub max_bytes: usize,
+}
+
+/// A page of a tuning job's trials for plotting holds at most this many.
+pub const MAX_PAGE_TRIALS: u32 = 1_000;
+
+/// A page of a tuning job's trials as its plots show them.
+pub struct TrialPoints {
+    pub objective_metric: String,
+    pub maximize: bool,
+    pub points: Vec<plot::TrialPoint>,
+    pub next_token: Option<String>,
+    /// The tuning job has ended: no trial will be added or change.
+    pub ended: bool,
 }
 
 /// A MetricDefinition's Name is at most this long (SageMaker's limit).
@@ -358,6 +372,35 @@ impl Coordinator {
             next_token: page.next_token,
             training_job_summaries: Some(page.items.iter().map(|t| t.trial_summary(metric.as_deref())).collect()),
         })
+    }
+
+    /// A tuning job's trials in launch order with what its plots need (see [`plot`]), at most
+    /// `limit` a page (default and maximum [`MAX_PAGE_TRIALS`]); also the objective's name and
+    /// direction, and whether the tuning job has ended.
+    pub async fn trial_points(
+        &self,
+        caller: &Caller,
+        name: &str,
+        token: &str,
+        limit: u32,
+    ) -> Result<TrialPoints, DomainError> {
+        let end = if token.is_empty() { None } else { plot::PageEnd::parse(token) };
+        if !token.is_empty() && end.is_none() {
+            return Err(DomainError::invalid("next_token", "is not a token a page of trials returned"));
+        }
+        let job = self.visible_tuning_job(caller, name).await?;
+        let (metric, maximize) = trainyard_model::trials::objective(&job.request).unwrap_or_default();
+        let limit = if limit == 0 { MAX_PAGE_TRIALS } else { limit.min(MAX_PAGE_TRIALS) };
+        let query = ListQuery::trials_in_launch_order(name, limit, end.as_ref().map(|e| e.list_token.as_str()))
+            .map_err(|_| {
+                DomainError::invalid("next_token", "is not a token a page of this tuning job's trials returned")
+            })?;
+        let page = self.store.list_training_jobs(&query).await?;
+        let points = plot::points(name, &page.items, maximize, end.and_then(|e| e.best_so_far));
+        let next_token = page.next_token.map(|list_token| {
+            plot::PageEnd { list_token, best_so_far: points.last().and_then(|p| p.best_so_far) }.token()
+        });
+        Ok(TrialPoints { objective_metric: metric, maximize, points, next_token, ended: job.status.is_terminal() })
     }
 
     // ----- training jobs -----

@@ -132,6 +132,40 @@ impl HyperParameterTuning for TuningService {
             self.0.list_trials(&who, request.into_inner().into()).await,
         )
     }
+
+    async fn get_tuning_job_trials(
+        &self,
+        request: Request<pb::GetTuningJobTrialsRequest>,
+    ) -> Result<Response<pb::GetTuningJobTrialsResponse>, Status> {
+        let who = caller(&self.1, "GetTuningJobTrials", &request).await?;
+        let r = request.into_inner();
+        let result =
+            self.0.trial_points(&who, &r.hyper_parameter_tuning_job_name, &r.next_token, r.max_trials).await.map(
+                |page| pb::GetTuningJobTrialsResponse {
+                    objective_metric_name: page.objective_metric,
+                    maximize: page.maximize,
+                    trials: page
+                        .points
+                        .into_iter()
+                        .map(|p| pb::TuningTrial {
+                            number: p.number,
+                            training_job_name: p.training_job_name,
+                            status: p.status.as_str().to_string(),
+                            objective_value: p.objective_value,
+                            best_so_far: p.best_so_far,
+                            stopped_early: p.stopped_early.is_some(),
+                            early_stopping_reason: p.stopped_early.unwrap_or_default(),
+                            tuned_hyper_parameters: p.tuned_hyper_parameters.into_iter().collect(),
+                            creation_time_millis: p.creation_time.millis(),
+                            training_end_time_millis: p.training_end_time.map_or(0, |t| t.millis()),
+                        })
+                        .collect(),
+                    next_token: page.next_token.unwrap_or_default(),
+                    ended: page.ended,
+                },
+            );
+        respond("GetTuningJobTrials", result)
+    }
 }
 
 pub struct TrainingService(pub Arc<Coordinator>, pub Arc<Auth>);

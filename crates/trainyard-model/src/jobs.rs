@@ -249,6 +249,11 @@ pub struct Runs {
     /// to stop, so that their end is read as an interruption after a coordinator restart too).
     #[serde(default)]
     pub interrupting_for: Option<String>,
+    /// Its tuning job's early stopping (the median rule, or a Hyperband rung) ended it: why.
+    /// Written before its instances are told to stop, so that its end reads as an early stop
+    /// after a coordinator restart too, and a plot can tell it from a user's stop.
+    #[serde(default)]
+    pub stopped_early: Option<String>,
 }
 
 /// What SageMaker says while a job waits for capacity.

@@ -24,6 +24,7 @@ pub mod jobs;
 pub mod listing;
 pub mod metrics;
 pub mod names;
+pub mod plot;
 pub mod priority;
 pub mod roles;
 pub mod rules;

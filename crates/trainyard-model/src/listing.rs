@@ -187,6 +187,21 @@ impl ListQuery {
     }
 }
 
+impl ListQuery {
+    /// A tuning job's trials in launch order (creation time, then name), `limit` a page, from
+    /// where `next_token` (a token of this query) ended.
+    pub fn trials_in_launch_order(tuning_job: &str, limit: u32, next_token: Option<&str>) -> Result<Self, DomainError> {
+        let query = ListQuery {
+            filter: ListFilter { tuning_job_name: Some(tuning_job.to_string()), ..Default::default() },
+            sort_by: SortKey::CreationTime,
+            sort_order: SortOrder::Ascending,
+            limit,
+            after: None,
+        };
+        query.resume(next_token)
+    }
+}
+
 fn structural(request: &impl Validate) -> Result<(), DomainError> {
     let v: Violations = request.violations();
     v.into_result().map_err(DomainError::Validation)

@@ -5,7 +5,8 @@
 //! inline SVG: every asset is in the binary and nothing is fetched from elsewhere. HTTPS with the
 //! coordinator's certificate; signed in with an API token (read scope is enough), kept in an
 //! HttpOnly, Secure, SameSite=Strict cookie; each page shows what that token's user may see, as the
-//! API does. Pages of running jobs reload every 5 s.
+//! API does. Pages of running tuning jobs reload every 5 s; a running training job's page
+//! follows its log and refreshes its status and curves in place.
 
 mod pages;
 mod svg;
@@ -13,7 +14,7 @@ mod svg;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -48,6 +49,7 @@ pub async fn serve(
         .route("/agents", get(agents))
         .route("/tuning-jobs/{name}", get(tuning_job))
         .route("/training-jobs/{name}", get(training_job))
+        .route("/training-jobs/{name}/log", get(training_job_log))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .with_state(Arc::new(dashboard));
@@ -136,24 +138,21 @@ async fn tuning_job(State(state): State<Arc<Dashboard>>, headers: HeaderMap, Pat
         Ok(job) => job,
         Err(e) => return failure(&e),
     };
-    let mut trials = Vec::new();
-    let mut next_token = None;
-    loop {
-        let request = api::ListTrainingJobsForHyperParameterTuningJobRequest {
-            hyper_parameter_tuning_job_name: Some(name.clone()),
-            max_results: Some(100),
-            next_token: next_token.take(),
-            ..Default::default()
-        };
-        match c.list_trials(&caller, request).await {
+    let mut trials = match c.trial_points(&caller, &name, "", 0).await {
+        Ok(page) => page,
+        Err(e) => return failure(&e),
+    };
+    while let Some(token) = trials.next_token.take() {
+        if trials.points.len() >= MAX_TRIALS {
+            trials.next_token = Some(token);
+            break;
+        }
+        match c.trial_points(&caller, &name, &token, 0).await {
             Ok(page) => {
-                trials.extend(page.training_job_summaries.unwrap_or_default());
-                next_token = page.next_token;
+                trials.points.extend(page.points);
+                trials.next_token = page.next_token;
             }
             Err(e) => return failure(&e),
-        }
-        if next_token.is_none() || trials.len() >= MAX_TRIALS {
-            break;
         }
     }
     Html(pages::tuning_job(&job, &trials)).into_response()
@@ -197,13 +196,41 @@ async fn training_job(State(state): State<Arc<Dashboard>>, headers: HeaderMap, P
         Err(e) => return failure(&e),
     };
     let log = match c.read_logs(&caller, &name, (last - i64::from(LOG_LINES)).max(0), LOG_LINES).await {
-        Ok((lines, _)) => lines
-            .into_iter()
-            .map(|l| if l.instance > 1 { format!("[algo-{}] {}", l.instance, l.text) } else { l.text })
-            .collect::<Vec<_>>(),
+        Ok((lines, _)) => lines.into_iter().map(shown).collect::<Vec<_>>(),
         Err(e) => return failure(&e),
     };
-    Html(pages::training_job(&job, &series, &log)).into_response()
+    let last = log.last().map_or(last, |(seq, _)| *seq);
+    Html(pages::training_job(&job, &series, &log, last)).into_response()
+}
+
+/// A log line as the page shows it: lines of other instances than the first say whose they are.
+fn shown(line: trainyard_store::LogRecord) -> (i64, String) {
+    let text = if line.instance > 1 { format!("[algo-{}] {}", line.instance, line.text) } else { line.text };
+    (line.seq, text)
+}
+
+/// The log lines after `?after=N`, for a page that follows a running job.
+async fn training_job_log(
+    State(state): State<Arc<Dashboard>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let caller = match caller(&state, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let after = query.as_deref().unwrap_or_default().split('&').find_map(|pair| pair.strip_prefix("after="));
+    let Some(after) = after.and_then(|a| a.parse::<i64>().ok()).filter(|a| *a >= 0) else {
+        return (StatusCode::BAD_REQUEST, "after: must be a log sequence number (0 or more)").into_response();
+    };
+    match state.coordinator.read_logs(&caller, &name, after, LOG_LINES).await {
+        Ok((lines, ended)) => {
+            let lines: Vec<(i64, String)> = lines.into_iter().map(shown).collect();
+            ([(header::CONTENT_TYPE, "application/json")], pages::log_lines(&lines, after, ended)).into_response()
+        }
+        Err(e) => failure(&e),
+    }
 }
 
 async fn login_page() -> Html<String> {

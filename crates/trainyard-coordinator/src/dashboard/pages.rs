@@ -1,9 +1,12 @@
 //! The dashboard's pages as HTML, from the API's own answers. Pure: data in, markup out; every
 //! text that comes from a job (names, hyperparameters, log lines) is escaped.
 
+use trainyard_model::plot::TrialPoint;
+use trainyard_model::status::TrainingJobStatus;
 use trainyard_model::{Timestamp, api};
 
 use super::svg::{self, Point};
+use crate::core::TrialPoints;
 
 /// `text` safe inside HTML text and attribute values.
 pub fn escape(text: &str) -> String {
@@ -42,7 +45,7 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#2
 table{border-collapse:collapse;margin:.5em 0}th,td{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left}\
 th{cursor:pointer;background:#f4f4f4}a{color:#1f5fa8}.chart{max-width:660px;display:block;margin:.5em 0}\
 pre{background:#f7f7f7;padding:.6em;max-height:30em;overflow:auto;font-size:12px}.status-Failed{color:#b00}\
-.status-Completed{color:#070}.muted{color:#777}nav a{margin-right:1em}";
+.status-Completed{color:#070}.early{color:#c85f00}.muted{color:#777}nav a{margin-right:1em}";
 
 /// Sorts a table by a clicked header (numbers as numbers): the one script of the dashboard.
 const SORT: &str = "document.querySelectorAll('table.sortable th').forEach((th,i)=>th.addEventListener('click',()=>{\
@@ -190,55 +193,22 @@ pub fn agents(agents: &[trainyard_proto::pb::AgentSummary]) -> String {
     layout("Agents", &body, true)
 }
 
-/// A tuning job: its objective against the trial number with the best so far, the objective
-/// against each tuned hyperparameter, and every trial in a sortable table.
-pub fn tuning_job(
-    job: &api::DescribeHyperParameterTuningJobResponse,
-    trials: &[api::HyperParameterTrainingJobSummary],
-) -> String {
+/// A tuning job: its objective against the trial number with the best so far, parallel
+/// coordinates of every tuned hyperparameter and the objective, the objective against each
+/// hyperparameter, and every trial in a sortable table; early-stopped trials are marked.
+pub fn tuning_job(job: &api::DescribeHyperParameterTuningJobResponse, trials: &TrialPoints) -> String {
     let name = job.hyper_parameter_tuning_job_name.clone().unwrap_or_default();
     let status = job.hyper_parameter_tuning_job_status.clone().unwrap_or_default();
-    let config = job.hyper_parameter_tuning_job_config.clone().unwrap_or_default();
-    let objective = config.hyper_parameter_tuning_job_objective.clone().unwrap_or_default();
-    let metric = objective.metric_name.clone().unwrap_or_default();
-    let maximize = objective.r#type.as_deref() != Some("Minimize");
-    // Trials in the order they were launched.
-    let mut trials: Vec<&api::HyperParameterTrainingJobSummary> = trials.iter().collect();
-    trials.sort_by_key(|t| (t.creation_time.map(|c| c.millis()), t.training_job_name.clone()));
-    let value = |t: &api::HyperParameterTrainingJobSummary| {
-        t.final_hyper_parameter_tuning_job_objective_metric.as_ref().and_then(|m| m.value)
-    };
-    let kind = |t: &api::HyperParameterTrainingJobSummary| match t.training_job_status.as_deref() {
-        Some("Completed") => 0,
-        Some("Stopped") => 3,
-        Some("Failed") => 1,
-        _ => 2,
-    };
-    let mut points = Vec::new();
-    let mut best_line = Vec::new();
-    let mut best: Option<f64> = None;
-    for (i, t) in trials.iter().enumerate() {
-        let Some(v) = value(t) else { continue };
-        let x = (i + 1) as f64;
-        points.push(Point {
-            x,
-            y: v,
-            kind: kind(t),
-            label: format!("{} = {v}", t.training_job_name.clone().unwrap_or_default()),
-        });
-        best = Some(match best {
-            Some(b) if (maximize && b >= v) || (!maximize && b <= v) => b,
-            _ => v,
-        });
-        best_line.push((x, best.unwrap_or(v)));
-    }
+    let metric = &trials.objective_metric;
+    let maximize = trials.maximize;
+    let points = &trials.points;
     let mut body = format!(
         "<p>Status <b class=\"status-{}\">{}</b> · {} · objective: {} {} · created {}</p>",
         escape(&status),
         escape(&status),
         counters(job.training_job_status_counters.as_ref()),
         if maximize { "maximize" } else { "minimize" },
-        escape(&metric),
+        escape(metric),
         time(job.creation_time),
     );
     if let Some(best) = &job.best_training_job {
@@ -253,61 +223,82 @@ pub fn tuning_job(
                 .map_or("-".into(), |v| v.to_string())
         ));
     }
-    body.push_str("<h2>Objective by trial</h2><p class=\"muted\">Completed in blue, failed in red, stopped (by you or early stopping) in purple; the line is the best so far.</p>");
-    match svg::scatter(&points, Some(&best_line), "trial", &metric) {
+    let early = points.iter().filter(|p| p.stopped_early.is_some()).count();
+    body.push_str(&format!(
+        "<h2>Objective by trial</h2><p class=\"muted\">Completed in blue, failed in red, running in green, \
+         stopped by you in purple, <span class=\"early\">stopped early</span> in orange ({early}); the line is the \
+         best completed trial so far.</p>"
+    ));
+    let scatter: Vec<Point> = points
+        .iter()
+        .filter_map(|p| {
+            let v = p.objective_value?;
+            let why = p.stopped_early.as_ref().map_or(String::new(), |r| format!(" (stopped early: {r})"));
+            Some(Point {
+                x: p.number as f64,
+                y: v,
+                kind: kind(p),
+                label: format!("{} = {v}{why}", p.training_job_name),
+            })
+        })
+        .collect();
+    let best_line: Vec<(f64, f64)> = points.iter().filter_map(|p| Some((p.number as f64, p.best_so_far?))).collect();
+    match svg::scatter(&scatter, Some(&best_line), "trial", metric) {
         Some(chart) => body.push_str(&chart),
         None => body.push_str("<p class=\"muted\">No trial has reported its objective yet.</p>"),
     }
+    let parameters = Parameters::of(points);
+    if let Some(chart) = parallel_coordinates(points, &parameters, metric, maximize) {
+        body.push_str(
+            "<h2>Hyperparameters and objective</h2><p class=\"muted\">A line per trial that reported its objective, \
+             the better the darker; categorical values in the order listed below each chart.</p>",
+        );
+        body.push_str(&chart);
+    }
     // Objective against each hyperparameter the search tuned (categorical values by position).
-    let mut names: Vec<String> =
-        trials.iter().flat_map(|t| t.tuned_hyper_parameters.iter().flatten().map(|(k, _)| k.clone())).collect();
-    names.sort();
-    names.dedup();
-    for parameter in &names {
-        let mut categories: Vec<String> = Vec::new();
-        let points: Vec<Point> = trials
+    for parameter in &parameters.0 {
+        let cloud: Vec<Point> = points
             .iter()
-            .filter_map(|t| {
-                let v = value(t)?;
-                let raw = t.tuned_hyper_parameters.as_ref()?.get(parameter)?.clone();
-                let x = raw.parse::<f64>().ok().unwrap_or_else(|| {
-                    let at = categories.iter().position(|c| *c == raw).unwrap_or_else(|| {
-                        categories.push(raw.clone());
-                        categories.len() - 1
-                    });
-                    at as f64
-                });
-                Some(Point { x, y: v, kind: kind(t), label: format!("{parameter}={raw}: {v}") })
+            .filter_map(|p| {
+                let v = p.objective_value?;
+                let raw = p.tuned_hyper_parameters.get(&parameter.name)?;
+                let x = parameter.position(raw)?;
+                Some(Point { x, y: v, kind: kind(p), label: format!("{}={raw}: {v}", parameter.name) })
             })
             .collect();
-        if let Some(chart) = svg::scatter(&points, None, parameter, &metric) {
-            body.push_str(&format!("<h3>{} against {}</h3>", escape(&metric), escape(parameter)));
-            if !categories.is_empty() {
-                body.push_str(&format!("<p class=\"muted\">{}</p>", escape(&categories.join(", "))));
+        if let Some(chart) = svg::scatter(&cloud, None, &parameter.name, metric) {
+            body.push_str(&format!("<h3>{} against {}</h3>", escape(metric), escape(&parameter.name)));
+            if !parameter.categories.is_empty() {
+                body.push_str(&format!("<p class=\"muted\">{}</p>", escape(&parameter.categories.join(", "))));
             }
             body.push_str(&chart);
         }
     }
     // The trials, sortable.
-    let mut head = String::from("<th>#</th><th>Trial</th><th>Status</th><th>Objective</th>");
-    for parameter in &names {
-        head.push_str(&format!("<th>{}</th>", escape(parameter)));
+    let mut head = String::from("<th>#</th><th>Trial</th><th>Status</th><th>Objective</th><th>Best so far</th>");
+    for parameter in &parameters.0 {
+        head.push_str(&format!("<th>{}</th>", escape(&parameter.name)));
     }
     let mut rows = String::new();
-    for (i, t) in trials.iter().enumerate() {
-        let trial = t.training_job_name.clone().unwrap_or_default();
-        let status = t.training_job_status.clone().unwrap_or_default();
+    for p in points {
+        let trial = &p.training_job_name;
+        let status = p.status.as_str();
+        let shown = match &p.stopped_early {
+            Some(reason) => format!("<span class=\"early\" title=\"{}\">Stopped early</span>", escape(reason)),
+            None => escape(status),
+        };
+        let number = |v: Option<f64>| v.map_or("-".into(), |v| v.to_string());
         rows.push_str(&format!(
-            "<tr><td>{}</td><td><a href=\"/training-jobs/{}\">{}</a></td><td class=\"status-{}\">{}</td><td>{}</td>",
-            i + 1,
-            segment(&trial),
-            escape(&trial),
-            escape(&status),
-            escape(&status),
-            value(t).map_or("-".into(), |v| v.to_string())
+            "<tr><td>{}</td><td><a href=\"/training-jobs/{}\">{}</a></td><td class=\"status-{}\">{shown}</td><td>{}</td><td>{}</td>",
+            p.number,
+            segment(trial),
+            escape(trial),
+            escape(status),
+            number(p.objective_value),
+            number(p.best_so_far),
         ));
-        for parameter in &names {
-            let v = t.tuned_hyper_parameters.as_ref().and_then(|h| h.get(parameter)).cloned().unwrap_or_default();
+        for parameter in &parameters.0 {
+            let v = p.tuned_hyper_parameters.get(&parameter.name).cloned().unwrap_or_default();
             rows.push_str(&format!("<td>{}</td>", escape(&v)));
         }
         rows.push_str("</tr>");
@@ -315,20 +306,174 @@ pub fn tuning_job(
     body.push_str(&format!(
         "<h2>Trials</h2><table class=\"sortable\"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
     ));
+    if trials.next_token.is_some() {
+        body.push_str(&format!("<p class=\"muted\">The first {} trials are shown.</p>", points.len()));
+    }
     layout(&name, &body, status == "InProgress" || status == "Stopping")
 }
 
+/// How a trial's point is drawn (an index into the charts' palette).
+fn kind(p: &TrialPoint) -> usize {
+    match p.status {
+        _ if p.stopped_early.is_some() => 4,
+        TrainingJobStatus::Completed => 0,
+        TrainingJobStatus::Failed => 1,
+        TrainingJobStatus::Stopped | TrainingJobStatus::Stopping => 3,
+        TrainingJobStatus::InProgress => 2,
+    }
+}
+
+/// A tuned hyperparameter as the charts place it: numbers on a linear or (spanning two decades or
+/// more, all positive) logarithmic scale, anything else as categories in order of appearance.
+struct Parameter {
+    name: String,
+    low: f64,
+    high: f64,
+    log: bool,
+    categories: Vec<String>,
+}
+
+impl Parameter {
+    fn of(name: &str, values: &[&String]) -> Parameter {
+        let numbers: Option<Vec<f64>> =
+            values.iter().map(|v| v.trim().parse::<f64>().ok().filter(|n| n.is_finite())).collect();
+        match numbers {
+            Some(numbers) if !numbers.is_empty() => {
+                let low = numbers.iter().copied().fold(f64::INFINITY, f64::min);
+                let high = numbers.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let log = low > 0.0 && high / low >= 100.0;
+                Parameter { name: name.to_string(), low, high, log, categories: Vec::new() }
+            }
+            _ => {
+                let mut categories: Vec<String> = Vec::new();
+                for v in values {
+                    if !categories.contains(v) {
+                        categories.push((*v).clone());
+                    }
+                }
+                Parameter { name: name.to_string(), low: 0.0, high: 0.0, log: false, categories }
+            }
+        }
+    }
+
+    /// Where `raw` lies on this parameter's axis of a scatter (numbers as they are; categories by
+    /// position).
+    fn position(&self, raw: &str) -> Option<f64> {
+        if self.categories.is_empty() {
+            raw.trim().parse::<f64>().ok()
+        } else {
+            self.categories.iter().position(|c| c == raw).map(|i| i as f64)
+        }
+    }
+
+    /// Where `raw` lies between this parameter's ends, 0..=1.
+    fn fraction(&self, raw: &str) -> Option<f64> {
+        if !self.categories.is_empty() {
+            let i = self.position(raw)?;
+            return Some(if self.categories.len() == 1 { 0.5 } else { i / (self.categories.len() - 1) as f64 });
+        }
+        let v = raw.trim().parse::<f64>().ok()?;
+        let (v, low, high) = if self.log { (v.ln(), self.low.ln(), self.high.ln()) } else { (v, self.low, self.high) };
+        Some(if high > low { (v - low) / (high - low) } else { 0.5 })
+    }
+
+    fn axis(&self) -> svg::Axis {
+        if self.categories.is_empty() {
+            let name = if self.log { format!("{} (log)", self.name) } else { self.name.clone() };
+            svg::Axis { name, low: short(self.low), high: short(self.high) }
+        } else {
+            let first = self.categories.first().cloned().unwrap_or_default();
+            let last = self.categories.last().cloned().unwrap_or_default();
+            svg::Axis { name: self.name.clone(), low: first, high: last }
+        }
+    }
+}
+
+/// Every hyperparameter that some trial tuned, by name.
+struct Parameters(Vec<Parameter>);
+
+impl Parameters {
+    fn of(points: &[TrialPoint]) -> Parameters {
+        let mut names: Vec<&String> = points.iter().flat_map(|p| p.tuned_hyper_parameters.keys()).collect();
+        names.sort();
+        names.dedup();
+        Parameters(
+            names
+                .into_iter()
+                .map(|name| {
+                    let values: Vec<&String> =
+                        points.iter().filter_map(|p| p.tuned_hyper_parameters.get(name)).collect();
+                    Parameter::of(name, &values)
+                })
+                .collect(),
+        )
+    }
+}
+
+fn short(v: f64) -> String {
+    if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e5) {
+        format!("{v:.2e}")
+    } else {
+        format!("{}", (v * 1e4).round() / 1e4)
+    }
+}
+
+fn parallel_coordinates(
+    points: &[TrialPoint],
+    parameters: &Parameters,
+    metric: &str,
+    maximize: bool,
+) -> Option<String> {
+    let values: Vec<f64> = points.iter().filter_map(|p| p.objective_value).collect();
+    let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let fraction = |v: f64| if high > low { (v - low) / (high - low) } else { 0.5 };
+    let mut axes: Vec<svg::Axis> = parameters.0.iter().map(Parameter::axis).collect();
+    axes.push(svg::Axis { name: metric.to_string(), low: short(low), high: short(high) });
+    let lines: Vec<svg::Polyline> = points
+        .iter()
+        .filter_map(|p| {
+            let v = p.objective_value?;
+            let mut at: Vec<Option<f64>> = parameters
+                .0
+                .iter()
+                .map(|param| p.tuned_hyper_parameters.get(&param.name).and_then(|raw| param.fraction(raw)))
+                .collect();
+            at.push(Some(fraction(v)));
+            let quality = if maximize { fraction(v) } else { 1.0 - fraction(v) };
+            Some(svg::Polyline { at, quality, label: format!("{} = {v}", p.training_job_name) })
+        })
+        .collect();
+    svg::parallel(&axes, &lines)
+}
+
+/// Follows a running job: appends the log's new lines (`/training-jobs/NAME/log?after=N`) every 2 s,
+/// keeping the view at the bottom if it was there; refreshes the status and curves (`#live`) from
+/// the page itself every 5 s; reloads once when the job has ended and its last lines are in.
+const FOLLOW: &str = "(()=>{const log=document.getElementById('log');if(!log||log.dataset.follow!=='1')return;\
+let after=Number(log.dataset.after);const url=log.dataset.url;\
+const poll=async()=>{try{const r=await fetch(url+'?after='+after,{credentials:'same-origin'});if(!r.ok)return setTimeout(poll,2000);\
+const page=await r.json();const bottom=log.scrollTop+log.clientHeight>=log.scrollHeight-4;\
+if(page.lines.length){log.append(document.createTextNode(page.lines.join('\\n')+'\\n'));after=page.last;log.dataset.after=String(after);\
+if(bottom)log.scrollTop=log.scrollHeight;return setTimeout(poll,200)}\
+if(page.ended)return location.reload();}catch(e){}setTimeout(poll,2000)};setTimeout(poll,2000);\
+const live=async()=>{try{const r=await fetch(location.href,{credentials:'same-origin'});if(r.ok){\
+const next=new DOMParser().parseFromString(await r.text(),'text/html').getElementById('live');\
+if(next)document.getElementById('live').replaceChildren(...next.childNodes)}}catch(e){}setTimeout(live,5000)};setTimeout(live,5000)})();";
+
 /// A training job: its status history, learning curves (seconds since it started) and the end
-/// of its log.
+/// of its log, which follows the job while it runs (`log`: sequence and text of each line).
 pub fn training_job(
     job: &api::DescribeTrainingJobResponse,
     series: &[(String, Vec<(i64, f64)>)],
-    log: &[String],
+    log: &[(i64, String)],
+    last_sequence: i64,
 ) -> String {
     let name = job.training_job_name.clone().unwrap_or_default();
     let status = job.training_job_status.clone().unwrap_or_default();
+    let running = status == "InProgress" || status == "Stopping";
     let mut body = format!(
-        "<p>Status <b class=\"status-{}\">{}</b> ({}) · created {} · trained {} s</p>",
+        "<div id=\"live\"><p>Status <b class=\"status-{}\">{}</b> ({}) · created {} · trained {} s</p>",
         escape(&status),
         escape(&status),
         escape(job.secondary_status.as_deref().unwrap_or_default()),
@@ -362,49 +507,95 @@ pub fn training_job(
     if !drawn {
         body.push_str("<p class=\"muted\">No metric samples (its MetricDefinitions matched nothing yet).</p>");
     }
-    body.push_str(&format!("<h2>Log (last {} lines)</h2><pre id=\"log\">", log.len()));
-    for line in log {
+    let following = if running { " (following)" } else { "" };
+    body.push_str(&format!(
+        "</div><h2>Log{following}</h2><pre id=\"log\" data-follow=\"{}\" data-after=\"{last_sequence}\" data-url=\"/training-jobs/{}/log\">",
+        u8::from(running),
+        segment(&name)
+    ));
+    for (_, line) in log {
         body.push_str(&escape(line));
         body.push('\n');
     }
     body.push_str("</pre>");
-    layout(&name, &body, status == "InProgress" || status == "Stopping")
+    if running {
+        body.push_str(&format!("<script>{FOLLOW}</script>"));
+    }
+    layout(&name, &body, false)
+}
+
+/// New log lines for a following page: `{"lines": [...], "last": N, "ended": bool}` (`last`: the
+/// sequence of the last line, to ask after next time).
+pub fn log_lines(lines: &[(i64, String)], after: i64, ended: bool) -> String {
+    let texts: Vec<&str> = lines.iter().map(|(_, t)| t.as_str()).collect();
+    let last = lines.last().map_or(after, |(seq, _)| *seq);
+    serde_json::json!({ "lines": texts, "last": last, "ended": ended }).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn trial(name: &str, status: &str, value: Option<f64>, x: &str, at: i64) -> api::HyperParameterTrainingJobSummary {
-        api::HyperParameterTrainingJobSummary {
-            training_job_name: Some(name.into()),
-            training_job_status: Some(status.into()),
-            creation_time: Some(Timestamp::from_millis(at)),
-            final_hyper_parameter_tuning_job_objective_metric: value
-                .map(|v| api::FinalHyperParameterTuningJobObjectiveMetric { value: Some(v), ..Default::default() }),
-            tuned_hyper_parameters: Some([("x".to_string(), x.to_string())].into()),
-            ..Default::default()
+    fn trial(
+        number: u64,
+        name: &str,
+        status: TrainingJobStatus,
+        value: Option<f64>,
+        hps: &[(&str, &str)],
+    ) -> TrialPoint {
+        TrialPoint {
+            number,
+            training_job_name: name.into(),
+            status,
+            objective_value: value,
+            best_so_far: None,
+            stopped_early: None,
+            tuned_hyper_parameters: hps.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            creation_time: Timestamp::from_millis(number as i64),
+            training_end_time: None,
         }
     }
 
     #[test]
     fn a_tuning_jobs_page_plots_every_reported_trial_and_tables_them_all() {
+        use TrainingJobStatus::*;
         let job = api::DescribeHyperParameterTuningJobResponse {
             hyper_parameter_tuning_job_name: Some("search".into()),
             hyper_parameter_tuning_job_status: Some("InProgress".into()),
             ..Default::default()
         };
-        let trials = [
-            trial("search-002-bbb", "Completed", Some(0.7), "0.5", 2),
-            trial("search-001-aaa", "Completed", Some(0.5), "0.1", 1),
-            trial("<b>odd</b>", "InProgress", None, "0.9", 3),
-        ];
+        let mut early = trial(3, "search-003-ccc", Stopped, Some(0.2), &[("lr", "0.1"), ("opt", "sgd")]);
+        early.stopped_early = Some("worse than the median of earlier trials".into());
+        let trials = TrialPoints {
+            objective_metric: "accuracy".into(),
+            maximize: true,
+            points: vec![
+                TrialPoint {
+                    best_so_far: Some(0.5),
+                    ..trial(1, "search-001-aaa", Completed, Some(0.5), &[("lr", "0.001"), ("opt", "adam")])
+                },
+                TrialPoint {
+                    best_so_far: Some(0.7),
+                    ..trial(2, "search-002-bbb", Completed, Some(0.7), &[("lr", "0.01"), ("opt", "sgd")])
+                },
+                TrialPoint { best_so_far: Some(0.7), ..early },
+                trial(4, "<b>odd</b>", InProgress, None, &[("lr", "0.05"), ("opt", "adam")]),
+            ],
+            next_token: None,
+            ended: false,
+        };
         let page = tuning_job(&job, &trials);
-        // Two charts (by trial, by x), a point per reported trial in each.
-        assert_eq!(page.matches("<svg").count(), 2);
-        assert_eq!(page.matches("<circle").count(), 4);
+        // By trial, parallel coordinates, one per hyperparameter; a point per reported trial in the scatters.
+        assert_eq!(page.matches("<svg").count(), 4, "{page}");
+        assert_eq!(page.matches("<circle").count(), 9);
+        assert_eq!(page.matches(r#"class="trial""#).count(), 3, "a line per reported trial");
+        assert!(page.contains("lr (log)"), "two decades and more: a log axis: {page}");
+        assert!(page.contains("<p class=\"muted\">adam, sgd</p>"), "categories listed in order: {page}");
+        // The early-stopped trial is drawn and listed as such, with its reason.
+        assert_eq!(page.matches("kind-4").count(), 3, "orange in the by-trial and both per-parameter charts");
+        assert!(page.contains("title=\"worse than the median of earlier trials\">Stopped early</span>"), "{page}");
+        assert!(page.contains("(stopped early: worse than the median"), "the tooltip says why");
         assert!(page.contains("http-equiv=\"refresh\""), "a running job's page reloads");
-        // Launched order: trial 1 is search-001.
         let first = page.find("search-001-aaa").expect("listed");
         assert!(first < page.find("search-002-bbb").expect("listed"));
         assert!(page.contains("&lt;b&gt;odd&lt;/b&gt;") && !page.contains("<b>odd</b>"));
@@ -447,9 +638,26 @@ mod tests {
             ..Default::default()
         };
         let series = vec![("loss".to_string(), vec![(1_000, 0.9), (2_000, 0.5)])];
-        let page = training_job(&job, &series, &["<img src=x onerror=alert(1)>".to_string()]);
+        let page = training_job(&job, &series, &[(7, "<img src=x onerror=alert(1)>".to_string())], 7);
         assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;") && !page.contains("<img"));
         assert_eq!(page.matches("<polyline").count(), 1);
         assert!(!page.contains("http-equiv=\"refresh\""), "an ended job's page stays");
+        assert!(page.contains("data-follow=\"0\"") && !page.contains("DOMParser"), "and does not follow its log");
+
+        // A running job's page follows its log from the last line shown, without reloading.
+        let running = api::DescribeTrainingJobResponse { training_job_status: Some("InProgress".into()), ..job };
+        let page = training_job(&running, &[], &[], 41);
+        assert!(page.contains("data-follow=\"1\" data-after=\"41\" data-url=\"/training-jobs/job/log\""), "{page}");
+        assert!(page.contains("DOMParser") && !page.contains("http-equiv=\"refresh\""), "{page}");
+    }
+
+    #[test]
+    fn new_log_lines_come_as_json_with_where_to_ask_next() {
+        let page: serde_json::Value =
+            serde_json::from_str(&log_lines(&[(8, "a \"quoted\" line".into()), (9, "</script>".into())], 7, false))
+                .expect("JSON");
+        assert_eq!(page, serde_json::json!({"lines": ["a \"quoted\" line", "</script>"], "last": 9, "ended": false}));
+        let none: serde_json::Value = serde_json::from_str(&log_lines(&[], 9, true)).expect("JSON");
+        assert_eq!(none, serde_json::json!({"lines": [], "last": 9, "ended": true}));
     }
 }

@@ -130,6 +130,78 @@ pub fn lines(series: &[(String, Vec<(f64, f64)>)], x_label: &str, y_label: &str)
     Some(frame(&scale, x_label, y_label, &body))
 }
 
+/// An axis of a parallel-coordinates chart: its name and its ends as text (the lines' values are
+/// already placed on it, 0 at the bottom, 1 at the top).
+pub struct Axis {
+    pub name: String,
+    pub low: String,
+    pub high: String,
+}
+
+/// A trial across the axes: where it crosses each (0..=1, `None` where it has no value), how good
+/// it is (0 worst .. 1 best: the colour) and its tooltip.
+pub struct Polyline {
+    pub at: Vec<Option<f64>>,
+    pub quality: f64,
+    pub label: String,
+}
+
+/// Parallel coordinates: one vertical axis per hyperparameter and the objective last, one line per
+/// trial, the best trials darkest and drawn last (on top). `None` with fewer than two axes or no line.
+pub fn parallel(axes: &[Axis], lines: &[Polyline]) -> Option<String> {
+    if axes.len() < 2 || lines.is_empty() {
+        return None;
+    }
+    let step = (WIDTH - 2.0 * MARGIN) / (axes.len() - 1) as f64;
+    let x = |i: usize| MARGIN + step * i as f64;
+    let y = |v: f64| HEIGHT - MARGIN - v.clamp(0.0, 1.0) * (HEIGHT - 2.0 * MARGIN);
+    let mut body = String::new();
+    for (i, axis) in axes.iter().enumerate() {
+        body.push_str(&format!(
+            r##"<line class="axis" x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{bottom}" stroke="#999"/><text x="{x:.1}" y="{name_y}" font-size="11" text-anchor="{anchor}">{}</text><text x="{x:.1}" y="{low_y}" font-size="10" text-anchor="{anchor}" fill="#777">{}</text><text x="{x:.1}" y="{high_y}" font-size="10" text-anchor="{anchor}" fill="#777">{}</text>"##,
+            escape(&axis.name),
+            escape(&axis.low),
+            escape(&axis.high),
+            x = x(i),
+            top = MARGIN,
+            bottom = HEIGHT - MARGIN,
+            name_y = HEIGHT - 8.0,
+            // The names of the outer axes stay inside the chart.
+            anchor = if i == 0 { "start" } else if i + 1 == axes.len() { "end" } else { "middle" },
+            low_y = HEIGHT - MARGIN + 14.0,
+            high_y = MARGIN - 6.0,
+        ));
+    }
+    let mut ordered: Vec<&Polyline> = lines.iter().collect();
+    ordered.sort_by(|a, b| a.quality.total_cmp(&b.quality));
+    for line in ordered {
+        let points: Vec<String> = line
+            .at
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.filter(|v| v.is_finite()).map(|v| format!("{:.1},{:.1}", x(i), y(v))))
+            .collect();
+        if points.len() < 2 {
+            continue;
+        }
+        // From a pale to a deep blue as the objective gets better.
+        let q = if line.quality.is_finite() { line.quality.clamp(0.0, 1.0) } else { 0.0 };
+        let channel = |pale: f64, deep: f64| (pale + (deep - pale) * q).round() as u8;
+        body.push_str(&format!(
+            r##"<polyline class="trial" fill="none" stroke="#{:02x}{:02x}{:02x}" stroke-width="{:.1}" points="{}"><title>{}</title></polyline>"##,
+            channel(160.0, 8.0),
+            channel(190.0, 48.0),
+            channel(225.0, 140.0),
+            1.0 + q,
+            points.join(" "),
+            escape(&line.label),
+        ));
+    }
+    Some(format!(
+        r#"<svg class="chart parallel" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" xmlns="http://www.w3.org/2000/svg">{body}</svg>"#
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +221,28 @@ mod tests {
         assert!(svg.contains(&format!(r#"cx="{:.1}" cy="{:.1}""#, MARGIN, HEIGHT - MARGIN)), "{svg}");
         assert!(svg.contains(&format!(r#"cx="{:.1}" cy="{:.1}""#, WIDTH - MARGIN, MARGIN)), "{svg}");
         assert!(scatter(&[], None, "x", "y").is_none());
+    }
+
+    #[test]
+    fn parallel_coordinates_draw_an_axis_per_dimension_and_the_best_trial_on_top() {
+        let axes: Vec<Axis> = ["lr", "optimizer", "accuracy"]
+            .iter()
+            .map(|n| Axis { name: n.to_string(), low: "0".into(), high: "1".into() })
+            .collect();
+        let lines = [
+            Polyline { at: vec![Some(1.0), Some(0.0), Some(1.0)], quality: 1.0, label: "best".into() },
+            Polyline { at: vec![Some(0.0), Some(1.0), Some(0.0)], quality: 0.0, label: "<worst>".into() },
+            Polyline { at: vec![Some(0.5), None, None], quality: 0.5, label: "one value: not drawn".into() },
+        ];
+        let svg = parallel(&axes, &lines).expect("drawn");
+        assert_eq!(svg.matches(r#"class="axis""#).count(), 3);
+        assert_eq!(svg.matches(r#"class="trial""#).count(), 2, "{svg}");
+        assert!(svg.contains("&lt;worst&gt;") && !svg.contains("<worst>"));
+        // Worst first, best last (drawn on top); the best reaches the top of the first axis.
+        assert!(svg.find("&lt;worst&gt;") < svg.find(">best<"), "{svg}");
+        assert!(svg.contains(&format!("{:.1},{:.1}", MARGIN, MARGIN)), "{svg}");
+        assert!(parallel(&axes[..1], &lines).is_none());
+        assert!(parallel(&axes, &[]).is_none());
     }
 
     #[test]

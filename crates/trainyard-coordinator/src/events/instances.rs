@@ -232,11 +232,7 @@ impl Loop {
         // A trial that early stopping ended meanwhile (on the last metrics of this run) does not
         // come back.
         let stored = self.c.training_job(job).await?.value;
-        let stopped_early = stored
-            .tuning_job_name()
-            .and_then(|t| self.tuning.get(t))
-            .is_some_and(|run| run.stopped_early.contains(job));
-        if stopped_early {
+        if stored.runs.stopped_early.is_some() {
             self.finish(job, SecondaryStatus::Stopped, "Training job stopped", None, None).await?;
             self.forget(job, instances);
             return Ok(());
@@ -327,11 +323,17 @@ impl Loop {
         let tuning = stored.tuning_job_name().map(str::to_string);
         let objective =
             tuning.as_deref().and_then(|t| self.tuning.get(t)).and_then(|t| t.objective.clone()).map(|(m, _)| m);
-        if let (Some(tuning), Some(metric)) = (&tuning, &objective) {
-            self.early_stop(tuning, job, metric, &samples);
-        }
+        let stop_early = match (&tuning, &objective) {
+            (Some(tuning), Some(metric)) => self.early_stop(tuning, job, metric, &samples),
+            _ => None,
+        };
         self.c
             .update_training_job(job, |j| {
+                if let Some(rule) = stop_early
+                    && j.status == TrainingJobStatus::InProgress
+                {
+                    j.runs.stopped_early = Some(rule.to_string());
+                }
                 for s in &converted {
                     let data = api::MetricData {
                         metric_name: Some(s.name.clone()),
@@ -353,6 +355,9 @@ impl Loop {
                 Ok(true)
             })
             .await?;
+        if stop_early.is_some() {
+            self.stop_running_instances(job);
+        }
         Ok(())
     }
 
@@ -378,7 +383,13 @@ impl Loop {
                 }
                 j.failure_reason = failure_reason.clone();
                 j.model_artifacts = model_artifacts.clone().or(j.model_artifacts.take());
-                j.transition(status, message, now())?;
+                match &j.runs.stopped_early {
+                    Some(rule) if status == SecondaryStatus::Stopped => {
+                        let message = format!("Training job stopped early: its objective was {rule}");
+                        j.transition(status, &message, now())?
+                    }
+                    _ => j.transition(status, message, now())?,
+                }
                 Ok(true)
             })
             .await?;

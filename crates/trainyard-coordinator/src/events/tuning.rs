@@ -17,13 +17,20 @@ use crate::core::now;
 
 impl Loop {
     /// Feeds a trial's objective to the early-stopping policy — Hyperband's rungs, or the median
-    /// rule of `TrainingJobEarlyStoppingType: Auto` — and stops the trial if it says so.
-    pub(super) fn early_stop(&mut self, tuning: &str, trial: &str, metric: &str, samples: &[pb::MetricSample]) {
-        let Some(run) = self.tuning.get_mut(tuning) else { return };
-        let Some((objective, maximize)) = run.objective.clone() else { return };
+    /// rule of `TrainingJobEarlyStoppingType: Auto` — and says why the trial is to stop, if it is.
+    /// The caller records that on the trial before stopping it.
+    pub(super) fn early_stop(
+        &mut self,
+        tuning: &str,
+        trial: &str,
+        metric: &str,
+        samples: &[pb::MetricSample],
+    ) -> Option<&'static str> {
+        let run = self.tuning.get_mut(tuning)?;
+        let (objective, maximize) = run.objective.clone()?;
         if !(run.early_stopping || run.hyperband.is_some()) || objective != metric || run.stopped_early.contains(trial)
         {
-            return;
+            return None;
         }
         let bracket = run.hyperband.as_ref().map(|h| h.bracket_of(trials::index_of(tuning, trial).unwrap_or(0)));
         let curve = run.curves.entry(trial.to_string()).or_default();
@@ -37,7 +44,7 @@ impl Loop {
             };
         }
         if !stop {
-            return;
+            return None;
         }
         run.stopped_early.insert(trial.to_string());
         let rule = if run.hyperband.is_some() {
@@ -46,7 +53,7 @@ impl Loop {
             "worse than the median of earlier trials"
         };
         info!(tuning_job = tuning, trial, epoch = curve.len(), rule, "stopped early");
-        self.stop_running_instances(trial);
+        Some(rule)
     }
 
     pub(super) async fn load_tuning(&mut self, name: &str) -> Result<(), DomainError> {
