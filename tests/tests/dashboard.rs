@@ -291,6 +291,10 @@ fn the_dashboard_draws_a_tuning_job_and_its_trials_for_a_signed_in_user(backend:
     let (code, _, list) = curl(&c, &["-b", &cookie, &url("/")]);
     assert_eq!(code, 200);
     assert!(list.contains("href=\"/tuning-jobs/drawn\"") && list.contains("3 completed"), "{list}");
+    assert!(list.contains("3 of 3"), "its progress: {list}");
+    let best_value =
+        done["BestTrainingJob"]["FinalHyperParameterTuningJobObjectiveMetric"]["Value"].as_f64().expect("best");
+    assert!(list.contains(&format!("<td>{best_value}</td>")), "its best objective: {list}");
 
     // The tuning job: objective by trial (3 points and the best-so-far line), parallel coordinates
     // (a line per trial), one chart per tuned hyperparameter (4 in the example), a row per trial;

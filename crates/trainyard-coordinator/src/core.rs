@@ -374,6 +374,29 @@ impl Coordinator {
         })
     }
 
+    /// The best completed trial's objective of each of `names` that `caller` may see (a query or
+    /// two per job: for a page of at most 100 jobs).
+    pub async fn best_objectives(
+        &self,
+        caller: &Caller,
+        names: &[String],
+    ) -> Result<HashMap<String, f64>, DomainError> {
+        let mut best = HashMap::new();
+        for name in names {
+            let job = match self.visible_tuning_job(caller, name).await {
+                Ok(job) => job,
+                Err(DomainError::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some((_, maximize)) = trainyard_model::trials::objective(&job.request)
+                && let Some(value) = self.store.best_trial(name, maximize).await?.and_then(|t| t.objective_value)
+            {
+                best.insert(name.clone(), value);
+            }
+        }
+        Ok(best)
+    }
+
     /// A tuning job's trials in launch order with what its plots need (see [`plot`]), at most
     /// `limit` a page (default and maximum [`MAX_PAGE_TRIALS`]); also the objective's name and
     /// direction, and whether the tuning job has ended.

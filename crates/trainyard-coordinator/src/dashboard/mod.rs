@@ -97,10 +97,13 @@ async fn tuning_jobs(State(state): State<Arc<Dashboard>>, headers: HeaderMap) ->
         Err(r) => return r,
     };
     let request = api::ListHyperParameterTuningJobsRequest { max_results: Some(MAX_JOBS), ..Default::default() };
-    match state.coordinator.list_tuning_jobs(&caller, request).await {
-        Ok(list) => {
-            Html(pages::tuning_jobs(&list.hyper_parameter_tuning_job_summaries.unwrap_or_default())).into_response()
-        }
+    let jobs = match state.coordinator.list_tuning_jobs(&caller, request).await {
+        Ok(list) => list.hyper_parameter_tuning_job_summaries.unwrap_or_default(),
+        Err(e) => return failure(&e),
+    };
+    let names: Vec<String> = jobs.iter().filter_map(|j| j.hyper_parameter_tuning_job_name.clone()).collect();
+    match state.coordinator.best_objectives(&caller, &names).await {
+        Ok(best) => Html(pages::tuning_jobs(&jobs, &best)).into_response(),
         Err(e) => failure(&e),
     }
 }

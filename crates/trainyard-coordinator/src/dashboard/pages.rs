@@ -1,6 +1,8 @@
 //! The dashboard's pages as HTML, from the API's own answers. Pure: data in, markup out; every
 //! text that comes from a job (names, hyperparameters, log lines) is escaped.
 
+use std::collections::HashMap;
+
 use trainyard_model::plot::TrialPoint;
 use trainyard_model::status::TrainingJobStatus;
 use trainyard_model::{Timestamp, api};
@@ -87,18 +89,35 @@ fn counters(c: Option<&api::TrainingJobStatusCounters>) -> String {
     )
 }
 
-pub fn tuning_jobs(jobs: &[api::HyperParameterTuningJobSummary]) -> String {
+/// The tuning jobs: status, strategy, progress (trials ended of the most it may run), the best
+/// objective so far.
+pub fn tuning_jobs(jobs: &[api::HyperParameterTuningJobSummary], best: &HashMap<String, f64>) -> String {
     let mut rows = String::new();
     for j in jobs {
         let name = j.hyper_parameter_tuning_job_name.clone().unwrap_or_default();
         let status = j.hyper_parameter_tuning_job_status.clone().unwrap_or_default();
+        let c = j.training_job_status_counters.clone().unwrap_or_default();
+        let ended = c.completed.unwrap_or(0)
+            + c.stopped.unwrap_or(0)
+            + c.non_retryable_error.unwrap_or(0)
+            + c.retryable_error.unwrap_or(0);
+        let most = j.resource_limits.as_ref().and_then(|l| l.max_number_of_training_jobs);
+        let progress = match most {
+            Some(most) if most > 0 => {
+                let percent = (ended as f64 / most as f64 * 100.0).min(100.0);
+                format!("<progress max=\"{most}\" value=\"{}\"></progress> {ended} of {most}", ended.min(most))
+                    + &format!("<span class=\"muted\"> ({percent:.0} %)</span>")
+            }
+            _ => format!("{ended} ended"),
+        };
         rows.push_str(&format!(
-            "<tr><td><a href=\"/tuning-jobs/{}\">{}</a></td><td class=\"status-{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><a href=\"/tuning-jobs/{}\">{}</a></td><td class=\"status-{}\">{}</td><td>{}</td><td>{progress}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             segment(&name),
             escape(&name),
             escape(&status),
             escape(&status),
             escape(j.strategy.as_deref().unwrap_or_default()),
+            best.get(&name).map_or("-".into(), |v| v.to_string()),
             counters(j.training_job_status_counters.as_ref()),
             time(j.creation_time),
         ));
@@ -108,7 +127,7 @@ pub fn tuning_jobs(jobs: &[api::HyperParameterTuningJobSummary]) -> String {
         "<p class=\"muted\">No tuning jobs.</p>".to_string()
     } else {
         format!(
-            "<table class=\"sortable\"><thead><tr><th>Name</th><th>Status</th><th>Strategy</th><th>Trials</th><th>Created</th></tr></thead><tbody>{rows}</tbody></table>"
+            "<table class=\"sortable\"><thead><tr><th>Name</th><th>Status</th><th>Strategy</th><th>Progress</th><th>Best objective</th><th>Trials</th><th>Created</th></tr></thead><tbody>{rows}</tbody></table>"
         )
     };
     layout("Tuning jobs", &body, running)
@@ -600,6 +619,32 @@ mod tests {
         assert!(first < page.find("search-002-bbb").expect("listed"));
         assert!(page.contains("&lt;b&gt;odd&lt;/b&gt;") && !page.contains("<b>odd</b>"));
         assert!(page.contains("/training-jobs/%3Cb%3Eodd%3C%2Fb%3E"), "{page}");
+    }
+
+    #[test]
+    fn the_tuning_jobs_page_shows_progress_and_the_best_objective() {
+        let job = |name: &str, status: &str, completed: i32, most: Option<i32>| api::HyperParameterTuningJobSummary {
+            hyper_parameter_tuning_job_name: Some(name.into()),
+            hyper_parameter_tuning_job_status: Some(status.into()),
+            training_job_status_counters: Some(api::TrainingJobStatusCounters {
+                completed: Some(completed),
+                stopped: Some(1),
+                in_progress: Some(2),
+                ..Default::default()
+            }),
+            resource_limits: most
+                .map(|m| api::ResourceLimits { max_number_of_training_jobs: Some(m), ..Default::default() }),
+            ..Default::default()
+        };
+        let jobs = [job("search", "InProgress", 3, Some(10)), job("open-ended", "Completed", 5, None)];
+        let page = tuning_jobs(&jobs, &HashMap::from([("search".to_string(), 0.93)]));
+        assert!(
+            page.contains("<progress max=\"10\" value=\"4\"></progress> 4 of 10"),
+            "completed and stopped have ended: {page}"
+        );
+        assert!(page.contains("<td>0.93</td>"), "{page}");
+        assert!(page.contains("<td>6 ended</td><td>-</td>"), "no limit, no best: {page}");
+        assert!(page.contains("http-equiv=\"refresh\""), "one runs: the page reloads");
     }
 
     #[test]
