@@ -1,10 +1,15 @@
-"""Runs Optuna's TPE and random samplers on the same functions and protocol as the tuner's Rust
-benchmark (benches/strategies.rs), then prints both side by side. Usage (scripts/bench-tuner does
-this): python optuna_compare.py OURS.json
+"""Runs Optuna's samplers on the same problems, noise and protocol as the tuner's Rust benchmark
+(benches/strategies.rs), then prints both side by side with a summary per kind of problem.
+
+Usage (scripts/bench-tuner does this): python optuna_compare.py OURS.json [--gp] [--cache DIR]
+
+Samplers: TPE (defaults; constant liar when trials run in parallel, as Optuna recommends for
+batches), random, and with --gp Optuna's GP sampler (needs torch; slow: about 5 s a run). Results
+of a sampler are cached per problem in DIR (they do not change unless Optuna does).
 """
 import json
 import math
-import statistics
+import os
 import sys
 import time
 
@@ -12,28 +17,64 @@ import optuna
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SEEDS, TRIALS, CHECKPOINTS = 20, 50, (10, 25, 50)
+PI = math.pi
 
 
-def branin(t):
-    x1, x2 = t.suggest_float("x1", -5, 10), t.suggest_float("x2", 0, 15)
-    b, c = 5.1 / (4 * math.pi ** 2), 5 / math.pi
-    return (x2 - b * x1 * x1 + c * x1 - 6) ** 2 + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x1) + 10
+def xs(t, bounds):
+    return [t.suggest_float(f"x{i + 1:02}", lo, hi) for i, (lo, hi) in enumerate(bounds)]
 
 
-A = [[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14], [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]]
-P = [[0.1312, 0.1696, 0.5569, 0.0124, 0.8283, 0.5886], [0.2329, 0.4135, 0.8307, 0.3736, 0.1004, 0.9991],
-     [0.2348, 0.1451, 0.3522, 0.2883, 0.3047, 0.6650], [0.4047, 0.8828, 0.8732, 0.5743, 0.1091, 0.0381]]
+def branin(x):
+    b, c = 5.1 / (4 * PI ** 2), 5 / PI
+    return (x[1] - b * x[0] ** 2 + c * x[0] - 6) ** 2 + 10 * (1 - 1 / (8 * PI)) * math.cos(x[0]) + 10
+
+
+def camel6(x):
+    return (4 - 2.1 * x[0] ** 2 + x[0] ** 4 / 3) * x[0] ** 2 + x[0] * x[1] + (-4 + 4 * x[1] ** 2) * x[1] ** 2
+
+
+def goldstein(x):
+    a, b = x
+    first = 1 + (a + b + 1) ** 2 * (19 - 14 * a + 3 * a * a - 14 * b + 6 * a * b + 3 * b * b)
+    second = 30 + (2 * a - 3 * b) ** 2 * (18 - 32 * a + 12 * a * a + 48 * b - 36 * a * b + 27 * b * b)
+    return first * second
+
+
 ALPHA = [1.0, 1.2, 3.0, 3.2]
+A3 = [[3, 10, 30], [0.1, 10, 35], [3, 10, 30], [0.1, 10, 35]]
+P3 = [[0.3689, 0.1170, 0.2673], [0.4699, 0.4387, 0.7470], [0.1091, 0.8732, 0.5547], [0.03815, 0.5743, 0.8828]]
+A6 = [[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14], [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]]
+P6 = [[0.1312, 0.1696, 0.5569, 0.0124, 0.8283, 0.5886], [0.2329, 0.4135, 0.8307, 0.3736, 0.1004, 0.9991],
+      [0.2348, 0.1451, 0.3522, 0.2883, 0.3047, 0.6650], [0.4047, 0.8828, 0.8732, 0.5743, 0.1091, 0.0381]]
 
 
-def hartmann6(t):
-    x = [t.suggest_float(f"x{i}", 0, 1) for i in range(1, 7)]
-    return -sum(ALPHA[i] * math.exp(-sum(A[i][j] * (x[j] - P[i][j]) ** 2 for j in range(6))) for i in range(4))
+def hartmann(x, a, p):
+    return -sum(ALPHA[i] * math.exp(-sum(a[i][j] * (x[j] - p[i][j]) ** 2 for j in range(len(x)))) for i in range(4))
 
 
-def rosenbrock10(t):
-    x = [t.suggest_float(f"x{i:02}", -2, 2) for i in range(1, 11)]
-    return sum(100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2 for i in range(9))
+def styblinski(x):
+    return 0.5 * sum(v ** 4 - 16 * v * v + 5 * v for v in x)
+
+
+def rosenbrock(x):
+    return sum(100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2 for i in range(len(x) - 1))
+
+
+def rastrigin(x):
+    return 10 * len(x) + sum(v * v - 10 * math.cos(2 * PI * v) for v in x)
+
+
+def ackley(x):
+    d = len(x)
+    return (-20 * math.exp(-0.2 * math.sqrt(sum(v * v for v in x) / d)) - math.exp(sum(math.cos(2 * PI * v) for v in x) / d)
+            + 20 + math.e)
+
+
+def levy(x):
+    w = [1 + (v - 1) / 4 for v in x]
+    return (math.sin(PI * w[0]) ** 2
+            + sum((v - 1) ** 2 * (1 + 10 * math.sin(PI * v + 1) ** 2) for v in w[:-1])
+            + (w[-1] - 1) ** 2 * (1 + math.sin(2 * PI * w[-1]) ** 2))
 
 
 def mixed(t):
@@ -41,21 +82,82 @@ def mixed(t):
     return (n - 7) ** 2 / 10 + (y - 0.3) ** 2 * 4 + {"a": 0.5, "b": 0.0, "c": 1.0}[kind]
 
 
-PROBLEMS = [("branin", branin, 0.397887), ("hartmann6", hartmann6, -3.32237), ("rosenbrock10", rosenbrock10, 0.0), ("mixed", mixed, 0.0)]
+def network(t):
+    lr = t.suggest_float("lr", 1e-4, 1, log=True)
+    layers = t.suggest_int("layers", 1, 8)
+    units = t.suggest_int("units", 16, 512, log=True)
+    optimizer = t.suggest_categorical("optimizer", ["sgd", "adam", "rmsprop", "adagrad"])
+    activation = t.suggest_categorical("activation", ["relu", "tanh", "sigmoid"])
+    best_lr, penalty = {"sgd": (-1.0, 0.15), "adam": (-3.0, 0.0), "rmsprop": (-2.5, 0.05), "adagrad": (-1.5, 0.3)}[optimizer]
+    return ((math.log10(lr) - best_lr) ** 2 * 0.25 + (layers - 4) ** 2 * 0.05 + (math.log2(units) - 7) ** 2 * 0.08
+            + penalty + {"relu": 0.0, "tanh": 0.1, "sigmoid": 0.4}[activation])
 
 
-def run(sampler, f, optimum, batch):
+def counts(t):
+    values = [t.suggest_int(name, 0, 20) for name in "abcd"]
+    family = t.suggest_categorical("family", ["p", "q", "r", "s", "t"])
+    style = t.suggest_categorical("style", ["u", "v", "w"])
+    centre, penalty = {"p": (3, 0.3), "q": (7, 0.0), "r": (12, 0.6), "s": (16, 0.2), "t": (10, 0.9)}[family]
+    return sum((v - centre - k) ** 2 / 20 for k, v in enumerate(values)) + penalty + {"u": 0.5, "v": 0.0, "w": 1.0}[style]
+
+
+def box(f, bounds):
+    return lambda t: f(xs(t, bounds))
+
+
+# (name, kind, objective of a trial, f*, noise) — the same list, in the same order, as strategies.rs.
+PROBLEMS = [
+    ("branin", "2-3 D smooth", box(branin, [(-5, 10), (0, 15)]), 0.397887, 0.0),
+    ("camel6", "2-3 D smooth", box(camel6, [(-3, 3), (-2, 2)]), -1.031628453489877, 0.0),
+    ("goldstein", "2-3 D smooth", box(goldstein, [(-2, 2)] * 2), 3.0, 0.0),
+    ("hartmann3", "2-3 D smooth", box(lambda x: hartmann(x, A3, P3), [(0, 1)] * 3), -3.86278, 0.0),
+    ("hartmann6", "6 D smooth", box(lambda x: hartmann(x, A6, P6), [(0, 1)] * 6), -3.32237, 0.0),
+    ("styblinski6", "6 D smooth", box(styblinski, [(-5, 5)] * 6), -39.16616570377142 * 6, 0.0),
+    ("rosenbrock10", "10-20 D", box(rosenbrock, [(-2, 2)] * 10), 0.0, 0.0),
+    ("rastrigin10", "10-20 D", box(rastrigin, [(-5.12, 5.12)] * 10), 0.0, 0.0),
+    ("ackley10", "10-20 D", box(ackley, [(-32.768, 32.768)] * 10), 0.0, 0.0),
+    ("levy10", "10-20 D", box(levy, [(-10, 10)] * 10), 0.0, 0.0),
+    ("ackley20", "10-20 D", box(ackley, [(-32.768, 32.768)] * 20), 0.0, 0.0),
+    ("mixed", "mixed", mixed, 0.0, 0.0),
+    ("network", "mixed", network, 0.0, 0.0),
+    ("counts", "mixed", counts, 0.0, 0.0),
+    ("hartmann6-noisy", "noisy", box(lambda x: hartmann(x, A6, P6), [(0, 1)] * 6), -3.32237, 0.1),
+    ("network-noisy", "noisy", network, 0.0, 0.1),
+]
+
+MASK = (1 << 64) - 1
+
+
+def splitmix(z):
+    z = (z + 0x9E3779B97F4A7C15) & MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    return z ^ (z >> 31)
+
+
+def gaussian(seed, index):
+    """The standard normal draw of trial `index` of `seed`, as strategies.rs makes it."""
+    base = (seed * 1_000_003) & MASK
+    a, b = splitmix((base + 2 * index) & MASK), splitmix((base + 2 * index + 1) & MASK)
+    u1 = ((a >> 11) + 0.5) / (1 << 53)
+    u2 = (b >> 11) / (1 << 53)
+    return math.sqrt(-2 * math.log(u1)) * math.cos(2 * PI * u2)
+
+
+def run(sampler, f, optimum, noise, seed, batch):
     study = optuna.create_study(sampler=sampler, direction="minimize")
-    best, regrets, done = math.inf, [], 0
+    best, regrets, done = (math.inf, math.inf), [], 0
     while done < TRIALS:
         trials = [study.ask() for _ in range(min(batch, TRIALS - done))]
         # Optuna samples when a parameter is first asked for: evaluate the whole batch before
         # telling any result, so that the batch is suggested blind, as ours is.
-        values = [f(t) for t in trials]
-        for t, y in zip(trials, values):
-            study.tell(t, y)
-            best = min(best, y)
-            regrets.append(best - optimum)
+        truths = [f(t) for t in trials]
+        for k, (t, truth) in enumerate(zip(trials, truths)):
+            seen = truth + noise * gaussian(seed, done + k)
+            study.tell(t, seen)
+            if seen < best[0]:
+                best = (seen, truth)
+            regrets.append(best[1] - optimum)
         done += len(trials)
     return regrets
 
@@ -66,36 +168,82 @@ def quartiles(v):
     return at(0.25), at(0.5), at(0.75)
 
 
+def samplers(with_gp):
+    made = {
+        "optuna-tpe": lambda seed, batch: optuna.samplers.TPESampler(seed=seed, constant_liar=batch > 1),
+        "optuna-random": lambda seed, batch: optuna.samplers.RandomSampler(seed=seed),
+    }
+    if with_gp:
+        made["optuna-gp"] = lambda seed, batch: optuna.samplers.GPSampler(seed=seed)
+    return made
+
+
+def measure(label, make, cache):
+    """{(problem, batch, trials): (q1, median, q3)} of one sampler, from the cache when there."""
+    path = os.path.join(cache, f"{label}-{optuna.__version__}.json") if cache else None
+    known = {}
+    if path and os.path.exists(path):
+        known = {tuple(k.split("|")): v for k, v in json.load(open(path)).items()}
+    table = {}
+    for name, _, f, optimum, noise in PROBLEMS:
+        for batch in (1, 4):
+            if all((name, str(batch), str(c)) in known for c in CHECKPOINTS):
+                for c in CHECKPOINTS:
+                    table[(name, batch, c)] = tuple(known[(name, str(batch), str(c))])
+                continue
+            started = time.perf_counter()
+            runs = [run(make(seed, batch), f, optimum, noise, seed, batch) for seed in range(SEEDS)]
+            for c in CHECKPOINTS:
+                table[(name, batch, c)] = quartiles([r[c - 1] for r in runs])
+                known[(name, str(batch), str(c))] = table[(name, batch, c)]
+            print(f"  {label} {name} batch {batch}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            if path:
+                os.makedirs(cache, exist_ok=True)
+                json.dump({"|".join(k): v for k, v in known.items()}, open(path, "w"))
+    return table
+
+
 def main():
     ours = json.load(open(sys.argv[1]))
-    table = {(r["function"], r["strategy"], r["batch"], r["trials"]): r for r in ours}
-    samplers = {"optuna-tpe": lambda s: optuna.samplers.TPESampler(seed=s), "optuna-random": lambda s: optuna.samplers.RandomSampler(seed=s)}
-    for (name, f, optimum) in PROBLEMS:
-        for label, make in samplers.items():
-            for batch in (1, 4):
-                runs = [run(make(seed), f, optimum, batch) for seed in range(SEEDS)]
-                for c in CHECKPOINTS:
-                    q1, med, q3 = quartiles([r[c - 1] for r in runs])
-                    table[(name, label, batch, c)] = {"q1": q1, "median": med, "q3": q3}
-    labels = ["bayesian", "random", "optuna-tpe", "optuna-random"]
-    print(f"median best-so-far regret over {SEEDS} seeds (lower is better; [q1, q3] in the JSON)")
-    print(f"{'function':<13} {'batch':>5} {'trials':>6} " + " ".join(f"{l:>14}" for l in labels) + "  winner")
-    for (name, _, _) in PROBLEMS:
+    with_gp = "--gp" in sys.argv
+    cache = sys.argv[sys.argv.index("--cache") + 1] if "--cache" in sys.argv else None
+    table = {(r["function"], r["strategy"], r["batch"], r["trials"]): (r["q1"], r["median"], r["q3"]) for r in ours}
+    for label, make in samplers(with_gp).items():
+        for (name, batch, c), cell in measure(label, make, cache).items():
+            table[(name, label, batch, c)] = cell
+    labels = ["bayesian", "random", "optuna-tpe", "optuna-random"] + (["optuna-gp"] if with_gp else [])
+    print(f"median best-so-far regret over {SEEDS} seeds (lower is better; quartiles in the JSON)")
+    print(f"{'problem':<16} {'batch':>5} {'trials':>6} " + " ".join(f"{l:>13}" for l in labels) + "  ours vs TPE")
+    summary = {}
+    for name, kind, _, _, _ in PROBLEMS:
         for batch in (1, 4):
             for c in CHECKPOINTS:
-                row = [table[(name, l, batch, c)]["median"] for l in labels]
-                winner = labels[min(range(len(row)), key=row.__getitem__)]
-                print(f"{name:<13} {batch:>5} {c:>6} " + " ".join(f"{v:>14.4f}" for v in row) + f"  {winner}")
+                row = [table.get((name, l, batch, c), (math.nan,) * 3)[1] for l in labels]
+                ours_v, tpe = row[0], row[2]
+                verdict = "ahead" if ours_v < tpe else ("even" if ours_v == tpe else "behind")
+                summary.setdefault((kind, batch, c), []).append(verdict)
+                print(f"{name:<16} {batch:>5} {c:>6} " + " ".join(f"{v:>13.4f}" for v in row) + f"  {verdict}")
+    print()
+    print("problems where our Bayesian strategy's median regret is below TPE's (ahead / all)")
+    print(f"{'kind':<14} {'batch':>5} " + " ".join(f"{f'{c} trials':>10}" for c in CHECKPOINTS))
+    for kind in dict.fromkeys(k for _, k, _, _, _ in PROBLEMS):
+        for batch in (1, 4):
+            cells = []
+            for c in CHECKPOINTS:
+                v = summary[(kind, batch, c)]
+                cells.append(f"{v.count('ahead')}/{len(v)}")
+            print(f"{kind:<14} {batch:>5} " + " ".join(f"{x:>10}" for x in cells))
     # TPE's own suggestion latency, for comparison with ours.
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    f = PROBLEMS[4][2]
     for n in (100, 1000):
         while len(study.trials) < n:
             t = study.ask()
-            study.tell(t, hartmann6(t))
+            study.tell(t, f(t))
         started = time.perf_counter()
         for _ in range(5):
             t = study.ask()
-            hartmann6(t)
+            f(t)
             study.tell(t, 0.0)
         print(f"optuna TPE suggestion latency at {n} finished trials: {(time.perf_counter() - started) / 5 * 1000:.1f} ms")
 

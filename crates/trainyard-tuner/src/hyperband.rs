@@ -34,9 +34,30 @@ impl Hyperband {
         n + 1
     }
 
-    /// The bracket of trial `index` (0-based): trials take turns, most aggressive bracket first.
+    /// How many trials each bracket gets in one round of Hyperband (Li et al.): bracket b of
+    /// B brackets starts ⌈B/(B−b) · η^(B−1−b)⌉ trials, so the aggressive brackets, whose trials
+    /// mostly stop at their first rung, get many cheap trials and the last bracket a few full ones.
+    pub fn bracket_sizes(&self) -> Vec<u64> {
+        let count = self.brackets() as u64;
+        (0..count).map(|b| (count * ETA.pow((count - 1 - b) as u32)).div_ceil(count - b)).collect()
+    }
+
+    /// The bracket of trial `index` (0-based): in each round the brackets take turns in
+    /// proportion to [`Self::bracket_sizes`] (smooth weighted round robin, most aggressive bracket
+    /// first), so trials started close together spread over the brackets.
     pub fn bracket_of(&self, index: u64) -> usize {
-        (index % self.brackets() as u64) as usize
+        let sizes = self.bracket_sizes();
+        let round: u64 = sizes.iter().sum();
+        let mut credit = vec![0i64; sizes.len()];
+        let mut chosen = 0;
+        for _ in 0..=index % round {
+            for (c, s) in credit.iter_mut().zip(&sizes) {
+                *c += *s as i64;
+            }
+            chosen = (0..sizes.len()).max_by_key(|b| (credit[*b], std::cmp::Reverse(*b))).unwrap_or(0);
+            credit[chosen] -= round as i64;
+        }
+        chosen
     }
 
     /// The epochs at which a trial of `bracket` is judged: bracket 0 from MinResource on, each later
@@ -81,9 +102,17 @@ mod tests {
         assert_eq!(h.rungs(1), [3, 9]);
         assert_eq!(h.rungs(2), [9]);
         assert!(h.rungs(3).is_empty(), "the last bracket runs every trial to MaxResource");
-        assert_eq!((0..5).map(|i| h.bracket_of(i)).collect::<Vec<_>>(), [0, 1, 2, 3, 0]);
+        // Hyperband's allocation for 4 brackets and η = 3: 27, 12, 6 and 4 trials a round.
+        assert_eq!(h.bracket_sizes(), [27, 12, 6, 4]);
+        let round: Vec<usize> = (0..49).map(|i| h.bracket_of(i)).collect();
+        for (bracket, size) in [27, 12, 6, 4].iter().enumerate() {
+            assert_eq!(round.iter().filter(|b| **b == bracket).count(), *size, "{round:?}");
+        }
+        assert_eq!(&round[..4], [0, 1, 0, 2], "interleaved, the most aggressive first");
+        assert_eq!((49..98).map(|i| h.bracket_of(i)).collect::<Vec<_>>(), round, "and again each round");
         let small = Hyperband::new(5, 10);
         assert_eq!((small.brackets(), small.rungs(0)), (1, vec![5]));
+        assert_eq!((0..3).map(|i| small.bracket_of(i)).collect::<Vec<_>>(), [0, 0, 0]);
     }
 
     #[test]

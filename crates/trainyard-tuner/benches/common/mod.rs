@@ -1,0 +1,233 @@
+//! What both tuner benchmarks share (and `optuna_compare.py` mirrors): standard test functions,
+//! a mixed-space "network" problem, ranges, and the noise both sides draw.
+
+// Each benchmark uses part of it.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+pub type Params = BTreeMap<String, String>;
+
+pub fn num(h: &Params, k: &str) -> f64 {
+    h[k].parse().expect("numeric hyperparameter")
+}
+
+pub fn xs(h: &Params, d: usize) -> Vec<f64> {
+    (1..=d).map(|i| num(h, &format!("x{i:02}"))).collect()
+}
+
+/// Continuous ranges `x01..`, one per (lo, hi).
+pub fn bounds(b: &[(f64, f64)]) -> String {
+    let ranges: Vec<String> = b
+        .iter()
+        .enumerate()
+        .map(|(i, (lo, hi))| {
+            format!(r#"{{"Name": "x{:02}", "MinValue": "{lo}", "MaxValue": "{hi}", "ScalingType": "Linear"}}"#, i + 1)
+        })
+        .collect();
+    format!(r#"{{"ContinuousParameterRanges": [{}]}}"#, ranges.join(", "))
+}
+
+/// `d` continuous ranges `x01..` on [lo, hi].
+pub fn boxed(d: usize, lo: f64, hi: f64) -> String {
+    bounds(&vec![(lo, hi); d])
+}
+
+pub fn branin(h: &Params) -> f64 {
+    let x = xs(h, 2);
+    let pi = std::f64::consts::PI;
+    let b = 5.1 / (4.0 * pi * pi);
+    let c = 5.0 / pi;
+    (x[1] - b * x[0] * x[0] + c * x[0] - 6.0).powi(2) + 10.0 * (1.0 - 1.0 / (8.0 * pi)) * x[0].cos() + 10.0
+}
+
+pub fn six_hump_camel(h: &Params) -> f64 {
+    let x = xs(h, 2);
+    (4.0 - 2.1 * x[0].powi(2) + x[0].powi(4) / 3.0) * x[0].powi(2)
+        + x[0] * x[1]
+        + (-4.0 + 4.0 * x[1].powi(2)) * x[1].powi(2)
+}
+
+pub fn goldstein_price(h: &Params) -> f64 {
+    let x = xs(h, 2);
+    let (a, b) = (x[0], x[1]);
+    let first = 1.0 + (a + b + 1.0).powi(2) * (19.0 - 14.0 * a + 3.0 * a * a - 14.0 * b + 6.0 * a * b + 3.0 * b * b);
+    let second =
+        30.0 + (2.0 * a - 3.0 * b).powi(2) * (18.0 - 32.0 * a + 12.0 * a * a + 48.0 * b - 36.0 * a * b + 27.0 * b * b);
+    first * second
+}
+
+pub fn hartmann(x: &[f64], a: &[[f64; 6]; 4], p: &[[f64; 6]; 4]) -> f64 {
+    const ALPHA: [f64; 4] = [1.0, 1.2, 3.0, 3.2];
+    -(0..4)
+        .map(|i| ALPHA[i] * (-(0..x.len()).map(|j| a[i][j] * (x[j] - p[i][j]).powi(2)).sum::<f64>()).exp())
+        .sum::<f64>()
+}
+
+pub fn hartmann3(h: &Params) -> f64 {
+    const A: [[f64; 6]; 4] = [
+        [3.0, 10.0, 30.0, 0.0, 0.0, 0.0],
+        [0.1, 10.0, 35.0, 0.0, 0.0, 0.0],
+        [3.0, 10.0, 30.0, 0.0, 0.0, 0.0],
+        [0.1, 10.0, 35.0, 0.0, 0.0, 0.0],
+    ];
+    const P: [[f64; 6]; 4] = [
+        [0.3689, 0.1170, 0.2673, 0.0, 0.0, 0.0],
+        [0.4699, 0.4387, 0.7470, 0.0, 0.0, 0.0],
+        [0.1091, 0.8732, 0.5547, 0.0, 0.0, 0.0],
+        [0.03815, 0.5743, 0.8828, 0.0, 0.0, 0.0],
+    ];
+    hartmann(&xs(h, 3), &A, &P)
+}
+
+pub fn hartmann6(h: &Params) -> f64 {
+    const A: [[f64; 6]; 4] = [
+        [10.0, 3.0, 17.0, 3.5, 1.7, 8.0],
+        [0.05, 10.0, 17.0, 0.1, 8.0, 14.0],
+        [3.0, 3.5, 1.7, 10.0, 17.0, 8.0],
+        [17.0, 8.0, 0.05, 10.0, 0.1, 14.0],
+    ];
+    const P: [[f64; 6]; 4] = [
+        [0.1312, 0.1696, 0.5569, 0.0124, 0.8283, 0.5886],
+        [0.2329, 0.4135, 0.8307, 0.3736, 0.1004, 0.9991],
+        [0.2348, 0.1451, 0.3522, 0.2883, 0.3047, 0.6650],
+        [0.4047, 0.8828, 0.8732, 0.5743, 0.1091, 0.0381],
+    ];
+    hartmann(&xs(h, 6), &A, &P)
+}
+
+pub fn styblinski_tang(x: &[f64]) -> f64 {
+    0.5 * x.iter().map(|v| v.powi(4) - 16.0 * v * v + 5.0 * v).sum::<f64>()
+}
+
+pub fn styblinski6(h: &Params) -> f64 {
+    styblinski_tang(&xs(h, 6))
+}
+
+pub fn rosenbrock10(h: &Params) -> f64 {
+    xs(h, 10).windows(2).map(|w| 100.0 * (w[1] - w[0] * w[0]).powi(2) + (1.0 - w[0]).powi(2)).sum()
+}
+
+pub fn rastrigin(x: &[f64]) -> f64 {
+    10.0 * x.len() as f64 + x.iter().map(|v| v * v - 10.0 * (2.0 * std::f64::consts::PI * v).cos()).sum::<f64>()
+}
+
+pub fn rastrigin10(h: &Params) -> f64 {
+    rastrigin(&xs(h, 10))
+}
+
+pub fn ackley(x: &[f64]) -> f64 {
+    let d = x.len() as f64;
+    let pi2 = 2.0 * std::f64::consts::PI;
+    -20.0 * (-0.2 * (x.iter().map(|v| v * v).sum::<f64>() / d).sqrt()).exp()
+        - (x.iter().map(|v| (pi2 * v).cos()).sum::<f64>() / d).exp()
+        + 20.0
+        + std::f64::consts::E
+}
+
+pub fn ackley10(h: &Params) -> f64 {
+    ackley(&xs(h, 10))
+}
+
+pub fn ackley20(h: &Params) -> f64 {
+    ackley(&xs(h, 20))
+}
+
+pub fn levy10(h: &Params) -> f64 {
+    let pi = std::f64::consts::PI;
+    let w: Vec<f64> = xs(h, 10).iter().map(|v| 1.0 + (v - 1.0) / 4.0).collect();
+    let last = w[w.len() - 1];
+    (pi * w[0]).sin().powi(2)
+        + w[..w.len() - 1].iter().map(|v| (v - 1.0).powi(2) * (1.0 + 10.0 * (pi * v + 1.0).sin().powi(2))).sum::<f64>()
+        + (last - 1.0).powi(2) * (1.0 + (2.0 * pi * last).sin().powi(2))
+}
+
+/// Continuous + integer + categorical: the earlier benchmark's mixed problem.
+pub fn mixed(h: &Params) -> f64 {
+    let penalty = match h["kind"].as_str() {
+        "a" => 0.5,
+        "b" => 0.0,
+        _ => 1.0,
+    };
+    (num(h, "n") - 7.0).powi(2) / 10.0 + (num(h, "y") - 0.3).powi(2) * 4.0 + penalty
+}
+
+pub const MIXED_RANGES: &str = r#"{"IntegerParameterRanges": [{"Name": "n", "MinValue": "0", "MaxValue": "10", "ScalingType": "Linear"}],
+    "ContinuousParameterRanges": [{"Name": "y", "MinValue": "0", "MaxValue": "1", "ScalingType": "Linear"}],
+    "CategoricalParameterRanges": [{"Name": "kind", "Values": ["a", "b", "c"]}]}"#;
+
+/// A network's validation loss as a function of its training set-up: the best learning rate
+/// depends on the optimiser (an interaction a model must learn per category).
+pub fn network(h: &Params) -> f64 {
+    let (best_lr, optimiser) = match h["optimizer"].as_str() {
+        "sgd" => (-1.0, 0.15),
+        "adam" => (-3.0, 0.0),
+        "rmsprop" => (-2.5, 0.05),
+        _ => (-1.5, 0.3),
+    };
+    let activation = match h["activation"].as_str() {
+        "relu" => 0.0,
+        "tanh" => 0.1,
+        _ => 0.4,
+    };
+    (num(h, "lr").log10() - best_lr).powi(2) * 0.25
+        + (num(h, "layers") - 4.0).powi(2) * 0.05
+        + (num(h, "units").log2() - 7.0).powi(2) * 0.08
+        + optimiser
+        + activation
+}
+
+pub const NETWORK_RANGES: &str = r#"{"ContinuousParameterRanges": [{"Name": "lr", "MinValue": "0.0001", "MaxValue": "1", "ScalingType": "Logarithmic"}],
+    "IntegerParameterRanges": [{"Name": "layers", "MinValue": "1", "MaxValue": "8", "ScalingType": "Linear"},
+                               {"Name": "units", "MinValue": "16", "MaxValue": "512", "ScalingType": "Logarithmic"}],
+    "CategoricalParameterRanges": [{"Name": "optimizer", "Values": ["sgd", "adam", "rmsprop", "adagrad"]},
+                                   {"Name": "activation", "Values": ["relu", "tanh", "sigmoid"]}]}"#;
+
+/// Integers and categoricals only: four integer counts whose best values depend on a
+/// five-valued categorical, and a three-valued one.
+pub fn counts(h: &Params) -> f64 {
+    let (centre, family) = match h["family"].as_str() {
+        "p" => (3.0, 0.3),
+        "q" => (7.0, 0.0),
+        "r" => (12.0, 0.6),
+        "s" => (16.0, 0.2),
+        _ => (10.0, 0.9),
+    };
+    let style = match h["style"].as_str() {
+        "u" => 0.5,
+        "v" => 0.0,
+        _ => 1.0,
+    };
+    ["a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+        .map(|(k, name)| (num(h, name) - centre - k as f64).powi(2) / 20.0)
+        .sum::<f64>()
+        + family
+        + style
+}
+
+pub const COUNTS_RANGES: &str = r#"{"IntegerParameterRanges": [{"Name": "a", "MinValue": "0", "MaxValue": "20", "ScalingType": "Linear"},
+                               {"Name": "b", "MinValue": "0", "MaxValue": "20", "ScalingType": "Linear"},
+                               {"Name": "c", "MinValue": "0", "MaxValue": "20", "ScalingType": "Linear"},
+                               {"Name": "d", "MinValue": "0", "MaxValue": "20", "ScalingType": "Linear"}],
+    "CategoricalParameterRanges": [{"Name": "family", "Values": ["p", "q", "r", "s", "t"]},
+                                   {"Name": "style", "Values": ["u", "v", "w"]}]}"#;
+
+/// SplitMix64: the noise generator both this benchmark and the Optuna script implement, so that
+/// trial `i` of seed `s` sees the same noise in both.
+pub fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A standard normal draw for trial `index` of `seed` (Box–Muller on two SplitMix64 outputs).
+pub fn gaussian(seed: u64, index: u64) -> f64 {
+    let a = splitmix(seed.wrapping_mul(1_000_003).wrapping_add(2 * index));
+    let b = splitmix(seed.wrapping_mul(1_000_003).wrapping_add(2 * index + 1));
+    let u1 = ((a >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let u2 = (b >> 11) as f64 / (1u64 << 53) as f64;
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}

@@ -1,0 +1,111 @@
+"""Optuna's pruners on the learning-curve problems of the tuner's early-stopping benchmark
+(benches/stopping.rs): the same curves, noise and protocol, printed beside ours.
+
+Usage (scripts/bench-tuner does this): python optuna_stopping.py OURS.json [--cache DIR]
+"""
+import json
+import math
+import os
+import sys
+import time
+
+import optuna
+
+from optuna_compare import A6, P6, MASK, branin, gaussian, hartmann, network, quartiles, xs
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+EPOCHS, SEEDS, BUDGETS = 27, 20, (10, 25, 50)
+
+
+def curve(last, amplitude, speed, epoch, noise):
+    r = float(EPOCHS)
+    shape = ((r / epoch) ** speed - 1) / (r ** speed - 1)
+    return last + amplitude * shape + 0.02 * amplitude * noise
+
+
+def lc_branin(t):
+    x = xs(t, [(-5, 10), (0, 15)])
+    return branin(x), 10 + 40 * (1 + math.sin(x[0] + x[1])), 0.5 + x[1] / 15
+
+
+def lc_hartmann6(t):
+    x = xs(t, [(0, 1)] * 6)
+    return hartmann(x, A6, P6), 0.5 + 1.5 * x[0] * x[5], 0.3 + x[2]
+
+
+def lc_network(t):
+    value = network(t)
+    lr = math.log10(t.params["lr"])
+    return value, 0.3 - 0.3 * lr, 0.5 + 0.25 * (lr + 4)
+
+
+# The same list, in the same order, as stopping.rs.
+PROBLEMS = [("lc-branin", lc_branin, 0.397887), ("lc-hartmann6", lc_hartmann6, -3.32237), ("lc-network", lc_network, 0.0)]
+
+
+def run(sampler, pruner, f, optimum, seed):
+    study = optuna.create_study(sampler=sampler, pruner=pruner, direction="minimize")
+    best, spent, regrets, index = math.inf, 0, [], 0
+    while len(regrets) < len(BUDGETS):
+        t = study.ask()
+        last, amplitude, speed = f(t)
+        pruned, value = False, math.nan
+        for epoch in range(1, EPOCHS + 1):
+            value = curve(last, amplitude, speed, epoch, gaussian((seed * 7919 + index) & MASK, epoch))
+            spent += 1
+            t.report(value, epoch)
+            if epoch == EPOCHS:
+                best = min(best, last)
+            while len(regrets) < len(BUDGETS) and spent == BUDGETS[len(regrets)] * EPOCHS:
+                regrets.append(best - optimum)
+            if epoch < EPOCHS and t.should_prune():
+                pruned = True
+                break
+        if pruned:
+            study.tell(t, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(t, value)
+        index += 1
+    return regrets
+
+
+POLICIES = {
+    "optuna-tpe": (lambda s: optuna.samplers.TPESampler(seed=s), lambda: optuna.pruners.NopPruner()),
+    "optuna-random+hyperband": (lambda s: optuna.samplers.RandomSampler(seed=s),
+                                lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=EPOCHS, reduction_factor=3)),
+    "optuna-tpe+hyperband": (lambda s: optuna.samplers.TPESampler(seed=s),
+                             lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=EPOCHS, reduction_factor=3)),
+    "optuna-tpe+median": (lambda s: optuna.samplers.TPESampler(seed=s), lambda: optuna.pruners.MedianPruner()),
+}
+
+
+def main():
+    ours = json.load(open(sys.argv[1]))
+    cache = sys.argv[sys.argv.index("--cache") + 1] if "--cache" in sys.argv else None
+    table = {(r["problem"], r["policy"], r["budget"]): r["median"] for r in ours}
+    path = os.path.join(cache, f"stopping-{optuna.__version__}.json") if cache else None
+    known = json.load(open(path)) if path and os.path.exists(path) else {}
+    for name, f, optimum in PROBLEMS:
+        for label, (sampler, pruner) in POLICIES.items():
+            key = f"{name}|{label}"
+            if key not in known:
+                started = time.perf_counter()
+                runs = [run(sampler(seed), pruner(), f, optimum, seed) for seed in range(SEEDS)]
+                known[key] = [quartiles([r[i] for r in runs]) for i in range(len(BUDGETS))]
+                print(f"  {label} {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+                if path:
+                    os.makedirs(cache, exist_ok=True)
+                    json.dump(known, open(path, "w"))
+            for i, budget in enumerate(BUDGETS):
+                table[(name, label, budget)] = known[key][i][1]
+    labels = ["random", "random+hyperband", "hyperband", "bayesian", "bayesian+median"] + list(POLICIES)
+    print(f"median regret of the best completed trial after a budget of epochs ({SEEDS} seeds; a trial is {EPOCHS} epochs)")
+    print(f"{'problem':<14} {'budget':>7} " + " ".join(f"{l[:16]:>16}" for l in labels))
+    for name, _, _ in PROBLEMS:
+        for budget in BUDGETS:
+            row = [table.get((name, l, budget), math.nan) for l in labels]
+            print(f"{name:<14} {budget:>4}×{EPOCHS} " + " ".join(f"{v:>16.4f}" for v in row))
+
+
+if __name__ == "__main__":
+    main()
