@@ -361,6 +361,11 @@ fn pull_failures_fail_the_job_with_a_client_error() {
         .collect();
     let big = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755), ("/noise", &noise, 0o644)]);
     let too_big = open.push("e2e/big", "1", &big, false);
+    // 64 MiB of zeros: a layer of about 64 KiB that unpacks past the agent's 16 MiB.
+    let zeros = "\0".repeat(64 * 1024 * 1024);
+    let bomb =
+        BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755), ("/zeros", &zeros, 0o644)]);
+    let bomb = open.push("e2e/bomb", "1", &bomb, false);
     let c = Coordinator::start();
     let socket = containerd.socket.to_str().expect("utf-8").to_string();
     let nobody = format!("127.0.0.1:{}", trainyard_testkit::free_port());
@@ -377,6 +382,8 @@ fn pull_failures_fail_the_job_with_a_client_error() {
         &nobody,
         "--max-image-mib",
         "2",
+        "--max-image-unpacked-mib",
+        "16",
     ];
     let agent = c.start_agent_for_images_only("puller", &args);
     agent.expect_log("pull failed");
@@ -385,6 +392,7 @@ fn pull_failures_fail_the_job_with_a_client_error() {
         ("no-credentials", refused, "refused access to the training image"),
         ("no-registry", format!("{nobody}/e2e/trainer:1"), "cannot reach the registry"),
         ("too-big", too_big, "MiB (its layers, compressed), more than this agent pulls (2 MiB)"),
+        ("bomb", bomb, "unpacks to more than 16 MiB (at layer sha256:"),
     ];
     for (name, image, _) in &cases {
         start(&c, name, image);

@@ -111,6 +111,10 @@ pub struct Flags {
     /// MiB is not pulled: the job fails with a ClientError. Default: the image cache's size.
     #[arg(long, env = "TRAINYARD_MAX_IMAGE_MIB")]
     pub max_image_mib: Option<u64>,
+    /// An image whose layers unpack to more than this many MiB fails its job with a ClientError
+    /// (gzip layers are measured before anything is written). Default: the image cache's size.
+    #[arg(long, env = "TRAINYARD_MAX_IMAGE_UNPACKED_MIB")]
+    pub max_image_unpacked_mib: Option<u64>,
     /// Serve Prometheus metrics, /healthz and /readyz (plain HTTP, no token) on this address.
     #[arg(long, env = "TRAINYARD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -213,6 +217,7 @@ struct FileConfig {
     insecure_registries: Vec<String>,
     image_cache_mib: Option<u64>,
     max_image_mib: Option<u64>,
+    max_image_unpacked_mib: Option<u64>,
     root_images: Option<bool>,
     #[serde(default)]
     cdi_spec_dirs: Vec<PathBuf>,
@@ -267,6 +272,7 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     pub image_cache_mib: u64,
     pub max_image_mib: u64,
+    pub max_image_unpacked_mib: u64,
     pub root_images: bool,
     pub cdi_spec_dirs: Vec<PathBuf>,
     pub input_cache_mib: u64,
@@ -349,6 +355,10 @@ impl Config {
             max_image_mib: flags
                 .max_image_mib
                 .or(file.max_image_mib)
+                .unwrap_or_else(|| flags.image_cache_mib.or(file.image_cache_mib).unwrap_or(102_400)),
+            max_image_unpacked_mib: flags
+                .max_image_unpacked_mib
+                .or(file.max_image_unpacked_mib)
                 .unwrap_or_else(|| flags.image_cache_mib.or(file.image_cache_mib).unwrap_or(102_400)),
             root_images: flags.root_images || file.root_images == Some(true),
             cdi_spec_dirs: crate::cdi::dirs(&[file.cdi_spec_dirs, flags.cdi_spec_dirs].concat()),

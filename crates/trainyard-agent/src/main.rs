@@ -263,7 +263,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let images = containerd.as_ref().map(|client| {
         let registries = registry::Registries::new(credentials, &config.insecure_registries, registry_ca.clone())
-            .with_max_image_bytes(config.max_image_mib.saturating_mul(1024 * 1024));
+            .with_max_image_bytes(config.max_image_mib.saturating_mul(1024 * 1024))
+            .with_max_unpacked_bytes(config.max_image_unpacked_mib.saturating_mul(1024 * 1024));
         image_cache::ImageCache::new(client.clone(), registries, config.image_cache_mib * 1024 * 1024)
     });
     let mut registry = prometheus_client::registry::Registry::default();

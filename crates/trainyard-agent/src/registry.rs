@@ -209,6 +209,8 @@ pub struct Registries {
     credentials: Credentials,
     /// An image larger than this (its blobs, compressed) is not pulled.
     max_image_bytes: u64,
+    /// Nor one whose layers unpack to more than this.
+    max_unpacked_bytes: u64,
 }
 
 impl Registries {
@@ -230,13 +232,20 @@ impl Registries {
             user_agent: concat!("trainyard-agent/", env!("CARGO_PKG_VERSION")),
             ..Default::default()
         };
-        Registries { client: Client::new(config), credentials, max_image_bytes: u64::MAX }
+        Registries { client: Client::new(config), credentials, max_image_bytes: u64::MAX, max_unpacked_bytes: u64::MAX }
     }
 
     /// Refuses images whose blobs (layers and config, compressed, as the manifest lists them)
     /// exceed `bytes`: what a job names must not fill the agent's disk.
     pub fn with_max_image_bytes(mut self, bytes: u64) -> Registries {
         self.max_image_bytes = bytes;
+        self
+    }
+
+    /// Refuses images whose layers unpack to more than `bytes`: a small compressed layer can
+    /// decompress to fill a disk.
+    pub fn with_max_unpacked_bytes(mut self, bytes: u64) -> Registries {
+        self.max_unpacked_bytes = bytes;
         self
     }
 
@@ -358,7 +367,8 @@ impl Registries {
         if is_index {
             store_small(containerd, lease, &top_blob, bytes.to_vec(), index_labels).await?;
         }
-        let unpacked = containerd.unpack(lease, &manifest.layers, &diff_ids).await?;
+        let unpacked =
+            containerd.unpack(reference, lease, &manifest.layers, &diff_ids, self.max_unpacked_bytes).await?;
         let blobs: i64 = manifest.layers.iter().map(|l| l.size).sum::<i64>() + config_blob.size + manifest_blob.size;
         let labels = HashMap::from([
             (BYTES_LABEL.to_string(), (blobs.max(0) as u64 + unpacked).to_string()),

@@ -25,6 +25,28 @@ use super::{Containerd, SNAPSHOTTER, chain_id, rpc};
 
 /// Manifests, indexes and image configs are small; anything larger is not one.
 pub const MAX_METADATA_BYTES: usize = 4 * 1024 * 1024;
+const MIB: u64 = 1024 * 1024;
+
+/// A sink that counts what is written to it and refuses (`FileTooLarge`) past `limit` bytes.
+struct BoundedCount {
+    bytes: u64,
+    limit: u64,
+}
+
+impl std::io::Write for BoundedCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes += buf.len() as u64;
+        if self.bytes > self.limit {
+            return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, "over the limit"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Blobs go to containerd in messages of this size (gRPC's limit is 4 MiB).
 const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
 /// Image labels the agent's cache keeps: seconds since the epoch of the last use, and the bytes
@@ -361,9 +383,62 @@ impl Containerd {
         Ok(())
     }
 
-    /// Unpacks `layers` (whose uncompressed digests are `diff_ids`) into committed snapshots named
-    /// by their chain ids; layers already unpacked are skipped. The bytes unpacked.
-    pub async fn unpack(&self, lease: &Lease, layers: &[Blob], diff_ids: &[String]) -> Result<u64, String> {
+    /// How many bytes the layer `blob` in the content store decompresses to, reading it through;
+    /// `Err` as soon as that passes `room`, naming the agent's bound `max_unpacked`. `None` for a
+    /// compression this cannot read (zstd): such a layer is measured once unpacked.
+    async fn uncompressed_size(
+        &self,
+        image: &str,
+        blob: &Blob,
+        room: u64,
+        max_unpacked: u64,
+    ) -> Result<Option<u64>, String> {
+        let gzip = blob.media_type.ends_with("gzip");
+        if !gzip && !blob.media_type.ends_with(".tar") {
+            return Ok(None);
+        }
+        let request = self.request(ReadContentRequest { digest: blob.digest.clone(), offset: 0, size: 0 });
+        let mut stream =
+            ContentClient::new(self.channel.clone()).read(request).await.map_err(rpc("read"))?.into_inner();
+        let failed = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::FileTooLarge {
+                format!(
+                    "ClientError: {image} unpacks to more than {} MiB (at layer {}), more than this agent unpacks for an image (--max-image-unpacked-mib)",
+                    max_unpacked / MIB,
+                    blob.digest
+                )
+            } else {
+                format!("ClientError: layer {} is not valid gzip: {e}", blob.digest)
+            }
+        };
+        let counted = BoundedCount { bytes: 0, limit: room };
+        if gzip {
+            let mut decoder = flate2::write::MultiGzDecoder::new(counted);
+            while let Some(chunk) = stream.next().await {
+                std::io::Write::write_all(&mut decoder, &chunk.map_err(rpc("read"))?.data).map_err(failed)?;
+            }
+            Ok(Some(decoder.finish().map_err(failed)?.bytes))
+        } else {
+            let mut counted = counted;
+            while let Some(chunk) = stream.next().await {
+                std::io::Write::write_all(&mut counted, &chunk.map_err(rpc("read"))?.data).map_err(failed)?;
+            }
+            Ok(Some(counted.bytes))
+        }
+    }
+
+    /// Unpacks `layers` of `image` (whose uncompressed digests are `diff_ids`) into committed snapshots named
+    /// by their chain ids; layers already unpacked are skipped. The bytes unpacked: more than
+    /// `max_unpacked` fails the pull (a small layer can decompress to fill a disk) — gzip and
+    /// plain layers are measured before anything is written, zstd ones as they are applied.
+    pub async fn unpack(
+        &self,
+        image: &str,
+        lease: &Lease,
+        layers: &[Blob],
+        diff_ids: &[String],
+        max_unpacked: u64,
+    ) -> Result<u64, String> {
         if layers.len() != diff_ids.len() {
             return Err(format!(
                 "ClientError: the image has {} layers and its config {} diff ids",
@@ -379,6 +454,8 @@ impl Containerd {
                 parent = chain;
                 continue;
             }
+            let room = max_unpacked.saturating_sub(unpacked);
+            self.uncompressed_size(image, layer, room, max_unpacked).await?;
             let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             let key = format!("trainyard-extract-{}-{chain}", nanos.as_nanos());
             let prepare = PrepareSnapshotRequest {
@@ -425,6 +502,15 @@ impl Containerd {
                 }
             }
             unpacked += applied.size.max(0) as u64;
+            if unpacked > max_unpacked {
+                // A layer that could not be measured before (zstd) turned out too large.
+                self.remove_snapshot(&chain).await;
+                return Err(format!(
+                    "ClientError: {image} unpacks to more than {} MiB (at layer {}), more than this agent unpacks for an image (--max-image-unpacked-mib)",
+                    max_unpacked / MIB,
+                    layer.digest
+                ));
+            }
             parent = chain;
         }
         Ok(unpacked)
