@@ -273,6 +273,109 @@ fn a_registry_that_sends_more_than_its_manifest_declares_is_cut_off() {
     assert!(containerd.images().is_empty() && containerd.containers().is_empty(), "{:?}", containerd.images());
 }
 
+/// A registry whose first answer for the layer breaks off halfway (the connection closes, as a
+/// flaky network does); later ones honour HTTP ranges. Each layer request's Range header (or "-")
+/// is appended to `requests` in the served dir.
+const FLAKY_REGISTRY: &str = r#"
+import http.server, os, re, sys
+root = sys.argv[1]
+state = {"cut": False}
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self, body, content_type, digest=None, status=200, extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if digest:
+            self.send_header("Docker-Content-Digest", digest)
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(body)
+    def do_HEAD(self):
+        self.do_GET()
+    def do_GET(self):
+        if self.path == "/v2/":
+            return self.answer(b"{}", "application/json")
+        if self.path.startswith("/v2/e2e/flaky/manifests/"):
+            body = open(os.path.join(root, "manifest"), "rb").read()
+            return self.answer(body, "application/vnd.oci.image.manifest.v1+json", open(os.path.join(root, "manifest.digest")).read())
+        if self.path.startswith("/v2/e2e/flaky/blobs/sha256:"):
+            name = self.path.rsplit(":", 1)[1]
+            path = os.path.join(root, name)
+            if not os.path.exists(path):
+                return self.send_error(404)
+            body = open(path, "rb").read()
+            if name != open(os.path.join(root, "layer.name")).read():
+                return self.answer(body, "application/octet-stream")
+            ranged = self.headers.get("Range")
+            with open(os.path.join(root, "requests"), "a") as log:
+                log.write((ranged or "-") + "\n")
+            if not state["cut"]:
+                state["cut"] = True
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            start = int(re.match(r"bytes=(\d+)-", ranged).group(1)) if ranged else 0
+            if ranged:
+                rest = body[start:]
+                return self.answer(rest, "application/octet-stream", status=206,
+                                   extra=[("Content-Range", "bytes %d-%d/%d" % (start, len(body) - 1, len(body)))])
+            return self.answer(body, "application/octet-stream")
+        self.send_error(404)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Handler).serve_forever()
+"#;
+
+#[test]
+fn a_layer_download_the_network_cuts_goes_on_where_it_stopped() {
+    use trainyard_testkit::containerd::digest;
+    let containerd = Containerd::start();
+    let image = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
+    let served = tempfile::tempdir().expect("dir");
+    std::fs::write(served.path().join("manifest"), &image.manifest).expect("write");
+    std::fs::write(served.path().join("manifest.digest"), digest(&image.manifest)).expect("write");
+    for blob in [&image.config, &image.layer] {
+        let name = digest(blob).trim_start_matches("sha256:").to_string();
+        std::fs::write(served.path().join(name), blob).expect("write");
+    }
+    std::fs::write(served.path().join("layer.name"), digest(&image.layer).trim_start_matches("sha256:"))
+        .expect("write");
+    let port = trainyard_testkit::free_port();
+    let mut server = std::process::Command::new("python3");
+    server.arg("-c").arg(FLAKY_REGISTRY).arg(served.path()).arg(port.to_string());
+    let server = trainyard_testkit::Daemon::spawn("flaky-registry", server, served.path());
+    let address = format!("127.0.0.1:{port}");
+    let up = trainyard_testkit::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&address).is_ok());
+    assert!(up, "the registry did not start: {}", server.log());
+    let c = Coordinator::start();
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let args = ["--advertise-vcpus", "8", "--containerd-socket", &socket, "--insecure-registry", &address];
+    let agent = c.start_agent_for_images_only("puller", &args);
+    start(&c, "resumed", &format!("{address}/e2e/flaky:1"));
+    let done = wait_done(&c, "resumed");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", agent.log());
+    let requests = std::fs::read_to_string(served.path().join("requests")).expect("requests");
+    let requests: Vec<&str> = requests.lines().collect();
+    assert_eq!(requests.len(), 2, "cut once, then resumed: {requests:?}");
+    assert_eq!(requests[0], "-");
+    let from: usize = requests[1]
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a range from where it stopped: {requests:?}"));
+    assert!(from > 0 && from <= image.layer.len() / 2, "{from} of {}", image.layer.len());
+    agent.expect_log("download cut: resuming");
+}
+
 /// Credentials from Docker's credential helpers (`credHelpers`), as ECR's `docker-credential-ecr-login`
 /// gives them: the helper is asked at each pull with the registry on its standard input; one that
 /// fails fails the job, naming it.

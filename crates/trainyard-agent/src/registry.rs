@@ -10,14 +10,16 @@ use std::time::Duration;
 
 use base64::Engine;
 use futures::StreamExt;
+use oci_client::client::BlobResponse;
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
+use tracing::warn;
 
 use crate::containerd::{
-    BYTES_LABEL, Blob, Containerd, Image, ImageConfig, LAST_USED_LABEL, MAX_METADATA_BYTES, Manifest,
+    BYTES_LABEL, Blob, Containerd, Image, ImageConfig, LAST_USED_LABEL, MAX_METADATA_BYTES, Manifest, WriteFailure,
 };
 
 /// What a pull accepts, OCI's and Docker's (schema 2) manifests and indexes.
@@ -27,6 +29,8 @@ const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
+/// Tries at a layer's download: the first, then resumptions where the network cut it.
+const DOWNLOAD_ATTEMPTS: u32 = 4;
 /// A pull that has not finished by then loses its lease's protection (what it wrote may be collected).
 const LEASE: Duration = Duration::from_secs(6 * 3600);
 
@@ -347,16 +351,44 @@ impl Registries {
         let mut done = 0u64;
         progress(0, total);
         for (layer, labels) in missing {
-            let stream = self.client.pull_blob_stream(parsed, &descriptor(layer)).await.map_err(failed)?;
-            let stream = stream.map(|chunk| {
-                chunk.map_err(|e| format!("ClientError: downloading {reference} (layer {}): {e}", layer.digest))
-            });
-            containerd
-                .write_blob(lease, layer, labels, stream, &mut |n| {
-                    done += n;
-                    progress(done, total);
-                })
-                .await?;
+            // A download the network cuts goes on where it stopped (an HTTP range request), a few
+            // times, with what arrived kept in containerd's ingest; containerd checks the digest
+            // of the whole at commit.
+            let mut from = 0u64;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let (stream, start) = if from == 0 {
+                    (self.client.pull_blob_stream(parsed, &descriptor(layer)).await.map_err(failed)?.stream, 0)
+                } else {
+                    match self.client.pull_blob_stream_partial(parsed, &descriptor(layer), from, None).await {
+                        Ok(BlobResponse::Partial(partial)) => (partial.stream, from),
+                        // A registry that ignores ranges sends it all again: the ingest starts over.
+                        Ok(BlobResponse::Full(full)) => (full.stream, 0),
+                        Err(e) => return Err(failed(e)),
+                    }
+                };
+                if start == 0 && from > 0 {
+                    done = done.saturating_sub(from);
+                }
+                let stream = stream.map(|chunk| {
+                    chunk.map_err(|e| format!("ClientError: downloading {reference} (layer {}): {e}", layer.digest))
+                });
+                let written = containerd
+                    .write_blob(lease, layer, labels.clone(), stream, start, &mut |n| {
+                        done += n;
+                        progress(done, total);
+                    })
+                    .await;
+                match written {
+                    Ok(()) => break,
+                    Err(WriteFailure { resume_at: Some(at), reason }) if attempt < DOWNLOAD_ATTEMPTS => {
+                        warn!(image = reference, layer = %layer.digest, at, attempt, %reason, "download cut: resuming");
+                        from = at;
+                    }
+                    Err(failure) => return Err(failure.reason),
+                }
+            }
         }
 
         // The config keeps the unpacked snapshot, the manifest its blobs, the index its manifest.
@@ -393,7 +425,7 @@ async fn store_small(
         return containerd.hold_blob(lease, &blob.digest, labels).await;
     }
     let once = futures::stream::iter([Ok::<_, String>(bytes)]);
-    containerd.write_blob(lease, blob, labels, once, &mut |_| {}).await
+    containerd.write_blob(lease, blob, labels, once, 0, &mut |_| {}).await.map_err(|f| f.reason)
 }
 
 /// A manifest or index as fetched: parsed, and described as a blob.

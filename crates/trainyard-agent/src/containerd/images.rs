@@ -181,6 +181,14 @@ pub struct ImageRecord {
     pub labels: HashMap<String, String>,
 }
 
+/// Why a blob could not be written, and whether its download can go on where it stopped.
+#[derive(Debug)]
+pub struct WriteFailure {
+    pub reason: String,
+    /// The data stream failed (not containerd): the ingest holds this many bytes of the blob.
+    pub resume_at: Option<u64>,
+}
+
 /// Content and snapshots made while a lease exists are kept until it is deleted, whatever the
 /// collector thinks of them; a lease an agent did not delete (it died mid-pull) expires.
 pub struct Lease(String);
@@ -305,21 +313,25 @@ impl Containerd {
         Ok(())
     }
 
-    /// Writes `blob` from `data` into the content store under `lease`; containerd checks its size
-    /// and digest. `written` is told of every chunk. A blob another pull is writing right now is
-    /// waited for.
+    /// Writes `blob` from `data`, which holds its bytes from `start` on, into the content store
+    /// under `lease`; containerd checks its size and digest. `written` is told of every chunk. A
+    /// blob another pull is writing right now is waited for. When `data` fails, what it delivered
+    /// is kept in the ingest and the failure says where to go on from ([`WriteFailure::resume_at`]):
+    /// the same lease's next write of the blob from there continues it.
     pub async fn write_blob<S, B>(
         &self,
         lease: &Lease,
         blob: &Blob,
         labels: HashMap<String, String>,
         data: S,
+        start: u64,
         written: &mut (dyn FnMut(u64) + Send),
-    ) -> Result<(), String>
+    ) -> Result<(), WriteFailure>
     where
         S: Stream<Item = Result<B, String>> + Send + Unpin,
         B: AsRef<[u8]>,
     {
+        let store = |reason: String| WriteFailure { reason, resume_at: None };
         let (mut tx, rx) = futures::channel::mpsc::channel::<WriteContentRequest>(2);
         let message = |action: WriteAction, offset: i64, data: Vec<u8>| WriteContentRequest {
             action: action as i32,
@@ -332,17 +344,28 @@ impl Containerd {
         };
         // The first message opens the ingest (containerd answers once it holds its lock); only
         // then does the call return.
-        tx.send(message(WriteAction::Stat, 0, Vec::new())).await.map_err(|e| e.to_string())?;
+        tx.send(message(WriteAction::Stat, 0, Vec::new())).await.map_err(|e| store(e.to_string()))?;
         let mut responses = match ContentClient::new(self.channel.clone()).write(self.leased(rx, lease)).await {
             Ok(response) => response.into_inner(),
             Err(status) if status.code() == Code::AlreadyExists => return Ok(()),
-            Err(status) => return Err(rpc("write")(status)),
+            Err(status) => return Err(store(rpc("write")(status))),
         };
-        match responses.message().await {
-            Ok(Some(_)) => {}
-            Ok(None) => return Err("containerd closed the write".into()),
+        // What the ingest holds already: a write from `start` continues it only if they agree
+        // (a write at 0 starts it over).
+        let held = match responses.message().await {
+            Ok(Some(stat)) => stat.offset.max(0) as u64,
+            Ok(None) => return Err(store("containerd closed the write".into())),
             Err(status) if status.code() == Code::AlreadyExists => return Ok(()),
-            Err(status) => return Err(rpc("write")(status)),
+            Err(status) => return Err(store(rpc("write")(status))),
+        };
+        if start != 0 && start != held {
+            return Err(WriteFailure {
+                reason: format!(
+                    "the download of {} resumed at {start}, and containerd holds {held} bytes",
+                    blob.digest
+                ),
+                resume_at: Some(held),
+            });
         }
         let mut exchange = async |request: WriteContentRequest| -> Result<bool, String> {
             tx.send(request).await.map_err(|_| "containerd closed the write".to_string())?;
@@ -354,21 +377,32 @@ impl Containerd {
             }
         };
         let mut data = data;
-        let (mut offset, mut pending) = (0i64, Vec::with_capacity(WRITE_CHUNK_BYTES));
+        let (mut offset, mut pending) = (start as i64, Vec::with_capacity(WRITE_CHUNK_BYTES));
         while let Some(chunk) = data.next().await {
-            let chunk = chunk?;
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(reason) => {
+                    // Keep what arrived: the download goes on from there.
+                    let len = pending.len();
+                    if len > 0 && exchange(message(WriteAction::Write, offset, pending)).await.unwrap_or(false) {
+                        offset += len as i64;
+                        written(len as u64);
+                    }
+                    return Err(WriteFailure { reason, resume_at: Some(offset as u64) });
+                }
+            };
             // A registry that sends more than the manifest declares is cut off here, before the
             // ingest grows past it (containerd would refuse it only at commit).
             if offset + (pending.len() + chunk.as_ref().len()) as i64 > blob.size {
-                return Err(format!(
+                return Err(store(format!(
                     "ClientError: the registry sent more than the {} bytes the manifest declares for layer {}",
                     blob.size, blob.digest
-                ));
+                )));
             }
             pending.extend_from_slice(chunk.as_ref());
             if pending.len() >= WRITE_CHUNK_BYTES {
                 let len = pending.len();
-                if !exchange(message(WriteAction::Write, offset, std::mem::take(&mut pending))).await? {
+                if !exchange(message(WriteAction::Write, offset, std::mem::take(&mut pending))).await.map_err(store)? {
                     return Ok(());
                 }
                 offset += len as i64;
@@ -378,7 +412,7 @@ impl Containerd {
         let len = pending.len();
         let mut commit = message(WriteAction::Commit, offset, pending);
         commit.labels = labels;
-        exchange(commit).await?;
+        exchange(commit).await.map_err(store)?;
         written(len as u64);
         Ok(())
     }

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 mod images;
 pub use images::{
     BYTES_LABEL, Blob, Image, ImageConfig, ImageRecord, LAST_USED_LABEL, Lease, MAX_METADATA_BYTES, Manifest,
+    WriteFailure,
 };
 
 pub(crate) const SNAPSHOTTER: &str = "overlayfs";
