@@ -376,6 +376,59 @@ fn a_layer_download_the_network_cuts_goes_on_where_it_stopped() {
     agent.expect_log("download cut: resuming");
 }
 
+/// A registry behind a token server (Docker's token authentication, as ECR, GHCR and Docker Hub
+/// work): the agent's user and password fetch a bearer token scoped to the repository, and the
+/// pull goes through with it; a wrong password is refused by the token server and fails the job.
+#[test]
+fn a_registry_behind_a_token_server_is_pulled_from_with_a_bearer_token() {
+    use base64::Engine;
+    use trainyard_testkit::registry::{PASSWORD, USER};
+    let containerd = Containerd::start();
+    let (good, wrong) = (Registry::start_with_token(), Registry::start_with_token());
+    let trainer = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
+    let (signed, refused) =
+        (good.push("e2e/trainer", "1", &trainer, false), wrong.push("e2e/trainer", "1", &trainer, false));
+    let c = Coordinator::start();
+    let basic = |password: &str| base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{password}"));
+    let auths = json!({"auths": {
+        good.address.clone(): {"auth": basic(PASSWORD)},
+        wrong.address.clone(): {"auth": basic("not-the-password")},
+    }});
+    let auth = c.write("registry-auth.json", &auths.to_string());
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let args = [
+        "--advertise-vcpus",
+        "8",
+        "--containerd-socket",
+        &socket,
+        "--registry-auth",
+        auth.to_str().expect("utf-8"),
+        "--insecure-registry",
+        &good.address,
+        "--insecure-registry",
+        &wrong.address,
+    ];
+    let agent = c.start_agent_for_images_only("bearer", &args);
+    agent.expect_log("pull failed");
+    start(&c, "with-token", &signed);
+    let done = wait_done(&c, "with-token");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", agent.log());
+    let asked = good.token_requests();
+    assert!(
+        !asked.is_empty() && asked.iter().all(|r| r == "repository:e2e/trainer:pull accepted"),
+        "one scope, the repository's pull: {asked:?}"
+    );
+    assert_eq!(good.blob_downloads(&trainer.layer_digest()), 1, "{}", good.log());
+
+    start(&c, "without-token", &refused);
+    let done = wait_done(&c, "without-token");
+    assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
+    let reason = done["FailureReason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("ClientError: ") && reason.contains(refused.as_str()), "{reason}");
+    assert!(wrong.token_requests().iter().any(|r| r.ends_with(" refused")), "{:?}", wrong.token_requests());
+    assert_eq!(wrong.blob_downloads(&trainer.layer_digest()), 0, "{}", wrong.log());
+}
+
 /// Credentials from Docker's credential helpers (`credHelpers`), as ECR's `docker-credential-ecr-login`
 /// gives them: the helper is asked at each pull with the registry on its standard input; one that
 /// fails fails the job, naming it.

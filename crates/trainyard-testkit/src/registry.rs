@@ -1,11 +1,14 @@
 //! A real image registry of the test's own: Debian's `docker-registry` (the CNCF distribution
 //! registry) on a loopback port, its storage in a temp dir, optionally behind a password (htpasswd,
-//! bcrypt), or HTTPS with a CA of its own. Images are pushed with the Registry v2 API over plain
+//! bcrypt), behind a token server (Docker's token authentication, as ECR, GHCR and Docker Hub
+//! use it), or HTTPS with a CA of its own. Images are pushed with the Registry v2 API over plain
 //! HTTP; the registry's request log says what a pull fetched.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -28,22 +31,44 @@ pub struct Registry {
     pusher: Option<Child>,
     dir: tempfile::TempDir,
     password: bool,
+    tokens: Option<TokenServer>,
+}
+
+/// How a registry lets clients in.
+#[derive(Clone, Copy, PartialEq)]
+enum Access {
+    Open,
+    Password,
+    Token,
 }
 
 impl Registry {
     /// Anyone may pull and push.
     pub fn start() -> Registry {
-        Registry::launch(false, false)
+        Registry::launch(Access::Open, false)
     }
 
     /// Only USER with PASSWORD may pull or push.
     pub fn start_with_password() -> Registry {
-        Registry::launch(true, false)
+        Registry::launch(Access::Password, false)
+    }
+
+    /// Only bearer tokens are let in: the registry answers 401 with a challenge naming a token
+    /// server of the test's own, which gives USER with PASSWORD a JWT (ES256, its certificate chain
+    /// in `x5c`) that the registry trusts. Pushes go to a second, open registry process serving
+    /// the same storage.
+    pub fn start_with_token() -> Registry {
+        Registry::launch(Access::Token, false)
     }
 
     /// Serves HTTPS with a certificate for 127.0.0.1 from a CA of its own (`ca_file`).
     pub fn start_with_tls() -> Registry {
-        Registry::launch(false, true)
+        Registry::launch(Access::Open, true)
+    }
+
+    /// What the token server was asked, one line each: `<scope> <accepted|refused>`.
+    pub fn token_requests(&self) -> Vec<String> {
+        self.tokens.as_ref().map(|t| t.requests.lock().map(|r| r.clone()).unwrap_or_default()).unwrap_or_default()
     }
 
     /// The CA that signed a TLS registry's certificate (PEM).
@@ -51,7 +76,7 @@ impl Registry {
         self.dir.path().join("ca/ca.pem")
     }
 
-    fn launch(password: bool, tls: bool) -> Registry {
+    fn launch(access: Access, tls: bool) -> Registry {
         let dir = tempfile::Builder::new().prefix("trainyard-registry-").tempdir().expect("temp dir");
         let address = format!("127.0.0.1:{}", crate::free_port());
         let config = |address: &str| {
@@ -62,21 +87,34 @@ impl Registry {
         };
         let mut served = config(&address);
         let (mut push_address, mut pusher) = (address.clone(), None);
-        if tls {
+        let mut tokens = None;
+        if tls || access == Access::Token {
             let authority = trainyard_pki::Authority::load_or_create(&dir.path().join("ca")).expect("CA");
             let credential = authority
                 .issue_server_credential(&["127.0.0.1".to_string()], Duration::from_secs(3600))
                 .expect("certificate");
             std::fs::write(dir.path().join("server.pem"), &credential.certificate_pem).expect("certificate");
             std::fs::write(dir.path().join("server-key.pem"), &credential.key_pem).expect("key");
-            served.push_str(&format!(
-                "  tls:\n    certificate: {d}/server.pem\n    key: {d}/server-key.pem\n",
-                d = dir.path().display()
-            ));
+            if tls {
+                served.push_str(&format!(
+                    "  tls:\n    certificate: {d}/server.pem\n    key: {d}/server-key.pem\n",
+                    d = dir.path().display()
+                ));
+            }
             push_address = format!("127.0.0.1:{}", crate::free_port());
             pusher = Some(spawn(&dir, "pusher", &config(&push_address)));
+            if access == Access::Token {
+                let server =
+                    TokenServer::start(&credential.certificate_pem, authority.certificate_pem(), &credential.key_pem);
+                served.push_str(&format!(
+                    "auth:\n  token:\n    realm: http://{}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}/ca/ca.pem\n",
+                    server.address,
+                    dir.path().display()
+                ));
+                tokens = Some(server);
+            }
         }
-        if password {
+        if access == Access::Password {
             let htpasswd = dir.path().join("htpasswd");
             std::fs::write(&htpasswd, format!("{USER}:{PASSWORD_BCRYPT}\n")).expect("htpasswd");
             served.push_str(&format!(
@@ -85,7 +123,8 @@ impl Registry {
             ));
         }
         let child = spawn(&dir, "registry", &served);
-        let registry = Registry { child, address, push_address, pusher, dir, password };
+        let registry =
+            Registry { child, address, push_address, pusher, dir, password: access == Access::Password, tokens };
         let up = crate::wait_until(Duration::from_secs(20), || {
             TcpStream::connect(&registry.address).is_ok() && TcpStream::connect(&registry.push_address).is_ok()
         });
@@ -205,6 +244,175 @@ impl Drop for Registry {
             let _ = child.wait();
         }
     }
+}
+
+/// The service and issuer a token registry and its token server agree on.
+const TOKEN_SERVICE: &str = "trainyard-tests";
+const TOKEN_ISSUER: &str = "trainyard-tests-token-issuer";
+
+/// Docker's token server, as small as it gets: `GET /token?service=..&scope=..` with USER and
+/// PASSWORD (HTTP Basic) answers `{"token": JWT}` granting the scopes asked for; anything else 401.
+struct TokenServer {
+    address: String,
+    stop: Arc<AtomicBool>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl TokenServer {
+    fn start(leaf_pem: &str, ca_pem: &str, key_pem: &str) -> TokenServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        // The leaf (and whatever chain its PEM holds), then the CA the registry trusts.
+        let mut chain: Vec<String> = Vec::new();
+        for der in pem_blocks(leaf_pem).into_iter().chain(pem_blocks(ca_pem)) {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+            if !chain.contains(&encoded) {
+                chain.push(encoded);
+            }
+        }
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &pem_der(key_pem),
+            &ring::rand::SystemRandom::new(),
+        )
+        .expect("an ECDSA P-256 key");
+        let (stop, requests) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
+        let (stopped, log) = (stop.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(stream) = stream {
+                    answer_token_request(stream, &chain, &key, &log);
+                }
+            }
+        });
+        TokenServer { address, stop, requests }
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(&self.address);
+    }
+}
+
+/// The DER of each block of a PEM text, in order.
+fn pem_blocks(pem: &str) -> Vec<Vec<u8>> {
+    let mut blocks = Vec::new();
+    let mut body = String::new();
+    for line in pem.lines() {
+        if line.starts_with("-----END") {
+            blocks.push(base64::engine::general_purpose::STANDARD.decode(&body).expect("PEM"));
+            body.clear();
+        } else if !line.starts_with("-----") {
+            body.push_str(line.trim());
+        }
+    }
+    blocks
+}
+
+/// The DER of the first block of a PEM text.
+fn pem_der(pem: &str) -> Vec<u8> {
+    pem_blocks(pem).into_iter().next().expect("a PEM block")
+}
+
+/// `text` with its %XX escapes decoded (a query parameter's value).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%' && i + 2 < bytes.len())
+            .then(|| std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .flatten();
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn answer_token_request(
+    stream: TcpStream,
+    chain: &[String],
+    key: &ring::signature::EcdsaKeyPair,
+    log: &Mutex<Vec<String>>,
+) {
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let mut authorization = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim_end().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("authorization")
+        {
+            authorization = v.trim().to_string();
+        }
+    }
+    let target = request_line.split(' ').nth(1).unwrap_or_default();
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let scopes: Vec<String> = query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("scope="))
+        .flat_map(|s| percent_decoded(s).split(' ').map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let accepted = authorization == format!("Basic {basic}");
+    if let Ok(mut log) = log.lock() {
+        log.push(format!("{} {}", scopes.join(","), if accepted { "accepted" } else { "refused" }));
+    }
+    let mut stream = stream;
+    if !accepted {
+        let _ = stream.write_all(
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 28\r\nConnection: close\r\n\r\n{\"details\":\"wrong password\"}",
+        );
+        return;
+    }
+    let access: Vec<serde_json::Value> = scopes
+        .iter()
+        .filter_map(|scope| {
+            let mut parts = scope.splitn(3, ':');
+            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+            Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+        })
+        .collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "x5c": chain});
+    let claims = serde_json::json!({
+        "iss": TOKEN_ISSUER, "sub": USER, "aud": TOKEN_SERVICE, "exp": now + 300, "nbf": now - 10, "iat": now,
+        "jti": format!("{now}-{}", scopes.len()), "access": access,
+    });
+    let signing_input = format!("{}.{}", url.encode(header.to_string()), url.encode(claims.to_string()));
+    let signature = key.sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes()).expect("sign");
+    let token = format!("{signing_input}.{}", url.encode(signature.as_ref()));
+    let body = serde_json::json!({"token": token, "access_token": token, "expires_in": 300}).to_string();
+    let _ = stream.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
 }
 
 /// Starts one docker-registry with `config`, its log in `<dir>/<name>.log`.
