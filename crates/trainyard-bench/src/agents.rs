@@ -194,7 +194,8 @@ async fn submit_to_running(training: &mut TrainingClient<Transport>, name: &str,
     Ok(started.saturating_sub(submitted) as f64 / 1e6)
 }
 
-pub async fn run() -> anyhow::Result<()> {
+/// Runs the suite; what it measured, for the Slurm suite's side-by-side table.
+pub async fn run() -> anyhow::Result<crate::slurm::Figures> {
     let mut c = cluster(&[]).await?;
     let mut training = TrainingClient::new(c.channel.clone());
     let mut tuning = HyperParameterTuningClient::new(c.channel.clone());
@@ -241,7 +242,14 @@ pub async fn run() -> anyhow::Result<()> {
     let wall = started.elapsed().as_secs_f64();
     let ideal = f64::from(trials / parallel);
     println!("{:<44} {:>9.2} s", "1-second trials: 40 trials, 4 parallel, wall", wall);
-    println!("{:<44} {:>10.1} %", "overhead against the ideal 10 s", (wall - ideal) / ideal * 100.0);
+    let overhead = (wall - ideal) / ideal * 100.0;
+    println!("{:<44} {:>10.1} %", "overhead against the ideal 10 s", overhead);
+    let figures = crate::slurm::Figures {
+        latency_p50_ms: pct(0.5),
+        latency_p99_ms: pct(0.99),
+        jobs_per_second: per_second,
+        overhead_percent: overhead,
+    };
 
     // A killed agent is declared lost.
     let mut agents = AgentsClient::new(c.channel.clone());
@@ -263,7 +271,8 @@ pub async fn run() -> anyhow::Result<()> {
     println!("{:<44} {:>9.1} s", "kill -9 of an agent -> declared lost", killed.elapsed().as_secs_f64());
     c.coordinator.daemon.assert_running();
     drop(c);
-    preemption().await
+    preemption().await?;
+    Ok(figures)
 }
 
 /// On an agent full of spot jobs (four ml.m5.large that stop at once on SIGTERM), a job that is not

@@ -34,8 +34,10 @@ struct Flags {
     /// Which suites: creates (API throughput), agents (jobs run by a real agent), containers (the
     /// same through containerd, against `ctr run`; needs root), peers (a
     /// distributed job's traffic between simulated hosts; needs root), load (simulated agents
-    /// heartbeating while clients submit and describe).
-    #[arg(long, value_delimiter = ',', default_value = "creates,agents,containers,peers,load")]
+    /// heartbeating while clients submit and describe), slurm (the agents suite's workloads on a
+    /// private Slurm cluster, installed from Debian's packages if missing, beside the agents
+    /// suite's figures when both run; needs root).
+    #[arg(long, value_delimiter = ',', default_value = "creates,agents,slurm,containers,peers,load")]
     suites: Vec<String>,
     /// Load suite: simulated agents.
     #[arg(long, default_value_t = 3_000)]
@@ -78,6 +80,7 @@ mod agents;
 mod containers;
 mod load;
 mod peers;
+mod slurm;
 
 /// A coordinator started for a suite, and what its clients need.
 struct BenchCoordinator {
@@ -191,9 +194,14 @@ async fn main() -> anyhow::Result<()> {
     if flags.suites.iter().any(|s| s == "creates") {
         creates(&flags).await?;
     }
+    let mut ours = None;
     if flags.suites.iter().any(|s| s == "agents") {
         println!();
-        agents::run().await?;
+        ours = Some(agents::run().await?);
+    }
+    if flags.suites.iter().any(|s| s == "slurm") {
+        println!();
+        slurm::run(ours).await?;
     }
     if flags.suites.iter().any(|s| s == "containers") {
         println!();
