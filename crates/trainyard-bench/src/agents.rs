@@ -244,6 +244,7 @@ pub async fn run() -> anyhow::Result<crate::slurm::Figures> {
     println!("{:<44} {:>9.2} s", "1-second trials: 40 trials, 4 parallel, wall", wall);
     let overhead = (wall - ideal) / ideal * 100.0;
     println!("{:<44} {:>10.1} %", "overhead against the ideal 10 s", overhead);
+    breakdown(&c, "overhead", parallel as usize).await?;
     let figures = crate::slurm::Figures {
         latency_p50_ms: pct(0.5),
         latency_p99_ms: pct(0.99),
@@ -273,6 +274,74 @@ pub async fn run() -> anyhow::Result<crate::slurm::Figures> {
     drop(c);
     preemption().await?;
     Ok(figures)
+}
+
+/// Where a trial's time goes beyond its program's second, from the stored status history of each
+/// trial of `tuning_job` (milliseconds, median over trials): created → training (placement, the
+/// agent's set-up, the launch), training → uploading (the program, and its end reaching the
+/// coordinator), uploading → ended (the model upload, the store's end), and for trials that took
+/// a freed slot, the previous trial's end → this one's creation (the tuning loop's turn).
+async fn breakdown(c: &Cluster, tuning_job: &str, parallel: usize) -> anyhow::Result<()> {
+    let mut tuning = HyperParameterTuningClient::new(c.channel.clone());
+    let mut training = TrainingClient::new(c.channel.clone());
+    let list = tuning
+        .list_training_jobs_for_hyper_parameter_tuning_job(pb::ListTrainingJobsForHyperParameterTuningJobRequest::from(
+            api::ListTrainingJobsForHyperParameterTuningJobRequest {
+                hyper_parameter_tuning_job_name: Some(tuning_job.to_string()),
+                max_results: Some(100),
+                sort_by: Some("CreationTime".into()),
+                ..Default::default()
+            },
+        ))
+        .await?
+        .into_inner();
+    let list = api::ListTrainingJobsForHyperParameterTuningJobResponse::from(list);
+    // (created, training, uploading, ended) of each trial, in creation order.
+    let mut trials: Vec<(i64, i64, i64, i64)> = Vec::new();
+    for summary in list.training_job_summaries.unwrap_or_default() {
+        let name = summary.training_job_name.unwrap_or_default();
+        let d = training
+            .describe_training_job(pb::DescribeTrainingJobRequest { training_job_name: Some(name) })
+            .await?
+            .into_inner();
+        let d = api::DescribeTrainingJobResponse::from(d);
+        let at = |status: &str| {
+            d.secondary_status_transitions
+                .iter()
+                .flatten()
+                .find(|t| t.status.as_deref() == Some(status))
+                .and_then(|t| t.start_time)
+                .map(|t| t.millis())
+        };
+        let created = d.creation_time.map(|t| t.millis()).unwrap_or_default();
+        if let (Some(training_at), Some(uploading), Some(ended)) = (at("Training"), at("Uploading"), at("Completed")) {
+            trials.push((created, training_at, uploading, ended));
+        }
+    }
+    if trials.is_empty() {
+        return Ok(());
+    }
+    let median = |mut v: Vec<i64>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let ends: Vec<i64> = trials.iter().map(|t| t.3).collect();
+    let turns: Vec<i64> = trials
+        .iter()
+        .skip(parallel)
+        .filter_map(|t| ends.iter().filter(|e| **e <= t.0).max().map(|e| t.0 - e))
+        .collect();
+    println!("{:<44} {:>9} ms", "  created -> training, p50", median(trials.iter().map(|t| t.1 - t.0).collect()));
+    println!(
+        "{:<44} {:>9} ms",
+        "  training -> uploading (the 1 s run), p50",
+        median(trials.iter().map(|t| t.2 - t.1).collect())
+    );
+    println!("{:<44} {:>9} ms", "  uploading -> ended, p50", median(trials.iter().map(|t| t.3 - t.2).collect()));
+    if !turns.is_empty() {
+        println!("{:<44} {:>9} ms", "  a slot's end -> next trial created, p50", median(turns));
+    }
+    Ok(())
 }
 
 /// On an agent full of spot jobs (four ml.m5.large that stop at once on SIGTERM), a job that is not
