@@ -212,17 +212,19 @@ def main():
         for (name, batch, c), cell in measure(label, make, cache).items():
             table[(name, label, batch, c)] = cell
     labels = ["bayesian", "random", "optuna-tpe", "optuna-random"] + (["optuna-gp"] if with_gp else [])
-    print(f"median best-so-far regret over {SEEDS} seeds (lower is better; quartiles in the JSON)")
-    print(f"{'problem':<16} {'batch':>5} {'trials':>6} " + " ".join(f"{l:>13}" for l in labels) + "  ours vs TPE")
+    print(f"best-so-far regret over {SEEDS} seeds, median (first quartile-third quartile); lower is better")
+    print(f"{'problem':<16} {'batch':>5} {'trials':>6} " + " ".join(f"{l:>24}" for l in labels) + "  ours vs TPE")
     summary = {}
+    short = lambda v: "nan" if math.isnan(v) else f"{v:.3g}"
     for name, kind, _, _, _ in PROBLEMS:
         for batch in (1, 4):
             for c in CHECKPOINTS:
-                row = [table.get((name, l, batch, c), (math.nan,) * 3)[1] for l in labels]
-                ours_v, tpe = row[0], row[2]
+                cells = [table.get((name, l, batch, c), (math.nan,) * 3) for l in labels]
+                ours_v, tpe = cells[0][1], cells[2][1]
                 verdict = "ahead" if ours_v < tpe else ("even" if ours_v == tpe else "behind")
                 summary.setdefault((kind, batch, c), []).append(verdict)
-                print(f"{name:<16} {batch:>5} {c:>6} " + " ".join(f"{v:>13.4f}" for v in row) + f"  {verdict}")
+                text = [f"{short(m)} ({short(q1)}-{short(q3)})" for q1, m, q3 in cells]
+                print(f"{name:<16} {batch:>5} {c:>6} " + " ".join(f"{t:>24}" for t in text) + f"  {verdict}")
     print()
     print("problems where our Bayesian strategy's median regret is below TPE's (ahead / all)")
     print(f"{'kind':<14} {'batch':>5} " + " ".join(f"{f'{c} trials':>10}" for c in CHECKPOINTS))

@@ -82,7 +82,7 @@ POLICIES = {
 def main():
     ours = json.load(open(sys.argv[1]))
     cache = sys.argv[sys.argv.index("--cache") + 1] if "--cache" in sys.argv else None
-    table = {(r["problem"], r["policy"], r["budget"]): r["median"] for r in ours}
+    table = {(r["problem"], r["policy"], r["budget"]): (r["q1"], r["median"], r["q3"]) for r in ours}
     path = os.path.join(cache, f"stopping-{optuna.__version__}.json") if cache else None
     known = json.load(open(path)) if path and os.path.exists(path) else {}
     for name, f, optimum in PROBLEMS:
@@ -97,14 +97,17 @@ def main():
                     os.makedirs(cache, exist_ok=True)
                     json.dump(known, open(path, "w"))
             for i, budget in enumerate(BUDGETS):
-                table[(name, label, budget)] = known[key][i][1]
+                table[(name, label, budget)] = tuple(known[key][i])
     labels = ["random", "random+hyperband", "hyperband", "bayesian", "bayesian+median"] + list(POLICIES)
-    print(f"median regret of the best completed trial after a budget of epochs ({SEEDS} seeds; a trial is {EPOCHS} epochs)")
-    print(f"{'problem':<14} {'budget':>7} " + " ".join(f"{l[:16]:>16}" for l in labels))
+    print(f"regret of the best completed trial after a budget of epochs ({SEEDS} seeds; a trial is {EPOCHS} epochs):")
+    print("median (first quartile-third quartile)")
+    short = lambda v: "nan" if math.isnan(v) else f"{v:.3g}"
+    print(f"{'problem':<14} {'budget':>7} " + " ".join(f"{l[:22]:>22}" for l in labels))
     for name, _, _ in PROBLEMS:
         for budget in BUDGETS:
-            row = [table.get((name, l, budget), math.nan) for l in labels]
-            print(f"{name:<14} {budget:>4}×{EPOCHS} " + " ".join(f"{v:>16.4f}" for v in row))
+            cells = [table.get((name, l, budget), (math.nan,) * 3) for l in labels]
+            text = [f"{short(m)} ({short(q1)}-{short(q3)})" for q1, m, q3 in cells]
+            print(f"{name:<14} {budget:>4}×{EPOCHS} " + " ".join(f"{t:>22}" for t in text))
 
 
 if __name__ == "__main__":
