@@ -101,8 +101,8 @@ impl Registry {
                     d = dir.path().display()
                 ));
             }
-            push_address = format!("127.0.0.1:{}", crate::free_port());
-            pusher = Some(spawn(&dir, "pusher", &config(&push_address)));
+            // The token server first: a panic before the Registry exists would leak a started
+            // pusher (nothing would kill it).
             if access == Access::Token {
                 let server =
                     TokenServer::start(&credential.certificate_pem, authority.certificate_pem(), &credential.key_pem);
@@ -113,6 +113,8 @@ impl Registry {
                 ));
                 tokens = Some(server);
             }
+            push_address = format!("127.0.0.1:{}", crate::free_port());
+            pusher = Some(spawn(&dir, "pusher", &config(&push_address)));
         }
         if access == Access::Password {
             let htpasswd = dir.path().join("htpasswd");
