@@ -593,6 +593,9 @@ if host == "algo-2":
             outcome = "reset"
     except ConnectionRefusedError:
         outcome = "refused"
+    except ConnectionResetError:
+        # The reset can arrive before the connect call returns.
+        outcome = "reset"
     except OSError as e:
         outcome = f"error:{e}"
     say(f"closed-port={outcome}")
