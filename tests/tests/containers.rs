@@ -203,82 +203,16 @@ fn an_image_is_pulled_once_from_a_private_registry_and_collected_when_the_cache_
     assert_eq!(registry.blob_downloads(&trainer.layer_digest()), 2, "{}", registry.log());
 }
 
-/// A registry the job's submitter picked (a TrainingImage may name any registry the agent reaches)
-/// that lies: its manifest declares a 100-byte layer and it sends the whole layer. The agent stops
-/// reading at the declared size and fails the job; nothing of it stays in containerd.
-const LYING_REGISTRY: &str = r#"
-import http.server, os, sys
-root = sys.argv[1]
-class Handler(http.server.BaseHTTPRequestHandler):
-    def answer(self, body, content_type, digest=None):
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if digest:
-            self.send_header("Docker-Content-Digest", digest)
-        self.end_headers()
-        if self.command == "GET":
-            self.wfile.write(body)
-    def do_HEAD(self):
-        self.do_GET()
-    def do_GET(self):
-        if self.path == "/v2/":
-            return self.answer(b"{}", "application/json")
-        if self.path.startswith("/v2/e2e/liar/manifests/"):
-            body = open(os.path.join(root, "manifest"), "rb").read()
-            return self.answer(body, "application/vnd.oci.image.manifest.v1+json", open(os.path.join(root, "manifest.digest")).read())
-        if self.path.startswith("/v2/e2e/liar/blobs/sha256:"):
-            path = os.path.join(root, self.path.rsplit(":", 1)[1])
-            if os.path.exists(path):
-                return self.answer(open(path, "rb").read(), "application/octet-stream")
-        self.send_error(404)
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Handler).serve_forever()
-"#;
-
-#[test]
-fn a_registry_that_sends_more_than_its_manifest_declares_is_cut_off() {
-    use trainyard_testkit::containerd::digest;
-    let containerd = Containerd::start();
-    let image = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
-    let served = tempfile::tempdir().expect("dir");
-    let mut manifest: Value = serde_json::from_slice(&image.manifest).expect("manifest");
-    manifest["layers"][0]["size"] = json!(100);
-    let manifest = serde_json::to_vec(&manifest).expect("json");
-    std::fs::write(served.path().join("manifest"), &manifest).expect("write");
-    std::fs::write(served.path().join("manifest.digest"), digest(&manifest)).expect("write");
-    for blob in [&image.config, &image.layer] {
-        let name = digest(blob).trim_start_matches("sha256:").to_string();
-        std::fs::write(served.path().join(name), blob).expect("write");
-    }
-    assert!(image.layer.len() > 100_000, "the layer is far larger than declared");
-    let port = trainyard_testkit::free_port();
-    let mut server = std::process::Command::new("python3");
-    server.arg("-c").arg(LYING_REGISTRY).arg(served.path()).arg(port.to_string());
-    let server = trainyard_testkit::Daemon::spawn("lying-registry", server, served.path());
-    let address = format!("127.0.0.1:{port}");
-    let up = trainyard_testkit::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&address).is_ok());
-    assert!(up, "the registry did not start: {}", server.log());
-    let c = Coordinator::start();
-    let socket = containerd.socket.to_str().expect("utf-8").to_string();
-    let args = ["--advertise-vcpus", "8", "--containerd-socket", &socket, "--insecure-registry", &address];
-    let agent = c.start_agent_for_images_only("puller", &args);
-    agent.expect_log("pull failed");
-    start(&c, "lied-to", &format!("{address}/e2e/liar:1"));
-    let done = wait_done(&c, "lied-to");
-    assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
-    let reason = done["FailureReason"].as_str().unwrap_or_default();
-    assert!(reason.contains("sent more than the 100 bytes the manifest declares"), "{reason}");
-    assert!(containerd.images().is_empty() && containerd.containers().is_empty(), "{:?}", containerd.images());
-}
-
-/// A registry whose first answer for the layer breaks off halfway (the connection closes, as a
-/// flaky network does); later ones honour HTTP ranges. Each layer request's Range header (or "-")
-/// is appended to `requests` in the served dir.
-const FLAKY_REGISTRY: &str = r#"
+/// A registry of the test's own, for behaviour a real one does not show: it serves the manifest
+/// and blobs written in its dir, whatever they say, for any repository. When its dir holds
+/// `cut.name` (a blob's hex digest), its first answer for that blob breaks off halfway (the
+/// connection closes, as a flaky network does), later ones honour HTTP ranges, and each request for
+/// it appends its Range header (or "-") to `requests`.
+const FAKE_REGISTRY: &str = r#"
 import http.server, os, re, sys
 root = sys.argv[1]
+cut_path = os.path.join(root, "cut.name")
+cut = open(cut_path).read() if os.path.exists(cut_path) else None
 state = {"cut": False}
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -298,16 +232,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/v2/":
             return self.answer(b"{}", "application/json")
-        if self.path.startswith("/v2/e2e/flaky/manifests/"):
+        if "/manifests/" in self.path:
             body = open(os.path.join(root, "manifest"), "rb").read()
             return self.answer(body, "application/vnd.oci.image.manifest.v1+json", open(os.path.join(root, "manifest.digest")).read())
-        if self.path.startswith("/v2/e2e/flaky/blobs/sha256:"):
+        if "/blobs/sha256:" in self.path:
             name = self.path.rsplit(":", 1)[1]
             path = os.path.join(root, name)
             if not os.path.exists(path):
                 return self.send_error(404)
             body = open(path, "rb").read()
-            if name != open(os.path.join(root, "layer.name")).read():
+            if name != cut:
                 return self.answer(body, "application/octet-stream")
             ranged = self.headers.get("Range")
             with open(os.path.join(root, "requests"), "a") as log:
@@ -323,10 +257,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
-            start = int(re.match(r"bytes=(\d+)-", ranged).group(1)) if ranged else 0
             if ranged:
-                rest = body[start:]
-                return self.answer(rest, "application/octet-stream", status=206,
+                start = int(re.match(r"bytes=(\d+)-", ranged).group(1))
+                return self.answer(body[start:], "application/octet-stream", status=206,
                                    extra=[("Content-Range", "bytes %d-%d/%d" % (start, len(body) - 1, len(body)))])
             return self.answer(body, "application/octet-stream")
         self.send_error(404)
@@ -335,27 +268,67 @@ class Handler(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Handler).serve_forever()
 "#;
 
-#[test]
-fn a_layer_download_the_network_cuts_goes_on_where_it_stopped() {
+/// A [`FAKE_REGISTRY`] serving `manifest` and `image`'s config and layer (the layer cut once when
+/// `cut_layer`): its dir, its process and its HOST:PORT.
+fn fake_registry(
+    image: &BusyboxImage,
+    manifest: &[u8],
+    cut_layer: bool,
+) -> (tempfile::TempDir, trainyard_testkit::Daemon, String) {
     use trainyard_testkit::containerd::digest;
-    let containerd = Containerd::start();
-    let image = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
     let served = tempfile::tempdir().expect("dir");
-    std::fs::write(served.path().join("manifest"), &image.manifest).expect("write");
-    std::fs::write(served.path().join("manifest.digest"), digest(&image.manifest)).expect("write");
+    std::fs::write(served.path().join("manifest"), manifest).expect("write");
+    std::fs::write(served.path().join("manifest.digest"), digest(manifest)).expect("write");
     for blob in [&image.config, &image.layer] {
         let name = digest(blob).trim_start_matches("sha256:").to_string();
         std::fs::write(served.path().join(name), blob).expect("write");
     }
-    std::fs::write(served.path().join("layer.name"), digest(&image.layer).trim_start_matches("sha256:"))
-        .expect("write");
+    if cut_layer {
+        std::fs::write(served.path().join("cut.name"), digest(&image.layer).trim_start_matches("sha256:"))
+            .expect("write");
+    }
     let port = trainyard_testkit::free_port();
     let mut server = std::process::Command::new("python3");
-    server.arg("-c").arg(FLAKY_REGISTRY).arg(served.path()).arg(port.to_string());
-    let server = trainyard_testkit::Daemon::spawn("flaky-registry", server, served.path());
+    server.arg("-c").arg(FAKE_REGISTRY).arg(served.path()).arg(port.to_string());
+    let server = trainyard_testkit::Daemon::spawn("fake-registry", server, served.path());
     let address = format!("127.0.0.1:{port}");
     let up = trainyard_testkit::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&address).is_ok());
     assert!(up, "the registry did not start: {}", server.log());
+    (served, server, address)
+}
+
+/// A registry the job's submitter picked (a TrainingImage may name any registry the agent reaches)
+/// that lies: its manifest declares a 100-byte layer and it sends the whole layer. The agent stops
+/// reading at the declared size and fails the job; nothing of it stays in containerd.
+#[test]
+fn a_registry_that_sends_more_than_its_manifest_declares_is_cut_off() {
+    let containerd = Containerd::start();
+    let image = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
+    let mut manifest: Value = serde_json::from_slice(&image.manifest).expect("manifest");
+    manifest["layers"][0]["size"] = json!(100);
+    let manifest = serde_json::to_vec(&manifest).expect("json");
+    assert!(image.layer.len() > 100_000, "the layer is far larger than declared");
+    let (_served, _server, address) = fake_registry(&image, &manifest, false);
+    let c = Coordinator::start();
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let args = ["--advertise-vcpus", "8", "--containerd-socket", &socket, "--insecure-registry", &address];
+    let agent = c.start_agent_for_images_only("puller", &args);
+    agent.expect_log("pull failed");
+    start(&c, "lied-to", &format!("{address}/e2e/liar:1"));
+    let done = wait_done(&c, "lied-to");
+    assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
+    let reason = done["FailureReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("sent more than the 100 bytes the manifest declares"), "{reason}");
+    assert!(containerd.images().is_empty() && containerd.containers().is_empty(), "{:?}", containerd.images());
+}
+
+/// A layer download the network cuts halfway goes on where it stopped: the second request asks
+/// for the rest (an HTTP range), and the image runs.
+#[test]
+fn a_layer_download_the_network_cuts_goes_on_where_it_stopped() {
+    let containerd = Containerd::start();
+    let image = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
+    let (served, _server, address) = fake_registry(&image, &image.manifest, true);
     let c = Coordinator::start();
     let socket = containerd.socket.to_str().expect("utf-8").to_string();
     let args = ["--advertise-vcpus", "8", "--containerd-socket", &socket, "--insecure-registry", &address];

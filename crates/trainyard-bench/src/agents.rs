@@ -44,7 +44,8 @@ impl Drop for Cluster {
     }
 }
 
-fn now_ns() -> u128 {
+/// Nanoseconds since the epoch, as the trivial programs print their start.
+pub(crate) fn now_ns() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
 }
 

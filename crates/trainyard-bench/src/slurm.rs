@@ -14,10 +14,12 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use trainyard_testkit::Daemon;
+
+use crate::agents::now_ns;
 
 /// What the agents suite measured, to print beside Slurm's figures.
 #[derive(Debug, Clone, Copy)]
@@ -85,10 +87,6 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
-}
-
-fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
 }
 
 fn hostname() -> anyhow::Result<String> {

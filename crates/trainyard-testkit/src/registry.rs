@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 use crate::containerd::{BusyboxImage, INDEX_TYPE, MANIFEST_TYPE, digest};
 
@@ -266,7 +268,10 @@ impl TokenServer {
         let address = listener.local_addr().expect("address").to_string();
         // The leaf (and whatever chain its PEM holds), then the CA the registry trusts.
         let mut chain: Vec<String> = Vec::new();
-        for der in pem_blocks(leaf_pem).into_iter().chain(pem_blocks(ca_pem)) {
+        let certificates = |pem: &str| -> Vec<CertificateDer<'static>> {
+            CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<_, _>>().expect("certificates (PEM)")
+        };
+        for der in certificates(leaf_pem).into_iter().chain(certificates(ca_pem)) {
             let encoded = base64::engine::general_purpose::STANDARD.encode(der);
             if !chain.contains(&encoded) {
                 chain.push(encoded);
@@ -274,7 +279,7 @@ impl TokenServer {
         }
         let key = ring::signature::EcdsaKeyPair::from_pkcs8(
             &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-            &pem_der(key_pem),
+            PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes()).expect("a PKCS#8 key (PEM)").secret_pkcs8_der(),
             &ring::rand::SystemRandom::new(),
         )
         .expect("an ECDSA P-256 key");
@@ -299,26 +304,6 @@ impl Drop for TokenServer {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(&self.address);
     }
-}
-
-/// The DER of each block of a PEM text, in order.
-fn pem_blocks(pem: &str) -> Vec<Vec<u8>> {
-    let mut blocks = Vec::new();
-    let mut body = String::new();
-    for line in pem.lines() {
-        if line.starts_with("-----END") {
-            blocks.push(base64::engine::general_purpose::STANDARD.decode(&body).expect("PEM"));
-            body.clear();
-        } else if !line.starts_with("-----") {
-            body.push_str(line.trim());
-        }
-    }
-    blocks
-}
-
-/// The DER of the first block of a PEM text.
-fn pem_der(pem: &str) -> Vec<u8> {
-    pem_blocks(pem).into_iter().next().expect("a PEM block")
 }
 
 /// `text` with its %XX escapes decoded (a query parameter's value).

@@ -15,12 +15,22 @@ pub struct Hyperband {
     pub max_resource: u64,
     /// Values (larger is better) recorded at each (bracket, rung epoch).
     rungs: HashMap<(usize, u64), Vec<f64>>,
+    /// The bracket of each trial of one round (see [`Self::bracket_of`]), worked out once: it is
+    /// asked for at every report of an objective.
+    schedule: Vec<u8>,
 }
 
 impl Hyperband {
     pub fn new(min_resource: u64, max_resource: u64) -> Hyperband {
         let min_resource = min_resource.max(1);
-        Hyperband { min_resource, max_resource: max_resource.max(min_resource), rungs: HashMap::new() }
+        let mut hyperband = Hyperband {
+            min_resource,
+            max_resource: max_resource.max(min_resource),
+            rungs: HashMap::new(),
+            schedule: Vec::new(),
+        };
+        hyperband.schedule = hyperband.round_robin();
+        hyperband
     }
 
     /// How many brackets: ⌊log_η(R / r_min)⌋ + 1.
@@ -46,18 +56,25 @@ impl Hyperband {
     /// proportion to [`Self::bracket_sizes`] (smooth weighted round robin, most aggressive bracket
     /// first), so trials started close together spread over the brackets.
     pub fn bracket_of(&self, index: u64) -> usize {
+        self.schedule.get((index % self.schedule.len().max(1) as u64) as usize).map_or(0, |b| usize::from(*b))
+    }
+
+    /// One round of [`Self::bracket_of`]: each turn, every bracket earns its size in credit and the
+    /// richest (the earlier on ties) is chosen and pays the round's length.
+    fn round_robin(&self) -> Vec<u8> {
         let sizes = self.bracket_sizes();
         let round: u64 = sizes.iter().sum();
         let mut credit = vec![0i64; sizes.len()];
-        let mut chosen = 0;
-        for _ in 0..=index % round {
-            for (c, s) in credit.iter_mut().zip(&sizes) {
-                *c += *s as i64;
-            }
-            chosen = (0..sizes.len()).max_by_key(|b| (credit[*b], std::cmp::Reverse(*b))).unwrap_or(0);
-            credit[chosen] -= round as i64;
-        }
-        chosen
+        (0..round)
+            .map(|_| {
+                for (c, s) in credit.iter_mut().zip(&sizes) {
+                    *c += *s as i64;
+                }
+                let chosen = (0..sizes.len()).max_by_key(|b| (credit[*b], std::cmp::Reverse(*b))).unwrap_or(0);
+                credit[chosen] -= round as i64;
+                chosen as u8
+            })
+            .collect()
     }
 
     /// The epochs at which a trial of `bracket` is judged: bracket 0 from MinResource on, each later
