@@ -2,6 +2,7 @@
 //! retries under RetryStrategy), stops, and an instance whose agent was lost.
 
 use tracing::info;
+use trainyard_model::jobs::TrainingJob;
 use trainyard_model::status::{SecondaryStatus, TrainingJobStatus, TuningJobStatus};
 use trainyard_model::{DomainError, Timestamp, api};
 use trainyard_proto::pb::coordinator_message::Body as Down;
@@ -370,8 +371,9 @@ impl Loop {
         failure_reason: Option<String>,
         model_artifacts: Option<String>,
     ) -> Result<(), DomainError> {
-        self.c
-            .update_training_job(job, |j| {
+        let written = self
+            .c
+            .updated_training_job(job, |j| {
                 if j.status.is_terminal() {
                     return Ok(false);
                 }
@@ -398,30 +400,45 @@ impl Loop {
         self.interrupting.remove(job);
         self.wait_exceeded.remove(job);
         self.wait_deadlines.remove(job);
-        let stored = self.c.training_job(job).await?.value;
+        // The write's own result: a second read could fail (the store away for a moment) after the
+        // end was stored, and leave the trial counted as running by its tuning job for good.
+        let stored = match written {
+            Some(stored) => stored,
+            None => self.c.training_job(job).await?.value,
+        };
         if let Some(tuning) = stored.tuning_job_name().map(str::to_string) {
-            let mut completion = None;
-            if let Some(run) = self.tuning.get_mut(&tuning) {
-                run.active.remove(job);
-                let tuned = run.pending.remove(job).unwrap_or_default();
-                if let Some(curve) = run.curves.remove(job) {
-                    run.finished_curves.push(curve);
-                }
-                if let Some(v) = stored.objective_value {
-                    let maximize = run.objective.as_ref().is_none_or(|(_, m)| *m);
-                    run.finished.push(Finished { hyper_parameters: tuned, value: if maximize { v } else { -v } });
-                }
-                if !run.completing {
-                    let values: Vec<f64> = run.finished[run.seeded..].iter().map(|f| f.value).collect();
-                    completion = stopping::complete(&run.criteria, &values)
-                        .map(|c| (c, stopping::trials_not_improving(&values)));
-                }
-            }
-            if let Some((reason, not_improving)) = completion {
-                self.complete_early(&tuning, Some(reason), not_improving).await?;
-            }
+            self.record_trial_end(&tuning, &stored).await?;
             let stopping = self.c.tuning_job(&tuning).await?.value.status == TuningJobStatus::Stopping;
             if stopping { self.stop_tuning(&tuning).await? } else { self.drive_tuning(&tuning).await? }
+        }
+        Ok(())
+    }
+
+    /// A trial of `tuning` has ended (as stored): it no longer counts as running, its objective joins
+    /// the model's data, and the tuning job completes early when its criteria now hold. Idempotent:
+    /// a trial no longer running is left alone, so catching up may call it again.
+    pub(super) async fn record_trial_end(&mut self, tuning: &str, stored: &TrainingJob) -> Result<(), DomainError> {
+        let mut completion = None;
+        if let Some(run) = self.tuning.get_mut(tuning) {
+            if !run.active.remove(&stored.name) {
+                return Ok(());
+            }
+            let tuned = run.pending.remove(&stored.name).unwrap_or_default();
+            if let Some(curve) = run.curves.remove(&stored.name) {
+                run.finished_curves.push(curve);
+            }
+            if let Some(v) = stored.objective_value {
+                let maximize = run.objective.as_ref().is_none_or(|(_, m)| *m);
+                run.finished.push(Finished { hyper_parameters: tuned, value: if maximize { v } else { -v } });
+            }
+            if !run.completing {
+                let values: Vec<f64> = run.finished[run.seeded..].iter().map(|f| f.value).collect();
+                completion =
+                    stopping::complete(&run.criteria, &values).map(|c| (c, stopping::trials_not_improving(&values)));
+            }
+        }
+        if let Some((reason, not_improving)) = completion {
+            self.complete_early(tuning, Some(reason), not_improving).await?;
         }
         Ok(())
     }

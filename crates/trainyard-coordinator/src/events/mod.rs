@@ -408,11 +408,36 @@ impl Loop {
             }
         }
         let names: Vec<String> = self.tuning.keys().cloned().collect();
+        for name in &names {
+            self.reconcile_trials(name).await?;
+        }
         for name in names {
             let stopping = self.c.tuning_job(&name).await?.value.status == TuningJobStatus::Stopping;
             if stopping { self.stop_tuning(&name).await? } else { self.drive_tuning(&name).await? }
         }
         self.schedule().await
+    }
+
+    /// Trials a tuning run still counts as running whose end is stored: their end was written but
+    /// what followed failed (the store went away between two statements), so the run learns of it
+    /// now. Without this the tuning job would wait for them forever.
+    async fn reconcile_trials(&mut self, tuning: &str) -> Result<(), DomainError> {
+        let Some(run) = self.tuning.get(tuning) else { return Ok(()) };
+        let counted: Vec<String> = run.active.iter().cloned().collect();
+        let running: BTreeSet<String> = self.c.active_trials(tuning).await?.into_iter().collect();
+        for trial in counted.iter().filter(|t| !running.contains(*t)) {
+            let stored = match self.c.training_job(trial).await {
+                Ok(stored) => stored.value,
+                // Counted only once stored, so never; nothing to learn from it if so.
+                Err(DomainError::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            if stored.status.is_terminal() {
+                info!(tuning_job = tuning, trial = %trial, "a trial's stored end reached its tuning job late");
+                self.record_trial_end(tuning, &stored).await?;
+            }
+        }
+        Ok(())
     }
 
     // ----- queue and placement -----
