@@ -347,8 +347,9 @@ fn when_one_instance_fails_the_job_fails_and_the_others_are_stopped() {
     assert!(agents["Agents"].as_array().is_some_and(|a| a.len() == 2), "{agents:#}");
 }
 
-/// Namespaces of instances that ended are gone; those of a killed agent are removed when it
-/// starts again (it records them before creating them).
+/// An agent makes namespaces ready before any instance asks; ended instances' namespaces are kept
+/// for the next ones (a few, empty) and the next instance runs in one of them; those of a killed
+/// agent are removed when it starts again (it records them before creating them).
 #[test]
 fn namespaces_are_recycled_empty_and_do_not_outlive_a_crashed_agent() {
     let c = Coordinator::start();
@@ -362,6 +363,12 @@ fn namespaces_are_recycled_empty_and_do_not_outlive_a_crashed_agent() {
             .collect()
     };
     let mut agent = c.start_agent(id, &["--advertise-vcpus", "8"], &[]);
+    let idle_at_most = 4;
+    assert!(
+        trainyard_testkit::wait_until(Duration::from_secs(20), || namespaces().len() == idle_at_most),
+        "no namespaces made ready ahead of instances: {:?}",
+        namespaces()
+    );
     for i in 0..12 {
         submit(&c, &job(&c, &format!("short-{i}"), 1, json!({"mode": "probe"})));
     }
@@ -373,13 +380,13 @@ fn namespaces_are_recycled_empty_and_do_not_outlive_a_crashed_agent() {
         let out = std::process::Command::new("ip").args(["netns", "pids", namespace]).output().expect("ip");
         String::from_utf8_lossy(&out.stdout).split_whitespace().count()
     };
-    let idle_at_most = 4;
     assert!(
         trainyard_testkit::wait_until(Duration::from_secs(10), || namespaces().len() <= idle_at_most),
         "{:?}",
         namespaces()
     );
     assert!(namespaces().iter().all(|n| pids(n) == 0), "an idle namespace holds a process");
+    let idle = namespaces();
 
     submit(&c, &job(&c, "long", 1, json!({"mode": "serve", "seconds": "60"})));
     assert!(
@@ -387,17 +394,31 @@ fn namespaces_are_recycled_empty_and_do_not_outlive_a_crashed_agent() {
             == 1),
         "no namespace holds the running job"
     );
+    let holding: Vec<String> = namespaces().into_iter().filter(|n| pids(n) > 0).collect();
+    assert!(idle.contains(&holding[0]), "the job got a new namespace {holding:?}, not an idle one of {idle:?}");
     let left = namespaces();
     c.expect_log(&format!("agent stream broke agent=\"{id}\""));
     agent.signal(trainyard_testkit::SIGKILL);
     let _ = agent.wait_exit(Duration::from_secs(10));
     assert_eq!(namespaces(), left, "a killed agent cannot clean up: its namespace is still there");
+    // By inode: the new run may happen to make a namespace of a removed one's name.
+    let inode = |n: &String| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{n}")).map(|m| m.ino()).ok()
+    };
+    let left: Vec<Option<u64>> = left.iter().map(inode).collect();
     let _agent = c.start_agent(id, &["--advertise-vcpus", "8"], &[]);
     assert!(
-        trainyard_testkit::wait_until(Duration::from_secs(10), || namespaces().is_empty()),
+        trainyard_testkit::wait_until(Duration::from_secs(10), || !namespaces()
+            .iter()
+            .any(|n| left.contains(&inode(n)))),
         "left behind: {:?}",
         namespaces()
     );
+    // What the new run made ready instead: a few, empty once ready (`nft` runs inside while one is
+    // being set up).
+    let ready = || namespaces().len() == idle_at_most && namespaces().iter().all(|n| pids(n) == 0);
+    assert!(trainyard_testkit::wait_until(Duration::from_secs(20), ready), "{:?}", namespaces());
 }
 
 /// Appends `<pid> <time in ns>` to the file `ticks` every 50 ms for `seconds`, then saves a model.

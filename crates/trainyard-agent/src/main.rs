@@ -161,7 +161,11 @@ async fn main() -> anyhow::Result<()> {
         Err("network namespaces are turned off (--no-network-namespaces)".to_string())
     };
     let (network, network_note) = match network {
-        Ok(n) => (Some(Arc::new(n)), None),
+        Ok(n) => {
+            let network = Arc::new(n);
+            network.warm_up(config.ready_namespaces as usize);
+            (Some(network), None)
+        }
         Err(note) => {
             warn!(%note, "instances run in the host's network: no isolation, no distributed peers");
             (None, Some(note))
@@ -360,7 +364,7 @@ async fn main() -> anyhow::Result<()> {
         agent.settings.container_cgroups.remove_parent();
     }
     if let Some(network) = &agent.settings.network {
-        network.remove_recorded().await;
+        network.shut_down().await;
     }
     if let Some(cgroups) = &agent.settings.cgroups {
         cgroups.remove();

@@ -21,6 +21,11 @@ pub struct Metrics {
     pub instances_running: Gauge,
     /// How long laying out a work dir and staging its channels takes.
     pub staging_seconds: Histogram,
+    /// How long giving an instance its network namespace takes (a fresh one or an idle one reused).
+    pub network_setup_seconds: Histogram,
+    /// How long starting an instance's program takes once its work dir and network are ready
+    /// (its cgroup, uid, mounts, the spawn; for a container, the image and the container too).
+    pub launch_seconds: Histogram,
     /// How long uploading an instance's model, output and checkpoints takes.
     pub upload_seconds: Histogram,
     /// Bytes of channel data laid out in work dirs (from the input cache or the store).
@@ -37,6 +42,8 @@ impl Metrics {
             instances_running: Gauge::default(),
             staging_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
             upload_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            network_setup_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            launch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 24)),
             staged_bytes: Counter::default(),
             uploaded_bytes: Counter::default(),
             gpu_utilization_percent: Family::default(),
@@ -51,6 +58,16 @@ impl Metrics {
             "trainyard_agent_staging_seconds",
             "How long laying out a work dir and staging its channels takes",
             metrics.staging_seconds.clone(),
+        );
+        registry.register(
+            "trainyard_agent_network_setup_seconds",
+            "How long giving an instance its network namespace takes",
+            metrics.network_setup_seconds.clone(),
+        );
+        registry.register(
+            "trainyard_agent_launch_seconds",
+            "How long starting an instance's program takes once its work dir and network are ready",
+            metrics.launch_seconds.clone(),
         );
         registry.register(
             "trainyard_agent_upload_seconds",

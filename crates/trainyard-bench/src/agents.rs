@@ -20,7 +20,7 @@ use trainyard_proto::pb;
 use trainyard_proto::pb::agents_client::AgentsClient;
 use trainyard_proto::pb::hyper_parameter_tuning_client::HyperParameterTuningClient;
 use trainyard_proto::pb::training_client::TrainingClient;
-use trainyard_testkit::{Daemon, binary};
+use trainyard_testkit::{Daemon, binary, free_port};
 
 const TRAINING: &str = include_str!("../../../deploy/examples/training-job.json");
 const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
@@ -32,6 +32,8 @@ pub(crate) struct Cluster {
     pub agent: Option<Daemon>,
     pub channel: Transport,
     pub program_dir: std::path::PathBuf,
+    /// Where the agent serves its Prometheus metrics.
+    pub agent_metrics: String,
 }
 
 impl Drop for Cluster {
@@ -67,8 +69,11 @@ pub(crate) async fn cluster(agent_args: &[&str]) -> anyhow::Result<Cluster> {
         )?;
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
+    let agent_metrics = format!("127.0.0.1:{}", free_port());
     let mut agent = Command::new(binary("trainyard-agent"));
     agent
+        .arg("--metrics-listen")
+        .arg(&agent_metrics)
         .arg("--coordinator")
         .arg(&address)
         .arg("--id")
@@ -103,7 +108,7 @@ pub(crate) async fn cluster(agent_args: &[&str]) -> anyhow::Result<Cluster> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(Cluster { _dir: dir, _programs: programs, coordinator, agent: Some(agent), channel, program_dir })
+    Ok(Cluster { _dir: dir, _programs: programs, coordinator, agent: Some(agent), channel, program_dir, agent_metrics })
 }
 
 pub(crate) fn training_request(name: &str, image: &str) -> anyhow::Result<api::CreateTrainingJobRequest> {
@@ -233,6 +238,7 @@ pub async fn run() -> anyhow::Result<crate::slurm::Figures> {
     // Overhead on 1-second trials.
     let second = c.program_dir.join("second").display().to_string();
     let (trials, parallel) = (40, 4);
+    let phases_before = agent_phases(&c.agent_metrics).await?;
     let started = Instant::now();
     tuning
         .create_hyper_parameter_tuning_job(pb::CreateHyperParameterTuningJobRequest::from(tuning_request(
@@ -246,6 +252,15 @@ pub async fn run() -> anyhow::Result<crate::slurm::Figures> {
     let overhead = (wall - ideal) / ideal * 100.0;
     println!("{:<44} {:>10.1} %", "overhead against the ideal 10 s", overhead);
     breakdown(&c, "overhead", parallel as usize).await?;
+    let phases_after = agent_phases(&c.agent_metrics).await?;
+    for ((phase, (sum_after, count_after)), (_, (sum_before, count_before))) in phases_after.iter().zip(&phases_before)
+    {
+        let count = count_after - count_before;
+        if count > 0.0 {
+            let mean_ms = (sum_after - sum_before) / count * 1e3;
+            println!("{:<44} {:>9.1} ms", format!("  agent: {phase}, mean"), mean_ms);
+        }
+    }
     let figures = crate::slurm::Figures {
         latency_p50_ms: pct(0.5),
         latency_p99_ms: pct(0.99),
@@ -297,8 +312,8 @@ async fn breakdown(c: &Cluster, tuning_job: &str, parallel: usize) -> anyhow::Re
         .await?
         .into_inner();
     let list = api::ListTrainingJobsForHyperParameterTuningJobResponse::from(list);
-    // (created, training, uploading, ended) of each trial, in creation order.
-    let mut trials: Vec<(i64, i64, i64, i64)> = Vec::new();
+    // (created, downloading, training, uploading, ended) of each trial, in creation order.
+    let mut trials: Vec<(i64, i64, i64, i64, i64)> = Vec::new();
     for summary in list.training_job_summaries.unwrap_or_default() {
         let name = summary.training_job_name.unwrap_or_default();
         let d = training
@@ -315,8 +330,10 @@ async fn breakdown(c: &Cluster, tuning_job: &str, parallel: usize) -> anyhow::Re
                 .map(|t| t.millis())
         };
         let created = d.creation_time.map(|t| t.millis()).unwrap_or_default();
-        if let (Some(training_at), Some(uploading), Some(ended)) = (at("Training"), at("Uploading"), at("Completed")) {
-            trials.push((created, training_at, uploading, ended));
+        if let (Some(downloading), Some(training_at), Some(uploading), Some(ended)) =
+            (at("Downloading"), at("Training"), at("Uploading"), at("Completed"))
+        {
+            trials.push((created, downloading, training_at, uploading, ended));
         }
     }
     if trials.is_empty() {
@@ -326,23 +343,55 @@ async fn breakdown(c: &Cluster, tuning_job: &str, parallel: usize) -> anyhow::Re
         v.sort_unstable();
         v[v.len() / 2]
     };
-    let ends: Vec<i64> = trials.iter().map(|t| t.3).collect();
+    let ends: Vec<i64> = trials.iter().map(|t| t.4).collect();
     let turns: Vec<i64> = trials
         .iter()
         .skip(parallel)
         .filter_map(|t| ends.iter().filter(|e| **e <= t.0).max().map(|e| t.0 - e))
         .collect();
-    println!("{:<44} {:>9} ms", "  created -> training, p50", median(trials.iter().map(|t| t.1 - t.0).collect()));
+    println!("{:<44} {:>9} ms", "  created -> training, p50", median(trials.iter().map(|t| t.2 - t.0).collect()));
+    println!(
+        "{:<44} {:>9} ms",
+        "    created -> downloading (placed, told), p50",
+        median(trials.iter().map(|t| t.1 - t.0).collect())
+    );
+    println!(
+        "{:<44} {:>9} ms",
+        "    downloading -> training (agent set-up), p50",
+        median(trials.iter().map(|t| t.2 - t.1).collect())
+    );
     println!(
         "{:<44} {:>9} ms",
         "  training -> uploading (the 1 s run), p50",
-        median(trials.iter().map(|t| t.2 - t.1).collect())
+        median(trials.iter().map(|t| t.3 - t.2).collect())
     );
-    println!("{:<44} {:>9} ms", "  uploading -> ended, p50", median(trials.iter().map(|t| t.3 - t.2).collect()));
+    println!("{:<44} {:>9} ms", "  uploading -> ended, p50", median(trials.iter().map(|t| t.4 - t.3).collect()));
     if !turns.is_empty() {
         println!("{:<44} {:>9} ms", "  a slot's end -> next trial created, p50", median(turns));
     }
     Ok(())
+}
+
+/// The agent's own account of an instance's start, from its Prometheus histograms: (phase, (sum
+/// of seconds, count)) for laying out the work dir, the network namespace, and the launch.
+async fn agent_phases(address: &str) -> anyhow::Result<Vec<(&'static str, (f64, f64))>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.context("the agent's metrics")?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n").await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+            .unwrap_or_default()
+    };
+    Ok([("work dir and channels", "staging"), ("network namespace", "network_setup"), ("launch", "launch")]
+        .into_iter()
+        .map(|(phase, metric)| {
+            let name = format!("trainyard_agent_{metric}_seconds");
+            (phase, (value(&format!("{name}_sum")), value(&format!("{name}_count"))))
+        })
+        .collect())
 }
 
 /// On an agent full of spot jobs (four ml.m5.large that stop at once on SIGTERM), a job that is not

@@ -13,7 +13,9 @@ pub mod plan;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::process::Command;
 use tracing::{debug, info, warn};
@@ -31,7 +33,18 @@ pub struct Network {
     /// Namespaces of ended instances, kept for the next ones: creating a namespace and, above all,
     /// removing one (which holds the kernel's RTNL lock while it waits) cost more than resetting.
     idle: std::sync::Mutex<Vec<InstanceNetwork>>,
+    /// Ended instances' namespaces still being checked for reuse: a new instance waits for them
+    /// rather than create one (a release takes a few milliseconds; a new namespace ten times that).
+    releasing: AtomicUsize,
+    released: tokio::sync::Notify,
+    /// The warm-up's task, waited for at shutdown (so that nothing it creates outlives the agent).
+    warming: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set at shutdown: the warm-up stops after the namespace it is making.
+    closing: std::sync::atomic::AtomicBool,
 }
+
+/// How long a new instance waits for a namespace being released before it creates one.
+const RELEASE_WAIT: Duration = Duration::from_millis(100);
 
 /// Idle namespaces kept at most; more are removed.
 pub const IDLE_NAMESPACES: usize = 4;
@@ -63,6 +76,10 @@ impl Network {
             state_dir,
             next_slot: AtomicU32::new(rand::random::<u32>() % plan::SLOTS),
             idle: std::sync::Mutex::new(Vec::new()),
+            releasing: AtomicUsize::new(0),
+            released: tokio::sync::Notify::new(),
+            warming: std::sync::Mutex::new(None),
+            closing: std::sync::atomic::AtomicBool::new(false),
         };
         network.remove_recorded().await;
         Ok(network)
@@ -88,23 +105,94 @@ impl Network {
         }
     }
 
-    /// Creates the namespace of one instance, ready for its process.
+    /// Namespaces made ready ahead of the first instances (for instance `algo-1` of a job without
+    /// isolation, the most common kind): the first jobs start as fast as later ones. In the background.
+    pub fn warm_up(self: &Arc<Self>, count: usize) {
+        if count == 0 {
+            return;
+        }
+        let network = self.clone();
+        let task = tokio::spawn(async move {
+            for _ in 0..count.min(IDLE_NAMESPACES) {
+                if network.closing.load(Ordering::Acquire) {
+                    return;
+                }
+                match network.create_fresh(1, &Egress::Open).await {
+                    Ok(mut ready) => {
+                        drop(ready.forwarder.take());
+                        network.begin_release();
+                        network.release(ready).await;
+                    }
+                    Err(e) => {
+                        // Not a warning: instances create their own then, and report what fails.
+                        // (A SIGTERM to the agent's process group at start-up ends `nft` too.)
+                        info!(error = %e, "no network namespace made ready ahead of instances");
+                        return;
+                    }
+                }
+            }
+            debug!(namespaces = count, "network namespaces ready ahead of instances");
+        });
+        if let Ok(mut warming) = self.warming.lock() {
+            *warming = Some(task);
+        }
+    }
+
+    /// At the agent's end: the warm-up stopped, then every namespace on record removed.
+    pub async fn shut_down(&self) {
+        let warming = self.warming.lock().ok().and_then(|mut w| w.take());
+        self.closing.store(true, Ordering::Release);
+        if let Some(task) = warming {
+            // Not aborted: an `ip` it started would finish after the removal below.
+            let _ = task.await;
+        }
+        self.remove_recorded().await;
+    }
+
+    /// Creates the namespace of one instance, ready for its process: an idle one when there is
+    /// (one already set up for this instance and egress first: then nothing needs changing), else
+    /// a new one.
+    pub async fn create(&self, own: u32, egress: &Egress) -> Result<InstanceNetwork, String> {
+        let waiting_since = tokio::time::Instant::now();
+        loop {
+            // Registered before looking, so that a release finishing in between still wakes us.
+            let released = self.released.notified();
+            let reusable = self.idle.lock().ok().and_then(|mut idle| {
+                let fitting = idle.iter().position(|n| n.armed_for.as_ref() == Some(&(own, egress.clone())));
+                match fitting {
+                    Some(i) => Some(idle.swap_remove(i)),
+                    None => idle.pop(),
+                }
+            });
+            if let Some(mut network) = reusable {
+                match network.reuse(own, egress).await {
+                    Ok(listener) => {
+                        network.forwarder = Some(listener);
+                        return Ok(network);
+                    }
+                    Err(e) => {
+                        warn!(namespace = %network.namespace, error = %e, "an idle namespace could not be reused; removing it");
+                        network.destroy().await;
+                        continue;
+                    }
+                }
+            }
+            let waited = waiting_since.elapsed();
+            if self.releasing.load(Ordering::Acquire) == 0 || waited >= RELEASE_WAIT {
+                break;
+            }
+            let _ = tokio::time::timeout(RELEASE_WAIT - waited, released).await;
+        }
+        self.create_fresh(own, egress).await
+    }
+
+    /// A new namespace and veth pair, configured for instance `own`.
     ///
     /// A slot is free when both its names are: the namespace's (machine-wide: another agent, in
     /// another host namespace as in the tests' simulated hosts, may hold it) and the host-side
     /// veth's (per host namespace: creating it is the lock among agents sharing a host). The veth's
     /// far end is created inside the namespace: moving a link between namespaces costs ~25 ms.
-    pub async fn create(&self, own: u32, egress: &Egress) -> Result<InstanceNetwork, String> {
-        loop {
-            let Some(network) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) else { break };
-            match network.reuse(own, egress).await {
-                Ok(listener) => return Ok(InstanceNetwork { forwarder: Some(listener), ..network }),
-                Err(e) => {
-                    warn!(namespace = %network.namespace, error = %e, "an idle namespace could not be reused; removing it");
-                    network.destroy().await;
-                }
-            }
-        }
+    async fn create_fresh(&self, own: u32, egress: &Egress) -> Result<InstanceNetwork, String> {
         let mut last = String::new();
         for _ in 0..64 {
             let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % plan::SLOTS;
@@ -133,9 +221,13 @@ impl Network {
                 }
                 return Err(e);
             }
-            let network = InstanceNetwork { namespace, veth, record, slot, forwarder: None };
+            let mut network = InstanceNetwork { namespace, veth, record, slot, forwarder: None, armed_for: None };
             return match network.configure(slot, own, egress).await {
-                Ok(listener) => Ok(InstanceNetwork { forwarder: Some(listener), ..network }),
+                Ok(listener) => {
+                    network.forwarder = Some(listener);
+                    network.armed_for = Some((own, egress.clone()));
+                    Ok(network)
+                }
                 Err(e) => {
                     network.destroy().await;
                     Err(e)
@@ -145,23 +237,28 @@ impl Network {
         Err(format!("no free network slot on this host: {last}"))
     }
 
-    /// After its instance: kept for the next one when nothing of the instance is left inside (no
-    /// process; sockets die with their processes) and fewer than [`IDLE_NAMESPACES`] are idle;
-    /// removed otherwise.
+    /// Counts a namespace about to be released (before its instance's end is reported), so that
+    /// the next instance waits for it instead of creating one.
+    pub fn begin_release(&self) {
+        self.releasing.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// After its instance (counted by [`Network::begin_release`] first): kept for the next one when
+    /// nothing of the instance is left inside (no process; sockets die with their processes) and
+    /// fewer than [`IDLE_NAMESPACES`] are idle; removed otherwise.
     pub async fn release(&self, network: InstanceNetwork) {
         let keep = match self.idle.lock() {
             Ok(idle) => idle.len() < IDLE_NAMESPACES,
             Err(_) => false,
         };
-        if keep
-            && !occupied(&network.path())
-            && !has_connections(&network.path())
-            && let Ok(mut idle) = self.idle.lock()
-        {
+        let reusable = keep && !occupied(&network.path()) && !has_connections(&network.path());
+        if reusable && let Ok(mut idle) = self.idle.lock() {
             idle.push(network);
-            return;
+        } else {
+            network.destroy().await;
         }
-        network.destroy().await;
+        self.releasing.fetch_sub(1, Ordering::AcqRel);
+        self.released.notify_waiters();
     }
 }
 
@@ -200,6 +297,9 @@ pub struct InstanceNetwork {
     slot: u32,
     /// The forwarder's listener inside the namespace, taken by the forwarder.
     forwarder: Option<std::net::TcpListener>,
+    /// The instance and egress its addresses and rules are set up for (None: unknown, e.g. a
+    /// change failed halfway).
+    armed_for: Option<(u32, Egress)>,
 }
 
 impl InstanceNetwork {
@@ -212,38 +312,61 @@ impl InstanceNetwork {
     }
 
     /// A namespace an earlier instance used, for instance `own`: its own `algo-N` address on
-    /// loopback, a new forwarder listener, the rules replaced in one transaction.
-    async fn reuse(&self, own: u32, egress: &Egress) -> Result<std::net::TcpListener, String> {
+    /// loopback and the rules replaced in one transaction, unless they already are what `own` and
+    /// `egress` need (nothing in the namespace can change them: instances' processes hold no
+    /// CAP_NET_ADMIN); a new forwarder listener.
+    async fn reuse(&mut self, own: u32, egress: &Egress) -> Result<std::net::TcpListener, String> {
+        if self.armed_for.as_ref() == Some(&(own, egress.clone())) {
+            let listener = self.listen().await?;
+            debug!(namespace = %self.namespace, slot = self.slot, "idle instance network reused as it was");
+            return Ok(listener);
+        }
+        self.armed_for = None;
         run_ip(
             &["-n", &self.namespace, "-batch", "-"],
             Some(&format!("addr flush dev eth0\n{}", addresses(self.slot, own))),
         )
         .await?;
-        let (listener, port) = self.arm(own, egress).await?;
-        debug!(namespace = %self.namespace, slot = self.slot, forwarder_port = port, ?egress, "idle instance network reused");
+        let listener = self.arm(own, egress).await?;
+        self.armed_for = Some((own, egress.clone()));
+        debug!(namespace = %self.namespace, slot = self.slot, ?egress, "idle instance network reused");
         Ok(listener)
     }
 
-    /// The last step for a fresh namespace and a reused one alike: the forwarder's listener inside,
-    /// and the instance's rules (redirecting peer traffic to it) in one transaction.
-    async fn arm(&self, own: u32, egress: &Egress) -> Result<(std::net::TcpListener, u16), String> {
-        let listener = in_namespace(&self.path(), || std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-            .map_err(|e| format!("opening the peer forwarder in {}: {e}", self.namespace))?;
-        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-        apply_rules(Some(&self.namespace), plan::instance_ruleset(own, port, egress)).await?;
-        Ok((listener, port))
+    /// The forwarder's listener inside the namespace, at [`plan::FORWARDER_PORT`]. The previous
+    /// instance's listener may be a moment from closing (its task is being aborted): a few tries.
+    async fn listen(&self) -> Result<std::net::TcpListener, String> {
+        let mut tries = 0;
+        loop {
+            let bound =
+                in_namespace(&self.path(), || std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, plan::FORWARDER_PORT)));
+            match bound {
+                Ok(listener) => return Ok(listener),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => return Err(format!("opening the peer forwarder in {}: {e}", self.namespace)),
+            }
+        }
     }
 
-    /// Moves the veth's far end into a new namespace, addresses both ends, loads the rules and opens
-    /// the forwarder's listener inside. Returns that listener.
+    /// The last step for a fresh namespace and a reused one alike: the instance's rules
+    /// (redirecting peer traffic to the forwarder) in one transaction, and the forwarder's listener.
+    async fn arm(&self, own: u32, egress: &Egress) -> Result<std::net::TcpListener, String> {
+        apply_rules(Some(&self.namespace), plan::instance_ruleset(own, egress)).await?;
+        self.listen().await
+    }
+
+    /// Addresses both ends of the veth and loads the rules; returns the forwarder's listener.
     async fn configure(&self, slot: u32, own: u32, egress: &Egress) -> Result<std::net::TcpListener, String> {
         let (host_ip, _) = plan::slot_addresses(slot);
         let host_side = format!("addr add {host_ip}/30 dev {veth}\nlink set {veth} up\n", veth = self.veth);
         run_ip(&["-batch", "-"], Some(&host_side)).await?;
         let inside = format!("link set lo up\nlink set eth0 up\n{}", addresses(slot, own));
         run_ip(&["-n", &self.namespace, "-batch", "-"], Some(&inside)).await?;
-        let (listener, port) = self.arm(own, egress).await?;
-        debug!(namespace = %self.namespace, slot, forwarder_port = port, ?egress, "instance network ready");
+        let listener = self.arm(own, egress).await?;
+        debug!(namespace = %self.namespace, slot, ?egress, "instance network ready");
         Ok(listener)
     }
 

@@ -24,6 +24,10 @@ pub const PEER_NETWORK: Net = Net { address: Ipv4Addr::new(10, 254, 0, 0), prefi
 pub const SLOTS: u32 = 1 << (32 - 16 - 2);
 /// The nftables table the agent owns, in the host namespace and in each instance namespace.
 pub const TABLE: &str = "trainyard";
+/// Where the agent's forwarder listens inside every instance namespace (on its loopback). Fixed, so
+/// that an idle namespace's rules fit its next instance unchanged; privileged, so that no job's
+/// process could listen there (and the forwarder holds it for the whole of an instance's life).
+pub const FORWARDER_PORT: u16 = 1000;
 /// Host-side veth names start with this; the slot follows.
 pub const VETH_PREFIX: &str = "tyv";
 
@@ -107,7 +111,7 @@ pub enum Egress {
 }
 
 /// The ruleset loaded into an instance's namespace.
-pub fn instance_ruleset(own: u32, forwarder_port: u16, egress: &Egress) -> Nftables<'static> {
+pub fn instance_ruleset(own: u32, egress: &Egress) -> Nftables<'static> {
     // Add, delete, add: in one transaction, whatever an earlier instance of a recycled namespace
     // loaded is replaced (adding an existing table is a no-op; deleting a missing one fails).
     let mut objects = vec![
@@ -130,7 +134,7 @@ pub fn instance_ruleset(own: u32, forwarder_port: u16, egress: &Egress) -> Nftab
             Statement::Redirect(Some(NAT {
                 addr: None,
                 family: None,
-                port: Some(Expression::Number(forwarder_port.into())),
+                port: Some(Expression::Number(FORWARDER_PORT.into())),
                 flags: None,
             })),
         ],
@@ -147,7 +151,7 @@ pub fn instance_ruleset(own: u32, forwarder_port: u16, egress: &Egress) -> Nftab
             "egress",
             vec![
                 matches(ip_field("daddr"), string("127.0.0.1"), Operator::EQ),
-                matches(tcp_field("dport"), Expression::Number(forwarder_port.into()), Operator::EQ),
+                matches(tcp_field("dport"), Expression::Number(FORWARDER_PORT.into()), Operator::EQ),
                 accept(),
             ],
         ));
@@ -343,7 +347,7 @@ mod tests {
 
     #[test]
     fn an_instance_ruleset_replaces_the_previous_one_in_one_transaction() {
-        let ruleset = instance_ruleset(1, 40000, &Egress::Open);
+        let ruleset = instance_ruleset(1, &Egress::Open);
         let kinds: Vec<&str> = ruleset
             .objects
             .iter()
@@ -359,16 +363,16 @@ mod tests {
 
     #[test]
     fn open_instances_only_redirect_peer_traffic() {
-        let rules = describe(&instance_ruleset(2, 40000, &Egress::Open));
+        let rules = describe(&instance_ruleset(2, &Egress::Open));
         assert_eq!(rules.iter().filter(|r| r.starts_with("chain")).count(), 1, "{rules:#?}");
         let redirect = rules.iter().find(|r| r.contains("redirect")).expect("a redirect rule");
-        assert!(redirect.contains("10.254.0.0") && redirect.contains("10.254.0.2") && redirect.contains("40000"));
+        assert!(redirect.contains("10.254.0.0") && redirect.contains("10.254.0.2") && redirect.contains("1000"));
         assert!(!rules.iter().any(|r| r.contains("Drop")));
     }
 
     #[test]
     fn isolated_instances_reach_loopback_only() {
-        let rules = describe(&instance_ruleset(1, 40000, &Egress::Isolated));
+        let rules = describe(&instance_ruleset(1, &Egress::Isolated));
         assert!(rules.contains(&"chain egress Some(Output) policy Some(Drop)".to_string()), "{rules:#?}");
         assert!(rules.contains(&"chain ingress Some(Input) policy Some(Drop)".to_string()), "{rules:#?}");
         let accepts: Vec<&String> = rules.iter().filter(|r| r.contains("accept")).collect();
@@ -376,13 +380,13 @@ mod tests {
         // Loopback both ways, and the forwarder's port (where redirected peer connections go).
         assert_eq!(accepts.iter().filter(|r| r.contains("\"lo\"")).count(), 2);
         let forwarder = accepts.iter().find(|r| !r.contains("\"lo\"")).expect("the forwarder rule");
-        assert!(forwarder.contains("127.0.0.1") && forwarder.contains("40000") && forwarder.contains("dport"));
+        assert!(forwarder.contains("127.0.0.1") && forwarder.contains("1000") && forwarder.contains("dport"));
     }
 
     #[test]
     fn vpc_instances_reach_their_allow_list() {
         let allowed = vec!["203.0.113.0/24".parse().expect("cidr")];
-        let rules = describe(&instance_ruleset(1, 40000, &Egress::Only(allowed)));
+        let rules = describe(&instance_ruleset(1, &Egress::Only(allowed)));
         let allow = rules.iter().find(|r| r.contains("203.0.113.0")).expect("an allow rule");
         assert!(allow.starts_with("rule egress") && allow.contains("accept"));
         assert!(rules.iter().any(|r| r.contains("established")));

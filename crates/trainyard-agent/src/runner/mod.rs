@@ -295,7 +295,10 @@ pub async fn run(
                     }
                 });
             }
-            let outcome = match join_network(&spec, settings).await {
+            let joining = std::time::Instant::now();
+            let joined = join_network(&spec, settings).await;
+            settings.metrics.network_setup_seconds.observe(joining.elapsed().as_secs_f64());
+            let outcome = match joined {
                 Err(reason) => Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
                 Ok(network) => {
                     let namespace = network.as_ref().map(|n| n.network.path());
@@ -382,13 +385,23 @@ async fn execute(
             "InternalServerError: the TrainingImage is a program on the host and this agent does not run host programs (--host-programs)"
                 .to_string()
         }
-        (TrainingImage::HostProgram, _) => match process::launch(spec, settings, dir, env, namespace).await {
-            Ok(launched) => return supervise::supervise(spec, settings, dir, launched, reporter, stop).await,
-            Err(reason) => reason,
-        },
+        (TrainingImage::HostProgram, _) => {
+            let launching = std::time::Instant::now();
+            match process::launch(spec, settings, dir, env, namespace).await {
+                Ok(launched) => {
+                    settings.metrics.launch_seconds.observe(launching.elapsed().as_secs_f64());
+                    return supervise::supervise(spec, settings, dir, launched, reporter, stop).await;
+                }
+                Err(reason) => reason,
+            }
+        }
         (TrainingImage::Container(reference), Some(_)) => {
+            let launching = std::time::Instant::now();
             match container::launch(spec, settings, &reference, dir, env, namespace, reporter).await {
-                Ok(launched) => return supervise::supervise(spec, settings, dir, launched, reporter, stop).await,
+                Ok(launched) => {
+                    settings.metrics.launch_seconds.observe(launching.elapsed().as_secs_f64());
+                    return supervise::supervise(spec, settings, dir, launched, reporter, stop).await;
+                }
                 Err(reason) => reason,
             }
         }
@@ -481,6 +494,9 @@ async fn leave_network(spec: &InstanceSpec, settings: &Settings, joined: JoinedN
     joined.outbound.abort();
     settings.forwarder.remove_instance(&spec.job, spec.instance);
     let network = settings.network.clone();
+    if let Some(network) = &network {
+        network.begin_release();
+    }
     tokio::spawn(async move {
         match network {
             Some(network) => network.release(joined.network).await,
