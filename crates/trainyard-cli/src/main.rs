@@ -637,6 +637,13 @@ async fn run_dev(args: DevCommand, out: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The coordinator could not be reached or went away mid-call (killed, or failing over): a
+/// connection reset surfaces as `Unknown` with the transport's error as its source.
+fn connection_lost(status: &tonic::Status) -> bool {
+    let transport = std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>());
+    status.code() == tonic::Code::Unavailable || (status.code() == tonic::Code::Unknown && transport)
+}
+
 /// Polls a tuning job until it ends, showing a progress bar of finished trials and the best
 /// objective so far; returns the final description.
 /// How long `tuning-jobs watch` keeps trying a coordinator that does not answer.
@@ -670,7 +677,7 @@ async fn watch(
             .await
         {
             Ok(d) => d,
-            Err(status) if status.code() == tonic::Code::Unavailable => {
+            Err(status) if connection_lost(&status) => {
                 let since = *unreachable_since.get_or_insert_with(|| {
                     bar.suspend(|| eprintln!("the coordinator does not answer ({}); retrying", status.message()));
                     std::time::Instant::now()

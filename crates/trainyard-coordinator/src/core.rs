@@ -105,7 +105,15 @@ pub struct Coordinator {
     /// Tuning jobs not yet ended, for the concurrency limit. Counted once at start-up, then kept
     /// by this process (it makes every tuning-job transition), so a create costs no count query.
     active_tuning_jobs: AtomicU64,
+    /// Unended training jobs as this process last wrote them: a compare-and-set starts from here
+    /// instead of a read (a trial's life is six writes). Never trusted further than the version
+    /// check: a stale entry makes the write conflict and the job be read again, and a decision
+    /// not to write is only ever taken on a fresh read.
+    written: std::sync::Mutex<HashMap<String, Versioned<TrainingJob>>>,
 }
+
+/// Unended training jobs kept in [`Coordinator::written`] at most (beyond: read before writing).
+const WRITTEN_KEPT: usize = 4096;
 
 pub fn now() -> Timestamp {
     let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default();
@@ -135,6 +143,7 @@ impl Coordinator {
             events,
             log_sequences: tokio::sync::Mutex::new(HashMap::new()),
             active_tuning_jobs: AtomicU64::new(active),
+            written: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -164,18 +173,18 @@ impl Coordinator {
         if !violations.is_empty() {
             return Err(DomainError::Validation(violations));
         }
-        // A taken name is the more specific answer than a full cluster (the insert below still
-        // settles a race between two creates of one name).
-        if let Some(name) = &request.hyper_parameter_tuning_job_name
-            && self.store.get_tuning_job(name).await?.is_some()
-        {
-            return Err(DomainError::AlreadyExists { kind: ResourceKind::TuningJob, name: name.clone() });
-        }
         // Reserve a slot first, so that concurrent creates cannot overshoot the limit together.
         let limit = u64::from(self.limits.max_concurrent_tuning_jobs);
         let active = self.active_tuning_jobs.fetch_add(1, Ordering::SeqCst);
         if active >= limit {
             self.active_tuning_jobs.fetch_sub(1, Ordering::SeqCst);
+            // A taken name is the more specific answer than a full cluster. (Under the limit the
+            // insert below says so itself: no read before every create.)
+            if let Some(name) = &request.hyper_parameter_tuning_job_name
+                && self.store.get_tuning_job(name).await?.is_some()
+            {
+                return Err(DomainError::AlreadyExists { kind: ResourceKind::TuningJob, name: name.clone() });
+            }
             return Err(DomainError::LimitExceeded(format!(
                 "{active} tuning jobs are running, this cluster's limit is {limit} (limits.max_concurrent_tuning_jobs)"
             )));
@@ -752,13 +761,29 @@ impl Coordinator {
         name: &str,
         mut change: impl FnMut(&mut TrainingJob) -> Result<bool, DomainError>,
     ) -> Result<Option<TrainingJob>, DomainError> {
+        let mut last_written = self.written.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         for _ in 0..UPDATE_ATTEMPTS {
-            let Versioned { mut value, version } = self.training_job(name).await?;
-            if !change(&mut value)? {
-                return Ok(None);
+            let (Versioned { mut value, version }, fresh) = match last_written.take() {
+                Some(written) => (written, false),
+                None => (self.training_job(name).await?, true),
+            };
+            match change(&mut value) {
+                Ok(true) => {}
+                // Nothing to write, or a change refused: said only on what the store holds.
+                Ok(false) if fresh => return Ok(None),
+                Err(e) if fresh => return Err(e),
+                Ok(false) | Err(_) => continue,
             }
             match self.store.update_training_job(&value, version).await {
-                Ok(_) => return Ok(Some(value)),
+                Ok(written) => {
+                    if !written.value.status.is_terminal() {
+                        let mut kept = self.written.lock().unwrap_or_else(|e| e.into_inner());
+                        if kept.len() < WRITTEN_KEPT {
+                            kept.insert(name.to_string(), written);
+                        }
+                    }
+                    return Ok(Some(value));
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -770,5 +795,76 @@ impl Coordinator {
     pub async fn active_trials(&self, tuning_job: &str) -> Result<Vec<String>, DomainError> {
         let active = self.store.active_training_jobs(Some(tuning_job)).await?;
         Ok(active.into_iter().map(|t| t.value.name).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn coordinator(dir: &std::path::Path) -> Coordinator {
+        let url = format!("sqlite://{}", dir.join("trainyard.db").display());
+        let store = trainyard_store::connect(&url).await.expect("store");
+        let (events, _) = mpsc::unbounded_channel();
+        Coordinator::start(
+            store,
+            Catalog::default(),
+            ServiceLimits::default(),
+            ArnContext::default(),
+            ExecutionRoles::default(),
+            events,
+        )
+        .await
+        .expect("coordinator")
+    }
+
+    fn job(name: &str) -> TrainingJob {
+        let mut request: api::CreateTrainingJobRequest =
+            serde_json::from_str(include_str!("../../../deploy/examples/training-job.json")).expect("example");
+        request.training_job_name = Some(name.to_string());
+        TrainingJob::new(request, None, &ArnContext::default(), now()).expect("job")
+    }
+
+    /// A job this process wrote, then another writer changed (a coordinator that led before, say):
+    /// the next change starts from the kept copy, conflicts, and is made again on the stored job,
+    /// so the other writer's change survives; a decision not to write is taken on the store's job.
+    #[tokio::test]
+    async fn a_stale_written_copy_never_loses_another_writers_change() {
+        let dir = tempfile::tempdir().expect("dir");
+        let c = coordinator(dir.path()).await;
+        c.store.create_training_job(&job("cached")).await.expect("create");
+        let ours = c.updated_training_job("cached", |j| Ok(j.set_status_message("ours", now()))).await;
+        assert!(ours.expect("update").is_some());
+        assert!(c.written.lock().expect("lock").contains_key("cached"), "the written copy is kept");
+
+        let stored = c.training_job("cached").await.expect("read");
+        let mut theirs = stored.value.clone();
+        theirs.failure_reason = Some("another writer".into());
+        c.store.update_training_job(&theirs, stored.version).await.expect("their write");
+
+        let next = c.updated_training_job("cached", |j| Ok(j.set_status_message("ours again", now()))).await;
+        let next = next.expect("update").expect("written");
+        assert_eq!(next.failure_reason.as_deref(), Some("another writer"), "their change was kept");
+        let stored = c.training_job("cached").await.expect("read").value;
+        assert_eq!(stored.failure_reason.as_deref(), Some("another writer"));
+
+        // Stale again; the kept copy says there is nothing to write, the store does not.
+        let stored = c.training_job("cached").await.expect("read");
+        let mut theirs = stored.value.clone();
+        theirs.failure_reason = None;
+        c.store.update_training_job(&theirs, stored.version).await.expect("their write");
+        let wrote = c
+            .updated_training_job("cached", |j| {
+                if j.failure_reason.is_none() {
+                    j.failure_reason = Some("filled in".into());
+                    return Ok(true);
+                }
+                Ok(false)
+            })
+            .await
+            .expect("update");
+        assert!(wrote.is_some(), "decided on the stored job, not on the stale copy");
+        let stored = c.training_job("cached").await.expect("read").value;
+        assert_eq!(stored.failure_reason.as_deref(), Some("filled in"));
     }
 }

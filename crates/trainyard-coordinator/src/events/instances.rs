@@ -408,8 +408,12 @@ impl Loop {
         };
         if let Some(tuning) = stored.tuning_job_name().map(str::to_string) {
             self.record_trial_end(&tuning, &stored).await?;
-            let stopping = self.c.tuning_job(&tuning).await?.value.status == TuningJobStatus::Stopping;
-            if stopping { self.stop_tuning(&tuning).await? } else { self.drive_tuning(&tuning).await? }
+            let tuning_job = self.c.tuning_job(&tuning).await?.value;
+            if tuning_job.status == TuningJobStatus::Stopping {
+                self.stop_tuning(&tuning).await?
+            } else {
+                self.drive_tuning_job(tuning_job).await?
+            }
         }
         Ok(())
     }

@@ -131,6 +131,12 @@ impl Loop {
 
     pub(super) async fn enqueue(&mut self, name: &str) -> Result<(), DomainError> {
         let job = self.c.training_job(name).await?.value;
+        self.enqueue_job(job).await
+    }
+
+    /// [`Loop::enqueue`] of a job already read (or just created: a trial's start saves a read).
+    pub(super) async fn enqueue_job(&mut self, job: TrainingJob) -> Result<(), DomainError> {
+        let name = job.name.as_str();
         if job.status != TrainingJobStatus::InProgress || !job.placement.is_empty() {
             return Ok(());
         }

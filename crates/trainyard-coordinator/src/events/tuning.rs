@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tracing::info;
-use trainyard_model::jobs::{TrainingJob, TrialOrigin};
+use trainyard_model::jobs::{TrainingJob, TrialOrigin, TuningJob};
 use trainyard_model::listing::{Cursor, CursorKey, ListFilter, ListQuery, SortKey, SortOrder};
 use trainyard_model::status::TuningJobStatus;
 use trainyard_model::{DomainError, Timestamp, api, trials};
@@ -228,6 +228,12 @@ impl Loop {
     /// Launches trials up to MaxParallelTrainingJobs, and completes the job when all have run.
     pub(super) async fn drive_tuning(&mut self, name: &str) -> Result<(), DomainError> {
         let job = self.c.tuning_job(name).await?.value;
+        self.drive_tuning_job(job).await
+    }
+
+    /// [`Loop::drive_tuning`] of a tuning job already read.
+    pub(super) async fn drive_tuning_job(&mut self, job: TuningJob) -> Result<(), DomainError> {
+        let name = job.name.as_str();
         if job.status != TuningJobStatus::InProgress {
             return Ok(());
         }
@@ -272,17 +278,23 @@ impl Loop {
                 owner: job.owner.clone(),
                 ..TrainingJob::new(request, Some(origin), &self.c.arns, now())?
             };
-            match self.c.store.create_training_job(&training).await {
-                Ok(_) | Err(trainyard_store::StoreError::AlreadyExists { .. }) => {}
+            // Created now: queued as it is. Created before (a restart between the insert and the
+            // count below): queued as stored.
+            let created = match self.c.store.create_training_job(&training).await {
+                Ok(_) => Some(training),
+                Err(trainyard_store::StoreError::AlreadyExists { .. }) => None,
                 Err(e) => return Err(e.into()),
-            }
+            };
             if let Some(run) = self.tuning.get_mut(name) {
                 run.launched += 1;
                 run.active.insert(trial.clone());
                 run.pending.insert(trial.clone(), tuned);
             }
             info!(tuning_job = name, trial = %trial, index = index + 1, "trial launched");
-            self.enqueue(&trial).await?;
+            match created {
+                Some(training) => self.enqueue_job(training).await?,
+                None => self.enqueue(&trial).await?,
+            }
         }
         let Some(run) = self.tuning.get(name) else { return Ok(()) };
         if (run.completing || run.launched >= run.max_trials) && run.active.is_empty() {
