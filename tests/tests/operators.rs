@@ -163,6 +163,10 @@ fn both_daemons_serve_metrics_health_and_readiness(backend: Backend) {
     let unknown: Vec<&String> = queried.iter().filter(|q| !exported.contains(*q)).collect();
     assert!(unknown.is_empty(), "the dashboard queries metrics nobody exports: {unknown:?}\n{exported:?}");
     assert_eq!(sample(&page, "trainyard_agent_staging_seconds_count"), Some(1.0), "{page}");
+    // Its start, step by step: the namespace (one made ready ahead), then the launch.
+    assert_eq!(sample(&page, "trainyard_agent_network_setup_seconds_count"), Some(1.0), "{page}");
+    assert_eq!(sample(&page, "trainyard_agent_launch_seconds_count"), Some(1.0), "{page}");
+    assert!(sample(&page, "trainyard_agent_launch_seconds_sum").is_some_and(|s| s > 0.0), "{page}");
     // The example's two channels (train.csv, validation.csv) and the model archive, in bytes.
     let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/data/blobs");
     let channel_bytes: u64 = ["train", "validation"]
