@@ -238,7 +238,7 @@ pub async fn run() -> anyhow::Result<crate::slurm::Figures> {
     // Overhead on 1-second trials.
     let second = c.program_dir.join("second").display().to_string();
     let (trials, parallel) = (40, 4);
-    let phases_before = agent_phases(&c.agent_metrics).await?;
+    let phases_before = agent_phases(&c.agent_metrics);
     let started = Instant::now();
     tuning
         .create_hyper_parameter_tuning_job(pb::CreateHyperParameterTuningJobRequest::from(tuning_request(
@@ -252,7 +252,7 @@ pub async fn run() -> anyhow::Result<crate::slurm::Figures> {
     let overhead = (wall - ideal) / ideal * 100.0;
     println!("{:<44} {:>10.1} %", "overhead against the ideal 10 s", overhead);
     breakdown(&c, "overhead", parallel as usize).await?;
-    let phases_after = agent_phases(&c.agent_metrics).await?;
+    let phases_after = agent_phases(&c.agent_metrics);
     for ((phase, (sum_after, count_after)), (_, (sum_before, count_before))) in phases_after.iter().zip(&phases_before)
     {
         let count = count_after - count_before;
@@ -374,24 +374,12 @@ async fn breakdown(c: &Cluster, tuning_job: &str, parallel: usize) -> anyhow::Re
 
 /// The agent's own account of an instance's start, from its Prometheus histograms: (phase, (sum
 /// of seconds, count)) for laying out the work dir, the network namespace, and the launch.
-async fn agent_phases(address: &str) -> anyhow::Result<Vec<(&'static str, (f64, f64))>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.context("the agent's metrics")?;
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n").await?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await?;
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
-            .unwrap_or_default()
-    };
-    Ok([("work dir and channels", "staging"), ("network namespace", "network_setup"), ("launch", "launch")]
+fn agent_phases(address: &str) -> Vec<(&'static str, (f64, f64))> {
+    let page = crate::metrics_page(address);
+    [("work dir and channels", "staging"), ("network namespace", "network_setup"), ("launch", "launch")]
         .into_iter()
-        .map(|(phase, metric)| {
-            let name = format!("trainyard_agent_{metric}_seconds");
-            (phase, (value(&format!("{name}_sum")), value(&format!("{name}_count"))))
-        })
-        .collect())
+        .map(|(phase, metric)| (phase, crate::histogram(&page, &format!("trainyard_agent_{metric}_seconds"))))
+        .collect()
 }
 
 /// On an agent full of spot jobs (four ml.m5.large that stop at once on SIGTERM), a job that is not

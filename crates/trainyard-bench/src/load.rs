@@ -326,15 +326,8 @@ async fn join_all(
 
 /// The coordinator's placement passes so far: (seconds in all, count), from its metrics.
 fn placement_pass(metrics_address: &str) -> (f64, u64) {
-    use std::io::{Read, Write};
-    let mut page = String::new();
-    if let Ok(mut stream) = std::net::TcpStream::connect(metrics_address) {
-        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
-        let _ = stream.read_to_string(&mut page);
-    }
-    let sample =
-        |name: &str| page.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or_default();
-    (sample("trainyard_placement_pass_seconds_sum "), sample("trainyard_placement_pass_seconds_count ") as u64)
+    let (seconds, count) = crate::histogram(&crate::metrics_page(metrics_address), "trainyard_placement_pass_seconds");
+    (seconds, count as u64)
 }
 
 /// Every agent is a socket here and one at the coordinator (which inherits the limit): the

@@ -110,6 +110,26 @@ impl BenchCoordinator {
     }
 }
 
+/// A daemon's Prometheus page (its `--metrics-listen` address); empty when it does not answer.
+fn metrics_page(address: &str) -> String {
+    use std::io::{Read, Write};
+    let mut page = String::new();
+    if let Ok(mut stream) = std::net::TcpStream::connect(address) {
+        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+        let _ = stream.read_to_string(&mut page);
+    }
+    page
+}
+
+/// A histogram's totals on a metrics page: (sum of its observations, their count); 0 when absent.
+fn histogram(page: &str, name: &str) -> (f64, f64) {
+    let sample = |suffix: &str| {
+        let prefix = format!("{name}_{suffix} ");
+        page.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse::<f64>().ok()).unwrap_or_default()
+    };
+    (sample("sum"), sample("count"))
+}
+
 /// Where the benchmarks' training programs live: readable and executable by every user (each
 /// instance runs as a uid of its own) and outside /tmp and /var/tmp (instances see their own).
 fn programs_dir() -> anyhow::Result<tempfile::TempDir> {

@@ -454,7 +454,7 @@ impl Coordinator {
             return Err(DomainError::Validation(violations));
         }
         let job = TrainingJob { owner: caller.user.clone(), ..TrainingJob::new(request, None, &self.arns, now())? };
-        self.store.create_training_job(&job).await?;
+        self.store_new_training_job(&job).await?;
         info!(training_job = %job.name, user = %caller.user, "training job created");
         self.emit(Event::TrainingJobCreated(job.name.clone()));
         Ok(api::CreateTrainingJobResponse { training_job_arn: Some(job.arn) })
@@ -776,12 +776,7 @@ impl Coordinator {
             }
             match self.store.update_training_job(&value, version).await {
                 Ok(written) => {
-                    if !written.value.status.is_terminal() {
-                        let mut kept = self.written.lock().unwrap_or_else(|e| e.into_inner());
-                        if kept.len() < WRITTEN_KEPT {
-                            kept.insert(name.to_string(), written);
-                        }
-                    }
+                    self.keep_written(written);
                     return Ok(Some(value));
                 }
                 Err(StoreError::Conflict { .. }) => continue,
@@ -789,6 +784,24 @@ impl Coordinator {
             }
         }
         Err(DomainError::Unavailable(format!("training job '{name}' keeps changing; try again")))
+    }
+
+    /// Stores a new training job and keeps it as written: its first change needs no read.
+    pub async fn store_new_training_job(&self, job: &TrainingJob) -> Result<(), StoreError> {
+        let written = self.store.create_training_job(job).await?;
+        self.keep_written(written);
+        Ok(())
+    }
+
+    /// Remembers a training job as just written, while it has not ended (see [`Coordinator::written`]).
+    fn keep_written(&self, written: Versioned<TrainingJob>) {
+        if written.value.status.is_terminal() {
+            return;
+        }
+        let mut kept = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < WRITTEN_KEPT {
+            kept.insert(written.value.name.clone(), written);
+        }
     }
 
     /// Trials of a tuning job that have not ended.

@@ -158,7 +158,7 @@ impl Network {
             // Registered before looking, so that a release finishing in between still wakes us.
             let released = self.released.notified();
             let reusable = self.idle.lock().ok().and_then(|mut idle| {
-                let fitting = idle.iter().position(|n| n.armed_for.as_ref() == Some(&(own, egress.clone())));
+                let fitting = idle.iter().position(|n| n.fits(own, egress));
                 match fitting {
                     Some(i) => Some(idle.swap_remove(i)),
                     None => idle.pop(),
@@ -307,6 +307,11 @@ impl InstanceNetwork {
         Path::new(NETNS_DIR).join(&self.namespace)
     }
 
+    /// Whether its addresses and rules are those of instance `own` with `egress` already.
+    fn fits(&self, own: u32, egress: &Egress) -> bool {
+        self.armed_for.as_ref().is_some_and(|(armed, armed_egress)| *armed == own && armed_egress == egress)
+    }
+
     pub fn take_forwarder_listener(&mut self) -> Option<std::net::TcpListener> {
         self.forwarder.take()
     }
@@ -316,7 +321,7 @@ impl InstanceNetwork {
     /// `egress` need (nothing in the namespace can change them: instances' processes hold no
     /// CAP_NET_ADMIN); a new forwarder listener.
     async fn reuse(&mut self, own: u32, egress: &Egress) -> Result<std::net::TcpListener, String> {
-        if self.armed_for.as_ref() == Some(&(own, egress.clone())) {
+        if self.fits(own, egress) {
             let listener = self.listen().await?;
             debug!(namespace = %self.namespace, slot = self.slot, "idle instance network reused as it was");
             return Ok(listener);

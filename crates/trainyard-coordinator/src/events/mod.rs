@@ -385,6 +385,9 @@ impl Loop {
     /// before a restart wait for their agents to come back and report. Idempotent.
     async fn resync(&mut self) -> Result<(), DomainError> {
         self.cordons = self.c.store.cordons().await?.into_iter().map(|c| (c.agent_id.clone(), c)).collect();
+        // Runs loaded before this catch-up may have missed a trial's end; those loaded below are
+        // read whole from the store and cannot.
+        let known: Vec<String> = self.tuning.keys().cloned().collect();
         let tuning = self.c.store.active_tuning_jobs().await?;
         let training = self.c.store.active_training_jobs(None).await?;
         info!(training_jobs = training.len(), tuning_jobs = tuning.len(), "reconciling unfinished jobs with the store");
@@ -407,10 +410,10 @@ impl Loop {
                 self.enqueue(&job.name).await?;
             }
         }
-        let names: Vec<String> = self.tuning.keys().cloned().collect();
-        for name in &names {
+        for name in &known {
             self.reconcile_trials(name).await?;
         }
+        let names: Vec<String> = self.tuning.keys().cloned().collect();
         for name in names {
             let stopping = self.c.tuning_job(&name).await?.value.status == TuningJobStatus::Stopping;
             if stopping { self.stop_tuning(&name).await? } else { self.drive_tuning(&name).await? }

@@ -280,7 +280,7 @@ impl Loop {
             };
             // Created now: queued as it is. Created before (a restart between the insert and the
             // count below): queued as stored.
-            let created = match self.c.store.create_training_job(&training).await {
+            let created = match self.c.store_new_training_job(&training).await {
                 Ok(_) => Some(training),
                 Err(trainyard_store::StoreError::AlreadyExists { .. }) => None,
                 Err(e) => return Err(e.into()),
