@@ -123,7 +123,7 @@ fn both_daemons_serve_metrics_health_and_readiness(backend: Backend) {
     assert!(sample(&page, "trainyard_placement_pass_seconds_count").is_some_and(|n| n >= 1.0), "{page}");
     // The store's latency, by operation: the one job was created once, and read since.
     assert_eq!(
-        sample(&page, "trainyard_store_seconds_count{operation=\"create_training_job\",outcome=\"ok\"}"),
+        sample(&page, "trainyard_store_seconds_count{operation=\"create_training_jobs\",outcome=\"ok\"}"),
         Some(1.0),
         "{page}"
     );

@@ -71,6 +71,11 @@ struct Row {
     seconds: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU per request (µs): the coordinator's, the database server's (PostgreSQL; SQLite's is the
+    /// coordinator's), the clients' (this process).
+    coordinator_cpu_us: f64,
+    database_cpu_us: f64,
+    clients_cpu_us: f64,
 }
 
 const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
@@ -208,6 +213,42 @@ impl Database {
     }
 }
 
+/// CPU seconds (user + system) a process, and with `descendants` its descendants, have used so
+/// far, from /proc. Descendants that already exited are not counted (a database's backends live
+/// as long as its connections, which outlive a measurement).
+fn cpu_seconds(root: u32, descendants: bool) -> f64 {
+    let stat = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: state is 3rd, ppid 4th, utime 14th, stime 15th.
+    let fields = |text: &str| -> Vec<String> {
+        text.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().map(str::to_string).collect()).unwrap_or_default()
+    };
+    let mut parents = std::collections::HashMap::new();
+    let mut ticks = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Ok(pid) = name.parse::<u32>() else { continue };
+        let f = fields(&stat(&name));
+        let number = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or_default();
+        parents.insert(pid, number(1) as u32);
+        ticks.insert(pid, number(11) + number(12));
+    }
+    let in_tree = |mut pid: u32| loop {
+        if pid == root {
+            return true;
+        }
+        if !descendants {
+            return false;
+        }
+        match parents.get(&pid) {
+            Some(&parent) if parent != 0 && parent != pid => pid = parent,
+            _ => return false,
+        }
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks.iter().filter(|(pid, _)| in_tree(**pid)).map(|(_, t)| *t as f64).sum::<f64>() / per_second
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
@@ -262,7 +303,8 @@ async fn creates(flags: &Flags) -> anyhow::Result<()> {
             std::fs::write(&config, "[limits]\nmax_concurrent_tuning_jobs = 100000000\n")?;
             let args = ["--config".as_ref(), config.as_os_str(), "--database-url".as_ref(), url.as_ref()];
             let mut coordinator = start_coordinator(dir.path(), "127.0.0.1", &args, true)?;
-            let row = measure(flags, backend, kind, &coordinator).await?;
+            let database_pid = database.postgres.as_ref().and_then(PgServer::postmaster_pid);
+            let row = measure(flags, backend, kind, &coordinator, database_pid).await?;
             coordinator.daemon.assert_running();
             print_row(&row, rows.is_empty());
             rows.push(row);
@@ -273,7 +315,9 @@ async fn creates(flags: &Flags) -> anyhow::Result<()> {
             .iter()
             .map(|r| {
                 json!({"backend": r.backend, "operation": r.kind, "clients": flags.clients, "requests": r.requests,
-                       "seconds": r.seconds, "per_second": r.requests as f64 / r.seconds, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms})
+                       "seconds": r.seconds, "per_second": r.requests as f64 / r.seconds, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+                       "coordinator_cpu_us": r.coordinator_cpu_us, "database_cpu_us": r.database_cpu_us,
+                       "clients_cpu_us": r.clients_cpu_us})
             })
             .collect();
         std::fs::write(path, serde_json::to_vec_pretty(&value)?)?;
@@ -284,28 +328,58 @@ async fn creates(flags: &Flags) -> anyhow::Result<()> {
 fn print_row(r: &Row, header: bool) {
     if header {
         println!(
-            "{:<10} {:<30} {:>9} {:>10} {:>10} {:>9} {:>9}",
-            "backend", "operation", "requests", "seconds", "per second", "p50 ms", "p99 ms"
+            "{:<10} {:<30} {:>9} {:>8} {:>10} {:>7} {:>7}  {:>12} {:>12} {:>12}",
+            "backend",
+            "operation",
+            "requests",
+            "seconds",
+            "per second",
+            "p50 ms",
+            "p99 ms",
+            "coord µs/req",
+            "db µs/req",
+            "client µs/req"
         );
     }
     println!(
-        "{:<10} {:<30} {:>9} {:>10.2} {:>10.0} {:>9.2} {:>9.2}",
+        "{:<10} {:<30} {:>9} {:>8.2} {:>10.0} {:>7.2} {:>7.2}  {:>12.0} {:>12.0} {:>12.0}",
         r.backend,
         r.kind,
         r.requests,
         r.seconds,
         r.requests as f64 / r.seconds,
         r.p50_ms,
-        r.p99_ms
+        r.p99_ms,
+        r.coordinator_cpu_us,
+        r.database_cpu_us,
+        r.clients_cpu_us
     );
 }
 
-async fn measure(flags: &Flags, backend: &str, kind: Kind, coordinator: &BenchCoordinator) -> anyhow::Result<Row> {
+async fn measure(
+    flags: &Flags,
+    backend: &str,
+    kind: Kind,
+    coordinator: &BenchCoordinator,
+    database_pid: Option<u32>,
+) -> anyhow::Result<Row> {
     let warmup = (flags.requests / 10).max(flags.clients as u64);
     run(flags.clients, warmup, kind, coordinator, "warm").await?;
+    // CPU per request is what a change to the path shows; requests per second on a shared VM
+    // also show the neighbours.
+    let cpu = || {
+        (
+            cpu_seconds(coordinator.daemon.pid(), true),
+            database_pid.map(|pid| cpu_seconds(pid, true)).unwrap_or_default(),
+            cpu_seconds(std::process::id(), false),
+        )
+    };
+    let before = cpu();
     let started = Instant::now();
     let mut latencies = run(flags.clients, flags.requests, kind, coordinator, "run").await?;
     let seconds = started.elapsed().as_secs_f64();
+    let after = cpu();
+    let per_request = |a: f64, b: f64| (a - b) * 1e6 / flags.requests as f64;
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1000.0;
     Ok(Row {
@@ -318,6 +392,9 @@ async fn measure(flags: &Flags, backend: &str, kind: Kind, coordinator: &BenchCo
         seconds,
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
+        coordinator_cpu_us: per_request(after.0, before.0),
+        database_cpu_us: per_request(after.1, before.1),
+        clients_cpu_us: per_request(after.2, before.2),
     })
 }
 
@@ -329,8 +406,11 @@ async fn run(
     coordinator: &BenchCoordinator,
     prefix: &str,
 ) -> anyhow::Result<Vec<Duration>> {
-    let tuning: api::CreateHyperParameterTuningJobRequest = serde_json::from_str(TUNING)?;
-    let training: api::CreateTrainingJobRequest = serde_json::from_str(TRAINING)?;
+    // Encoded once: the clients' own cost is not what this measures.
+    let tuning = pb::CreateHyperParameterTuningJobRequest::from(serde_json::from_str::<
+        api::CreateHyperParameterTuningJobRequest,
+    >(TUNING)?);
+    let training = pb::CreateTrainingJobRequest::from(serde_json::from_str::<api::CreateTrainingJobRequest>(TRAINING)?);
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..clients {
@@ -351,14 +431,12 @@ async fn run(
                     Kind::TuningJob => {
                         let mut request = tuning.clone();
                         request.hyper_parameter_tuning_job_name = Some(name);
-                        tuning_client
-                            .create_hyper_parameter_tuning_job(pb::CreateHyperParameterTuningJobRequest::from(request))
-                            .await?;
+                        tuning_client.create_hyper_parameter_tuning_job(request).await?;
                     }
                     Kind::TrainingJob => {
                         let mut request = training.clone();
                         request.training_job_name = Some(name);
-                        training_client.create_training_job(pb::CreateTrainingJobRequest::from(request)).await?;
+                        training_client.create_training_job(request).await?;
                     }
                 }
                 latencies.push(started.elapsed());

@@ -1,7 +1,7 @@
 //! The coordinator's operations, in domain terms: validate, persist, then hand the change to the
 //! event loop. The gRPC layer (`grpc.rs`) only converts messages and errors around these.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -87,6 +87,7 @@ pub struct TrialPoints {
 /// A MetricDefinition's Name is at most this long (SageMaker's limit).
 const MAX_METRIC_NAME_CHARS: usize = 255;
 
+use crate::group_commit::GroupCommit;
 use crate::inbox::Event;
 
 /// How often a compare-and-set update is retried against concurrent writers before giving up.
@@ -109,11 +110,54 @@ pub struct Coordinator {
     /// instead of a read (a trial's life is six writes). Never trusted further than the version
     /// check: a stale entry makes the write conflict and the job be read again, and a decision
     /// not to write is only ever taken on a fresh read.
-    written: std::sync::Mutex<HashMap<String, Versioned<TrainingJob>>>,
+    written: std::sync::Mutex<WrittenJobs>,
+    /// New jobs are written through these: concurrent creates share one statement.
+    new_training_jobs: GroupCommit<TrainingJob>,
+    new_tuning_jobs: GroupCommit<TuningJob>,
 }
 
 /// Unended training jobs kept in [`Coordinator::written`] at most (beyond: read before writing).
 const WRITTEN_KEPT: usize = 4096;
+
+/// [`Coordinator::written`]: when more than [`WRITTEN_KEPT`] jobs are unended, the ones written
+/// most recently are kept (a burst of creates is followed by each job's first change: the newest
+/// are the ones about to be written again; a job queued long ago is read once when it starts).
+#[derive(Default)]
+struct WrittenJobs {
+    /// Each job with the number it was last kept under.
+    jobs: HashMap<String, (u64, Versioned<TrainingJob>)>,
+    /// Names in the order they were kept, with that number: an entry whose number is no longer
+    /// its job's was superseded or taken, and is skipped.
+    order: VecDeque<(u64, String)>,
+    kept: u64,
+}
+
+impl WrittenJobs {
+    fn take(&mut self, name: &str) -> Option<Versioned<TrainingJob>> {
+        self.jobs.remove(name).map(|(_, job)| job)
+    }
+
+    fn get(&self, name: &str) -> Option<&Versioned<TrainingJob>> {
+        self.jobs.get(name).map(|(_, job)| job)
+    }
+
+    fn keep(&mut self, job: Versioned<TrainingJob>) {
+        self.kept += 1;
+        self.order.push_back((self.kept, job.value.name.clone()));
+        self.jobs.insert(job.value.name.clone(), (self.kept, job));
+        while self.jobs.len() > WRITTEN_KEPT {
+            let Some((number, name)) = self.order.pop_front() else { break };
+            if self.jobs.get(&name).is_some_and(|(n, _)| *n == number) {
+                self.jobs.remove(&name);
+            }
+        }
+        // Every write of a kept job adds an entry: the superseded ones go before they add up.
+        if self.order.len() > 2 * WRITTEN_KEPT {
+            let jobs = &self.jobs;
+            self.order.retain(|(number, name)| jobs.get(name).is_some_and(|(n, _)| n == number));
+        }
+    }
+}
 
 pub fn now() -> Timestamp {
     let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default();
@@ -135,7 +179,6 @@ impl Coordinator {
     ) -> Result<Self, DomainError> {
         let active = store.count_active_tuning_jobs().await?;
         Ok(Self {
-            store,
             catalog,
             limits,
             arns,
@@ -143,7 +186,10 @@ impl Coordinator {
             events,
             log_sequences: tokio::sync::Mutex::new(HashMap::new()),
             active_tuning_jobs: AtomicU64::new(active),
-            written: std::sync::Mutex::new(HashMap::new()),
+            written: std::sync::Mutex::new(WrittenJobs::default()),
+            new_training_jobs: GroupCommit::start(store.clone()),
+            new_tuning_jobs: GroupCommit::start(store.clone()),
+            store,
         })
     }
 
@@ -196,7 +242,7 @@ impl Coordinator {
                 return Err(e);
             }
         };
-        if let Err(e) = self.store.create_tuning_job(&job).await {
+        if let Err(e) = self.new_tuning_jobs.create(job.clone()).await {
             self.active_tuning_jobs.fetch_sub(1, Ordering::SeqCst);
             return Err(e.into());
         }
@@ -761,7 +807,7 @@ impl Coordinator {
         name: &str,
         mut change: impl FnMut(&mut TrainingJob) -> Result<bool, DomainError>,
     ) -> Result<Option<TrainingJob>, DomainError> {
-        let mut last_written = self.written.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        let mut last_written = self.written.lock().unwrap_or_else(|e| e.into_inner()).take(name);
         for _ in 0..UPDATE_ATTEMPTS {
             let (Versioned { mut value, version }, fresh) = match last_written.take() {
                 Some(written) => (written, false),
@@ -788,9 +834,14 @@ impl Coordinator {
 
     /// Stores a new training job and keeps it as written: its first change needs no read.
     pub async fn store_new_training_job(&self, job: &TrainingJob) -> Result<(), StoreError> {
-        let written = self.store.create_training_job(job).await?;
+        let written = self.new_training_jobs.create(job.clone()).await?;
         self.keep_written(written);
         Ok(())
+    }
+
+    /// A training job as this process last wrote it, if it is kept (see [`Coordinator::written`]).
+    pub fn last_written(&self, name: &str) -> Option<TrainingJob> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).get(name).map(|w| w.value.clone())
     }
 
     /// Remembers a training job as just written, while it has not ended (see [`Coordinator::written`]).
@@ -798,10 +849,7 @@ impl Coordinator {
         if written.value.status.is_terminal() {
             return;
         }
-        let mut kept = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() < WRITTEN_KEPT {
-            kept.insert(written.value.name.clone(), written);
-        }
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).keep(written);
     }
 
     /// Trials of a tuning job that have not ended.
@@ -838,6 +886,33 @@ mod tests {
         TrainingJob::new(request, None, &ArnContext::default(), now()).expect("job")
     }
 
+    /// Past the bound the newest are kept; rewriting and taking jobs never grows the bookkeeping
+    /// beyond twice the bound.
+    #[test]
+    fn the_most_recently_written_jobs_are_kept() {
+        let mut written = WrittenJobs::default();
+        let template = job("template");
+        let versioned = |name: String, version| Versioned { value: TrainingJob { name, ..template.clone() }, version };
+        for i in 0..WRITTEN_KEPT + 10 {
+            written.keep(versioned(format!("job-{i}"), 1));
+        }
+        assert_eq!(written.jobs.len(), WRITTEN_KEPT);
+        assert!(written.get("job-9").is_none(), "the oldest went first");
+        assert!(written.get("job-10").is_some() && written.get(&format!("job-{}", WRITTEN_KEPT + 9)).is_some());
+        // job-10 rewritten: now the newest, so the next one evicts job-11 instead.
+        let rewritten = written.take("job-10").expect("kept");
+        written.keep(Versioned { version: 2, ..rewritten });
+        written.keep(versioned("one-more".into(), 1));
+        assert_eq!(written.get("job-10").map(|j| j.version), Some(2));
+        assert!(written.get("job-11").is_none());
+        for round in 0..3 * WRITTEN_KEPT as i64 {
+            let taken = written.take("job-20").unwrap_or_else(|| versioned("job-20".into(), round));
+            written.keep(taken);
+        }
+        assert!(written.order.len() <= 2 * WRITTEN_KEPT, "{}", written.order.len());
+        assert_eq!(written.jobs.len(), WRITTEN_KEPT);
+    }
+
     /// A job this process wrote, then another writer changed (a coordinator that led before, say):
     /// the next change starts from the kept copy, conflicts, and is made again on the stored job,
     /// so the other writer's change survives; a decision not to write is taken on the store's job.
@@ -848,7 +923,7 @@ mod tests {
         c.store.create_training_job(&job("cached")).await.expect("create");
         let ours = c.updated_training_job("cached", |j| Ok(j.set_status_message("ours", now()))).await;
         assert!(ours.expect("update").is_some());
-        assert!(c.written.lock().expect("lock").contains_key("cached"), "the written copy is kept");
+        assert!(c.written.lock().expect("lock").get("cached").is_some(), "the written copy is kept");
 
         let stored = c.training_job("cached").await.expect("read");
         let mut theirs = stored.value.clone();

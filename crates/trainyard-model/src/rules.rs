@@ -8,7 +8,8 @@
 //! DefinitionNames; a tuned hyperparameter is not also static; the objective is a defined metric;
 //! instance types come from the catalog. Plus Trainyard's own limits, stated as such.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{LazyLock, Mutex};
 
 use crate::api;
 use crate::catalog::Catalog;
@@ -509,18 +510,45 @@ fn unique_metric_names(defs: &[api::MetricDefinition], path: &str, v: &mut Viola
                 format!("value '{name}' must be unique among the MetricDefinitions"),
             );
         }
-        // Parsing is enough to know the regex compiles; building it (a DFA) costs far more and
-        // is the agent's job when the trial runs.
         if let Some(regex) = &d.regex
-            && let Err(e) = regex_syntax::Parser::new().parse(regex)
+            && let Some(problem) = regex_problem(regex)
         {
-            let first_line = e.to_string().lines().last().unwrap_or_default().trim().to_string();
             v.push_at(
                 format!("{path}[{i}].Regex"),
-                format!("value '{regex}' is not a valid regular expression: {first_line}"),
+                format!("value '{regex}' is not a valid regular expression: {problem}"),
             );
         }
     }
+}
+
+/// Regexes whose verdict [`regex_problem`] remembers at most, and their length at most (the API's
+/// limit on `MetricDefinition.Regex`).
+const REGEXES_REMEMBERED: usize = 1024;
+const MAX_REMEMBERED_REGEX: usize = 500;
+
+/// Why a metric definition's regex does not compile, or None. Parsing is enough to know that it
+/// does; building it (a DFA) costs far more and is the agent's job when the trial runs. Verdicts
+/// are remembered: parsing one costs more than the rest of a create's checks together (Unicode
+/// classes are expanded), and a tuning job's trials and a team's jobs repeat the same few.
+fn regex_problem(regex: &str) -> Option<String> {
+    static VERDICTS: LazyLock<Mutex<HashMap<String, Option<String>>>> = LazyLock::new(Default::default);
+    let verdicts = || VERDICTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = verdicts().get(regex) {
+        return known.clone();
+    }
+    let problem = regex_syntax::Parser::new()
+        .parse(regex)
+        .err()
+        .map(|e| e.to_string().lines().last().unwrap_or_default().trim().to_string());
+    if regex.len() > MAX_REMEMBERED_REGEX {
+        return problem; // over the API's limit: refused elsewhere, not worth keeping
+    }
+    let mut remembered = verdicts();
+    if remembered.len() >= REGEXES_REMEMBERED {
+        remembered.clear();
+    }
+    remembered.insert(regex.to_string(), problem.clone());
+    problem
 }
 
 fn instance_type_rule(instance_type: &str, path: &str, catalog: &Catalog, v: &mut Violations) {

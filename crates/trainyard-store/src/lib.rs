@@ -152,6 +152,9 @@ pub enum StoreError {
     Backup(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A failure shared by several requests written together (see [`StoreError::shared`]).
+    #[error("{0}")]
+    Shared(String),
     #[error("database unreachable: {0}")]
     Unreachable(String),
     #[error("migration failed: {0}")]
@@ -162,12 +165,43 @@ impl From<StoreError> for DomainError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::AlreadyExists { kind, name } => DomainError::AlreadyExists { kind, name },
-            StoreError::Database(
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_),
-            ) => DomainError::Unavailable(e.to_string()),
-            StoreError::Unreachable(_) | StoreError::Fenced { .. } => DomainError::Unavailable(e.to_string()),
+            e if e.is_unavailable() => DomainError::Unavailable(e.to_string()),
             other => DomainError::Internal(other.to_string()),
         }
+    }
+}
+
+/// The outcome of a batch of one.
+fn only_outcome<T>(outcomes: Vec<Result<T, StoreError>>) -> Result<T, StoreError> {
+    outcomes.into_iter().next().unwrap_or_else(|| Err(StoreError::Shared("the store gave no outcome".into())))
+}
+
+impl StoreError {
+    /// This error for each of several requests whose write failed together (a group commit): the
+    /// same kind where the kind decides what the caller is told (unavailable, fenced, taken),
+    /// otherwise its text.
+    pub fn shared(&self) -> StoreError {
+        match self {
+            StoreError::AlreadyExists { kind, name } => StoreError::AlreadyExists { kind: *kind, name: name.clone() },
+            StoreError::Conflict { kind, name } => StoreError::Conflict { kind: *kind, name: name.clone() },
+            StoreError::Fenced { epoch, current } => StoreError::Fenced { epoch: *epoch, current: *current },
+            StoreError::Unreachable(text) => StoreError::Unreachable(text.clone()),
+            other if other.is_unavailable() => StoreError::Unreachable(other.to_string()),
+            other => StoreError::Shared(other.to_string()),
+        }
+    }
+
+    /// The database cannot be reached or this coordinator no longer leads: nothing about the
+    /// request itself, so asking again (of this coordinator later, or of the new leader) may work.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unreachable(_)
+                | StoreError::Fenced { .. }
+                | StoreError::Database(
+                    sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_),
+                )
+        )
     }
 }
 
@@ -184,7 +218,16 @@ pub enum Backend {
 pub trait Store: Send + Sync {
     fn backend(&self) -> Backend;
 
-    async fn create_tuning_job(&self, job: &TuningJob) -> Result<Versioned<TuningJob>, StoreError>;
+    /// Inserts new tuning jobs in one statement (the group commit of concurrent creates): one
+    /// outcome per job, in order. A name taken, before or earlier in `jobs`, is that job's
+    /// `AlreadyExists`; an error for the whole call (the database, the fence) stored none of them.
+    async fn create_tuning_jobs(
+        &self,
+        jobs: &[TuningJob],
+    ) -> Result<Vec<Result<Versioned<TuningJob>, StoreError>>, StoreError>;
+    async fn create_tuning_job(&self, job: &TuningJob) -> Result<Versioned<TuningJob>, StoreError> {
+        only_outcome(self.create_tuning_jobs(std::slice::from_ref(job)).await?)
+    }
     async fn get_tuning_job(&self, name: &str) -> Result<Option<Versioned<TuningJob>>, StoreError>;
     async fn list_tuning_jobs(&self, query: &ListQuery) -> Result<Page<TuningJob>, StoreError>;
     /// Writes `job` if the stored row is still at `expected_version`; returns the new version.
@@ -198,7 +241,14 @@ pub trait Store: Send + Sync {
     /// How many tuning jobs have not ended.
     async fn count_active_tuning_jobs(&self) -> Result<u64, StoreError>;
 
-    async fn create_training_job(&self, job: &TrainingJob) -> Result<Versioned<TrainingJob>, StoreError>;
+    /// Inserts new training jobs in one statement, as [`Store::create_tuning_jobs`] does.
+    async fn create_training_jobs(
+        &self,
+        jobs: &[TrainingJob],
+    ) -> Result<Vec<Result<Versioned<TrainingJob>, StoreError>>, StoreError>;
+    async fn create_training_job(&self, job: &TrainingJob) -> Result<Versioned<TrainingJob>, StoreError> {
+        only_outcome(self.create_training_jobs(std::slice::from_ref(job)).await?)
+    }
     async fn get_training_job(&self, name: &str) -> Result<Option<Versioned<TrainingJob>>, StoreError>;
     async fn list_training_jobs(&self, query: &ListQuery) -> Result<Page<TrainingJob>, StoreError>;
     async fn update_training_job(

@@ -29,6 +29,12 @@ use crate::{
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// Statements slower than this are logged (at INFO, by sqlx).
+const SLOW_STATEMENT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A pooled connection idle this long is tested before it is used again.
+const PING_IF_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
@@ -52,7 +58,20 @@ enum Arg {
     Text(String),
     Int(i64),
     Float(f64),
+    /// Bound as a typed NULL when absent (a `DOUBLE PRECISION` never is: see [`nullable_double`]).
+    OptText(Option<String>),
+    OptInt(Option<i64>),
 }
+
+/// A value of a row a statement inserts: bound, or SQL written into the statement as it is.
+enum Cell {
+    Bound(Arg),
+    Sql(&'static str),
+}
+
+/// An absent `DOUBLE PRECISION` in a multi-row `VALUES`, typed (see [`nullable_double`]: never bound;
+/// and an untyped `NULL` in every row of a column would make PostgreSQL read the column as text).
+const NULL_DOUBLE: &str = "CAST(NULL AS DOUBLE PRECISION)";
 
 /// A statement with `$N` parameters numbered in the order they are added.
 #[derive(Default)]
@@ -66,29 +85,39 @@ impl Statement {
         format!("${}", self.args.len())
     }
 
-    /// Runs the statement; how many rows it changed.
-    async fn execute(self, pool: &AnyPool, sql: String) -> Result<u64, sqlx::Error> {
+    /// One row of a `VALUES` list: its values bound in order, its SQL cells as they are.
+    fn row(&mut self, cells: Vec<Cell>) -> String {
+        let cells: Vec<String> = cells
+            .into_iter()
+            .map(|cell| match cell {
+                Cell::Bound(arg) => self.bind(arg),
+                Cell::Sql(sql) => sql.to_string(),
+            })
+            .collect();
+        format!("({})", cells.join(", "))
+    }
+
+    fn query(self, sql: String) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
         let mut query = sqlx::query(audited(sql));
         for arg in self.args {
             query = match arg {
                 Arg::Text(s) => query.bind(s),
                 Arg::Int(i) => query.bind(i),
                 Arg::Float(f) => query.bind(f),
+                Arg::OptText(s) => query.bind(s),
+                Arg::OptInt(i) => query.bind(i),
             };
         }
-        query.execute(pool).await.map(|r| r.rows_affected())
+        query
+    }
+
+    /// Runs the statement; how many rows it changed.
+    async fn execute(self, pool: &AnyPool, sql: String) -> Result<u64, sqlx::Error> {
+        self.query(sql).execute(pool).await.map(|r| r.rows_affected())
     }
 
     async fn fetch_all(self, pool: &AnyPool, sql: String) -> Result<Vec<AnyRow>, sqlx::Error> {
-        let mut query = sqlx::query(audited(sql));
-        for arg in self.args {
-            query = match arg {
-                Arg::Text(s) => query.bind(s),
-                Arg::Int(i) => query.bind(i),
-                Arg::Float(f) => query.bind(f),
-            };
-        }
-        query.fetch_all(pool).await
+        self.query(sql).fetch_all(pool).await
     }
 }
 
@@ -250,7 +279,21 @@ impl SqlStore {
                 })?;
             first?.close().await?;
         }
-        let pool = options.connect(&url).await?;
+        // sqlx pings every connection it hands out, a round trip before each statement; only one
+        // idle for a while is tested here (one that broke while in use fails its statement, which
+        // callers already treat as the database being away).
+        let options = options.test_before_acquire(false).before_acquire(|conn, meta| {
+            Box::pin(async move {
+                use sqlx::Connection;
+                Ok(meta.idle_for < PING_IF_IDLE_FOR || conn.ping().await.is_ok())
+            })
+        });
+        // sqlx warns of every statement over a second: a database that went away would fill the
+        // log with them. Slow calls show in `trainyard_store_seconds`, failures in our own lines.
+        let connect_options: sqlx::any::AnyConnectOptions = url.parse()?;
+        let connect_options =
+            sqlx::ConnectOptions::log_slow_statements(connect_options, log::LevelFilter::Info, SLOW_STATEMENT);
+        let pool = options.connect_with(connect_options).await?;
         match backend {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
@@ -313,6 +356,55 @@ impl SqlStore {
             }
         }
         Ok(tx)
+    }
+
+    /// Inserts new jobs' rows in one fenced statement; the outcome of each row, in order. `rows`:
+    /// each job's name and its cells in `columns`' order. A name taken before, or by an earlier
+    /// row, is `AlreadyExists`; when none was inserted, a lost lease is the whole call's error.
+    async fn insert_new<T: Clone>(
+        &self,
+        table: &str,
+        columns: &str,
+        kind: ResourceKind,
+        jobs: &[T],
+        rows: Vec<(String, Vec<Cell>)>,
+    ) -> Result<Vec<Result<Versioned<T>, StoreError>>, StoreError> {
+        let mut st = Statement::default();
+        let mut values = Vec::new();
+        let mut first = std::collections::HashSet::new();
+        let mut repeated = Vec::with_capacity(rows.len());
+        for (name, cells) in rows {
+            let again = !first.insert(name.clone());
+            if !again {
+                values.push(st.row(cells));
+            }
+            repeated.push((name, again));
+        }
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fence = self.fence_clause(&st.bind(Arg::Int(self.epoch())));
+        let sql = format!(
+            "INSERT INTO {table} ({columns}) SELECT * FROM (VALUES {}) AS new_rows WHERE {fence} \
+             ON CONFLICT DO NOTHING RETURNING name",
+            values.join(", ")
+        );
+        let inserted: std::collections::HashSet<String> =
+            st.fetch_all(&self.pool, sql).await?.iter().map(|r| r.try_get("name")).collect::<Result<_, _>>()?;
+        if inserted.is_empty() {
+            self.fenced_or(Ok(())).await?;
+        }
+        Ok(repeated
+            .into_iter()
+            .zip(jobs)
+            .map(|((name, again), job)| {
+                if !again && inserted.contains(&name) {
+                    Ok(Versioned { value: job.clone(), version: 1 })
+                } else {
+                    Err(StoreError::AlreadyExists { kind, name })
+                }
+            })
+            .collect())
     }
 
     /// The shared list implementation: filters, keyset pagination, sort.
@@ -403,32 +495,31 @@ impl Store for SqlStore {
         self.backend
     }
 
-    async fn create_tuning_job(&self, job: &TuningJob) -> Result<Versioned<TuningJob>, StoreError> {
-        let request = serde_json::to_string(&job.request)
-            .map_err(|e| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() })?;
-        let fence = self.fence_clause("$12");
-        let result = sqlx::query(audited(format!(
-            "INSERT INTO tuning_jobs ({TUNING_COLUMNS}) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $11 WHERE {fence}"
-        )))
-        .bind(&job.name)
-        .bind(&job.arn)
-        .bind(job.status.as_str())
-        .bind(job.strategy())
-        .bind(job.creation_time.millis())
-        .bind(job.last_modified_time.millis())
-        .bind(job.end_time.map(|t| t.millis()))
-        .bind(job.failure_reason.as_deref())
-        .bind(request)
-        .bind(completion_json(job)?)
-        .bind(&job.owner)
-        .bind(self.epoch())
-        .execute(&self.pool)
-        .await;
-        if inserted(result, ResourceKind::TuningJob, &job.name)? == 0 {
-            self.fenced_or(Ok(())).await?;
+    async fn create_tuning_jobs(
+        &self,
+        jobs: &[TuningJob],
+    ) -> Result<Vec<Result<Versioned<TuningJob>, StoreError>>, StoreError> {
+        let mut rows = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let request = serde_json::to_string(&job.request)
+                .map_err(|e| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() })?;
+            let cells = vec![
+                Cell::Bound(Arg::Text(job.name.clone())),
+                Cell::Bound(Arg::Text(job.arn.clone())),
+                Cell::Bound(Arg::Text(job.status.as_str().to_string())),
+                Cell::Bound(Arg::OptText(job.strategy().map(str::to_string))),
+                Cell::Bound(Arg::Int(job.creation_time.millis())),
+                Cell::Bound(Arg::Int(job.last_modified_time.millis())),
+                Cell::Bound(Arg::OptInt(job.end_time.map(|t| t.millis()))),
+                Cell::Bound(Arg::OptText(job.failure_reason.clone())),
+                Cell::Bound(Arg::Text(request)),
+                Cell::Sql("1"),
+                Cell::Bound(Arg::OptText(completion_json(job)?)),
+                Cell::Bound(Arg::Text(job.owner.clone())),
+            ];
+            rows.push((job.name.clone(), cells));
         }
-        Ok(Versioned { value: job.clone(), version: 1 })
+        self.insert_new("tuning_jobs", TUNING_COLUMNS, ResourceKind::TuningJob, jobs, rows).await
     }
 
     async fn get_tuning_job(&self, name: &str) -> Result<Option<Versioned<TuningJob>>, StoreError> {
@@ -500,36 +591,40 @@ impl Store for SqlStore {
         Ok(u64::try_from(n).unwrap_or_default())
     }
 
-    async fn create_training_job(&self, job: &TrainingJob) -> Result<Versioned<TrainingJob>, StoreError> {
-        let corrupt = |e: serde_json::Error| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() };
-        let request = serde_json::to_string(&job.request).map_err(corrupt)?;
-        let details = serde_json::to_string(&TrainingDetails::of(job)).map_err(corrupt)?;
-        let objective = nullable_double("$16", job.objective_value);
-        let fence = self.fence_clause("$15");
-        let query = sqlx::query(audited(format!(
-            "INSERT INTO training_jobs ({TRAINING_COLUMNS}) \
-             SELECT $1, $2, $3, $4, $5, $6, {objective}, $7, $8, $9, $10, $11, $12, $13, 1, $14 WHERE {fence}"
-        )))
-        .bind(&job.name)
-        .bind(&job.arn)
-        .bind(job.tuning_job_name())
-        .bind(job.status.as_str())
-        .bind(job.secondary_status.as_str())
-        .bind(job.objective_status.map(ObjectiveStatus::as_str))
-        .bind(job.creation_time.millis())
-        .bind(job.last_modified_time.millis())
-        .bind(job.training_start_time.map(|t| t.millis()))
-        .bind(job.training_end_time.map(|t| t.millis()))
-        .bind(job.failure_reason.as_deref())
-        .bind(request)
-        .bind(details)
-        .bind(&job.owner)
-        .bind(self.epoch());
-        let result = bind_double(query, job.objective_value).execute(&self.pool).await;
-        if inserted(result, ResourceKind::TrainingJob, &job.name)? == 0 {
-            self.fenced_or(Ok(())).await?;
+    async fn create_training_jobs(
+        &self,
+        jobs: &[TrainingJob],
+    ) -> Result<Vec<Result<Versioned<TrainingJob>, StoreError>>, StoreError> {
+        let mut rows = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let corrupt = |e: serde_json::Error| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() };
+            let request = serde_json::to_string(&job.request).map_err(corrupt)?;
+            let details = serde_json::to_string(&TrainingDetails::of(job)).map_err(corrupt)?;
+            let objective = match job.objective_value {
+                Some(value) => Cell::Bound(Arg::Float(value)),
+                None => Cell::Sql(NULL_DOUBLE),
+            };
+            let cells = vec![
+                Cell::Bound(Arg::Text(job.name.clone())),
+                Cell::Bound(Arg::Text(job.arn.clone())),
+                Cell::Bound(Arg::OptText(job.tuning_job_name().map(str::to_string))),
+                Cell::Bound(Arg::Text(job.status.as_str().to_string())),
+                Cell::Bound(Arg::Text(job.secondary_status.as_str().to_string())),
+                Cell::Bound(Arg::OptText(job.objective_status.map(|s| s.as_str().to_string()))),
+                objective,
+                Cell::Bound(Arg::Int(job.creation_time.millis())),
+                Cell::Bound(Arg::Int(job.last_modified_time.millis())),
+                Cell::Bound(Arg::OptInt(job.training_start_time.map(|t| t.millis()))),
+                Cell::Bound(Arg::OptInt(job.training_end_time.map(|t| t.millis()))),
+                Cell::Bound(Arg::OptText(job.failure_reason.clone())),
+                Cell::Bound(Arg::Text(request)),
+                Cell::Bound(Arg::Text(details)),
+                Cell::Sql("1"),
+                Cell::Bound(Arg::Text(job.owner.clone())),
+            ];
+            rows.push((job.name.clone(), cells));
         }
-        Ok(Versioned { value: job.clone(), version: 1 })
+        self.insert_new("training_jobs", TRAINING_COLUMNS, ResourceKind::TrainingJob, jobs, rows).await
     }
 
     async fn get_training_job(&self, name: &str) -> Result<Option<Versioned<TrainingJob>>, StoreError> {

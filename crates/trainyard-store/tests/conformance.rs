@@ -27,6 +27,7 @@ macro_rules! cases {
 cases!(
     created_jobs_read_back_unchanged,
     duplicate_names_are_already_exists,
+    jobs_created_together_are_each_stored_or_refused,
     updates_are_compare_and_set,
     filters_and_sorts_match_sagemaker,
     pagination_stays_correct_while_jobs_arrive,
@@ -105,6 +106,9 @@ async fn leadership_is_one_at_a_time_and_fences_the_old_leader(url: &str) {
     let refused = a.create_tuning_job(&tuning("late", 2)).await;
     assert!(matches!(refused, Err(StoreError::Fenced { epoch: 1, current: Some(2) })), "{refused:?}");
     assert!(b.get_tuning_job("late").await.expect("get").is_none());
+    let refused = a.create_training_jobs(&[training("late-1", 2, None), training("late-2", 2, None)]).await;
+    assert!(matches!(refused, Err(StoreError::Fenced { epoch: 1, current: Some(2) })), "{refused:?}");
+    assert!(b.get_training_job("late-1").await.expect("get").is_none());
     let mut stopping = kept.value.clone();
     stopping.request_stop(Timestamp::from_millis(5)).expect("stop");
     assert!(matches!(a.update_tuning_job(&stopping, kept.version).await, Err(StoreError::Fenced { .. })));
@@ -274,6 +278,45 @@ async fn duplicate_names_are_already_exists(store: Arc<dyn Store>) {
     store.create_training_job(&training("t-twice", 1, None)).await.expect("first");
     let second = store.create_training_job(&training("t-twice", 2, None)).await;
     assert!(matches!(second, Err(StoreError::AlreadyExists { .. })), "{second:?}");
+}
+
+/// A group commit: one statement for several creates, each answered as if made alone, in order.
+async fn jobs_created_together_are_each_stored_or_refused(store: Arc<dyn Store>) {
+    store.create_tuning_job(&tuning("taken", 1)).await.expect("before");
+    let batch = [tuning("first", 2), tuning("second", 3), tuning("first", 4), tuning("taken", 5)];
+    let outcomes = store.create_tuning_jobs(&batch).await.expect("batch");
+    let taken = |o: &Result<_, StoreError>| matches!(o, Err(StoreError::AlreadyExists { .. }));
+    assert_eq!(outcomes.len(), 4);
+    assert!(outcomes[0].is_ok() && outcomes[1].is_ok(), "{outcomes:?}");
+    assert!(taken(&outcomes[2]), "a name repeated in the batch is taken by its first job: {:?}", outcomes[2]);
+    assert!(taken(&outcomes[3]), "a name stored before is taken: {:?}", outcomes[3]);
+    for (name, created) in [("first", 2), ("second", 3), ("taken", 1)] {
+        let read = store.get_tuning_job(name).await.expect("get").expect("present");
+        assert_eq!(read.value.creation_time, Timestamp::from_millis(created), "{name}");
+        assert_eq!(read.version, 1);
+    }
+    assert_eq!(store.get_tuning_job("first").await.expect("get").expect("present").value, batch[0]);
+
+    // Rows with and without each optional value, side by side in one statement.
+    let mut scored = training("first-001-0000abcd", 10, Some("first"));
+    scored.objective_value = Some(0.25);
+    scored.failure_reason = Some("it's \"quoted\"".into());
+    let plain = training("plain", 11, None);
+    let mut started = training("started", 12, None);
+    started.transition(SecondaryStatus::Training, "Training", Timestamp::from_millis(13)).expect("ok");
+    let batch = [scored, plain, started];
+    let outcomes = store.create_training_jobs(&batch).await.expect("batch");
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    for job in &batch {
+        let read = store.get_training_job(&job.name).await.expect("get").expect("present");
+        assert_eq!(&read.value, job, "{} reads back as written", job.name);
+    }
+
+    // A statement that fails (a trial of a tuning job that does not exist) stores none of the batch.
+    let batch = [training("orphan-ok", 20, None), training("orphan-001-0000abcd", 21, Some("no-such-tuning-job"))];
+    let failed = store.create_training_jobs(&batch).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert!(store.get_training_job("orphan-ok").await.expect("get").is_none(), "nothing half-written");
 }
 
 async fn updates_are_compare_and_set(store: Arc<dyn Store>) {

@@ -134,6 +134,12 @@ impl PgServer {
         self.pg_start();
     }
 
+    /// The server's main process (its backends are its children), while it runs.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -130,7 +130,12 @@ impl Loop {
     }
 
     pub(super) async fn enqueue(&mut self, name: &str) -> Result<(), DomainError> {
-        let job = self.c.training_job(name).await?.value;
+        // As this process last wrote it (the leader is the only writer; a job changed since, by a
+        // stop say, is kept changed or, once ended, not kept): a create is queued without a read.
+        let job = match self.c.last_written(name) {
+            Some(job) => job,
+            None => self.c.training_job(name).await?.value,
+        };
         self.enqueue_job(job).await
     }
 

@@ -56,9 +56,10 @@ impl Loop {
         Some(rule)
     }
 
-    pub(super) async fn load_tuning(&mut self, name: &str) -> Result<(), DomainError> {
+    /// Loads a tuning run from the store unless it is loaded; the job as read, if it was read.
+    pub(super) async fn load_tuning(&mut self, name: &str) -> Result<Option<TuningJob>, DomainError> {
         if self.tuning.contains_key(name) {
-            return Ok(());
+            return Ok(None);
         }
         let job = self.c.tuning_job(name).await?.value;
         let config = job.request.hyper_parameter_tuning_job_config.clone().unwrap_or_default();
@@ -93,6 +94,8 @@ impl Loop {
             .unwrap_or(u64::MAX)
             .min(capacity.unwrap_or(u64::MAX));
         let launched = self.c.store.count_trials(name).await?;
+        // A tuning job just created has none: its trials are not listed (a create's only reads).
+        let trials = if launched == 0 { Vec::new() } else { self.trials_of(name).await? };
         let sign = |v: f64, maximize: bool| if maximize { v } else { -v };
         let completion = config.tuning_job_completion_criteria.clone().unwrap_or_default();
         let criteria_maximize = trials::objective(&job.request).is_none_or(|(_, m)| m);
@@ -120,7 +123,7 @@ impl Loop {
         let mut curves = HashMap::new();
         let mut finished_curves = Vec::new();
         let mut active = BTreeSet::new();
-        for t in &self.trials_of(name).await? {
+        for t in &trials {
             let tuned = t.origin.as_ref().map(|o| o.tuned_hyper_parameters.clone()).unwrap_or_default();
             if !t.status.is_terminal() {
                 active.insert(t.name.clone());
@@ -198,7 +201,7 @@ impl Loop {
                 seeded: seeded_count,
             },
         );
-        Ok(())
+        Ok(Some(job))
     }
 
     /// Every trial of a tuning job, oldest first.
