@@ -115,6 +115,28 @@ impl BenchCoordinator {
     }
 }
 
+/// Installs Debian's `packages` unless every one of `commands` is already on the PATH (a suite's
+/// own tools; the suites that need them run as root).
+fn apt_install(commands: &[&str], packages: &[&str]) -> anyhow::Result<()> {
+    let present = commands.iter().all(|c| {
+        Command::new("sh").arg("-c").arg(format!("command -v {c}")).output().is_ok_and(|o| o.status.success())
+    });
+    if present {
+        return Ok(());
+    }
+    println!("installing {} from Debian's packages...", packages.join(", "));
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("apt-get (needs root)")?;
+    if !status.success() {
+        bail!("apt-get install {} failed", packages.join(" "));
+    }
+    Ok(())
+}
+
 /// A daemon's Prometheus page (its `--metrics-listen` address); empty when it does not answer.
 fn metrics_page(address: &str) -> String {
     use std::io::{Read, Write};

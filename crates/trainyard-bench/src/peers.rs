@@ -1,8 +1,9 @@
 //! The peers suite: throughput and latency of the traffic between a distributed job's instances,
 //! over the path every job uses (instance → its agent → the peer's agent → peer instance), plain
 //! and with `EnableInterContainerTrafficEncryption` (mutual TLS between the agents), against a
-//! direct connection between the same two simulated hosts (veth and bridge, no agents); then the
-//! same three paths under PyTorch DDP's collective, an all-reduce over gloo, launched by `torchrun`
+//! direct connection between the same two simulated hosts (veth and bridge, no agents), first with
+//! Python at both ends, then with iperf3 (native endpoints, several streams: the path's own limit);
+//! then the same three paths under PyTorch DDP's collective, an all-reduce over gloo, launched by `torchrun`
 //! on each host as SageMaker's `torch_distributed` launches it.
 //!
 //! Hosts are network namespaces on this machine (needs root). Each host's processes are pinned to a
@@ -110,6 +111,41 @@ elif os.environ["SM_CURRENT_HOST"] == "algo-1":
 else:
     client("algo-1", 5555)
 "#;
+
+/// Native endpoints, so that the path and not the programs at its ends is what is measured:
+/// iperf3 (Debian's) with `STREAMS` parallel streams for `SECONDS`. algo-1 serves one test;
+/// algo-2 runs it, trying again until the server listens.
+const IPERF: &str = r#"#!/usr/bin/env python3
+import json, os, subprocess, sys, time
+
+def client(host):
+    deadline = time.time() + 60
+    while True:
+        run = subprocess.run(["iperf3", "--client", host, "--port", "5201", "--parallel", os.environ["STREAMS"],
+                              "--time", os.environ["SECONDS"], "--json"], capture_output=True, text=True)
+        # Through the agents the connection is accepted at once, by the agent's forwarder, and
+        # closed when the server does not listen yet: a run without results is tried again too.
+        try:
+            end = json.loads(run.stdout)["end"]
+            if run.returncode == 0 and "sum_received" in end:
+                break
+        except (ValueError, KeyError):
+            pass
+        if time.time() > deadline:
+            sys.exit("iperf3 failed: " + run.stdout + run.stderr)
+        time.sleep(0.1)
+    print("IPERF " + json.dumps({"mib_per_s": end["sum_received"]["bits_per_second"] / 8 / 2**20,
+                                 "retransmits": end["sum_sent"].get("retransmits", 0)}), flush=True)
+
+if len(sys.argv) > 1 and sys.argv[1] == "client":
+    client(sys.argv[2])
+elif len(sys.argv) > 1 and sys.argv[1] == "serve" or os.environ.get("SM_CURRENT_HOST") == "algo-1":
+    os.execvp("iperf3", ["iperf3", "--server", "--one-off", "--port", "5201"])
+else:
+    client("algo-1")
+"#;
+const STREAMS: u32 = 4;
+const IPERF_SECONDS: u32 = 5;
 
 /// DDP's collective: every step ends with an all-reduce of the gradients, here one tensor of
 /// `TENSOR_MIB` summed across the ranks `ROUNDS` times. Rank 0 prints the result as one line; the
@@ -247,6 +283,20 @@ pub async fn run() -> anyhow::Result<()> {
     }
     print_table(&rows);
 
+    // The same paths with native endpoints.
+    crate::apt_install(&["iperf3"], &["iperf3"])?;
+    let iperf = programs.path().join("iperf.py");
+    std::fs::write(&iperf, IPERF)?;
+    std::fs::set_permissions(&iperf, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut native = vec![direct_iperf(&a, &b, &iperf)?];
+    for (path, encrypted) in [("agents, plain TCP", false), ("agents, mutual TLS", true)] {
+        let name = if encrypted { "iperf-encrypted" } else { "iperf-plain" };
+        let environment = json!({"STREAMS": STREAMS.to_string(), "SECONDS": IPERF_SECONDS.to_string()});
+        run_job(name, &iperf, encrypted, environment)?;
+        native.push(iperf_result(path, &cli_text(&["training-jobs", "logs", name])?)?);
+    }
+    print_iperf_table(&native);
+
     // The same paths under DDP's all-reduce.
     let venv = trainyard_testkit::python::pytorch();
     let script = programs.path().join("all_reduce.py");
@@ -360,6 +410,55 @@ fn direct(a: &Host, b: &Host, program: &Path) -> anyhow::Result<Measured> {
         bail!("the direct run failed: {}", String::from_utf8_lossy(&client.stderr));
     }
     read_result("direct (veth + bridge, no agents)", &String::from_utf8_lossy(&client.stdout))
+}
+
+/// iperf3 straight between the two hosts.
+fn direct_iperf(a: &Host, b: &Host, program: &Path) -> anyhow::Result<Iperf> {
+    let env = [("STREAMS", STREAMS.to_string()), ("SECONDS", IPERF_SECONDS.to_string())];
+    let mut server =
+        on_cpu(a, 0, program).arg("serve").envs(env.clone()).stdout(std::process::Stdio::null()).spawn()?;
+    let client = on_cpu(b, 1, program).args(["client", &a.address.to_string()]).envs(env).output()?;
+    // The server ends after one test; one the client never reached would wait forever.
+    if !wait_until(Duration::from_secs(5), || server.try_wait().is_ok_and(|s| s.is_some())) {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+    if !client.status.success() {
+        bail!("the direct iperf3 run failed: {}", String::from_utf8_lossy(&client.stderr));
+    }
+    iperf_result("direct (veth + bridge, no agents)", &String::from_utf8_lossy(&client.stdout))
+}
+
+struct Iperf {
+    path: &'static str,
+    mib_per_s: f64,
+    retransmits: f64,
+}
+
+fn iperf_result(path: &'static str, output: &str) -> anyhow::Result<Iperf> {
+    let v = result_line(path, "IPERF ", output)?;
+    let number = |k: &str| v[k].as_f64().unwrap_or_default();
+    Ok(Iperf { path, mib_per_s: number("mib_per_s"), retransmits: number("retransmits") })
+}
+
+fn print_iperf_table(rows: &[Iperf]) {
+    let direct = rows.first().map_or(1.0, |r| r.mib_per_s);
+    let plain = rows.iter().find(|r| r.path.contains("plain")).map_or(1.0, |r| r.mib_per_s);
+    println!();
+    println!(
+        "peer traffic, native endpoints: iperf3, {STREAMS} streams for {IPERF_SECONDS} s (each host pinned as above)"
+    );
+    println!("{:<36} {:>10} {:>9} {:>10} {:>12}", "path", "MiB/s", "vs plain", "vs direct", "retransmits");
+    for r in rows {
+        println!(
+            "{:<36} {:>10.0} {:>8.0}% {:>9.0}% {:>12.0}",
+            r.path,
+            r.mib_per_s,
+            100.0 * r.mib_per_s / plain,
+            100.0 * r.mib_per_s / direct,
+            r.retransmits
+        );
+    }
 }
 
 /// The all-reduce straight between the two hosts: `torchrun` in each, gloo on their LAN interface.

@@ -96,22 +96,7 @@ fn hostname() -> anyhow::Result<String> {
 
 /// Installs Slurm and munge from Debian's packages when they are missing.
 fn install() -> anyhow::Result<()> {
-    let present = ["slurmctld", "slurmd", "sbatch", "munged"].iter().all(|p| {
-        Command::new("sh").arg("-c").arg(format!("command -v {p}")).output().is_ok_and(|o| o.status.success())
-    });
-    if present {
-        return Ok(());
-    }
-    println!("installing Slurm and munge from Debian's packages...");
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", "slurmctld", "slurmd", "slurm-client", "munge"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("apt-get (the Slurm suite needs root)")?;
-    if !status.success() {
-        bail!("apt-get install slurmctld slurmd slurm-client munge failed");
-    }
-    Ok(())
+    crate::apt_install(&["slurmctld", "slurmd", "sbatch", "munged"], &["slurmctld", "slurmd", "slurm-client", "munge"])
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
