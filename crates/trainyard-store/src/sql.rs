@@ -32,9 +32,6 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 /// Statements slower than this are logged (at INFO, by sqlx).
 const SLOW_STATEMENT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A pooled connection idle this long is tested before it is used again.
-const PING_IF_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
-
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
@@ -279,15 +276,6 @@ impl SqlStore {
                 })?;
             first?.close().await?;
         }
-        // sqlx pings every connection it hands out, a round trip before each statement; only one
-        // idle for a while is tested here (one that broke while in use fails its statement, which
-        // callers already treat as the database being away).
-        let options = options.test_before_acquire(false).before_acquire(|conn, meta| {
-            Box::pin(async move {
-                use sqlx::Connection;
-                Ok(meta.idle_for < PING_IF_IDLE_FOR || conn.ping().await.is_ok())
-            })
-        });
         // sqlx warns of every statement over a second: a database that went away would fill the
         // log with them. Slow calls show in `trainyard_store_seconds`, failures in our own lines.
         let connect_options: sqlx::any::AnyConnectOptions = url.parse()?;
