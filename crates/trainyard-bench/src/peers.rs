@@ -400,33 +400,43 @@ fn on_cpu(host: &Host, index: usize, program: impl AsRef<std::ffi::OsStr>) -> Co
     cmd
 }
 
-/// The baseline: the same program straight between the two hosts, no agent in the path.
-fn direct(a: &Host, b: &Host, program: &Path) -> anyhow::Result<Measured> {
-    let env = [("ROUND_TRIPS", ROUND_TRIPS.to_string()), ("MEBIBYTES", MEBIBYTES.to_string())];
-    let mut server = on_cpu(a, 0, program).args(["serve", "5555"]).envs(env.clone()).spawn()?;
-    let client = on_cpu(b, 1, program).args(["client", &a.address.to_string(), "5555"]).envs(env).output()?;
-    let _ = server.wait();
-    if !client.status.success() {
-        bail!("the direct run failed: {}", String::from_utf8_lossy(&client.stderr));
-    }
-    read_result("direct (veth + bridge, no agents)", &String::from_utf8_lossy(&client.stdout))
-}
-
-/// iperf3 straight between the two hosts.
-fn direct_iperf(a: &Host, b: &Host, program: &Path) -> anyhow::Result<Iperf> {
-    let env = [("STREAMS", STREAMS.to_string()), ("SECONDS", IPERF_SECONDS.to_string())];
+/// Runs `program` straight between the two hosts, no agent in the path: with `server_args` on
+/// `a`, with `client_args` (after `client ADDRESS`) on `b`; the client's output. The server ends
+/// after its client; one the client never reached is killed rather than waited for.
+fn direct_run(
+    a: &Host,
+    b: &Host,
+    program: &Path,
+    server_args: &[&str],
+    client_args: &[&str],
+    env: &[(&str, String)],
+) -> anyhow::Result<String> {
+    let env = env.iter().map(|(k, v)| (*k, v.as_str()));
     let mut server =
-        on_cpu(a, 0, program).arg("serve").envs(env.clone()).stdout(std::process::Stdio::null()).spawn()?;
-    let client = on_cpu(b, 1, program).args(["client", &a.address.to_string()]).envs(env).output()?;
-    // The server ends after one test; one the client never reached would wait forever.
+        on_cpu(a, 0, program).args(server_args).envs(env.clone()).stdout(std::process::Stdio::null()).spawn()?;
+    let client = on_cpu(b, 1, program).args(["client", &a.address.to_string()]).args(client_args).envs(env).output()?;
     if !wait_until(Duration::from_secs(5), || server.try_wait().is_ok_and(|s| s.is_some())) {
         let _ = server.kill();
         let _ = server.wait();
     }
     if !client.status.success() {
-        bail!("the direct iperf3 run failed: {}", String::from_utf8_lossy(&client.stderr));
+        bail!("the direct run of {} failed: {}", program.display(), String::from_utf8_lossy(&client.stderr));
     }
-    iperf_result("direct (veth + bridge, no agents)", &String::from_utf8_lossy(&client.stdout))
+    Ok(String::from_utf8_lossy(&client.stdout).into_owned())
+}
+
+const DIRECT: &str = "direct (veth + bridge, no agents)";
+
+/// The baseline: the same program straight between the two hosts.
+fn direct(a: &Host, b: &Host, program: &Path) -> anyhow::Result<Measured> {
+    let env = [("ROUND_TRIPS", ROUND_TRIPS.to_string()), ("MEBIBYTES", MEBIBYTES.to_string())];
+    read_result(DIRECT, &direct_run(a, b, program, &["serve", "5555"], &["5555"], &env)?)
+}
+
+/// iperf3 straight between the two hosts.
+fn direct_iperf(a: &Host, b: &Host, program: &Path) -> anyhow::Result<Iperf> {
+    let env = [("STREAMS", STREAMS.to_string()), ("SECONDS", IPERF_SECONDS.to_string())];
+    iperf_result(DIRECT, &direct_run(a, b, program, &["serve"], &[], &env)?)
 }
 
 struct Iperf {
@@ -442,21 +452,30 @@ fn iperf_result(path: &'static str, output: &str) -> anyhow::Result<Iperf> {
 }
 
 fn print_iperf_table(rows: &[Iperf]) {
-    let direct = rows.first().map_or(1.0, |r| r.mib_per_s);
-    let plain = rows.iter().find(|r| r.path.contains("plain")).map_or(1.0, |r| r.mib_per_s);
     println!();
-    println!(
-        "peer traffic, native endpoints: iperf3, {STREAMS} streams for {IPERF_SECONDS} s (each host pinned as above)"
+    print_paths(
+        &format!(
+            "peer traffic, native endpoints: iperf3, {STREAMS} streams for {IPERF_SECONDS} s (each host pinned as above)"
+        ),
+        &["retransmits"],
+        &rows.iter().map(|r| (r.path, r.mib_per_s, vec![format!("{:.0}", r.retransmits)])).collect::<Vec<_>>(),
     );
-    println!("{:<36} {:>10} {:>9} {:>10} {:>12}", "path", "MiB/s", "vs plain", "vs direct", "retransmits");
-    for r in rows {
+}
+
+/// The paths side by side: throughput, against plain TCP through the agents and against the
+/// direct path (the first row), then `extra` columns.
+fn print_paths(title: &str, extra: &[&str], rows: &[(&str, f64, Vec<String>)]) {
+    let direct = rows.first().map_or(1.0, |r| r.1);
+    let plain = rows.iter().find(|r| r.0.contains("plain")).map_or(1.0, |r| r.1);
+    println!("{title}");
+    let headers: String = extra.iter().map(|h| format!(" {h:>11}")).collect();
+    println!("{:<36} {:>10} {:>9} {:>10}{headers}", "path", "MiB/s", "vs plain", "vs direct");
+    for (path, mib_per_s, cells) in rows {
+        let cells: String = cells.iter().map(|c| format!(" {c:>11}")).collect();
         println!(
-            "{:<36} {:>10.0} {:>8.0}% {:>9.0}% {:>12.0}",
-            r.path,
-            r.mib_per_s,
-            100.0 * r.mib_per_s / plain,
-            100.0 * r.mib_per_s / direct,
-            r.retransmits
+            "{path:<36} {mib_per_s:>10.0} {:>8.0}% {:>9.0}%{cells}",
+            100.0 * mib_per_s / plain,
+            100.0 * mib_per_s / direct
         );
     }
 }
@@ -480,7 +499,7 @@ fn direct_all_reduce(a: &Host, b: &Host, venv: &Path, script: &Path) -> anyhow::
     if !first.status.success() || !second.status.success() {
         bail!("the direct all-reduce failed: {}", String::from_utf8_lossy(&first.stderr));
     }
-    all_reduce_result("direct (veth + bridge, no agents)", &String::from_utf8_lossy(&first.stdout))
+    all_reduce_result(DIRECT, &String::from_utf8_lossy(&first.stdout))
 }
 
 struct AllReduce {
@@ -498,24 +517,17 @@ fn all_reduce_result(path: &'static str, output: &str) -> anyhow::Result<AllRedu
 }
 
 fn print_all_reduce_table(rows: &[AllReduce]) {
-    let direct = rows.first().map_or(1.0, |r| r.mib_per_s);
-    let plain = rows.iter().find(|r| r.path.contains("plain")).map_or(1.0, |r| r.mib_per_s);
     println!();
-    println!(
-        "DDP all-reduce: a {TENSOR_MIB} MiB float32 tensor summed across 2 ranks, {ROUNDS} times (torch gloo, torchrun on each host)"
+    print_paths(
+        &format!(
+            "DDP all-reduce: a {TENSOR_MIB} MiB float32 tensor summed across 2 ranks, {ROUNDS} times (torch gloo, torchrun on each host)"
+        ),
+        &["p50 ms", "max ms"],
+        &rows
+            .iter()
+            .map(|r| (r.path, r.mib_per_s, vec![format!("{:.1}", r.p50_ms), format!("{:.1}", r.max_ms)]))
+            .collect::<Vec<_>>(),
     );
-    println!("{:<36} {:>10} {:>9} {:>10} {:>10} {:>10}", "path", "MiB/s", "vs plain", "vs direct", "p50 ms", "max ms");
-    for r in rows {
-        println!(
-            "{:<36} {:>10.0} {:>8.0}% {:>9.0}% {:>10.1} {:>10.1}",
-            r.path,
-            r.mib_per_s,
-            100.0 * r.mib_per_s / plain,
-            100.0 * r.mib_per_s / direct,
-            r.p50_ms,
-            r.max_ms
-        );
-    }
 }
 
 /// The JSON a program printed after `prefix` (on a line of its own, or of a job's log).
@@ -534,25 +546,18 @@ fn read_result(path: &'static str, output: &str) -> anyhow::Result<Measured> {
 }
 
 fn print_table(rows: &[Measured]) {
-    let plain = rows.iter().find(|r| r.path.contains("plain")).map_or(1.0, |r| r.mib_per_s);
-    let direct = rows.first().map_or(1.0, |r| r.mib_per_s);
     let pinned = std::env::var_os("TRAINYARD_BENCH_UNPINNED").is_none();
-    println!(
-        "peer traffic: {ROUND_TRIPS} round trips of 64 bytes, then {MEBIBYTES} MiB one way (Python on both ends; {})",
-        if pinned { "each host pinned to its own CPU" } else { "both hosts share every CPU" }
+    print_paths(
+        &format!(
+            "peer traffic: {ROUND_TRIPS} round trips of 64 bytes, then {MEBIBYTES} MiB one way (Python on both ends; {})",
+            if pinned { "each host pinned to its own CPU" } else { "both hosts share every CPU" }
+        ),
+        &["p50 µs", "p99 µs"],
+        &rows
+            .iter()
+            .map(|r| (r.path, r.mib_per_s, vec![format!("{:.0}", r.p50_us), format!("{:.0}", r.p99_us)]))
+            .collect::<Vec<_>>(),
     );
-    println!("{:<36} {:>10} {:>9} {:>10} {:>10} {:>10}", "path", "MiB/s", "vs plain", "vs direct", "p50 µs", "p99 µs");
-    for r in rows {
-        println!(
-            "{:<36} {:>10.0} {:>8.0}% {:>9.0}% {:>10.0} {:>10.0}",
-            r.path,
-            r.mib_per_s,
-            100.0 * r.mib_per_s / plain,
-            100.0 * r.mib_per_s / direct,
-            r.p50_us,
-            r.p99_us
-        );
-    }
 }
 
 /// Removes, when dropped, the network namespaces that the agents under a directory recorded and

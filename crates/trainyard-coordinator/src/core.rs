@@ -107,9 +107,11 @@ pub struct Coordinator {
     /// by this process (it makes every tuning-job transition), so a create costs no count query.
     active_tuning_jobs: AtomicU64,
     /// Unended training jobs as this process last wrote them: a compare-and-set starts from here
-    /// instead of a read (a trial's life is six writes). Never trusted further than the version
-    /// check: a stale entry makes the write conflict and the job be read again, and a decision
-    /// not to write is only ever taken on a fresh read.
+    /// instead of a read (a trial's life is six writes). A write from it is never trusted further
+    /// than the version check: a stale entry makes the write conflict and the job be read again,
+    /// and a decision not to write is only ever taken on a fresh read. The loop queues a job just
+    /// created from here too: while this process leads no one else writes (fenced), and it exits
+    /// when it stops leading.
     written: std::sync::Mutex<WrittenJobs>,
     /// New jobs are written through these: concurrent creates share one statement.
     new_training_jobs: GroupCommit<TrainingJob>,

@@ -94,10 +94,8 @@ async fn write<T: Insert>(store: Arc<dyn Store>, receiver: Arc<Mutex<mpsc::Unbou
                 debug!(error = %e, jobs = jobs.len(), "a batch of creates failed; writing them one by one");
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for job in &jobs {
-                    outcomes.push(match T::insert(&*store, std::slice::from_ref(job)).await {
-                        Ok(mut alone) => alone.pop().unwrap_or_else(|| Err(StoreError::Shared("no outcome".into()))),
-                        Err(e) => Err(e),
-                    });
+                    let alone = T::insert(&*store, std::slice::from_ref(job)).await;
+                    outcomes.push(alone.and_then(trainyard_store::only_outcome));
                 }
                 outcomes
             }

@@ -172,7 +172,7 @@ impl From<StoreError> for DomainError {
 }
 
 /// The outcome of a batch of one.
-fn only_outcome<T>(outcomes: Vec<Result<T, StoreError>>) -> Result<T, StoreError> {
+pub fn only_outcome<T>(outcomes: Vec<Result<T, StoreError>>) -> Result<T, StoreError> {
     outcomes.into_iter().next().unwrap_or_else(|| Err(StoreError::Shared("the store gave no outcome".into())))
 }
 
