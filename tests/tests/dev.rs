@@ -28,20 +28,24 @@ fn trainyard_dev_runs_the_example_from_any_directory_at_the_parallelism_asked_fo
         .output()
         .expect("trainyard dev");
     let log = std::fs::read_to_string(home.path().join("data/logs/coordinator.log")).unwrap_or_default();
+    let agent_log = std::fs::read_to_string(home.path().join("data/logs/agent.log")).unwrap_or_default();
+    // What a failure shows: the counters first (the whole description would hide the logs).
+    let logs = format!("coordinator:\n{log}\nagent:\n{agent_log}");
     assert!(
         out.status.success(),
-        "{}\n{}\n{log}",
+        "{}\n{}\n{logs}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     let described: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(described["HyperParameterTuningJobStatus"], "Completed", "{described:#}");
-    assert_eq!(described["TrainingJobStatusCounters"]["Completed"], 4, "{described:#}");
+    let counters = &described["TrainingJobStatusCounters"];
+    assert_eq!(described["HyperParameterTuningJobStatus"], "Completed", "{counters}\n{logs}");
+    assert_eq!(counters["Completed"], 4, "{counters}\n{logs}");
     // All four were placed before the first one ended.
     let lines: Vec<&str> = log.lines().collect();
     let first_end = lines.iter().position(|l| l.contains("training job ended")).expect("an end");
     let placed_before = lines[..first_end].iter().filter(|l| l.contains(" placed ")).count();
-    assert_eq!(placed_before, 4, "{log}");
+    assert_eq!(placed_before, 4, "{logs}");
     // The built-in examples were used: the data and the trainer, written under the data dir.
     assert!(home.path().join("data/examples/trainer/train.py").is_file());
 }

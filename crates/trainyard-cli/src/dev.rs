@@ -117,18 +117,22 @@ pub fn start(args: &DevArgs) -> anyhow::Result<Cluster> {
     let data = &args.data_dir;
     std::fs::create_dir_all(data.join("logs"))?;
     let address = format!("127.0.0.1:{}", args.port);
-    let log = |name: &str| -> anyhow::Result<Stdio> {
-        Ok(Stdio::from(std::fs::File::create(data.join("logs").join(format!("{name}.log")))?))
+    // stdout and stderr share one open file (one offset): two opens of the same path would each
+    // write over what the other wrote.
+    let log = |name: &str| -> anyhow::Result<(Stdio, Stdio)> {
+        let file = std::fs::File::create(data.join("logs").join(format!("{name}.log")))?;
+        Ok((Stdio::from(file.try_clone()?), Stdio::from(file)))
     };
     let mut cluster = Cluster { children: Vec::new(), address: address.clone(), data_dir: data.clone() };
+    let (stdout, stderr) = log("coordinator")?;
     let coordinator = Command::new(sibling("trainyard-coordinator")?)
         .arg("--data-dir")
         .arg(data.join("coordinator"))
         .arg("--listen")
         .arg(&address)
         .arg("--insecure")
-        .stdout(log("coordinator")?)
-        .stderr(log("coordinator")?)
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .context("starting trainyard-coordinator")?;
     cluster.children.push(("coordinator".into(), coordinator));
@@ -136,6 +140,7 @@ pub fn start(args: &DevArgs) -> anyhow::Result<Cluster> {
         format!("the coordinator did not start: see {}", data.join("logs/coordinator.log").display())
     })?;
 
+    let (stdout, stderr) = log("agent")?;
     let agent = Command::new(sibling("trainyard-agent")?)
         .arg("--coordinator")
         .arg(&address)
@@ -155,8 +160,8 @@ pub fn start(args: &DevArgs) -> anyhow::Result<Cluster> {
         .arg(format!("trainyard-output={}", data.join("output").display()))
         .arg("--stop-grace-seconds")
         .arg("10")
-        .stdout(log("agent")?)
-        .stderr(log("agent")?)
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .context("starting trainyard-agent")?;
     cluster.children.push(("agent".into(), agent));

@@ -358,7 +358,7 @@ pub async fn run(
         attempt: spec.attempt,
     };
     let _ = tx.send(Report::Update(final_update.clone()));
-    info!(job = %spec.job, instance = spec.instance, state = ?state, "instance ended");
+    info!(job = %spec.job, instance = spec.instance, state = ?state, failure = final_update.failure_reason.as_deref(), "instance ended");
     // Its outputs are uploaded (or a retry elsewhere owns them): the dir goes, unless it failed.
     let keep = !matches!(state, InstanceState::Completed | InstanceState::Stopped);
     workdirs::finished(&settings.work_root, &spec.job, spec.instance, keep);

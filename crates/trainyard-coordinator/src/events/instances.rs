@@ -395,7 +395,7 @@ impl Loop {
                 Ok(true)
             })
             .await?;
-        info!(training_job = job, status = %status, "training job ended");
+        info!(training_job = job, status = %status, detail = message, failure_reason = failure_reason.as_deref(), "training job ended");
         self.metric_budgets.remove(job);
         self.interrupting.remove(job);
         self.wait_exceeded.remove(job);
