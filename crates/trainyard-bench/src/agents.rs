@@ -34,6 +34,8 @@ pub(crate) struct Cluster {
     pub program_dir: std::path::PathBuf,
     /// Where the agent serves its Prometheus metrics.
     pub agent_metrics: String,
+    /// Where the coordinator serves its Prometheus metrics.
+    pub coordinator_metrics: String,
 }
 
 impl Drop for Cluster {
@@ -54,7 +56,13 @@ pub(crate) fn now_ns() -> u128 {
 /// A coordinator and one agent (`agent_args` added to its command line).
 pub(crate) async fn cluster(agent_args: &[&str]) -> anyhow::Result<Cluster> {
     let dir = tempfile::tempdir()?;
-    let coordinator = crate::start_coordinator(dir.path(), "127.0.0.1", &[], true)?;
+    let coordinator_metrics = format!("127.0.0.1:{}", free_port());
+    let coordinator = crate::start_coordinator(
+        dir.path(),
+        "127.0.0.1",
+        &["--metrics-listen".as_ref(), coordinator_metrics.as_ref()],
+        true,
+    )?;
     let address = format!("127.0.0.1:{}", coordinator.port);
     let programs = crate::programs_dir()?;
     let program_dir = programs.path().to_path_buf();
@@ -108,7 +116,16 @@ pub(crate) async fn cluster(agent_args: &[&str]) -> anyhow::Result<Cluster> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(Cluster { _dir: dir, _programs: programs, coordinator, agent: Some(agent), channel, program_dir, agent_metrics })
+    Ok(Cluster {
+        _dir: dir,
+        _programs: programs,
+        coordinator,
+        agent: Some(agent),
+        channel,
+        program_dir,
+        agent_metrics,
+        coordinator_metrics,
+    })
 }
 
 pub(crate) fn training_request(name: &str, image: &str) -> anyhow::Result<api::CreateTrainingJobRequest> {
@@ -239,6 +256,7 @@ pub async fn run() -> anyhow::Result<crate::slurm::Figures> {
     let second = c.program_dir.join("second").display().to_string();
     let (trials, parallel) = (40, 4);
     let phases_before = agent_phases(&c.agent_metrics);
+    let store_before = store_operations(&crate::metrics_page(&c.coordinator_metrics));
     let started = Instant::now();
     tuning
         .create_hyper_parameter_tuning_job(pb::CreateHyperParameterTuningJobRequest::from(tuning_request(
@@ -259,6 +277,23 @@ pub async fn run() -> anyhow::Result<crate::slurm::Figures> {
         if count > 0.0 {
             let mean_ms = (sum_after - sum_before) / count * 1e3;
             println!("{:<44} {:>9.1} ms", format!("  agent: {phase}, mean"), mean_ms);
+        }
+    }
+    // The coordinator's share: the store calls each trial costs (the loop makes them one after
+    // another, so their time is time a freed slot waits).
+    let store_after = store_operations(&crate::metrics_page(&c.coordinator_metrics));
+    for (operation, (sum_after, count_after)) in &store_after {
+        let (sum_before, count_before) = store_before.get(operation).copied().unwrap_or_default();
+        let count = count_after - count_before;
+        if count > 0.0 {
+            let per_trial = count / f64::from(trials);
+            let mean_ms = (sum_after - sum_before) / count * 1e3;
+            println!(
+                "{:<44} {:>5.1} x {:.2} ms",
+                format!("  store: {operation}, per trial x mean"),
+                per_trial,
+                mean_ms
+            );
         }
     }
     let figures = crate::slurm::Figures {
@@ -370,6 +405,30 @@ async fn breakdown(c: &Cluster, tuning_job: &str, parallel: usize) -> anyhow::Re
         println!("{:<44} {:>9} ms", "  a slot's end -> next trial created, p50", median(turns));
     }
     Ok(())
+}
+
+/// `trainyard_store_seconds` on a coordinator's metrics page, by operation (outcomes summed):
+/// (sum of seconds, count).
+fn store_operations(page: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
+    let mut operations = std::collections::BTreeMap::<String, (f64, f64)>::new();
+    for line in page.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let is_sum = series.starts_with("trainyard_store_seconds_sum{");
+        if !is_sum && !series.starts_with("trainyard_store_seconds_count{") {
+            continue;
+        }
+        let Some(operation) = series.split("operation=\"").nth(1).and_then(|rest| rest.split('"').next()) else {
+            continue;
+        };
+        let entry = operations.entry(operation.to_string()).or_default();
+        if is_sum {
+            entry.0 += value;
+        } else {
+            entry.1 += value;
+        }
+    }
+    operations
 }
 
 /// The agent's own account of an instance's start, from its Prometheus histograms: (phase, (sum

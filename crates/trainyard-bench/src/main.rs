@@ -76,6 +76,9 @@ struct Row {
     coordinator_cpu_us: f64,
     database_cpu_us: f64,
     clients_cpu_us: f64,
+    /// The share of the machine's CPU time the hypervisor gave to other guests meanwhile: runs
+    /// of the same code differ by as much as a fifth on a shared VM, and this says which.
+    steal_percent: f64,
 }
 
 const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
@@ -271,6 +274,25 @@ fn cpu_seconds(root: u32, descendants: bool) -> f64 {
     ticks.iter().filter(|(pid, _)| in_tree(**pid)).map(|(_, t)| *t as f64).sum::<f64>() / per_second
 }
 
+/// The machine's CPU time so far, in ticks: (stolen by the hypervisor, all), from /proc/stat.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .map(|cpu| cpu.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect())
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal guest guest_nice; guest time is in user's.
+    let all = ticks.iter().take(8).sum();
+    (ticks.get(7).copied().unwrap_or_default(), all)
+}
+
+/// Percent of the machine's CPU time stolen between two [`machine_ticks`] readings.
+fn steal_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let all = after.1.saturating_sub(before.1);
+    if all == 0 { 0.0 } else { after.0.saturating_sub(before.0) as f64 * 100.0 / all as f64 }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
@@ -339,7 +361,7 @@ async fn creates(flags: &Flags) -> anyhow::Result<()> {
                 json!({"backend": r.backend, "operation": r.kind, "clients": flags.clients, "requests": r.requests,
                        "seconds": r.seconds, "per_second": r.requests as f64 / r.seconds, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
                        "coordinator_cpu_us": r.coordinator_cpu_us, "database_cpu_us": r.database_cpu_us,
-                       "clients_cpu_us": r.clients_cpu_us})
+                       "clients_cpu_us": r.clients_cpu_us, "steal_percent": r.steal_percent})
             })
             .collect();
         std::fs::write(path, serde_json::to_vec_pretty(&value)?)?;
@@ -350,7 +372,7 @@ async fn creates(flags: &Flags) -> anyhow::Result<()> {
 fn print_row(r: &Row, header: bool) {
     if header {
         println!(
-            "{:<10} {:<30} {:>9} {:>8} {:>10} {:>7} {:>7}  {:>12} {:>12} {:>12}",
+            "{:<10} {:<30} {:>9} {:>8} {:>10} {:>7} {:>7}  {:>12} {:>12} {:>12} {:>7}",
             "backend",
             "operation",
             "requests",
@@ -360,11 +382,12 @@ fn print_row(r: &Row, header: bool) {
             "p99 ms",
             "coord µs/req",
             "db µs/req",
-            "client µs/req"
+            "client µs/req",
+            "steal %"
         );
     }
     println!(
-        "{:<10} {:<30} {:>9} {:>8.2} {:>10.0} {:>7.2} {:>7.2}  {:>12.0} {:>12.0} {:>12.0}",
+        "{:<10} {:<30} {:>9} {:>8.2} {:>10.0} {:>7.2} {:>7.2}  {:>12.0} {:>12.0} {:>12.0} {:>7.1}",
         r.backend,
         r.kind,
         r.requests,
@@ -374,7 +397,8 @@ fn print_row(r: &Row, header: bool) {
         r.p99_ms,
         r.coordinator_cpu_us,
         r.database_cpu_us,
-        r.clients_cpu_us
+        r.clients_cpu_us,
+        r.steal_percent
     );
 }
 
@@ -397,10 +421,12 @@ async fn measure(
         )
     };
     let before = cpu();
+    let machine_before = machine_ticks();
     let started = Instant::now();
     let mut latencies = run(flags.clients, flags.requests, kind, coordinator, "run").await?;
     let seconds = started.elapsed().as_secs_f64();
     let after = cpu();
+    let steal = steal_percent(machine_before, machine_ticks());
     let per_request = |a: f64, b: f64| (a - b) * 1e6 / flags.requests as f64;
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1000.0;
@@ -417,6 +443,7 @@ async fn measure(
         coordinator_cpu_us: per_request(after.0, before.0),
         database_cpu_us: per_request(after.1, before.1),
         clients_cpu_us: per_request(after.2, before.2),
+        steal_percent: steal,
     })
 }
 

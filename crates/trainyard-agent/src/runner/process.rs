@@ -25,6 +25,34 @@ pub(super) async fn launch(
     env: BTreeMap<String, String>,
     namespace: Option<PathBuf>,
 ) -> Result<Launched<ProcessControl>, String> {
+    // Making the cgroup, giving the work dir to the instance's uid, and the fork (which waits for
+    // the child to set up its namespaces and exec: most of a launch's ~10 ms) all block. Off the
+    // runtime's workers, so that instances starting together do not hold up each other's reports
+    // and the coordinator's next messages.
+    let (mut child, cgroup, lease) = super::off_the_workers(|| start_program(spec, settings, dir, env, namespace))?;
+    let group = child.id().map(|p| p as i32);
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (exited_tx, exited) = oneshot::channel();
+    tokio::spawn(async move {
+        let status = child.wait().await.map(|s| Exit { code: s.code(), text: s.to_string() });
+        let _ = exited_tx.send(status);
+    });
+    Ok(Launched {
+        stdout: stdout.map(|s| Box::new(s) as super::Output),
+        stderr: stderr.map(|s| Box::new(s) as super::Output),
+        exited,
+        control: ProcessControl { cgroup, group, uid: lease },
+    })
+}
+
+/// The instance's program started in its cgroup and namespaces, as its uid (blocking).
+fn start_program(
+    spec: &InstanceSpec,
+    settings: &Settings,
+    dir: &Path,
+    env: BTreeMap<String, String>,
+    namespace: Option<PathBuf>,
+) -> Result<(tokio::process::Child, Option<crate::cgroup::InstanceCgroup>, Option<Identity>), String> {
     let argv = command_line(&spec.request)?;
     let lease = Identity::lease(spec, settings, dir)?;
     let identity = lease.as_ref().map(|held| (held.uid(), held.groups.clone()));
@@ -197,12 +225,12 @@ pub(super) async fn launch(
     }
     // A program being replaced while it starts fails with ETXTBSY for a moment: try again.
     let mut attempts = 0;
-    let mut child = loop {
+    let child = loop {
         match cmd.spawn() {
             Ok(child) => break child,
             Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 10 => {
                 attempts += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => {
                 let hint = match (e.raw_os_error(), &lease) {
@@ -220,19 +248,7 @@ pub(super) async fn launch(
             }
         }
     };
-    let group = child.id().map(|p| p as i32);
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let (exited_tx, exited) = oneshot::channel();
-    tokio::spawn(async move {
-        let status = child.wait().await.map(|s| Exit { code: s.code(), text: s.to_string() });
-        let _ = exited_tx.send(status);
-    });
-    Ok(Launched {
-        stdout: stdout.map(|s| Box::new(s) as super::Output),
-        stderr: stderr.map(|s| Box::new(s) as super::Output),
-        exited,
-        control: ProcessControl { cgroup, group, uid: lease },
-    })
+    Ok((child, cgroup, lease))
 }
 
 /// A path or a name as a C string (one with a NUL byte, which no path here has, becomes empty
