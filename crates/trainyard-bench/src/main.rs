@@ -33,11 +33,12 @@ struct Flags {
     backends: Vec<String>,
     /// Which suites: creates (API throughput), agents (jobs run by a real agent), containers (the
     /// same through containerd, against `ctr run`; needs root), peers (a
-    /// distributed job's traffic between simulated hosts; needs root), load (simulated agents
+    /// distributed job's traffic between simulated hosts; needs root), tls (the peer path's cipher
+    /// alone, per crypto provider: ring, and aws-lc-rs when built with `--features aws-lc`), load (simulated agents
     /// heartbeating while clients submit and describe), slurm (the agents suite's workloads on a
     /// private Slurm cluster, installed from Debian's packages if missing, beside the agents
     /// suite's figures when both run; needs root).
-    #[arg(long, value_delimiter = ',', default_value = "creates,agents,slurm,containers,peers,load")]
+    #[arg(long, value_delimiter = ',', default_value = "creates,agents,slurm,containers,tls,peers,load")]
     suites: Vec<String>,
     /// Load suite: simulated agents.
     #[arg(long, default_value_t = 3_000)]
@@ -89,6 +90,7 @@ mod containers;
 mod load;
 mod peers;
 mod slurm;
+mod tls;
 
 /// A coordinator started for a suite, and what its clients need.
 struct BenchCoordinator {
@@ -295,6 +297,9 @@ fn steal_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // As the daemons do: one provider for every TLS connection this process makes (built with
+    // `--features aws-lc`, rustls has two and would otherwise refuse to pick).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let flags = Flags::parse();
     if flags.suites.iter().any(|s| s == "creates") {
         creates(&flags).await?;
@@ -311,6 +316,10 @@ async fn main() -> anyhow::Result<()> {
     if flags.suites.iter().any(|s| s == "containers") {
         println!();
         containers::run().await?;
+    }
+    if flags.suites.iter().any(|s| s == "tls") {
+        println!();
+        tls::run()?;
     }
     if flags.suites.iter().any(|s| s == "peers") {
         println!();
