@@ -213,18 +213,6 @@ impl Drop for Identity {
     }
 }
 
-/// Runs blocking `work` without taking a worker of a multi-threaded runtime out of service (the
-/// worker's other tasks move on to another thread meanwhile); inline elsewhere (unit tests'
-/// current-thread runtimes).
-pub(super) fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
-    }
-}
-
 /// One of the program's output streams.
 type Output = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
 

@@ -25,34 +25,6 @@ pub(super) async fn launch(
     env: BTreeMap<String, String>,
     namespace: Option<PathBuf>,
 ) -> Result<Launched<ProcessControl>, String> {
-    // Making the cgroup, giving the work dir to the instance's uid, and the fork (which waits for
-    // the child to set up its namespaces and exec: most of a launch's ~10 ms) all block. Off the
-    // runtime's workers, so that instances starting together do not hold up each other's reports
-    // and the coordinator's next messages.
-    let (mut child, cgroup, lease) = super::off_the_workers(|| start_program(spec, settings, dir, env, namespace))?;
-    let group = child.id().map(|p| p as i32);
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let (exited_tx, exited) = oneshot::channel();
-    tokio::spawn(async move {
-        let status = child.wait().await.map(|s| Exit { code: s.code(), text: s.to_string() });
-        let _ = exited_tx.send(status);
-    });
-    Ok(Launched {
-        stdout: stdout.map(|s| Box::new(s) as super::Output),
-        stderr: stderr.map(|s| Box::new(s) as super::Output),
-        exited,
-        control: ProcessControl { cgroup, group, uid: lease },
-    })
-}
-
-/// The instance's program started in its cgroup and namespaces, as its uid (blocking).
-fn start_program(
-    spec: &InstanceSpec,
-    settings: &Settings,
-    dir: &Path,
-    env: BTreeMap<String, String>,
-    namespace: Option<PathBuf>,
-) -> Result<(tokio::process::Child, Option<crate::cgroup::InstanceCgroup>, Option<Identity>), String> {
     let argv = command_line(&spec.request)?;
     let lease = Identity::lease(spec, settings, dir)?;
     let identity = lease.as_ref().map(|held| (held.uid(), held.groups.clone()));
@@ -73,7 +45,10 @@ fn start_program(
         .process_group(0)
         .kill_on_drop(true);
     // If the agent dies, its jobs die with it instead of running on unsupervised; a restarted
-    // agent reports them lost and the coordinator retries or fails them.
+    // agent reports them lost and the coordinator retries or fails them. The signal comes when
+    // the *thread* that forked the program exits, so the fork stays on a runtime worker, which
+    // lives as long as the agent: a spawn_blocking thread retires when idle, and so may a worker
+    // after block_in_place (tried: instances running past ten seconds were SIGKILLed).
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
@@ -225,12 +200,12 @@ fn start_program(
     }
     // A program being replaced while it starts fails with ETXTBSY for a moment: try again.
     let mut attempts = 0;
-    let child = loop {
+    let mut child = loop {
         match cmd.spawn() {
             Ok(child) => break child,
             Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 10 => {
                 attempts += 1;
-                std::thread::sleep(Duration::from_millis(50));
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => {
                 let hint = match (e.raw_os_error(), &lease) {
@@ -248,7 +223,19 @@ fn start_program(
             }
         }
     };
-    Ok((child, cgroup, lease))
+    let group = child.id().map(|p| p as i32);
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (exited_tx, exited) = oneshot::channel();
+    tokio::spawn(async move {
+        let status = child.wait().await.map(|s| Exit { code: s.code(), text: s.to_string() });
+        let _ = exited_tx.send(status);
+    });
+    Ok(Launched {
+        stdout: stdout.map(|s| Box::new(s) as super::Output),
+        stderr: stderr.map(|s| Box::new(s) as super::Output),
+        exited,
+        control: ProcessControl { cgroup, group, uid: lease },
+    })
 }
 
 /// A path or a name as a C string (one with a NUL byte, which no path here has, becomes empty

@@ -165,8 +165,7 @@ pub(super) async fn supervise<C: Control>(
     // Nothing of the instance outlives it.
     control.kill_all().await;
     let oom_kills = control.oom_kills();
-    // Its cgroup removed (empty; rmdir in each v1 hierarchy takes a while), its uid free.
-    super::off_the_workers(|| drop(control));
+    drop(control); // its cgroup removed (empty), its uid free
     send_logs(spec, reporter, &mut batch);
     if !samples.is_empty() {
         reporter.update(InstanceState::Training, "Training in progress", samples);
