@@ -108,6 +108,9 @@ struct Queued {
     not_before: Option<tokio::time::Instant>,
     /// An interrupted job waiting to resume: a tuning job's MaxParallelTrainingJobs does not count it.
     resumes: bool,
+    /// Its `Pending` transition is stored. A new job's is written only if the pass that queued it
+    /// could not place it: one write fewer for every job that starts at once.
+    pending_stored: bool,
 }
 
 /// A placed job: its instances, where, and how each ended.
@@ -482,6 +485,8 @@ impl Loop {
             self.declare_lost(&id, "was lost (no heartbeat)").await?;
         }
         self.enforce_drain_deadlines().await?;
+        // Jobs queued by the start-up catch-up, before any pass ran.
+        self.store_waiting().await?;
         self.update_gauges();
         // Tuning jobs past ResourceLimits.MaxRuntimeInSeconds.
         let overdue: Vec<(String, u32)> = self

@@ -152,19 +152,25 @@ impl Loop {
             .as_ref()
             .and_then(|s| s.max_pending_time_in_seconds)
             .map(|s| Duration::from_secs(s.max(0) as u64));
-        self.c
-            .update_training_job(name, |j| {
-                if j.secondary_status == SecondaryStatus::Pending {
-                    return Ok(false);
-                }
-                j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
-                Ok(true)
-            })
-            .await?;
+        // A job just created (its only transition Starting) waits for the end of this pass: if
+        // the pass places it, it goes from Starting to Starting on an agent, and its Pending is
+        // never written. Any other (a retry, a resumed spot job) says at once that it waits.
+        let just_created = job.transitions.len() == 1 && job.secondary_status == SecondaryStatus::Starting;
+        if !just_created {
+            self.store_pending(name).await?;
+        }
         let resumes = job.runs.interruptions > 0;
         self.queue.insert(
             name.to_string(),
-            Queued { demand, queued_at: now(), max_pending, reason: None, not_before: None, resumes },
+            Queued {
+                demand,
+                queued_at: now(),
+                max_pending,
+                reason: None,
+                not_before: None,
+                resumes,
+                pending_stored: !just_created,
+            },
         );
         self.track_spot(&job);
         Ok(())
@@ -199,8 +205,41 @@ impl Loop {
             .collect()
     }
 
-    /// Places what fits; records why the rest cannot run when no agent could ever hold it.
+    /// The job's `Pending` transition, unless it has one.
+    async fn store_pending(&mut self, name: &str) -> Result<(), DomainError> {
+        self.c
+            .update_training_job(name, |j| {
+                if j.secondary_status == SecondaryStatus::Pending {
+                    return Ok(false);
+                }
+                j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
+                Ok(true)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Stores `Pending` for the new jobs a pass queued and could not place.
+    pub(super) async fn store_waiting(&mut self) -> Result<(), DomainError> {
+        let waiting: Vec<String> =
+            self.queue.iter().filter(|(_, q)| !q.pending_stored).map(|(name, _)| name.clone()).collect();
+        for name in waiting {
+            self.store_pending(&name).await?;
+            if let Some(q) = self.queue.get_mut(&name) {
+                q.pending_stored = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Places what fits; records why the rest cannot run when no agent could ever hold it; stores
+    /// that the rest waits.
     pub(super) async fn schedule(&mut self) -> Result<(), DomainError> {
+        self.place().await?;
+        self.store_waiting().await
+    }
+
+    async fn place(&mut self) -> Result<(), DomainError> {
         if self.queue.is_empty() {
             return Ok(());
         }
@@ -359,6 +398,8 @@ impl Loop {
                 }
                 j.placement = placement.clone();
                 j.transition(SecondaryStatus::Starting, message.clone(), now())?;
+                // A job placed in the pass that queued it is Starting already: the message says where.
+                j.set_status_message(message.clone(), now());
                 Ok(true)
             })
             .await?;
