@@ -222,9 +222,9 @@ fn stops_runtime_limits_and_failures_end_jobs_as_sagemaker_does() {
         .iter()
         .filter_map(|t| t["Status"].as_str())
         .collect();
-    for s in ["Starting", "Downloading", "Training", "Uploading", "Completed"] {
-        assert!(statuses.contains(&s), "{s} in {statuses:?}");
-    }
+    // Placed in the pass that queued it (the agent had room): it never waited, so no Pending.
+    assert_eq!(statuses, ["Starting", "Downloading", "Training", "Uploading", "Completed"], "{fine:#}");
+    assert_eq!(fine["SecondaryStatusTransitions"][0]["StatusMessage"], "Launching on worker", "{fine:#}");
 
     // MaxRuntimeInSeconds: SIGTERM, the model is still uploaded, the job ends Stopped/MaxRuntimeExceeded.
     let long = c.wait_json(&["training-jobs", "describe", "too-long"], ended);
