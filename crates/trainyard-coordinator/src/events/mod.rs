@@ -108,9 +108,6 @@ struct Queued {
     not_before: Option<tokio::time::Instant>,
     /// An interrupted job waiting to resume: a tuning job's MaxParallelTrainingJobs does not count it.
     resumes: bool,
-    /// Its `Pending` transition is stored. A new job's is written only if the pass that queued it
-    /// could not place it: one write fewer for every job that starts at once.
-    pending_stored: bool,
 }
 
 /// A placed job: its instances, where, and how each ended.
@@ -206,6 +203,9 @@ pub struct Loop {
     wait_exceeded: BTreeSet<String>,
     /// Spot jobs with MaxWaitTimeInSeconds → when it runs out (milliseconds).
     wait_deadlines: HashMap<String, i64>,
+    /// New jobs queued whose `Pending` is not stored yet: it is only if the pass that queued them
+    /// cannot place them (one write fewer for every job that starts at once).
+    pending_unstored: Vec<String>,
     /// Set when an event or a tick failed (e.g. the database was away): the loop then compares
     /// its state with the store on the next ticks until that succeeds.
     resync_needed: bool,
@@ -236,6 +236,7 @@ pub async fn run(
         interrupting: BTreeMap::new(),
         wait_exceeded: BTreeSet::new(),
         wait_deadlines: HashMap::new(),
+        pending_unstored: Vec::new(),
         resync_needed: false,
     };
     // At start the loop knows nothing: catching up with the store rebuilds everything.

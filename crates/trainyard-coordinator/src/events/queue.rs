@@ -156,21 +156,15 @@ impl Loop {
         // the pass places it, it goes from Starting to Starting on an agent, and its Pending is
         // never written. Any other (a retry, a resumed spot job) says at once that it waits.
         let just_created = job.transitions.len() == 1 && job.secondary_status == SecondaryStatus::Starting;
-        if !just_created {
+        if just_created {
+            self.pending_unstored.push(name.to_string());
+        } else {
             self.store_pending(name).await?;
         }
         let resumes = job.runs.interruptions > 0;
         self.queue.insert(
             name.to_string(),
-            Queued {
-                demand,
-                queued_at: now(),
-                max_pending,
-                reason: None,
-                not_before: None,
-                resumes,
-                pending_stored: !just_created,
-            },
+            Queued { demand, queued_at: now(), max_pending, reason: None, not_before: None, resumes },
         );
         self.track_spot(&job);
         Ok(())
@@ -219,14 +213,16 @@ impl Loop {
         Ok(())
     }
 
-    /// Stores `Pending` for the new jobs a pass queued and could not place.
+    /// Stores `Pending` for the new jobs a pass queued and could not place (the rest were placed,
+    /// stopped or ended meanwhile). What a failure leaves is stored on the next try.
     pub(super) async fn store_waiting(&mut self) -> Result<(), DomainError> {
-        let waiting: Vec<String> =
-            self.queue.iter().filter(|(_, q)| !q.pending_stored).map(|(name, _)| name.clone()).collect();
-        for name in waiting {
-            self.store_pending(&name).await?;
-            if let Some(q) = self.queue.get_mut(&name) {
-                q.pending_stored = true;
+        while let Some(name) = self.pending_unstored.pop() {
+            if !self.queue.contains_key(&name) {
+                continue;
+            }
+            if let Err(e) = self.store_pending(&name).await {
+                self.pending_unstored.push(name);
+                return Err(e);
             }
         }
         Ok(())
@@ -272,6 +268,8 @@ impl Loop {
                     let Some(q) = self.queue.get_mut(&job) else { continue };
                     if q.reason.as_deref() != Some(reason.as_str()) {
                         q.reason = Some(reason.clone());
+                        // On its Pending transition, which says why it waits.
+                        self.store_pending(&job).await?;
                         let message = format!("Cannot be placed: {reason}");
                         self.c.update_training_job(&job, |j| Ok(j.set_status_message(message.clone(), now()))).await?;
                     }
