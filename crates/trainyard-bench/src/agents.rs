@@ -70,12 +70,8 @@ pub(crate) async fn cluster(agent_args: &[&str]) -> anyhow::Result<Cluster> {
     // is stopped, and stops at once.
     let held = "trap 'exit 143' TERM\nsleep 600 & wait $!\n";
     for (name, body) in [("quick", ""), ("second", "sleep 1\n"), ("held", held)] {
-        let path = program_dir.join(name);
-        std::fs::write(
-            &path,
-            format!("#!/bin/sh\necho \"started=$(date +%s%N)\"\n{body}mkdir -p \"$SM_MODEL_DIR\"\n"),
-        )?;
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let text = format!("#!/bin/sh\necho \"started=$(date +%s%N)\"\n{body}mkdir -p \"$SM_MODEL_DIR\"\n");
+        crate::install_program(&program_dir, name, &text)?;
     }
     let agent_metrics = format!("127.0.0.1:{}", free_port());
     let mut agent = Command::new(binary("trainyard-agent"));

@@ -162,6 +162,15 @@ fn histogram(page: &str, name: &str) -> (f64, f64) {
     (sample("sum"), sample("count"))
 }
 
+/// Writes an executable program `name` (every user may run it) into `dir`; its path.
+fn install_program(dir: &std::path::Path, name: &str, text: &str) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, text)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
+
 /// Where the benchmarks' training programs live: readable and executable by every user (each
 /// instance runs as a uid of its own) and outside /tmp and /var/tmp (instances see their own).
 fn programs_dir() -> anyhow::Result<tempfile::TempDir> {

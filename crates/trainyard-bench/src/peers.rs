@@ -191,9 +191,7 @@ pub async fn run() -> anyhow::Result<()> {
     // (kept idle, or in flight) once they have been killed.
     let _leftovers = Leftovers(dir.path().to_path_buf());
     let programs = crate::programs_dir()?;
-    let program = programs.path().join("peerbench.py");
-    std::fs::write(&program, PROGRAM)?;
-    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let program = crate::install_program(programs.path(), "peerbench.py", PROGRAM)?;
     let mut lan = Lan::new();
     let (a, b) = (lan.add_host(), lan.add_host());
 
@@ -285,9 +283,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     // The same paths with native endpoints.
     crate::apt_install(&["iperf3"], &["iperf3"])?;
-    let iperf = programs.path().join("iperf.py");
-    std::fs::write(&iperf, IPERF)?;
-    std::fs::set_permissions(&iperf, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let iperf = crate::install_program(programs.path(), "iperf.py", IPERF)?;
     let mut native = vec![direct_iperf(&a, &b, &iperf)?];
     for (path, encrypted) in [("agents, plain TCP", false), ("agents, mutual TLS", true)] {
         let name = if encrypted { "iperf-encrypted" } else { "iperf-plain" };
@@ -301,17 +297,13 @@ pub async fn run() -> anyhow::Result<()> {
     let venv = trainyard_testkit::python::pytorch();
     let script = programs.path().join("all_reduce.py");
     std::fs::write(&script, ALL_REDUCE)?;
-    let launcher = programs.path().join("torchrun.sh");
-    std::fs::write(
-        &launcher,
-        format!(
-            "#!/bin/sh\nrank=$(( ${{SM_CURRENT_HOST#algo-}} - 1 ))\nexec {venv}/bin/torchrun --nnodes 2 --node-rank $rank \
-             --nproc-per-node 1 --master-addr algo-1 --master-port 29500 {script}\n",
-            venv = venv.display(),
-            script = script.display()
-        ),
-    )?;
-    std::fs::set_permissions(&launcher, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let launcher = format!(
+        "#!/bin/sh\nrank=$(( ${{SM_CURRENT_HOST#algo-}} - 1 ))\nexec {venv}/bin/torchrun --nnodes 2 --node-rank $rank \
+         --nproc-per-node 1 --master-addr algo-1 --master-port 29500 {script}\n",
+        venv = venv.display(),
+        script = script.display()
+    );
+    let launcher = crate::install_program(programs.path(), "torchrun.sh", &launcher)?;
     let mut collective = vec![direct_all_reduce(&a, &b, &venv, &script)?];
     for (path, encrypted) in [("agents, plain TCP", false), ("agents, mutual TLS", true)] {
         let name = if encrypted { "all-reduce-encrypted" } else { "all-reduce-plain" };
@@ -334,9 +326,7 @@ fn leaks(
     agents: &[Daemon],
 ) -> anyhow::Result<()> {
     let programs = crate::programs_dir()?;
-    let program = programs.path().join("quick.sh");
-    std::fs::write(&program, "#!/bin/sh\necho score=0.5\n")?;
-    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let program = crate::install_program(programs.path(), "quick.sh", "#!/bin/sh\necho score=0.5\n")?;
     let mut r: Value = serde_json::from_str(TUNING)?;
     r["HyperParameterTuningJobName"] = json!("leak-check");
     let config = &mut r["HyperParameterTuningJobConfig"];

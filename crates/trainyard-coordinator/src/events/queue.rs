@@ -268,10 +268,18 @@ impl Loop {
                     let Some(q) = self.queue.get_mut(&job) else { continue };
                     if q.reason.as_deref() != Some(reason.as_str()) {
                         q.reason = Some(reason.clone());
-                        // On its Pending transition, which says why it waits.
-                        self.store_pending(&job).await?;
+                        // On its Pending transition (stored with it if this pass queued it), which
+                        // says why it waits: one write.
                         let message = format!("Cannot be placed: {reason}");
-                        self.c.update_training_job(&job, |j| Ok(j.set_status_message(message.clone(), now()))).await?;
+                        self.c
+                            .update_training_job(&job, |j| {
+                                let queued_now = j.secondary_status != SecondaryStatus::Pending;
+                                if queued_now {
+                                    j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
+                                }
+                                Ok(j.set_status_message(message.clone(), now()) || queued_now)
+                            })
+                            .await?;
                     }
                 }
             }
