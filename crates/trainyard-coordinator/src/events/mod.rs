@@ -282,8 +282,12 @@ pub async fn run(
                         state.resync_needed = true;
                     }
                 }
+                // A pass that failed midway (the store went away) may have taken a job off the
+                // queue without placing it, or placed it without knowing: catch up, as a failed
+                // event does.
                 if let Err(e) = state.schedule().await {
-                    warn!(error = %e, "scheduling failed");
+                    warn!(error = %e, "scheduling failed; catching up from the store");
+                    state.resync_needed = true;
                 }
             }
         }
