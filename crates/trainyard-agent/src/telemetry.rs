@@ -26,6 +26,9 @@ pub struct Metrics {
     /// How long starting an instance's program takes once its work dir and network are ready
     /// (its cgroup, uid, mounts, the spawn; for a container, the image and the container too).
     pub launch_seconds: Histogram,
+    /// How long an instance takes to end once its program has exited (the last output read, what it
+    /// left killed, its cgroup removed, its uid freed), before its upload.
+    pub teardown_seconds: Histogram,
     /// How long uploading an instance's model, output and checkpoints takes.
     pub upload_seconds: Histogram,
     /// Bytes of channel data laid out in work dirs (from the input cache or the store).
@@ -44,6 +47,7 @@ impl Metrics {
             upload_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
             network_setup_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             launch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 24)),
+            teardown_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
             staged_bytes: Counter::default(),
             uploaded_bytes: Counter::default(),
             gpu_utilization_percent: Family::default(),
@@ -68,6 +72,11 @@ impl Metrics {
             "trainyard_agent_launch_seconds",
             "How long starting an instance's program takes once its work dir and network are ready",
             metrics.launch_seconds.clone(),
+        );
+        registry.register(
+            "trainyard_agent_teardown_seconds",
+            "How long an instance takes to end once its program has exited, before its upload",
+            metrics.teardown_seconds.clone(),
         );
         registry.register(
             "trainyard_agent_upload_seconds",

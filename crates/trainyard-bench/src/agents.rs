@@ -445,13 +445,19 @@ fn store_operations(page: &str) -> std::collections::BTreeMap<String, (f64, f64)
 }
 
 /// The agent's own account of an instance's start, from its Prometheus histograms: (phase, (sum
-/// of seconds, count)) for laying out the work dir, the network namespace, and the launch.
+/// of seconds, count)) for laying out the work dir, the network namespace, the launch, and the end
+/// once the program has exited (before the upload).
 fn agent_phases(address: &str) -> Vec<(&'static str, (f64, f64))> {
     let page = crate::metrics_page(address);
-    [("work dir and channels", "staging"), ("network namespace", "network_setup"), ("launch", "launch")]
-        .into_iter()
-        .map(|(phase, metric)| (phase, crate::histogram(&page, &format!("trainyard_agent_{metric}_seconds"))))
-        .collect()
+    [
+        ("work dir and channels", "staging"),
+        ("network namespace", "network_setup"),
+        ("launch", "launch"),
+        ("end after the exit", "teardown"),
+    ]
+    .into_iter()
+    .map(|(phase, metric)| (phase, crate::histogram(&page, &format!("trainyard_agent_{metric}_seconds"))))
+    .collect()
 }
 
 /// On an agent full of spot jobs (four ml.m5.large that stop at once on SIGTERM), a job that is not

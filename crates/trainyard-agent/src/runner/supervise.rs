@@ -86,6 +86,7 @@ pub(super) async fn supervise<C: Control>(
     let mut kill_at: Option<tokio::time::Instant> = None;
     let mut streams_open = true;
     let mut exited: Option<std::io::Result<super::Exit>> = None;
+    let mut exited_at: Option<std::time::Instant> = None;
     let mut drain_until: Option<tokio::time::Instant> = None;
     let status = loop {
         tokio::select! {
@@ -134,6 +135,7 @@ pub(super) async fn supervise<C: Control>(
             // all of it), which closes the streams; their last lines are still read.
             status = &mut exited_rx, if exited.is_none() => {
                 exited = Some(status.unwrap_or_else(|_| Err(std::io::Error::other("the runtime lost the program"))));
+                exited_at = Some(std::time::Instant::now());
                 control.kill_all().await;
                 drain_until = Some(tokio::time::Instant::now() + Duration::from_secs(5));
             }
@@ -166,6 +168,9 @@ pub(super) async fn supervise<C: Control>(
     control.kill_all().await;
     let oom_kills = control.oom_kills();
     drop(control); // its cgroup removed (empty), its uid free
+    if let Some(at) = exited_at {
+        settings.metrics.teardown_seconds.observe(at.elapsed().as_secs_f64());
+    }
     send_logs(spec, reporter, &mut batch);
     if !samples.is_empty() {
         reporter.update(InstanceState::Training, "Training in progress", samples);
