@@ -13,7 +13,9 @@
 //!   believer"): the model becomes certain there, so parallel suggestions spread out instead of
 //!   piling onto one spot.
 //! * The acquisition is optimised: random candidates, perturbations of the best points in a few
-//!   coordinates at a time (what works in high dimensions), then a local search from the best.
+//!   coordinates at a time (what works in high dimensions), then a local search from the best:
+//!   gradient ascent (analytic gradient of the expected improvement) when no trial is running,
+//!   and random steps.
 //! * Cost is bounded: the model keeps the best and the most recent [`MAX_POINTS`] observations and
 //!   fits its hyperparameters on at most [`FIT_POINTS`] of them, so a suggestion costs the same at
 //!   1,000 finished trials as at 100.
@@ -28,6 +30,8 @@ pub const MAX_POINTS: usize = 100;
 pub const FIT_POINTS: usize = 48;
 /// Random candidates scored per suggestion (then as many around the best points, then a local search).
 pub const CANDIDATES: usize = 256;
+/// Gradient steps of the acquisition's local search, at most.
+const ASCENT_STEPS: usize = 30;
 /// A perturbation of a good point moves about this many coordinates (all of them up to 20-D).
 const PERTURBED_COORDINATES: f64 = 20.0;
 /// From this many dimensions on, random candidates come from a trust region around the incumbent...
@@ -126,10 +130,7 @@ fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
     let mut l = vec![0.0; n * n];
     for i in 0..n {
         for j in 0..=i {
-            let mut sum = a[i * n + j];
-            for k in 0..j {
-                sum -= l[i * n + k] * l[j * n + k];
-            }
+            let sum = a[i * n + j] - dot(&l[i * n..i * n + j], &l[j * n..j * n + j]);
             if i == j {
                 if sum <= 0.0 || !sum.is_finite() {
                     return None;
@@ -143,14 +144,29 @@ fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
     Some(l)
 }
 
+/// Σ aᵢbᵢ in four independent sums, which the compiler can keep in vector registers (one running
+/// sum cannot be: floating-point addition is not reassociated). Most of a suggestion's time is
+/// spent here, in triangular solves.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut sums = [0.0; 4];
+    let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (a_rest, b_rest) = (a4.remainder(), b4.remainder());
+    for (x, y) in a4.zip(b4) {
+        for lane in 0..4 {
+            sums[lane] += x[lane] * y[lane];
+        }
+    }
+    let rest: f64 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    (sums[0] + sums[1]) + (sums[2] + sums[3]) + rest
+}
+
 /// Solves L x = b (forward substitution).
 fn forward(l: &[f64], n: usize, b: &[f64]) -> Vec<f64> {
     let mut x = vec![0.0; n];
     for i in 0..n {
-        let mut s = b[i];
-        for k in 0..i {
-            s -= l[i * n + k] * x[k];
-        }
+        let s = b[i] - dot(&l[i * n..i * n + i], &x[..i]);
         x[i] = s / l[i * n + i];
     }
     x
@@ -172,23 +188,21 @@ fn backward(l: &[f64], n: usize, b: &[f64]) -> Vec<f64> {
 /// The inverse of L Lᵀ from L (row-major n×n): L⁻¹ by forward substitution, then L⁻ᵀ L⁻¹
 /// (about n³/3 multiplications, a third of solving for each column).
 fn inverse_from_cholesky(l: &[f64], n: usize) -> Vec<f64> {
-    // L⁻¹ is lower triangular: row i, columns 0..=i.
-    let mut li = vec![0.0; n * n];
+    // L⁻¹ is lower triangular; kept transposed (`t[j*n + i]` = L⁻¹_ij) so that both sums below
+    // run along rows.
+    let mut t = vec![0.0; n * n];
     for i in 0..n {
-        li[i * n + i] = 1.0 / l[i * n + i];
+        t[i * n + i] = 1.0 / l[i * n + i];
         for j in 0..i {
-            let mut s = 0.0;
-            for k in j..i {
-                s -= l[i * n + k] * li[k * n + j];
-            }
-            li[i * n + j] = s / l[i * n + i];
+            // L⁻¹_ij = −(Σ_{j≤k<i} L_ik L⁻¹_kj) / L_ii
+            t[j * n + i] = -dot(&l[i * n + j..i * n + i], &t[j * n + j..j * n + i]) / l[i * n + i];
         }
     }
     // (L⁻ᵀ L⁻¹)_ij = Σ_k≥max(i,j) L⁻¹_ki L⁻¹_kj
     let mut inverse = vec![0.0; n * n];
     for i in 0..n {
         for j in 0..=i {
-            let s: f64 = (i..n).map(|k| li[k * n + i] * li[k * n + j]).sum();
+            let s = dot(&t[i * n + i..i * n + n], &t[j * n + i..j * n + n]);
             inverse[i * n + j] = s;
             inverse[j * n + i] = s;
         }
@@ -385,6 +399,8 @@ struct Model {
     inverse_sq: Vec<f64>,
     signal: f64,
     noise: f64,
+    /// Some coordinate is categorical (compared by value, not by difference).
+    categorical: bool,
 }
 
 impl Model {
@@ -402,18 +418,31 @@ impl Model {
             inverse_sq: h.log_length.iter().map(|l| (-2.0 * l).exp()).collect(),
             signal: h.log_signal.exp(),
             noise: h.log_noise.exp(),
+            categorical: dims.iter().any(|dim| matches!(dim, Dim::Categorical(_))),
         })
     }
 
+    /// The squared scaled distance between a point the model was conditioned on and `x`.
+    fn distance_sq(&self, p: &[f64], x: &[f64]) -> f64 {
+        if !self.categorical {
+            // Four independent sums, as in `dot`: this runs for every candidate and every point.
+            let mut sums = [0.0; 4];
+            let chunks = p.chunks_exact(4).zip(x.chunks_exact(4)).zip(self.inverse_sq.chunks_exact(4));
+            for ((p, x), w) in chunks {
+                for lane in 0..4 {
+                    let g = p[lane] - x[lane];
+                    sums[lane] += g * g * w[lane];
+                }
+            }
+            let done = p.len() / 4 * 4;
+            let rest: f64 = (done..p.len()).map(|m| (p[m] - x[m]).powi(2) * self.inverse_sq[m]).sum();
+            return (sums[0] + sums[1]) + (sums[2] + sums[3]) + rest;
+        }
+        self.dims.iter().enumerate().map(|(m, dim)| dim.gap(p[m], x[m]) * self.inverse_sq[m]).sum()
+    }
+
     fn covariances(&self, x: &[f64]) -> Vec<f64> {
-        self.points
-            .iter()
-            .map(|p| {
-                let r2: f64 =
-                    self.dims.iter().enumerate().map(|(m, dim)| dim.gap(p[m], x[m]) * self.inverse_sq[m]).sum();
-                self.signal * matern(r2.sqrt())
-            })
-            .collect()
+        self.points.iter().map(|p| self.signal * matern(self.distance_sq(p, x).sqrt())).collect()
     }
 
     /// Posterior mean and standard deviation of the latent function (warped units).
@@ -423,6 +452,44 @@ impl Model {
         let v = forward(&self.l, self.points.len(), &k);
         let var = (self.signal - v.iter().map(|x| x * x).sum::<f64>()).max(1e-12);
         (mu, var.sqrt())
+    }
+
+    /// Expected improvement over `best` at `x`, and its gradient along the coordinates that are
+    /// not categorical (zero along those).
+    fn expected_improvement_with_gradient(&self, x: &[f64], best: f64) -> (f64, Vec<f64>) {
+        let n = self.points.len();
+        let d = self.dims.len();
+        let mut k = Vec::with_capacity(n);
+        // ∂k_i/∂x_m = −σ² (5/3)(1 + √5 r) e^{−√5 r} (x_m − p_m)/ℓ_m² (Matérn 5/2).
+        let mut dk = vec![0.0; n * d];
+        for (i, p) in self.points.iter().enumerate() {
+            let r = self.distance_sq(p, x).sqrt();
+            k.push(self.signal * matern(r));
+            let common = -self.signal * (5.0 / 3.0) * (1.0 + SQRT5 * r) * (-SQRT5 * r).exp();
+            for (m, dim) in self.dims.iter().enumerate() {
+                if !matches!(dim, Dim::Categorical(_)) {
+                    dk[i * d + m] = common * (x[m] - p[m]) * self.inverse_sq[m];
+                }
+            }
+        }
+        let mu = k.iter().zip(&self.alpha).map(|(a, b)| a * b).sum::<f64>();
+        let v = forward(&self.l, n, &k);
+        let variance = self.signal - v.iter().map(|x| x * x).sum::<f64>();
+        let sigma = variance.max(1e-12).sqrt();
+        // σ² = s − kᵀK⁻¹k: ∂σ²/∂x = −2 (K⁻¹k)ᵀ ∂k/∂x.
+        let w = backward(&self.l, n, &v);
+        let z = (mu - best) / sigma;
+        let (cdf, pdf) = (normal_cdf(z), normal_pdf(z));
+        let value = (mu - best) * cdf + sigma * pdf;
+        let gradient = (0..d)
+            .map(|m| {
+                let dmu: f64 = (0..n).map(|i| self.alpha[i] * dk[i * d + m]).sum();
+                let dvariance: f64 = -2.0 * (0..n).map(|i| w[i] * dk[i * d + m]).sum::<f64>();
+                let dsigma = if variance > 1e-12 { dvariance / (2.0 * sigma) } else { 0.0 };
+                cdf * dmu + pdf * dsigma
+            })
+            .collect();
+        (value, gradient)
     }
 
     /// Posterior means at the points it was conditioned on (without their noise).
@@ -572,6 +639,49 @@ fn perturb(x: &[f64], dims: &[Dim], scales: &[f64], step: f64, moves: f64, rng: 
         .collect()
 }
 
+/// Gradient ascent of the expected improvement from `x` (worth `value`) along its numeric and
+/// integer coordinates, in steps measured in length scales that grow while they succeed and
+/// shrink when they fail; integers are snapped at the end. Returns the best point seen.
+fn ascend(model: &Model, dims: &[Dim], scales: &[f64], best: f64, start: f64, from: Vec<f64>) -> (f64, Vec<f64>) {
+    let (mut value, mut x) = (start, from.clone());
+    let mut step = 0.05;
+    let mut gradient = model.expected_improvement_with_gradient(&x, best).1;
+    for _ in 0..ASCENT_STEPS {
+        // Preconditioned by the length scales: a step of 1 moves a length scale along the
+        // direction where the model changes fastest.
+        let direction: Vec<f64> = gradient.iter().zip(scales).map(|(g, s)| g * s * s).collect();
+        let norm = direction.iter().zip(scales).map(|(g, s)| (g / s).powi(2)).sum::<f64>().sqrt();
+        if !(norm > 0.0 && norm.is_finite()) {
+            break;
+        }
+        let moved: Vec<f64> = x
+            .iter()
+            .zip(&direction)
+            .zip(dims)
+            .map(|((u, g), dim)| match dim {
+                Dim::Categorical(_) => *u,
+                _ => (u + step * g / norm).clamp(0.0, 0.999_999),
+            })
+            .collect();
+        let (v, g) = model.expected_improvement_with_gradient(&moved, best);
+        if v > value {
+            (value, x, gradient) = (v, moved, g);
+            step *= 1.5;
+        } else {
+            step *= 0.4;
+            if step < 1e-4 {
+                break;
+            }
+        }
+    }
+    let snapped: Vec<f64> = x.iter().zip(dims).map(|(u, dim)| dim.snap(*u)).collect();
+    if snapped != x {
+        value = model.expected_improvement_with_gradient(&snapped, best).0;
+        x = snapped;
+    }
+    if value > start { (value, x) } else { (start, from) }
+}
+
 /// The next point to try, given finished observations (larger is better) and points still
 /// running. `rng` must be seeded by the caller for determinism.
 pub fn suggest(dims: &[Dim], observations: &[Observation], pending: &[Vec<f64>], rng: &mut ChaCha8Rng) -> Vec<f64> {
@@ -656,9 +766,16 @@ pub fn suggest(dims: &[Dim], observations: &[Observation], pending: &[Vec<f64>],
     }
     candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
     candidates.truncate(3);
-    // Local search from the best candidates: (1+1) steps that shrink when they fail.
+    // Local search from the best candidates: gradient ascent along the continuous coordinates,
+    // then (1+1) steps that shrink when they fail (integers and categories too). Sampled
+    // candidates alone find the acquisition's peak poorly from 10-D on (refined, Ackley-20's
+    // regret at 50 trials fell from 20.3 to 18.3, Rosenbrock-10's from 96 to 72). Only when no
+    // trial is running: next to running ones (believed to return their prediction) the refined
+    // peak sits just outside their certainty, close to them, and parallel trials lost their
+    // spread (4 at a time, 7 of 16 problems did worse).
     let mut best_candidate = candidates[0].clone();
     for (value, x) in candidates {
+        let (value, x) = if pending.is_empty() { ascend(&model, dims, &scales, best, value, x) } else { (value, x) };
         let (mut value, mut x, mut step) = (value, x, 0.1);
         for _ in 0..24 {
             let y = perturb(&x, dims, &scales, step, 2.0, rng);
@@ -694,6 +811,38 @@ mod tests {
         assert_eq!(best, older[..MAX_POINTS / 2], "the best half of the older ones");
         assert_eq!(&kept[MAX_POINTS / 2..], &values[1000 - MAX_POINTS / 2..], "and the most recent");
         assert_eq!(keep(&values[..10], |v| *v), values[..10].to_vec());
+    }
+
+    #[test]
+    fn the_gradient_of_expected_improvement_matches_finite_differences() {
+        let dims = vec![Dim::Numeric, Dim::Numeric, Dim::Integer(vec![0.1, 0.5, 0.9]), Dim::Categorical(3)];
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let points: Vec<Vec<f64>> = (0..12).map(|_| random_point(&dims, &mut rng)).collect();
+        let y: Vec<f64> = points.iter().map(|p| (3.0 * p[0]).sin() - (p[1] - 0.3).powi(2) + p[2]).collect();
+        let hyper = fit_hyper(&points, &y, &dims);
+        let model = Model::condition(points, &y, &dims, &hyper).expect("a model");
+        let best = y.iter().copied().fold(f64::MIN, f64::max);
+        for _ in 0..5 {
+            let x = random_point(&dims, &mut rng);
+            let (value, gradient) = model.expected_improvement_with_gradient(&x, best);
+            let (mu, sigma) = model.predict(&x);
+            assert!((value - expected_improvement(mu, sigma, best)).abs() < 1e-9, "the same EI as predict gives");
+            for m in 0..3 {
+                let h = 1e-6;
+                let (mut up, mut down) = (x.clone(), x.clone());
+                up[m] += h;
+                down[m] -= h;
+                let numeric = (model.expected_improvement_with_gradient(&up, best).0
+                    - model.expected_improvement_with_gradient(&down, best).0)
+                    / (2.0 * h);
+                assert!(
+                    (numeric - gradient[m]).abs() < 1e-5 * (1.0 + numeric.abs()),
+                    "coordinate {m}: analytic {} vs numeric {numeric}",
+                    gradient[m]
+                );
+            }
+            assert_eq!(gradient[3], 0.0, "no gradient along a categorical coordinate");
+        }
     }
 
     #[test]
