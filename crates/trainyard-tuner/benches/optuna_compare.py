@@ -16,7 +16,7 @@ import time
 import optuna
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-SEEDS, TRIALS, CHECKPOINTS = 20, 50, (10, 25, 50)
+SEEDS, TRIALS, CHECKPOINTS = 40, 50, (10, 25, 50)
 PI = math.pi
 
 
@@ -180,7 +180,7 @@ def samplers(with_gp):
 
 def measure(label, make, cache):
     """{(problem, batch, trials): (q1, median, q3)} of one sampler, from the cache when there."""
-    path = os.path.join(cache, f"{label}-{optuna.__version__}.json") if cache else None
+    path = os.path.join(cache, f"{label}-{optuna.__version__}-{SEEDS}-seeds.json") if cache else None
     known = {}
     if path and os.path.exists(path):
         known = {tuple(k.split("|")): v for k, v in json.load(open(path)).items()}
