@@ -310,8 +310,31 @@ async fn main() -> anyhow::Result<()> {
     // `--features aws-lc`, rustls has two and would otherwise refuse to pick).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let flags = Flags::parse();
+    // Stopped by Ctrl-C or SIGTERM, the bench drops the suite it runs at its next await, which
+    // stops what the suite started (daemons, databases, an agent's network namespaces and
+    // cgroups) as a suite that ends does; killed outright, it used to leave all of that behind.
+    tokio::select! {
+        result = run_suites(&flags) => result,
+        signal = stop_signal() => bail!("stopped by {signal}; what the running suite started is removed"),
+    }
+}
+
+/// The first SIGINT or SIGTERM, by name.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}
+
+async fn run_suites(flags: &Flags) -> anyhow::Result<()> {
     if flags.suites.iter().any(|s| s == "creates") {
-        creates(&flags).await?;
+        creates(flags).await?;
     }
     let mut ours = None;
     if flags.suites.iter().any(|s| s == "agents") {
