@@ -478,9 +478,9 @@ impl Model {
         let sigma = variance.max(1e-12).sqrt();
         // σ² = s − kᵀK⁻¹k: ∂σ²/∂x = −2 (K⁻¹k)ᵀ ∂k/∂x.
         let w = backward(&self.l, n, &v);
+        // ∂EI/∂μ = Φ(z), ∂EI/∂σ = φ(z).
         let z = (mu - best) / sigma;
         let (cdf, pdf) = (normal_cdf(z), normal_pdf(z));
-        let value = (mu - best) * cdf + sigma * pdf;
         let gradient = (0..d)
             .map(|m| {
                 let dmu: f64 = (0..n).map(|i| self.alpha[i] * dk[i * d + m]).sum();
@@ -489,7 +489,7 @@ impl Model {
                 cdf * dmu + pdf * dsigma
             })
             .collect();
-        (value, gradient)
+        (expected_improvement(mu, sigma, best), gradient)
     }
 
     /// Posterior means at the points it was conditioned on (without their noise).
