@@ -266,6 +266,18 @@ impl Network {
 /// the like, for a minute): the next instance there could not bind their ports. Only listeners
 /// (the agent's forwarder) may be left.
 fn has_connections(path: &Path) -> bool {
+    // The namespace's own socket counts first: a few counters, where listing its connections walks
+    // the host's whole TCP hash table (every namespace's connections share it), a millisecond or
+    // more with thousands of TIME_WAITs on the host. Only when something is counted (the
+    // forwarder's listener not closed yet, say) is the list read to tell listeners apart.
+    let counted = in_namespace(path, || {
+        let v4 = std::fs::read_to_string("/proc/thread-self/net/sockstat")?;
+        let v6 = std::fs::read_to_string("/proc/thread-self/net/sockstat6").unwrap_or_default();
+        Ok((v4, v6))
+    });
+    if counted.is_ok_and(|(v4, v6)| no_tcp_sockets(&v4, &v6)) {
+        return false;
+    }
     let listed = in_namespace(path, || {
         let mut text = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
         text.push_str(&std::fs::read_to_string("/proc/thread-self/net/tcp6").unwrap_or_default());
@@ -274,6 +286,25 @@ fn has_connections(path: &Path) -> bool {
     let Ok(text) = listed else { return true };
     // `sl local_address rem_address st ...`: st 0A is LISTEN.
     text.lines().filter_map(|line| line.split_whitespace().nth(3)).any(|state| state != "st" && state != "0A")
+}
+
+/// Whether a namespace's `sockstat` and `sockstat6` (`TCP: inuse N orphan N tw N ...`,
+/// `TCP6: inuse N`) count no TCP socket of it: none open in any state (`inuse`, per namespace) and
+/// none in TIME_WAIT (`tw`, per namespace for IPv4 and IPv6 alike). Anything unreadable counts.
+fn no_tcp_sockets(sockstat: &str, sockstat6: &str) -> bool {
+    let field = |text: &str, protocol: &str, name: &str| -> Option<u64> {
+        let line = text.lines().find_map(|l| l.strip_prefix(protocol))?;
+        let mut words = line.split_whitespace();
+        while let Some(word) = words.next() {
+            if word == name {
+                return words.next()?.parse().ok();
+            }
+        }
+        None
+    };
+    field(sockstat, "TCP:", "inuse") == Some(0)
+        && field(sockstat, "TCP:", "tw") == Some(0)
+        && field(sockstat6, "TCP6:", "inuse").unwrap_or(0) == 0
 }
 
 /// Whether any process still lives in the network namespace at `path`.
@@ -509,4 +540,74 @@ pub fn vpc_egress(
         }
     }
     Ok(Some(networks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{has_connections, in_namespace, no_tcp_sockets};
+
+    const V6_NONE: &str = "TCP6: inuse 0\nUDP6: inuse 0\n";
+
+    #[test]
+    fn only_a_namespace_without_tcp_sockets_counts_as_quiet() {
+        let quiet = "sockets: used 3\nTCP: inuse 0 orphan 0 tw 0 alloc 5 mem 23\nUDP: inuse 1 mem 0\n";
+        assert!(no_tcp_sockets(quiet, V6_NONE));
+        // A socket open in any state, or one in TIME_WAIT (orphan and alloc are the host's).
+        let listener = "TCP: inuse 1 orphan 0 tw 0 alloc 5 mem 23\n";
+        let time_wait = "TCP: inuse 0 orphan 7 tw 2 alloc 5 mem 23\n";
+        assert!(!no_tcp_sockets(listener, V6_NONE));
+        assert!(!no_tcp_sockets(time_wait, V6_NONE));
+        assert!(!no_tcp_sockets(quiet, "TCP6: inuse 1\n"));
+        // Without IPv6 there is no sockstat6; without a readable TCP line nothing is known.
+        assert!(no_tcp_sockets(quiet, ""));
+        assert!(!no_tcp_sockets("", V6_NONE));
+        assert!(!no_tcp_sockets("TCP: inuse x orphan 0 tw 0\n", V6_NONE));
+        assert!(!no_tcp_sockets("TCP: inuse 0 orphan 0\n", V6_NONE));
+    }
+
+    /// In a real namespace: nothing open is quiet; a listener is not (the list then says it is
+    /// only a listener); a connection closed into TIME_WAIT is not, while the host's own
+    /// connections never count.
+    #[test]
+    fn a_namespace_with_a_time_wait_is_not_taken_for_an_empty_one() {
+        // SAFETY: geteuid has no preconditions.
+        assert!(unsafe { libc::geteuid() } == 0, "this test needs root (as the suite runs on CI)");
+        let name = format!("ty-unit-sockets-{}", std::process::id());
+        let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+        assert!(ip(&["netns", "add", &name]), "ip netns add");
+        struct Removed(String);
+        impl Drop for Removed {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+            }
+        }
+        let _removed = Removed(name.clone());
+        assert!(ip(&["-n", &name, "link", "set", "lo", "up"]), "lo up");
+        let path = std::path::Path::new(super::NETNS_DIR).join(&name);
+        let quiet = |path: &std::path::Path| {
+            in_namespace(path, || {
+                let v4 = std::fs::read_to_string("/proc/thread-self/net/sockstat")?;
+                let v6 = std::fs::read_to_string("/proc/thread-self/net/sockstat6").unwrap_or_default();
+                Ok(no_tcp_sockets(&v4, &v6))
+            })
+            .expect("sockstat")
+        };
+        // The host's own connections (this test's process has some, or TIME_WAITs) do not count.
+        let _host_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("host listener");
+        assert!(quiet(&path) && !has_connections(&path), "a new namespace has no sockets");
+
+        let listener = in_namespace(&path, || std::net::TcpListener::bind("127.0.0.1:7000")).expect("listen");
+        assert!(!quiet(&path), "a listener is counted");
+        assert!(!has_connections(&path), "a listener alone is no connection");
+        // The client closes first: its side goes to TIME_WAIT.
+        let client = in_namespace(&path, || std::net::TcpStream::connect("127.0.0.1:7000")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        drop(client);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(server);
+        drop(listener);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!quiet(&path), "a TIME_WAIT is counted");
+        assert!(has_connections(&path), "a TIME_WAIT is a connection that would hold its port");
+    }
 }
