@@ -43,6 +43,11 @@ const CPU_PERIOD_US: u64 = 100_000;
 const UNIFIED_ROOT: &str = "/sys/fs/cgroup";
 /// The controllers an instance's limits need.
 const LIMIT_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+/// The v1 hierarchies an instance's cgroup is made in: its limits', and the freezer, which holds
+/// it still while it is killed. Not the others (blkio, cpuset, devices, systemd's, ...): each would
+/// cost a directory made, joined and removed per instance, for nothing the agent uses; there the
+/// instance stays in the agent's own cgroup, as a service's processes do.
+const V1_CONTROLLERS: [&str; 4] = ["cpu", "memory", "pids", "freezer"];
 
 /// This agent's place in the cgroup hierarchies, found (and on v2 prepared) once at start.
 #[derive(Debug, Clone)]
@@ -121,7 +126,9 @@ impl AgentCgroups {
             resources.cpu.quota = Some(i64::try_from(u64::from(vcpus) * CPU_PERIOD_US).unwrap_or(i64::MAX));
         }
         let created = match &self.version {
-            Version::V1 => Cgroup::new_with_relative_paths(Box::new(V1::new()), &path, own_v1_paths()).map(drop),
+            Version::V1 => {
+                Cgroup::new_with_relative_paths(Box::new(InstanceV1::new()), &path, own_v1_paths()).map(drop)
+            }
             // Only the delegated controllers: cgroups-rs enables them on every level above, where
             // the agent's own cgroup already has them.
             Version::V2 { controllers, .. } => {
@@ -170,9 +177,43 @@ impl AgentCgroups {
     /// A handle on the cgroup at `path` (it may not exist yet).
     fn load(&self, path: &str) -> Cgroup {
         match self.version {
-            Version::V1 => Cgroup::load_with_relative_paths(Box::new(V1::new()), path, own_v1_paths()),
+            Version::V1 => Cgroup::load_with_relative_paths(Box::new(InstanceV1::new()), path, own_v1_paths()),
             Version::V2 { .. } => Cgroup::load(Box::new(V2::new()), path),
         }
+    }
+}
+
+/// The v1 hierarchies of [`V1_CONTROLLERS`] (cgroups-rs's `V1` offers every mounted one).
+#[derive(Debug)]
+struct InstanceV1(V1);
+
+impl InstanceV1 {
+    fn new() -> InstanceV1 {
+        InstanceV1(V1::new())
+    }
+}
+
+impl cgroups_rs::Hierarchy for InstanceV1 {
+    fn subsystems(&self) -> Vec<cgroups_rs::Subsystem> {
+        let wanted = |s: &cgroups_rs::Subsystem| V1_CONTROLLERS.contains(&s.controller_name().as_str());
+        self.0.subsystems().into_iter().filter(wanted).collect()
+    }
+
+    fn root(&self) -> PathBuf {
+        self.0.root()
+    }
+
+    fn root_control_group(&self) -> Cgroup {
+        Cgroup::load(Box::new(InstanceV1::new()), "")
+    }
+
+    fn parent_control_group(&self, path: &str) -> Cgroup {
+        let parent = Path::new(path).parent().unwrap_or_else(|| Path::new(""));
+        Cgroup::load(Box::new(InstanceV1::new()), parent)
+    }
+
+    fn v2(&self) -> bool {
+        false
     }
 }
 
@@ -395,6 +436,18 @@ mod tests {
         let agent = AgentCgroups::set_up("unit-test").expect("cgroups");
         let cgroup = agent.create(&format!("escape-{}", std::process::id()), 1, limits).expect("cgroup");
         let files = cgroup.procs_files();
+        if !cgroups_rs::hierarchies::is_cgroup2_unified_mode() {
+            // Only the hierarchies the agent uses (a mount may hold several: "cpu,cpuacct").
+            let hierarchies: Vec<String> = files
+                .iter()
+                .filter_map(|f| f.to_str().ok()?.strip_prefix("/sys/fs/cgroup/")?.split('/').next().map(String::from))
+                .collect();
+            assert!(
+                !hierarchies.is_empty()
+                    && hierarchies.iter().all(|h| h.split(',').any(|c| V1_CONTROLLERS.contains(&c))),
+                "{hierarchies:?}"
+            );
+        }
         let mut cmd = std::process::Command::new("sh");
         cmd.args(["-c", "setsid sleep 600 & setsid -f sleep 600; sleep 600"]).process_group(0);
         // SAFETY: join_self only opens and writes files prepared before the fork.
