@@ -361,8 +361,16 @@ pub async fn run(
     info!(job = %spec.job, instance = spec.instance, state = ?state, failure = final_update.failure_reason.as_deref(), "instance ended");
     // Its outputs are uploaded (or a retry elsewhere owns them): the dir goes, unless it failed.
     let keep = !matches!(state, InstanceState::Completed | InstanceState::Stopped);
-    workdirs::finished(&settings.work_root, &spec.job, spec.instance, keep);
-    drop(held);
+    // Off the runtime's workers, and only when the CPU has nothing else to do: when trials end
+    // together, their removals would otherwise hold up the next trials' assignments and launches.
+    let (work_root, job, instance) = (settings.work_root.clone(), spec.job.clone(), spec.instance);
+    let removed = tokio::task::spawn_blocking(move || {
+        workdirs::at_idle_priority(|| workdirs::finished(&work_root, &job, instance, keep));
+        drop(held); // the next run of this dir waits until then
+    });
+    if removed.await.is_err() {
+        warn!(job = %spec.job, instance = spec.instance, "removing the work dir panicked");
+    }
     settings.release_work_dir(&dir, dir_lock);
     settings.metrics.instances_running.dec();
     final_update
