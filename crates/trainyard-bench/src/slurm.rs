@@ -7,7 +7,8 @@
 //! tracking) and given the same room as our agent (256 CPUs advertised through
 //! `config_overrides`), so neither system waits for cores the other lacks; "N at a time" is each
 //! job asking for 256/N CPUs. Completion is asked of `squeue` four times a second (faster polling
-//! slowed slurmctld); start times are read from files the jobs write.
+//! slowed slurmctld); start times, and the end times the wall times end at, are read from files
+//! the jobs write (our wall times end when the coordinator stored the tuning job's end).
 //! Its daemons run as root in a temp dir of their own, with their own munge socket and key, on
 //! loopback ports; they are stopped at the end and nothing of them stays.
 
@@ -87,6 +88,17 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+}
+
+/// Seconds from `started` (ns since the epoch) to the last of the `count` end stamps in `ends`.
+fn seconds_until_last(ends: &std::path::Path, started: u128, count: usize) -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string(ends).with_context(|| format!("reading {}", ends.display()))?;
+    let stamps: Vec<u128> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    if stamps.len() != count {
+        bail!("{} of {count} Slurm jobs stamped their end in {}", stamps.len(), ends.display());
+    }
+    let last = stamps.into_iter().max().unwrap_or(started);
+    Ok(last.saturating_sub(started) as f64 / 1e9)
 }
 
 fn hostname() -> anyhow::Result<String> {
@@ -212,21 +224,27 @@ pub async fn run(ours: Option<Figures>) -> anyhow::Result<()> {
     latency.sort_by(f64::total_cmp);
     let pct = |p: f64| latency[((latency.len() - 1) as f64 * p) as usize];
 
-    // Trivial jobs: 300, 10 at a time; and with room for all at once.
-    let started = Instant::now();
-    cluster.submit("true", 300, 10)?;
+    // Trivial jobs: 300, 10 at a time; and with room for all at once. Each job's last act is to
+    // stamp its end, as our programs' end is stamped by the coordinator: the wall times end
+    // there, not at the poll that saw the queue empty (a quarter of a second apart at worst).
+    let trivial = |ends: &std::path::Path| format!("date +%s%N >> {}", ends.display());
+    let ends = cluster.dir.path().join("out/ends-trivial");
+    let started = now_ns();
+    cluster.submit(&trivial(&ends), 300, 10)?;
     cluster.wait_idle(Duration::from_secs(600))?;
-    let per_second = 300.0 / started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    cluster.submit("true", 300, NODE_CPUS)?;
+    let per_second = 300.0 / seconds_until_last(&ends, started, 300)?;
+    let ends = cluster.dir.path().join("out/ends-unconstrained");
+    let started = now_ns();
+    cluster.submit(&trivial(&ends), 300, NODE_CPUS)?;
     cluster.wait_idle(Duration::from_secs(600))?;
-    let unconstrained = 300.0 / started.elapsed().as_secs_f64();
+    let unconstrained = 300.0 / seconds_until_last(&ends, started, 300)?;
 
     // 1-second jobs: 40, 4 at a time.
-    let started = Instant::now();
-    cluster.submit("sleep 1", 40, 4)?;
+    let ends = cluster.dir.path().join("out/ends-second");
+    let started = now_ns();
+    cluster.submit(&format!("sleep 1; date +%s%N >> {}", ends.display()), 40, 4)?;
     cluster.wait_idle(Duration::from_secs(600))?;
-    let wall = started.elapsed().as_secs_f64();
+    let wall = seconds_until_last(&ends, started, 40)?;
     let overhead = (wall - 10.0) / 10.0 * 100.0;
     let slurm = Figures {
         latency_p50_ms: pct(0.5),
