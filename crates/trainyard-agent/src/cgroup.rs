@@ -279,6 +279,11 @@ impl InstanceCgroup {
     /// bomb is bounded by the pids limit either way.
     pub async fn kill_all(&self) {
         for _ in 0..100 {
+            // Empty already, as when a program leaves nothing behind: no freezing (on v1 the
+            // first frozen cgroup and the last thawed one patch the kernel's code on every CPU).
+            if self.pids().is_empty() {
+                return;
+            }
             self.kill_round();
             if self.pids().is_empty() {
                 return;
@@ -290,6 +295,9 @@ impl InstanceCgroup {
 
     fn kill_all_blocking(&self) {
         for _ in 0..100 {
+            if self.pids().is_empty() {
+                return;
+            }
             self.kill_round();
             if self.pids().is_empty() {
                 return;
