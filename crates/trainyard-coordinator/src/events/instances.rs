@@ -10,7 +10,7 @@ use trainyard_proto::pb::{self, InstanceState};
 use trainyard_store::MetricSample;
 use trainyard_tuner::{Finished, stopping};
 
-use super::{Loop, is_final, send};
+use super::{Loop, Progress, is_final, send};
 use crate::core::now;
 
 impl Loop {
@@ -57,18 +57,17 @@ impl Loop {
                 format!("Retrying (attempt {} of {}){after}: {why}", stored.retries_spent() + 2, retries + 1)
             };
             info!(training_job = job, %message, "retrying");
-            self.c
-                .update_training_job(job, |j| {
-                    if interrupted {
-                        return j.interrupt(message.clone(), now()).map(|()| true);
-                    }
-                    j.attempt += 1;
-                    j.placement.clear();
-                    j.runs.interrupting_for = None;
-                    j.transition(SecondaryStatus::Restarting, message.clone(), now())?;
-                    Ok(true)
-                })
-                .await?;
+            self.update_job(job, |j| {
+                if interrupted {
+                    return j.interrupt(message.clone(), now()).map(|()| true);
+                }
+                j.attempt += 1;
+                j.placement.clear();
+                j.runs.interrupting_for = None;
+                j.transition(SecondaryStatus::Restarting, message.clone(), now())?;
+                Ok(true)
+            })
+            .await?;
             self.enqueue(job).await?;
             if let Some(queued) = self.queue.get_mut(job)
                 && !wait.is_zero()
@@ -78,7 +77,7 @@ impl Loop {
                     "Queued: waiting {} s for the lost copy to stop itself (fencing), then for an agent",
                     wait.as_secs_f64().ceil() as u64
                 );
-                self.c.update_training_job(job, |j| Ok(j.set_status_message(message.clone(), now()))).await?;
+                self.update_job(job, |j| Ok(j.set_status_message(message.clone(), now()))).await?;
             }
             return Ok(());
         }
@@ -134,27 +133,13 @@ impl Loop {
             _ => None,
         };
         if let Some(next) = secondary {
-            let message = update.message.clone();
-            self.c
-                .update_training_job(&job, |j| {
-                    // Progress only moves forward; a multi-instance job shows its furthest instance.
-                    let order = |s: SecondaryStatus| match s {
-                        SecondaryStatus::Downloading => 1,
-                        SecondaryStatus::Training => 2,
-                        SecondaryStatus::Uploading => 3,
-                        _ => 0,
-                    };
-                    if j.status != TrainingJobStatus::InProgress || order(next) < order(j.secondary_status) {
-                        return Ok(false);
-                    }
-                    if next == j.secondary_status {
-                        // Progress within a step ("Downloading the training image (12.0 of 40.0 MB)").
-                        return Ok(j.set_status_message(message.clone(), now()));
-                    }
-                    j.transition(next, message.clone(), now())?;
-                    Ok(true)
-                })
-                .await?;
+            // Stored with the job's next write: at the latest at the end of this pass, or with its
+            // end when it ends in this pass (a trial's Uploading and Completed arrive together).
+            self.progress_unstored.entry(job.clone()).or_default().push(Progress {
+                status: next,
+                message: update.message.clone(),
+                at: now(),
+            });
         }
         if !is_final(state) {
             return Ok(());
@@ -242,8 +227,7 @@ impl Loop {
             "Training job interrupted: training job {for_job} needed its place; it resumes from its checkpoints"
         );
         let interrupted = self
-            .c
-            .updated_training_job(job, |j| {
+            .updated_job(job, |j| {
                 if j.status != TrainingJobStatus::InProgress {
                     return Ok(false);
                 }
@@ -328,34 +312,32 @@ impl Loop {
             (Some(tuning), Some(metric)) => self.early_stop(tuning, job, metric, &samples),
             _ => None,
         };
-        self.c
-            .update_training_job(job, |j| {
-                if let Some(rule) = stop_early
-                    && j.status == TrainingJobStatus::InProgress
-                {
-                    j.runs.stopped_early = Some(rule.to_string());
+        self.update_job(job, |j| {
+            if let Some(rule) = stop_early
+                && j.status == TrainingJobStatus::InProgress
+            {
+                j.runs.stopped_early = Some(rule.to_string());
+            }
+            for s in &converted {
+                let data = api::MetricData {
+                    metric_name: Some(s.name.clone()),
+                    timestamp: Some(s.timestamp),
+                    value: Some(s.value),
+                };
+                let existing = j.final_metrics.iter().position(|m| m.metric_name.as_deref() == Some(s.name.as_str()));
+                match existing {
+                    Some(i) => j.final_metrics[i] = data,
+                    None if j.final_metrics.len() < 40 => j.final_metrics.push(data),
+                    None => {}
                 }
-                for s in &converted {
-                    let data = api::MetricData {
-                        metric_name: Some(s.name.clone()),
-                        timestamp: Some(s.timestamp),
-                        value: Some(s.value),
-                    };
-                    let existing =
-                        j.final_metrics.iter().position(|m| m.metric_name.as_deref() == Some(s.name.as_str()));
-                    match existing {
-                        Some(i) => j.final_metrics[i] = data,
-                        None if j.final_metrics.len() < 40 => j.final_metrics.push(data),
-                        None => {}
-                    }
-                    if objective.as_deref() == Some(s.name.as_str()) {
-                        j.objective_value = Some(s.value);
-                    }
+                if objective.as_deref() == Some(s.name.as_str()) {
+                    j.objective_value = Some(s.value);
                 }
-                j.last_modified_time = now();
-                Ok(true)
-            })
-            .await?;
+            }
+            j.last_modified_time = now();
+            Ok(true)
+        })
+        .await?;
         if stop_early.is_some() {
             self.stop_running_instances(job);
         }
@@ -372,8 +354,7 @@ impl Loop {
         model_artifacts: Option<String>,
     ) -> Result<(), DomainError> {
         let written = self
-            .c
-            .updated_training_job(job, |j| {
+            .updated_job(job, |j| {
                 if j.status.is_terminal() {
                     return Ok(false);
                 }

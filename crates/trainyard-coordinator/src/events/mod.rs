@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use trainyard_model::jobs::TrainingJob;
 use trainyard_model::status::{SecondaryStatus, TrainingJobStatus, TuningJobStatus};
 use trainyard_model::{DomainError, Timestamp};
 use trainyard_proto::pb::coordinator_message::Body as Down;
@@ -206,6 +207,10 @@ pub struct Loop {
     /// New jobs queued whose `Pending` is not stored yet: it is only if the pass that queued them
     /// cannot place them (one write fewer for every job that starts at once).
     pending_unstored: Vec<String>,
+    /// Progress reports (Downloading, Training, Uploading) of jobs, not stored yet: each job's go
+    /// in its next write, made by the event that follows in the same pass (its end, say) or at the
+    /// pass's end ([`Loop::store_progress`]); one write instead of one each.
+    progress_unstored: BTreeMap<String, Vec<Progress>>,
     /// Set when an event or a tick failed (e.g. the database was away): the loop then compares
     /// its state with the store on the next ticks until that succeeds.
     resync_needed: bool,
@@ -237,6 +242,7 @@ pub async fn run(
         wait_exceeded: BTreeSet::new(),
         wait_deadlines: HashMap::new(),
         pending_unstored: Vec::new(),
+        progress_unstored: BTreeMap::new(),
         resync_needed: false,
     };
     // At start the loop knows nothing: catching up with the store rebuilds everything.
@@ -282,6 +288,10 @@ pub async fn run(
                         state.resync_needed = true;
                     }
                 }
+                if let Err(e) = state.store_progress().await {
+                    warn!(error = %e, "progress not stored; catching up from the store");
+                    state.resync_needed = true;
+                }
                 // A pass that failed midway (the store went away) may have taken a job off the
                 // queue without placing it, or placed it without knowing: catch up, as a failed
                 // event does.
@@ -293,6 +303,38 @@ pub async fn run(
         }
     }
     info!("event loop stopped");
+}
+
+/// An instance's progress report, as a job's secondary status.
+#[derive(Debug, Clone)]
+struct Progress {
+    status: SecondaryStatus,
+    message: String,
+    at: Timestamp,
+}
+
+/// Applies progress reports to a job, in order: progress only moves forward (a job of several
+/// instances shows its furthest one), and only while the job runs. Whether anything changed.
+fn apply_progress(j: &mut TrainingJob, progress: &[Progress]) -> bool {
+    let order = |s: SecondaryStatus| match s {
+        SecondaryStatus::Downloading => 1,
+        SecondaryStatus::Training => 2,
+        SecondaryStatus::Uploading => 3,
+        _ => 0,
+    };
+    let mut changed = false;
+    for p in progress {
+        if j.status != TrainingJobStatus::InProgress || order(p.status) < order(j.secondary_status) {
+            continue;
+        }
+        if p.status == j.secondary_status {
+            // Progress within a step ("Downloading the training image (12.0 of 40.0 MB)").
+            changed |= j.set_status_message(p.message.clone(), p.at);
+        } else {
+            changed |= j.transition(p.status, p.message.clone(), p.at).is_ok();
+        }
+    }
+    changed
 }
 
 fn send(entry: &AgentEntry, body: Down) {
@@ -309,6 +351,40 @@ fn is_final(state: InstanceState) -> bool {
 }
 
 impl Loop {
+    /// Every change the loop makes to a training job: compare-and-set (see
+    /// [`Coordinator::updated_training_job`]), with the job's progress not stored yet applied
+    /// first, in the same write. Returns the job as written, or None when nothing changed.
+    pub(super) async fn updated_job(
+        &mut self,
+        name: &str,
+        mut change: impl FnMut(&mut TrainingJob) -> Result<bool, DomainError>,
+    ) -> Result<Option<TrainingJob>, DomainError> {
+        let progress = self.progress_unstored.remove(name).unwrap_or_default();
+        self.c
+            .updated_training_job(name, |j| {
+                let moved = apply_progress(j, &progress);
+                Ok(change(j)? || moved)
+            })
+            .await
+    }
+
+    /// [`Loop::updated_job`], saying only whether it wrote.
+    pub(super) async fn update_job(
+        &mut self,
+        name: &str,
+        change: impl FnMut(&mut TrainingJob) -> Result<bool, DomainError>,
+    ) -> Result<bool, DomainError> {
+        Ok(self.updated_job(name, change).await?.is_some())
+    }
+
+    /// Stores the progress reports of this pass that no other write took along.
+    async fn store_progress(&mut self) -> Result<(), DomainError> {
+        for (job, progress) in std::mem::take(&mut self.progress_unstored) {
+            self.c.update_training_job(&job, |j| Ok(apply_progress(j, &progress))).await?;
+        }
+        Ok(())
+    }
+
     async fn handle(&mut self, event: Event) -> Result<(), DomainError> {
         match event {
             Event::TuningJobCreated(name) => match self.load_tuning(&name).await? {
@@ -523,5 +599,59 @@ impl Loop {
         }
         self.enforce_max_wait().await?;
         self.schedule().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use trainyard_model::names::ArnContext;
+
+    use super::*;
+
+    fn job() -> TrainingJob {
+        let request =
+            serde_json::from_str(include_str!("../../../../deploy/examples/training-job.json")).expect("example");
+        TrainingJob::new(request, None, &ArnContext::default(), Timestamp::from_millis(1_000)).expect("job")
+    }
+
+    fn progress(status: SecondaryStatus, message: &str, at: i64) -> Progress {
+        Progress { status, message: message.to_string(), at: Timestamp::from_millis(at) }
+    }
+
+    fn history(j: &TrainingJob) -> Vec<(SecondaryStatus, i64, String)> {
+        j.transitions.iter().map(|t| (t.status, t.start_time.millis(), t.message.clone())).collect()
+    }
+
+    /// Reports held for one write are applied as they came, each at the time it came; progress
+    /// never goes back, and a job no longer running takes none.
+    #[test]
+    fn progress_is_applied_in_order_forward_only_and_only_while_the_job_runs() {
+        let mut j = job();
+        let reports = [
+            progress(SecondaryStatus::Downloading, "Downloading input data", 2_000),
+            progress(SecondaryStatus::Downloading, "Downloading input data (half)", 2_500),
+            progress(SecondaryStatus::Training, "Training", 3_000),
+            // A slower instance of the same job is behind: the job shows its furthest.
+            progress(SecondaryStatus::Downloading, "algo-2 downloading", 3_100),
+            progress(SecondaryStatus::Uploading, "Uploading", 4_000),
+        ];
+        assert!(apply_progress(&mut j, &reports));
+        let after: Vec<(SecondaryStatus, i64, String)> = history(&j).into_iter().skip(1).collect();
+        assert_eq!(
+            after,
+            vec![
+                (SecondaryStatus::Downloading, 2_000, "Downloading input data (half)".to_string()),
+                (SecondaryStatus::Training, 3_000, "Training".to_string()),
+                (SecondaryStatus::Uploading, 4_000, "Uploading".to_string()),
+            ]
+        );
+        assert_eq!(j.secondary_status, SecondaryStatus::Uploading);
+        // Nothing older changes it again.
+        assert!(!apply_progress(&mut j, &[progress(SecondaryStatus::Training, "late", 5_000)]));
+
+        let mut stopping = job();
+        stopping.status = TrainingJobStatus::Stopping;
+        assert!(!apply_progress(&mut stopping, &[progress(SecondaryStatus::Training, "Training", 2_000)]));
+        assert_eq!(stopping.transitions.len(), 1);
     }
 }

@@ -201,15 +201,14 @@ impl Loop {
 
     /// The job's `Pending` transition, unless it has one.
     async fn store_pending(&mut self, name: &str) -> Result<(), DomainError> {
-        self.c
-            .update_training_job(name, |j| {
-                if j.secondary_status == SecondaryStatus::Pending {
-                    return Ok(false);
-                }
-                j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
-                Ok(true)
-            })
-            .await?;
+        self.update_job(name, |j| {
+            if j.secondary_status == SecondaryStatus::Pending {
+                return Ok(false);
+            }
+            j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
+            Ok(true)
+        })
+        .await?;
         Ok(())
     }
 
@@ -271,15 +270,14 @@ impl Loop {
                         // On its Pending transition (stored with it if this pass queued it), which
                         // says why it waits: one write.
                         let message = format!("Cannot be placed: {reason}");
-                        self.c
-                            .update_training_job(&job, |j| {
-                                let queued_now = j.secondary_status != SecondaryStatus::Pending;
-                                if queued_now {
-                                    j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
-                                }
-                                Ok(j.set_status_message(message.clone(), now()) || queued_now)
-                            })
-                            .await?;
+                        self.update_job(&job, |j| {
+                            let queued_now = j.secondary_status != SecondaryStatus::Pending;
+                            if queued_now {
+                                j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
+                            }
+                            Ok(j.set_status_message(message.clone(), now()) || queued_now)
+                        })
+                        .await?;
                     }
                 }
             }
@@ -353,8 +351,7 @@ impl Loop {
         for victim in &victims {
             let message = format!("Interrupting: training job {job} needs its place (managed spot training)");
             let marked = self
-                .c
-                .update_training_job(victim, |j| {
+                .update_job(victim, |j| {
                     if j.status != TrainingJobStatus::InProgress || j.runs.interrupting_for.is_some() {
                         return Ok(false);
                     }
@@ -371,7 +368,7 @@ impl Loop {
             }
         }
         let message = format!("Waiting for spot training job(s) {} to give up their place", victims.join(", "));
-        self.c.update_training_job(&job, |j| Ok(j.set_status_message(message.clone(), now()))).await?;
+        self.update_job(&job, |j| Ok(j.set_status_message(message.clone(), now()))).await?;
         Ok(())
     }
 
@@ -390,10 +387,10 @@ impl Loop {
         // Who it runs as is decided in the same write that places it: a role removed from the
         // configuration since the job was accepted fails it instead.
         let (mut run_as, mut refused) = (None, None);
+        let c = self.c.clone();
         let placed = self
-            .c
-            .updated_training_job(name, |j| {
-                match self.c.roles.run_as(j.request.role_arn.as_deref()) {
+            .updated_job(name, |j| {
+                match c.roles.run_as(j.request.role_arn.as_deref()) {
                     Ok(role) => {
                         run_as = role.map(|r| pb::RunAs { group: r.group.unwrap_or_default(), ..Default::default() })
                     }

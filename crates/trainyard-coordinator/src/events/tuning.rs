@@ -349,12 +349,11 @@ impl Loop {
     /// queued trial ends at once, and its end drives its tuning job's stop, which stops the rest).
     pub(super) async fn stop_trial(&mut self, trial: &str) -> Result<(), DomainError> {
         let mut ended = false;
-        self.c
-            .update_training_job(trial, |j| {
-                ended = j.status.is_terminal();
-                if ended { Ok(false) } else { j.request_stop(now()) }
-            })
-            .await?;
+        self.update_job(trial, |j| {
+            ended = j.status.is_terminal();
+            if ended { Ok(false) } else { j.request_stop(now()) }
+        })
+        .await?;
         if !ended {
             Box::pin(self.stop_training(trial)).await?;
         }
