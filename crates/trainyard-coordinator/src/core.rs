@@ -113,6 +113,10 @@ pub struct Coordinator {
     /// created from here too: while this process leads no one else writes (fenced), and it exits
     /// when it stops leading.
     written: std::sync::Mutex<WrittenJobs>,
+    /// Unended tuning jobs as this process last wrote (or read) them, for the loop's look at a
+    /// tuning job at each trial's end; the same reasoning as `written` (the leader is the only
+    /// writer), bounded by the limit on running tuning jobs.
+    tuning_written: std::sync::Mutex<HashMap<String, TuningJob>>,
     /// New jobs are written through these: concurrent creates share one statement.
     new_training_jobs: GroupCommit<TrainingJob>,
     new_tuning_jobs: GroupCommit<TuningJob>,
@@ -189,6 +193,7 @@ impl Coordinator {
             log_sequences: tokio::sync::Mutex::new(HashMap::new()),
             active_tuning_jobs: AtomicU64::new(active),
             written: std::sync::Mutex::new(WrittenJobs::default()),
+            tuning_written: std::sync::Mutex::new(HashMap::new()),
             new_training_jobs: GroupCommit::start(store.clone()),
             new_tuning_jobs: GroupCommit::start(store.clone()),
             store,
@@ -244,9 +249,12 @@ impl Coordinator {
                 return Err(e);
             }
         };
-        if let Err(e) = self.new_tuning_jobs.create(job.clone()).await {
-            self.active_tuning_jobs.fetch_sub(1, Ordering::SeqCst);
-            return Err(e.into());
+        match self.new_tuning_jobs.create(job.clone()).await {
+            Ok(written) => self.keep_tuning_job(written.value),
+            Err(e) => {
+                self.active_tuning_jobs.fetch_sub(1, Ordering::SeqCst);
+                return Err(e.into());
+            }
         }
         info!(tuning_job = %job.name, user = %caller.user, strategy = job.strategy().unwrap_or("-"), "tuning job created");
         self.emit(Event::TuningJobCreated(job.name.clone()));
@@ -766,6 +774,30 @@ impl Coordinator {
         self.store.get_training_job(name).await?.ok_or_else(|| not_found(ResourceKind::TrainingJob, name))
     }
 
+    /// A tuning job as this process last wrote or read it while it runs (see `tuning_written`),
+    /// else as stored (and kept).
+    pub async fn running_tuning_job(&self, name: &str) -> Result<TuningJob, DomainError> {
+        let kept = self.tuning_written.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+        match kept {
+            Some(job) => Ok(job),
+            None => {
+                let job = self.tuning_job(name).await?.value;
+                self.keep_tuning_job(job.clone());
+                Ok(job)
+            }
+        }
+    }
+
+    /// Keeps a tuning job as just written or read, while it has not ended.
+    fn keep_tuning_job(&self, job: TuningJob) {
+        let mut kept = self.tuning_written.lock().unwrap_or_else(|e| e.into_inner());
+        if job.status.is_terminal() {
+            kept.remove(&job.name);
+        } else {
+            kept.insert(job.name.clone(), job);
+        }
+    }
+
     /// Read, change, compare-and-set; again on a concurrent change. `change` returns whether it
     /// changed anything (nothing is written when it did not).
     pub async fn update_tuning_job(
@@ -780,10 +812,11 @@ impl Coordinator {
                 return Ok(false);
             }
             match self.store.update_tuning_job(&value, version).await {
-                Ok(_) => {
+                Ok(written) => {
                     if was_active && value.status.is_terminal() {
                         self.active_tuning_jobs.fetch_sub(1, Ordering::SeqCst);
                     }
+                    self.keep_tuning_job(written.value);
                     return Ok(true);
                 }
                 Err(StoreError::Conflict { .. }) => continue,
@@ -863,6 +896,8 @@ impl Coordinator {
 
 #[cfg(test)]
 mod tests {
+    use trainyard_model::status::TuningJobStatus;
+
     use super::*;
 
     async fn coordinator(dir: &std::path::Path) -> Coordinator {
@@ -956,5 +991,40 @@ mod tests {
         assert!(wrote.is_some(), "decided on the stored job, not on the stale copy");
         let stored = c.training_job("cached").await.expect("read").value;
         assert_eq!(stored.failure_reason.as_deref(), Some("filled in"));
+    }
+
+    /// The loop's look at a tuning job at each trial's end: what this process wrote, a stop
+    /// request included (kept before its event is sent), without a read; an ended job is not kept.
+    #[tokio::test]
+    async fn a_running_tuning_job_is_seen_as_this_process_last_wrote_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let c = coordinator(dir.path()).await;
+        let caller = Caller::unauthenticated_admin();
+        let request: api::CreateHyperParameterTuningJobRequest =
+            serde_json::from_str(include_str!("../../../deploy/examples/tuning-job.json")).expect("example");
+        let name = request.hyper_parameter_tuning_job_name.clone().expect("named");
+        c.create_tuning_job(&caller, request).await.expect("create");
+        // What is kept is what the loop sees, not the store: a change behind this process's back
+        // (there is none while it leads) would not show.
+        let stored = c.tuning_job(&name).await.expect("read");
+        let mut behind = stored.value.clone();
+        behind.failure_reason = Some("not through this process".into());
+        c.store.update_tuning_job(&behind, stored.version).await.expect("write behind");
+        let seen = c.running_tuning_job(&name).await.expect("seen");
+        assert_eq!(seen.status, TuningJobStatus::InProgress);
+        assert!(seen.failure_reason.is_none(), "the kept copy was read, not the store");
+
+        let stop = api::StopHyperParameterTuningJobRequest { hyper_parameter_tuning_job_name: Some(name.clone()) };
+        c.stop_tuning_job(&caller, stop).await.expect("stop");
+        assert_eq!(c.running_tuning_job(&name).await.expect("seen").status, TuningJobStatus::Stopping);
+
+        c.update_tuning_job(&name, |j| {
+            j.transition(TuningJobStatus::Stopped, now())?;
+            Ok(true)
+        })
+        .await
+        .expect("end");
+        assert!(c.tuning_written.lock().expect("lock").get(&name).is_none(), "an ended job is not kept");
+        assert_eq!(c.running_tuning_job(&name).await.expect("read").status, TuningJobStatus::Stopped);
     }
 }

@@ -389,7 +389,9 @@ impl Loop {
         };
         if let Some(tuning) = stored.tuning_job_name().map(str::to_string) {
             self.record_trial_end(&tuning, &stored).await?;
-            let tuning_job = self.c.tuning_job(&tuning).await?.value;
+            // As this process last wrote it: a stop request is written (and kept) before its
+            // event is sent, so a stop is never missed here.
+            let tuning_job = self.c.running_tuning_job(&tuning).await?;
             if tuning_job.status == TuningJobStatus::Stopping {
                 self.stop_tuning(&tuning).await?
             } else {
