@@ -36,31 +36,6 @@ pub fn finished(work_root: &Path, job: &str, instance: u32, keep: bool) {
     remove(work_root, job, instance);
 }
 
-/// Runs `f` on the calling thread under `SCHED_IDLE` (it gets the CPU only when nothing else
-/// wants it), then puts the thread back as it was (the runtime's blocking threads are reused).
-/// Where the policy cannot be changed, `f` runs as it is.
-pub fn at_idle_priority<T>(f: impl FnOnce() -> T) -> T {
-    struct Restore(Option<libc::c_int>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            if let Some(policy) = self.0 {
-                let param = libc::sched_param { sched_priority: 0 };
-                // SAFETY: sched_setscheduler on the calling thread (0) with a valid parameter.
-                unsafe { libc::sched_setscheduler(0, policy, &param) };
-            }
-        }
-    }
-    // SAFETY: sched_getscheduler/sched_setscheduler on the calling thread (0); the parameter
-    // outlives the call. Priority 0 is the only one SCHED_IDLE and SCHED_OTHER take.
-    let restore = unsafe {
-        let before = libc::sched_getscheduler(0);
-        let param = libc::sched_param { sched_priority: 0 };
-        (before == libc::SCHED_OTHER && libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0).then_some(before)
-    };
-    let _restore = Restore(restore);
-    f()
-}
-
 /// Removes kept dirs older than `keep`, and at start every dir no record keeps.
 pub fn sweep(work_root: &Path, keep: Duration, at_start: bool) {
     let kept = work_root.join(KEPT);
@@ -121,18 +96,6 @@ fn parse_record_name(name: &str) -> Option<(String, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn idle_priority_holds_while_the_work_runs_and_is_undone_after() {
-        // SAFETY: sched_getscheduler on the calling thread.
-        let policy = || unsafe { libc::sched_getscheduler(0) };
-        assert_eq!(policy(), libc::SCHED_OTHER);
-        assert_eq!(at_idle_priority(policy), libc::SCHED_IDLE);
-        assert_eq!(policy(), libc::SCHED_OTHER);
-        // Undone after a panic too (the thread is reused).
-        assert!(std::panic::catch_unwind(|| at_idle_priority(|| panic!("in the work"))).is_err());
-        assert_eq!(policy(), libc::SCHED_OTHER);
-    }
 
     #[test]
     fn finished_dirs_go_failed_ones_stay_until_swept_and_leftovers_go_at_start() {

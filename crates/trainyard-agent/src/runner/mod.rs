@@ -361,11 +361,13 @@ pub async fn run(
     info!(job = %spec.job, instance = spec.instance, state = ?state, failure = final_update.failure_reason.as_deref(), "instance ended");
     // Its outputs are uploaded (or a retry elsewhere owns them): the dir goes, unless it failed.
     let keep = !matches!(state, InstanceState::Completed | InstanceState::Stopped);
-    // Off the runtime's workers, and only when the CPU has nothing else to do: when trials end
-    // together, their removals would otherwise hold up the next trials' assignments and launches.
+    // Off the runtime's workers: a large input channel's removal takes seconds, and when trials
+    // end together their removals would hold up the stream that brings the next assignments.
+    // (Not at idle priority: under jobs that keep every CPU busy, removals would then lag behind
+    // and work dirs pile up on the disk.)
     let (work_root, job, instance) = (settings.work_root.clone(), spec.job.clone(), spec.instance);
     let removed = tokio::task::spawn_blocking(move || {
-        workdirs::at_idle_priority(|| workdirs::finished(&work_root, &job, instance, keep));
+        workdirs::finished(&work_root, &job, instance, keep);
         drop(held); // the next run of this dir waits until then
     });
     if removed.await.is_err() {
