@@ -78,16 +78,24 @@ impl AgentCgroups {
         let version = if cgroups_rs::hierarchies::is_cgroup2_unified_mode() { delegate_v2(name)? } else { Version::V1 };
         let cgroups = AgentCgroups { name: name.to_string(), version };
         // Instances of an earlier run of this agent (it crashed): what is left of them is killed.
+        // On v1 they are looked for in every hierarchy: an earlier version made instances'
+        // cgroups in all of them, and those this one does not use are removed once emptied.
         let parent = cgroups.parent_path();
-        let probe = cgroups.load(&parent);
-        let listed = probe.subsystems().first().map(|s| s.to_controller().path().to_path_buf());
-        for entry in listed.and_then(|dir| std::fs::read_dir(dir).ok()).into_iter().flatten().flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                let path = format!("{parent}/{}", entry.file_name().to_string_lossy());
-                let stale = cgroups.load(&path);
-                tracing::info!(cgroup = %path, left = stale.procs().len(), "removing an earlier run's instance cgroup");
-                drop(InstanceCgroup { cgroup: stale, procs_files: Vec::new() });
+        let every = cgroups.load_everywhere(&parent);
+        let mut stale_names = std::collections::BTreeSet::new();
+        for dir in every.subsystems().iter().map(|s| s.to_controller().path().to_path_buf()) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stale_names.insert(entry.file_name().to_string_lossy().into_owned());
+                }
             }
+        }
+        for name in stale_names {
+            let path = format!("{parent}/{name}");
+            let stale = cgroups.load(&path);
+            tracing::info!(cgroup = %path, left = stale.procs().len(), "removing an earlier run's instance cgroup");
+            drop(InstanceCgroup { cgroup: stale, procs_files: Vec::new() });
+            let _ = cgroups.load_everywhere(&path).delete();
         }
         drop(cgroups.create("probe", 0, Limits { memory_mib: Some(64), vcpus: Some(1), pids: 16 })?);
         Ok(cgroups)
@@ -162,7 +170,7 @@ impl AgentCgroups {
 
     /// Removes the agent's parent cgroup, at shutdown (its instances' are gone by then).
     pub fn remove(&self) {
-        let _ = self.load(&self.parent_path()).delete();
+        let _ = self.load_everywhere(&self.parent_path()).delete();
     }
 
     /// The parent of this agent's instances' cgroups: relative to the agent's own cgroup on v1,
@@ -171,6 +179,15 @@ impl AgentCgroups {
         match &self.version {
             Version::V1 => format!("trainyard-{}", self.name),
             Version::V2 { parent, .. } => parent.clone(),
+        }
+    }
+
+    /// A handle on the cgroup at `path` in every v1 hierarchy mounted, those the agent does not
+    /// use included (on v2, as [`AgentCgroups::load`]).
+    fn load_everywhere(&self, path: &str) -> Cgroup {
+        match self.version {
+            Version::V1 => Cgroup::load_with_relative_paths(Box::new(V1::new()), path, own_v1_paths()),
+            Version::V2 { .. } => self.load(path),
         }
     }
 
@@ -433,6 +450,39 @@ mod tests {
     fn root() -> bool {
         // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() == 0 }
+    }
+
+    /// An instance cgroup an earlier version left in every v1 hierarchy (it crashed) is gone from
+    /// all of them when the agent starts, its process killed; so is the agent's at its stop.
+    #[tokio::test]
+    async fn an_earlier_versions_instance_cgroups_go_from_every_hierarchy() {
+        assert!(root(), "this test needs root (as the suite runs on CI)");
+        if cgroups_rs::hierarchies::is_cgroup2_unified_mode() {
+            return; // one hierarchy: nothing to leave elsewhere
+        }
+        let name = format!("unit-upgrade-{}", std::process::id());
+        let path = format!("trainyard-{name}/old.algo-1");
+        let old = Cgroup::new_with_relative_paths(Box::new(V1::new()), &path, own_v1_paths()).expect("old cgroup");
+        let dirs: Vec<PathBuf> = old.subsystems().iter().map(|s| s.to_controller().path().to_path_buf()).collect();
+        let files: Vec<CString> = dirs
+            .iter()
+            .filter_map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_encoded_bytes()).ok())
+            .collect();
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("600");
+        // SAFETY: join_self only opens and writes files prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || InstanceCgroup::join_self(&files));
+        }
+        let mut child = cmd.spawn().expect("spawn");
+
+        let agent = AgentCgroups::set_up(&name).expect("cgroups");
+        assert!(child.wait().is_ok_and(|s| !s.success()), "the earlier run's process was killed");
+        let left: Vec<&PathBuf> = dirs.iter().filter(|d| d.exists()).collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        agent.remove();
+        let parents: Vec<PathBuf> = dirs.iter().filter_map(|d| d.parent().map(Path::to_path_buf)).collect();
+        assert!(parents.iter().all(|p| !p.exists()), "the agent's cgroup outlived its stop: {parents:?}");
     }
 
     /// A process that escapes its process group and session is still in the cgroup, and dies
