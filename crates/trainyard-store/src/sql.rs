@@ -191,6 +191,28 @@ fn private_database_file(rest: &str) -> Result<(), StoreError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
 }
 
+/// Held while this process migrates a SQLite file (`<file>.migrations.lock`, flock): two
+/// processes migrating one file at once (a coordinator starting while an admin command runs on its
+/// data) would each read which migrations are applied and both apply the next ("table already
+/// exists"). PostgreSQL's migrations take an advisory lock of their own. None for `:memory:`.
+fn lock_migrations(rest: &str) -> Result<Option<std::fs::File>, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = rest.trim_start_matches("//").split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(None);
+    }
+    let io = |e: std::io::Error| StoreError::Database(sqlx::Error::Io(e));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(format!("{path}.migrations.lock"))
+        .map_err(io)?;
+    file.lock().map_err(io)?; // until the other process has migrated
+    Ok(Some(file))
+}
+
 /// The outcome of an insert: a taken name is `AlreadyExists`, whatever the backend's error says.
 /// How many rows it inserted.
 fn inserted(
@@ -234,6 +256,11 @@ fn redacted(url: &str) -> String {
 }
 
 impl SqlStore {
+    #[cfg(test)]
+    async fn connect_owned(url: String) -> Result<Self, StoreError> {
+        Self::connect(&url).await
+    }
+
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let (backend, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
@@ -283,7 +310,14 @@ impl SqlStore {
             sqlx::ConnectOptions::log_slow_statements(connect_options, log::LevelFilter::Info, SLOW_STATEMENT);
         let pool = options.connect_with(connect_options).await?;
         match backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Backend::Sqlite => {
+                let rest = url.strip_prefix("sqlite:").unwrap_or_default().to_string();
+                let held = tokio::task::spawn_blocking(move || lock_migrations(&rest))
+                    .await
+                    .map_err(|e| StoreError::Database(sqlx::Error::Io(std::io::Error::other(e))))??;
+                SQLITE_MIGRATIONS.run(&pool).await?;
+                drop(held);
+            }
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
         info!(?backend, "store ready");
@@ -1240,6 +1274,25 @@ fn millis(duration: std::time::Duration) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    /// Two processes opening a new database file at once (a coordinator starting while an admin
+    /// command runs) both migrate it: one waits for the other, neither fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_opens_of_a_sqlite_file_both_succeed() {
+        let dir = tempfile::tempdir().expect("dir");
+        for round in 0..8 {
+            let url = format!("sqlite://{}", dir.path().join(format!("race-{round}.db")).display());
+            let (a, b) = tokio::join!(
+                tokio::spawn(super::SqlStore::connect_owned(url.clone())),
+                tokio::spawn(super::SqlStore::connect_owned(url))
+            );
+            for opened in [a, b] {
+                if let Err(e) = opened.expect("task") {
+                    panic!("round {round}: {e}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn passwords_are_left_out_of_messages() {
         assert_eq!(super::redacted("postgres://ty:s3cret@db:5432/ty"), "postgres://ty:***@db:5432/ty");
