@@ -173,40 +173,20 @@ pub(crate) async fn wait_tuning(client: &mut HyperParameterTuningClient<Transpor
     }
 }
 
-/// CPU time (user and system, clock ticks) of the suite's processes.
+/// CPU seconds (user and system) of the suite's processes.
 #[derive(Debug, Clone, Copy)]
 struct CpuTimes {
-    coordinator: u64,
-    agent: u64,
+    coordinator: f64,
+    agent: f64,
     /// The agent's children it has waited for: the instances' programs and what they started.
-    programs: u64,
-    client: u64,
+    programs: f64,
+    client: f64,
 }
 
 fn cpu_times(c: &Cluster) -> CpuTimes {
-    let coordinator = process_ticks(c.coordinator.daemon.pid()).0;
-    let (agent, programs) = c.agent.as_ref().map_or((0, 0), |a| process_ticks(a.pid()));
-    CpuTimes { coordinator, agent, programs, client: process_ticks(std::process::id()).0 }
-}
-
-/// A process's own CPU ticks and those of its children it has waited for, from
-/// `/proc/<pid>/stat` (fields 14–17; the command name before them may hold spaces).
-fn process_ticks(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .rsplit_once(") ")
-        .map(|(_, rest)| rest.split_whitespace().skip(11).take(4).filter_map(|f| f.parse().ok()).collect())
-        .unwrap_or_default();
-    match fields[..] {
-        [utime, stime, cutime, cstime] => (utime + stime, cutime + cstime),
-        _ => (0, 0),
-    }
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
+    let coordinator = crate::own_and_reaped_cpu_seconds(c.coordinator.daemon.pid()).0;
+    let (agent, programs) = c.agent.as_ref().map_or((0.0, 0.0), |a| crate::own_and_reaped_cpu_seconds(a.pid()));
+    CpuTimes { coordinator, agent, programs, client: crate::own_and_reaped_cpu_seconds(std::process::id()).0 }
 }
 
 /// Milliseconds since the epoch, on the clock the coordinator stamps jobs with (same host).
@@ -327,7 +307,7 @@ pub async fn run() -> anyhow::Result<crate::slurm::Figures> {
         ("the programs (reaped by the agent)", cpu_before.programs, cpu_after.programs),
         ("this client (creates, describes)", cpu_before.client, cpu_after.client),
     ] {
-        let per_trial = after.saturating_sub(before) as f64 / clock_ticks_per_second() / f64::from(trials) * 1e3;
+        let per_trial = (after - before).max(0.0) / f64::from(trials) * 1e3;
         println!("{:<44} {:>9.1} ms", format!("  CPU per trial, {who}"), per_trial);
     }
     // The program's own cost beyond its second (a shell, `date`, `sleep`, `mkdir`), which any

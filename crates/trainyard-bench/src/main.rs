@@ -249,24 +249,35 @@ impl Database {
     }
 }
 
+/// The fields of `/proc/<pid>/stat` after the command's closing parenthesis (the command may hold
+/// spaces): state is [0], ppid [1], utime [11], stime [12], cutime [13], cstime [14].
+fn proc_stat(pid: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    text.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().map(str::to_string).collect()).unwrap_or_default()
+}
+
+/// Field `i` of [`proc_stat`] as a number (0 when absent).
+fn stat_number(fields: &[String], i: usize) -> u64 {
+    fields.get(i).and_then(|v| v.parse().ok()).unwrap_or_default()
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
 /// CPU seconds (user + system) a process, and with `descendants` its descendants, have used so
 /// far, from /proc. Descendants that already exited are not counted (a database's backends live
 /// as long as its connections, which outlive a measurement).
 fn cpu_seconds(root: u32, descendants: bool) -> f64 {
-    let stat = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis: state is 3rd, ppid 4th, utime 14th, stime 15th.
-    let fields = |text: &str| -> Vec<String> {
-        text.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().map(str::to_string).collect()).unwrap_or_default()
-    };
     let mut parents = std::collections::HashMap::new();
     let mut ticks = std::collections::HashMap::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         let Ok(pid) = name.parse::<u32>() else { continue };
-        let f = fields(&stat(&name));
-        let number = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or_default();
-        parents.insert(pid, number(1) as u32);
-        ticks.insert(pid, number(11) + number(12));
+        let f = proc_stat(&name);
+        parents.insert(pid, stat_number(&f, 1) as u32);
+        ticks.insert(pid, stat_number(&f, 11) + stat_number(&f, 12));
     }
     let in_tree = |mut pid: u32| loop {
         if pid == root {
@@ -280,9 +291,15 @@ fn cpu_seconds(root: u32, descendants: bool) -> f64 {
             _ => return false,
         }
     };
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks.iter().filter(|(pid, _)| in_tree(**pid)).map(|(_, t)| *t as f64).sum::<f64>() / per_second
+    ticks.iter().filter(|(pid, _)| in_tree(**pid)).map(|(_, t)| *t as f64).sum::<f64>() / ticks_per_second()
+}
+
+/// CPU seconds (user + system) of a process itself, and of its children it has waited for (the
+/// exited ones [`cpu_seconds`] cannot see), from /proc.
+fn own_and_reaped_cpu_seconds(pid: u32) -> (f64, f64) {
+    let f = proc_stat(&pid.to_string());
+    let seconds = |a: usize, b: usize| (stat_number(&f, a) + stat_number(&f, b)) as f64 / ticks_per_second();
+    (seconds(11, 12), seconds(13, 14))
 }
 
 /// The machine's CPU time so far, in ticks: (stolen by the hypervisor, all), from /proc/stat.

@@ -182,13 +182,16 @@ fn completion_json(job: &TuningJob) -> Result<Option<String>, StoreError> {
 /// shared-memory files the database file's mode.
 fn private_database_file(rest: &str) -> Result<(), StoreError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let path = rest.trim_start_matches("//").split('?').next().unwrap_or_default();
-    if path.is_empty() || path == ":memory:" {
-        return Ok(());
-    }
+    let Some(path) = database_file(rest) else { return Ok(()) };
     let io = |e: std::io::Error| StoreError::Database(sqlx::Error::Io(e));
     std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(io)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
+}
+
+/// The file of a SQLite URL (what follows `sqlite:`), or None for an in-memory database.
+fn database_file(rest: &str) -> Option<&str> {
+    let path = rest.trim_start_matches("//").split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then_some(path)
 }
 
 /// Held while this process migrates a SQLite file (`<file>.migrations.lock`, flock): two
@@ -197,10 +200,7 @@ fn private_database_file(rest: &str) -> Result<(), StoreError> {
 /// exists"). PostgreSQL's migrations take an advisory lock of their own. None for `:memory:`.
 fn lock_migrations(rest: &str) -> Result<Option<std::fs::File>, StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = rest.trim_start_matches("//").split('?').next().unwrap_or_default();
-    if path.is_empty() || path == ":memory:" {
-        return Ok(None);
-    }
+    let Some(path) = database_file(rest) else { return Ok(None) };
     let io = |e: std::io::Error| StoreError::Database(sqlx::Error::Io(e));
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -256,11 +256,6 @@ fn redacted(url: &str) -> String {
 }
 
 impl SqlStore {
-    #[cfg(test)]
-    async fn connect_owned(url: String) -> Result<Self, StoreError> {
-        Self::connect(&url).await
-    }
-
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let (backend, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
@@ -1281,10 +1276,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         for round in 0..8 {
             let url = format!("sqlite://{}", dir.path().join(format!("race-{round}.db")).display());
-            let (a, b) = tokio::join!(
-                tokio::spawn(super::SqlStore::connect_owned(url.clone())),
-                tokio::spawn(super::SqlStore::connect_owned(url))
-            );
+            let open = |url: String| tokio::spawn(async move { super::SqlStore::connect(&url).await });
+            let (a, b) = tokio::join!(open(url.clone()), open(url));
             for opened in [a, b] {
                 if let Err(e) = opened.expect("task") {
                     panic!("round {round}: {e}");

@@ -270,12 +270,7 @@ fn has_connections(path: &Path) -> bool {
     // the host's whole TCP hash table (every namespace's connections share it), a millisecond or
     // more with thousands of TIME_WAITs on the host. Only when something is counted (the
     // forwarder's listener not closed yet, say) is the list read to tell listeners apart.
-    let counted = in_namespace(path, || {
-        let v4 = std::fs::read_to_string("/proc/thread-self/net/sockstat")?;
-        let v6 = std::fs::read_to_string("/proc/thread-self/net/sockstat6").unwrap_or_default();
-        Ok((v4, v6))
-    });
-    if counted.is_ok_and(|(v4, v6)| no_tcp_sockets(&v4, &v6)) {
+    if counts_no_tcp_sockets(path) {
         return false;
     }
     let listed = in_namespace(path, || {
@@ -286,6 +281,17 @@ fn has_connections(path: &Path) -> bool {
     let Ok(text) = listed else { return true };
     // `sl local_address rem_address st ...`: st 0A is LISTEN.
     text.lines().filter_map(|line| line.split_whitespace().nth(3)).any(|state| state != "st" && state != "0A")
+}
+
+/// Whether the namespace at `path` counts no TCP socket of its own ([`no_tcp_sockets`]); false
+/// when its counters cannot be read.
+fn counts_no_tcp_sockets(path: &Path) -> bool {
+    let counted = in_namespace(path, || {
+        let v4 = std::fs::read_to_string("/proc/thread-self/net/sockstat")?;
+        let v6 = std::fs::read_to_string("/proc/thread-self/net/sockstat6").unwrap_or_default();
+        Ok((v4, v6))
+    });
+    counted.is_ok_and(|(v4, v6)| no_tcp_sockets(&v4, &v6))
 }
 
 /// Whether a namespace's `sockstat` and `sockstat6` (`TCP: inuse N orphan N tw N ...`,
@@ -544,7 +550,7 @@ pub fn vpc_egress(
 
 #[cfg(test)]
 mod tests {
-    use super::{has_connections, in_namespace, no_tcp_sockets};
+    use super::{counts_no_tcp_sockets, has_connections, in_namespace, no_tcp_sockets};
 
     const V6_NONE: &str = "TCP6: inuse 0\nUDP6: inuse 0\n";
 
@@ -584,14 +590,7 @@ mod tests {
         let _removed = Removed(name.clone());
         assert!(ip(&["-n", &name, "link", "set", "lo", "up"]), "lo up");
         let path = std::path::Path::new(super::NETNS_DIR).join(&name);
-        let quiet = |path: &std::path::Path| {
-            in_namespace(path, || {
-                let v4 = std::fs::read_to_string("/proc/thread-self/net/sockstat")?;
-                let v6 = std::fs::read_to_string("/proc/thread-self/net/sockstat6").unwrap_or_default();
-                Ok(no_tcp_sockets(&v4, &v6))
-            })
-            .expect("sockstat")
-        };
+        let quiet = counts_no_tcp_sockets;
         // The host's own connections (this test's process has some, or TIME_WAITs) do not count.
         let _host_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("host listener");
         assert!(quiet(&path) && !has_connections(&path), "a new namespace has no sockets");
