@@ -39,10 +39,14 @@ pub(crate) struct Cluster {
 }
 
 impl Drop for Cluster {
-    /// The agent is killed with the cluster (SIGKILL: it cannot clean up); the network namespaces
-    /// it recorded, kept idle or in flight, and its cgroups are removed here.
+    /// The agent is stopped as an operator would (SIGTERM: it removes its namespaces, cgroups and,
+    /// the last on the host, the host's nftables table); killed if it takes longer than 10 s, and
+    /// whatever it recorded and left is removed here.
     fn drop(&mut self) {
-        drop(self.agent.take());
+        if let Some(mut agent) = self.agent.take() {
+            agent.signal(libc::SIGTERM);
+            agent.wait_exit(Duration::from_secs(10));
+        }
         trainyard_testkit::netns::remove_agents_leftovers(self._dir.path());
         trainyard_testkit::netns::remove_agents_cgroups(self._dir.path());
     }

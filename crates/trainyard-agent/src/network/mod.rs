@@ -8,6 +8,7 @@
 //! exists, so an agent that crashed removes what it left behind when it starts again.
 
 pub mod forwarder;
+pub mod host;
 pub mod plan;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -41,6 +42,8 @@ pub struct Network {
     warming: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Set at shutdown: the warm-up stops after the namespace it is making.
     closing: std::sync::atomic::AtomicBool,
+    /// The host's rules, removed at shutdown by the last agent on the host to stop.
+    host_rules: std::sync::Mutex<Option<host::HostRules>>,
 }
 
 /// How long a new instance waits for a namespace being released before it creates one.
@@ -66,7 +69,7 @@ impl Network {
         // Instances without isolation reach the outside through the host.
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|e| format!("cannot enable IPv4 forwarding: {e}"))?;
-        apply_rules(None, plan::host_ruleset()).await?;
+        let host_rules = host::HostRules::join(Path::new(host::REGISTRY), None).await?;
         let state_dir = work_root.join("network");
         std::fs::create_dir_all(&state_dir).map_err(|e| format!("creating {}: {e}", state_dir.display()))?;
         let sanitized: String =
@@ -80,6 +83,7 @@ impl Network {
             released: tokio::sync::Notify::new(),
             warming: std::sync::Mutex::new(None),
             closing: std::sync::atomic::AtomicBool::new(false),
+            host_rules: std::sync::Mutex::new(Some(host_rules)),
         };
         network.remove_recorded().await;
         Ok(network)
@@ -147,6 +151,10 @@ impl Network {
             let _ = task.await;
         }
         self.remove_recorded().await;
+        let host_rules = self.host_rules.lock().ok().and_then(|mut h| h.take());
+        if let Some(host_rules) = host_rules {
+            host_rules.leave().await;
+        }
     }
 
     /// Creates the namespace of one instance, ready for its process: an idle one when there is

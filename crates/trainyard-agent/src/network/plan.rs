@@ -195,6 +195,11 @@ pub fn host_ruleset() -> Nftables<'static> {
     add_all(objects)
 }
 
+/// What the last agent on a host to stop runs: the host's part goes with it.
+pub fn host_ruleset_removal() -> Nftables<'static> {
+    Nftables { objects: Cow::Owned(vec![NfObject::CmdObject(NfCmd::Delete(the_table()))]) }
+}
+
 fn add_all(objects: Vec<NfObject<'static>>) -> Nftables<'static> {
     let objects = objects
         .into_iter()
@@ -207,7 +212,11 @@ fn add_all(objects: Vec<NfObject<'static>>) -> Nftables<'static> {
 }
 
 fn table() -> NfObject<'static> {
-    NfObject::ListObject(NfListObject::Table(Table { family: NfFamily::IP, name: TABLE.into(), handle: None }))
+    NfObject::ListObject(the_table())
+}
+
+fn the_table() -> NfListObject<'static> {
+    NfListObject::Table(Table { family: NfFamily::IP, name: TABLE.into(), handle: None })
 }
 
 fn chain_named(name: &'static str) -> Chain<'static> {
@@ -397,5 +406,15 @@ mod tests {
         let rules = describe(&host_ruleset());
         let rule = rules.iter().find(|r| r.contains("masquerade")).expect("masquerade");
         assert!(rule.contains("saddr") && rule.contains("10.253.0.0"));
+    }
+
+    #[test]
+    fn the_hosts_part_is_removed_as_one_table() {
+        let removal = host_ruleset_removal();
+        assert_eq!(removal.objects.len(), 1);
+        let NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table))) = &removal.objects[0] else {
+            panic!("not a table deletion: {removal:?}");
+        };
+        assert_eq!((table.family, table.name.as_ref()), (NfFamily::IP, TABLE));
     }
 }
