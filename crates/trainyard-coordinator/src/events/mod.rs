@@ -225,26 +225,7 @@ pub async fn run(
     mut events: mpsc::UnboundedReceiver<Event>,
     cancel: CancellationToken,
 ) {
-    let mut state = Loop {
-        c: coordinator,
-        metrics,
-        authority,
-        liveness,
-        timing,
-        agents: BTreeMap::new(),
-        cordons: BTreeMap::new(),
-        refused: BTreeMap::new(),
-        queue: BTreeMap::new(),
-        running: HashMap::new(),
-        tuning: BTreeMap::new(),
-        metric_budgets: HashMap::new(),
-        interrupting: BTreeMap::new(),
-        wait_exceeded: BTreeSet::new(),
-        wait_deadlines: HashMap::new(),
-        pending_unstored: Vec::new(),
-        progress_unstored: BTreeMap::new(),
-        resync_needed: false,
-    };
+    let mut state = Loop::new(coordinator, metrics, authority, liveness, timing);
     // At start the loop knows nothing: catching up with the store rebuilds everything.
     if let Err(e) = state.resync().await {
         warn!(error = %e, "start-up reconciliation incomplete; retrying from the store");
@@ -337,6 +318,11 @@ fn apply_progress(j: &mut TrainingJob, progress: &[Progress]) -> bool {
     changed
 }
 
+/// A write that failed because the store was away (not because it was refused): made again later.
+fn worth_retrying(e: &DomainError) -> bool {
+    matches!(e, DomainError::Unavailable(_))
+}
+
 fn send(entry: &AgentEntry, body: Down) {
     if let Some(tx) = &entry.outbound {
         let _ = tx.send(pb::CoordinatorMessage { body: Some(body) });
@@ -351,6 +337,35 @@ fn is_final(state: InstanceState) -> bool {
 }
 
 impl Loop {
+    fn new(
+        coordinator: Arc<Coordinator>,
+        metrics: Arc<crate::telemetry::Metrics>,
+        authority: Arc<trainyard_pki::Authority>,
+        liveness: crate::liveness::Liveness,
+        timing: Timing,
+    ) -> Loop {
+        Loop {
+            c: coordinator,
+            metrics,
+            authority,
+            liveness,
+            timing,
+            agents: BTreeMap::new(),
+            cordons: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            queue: BTreeMap::new(),
+            running: HashMap::new(),
+            tuning: BTreeMap::new(),
+            metric_budgets: HashMap::new(),
+            interrupting: BTreeMap::new(),
+            wait_exceeded: BTreeSet::new(),
+            wait_deadlines: HashMap::new(),
+            pending_unstored: Vec::new(),
+            progress_unstored: BTreeMap::new(),
+            resync_needed: false,
+        }
+    }
+
     /// Every change the loop makes to a training job: compare-and-set (see
     /// [`Coordinator::updated_training_job`]), with the job's progress not stored yet applied
     /// first, in the same write. Returns the job as written, or None when nothing changed.
@@ -360,12 +375,29 @@ impl Loop {
         mut change: impl FnMut(&mut TrainingJob) -> Result<bool, DomainError>,
     ) -> Result<Option<TrainingJob>, DomainError> {
         let progress = self.progress_unstored.remove(name).unwrap_or_default();
-        self.c
+        let mut refused = false;
+        let written = self
+            .c
             .updated_training_job(name, |j| {
                 let moved = apply_progress(j, &progress);
-                Ok(change(j)? || moved)
+                let changed = change(j).inspect_err(|_| refused = true)?;
+                Ok(changed || moved)
             })
-            .await
+            .await;
+        if let Err(e) = &written
+            && (refused || worth_retrying(e))
+            && !progress.is_empty()
+        {
+            self.hold_progress(name, progress);
+        }
+        written
+    }
+
+    /// Progress reports not stored after all, put back before any that came since.
+    fn hold_progress(&mut self, job: &str, mut progress: Vec<Progress>) {
+        let newer = self.progress_unstored.remove(job).unwrap_or_default();
+        progress.extend(newer);
+        self.progress_unstored.insert(job.to_string(), progress);
     }
 
     /// [`Loop::updated_job`], saying only whether it wrote.
@@ -377,12 +409,19 @@ impl Loop {
         Ok(self.updated_job(name, change).await?.is_some())
     }
 
-    /// Stores the progress reports of this pass that no other write took along.
+    /// Stores the progress reports of this pass that no other write took along. Those the store
+    /// could not take (it is away) are kept for the next pass; the first error is returned.
     async fn store_progress(&mut self) -> Result<(), DomainError> {
+        let mut first_error = None;
         for (job, progress) in std::mem::take(&mut self.progress_unstored) {
-            self.c.update_training_job(&job, |j| Ok(apply_progress(j, &progress))).await?;
+            if let Err(e) = self.c.update_training_job(&job, |j| Ok(apply_progress(j, &progress))).await {
+                if worth_retrying(&e) {
+                    self.hold_progress(&job, progress);
+                }
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     async fn handle(&mut self, event: Event) -> Result<(), DomainError> {
@@ -653,5 +692,92 @@ mod tests {
         stopping.status = TrainingJobStatus::Stopping;
         assert!(!apply_progress(&mut stopping, &[progress(SecondaryStatus::Training, "Training", 2_000)]));
         assert_eq!(stopping.transitions.len(), 1);
+    }
+
+    async fn a_loop(store: Arc<dyn trainyard_store::Store>, dir: &std::path::Path) -> Loop {
+        let (events, _) = mpsc::unbounded_channel();
+        let c = Coordinator::start(
+            store,
+            trainyard_model::catalog::Catalog::default(),
+            trainyard_model::rules::ServiceLimits::default(),
+            ArnContext::default(),
+            trainyard_model::roles::ExecutionRoles::default(),
+            events,
+        )
+        .await
+        .expect("coordinator");
+        let metrics = crate::telemetry::Metrics::register(&mut prometheus_client::registry::Registry::default());
+        let authority = Arc::new(trainyard_pki::Authority::load_or_create(dir).expect("authority"));
+        let timing = Timing {
+            heartbeat_interval: Duration::from_secs(1),
+            agent_lost_after: Duration::from_secs(10),
+            agent_lease: Duration::from_secs(10),
+        };
+        Loop::new(Arc::new(c), metrics, authority, crate::liveness::Liveness::default(), timing)
+    }
+
+    fn secondary(history: &[(SecondaryStatus, i64, String)]) -> Vec<SecondaryStatus> {
+        history.iter().map(|h| h.0).collect()
+    }
+
+    /// Progress held for a job's next write is not lost when that write is refused (it is stored
+    /// alone at the pass's end) or when the store is away (another coordinator fenced this one
+    /// off): it is stored once the store takes writes again.
+    #[tokio::test]
+    async fn held_progress_outlives_a_refused_or_failed_write() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("trainyard.db").display());
+        let ours = trainyard_store::connect(&url).await.expect("store");
+        let theirs = trainyard_store::connect(&url).await.expect("second store");
+        let mut state = a_loop(ours.clone(), dir.path()).await;
+        let name = job().name.clone();
+        ours.create_training_job(&job()).await.expect("create");
+
+        // Refused: the progress is kept and stored at the pass's end.
+        state
+            .progress_unstored
+            .insert(name.clone(), vec![progress(SecondaryStatus::Downloading, "Downloading", 2_000)]);
+        let refused = state.update_job(&name, |_| Err(DomainError::invalid("TrainingJobName", "refused"))).await;
+        assert!(matches!(refused, Err(DomainError::Validation(_))), "{refused:?}");
+        assert_eq!(state.progress_unstored.get(&name).map(Vec::len), Some(1));
+        state.store_progress().await.expect("stored alone");
+        assert!(state.progress_unstored.is_empty());
+        let stored = state.c.training_job(&name).await.expect("read").value;
+        assert_eq!(stored.secondary_status, SecondaryStatus::Downloading);
+
+        // The store away: this coordinator is fenced off by one that took the lead.
+        let epoch = ours.acquire_leadership("ours", "a", Duration::from_millis(1)).await.expect("lead");
+        assert!(epoch.is_some());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let their_epoch = theirs.acquire_leadership("theirs", "b", Duration::from_secs(60)).await.expect("take over");
+        let their_epoch = their_epoch.expect("the lease had run out");
+        state.progress_unstored.insert(name.clone(), vec![progress(SecondaryStatus::Training, "Training", 3_000)]);
+        let failed = state.update_job(&name, |j| Ok(j.set_status_message("a change", now()))).await;
+        assert!(matches!(failed, Err(DomainError::Unavailable(_))), "{failed:?}");
+        // A report that came meanwhile stays behind the one put back.
+        state.progress_unstored.entry(name.clone()).or_default().push(progress(
+            SecondaryStatus::Uploading,
+            "Uploading",
+            4_000,
+        ));
+        let failed = state.store_progress().await;
+        assert!(matches!(failed, Err(DomainError::Unavailable(_))), "{failed:?}");
+        let held = state.progress_unstored.get(&name).map(|p| p.iter().map(|p| p.status).collect::<Vec<_>>());
+        assert_eq!(held, Some(vec![SecondaryStatus::Training, SecondaryStatus::Uploading]));
+
+        // Back in the lead: the next pass stores what was held, in order.
+        theirs.release_leadership(their_epoch).await.expect("release");
+        assert!(ours.acquire_leadership("ours", "a", Duration::from_secs(60)).await.expect("lead").is_some());
+        state.store_progress().await.expect("stored");
+        let stored = state.c.training_job(&name).await.expect("read").value;
+        assert_eq!(
+            secondary(&history(&stored)),
+            vec![
+                SecondaryStatus::Starting,
+                SecondaryStatus::Downloading,
+                SecondaryStatus::Training,
+                SecondaryStatus::Uploading
+            ]
+        );
     }
 }
