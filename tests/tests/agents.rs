@@ -511,6 +511,24 @@ fn a_bayesian_tuning_job_learns_from_its_trials(backend: Backend) {
     let early: f64 = scores[..10].iter().sum::<f64>() / 10.0;
     let late: f64 = scores[10..].iter().sum::<f64>() / 5.0;
     assert!(late > early, "model-guided trials ({late}) beat the space-filling start ({early}): {scores:?}");
+
+    // Each trial is what the strategy suggests, offline, from the seed and the trials before it
+    // with their recorded objectives: the system feeds the tuner exactly what its benchmark does
+    // (order, objective sign, values to the bit), so the tuner bench's figures hold for real jobs.
+    let ranges: trainyard_model::api::ParameterRanges =
+        serde_json::from_value(request["HyperParameterTuningJobConfig"]["ParameterRanges"].clone()).expect("ranges");
+    let space = trainyard_tuner::SearchSpace::from_ranges(&ranges).expect("space");
+    let mut finished: Vec<trainyard_tuner::Finished> = Vec::new();
+    for (index, (trial, score)) in
+        trials["TrainingJobSummaries"].as_array().expect("trials").iter().zip(&scores).enumerate()
+    {
+        let ran: BTreeMap<String, String> =
+            serde_json::from_value(trial["TunedHyperParameters"].clone()).expect("tuned hyperparameters");
+        let suggested = trainyard_tuner::Strategy::Bayesian.suggest(&space, 7, index as u64, &finished, &[]);
+        assert_eq!(suggested.as_ref(), Some(&ran), "trial {index} is not the strategy's suggestion");
+        // Maximize: the strategy maximises the value it is given.
+        finished.push(trainyard_tuner::Finished { hyper_parameters: ran, value: *score });
+    }
 }
 
 fn early_stopping_and_completion_criteria_end_trials_and_jobs(backend: Backend) {

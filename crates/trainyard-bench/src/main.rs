@@ -37,7 +37,8 @@ struct Flags {
     /// alone, per crypto provider: ring, and aws-lc-rs when built with `--features aws-lc`), load (simulated agents
     /// heartbeating while clients submit and describe), slurm (the agents suite's workloads on a
     /// private Slurm cluster, installed from Debian's packages if missing, beside the agents
-    /// suite's figures when both run; needs root).
+    /// suite's figures when both run; needs root), tuner (the Bayesian tuner through a real
+    /// coordinator and agent, beside the offline tuner bench and Optuna's TPE; not by default).
     #[arg(long, value_delimiter = ',', default_value = "creates,agents,slurm,containers,tls,peers,load")]
     suites: Vec<String>,
     /// Load suite: simulated agents.
@@ -54,6 +55,17 @@ struct Flags {
     /// it, plain text with a hundred agents per connection (the coordinator's own cost).
     #[arg(long)]
     load_tls: bool,
+    /// Tuner suite (not in the default list: ~6 minutes; `all`: ~25): the problems, from the
+    /// tuner bench's set (noiseless ones), or `all`.
+    #[arg(long, value_delimiter = ',', default_value = tuner::DEFAULT_PROBLEMS)]
+    tuner_problems: Vec<String>,
+    /// Tuner suite: seeds per problem and batch size (40, as the offline bench and its TPE cache).
+    #[arg(long, default_value_t = 40)]
+    tuner_seeds: u64,
+    /// Run as a tuner-suite trial: print the objective of the problem so named at the
+    /// hyperparameters in `SM_HPS`, and exit.
+    #[arg(long, hide = true)]
+    objective: Option<String>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -91,6 +103,7 @@ mod load;
 mod peers;
 mod slurm;
 mod tls;
+mod tuner;
 
 /// A coordinator started for a suite, and what its clients need.
 struct BenchCoordinator {
@@ -327,6 +340,9 @@ async fn main() -> anyhow::Result<()> {
     // `--features aws-lc`, rustls has two and would otherwise refuse to pick).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let flags = Flags::parse();
+    if let Some(problem) = &flags.objective {
+        return tuner::objective(problem);
+    }
     // Stopped by Ctrl-C or SIGTERM, the bench drops the suite it runs at its next await, which
     // stops what the suite started (daemons, databases, an agent's network namespaces and
     // cgroups) as a suite that ends does; killed outright, it used to leave all of that behind.
@@ -373,6 +389,10 @@ async fn run_suites(flags: &Flags) -> anyhow::Result<()> {
     if flags.suites.iter().any(|s| s == "peers") {
         println!();
         peers::run().await?;
+    }
+    if flags.suites.iter().any(|s| s == "tuner") {
+        println!();
+        tuner::run(&tuner::Settings { problems: flags.tuner_problems.clone(), seeds: flags.tuner_seeds }).await?;
     }
     if flags.suites.iter().any(|s| s == "load") {
         println!();

@@ -21,39 +21,6 @@ use common::*;
 use trainyard_model::api;
 use trainyard_tuner::{Finished, SearchSpace, Strategy};
 
-struct Problem {
-    name: &'static str,
-    /// What kind of problem it stands for (rows of the summary).
-    kind: &'static str,
-    ranges: String,
-    optimum: f64,
-    /// Standard deviation of the noise the strategy sees (0: none).
-    noise: f64,
-    f: fn(&Params) -> f64,
-}
-
-fn problems() -> Vec<Problem> {
-    let p = |name, kind, ranges: String, optimum, noise, f| Problem { name, kind, ranges, optimum, noise, f };
-    vec![
-        p("branin", "2-3 D smooth", bounds(&[(-5.0, 10.0), (0.0, 15.0)]), 0.397_887, 0.0, branin as fn(&Params) -> f64),
-        p("camel6", "2-3 D smooth", bounds(&[(-3.0, 3.0), (-2.0, 2.0)]), -1.031_628_453_489_877, 0.0, six_hump_camel),
-        p("goldstein", "2-3 D smooth", boxed(2, -2.0, 2.0), 3.0, 0.0, goldstein_price),
-        p("hartmann3", "2-3 D smooth", boxed(3, 0.0, 1.0), -3.862_78, 0.0, hartmann3),
-        p("hartmann6", "6 D smooth", boxed(6, 0.0, 1.0), -3.322_37, 0.0, hartmann6),
-        p("styblinski6", "6 D smooth", boxed(6, -5.0, 5.0), -39.166_165_703_771_42 * 6.0, 0.0, styblinski6),
-        p("rosenbrock10", "10-20 D", boxed(10, -2.0, 2.0), 0.0, 0.0, rosenbrock10),
-        p("rastrigin10", "10-20 D", boxed(10, -5.12, 5.12), 0.0, 0.0, rastrigin10),
-        p("ackley10", "10-20 D", boxed(10, -32.768, 32.768), 0.0, 0.0, ackley10),
-        p("levy10", "10-20 D", boxed(10, -10.0, 10.0), 0.0, 0.0, levy10),
-        p("ackley20", "10-20 D", boxed(20, -32.768, 32.768), 0.0, 0.0, ackley20),
-        p("mixed", "mixed", MIXED_RANGES.to_string(), 0.0, 0.0, mixed),
-        p("network", "mixed", NETWORK_RANGES.to_string(), 0.0, 0.0, network),
-        p("counts", "mixed", COUNTS_RANGES.to_string(), 0.0, 0.0, counts),
-        p("hartmann6-noisy", "noisy", boxed(6, 0.0, 1.0), -3.322_37, 0.1, hartmann6),
-        p("network-noisy", "noisy", NETWORK_RANGES.to_string(), 0.0, 0.1, network),
-    ]
-}
-
 const SEEDS: u64 = 40;
 /// The start-design comparison: trials, and seeds (other seeds than the main table's).
 const START_TRIALS: u64 = 10;

@@ -1,5 +1,7 @@
-//! What both tuner benchmarks share (and `optuna_compare.py` mirrors): standard test functions,
-//! a mixed-space "network" problem, ranges, and the noise both sides draw.
+//! What the tuner benchmarks share (and `optuna_compare.py` mirrors): standard test functions,
+//! a mixed-space "network" problem, ranges, the problem set, and the noise both sides draw. The
+//! system bench (`trainyard-bench --suites tuner`) runs some of the same problems through a real
+//! coordinator and agent and includes this file.
 
 // Each benchmark uses part of it.
 #![allow(dead_code)]
@@ -213,6 +215,41 @@ pub const COUNTS_RANGES: &str = r#"{"IntegerParameterRanges": [{"Name": "a", "Mi
                                {"Name": "d", "MinValue": "0", "MaxValue": "20", "ScalingType": "Linear"}],
     "CategoricalParameterRanges": [{"Name": "family", "Values": ["p", "q", "r", "s", "t"]},
                                    {"Name": "style", "Values": ["u", "v", "w"]}]}"#;
+
+/// A test problem: its ranges, the optimum a best-so-far regret is measured from, the noise the
+/// strategy sees.
+pub struct Problem {
+    pub name: &'static str,
+    /// What kind of problem it stands for (rows of the summary).
+    pub kind: &'static str,
+    pub ranges: String,
+    pub optimum: f64,
+    /// Standard deviation of the noise the strategy sees (0: none).
+    pub noise: f64,
+    pub f: fn(&Params) -> f64,
+}
+
+pub fn problems() -> Vec<Problem> {
+    let p = |name, kind, ranges: String, optimum, noise, f| Problem { name, kind, ranges, optimum, noise, f };
+    vec![
+        p("branin", "2-3 D smooth", bounds(&[(-5.0, 10.0), (0.0, 15.0)]), 0.397_887, 0.0, branin as fn(&Params) -> f64),
+        p("camel6", "2-3 D smooth", bounds(&[(-3.0, 3.0), (-2.0, 2.0)]), -1.031_628_453_489_877, 0.0, six_hump_camel),
+        p("goldstein", "2-3 D smooth", boxed(2, -2.0, 2.0), 3.0, 0.0, goldstein_price),
+        p("hartmann3", "2-3 D smooth", boxed(3, 0.0, 1.0), -3.862_78, 0.0, hartmann3),
+        p("hartmann6", "6 D smooth", boxed(6, 0.0, 1.0), -3.322_37, 0.0, hartmann6),
+        p("styblinski6", "6 D smooth", boxed(6, -5.0, 5.0), -39.166_165_703_771_42 * 6.0, 0.0, styblinski6),
+        p("rosenbrock10", "10-20 D", boxed(10, -2.0, 2.0), 0.0, 0.0, rosenbrock10),
+        p("rastrigin10", "10-20 D", boxed(10, -5.12, 5.12), 0.0, 0.0, rastrigin10),
+        p("ackley10", "10-20 D", boxed(10, -32.768, 32.768), 0.0, 0.0, ackley10),
+        p("levy10", "10-20 D", boxed(10, -10.0, 10.0), 0.0, 0.0, levy10),
+        p("ackley20", "10-20 D", boxed(20, -32.768, 32.768), 0.0, 0.0, ackley20),
+        p("mixed", "mixed", MIXED_RANGES.to_string(), 0.0, 0.0, mixed),
+        p("network", "mixed", NETWORK_RANGES.to_string(), 0.0, 0.0, network),
+        p("counts", "mixed", COUNTS_RANGES.to_string(), 0.0, 0.0, counts),
+        p("hartmann6-noisy", "noisy", boxed(6, 0.0, 1.0), -3.322_37, 0.1, hartmann6),
+        p("network-noisy", "noisy", NETWORK_RANGES.to_string(), 0.0, 0.1, network),
+    ]
+}
 
 /// SplitMix64: the noise generator both this benchmark and the Optuna script implement, so that
 /// trial `i` of seed `s` sees the same noise in both.

@@ -1,0 +1,262 @@
+//! The tuner suite: the Bayesian strategy measured through the real system — a coordinator and an
+//! agent on this machine, tuning jobs whose trials are real processes that print their objective,
+//! read back through the API — beside the same strategy in the tuner's offline bench
+//! (`crates/trainyard-tuner/benches/strategies.rs`, same problems, same protocol) and Optuna's TPE
+//! from that bench's cache when `scripts/bench-tuner` has filled it.
+//!
+//! One at a time the system must suggest exactly what the offline bench suggests (same seed, same
+//! finished trials): the suite counts the runs that do. Four at a time the system differs by
+//! design: a freed slot is filled at once, beside the three still running, where the offline bench
+//! suggests synchronous batches of four (as Optuna's TPE ran). Regret is best-so-far f − f* after
+//! 10, 25 and 50 trials in the order trials were created, median and quartiles over seeds.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use trainyard_proto::model::api;
+use trainyard_proto::pb;
+use trainyard_proto::pb::hyper_parameter_tuning_client::HyperParameterTuningClient;
+use trainyard_tuner::{Finished, SearchSpace, Strategy};
+
+// The offline bench's problems, shared rather than copied (a change there is measured here too).
+#[path = "../../trainyard-tuner/benches/common/mod.rs"]
+mod problems;
+
+use problems::{Params, Problem};
+
+/// One problem per row of the issue that asked for this (2-D smooth multimodal, 6-D smooth
+/// multimodal, 10-D rugged multimodal, mixed continuous + integer + categorical); `all` runs every
+/// noiseless problem of the offline bench.
+pub const DEFAULT_PROBLEMS: &str = "branin,hartmann6,ackley10,network";
+const TRIALS: usize = 50;
+const CHECKPOINTS: [usize; 3] = [10, 25, 50];
+/// Where `scripts/bench-tuner` caches Optuna's TPE results (40 seeds).
+const TPE_CACHE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/tuner-bench/optuna-cache");
+
+pub struct Settings {
+    pub problems: Vec<String>,
+    pub seeds: u64,
+}
+
+/// Run as a trial's program (`trainyard-bench --objective NAME`): evaluates the problem at the
+/// hyperparameters the agent passes in `SM_HPS` and prints `objective=VALUE` (shortest exact form).
+pub fn objective(name: &str) -> anyhow::Result<()> {
+    let problem = find(name)?;
+    let hyperparameters: Params =
+        serde_json::from_str(&std::env::var("SM_HPS").context("SM_HPS is not set: run as a trial")?)?;
+    println!("objective={}", (problem.f)(&hyperparameters));
+    Ok(())
+}
+
+fn find(name: &str) -> anyhow::Result<Problem> {
+    let all = problems::problems();
+    let names: Vec<&str> = all.iter().map(|p| p.name).collect();
+    let names = names.join(", ");
+    all.into_iter()
+        .find(|p| p.name == name && p.noise == 0.0)
+        .with_context(|| format!("no noiseless problem named {name:?} (there are: {names})"))
+}
+
+/// What one tuning job gave: each trial's hyperparameters and objective, in creation order.
+struct Trials {
+    hyperparameters: Vec<Params>,
+    objectives: Vec<f64>,
+}
+
+pub async fn run(settings: &Settings) -> anyhow::Result<()> {
+    let problems: Vec<Problem> = if settings.problems.iter().any(|n| n == "all") {
+        problems::problems().into_iter().filter(|p| p.noise == 0.0).collect()
+    } else {
+        settings.problems.iter().map(|n| find(n)).collect::<anyhow::Result<_>>()?
+    };
+    let c = crate::agents::cluster(&[]).await?;
+    let mut tuning = HyperParameterTuningClient::new(c.channel.clone());
+    let bench = std::env::current_exe()?;
+    let tpe = tpe_cache();
+    println!("tuner suite: Bayesian, {TRIALS} trials, {} seeds; best-so-far regret, median [q1, q3]", settings.seeds);
+    println!(
+        "{:<12} {:>5} {:>6}  {:<26} {:<26} {:<26} {:>6}",
+        "problem", "batch", "trials", "through the system", "offline bench", "Optuna TPE (40 seeds)", "s/run"
+    );
+    for problem in &problems {
+        let program = crate::install_program(
+            &c.program_dir,
+            &format!("objective-{}", problem.name),
+            &format!("#!/bin/sh\nexec '{}' --objective '{}'\n", bench.display(), problem.name),
+        )?;
+        let ranges: api::ParameterRanges = trainyard_proto::model::api_json(&problem.ranges)?;
+        let space = SearchSpace::from_ranges(&ranges).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for batch in [1usize, 4] {
+            let mut system = Vec::new();
+            let mut offline = Vec::new();
+            let mut identical = 0;
+            let started = Instant::now();
+            for seed in 0..settings.seeds {
+                let name = format!("tuner-{}-{batch}-{seed}", problem.name.replace('_', "-"));
+                let request = tuning_request(&name, &program.display().to_string(), &ranges, seed, batch)?;
+                tuning
+                    .create_hyper_parameter_tuning_job(pb::CreateHyperParameterTuningJobRequest::from(request))
+                    .await?;
+                crate::agents::wait_tuning(&mut tuning, &name).await?;
+                let trials = trials_of(&mut tuning, &name).await?;
+                let reference = offline_run(&space, problem, seed, batch);
+                if batch == 1 && trials.hyperparameters == reference.hyperparameters {
+                    identical += 1;
+                }
+                system.push(regrets(&trials.objectives, problem.optimum));
+                offline.push(regrets(&reference.objectives, problem.optimum));
+            }
+            let per_run = started.elapsed().as_secs_f64() / settings.seeds as f64;
+            for checkpoint in CHECKPOINTS {
+                let cell = |runs: &[Vec<f64>]| quartiles(runs.iter().map(|r| r[checkpoint - 1]).collect());
+                let tpe_cell = tpe
+                    .get(&format!("{}|{batch}|{checkpoint}", problem.name))
+                    .map_or("-".to_string(), |q| format!("{:.4} [{:.4}, {:.4}]", q.1, q.0, q.2));
+                println!(
+                    "{:<12} {:>5} {:>6}  {:<26} {:<26} {:<26} {:>6}",
+                    problem.name,
+                    batch,
+                    checkpoint,
+                    cell(&system),
+                    cell(&offline),
+                    tpe_cell,
+                    if checkpoint == TRIALS { format!("{per_run:.2}") } else { String::new() }
+                );
+            }
+            if batch == 1 {
+                println!(
+                    "{:<12} {:>5}         the same {TRIALS} trials as the offline bench in {identical} of {} runs",
+                    problem.name, batch, settings.seeds
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tuning_request(
+    name: &str,
+    program: &str,
+    ranges: &api::ParameterRanges,
+    seed: u64,
+    batch: usize,
+) -> anyhow::Result<api::CreateHyperParameterTuningJobRequest> {
+    let mut r = crate::agents::tuning_request(name, program, TRIALS as i32, batch as i32)?;
+    let config = r.hyper_parameter_tuning_job_config.as_mut().context("the example has a config")?;
+    config.strategy = Some("Bayesian".into());
+    config.random_seed = Some(i32::try_from(seed)?);
+    config.parameter_ranges = Some(ranges.clone());
+    config.training_job_early_stopping_type = Some("Off".into());
+    config.hyper_parameter_tuning_job_objective = Some(api::HyperParameterTuningJobObjective {
+        metric_name: Some("objective".into()),
+        r#type: Some("Minimize".into()),
+    });
+    let definition = r.training_job_definition.as_mut().context("the example has a definition")?;
+    definition.static_hyper_parameters = None;
+    definition.input_data_config = None;
+    let algorithm = definition.algorithm_specification.as_mut().context("the example has an algorithm")?;
+    algorithm.metric_definitions = Some(vec![api::MetricDefinition {
+        name: Some("objective".into()),
+        regex: Some("objective=([-+0-9.eE]+)".into()),
+    }]);
+    Ok(r)
+}
+
+/// The trials of a tuning job that has ended, in creation order (their names carry the index).
+async fn trials_of(
+    tuning: &mut HyperParameterTuningClient<trainyard_proto::client::Transport>,
+    name: &str,
+) -> anyhow::Result<Trials> {
+    let list = tuning
+        .list_training_jobs_for_hyper_parameter_tuning_job(pb::ListTrainingJobsForHyperParameterTuningJobRequest::from(
+            api::ListTrainingJobsForHyperParameterTuningJobRequest {
+                hyper_parameter_tuning_job_name: Some(name.to_string()),
+                max_results: Some(100),
+                ..Default::default()
+            },
+        ))
+        .await?
+        .into_inner();
+    let mut summaries =
+        api::ListTrainingJobsForHyperParameterTuningJobResponse::from(list).training_job_summaries.unwrap_or_default();
+    summaries.sort_by(|a, b| a.training_job_name.cmp(&b.training_job_name));
+    if summaries.len() != TRIALS {
+        bail!("{name} ran {} trials, not {TRIALS}", summaries.len());
+    }
+    let mut trials = Trials { hyperparameters: Vec::new(), objectives: Vec::new() };
+    for s in summaries {
+        let trial = s.training_job_name.clone().unwrap_or_default();
+        let objective =
+            s.final_hyper_parameter_tuning_job_objective_metric.and_then(|m| m.value).with_context(|| {
+                format!("{trial} ({:?}) has no objective: {:?}", s.training_job_status, s.failure_reason)
+            })?;
+        trials.hyperparameters.push(s.tuned_hyper_parameters.unwrap_or_default());
+        trials.objectives.push(objective);
+    }
+    Ok(trials)
+}
+
+/// The offline bench's protocol for one seed: batches of `batch` suggested before any of their
+/// results is known.
+fn offline_run(space: &SearchSpace, problem: &Problem, seed: u64, batch: usize) -> Trials {
+    let mut finished: Vec<Finished> = Vec::new();
+    let mut trials = Trials { hyperparameters: Vec::new(), objectives: Vec::new() };
+    while trials.hyperparameters.len() < TRIALS {
+        let mut pending: Vec<Params> = Vec::new();
+        for _ in 0..batch.min(TRIALS - trials.hyperparameters.len()) {
+            let index = (trials.hyperparameters.len() + pending.len()) as u64;
+            let Some(h) = Strategy::Bayesian.suggest(space, seed, index, &finished, &pending) else { break };
+            pending.push(h);
+        }
+        if pending.is_empty() {
+            break;
+        }
+        for h in pending {
+            let value = (problem.f)(&h);
+            finished.push(Finished { hyper_parameters: h.clone(), value: -value });
+            trials.hyperparameters.push(h);
+            trials.objectives.push(value);
+        }
+    }
+    trials
+}
+
+/// Best-so-far regret after each trial.
+fn regrets(objectives: &[f64], optimum: f64) -> Vec<f64> {
+    let mut best = f64::INFINITY;
+    objectives
+        .iter()
+        .map(|v| {
+            best = best.min(*v);
+            best - optimum
+        })
+        .collect()
+}
+
+fn quartiles(mut v: Vec<f64>) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    format!("{:.4} [{:.4}, {:.4}]", at(0.5), at(0.25), at(0.75))
+}
+
+/// Optuna's TPE regrets by `problem|batch|trials` → (q1, median, q3), when cached.
+fn tpe_cache() -> BTreeMap<String, (f64, f64, f64)> {
+    let Ok(entries) = std::fs::read_dir(TPE_CACHE) else { return BTreeMap::new() };
+    let newest = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("optuna-tpe-") && n.ends_with("-40-seeds.json"))
+        })
+        .max();
+    let Some(path) = newest else { return BTreeMap::new() };
+    let Ok(text) = std::fs::read_to_string(&path) else { return BTreeMap::new() };
+    let cached: BTreeMap<String, Vec<f64>> = serde_json::from_str(&text).unwrap_or_default();
+    cached.into_iter().filter_map(|(k, v)| (v.len() == 3).then(|| (k, (v[0], v[1], v[2])))).collect()
+}
