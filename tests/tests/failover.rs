@@ -255,7 +255,7 @@ fn killing_the_leader_at_random_moments_fails_over_and_loses_no_trial() {
 
 /// What coordinators say while their PostgreSQL restarts: statements fail, the loop catches up,
 /// the lease is not renewed for a moment, the health check says NOT_SERVING, and log lines that
-/// arrive meanwhile are not stored (they are lost: a known limit, not what this test is about).
+/// arrive meanwhile are not stored yet (held in memory until the store is back).
 const DATABASE_RESTARTS: &[&str] = &[
     "terminating connection due to immediate shutdown command",
     "log lines not stored",

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 use trainyard_model::access::{Caller, Scope};
 use trainyard_model::api;
 use trainyard_model::catalog::Catalog;
@@ -21,6 +21,8 @@ use trainyard_model::roles::ExecutionRoles;
 use trainyard_model::rules::{self, ServiceLimits};
 use trainyard_model::{DomainError, Timestamp, Validate, Violation};
 use trainyard_store::{LogRecord, MetricSample, Store, StoreError, Versioned};
+
+use crate::held_logs::{HeldLogs, MAX_HELD_LOG_BYTES};
 
 /// Log lines kept per training job in the store.
 pub const MAX_LOG_LINES: i64 = 100_000;
@@ -101,8 +103,11 @@ pub struct Coordinator {
     /// What each RoleArn runs as and may reach (not enforced when empty).
     pub roles: ExecutionRoles,
     events: mpsc::UnboundedSender<Event>,
-    /// The next log sequence number of each job with lines in flight.
+    /// The next log sequence number of each unended job with lines in flight (an ended job's goes
+    /// with its last write: the store has the number should a late line come).
     log_sequences: tokio::sync::Mutex<HashMap<String, i64>>,
+    /// Log lines the store could not take yet (see [`crate::held_logs`]).
+    held_logs: std::sync::Mutex<HeldLogs>,
     /// Tuning jobs not yet ended, for the concurrency limit. Counted once at start-up, then kept
     /// by this process (it makes every tuning-job transition), so a create costs no count query.
     active_tuning_jobs: AtomicU64,
@@ -191,6 +196,7 @@ impl Coordinator {
             roles,
             events,
             log_sequences: tokio::sync::Mutex::new(HashMap::new()),
+            held_logs: std::sync::Mutex::new(HeldLogs::default()),
             active_tuning_jobs: AtomicU64::new(active),
             written: std::sync::Mutex::new(WrittenJobs::default()),
             tuning_written: std::sync::Mutex::new(HashMap::new()),
@@ -624,8 +630,55 @@ impl Coordinator {
         }
         sequences.insert(job.to_string(), seq);
         drop(sequences);
-        self.store.append_logs(job, &records).await?;
-        Ok(())
+        // Lines held from before go first; while the store is away these are held too.
+        if !self.store_held_logs().await {
+            self.hold_logs(job, records);
+            return Ok(());
+        }
+        match self.store.append_logs(job, &records).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_unavailable() => {
+                self.hold_logs(job, records);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn hold_logs(&self, job: &str, records: Vec<LogRecord>) {
+        let mut held = self.held_logs.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_empty() {
+            warn!(
+                job,
+                "log lines not stored yet: the store is away; held in memory until it is back (up to {} MiB, the oldest dropped past that)",
+                MAX_HELD_LOG_BYTES / (1024 * 1024)
+            );
+        }
+        held.hold(job, records, MAX_HELD_LOG_BYTES);
+    }
+
+    /// Stores the log lines held while the store was away, oldest first: true when none is left
+    /// (false: the store is still away, the rest stays held). Also run by the loop's tick, for
+    /// lines held when no more come.
+    pub async fn store_held_logs(&self) -> bool {
+        let mut stored = 0;
+        loop {
+            let next = self.held_logs.lock().unwrap_or_else(|e| e.into_inner()).take_oldest();
+            let Some((job, records)) = next else { break };
+            match self.store.append_logs(&job, &records).await {
+                Ok(()) => stored += records.len(),
+                Err(e) if e.is_unavailable() => {
+                    self.held_logs.lock().unwrap_or_else(|e| e.into_inner()).put_back(job, records);
+                    return false;
+                }
+                Err(e) => warn!(job, lines = records.len(), error = %e, "held log lines could not be stored: dropped"),
+            }
+        }
+        if stored > 0 {
+            let dropped = std::mem::take(&mut self.held_logs.lock().unwrap_or_else(|e| e.into_inner()).dropped);
+            info!(stored, dropped, "log lines held while the store was away are stored");
+        }
+        true
     }
 
     pub async fn read_logs(
@@ -857,6 +910,9 @@ impl Coordinator {
             }
             match self.store.update_training_job(&value, version).await {
                 Ok(written) => {
+                    if written.value.status.is_terminal() {
+                        self.log_sequences.lock().await.remove(name);
+                    }
                     self.keep_written(written);
                     return Ok(Some(value));
                 }
@@ -1026,5 +1082,59 @@ mod tests {
         .expect("end");
         assert!(c.tuning_written.lock().expect("lock").get(&name).is_none(), "an ended job is not kept");
         assert_eq!(c.running_tuning_job(&name).await.expect("read").status, TuningJobStatus::Stopped);
+    }
+
+    /// Log lines that arrive while the store is away (here: another coordinator has fenced this
+    /// one off) are held and stored once it is back, in order and without a gap; an ended job's
+    /// sequence number is not kept, and a late line continues from the store's.
+    #[tokio::test]
+    async fn log_lines_outlive_a_store_outage_and_ended_jobs_are_not_kept() {
+        let dir = tempfile::tempdir().expect("dir");
+        let c = coordinator(dir.path()).await;
+        let url = format!("sqlite://{}", dir.path().join("trainyard.db").display());
+        let theirs = trainyard_store::connect(&url).await.expect("second store");
+        c.store.create_training_job(&job("chatty")).await.expect("create");
+        let line = |text: &str| vec![("stdout".to_string(), 1_000, text.to_string())];
+        c.record_logs("chatty", 1, line("before")).await.expect("stored");
+
+        assert!(
+            c.store.acquire_leadership("ours", "a", std::time::Duration::from_millis(1)).await.expect("lead").is_some()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let their_epoch =
+            theirs.acquire_leadership("theirs", "b", std::time::Duration::from_secs(60)).await.expect("take over");
+        let their_epoch = their_epoch.expect("the lease had run out");
+        c.record_logs("chatty", 1, line("during 1")).await.expect("held, not an error");
+        c.record_logs("chatty", 1, line("during 2")).await.expect("held, not an error");
+        assert!(!c.store_held_logs().await, "still away");
+        let stored: Vec<String> =
+            c.store.read_logs("chatty", 0, 100).await.expect("read").into_iter().map(|l| l.text).collect();
+        assert_eq!(stored, vec!["before"]);
+
+        theirs.release_leadership(their_epoch).await.expect("release");
+        assert!(
+            c.store.acquire_leadership("ours", "a", std::time::Duration::from_secs(60)).await.expect("lead").is_some()
+        );
+        c.record_logs("chatty", 1, line("after")).await.expect("stored");
+        let stored: Vec<(i64, String)> =
+            c.store.read_logs("chatty", 0, 100).await.expect("read").into_iter().map(|l| (l.seq, l.text)).collect();
+        let expected: Vec<(i64, String)> = ["before", "during 1", "during 2", "after"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as i64 + 1, t.to_string()))
+            .collect();
+        assert_eq!(stored, expected);
+
+        // The job ends: its number is not kept; a late line still gets the next one.
+        c.updated_training_job("chatty", |j| {
+            j.status = trainyard_model::status::TrainingJobStatus::Completed;
+            Ok(true)
+        })
+        .await
+        .expect("end");
+        assert!(!c.log_sequences.lock().await.contains_key("chatty"), "an ended job's number is not kept");
+        c.record_logs("chatty", 1, line("late")).await.expect("stored");
+        let last = c.store.read_logs("chatty", 4, 100).await.expect("read");
+        assert_eq!(last.iter().map(|l| (l.seq, l.text.as_str())).collect::<Vec<_>>(), vec![(5, "late")]);
     }
 }

@@ -15,6 +15,7 @@ mod events;
 mod group_commit;
 mod grpc;
 mod health;
+mod held_logs;
 mod https;
 mod inbox;
 mod leadership;

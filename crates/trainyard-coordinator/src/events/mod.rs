@@ -589,6 +589,7 @@ impl Loop {
     }
 
     async fn on_tick(&mut self) -> Result<(), DomainError> {
+        self.c.store_held_logs().await;
         let now_instant = tokio::time::Instant::now();
         let lost: Vec<String> = self
             .agents
