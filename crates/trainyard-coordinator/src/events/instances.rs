@@ -304,7 +304,11 @@ impl Loop {
         let stored: Vec<MetricSample> =
             converted.iter().filter(|m| budget.keep(&m.name, m.timestamp.millis())).cloned().collect();
         self.c.store.append_metrics(job, &stored).await?;
-        let stored = self.c.training_job(job).await?.value;
+        // Which tuning job it is a trial of never changes: the kept copy answers without a read.
+        let stored = match self.c.last_written(job) {
+            Some(kept) => kept,
+            None => self.c.training_job(job).await?.value,
+        };
         let tuning = stored.tuning_job_name().map(str::to_string);
         let objective =
             tuning.as_deref().and_then(|t| self.tuning.get(t)).and_then(|t| t.objective.clone()).map(|(m, _)| m);
