@@ -14,7 +14,7 @@
 //!
 //! `TRAINYARD_TUNER_BENCH_ONLY=name,name` runs only those problems; `..._STRATEGIES=bayesian`
 //! only those strategies (`bayesian-async`: the third table; the start and latency tables run
-//! with `bayesian`).
+//! with `bayesian`; `start`: the start table alone).
 
 use std::time::Instant;
 
@@ -151,7 +151,8 @@ fn main() {
         }
     }
 
-    if wanted("TRAINYARD_TUNER_BENCH_STRATEGIES", "bayesian") {
+    let start_only = std::env::var("TRAINYARD_TUNER_BENCH_STRATEGIES").is_ok_and(|s| s == "start");
+    if start_only || wanted("TRAINYARD_TUNER_BENCH_STRATEGIES", "bayesian") {
         // The start alone, over many seeds: the best of the first ten trials, which for us are a Latin
         // hypercube and for TPE ten random ones (its start-up). With 40 seeds the 10-trial cells above
         // change side with the seeds drawn; this says which side each design is on in expectation.
@@ -172,7 +173,8 @@ fn main() {
             };
             println!("{:<16} {:>16.4} {:>16.4}", p.name, median(&Strategy::Bayesian), median(&Strategy::Random));
         }
-
+    }
+    if wanted("TRAINYARD_TUNER_BENCH_STRATEGIES", "bayesian") {
         println!();
         // The fastest of 25 too: this machine's speed varies from second to second (other tenants).
         println!("{:<44} {:>12} {:>8}", "Bayesian suggestion latency, ms", "median", "fastest");
