@@ -55,8 +55,8 @@ struct Flags {
     /// it, plain text with a hundred agents per connection (the coordinator's own cost).
     #[arg(long)]
     load_tls: bool,
-    /// Tuner suite (not in the default list: ~6 minutes; `all`: ~25): the problems, from the
-    /// tuner bench's set (noiseless ones), or `all`.
+    /// Tuner suite (not in the default list: ~6 minutes; `all`: ~30): the problems, from the
+    /// tuner bench's set, or `all`.
     #[arg(long, value_delimiter = ',', default_value = tuner::DEFAULT_PROBLEMS)]
     tuner_problems: Vec<String>,
     /// Tuner suite: seeds per problem and batch size (40, as the offline bench and its TPE cache).
