@@ -14,6 +14,7 @@ mod gpu;
 mod identity;
 mod image_cache;
 mod inventory;
+mod lock_files;
 mod network;
 mod registry;
 mod runner;

@@ -11,7 +11,6 @@
 //! when it names one, is added as a supplementary group (to read group-readable data on the host).
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,22 +120,10 @@ impl UidPool {
     }
 
     fn try_lock(&self, uid: u32) -> Result<Option<File>, String> {
-        use std::os::unix::fs::OpenOptionsExt;
         let path = self.locks.join(uid.to_string());
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| format!("opening the uid lock {}: {e}", path.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            Ok(Some(file))
-        } else {
-            Ok(None)
-        }
+        let file =
+            crate::lock_files::open(&path).map_err(|e| format!("opening the uid lock {}: {e}", path.display()))?;
+        Ok(file.try_lock().is_ok().then_some(file))
     }
 }
 

@@ -19,13 +19,13 @@ use anyhow::{Context, bail};
 use trainyard_proto::model::api;
 use trainyard_proto::pb;
 use trainyard_proto::pb::hyper_parameter_tuning_client::HyperParameterTuningClient;
-use trainyard_tuner::{Finished, SearchSpace, Strategy};
+use trainyard_tuner::{SearchSpace, Strategy};
 
 // The offline bench's problems, shared rather than copied (a change there is measured here too).
 #[path = "../../trainyard-tuner/benches/common/mod.rs"]
 mod problems;
 
-use problems::{Params, Problem};
+use problems::{Params, Problem, Trial, in_batches, quartiles, regrets};
 
 /// One problem per row of the issue that asked for this (2-D smooth multimodal, 6-D smooth
 /// multimodal, 10-D rugged multimodal, mixed continuous + integer + categorical); `all` runs every
@@ -70,32 +70,10 @@ fn find(name: &str) -> anyhow::Result<Problem> {
     all.into_iter().find(|p| p.name == name).with_context(|| format!("no problem named {name:?} (there are: {names})"))
 }
 
-/// What one tuning job gave: each trial's hyperparameters and objective as the tuner saw it (with
-/// a noisy problem's noise), in creation order.
-struct Trials {
-    hyperparameters: Vec<Params>,
-    objectives: Vec<f64>,
-}
-
-impl Trials {
-    /// Best-so-far regret after each trial: the trial that looked best so far, judged by its
-    /// noiseless value (what a user who picks the best-looking trial gets).
-    fn regrets(&self, problem: &Problem) -> Vec<f64> {
-        let mut best = (f64::INFINITY, f64::INFINITY);
-        self.hyperparameters
-            .iter()
-            .zip(&self.objectives)
-            .map(|(h, seen)| {
-                if *seen < best.0 {
-                    best = (*seen, (problem.f)(h));
-                }
-                best.1 - problem.optimum
-            })
-            .collect()
-    }
-}
-
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
+    if settings.seeds == 0 {
+        bail!("--tuner-seeds must be at least 1");
+    }
     let problems: Vec<Problem> = if settings.problems.iter().any(|n| n == "all") {
         problems::problems()
     } else {
@@ -130,20 +108,21 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
                     .create_hyper_parameter_tuning_job(pb::CreateHyperParameterTuningJobRequest::from(request))
                     .await?;
                 crate::agents::wait_tuning(&mut tuning, &name).await?;
-                let trials = trials_of(&mut tuning, &name).await?;
-                let reference = offline_run(&space, problem, seed, batch);
-                if batch == 1 && trials.hyperparameters == reference.hyperparameters {
+                let trials = trials_of(&mut tuning, &name, problem).await?;
+                let reference = in_batches(&Strategy::Bayesian, &space, problem, seed, batch as u64, TRIALS as u64);
+                let tried = |trials: &[Trial]| trials.iter().map(|t| t.hyperparameters.clone()).collect::<Vec<_>>();
+                if batch == 1 && tried(&trials) == tried(&reference) {
                     identical += 1;
                 }
-                system.push(trials.regrets(problem));
-                offline.push(reference.regrets(problem));
+                system.push(regrets(&trials, problem.optimum));
+                offline.push(regrets(&reference, problem.optimum));
             }
             let per_run = started.elapsed().as_secs_f64() / settings.seeds as f64;
             for checkpoint in CHECKPOINTS {
-                let cell = |runs: &[Vec<f64>]| quartiles(runs.iter().map(|r| r[checkpoint - 1]).collect());
+                let cell = |runs: &[Vec<f64>]| formatted(quartiles(runs.iter().map(|r| r[checkpoint - 1]).collect()));
                 let tpe_cell = tpe
                     .get(&format!("{}|{batch}|{checkpoint}", problem.name))
-                    .map_or("-".to_string(), |q| format!("{:.4} [{:.4}, {:.4}]", q.1, q.0, q.2));
+                    .map_or("-".to_string(), |q| formatted(*q));
                 println!(
                     "{:<12} {:>5} {:>6}  {:<26} {:<26} {:<26} {:>6}",
                     problem.name,
@@ -198,7 +177,8 @@ fn tuning_request(
 async fn trials_of(
     tuning: &mut HyperParameterTuningClient<trainyard_proto::client::Transport>,
     name: &str,
-) -> anyhow::Result<Trials> {
+    problem: &Problem,
+) -> anyhow::Result<Vec<Trial>> {
     let list = tuning
         .list_training_jobs_for_hyper_parameter_tuning_job(pb::ListTrainingJobsForHyperParameterTuningJobRequest::from(
             api::ListTrainingJobsForHyperParameterTuningJobRequest {
@@ -215,52 +195,21 @@ async fn trials_of(
     if summaries.len() != TRIALS {
         bail!("{name} ran {} trials, not {TRIALS}", summaries.len());
     }
-    let mut trials = Trials { hyperparameters: Vec::new(), objectives: Vec::new() };
+    let mut trials = Vec::with_capacity(TRIALS);
     for s in summaries {
         let trial = s.training_job_name.clone().unwrap_or_default();
-        let objective =
-            s.final_hyper_parameter_tuning_job_objective_metric.and_then(|m| m.value).with_context(|| {
-                format!("{trial} ({:?}) has no objective: {:?}", s.training_job_status, s.failure_reason)
-            })?;
-        trials.hyperparameters.push(s.tuned_hyper_parameters.unwrap_or_default());
-        trials.objectives.push(objective);
+        let seen = s.final_hyper_parameter_tuning_job_objective_metric.and_then(|m| m.value).with_context(|| {
+            format!("{trial} ({:?}) has no objective: {:?}", s.training_job_status, s.failure_reason)
+        })?;
+        let hyperparameters = s.tuned_hyper_parameters.unwrap_or_default();
+        trials.push(Trial { truth: (problem.f)(&hyperparameters), seen, hyperparameters });
     }
     Ok(trials)
 }
 
-/// The offline bench's protocol for one seed: batches of `batch` suggested before any of their
-/// results is known.
-fn offline_run(space: &SearchSpace, problem: &Problem, seed: u64, batch: usize) -> Trials {
-    let mut finished: Vec<Finished> = Vec::new();
-    let mut trials = Trials { hyperparameters: Vec::new(), objectives: Vec::new() };
-    while trials.hyperparameters.len() < TRIALS {
-        let mut pending: Vec<Params> = Vec::new();
-        for _ in 0..batch.min(TRIALS - trials.hyperparameters.len()) {
-            let index = (trials.hyperparameters.len() + pending.len()) as u64;
-            let Some(h) = Strategy::Bayesian.suggest(space, seed, index, &finished, &pending) else { break };
-            pending.push(h);
-        }
-        if pending.is_empty() {
-            break;
-        }
-        for h in pending {
-            let index = trials.hyperparameters.len() as u64;
-            let seen = (problem.f)(&h) + problem.noise * problems::gaussian(seed, index);
-            finished.push(Finished { hyper_parameters: h.clone(), value: -seen });
-            trials.hyperparameters.push(h);
-            trials.objectives.push(seen);
-        }
-    }
-    trials
-}
-
-fn quartiles(mut v: Vec<f64>) -> String {
-    if v.is_empty() {
-        return "-".into();
-    }
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    format!("{:.4} [{:.4}, {:.4}]", at(0.5), at(0.25), at(0.75))
+/// A cell: median [first quartile, third quartile].
+fn formatted((q1, median, q3): (f64, f64, f64)) -> String {
+    format!("{median:.4} [{q1:.4}, {q3:.4}]")
 }
 
 /// Optuna's TPE regrets by `problem|batch|trials` → (q1, median, q3), when cached.

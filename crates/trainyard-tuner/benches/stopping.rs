@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{Params, gaussian, num};
+use common::{Params, gaussian, num, quartiles};
 use trainyard_model::api;
 use trainyard_tuner::hyperband::Hyperband;
 use trainyard_tuner::stopping::median_rule;
@@ -117,12 +117,6 @@ fn run(strategy: &Strategy, policy: Policy, space: &SearchSpace, p: &Problem, se
         index += 1;
     }
     regrets
-}
-
-fn quartiles(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    (at(0.25), at(0.5), at(0.75))
 }
 
 fn main() {

@@ -31,68 +31,6 @@ const START_SEEDS: u64 = 2_000;
 const TRIALS: u64 = 50;
 const CHECKPOINTS: [usize; 3] = [10, 25, 50];
 
-/// Best-so-far regret after each trial, for one run.
-fn run(strategy: &Strategy, space: &SearchSpace, p: &Problem, seed: u64, batch: u64) -> Vec<f64> {
-    let mut finished: Vec<Finished> = Vec::new();
-    // (noisy value seen, true value) of the best-looking trial so far.
-    let mut best = (f64::INFINITY, f64::INFINITY);
-    let mut regrets = Vec::new();
-    let mut index = 0;
-    while index < TRIALS {
-        let mut pending: Vec<Params> = Vec::new();
-        let first = index;
-        for _ in 0..batch.min(TRIALS - index) {
-            let h = strategy.suggest(space, seed, index, &finished, &pending).expect("a suggestion");
-            pending.push(h);
-            index += 1;
-        }
-        for (k, h) in pending.into_iter().enumerate() {
-            let truth = (p.f)(&h);
-            let seen = truth + p.noise * gaussian(seed, first + k as u64);
-            if seen < best.0 {
-                best = (seen, truth);
-            }
-            regrets.push(best.1 - p.optimum);
-            finished.push(Finished { hyper_parameters: h, value: -seen });
-        }
-    }
-    regrets
-}
-
-/// Best-so-far regret after each trial with `parallel` trials at a time as the coordinator runs
-/// them: a trial is suggested when a slot frees, beside the others still running; trials of equal
-/// length end in the order they started. So trial `i` is suggested with trials `0..=i - parallel`
-/// finished and the rest since running.
-fn run_async(strategy: &Strategy, space: &SearchSpace, p: &Problem, seed: u64, parallel: u64) -> Vec<f64> {
-    let mut trials: Vec<(Params, f64, f64)> = Vec::new(); // (hyperparameters, seen, truth)
-    for index in 0..TRIALS {
-        let ended = (index + 1).saturating_sub(parallel) as usize;
-        let finished: Vec<Finished> =
-            trials[..ended].iter().map(|(h, seen, _)| Finished { hyper_parameters: h.clone(), value: -seen }).collect();
-        let pending: Vec<Params> = trials[ended..].iter().map(|t| t.0.clone()).collect();
-        let h = strategy.suggest(space, seed, index, &finished, &pending).expect("a suggestion");
-        let truth = (p.f)(&h);
-        let seen = truth + p.noise * gaussian(seed, index);
-        trials.push((h, seen, truth));
-    }
-    let mut best = (f64::INFINITY, f64::INFINITY);
-    trials
-        .iter()
-        .map(|(_, seen, truth)| {
-            if *seen < best.0 {
-                best = (*seen, *truth);
-            }
-            best.1 - p.optimum
-        })
-        .collect()
-}
-
-fn quartiles(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    (at(0.25), at(0.5), at(0.75))
-}
-
 fn wanted(variable: &str, name: &str) -> bool {
     std::env::var(variable).map_or(true, |only| only.split(',').any(|o| o == name))
 }
@@ -112,7 +50,9 @@ fn main() {
                 continue;
             }
             for batch in [1, 4] {
-                let runs: Vec<Vec<f64>> = (0..SEEDS).map(|seed| run(&strategy, &space, &p, seed, batch)).collect();
+                let runs: Vec<Vec<f64>> = (0..SEEDS)
+                    .map(|seed| regrets(&in_batches(&strategy, &space, &p, seed, batch, TRIALS), p.optimum))
+                    .collect();
                 let mut cells = Vec::new();
                 for c in CHECKPOINTS {
                     let (q1, median, q3) = quartiles(runs.iter().map(|r| r[c - 1]).collect());
@@ -138,8 +78,11 @@ fn main() {
         for p in problems().into_iter().filter(|p| wanted("TRAINYARD_TUNER_BENCH_ONLY", p.name)) {
             let ranges: api::ParameterRanges = trainyard_model::api_json(&p.ranges).expect("ranges");
             let space = SearchSpace::from_ranges(&ranges).expect("space");
-            let runs: Vec<Vec<f64>> =
-                (0..SEEDS).map(|seed| run_async(&Strategy::Bayesian, &space, &p, seed, 4)).collect();
+            let runs: Vec<Vec<f64>> = (0..SEEDS)
+                .map(|seed| {
+                    regrets(&as_the_coordinator_runs(&Strategy::Bayesian, &space, &p, seed, 4, TRIALS), p.optimum)
+                })
+                .collect();
             let cells: Vec<String> = CHECKPOINTS
                 .iter()
                 .map(|c| {

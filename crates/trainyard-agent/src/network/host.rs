@@ -8,8 +8,7 @@
 //! agent starting while the last one stops either finds the table removed and installs it again,
 //! or keeps it.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use tracing::{debug, info};
@@ -33,17 +32,17 @@ impl HostRules {
     /// Registers this agent and installs (or refreshes) the host's rules.
     pub async fn join(registry: &Path, namespace: Option<&str>) -> Result<HostRules, String> {
         let registry = registry.to_path_buf();
+        let namespace = namespace.map(str::to_string);
         let (registry_lock, host) = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&registry).map_err(|e| format!("creating {}: {e}", registry.display()))?;
             let registry_lock = lock_registry(&registry)?;
             let entry = registry.join(format!("{}-{}", std::process::id(), rand::random::<u32>()));
             let held = open_entry(&entry)?;
             held.try_lock().map_err(|e| format!("locking {}: {e}", entry.display()))?;
-            Ok::<_, String>((registry_lock, HostRules { registry, entry, _held: held, namespace: None }))
+            Ok::<_, String>((registry_lock, HostRules { registry, entry, _held: held, namespace }))
         })
         .await
         .map_err(|e| e.to_string())??;
-        let host = HostRules { namespace: namespace.map(str::to_string), ..host };
         let installed = apply_rules(host.namespace.as_deref(), plan::host_ruleset()).await;
         drop(registry_lock);
         installed.map(|()| host)
@@ -96,14 +95,7 @@ fn lock_registry(registry: &Path) -> Result<File, String> {
 }
 
 fn open_entry(path: &Path) -> Result<File, String> {
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| format!("opening {}: {e}", path.display()))
+    crate::lock_files::open(path).map_err(|e| format!("opening {}: {e}", path.display()))
 }
 
 /// Entries whose agent still runs; entries of agents that died are removed on the way.
@@ -129,30 +121,14 @@ fn live_entries(registry: &Path) -> usize {
 #[cfg(test)]
 mod tests {
     use super::HostRules;
+    use crate::network::test_support::{TestNamespace, ip};
 
     /// In a namespace standing for the host: the table stays while any agent holds on, an entry
     /// of an agent that died does not count, and the last agent out removes the table.
     #[tokio::test]
     async fn the_last_agent_on_a_host_to_stop_removes_the_hosts_rules() {
-        // SAFETY: geteuid has no preconditions.
-        assert!(unsafe { libc::geteuid() } == 0, "this test needs root (as the suite runs on CI)");
-        let name = format!("ty-unit-host-{}", std::process::id());
-        let ip = |args: &[&str]| {
-            std::process::Command::new("ip")
-                .args(args)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        assert!(ip(&["netns", "add", &name]), "ip netns add");
-        struct Removed(String);
-        impl Drop for Removed {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
-            }
-        }
-        let _removed = Removed(name.clone());
+        let namespace = TestNamespace::new("host");
+        let name = namespace.0.clone();
         let has_table = || ip(&["netns", "exec", &name, "nft", "list", "table", "ip", super::plan::TABLE]);
         let registry = tempfile::tempdir().expect("tempdir");
 

@@ -556,8 +556,42 @@ pub fn vpc_egress(
     Ok(Some(networks))
 }
 
+/// Named network namespaces for the unit tests that need a real one (as root, as CI runs them).
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// A namespace `ty-unit-<purpose>-<pid>`, removed when dropped.
+    pub struct TestNamespace(pub String);
+
+    impl TestNamespace {
+        pub fn new(purpose: &str) -> TestNamespace {
+            // SAFETY: geteuid has no preconditions.
+            assert!(unsafe { libc::geteuid() } == 0, "this test needs root (as the suite runs on CI)");
+            let name = format!("ty-unit-{purpose}-{}", std::process::id());
+            assert!(ip(&["netns", "add", &name]), "ip netns add {name}");
+            TestNamespace(name)
+        }
+    }
+
+    impl Drop for TestNamespace {
+        fn drop(&mut self) {
+            ip(&["netns", "del", &self.0]);
+        }
+    }
+
+    /// Runs `ip` with `args`, its output discarded: whether it succeeded.
+    pub fn ip(args: &[&str]) -> bool {
+        std::process::Command::new("ip")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_support::{TestNamespace, ip};
     use super::{counts_no_tcp_sockets, has_connections, in_namespace, no_tcp_sockets};
 
     const V6_NONE: &str = "TCP6: inuse 0\nUDP6: inuse 0\n";
@@ -584,20 +618,10 @@ mod tests {
     /// connections never count.
     #[test]
     fn a_namespace_with_a_time_wait_is_not_taken_for_an_empty_one() {
-        // SAFETY: geteuid has no preconditions.
-        assert!(unsafe { libc::geteuid() } == 0, "this test needs root (as the suite runs on CI)");
-        let name = format!("ty-unit-sockets-{}", std::process::id());
-        let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status().is_ok_and(|s| s.success());
-        assert!(ip(&["netns", "add", &name]), "ip netns add");
-        struct Removed(String);
-        impl Drop for Removed {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
-            }
-        }
-        let _removed = Removed(name.clone());
-        assert!(ip(&["-n", &name, "link", "set", "lo", "up"]), "lo up");
-        let path = std::path::Path::new(super::NETNS_DIR).join(&name);
+        let namespace = TestNamespace::new("sockets");
+        let name = &namespace.0;
+        assert!(ip(&["-n", name, "link", "set", "lo", "up"]), "lo up");
+        let path = std::path::Path::new(super::NETNS_DIR).join(name);
         let quiet = counts_no_tcp_sockets;
         // The host's own connections (this test's process has some, or TIME_WAITs) do not count.
         let _host_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("host listener");

@@ -1,12 +1,15 @@
 //! What the tuner benchmarks share (and `optuna_compare.py` mirrors): standard test functions,
-//! a mixed-space "network" problem, ranges, the problem set, and the noise both sides draw. The
-//! system bench (`trainyard-bench --suites tuner`) runs some of the same problems through a real
-//! coordinator and agent and includes this file.
+//! a mixed-space "network" problem, ranges, the problem set, the noise both sides draw, the two
+//! ways of running trials four at a time, and the figures. The system bench (`trainyard-bench
+//! --suites tuner`) runs the same problems through a real coordinator and agent and includes
+//! this file.
 
 // Each benchmark uses part of it.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+
+use trainyard_tuner::{Finished, SearchSpace, Strategy};
 
 pub type Params = BTreeMap<String, String>;
 
@@ -267,4 +270,88 @@ pub fn gaussian(seed: u64, index: u64) -> f64 {
     let u1 = ((a >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     let u2 = (b >> 11) as f64 / (1u64 << 53) as f64;
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// A trial of a run: what was tried, the value the strategy saw (with the problem's noise), and
+/// the true value.
+pub struct Trial {
+    pub hyperparameters: Params,
+    pub seen: f64,
+    pub truth: f64,
+}
+
+fn evaluated(p: &Problem, seed: u64, index: u64, hyperparameters: Params) -> Trial {
+    let truth = (p.f)(&hyperparameters);
+    Trial { seen: truth + p.noise * gaussian(seed, index), truth, hyperparameters }
+}
+
+fn finished(trials: &[Trial]) -> Vec<Finished> {
+    trials.iter().map(|t| Finished { hyper_parameters: t.hyperparameters.clone(), value: -t.seen }).collect()
+}
+
+/// `trials` trials in batches of `batch`, each batch suggested before any of its results is
+/// known (as Optuna's TPE is run).
+pub fn in_batches(
+    strategy: &Strategy,
+    space: &SearchSpace,
+    p: &Problem,
+    seed: u64,
+    batch: u64,
+    trials: u64,
+) -> Vec<Trial> {
+    let mut done: Vec<Trial> = Vec::new();
+    while (done.len() as u64) < trials {
+        let first = done.len() as u64;
+        let known = finished(&done);
+        let mut pending: Vec<Params> = Vec::new();
+        for index in first..(first + batch).min(trials) {
+            pending.push(strategy.suggest(space, seed, index, &known, &pending).expect("a suggestion"));
+        }
+        done.extend(pending.into_iter().zip(first..).map(|(h, index)| evaluated(p, seed, index, h)));
+    }
+    done
+}
+
+/// `trials` trials, `parallel` at a time as the coordinator runs them: a trial is suggested when a
+/// slot frees, beside the others still running; trials of equal length end in the order they
+/// started. So trial `i` is suggested with trials `0..=i - parallel` finished and the rest since
+/// running.
+pub fn as_the_coordinator_runs(
+    strategy: &Strategy,
+    space: &SearchSpace,
+    p: &Problem,
+    seed: u64,
+    parallel: u64,
+    trials: u64,
+) -> Vec<Trial> {
+    let mut done: Vec<Trial> = Vec::new();
+    for index in 0..trials {
+        let ended = (index + 1).saturating_sub(parallel) as usize;
+        let pending: Vec<Params> = done[ended..].iter().map(|t| t.hyperparameters.clone()).collect();
+        let h = strategy.suggest(space, seed, index, &finished(&done[..ended]), &pending).expect("a suggestion");
+        done.push(evaluated(p, seed, index, h));
+    }
+    done
+}
+
+/// Best-so-far regret after each trial: the true value of the trial that looked best so far
+/// (what a user who picks the best-looking trial gets), less the optimum.
+pub fn regrets(trials: &[Trial], optimum: f64) -> Vec<f64> {
+    let mut best = (f64::INFINITY, f64::INFINITY);
+    trials
+        .iter()
+        .map(|t| {
+            if t.seen < best.0 {
+                best = (t.seen, t.truth);
+            }
+            best.1 - optimum
+        })
+        .collect()
+}
+
+/// (first quartile, median, third quartile).
+pub fn quartiles(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.25), at(0.5), at(0.75))
 }
