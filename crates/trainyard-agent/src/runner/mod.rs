@@ -508,6 +508,9 @@ async fn leave_network(spec: &InstanceSpec, settings: &Settings, joined: JoinedN
         network.begin_release();
     }
     tokio::spawn(async move {
+        // The aborted task owns the forwarder's listener: once it is dropped, the namespace counts
+        // no socket of the agent's, and the release's check for lingering connections stays cheap.
+        let _ = joined.outbound.await;
         match network {
             Some(network) => network.release(joined.network).await,
             None => joined.network.destroy().await,
