@@ -33,6 +33,8 @@ const DATABASE_AWAY: &[&str] = &[
     // The leader's lease is renewed every 2 s; a single coordinator waits for the store to return.
     "could not renew the leader's lease",
     "renewing the leader's lease took too long",
+    // Jobs' output meanwhile, kept in memory until the store is back.
+    "log lines not stored yet: the store is away",
 ];
 
 on_both_backends!(killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice);
@@ -255,4 +257,60 @@ fn a_job_that_ends_while_the_database_is_down_still_completes() {
         j["TrainingJobStatus"] != "InProgress"
     });
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+}
+
+/// A job that writes its log while PostgreSQL is down, its first lines among them (the
+/// coordinator has never seen this job's log, so it does not know where its numbering stands):
+/// every line is in the job's log once the database is back, in order and once each, and the
+/// job runs on untouched — its agent is not taken for lost while the coordinator waits for the
+/// store, and the job is not started a second time.
+#[test]
+fn log_lines_written_while_the_database_is_down_are_all_kept() {
+    let pg = trainyard_testkit::PgServer::start_durable();
+    let c = Coordinator::start_with_database(&pg.fresh_database());
+    for expected in DATABASE_AWAY {
+        c.expect_log(expected);
+    }
+    let agent = c.start_agent("chatty", &["--advertise-vcpus", "8"], &[]);
+    agent.expect_log("coordinator unreachable or stream ended; instances keep running");
+    // Silent at first (the database goes down before its first line), then a line every 50 ms
+    // for 9 s, across the outage.
+    let program = c.install_program(
+        "chatty.sh",
+        "#!/bin/sh\nsleep 2\ni=1\nwhile [ $i -le 180 ]; do echo \"line $i\"; i=$((i+1)); sleep 0.05; done\nmkdir -p \"$SM_MODEL_DIR\"\n",
+    );
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    r["TrainingJobName"] = json!("chatty");
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    let file = c.write("chatty.json", &r.to_string());
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    c.wait_json_for(Duration::from_secs(30), &["training-jobs", "describe", "chatty"], |j| {
+        j["SecondaryStatus"] == "Training"
+    });
+    pg.stop_immediately();
+    std::thread::sleep(Duration::from_secs(8));
+    pg.start_again();
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "chatty"], |j| {
+        j["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    let expected: Vec<String> = (1..=180).map(|i| format!("line {i}")).collect();
+    let mut log = Vec::new();
+    let complete = trainyard_testkit::wait_until(Duration::from_secs(10), || {
+        let out = c.cli(&["training-jobs", "logs", "chatty"]);
+        log = out.stdout().lines().filter(|l| l.contains("line ")).map(|l| l.trim().to_string()).collect::<Vec<_>>();
+        log.len() >= expected.len()
+    });
+    let kept: Vec<String> =
+        log.iter().map(|l| l.rsplit_once("line ").map(|(_, n)| format!("line {n}")).unwrap_or_default()).collect();
+    assert!(
+        complete,
+        "{} of {} lines kept; missing: {:?}",
+        kept.len(),
+        expected.len(),
+        expected.iter().filter(|l| !kept.contains(l)).take(20).collect::<Vec<_>>()
+    );
+    // (A second run would print its lines again.)
+    assert_eq!(kept, expected, "in order, once each");
 }

@@ -94,6 +94,21 @@ use crate::inbox::Event;
 
 /// How often a compare-and-set update is retried against concurrent writers before giving up.
 const UPDATE_ATTEMPTS: usize = 8;
+/// How long storing a batch of log lines may take before they are held instead: the agent's
+/// stream, which carries its heartbeats and lease renewals too, waits for it, and a store that is
+/// away would otherwise keep it waiting for the pool's whole connect timeout — long enough for
+/// the agent to be taken for lost.
+const LOG_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Where a job's next log line is numbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NextLine {
+    /// Its number in the job's log.
+    Known(i64),
+    /// The store has not said yet where the job's log stands (it was away at the job's first
+    /// lines): its number among the job's unnumbered held lines (see [`crate::held_logs`]).
+    Unnumbered(i64),
+}
 
 pub struct Coordinator {
     pub store: Arc<dyn Store>,
@@ -105,7 +120,7 @@ pub struct Coordinator {
     events: mpsc::UnboundedSender<Event>,
     /// The next log sequence number of each unended job with lines in flight (an ended job's goes
     /// with its last write: the store has the number should a late line come).
-    log_sequences: tokio::sync::Mutex<HashMap<String, i64>>,
+    log_sequences: tokio::sync::Mutex<HashMap<String, NextLine>>,
     /// Log lines the store could not take yet (see [`crate::held_logs`]).
     held_logs: std::sync::Mutex<HeldLogs>,
     /// Tuning jobs not yet ended, for the concurrency limit. Counted once at start-up, then kept
@@ -602,7 +617,8 @@ impl Coordinator {
 
     /// Stores a batch of a job's output lines, numbering them in arrival order. A job keeps at
     /// most [`MAX_LOG_LINES`]; past that one line says so and the rest is dropped (the agent keeps
-    /// the whole output in the instance's `output/training.log`).
+    /// the whole output in the instance's `output/training.log`). While the store is away the
+    /// lines are held (see [`crate::held_logs`]) and this returns at once: never an error for that.
     pub async fn record_logs(
         &self,
         job: &str,
@@ -610,17 +626,34 @@ impl Coordinator {
         lines: Vec<(String, i64, String)>,
     ) -> Result<(), DomainError> {
         let mut sequences = self.log_sequences.lock().await;
-        let next = match sequences.get(job) {
-            Some(n) => *n,
-            None => self.store.last_log_seq(job).await? + 1,
+        let next = match sequences.get(job).copied() {
+            Some(NextLine::Known(n)) => NextLine::Known(n),
+            unknown => {
+                let unnumbered = match unknown {
+                    Some(NextLine::Unnumbered(n)) => n,
+                    _ => 1,
+                };
+                match self.last_log_seq(job).await? {
+                    Some(last) if unnumbered > 1 => {
+                        let base = self.held().number(job, last, MAX_LOG_LINES);
+                        NextLine::Known(base + unnumbered)
+                    }
+                    Some(last) => NextLine::Known(last + 1),
+                    None => NextLine::Unnumbered(unnumbered),
+                }
+            }
+        };
+        let (mut seq, numbered) = match next {
+            NextLine::Known(n) => (n, true),
+            NextLine::Unnumbered(n) => (n, false),
         };
         let mut records = Vec::with_capacity(lines.len());
-        let mut seq = next;
         for (stream, at, text) in lines {
-            if seq > MAX_LOG_LINES {
+            // (Unnumbered lines are bounded when they are numbered.)
+            if numbered && seq > MAX_LOG_LINES {
                 break;
             }
-            let text = if seq == MAX_LOG_LINES {
+            let text = if numbered && seq == MAX_LOG_LINES {
                 format!("[trainyard] this job's log reached {MAX_LOG_LINES} lines; later lines are on the agent")
             } else {
                 text.chars().take(MAX_LOG_LINE_CHARS).collect()
@@ -628,25 +661,52 @@ impl Coordinator {
             records.push(LogRecord { seq, instance, stream, timestamp: Timestamp::from_millis(at), text });
             seq += 1;
         }
-        sequences.insert(job.to_string(), seq);
+        if !numbered {
+            // Held before the job's numbering can be learnt (under the lock), so that they are
+            // among the lines that learning numbers.
+            sequences.insert(job.to_string(), NextLine::Unnumbered(seq));
+            self.hold_logs(job, records, false);
+            return Ok(());
+        }
+        sequences.insert(job.to_string(), NextLine::Known(seq));
         drop(sequences);
         // Lines held from before go first; while the store is away these are held too.
         if !self.store_held_logs().await {
-            self.hold_logs(job, records);
+            self.hold_logs(job, records, numbered);
             return Ok(());
         }
-        match self.store.append_logs(job, &records).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_unavailable() => {
-                self.hold_logs(job, records);
+        match tokio::time::timeout(LOG_WRITE_TIMEOUT, self.store.append_logs(job, &records)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if !e.is_unavailable() => Err(e.into()),
+            Ok(Err(_)) | Err(_) => {
+                self.held().store_failed(std::time::Instant::now());
+                self.hold_logs(job, records, true);
                 Ok(())
             }
-            Err(e) => Err(e.into()),
         }
     }
 
-    fn hold_logs(&self, job: &str, records: Vec<LogRecord>) {
-        let mut held = self.held_logs.lock().unwrap_or_else(|e| e.into_inner());
+    fn held(&self) -> std::sync::MutexGuard<'_, HeldLogs> {
+        self.held_logs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The store's last log number of `job`; None when the store is away (or was a moment ago).
+    async fn last_log_seq(&self, job: &str) -> Result<Option<i64>, DomainError> {
+        if !self.held().worth_trying(std::time::Instant::now()) {
+            return Ok(None);
+        }
+        match tokio::time::timeout(LOG_WRITE_TIMEOUT, self.store.last_log_seq(job)).await {
+            Ok(Ok(last)) => Ok(Some(last)),
+            Ok(Err(e)) if !e.is_unavailable() => Err(e.into()),
+            Ok(Err(_)) | Err(_) => {
+                self.held().store_failed(std::time::Instant::now());
+                Ok(None)
+            }
+        }
+    }
+
+    fn hold_logs(&self, job: &str, records: Vec<LogRecord>, numbered: bool) {
+        let mut held = self.held();
         if held.is_empty() {
             warn!(
                 job,
@@ -654,29 +714,76 @@ impl Coordinator {
                 MAX_HELD_LOG_BYTES / (1024 * 1024)
             );
         }
-        held.hold(job, records, MAX_HELD_LOG_BYTES);
+        held.hold(job, records, numbered, MAX_HELD_LOG_BYTES);
     }
 
     /// Stores the log lines held while the store was away, oldest first: true when none is left
-    /// (false: the store is still away, the rest stays held). Also run by the loop's tick, for
-    /// lines held when no more come.
+    /// (false: the store is still away, or was a moment ago; the rest stays held). Also run by
+    /// the loop's tick, for lines held when no more come.
     pub async fn store_held_logs(&self) -> bool {
         let mut stored = 0;
         loop {
-            let next = self.held_logs.lock().unwrap_or_else(|e| e.into_inner()).take_oldest();
-            let Some((job, records)) = next else { break };
-            match self.store.append_logs(&job, &records).await {
-                Ok(()) => stored += records.len(),
-                Err(e) if e.is_unavailable() => {
-                    self.held_logs.lock().unwrap_or_else(|e| e.into_inner()).put_back(job, records);
+            let now = std::time::Instant::now();
+            let next = {
+                let mut held = self.held();
+                if held.is_empty() {
+                    break;
+                }
+                if !held.worth_trying(now) {
                     return false;
                 }
-                Err(e) => warn!(job, lines = records.len(), error = %e, "held log lines could not be stored: dropped"),
+                held.take_oldest()
+            };
+            let Some((job, records, numbered)) = next else { break };
+            if !numbered {
+                // Its job's lines are numbered first, from where the store says its log stands.
+                self.held().put_back(job.clone(), records, false);
+                if !self.number_held_logs(&job).await {
+                    return false;
+                }
+                continue;
+            }
+            if records.is_empty() {
+                continue;
+            }
+            match tokio::time::timeout(LOG_WRITE_TIMEOUT, self.store.append_logs(&job, &records)).await {
+                Ok(Ok(())) => {
+                    stored += records.len();
+                    self.held().store_answered();
+                }
+                Ok(Err(e)) if !e.is_unavailable() => {
+                    warn!(job, lines = records.len(), error = %e, "held log lines could not be stored: dropped")
+                }
+                Ok(Err(_)) | Err(_) => {
+                    let mut held = self.held();
+                    held.put_back(job, records, true);
+                    held.store_failed(now);
+                    return false;
+                }
             }
         }
         if stored > 0 {
-            let dropped = std::mem::take(&mut self.held_logs.lock().unwrap_or_else(|e| e.into_inner()).dropped);
+            let dropped = std::mem::take(&mut self.held().dropped);
             info!(stored, dropped, "log lines held while the store was away are stored");
+        }
+        true
+    }
+
+    /// Numbers a job's held unnumbered lines from the store's last number for it; false when the
+    /// store cannot say now.
+    async fn number_held_logs(&self, job: &str) -> bool {
+        let mut sequences = self.log_sequences.lock().await;
+        let last = match self.last_log_seq(job).await {
+            Ok(Some(last)) => last,
+            Ok(None) => return false,
+            Err(e) => {
+                warn!(job, error = %e, "where the job's log stands cannot be read; its held lines are numbered from its start (lines stored under those numbers win)");
+                0
+            }
+        };
+        let base = self.held().number(job, last, MAX_LOG_LINES);
+        if let Some(NextLine::Unnumbered(next)) = sequences.get(job).copied() {
+            sequences.insert(job.to_string(), NextLine::Known(base + next));
         }
         true
     }
@@ -1106,6 +1213,19 @@ mod tests {
         let their_epoch = their_epoch.expect("the lease had run out");
         c.record_logs("chatty", 1, line("during 1")).await.expect("held, not an error");
         c.record_logs("chatty", 1, line("during 2")).await.expect("held, not an error");
+        // A job this coordinator has not logged for (an earlier leader stored its first two
+        // lines), whose first lines here come while the store is away: held unnumbered.
+        let earlier = |seq: i64, text: &str| LogRecord {
+            seq,
+            instance: 1,
+            stream: "stdout".into(),
+            timestamp: Timestamp::from_millis(500),
+            text: text.into(),
+        };
+        theirs.create_training_job(&job("quiet")).await.expect("create");
+        theirs.append_logs("quiet", &[earlier(1, "one"), earlier(2, "two")]).await.expect("their lines");
+        c.record_logs("quiet", 1, line("three")).await.expect("held, not an error");
+        assert_eq!(c.log_sequences.lock().await.get("quiet"), Some(&NextLine::Unnumbered(2)));
         assert!(!c.store_held_logs().await, "still away");
         let stored: Vec<String> =
             c.store.read_logs("chatty", 0, 100).await.expect("read").into_iter().map(|l| l.text).collect();
@@ -1115,7 +1235,16 @@ mod tests {
         assert!(
             c.store.acquire_leadership("ours", "a", std::time::Duration::from_secs(60)).await.expect("lead").is_some()
         );
+        c.record_logs("quiet", 1, line("four")).await.expect("held: the store failed a moment ago");
+        // The store is left alone for a moment after a failure (an agent's stream waits on it).
+        tokio::time::sleep(crate::held_logs::RETRY_AFTER).await;
         c.record_logs("chatty", 1, line("after")).await.expect("stored");
+        let quiet: Vec<(i64, String)> =
+            c.store.read_logs("quiet", 0, 100).await.expect("read").into_iter().map(|l| (l.seq, l.text)).collect();
+        let expected: Vec<(i64, String)> =
+            ["one", "two", "three", "four"].iter().enumerate().map(|(i, t)| (i as i64 + 1, t.to_string())).collect();
+        assert_eq!(quiet, expected, "numbered after the earlier leader's lines");
+        assert_eq!(c.log_sequences.lock().await.get("quiet"), Some(&NextLine::Known(5)));
         let stored: Vec<(i64, String)> =
             c.store.read_logs("chatty", 0, 100).await.expect("read").into_iter().map(|l| (l.seq, l.text)).collect();
         let expected: Vec<(i64, String)> = ["before", "during 1", "during 2", "after"]

@@ -2,20 +2,37 @@
 //! within a bound: a long outage under chatty jobs must not grow the coordinator without limit.
 //! Each line keeps the sequence number it was given, so stored late it still reads in place; the
 //! store ignores a line stored twice (a batch whose write did reach it).
+//!
+//! A job whose numbering the coordinator has not read yet (its first lines came while the store
+//! was away) has its lines held *unnumbered* — counted from 1 — and numbered once the store says
+//! where the job's log stands ([`HeldLogs::number`]), before any of them is stored.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use trainyard_store::LogRecord;
 
 /// Bytes of log text held at most; past it the oldest batches are dropped (and counted).
 pub const MAX_HELD_LOG_BYTES: usize = 32 * 1024 * 1024;
+/// After the store failed to take lines, new ones are held without asking it again for this long:
+/// an agent's stream, which carries its heartbeats too, must not wait on a store that is away.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+struct Batch {
+    job: String,
+    records: Vec<LogRecord>,
+    /// False: numbered from 1 within the job's unnumbered lines, not yet in the job's log.
+    numbered: bool,
+}
 
 #[derive(Default)]
 pub struct HeldLogs {
-    batches: VecDeque<(String, Vec<LogRecord>)>,
+    batches: VecDeque<Batch>,
     bytes: usize,
     /// Lines dropped to stay within the bound since the store was last reached.
     pub dropped: u64,
+    /// When the store last failed to take lines (cleared once it takes them).
+    failed_at: Option<Instant>,
 }
 
 fn size(records: &[LogRecord]) -> usize {
@@ -27,33 +44,74 @@ impl HeldLogs {
         self.batches.is_empty()
     }
 
-    /// Holds a job's batch; the oldest batches go if the bytes held would pass `limit`.
-    pub fn hold(&mut self, job: &str, records: Vec<LogRecord>, limit: usize) {
+    /// Holds a job's batch (`numbered`: see [`HeldLogs::number`]); the oldest batches go if the
+    /// bytes held would pass `limit`.
+    pub fn hold(&mut self, job: &str, records: Vec<LogRecord>, numbered: bool, limit: usize) {
         self.bytes += size(&records);
-        self.batches.push_back((job.to_string(), records));
+        self.batches.push_back(Batch { job: job.to_string(), records, numbered });
         while self.bytes > limit {
-            let Some((_, oldest)) = self.batches.pop_front() else { break };
-            self.bytes -= size(&oldest);
-            self.dropped += oldest.len() as u64;
+            let Some(oldest) = self.batches.pop_front() else { break };
+            self.bytes -= size(&oldest.records);
+            self.dropped += oldest.records.len() as u64;
         }
     }
 
-    /// The oldest batch, to be stored; [`HeldLogs::put_back`] it if that fails.
-    pub fn take_oldest(&mut self) -> Option<(String, Vec<LogRecord>)> {
+    /// The oldest batch, to be stored, and whether it is numbered (an unnumbered one must be
+    /// [`HeldLogs::number`]ed first); [`HeldLogs::put_back`] it if it cannot be stored now.
+    pub fn take_oldest(&mut self) -> Option<(String, Vec<LogRecord>, bool)> {
         let batch = self.batches.pop_front()?;
-        self.bytes -= size(&batch.1);
-        Some(batch)
+        self.bytes -= size(&batch.records);
+        Some((batch.job, batch.records, batch.numbered))
     }
 
     /// A batch taken that could not be stored after all: first again.
-    pub fn put_back(&mut self, job: String, records: Vec<LogRecord>) {
+    pub fn put_back(&mut self, job: String, records: Vec<LogRecord>, numbered: bool) {
         self.bytes += size(&records);
-        self.batches.push_front((job, records));
+        self.batches.push_front(Batch { job, records, numbered });
+    }
+
+    /// Numbers a job's unnumbered lines now that the store's last number for it is known: they
+    /// follow it, and whatever of the job is held numbered (lines the store has not seen either).
+    /// Lines numbered past `max_seq` are dropped (a job's log is bounded). Returns the number the
+    /// first unnumbered line got, less one: what the job's next line numbers from.
+    pub fn number(&mut self, job: &str, last_stored: i64, max_seq: i64) -> i64 {
+        let base = self
+            .batches
+            .iter()
+            .filter(|b| b.numbered && b.job == job)
+            .flat_map(|b| b.records.iter().map(|r| r.seq))
+            .fold(last_stored, i64::max);
+        for batch in self.batches.iter_mut().filter(|b| !b.numbered && b.job == job) {
+            for record in &mut batch.records {
+                record.seq += base;
+            }
+            let (lines, bytes) = (batch.records.len(), size(&batch.records));
+            batch.records.retain(|r| r.seq <= max_seq);
+            self.dropped += (lines - batch.records.len()) as u64;
+            self.bytes -= bytes - size(&batch.records);
+            batch.numbered = true;
+        }
+        base
+    }
+
+    /// Whether to try the store now: not within [`RETRY_AFTER`] of its last failure.
+    pub fn worth_trying(&self, now: Instant) -> bool {
+        self.failed_at.is_none_or(|at| now.duration_since(at) >= RETRY_AFTER)
+    }
+
+    /// The store failed to take lines (or to say where a job's log stands).
+    pub fn store_failed(&mut self, now: Instant) {
+        self.failed_at = Some(now);
+    }
+
+    /// The store took lines again.
+    pub fn store_answered(&mut self) {
+        self.failed_at = None;
     }
 
     #[cfg(test)]
     pub fn lines(&self) -> usize {
-        self.batches.iter().map(|b| b.1.len()).sum()
+        self.batches.iter().map(|b| b.records.len()).sum()
     }
 }
 
@@ -82,26 +140,67 @@ mod tests {
         let mut held = HeldLogs::default();
         let line_size = size(&lines(1, 1, "0123456789"));
         let limit = 10 * line_size;
-        held.hold("a", lines(1, 4, "0123456789"), limit);
-        held.hold("b", lines(1, 4, "0123456789"), limit);
+        held.hold("a", lines(1, 4, "0123456789"), true, limit);
+        held.hold("b", lines(1, 4, "0123456789"), true, limit);
         assert_eq!((held.lines(), held.dropped), (8, 0));
         // A third batch passes the bound: the oldest (job a's) goes.
-        held.hold("a", lines(5, 4, "0123456789"), limit);
+        held.hold("a", lines(5, 4, "0123456789"), true, limit);
         assert_eq!((held.lines(), held.dropped), (8, 4));
         assert!(held.bytes <= limit);
 
-        let (job, batch) = held.take_oldest().expect("b");
+        let (job, batch, numbered) = held.take_oldest().expect("b");
         assert_eq!((job.as_str(), batch[0].seq), ("b", 1));
-        held.put_back(job, batch);
+        held.put_back(job, batch, numbered);
         let order: Vec<(String, i64)> =
-            std::iter::from_fn(|| held.take_oldest()).map(|(job, batch)| (job, batch[0].seq)).collect();
+            std::iter::from_fn(|| held.take_oldest()).map(|(job, batch, _)| (job, batch[0].seq)).collect();
         assert_eq!(order, vec![("b".to_string(), 1), ("a".to_string(), 5)]);
         assert!(held.is_empty());
         assert_eq!(held.bytes, 0);
 
         // One batch larger than the bound is not held at all.
-        held.hold("c", lines(1, 20, "0123456789"), limit);
+        held.hold("c", lines(1, 20, "0123456789"), true, limit);
         assert!(held.is_empty());
         assert_eq!(held.dropped, 24);
+    }
+
+    /// A job's unnumbered lines follow the store's last number and whatever of the job is held
+    /// numbered; other jobs' lines are untouched; numbers past the job's bound are dropped, counted.
+    #[test]
+    fn unnumbered_lines_follow_the_store_and_what_is_held() {
+        let mut held = HeldLogs::default();
+        let limit = usize::MAX;
+        held.hold("a", lines(8, 2, "x"), true, limit); // 8, 9: numbered, not stored yet
+        held.hold("b", lines(1, 2, "x"), false, limit);
+        held.hold("a", lines(1, 3, "x"), false, limit);
+        held.hold("a", lines(4, 1, "x"), false, limit);
+        let bytes = held.bytes;
+        assert_eq!(held.number("a", 5, 11), 9, "after the held 9, not the stored 5");
+        let batches: Vec<(String, Vec<i64>, bool)> = std::iter::from_fn(|| held.take_oldest())
+            .map(|(job, batch, numbered)| (job, batch.iter().map(|r| r.seq).collect(), numbered))
+            .collect();
+        assert_eq!(
+            batches,
+            vec![
+                ("a".to_string(), vec![8, 9], true),
+                ("b".to_string(), vec![1, 2], false),
+                ("a".to_string(), vec![10, 11], true), // 12 is past the bound
+                ("a".to_string(), vec![], true),       // 13 too
+            ]
+        );
+        assert_eq!(held.dropped, 2);
+        assert_eq!(held.bytes, 0, "the dropped lines' bytes were released ({bytes} held before)");
+    }
+
+    /// After a failure the store is left alone for a while, then tried again.
+    #[test]
+    fn a_failed_store_is_not_asked_again_at_once() {
+        let mut held = HeldLogs::default();
+        let start = Instant::now();
+        assert!(held.worth_trying(start));
+        held.store_failed(start);
+        assert!(!held.worth_trying(start + RETRY_AFTER / 2));
+        assert!(held.worth_trying(start + RETRY_AFTER));
+        held.store_answered();
+        assert!(held.worth_trying(start));
     }
 }
