@@ -88,10 +88,18 @@ impl InputCache {
         use std::os::unix::fs::PermissionsExt;
         let entry = self.entry(version);
         std::fs::set_permissions(incoming, std::fs::Permissions::from_mode(0o644))?;
-        // Two instances may fetch the same object at once: the later rename wins, and links
-        // made to the earlier copy stay valid.
-        std::fs::rename(incoming, &entry)?;
-        std::fs::hard_link(&entry, target)
+        // The target is linked to this copy, which no one else touches, before the copy is
+        // published: two instances may fetch the same object at once, and a link to the cache's
+        // name fails ("No such file or directory") when another's copy replaces the file behind
+        // that name meanwhile. Published without replacing: the first copy in stays, a later one
+        // (the same object) lives on in its instance's link only.
+        let linked = std::fs::hard_link(incoming, target);
+        let published = match std::fs::hard_link(incoming, &entry) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        };
+        let _ = std::fs::remove_file(incoming);
+        linked.and(published)
     }
 
     /// Removes unlinked objects, least recently used first, until the cache fits its size.
@@ -200,5 +208,50 @@ mod tests {
         let after = local_version(&file, &std::fs::metadata(&file).expect("meta"));
         assert_ne!(before, after);
         assert_eq!(after, local_version(&file, &std::fs::metadata(&file).expect("meta")));
+    }
+
+    /// Instances that fetch the same object at once (parallel trials on a cold cache) each get
+    /// it: a copy taken in while another's link to the one before was being made must not take
+    /// that link's file away (the link then failed with "No such file or directory").
+    #[test]
+    fn instances_that_fetch_one_object_at_once_all_get_it() {
+        let root = tempfile::tempdir().expect("dir");
+        let cache = std::sync::Arc::new(InputCache::open(&root.path().join("cache"), u64::MAX).expect("cache"));
+        let (threads, versions) = (6, 300);
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (cache, barrier) = (cache.clone(), barrier.clone());
+                let dir = root.path().join(format!("instance-{t}"));
+                std::fs::create_dir_all(&dir).expect("dir");
+                std::thread::spawn(move || {
+                    let mut failures = Vec::new();
+                    for v in 0..versions {
+                        let incoming = cache.incoming();
+                        std::fs::write(&incoming, format!("object {v}")).expect("write");
+                        let target = dir.join(format!("{v}.csv"));
+                        barrier.wait();
+                        if let Err(e) = cache.admit(&format!("v{v}"), &incoming, &target) {
+                            failures.push(format!("object {v}: {e}"));
+                        } else if std::fs::read_to_string(&target).ok() != Some(format!("object {v}")) {
+                            failures.push(format!("object {v}: wrong content"));
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        let failures: Vec<String> = workers.into_iter().flat_map(|w| w.join().expect("worker")).collect();
+        assert!(
+            failures.is_empty(),
+            "{} of {} failed: {:?}",
+            failures.len(),
+            threads * versions,
+            &failures[..failures.len().min(5)]
+        );
+        // Nothing is left in incoming; the cache holds each object once, read-only.
+        assert_eq!(std::fs::read_dir(root.path().join("cache").join(INCOMING)).expect("incoming").count(), 0);
+        let objects = std::fs::read_dir(root.path().join("cache").join(OBJECTS)).expect("objects").count();
+        assert_eq!(objects, versions);
     }
 }
