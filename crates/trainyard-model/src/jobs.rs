@@ -259,6 +259,9 @@ pub struct Runs {
 /// What SageMaker says while a job waits for capacity.
 pub const STARTING_MESSAGE: &str = "Waiting for an agent with the requested resources";
 
+/// SageMaker's MaxRuntimeInSeconds when a CreateTrainingJob request gives none: one day.
+pub const DEFAULT_MAX_RUNTIME_SECONDS: i32 = 86_400;
+
 impl TrainingJob {
     pub fn new(
         request: api::CreateTrainingJobRequest,
@@ -269,6 +272,18 @@ impl TrainingJob {
         let name =
             request.training_job_name.clone().ok_or_else(|| DomainError::invalid("TrainingJobName", "is required"))?;
         let objective_status = origin.as_ref().map(|_| ObjectiveStatus::Pending);
+        // SageMaker's default limit, stated as SageMaker states it in DescribeTrainingJob (where
+        // StoppingCondition is always present: the Python SDK's Estimator.attach reads it). A spot
+        // job's MaxWaitTimeInSeconds bounds its running too.
+        let mut request = request;
+        let stopping = request.stopping_condition.get_or_insert_with(Default::default);
+        if stopping.max_runtime_in_seconds.is_none() {
+            stopping.max_runtime_in_seconds = Some(
+                stopping
+                    .max_wait_time_in_seconds
+                    .map_or(DEFAULT_MAX_RUNTIME_SECONDS, |wait| wait.min(DEFAULT_MAX_RUNTIME_SECONDS)),
+            );
+        }
         Ok(Self {
             arn: arns.training_job(&name),
             name,

@@ -80,3 +80,29 @@ fn max_wait_counts_from_creation_and_only_for_spot_jobs() {
     on_demand.request.enable_managed_spot_training = None;
     assert!(!on_demand.max_wait_exceeded(at(10_000)));
 }
+
+/// A job created without MaxRuntimeInSeconds gets SageMaker's one-day default, shown by Describe
+/// (where SageMaker always states a StoppingCondition); a spot job's MaxWaitTimeInSeconds bounds
+/// it too; a limit given is kept.
+#[test]
+fn a_job_without_a_runtime_limit_gets_sagemakers_default() {
+    let runtime = |request: serde_json::Value| {
+        let request: CreateTrainingJobRequest = serde_json::from_value(request).expect("request");
+        let job = TrainingJob::new(request, None, &ArnContext::default(), at(0)).expect("job");
+        let described = job.describe();
+        (described.stopping_condition.and_then(|s| s.max_runtime_in_seconds), job.remaining_runtime_seconds())
+    };
+    let default = trainyard_model::jobs::DEFAULT_MAX_RUNTIME_SECONDS;
+    assert_eq!(default, 86_400);
+    assert_eq!(runtime(json!({"TrainingJobName": "a"})), (Some(default), Some(default)));
+    assert_eq!(runtime(json!({"TrainingJobName": "b", "StoppingCondition": {}})), (Some(default), Some(default)));
+    assert_eq!(
+        runtime(json!({"TrainingJobName": "c", "EnableManagedSpotTraining": true,
+            "StoppingCondition": {"MaxWaitTimeInSeconds": 3600}})),
+        (Some(3600), Some(3600))
+    );
+    assert_eq!(
+        runtime(json!({"TrainingJobName": "d", "StoppingCondition": {"MaxRuntimeInSeconds": 600}})),
+        (Some(600), Some(600))
+    );
+}

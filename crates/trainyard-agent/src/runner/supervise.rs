@@ -15,8 +15,6 @@ use trainyard_proto::pb::{self, InstanceState};
 use super::{Control, FENCED, InstanceSpec, Launched, Outcome, Report, Reporter, Settings, StopReason, now_millis};
 use crate::confined::Confined;
 
-/// The SageMaker default when a job gives no MaxRuntimeInSeconds: one day.
-const DEFAULT_MAX_RUNTIME: u64 = 86_400;
 /// Stderr lines kept for a FailureReason when the job writes no `output/failure`.
 const STDERR_TAIL: usize = 10;
 const LOG_BATCH: usize = 200;
@@ -69,7 +67,7 @@ pub(super) async fn supervise<C: Control>(
         .stopping_condition
         .as_ref()
         .and_then(|s| s.max_runtime_in_seconds)
-        .map_or(DEFAULT_MAX_RUNTIME, |s| s.max(1) as u64);
+        .map_or(trainyard_model::jobs::DEFAULT_MAX_RUNTIME_SECONDS as u64, |s| s.max(1) as u64);
     let deadline = tokio::time::sleep(Duration::from_secs(max_runtime));
     tokio::pin!(deadline);
     let mut flush = tokio::time::interval(Duration::from_millis(250));

@@ -475,7 +475,12 @@ impl Loop {
     /// The certificate a job's agents present to each other. It outlives the job's longest possible
     /// run (MaxRuntimeInSeconds, or SageMaker's one-day default) by a day.
     pub(super) fn job_credential(&self, job: &TrainingJob) -> Result<pb::JobCredential, DomainError> {
-        let runtime = job.request.stopping_condition.as_ref().and_then(|s| s.max_runtime_in_seconds).unwrap_or(86_400);
+        let runtime = job
+            .request
+            .stopping_condition
+            .as_ref()
+            .and_then(|s| s.max_runtime_in_seconds)
+            .unwrap_or(trainyard_model::jobs::DEFAULT_MAX_RUNTIME_SECONDS);
         let valid_for = Duration::from_secs(runtime.max(0) as u64 + 86_400);
         let credential = self
             .authority
