@@ -1,6 +1,8 @@
 //! Faults injected for real: the coordinator is killed (SIGKILL) at random moments while a tuning
-//! job of a few hundred short trials runs on three agents (on SQLite and on PostgreSQL), and
-//! PostgreSQL crashes under load. Nothing may be lost or run twice.
+//! job of a few hundred short trials runs on three agents (on SQLite and on PostgreSQL), and once
+//! mid-way through a job whose early stopping depends on the trials before the kill; PostgreSQL
+//! crashes under load, and stays down while jobs end and write their logs. Nothing may be lost or
+//! run twice.
 
 use std::time::{Duration, Instant};
 
@@ -37,7 +39,10 @@ const DATABASE_AWAY: &[&str] = &[
     "log lines not stored yet: the store is away",
 ];
 
-on_both_backends!(killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice);
+on_both_backends!(
+    killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice,
+    the_median_rule_remembers_earlier_trials_across_a_coordinator_restart
+);
 
 fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice(backend: Backend) {
     const TRIALS: u64 = 300;
@@ -117,6 +122,62 @@ fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice(
     let left = leftovers.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
     assert!(left.is_empty(), "seed {seed}: trial processes left running: {left}");
     println!("seed {seed}: {kills} coordinator kills, {TRIALS} trials, {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// The median rule compares a running trial with the curves of the trials that finished before
+/// it. Those curves survive the coordinator: killed (SIGKILL) once three good trials have
+/// finished, the restarted coordinator still stops the poor trials that follow, as the first one
+/// would have.
+fn the_median_rule_remembers_earlier_trials_across_a_coordinator_restart(backend: Backend) {
+    let mut c = Coordinator::start_on(backend);
+    // Trials 1-3 score 0.9 at every step, later ones 0.1: each step a metric point, 6 steps.
+    let program = c.install_program(
+        "curves.sh",
+        "#!/bin/sh\nindex=$(echo \"$TRAINING_JOB_NAME\" | sed 's/^curves-0*\\([0-9]*\\)-.*/\\1/')\n\
+         score=0.1\n[ \"$index\" -le 3 ] && score=0.9\n\
+         for step in 1 2 3 4 5 6; do echo \"score=$score\"; sleep 0.4; done\nmkdir -p \"$SM_MODEL_DIR\"\n",
+    );
+    let agent = c.start_agent("curves", &["--advertise-vcpus", "8"], &[]);
+    agent.expect_log("coordinator unreachable or stream ended; instances keep running");
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    r["HyperParameterTuningJobName"] = json!("curves");
+    let config = &mut r["HyperParameterTuningJobConfig"];
+    config["Strategy"] = json!("Random");
+    config["HyperParameterTuningJobObjective"] = json!({"Type": "Maximize", "MetricName": "score"});
+    config["ResourceLimits"] = json!({"MaxNumberOfTrainingJobs": 5, "MaxParallelTrainingJobs": 1});
+    config["TrainingJobEarlyStoppingType"] = json!("Auto");
+    let definition = &mut r["TrainingJobDefinition"];
+    definition["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    definition["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
+    let file = c.write("curves.json", &r.to_string());
+    c.cli(&["tuning-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    c.wait_json_for(Duration::from_secs(60), &["tuning-jobs", "describe", "curves"], |d| {
+        d["TrainingJobStatusCounters"]["Completed"] == 3
+    });
+    c.restart(trainyard_testkit::SIGKILL);
+
+    let done = c.wait_json_for(Duration::from_secs(90), &["tuning-jobs", "describe", "curves"], |d| {
+        d["HyperParameterTuningJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
+    let trials = c.json(&["tuning-jobs", "trials", "curves", "--sort-by", "Name", "--sort-order", "Ascending"]);
+    let outcomes: Vec<(String, String)> = trials["TrainingJobSummaries"]
+        .as_array()
+        .expect("trials")
+        .iter()
+        .map(|t| {
+            let name = t["TrainingJobName"].as_str().expect("name");
+            let described = c.json(&["training-jobs", "describe", name]);
+            let last = described["SecondaryStatusTransitions"].as_array().and_then(|t| t.last().cloned());
+            let message = last.map(|l| l["StatusMessage"].as_str().unwrap_or_default().to_string());
+            (t["TrainingJobStatus"].as_str().unwrap_or_default().to_string(), message.unwrap_or_default())
+        })
+        .collect();
+    let early = "Training job stopped early: its objective was worse than the median of earlier trials";
+    let statuses: Vec<&str> = outcomes.iter().map(|o| o.0.as_str()).collect();
+    assert_eq!(statuses, ["Completed", "Completed", "Completed", "Stopped", "Stopped"], "{outcomes:#?}");
+    assert!(outcomes[3..].iter().all(|o| o.1 == early), "{outcomes:#?}");
 }
 
 /// PostgreSQL crashes and comes back while clients submit: every request that was answered OK is
