@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use tempfile::TempDir;
 pub use trainyard_testkit::netns;
 
-use trainyard_testkit::{Daemon, LogCheck, PgServer, binary, free_port, wait_until};
+use trainyard_testkit::{Daemon, LogCheck, PgServer, binary, wait_until};
 
 /// The store a coordinator runs on. Scenarios that touch the store run on both (`on_both_backends!`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,9 +181,10 @@ impl Coordinator {
     /// `database`: a URL, or None for SQLite in the data dir (named by flag).
     fn start_listening(host: &str, database: Option<String>, args: &[&str]) -> Coordinator {
         let dir = coordinator_dir();
-        let port = free_port();
-        let address = format!("127.0.0.1:{port}");
-        let listen = format!("{host}:{port}");
+        // Port 0: the coordinator binds a free one and says which (see `wait_ready`). A port
+        // picked here could be taken by another test's daemon before the coordinator binds it.
+        let address = String::new();
+        let listen = format!("{host}:0");
         let database =
             database.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("data/trainyard.db").display()));
         let mut extra: Vec<String> = vec!["--database-url".into(), database];
@@ -207,17 +208,16 @@ impl Coordinator {
             cli_coordinators: Mutex::default(),
             peer_checks: Mutex::default(),
         };
-        c.wait_ready();
+        c.wait_ready(0);
         c.make_tokens();
         c
     }
 
     fn start_in(dir: TempDir, database_url: Option<String>) -> Coordinator {
-        let port = free_port();
-        let address = format!("127.0.0.1:{port}");
+        let address = String::new();
+        let listen = "127.0.0.1:0".to_string();
         let log_check = Self::log_check(dir.path());
-        let daemon = Self::spawn(dir.path(), &address, database_url.as_deref(), &[], &log_check);
-        let listen = address.clone();
+        let daemon = Self::spawn(dir.path(), &listen, database_url.as_deref(), &[], &log_check);
         let mut c = Coordinator {
             dir,
             address,
@@ -234,7 +234,7 @@ impl Coordinator {
             cli_coordinators: Mutex::default(),
             peer_checks: Mutex::default(),
         };
-        c.wait_ready();
+        c.wait_ready(0);
         c.make_tokens();
         c
     }
@@ -297,11 +297,13 @@ impl Coordinator {
         self.log_check.expect(pattern);
     }
 
-    fn wait_ready(&mut self) {
-        let address = self.address.clone();
-        let ready = wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(&address).is_ok());
-        self.daemon.assert_running();
-        assert!(ready, "coordinator did not listen on {address}; log:\n{}", self.daemon.log());
+    /// Waits until the daemon (just spawned; its log past byte `from` is its own) has bound its
+    /// address, and learns the port.
+    fn wait_ready(&mut self, from: usize) {
+        let port = bound_port(&mut self.daemon, from);
+        let host = self.listen.rsplit_once(':').map_or("127.0.0.1", |(host, _)| host).to_string();
+        self.listen = format!("{host}:{port}");
+        self.address = format!("127.0.0.1:{port}");
     }
 
     /// Stops the daemon with `signal` and starts a new one on the same data and address.
@@ -325,9 +327,10 @@ impl Coordinator {
 
     /// Starts the daemon again on the same data and address (after [`Coordinator::stop`]).
     pub fn respawn(&mut self) {
+        let from = self.daemon.log().len();
         self.daemon =
             Self::spawn(self.dir.path(), &self.listen, self.database_url.as_deref(), &self.args, &self.log_check);
-        self.wait_ready();
+        self.wait_ready(from);
     }
 
     /// Another coordinator on this one's database, as a second host runs it: a data directory
@@ -349,7 +352,7 @@ impl Coordinator {
     }
 
     fn start_peer_with(&self, database_args: Vec<String>, args: &[&str]) -> PeerCoordinator {
-        self.start_peer_listening(format!("127.0.0.1:{}", free_port()), database_args, args)
+        self.start_peer_listening("127.0.0.1:0".to_string(), database_args, args)
     }
 
     fn start_peer_listening(&self, address: String, database_args: Vec<String>, args: &[&str]) -> PeerCoordinator {
@@ -366,7 +369,7 @@ impl Coordinator {
         self.peer_checks.lock().unwrap_or_else(|e| e.into_inner()).push(log_check.clone());
         let daemon = Self::spawn(dir.path(), &address, None, &extra, &log_check);
         let mut peer = PeerCoordinator { address, args: extra, daemon, log_check, dir };
-        peer.wait_listening();
+        peer.wait_listening(0);
         peer
     }
 
@@ -641,6 +644,32 @@ impl Random {
     }
 }
 
+/// The port a coordinator daemon just spawned has bound, from what it logged past byte `from`
+/// (a restarted daemon appends to its predecessor's log): it says "coordinator listening" or
+/// "standing by" with the address once its socket is bound. Fails the test if the daemon exits
+/// first or says nothing within 20 s.
+fn bound_port(daemon: &mut Daemon, from: usize) -> u16 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = daemon.log();
+        let said = log.get(from..).unwrap_or_default().lines().find_map(|line| {
+            if !(line.contains("coordinator listening") || line.contains("standing by")) {
+                return None;
+            }
+            // `addr=HOST:PORT` as text, `"addr":"HOST:PORT"` with --log-format json.
+            let (_, after) = line.split_once("addr=").or_else(|| line.split_once("\"addr\":\""))?;
+            let address = after.split(|c: char| c.is_whitespace() || c == '"').next()?;
+            address.rsplit_once(':')?.1.parse::<u16>().ok()
+        });
+        if let Some(port) = said.filter(|p| *p != 0) {
+            return port;
+        }
+        daemon.assert_running();
+        assert!(std::time::Instant::now() < deadline, "the coordinator did not say it listens; its log:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A coordinator sharing another's database ([`Coordinator::start_peer`]).
 pub struct PeerCoordinator {
     pub address: String,
@@ -651,17 +680,17 @@ pub struct PeerCoordinator {
 }
 
 impl PeerCoordinator {
-    fn wait_listening(&mut self) {
-        let address = self.address.clone();
-        let up = wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(&address).is_ok());
-        self.daemon.assert_running();
-        assert!(up, "coordinator did not listen on {address}; log:\n{}", self.daemon.log());
+    fn wait_listening(&mut self, from: usize) {
+        let port = bound_port(&mut self.daemon, from);
+        let host = self.address.rsplit_once(':').map_or("127.0.0.1", |(host, _)| host).to_string();
+        self.address = format!("{host}:{port}");
     }
 
     /// Starts it again on the same data and address, after it was stopped.
     pub fn respawn(&mut self) {
+        let from = self.daemon.log().len();
         self.daemon = Coordinator::spawn(self.dir.path(), &self.address, None, &self.args, &self.log_check);
-        self.wait_listening();
+        self.wait_listening(from);
     }
 
     /// Declares a `WARN`/`ERROR` line of its log the test causes on purpose.

@@ -229,8 +229,9 @@ pub struct Config {
     /// None: kept for ever.
     pub job_retention: Option<std::time::Duration>,
     pub log_retention: Option<std::time::Duration>,
-    /// What standbys tell clients to dial while this coordinator leads.
-    pub advertise_address: String,
+    /// What standbys tell clients to dial while this coordinator leads, when given; else see
+    /// [`Config::advertised`].
+    pub advertise_address: Option<String>,
     pub leader_lease: std::time::Duration,
 }
 
@@ -259,6 +260,15 @@ pub fn hostname() -> String {
 }
 
 impl Config {
+    /// What standbys tell clients to dial while this coordinator leads: `--advertise-address`, else
+    /// the address it listens on (`bound`: the port it got when told port 0), with this host's
+    /// name for an unspecified address.
+    pub fn advertised(&self, bound: SocketAddr) -> String {
+        self.advertise_address.clone().unwrap_or_else(|| {
+            if bound.ip().is_unspecified() { format!("{}:{}", hostname(), bound.port()) } else { bound.to_string() }
+        })
+    }
+
     pub fn load(flags: Flags) -> anyhow::Result<Config> {
         let file = match &flags.config {
             Some(path) => read_file(path)?,
@@ -289,9 +299,7 @@ impl Config {
         };
         let listen: SocketAddr =
             flags.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses"));
-        let advertise_address = flags.advertise_address.or(file.advertise_address).unwrap_or_else(|| {
-            if listen.ip().is_unspecified() { format!("{}:{}", hostname(), listen.port()) } else { listen.to_string() }
-        });
+        let advertise_address = flags.advertise_address.or(file.advertise_address);
         Ok(Config {
             advertise_address,
             leader_lease: std::time::Duration::from_secs(
@@ -400,6 +408,18 @@ mod tests {
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.database_url, "sqlite://.trainyard/trainyard.db");
         assert!(c.catalog.get("ml.m5.large").is_some());
+    }
+
+    /// Standbys send clients to the address the leader bound (the port it got for port 0), with
+    /// the host's name for an unspecified address, unless an address to advertise is given.
+    #[test]
+    fn the_advertised_address_is_the_bound_one_unless_given() {
+        let mut c = Config::load(flags(None)).expect("defaults");
+        let bound = |a: &str| a.parse::<SocketAddr>().expect("address");
+        assert_eq!(c.advertised(bound("127.0.0.1:4567")), "127.0.0.1:4567");
+        assert_eq!(c.advertised(bound("0.0.0.0:4567")), format!("{}:4567", hostname()));
+        c.advertise_address = Some("coordinator.lab.example:50051".into());
+        assert_eq!(c.advertised(bound("0.0.0.0:4567")), "coordinator.lab.example:50051");
     }
 
     #[test]

@@ -121,13 +121,21 @@ async fn main() -> anyhow::Result<()> {
         false => Some(server_credential(&authority, &config)?),
     };
 
+    // Bound once, first: an address in use stops the coordinator at start, and the standby's
+    // server and the leader's accept on the same socket, so the address is never free between them
+    // for another process to take (and for clients to reach in its place).
+    let grpc_listener = std::net::TcpListener::bind(config.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let listen = grpc_listener.local_addr().context("the gRPC listener's address")?;
+
     // Only the leader goes further; the others stand by until the lease is theirs.
     let claim = leadership::Claim {
         holder: leadership::holder_id(&config.data_dir)?,
-        address: config.advertise_address.clone(),
+        address: config.advertised(listen),
         lease: config.leader_lease,
     };
-    let Some(epoch) = stand_by(&store, &claim, credential.as_ref(), config.listen, &readiness, &cancel).await? else {
+    let Some(epoch) = stand_by(&store, &claim, credential.as_ref(), &grpc_listener, &readiness, &cancel).await? else {
         info!("stopped while standing by");
         return Ok(());
     };
@@ -218,7 +226,8 @@ async fn main() -> anyhow::Result<()> {
         None => warn!(addr = %config.listen, "serving plain-text gRPC without authentication (--insecure)"),
         Some(credential) => server = server.tls_config(grpc_tls(credential)).context("configuring TLS")?,
     }
-    info!(addr = %config.listen, tls = !config.insecure, database = %redact(&config.database_url), instance_types = config.catalog.len(), "coordinator listening");
+    let incoming = incoming(&grpc_listener).with_context(|| format!("serving on {listen}"))?;
+    info!(addr = %listen, tls = !config.insecure, database = %redact(&config.database_url), instance_types = config.catalog.len(), "coordinator listening");
     let serving = server
         .add_service(
             HyperParameterTuningServer::new(grpc::TuningService(coordinator.clone(), auth.clone()))
@@ -231,9 +240,9 @@ async fn main() -> anyhow::Result<()> {
         .add_service(AgentsServer::new(agent_service).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(AccessServer::new(access::AccessService { auth, events: events_tx.clone() }))
         .add_service(health_service)
-        .serve_with_shutdown(config.listen, cancel.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
     let served = tokio::select! {
-        served = serving => served.with_context(|| format!("serving on {}", config.listen)),
+        served = serving => served.with_context(|| format!("serving on {listen}")),
         held = &mut holding => {
             let reason = match held {
                 Ok(Err(reason)) => reason,
@@ -260,15 +269,22 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Connections accepted on the coordinator's gRPC socket (a handle of its own: the standby's
+/// server closes its handle when it stops, the socket stays open for the leader's).
+fn incoming(listener: &std::net::TcpListener) -> anyhow::Result<tonic::transport::server::TcpIncoming> {
+    let listener = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+    Ok(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)))
+}
+
 /// Returns at once with the lease when it is free (one coordinator, or the leader restarting);
-/// otherwise stands by: serves every gRPC call on `listen` with UNAVAILABLE naming the leader
-/// until the lease is ours (the epoch), and stops serving before the leader's server takes the
-/// address. None when stopped meanwhile.
+/// otherwise stands by: serves every gRPC call on `listener` with UNAVAILABLE naming the leader
+/// until the lease is ours (the epoch), and stops serving before the leader's server accepts on
+/// the same socket. None when stopped meanwhile.
 async fn stand_by(
     store: &Arc<dyn trainyard_store::Store>,
     claim: &leadership::Claim,
     credential: Option<&trainyard_pki::Credential>,
-    listen: std::net::SocketAddr,
+    listener: &std::net::TcpListener,
     readiness: &trainyard_telemetry::Readiness,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Option<i64>> {
@@ -287,11 +303,12 @@ async fn stand_by(
     }
     let (_, health) = tonic_health::server::health_reporter();
     let stop = CancellationToken::new();
+    let listen = listener.local_addr().context("the gRPC listener's address")?;
     let serving = tokio::spawn(
         server
             .layer(leadership::StandbyLayer(hint.clone()))
             .add_service(health)
-            .serve_with_shutdown(listen, stop.clone().cancelled_owned()),
+            .serve_with_incoming_shutdown(incoming(listener)?, stop.clone().cancelled_owned()),
     );
     info!(addr = %listen, "standing by");
     let epoch = leadership::campaign(store, claim, &hint, cancel).await;
