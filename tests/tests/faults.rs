@@ -338,12 +338,13 @@ fn log_lines_written_while_the_database_is_down_are_all_kept() {
     // for 9 s, across the outage.
     let program = c.install_program(
         "chatty.sh",
-        "#!/bin/sh\nsleep 2\ni=1\nwhile [ $i -le 180 ]; do echo \"line $i\"; i=$((i+1)); sleep 0.05; done\nmkdir -p \"$SM_MODEL_DIR\"\n",
+        "#!/bin/sh\nsleep 2\ni=1\nwhile [ $i -le 180 ]; do echo \"line $i\"; [ $i = 90 ] && echo 'score=0.42'; i=$((i+1)); sleep 0.05; done\nmkdir -p \"$SM_MODEL_DIR\"\n",
     );
     let mut r: Value =
         serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
     r["TrainingJobName"] = json!("chatty");
     r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
     let file = c.write("chatty.json", &r.to_string());
     c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
     c.wait_json_for(Duration::from_secs(30), &["training-jobs", "describe", "chatty"], |j| {
@@ -363,6 +364,9 @@ fn log_lines_written_while_the_database_is_down_are_all_kept() {
         log = out.stdout().lines().filter(|l| l.contains("line ")).map(|l| l.trim().to_string()).collect::<Vec<_>>();
         log.len() >= expected.len()
     });
+    // Its one metric, reported while the database was down, is its final metric.
+    assert_eq!(done["FinalMetricDataList"][0]["MetricName"], "score", "{done:#}");
+    assert_eq!(done["FinalMetricDataList"][0]["Value"], 0.42, "{done:#}");
     let kept: Vec<String> =
         log.iter().map(|l| l.rsplit_once("line ").map(|(_, n)| format!("line {n}")).unwrap_or_default()).collect();
     assert!(
