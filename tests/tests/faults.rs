@@ -41,7 +41,8 @@ const DATABASE_AWAY: &[&str] = &[
 
 on_both_backends!(
     killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice,
-    the_median_rule_remembers_earlier_trials_across_a_coordinator_restart
+    the_median_rule_remembers_earlier_trials_across_a_coordinator_restart,
+    log_lines_written_while_the_coordinator_is_down_are_kept
 );
 
 fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice(backend: Backend) {
@@ -122,6 +123,54 @@ fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice(
     let left = leftovers.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
     assert!(left.is_empty(), "seed {seed}: trial processes left running: {left}");
     println!("seed {seed}: {kills} coordinator kills, {TRIALS} trials, {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// A job keeps writing its log and reporting a metric while its coordinator is down (killed,
+/// restarted a few seconds later): its agent keeps both and sends them once connected again; the
+/// job's log has every line, in order, once, and its final metric is the one reported meanwhile.
+fn log_lines_written_while_the_coordinator_is_down_are_kept(backend: Backend) {
+    let mut c = Coordinator::start_on(backend);
+    let agent = c.start_agent("writer", &["--advertise-vcpus", "8"], &[]);
+    agent.expect_log("coordinator unreachable or stream ended; instances keep running");
+    // Lines 1-20, a pause (the coordinator is killed), 21-40 while it is down, a pause, 41-50.
+    let program = c.install_program(
+        "writer.sh",
+        "#!/bin/sh\nfor i in $(seq 1 20); do echo \"line $i\"; done\necho score=0.1\nsleep 4\n\
+         for i in $(seq 21 40); do echo \"line $i\"; done\necho score=0.3\nsleep 4\n\
+         for i in $(seq 41 50); do echo \"line $i\"; done\nmkdir -p \"$SM_MODEL_DIR\"\n",
+    );
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    r["TrainingJobName"] = json!("writer");
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
+    let file = c.write("writer.json", &r.to_string());
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    let lines = |c: &Coordinator| -> Vec<String> {
+        let out = c.cli(&["training-jobs", "logs", "writer"]);
+        out.stdout().lines().filter_map(|l| l.rsplit_once("line ").map(|(_, n)| format!("line {n}"))).collect()
+    };
+    assert!(
+        trainyard_testkit::wait_until(Duration::from_secs(30), || lines(&c).len() >= 20),
+        "the first lines: {:?}",
+        lines(&c)
+    );
+    c.stop(trainyard_testkit::SIGKILL);
+    std::thread::sleep(Duration::from_millis(6500));
+    c.respawn();
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "writer"], |j| {
+        j["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    // Its last metric, reported while the coordinator was down, is its final one.
+    assert_eq!(done["FinalMetricDataList"][0]["Value"], 0.3, "{done:#}");
+    let expected: Vec<String> = (1..=50).map(|i| format!("line {i}")).collect();
+    let mut kept = Vec::new();
+    trainyard_testkit::wait_until(Duration::from_secs(10), || {
+        kept = lines(&c);
+        kept.len() >= expected.len()
+    });
+    assert_eq!(kept, expected, "every line, in order, once");
 }
 
 /// The median rule compares a running trial with the curves of the trials that finished before
