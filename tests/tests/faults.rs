@@ -428,3 +428,53 @@ fn log_lines_written_while_the_database_is_down_are_all_kept() {
     // (A second run would print its lines again.)
     assert_eq!(kept, expected, "in order, once each");
 }
+
+/// PostgreSQL stays down longer than a single coordinator waits for it (three lease periods): the
+/// coordinator exits for its supervisor to restart it (here, the test). The log lines it held by
+/// then are kept in its data directory and stored by the next start; those written while no
+/// coordinator runs wait in the agent. The job's log has every line, in order, once.
+#[test]
+fn log_lines_held_by_a_coordinator_that_exits_are_kept() {
+    let pg = trainyard_testkit::PgServer::start_durable();
+    let mut c = Coordinator::start_with_database(&pg.fresh_database());
+    for expected in DATABASE_AWAY.iter().chain(&[
+        "stepping down: this coordinator no longer leads",
+        "log lines the store has not taken yet are kept for the next start",
+    ]) {
+        c.expect_log(expected);
+    }
+    let agent = c.start_agent("patient", &["--advertise-vcpus", "8"], &[]);
+    agent.expect_log("coordinator unreachable or stream ended; instances keep running");
+    let program = c.install_program(
+        "patient.sh",
+        "#!/bin/sh\nsleep 2\nfor i in $(seq 1 40); do echo \"line $i\"; sleep 0.1; done\nsleep 28\n\
+         for i in $(seq 41 50); do echo \"line $i\"; done\nmkdir -p \"$SM_MODEL_DIR\"\n",
+    );
+    let mut r: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    r["TrainingJobName"] = json!("patient");
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    let file = c.write("patient.json", &r.to_string());
+    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    c.wait_json_for(Duration::from_secs(30), &["training-jobs", "describe", "patient"], |j| {
+        j["SecondaryStatus"] == "Training"
+    });
+    pg.stop_immediately();
+    let status = c.daemon.wait_exit(Duration::from_secs(40));
+    assert_eq!(status.and_then(|s| s.code()), Some(3), "the coordinator steps down when its database stays away");
+    pg.start_again();
+    c.respawn();
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "patient"], |j| {
+        j["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    let expected: Vec<String> = (1..=50).map(|i| format!("line {i}")).collect();
+    let mut kept = Vec::new();
+    trainyard_testkit::wait_until(Duration::from_secs(10), || {
+        let out = c.cli(&["training-jobs", "logs", "patient"]);
+        kept = out.stdout().lines().filter_map(|l| l.rsplit_once("line ").map(|(_, n)| format!("line {n}"))).collect();
+        kept.len() >= expected.len()
+    });
+    assert_eq!(kept, expected, "every line, in order, once");
+    assert!(!c.data_dir().join("held-logs.json").exists(), "the kept lines were taken in");
+}

@@ -769,6 +769,56 @@ impl Coordinator {
         true
     }
 
+    /// Keeps the log lines still held (the store was away) in `path` when the process ends, for
+    /// the next start ([`Coordinator::restore_held_logs`]); nothing held, no file.
+    pub fn spool_held_logs(&self, path: &std::path::Path) {
+        let (spooled, lines) = {
+            let held = self.held();
+            if held.is_empty() {
+                return;
+            }
+            (held.spool(), held.len())
+        };
+        let written = (|| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let partial = path.with_extension("partial");
+            // Jobs' output: the coordinator's alone, as the rest of its data directory.
+            let mut file =
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&partial)?;
+            file.write_all(&spooled)?;
+            file.sync_all()?;
+            std::fs::rename(&partial, path)
+        })();
+        match written {
+            Ok(()) => {
+                warn!(lines, file = %path.display(), "log lines the store has not taken yet are kept for the next start")
+            }
+            Err(e) => {
+                warn!(lines, file = %path.display(), error = %e, "log lines the store has not taken yet could not be kept: lost")
+            }
+        }
+    }
+
+    /// Holds again the log lines an earlier process kept in `path` (then removes it), before any
+    /// newer: they are numbered after whatever the store holds of their jobs by then.
+    pub async fn restore_held_logs(&self, path: &std::path::Path) {
+        let Ok(spooled) = std::fs::read(path) else { return };
+        let restored = self.held().restore(&spooled, MAX_HELD_LOG_BYTES);
+        let _ = std::fs::remove_file(path);
+        match restored {
+            Ok(counts) => {
+                let mut sequences = self.log_sequences.lock().await;
+                let lines: i64 = counts.iter().map(|(_, n)| n).sum();
+                for (job, count) in counts {
+                    sequences.insert(job, NextLine::Unnumbered(count + 1));
+                }
+                info!(lines, "log lines an earlier run could not store are held again");
+            }
+            Err(e) => warn!(file = %path.display(), error = %e, "kept log lines could not be read: lost"),
+        }
+    }
+
     /// Numbers a job's held unnumbered lines from the store's last number for it; false when the
     /// store cannot say now.
     async fn number_held_logs(&self, job: &str) -> bool {

@@ -18,6 +18,20 @@ pub const MAX_HELD_LOG_BYTES: usize = 32 * 1024 * 1024;
 /// an agent's stream, which carries its heartbeats too, must not wait on a store that is away.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SpooledBatch {
+    job: String,
+    lines: Vec<SpooledLine>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SpooledLine {
+    instance: u32,
+    stream: String,
+    timestamp_millis: i64,
+    text: String,
+}
+
 struct Batch {
     job: String,
     records: Vec<LogRecord>,
@@ -42,6 +56,11 @@ fn size(records: &[LogRecord]) -> usize {
 impl HeldLogs {
     pub fn is_empty(&self) -> bool {
         self.batches.is_empty()
+    }
+
+    /// Lines held.
+    pub fn len(&self) -> usize {
+        self.batches.iter().map(|b| b.records.len()).sum()
     }
 
     /// Holds a job's batch (`numbered`: see [`HeldLogs::number`]); the oldest batches go if the
@@ -109,9 +128,65 @@ impl HeldLogs {
         self.failed_at = None;
     }
 
-    #[cfg(test)]
-    pub fn lines(&self) -> usize {
-        self.batches.iter().map(|b| b.records.len()).sum()
+    /// What is held, to be kept on disk when the process ends (see [`HeldLogs::restore`]).
+    pub fn spool(&self) -> Vec<u8> {
+        let batches: Vec<SpooledBatch> = self
+            .batches
+            .iter()
+            .map(|b| SpooledBatch {
+                job: b.job.clone(),
+                lines: b
+                    .records
+                    .iter()
+                    .map(|r| SpooledLine {
+                        instance: r.instance,
+                        stream: r.stream.clone(),
+                        timestamp_millis: r.timestamp.millis(),
+                        text: r.text.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        serde_json::to_vec(&batches).unwrap_or_default()
+    }
+
+    /// Holds what an earlier process spooled, before anything newer, every line unnumbered: the
+    /// store may have numbered lines of the same jobs since (another coordinator led meanwhile), so
+    /// they follow whatever it holds. Returns, per job, how many lines came back (the next
+    /// unnumbered line's number is one more).
+    pub fn restore(&mut self, spooled: &[u8], limit: usize) -> Result<Vec<(String, i64)>, serde_json::Error> {
+        let batches: Vec<SpooledBatch> = serde_json::from_slice(spooled)?;
+        let mut counts: Vec<(String, i64)> = Vec::new();
+        for batch in batches.into_iter().rev() {
+            let records: Vec<LogRecord> = batch
+                .lines
+                .into_iter()
+                .map(|l| LogRecord {
+                    seq: 0,
+                    instance: l.instance,
+                    stream: l.stream,
+                    timestamp: trainyard_model::Timestamp::from_millis(l.timestamp_millis),
+                    text: l.text,
+                })
+                .collect();
+            self.put_back(batch.job, records, false);
+        }
+        // Numbered from 1 per job, in the order they were held.
+        let mut next: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+        for held in self.batches.iter_mut().filter(|b| !b.numbered) {
+            let n = next.entry(held.job.clone()).or_insert(1);
+            for record in &mut held.records {
+                record.seq = *n;
+                *n += 1;
+            }
+        }
+        counts.extend(next.into_iter().map(|(job, n)| (job, n - 1)));
+        while self.bytes > limit {
+            let Some(oldest) = self.batches.pop_front() else { break };
+            self.bytes -= size(&oldest.records);
+            self.dropped += oldest.records.len() as u64;
+        }
+        Ok(counts)
     }
 }
 
@@ -142,10 +217,10 @@ mod tests {
         let limit = 10 * line_size;
         held.hold("a", lines(1, 4, "0123456789"), true, limit);
         held.hold("b", lines(1, 4, "0123456789"), true, limit);
-        assert_eq!((held.lines(), held.dropped), (8, 0));
+        assert_eq!((held.len(), held.dropped), (8, 0));
         // A third batch passes the bound: the oldest (job a's) goes.
         held.hold("a", lines(5, 4, "0123456789"), true, limit);
-        assert_eq!((held.lines(), held.dropped), (8, 4));
+        assert_eq!((held.len(), held.dropped), (8, 4));
         assert!(held.bytes <= limit);
 
         let (job, batch, numbered) = held.take_oldest().expect("b");
@@ -202,5 +277,31 @@ mod tests {
         assert!(held.worth_trying(start + RETRY_AFTER));
         held.store_answered();
         assert!(held.worth_trying(start));
+    }
+
+    /// What a process held comes back in the next, in order and unnumbered (counted from 1 per
+    /// job), to follow whatever the store holds of its jobs by then.
+    #[test]
+    fn held_lines_outlive_the_process() {
+        let mut held = HeldLogs::default();
+        held.hold("a", lines(8, 2, "a-numbered"), true, usize::MAX);
+        held.hold("b", lines(1, 1, "b-unnumbered"), false, usize::MAX);
+        held.hold("a", lines(1, 3, "a-unnumbered"), false, usize::MAX);
+        let spooled = held.spool();
+
+        let mut next = HeldLogs::default();
+        let mut counts = next.restore(&spooled, usize::MAX).expect("restore");
+        counts.sort();
+        assert_eq!(counts, vec![("a".to_string(), 5), ("b".to_string(), 1)]);
+        assert_eq!(next.number("a", 20, i64::MAX), 20, "after the store's last: nothing of a is held numbered");
+        let batches: Vec<(String, Vec<i64>, Vec<String>)> = std::iter::from_fn(|| next.take_oldest())
+            .map(|(job, batch, _)| {
+                (job, batch.iter().map(|r| r.seq).collect(), batch.into_iter().map(|r| r.text).collect())
+            })
+            .collect();
+        assert_eq!(batches[0], ("a".to_string(), vec![21, 22], vec!["a-numbered".to_string(); 2]));
+        assert_eq!(batches[1].1, vec![1], "b still unnumbered");
+        assert_eq!(batches[2], ("a".to_string(), vec![23, 24, 25], vec!["a-unnumbered".to_string(); 3]));
+        assert!(next.restore(b"not json", usize::MAX).is_err());
     }
 }

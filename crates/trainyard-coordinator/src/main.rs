@@ -163,6 +163,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("reading the store")?,
     );
+    // Log lines an earlier run held when it ended (its store was away) come first.
+    let held_logs_file = config.data_dir.join(HELD_LOGS_FILE);
+    coordinator.restore_held_logs(&held_logs_file).await;
+    let spooler = coordinator.clone();
     let liveness = liveness::Liveness::default();
     let timing = events::Timing {
         heartbeat_interval: config.heartbeat_interval,
@@ -251,6 +255,7 @@ async fn main() -> anyhow::Result<()> {
             };
             // At once, without draining: whatever this process would still do is another leader's now.
             error!(error = %format!("{reason:#}"), "stepping down: this coordinator no longer leads; exiting (restart it to stand by)");
+            spooler.spool_held_logs(&held_logs_file);
             std::process::exit(3);
         }
     };
@@ -262,12 +267,17 @@ async fn main() -> anyhow::Result<()> {
         task.await.context("dashboard")??;
     }
     event_loop.await.context("event loop")?;
+    spooler.spool_held_logs(&held_logs_file);
     stop_holding.cancel();
     holding.await.context("lease")??;
     served?;
     info!("coordinator stopped");
     Ok(())
 }
+
+/// Where log lines the store has not taken yet are kept when the coordinator ends, in its data
+/// directory.
+const HELD_LOGS_FILE: &str = "held-logs.json";
 
 /// Connections accepted on the coordinator's gRPC socket (a handle of its own: the standby's
 /// server closes its handle when it stops, the socket stays open for the leader's).
