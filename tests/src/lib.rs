@@ -526,6 +526,14 @@ impl Coordinator {
         path
     }
 
+    /// Creates the training job `request` describes (its TrainingJobName names its file) through
+    /// the CLI; asserts success.
+    pub fn create_training_job(&self, request: &serde_json::Value) {
+        let name = request["TrainingJobName"].as_str().expect("TrainingJobName");
+        let file = self.write(&format!("{name}.json"), &request.to_string());
+        self.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    }
+
     /// The dir agents started here let instances write (`--instance-writable-path`).
     fn shared_dir(&self) -> PathBuf {
         self.programs.path().join(SHARED)

@@ -48,8 +48,7 @@ fn request(name: &str, image: &str, environment: Value) -> Value {
 
 fn submit(c: &Coordinator, r: &Value) -> Value {
     let name = r["TrainingJobName"].as_str().expect("name").to_string();
-    let file = c.write(&format!("{name}.json"), &r.to_string());
-    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    c.create_training_job(r);
     c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", &name], |d| {
         !matches!(d["TrainingJobStatus"].as_str(), Some("InProgress" | "Stopping"))
     })

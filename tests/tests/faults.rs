@@ -144,8 +144,7 @@ fn log_lines_written_while_the_coordinator_is_down_are_kept(backend: Backend) {
     r["TrainingJobName"] = json!("writer");
     r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
     r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
-    let file = c.write("writer.json", &r.to_string());
-    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    c.create_training_job(&r);
     let lines = |c: &Coordinator| -> Vec<String> {
         let out = c.cli(&["training-jobs", "logs", "writer"]);
         out.stdout().lines().filter_map(|l| l.rsplit_once("line ").map(|(_, n)| format!("line {n}"))).collect()
@@ -354,8 +353,7 @@ fn a_job_that_ends_while_the_database_is_down_still_completes() {
         serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
     r["TrainingJobName"] = json!("ends-during-outage");
     r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
-    let file = c.write("ends-during-outage.json", &r.to_string());
-    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    c.create_training_job(&r);
     c.wait_json_for(Duration::from_secs(30), &["training-jobs", "describe", "ends-during-outage"], |j| {
         j["SecondaryStatus"] == "Training"
     });
@@ -394,8 +392,7 @@ fn log_lines_written_while_the_database_is_down_are_all_kept() {
     r["TrainingJobName"] = json!("chatty");
     r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
     r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
-    let file = c.write("chatty.json", &r.to_string());
-    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    c.create_training_job(&r);
     c.wait_json_for(Duration::from_secs(30), &["training-jobs", "describe", "chatty"], |j| {
         j["SecondaryStatus"] == "Training"
     });
@@ -454,8 +451,7 @@ fn log_lines_held_by_a_coordinator_that_exits_are_kept() {
         serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
     r["TrainingJobName"] = json!("patient");
     r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
-    let file = c.write("patient.json", &r.to_string());
-    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
+    c.create_training_job(&r);
     c.wait_json_for(Duration::from_secs(30), &["training-jobs", "describe", "patient"], |j| {
         j["SecondaryStatus"] == "Training"
     });

@@ -109,12 +109,6 @@ fn job(c: &Coordinator, name: &str, instances: u32, hyperparameters: Value) -> V
     r
 }
 
-fn submit(c: &Coordinator, request: &Value) {
-    let name = request["TrainingJobName"].as_str().expect("name");
-    let file = c.write(&format!("{name}.json"), &request.to_string());
-    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
-}
-
 fn finished(c: &Coordinator, name: &str) -> Value {
     c.wait_json_for(Duration::from_secs(90), &["training-jobs", "describe", name], |j| {
         matches!(j["TrainingJobStatus"].as_str(), Some("Completed" | "Failed" | "Stopped"))
@@ -143,7 +137,7 @@ fn peers_talk_through_their_agents_and_encryption_hides_the_bytes_on_the_wire() 
         request["EnableInterContainerTrafficEncryption"] = json!(encrypted);
         let capture_file = c.dir.path().join(format!("{name}.pcap"));
         let mut capture = lan.capture(&capture_file);
-        submit(&c, &request);
+        c.create_training_job(&request);
         let described = finished(&c, name);
         capture.stop();
         let text = c.logs(name);
@@ -217,7 +211,7 @@ fn isolated_jobs_reach_their_peers_and_nothing_else() {
     let _other_host = trainyard_testkit::Daemon::spawn("server-on-host-b", server, c.dir.path());
     // The other job has an instance on each host: an instance's address is routable on its own
     // host only, and every probing job shares a host with one of them.
-    submit(&c, &job(&c, "neighbour", 2, json!({"mode": "serve", "seconds": "60"})));
+    c.create_training_job(&job(&c, "neighbour", 2, json!({"mode": "serve", "seconds": "60"})));
     let mut neighbours: Vec<String> = Vec::new();
     let started = trainyard_testkit::wait_until(Duration::from_secs(30), || {
         neighbours = c
@@ -253,7 +247,7 @@ fn isolated_jobs_reach_their_peers_and_nothing_else() {
     let mut vpc = job(&c, "in-a-vpc", 1, hyperparameters);
     vpc["VpcConfig"] = json!({"Subnets": ["subnet-outside"], "SecurityGroupIds": ["sg-any"]});
     for request in [&isolated, &open, &vpc] {
-        submit(&c, request);
+        c.create_training_job(request);
     }
     for name in ["isolated", "open", "in-a-vpc"] {
         let described = finished(&c, name);
@@ -288,7 +282,7 @@ fn a_vpc_name_the_agent_does_not_know_fails_the_job_with_the_field_named() {
     let _agent = c.start_agent("plain-host", &["--advertise-vcpus", "8"], &[]);
     let mut request = job(&c, "unknown-subnet", 1, json!({"mode": "probe"}));
     request["VpcConfig"] = json!({"Subnets": ["subnet-nowhere"], "SecurityGroupIds": ["sg-1"]});
-    submit(&c, &request);
+    c.create_training_job(&request);
     let described = finished(&c, "unknown-subnet");
     assert_eq!(described["TrainingJobStatus"], "Failed");
     let reason = described["FailureReason"].as_str().unwrap_or_default();
@@ -310,9 +304,9 @@ fn an_agent_without_namespaces_never_gets_an_isolated_job() {
 
     let mut isolated = job(&c, "needs-isolation", 1, json!({"mode": "probe"}));
     isolated["EnableNetworkIsolation"] = json!(true);
-    submit(&c, &isolated);
+    c.create_training_job(&isolated);
     // A job without isolation runs on that agent meanwhile: the queue is not blocked.
-    submit(&c, &job(&c, "no-isolation", 1, json!({"mode": "probe"})));
+    c.create_training_job(&job(&c, "no-isolation", 1, json!({"mode": "probe"})));
     assert_eq!(finished(&c, "no-isolation")["TrainingJobStatus"], "Completed");
     let pending = c.json(&["training-jobs", "describe", "needs-isolation"]);
     assert_eq!(pending["TrainingJobStatus"], "InProgress", "{pending:#}");
@@ -334,7 +328,7 @@ fn when_one_instance_fails_the_job_fails_and_the_others_are_stopped() {
     let _agent_a = c.start_agent_on(&a, &lan, "host-a", &["--advertise-vcpus", "8", "--stop-grace-seconds", "2"]);
     let _agent_b = c.start_agent_on(&b, &lan, "host-b", &["--advertise-vcpus", "8", "--stop-grace-seconds", "2"]);
     let started = std::time::Instant::now();
-    submit(&c, &job(&c, "one-fails", 2, json!({"fail": "algo-2"})));
+    c.create_training_job(&job(&c, "one-fails", 2, json!({"fail": "algo-2"})));
     let described = finished(&c, "one-fails");
     assert_eq!(described["TrainingJobStatus"], "Failed", "{described:#}");
     assert!(started.elapsed() < Duration::from_secs(40), "algo-1 was not stopped: it slept on");
@@ -370,7 +364,7 @@ fn namespaces_are_recycled_empty_and_do_not_outlive_a_crashed_agent() {
         namespaces()
     );
     for i in 0..12 {
-        submit(&c, &job(&c, &format!("short-{i}"), 1, json!({"mode": "probe"})));
+        c.create_training_job(&job(&c, &format!("short-{i}"), 1, json!({"mode": "probe"})));
     }
     for i in 0..12 {
         assert_eq!(finished(&c, &format!("short-{i}"))["TrainingJobStatus"], "Completed");
@@ -388,7 +382,7 @@ fn namespaces_are_recycled_empty_and_do_not_outlive_a_crashed_agent() {
     assert!(namespaces().iter().all(|n| pids(n) == 0), "an idle namespace holds a process");
     let idle = namespaces();
 
-    submit(&c, &job(&c, "long", 1, json!({"mode": "serve", "seconds": "60"})));
+    c.create_training_job(&job(&c, "long", 1, json!({"mode": "serve", "seconds": "60"})));
     assert!(
         trainyard_testkit::wait_until(Duration::from_secs(30), || namespaces().iter().filter(|n| pids(n) > 0).count()
             == 1),
@@ -471,7 +465,7 @@ fn a_partitioned_agent_stops_its_work_before_a_retry_runs_elsewhere() {
 
     // Shorter than the heartbeat timeout: nothing happens, the job goes on and completes.
     let (steady, _) = request("steady", "3");
-    submit(&c, &steady);
+    c.create_training_job(&steady);
     c.wait_json(&["training-jobs", "describe", "steady"], |d| d["SecondaryStatus"] == "Training");
     a.partition_from(lan.gateway);
     std::thread::sleep(Duration::from_millis(700));
@@ -484,7 +478,7 @@ fn a_partitioned_agent_stops_its_work_before_a_retry_runs_elsewhere() {
     // Longer than the lease: the coordinator declares host-a lost and retries the job on host-b,
     // but only after host-a has stopped its copy itself. The two copies never run at once.
     let (fenced, ticks) = request("fenced", "8");
-    submit(&c, &fenced);
+    c.create_training_job(&fenced);
     c.wait_json(&["training-jobs", "describe", "fenced"], |d| d["SecondaryStatus"] == "Training");
     let agent_b = c.start_agent_on(&b, &lan, "host-b", &["--advertise-vcpus", "8"]);
     std::thread::sleep(Duration::from_millis(500));
@@ -519,7 +513,7 @@ fn a_partitioned_agent_stops_its_work_before_a_retry_runs_elsewhere() {
     // the lease; host-a comes back first and is told to kill the copy it no longer owns.
     drop(agent_b);
     let (healed, ticks) = request("healed", "6");
-    submit(&c, &healed);
+    c.create_training_job(&healed);
     c.wait_json(&["training-jobs", "describe", "healed"], |d| d["SecondaryStatus"] == "Training");
     a.partition_from(lan.gateway);
     c.wait_json(&["training-jobs", "describe", "healed"], |d| {
@@ -626,7 +620,7 @@ fn each_instance_is_its_algo_n_host_and_a_gloo_style_rendezvous_completes() {
         request["AlgorithmSpecification"]["TrainingImage"] = json!(program);
         request["EnableInterContainerTrafficEncryption"] = json!(encrypted);
         request["EnableNetworkIsolation"] = json!(isolated);
-        submit(&c, &request);
+        c.create_training_job(&request);
         let described = finished(&c, name);
         let text = c.logs(name);
         assert_eq!(described["TrainingJobStatus"], "Completed", "{described:#}\n{text}");
@@ -724,7 +718,7 @@ fn pytorch_ddp_runs_across_two_hosts_as_torch_distributed_launches_it() {
         } else if encrypted {
             request["Environment"] = json!({"GLOO_SOCKET_IFNAME": "eth0"});
         }
-        submit(&c, &request);
+        c.create_training_job(&request);
         let described = c.wait_json_for(Duration::from_secs(300), &["training-jobs", "describe", name], |j| {
             matches!(j["TrainingJobStatus"].as_str(), Some("Completed" | "Failed" | "Stopped"))
         });

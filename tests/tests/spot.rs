@@ -60,12 +60,6 @@ fn spot(mut r: Value, name: &str, max_runtime: u32, max_wait: u32) -> Value {
     r
 }
 
-fn submit(c: &Coordinator, request: &Value) {
-    let name = request["TrainingJobName"].as_str().expect("name");
-    let file = c.write(&format!("{name}.json"), &request.to_string());
-    c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
-}
-
 fn ended(c: &Coordinator, name: &str, within: Duration) -> Value {
     c.wait_json_for(within, &["training-jobs", "describe", name], |d| {
         !matches!(d["TrainingJobStatus"].as_str(), Some("InProgress" | "Stopping"))
@@ -143,7 +137,12 @@ fn an_on_demand_job_interrupts_a_spot_job_which_resumes_from_its_checkpoint(back
     let sleeper = c.install_program("sleeper.sh", SLEEPER);
 
     // The spot job fills the cluster and gets going.
-    submit(&c, &spot(request(&c, "spot-counter", &counter, json!({"TARGET": "60"})), "spot-counter", 300, 900));
+    c.create_training_job(&spot(
+        request(&c, "spot-counter", &counter, json!({"TARGET": "60"})),
+        "spot-counter",
+        300,
+        900,
+    ));
     c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "spot-counter"], |d| {
         d["SecondaryStatus"] == "Training"
     });
@@ -151,7 +150,7 @@ fn an_on_demand_job_interrupts_a_spot_job_which_resumes_from_its_checkpoint(back
 
     // A job that is not spot arrives on the full cluster and starts within seconds.
     let submitted = Instant::now();
-    submit(&c, &request(&c, "urgent", &sleeper, json!({"SECONDS_TO_RUN": "3"})));
+    c.create_training_job(&request(&c, "urgent", &sleeper, json!({"SECONDS_TO_RUN": "3"})));
     c.wait_json_for(Duration::from_secs(30), &["training-jobs", "describe", "urgent"], |d| {
         d["SecondaryStatus"] == "Training" || d["TrainingJobStatus"] != "InProgress"
     });
@@ -207,15 +206,15 @@ fn max_wait_time_ends_a_spot_job_that_waited_and_ran_too_long(backend: Backend) 
 
     // The spot job waits about 5 s behind a job that is not spot (spot jobs never preempt), then
     // runs; 20 s after it was created it has to stop, although its runtime is not over.
-    submit(&c, &request(&c, "blocker", &sleeper, json!({"SECONDS_TO_RUN": "5"})));
+    c.create_training_job(&request(&c, "blocker", &sleeper, json!({"SECONDS_TO_RUN": "5"})));
     c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "blocker"], |d| {
         d["SecondaryStatus"] == "Training"
     });
-    submit(&c, &spot(request(&c, "patient", &counter, json!({"TARGET": "100000"})), "patient", 20, 20));
+    c.create_training_job(&spot(request(&c, "patient", &counter, json!({"TARGET": "100000"})), "patient", 20, 20));
     let waiting = c.json(&["training-jobs", "describe", "patient"]);
     assert_eq!(waiting["TrainingJobStatus"], "InProgress");
     // One that may wait only 2 s in all ends while it waits, never having started.
-    submit(&c, &spot(request(&c, "impatient", &counter, json!({"TARGET": "1"})), "impatient", 2, 2));
+    c.create_training_job(&spot(request(&c, "impatient", &counter, json!({"TARGET": "1"})), "impatient", 2, 2));
     let impatient = ended(&c, "impatient", Duration::from_secs(30));
     assert_eq!(impatient["SecondaryStatus"], "MaxWaitTimeExceeded", "{impatient:#}");
     assert!(impatient.get("TrainingStartTime").is_none(), "it never started: {impatient:#}");
@@ -285,7 +284,7 @@ fn trials_of_a_spot_tuning_job_give_way_resume_and_stay_within_max_parallel(back
     wait_for_log(&c, first, "step=3\n", 1);
     let mut big = request(&c, "whole-agent", &sleeper, json!({"SECONDS_TO_RUN": "3"}));
     big["ResourceConfig"]["InstanceType"] = json!("ml.m5.xlarge");
-    submit(&c, &big);
+    c.create_training_job(&big);
     let big = ended(&c, "whole-agent", Duration::from_secs(60));
     assert_eq!(big["TrainingJobStatus"], "Completed", "{big:#}");
 
@@ -337,11 +336,11 @@ fn a_spot_gang_is_interrupted_whole_and_resumes_whole(backend: Backend) {
     let sleeper = c.install_program("sleeper.sh", SLEEPER);
     let mut gang = spot(request(&c, "gang", &counter, json!({"TARGET": "40"})), "gang", 300, 900);
     gang["ResourceConfig"]["InstanceCount"] = json!(2);
-    submit(&c, &gang);
+    c.create_training_job(&gang);
     wait_for_log(&c, "gang", "step=3\n", 2);
 
     // One instance's place is needed; the whole gang gives way, never half of it.
-    submit(&c, &request(&c, "single", &sleeper, json!({"SECONDS_TO_RUN": "3"})));
+    c.create_training_job(&request(&c, "single", &sleeper, json!({"SECONDS_TO_RUN": "3"})));
     let single = ended(&c, "single", Duration::from_secs(60));
     assert_eq!(single["TrainingJobStatus"], "Completed", "{single:#}");
     let logs = c.logs("gang");
@@ -386,12 +385,12 @@ fn a_higher_priority_goes_first_within_the_limit_the_operator_set(backend: Backe
     assert_eq!(listed["TrainingJobSummaries"], json!([]), "nothing stored from a refused request");
 
     // Behind a running job, a normal job and then a high one wait; the high one goes first.
-    submit(&c, &request(&c, "running", &sleeper, json!({"SECONDS_TO_RUN": "3"})));
+    c.create_training_job(&request(&c, "running", &sleeper, json!({"SECONDS_TO_RUN": "3"})));
     c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "running"], |d| {
         d["SecondaryStatus"] == "Training"
     });
-    submit(&c, &tagged("normal", "0"));
-    submit(&c, &tagged("high", "10"));
+    c.create_training_job(&tagged("normal", "0"));
+    c.create_training_job(&tagged("high", "10"));
     let normal = ended(&c, "normal", Duration::from_secs(60));
     let high = ended(&c, "high", Duration::from_secs(60));
     assert_eq!((&normal["TrainingJobStatus"], &high["TrainingJobStatus"]), (&json!("Completed"), &json!("Completed")));
@@ -406,9 +405,9 @@ fn an_interruption_survives_a_coordinator_killed_while_the_job_saves(backend: Ba
     let slow_saver = COUNTER.replace("trap 'echo", "trap 'sleep 4; echo");
     let program = c.install_program("slow-saver.sh", &slow_saver);
     let sleeper = c.install_program("sleeper.sh", SLEEPER);
-    submit(&c, &spot(request(&c, "slow-saver", &program, json!({"TARGET": "30"})), "slow-saver", 300, 900));
+    c.create_training_job(&spot(request(&c, "slow-saver", &program, json!({"TARGET": "30"})), "slow-saver", 300, 900));
     wait_for_log(&c, "slow-saver", "step=3\n", 1);
-    submit(&c, &request(&c, "urgent", &sleeper, json!({"SECONDS_TO_RUN": "1"})));
+    c.create_training_job(&request(&c, "urgent", &sleeper, json!({"SECONDS_TO_RUN": "1"})));
     c.wait_json_for(Duration::from_secs(30), &["training-jobs", "describe", "slow-saver"], |d| {
         d["SecondaryStatusTransitions"]
             .as_array()
@@ -463,7 +462,7 @@ fn the_median_rule_sees_a_resumed_trial_as_one_curve(backend: Backend) {
     let names = trial_names(&c, "median", 4);
     let fourth = names[3].clone();
     wait_for_log(&c, &fourth, "epoch=3 ", 1);
-    submit(&c, &request(&c, "urgent", &sleeper, json!({"SECONDS_TO_RUN": "2"})));
+    c.create_training_job(&request(&c, "urgent", &sleeper, json!({"SECONDS_TO_RUN": "2"})));
 
     let done = ended(&c, &fourth, Duration::from_secs(120));
     let logs = c.logs(&fourth);

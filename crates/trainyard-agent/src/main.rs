@@ -61,6 +61,7 @@ struct Instance {
 
 /// How often an instance's final state is sent again until the coordinator forgets the instance.
 const FINAL_RESEND: Duration = Duration::from_secs(10);
+
 struct Agent {
     config: Config,
     settings: Arc<Settings>,

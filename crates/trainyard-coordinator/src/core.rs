@@ -675,13 +675,31 @@ impl Coordinator {
             self.hold_logs(job, records, numbered);
             return Ok(());
         }
-        match tokio::time::timeout(LOG_WRITE_TIMEOUT, self.store.append_logs(job, &records)).await {
-            Ok(Ok(())) => Ok(()),
+        if self.within_log_patience(self.store.append_logs(job, &records)).await?.is_none() {
+            self.hold_logs(job, records, true);
+        }
+        Ok(())
+    }
+
+    /// A store call made on an agent's stream (log lines): at most [`LOG_WRITE_TIMEOUT`], and not
+    /// at all within a moment of the store failing one. None when it is away (or was a moment ago,
+    /// or is too slow): the caller holds its lines instead.
+    async fn within_log_patience<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<Option<T>, DomainError> {
+        if !self.held().worth_trying(std::time::Instant::now()) {
+            return Ok(None);
+        }
+        match tokio::time::timeout(LOG_WRITE_TIMEOUT, call).await {
+            Ok(Ok(answer)) => {
+                self.held().store_answered();
+                Ok(Some(answer))
+            }
             Ok(Err(e)) if !e.is_unavailable() => Err(e.into()),
             Ok(Err(_)) | Err(_) => {
                 self.held().store_failed(std::time::Instant::now());
-                self.hold_logs(job, records, true);
-                Ok(())
+                Ok(None)
             }
         }
     }
@@ -692,17 +710,7 @@ impl Coordinator {
 
     /// The store's last log number of `job`; None when the store is away (or was a moment ago).
     async fn last_log_seq(&self, job: &str) -> Result<Option<i64>, DomainError> {
-        if !self.held().worth_trying(std::time::Instant::now()) {
-            return Ok(None);
-        }
-        match tokio::time::timeout(LOG_WRITE_TIMEOUT, self.store.last_log_seq(job)).await {
-            Ok(Ok(last)) => Ok(Some(last)),
-            Ok(Err(e)) if !e.is_unavailable() => Err(e.into()),
-            Ok(Err(_)) | Err(_) => {
-                self.held().store_failed(std::time::Instant::now());
-                Ok(None)
-            }
-        }
+        self.within_log_patience(self.store.last_log_seq(job)).await
     }
 
     fn hold_logs(&self, job: &str, records: Vec<LogRecord>, numbered: bool) {
@@ -723,17 +731,7 @@ impl Coordinator {
     pub async fn store_held_logs(&self) -> bool {
         let mut stored = 0;
         loop {
-            let now = std::time::Instant::now();
-            let next = {
-                let mut held = self.held();
-                if held.is_empty() {
-                    break;
-                }
-                if !held.worth_trying(now) {
-                    return false;
-                }
-                held.take_oldest()
-            };
+            let next = self.held().take_oldest();
             let Some((job, records, numbered)) = next else { break };
             if !numbered {
                 // Its job's lines are numbered first, from where the store says its log stands.
@@ -746,18 +744,11 @@ impl Coordinator {
             if records.is_empty() {
                 continue;
             }
-            match tokio::time::timeout(LOG_WRITE_TIMEOUT, self.store.append_logs(&job, &records)).await {
-                Ok(Ok(())) => {
-                    stored += records.len();
-                    self.held().store_answered();
-                }
-                Ok(Err(e)) if !e.is_unavailable() => {
-                    warn!(job, lines = records.len(), error = %e, "held log lines could not be stored: dropped")
-                }
-                Ok(Err(_)) | Err(_) => {
-                    let mut held = self.held();
-                    held.put_back(job, records, true);
-                    held.store_failed(now);
+            match self.within_log_patience(self.store.append_logs(&job, &records)).await {
+                Ok(Some(())) => stored += records.len(),
+                Err(e) => warn!(job, lines = records.len(), error = %e, "held log lines could not be stored: dropped"),
+                Ok(None) => {
+                    self.held().put_back(job, records, true);
                     return false;
                 }
             }
