@@ -25,7 +25,7 @@ use trainyard_tuner::{SearchSpace, Strategy};
 #[path = "../../trainyard-tuner/benches/common/mod.rs"]
 mod problems;
 
-use problems::{Params, Problem, Trial, in_batches, quartiles, regrets};
+use problems::{Params, Problem, Trial, in_batches, quartiles, regrets, versus};
 
 /// One problem per row of the issue that asked for this (2-D smooth multimodal, 6-D smooth
 /// multimodal, 10-D rugged multimodal, mixed continuous + integer + categorical); `all` runs every
@@ -85,8 +85,15 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     let tpe = tpe_cache();
     println!("tuner suite: Bayesian, {TRIALS} trials, {} seeds; best-so-far regret, median [q1, q3]", settings.seeds);
     println!(
-        "{:<12} {:>5} {:>6}  {:<26} {:<26} {:<26} {:>6}",
-        "problem", "batch", "trials", "through the system", "offline bench", "Optuna TPE (40 seeds)", "s/run"
+        "{:<12} {:>5} {:>6}  {:<26} {:<26} {:<26} {:<15} {:>6}",
+        "problem",
+        "batch",
+        "trials",
+        "through the system",
+        "offline bench",
+        "Optuna TPE (40 seeds)",
+        "system vs TPE",
+        "s/run"
     );
     for problem in &problems {
         let program = crate::install_program(
@@ -119,18 +126,22 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
             }
             let per_run = started.elapsed().as_secs_f64() / settings.seeds as f64;
             for checkpoint in CHECKPOINTS {
-                let cell = |runs: &[Vec<f64>]| formatted(quartiles(runs.iter().map(|r| r[checkpoint - 1]).collect()));
-                let tpe_cell = tpe
-                    .get(&format!("{}|{batch}|{checkpoint}", problem.name))
-                    .map_or("-".to_string(), |q| formatted(*q));
+                let at = |runs: &[Vec<f64>]| runs.iter().map(|r| r[checkpoint - 1]).collect::<Vec<f64>>();
+                let tpe_runs = tpe.get(&format!("{}|{batch}|{checkpoint}", problem.name));
+                // Medians differ by chance; the test says when the difference is more than that.
+                let against = tpe_runs.map_or("-".to_string(), |t| {
+                    let (verdict, p) = versus(&at(&system), t);
+                    if p < 0.01 { format!("{verdict} ({p:.0e})") } else { format!("{verdict} ({p:.2})") }
+                });
                 println!(
-                    "{:<12} {:>5} {:>6}  {:<26} {:<26} {:<26} {:>6}",
+                    "{:<12} {:>5} {:>6}  {:<26} {:<26} {:<26} {:<15} {:>6}",
                     problem.name,
                     batch,
                     checkpoint,
-                    cell(&system),
-                    cell(&offline),
-                    tpe_cell,
+                    formatted(quartiles(at(&system))),
+                    formatted(quartiles(at(&offline))),
+                    tpe_runs.map_or("-".to_string(), |t| formatted(quartiles(t.clone()))),
+                    against,
                     if checkpoint == TRIALS { format!("{per_run:.2}") } else { String::new() }
                 );
             }
@@ -212,8 +223,9 @@ fn formatted((q1, median, q3): (f64, f64, f64)) -> String {
     format!("{median:.4} [{q1:.4}, {q3:.4}]")
 }
 
-/// Optuna's TPE regrets by `problem|batch|trials` → (q1, median, q3), when cached.
-fn tpe_cache() -> BTreeMap<String, (f64, f64, f64)> {
+/// Optuna's TPE regrets by `problem|batch|trials` → every seed's, when `scripts/bench-tuner` has
+/// cached them.
+fn tpe_cache() -> BTreeMap<String, Vec<f64>> {
     let Ok(entries) = std::fs::read_dir(TPE_CACHE) else { return BTreeMap::new() };
     let newest = entries
         .flatten()
@@ -221,11 +233,32 @@ fn tpe_cache() -> BTreeMap<String, (f64, f64, f64)> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("optuna-tpe-") && n.ends_with("-40-seeds.json"))
+                .is_some_and(|n| n.starts_with("optuna-tpe-") && n.ends_with("-40-seeds-runs.json"))
         })
         .max();
     let Some(path) = newest else { return BTreeMap::new() };
     let Ok(text) = std::fs::read_to_string(&path) else { return BTreeMap::new() };
-    let cached: BTreeMap<String, Vec<f64>> = serde_json::from_str(&text).unwrap_or_default();
-    cached.into_iter().filter_map(|(k, v)| (v.len() == 3).then(|| (k, (v[0], v[1], v[2])))).collect()
+    serde_json::from_str(&text).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::problems::{mann_whitney_p, versus};
+
+    #[test]
+    fn the_rank_test_agrees_with_scipy() {
+        // p-values scipy.stats.mannwhitneyu(a, b, alternative="two-sided") gives for these.
+        let a: Vec<f64> = (1..=12).map(f64::from).collect();
+        let b: Vec<f64> = [3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 3, 5].map(f64::from).to_vec();
+        assert!((mann_whitney_p(&a, &b) - 0.044_460_19).abs() < 1e-6, "{}", mann_whitney_p(&a, &b));
+        let low: Vec<f64> = (0..40).map(|i| 0.1 * f64::from(i)).collect();
+        let high: Vec<f64> = low.iter().map(|v| v + 1.2).collect();
+        assert!((mann_whitney_p(&low, &high) - 0.000_101_105).abs() < 1e-7, "{}", mann_whitney_p(&low, &high));
+        assert_eq!(versus(&low, &high).0, "ahead");
+        assert_eq!(versus(&high, &low).0, "behind");
+        // Shifted by less than the spread: not beyond chance.
+        let near: Vec<f64> = low.iter().map(|v| v + 0.1).collect();
+        assert_eq!(versus(&low, &near).0, "even");
+        assert_eq!(versus(&low, &low), ("even", 1.0));
+    }
 }

@@ -5,18 +5,22 @@ Usage (scripts/bench-tuner does this): python optuna_compare.py OURS.json [--gp]
 
 Samplers: TPE (defaults; constant liar when trials run in parallel, as Optuna recommends for
 batches), random, and with --gp Optuna's GP sampler (needs torch; slow: about 5 s a run). Results
-of a sampler are cached per problem in DIR (they do not change unless Optuna does).
+of a sampler (every seed's regret) are cached per problem in DIR (they do not change unless Optuna
+does). Each cell is compared by medians and by a Mann-Whitney U test of the two sets of regrets.
 """
 import json
 import math
 import os
+import statistics
 import sys
 import time
 
 import optuna
+from scipy.stats import mannwhitneyu
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SEEDS, TRIALS, CHECKPOINTS = 40, 50, (10, 25, 50)
+SIGNIFICANCE = 0.05
 PI = math.pi
 
 
@@ -179,8 +183,8 @@ def samplers(with_gp):
 
 
 def measure(label, make, cache):
-    """{(problem, batch, trials): (q1, median, q3)} of one sampler, from the cache when there."""
-    path = os.path.join(cache, f"{label}-{optuna.__version__}-{SEEDS}-seeds.json") if cache else None
+    """{(problem, batch, trials): [regret of each seed]} of one sampler, from the cache when there."""
+    path = os.path.join(cache, f"{label}-{optuna.__version__}-{SEEDS}-seeds-runs.json") if cache else None
     known = {}
     if path and os.path.exists(path):
         known = {tuple(k.split("|")): v for k, v in json.load(open(path)).items()}
@@ -189,12 +193,12 @@ def measure(label, make, cache):
         for batch in (1, 4):
             if all((name, str(batch), str(c)) in known for c in CHECKPOINTS):
                 for c in CHECKPOINTS:
-                    table[(name, batch, c)] = tuple(known[(name, str(batch), str(c))])
+                    table[(name, batch, c)] = known[(name, str(batch), str(c))]
                 continue
             started = time.perf_counter()
             runs = [run(make(seed, batch), f, optimum, noise, seed, batch) for seed in range(SEEDS)]
             for c in CHECKPOINTS:
-                table[(name, batch, c)] = quartiles([r[c - 1] for r in runs])
+                table[(name, batch, c)] = [r[c - 1] for r in runs]
                 known[(name, str(batch), str(c))] = table[(name, batch, c)]
             print(f"  {label} {name} batch {batch}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
             if path:
@@ -203,38 +207,58 @@ def measure(label, make, cache):
     return table
 
 
+def compared(ours, theirs):
+    """'ahead', 'even' or 'behind': whether our regrets are lower than theirs beyond chance
+    (Mann-Whitney U, two-sided, p < 0.05). With 40 seeds two samplers that draw from the same
+    distribution (both still in their start, say) have different medians every time."""
+    if ours == theirs:
+        return "even", 1.0
+    p = mannwhitneyu(ours, theirs, alternative="two-sided").pvalue
+    if p >= SIGNIFICANCE:
+        return "even", p
+    return ("ahead" if statistics.median(ours) < statistics.median(theirs) else "behind"), p
+
+
 def main():
     ours = json.load(open(sys.argv[1]))
     with_gp = "--gp" in sys.argv
     cache = sys.argv[sys.argv.index("--cache") + 1] if "--cache" in sys.argv else None
-    table = {(r["function"], r["strategy"], r["batch"], r["trials"]): (r["q1"], r["median"], r["q3"]) for r in ours}
+    table = {(r["function"], r["strategy"], r["batch"], r["trials"]): r["regrets"] for r in ours}
     for label, make in samplers(with_gp).items():
-        for (name, batch, c), cell in measure(label, make, cache).items():
-            table[(name, label, batch, c)] = cell
+        for (name, batch, c), runs in measure(label, make, cache).items():
+            table[(name, label, batch, c)] = runs
     labels = ["bayesian", "random", "optuna-tpe", "optuna-random"] + (["optuna-gp"] if with_gp else [])
     print(f"best-so-far regret over {SEEDS} seeds, median (first quartile-third quartile); lower is better")
-    print(f"{'problem':<16} {'batch':>5} {'trials':>6} " + " ".join(f"{l:>24}" for l in labels) + "  ours vs TPE")
-    summary = {}
+    print(f"{'problem':<16} {'batch':>5} {'trials':>6} " + " ".join(f"{l:>24}" for l in labels)
+          + "  ours vs TPE: medians, test (p)")
+    by_median, by_test = {}, {}
     short = lambda v: "nan" if math.isnan(v) else f"{v:.3g}"
     for name, kind, _, _, _ in PROBLEMS:
         for batch in (1, 4):
             for c in CHECKPOINTS:
-                cells = [table.get((name, l, batch, c), (math.nan,) * 3) for l in labels]
+                runs = [table.get((name, l, batch, c)) for l in labels]
+                cells = [quartiles(r) if r else (math.nan,) * 3 for r in runs]
                 ours_v, tpe = cells[0][1], cells[2][1]
                 verdict = "ahead" if ours_v < tpe else ("even" if ours_v == tpe else "behind")
-                summary.setdefault((kind, batch, c), []).append(verdict)
+                by_median.setdefault((kind, batch, c), []).append(verdict)
+                tested, p = compared(runs[0], runs[2])
+                by_test.setdefault((kind, batch, c), []).append(tested)
                 text = [f"{short(m)} ({short(q1)}-{short(q3)})" for q1, m, q3 in cells]
-                print(f"{name:<16} {batch:>5} {c:>6} " + " ".join(f"{t:>24}" for t in text) + f"  {verdict}")
+                print(f"{name:<16} {batch:>5} {c:>6} " + " ".join(f"{t:>24}" for t in text)
+                      + f"  {verdict:<6} {tested:<6} ({p:.2g})")
     print()
-    print("problems where our Bayesian strategy's median regret is below TPE's (ahead / all)")
-    print(f"{'kind':<14} {'batch':>5} " + " ".join(f"{f'{c} trials':>10}" for c in CHECKPOINTS))
+    print("problems where our Bayesian strategy's median regret is below TPE's (ahead / all), and beside it")
+    print(f"the same against TPE tested (Mann-Whitney U, p < {SIGNIFICANCE}): ahead / even / behind")
+    print(f"{'kind':<14} {'batch':>5} " + " ".join(f"{f'{c} trials':>10}" for c in CHECKPOINTS)
+          + "  " + " ".join(f"{f'{c} trials':>10}" for c in CHECKPOINTS))
     for kind in dict.fromkeys(k for _, k, _, _, _ in PROBLEMS):
         for batch in (1, 4):
-            cells = []
-            for c in CHECKPOINTS:
-                v = summary[(kind, batch, c)]
-                cells.append(f"{v.count('ahead')}/{len(v)}")
-            print(f"{kind:<14} {batch:>5} " + " ".join(f"{x:>10}" for x in cells))
+            medians = [f"{by_median[(kind, batch, c)].count('ahead')}/{len(by_median[(kind, batch, c)])}"
+                       for c in CHECKPOINTS]
+            tests = ["/".join(str(by_test[(kind, batch, c)].count(v)) for v in ("ahead", "even", "behind"))
+                     for c in CHECKPOINTS]
+            print(f"{kind:<14} {batch:>5} " + " ".join(f"{x:>10}" for x in medians)
+                  + "  " + " ".join(f"{x:>10}" for x in tests))
     # TPE's own suggestion latency, for comparison with ours.
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
     f = PROBLEMS[4][2]

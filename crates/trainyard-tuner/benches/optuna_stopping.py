@@ -2,6 +2,9 @@
 (benches/stopping.rs): the same curves, noise and protocol, printed beside ours.
 
 Usage (scripts/bench-tuner does this): python optuna_stopping.py OURS.json [--cache DIR]
+
+After the table, the best of ours against the best of Optuna's at each budget (each by median),
+tested as the search comparison tests (Mann-Whitney U on every seed's regret).
 """
 import json
 import math
@@ -11,7 +14,7 @@ import time
 
 import optuna
 
-from optuna_compare import A6, P6, MASK, branin, gaussian, hartmann, network, quartiles, xs
+from optuna_compare import A6, P6, MASK, branin, compared, gaussian, hartmann, network, quartiles, xs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 EPOCHS, SEEDS, BUDGETS = 27, 20, (10, 25, 50)
@@ -44,7 +47,9 @@ PROBLEMS = [("lc-branin", lc_branin, 0.397887), ("lc-hartmann6", lc_hartmann6, -
 
 
 def run(sampler, pruner, f, optimum, seed):
-    study = optuna.create_study(sampler=sampler, pruner=pruner, direction="minimize")
+    # Named after the seed: Optuna's Hyperband pruner puts a trial in a bracket by a hash of the
+    # study's name, which is random unless given, and the results would change from run to run.
+    study = optuna.create_study(sampler=sampler, pruner=pruner, direction="minimize", study_name=f"seed-{seed}")
     best, spent, regrets, index = math.inf, 0, [], 0
     while len(regrets) < len(BUDGETS):
         t = study.ask()
@@ -82,8 +87,8 @@ POLICIES = {
 def main():
     ours = json.load(open(sys.argv[1]))
     cache = sys.argv[sys.argv.index("--cache") + 1] if "--cache" in sys.argv else None
-    table = {(r["problem"], r["policy"], r["budget"]): (r["q1"], r["median"], r["q3"]) for r in ours}
-    path = os.path.join(cache, f"stopping-{optuna.__version__}.json") if cache else None
+    table = {(r["problem"], r["policy"], r["budget"]): r["regrets"] for r in ours}
+    path = os.path.join(cache, f"stopping-{optuna.__version__}-runs.json") if cache else None
     known = json.load(open(path)) if path and os.path.exists(path) else {}
     for name, f, optimum in PROBLEMS:
         for label, (sampler, pruner) in POLICIES.items():
@@ -91,24 +96,37 @@ def main():
             if key not in known:
                 started = time.perf_counter()
                 runs = [run(sampler(seed), pruner(), f, optimum, seed) for seed in range(SEEDS)]
-                known[key] = [quartiles([r[i] for r in runs]) for i in range(len(BUDGETS))]
+                known[key] = [[r[i] for r in runs] for i in range(len(BUDGETS))]
                 print(f"  {label} {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
                 if path:
                     os.makedirs(cache, exist_ok=True)
                     json.dump(known, open(path, "w"))
             for i, budget in enumerate(BUDGETS):
-                table[(name, label, budget)] = tuple(known[key][i])
-    labels = ["random", "random+hyperband", "hyperband", "bayesian", "bayesian+median"] + list(POLICIES)
+                table[(name, label, budget)] = known[key][i]
+    ours_labels = ["random", "random+hyperband", "hyperband", "bayesian", "bayesian+median"]
+    labels = ours_labels + list(POLICIES)
     print(f"regret of the best completed trial after a budget of epochs ({SEEDS} seeds; a trial is {EPOCHS} epochs):")
     print("median (first quartile-third quartile)")
     short = lambda v: "nan" if math.isnan(v) else f"{v:.3g}"
     print(f"{'problem':<14} {'budget':>7} " + " ".join(f"{l[:22]:>22}" for l in labels))
     for name, _, _ in PROBLEMS:
         for budget in BUDGETS:
-            cells = [table.get((name, l, budget), (math.nan,) * 3) for l in labels]
+            cells = [quartiles(table[(name, l, budget)]) if (name, l, budget) in table else (math.nan,) * 3
+                     for l in labels]
             text = [f"{short(m)} ({short(q1)}-{short(q3)})" for q1, m, q3 in cells]
             print(f"{name:<14} {budget:>4}×{EPOCHS} " + " ".join(f"{t:>22}" for t in text))
-
+    print()
+    print("the best of ours against the best of Optuna's (by median), tested (Mann-Whitney U, p < 0.05)")
+    print(f"{'problem':<14} {'budget':>7} {'ours':>24} {'Optuna':>30}  verdict")
+    for name, _, _ in PROBLEMS:
+        for budget in BUDGETS:
+            best = lambda among: min((l for l in among if (name, l, budget) in table),
+                                     key=lambda l: quartiles(table[(name, l, budget)])[1])
+            mine, theirs = best(["hyperband", "bayesian", "bayesian+median"]), best(list(POLICIES))
+            verdict, p = compared(table[(name, mine, budget)], table[(name, theirs, budget)])
+            m1, m2 = quartiles(table[(name, mine, budget)])[1], quartiles(table[(name, theirs, budget)])[1]
+            print(f"{name:<14} {budget:>4}×{EPOCHS} {f'{mine} {short(m1)}':>24} {f'{theirs} {short(m2)}':>30}"
+                  f"  {verdict} ({p:.2g})")
 
 if __name__ == "__main__":
     main()

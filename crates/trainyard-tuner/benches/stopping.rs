@@ -140,10 +140,11 @@ fn main() {
             let runs: Vec<Vec<f64>> = (0..SEEDS).map(|seed| run(strategy, *policy, &space, &p, seed)).collect();
             let mut cells = Vec::new();
             for (i, budget) in BUDGETS.iter().enumerate() {
-                let (q1, median, q3) = quartiles(runs.iter().map(|r| r[i]).collect());
+                let at_budget: Vec<f64> = runs.iter().map(|r| r[i]).collect();
+                let (q1, median, q3) = quartiles(at_budget.clone());
                 cells.push(format!("{median:.4} [{q1:.4}, {q3:.4}]"));
                 json.push(serde_json::json!({"problem": p.name, "policy": label, "budget": budget,
-                                             "q1": q1, "median": median, "q3": q3}));
+                                             "regrets": at_budget}));
             }
             println!("{:<14} {:<18} {:>26} {:>26} {:>26}", p.name, label, cells[0], cells[1], cells[2]);
         }

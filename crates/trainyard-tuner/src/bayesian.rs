@@ -34,7 +34,8 @@ pub const CANDIDATES: usize = 256;
 const ASCENT_STEPS: usize = 30;
 /// A perturbation of a good point moves about this many coordinates (all of them up to 20-D).
 const PERTURBED_COORDINATES: f64 = 20.0;
-/// From this many dimensions on, random candidates come from a trust region around the incumbent...
+/// From this many dimensions on, random candidates and the local search stay in a trust region
+/// around the incumbent...
 const TRUST_REGION_DIMENSIONS: usize = 6;
 /// ... whose side is this fraction of the unit cube (for the geometric mean length scale).
 const TRUST_REGION_SIDE: f64 = 0.4;
@@ -645,7 +646,15 @@ fn perturb(x: &[f64], dims: &[Dim], scales: &[f64], step: f64, moves: f64, rng: 
 /// Gradient ascent of the expected improvement from `x` (worth `value`) along its numeric and
 /// integer coordinates, in steps measured in length scales that grow while they succeed and
 /// shrink when they fail; integers are snapped at the end. Returns the best point seen.
-fn ascend(model: &Model, dims: &[Dim], scales: &[f64], best: f64, start: f64, from: Vec<f64>) -> (f64, Vec<f64>) {
+fn ascend(
+    model: &Model,
+    dims: &[Dim],
+    scales: &[f64],
+    bounds: &[(f64, f64)],
+    best: f64,
+    start: f64,
+    from: Vec<f64>,
+) -> (f64, Vec<f64>) {
     let (mut value, mut x) = (start, from.clone());
     let mut step = 0.05;
     let mut gradient = model.expected_improvement_with_gradient(&x, best).1;
@@ -661,9 +670,10 @@ fn ascend(model: &Model, dims: &[Dim], scales: &[f64], best: f64, start: f64, fr
             .iter()
             .zip(&direction)
             .zip(dims)
-            .map(|((u, g), dim)| match dim {
+            .zip(bounds)
+            .map(|(((u, g), dim), (lo, hi))| match dim {
                 Dim::Categorical(_) => *u,
-                _ => (u + step * g / norm).clamp(0.0, 0.999_999),
+                _ => (u + step * g / norm).clamp(*lo, *hi),
             })
             .collect();
         let (v, g) = model.expected_improvement_with_gradient(&moved, best);
@@ -748,6 +758,34 @@ pub fn suggest(dims: &[Dim], observations: &[Observation], pending: &[Vec<f64>],
     // in 10-D is too unsure far away, and its expected improvement would send trials to corners.
     let geometric_mean = (scales.iter().map(|s| s.ln()).sum::<f64>() / d as f64).exp();
     let trusted = d >= TRUST_REGION_DIMENSIONS;
+    // The box every candidate and every step of the local search stays in: the trust region in
+    // many dimensions, the unit cube otherwise. Local search that left the region was drawn to
+    // corners (far from every result, the model unsure there) by the same pull as random
+    // candidates would be. Kept in (40 seeds, at 25 trials): Ackley-10 19.1 -> 17.1 one at a
+    // time, Rastrigin-10 118 -> 112 and Hartmann-6 0.84 -> 0.74 four at a time (Levy-10 four at
+    // a time 30 -> 36); it is what let the model take over after 7 trials, not 10.
+    let bounds: Vec<(f64, f64)> = points[best_at]
+        .iter()
+        .enumerate()
+        .map(|(k, centre)| {
+            if trusted {
+                let half = (TRUST_REGION_SIDE * scales[k] / geometric_mean).min(1.0) / 2.0;
+                ((centre - half).max(0.0), (centre + half).min(0.999_999))
+            } else {
+                (0.0, 0.999_999)
+            }
+        })
+        .collect();
+    let inside = |x: Vec<f64>| -> Vec<f64> {
+        x.into_iter()
+            .zip(dims)
+            .zip(&bounds)
+            .map(|((u, dim), (lo, hi))| match dim {
+                Dim::Categorical(_) => u,
+                _ => dim.snap(u.clamp(*lo, *hi)),
+            })
+            .collect()
+    };
     for _ in 0..CANDIDATES {
         let x = if trusted {
             points[best_at]
@@ -770,7 +808,7 @@ pub fn suggest(dims: &[Dim], observations: &[Observation], pending: &[Vec<f64>],
     for i in 0..CANDIDATES {
         let anchor = &points[ranked[i % ranked.len()]];
         let step = [0.05, 0.15, 0.4][i % 3];
-        let x = perturb(anchor, dims, &scales, step, PERTURBED_COORDINATES, rng);
+        let x = inside(perturb(anchor, dims, &scales, step, PERTURBED_COORDINATES, rng));
         candidates.push((score(&x), x));
     }
     candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -789,10 +827,10 @@ pub fn suggest(dims: &[Dim], observations: &[Observation], pending: &[Vec<f64>],
     let refine = trusted && (pending.is_empty() || d >= REFINED_BESIDE_RUNNING_DIMENSIONS);
     let mut best_candidate = candidates[0].clone();
     for (value, x) in candidates {
-        let (value, x) = if refine { ascend(&model, dims, &scales, best, value, x) } else { (value, x) };
+        let (value, x) = if refine { ascend(&model, dims, &scales, &bounds, best, value, x) } else { (value, x) };
         let (mut value, mut x, mut step) = (value, x, 0.1);
         for _ in 0..24 {
-            let y = perturb(&x, dims, &scales, step, 2.0, rng);
+            let y = inside(perturb(&x, dims, &scales, step, 2.0, rng));
             let v = score(&y);
             if v > value {
                 (value, x) = (v, y);

@@ -2,7 +2,7 @@
 //!
 //! * [`space`]: the search space from SageMaker's `ParameterRanges`, with its scaling types, and the
 //!   strings a training job receives;
-//! * [`strategy`]: what to try next: Random, Grid and Bayesian (a Latin hypercube of ten trials,
+//! * [`strategy`]: what to try next: Random, Grid and Bayesian (a Latin hypercube of seven trials,
 //!   then [`bayesian`]: a Gaussian process with a length scale per dimension on rank-warped
 //!   outputs, integers and categories as values, expected improvement optimised by search, running
 //!   trials believed to return their prediction); Hyperband takes its configurations from the
