@@ -695,6 +695,25 @@ fn ascend(
     if value > start { (value, x) } else { (start, from) }
 }
 
+/// The box around `centre` that the search stays in: in many dimensions (`trusted`) sides in
+/// proportion to the length scales, [`TRUST_REGION_SIDE`] of the cube for their geometric mean,
+/// cut at the cube's edges; otherwise the whole cube.
+fn trust_region(centre: &[f64], scales: &[f64], trusted: bool) -> Vec<(f64, f64)> {
+    let geometric_mean = (scales.iter().map(|s| s.ln()).sum::<f64>() / scales.len() as f64).exp();
+    centre
+        .iter()
+        .zip(scales)
+        .map(|(centre, scale)| {
+            if trusted {
+                let half = (TRUST_REGION_SIDE * scale / geometric_mean).min(1.0) / 2.0;
+                ((centre - half).max(0.0), (centre + half).min(0.999_999))
+            } else {
+                (0.0, 0.999_999)
+            }
+        })
+        .collect()
+}
+
 /// The next point to try, given finished observations (larger is better) and points still
 /// running. `rng` must be seeded by the caller for determinism.
 pub fn suggest(dims: &[Dim], observations: &[Observation], pending: &[Vec<f64>], rng: &mut ChaCha8Rng) -> Vec<f64> {
@@ -764,18 +783,7 @@ pub fn suggest(dims: &[Dim], observations: &[Observation], pending: &[Vec<f64>],
     // candidates would be. Kept in (40 seeds, at 25 trials): Ackley-10 19.1 -> 17.1 one at a
     // time, Rastrigin-10 118 -> 112 and Hartmann-6 0.84 -> 0.74 four at a time (Levy-10 four at
     // a time 30 -> 36); it is what let the model take over after 7 trials, not 10.
-    let bounds: Vec<(f64, f64)> = points[best_at]
-        .iter()
-        .enumerate()
-        .map(|(k, centre)| {
-            if trusted {
-                let half = (TRUST_REGION_SIDE * scales[k] / geometric_mean).min(1.0) / 2.0;
-                ((centre - half).max(0.0), (centre + half).min(0.999_999))
-            } else {
-                (0.0, 0.999_999)
-            }
-        })
-        .collect();
+    let bounds = trust_region(&points[best_at], &scales, trusted);
     let inside = |x: Vec<f64>| -> Vec<f64> {
         x.into_iter()
             .zip(dims)
@@ -895,6 +903,49 @@ mod tests {
             }
             assert_eq!(gradient[3], 0.0, "no gradient along a categorical coordinate");
         }
+    }
+
+    #[test]
+    fn the_trust_region_follows_the_length_scales_and_stays_in_the_cube() {
+        let centre = [0.5, 0.5, 0.05];
+        let scales = [0.1, 0.4, 0.2];
+        let geometric_mean = (scales.iter().map(|s: &f64| s.ln()).sum::<f64>() / 3.0).exp();
+        let region = trust_region(&centre, &scales, true);
+        let widths: Vec<f64> = region.iter().map(|(lo, hi)| hi - lo).collect();
+        // Sides in proportion to the length scales, TRUST_REGION_SIDE for the geometric mean.
+        assert!((widths[0] - TRUST_REGION_SIDE * 0.1 / geometric_mean).abs() < 1e-9, "{region:?}");
+        assert!((widths[1] / widths[0] - 4.0).abs() < 1e-9, "{region:?}");
+        // Cut at the cube's edge, not shifted.
+        assert_eq!(region[2].0, 0.0);
+        assert!((region[2].1 - (0.05 + TRUST_REGION_SIDE * 0.2 / geometric_mean / 2.0)).abs() < 1e-9);
+        // In few dimensions: the whole cube.
+        assert!(trust_region(&centre, &scales, false).iter().all(|r| *r == (0.0, 0.999_999)));
+    }
+
+    #[test]
+    fn the_local_search_stays_in_its_trust_region() {
+        // Six results in 10-D: far from them the model is unsure, and the expected improvement
+        // grows towards the cube's corners. The search from inside a small box stays in it.
+        let dims = vec![Dim::Numeric; 10];
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let points: Vec<Vec<f64>> = (0..6).map(|_| (0..10).map(|_| rng.random::<f64>()).collect()).collect();
+        let y: Vec<f64> = points.iter().map(|p| -p.iter().map(|x| (x - 0.3).powi(2)).sum::<f64>()).collect();
+        let hyper = fit_hyper(&points, &y, &dims);
+        let model = Model::condition(points.clone(), &y, &dims, &hyper).expect("a model");
+        let best = model.fitted(&y).into_iter().fold(f64::MIN, f64::max);
+        let scales: Vec<f64> = hyper.log_length.iter().map(|l| l.exp().min(1.0)).collect();
+        let bounds: Vec<(f64, f64)> =
+            points[0].iter().map(|c| ((c - 0.05).max(0.0), (c + 0.05).min(0.999_999))).collect();
+        let start = model.expected_improvement_with_gradient(&points[0], best).0;
+        let (value, x) = ascend(&model, &dims, &scales, &bounds, best, start, points[0].clone());
+        assert!(value >= start);
+        for (u, (lo, hi)) in x.iter().zip(&bounds) {
+            assert!(lo <= u && u <= hi, "{u} outside [{lo}, {hi}]");
+        }
+        // The whole cube as its bounds: the same search goes further (the box above held it back).
+        let cube = vec![(0.0, 0.999_999); 10];
+        let (_, free) = ascend(&model, &dims, &scales, &cube, best, start, points[0].clone());
+        assert!(free.iter().zip(&bounds).any(|(u, (lo, hi))| u < lo || u > hi), "{free:?}");
     }
 
     #[test]
