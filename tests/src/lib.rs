@@ -55,6 +55,13 @@ pub fn example(name: &str) -> PathBuf {
     repo_root().join("deploy/examples").join(name)
 }
 
+/// An example request from `deploy/examples`, parsed, for a test to adapt.
+pub fn example_json(name: &str) -> serde_json::Value {
+    let path = example(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
 /// A running coordinator: TLS, an admin token for the CLI (user `e2e`), and a join token for the
 /// agents started through it. Dropping it kills the process group; its log stays in `dir`.
 /// Agents started through it are dropped before it (they are declared after it); it then removes

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Backend, Coordinator, TEST_TRAINER, example, on_both_backends};
+use trainyard_e2e::{Backend, Coordinator, TEST_TRAINER, example_json, on_both_backends};
 use trainyard_testkit::nvml;
 
 /// The test trainer, written once per coordinator.
@@ -15,8 +15,7 @@ fn trainer(c: &Coordinator) -> String {
 }
 
 fn tuning_request(c: &Coordinator, name: &str, instance_type: &str, trials: u32, parallel: u32) -> Value {
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("tuning-job.json");
     r["HyperParameterTuningJobName"] = json!(name);
     let config = &mut r["HyperParameterTuningJobConfig"];
     config["HyperParameterTuningJobObjective"] = json!({"Type": "Maximize", "MetricName": "score"});
@@ -34,8 +33,7 @@ fn tuning_request(c: &Coordinator, name: &str, instance_type: &str, trials: u32,
 }
 
 fn training_request(c: &Coordinator, name: &str, hyperparameters: Value, max_runtime: u32) -> Value {
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("training-job.json");
     r["TrainingJobName"] = json!(name);
     r["AlgorithmSpecification"]["TrainingImage"] = json!(trainer(c));
     r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
@@ -775,8 +773,7 @@ fn data_and_models_travel_through_an_s3_compatible_store() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let _agent = c.start_agent("cloudy", &["--advertise-vcpus", "8", "--s3-endpoint", &s3.endpoint], &env);
 
-    let mut request: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut request: Value = example_json("training-job.json");
     request["TrainingJobName"] = json!("from-s3");
     // The example trainer, after saying what the restored checkpoint holds.
     let trainer = trainyard_e2e::repo_root().join("deploy/examples/trainer/train.py");

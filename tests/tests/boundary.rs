@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Coordinator, INSTANCE_UIDS, example, number_after};
+use trainyard_e2e::{Coordinator, INSTANCE_UIDS, example_json, number_after};
 use trainyard_testkit::wait_until;
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/TrainyardExecution";
@@ -65,8 +65,7 @@ fn links_a_job_plants_are_never_followed_by_the_agent() {
 
     let program = c.install_program("planter.sh", PLANTER);
 
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("training-job.json");
     r["TrainingJobName"] = json!("planter");
     r["RoleArn"] = json!(ROLE);
     r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
@@ -131,8 +130,7 @@ fn links_a_job_plants_are_never_followed_by_the_agent() {
 #[test]
 fn uris_that_leave_their_bucket_are_refused_at_submission() {
     let (c, _config) = with_role();
-    let base: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let base: Value = example_json("training-job.json");
     let attempts = [
         ("/InputDataConfig/0/DataSource/S3DataSource/S3Uri", "s3://trainyard-examples//etc/", "empty path segment"),
         ("/InputDataConfig/0/DataSource/S3DataSource/S3Uri", "s3://trainyard-examples/%2e%2e/x", "percent-encoding"),
@@ -188,8 +186,7 @@ fn floods_and_idle_connections_are_bounded() {
     let c = Coordinator::start();
     let _agent = c.start_agent("flood", &["--advertise-vcpus", "8"], &[]);
     let program = c.install_program("flood.py", FLOOD);
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("training-job.json");
     r["TrainingJobName"] = json!("flood");
     r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
     r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "loss", "Regex": "loss=([0-9.]+)"}]);
@@ -241,8 +238,7 @@ fn only_the_users_a_role_names_may_pass_it() {
     let (c, _config) = with_role();
     let ana = c.admin(&["tokens", "create", "--user", "ana", "--scope", "submit"]);
     let eve = c.admin(&["tokens", "create", "--user", "eve", "--scope", "submit"]);
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("training-job.json");
     r["RoleArn"] = json!(ROLE);
     r["TrainingJobName"] = json!("passed-by-eve");
     let file = c.write("eve.json", &r.to_string());
@@ -251,8 +247,7 @@ fn only_the_users_a_role_names_may_pass_it() {
     assert!(out.stderr().contains(&format!("user 'eve' may not pass role '{ROLE}'")), "{}", out.stderr());
     assert_eq!(c.cli(&["training-jobs", "describe", "passed-by-eve"]).code(), 4, "nothing stored");
     // A tuning job's definitions are checked the same way.
-    let mut tuning: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    let mut tuning: Value = example_json("tuning-job.json");
     tuning["TrainingJobDefinition"]["RoleArn"] = json!(ROLE);
     let file = c.write("eve-tuning.json", &tuning.to_string());
     assert_eq!(c.cli_as(&eve, &["tuning-jobs", "create", "--file", path(&file)]).code(), 8);
@@ -301,8 +296,7 @@ fn nothing_a_job_starts_outlives_it_and_its_memory_is_its_instance_types() {
     let c = Coordinator::start_with_args(&["--config", path(&config)]);
     let _agent = c.start_agent("cgroups", &["--advertise-vcpus", "8"], &[]);
     let request = |name: &str, program: &str| {
-        let mut r: Value =
-            serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+        let mut r: Value = example_json("training-job.json");
         r["TrainingJobName"] = json!(name);
         r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
         r["ResourceConfig"]["InstanceType"] = json!("ml.m5.large");
@@ -412,8 +406,7 @@ fn on_cgroup_v2_instances_nest_under_the_agents_cgroup_and_nothing_outlives_them
     );
 
     let program = c.install_program("cgroup-escaper.sh", CGROUP_ESCAPER);
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("training-job.json");
     r["TrainingJobName"] = json!("nested");
     r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
     let file = c.write("nested.json", &r.to_string());
@@ -497,8 +490,7 @@ fn concurrent_jobs_share_no_uid_and_none_runs_as_root() {
     let c = Coordinator::start();
     let _agent = c.start_agent("uids", &["--advertise-vcpus", "8"], &[]);
     let request = |name: &str, program: &str, environment: Value| {
-        let mut r: Value =
-            serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+        let mut r: Value = example_json("training-job.json");
         r["TrainingJobName"] = json!(name);
         r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
         r["Environment"] = environment;
@@ -587,8 +579,7 @@ fn staged_inputs_are_one_read_only_copy_shared_between_trials() {
             .collect();
     let mut seen = Vec::new();
     for name in ["reader-a", "reader-b"] {
-        let mut r: Value =
-            serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+        let mut r: Value = example_json("training-job.json");
         r["TrainingJobName"] = json!(name);
         r["AlgorithmSpecification"]["TrainingImage"] = json!(reader);
         let file = c.write(&format!("{name}.json"), &r.to_string());

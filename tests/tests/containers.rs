@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Backend, Coordinator, INSTANCE_UIDS, example, number_after, on_both_backends};
+use trainyard_e2e::{Backend, Coordinator, INSTANCE_UIDS, example_json, number_after, on_both_backends};
 use trainyard_testkit::containerd::{BusyboxImage, Containerd};
 use trainyard_testkit::registry::Registry;
 
@@ -36,8 +36,7 @@ echo "loss=0.25"
 "#;
 
 fn request(name: &str, image: &str, environment: Value) -> Value {
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("training-job.json");
     r["TrainingJobName"] = json!(name);
     r["AlgorithmSpecification"]["TrainingImage"] = json!(image);
     r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "loss", "Regex": "loss=([0-9.]+)"}]);

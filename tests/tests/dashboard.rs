@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Backend, Coordinator, example, on_both_backends, repo_root};
+use trainyard_e2e::{Backend, Coordinator, example_json, on_both_backends, repo_root};
 use trainyard_testkit::free_port;
 
 on_both_backends!(the_dashboard_draws_a_tuning_job_and_its_trials_for_a_signed_in_user);
@@ -136,8 +136,7 @@ fn the_dashboard_works_in_a_real_browser() {
     let c = Coordinator::start_with_args(&["--dashboard-listen", &format!("127.0.0.1:{port}")]);
     let _agent = c.start_agent("browsed", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
     let trainer = repo_root().join("deploy/examples/trainer/train.py").display().to_string();
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("tuning-job.json");
     r["HyperParameterTuningJobName"] = json!("browsed");
     r["HyperParameterTuningJobConfig"]["ResourceLimits"] =
         json!({"MaxNumberOfTrainingJobs": 4, "MaxParallelTrainingJobs": 4});
@@ -149,8 +148,7 @@ fn the_dashboard_works_in_a_real_browser() {
     });
     assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
     // A job still training while the browser watches: an epoch a second.
-    let mut slow: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut slow: Value = example_json("training-job.json");
     slow["TrainingJobName"] = json!("watched");
     slow["AlgorithmSpecification"]["TrainingImage"] = json!(trainer);
     slow["HyperParameters"] = json!({"epochs": "30", "epoch_seconds": "1"});
@@ -254,8 +252,7 @@ fn the_dashboard_draws_a_tuning_job_and_its_trials_for_a_signed_in_user(backend:
     let port = free_port();
     let c = Coordinator::start_on_with_args(backend, &["--dashboard-listen", &format!("127.0.0.1:{port}")]);
     let _agent = c.start_agent("drawn", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("tuning-job.json");
     r["HyperParameterTuningJobName"] = json!("drawn");
     r["HyperParameterTuningJobConfig"]["ResourceLimits"] =
         json!({"MaxNumberOfTrainingJobs": 3, "MaxParallelTrainingJobs": 3});

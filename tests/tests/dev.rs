@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use serde_json::{Value, json};
-use trainyard_e2e::example;
+use trainyard_e2e::example_json;
 use trainyard_testkit::{binary, free_port};
 
 #[test]
@@ -13,8 +13,7 @@ fn trainyard_dev_runs_the_example_from_any_directory_at_the_parallelism_asked_fo
     // relative to the repository root resolves from here or from the request's directory.
     let home = tempfile::Builder::new().prefix("trainyard-e2e-dev-").tempdir_in("/opt").expect("dir");
     std::fs::set_permissions(home.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    let mut request: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    let mut request: Value = example_json("tuning-job.json");
     request["HyperParameterTuningJobName"] = json!("from-anywhere");
     request["HyperParameterTuningJobConfig"]["ResourceLimits"] =
         json!({"MaxNumberOfTrainingJobs": 4, "MaxParallelTrainingJobs": 4});

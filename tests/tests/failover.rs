@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Backend, Coordinator, PeerCoordinator, Random, example, on_both_backends};
+use trainyard_e2e::{Backend, Coordinator, PeerCoordinator, Random, example_json, on_both_backends};
 use trainyard_testkit::{PgServer, free_port, wait_until};
 
 /// Each run appends its job name to `$RUNS` (one short O_APPEND write: atomic), works a moment,
@@ -71,8 +71,7 @@ fn watch(c: &Coordinator, list: &str, name: &str) -> std::process::Child {
 }
 
 fn tuning_job(c: &Coordinator, name: &str, trials: u64, program: &str, runs: &std::path::Path) -> std::path::PathBuf {
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("tuning-job.json");
     r["HyperParameterTuningJobName"] = json!(name);
     let config = &mut r["HyperParameterTuningJobConfig"];
     config["Strategy"] = json!("Random");
@@ -366,8 +365,7 @@ fn one_dns_name_for_every_coordinator_is_followed_through_a_failover() {
     let program = c.install_program("trial.sh", PROGRAM);
     let runs = c.shared_file("runs.log");
     let submit = |job: &str| {
-        let mut r: Value =
-            serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+        let mut r: Value = example_json("training-job.json");
         r["TrainingJobName"] = json!(job);
         r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
         r["Environment"] = json!({"RUNS": runs.display().to_string()});
@@ -440,8 +438,7 @@ fn boto3_rides_through_a_failover_behind_one_name() {
     let second = args("127.0.0.2");
     let peer = c.start_peer(&second.iter().map(String::as_str).collect::<Vec<_>>());
     let (_agent, program, runs) = leader_standby_and_agent(&c, &peer);
-    let mut request: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut request: Value = example_json("training-job.json");
     request["AlgorithmSpecification"]["TrainingImage"] = json!(program);
     request["Environment"] = json!({"RUNS": runs.display().to_string()});
     let request_file = c.write("sagemaker-request.json", &request.to_string());

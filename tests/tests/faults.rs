@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Backend, Coordinator, Random, example, on_both_backends};
+use trainyard_e2e::{Backend, Coordinator, Random, example_json, on_both_backends};
 
 /// Each run appends its job name to `$RUNS` (one short O_APPEND write: atomic), works a moment,
 /// and reports a score.
@@ -56,8 +56,7 @@ fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice(
         agent.expect_log("coordinator unreachable or stream ended; instances keep running");
     }
 
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("tuning-job.json");
     r["HyperParameterTuningJobName"] = json!("survives-crashes");
     let config = &mut r["HyperParameterTuningJobConfig"];
     config["Strategy"] = json!("Random");
@@ -139,8 +138,7 @@ fn log_lines_written_while_the_coordinator_is_down_are_kept(backend: Backend) {
          for i in $(seq 21 40); do echo \"line $i\"; done\necho score=0.3\nsleep 4\n\
          for i in $(seq 41 50); do echo \"line $i\"; done\nmkdir -p \"$SM_MODEL_DIR\"\n",
     );
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("training-job.json");
     r["TrainingJobName"] = json!("writer");
     r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
     r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
@@ -187,8 +185,7 @@ fn the_median_rule_remembers_earlier_trials_across_a_coordinator_restart(backend
     );
     let agent = c.start_agent("curves", &["--advertise-vcpus", "8"], &[]);
     agent.expect_log("coordinator unreachable or stream ended; instances keep running");
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("tuning-job.json");
     r["HyperParameterTuningJobName"] = json!("curves");
     let config = &mut r["HyperParameterTuningJobConfig"];
     config["Strategy"] = json!("Random");
@@ -238,8 +235,7 @@ fn a_postgresql_crash_under_load_loses_no_accepted_request() {
     for expected in DATABASE_AWAY {
         c.expect_log(expected);
     }
-    let template: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let template: Value = example_json("training-job.json");
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..4)
@@ -349,8 +345,7 @@ fn a_job_that_ends_while_the_database_is_down_still_completes() {
     agent.expect_log("coordinator unreachable or stream ended; instances keep running");
     let program =
         c.install_program("ends-during-outage.sh", "#!/bin/sh\nsleep 3\nmkdir -p \"$SM_MODEL_DIR\"\necho done\n");
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("training-job.json");
     r["TrainingJobName"] = json!("ends-during-outage");
     r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
     c.create_training_job(&r);
@@ -387,8 +382,7 @@ fn log_lines_written_while_the_database_is_down_are_all_kept() {
         "chatty.sh",
         "#!/bin/sh\nsleep 2\ni=1\nwhile [ $i -le 180 ]; do echo \"line $i\"; [ $i = 90 ] && echo 'score=0.42'; i=$((i+1)); sleep 0.05; done\nmkdir -p \"$SM_MODEL_DIR\"\n",
     );
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("training-job.json");
     r["TrainingJobName"] = json!("chatty");
     r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
     r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
@@ -447,8 +441,7 @@ fn log_lines_held_by_a_coordinator_that_exits_are_kept() {
         "#!/bin/sh\nsleep 2\nfor i in $(seq 1 40); do echo \"line $i\"; sleep 0.1; done\nsleep 28\n\
          for i in $(seq 41 50); do echo \"line $i\"; done\nmkdir -p \"$SM_MODEL_DIR\"\n",
     );
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("training-job.json");
     r["TrainingJobName"] = json!("patient");
     r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
     c.create_training_job(&r);

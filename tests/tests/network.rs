@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Coordinator, example, netns};
+use trainyard_e2e::{Coordinator, example_json, netns};
 
 /// One program for every job here, steered by hyperparameters:
 /// * `exchange`: algo-2 sends a marker (`$MARKER_SEED` reversed, upper case) to algo-1 (port
@@ -98,8 +98,7 @@ fn program(c: &Coordinator) -> String {
 }
 
 fn job(c: &Coordinator, name: &str, instances: u32, hyperparameters: Value) -> Value {
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("training-job.json");
     r["TrainingJobName"] = json!(name);
     r["AlgorithmSpecification"]["TrainingImage"] = json!(program(c));
     r["AlgorithmSpecification"]["MetricDefinitions"] = json!([]);

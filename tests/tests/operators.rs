@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use trainyard_e2e::{Backend, Coordinator, TEST_TRAINER, example, http_get as get, on_both_backends};
+use trainyard_e2e::{Backend, Coordinator, TEST_TRAINER, example_json, http_get as get, on_both_backends};
 use trainyard_testkit::{free_port, nvml, wait_until};
 
 /// Debian's Prometheus server, scraping the given targets (job name, address) every second, its
@@ -82,8 +82,7 @@ fn both_daemons_serve_metrics_health_and_readiness(backend: Backend) {
         assert_eq!(get(address, "/healthz"), (200, "ok\n".to_string()));
     }
 
-    let mut r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut r: serde_json::Value = example_json("training-job.json");
     r["TrainingJobName"] = json!("scraped-job");
     r["AlgorithmSpecification"]["TrainingImage"] = json!(c.install_program("trainer.py", TEST_TRAINER));
     let file = c.write("scraped-job.json", &r.to_string());
@@ -268,8 +267,7 @@ fn the_cli_prints_shell_completions_and_its_manual_page() {
 fn watch_waits_for_a_restarted_coordinator() {
     let mut c = Coordinator::start();
     let agent = c.start_agent("watched", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
-    let mut r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    let mut r: serde_json::Value = example_json("tuning-job.json");
     r["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] =
         json!(trainyard_e2e::repo_root().join("deploy/examples/trainer/train.py").display().to_string());
     r["TrainingJobDefinition"]["StaticHyperParameters"]["epoch_seconds"] = json!("0.2");
@@ -328,8 +326,7 @@ fn a_running_coordinator_is_backed_up_and_restored_from_the_copy() {
     agent.expect_log("coordinator unreachable or stream ended");
     let trainer = c.install_program("trainer.py", TEST_TRAINER);
     let request = |name: &str| {
-        let mut r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+        let mut r: serde_json::Value = example_json("training-job.json");
         r["TrainingJobName"] = json!(name);
         r["AlgorithmSpecification"]["TrainingImage"] = json!(trainer);
         c.write(&format!("{name}.json"), &r.to_string())
@@ -368,14 +365,12 @@ fn ended_jobs_leave_after_their_retention_and_ended_tuning_jobs_can_be_deleted(b
     let c = Coordinator::start_on_with_args(backend, &["--job-retention", "8s", "--log-retention", "2s"]);
     let _agent = c.start_agent("keeper", &["--advertise-vcpus", "16"], &[]);
     let trainer = c.install_program("trainer.py", TEST_TRAINER);
-    let mut r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut r: serde_json::Value = example_json("training-job.json");
     r["TrainingJobName"] = json!("short-lived");
     r["AlgorithmSpecification"]["TrainingImage"] = json!(trainer);
     let file = c.write("short-lived.json", &r.to_string());
     c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
-    let mut t: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    let mut t: serde_json::Value = example_json("tuning-job.json");
     t["HyperParameterTuningJobName"] = json!("deleted-tuning");
     t["HyperParameterTuningJobConfig"]["ResourceLimits"] =
         json!({"MaxNumberOfTrainingJobs": 2, "MaxParallelTrainingJobs": 2});

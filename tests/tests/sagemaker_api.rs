@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Backend, Coordinator, example, on_both_backends, repo_root};
+use trainyard_e2e::{Backend, Coordinator, example, example_json, on_both_backends, repo_root};
 use trainyard_testkit::free_port;
 
 const SCRIPT: &str = r#"
@@ -117,13 +117,11 @@ fn boto3_drives_the_coordinator_through_the_sagemaker_api(backend: Backend) {
     c.expect_log("refused an unauthenticated SageMaker request");
     let _agent = c.start_agent("boto", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
     let trainer = repo_root().join("deploy/examples/trainer/train.py").display().to_string();
-    let mut tuning: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    let mut tuning: Value = example_json("tuning-job.json");
     tuning["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] = json!(trainer);
     // Slow enough trials that the tuning job is still running when the script stops it.
     tuning["TrainingJobDefinition"]["StaticHyperParameters"]["epoch_seconds"] = json!("0.2");
-    let mut training: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut training: Value = example_json("training-job.json");
     training["AlgorithmSpecification"]["TrainingImage"] = json!(trainer);
     let tuning_file = c.write("tuning.json", &tuning.to_string());
     let training_file = c.write("training.json", &training.to_string());

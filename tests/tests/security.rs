@@ -6,12 +6,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Coordinator, INSTANCE_UIDS, TEST_TRAINER, example, number_after};
+use trainyard_e2e::{Coordinator, INSTANCE_UIDS, TEST_TRAINER, example_json, number_after};
 use trainyard_testkit::{binary, free_port, wait_until};
 
 fn training(c: &Coordinator, name: &str, sleep: &str) -> std::path::PathBuf {
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("training-job.json");
     r["TrainingJobName"] = json!(name);
     r["AlgorithmSpecification"]["TrainingImage"] = json!(c.install_program("trainer.py", TEST_TRAINER));
     r["HyperParameters"] = json!({"sleep": sleep});
@@ -415,8 +414,7 @@ write = ["s3://trainyard-output/"]
          mkdir -p \"$SM_MODEL_DIR\" && echo trained > \"$SM_MODEL_DIR/model.txt\"\n",
     );
     let request = |name: &str, role: &str, output: &str| {
-        let mut r: Value =
-            serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+        let mut r: Value = example_json("training-job.json");
         r["TrainingJobName"] = json!(name);
         r["RoleArn"] = json!(role);
         r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
@@ -462,8 +460,7 @@ write = ["s3://trainyard-output/"]
     for name in ["escapes", "no-role"] {
         assert_eq!(c.cli(&["training-jobs", "describe", name]).code(), 4, "nothing stored for {name}");
     }
-    let mut tuning: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    let mut tuning: Value = example_json("tuning-job.json");
     tuning["TrainingJobDefinition"]["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] =
         json!("s3://trainyard-examples/other/");
     let file = c.write("tuning.json", &tuning.to_string());
@@ -482,8 +479,7 @@ fn every_call_that_changes_something_is_audited_once_with_who_and_how_it_ended()
     let (alice, _) = token(&c, "alice", "submit", &[]);
     let (reader, _) = token(&c, "reader", "read", &[]);
     let request = |name: &str| {
-        let mut r: Value =
-            serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+        let mut r: Value = example_json("training-job.json");
         r["TrainingJobName"] = json!(name);
         c.write(&format!("{name}.json"), &r.to_string())
     };

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Coordinator, example};
+use trainyard_e2e::{Coordinator, example, example_json};
 use trainyard_testkit::PgServer;
 
 fn path(p: &std::path::Path) -> &str {
@@ -112,8 +112,7 @@ fn the_cli_round_trip_works_on_postgres() {
 #[test]
 fn invalid_requests_list_every_violation_and_store_nothing() {
     let c = Coordinator::start();
-    let mut request: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    let mut request: Value = example_json("tuning-job.json");
     request["HyperParameterTuningJobName"] = json!("bad_name");
     request["HyperParameterTuningJobConfig"]["Strategy"] = json!("Grid");
     request["TrainingJobDefinition"]["InputDataConfig"][1]["ChannelName"] = json!("no spaces");
@@ -140,8 +139,7 @@ fn invalid_requests_list_every_violation_and_store_nothing() {
     assert_eq!(listed["HyperParameterTuningJobSummaries"], json!([]));
 
     // An oversized request (a 5 MiB environment value) is refused whole, with the limit named.
-    let mut huge: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut huge: Value = example_json("training-job.json");
     huge["TrainingJobName"] = json!("huge");
     huge["Environment"] = json!({"BLOB": "x".repeat(5 * 1024 * 1024)});
     let file = write_json(c.dir.path(), "huge.json", &huge);

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Backend, Coordinator, example, http_get, on_both_backends};
+use trainyard_e2e::{Backend, Coordinator, example_json, http_get, on_both_backends};
 
 /// Counts to `$TARGET` in steps of 0.2 s, keeping its step in `$SM_CHECKPOINT_DIR/step`: it starts
 /// from there, and writes it (and a partial model) when SIGTERM asks it to stop.
@@ -41,8 +41,7 @@ fn one_slot_cluster(backend: Backend) -> (Coordinator, trainyard_testkit::Daemon
 }
 
 fn request(c: &Coordinator, name: &str, program: &str, environment: Value) -> Value {
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("training-job.json");
     r["TrainingJobName"] = json!(name);
     r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
     r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "step", "Regex": "step=([0-9]+)"}]);
@@ -96,8 +95,7 @@ fn wait_for_log(c: &Coordinator, job: &str, text: &str, times: usize) {
 /// A tuning job of `program`'s spot trials, one at a time, maximising `metric` (`<metric>=<n>` in
 /// its output), one continuous range that the program ignores.
 fn spot_tuning_request(name: &str, program: &str, metric: &str, trials: u32) -> Value {
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("tuning-job.json");
     r["HyperParameterTuningJobName"] = json!(name);
     let config = &mut r["HyperParameterTuningJobConfig"];
     config["HyperParameterTuningJobObjective"] = json!({"Type": "Maximize", "MetricName": metric});

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Coordinator, example};
+use trainyard_e2e::{Coordinator, example_json};
 
 const ENTRY_POINT: &str = r#"
 import argparse, glob, json, os
@@ -34,8 +34,7 @@ fn the_sagemaker_training_toolkit_runs_user_scripts_unchanged() {
     std::fs::write(code.join("entry.py"), ENTRY_POINT).expect("write");
     std::fs::set_permissions(code.join("entry.py"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
 
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("tuning-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("tuning-job.json");
     r["HyperParameterTuningJobName"] = json!("toolkit");
     r["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"] =
         json!({"Type": "Maximize", "MetricName": "score"});
@@ -113,8 +112,7 @@ fn the_sagemaker_training_toolkit_runs_unchanged_in_a_container_image() {
     let socket = containerd.socket.to_str().expect("utf-8").to_string();
     let _agent = c.start_agent_for_images_only("toolkit", &["--advertise-vcpus", "8", "--containerd-socket", &socket]);
 
-    let mut r: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("training-job.json")).expect("read")).expect("json");
+    let mut r: Value = example_json("training-job.json");
     r["TrainingJobName"] = json!("toolkit-in-a-container");
     r["AlgorithmSpecification"]["TrainingImage"] = json!(reference);
     r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);

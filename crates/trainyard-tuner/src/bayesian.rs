@@ -695,22 +695,24 @@ fn ascend(
     if value > start { (value, x) } else { (start, from) }
 }
 
-/// The box around `centre` that the search stays in: in many dimensions (`trusted`) sides in
-/// proportion to the length scales, [`TRUST_REGION_SIDE`] of the cube for their geometric mean,
-/// cut at the cube's edges; otherwise the whole cube.
-fn trust_region(centre: &[f64], scales: &[f64], trusted: bool) -> Vec<(f64, f64)> {
+/// Half the side of the trust region along each coordinate: in proportion to the length scales,
+/// [`TRUST_REGION_SIDE`] of the cube for their geometric mean, at most the whole cube.
+fn trust_region_half_sides(scales: &[f64]) -> Vec<f64> {
     let geometric_mean = (scales.iter().map(|s| s.ln()).sum::<f64>() / scales.len() as f64).exp();
+    scales.iter().map(|scale| (TRUST_REGION_SIDE * scale / geometric_mean).min(1.0) / 2.0).collect()
+}
+
+/// The box around `centre` that the search stays in: in many dimensions (`trusted`) the trust
+/// region ([`trust_region_half_sides`]) cut at the cube's edges; otherwise the whole cube.
+fn trust_region(centre: &[f64], half_sides: &[f64], trusted: bool) -> Vec<(f64, f64)> {
     centre
         .iter()
-        .zip(scales)
-        .map(|(centre, scale)| {
-            if trusted {
-                let half = (TRUST_REGION_SIDE * scale / geometric_mean).min(1.0) / 2.0;
-                ((centre - half).max(0.0), (centre + half).min(0.999_999))
-            } else {
-                (0.0, 0.999_999)
-            }
-        })
+        .zip(half_sides)
+        .map(
+            |(centre, half)| {
+                if trusted { ((centre - half).max(0.0), (centre + half).min(0.999_999)) } else { (0.0, 0.999_999) }
+            },
+        )
         .collect()
 }
 
@@ -775,7 +777,7 @@ pub fn suggest(dims: &[Dim], observations: &[Observation], pending: &[Vec<f64>],
     // In many dimensions, random candidates come only from a box around the incumbent (a trust
     // region, its sides in proportion to the length scales): a model fitted on a few dozen points
     // in 10-D is too unsure far away, and its expected improvement would send trials to corners.
-    let geometric_mean = (scales.iter().map(|s| s.ln()).sum::<f64>() / d as f64).exp();
+    let half_sides = trust_region_half_sides(&scales);
     let trusted = d >= TRUST_REGION_DIMENSIONS;
     // The box every candidate and every step of the local search stays in: the trust region in
     // many dimensions, the unit cube otherwise. Local search that left the region was drawn to
@@ -783,7 +785,7 @@ pub fn suggest(dims: &[Dim], observations: &[Observation], pending: &[Vec<f64>],
     // candidates would be. Kept in (40 seeds, at 25 trials): Ackley-10 19.1 -> 17.1 one at a
     // time, Rastrigin-10 118 -> 112 and Hartmann-6 0.84 -> 0.74 four at a time (Levy-10 four at
     // a time 30 -> 36); it is what let the model take over after 7 trials, not 10.
-    let bounds = trust_region(&points[best_at], &scales, trusted);
+    let bounds = trust_region(&points[best_at], &half_sides, trusted);
     let inside = |x: Vec<f64>| -> Vec<f64> {
         x.into_iter()
             .zip(dims)
@@ -802,10 +804,7 @@ pub fn suggest(dims: &[Dim], observations: &[Observation], pending: &[Vec<f64>],
                 .enumerate()
                 .map(|(k, (centre, dim))| match dim {
                     Dim::Categorical(_) => dim.snap(rng.random::<f64>()),
-                    _ => {
-                        let half = (TRUST_REGION_SIDE * scales[k] / geometric_mean).min(1.0) / 2.0;
-                        dim.snap(centre + (rng.random::<f64>() * 2.0 - 1.0) * half)
-                    }
+                    _ => dim.snap(centre + (rng.random::<f64>() * 2.0 - 1.0) * half_sides[k]),
                 })
                 .collect()
         } else {
@@ -910,7 +909,7 @@ mod tests {
         let centre = [0.5, 0.5, 0.05];
         let scales = [0.1, 0.4, 0.2];
         let geometric_mean = (scales.iter().map(|s: &f64| s.ln()).sum::<f64>() / 3.0).exp();
-        let region = trust_region(&centre, &scales, true);
+        let region = trust_region(&centre, &trust_region_half_sides(&scales), true);
         let widths: Vec<f64> = region.iter().map(|(lo, hi)| hi - lo).collect();
         // Sides in proportion to the length scales, TRUST_REGION_SIDE for the geometric mean.
         assert!((widths[0] - TRUST_REGION_SIDE * 0.1 / geometric_mean).abs() < 1e-9, "{region:?}");
@@ -919,7 +918,7 @@ mod tests {
         assert_eq!(region[2].0, 0.0);
         assert!((region[2].1 - (0.05 + TRUST_REGION_SIDE * 0.2 / geometric_mean / 2.0)).abs() < 1e-9);
         // In few dimensions: the whole cube.
-        assert!(trust_region(&centre, &scales, false).iter().all(|r| *r == (0.0, 0.999_999)));
+        assert!(trust_region(&centre, &trust_region_half_sides(&scales), false).iter().all(|r| *r == (0.0, 0.999_999)));
     }
 
     #[test]
