@@ -3,7 +3,8 @@
 //! PostgreSQL, a throwaway server), measures, and prints one table row; `--json` writes them all.
 //!
 //! Run it with `scripts/bench` (release build). A create is validated in full and persisted before
-//! it is answered, so this measures validation plus a durable write per request.
+//! it is answered, so this measures validation plus a durable write per request; and then how long
+//! the event loop takes to queue every job the run made, the CPU per create counted until then.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -84,14 +85,20 @@ struct Row {
     seconds: f64,
     p50_ms: f64,
     p99_ms: f64,
-    /// CPU per request (µs): the coordinator's, the database server's (PostgreSQL; SQLite's is the
-    /// coordinator's), the clients' (this process).
+    /// CPU per request (µs) until every job is queued (the event loop's work included): the
+    /// coordinator's, the database server's (PostgreSQL; SQLite's is the coordinator's), the
+    /// clients' (this process).
     coordinator_cpu_us: f64,
     database_cpu_us: f64,
     clients_cpu_us: f64,
     /// The share of the machine's CPU time the hypervisor gave to other guests meanwhile: runs
     /// of the same code differ by as much as a fifth on a shared VM, and this says which.
     steal_percent: f64,
+    /// From the first create until the event loop had queued every job the run made (a tuning
+    /// job's first MaxParallelTrainingJobs trials), and jobs queued per second over that time:
+    /// under a burst the loop falls behind the API, and this is when it has caught up.
+    queued_seconds: f64,
+    queued_per_second: f64,
 }
 
 const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
@@ -423,10 +430,18 @@ async fn creates(flags: &Flags) -> anyhow::Result<()> {
             // Tuning-job creates would hit the default limit of 100 running tuning jobs.
             let config = dir.path().join("coordinator.toml");
             std::fs::write(&config, "[limits]\nmax_concurrent_tuning_jobs = 100000000\n")?;
-            let args = ["--config".as_ref(), config.as_os_str(), "--database-url".as_ref(), url.as_ref()];
+            let metrics = format!("127.0.0.1:{}", free_port());
+            let args = [
+                "--config".as_ref(),
+                config.as_os_str(),
+                "--database-url".as_ref(),
+                url.as_ref(),
+                "--metrics-listen".as_ref(),
+                metrics.as_ref(),
+            ];
             let mut coordinator = start_coordinator(dir.path(), "127.0.0.1", &args, true)?;
             let database_pid = database.postgres.as_ref().and_then(PgServer::postmaster_pid);
-            let row = measure(flags, backend, kind, &coordinator, database_pid).await?;
+            let row = measure(flags, backend, kind, &coordinator, database_pid, &metrics).await?;
             coordinator.daemon.assert_running();
             print_row(&row, rows.is_empty());
             rows.push(row);
@@ -439,7 +454,8 @@ async fn creates(flags: &Flags) -> anyhow::Result<()> {
                 json!({"backend": r.backend, "operation": r.kind, "clients": flags.clients, "requests": r.requests,
                        "seconds": r.seconds, "per_second": r.requests as f64 / r.seconds, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
                        "coordinator_cpu_us": r.coordinator_cpu_us, "database_cpu_us": r.database_cpu_us,
-                       "clients_cpu_us": r.clients_cpu_us, "steal_percent": r.steal_percent})
+                       "clients_cpu_us": r.clients_cpu_us, "steal_percent": r.steal_percent,
+                       "queued_seconds": r.queued_seconds, "queued_per_second": r.queued_per_second})
             })
             .collect();
         std::fs::write(path, serde_json::to_vec_pretty(&value)?)?;
@@ -450,7 +466,7 @@ async fn creates(flags: &Flags) -> anyhow::Result<()> {
 fn print_row(r: &Row, header: bool) {
     if header {
         println!(
-            "{:<10} {:<30} {:>9} {:>8} {:>10} {:>7} {:>7}  {:>12} {:>12} {:>12} {:>7}",
+            "{:<10} {:<30} {:>9} {:>8} {:>10} {:>7} {:>7}  {:>12} {:>12} {:>12} {:>7} {:>9} {:>9}",
             "backend",
             "operation",
             "requests",
@@ -461,11 +477,13 @@ fn print_row(r: &Row, header: bool) {
             "coord µs/req",
             "db µs/req",
             "client µs/req",
-            "steal %"
+            "steal %",
+            "queued s",
+            "queued/s"
         );
     }
     println!(
-        "{:<10} {:<30} {:>9} {:>8.2} {:>10.0} {:>7.2} {:>7.2}  {:>12.0} {:>12.0} {:>12.0} {:>7.1}",
+        "{:<10} {:<30} {:>9} {:>8.2} {:>10.0} {:>7.2} {:>7.2}  {:>12.0} {:>12.0} {:>12.0} {:>7.1} {:>9.1} {:>9.0}",
         r.backend,
         r.kind,
         r.requests,
@@ -476,7 +494,9 @@ fn print_row(r: &Row, header: bool) {
         r.coordinator_cpu_us,
         r.database_cpu_us,
         r.clients_cpu_us,
-        r.steal_percent
+        r.steal_percent,
+        r.queued_seconds,
+        r.queued_per_second
     );
 }
 
@@ -486,6 +506,7 @@ async fn measure(
     kind: Kind,
     coordinator: &BenchCoordinator,
     database_pid: Option<u32>,
+    metrics: &str,
 ) -> anyhow::Result<Row> {
     let warmup = (flags.requests / 10).max(flags.clients as u64);
     run(flags.clients, warmup, kind, coordinator, "warm").await?;
@@ -503,6 +524,33 @@ async fn measure(
     let started = Instant::now();
     let mut latencies = run(flags.clients, flags.requests, kind, coordinator, "run").await?;
     let seconds = started.elapsed().as_secs_f64();
+    // Every job of the warm-up and the run waits in the queue (no agent runs them): the loop has
+    // caught up when the queue holds them all. Its gauge is refreshed twice a second.
+    let per_create = match kind {
+        Kind::TrainingJob => 1,
+        Kind::TuningJob => serde_json::from_str::<api::CreateHyperParameterTuningJobRequest>(TUNING)?
+            .hyper_parameter_tuning_job_config
+            .and_then(|c| c.resource_limits)
+            .and_then(|l| l.max_parallel_training_jobs)
+            .unwrap_or(1) as u64,
+    };
+    let expected = (warmup + flags.requests) * per_create;
+    let queued = || {
+        metrics_page(metrics)
+            .lines()
+            .find_map(|l| l.strip_prefix("trainyard_queue_length ")?.trim().parse::<u64>().ok())
+            .unwrap_or_default()
+    };
+    while queued() < expected {
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the coordinator queued {} of {expected} jobs in 10 minutes", queued());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queued_seconds = started.elapsed().as_secs_f64();
+    // CPU until then and the next tick of the loop, which stores that the last of them wait: a
+    // create's whole cost, the loop's part included.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let after = cpu();
     let steal = steal_percent(machine_before, machine_ticks());
     let per_request = |a: f64, b: f64| (a - b) * 1e6 / flags.requests as f64;
@@ -522,6 +570,8 @@ async fn measure(
         database_cpu_us: per_request(after.1, before.1),
         clients_cpu_us: per_request(after.2, before.2),
         steal_percent: steal,
+        queued_seconds,
+        queued_per_second: (flags.requests * per_create) as f64 / queued_seconds,
     })
 }
 

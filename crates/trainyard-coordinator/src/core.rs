@@ -94,6 +94,10 @@ use crate::inbox::Event;
 
 /// How often a compare-and-set update is retried against concurrent writers before giving up.
 const UPDATE_ATTEMPTS: usize = 8;
+
+/// Jobs changed in one statement at most (PostgreSQL allows 65,535 parameters, SQLite 32,766; a
+/// row binds 11).
+const UPDATES_PER_STATEMENT: usize = 512;
 /// How long storing a batch of log lines may take before they are held instead: the agent's
 /// stream, which carries its heartbeats and lease renewals too, waits for it, and a store that is
 /// away would otherwise keep it waiting for the pool's whole connect timeout — long enough for
@@ -1058,10 +1062,7 @@ impl Coordinator {
             }
             match self.store.update_training_job(&value, version).await {
                 Ok(written) => {
-                    if written.value.status.is_terminal() {
-                        self.log_sequences.lock().await.remove(name);
-                    }
-                    self.keep_written(written);
+                    self.written_now(written).await;
                     return Ok(Some(value));
                 }
                 Err(StoreError::Conflict { .. }) => continue,
@@ -1071,11 +1072,79 @@ impl Coordinator {
         Err(DomainError::Unavailable(format!("training job '{name}' keeps changing; try again")))
     }
 
+    /// [`Coordinator::updated_training_job`] of several jobs with one change: the jobs kept as
+    /// written are changed and written together, in one statement; the others (not kept, changed
+    /// meanwhile by another writer, or whose change the kept copy refuses) one at a time, as
+    /// `updated_training_job` does them. The jobs whose change failed, with why.
+    pub async fn update_training_jobs(
+        &self,
+        names: &[String],
+        mut change: impl FnMut(&mut TrainingJob) -> Result<bool, DomainError>,
+    ) -> Vec<(String, DomainError)> {
+        let mut alone = Vec::new();
+        let mut together = Vec::new();
+        let kept: Vec<(String, Option<Versioned<TrainingJob>>)> = {
+            let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            names.iter().map(|name| (name.clone(), written.take(name))).collect()
+        };
+        for (name, kept) in kept {
+            match kept {
+                Some(Versioned { mut value, version }) => {
+                    if matches!(change(&mut value), Ok(true)) {
+                        together.push((value, version));
+                    } else {
+                        alone.push(name);
+                    }
+                }
+                None => alone.push(name),
+            }
+        }
+        let mut failed = Vec::new();
+        for batch in together.chunks(UPDATES_PER_STATEMENT) {
+            match self.store.update_training_jobs(batch).await {
+                Ok(outcomes) => {
+                    for ((job, _), outcome) in batch.iter().zip(outcomes) {
+                        match outcome {
+                            Ok(written) => self.written_now(written).await,
+                            Err(_) => alone.push(job.name.clone()),
+                        }
+                    }
+                }
+                Err(e) => {
+                    let e = DomainError::from(e);
+                    failed.extend(batch.iter().map(|(job, _)| (job.name.clone(), e.clone())));
+                }
+            }
+        }
+        for name in alone {
+            if let Err(e) = self.updated_training_job(&name, &mut change).await {
+                failed.push((name, e));
+            }
+        }
+        failed
+    }
+
+    /// What follows a write of a training job: kept as written unless it ended (then its log
+    /// sequence is forgotten).
+    async fn written_now(&self, written: Versioned<TrainingJob>) {
+        if written.value.status.is_terminal() {
+            self.log_sequences.lock().await.remove(&written.value.name);
+        }
+        self.keep_written(written);
+    }
+
     /// Stores a new training job and keeps it as written: its first change needs no read.
     pub async fn store_new_training_job(&self, job: &TrainingJob) -> Result<(), StoreError> {
         let written = self.new_training_jobs.create(job.clone()).await?;
         self.keep_written(written);
         Ok(())
+    }
+
+    /// Stores new training jobs in one statement (with whatever other creates wait) and keeps
+    /// each as written: its first change needs no read. Each one's outcome, in order.
+    pub async fn store_new_training_jobs(&self, jobs: Vec<TrainingJob>) -> Vec<Result<(), StoreError>> {
+        let outcomes = self.new_training_jobs.create_all(jobs).await;
+        outcomes.into_iter().map(|outcome| outcome.map(|written| self.keep_written(written))).collect()
     }
 
     /// A training job as this process last wrote it, if it is kept (see [`Coordinator::written`]).
@@ -1199,6 +1268,44 @@ mod tests {
 
     /// The loop's look at a tuning job at each trial's end: what this process wrote, a stop
     /// request included (kept before its event is sent), without a read; an ended job is not kept.
+    #[tokio::test]
+    async fn jobs_changed_together_keep_other_writers_changes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let c = coordinator(dir.path()).await;
+        for name in ["kept", "raced", "unkept", "refused"] {
+            c.store_new_training_job(&job(name)).await.expect("create");
+        }
+        c.written.lock().expect("lock").take("unkept");
+        // Another writer changes "raced" behind the kept copy's back.
+        let stored = c.training_job("raced").await.expect("read");
+        let mut theirs = stored.value.clone();
+        theirs.failure_reason = Some("another writer".into());
+        c.store.update_training_job(&theirs, stored.version).await.expect("their write");
+
+        let names: Vec<String> = ["kept", "raced", "unkept", "refused", "missing"].map(String::from).into();
+        let failed = c
+            .update_training_jobs(&names, |j| {
+                if j.name == "refused" {
+                    return Err(DomainError::invalid("x", "refused"));
+                }
+                Ok(j.set_status_message("waits", now()))
+            })
+            .await;
+        let failed: Vec<&str> = failed.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(failed, ["refused", "missing"]);
+        for name in ["kept", "raced", "unkept"] {
+            let stored = c.training_job(name).await.expect("read");
+            let message = stored.value.transitions.last().map(|t| t.message.clone());
+            assert_eq!(message.as_deref(), Some("waits"), "{name}");
+            assert_eq!(stored.version, if name == "raced" { 3 } else { 2 }, "{name}");
+            let kept = c.written.lock().expect("lock").get(name).cloned().expect("kept as written");
+            assert_eq!(kept, stored, "{name}");
+        }
+        let raced = c.training_job("raced").await.expect("read").value;
+        assert_eq!(raced.failure_reason.as_deref(), Some("another writer"), "their change was kept");
+        assert_eq!(c.training_job("refused").await.expect("read").version, 1, "nothing written");
+    }
+
     #[tokio::test]
     async fn a_running_tuning_job_is_seen_as_this_process_last_wrote_it() {
         let dir = tempfile::tempdir().expect("dir");

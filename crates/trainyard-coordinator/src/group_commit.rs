@@ -63,11 +63,33 @@ impl<T: Insert> GroupCommit<T> {
     /// Stores a new job (written with whatever other creates are waiting); `AlreadyExists` when its
     /// name is taken.
     pub async fn create(&self, job: T) -> Result<Versioned<T>, StoreError> {
-        let (reply, outcome) = oneshot::channel();
-        let stopped = || StoreError::Unreachable("the coordinator is shutting down".into());
-        self.sender.send(Pending { job, reply }).map_err(|_| stopped())?;
-        outcome.await.map_err(|_| stopped())?
+        let mut outcomes = self.create_all(vec![job]).await;
+        outcomes.pop().unwrap_or_else(|| Err(stopped()))
     }
+
+    /// Stores new jobs, all handed to the writers before waiting for any, so that they share a
+    /// statement (a tuning job's trials launched together); each one's outcome, in order.
+    pub async fn create_all(&self, jobs: Vec<T>) -> Vec<Result<Versioned<T>, StoreError>> {
+        let waiting: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                let (reply, outcome) = oneshot::channel();
+                self.sender.send(Pending { job, reply }).map(|()| outcome).map_err(|_| stopped())
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(waiting.len());
+        for outcome in waiting {
+            outcomes.push(match outcome {
+                Ok(outcome) => outcome.await.unwrap_or_else(|_| Err(stopped())),
+                Err(e) => Err(e),
+            });
+        }
+        outcomes
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unreachable("the coordinator is shutting down".into())
 }
 
 /// One writer: takes what waits (up to [`MAX_BATCH`]), writes it, answers each request.

@@ -65,6 +65,7 @@ timed! {
     fn get_training_job(&self, name: &str) -> Option<Versioned<TrainingJob>>;
     fn list_training_jobs(&self, query: &ListQuery) -> Page<TrainingJob>;
     fn update_training_job(&self, job: &TrainingJob, expected_version: i64) -> Versioned<TrainingJob>;
+    fn update_training_jobs(&self, jobs: &[(TrainingJob, i64)]) -> Vec<Result<Versioned<TrainingJob>, StoreError>>;
     fn active_training_jobs(&self, tuning_job: Option<&str>) -> Vec<Versioned<TrainingJob>>;
     fn trial_counts(&self, tuning_jobs: &[String]) -> HashMap<String, TrialCounts>;
     fn append_logs(&self, training_job: &str, lines: &[LogRecord]) -> ();

@@ -256,6 +256,14 @@ pub trait Store: Send + Sync {
         job: &TrainingJob,
         expected_version: i64,
     ) -> Result<Versioned<TrainingJob>, StoreError>;
+    /// Compare-and-set of several training jobs in one statement (the loop's writes of a pass):
+    /// each job is written if its stored version is still the one given with it. One outcome per
+    /// job, in order: a job changed meanwhile (or named twice: its second time) is its
+    /// `Conflict`; an error for the whole call (the database, the fence) wrote none of them.
+    async fn update_training_jobs(
+        &self,
+        jobs: &[(TrainingJob, i64)],
+    ) -> Result<Vec<Result<Versioned<TrainingJob>, StoreError>>, StoreError>;
     /// Training jobs that have not ended, oldest first; only the trials of `tuning_job` if given.
     async fn active_training_jobs(&self, tuning_job: Option<&str>) -> Result<Vec<Versioned<TrainingJob>>, StoreError>;
 

@@ -702,6 +702,71 @@ impl Store for SqlStore {
         Ok(Versioned { value: job.clone(), version: expected_version + 1 })
     }
 
+    async fn update_training_jobs(
+        &self,
+        jobs: &[(TrainingJob, i64)],
+    ) -> Result<Vec<Result<Versioned<TrainingJob>, StoreError>>, StoreError> {
+        let mut st = Statement::default();
+        let mut values = Vec::with_capacity(jobs.len());
+        let mut first = std::collections::HashSet::new();
+        let mut repeated = Vec::with_capacity(jobs.len());
+        for (job, expected_version) in jobs {
+            let again = !first.insert(job.name.as_str());
+            repeated.push(again);
+            if again {
+                continue;
+            }
+            let details = serde_json::to_string(&TrainingDetails::of(job))
+                .map_err(|e| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() })?;
+            let objective = match job.objective_value {
+                Some(value) => Cell::Bound(Arg::Float(value)),
+                None => Cell::Sql(NULL_DOUBLE),
+            };
+            // In the order of the SET below: VALUES' columns are column1, column2, ... on both backends.
+            values.push(st.row(vec![
+                Cell::Bound(Arg::Text(job.name.clone())),
+                Cell::Bound(Arg::Int(*expected_version)),
+                Cell::Bound(Arg::Text(job.status.as_str().to_string())),
+                Cell::Bound(Arg::Text(job.secondary_status.as_str().to_string())),
+                Cell::Bound(Arg::OptText(job.objective_status.map(|s| s.as_str().to_string()))),
+                objective,
+                Cell::Bound(Arg::Int(job.last_modified_time.millis())),
+                Cell::Bound(Arg::OptInt(job.training_start_time.map(|t| t.millis()))),
+                Cell::Bound(Arg::OptInt(job.training_end_time.map(|t| t.millis()))),
+                Cell::Bound(Arg::OptText(job.failure_reason.clone())),
+                Cell::Bound(Arg::Text(details)),
+            ]));
+        }
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fence = self.fence_clause(&st.bind(Arg::Int(self.epoch())));
+        let sql = format!(
+            "UPDATE training_jobs SET status = u.column3, secondary_status = u.column4, \
+             objective_status = u.column5, objective_value = u.column6, last_modified_time = u.column7, \
+             training_start_time = u.column8, training_end_time = u.column9, failure_reason = u.column10, \
+             details = u.column11, version = u.column2 + 1 FROM (VALUES {}) AS u \
+             WHERE training_jobs.name = u.column1 AND training_jobs.version = u.column2 AND {fence} RETURNING name",
+            values.join(", ")
+        );
+        let written: std::collections::HashSet<String> =
+            st.fetch_all(&self.pool, sql).await?.iter().map(|r| r.try_get("name")).collect::<Result<_, _>>()?;
+        if written.is_empty() {
+            self.fenced_or(Ok(())).await?;
+        }
+        Ok(jobs
+            .iter()
+            .zip(repeated)
+            .map(|((job, expected_version), again)| {
+                if !again && written.contains(&job.name) {
+                    Ok(Versioned { value: job.clone(), version: expected_version + 1 })
+                } else {
+                    Err(StoreError::Conflict { kind: ResourceKind::TrainingJob, name: job.name.clone() })
+                }
+            })
+            .collect())
+    }
+
     async fn active_training_jobs(&self, tuning_job: Option<&str>) -> Result<Vec<Versioned<TrainingJob>>, StoreError> {
         let filter = if tuning_job.is_some() { "AND tuning_job_name = $1" } else { "" };
         let sql = format!(

@@ -29,6 +29,7 @@ cases!(
     duplicate_names_are_already_exists,
     jobs_created_together_are_each_stored_or_refused,
     updates_are_compare_and_set,
+    updates_made_together_are_each_compare_and_set,
     filters_and_sorts_match_sagemaker,
     pagination_stays_correct_while_jobs_arrive,
     trials_are_counted_and_ranked,
@@ -85,6 +86,50 @@ async fn postgres_leadership_is_one_at_a_time_and_fences_the_old_leader() {
 
 /// Two coordinators' stores on one database: one lease, taken over only once it expires, and the
 /// old holder's writes refused from then on.
+async fn updates_made_together_are_each_compare_and_set(store: Arc<dyn Store>) {
+    assert!(store.update_training_jobs(&[]).await.expect("nothing").is_empty());
+    for (i, name) in ["queued", "scored", "raced", "ended"].into_iter().enumerate() {
+        store.create_training_job(&training(name, i as i64, None)).await.expect("create");
+    }
+    let read = |name: &'static str| {
+        let store = store.clone();
+        async move { store.get_training_job(name).await.expect("get").expect("present") }
+    };
+    // Another writer changes "raced" after it was read at version 1.
+    let raced = read("raced").await;
+    let mut theirs = raced.value.clone();
+    theirs.transition(SecondaryStatus::Downloading, "theirs", Timestamp::from_millis(8)).expect("ok");
+    store.update_training_job(&theirs, 1).await.expect("their update");
+
+    // Rows with and without each optional value, in one statement.
+    let mut queued = read("queued").await.value;
+    queued.transition(SecondaryStatus::Pending, "waits", Timestamp::from_millis(10)).expect("ok");
+    let mut scored = read("scored").await.value;
+    scored.transition(SecondaryStatus::Training, "Training", Timestamp::from_millis(11)).expect("ok");
+    scored.objective_value = Some(0.125);
+    let mut mine = raced.value.clone();
+    mine.transition(SecondaryStatus::Pending, "mine", Timestamp::from_millis(12)).expect("ok");
+    let mut ended = read("ended").await.value;
+    ended.request_stop(Timestamp::from_millis(13)).expect("stop");
+    ended.transition(SecondaryStatus::Stopped, "Stopped", Timestamp::from_millis(14)).expect("stopped");
+    ended.failure_reason = Some("it's \"quoted\"".into());
+    let mut again = queued.clone();
+    again.transition(SecondaryStatus::Training, "twice", Timestamp::from_millis(15)).expect("ok");
+    let batch = [(queued.clone(), 1), (scored.clone(), 1), (mine, 1), (ended.clone(), 1), (again, 1)];
+    let outcomes = store.update_training_jobs(&batch).await.expect("batch");
+    let conflict = |o: &Result<_, StoreError>| matches!(o, Err(StoreError::Conflict { .. }));
+    assert_eq!(outcomes.len(), 5);
+    for (i, job) in [(0, &queued), (1, &scored), (3, &ended)] {
+        let written = outcomes[i].as_ref().expect("written");
+        assert_eq!((&written.value, written.version), (job, 2));
+        let stored = store.get_training_job(&job.name).await.expect("get").expect("present");
+        assert_eq!((&stored.value, stored.version), (job, 2), "{} reads back as written", job.name);
+    }
+    assert!(conflict(&outcomes[2]), "a stale version loses: {:?}", outcomes[2]);
+    assert_eq!(read("raced").await.value, theirs, "and changes nothing");
+    assert!(conflict(&outcomes[4]), "a job named twice is written once: {:?}", outcomes[4]);
+}
+
 async fn leadership_is_one_at_a_time_and_fences_the_old_leader(url: &str) {
     use std::time::Duration;
     let short = Duration::from_millis(400);
@@ -109,6 +154,12 @@ async fn leadership_is_one_at_a_time_and_fences_the_old_leader(url: &str) {
     let refused = a.create_training_jobs(&[training("late-1", 2, None), training("late-2", 2, None)]).await;
     assert!(matches!(refused, Err(StoreError::Fenced { epoch: 1, current: Some(2) })), "{refused:?}");
     assert!(b.get_training_job("late-1").await.expect("get").is_none());
+    let trained = b.create_training_job(&training("by-b", 3, None)).await.expect("the new leader writes");
+    let mut pending = trained.value.clone();
+    pending.transition(SecondaryStatus::Pending, "waits", Timestamp::from_millis(4)).expect("ok");
+    let refused = a.update_training_jobs(&[(pending.clone(), trained.version)]).await;
+    assert!(matches!(refused, Err(StoreError::Fenced { epoch: 1, current: Some(2) })), "{refused:?}");
+    assert_eq!(b.get_training_job("by-b").await.expect("get").expect("present").version, trained.version);
     let mut stopping = kept.value.clone();
     stopping.request_stop(Timestamp::from_millis(5)).expect("stop");
     assert!(matches!(a.update_tuning_job(&stopping, kept.version).await, Err(StoreError::Fenced { .. })));

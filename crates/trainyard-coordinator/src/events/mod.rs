@@ -181,6 +181,11 @@ impl TuningRun {
 /// Events handled before one placement pass (see the loop).
 const MAX_EVENTS_PER_PASS: usize = 512;
 
+/// New jobs left waiting by the passes since the last tick whose `Pending` is stored at once,
+/// without waiting for the tick ([`Loop::store_waiting`]): under a burst of creates the jobs to
+/// write stay among those the coordinator keeps as written (else each would be read first).
+const WAITING_WRITTEN_TOGETHER: usize = 256;
+
 pub struct Loop {
     c: Arc<Coordinator>,
     metrics: Arc<crate::telemetry::Metrics>,
@@ -278,6 +283,12 @@ pub async fn run(
                 // event does.
                 if let Err(e) = state.schedule().await {
                     warn!(error = %e, "scheduling failed; catching up from the store");
+                    state.resync_needed = true;
+                }
+                if state.pending_unstored.len() >= WAITING_WRITTEN_TOGETHER
+                    && let Err(e) = state.store_waiting().await
+                {
+                    warn!(error = %e, "waiting jobs not stored; catching up from the store");
                     state.resync_needed = true;
                 }
             }
@@ -426,7 +437,7 @@ impl Loop {
 
     async fn handle(&mut self, event: Event) -> Result<(), DomainError> {
         match event {
-            Event::TuningJobCreated(name) => match self.load_tuning(&name).await? {
+            Event::TuningJobCreated(name) => match self.load_created_tuning(&name).await? {
                 Some(job) => self.drive_tuning_job(job).await,
                 None => self.drive_tuning(&name).await,
             },
@@ -606,7 +617,8 @@ impl Loop {
             self.declare_lost(&id, "was lost (no heartbeat)").await?;
         }
         self.enforce_drain_deadlines().await?;
-        // Jobs queued by the start-up catch-up, before any pass ran.
+        // New jobs that still wait (queued by the passes since the last tick, or by the start-up
+        // catch-up).
         self.store_waiting().await?;
         self.update_gauges();
         // Tuning jobs past ResourceLimits.MaxRuntimeInSeconds.

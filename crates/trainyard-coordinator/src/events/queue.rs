@@ -1,7 +1,7 @@
 //! The queue and placement: jobs waiting for capacity, the placement pass (the pure scheduler
 //! decides; this persists and sends), and where a queued job stands.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use tracing::info;
@@ -212,26 +212,46 @@ impl Loop {
         Ok(())
     }
 
-    /// Stores `Pending` for the new jobs a pass queued and could not place (the rest were placed,
-    /// stopped or ended meanwhile). What a failure leaves is stored on the next try.
+    /// Stores `Pending` for the new jobs queued since the last tick that are still waiting (the
+    /// rest were placed, stopped or ended meanwhile), together, with the progress each has not
+    /// stored. At each tick (or once a few hundred wait) rather than after each pass: a burst of
+    /// creates is written hundreds of jobs to a statement instead of a few, and a job placed
+    /// within half a second is never written `Pending` at all. What a failure leaves is stored
+    /// on the next try.
     pub(super) async fn store_waiting(&mut self) -> Result<(), DomainError> {
-        while let Some(name) = self.pending_unstored.pop() {
-            if !self.queue.contains_key(&name) {
-                continue;
-            }
-            if let Err(e) = self.store_pending(&name).await {
-                self.pending_unstored.push(name);
-                return Err(e);
-            }
+        let names: Vec<String> =
+            std::mem::take(&mut self.pending_unstored).into_iter().filter(|n| self.queue.contains_key(n)).collect();
+        if names.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let mut progress: HashMap<String, Vec<super::Progress>> =
+            names.iter().filter_map(|n| Some((n.clone(), self.progress_unstored.remove(n)?))).collect();
+        let failed = self
+            .c
+            .update_training_jobs(&names, |j| {
+                let moved = progress.get(&j.name).is_some_and(|p| super::apply_progress(j, p));
+                if j.secondary_status == SecondaryStatus::Pending {
+                    return Ok(moved);
+                }
+                j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
+                Ok(true)
+            })
+            .await;
+        let mut first_error = None;
+        for (name, e) in failed {
+            if let Some(p) = progress.remove(&name) {
+                self.hold_progress(&name, p);
+            }
+            self.pending_unstored.push(name);
+            first_error.get_or_insert(e);
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
-    /// Places what fits; records why the rest cannot run when no agent could ever hold it; stores
-    /// that the rest waits.
+    /// Places what fits; records why the rest cannot run when no agent could ever hold it (that
+    /// the rest waits is stored at the next tick: [`Loop::store_waiting`]).
     pub(super) async fn schedule(&mut self) -> Result<(), DomainError> {
-        self.place().await?;
-        self.store_waiting().await
+        self.place().await
     }
 
     async fn place(&mut self) -> Result<(), DomainError> {

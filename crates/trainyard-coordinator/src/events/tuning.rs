@@ -62,6 +62,26 @@ impl Loop {
             return Ok(None);
         }
         let job = self.c.tuning_job(name).await?.value;
+        let launched = self.c.store.count_trials(name).await?;
+        self.track_tuning(job, launched).await.map(Some)
+    }
+
+    /// [`Loop::load_tuning`] of a tuning job this process's API has just created: as the API kept
+    /// it, with no trials, without a read (two round trips fewer per create). Only this loop
+    /// launches trials, and it has not seen the job. (Should a catch-up with the store have
+    /// launched some meanwhile, the first launches find their trials stored and queue those.)
+    pub(super) async fn load_created_tuning(&mut self, name: &str) -> Result<Option<TuningJob>, DomainError> {
+        if self.tuning.contains_key(name) {
+            return Ok(None);
+        }
+        let job = self.c.running_tuning_job(name).await?;
+        self.track_tuning(job, 0).await.map(Some)
+    }
+
+    /// Starts following a tuning job of which `launched` trials exist: its search, its limits
+    /// and what its trials found so far.
+    async fn track_tuning(&mut self, job: TuningJob, launched: u64) -> Result<TuningJob, DomainError> {
+        let name = job.name.as_str();
         let config = job.request.hyper_parameter_tuning_job_config.clone().unwrap_or_default();
         let strategy_name = config.strategy.clone().unwrap_or_default();
         let strategy = Strategy::from_name(&strategy_name);
@@ -93,8 +113,7 @@ impl Loop {
             .or(capacity)
             .unwrap_or(u64::MAX)
             .min(capacity.unwrap_or(u64::MAX));
-        let launched = self.c.store.count_trials(name).await?;
-        // A tuning job just created has none: its trials are not listed (a create's only reads).
+        // A tuning job just created has none: its trials are not listed.
         let trials = if launched == 0 { Vec::new() } else { self.trials_of(name).await? };
         let sign = |v: f64, maximize: bool| if maximize { v } else { -v };
         let completion = config.tuning_job_completion_criteria.clone().unwrap_or_default();
@@ -201,7 +220,7 @@ impl Loop {
                 seeded: seeded_count,
             },
         );
-        Ok(Some(job))
+        Ok(job)
     }
 
     /// Every trial of a tuning job, oldest first.
@@ -240,25 +259,34 @@ impl Loop {
         if job.status != TuningJobStatus::InProgress {
             return Ok(());
         }
+        // The trials to launch now, suggested one after another (each sees the ones before it as
+        // running), then stored in one statement.
+        let mut launches: Vec<(TrainingJob, BTreeMap<String, String>)> = Vec::new();
         loop {
             let Some(run) = self.tuning.get(name) else { return Ok(()) };
             // MaxParallelTrainingJobs counts the trials that run or wait to start, not interrupted
             // ones waiting to resume.
             let resuming = |t: &String| self.queue.get(t).is_some_and(|q| q.resumes);
-            let counted = run.active.iter().filter(|t| !resuming(t)).count() as u64;
-            if run.completing || run.launched >= run.max_trials || counted >= run.max_parallel {
+            let counted = run.active.iter().filter(|t| !resuming(t)).count() as u64 + launches.len() as u64;
+            let index = run.launched + launches.len() as u64;
+            if run.completing || index >= run.max_trials || counted >= run.max_parallel {
                 break;
             }
-            let index = run.launched;
             let (d, local) = run.definition_of(index);
             let space = &run.spaces[d];
             // A definition learns from the trials that tuned its hyperparameters.
             let tunes = |h: &BTreeMap<String, String>| space.parameters.iter().all(|p| h.contains_key(&p.name));
             let finished: Vec<Finished> = run.finished.iter().filter(|f| tunes(&f.hyper_parameters)).cloned().collect();
-            let pending: Vec<BTreeMap<String, String>> = run.pending.values().filter(|h| tunes(h)).cloned().collect();
+            let pending: Vec<BTreeMap<String, String>> = run
+                .pending
+                .values()
+                .chain(launches.iter().map(|(_, tuned)| tuned))
+                .filter(|h| tunes(h))
+                .cloned()
+                .collect();
             let Some(tuned) = run.strategy.suggest(space, run.seed, local, &finished, &pending) else {
                 if let Some(run) = self.tuning.get_mut(name) {
-                    run.max_trials = run.launched;
+                    run.max_trials = index;
                 }
                 break;
             };
@@ -281,10 +309,18 @@ impl Loop {
                 owner: job.owner.clone(),
                 ..TrainingJob::new(request, Some(origin), &self.c.arns, now())?
             };
+            launches.push((training, tuned));
+        }
+        let outcomes = self.c.store_new_training_jobs(launches.iter().map(|(t, _)| t.clone()).collect()).await;
+        // A trial counts as launched once stored, in order: after a failed write the next drive
+        // suggests from there again (a later trial of the batch that was stored all the same is
+        // found stored then, and queued as stored).
+        for ((training, tuned), outcome) in launches.into_iter().zip(outcomes) {
             // Created now: queued as it is. Created before (a restart between the insert and the
-            // count below): queued as stored.
-            let created = match self.c.store_new_training_job(&training).await {
-                Ok(_) => Some(training),
+            // count of launched trials): queued as stored.
+            let trial = training.name.clone();
+            let created = match outcome {
+                Ok(()) => Some(training),
                 Err(trainyard_store::StoreError::AlreadyExists { .. }) => None,
                 Err(e) => return Err(e.into()),
             };
@@ -293,7 +329,7 @@ impl Loop {
                 run.active.insert(trial.clone());
                 run.pending.insert(trial.clone(), tuned);
             }
-            info!(tuning_job = name, trial = %trial, index = index + 1, "trial launched");
+            info!(tuning_job = name, trial = %trial, index = self.tuning.get(name).map_or(0, |r| r.launched), "trial launched");
             match created {
                 Some(training) => self.enqueue_job(training).await?,
                 None => self.enqueue(&trial).await?,
