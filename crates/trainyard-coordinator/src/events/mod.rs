@@ -267,9 +267,23 @@ pub async fn run(
                         Err(_) => break,
                     }
                 }
-                for event in batch {
+                // New tuning jobs one after another are driven together: their first trials
+                // go to the store in one statement.
+                let mut created = Vec::new();
+                let mut events = batch.into_iter().peekable();
+                while let Some(event) = events.next() {
                     debug!(?event, "event");
-                    if let Err(e) = state.handle(event).await {
+                    let result = match event {
+                        Event::TuningJobCreated(name) => {
+                            created.push(name);
+                            if matches!(events.peek(), Some(Event::TuningJobCreated(_))) {
+                                continue;
+                            }
+                            state.created_tuning_jobs(std::mem::take(&mut created)).await
+                        }
+                        event => state.handle(event).await,
+                    };
+                    if let Err(e) = result {
                         warn!(error = %e, "event not handled; catching up from the store");
                         state.resync_needed = true;
                     }

@@ -15,6 +15,13 @@ use trainyard_tuner::{Finished, SearchSpace, Strategy};
 use super::{Loop, TuningRun};
 use crate::core::now;
 
+/// A trial about to be launched: its tuning job, its training job, the hyperparameters tuned.
+struct Launch {
+    tuning: String,
+    training: TrainingJob,
+    tuned: BTreeMap<String, String>,
+}
+
 impl Loop {
     /// Feeds a trial's objective to the early-stopping policy — Hyperband's rungs, or the median
     /// rule of `TrainingJobEarlyStoppingType: Auto` — and says why the trial is to stop, if it is.
@@ -255,40 +262,98 @@ impl Loop {
 
     /// [`Loop::drive_tuning`] of a tuning job already read.
     pub(super) async fn drive_tuning_job(&mut self, job: TuningJob) -> Result<(), DomainError> {
-        let name = job.name.as_str();
-        if job.status != TuningJobStatus::InProgress {
-            return Ok(());
+        self.drive_tuning_jobs(vec![job]).await
+    }
+
+    /// Tuning jobs this process's API has just created, arrived together: each is followed as
+    /// the API kept it ([`Loop::load_created_tuning`]), and the first trials of all of them are
+    /// stored in one statement.
+    pub(super) async fn created_tuning_jobs(&mut self, names: Vec<String>) -> Result<(), DomainError> {
+        let mut jobs = Vec::with_capacity(names.len());
+        for name in names {
+            match self.load_created_tuning(&name).await? {
+                Some(job) => jobs.push(job),
+                None => self.drive_tuning(&name).await?,
+            }
         }
-        // The trials to launch now, suggested one after another (each sees the ones before it as
-        // running), then stored in one statement.
-        let mut launches: Vec<(TrainingJob, BTreeMap<String, String>)> = Vec::new();
+        self.drive_tuning_jobs(jobs).await
+    }
+
+    /// Launches trials of tuning jobs already read up to their MaxParallelTrainingJobs, all
+    /// stored in one statement, and completes each job that has run all its trials.
+    async fn drive_tuning_jobs(&mut self, jobs: Vec<TuningJob>) -> Result<(), DomainError> {
+        let mut launches = Vec::new();
+        for job in jobs.iter().filter(|j| j.status == TuningJobStatus::InProgress) {
+            launches.extend(self.trials_to_launch(job)?);
+        }
+        let outcomes = self.c.store_new_training_jobs(launches.iter().map(|l| l.training.clone()).collect()).await;
+        // A trial counts as launched once stored, in its tuning job's order: after a failed write
+        // the job's next drive suggests from there again (a later trial of it that was stored all
+        // the same is found stored then, and queued as stored).
+        let mut failed: BTreeSet<String> = BTreeSet::new();
+        let mut first_error = None;
+        for (Launch { tuning, training, tuned }, outcome) in launches.into_iter().zip(outcomes) {
+            if failed.contains(&tuning) {
+                continue;
+            }
+            // Created now: queued as it is. Created before (a restart between the insert and the
+            // count of launched trials): queued as stored.
+            let trial = training.name.clone();
+            let created = match outcome {
+                Ok(()) => Some(training),
+                Err(trainyard_store::StoreError::AlreadyExists { .. }) => None,
+                Err(e) => {
+                    failed.insert(tuning);
+                    first_error.get_or_insert(DomainError::from(e));
+                    continue;
+                }
+            };
+            let Some(run) = self.tuning.get_mut(&tuning) else { continue };
+            run.launched += 1;
+            run.active.insert(trial.clone());
+            run.pending.insert(trial.clone(), tuned);
+            info!(tuning_job = %tuning, trial = %trial, index = run.launched, "trial launched");
+            match created {
+                Some(training) => self.enqueue_job(training).await?,
+                None => self.enqueue(&trial).await?,
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        for job in &jobs {
+            self.complete_if_done(&job.name).await?;
+        }
+        Ok(())
+    }
+
+    /// The trials of a tuning job to launch now, suggested one after another (each sees the ones
+    /// before it as running), not stored yet.
+    fn trials_to_launch(&mut self, job: &TuningJob) -> Result<Vec<Launch>, DomainError> {
+        let name = job.name.as_str();
+        let mut launches: Vec<Launch> = Vec::new();
         loop {
-            let Some(run) = self.tuning.get(name) else { return Ok(()) };
+            let Some(run) = self.tuning.get(name) else { return Ok(launches) };
             // MaxParallelTrainingJobs counts the trials that run or wait to start, not interrupted
             // ones waiting to resume.
             let resuming = |t: &String| self.queue.get(t).is_some_and(|q| q.resumes);
             let counted = run.active.iter().filter(|t| !resuming(t)).count() as u64 + launches.len() as u64;
             let index = run.launched + launches.len() as u64;
             if run.completing || index >= run.max_trials || counted >= run.max_parallel {
-                break;
+                return Ok(launches);
             }
             let (d, local) = run.definition_of(index);
             let space = &run.spaces[d];
             // A definition learns from the trials that tuned its hyperparameters.
             let tunes = |h: &BTreeMap<String, String>| space.parameters.iter().all(|p| h.contains_key(&p.name));
             let finished: Vec<Finished> = run.finished.iter().filter(|f| tunes(&f.hyper_parameters)).cloned().collect();
-            let pending: Vec<BTreeMap<String, String>> = run
-                .pending
-                .values()
-                .chain(launches.iter().map(|(_, tuned)| tuned))
-                .filter(|h| tunes(h))
-                .cloned()
-                .collect();
+            let pending: Vec<BTreeMap<String, String>> =
+                run.pending.values().chain(launches.iter().map(|l| &l.tuned)).filter(|h| tunes(h)).cloned().collect();
             let Some(tuned) = run.strategy.suggest(space, run.seed, local, &finished, &pending) else {
                 if let Some(run) = self.tuning.get_mut(name) {
                     run.max_trials = index;
                 }
-                break;
+                return Ok(launches);
             };
             let definition = job
                 .request
@@ -309,32 +374,12 @@ impl Loop {
                 owner: job.owner.clone(),
                 ..TrainingJob::new(request, Some(origin), &self.c.arns, now())?
             };
-            launches.push((training, tuned));
+            launches.push(Launch { tuning: name.to_string(), training, tuned });
         }
-        let outcomes = self.c.store_new_training_jobs(launches.iter().map(|(t, _)| t.clone()).collect()).await;
-        // A trial counts as launched once stored, in order: after a failed write the next drive
-        // suggests from there again (a later trial of the batch that was stored all the same is
-        // found stored then, and queued as stored).
-        for ((training, tuned), outcome) in launches.into_iter().zip(outcomes) {
-            // Created now: queued as it is. Created before (a restart between the insert and the
-            // count of launched trials): queued as stored.
-            let trial = training.name.clone();
-            let created = match outcome {
-                Ok(()) => Some(training),
-                Err(trainyard_store::StoreError::AlreadyExists { .. }) => None,
-                Err(e) => return Err(e.into()),
-            };
-            if let Some(run) = self.tuning.get_mut(name) {
-                run.launched += 1;
-                run.active.insert(trial.clone());
-                run.pending.insert(trial.clone(), tuned);
-            }
-            info!(tuning_job = name, trial = %trial, index = self.tuning.get(name).map_or(0, |r| r.launched), "trial launched");
-            match created {
-                Some(training) => self.enqueue_job(training).await?,
-                None => self.enqueue(&trial).await?,
-            }
-        }
+    }
+
+    /// Completes a tuning job that has launched all its trials (or is completing) once none runs.
+    async fn complete_if_done(&mut self, name: &str) -> Result<(), DomainError> {
         let Some(run) = self.tuning.get(name) else { return Ok(()) };
         if (run.completing || run.launched >= run.max_trials) && run.active.is_empty() {
             self.c
