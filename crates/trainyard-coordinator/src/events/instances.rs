@@ -135,10 +135,18 @@ impl Loop {
         if let Some(next) = secondary {
             // Stored with the job's next write: at the latest at the end of this pass, or with its
             // end when it ends in this pass (a trial's Uploading and Completed arrive together).
+            // At the agent's time of the step, as its metric samples are: the loop may handle the
+            // report later, and a TrainingStartTime after the first sample would leave that
+            // sample out of every window that starts at it (the SageMaker SDK's analytics do).
+            // Never in the future (another host's clock).
+            let at = match update.at_millis {
+                0 => now(),
+                reported => Timestamp::from_millis(reported.min(now().millis())),
+            };
             self.progress_unstored.entry(job.clone()).or_default().push(Progress {
                 status: next,
                 message: update.message.clone(),
-                at: now(),
+                at,
             });
         }
         if !is_final(state) {

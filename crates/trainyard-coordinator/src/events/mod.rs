@@ -333,11 +333,13 @@ fn apply_progress(j: &mut TrainingJob, progress: &[Progress]) -> bool {
         if j.status != TrainingJobStatus::InProgress || order(p.status) < order(j.secondary_status) {
             continue;
         }
+        // Reported at the agent's time: never before the step the job is in began.
+        let at = j.transitions.last().map_or(p.at, |t| t.start_time.max(p.at));
         if p.status == j.secondary_status {
             // Progress within a step ("Downloading the training image (12.0 of 40.0 MB)").
-            changed |= j.set_status_message(p.message.clone(), p.at);
+            changed |= j.set_status_message(p.message.clone(), at);
         } else {
-            changed |= j.transition(p.status, p.message.clone(), p.at).is_ok();
+            changed |= j.transition(p.status, p.message.clone(), at).is_ok();
         }
     }
     changed
@@ -719,6 +721,13 @@ mod tests {
         stopping.status = TrainingJobStatus::Stopping;
         assert!(!apply_progress(&mut stopping, &[progress(SecondaryStatus::Training, "Training", 2_000)]));
         assert_eq!(stopping.transitions.len(), 1);
+
+        // Reports carry the agent's time: one from a clock behind the coordinator's starts when
+        // the job's current step began, not before it.
+        let mut behind = job();
+        assert!(apply_progress(&mut behind, &[progress(SecondaryStatus::Training, "Training", 400)]));
+        assert_eq!(history(&behind)[1], (SecondaryStatus::Training, 1_000, "Training".to_string()));
+        assert_eq!(behind.training_start_time, Some(Timestamp::from_millis(1_000)));
     }
 
     async fn a_loop(store: Arc<dyn trainyard_store::Store>, dir: &std::path::Path) -> Loop {
