@@ -32,6 +32,8 @@ const DATABASE_AWAY: &[&str] = &[
     "event not handled; catching up from the store",
     "periodic checks failed",
     "scheduling failed",
+    "progress not stored",
+    "waiting jobs not stored",
     // The leader's lease is renewed every 2 s; a single coordinator waits for the store to return.
     "could not renew the leader's lease",
     "renewing the leader's lease took too long",

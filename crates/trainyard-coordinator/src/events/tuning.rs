@@ -321,7 +321,7 @@ impl Loop {
         if let Some(e) = first_error {
             return Err(e);
         }
-        for job in &jobs {
+        for job in jobs.iter().filter(|j| j.status == TuningJobStatus::InProgress) {
             self.complete_if_done(&job.name).await?;
         }
         Ok(())
