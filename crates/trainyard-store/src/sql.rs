@@ -3,7 +3,7 @@
 //! `ON CONFLICT`, `LOWER(..) LIKE .. ESCAPE`), so one implementation serves both and the conformance
 //! suite checks that they agree.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -116,6 +116,13 @@ impl Statement {
     async fn fetch_all(self, pool: &AnyPool, sql: String) -> Result<Vec<AnyRow>, sqlx::Error> {
         self.query(sql).fetch_all(pool).await
     }
+}
+
+/// For each row of a batch, whether its name came earlier in the batch: one statement writes a row
+/// once, so only a name's first row goes into it (the others are refused).
+fn repeated_names<'a>(names: impl Iterator<Item = &'a str>) -> Vec<bool> {
+    let mut seen = HashSet::new();
+    names.map(|name| !seen.insert(name)).collect()
 }
 
 /// A `training_job_logs` row.
@@ -351,6 +358,17 @@ impl SqlStore {
         if current == Some(epoch) { otherwise } else { Err(StoreError::Fenced { epoch, current }) }
     }
 
+    /// Runs a fenced statement that writes several rows and returns the `name` of each it wrote.
+    /// When it wrote none: `Fenced` if the lease is no longer ours (else none was writable).
+    async fn names_written(&self, st: Statement, sql: String) -> Result<HashSet<String>, StoreError> {
+        let written: HashSet<String> =
+            st.fetch_all(&self.pool, sql).await?.iter().map(|r| r.try_get("name")).collect::<Result<_, _>>()?;
+        if written.is_empty() {
+            self.fenced_or(Ok(())).await?;
+        }
+        Ok(written)
+    }
+
     /// A transaction for a write of several statements: once this store leads, it first locks
     /// the lease row and checks that the epoch is still ours, so that nothing is written after
     /// another coordinator took over, and a takeover waits for this write to end. SQLite's is `BEGIN IMMEDIATE`: a
@@ -387,15 +405,14 @@ impl SqlStore {
         rows: Vec<(String, Vec<Cell>)>,
     ) -> Result<Vec<Result<Versioned<T>, StoreError>>, StoreError> {
         let mut st = Statement::default();
+        let repeated = repeated_names(rows.iter().map(|(name, _)| name.as_str()));
+        let mut names = Vec::with_capacity(rows.len());
         let mut values = Vec::new();
-        let mut first = std::collections::HashSet::new();
-        let mut repeated = Vec::with_capacity(rows.len());
-        for (name, cells) in rows {
-            let again = !first.insert(name.clone());
+        for ((name, cells), again) in rows.into_iter().zip(&repeated) {
             if !again {
                 values.push(st.row(cells));
             }
-            repeated.push((name, again));
+            names.push(name);
         }
         if values.is_empty() {
             return Ok(Vec::new());
@@ -406,13 +423,10 @@ impl SqlStore {
              ON CONFLICT DO NOTHING RETURNING name",
             values.join(", ")
         );
-        let inserted: std::collections::HashSet<String> =
-            st.fetch_all(&self.pool, sql).await?.iter().map(|r| r.try_get("name")).collect::<Result<_, _>>()?;
-        if inserted.is_empty() {
-            self.fenced_or(Ok(())).await?;
-        }
-        Ok(repeated
+        let inserted = self.names_written(st, sql).await?;
+        Ok(names
             .into_iter()
+            .zip(repeated)
             .zip(jobs)
             .map(|((name, again), job)| {
                 if !again && inserted.contains(&name) {
@@ -708,12 +722,9 @@ impl Store for SqlStore {
     ) -> Result<Vec<Result<Versioned<TrainingJob>, StoreError>>, StoreError> {
         let mut st = Statement::default();
         let mut values = Vec::with_capacity(jobs.len());
-        let mut first = std::collections::HashSet::new();
-        let mut repeated = Vec::with_capacity(jobs.len());
-        for (job, expected_version) in jobs {
-            let again = !first.insert(job.name.as_str());
-            repeated.push(again);
-            if again {
+        let repeated = repeated_names(jobs.iter().map(|(job, _)| job.name.as_str()));
+        for ((job, expected_version), again) in jobs.iter().zip(&repeated) {
+            if *again {
                 continue;
             }
             let details = serde_json::to_string(&TrainingDetails::of(job))
@@ -749,11 +760,7 @@ impl Store for SqlStore {
              WHERE training_jobs.name = u.column1 AND training_jobs.version = u.column2 AND {fence} RETURNING name",
             values.join(", ")
         );
-        let written: std::collections::HashSet<String> =
-            st.fetch_all(&self.pool, sql).await?.iter().map(|r| r.try_get("name")).collect::<Result<_, _>>()?;
-        if written.is_empty() {
-            self.fenced_or(Ok(())).await?;
-        }
+        let written = self.names_written(st, sql).await?;
         Ok(jobs
             .iter()
             .zip(repeated)

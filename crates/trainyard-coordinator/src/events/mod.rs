@@ -453,10 +453,7 @@ impl Loop {
 
     async fn handle(&mut self, event: Event) -> Result<(), DomainError> {
         match event {
-            Event::TuningJobCreated(name) => match self.load_created_tuning(&name).await? {
-                Some(job) => self.drive_tuning_job(job).await,
-                None => self.drive_tuning(&name).await,
-            },
+            Event::TuningJobCreated(name) => self.created_tuning_jobs(vec![name]).await,
             Event::TrainingJobCreated(name) => self.enqueue(&name).await,
             Event::TrainingJobStopRequested(name) => self.stop_training(&name).await,
             Event::TuningJobStopRequested(name) => self.stop_tuning(&name).await,
