@@ -274,16 +274,17 @@ impl Coordinator {
                 return Err(e);
             }
         };
-        match self.new_tuning_jobs.create(job.clone()).await {
+        let (name, arn, strategy) = (job.name.clone(), job.arn.clone(), job.strategy().map(str::to_string));
+        match self.new_tuning_jobs.create(job).await {
             Ok(written) => self.keep_tuning_job(written.value),
             Err(e) => {
                 self.active_tuning_jobs.fetch_sub(1, Ordering::SeqCst);
                 return Err(e.into());
             }
         }
-        info!(tuning_job = %job.name, user = %caller.user, strategy = job.strategy().unwrap_or("-"), "tuning job created");
-        self.emit(Event::TuningJobCreated(job.name.clone()));
-        Ok(api::CreateHyperParameterTuningJobResponse { hyper_parameter_tuning_job_arn: Some(job.arn) })
+        info!(tuning_job = %name, user = %caller.user, strategy = strategy.as_deref().unwrap_or("-"), "tuning job created");
+        self.emit(Event::TuningJobCreated(name));
+        Ok(api::CreateHyperParameterTuningJobResponse { hyper_parameter_tuning_job_arn: Some(arn) })
     }
 
     /// Warm-start parents must exist and have ended.
@@ -535,10 +536,11 @@ impl Coordinator {
             return Err(DomainError::Validation(violations));
         }
         let job = TrainingJob { owner: caller.user.clone(), ..TrainingJob::new(request, None, &self.arns, now())? };
-        self.store_new_training_job(&job).await?;
-        info!(training_job = %job.name, user = %caller.user, "training job created");
-        self.emit(Event::TrainingJobCreated(job.name.clone()));
-        Ok(api::CreateTrainingJobResponse { training_job_arn: Some(job.arn) })
+        let (name, arn) = (job.name.clone(), job.arn.clone());
+        self.store_new_training_job(job).await?;
+        info!(training_job = %name, user = %caller.user, "training job created");
+        self.emit(Event::TrainingJobCreated(name));
+        Ok(api::CreateTrainingJobResponse { training_job_arn: Some(arn) })
     }
 
     pub async fn describe_training_job(
@@ -1100,13 +1102,15 @@ impl Coordinator {
             }
         }
         let mut failed = Vec::new();
-        for batch in together.chunks(UPDATES_PER_STATEMENT) {
-            match self.store.update_training_jobs(batch).await {
+        let mut together = together.into_iter().peekable();
+        while together.peek().is_some() {
+            let batch: Vec<(TrainingJob, i64)> = together.by_ref().take(UPDATES_PER_STATEMENT).collect();
+            match self.store.update_training_jobs(&batch).await {
                 Ok(outcomes) => {
-                    for ((job, _), outcome) in batch.iter().zip(outcomes) {
+                    for ((job, _), outcome) in batch.into_iter().zip(outcomes) {
                         match outcome {
-                            Ok(written) => self.written_now(written).await,
-                            Err(_) => alone.push(job.name.clone()),
+                            Ok(version) => self.written_now(Versioned { value: job, version }).await,
+                            Err(_) => alone.push(job.name),
                         }
                     }
                 }
@@ -1134,17 +1138,20 @@ impl Coordinator {
     }
 
     /// Stores a new training job and keeps it as written: its first change needs no read.
-    pub async fn store_new_training_job(&self, job: &TrainingJob) -> Result<(), StoreError> {
-        let written = self.new_training_jobs.create(job.clone()).await?;
+    pub async fn store_new_training_job(&self, job: TrainingJob) -> Result<(), StoreError> {
+        let written = self.new_training_jobs.create(job).await?;
         self.keep_written(written);
         Ok(())
     }
 
-    /// Stores new training jobs in one statement (with whatever other creates wait) and keeps
-    /// each as written: its first change needs no read. Each one's outcome, in order.
-    pub async fn store_new_training_jobs(&self, jobs: Vec<TrainingJob>) -> Vec<Result<(), StoreError>> {
-        let outcomes = self.new_training_jobs.create_all(jobs).await;
-        outcomes.into_iter().map(|outcome| outcome.map(|written| self.keep_written(written))).collect()
+    /// Stores new training jobs in one statement (with whatever other creates wait); each one's
+    /// outcome, in order, with the job as written. The caller keeps each ([`Coordinator::keep_written`])
+    /// once it is done with it, so that its first change needs no read: handed back, not copied.
+    pub async fn store_new_training_jobs(
+        &self,
+        jobs: Vec<TrainingJob>,
+    ) -> Vec<Result<Versioned<TrainingJob>, StoreError>> {
+        self.new_training_jobs.create_all(jobs).await
     }
 
     /// A training job as this process last wrote it, if it is kept (see [`Coordinator::written`]).
@@ -1153,7 +1160,7 @@ impl Coordinator {
     }
 
     /// Remembers a training job as just written, while it has not ended (see [`Coordinator::written`]).
-    fn keep_written(&self, written: Versioned<TrainingJob>) {
+    pub fn keep_written(&self, written: Versioned<TrainingJob>) {
         if written.value.status.is_terminal() {
             return;
         }
@@ -1273,7 +1280,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let c = coordinator(dir.path()).await;
         for name in ["kept", "raced", "unkept", "refused"] {
-            c.store_new_training_job(&job(name)).await.expect("create");
+            c.store_new_training_job(job(name)).await.expect("create");
         }
         c.written.lock().expect("lock").take("unkept");
         // Another writer changes "raced" behind the kept copy's back.

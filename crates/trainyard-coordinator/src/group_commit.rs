@@ -19,23 +19,24 @@ const MAX_BATCH: usize = 64;
 /// Batches in flight at once: while one commits, the next is gathered and sent.
 const WRITERS: usize = 2;
 
-type Outcomes<T> = Result<Vec<Result<Versioned<T>, StoreError>>, StoreError>;
+/// The store's outcome of each job of a batch (an inserted job is at version 1).
+type Outcomes = Result<Vec<Result<(), StoreError>>, StoreError>;
 /// The store's batch insert, as its `async_trait` methods return it.
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// What can be created in batches.
-pub trait Insert: Clone + Send + Sync + 'static {
-    fn insert<'a>(store: &'a dyn Store, jobs: &'a [Self]) -> BoxFuture<'a, Outcomes<Self>>;
+pub trait Insert: Sized + Send + Sync + 'static {
+    fn insert<'a>(store: &'a dyn Store, jobs: &'a [Self]) -> BoxFuture<'a, Outcomes>;
 }
 
 impl Insert for TrainingJob {
-    fn insert<'a>(store: &'a dyn Store, jobs: &'a [Self]) -> BoxFuture<'a, Outcomes<Self>> {
+    fn insert<'a>(store: &'a dyn Store, jobs: &'a [Self]) -> BoxFuture<'a, Outcomes> {
         store.create_training_jobs(jobs)
     }
 }
 
 impl Insert for TuningJob {
-    fn insert<'a>(store: &'a dyn Store, jobs: &'a [Self]) -> BoxFuture<'a, Outcomes<Self>> {
+    fn insert<'a>(store: &'a dyn Store, jobs: &'a [Self]) -> BoxFuture<'a, Outcomes> {
         store.create_tuning_jobs(jobs)
     }
 }
@@ -123,9 +124,10 @@ async fn write<T: Insert>(store: Arc<dyn Store>, receiver: Arc<Mutex<mpsc::Unbou
             }
             Err(e) => jobs.iter().map(|_| Err(e.shared())).collect(),
         };
-        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        // Each job goes back to its request as written: moved, not copied.
+        for ((job, reply), outcome) in jobs.into_iter().zip(replies).zip(outcomes) {
             // A request whose client went away no longer waits; its job is stored all the same.
-            let _ = reply.send(outcome);
+            let _ = reply.send(outcome.map(|()| Versioned { value: job, version: 1 }));
         }
     }
 }

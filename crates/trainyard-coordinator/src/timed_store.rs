@@ -55,17 +55,17 @@ macro_rules! timed {
 }
 
 timed! {
-    fn create_tuning_jobs(&self, jobs: &[TuningJob]) -> Vec<Result<Versioned<TuningJob>, StoreError>>;
+    fn create_tuning_jobs(&self, jobs: &[TuningJob]) -> Vec<Result<(), StoreError>>;
     fn get_tuning_job(&self, name: &str) -> Option<Versioned<TuningJob>>;
     fn list_tuning_jobs(&self, query: &ListQuery) -> Page<TuningJob>;
     fn update_tuning_job(&self, job: &TuningJob, expected_version: i64) -> Versioned<TuningJob>;
     fn active_tuning_jobs(&self) -> Vec<Versioned<TuningJob>>;
     fn count_active_tuning_jobs(&self) -> u64;
-    fn create_training_jobs(&self, jobs: &[TrainingJob]) -> Vec<Result<Versioned<TrainingJob>, StoreError>>;
+    fn create_training_jobs(&self, jobs: &[TrainingJob]) -> Vec<Result<(), StoreError>>;
     fn get_training_job(&self, name: &str) -> Option<Versioned<TrainingJob>>;
     fn list_training_jobs(&self, query: &ListQuery) -> Page<TrainingJob>;
     fn update_training_job(&self, job: &TrainingJob, expected_version: i64) -> Versioned<TrainingJob>;
-    fn update_training_jobs(&self, jobs: &[(TrainingJob, i64)]) -> Vec<Result<Versioned<TrainingJob>, StoreError>>;
+    fn update_training_jobs(&self, jobs: &[(TrainingJob, i64)]) -> Vec<Result<i64, StoreError>>;
     fn active_training_jobs(&self, tuning_job: Option<&str>) -> Vec<Versioned<TrainingJob>>;
     fn trial_counts(&self, tuning_jobs: &[String]) -> HashMap<String, TrialCounts>;
     fn append_logs(&self, training_job: &str, lines: &[LogRecord]) -> ();

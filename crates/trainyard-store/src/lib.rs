@@ -219,14 +219,13 @@ pub trait Store: Send + Sync {
     fn backend(&self) -> Backend;
 
     /// Inserts new tuning jobs in one statement (the group commit of concurrent creates): one
-    /// outcome per job, in order. A name taken, before or earlier in `jobs`, is that job's
-    /// `AlreadyExists`; an error for the whole call (the database, the fence) stored none of them.
-    async fn create_tuning_jobs(
-        &self,
-        jobs: &[TuningJob],
-    ) -> Result<Vec<Result<Versioned<TuningJob>, StoreError>>, StoreError>;
+    /// outcome per job, in order (a job inserted is at version 1; the caller holds it, so no copy
+    /// comes back). A name taken, before or earlier in `jobs`, is that job's `AlreadyExists`; an
+    /// error for the whole call (the database, the fence) stored none of them.
+    async fn create_tuning_jobs(&self, jobs: &[TuningJob]) -> Result<Vec<Result<(), StoreError>>, StoreError>;
     async fn create_tuning_job(&self, job: &TuningJob) -> Result<Versioned<TuningJob>, StoreError> {
-        only_outcome(self.create_tuning_jobs(std::slice::from_ref(job)).await?)
+        only_outcome(self.create_tuning_jobs(std::slice::from_ref(job)).await?)?;
+        Ok(Versioned { value: job.clone(), version: 1 })
     }
     async fn get_tuning_job(&self, name: &str) -> Result<Option<Versioned<TuningJob>>, StoreError>;
     async fn list_tuning_jobs(&self, query: &ListQuery) -> Result<Page<TuningJob>, StoreError>;
@@ -242,12 +241,10 @@ pub trait Store: Send + Sync {
     async fn count_active_tuning_jobs(&self) -> Result<u64, StoreError>;
 
     /// Inserts new training jobs in one statement, as [`Store::create_tuning_jobs`] does.
-    async fn create_training_jobs(
-        &self,
-        jobs: &[TrainingJob],
-    ) -> Result<Vec<Result<Versioned<TrainingJob>, StoreError>>, StoreError>;
+    async fn create_training_jobs(&self, jobs: &[TrainingJob]) -> Result<Vec<Result<(), StoreError>>, StoreError>;
     async fn create_training_job(&self, job: &TrainingJob) -> Result<Versioned<TrainingJob>, StoreError> {
-        only_outcome(self.create_training_jobs(std::slice::from_ref(job)).await?)
+        only_outcome(self.create_training_jobs(std::slice::from_ref(job)).await?)?;
+        Ok(Versioned { value: job.clone(), version: 1 })
     }
     async fn get_training_job(&self, name: &str) -> Result<Option<Versioned<TrainingJob>>, StoreError>;
     async fn list_training_jobs(&self, query: &ListQuery) -> Result<Page<TrainingJob>, StoreError>;
@@ -258,12 +255,13 @@ pub trait Store: Send + Sync {
     ) -> Result<Versioned<TrainingJob>, StoreError>;
     /// Compare-and-set of several training jobs in one statement (the loop's writes of a pass):
     /// each job is written if its stored version is still the one given with it. One outcome per
-    /// job, in order: a job changed meanwhile (or named twice: its second time) is its
-    /// `Conflict`; an error for the whole call (the database, the fence) wrote none of them.
+    /// job, in order: the version it now has, or, for a job changed meanwhile (or named twice:
+    /// its second time), `Conflict`; an error for the whole call (the database, the fence) wrote
+    /// none of them.
     async fn update_training_jobs(
         &self,
         jobs: &[(TrainingJob, i64)],
-    ) -> Result<Vec<Result<Versioned<TrainingJob>, StoreError>>, StoreError>;
+    ) -> Result<Vec<Result<i64, StoreError>>, StoreError>;
     /// Training jobs that have not ended, oldest first; only the trials of `tuning_job` if given.
     async fn active_training_jobs(&self, tuning_job: Option<&str>) -> Result<Vec<Versioned<TrainingJob>>, StoreError>;
 

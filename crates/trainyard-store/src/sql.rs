@@ -396,14 +396,13 @@ impl SqlStore {
     /// Inserts new jobs' rows in one fenced statement; the outcome of each row, in order. `rows`:
     /// each job's name and its cells in `columns`' order. A name taken before, or by an earlier
     /// row, is `AlreadyExists`; when none was inserted, a lost lease is the whole call's error.
-    async fn insert_new<T: Clone>(
+    async fn insert_new(
         &self,
         table: &str,
         columns: &str,
         kind: ResourceKind,
-        jobs: &[T],
         rows: Vec<(String, Vec<Cell>)>,
-    ) -> Result<Vec<Result<Versioned<T>, StoreError>>, StoreError> {
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let mut st = Statement::default();
         let repeated = repeated_names(rows.iter().map(|(name, _)| name.as_str()));
         let mut names = Vec::with_capacity(rows.len());
@@ -427,13 +426,8 @@ impl SqlStore {
         Ok(names
             .into_iter()
             .zip(repeated)
-            .zip(jobs)
-            .map(|((name, again), job)| {
-                if !again && inserted.contains(&name) {
-                    Ok(Versioned { value: job.clone(), version: 1 })
-                } else {
-                    Err(StoreError::AlreadyExists { kind, name })
-                }
+            .map(|(name, again)| {
+                if !again && inserted.contains(&name) { Ok(()) } else { Err(StoreError::AlreadyExists { kind, name }) }
             })
             .collect())
     }
@@ -526,10 +520,7 @@ impl Store for SqlStore {
         self.backend
     }
 
-    async fn create_tuning_jobs(
-        &self,
-        jobs: &[TuningJob],
-    ) -> Result<Vec<Result<Versioned<TuningJob>, StoreError>>, StoreError> {
+    async fn create_tuning_jobs(&self, jobs: &[TuningJob]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let mut rows = Vec::with_capacity(jobs.len());
         for job in jobs {
             let request = serde_json::to_string(&job.request)
@@ -550,7 +541,7 @@ impl Store for SqlStore {
             ];
             rows.push((job.name.clone(), cells));
         }
-        self.insert_new("tuning_jobs", TUNING_COLUMNS, ResourceKind::TuningJob, jobs, rows).await
+        self.insert_new("tuning_jobs", TUNING_COLUMNS, ResourceKind::TuningJob, rows).await
     }
 
     async fn get_tuning_job(&self, name: &str) -> Result<Option<Versioned<TuningJob>>, StoreError> {
@@ -622,10 +613,7 @@ impl Store for SqlStore {
         Ok(u64::try_from(n).unwrap_or_default())
     }
 
-    async fn create_training_jobs(
-        &self,
-        jobs: &[TrainingJob],
-    ) -> Result<Vec<Result<Versioned<TrainingJob>, StoreError>>, StoreError> {
+    async fn create_training_jobs(&self, jobs: &[TrainingJob]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let mut rows = Vec::with_capacity(jobs.len());
         for job in jobs {
             let corrupt = |e: serde_json::Error| StoreError::Corrupt { name: job.name.clone(), reason: e.to_string() };
@@ -655,7 +643,7 @@ impl Store for SqlStore {
             ];
             rows.push((job.name.clone(), cells));
         }
-        self.insert_new("training_jobs", TRAINING_COLUMNS, ResourceKind::TrainingJob, jobs, rows).await
+        self.insert_new("training_jobs", TRAINING_COLUMNS, ResourceKind::TrainingJob, rows).await
     }
 
     async fn get_training_job(&self, name: &str) -> Result<Option<Versioned<TrainingJob>>, StoreError> {
@@ -719,7 +707,7 @@ impl Store for SqlStore {
     async fn update_training_jobs(
         &self,
         jobs: &[(TrainingJob, i64)],
-    ) -> Result<Vec<Result<Versioned<TrainingJob>, StoreError>>, StoreError> {
+    ) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
         let mut st = Statement::default();
         let mut values = Vec::with_capacity(jobs.len());
         let repeated = repeated_names(jobs.iter().map(|(job, _)| job.name.as_str()));
@@ -766,7 +754,7 @@ impl Store for SqlStore {
             .zip(repeated)
             .map(|((job, expected_version), again)| {
                 if !again && written.contains(&job.name) {
-                    Ok(Versioned { value: job.clone(), version: expected_version + 1 })
+                    Ok(expected_version + 1)
                 } else {
                     Err(StoreError::Conflict { kind: ResourceKind::TrainingJob, name: job.name.clone() })
                 }

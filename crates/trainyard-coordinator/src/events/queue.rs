@@ -136,16 +136,16 @@ impl Loop {
             Some(job) => job,
             None => self.c.training_job(name).await?.value,
         };
-        self.enqueue_job(job).await
+        self.enqueue_job(&job).await
     }
 
     /// [`Loop::enqueue`] of a job already read (or just created: a trial's start saves a read).
-    pub(super) async fn enqueue_job(&mut self, job: TrainingJob) -> Result<(), DomainError> {
+    pub(super) async fn enqueue_job(&mut self, job: &TrainingJob) -> Result<(), DomainError> {
         let name = job.name.as_str();
         if job.status != TrainingJobStatus::InProgress || !job.placement.is_empty() {
             return Ok(());
         }
-        let demand = self.demand_of(&job)?;
+        let demand = self.demand_of(job)?;
         let max_pending = job
             .request
             .stopping_condition
@@ -166,7 +166,7 @@ impl Loop {
             name.to_string(),
             Queued { demand, queued_at: now(), max_pending, reason: None, not_before: None, resumes },
         );
-        self.track_spot(&job);
+        self.track_spot(job);
         Ok(())
     }
 

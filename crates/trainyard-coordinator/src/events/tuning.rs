@@ -286,21 +286,30 @@ impl Loop {
         for job in jobs.iter().filter(|j| j.status == TuningJobStatus::InProgress) {
             launches.extend(self.trials_to_launch(job)?);
         }
-        let outcomes = self.c.store_new_training_jobs(launches.iter().map(|l| l.training.clone()).collect()).await;
+        // The trials go to the store by value and come back as written: no copy of each.
+        let mut trainings = Vec::with_capacity(launches.len());
+        let mut launched = Vec::with_capacity(launches.len());
+        for Launch { tuning, training, tuned } in launches {
+            launched.push((tuning, training.name.clone(), tuned));
+            trainings.push(training);
+        }
+        let outcomes = self.c.store_new_training_jobs(trainings).await;
         // A trial counts as launched once stored, in its tuning job's order: after a failed write
         // the job's next drive suggests from there again (a later trial of it that was stored all
         // the same is found stored then, and queued as stored).
         let mut failed: BTreeSet<String> = BTreeSet::new();
         let mut first_error = None;
-        for (Launch { tuning, training, tuned }, outcome) in launches.into_iter().zip(outcomes) {
+        for ((tuning, trial, tuned), outcome) in launched.into_iter().zip(outcomes) {
             if failed.contains(&tuning) {
+                if let Ok(written) = outcome {
+                    self.c.keep_written(written);
+                }
                 continue;
             }
-            // Created now: queued as it is. Created before (a restart between the insert and the
-            // count of launched trials): queued as stored.
-            let trial = training.name.clone();
+            // Created now: queued as it is (then kept as written). Created before (a restart
+            // between the insert and the count of launched trials): queued as stored.
             let created = match outcome {
-                Ok(()) => Some(training),
+                Ok(written) => Some(written),
                 Err(trainyard_store::StoreError::AlreadyExists { .. }) => None,
                 Err(e) => {
                     failed.insert(tuning);
@@ -308,13 +317,22 @@ impl Loop {
                     continue;
                 }
             };
-            let Some(run) = self.tuning.get_mut(&tuning) else { continue };
+            let Some(run) = self.tuning.get_mut(&tuning) else {
+                if let Some(written) = created {
+                    self.c.keep_written(written);
+                }
+                continue;
+            };
             run.launched += 1;
             run.active.insert(trial.clone());
             run.pending.insert(trial.clone(), tuned);
             info!(tuning_job = %tuning, trial = %trial, index = run.launched, "trial launched");
             match created {
-                Some(training) => self.enqueue_job(training).await?,
+                Some(written) => {
+                    let queued = self.enqueue_job(&written.value).await;
+                    self.c.keep_written(written);
+                    queued?
+                }
                 None => self.enqueue(&trial).await?,
             }
         }
