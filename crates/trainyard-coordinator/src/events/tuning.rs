@@ -300,15 +300,9 @@ impl Loop {
         let mut failed: BTreeSet<String> = BTreeSet::new();
         let mut first_error = None;
         for ((tuning, trial, tuned), outcome) in launched.into_iter().zip(outcomes) {
-            if failed.contains(&tuning) {
-                if let Ok(written) = outcome {
-                    self.c.keep_written(written);
-                }
-                continue;
-            }
-            // Created now: queued as it is (then kept as written). Created before (a restart
-            // between the insert and the count of launched trials): queued as stored.
-            let created = match outcome {
+            // Created now: queued as written. Created before (a restart between the insert and
+            // the count of launched trials): queued as stored.
+            let written = match outcome {
                 Ok(written) => Some(written),
                 Err(trainyard_store::StoreError::AlreadyExists { .. }) => None,
                 Err(e) => {
@@ -317,24 +311,16 @@ impl Loop {
                     continue;
                 }
             };
-            let Some(run) = self.tuning.get_mut(&tuning) else {
-                if let Some(written) = created {
-                    self.c.keep_written(written);
-                }
-                continue;
+            let queued = if failed.contains(&tuning) {
+                Ok(())
+            } else {
+                self.trial_launched(&tuning, trial, tuned, written.as_ref().map(|w| &w.value)).await
             };
-            run.launched += 1;
-            run.active.insert(trial.clone());
-            run.pending.insert(trial.clone(), tuned);
-            info!(tuning_job = %tuning, trial = %trial, index = run.launched, "trial launched");
-            match created {
-                Some(written) => {
-                    let queued = self.enqueue_job(&written.value).await;
-                    self.c.keep_written(written);
-                    queued?
-                }
-                None => self.enqueue(&trial).await?,
+            // Kept as written whatever became of it: its first change needs no read.
+            if let Some(written) = written {
+                self.c.keep_written(written);
             }
+            queued?;
         }
         if let Some(e) = first_error {
             return Err(e);
@@ -343,6 +329,26 @@ impl Loop {
             self.complete_if_done(&job.name).await?;
         }
         Ok(())
+    }
+
+    /// A stored trial counts as launched by its tuning job and is queued: from `written` (the job
+    /// as just created) or, without it, as stored.
+    async fn trial_launched(
+        &mut self,
+        tuning: &str,
+        trial: String,
+        tuned: BTreeMap<String, String>,
+        written: Option<&TrainingJob>,
+    ) -> Result<(), DomainError> {
+        let Some(run) = self.tuning.get_mut(tuning) else { return Ok(()) };
+        run.launched += 1;
+        run.active.insert(trial.clone());
+        run.pending.insert(trial.clone(), tuned);
+        info!(tuning_job = %tuning, trial = %trial, index = run.launched, "trial launched");
+        match written {
+            Some(job) => self.enqueue_job(job).await,
+            None => self.enqueue(&trial).await,
+        }
     }
 
     /// The trials of a tuning job to launch now, suggested one after another (each sees the ones
