@@ -66,6 +66,24 @@ enum Version {
     V2 { parent: String, controllers: Vec<String> },
 }
 
+impl Version {
+    /// The file a child writes "0" to, to join an instance's cgroup before it runs the program.
+    ///
+    /// On v1, `tasks`: it moves the writing thread only, and the child has one thread (a fork
+    /// copies only the forking one), so the whole child moves, and everything it later starts is
+    /// born inside. The kernel moves the calling thread without its global threadgroup lock,
+    /// whereas `cgroup.procs` takes that lock for writing, and on a hierarchy mounted without
+    /// `favordynmods` that waits for an RCU grace period: 8.2 ms against 0.2 ms for four
+    /// hierarchies measured here, most of an instance's launch. On v2 a thread can only move
+    /// within a threaded subtree, so there it is `cgroup.procs`.
+    fn join_file(&self) -> &'static str {
+        match self {
+            Version::V1 => "tasks",
+            Version::V2 { .. } => "cgroup.procs",
+        }
+    }
+}
+
 impl AgentCgroups {
     /// Finds (v1) or makes (v2) this agent's parent cgroup, removes what an earlier run of the
     /// agent left in it, and proves an instance's cgroup can be made and limited. `Err` says why
@@ -94,7 +112,7 @@ impl AgentCgroups {
             let path = format!("{parent}/{name}");
             let stale = cgroups.load(&path);
             tracing::info!(cgroup = %path, left = stale.procs().len(), "removing an earlier run's instance cgroup");
-            drop(InstanceCgroup { cgroup: stale, procs_files: Vec::new() });
+            drop(InstanceCgroup { cgroup: stale, join_files: Vec::new() });
             let _ = cgroups.load_everywhere(&path).delete();
         }
         drop(cgroups.create("probe", 0, Limits { memory_mib: Some(64), vcpus: Some(1), pids: 16 })?);
@@ -117,7 +135,7 @@ impl AgentCgroups {
         let path = format!("{}/{job}.algo-{instance}", self.parent_path());
         let stale = self.load(&path);
         if stale.exists() {
-            drop(InstanceCgroup { cgroup: stale, procs_files: Vec::new() }); // emptied and removed
+            drop(InstanceCgroup { cgroup: stale, join_files: Vec::new() }); // emptied and removed
         }
         let mut resources = cgroups_rs::Resources::default();
         let enforced = |controller: &str| !self.unenforced().contains(&controller);
@@ -146,26 +164,26 @@ impl AgentCgroups {
         created.map_err(|e| format!("creating cgroup {path}: {e}"))?;
         let cgroup = self.load(&path);
         if let Err(e) = cgroup.apply(&resources) {
-            drop(InstanceCgroup { cgroup, procs_files: Vec::new() }); // removed
+            drop(InstanceCgroup { cgroup, join_files: Vec::new() }); // removed
             return Err(format!("limiting cgroup {path}: {e}"));
         }
-        let mut procs_files = cgroup
+        let mut join_files = cgroup
             .subsystems()
             .iter()
-            .map(|s| s.to_controller().path().join("cgroup.procs"))
+            .map(|s| s.to_controller().path().join(self.version.join_file()))
             .filter(|p| p.exists())
             .filter_map(|p| CString::new(p.as_os_str().as_encoded_bytes()).ok())
             .collect::<Vec<_>>();
         // (On v2 every controller names the one directory.)
-        procs_files.sort();
-        procs_files.dedup();
-        if procs_files.is_empty() {
-            drop(InstanceCgroup { cgroup, procs_files }); // removed
+        join_files.sort();
+        join_files.dedup();
+        if join_files.is_empty() {
+            drop(InstanceCgroup { cgroup, join_files }); // removed
             return Err(format!(
                 "no cgroup file system is mounted under /sys/fs/cgroup (cgroup {path} cannot be joined)"
             ));
         }
-        Ok(InstanceCgroup { cgroup, procs_files })
+        Ok(InstanceCgroup { cgroup, join_files })
     }
 
     /// Removes the agent's parent cgroup, at shutdown (its instances' are gone by then).
@@ -237,16 +255,18 @@ impl cgroups_rs::Hierarchy for InstanceV1 {
 /// One instance's cgroup.
 pub struct InstanceCgroup {
     cgroup: Cgroup,
-    /// `cgroup.procs` of each hierarchy, for the child to join before it runs the program.
-    procs_files: Vec<CString>,
+    /// The file of each hierarchy the child writes to join the cgroup before it runs the program
+    /// (see [`Version::join_file`]).
+    join_files: Vec<CString>,
 }
 
 impl InstanceCgroup {
     /// Moves the calling process into the cgroup (every hierarchy). For `pre_exec`: only
     /// open/write/close on paths prepared before the fork, so everything the program starts is born
-    /// inside.
-    pub fn join_self(procs_files: &[CString]) -> std::io::Result<()> {
-        for file in procs_files {
+    /// inside. The caller has one thread (a child between fork and exec): on v1 only the writing
+    /// thread moves (see [`Version::join_file`]).
+    pub fn join_self(join_files: &[CString]) -> std::io::Result<()> {
+        for file in join_files {
             // SAFETY: open/write/close on a NUL-terminated path owned by the caller.
             unsafe {
                 let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
@@ -265,8 +285,8 @@ impl InstanceCgroup {
         Ok(())
     }
 
-    pub fn procs_files(&self) -> Vec<CString> {
-        self.procs_files.clone()
+    pub fn join_files(&self) -> Vec<CString> {
+        self.join_files.clone()
     }
 
     /// The processes in the cgroup.
@@ -493,7 +513,8 @@ mod tests {
         let limits = Limits { memory_mib: Some(256), vcpus: Some(1), pids: 64 };
         let agent = AgentCgroups::set_up("unit-test").expect("cgroups");
         let cgroup = agent.create(&format!("escape-{}", std::process::id()), 1, limits).expect("cgroup");
-        let files = cgroup.procs_files();
+        let files = cgroup.join_files();
+        let hierarchies_joined = files.len();
         if !cgroups_rs::hierarchies::is_cgroup2_unified_mode() {
             // Only the hierarchies the agent uses (a mount may hold several: "cpu,cpuacct").
             let hierarchies: Vec<String> = files
@@ -518,6 +539,22 @@ mod tests {
             cgroup.pids().len() >= 4
         });
         assert!(ok, "sh and its three sleeps are in the cgroup: {:?}", cgroup.pids());
+        // Each of them in every hierarchy the instance's cgroup is made in, not only in the one
+        // its pids are read from (on v1 the child joins by moving its one thread).
+        let leaf = format!("/escape-{}.algo-1", std::process::id());
+        for pid in cgroup.pids() {
+            let lines = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            let used: Vec<&str> = lines
+                .lines()
+                .filter(|line| {
+                    let controllers = line.split(':').nth(1).unwrap_or("");
+                    (controllers.is_empty() && cgroups_rs::hierarchies::is_cgroup2_unified_mode())
+                        || controllers.split(',').any(|c| V1_CONTROLLERS.contains(&c))
+                })
+                .collect();
+            assert_eq!(used.len(), hierarchies_joined, "process {pid}: {lines}");
+            assert!(used.iter().all(|line| line.ends_with(&leaf)), "process {pid} outside {leaf}: {lines}");
+        }
         cgroup.kill_all().await;
         assert!(cgroup.pids().is_empty());
         let _ = child.wait();
@@ -525,7 +562,7 @@ mod tests {
 
         // A fork bomb stops at the pids limit.
         let bomb = agent.create(&format!("bomb-{}", std::process::id()), 1, limits).expect("cgroup");
-        let files = bomb.procs_files();
+        let files = bomb.join_files();
         let mut cmd = std::process::Command::new("sh");
         cmd.args(["-c", "for i in $(seq 200); do sleep 600 & done; wait"]);
         // SAFETY: as above.

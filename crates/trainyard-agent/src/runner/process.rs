@@ -72,7 +72,7 @@ pub(super) async fn launch(
         }
     };
     if let Some(cgroup) = &cgroup {
-        let files = cgroup.procs_files();
+        let files = cgroup.join_files();
         // SAFETY: join_self only opens and writes files prepared before the fork.
         unsafe {
             cmd.pre_exec(move || crate::cgroup::InstanceCgroup::join_self(&files));
