@@ -83,6 +83,8 @@ fn round_trip(c: &Coordinator) {
     assert_eq!(job["SecondaryStatusTransitions"][0]["Status"], "Starting");
     let waiting = job["SecondaryStatusTransitions"][1]["StatusMessage"].as_str().unwrap_or_default();
     assert!(waiting.contains("position 1 of 1 in the queue"), "a queued job says where it stands: {waiting}");
+    // No agent, so no room: it was stored waiting in its create, not at a later tick.
+    assert_eq!(job["SecondaryStatusTransitions"][1]["StartTime"], job["CreationTime"], "{job:#}");
     c.cli(&["training-jobs", "stop", "blobs-logreg-baseline"]).assert_success();
     let job =
         c.wait_json(&["training-jobs", "describe", "blobs-logreg-baseline"], |d| d["TrainingJobStatus"] == "Stopped");

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
@@ -141,6 +141,13 @@ pub struct Coordinator {
     /// tuning job at each trial's end; the same reasoning as `written` (the leader is the only
     /// writer), bounded by the limit on running tuning jobs.
     tuning_written: std::sync::Mutex<HashMap<String, TuningJob>>,
+    /// The loop's word, after its last pass, that no instance of any type could start now (no
+    /// agent, or none with room: [`trainyard_scheduler::no_room`]). A training job created
+    /// meanwhile is stored with its `Pending` transition already: it is queued, and a burst of
+    /// creates onto a busy cluster costs one write a job, not two. False until the first pass:
+    /// a job that is not written `Pending` at its create gets it at the loop's next tick, as
+    /// before, unless it is placed by then.
+    no_room: AtomicBool,
     /// New jobs are written through these: concurrent creates share one statement.
     new_training_jobs: GroupCommit<TrainingJob>,
     new_tuning_jobs: GroupCommit<TuningJob>,
@@ -217,6 +224,7 @@ impl Coordinator {
             log_sequences: tokio::sync::Mutex::new(HashMap::new()),
             held_logs: std::sync::Mutex::new(HeldLogs::default()),
             active_tuning_jobs: AtomicU64::new(active),
+            no_room: AtomicBool::new(false),
             written: std::sync::Mutex::new(WrittenJobs::default()),
             tuning_written: std::sync::Mutex::new(HashMap::new()),
             new_training_jobs: GroupCommit::start(store.clone()),
@@ -535,12 +543,31 @@ impl Coordinator {
         if !violations.is_empty() {
             return Err(DomainError::Validation(violations));
         }
-        let job = TrainingJob { owner: caller.user.clone(), ..TrainingJob::new(request, None, &self.arns, now())? };
+        let mut job = TrainingJob { owner: caller.user.clone(), ..TrainingJob::new(request, None, &self.arns, now())? };
+        self.queued_if_no_room(&mut job)?;
         let (name, arn) = (job.name.clone(), job.arn.clone());
         self.store_new_training_job(job).await?;
         info!(training_job = %name, user = %caller.user, "training job created");
         self.emit(Event::TrainingJobCreated(name));
         Ok(api::CreateTrainingJobResponse { training_job_arn: Some(arn) })
+    }
+
+    /// Whether the loop's last pass found no room for any instance ([`Coordinator::no_room`]).
+    pub(crate) fn set_no_room(&self, no_room: bool) {
+        self.no_room.store(no_room, Ordering::Relaxed);
+    }
+
+    /// A job about to be created is given its `Pending` transition now when it cannot start now
+    /// (see [`Coordinator::no_room`]).
+    pub(crate) fn queued_if_no_room(&self, job: &mut TrainingJob) -> Result<(), DomainError> {
+        if self.no_room.load(Ordering::Relaxed) {
+            job.transition(
+                trainyard_model::status::SecondaryStatus::Pending,
+                crate::inbox::PENDING_MESSAGE,
+                job.creation_time,
+            )?;
+        }
+        Ok(())
     }
 
     pub async fn describe_training_job(
@@ -1311,6 +1338,45 @@ mod tests {
         let raced = c.training_job("raced").await.expect("read").value;
         assert_eq!(raced.failure_reason.as_deref(), Some("another writer"), "their change was kept");
         assert_eq!(c.training_job("refused").await.expect("read").version, 1, "nothing written");
+    }
+
+    /// A training job created while the loop finds no room anywhere is stored waiting in its
+    /// create, its Pending transition at its creation time (one write); with room, or before the
+    /// loop's first pass, it is stored Starting only, and its Pending (if it waits) is the loop's.
+    #[tokio::test]
+    async fn a_job_created_with_no_room_is_stored_pending_at_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let c = coordinator(dir.path()).await;
+        let caller = Caller::unauthenticated_admin();
+        let create = |name: &str| {
+            let mut request: api::CreateTrainingJobRequest =
+                serde_json::from_str(include_str!("../../../deploy/examples/training-job.json")).expect("example");
+            request.training_job_name = Some(name.to_string());
+            request
+        };
+        c.create_training_job(&caller, create("before-any-pass")).await.expect("create");
+        c.set_no_room(true);
+        c.create_training_job(&caller, create("no-room")).await.expect("create");
+        c.set_no_room(false);
+        c.create_training_job(&caller, create("room")).await.expect("create");
+
+        let waiting = c.store.get_training_job("no-room").await.expect("read").expect("stored");
+        assert_eq!(waiting.version, 1, "written once");
+        let job = waiting.value;
+        assert_eq!(job.secondary_status, trainyard_model::status::SecondaryStatus::Pending);
+        let statuses: Vec<_> = job.transitions.iter().map(|t| (t.status, t.start_time)).collect();
+        assert_eq!(
+            statuses,
+            [
+                (trainyard_model::status::SecondaryStatus::Starting, job.creation_time),
+                (trainyard_model::status::SecondaryStatus::Pending, job.creation_time)
+            ]
+        );
+        for name in ["before-any-pass", "room"] {
+            let job = c.store.get_training_job(name).await.expect("read").expect("stored").value;
+            assert_eq!(job.secondary_status, trainyard_model::status::SecondaryStatus::Starting, "{name}");
+            assert_eq!(job.transitions.len(), 1, "{name}");
+        }
     }
 
     #[tokio::test]

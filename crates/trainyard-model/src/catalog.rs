@@ -41,6 +41,14 @@ impl Catalog {
         self.types.get(name)
     }
 
+    /// The fewest vCPUs and the fewest MiB of memory of any type (each on its own; (0, 0) for an
+    /// empty catalog): what any instance needs at least.
+    pub fn smallest(&self) -> (u32, u64) {
+        let vcpus = self.types.values().map(|t| t.vcpus).min().unwrap_or(0);
+        let memory_mib = self.types.values().map(|t| t.memory_mib).min().unwrap_or(0);
+        (vcpus, memory_mib)
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.types.keys().map(String::as_str)
     }
@@ -116,5 +124,22 @@ impl Default for Catalog {
             gpu("ml.g6.2xlarge", 8, 32, 1, "NVIDIA L4"),
             gpu("ml.g6.12xlarge", 48, 192, 4, "NVIDIA L4"),
         ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest of each dimension is taken on its own (no type has both here).
+    #[test]
+    fn smallest_is_the_minimum_of_each_dimension() {
+        assert_eq!(Catalog::default().smallest(), (2, 7 * 1024));
+        let two = Catalog::new([
+            InstanceSpec { name: "few-cpus".into(), vcpus: 1, memory_mib: 9000, gpus: 0, gpu_model: None },
+            InstanceSpec { name: "little-memory".into(), vcpus: 8, memory_mib: 512, gpus: 0, gpu_model: None },
+        ]);
+        assert_eq!(two.smallest(), (1, 512));
+        assert_eq!(Catalog::new([]).smallest(), (0, 0));
     }
 }

@@ -103,6 +103,15 @@ pub struct Problem {
     pub running_per_user: BTreeMap<String, u32>,
 }
 
+/// Whether no instance of any type could start now: there is no agent, or every one is cordoned
+/// or lacks the vCPUs or the memory of the smallest instance type (`smallest_vcpus`,
+/// `smallest_memory_mib`: the fewest of any type, each on its own). A job created then waits,
+/// whatever it asks for. Never true when something could start: capabilities, disk and GPUs,
+/// which only make fewer agents fit, are not looked at.
+pub fn no_room(agents: &[Agent], smallest_vcpus: u32, smallest_memory_mib: u64) -> bool {
+    agents.iter().all(|a| a.cordoned || a.vcpus_free < smallest_vcpus || a.memory_free_mib < smallest_memory_mib)
+}
+
 /// Why a queued job is still waiting, for Describe. `None` when it would fit an empty cluster.
 pub fn never_fits(agents: &[Agent], d: &Demand) -> Option<String> {
     if agents.is_empty() {

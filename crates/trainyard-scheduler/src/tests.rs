@@ -478,3 +478,29 @@ fn spot_jobs_of_a_higher_priority_are_not_interrupted_for_a_lower_one() {
     names.sort();
     assert_eq!(names, ["cheap", "precious"]);
 }
+
+/// `no_room`: true only when not even the smallest instance could start anywhere.
+#[test]
+fn no_room_only_when_the_smallest_instance_fits_nowhere() {
+    let (vcpus, memory_mib) = (2, 4 * 1024);
+    assert!(no_room(&[], vcpus, memory_mib), "no agent");
+    let idle = agent("a", 8, 32, 0);
+    assert!(!no_room(std::slice::from_ref(&idle), vcpus, memory_mib));
+    let cpus_taken = Agent { vcpus_free: 1, ..idle.clone() };
+    let memory_taken = Agent { memory_free_mib: 4 * 1024 - 1, ..idle.clone() };
+    let cordoned = Agent { cordoned: true, ..idle.clone() };
+    assert!(no_room(&[cpus_taken.clone(), memory_taken.clone(), cordoned.clone()], vcpus, memory_mib));
+    // One agent with room is enough, whatever the others.
+    let just_enough = Agent { vcpus_free: 2, memory_free_mib: 4 * 1024, ..idle };
+    assert!(!no_room(&[cpus_taken, memory_taken, cordoned, just_enough], vcpus, memory_mib));
+    // After a round that fills the cluster, nothing more could start.
+    let mut problem = Problem {
+        agents: vec![agent("b", 2, 8, 0), agent("c", 4, 4, 0)],
+        queue: vec![demand("j", None, 2, 2, 4, 0, 1)],
+        ..Problem::default()
+    };
+    assert!(!no_room(&problem.agents, vcpus, memory_mib));
+    let decisions = place(&mut problem);
+    assert!(matches!(decisions.as_slice(), [Decision::Place { .. }]), "{decisions:?}");
+    assert!(no_room(&problem.agents, vcpus, memory_mib));
+}

@@ -45,6 +45,7 @@ impl Loop {
         entry.last_seen_millis = now().millis();
         entry.lost = false;
         entry.revoked = false;
+        self.c.set_no_room(false);
         send(
             entry,
             Down::Registered(pb::Registered {

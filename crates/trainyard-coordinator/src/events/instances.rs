@@ -29,6 +29,7 @@ impl Loop {
         for (i, (agent, _)) in &run.instances {
             if let Some(a) = self.agents.get_mut(agent) {
                 a.allocations.remove(&(job.to_string(), *i));
+                self.c.set_no_room(false);
                 if *i != instance {
                     send(
                         a,
@@ -155,6 +156,8 @@ impl Loop {
         // An instance ended.
         if let Some(a) = self.agents.get_mut(agent) {
             a.allocations.remove(&(job.clone(), update.instance));
+            // Room again: what is created before the next pass is not stored as waiting.
+            self.c.set_no_room(false);
         }
         let run = self.running.get_mut(&job).expect("known above");
         if let Some(slot) = run.instances.get_mut(&update.instance) {
@@ -174,6 +177,7 @@ impl Loop {
         for (i, a) in &others {
             if let Some(entry) = self.agents.get_mut(a) {
                 entry.allocations.remove(&(job.clone(), *i));
+                self.c.set_no_room(false);
                 send(entry, Down::Stop(pb::StopInstance { training_job_name: job.clone(), instance: *i, kill: false }));
             }
         }

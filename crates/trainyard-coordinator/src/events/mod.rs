@@ -463,7 +463,10 @@ impl Loop {
                     a.heartbeat = Some(heartbeat);
                     a.last_seen = tokio::time::Instant::now();
                     a.last_seen_millis = now().millis();
-                    a.lost = false;
+                    if a.lost {
+                        a.lost = false;
+                        self.c.set_no_room(false);
+                    }
                 }
                 Ok(())
             }
@@ -493,7 +496,10 @@ impl Loop {
             Event::CordonChanged { agent, cordon } => {
                 match cordon {
                     Some(cordon) => self.cordons.insert(agent, cordon),
-                    None => self.cordons.remove(&agent),
+                    None => {
+                        self.c.set_no_room(false);
+                        self.cordons.remove(&agent)
+                    }
                 };
                 Ok(())
             }

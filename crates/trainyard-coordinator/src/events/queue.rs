@@ -154,11 +154,12 @@ impl Loop {
             .map(|s| Duration::from_secs(s.max(0) as u64));
         // A job just created (its only transition Starting) waits for the end of this pass: if
         // the pass places it, it goes from Starting to Starting on an agent, and its Pending is
-        // never written. Any other (a retry, a resumed spot job) says at once that it waits.
+        // never written. One created while there was no room has it stored already. Any other (a
+        // retry, a resumed spot job) says at once that it waits.
         let just_created = job.transitions.len() == 1 && job.secondary_status == SecondaryStatus::Starting;
         if just_created {
             self.pending_unstored.push(name.to_string());
-        } else {
+        } else if job.secondary_status != SecondaryStatus::Pending {
             self.store_pending(name).await?;
         }
         let resumes = job.runs.interruptions > 0;
@@ -256,12 +257,16 @@ impl Loop {
 
     async fn place(&mut self) -> Result<(), DomainError> {
         if self.queue.is_empty() {
+            // Nothing waits: say there is no room only when there is no agent (a cluster whose
+            // agents are full is not looked into; its new jobs are stored Pending at a tick).
+            self.c.set_no_room(!self.agents.values().any(|a| !a.lost && a.outbound.is_some()));
             return Ok(());
         }
         // With no agent to place on, the queue is not copied into a problem: under a burst of
         // creates that copy (every waiting job, every pass) was a tenth of the coordinator's CPU.
         let agents = self.capacities();
         if agents.is_empty() {
+            self.c.set_no_room(true);
             return Ok(());
         }
         let mut problem = Problem {
@@ -272,6 +277,8 @@ impl Loop {
         };
         let pass = std::time::Instant::now();
         let decisions = trainyard_scheduler::place(&mut problem);
+        let (smallest_vcpus, smallest_memory_mib) = self.c.catalog.smallest();
+        self.c.set_no_room(trainyard_scheduler::no_room(&problem.agents, smallest_vcpus, smallest_memory_mib));
         let preemptions = self.preemptions(&problem, &decisions);
         self.metrics.placement_seconds.observe(pass.elapsed().as_secs_f64());
         for preemption in preemptions {

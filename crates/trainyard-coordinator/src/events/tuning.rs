@@ -394,10 +394,11 @@ impl Loop {
                 definition_name: definition.definition_name.clone(),
                 tuned_hyper_parameters: tuned.clone(),
             };
-            let training = TrainingJob {
+            let mut training = TrainingJob {
                 owner: job.owner.clone(),
                 ..TrainingJob::new(request, Some(origin), &self.c.arns, now())?
             };
+            self.c.queued_if_no_room(&mut training)?;
             launches.push(Launch { tuning: name.to_string(), training, tuned });
         }
     }
