@@ -891,3 +891,50 @@ fn programs_with_hard_coded_opt_ml_paths_run_unchanged_and_apart() {
     }
     assert!(!std::path::Path::new("/opt/ml/model/owner.txt").exists(), "nothing leaks to the host's /opt/ml");
 }
+
+/// A cluster with no room left: the loop's placement passes stop (nothing could start, so the
+/// queue is not copied into a problem at every event and tick), yet what changes is seen at once:
+/// a job created then is stored waiting in its create, one that no agent could ever hold says so,
+/// and the first instance to end lets the next job start.
+#[test]
+fn a_full_cluster_skips_its_placement_passes_until_room_frees() {
+    let metrics = format!("127.0.0.1:{}", trainyard_testkit::free_port());
+    let c = Coordinator::start_on_with_args(Backend::Sqlite, &["--metrics-listen", &metrics]);
+    // Room for one ml.m5.large (2 vCPUs, 8 GiB) and no more.
+    let _agent = c.start_agent("small", &["--advertise-vcpus", "2", "--advertise-memory-mib", "8192"], &[]);
+    submit(&c, "training-jobs", "holder", &training_request(&c, "holder", json!({"sleep": "60"}), 600));
+    c.wait_json(&["training-jobs", "describe", "holder"], |d| d["SecondaryStatus"] == "Training");
+    let passes = || {
+        let page = trainyard_e2e::http_get(&metrics, "/metrics").1;
+        page.lines()
+            .find_map(|l| l.strip_prefix("trainyard_placement_pass_seconds_count ")?.trim().parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+
+    submit(&c, "training-jobs", "waiter-1", &training_request(&c, "waiter-1", json!({}), 600));
+    let waiting = c.wait_json(&["training-jobs", "describe", "waiter-1"], |d| d["SecondaryStatus"] == "Pending");
+    // Stored waiting in its create: its Pending began when it was created.
+    assert_eq!(waiting["SecondaryStatusTransitions"][1]["StartTime"], waiting["CreationTime"], "{waiting:#}");
+    let before = passes();
+    assert!(before >= 1.0, "the passes are counted: {before}");
+    submit(&c, "training-jobs", "waiter-2", &training_request(&c, "waiter-2", json!({}), 600));
+    let mut huge = training_request(&c, "huge", json!({}), 600);
+    huge["ResourceConfig"]["InstanceType"] = json!("ml.p4d.24xlarge");
+    submit(&c, "training-jobs", "huge", &huge);
+    // A job no agent could ever hold says so while the passes are skipped.
+    let told = c.wait_json(&["training-jobs", "describe", "huge"], |d| d.to_string().contains("cannot be placed"));
+    assert!(told.to_string().contains("8 GPU"), "{told:#}");
+    std::thread::sleep(Duration::from_secs(2)); // four of the loop's ticks
+    assert_eq!(passes(), before, "no full pass while nothing could start");
+    assert_eq!(c.json(&["training-jobs", "describe", "waiter-2"])["SecondaryStatus"], "Pending");
+
+    // Room again: the oldest waiting job starts.
+    c.cli(&["training-jobs", "stop", "holder"]).assert_success();
+    let started = c.wait_json(&["training-jobs", "describe", "waiter-1"], |d| d["SecondaryStatus"] == "Training");
+    assert_eq!(started["TrainingJobStatus"], "InProgress");
+    assert!(passes() > before, "a full pass once room freed");
+    assert_eq!(c.json(&["training-jobs", "describe", "waiter-2"])["SecondaryStatus"], "Pending");
+    for job in ["waiter-1", "waiter-2", "huge"] {
+        c.cli(&["training-jobs", "stop", job]).assert_success();
+    }
+}

@@ -557,10 +557,14 @@ impl Coordinator {
         self.no_room.store(no_room, Ordering::Relaxed);
     }
 
+    pub(crate) fn no_room(&self) -> bool {
+        self.no_room.load(Ordering::Relaxed)
+    }
+
     /// A job about to be created is given its `Pending` transition now when it cannot start now
     /// (see [`Coordinator::no_room`]).
     pub(crate) fn queued_if_no_room(&self, job: &mut TrainingJob) -> Result<(), DomainError> {
-        if self.no_room.load(Ordering::Relaxed) {
+        if self.no_room() {
             job.transition(
                 trainyard_model::status::SecondaryStatus::Pending,
                 crate::inbox::PENDING_MESSAGE,

@@ -219,6 +219,11 @@ pub struct Loop {
     /// Set when an event or a tick failed (e.g. the database was away): the loop then compares
     /// its state with the store on the next ticks until that succeeds.
     resync_needed: bool,
+    /// Jobs queued since the last full placement pass: a pass skipped because nothing could
+    /// start still says of each of them why it can never be placed, if so ([`Loop::place`]).
+    queued_since_pass: Vec<String>,
+    /// The agents as the last full placement pass saw them ([`queue::AgentsSeen`]).
+    last_pass_agents: Option<queue::AgentsSeen>,
 }
 
 pub async fn run(
@@ -388,6 +393,8 @@ impl Loop {
             wait_exceeded: BTreeSet::new(),
             wait_deadlines: HashMap::new(),
             pending_unstored: Vec::new(),
+            queued_since_pass: Vec::new(),
+            last_pass_agents: None,
             progress_unstored: BTreeMap::new(),
             resync_needed: false,
         }
@@ -537,6 +544,8 @@ impl Loop {
     /// what an event would have done for a job, done from the job's stored state. Jobs placed
     /// before a restart wait for their agents to come back and report. Idempotent.
     async fn resync(&mut self) -> Result<(), DomainError> {
+        // The next placement pass is a full one.
+        self.last_pass_agents = None;
         self.cordons = self.c.store.cordons().await?.into_iter().map(|c| (c.agent_id.clone(), c)).collect();
         // Runs loaded before this catch-up may have missed a trial's end; those loaded below are
         // read whole from the store and cannot.

@@ -167,6 +167,7 @@ impl Loop {
             name.to_string(),
             Queued { demand, queued_at: now(), max_pending, reason: None, not_before: None, resumes },
         );
+        self.queued_since_pass.push(name.to_string());
         self.track_spot(job);
         Ok(())
     }
@@ -257,11 +258,27 @@ impl Loop {
 
     async fn place(&mut self) -> Result<(), DomainError> {
         if self.queue.is_empty() {
-            // Nothing waits: say there is no room only when there is no agent (a cluster whose
-            // agents are full is not looked into; its new jobs are stored Pending at a tick).
-            self.c.set_no_room(!self.agents.values().any(|a| !a.lost && a.outbound.is_some()));
+            // Nothing waits, nothing to place. What the last full pass found of the room holds
+            // (whatever makes room clears it), unless the agents are gone.
+            if !self.agents.values().any(|a| !a.lost && a.outbound.is_some()) {
+                self.c.set_no_room(true);
+            }
+            self.queued_since_pass.clear();
             return Ok(());
         }
+        // A pass that could place nothing is skipped: no instance could start after the last
+        // full pass and none can since (every change that makes room, an instance's end, an agent
+        // that joins or comes back, a lifted cordon, clears `no_room`), the agents are the ones it
+        // saw, and no spot job runs that an on-demand one could preempt. Only the jobs queued
+        // since are looked at, for a reason they can never be placed. A full cluster with a long
+        // queue (the load suite: 171,000 jobs, 39 ms a pass) no longer copies the whole queue
+        // into a problem at every event.
+        let seen = self.agents_seen();
+        if self.c.no_room() && self.last_pass_agents == Some(seen) && !self.running.values().any(|r| r.spot) {
+            return self.explain_newly_queued().await;
+        }
+        self.queued_since_pass.clear();
+        self.last_pass_agents = Some(seen);
         // With no agent to place on, the queue is not copied into a problem: under a burst of
         // creates that copy (every waiting job, every pass) was a tenth of the coordinator's CPU.
         let agents = self.capacities();
@@ -277,8 +294,6 @@ impl Loop {
         };
         let pass = std::time::Instant::now();
         let decisions = trainyard_scheduler::place(&mut problem);
-        let (smallest_vcpus, smallest_memory_mib) = self.c.catalog.smallest();
-        self.c.set_no_room(trainyard_scheduler::no_room(&problem.agents, smallest_vcpus, smallest_memory_mib));
         let preemptions = self.preemptions(&problem, &decisions);
         self.metrics.placement_seconds.observe(pass.elapsed().as_secs_f64());
         for preemption in preemptions {
@@ -293,26 +308,78 @@ impl Loop {
                     }
                     self.start(&job, instances).await?
                 }
-                Decision::Unplaceable { job, reason } => {
-                    let Some(q) = self.queue.get_mut(&job) else { continue };
-                    if q.reason.as_deref() != Some(reason.as_str()) {
-                        q.reason = Some(reason.clone());
-                        // On its Pending transition (stored with it if this pass queued it), which
-                        // says why it waits: one write.
-                        let message = format!("Cannot be placed: {reason}");
-                        self.update_job(&job, |j| {
-                            let queued_now = j.secondary_status != SecondaryStatus::Pending;
-                            if queued_now {
-                                j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
-                            }
-                            Ok(j.set_status_message(message.clone(), now()) || queued_now)
-                        })
-                        .await?;
-                    }
-                }
+                Decision::Unplaceable { job, reason } => self.unplaceable(&job, reason).await?,
+            }
+        }
+        // From what was allocated, not from the problem: a placed job that did not start (its
+        // role refused, stopped meanwhile) leaves its room free, and later passes must see it.
+        let (smallest_vcpus, smallest_memory_mib) = self.c.catalog.smallest();
+        self.c.set_no_room(trainyard_scheduler::no_room(&self.capacities(), smallest_vcpus, smallest_memory_mib));
+        Ok(())
+    }
+
+    /// A queued job no agent could ever hold says why, on its Pending transition (stored with it
+    /// if this pass queued it): one write, and none when the reason is the one it has.
+    async fn unplaceable(&mut self, job: &str, reason: String) -> Result<(), DomainError> {
+        let Some(q) = self.queue.get_mut(job) else { return Ok(()) };
+        if q.reason.as_deref() == Some(reason.as_str()) {
+            return Ok(());
+        }
+        let message = format!("Cannot be placed: {reason}");
+        q.reason = Some(reason);
+        self.update_job(job, |j| {
+            let queued_now = j.secondary_status != SecondaryStatus::Pending;
+            if queued_now {
+                j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
+            }
+            Ok(j.set_status_message(message.clone(), now()) || queued_now)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A skipped pass's part ([`Loop::place`]): each job queued since the last pass that is due
+    /// (not waiting out a retry's delay, which keeps it for a later pass) and that no agent could
+    /// ever hold says why, as a full pass would have said.
+    async fn explain_newly_queued(&mut self) -> Result<(), DomainError> {
+        if self.queued_since_pass.is_empty() {
+            return Ok(());
+        }
+        let now = tokio::time::Instant::now();
+        let (due, later): (Vec<String>, Vec<String>) = std::mem::take(&mut self.queued_since_pass)
+            .into_iter()
+            .filter(|job| self.queue.contains_key(job))
+            .partition(|job| self.queue.get(job).is_some_and(|q| q.not_before.is_none_or(|t| t <= now)));
+        self.queued_since_pass = later;
+        if due.is_empty() {
+            return Ok(());
+        }
+        let agents = self.capacities();
+        for job in due {
+            let reason = self.queue.get(&job).and_then(|q| trainyard_scheduler::never_fits(&agents, &q.demand));
+            if let Some(reason) = reason {
+                self.unplaceable(&job, reason).await?;
             }
         }
         Ok(())
+    }
+
+    /// What of the agents a placement pass depends on beyond their free room: which are there
+    /// and can take work, how large, with what capabilities.
+    fn agents_seen(&self) -> AgentsSeen {
+        let mut seen = AgentsSeen::default();
+        for (id, a) in self.agents.iter().filter(|(_, a)| !a.lost && a.outbound.is_some()) {
+            seen.live += 1;
+            seen.cordoned += u64::from(self.cordons.contains_key(id));
+            seen.vcpus += u64::from(a.inventory.cpu_count);
+            seen.memory_mib += a.inventory.memory_total_mib;
+            seen.disk_mib += a.inventory.disk_free_mib;
+            seen.gpus += a.inventory.gpus.len() as u64;
+            seen.isolating += u64::from(a.capabilities.network_isolation);
+            seen.containers += u64::from(!a.capabilities.container_runtime.is_empty());
+            seen.host_programs += u64::from(a.capabilities.host_programs);
+        }
+        seen
     }
 
     /// Instances each user runs (fairness between users).
@@ -535,4 +602,19 @@ impl Loop {
             .count();
         Some((ahead + 1, self.queue.len(), queued.reason.clone()))
     }
+}
+
+/// The agents a placement pass saw, summed ([`Loop::agents_seen`]): a pass is skipped only when
+/// they are unchanged (their free room aside, which `no_room` covers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct AgentsSeen {
+    live: u64,
+    cordoned: u64,
+    vcpus: u64,
+    memory_mib: u64,
+    disk_mib: u64,
+    gpus: u64,
+    isolating: u64,
+    containers: u64,
+    host_programs: u64,
 }
