@@ -222,7 +222,8 @@ pub struct Loop {
     /// Jobs queued since the last full placement pass: a pass skipped because nothing could
     /// start still says of each of them why it can never be placed, if so ([`Loop::place`]).
     queued_since_pass: Vec<String>,
-    /// The agents as the last full placement pass saw them ([`queue::AgentsSeen`]).
+    /// The agents as the last full placement pass saw them ([`queue::AgentsSeen`]), when it
+    /// found no room (only then may a pass be skipped).
     last_pass_agents: Option<queue::AgentsSeen>,
 }
 

@@ -273,17 +273,21 @@ impl Loop {
         // since are looked at, for a reason they can never be placed. A full cluster with a long
         // queue (the load suite: 171,000 jobs, 39 ms a pass) no longer copies the whole queue
         // into a problem at every event.
-        let seen = self.agents_seen();
-        if self.c.no_room() && self.last_pass_agents == Some(seen) && !self.running.values().any(|r| r.spot) {
+        // (The agents are summed only while there is no room: a pass with room is never skipped.)
+        if self.c.no_room()
+            && self.last_pass_agents.is_some_and(|seen| seen == self.agents_seen())
+            && !self.running.values().any(|r| r.spot)
+        {
             return self.explain_newly_queued().await;
         }
         self.queued_since_pass.clear();
-        self.last_pass_agents = Some(seen);
+        self.last_pass_agents = None;
         // With no agent to place on, the queue is not copied into a problem: under a burst of
         // creates that copy (every waiting job, every pass) was a tenth of the coordinator's CPU.
         let agents = self.capacities();
         if agents.is_empty() {
             self.c.set_no_room(true);
+            self.last_pass_agents = Some(self.agents_seen());
             return Ok(());
         }
         let mut problem = Problem {
@@ -311,10 +315,16 @@ impl Loop {
                 Decision::Unplaceable { job, reason } => self.unplaceable(&job, reason).await?,
             }
         }
-        // From what was allocated, not from the problem: a placed job that did not start (its
-        // role refused, stopped meanwhile) leaves its room free, and later passes must see it.
+        // Room left in the problem is room left. No room in it is checked against what was
+        // allocated: a placed job that did not start (its role refused, stopped meanwhile) leaves
+        // its room free, and later passes must see it.
         let (smallest_vcpus, smallest_memory_mib) = self.c.catalog.smallest();
-        self.c.set_no_room(trainyard_scheduler::no_room(&self.capacities(), smallest_vcpus, smallest_memory_mib));
+        let no_room = trainyard_scheduler::no_room(&problem.agents, smallest_vcpus, smallest_memory_mib)
+            && trainyard_scheduler::no_room(&self.capacities(), smallest_vcpus, smallest_memory_mib);
+        self.c.set_no_room(no_room);
+        if no_room {
+            self.last_pass_agents = Some(self.agents_seen());
+        }
         Ok(())
     }
 
