@@ -927,6 +927,16 @@ fn a_full_cluster_skips_its_placement_passes_until_room_frees() {
     std::thread::sleep(Duration::from_secs(2)); // four of the loop's ticks
     assert_eq!(passes(), before, "no full pass while nothing could start");
     assert_eq!(c.json(&["training-jobs", "describe", "waiter-2"])["SecondaryStatus"], "Pending");
+    // Where each stands, in arrival order; the one that can never start says why.
+    let standing = |job: &str| {
+        let d = c.json(&["training-jobs", "describe", job]);
+        let last = d["SecondaryStatusTransitions"].as_array().and_then(|t| t.last().cloned()).unwrap_or_default();
+        last["StatusMessage"].as_str().unwrap_or_default().to_string()
+    };
+    assert!(standing("waiter-1").contains("position 1 of 3 in the queue"), "{}", standing("waiter-1"));
+    assert!(standing("waiter-2").contains("position 2 of 3 in the queue"), "{}", standing("waiter-2"));
+    let huge_standing = standing("huge");
+    assert!(huge_standing.contains("position 3 of 3 in the queue; cannot be placed"), "{huge_standing}");
 
     // Room again: the oldest waiting job starts.
     c.cli(&["training-jobs", "stop", "holder"]).assert_success();
@@ -934,6 +944,11 @@ fn a_full_cluster_skips_its_placement_passes_until_room_frees() {
     assert_eq!(started["TrainingJobStatus"], "InProgress");
     assert!(passes() > before, "a full pass once room freed");
     assert_eq!(c.json(&["training-jobs", "describe", "waiter-2"])["SecondaryStatus"], "Pending");
+    assert!(
+        standing("waiter-2").contains("position 1 of 2 in the queue"),
+        "the line moved up: {}",
+        standing("waiter-2")
+    );
     for job in ["waiter-1", "waiter-2", "huge"] {
         c.cli(&["training-jobs", "stop", job]).assert_success();
     }

@@ -50,6 +50,8 @@ pub async fn run(load: &Load, database: &crate::Database) -> anyhow::Result<()> 
     let stop = Arc::new(AtomicBool::new(false));
     let heartbeats = Arc::new(AtomicU64::new(0));
     let agent_errors = Arc::new(AtomicU64::new(0));
+    // The interval the coordinator asks for (2 s until it says).
+    let heartbeat_every = Arc::new(AtomicU64::new(2000));
 
     let started = Instant::now();
     let channels = if load.tls {
@@ -78,9 +80,10 @@ pub async fn run(load: &Load, database: &crate::Database) -> anyhow::Result<()> 
     let mut agent_tasks = Vec::new();
     for (i, channel) in channels.into_iter().enumerate() {
         let id = format!("sim-{i:05}");
-        let (stop, heartbeats, errors) = (stop.clone(), heartbeats.clone(), agent_errors.clone());
+        let (stop, heartbeats, errors, every) =
+            (stop.clone(), heartbeats.clone(), agent_errors.clone(), heartbeat_every.clone());
         agent_tasks.push(tokio::spawn(async move {
-            if let Err(e) = simulated_agent(channel, id.clone(), stop, heartbeats).await
+            if let Err(e) = simulated_agent(channel, id.clone(), stop, heartbeats, every).await
                 && errors.fetch_add(1, Ordering::Relaxed) == 0
             {
                 eprintln!("first agent stream error ({id}): {e:#}");
@@ -117,6 +120,24 @@ pub async fn run(load: &Load, database: &crate::Database) -> anyhow::Result<()> 
     // The clients: create a job, describe it, until the time is up.
     let deadline = Instant::now() + Duration::from_secs(load.seconds);
     let template: api::CreateTrainingJobRequest = serde_json::from_str(TRAINING)?;
+    // How far behind the event loop runs while the clients do, sampled every second: how long it
+    // takes to answer ListAgents (answered between other events), and the oldest heartbeat it holds
+    // (a heartbeat counts when the loop handles it).
+    let loop_lag = {
+        let mut agents = AgentsClient::new(coordinator.connect().await?);
+        tokio::spawn(async move {
+            let (mut slowest_answer, mut oldest_heartbeat) = (Duration::ZERO, 0i64);
+            while Instant::now() < deadline {
+                let asked = Instant::now();
+                if let Ok(listed) = all_agents(&mut agents).await {
+                    slowest_answer = slowest_answer.max(asked.elapsed());
+                    oldest_heartbeat = oldest_heartbeat.max(oldest_heartbeat_of(&listed));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            (slowest_answer, oldest_heartbeat)
+        })
+    };
     let mut client_tasks = Vec::new();
     for c in 0..load.clients {
         let channel = coordinator.connect().await?;
@@ -155,9 +176,7 @@ pub async fn run(load: &Load, database: &crate::Database) -> anyhow::Result<()> 
     let listed = all_agents(&mut agents).await?;
     let ready = listed.iter().filter(|a| a.state == "ready").count();
     let placed: usize = listed.iter().map(|a| a.running.len()).sum();
-    // How far behind the coordinator's view of the heartbeats is: the oldest one it holds.
-    let now_millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-    let oldest_heartbeat = listed.iter().map(|a| now_millis - a.last_heartbeat_millis).max().unwrap_or(0);
+    let (slowest_answer, oldest_heartbeat) = loop_lag.await?;
     let placement = placement_pass(&metrics_address);
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
@@ -205,10 +224,13 @@ pub async fn run(load: &Load, database: &crate::Database) -> anyhow::Result<()> 
         peak_rss.load(Ordering::Relaxed) as f64 / 1024.0
     );
     println!(
-        "placement passes {} (mean {:.2} ms), oldest heartbeat the coordinator holds at the end {} ms",
+        "placement passes {} (mean {:.2} ms); under the load, the event loop answered ListAgents in at most {:.0} ms \
+         and the oldest heartbeat it held was {} ms old (agents heartbeat every {} ms)",
         placement.1,
         placement.0 * 1e3 / placement.1.max(1) as f64,
-        oldest_heartbeat
+        slowest_answer.as_secs_f64() * 1e3,
+        oldest_heartbeat,
+        heartbeat_every.load(Ordering::Relaxed)
     );
     Ok(())
 }
@@ -220,6 +242,7 @@ async fn simulated_agent(
     id: String,
     stop: Arc<AtomicBool>,
     heartbeats: Arc<AtomicU64>,
+    heartbeat_every: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
     let mut client = AgentsClient::new(channel);
     let (tx, rx) = mpsc::unbounded_channel();
@@ -243,7 +266,7 @@ async fn simulated_agent(
         })),
     })?;
     let mut inbound = client.session(UnboundedReceiverStream::new(rx)).await?.into_inner();
-    let mut every = Duration::from_secs(2);
+    let mut every = Duration::from_millis(heartbeat_every.load(Ordering::Relaxed));
     // Spread the heartbeats of many agents over the interval, as independent hosts would.
     tokio::time::sleep(Duration::from_millis(rand_millis(every))).await;
     let mut ticker = tokio::time::interval(every);
@@ -259,6 +282,7 @@ async fn simulated_agent(
                     Some(pb::CoordinatorMessage { body: Some(pb::coordinator_message::Body::Registered(r)) })
                         if r.heartbeat_interval_ms > 0 => {
                         every = Duration::from_millis(r.heartbeat_interval_ms.into());
+                        heartbeat_every.store(r.heartbeat_interval_ms.into(), Ordering::Relaxed);
                         ticker = tokio::time::interval(every);
                     }
                     Some(_) => {}
@@ -271,6 +295,13 @@ async fn simulated_agent(
 }
 
 /// Every agent the coordinator lists, page by page.
+/// How old the oldest heartbeat in `agents` is, in milliseconds.
+fn oldest_heartbeat_of(agents: &[pb::AgentSummary]) -> i64 {
+    let now_millis =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    agents.iter().map(|a| now_millis - a.last_heartbeat_millis).max().unwrap_or(0)
+}
+
 async fn all_agents(
     client: &mut AgentsClient<trainyard_proto::client::Transport>,
 ) -> anyhow::Result<Vec<pb::AgentSummary>> {

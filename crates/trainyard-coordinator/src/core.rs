@@ -148,6 +148,9 @@ pub struct Coordinator {
     /// a job that is not written `Pending` at its create gets it at the loop's next tick, as
     /// before, unless it is placed by then.
     no_room: AtomicBool,
+    /// Where each queued job stands, kept by the loop as it queues and takes jobs off; read by
+    /// describes without a round trip to the loop (which may be in the middle of a pass).
+    pub(crate) queue_order: std::sync::Mutex<trainyard_scheduler::QueueOrder>,
     /// New jobs are written through these: concurrent creates share one statement.
     new_training_jobs: GroupCommit<TrainingJob>,
     new_tuning_jobs: GroupCommit<TuningJob>,
@@ -225,6 +228,7 @@ impl Coordinator {
             held_logs: std::sync::Mutex::new(HeldLogs::default()),
             active_tuning_jobs: AtomicU64::new(active),
             no_room: AtomicBool::new(false),
+            queue_order: std::sync::Mutex::new(trainyard_scheduler::QueueOrder::new()),
             written: std::sync::Mutex::new(WrittenJobs::default()),
             tuning_written: std::sync::Mutex::new(HashMap::new()),
             new_training_jobs: GroupCommit::start(store.clone()),
@@ -585,7 +589,7 @@ impl Coordinator {
         let mut response = job.describe();
         // A queued job says where it stands (computed by the loop, not stored).
         if job.secondary_status == trainyard_model::status::SecondaryStatus::Pending
-            && let Some((position, length, reason)) = self.queue_position(&name).await
+            && let Some(trainyard_scheduler::Standing { position, length, reason }) = self.queue_position(&name)
             && let Some(last) = response.secondary_status_transitions.as_mut().and_then(|t| t.last_mut())
         {
             let why = reason.map_or(String::new(), |r| format!("; cannot be placed: {r}"));
@@ -644,10 +648,8 @@ impl Coordinator {
         Ok(agents)
     }
 
-    async fn queue_position(&self, name: &str) -> Option<(usize, usize, Option<String>)> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.events.send(Event::QueuePosition(name.to_string(), tx)).ok()?;
-        rx.await.ok().flatten()
+    pub(crate) fn queue_position(&self, name: &str) -> Option<trainyard_scheduler::Standing> {
+        self.queue_order.lock().unwrap_or_else(|e| e.into_inner()).standing(name)
     }
 
     // ----- logs -----
@@ -1112,8 +1114,23 @@ impl Coordinator {
     pub async fn update_training_jobs(
         &self,
         names: &[String],
-        mut change: impl FnMut(&mut TrainingJob) -> Result<bool, DomainError>,
+        change: impl FnMut(&mut TrainingJob) -> Result<bool, DomainError>,
     ) -> Vec<(String, DomainError)> {
+        self.updated_training_jobs(names, change)
+            .await
+            .into_iter()
+            .filter_map(|(name, outcome)| outcome.err().map(|e| (name, e)))
+            .collect()
+    }
+
+    /// [`Coordinator::update_training_jobs`], with each job's outcome as
+    /// [`Coordinator::updated_training_job`] gives it: the job as written, None when there was
+    /// nothing to write, or why the change failed. In no particular order.
+    pub async fn updated_training_jobs(
+        &self,
+        names: &[String],
+        mut change: impl FnMut(&mut TrainingJob) -> Result<bool, DomainError>,
+    ) -> Vec<(String, Result<Option<TrainingJob>, DomainError>)> {
         let mut alone = Vec::new();
         let mut together = Vec::new();
         let kept: Vec<(String, Option<Versioned<TrainingJob>>)> = {
@@ -1132,31 +1149,34 @@ impl Coordinator {
                 None => alone.push(name),
             }
         }
-        let mut failed = Vec::new();
+        let mut outcomes = Vec::with_capacity(names.len());
         let mut together = together.into_iter().peekable();
         while together.peek().is_some() {
             let batch: Vec<(TrainingJob, i64)> = together.by_ref().take(UPDATES_PER_STATEMENT).collect();
             match self.store.update_training_jobs(&batch).await {
-                Ok(outcomes) => {
-                    for ((job, _), outcome) in batch.into_iter().zip(outcomes) {
-                        match outcome {
-                            Ok(version) => self.written_now(Versioned { value: job, version }).await,
+                Ok(versions) => {
+                    for ((job, _), version) in batch.into_iter().zip(versions) {
+                        match version {
+                            Ok(version) => {
+                                let written = job.clone();
+                                self.written_now(Versioned { value: job, version }).await;
+                                outcomes.push((written.name.clone(), Ok(Some(written))));
+                            }
                             Err(_) => alone.push(job.name),
                         }
                     }
                 }
                 Err(e) => {
                     let e = DomainError::from(e);
-                    failed.extend(batch.iter().map(|(job, _)| (job.name.clone(), e.clone())));
+                    outcomes.extend(batch.into_iter().map(|(job, _)| (job.name, Err(e.clone()))));
                 }
             }
         }
         for name in alone {
-            if let Err(e) = self.updated_training_job(&name, &mut change).await {
-                failed.push((name, e));
-            }
+            let outcome = self.updated_training_job(&name, &mut change).await;
+            outcomes.push((name, outcome));
         }
-        failed
+        outcomes
     }
 
     /// What follows a write of a training job: kept as written unless it ended (then its log

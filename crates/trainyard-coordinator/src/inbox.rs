@@ -45,8 +45,6 @@ pub enum Event {
         agent: String,
         cordon: Option<trainyard_store::AgentCordon>,
     },
-    /// Where a queued job stands: its position (1-based), the queue's length, and why it waits.
-    QueuePosition(String, oneshot::Sender<Option<(usize, usize, Option<String>)>>),
 }
 
 pub const PENDING_MESSAGE: &str = "Queued: waiting for an agent with the requested resources";

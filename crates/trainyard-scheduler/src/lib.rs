@@ -312,6 +312,8 @@ pub(crate) fn choose(agents: &[Agent], demand: &Demand) -> Option<Vec<usize>> {
 
 mod preemption;
 pub use preemption::{Held, Preemptible, Preemption, preemptions};
+mod queue_order;
+pub use queue_order::{QueueOrder, Standing};
 
 #[cfg(test)]
 mod tests;

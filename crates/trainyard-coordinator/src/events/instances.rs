@@ -284,7 +284,7 @@ impl Loop {
             .collect();
         for name in due {
             info!(training_job = %name, "MaxWaitTimeInSeconds reached");
-            if self.queue.remove(&name).is_some() {
+            if self.dequeue(&name).is_some() {
                 let message = "Training job reached MaxWaitTimeInSeconds while it waited";
                 self.finish(&name, SecondaryStatus::MaxWaitTimeExceeded, message, None, None).await?;
             } else if self.running.contains_key(&name) {
@@ -447,7 +447,7 @@ impl Loop {
     }
 
     pub(super) async fn stop_training(&mut self, name: &str) -> Result<(), DomainError> {
-        if self.queue.remove(name).is_some() || !self.running.contains_key(name) {
+        if self.dequeue(name).is_some() || !self.running.contains_key(name) {
             let job = self.c.training_job(name).await?.value;
             if job.status == TrainingJobStatus::Stopping {
                 return self

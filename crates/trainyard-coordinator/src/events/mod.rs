@@ -377,6 +377,8 @@ impl Loop {
         liveness: crate::liveness::Liveness,
         timing: Timing,
     ) -> Loop {
+        // A loop starts with nothing queued (its catch-up with the store queues what waits).
+        *coordinator.queue_order.lock().unwrap_or_else(|e| e.into_inner()) = trainyard_scheduler::QueueOrder::new();
         Loop {
             c: coordinator,
             metrics,
@@ -532,10 +534,6 @@ impl Loop {
                 }
                 Ok(())
             }
-            Event::QueuePosition(name, reply) => {
-                let _ = reply.send(self.position(&name));
-                Ok(())
-            }
         }
     }
 
@@ -673,7 +671,7 @@ impl Loop {
             .map(|(n, _)| n.clone())
             .collect();
         for name in expired {
-            self.queue.remove(&name);
+            self.dequeue(&name);
             let reason =
                 "CapacityError: the job waited longer than StoppingCondition.MaxPendingTimeInSeconds for an agent";
             self.finish(&name, SecondaryStatus::Failed, "Failed", Some(reason.to_string()), None).await?;
@@ -828,5 +826,68 @@ mod tests {
                 SecondaryStatus::Uploading
             ]
         );
+    }
+
+    /// Jobs queued with no agent say where they stand, in arrival order; one pass then starts
+    /// them all (written together) and assigns each to the agent, and they leave the line.
+    #[tokio::test]
+    async fn a_pass_starts_every_job_it_places_and_the_line_closes_up() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("trainyard.db").display());
+        let store = trainyard_store::connect(&url).await.expect("store");
+        let mut state = a_loop(store.clone(), dir.path()).await;
+        let names: Vec<String> = (0..3).map(|i| format!("job-{i}")).collect();
+        for name in &names {
+            let mut j = job();
+            j.name = name.clone();
+            state.c.store_new_training_job(j).await.expect("create");
+            state.enqueue(name).await.expect("queued");
+        }
+        state.schedule().await.expect("a pass with no agent");
+        let standing = |state: &Loop, name: &str| state.c.queue_position(name).map(|s| (s.position, s.length));
+        assert_eq!(standing(&state, "job-0"), Some((1, 3)));
+        assert_eq!(standing(&state, "job-2"), Some((3, 3)));
+        state.dequeue("job-0");
+        assert_eq!(standing(&state, "job-2"), Some((2, 2)), "the line closes up");
+        state
+            .c
+            .store_new_training_job({
+                let mut j = job();
+                j.name = "job-0".into();
+                j
+            })
+            .await
+            .expect_err("the name is taken");
+        state.enqueue("job-0").await.expect("queued again");
+        assert_eq!(standing(&state, "job-0"), Some((3, 3)), "back at the end");
+
+        // An agent with room for all three (ml.m5.large: 2 vCPUs, 8 GiB each).
+        let (tx, mut assignments) = mpsc::unbounded_channel();
+        let mut agent = AgentEntry::unconnected(1);
+        agent.outbound = Some(tx);
+        agent.inventory =
+            pb::Inventory { cpu_count: 8, memory_total_mib: 32 * 1024, disk_free_mib: 1 << 20, ..Default::default() };
+        agent.capabilities = pb::Capabilities { host_programs: true, ..Default::default() };
+        state.agents.insert("host-a".into(), agent);
+        state.c.set_no_room(false);
+        state.schedule().await.expect("a pass");
+
+        let mut assigned = Vec::new();
+        while let Ok(message) = assignments.try_recv() {
+            if let Some(pb::coordinator_message::Body::Assignment(a)) = message.body {
+                assigned.push(a.training_job_name);
+            }
+        }
+        assigned.sort();
+        assert_eq!(assigned, names, "each placed job was assigned to the agent");
+        for name in &names {
+            let stored = store.get_training_job(name).await.expect("read").expect("stored").value;
+            assert_eq!(stored.secondary_status, SecondaryStatus::Starting, "{name}");
+            assert_eq!(stored.placement.len(), 1, "{name}: stored with where it runs");
+            assert_eq!(stored.placement[0].agent, "host-a");
+            assert_eq!(standing(&state, name), None, "{name} left the line");
+            assert!(state.running.contains_key(name));
+        }
+        assert!(state.queue.is_empty());
     }
 }
