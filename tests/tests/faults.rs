@@ -327,6 +327,14 @@ fn health_follows_the_database() {
     });
     assert!(down, "health while PostgreSQL is down: {last}");
     assert!(last.contains("is its database reachable?"), "{last}");
+    // A call that needs the store says it is unavailable in seconds, not after the pool's
+    // default 30 s wait for a connection (the loop's events wait as long for theirs).
+    let asked = std::time::Instant::now();
+    let describe = c.cli(&["training-jobs", "describe", "any-job"]);
+    let waited = asked.elapsed();
+    assert_eq!(describe.code(), 6, "UNAVAILABLE, after {waited:?}: {}", describe.stderr());
+    assert!(describe.stderr().contains("storage unavailable"), "{}", describe.stderr());
+    assert!(waited < Duration::from_secs(15), "the describe answered after {waited:?}");
     pg.start_again();
     let up = trainyard_testkit::wait_until(Duration::from_secs(20), || health(&c).code() == 0);
     assert!(up, "health after PostgreSQL came back: {}", health(&c).stdout());

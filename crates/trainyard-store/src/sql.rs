@@ -262,6 +262,9 @@ fn redacted(url: &str) -> String {
     }
 }
 
+/// How long a PostgreSQL call waits for a connection from the pool (see [`SqlStore::connect`]).
+const POSTGRES_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl SqlStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
@@ -292,7 +295,10 @@ impl SqlStore {
                     Ok(())
                 })
             }),
-            Backend::Postgres => AnyPoolOptions::new().max_connections(16),
+            // A server that went away answers no connection attempt: a call waits at most this
+            // long for one (sqlx's default is 30 s), then fails as unavailable. Each of the event
+            // loop's writes waited as long during an outage, and API clients before their error.
+            Backend::Postgres => AnyPoolOptions::new().max_connections(16).acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT),
         };
         if backend == Backend::Postgres {
             // One connection first, so that a server that is down or refuses us says so at once
