@@ -27,7 +27,13 @@ pub struct AgentService {
     pub liveness: crate::liveness::Liveness,
     /// How long an agent may run its instances without hearing from us (see `events::Timing`).
     pub lease: std::time::Duration,
+    /// How long an agent may be silent before the loop takes it for lost.
+    pub lost_after: std::time::Duration,
 }
+
+/// A heartbeat goes on to the event loop at least this often (the others only update
+/// [`crate::liveness::Liveness`], which the loop reads).
+const HEARTBEATS_FORWARDED_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
 
@@ -98,6 +104,12 @@ impl pb::agents_server::Agents for AgentService {
         // without a message per heartbeat (thousands of agents).
         let renew_every = self.lease / 4;
         let mut renewed_at = std::time::Instant::now(); // the loop sends the first with Registered
+        // When this agent spoke last, and when a heartbeat last went on to the loop.
+        let mut previous_message = std::time::Instant::now();
+        let mut forwarded_at: Option<std::time::Instant> = None;
+        // A gap this long may have made the loop take the agent for lost: the heartbeat that
+        // ends it goes on to the loop.
+        let silence = self.lost_after / 2;
         tokio::spawn(async move {
             loop {
                 let message = match inbound.message().await {
@@ -108,9 +120,11 @@ impl pb::agents_server::Agents for AgentService {
                         break;
                     }
                 };
-                liveness.touch(&agent);
+                let since_previous = previous_message.elapsed();
+                previous_message = std::time::Instant::now();
                 let event = match message.body {
                     Some(Up::Heartbeat(heartbeat)) => {
+                        liveness.heard(&agent, heartbeat.clone());
                         // Renewed here, not by the loop: a busy loop must not fence healthy agents.
                         if renewed_at.elapsed() >= renew_every
                             && let Some(outbound) = renewals.upgrade()
@@ -118,17 +132,34 @@ impl pb::agents_server::Agents for AgentService {
                             let _ = outbound.send(lease.clone());
                             renewed_at = std::time::Instant::now();
                         }
+                        let forward = crate::liveness::forward_heartbeat(
+                            forwarded_at.map(|t| t.elapsed()),
+                            since_previous,
+                            silence,
+                            HEARTBEATS_FORWARDED_EVERY,
+                        );
+                        if !forward {
+                            continue;
+                        }
+                        forwarded_at = Some(std::time::Instant::now());
                         Event::AgentHeartbeat { session, agent: agent.clone(), heartbeat }
                     }
-                    Some(Up::Update(update)) => Event::InstanceUpdate { session, agent: agent.clone(), update },
+                    Some(Up::Update(update)) => {
+                        liveness.touch(&agent);
+                        Event::InstanceUpdate { session, agent: agent.clone(), update }
+                    }
                     Some(Up::Logs(batch)) => {
+                        liveness.touch(&agent);
                         let lines = batch.lines.into_iter().map(|l| (l.stream, l.timestamp_millis, l.text)).collect();
                         if let Err(e) = coordinator.record_logs(&batch.training_job_name, batch.instance, lines).await {
                             warn!(agent, job = %batch.training_job_name, error = %e, "log lines not stored");
                         }
                         continue;
                     }
-                    Some(Up::Register(_)) | None => continue,
+                    Some(Up::Register(_)) | None => {
+                        liveness.touch(&agent);
+                        continue;
+                    }
                 };
                 if events.send(event).is_err() {
                     break;
@@ -156,7 +187,8 @@ impl pb::agents_server::Agents for AgentService {
             n => n as usize,
         };
         let (tx, rx) = oneshot::channel();
-        self.events.send(Event::ListAgents(tx)).map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+        let asked = Event::ListAgents { after: next_token.clone(), limit, reply: tx };
+        self.events.send(asked).map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         let agents = rx.await.map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         Ok(Response::new(page_of_agents(agents, &next_token, limit)))
     }

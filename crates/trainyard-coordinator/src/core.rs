@@ -642,7 +642,9 @@ impl Coordinator {
     pub async fn agents(&self) -> Result<Vec<trainyard_proto::pb::AgentSummary>, DomainError> {
         let gone = || DomainError::Unavailable("the coordinator is shutting down".into());
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.events.send(Event::ListAgents(tx)).map_err(|_| gone())?;
+        self.events
+            .send(Event::ListAgents { after: String::new(), limit: usize::MAX, reply: tx })
+            .map_err(|_| gone())?;
         let mut agents = rx.await.map_err(|_| gone())?;
         agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         Ok(agents)

@@ -31,7 +31,13 @@ pub enum Event {
         session: u64,
         agent: String,
     },
-    ListAgents(oneshot::Sender<Vec<pb::AgentSummary>>),
+    ListAgents {
+        /// Only agents whose ids sort after this one ("" for the first page) ...
+        after: String,
+        /// ... at most this many, and one more when there is.
+        limit: usize,
+        reply: oneshot::Sender<Vec<pb::AgentSummary>>,
+    },
     /// An admin revoked this agent: stop its instances, close its stream, treat it as lost.
     AgentRevoked(String),
     /// An agent's session was refused: it speaks an agent protocol this coordinator does not.

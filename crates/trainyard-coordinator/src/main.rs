@@ -189,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
         sessions: std::sync::atomic::AtomicU64::new(0),
         liveness: liveness.clone(),
         lease: config.agent_lease,
+        lost_after: config.agent_lost_after,
     };
 
     let http_tls = match &credential {

@@ -495,8 +495,8 @@ impl Loop {
                 }
                 Ok(())
             }
-            Event::ListAgents(reply) => {
-                let _ = reply.send(self.summaries());
+            Event::ListAgents { after, limit, reply } => {
+                let _ = reply.send(self.summaries_after(&after, limit));
                 Ok(())
             }
             Event::AgentRefused { agent, version, reason } => {
@@ -889,5 +889,34 @@ mod tests {
             assert!(state.running.contains_key(name));
         }
         assert!(state.queue.is_empty());
+    }
+
+    /// A ListAgents page is built from its own agents: those after the token, at most one more
+    /// of each kind (connected or known, refused) than asked for, so that the caller can tell
+    /// whether a next page follows.
+    #[tokio::test]
+    async fn a_page_of_agents_is_built_from_the_agents_after_its_token() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("trainyard.db").display());
+        let mut state = a_loop(trainyard_store::connect(&url).await.expect("store"), dir.path()).await;
+        for id in ["a", "b", "d", "e"] {
+            state.agents.insert(id.into(), AgentEntry::unconnected(1));
+        }
+        state.refused.insert("c".into(), ("0.0.1".into(), "too old".into()));
+        let ids = |after: &str, limit: usize| -> Vec<String> {
+            let mut page = state.summaries_after(after, limit);
+            page.sort_by(|x, y| x.agent_id.cmp(&y.agent_id));
+            page.into_iter().map(|s| s.agent_id).collect()
+        };
+        // A page of two and one more (to know that a next page follows): a, b, and the refused c.
+        assert_eq!(ids("", 2)[..3], ["a", "b", "c"]);
+        assert!(ids("", 2).len() <= 6, "at most three of each kind");
+        assert_eq!(ids("", 1), ["a", "b", "c"], "a page of one: two of the agents, the first refused one");
+        assert_eq!(ids("b", 2), ["c", "d", "e"]);
+        assert_eq!(ids("d", 10), ["e"]);
+        assert!(ids("e", 10).is_empty());
+        assert_eq!(state.summaries().len(), 5, "the whole list: every agent and the refused one");
+        let refused = state.summaries_after("b", 1).into_iter().find(|s| s.agent_id == "c").expect("listed");
+        assert_eq!((refused.state.as_str(), refused.refusal.as_str()), ("refused", "too old"));
     }
 }

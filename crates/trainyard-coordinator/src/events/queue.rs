@@ -174,32 +174,34 @@ impl Loop {
     }
 
     pub(super) fn capacities(&self) -> Vec<Capacity> {
-        self.agents
-            .iter()
-            .filter(|(_, a)| !a.lost && a.outbound.is_some())
-            .map(|(id, a)| {
-                let used = a
-                    .allocations
-                    .values()
-                    .fold((0u32, 0u64, 0u64), |acc, x| (acc.0 + x.vcpus, acc.1 + x.memory_mib, acc.2 + x.disk_mib));
-                let held: BTreeSet<&String> = a.allocations.values().flat_map(|x| &x.gpus).collect();
-                Capacity {
-                    id: id.clone(),
-                    vcpus_total: a.inventory.cpu_count,
-                    memory_total_mib: a.inventory.memory_total_mib,
-                    disk_total_mib: a.inventory.disk_free_mib,
-                    gpus_total: a.inventory.gpus.len() as u32,
-                    vcpus_free: a.inventory.cpu_count.saturating_sub(used.0),
-                    memory_free_mib: a.inventory.memory_total_mib.saturating_sub(used.1),
-                    disk_free_mib: a.inventory.disk_free_mib.saturating_sub(used.2),
-                    gpus_free: a.inventory.gpus.iter().map(|g| g.uuid.clone()).filter(|u| !held.contains(u)).collect(),
-                    network_isolation: a.capabilities.network_isolation,
-                    containers: !a.capabilities.container_runtime.is_empty(),
-                    host_programs: a.capabilities.host_programs,
-                    cordoned: self.cordons.contains_key(id),
-                }
-            })
-            .collect()
+        self.agents.iter().filter_map(|(id, a)| self.capacity_of(id, a)).collect()
+    }
+
+    /// What agent `id` has free for placement; None when it cannot take work (lost, no stream).
+    pub(super) fn capacity_of(&self, id: &str, a: &AgentEntry) -> Option<Capacity> {
+        if a.lost || a.outbound.is_none() {
+            return None;
+        }
+        let used = a
+            .allocations
+            .values()
+            .fold((0u32, 0u64, 0u64), |acc, x| (acc.0 + x.vcpus, acc.1 + x.memory_mib, acc.2 + x.disk_mib));
+        let held: BTreeSet<&String> = a.allocations.values().flat_map(|x| &x.gpus).collect();
+        Some(Capacity {
+            id: id.to_string(),
+            vcpus_total: a.inventory.cpu_count,
+            memory_total_mib: a.inventory.memory_total_mib,
+            disk_total_mib: a.inventory.disk_free_mib,
+            gpus_total: a.inventory.gpus.len() as u32,
+            vcpus_free: a.inventory.cpu_count.saturating_sub(used.0),
+            memory_free_mib: a.inventory.memory_total_mib.saturating_sub(used.1),
+            disk_free_mib: a.inventory.disk_free_mib.saturating_sub(used.2),
+            gpus_free: a.inventory.gpus.iter().map(|g| g.uuid.clone()).filter(|u| !held.contains(u)).collect(),
+            network_isolation: a.capabilities.network_isolation,
+            containers: !a.capabilities.container_runtime.is_empty(),
+            host_programs: a.capabilities.host_programs,
+            cordoned: self.cordons.contains_key(id),
+        })
     }
 
     /// The job's `Pending` transition, unless it has one.
