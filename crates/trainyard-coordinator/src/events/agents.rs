@@ -132,9 +132,14 @@ impl Loop {
         Ok(())
     }
 
-    /// Every agent as ListAgents shows it.
-    pub(super) fn summaries(&self) -> Vec<pb::AgentSummary> {
-        self.summaries_after("", usize::MAX)
+    /// Where an operator took agent `id` out of placement: "cordoned", "draining", "drained", or "".
+    pub(super) fn cordon_of(&self, id: &str, a: &AgentEntry) -> &'static str {
+        match self.cordons.get(id) {
+            None => "",
+            Some(c) if !c.drain => "cordoned",
+            Some(_) if a.allocations.is_empty() => "drained",
+            Some(_) => "draining",
+        }
     }
 
     /// The agents whose ids sort after `after`, enough for a page of `limit` and to tell whether
@@ -155,15 +160,7 @@ impl Loop {
                 let heard = self.liveness.latest(id);
                 pb::AgentSummary {
                     agent_id: id.clone(),
-                    state: if a.revoked {
-                        "revoked".into()
-                    } else if a.lost {
-                        "lost".into()
-                    } else if a.outbound.is_some() {
-                        "ready".into()
-                    } else {
-                        "disconnected".into()
-                    },
+                    state: state_of(a).into(),
                     inventory: Some(a.inventory.clone()),
                     last_heartbeat: heard.as_ref().and_then(|h| h.1.clone()).or_else(|| a.heartbeat.clone()),
                     last_heartbeat_millis: heard.as_ref().map_or(a.last_seen_millis, |h| h.0.max(a.last_seen_millis)),
@@ -173,12 +170,7 @@ impl Loop {
                     running: a.allocations.keys().map(|(j, i)| format!("{j}/algo-{i}")).collect(),
                     capabilities: Some(a.capabilities.clone()),
                     peer_address: a.peer_address.clone(),
-                    cordon: match self.cordons.get(id) {
-                        None => String::new(),
-                        Some(c) if !c.drain => "cordoned".into(),
-                        Some(_) if a.allocations.is_empty() => "drained".into(),
-                        Some(_) => "draining".into(),
-                    },
+                    cordon: self.cordon_of(id, a).into(),
                     cordoned_by: self.cordons.get(id).map(|c| c.by_user.clone()).unwrap_or_default(),
                     version: a.version.clone(),
                     refusal: String::new(),
@@ -194,5 +186,18 @@ impl Loop {
                 },
             ))
             .collect()
+    }
+}
+
+/// An agent's state as ListAgents shows it.
+pub(super) fn state_of(a: &AgentEntry) -> &'static str {
+    if a.revoked {
+        "revoked"
+    } else if a.lost {
+        "lost"
+    } else if a.outbound.is_some() {
+        "ready"
+    } else {
+        "disconnected"
     }
 }

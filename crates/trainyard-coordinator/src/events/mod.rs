@@ -615,12 +615,16 @@ impl Loop {
                 .into_iter()
                 .map(|s| (s.to_string(), 0))
                 .collect();
-        for summary in self.summaries() {
-            *states.entry(summary.state).or_default() += 1;
-            if !summary.cordon.is_empty() {
-                *states.entry(summary.cordon).or_default() += 1;
+        // Counted without building every agent's summary (tens of ms a tick at 20,000 agents).
+        for (id, a) in &self.agents {
+            *states.entry(agents::state_of(a).to_string()).or_default() += 1;
+            let cordon = self.cordon_of(id, a);
+            if !cordon.is_empty() {
+                *states.entry(cordon.to_string()).or_default() += 1;
             }
         }
+        let refused = self.refused.keys().filter(|id| !self.agents.contains_key(*id)).count();
+        *states.entry("refused".to_string()).or_default() += refused as i64;
         for (state, count) in states {
             self.metrics.agents.get_or_create(&crate::telemetry::State { state }).set(count);
         }
@@ -915,8 +919,29 @@ mod tests {
         assert_eq!(ids("b", 2), ["c", "d", "e"]);
         assert_eq!(ids("d", 10), ["e"]);
         assert!(ids("e", 10).is_empty());
-        assert_eq!(state.summaries().len(), 5, "the whole list: every agent and the refused one");
+        assert_eq!(state.summaries_after("", usize::MAX).len(), 5, "the whole list: every agent and the refused one");
         let refused = state.summaries_after("b", 1).into_iter().find(|s| s.agent_id == "c").expect("listed");
         assert_eq!((refused.state.as_str(), refused.refusal.as_str()), ("refused", "too old"));
+
+        // The gauges count the same states without building the summaries.
+        state.agents.get_mut("a").expect("a").lost = true;
+        state.cordons.insert(
+            "b".into(),
+            trainyard_store::AgentCordon {
+                agent_id: "b".into(),
+                drain: true,
+                by_user: "ops".into(),
+                at: Timestamp::from_millis(1),
+                stop_at: None,
+            },
+        );
+        state.update_gauges();
+        let gauge = |s: &str| state.metrics.agents.get_or_create(&crate::telemetry::State { state: s.into() }).get();
+        let listed = state.summaries_after("", usize::MAX);
+        for s in ["lost", "disconnected", "refused", "drained", "ready"] {
+            let shown = listed.iter().filter(|a| a.state == s || a.cordon == s).count() as i64;
+            assert_eq!(gauge(s), shown, "{s}");
+        }
+        assert_eq!((gauge("lost"), gauge("disconnected"), gauge("refused"), gauge("drained")), (1, 3, 1, 1));
     }
 }
