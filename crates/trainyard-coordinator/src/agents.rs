@@ -129,7 +129,7 @@ impl pb::agents_server::Agents for AgentService {
                         if renewed_at.elapsed() >= renew_every
                             && let Some(outbound) = renewals.upgrade()
                         {
-                            let _ = outbound.send(lease.clone());
+                            let _ = outbound.send(Box::new(lease.clone()));
                             renewed_at = std::time::Instant::now();
                         }
                         let forward = crate::liveness::forward_heartbeat(
@@ -167,7 +167,7 @@ impl pb::agents_server::Agents for AgentService {
             }
             let _ = events.send(Event::AgentDisconnected { session, agent });
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx).map(Ok))))
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx).map(|message| Ok(*message)))))
     }
 
     async fn list_agents(

@@ -15,7 +15,7 @@ pub enum Event {
     AgentConnected {
         session: u64,
         register: Box<pb::Register>,
-        outbound: mpsc::UnboundedSender<pb::CoordinatorMessage>,
+        outbound: Outbound,
     },
     AgentHeartbeat {
         session: u64,
@@ -52,5 +52,11 @@ pub enum Event {
         cordon: Option<trainyard_store::AgentCordon>,
     },
 }
+
+/// What the loop sends an agent's stream through. Boxed: a message is 1.7 KiB inline (an
+/// Assignment), and an unbounded channel allocates a block of 32 slots when it is made, so each
+/// agent's channel held 55 KiB before it carried anything (most of the coordinator's 84 KiB per
+/// agent at 20,000 simulated agents).
+pub type Outbound = mpsc::UnboundedSender<Box<pb::CoordinatorMessage>>;
 
 pub const PENDING_MESSAGE: &str = "Queued: waiting for an agent with the requested resources";

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 use trainyard_model::DomainError;
 use trainyard_proto::pb;
@@ -17,7 +16,7 @@ impl Loop {
         &mut self,
         session: u64,
         register: pb::Register,
-        outbound: mpsc::UnboundedSender<pb::CoordinatorMessage>,
+        outbound: crate::inbox::Outbound,
     ) -> Result<(), DomainError> {
         let id = register.agent_id.clone();
         // An agent that is connected keeps its session: a second one for its id (a copied identity,

@@ -55,7 +55,7 @@ pub const FENCING_MARGIN: Duration = Duration::from_secs(2);
 
 struct AgentEntry {
     session: u64,
-    outbound: Option<mpsc::UnboundedSender<pb::CoordinatorMessage>>,
+    outbound: Option<crate::inbox::Outbound>,
     inventory: pb::Inventory,
     capabilities: pb::Capabilities,
     /// Where other agents reach this one's peer forwarder (empty: it runs no namespaces).
@@ -358,7 +358,7 @@ fn worth_retrying(e: &DomainError) -> bool {
 
 fn send(entry: &AgentEntry, body: Down) {
     if let Some(tx) = &entry.outbound {
-        let _ = tx.send(pb::CoordinatorMessage { body: Some(body) });
+        let _ = tx.send(Box::new(pb::CoordinatorMessage { body: Some(body) }));
     }
 }
 
