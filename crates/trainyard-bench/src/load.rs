@@ -297,7 +297,6 @@ async fn simulated_agent(
     Ok(())
 }
 
-/// Every agent the coordinator lists, page by page.
 /// How old the oldest heartbeat in `agents` is, in milliseconds.
 fn oldest_heartbeat_of(agents: &[pb::AgentSummary]) -> i64 {
     let now_millis =
@@ -305,6 +304,7 @@ fn oldest_heartbeat_of(agents: &[pb::AgentSummary]) -> i64 {
     agents.iter().map(|a| now_millis - a.last_heartbeat_millis).max().unwrap_or(0)
 }
 
+/// Every agent the coordinator lists, page by page.
 async fn all_agents(
     client: &mut AgentsClient<trainyard_proto::client::Transport>,
 ) -> anyhow::Result<Vec<pb::AgentSummary>> {

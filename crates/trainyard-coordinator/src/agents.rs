@@ -122,9 +122,12 @@ impl pb::agents_server::Agents for AgentService {
                 };
                 let since_previous = previous_message.elapsed();
                 previous_message = std::time::Instant::now();
+                match &message.body {
+                    Some(Up::Heartbeat(heartbeat)) => liveness.heard(&agent, heartbeat.clone()),
+                    _ => liveness.touch(&agent),
+                }
                 let event = match message.body {
                     Some(Up::Heartbeat(heartbeat)) => {
-                        liveness.heard(&agent, heartbeat.clone());
                         // Renewed here, not by the loop: a busy loop must not fence healthy agents.
                         if renewed_at.elapsed() >= renew_every
                             && let Some(outbound) = renewals.upgrade()
@@ -144,22 +147,15 @@ impl pb::agents_server::Agents for AgentService {
                         forwarded_at = Some(std::time::Instant::now());
                         Event::AgentHeartbeat { session, agent: agent.clone(), heartbeat }
                     }
-                    Some(Up::Update(update)) => {
-                        liveness.touch(&agent);
-                        Event::InstanceUpdate { session, agent: agent.clone(), update }
-                    }
+                    Some(Up::Update(update)) => Event::InstanceUpdate { session, agent: agent.clone(), update },
                     Some(Up::Logs(batch)) => {
-                        liveness.touch(&agent);
                         let lines = batch.lines.into_iter().map(|l| (l.stream, l.timestamp_millis, l.text)).collect();
                         if let Err(e) = coordinator.record_logs(&batch.training_job_name, batch.instance, lines).await {
                             warn!(agent, job = %batch.training_job_name, error = %e, "log lines not stored");
                         }
                         continue;
                     }
-                    Some(Up::Register(_)) | None => {
-                        liveness.touch(&agent);
-                        continue;
-                    }
+                    Some(Up::Register(_)) | None => continue,
                 };
                 if events.send(event).is_err() {
                     break;

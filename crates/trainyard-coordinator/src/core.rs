@@ -651,7 +651,12 @@ impl Coordinator {
     }
 
     pub(crate) fn queue_position(&self, name: &str) -> Option<trainyard_scheduler::Standing> {
-        self.queue_order.lock().unwrap_or_else(|e| e.into_inner()).standing(name)
+        self.queue_order().standing(name)
+    }
+
+    /// The queue's order, as the loop keeps it (see [`Coordinator::queue_order`]'s field).
+    pub(crate) fn queue_order(&self) -> std::sync::MutexGuard<'_, trainyard_scheduler::QueueOrder> {
+        self.queue_order.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     // ----- logs -----
@@ -1112,22 +1117,9 @@ impl Coordinator {
     /// [`Coordinator::updated_training_job`] of several jobs with one change: the jobs kept as
     /// written are changed and written together, in one statement; the others (not kept, changed
     /// meanwhile by another writer, or whose change the kept copy refuses) one at a time, as
-    /// `updated_training_job` does them. The jobs whose change failed, with why.
-    pub async fn update_training_jobs(
-        &self,
-        names: &[String],
-        change: impl FnMut(&mut TrainingJob) -> Result<bool, DomainError>,
-    ) -> Vec<(String, DomainError)> {
-        self.updated_training_jobs(names, change)
-            .await
-            .into_iter()
-            .filter_map(|(name, outcome)| outcome.err().map(|e| (name, e)))
-            .collect()
-    }
-
-    /// [`Coordinator::update_training_jobs`], with each job's outcome as
-    /// [`Coordinator::updated_training_job`] gives it: the job as written, None when there was
-    /// nothing to write, or why the change failed. In no particular order.
+    /// `updated_training_job` does them. Each job's outcome as `updated_training_job` gives it:
+    /// the job as written, None when there was nothing to write, or why the change failed. In no
+    /// particular order.
     pub async fn updated_training_jobs(
         &self,
         names: &[String],
@@ -1343,15 +1335,16 @@ mod tests {
         c.store.update_training_job(&theirs, stored.version).await.expect("their write");
 
         let names: Vec<String> = ["kept", "raced", "unkept", "refused", "missing"].map(String::from).into();
-        let failed = c
-            .update_training_jobs(&names, |j| {
+        let outcomes = c
+            .updated_training_jobs(&names, |j| {
                 if j.name == "refused" {
                     return Err(DomainError::invalid("x", "refused"));
                 }
                 Ok(j.set_status_message("waits", now()))
             })
             .await;
-        let failed: Vec<&str> = failed.iter().map(|(name, _)| name.as_str()).collect();
+        let failed: Vec<&str> =
+            outcomes.iter().filter(|(_, outcome)| outcome.is_err()).map(|(name, _)| name.as_str()).collect();
         assert_eq!(failed, ["refused", "missing"]);
         for name in ["kept", "raced", "unkept"] {
             let stored = c.training_job(name).await.expect("read");

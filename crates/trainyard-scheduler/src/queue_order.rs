@@ -72,10 +72,15 @@ impl QueueOrder {
         }
     }
 
-    /// Records why no agent could ever hold `job` (kept until it leaves the line).
-    pub fn set_reason(&mut self, job: &str, reason: &str) {
-        if let Some(waiting) = self.jobs.get_mut(job) {
-            waiting.reason = Some(reason.to_string());
+    /// Records why no agent could ever hold `job` (kept until it leaves the line). Whether that
+    /// changed anything: false when `job` does not wait or had that reason already.
+    pub fn set_reason(&mut self, job: &str, reason: &str) -> bool {
+        match self.jobs.get_mut(job) {
+            Some(waiting) if waiting.reason.as_deref() != Some(reason) => {
+                waiting.reason = Some(reason.to_string());
+                true
+            }
+            _ => false,
         }
     }
 
@@ -161,8 +166,9 @@ mod tests {
     fn a_reason_stays_with_its_job_across_renumbering() {
         let mut order = QueueOrder::new();
         order.push("huge");
-        order.set_reason("huge", "needs 9 GPUs");
-        order.set_reason("absent", "ignored");
+        assert!(order.set_reason("huge", "needs 9 GPUs"));
+        assert!(!order.set_reason("huge", "needs 9 GPUs"), "the reason it has already");
+        assert!(!order.set_reason("absent", "ignored"), "a job not in line");
         for i in 0..1000 {
             order.push(&format!("job-{i}"));
             order.remove(&format!("job-{i}"));

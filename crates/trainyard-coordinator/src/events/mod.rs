@@ -104,7 +104,6 @@ struct Queued {
     demand: Demand,
     queued_at: Timestamp,
     max_pending: Option<Duration>,
-    reason: Option<String>,
     /// Not placed before this: a retry waits until the lost agent's copy has surely stopped.
     not_before: Option<tokio::time::Instant>,
     /// An interrupted job waiting to resume: a tuning job's MaxParallelTrainingJobs does not count it.
@@ -378,7 +377,7 @@ impl Loop {
         timing: Timing,
     ) -> Loop {
         // A loop starts with nothing queued (its catch-up with the store queues what waits).
-        *coordinator.queue_order.lock().unwrap_or_else(|e| e.into_inner()) = trainyard_scheduler::QueueOrder::new();
+        *coordinator.queue_order() = trainyard_scheduler::QueueOrder::new();
         Loop {
             c: coordinator,
             metrics,
@@ -435,6 +434,39 @@ impl Loop {
         let newer = self.progress_unstored.remove(job).unwrap_or_default();
         progress.extend(newer);
         self.progress_unstored.insert(job.to_string(), progress);
+    }
+
+    /// [`Loop::updated_job`] of several jobs, written together where they can be (see
+    /// [`Coordinator::updated_training_jobs`]): each job's progress not stored yet goes with its
+    /// change, and a job whose write failed keeps it for its next one. Each job's outcome, in
+    /// the order of `names`.
+    pub(super) async fn updated_jobs(
+        &mut self,
+        names: &[String],
+        mut change: impl FnMut(&mut TrainingJob) -> Result<bool, DomainError>,
+    ) -> Vec<(String, Result<Option<TrainingJob>, DomainError>)> {
+        let mut progress: HashMap<String, Vec<Progress>> =
+            names.iter().filter_map(|n| Some((n.clone(), self.progress_unstored.remove(n)?))).collect();
+        let c = self.c.clone();
+        let written = c
+            .updated_training_jobs(names, |j| {
+                let moved = progress.get(&j.name).is_some_and(|p| apply_progress(j, p));
+                let changed = change(j)?;
+                Ok(changed || moved)
+            })
+            .await;
+        let mut written: HashMap<String, Result<Option<TrainingJob>, DomainError>> = written.into_iter().collect();
+        let mut outcomes = Vec::with_capacity(names.len());
+        for name in names {
+            let Some(outcome) = written.remove(name) else { continue };
+            if outcome.is_err()
+                && let Some(p) = progress.remove(name)
+            {
+                self.hold_progress(name, p);
+            }
+            outcomes.push((name.clone(), outcome));
+        }
+        outcomes
     }
 
     /// [`Loop::updated_job`], saying only whether it wrote.

@@ -163,11 +163,9 @@ impl Loop {
             self.store_pending(name).await?;
         }
         let resumes = job.runs.interruptions > 0;
-        self.c.queue_order.lock().unwrap_or_else(|e| e.into_inner()).push(name);
-        self.queue.insert(
-            name.to_string(),
-            Queued { demand, queued_at: now(), max_pending, reason: None, not_before: None, resumes },
-        );
+        self.c.queue_order().push(name);
+        self.queue
+            .insert(name.to_string(), Queued { demand, queued_at: now(), max_pending, not_before: None, resumes });
         self.queued_since_pass.push(name.to_string());
         self.track_spot(job);
         Ok(())
@@ -229,26 +227,21 @@ impl Loop {
         if names.is_empty() {
             return Ok(());
         }
-        let mut progress: HashMap<String, Vec<super::Progress>> =
-            names.iter().filter_map(|n| Some((n.clone(), self.progress_unstored.remove(n)?))).collect();
-        let failed = self
-            .c
-            .update_training_jobs(&names, |j| {
-                let moved = progress.get(&j.name).is_some_and(|p| super::apply_progress(j, p));
+        let written = self
+            .updated_jobs(&names, |j| {
                 if j.secondary_status == SecondaryStatus::Pending {
-                    return Ok(moved);
+                    return Ok(false);
                 }
                 j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
                 Ok(true)
             })
             .await;
         let mut first_error = None;
-        for (name, e) in failed {
-            if let Some(p) = progress.remove(&name) {
-                self.hold_progress(&name, p);
+        for (name, outcome) in written {
+            if let Err(e) = outcome {
+                self.pending_unstored.push(name);
+                first_error.get_or_insert(e);
             }
-            self.pending_unstored.push(name);
-            first_error.get_or_insert(e);
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -340,13 +333,11 @@ impl Loop {
     /// A queued job no agent could ever hold says why, on its Pending transition (stored with it
     /// if this pass queued it): one write, and none when the reason is the one it has.
     async fn unplaceable(&mut self, job: &str, reason: String) -> Result<(), DomainError> {
-        let Some(q) = self.queue.get_mut(job) else { return Ok(()) };
-        if q.reason.as_deref() == Some(reason.as_str()) {
+        // Kept where describes read it; unchanged (or not queued): nothing to write.
+        if !self.c.queue_order().set_reason(job, &reason) {
             return Ok(());
         }
         let message = format!("Cannot be placed: {reason}");
-        self.c.queue_order.lock().unwrap_or_else(|e| e.into_inner()).set_reason(job, &reason);
-        q.reason = Some(reason);
         self.update_job(job, |j| {
             let queued_now = j.secondary_status != SecondaryStatus::Pending;
             if queued_now {
@@ -523,25 +514,23 @@ impl Loop {
         if names.is_empty() {
             return Ok(());
         }
-        let mut progress: HashMap<String, Vec<super::Progress>> =
-            names.iter().filter_map(|n| Some((n.clone(), self.progress_unstored.remove(n)?))).collect();
         // Who it runs as is decided in the same write that places it: a role removed from the
         // configuration since the job was accepted fails it instead.
         let mut run_as: HashMap<String, Option<pb::RunAs>> = HashMap::new();
         let mut refused: HashMap<String, String> = HashMap::new();
         let c = self.c.clone();
-        let outcomes = c
-            .updated_training_jobs(&names, |j| {
-                let moved = progress.get(&j.name).is_some_and(|p| super::apply_progress(j, p));
-                let Some(start) = starts.get(&j.name) else { return Ok(moved) };
-                match c.roles.run_as(j.request.role_arn.as_deref()) {
+        let roles = &c.roles;
+        let written = self
+            .updated_jobs(&names, |j| {
+                let Some(start) = starts.get(&j.name) else { return Ok(false) };
+                match roles.run_as(j.request.role_arn.as_deref()) {
                     Ok(role) => {
                         let role = role.map(|r| pb::RunAs { group: r.group.unwrap_or_default(), ..Default::default() });
                         run_as.insert(j.name.clone(), role);
                     }
                     Err(reason) => {
                         refused.insert(j.name.clone(), format!("ClientError: RoleArn: {reason}"));
-                        return Ok(moved);
+                        return Ok(false);
                     }
                 }
                 j.placement = start.placement.clone();
@@ -551,10 +540,9 @@ impl Loop {
                 Ok(true)
             })
             .await;
-        let mut outcomes: HashMap<String, Result<Option<TrainingJob>, DomainError>> = outcomes.into_iter().collect();
         let mut first_error = None;
-        for name in names {
-            let (Some(outcome), Some(start)) = (outcomes.remove(&name), starts.remove(&name)) else { continue };
+        for (name, outcome) in written {
+            let Some(start) = starts.remove(&name) else { continue };
             let started = match (outcome, refused.remove(&name)) {
                 (Ok(_), Some(reason)) => {
                     self.finish(&name, SecondaryStatus::Failed, "Failed", Some(reason), None).await
@@ -564,13 +552,8 @@ impl Loop {
                     self.assign(job, start.queued, start.placement, run_as)
                 }
                 (Ok(None), None) => Ok(()),
-                (Err(e), _) => {
-                    // Its progress is written with its next change.
-                    if let Some(p) = progress.remove(&name) {
-                        self.hold_progress(&name, p);
-                    }
-                    Err(e)
-                }
+                // Caught up from the store; its progress is kept for its next write.
+                (Err(e), _) => Err(e),
             };
             if let Err(e) = started {
                 first_error.get_or_insert(e);
@@ -677,7 +660,7 @@ impl Loop {
     /// Takes a job off the queue (placed, stopped, ended, expired): what it waited with.
     pub(super) fn dequeue(&mut self, name: &str) -> Option<Queued> {
         let queued = self.queue.remove(name)?;
-        self.c.queue_order.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.c.queue_order().remove(name);
         Some(queued)
     }
 }
