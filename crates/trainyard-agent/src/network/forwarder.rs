@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +36,12 @@ const TLS_HANDSHAKE: u8 = 0x16;
 /// time, at most 16 KiB, so without it every record costs a syscall). Measured with
 /// `scripts/bench --suites peers`: tokio's default 8 KiB gave 366 MiB/s plain, 254 MiB/s TLS.
 const SPLICE_BUFFER: usize = 256 * 1024;
+/// Plain connections relayed through the kernel (see [`relay_plain`]) at once, at most: each holds
+/// two threads of the agent, so a job that opens thousands of peer connections must not get a
+/// thread for each. Past this, plain connections are copied by tasks as TLS connections are.
+const MAX_SPLICED: usize = 256;
+/// The pipe between a spliced connection's two sockets, each way.
+const PIPE_SIZE: usize = 1024 * 1024;
 
 /// What the forwarder knows about one job with an instance on this agent.
 struct Job {
@@ -162,7 +169,12 @@ impl Forwarder {
                         .map_err(|e| format!("TLS handshake with {address}: {e}"))?;
                 splice_after_header(local, remote, &header).await
             }
-            None => splice_after_header(local, remote, &header).await,
+            None => {
+                let mut remote = remote;
+                exchange_header(&local, &mut remote, &header).await?;
+                relay_plain(local, remote).await;
+                Ok(())
+            }
         }
     }
 
@@ -224,7 +236,9 @@ impl Forwarder {
             let _ = stream.write_all(b"NO the header names another job\n").await;
             return Err(format!("certificate of {job}, header for {}", header.job));
         }
-        self.deliver(stream, header).await
+        let mut local = self.connect_target(&mut stream, header).await?;
+        let _ = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut local, SPLICE_BUFFER, SPLICE_BUFFER).await;
+        Ok(())
     }
 
     async fn inbound_plain(&self, mut stream: TcpStream, from: IpAddr) -> Result<(), String> {
@@ -245,11 +259,14 @@ impl Forwarder {
             let _ = stream.write_all(format!("NO {reason}\n").as_bytes()).await;
             return Err(reason);
         }
-        self.deliver(stream, header).await
+        let local = self.connect_target(&mut stream, header).await?;
+        relay_plain(stream, local).await;
+        Ok(())
     }
 
-    /// Connects to the target instance inside its namespace and joins the two streams.
-    async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(&self, mut stream: S, header: Header) -> Result<(), String> {
+    /// Connects to the target instance inside its namespace and answers the caller `OK` (or `NO`
+    /// and why): the connection to the instance, to be joined with the caller's.
+    async fn connect_target<S: AsyncWrite + Unpin>(&self, stream: &mut S, header: Header) -> Result<TcpStream, String> {
         let namespace = {
             let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
             jobs.get(&header.job).and_then(|j| j.local.get(&header.to).cloned())
@@ -273,9 +290,7 @@ impl Forwarder {
         };
         let _ = local.set_nodelay(true);
         stream.write_all(b"OK\n").await.map_err(|e| e.to_string())?;
-        let mut local = local;
-        let _ = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut local, SPLICE_BUFFER, SPLICE_BUFFER).await;
-        Ok(())
+        Ok(local)
     }
 }
 
@@ -302,15 +317,122 @@ async fn splice_after_header<S: AsyncRead + AsyncWrite + Unpin>(
     mut remote: S,
     header: &Header,
 ) -> Result<(), PeerError> {
+    exchange_header(&local, &mut remote, header).await?;
+    let _ = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut remote, SPLICE_BUFFER, SPLICE_BUFFER).await;
+    Ok(())
+}
+
+/// Sends the header and waits for the peer's agent's answer (read a byte at a time: nothing past
+/// it is consumed, so a plain connection can be spliced from there).
+async fn exchange_header<S: AsyncRead + AsyncWrite + Unpin>(
+    local: &TcpStream,
+    remote: &mut S,
+    header: &Header,
+) -> Result<(), PeerError> {
     remote.write_all(header.line().as_bytes()).await.map_err(|e| e.to_string())?;
-    let answer = read_line(&mut remote).await?;
+    let answer = read_line(remote).await?;
     if answer != "OK" {
         return Err(PeerError::Refused(format!("the peer's agent refused: {answer}")));
     }
     // Connected end to end: from now on either side's close is an ordinary one.
-    default_linger(&local);
-    let _ = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut remote, SPLICE_BUFFER, SPLICE_BUFFER).await;
+    default_linger(local);
     Ok(())
+}
+
+static SPLICED: AtomicUsize = AtomicUsize::new(0);
+
+/// A place among the [`MAX_SPLICED`] connections relayed through the kernel.
+struct SplicedSlot;
+
+impl SplicedSlot {
+    fn take() -> Option<SplicedSlot> {
+        SPLICED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_SPLICED).then_some(n + 1)).ok()?;
+        Some(SplicedSlot)
+    }
+}
+
+impl Drop for SplicedSlot {
+    fn drop(&mut self) {
+        SPLICED.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Joins two plain TCP connections until both directions have ended. Through the kernel:
+/// splice(2) moves each direction's bytes from one socket into a pipe and on into the other,
+/// none copied into the agent (copying them cost the agent's core more than the programs at both
+/// ends). Each direction blocks in the kernel on a thread of its own; past [`MAX_SPLICED`]
+/// connections (or if the threads cannot start), tasks copy as for TLS connections.
+async fn relay_plain(a: TcpStream, b: TcpStream) {
+    let Some(slot) = SplicedSlot::take() else {
+        let (mut a, mut b) = (a, b);
+        let _ = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, SPLICE_BUFFER, SPLICE_BUFFER).await;
+        return;
+    };
+    let blocking = |s: TcpStream| s.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s));
+    let (Ok(a), Ok(b)) = (blocking(a), blocking(b)) else {
+        return; // a socket tokio could not give up: the connection is dropped, as on any error
+    };
+    let (done, ended) = tokio::sync::oneshot::channel::<()>();
+    let thread = || std::thread::Builder::new().name("peer-splice".into()).stack_size(64 * 1024);
+    let spawned = thread().spawn(move || {
+        let back = a
+            .try_clone()
+            .and_then(|a2| b.try_clone().map(|b2| (a2, b2)))
+            .and_then(|(a2, b2)| thread().spawn(move || pump(&b2, &a2)));
+        match back {
+            Ok(back) => {
+                pump(&a, &b);
+                let _ = back.join();
+            }
+            Err(e) => {
+                warn!(error = %e, "could not start a peer connection's second thread: the connection is dropped");
+                let _ = a.shutdown(std::net::Shutdown::Both);
+                let _ = b.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        drop(slot);
+        let _ = done.send(());
+    });
+    match spawned {
+        Ok(_) => {
+            let _ = ended.await;
+        }
+        Err(e) => warn!(error = %e, "could not start a peer connection's thread: the connection is dropped"),
+    }
+}
+
+/// Moves what `from` receives into `to` until `from` ends, then ends `to`'s sending side, as a
+/// copy would. On an error both connections are shut down: the other direction's thread wakes.
+fn pump(from: &std::net::TcpStream, to: &std::net::TcpStream) {
+    use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
+    let moved = (|| -> std::io::Result<()> {
+        let (pipe_out, pipe_in) = pipe_with(PipeFlags::CLOEXEC)?;
+        let _ = fcntl_setpipe_size(&pipe_in, PIPE_SIZE); // an unprivileged limit keeps the default
+        loop {
+            // Into the pipe, which is empty here: as much as has arrived, up to its size.
+            let arrived = splice(from, None, &pipe_in, None, PIPE_SIZE, SpliceFlags::MOVE)?;
+            if arrived == 0 {
+                return Ok(());
+            }
+            let mut left = arrived;
+            while left > 0 {
+                let sent = splice(&pipe_out, None, to, None, left, SpliceFlags::MOVE)?;
+                if sent == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                left -= sent;
+            }
+        }
+    })();
+    match moved {
+        Ok(()) => {
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        }
+        Err(_) => {
+            let _ = from.shutdown(std::net::Shutdown::Both);
+            let _ = to.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// Turns SO_LINGER off again (the default: close sends FIN, in the background).
@@ -363,5 +485,84 @@ mod tests {
         assert!(Header::parse("GET / HTTP/1.1").is_err());
         assert!(Header::parse("TRAINYARD-PEER/1 job 1 2 70000").unwrap_err().contains("port"));
         assert!(Header::parse("TRAINYARD-PEER/1 job x 2 80").unwrap_err().contains("number"));
+    }
+
+    /// Two connected pairs on loopback, their server ends joined by `relay_plain`: what one client
+    /// sends the other receives, each way, and a client's end of sending ends the other's reading.
+    async fn relayed_pair() -> (TcpStream, TcpStream, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let left = TcpStream::connect(address).await.expect("connect");
+        let (left_server, _) = listener.accept().await.expect("accept");
+        let right = TcpStream::connect(address).await.expect("connect");
+        let (right_server, _) = listener.accept().await.expect("accept");
+        (left, right, tokio::spawn(relay_plain(left_server, right_server)))
+    }
+
+    /// The relay tests count the process's spliced connections: one at a time.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    /// `spliced`: the connections counted as spliced while this one carries bytes.
+    async fn both_ways(left: TcpStream, right: TcpStream, relay: tokio::task::JoinHandle<()>, spliced: usize) {
+        // A relay that never ends a direction would hang the reads: failed after a while instead.
+        tokio::time::timeout(Duration::from_secs(60), both_ways_unbounded(left, right, relay, spliced))
+            .await
+            .expect("the exchange completes");
+    }
+
+    async fn both_ways_unbounded(
+        mut left: TcpStream,
+        mut right: TcpStream,
+        relay: tokio::task::JoinHandle<()>,
+        spliced: usize,
+    ) {
+        // More than the pipe holds, in a pattern, so that a lost, doubled or reordered byte shows.
+        let sent: Vec<u8> = (0..3 * PIPE_SIZE + 12_345).map(|i| (i * 7 % 251) as u8).collect();
+        let writer = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                left.write_all(&sent).await.expect("send");
+                left.shutdown().await.expect("end of sending");
+                let mut reply = Vec::new();
+                left.read_to_end(&mut reply).await.expect("the reply, to its end");
+                reply
+            })
+        };
+        let mut received = Vec::new();
+        right.read_to_end(&mut received).await.expect("everything, then the end");
+        assert!(received == sent, "{} bytes received of {}", received.len(), sent.len());
+        assert_eq!(SPLICED.load(Ordering::Acquire), spliced, "through the kernel, or copied past the bound");
+        right.write_all(b"thanks").await.expect("reply");
+        drop(right);
+        assert_eq!(writer.await.expect("writer"), b"thanks");
+        tokio::time::timeout(Duration::from_secs(10), relay).await.expect("the relay ends with both").expect("relay");
+    }
+
+    #[tokio::test]
+    async fn plain_connections_are_spliced_both_ways_and_end_as_their_ends_do() {
+        let _alone = ONE_AT_A_TIME.lock().await;
+        let (left, right, relay) = relayed_pair().await;
+        both_ways(left, right, relay, 1).await;
+        // Past the bound (a job opening thousands of connections gets no thread for each), the
+        // same through tasks.
+        let held: Vec<SplicedSlot> = std::iter::from_fn(SplicedSlot::take).collect();
+        assert_eq!(held.len(), MAX_SPLICED, "every slot was free once the first relay ended");
+        let (left, right, relay) = relayed_pair().await;
+        both_ways(left, right, relay, MAX_SPLICED).await;
+        drop(held);
+        assert_eq!(SPLICED.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reset_on_one_side_ends_the_spliced_relay() {
+        let _alone = ONE_AT_A_TIME.lock().await;
+        let (left, mut right, relay) = relayed_pair().await;
+        // Closed with unread data and SO_LINGER 0: a reset, not an orderly end.
+        right.write_all(b"unread").await.expect("send");
+        left.set_zero_linger().expect("linger");
+        drop(left);
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), right.read_to_end(&mut rest)).await.expect("ends");
+        tokio::time::timeout(Duration::from_secs(10), relay).await.expect("the relay ends").expect("relay");
     }
 }
