@@ -17,7 +17,16 @@ pub fn venv_with(name: &str, packages: &[&str]) -> PathBuf {
         return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().expect("current exe");
-    let target = exe.ancestors().find(|p| p.ends_with("target")).map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    // A binary copied out of the target directory (an A/B run of the bench) still uses the
+    // workspace's: not the temporary directory, which instances do not see (theirs is private),
+    // and where a second copy of torch would go.
+    let workspace_target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    let target = exe
+        .ancestors()
+        .find(|p| p.ends_with("target"))
+        .map(PathBuf::from)
+        .or_else(|| workspace_target.is_dir().then_some(workspace_target))
+        .unwrap_or_else(std::env::temp_dir);
     let venv = target.join(format!("{name}-venv"));
     let wanted = packages.join("\n");
     let ready = |venv: &Path| std::fs::read_to_string(venv.join(INSTALLED)).is_ok_and(|text| text == wanted);
