@@ -285,6 +285,19 @@ impl Hyper {
         v
     }
 
+    /// 1/ℓ² per dimension: what a squared gap is scaled by.
+    fn inverse_sq(&self) -> Vec<f64> {
+        self.log_length.iter().map(|l| (-2.0 * l).exp()).collect()
+    }
+
+    fn signal(&self) -> f64 {
+        self.log_signal.exp()
+    }
+
+    fn noise(&self) -> f64 {
+        self.log_noise.exp()
+    }
+
     fn from_vec(v: &[f64]) -> Hyper {
         let d = v.len() - 2;
         Hyper {
@@ -351,9 +364,7 @@ struct PairTerms {
 /// The covariance matrix for `h` from precomputed gaps, and each pair's terms.
 fn covariance(gaps: &[f64], n: usize, h: &Hyper) -> (Vec<f64>, PairTerms) {
     let d = h.log_length.len();
-    let inverse_sq: Vec<f64> = h.log_length.iter().map(|l| (-2.0 * l).exp()).collect();
-    let signal = h.log_signal.exp();
-    let noise = h.log_noise.exp();
+    let (inverse_sq, signal, noise) = (h.inverse_sq(), h.signal(), h.noise());
     let mut k = vec![0.0; n * n];
     let pairs = n * n.saturating_sub(1) / 2;
     let mut terms = PairTerms { distance: Vec::with_capacity(pairs), decay: Vec::with_capacity(pairs) };
@@ -412,39 +423,29 @@ impl Kernel {
     fn new(dims: &[Dim], h: &Hyper) -> Kernel {
         Kernel {
             dims: dims.to_vec(),
-            inverse_sq: h.log_length.iter().map(|l| (-2.0 * l).exp()).collect(),
-            signal: h.log_signal.exp(),
-            noise: h.log_noise.exp(),
+            inverse_sq: h.inverse_sq(),
+            signal: h.signal(),
+            noise: h.noise(),
             categorical: dims.iter().any(|dim| matches!(dim, Dim::Categorical(_))),
         }
     }
 
     /// Rows `from..` of the covariance matrix of `points` (row-major, each row up to its
-    /// diagonal: what [`cholesky_rows`] reads), computed from the points themselves:
-    /// conditioning needs no per-dimension gaps (at 100 points in 20-D they took 1.6 MB a
-    /// suggestion, twice).
+    /// diagonal: what [`cholesky_rows`] reads), a row at a time: conditioning keeps no gaps of
+    /// every pair (at 100 points in 20-D they took 1.6 MB a suggestion, twice).
     fn rows(&self, k: &mut [f64], points: &[Vec<f64>], from: usize) {
         let n = points.len();
+        // One row's gaps (at most 100 points × 20 dimensions), summed as a fit's are.
+        let mut gaps = Vec::with_capacity(n * self.dims.len());
+        let mut r2 = vec![0.0; n];
         for i in from..n {
             let p = &points[i];
-            // Four earlier points at a time, each sum in the order of the dimensions (see
-            // `weighted_sums`), then the rest one by one.
-            let whole = i / 4 * 4;
-            for j in (0..whole).step_by(4) {
-                let mut sums = [0.0f64; 4];
-                for (m, dim) in self.dims.iter().enumerate() {
-                    for (q, sum) in sums.iter_mut().enumerate() {
-                        *sum += dim.gap(p[m], points[j + q][m]) * self.inverse_sq[m];
-                    }
-                }
-                for (q, sum) in sums.iter().enumerate() {
-                    k[i * n + j + q] = self.signal * matern(sum.sqrt());
-                }
+            gaps.clear();
+            for q in &points[..i] {
+                gaps.extend(self.dims.iter().enumerate().map(|(m, dim)| dim.gap(p[m], q[m])));
             }
-            for j in whole..i {
-                let q = &points[j];
-                let r2: f64 =
-                    self.dims.iter().enumerate().map(|(m, dim)| dim.gap(p[m], q[m]) * self.inverse_sq[m]).sum();
+            weighted_sums(&gaps, &self.inverse_sq, &mut r2[..i]);
+            for (j, r2) in r2[..i].iter().enumerate() {
                 k[i * n + j] = self.signal * matern(r2.sqrt());
             }
             k[i * n + i] = self.signal + self.noise;
@@ -463,8 +464,7 @@ fn objective(gaps: &[f64], y: &[f64], h: &Hyper) -> Option<(f64, Vec<f64>)> {
         -0.5 * y.iter().zip(&alpha).map(|(a, b)| a * b).sum::<f64>() - (0..n).map(|i| l[i * n + i].ln()).sum::<f64>();
     // dL/dθ = ½ tr((ααᵀ − K⁻¹) ∂K/∂θ)
     let inverse = inverse_from_cholesky(&l, n);
-    let inverse_sq: Vec<f64> = h.log_length.iter().map(|l| (-2.0 * l).exp()).collect();
-    let signal = h.log_signal.exp();
+    let (inverse_sq, signal) = (h.inverse_sq(), h.signal());
     let mut gradient = vec![0.0; d + 2];
     let mut pair = 0;
     for i in 0..n {
@@ -482,7 +482,7 @@ fn objective(gaps: &[f64], y: &[f64], h: &Hyper) -> Option<(f64, Vec<f64>)> {
         }
         let w = alpha[i] * alpha[i] - inverse[i * n + i];
         gradient[d] += 0.5 * w * signal;
-        gradient[d + 1] += 0.5 * w * h.log_noise.exp();
+        gradient[d + 1] += 0.5 * w * h.noise();
     }
     let (prior, prior_gradient) = log_prior(h);
     for (g, p) in gradient.iter_mut().zip(prior_gradient) {
@@ -585,8 +585,13 @@ impl Model {
     /// Posterior mean and standard deviation of the latent function (warped units).
     fn predict(&self, x: &[f64]) -> (f64, f64) {
         let k = self.covariances(x);
-        let mu = k.iter().zip(&self.alpha).map(|(a, b)| a * b).sum::<f64>();
         let v = forward(&self.l, self.points.len(), &k);
+        self.moments(&k, &v)
+    }
+
+    /// Mean and standard deviation from a point's covariances `k` with the points and L⁻¹k.
+    fn moments(&self, k: &[f64], v: &[f64]) -> (f64, f64) {
+        let mu = k.iter().zip(&self.alpha).map(|(a, b)| a * b).sum::<f64>();
         let var = (self.kernel.signal - v.iter().map(|x| x * x).sum::<f64>()).max(1e-12);
         (mu, var.sqrt())
     }
@@ -601,11 +606,7 @@ impl Model {
         for group in groups {
             let k: [Vec<f64>; 4] = std::array::from_fn(|r| self.covariances(&group[r]));
             let v = forward4(&self.l, n, [&k[0], &k[1], &k[2], &k[3]]);
-            for r in 0..4 {
-                let mu = k[r].iter().zip(&self.alpha).map(|(a, b)| a * b).sum::<f64>();
-                let var = (self.kernel.signal - v[r].iter().map(|x| x * x).sum::<f64>()).max(1e-12);
-                predictions.push((mu, var.sqrt()));
-            }
+            predictions.extend((0..4).map(|r| self.moments(&k[r], &v[r])));
         }
         predictions.extend(rest.iter().map(|x| self.predict(x)));
         predictions
