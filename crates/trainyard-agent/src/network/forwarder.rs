@@ -32,10 +32,11 @@ const MAX_HEADER: usize = 512;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A TLS record of type handshake: how a ClientHello starts.
 const TLS_HANDSHAKE: u8 = 0x16;
-/// Bytes moved per read in each direction, and the read buffer under TLS (rustls reads a record at a
-/// time, at most 16 KiB, so without it every record costs a syscall). Measured with
-/// `scripts/bench --suites peers`: tokio's default 8 KiB gave 366 MiB/s plain, 254 MiB/s TLS.
-const SPLICE_BUFFER: usize = 256 * 1024;
+/// Bytes a copied connection moves per read in each direction, and the read buffer under TLS
+/// (rustls reads a record at a time, at most 16 KiB, so without it every record costs a syscall).
+/// Measured with `scripts/bench --suites peers`: tokio's default 8 KiB gave 366 MiB/s plain, 254
+/// MiB/s TLS.
+const COPY_BUFFER: usize = 256 * 1024;
 /// Plain connections relayed through the kernel (see [`relay_plain`]) at once, at most: each holds
 /// two threads of the agent, so a job that opens thousands of peer connections must not get a
 /// thread for each. Past this, plain connections are copied by tasks as TLS connections are.
@@ -154,28 +155,28 @@ impl Forwarder {
         // Until the peer's agent says its end is connected, closing this connection resets it:
         // for the program, a peer port nobody listens on looks refused, not accepted and ended.
         let _ = local.set_zero_linger();
-        let remote = TcpStream::connect(&address).await.map_err(|e| format!("connecting to {address}: {e}"))?;
+        let mut remote = TcpStream::connect(&address).await.map_err(|e| format!("connecting to {address}: {e}"))?;
         let _ = remote.set_nodelay(true);
         let _ = local.set_nodelay(true);
         debug!(%job, from, to, port = original.port(), %address, encrypted = tls.is_some(), "peer connection");
         match tls {
             Some(tls) => {
                 let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
-                let remote = tokio::io::BufReader::with_capacity(SPLICE_BUFFER, remote);
-                let remote =
+                let remote = tokio::io::BufReader::with_capacity(COPY_BUFFER, remote);
+                let mut remote =
                     tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(tls.server_name.clone(), remote))
                         .await
                         .map_err(|_| "TLS handshake timed out".to_string())?
                         .map_err(|e| format!("TLS handshake with {address}: {e}"))?;
-                splice_after_header(local, remote, &header).await
+                exchange_header(&local, &mut remote, &header).await?;
+                copy_both_ways(local, remote).await;
             }
             None => {
-                let mut remote = remote;
                 exchange_header(&local, &mut remote, &header).await?;
                 relay_plain(local, remote).await;
-                Ok(())
             }
         }
+        Ok(())
     }
 
     /// Accepts peer connections from other agents, until the listener fails.
@@ -211,7 +212,7 @@ impl Forwarder {
         if first[0] != TLS_HANDSHAKE {
             return self.inbound_plain(stream, from.ip()).await;
         }
-        let stream = tokio::io::BufReader::with_capacity(SPLICE_BUFFER, stream);
+        let stream = tokio::io::BufReader::with_capacity(COPY_BUFFER, stream);
         let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
         let start = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor)
             .await
@@ -236,8 +237,8 @@ impl Forwarder {
             let _ = stream.write_all(b"NO the header names another job\n").await;
             return Err(format!("certificate of {job}, header for {}", header.job));
         }
-        let mut local = self.connect_target(&mut stream, header).await?;
-        let _ = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut local, SPLICE_BUFFER, SPLICE_BUFFER).await;
+        let local = self.connect_target(&mut stream, header).await?;
+        copy_both_ways(stream, local).await;
         Ok(())
     }
 
@@ -311,15 +312,14 @@ impl From<String> for PeerError {
     }
 }
 
-/// Sends the header, waits for the answer, then carries bytes both ways until either side closes.
-async fn splice_after_header<S: AsyncRead + AsyncWrite + Unpin>(
-    mut local: TcpStream,
-    mut remote: S,
-    header: &Header,
-) -> Result<(), PeerError> {
-    exchange_header(&local, &mut remote, header).await?;
-    let _ = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut remote, SPLICE_BUFFER, SPLICE_BUFFER).await;
-    Ok(())
+/// Carries bytes both ways through the agent until both sides have ended: TLS connections, and
+/// plain ones past [`MAX_SPLICED`].
+async fn copy_both_ways<A, B>(mut a: A, mut b: B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER).await;
 }
 
 /// Sends the header and waits for the peer's agent's answer (read a byte at a time: nothing past
@@ -363,11 +363,7 @@ impl Drop for SplicedSlot {
 /// ends). Each direction blocks in the kernel on a thread of its own; past [`MAX_SPLICED`]
 /// connections (or if the threads cannot start), tasks copy as for TLS connections.
 async fn relay_plain(a: TcpStream, b: TcpStream) {
-    let Some(slot) = SplicedSlot::take() else {
-        let (mut a, mut b) = (a, b);
-        let _ = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, SPLICE_BUFFER, SPLICE_BUFFER).await;
-        return;
-    };
+    let Some(slot) = SplicedSlot::take() else { return copy_both_ways(a, b).await };
     let blocking = |s: TcpStream| s.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s));
     let (Ok(a), Ok(b)) = (blocking(a), blocking(b)) else {
         return; // a socket tokio could not give up: the connection is dropped, as on any error
