@@ -44,7 +44,8 @@ const DATABASE_AWAY: &[&str] = &[
 on_both_backends!(
     killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice,
     the_median_rule_remembers_earlier_trials_across_a_coordinator_restart,
-    log_lines_written_while_the_coordinator_is_down_are_kept
+    log_lines_written_while_the_coordinator_is_down_are_kept,
+    log_lines_in_flight_to_a_coordinator_that_dies_are_sent_again
 );
 
 fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice(backend: Backend) {
@@ -170,6 +171,67 @@ fn log_lines_written_while_the_coordinator_is_down_are_kept(backend: Backend) {
         kept.len() >= expected.len()
     });
     assert_eq!(kept, expected, "every line, in order, once");
+}
+
+/// A job writes its log and reports a metric steadily while its coordinator stops answering
+/// (paused, as a host that vanished: the agent's stream stays open and what it sends piles up
+/// unread), then dies and is restarted. What was sent to it was never stored: the agent keeps
+/// every line and sample until the coordinator says it stored it and sends the rest again to the
+/// next one. The job's log has every line, in order, once, and its metric every sample, once.
+fn log_lines_in_flight_to_a_coordinator_that_dies_are_sent_again(backend: Backend) {
+    const LINES: usize = 600;
+    let mut c = Coordinator::start_on(backend);
+    let agent = c.start_agent("steady", &["--advertise-vcpus", "8"], &[]);
+    agent.expect_log("coordinator unreachable or stream ended; instances keep running");
+    // A line every ~6 ms, a score every 100 lines (more than the second apart that the
+    // coordinator keeps samples of one metric at least).
+    let program = c.install_program(
+        "steady.sh",
+        &format!(
+            "#!/bin/sh\nfor i in $(seq 1 {LINES}); do echo \"line $i\"; \
+             if [ $((i % 100)) -eq 0 ]; then echo \"score=$i\"; sleep 0.5; fi; sleep 0.005; done\n\
+             mkdir -p \"$SM_MODEL_DIR\"\n"
+        ),
+    );
+    let mut r: Value = example_json("training-job.json");
+    r["TrainingJobName"] = json!("steady");
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9]+)"}]);
+    c.create_training_job(&r);
+    let lines = |c: &Coordinator| -> Vec<String> {
+        let out = c.cli(&["training-jobs", "logs", "steady"]);
+        out.stdout().lines().filter_map(|l| l.rsplit_once("line ").map(|(_, n)| format!("line {n}"))).collect()
+    };
+    assert!(
+        trainyard_testkit::wait_until(Duration::from_secs(30), || lines(&c).len() >= 50),
+        "the first lines: {:?}",
+        lines(&c)
+    );
+    // Paused past the first score (~line 100), then killed.
+    c.daemon.signal(trainyard_testkit::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(2000));
+    c.stop(trainyard_testkit::SIGKILL);
+    c.respawn();
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "steady"], |j| {
+        j["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    let expected: Vec<String> = (1..=LINES).map(|i| format!("line {i}")).collect();
+    let mut kept = Vec::new();
+    trainyard_testkit::wait_until(Duration::from_secs(10), || {
+        kept = lines(&c);
+        kept.len() >= expected.len()
+    });
+    let missing: Vec<&String> = expected.iter().filter(|l| !kept.contains(l)).collect();
+    assert!(missing.is_empty(), "{} lines lost: {missing:?}", missing.len());
+    assert_eq!(kept, expected, "every line, in order, once");
+    let metrics = c.json(&["training-jobs", "metrics", "steady"]);
+    let scores: Vec<f64> = metrics["Metrics"][0]["Values"]
+        .as_array()
+        .map(|v| v.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    assert_eq!(scores, [100.0, 200.0, 300.0, 400.0, 500.0, 600.0], "every sample, once: {metrics:#}");
+    assert_eq!(done["FinalMetricDataList"][0]["Value"], 600.0, "{done:#}");
 }
 
 /// The median rule compares a running trial with the curves of the trials that finished before

@@ -341,7 +341,7 @@ async fn main() -> anyhow::Result<()> {
                 warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "coordinator unreachable or stream ended; instances keep running");
             }
         }
-        agent.outbound.lock().await.stream = None;
+        agent.outbound.lock().await.disconnect();
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(jittered(backoff)) => {}
@@ -470,21 +470,18 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> Result<(), S
     let mut client = AgentsClient::new(channel);
     let (tx, rx) = mpsc::unbounded_channel();
     let inventory = agent.host.lock().await.inventory();
-    let (instances, samples_sent) = {
-        let mut outbound = agent.outbound.lock().await;
-        let mut sent = BTreeMap::new();
-        let instances: Vec<pb::InstanceUpdate> = agent
+    let instances: Vec<pb::InstanceUpdate> = {
+        let outbound = agent.outbound.lock().await;
+        agent
             .instances
             .lock()
             .await
             .iter()
             .map(|(key, i)| {
-                let metrics = outbound.samples_for(key);
-                sent.insert(key.clone(), metrics.len());
-                pb::InstanceUpdate { metrics, ..i.latest.clone() }
+                let (first_sample, metrics) = outbound.samples_for(key);
+                pb::InstanceUpdate { metrics, first_sample, ..i.latest.clone() }
             })
-            .collect();
-        (instances, sent)
+            .collect()
     };
     tx.send(pb::AgentMessage {
         body: Some(Up::Register(pb::Register {
@@ -515,7 +512,7 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> Result<(), S
             return Err(anyhow::Error::new(status).context(format!("opening the stream to {address}")).into());
         }
     };
-    agent.outbound.lock().await.connect(tx.clone(), &samples_sent);
+    agent.outbound.lock().await.connect(tx.clone());
     info!(coordinator = %address, id = %agent.config.id, "connected");
     agent.readiness.ready();
     // Not ready again the moment this session ends, however it ends.
@@ -538,6 +535,10 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> Result<(), S
                 tx.send(pb::AgentMessage { body: Some(Up::Heartbeat(beat)) })?;
                 for update in finals_to_send_again(agent).await {
                     info!(job = %update.training_job_name, instance = update.instance, "sending a final state again: the coordinator has not confirmed it");
+                    // With the samples it has not confirmed either (its store may have been away).
+                    let key = (update.training_job_name.clone(), update.instance);
+                    let (first_sample, metrics) = agent.outbound.lock().await.samples_for(&key);
+                    let update = pb::InstanceUpdate { metrics, first_sample, ..update };
                     tx.send(pb::AgentMessage { body: Some(Up::Update(update)) })?;
                 }
             }
@@ -561,8 +562,12 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> Result<(), S
                         }
                     }
                     Some(Down::Forget(f)) => {
-                        agent.instances.lock().await.remove(&(f.training_job_name, f.instance));
+                        let key = (f.training_job_name, f.instance);
+                        agent.instances.lock().await.remove(&key);
+                        agent.outbound.lock().await.forget(&key);
                     }
+                    Some(Down::LogsStored(stored)) => agent.outbound.lock().await.logs_stored(&stored),
+                    Some(Down::SamplesStored(stored)) => agent.outbound.lock().await.samples_stored(&stored),
                     Some(Down::Lease(l)) => {
                         let renewed = (tokio::time::Instant::now(), Duration::from_millis(l.valid_for_ms.into()));
                         if let Ok(mut lease) = agent.lease.lock() {
@@ -605,30 +610,22 @@ async fn report(agent: &Arc<Agent>, report: Report) {
         Report::Update(update) => {
             let key = (update.training_job_name.clone(), update.instance);
             if let Some(i) = agent.instances.lock().await.get_mut(&key) {
-                // Metric samples travel once; the latest state without them is what re-registration repeats.
-                i.latest = pb::InstanceUpdate { metrics: Vec::new(), ..update.clone() };
+                // The latest state without its samples is what re-registration repeats; the samples
+                // go with it from where they are kept until confirmed.
+                i.latest = pb::InstanceUpdate { metrics: Vec::new(), first_sample: 0, ..update.clone() };
                 if is_final(&update) {
                     i.final_sent = Some(tokio::time::Instant::now());
                 }
             }
             let mut outbound = agent.outbound.lock().await;
-            match &outbound.stream {
-                Some(tx) => {
-                    let _ = tx.send(pb::AgentMessage { body: Some(Up::Update(update)) });
-                }
-                None if !update.metrics.is_empty() => outbound.hold_samples(key, update.metrics),
-                None => {}
+            if !update.metrics.is_empty() {
+                outbound.keep_samples(key, update.first_sample, update.metrics.clone());
+            }
+            if let Some(tx) = &outbound.stream {
+                let _ = tx.send(pb::AgentMessage { body: Some(Up::Update(update)) });
             }
         }
-        Report::Logs(batch) => {
-            let mut outbound = agent.outbound.lock().await;
-            match &outbound.stream {
-                Some(tx) => {
-                    let _ = tx.send(pb::AgentMessage { body: Some(Up::Logs(batch)) });
-                }
-                None => outbound.hold(batch),
-            }
-        }
+        Report::Logs(batch) => agent.outbound.lock().await.send_logs(batch),
     }
 }
 

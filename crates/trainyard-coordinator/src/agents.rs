@@ -149,9 +149,25 @@ impl pb::agents_server::Agents for AgentService {
                     }
                     Some(Up::Update(update)) => Event::InstanceUpdate { session, agent: agent.clone(), update },
                     Some(Up::Logs(batch)) => {
+                        let (job, instance, first_line) = (batch.training_job_name, batch.instance, batch.first_line);
+                        let count = batch.lines.len() as u64;
                         let lines = batch.lines.into_iter().map(|l| (l.stream, l.timestamp_millis, l.text)).collect();
-                        if let Err(e) = coordinator.record_logs(&batch.training_job_name, batch.instance, lines).await {
-                            warn!(agent, job = %batch.training_job_name, error = %e, "log lines not stored");
+                        match coordinator.record_logs(&job, instance, first_line, lines).await {
+                            // Stored: the agent may forget them. (Held ones it keeps, and sends
+                            // again if this coordinator dies before a later batch is confirmed.)
+                            Ok(true) if first_line > 0 && count > 0 => {
+                                if let Some(outbound) = renewals.upgrade() {
+                                    let stored = pb::LogsStored {
+                                        training_job_name: job,
+                                        instance,
+                                        through_line: first_line + count - 1,
+                                    };
+                                    let body = pb::coordinator_message::Body::LogsStored(stored);
+                                    let _ = outbound.send(Box::new(pb::CoordinatorMessage { body: Some(body) }));
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => warn!(agent, %job, error = %e, "log lines not stored"),
                         }
                         continue;
                     }

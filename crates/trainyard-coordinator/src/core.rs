@@ -665,12 +665,16 @@ impl Coordinator {
     /// most [`MAX_LOG_LINES`]; past that one line says so and the rest is dropped (the agent keeps
     /// the whole output in the instance's `output/training.log`). While the store is away the
     /// lines are held (see [`crate::held_logs`]) and this returns at once: never an error for that.
+    /// `first_line` is the instance's number for the first line (0: not numbered), kept with each
+    /// line so that one sent again is stored once. True when the lines are stored (or dropped past
+    /// the bound): the agent may forget them; false when they are held.
     pub async fn record_logs(
         &self,
         job: &str,
         instance: u32,
+        first_line: u64,
         lines: Vec<(String, i64, String)>,
-    ) -> Result<(), DomainError> {
+    ) -> Result<bool, DomainError> {
         let mut sequences = self.log_sequences.lock().await;
         let next = match sequences.get(job).copied() {
             Some(NextLine::Known(n)) => NextLine::Known(n),
@@ -694,7 +698,8 @@ impl Coordinator {
             NextLine::Unnumbered(n) => (n, false),
         };
         let mut records = Vec::with_capacity(lines.len());
-        for (stream, at, text) in lines {
+        let instance_lines = (first_line > 0).then(|| i64::try_from(first_line).unwrap_or(i64::MAX));
+        for (i, (stream, at, text)) in lines.into_iter().enumerate() {
             // (Unnumbered lines are bounded when they are numbered.)
             if numbered && seq > MAX_LOG_LINES {
                 break;
@@ -704,7 +709,15 @@ impl Coordinator {
             } else {
                 text.chars().take(MAX_LOG_LINE_CHARS).collect()
             };
-            records.push(LogRecord { seq, instance, stream, timestamp: Timestamp::from_millis(at), text });
+            let instance_line = instance_lines.map(|first| first.saturating_add(i as i64));
+            records.push(LogRecord {
+                seq,
+                instance,
+                stream,
+                timestamp: Timestamp::from_millis(at),
+                text,
+                instance_line,
+            });
             seq += 1;
         }
         if !numbered {
@@ -712,19 +725,20 @@ impl Coordinator {
             // among the lines that learning numbers.
             sequences.insert(job.to_string(), NextLine::Unnumbered(seq));
             self.hold_logs(job, records, false);
-            return Ok(());
+            return Ok(false);
         }
         sequences.insert(job.to_string(), NextLine::Known(seq));
         drop(sequences);
         // Lines held from before go first; while the store is away these are held too.
         if !self.store_held_logs().await {
             self.hold_logs(job, records, numbered);
-            return Ok(());
+            return Ok(false);
         }
         if self.within_log_patience(self.store.append_logs(job, &records)).await?.is_none() {
             self.hold_logs(job, records, true);
+            return Ok(false);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// A store call made on an agent's stream (log lines): at most [`LOG_WRITE_TIMEOUT`], and not
@@ -1442,7 +1456,7 @@ mod tests {
         let theirs = trainyard_store::connect(&url).await.expect("second store");
         c.store.create_training_job(&job("chatty")).await.expect("create");
         let line = |text: &str| vec![("stdout".to_string(), 1_000, text.to_string())];
-        c.record_logs("chatty", 1, line("before")).await.expect("stored");
+        assert!(c.record_logs("chatty", 1, 1, line("before")).await.expect("stored"));
 
         assert!(
             c.store.acquire_leadership("ours", "a", std::time::Duration::from_millis(1)).await.expect("lead").is_some()
@@ -1451,8 +1465,8 @@ mod tests {
         let their_epoch =
             theirs.acquire_leadership("theirs", "b", std::time::Duration::from_secs(60)).await.expect("take over");
         let their_epoch = their_epoch.expect("the lease had run out");
-        c.record_logs("chatty", 1, line("during 1")).await.expect("held, not an error");
-        c.record_logs("chatty", 1, line("during 2")).await.expect("held, not an error");
+        assert!(!c.record_logs("chatty", 1, 2, line("during 1")).await.expect("held, not an error"));
+        assert!(!c.record_logs("chatty", 1, 3, line("during 2")).await.expect("held, not an error"));
         // A job this coordinator has not logged for (an earlier leader stored its first two
         // lines), whose first lines here come while the store is away: held unnumbered.
         let earlier = |seq: i64, text: &str| LogRecord {
@@ -1461,10 +1475,11 @@ mod tests {
             stream: "stdout".into(),
             timestamp: Timestamp::from_millis(500),
             text: text.into(),
+            instance_line: Some(seq),
         };
         theirs.create_training_job(&job("quiet")).await.expect("create");
         theirs.append_logs("quiet", &[earlier(1, "one"), earlier(2, "two")]).await.expect("their lines");
-        c.record_logs("quiet", 1, line("three")).await.expect("held, not an error");
+        assert!(!c.record_logs("quiet", 1, 3, line("three")).await.expect("held, not an error"));
         assert_eq!(c.log_sequences.lock().await.get("quiet"), Some(&NextLine::Unnumbered(2)));
         assert!(!c.store_held_logs().await, "still away");
         let stored: Vec<String> =
@@ -1475,10 +1490,10 @@ mod tests {
         assert!(
             c.store.acquire_leadership("ours", "a", std::time::Duration::from_secs(60)).await.expect("lead").is_some()
         );
-        c.record_logs("quiet", 1, line("four")).await.expect("held: the store failed a moment ago");
+        assert!(!c.record_logs("quiet", 1, 4, line("four")).await.expect("held: the store failed a moment ago"));
         // The store is left alone for a moment after a failure (an agent's stream waits on it).
         tokio::time::sleep(crate::held_logs::RETRY_AFTER).await;
-        c.record_logs("chatty", 1, line("after")).await.expect("stored");
+        assert!(c.record_logs("chatty", 1, 4, line("after")).await.expect("stored"));
         let quiet: Vec<(i64, String)> =
             c.store.read_logs("quiet", 0, 100).await.expect("read").into_iter().map(|l| (l.seq, l.text)).collect();
         let expected: Vec<(i64, String)> =
@@ -1502,8 +1517,11 @@ mod tests {
         .await
         .expect("end");
         assert!(!c.log_sequences.lock().await.contains_key("chatty"), "an ended job's number is not kept");
-        c.record_logs("chatty", 1, line("late")).await.expect("stored");
+        assert!(c.record_logs("chatty", 1, 5, line("late")).await.expect("stored"));
         let last = c.store.read_logs("chatty", 4, 100).await.expect("read");
         assert_eq!(last.iter().map(|l| (l.seq, l.text.as_str())).collect::<Vec<_>>(), vec![(5, "late")]);
+        // The same line sent again (its agent never heard it was stored) is taken and not stored twice.
+        assert!(c.record_logs("chatty", 1, 5, line("late")).await.expect("taken"));
+        assert_eq!(c.store.read_logs("chatty", 4, 100).await.expect("read").len(), 1, "stored once");
     }
 }

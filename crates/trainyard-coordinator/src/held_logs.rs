@@ -30,6 +30,9 @@ struct SpooledLine {
     stream: String,
     timestamp_millis: i64,
     text: String,
+    /// (Absent from what an older coordinator spooled.)
+    #[serde(default)]
+    instance_line: Option<i64>,
 }
 
 struct Batch {
@@ -143,6 +146,7 @@ impl HeldLogs {
                         stream: r.stream.clone(),
                         timestamp_millis: r.timestamp.millis(),
                         text: r.text.clone(),
+                        instance_line: r.instance_line,
                     })
                     .collect(),
             })
@@ -167,6 +171,7 @@ impl HeldLogs {
                     stream: l.stream,
                     timestamp: trainyard_model::Timestamp::from_millis(l.timestamp_millis),
                     text: l.text,
+                    instance_line: l.instance_line,
                 })
                 .collect();
             self.put_back(batch.job, records, false);
@@ -204,6 +209,7 @@ mod tests {
                 stream: "stdout".into(),
                 timestamp: Timestamp::from_millis(seq),
                 text: text.into(),
+                instance_line: Some(seq),
             })
             .collect()
     }

@@ -20,7 +20,9 @@ pub mod client;
 /// The agent protocol this build speaks: bumped when agents and coordinators of different builds
 /// could no longer understand each other (a field's meaning changes, a message becomes required).
 /// Builds that speak the same protocol may be mixed, which is what a rolling upgrade of agents does.
-pub const AGENT_PROTOCOL: u32 = 1;
+/// 2: agents number their log lines and keep them until the coordinator confirms them
+/// (`LogsStored`); a coordinator that speaks only 1 would never confirm them.
+pub const AGENT_PROTOCOL: u32 = 2;
 /// The oldest agent protocol a coordinator of this build still speaks.
 pub const OLDEST_AGENT_PROTOCOL: u32 = 1;
 

@@ -52,6 +52,11 @@ pub struct LogRecord {
     pub stream: String,
     pub timestamp: trainyard_model::Timestamp,
     pub text: String,
+    /// The line's number within its instance's output, as the agent counted it (None: a line no
+    /// agent numbered). A line whose job, instance and number are stored already is not stored
+    /// again, under whatever `seq`: an agent sends again what a coordinator that died never
+    /// confirmed.
+    pub instance_line: Option<i64>,
 }
 
 /// One value a metric regex captured.
@@ -60,6 +65,11 @@ pub struct MetricSample {
     pub name: String,
     pub timestamp: trainyard_model::Timestamp,
     pub value: f64,
+    /// The instance that reported it and the sample's number among that instance's, as the agent
+    /// counted them (None: a sample no agent numbered). A sample whose job, instance and number
+    /// are stored already is not stored again: an agent sends again what a coordinator that died
+    /// never confirmed.
+    pub instance_sample: Option<(u32, i64)>,
 }
 
 /// An API token or an agent join token, as stored: the secret itself is never kept.

@@ -133,15 +133,19 @@ fn log_record(r: &sqlx::any::AnyRow) -> Result<LogRecord, StoreError> {
         stream: r.try_get("stream")?,
         timestamp: Timestamp::from_millis(r.try_get("timestamp")?),
         text: r.try_get("text")?,
+        instance_line: r.try_get("instance_line")?,
     })
 }
 
 /// A `metric_samples` row.
 fn metric_sample(r: &sqlx::any::AnyRow) -> Result<MetricSample, StoreError> {
+    let instance: Option<i64> = r.try_get("instance")?;
+    let number: Option<i64> = r.try_get("instance_sample")?;
     Ok(MetricSample {
         name: r.try_get("metric_name")?,
         timestamp: Timestamp::from_millis(r.try_get("timestamp")?),
         value: r.try_get("value")?,
+        instance_sample: instance.zip(number).map(|(i, n)| (u32::try_from(i).unwrap_or_default(), n)),
     })
 }
 
@@ -829,19 +833,20 @@ impl Store for SqlStore {
                 .iter()
                 .map(|l| {
                     format!(
-                        "({}, {}, {}, {}, {}, {})",
+                        "({}, {}, {}, {}, {}, {}, {})",
                         st.bind(Arg::Text(training_job.to_string())),
                         st.bind(Arg::Int(l.seq)),
                         st.bind(Arg::Int(i64::from(l.instance))),
                         st.bind(Arg::Text(l.stream.clone())),
                         st.bind(Arg::Int(l.timestamp.millis())),
                         st.bind(Arg::Text(l.text.clone())),
+                        st.bind(Arg::OptInt(l.instance_line)),
                     )
                 })
                 .collect();
             let fence = self.fence_clause(&st.bind(Arg::Int(self.epoch())));
             let sql = format!(
-                "INSERT INTO training_job_logs (training_job_name, seq, instance, stream, timestamp, text) \
+                "INSERT INTO training_job_logs (training_job_name, seq, instance, stream, timestamp, text, instance_line) \
                  SELECT * FROM (VALUES {}) AS v WHERE {fence} ON CONFLICT DO NOTHING",
                 rows.join(", ")
             );
@@ -855,7 +860,7 @@ impl Store for SqlStore {
 
     async fn read_logs(&self, training_job: &str, after_seq: i64, limit: u32) -> Result<Vec<LogRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, instance, stream, timestamp, text FROM training_job_logs \
+            "SELECT seq, instance, stream, timestamp, text, instance_line FROM training_job_logs \
              WHERE training_job_name = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(training_job)
@@ -875,7 +880,7 @@ impl Store for SqlStore {
         limit: u32,
     ) -> Result<Vec<LogRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, instance, stream, timestamp, text FROM training_job_logs \
+            "SELECT seq, instance, stream, timestamp, text, instance_line FROM training_job_logs \
              WHERE training_job_name = $1 AND instance = $2 AND timestamp >= $3 AND seq > $4 ORDER BY seq LIMIT $5",
         )
         .bind(training_job)
@@ -903,20 +908,23 @@ impl Store for SqlStore {
                 .iter()
                 .map(|m| {
                     format!(
-                        "({}, {}, {}, {})",
+                        "({}, {}, {}, {}, {}, {})",
                         st.bind(Arg::Text(training_job.to_string())),
                         st.bind(Arg::Text(m.name.clone())),
                         st.bind(Arg::Int(m.timestamp.millis())),
                         st.bind(Arg::Float(m.value)),
+                        st.bind(Arg::OptInt(m.instance_sample.map(|(instance, _)| i64::from(instance)))),
+                        st.bind(Arg::OptInt(m.instance_sample.map(|(_, number)| number))),
                     )
                 })
                 .collect();
             let fence = self.fence_clause(&st.bind(Arg::Int(self.epoch())));
             let sql = format!(
-                "INSERT INTO metric_samples (training_job_name, metric_name, timestamp, value) \
-                 SELECT * FROM (VALUES {}) AS v WHERE {fence}",
+                "INSERT INTO metric_samples (training_job_name, metric_name, timestamp, value, instance, instance_sample) \
+                 SELECT * FROM (VALUES {}) AS v WHERE {fence} ON CONFLICT DO NOTHING",
                 rows.join(", ")
             );
+            // Nothing inserted: samples stored before (sent again), or fenced.
             if st.execute(&self.pool, sql).await? == 0 {
                 self.fenced_or(Ok(())).await?;
             }
@@ -926,7 +934,7 @@ impl Store for SqlStore {
 
     async fn read_metrics(&self, training_job: &str) -> Result<Vec<MetricSample>, StoreError> {
         let rows = sqlx::query(
-            "SELECT metric_name, timestamp, value FROM metric_samples WHERE training_job_name = $1 \
+            "SELECT metric_name, timestamp, value, instance, instance_sample FROM metric_samples WHERE training_job_name = $1 \
              ORDER BY timestamp, metric_name",
         )
         .bind(training_job)
@@ -943,8 +951,9 @@ impl Store for SqlStore {
         limit: u32,
     ) -> Result<Vec<MetricSample>, StoreError> {
         // Built to the conditions given (the Any driver binds no NULL of every type).
-        let mut sql =
-            String::from("SELECT metric_name, timestamp, value FROM metric_samples WHERE training_job_name = $1");
+        let mut sql = String::from(
+            "SELECT metric_name, timestamp, value, instance, instance_sample FROM metric_samples WHERE training_job_name = $1",
+        );
         let mut next = 2;
         if metric.is_some() {
             sql.push_str(&format!(" AND metric_name = ${next}"));

@@ -168,6 +168,7 @@ async fn leadership_is_one_at_a_time_and_fences_the_old_leader(url: &str) {
         stream: "stdout".into(),
         timestamp: Timestamp::from_millis(1),
         text: "x".into(),
+        instance_line: Some(1),
     }];
     assert!(matches!(a.append_logs("by-a", &lines).await, Err(StoreError::Fenced { .. })));
     let unchanged = b.get_tuning_job("by-a").await.expect("get").expect("present");
@@ -573,6 +574,7 @@ async fn logs_and_metrics_append_and_read_in_order(store: Arc<dyn Store>) {
             stream: if seq % 2 == 0 { "stderr".into() } else { "stdout".into() },
             timestamp: Timestamp::from_millis(seq),
             text: format!("line {seq} with 'quotes' and ünïcode"),
+            instance_line: Some(seq),
         })
         .collect();
     store.append_logs("job", &lines[..120]).await.expect("append");
@@ -592,6 +594,7 @@ async fn logs_and_metrics_append_and_read_in_order(store: Arc<dyn Store>) {
             stream: "stdout".into(),
             timestamp: Timestamp::from_millis(seq * 10),
             text: format!("{seq}"),
+            instance_line: None,
         })
         .collect();
     second.retain(|l| l.instance == 2 || l.seq < 5);
@@ -601,14 +604,46 @@ async fn logs_and_metrics_append_and_read_in_order(store: Arc<dyn Store>) {
     let read = store.read_instance_logs("pair", 2, Timestamp::from_millis(60), 11, 2).await.expect("read");
     assert_eq!(read.iter().map(|l| l.seq).collect::<Vec<_>>(), [13, 15]);
     assert!(store.read_instance_logs("pair", 3, Timestamp::from_millis(0), 0, 100).await.expect("read").is_empty());
+    // Lines an agent sends again (their coordinator died before confirming them) come under new
+    // sequence numbers: those whose instance and number are stored already are not stored twice,
+    // the others are; lines no agent numbered never collide.
+    let resent: Vec<LogRecord> = (245..=255)
+        .map(|n| LogRecord { seq: n + 1000, instance_line: Some(n), text: format!("again {n}"), ..lines[0].clone() })
+        .collect();
+    store.append_logs("job", &resent).await.expect("append re-sent lines");
+    let after = store.read_logs("job", 250, 100).await.expect("read");
+    assert_eq!(after.iter().map(|l| l.seq).collect::<Vec<_>>(), (1251..=1255).collect::<Vec<_>>());
+    assert_eq!(after[0].text, "again 251");
+    let other_instance = LogRecord { seq: 2000, instance: 2, instance_line: Some(1), ..lines[0].clone() };
+    let unnumbered = LogRecord { seq: 2001, instance_line: None, ..lines[0].clone() };
+    let unnumbered_too = LogRecord { seq: 2002, ..unnumbered.clone() };
+    store.append_logs("job", &[other_instance, unnumbered, unnumbered_too]).await.expect("append");
+    assert_eq!(store.read_logs("job", 1255, 100).await.expect("read").len(), 3);
 
     let samples = vec![
-        MetricSample { name: "loss".into(), timestamp: Timestamp::from_millis(2), value: 0.5 },
-        MetricSample { name: "loss".into(), timestamp: Timestamp::from_millis(1), value: 0.9 },
+        MetricSample { name: "loss".into(), timestamp: Timestamp::from_millis(2), value: 0.5, instance_sample: None },
+        MetricSample { name: "loss".into(), timestamp: Timestamp::from_millis(1), value: 0.9, instance_sample: None },
     ];
     store.append_metrics("job", &samples).await.expect("append");
     let read = store.read_metrics("job").await.expect("read");
     assert_eq!(read.iter().map(|m| m.value).collect::<Vec<_>>(), [0.9, 0.5], "ordered by time");
+    // Numbered samples sent again are stored once; another instance's numbers are its own.
+    let numbered = |instance: u32, number: i64, value: f64| MetricSample {
+        name: "score".into(),
+        timestamp: Timestamp::from_millis(10 * i64::from(instance) + number),
+        value,
+        instance_sample: Some((instance, number)),
+    };
+    store.append_metrics("job", &[numbered(1, 1, 0.1), numbered(1, 2, 0.2)]).await.expect("append");
+    store
+        .append_metrics("job", &[numbered(1, 2, 0.2), numbered(1, 3, 0.3), numbered(2, 1, 0.4)])
+        .await
+        .expect("append what was sent again");
+    store.append_metrics("job", &[numbered(1, 1, 0.1)]).await.expect("all of it stored before");
+    let scores: Vec<MetricSample> =
+        store.read_metrics("job").await.expect("read").into_iter().filter(|m| m.name == "score").collect();
+    assert_eq!(scores, [numbered(1, 1, 0.1), numbered(1, 2, 0.2), numbered(1, 3, 0.3), numbered(2, 1, 0.4)]);
+    assert_eq!(store.read_metrics("job").await.expect("read").len(), 6, "unnumbered samples never collide");
 
     store.create_tuning_job(&tuning("counted", 1)).await.expect("create");
     for i in 1..=3 {
@@ -625,6 +660,7 @@ async fn metric_pages_go_by_metric_then_time(store: Arc<dyn Store>) {
         name: name.into(),
         timestamp: Timestamp::from_millis(at),
         value: at as f64,
+        instance_sample: None,
     };
     // Stored out of order, one sample shared by two instances (loss at 3), another job's beside.
     let samples = [sample("loss", 3), sample("acc", 2), sample("loss", 1), sample("loss", 3), sample("acc", 1)];
@@ -839,6 +875,7 @@ async fn values_at_their_edges_survive_every_statement(store: Arc<dyn Store>) {
             name: "m".repeat(255),
             timestamp: Timestamp::from_millis(i64::from(i as u8) + 1),
             value: *v,
+            instance_sample: Some((65_535, i64::MAX - i as i64)),
         })
         .collect();
     store.append_metrics("edges-000-00000000", &samples).await.expect("metrics");
@@ -854,6 +891,7 @@ async fn values_at_their_edges_survive_every_statement(store: Arc<dyn Store>) {
         stream: "stderr".into(),
         timestamp: Timestamp::from_millis(i64::from(i32::MAX) * 1000),
         text: line.clone(),
+        instance_line: Some(i64::MAX),
     };
     store.append_logs("edges-000-00000000", std::slice::from_ref(&record)).await.expect("long line");
     let read = store.read_logs("edges-000-00000000", 0, 10).await.expect("read logs");
@@ -870,8 +908,10 @@ async fn retention_deletes_what_ended_long_enough_ago_and_nothing_else(store: Ar
         stream: "stdout".into(),
         timestamp: Timestamp::from_millis(seq),
         text: "x".into(),
+        instance_line: None,
     };
-    let sample = MetricSample { name: "loss".into(), timestamp: Timestamp::from_millis(1), value: 0.5 };
+    let sample =
+        MetricSample { name: "loss".into(), timestamp: Timestamp::from_millis(1), value: 0.5, instance_sample: None };
     let ended_training = |name: &str, at: i64, tuning: Option<&str>| {
         let mut job = training(name, at, tuning);
         job.transition(SecondaryStatus::Completed, "done", Timestamp::from_millis(at)).expect("done");

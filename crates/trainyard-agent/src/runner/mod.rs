@@ -243,13 +243,24 @@ trait Control {
     fn oom_kills(&self) -> u64;
 }
 
+/// The instance's number for the first log line, or metric sample, of attempt `attempt`: both are
+/// numbered per instance across its attempts (a retried instance's output is new, not sent again).
+pub(crate) fn first_number_of_attempt(attempt: u32) -> u64 {
+    (u64::from(attempt) << 32) + 1
+}
+
 struct Reporter<'a> {
     spec: &'a InstanceSpec,
     tx: &'a mpsc::UnboundedSender<Report>,
+    /// The number of the next metric sample.
+    next_sample: std::sync::atomic::AtomicU64,
 }
 
 impl Reporter<'_> {
     fn update(&self, state: InstanceState, message: &str, metrics: Vec<pb::MetricSample>) {
+        let count = metrics.len() as u64;
+        let first_sample =
+            if count == 0 { 0 } else { self.next_sample.fetch_add(count, std::sync::atomic::Ordering::Relaxed) };
         let _ = self.tx.send(Report::Update(pb::InstanceUpdate {
             training_job_name: self.spec.job.clone(),
             instance: self.spec.instance,
@@ -258,6 +269,7 @@ impl Reporter<'_> {
             at_millis: now_millis(),
             metrics,
             attempt: self.spec.attempt,
+            first_sample,
             ..Default::default()
         }));
     }
@@ -270,7 +282,8 @@ pub async fn run(
     tx: mpsc::UnboundedSender<Report>,
     mut stop: watch::Receiver<Option<StopReason>>,
 ) -> pb::InstanceUpdate {
-    let reporter = Reporter { spec: &spec, tx: &tx };
+    let next_sample = std::sync::atomic::AtomicU64::new(first_number_of_attempt(spec.attempt));
+    let reporter = Reporter { spec: &spec, tx: &tx, next_sample };
     let dir = workdirs::instance_dir(&settings.work_root, &spec.job, spec.instance);
     let dir_lock = settings.work_dir_lock(&dir);
     let held = dir_lock.clone().lock_owned().await;
@@ -356,6 +369,7 @@ pub async fn run(
         exit_code: outcome.exit_code,
         metrics: Vec::new(),
         attempt: spec.attempt,
+        first_sample: 0,
     };
     let _ = tx.send(Report::Update(final_update.clone()));
     info!(job = %spec.job, instance = spec.instance, state = ?state, failure = final_update.failure_reason.as_deref(), "instance ended");

@@ -76,6 +76,7 @@ pub(super) async fn supervise<C: Control>(
 
     let mut batch: Vec<pb::LogLine> = Vec::new();
     let mut batch_bytes = 0usize;
+    let mut next_line = super::first_number_of_attempt(spec.attempt);
     let mut samples: Vec<pb::MetricSample> = Vec::new();
     let mut stderr_tail: VecDeque<String> = VecDeque::new();
     let mut stopping: Option<InstanceState> = None;
@@ -108,14 +109,14 @@ pub(super) async fn supervise<C: Control>(
                     batch.push(pb::LogLine { stream: stream.into(), text, timestamp_millis: at });
                     // Batches stay far below the coordinator's 4 MiB message limit, even of long lines.
                     if batch.len() >= LOG_BATCH || batch_bytes >= LOG_BATCH_BYTES {
-                        send_logs(spec, reporter, &mut batch);
+                        send_logs(spec, reporter, &mut batch, &mut next_line);
                         batch_bytes = 0;
                     }
                 }
                 None => streams_open = false,
             },
             _ = flush.tick() => {
-                send_logs(spec, reporter, &mut batch);
+                send_logs(spec, reporter, &mut batch, &mut next_line);
                 batch_bytes = 0;
                 if !samples.is_empty() {
                     reporter.update(stopping.map_or(InstanceState::Training, |_| InstanceState::Stopping), "Training in progress", std::mem::take(&mut samples));
@@ -169,7 +170,7 @@ pub(super) async fn supervise<C: Control>(
     if let Some(at) = exited_at {
         settings.metrics.teardown_seconds.observe(at.elapsed().as_secs_f64());
     }
-    send_logs(spec, reporter, &mut batch);
+    send_logs(spec, reporter, &mut batch, &mut next_line);
     if !samples.is_empty() {
         reporter.update(InstanceState::Training, "Training in progress", samples);
     }
@@ -250,14 +251,18 @@ async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(
     Ok(Some(text))
 }
 
-fn send_logs(spec: &InstanceSpec, reporter: &Reporter<'_>, batch: &mut Vec<pb::LogLine>) {
+/// Sends the batch of lines numbered from `next_line` on (and moves that on past them).
+fn send_logs(spec: &InstanceSpec, reporter: &Reporter<'_>, batch: &mut Vec<pb::LogLine>, next_line: &mut u64) {
     if batch.is_empty() {
         return;
     }
+    let first_line = *next_line;
+    *next_line += batch.len() as u64;
     let _ = reporter.tx.send(Report::Logs(pb::LogBatch {
         training_job_name: spec.job.clone(),
         instance: spec.instance,
         lines: std::mem::take(batch),
+        first_line,
     }));
 }
 

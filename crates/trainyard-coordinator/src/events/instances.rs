@@ -125,7 +125,16 @@ impl Loop {
             self.metrics.instances_ended.get_or_create(&label).inc();
         }
         if !update.metrics.is_empty() {
-            self.record_metrics(&job, &update.metrics).await?;
+            self.record_metrics(&job, update.instance, update.first_sample, &update.metrics).await?;
+            // Stored: the agent may forget them (numbered ones it keeps until told so).
+            if update.first_sample > 0
+                && let Some(a) = self.agents.get(agent)
+            {
+                let through_sample = update.first_sample + update.metrics.len() as u64 - 1;
+                let stored =
+                    pb::SamplesStored { training_job_name: job.clone(), instance: update.instance, through_sample };
+                send(a, Down::SamplesStored(stored));
+            }
         }
         let secondary = match state {
             InstanceState::Downloading => Some(SecondaryStatus::Downloading),
@@ -297,19 +306,33 @@ impl Loop {
         Ok(())
     }
 
-    pub(super) async fn record_metrics(&mut self, job: &str, samples: &[pb::MetricSample]) -> Result<(), DomainError> {
+    /// Stores an instance's samples, numbered from `first_sample` on (0: not numbered), and
+    /// applies them to the job (its final metrics, early stopping).
+    pub(super) async fn record_metrics(
+        &mut self,
+        job: &str,
+        instance: u32,
+        first_sample: u64,
+        samples: &[pb::MetricSample],
+    ) -> Result<(), DomainError> {
+        let first_sample = (first_sample > 0).then(|| i64::try_from(first_sample).unwrap_or(i64::MAX));
+        let numbered: Vec<(Option<i64>, &pb::MetricSample)> =
+            samples.iter().enumerate().map(|(i, s)| (first_sample.map(|f| f.saturating_add(i as i64)), s)).collect();
         // SageMaker records numbers only: NaN and infinities (a regex that captured "nan" or "inf")
         // are dropped, here as at the agent, so no objective or ranking ever sees one.
-        let samples: Vec<pb::MetricSample> = samples.iter().filter(|s| s.value.is_finite()).cloned().collect();
-        if samples.is_empty() {
+        let numbered: Vec<(Option<i64>, &pb::MetricSample)> =
+            numbered.into_iter().filter(|(_, s)| s.value.is_finite()).collect();
+        if numbered.is_empty() {
             return Ok(());
         }
-        let converted: Vec<MetricSample> = samples
+        let samples: Vec<pb::MetricSample> = numbered.iter().map(|(_, s)| (*s).clone()).collect();
+        let converted: Vec<MetricSample> = numbered
             .iter()
-            .map(|s| MetricSample {
+            .map(|(number, s)| MetricSample {
                 name: s.name.clone(),
                 timestamp: Timestamp::from_millis(s.timestamp_millis),
                 value: s.value,
+                instance_sample: number.map(|n| (instance, n)),
             })
             .collect();
         let budget = self.metric_budgets.entry(job.to_string()).or_default();
