@@ -36,6 +36,10 @@ impl HostRules {
         let (registry_lock, host) = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&registry).map_err(|e| format!("creating {}: {e}", registry.display()))?;
             let registry_lock = lock_registry(&registry)?;
+            // Entries of agents that died (killed, not stopped) go now, not only when the last
+            // agent leaves: on a host whose agents are never all stopped at once they would pile up.
+            let running = live_entries(&registry);
+            debug!(running, "other agents on this host use its nftables rules");
             let entry = registry.join(format!("{}-{}", std::process::id(), rand::random::<u32>()));
             let held = open_entry(&entry)?;
             held.try_lock().map_err(|e| format!("locking {}: {e}", entry.display()))?;
@@ -150,9 +154,11 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "entries left: {left:?}");
 
-        // A new agent after that installs the rules again.
+        // A new agent after that installs the rules again, and sweeps the entry of one that died.
+        std::fs::write(registry.path().join("2-2"), "").expect("dead entry");
         let again = HostRules::join(registry.path(), Some(&name)).await.expect("next agent");
         assert!(has_table());
+        assert!(!registry.path().join("2-2").exists(), "a dead agent's entry is swept when another joins");
         assert!(again.leave().await);
     }
 }
