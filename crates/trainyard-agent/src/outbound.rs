@@ -10,13 +10,13 @@ use trainyard_proto::pb::agent_message::Body as Up;
 
 use crate::Key;
 
-/// Bytes of log lines kept, sent but not yet confirmed stored or waiting for a connection (a
+/// Bytes of log lines kept, sent but not confirmed stored yet or waiting for a connection (a
 /// restart, a failover); past it the oldest batches go. The instance's `output/training.log`
 /// keeps everything either way.
-pub const MAX_UNSENT_LOG_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_KEPT_LOG_BYTES: usize = 16 * 1024 * 1024;
 
-/// Metric samples kept per instance while no coordinator is connected; past it the oldest go.
-pub const MAX_UNSENT_SAMPLES: usize = 10_000;
+/// Metric samples kept per instance until they are confirmed stored; past it the oldest go.
+pub const MAX_KEPT_SAMPLES: usize = 10_000;
 
 /// Where reports go: the current connection's stream, or, between connections, log batches wait
 /// (oldest first, bounded) and are sent first on the next one. States need no waiting: every
@@ -43,7 +43,7 @@ pub struct Outbound {
     samples: BTreeMap<Key, KeptSamples>,
 }
 
-/// An instance's samples, numbered from `first` on: the newest [`MAX_UNSENT_SAMPLES`].
+/// An instance's samples, numbered from `first` on: the newest [`MAX_KEPT_SAMPLES`].
 #[derive(Default)]
 struct KeptSamples {
     first: u64,
@@ -76,7 +76,7 @@ impl Outbound {
 
     /// Past the bound the oldest batches go: unconfirmed ones first (most of those were stored).
     fn trim_logs(&mut self) {
-        while self.log_bytes > MAX_UNSENT_LOG_BYTES {
+        while self.log_bytes > MAX_KEPT_LOG_BYTES {
             let Some(oldest) = self.unconfirmed.pop_front().or_else(|| self.unsent_logs.pop_front()) else { break };
             self.log_bytes -= log_batch_bytes(&oldest);
             self.dropped_lines += oldest.lines.len() as u64;
@@ -85,17 +85,11 @@ impl Outbound {
 
     /// The coordinator stored the instance's lines up to `through_line`.
     pub fn logs_stored(&mut self, stored: &pb::LogsStored) {
-        let mut freed = 0;
-        self.unconfirmed.retain(|b| {
-            let done = b.training_job_name == stored.training_job_name
+        self.confirmed(|b| {
+            b.training_job_name == stored.training_job_name
                 && b.instance == stored.instance
-                && last_line(b) <= stored.through_line;
-            if done {
-                freed += log_batch_bytes(b);
-            }
-            !done
+                && last_line(b) <= stored.through_line
         });
-        self.log_bytes -= freed;
     }
 
     /// The coordinator forgot the instance (it stored its end): its samples are stored, and lines
@@ -103,13 +97,18 @@ impl Outbound {
     /// from there.
     pub fn forget(&mut self, key: &Key) {
         self.samples.remove(key);
+        self.confirmed(|b| b.training_job_name == key.0 && b.instance == key.1);
+    }
+
+    /// Lets go of the unconfirmed batches that `done` says are stored.
+    fn confirmed(&mut self, done: impl Fn(&pb::LogBatch) -> bool) {
         let mut freed = 0;
         self.unconfirmed.retain(|b| {
-            let done = b.training_job_name == key.0 && b.instance == key.1;
-            if done {
+            let stored = done(b);
+            if stored {
                 freed += log_batch_bytes(b);
             }
-            !done
+            !stored
         });
         self.log_bytes -= freed;
     }
@@ -130,7 +129,7 @@ impl Outbound {
             *kept = KeptSamples { first: first_sample, samples: VecDeque::new() };
         }
         kept.samples.extend(samples);
-        let excess = kept.samples.len().saturating_sub(MAX_UNSENT_SAMPLES);
+        let excess = kept.samples.len().saturating_sub(MAX_KEPT_SAMPLES);
         kept.samples.drain(..excess);
         kept.first += excess as u64;
     }
@@ -156,10 +155,10 @@ impl Outbound {
         }
     }
 
-    /// A new connection's stream: the log batches that waited for it go first.
+    /// A new connection's stream: the log batches that waited for it go first, those a previous
+    /// stream did not confirm ahead of the rest.
     pub fn connect(&mut self, stream: mpsc::UnboundedSender<pb::AgentMessage>) {
-        // (Batches a previous stream was sent stay ahead of those sent before it ended.)
-        self.disconnect();
+        self.disconnect(); // (done already when that stream ended; a no-op then)
         let (batches, lines) = (self.unsent_logs.len(), self.unsent_logs.iter().map(|b| b.lines.len()).sum::<usize>());
         for batch in self.unsent_logs.drain(..) {
             let _ = stream.send(pb::AgentMessage { body: Some(Up::Logs(batch.clone())) });
@@ -200,11 +199,11 @@ mod tests {
     #[test]
     fn log_batches_wait_for_the_next_connection_within_the_bound() {
         let mut outbound = Outbound::default();
-        let big = MAX_UNSENT_LOG_BYTES / 3;
+        let big = MAX_KEPT_LOG_BYTES / 3;
         for job in ["a", "b", "c", "d"] {
             outbound.send_logs(batch(job, big));
         }
-        assert!(outbound.log_bytes <= MAX_UNSENT_LOG_BYTES);
+        assert!(outbound.log_bytes <= MAX_KEPT_LOG_BYTES);
         assert_eq!((outbound.unsent_logs.len(), outbound.dropped_lines), (2, 2), "a and b made room");
         let (tx, mut rx) = mpsc::unbounded_channel();
         outbound.connect(tx);
@@ -263,21 +262,21 @@ mod tests {
         let sample = |value: f64| pb::MetricSample { name: "score".into(), value, ..Default::default() };
         let key: Key = ("job".into(), 1);
         let mut outbound = Outbound::default();
-        outbound.keep_samples(key.clone(), 1, (0..MAX_UNSENT_SAMPLES + 5).map(|v| sample(v as f64)).collect());
+        outbound.keep_samples(key.clone(), 1, (0..MAX_KEPT_SAMPLES + 5).map(|v| sample(v as f64)).collect());
         let (first, carried) = outbound.samples_for(&key);
-        assert_eq!((first, carried.len()), (6, MAX_UNSENT_SAMPLES));
+        assert_eq!((first, carried.len()), (6, MAX_KEPT_SAMPLES));
         assert_eq!(carried[0].value, 5.0, "the oldest went");
         let (tx, _rx) = mpsc::unbounded_channel();
         outbound.connect(tx);
-        outbound.keep_samples(key.clone(), 6 + MAX_UNSENT_SAMPLES as u64, vec![sample(-1.0)]);
-        assert_eq!(outbound.samples_for(&key).1.len(), MAX_UNSENT_SAMPLES, "the bound holds");
+        outbound.keep_samples(key.clone(), 6 + MAX_KEPT_SAMPLES as u64, vec![sample(-1.0)]);
+        assert_eq!(outbound.samples_for(&key).1.len(), MAX_KEPT_SAMPLES, "the bound holds");
         let stored =
             |through_sample| pb::SamplesStored { training_job_name: "job".into(), instance: 1, through_sample };
-        outbound.samples_stored(&stored(MAX_UNSENT_SAMPLES as u64 + 2));
+        outbound.samples_stored(&stored(MAX_KEPT_SAMPLES as u64 + 2));
         let (first, left) = outbound.samples_for(&key);
-        assert_eq!(first, MAX_UNSENT_SAMPLES as u64 + 3);
+        assert_eq!(first, MAX_KEPT_SAMPLES as u64 + 3);
         let values: Vec<f64> = left.iter().map(|s| s.value).collect();
-        let newest = MAX_UNSENT_SAMPLES as f64; // sample number n has value n - 1
+        let newest = MAX_KEPT_SAMPLES as f64; // sample number n has value n - 1
         assert_eq!(values, [newest + 2.0, newest + 3.0, newest + 4.0, -1.0]);
         outbound.samples_stored(&stored(3)); // an old confirmation changes nothing
         assert_eq!(outbound.samples_for(&key).1.len(), 4);

@@ -91,9 +91,10 @@ impl pb::agents_server::Agents for AgentService {
         let liveness = self.liveness.clone();
         let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::unbounded_channel();
+        // What the stream's task sends the agent itself (lease renewals, log confirmations).
         // Weak: the loop's sender is the only strong one, so that the stream ends, and renewals
         // stop, the moment the loop lets go of this agent (lost, revoked, replaced).
-        let renewals = tx.downgrade();
+        let to_agent = tx.downgrade();
         let lease = pb::CoordinatorMessage { body: Some(pb::coordinator_message::Body::Lease(lease(self.lease))) };
         self.events
             .send(Event::AgentConnected { session, register: Box::new(register), outbound: tx })
@@ -130,7 +131,7 @@ impl pb::agents_server::Agents for AgentService {
                     Some(Up::Heartbeat(heartbeat)) => {
                         // Renewed here, not by the loop: a busy loop must not fence healthy agents.
                         if renewed_at.elapsed() >= renew_every
-                            && let Some(outbound) = renewals.upgrade()
+                            && let Some(outbound) = to_agent.upgrade()
                         {
                             let _ = outbound.send(Box::new(lease.clone()));
                             renewed_at = std::time::Instant::now();
@@ -156,7 +157,7 @@ impl pb::agents_server::Agents for AgentService {
                             // Stored: the agent may forget them. (Held ones it keeps, and sends
                             // again if this coordinator dies before a later batch is confirmed.)
                             Ok(true) if first_line > 0 && count > 0 => {
-                                if let Some(outbound) = renewals.upgrade() {
+                                if let Some(outbound) = to_agent.upgrade() {
                                     let stored = pb::LogsStored {
                                         training_job_name: job,
                                         instance,
