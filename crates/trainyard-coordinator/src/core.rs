@@ -764,6 +764,12 @@ impl Coordinator {
         }
     }
 
+    /// Whether log lines of `job` wait in memory for the store. Its agents keep their copies
+    /// until they are stored: they are not told to forget its instances meanwhile.
+    pub fn holds_logs_of(&self, job: &str) -> bool {
+        self.held().holds(job)
+    }
+
     fn held(&self) -> std::sync::MutexGuard<'_, HeldLogs> {
         self.held_logs.lock().unwrap_or_else(|e| e.into_inner())
     }

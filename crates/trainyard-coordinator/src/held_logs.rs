@@ -66,6 +66,11 @@ impl HeldLogs {
         self.batches.iter().map(|b| b.records.len()).sum()
     }
 
+    /// Whether lines of `job` are held.
+    pub fn holds(&self, job: &str) -> bool {
+        self.batches.iter().any(|b| b.job == job)
+    }
+
     /// Holds a job's batch (`numbered`: see [`HeldLogs::number`]); the oldest batches go if the
     /// bytes held would pass `limit`.
     pub fn hold(&mut self, job: &str, records: Vec<LogRecord>, numbered: bool, limit: usize) {

@@ -1,7 +1,7 @@
 //! Instances: their updates from agents (states, logs, metrics), their ends (the job's outcome,
 //! retries under RetryStrategy), stops, and an instance whose agent was lost.
 
-use tracing::info;
+use tracing::{debug, info};
 use trainyard_model::jobs::TrainingJob;
 use trainyard_model::status::{SecondaryStatus, TrainingJobStatus, TuningJobStatus};
 use trainyard_model::{DomainError, Timestamp, api};
@@ -110,7 +110,7 @@ impl Loop {
                             kill: true,
                         }),
                     );
-                } else {
+                } else if !self.c.holds_logs_of(&job) {
                     send(
                         a,
                         Down::Forget(pb::ForgetInstance { training_job_name: job.clone(), instance: update.instance }),
@@ -271,8 +271,15 @@ impl Loop {
         Ok(())
     }
 
-    /// The job's end is stored: its agents may forget these instances.
-    fn forget(&self, job: &str, instances: Vec<(u32, String)>) {
+    /// The job's end is stored: its agents may forget these instances, unless log lines of the
+    /// job still wait in this coordinator's memory for the store (the agents keep their copies
+    /// until then: this one could die first). An agent sends an end that is not forgotten again
+    /// every 10 s, and is told to forget it then (the `!known` case of [`Loop::on_update`]).
+    pub(super) fn forget(&self, job: &str, instances: Vec<(u32, String)>) {
+        if self.c.holds_logs_of(job) {
+            debug!(job, "the job's log lines wait for the store: its agents keep theirs");
+            return;
+        }
         for (i, a) in instances {
             if let Some(entry) = self.agents.get(&a) {
                 send(entry, Down::Forget(pb::ForgetInstance { training_job_name: job.to_string(), instance: i }));

@@ -864,6 +864,47 @@ mod tests {
         );
     }
 
+    /// An ended job's agents are not told to forget its instances while log lines of it wait in
+    /// this coordinator's memory for the store (their copies are the only others); once those are
+    /// stored, they are.
+    #[tokio::test]
+    async fn agents_keep_an_instance_while_its_log_lines_wait_for_the_store() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("trainyard.db").display());
+        let ours = trainyard_store::connect(&url).await.expect("store");
+        let theirs = trainyard_store::connect(&url).await.expect("second store");
+        let mut state = a_loop(ours.clone(), dir.path()).await;
+        let name = job().name.clone();
+        ours.create_training_job(&job()).await.expect("create");
+        let (tx, mut told) = mpsc::unbounded_channel();
+        let mut agent = AgentEntry::unconnected(1);
+        agent.outbound = Some(tx);
+        state.agents.insert("host-a".into(), agent);
+        let forgotten = |told: &mut mpsc::UnboundedReceiver<Box<pb::CoordinatorMessage>>| {
+            std::iter::from_fn(|| told.try_recv().ok())
+                .filter(|m| matches!(m.body, Some(pb::coordinator_message::Body::Forget(_))))
+                .count()
+        };
+        let line = vec![("stdout".to_string(), 1_000, "a line".to_string())];
+        assert!(state.c.record_logs(&name, 1, 1, line.clone()).await.expect("stored"));
+
+        // The store away (another coordinator took the lead): the next line is held.
+        assert!(ours.acquire_leadership("ours", "a", Duration::from_millis(1)).await.expect("lead").is_some());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let their_epoch = theirs.acquire_leadership("theirs", "b", Duration::from_secs(60)).await.expect("take over");
+        let their_epoch = their_epoch.expect("the lease had run out");
+        assert!(!state.c.record_logs(&name, 1, 2, line.clone()).await.expect("held"));
+        state.forget(&name, vec![(1, "host-a".into())]);
+        assert_eq!(forgotten(&mut told), 0, "its agent keeps the instance while a line of it is held");
+
+        theirs.release_leadership(their_epoch).await.expect("release");
+        assert!(ours.acquire_leadership("ours", "a", Duration::from_secs(60)).await.expect("lead").is_some());
+        tokio::time::sleep(crate::held_logs::RETRY_AFTER).await;
+        assert!(state.c.store_held_logs().await, "stored once the store is back");
+        state.forget(&name, vec![(1, "host-a".into())]);
+        assert_eq!(forgotten(&mut told), 1);
+    }
+
     /// Jobs queued with no agent say where they stand, in arrival order; one pass then starts
     /// them all (written together) and assigns each to the agent, and they leave the line.
     #[tokio::test]
