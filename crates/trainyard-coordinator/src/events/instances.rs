@@ -100,22 +100,17 @@ impl Loop {
         });
         if !known {
             // Not ours (any more): the job ended or was retried elsewhere. The agent can drop it.
-            if let Some(a) = self.agents.get(agent) {
-                if !is_final(state) {
-                    send(
-                        a,
-                        Down::Stop(pb::StopInstance {
-                            training_job_name: job.clone(),
-                            instance: update.instance,
-                            kill: true,
-                        }),
-                    );
-                } else if !self.c.holds_logs_of(&job) {
-                    send(
-                        a,
-                        Down::Forget(pb::ForgetInstance { training_job_name: job.clone(), instance: update.instance }),
-                    );
-                }
+            if is_final(state) {
+                self.forget(&job, vec![(update.instance, agent.to_string())]);
+            } else if let Some(a) = self.agents.get(agent) {
+                send(
+                    a,
+                    Down::Stop(pb::StopInstance {
+                        training_job_name: job.clone(),
+                        instance: update.instance,
+                        kill: true,
+                    }),
+                );
             }
             return Ok(());
         }
@@ -274,7 +269,7 @@ impl Loop {
     /// The job's end is stored: its agents may forget these instances, unless log lines of the
     /// job still wait in this coordinator's memory for the store (the agents keep their copies
     /// until then: this one could die first). An agent sends an end that is not forgotten again
-    /// every 10 s, and is told to forget it then (the `!known` case of [`Loop::on_update`]).
+    /// every 10 s, and is told to forget it then (an end [`Loop::on_update`] no longer knows).
     pub(super) fn forget(&self, job: &str, instances: Vec<(u32, String)>) {
         if self.c.holds_logs_of(job) {
             debug!(job, "the job's log lines wait for the store: its agents keep theirs");
@@ -323,12 +318,15 @@ impl Loop {
         samples: &[pb::MetricSample],
     ) -> Result<(), DomainError> {
         let first_sample = (first_sample > 0).then(|| i64::try_from(first_sample).unwrap_or(i64::MAX));
-        let numbered: Vec<(Option<i64>, &pb::MetricSample)> =
-            samples.iter().enumerate().map(|(i, s)| (first_sample.map(|f| f.saturating_add(i as i64)), s)).collect();
         // SageMaker records numbers only: NaN and infinities (a regex that captured "nan" or "inf")
-        // are dropped, here as at the agent, so no objective or ranking ever sees one.
-        let numbered: Vec<(Option<i64>, &pb::MetricSample)> =
-            numbered.into_iter().filter(|(_, s)| s.value.is_finite()).collect();
+        // are dropped, here as at the agent, so no objective or ranking ever sees one. (Numbered
+        // first: a dropped sample keeps its number from the others.)
+        let numbered: Vec<(Option<i64>, &pb::MetricSample)> = samples
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.value.is_finite())
+            .map(|(i, s)| (first_sample.map(|f| f.saturating_add(i as i64)), s))
+            .collect();
         if numbered.is_empty() {
             return Ok(());
         }

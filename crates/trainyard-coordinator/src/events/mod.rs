@@ -799,6 +799,22 @@ mod tests {
         Loop::new(Arc::new(c), metrics, authority, crate::liveness::Liveness::default(), timing)
     }
 
+    /// Makes `ours` the leader for a moment, then lets `theirs` take over: the store refuses
+    /// `ours`'s writes from then on (as when it is away). Returns their epoch.
+    async fn taken_over(ours: &Arc<dyn trainyard_store::Store>, theirs: &Arc<dyn trainyard_store::Store>) -> i64 {
+        let epoch = ours.acquire_leadership("ours", "a", Duration::from_millis(1)).await.expect("lead");
+        assert!(epoch.is_some());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let their_epoch = theirs.acquire_leadership("theirs", "b", Duration::from_secs(60)).await.expect("take over");
+        their_epoch.expect("the lease had run out")
+    }
+
+    /// `theirs` lets go of the lead and `ours` takes it back: its writes are taken again.
+    async fn given_back(ours: &Arc<dyn trainyard_store::Store>, theirs: &Arc<dyn trainyard_store::Store>, epoch: i64) {
+        theirs.release_leadership(epoch).await.expect("release");
+        assert!(ours.acquire_leadership("ours", "a", Duration::from_secs(60)).await.expect("lead").is_some());
+    }
+
     fn secondary(history: &[(SecondaryStatus, i64, String)]) -> Vec<SecondaryStatus> {
         history.iter().map(|h| h.0).collect()
     }
@@ -829,11 +845,7 @@ mod tests {
         assert_eq!(stored.secondary_status, SecondaryStatus::Downloading);
 
         // The store away: this coordinator is fenced off by one that took the lead.
-        let epoch = ours.acquire_leadership("ours", "a", Duration::from_millis(1)).await.expect("lead");
-        assert!(epoch.is_some());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let their_epoch = theirs.acquire_leadership("theirs", "b", Duration::from_secs(60)).await.expect("take over");
-        let their_epoch = their_epoch.expect("the lease had run out");
+        let their_epoch = taken_over(&ours, &theirs).await;
         state.progress_unstored.insert(name.clone(), vec![progress(SecondaryStatus::Training, "Training", 3_000)]);
         let failed = state.update_job(&name, |j| Ok(j.set_status_message("a change", now()))).await;
         assert!(matches!(failed, Err(DomainError::Unavailable(_))), "{failed:?}");
@@ -849,8 +861,7 @@ mod tests {
         assert_eq!(held, Some(vec![SecondaryStatus::Training, SecondaryStatus::Uploading]));
 
         // Back in the lead: the next pass stores what was held, in order.
-        theirs.release_leadership(their_epoch).await.expect("release");
-        assert!(ours.acquire_leadership("ours", "a", Duration::from_secs(60)).await.expect("lead").is_some());
+        given_back(&ours, &theirs, their_epoch).await;
         state.store_progress().await.expect("stored");
         let stored = state.c.training_job(&name).await.expect("read").value;
         assert_eq!(
@@ -889,16 +900,12 @@ mod tests {
         assert!(state.c.record_logs(&name, 1, 1, line.clone()).await.expect("stored"));
 
         // The store away (another coordinator took the lead): the next line is held.
-        assert!(ours.acquire_leadership("ours", "a", Duration::from_millis(1)).await.expect("lead").is_some());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let their_epoch = theirs.acquire_leadership("theirs", "b", Duration::from_secs(60)).await.expect("take over");
-        let their_epoch = their_epoch.expect("the lease had run out");
+        let their_epoch = taken_over(&ours, &theirs).await;
         assert!(!state.c.record_logs(&name, 1, 2, line.clone()).await.expect("held"));
         state.forget(&name, vec![(1, "host-a".into())]);
         assert_eq!(forgotten(&mut told), 0, "its agent keeps the instance while a line of it is held");
 
-        theirs.release_leadership(their_epoch).await.expect("release");
-        assert!(ours.acquire_leadership("ours", "a", Duration::from_secs(60)).await.expect("lead").is_some());
+        given_back(&ours, &theirs, their_epoch).await;
         tokio::time::sleep(crate::held_logs::RETRY_AFTER).await;
         assert!(state.c.store_held_logs().await, "stored once the store is back");
         state.forget(&name, vec![(1, "host-a".into())]);
