@@ -662,8 +662,9 @@ impl Random {
 /// The port a coordinator daemon just spawned has bound, from what it logged past byte `from`
 /// (a restarted daemon appends to its predecessor's log): it says "coordinator listening" or
 /// "standing by" with the address once its socket is bound. Fails the test if the daemon exits
-/// first or says nothing within 20 s.
-fn bound_port(daemon: &mut Daemon, from: usize) -> u16 {
+/// first or says nothing within 20 s. A test that starts a coordinator of its own listens on
+/// port 0 and learns the port here: a port picked before the daemon binds it can be taken first.
+pub fn bound_port(daemon: &mut Daemon, from: usize) -> u16 {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let log = daemon.log();

@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trainyard_e2e::{Coordinator, INSTANCE_UIDS, TEST_TRAINER, example_json, number_after};
-use trainyard_testkit::{binary, free_port, wait_until};
+use trainyard_e2e::{Coordinator, INSTANCE_UIDS, TEST_TRAINER, bound_port, example_json, number_after};
+use trainyard_testkit::{binary, wait_until};
 
 fn training(c: &Coordinator, name: &str, sleep: &str) -> std::path::PathBuf {
     let mut r: Value = example_json("training-job.json");
@@ -307,9 +307,8 @@ fn join_tokens_are_single_use_and_a_connected_agent_cannot_be_displaced() {
 #[test]
 fn plain_text_is_only_for_loopback_and_needs_no_tokens() {
     let dir = tempfile::tempdir().expect("dir");
-    let port = free_port();
     let refused = Command::new(binary("trainyard-coordinator"))
-        .args(["--insecure", "--listen", &format!("0.0.0.0:{port}"), "--data-dir"])
+        .args(["--insecure", "--listen", "0.0.0.0:0", "--data-dir"])
         .arg(dir.path())
         .output()
         .expect("run");
@@ -318,9 +317,9 @@ fn plain_text_is_only_for_loopback_and_needs_no_tokens() {
     assert!(stderr.contains("allowed on loopback addresses only"), "{stderr}");
 
     let mut cmd = Command::new(binary("trainyard-coordinator"));
-    cmd.args(["--insecure", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(dir.path().join("data"));
+    cmd.args(["--insecure", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path().join("data"));
     let mut daemon = trainyard_testkit::Daemon::spawn("coordinator", cmd, dir.path());
-    assert!(wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let port = bound_port(&mut daemon, 0);
     let out = Command::new(binary("trainyard"))
         .args(["--coordinator", &format!("127.0.0.1:{port}"), "--insecure", "whoami"])
         .output()
@@ -346,14 +345,13 @@ fn plain_text_is_only_for_loopback_and_needs_no_tokens() {
 fn an_agent_of_a_protocol_the_coordinator_does_not_speak_is_refused_and_listed() {
     use trainyard_proto::pb;
     let dir = tempfile::tempdir().expect("dir");
-    let port = free_port();
     let mut cmd = Command::new(binary("trainyard-coordinator"));
-    cmd.args(["--insecure", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(dir.path().join("data"));
-    let daemon = trainyard_testkit::Daemon::spawn("coordinator", cmd, dir.path()).checked();
+    cmd.args(["--insecure", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path().join("data"));
+    let mut daemon = trainyard_testkit::Daemon::spawn("coordinator", cmd, dir.path()).checked();
     daemon.expect_log("--insecure");
     daemon.expect_log("no [[roles]] configured");
     daemon.expect_log("agent session refused: incompatible");
-    assert!(wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let port = bound_port(&mut daemon, 0);
 
     // An agent of a build older than protocols sends none (protocol 0).
     let runtime = tokio::runtime::Runtime::new().expect("runtime");

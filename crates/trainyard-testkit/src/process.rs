@@ -223,6 +223,9 @@ impl Daemon {
     }
 }
 
+/// How much of a daemon's log a failed test prints.
+const DAEMON_LOG_LINES_ON_FAILURE: usize = 40;
+
 /// A line of a `tracing` log at WARN or ERROR level (`<time>  WARN <target>: ...`).
 fn is_warning_or_error(line: &str) -> bool {
     let mut words = line.split_whitespace();
@@ -237,7 +240,14 @@ impl Drop for Daemon {
         // The whole group, even when its leader has exited: what it started must not outlive the test.
         self.signal(libc::SIGKILL);
         let _ = self.child.wait();
-        if !std::thread::panicking() {
+        if std::thread::panicking() {
+            // The test failed: what the daemon said last goes with the failure (its temp dir,
+            // and so its log, is removed with the test).
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(DAEMON_LOG_LINES_ON_FAILURE)..];
+            eprintln!("--- the last {} lines of {}'s log ---\n{}", tail.len(), self.name, tail.join("\n"));
+        } else {
             let unexpected = self.unexpected_log_lines();
             assert!(
                 unexpected.is_empty(),
