@@ -24,7 +24,7 @@ use std::time::Duration;
 use cgroups_rs::freezer::FreezerController;
 use cgroups_rs::hierarchies::{V1, V2};
 use cgroups_rs::memory::MemController;
-use cgroups_rs::{Cgroup, MaxValue};
+use cgroups_rs::{Cgroup, Controller, MaxValue};
 
 /// What an instance may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +59,11 @@ pub struct AgentCgroups {
 
 #[derive(Debug, Clone)]
 enum Version {
-    /// Each v1 hierarchy: instances go under the agent's cgroup of that hierarchy.
-    V1,
+    /// Each v1 hierarchy: instances go under the agent's cgroup of that hierarchy. Where the
+    /// hierarchies are mounted and where the agent sits in each are read once, at start: read at
+    /// every instance's start (cgroups-rs parses /proc/self/mountinfo for each handle it makes,
+    /// three times an instance) they were a twentieth of the agent's CPU per trial.
+    V1 { mounts: V1, own_paths: HashMap<String, String> },
     /// The unified hierarchy: instances go under `parent` (relative to its root), where
     /// `controllers` are enabled (those of [`LIMIT_CONTROLLERS`] delegated to the agent).
     V2 { parent: String, controllers: Vec<String> },
@@ -78,7 +81,7 @@ impl Version {
     /// within a threaded subtree, so there it is `cgroup.procs`.
     fn join_file(&self) -> &'static str {
         match self {
-            Version::V1 => "tasks",
+            Version::V1 { .. } => "tasks",
             Version::V2 { .. } => "cgroup.procs",
         }
     }
@@ -93,7 +96,11 @@ impl AgentCgroups {
         if unsafe { libc::geteuid() } != 0 {
             return Err("the agent does not run as root, so it cannot create cgroups".into());
         }
-        let version = if cgroups_rs::hierarchies::is_cgroup2_unified_mode() { delegate_v2(name)? } else { Version::V1 };
+        let version = if cgroups_rs::hierarchies::is_cgroup2_unified_mode() {
+            delegate_v2(name)?
+        } else {
+            Version::V1 { mounts: V1::new(), own_paths: own_v1_paths() }
+        };
         let cgroups = AgentCgroups { name: name.to_string(), version };
         // Instances of an earlier run of this agent (it crashed): what is left of them is killed.
         // On v1 they are looked for in every hierarchy: an earlier version made instances'
@@ -122,7 +129,7 @@ impl AgentCgroups {
     /// The limits the kernel will not enforce here (controllers not delegated to the agent).
     pub fn unenforced(&self) -> Vec<&'static str> {
         match &self.version {
-            Version::V1 => Vec::new(),
+            Version::V1 { .. } => Vec::new(),
             Version::V2 { controllers, .. } => {
                 LIMIT_CONTROLLERS.into_iter().filter(|c| !controllers.iter().any(|have| have == c)).collect()
             }
@@ -152,8 +159,9 @@ impl AgentCgroups {
             resources.cpu.quota = Some(i64::try_from(u64::from(vcpus) * CPU_PERIOD_US).unwrap_or(i64::MAX));
         }
         let created = match &self.version {
-            Version::V1 => {
-                Cgroup::new_with_relative_paths(Box::new(InstanceV1::new()), &path, own_v1_paths()).map(drop)
+            Version::V1 { mounts, own_paths } => {
+                Cgroup::new_with_relative_paths(Box::new(InstanceV1(mounts.clone())), &path, own_paths.clone())
+                    .map(drop)
             }
             // Only the delegated controllers: cgroups-rs enables them on every level above, where
             // the agent's own cgroup already has them.
@@ -195,7 +203,7 @@ impl AgentCgroups {
     /// to the hierarchy's root on v2.
     fn parent_path(&self) -> String {
         match &self.version {
-            Version::V1 => format!("trainyard-{}", self.name),
+            Version::V1 { .. } => format!("trainyard-{}", self.name),
             Version::V2 { parent, .. } => parent.clone(),
         }
     }
@@ -203,16 +211,20 @@ impl AgentCgroups {
     /// A handle on the cgroup at `path` in every v1 hierarchy mounted, those the agent does not
     /// use included (on v2, as [`AgentCgroups::load`]).
     fn load_everywhere(&self, path: &str) -> Cgroup {
-        match self.version {
-            Version::V1 => Cgroup::load_with_relative_paths(Box::new(V1::new()), path, own_v1_paths()),
+        match &self.version {
+            Version::V1 { mounts, own_paths } => {
+                Cgroup::load_with_relative_paths(Box::new(mounts.clone()), path, own_paths.clone())
+            }
             Version::V2 { .. } => self.load(path),
         }
     }
 
     /// A handle on the cgroup at `path` (it may not exist yet).
     fn load(&self, path: &str) -> Cgroup {
-        match self.version {
-            Version::V1 => Cgroup::load_with_relative_paths(Box::new(InstanceV1::new()), path, own_v1_paths()),
+        match &self.version {
+            Version::V1 { mounts, own_paths } => {
+                Cgroup::load_with_relative_paths(Box::new(InstanceV1(mounts.clone())), path, own_paths.clone())
+            }
             Version::V2 { .. } => Cgroup::load(Box::new(V2::new()), path),
         }
     }
@@ -221,12 +233,6 @@ impl AgentCgroups {
 /// The v1 hierarchies of [`V1_CONTROLLERS`] (cgroups-rs's `V1` offers every mounted one).
 #[derive(Debug)]
 struct InstanceV1(V1);
-
-impl InstanceV1 {
-    fn new() -> InstanceV1 {
-        InstanceV1(V1::new())
-    }
-}
 
 impl cgroups_rs::Hierarchy for InstanceV1 {
     fn subsystems(&self) -> Vec<cgroups_rs::Subsystem> {
@@ -239,12 +245,12 @@ impl cgroups_rs::Hierarchy for InstanceV1 {
     }
 
     fn root_control_group(&self) -> Cgroup {
-        Cgroup::load(Box::new(InstanceV1::new()), "")
+        Cgroup::load(Box::new(InstanceV1(self.0.clone())), "")
     }
 
     fn parent_control_group(&self, path: &str) -> Cgroup {
         let parent = Path::new(path).parent().unwrap_or_else(|| Path::new(""));
-        Cgroup::load(Box::new(InstanceV1::new()), parent)
+        Cgroup::load(Box::new(InstanceV1(self.0.clone())), parent)
     }
 
     fn v2(&self) -> bool {
@@ -364,8 +370,11 @@ impl InstanceCgroup {
             let events = Path::new(UNIFIED_ROOT).join(self.cgroup.path()).join("memory.events");
             return count_oom_kills(&std::fs::read_to_string(events).unwrap_or_default());
         }
+        // memory.oom_control alone: cgroups-rs's memory_stat() reads a dozen files for it.
         let memory: Option<&MemController> = self.cgroup.controller_of();
-        memory.map_or(0, |m| m.memory_stat().oom_control.oom_kill)
+        memory.map_or(0, |m| {
+            count_oom_kills(&std::fs::read_to_string(m.path().join("memory.oom_control")).unwrap_or_default())
+        })
     }
 
     /// Removes the (empty) cgroup. (The agent's own parent cgroup stays while the agent runs:

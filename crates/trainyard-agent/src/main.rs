@@ -311,6 +311,7 @@ async fn main() -> anyhow::Result<()> {
         instance_writable_paths: config.instance_writable_paths.clone(),
         agent_id: config.id.clone(),
         work_dirs_in_use: Default::default(),
+        metric_patterns: Default::default(),
         metrics,
     });
     let agent = Arc::new(Agent {

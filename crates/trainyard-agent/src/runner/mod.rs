@@ -123,6 +123,7 @@ pub struct Settings {
     /// placed again after a restart) may still be cleaning up the dir a new run of the same
     /// instance would lay out.
     pub work_dirs_in_use: std::sync::Mutex<BTreeMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    pub metric_patterns: supervise::MetricPatterns,
     pub metrics: Arc<crate::telemetry::Metrics>,
 }
 

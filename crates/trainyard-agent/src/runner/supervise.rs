@@ -24,6 +24,34 @@ const MAX_LINE_BYTES: usize = 64 * 1024;
 /// Lines read from a job but not yet handled, at most (with MAX_LINE_BYTES: 64 MiB at worst).
 const LINE_BACKLOG: usize = 1024;
 
+/// Compiled patterns kept at most; past it the cache starts again (a pattern's text is at most
+/// 500 characters, each job has at most 40).
+const MAX_METRIC_PATTERNS: usize = 64;
+
+/// `MetricDefinitions` patterns compiled once per agent, by their text: the trials of a tuning job
+/// share theirs, and compiling them anew for each instance (the regex crate builds automata) was
+/// a sixteenth of the agent's CPU per trial. A `Regex` shares its matching state between clones,
+/// safely across tasks.
+#[derive(Default)]
+pub struct MetricPatterns(std::sync::Mutex<std::collections::HashMap<String, Option<Regex>>>);
+
+impl MetricPatterns {
+    /// The compiled pattern; None if it does not compile (the coordinator refuses such a job,
+    /// so only an older coordinator's would get here: its metric is not collected).
+    pub fn compiled(&self, pattern: &str) -> Option<Regex> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(compiled) = kept.get(pattern) {
+            return compiled.clone();
+        }
+        let compiled = Regex::new(pattern).ok();
+        if kept.len() >= MAX_METRIC_PATTERNS {
+            kept.clear();
+        }
+        kept.insert(pattern.to_string(), compiled.clone());
+        compiled
+    }
+}
+
 /// Runs the launched instance to its end.
 pub(super) async fn supervise<C: Control>(
     spec: &InstanceSpec,
@@ -40,7 +68,7 @@ pub(super) async fn supervise<C: Control>(
         .and_then(|a| a.metric_definitions.clone())
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|d| Some((d.name?, Regex::new(&d.regex?).ok()?)))
+        .filter_map(|d| Some((d.name?, settings.metric_patterns.compiled(&d.regex?)?)))
         .collect();
     let Launched { stdout, stderr, exited: mut exited_rx, control } = launched;
     reporter.update(InstanceState::Training, "Training in progress", Vec::new());
@@ -288,6 +316,23 @@ mod tests {
         assert_eq!(lines[0], "short");
         assert_eq!(lines[1], format!("{} [line cut at 21 bytes; 29 more bytes dropped]", "x".repeat(21)));
         assert_eq!(lines[2..], ["after".to_string(), "no newline at the end".to_string()]);
+    }
+
+    #[test]
+    fn metric_patterns_are_compiled_once_and_kept_within_the_bound() {
+        let patterns = MetricPatterns::default();
+        let first = patterns.compiled("loss=([0-9.]+)").expect("compiles");
+        let again = patterns.compiled("loss=([0-9.]+)").expect("kept");
+        assert_eq!(again.as_str(), first.as_str());
+        assert_eq!(again.captures("epoch 3 loss=0.25").and_then(|c| c.get(1)).map(|m| m.as_str()), Some("0.25"));
+        assert!(patterns.compiled("loss=([0-9.]+").is_none(), "does not compile");
+        assert!(patterns.compiled("loss=([0-9.]+").is_none(), "and is remembered so");
+        for i in 0..3 * MAX_METRIC_PATTERNS {
+            assert!(patterns.compiled(&format!("m{i}=(\\d+)")).is_some());
+            assert!(patterns.0.lock().expect("lock").len() <= MAX_METRIC_PATTERNS);
+        }
+        let kept = patterns.compiled("m5=(\\d+)").expect("compiled again after the cache started over");
+        assert_eq!(kept.captures("m5=42").and_then(|c| c.get(1)).map(|m| m.as_str()), Some("42"));
     }
 
     #[tokio::test]
