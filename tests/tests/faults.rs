@@ -127,6 +127,40 @@ fn killing_the_coordinator_at_random_moments_loses_no_trial_and_runs_none_twice(
     println!("seed {seed}: {kills} coordinator kills, {TRIALS} trials, {:.0} s", started.elapsed().as_secs_f64());
 }
 
+/// Starts the training job `name`, which runs `program`; with `score_regex`, its metric `score`
+/// is read by it.
+fn start_writer(c: &Coordinator, name: &str, program: &str, score_regex: Option<&str>) {
+    let mut r: Value = example_json("training-job.json");
+    r["TrainingJobName"] = json!(name);
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    if let Some(regex) = score_regex {
+        r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": regex}]);
+    }
+    c.create_training_job(&r);
+}
+
+/// The lines of the job's stored log that say `line N`, as "line N", in the log's order.
+fn numbered_lines(c: &Coordinator, job: &str) -> Vec<String> {
+    let out = c.cli(&["training-jobs", "logs", job]);
+    out.stdout().lines().filter_map(|l| l.trim_end().rsplit_once("line ").map(|(_, n)| format!("line {n}"))).collect()
+}
+
+/// Lines 1 to `count` as [`numbered_lines`] gives them.
+fn lines_up_to(count: usize) -> Vec<String> {
+    (1..=count).map(|i| format!("line {i}")).collect()
+}
+
+/// The ended job's numbered lines once `count` are stored, or after 10 s: a job's last lines can
+/// reach the store after its end does.
+fn numbered_lines_once_stored(c: &Coordinator, job: &str, count: usize) -> Vec<String> {
+    let mut kept = Vec::new();
+    trainyard_testkit::wait_until(Duration::from_secs(10), || {
+        kept = numbered_lines(c, job);
+        kept.len() >= count
+    });
+    kept
+}
+
 /// A job keeps writing its log and reporting a metric while its coordinator is down (killed,
 /// restarted a few seconds later): its agent keeps both and sends them once connected again; the
 /// job's log has every line, in order, once, and its final metric is the one reported meanwhile.
@@ -141,19 +175,11 @@ fn log_lines_written_while_the_coordinator_is_down_are_kept(backend: Backend) {
          for i in $(seq 21 40); do echo \"line $i\"; done\necho score=0.3\nsleep 4\n\
          for i in $(seq 41 50); do echo \"line $i\"; done\nmkdir -p \"$SM_MODEL_DIR\"\n",
     );
-    let mut r: Value = example_json("training-job.json");
-    r["TrainingJobName"] = json!("writer");
-    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
-    r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
-    c.create_training_job(&r);
-    let lines = |c: &Coordinator| -> Vec<String> {
-        let out = c.cli(&["training-jobs", "logs", "writer"]);
-        out.stdout().lines().filter_map(|l| l.rsplit_once("line ").map(|(_, n)| format!("line {n}"))).collect()
-    };
+    start_writer(&c, "writer", &program, Some("score=([0-9.]+)"));
     assert!(
-        trainyard_testkit::wait_until(Duration::from_secs(30), || lines(&c).len() >= 20),
+        trainyard_testkit::wait_until(Duration::from_secs(30), || numbered_lines(&c, "writer").len() >= 20),
         "the first lines: {:?}",
-        lines(&c)
+        numbered_lines(&c, "writer")
     );
     c.stop(trainyard_testkit::SIGKILL);
     std::thread::sleep(Duration::from_millis(6500));
@@ -164,13 +190,7 @@ fn log_lines_written_while_the_coordinator_is_down_are_kept(backend: Backend) {
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
     // Its last metric, reported while the coordinator was down, is its final one.
     assert_eq!(done["FinalMetricDataList"][0]["Value"], 0.3, "{done:#}");
-    let expected: Vec<String> = (1..=50).map(|i| format!("line {i}")).collect();
-    let mut kept = Vec::new();
-    trainyard_testkit::wait_until(Duration::from_secs(10), || {
-        kept = lines(&c);
-        kept.len() >= expected.len()
-    });
-    assert_eq!(kept, expected, "every line, in order, once");
+    assert_eq!(numbered_lines_once_stored(&c, "writer", 50), lines_up_to(50), "every line, in order, once");
 }
 
 /// A job writes its log and reports a metric steadily while its coordinator stops answering
@@ -193,19 +213,11 @@ fn log_lines_in_flight_to_a_coordinator_that_dies_are_sent_again(backend: Backen
              mkdir -p \"$SM_MODEL_DIR\"\n"
         ),
     );
-    let mut r: Value = example_json("training-job.json");
-    r["TrainingJobName"] = json!("steady");
-    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
-    r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9]+)"}]);
-    c.create_training_job(&r);
-    let lines = |c: &Coordinator| -> Vec<String> {
-        let out = c.cli(&["training-jobs", "logs", "steady"]);
-        out.stdout().lines().filter_map(|l| l.rsplit_once("line ").map(|(_, n)| format!("line {n}"))).collect()
-    };
+    start_writer(&c, "steady", &program, Some("score=([0-9]+)"));
     assert!(
-        trainyard_testkit::wait_until(Duration::from_secs(30), || lines(&c).len() >= 50),
+        trainyard_testkit::wait_until(Duration::from_secs(30), || numbered_lines(&c, "steady").len() >= 50),
         "the first lines: {:?}",
-        lines(&c)
+        numbered_lines(&c, "steady")
     );
     // Paused past the first score (~line 100), then killed.
     c.daemon.signal(trainyard_testkit::SIGSTOP);
@@ -216,12 +228,8 @@ fn log_lines_in_flight_to_a_coordinator_that_dies_are_sent_again(backend: Backen
         j["TrainingJobStatus"] != "InProgress"
     });
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
-    let expected: Vec<String> = (1..=LINES).map(|i| format!("line {i}")).collect();
-    let mut kept = Vec::new();
-    trainyard_testkit::wait_until(Duration::from_secs(10), || {
-        kept = lines(&c);
-        kept.len() >= expected.len()
-    });
+    let expected = lines_up_to(LINES);
+    let kept = numbered_lines_once_stored(&c, "steady", LINES);
     let missing: Vec<&String> = expected.iter().filter(|l| !kept.contains(l)).collect();
     assert!(missing.is_empty(), "{} lines lost: {missing:?}", missing.len());
     assert_eq!(kept, expected, "every line, in order, once");
@@ -454,11 +462,7 @@ fn log_lines_written_while_the_database_is_down_are_all_kept() {
         "chatty.sh",
         "#!/bin/sh\nsleep 2\ni=1\nwhile [ $i -le 180 ]; do echo \"line $i\"; [ $i = 90 ] && echo 'score=0.42'; i=$((i+1)); sleep 0.05; done\nmkdir -p \"$SM_MODEL_DIR\"\n",
     );
-    let mut r: Value = example_json("training-job.json");
-    r["TrainingJobName"] = json!("chatty");
-    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
-    r["AlgorithmSpecification"]["MetricDefinitions"] = json!([{"Name": "score", "Regex": "score=([0-9.]+)"}]);
-    c.create_training_job(&r);
+    start_writer(&c, "chatty", &program, Some("score=([0-9.]+)"));
     c.wait_json_for(Duration::from_secs(30), &["training-jobs", "describe", "chatty"], |j| {
         j["SecondaryStatus"] == "Training"
     });
@@ -469,20 +473,13 @@ fn log_lines_written_while_the_database_is_down_are_all_kept() {
         j["TrainingJobStatus"] != "InProgress"
     });
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
-    let expected: Vec<String> = (1..=180).map(|i| format!("line {i}")).collect();
-    let mut log = Vec::new();
-    let complete = trainyard_testkit::wait_until(Duration::from_secs(10), || {
-        let out = c.cli(&["training-jobs", "logs", "chatty"]);
-        log = out.stdout().lines().filter(|l| l.contains("line ")).map(|l| l.trim().to_string()).collect::<Vec<_>>();
-        log.len() >= expected.len()
-    });
+    let expected = lines_up_to(180);
+    let kept = numbered_lines_once_stored(&c, "chatty", expected.len());
     // Its one metric, reported while the database was down, is its final metric.
     assert_eq!(done["FinalMetricDataList"][0]["MetricName"], "score", "{done:#}");
     assert_eq!(done["FinalMetricDataList"][0]["Value"], 0.42, "{done:#}");
-    let kept: Vec<String> =
-        log.iter().map(|l| l.rsplit_once("line ").map(|(_, n)| format!("line {n}")).unwrap_or_default()).collect();
     assert!(
-        complete,
+        kept.len() >= expected.len(),
         "{} of {} lines kept; missing: {:?}",
         kept.len(),
         expected.len(),
@@ -513,10 +510,7 @@ fn log_lines_held_by_a_coordinator_that_exits_are_kept() {
         "#!/bin/sh\nsleep 2\nfor i in $(seq 1 40); do echo \"line $i\"; sleep 0.1; done\nsleep 28\n\
          for i in $(seq 41 50); do echo \"line $i\"; done\nmkdir -p \"$SM_MODEL_DIR\"\n",
     );
-    let mut r: Value = example_json("training-job.json");
-    r["TrainingJobName"] = json!("patient");
-    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
-    c.create_training_job(&r);
+    start_writer(&c, "patient", &program, None);
     c.wait_json_for(Duration::from_secs(30), &["training-jobs", "describe", "patient"], |j| {
         j["SecondaryStatus"] == "Training"
     });
@@ -529,13 +523,6 @@ fn log_lines_held_by_a_coordinator_that_exits_are_kept() {
         j["TrainingJobStatus"] != "InProgress"
     });
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
-    let expected: Vec<String> = (1..=50).map(|i| format!("line {i}")).collect();
-    let mut kept = Vec::new();
-    trainyard_testkit::wait_until(Duration::from_secs(10), || {
-        let out = c.cli(&["training-jobs", "logs", "patient"]);
-        kept = out.stdout().lines().filter_map(|l| l.rsplit_once("line ").map(|(_, n)| format!("line {n}"))).collect();
-        kept.len() >= expected.len()
-    });
-    assert_eq!(kept, expected, "every line, in order, once");
+    assert_eq!(numbered_lines_once_stored(&c, "patient", 50), lines_up_to(50), "every line, in order, once");
     assert!(!c.data_dir().join("held-logs.json").exists(), "the kept lines were taken in");
 }

@@ -473,16 +473,7 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> Result<(), S
     let inventory = agent.host.lock().await.inventory();
     let instances: Vec<pb::InstanceUpdate> = {
         let outbound = agent.outbound.lock().await;
-        agent
-            .instances
-            .lock()
-            .await
-            .iter()
-            .map(|(key, i)| {
-                let (first_sample, metrics) = outbound.samples_for(key);
-                pb::InstanceUpdate { metrics, first_sample, ..i.latest.clone() }
-            })
-            .collect()
+        agent.instances.lock().await.values().map(|i| outbound.with_kept_samples(i.latest.clone())).collect()
     };
     tx.send(pb::AgentMessage {
         body: Some(Up::Register(pb::Register {
@@ -537,9 +528,7 @@ async fn session(agent: &Arc<Agent>, cancel: &CancellationToken) -> Result<(), S
                 for update in finals_to_send_again(agent).await {
                     info!(job = %update.training_job_name, instance = update.instance, "sending a final state again: the coordinator has not confirmed it");
                     // With the samples it has not confirmed either (its store may have been away).
-                    let key = (update.training_job_name.clone(), update.instance);
-                    let (first_sample, metrics) = agent.outbound.lock().await.samples_for(&key);
-                    let update = pb::InstanceUpdate { metrics, first_sample, ..update };
+                    let update = agent.outbound.lock().await.with_kept_samples(update);
                     tx.send(pb::AgentMessage { body: Some(Up::Update(update)) })?;
                 }
             }

@@ -155,6 +155,13 @@ impl Outbound {
         }
     }
 
+    /// `update` carrying its instance's samples not confirmed yet (a registration's, a final
+    /// state sent again).
+    pub fn with_kept_samples(&self, update: pb::InstanceUpdate) -> pb::InstanceUpdate {
+        let (first_sample, metrics) = self.samples_for(&(update.training_job_name.clone(), update.instance));
+        pb::InstanceUpdate { metrics, first_sample, ..update }
+    }
+
     /// A new connection's stream: the log batches that waited for it go first, those a previous
     /// stream did not confirm ahead of the rest.
     pub fn connect(&mut self, stream: mpsc::UnboundedSender<pb::AgentMessage>) {

@@ -199,6 +199,12 @@ impl WrittenJobs {
     }
 }
 
+/// The number, as the store keeps it, of the item at `offset` among those an agent numbered from
+/// `first` on (its log lines, its metric samples); `first` 0: the agent numbered none.
+pub fn agent_number(first: u64, offset: usize) -> Option<i64> {
+    (first > 0).then(|| i64::try_from(first).unwrap_or(i64::MAX).saturating_add(offset as i64))
+}
+
 pub fn now() -> Timestamp {
     let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default();
     Timestamp::from_millis(i64::try_from(millis).unwrap_or(i64::MAX))
@@ -698,7 +704,6 @@ impl Coordinator {
             NextLine::Unnumbered(n) => (n, false),
         };
         let mut records = Vec::with_capacity(lines.len());
-        let instance_lines = (first_line > 0).then(|| i64::try_from(first_line).unwrap_or(i64::MAX));
         for (i, (stream, at, text)) in lines.into_iter().enumerate() {
             // (Unnumbered lines are bounded when they are numbered.)
             if numbered && seq > MAX_LOG_LINES {
@@ -709,14 +714,13 @@ impl Coordinator {
             } else {
                 text.chars().take(MAX_LOG_LINE_CHARS).collect()
             };
-            let instance_line = instance_lines.map(|first| first.saturating_add(i as i64));
             records.push(LogRecord {
                 seq,
                 instance,
                 stream,
                 timestamp: Timestamp::from_millis(at),
                 text,
-                instance_line,
+                instance_line: agent_number(first_line, i),
             });
             seq += 1;
         }

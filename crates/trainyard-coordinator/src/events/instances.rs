@@ -317,7 +317,6 @@ impl Loop {
         first_sample: u64,
         samples: &[pb::MetricSample],
     ) -> Result<(), DomainError> {
-        let first_sample = (first_sample > 0).then(|| i64::try_from(first_sample).unwrap_or(i64::MAX));
         // SageMaker records numbers only: NaN and infinities (a regex that captured "nan" or "inf")
         // are dropped, here as at the agent, so no objective or ranking ever sees one. (Numbered
         // first: a dropped sample keeps its number from the others.)
@@ -325,7 +324,7 @@ impl Loop {
             .iter()
             .enumerate()
             .filter(|(_, s)| s.value.is_finite())
-            .map(|(i, s)| (first_sample.map(|f| f.saturating_add(i as i64)), s))
+            .map(|(i, s)| (crate::core::agent_number(first_sample, i), s))
             .collect();
         if numbered.is_empty() {
             return Ok(());

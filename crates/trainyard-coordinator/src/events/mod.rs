@@ -799,6 +799,25 @@ mod tests {
         Loop::new(Arc::new(c), metrics, authority, crate::liveness::Liveness::default(), timing)
     }
 
+    /// A loop on a SQLite store that holds [`job`], and a second connection to that store for the
+    /// coordinator that takes the lead from it ([`taken_over`]).
+    struct Contested {
+        _dir: tempfile::TempDir,
+        ours: Arc<dyn trainyard_store::Store>,
+        theirs: Arc<dyn trainyard_store::Store>,
+        state: Loop,
+    }
+
+    async fn contested_loop() -> Contested {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("trainyard.db").display());
+        let ours = trainyard_store::connect(&url).await.expect("store");
+        let theirs = trainyard_store::connect(&url).await.expect("second store");
+        let state = a_loop(ours.clone(), dir.path()).await;
+        ours.create_training_job(&job()).await.expect("create");
+        Contested { _dir: dir, ours, theirs, state }
+    }
+
     /// Makes `ours` the leader for a moment, then lets `theirs` take over: the store refuses
     /// `ours`'s writes from then on (as when it is away). Returns their epoch.
     async fn taken_over(ours: &Arc<dyn trainyard_store::Store>, theirs: &Arc<dyn trainyard_store::Store>) -> i64 {
@@ -824,13 +843,8 @@ mod tests {
     /// off): it is stored once the store takes writes again.
     #[tokio::test]
     async fn held_progress_outlives_a_refused_or_failed_write() {
-        let dir = tempfile::tempdir().expect("dir");
-        let url = format!("sqlite://{}", dir.path().join("trainyard.db").display());
-        let ours = trainyard_store::connect(&url).await.expect("store");
-        let theirs = trainyard_store::connect(&url).await.expect("second store");
-        let mut state = a_loop(ours.clone(), dir.path()).await;
+        let Contested { _dir, ours, theirs, mut state } = contested_loop().await;
         let name = job().name.clone();
-        ours.create_training_job(&job()).await.expect("create");
 
         // Refused: the progress is kept and stored at the pass's end.
         state
@@ -880,13 +894,8 @@ mod tests {
     /// stored, they are.
     #[tokio::test]
     async fn agents_keep_an_instance_while_its_log_lines_wait_for_the_store() {
-        let dir = tempfile::tempdir().expect("dir");
-        let url = format!("sqlite://{}", dir.path().join("trainyard.db").display());
-        let ours = trainyard_store::connect(&url).await.expect("store");
-        let theirs = trainyard_store::connect(&url).await.expect("second store");
-        let mut state = a_loop(ours.clone(), dir.path()).await;
+        let Contested { _dir, ours, theirs, mut state } = contested_loop().await;
         let name = job().name.clone();
-        ours.create_training_job(&job()).await.expect("create");
         let (tx, mut told) = mpsc::unbounded_channel();
         let mut agent = AgentEntry::unconnected(1);
         agent.outbound = Some(tx);
