@@ -127,6 +127,9 @@ pub struct Coordinator {
     log_sequences: tokio::sync::Mutex<HashMap<String, NextLine>>,
     /// Log lines the store could not take yet (see [`crate::held_logs`]).
     held_logs: std::sync::Mutex<HeldLogs>,
+    /// Held by [`Coordinator::store_held_logs`] while it stores held lines: one caller at a time
+    /// (see there).
+    storing_held_logs: tokio::sync::Mutex<()>,
     /// Tuning jobs not yet ended, for the concurrency limit. Counted once at start-up, then kept
     /// by this process (it makes every tuning-job transition), so a create costs no count query.
     active_tuning_jobs: AtomicU64,
@@ -232,6 +235,7 @@ impl Coordinator {
             events,
             log_sequences: tokio::sync::Mutex::new(HashMap::new()),
             held_logs: std::sync::Mutex::new(HeldLogs::default()),
+            storing_held_logs: tokio::sync::Mutex::new(()),
             active_tuning_jobs: AtomicU64::new(active),
             no_room: AtomicBool::new(false),
             queue_order: std::sync::Mutex::new(trainyard_scheduler::QueueOrder::new()),
@@ -799,6 +803,12 @@ impl Coordinator {
     /// (false: the store is still away, or was a moment ago; the rest stays held). Also run by
     /// the loop's tick, for lines held when no more come.
     pub async fn store_held_logs(&self) -> bool {
+        // One caller at a time. A batch taken by one is in flight, no longer held: were a second
+        // caller (an agent's stream, beside the loop's tick) to find nothing left and store its
+        // own lines at once, a line sent again among them (its held copy still in flight) would
+        // be stored under its new, later number and the held copy refused as a duplicate: the
+        // job's log out of order. The second waits until the first is done.
+        let _storing = self.storing_held_logs.lock().await;
         let mut stored = 0;
         loop {
             let next = self.held().take_oldest();
@@ -1453,6 +1463,50 @@ mod tests {
         .expect("end");
         assert!(c.tuning_written.lock().expect("lock").get(&name).is_none(), "an ended job is not kept");
         assert_eq!(c.running_tuning_job(&name).await.expect("read").status, TuningJobStatus::Stopped);
+    }
+
+    /// Two callers store held lines at once (an agent's stream and the loop's tick): the second is
+    /// told that none is left only once the first has stored what it took. Told at once, its
+    /// caller would store lines sent again under new numbers before their held copies, and the
+    /// job's log would read out of order (an end-to-end fault test caught it, 1 run in 5).
+    #[tokio::test]
+    async fn a_second_caller_is_told_no_line_is_held_only_once_all_are_stored() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().expect("dir");
+        let c = coordinator(dir.path()).await;
+        c.store.create_training_job(&job("chatty")).await.expect("create");
+        let line = |text: &str| vec![("stdout".to_string(), 1_000, text.to_string())];
+        assert!(c.record_logs("chatty", 1, 1, line("one")).await.expect("stored"));
+        // Held, as while the store was away.
+        let two = LogRecord {
+            seq: 2,
+            instance: 1,
+            stream: "stdout".into(),
+            timestamp: Timestamp::from_millis(1_000),
+            text: "two".into(),
+            instance_line: Some(2),
+        };
+        c.hold_logs("chatty", vec![two], true);
+        // Another connection holds SQLite's write lock: the first caller's write waits for it.
+        let url = format!("sqlite://{}", dir.path().join("trainyard.db").display());
+        let mut blocker = sqlx::SqliteConnection::connect(&url).await.expect("connect");
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut blocker).await.expect("take the write lock");
+        let first = c.store_held_logs();
+        let second = async {
+            // The first has taken the batch (in its first poll): nothing is held any more.
+            assert!(c.held().is_empty());
+            let none_left = c.store_held_logs().await;
+            let stored: Vec<String> =
+                c.store.read_logs("chatty", 0, 100).await.expect("read").into_iter().map(|l| l.text).collect();
+            (none_left, stored)
+        };
+        let release = async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            sqlx::query("COMMIT").execute(&mut blocker).await.expect("release the write lock");
+        };
+        let (first, (none_left, stored), ()) = tokio::join!(first, second, release);
+        assert!(first && none_left, "both stored everything: {first} {none_left}");
+        assert_eq!(stored, vec!["one", "two"], "when told none is left, every held line is stored");
     }
 
     /// Log lines that arrive while the store is away (here: another coordinator has fenced this
