@@ -491,8 +491,8 @@ fn store_operations(page: &str) -> std::collections::BTreeMap<String, (f64, f64)
 }
 
 /// The agent's own account of an instance's start, from its Prometheus histograms: (phase, (sum
-/// of seconds, count)) for laying out the work dir, the network namespace, the launch, and the end
-/// once the program has exited (before the upload).
+/// of seconds, count)) for laying out the work dir, the network namespace, the launch, the end
+/// once the program has exited (before the upload), and the upload of the model.
 fn agent_phases(address: &str) -> Vec<(&'static str, (f64, f64))> {
     let page = crate::metrics_page(address);
     [
@@ -500,6 +500,7 @@ fn agent_phases(address: &str) -> Vec<(&'static str, (f64, f64))> {
         ("network namespace", "network_setup"),
         ("launch", "launch"),
         ("end after the exit", "teardown"),
+        ("upload of the model", "upload"),
     ]
     .into_iter()
     .map(|(phase, metric)| (phase, crate::histogram(&page, &format!("trainyard_agent_{metric}_seconds"))))
