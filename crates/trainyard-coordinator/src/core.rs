@@ -789,7 +789,8 @@ impl Coordinator {
 
     fn hold_logs(&self, job: &str, records: Vec<LogRecord>, numbered: bool) {
         let mut held = self.held();
-        if held.is_empty() {
+        // Once an outage begins (lines held behind a batch being stored are not news).
+        if held.is_empty() && !held.storing() {
             warn!(
                 job,
                 "log lines not stored yet: the store is away; held in memory until it is back (up to {} MiB, the oldest dropped past that)",
@@ -800,15 +801,17 @@ impl Coordinator {
     }
 
     /// Stores the log lines held while the store was away, oldest first: true when none is left
-    /// (false: the store is still away, or was a moment ago; the rest stays held). Also run by
-    /// the loop's tick, for lines held when no more come.
+    /// (false: the store is still away, or was a moment ago, or another caller is storing them;
+    /// the rest stays held). Also run by the loop's tick, for lines held when no more come.
     pub async fn store_held_logs(&self) -> bool {
-        // One caller at a time. A batch taken by one is in flight, no longer held: were a second
-        // caller (an agent's stream, beside the loop's tick) to find nothing left and store its
-        // own lines at once, a line sent again among them (its held copy still in flight) would
-        // be stored under its new, later number and the held copy refused as a duplicate: the
-        // job's log out of order. The second waits until the first is done.
-        let _storing = self.storing_held_logs.lock().await;
+        // One caller at a time. Were a second caller (an agent's stream, beside the loop's tick)
+        // told that none is left while the first still has a batch in flight, its own lines would
+        // go to the store at once: a line sent again among them would be stored under its new,
+        // later number and its held copy refused as a duplicate, the job's log out of order. The
+        // second is told they are not all stored: its caller holds its lines behind them, and the
+        // first stores those too (it stops only once nothing is held). Not waiting keeps agents'
+        // streams and the loop from queueing behind one caller's catching up.
+        let Ok(_storing) = self.storing_held_logs.try_lock() else { return false };
         let mut stored = 0;
         loop {
             let next = self.held().take_oldest();
@@ -1465,19 +1468,21 @@ mod tests {
         assert_eq!(c.running_tuning_job(&name).await.expect("read").status, TuningJobStatus::Stopped);
     }
 
-    /// Two callers store held lines at once (an agent's stream and the loop's tick): the second is
-    /// told that none is left only once the first has stored what it took. Told at once, its
-    /// caller would store lines sent again under new numbers before their held copies, and the
-    /// job's log would read out of order (an end-to-end fault test caught it, 1 run in 5).
+    /// Held lines are being stored when an agent's lines come (or the loop's tick tries too): the
+    /// job's lines still count as held, the second caller is told they are not all stored, and
+    /// the lines it brings are held behind them and stored by the first, in order. Were it told
+    /// that none is left while a batch is in flight, its caller would store lines sent again under
+    /// new numbers before their held copies, and the job's log would read out of order (an
+    /// end-to-end fault test caught it, 1 run in 5).
     #[tokio::test]
-    async fn a_second_caller_is_told_no_line_is_held_only_once_all_are_stored() {
+    async fn lines_that_come_while_held_ones_are_stored_wait_behind_them() {
         use sqlx::Connection;
         let dir = tempfile::tempdir().expect("dir");
         let c = coordinator(dir.path()).await;
         c.store.create_training_job(&job("chatty")).await.expect("create");
         let line = |text: &str| vec![("stdout".to_string(), 1_000, text.to_string())];
         assert!(c.record_logs("chatty", 1, 1, line("one")).await.expect("stored"));
-        // Held, as while the store was away.
+        // Held, as while the store was away (the job's next number moved past it).
         let two = LogRecord {
             seq: 2,
             instance: 1,
@@ -1487,26 +1492,34 @@ mod tests {
             instance_line: Some(2),
         };
         c.hold_logs("chatty", vec![two], true);
+        c.log_sequences.lock().await.insert("chatty".to_string(), NextLine::Known(3));
         // Another connection holds SQLite's write lock: the first caller's write waits for it.
         let url = format!("sqlite://{}", dir.path().join("trainyard.db").display());
         let mut blocker = sqlx::SqliteConnection::connect(&url).await.expect("connect");
         sqlx::query("BEGIN IMMEDIATE").execute(&mut blocker).await.expect("take the write lock");
         let first = c.store_held_logs();
         let second = async {
-            // The first has taken the batch (in its first poll): nothing is held any more.
-            assert!(c.held().is_empty());
-            let none_left = c.store_held_logs().await;
-            let stored: Vec<String> =
-                c.store.read_logs("chatty", 0, 100).await.expect("read").into_iter().map(|l| l.text).collect();
-            (none_left, stored)
+            // The first took the batch in its first poll: it is in flight.
+            assert!(c.holds_logs_of("chatty"), "a batch being stored is still held");
+            let told = c.store_held_logs().await;
+            // An agent's next line (and "two" sent again) while the first waits on the store.
+            let recorded = c.record_logs("chatty", 1, 2, line("two")).await.expect("held, not an error");
+            let recorded_next = c.record_logs("chatty", 1, 3, line("three")).await.expect("held, not an error");
+            (told, recorded || recorded_next)
         };
         let release = async {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             sqlx::query("COMMIT").execute(&mut blocker).await.expect("release the write lock");
         };
-        let (first, (none_left, stored), ()) = tokio::join!(first, second, release);
-        assert!(first && none_left, "both stored everything: {first} {none_left}");
-        assert_eq!(stored, vec!["one", "two"], "when told none is left, every held line is stored");
+        let (first, (told, recorded), ()) = tokio::join!(first, second, release);
+        assert!(!told, "told that none is left while a batch was in flight");
+        assert!(!recorded, "lines stored past a held batch in flight");
+        assert!(first, "the first stored what was held, the lines that came meanwhile too");
+        assert!(!c.holds_logs_of("chatty"));
+        let stored: Vec<(i64, String)> =
+            c.store.read_logs("chatty", 0, 100).await.expect("read").into_iter().map(|l| (l.seq, l.text)).collect();
+        let texts: Vec<&str> = stored.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(texts, vec!["one", "two", "three"], "in order, once each: {stored:?}");
     }
 
     /// Log lines that arrive while the store is away (here: another coordinator has fenced this

@@ -45,6 +45,9 @@ struct Batch {
 #[derive(Default)]
 pub struct HeldLogs {
     batches: VecDeque<Batch>,
+    /// The job of the batch last taken to be stored, until the next is taken or it is put back:
+    /// its lines are still held (not stored yet) while the store takes them.
+    in_flight: Option<String>,
     bytes: usize,
     /// Lines dropped to stay within the bound since the store was last reached.
     pub dropped: u64,
@@ -61,14 +64,19 @@ impl HeldLogs {
         self.batches.is_empty()
     }
 
+    /// Whether a batch is being stored (see [`HeldLogs::take_oldest`]).
+    pub fn storing(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
     /// Lines held.
     pub fn len(&self) -> usize {
         self.batches.iter().map(|b| b.records.len()).sum()
     }
 
-    /// Whether lines of `job` are held.
+    /// Whether lines of `job` are held (a batch being stored among them).
     pub fn holds(&self, job: &str) -> bool {
-        self.batches.iter().any(|b| b.job == job)
+        self.in_flight.as_deref() == Some(job) || self.batches.iter().any(|b| b.job == job)
     }
 
     /// Holds a job's batch (`numbered`: see [`HeldLogs::number`]); the oldest batches go if the
@@ -85,14 +93,21 @@ impl HeldLogs {
 
     /// The oldest batch, to be stored, and whether it is numbered (an unnumbered one must be
     /// [`HeldLogs::number`]ed first); [`HeldLogs::put_back`] it if it cannot be stored now.
+    /// The batch counts as held until the next is taken (it was stored, or dropped) or it is put
+    /// back.
     pub fn take_oldest(&mut self) -> Option<(String, Vec<LogRecord>, bool)> {
-        let batch = self.batches.pop_front()?;
+        let Some(batch) = self.batches.pop_front() else {
+            self.in_flight = None;
+            return None;
+        };
         self.bytes -= size(&batch.records);
+        self.in_flight = Some(batch.job.clone());
         Some((batch.job, batch.records, batch.numbered))
     }
 
     /// A batch taken that could not be stored after all: first again.
     pub fn put_back(&mut self, job: String, records: Vec<LogRecord>, numbered: bool) {
+        self.in_flight = None;
         self.bytes += size(&records);
         self.batches.push_front(Batch { job, records, numbered });
     }
