@@ -663,7 +663,12 @@ impl Loop {
     }
 
     async fn on_tick(&mut self) -> Result<(), DomainError> {
-        self.c.store_held_logs().await;
+        // Log lines held while the store was away are stored beside the loop, not by it: after
+        // an outage that takes as long as the backlog, and while the store is away each try may
+        // wait a second, which placements and the rest of the tick must not wait for. (One
+        // caller stores them at a time: a tick that finds them being stored leaves it at that.)
+        let c = self.c.clone();
+        tokio::spawn(async move { c.store_held_logs().await });
         let now_instant = tokio::time::Instant::now();
         let lost: Vec<String> = self
             .agents
@@ -919,6 +924,40 @@ mod tests {
         assert!(state.c.store_held_logs().await, "stored once the store is back");
         state.forget(&name, vec![(1, "host-a".into())]);
         assert_eq!(forgotten(&mut told), 1);
+    }
+
+    /// The loop's tick does not wait while held log lines are stored: here the store is back but
+    /// slow to take them (another connection holds SQLite's write lock, which a try waits on for
+    /// up to a second). The tick ends at once, and the lines are stored beside the loop.
+    #[tokio::test]
+    async fn the_tick_does_not_wait_for_held_log_lines_to_be_stored() {
+        use sqlx::Connection;
+        let Contested { _dir, ours, theirs, mut state } = contested_loop().await;
+        let name = job().name.clone();
+        let their_epoch = taken_over(&ours, &theirs).await;
+        let line = vec![("stdout".to_string(), 1_000, "a line".to_string())];
+        assert!(!state.c.record_logs(&name, 1, 1, line).await.expect("held"));
+        given_back(&ours, &theirs, their_epoch).await;
+        tokio::time::sleep(crate::held_logs::RETRY_AFTER).await;
+        let url = format!("sqlite://{}", _dir.path().join("trainyard.db").display());
+        let mut blocker = sqlx::SqliteConnection::connect(&url).await.expect("connect");
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut blocker).await.expect("take the write lock");
+        tokio::time::timeout(Duration::from_millis(500), state.on_tick())
+            .await
+            .expect("the tick waited for the held lines to be stored")
+            .expect("tick");
+        assert!(state.c.holds_logs_of(&name), "not stored yet");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sqlx::query("COMMIT").execute(&mut blocker).await.expect("release the write lock");
+        let stored = async {
+            while state.c.holds_logs_of(&name) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), stored).await.expect("stored beside the loop");
+        let lines: Vec<String> =
+            ours.read_logs(&name, 0, 10).await.expect("read").into_iter().map(|l| l.text).collect();
+        assert_eq!(lines, vec!["a line"]);
     }
 
     /// Jobs queued with no agent say where they stand, in arrival order; one pass then starts
