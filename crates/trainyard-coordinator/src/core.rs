@@ -790,7 +790,7 @@ impl Coordinator {
     fn hold_logs(&self, job: &str, records: Vec<LogRecord>, numbered: bool) {
         let mut held = self.held();
         // Once an outage begins (lines held behind a batch being stored are not news).
-        if held.is_empty() && !held.storing() {
+        if held.idle() {
             warn!(
                 job,
                 "log lines not stored yet: the store is away; held in memory until it is back (up to {} MiB, the oldest dropped past that)",
@@ -810,7 +810,12 @@ impl Coordinator {
         // later number and its held copy refused as a duplicate, the job's log out of order. The
         // second is told they are not all stored: its caller holds its lines behind them, and the
         // first stores those too (it stops only once nothing is held). Not waiting keeps agents'
-        // streams and the loop from queueing behind one caller's catching up.
+        // streams and the loop from queueing behind one caller's catching up. With nothing held
+        // and nothing in flight there is nothing to overtake, whoever holds the lock (the tick
+        // takes it a moment every second): told so, not held.
+        if self.held().idle() {
+            return true;
+        }
         let Ok(_storing) = self.storing_held_logs.try_lock() else { return false };
         let mut stored = 0;
         loop {
@@ -1520,6 +1525,20 @@ mod tests {
             c.store.read_logs("chatty", 0, 100).await.expect("read").into_iter().map(|l| (l.seq, l.text)).collect();
         let texts: Vec<&str> = stored.iter().map(|(_, t)| t.as_str()).collect();
         assert_eq!(texts, vec!["one", "two", "three"], "in order, once each: {stored:?}");
+    }
+
+    /// Lines that come while nothing is held are stored at once, even while another caller is
+    /// in [`Coordinator::store_held_logs`] (the loop's tick, about to find nothing held): they
+    /// would otherwise wait for the next tick, said to wait for a store that is not away.
+    #[tokio::test]
+    async fn lines_are_stored_at_once_when_none_is_held_whoever_is_storing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let c = coordinator(dir.path()).await;
+        c.store.create_training_job(&job("chatty")).await.expect("create");
+        let _storing = c.storing_held_logs.try_lock().expect("another caller's turn");
+        let line = vec![("stdout".to_string(), 1_000, "one".to_string())];
+        assert!(c.record_logs("chatty", 1, 1, line).await.expect("stored"));
+        assert!(!c.holds_logs_of("chatty"));
     }
 
     /// Log lines that arrive while the store is away (here: another coordinator has fenced this

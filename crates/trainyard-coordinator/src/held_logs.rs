@@ -64,9 +64,10 @@ impl HeldLogs {
         self.batches.is_empty()
     }
 
-    /// Whether a batch is being stored (see [`HeldLogs::take_oldest`]).
-    pub fn storing(&self) -> bool {
-        self.in_flight.is_some()
+    /// Nothing held and no batch being stored (see [`HeldLogs::take_oldest`]): every line taken
+    /// in is stored.
+    pub fn idle(&self) -> bool {
+        self.batches.is_empty() && self.in_flight.is_none()
     }
 
     /// Lines held.
