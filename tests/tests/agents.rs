@@ -780,7 +780,10 @@ fn data_and_models_travel_through_an_s3_compatible_store() {
     let wrapper = c.install_program(
         "with-checkpoint.sh",
         &format!(
-            "#!/bin/sh\necho \"restored=$(cat \"$SM_CHECKPOINT_DIR/step-1.ckpt\")\"\nexec python3 {} \"$@\"\n",
+            "#!/bin/sh\necho \"restored=$(cat \"$SM_CHECKPOINT_DIR/step-1.ckpt\")\"\n\
+             head -c 20971520 /dev/urandom > \"$SM_CHECKPOINT_DIR/big.ckpt\"\n\
+             echo \"big=$(sha256sum \"$SM_CHECKPOINT_DIR/big.ckpt\" | cut -d' ' -f1)\"\n\
+             exec python3 {} \"$@\"\n",
             trainer.display()
         ),
     );
@@ -810,6 +813,16 @@ fn data_and_models_travel_through_an_s3_compatible_store() {
     let ckpt = s3
         .python("print(s3.get_object(Bucket='datasets', Key='checkpoints/run1/step-1.ckpt')['Body'].read().decode())");
     assert_eq!(ckpt.trim(), "restored");
+    // A 20 MiB checkpoint went up in 8 MiB parts (S3 names a multipart object's ETag by its part
+    // count), so the agent never held the whole file, and arrived whole.
+    let big = s3.python(
+        "o = s3.get_object(Bucket='datasets', Key='checkpoints/run1/big.ckpt')\n\
+         import hashlib\nprint(o['ETag'], hashlib.sha256(o['Body'].read()).hexdigest())",
+    );
+    let (etag, digest) = big.trim().split_once(' ').expect("etag and digest");
+    assert!(etag.ends_with("-3\""), "uploaded in three parts: {etag}");
+    let logs = c.logs("from-s3");
+    assert_eq!(field(&logs, "big"), Some(digest), "{logs}");
 }
 
 #[test]

@@ -20,7 +20,7 @@ use crate::cache::{self, InputCache};
 use crate::confined::{Confined, Entry};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 
 /// Which of the objects a prefix names an instance gets, and in what order: `ShardedByS3Key`
 /// gives instance i of N every N-th object; `ShuffleConfig.Seed` shuffles the order first (it is
@@ -199,22 +199,8 @@ impl Storage {
 
     /// Stores a local file at `uri`.
     pub async fn put_file(&self, file: &Path, uri: &str) -> Result<(), String> {
-        match self.locate(uri)? {
-            Location::Local(target) => {
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-                }
-                std::fs::copy(file, &target).map(|_| ()).map_err(|e| format!("writing {uri}: {e}"))
-            }
-            Location::Remote { store, key } => {
-                let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
-                store
-                    .put(&ObjectPath::from(key.as_str()), PutPayload::from(bytes))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("writing {uri}: {e}"))
-            }
-        }
+        let source = std::fs::File::open(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+        self.put_reader(source, uri).await
     }
 
     /// Stores every regular file beneath `dir` (a job-writable directory, relative to `work`)
@@ -251,27 +237,58 @@ impl Storage {
         Ok((count, skipped))
     }
 
-    /// Stores what `file` holds at `uri`.
-    async fn put_reader(&self, mut file: std::fs::File, uri: &str) -> Result<(), String> {
+    /// Stores what `file` holds at `uri`: whole or not at all, and never more than a few parts
+    /// of it in the agent's memory, whatever its size.
+    async fn put_reader(&self, file: std::fs::File, uri: &str) -> Result<(), String> {
         match self.locate(uri)? {
-            Location::Local(target) => {
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-                }
-                let mut out = std::fs::File::create(&target).map_err(|e| format!("writing {uri}: {e}"))?;
-                io::copy(&mut file, &mut out).map(|_| ()).map_err(|e| format!("writing {uri}: {e}"))
-            }
+            Location::Local(target) => tokio::task::spawn_blocking(move || replace_file(file, &target))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("writing {uri}: {e}")),
             Location::Remote { store, key } => {
-                let mut bytes = Vec::new();
-                io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| e.to_string())?;
-                store
-                    .put(&ObjectPath::from(key.as_str()), PutPayload::from(bytes))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("writing {uri}: {e}"))
+                upload(store, &key, file).await.map_err(|e| format!("writing {uri}: {e}"))
             }
         }
     }
+}
+
+/// The bytes of an upload held in memory per part: S3's parts are at least 5 MiB (the last
+/// excepted), and an object smaller than this goes up in one PUT.
+const UPLOAD_PART_BYTES: usize = 8 << 20;
+/// Parts of one upload in flight at once; with the one being filled, what an upload holds.
+const UPLOAD_PARTS_IN_FLIGHT: usize = 2;
+
+/// Writes what `source` holds to `target` under a temporary name beside it, then renames it into
+/// place: whoever reads `target` (a user, a job staging its input, a reader holding the old file
+/// open) sees the whole old object or the whole new one, never a part, and a failed write leaves
+/// the old one as it was. Runs on a blocking thread: a model can take seconds to copy.
+fn replace_file(mut source: std::fs::File, target: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = target.parent().ok_or_else(|| io::Error::other("an object's path has no directory"))?;
+    std::fs::create_dir_all(parent)?;
+    // Readable as `File::create` would have made it (0666 less the umask), not 0600.
+    let mut partial = tempfile::Builder::new()
+        .prefix(".trainyard-partial-")
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(parent)?;
+    io::copy(&mut source, partial.as_file_mut())?;
+    partial.persist(target).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Streams `file` into an object: one PUT when it is smaller than a part, else a multipart upload
+/// (aborted if reading the file fails, so no part is left behind).
+async fn upload(store: Arc<dyn ObjectStore>, key: &str, file: std::fs::File) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut reader = tokio::io::BufReader::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+    let mut writer = object_store::buffered::BufWriter::with_capacity(store, ObjectPath::from(key), UPLOAD_PART_BYTES)
+        .with_max_concurrency(UPLOAD_PARTS_IN_FLIGHT);
+    if let Err(e) = tokio::io::copy_buf(&mut reader, &mut writer).await {
+        let _ = writer.abort().await;
+        return Err(e);
+    }
+    // Completing the upload aborts it itself when that fails.
+    writer.shutdown().await
 }
 
 /// Streams an object into a file (objects may be larger than the agent's memory).
@@ -465,5 +482,42 @@ mod tests {
         assert_eq!(link.header().entry_type(), tar::EntryType::Symlink);
         assert_eq!(link.link_name().ok().flatten().map(|l| l.into_owned()), Some(PathBuf::from("/etc/hostname")));
         assert_eq!(link.header().size().ok(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn an_object_in_a_local_bucket_is_replaced_whole_or_not_at_all() {
+        use std::io::Read;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let bucket = dir.path().join("bucket");
+        let storage = Storage::new(BTreeMap::from([("models".to_string(), bucket.clone())]), None, None);
+        let object = bucket.join("run/output/model.tar.gz");
+        let source = dir.path().join("source");
+        std::fs::write(&source, b"first model").expect("write");
+        storage.put_file(&source, "s3://models/run/output/model.tar.gz").await.expect("first put");
+        let made_by_create = dir.path().join("made-by-create");
+        std::fs::File::create(&made_by_create).expect("create");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&object), mode(&made_by_create), "as readable as a file the agent creates");
+
+        // A reader that opened the first model reads all of it while the second is written.
+        let mut reader = std::fs::File::open(&object).expect("open");
+        std::fs::write(&source, b"the second model, longer").expect("write");
+        storage.put_file(&source, "s3://models/run/output/model.tar.gz").await.expect("second put");
+        let mut held = String::new();
+        reader.read_to_string(&mut held).expect("read");
+        assert_eq!(held, "first model", "the old object was replaced, not overwritten in place");
+        assert_eq!(std::fs::read(&object).expect("read"), b"the second model, longer");
+
+        // A write that fails part-way (a directory reads as an error) leaves the object as it was.
+        let unreadable = std::fs::File::open(dir.path()).expect("a directory opens");
+        let failed = storage.put_reader(unreadable, "s3://models/run/output/model.tar.gz").await;
+        assert!(failed.is_err_and(|e| e.contains("s3://models/run/output/model.tar.gz")));
+        assert_eq!(std::fs::read(&object).expect("read"), b"the second model, longer");
+        let names: Vec<_> = std::fs::read_dir(object.parent().expect("parent"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["model.tar.gz"], "no partial copy is left beside the object");
     }
 }

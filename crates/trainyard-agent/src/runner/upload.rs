@@ -2,6 +2,7 @@
 //! everything read from the work dir without following a link the job planted.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use tracing::warn;
@@ -25,7 +26,7 @@ pub(super) async fn upload(
         .and_then(|o| o.s3_output_path.clone())
         .ok_or("OutputDataConfig.S3OutputPath is missing")?;
     // Everything beneath the work dir was written by the job: read without following links.
-    let work = Confined::open(dir).map_err(|e| format!("opening the work dir: {e}"))?;
+    let work = Arc::new(Confined::open(dir).map_err(|e| format!("opening the work dir: {e}"))?);
     let uri = storage::artifact_uri(&output, &spec.job, "model.tar.gz");
     pack_and_put(spec, settings, &work, "model", &uri).await.map_err(|e| format!("{e} (the model)"))?;
     if work.walk(Path::new("output/data")).is_ok_and(|entries| !entries.is_empty()) {
@@ -73,17 +74,24 @@ async fn put_checkpoints(
 }
 
 /// Packs `dir` of the work dir into a tar.gz at `uri`. The archive is built in the agent's own
-/// staging dir, which no job can reach, and removed afterwards.
+/// staging dir, which no job can reach, and removed afterwards; on a blocking thread, as
+/// compressing a model takes seconds the agent's other instances must not wait for.
 async fn pack_and_put(
     spec: &InstanceSpec,
     settings: &Settings,
-    work: &Confined,
+    work: &Arc<Confined>,
     dir: &str,
     uri: &str,
 ) -> Result<(), String> {
     let name = dir.replace('/', "-");
     let archive = settings.work_root.join(STAGING).join(format!("{}-{}-{name}.tar.gz", spec.job, spec.instance));
-    let uploaded = match storage::pack(work, Path::new(dir), &archive) {
+    let packed = {
+        let (work, dir, archive) = (Arc::clone(work), PathBuf::from(dir), archive.clone());
+        tokio::task::spawn_blocking(move || storage::pack(&work, &dir, &archive))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    };
+    let uploaded = match packed {
         Ok(skipped) => {
             warn_skipped(spec, dir, &skipped);
             let bytes = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or_default();
