@@ -355,6 +355,43 @@ pub async fn run() -> anyhow::Result<crate::slurm::Figures> {
             );
         }
     }
+    // A model as a trained network leaves one: 256 MiB of float32 weights, packed into
+    // model.tar.gz and put in the output bucket before the job can end.
+    let weights = c.program_dir.join("weights.bin");
+    std::fs::write(&weights, model_weights(256 << 20))?;
+    let big_model = crate::install_program(
+        &c.program_dir,
+        "big-model",
+        &format!(
+            "#!/bin/sh\necho \"started=$(date +%s%N)\"\nmkdir -p \"$SM_MODEL_DIR\"\ncp {} \"$SM_MODEL_DIR/\"\n",
+            weights.display()
+        ),
+    )?;
+    let mut training = TrainingClient::new(c.channel.clone());
+    training
+        .create_training_job(pb::CreateTrainingJobRequest::from(training_request(
+            "big-model",
+            &big_model.display().to_string(),
+        )?))
+        .await?;
+    let d = wait_training(&mut training, "big-model").await?;
+    if d.training_job_status.as_deref() != Some("Completed") {
+        bail!("big-model ended {:?}: {:?}", d.training_job_status, d.failure_reason);
+    }
+    let at = |status: &str| {
+        d.secondary_status_transitions
+            .iter()
+            .flatten()
+            .find(|t| t.status.as_deref() == Some(status))
+            .and_then(|t| t.start_time)
+            .map(|t| t.millis())
+    };
+    if let (Some(uploading), Some(ended)) = (at("Uploading"), at("Completed")) {
+        let seconds = (ended - uploading) as f64 / 1e3;
+        println!("{:<44} {:>9.2} s", "a 256 MiB model (float32): uploading -> ended", seconds);
+    }
+    let _ = std::fs::remove_file(&weights);
+
     let figures = crate::slurm::Figures {
         latency_p50_ms: pct(0.5),
         latency_p99_ms: pct(0.99),
@@ -555,4 +592,23 @@ async fn preemption() -> anyhow::Result<()> {
     println!("{:<44} {:>9.1} ms", "full cluster: on-demand submit -> running, max", pct(1.0));
     c.coordinator.daemon.assert_running();
     Ok(())
+}
+
+/// `bytes` of float32 weights as a trained network holds them: small values, roughly normal
+/// (a sum of four uniforms), from a fixed seed. Deflate shrinks them by about a tenth, as it does
+/// real weights.
+fn model_weights(bytes: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let mut out = Vec::with_capacity(bytes);
+    while out.len() + 4 <= bytes {
+        let value = (uniform() + uniform() + uniform() + uniform() - 2.0) * 0.05;
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+    out
 }

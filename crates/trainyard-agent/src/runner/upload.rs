@@ -73,38 +73,29 @@ async fn put_checkpoints(
     Ok(())
 }
 
-/// Packs `dir` of the work dir into a tar.gz at `uri`. The archive is built in the agent's own
-/// staging dir, which no job can reach, and removed afterwards; on a blocking thread, as
-/// compressing a model takes seconds the agent's other instances must not wait for.
+/// Packs `dir` of the work dir into a tar.gz at `uri`: straight into the object's place in a
+/// local bucket, or into the agent's own staging dir (no job can reach it) for a store. On a
+/// blocking thread, as compressing a model takes seconds the agent's other instances must not
+/// wait for.
 async fn pack_and_put(
     spec: &InstanceSpec,
     settings: &Settings,
     work: &Arc<Confined>,
-    dir: &str,
+    dir_name: &str,
     uri: &str,
 ) -> Result<(), String> {
-    let name = dir.replace('/', "-");
-    let archive = settings.work_root.join(STAGING).join(format!("{}-{}-{name}.tar.gz", spec.job, spec.instance));
-    let packed = {
-        let (work, dir, archive) = (Arc::clone(work), PathBuf::from(dir), archive.clone());
-        tokio::task::spawn_blocking(move || storage::pack(&work, &dir, &archive))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-    };
-    let uploaded = match packed {
-        Ok(skipped) => {
-            warn_skipped(spec, dir, &skipped);
-            let bytes = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or_default();
-            let put = settings.storage.put_file(&archive, uri).await.map_err(|e| format!("uploading: {e}"));
-            if put.is_ok() {
-                settings.metrics.uploaded_bytes.inc_by(bytes);
-            }
-            put
-        }
-        Err(e) => Err(format!("packing: {e}")),
-    };
-    let _ = std::fs::remove_file(&archive);
-    uploaded
+    let (work, dir) = (Arc::clone(work), PathBuf::from(dir_name));
+    let staging = settings.work_root.join(STAGING);
+    let (skipped, bytes) = settings
+        .storage
+        .put_written(uri, &staging, move |archive| {
+            let skipped = storage::pack(&work, &dir, archive).map_err(|e| format!("packing: {e}"))?;
+            Ok((skipped, archive.metadata().map(|m| m.len()).unwrap_or_default()))
+        })
+        .await?;
+    warn_skipped(spec, dir_name, &skipped);
+    settings.metrics.uploaded_bytes.inc_by(bytes);
+    Ok(())
 }
 
 /// The agent's own directory under the work root for archives being built (0700, root's).
