@@ -323,6 +323,42 @@ fn nothing_a_job_starts_outlives_it_and_its_memory_is_its_instance_types() {
     assert!(!c.logs("hog").contains("survived"));
 }
 
+#[test]
+fn a_job_that_stores_more_than_its_volume_is_stopped_and_nothing_of_it_kept() {
+    let c = Coordinator::start();
+    let _agent = c.start_agent("disks", &["--advertise-vcpus", "8"], &[]);
+    // 2 GiB in a volume of 1 GB, at once (a sparse file counts at its full length: packed and
+    // uploaded it would be that long), then waiting to be stopped.
+    let filler = c.install_program(
+        "filler.sh",
+        "#!/bin/sh\nmkdir -p \"$SM_MODEL_DIR\"\necho weights > \"$SM_MODEL_DIR/weights.txt\"\n\
+         truncate -s 2G \"$SM_MODEL_DIR/huge.bin\"\necho filled\nsleep 120\n",
+    );
+    let mut r: Value = example_json("training-job.json");
+    r["TrainingJobName"] = json!("filler");
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(filler);
+    assert_eq!(r["ResourceConfig"]["VolumeSizeInGB"], 1);
+    let file = c.write("filler.json", &r.to_string());
+    let submitted = std::time::Instant::now();
+    c.cli(&["training-jobs", "create", "--file", path(&file)]).assert_success();
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "filler"], |d| {
+        d["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
+    assert!(submitted.elapsed() < Duration::from_secs(30), "stopped within seconds, not at its end");
+    let reason = done["FailureReason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("ClientError: the instance's volume is full") && reason.contains("VolumeSizeInGB (1 GB"),
+        "{reason}"
+    );
+    assert!(c.logs("filler").contains("filled"));
+    // Nothing it stored was uploaded, and its work dir is gone (a failed job's is otherwise kept).
+    assert!(done["ModelArtifacts"]["S3ModelArtifacts"].is_null(), "{done:#}");
+    let output = c.output_dir().join("blobs-logreg-baseline/filler");
+    assert!(!output.exists(), "nothing uploaded under {}", output.display());
+    assert!(!c.dir.path().join("agents/disks/jobs/filler").exists(), "the work dir was removed");
+}
+
 /// Says which cgroup it is in, then leaves the escapers behind.
 const CGROUP_ESCAPER: &str = r#"#!/bin/sh
 grep '^0::' /proc/self/cgroup | sed 's/^/in-cgroup /'

@@ -102,6 +102,19 @@ impl Confined {
         Ok(entries)
     }
 
+    /// What is stored beneath `relative` (a directory), in bytes: each regular file at its full
+    /// length (a sparse one too, as it would be packed and uploaded whole) or its blocks if more,
+    /// and each directory's blocks; links and special files count nothing. Stops counting once
+    /// past `stop_above`. Unlike [`Confined::walk`] it lists nothing and has no bound on entries
+    /// (what it costs is the caller's to pace); depth is bounded by [`MAX_DEPTH`], deeper is an
+    /// error of kind `InvalidData`.
+    pub fn bytes_beneath(&self, relative: &Path, stop_above: u64) -> io::Result<u64> {
+        let dir = self.open_at(relative, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW, Mode::empty())?;
+        let mut total = 0;
+        bytes_in(&dir, 0, stop_above, &mut total)?;
+        Ok(total)
+    }
+
     fn walk_into(&self, relative: &Path, depth: usize, out: &mut Vec<Entry>) -> io::Result<()> {
         if depth > MAX_DEPTH {
             return Err(io::Error::other(format!("{} is nested deeper than {MAX_DEPTH} levels", relative.display())));
@@ -139,6 +152,49 @@ impl Confined {
         }
         Ok(())
     }
+}
+
+/// Adds what `dir` holds to `total` (see [`Confined::bytes_beneath`]). Entries the job removes or
+/// swaps for a link while they are counted are skipped: the next count sees what took their place.
+fn bytes_in(dir: &OwnedFd, depth: usize, stop_above: u64, total: &mut u64) -> io::Result<()> {
+    use rustix::io::Errno;
+    if depth > MAX_DEPTH {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("directories nested deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    let gone = |e: &Errno| matches!(*e, Errno::NOENT | Errno::LOOP | Errno::NOTDIR);
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        if *total > stop_above {
+            break;
+        }
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let stat = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => stat,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let blocks = (stat.st_blocks as u64).saturating_mul(512);
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::RegularFile => *total = total.saturating_add((stat.st_size as u64).max(blocks)),
+            FileType::Directory => {
+                *total = total.saturating_add(blocks);
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+                    Ok(child) => bytes_in(&child, depth + 1, stop_above, total)?,
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -210,5 +266,31 @@ mod tests {
             ]
         );
         assert!(c.walk(Path::new("escape")).is_err(), "a linked directory is not walked");
+    }
+
+    #[test]
+    fn what_a_work_dir_stores_is_counted_without_following_links() {
+        let (dir, work) = hostile();
+        // The secret outside, however large, is reached only through links: not counted.
+        std::fs::write(dir.path().join("secret"), vec![7u8; 1 << 20]).expect("write");
+        let confined = Confined::open(&work).expect("open");
+        let before = confined.bytes_beneath(Path::new(""), u64::MAX).expect("count");
+        assert!(before < 64 * 1024, "the files and directories' blocks only: {before}");
+        // A sparse file counts at its full length.
+        let sparse = std::fs::File::create(work.join("model/sparse.bin")).expect("create");
+        sparse.set_len(3 << 30).expect("truncate");
+        let after = confined.bytes_beneath(Path::new(""), u64::MAX).expect("count");
+        assert!(after >= before + (3 << 30), "{after}");
+        // Counting stops once past the bound (the rest of the tree is not read).
+        let bounded = confined.bytes_beneath(Path::new(""), 1 << 30).expect("count");
+        assert!(bounded > 1 << 30);
+        // Deeper than the bound is an error, not a hiding place.
+        let mut deep = work.join("output");
+        for _ in 0..=MAX_DEPTH {
+            deep.push("d");
+        }
+        std::fs::create_dir_all(&deep).expect("mkdir");
+        let refused = confined.bytes_beneath(Path::new("output"), u64::MAX).expect_err("too deep");
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidData);
     }
 }

@@ -334,10 +334,13 @@ pub async fn run(
     let mut failure = outcome.failure.clone();
     let mut state = outcome.state;
     let fenced = *stop.borrow() == Some(StopReason::Fence);
+    // An instance stopped for storing more than its volume: what it stored is not uploaded (it
+    // may be what filled the volume) and its work dir is not kept.
+    let over_volume = failure.as_deref().is_some_and(|f| f.starts_with(supervise::VOLUME_FULL));
     // The model and output come from algo-1; checkpoints from every instance, as SageMaker syncs
     // each instance's /opt/ml/checkpoints (a resumed gang needs all of them).
     let uploads_model = spec.instance == 1;
-    if dir.join("model").exists() && !fenced && (uploads_model || upload::has_checkpoints(&spec)) {
+    if dir.join("model").exists() && !fenced && !over_volume && (uploads_model || upload::has_checkpoints(&spec)) {
         let message = if uploads_model { "Uploading generated training model" } else { "Syncing checkpoints" };
         reporter.update(InstanceState::Uploading, message, Vec::new());
         let uploading = std::time::Instant::now();
@@ -375,7 +378,7 @@ pub async fn run(
     let _ = tx.send(Report::Update(final_update.clone()));
     info!(job = %spec.job, instance = spec.instance, state = ?state, failure = final_update.failure_reason.as_deref(), "instance ended");
     // Its outputs are uploaded (or a retry elsewhere owns them): the dir goes, unless it failed.
-    let keep = !matches!(state, InstanceState::Completed | InstanceState::Stopped);
+    let keep = !matches!(state, InstanceState::Completed | InstanceState::Stopped) && !over_volume;
     // Off the runtime's workers: a large input channel's removal takes seconds, and when trials
     // end together their removals would hold up the stream that brings the next assignments.
     // (Not at idle priority: under jobs that keep every CPU busy, removals would then lag behind

@@ -52,6 +52,63 @@ impl MetricPatterns {
     }
 }
 
+/// How a FailureReason starts when an instance stored more than its `VolumeSizeInGB`: such an
+/// instance's outputs are not uploaded and its work dir is not kept.
+pub(super) const VOLUME_FULL: &str = "ClientError: the instance's volume is full";
+/// How often an instance's work dir is measured against its volume at most; a measurement that
+/// takes long (a dataset of many files) is spaced out to 20 times its own length, up to a minute,
+/// so the agent spends at most a twentieth of a core per instance on it.
+const VOLUME_CHECK_EVERY: Duration = Duration::from_secs(1);
+const VOLUME_CHECK_AT_MOST_EVERY: Duration = Duration::from_secs(60);
+
+/// Measures what the instance stores in its work dir (its whole volume, as on SageMaker: inputs
+/// in File mode, model, checkpoints, output, its /tmp) against `limit` bytes, on blocking threads,
+/// until it is over: then the reason goes to the receiver. Dropping the handle ends the watch.
+fn watch_volume(dir: &Path, limit: u64, gb: i64) -> (AbortOnDrop, mpsc::Receiver<String>) {
+    let (tx, rx) = mpsc::channel(1);
+    let dir = dir.to_path_buf();
+    let task = tokio::spawn(async move {
+        let mut pause = VOLUME_CHECK_EVERY;
+        loop {
+            tokio::time::sleep(pause).await;
+            let started = std::time::Instant::now();
+            let at = dir.clone();
+            let measured =
+                tokio::task::spawn_blocking(move || Confined::open(&at)?.bytes_beneath(Path::new(""), limit)).await;
+            let reason = match measured {
+                Ok(Ok(bytes)) if bytes > limit => format!(
+                    "{VOLUME_FULL}: it stored more than its VolumeSizeInGB ({gb} GB, {limit} bytes; at least {bytes} found), so it was stopped; nothing was uploaded. Ask for a larger VolumeSizeInGB"
+                ),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    format!("{VOLUME_FULL}: it could not be measured ({e}), so it was stopped; nothing was uploaded")
+                }
+                Ok(Ok(_)) => {
+                    pause = (started.elapsed() * 20).clamp(VOLUME_CHECK_EVERY, VOLUME_CHECK_AT_MOST_EVERY);
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "measuring an instance's volume failed; trying again");
+                    pause = VOLUME_CHECK_AT_MOST_EVERY.min(pause * 2);
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let _ = tx.send(reason).await;
+            return;
+        }
+    });
+    (AbortOnDrop(task), rx)
+}
+
+/// A task that ends when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs the launched instance to its end.
 pub(super) async fn supervise<C: Control>(
     spec: &InstanceSpec,
@@ -99,6 +156,15 @@ pub(super) async fn supervise<C: Control>(
     let deadline = tokio::time::sleep(Duration::from_secs(max_runtime));
     tokio::pin!(deadline);
     let mut flush = tokio::time::interval(Duration::from_millis(250));
+    let volume_gb = spec.request.resource_config.as_ref().and_then(|r| r.volume_size_in_gb).filter(|gb| *gb > 0);
+    let (_volume_watch, mut volume_full) = match volume_gb {
+        Some(gb) => {
+            let (watch, rx) = watch_volume(dir, (gb as u64).saturating_mul(1 << 30), i64::from(gb));
+            (Some(watch), Some(rx))
+        }
+        None => (None, None),
+    };
+    let mut volume_failure: Option<String> = None;
     // The job can write to output/: the log is appended without following links.
     let mut log_file = Confined::open(dir).and_then(|d| d.append(Path::new("output/training.log"))).ok();
 
@@ -166,6 +232,19 @@ pub(super) async fn supervise<C: Control>(
                 control.kill_all().await;
                 drain_until = Some(tokio::time::Instant::now() + Duration::from_secs(5));
             }
+            // Over its volume: killed at once (on SageMaker its writes would fail instead).
+            reason = async { volume_full.as_mut()?.recv().await }, if volume_full.is_some() && volume_failure.is_none() && exited.is_none() => {
+                match reason {
+                    Some(reason) => {
+                        reporter.update(InstanceState::Stopping, "The instance's volume is full: stopping", Vec::new());
+                        volume_failure = Some(reason);
+                        stopping = Some(InstanceState::Failed);
+                        control.signal(libc::SIGKILL);
+                        kill_at = None;
+                    }
+                    None => volume_full = None,
+                }
+            }
             _ = &mut deadline, if stopping.is_none() && exited.is_none() => {
                 stopping = Some(InstanceState::MaxRuntimeExceeded);
                 reporter.update(InstanceState::Stopping, "MaxRuntimeInSeconds exceeded: stopping", Vec::new());
@@ -205,6 +284,9 @@ pub(super) async fn supervise<C: Control>(
     let exit_code = status.as_ref().ok().and_then(|s| s.code);
     if fenced {
         return Outcome { state: InstanceState::Failed, failure: Some(FENCED.to_string()), exit_code };
+    }
+    if let Some(reason) = volume_failure {
+        return Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code };
     }
     if let Some(state) = stopping {
         return Outcome { state, failure: None, exit_code };
