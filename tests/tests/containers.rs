@@ -26,6 +26,12 @@ case "$MODE" in
   hog)
     echo filling
     exec dd if=/dev/zero of=/dev/shm/fill bs=1048576 count=400 ;;
+  disk)
+    # 1.2 GiB into the image's world-writable /var/tmp: the container's own layer, not /opt/ml.
+    echo filling-disk
+    dd if=/dev/zero of=/var/tmp/fill bs=1048576 count=1200
+    echo disk-filled
+    sleep 120 ;;
   bomb)
     # 100 processes; the shell dies at the first fork refused.
     for i in $(seq 100); do sleep 30 & done
@@ -537,7 +543,7 @@ fn pull_failures_fail_the_job_with_a_client_error() {
 }
 
 #[test]
-fn a_container_is_stopped_with_a_grace_period_and_held_to_its_memory_and_pids() {
+fn a_container_is_stopped_with_a_grace_period_and_held_to_its_memory_pids_and_volume() {
     let containerd = Containerd::start();
     containerd.import_busybox_image(IMAGE, &["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
     let config_dir = tempfile::tempdir().expect("dir");
@@ -571,6 +577,14 @@ fn a_container_is_stopped_with_a_grace_period_and_held_to_its_memory_and_pids() 
     assert_eq!(done["TrainingJobStatus"], "Failed", "{}", c.logs("hog"));
     let reason = done["FailureReason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("OutOfMemoryError") && reason.contains("128 MiB"), "{reason}");
+
+    // What it writes into its own root file system counts against its volume (1 GB).
+    let done = submit(&c, &request("filler", IMAGE, json!({"MODE": "disk"})));
+    assert_eq!(done["TrainingJobStatus"], "Failed", "{}", c.logs("filler"));
+    let reason = done["FailureReason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("ClientError: the instance's volume is full"), "{reason}");
+    assert!(c.logs("filler").contains("filling-disk"));
+    assert!(!c.output_dir().join("blobs-logreg-baseline/filler").exists(), "nothing of it uploaded");
 
     // A fork bomb stops at the agent's pids limit.
     let mut bomb = request("bomb", IMAGE, json!({"MODE": "bomb"}));

@@ -187,7 +187,15 @@ impl BusyboxImage {
     /// `files`: path in the image, contents, mode.
     pub fn build(entrypoint: &[&str], files: &[(&str, &str, u32)]) -> BusyboxImage {
         let mut layer = tar::Builder::new(Vec::new());
-        for (dir, mode) in [("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("opt", 0o755), ("opt/ml", 0o755)] {
+        for (dir, mode) in [
+            ("bin", 0o755),
+            ("etc", 0o755),
+            ("tmp", 0o1777),
+            ("var", 0o755),
+            ("var/tmp", 0o1777),
+            ("opt", 0o755),
+            ("opt/ml", 0o755),
+        ] {
             layer.append(&entry(dir, tar::EntryType::Directory, mode, 0), std::io::empty()).expect("dir");
         }
         let busybox = std::fs::read(BUSYBOX).expect("busybox (scripts/setup installs busybox-static)");

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use containerd_client::services::v1::container::Runtime;
-use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, UsageRequest};
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest, KillRequest,
     ListContainersRequest, StartRequest, WaitRequest, containers_client::ContainersClient, tasks_client::TasksClient,
@@ -140,6 +140,18 @@ impl Containerd {
             Err(status) if matches!(status.code(), Code::NotFound | Code::FailedPrecondition) => Ok(()),
             Err(status) => Err(rpc("kill")(status)),
         }
+    }
+
+    /// What snapshot `key` (a container's writable layer) holds, in bytes, as its snapshotter
+    /// counts it (overlayfs: the blocks of its upper dir).
+    pub async fn snapshot_usage(&self, key: &str) -> Result<u64, String> {
+        let request = UsageRequest { snapshotter: SNAPSHOTTER.into(), key: key.into() };
+        let usage = SnapshotsClient::new(self.channel.clone())
+            .usage(self.request(request))
+            .await
+            .map_err(rpc("snapshot usage"))?
+            .into_inner();
+        Ok(u64::try_from(usage.size).unwrap_or(0))
     }
 
     /// Removes the task, the container and its snapshot; what is already gone is no error.

@@ -199,6 +199,10 @@ impl Control for ContainerControl {
         }
     }
 
+    fn writable_layer(&self) -> Option<super::WritableLayer> {
+        Some(super::WritableLayer { containerd: self.containerd.clone(), key: self.id.clone() })
+    }
+
     fn oom_kills(&self) -> u64 {
         // runc's cgroup: v1's memory hierarchy, or the unified one (both count `oom_kill N`).
         let relative = self.cgroup.as_ref().map_or("", |c| c.path.trim_start_matches('/'));

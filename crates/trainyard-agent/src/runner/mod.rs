@@ -242,6 +242,23 @@ trait Control {
     fn kill_all(&self) -> impl std::future::Future<Output = ()>;
     /// Processes the kernel killed for running out of the instance's memory.
     fn oom_kills(&self) -> u64;
+    /// Where the instance can write besides its work dir, counted against its volume.
+    fn writable_layer(&self) -> Option<WritableLayer> {
+        None
+    }
+}
+
+/// A container's writable root file system: containerd's snapshot of that key.
+#[derive(Clone)]
+struct WritableLayer {
+    containerd: Arc<crate::containerd::Containerd>,
+    key: String,
+}
+
+impl WritableLayer {
+    async fn bytes(&self) -> Result<u64, String> {
+        self.containerd.snapshot_usage(&self.key).await
+    }
 }
 
 /// The instance's number for the first log line, or metric sample, of attempt `attempt`: both are

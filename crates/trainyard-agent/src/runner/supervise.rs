@@ -12,7 +12,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 use trainyard_proto::pb::{self, InstanceState};
 
-use super::{Control, FENCED, InstanceSpec, Launched, Outcome, Report, Reporter, Settings, StopReason, now_millis};
+use super::{
+    Control, FENCED, InstanceSpec, Launched, Outcome, Report, Reporter, Settings, StopReason, WritableLayer, now_millis,
+};
 use crate::confined::Confined;
 
 /// Stderr lines kept for a FailureReason when the job writes no `output/failure`.
@@ -62,9 +64,15 @@ const VOLUME_CHECK_EVERY: Duration = Duration::from_secs(1);
 const VOLUME_CHECK_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 
 /// Measures what the instance stores in its work dir (its whole volume, as on SageMaker: inputs
-/// in File mode, model, checkpoints, output, its /tmp) against `limit` bytes, on blocking threads,
-/// until it is over: then the reason goes to the receiver. Dropping the handle ends the watch.
-fn watch_volume(dir: &Path, limit: u64, gb: i64) -> (AbortOnDrop, mpsc::Receiver<String>) {
+/// in File mode, model, checkpoints, output, its /tmp) and in its writable layer (a container's
+/// root file system) against `limit` bytes, the walk on blocking threads, until it is over: then
+/// the reason goes to the receiver. Dropping the handle ends the watch.
+fn watch_volume(
+    dir: &Path,
+    layer: Option<WritableLayer>,
+    limit: u64,
+    gb: i64,
+) -> (AbortOnDrop, mpsc::Receiver<String>) {
     let (tx, rx) = mpsc::channel(1);
     let dir = dir.to_path_buf();
     let task = tokio::spawn(async move {
@@ -72,12 +80,20 @@ fn watch_volume(dir: &Path, limit: u64, gb: i64) -> (AbortOnDrop, mpsc::Receiver
         loop {
             tokio::time::sleep(pause).await;
             let started = std::time::Instant::now();
-            let at = dir.clone();
+            let outside = match &layer {
+                Some(layer) => layer.bytes().await.unwrap_or_else(|e| {
+                    tracing::warn!(dir = %dir.display(), error = %e, "measuring a container's writable layer failed");
+                    0
+                }),
+                None => 0,
+            };
+            let (at, room) = (dir.clone(), limit.saturating_sub(outside));
             let measured =
-                tokio::task::spawn_blocking(move || Confined::open(&at)?.bytes_beneath(Path::new(""), limit)).await;
+                tokio::task::spawn_blocking(move || Confined::open(&at)?.bytes_beneath(Path::new(""), room)).await;
             let reason = match measured {
-                Ok(Ok(bytes)) if bytes > limit => format!(
-                    "{VOLUME_FULL}: it stored more than its VolumeSizeInGB ({gb} GB, {limit} bytes; at least {bytes} found), so it was stopped; nothing was uploaded. Ask for a larger VolumeSizeInGB"
+                Ok(Ok(bytes)) if bytes.saturating_add(outside) > limit => format!(
+                    "{VOLUME_FULL}: it stored more than its VolumeSizeInGB ({gb} GB, {limit} bytes; at least {} found), so it was stopped; nothing was uploaded. Ask for a larger VolumeSizeInGB",
+                    bytes.saturating_add(outside)
                 ),
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
                     format!("{VOLUME_FULL}: it could not be measured ({e}), so it was stopped; nothing was uploaded")
@@ -159,7 +175,8 @@ pub(super) async fn supervise<C: Control>(
     let volume_gb = spec.request.resource_config.as_ref().and_then(|r| r.volume_size_in_gb).filter(|gb| *gb > 0);
     let (_volume_watch, mut volume_full) = match volume_gb {
         Some(gb) => {
-            let (watch, rx) = watch_volume(dir, (gb as u64).saturating_mul(1 << 30), i64::from(gb));
+            let (watch, rx) =
+                watch_volume(dir, control.writable_layer(), (gb as u64).saturating_mul(1 << 30), i64::from(gb));
             (Some(watch), Some(rx))
         }
         None => (None, None),
