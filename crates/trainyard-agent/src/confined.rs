@@ -104,7 +104,8 @@ impl Confined {
 
     /// What is stored beneath `relative` (a directory), in bytes: each regular file at its full
     /// length (a sparse one too, as it would be packed and uploaded whole) or its blocks if more,
-    /// and each directory's blocks; links and special files count nothing. Stops counting once
+    /// each directory's blocks, and every entry (links and special files too) at least 4 KiB;
+    /// what a link points to is not counted. Stops counting once
     /// past `stop_above`. Unlike [`Confined::walk`] it lists nothing and has no bound on entries
     /// (what it costs is the caller's to pace); depth is bounded by [`MAX_DEPTH`], deeper is an
     /// error of kind `InvalidData`.
@@ -180,10 +181,13 @@ fn bytes_in(dir: &OwnedFd, depth: usize, stop_above: u64, total: &mut u64) -> io
             Err(e) => return Err(e.into()),
         };
         let blocks = (stat.st_blocks as u64).saturating_mul(512);
-        match FileType::from_raw_mode(stat.st_mode) {
-            FileType::RegularFile => *total = total.saturating_add((stat.st_size as u64).max(blocks)),
+        let file_type = FileType::from_raw_mode(stat.st_mode);
+        let length = if file_type == FileType::RegularFile { stat.st_size as u64 } else { 0 };
+        // Every entry takes an inode: charged a block at least, so that millions of empty files
+        // (which would exhaust the host's inodes) fill a volume too.
+        *total = total.saturating_add(length.max(blocks).max(MIN_ENTRY_BYTES));
+        match file_type {
             FileType::Directory => {
-                *total = total.saturating_add(blocks);
                 let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                 match rustix::fs::openat(dir, name, flags, Mode::empty()) {
                     Ok(child) => bytes_in(&child, depth + 1, stop_above, total)?,
@@ -196,6 +200,9 @@ fn bytes_in(dir: &OwnedFd, depth: usize, stop_above: u64, total: &mut u64) -> io
     }
     Ok(())
 }
+
+/// What any file, directory, link or special file is charged at least by [`Confined::bytes_beneath`].
+const MIN_ENTRY_BYTES: u64 = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -281,6 +288,13 @@ mod tests {
         sparse.set_len(3 << 30).expect("truncate");
         let after = confined.bytes_beneath(Path::new(""), u64::MAX).expect("count");
         assert!(after >= before + (3 << 30), "{after}");
+        // Empty files cost the disk inodes: each is charged a block.
+        std::fs::create_dir_all(work.join("output/many")).expect("mkdir");
+        for i in 0..100 {
+            std::fs::File::create(work.join(format!("output/many/{i}"))).expect("create");
+        }
+        let with_empty = confined.bytes_beneath(Path::new("output/many"), u64::MAX).expect("count");
+        assert!(with_empty >= 100 * 4096, "{with_empty}");
         // Counting stops once past the bound (the rest of the tree is not read).
         let bounded = confined.bytes_beneath(Path::new(""), 1 << 30).expect("count");
         assert!(bounded > 1 << 30);
