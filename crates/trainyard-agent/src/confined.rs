@@ -105,7 +105,8 @@ impl Confined {
     /// What is stored beneath `relative` (a directory), in bytes: each regular file at its full
     /// length (a sparse one too, as it would be packed and uploaded whole) or its blocks if more,
     /// each directory's blocks, and every entry (links and special files too) at least 4 KiB;
-    /// what a link points to is not counted. Stops counting once
+    /// what a link points to is not counted, nor a file of the input cache linked in (root's, with
+    /// other links). Stops counting once
     /// past `stop_above`. Unlike [`Confined::walk`] it lists nothing and has no bound on entries
     /// (what it costs is the caller's to pace); depth is bounded by [`MAX_DEPTH`], deeper is an
     /// error of kind `InvalidData`.
@@ -180,22 +181,25 @@ fn bytes_in(dir: &OwnedFd, depth: usize, stop_above: u64, total: &mut u64) -> io
             Err(e) if gone(&e) => continue,
             Err(e) => return Err(e.into()),
         };
-        let blocks = (stat.st_blocks as u64).saturating_mul(512);
         let file_type = FileType::from_raw_mode(stat.st_mode);
+        // A root-owned file with other links is the agent's input cache's, linked in read-only and
+        // shared between instances (bounded by the cache's own size): not this instance's disk.
+        // A job cannot make one (it is not root, and may not link a file it cannot write).
+        if file_type == FileType::RegularFile && stat.st_nlink > 1 && stat.st_uid == 0 {
+            continue;
+        }
+        let blocks = (stat.st_blocks as u64).saturating_mul(512);
         let length = if file_type == FileType::RegularFile { stat.st_size as u64 } else { 0 };
         // Every entry takes an inode: charged a block at least, so that millions of empty files
         // (which would exhaust the host's inodes) fill a volume too.
         *total = total.saturating_add(length.max(blocks).max(MIN_ENTRY_BYTES));
-        match file_type {
-            FileType::Directory => {
-                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                match rustix::fs::openat(dir, name, flags, Mode::empty()) {
-                    Ok(child) => bytes_in(&child, depth + 1, stop_above, total)?,
-                    Err(e) if gone(&e) => continue,
-                    Err(e) => return Err(e.into()),
-                }
+        if file_type == FileType::Directory {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+                Ok(child) => bytes_in(&child, depth + 1, stop_above, total)?,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e.into()),
             }
-            _ => {}
         }
     }
     Ok(())
@@ -288,6 +292,13 @@ mod tests {
         sparse.set_len(3 << 30).expect("truncate");
         let after = confined.bytes_beneath(Path::new(""), u64::MAX).expect("count");
         assert!(after >= before + (3 << 30), "{after}");
+        // A file of the input cache, linked in, is the cache's: not charged.
+        let cached = dir.path().join("cached");
+        std::fs::write(&cached, vec![1u8; 1 << 20]).expect("write");
+        std::fs::create_dir_all(work.join("input/data/train")).expect("mkdir");
+        std::fs::hard_link(&cached, work.join("input/data/train/part-0")).expect("link");
+        let input = confined.bytes_beneath(Path::new("input"), u64::MAX).expect("count");
+        assert!(input < 1 << 20, "{input}");
         // Empty files cost the disk inodes: each is charged a block.
         std::fs::create_dir_all(work.join("output/many")).expect("mkdir");
         for i in 0..100 {
