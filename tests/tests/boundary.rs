@@ -357,6 +357,24 @@ fn a_job_that_stores_more_than_its_volume_is_stopped_and_nothing_of_it_kept() {
     let output = c.output_dir().join("blobs-logreg-baseline/filler");
     assert!(!output.exists(), "nothing uploaded under {}", output.display());
     assert!(!c.dir.path().join("agents/disks/jobs/filler").exists(), "the work dir was removed");
+
+    // One that fills it and exits at once, before any periodic measurement: measured at its end,
+    // before anything is packed.
+    let quick = c.install_program(
+        "quick-filler.sh",
+        "#!/bin/sh\nmkdir -p \"$SM_MODEL_DIR\"\ntruncate -s 64G \"$SM_MODEL_DIR/huge.bin\"\n",
+    );
+    r["TrainingJobName"] = json!("quick-filler");
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(quick);
+    let file = c.write("quick-filler.json", &r.to_string());
+    c.cli(&["training-jobs", "create", "--file", path(&file)]).assert_success();
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "quick-filler"], |d| {
+        d["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
+    let reason = done["FailureReason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("ClientError: the instance's volume is full"), "{reason}");
+    assert!(!c.output_dir().join("blobs-logreg-baseline/quick-filler").exists(), "its 64 GiB were not packed");
 }
 
 /// Says which cgroup it is in, then leaves the escapers behind.

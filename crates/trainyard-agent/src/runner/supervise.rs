@@ -63,57 +63,81 @@ pub(super) const VOLUME_FULL: &str = "ClientError: the instance's volume is full
 const VOLUME_CHECK_EVERY: Duration = Duration::from_secs(1);
 const VOLUME_CHECK_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 
-/// Measures what the instance stores in its work dir (its whole volume, as on SageMaker: inputs
-/// in File mode, model, checkpoints, output, its /tmp) and in its writable layer (a container's
-/// root file system) against `limit` bytes, the walk on blocking threads, until it is over: then
-/// the reason goes to the receiver. Dropping the handle ends the watch.
-fn watch_volume(
-    dir: &Path,
+/// An instance's volume: what may be stored, and where.
+#[derive(Clone)]
+struct Volume {
+    dir: std::path::PathBuf,
+    /// A container's writable root file system, besides the work dir.
     layer: Option<WritableLayer>,
     limit: u64,
     gb: i64,
-) -> (AbortOnDrop, mpsc::Receiver<String>) {
-    let (tx, rx) = mpsc::channel(1);
-    let dir = dir.to_path_buf();
-    let task = tokio::spawn(async move {
-        let mut pause = VOLUME_CHECK_EVERY;
-        loop {
-            tokio::time::sleep(pause).await;
-            let started = std::time::Instant::now();
-            let outside = match &layer {
-                Some(layer) => layer.bytes().await.unwrap_or_else(|e| {
-                    tracing::warn!(dir = %dir.display(), error = %e, "measuring a container's writable layer failed");
-                    0
-                }),
-                None => 0,
-            };
-            let (at, room) = (dir.clone(), limit.saturating_sub(outside));
-            let measured =
-                tokio::task::spawn_blocking(move || Confined::open(&at)?.bytes_beneath(Path::new(""), room)).await;
-            let reason = match measured {
-                Ok(Ok(bytes)) if bytes.saturating_add(outside) > limit => format!(
-                    "{VOLUME_FULL}: it stored more than its VolumeSizeInGB ({gb} GB, {limit} bytes; at least {} found), so it was stopped; nothing was uploaded. Ask for a larger VolumeSizeInGB",
-                    bytes.saturating_add(outside)
-                ),
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    format!("{VOLUME_FULL}: it could not be measured ({e}), so it was stopped; nothing was uploaded")
-                }
-                Ok(Ok(_)) => {
-                    pause = (started.elapsed() * 20).clamp(VOLUME_CHECK_EVERY, VOLUME_CHECK_AT_MOST_EVERY);
-                    continue;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "measuring an instance's volume failed; trying again");
-                    pause = VOLUME_CHECK_AT_MOST_EVERY.min(pause * 2);
-                    continue;
-                }
-                Err(_) => return,
-            };
-            let _ = tx.send(reason).await;
-            return;
+}
+
+/// What a measurement of a volume found.
+enum Measured {
+    Within,
+    /// Over its limit (or not measurable, as nested too deep): the FailureReason.
+    Over(String),
+    /// The measurement failed (an I/O error): tried again later.
+    Failed(String),
+}
+
+impl Volume {
+    /// Measures what the instance stores in its work dir (its whole volume, as on SageMaker:
+    /// inputs staged as private copies, model, checkpoints, output, its /tmp) and in its writable
+    /// layer, the walk on a blocking thread.
+    async fn measure(&self) -> Measured {
+        let outside = match &self.layer {
+            Some(layer) => layer.bytes().await.unwrap_or_else(|e| {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "measuring a container's writable layer failed");
+                0
+            }),
+            None => 0,
+        };
+        let (at, room, limit, gb) = (self.dir.clone(), self.limit.saturating_sub(outside), self.limit, self.gb);
+        let measured =
+            tokio::task::spawn_blocking(move || Confined::open(&at)?.bytes_beneath(Path::new(""), room)).await;
+        match measured {
+            Ok(Ok(bytes)) if bytes.saturating_add(outside) > limit => Measured::Over(format!(
+                "{VOLUME_FULL}: it stored more than its VolumeSizeInGB ({gb} GB, {limit} bytes; at least {} found), so it was stopped; nothing was uploaded. Ask for a larger VolumeSizeInGB",
+                bytes.saturating_add(outside)
+            )),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Measured::Over(format!(
+                "{VOLUME_FULL}: it could not be measured ({e}), so it was stopped; nothing was uploaded"
+            )),
+            Ok(Ok(_)) => Measured::Within,
+            Ok(Err(e)) => Measured::Failed(e.to_string()),
+            Err(e) => Measured::Failed(e.to_string()),
         }
-    });
-    (AbortOnDrop(task), rx)
+    }
+
+    /// Measures the volume until it is over: then the reason goes to the receiver. Dropping the
+    /// handle ends the watch.
+    fn watch(&self) -> (AbortOnDrop, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel(1);
+        let volume = self.clone();
+        let task = tokio::spawn(async move {
+            let mut pause = VOLUME_CHECK_EVERY;
+            loop {
+                tokio::time::sleep(pause).await;
+                let started = std::time::Instant::now();
+                match volume.measure().await {
+                    Measured::Within => {
+                        pause = (started.elapsed() * 20).clamp(VOLUME_CHECK_EVERY, VOLUME_CHECK_AT_MOST_EVERY);
+                    }
+                    Measured::Failed(e) => {
+                        tracing::warn!(dir = %volume.dir.display(), error = %e, "measuring an instance's volume failed; trying again");
+                        pause = VOLUME_CHECK_AT_MOST_EVERY.min(pause * 2);
+                    }
+                    Measured::Over(reason) => {
+                        let _ = tx.send(reason).await;
+                        return;
+                    }
+                }
+            }
+        });
+        (AbortOnDrop(task), rx)
+    }
 }
 
 /// A task that ends when its handle is dropped.
@@ -172,13 +196,15 @@ pub(super) async fn supervise<C: Control>(
     let deadline = tokio::time::sleep(Duration::from_secs(max_runtime));
     tokio::pin!(deadline);
     let mut flush = tokio::time::interval(Duration::from_millis(250));
-    let volume_gb = spec.request.resource_config.as_ref().and_then(|r| r.volume_size_in_gb).filter(|gb| *gb > 0);
-    let (_volume_watch, mut volume_full) = match volume_gb {
-        Some(gb) => {
-            let (watch, rx) =
-                watch_volume(dir, control.writable_layer(), (gb as u64).saturating_mul(1 << 30), i64::from(gb));
-            (Some(watch), Some(rx))
-        }
+    let volume =
+        spec.request.resource_config.as_ref().and_then(|r| r.volume_size_in_gb).filter(|gb| *gb > 0).map(|gb| Volume {
+            dir: dir.to_path_buf(),
+            layer: control.writable_layer(),
+            limit: (gb as u64).saturating_mul(1 << 30),
+            gb: i64::from(gb),
+        });
+    let (volume_watch, mut volume_full) = match volume.as_ref().map(Volume::watch) {
+        Some((watch, rx)) => (Some(watch), Some(rx)),
         None => (None, None),
     };
     let mut volume_failure: Option<String> = None;
@@ -289,6 +315,16 @@ pub(super) async fn supervise<C: Control>(
     };
     // Nothing of the instance outlives it.
     control.kill_all().await;
+    // Measured once more at the end (before its writable layer goes), as the uploads would pack
+    // what it left: an instance that fills its volume in the second before it exits (a sparse
+    // file of a terabyte) must not have the agent pack it.
+    drop(volume_watch);
+    if volume_failure.is_none()
+        && let Some(volume) = &volume
+        && let Measured::Over(reason) = volume.measure().await
+    {
+        volume_failure = Some(reason);
+    }
     let oom_kills = control.oom_kills();
     drop(control); // its cgroup removed (empty), its uid free
     if let Some(at) = exited_at {
