@@ -375,6 +375,27 @@ fn a_job_that_stores_more_than_its_volume_is_stopped_and_nothing_of_it_kept() {
     let reason = done["FailureReason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("ClientError: the instance's volume is full"), "{reason}");
     assert!(!c.output_dir().join("blobs-logreg-baseline/quick-filler").exists(), "its 64 GiB were not packed");
+
+    // Input data larger than the volume is refused before any of it is fetched.
+    let data = c.output_dir().join("huge-data/train");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::File::create(data.join("part-0")).expect("create").set_len(2 << 30).expect("2 GiB, sparse");
+    r["TrainingJobName"] = json!("big-input");
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(filler);
+    r["InputDataConfig"] = json!([{"ChannelName": "train", "DataSource": {"S3DataSource": {
+        "S3DataType": "S3Prefix", "S3Uri": "s3://trainyard-output/huge-data/train/"}}}]);
+    let file = c.write("big-input.json", &r.to_string());
+    c.cli(&["training-jobs", "create", "--file", path(&file)]).assert_success();
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "big-input"], |d| {
+        d["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
+    let reason = done["FailureReason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("does not fit in the instance's volume") && reason.contains("2147483648 bytes"),
+        "{reason}"
+    );
+    assert!(!c.logs("big-input").contains("filled"), "the program never ran");
 }
 
 /// Says which cgroup it is in, then leaves the escapers behind.

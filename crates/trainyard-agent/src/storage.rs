@@ -122,14 +122,25 @@ impl Storage {
 
     /// Places the objects `uri` names (selected and ordered by `selection`) in `dest`: links to
     /// the read-only input cache when there is one, else copies; returns the files, in order.
-    pub async fn stage(&self, uri: &str, dest: &Path, selection: Selection) -> Result<Vec<PathBuf>, String> {
+    /// `room` is what the instance's volume has left, in bytes: objects that do not fit in it are
+    /// refused before any is fetched (as on SageMaker, File-mode data must fit in the volume), and
+    /// what they take is taken from it.
+    pub async fn stage(
+        &self,
+        uri: &str,
+        dest: &Path,
+        selection: Selection,
+        room: &mut u64,
+    ) -> Result<Vec<PathBuf>, String> {
         std::fs::create_dir_all(dest).map_err(|e| e.to_string())?;
         let mut written = Vec::new();
         let mut admitted = false;
         match self.locate(uri)? {
             Location::Local(source) => {
-                let objects = local_objects(&source).map_err(|e| format!("listing {uri}: {e}"))?;
-                for (path, relative) in selection.apply(objects) {
+                let objects = selection.apply(local_objects(&source).map_err(|e| format!("listing {uri}: {e}"))?);
+                let bytes = objects.iter().map(|(path, _)| std::fs::metadata(path).map_or(0, |m| m.len())).sum();
+                take_room(room, bytes, uri)?;
+                for (path, relative) in objects {
                     let target = dest.join(&relative);
                     if let Some(parent) = target.parent() {
                         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
@@ -155,7 +166,9 @@ impl Storage {
                 listed.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
                 let bucket = uri.split_once("://").map_or(uri, |(_, rest)| rest.split('/').next().unwrap_or(rest));
                 let endpoint = self.s3.as_ref().and_then(|s| s.endpoint.clone()).unwrap_or_default();
-                for meta in selection.apply(listed) {
+                let listed = selection.apply(listed);
+                take_room(room, listed.iter().map(|meta| meta.size).sum(), uri)?;
+                for meta in listed {
                     let name = meta.location.as_ref().to_string();
                     let target = dest.join(&name[directory.len()..]);
                     if let Some(parent) = target.parent() {
@@ -286,6 +299,18 @@ impl Storage {
             }
         }
     }
+}
+
+/// Takes `bytes` from what a volume has left, or says that they do not fit.
+fn take_room(room: &mut u64, bytes: u64, uri: &str) -> Result<(), String> {
+    if bytes > *room {
+        return Err(format!(
+            "ClientError: the data at {uri} ({bytes} bytes) does not fit in the instance's volume ({} bytes left of its VolumeSizeInGB); ask for a larger VolumeSizeInGB",
+            *room
+        ));
+    }
+    *room -= bytes;
+    Ok(())
 }
 
 /// The bytes of an upload held in memory per part: S3's parts are at least 5 MiB (the last
@@ -575,5 +600,29 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, ["model.tar.gz"], "no partial copy is left beside the object");
+    }
+
+    #[tokio::test]
+    async fn data_that_does_not_fit_in_the_volume_is_refused_before_any_is_fetched() {
+        let dir = tempfile::tempdir().expect("dir");
+        let bucket = dir.path().join("bucket");
+        std::fs::create_dir_all(bucket.join("train")).expect("mkdir");
+        std::fs::write(bucket.join("train/a.csv"), vec![b'a'; 3000]).expect("write");
+        std::fs::write(bucket.join("train/b.csv"), vec![b'b'; 3000]).expect("write");
+        let storage = Storage::new(BTreeMap::from([("data".to_string(), bucket)]), None, None);
+        let dest = dir.path().join("staged");
+        let mut room = 5000;
+        let refused = storage.stage("s3://data/train/", &dest, Selection::default(), &mut room).await;
+        let reason = refused.expect_err("6,000 bytes in 5,000");
+        assert!(
+            reason.starts_with("ClientError:") && reason.contains("6000 bytes") && reason.contains("5000"),
+            "{reason}"
+        );
+        assert_eq!(std::fs::read_dir(&dest).expect("list").count(), 0, "nothing was fetched");
+        assert_eq!(room, 5000);
+        // What fits is staged, and taken from the room.
+        let mut room = 10_000;
+        let staged = storage.stage("s3://data/train/", &dest, Selection::default(), &mut room).await.expect("stage");
+        assert_eq!((staged.len(), room), (2, 4000));
     }
 }

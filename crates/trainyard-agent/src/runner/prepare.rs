@@ -26,6 +26,14 @@ pub(super) struct Prepared {
 /// Lays out the work dir, writes the config files, stages the channels. Returns the environment.
 pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result<Prepared, String> {
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    // What the inputs may take of the instance's volume (VolumeSizeInGB); none given, no bound.
+    let mut room = spec
+        .request
+        .resource_config
+        .as_ref()
+        .and_then(|r| r.volume_size_in_gb)
+        .filter(|gb| *gb > 0)
+        .map_or(u64::MAX, |gb| (gb as u64).saturating_mul(1 << 30));
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| io("clearing the work dir", e))?;
     }
@@ -55,7 +63,7 @@ pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path
         let name = uri.rsplit('/').next().unwrap_or_default().to_string();
         let staged = settings
             .storage
-            .stage(&uri, &dir.join("input/code"), storage::Selection::default())
+            .stage(&uri, &dir.join("input/code"), storage::Selection::default(), &mut room)
             .await
             .map_err(|e| format!("{}: {e}", trainyard_model::uris::SUBMIT_DIRECTORY))?;
         if !staged.iter().any(|f| f.file_name().is_some_and(|n| n == name.as_str())) {
@@ -122,8 +130,11 @@ pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path
             shuffle_seed: c.shuffle_config.as_ref().and_then(|s| s.seed),
             private: false,
         };
-        let staged =
-            settings.storage.stage(&uri, &dest, selection).await.map_err(|e| format!("channel {name}: {e}"))?;
+        let staged = settings
+            .storage
+            .stage(&uri, &dest, selection, &mut room)
+            .await
+            .map_err(|e| format!("channel {name}: {e}"))?;
         let files = staged.len();
         let bytes: u64 = staged.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
         settings.metrics.staged_bytes.inc_by(bytes);
@@ -142,7 +153,12 @@ pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path
     if let Some(uri) = r.checkpoint_config.as_ref().and_then(|c| c.s3_uri.clone()) {
         settings
             .storage
-            .stage(&uri, &dir.join("checkpoints"), storage::Selection { private: true, ..Default::default() })
+            .stage(
+                &uri,
+                &dir.join("checkpoints"),
+                storage::Selection { private: true, ..Default::default() },
+                &mut room,
+            )
             .await
             .map_err(|e| format!("restoring checkpoints: {e}"))?;
     }
