@@ -1,6 +1,7 @@
 //! Supervising a launched instance, whatever runs it: its output becomes log batches (cut at
 //! 64 KiB a line, a bounded backlog) and metric samples, `MaxRuntimeInSeconds` and stop requests
-//! become SIGTERM, a grace period and SIGKILL, fencing kills at once; the instance ends when its
+//! become SIGTERM, a grace period and SIGKILL, fencing kills at once, and so does storing more
+//! than `VolumeSizeInGB` (measured every second and at the end); the instance ends when its
 //! program has exited, everything it started is killed and its output is read to the end.
 
 use std::collections::VecDeque;
