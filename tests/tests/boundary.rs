@@ -338,12 +338,14 @@ fn a_job_that_stores_more_than_its_volume_is_stopped_and_nothing_of_it_kept() {
     r["TrainingJobName"] = json!("filler");
     r["AlgorithmSpecification"]["TrainingImage"] = json!(filler);
     assert_eq!(r["ResourceConfig"]["VolumeSizeInGB"], 1);
-    let file = c.write("filler.json", &r.to_string());
+    let ended = |name: &str| {
+        c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", name], |d| {
+            d["TrainingJobStatus"] != "InProgress"
+        })
+    };
     let submitted = std::time::Instant::now();
-    c.cli(&["training-jobs", "create", "--file", path(&file)]).assert_success();
-    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "filler"], |d| {
-        d["TrainingJobStatus"] != "InProgress"
-    });
+    c.create_training_job(&r);
+    let done = ended("filler");
     assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
     assert!(submitted.elapsed() < Duration::from_secs(30), "stopped within seconds, not at its end");
     let reason = done["FailureReason"].as_str().unwrap_or_default();
@@ -366,11 +368,8 @@ fn a_job_that_stores_more_than_its_volume_is_stopped_and_nothing_of_it_kept() {
     );
     r["TrainingJobName"] = json!("quick-filler");
     r["AlgorithmSpecification"]["TrainingImage"] = json!(quick);
-    let file = c.write("quick-filler.json", &r.to_string());
-    c.cli(&["training-jobs", "create", "--file", path(&file)]).assert_success();
-    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "quick-filler"], |d| {
-        d["TrainingJobStatus"] != "InProgress"
-    });
+    c.create_training_job(&r);
+    let done = ended("quick-filler");
     assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
     let reason = done["FailureReason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("ClientError: the instance's volume is full"), "{reason}");
@@ -384,11 +383,8 @@ fn a_job_that_stores_more_than_its_volume_is_stopped_and_nothing_of_it_kept() {
     r["AlgorithmSpecification"]["TrainingImage"] = json!(filler);
     r["InputDataConfig"] = json!([{"ChannelName": "train", "DataSource": {"S3DataSource": {
         "S3DataType": "S3Prefix", "S3Uri": "s3://trainyard-output/huge-data/train/"}}}]);
-    let file = c.write("big-input.json", &r.to_string());
-    c.cli(&["training-jobs", "create", "--file", path(&file)]).assert_success();
-    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "big-input"], |d| {
-        d["TrainingJobStatus"] != "InProgress"
-    });
+    c.create_training_job(&r);
+    let done = ended("big-input");
     assert_eq!(done["TrainingJobStatus"], "Failed", "{done:#}");
     let reason = done["FailureReason"].as_str().unwrap_or_default();
     assert!(

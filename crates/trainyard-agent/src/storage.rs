@@ -225,16 +225,8 @@ impl Storage {
         let joined = |e: tokio::task::JoinError| e.to_string();
         match self.locate(uri)? {
             Location::Local(target) => {
-                let mut partial = partial_beside(&target).map_err(writing)?;
-                let (written, partial) = tokio::task::spawn_blocking(move || {
-                    let written = write(partial.as_file_mut());
-                    (written, partial)
-                })
-                .await
-                .map_err(joined)?;
-                let written = written?;
-                partial.persist(&target).map_err(|e| writing(e.error))?;
-                Ok(written)
+                let uri = uri.to_string();
+                tokio::task::spawn_blocking(move || replace_with(&target, &uri, write)).await.map_err(joined)?
             }
             Location::Remote { store, key } => {
                 let (staging, what) = (staging.to_path_buf(), format!("staging {uri}"));
@@ -290,10 +282,15 @@ impl Storage {
     /// of it in the agent's memory, whatever its size.
     async fn put_reader(&self, file: std::fs::File, uri: &str) -> Result<(), String> {
         match self.locate(uri)? {
-            Location::Local(target) => tokio::task::spawn_blocking(move || replace_file(file, &target))
+            Location::Local(target) => {
+                let (uri, mut file) = (uri.to_string(), file);
+                tokio::task::spawn_blocking(move || {
+                    let writing = |e: io::Error| format!("writing {uri}: {e}");
+                    replace_with(&target, &uri, |out| io::copy(&mut file, out).map(|_| ()).map_err(writing))
+                })
                 .await
                 .map_err(|e| e.to_string())?
-                .map_err(|e| format!("writing {uri}: {e}")),
+            }
             Location::Remote { store, key } => {
                 upload(store, &key, file).await.map_err(|e| format!("writing {uri}: {e}"))
             }
@@ -319,28 +316,30 @@ const UPLOAD_PART_BYTES: usize = 8 << 20;
 /// Parts of one upload in flight at once; with the one being filled, what an upload holds.
 const UPLOAD_PARTS_IN_FLIGHT: usize = 2;
 
-/// Writes what `source` holds to `target` under a temporary name beside it, then renames it into
-/// place: whoever reads `target` (a user, a job staging its input, a reader holding the old file
-/// open) sees the whole old object or the whole new one, never a part, and a failed write leaves
-/// the old one as it was. Runs on a blocking thread: a model can take seconds to copy.
-fn replace_file(mut source: std::fs::File, target: &Path) -> io::Result<()> {
-    let mut partial = partial_beside(target)?;
-    io::copy(&mut source, partial.as_file_mut())?;
-    partial.persist(target).map_err(|e| e.error)?;
-    Ok(())
-}
-
-/// A new file with a temporary name in `target`'s directory (made if missing), to be renamed onto
-/// `target` once written whole; removed if dropped before.
-fn partial_beside(target: &Path) -> io::Result<tempfile::NamedTempFile> {
+/// Writes `target` through `write`, handed a file with a temporary name beside it that is then
+/// renamed into place: whoever reads `target` (a user, a job staging its input, a reader holding
+/// the old file open) sees the whole old object or the whole new one, never a part, and a failed
+/// write leaves the old one as it was. Blocking: a model can take seconds to write. `write`'s own
+/// error comes back as it said it; the file's, as writing `uri`.
+fn replace_with<T>(
+    target: &Path,
+    uri: &str,
+    write: impl FnOnce(&mut std::fs::File) -> Result<T, String>,
+) -> Result<T, String> {
     use std::os::unix::fs::PermissionsExt;
-    let parent = target.parent().ok_or_else(|| io::Error::other("an object's path has no directory"))?;
-    std::fs::create_dir_all(parent)?;
-    // Readable as `File::create` would have made it (0666 less the umask), not 0600.
-    tempfile::Builder::new()
+    let writing = |e: io::Error| format!("writing {uri}: {e}");
+    let parent = target.parent().ok_or_else(|| format!("writing {uri}: an object's path has no directory"))?;
+    std::fs::create_dir_all(parent).map_err(writing)?;
+    // Readable as `File::create` would have made it (0666 less the umask), not 0600; removed if
+    // dropped before it is renamed.
+    let mut partial = tempfile::Builder::new()
         .prefix(".trainyard-partial-")
         .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(parent)
+        .map_err(writing)?;
+    let written = write(partial.as_file_mut())?;
+    partial.persist(target).map_err(|e| writing(e.error))?;
+    Ok(written)
 }
 
 /// Streams `file` into an object: one PUT when it is smaller than a part, else a multipart upload

@@ -221,15 +221,35 @@ pub(crate) fn tuning_request(
     Ok(r)
 }
 
-/// Submits a training job of `image` (a program that prints `started=<ns>` first) and waits for it
-/// to complete: milliseconds from the CreateTrainingJob call to the program running.
-async fn submit_to_running(training: &mut TrainingClient<Transport>, name: &str, image: &str) -> anyhow::Result<f64> {
-    let submitted = now_ns();
+/// Runs a training job of `image` to its end; an error unless it completed.
+async fn run_to_completion(
+    training: &mut TrainingClient<Transport>,
+    name: &str,
+    image: &str,
+) -> anyhow::Result<api::DescribeTrainingJobResponse> {
     training.create_training_job(pb::CreateTrainingJobRequest::from(training_request(name, image)?)).await?;
     let d = wait_training(training, name).await?;
     if d.training_job_status.as_deref() != Some("Completed") {
         bail!("{name} ended {:?}: {:?}", d.training_job_status, d.failure_reason);
     }
+    Ok(d)
+}
+
+/// When a job entered secondary status `status` (ms since the epoch).
+fn entered(d: &api::DescribeTrainingJobResponse, status: &str) -> Option<i64> {
+    d.secondary_status_transitions
+        .iter()
+        .flatten()
+        .find(|t| t.status.as_deref() == Some(status))
+        .and_then(|t| t.start_time)
+        .map(|t| t.millis())
+}
+
+/// Submits a training job of `image` (a program that prints `started=<ns>` first) and waits for it
+/// to complete: milliseconds from the CreateTrainingJob call to the program running.
+async fn submit_to_running(training: &mut TrainingClient<Transport>, name: &str, image: &str) -> anyhow::Result<f64> {
+    let submitted = now_ns();
+    run_to_completion(training, name, image).await?;
     let logs = training
         .get_training_job_logs(pb::GetTrainingJobLogsRequest {
             training_job_name: name.to_string(),
@@ -368,25 +388,8 @@ pub async fn run() -> anyhow::Result<crate::slurm::Figures> {
         ),
     )?;
     let mut training = TrainingClient::new(c.channel.clone());
-    training
-        .create_training_job(pb::CreateTrainingJobRequest::from(training_request(
-            "big-model",
-            &big_model.display().to_string(),
-        )?))
-        .await?;
-    let d = wait_training(&mut training, "big-model").await?;
-    if d.training_job_status.as_deref() != Some("Completed") {
-        bail!("big-model ended {:?}: {:?}", d.training_job_status, d.failure_reason);
-    }
-    let at = |status: &str| {
-        d.secondary_status_transitions
-            .iter()
-            .flatten()
-            .find(|t| t.status.as_deref() == Some(status))
-            .and_then(|t| t.start_time)
-            .map(|t| t.millis())
-    };
-    if let (Some(uploading), Some(ended)) = (at("Uploading"), at("Completed")) {
+    let d = run_to_completion(&mut training, "big-model", &big_model.display().to_string()).await?;
+    if let (Some(uploading), Some(ended)) = (entered(&d, "Uploading"), entered(&d, "Completed")) {
         let seconds = (ended - uploading) as f64 / 1e3;
         println!("{:<44} {:>9.2} s", "a 256 MiB model (float32): uploading -> ended", seconds);
     }
@@ -452,14 +455,7 @@ async fn breakdown(c: &Cluster, tuning_job: &str, parallel: usize) -> anyhow::Re
             .await?
             .into_inner();
         let d = api::DescribeTrainingJobResponse::from(d);
-        let at = |status: &str| {
-            d.secondary_status_transitions
-                .iter()
-                .flatten()
-                .find(|t| t.status.as_deref() == Some(status))
-                .and_then(|t| t.start_time)
-                .map(|t| t.millis())
-        };
+        let at = |status: &str| entered(&d, status);
         let created = d.creation_time.map(|t| t.millis()).unwrap_or_default();
         if let (Some(downloading), Some(training_at), Some(uploading), Some(ended)) =
             (at("Downloading"), at("Training"), at("Uploading"), at("Completed"))

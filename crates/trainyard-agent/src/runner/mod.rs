@@ -261,6 +261,12 @@ impl WritableLayer {
     }
 }
 
+/// The instance's volume (`VolumeSizeInGB`), in bytes; None when the request gives none.
+fn volume_bytes(request: &api::CreateTrainingJobRequest) -> Option<u64> {
+    let gb = request.resource_config.as_ref()?.volume_size_in_gb.filter(|gb| *gb > 0)?;
+    Some((gb as u64).saturating_mul(1 << 30))
+}
+
 /// The instance's number for the first log line, or metric sample, of attempt `attempt`: both are
 /// numbered per instance across its attempts (a retried instance's output is new, not sent again).
 pub(crate) fn first_number_of_attempt(attempt: u32) -> u64 {

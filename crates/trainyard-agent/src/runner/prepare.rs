@@ -26,14 +26,8 @@ pub(super) struct Prepared {
 /// Lays out the work dir, writes the config files, stages the channels. Returns the environment.
 pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path) -> Result<Prepared, String> {
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-    // What the inputs may take of the instance's volume (VolumeSizeInGB); none given, no bound.
-    let mut room = spec
-        .request
-        .resource_config
-        .as_ref()
-        .and_then(|r| r.volume_size_in_gb)
-        .filter(|gb| *gb > 0)
-        .map_or(u64::MAX, |gb| (gb as u64).saturating_mul(1 << 30));
+    // What the inputs may take of the instance's volume; none given, no bound.
+    let mut room = super::volume_bytes(&spec.request).unwrap_or(u64::MAX);
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| io("clearing the work dir", e))?;
     }
@@ -130,14 +124,15 @@ pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path
             shuffle_seed: c.shuffle_config.as_ref().and_then(|s| s.seed),
             private: false,
         };
+        let room_before = room;
         let staged = settings
             .storage
             .stage(&uri, &dest, selection, &mut room)
             .await
             .map_err(|e| format!("channel {name}: {e}"))?;
         let files = staged.len();
-        let bytes: u64 = staged.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
-        settings.metrics.staged_bytes.inc_by(bytes);
+        // What the channel took of the volume is its staged size (counted once, by `stage`).
+        settings.metrics.staged_bytes.inc_by(room_before - room);
         if files == 0 {
             return Err(format!("channel {name}: no data found at {uri}"));
         }

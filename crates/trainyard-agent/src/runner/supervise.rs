@@ -71,7 +71,7 @@ struct Volume {
     /// A container's writable root file system, besides the work dir.
     layer: Option<WritableLayer>,
     limit: u64,
-    gb: i64,
+    gb: u64,
 }
 
 /// What a measurement of a volume found.
@@ -197,13 +197,12 @@ pub(super) async fn supervise<C: Control>(
     let deadline = tokio::time::sleep(Duration::from_secs(max_runtime));
     tokio::pin!(deadline);
     let mut flush = tokio::time::interval(Duration::from_millis(250));
-    let volume =
-        spec.request.resource_config.as_ref().and_then(|r| r.volume_size_in_gb).filter(|gb| *gb > 0).map(|gb| Volume {
-            dir: dir.to_path_buf(),
-            layer: control.writable_layer(),
-            limit: (gb as u64).saturating_mul(1 << 30),
-            gb: i64::from(gb),
-        });
+    let volume = super::volume_bytes(&spec.request).map(|limit| Volume {
+        dir: dir.to_path_buf(),
+        layer: control.writable_layer(),
+        limit,
+        gb: limit >> 30,
+    });
     let (volume_watch, mut volume_full) = match volume.as_ref().map(Volume::watch) {
         Some((watch, rx)) => (Some(watch), Some(rx)),
         None => (None, None),
