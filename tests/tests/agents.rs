@@ -924,13 +924,14 @@ fn a_full_cluster_skips_its_placement_passes_until_room_frees() {
             .unwrap_or(-1.0)
     };
 
-    submit(&c, "training-jobs", "waiter-1", &training_request(&c, "waiter-1", json!({}), 600));
+    // Waiters that run until stopped: the test stops them while they train.
+    submit(&c, "training-jobs", "waiter-1", &training_request(&c, "waiter-1", json!({"sleep": "60"}), 600));
     let waiting = c.wait_json(&["training-jobs", "describe", "waiter-1"], |d| d["SecondaryStatus"] == "Pending");
     // Stored waiting in its create: its Pending began when it was created.
     assert_eq!(waiting["SecondaryStatusTransitions"][1]["StartTime"], waiting["CreationTime"], "{waiting:#}");
     let before = passes();
     assert!(before >= 1.0, "the passes are counted: {before}");
-    submit(&c, "training-jobs", "waiter-2", &training_request(&c, "waiter-2", json!({}), 600));
+    submit(&c, "training-jobs", "waiter-2", &training_request(&c, "waiter-2", json!({"sleep": "60"}), 600));
     let mut huge = training_request(&c, "huge", json!({}), 600);
     huge["ResourceConfig"]["InstanceType"] = json!("ml.p4d.24xlarge");
     submit(&c, "training-jobs", "huge", &huge);

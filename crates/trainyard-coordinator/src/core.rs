@@ -793,7 +793,8 @@ impl Coordinator {
         if held.idle() {
             warn!(
                 job,
-                "log lines not stored yet: the store is away; held in memory until it is back (up to {} MiB, the oldest dropped past that)",
+                "log lines not stored yet: the store is away or did not answer within {} s; held in memory until it answers (up to {} MiB, the oldest dropped past that)",
+                LOG_WRITE_TIMEOUT.as_secs(),
                 MAX_HELD_LOG_BYTES / (1024 * 1024)
             );
         }
