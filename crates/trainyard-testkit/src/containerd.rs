@@ -58,13 +58,14 @@ impl Containerd {
 
     /// Runs `ctr` against this containerd, in the agents' namespace.
     pub fn ctr(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(&self.socket)
-            .args(["--namespace", NAMESPACE])
-            .args(args)
-            .output()
-            .expect("ctr")
+        self.ctr_command(args).output().expect("ctr")
+    }
+
+    /// `ctr` against this containerd, in the agents' namespace, to be started by the caller.
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ctr");
+        command.arg("--address").arg(&self.socket).args(["--namespace", NAMESPACE]).args(args);
+        command
     }
 
     /// Builds an image of busybox and `files` (path in the image, contents, mode) with this

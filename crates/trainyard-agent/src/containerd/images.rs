@@ -13,10 +13,10 @@ use containerd_client::services::v1::{
     AddResourceRequest, ApplyRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest, DeleteImageRequest,
     DeleteRequest as DeleteLeaseRequest, GetImageRequest, Info, InfoRequest, ListContainersRequest, ListImagesRequest,
     ReadContentRequest, Resource, UpdateImageRequest, UpdateRequest, WriteAction, WriteContentRequest,
-    containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
+    WriteContentResponse, containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
     images_client::ImagesClient, leases_client::LeasesClient,
 };
-use containerd_client::tonic::{Code, Request};
+use containerd_client::tonic::{Code, Request, Status, Streaming};
 use containerd_client::types::Descriptor;
 use futures::{SinkExt, Stream, StreamExt};
 use serde::Deserialize;
@@ -49,6 +49,17 @@ impl std::io::Write for BoundedCount {
 
 /// Blobs go to containerd in messages of this size (gRPC's limit is 4 MiB).
 const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+/// How long a write waits for another to let go of a blob's ingest (another pull downloading the
+/// same layer holds it for as long as its download takes).
+const INGEST_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A blob's ingest, opened: the stream to write to and containerd's answers, and what it holds
+/// already.
+struct OpenIngest {
+    tx: futures::channel::mpsc::Sender<WriteContentRequest>,
+    responses: Streaming<WriteContentResponse>,
+    held: u64,
+}
 /// Image labels the agent's cache keeps: seconds since the epoch of the last use, and the bytes
 /// the image takes (its blobs and its unpacked layers). Images without them (imported by an
 /// operator) are never collected.
@@ -332,7 +343,6 @@ impl Containerd {
         B: AsRef<[u8]>,
     {
         let store = |reason: String| WriteFailure { reason, resume_at: None };
-        let (mut tx, rx) = futures::channel::mpsc::channel::<WriteContentRequest>(2);
         let message = |action: WriteAction, offset: i64, data: Vec<u8>| WriteContentRequest {
             action: action as i32,
             r#ref: format!("trainyard-{}", blob.digest),
@@ -342,21 +352,26 @@ impl Containerd {
             data,
             labels: HashMap::new(),
         };
-        // The first message opens the ingest (containerd answers once it holds its lock); only
-        // then does the call return.
-        tx.send(message(WriteAction::Stat, 0, Vec::new())).await.map_err(|e| store(e.to_string()))?;
-        let mut responses = match ContentClient::new(self.channel.clone()).write(self.leased(rx, lease)).await {
-            Ok(response) => response.into_inner(),
-            Err(status) if status.code() == Code::AlreadyExists => return Ok(()),
-            Err(status) => return Err(store(rpc("write")(status))),
-        };
-        // What the ingest holds already: a write from `start` continues it only if they agree
-        // (a write at 0 starts it over).
-        let held = match responses.message().await {
-            Ok(Some(stat)) => stat.offset.max(0) as u64,
-            Ok(None) => return Err(store("containerd closed the write".into())),
-            Err(status) if status.code() == Code::AlreadyExists => return Ok(()),
-            Err(status) => return Err(store(rpc("write")(status))),
+        // containerd lets one write at a time hold a blob's ingest, and refuses another at once
+        // ("locked": Unavailable): another pull writing the same layer, or this pull's own write
+        // that the network cut, whose lock containerd lets go only once it has seen that stream
+        // end. Tried again until the holder is done (a blob it stored answers AlreadyExists).
+        let waiting_since = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(20);
+        let (mut tx, mut responses, held) = loop {
+            match self.open_ingest(lease, message(WriteAction::Stat, 0, Vec::new())).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(OpenIngest { tx, responses, held })) => break (tx, responses, held),
+                Err(status)
+                    if status.code() == Code::Unavailable
+                        && status.message().contains("locked")
+                        && waiting_since.elapsed() < INGEST_LOCK_PATIENCE =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                }
+                Err(status) => return Err(store(rpc("write")(status))),
+            }
         };
         if start != 0 && start != held {
             return Err(WriteFailure {
@@ -415,6 +430,24 @@ impl Containerd {
         exchange(commit).await.map_err(store)?;
         written(len as u64);
         Ok(())
+    }
+
+    /// Opens a blob's ingest with `stat` (its first message): containerd answers once this write
+    /// holds the ingest's lock, saying how many bytes it holds already. None: the blob is stored.
+    async fn open_ingest(&self, lease: &Lease, stat: WriteContentRequest) -> Result<Option<OpenIngest>, Status> {
+        let (mut tx, rx) = futures::channel::mpsc::channel::<WriteContentRequest>(2);
+        tx.send(stat).await.map_err(|e| Status::internal(e.to_string()))?;
+        let mut responses = match ContentClient::new(self.channel.clone()).write(self.leased(rx, lease)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == Code::AlreadyExists => return Ok(None),
+            Err(status) => return Err(status),
+        };
+        match responses.message().await {
+            Ok(Some(stat)) => Ok(Some(OpenIngest { tx, responses, held: stat.offset.max(0) as u64 })),
+            Ok(None) => Err(Status::internal("containerd closed the write")),
+            Err(status) if status.code() == Code::AlreadyExists => Ok(None),
+            Err(status) => Err(status),
+        }
     }
 
     /// How many bytes the layer `blob` in the content store decompresses to, reading it through;
