@@ -32,6 +32,19 @@ case "$MODE" in
     dd if=/dev/zero of=/var/tmp/fill bs=1048576 count=1200
     echo disk-filled
     sleep 120 ;;
+  tamper)
+    # Run as root: tries to write through its staged input into the input cache's copy.
+    f=/opt/ml/input/data/train/train.csv
+    echo "input-sum=$(md5sum < "$f" | cut -c1-12)"
+    if echo tampered-4b1e >> "$f"; then echo appended; fi ;;
+  hide)
+    # Run as root: 1.2 GiB in a file with a second link from the start, root's with other links
+    # as the cache's files are.
+    : > /opt/ml/output/fill
+    ln /opt/ml/output/fill /opt/ml/output/alias
+    dd if=/dev/zero of=/opt/ml/output/fill bs=1048576 count=1200 conv=notrunc
+    echo hidden
+    sleep 120 ;;
   bomb)
     # 100 processes; the shell dies at the first fork refused.
     for i in $(seq 100); do sleep 30 & done
@@ -351,6 +364,55 @@ fn a_layer_download_the_network_cuts_goes_on_where_it_stopped() {
         .unwrap_or_else(|| panic!("a range from where it stopped: {requests:?}"));
     assert!(from > 0 && from <= image.layer.len() / 2, "{from} of {}", image.layer.len());
     agent.expect_log("download cut: resuming");
+}
+
+/// containerd lets one write at a time hold a layer's ingest and refuses a second at once: a pull
+/// that finds another write holding it (another pull of the same layer; or its own write that the
+/// network cut, until containerd has seen that stream end) waits for it instead of failing.
+#[test]
+fn a_layer_another_write_holds_is_waited_for() {
+    let containerd = Containerd::start();
+    let image = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
+    let (_served, _server, address) = fake_registry(&image, &image.manifest, false);
+    // Another writer of the layer holds its ingest, under the name the agent writes it by, for as
+    // long as its input stays open.
+    let layer = image.layer_digest();
+    let mut holder = containerd
+        .ctr_command(&[
+            "content",
+            "ingest",
+            "--expected-size",
+            &image.layer.len().to_string(),
+            "--expected-digest",
+            &layer,
+            &format!("trainyard-{layer}"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ctr content ingest");
+    let locked = trainyard_testkit::wait_until(Duration::from_secs(10), || {
+        let out = containerd.ctr(&["content", "active"]);
+        String::from_utf8_lossy(&out.stdout).contains(&format!("trainyard-{layer}"))
+    });
+    assert!(locked, "the other write did not open the ingest");
+    let c = Coordinator::start();
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let args = ["--advertise-vcpus", "8", "--containerd-socket", &socket, "--insecure-registry", &address];
+    let agent = c.start_agent_for_images_only("puller", &args);
+    start(&c, "waits", &format!("{address}/e2e/held:1"));
+    std::thread::sleep(Duration::from_secs(3));
+    let waiting = c.json(&["training-jobs", "describe", "waits"]);
+    assert_eq!(
+        waiting["TrainingJobStatus"], "InProgress",
+        "it waits while the other write holds the layer: {waiting:#}"
+    );
+    // The other write ends without storing it (killed): the pull goes on.
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let done = wait_done(&c, "waits");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", agent.log());
 }
 
 /// A registry behind a token server (Docker's token authentication, as ECR, GHCR and Docker Hub
@@ -844,6 +906,24 @@ fn an_image_runs_as_root_only_where_the_agent_allows_it_and_without_capabilities
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{logs}");
     assert!(logs.contains("uid=0 gid=0"), "the image names no user: root, as Docker runs it: {logs}");
     assert!(logs.contains("capeff=0000000000000000"), "root without capabilities: {logs}");
+
+    // Root owns the input cache's copies: it stages private copies, and what it writes into them
+    // reaches no other instance.
+    let mut sums = Vec::new();
+    for name in ["tamper-1", "tamper-2"] {
+        let done = submit(&c, &request(name, IMAGE, json!({"MODE": "tamper"})));
+        let logs = c.logs(name);
+        assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{logs}");
+        assert!(logs.contains("appended"), "its own copy is its to change: {logs}");
+        sums.push(logs.lines().find_map(|l| l.strip_prefix("input-sum=")).map(str::to_string));
+    }
+    assert!(sums[0].is_some() && sums[0] == sums[1], "the second read what the first did: {sums:?}");
+
+    // Nor are root's own files with other links taken for the cache's: they count against its volume.
+    let done = submit(&c, &request("hider", IMAGE, json!({"MODE": "hide"})));
+    assert_eq!(done["TrainingJobStatus"], "Failed", "{}", c.logs("hider"));
+    let reason = done["FailureReason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("ClientError: the instance's volume is full"), "{reason}");
 }
 
 #[test]

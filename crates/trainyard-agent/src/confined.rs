@@ -5,6 +5,7 @@
 //! between a check and a use is refused too. Only regular files are read (a FIFO would block the
 //! agent), and a walk is bounded in entries and depth.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
@@ -105,15 +106,15 @@ impl Confined {
     /// What is stored beneath `relative` (a directory), in bytes: each regular file at its full
     /// length (a sparse one too, as it would be packed and uploaded whole) or its blocks if more,
     /// each directory's blocks, and every entry (links and special files too) at least 4 KiB;
-    /// what a link points to is not counted, nor a file of the input cache linked in (root's, with
-    /// other links). Stops counting once
-    /// past `stop_above`. Unlike [`Confined::walk`] it lists nothing and has no bound on entries
-    /// (what it costs is the caller's to pace); depth is bounded by [`MAX_DEPTH`], deeper is an
-    /// error of kind `InvalidData`.
-    pub fn bytes_beneath(&self, relative: &Path, stop_above: u64) -> io::Result<u64> {
+    /// what a link points to is not counted, nor the files `shared` names by device and inode (the
+    /// input cache's, linked in when the instance was staged, however many links to them the
+    /// instance makes). Stops counting once past `stop_above`. Unlike [`Confined::walk`] it lists
+    /// nothing and has no bound on entries (what it costs is the caller's to pace); depth is
+    /// bounded by [`MAX_DEPTH`], deeper is an error of kind `InvalidData`.
+    pub fn bytes_beneath(&self, relative: &Path, stop_above: u64, shared: &HashSet<(u64, u64)>) -> io::Result<u64> {
         let dir = self.open_at(relative, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW, Mode::empty())?;
         let mut total = 0;
-        bytes_in(&dir, 0, stop_above, &mut total)?;
+        bytes_in(&dir, 0, stop_above, shared, &mut total)?;
         Ok(total)
     }
 
@@ -158,7 +159,13 @@ impl Confined {
 
 /// Adds what `dir` holds to `total` (see [`Confined::bytes_beneath`]). Entries the job removes or
 /// swaps for a link while they are counted are skipped: the next count sees what took their place.
-fn bytes_in(dir: &OwnedFd, depth: usize, stop_above: u64, total: &mut u64) -> io::Result<()> {
+fn bytes_in(
+    dir: &OwnedFd,
+    depth: usize,
+    stop_above: u64,
+    shared: &HashSet<(u64, u64)>,
+    total: &mut u64,
+) -> io::Result<()> {
     use rustix::io::Errno;
     if depth > MAX_DEPTH {
         return Err(io::Error::new(
@@ -182,10 +189,10 @@ fn bytes_in(dir: &OwnedFd, depth: usize, stop_above: u64, total: &mut u64) -> io
             Err(e) => return Err(e.into()),
         };
         let file_type = FileType::from_raw_mode(stat.st_mode);
-        // A root-owned file with other links is the agent's input cache's, linked in read-only and
-        // shared between instances (bounded by the cache's own size): not this instance's disk.
-        // A job cannot make one (it is not root, and may not link a file it cannot write).
-        if file_type == FileType::RegularFile && stat.st_nlink > 1 && stat.st_uid == 0 {
+        // The input cache's copy, shared between instances (bounded by the cache's own size): not
+        // this instance's disk. Known by its inode, not by its owner or links: a job run as root
+        // makes root's files with other links too.
+        if file_type == FileType::RegularFile && shared.contains(&(stat.st_dev, stat.st_ino)) {
             continue;
         }
         let blocks = (stat.st_blocks as u64).saturating_mul(512);
@@ -196,7 +203,7 @@ fn bytes_in(dir: &OwnedFd, depth: usize, stop_above: u64, total: &mut u64) -> io
         if file_type == FileType::Directory {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             match rustix::fs::openat(dir, name, flags, Mode::empty()) {
-                Ok(child) => bytes_in(&child, depth + 1, stop_above, total)?,
+                Ok(child) => bytes_in(&child, depth + 1, stop_above, shared, total)?,
                 Err(e) if gone(&e) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -285,29 +292,41 @@ mod tests {
         // The secret outside, however large, is reached only through links: not counted.
         std::fs::write(dir.path().join("secret"), vec![7u8; 1 << 20]).expect("write");
         let confined = Confined::open(&work).expect("open");
-        let before = confined.bytes_beneath(Path::new(""), u64::MAX).expect("count");
+        let none = HashSet::new();
+        let before = confined.bytes_beneath(Path::new(""), u64::MAX, &none).expect("count");
         assert!(before < 64 * 1024, "the files and directories' blocks only: {before}");
         // A sparse file counts at its full length.
         let sparse = std::fs::File::create(work.join("model/sparse.bin")).expect("create");
         sparse.set_len(3 << 30).expect("truncate");
-        let after = confined.bytes_beneath(Path::new(""), u64::MAX).expect("count");
+        let after = confined.bytes_beneath(Path::new(""), u64::MAX, &none).expect("count");
         assert!(after >= before + (3 << 30), "{after}");
-        // A file of the input cache, linked in, is the cache's: not charged.
+        // A file of the input cache, linked in (and linked again by the job), is the cache's: not
+        // charged. Another file with other links, root's as the cache's are, is.
+        use std::os::unix::fs::MetadataExt;
         let cached = dir.path().join("cached");
         std::fs::write(&cached, vec![1u8; 1 << 20]).expect("write");
         std::fs::create_dir_all(work.join("input/data/train")).expect("mkdir");
         std::fs::hard_link(&cached, work.join("input/data/train/part-0")).expect("link");
-        let input = confined.bytes_beneath(Path::new("input"), u64::MAX).expect("count");
+        std::fs::hard_link(&cached, work.join("input/data/train/again")).expect("link");
+        let id = std::fs::metadata(&cached).map(|m| (m.dev(), m.ino())).expect("stat");
+        let shared = HashSet::from([id]);
+        let input = confined.bytes_beneath(Path::new("input"), u64::MAX, &shared).expect("count");
         assert!(input < 1 << 20, "{input}");
+        let charged = confined.bytes_beneath(Path::new("input"), u64::MAX, &none).expect("count");
+        assert!(charged >= 2 << 20, "not the cache's, each link counted: {charged}");
+        std::fs::write(work.join("input/hidden"), vec![1u8; 1 << 20]).expect("write");
+        std::fs::hard_link(work.join("input/hidden"), dir.path().join("hidden-alias")).expect("link");
+        let with_hidden = confined.bytes_beneath(Path::new("input"), u64::MAX, &shared).expect("count");
+        assert!(with_hidden >= input + (1 << 20), "a file with other links of its own is charged: {with_hidden}");
         // Empty files cost the disk inodes: each is charged a block.
         std::fs::create_dir_all(work.join("output/many")).expect("mkdir");
         for i in 0..100 {
             std::fs::File::create(work.join(format!("output/many/{i}"))).expect("create");
         }
-        let with_empty = confined.bytes_beneath(Path::new("output/many"), u64::MAX).expect("count");
+        let with_empty = confined.bytes_beneath(Path::new("output/many"), u64::MAX, &none).expect("count");
         assert!(with_empty >= 100 * 4096, "{with_empty}");
         // Counting stops once past the bound (the rest of the tree is not read).
-        let bounded = confined.bytes_beneath(Path::new(""), 1 << 30).expect("count");
+        let bounded = confined.bytes_beneath(Path::new(""), 1 << 30, &none).expect("count");
         assert!(bounded > 1 << 30);
         // Deeper than the bound is an error, not a hiding place.
         let mut deep = work.join("output");
@@ -315,7 +334,7 @@ mod tests {
             deep.push("d");
         }
         std::fs::create_dir_all(&deep).expect("mkdir");
-        let refused = confined.bytes_beneath(Path::new("output"), u64::MAX).expect_err("too deep");
+        let refused = confined.bytes_beneath(Path::new("output"), u64::MAX, &none).expect_err("too deep");
         assert_eq!(refused.kind(), io::ErrorKind::InvalidData);
     }
 }

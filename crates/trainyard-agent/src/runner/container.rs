@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::{
-    Control, Exit, HOSTS_FILE, Identity, InstanceSpec, Launched, OPT_ML, Reporter, Settings, write_hosts_file,
+    Control, Exit, HOSTS_FILE, Identity, Inputs, InstanceSpec, Launched, OPT_ML, Reporter, Settings, write_hosts_file,
 };
 use crate::containerd::{Containerd, Image};
 use crate::image_cache::Pinned;
@@ -24,10 +24,11 @@ pub(super) async fn launch(
     settings: &Settings,
     reference: &str,
     dir: &Path,
-    env: BTreeMap<String, String>,
+    inputs: Inputs,
     namespace: Option<PathBuf>,
     reporter: &Reporter<'_>,
 ) -> Result<Launched<ContainerControl>, String> {
+    let Inputs { env, mut shared } = inputs;
     let (Some(containerd), Some(images)) = (&settings.containerd, &settings.images) else {
         return Err(format!(
             "InternalServerError: {reference} is a container image and this agent has no container runtime"
@@ -41,6 +42,12 @@ pub(super) async fn launch(
     } else {
         Identity::lease(spec, settings, dir)?
     };
+    if identity.is_none() {
+        // Root (or the agent's own user) owns the input cache's copies and could write through
+        // the links into what other instances read: copies of its own instead.
+        let copying = shared.make_private().await;
+        copying.map_err(|e| format!("copying the staged input for an instance run as root: {e}"))?;
+    }
     let hosts = dir.join(HOSTS_FILE);
     write_hosts_file(spec, &hosts, namespace.is_some()).map_err(|e| format!("writing /etc/hosts: {e}"))?;
     let id = format!("{}.algo-{}.{}", spec.job, spec.instance, spec.attempt);
@@ -128,7 +135,7 @@ pub(super) async fn launch(
     });
     let stderr_stream = streams.pop().flatten();
     let stdout_stream = streams.pop().flatten();
-    Ok(Launched { stdout: stdout_stream, stderr: stderr_stream, exited, control })
+    Ok(Launched { stdout: stdout_stream, stderr: stderr_stream, exited, control, shared: shared.ids() })
 }
 
 /// Gives the container the instance's GPUs through their CDI devices (named by UUID, or by NVML

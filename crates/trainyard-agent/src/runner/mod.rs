@@ -2,7 +2,8 @@
 //! for SageMaker runs unchanged. An instance goes through five steps, each in its own file:
 //!
 //! 1. `prepare`: a work dir laid out like `/opt/ml` (`input/config/*.json`, `input/data/<channel>/`,
-//!    `model/`, `output/`, `checkpoints/`), channels staged, the `SM_*` environment;
+//!    `model/`, `output/`, `checkpoints/`), channels staged (links to the input cache, noted in
+//!    `shared_inputs`), the `SM_*` environment;
 //! 2. the network: its own namespace, reachable by its peers (`crate::network`);
 //! 3. a runtime launches the program (`process`: a program on the host, `<TrainingImage> train`);
 //!    what it hands back is the program's output, its end, and a [`Control`] to signal or kill
@@ -18,10 +19,12 @@ pub use container::ContainerCgroups;
 mod prepare;
 mod process;
 pub use process::read_only_host_supported;
+mod shared_inputs;
+use shared_inputs::SharedInputs;
 mod supervise;
 mod upload;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -233,6 +236,15 @@ struct Launched<C> {
     /// Sent when the program (not everything it started) has ended.
     exited: oneshot::Receiver<std::io::Result<Exit>>,
     control: C,
+    /// The input cache's files in its work dir (none when it was given copies): not charged to
+    /// its volume.
+    shared: HashSet<shared_inputs::FileId>,
+}
+
+/// What an instance starts with: its environment, and the input cache's files staged for it.
+struct Inputs {
+    env: BTreeMap<String, String>,
+    shared: SharedInputs,
 }
 
 /// Reaches every process of a running instance, wherever it moved. Dropped once the supervisor
@@ -339,7 +351,8 @@ pub async fn run(
                 Err(reason) => Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
                 Ok(network) => {
                     let namespace = network.as_ref().map(|n| n.network.path());
-                    let outcome = execute(&spec, settings, &dir, prepared.env, namespace, &reporter, &mut stop).await;
+                    let inputs = Inputs { env: prepared.env, shared: prepared.shared };
+                    let outcome = execute(&spec, settings, &dir, inputs, namespace, &reporter, &mut stop).await;
                     if let Some(network) = network {
                         leave_network(&spec, settings, network).await;
                     }
@@ -424,7 +437,7 @@ async fn execute(
     spec: &InstanceSpec,
     settings: &Settings,
     dir: &std::path::Path,
-    env: BTreeMap<String, String>,
+    inputs: Inputs,
     namespace: Option<PathBuf>,
     reporter: &Reporter<'_>,
     stop: &mut watch::Receiver<Option<StopReason>>,
@@ -438,7 +451,7 @@ async fn execute(
         }
         (TrainingImage::HostProgram, _) => {
             let launching = std::time::Instant::now();
-            match process::launch(spec, settings, dir, env, namespace).await {
+            match process::launch(spec, settings, dir, inputs, namespace).await {
                 Ok(launched) => {
                     settings.metrics.launch_seconds.observe(launching.elapsed().as_secs_f64());
                     return supervise::supervise(spec, settings, dir, launched, reporter, stop).await;
@@ -448,7 +461,7 @@ async fn execute(
         }
         (TrainingImage::Container(reference), Some(_)) => {
             let launching = std::time::Instant::now();
-            match container::launch(spec, settings, &reference, dir, env, namespace, reporter).await {
+            match container::launch(spec, settings, &reference, dir, inputs, namespace, reporter).await {
                 Ok(launched) => {
                     settings.metrics.launch_seconds.observe(launching.elapsed().as_secs_f64());
                     return supervise::supervise(spec, settings, dir, launched, reporter, stop).await;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use super::shared_inputs::SharedInputs;
 use super::{InstanceSpec, OPT_ML, PRIVATE_TMP, PRIVATE_VAR_TMP, Settings};
 use crate::storage;
 
@@ -21,6 +22,8 @@ pub(super) struct Pipe {
 pub(super) struct Prepared {
     pub env: BTreeMap<String, String>,
     pub pipes: Vec<Pipe>,
+    /// Staged files that are links to the input cache.
+    pub shared: SharedInputs,
 }
 
 /// Lays out the work dir, writes the config files, stages the channels. Returns the environment.
@@ -50,6 +53,7 @@ pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path
     // Where the program sees its work dir: /opt/ml itself when the agent can mount it there.
     let seen = if settings.opt_ml { PathBuf::from(OPT_ML) } else { dir.to_path_buf() };
     let mut hyperparameters = r.hyper_parameters.clone().unwrap_or_default();
+    let mut shared = SharedInputs::default();
     // Script mode's code, where the SageMaker SDK uploaded an estimator's `source_dir`: staged like
     // a channel (the agent's credentials, the role's prefixes checked at submission), and the job
     // is told the local copy instead, so that its code needs neither credentials nor a network.
@@ -60,6 +64,7 @@ pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path
             .stage(&uri, &dir.join("input/code"), storage::Selection::default(), &mut room)
             .await
             .map_err(|e| format!("{}: {e}", trainyard_model::uris::SUBMIT_DIRECTORY))?;
+        shared.note(&staged);
         if !staged.iter().any(|f| f.file_name().is_some_and(|n| n == name.as_str())) {
             return Err(format!("{}: no object at {uri}", trainyard_model::uris::SUBMIT_DIRECTORY));
         }
@@ -130,6 +135,7 @@ pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path
             .stage(&uri, &dest, selection, &mut room)
             .await
             .map_err(|e| format!("channel {name}: {e}"))?;
+        shared.note(&staged);
         let files = staged.len();
         // What the channel took of the volume is its staged size (counted once, by `stage`).
         settings.metrics.staged_bytes.inc_by(room_before - room);
@@ -201,7 +207,7 @@ pub(super) async fn prepare(spec: &InstanceSpec, settings: &Settings, dir: &Path
     for (k, v) in r.environment.clone().unwrap_or_default() {
         env.insert(k, v);
     }
-    Ok(Prepared { env, pipes })
+    Ok(Prepared { env, pipes, shared })
 }
 
 pub(super) fn make_fifo(path: &Path) -> std::io::Result<()> {

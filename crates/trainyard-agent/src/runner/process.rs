@@ -3,7 +3,6 @@
 //! mount namespace (its work dir at `/opt/ml`, its own `/tmp`, `/dev/shm` and `/etc/hosts`), as a
 //! uid of its own.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,8 +12,8 @@ use tokio::sync::oneshot;
 use trainyard_proto::model::api;
 
 use super::{
-    Control, Exit, HOSTS_FILE, Identity, InstanceSpec, Launched, OPT_ML, PRIVATE_TMP, PRIVATE_VAR_TMP, Settings,
-    write_hosts_file,
+    Control, Exit, HOSTS_FILE, Identity, Inputs, InstanceSpec, Launched, OPT_ML, PRIVATE_TMP, PRIVATE_VAR_TMP,
+    Settings, write_hosts_file,
 };
 
 /// Starts the instance's program. `Err` is the job's FailureReason.
@@ -22,11 +21,16 @@ pub(super) async fn launch(
     spec: &InstanceSpec,
     settings: &Settings,
     dir: &Path,
-    env: BTreeMap<String, String>,
+    inputs: Inputs,
     namespace: Option<PathBuf>,
 ) -> Result<Launched<ProcessControl>, String> {
+    let Inputs { env, mut shared } = inputs;
     let argv = command_line(&spec.request)?;
     let lease = Identity::lease(spec, settings, dir)?;
+    if lease.is_none() {
+        // It runs as the agent's own user, who owns the input cache: copies of its own.
+        shared.make_private().await.map_err(|e| format!("copying the staged input: {e}"))?;
+    }
     let identity = lease.as_ref().map(|held| (held.uid(), held.groups.clone()));
 
     let mut cmd = Command::new(&argv[0]);
@@ -235,6 +239,7 @@ pub(super) async fn launch(
         stderr: stderr.map(|s| Box::new(s) as super::Output),
         exited,
         control: ProcessControl { cgroup, group, uid: lease },
+        shared: shared.ids(),
     })
 }
 

@@ -4,8 +4,9 @@
 //! than `VolumeSizeInGB` (measured every second and at the end); the instance ends when its
 //! program has exited, everything it started is killed and its output is read to the end.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use regex::Regex;
@@ -13,6 +14,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 use trainyard_proto::pb::{self, InstanceState};
 
+use super::shared_inputs::FileId;
 use super::{
     Control, FENCED, InstanceSpec, Launched, Outcome, Report, Reporter, Settings, StopReason, WritableLayer, now_millis,
 };
@@ -70,6 +72,8 @@ struct Volume {
     dir: std::path::PathBuf,
     /// A container's writable root file system, besides the work dir.
     layer: Option<WritableLayer>,
+    /// The input cache's files linked into the work dir: not charged.
+    shared: Arc<HashSet<FileId>>,
     limit: u64,
     gb: u64,
 }
@@ -96,8 +100,9 @@ impl Volume {
             None => 0,
         };
         let (at, room, limit, gb) = (self.dir.clone(), self.limit.saturating_sub(outside), self.limit, self.gb);
+        let shared = self.shared.clone();
         let measured =
-            tokio::task::spawn_blocking(move || Confined::open(&at)?.bytes_beneath(Path::new(""), room)).await;
+            tokio::task::spawn_blocking(move || Confined::open(&at)?.bytes_beneath(Path::new(""), room, &shared)).await;
         match measured {
             Ok(Ok(bytes)) if bytes.saturating_add(outside) > limit => Measured::Over(format!(
                 "{VOLUME_FULL}: it stored more than its VolumeSizeInGB ({gb} GB, {limit} bytes; at least {} found), so it was stopped; nothing was uploaded. Ask for a larger VolumeSizeInGB",
@@ -168,7 +173,7 @@ pub(super) async fn supervise<C: Control>(
         .into_iter()
         .filter_map(|d| Some((d.name?, settings.metric_patterns.compiled(&d.regex?)?)))
         .collect();
-    let Launched { stdout, stderr, exited: mut exited_rx, control } = launched;
+    let Launched { stdout, stderr, exited: mut exited_rx, control, shared } = launched;
     reporter.update(InstanceState::Training, "Training in progress", Vec::new());
 
     // Lines from both streams, in arrival order. Bounded: a job that prints faster than the agent
@@ -200,6 +205,7 @@ pub(super) async fn supervise<C: Control>(
     let volume = super::volume_bytes(&spec.request).map(|limit| Volume {
         dir: dir.to_path_buf(),
         layer: control.writable_layer(),
+        shared: Arc::new(shared),
         limit,
         gb: limit >> 30,
     });
