@@ -65,6 +65,8 @@ pub(super) const VOLUME_FULL: &str = "ClientError: the instance's volume is full
 /// so the agent spends at most a twentieth of a core per instance on it.
 const VOLUME_CHECK_EVERY: Duration = Duration::from_secs(1);
 const VOLUME_CHECK_AT_MOST_EVERY: Duration = Duration::from_secs(60);
+/// How soon a volume filling fast is measured again at the soonest.
+const VOLUME_CHECK_SOONEST: Duration = Duration::from_millis(100);
 
 /// An instance's volume: what may be stored, and where.
 #[derive(Clone)]
@@ -80,7 +82,8 @@ struct Volume {
 
 /// What a measurement of a volume found.
 enum Measured {
-    Within,
+    /// Within its limit, holding this many bytes.
+    Within(u64),
     /// Over its limit (or not measurable, as nested too deep): the FailureReason.
     Over(String),
     /// The measurement failed (an I/O error): tried again later.
@@ -111,7 +114,7 @@ impl Volume {
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Measured::Over(format!(
                 "{VOLUME_FULL}: it could not be measured ({e}), so it was stopped; nothing was uploaded"
             )),
-            Ok(Ok(_)) => Measured::Within,
+            Ok(Ok(bytes)) => Measured::Within(bytes.saturating_add(outside)),
             Ok(Err(e)) => Measured::Failed(e.to_string()),
             Err(e) => Measured::Failed(e.to_string()),
         }
@@ -124,12 +127,15 @@ impl Volume {
         let volume = self.clone();
         let task = tokio::spawn(async move {
             let mut pause = VOLUME_CHECK_EVERY;
+            let mut last: Option<(std::time::Instant, u64)> = None;
             loop {
                 tokio::time::sleep(pause).await;
                 let started = std::time::Instant::now();
                 match volume.measure().await {
-                    Measured::Within => {
-                        pause = (started.elapsed() * 20).clamp(VOLUME_CHECK_EVERY, VOLUME_CHECK_AT_MOST_EVERY);
+                    Measured::Within(used) => {
+                        let growth = last.map(|(at, before)| (used.saturating_sub(before), started - at));
+                        pause = next_measurement(started.elapsed(), used, volume.limit, growth);
+                        last = Some((started, used));
                     }
                     Measured::Failed(e) => {
                         tracing::warn!(dir = %volume.dir.display(), error = %e, "measuring an instance's volume failed; trying again");
@@ -144,6 +150,22 @@ impl Volume {
         });
         (AbortOnDrop(task), rx)
     }
+}
+
+/// When to measure a volume next, after a measurement that took `took` and found `used` of
+/// `limit` bytes, `growth` (bytes, over how long) more than the one before: spaced to 20 times
+/// what a measurement takes, from every second to every minute, so that a large work dir is not
+/// walked all the time; but sooner when, growing as fast as it just did, it would pass its limit
+/// before then: at a quarter of the time it would take, so that a job filling its volume fast
+/// overshoots it by a fraction of a second's writing. Never sooner than 100 ms, nor than four
+/// times what a measurement takes.
+fn next_measurement(took: Duration, used: u64, limit: u64, growth: Option<(u64, Duration)>) -> Duration {
+    let paced = (took * 20).clamp(VOLUME_CHECK_EVERY, VOLUME_CHECK_AT_MOST_EVERY);
+    let Some((grew, over)) = growth.filter(|(grew, over)| *grew > 0 && !over.is_zero()) else { return paced };
+    let per_second = grew as f64 / over.as_secs_f64();
+    let until_full = Duration::from_secs_f64((limit.saturating_sub(used) as f64 / per_second).min(86_400.0));
+    let soonest = VOLUME_CHECK_SOONEST.max(took * 4);
+    (until_full / 4).clamp(soonest, paced.max(soonest))
 }
 
 /// A task that ends when its handle is dropped.
@@ -438,6 +460,27 @@ fn send_logs(spec: &InstanceSpec, reporter: &Reporter<'_>, batch: &mut Vec<pb::L
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_volume_filling_fast_is_measured_sooner() {
+        const GB: u64 = 1 << 30;
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        // Not growing, or no measurement before: every second, or 20 times a long walk.
+        assert_eq!(next_measurement(ms(2), GB / 2, GB, None), s(1));
+        assert_eq!(next_measurement(ms(2), GB / 2, GB, Some((0, s(1)))), s(1));
+        assert_eq!(next_measurement(ms(300), GB / 2, GB, None), s(6));
+        assert_eq!(next_measurement(s(5), GB / 2, GB, None), s(60));
+        // Growing slowly: full in hours, measured as paced.
+        assert_eq!(next_measurement(ms(2), GB / 2, GB, Some((1 << 20, s(1)))), s(1));
+        // 400 MB a second with 200 MB to go: full in half a second, measured after an eighth.
+        assert_eq!(next_measurement(ms(2), 800_000_000, 1_000_000_000, Some((400_000_000, s(1)))), ms(125));
+        // Nearly full: not sooner than 100 ms, nor than four times the walk.
+        assert_eq!(next_measurement(ms(2), GB - 1, GB, Some((GB / 2, s(1)))), ms(100));
+        assert_eq!(next_measurement(ms(300), GB - 1, GB, Some((GB / 2, s(1)))), ms(1200));
+        // Past the limit by the time it is measured (a race with the writer): the soonest.
+        assert_eq!(next_measurement(ms(2), GB + 1, GB, Some((GB, s(1)))), ms(100));
+    }
 
     async fn lines_of(input: &[u8], limit: usize) -> Vec<String> {
         let mut reader = BufReader::with_capacity(7, input);
