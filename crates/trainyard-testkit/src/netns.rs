@@ -4,15 +4,17 @@
 //! Everything is removed on drop.
 //!
 //! Addresses: the LAN is `10.77.<n>.0/24` (gateway `.1`, hosts from `.2`); `outside` is a
-//! `198.18.<n>.1` address on the gateway that stands for the internet.
+//! `198.18.<n>.1` address on the gateway that stands for the internet. `n` (1–250) is taken with
+//! a lock file held for the LAN's life, so that LANs of tests running side by side in processes
+//! of their own never share a subnet or a name.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
+/// Where the LANs' numbers are taken: a lock file for each.
+const LAN_NUMBERS: &str = "/run/trainyard-test-lans";
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("running ip");
@@ -33,6 +35,8 @@ pub fn available() -> bool {
 
 pub struct Lan {
     tag: String,
+    /// Holds the LAN's number (released last, after everything named by it is gone).
+    _number: std::fs::File,
     pub namespace: String,
     /// The root namespace's address on the LAN.
     pub gateway: Ipv4Addr,
@@ -49,16 +53,19 @@ pub struct Host {
 
 impl Lan {
     pub fn new() -> Lan {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let subnet = ((std::process::id() + n * 37) % 250 + 1) as u8;
-        let tag = format!("{:x}{n}", std::process::id() % 0xfff);
+        let (subnet, number) = take_lan_number();
+        let tag = subnet.to_string();
         let namespace = format!("tylan-{tag}");
         let gateway_link = format!("tyg{tag}");
+        // Whatever a killed test left under this number (no live one holds it) goes first.
+        remove_namespaces(|name| name == namespace || name.starts_with(&format!("tyhost-{tag}-")));
+        let _ = Command::new("ip").args(["link", "del", &gateway_link]).output();
         ip(&["netns", "add", &namespace]);
         ip(&["-n", &namespace, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &namespace, "link", "set", "br0", "up"]);
         let lan = Lan {
             tag,
+            _number: number,
             namespace,
             gateway: Ipv4Addr::new(10, 77, subnet, 1),
             outside: Ipv4Addr::new(198, 18, subnet, 1),
@@ -85,7 +92,7 @@ impl Lan {
         let index = self.hosts.len() + 1;
         let namespace = format!("tyhost-{}-{index}", self.tag);
         ip(&["netns", "add", &namespace]);
-        let link = format!("tyh{}{index}", self.tag);
+        let link = format!("tyh{}-{index}", self.tag);
         self.plug(&link, index);
         ip(&["link", "set", &link, "netns", &namespace]);
         let octets = self.gateway.octets();
@@ -119,6 +126,32 @@ impl Lan {
         }
         std::thread::sleep(Duration::from_millis(200));
         Capture { child: Some(child) }
+    }
+}
+
+/// A LAN number (1–250) no other LAN on this host holds, and the lock that holds it.
+fn take_lan_number() -> (u8, std::fs::File) {
+    std::fs::create_dir_all(LAN_NUMBERS).expect("creating the LAN numbers' dir");
+    let start = std::process::id() % 250;
+    for i in 0..250 {
+        let n = ((start + i) % 250 + 1) as u8;
+        let path = Path::new(LAN_NUMBERS).join(n.to_string());
+        let file = std::fs::File::options().create(true).truncate(false).write(true).open(&path).expect("lock file");
+        if file.try_lock().is_ok() {
+            return (n, file);
+        }
+    }
+    panic!("all 250 simulated LAN numbers are in use on this host");
+}
+
+/// Deletes the network namespaces whose names `matches`.
+fn remove_namespaces(matches: impl Fn(&str) -> bool) {
+    let out = Command::new("ip").args(["netns", "list"]).output().expect("running ip");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if !name.is_empty() && matches(name) {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
     }
 }
 
