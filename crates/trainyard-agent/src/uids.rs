@@ -66,11 +66,43 @@ impl std::fmt::Display for UidRange {
     }
 }
 
+/// How long the user database's answer for a uid is trusted: a user added since takes at most
+/// this long to be seen (an instance that started before keeps its uid until it ends).
+const USER_DATABASE_ANSWER_KEPT: Duration = Duration::from_secs(60);
+
 /// The uids this agent hands out.
 pub struct UidPool {
     range: UidRange,
     locks: PathBuf,
     next: Mutex<u32>,
+    /// Asks the system's user database whether a uid is someone's (NSS: on an LDAP or SSSD host, a
+    /// lookup that may cross the network), its answers kept for [`USER_DATABASE_ANSWER_KEPT`]:
+    /// without them every instance's start asked it again.
+    users: UserDatabase,
+}
+
+/// Whether a uid is a user's, as the user database said at a recent time.
+struct UserDatabase {
+    lookup: fn(u32) -> bool,
+    answers: Mutex<std::collections::HashMap<u32, (bool, std::time::Instant)>>,
+}
+
+impl UserDatabase {
+    fn has(&self, uid: u32) -> bool {
+        self.has_at(uid, std::time::Instant::now())
+    }
+
+    fn has_at(&self, uid: u32, now: std::time::Instant) -> bool {
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((has, at)) = answers.get(&uid)
+            && now.duration_since(*at) < USER_DATABASE_ANSWER_KEPT
+        {
+            return *has;
+        }
+        let has = (self.lookup)(uid);
+        answers.insert(uid, (has, now));
+        has
+    }
 }
 
 /// A uid held by one instance. Dropped: kills every process left under the uid (unless it is known
@@ -89,14 +121,19 @@ impl UidPool {
         std::fs::create_dir_all(locks).map_err(|e| format!("creating {}: {e}", locks.display()))?;
         std::fs::set_permissions(locks, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| format!("making {} private: {e}", locks.display()))?;
-        Ok(UidPool { range, locks: locks.to_path_buf(), next: Mutex::new(range.first) })
+        Ok(UidPool {
+            range,
+            locks: locks.to_path_buf(),
+            next: Mutex::new(range.first),
+            users: UserDatabase { lookup: user_exists, answers: Mutex::default() },
+        })
     }
 
     /// A uid no other instance on this host holds and no local user has.
     pub fn lease(&self) -> Result<UidLease, String> {
         let start = *self.next.lock().unwrap_or_else(|e| e.into_inner());
         for uid in self.range.from(start) {
-            if user_exists(uid) {
+            if self.users.has(uid) {
                 continue;
             }
             let Some(mut lock) = self.try_lock(uid)? else { continue };
@@ -248,6 +285,35 @@ mod tests {
         assert_eq!(range.from(103).collect::<Vec<_>>(), vec![103, 104, 100, 101, 102]);
         assert_eq!(range.from(105).collect::<Vec<_>>(), vec![100, 101, 102, 103, 104], "past the end wraps");
         assert_eq!(range.from(7).collect::<Vec<_>>(), vec![100, 101, 102, 103, 104], "below the start too");
+    }
+
+    #[test]
+    fn the_user_database_is_asked_about_a_uid_once_a_minute_and_its_users_are_skipped() {
+        use std::sync::atomic::AtomicUsize;
+        static ASKED: AtomicUsize = AtomicUsize::new(0);
+        fn lookup(uid: u32) -> bool {
+            ASKED.fetch_add(1, Ordering::Relaxed);
+            uid == 64_981
+        }
+        let locks = tempfile::tempdir().expect("dir");
+        let mut pool = UidPool::new(UidRange { first: 64_980, last: 64_982 }, locks.path()).expect("pool");
+        pool.users.lookup = lookup;
+        let first = pool.lease().expect("a uid");
+        assert_eq!(first.uid, 64_980);
+        let second = pool.lease().expect("a uid");
+        assert_eq!(second.uid, 64_982, "64981 is a user's");
+        drop((first, second));
+        let asked = ASKED.load(Ordering::Relaxed);
+        assert_eq!(asked, 3);
+        // Round robin goes on from 64982 to 64980: every answer is still fresh.
+        for _ in 0..4 {
+            assert_ne!(pool.lease().expect("a uid").uid, 64_981);
+        }
+        assert_eq!(ASKED.load(Ordering::Relaxed), asked, "not asked again within the minute");
+        // A minute on, it is asked again.
+        let later = std::time::Instant::now() + USER_DATABASE_ANSWER_KEPT + Duration::from_secs(1);
+        assert!(pool.users.has_at(64_981, later));
+        assert_eq!(ASKED.load(Ordering::Relaxed), asked + 1);
     }
 
     #[test]
