@@ -843,6 +843,29 @@ mod tests {
         history.iter().map(|h| h.0).collect()
     }
 
+    /// A job stopped through the API after the loop queued it, before the stop's event reached
+    /// the loop: the tick's `Pending` write and a placement pass leave it as the stop left it,
+    /// without an error (which used to fail the tick's checks and make the loop catch up with
+    /// the store).
+    #[tokio::test]
+    async fn a_job_stopped_before_the_loop_hears_of_it_is_neither_marked_waiting_nor_placed() {
+        let Contested { _dir, ours: _, theirs: _, mut state } = contested_loop().await;
+        let name = job().name.clone();
+        state.enqueue(&name).await.expect("queued");
+        assert!(state.queue.contains_key(&name) && state.pending_unstored.contains(&name));
+        let stopping = state.c.update_training_job(&name, |j| j.request_stop(now())).await.expect("stop");
+        assert!(stopping);
+        state.store_waiting().await.expect("the tick's Pending write");
+        let mut agent = AgentEntry::unconnected(1);
+        let (tx, _told) = mpsc::unbounded_channel();
+        agent.outbound = Some(tx);
+        state.agents.insert("host-a".into(), agent);
+        state.schedule().await.expect("a placement pass");
+        let stored = state.c.training_job(&name).await.expect("read").value;
+        assert_eq!(stored.status, trainyard_model::status::TrainingJobStatus::Stopping);
+        assert!(stored.placement.is_empty(), "not placed: {:?}", stored.placement);
+    }
+
     /// Progress held for a job's next write is not lost when that write is refused (it is stored
     /// alone at the pass's end) or when the store is away (another coordinator fenced this one
     /// off): it is stored once the store takes writes again.

@@ -202,10 +202,10 @@ impl Loop {
         })
     }
 
-    /// The job's `Pending` transition, unless it has one.
+    /// The job's `Pending` transition, unless it has one (or it was stopped meanwhile).
     async fn store_pending(&mut self, name: &str) -> Result<(), DomainError> {
         self.update_job(name, |j| {
-            if j.secondary_status == SecondaryStatus::Pending {
+            if j.secondary_status == SecondaryStatus::Pending || stopped_since_queued(j) {
                 return Ok(false);
             }
             j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
@@ -229,7 +229,7 @@ impl Loop {
         }
         let written = self
             .updated_jobs(&names, |j| {
-                if j.secondary_status == SecondaryStatus::Pending {
+                if j.secondary_status == SecondaryStatus::Pending || stopped_since_queued(j) {
                     return Ok(false);
                 }
                 j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
@@ -339,6 +339,9 @@ impl Loop {
         }
         let message = format!("Cannot be placed: {reason}");
         self.update_job(job, |j| {
+            if stopped_since_queued(j) {
+                return Ok(false);
+            }
             let queued_now = j.secondary_status != SecondaryStatus::Pending;
             if queued_now {
                 j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
@@ -523,6 +526,9 @@ impl Loop {
         let written = self
             .updated_jobs(&names, |j| {
                 let Some(start) = starts.get(&j.name) else { return Ok(false) };
+                if stopped_since_queued(j) {
+                    return Ok(false);
+                }
                 match roles.run_as(j.request.role_arn.as_deref()) {
                     Ok(role) => {
                         let role = role.map(|r| pb::RunAs { group: r.group.unwrap_or_default(), ..Default::default() });
@@ -678,4 +684,10 @@ pub(super) struct AgentsSeen {
     isolating: u64,
     containers: u64,
     host_programs: u64,
+}
+
+/// A queued job the API stopped after the loop queued it, whose event has not reached the loop
+/// yet (that event takes it out of the queue): it is neither marked waiting nor started.
+fn stopped_since_queued(job: &TrainingJob) -> bool {
+    job.status != TrainingJobStatus::InProgress
 }
