@@ -318,10 +318,10 @@ const UPLOAD_PARTS_IN_FLIGHT: usize = 2;
 
 /// Writes `target` through `write`, handed a file with a temporary name beside it that is then
 /// renamed into place: whoever reads `target` (a user, a job staging its input, a reader holding
-/// the old file open) sees the whole old object or the whole new one, never a part, and a failed
+/// the old file open) sees the whole old file or the whole new one, never a part, and a failed
 /// write leaves the old one as it was. Blocking: a model can take seconds to write. `write`'s own
-/// error comes back as it said it; the file's, as writing `uri`.
-fn replace_with<T>(
+/// error comes back as it said it; the file's, as writing `uri` (what `target` stands for).
+pub(crate) fn replace_with<T>(
     target: &Path,
     uri: &str,
     write: impl FnOnce(&mut std::fs::File) -> Result<T, String>,

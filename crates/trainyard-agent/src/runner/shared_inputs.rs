@@ -40,26 +40,26 @@ impl SharedInputs {
     /// Replaces each link with a private copy of what it links to (written beside it, renamed over
     /// it), before the instance starts, on a blocking thread (a channel can be gigabytes). Its
     /// volume is charged for the copies, as SageMaker's is for File-mode data.
-    pub async fn make_private(&mut self) -> io::Result<()> {
+    pub async fn make_private(&mut self) -> Result<(), String> {
         let files = std::mem::take(&mut self.files);
         if files.is_empty() {
             return Ok(());
         }
         tokio::task::spawn_blocking(move || files.iter().try_for_each(|(path, _)| copy_over(path)))
             .await
-            .map_err(io::Error::other)?
+            .map_err(|e| e.to_string())?
     }
 }
 
-/// Replaces the file at `path` by a copy of itself with a link count of one.
-fn copy_over(path: &Path) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut from = std::fs::File::open(path)?;
-    let mut copy = tempfile::Builder::new().prefix(".private-").tempfile_in(dir)?;
-    std::io::copy(&mut from, copy.as_file_mut())?;
-    copy.as_file().set_permissions(from.metadata()?.permissions())?;
-    copy.persist(path).map_err(|e| e.error)?;
-    Ok(())
+/// Replaces the file at `path` by a copy of itself (its mode too) with a link count of one.
+fn copy_over(path: &Path) -> Result<(), String> {
+    let what = path.display().to_string();
+    let copying = |e: io::Error| format!("copying {what}: {e}");
+    let mut from = std::fs::File::open(path).map_err(copying)?;
+    let permissions = from.metadata().map_err(copying)?.permissions();
+    crate::storage::replace_with(path, &what, |copy| {
+        io::copy(&mut from, copy).and_then(|_| copy.set_permissions(permissions)).map_err(copying)
+    })
 }
 
 #[cfg(test)]

@@ -204,14 +204,7 @@ impl Loop {
 
     /// The job's `Pending` transition, unless it has one (or it was stopped meanwhile).
     async fn store_pending(&mut self, name: &str) -> Result<(), DomainError> {
-        self.update_job(name, |j| {
-            if j.secondary_status == SecondaryStatus::Pending || stopped_since_queued(j) {
-                return Ok(false);
-            }
-            j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
-            Ok(true)
-        })
-        .await?;
+        self.update_job(name, mark_pending).await?;
         Ok(())
     }
 
@@ -227,15 +220,7 @@ impl Loop {
         if names.is_empty() {
             return Ok(());
         }
-        let written = self
-            .updated_jobs(&names, |j| {
-                if j.secondary_status == SecondaryStatus::Pending || stopped_since_queued(j) {
-                    return Ok(false);
-                }
-                j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
-                Ok(true)
-            })
-            .await;
+        let written = self.updated_jobs(&names, mark_pending).await;
         let mut first_error = None;
         for (name, outcome) in written {
             if let Err(e) = outcome {
@@ -342,10 +327,7 @@ impl Loop {
             if stopped_since_queued(j) {
                 return Ok(false);
             }
-            let queued_now = j.secondary_status != SecondaryStatus::Pending;
-            if queued_now {
-                j.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
-            }
+            let queued_now = mark_pending(j)?;
             Ok(j.set_status_message(message.clone(), now()) || queued_now)
         })
         .await?;
@@ -690,4 +672,14 @@ pub(super) struct AgentsSeen {
 /// yet (that event takes it out of the queue): it is neither marked waiting nor started.
 fn stopped_since_queued(job: &TrainingJob) -> bool {
     job.status != TrainingJobStatus::InProgress
+}
+
+/// Gives a queued job its `Pending` transition: true when it changed (false when it has one, or
+/// was stopped since it was queued).
+fn mark_pending(job: &mut TrainingJob) -> Result<bool, DomainError> {
+    if job.secondary_status == SecondaryStatus::Pending || stopped_since_queued(job) {
+        return Ok(false);
+    }
+    job.transition(SecondaryStatus::Pending, PENDING_MESSAGE, now())?;
+    Ok(true)
 }
