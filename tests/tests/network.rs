@@ -403,6 +403,55 @@ fn namespaces_are_recycled_empty_and_do_not_outlive_a_crashed_agent() {
     );
 }
 
+/// `ip` dies after creating a namespace (as a SIGTERM to the agent's process group at shutdown
+/// ends it): the agent removes what it made instead of forgetting it, and still runs jobs.
+#[test]
+fn a_namespace_whose_ip_died_after_making_it_is_removed() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Coordinator::start();
+    let id = "half-made-host";
+    let namespaces = || -> Vec<String> {
+        std::fs::read_dir("/run/netns")
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("ty-{id}-")))
+            .collect()
+    };
+    let real_ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("ip (iproute2)");
+    let wrappers = c.dir.path().join("wrappers");
+    std::fs::create_dir_all(&wrappers).expect("dir");
+    let made = c.dir.path().join("first-netns-add");
+    // The first `netns add` makes the namespace, then its `ip` dies of a SIGTERM.
+    let wrapper = format!(
+        "#!/bin/sh\nif [ \"$1\" = netns ] && [ \"$2\" = add ] && mkdir {made} 2>/dev/null; then\n  {real_ip} \"$@\"\n  kill -TERM $$\nfi\nexec {real_ip} \"$@\"\n",
+        made = made.display()
+    );
+    std::fs::write(wrappers.join("ip"), wrapper).expect("write");
+    std::fs::set_permissions(wrappers.join("ip"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!("{}:{}", wrappers.display(), std::env::var("PATH").unwrap_or_default());
+    let mut agent = c.start_agent(id, &["--advertise-vcpus", "8"], &[("PATH", path.as_str())]);
+    assert!(
+        trainyard_testkit::wait_until(Duration::from_secs(20), || made.exists()
+            && agent.log().contains("no network namespace made ready ahead of instances")),
+        "the wrapper's first `netns add` did not happen:\n{}",
+        agent.log()
+    );
+    assert!(
+        trainyard_testkit::wait_until(Duration::from_secs(10), || namespaces().is_empty()),
+        "the namespace its dead `ip` made was forgotten: {:?}",
+        namespaces()
+    );
+    c.create_training_job(&job(&c, "after-a-dead-ip", 1, json!({"mode": "probe"})));
+    assert_eq!(finished(&c, "after-a-dead-ip")["TrainingJobStatus"], "Completed");
+    agent.signal(trainyard_testkit::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(20)).is_some_and(|s| s.success()), "{}", agent.log());
+    assert_eq!(namespaces(), Vec::<String>::new(), "a stopped agent leaves no namespace");
+}
+
 /// Appends `<pid> <time in ns>` to the file `ticks` every 50 ms for `seconds`, then saves a model.
 const TICKER: &str = r#"#!/usr/bin/env python3
 import json, os, time

@@ -159,11 +159,11 @@ fn agents_join_once_and_a_revoked_agent_is_refused_and_its_work_ends() {
     // Every refusal below is logged, as an operator would want it.
     for expected in [
         "join refused agent=intruder error=unauthenticated: unknown join token",
-        "agent session refused: wrong agent id certificate_of=gpu-host claims=impostor",
-        r#"agent revoked agent="gpu-host""#,
-        "agent session refused error=permission denied: agent gpu-host was revoked",
+        "agent session refused: wrong agent id certificate_of=revoked-host claims=impostor",
+        r#"agent revoked agent="revoked-host""#,
+        "agent session refused error=permission denied: agent revoked-host was revoked",
         // The revoked agent is killed below, possibly while it tries a stream again.
-        r#"agent stream broke agent="gpu-host""#,
+        r#"agent stream broke agent="revoked-host""#,
     ] {
         c.expect_log(expected);
     }
@@ -184,15 +184,15 @@ fn agents_join_once_and_a_revoked_agent_is_refused_and_its_work_ends() {
     assert!(lost.log().contains("does not match the fingerprint in the join token"), "{}", lost.log());
 
     // Joining once is enough: with its join token revoked, the agent restarts on its certificate.
-    let mut first = c.start_agent("gpu-host", &["--advertise-vcpus", "16"], &[]);
-    let identity = c.dir.path().join("agents/gpu-host/identity");
+    let mut first = c.start_agent("revoked-host", &["--advertise-vcpus", "16"], &[]);
+    let identity = c.dir.path().join("agents/revoked-host/identity");
     let key_mode = std::fs::metadata(identity.join("agent-key.pem")).expect("key").permissions();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key_mode) & 0o777, 0o600);
     let join_id = c.join_token.split('_').nth(1).expect("id").to_string();
     c.cli(&["tokens", "revoke", &join_id]).assert_success();
     first.signal(trainyard_testkit::SIGTERM);
     first.wait_exit(Duration::from_secs(20)).expect("stopped");
-    let mut agent = c.start_agent("gpu-host", &["--advertise-vcpus", "16"], &[]);
+    let mut agent = c.start_agent("revoked-host", &["--advertise-vcpus", "16"], &[]);
     // Revoked below: its stream is closed and it is refused from then on.
     agent.expect_log("coordinator unreachable or stream ended");
 
@@ -207,7 +207,7 @@ fn agents_join_once_and_a_revoked_agent_is_refused_and_its_work_ends() {
     assert!(
         wait_until(Duration::from_secs(20), || impostor
             .log()
-            .contains("belongs to agent 'gpu-host', not to 'impostor'")),
+            .contains("belongs to agent 'revoked-host', not to 'impostor'")),
         "{}",
         impostor.log()
     );
@@ -220,12 +220,15 @@ fn agents_join_once_and_a_revoked_agent_is_refused_and_its_work_ends() {
     let job = training(&c, "on-revoked", "60");
     c.cli(&["training-jobs", "create", "--file", path(&job)]).assert_success();
     c.wait_json(&["training-jobs", "describe", "on-revoked"], |d| d["SecondaryStatus"] == "Training");
-    c.cli(&["agents", "revoke", "gpu-host"]).assert_success();
+    c.cli(&["agents", "revoke", "revoked-host"]).assert_success();
     let ended = c.wait_json(&["training-jobs", "describe", "on-revoked"], |d| d["TrainingJobStatus"] != "InProgress");
     assert_eq!(ended["TrainingJobStatus"], "Failed");
-    assert!(ended["FailureReason"].as_str().unwrap_or_default().contains("agent gpu-host was revoked"), "{ended:#}");
     assert!(
-        wait_until(Duration::from_secs(20), || agent.log().contains("agent gpu-host was revoked")),
+        ended["FailureReason"].as_str().unwrap_or_default().contains("agent revoked-host was revoked"),
+        "{ended:#}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || agent.log().contains("agent revoked-host was revoked")),
         "the agent is refused when it reconnects:\n{}",
         agent.log()
     );
@@ -244,10 +247,10 @@ fn agents_join_once_and_a_revoked_agent_is_refused_and_its_work_ends() {
     agent.signal(trainyard_testkit::SIGKILL);
     agent.wait_exit(Duration::from_secs(10)).expect("killed");
     std::fs::remove_dir_all(&identity).expect("forget the old identity");
-    let fresh = c.cli(&["join-token", "--agent-id", "gpu-host"]);
+    let fresh = c.cli(&["join-token", "--agent-id", "revoked-host"]);
     fresh.assert_success();
     let _back =
-        c.start_agent("gpu-host", &["--advertise-vcpus", "16"], &[("TRAINYARD_JOIN_TOKEN", fresh.stdout().trim())]);
+        c.start_agent("revoked-host", &["--advertise-vcpus", "16"], &[("TRAINYARD_JOIN_TOKEN", fresh.stdout().trim())]);
 }
 
 #[test]

@@ -100,9 +100,9 @@ impl Network {
         for entry in entries.flatten() {
             let namespace = entry.file_name().to_string_lossy().to_string();
             let veth = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            remove(&namespace, veth.trim()).await;
-            let _ = std::fs::remove_file(entry.path());
-            removed += 1;
+            if remove_with_record(&namespace, veth.trim(), &entry.path()).await {
+                removed += 1;
+            }
         }
         if removed > 0 {
             info!(removed, "removed network namespaces on record (left by an earlier run, or not yet removed)");
@@ -212,17 +212,21 @@ impl Network {
                 return Err(format!("recording {}: {e}", record.display()));
             }
             if let Err(e) = run_ip(&["netns", "add", &namespace], None).await {
-                let _ = std::fs::remove_file(&record);
                 if e.contains("File exists") {
+                    // Another agent's (the name is machine-wide): not ours to remove.
+                    let _ = std::fs::remove_file(&record);
                     last = e;
                     continue;
                 }
+                // `ip` may have created it and then died (a SIGTERM to the agent's process group
+                // at shutdown ends it too): what it created is ours.
+                remove_with_record(&namespace, "", &record).await;
                 return Err(e);
             }
             let link = ["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &namespace];
             if let Err(e) = run_ip(&link, None).await {
-                let _ = run_ip(&["netns", "del", &namespace], None).await;
-                let _ = std::fs::remove_file(&record);
+                // On "File exists" the veth's name is another agent's: only the namespace goes.
+                remove_with_record(&namespace, "", &record).await;
                 if e.contains("File exists") {
                     last = e;
                     continue;
@@ -422,8 +426,7 @@ impl InstanceNetwork {
 
     /// Removes the namespace (its end of the veth, and so the whole pair, goes with it).
     pub async fn destroy(&self) {
-        remove(&self.namespace, &self.veth).await;
-        let _ = std::fs::remove_file(&self.record);
+        remove_with_record(&self.namespace, &self.veth, &self.record).await;
     }
 }
 
@@ -436,6 +439,18 @@ fn addresses(slot: u32, own: u32) -> String {
         "addr add {peer}/32 dev eth0\naddr add {ns_ip}/30 dev eth0\nroute replace default via {host_ip} src {ns_ip}\n",
         peer = plan::peer_address(own)
     )
+}
+
+/// Removes a namespace of this agent's, then its record once it is gone: a namespace whose
+/// removal failed stays on record, for the agent's shutdown or next start to remove. Whether it is
+/// gone.
+async fn remove_with_record(namespace: &str, veth: &str, record: &Path) -> bool {
+    remove(namespace, veth).await;
+    let gone = !Path::new(NETNS_DIR).join(namespace).exists();
+    if gone {
+        let _ = std::fs::remove_file(record);
+    }
+    gone
 }
 
 async fn remove(namespace: &str, veth: &str) {
