@@ -340,6 +340,16 @@ fn when_one_instance_fails_the_job_fails_and_the_others_are_stopped() {
     assert!(agents["Agents"].as_array().is_some_and(|a| a.len() == 2), "{agents:#}");
 }
 
+/// The network namespaces agent `id` holds on this machine (named `ty-<id>-<slot>`).
+fn namespaces_of_agent(id: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("ty-{id}-")))
+        .collect()
+}
+
 /// An agent makes namespaces ready before any instance asks; ended instances' namespaces are kept
 /// for the next ones (a few, empty) and the next instance runs in one of them; those of a killed
 /// agent are removed when it starts again (it records them before creating them).
@@ -347,14 +357,7 @@ fn when_one_instance_fails_the_job_fails_and_the_others_are_stopped() {
 fn namespaces_are_recycled_empty_and_do_not_outlive_a_crashed_agent() {
     let c = Coordinator::start();
     let id = "leaky-host";
-    let namespaces = || -> Vec<String> {
-        std::fs::read_dir("/run/netns")
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| n.starts_with(&format!("ty-{id}-")))
-            .collect()
-    };
+    let namespaces = || namespaces_of_agent(id);
     let mut agent = c.start_agent(id, &["--advertise-vcpus", "8"], &[]);
     let idle_at_most = 4;
     assert!(
@@ -410,14 +413,7 @@ fn a_namespace_whose_ip_died_after_making_it_is_removed() {
     use std::os::unix::fs::PermissionsExt;
     let c = Coordinator::start();
     let id = "half-made-host";
-    let namespaces = || -> Vec<String> {
-        std::fs::read_dir("/run/netns")
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| n.starts_with(&format!("ty-{id}-")))
-            .collect()
-    };
+    let namespaces = || namespaces_of_agent(id);
     let real_ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
