@@ -65,7 +65,7 @@ pub fn holder_id(data_dir: &Path) -> anyhow::Result<String> {
             let mut bytes = [0u8; 8];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
                 .map_err(|_| anyhow::anyhow!("the system gave no randomness"))?;
-            let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let text = trainyard_model::hex::encode(&bytes);
             std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
             text
         }
