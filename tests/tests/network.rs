@@ -11,11 +11,13 @@ use trainyard_e2e::{Coordinator, example_json, netns};
 /// One program for every job here, steered by hyperparameters:
 /// * `exchange`: algo-2 sends a marker (`$MARKER_SEED` reversed, upper case) to algo-1 (port
 ///   5555), which answers `ACK <marker>`;
-/// * `probe`: tries a TCP connection to each `host:port` of `targets` and prints `reach T=ok|fail`;
+/// * `probe`: tries a TCP connection to each `host:port` of `targets` and prints `reach T=ok|fail`
+///   (`gateway` is its own host, at the host's end of its veth), after the interfaces that have
+///   an IPv6 address in its namespace (`ipv6-on=lo`);
 /// * `serve`: listens on 6000 for `seconds` seconds and prints its own address;
 /// * `fail`: the named host exits 3 at once, the others sleep a minute.
 const NETWORK_PROGRAM: &str = r#"#!/usr/bin/env python3
-import json, os, socket, sys, time
+import ipaddress, json, os, socket, sys, time
 hp = json.load(open(os.path.join(os.environ["SM_INPUT_CONFIG_DIR"], "hyperparameters.json")))
 me = os.environ["SM_CURRENT_HOST"]
 hosts = json.loads(os.environ["SM_HOSTS"])
@@ -84,8 +86,21 @@ if len(hosts) > 1 and hp.get("exchange", "yes") == "yes":
                     sys.exit(1)
             time.sleep(0.2)
 
+def own_address():
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.connect(("198.18.0.1", 9))
+    return probe.getsockname()[0]
+
+if hp.get("targets"):
+    # Every IPv6 address in its namespace, by interface.
+    with open("/proc/net/if_inet6") as addresses:
+        say("ipv6-on=" + ",".join(sorted({line.split()[-1] for line in addresses})))
+
 for target in filter(None, hp.get("targets", "").split(",")):
     host, port = target.rsplit(":", 1)
+    if host == "gateway":
+        # Its own host, at the host's end of its veth (the instance's default gateway).
+        host = str(ipaddress.ip_address(own_address()) - 1)
     try:
         socket.create_connection((host, int(port)), timeout=2).close()
         say("reach " + target + "=ok")
@@ -175,6 +190,11 @@ fn listen_everywhere() -> u16 {
     port
 }
 
+/// The lines one instance (`algo-N`) printed, from a job's logs.
+fn lines_of(log: &str, instance: &str) -> String {
+    log.lines().filter(|l| l.contains(&format!("{instance} "))).collect::<Vec<_>>().join("\n")
+}
+
 /// The `reach` lines of a job's logs: target → whether it connected.
 fn reached(text: &str) -> std::collections::BTreeMap<String, bool> {
     text.lines()
@@ -198,16 +218,22 @@ fn isolated_jobs_reach_their_peers_and_nothing_else() {
     let _agent_b = c.start_agent_on(&b, &lan, "host-b", &args);
 
     // Things an isolated job must not reach: the coordinator, a server on the coordinator's host,
-    // "the internet", another host, and another job's instance.
+    // "the internet", the hosts (their own included) and another job's instance.
     let port = listen_everywhere();
     let coordinator_port = c.address.rsplit(':').next().expect("port").to_string();
-    // A daemon: killed with its process group when the test ends, also when it fails.
-    let mut server = b.command("python3");
-    server.args([
-        "-c",
-        "import socket\ns=socket.socket()\ns.bind(('0.0.0.0',7000))\ns.listen()\nwhile True: s.accept()[0].close()",
-    ]);
-    let _other_host = trainyard_testkit::Daemon::spawn("server-on-host-b", server, c.dir.path());
+    // A service on each host, on every address: daemons, killed with their process groups when
+    // the test ends, also when it fails.
+    let _host_services: Vec<trainyard_testkit::Daemon> = [("a", &a), ("b", &b)]
+        .into_iter()
+        .map(|(name, host)| {
+            let mut server = host.command("python3");
+            server.args([
+                "-c",
+                "import socket\ns=socket.socket()\ns.bind(('0.0.0.0',7000))\ns.listen()\nwhile True: s.accept()[0].close()",
+            ]);
+            trainyard_testkit::Daemon::spawn(&format!("server-on-host-{name}"), server, c.dir.path())
+        })
+        .collect();
     // The other job has an instance on each host: an instance's address is routable on its own
     // host only, and every probing job shares a host with one of them.
     c.create_training_job(&job(&c, "neighbour", 2, json!({"mode": "serve", "seconds": "60"})));
@@ -229,11 +255,21 @@ fn isolated_jobs_reach_their_peers_and_nothing_else() {
         .map(|a| a.iter().filter_map(|x| x["PeerAddress"].as_str().map(str::to_string)).collect())
         .unwrap_or_default();
     assert_eq!(peer_listeners.len(), 2, "{agents:#}");
+    let peer_listener_of = |id: &str| -> String {
+        agents["Agents"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["AgentId"] == id))
+            .and_then(|x| x["PeerAddress"].as_str())
+            .expect("the agent's peer address")
+            .to_string()
+    };
     let mut targets = vec![
         format!("{}:{coordinator_port}", lan.gateway),
         format!("{}:{port}", lan.gateway),
         format!("{}:{port}", lan.outside),
+        format!("{}:7000", a.address),
         format!("{}:7000", b.address),
+        "gateway:7000".to_string(),
     ];
     targets.extend(neighbours.iter().cloned());
     targets.extend(peer_listeners);
@@ -241,7 +277,9 @@ fn isolated_jobs_reach_their_peers_and_nothing_else() {
 
     let mut isolated = job(&c, "isolated", 2, hyperparameters.clone());
     isolated["EnableNetworkIsolation"] = json!(true);
-    let mut open = job(&c, "open", 1, hyperparameters.clone());
+    // Two instances: one on each host (a job's instances go to distinct agents).
+    let mut open = job(&c, "open", 2, hyperparameters.clone());
+    open["HyperParameters"]["exchange"] = json!("no");
     open["EnableNetworkIsolation"] = json!(false);
     let mut vpc = job(&c, "in-a-vpc", 1, hyperparameters);
     vpc["VpcConfig"] = json!({"Subnets": ["subnet-outside"], "SecurityGroupIds": ["sg-any"]});
@@ -260,13 +298,49 @@ fn isolated_jobs_reach_their_peers_and_nothing_else() {
     assert_eq!(isolated_reached.len(), targets.len(), "{text}");
     assert!(isolated_reached.values().all(|ok| !ok), "an isolated job reached something: {isolated_reached:?}");
 
-    // Without isolation: what the host reaches, including the other job's instance on that host.
-    let open_reached = reached(&c.logs("open"));
-    assert_eq!(open_reached.len(), targets.len(), "{open_reached:?}");
-    for (target, ok) in &open_reached {
-        assert!(*ok || neighbours.contains(target), "the open job could not reach {target}: {open_reached:?}");
+    // Without isolation: what the host reaches, but nothing of its own host (a service on any of
+    // the host's addresses, its agent's peer listener) and no instance of another job.
+    let open_log = c.logs("open");
+    let mut hosts_seen = Vec::new();
+    for instance in ["algo-1", "algo-2"] {
+        let open_reached = reached(&lines_of(&open_log, instance));
+        assert_eq!(open_reached.len(), targets.len(), "{open_log}");
+        // Which host it ran on: the one whose service it could not reach.
+        let own = [("host-a", a.address), ("host-b", b.address)]
+            .into_iter()
+            .find(|(_, address)| open_reached.get(&format!("{address}:7000")) == Some(&false));
+        let Some((own_id, own_address)) = own else {
+            panic!(
+                "{instance} of the open job reached the services of both hosts, its own among them: {open_reached:?}"
+            )
+        };
+        hosts_seen.push(own_id);
+        let unreachable = [format!("{own_address}:7000"), "gateway:7000".to_string(), peer_listener_of(own_id)];
+        let expected: std::collections::BTreeMap<String, bool> =
+            targets.iter().map(|t| (t.clone(), !unreachable.contains(t) && !neighbours.contains(t))).collect();
+        assert_eq!(open_reached, expected, "{instance} of the open job, on {own_id}");
     }
-    assert_eq!(neighbours.iter().filter(|n| open_reached[*n]).count(), 1, "{open_reached:?}");
+    hosts_seen.sort_unstable();
+    assert_eq!(hosts_seen, ["host-a", "host-b"], "the open job's two instances ran on one host");
+    // The hosts' ends of the instances' veths (kept for the next instances) have no IPv6 address
+    // either.
+    let ip_in = |namespace: &str, args: &[&str]| -> String {
+        let out = std::process::Command::new("ip").args(["-n", namespace]).args(args).output().expect("ip");
+        assert!(out.status.success(), "ip -n {namespace} {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    for host in [&a, &b] {
+        assert!(ip_in(&host.namespace, &["-o", "link", "show"]).contains(": tyv"), "no veth on {}", host.namespace);
+        let addresses = ip_in(&host.namespace, &["-6", "-o", "addr", "show"]);
+        assert!(!addresses.contains(": tyv"), "{}: {addresses}", host.namespace);
+    }
+    // No instance has an IPv6 address but its loopback's (none on its veth): nothing to reach the
+    // host with over IPv6, where the rules above (IPv4 ones) would not hold.
+    for (name, text) in [("isolated", &text), ("open", &open_log)] {
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("ipv6-on=")).collect();
+        assert_eq!(lines.len(), 2, "{name}: {text}");
+        assert!(lines.iter().all(|l| l.trim_end().ends_with("ipv6-on=lo")), "{name}: {lines:?}");
+    }
 
     // With a VpcConfig: its subnet's allow-list only.
     let vpc_reached = reached(&c.logs("in-a-vpc"));

@@ -415,9 +415,16 @@ impl InstanceNetwork {
     /// Addresses both ends of the veth and loads the rules; returns the forwarder's listener.
     async fn configure(&self, slot: u32, own: u32, egress: &Egress) -> Result<std::net::TcpListener, String> {
         let (host_ip, _) = plan::slot_addresses(slot);
-        let host_side = format!("addr add {host_ip}/30 dev {veth}\nlink set {veth} up\n", veth = self.veth);
+        // No IPv6 on either end (no link-local address is made): the instance's rules and the
+        // host's are IPv4 ones, and over link-local IPv6 an instance would reach every service of
+        // the host listening on `::`, isolated or not. The namespace's own `::1` stays.
+        let host_side = format!(
+            "addr add {host_ip}/30 dev {veth}\nlink set {veth} addrgenmode none\nlink set {veth} up\n",
+            veth = self.veth
+        );
         run_ip(&["-batch", "-"], Some(&host_side)).await?;
-        let inside = format!("link set lo up\nlink set eth0 up\n{}", addresses(slot, own));
+        let inside =
+            format!("link set lo up\nlink set eth0 addrgenmode none\nlink set eth0 up\n{}", addresses(slot, own));
         run_ip(&["-n", &self.namespace, "-batch", "-"], Some(&inside)).await?;
         let listener = self.arm(own, egress).await?;
         debug!(namespace = %self.namespace, slot, ?egress, "instance network ready");

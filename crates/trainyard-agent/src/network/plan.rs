@@ -177,20 +177,52 @@ pub fn instance_ruleset(own: u32, egress: &Egress) -> Nftables<'static> {
 }
 
 /// The host's part, shared by every agent on the host: instances without isolation reach what the
-/// host reaches, their source rewritten to the host's address. Replaced as a whole, atomically.
+/// host reaches, their source rewritten to the host's address, but nothing of the host itself
+/// (its services on any of its addresses, the agents' among them) and no other instance. Replaced
+/// as a whole, atomically.
 pub fn host_ruleset() -> Nftables<'static> {
+    let flush = |chain| NfObject::CmdObject(NfCmd::Flush(nftables::schema::FlushObject::Chain(chain_named(chain))));
+    let from_instances = || matches(ip_field("saddr"), prefix(INSTANCE_NETWORK), Operator::EQ);
+    // Refused, not dropped: a job that tries is told at once instead of waiting for a timeout.
+    let refuse = || Statement::Reject(None);
     let mut objects = vec![
         table(),
         base_chain("outbound", NfChainType::NAT, NfHook::Postrouting, 100, None),
-        NfObject::CmdObject(NfCmd::Flush(nftables::schema::FlushObject::Chain(chain_named("outbound")))),
+        flush("outbound"),
+        base_chain("to-the-host", NfChainType::Filter, NfHook::Input, 0, None),
+        flush("to-the-host"),
+        base_chain("between-instances", NfChainType::Filter, NfHook::Forward, 0, None),
+        flush("between-instances"),
     ];
     objects.push(rule(
         "outbound",
         vec![
-            matches(ip_field("saddr"), prefix(INSTANCE_NETWORK), Operator::EQ),
+            from_instances(),
             matches(ip_field("daddr"), prefix(INSTANCE_NETWORK), Operator::NEQ),
             Statement::Masquerade(None),
         ],
+    ));
+    // To the host: replies to what the host opened, and name resolution (a resolver on the host's
+    // own address is the instances' too, as the host's resolv.conf is theirs); nothing else.
+    let established = Expression::List(vec![string("established"), string("related")]);
+    objects.push(rule("to-the-host", vec![from_instances(), matches(ct_state(), established, Operator::IN), accept()]));
+    for protocol in ["udp", "tcp"] {
+        objects.push(rule(
+            "to-the-host",
+            vec![
+                from_instances(),
+                matches(meta(MetaKey::L4proto), string(protocol), Operator::EQ),
+                matches(transport_field(protocol, "dport"), Expression::Number(53), Operator::EQ),
+                accept(),
+            ],
+        ));
+    }
+    objects.push(rule("to-the-host", vec![from_instances(), refuse()]));
+    // Instances reach each other only through their agents' forwarders (the peer path), which
+    // check the job: never straight from veth to veth, which would let any job reach another's ports.
+    objects.push(rule(
+        "between-instances",
+        vec![from_instances(), matches(ip_field("daddr"), prefix(INSTANCE_NETWORK), Operator::EQ), refuse()],
     ));
     add_all(objects)
 }
@@ -261,8 +293,12 @@ fn ip_field(field: &'static str) -> Expression<'static> {
 }
 
 fn tcp_field(field: &'static str) -> Expression<'static> {
+    transport_field("tcp", field)
+}
+
+fn transport_field(protocol: &'static str, field: &'static str) -> Expression<'static> {
     Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-        protocol: "tcp".into(),
+        protocol: protocol.into(),
         field: field.into(),
     })))
 }
@@ -406,6 +442,30 @@ mod tests {
         let rules = describe(&host_ruleset());
         let rule = rules.iter().find(|r| r.contains("masquerade")).expect("masquerade");
         assert!(rule.contains("saddr") && rule.contains("10.253.0.0"));
+    }
+
+    #[test]
+    fn instances_reach_neither_the_host_nor_each_other_but_for_name_resolution() {
+        let rules = describe(&host_ruleset());
+        let chain =
+            |name: &str| -> Vec<&String> { rules.iter().filter(|r| r.starts_with(&format!("rule {name} "))).collect() };
+        assert!(rules.iter().any(|r| r == "chain to-the-host Some(Input) policy None"), "{rules:#?}");
+        assert!(rules.iter().any(|r| r == "chain between-instances Some(Forward) policy None"), "{rules:#?}");
+        // To the host: replies first, then DNS over UDP and TCP, then everything else refused.
+        let to_host = chain("to-the-host");
+        assert_eq!(to_host.len(), 4, "{to_host:#?}");
+        assert!(to_host.iter().all(|r| r.contains("10.253.0.0")), "{to_host:#?}");
+        assert!(to_host[0].contains("established") && to_host[0].contains("accept"));
+        for (rule, protocol) in to_host[1..3].iter().zip(["udp", "tcp"]) {
+            assert!(
+                rule.contains(protocol) && rule.contains("dport") && rule.contains("53") && rule.contains("accept")
+            );
+        }
+        assert!(to_host[3].contains("reject") && !to_host[3].contains("dport"), "{}", to_host[3]);
+        // Between instances: everything refused.
+        let between = chain("between-instances");
+        assert_eq!(between.len(), 1);
+        assert!(between[0].contains("saddr") && between[0].contains("daddr") && between[0].contains("reject"));
     }
 
     #[test]
