@@ -515,7 +515,7 @@ for path in ["/tmp/holder-secret", "/var/tmp/holder-secret", "/dev/shm/holder-se
     with open(path, "w") as f:
         f.write(secret)
     os.chmod(path, 0o644)
-for path in ["/run/lock/holder-secret", os.environ["SHARED_FILE"]]:
+for path in ["/run/lock/holder-secret", os.environ["WORLD_WRITABLE"] + "/holder-secret", os.environ["SHARED_FILE"]]:
     try:
         with open(path, "a") as f:
             f.write(secret)
@@ -576,7 +576,13 @@ fn concurrent_jobs_share_no_uid_and_none_runs_as_root() {
     };
     let holder = c.install_program("holder.py", SECRET_HOLDER);
     let shared = c.shared_file("holder.shared");
-    let file = request("holder", &holder, json!({"HOLDER_SECRET": "holder-secret-4d1c", "SHARED_FILE": path(&shared)}));
+    // A dir of the host every user may write to (as /var/crash or /run/lock are), not shared.
+    let world_writable = c.programs_dir().join("world-writable");
+    std::fs::create_dir(&world_writable).expect("dir");
+    std::fs::set_permissions(&world_writable, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).expect("chmod");
+    let environment = json!({"HOLDER_SECRET": "holder-secret-4d1c", "SHARED_FILE": path(&shared),
+                             "WORLD_WRITABLE": path(&world_writable)});
+    let file = request("holder", &holder, environment);
     c.cli(&["training-jobs", "create", "--file", path(&file)]).assert_success();
     assert!(
         wait_until(Duration::from_secs(30), || c.logs("holder").contains("holding uid=")),
@@ -613,7 +619,11 @@ fn concurrent_jobs_share_no_uid_and_none_runs_as_root() {
     assert_eq!(done["TrainingJobStatus"], "Stopped", "{done:#}");
     // The host is read-only to it but for what the agent shares on purpose.
     let held = c.logs("holder");
-    assert!(held.contains("refused /run/lock/holder-secret: Read-only file system"), "{held}");
+    // Its /run is its own, empty and read-only; the rest of the host is read-only.
+    assert!(held.contains("refused /run/lock/holder-secret: No such file or directory"), "{held}");
+    let planted = world_writable.join("holder-secret");
+    assert!(held.contains(&format!("refused {}: Read-only file system", path(&planted))), "{held}");
+    assert!(!planted.exists());
     assert!(held.contains(&format!("wrote {}", path(&shared))), "{held}");
     assert_eq!(std::fs::read_to_string(&shared).expect("shared file"), "holder-secret-4d1c");
     assert!(!std::path::Path::new("/run/lock/holder-secret").exists());
@@ -632,6 +642,98 @@ fn concurrent_jobs_share_no_uid_and_none_runs_as_root() {
             .count()
     };
     assert_eq!(processes_of_uid(holder_uid), 0);
+}
+
+/// Tries the doors of the host's daemons under /run that the test opened (a socket anyone may
+/// connect to, a file anyone may read), lists and writes its /run, and prints its resolver
+/// configuration (hex).
+const RUN_PROBE: &str = r#"#!/usr/bin/env python3
+import os, socket
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(os.environ["HOST_SOCKET"])
+    print("LEAK connected to the host's socket", flush=True)
+except OSError as e:
+    print(f"socket refused: {e.strerror}", flush=True)
+try:
+    open(os.environ["HOST_NOTE"]).read()
+    print("LEAK read the host's note", flush=True)
+except OSError as e:
+    print(f"note refused: {e.strerror}", flush=True)
+print("run holds " + ",".join(sorted(os.listdir("/run"))) + ".", flush=True)
+try:
+    open("/run/planted", "w").write("x")
+    print("LEAK wrote into /run", flush=True)
+except OSError as e:
+    print(f"run write refused: {e.strerror}", flush=True)
+print("resolver " + open("/etc/resolv.conf", "rb").read().hex(), flush=True)
+os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
+"#;
+
+/// A socket anyone may connect to and a file anyone may read, under the host's /run, as its
+/// daemons leave them (D-Bus, journald, a database); removed when dropped.
+struct HostDoors {
+    socket: std::path::PathBuf,
+    note: std::path::PathBuf,
+    _listener: std::os::unix::net::UnixListener,
+}
+
+impl HostDoors {
+    fn open() -> HostDoors {
+        use std::os::unix::fs::PermissionsExt;
+        let stem = format!("/run/trainyard-test-{}", std::process::id());
+        let (socket, note) =
+            (std::path::PathBuf::from(format!("{stem}.sock")), std::path::PathBuf::from(format!("{stem}.note")));
+        let _ = std::fs::remove_file(&socket);
+        let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        std::fs::write(&note, "the host's note").expect("write");
+        std::fs::set_permissions(&note, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        HostDoors { socket, note, _listener: listener }
+    }
+}
+
+impl Drop for HostDoors {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&self.note);
+    }
+}
+
+#[test]
+fn the_hosts_run_dir_and_its_daemons_sockets_are_out_of_reach() {
+    let c = Coordinator::start();
+    let _agent = c.start_agent("run-dir", &["--advertise-vcpus", "8"], &[]);
+    let doors = HostDoors::open();
+    // The doors are open: on the host, anyone gets through.
+    assert!(std::os::unix::net::UnixStream::connect(&doors.socket).is_ok());
+    let program = c.install_program("run-probe.py", RUN_PROBE);
+    let mut r: Value = example_json("training-job.json");
+    r["TrainingJobName"] = json!("run-probe");
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    r["Environment"] = json!({"HOST_SOCKET": path(&doors.socket), "HOST_NOTE": path(&doors.note)});
+    c.create_training_job(&r);
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "run-probe"], |d| {
+        d["TrainingJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
+    let log = c.logs("run-probe");
+    assert!(!log.contains("LEAK"), "{log}");
+    assert!(log.contains("socket refused: No such file or directory"), "{log}");
+    assert!(log.contains("note refused: No such file or directory"), "{log}");
+    assert!(log.contains("run write refused: Read-only file system"), "{log}");
+    // Its /run is empty, but for the resolver configuration when /etc/resolv.conf points there
+    // (systemd-resolved, resolvconf): that reads as on the host.
+    let resolver = std::fs::canonicalize("/etc/resolv.conf").expect("resolv.conf");
+    let expected_run = match resolver.strip_prefix("/run") {
+        Ok(inside) => {
+            inside.components().next().map(|c| c.as_os_str().to_string_lossy().to_string()).unwrap_or_default()
+        }
+        Err(_) => String::new(),
+    };
+    assert!(log.contains(&format!("run holds {expected_run}.")), "{log}");
+    let host_resolver: String = std::fs::read(&resolver).expect("read").iter().map(|b| format!("{b:02x}")).collect();
+    assert!(log.contains(&format!("resolver {host_resolver}")), "{log}");
 }
 
 /// Says which file it was given, whose it is, and whether it could change it.

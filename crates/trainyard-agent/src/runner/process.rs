@@ -127,6 +127,13 @@ pub(super) async fn launch(
         let tmpfs = c_string("tmpfs");
         let shm_options = c_string("mode=1777");
         let has_shm = Path::new("/dev/shm").is_dir();
+        // An empty /run of its own: the host's holds its daemons' sockets (D-Bus, journald,
+        // a database's, ...), which connect(2) reaches through a read-only mount too. The
+        // resolver configuration /etc/resolv.conf may point into it is copied in.
+        let private_run = opt_ml && private_run_possible(&settings.instance_writable_paths);
+        let run = c_string(RUN);
+        let run_options = c_string("mode=0755,size=1m");
+        let resolv = if private_run { resolver_config_under(Path::new(RUN), Path::new(RESOLV_CONF)) } else { None };
         // The rest of the host is read-only to it (as systemd's DynamicUser= implies
         // ProtectSystem=strict): a uid is lent to one instance at a time, so a file it left in a
         // world-writable dir of the host would outlive the job and be the next holder's.
@@ -185,6 +192,18 @@ pub(super) async fn launch(
                 if has_shm {
                     mount(Some(&tmpfs), &shm, Some(&tmpfs), libc::MS_NOSUID | libc::MS_NODEV, Some(&shm_options))?;
                 }
+                // Last: what is bound above may come from under /run (a work root there).
+                if private_run {
+                    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                    match &resolv {
+                        None => mount(Some(&tmpfs), &run, Some(&tmpfs), flags | libc::MS_RDONLY, Some(&run_options))?,
+                        Some(copy) => {
+                            mount(Some(&tmpfs), &run, Some(&tmpfs), flags, Some(&run_options))?;
+                            copy.write()?;
+                            mount(None, &run, None, libc::MS_REMOUNT | libc::MS_RDONLY | flags, None)?;
+                        }
+                    }
+                }
                 Ok(())
             });
         }
@@ -241,6 +260,71 @@ pub(super) async fn launch(
         control: ProcessControl { cgroup, group, uid: lease },
         shared: shared.ids(),
     })
+}
+
+const RUN: &str = "/run";
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Whether an instance can have a /run of its own: /run is a directory of its own (not a link),
+/// nothing the operator shares with instances lies under it, and /dev/shm does not point into
+/// it (as on old systems).
+fn private_run_possible(writable: &[PathBuf]) -> bool {
+    let run = Path::new(RUN);
+    let real_dir = std::fs::symlink_metadata(run).is_ok_and(|m| m.is_dir());
+    let shm_in_run = std::fs::read_link("/dev/shm").is_ok_and(|target| target.starts_with(run));
+    real_dir && !shm_in_run && !writable.iter().any(|p| p.starts_with(run))
+}
+
+/// The resolver configuration, when `resolv_conf` is a link to a file under `run` (systemd-resolved,
+/// resolvconf, NetworkManager): the dirs to make under an empty `run` and the file to write there,
+/// so that the link still resolves. None when it does not point there (or is unreadable, or
+/// larger than 64 KiB).
+fn resolver_config_under(run: &Path, resolv_conf: &Path) -> Option<ResolverCopy> {
+    let target = std::fs::canonicalize(resolv_conf).ok()?;
+    let run = std::fs::canonicalize(run).ok()?;
+    let relative = target.strip_prefix(&run).ok()?;
+    let contents = std::fs::read(&target).ok().filter(|c| c.len() <= 64 * 1024)?;
+    let mut dirs = Vec::new();
+    let mut dir = run.clone();
+    for part in relative.parent().into_iter().flat_map(Path::components) {
+        dir.push(part);
+        dirs.push(c_string(&dir));
+    }
+    Some(ResolverCopy { dirs, file: c_string(&target), contents })
+}
+
+/// A copy of the resolver configuration to write into an instance's empty /run.
+#[derive(Debug)]
+struct ResolverCopy {
+    dirs: Vec<std::ffi::CString>,
+    file: std::ffi::CString,
+    contents: Vec<u8>,
+}
+
+impl ResolverCopy {
+    /// For `pre_exec`: only syscalls on what was prepared before the fork.
+    fn write(&self) -> std::io::Result<()> {
+        for dir in &self.dirs {
+            // SAFETY: a NUL-terminated path that outlives the call.
+            if unsafe { libc::mkdir(dir.as_ptr(), 0o755) } != 0
+                && std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        // SAFETY: as above; the descriptor is closed below.
+        let fd = unsafe {
+            libc::open(self.file.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o644)
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a buffer we own and its length; a tmpfs takes 64 KiB in one write.
+        let written = unsafe { libc::write(fd, self.contents.as_ptr().cast(), self.contents.len()) };
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+        if written < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    }
 }
 
 /// A path or a name as a C string (one with a NUL byte, which no path here has, becomes empty
@@ -368,5 +452,36 @@ impl Control for ProcessControl {
 
     fn oom_kills(&self) -> u64 {
         self.cgroup.as_ref().map_or(0, |c| c.oom_kills())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolver_config_under;
+
+    /// /etc/resolv.conf as systemd-resolved or resolvconf leave it, a link into /run: the copy
+    /// recreates the file where the link points once /run is empty; a plain file needs none.
+    #[test]
+    fn a_resolver_config_linked_into_run_is_recreated_in_an_empty_one() {
+        let root = tempfile::tempdir().expect("dir");
+        let run = root.path().join("run");
+        let stub = run.join("systemd/resolve/stub-resolv.conf");
+        std::fs::create_dir_all(stub.parent().expect("parent")).expect("dirs");
+        std::fs::write(&stub, "nameserver 192.0.2.53\n").expect("write");
+        let link = root.path().join("resolv.conf");
+        std::os::unix::fs::symlink(&stub, &link).expect("link");
+
+        let copy = resolver_config_under(&run, &link).expect("a copy");
+        assert_eq!(copy.contents, b"nameserver 192.0.2.53\n");
+        // The instance's /run is empty: the copy makes the dirs and the file again.
+        std::fs::remove_dir_all(&run).expect("empty it");
+        std::fs::create_dir(&run).expect("run");
+        copy.write().expect("write the copy");
+        assert_eq!(std::fs::read_to_string(&link).expect("through the link"), "nameserver 192.0.2.53\n");
+
+        // A plain file, or a link elsewhere, is left as it is.
+        let plain = root.path().join("plain-resolv.conf");
+        std::fs::write(&plain, "nameserver 192.0.2.1\n").expect("write");
+        assert!(resolver_config_under(&run, &plain).is_none());
     }
 }
