@@ -556,6 +556,21 @@ for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
             print(f"may signal {pid}: {open(f'/proc/{pid}/cmdline', 'rb').read()!r}", flush=True)
         except OSError:
             pass
+# Other users' processes (the holder's, the agent's) are not even listed.
+others = 0
+for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+            others += 1
+            if b"holder.py" in open(f"/proc/{pid}/cmdline", "rb").read():
+                print(f"LEAK command line of {pid}", flush=True)
+    except OSError:
+        pass
+print(f"sees {others} processes of other users", flush=True)
+# A set-user-ID root program of the host does not make it root.
+import subprocess
+print("setuid id says " + subprocess.run([os.environ["SETUID_ID"]], capture_output=True, text=True).stdout.strip(), flush=True)
+print("no new privileges " + [l.split()[1] for l in open("/proc/self/status") if l.startswith("NoNewPrivs:")][0], flush=True)
 print(f"probe done, may signal {signalled} other processes", flush=True)
 "#;
 
@@ -592,13 +607,28 @@ fn concurrent_jobs_share_no_uid_and_none_runs_as_root() {
     );
 
     let probe = c.install_program("probe.py", PROBE);
-    c.cli(&["training-jobs", "create", "--file", path(&request("probe", &probe, json!({})))]).assert_success();
+    // `id`, set-user-ID root, where every user may run it (as su or mount are on a host).
+    let setuid_id = c.programs_dir().join("setuid-id");
+    std::fs::copy("/usr/bin/id", &setuid_id).expect("copy id");
+    std::fs::set_permissions(&setuid_id, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).expect("chmod");
+    let as_nobody =
+        std::process::Command::new("runuser").args(["-u", "nobody", "--"]).arg(&setuid_id).output().expect("runuser");
+    assert!(
+        String::from_utf8_lossy(&as_nobody.stdout).contains("euid=0"),
+        "the copy is set-user-ID root: {as_nobody:?}"
+    );
+    let probe_request = request("probe", &probe, json!({"SETUID_ID": path(&setuid_id)}));
+    c.cli(&["training-jobs", "create", "--file", path(&probe_request)]).assert_success();
     let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "probe"], |d| {
         d["TrainingJobStatus"] != "InProgress"
     });
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
     let probed = c.logs("probe");
     assert!(probed.contains("probe done, may signal 0 other processes"), "{probed}");
+    assert!(probed.contains("sees 0 processes of other users"), "{probed}");
+    assert!(probed.contains("no new privileges 1"), "{probed}");
+    let setuid_said = probed.lines().find(|l| l.contains("setuid id says")).unwrap_or_default();
+    assert!(setuid_said.contains("uid=") && !setuid_said.contains("euid=0"), "{probed}");
     assert!(!probed.contains("LEAK"), "{probed}");
 
     let (holder_uid, probe_uid) =

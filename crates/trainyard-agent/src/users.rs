@@ -60,6 +60,9 @@ pub unsafe fn switch_to(uid: libc::uid_t, gid: libc::gid_t, groups: &[libc::gid_
         check(libc::setgid(gid))?;
         check(libc::setuid(uid))?;
         check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+        // No set-user-ID program of the host (su, mount, ...) or file capability raises it again,
+        // as containers run (`no_new_privileges`) and systemd's NoNewPrivileges= does.
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
     }
     Ok(())
 }

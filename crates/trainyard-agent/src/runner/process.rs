@@ -140,6 +140,8 @@ pub(super) async fn launch(
         // What the operator shares on purpose (`--instance-writable-path`) stays writable.
         let read_only_host = opt_ml;
         let proc_dir = c_string("/proc");
+        let proc_fs = c_string("proc");
+        let other_users_hidden = c_string("hidepid=invisible");
         let writable = settings.instance_writable_paths.iter().map(c_string).collect::<Vec<_>>();
         // Its own host name, as on SageMaker: what frameworks resolve to find their own address.
         let hostname = format!("algo-{}", spec.instance).into_bytes();
@@ -159,8 +161,13 @@ pub(super) async fn launch(
                 // (before 5.12) leaves the host writable, as the agent says at start.
                 let read_only = read_only_host && set_read_only(&root, true, true).is_ok();
                 if read_only {
-                    // /proc/self (oom_score_adj, comm) as before; /sys stays read-only.
-                    set_read_only(&proc_dir, false, false)?;
+                    // A /proc of its own, where other users' processes do not appear: other
+                    // instances' (each has a uid of its own) and the agent's, with their command
+                    // lines and states. Writable as before (/proc/self's oom_score_adj, comm);
+                    // /sys stays read-only. Each proc mount has options of its own since Linux 5.8
+                    // (mount_setattr working says 5.12 or later): the host's /proc is untouched.
+                    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                    mount(Some(&proc_fs), &proc_dir, Some(&proc_fs), flags, Some(&other_users_hidden))?;
                     for path in &writable {
                         mount(Some(path), path, None, libc::MS_BIND | libc::MS_REC, None)?;
                         set_read_only(path, false, true)?;
