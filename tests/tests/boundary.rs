@@ -607,17 +607,16 @@ fn concurrent_jobs_share_no_uid_and_none_runs_as_root() {
     );
 
     let probe = c.install_program("probe.py", PROBE);
-    // `id`, set-user-ID root, where every user may run it (as su or mount are on a host).
-    let setuid_id = c.programs_dir().join("setuid-id");
-    std::fs::copy("/usr/bin/id", &setuid_id).expect("copy id");
-    std::fs::set_permissions(&setuid_id, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).expect("chmod");
+    // `id`, set-user-ID root, where every user may run it, as su or mount are: beside them, on
+    // the file system that honours their bit (a checkout may be on one mounted nosuid).
+    let setuid_id = SetUidCopy::of("/usr/bin/id");
     let as_nobody =
-        std::process::Command::new("runuser").args(["-u", "nobody", "--"]).arg(&setuid_id).output().expect("runuser");
+        std::process::Command::new("runuser").args(["-u", "nobody", "--"]).arg(&setuid_id.0).output().expect("runuser");
     assert!(
         String::from_utf8_lossy(&as_nobody.stdout).contains("euid=0"),
         "the copy is set-user-ID root: {as_nobody:?}"
     );
-    let probe_request = request("probe", &probe, json!({"SETUID_ID": path(&setuid_id)}));
+    let probe_request = request("probe", &probe, json!({"SETUID_ID": path(&setuid_id.0)}));
     c.cli(&["training-jobs", "create", "--file", path(&probe_request)]).assert_success();
     let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "probe"], |d| {
         d["TrainingJobStatus"] != "InProgress"
@@ -764,6 +763,25 @@ fn the_hosts_run_dir_and_its_daemons_sockets_are_out_of_reach() {
     assert!(log.contains(&format!("run holds {expected_run}.")), "{log}");
     let host_resolver: String = std::fs::read(&resolver).expect("read").iter().map(|b| format!("{b:02x}")).collect();
     assert!(log.contains(&format!("resolver {host_resolver}")), "{log}");
+}
+
+/// A set-user-ID root copy of a program in /usr/local/bin, removed when dropped.
+struct SetUidCopy(std::path::PathBuf);
+
+impl SetUidCopy {
+    fn of(program: &str) -> SetUidCopy {
+        use std::os::unix::fs::PermissionsExt;
+        let copy = std::path::PathBuf::from(format!("/usr/local/bin/trainyard-test-setuid-{}", std::process::id()));
+        std::fs::copy(program, &copy).expect("copy");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).expect("chmod");
+        SetUidCopy(copy)
+    }
+}
+
+impl Drop for SetUidCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Says which file it was given, whose it is, and whether it could change it.
