@@ -155,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
             info!(writable = ?config.instance_writable_paths, "the host is read-only to instances but for their own dirs and these");
         } else {
             warn!(
-                "this kernel has no mount_setattr (Linux 5.12): the host stays writable to instances, and a file one leaves in a world-writable dir (/var/lock, ...) outlives it"
+                "this kernel has no mount_setattr (Linux 5.12): the host stays writable to instances, a file one leaves in a world-writable dir of the host outlives it, and their /proc lists every process of the host"
             );
         }
     }

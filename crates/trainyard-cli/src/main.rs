@@ -640,8 +640,12 @@ async fn run_dev(args: DevCommand, out: Output) -> anyhow::Result<()> {
 /// The coordinator could not be reached or went away mid-call (killed, or failing over): a
 /// connection reset surfaces as `Unknown` with the transport's error as its source.
 fn connection_lost(status: &tonic::Status) -> bool {
-    let transport = std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>());
-    status.code() == tonic::Code::Unavailable || (status.code() == tonic::Code::Unknown && transport)
+    // A coordinator that dies while it answers leaves an HTTP/2 error whose cause is the socket's
+    // (e.g. "error reading a body from connection": end of file), not a refused connect.
+    let mut causes = std::iter::successors(std::error::Error::source(status), |e| e.source());
+    let transport = causes.any(|e| e.is::<tonic::transport::Error>() || e.is::<std::io::Error>());
+    let http2 = status.message().starts_with("h2 protocol error");
+    status.code() == tonic::Code::Unavailable || (status.code() == tonic::Code::Unknown && (transport || http2))
 }
 
 /// Polls a tuning job until it ends, showing a progress bar of finished trials and the best
@@ -996,4 +1000,24 @@ async fn training(mut client: TrainingClient<Transport>, cmd: TrainingCommand, o
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_lost;
+
+    /// What a watch retries: a coordinator that cannot be reached, or that died while it answered;
+    /// not an answer it gave.
+    #[test]
+    fn a_connection_cut_mid_answer_is_lost_and_an_answer_is_not() {
+        assert!(connection_lost(&tonic::Status::unavailable("connection refused")));
+        let cut = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "peer closed connection");
+        let status = tonic::Status::from_error(Box::new(cut));
+        assert_eq!(status.code(), tonic::Code::Unknown);
+        assert!(connection_lost(&status), "{status:?}");
+        assert!(connection_lost(&tonic::Status::unknown("h2 protocol error: stream no longer needed")));
+        assert!(!connection_lost(&tonic::Status::unknown("something the server said")));
+        assert!(!connection_lost(&tonic::Status::not_found("no such tuning job")));
+        assert!(!connection_lost(&tonic::Status::invalid_argument("bad name")));
+    }
 }
