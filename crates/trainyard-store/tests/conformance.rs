@@ -176,6 +176,9 @@ async fn leadership_is_one_at_a_time_and_fences_the_old_leader(url: &str) {
     b.update_tuning_job(&stopping, kept.version).await.expect("the new leader writes");
 
     // A restart of the holder takes its own lease back at once (a new epoch); the other waits.
+    // (b's lease renewed for long first: the steps above may outlast a short one on a busy
+    // machine, and then a would rightly take over.)
+    assert!(b.renew_leadership(2, Duration::from_secs(60)).await.expect("renew"), "b still leads");
     assert_eq!(a.acquire_leadership("a", "a:1", short).await.expect("acquire"), None);
     let b2 = connect(url).await.expect("b restarted");
     assert_eq!(b2.acquire_leadership("b", "b:2", short).await.expect("acquire"), Some(3));
