@@ -609,14 +609,14 @@ fn concurrent_jobs_share_no_uid_and_none_runs_as_root() {
     let probe = c.install_program("probe.py", PROBE);
     // `id`, set-user-ID root, where every user may run it, as su or mount are: beside them, on
     // the file system that honours their bit (a checkout may be on one mounted nosuid).
-    let setuid_id = SetUidCopy::of("/usr/bin/id");
+    let setuid_id = set_uid_copy_of("/usr/bin/id");
     let as_nobody =
-        std::process::Command::new("runuser").args(["-u", "nobody", "--"]).arg(&setuid_id.0).output().expect("runuser");
+        std::process::Command::new("runuser").args(["-u", "nobody", "--"]).arg(&setuid_id).output().expect("runuser");
     assert!(
         String::from_utf8_lossy(&as_nobody.stdout).contains("euid=0"),
         "the copy is set-user-ID root: {as_nobody:?}"
     );
-    let probe_request = request("probe", &probe, json!({"SETUID_ID": path(&setuid_id.0)}));
+    let probe_request = request("probe", &probe, json!({"SETUID_ID": path(&setuid_id)}));
     c.cli(&["training-jobs", "create", "--file", path(&probe_request)]).assert_success();
     let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "probe"], |d| {
         d["TrainingJobStatus"] != "InProgress"
@@ -700,10 +700,10 @@ os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
 "#;
 
 /// A socket anyone may connect to and a file anyone may read, under the host's /run, as its
-/// daemons leave them (D-Bus, journald, a database); removed when dropped.
+/// daemons leave them (D-Bus, journald, a database); both removed when dropped.
 struct HostDoors {
-    socket: std::path::PathBuf,
-    note: std::path::PathBuf,
+    socket: tempfile::TempPath,
+    note: tempfile::TempPath,
     _listener: std::os::unix::net::UnixListener,
 }
 
@@ -711,21 +711,14 @@ impl HostDoors {
     fn open() -> HostDoors {
         use std::os::unix::fs::PermissionsExt;
         let stem = format!("/run/trainyard-test-{}", std::process::id());
-        let (socket, note) =
-            (std::path::PathBuf::from(format!("{stem}.sock")), std::path::PathBuf::from(format!("{stem}.note")));
+        let socket = tempfile::TempPath::try_from_path(format!("{stem}.sock")).expect("an absolute path");
         let _ = std::fs::remove_file(&socket);
         let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let note = tempfile::TempPath::try_from_path(format!("{stem}.note")).expect("an absolute path");
         std::fs::write(&note, "the host's note").expect("write");
         std::fs::set_permissions(&note, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         HostDoors { socket, note, _listener: listener }
-    }
-}
-
-impl Drop for HostDoors {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.socket);
-        let _ = std::fs::remove_file(&self.note);
     }
 }
 
@@ -766,22 +759,14 @@ fn the_hosts_run_dir_and_its_daemons_sockets_are_out_of_reach() {
 }
 
 /// A set-user-ID root copy of a program in /usr/local/bin, removed when dropped.
-struct SetUidCopy(std::path::PathBuf);
-
-impl SetUidCopy {
-    fn of(program: &str) -> SetUidCopy {
-        use std::os::unix::fs::PermissionsExt;
-        let copy = std::path::PathBuf::from(format!("/usr/local/bin/trainyard-test-setuid-{}", std::process::id()));
-        std::fs::copy(program, &copy).expect("copy");
-        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).expect("chmod");
-        SetUidCopy(copy)
-    }
-}
-
-impl Drop for SetUidCopy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+fn set_uid_copy_of(program: &str) -> tempfile::TempPath {
+    use std::os::unix::fs::PermissionsExt;
+    let copy =
+        tempfile::TempPath::try_from_path(format!("/usr/local/bin/trainyard-test-setuid-{}", std::process::id()))
+            .expect("an absolute path");
+    std::fs::copy(program, &copy).expect("copy");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).expect("chmod");
+    copy
 }
 
 /// Says which file it was given, whose it is, and whether it could change it.

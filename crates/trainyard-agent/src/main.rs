@@ -150,6 +150,14 @@ async fn main() -> anyhow::Result<()> {
     let opt_ml =
         !config.no_opt_ml && unsafe { libc::geteuid() } == 0 && std::fs::create_dir_all(runner::OPT_ML).is_ok();
     info!(opt_ml, "instances see their work dir at /opt/ml: {opt_ml}");
+    let private_run = opt_ml
+        && match runner::private_run_possible(&config.instance_writable_paths) {
+            Ok(()) => true,
+            Err(why) => {
+                warn!(reason = %why, "host programs' instances share the host's /run (its daemons' sockets among it)");
+                false
+            }
+        };
     if opt_ml {
         if runner::read_only_host_supported() {
             info!(writable = ?config.instance_writable_paths, "the host is read-only to instances but for their own dirs and these");
@@ -309,6 +317,7 @@ async fn main() -> anyhow::Result<()> {
         gpu_indexes,
         host_programs: config.host_programs,
         instance_writable_paths: config.instance_writable_paths.clone(),
+        private_run,
         agent_id: config.id.clone(),
         work_dirs_in_use: Default::default(),
         metric_patterns: Default::default(),

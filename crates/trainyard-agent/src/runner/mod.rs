@@ -18,7 +18,7 @@ mod container;
 pub use container::ContainerCgroups;
 mod prepare;
 mod process;
-pub use process::read_only_host_supported;
+pub use process::{private_run_possible, read_only_host_supported};
 mod shared_inputs;
 use shared_inputs::SharedInputs;
 mod supervise;
@@ -120,6 +120,9 @@ pub struct Settings {
     pub host_programs: bool,
     /// Host dirs that instances' programs may write (the rest of the host is read-only to them).
     pub instance_writable_paths: Vec<PathBuf>,
+    /// Each host program's instance gets an empty /run of its own (decided at start:
+    /// [`private_run_possible`]).
+    pub private_run: bool,
     /// This agent's id (its containers carry it).
     pub agent_id: String,
     /// One run at a time per work dir: a run the coordinator has already forgotten (fenced, or

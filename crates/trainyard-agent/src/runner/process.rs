@@ -130,7 +130,7 @@ pub(super) async fn launch(
         // An empty /run of its own: the host's holds its daemons' sockets (D-Bus, journald,
         // a database's, ...), which connect(2) reaches through a read-only mount too. The
         // resolver configuration /etc/resolv.conf may point into it is copied in.
-        let private_run = opt_ml && private_run_possible(&settings.instance_writable_paths);
+        let private_run = settings.private_run;
         let run = c_string(RUN);
         let run_options = c_string("mode=0755,size=1m");
         let resolv = if private_run { resolver_config_under(Path::new(RUN), Path::new(RESOLV_CONF)) } else { None };
@@ -166,8 +166,7 @@ pub(super) async fn launch(
                     // lines and states. Writable as before (/proc/self's oom_score_adj, comm);
                     // /sys stays read-only. Each proc mount has options of its own since Linux 5.8
                     // (mount_setattr working says 5.12 or later): the host's /proc is untouched.
-                    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-                    mount(Some(&proc_fs), &proc_dir, Some(&proc_fs), flags, Some(&other_users_hidden))?;
+                    mount(Some(&proc_fs), &proc_dir, Some(&proc_fs), NO_PROGRAMS, Some(&other_users_hidden))?;
                     for path in &writable {
                         mount(Some(path), path, None, libc::MS_BIND | libc::MS_REC, None)?;
                         set_read_only(path, false, true)?;
@@ -201,13 +200,13 @@ pub(super) async fn launch(
                 }
                 // Last: what is bound above may come from under /run (a work root there).
                 if private_run {
-                    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                    let sealed = NO_PROGRAMS | libc::MS_RDONLY;
                     match &resolv {
-                        None => mount(Some(&tmpfs), &run, Some(&tmpfs), flags | libc::MS_RDONLY, Some(&run_options))?,
+                        None => mount(Some(&tmpfs), &run, Some(&tmpfs), sealed, Some(&run_options))?,
                         Some(copy) => {
-                            mount(Some(&tmpfs), &run, Some(&tmpfs), flags, Some(&run_options))?;
+                            mount(Some(&tmpfs), &run, Some(&tmpfs), NO_PROGRAMS, Some(&run_options))?;
                             copy.write()?;
-                            mount(None, &run, None, libc::MS_REMOUNT | libc::MS_RDONLY | flags, None)?;
+                            mount(None, &run, None, libc::MS_REMOUNT | sealed, None)?;
                         }
                     }
                 }
@@ -269,17 +268,26 @@ pub(super) async fn launch(
     })
 }
 
+/// Mount flags of the file systems an instance gets of its own that hold no programs (/proc, /run).
+const NO_PROGRAMS: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 const RUN: &str = "/run";
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Whether an instance can have a /run of its own: /run is a directory of its own (not a link),
 /// nothing the operator shares with instances lies under it, and /dev/shm does not point into
-/// it (as on old systems).
-fn private_run_possible(writable: &[PathBuf]) -> bool {
+/// it (as on old systems). Otherwise, why not.
+pub fn private_run_possible(writable: &[PathBuf]) -> Result<(), String> {
     let run = Path::new(RUN);
-    let real_dir = std::fs::symlink_metadata(run).is_ok_and(|m| m.is_dir());
-    let shm_in_run = std::fs::read_link("/dev/shm").is_ok_and(|target| target.starts_with(run));
-    real_dir && !shm_in_run && !writable.iter().any(|p| p.starts_with(run))
+    if !std::fs::symlink_metadata(run).is_ok_and(|m| m.is_dir()) {
+        return Err("/run is not a directory of its own".into());
+    }
+    if std::fs::read_link("/dev/shm").is_ok_and(|target| target.starts_with(run)) {
+        return Err("/dev/shm points into /run".into());
+    }
+    match writable.iter().find(|p| p.starts_with(run)) {
+        Some(shared) => Err(format!("{} is shared with instances (--instance-writable-path)", shared.display())),
+        None => Ok(()),
+    }
 }
 
 /// The resolver configuration, when `resolv_conf` is a link to a file under `run` (systemd-resolved,
