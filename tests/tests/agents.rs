@@ -57,12 +57,15 @@ fn a_tuning_job_runs_to_completion_on_gpu_and_cpu_agents() {
     let dir = tempfile::tempdir().expect("dir");
     let library = nvml::build_fake_nvml(dir.path());
     let fake_gpus = nvml::gpus(2, "NVIDIA A10G", 23028);
+    let cdi = nvml::fake_cdi(dir.path(), 2);
     let mut cpu_agent = c.start_agent("cpu-host", &["--advertise-vcpus", "8"], &[]);
     let mut gpu_agent = c.start_agent(
         "gpu-host",
         &[
             "--nvml-library",
             library.to_str().expect("utf-8"),
+            "--cdi-spec-dir",
+            cdi.to_str().expect("utf-8"),
             "--advertise-vcpus",
             "16",
             "--advertise-memory-mib",

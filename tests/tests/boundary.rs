@@ -314,7 +314,11 @@ fn nothing_a_job_starts_outlives_it_and_its_memory_is_its_instance_types() {
     });
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
     assert!(c.logs("escaper").contains("main-ends"));
-    assert!(escapers_alive().is_empty(), "left running: {:?}", escapers_alive());
+    // Killed, they may still be exiting for a moment: the cgroup stops listing a process as soon
+    // as it starts to exit, before its memory (and /proc/PID/cmdline) is gone. One that escaped
+    // would stay.
+    let gone = wait_until(Duration::from_secs(10), || escapers_alive().is_empty());
+    assert!(gone, "left running: {:?}", escapers_alive());
 
     let hog = c.install_program("hog.py", HOG);
     c.cli(&["training-jobs", "create", "--file", path(&request("hog", &hog))]).assert_success();
@@ -756,6 +760,200 @@ fn the_hosts_run_dir_and_its_daemons_sockets_are_out_of_reach() {
     assert!(log.contains(&format!("run holds {expected_run}.")), "{log}");
     let host_resolver: String = std::fs::read(&resolver).expect("read").iter().map(|b| format!("{b:02x}")).collect();
     assert!(log.contains(&format!("resolver {host_resolver}")), "{log}");
+}
+
+/// Lists its /dev, tries a node of the host's /dev that anyone may open, reads its GPUs' nodes and
+/// the one the operator shares, and uses what every program needs: /dev/null, /dev/urandom, a
+/// pseudo-terminal, /dev/shm, /dev/stdout, /dev/fd. Runs two seconds, so that two run at once.
+const DEVICE_PROBE: &str = r#"#!/usr/bin/env python3
+import os, pty, time
+dev = sorted(os.listdir("/dev"))
+print("dev holds " + " ".join(dev) + ".", flush=True)
+try:
+    open(os.environ["HOST_DEVICE"], "rb").read(4)
+    print("LEAK opened the host's device", flush=True)
+except OSError as e:
+    print(f"host device refused: {e.strerror}", flush=True)
+print(f"shared read {len(open(os.environ['SHARED_DEVICE'], 'rb').read(4))}", flush=True)
+for name in dev:
+    if name.startswith("nvidia"):
+        print(f"{name} read {len(open('/dev/' + name, 'rb').read(4))}", flush=True)
+open("/dev/null", "w").write("discarded")
+print(f"urandom read {len(open('/dev/urandom', 'rb').read(16))}", flush=True)
+leader, follower = pty.openpty()
+os.write(leader, b"typed\n")
+print(f"pty {os.ttyname(follower)} got {os.read(follower, 64)!r}", flush=True)
+open("/dev/shm/scratch", "w").write("x")
+print("shm written", flush=True)
+with open("/dev/stdout", "w") as out:
+    out.write("stdout by name\n")
+print(f"fd lists {len(os.listdir('/dev/fd')) >= 3}", flush=True)
+try:
+    open("/dev/planted", "w")
+    print("LEAK planted a file in /dev", flush=True)
+except OSError as e:
+    print(f"dev write refused: {e.strerror}", flush=True)
+os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
+time.sleep(2)
+"#;
+
+/// A character device with /dev/zero's numbers in the host's /dev, open to all (as /dev/nvidia*
+/// are on most GPU hosts), removed when dropped.
+fn host_device(name: &str) -> tempfile::TempPath {
+    use std::os::unix::fs::PermissionsExt;
+    let path = tempfile::TempPath::try_from_path(format!("/dev/trainyard-test-{name}-{}", std::process::id()))
+        .expect("an absolute path");
+    let _ = std::fs::remove_file(&path);
+    let c_path = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("path");
+    // SAFETY: mknod on a NUL-terminated path this test owns.
+    let made = unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 5)) };
+    assert_eq!(made, 0, "mknod {}", path.display());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    path
+}
+
+#[test]
+fn host_programs_see_only_their_own_devices_and_gpus() {
+    let dir = tempfile::tempdir().expect("dir");
+    let library = trainyard_testkit::nvml::build_fake_nvml(dir.path());
+    let cdi = trainyard_testkit::nvml::fake_cdi(dir.path(), 2);
+    let stray = host_device("stray");
+    let shared = host_device("shared");
+    // On the host, anyone opens the stray node.
+    assert!(std::fs::File::open(&stray).is_ok());
+    let c = Coordinator::start();
+    let fake_gpus = trainyard_testkit::nvml::gpus(2, "NVIDIA A10G", 23028);
+    let _agent = c.start_agent(
+        "devices",
+        &[
+            "--advertise-vcpus",
+            "16",
+            "--advertise-memory-mib",
+            "65536",
+            "--nvml-library",
+            path(&library),
+            "--cdi-spec-dir",
+            path(&cdi),
+            "--instance-device",
+            path(&shared),
+        ],
+        &[("FAKE_NVML_GPUS", fake_gpus.as_str())],
+    );
+    let program = c.install_program("device-probe.py", DEVICE_PROBE);
+    let names = ["devices-a", "devices-b"];
+    for name in names {
+        let mut r: Value = example_json("training-job.json");
+        r["TrainingJobName"] = json!(name);
+        r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+        r["ResourceConfig"]["InstanceType"] = json!("ml.g5.xlarge");
+        r["Environment"] = json!({"HOST_DEVICE": path(&stray), "SHARED_DEVICE": path(&shared)});
+        c.create_training_job(&r);
+    }
+    let shared_name = shared.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+    let mut gpus_seen = Vec::new();
+    for name in names {
+        let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", name], |d| {
+            d["TrainingJobStatus"] != "InProgress"
+        });
+        let log = c.logs(name);
+        assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{log}");
+        assert!(!log.contains("LEAK"), "{log}");
+        assert!(log.contains("host device refused: No such file or directory"), "{log}");
+        // Exactly the usual nodes, its own GPU's and the control node, and the shared one.
+        let listed = log.lines().find_map(|l| l.strip_prefix("dev holds ")).unwrap_or_default();
+        let gpu = listed.split_whitespace().find(|n| n.starts_with("nvidia") && *n != "nvidiactl").unwrap_or_default();
+        gpus_seen.push(gpu.to_string());
+        let mut expected = vec![
+            "fd",
+            "full",
+            "null",
+            "ptmx",
+            "pts",
+            "random",
+            "shm",
+            "stderr",
+            "stdin",
+            "stdout",
+            "tty",
+            "urandom",
+            "zero",
+            "nvidiactl",
+            gpu,
+            &shared_name,
+        ];
+        if Path::new("/dev/mqueue").is_dir() {
+            expected.push("mqueue");
+        }
+        expected.sort();
+        assert_eq!(listed, format!("{}.", expected.join(" ")), "{log}");
+        for read in ["shared read 4", &format!("{gpu} read 4"), "nvidiactl read 4", "urandom read 16"] {
+            assert!(log.contains(read), "{read}: {log}");
+        }
+        // Its pseudo-terminals are its own: the first one is number 0.
+        assert!(log.contains("pty /dev/pts/0 got b'typed\\n'"), "{log}");
+        for line in ["shm written", "stdout by name", "fd lists True", "dev write refused: Read-only file system"] {
+            assert!(log.contains(line), "{line}: {log}");
+        }
+    }
+    gpus_seen.sort();
+    assert_eq!(gpus_seen, ["nvidia0", "nvidia1"], "the two ran at once, each with a GPU of its own");
+    // The host's /dev is as it was.
+    assert!(std::fs::File::open(&stray).is_ok());
+    assert!(!Path::new("/dev/planted").exists());
+}
+
+/// `MODE=plant`: adds a key to its user, session and user-session keyrings. Else: looks for that
+/// key in each.
+const KEY_PROBE: &str = r#"#!/usr/bin/env python3
+import ctypes, os, platform
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+ADD_KEY, KEYCTL = {"x86_64": (248, 250), "aarch64": (217, 219)}[platform.machine()]
+KEYCTL_SEARCH = 10
+rings = {"user": -4, "session": -3, "user-session": -5}
+secret = b"the last holder's secret"
+for name, ring in rings.items():
+    if os.environ["MODE"] == "plant":
+        serial = libc.syscall(ctypes.c_long(ADD_KEY), b"user", b"trainyard-left-behind", secret,
+                              ctypes.c_long(len(secret)), ctypes.c_long(ring))
+        print(f"planted in {name}: {serial > 0}", flush=True)
+    else:
+        found = libc.syscall(ctypes.c_long(KEYCTL), ctypes.c_long(KEYCTL_SEARCH), ctypes.c_long(ring), b"user",
+                             b"trainyard-left-behind", ctypes.c_long(0))
+        if found > 0:
+            print(f"LEAK found the last holder's key in {name}", flush=True)
+        else:
+            print(f"not in {name}: {os.strerror(ctypes.get_errno())}", flush=True)
+print(f"uid {os.getuid()}", flush=True)
+os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
+"#;
+
+#[test]
+fn a_uid_lent_again_holds_no_key_of_its_last_holder() {
+    let c = Coordinator::start();
+    // One uid: every job gets it, one after the other.
+    let _agent = c.start_agent("keyrings", &["--advertise-vcpus", "8", "--instance-uids", "70200-70200"], &[]);
+    let program = c.install_program("key-probe.py", KEY_PROBE);
+    let mut logs = Vec::new();
+    for (name, mode) in [("keys-plant", "plant"), ("keys-look", "look")] {
+        let mut r: Value = example_json("training-job.json");
+        r["TrainingJobName"] = json!(name);
+        r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+        r["Environment"] = json!({"MODE": mode});
+        c.create_training_job(&r);
+        let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", name], |d| {
+            d["TrainingJobStatus"] != "InProgress"
+        });
+        let log = c.logs(name);
+        assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{log}");
+        assert!(log.contains("uid 70200"), "{log}");
+        logs.push(log);
+    }
+    for ring in ["user", "session", "user-session"] {
+        assert!(logs[0].contains(&format!("planted in {ring}: True")), "{}", logs[0]);
+        assert!(logs[1].contains(&format!("not in {ring}: Required key not available")), "{}", logs[1]);
+    }
+    assert!(!logs[1].contains("LEAK"), "{}", logs[1]);
 }
 
 /// A set-user-ID root copy of a program in /usr/local/bin, removed when dropped.

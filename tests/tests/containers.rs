@@ -714,25 +714,7 @@ fn gpus_reach_a_container_through_cdi_and_only_its_own() {
     containerd.import_busybox_image(IMAGE, &["/bin/sh", "/train.sh"], &[("/train.sh", LIST_GPUS, 0o755)]);
     let dir = tempfile::tempdir().expect("dir");
     let library = trainyard_testkit::nvml::build_fake_nvml(dir.path());
-    // Fake device nodes: character devices with /dev/zero's numbers, one per GPU, and the control node.
-    let node = |name: &str| {
-        let path = dir.path().join(name);
-        let c_path = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("path");
-        // SAFETY: mknod on a NUL-terminated path in the test's own dir.
-        let made = unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 5)) };
-        assert_eq!(made, 0, "mknod {}", path.display());
-        path.to_str().expect("utf-8").to_string()
-    };
-    let device = |name: &str, index: u32| json!({"name": name, "containerEdits": {"deviceNodes": [{"path": format!("/dev/nvidia{index}"), "hostPath": node(&format!("nvidia{index}"))}]}});
-    let cdi = dir.path().join("cdi");
-    std::fs::create_dir(&cdi).expect("cdi dir");
-    // Named as nvidia-ctk names them by default (NVML index) for GPU 0, by UUID for GPU 1.
-    let spec = json!({
-        "cdiVersion": "0.5.0", "kind": "nvidia.com/gpu",
-        "devices": [device("0", 0), device(&trainyard_testkit::nvml::uuid(1), 1)],
-        "containerEdits": {"env": ["FAKE_CDI=yes"], "deviceNodes": [{"path": "/dev/nvidiactl", "hostPath": node("nvidiactl")}]},
-    });
-    std::fs::write(cdi.join("nvidia.json"), spec.to_string()).expect("spec");
+    let cdi = trainyard_testkit::nvml::fake_cdi(dir.path(), 2);
 
     let c = Coordinator::start();
     let socket = containerd.socket.to_str().expect("utf-8").to_string();
@@ -924,6 +906,52 @@ fn an_image_runs_as_root_only_where_the_agent_allows_it_and_without_capabilities
     assert_eq!(done["TrainingJobStatus"], "Failed", "{}", c.logs("hider"));
     let reason = done["FailureReason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("ClientError: the instance's volume is full"), "{reason}");
+}
+
+/// Tries the kernel's key management calls and says what each answered.
+const KEY_CALLS: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void say(const char *call, long rc) { printf("%s: %s\n", call, rc >= 0 ? "allowed" : strerror(errno)); }
+int main(void) {
+    /* -4 is KEY_SPEC_USER_KEYRING, 10 KEYCTL_SEARCH. */
+    say("add_key", syscall(SYS_add_key, "user", "trainyard-left-behind", "secret", 6, -4));
+    say("keyctl", syscall(SYS_keyctl, 10, -4, "user", "trainyard-left-behind", 0));
+    say("request_key", syscall(SYS_request_key, "user", "trainyard-left-behind", NULL, 0));
+    return 0;
+}
+"#;
+
+#[test]
+fn a_container_cannot_use_the_kernels_keyrings() {
+    // Not under /tmp, which is a tmpfs of its own in the container: the image has it at its path.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
+    let source = dir.path().join("key-calls.c");
+    std::fs::write(&source, KEY_CALLS).expect("write");
+    let program = dir.path().join("key-calls");
+    let built = std::process::Command::new("cc").arg("-o").arg(&program).arg(&source).output().expect("run cc");
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let containerd = Containerd::start();
+    let image = trainyard_testkit::host_image::HostImage {
+        host_paths: vec![program.clone()],
+        files: Vec::new(),
+        env: Vec::new(),
+        entrypoint: vec![program.to_str().expect("utf-8").to_string()],
+    };
+    let reference = "localhost/trainyard-e2e/key-calls:1";
+    containerd.import(&image.archive(dir.path(), reference));
+    let c = Coordinator::start();
+    let socket = containerd.socket.to_str().expect("utf-8").to_string();
+    let _agent = c.start_agent_for_images_only("keyrings", &["--advertise-vcpus", "8", "--containerd-socket", &socket]);
+    let done = submit(&c, &request("key-calls", reference, json!({})));
+    let logs = c.logs("key-calls");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{logs}");
+    for call in ["add_key", "keyctl", "request_key"] {
+        assert!(logs.contains(&format!("{call}: Operation not permitted")), "{call}: {logs}");
+    }
 }
 
 #[test]

@@ -161,6 +161,17 @@ impl Registry {
     }
 }
 
+/// What `registry` calls each of `gpus` (UUIDs): the UUID where a spec names it so, else its NVML
+/// index, as `nvidia-ctk`'s default names them.
+pub fn gpu_names(registry: &Registry, gpus: &[String], indexes: &BTreeMap<String, u32>) -> Vec<String> {
+    gpus.iter()
+        .map(|uuid| match indexes.get(uuid) {
+            Some(index) if !registry.has(GPU_KIND, uuid) => index.to_string(),
+            _ => uuid.clone(),
+        })
+        .collect()
+}
+
 /// The numbers of a device node (from the spec, else from the host's node).
 fn numbers(node: &DeviceNode) -> Result<(String, i64, i64), String> {
     let host = node.host_path.clone().unwrap_or_else(|| node.path.clone());

@@ -138,9 +138,14 @@ pub struct Flags {
     pub no_opt_ml: bool,
     /// A host dir instances' programs may write (repeatable; e.g. a shared scratch file system).
     /// The rest of the host is read-only to them, but for their own /opt/ml, /tmp, /var/tmp and
-    /// /dev/shm.
+    /// /dev.
     #[arg(long = "instance-writable-path")]
     pub instance_writable_paths: Vec<PathBuf>,
+    /// A host device node or dir under /dev every host program's instance is given (repeatable;
+    /// e.g. /dev/infiniband for RDMA). Instances see no other node of the host's /dev but the
+    /// usual ones (null, zero, urandom, ...) and their own GPUs'.
+    #[arg(long = "instance-device")]
+    pub instance_devices: Vec<PathBuf>,
     /// Run instances in the host's network instead of a namespace each (no isolation, no peers).
     #[arg(long)]
     pub no_network_namespaces: bool,
@@ -182,7 +187,24 @@ fn writable_path(path: &Path) -> Result<PathBuf, String> {
     if path == Path::new("/") {
         return Err("/ would make the whole host writable to jobs".into());
     }
-    for own in ["/tmp", "/var/tmp", "/dev/shm", "/opt/ml"] {
+    for own in ["/tmp", "/var/tmp", "/dev", "/opt/ml"] {
+        if path.starts_with(own) {
+            return Err(format!("{shown} is under {own}, of which every instance has its own"));
+        }
+    }
+    Ok(path)
+}
+
+/// A device node or dir of the host's /dev to give every instance, checked: it exists under /dev
+/// (links resolved) and is not one of the places each instance has its own of.
+fn device_path(path: &Path) -> Result<PathBuf, String> {
+    let shown = path.display();
+    let path = path.canonicalize().map_err(|e| format!("{shown}: {e}"))?;
+    let dev = Path::new("/dev");
+    if !path.starts_with(dev) || path == dev {
+        return Err(format!("{shown} is not a node or dir under /dev"));
+    }
+    for own in ["/dev/shm", "/dev/pts", "/dev/mqueue"] {
         if path.starts_with(own) {
             return Err(format!("{shown} is under {own}, of which every instance has its own"));
         }
@@ -245,6 +267,8 @@ struct FileConfig {
     vpc_networks: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     instance_writable_paths: Vec<PathBuf>,
+    #[serde(default)]
+    instance_devices: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -292,6 +316,8 @@ pub struct Config {
     pub no_opt_ml: bool,
     /// Host dirs instances may write (checked: absolute, existing, not hidden by their own).
     pub instance_writable_paths: Vec<PathBuf>,
+    /// Host device nodes or dirs every instance is given (checked: existing, under /dev).
+    pub instance_devices: Vec<PathBuf>,
     pub network_namespaces: bool,
     /// Namespaces made ready at start (`--ready-namespaces`).
     pub ready_namespaces: u32,
@@ -395,6 +421,11 @@ impl Config {
                 .into_iter()
                 .map(|path| writable_path(&path).map_err(|e| anyhow::anyhow!("--instance-writable-path: {e}")))
                 .collect::<anyhow::Result<Vec<_>>>()?,
+            instance_devices: [file.instance_devices, flags.instance_devices]
+                .concat()
+                .into_iter()
+                .map(|path| device_path(&path).map_err(|e| anyhow::anyhow!("--instance-device: {e}")))
+                .collect::<anyhow::Result<Vec<_>>>()?,
             network_namespaces: !(flags.no_network_namespaces || file.no_network_namespaces == Some(true)),
             ready_namespaces: match flags.ready_namespaces.or(file.ready_namespaces) {
                 Some(n) if n as usize > crate::network::IDLE_NAMESPACES => {
@@ -445,6 +476,19 @@ mod tests {
         let file = dir.path().join("file");
         std::fs::write(&file, "").expect("write");
         assert!(writable_path(&file).unwrap_err().contains("not a directory"));
+    }
+
+    #[test]
+    fn an_instance_device_must_be_under_dev_and_not_one_the_instance_has_its_own_of() {
+        assert_eq!(device_path(Path::new("/dev/null")), Ok(PathBuf::from("/dev/null")));
+        let refused = |path: &str| device_path(Path::new(path)).unwrap_err();
+        assert!(refused("/dev").contains("not a node or dir under /dev"));
+        assert!(refused("/etc/passwd").contains("not a node or dir under /dev"));
+        // A link is judged by where it leads: /dev/fd is /proc/self/fd.
+        assert!(refused("/dev/fd").contains("not a node or dir under /dev"));
+        assert!(refused("/dev/shm").contains("under /dev/shm"));
+        assert!(refused("/dev/nonexistent-trainyard-node").contains("No such file"));
+        assert!(writable_path(Path::new("/dev/shm")).unwrap_err().contains("under /dev"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! GPU inventory through NVML (nvml-wrapper). No library, or a library that fails, means zero GPUs
 //! and a note saying why: never a crash.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use nvml_wrapper::Nvml;
@@ -10,6 +11,8 @@ pub struct GpuInventory {
     pub gpus: Vec<pb::Gpu>,
     pub driver_version: String,
     pub cuda_version: String,
+    /// Each GPU's device node number (`/dev/nvidia<minor>`), by UUID: not always its index.
+    pub minor_numbers: BTreeMap<String, u32>,
     /// Why there are no GPUs (empty when there are some).
     pub note: String,
 }
@@ -47,6 +50,7 @@ impl Gpus {
                 gpus: Vec::new(),
                 driver_version: String::new(),
                 cuda_version: String::new(),
+                minor_numbers: BTreeMap::new(),
                 note: self.note.clone(),
             };
         };
@@ -56,6 +60,7 @@ impl Gpus {
             0
         });
         let mut gpus = Vec::new();
+        let mut minor_numbers = BTreeMap::new();
         for index in 0..count {
             let device = match nvml.device_by_index(index) {
                 Ok(d) => d,
@@ -71,6 +76,8 @@ impl Gpus {
                     continue;
                 }
             };
+            // A library without the call (older drivers, the tests' fake) means the usual numbering.
+            minor_numbers.insert(uuid.clone(), device.minor_number().unwrap_or(index));
             let memory = device.memory_info().ok();
             let utilization = device.utilization_rates().map(|u| u.gpu).unwrap_or(0);
             gpus.push(pb::Gpu {
@@ -88,6 +95,7 @@ impl Gpus {
             gpus,
             driver_version: nvml.sys_driver_version().unwrap_or_default(),
             cuda_version,
+            minor_numbers,
             note: notes.join("; "),
         }
     }
@@ -117,6 +125,8 @@ mod tests {
         assert_eq!(inv.note, "", "no problems reported");
         assert_eq!(inv.gpus.len(), 2);
         assert_eq!(inv.gpus[1].uuid, nvml::uuid(1));
+        // The fake has no nvmlDeviceGetMinorNumber: the node numbers are the indexes.
+        assert_eq!(inv.minor_numbers.get(&nvml::uuid(1)), Some(&1));
         assert_eq!(inv.gpus[0].name, "NVIDIA A100-SXM4-40GB");
         assert_eq!(inv.gpus[0].memory_total_mib, 40960);
         assert_eq!(inv.gpus[0].memory_used_mib, 512);

@@ -159,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
             }
         };
     if opt_ml {
+        info!(shared = ?config.instance_devices, "host programs' instances get a /dev of their own: the usual nodes, their GPUs' and these");
         if runner::read_only_host_supported() {
             info!(writable = ?config.instance_writable_paths, "the host is read-only to instances but for their own dirs and these");
         } else {
@@ -260,8 +261,8 @@ async fn main() -> anyhow::Result<()> {
         None => registry::Credentials::default(),
     };
     // Each GPU's NVML index by UUID: CDI specs name GPUs by either.
-    let gpu_indexes: BTreeMap<String, u32> =
-        host.gpus.inventory().gpus.iter().map(|g| (g.uuid.clone(), g.index)).collect();
+    let gpu_inventory = host.gpus.inventory();
+    let gpu_indexes: BTreeMap<String, u32> = gpu_inventory.gpus.iter().map(|g| (g.uuid.clone(), g.index)).collect();
     if containerd.is_some() {
         // The stale containers of an earlier run are gone: so may their cgroups' parent.
         container_cgroups.remove_parent();
@@ -315,9 +316,12 @@ async fn main() -> anyhow::Result<()> {
         root_images: config.root_images,
         cdi_dirs: config.cdi_spec_dirs.clone(),
         gpu_indexes,
+        gpu_minors: gpu_inventory.minor_numbers,
         host_programs: config.host_programs,
         instance_writable_paths: config.instance_writable_paths.clone(),
         private_run,
+        private_dev: opt_ml,
+        instance_devices: config.instance_devices.clone(),
         agent_id: config.id.clone(),
         work_dirs_in_use: Default::default(),
         metric_patterns: Default::default(),

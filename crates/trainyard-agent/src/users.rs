@@ -59,10 +59,52 @@ pub unsafe fn switch_to(uid: libc::uid_t, gid: libc::gid_t, groups: &[libc::gid_
         check(libc::setgroups(groups.len(), groups.as_ptr()))?;
         check(libc::setgid(gid))?;
         check(libc::setuid(uid))?;
+        fresh_keyrings()?;
         check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
         // No set-user-ID program of the host (su, mount, ...) or file capability raises it again,
         // as containers run (`no_new_privileges`) and systemd's NoNewPrivileges= does.
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+    }
+    Ok(())
+}
+
+/// As the instance's uid: a session keyring of its own, and the uid's user, user-session and
+/// persistent keyrings emptied. The kernel keeps those after a uid's last process ends, and a
+/// uid is lent: what the last holder put there would be the next one's. Inheriting the agent's
+/// session keyring would give the job the agent's keys (a keyring's possessor may read it).
+///
+/// # Safety
+/// Only async-signal-safe calls: meant for `pre_exec`.
+unsafe fn fresh_keyrings() -> std::io::Result<()> {
+    // From <linux/keyctl.h>.
+    const KEY_SPEC_SESSION_KEYRING: libc::c_long = -3;
+    const KEY_SPEC_USER_KEYRING: libc::c_long = -4;
+    const KEY_SPEC_USER_SESSION_KEYRING: libc::c_long = -5;
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    const KEYCTL_CLEAR: libc::c_long = 7;
+    const KEYCTL_UNLINK: libc::c_long = 9;
+    const KEYCTL_GET_PERSISTENT: libc::c_long = 22;
+    let keyctl = |operation: libc::c_long, first: libc::c_long, second: libc::c_long| {
+        // SAFETY: keyctl with integer arguments (a null name joins a new anonymous keyring).
+        let rc = unsafe { libc::syscall(libc::SYS_keyctl, operation, first, second, 0, 0) };
+        if rc >= 0 { Ok(rc) } else { Err(std::io::Error::last_os_error()) }
+    };
+    match keyctl(KEYCTL_JOIN_SESSION_KEYRING, 0, 0) {
+        Ok(_) => {}
+        // A kernel without keyrings: nothing to leak.
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    keyctl(KEYCTL_CLEAR, KEY_SPEC_USER_KEYRING, 0)?;
+    keyctl(KEYCTL_CLEAR, KEY_SPEC_USER_SESSION_KEYRING, 0)?;
+    // Persistent keyrings exist only where the kernel has them (CONFIG_PERSISTENT_KEYRINGS).
+    match keyctl(KEYCTL_GET_PERSISTENT, -1, KEY_SPEC_SESSION_KEYRING) {
+        Ok(persistent) => {
+            keyctl(KEYCTL_CLEAR, persistent, 0)?;
+            keyctl(KEYCTL_UNLINK, persistent, KEY_SPEC_SESSION_KEYRING)?;
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) => {}
+        Err(e) => return Err(e),
     }
     Ok(())
 }

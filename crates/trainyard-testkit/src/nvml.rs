@@ -31,3 +31,37 @@ pub fn gpus(n: usize, name: &str, memory_mib: u64) -> String {
 pub fn uuid(index: u32) -> String {
     format!("GPU-fa4e0000-0000-4000-8000-{index:012}")
 }
+
+/// Fake device nodes for `n` GPUs and NVIDIA's control node in `dir` (character devices with
+/// /dev/zero's numbers, open to all: reading one gives zeros), and a CDI spec in `dir/cdi` that
+/// names them, as `nvidia-ctk cdi generate` does on a real host: GPU 0 by its NVML index, the
+/// others by UUID, the control node and `FAKE_CDI=yes` for any of them. Returns the spec's dir.
+pub fn fake_cdi(dir: &Path, n: u32) -> PathBuf {
+    let node = |name: &str| {
+        let path = dir.join(name);
+        let c_path = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("path");
+        // SAFETY: mknod on a NUL-terminated path in the test's own dir.
+        let made = unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 5)) };
+        assert_eq!(made, 0, "mknod {}", path.display());
+        // The umask may have taken bits away.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        path.to_str().expect("utf-8").to_string()
+    };
+    let devices: Vec<serde_json::Value> = (0..n)
+        .map(|index| {
+            let name = if index == 0 { "0".to_string() } else { uuid(index) };
+            let path = format!("/dev/nvidia{index}");
+            serde_json::json!({"name": name, "containerEdits": {"deviceNodes": [{"path": path, "hostPath": node(&format!("nvidia{index}"))}]}})
+        })
+        .collect();
+    let spec = serde_json::json!({
+        "cdiVersion": "0.5.0", "kind": "nvidia.com/gpu",
+        "devices": devices,
+        "containerEdits": {"env": ["FAKE_CDI=yes"], "deviceNodes": [{"path": "/dev/nvidiactl", "hostPath": node("nvidiactl")}]},
+    });
+    let cdi = dir.join("cdi");
+    std::fs::create_dir(&cdi).expect("cdi dir");
+    std::fs::write(cdi.join("nvidia.json"), spec.to_string()).expect("spec");
+    cdi
+}

@@ -145,13 +145,7 @@ fn give_gpus(runtime: &mut Value, gpus: &[String], settings: &Settings) -> Resul
         return Ok(());
     }
     let (registry, _) = crate::cdi::Registry::load(&settings.cdi_dirs);
-    let names: Vec<String> = gpus
-        .iter()
-        .map(|uuid| match settings.gpu_indexes.get(uuid) {
-            Some(index) if !registry.has(crate::cdi::GPU_KIND, uuid) => index.to_string(),
-            _ => uuid.clone(),
-        })
-        .collect();
+    let names = crate::cdi::gpu_names(&registry, gpus, &settings.gpu_indexes);
     let edits = registry.edits_for(crate::cdi::GPU_KIND, &names).map_err(|e| format!("InternalServerError: {e}"))?;
     crate::cdi::apply(runtime, &edits).map_err(|e| format!("InternalServerError: {e}"))
 }
@@ -404,9 +398,29 @@ impl RuntimeSpec<'_> {
                 "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                                 "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
                 "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+                "seccomp": no_keyrings(),
             },
         })
     }
+}
+
+/// The kernel's keyrings are not namespaced, and the kernel keeps a uid's user keyring after its
+/// last process ends: a uid is lent, so the keys one holder left there would be the next one's
+/// (and a container sharing a uid with a host program's would reach its keys). As Docker's default
+/// profile does, key management fails with EPERM; every other call is allowed. The compatibility
+/// architectures are listed so that a 32-bit call is filtered too (not killed, as an unlisted
+/// architecture is).
+fn no_keyrings() -> Value {
+    let architectures: &[&str] = if cfg!(target_arch = "aarch64") {
+        &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
+    } else {
+        &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+    };
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": architectures,
+        "syscalls": [{"names": ["add_key", "keyctl", "request_key"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM}],
+    })
 }
 
 #[cfg(test)]
@@ -445,6 +459,10 @@ mod tests {
         let s = spec_for(&["python", "/code/entry.py"], api::CreateTrainingJobRequest::default());
         assert_eq!(s["process"]["args"], json!(["python", "/code/entry.py", "train"]));
         assert_eq!(s["process"]["user"], json!({"uid": 61184, "gid": 61184, "additionalGids": [61184, 1001]}));
+        // Key management fails (the kernel's keyrings are not namespaced); everything else runs.
+        assert_eq!(s["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(s["linux"]["seccomp"]["syscalls"][0]["names"], json!(["add_key", "keyctl", "request_key"]));
+        assert_eq!(s["linux"]["seccomp"]["syscalls"][0]["errnoRet"], libc::EPERM);
         assert_eq!(s["process"]["noNewPrivileges"], json!(true));
         assert_eq!(s["process"]["capabilities"]["bounding"], json!([]));
         assert_eq!(s["process"]["cwd"], json!("/code"));

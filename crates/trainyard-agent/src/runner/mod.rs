@@ -14,6 +14,7 @@
 //!    removed (kept for a while when the instance failed).
 
 mod container;
+mod devices;
 
 pub use container::ContainerCgroups;
 mod prepare;
@@ -116,6 +117,8 @@ pub struct Settings {
     pub cdi_dirs: Vec<PathBuf>,
     /// Each GPU's NVML index, by UUID (CDI specs name GPUs by either).
     pub gpu_indexes: BTreeMap<String, u32>,
+    /// Each GPU's device node number (`/dev/nvidia<minor>`), by UUID.
+    pub gpu_minors: BTreeMap<String, u32>,
     /// It runs programs on its host (`--host-programs`).
     pub host_programs: bool,
     /// Host dirs that instances' programs may write (the rest of the host is read-only to them).
@@ -123,6 +126,11 @@ pub struct Settings {
     /// Each host program's instance gets an empty /run of its own (decided at start:
     /// [`private_run_possible`]).
     pub private_run: bool,
+    /// Each host program's instance gets a /dev of its own, with only the nodes it needs, its
+    /// GPUs' and `instance_devices` (as root: it needs a mount namespace).
+    pub private_dev: bool,
+    /// Host device nodes or dirs under /dev every instance is given (`--instance-device`).
+    pub instance_devices: Vec<PathBuf>,
     /// This agent's id (its containers carry it).
     pub agent_id: String,
     /// One run at a time per work dir: a run the coordinator has already forgotten (fenced, or

@@ -1,7 +1,7 @@
 //! The process runtime: the training image is a program on the agent's host, started as SageMaker
 //! starts a container (`<program> train`), in the instance's cgroup, network namespace and private
-//! mount namespace (its work dir at `/opt/ml`, its own `/tmp`, `/dev/shm` and `/etc/hosts`), as a
-//! uid of its own.
+//! mount namespace (its work dir at `/opt/ml`, its own `/tmp`, `/dev`, `/run` and `/etc/hosts`), as
+//! a uid of its own.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -32,6 +32,21 @@ pub(super) async fn launch(
         shared.make_private().await.map_err(|e| format!("copying the staged input: {e}"))?;
     }
     let identity = lease.as_ref().map(|held| (held.uid(), held.groups.clone()));
+    let mount_namespace = settings.opt_ml || namespace.is_some();
+    // Its own /dev: the host's nodes it needs, its GPUs' and what the operator shares.
+    let mut private_dev = if settings.private_dev && mount_namespace {
+        let cdi = super::devices::cdi_nodes(&spec.gpu_uuids, settings);
+        let binds = super::devices::instance_devices(
+            &spec.gpu_uuids,
+            cdi,
+            &settings.gpu_minors,
+            &settings.instance_devices,
+            Path::exists,
+        )?;
+        Some(super::devices::PrivateDev::prepare(&binds)?)
+    } else {
+        None
+    };
 
     let mut cmd = Command::new(&argv[0]);
     // Nothing of the agent's own configuration (join token, API token, ...) reaches the job.
@@ -105,7 +120,7 @@ pub(super) async fn launch(
     // /opt/ml paths runs unchanged and no instance sees another's, and a private /etc/hosts where
     // `algo-N` resolve (training toolkits wait for every host in SM_HOSTS to resolve); and a UTS
     // namespace whose host name is `algo-N`.
-    if settings.opt_ml || namespace.is_some() {
+    if mount_namespace {
         let source = c_string(dir);
         let target = c_string(OPT_ML);
         let root = c_string("/");
@@ -145,8 +160,8 @@ pub(super) async fn launch(
         let writable = settings.instance_writable_paths.iter().map(c_string).collect::<Vec<_>>();
         // Its own host name, as on SageMaker: what frameworks resolve to find their own address.
         let hostname = format!("algo-{}", spec.instance).into_bytes();
-        // SAFETY: only syscalls (unshare, mount, mount_setattr, chdir) on CStrings prepared before
-        // the fork.
+        // SAFETY: only syscalls (unshare, mount, mount_setattr, chdir, mkdir, open, symlink) on
+        // CStrings and descriptors prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) != 0 {
@@ -156,6 +171,9 @@ pub(super) async fn launch(
                     return Err(std::io::Error::last_os_error());
                 }
                 mount(None, &root, None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+                if let Some(dev) = &mut private_dev {
+                    dev.hold_sources_in_child()?;
+                }
                 // First, so that what is mounted below (bind mounts keep their source's
                 // read-only flag) is made writable one by one. A kernel without mount_setattr
                 // (before 5.12) leaves the host writable, as the agent says at start.
@@ -195,8 +213,13 @@ pub(super) async fn launch(
                         set_read_only(&tmp, false, false)?;
                     }
                 }
-                if has_shm {
-                    mount(Some(&tmpfs), &shm, Some(&tmpfs), libc::MS_NOSUID | libc::MS_NODEV, Some(&shm_options))?;
+                // After the binds above, whose sources may lie under /dev/shm (a work root there).
+                match &private_dev {
+                    Some(dev) => dev.mount_in_child()?,
+                    None if has_shm => {
+                        mount(Some(&tmpfs), &shm, Some(&tmpfs), libc::MS_NOSUID | libc::MS_NODEV, Some(&shm_options))?;
+                    }
+                    None => {}
                 }
                 // Last: what is bound above may come from under /run (a work root there).
                 if private_run {
@@ -224,7 +247,16 @@ pub(super) async fn launch(
         }
         // SAFETY: registered last, so the steps above run privileged; only syscalls.
         unsafe {
-            cmd.pre_exec(move || crate::users::switch_to(uid, uid, &groups));
+            cmd.pre_exec(move || {
+                // Its output pipes are its own, so that it can open them again by name
+                // (/dev/stdout, /proc/self/fd/1): the agent's are root's, mode 0600.
+                for output in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+                    if libc::fchown(output, uid, uid) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                crate::users::switch_to(uid, uid, &groups)
+            });
         }
     }
     // A program being replaced while it starts fails with ETXTBSY for a moment: try again.
@@ -344,13 +376,13 @@ impl ResolverCopy {
 
 /// A path or a name as a C string (one with a NUL byte, which no path here has, becomes empty
 /// and fails where it is used).
-fn c_string(text: impl AsRef<std::ffi::OsStr>) -> std::ffi::CString {
+pub(super) fn c_string(text: impl AsRef<std::ffi::OsStr>) -> std::ffi::CString {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(text.as_ref().as_bytes()).unwrap_or_default()
 }
 
 /// mount(2) for `pre_exec`: one syscall on strings prepared before the fork.
-fn mount(
+pub(super) fn mount(
     source: Option<&std::ffi::CStr>,
     target: &std::ffi::CStr,
     fstype: Option<&std::ffi::CStr>,
