@@ -18,6 +18,7 @@ echo "capeff=$(grep CapEff /proc/self/status | cut -f2)"
 echo "hyperparameters=$(cat /opt/ml/input/config/hyperparameters.json | tr -d ' \n')"
 echo "channel=$(ls /opt/ml/input/data/train) rows=$(cat /opt/ml/input/data/train/* | wc -l)"
 echo "sm_model_dir=$SM_MODEL_DIR epochs=$SM_HP_EPOCHS"
+echo "resolver=$(tr '\n' '|' < /etc/resolv.conf)"
 case "$MODE" in
   sleep)
     trap 'echo "got TERM, saving"; echo saved > /opt/ml/model/partial.txt; exit 0' TERM
@@ -102,6 +103,19 @@ fn an_image_runs_as_a_container_with_the_sagemaker_contract(backend: Backend) {
     assert!(logs.contains("hyperparameters={\"epochs\":\"3\"}"), "{logs}");
     assert!(logs.contains("channel=train.csv rows="), "the channel is staged at /opt/ml/input/data: {logs}");
     assert!(logs.contains("sm_model_dir=/opt/ml/model epochs=3"), "{logs}");
+    // The image has no resolver configuration: it gets the host's, but for the resolvers its own
+    // network namespace cannot reach (loopback, IPv6).
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let reachable: String = host
+        .lines()
+        .filter(|l| {
+            let mut words = l.split_whitespace();
+            words.next() != Some("nameserver")
+                || words.next().and_then(|a| a.parse::<std::net::Ipv4Addr>().ok()).is_some_and(|a| !a.is_loopback())
+        })
+        .map(|l| format!("{l}|"))
+        .collect();
+    assert!(logs.contains(&format!("resolver={reachable}\n")), "{reachable}: {logs}");
     assert_eq!(done["FinalMetricDataList"][0]["Value"], json!(0.25), "{done:#}");
     let model = c.output_dir().join("blobs-logreg-baseline/in-a-container/output/model.tar.gz");
     assert!(model.is_file(), "{}", model.display());

@@ -15,7 +15,9 @@ use trainyard_e2e::{Coordinator, example_json, netns};
 ///   (`gateway` is its own host, at the host's end of its veth), after the interfaces that have
 ///   an IPv6 address in its namespace (`ipv6-on=lo`);
 /// * `serve`: listens on 6000 for `seconds` seconds and prints its own address;
-/// * `fail`: the named host exits 3 at once, the others sleep a minute.
+/// * `fail`: the named host exits 3 at once, the others sleep a minute;
+/// * `resolve`: prints its /etc/resolv.conf (lines joined by `|`) and the IPv4 address each of
+///   `names` resolves to.
 const NETWORK_PROGRAM: &str = r#"#!/usr/bin/env python3
 import ipaddress, json, os, socket, sys, time
 hp = json.load(open(os.path.join(os.environ["SM_INPUT_CONFIG_DIR"], "hyperparameters.json")))
@@ -44,6 +46,15 @@ if hp.get("mode") == "serve":
             conn.close()
     except socket.timeout:
         sys.exit(0)
+
+if hp.get("mode") == "resolve":
+    say("resolver " + open("/etc/resolv.conf").read().strip().replace("\n", "|"))
+    for name in hp["names"].split(","):
+        try:
+            say(f"resolved {name}={socket.gethostbyname(name)}")
+        except OSError as e:
+            say(f"resolved {name} failed: {e}")
+    sys.exit(0)
 
 if hp.get("fail"):
     if me == hp["fail"]:
@@ -205,6 +216,69 @@ fn reached(text: &str) -> std::collections::BTreeMap<String, bool> {
             Some((target.to_string(), outcome == "ok"))
         })
         .collect()
+}
+
+/// A DNS server for one name, on `address` port 53 (UDP), until the test ends: `name` has the
+/// IPv4 address `answer`, no IPv6 one; any other name does not exist.
+fn serve_one_name(address: std::net::Ipv4Addr, name: &str, answer: std::net::Ipv4Addr) {
+    let socket = std::net::UdpSocket::bind((address, 53)).expect("bind port 53 on the LAN's gateway");
+    // The name as a query spells it: length-prefixed labels, then a zero.
+    let mut wire: Vec<u8> = Vec::new();
+    for label in name.split('.') {
+        wire.push(label.len() as u8);
+        wire.extend(label.as_bytes());
+    }
+    wire.push(0);
+    std::thread::spawn(move || {
+        let mut query = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut query) {
+            // Header (12 bytes), then the question: the name, its type and class (4 bytes).
+            if n < 12 + wire.len() + 4 {
+                continue;
+            }
+            let question = &query[12..n];
+            let ours = question[..wire.len()].eq_ignore_ascii_case(&wire);
+            let kind = u16::from_be_bytes([question[wire.len()], question[wire.len() + 1]]);
+            let answers = u16::from(ours && kind == 1);
+            let rcode = if ours { 0 } else { 3 };
+            let mut reply = Vec::with_capacity(n + 16);
+            reply.extend(&query[..2]);
+            reply.extend([0x81, 0x80 | rcode, 0, 1, 0, answers as u8, 0, 0, 0, 0]);
+            reply.extend(&question[..wire.len() + 4]);
+            if answers == 1 {
+                // A pointer to the question's name, A, IN, a minute, four bytes.
+                reply.extend([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                reply.extend(answer.octets());
+            }
+            let _ = socket.send_to(&reply, from);
+        }
+    });
+}
+
+#[test]
+fn instances_resolve_names_through_the_resolver_the_agent_gives_them() {
+    let mut lan = lan_or_explain();
+    let c = Coordinator::start_for_lan(&[]);
+    let host = lan.add_host();
+    // A resolver on the LAN, as a site's own: the instances are told of it by the operator.
+    let answer = std::net::Ipv4Addr::new(198, 51, 100, 7);
+    serve_one_name(lan.gateway, "data.trainyard.test", answer);
+    let resolv_conf = c.write("instance-resolv.conf", &format!("nameserver {}\noptions timeout:2\n", lan.gateway));
+    let resolv_conf = resolv_conf.to_str().expect("utf-8");
+    let _agent =
+        c.start_agent_on(&host, &lan, "resolving", &["--advertise-vcpus", "8", "--instance-resolv-conf", resolv_conf]);
+    c.create_training_job(&job(
+        &c,
+        "resolver",
+        1,
+        json!({"mode": "resolve", "names": "data.trainyard.test,missing.trainyard.test"}),
+    ));
+    let done = finished(&c, "resolver");
+    let log = c.logs("resolver");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{log}");
+    assert!(log.contains(&format!("resolver nameserver {}|options timeout:2", lan.gateway)), "{log}");
+    assert!(log.contains("resolved data.trainyard.test=198.51.100.7"), "{log}");
+    assert!(log.contains("resolved missing.trainyard.test failed"), "{log}");
 }
 
 #[test]

@@ -146,6 +146,11 @@ pub struct Flags {
     /// usual ones (null, zero, urandom, ...) and their own GPUs'.
     #[arg(long = "instance-device")]
     pub instance_devices: Vec<PathBuf>,
+    /// The resolver configuration (a resolv.conf) instances get. Default: the host's
+    /// /etc/resolv.conf without the resolvers an instance in its own network namespace cannot
+    /// reach (loopback, IPv6); where that leaves none, systemd-resolved's upstream servers.
+    #[arg(long)]
+    pub instance_resolv_conf: Option<PathBuf>,
     /// Run instances in the host's network instead of a namespace each (no isolation, no peers).
     #[arg(long)]
     pub no_network_namespaces: bool,
@@ -269,6 +274,7 @@ struct FileConfig {
     instance_writable_paths: Vec<PathBuf>,
     #[serde(default)]
     instance_devices: Vec<PathBuf>,
+    instance_resolv_conf: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -318,6 +324,8 @@ pub struct Config {
     pub instance_writable_paths: Vec<PathBuf>,
     /// Host device nodes or dirs every instance is given (checked: existing, under /dev).
     pub instance_devices: Vec<PathBuf>,
+    /// The resolv.conf instances get (checked: readable).
+    pub instance_resolv_conf: Option<PathBuf>,
     pub network_namespaces: bool,
     /// Namespaces made ready at start (`--ready-namespaces`).
     pub ready_namespaces: u32,
@@ -426,6 +434,14 @@ impl Config {
                 .into_iter()
                 .map(|path| device_path(&path).map_err(|e| anyhow::anyhow!("--instance-device: {e}")))
                 .collect::<anyhow::Result<Vec<_>>>()?,
+            instance_resolv_conf: match flags.instance_resolv_conf.or(file.instance_resolv_conf) {
+                Some(path) => {
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| anyhow::anyhow!("--instance-resolv-conf {}: {e}", path.display()))?;
+                    Some(path)
+                }
+                None => None,
+            },
             network_namespaces: !(flags.no_network_namespaces || file.no_network_namespaces == Some(true)),
             ready_namespaces: match flags.ready_namespaces.or(file.ready_namespaces) {
                 Some(n) if n as usize > crate::network::IDLE_NAMESPACES => {

@@ -177,6 +177,9 @@ async fn main() -> anyhow::Result<()> {
         Ok(n) => {
             let network = Arc::new(n);
             network.warm_up(config.ready_namespaces as usize);
+            if config.instance_resolv_conf.is_none() {
+                warn_if_instances_cannot_resolve();
+            }
             (Some(network), None)
         }
         Err(note) => {
@@ -322,6 +325,7 @@ async fn main() -> anyhow::Result<()> {
         private_run,
         private_dev: opt_ml,
         instance_devices: config.instance_devices.clone(),
+        instance_resolv_conf: config.instance_resolv_conf.clone(),
         agent_id: config.id.clone(),
         work_dirs_in_use: Default::default(),
         metric_patterns: Default::default(),
@@ -726,4 +730,22 @@ fn init_tracing(json: bool) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json { builder.json().init() } else { builder.init() }
+}
+
+/// Says so at start when instances in their own network namespaces would have no resolver they
+/// can reach (the host's are all on loopback, and systemd-resolved's upstream list names none).
+fn warn_if_instances_cannot_resolve() {
+    use network::resolver;
+    let host = std::fs::read_to_string(resolver::HOST_RESOLV_CONF).unwrap_or_default();
+    let upstream = std::fs::read_to_string(resolver::RESOLVED_UPSTREAM).ok();
+    let given = resolver::for_instances(&host, upstream.as_deref());
+    if given.reachable {
+        let servers: Vec<&str> = given.contents.lines().filter(|l| l.starts_with("nameserver")).collect();
+        info!(?servers, "the resolvers instances in their own network namespaces are given");
+    } else {
+        warn!(
+            "{} names no resolver an instance's own network namespace can reach (only loopback or IPv6 ones): instances cannot resolve names; give them a resolv.conf with --instance-resolv-conf",
+            resolver::HOST_RESOLV_CONF
+        );
+    }
 }

@@ -167,7 +167,16 @@ impl Forwarder {
                     tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(tls.server_name.clone(), remote))
                         .await
                         .map_err(|_| "TLS handshake timed out".to_string())?
-                        .map_err(|e| format!("TLS handshake with {address}: {e}"))?;
+                        .map_err(|e| {
+                            // The peer's agent closes without answering when no encrypted job of
+                            // that name runs there (not yet, or no more): its plain NO.
+                            let message = format!("TLS handshake with {address}: {e}");
+                            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                                PeerError::Refused(message)
+                            } else {
+                                PeerError::Failed(message)
+                            }
+                        })?;
                 exchange_header(&local, &mut remote, &header).await?;
                 copy_both_ways(local, remote).await;
             }
@@ -299,7 +308,8 @@ impl Forwarder {
 #[derive(Debug)]
 enum PeerError {
     /// The peer's agent answered NO: nothing listens on that port of the peer (yet), or the
-    /// instance has gone. The program's business (distributed programs retry until their peers
+    /// instance has gone (for an encrypted job: it closed the handshake, as it does for a job it
+    /// does not run). The program's business (distributed programs retry until their peers
     /// listen), so it is logged at INFO.
     Refused(String),
     /// This side or the path failed: the peer's agent unreachable, TLS, the job's records.

@@ -10,6 +10,7 @@
 pub mod forwarder;
 pub mod host;
 pub mod plan;
+pub mod resolver;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;

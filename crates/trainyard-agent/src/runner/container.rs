@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::{
-    Control, Exit, HOSTS_FILE, Identity, Inputs, InstanceSpec, Launched, OPT_ML, Reporter, Settings, write_hosts_file,
+    Control, Exit, HOSTS_FILE, Identity, Inputs, InstanceSpec, Launched, OPT_ML, RESOLVER_FILE, Reporter, Settings,
+    resolver_config, write_hosts_file,
 };
 use crate::containerd::{Containerd, Image};
 use crate::image_cache::Pinned;
@@ -50,6 +51,15 @@ pub(super) async fn launch(
     }
     let hosts = dir.join(HOSTS_FILE);
     write_hosts_file(spec, &hosts, namespace.is_some()).map_err(|e| format!("writing /etc/hosts: {e}"))?;
+    // The image's own /etc/resolv.conf (often none) would name no resolver it can reach.
+    let resolver = match resolver_config(settings, namespace.is_some())? {
+        Some(contents) => {
+            let path = dir.join(RESOLVER_FILE);
+            std::fs::write(&path, contents).map_err(|e| format!("writing /etc/resolv.conf: {e}"))?;
+            Some(path)
+        }
+        None => None,
+    };
     let id = format!("{}.algo-{}.{}", spec.job, spec.instance, spec.attempt);
     let cgroup = settings.container_cgroups.slot(&id);
     // runc joins the namespace through this process's descriptor of it: the name `ip netns add`
@@ -70,6 +80,7 @@ pub(super) async fn launch(
         hostname: format!("algo-{}", spec.instance),
         work_dir: dir,
         hosts: &hosts,
+        resolver: resolver.as_deref(),
         network: netns_path.as_deref(),
         user: identity.as_ref().map(|i| (i.uid(), i.groups.clone())).unwrap_or((0, vec![0])),
         memory_mib: spec.memory_mib,
@@ -310,6 +321,8 @@ struct RuntimeSpec<'a> {
     hostname: String,
     work_dir: &'a Path,
     hosts: &'a Path,
+    /// Its /etc/resolv.conf (None: the image's own).
+    resolver: Option<&'a Path>,
     /// The instance's network namespace; None: the host's network.
     network: Option<&'a Path>,
     /// uid, then its groups (the first is its gid).
@@ -366,6 +379,20 @@ impl RuntimeSpec<'_> {
         if self.vcpus > 0 {
             resources["cpu"] = json!({"quota": i64::from(self.vcpus) * 100_000, "period": 100_000});
         }
+        let mut mounts = vec![
+            json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+            json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+            json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+            json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777"]}),
+            json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+            json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+            json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}),
+            bind(self.work_dir, OPT_ML, &["rbind", "rw", "nosuid", "nodev"]),
+            bind(self.hosts, "/etc/hosts", &["bind", "ro", "nosuid", "nodev", "noexec"]),
+        ];
+        if let Some(resolver) = self.resolver {
+            mounts.push(bind(resolver, "/etc/resolv.conf", &["bind", "ro", "nosuid", "nodev", "noexec"]));
+        }
         json!({
             "ociVersion": "1.0.2",
             "process": {
@@ -380,17 +407,7 @@ impl RuntimeSpec<'_> {
             },
             "root": {"path": "rootfs", "readonly": false},
             "hostname": self.hostname,
-            "mounts": [
-                {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
-                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-                {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777"]},
-                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
-                bind(self.work_dir, OPT_ML, &["rbind", "rw", "nosuid", "nodev"]),
-                bind(self.hosts, "/etc/hosts", &["bind", "ro", "nosuid", "nodev", "noexec"]),
-            ],
+            "mounts": mounts,
             "linux": {
                 "namespaces": namespaces,
                 "cgroupsPath": self.cgroup,
@@ -444,6 +461,7 @@ mod tests {
             hostname: "algo-2".into(),
             work_dir: Path::new("/var/lib/trainyard/jobs/j/algo-2"),
             hosts: Path::new("/var/lib/trainyard/jobs/j/algo-2/.hosts"),
+            resolver: Some(Path::new("/var/lib/trainyard/jobs/j/algo-2/.resolv.conf")),
             network: Some(Path::new("/run/netns/ty-a-1")),
             user: (61184, vec![61184, 1001]),
             memory_mib: 8192,
@@ -474,6 +492,9 @@ mod tests {
         let opt_ml = mounts.iter().find(|m| m["destination"] == "/opt/ml").expect("/opt/ml");
         assert_eq!(opt_ml["source"], json!("/var/lib/trainyard/jobs/j/algo-2"));
         assert!(mounts.iter().any(|m| m["destination"] == "/etc/hosts" && m["options"][1] == "ro"));
+        assert!(mounts.iter().any(|m| m["destination"] == "/etc/resolv.conf"
+            && m["source"] == "/var/lib/trainyard/jobs/j/algo-2/.resolv.conf"
+            && m["options"][1] == "ro"));
         assert_eq!(s["linux"]["namespaces"][4], json!({"type": "network", "path": "/run/netns/ty-a-1"}));
         assert_eq!(s["linux"]["resources"]["memory"]["limit"], json!(8192u64 * 1024 * 1024));
         assert_eq!(s["linux"]["resources"]["cpu"]["quota"], json!(200_000));

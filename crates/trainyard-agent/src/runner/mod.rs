@@ -131,6 +131,8 @@ pub struct Settings {
     pub private_dev: bool,
     /// Host device nodes or dirs under /dev every instance is given (`--instance-device`).
     pub instance_devices: Vec<PathBuf>,
+    /// The resolver configuration instances get instead of the host's (`--instance-resolv-conf`).
+    pub instance_resolv_conf: Option<PathBuf>,
     /// This agent's id (its containers carry it).
     pub agent_id: String,
     /// One run at a time per work dir: a run the coordinator has already forgotten (fenced, or
@@ -172,6 +174,36 @@ const PRIVATE_VAR_TMP: &str = ".var-tmp";
 
 /// The instance's own /etc/hosts (`algo-N` of every instance), in its work dir.
 const HOSTS_FILE: &str = ".hosts";
+
+/// The instance's own /etc/resolv.conf, in its work dir.
+const RESOLVER_FILE: &str = ".resolv.conf";
+
+/// The resolver configuration an instance gets, read at each launch (DHCP may change the host's):
+/// the operator's (`--instance-resolv-conf`) as it is; else the host's, without the resolvers an
+/// instance in its own network namespace cannot reach ([`crate::network::resolver`]). None when
+/// the host has none to read. `Err` is the job's FailureReason.
+fn resolver_config(settings: &Settings, own_namespace: bool) -> Result<Option<String>, String> {
+    use crate::network::resolver;
+    use std::io::Read;
+    let read = |path: &std::path::Path| -> std::io::Result<String> {
+        let mut text = String::new();
+        std::fs::File::open(path)?.take(resolver::MAX_BYTES).read_to_string(&mut text)?;
+        Ok(text)
+    };
+    if let Some(path) = &settings.instance_resolv_conf {
+        return read(path).map(Some).map_err(|e| {
+            format!("InternalServerError: the instances' resolver configuration {}: {e}", path.display())
+        });
+    }
+    let Ok(host) = read(std::path::Path::new(resolver::HOST_RESOLV_CONF)) else {
+        return Ok(None);
+    };
+    if !own_namespace {
+        return Ok(Some(host));
+    }
+    let upstream = read(std::path::Path::new(resolver::RESOLVED_UPSTREAM)).ok();
+    Ok(Some(resolver::for_instances(&host, upstream.as_deref()).contents))
+}
 
 /// Writes the instance's /etc/hosts: the host's, and `algo-N` of every instance (in its own
 /// network namespace: at their addresses; without one: only itself, on loopback).

@@ -13,7 +13,7 @@ use trainyard_proto::model::api;
 
 use super::{
     Control, Exit, HOSTS_FILE, Identity, Inputs, InstanceSpec, Launched, OPT_ML, PRIVATE_TMP, PRIVATE_VAR_TMP,
-    Settings, write_hosts_file,
+    RESOLVER_FILE, Settings, resolver_config, write_hosts_file,
 };
 
 /// Starts the instance's program. `Err` is the job's FailureReason.
@@ -33,6 +33,13 @@ pub(super) async fn launch(
     }
     let identity = lease.as_ref().map(|held| (held.uid(), held.groups.clone()));
     let mount_namespace = settings.opt_ml || namespace.is_some();
+    // Its own resolver configuration: in its own network namespace, the host's may name resolvers
+    // it cannot reach (systemd-resolved's stub on loopback).
+    let resolver = if mount_namespace && (namespace.is_some() || settings.instance_resolv_conf.is_some()) {
+        resolver_config(settings, namespace.is_some())?
+    } else {
+        None
+    };
     // Its own /dev: the host's nodes it needs, its GPUs' and what the operator shares.
     let mut private_dev = if settings.private_dev && mount_namespace {
         let cdi = super::devices::cdi_nodes(&spec.gpu_uuids, settings);
@@ -149,6 +156,22 @@ pub(super) async fn launch(
         let run = c_string(RUN);
         let run_options = c_string("mode=0755,size=1m");
         let resolv = if private_run { resolver_config_under(Path::new(RUN), Path::new(RESOLV_CONF)) } else { None };
+        // Where /etc/resolv.conf points into the instance's own /run, the instance's configuration
+        // is written there; else its file is bound over /etc/resolv.conf.
+        let resolv = resolv.map(|copy| match &resolver {
+            Some(contents) => ResolverCopy { contents: contents.clone().into_bytes(), ..copy },
+            None => copy,
+        });
+        let resolver_file = dir.join(RESOLVER_FILE);
+        let bind_resolver = match &resolver {
+            Some(contents) if resolv.is_none() && Path::new(RESOLV_CONF).exists() => {
+                std::fs::write(&resolver_file, contents).map_err(|e| format!("writing /etc/resolv.conf: {e}"))?;
+                true
+            }
+            _ => false,
+        };
+        let resolver_source = c_string(&resolver_file);
+        let etc_resolv = c_string(RESOLV_CONF);
         // The rest of the host is read-only to it (as systemd's DynamicUser= implies
         // ProtectSystem=strict): a uid is lent to one instance at a time, so a file it left in a
         // world-writable dir of the host would outlive the job and be the next holder's.
@@ -192,6 +215,9 @@ pub(super) async fn launch(
                 }
                 if hosts_ready {
                     mount(Some(&hosts_source), &etc_hosts, None, libc::MS_BIND, None)?;
+                }
+                if bind_resolver {
+                    mount(Some(&resolver_source), &etc_resolv, None, libc::MS_BIND, None)?;
                 }
                 if opt_ml {
                     mount(Some(&source), &target, None, libc::MS_BIND | libc::MS_REC, None)?;
