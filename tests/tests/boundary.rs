@@ -775,6 +775,7 @@ try:
 except OSError as e:
     print(f"host device refused: {e.strerror}", flush=True)
 print(f"shared read {len(open(os.environ['SHARED_DEVICE'], 'rb').read(4))}", flush=True)
+print(f"shared dir read {len(open(os.environ['SHARED_DIR'] + '/node', 'rb').read(4))}", flush=True)
 for name in dev:
     if name.startswith("nvidia"):
         print(f"{name} read {len(open('/dev/' + name, 'rb').read(4))}", flush=True)
@@ -800,16 +801,21 @@ time.sleep(2)
 /// A character device with /dev/zero's numbers in the host's /dev, open to all (as /dev/nvidia*
 /// are on most GPU hosts), removed when dropped.
 fn host_device(name: &str) -> tempfile::TempPath {
-    use std::os::unix::fs::PermissionsExt;
     let path = tempfile::TempPath::try_from_path(format!("/dev/trainyard-test-{name}-{}", std::process::id()))
         .expect("an absolute path");
     let _ = std::fs::remove_file(&path);
+    make_node(&path);
+    path
+}
+
+/// A character device with /dev/zero's numbers at `path`, open to all.
+fn make_node(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
     let c_path = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("path");
     // SAFETY: mknod on a NUL-terminated path this test owns.
     let made = unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 5)) };
     assert_eq!(made, 0, "mknod {}", path.display());
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
-    path
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
 }
 
 #[test]
@@ -819,6 +825,9 @@ fn host_programs_see_only_their_own_devices_and_gpus() {
     let cdi = trainyard_testkit::nvml::fake_cdi(dir.path(), 2);
     let stray = host_device("stray");
     let shared = host_device("shared");
+    // A dir of devices (as /dev/infiniband), shared whole.
+    let shared_dir = tempfile::Builder::new().prefix("trainyard-test-dir-").tempdir_in("/dev").expect("dir in /dev");
+    make_node(&shared_dir.path().join("node"));
     // On the host, anyone opens the stray node.
     assert!(std::fs::File::open(&stray).is_ok());
     let c = Coordinator::start();
@@ -836,6 +845,8 @@ fn host_programs_see_only_their_own_devices_and_gpus() {
             path(&cdi),
             "--instance-device",
             path(&shared),
+            "--instance-device",
+            path(shared_dir.path()),
         ],
         &[("FAKE_NVML_GPUS", fake_gpus.as_str())],
     );
@@ -846,10 +857,12 @@ fn host_programs_see_only_their_own_devices_and_gpus() {
         r["TrainingJobName"] = json!(name);
         r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
         r["ResourceConfig"]["InstanceType"] = json!("ml.g5.xlarge");
-        r["Environment"] = json!({"HOST_DEVICE": path(&stray), "SHARED_DEVICE": path(&shared)});
+        r["Environment"] =
+            json!({"HOST_DEVICE": path(&stray), "SHARED_DEVICE": path(&shared), "SHARED_DIR": path(shared_dir.path())});
         c.create_training_job(&r);
     }
     let shared_name = shared.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+    let shared_dir_name = shared_dir.path().file_name().and_then(|n| n.to_str()).expect("name").to_string();
     let mut gpus_seen = Vec::new();
     for name in names {
         let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", name], |d| {
@@ -880,13 +893,16 @@ fn host_programs_see_only_their_own_devices_and_gpus() {
             "nvidiactl",
             gpu,
             &shared_name,
+            &shared_dir_name,
         ];
         if Path::new("/dev/mqueue").is_dir() {
             expected.push("mqueue");
         }
         expected.sort();
         assert_eq!(listed, format!("{}.", expected.join(" ")), "{log}");
-        for read in ["shared read 4", &format!("{gpu} read 4"), "nvidiactl read 4", "urandom read 16"] {
+        for read in
+            ["shared read 4", "shared dir read 4", &format!("{gpu} read 4"), "nvidiactl read 4", "urandom read 16"]
+        {
             assert!(log.contains(read), "{read}: {log}");
         }
         // Its pseudo-terminals are its own: the first one is number 0.

@@ -1,5 +1,6 @@
-//! The /dev a host program's instance sees: a tmpfs of its own holding the nodes every program
-//! needs (`null`, `zero`, `full`, `random`, `urandom`, `tty`), a pseudo-terminal instance, its own
+//! The /dev a host program's instance sees: a tmpfs of its own holding copies (same numbers, mode
+//! and owner) of the host's nodes every program needs (`null`, `zero`, `full`, `random`,
+//! `urandom`, `tty`), a pseudo-terminal instance, its own
 //! `/dev/shm` (and `/dev/mqueue`), the nodes of *its* GPUs and what the operator shares
 //! (`--instance-device`). Nothing else of the host's /dev: a node anyone may open there
 //! (`/dev/nvidia*` are 0666 on most GPU hosts, `/dev/fuse`, ...) would otherwise be any job's,
@@ -121,19 +122,22 @@ pub fn cdi_nodes(gpus: &[String], settings: &Settings) -> Option<Result<Vec<crat
     )
 }
 
-/// A bind prepared for the child.
-struct PreparedBind {
-    host: CString,
-    target: CString,
-    is_dir: bool,
+/// How a host node or dir reaches the instance's /dev, prepared for the child.
+enum Entry {
+    /// A device node, made anew with the host's numbers, mode and owner: far cheaper than a bind
+    /// mount, when the instance starts and when its mount namespace goes (as systemd's
+    /// PrivateDevices= makes them).
+    Node { target: CString, mode: libc::mode_t, rdev: libc::dev_t, uid: libc::uid_t, gid: libc::gid_t },
+    /// Anything else (a dir such as /dev/infiniband): bound, its source held open in the child.
+    Bound { host: CString, target: CString, is_dir: bool },
 }
 
 /// Everything the forked child needs to give the instance its /dev, prepared before the fork.
 pub struct PrivateDev {
-    binds: Vec<PreparedBind>,
-    /// The child's descriptors of the binds' host nodes, one each (-1 until opened).
+    entries: Vec<Entry>,
+    /// The child's descriptors of the bound entries' sources, in order (-1 until opened).
     held: Vec<libc::c_int>,
-    /// Dirs to make in the new /dev (parents of binds, `pts`, `shm`, `mqueue`), parents first.
+    /// Dirs to make in the new /dev (parents of entries, `pts`, `shm`, `mqueue`), parents first.
     dirs: Vec<CString>,
     links: Vec<(CString, CString)>,
     dev: CString,
@@ -143,30 +147,37 @@ pub struct PrivateDev {
 }
 
 impl PrivateDev {
-    /// Checks that each bind's host node can be opened; `Err` is the job's FailureReason.
+    /// Reads what each host node is; `Err` is the job's FailureReason.
     pub fn prepare(binds: &[DeviceBind]) -> Result<PrivateDev, String> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
         let dev = Path::new("/dev");
         let mut dirs = std::collections::BTreeSet::new();
-        let mut prepared = Vec::new();
+        let mut entries = Vec::new();
         for bind in binds {
-            let is_dir = std::fs::metadata(&bind.host)
-                .map_err(|e| format!("InternalServerError: device {}: {e}", bind.host.display()))?
-                .is_dir();
+            let meta = std::fs::metadata(&bind.host)
+                .map_err(|e| format!("InternalServerError: device {}: {e}", bind.host.display()))?;
             for parent in bind.inside.ancestors().skip(1) {
                 if parent.starts_with(dev) && parent != dev {
                     dirs.insert(parent.to_path_buf());
                 }
             }
-            prepared.push(PreparedBind { host: c_string(&bind.host), target: c_string(&bind.inside), is_dir });
+            let target = c_string(&bind.inside);
+            let kind = meta.file_type();
+            entries.push(if kind.is_char_device() || kind.is_block_device() {
+                Entry::Node { target, mode: meta.mode(), rdev: meta.rdev(), uid: meta.uid(), gid: meta.gid() }
+            } else {
+                Entry::Bound { host: c_string(&bind.host), target, is_dir: meta.is_dir() }
+            });
         }
         let mqueue = dev.join("mqueue");
         let has_mqueue = mqueue.is_dir();
         for own in ["pts", "shm"].iter().map(|name| dev.join(name)).chain(has_mqueue.then(|| mqueue.clone())) {
             dirs.insert(own);
         }
+        let bound = entries.iter().filter(|e| matches!(e, Entry::Bound { .. })).count();
         Ok(PrivateDev {
-            held: vec![-1; prepared.len()],
-            binds: prepared,
+            entries,
+            held: vec![-1; bound],
             // Sorted, a parent comes before what is under it.
             dirs: dirs.iter().map(c_string).collect(),
             links: LINKS.iter().map(|(name, target)| (c_string(dev.join(name)), c_string(target))).collect(),
@@ -178,13 +189,17 @@ impl PrivateDev {
     }
 
     /// In the child, first thing in its new mount namespace (a bind's source must be a mount
-    /// of the caller's namespace, so the parent cannot open them): holds each bind's host node
-    /// (`O_PATH`), so that what is mounted before the binds (its /tmp, where a node may lie) hides
-    /// none. Only syscalls.
+    /// of the caller's namespace, so the parent cannot open them): holds each bound entry's
+    /// source (`O_PATH`), so that what is mounted before the binds (its /tmp, where one may lie)
+    /// hides none. Only syscalls.
     pub fn hold_sources_in_child(&mut self) -> std::io::Result<()> {
-        for (bind, held) in self.binds.iter().zip(self.held.iter_mut()) {
+        let sources = self.entries.iter().filter_map(|e| match e {
+            Entry::Bound { host, .. } => Some(host),
+            Entry::Node { .. } => None,
+        });
+        for (host, held) in sources.zip(self.held.iter_mut()) {
             // SAFETY: a NUL-terminated path prepared before the fork.
-            let fd = unsafe { libc::open(bind.host.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+            let fd = unsafe { libc::open(host.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -193,39 +208,56 @@ impl PrivateDev {
         Ok(())
     }
 
-    /// In the child, in its own mount (and IPC) namespace: an empty tmpfs over /dev, the binds,
-    /// a new devpts instance, its own /dev/shm and /dev/mqueue, then /dev made read-only (the
-    /// nodes stay usable: a read-only mount forbids changing a node, not writing to the device).
-    /// Only syscalls on what `prepare` made.
+    /// In the child, in its own mount (and IPC) namespace: an empty tmpfs over /dev, the nodes
+    /// and binds, a new devpts instance, its own /dev/shm and /dev/mqueue, then /dev made
+    /// read-only (the nodes stay usable: a read-only mount forbids changing a node, not writing
+    /// to the device; and the job, without CAP_MKNOD, could not make one). Only syscalls on what
+    /// `prepare` made.
     pub fn mount_in_child(&self) -> std::io::Result<()> {
+        let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
         let tmpfs = c"tmpfs";
-        let sealed = libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
+        // Not nodev: the nodes made in it must work.
+        let sealed = libc::MS_NOSUID | libc::MS_NOEXEC;
         mount(Some(tmpfs), &self.dev, Some(tmpfs), sealed, Some(c"mode=0755,size=64k"))?;
         for dir in &self.dirs {
             // SAFETY: a NUL-terminated path prepared before the fork.
-            if unsafe { libc::mkdir(dir.as_ptr(), 0o755) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            check(unsafe { libc::mkdir(dir.as_ptr(), 0o755) })?;
         }
-        for (bind, held) in self.binds.iter().zip(&self.held) {
-            // SAFETY: NUL-terminated paths prepared before the fork.
-            let made = unsafe {
-                if bind.is_dir {
-                    libc::mkdir(bind.target.as_ptr(), 0o755)
-                } else {
-                    let fd = libc::open(bind.target.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
-                    if fd >= 0 { libc::close(fd) } else { fd }
+        let mut held = self.held.iter();
+        for entry in &self.entries {
+            match entry {
+                Entry::Node { target, mode, rdev, uid, gid } => {
+                    // SAFETY: a NUL-terminated path prepared before the fork; the mode is set
+                    // again after, as the umask may have taken bits from it.
+                    unsafe {
+                        check(libc::mknod(target.as_ptr(), *mode, *rdev))?;
+                        check(libc::chmod(target.as_ptr(), *mode & 0o7777))?;
+                        check(libc::chown(target.as_ptr(), *uid, *gid))?;
+                    }
                 }
-            };
-            if made != 0 {
-                let error = std::io::Error::last_os_error();
-                // A shared dir may also be the parent of a GPU's node (made above).
-                if !(bind.is_dir && error.raw_os_error() == Some(libc::EEXIST)) {
-                    return Err(error);
+                Entry::Bound { target, is_dir, .. } => {
+                    // SAFETY: NUL-terminated paths prepared before the fork.
+                    let made = unsafe {
+                        if *is_dir {
+                            libc::mkdir(target.as_ptr(), 0o755)
+                        } else {
+                            let fd =
+                                libc::open(target.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
+                            if fd >= 0 { libc::close(fd) } else { fd }
+                        }
+                    };
+                    if made != 0 {
+                        let error = std::io::Error::last_os_error();
+                        // A shared dir may also be the parent of a GPU's node (made above).
+                        if !(*is_dir && error.raw_os_error() == Some(libc::EEXIST)) {
+                            return Err(error);
+                        }
+                    }
+                    let mut buffer = [0u8; 32];
+                    let source = fd_path(held.next().copied().unwrap_or(-1), &mut buffer);
+                    mount(Some(source), target, None, libc::MS_BIND | libc::MS_REC, None)?;
                 }
             }
-            let mut buffer = [0u8; 32];
-            mount(Some(fd_path(*held, &mut buffer)), &bind.target, None, libc::MS_BIND | libc::MS_REC, None)?;
         }
         // Its own pseudo-terminals: the host's devpts would list (and, 0620 to their owners,
         // let it reach) the host's terminals.
@@ -241,7 +273,7 @@ impl PrivateDev {
         if let Some(mqueue) = &self.mqueue {
             // The queues of its own IPC namespace.
             let fs = c"mqueue";
-            mount(Some(fs), mqueue, Some(fs), sealed, None)?;
+            mount(Some(fs), mqueue, Some(fs), sealed | libc::MS_NODEV, None)?;
         }
         for (link, target) in &self.links {
             // SAFETY: NUL-terminated paths prepared before the fork.
