@@ -922,31 +922,40 @@ fn an_image_runs_as_root_only_where_the_agent_allows_it_and_without_capabilities
     assert!(reason.starts_with("ClientError: the instance's volume is full"), "{reason}");
 }
 
-/// Tries the kernel's key management calls and says what each answered.
+/// Tries the kernel's key management calls and a user namespace of its own, and says what each
+/// answered; then starts a thread (glibc tries clone3 first), which must still work.
 const KEY_CALLS: &str = r#"
+#define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+static void *nothing(void *unused) { return unused; }
 static void say(const char *call, long rc) { printf("%s: %s\n", call, rc >= 0 ? "allowed" : strerror(errno)); }
 int main(void) {
     /* -4 is KEY_SPEC_USER_KEYRING, 10 KEYCTL_SEARCH. */
     say("add_key", syscall(SYS_add_key, "user", "trainyard-left-behind", "secret", 6, -4));
     say("keyctl", syscall(SYS_keyctl, 10, -4, "user", "trainyard-left-behind", 0));
     say("request_key", syscall(SYS_request_key, "user", "trainyard-left-behind", NULL, 0));
+    say("unshare", unshare(CLONE_NEWUSER));
+    pthread_t thread;
+    printf("thread: %s\n", pthread_create(&thread, NULL, nothing, NULL) == 0 && pthread_join(thread, NULL) == 0 ? "ran" : "failed");
     return 0;
 }
 "#;
 
 #[test]
-fn a_container_cannot_use_the_kernels_keyrings() {
+fn a_container_can_use_neither_the_kernels_keyrings_nor_a_user_namespace() {
     // Not under /tmp, which is a tmpfs of its own in the container: the image has it at its path.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
     let source = dir.path().join("key-calls.c");
     std::fs::write(&source, KEY_CALLS).expect("write");
     let program = dir.path().join("key-calls");
-    let built = std::process::Command::new("cc").arg("-o").arg(&program).arg(&source).output().expect("run cc");
+    let built =
+        std::process::Command::new("cc").arg("-pthread").arg("-o").arg(&program).arg(&source).output().expect("run cc");
     assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
     let containerd = Containerd::start();
     let image = trainyard_testkit::host_image::HostImage {
@@ -963,9 +972,10 @@ fn a_container_cannot_use_the_kernels_keyrings() {
     let done = submit(&c, &request("key-calls", reference, json!({})));
     let logs = c.logs("key-calls");
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{logs}");
-    for call in ["add_key", "keyctl", "request_key"] {
+    for call in ["add_key", "keyctl", "request_key", "unshare"] {
         assert!(logs.contains(&format!("{call}: Operation not permitted")), "{call}: {logs}");
     }
+    assert!(logs.contains("thread: ran"), "{logs}");
 }
 
 #[test]

@@ -415,28 +415,42 @@ impl RuntimeSpec<'_> {
                 "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                                 "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
                 "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
-                "seccomp": no_keyrings(),
+                "seccomp": seccomp_profile(),
             },
         })
     }
 }
 
-/// The kernel's keyrings are not namespaced, and the kernel keeps a uid's user keyring after its
-/// last process ends: a uid is lent, so the keys one holder left there would be the next one's
-/// (and a container sharing a uid with a host program's would reach its keys). As Docker's default
-/// profile does, key management fails with EPERM; every other call is allowed. The compatibility
-/// architectures are listed so that a 32-bit call is filtered too (not killed, as an unlisted
-/// architecture is).
-fn no_keyrings() -> Value {
+/// What a container may not ask of the kernel; every other call is allowed (runc's and Docker's
+/// defaults go further; these two are what our boundary needs):
+/// - key management (`add_key`, `keyctl`, `request_key`: EPERM). The kernel's keyrings are not
+///   namespaced, and it keeps a uid's user keyring after its last process ends: a uid is lent,
+///   so the keys one holder left there would be the next one's (and a container sharing a uid
+///   with a host program's instance would reach its keys).
+/// - a user namespace of its own (`unshare` or `clone` with `CLONE_NEWUSER`: EPERM). In one, an
+///   unprivileged process holds every capability over what it creates (network namespaces and
+///   their nftables, mounts): the kernel code most container escapes of recent years went
+///   through. `clone3` passes its flags in memory a filter cannot read, so it answers ENOSYS and
+///   the C library falls back to `clone`, as Docker's default profile has it.
+///
+/// The compatibility architectures are listed so that a 32-bit call is filtered too (not killed,
+/// as an unlisted architecture is).
+fn seccomp_profile() -> Value {
     let architectures: &[&str] = if cfg!(target_arch = "aarch64") {
         &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
     } else {
         &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
     };
+    let new_user = libc::CLONE_NEWUSER as u64;
+    let with_new_user = json!([{"index": 0, "value": new_user, "valueTwo": new_user, "op": "SCMP_CMP_MASKED_EQ"}]);
     json!({
         "defaultAction": "SCMP_ACT_ALLOW",
         "architectures": architectures,
-        "syscalls": [{"names": ["add_key", "keyctl", "request_key"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM}],
+        "syscalls": [
+            {"names": ["add_key", "keyctl", "request_key"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM},
+            {"names": ["unshare", "clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM, "args": with_new_user},
+            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS},
+        ],
     })
 }
 
@@ -481,6 +495,12 @@ mod tests {
         assert_eq!(s["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
         assert_eq!(s["linux"]["seccomp"]["syscalls"][0]["names"], json!(["add_key", "keyctl", "request_key"]));
         assert_eq!(s["linux"]["seccomp"]["syscalls"][0]["errnoRet"], libc::EPERM);
+        // No user namespace of its own: unshare and clone refuse CLONE_NEWUSER, clone3 is absent.
+        let user_ns = &s["linux"]["seccomp"]["syscalls"][1];
+        assert_eq!(user_ns["names"], json!(["unshare", "clone"]));
+        assert_eq!(user_ns["args"][0]["value"], json!(0x1000_0000));
+        assert_eq!(user_ns["args"][0]["op"], "SCMP_CMP_MASKED_EQ");
+        assert_eq!(s["linux"]["seccomp"]["syscalls"][2]["errnoRet"], libc::ENOSYS);
         assert_eq!(s["process"]["noNewPrivileges"], json!(true));
         assert_eq!(s["process"]["capabilities"]["bounding"], json!([]));
         assert_eq!(s["process"]["cwd"], json!("/code"));
