@@ -918,8 +918,8 @@ fn host_programs_see_only_their_own_devices_and_gpus() {
     assert!(!Path::new("/dev/planted").exists());
 }
 
-/// `MODE=plant`: adds a key to its user, session and user-session keyrings. Else: looks for that
-/// key in each.
+/// `MODE=plant`: adds a key to its user, session and user-session keyrings, then fills its uid's
+/// key quota. Else: looks for that key in each.
 const KEY_PROBE: &str = r#"#!/usr/bin/env python3
 import ctypes, os, platform
 libc = ctypes.CDLL(None, use_errno=True)
@@ -940,6 +940,12 @@ for name, ring in rings.items():
             print(f"LEAK found the last holder's key in {name}", flush=True)
         else:
             print(f"not in {name}: {os.strerror(ctypes.get_errno())}", flush=True)
+if os.environ["MODE"] == "plant":
+    for n in range(100000):
+        if libc.syscall(ctypes.c_long(ADD_KEY), b"user", f"filler-{n}".encode(), b"x" * 64, ctypes.c_long(64),
+                        ctypes.c_long(rings["user"])) < 0:
+            print(f"quota full after {n} keys: {os.strerror(ctypes.get_errno())}", flush=True)
+            break
 print(f"uid {os.getuid()}", flush=True)
 os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
 "#;
@@ -965,6 +971,8 @@ fn a_uid_lent_again_holds_no_key_of_its_last_holder() {
         assert!(log.contains("uid 70200"), "{log}");
         logs.push(log);
     }
+    // The first spent its uid's key quota: the next holder starts all the same (above).
+    assert!(logs[0].contains("quota full after"), "{}", logs[0]);
     for ring in ["user", "session", "user-session"] {
         assert!(logs[0].contains(&format!("planted in {ring}: True")), "{}", logs[0]);
         assert!(logs[1].contains(&format!("not in {ring}: Required key not available")), "{}", logs[1]);

@@ -203,7 +203,8 @@ pub fn host_ruleset() -> Nftables<'static> {
         ],
     ));
     // To the host: replies to what the host opened, and name resolution (a resolver on the host's
-    // own address is the instances' too, as the host's resolv.conf is theirs); nothing else.
+    // own address is the instances' too: their resolv.conf is the host's, see `resolver`);
+    // nothing else.
     let established = Expression::List(vec![string("established"), string("related")]);
     objects.push(rule("to-the-host", vec![from_instances(), matches(ct_state(), established, Operator::IN), accept()]));
     for protocol in ["udp", "tcp"] {

@@ -62,8 +62,8 @@ pub fn instance_devices(
             Some(nodes) => {
                 for node in nodes.map_err(|e| format!("InternalServerError: {e}"))? {
                     let inside = PathBuf::from(&node.path);
-                    if !inside.starts_with("/dev") || inside.components().any(|c| c == std::path::Component::ParentDir)
-                    {
+                    let under_dev = inside.starts_with("/dev") && inside != Path::new("/dev");
+                    if !under_dev || inside.components().any(|c| c == std::path::Component::ParentDir) {
                         return Err(format!(
                             "InternalServerError: the CDI device node {} is not under /dev, where host programs' GPUs are given",
                             node.path
@@ -97,7 +97,7 @@ pub fn instance_devices(
         }
     }
     binds.extend(shared.iter().map(DeviceBind::same));
-    // One mount per place; a later one (a GPU's, the operator's) wins over a default.
+    // One entry per place; a later one (a GPU's, the operator's) wins over a default.
     let mut seen = std::collections::BTreeSet::new();
     let mut unique: Vec<DeviceBind> = binds.into_iter().rev().filter(|b| seen.insert(b.inside.clone())).collect();
     unique.reverse();
@@ -350,7 +350,7 @@ mod tests {
             instance_devices(&["GPU-c".into()], Some(Err("no CDI device".into())), &BTreeMap::new(), &[], |_| true);
         assert_eq!(failed, Err("InternalServerError: no CDI device".into()));
         // A node a spec would place outside /dev is refused, not mounted over the host's files.
-        for path in ["/etc/passwd", "/dev/../etc/passwd"] {
+        for path in ["/etc/passwd", "/dev/../etc/passwd", "/dev"] {
             let outside =
                 instance_devices(&["GPU-b".into()], Some(Ok(vec![node(path, None)])), &BTreeMap::new(), &[], |_| true);
             assert!(outside.is_err_and(|e| e.contains("not under /dev")), "{path}");
