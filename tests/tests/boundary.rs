@@ -980,6 +980,73 @@ fn a_uid_lent_again_holds_no_key_of_its_last_holder() {
     assert!(!logs[1].contains("LEAK"), "{}", logs[1]);
 }
 
+/// Lists its NVIDIA device nodes; runs two seconds, so that two run at once.
+const LIST_GPUS: &str = r#"#!/bin/sh
+echo "gpus=$(ls /dev | grep nvidia | tr '\n' ' ')"
+echo "read=$(for d in /dev/nvidia*; do head -c 4 "$d"; done | wc -c)"
+mkdir -p "$SM_MODEL_DIR"
+sleep 2
+"#;
+
+#[test]
+fn without_a_cdi_spec_host_programs_get_their_gpus_node_by_its_minor_number() {
+    // NVML says GPU n's node is /dev/nvidia<40 + n>: made here, in the host's /dev, with the
+    // control node (unless the host has one).
+    let nodes: Vec<tempfile::TempPath> = ["nvidia40", "nvidia41"]
+        .into_iter()
+        .chain((!Path::new("/dev/nvidiactl").exists()).then_some("nvidiactl"))
+        .map(|name| {
+            let path = tempfile::TempPath::try_from_path(format!("/dev/{name}")).expect("an absolute path");
+            make_node(&path);
+            path
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("dir");
+    let library = trainyard_testkit::nvml::build_fake_nvml(dir.path());
+    let c = Coordinator::start();
+    let fake_gpus = trainyard_testkit::nvml::gpus(2, "NVIDIA A10G", 23028);
+    let _agent = c.start_agent(
+        "minors",
+        &[
+            "--advertise-vcpus",
+            "16",
+            "--advertise-memory-mib",
+            "65536",
+            "--nvml-library",
+            path(&library),
+            "--cdi-spec-dir",
+            path(dir.path()),
+        ],
+        &[("FAKE_NVML_GPUS", fake_gpus.as_str()), ("FAKE_NVML_MINOR_OFFSET", "40")],
+    );
+    let program = c.install_program("list-gpus.sh", LIST_GPUS);
+    let names = ["minor-a", "minor-b"];
+    for name in names {
+        let mut r: Value = example_json("training-job.json");
+        r["TrainingJobName"] = json!(name);
+        r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+        r["ResourceConfig"]["InstanceType"] = json!("ml.g5.xlarge");
+        c.create_training_job(&r);
+    }
+    let mut seen = Vec::new();
+    for name in names {
+        let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", name], |d| {
+            d["TrainingJobStatus"] != "InProgress"
+        });
+        let log = c.logs(name);
+        assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{log}");
+        let line = log.lines().find_map(|l| l.strip_prefix("gpus=")).unwrap_or_default().to_string();
+        let gpus: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(gpus.len(), 2, "its GPU's node and the control node, no other: {log}");
+        assert!(gpus.contains(&"nvidiactl"), "{log}");
+        assert!(log.contains("read=8"), "both nodes can be read: {log}");
+        seen.push(gpus.into_iter().find(|g| *g != "nvidiactl").unwrap_or_default().to_string());
+    }
+    seen.sort();
+    assert_eq!(seen, ["nvidia40", "nvidia41"], "the two ran at once, each with its GPU's node by minor number");
+    drop(nodes);
+}
+
 /// A set-user-ID root copy of a program in /usr/local/bin, removed when dropped.
 fn set_uid_copy_of(program: &str) -> tempfile::TempPath {
     use std::os::unix::fs::PermissionsExt;

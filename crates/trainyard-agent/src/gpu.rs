@@ -125,7 +125,8 @@ mod tests {
         assert_eq!(inv.note, "", "no problems reported");
         assert_eq!(inv.gpus.len(), 2);
         assert_eq!(inv.gpus[1].uuid, nvml::uuid(1));
-        // The fake has no nvmlDeviceGetMinorNumber: the node numbers are the indexes.
+        // The device nodes' numbers, read through nvmlDeviceGetMinorNumber (the fake's follow the
+        // indexes unless FAKE_NVML_MINOR_OFFSET says otherwise).
         assert_eq!(inv.minor_numbers.get(&nvml::uuid(1)), Some(&1));
         assert_eq!(inv.gpus[0].name, "NVIDIA A100-SXM4-40GB");
         assert_eq!(inv.gpus[0].memory_total_mib, 40960);

@@ -58,6 +58,14 @@ nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int i, nvmlDevice_t *device)
 
 nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t d, unsigned int *index) { *index = d->index; return NVML_SUCCESS; }
 
+/* The device node's number (/dev/nvidia<minor>): the index plus FAKE_NVML_MINOR_OFFSET, as a real
+   host's minor numbers need not follow the indexes. */
+nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t d, unsigned int *minor) {
+    const char *offset = getenv("FAKE_NVML_MINOR_OFFSET");
+    *minor = d->index + (offset ? (unsigned int)strtoul(offset, NULL, 10) : 0);
+    return NVML_SUCCESS;
+}
+
 nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *name, unsigned int length) {
     if ((unsigned int)snprintf(name, length, "%s", names[d->index]) >= length) return NVML_ERROR_INSUFFICIENT_SIZE;
     return NVML_SUCCESS;
