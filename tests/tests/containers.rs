@@ -196,7 +196,15 @@ fn an_image_is_pulled_once_from_a_private_registry_and_collected_when_the_cache_
     let mut messages = Vec::new();
     for name in ["first", "second"] {
         let done = wait_done(&c, name);
-        assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs(name));
+        // containerd's log says why a container's first process ended before it was started
+        // (seen once in a full run, both backends at the same moment; not reproduced alone).
+        assert_eq!(
+            done["TrainingJobStatus"],
+            "Completed",
+            "{done:#}\n{}\ncontainerd: {}",
+            c.logs(name),
+            containerd.log()
+        );
         assert!(c.logs(name).contains("args=train "), "{}", c.logs(name));
         for transition in done["SecondaryStatusTransitions"].as_array().into_iter().flatten() {
             if transition["Status"] == "Downloading" {
