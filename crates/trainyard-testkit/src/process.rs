@@ -88,6 +88,9 @@ pub struct Daemon {
     check: Option<Arc<LogCheck>>,
     /// Other daemons' checks, frozen when this one is dropped (see [`Daemon::freezes`]).
     freezes: Vec<Arc<LogCheck>>,
+    /// The leader has exited and been reaped: its pid, and so its group's id, may now be another
+    /// process's (pids wrap at 32768 here), which a signal to the group would reach.
+    reaped: bool,
 }
 
 /// What a checked daemon's log is judged against: the lines a test declared, and how much of the
@@ -142,7 +145,7 @@ impl Daemon {
         let err = out.try_clone().expect("log file");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Daemon { child, log, name: name.to_string(), check: None, freezes: Vec::new() }
+        Daemon { child, log, name: name.to_string(), check: None, freezes: Vec::new(), reaped: false }
     }
 
     /// Fails the dropping test on an undeclared `WARN` or `ERROR` line in the log.
@@ -189,30 +192,61 @@ impl Daemon {
 
     /// Fails the test if the daemon has exited.
     pub fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
+        if let Some(status) = self.reap() {
             panic!("{} exited ({status}); its log:\n{}", self.name, self.log());
         }
     }
 
     /// Sends a signal (`libc::SIGTERM`, ...) to the daemon's process group, and only to it.
     pub fn signal(&self, signal: i32) {
+        if self.reaped {
+            return;
+        }
         let Ok(pgid) = i32::try_from(self.child.id()) else {
             return;
         };
         // A process group id of 0 or 1 would address our own group or every process: never send those.
         if pgid > 1 {
-            // SAFETY: kill(2) has no memory-safety preconditions; a stale group id only yields ESRCH.
+            // SAFETY: kill(2) has no memory-safety preconditions. The leader is not reaped yet (a
+            // zombie keeps its pid), so the group id is still this daemon's.
             unsafe {
                 libc::kill(-pgid, signal);
             }
         }
     }
 
+    /// The leader's exit status, once it has exited: what is left of its group is killed first,
+    /// while the exited leader (not yet reaped) still holds the group's id, then it is reaped.
+    /// After that the daemon never signals the group again: the id may be reused.
+    fn reap(&mut self) -> Option<std::process::ExitStatus> {
+        if !self.reaped {
+            let pid = libc::pid_t::try_from(self.child.id()).ok()?;
+            // SAFETY: waitid on our own child, WNOWAIT: it stays a zombie; `info` is ours.
+            let exited = unsafe {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                let rc = libc::waitid(
+                    libc::P_PID,
+                    pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                );
+                rc == 0 && info.si_pid() != 0
+            };
+            if !exited {
+                return None;
+            }
+            self.signal(libc::SIGKILL);
+        }
+        let status = self.child.try_wait().ok().flatten();
+        self.reaped = status.is_some();
+        status
+    }
+
     /// Waits for the daemon to exit; its exit status, or None on timeout.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.reap() {
                 return Some(status);
             }
             if Instant::now() > deadline {
