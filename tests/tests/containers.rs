@@ -78,10 +78,20 @@ on_both_backends!(
     an_image_is_pulled_once_from_a_private_registry_and_collected_when_the_cache_is_full
 );
 
+fn backend_name(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    }
+}
+
 fn an_image_runs_as_a_container_with_the_sagemaker_contract(backend: Backend) {
     let containerd = Containerd::start();
     containerd.import_busybox_image(IMAGE, &["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
     let c = Coordinator::start_on(backend);
+    // Its container ids are its jobs' names: the other backend's run of it may run at once, and
+    // runc keeps its containers' state by id in one place per namespace on the host.
+    let job = |name: &str| format!("{}-{name}", backend_name(backend));
     let socket = containerd.socket.to_str().expect("utf-8").to_string();
     // As production runs agents: images only.
     let agent =
@@ -94,9 +104,9 @@ fn an_image_runs_as_a_container_with_the_sagemaker_contract(backend: Backend) {
     );
     assert_eq!(agents["Agents"][0]["HostPrograms"], json!(false), "{agents:#}");
 
-    let done = submit(&c, &request("in-a-container", IMAGE, json!({})));
-    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs("in-a-container"));
-    let logs = c.logs("in-a-container");
+    let done = submit(&c, &request(&job("in-a-container"), IMAGE, json!({})));
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs(&job("in-a-container")));
+    let logs = c.logs(&job("in-a-container"));
     assert!(logs.contains("args=train "), "the image's entrypoint, with train: {logs}");
     assert!(INSTANCE_UIDS.contains(&number_after(&logs, "uid=")), "a uid of its own, not root: {logs}");
     assert!(logs.contains("capeff=0000000000000000"), "no capabilities: {logs}");
@@ -117,7 +127,7 @@ fn an_image_runs_as_a_container_with_the_sagemaker_contract(backend: Backend) {
         .collect();
     assert!(logs.contains(&format!("resolver={reachable}\n")), "{reachable}: {logs}");
     assert_eq!(done["FinalMetricDataList"][0]["Value"], json!(0.25), "{done:#}");
-    let model = c.output_dir().join("blobs-logreg-baseline/in-a-container/output/model.tar.gz");
+    let model = c.output_dir().join(format!("blobs-logreg-baseline/{}/output/model.tar.gz", job("in-a-container")));
     assert!(model.is_file(), "{}", model.display());
     assert!(
         trainyard_testkit::wait_until(Duration::from_secs(10), || containerd.containers().is_empty()
@@ -128,18 +138,18 @@ fn an_image_runs_as_a_container_with_the_sagemaker_contract(backend: Backend) {
     );
 
     // A program on the host waits: no agent runs host programs, and its status says so.
-    let mut program = request("host-program", "deploy/examples/trainer/train.py", json!({}));
-    program["TrainingJobName"] = json!("host-program");
-    let file = c.write("host-program.json", &program.to_string());
+    let mut program = request(&job("host-program"), "deploy/examples/trainer/train.py", json!({}));
+    program["TrainingJobName"] = json!(job("host-program"));
+    let file = c.write(&format!("{}.json", job("host-program")), &program.to_string());
     c.cli(&["training-jobs", "create", "--file", file.to_str().expect("utf-8")]).assert_success();
-    let waiting = c.wait_json(&["training-jobs", "describe", "host-program"], |d| {
+    let waiting = c.wait_json(&["training-jobs", "describe", &job("host-program")], |d| {
         d["SecondaryStatusTransitions"].to_string().contains("no agent runs host programs")
     });
     assert_eq!(waiting["TrainingJobStatus"], "InProgress", "{waiting:#}");
-    c.cli(&["training-jobs", "stop", "host-program"]).assert_success();
+    c.cli(&["training-jobs", "stop", &job("host-program")]).assert_success();
 
     // An image this agent does not have is pulled from its registry; none answers there.
-    let missing = submit(&c, &request("missing-image", "localhost/trainyard-e2e/absent:1", json!({})));
+    let missing = submit(&c, &request(&job("missing-image"), "localhost/trainyard-e2e/absent:1", json!({})));
     assert_eq!(missing["TrainingJobStatus"], "Failed");
     let reason = missing["FailureReason"].as_str().unwrap_or_default();
     assert!(
@@ -172,6 +182,8 @@ fn an_image_is_pulled_once_from_a_private_registry_and_collected_when_the_cache_
     let trainer = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755)]);
     let image = registry.push("e2e/trainer", "1", &trainer, true);
     let c = Coordinator::start_on(backend);
+    // Its container ids are its jobs' names: see the test above.
+    let job = |name: &str| format!("{}-{name}", backend_name(backend));
     let socket = containerd.socket.to_str().expect("utf-8").to_string();
     let auth = registry_auth(&c, &registry);
     // One busybox image (about 1 MB compressed, 2 unpacked) fits in 4 MiB; two do not.
@@ -191,10 +203,11 @@ fn an_image_is_pulled_once_from_a_private_registry_and_collected_when_the_cache_
 
     // Two trials at once: one pull, which the SecondaryStatus shows (the second trial may find the
     // image already pulled).
-    start(&c, "first", &image);
-    start(&c, "second", &image);
+    start(&c, &job("first"), &image);
+    start(&c, &job("second"), &image);
     let mut messages = Vec::new();
-    for name in ["first", "second"] {
+    for name in [job("first"), job("second")] {
+        let name = name.as_str();
         let done = wait_done(&c, name);
         // containerd's log says why a container's first process ended before it was started
         // (seen once in a full run, both backends at the same moment; not reproduced alone).
@@ -219,26 +232,26 @@ fn an_image_is_pulled_once_from_a_private_registry_and_collected_when_the_cache_
     // By digest: the same content, nothing downloaded again.
     let by_digest =
         format!("{}/e2e/trainer@{}", registry.address, trainyard_testkit::containerd::digest(&trainer.index()));
-    start(&c, "by-digest", &by_digest);
-    let done = wait_done(&c, "by-digest");
-    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs("by-digest"));
+    start(&c, &job("by-digest"), &by_digest);
+    let done = wait_done(&c, &job("by-digest"));
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs(&job("by-digest")));
     assert_eq!(registry.blob_downloads(&trainer.layer_digest()), 1, "{}", registry.log());
 
     // Another image fills the cache beyond its limit: the least recently used ones, the trainer's,
     // are deleted (containerd's collector frees their layers), and pulled again when needed.
     let other = BusyboxImage::build(&["/bin/sh", "/train.sh"], &[("/train.sh", TRAIN, 0o755), ("/other", "x", 0o644)]);
     let other_image = registry.push("e2e/other", "1", &other, false);
-    start(&c, "other", &other_image);
-    let done = wait_done(&c, "other");
-    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs("other"));
+    start(&c, &job("other"), &other_image);
+    let done = wait_done(&c, &job("other"));
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs(&job("other")));
     assert!(
         trainyard_testkit::wait_until(Duration::from_secs(10), || containerd.images() == vec![other_image.clone()]),
         "only the image used last stays: {:?}",
         containerd.images()
     );
-    start(&c, "again", &image);
-    let done = wait_done(&c, "again");
-    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs("again"));
+    start(&c, &job("again"), &image);
+    let done = wait_done(&c, &job("again"));
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{}", c.logs(&job("again")));
     assert_eq!(registry.blob_downloads(&trainer.layer_digest()), 2, "{}", registry.log());
 }
 
