@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use trainyard_e2e::{Coordinator, example_json, number_after};
+use trainyard_testkit::nvml::fake_device_node;
 use trainyard_testkit::wait_until;
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/TrainyardExecution";
@@ -804,18 +805,50 @@ fn host_device(name: &str) -> tempfile::TempPath {
     let path = tempfile::TempPath::try_from_path(format!("/dev/trainyard-test-{name}-{}", std::process::id()))
         .expect("an absolute path");
     let _ = std::fs::remove_file(&path);
-    make_node(&path);
+    fake_device_node(&path);
     path
 }
 
-/// A character device with /dev/zero's numbers at `path`, open to all.
-fn make_node(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let c_path = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("path");
-    // SAFETY: mknod on a NUL-terminated path this test owns.
-    let made = unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 5)) };
-    assert_eq!(made, 0, "mknod {}", path.display());
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+/// Starts agent `id` on a GPU host of two fake A10Gs (the real NVML code path, `library`), with
+/// `args` and `env` added, runs `program` there as two one-GPU jobs at once (`names`, with
+/// `environment`), and returns their logs once both have completed.
+#[allow(clippy::too_many_arguments)]
+fn two_gpu_jobs_at_once(
+    c: &Coordinator,
+    id: &str,
+    library: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    program: &str,
+    environment: Value,
+    names: [&str; 2],
+) -> Vec<String> {
+    let fake_gpus = trainyard_testkit::nvml::gpus(2, "NVIDIA A10G", 23028);
+    let mut all_args =
+        vec!["--advertise-vcpus", "16", "--advertise-memory-mib", "65536", "--nvml-library", path(library)];
+    all_args.extend_from_slice(args);
+    let mut all_env = vec![("FAKE_NVML_GPUS", fake_gpus.as_str())];
+    all_env.extend_from_slice(env);
+    let _agent = c.start_agent(id, &all_args, &all_env);
+    for name in names {
+        let mut r: Value = example_json("training-job.json");
+        r["TrainingJobName"] = json!(name);
+        r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+        r["ResourceConfig"]["InstanceType"] = json!("ml.g5.xlarge");
+        r["Environment"] = environment.clone();
+        c.create_training_job(&r);
+    }
+    names
+        .iter()
+        .map(|name| {
+            let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", name], |d| {
+                d["TrainingJobStatus"] != "InProgress"
+            });
+            let log = c.logs(name);
+            assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{log}");
+            log
+        })
+        .collect()
 }
 
 #[test]
@@ -827,49 +860,35 @@ fn host_programs_see_only_their_own_devices_and_gpus() {
     let shared = host_device("shared");
     // A dir of devices (as /dev/infiniband), shared whole.
     let shared_dir = tempfile::Builder::new().prefix("trainyard-test-dir-").tempdir_in("/dev").expect("dir in /dev");
-    make_node(&shared_dir.path().join("node"));
+    fake_device_node(&shared_dir.path().join("node"));
     // On the host, anyone opens the stray node.
     assert!(std::fs::File::open(&stray).is_ok());
     let c = Coordinator::start();
-    let fake_gpus = trainyard_testkit::nvml::gpus(2, "NVIDIA A10G", 23028);
-    let _agent = c.start_agent(
-        "devices",
-        &[
-            "--advertise-vcpus",
-            "16",
-            "--advertise-memory-mib",
-            "65536",
-            "--nvml-library",
-            path(&library),
-            "--cdi-spec-dir",
-            path(&cdi),
-            "--instance-device",
-            path(&shared),
-            "--instance-device",
-            path(shared_dir.path()),
-        ],
-        &[("FAKE_NVML_GPUS", fake_gpus.as_str())],
-    );
+    let agent_args = [
+        "--cdi-spec-dir",
+        path(&cdi),
+        "--instance-device",
+        path(&shared),
+        "--instance-device",
+        path(shared_dir.path()),
+    ];
+    let environment =
+        json!({"HOST_DEVICE": path(&stray), "SHARED_DEVICE": path(&shared), "SHARED_DIR": path(shared_dir.path())});
     let program = c.install_program("device-probe.py", DEVICE_PROBE);
-    let names = ["devices-a", "devices-b"];
-    for name in names {
-        let mut r: Value = example_json("training-job.json");
-        r["TrainingJobName"] = json!(name);
-        r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
-        r["ResourceConfig"]["InstanceType"] = json!("ml.g5.xlarge");
-        r["Environment"] =
-            json!({"HOST_DEVICE": path(&stray), "SHARED_DEVICE": path(&shared), "SHARED_DIR": path(shared_dir.path())});
-        c.create_training_job(&r);
-    }
+    let logs = two_gpu_jobs_at_once(
+        &c,
+        "devices",
+        &library,
+        &agent_args,
+        &[],
+        &program,
+        environment,
+        ["devices-a", "devices-b"],
+    );
     let shared_name = shared.file_name().and_then(|n| n.to_str()).expect("name").to_string();
     let shared_dir_name = shared_dir.path().file_name().and_then(|n| n.to_str()).expect("name").to_string();
     let mut gpus_seen = Vec::new();
-    for name in names {
-        let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", name], |d| {
-            d["TrainingJobStatus"] != "InProgress"
-        });
-        let log = c.logs(name);
-        assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{log}");
+    for log in logs {
         assert!(!log.contains("LEAK"), "{log}");
         assert!(log.contains("host device refused: No such file or directory"), "{log}");
         // Exactly the usual nodes, its own GPU's and the control node, and the shared one.
@@ -997,44 +1016,20 @@ fn without_a_cdi_spec_host_programs_get_their_gpus_node_by_its_minor_number() {
         .chain((!Path::new("/dev/nvidiactl").exists()).then_some("nvidiactl"))
         .map(|name| {
             let path = tempfile::TempPath::try_from_path(format!("/dev/{name}")).expect("an absolute path");
-            make_node(&path);
+            fake_device_node(&path);
             path
         })
         .collect();
     let dir = tempfile::tempdir().expect("dir");
     let library = trainyard_testkit::nvml::build_fake_nvml(dir.path());
     let c = Coordinator::start();
-    let fake_gpus = trainyard_testkit::nvml::gpus(2, "NVIDIA A10G", 23028);
-    let _agent = c.start_agent(
-        "minors",
-        &[
-            "--advertise-vcpus",
-            "16",
-            "--advertise-memory-mib",
-            "65536",
-            "--nvml-library",
-            path(&library),
-            "--cdi-spec-dir",
-            path(dir.path()),
-        ],
-        &[("FAKE_NVML_GPUS", fake_gpus.as_str()), ("FAKE_NVML_MINOR_OFFSET", "40")],
-    );
+    let agent_args = ["--cdi-spec-dir", path(dir.path())];
+    let env = [("FAKE_NVML_MINOR_OFFSET", "40")];
     let program = c.install_program("list-gpus.sh", LIST_GPUS);
-    let names = ["minor-a", "minor-b"];
-    for name in names {
-        let mut r: Value = example_json("training-job.json");
-        r["TrainingJobName"] = json!(name);
-        r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
-        r["ResourceConfig"]["InstanceType"] = json!("ml.g5.xlarge");
-        c.create_training_job(&r);
-    }
+    let logs =
+        two_gpu_jobs_at_once(&c, "minors", &library, &agent_args, &env, &program, json!({}), ["minor-a", "minor-b"]);
     let mut seen = Vec::new();
-    for name in names {
-        let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", name], |d| {
-            d["TrainingJobStatus"] != "InProgress"
-        });
-        let log = c.logs(name);
-        assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{log}");
+    for log in logs {
         let line = log.lines().find_map(|l| l.strip_prefix("gpus=")).unwrap_or_default().to_string();
         let gpus: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(gpus.len(), 2, "its GPU's node and the control node, no other: {log}");

@@ -323,7 +323,6 @@ async fn main() -> anyhow::Result<()> {
         host_programs: config.host_programs,
         instance_writable_paths: config.instance_writable_paths.clone(),
         private_run,
-        private_dev: opt_ml,
         instance_devices: config.instance_devices.clone(),
         instance_resolv_conf: config.instance_resolv_conf.clone(),
         agent_id: config.id.clone(),
@@ -736,9 +735,7 @@ fn init_tracing(json: bool) {
 /// can reach (the host's are all on loopback, and systemd-resolved's upstream list names none).
 fn warn_if_instances_cannot_resolve() {
     use network::resolver;
-    let host = std::fs::read_to_string(resolver::HOST_RESOLV_CONF).unwrap_or_default();
-    let upstream = std::fs::read_to_string(resolver::RESOLVED_UPSTREAM).ok();
-    let given = resolver::for_instances(&host, upstream.as_deref());
+    let given = runner::host_resolver_for_instances().unwrap_or_else(|| resolver::for_instances("", None));
     if given.reachable {
         let servers: Vec<&str> = given.contents.lines().filter(|l| l.starts_with("nameserver")).collect();
         info!(?servers, "the resolvers instances in their own network namespaces are given");

@@ -39,13 +39,7 @@ pub fn uuid(index: u32) -> String {
 pub fn fake_cdi(dir: &Path, n: u32) -> PathBuf {
     let node = |name: &str| {
         let path = dir.join(name);
-        let c_path = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("path");
-        // SAFETY: mknod on a NUL-terminated path in the test's own dir.
-        let made = unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 5)) };
-        assert_eq!(made, 0, "mknod {}", path.display());
-        // The umask may have taken bits away.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        fake_device_node(&path);
         path.to_str().expect("utf-8").to_string()
     };
     let devices: Vec<serde_json::Value> = (0..n)
@@ -64,4 +58,16 @@ pub fn fake_cdi(dir: &Path, n: u32) -> PathBuf {
     std::fs::create_dir(&cdi).expect("cdi dir");
     std::fs::write(cdi.join("nvidia.json"), spec.to_string()).expect("spec");
     cdi
+}
+
+/// A character device with /dev/zero's numbers at `path`, open to all (as `/dev/nvidia*` are on
+/// most GPU hosts): reading it gives zeros.
+pub fn fake_device_node(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let c_path = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("path");
+    // SAFETY: mknod on a NUL-terminated path the test owns.
+    let made = unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 5)) };
+    assert_eq!(made, 0, "mknod {}", path.display());
+    // The umask may have taken bits away.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
 }

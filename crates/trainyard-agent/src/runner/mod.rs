@@ -126,10 +126,9 @@ pub struct Settings {
     /// Each host program's instance gets an empty /run of its own (decided at start:
     /// [`private_run_possible`]).
     pub private_run: bool,
-    /// Each host program's instance gets a /dev of its own, with only the nodes it needs, its
-    /// GPUs' and `instance_devices` (as root: it needs a mount namespace).
-    pub private_dev: bool,
-    /// Host device nodes or dirs under /dev every instance is given (`--instance-device`).
+    /// Host device nodes or dirs under /dev every instance is given (`--instance-device`): with
+    /// `opt_ml` (as root), each host program's instance gets a /dev of its own, with only the
+    /// nodes it needs, its GPUs' and these.
     pub instance_devices: Vec<PathBuf>,
     /// The resolver configuration instances get instead of the host's (`--instance-resolv-conf`).
     pub instance_resolv_conf: Option<PathBuf>,
@@ -183,26 +182,32 @@ const RESOLVER_FILE: &str = ".resolv.conf";
 /// instance in its own network namespace cannot reach ([`crate::network::resolver`]). None when
 /// the host has none to read. `Err` is the job's FailureReason.
 fn resolver_config(settings: &Settings, own_namespace: bool) -> Result<Option<String>, String> {
-    use crate::network::resolver;
-    use std::io::Read;
-    let read = |path: &std::path::Path| -> std::io::Result<String> {
-        let mut text = String::new();
-        std::fs::File::open(path)?.take(resolver::MAX_BYTES).read_to_string(&mut text)?;
-        Ok(text)
-    };
     if let Some(path) = &settings.instance_resolv_conf {
-        return read(path).map(Some).map_err(|e| {
+        return read_resolver_file(path).map(Some).map_err(|e| {
             format!("InternalServerError: the instances' resolver configuration {}: {e}", path.display())
         });
     }
-    let Ok(host) = read(std::path::Path::new(resolver::HOST_RESOLV_CONF)) else {
-        return Ok(None);
-    };
     if !own_namespace {
-        return Ok(Some(host));
+        return Ok(read_resolver_file(std::path::Path::new(crate::network::resolver::HOST_RESOLV_CONF)).ok());
     }
-    let upstream = read(std::path::Path::new(resolver::RESOLVED_UPSTREAM)).ok();
-    Ok(Some(resolver::for_instances(&host, upstream.as_deref()).contents))
+    Ok(host_resolver_for_instances().map(|given| given.contents))
+}
+
+/// The host's resolver configuration as an instance in its own network namespace gets it
+/// ([`crate::network::resolver::for_instances`]); None when the host has none to read.
+pub fn host_resolver_for_instances() -> Option<crate::network::resolver::InstanceResolver> {
+    use crate::network::resolver;
+    let host = read_resolver_file(std::path::Path::new(resolver::HOST_RESOLV_CONF)).ok()?;
+    let upstream = read_resolver_file(std::path::Path::new(resolver::RESOLVED_UPSTREAM)).ok();
+    Some(resolver::for_instances(&host, upstream.as_deref()))
+}
+
+/// A resolver configuration, at most [`crate::network::resolver::MAX_BYTES`] of it.
+fn read_resolver_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(crate::network::resolver::MAX_BYTES).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Writes the instance's /etc/hosts: the host's, and `algo-N` of every instance (in its own

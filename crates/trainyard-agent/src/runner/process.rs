@@ -40,8 +40,9 @@ pub(super) async fn launch(
     } else {
         None
     };
-    // Its own /dev: the host's nodes it needs, its GPUs' and what the operator shares.
-    let mut private_dev = if settings.private_dev && mount_namespace {
+    // Its own /dev (as root, where its mount namespace holds /opt/ml): the host's nodes it needs,
+    // its GPUs' and what the operator shares.
+    let mut private_dev = if settings.opt_ml {
         let cdi = super::devices::cdi_nodes(&spec.gpu_uuids, settings);
         let binds = super::devices::instance_devices(
             &spec.gpu_uuids,
