@@ -969,6 +969,22 @@ print(f"uid {os.getuid()}", flush=True)
 os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
 "#;
 
+/// Runs training job `name` of host program `program` with `environment` to its end, which must
+/// be Completed; its log.
+fn completed(c: &Coordinator, name: &str, program: &str, environment: Value) -> String {
+    let mut r: Value = example_json("training-job.json");
+    r["TrainingJobName"] = json!(name);
+    r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+    r["Environment"] = environment;
+    c.create_training_job(&r);
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", name], |d| {
+        d["TrainingJobStatus"] != "InProgress"
+    });
+    let log = c.logs(name);
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{log}");
+    log
+}
+
 #[test]
 fn a_uid_lent_again_holds_no_key_of_its_last_holder() {
     let c = Coordinator::start();
@@ -977,16 +993,7 @@ fn a_uid_lent_again_holds_no_key_of_its_last_holder() {
     let program = c.install_program("key-probe.py", KEY_PROBE);
     let mut logs = Vec::new();
     for (name, mode) in [("keys-plant", "plant"), ("keys-look", "look")] {
-        let mut r: Value = example_json("training-job.json");
-        r["TrainingJobName"] = json!(name);
-        r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
-        r["Environment"] = json!({"MODE": mode});
-        c.create_training_job(&r);
-        let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", name], |d| {
-            d["TrainingJobStatus"] != "InProgress"
-        });
-        let log = c.logs(name);
-        assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{log}");
+        let log = completed(&c, name, &program, json!({"MODE": mode}));
         assert!(log.contains("uid 70200"), "{log}");
         logs.push(log);
     }
@@ -997,6 +1004,67 @@ fn a_uid_lent_again_holds_no_key_of_its_last_holder() {
         assert!(logs[1].contains(&format!("not in {ring}: Required key not available")), "{}", logs[1]);
     }
     assert!(!logs[1].contains("LEAK"), "{}", logs[1]);
+}
+
+/// Tries to make a user namespace every way a program can (`unshare`, a raw `clone`, `clone3`,
+/// the util-linux tool) and starts a thread and a process, which must still work.
+const USER_NAMESPACE_PROBE: &str = r#"#!/usr/bin/env python3
+import ctypes, os, platform, subprocess, threading
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+CLONE_NEWUSER, SIGCHLD = 0x10000000, 17
+CLONE, CLONE3 = {"x86_64": (56, 435), "aarch64": (220, 435)}[platform.machine()]
+def outcome(rc):
+    return "made" if rc >= 0 else os.strerror(ctypes.get_errno())
+print(f"uid {os.getuid()}", flush=True)
+# A child that a raw clone made leaves at once.
+pid = libc.syscall(ctypes.c_long(CLONE), ctypes.c_long(CLONE_NEWUSER | SIGCHLD), *[ctypes.c_long(0)] * 4)
+if pid == 0:
+    os._exit(0)
+if pid > 0:
+    os.waitpid(pid, 0)
+print(f"clone: {outcome(pid)}", flush=True)
+# With no arguments clone3 is refused as invalid, unless a filter answers first.
+print(f"clone3: {outcome(libc.syscall(ctypes.c_long(CLONE3), ctypes.c_long(0), ctypes.c_long(0)))}", flush=True)
+tool = subprocess.run(["unshare", "--user", "id", "-u"], capture_output=True, text=True)
+print(f"unshare tool: {tool.returncode} {tool.stdout.strip()} {tool.stderr.strip()}", flush=True)
+# While it has one thread (a process of several may not change its user namespace: EINVAL), and
+# last but the thread (in one, its uid is mapped to nothing and it may not make another).
+print(f"unshare: {outcome(libc.unshare(CLONE_NEWUSER))}", flush=True)
+ran = []
+thread = threading.Thread(target=lambda: ran.append(True))
+thread.start()
+thread.join()
+print(f"thread ran: {ran == [True]}", flush=True)
+os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
+"#;
+
+#[test]
+fn a_host_program_makes_no_user_namespace_unless_the_operator_allows_them() {
+    let c = Coordinator::start();
+    let program = c.install_program("user-namespace-probe.py", USER_NAMESPACE_PROBE);
+    let run = |name: &str, extra: &[&str]| {
+        let args = [&["--advertise-vcpus", "8", "--instance-uids", "70220-70221"], extra].concat();
+        let _agent = c.start_agent(name, &args, &[]);
+        let log = completed(&c, name, &program, json!({}));
+        assert!(log.contains("uid 7022"), "it ran as a uid of its own: {log}");
+        assert!(log.contains("thread ran: True"), "threads start (clone3 refused, clone without the flag): {log}");
+        log
+    };
+    let refused = run("userns-refused", &[]);
+    for call in ["clone", "unshare"] {
+        assert!(refused.contains(&format!("{call}: Operation not permitted")), "{refused}");
+    }
+    assert!(refused.contains("clone3: Function not implemented"), "{refused}");
+    assert!(refused.contains("unshare tool: 1"), "{refused}");
+    // The operator's choice (rootless container tools need them): made every way.
+    let allowed = run("userns-allowed", &["--instance-user-namespaces"]);
+    for call in ["clone", "unshare"] {
+        assert!(allowed.contains(&format!("{call}: made")), "{allowed}");
+    }
+    assert!(allowed.contains("clone3: Invalid argument"), "{allowed}");
+    // In its own user namespace the tool's uid is the overflow uid: nothing is mapped.
+    assert!(allowed.contains("unshare tool: 0 65534"), "{allowed}");
 }
 
 /// Lists its NVIDIA device nodes; runs two seconds, so that two run at once.

@@ -151,6 +151,13 @@ pub struct Flags {
     /// reach (loopback, IPv6); where that leaves none, systemd-resolved's upstream servers.
     #[arg(long)]
     pub instance_resolv_conf: Option<PathBuf>,
+    /// Let instances make user namespaces of their own (rootless container tools such as
+    /// Apptainer or bubblewrap need them). Default: refused (`unshare`/`clone` with
+    /// CLONE_NEWUSER fail with EPERM), as Docker's default seccomp profile does: in one, a job
+    /// holds every capability over the network namespaces and mounts it makes, the kernel code
+    /// most container escapes went through.
+    #[arg(long)]
+    pub instance_user_namespaces: bool,
     /// Run instances in the host's network instead of a namespace each (no isolation, no peers).
     #[arg(long)]
     pub no_network_namespaces: bool,
@@ -275,6 +282,7 @@ struct FileConfig {
     #[serde(default)]
     instance_devices: Vec<PathBuf>,
     instance_resolv_conf: Option<PathBuf>,
+    instance_user_namespaces: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -326,6 +334,8 @@ pub struct Config {
     pub instance_devices: Vec<PathBuf>,
     /// The resolv.conf instances get (checked: readable).
     pub instance_resolv_conf: Option<PathBuf>,
+    /// Instances may make user namespaces (`--instance-user-namespaces`).
+    pub instance_user_namespaces: bool,
     pub network_namespaces: bool,
     /// Namespaces made ready at start (`--ready-namespaces`).
     pub ready_namespaces: u32,
@@ -442,6 +452,7 @@ impl Config {
                 }
                 None => None,
             },
+            instance_user_namespaces: flags.instance_user_namespaces || file.instance_user_namespaces == Some(true),
             network_namespaces: !(flags.no_network_namespaces || file.no_network_namespaces == Some(true)),
             ready_namespaces: match flags.ready_namespaces.or(file.ready_namespaces) {
                 Some(n) if n as usize > crate::network::IDLE_NAMESPACES => {

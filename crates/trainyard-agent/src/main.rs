@@ -19,6 +19,7 @@ mod network;
 mod outbound;
 mod registry;
 mod runner;
+mod seccomp;
 mod storage;
 mod telemetry;
 mod uids;
@@ -325,6 +326,7 @@ async fn main() -> anyhow::Result<()> {
         private_run,
         instance_devices: config.instance_devices.clone(),
         instance_resolv_conf: config.instance_resolv_conf.clone(),
+        instance_user_namespaces: config.instance_user_namespaces,
         agent_id: config.id.clone(),
         work_dirs_in_use: Default::default(),
         metric_patterns: Default::default(),

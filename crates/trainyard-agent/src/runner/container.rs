@@ -87,6 +87,7 @@ pub(super) async fn launch(
         vcpus: spec.vcpus,
         pids: settings.pids_max,
         cgroup: &cgroup.path,
+        user_namespaces: settings.instance_user_namespaces,
     }
     .build();
     give_gpus(&mut runtime, &spec.gpu_uuids, settings)?;
@@ -331,6 +332,8 @@ struct RuntimeSpec<'a> {
     vcpus: u32,
     pids: u32,
     cgroup: &'a str,
+    /// It may make user namespaces of its own (`--instance-user-namespaces`).
+    user_namespaces: bool,
 }
 
 impl RuntimeSpec<'_> {
@@ -415,7 +418,7 @@ impl RuntimeSpec<'_> {
                 "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                                 "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
                 "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
-                "seccomp": seccomp_profile(),
+                "seccomp": seccomp_profile(self.user_namespaces),
             },
         })
     }
@@ -427,7 +430,8 @@ impl RuntimeSpec<'_> {
 ///   namespaced, and it keeps a uid's user keyring after its last process ends: a uid is lent,
 ///   so the keys one holder left there would be the next one's (and a container sharing a uid
 ///   with a host program's instance would reach its keys).
-/// - a user namespace of its own (`unshare` or `clone` with `CLONE_NEWUSER`: EPERM). In one, an
+/// - a user namespace of its own, unless the operator allows them (`unshare` or `clone` with
+///   `CLONE_NEWUSER`: EPERM; host programs get the same rule from [`crate::seccomp`]). In one, an
 ///   unprivileged process holds every capability over what it creates (network namespaces and
 ///   their nftables, mounts): the kernel code most container escapes of recent years went
 ///   through. `clone3` passes its flags in memory a filter cannot read, so it answers ENOSYS and
@@ -435,7 +439,7 @@ impl RuntimeSpec<'_> {
 ///
 /// The compatibility architectures are listed so that a 32-bit call is filtered too (not killed,
 /// as an unlisted architecture is).
-fn seccomp_profile() -> Value {
+fn seccomp_profile(user_namespaces: bool) -> Value {
     let architectures: &[&str] = if cfg!(target_arch = "aarch64") {
         &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
     } else {
@@ -443,15 +447,16 @@ fn seccomp_profile() -> Value {
     };
     let new_user = libc::CLONE_NEWUSER as u64;
     let with_new_user = json!([{"index": 0, "value": new_user, "valueTwo": new_user, "op": "SCMP_CMP_MASKED_EQ"}]);
-    json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": architectures,
-        "syscalls": [
-            {"names": ["add_key", "keyctl", "request_key"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM},
-            {"names": ["unshare", "clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM, "args": with_new_user},
-            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS},
-        ],
-    })
+    let mut refused = vec![
+        json!({"names": ["add_key", "keyctl", "request_key"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM}),
+    ];
+    if !user_namespaces {
+        refused.extend([
+            json!({"names": ["unshare", "clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM, "args": with_new_user}),
+            json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}),
+        ]);
+    }
+    json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": architectures, "syscalls": refused})
 }
 
 #[cfg(test)]
@@ -482,8 +487,17 @@ mod tests {
             vcpus: 2,
             pids: 16384,
             cgroup: "/trainyard-containers-a-0123abcd/j.algo-2.1",
+            user_namespaces: false,
         }
         .build()
+    }
+
+    #[test]
+    fn an_operator_may_allow_user_namespaces_and_keys_stay_refused() {
+        let profile = seccomp_profile(true);
+        let refused: Vec<&Value> = profile["syscalls"].as_array().into_iter().flatten().map(|r| &r["names"]).collect();
+        assert_eq!(refused, [&json!(["add_key", "keyctl", "request_key"])]);
+        assert_eq!(seccomp_profile(false)["syscalls"].as_array().map(Vec::len), Some(3));
     }
 
     #[test]

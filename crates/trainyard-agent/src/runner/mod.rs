@@ -132,6 +132,9 @@ pub struct Settings {
     pub instance_devices: Vec<PathBuf>,
     /// The resolver configuration instances get instead of the host's (`--instance-resolv-conf`).
     pub instance_resolv_conf: Option<PathBuf>,
+    /// Instances may make user namespaces of their own (`--instance-user-namespaces`); else a
+    /// seccomp filter refuses them ([`crate::seccomp`], and the containers' profile).
+    pub instance_user_namespaces: bool,
     /// This agent's id (its containers carry it).
     pub agent_id: String,
     /// One run at a time per work dir: a run the coordinator has already forgotten (fenced, or

@@ -272,6 +272,8 @@ pub(super) async fn launch(
         if !settings.opt_ml {
             cmd.env("TMPDIR", base.join(PRIVATE_TMP));
         }
+        // No user namespace of its own (built here: the child only installs it).
+        let filter = if settings.instance_user_namespaces { None } else { crate::seccomp::Filter::new() };
         // SAFETY: registered last, so the steps above run privileged; only syscalls.
         unsafe {
             cmd.pre_exec(move || {
@@ -282,7 +284,12 @@ pub(super) async fn launch(
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                crate::users::switch_to(uid, uid, &groups)
+                crate::users::switch_to(uid, uid, &groups)?;
+                // Last: it filters the calls above too (none of them is one it refuses).
+                match &filter {
+                    Some(filter) => filter.install(),
+                    None => Ok(()),
+                }
             });
         }
     }
