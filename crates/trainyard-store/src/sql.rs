@@ -61,6 +61,7 @@ enum Arg {
 }
 
 /// A value of a row a statement inserts: bound, or SQL written into the statement as it is.
+#[derive(Clone)]
 enum Cell {
     Bound(Arg),
     Sql(&'static str),
@@ -94,6 +95,19 @@ impl Statement {
         format!("({})", cells.join(", "))
     }
 
+    /// The rows of a `VALUES` list, padded to [`padded_rows`] with rows whose first column is
+    /// NULL: the statement must leave those out (`WHERE column1 IS NOT NULL`, or a join on it).
+    /// Every row has the first one's shape: the same cells bound and written, in order.
+    fn padded_values(&mut self, rows: Vec<Vec<Cell>>) -> String {
+        let padding = rows.first().map(|shape| padding_row(shape)).unwrap_or_default();
+        let n = rows.len();
+        let mut values: Vec<String> = rows.into_iter().map(|cells| self.row(cells)).collect();
+        for _ in n..padded_rows(n) {
+            values.push(self.row(padding.clone()));
+        }
+        values.join(", ")
+    }
+
     fn query(self, sql: String) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
         let mut query = sqlx::query(audited(sql));
         for arg in self.args {
@@ -116,6 +130,36 @@ impl Statement {
     async fn fetch_all(self, pool: &AnyPool, sql: String) -> Result<Vec<AnyRow>, sqlx::Error> {
         self.query(sql).fetch_all(pool).await
     }
+}
+
+/// A row that fills a multi-row statement up to its padded size ([`padded_rows`]): `shape`'s
+/// cells, each bound value a placeholder of the same type (so that every execution of the
+/// statement binds the same types in the same places), and its first column NULL, which keeps it
+/// out of what the statement writes.
+fn padding_row(shape: &[Cell]) -> Vec<Cell> {
+    shape
+        .iter()
+        .enumerate()
+        .map(|(column, cell)| match cell {
+            Cell::Bound(Arg::Text(_) | Arg::OptText(_)) if column == 0 => Cell::Bound(Arg::OptText(None)),
+            Cell::Bound(Arg::Text(_)) => Cell::Bound(Arg::Text(String::new())),
+            Cell::Bound(Arg::OptText(_)) => Cell::Bound(Arg::OptText(None)),
+            Cell::Bound(Arg::Int(_)) => Cell::Bound(Arg::Int(0)),
+            Cell::Bound(Arg::OptInt(_)) => Cell::Bound(Arg::OptInt(None)),
+            Cell::Bound(Arg::Float(_)) => Cell::Bound(Arg::Float(0.0)),
+            Cell::Sql(sql) => Cell::Sql(sql),
+        })
+        .collect()
+}
+
+/// How many rows a multi-row statement of `n` rows is written with: the next power of two. With
+/// a text per batch size (1 to 100), the database prepared and planned each text on each
+/// connection anew (PostgreSQL plans a prepared statement at each of its first five executions
+/// before it keeps a generic plan); padded, a statement has a handful of texts, soon planned once.
+/// Measured with the creates suite on PostgreSQL, alternating runs (see the README): 6-10 % less
+/// database CPU per create, 6 % more creates a second.
+fn padded_rows(n: usize) -> usize {
+    n.next_power_of_two()
 }
 
 /// For each row of a batch, whether its name came earlier in the batch: one statement writes a row
@@ -404,8 +448,9 @@ impl SqlStore {
     }
 
     /// Inserts new jobs' rows in one fenced statement; the outcome of each row, in order. `rows`:
-    /// each job's name and its cells in `columns`' order. A name taken before, or by an earlier
-    /// row, is `AlreadyExists`; when none was inserted, a lost lease is the whole call's error.
+    /// each job's name and its cells in `columns`' order, the name first. A name taken before, or
+    /// by an earlier row, is `AlreadyExists`; when none was inserted, a lost lease is the whole
+    /// call's error. The statement has [`padded_rows`] rows, the padding filtered out by its name.
     async fn insert_new(
         &self,
         table: &str,
@@ -416,21 +461,22 @@ impl SqlStore {
         let mut st = Statement::default();
         let repeated = repeated_names(rows.iter().map(|(name, _)| name.as_str()));
         let mut names = Vec::with_capacity(rows.len());
-        let mut values = Vec::new();
+        let mut kept = Vec::new();
         for ((name, cells), again) in rows.into_iter().zip(&repeated) {
             if !again {
-                values.push(st.row(cells));
+                kept.push(cells);
             }
             names.push(name);
         }
-        if values.is_empty() {
+        if kept.is_empty() {
             return Ok(Vec::new());
         }
+        let values = st.padded_values(kept);
         let fence = self.fence_clause(&st.bind(Arg::Int(self.epoch())));
+        // `column1`: the first column of a VALUES list, in PostgreSQL and SQLite alike.
         let sql = format!(
-            "INSERT INTO {table} ({columns}) SELECT * FROM (VALUES {}) AS new_rows WHERE {fence} \
-             ON CONFLICT DO NOTHING RETURNING name",
-            values.join(", ")
+            "INSERT INTO {table} ({columns}) SELECT * FROM (VALUES {values}) AS new_rows \
+             WHERE column1 IS NOT NULL AND {fence} ON CONFLICT DO NOTHING RETURNING name"
         );
         let inserted = self.names_written(st, sql).await?;
         Ok(names
@@ -719,7 +765,7 @@ impl Store for SqlStore {
         jobs: &[(TrainingJob, i64)],
     ) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
         let mut st = Statement::default();
-        let mut values = Vec::with_capacity(jobs.len());
+        let mut rows = Vec::with_capacity(jobs.len());
         let repeated = repeated_names(jobs.iter().map(|(job, _)| job.name.as_str()));
         for ((job, expected_version), again) in jobs.iter().zip(&repeated) {
             if *again {
@@ -732,7 +778,7 @@ impl Store for SqlStore {
                 None => Cell::Sql(NULL_DOUBLE),
             };
             // In the order of the SET below: VALUES' columns are column1, column2, ... on both backends.
-            values.push(st.row(vec![
+            rows.push(vec![
                 Cell::Bound(Arg::Text(job.name.clone())),
                 Cell::Bound(Arg::Int(*expected_version)),
                 Cell::Bound(Arg::Text(job.status.as_str().to_string())),
@@ -744,19 +790,20 @@ impl Store for SqlStore {
                 Cell::Bound(Arg::OptInt(job.training_end_time.map(|t| t.millis()))),
                 Cell::Bound(Arg::OptText(job.failure_reason.clone())),
                 Cell::Bound(Arg::Text(details)),
-            ]));
+            ]);
         }
-        if values.is_empty() {
+        if rows.is_empty() {
             return Ok(Vec::new());
         }
+        // The padding's NULL name matches no job.
+        let values = st.padded_values(rows);
         let fence = self.fence_clause(&st.bind(Arg::Int(self.epoch())));
         let sql = format!(
             "UPDATE training_jobs SET status = u.column3, secondary_status = u.column4, \
              objective_status = u.column5, objective_value = u.column6, last_modified_time = u.column7, \
              training_start_time = u.column8, training_end_time = u.column9, failure_reason = u.column10, \
-             details = u.column11, version = u.column2 + 1 FROM (VALUES {}) AS u \
-             WHERE training_jobs.name = u.column1 AND training_jobs.version = u.column2 AND {fence} RETURNING name",
-            values.join(", ")
+             details = u.column11, version = u.column2 + 1 FROM (VALUES {values}) AS u \
+             WHERE training_jobs.name = u.column1 AND training_jobs.version = u.column2 AND {fence} RETURNING name"
         );
         let written = self.names_written(st, sql).await?;
         Ok(jobs
@@ -829,26 +876,25 @@ impl Store for SqlStore {
         // Multi-row inserts in chunks keep a busy job's log to a few statements per second.
         for chunk in lines.chunks(100) {
             let mut st = Statement::default();
-            let rows: Vec<String> = chunk
+            let rows: Vec<Vec<Cell>> = chunk
                 .iter()
                 .map(|l| {
-                    format!(
-                        "({}, {}, {}, {}, {}, {}, {})",
-                        st.bind(Arg::Text(training_job.to_string())),
-                        st.bind(Arg::Int(l.seq)),
-                        st.bind(Arg::Int(i64::from(l.instance))),
-                        st.bind(Arg::Text(l.stream.clone())),
-                        st.bind(Arg::Int(l.timestamp.millis())),
-                        st.bind(Arg::Text(l.text.clone())),
-                        st.bind(Arg::OptInt(l.instance_line)),
-                    )
+                    vec![
+                        Cell::Bound(Arg::Text(training_job.to_string())),
+                        Cell::Bound(Arg::Int(l.seq)),
+                        Cell::Bound(Arg::Int(i64::from(l.instance))),
+                        Cell::Bound(Arg::Text(l.stream.clone())),
+                        Cell::Bound(Arg::Int(l.timestamp.millis())),
+                        Cell::Bound(Arg::Text(l.text.clone())),
+                        Cell::Bound(Arg::OptInt(l.instance_line)),
+                    ]
                 })
                 .collect();
+            let values = st.padded_values(rows);
             let fence = self.fence_clause(&st.bind(Arg::Int(self.epoch())));
             let sql = format!(
                 "INSERT INTO training_job_logs (training_job_name, seq, instance, stream, timestamp, text, instance_line) \
-                 SELECT * FROM (VALUES {}) AS v WHERE {fence} ON CONFLICT DO NOTHING",
-                rows.join(", ")
+                 SELECT * FROM (VALUES {values}) AS v WHERE column1 IS NOT NULL AND {fence} ON CONFLICT DO NOTHING"
             );
             // Nothing inserted: lines stored before (a re-sent batch), or fenced.
             if st.execute(&self.pool, sql).await? == 0 {
@@ -904,25 +950,24 @@ impl Store for SqlStore {
     async fn append_metrics(&self, training_job: &str, samples: &[MetricSample]) -> Result<(), StoreError> {
         for chunk in samples.chunks(100) {
             let mut st = Statement::default();
-            let rows: Vec<String> = chunk
+            let rows: Vec<Vec<Cell>> = chunk
                 .iter()
                 .map(|m| {
-                    format!(
-                        "({}, {}, {}, {}, {}, {})",
-                        st.bind(Arg::Text(training_job.to_string())),
-                        st.bind(Arg::Text(m.name.clone())),
-                        st.bind(Arg::Int(m.timestamp.millis())),
-                        st.bind(Arg::Float(m.value)),
-                        st.bind(Arg::OptInt(m.instance_sample.map(|(instance, _)| i64::from(instance)))),
-                        st.bind(Arg::OptInt(m.instance_sample.map(|(_, number)| number))),
-                    )
+                    vec![
+                        Cell::Bound(Arg::Text(training_job.to_string())),
+                        Cell::Bound(Arg::Text(m.name.clone())),
+                        Cell::Bound(Arg::Int(m.timestamp.millis())),
+                        Cell::Bound(Arg::Float(m.value)),
+                        Cell::Bound(Arg::OptInt(m.instance_sample.map(|(instance, _)| i64::from(instance)))),
+                        Cell::Bound(Arg::OptInt(m.instance_sample.map(|(_, number)| number))),
+                    ]
                 })
                 .collect();
+            let values = st.padded_values(rows);
             let fence = self.fence_clause(&st.bind(Arg::Int(self.epoch())));
             let sql = format!(
                 "INSERT INTO metric_samples (training_job_name, metric_name, timestamp, value, instance, instance_sample) \
-                 SELECT * FROM (VALUES {}) AS v WHERE {fence} ON CONFLICT DO NOTHING",
-                rows.join(", ")
+                 SELECT * FROM (VALUES {values}) AS v WHERE column1 IS NOT NULL AND {fence} ON CONFLICT DO NOTHING"
             );
             // Nothing inserted: samples stored before (sent again), or fenced.
             if st.execute(&self.pool, sql).await? == 0 {
@@ -1359,6 +1404,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A padded batch's statement: its `VALUES` text and the type of each bound value.
+    fn padded(rows: Vec<Vec<super::Cell>>) -> (String, Vec<&'static str>) {
+        use super::Arg;
+        let mut st = super::Statement::default();
+        let values = st.padded_values(rows);
+        let types = st
+            .args
+            .iter()
+            .map(|a| match a {
+                Arg::Text(_) | Arg::OptText(_) => "text",
+                Arg::Int(_) | Arg::OptInt(_) => "bigint",
+                Arg::Float(_) => "double",
+            })
+            .collect();
+        (values, types)
+    }
+
+    #[test]
+    fn batches_of_sizes_up_to_a_power_of_two_share_one_statement_with_the_same_types() {
+        use super::{Arg, Cell, NULL_DOUBLE};
+        let row = |i: usize| {
+            vec![
+                Cell::Bound(Arg::Text(format!("job-{i}"))),
+                Cell::Bound(Arg::Int(i as i64)),
+                Cell::Bound(Arg::OptText(i.is_multiple_of(2).then(|| "reason".to_string()))),
+                Cell::Bound(Arg::OptInt(None)),
+                Cell::Bound(Arg::Float(0.5)),
+                Cell::Sql(NULL_DOUBLE),
+                Cell::Sql("1"),
+            ]
+        };
+        let batch = |n: usize| padded((0..n).map(row).collect());
+        let (eight, types) = batch(8);
+        assert_eq!(types.len(), 8 * 5, "five bound values a row, eight rows");
+        for n in 5..8 {
+            assert_eq!(batch(n), (eight.clone(), types.clone()), "{n} rows are written as eight");
+        }
+        assert_ne!(batch(4).0, eight, "four rows are written as four");
+        assert_eq!(batch(1).1.len(), 5, "one row alone");
+        // The padding's name is NULL (the statements leave such rows out); the rest is typed filler.
+        let mut st = super::Statement::default();
+        st.padded_values(vec![row(0), row(1), row(2)]);
+        let filler = &st.args[15..];
+        assert!(matches!(filler[0], Arg::OptText(None)), "{filler:?}");
+        assert!(matches!(filler[1], Arg::Int(0)) && matches!(filler[4], Arg::Float(_)), "{filler:?}");
     }
 
     #[test]

@@ -28,6 +28,7 @@ cases!(
     created_jobs_read_back_unchanged,
     duplicate_names_are_already_exists,
     jobs_created_together_are_each_stored_or_refused,
+    batches_of_every_size_write_their_rows_and_nothing_else,
     updates_are_compare_and_set,
     updates_made_together_are_each_compare_and_set,
     filters_and_sorts_match_sagemaker,
@@ -371,6 +372,80 @@ async fn jobs_created_together_are_each_stored_or_refused(store: Arc<dyn Store>)
     let failed = store.create_training_jobs(&batch).await;
     assert!(failed.is_err(), "{failed:?}");
     assert!(store.get_training_job("orphan-ok").await.expect("get").is_none(), "nothing half-written");
+}
+
+/// Batch statements are padded to a power of two with rows that must write nothing: every size,
+/// twice over (so that a connection runs a statement with fewer and with more real rows), on
+/// creates, updates, log lines and metric samples.
+async fn batches_of_every_size_write_their_rows_and_nothing_else(store: Arc<dyn Store>) {
+    let mut created = Vec::new();
+    for round in 0..2 {
+        for size in 1..=9 {
+            let batch: Vec<TrainingJob> =
+                (0..size).map(|i| training(&format!("b{round}-{size}-{i}"), i64::from(size * 10 + i), None)).collect();
+            let outcomes = store.create_training_jobs(&batch).await.expect("batch");
+            assert!(outcomes.len() == batch.len() && outcomes.iter().all(Result::is_ok), "{size}: {outcomes:?}");
+            created.extend(batch);
+        }
+    }
+    let stored = store.list_training_jobs(&query(SortKey::Name, SortOrder::Ascending, 100)).await.expect("list");
+    assert_eq!(stored.items.len(), created.len(), "no padding row was stored");
+    // Updated in batches of every size, with an objective on some.
+    let mut at = 0;
+    for size in (1..=9).cycle() {
+        if at >= created.len() {
+            break;
+        }
+        let batch: Vec<(TrainingJob, i64)> = created[at..(at + size).min(created.len())]
+            .iter()
+            .map(|job| {
+                let mut job = job.clone();
+                job.transition(SecondaryStatus::Pending, "waits", Timestamp::from_millis(500)).expect("ok");
+                job.objective_value = (at % 2 == 0).then_some(0.5);
+                (job, 1)
+            })
+            .collect();
+        let outcomes = store.update_training_jobs(&batch).await.expect("batch");
+        assert!(outcomes.iter().all(|o| o.as_ref().ok() == Some(&2)), "{size}: {outcomes:?}");
+        for (job, _) in &batch {
+            let read = store.get_training_job(&job.name).await.expect("get").expect("present");
+            assert_eq!((&read.value, read.version), (job, 2));
+        }
+        at += size;
+    }
+    // Log lines and metric samples.
+    let mut seq = 0;
+    for size in (1..=9).chain(1..=9) {
+        let lines: Vec<LogRecord> = (0..size)
+            .map(|_| {
+                seq += 1;
+                LogRecord {
+                    seq,
+                    instance: 1,
+                    stream: "stdout".into(),
+                    timestamp: Timestamp::from_millis(seq),
+                    text: format!("line {seq}"),
+                    instance_line: Some(seq),
+                }
+            })
+            .collect();
+        store.append_logs("logged", &lines).await.expect("append");
+        let samples: Vec<MetricSample> = lines
+            .iter()
+            .map(|l| MetricSample {
+                name: "loss".into(),
+                timestamp: l.timestamp,
+                value: l.seq as f64 / 10.0,
+                instance_sample: Some((1, l.seq)),
+            })
+            .collect();
+        store.append_metrics("logged", &samples).await.expect("append");
+    }
+    let read = store.read_logs("logged", 0, 1000).await.expect("read");
+    assert_eq!(read.iter().map(|l| l.seq).collect::<Vec<_>>(), (1..=seq).collect::<Vec<_>>());
+    let metrics = store.read_metrics("logged").await.expect("read");
+    assert_eq!(metrics.len(), seq as usize, "no padding sample was stored");
+    assert!(metrics.iter().all(|m| m.name == "loss" && (m.value * 10.0 - m.timestamp.millis() as f64).abs() < 1e-9));
 }
 
 async fn updates_are_compare_and_set(store: Arc<dyn Store>) {
