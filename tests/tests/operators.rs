@@ -206,6 +206,15 @@ fn both_daemons_serve_metrics_health_and_readiness(backend: Backend) {
 
 /// The units in deploy/systemd load without a warning, and the coordinator's sandbox is tight
 /// (`systemd-analyze security` rates it; the agent must run as root and cannot be).
+/// The coordinator turns transparent huge pages off for itself (its allocator asks for them, and
+/// zeroing them cost a seventh of its CPU under a burst of creates: see `main.rs`).
+#[test]
+fn the_coordinator_runs_without_transparent_huge_pages() {
+    let c = Coordinator::start();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", c.daemon.pid())).expect("status");
+    assert!(status.contains("THP_enabled:\t0"), "{status}");
+}
+
 #[test]
 fn the_systemd_units_verify_and_sandbox_the_coordinator() {
     let dir = tempfile::tempdir().expect("dir");
