@@ -219,7 +219,8 @@ fn start_coordinator(
     if !secure {
         cmd.arg("--insecure");
     }
-    cmd.env("RUST_LOG", "warn");
+    // As deployed: the default level, every job's lines written.
+    cmd.env("RUST_LOG", "info");
     let mut daemon = Daemon::spawn("coordinator", cmd, dir);
     if !wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()) {
         daemon.assert_running();
