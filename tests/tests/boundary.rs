@@ -1017,6 +1017,8 @@ CLONE, CLONE3 = {"x86_64": (56, 435), "aarch64": (220, 435)}[platform.machine()]
 def outcome(rc):
     return "made" if rc >= 0 else os.strerror(ctypes.get_errno())
 print(f"uid {os.getuid()}", flush=True)
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(f"seccomp mode {status['Seccomp'].strip()}", flush=True)
 # A child that a raw clone made leaves at once.
 pid = libc.syscall(ctypes.c_long(CLONE), ctypes.c_long(CLONE_NEWUSER | SIGCHLD), *[ctypes.c_long(0)] * 4)
 if pid == 0:
@@ -1052,6 +1054,7 @@ fn a_host_program_makes_no_user_namespace_unless_the_operator_allows_them() {
         log
     };
     let refused = run("userns-refused", &[]);
+    assert!(refused.contains("seccomp mode 2"), "a filter: {refused}");
     for call in ["clone", "unshare"] {
         assert!(refused.contains(&format!("{call}: Operation not permitted")), "{refused}");
     }
@@ -1059,6 +1062,7 @@ fn a_host_program_makes_no_user_namespace_unless_the_operator_allows_them() {
     assert!(refused.contains("unshare tool: 1"), "{refused}");
     // The operator's choice (rootless container tools need them): made every way.
     let allowed = run("userns-allowed", &["--instance-user-namespaces"]);
+    assert!(allowed.contains("seccomp mode 0"), "no filter: {allowed}");
     for call in ["clone", "unshare"] {
         assert!(allowed.contains(&format!("{call}: made")), "{allowed}");
     }
