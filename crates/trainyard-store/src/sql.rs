@@ -142,6 +142,9 @@ fn padding_row(shape: &[Cell]) -> Vec<Cell> {
         .enumerate()
         .map(|(column, cell)| match cell {
             Cell::Bound(Arg::Text(_) | Arg::OptText(_)) if column == 0 => Cell::Bound(Arg::OptText(None)),
+            Cell::Bound(Arg::Int(_) | Arg::OptInt(_)) if column == 0 => Cell::Bound(Arg::OptInt(None)),
+            Cell::Bound(Arg::Float(_)) if column == 0 => Cell::Sql(NULL_DOUBLE),
+            Cell::Sql(_) if column == 0 => Cell::Sql("NULL"),
             Cell::Bound(Arg::Text(_)) => Cell::Bound(Arg::Text(String::new())),
             Cell::Bound(Arg::OptText(_)) => Cell::Bound(Arg::OptText(None)),
             Cell::Bound(Arg::Int(_)) => Cell::Bound(Arg::Int(0)),
@@ -1451,6 +1454,15 @@ mod tests {
         let filler = &st.args[15..];
         assert!(matches!(filler[0], Arg::OptText(None)), "{filler:?}");
         assert!(matches!(filler[1], Arg::Int(0)) && matches!(filler[4], Arg::Float(_)), "{filler:?}");
+        // Whatever the first column holds, the padding's is NULL.
+        for first in [Cell::Bound(Arg::Int(7)), Cell::Bound(Arg::Float(0.5)), Cell::Sql("1")] {
+            let padding = super::padding_row(&[first, Cell::Bound(Arg::Int(1))]);
+            assert!(
+                matches!(padding[0], Cell::Bound(Arg::OptInt(None)) | Cell::Sql("NULL" | NULL_DOUBLE)),
+                "{:?}",
+                padding.iter().map(|c| matches!(c, Cell::Sql(_))).collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]
