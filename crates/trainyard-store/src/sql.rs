@@ -96,7 +96,8 @@ impl Statement {
     }
 
     /// The rows of a `VALUES` list, padded to [`padded_rows`] with rows whose first column is
-    /// NULL: the statement must leave those out (`WHERE column1 IS NOT NULL`, or a join on it).
+    /// NULL: the statement must leave those out (inserts: [`SqlStore::padded_insert`]; an update
+    /// joins on the first column, which NULL never matches).
     /// Every row has the first one's shape: the same cells bound and written, in order.
     fn padded_values(&mut self, rows: Vec<Vec<Cell>>) -> String {
         let padding = rows.first().map(|shape| padding_row(shape)).unwrap_or_default();
@@ -403,6 +404,26 @@ impl SqlStore {
         )
     }
 
+    /// A fenced insert of `rows` (in `columns`' order) into `table`, padded
+    /// ([`Statement::padded_values`]) and the padding left out; rows whose key is taken are
+    /// skipped. `tail` follows the statement (e.g. `RETURNING name`).
+    fn padded_insert(
+        &self,
+        st: &mut Statement,
+        table: &str,
+        columns: &str,
+        rows: Vec<Vec<Cell>>,
+        tail: &str,
+    ) -> String {
+        let values = st.padded_values(rows);
+        let fence = self.fence_clause(&st.bind(Arg::Int(self.epoch())));
+        // `column1`: the first column of a VALUES list, in PostgreSQL and SQLite alike.
+        format!(
+            "INSERT INTO {table} ({columns}) SELECT * FROM (VALUES {values}) AS new_rows \
+             WHERE column1 IS NOT NULL AND {fence} ON CONFLICT DO NOTHING {tail}"
+        )
+    }
+
     /// After a fenced statement changed nothing: `Fenced` when the lease is no longer ours, else
     /// `otherwise` (the statement's own reason: a stale version, a duplicate).
     async fn fenced_or(&self, otherwise: Result<(), StoreError>) -> Result<(), StoreError> {
@@ -474,13 +495,7 @@ impl SqlStore {
         if kept.is_empty() {
             return Ok(Vec::new());
         }
-        let values = st.padded_values(kept);
-        let fence = self.fence_clause(&st.bind(Arg::Int(self.epoch())));
-        // `column1`: the first column of a VALUES list, in PostgreSQL and SQLite alike.
-        let sql = format!(
-            "INSERT INTO {table} ({columns}) SELECT * FROM (VALUES {values}) AS new_rows \
-             WHERE column1 IS NOT NULL AND {fence} ON CONFLICT DO NOTHING RETURNING name"
-        );
+        let sql = self.padded_insert(&mut st, table, columns, kept, "RETURNING name");
         let inserted = self.names_written(st, sql).await?;
         Ok(names
             .into_iter()
@@ -893,12 +908,8 @@ impl Store for SqlStore {
                     ]
                 })
                 .collect();
-            let values = st.padded_values(rows);
-            let fence = self.fence_clause(&st.bind(Arg::Int(self.epoch())));
-            let sql = format!(
-                "INSERT INTO training_job_logs (training_job_name, seq, instance, stream, timestamp, text, instance_line) \
-                 SELECT * FROM (VALUES {values}) AS v WHERE column1 IS NOT NULL AND {fence} ON CONFLICT DO NOTHING"
-            );
+            let columns = "training_job_name, seq, instance, stream, timestamp, text, instance_line";
+            let sql = self.padded_insert(&mut st, "training_job_logs", columns, rows, "");
             // Nothing inserted: lines stored before (a re-sent batch), or fenced.
             if st.execute(&self.pool, sql).await? == 0 {
                 self.fenced_or(Ok(())).await?;
@@ -966,12 +977,8 @@ impl Store for SqlStore {
                     ]
                 })
                 .collect();
-            let values = st.padded_values(rows);
-            let fence = self.fence_clause(&st.bind(Arg::Int(self.epoch())));
-            let sql = format!(
-                "INSERT INTO metric_samples (training_job_name, metric_name, timestamp, value, instance, instance_sample) \
-                 SELECT * FROM (VALUES {values}) AS v WHERE column1 IS NOT NULL AND {fence} ON CONFLICT DO NOTHING"
-            );
+            let columns = "training_job_name, metric_name, timestamp, value, instance, instance_sample";
+            let sql = self.padded_insert(&mut st, "metric_samples", columns, rows, "");
             // Nothing inserted: samples stored before (sent again), or fenced.
             if st.execute(&self.pool, sql).await? == 0 {
                 self.fenced_or(Ok(())).await?;

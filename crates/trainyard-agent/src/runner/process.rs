@@ -285,7 +285,7 @@ pub(super) async fn launch(
                     }
                 }
                 crate::users::switch_to(uid, uid, &groups)?;
-                // Last: it filters the calls above too (none of them is one it refuses).
+                // Last, after every privileged step: what the job does from its exec on is filtered.
                 match &filter {
                     Some(filter) => filter.install(),
                     None => Ok(()),
