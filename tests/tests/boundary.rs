@@ -406,6 +406,8 @@ fn a_job_that_stores_more_than_its_volume_is_stopped_and_nothing_of_it_kept() {
 /// Says which cgroup it is in, then leaves the escapers behind.
 const CGROUP_ESCAPER: &str = r#"#!/bin/sh
 grep '^0::' /proc/self/cgroup | sed 's/^/in-cgroup /'
+grep -qx "$$" /sys/fs/cgroup/cgroup.procs && echo own-cgroup-at-the-root
+mkdir /sys/fs/cgroup/escape 2>/dev/null && echo LEAK made a cgroup || echo cgroup-read-only
 setsid -f sh -c 'while true; do echo still-here; sleep 0.2; done' escaper-7f3a
 setsid sh -c 'sleep 600' escaper-7f3a > /dev/null 2>&1 < /dev/null &
 mkdir -p "$SM_MODEL_DIR"
@@ -497,6 +499,9 @@ fn on_cgroup_v2_instances_nest_under_the_agents_cgroup_and_nothing_outlives_them
     assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}");
     let logs = c.logs("nested");
     assert!(logs.contains("main-ends"), "{logs}");
+    // At /sys/fs/cgroup it sees its own cgroup alone, read-only (it runs as root here).
+    assert!(logs.contains("own-cgroup-at-the-root") && logs.contains("cgroup-read-only"), "{logs}");
+    assert!(!logs.contains("LEAK"), "{logs}");
     let nested = logs.lines().find_map(|l| l.split("in-cgroup ").nth(1)).expect("the job printed its cgroup");
     assert!(
         nested.starts_with(&format!("0::/{}/trainyard-unified-", test_cgroup.name))
@@ -761,6 +766,83 @@ fn the_hosts_run_dir_and_its_daemons_sockets_are_out_of_reach() {
     assert!(log.contains(&format!("run holds {expected_run}.")), "{log}");
     let host_resolver: String = std::fs::read(&resolver).expect("read").iter().map(|b| format!("{b:02x}")).collect();
     assert!(log.contains(&format!("resolver {host_resolver}")), "{log}");
+}
+
+/// Lists the network interfaces its /sys shows and those the kernel (netlink) says its network
+/// namespace has, looks for another job's cgroup anywhere under /sys/fs/cgroup, and reads its own
+/// limits where a container reads them (cgroup v1 or v2).
+const SYS_PROBE: &str = r#"#!/usr/bin/env python3
+import os, socket
+print("sysfs net " + ",".join(sorted(os.listdir("/sys/class/net"))) + ".", flush=True)
+print("netlink net " + ",".join(sorted(name for _, name in socket.if_nameindex())) + ".", flush=True)
+for root, dirs, _ in os.walk("/sys/fs/cgroup"):
+    for name in dirs:
+        if os.environ["HOLDER"] in name:
+            print(f"LEAK {root}/{name}", flush=True)
+def first(*paths):
+    for path in paths:
+        try:
+            return open(path).read().strip()
+        except OSError:
+            pass
+    return "none"
+print("memory limit " + first("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max"), flush=True)
+print("cpu quota " + first("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu.max"), flush=True)
+os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
+"#;
+
+/// Whether a directory whose name contains `needle` lies under `dir`, `depth` levels down at most.
+fn dir_named_under(dir: &Path, needle: &str, depth: u32) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|entry| {
+        entry.file_type().is_ok_and(|t| t.is_dir())
+            && (entry.file_name().to_string_lossy().contains(needle)
+                || (depth > 0 && dir_named_under(&entry.path(), needle, depth - 1)))
+    })
+}
+
+#[test]
+fn a_host_programs_sys_shows_its_own_network_and_cgroup_and_no_other_job() {
+    let config_dir = tempfile::tempdir().expect("dir");
+    let config = config_dir.path().join("coordinator.toml");
+    std::fs::write(&config, "[[instance_types]]\nname = \"ml.m5.large\"\nvcpus = 2\nmemory_mib = 256\n")
+        .expect("write");
+    let c = Coordinator::start_with_args(&["--config", path(&config)]);
+    let _agent = c.start_agent("own-sys", &["--advertise-vcpus", "8"], &[]);
+    let request = |name: &str, program: &str| {
+        let mut r: Value = example_json("training-job.json");
+        r["TrainingJobName"] = json!(name);
+        r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
+        r["ResourceConfig"]["InstanceType"] = json!("ml.m5.large");
+        r["Environment"] = json!({"HOLDER": "sys-holder-3b7e"});
+        r
+    };
+    let holder = c.install_program("sys-holder.sh", "#!/bin/sh\necho holding\nexec sleep 120\n");
+    c.create_training_job(&request("sys-holder-3b7e", &holder));
+    assert!(
+        wait_until(Duration::from_secs(30), || c.logs("sys-holder-3b7e").contains("holding")),
+        "the holder did not start: {:#}",
+        c.json(&["training-jobs", "describe", "sys-holder-3b7e"])
+    );
+    // On the host its cgroup is there to be found (the pids controller's, on v1 or v2).
+    let host_pids = if Path::new("/sys/fs/cgroup/pids").is_dir() { "/sys/fs/cgroup/pids" } else { "/sys/fs/cgroup" };
+    assert!(dir_named_under(Path::new(host_pids), "sys-holder-3b7e", 6), "the holder's cgroup is not on the host");
+
+    let probe = c.install_program("sys-probe.py", SYS_PROBE);
+    c.create_training_job(&request("sys-probe", &probe));
+    let done = c.wait_json_for(Duration::from_secs(60), &["training-jobs", "describe", "sys-probe"], |d| {
+        d["TrainingJobStatus"] != "InProgress"
+    });
+    let log = c.logs("sys-probe");
+    assert_eq!(done["TrainingJobStatus"], "Completed", "{done:#}\n{log}");
+    assert!(!log.contains("LEAK"), "{log}");
+    let listed = |prefix: &str| log.lines().find_map(|l| l.strip_prefix(prefix)).unwrap_or_default().to_string();
+    let (sysfs, netlink) = (listed("sysfs net "), listed("netlink net "));
+    assert!(netlink.contains("lo"), "{log}");
+    assert_eq!(sysfs, netlink, "its /sys lists the interfaces of its own network namespace: {log}");
+    // Its limits where a container finds them, as tools that size themselves read them.
+    assert!(log.contains(&format!("memory limit {}", 256u64 << 20)), "{log}");
+    assert!(log.contains("cpu quota 200000"), "{log}");
+    c.cli(&["training-jobs", "stop", "sys-holder-3b7e"]).assert_success();
 }
 
 /// Lists its /dev, tries a node of the host's /dev that anyone may open, reads its GPUs' nodes and

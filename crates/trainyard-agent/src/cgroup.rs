@@ -295,6 +295,18 @@ impl InstanceCgroup {
         self.join_files.clone()
     }
 
+    /// The instance's cgroup dirs: one per v1 hierarchy, or the one v2 dir.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        use std::os::unix::ffi::OsStrExt;
+        let as_path = |file: &CString| Path::new(std::ffi::OsStr::from_bytes(file.as_bytes())).to_path_buf();
+        self.join_files.iter().filter_map(|file| as_path(file).parent().map(Path::to_path_buf)).collect()
+    }
+
+    /// Whether it is a cgroup of the unified (v2) hierarchy.
+    pub fn unified(&self) -> bool {
+        self.cgroup.v2()
+    }
+
     /// The processes in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
         self.cgroup.procs().into_iter().filter_map(|p| i32::try_from(p.pid).ok()).collect()

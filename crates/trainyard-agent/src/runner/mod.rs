@@ -15,6 +15,7 @@
 
 mod container;
 mod devices;
+mod own_sys;
 
 pub use container::ContainerCgroups;
 mod prepare;

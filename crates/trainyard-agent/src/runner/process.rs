@@ -98,6 +98,12 @@ pub(super) async fn launch(
             Some(cgroups.create(&spec.job, spec.instance, limits)?)
         }
     };
+    // Its own /sys (where the rest of the host is read-only to it): its network namespace's
+    // interfaces, and its own cgroup alone at /sys/fs/cgroup.
+    let mut own_sys = settings.opt_ml.then(|| {
+        let (dirs, unified) = cgroup.as_ref().map(|c| (c.dirs(), c.unified())).unwrap_or_default();
+        super::own_sys::OwnSys::prepare(&super::own_sys::layout(&dirs, unified), namespace.is_some())
+    });
     if let Some(cgroup) = &cgroup {
         let files = cgroup.join_files();
         // SAFETY: join_self only opens and writes files prepared before the fork.
@@ -205,10 +211,14 @@ pub(super) async fn launch(
                 if read_only {
                     // A /proc of its own, where other users' processes do not appear: other
                     // instances' (each has a uid of its own) and the agent's, with their command
-                    // lines and states. Writable as before (/proc/self's oom_score_adj, comm);
-                    // /sys stays read-only. Each proc mount has options of its own since Linux 5.8
-                    // (mount_setattr working says 5.12 or later): the host's /proc is untouched.
+                    // lines and states. Writable as before (/proc/self's oom_score_adj, comm).
+                    // Each proc mount has options of its own since Linux 5.8 (mount_setattr
+                    // working says 5.12 or later): the host's /proc is untouched.
                     mount(Some(&proc_fs), &proc_dir, Some(&proc_fs), NO_PROGRAMS, Some(&other_users_hidden))?;
+                    // Its /sys, read-only (open_tree, which it uses, is older than mount_setattr).
+                    if let Some(sys) = &mut own_sys {
+                        sys.mount_in_child()?;
+                    }
                     for path in &writable {
                         mount(Some(path), path, None, libc::MS_BIND | libc::MS_REC, None)?;
                         set_read_only(path, false, true)?;
