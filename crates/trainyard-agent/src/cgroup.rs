@@ -324,28 +324,24 @@ impl InstanceCgroup {
         }
     }
 
-    /// Whether no process is left in it.
-    pub fn is_empty(&self) -> bool {
-        self.pids().is_empty()
-    }
-
-    /// Kills every process in the cgroup and waits (at most a few seconds) until it is empty.
-    /// Frozen first where the freezer controller exists, so that none forks meanwhile; a fork
-    /// bomb is bounded by the pids limit either way.
-    pub async fn kill_all(&self) {
+    /// Kills every process in the cgroup and waits (at most a few seconds) until it is empty;
+    /// whether it is. Frozen first where the freezer controller exists, so that none forks
+    /// meanwhile; a fork bomb is bounded by the pids limit either way.
+    pub async fn kill_all(&self) -> bool {
         for _ in 0..100 {
             // Empty already, as when a program leaves nothing behind: no freezing (on v1 the
             // first frozen cgroup and the last thawed one patch the kernel's code on every CPU).
             if self.pids().is_empty() {
-                return;
+                return true;
             }
             self.kill_round();
             if self.pids().is_empty() {
-                return;
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tracing::warn!(cgroup = self.cgroup.path(), left = ?self.pids(), "processes survived SIGKILL");
+        false
     }
 
     fn kill_all_blocking(&self) {

@@ -126,7 +126,7 @@ impl Network {
                     Ok(mut ready) => {
                         drop(ready.forwarder.take());
                         network.begin_release();
-                        network.release(ready).await;
+                        network.release(ready, true).await; // nothing ever ran in it
                     }
                     Err(e) => {
                         // Not a warning: instances create their own then, and report what fails.
@@ -258,13 +258,16 @@ impl Network {
 
     /// After its instance (counted by [`Network::begin_release`] first): kept for the next one when
     /// nothing of the instance is left inside (no process; sockets die with their processes) and
-    /// fewer than [`IDLE_NAMESPACES`] are idle; removed otherwise.
-    pub async fn release(&self, network: InstanceNetwork) {
+    /// fewer than [`IDLE_NAMESPACES`] are idle; removed otherwise. `left_nothing`: the instance's
+    /// cgroup, which held every process it started, was seen empty. Otherwise every process of
+    /// the host is looked at, which costs in proportion to how many the host runs (a fifth of
+    /// the agent's CPU per trial on a host of a few hundred).
+    pub async fn release(&self, network: InstanceNetwork, left_nothing: bool) {
         let keep = match self.idle.lock() {
             Ok(idle) => idle.len() < IDLE_NAMESPACES,
             Err(_) => false,
         };
-        let reusable = keep && !occupied(&network.path()) && !has_connections(&network.path());
+        let reusable = keep && (left_nothing || !occupied(&network.path())) && !has_connections(&network.path());
         if reusable && let Ok(mut idle) = self.idle.lock() {
             idle.push(network);
         } else {

@@ -206,10 +206,12 @@ impl Control for ContainerControl {
         });
     }
 
-    async fn kill_all(&self) {
+    async fn kill_all(&self) -> bool {
         if let Err(e) = self.containerd.kill(&self.id, libc::SIGKILL, true).await {
             tracing::warn!(container = %self.id, error = %e, "killing a container failed");
         }
+        // The signal is sent; the task's end is not awaited here.
+        false
     }
 
     fn writable_layer(&self) -> Option<super::WritableLayer> {

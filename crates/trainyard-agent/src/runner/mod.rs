@@ -303,7 +303,9 @@ struct Inputs {
 /// has killed them all: whatever the runtime holds for the instance is released then.
 trait Control {
     fn signal(&self, signal: i32);
-    fn kill_all(&self) -> impl std::future::Future<Output = ()>;
+    /// Kills every process of the instance; whether the runtime has seen them all gone (a
+    /// cgroup emptied), so that nothing of the instance can be left in its network namespace.
+    fn kill_all(&self) -> impl std::future::Future<Output = bool>;
     /// Processes the kernel killed for running out of the instance's memory.
     fn oom_kills(&self) -> u64;
     /// Where the instance can write besides its work dir, counted against its volume.
@@ -385,7 +387,7 @@ pub async fn run(
     // back: a stale copy must never overwrite what another instance wrote.
     let restored_before = std::time::SystemTime::now();
     let outcome = match prepared {
-        Err(reason) => Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
+        Err(reason) => Outcome::failed(reason),
         Ok(prepared) => {
             let pipes = std::sync::Arc::new(prepared.pipes);
             for i in 0..pipes.len() {
@@ -400,13 +402,13 @@ pub async fn run(
             let joined = join_network(&spec, settings).await;
             settings.metrics.network_setup_seconds.observe(joining.elapsed().as_secs_f64());
             let outcome = match joined {
-                Err(reason) => Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None },
+                Err(reason) => Outcome::failed(reason),
                 Ok(network) => {
                     let namespace = network.as_ref().map(|n| n.network.path());
                     let inputs = Inputs { env: prepared.env, shared: prepared.shared };
                     let outcome = execute(&spec, settings, &dir, inputs, namespace, &reporter, &mut stop).await;
                     if let Some(network) = network {
-                        leave_network(&spec, settings, network).await;
+                        leave_network(&spec, settings, network, outcome.left_nothing).await;
                     }
                     outcome
                 }
@@ -525,7 +527,7 @@ async fn execute(
             format!("InternalServerError: {reference} is a container image and this agent has no container runtime")
         }
     };
-    Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None }
+    Outcome::failed(reason)
 }
 
 fn final_message(state: InstanceState) -> &'static str {
@@ -542,6 +544,15 @@ struct Outcome {
     state: InstanceState,
     failure: Option<String>,
     exit_code: Option<i32>,
+    /// The runtime saw every process of the instance gone ([`Control::kill_all`]).
+    left_nothing: bool,
+}
+
+impl Outcome {
+    /// An instance that failed before or while it started.
+    fn failed(reason: String) -> Outcome {
+        Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code: None, left_nothing: false }
+    }
 }
 
 /// An instance's namespace and the task carrying its connections to its peers.
@@ -606,7 +617,7 @@ async fn join_network(spec: &InstanceSpec, settings: &Settings) -> Result<Option
 
 /// Stops carrying the instance's peer traffic at once; the namespace itself is kept for the next
 /// instance or removed, in the background, so that the instance's end is reported without waiting.
-async fn leave_network(spec: &InstanceSpec, settings: &Settings, joined: JoinedNetwork) {
+async fn leave_network(spec: &InstanceSpec, settings: &Settings, joined: JoinedNetwork, left_nothing: bool) {
     joined.outbound.abort();
     settings.forwarder.remove_instance(&spec.job, spec.instance);
     let network = settings.network.clone();
@@ -618,7 +629,7 @@ async fn leave_network(spec: &InstanceSpec, settings: &Settings, joined: JoinedN
         // no socket of the agent's, and the release's check for lingering connections stays cheap.
         let _ = joined.outbound.await;
         match network {
-            Some(network) => network.release(joined.network).await,
+            Some(network) => network.release(joined.network, left_nothing).await,
             None => joined.network.destroy().await,
         }
     });

@@ -523,21 +523,27 @@ impl Control for ProcessControl {
         }
     }
 
-    async fn kill_all(&self) {
+    async fn kill_all(&self) -> bool {
         match (&self.cgroup, &self.uid) {
             (Some(cgroup), held) => {
-                cgroup.kill_all().await;
+                let emptied = cgroup.kill_all().await;
                 if let Some(held) = held
-                    && cgroup.is_empty()
+                    && emptied
                 {
                     held.lease.settle();
                 }
+                emptied
             }
+            // Killed, but nothing counts what may have escaped the uid or the process group.
             (None, Some(held)) => {
                 let uid = held.uid();
                 let _ = tokio::task::spawn_blocking(move || crate::uids::kill_every_process_of(uid)).await;
+                false
             }
-            (None, None) => self.signal(libc::SIGKILL),
+            (None, None) => {
+                self.signal(libc::SIGKILL);
+                false
+            }
         }
     }
 

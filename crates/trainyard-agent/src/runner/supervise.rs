@@ -342,7 +342,7 @@ pub(super) async fn supervise<C: Control>(
         }
     };
     // Nothing of the instance outlives it.
-    control.kill_all().await;
+    let left_nothing = control.kill_all().await;
     // Measured once more at the end (before its writable layer goes), as the uploads would pack
     // what it left: an instance that fills its volume in the second before it exits (a sparse
     // file of a terabyte) must not have the agent pack it.
@@ -363,43 +363,45 @@ pub(super) async fn supervise<C: Control>(
         reporter.update(InstanceState::Training, "Training in progress", samples);
     }
     let exit_code = status.as_ref().ok().and_then(|s| s.code);
-    if fenced {
-        return Outcome { state: InstanceState::Failed, failure: Some(FENCED.to_string()), exit_code };
-    }
-    if let Some(reason) = volume_failure {
-        return Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code };
-    }
-    if let Some(state) = stopping {
-        return Outcome { state, failure: None, exit_code };
-    }
-    match status {
-        Ok(s) if s.code == Some(0) => Outcome { state: InstanceState::Completed, failure: None, exit_code },
-        Ok(_) if oom_kills > 0 => {
-            let limit = spec.request.resource_config.as_ref().and_then(|r| r.instance_type.clone()).unwrap_or_default();
-            let reason = format!(
-                "OutOfMemoryError: the instance used all of its {} MiB ({limit}) and the kernel killed {oom_kills} of its processes; choose an instance type with more memory",
-                spec.memory_mib
-            );
-            Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code }
+    let (state, failure) = 'ended: {
+        if fenced {
+            break 'ended (InstanceState::Failed, Some(FENCED.to_string()));
         }
-        Ok(s) => {
-            // Written by the job: read without following links, at most 4 KiB of it.
-            let written = Confined::open(dir)
-                .and_then(|d| d.read_prefix(Path::new("output/failure"), 4096))
-                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-                .unwrap_or_default();
-            let reason = if written.trim().is_empty() {
-                let tail: Vec<String> = stderr_tail.into_iter().collect();
-                format!("AlgorithmError: {}; last stderr lines: {}", s.text, tail.join("\n"))
-            } else {
-                written.chars().take(1024).collect()
-            };
-            Outcome { state: InstanceState::Failed, failure: Some(reason), exit_code }
+        if let Some(reason) = volume_failure {
+            break 'ended (InstanceState::Failed, Some(reason));
         }
-        Err(e) => {
-            Outcome { state: InstanceState::Failed, failure: Some(format!("waiting for the job: {e}")), exit_code }
+        if let Some(state) = stopping {
+            break 'ended (state, None);
         }
-    }
+        match status {
+            Ok(s) if s.code == Some(0) => (InstanceState::Completed, None),
+            Ok(_) if oom_kills > 0 => {
+                let limit =
+                    spec.request.resource_config.as_ref().and_then(|r| r.instance_type.clone()).unwrap_or_default();
+                let reason = format!(
+                    "OutOfMemoryError: the instance used all of its {} MiB ({limit}) and the kernel killed {oom_kills} of its processes; choose an instance type with more memory",
+                    spec.memory_mib
+                );
+                (InstanceState::Failed, Some(reason))
+            }
+            Ok(s) => {
+                // Written by the job: read without following links, at most 4 KiB of it.
+                let written = Confined::open(dir)
+                    .and_then(|d| d.read_prefix(Path::new("output/failure"), 4096))
+                    .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                    .unwrap_or_default();
+                let reason = if written.trim().is_empty() {
+                    let tail: Vec<String> = stderr_tail.into_iter().collect();
+                    format!("AlgorithmError: {}; last stderr lines: {}", s.text, tail.join("\n"))
+                } else {
+                    written.chars().take(1024).collect()
+                };
+                (InstanceState::Failed, Some(reason))
+            }
+            Err(e) => (InstanceState::Failed, Some(format!("waiting for the job: {e}"))),
+        }
+    };
+    Outcome { state, failure, exit_code, left_nothing }
 }
 
 /// The next line of a job's output, at most `limit` bytes: a longer one is cut there and the rest
