@@ -498,13 +498,13 @@ impl Coordinator {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
-        cmd.arg("--coordinator")
-            .arg(coordinator)
-            .arg("--id")
-            .arg(id)
-            .arg("--work-root")
-            .arg(self.dir.path().join("agents").join(id))
-            .arg("--bucket")
+        cmd.arg("--coordinator").arg(coordinator).arg("--id").arg(id);
+        // Under this coordinator's temp dir unless the test gives one (instances see a private
+        // /tmp, which hides a work root there from them).
+        if !args.contains(&"--work-root") {
+            cmd.arg("--work-root").arg(self.dir.path().join("agents").join(id));
+        }
+        cmd.arg("--bucket")
             .arg(format!("trainyard-examples={}", repo_root().join("deploy/examples/data").display()))
             .arg("--bucket")
             .arg(format!("trainyard-output={}", self.output_dir().display()))

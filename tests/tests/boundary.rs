@@ -788,6 +788,16 @@ def first(*paths):
     return "none"
 print("memory limit " + first("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max"), flush=True)
 print("cpu quota " + first("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu.max"), flush=True)
+# The agent's work root, where every instance's work dir lies: its path is no secret (the
+# source of /opt/ml in /proc/self/mountinfo).
+try:
+    for root, dirs, files in os.walk(os.environ["WORK_ROOT"]):
+        for name in dirs + files:
+            print(f"work root shows {os.path.join(root, name)}", flush=True)
+            if os.environ["HOLDER"] in name:
+                print(f"LEAK {os.path.join(root, name)}", flush=True)
+except OSError as e:
+    print(f"work root refused: {e.strerror}", flush=True)
 os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
 "#;
 
@@ -801,19 +811,21 @@ fn dir_named_under(dir: &Path, needle: &str, depth: u32) -> bool {
 }
 
 #[test]
-fn a_host_programs_sys_shows_its_own_network_and_cgroup_and_no_other_job() {
+fn a_host_program_sees_its_own_network_and_cgroup_in_sys_and_no_other_jobs_work_dir() {
     let config_dir = tempfile::tempdir().expect("dir");
     let config = config_dir.path().join("coordinator.toml");
     std::fs::write(&config, "[[instance_types]]\nname = \"ml.m5.large\"\nvcpus = 2\nmemory_mib = 256\n")
         .expect("write");
     let c = Coordinator::start_with_args(&["--config", path(&config)]);
-    let _agent = c.start_agent("own-sys", &["--advertise-vcpus", "8"], &[]);
+    // Where a deployed agent keeps it (/var/lib/...): outside /tmp, which instances see their own of.
+    let work_root = c.programs_dir().join("work-root");
+    let _agent = c.start_agent("own-sys", &["--advertise-vcpus", "8", "--work-root", path(&work_root)], &[]);
     let request = |name: &str, program: &str| {
         let mut r: Value = example_json("training-job.json");
         r["TrainingJobName"] = json!(name);
         r["AlgorithmSpecification"]["TrainingImage"] = json!(program);
         r["ResourceConfig"]["InstanceType"] = json!("ml.m5.large");
-        r["Environment"] = json!({"HOLDER": "sys-holder-3b7e"});
+        r["Environment"] = json!({"HOLDER": "sys-holder-3b7e", "WORK_ROOT": path(&work_root)});
         r
     };
     let holder = c.install_program("sys-holder.sh", "#!/bin/sh\necho holding\nexec sleep 120\n");
@@ -826,6 +838,8 @@ fn a_host_programs_sys_shows_its_own_network_and_cgroup_and_no_other_job() {
     // On the host its cgroup is there to be found (the pids controller's, on v1 or v2).
     let host_pids = if Path::new("/sys/fs/cgroup/pids").is_dir() { "/sys/fs/cgroup/pids" } else { "/sys/fs/cgroup" };
     assert!(dir_named_under(Path::new(host_pids), "sys-holder-3b7e", 6), "the holder's cgroup is not on the host");
+    // And so is its work dir, in a dir any user may list.
+    assert!(dir_named_under(&work_root, "sys-holder-3b7e", 2), "the holder's work dir is not on the host");
 
     let probe = c.install_program("sys-probe.py", SYS_PROBE);
     c.create_training_job(&request("sys-probe", &probe));
@@ -842,6 +856,8 @@ fn a_host_programs_sys_shows_its_own_network_and_cgroup_and_no_other_job() {
     // Its limits where a container finds them, as tools that size themselves read them.
     assert!(log.contains(&format!("memory limit {}", 256u64 << 20)), "{log}");
     assert!(log.contains("cpu quota 200000"), "{log}");
+    // The work root shows it nothing: not the holder's dir, not its own by that path.
+    assert!(!log.contains("work root shows"), "{log}");
     c.cli(&["training-jobs", "stop", "sys-holder-3b7e"]).assert_success();
 }
 

@@ -160,6 +160,15 @@ pub(super) async fn launch(
         // a database's, ...), which connect(2) reaches through a read-only mount too. The
         // resolver configuration /etc/resolv.conf may point into it is copied in.
         let private_run = settings.private_run;
+        // The agent's work root, where every instance's work dir lies (other jobs' names), its
+        // identity and caches: hidden under an empty tmpfs, once its own dir is bound at /opt/ml.
+        // Not where the operator shares a path under it, or the program lies there.
+        let work_root = &settings.work_root;
+        let hidden_work_root = (opt_ml
+            && !settings.instance_writable_paths.iter().any(|p| p.starts_with(work_root))
+            && !Path::new(&argv[0]).starts_with(work_root))
+        .then(|| c_string(work_root));
+        let work_root_options = c_string("mode=0755,size=4k");
         let run = c_string(RUN);
         let run_options = c_string("mode=0755,size=1m");
         let resolv = if private_run { resolver_config_under(Path::new(RUN), Path::new(RESOLV_CONF)) } else { None };
@@ -268,6 +277,15 @@ pub(super) async fn launch(
                             copy.write()?;
                             mount(None, &run, None, libc::MS_REMOUNT | sealed, None)?;
                         }
+                    }
+                }
+                // Last of all: the binds above keep their sources. A work root under a dir the
+                // instance has its own of (/tmp, /run) is not there to hide (ENOENT).
+                if let Some(root) = &hidden_work_root {
+                    let sealed = NO_PROGRAMS | libc::MS_RDONLY;
+                    match mount(Some(&tmpfs), root, Some(&tmpfs), sealed, Some(&work_root_options)) {
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                        other => other?,
                     }
                 }
                 Ok(())
