@@ -95,8 +95,11 @@ pub struct Coordinator {
 
 impl Drop for Coordinator {
     fn drop(&mut self) {
-        netns::remove_agents_leftovers(&self.dir.path().join("agents"));
-        netns::remove_agents_cgroups(&self.dir.path().join("agents"));
+        // Agents' work roots: under the temp dir, or under the programs dir (outside /tmp).
+        for agents in [self.dir.path().join("agents"), self.programs_dir().join("agents")] {
+            netns::remove_agents_leftovers(&agents);
+            netns::remove_agents_cgroups(&agents);
+        }
     }
 }
 
@@ -500,7 +503,8 @@ impl Coordinator {
     ) -> Daemon {
         cmd.arg("--coordinator").arg(coordinator).arg("--id").arg(id);
         // Under this coordinator's temp dir unless the test gives one (instances see a private
-        // /tmp, which hides a work root there from them).
+        // /tmp, which hides a work root there from them; one outside it goes under
+        // `programs_dir()/agents/<id>`, where the leftovers of a killed agent are looked for).
         if !args.contains(&"--work-root") {
             cmd.arg("--work-root").arg(self.dir.path().join("agents").join(id));
         }

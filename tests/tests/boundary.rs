@@ -818,7 +818,7 @@ fn a_host_program_sees_its_own_network_and_cgroup_in_sys_and_no_other_jobs_work_
         .expect("write");
     let c = Coordinator::start_with_args(&["--config", path(&config)]);
     // Where a deployed agent keeps it (/var/lib/...): outside /tmp, which instances see their own of.
-    let work_root = c.programs_dir().join("work-root");
+    let work_root = c.programs_dir().join("agents/own-sys");
     let _agent = c.start_agent("own-sys", &["--advertise-vcpus", "8", "--work-root", path(&work_root)], &[]);
     let request = |name: &str, program: &str| {
         let mut r: Value = example_json("training-job.json");
