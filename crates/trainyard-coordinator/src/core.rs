@@ -1228,8 +1228,19 @@ impl Coordinator {
     /// Stores a new training job and keeps it as written: its first change needs no read.
     pub async fn store_new_training_job(&self, job: TrainingJob) -> Result<(), StoreError> {
         let written = self.new_training_jobs.create(job).await?;
-        self.keep_written(written);
+        self.created_now(written).await;
         Ok(())
+    }
+
+    /// What follows the creation of a training job by this process: kept as written, and its
+    /// log known to be empty, so that its first lines are numbered without asking the store where
+    /// its log stands (a read per trial, made while every job's lines waited on the numbering).
+    /// A process that loses the lead exits, so no other process can have written lines since.
+    pub async fn created_now(&self, written: Versioned<TrainingJob>) {
+        if !written.value.status.is_terminal() {
+            self.log_sequences.lock().await.entry(written.value.name.clone()).or_insert(NextLine::Known(1));
+        }
+        self.keep_written(written);
     }
 
     /// Stores new training jobs in one statement (with whatever other creates wait); each one's
@@ -1271,6 +1282,10 @@ mod tests {
     async fn coordinator(dir: &std::path::Path) -> Coordinator {
         let url = format!("sqlite://{}", dir.join("trainyard.db").display());
         let store = trainyard_store::connect(&url).await.expect("store");
+        coordinator_on(store).await
+    }
+
+    async fn coordinator_on(store: Arc<dyn trainyard_store::Store>) -> Coordinator {
         let (events, _) = mpsc::unbounded_channel();
         Coordinator::start(
             store,
@@ -1282,6 +1297,56 @@ mod tests {
         )
         .await
         .expect("coordinator")
+    }
+
+    /// A job this process created has no log lines: its first are numbered from 1 without asking
+    /// the store where its log stands. One created by another process (the leader before a
+    /// failover) is asked about once.
+    #[tokio::test]
+    async fn a_job_created_here_numbers_its_first_lines_without_asking_the_store() {
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("trainyard.db").display());
+        let calls: Family<crate::telemetry::StoreCall, Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 4)));
+        let store =
+            crate::timed_store::TimedStore::wrap(trainyard_store::connect(&url).await.expect("store"), calls.clone());
+        let c = coordinator_on(store).await;
+        let asked = || {
+            let mut registry = prometheus_client::registry::Registry::default();
+            registry.register("store_seconds", "", calls.clone());
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+            text.lines()
+                .filter(|l| l.starts_with("store_seconds_count") && l.contains("last_log_seq"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        };
+        let line = |text: &str| vec![("stdout".to_string(), 1_000, text.to_string())];
+
+        c.store_new_training_job(job("ours")).await.expect("create");
+        assert!(c.record_logs("ours", 1, 1, line("one")).await.expect("stored"));
+        assert!(c.record_logs("ours", 1, 2, line("two")).await.expect("stored"));
+        assert_eq!(asked(), 0);
+        let ours: Vec<i64> = c.store.read_logs("ours", 0, 10).await.expect("read").iter().map(|l| l.seq).collect();
+        assert_eq!(ours, [1, 2]);
+
+        // Another process's job, with lines it stored before this one took over.
+        c.store.create_training_job(&job("theirs")).await.expect("create");
+        let before = LogRecord {
+            seq: 1,
+            instance: 1,
+            stream: "stdout".into(),
+            timestamp: Timestamp::from_millis(900),
+            text: "before".into(),
+            instance_line: Some(1),
+        };
+        c.store.append_logs("theirs", &[before]).await.expect("their line");
+        assert!(c.record_logs("theirs", 1, 2, line("after")).await.expect("stored"));
+        assert_eq!(asked(), 1);
+        let theirs: Vec<i64> = c.store.read_logs("theirs", 0, 10).await.expect("read").iter().map(|l| l.seq).collect();
+        assert_eq!(theirs, [1, 2]);
     }
 
     fn job(name: &str) -> TrainingJob {

@@ -316,9 +316,10 @@ impl Loop {
             } else {
                 self.trial_launched(&tuning, trial, tuned, written.as_ref().map(|w| &w.value)).await
             };
-            // Kept as written whatever became of it: its first change needs no read.
+            // Kept as written whatever became of it: its first change needs no read, nor its first
+            // log lines.
             if let Some(written) = written {
-                self.c.keep_written(written);
+                self.c.created_now(written).await;
             }
             queued?;
         }
