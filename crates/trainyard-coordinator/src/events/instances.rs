@@ -137,7 +137,14 @@ impl Loop {
             InstanceState::Uploading => Some(SecondaryStatus::Uploading),
             _ => None,
         };
-        if let Some(next) = secondary {
+        let repeated = secondary.is_some_and(|next| {
+            let run = self.running.get_mut(&job).expect("known above");
+            let report = (next, update.message.clone());
+            let same = run.last_progress.as_ref() == Some(&report);
+            run.last_progress = Some(report);
+            same
+        });
+        if let Some(next) = secondary.filter(|_| !repeated) {
             // Stored with the job's next write: at the latest at the end of this pass, or with its
             // end when it ends in this pass (a trial's Uploading and Completed arrive together).
             // At the agent's time of the step, as its metric samples are: the loop may handle the

@@ -122,6 +122,10 @@ struct Running {
     priority: i32,
     /// Who owns it (fairness between users).
     user: String,
+    /// The last progress report taken from its instances (step and message): one the same again
+    /// (each batch of metric samples comes as a report of the step the instance is in) is not
+    /// stored again, as deciding that there is nothing to write costs a read of the job.
+    last_progress: Option<(SecondaryStatus, String)>,
 }
 
 struct TuningRun {
@@ -1044,6 +1048,55 @@ mod tests {
             assert!(state.running.contains_key(name));
         }
         assert!(state.queue.is_empty());
+    }
+
+    /// A report of the step an instance is already in (each batch of its metric samples comes as
+    /// one) is not stored again; a new step or message is.
+    #[tokio::test]
+    async fn a_report_of_the_same_step_again_is_not_stored_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("trainyard.db").display());
+        let store = trainyard_store::connect(&url).await.expect("store");
+        let mut state = a_loop(store.clone(), dir.path()).await;
+        let name = job().name.clone();
+        state.c.store_new_training_job(job()).await.expect("create");
+        state.enqueue(&name).await.expect("queued");
+        let (tx, _assignments) = mpsc::unbounded_channel();
+        let mut agent = AgentEntry::unconnected(1);
+        agent.outbound = Some(tx);
+        agent.inventory =
+            pb::Inventory { cpu_count: 8, memory_total_mib: 32 * 1024, disk_free_mib: 1 << 20, ..Default::default() };
+        agent.capabilities = pb::Capabilities { host_programs: true, ..Default::default() };
+        state.agents.insert("host-a".into(), agent);
+        state.c.set_no_room(false);
+        state.schedule().await.expect("a pass");
+        let attempt = state.running.get(&name).expect("placed").attempt;
+        let report = |step: InstanceState, message: &str, at: i64| pb::InstanceUpdate {
+            training_job_name: name.clone(),
+            instance: 1,
+            state: step as i32,
+            message: message.to_string(),
+            at_millis: at,
+            attempt,
+            ..Default::default()
+        };
+        let mut taken = Vec::new();
+        for (step, message) in [
+            (InstanceState::Training, "Training in progress"),
+            (InstanceState::Training, "Training in progress"),
+            (InstanceState::Training, "Training in progress"),
+            (InstanceState::Training, "Training, epoch 2"),
+            (InstanceState::Uploading, "Uploading generated training model"),
+        ] {
+            state.on_update("host-a", report(step, message, 2_000)).await.expect("taken");
+            taken.push(state.progress_unstored.contains_key(&name));
+            state.store_progress().await.expect("stored");
+        }
+        assert_eq!(taken, [true, false, false, true, true]);
+        let stored = store.get_training_job(&name).await.expect("read").expect("stored").value;
+        assert_eq!(stored.secondary_status, SecondaryStatus::Uploading);
+        let training = history(&stored).into_iter().find(|(s, _, _)| *s == SecondaryStatus::Training);
+        assert_eq!(training.map(|(_, _, m)| m).as_deref(), Some("Training, epoch 2"));
     }
 
     /// A ListAgents page is built from its own agents: those after the token, at most one more

@@ -47,6 +47,7 @@ impl Loop {
                 placed_at,
                 priority: demand.priority,
                 user: demand.user,
+                last_progress: None,
             },
         );
         if let Some(other) = &job.runs.interrupting_for {
@@ -579,6 +580,7 @@ impl Loop {
             placed_at: now().millis(),
             priority: d.priority,
             user: d.user.clone(),
+            last_progress: None,
         };
         // MaxRuntimeInSeconds bounds its training over all its runs: a resumed spot job gets the rest.
         let mut request = job.request.clone();
