@@ -482,14 +482,27 @@ impl Loop {
         Ok(self.updated_job(name, change).await?.is_some())
     }
 
-    /// Stores the progress reports of this pass that no other write took along. Those the store
-    /// could not take (it is away) are kept for the next pass; the first error is returned.
+    /// Stores the progress reports of this pass that no other write took along, the jobs' written
+    /// together where they can be ([`Coordinator::updated_training_jobs`]: the instances of a
+    /// tuning job's trials start and end together). Those the store could not take (it is away)
+    /// are kept for the next pass; the first error is returned.
     async fn store_progress(&mut self) -> Result<(), DomainError> {
+        let mut progress = std::mem::take(&mut self.progress_unstored);
+        if progress.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = progress.keys().cloned().collect();
+        let c = self.c.clone();
+        let written = c
+            .updated_training_jobs(&names, |j| Ok(progress.get(&j.name).is_some_and(|p| apply_progress(j, p))))
+            .await;
         let mut first_error = None;
-        for (job, progress) in std::mem::take(&mut self.progress_unstored) {
-            if let Err(e) = self.c.update_training_job(&job, |j| Ok(apply_progress(j, &progress))).await {
-                if worth_retrying(&e) {
-                    self.hold_progress(&job, progress);
+        for (job, outcome) in written {
+            if let Err(e) = outcome {
+                if worth_retrying(&e)
+                    && let Some(p) = progress.remove(&job)
+                {
+                    self.hold_progress(&job, p);
                 }
                 first_error.get_or_insert(e);
             }
