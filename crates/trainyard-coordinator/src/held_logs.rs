@@ -45,9 +45,10 @@ struct Batch {
 #[derive(Default)]
 pub struct HeldLogs {
     batches: VecDeque<Batch>,
-    /// The job of the batch last taken to be stored, until the next is taken or it is put back:
-    /// its lines are still held (not stored yet) while the store takes them.
-    in_flight: Option<String>,
+    /// A copy of the batch last taken to be stored, until the next is taken or it is put back:
+    /// its lines are still held (not stored yet) while the store takes them, and kept on disk if
+    /// the process ends meanwhile (the store ignores lines it already took).
+    in_flight: Option<Batch>,
     bytes: usize,
     /// Lines dropped to stay within the bound since the store was last reached.
     pub dropped: u64,
@@ -77,7 +78,7 @@ impl HeldLogs {
 
     /// Whether lines of `job` are held (a batch being stored among them).
     pub fn holds(&self, job: &str) -> bool {
-        self.in_flight.as_deref() == Some(job) || self.batches.iter().any(|b| b.job == job)
+        self.in_flight.as_ref().is_some_and(|b| b.job == job) || self.batches.iter().any(|b| b.job == job)
     }
 
     /// Holds a job's batch (`numbered`: see [`HeldLogs::number`]); the oldest batches go if the
@@ -102,7 +103,8 @@ impl HeldLogs {
             return None;
         };
         self.bytes -= size(&batch.records);
-        self.in_flight = Some(batch.job.clone());
+        self.in_flight =
+            Some(Batch { job: batch.job.clone(), records: batch.records.clone(), numbered: batch.numbered });
         Some((batch.job, batch.records, batch.numbered))
     }
 
@@ -152,11 +154,13 @@ impl HeldLogs {
         self.failed_at = None;
     }
 
-    /// What is held, to be kept on disk when the process ends (see [`HeldLogs::restore`]).
+    /// What is held, to be kept on disk when the process ends (see [`HeldLogs::restore`]), the
+    /// batch being stored first: it is the oldest.
     pub fn spool(&self) -> Vec<u8> {
         let batches: Vec<SpooledBatch> = self
-            .batches
+            .in_flight
             .iter()
+            .chain(&self.batches)
             .map(|b| SpooledBatch {
                 job: b.job.clone(),
                 lines: b
@@ -233,6 +237,30 @@ mod tests {
                 instance_line: Some(seq),
             })
             .collect()
+    }
+
+    /// A batch being stored when the process ends is kept on disk too, first: had its write
+    /// reached the store, the store ignores it the second time (it was lost from the spool,
+    /// and the agent's copy, sent again later, was stored after newer lines).
+    #[test]
+    fn a_batch_being_stored_is_kept_on_disk_first() {
+        let mut held = HeldLogs::default();
+        held.hold("a", lines(1, 2, "first"), true, usize::MAX);
+        held.hold("a", lines(3, 2, "second"), true, usize::MAX);
+        let (_, taken, _) = held.take_oldest().expect("a batch");
+        assert_eq!(taken.len(), 2);
+        let mut restored = HeldLogs::default();
+        let counts = restored.restore(&held.spool(), usize::MAX).expect("restore");
+        assert_eq!(counts, vec![("a".to_string(), 4)]);
+        let (_, records, numbered) = restored.take_oldest().expect("a batch");
+        assert!(!numbered);
+        let texts: Vec<(i64, &str)> = records.iter().map(|r| (r.seq, r.text.as_str())).collect();
+        assert_eq!(texts, [(1, "first"), (2, "first")]);
+        // Put back or stored, it is no longer in flight.
+        held.put_back("a".into(), taken, true);
+        assert_eq!(held.len(), 4);
+        let spooled: Vec<SpooledBatch> = serde_json::from_slice(&held.spool()).expect("json");
+        assert_eq!(spooled.iter().map(|b| b.lines.len()).sum::<usize>(), 4, "once each");
     }
 
     /// Batches come back oldest first, a failed one first again; past the bound the oldest go,
