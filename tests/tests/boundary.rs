@@ -861,6 +861,53 @@ fn a_host_program_sees_its_own_network_and_cgroup_in_sys_and_no_other_jobs_work_
     c.cli(&["training-jobs", "stop", "sys-holder-3b7e"]).assert_success();
 }
 
+/// Reads the files named in SECRETS (colon-separated) and says what it got.
+const SECRET_FILES_PROBE: &str = r#"#!/usr/bin/env python3
+import os
+for path in os.environ["SECRETS"].split(":"):
+    try:
+        print(f"read {path}: {open(path).read()!r}", flush=True)
+    except OSError as e:
+        print(f"refused {path}: {e.strerror}", flush=True)
+os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
+"#;
+
+/// The agent's own files that may hold secrets (its configuration, its registry credentials) are
+/// out of a host program's reach, even when the operator left them readable by every user.
+#[test]
+fn the_agents_secret_files_are_out_of_a_jobs_reach_whatever_their_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Coordinator::start();
+    // Outside /tmp (instances see their own), readable by everyone: a careless deployment.
+    let secrets = c.programs_dir().join("agent-secrets");
+    std::fs::create_dir(&secrets).expect("dir");
+    let credentials = secrets.join("registry.json");
+    std::fs::write(&credentials, r#"{"auths": {"registry.example": {"auth": "cmVnaXN0cnktc2VjcmV0LTdhOWI6cHc="}}}"#)
+        .expect("write");
+    let config = secrets.join("agent.toml");
+    std::fs::write(&config, "# agent-config-secret-7a9b\n").expect("write");
+    for file in [&credentials, &config] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let _agent = c.start_agent(
+        "secret-files",
+        &["--advertise-vcpus", "8", "--registry-auth", path(&credentials), "--config", path(&config)],
+        &[],
+    );
+    let program = c.install_program("secret-files-probe.py", SECRET_FILES_PROBE);
+    let log = completed(
+        &c,
+        "secret-files",
+        &program,
+        json!({"SECRETS": format!("{}:{}", path(&credentials), path(&config))}),
+    );
+    assert!(!log.contains("cmVnaXN0cnktc2VjcmV0LTdhOWI") && !log.contains("agent-config-secret-7a9b"), "{log}");
+    for file in [&credentials, &config] {
+        assert!(log.contains(&format!("refused {}: Permission denied", path(file))), "{log}");
+    }
+}
+
 /// Lists its /dev, tries a node of the host's /dev that anyone may open, reads its GPUs' nodes and
 /// the one the operator shares, and uses what every program needs: /dev/null, /dev/urandom, a
 /// pseudo-terminal, /dev/shm, /dev/stdout, /dev/fd. Runs two seconds, so that two run at once.

@@ -313,6 +313,9 @@ pub struct Config {
     pub registry_auth: Option<PathBuf>,
     pub registry_ca: Option<PathBuf>,
     pub insecure_registries: Vec<String>,
+    /// The agent's files that may hold secrets (its configuration, the join token's file, the
+    /// registry credentials): no instance reads them, whatever their mode.
+    pub secret_files: Vec<PathBuf>,
     pub image_cache_mib: u64,
     pub max_image_mib: u64,
     pub max_image_unpacked_mib: u64,
@@ -350,6 +353,15 @@ impl Config {
             Some(path) => read(path)?,
             None => FileConfig::default(),
         };
+        let secret_files: Vec<PathBuf> = [
+            flags.config.clone(),
+            flags.join_token_file.clone().or(file.join_token_file.clone()),
+            flags.registry_auth.clone().or(file.registry_auth.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|path| std::fs::canonicalize(path).ok())
+        .collect();
         let mut buckets = file.buckets;
         buckets.extend(flags.buckets);
         let mut vpc_networks = BTreeMap::new();
@@ -400,6 +412,7 @@ impl Config {
                 .or(file.containerd_namespace)
                 .unwrap_or_else(|| "trainyard".into()),
             registry_auth: flags.registry_auth.or(file.registry_auth),
+            secret_files,
             registry_ca: flags.registry_ca.or(file.registry_ca),
             insecure_registries: [file.insecure_registries, flags.insecure_registries].concat(),
             image_cache_mib: flags.image_cache_mib.or(file.image_cache_mib).unwrap_or(102_400),
@@ -516,6 +529,32 @@ mod tests {
         assert!(refused("/dev/shm").contains("under /dev/shm"));
         assert!(refused("/dev/nonexistent-trainyard-node").contains("No such file"));
         assert!(writable_path(Path::new("/dev/shm")).unwrap_err().contains("under /dev"));
+    }
+
+    /// The files instances must not read: the configuration, the join token's file and the
+    /// registry credentials, wherever each was named (flag or file), by their real paths.
+    #[test]
+    fn the_files_that_may_hold_secrets_are_known_by_their_real_paths() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("dir");
+        let token = dir.path().join("token");
+        let credentials = dir.path().join("registry.json");
+        std::fs::write(&token, "tyj_x\n").expect("write");
+        std::fs::write(&credentials, "{}").expect("write");
+        let config = dir.path().join("agent.toml");
+        std::fs::write(&config, format!("join_token_file = {:?}\n", token.display().to_string())).expect("write");
+        let via = dir.path().join("via-a-link.json");
+        std::os::unix::fs::symlink(&credentials, &via).expect("link");
+        let flags = Flags::parse_from([
+            "trainyard-agent",
+            "--config",
+            &config.display().to_string(),
+            "--registry-auth",
+            &via.display().to_string(),
+        ]);
+        let loaded = Config::load(flags).expect("config");
+        let real = |p: &Path| p.canonicalize().expect("canonical");
+        assert_eq!(loaded.secret_files, [real(&config), real(&token), real(&credentials)]);
+        assert_eq!(loaded.join_token.as_deref(), Some("tyj_x"));
     }
 
     #[test]

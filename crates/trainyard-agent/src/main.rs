@@ -114,6 +114,12 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
     std::fs::set_permissions(&staging, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("making {} private", staging.display()))?;
+    let inaccessible_file = staging.join("inaccessible");
+    std::fs::write(&inaccessible_file, b"")
+        .and_then(|()| {
+            std::fs::set_permissions(&inaccessible_file, std::os::unix::fs::PermissionsExt::from_mode(0o000))
+        })
+        .with_context(|| format!("making {}", inaccessible_file.display()))?;
     let cancel = CancellationToken::new();
     {
         let cancel = cancel.clone();
@@ -323,6 +329,8 @@ async fn main() -> anyhow::Result<()> {
         gpu_minors: gpu_inventory.minor_numbers,
         host_programs: config.host_programs,
         instance_writable_paths: config.instance_writable_paths.clone(),
+        secret_files: config.secret_files.clone(),
+        inaccessible_file,
         private_run,
         instance_devices: config.instance_devices.clone(),
         instance_resolv_conf: config.instance_resolv_conf.clone(),

@@ -124,6 +124,12 @@ pub struct Settings {
     pub host_programs: bool,
     /// Host dirs that instances' programs may write (the rest of the host is read-only to them).
     pub instance_writable_paths: Vec<PathBuf>,
+    /// The agent's files that may hold secrets ([`crate::config::Config::secret_files`]): a host
+    /// program's instance finds [`Settings::inaccessible_file`] there instead.
+    pub secret_files: Vec<PathBuf>,
+    /// An empty file no user may read (mode 0000, root's), bound over each secret file, as
+    /// systemd's InaccessiblePaths= does.
+    pub inaccessible_file: PathBuf,
     /// Each host program's instance gets an empty /run of its own (decided at start:
     /// [`private_run_possible`]).
     pub private_run: bool,

@@ -197,6 +197,9 @@ pub(super) async fn launch(
         let proc_fs = c_string("proc");
         let other_users_hidden = c_string("hidepid=invisible");
         let writable = settings.instance_writable_paths.iter().map(c_string).collect::<Vec<_>>();
+        // The agent's files that may hold secrets: an empty file no user may read, there instead.
+        let inaccessible = c_string(&settings.inaccessible_file);
+        let secret_files = settings.secret_files.iter().map(c_string).collect::<Vec<_>>();
         // Its own host name, as on SageMaker: what frameworks resolve to find their own address.
         let hostname = format!("algo-{}", spec.instance).into_bytes();
         // SAFETY: only syscalls (unshare, mount, mount_setattr, chdir, mkdir, open, symlink) on
@@ -231,6 +234,13 @@ pub(super) async fn launch(
                     for path in &writable {
                         mount(Some(path), path, None, libc::MS_BIND | libc::MS_REC, None)?;
                         set_read_only(path, false, true)?;
+                    }
+                    for path in &secret_files {
+                        // (One removed since the agent started is not there to hide.)
+                        match mount(Some(&inaccessible), path, None, libc::MS_BIND, None) {
+                            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                            other => other?,
+                        }
                     }
                 }
                 if hosts_ready {

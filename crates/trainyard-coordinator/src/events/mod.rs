@@ -493,9 +493,8 @@ impl Loop {
         }
         let names: Vec<String> = progress.keys().cloned().collect();
         let c = self.c.clone();
-        let written = c
-            .updated_training_jobs(&names, |j| Ok(progress.get(&j.name).is_some_and(|p| apply_progress(j, p))))
-            .await;
+        let written =
+            c.updated_training_jobs(&names, |j| Ok(progress.get(&j.name).is_some_and(|p| apply_progress(j, p)))).await;
         let mut first_error = None;
         for (job, outcome) in written {
             if let Err(e) = outcome {
