@@ -890,11 +890,18 @@ fn the_agents_secret_files_are_out_of_a_jobs_reach_whatever_their_mode() {
         std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     }
     std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let _agent = c.start_agent(
+    let agent = c.start_agent(
         "secret-files",
         &["--advertise-vcpus", "8", "--registry-auth", path(&credentials), "--config", path(&config)],
         &[],
     );
+    // The operator is told (other users of the host may still read them), of each.
+    let warning = "a file that may hold secrets is readable by every user of this host";
+    agent.expect_log(warning);
+    for file in [&credentials, &config] {
+        let canonical = file.canonicalize().expect("canonical");
+        assert!(agent.log().lines().any(|l| l.contains(warning) && l.contains(path(&canonical))), "{}", agent.log());
+    }
     let program = c.install_program("secret-files-probe.py", SECRET_FILES_PROBE);
     let log = completed(
         &c,

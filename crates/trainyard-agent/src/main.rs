@@ -114,7 +114,16 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
     std::fs::set_permissions(&staging, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("making {} private", staging.display()))?;
-    let inaccessible_file = staging.join("inaccessible");
+    // Jobs cannot read them (an inaccessible file is bound over each), but every other user of
+    // the host may.
+    for file in &config.secret_files {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(file).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
+            warn!(file = %file.display(), "a file that may hold secrets is readable by every user of this host: make it the agent's alone (chmod 600)");
+        }
+    }
+    // (Beside staging, which holds only archives being built.)
+    let inaccessible_file = config.work_root.join("inaccessible");
     std::fs::write(&inaccessible_file, b"")
         .and_then(|()| {
             std::fs::set_permissions(&inaccessible_file, std::os::unix::fs::PermissionsExt::from_mode(0o000))
