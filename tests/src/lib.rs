@@ -537,6 +537,15 @@ impl Coordinator {
         path
     }
 
+    /// [`Coordinator::write`] for a file that holds secrets (a join token, registry credentials):
+    /// readable by its owner alone, as deployed (agents warn of one every user may read).
+    pub fn write_private(&self, name: &str, contents: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.write(name, contents);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        path
+    }
+
     /// Creates the training job `request` describes (its TrainingJobName names its file) through
     /// the CLI; asserts success.
     pub fn create_training_job(&self, request: &serde_json::Value) {

@@ -885,7 +885,7 @@ fn the_agents_secret_files_are_out_of_a_jobs_reach_whatever_their_mode() {
     std::fs::write(&credentials, r#"{"auths": {"registry.example": {"auth": "cmVnaXN0cnktc2VjcmV0LTdhOWI6cHc="}}}"#)
         .expect("write");
     let config = secrets.join("agent.toml");
-    std::fs::write(&config, "# agent-config-secret-7a9b\n").expect("write");
+    std::fs::write(&config, "# agent-config-secret-7a9b\njoin_token = \"tyj_not-a-real-one\"\n").expect("write");
     for file in [&credentials, &config] {
         std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     }

@@ -162,7 +162,7 @@ fn an_image_runs_as_a_container_with_the_sagemaker_contract(backend: Backend) {
 
 /// The agent's registry credentials: a Docker config.json with the test registry's password.
 fn registry_auth(c: &Coordinator, registry: &Registry) -> String {
-    c.write("registry-auth.json", &registry.docker_config()).to_str().expect("utf-8").to_string()
+    c.write_private("registry-auth.json", &registry.docker_config()).to_str().expect("utf-8").to_string()
 }
 
 fn start(c: &Coordinator, name: &str, image: &str) {
@@ -468,7 +468,7 @@ fn a_registry_behind_a_token_server_is_pulled_from_with_a_bearer_token() {
         good.address.clone(): {"auth": basic(PASSWORD)},
         wrong.address.clone(): {"auth": basic("not-the-password")},
     }});
-    let auth = c.write("registry-auth.json", &auths.to_string());
+    let auth = c.write_private("registry-auth.json", &auths.to_string());
     let socket = containerd.socket.to_str().expect("utf-8").to_string();
     let args = [
         "--advertise-vcpus",
@@ -538,7 +538,7 @@ fn credential_helpers_sign_pulls_in_and_a_failing_one_fails_the_job() {
     helper("trainyard-broken", "echo 'the keyring is locked' >&2\nexit 3\n".into());
     let config =
         json!({"credHelpers": {good.address.clone(): "trainyard-good", broken.address.clone(): "trainyard-broken"}});
-    let auth = c.write("registry-auth.json", &config.to_string()).to_str().expect("utf-8").to_string();
+    let auth = c.write_private("registry-auth.json", &config.to_string()).to_str().expect("utf-8").to_string();
     let socket = containerd.socket.to_str().expect("utf-8").to_string();
     let args = [
         "--advertise-vcpus",

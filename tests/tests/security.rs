@@ -279,7 +279,7 @@ fn join_tokens_are_single_use_and_a_connected_agent_cannot_be_displaced() {
         c.spawn_agent("not-the-one", &[], &[("TRAINYARD_JOIN_TOKEN", &bound)]),
         "is for agent 'the-one', not 'not-the-one'",
     );
-    let token_file = c.write("join-token", &bound);
+    let token_file = c.write_private("join-token", &bound);
     // (Too small for the job below, which must run on "first".)
     let _the_one = c.start_agent("the-one", &["--join-token-file", path(&token_file), "--advertise-vcpus", "1"], &[]);
 

@@ -559,7 +559,13 @@ mod tests {
         // Each of them in every hierarchy the instance's cgroup is made in, not only in the one
         // its pids are read from (on v1 the child joins by moving its one thread).
         let leaf = format!("/escape-{}.algo-1", std::process::id());
-        for pid in cgroup.pids() {
+        // (Not `setsid -f`'s parent once it has exited: on v1 a zombie may still be listed, its
+        // /proc/PID/cgroup already the root's.)
+        let zombie = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        };
+        for pid in cgroup.pids().into_iter().filter(|pid| !zombie(*pid)) {
             let lines = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
             let used: Vec<&str> = lines
                 .lines()

@@ -316,6 +316,9 @@ pub struct Config {
     /// The agent's files that may hold secrets (its configuration, the join token's file, the
     /// registry credentials): no instance reads them, whatever their mode.
     pub secret_files: Vec<PathBuf>,
+    /// Those that do hold secrets (the configuration only when a join token is written in it):
+    /// the agent warns of one every user of the host may read.
+    pub private_files: Vec<PathBuf>,
     pub image_cache_mib: u64,
     pub max_image_mib: u64,
     pub max_image_unpacked_mib: u64,
@@ -353,15 +356,18 @@ impl Config {
             Some(path) => read(path)?,
             None => FileConfig::default(),
         };
-        let secret_files: Vec<PathBuf> = [
-            flags.config.clone(),
-            flags.join_token_file.clone().or(file.join_token_file.clone()),
-            flags.registry_auth.clone().or(file.registry_auth.clone()),
+        let real = |path: Option<PathBuf>| path.and_then(|p| std::fs::canonicalize(p).ok());
+        let config_file = real(flags.config.clone());
+        let private_files: Vec<PathBuf> = [
+            config_file.clone().filter(|_| file.join_token.is_some()),
+            real(flags.join_token_file.clone().or(file.join_token_file.clone())),
+            real(flags.registry_auth.clone().or(file.registry_auth.clone())),
         ]
         .into_iter()
         .flatten()
-        .filter_map(|path| std::fs::canonicalize(path).ok())
         .collect();
+        let mut secret_files: Vec<PathBuf> = config_file.into_iter().chain(private_files.iter().cloned()).collect();
+        secret_files.dedup();
         let mut buckets = file.buckets;
         buckets.extend(flags.buckets);
         let mut vpc_networks = BTreeMap::new();
@@ -413,6 +419,7 @@ impl Config {
                 .unwrap_or_else(|| "trainyard".into()),
             registry_auth: flags.registry_auth.or(file.registry_auth),
             secret_files,
+            private_files,
             registry_ca: flags.registry_ca.or(file.registry_ca),
             insecure_registries: [file.insecure_registries, flags.insecure_registries].concat(),
             image_cache_mib: flags.image_cache_mib.or(file.image_cache_mib).unwrap_or(102_400),
@@ -555,6 +562,12 @@ mod tests {
         let real = |p: &Path| p.canonicalize().expect("canonical");
         assert_eq!(loaded.secret_files, [real(&config), real(&token), real(&credentials)]);
         assert_eq!(loaded.join_token.as_deref(), Some("tyj_x"));
+        // A configuration without a token in it is hidden all the same, but needs no warning.
+        assert_eq!(loaded.private_files, [real(&token), real(&credentials)]);
+        std::fs::write(&config, "join_token = \"tyj_y\"\n").expect("write");
+        let inline = Config::load(Flags::parse_from(["trainyard-agent", "--config", &config.display().to_string()]))
+            .expect("config");
+        assert_eq!(inline.private_files, [real(&config)]);
     }
 
     #[test]

@@ -116,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("making {} private", staging.display()))?;
     // Jobs cannot read them (an inaccessible file is bound over each), but every other user of
     // the host may.
-    for file in &config.secret_files {
+    for file in &config.private_files {
         use std::os::unix::fs::PermissionsExt;
         if std::fs::metadata(file).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
             warn!(file = %file.display(), "a file that may hold secrets is readable by every user of this host: make it the agent's alone (chmod 600)");
