@@ -15,7 +15,7 @@
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
-use super::process::{c_string, mount};
+use super::process::{c_string, mount, mount_setattr};
 
 /// Where the host mounts its cgroup hierarchies (a v1 hierarchy mounted elsewhere is left out).
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -170,19 +170,7 @@ impl OwnSys {
 
 /// Makes the detached mount `fd` (and what is mounted below it) read-only, with no programs.
 fn seal(fd: libc::c_int) -> std::io::Result<()> {
-    let attr = libc::mount_attr { attr_set: SEALED, attr_clr: 0, propagation: 0, userns_fd: 0 };
-    // SAFETY: a descriptor we hold, an empty NUL-terminated path, a mount_attr and its size.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd,
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
-            std::ptr::from_ref(&attr),
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    mount_setattr(fd, c"", libc::AT_EMPTY_PATH | libc::AT_RECURSIVE, SEALED, 0)
 }
 
 #[cfg(test)]

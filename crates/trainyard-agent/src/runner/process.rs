@@ -235,12 +235,9 @@ pub(super) async fn launch(
                         mount(Some(path), path, None, libc::MS_BIND | libc::MS_REC, None)?;
                         set_read_only(path, false, true)?;
                     }
+                    // (One removed since the agent started is not there to hide.)
                     for path in &secret_files {
-                        // (One removed since the agent started is not there to hide.)
-                        match mount(Some(&inaccessible), path, None, libc::MS_BIND, None) {
-                            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                            other => other?,
-                        }
+                        where_present(mount(Some(&inaccessible), path, None, libc::MS_BIND, None))?;
                     }
                 }
                 if hosts_ready {
@@ -293,10 +290,7 @@ pub(super) async fn launch(
                 // instance has its own of (/tmp, /run) is not there to hide (ENOENT).
                 if let Some(root) = &hidden_work_root {
                     let sealed = NO_PROGRAMS | libc::MS_RDONLY;
-                    match mount(Some(&tmpfs), root, Some(&tmpfs), sealed, Some(&work_root_options)) {
-                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                        other => other?,
-                    }
+                    where_present(mount(Some(&tmpfs), root, Some(&tmpfs), sealed, Some(&work_root_options)))?;
                 }
                 Ok(())
             });
@@ -467,21 +461,37 @@ pub(super) fn mount(
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
+/// A mount onto a target that may be gone: one not there (ENOENT) is nothing to cover.
+fn where_present(mounted: std::io::Result<()>) -> std::io::Result<()> {
+    match mounted {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
 /// mount_setattr(2) for `pre_exec`: makes the mount at `path` (and, `recursive`, every mount
 /// below it) read-only, or writable again.
 fn set_read_only(path: &std::ffi::CStr, read_only: bool, recursive: bool) -> std::io::Result<()> {
-    let mut attr = libc::mount_attr { attr_set: 0, attr_clr: 0, propagation: 0, userns_fd: 0 };
-    if read_only {
-        attr.attr_set = libc::MOUNT_ATTR_RDONLY;
-    } else {
-        attr.attr_clr = libc::MOUNT_ATTR_RDONLY;
-    }
+    let (set, clear) = if read_only { (libc::MOUNT_ATTR_RDONLY, 0) } else { (0, libc::MOUNT_ATTR_RDONLY) };
     let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+    mount_setattr(libc::AT_FDCWD, path, flags, set, clear)
+}
+
+/// mount_setattr(2) for `pre_exec`: sets the mount attributes `set` and clears `clear` on the
+/// mount at `path` relative to `dir` (`flags`: `AT_RECURSIVE`, `AT_EMPTY_PATH` for `dir` itself).
+pub(super) fn mount_setattr(
+    dir: libc::c_int,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+    set: u64,
+    clear: u64,
+) -> std::io::Result<()> {
+    let attr = libc::mount_attr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 };
     // SAFETY: a NUL-terminated path and a mount_attr that outlive the call, and their sizes.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
+            dir,
             path.as_ptr(),
             flags,
             std::ptr::from_ref(&attr),

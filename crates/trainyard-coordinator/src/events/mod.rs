@@ -999,6 +999,20 @@ mod tests {
         assert_eq!(lines, vec!["a line"]);
     }
 
+    /// Connects agent `id` to the loop with room for four ml.m5.large instances (8 vCPUs, 32 GiB)
+    /// and host programs; what the loop sends it arrives on the receiver returned.
+    fn agent_with_room(state: &mut Loop, id: &str) -> mpsc::UnboundedReceiver<Box<pb::CoordinatorMessage>> {
+        let (tx, told) = mpsc::unbounded_channel();
+        let mut agent = AgentEntry::unconnected(1);
+        agent.outbound = Some(tx);
+        agent.inventory =
+            pb::Inventory { cpu_count: 8, memory_total_mib: 32 * 1024, disk_free_mib: 1 << 20, ..Default::default() };
+        agent.capabilities = pb::Capabilities { host_programs: true, ..Default::default() };
+        state.agents.insert(id.into(), agent);
+        state.c.set_no_room(false);
+        told
+    }
+
     /// Jobs queued with no agent say where they stand, in arrival order; one pass then starts
     /// them all (written together) and assigns each to the agent, and they leave the line.
     #[tokio::test]
@@ -1033,14 +1047,7 @@ mod tests {
         assert_eq!(standing(&state, "job-0"), Some((3, 3)), "back at the end");
 
         // An agent with room for all three (ml.m5.large: 2 vCPUs, 8 GiB each).
-        let (tx, mut assignments) = mpsc::unbounded_channel();
-        let mut agent = AgentEntry::unconnected(1);
-        agent.outbound = Some(tx);
-        agent.inventory =
-            pb::Inventory { cpu_count: 8, memory_total_mib: 32 * 1024, disk_free_mib: 1 << 20, ..Default::default() };
-        agent.capabilities = pb::Capabilities { host_programs: true, ..Default::default() };
-        state.agents.insert("host-a".into(), agent);
-        state.c.set_no_room(false);
+        let mut assignments = agent_with_room(&mut state, "host-a");
         state.schedule().await.expect("a pass");
 
         let mut assigned = Vec::new();
@@ -1073,14 +1080,7 @@ mod tests {
         let name = job().name.clone();
         state.c.store_new_training_job(job()).await.expect("create");
         state.enqueue(&name).await.expect("queued");
-        let (tx, _assignments) = mpsc::unbounded_channel();
-        let mut agent = AgentEntry::unconnected(1);
-        agent.outbound = Some(tx);
-        agent.inventory =
-            pb::Inventory { cpu_count: 8, memory_total_mib: 32 * 1024, disk_free_mib: 1 << 20, ..Default::default() };
-        agent.capabilities = pb::Capabilities { host_programs: true, ..Default::default() };
-        state.agents.insert("host-a".into(), agent);
-        state.c.set_no_room(false);
+        let _assignments = agent_with_room(&mut state, "host-a");
         state.schedule().await.expect("a pass");
         let attempt = state.running.get(&name).expect("placed").attempt;
         let report = |step: InstanceState, message: &str, at: i64| pb::InstanceUpdate {
