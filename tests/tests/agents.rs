@@ -482,7 +482,8 @@ fn metric_series_are_read_back_by_metric_and_time(backend: Backend) {
 }
 
 /// Trials run one at a time with a fixed seed, so every suggestion is made from the results of all
-/// earlier trials, whatever the timing: the sequence of trials is the same on every run.
+/// earlier trials, whatever the timing: the sequence of trials is the same on every run. Then ten
+/// at once, all suggested before any result is in.
 fn a_bayesian_tuning_job_learns_from_its_trials(backend: Backend) {
     let c = Coordinator::start_on(backend);
     let _agent = c.start_agent("bayes", &["--advertise-vcpus", "16", "--advertise-memory-mib", "65536"], &[]);
@@ -525,11 +526,40 @@ fn a_bayesian_tuning_job_learns_from_its_trials(backend: Backend) {
     {
         let ran: BTreeMap<String, String> =
             serde_json::from_value(trial["TunedHyperParameters"].clone()).expect("tuned hyperparameters");
-        let suggested = trainyard_tuner::Strategy::Bayesian.suggest(&space, 7, index as u64, &finished, &[]);
+        let suggested = trainyard_tuner::Strategy::Bayesian.suggest(&space, 7, index as u64, Some(15), &finished, &[]);
         assert_eq!(suggested.as_ref(), Some(&ran), "trial {index} is not the strategy's suggestion");
         // Maximize: the strategy maximises the value it is given.
         finished.push(trainyard_tuner::Finished { hyper_parameters: ran, value: *score });
     }
+
+    // The strategy is told the job's budget (MaxNumberOfTrainingJobs). Ten trials at once: all
+    // ten are suggested before any result is in, and the last three, which no model pick would
+    // follow, come from a design of their own where a search of unknown length has its model
+    // pick them.
+    let mut batch = request.clone();
+    batch["HyperParameterTuningJobName"] = json!("bayes-batch");
+    batch["HyperParameterTuningJobConfig"]["ResourceLimits"] =
+        json!({"MaxNumberOfTrainingJobs": 10, "MaxParallelTrainingJobs": 10});
+    submit(&c, "tuning-jobs", "bayes-batch", &batch);
+    let done = c.wait_json_for(Duration::from_secs(90), &["tuning-jobs", "describe", "bayes-batch"], |d| {
+        d["HyperParameterTuningJobStatus"] != "InProgress"
+    });
+    assert_eq!(done["HyperParameterTuningJobStatus"], "Completed", "{done:#}");
+    let trials = c.json(&["tuning-jobs", "trials", "bayes-batch", "--sort-by", "Name", "--max-results", "100"]);
+    let ran: Vec<BTreeMap<String, String>> = trials["TrainingJobSummaries"]
+        .as_array()
+        .expect("trials")
+        .iter()
+        .map(|t| serde_json::from_value(t["TunedHyperParameters"].clone()).expect("tuned hyperparameters"))
+        .collect();
+    assert_eq!(ran.len(), 10);
+    let bayesian = |index: u64, budget: Option<u64>| {
+        trainyard_tuner::Strategy::Bayesian.suggest(&space, 7, index, budget, &[], &[]).expect("a suggestion")
+    };
+    for (index, ran) in ran.iter().enumerate() {
+        assert_eq!(ran, &bayesian(index as u64, Some(10)), "trial {index} is not the strategy's suggestion");
+    }
+    assert!((7..10).all(|index| bayesian(index, None) != ran[index as usize]), "{ran:?}");
 }
 
 fn early_stopping_and_completion_criteria_end_trials_and_jobs(backend: Backend) {

@@ -88,7 +88,7 @@ fn run(strategy: &Strategy, policy: Policy, space: &SearchSpace, p: &Problem, se
     let mut regrets = Vec::new();
     let mut index = 0;
     while regrets.len() < BUDGETS.len() {
-        let h = strategy.suggest(space, seed, index, &finished, &[]).expect("a suggestion");
+        let h = strategy.suggest(space, seed, index, None, &finished, &[]).expect("a suggestion");
         let (last, amplitude, speed) = (p.f)(&h);
         let bracket = hyperband.bracket_of(index);
         let mut curve_so_far = Vec::new();

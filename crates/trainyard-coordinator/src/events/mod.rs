@@ -134,6 +134,9 @@ struct TuningRun {
     strategy: Strategy,
     seed: u64,
     max_trials: u64,
+    /// MaxNumberOfTrainingJobs as asked (`max_trials` also stops a Grid at its last combination):
+    /// a strategy may spend a small budget differently.
+    budget: Option<u64>,
     max_parallel: u64,
     launched: u64,
     active: BTreeSet<String>,

@@ -210,6 +210,7 @@ impl Loop {
                 strategy,
                 seed,
                 max_trials,
+                budget: limits.max_number_of_training_jobs.map(|m| m.max(0) as u64),
                 max_parallel: limits.max_parallel_training_jobs.unwrap_or(1).max(1) as u64,
                 launched,
                 active,
@@ -374,7 +375,7 @@ impl Loop {
             let finished: Vec<Finished> = run.finished.iter().filter(|f| tunes(&f.hyper_parameters)).cloned().collect();
             let pending: Vec<BTreeMap<String, String>> =
                 run.pending.values().chain(launches.iter().map(|l| &l.tuned)).filter(|h| tunes(h)).cloned().collect();
-            let Some(tuned) = run.strategy.suggest(space, run.seed, local, &finished, &pending) else {
+            let Some(tuned) = run.strategy.suggest(space, run.seed, local, run.budget, &finished, &pending) else {
                 if let Some(run) = self.tuning.get_mut(name) {
                     run.max_trials = index;
                 }

@@ -305,7 +305,7 @@ pub fn in_batches(
         let known = finished(&done);
         let mut pending: Vec<Params> = Vec::new();
         for index in first..(first + batch).min(trials) {
-            pending.push(strategy.suggest(space, seed, index, &known, &pending).expect("a suggestion"));
+            pending.push(strategy.suggest(space, seed, index, Some(trials), &known, &pending).expect("a suggestion"));
         }
         done.extend(pending.into_iter().zip(first..).map(|(h, index)| evaluated(p, seed, index, h)));
     }
@@ -328,7 +328,9 @@ pub fn as_the_coordinator_runs(
     for index in 0..trials {
         let ended = (index + 1).saturating_sub(parallel) as usize;
         let pending: Vec<Params> = done[ended..].iter().map(|t| t.hyperparameters.clone()).collect();
-        let h = strategy.suggest(space, seed, index, &finished(&done[..ended]), &pending).expect("a suggestion");
+        let h = strategy
+            .suggest(space, seed, index, Some(trials), &finished(&done[..ended]), &pending)
+            .expect("a suggestion");
         done.push(evaluated(p, seed, index, h));
     }
     done
