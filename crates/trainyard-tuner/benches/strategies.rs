@@ -9,9 +9,9 @@
 //! results is known: as Optuna's TPE is run); a third table runs 4 at a time as the coordinator
 //! does (each trial suggested when a slot frees, beside the three still running; the `tuner`
 //! suite of `trainyard-bench` measures that through the real system); the regret is f(best so
-//! far) − f* at a run's end, reported as median and quartiles over seeds. For a noisy problem the strategy
-//! sees f plus Gaussian noise, and "best so far" is the trial with the best noisy value, judged by
-//! its noiseless f (what a user who picks the best-looking trial gets).
+//! far) − f* at a run's end, reported as median and quartiles over seeds. For a noisy problem
+//! the strategy sees f plus Gaussian noise, and "best so far" is the trial with the best noisy
+//! value, judged by its noiseless f (what a user who picks the best-looking trial gets).
 //!
 //! `TRAINYARD_TUNER_BENCH_ONLY=name,name` runs only those problems; `..._STRATEGIES=bayesian`
 //! only those strategies (`bayesian-async`: the third table; the start and latency tables run
