@@ -798,8 +798,31 @@ try:
                 print(f"LEAK {os.path.join(root, name)}", flush=True)
 except OSError as e:
     print(f"work root refused: {e.strerror}", flush=True)
+# Its mount table: no network namespace bound to a file (other instances' are named by agent and
+# slot), no container's root filesystem (named by its job).
+for line in open("/proc/self/mountinfo"):
+    if " - nsfs " in line or os.environ["HOLDER"] in line:
+        print(f"LEAK mountinfo: {line.strip()}", flush=True)
 os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
 "#;
+
+/// A tmpfs mounted on the host for a test, unmounted when dropped.
+struct HostMount(std::path::PathBuf);
+
+impl HostMount {
+    fn tmpfs(at: std::path::PathBuf) -> HostMount {
+        std::fs::create_dir_all(&at).expect("mount point");
+        let status = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs", path(&at)]).status();
+        assert!(status.is_ok_and(|s| s.success()), "mount {}", at.display());
+        HostMount(at)
+    }
+}
+
+impl Drop for HostMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
 
 /// Whether a directory whose name contains `needle` lies under `dir`, `depth` levels down at most.
 fn dir_named_under(dir: &Path, needle: &str, depth: u32) -> bool {
@@ -811,7 +834,7 @@ fn dir_named_under(dir: &Path, needle: &str, depth: u32) -> bool {
 }
 
 #[test]
-fn a_host_program_sees_its_own_network_and_cgroup_in_sys_and_no_other_jobs_work_dir() {
+fn a_host_program_sees_its_own_network_and_cgroup_in_sys_and_no_other_jobs_work_dir_or_mounts() {
     let config_dir = tempfile::tempdir().expect("dir");
     let config = config_dir.path().join("coordinator.toml");
     std::fs::write(&config, "[[instance_types]]\nname = \"ml.m5.large\"\nvcpus = 2\nmemory_mib = 256\n")
@@ -840,6 +863,16 @@ fn a_host_program_sees_its_own_network_and_cgroup_in_sys_and_no_other_jobs_work_
     assert!(dir_named_under(Path::new(host_pids), "sys-holder-3b7e", 6), "the holder's cgroup is not on the host");
     // And so is its work dir, in a dir any user may list.
     assert!(dir_named_under(&work_root, "sys-holder-3b7e", 2), "the holder's work dir is not on the host");
+
+    // Where containerd's runtime mounts a container's root filesystem, named by its job: one of
+    // the holder's name, mounted on the host as containerd would. And the holder's network
+    // namespace, bound to a file by the agent: both in the host's mount table.
+    let _rootfs = HostMount::tmpfs(
+        c.programs_dir().join("containerd/io.containerd.runtime.v2.task/trainyard/sys-holder-3b7e.algo-1.1/rootfs"),
+    );
+    let host_table = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(host_table.contains("sys-holder-3b7e.algo-1.1/rootfs"), "{host_table}");
+    assert!(host_table.lines().any(|l| l.contains(" - nsfs ") && l.contains("own-sys")), "{host_table}");
 
     let probe = c.install_program("sys-probe.py", SYS_PROBE);
     c.create_training_job(&request("sys-probe", &probe));

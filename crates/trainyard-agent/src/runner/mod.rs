@@ -15,6 +15,7 @@
 
 mod container;
 mod devices;
+mod foreign_mounts;
 mod own_sys;
 
 pub use container::ContainerCgroups;

@@ -11,6 +11,7 @@ use tokio::process::Command;
 use tokio::sync::oneshot;
 use trainyard_proto::model::api;
 
+use super::foreign_mounts::ForeignMounts;
 use super::{
     Control, Exit, HOSTS_FILE, Identity, Inputs, InstanceSpec, Launched, OPT_ML, PRIVATE_TMP, PRIVATE_VAR_TMP,
     RESOLVER_FILE, Settings, resolver_config, write_hosts_file,
@@ -202,8 +203,10 @@ pub(super) async fn launch(
         let secret_files = settings.secret_files.iter().map(c_string).collect::<Vec<_>>();
         // Its own host name, as on SageMaker: what frameworks resolve to find their own address.
         let hostname = format!("algo-{}", spec.instance).into_bytes();
-        // SAFETY: only syscalls (unshare, mount, mount_setattr, chdir, mkdir, open, symlink) on
-        // CStrings and descriptors prepared before the fork.
+        // Other instances' namespace files and containers' root filesystems, out of its mount table.
+        let mut foreign_mounts = ForeignMounts::new();
+        // SAFETY: only syscalls (unshare, mount, mount_setattr, umount2, chdir, mkdir, open, read,
+        // symlink) on CStrings, descriptors and room prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) != 0 {
@@ -213,6 +216,8 @@ pub(super) async fn launch(
                     return Err(std::io::Error::last_os_error());
                 }
                 mount(None, &root, None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+                // Private first: a detach in a namespace still shared would reach the host's.
+                foreign_mounts.detach_in_child()?;
                 if let Some(dev) = &mut private_dev {
                     dev.hold_sources_in_child()?;
                 }
