@@ -43,7 +43,8 @@ const SHORT_BUDGET: usize = 10;
 /// differently only when it ends before
 /// [`BAYESIAN_RANDOM_START`](trainyard_tuner::strategy::BAYESIAN_RANDOM_START) results can be in
 /// (`Strategy::suggest`), so a run of 25 trials, four or fewer at a time, is the first 25 of a run
-/// of 50 (a unit test of the strategy holds it to that).
+/// of 50 (a unit test of the strategy holds it to that, and the suite checks it offline for
+/// every seed it runs).
 fn from_the_run(checkpoint: usize, budget: usize) -> bool {
     (checkpoint == SHORT_BUDGET) == (budget == SHORT_BUDGET)
 }
@@ -142,8 +143,8 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
                     // slots filled one by one as trials end (or neither, when trials end unevenly).
                     let tried = |trials: &[Trial]| trials.iter().map(|t| t.hyperparameters.clone()).collect::<Vec<_>>();
                     let (count, parallel) = (budget as u64, batch as u64);
-                    if tried(&trials) == tried(&in_batches(&Strategy::Bayesian, &space, problem, seed, parallel, count))
-                    {
+                    let offline_run = in_batches(&Strategy::Bayesian, &space, problem, seed, parallel, count);
+                    if tried(&trials) == tried(&offline_run) {
                         *identical.entry((budget, "batches")).or_insert(0) += 1;
                     } else if tried(&trials)
                         == tried(&as_the_coordinator_runs(&Strategy::Bayesian, &space, problem, seed, parallel, count))
@@ -154,7 +155,16 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
                     for checkpoint in CHECKPOINTS.into_iter().filter(|c| from_the_run(*c, budget)) {
                         system.entry(checkpoint).or_default().push(seen[checkpoint - 1]);
                         let reference =
-                            in_batches(&Strategy::Bayesian, &space, problem, seed, batch as u64, checkpoint as u64);
+                            in_batches(&Strategy::Bayesian, &space, problem, seed, parallel, checkpoint as u64);
+                        // A cell read from a longer run holds only if a run of its own length
+                        // makes that run's first trials: checked offline, seed by seed.
+                        if checkpoint < budget && tried(&reference)[..] != tried(&offline_run)[..checkpoint] {
+                            bail!(
+                                "{} seed {seed}, {batch} at a time: a run of {checkpoint} trials is not the first \
+                                 {checkpoint} of a run of {budget}; its cells need runs of their own",
+                                problem.name
+                            );
+                        }
                         offline
                             .entry(checkpoint)
                             .or_default()
