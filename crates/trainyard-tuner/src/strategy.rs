@@ -34,8 +34,9 @@ pub struct Finished {
 /// random ones, and a ten-trial design of which the model takes over after seven lost the gain.
 pub const BAYESIAN_RANDOM_START: u64 = 7;
 
-/// Whether trial `index` comes from the space-filling design rather than the model, with
-/// `finished` results in, of a search of `budget` trials in all (when known) in `dimensions`.
+/// Whether trial `index` comes from the space-filling design rather than the model. `finished`:
+/// the results in so far; `budget`: the trials the search may run in all, when known;
+/// `dimensions`: the search space's.
 fn from_the_design(index: u64, budget: Option<u64>, finished: u64, dimensions: u64) -> bool {
     if finished < 2 {
         return true;
