@@ -154,11 +154,18 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
                     let seen = regrets(&trials, problem.optimum);
                     for checkpoint in CHECKPOINTS.into_iter().filter(|c| from_the_run(*c, budget)) {
                         system.entry(checkpoint).or_default().push(seen[checkpoint - 1]);
-                        let reference =
-                            in_batches(&Strategy::Bayesian, &space, problem, seed, parallel, checkpoint as u64);
+                        // The run's own length is the offline run above.
+                        let shorter;
+                        let reference = if checkpoint == budget {
+                            &offline_run
+                        } else {
+                            shorter =
+                                in_batches(&Strategy::Bayesian, &space, problem, seed, parallel, checkpoint as u64);
+                            &shorter
+                        };
                         // A cell read from a longer run holds only if a run of its own length
                         // makes that run's first trials: checked offline, seed by seed.
-                        if checkpoint < budget && tried(&reference)[..] != tried(&offline_run)[..checkpoint] {
+                        if checkpoint < budget && tried(reference)[..] != tried(&offline_run)[..checkpoint] {
                             bail!(
                                 "{} seed {seed}, {batch} at a time: a run of {checkpoint} trials is not the first \
                                  {checkpoint} of a run of {budget}; its cells need runs of their own",
@@ -168,7 +175,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
                         offline
                             .entry(checkpoint)
                             .or_default()
-                            .push(regrets(&reference, problem.optimum)[checkpoint - 1]);
+                            .push(regrets(reference, problem.optimum)[checkpoint - 1]);
                     }
                 }
             }

@@ -34,19 +34,28 @@ pub struct Finished {
 /// random ones, and a ten-trial design of which the model takes over after seven lost the gain.
 pub const BAYESIAN_RANDOM_START: u64 = 7;
 
-/// Whether trial `index` comes from the space-filling design rather than the model. `finished`:
-/// the results in so far; `budget`: the trials the search may run in all, when known;
-/// `dimensions`: the search space's.
-fn from_the_design(index: u64, budget: Option<u64>, finished: u64, dimensions: u64) -> bool {
+/// The space-filling design's point for trial `index`, or None where the model picks it.
+/// `finished`: the results in so far; `budget`: the trials the search may run in all, when
+/// known; `dimensions`: the search space's.
+fn design_point(seed: u64, index: u64, budget: Option<u64>, finished: u64, dimensions: usize) -> Option<Vec<f64>> {
+    let first = || latin_hypercube(seed, index, BAYESIAN_RANDOM_START.max(index + 1), dimensions);
+    // The trials a small budget adds to the first design: a Latin hypercube of their own, so
+    // that they too cover every range.
+    let added = budget
+        .filter(|b| index >= BAYESIAN_RANDOM_START && nothing_left_to_teach(index, *b, finished, dimensions as u64));
+    let rest = |budget: u64| {
+        let (i, n) = (index - BAYESIAN_RANDOM_START, budget.saturating_sub(BAYESIAN_RANDOM_START));
+        latin_hypercube(seed ^ SECOND_DESIGN, i, n.max(i + 1), dimensions)
+    };
     if finished < 2 {
-        return true;
+        return Some(added.map_or_else(first, rest));
     }
     // A warm start brings results before the first trial (more results than trials so far): the
     // model guides its trials from the start.
     if finished > index || finished >= BAYESIAN_RANDOM_START {
-        return false;
+        return None;
     }
-    index < BAYESIAN_RANDOM_START || nothing_left_to_teach(index, budget, finished, dimensions)
+    if index < BAYESIAN_RANDOM_START { Some(first()) } else { added.map(rest) }
 }
 
 /// The model's picks on fewer than [`BAYESIAN_RANDOM_START`] results are, from four dimensions
@@ -66,8 +75,7 @@ fn from_the_design(index: u64, budget: Option<u64>, finished: u64, dimensions: u
 /// of 15, 20 and 25: 20.60 -> 20.72, 20.32 -> 20.45, 19.98 -> 20.24; p <= 2e-5). In synchronous
 /// batches of four, which the coordinator does not run, the eighth trial's result would reach
 /// the last two, and there the design costs (Levy-10 51.8 -> 55.9, p = 0.003).
-fn nothing_left_to_teach(index: u64, budget: Option<u64>, finished: u64, dimensions: u64) -> bool {
-    let Some(budget) = budget else { return false };
+fn nothing_left_to_teach(index: u64, budget: u64, finished: u64, dimensions: u64) -> bool {
     // At most one more result for every trial after this one.
     let results_by_the_last_trial = finished + budget.saturating_sub(index + 1);
     results_by_the_last_trial < BAYESIAN_RANDOM_START && finished < 2 * dimensions
@@ -152,26 +160,11 @@ impl Strategy {
                 Some(space.at(&point))
             }
             Strategy::Grid => grid_point(space, index),
-            // A space-filling design until the model has a few results to learn from.
-            Strategy::Bayesian
-                if from_the_design(index, budget, finished.len() as u64, space.parameters.len() as u64) =>
-            {
-                let (d, finished) = (space.parameters.len(), finished.len() as u64);
-                let point = match budget {
-                    // The trials a small budget adds to the first design: a Latin hypercube of
-                    // their own, so that they too cover every range.
-                    Some(budget)
-                        if index >= BAYESIAN_RANDOM_START
-                            && nothing_left_to_teach(index, Some(budget), finished, d as u64) =>
-                    {
-                        let (i, n) = (index - BAYESIAN_RANDOM_START, budget - BAYESIAN_RANDOM_START);
-                        latin_hypercube(seed ^ SECOND_DESIGN, i, n.max(i + 1), d)
-                    }
-                    _ => latin_hypercube(seed, index, BAYESIAN_RANDOM_START.max(index + 1), d),
-                };
-                Some(space.at(&point))
-            }
             Strategy::Bayesian => {
+                // A space-filling design until the model has a few results to learn from.
+                if let Some(point) = design_point(seed, index, budget, finished.len() as u64, space.parameters.len()) {
+                    return Some(space.at(&point));
+                }
                 let dims = dims_of(space);
                 // Only the observations the model keeps are mapped to points: the cost of a
                 // suggestion does not grow with the number of finished trials.

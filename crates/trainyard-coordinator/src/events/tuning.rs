@@ -114,12 +114,8 @@ impl Loop {
         let limits = config.resource_limits.clone().unwrap_or_default();
         // Grid: every definition's combinations, one definition after another.
         let capacity = spaces.iter().map(|s| strategy.capacity(s)).sum::<Option<u64>>();
-        let max_trials = limits
-            .max_number_of_training_jobs
-            .map(|m| m.max(0) as u64)
-            .or(capacity)
-            .unwrap_or(u64::MAX)
-            .min(capacity.unwrap_or(u64::MAX));
+        let budget = limits.max_number_of_training_jobs.map(|m| m.max(0) as u64);
+        let max_trials = budget.or(capacity).unwrap_or(u64::MAX).min(capacity.unwrap_or(u64::MAX));
         // A tuning job just created has none: its trials are not listed.
         let trials = if launched == 0 { Vec::new() } else { self.trials_of(name).await? };
         let sign = |v: f64, maximize: bool| if maximize { v } else { -v };
@@ -210,7 +206,7 @@ impl Loop {
                 strategy,
                 seed,
                 max_trials,
-                budget: limits.max_number_of_training_jobs.map(|m| m.max(0) as u64),
+                budget,
                 max_parallel: limits.max_parallel_training_jobs.unwrap_or(1).max(1) as u64,
                 launched,
                 active,
