@@ -44,7 +44,7 @@ use crate::config::{Config, Flags, LogFormat};
 
 /// mimalloc rather than glibc's malloc: an API call allocates and frees hundreds of small strings
 /// and maps (a request, its validation, its JSON), and `scripts/bench --suites creates` measured
-/// the difference (README, Performance).
+/// the difference (BENCHMARKS.md, creates).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -160,7 +160,7 @@ fn padding_row(shape: &[Cell]) -> Vec<Cell> {
 /// a text per batch size (1 to 100), the database prepared and planned each text on each
 /// connection anew (PostgreSQL plans a prepared statement at each of its first five executions
 /// before it keeps a generic plan); padded, a statement has a handful of texts, soon planned once.
-/// Measured with the creates suite on PostgreSQL, alternating runs (see the README): 6-10 % less
+/// Measured with the creates suite on PostgreSQL, alternating runs (BENCHMARKS.md): 6-10 % less
 /// database CPU per create, 6 % more creates a second.
 fn padded_rows(n: usize) -> usize {
     n.next_power_of_two()

@@ -13,7 +13,7 @@
 //! process, whatever order results arrive in.
 //!
 //! How good: `benches/` measures every strategy against Optuna's samplers and pruners on the same
-//! problems (`scripts/bench-tuner`); the README has the results.
+//! problems (`scripts/bench-tuner`); BENCHMARKS.md has the results.
 
 pub mod bayesian;
 pub mod hyperband;
