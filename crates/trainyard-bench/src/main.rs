@@ -35,7 +35,7 @@ struct Flags {
     /// Which suites: creates (API throughput), agents (jobs run by a real agent), containers (the
     /// same through containerd, against `ctr run`; needs root), peers (a
     /// distributed job's traffic between simulated hosts; needs root), tls (the peer path's cipher
-    /// alone, per crypto provider: ring, and aws-lc-rs when built with `--features aws-lc`), load (simulated agents
+    /// alone, per crypto provider: aws-lc-rs, and ring when built with `--features ring`), load (simulated agents
     /// heartbeating while clients submit and describe), slurm (the agents suite's workloads on a
     /// private Slurm cluster, installed from Debian's packages if missing, beside the agents
     /// suite's figures when both run; needs root), tuner (the Bayesian tuner through a real
@@ -345,8 +345,8 @@ fn steal_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // As the daemons do: one provider for every TLS connection this process makes (built with
-    // `--features aws-lc`, rustls has two and would otherwise refuse to pick).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // `--features ring`, rustls has two and would otherwise refuse to pick).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let flags = Flags::parse();
     if let Some(problem) = &flags.objective {
         return tuner::objective(problem);

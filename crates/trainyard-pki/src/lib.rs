@@ -218,8 +218,8 @@ impl JobTls {
         // TLS 1.3 with AES-128-GCM only: the cheapest suite with hardware support, and the bulk of a
         // job's peer traffic is encrypted twice per hop (once on each agent).
         let provider = Arc::new(rustls::crypto::CryptoProvider {
-            cipher_suites: vec![rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256],
-            ..rustls::crypto::ring::default_provider()
+            cipher_suites: vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256],
+            ..rustls::crypto::aws_lc_rs::default_provider()
         });
         let mut roots = RootCertStore::empty();
         for ca in CertificateDer::pem_slice_iter(credential.ca_pem.as_bytes()) {
@@ -287,7 +287,7 @@ impl PinnedCaVerifier {
     pub fn new(fingerprint: &str) -> Arc<Self> {
         Arc::new(Self {
             fingerprint: fingerprint.to_ascii_lowercase(),
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
             seen: std::sync::Mutex::new(None),
         })
     }
