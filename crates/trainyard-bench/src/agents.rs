@@ -496,6 +496,21 @@ async fn breakdown(c: &Cluster, tuning_job: &str, parallel: usize) -> anyhow::Re
     if !turns.is_empty() {
         println!("{:<44} {:>9} ms", "  a slot's end -> next trial created, p50", median(turns));
     }
+    // How far apart the slots' trials start within a round (trials in creation order, `parallel`
+    // to a round): near zero, the slots run in step and each round's ends and starts share the
+    // CPU; far apart, they take turns.
+    let spreads: Vec<i64> = trials
+        .chunks(parallel)
+        .skip(1)
+        .filter(|round| round.len() == parallel)
+        .map(|round| {
+            let created = round.iter().map(|t| t.0);
+            created.clone().max().unwrap_or_default() - created.min().unwrap_or_default()
+        })
+        .collect();
+    if !spreads.is_empty() {
+        println!("{:<44} {:>9} ms", "  the slots' starts within a round, spread p50", median(spreads));
+    }
     Ok(())
 }
 
