@@ -91,9 +91,8 @@ struct Agent {
 async fn main() -> anyhow::Result<()> {
     let mut config = Config::load(Flags::parse())?;
     init_tracing(config.json_logs);
-    // One TLS provider for the process (aws-lc-rs: its AES-GCM is faster than ring's here, see
-    // BENCHMARKS.md), before any connection is made.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // One TLS provider for the process, before any TLS configuration is built.
+    trainyard_pki::install_crypto_provider();
     std::fs::create_dir_all(&config.work_root)
         .with_context(|| format!("creating the work root {}", config.work_root.display()))?;
     // Jobs run in their own work dirs: every path they are given must be absolute.

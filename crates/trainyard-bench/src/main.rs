@@ -346,7 +346,7 @@ fn steal_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
 async fn main() -> anyhow::Result<()> {
     // As the daemons do: one provider for every TLS connection this process makes (built with
     // `--features ring`, rustls has two and would otherwise refuse to pick).
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    trainyard_pki::install_crypto_provider();
     let flags = Flags::parse();
     if let Some(problem) = &flags.objective {
         return tuner::objective(problem);

@@ -60,9 +60,8 @@ async fn main() -> anyhow::Result<()> {
     // Held to the end of main: dropping it writes the lines still queued.
     let log_writer = init_tracing(config.log_format);
     without_transparent_huge_pages();
-    // One TLS provider for the process (aws-lc-rs: its AES-GCM is faster than ring's here, see
-    // BENCHMARKS.md), before any TLS configuration is built.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // One TLS provider for the process, before any TLS configuration is built.
+    trainyard_pki::install_crypto_provider();
     let http_listeners: Vec<std::net::SocketAddr> =
         [config.sagemaker_listen, config.dashboard_listen].into_iter().flatten().collect();
     if config.insecure && (!config.listen.ip().is_loopback() || http_listeners.iter().any(|a| !a.ip().is_loopback())) {

@@ -15,7 +15,8 @@
 //! * A join token carries the CA's fingerprint, so an agent with nothing else can verify the
 //!   coordinator on its first connection ([`PinnedCaVerifier`]).
 //!
-//! Only the `ring` provider is used: with two providers compiled in, rustls refuses to pick one.
+//! One crypto provider, [`crypto_provider`] (aws-lc-rs), named here alone: every process installs
+//! it at start ([`install_crypto_provider`]); with two compiled in, rustls refuses to pick one.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,10 +26,24 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
+
+/// The process's TLS crypto provider: aws-lc-rs, whose AES-GCM is faster than ring's on the hosts
+/// measured (BENCHMARKS.md, the peer path).
+pub fn crypto_provider() -> CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
+/// Installs [`crypto_provider`] as the process's default, before any TLS configuration is built
+/// (the libraries that build their own, tonic's and sqlx's among them, take the default).
+pub fn install_crypto_provider() {
+    // An error only says one is installed already: this one, as nothing else installs any.
+    let _ = crypto_provider().install_default();
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -217,9 +232,9 @@ impl JobTls {
     pub fn new(job: &str, credential: &Credential) -> Result<Self, PkiError> {
         // TLS 1.3 with AES-128-GCM only: the cheapest suite with hardware support, and the bulk of a
         // job's peer traffic is encrypted twice per hop (once on each agent).
-        let provider = Arc::new(rustls::crypto::CryptoProvider {
+        let provider = Arc::new(CryptoProvider {
             cipher_suites: vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256],
-            ..rustls::crypto::aws_lc_rs::default_provider()
+            ..crypto_provider()
         });
         let mut roots = RootCertStore::empty();
         for ca in CertificateDer::pem_slice_iter(credential.ca_pem.as_bytes()) {
@@ -287,7 +302,7 @@ impl PinnedCaVerifier {
     pub fn new(fingerprint: &str) -> Arc<Self> {
         Arc::new(Self {
             fingerprint: fingerprint.to_ascii_lowercase(),
-            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            provider: Arc::new(crypto_provider()),
             seen: std::sync::Mutex::new(None),
         })
     }

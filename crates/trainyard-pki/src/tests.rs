@@ -98,7 +98,7 @@ fn server_names_are_valid_dns_names_and_case_sensitive() {
 /// The coordinator's server side: its credential, and client certificates optional (agents have
 /// one, the CLI does not).
 fn coordinator_server(ca: &Authority, names: &[String]) -> Arc<ServerConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(crate::crypto_provider());
     let credential = ca.issue_server_credential(names, Duration::from_secs(3600)).expect("issue");
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(credential.certificate_pem.as_bytes()).collect::<Result<_, _>>().expect("pem");
@@ -171,7 +171,7 @@ fn agent_certificates_authenticate_to_the_coordinator_and_are_known_by_fingerpri
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(agent.certificate_pem.as_bytes()).collect::<Result<_, _>>().expect("pem");
     let key = PrivateKeyDer::from_pem_slice(agent.key_pem.as_bytes()).expect("key");
-    let client = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    let client = ClientConfig::builder_with_provider(Arc::new(crate::crypto_provider()))
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots)
