@@ -247,15 +247,22 @@ impl JobTls {
         let key =
             PrivateKeyDer::from_pem_slice(credential.key_pem.as_bytes()).map_err(|_| PkiError::Pem("the job key"))?;
 
-        let client = ClientConfig::builder_with_provider(provider.clone())
+        let mut client = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots.clone())
             .with_client_auth_cert(chain.clone(), key.clone_key())?;
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
-        let server = ServerConfig::builder_with_provider(provider)
+        let mut server = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)?;
+        // The agents protect the records themselves once the handshake is done (rustls's kernel
+        // connection), so they take the traffic secrets; no session is resumed, and no ticket sent
+        // after the handshake.
+        client.enable_secret_extraction = true;
+        client.resumption = rustls::client::Resumption::disabled();
+        server.enable_secret_extraction = true;
+        server.send_tls13_tickets = 0;
         let server_name = ServerName::try_from(job_server_name(job))
             .map_err(|e| PkiError::WrongJob { job: job.into(), reason: e.to_string() })?;
         Ok(Self { client: Arc::new(client), server: Arc::new(server), server_name })

@@ -6,7 +6,8 @@
 //!        ──connect inside algo-2's namespace──▶ algo-2
 //! ```
 //!
-//! After the (optional) TLS handshake the caller sends one header line,
+//! Encrypted connections are [`peer_tls`]'s: rustls's handshake, records sealed and opened by
+//! the relay. After the (optional) TLS handshake the caller sends one header line,
 //! `TRAINYARD-PEER/1 <job> <from> <to> <port>`, and the callee answers `OK` or `NO <reason>` before
 //! bytes flow both ways. The callee accepts only jobs it runs an instance of:
 //! * encrypted jobs: the caller's certificate must chain to the coordinator's CA and name the job,
@@ -20,11 +21,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 use trainyard_pki::JobTls;
 
+use super::peer_tls::{self, HandshakeError};
 use super::plan;
 
 const MAGIC: &str = "TRAINYARD-PEER/1";
@@ -32,10 +34,8 @@ const MAX_HEADER: usize = 512;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A TLS record of type handshake: how a ClientHello starts.
 const TLS_HANDSHAKE: u8 = 0x16;
-/// Bytes a copied connection moves per read in each direction, and the read buffer under TLS
-/// (rustls reads a record at a time, at most 16 KiB, so without it every record costs a syscall).
-/// Measured with `scripts/bench --suites peers`: tokio's default 8 KiB gave 366 MiB/s plain, 254
-/// MiB/s TLS.
+/// Bytes a copied plain connection moves per read in each direction (past [`MAX_SPLICED`]).
+/// Measured with `scripts/bench --suites peers`: tokio's default 8 KiB gave 366 MiB/s.
 const COPY_BUFFER: usize = 256 * 1024;
 /// Plain connections relayed through the kernel (see [`relay_plain`]) at once, at most: each holds
 /// two threads of the agent, so a job that opens thousands of peer connections must not get a
@@ -161,24 +161,27 @@ impl Forwarder {
         debug!(%job, from, to, port = original.port(), %address, encrypted = tls.is_some(), "peer connection");
         match tls {
             Some(tls) => {
-                let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
-                let remote = tokio::io::BufReader::with_capacity(COPY_BUFFER, remote);
-                let mut remote =
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(tls.server_name.clone(), remote))
-                        .await
-                        .map_err(|_| "TLS handshake timed out".to_string())?
-                        .map_err(|e| {
-                            // The peer's agent closes without answering when no encrypted job of
-                            // that name runs there (not yet, or no more): its plain NO.
-                            let message = format!("TLS handshake with {address}: {e}");
-                            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                                PeerError::Refused(message)
-                            } else {
-                                PeerError::Failed(message)
-                            }
-                        })?;
-                exchange_header(&local, &mut remote, &header).await?;
-                copy_both_ways(local, remote).await;
+                let handshake = peer_tls::connect(remote, tls.client.clone(), tls.server_name.clone());
+                let mut remote = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+                    .await
+                    .map_err(|_| "TLS handshake timed out".to_string())?
+                    .map_err(|e| {
+                        // The peer's agent closes without answering when no encrypted job of
+                        // that name runs there (not yet, or no more): its plain NO.
+                        let message = format!("TLS handshake with {address}: {e}");
+                        match e {
+                            HandshakeError::Closed => PeerError::Refused(message),
+                            HandshakeError::Failed(_) => PeerError::Failed(message),
+                        }
+                    })?;
+                remote.send(header.line().as_bytes()).await?;
+                let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, remote.read_line(MAX_HEADER))
+                    .await
+                    .map_err(|_| "header timed out".to_string())??;
+                accept_answer(&local, String::from_utf8_lossy(&answer).into_owned())?;
+                if let Err(e) = remote.relay(local).await {
+                    debug!(%job, from, to, error = %e, "encrypted peer connection ended");
+                }
             }
             None => {
                 exchange_header(&local, &mut remote, &header).await?;
@@ -221,33 +224,42 @@ impl Forwarder {
         if first[0] != TLS_HANDSHAKE {
             return self.inbound_plain(stream, from.ip()).await;
         }
-        let stream = tokio::io::BufReader::with_capacity(COPY_BUFFER, stream);
-        let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
-        let start = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor)
-            .await
-            .map_err(|_| "TLS handshake timed out".to_string())?
-            .map_err(|e| format!("reading the ClientHello: {e}"))?;
-        let sni = start.client_hello().server_name().map(str::to_string).ok_or("no SNI: not a peer")?;
-        let (job, tls) = {
+        let mut chosen = None;
+        let choose = |sni: Option<&str>| {
+            let sni = sni.ok_or("no SNI: not a peer")?;
             let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-            jobs.iter()
-                .find_map(|(name, j)| {
-                    j.tls.as_ref().filter(|t| t.server_name.to_str() == sni).map(|t| (name.clone(), t.clone()))
-                })
-                .ok_or_else(|| format!("{sni}: no encrypted job of that name runs here"))?
+            let (job, tls) = jobs
+                .iter()
+                .find_map(|(name, j)| j.tls.as_ref().filter(|t| t.server_name.to_str() == sni).map(|t| (name, t)))
+                .ok_or_else(|| format!("{sni}: no encrypted job of that name runs here"))?;
+            chosen = Some((job.clone(), tls.clone()));
+            Ok(tls.server.clone())
         };
-        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(tls.server.clone()))
+        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, peer_tls::accept(stream, choose))
             .await
             .map_err(|_| "TLS handshake timed out".to_string())?
             .map_err(|e| format!("TLS handshake: {e}"))?;
-        tls.verify_peer_is_job(&job, stream.get_ref().1.peer_certificates()).map_err(|e| e.to_string())?;
-        let header = read_header(&mut stream).await?;
+        let (job, tls) = chosen.ok_or("TLS handshake without a job")?;
+        tls.verify_peer_is_job(&job, Some(stream.peer_certificates())).map_err(|e| e.to_string())?;
+        let line = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_line(MAX_HEADER))
+            .await
+            .map_err(|_| "header timed out".to_string())??;
+        let header = Header::parse(std::str::from_utf8(&line).map_err(|_| "header is not UTF-8".to_string())?)?;
         if header.job != job {
-            let _ = stream.write_all(b"NO the header names another job\n").await;
+            let _ = stream.send(b"NO the header names another job\n").await;
             return Err(format!("certificate of {job}, header for {}", header.job));
         }
-        let local = self.connect_target(&mut stream, header).await?;
-        copy_both_ways(stream, local).await;
+        let local = match self.connect_target(&header) {
+            Ok(local) => local,
+            Err(reason) => {
+                let _ = stream.send(format!("NO {reason}\n").as_bytes()).await;
+                return Err(reason);
+            }
+        };
+        stream.send(b"OK\n").await?;
+        if let Err(e) = stream.relay(local).await {
+            debug!(%job, error = %e, "encrypted peer connection ended");
+        }
         Ok(())
     }
 
@@ -269,37 +281,37 @@ impl Forwarder {
             let _ = stream.write_all(format!("NO {reason}\n").as_bytes()).await;
             return Err(reason);
         }
-        let local = self.connect_target(&mut stream, header).await?;
+        let local = match self.connect_target(&header) {
+            Ok(local) => local,
+            Err(reason) => {
+                let _ = stream.write_all(format!("NO {reason}\n").as_bytes()).await;
+                return Err(reason);
+            }
+        };
+        stream.write_all(b"OK\n").await.map_err(|e| e.to_string())?;
         relay_plain(stream, local).await;
         Ok(())
     }
 
-    /// Connects to the target instance inside its namespace and answers the caller `OK` (or `NO`
-    /// and why): the connection to the instance, to be joined with the caller's.
-    async fn connect_target<S: AsyncWrite + Unpin>(&self, stream: &mut S, header: Header) -> Result<TcpStream, String> {
+    /// Connects to the target instance inside its namespace: the connection, to be joined with the
+    /// caller's, or the reason to answer `NO` with.
+    fn connect_target(&self, header: &Header) -> Result<TcpStream, String> {
         let namespace = {
             let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
             jobs.get(&header.job).and_then(|j| j.local.get(&header.to).cloned())
         };
         let Some(namespace) = namespace else {
-            let _ = stream.write_all(b"NO the instance does not run here\n").await;
-            return Err(format!("{} algo-{} does not run here", header.job, header.to));
+            return Err(format!("the instance algo-{} of {} does not run here", header.to, header.job));
         };
         let target = SocketAddrV4::new(plan::peer_address(header.to), header.port);
         let local = super::in_namespace(&namespace, move || {
             let s = std::net::TcpStream::connect_timeout(&target.into(), Duration::from_secs(5))?;
             s.set_nonblocking(true)?;
             Ok(s)
-        });
-        let local = match local.and_then(TcpStream::from_std) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = stream.write_all(format!("NO {e}\n").as_bytes()).await;
-                return Err(format!("connecting to algo-{}:{}: {e}", header.to, header.port));
-            }
-        };
+        })
+        .and_then(TcpStream::from_std)
+        .map_err(|e| format!("connecting to algo-{}:{}: {e}", header.to, header.port))?;
         let _ = local.set_nodelay(true);
-        stream.write_all(b"OK\n").await.map_err(|e| e.to_string())?;
         Ok(local)
     }
 }
@@ -322,25 +334,21 @@ impl From<String> for PeerError {
     }
 }
 
-/// Carries bytes both ways through the agent until both sides have ended: TLS connections, and
-/// plain ones past [`MAX_SPLICED`].
-async fn copy_both_ways<A, B>(mut a: A, mut b: B)
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
+/// Carries bytes both ways through the agent until both sides have ended: plain connections past
+/// [`MAX_SPLICED`].
+async fn copy_both_ways(mut a: TcpStream, mut b: TcpStream) {
     let _ = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER).await;
 }
 
 /// Sends the header and waits for the peer's agent's answer (read a byte at a time: nothing past
 /// it is consumed, so a plain connection can be spliced from there).
-async fn exchange_header<S: AsyncRead + AsyncWrite + Unpin>(
-    local: &TcpStream,
-    remote: &mut S,
-    header: &Header,
-) -> Result<(), PeerError> {
+async fn exchange_header(local: &TcpStream, remote: &mut TcpStream, header: &Header) -> Result<(), PeerError> {
     remote.write_all(header.line().as_bytes()).await.map_err(|e| e.to_string())?;
-    let answer = read_line(remote).await?;
+    accept_answer(local, read_line(remote).await?)
+}
+
+/// The peer's agent's answer: `OK` when its end is connected.
+fn accept_answer(local: &TcpStream, answer: String) -> Result<(), PeerError> {
     if answer != "OK" {
         return Err(PeerError::Refused(format!("the peer's agent refused: {answer}")));
     }

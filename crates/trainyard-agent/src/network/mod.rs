@@ -9,6 +9,7 @@
 
 pub mod forwarder;
 pub mod host;
+mod peer_tls;
 pub mod plan;
 pub mod resolver;
 
