@@ -603,13 +603,12 @@ impl PeerTls {
     /// Reads what the local program sent into the records' payloads and seals them, when nothing
     /// sealed waits to be sent. `Ok(0)` at the program's end.
     fn try_seal_from(&mut self, local: &TcpStream) -> io::Result<usize> {
-        let mut payloads: Vec<IoSliceMut> = self
-            .outgoing
-            .chunks_exact_mut(SLOT)
-            .map(|slot| IoSliceMut::new(&mut slot[HEADER..HEADER + MAX_PLAINTEXT]))
-            .collect();
+        let mut slots = self.outgoing.chunks_exact_mut(SLOT);
+        let mut payloads: [IoSliceMut; SLOTS] = std::array::from_fn(|_| {
+            // `outgoing` holds SLOTS slots and a little more: each call finds one.
+            IoSliceMut::new(slots.next().map_or(&mut [][..], |slot| &mut slot[HEADER..HEADER + MAX_PLAINTEXT]))
+        });
         let read = local.try_read_vectored(&mut payloads)?;
-        drop(payloads);
         let mut left = read;
         let mut slot = 0;
         while left > 0 {
@@ -626,15 +625,13 @@ impl PeerTls {
 
     /// Writes opened application data to the local program, without waiting.
     fn try_write_to(&mut self, local: &TcpStream) -> io::Result<()> {
-        let slices: Vec<IoSlice> = self
-            .incoming
-            .plaintext
-            .iter()
-            .take(MAX_IOVECS)
-            .map(|range| IoSlice::new(&self.incoming.buffer[range.clone()]))
-            .collect();
-        let mut written = local.try_write_vectored(&slices)?;
-        drop(slices);
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut count = 0;
+        for (slice, range) in slices.iter_mut().zip(&self.incoming.plaintext) {
+            *slice = IoSlice::new(&self.incoming.buffer[range.clone()]);
+            count += 1;
+        }
+        let mut written = local.try_write_vectored(&slices[..count])?;
         while written > 0 {
             let Some(range) = self.incoming.plaintext.front_mut() else { break };
             let taken = written.min(range.len());
