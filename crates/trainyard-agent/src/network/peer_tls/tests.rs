@@ -212,11 +212,12 @@ async fn an_sni_no_job_answers_to_is_closed_without_a_word() {
 
 /// A man in the middle between a caller and `server`, forwarding both ways. The caller's bytes
 /// wait `hold` before each read, so what it sends back to back arrives at `server` in one piece;
-/// once `tamper` is notified, each piece has a bit of its first record's sealed payload flipped.
+/// once `tamper` is notified, each piece's first record is changed by `change`.
 async fn man_in_the_middle(
     server: std::net::SocketAddr,
     hold: Duration,
     tamper: Arc<tokio::sync::Notify>,
+    change: fn(&mut [u8]),
 ) -> std::net::SocketAddr {
     let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = proxy.local_addr().expect("address");
@@ -237,7 +238,7 @@ async fn man_in_the_middle(
                         let read = read.expect("read");
                         if read == 0 { return; }
                         if armed {
-                            buffer[HEADER.min(read - 1)] ^= 1;
+                            change(&mut buffer[..read]);
                         }
                         to_callee.write_all(&buffer[..read]).await.expect("write");
                     }
@@ -254,13 +255,14 @@ async fn man_in_the_middle(
 /// and what its program received, after the caller's program sent `sent` and ended.
 async fn through_the_middle(
     hold: Duration,
-    tamper_after_headers: bool,
+    tamper_after_headers: Option<fn(&mut [u8])>,
     sent: Vec<u8>,
 ) -> (Result<(), String>, Vec<u8>) {
     let (_ca, tls) = job_tls("job-e");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let tamper = Arc::new(tokio::sync::Notify::new());
-    let middle = man_in_the_middle(listener.local_addr().expect("address"), hold, tamper.clone()).await;
+    let change = tamper_after_headers.unwrap_or(|_| {});
+    let middle = man_in_the_middle(listener.local_addr().expect("address"), hold, tamper.clone(), change).await;
     let server = tls.server.clone();
     let accepting = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.expect("accept");
@@ -282,7 +284,7 @@ async fn through_the_middle(
     caller.send(b"hi\n").await.expect("header");
     let answer = within(caller.read_line(16)).await.expect("an answer in time (the accepting end failed?)");
     assert_eq!(answer.expect("answer"), b"OK");
-    if tamper_after_headers {
+    if tamper_after_headers.is_some() {
         tamper.notify_one();
     }
     let (near, far) = loopback_pair().await;
@@ -302,7 +304,7 @@ async fn through_the_middle(
 #[tokio::test]
 async fn application_data_arriving_with_the_handshakes_end_is_kept() {
     let sent = pattern(100 * 1024, 7);
-    let (relayed, received) = through_the_middle(Duration::from_millis(50), false, sent.clone()).await;
+    let (relayed, received) = through_the_middle(Duration::from_millis(50), None, sent.clone()).await;
     relayed.expect("clean end");
     assert!(received == sent, "the program received {} bytes of {}", received.len(), sent.len());
 }
@@ -311,8 +313,24 @@ async fn application_data_arriving_with_the_handshakes_end_is_kept() {
 /// the receiving end ends the connection, and its program gets nothing of the forged record.
 #[tokio::test]
 async fn a_record_changed_on_the_wire_ends_the_connection() {
-    let (relayed, received) = through_the_middle(Duration::ZERO, true, b"forged?".to_vec()).await;
+    let flip_a_sealed_bit: fn(&mut [u8]) = |piece| piece[HEADER.min(piece.len() - 1)] ^= 1;
+    let (relayed, received) = through_the_middle(Duration::ZERO, Some(flip_a_sealed_bit), b"forged?".to_vec()).await;
     let error = relayed.expect_err("the receiving end refuses the record");
     assert!(error.contains("integrity"), "{error}");
+    assert!(received.is_empty(), "the program received {received:?}");
+}
+
+/// A record announcing more than TLS allows (2^14 + 256 bytes after its header) ends the connection
+/// at once: the receiving end neither waits for those bytes nor buffers beyond its bound.
+#[tokio::test]
+async fn a_record_longer_than_tls_allows_ends_the_connection() {
+    let announce_64_kib: fn(&mut [u8]) = |piece| {
+        if piece.len() >= HEADER {
+            piece[3..HEADER].copy_from_slice(&[0xff, 0xff]);
+        }
+    };
+    let (relayed, received) = through_the_middle(Duration::ZERO, Some(announce_64_kib), vec![7; 100]).await;
+    let error = relayed.expect_err("the receiving end refuses the record");
+    assert!(error.contains("65535 bytes"), "{error}");
     assert!(received.is_empty(), "the program received {received:?}");
 }
