@@ -262,7 +262,7 @@ pub async fn run() -> anyhow::Result<()> {
         cli(&["training-jobs", "create", "--file", &file.display().to_string()])?;
         // Asked twice a second: each question starts the CLI (a process, a TLS connection to the
         // coordinator), whose CPU the measured programs would share. Asked every 20 ms, as
-        // `wait_until` does, it took DDP's all-reduce down by a sixth.
+        // `wait_until` does, it took a sixth to a quarter off DDP's all-reduce.
         let deadline = std::time::Instant::now() + Duration::from_secs(1800);
         let status = loop {
             let status = cli(&["training-jobs", "describe", name]).unwrap_or(Value::Null);
