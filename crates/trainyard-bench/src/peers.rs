@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use trainyard_testkit::netns::{Host, Lan};
-use trainyard_testkit::{Daemon, binary, wait_until};
+use trainyard_testkit::{Daemon, binary, poll_until, wait_until};
 
 const TRAINING: &str = include_str!("../../../deploy/examples/training-job.json");
 const TUNING: &str = include_str!("../../../deploy/examples/tuning-job.json");
@@ -263,15 +263,11 @@ pub async fn run() -> anyhow::Result<()> {
         // Asked twice a second: each question starts the CLI (a process, a TLS connection to the
         // coordinator), whose CPU the measured programs would share. Asked every 20 ms, as
         // `wait_until` does, it took a sixth to a quarter off DDP's all-reduce.
-        let deadline = std::time::Instant::now() + Duration::from_secs(1800);
-        let status = loop {
-            let status = cli(&["training-jobs", "describe", name]).unwrap_or(Value::Null);
-            let ended = matches!(status["TrainingJobStatus"].as_str(), Some("Completed" | "Failed" | "Stopped"));
-            if ended || std::time::Instant::now() > deadline {
-                break status;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        };
+        let mut status = Value::Null;
+        poll_until(Duration::from_secs(1800), Duration::from_millis(500), || {
+            status = cli(&["training-jobs", "describe", name]).unwrap_or(Value::Null);
+            matches!(status["TrainingJobStatus"].as_str(), Some("Completed" | "Failed" | "Stopped"))
+        });
         if status["TrainingJobStatus"] != "Completed" {
             bail!("{name} did not complete: {status:#}\n{}", cli_text(&["training-jobs", "logs", name])?);
         }

@@ -13,6 +13,6 @@ pub mod registry;
 pub mod s3;
 
 pub use postgres::PgServer;
-pub use process::{Daemon, LogCheck, binary, free_port, wait_until};
+pub use process::{Daemon, LogCheck, binary, free_port, poll_until, wait_until};
 
 pub use libc::{SIGCONT, SIGINT, SIGKILL, SIGSTOP, SIGTERM};

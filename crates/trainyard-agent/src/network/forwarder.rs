@@ -178,7 +178,7 @@ impl Forwarder {
                 let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, remote.read_line(MAX_HEADER))
                     .await
                     .map_err(|_| "header timed out".to_string())??;
-                accept_answer(&local, String::from_utf8_lossy(&answer).into_owned())?;
+                accept_answer(&local, answer)?;
                 if let Err(e) = remote.relay(local).await {
                     debug!(%job, from, to, error = %e, "encrypted peer connection ended");
                 }
@@ -244,7 +244,7 @@ impl Forwarder {
         let line = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_line(MAX_HEADER))
             .await
             .map_err(|_| "header timed out".to_string())??;
-        let header = Header::parse(std::str::from_utf8(&line).map_err(|_| "header is not UTF-8".to_string())?)?;
+        let header = Header::parse(&line)?;
         if header.job != job {
             let _ = stream.send(b"NO the header names another job\n").await;
             return Err(format!("certificate of {job}, header for {}", header.job));

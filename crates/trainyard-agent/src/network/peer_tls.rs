@@ -32,7 +32,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{ClientConfig, CommonState, ConnectionTrafficSecrets, ExtractedSecrets, ServerConfig};
-use tokio::io::Interest;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -253,7 +253,7 @@ impl Incoming {
 /// those itself, and their plaintext is returned.
 async fn handshake<C: Handshaking>(
     connection: &mut C,
-    stream: &TcpStream,
+    stream: &mut TcpStream,
     incoming: &mut Incoming,
 ) -> Result<Vec<u8>, HandshakeError> {
     enum Next {
@@ -309,7 +309,7 @@ async fn handshake<C: Handshaking>(
         match next {
             Next::Process => {}
             Next::Send => {
-                write_all(stream, &outgoing).await?;
+                stream.write_all(&outgoing).await?;
                 outgoing.clear();
             }
             // A server may send before the client has finished (0.5-RTT): not done yet.
@@ -322,18 +322,6 @@ async fn handshake<C: Handshaking>(
             Next::Done => return Ok(early),
         }
     }
-}
-
-async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(bytes) {
-            Ok(written) => bytes = &bytes[written..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// An established connection to the peer's agent.
@@ -359,20 +347,20 @@ pub(super) struct PeerTls {
 
 /// Makes the handshake as the client, sending `name` as SNI.
 pub(super) async fn connect(
-    stream: TcpStream,
+    mut stream: TcpStream,
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
 ) -> Result<PeerTls, HandshakeError> {
     let mut connection = UnbufferedClientConnection::new(config, name)?;
     let mut incoming = Incoming::new();
-    let early = handshake(&mut connection, &stream, &mut incoming).await?;
+    let early = handshake(&mut connection, &mut stream, &mut incoming).await?;
     PeerTls::established(stream, connection, incoming, early)
 }
 
 /// Makes the handshake as the server, with the configuration `choose` picks for the SNI the
 /// client asked for (its error, when none fits, closes the connection without a word).
 pub(super) async fn accept(
-    stream: TcpStream,
+    mut stream: TcpStream,
     choose: impl FnOnce(Option<&str>) -> Result<Arc<ServerConfig>, String>,
 ) -> Result<PeerTls, HandshakeError> {
     let mut incoming = Incoming::new();
@@ -399,7 +387,7 @@ pub(super) async fn accept(
     };
     let config = choose(accepted.client_hello().server_name()).map_err(HandshakeError::Failed)?;
     let mut connection = UnbufferedServerConnection::new(config)?;
-    let early = handshake(&mut connection, &stream, &mut incoming).await?;
+    let early = handshake(&mut connection, &mut stream, &mut incoming).await?;
     PeerTls::established(stream, connection, incoming, early)
 }
 
@@ -458,14 +446,15 @@ impl PeerTls {
     }
 
     async fn flush(&mut self) -> Result<(), String> {
-        write_all(&self.stream, &self.outgoing[self.sent..self.sealed]).await.map_err(|e| e.to_string())?;
+        self.stream.write_all(&self.outgoing[self.sent..self.sealed]).await.map_err(|e| e.to_string())?;
         self.sent = 0;
         self.sealed = 0;
         Ok(())
     }
 
-    /// Reads one line of at most `max` bytes (without its `\n`); what follows it stays for the relay.
-    pub(super) async fn read_line(&mut self, max: usize) -> Result<Vec<u8>, String> {
+    /// Reads one line of at most `max` bytes, UTF-8 (without its `\n`); what follows it stays for
+    /// the relay.
+    pub(super) async fn read_line(&mut self, max: usize) -> Result<String, String> {
         let mut line = Vec::new();
         loop {
             while let Some(range) = self.incoming.plaintext.front_mut() {
@@ -483,7 +472,7 @@ impl PeerTls {
                     return Err("header too long".into());
                 }
                 if found {
-                    return Ok(line);
+                    return String::from_utf8(line).map_err(|_| "the line is not UTF-8".to_string());
                 }
             }
             self.open_records()?;

@@ -35,10 +35,13 @@ async fn loopback_pair() -> (TcpStream, TcpStream) {
     (near, far)
 }
 
-/// The program's side of a relayed connection: sends `bytes` and ends its sending, while it reads
-/// until the other side ends. What it read.
-async fn program(stream: TcpStream, bytes: Vec<u8>) -> Vec<u8> {
-    let (mut reader, mut writer) = stream.into_split();
+/// The program's side of a relayed connection (or rustls's end): sends `bytes` and ends its
+/// sending, while it reads until the other side ends. What it read.
+async fn program<S>(stream: S, bytes: Vec<u8>) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let sending = tokio::spawn(async move {
         writer.write_all(&bytes).await.expect("program writes");
         writer.shutdown().await.expect("program ends its sending");
@@ -81,6 +84,27 @@ async fn relay_against_rustls(
     relay.await.expect("relay").expect("the relay ends cleanly when both directions have");
 }
 
+/// The accepting end of `listener`'s next connection, once it has read the caller's `hi` and
+/// answered `OK`.
+async fn accepted_with_header(listener: TcpListener, server: Arc<ServerConfig>) -> PeerTls {
+    let (tcp, _) = listener.accept().await.expect("accept");
+    let mut peer = accept(tcp, |_| Ok(server)).await.expect("handshake");
+    assert_eq!(peer.read_line(16).await.expect("header"), "hi");
+    peer.send(b"OK\n").await.expect("answer");
+    peer
+}
+
+/// A connection made to `address`, once it has sent `hi` and been answered `OK` (in time: through
+/// a man in the middle, an accepting end that failed answers nothing).
+async fn called_with_header(address: std::net::SocketAddr, tls: &JobTls) -> PeerTls {
+    let tcp = TcpStream::connect(address).await.expect("connect");
+    let mut caller = connect(tcp, tls.client.clone(), tls.server_name.clone()).await.expect("handshake");
+    caller.send(b"hi\n").await.expect("header");
+    let answer = within(caller.read_line(16)).await.expect("an answer in time (the accepting end failed?)");
+    assert_eq!(answer.expect("answer"), "OK");
+    caller
+}
+
 #[tokio::test]
 async fn a_connection_made_here_carries_both_ways_to_rustls_with_key_updates_from_both_ends() {
     let (_ca, tls) = job_tls("job-a");
@@ -112,7 +136,7 @@ async fn a_connection_made_here_carries_both_ways_to_rustls_with_key_updates_fro
     // A KeyUpdate of this side's own every few dozen records, not after millions.
     peer.records_per_key = SLOTS as u64 + 8;
     peer.send(b"hello\n").await.expect("send");
-    assert_eq!(peer.read_line(16).await.expect("answer"), b"OK");
+    assert_eq!(peer.read_line(16).await.expect("answer"), "OK");
     relay_against_rustls(peer, to_rustls, &to_program, rustls_end).await;
 }
 
@@ -130,15 +154,7 @@ async fn a_connection_accepted_here_takes_its_configuration_by_sni_and_carries_b
         tls.write_all(b"TRAINYARD-PEER/1 job-b 1 2 80\n").await.expect("header");
         tls.flush().await.expect("flush");
         assert_eq!(read_line_from(&mut tls).await, b"OK");
-        let (mut reader, mut writer) = tokio::io::split(tls);
-        let writing = tokio::spawn(async move {
-            writer.write_all(&sent).await.expect("write");
-            writer.shutdown().await.expect("close_notify");
-        });
-        let mut received = Vec::new();
-        reader.read_to_end(&mut received).await.expect("read until close_notify");
-        writing.await.expect("writer");
-        received
+        program(tls, sent).await
     });
 
     let (tcp, _) = listener.accept().await.expect("accept");
@@ -153,7 +169,7 @@ async fn a_connection_accepted_here_takes_its_configuration_by_sni_and_carries_b
     .expect("handshake");
     assert_eq!(asked.as_deref(), Some(expected.as_str()), "the SNI the client asked for");
     tls.verify_peer_is_job("job-b", Some(peer.peer_certificates())).expect("the client presented job-b's certificate");
-    assert_eq!(peer.read_line(64).await.expect("header"), b"TRAINYARD-PEER/1 job-b 1 2 80");
+    assert_eq!(peer.read_line(64).await.expect("header"), "TRAINYARD-PEER/1 job-b 1 2 80");
     peer.send(b"OK\n").await.expect("answer");
     relay_against_rustls(peer, to_rustls, &from_rustls, rustls_end).await;
 }
@@ -165,18 +181,8 @@ async fn two_ends_made_here_relay_both_ways_at_once_and_half_close() {
     let (_ca, tls) = job_tls("job-c");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
-    let server = tls.server.clone();
-    let accepting = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.expect("accept");
-        let mut peer = accept(tcp, |_| Ok(server)).await.expect("handshake");
-        assert_eq!(peer.read_line(16).await.expect("header"), b"hi");
-        peer.send(b"OK\n").await.expect("answer");
-        peer
-    });
-    let tcp = TcpStream::connect(address).await.expect("connect");
-    let mut caller = connect(tcp, tls.client.clone(), tls.server_name.clone()).await.expect("handshake");
-    caller.send(b"hi\n").await.expect("header");
-    assert_eq!(caller.read_line(16).await.expect("answer"), b"OK");
+    let accepting = tokio::spawn(accepted_with_header(listener, tls.server.clone()));
+    let caller = called_with_header(address, &tls).await;
     let callee = accepting.await.expect("accepting end");
 
     let (caller_program, caller_far) = loopback_pair().await;
@@ -265,10 +271,7 @@ async fn through_the_middle(
     let middle = man_in_the_middle(listener.local_addr().expect("address"), hold, tamper.clone(), change).await;
     let server = tls.server.clone();
     let accepting = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.expect("accept");
-        let mut peer = accept(tcp, |_| Ok(server)).await.expect("handshake");
-        assert_eq!(peer.read_line(16).await.expect("header"), b"hi");
-        peer.send(b"OK\n").await.expect("answer");
+        let peer = accepted_with_header(listener, server).await;
         let (near, far) = loopback_pair().await;
         let relayed = peer.relay(far);
         let read = async move {
@@ -279,11 +282,7 @@ async fn through_the_middle(
         };
         tokio::join!(relayed, read)
     });
-    let tcp = TcpStream::connect(middle).await.expect("connect");
-    let mut caller = connect(tcp, tls.client.clone(), tls.server_name.clone()).await.expect("handshake");
-    caller.send(b"hi\n").await.expect("header");
-    let answer = within(caller.read_line(16)).await.expect("an answer in time (the accepting end failed?)");
-    assert_eq!(answer.expect("answer"), b"OK");
+    let caller = called_with_header(middle, &tls).await;
     if tamper_after_headers.is_some() {
         tamper.notify_one();
     }
