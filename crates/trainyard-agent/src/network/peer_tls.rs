@@ -54,6 +54,14 @@ const CONTROL_ROOM: usize = 2 * (HEADER + 8 + 1 + TAG);
 const INCOMING: usize = SLOTS * SLOT + HEADER + MAX_CIPHERTEXT;
 /// The local program's bytes written with one call, at most this many records' payloads.
 const MAX_IOVECS: usize = 64;
+/// The receive buffer of the local program's socket (`SO_RCVBUF`; the kernel doubles it for its
+/// bookkeeping, and autotuning stops). Autotuned, it grew to 2-4 MiB under iperf3, nearly all of
+/// it queued: the program ran megabytes ahead of the relay, which most likely read them back from
+/// memory rather than cache. Bounded, the agents carried 8 % more with iperf3 and 15 % more in
+/// DDP's all-reduce (BENCHMARKS.md, the peer path). Smaller (32 and 48 KiB) lost with iperf3;
+/// larger (96 and 128 KiB) gained nothing there. The plain path splices and copies nothing, so it
+/// keeps the kernel's autotuning.
+const LOCAL_RECEIVE_BUFFER: usize = 64 * 1024;
 
 const CONTENT_ALERT: u8 = 21;
 const CONTENT_HANDSHAKE: u8 = 22;
@@ -638,6 +646,10 @@ impl PeerTls {
     /// connection's sending side, the peer's close_notify the end of the program's receiving side.
     /// An error on either side, or an end of the peer's agent without close_notify, ends both.
     pub(super) async fn relay(mut self, local: TcpStream) -> Result<(), String> {
+        if let Err(e) = rustix::net::sockopt::set_socket_recv_buffer_size(&local, LOCAL_RECEIVE_BUFFER) {
+            // Only the pace changes without it.
+            debug!(error = %e, "could not bound the local program's receive buffer");
+        }
         let mut local_ended = false;
         let mut local_shut = false;
         let mut peer_shut = false;

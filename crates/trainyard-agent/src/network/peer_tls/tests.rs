@@ -175,7 +175,8 @@ async fn a_connection_accepted_here_takes_its_configuration_by_sni_and_carries_b
 }
 
 /// Two agents' ends joined, each relaying its program: one program ends its sending long before
-/// the other, whose bytes must all still arrive (half-close), and both directions at once.
+/// the other, whose bytes must all still arrive (half-close), and both directions at once; each
+/// program's socket on the agent's side keeps a bounded receive buffer meanwhile.
 #[tokio::test]
 async fn two_ends_made_here_relay_both_ways_at_once_and_half_close() {
     let (_ca, tls) = job_tls("job-c");
@@ -187,6 +188,7 @@ async fn two_ends_made_here_relay_both_ways_at_once_and_half_close() {
 
     let (caller_program, caller_far) = loopback_pair().await;
     let (callee_program, callee_far) = loopback_pair().await;
+    let probes = [&caller_far, &callee_far].map(|far| std::os::fd::AsFd::as_fd(far).try_clone_to_owned().expect("dup"));
     let relays = [tokio::spawn(caller.relay(caller_far)), tokio::spawn(callee.relay(callee_far))];
     let (short, long) = (pattern(10, 5), pattern(8 * 1024 * 1024 + 11, 6));
     let (at_callee, at_caller) =
@@ -195,6 +197,11 @@ async fn two_ends_made_here_relay_both_ways_at_once_and_half_close() {
             .expect("in time");
     assert!(at_caller == long, "the caller's program received {} bytes of {}", at_caller.len(), long.len());
     assert_eq!(at_callee, short);
+    for probe in probes {
+        // Linux reports twice what was set: the other half is its bookkeeping.
+        let buffer = rustix::net::sockopt::socket_recv_buffer_size(&probe).expect("SO_RCVBUF");
+        assert_eq!(buffer, 2 * LOCAL_RECEIVE_BUFFER, "the local program's socket on the agent's side");
+    }
     for relay in relays {
         relay.await.expect("relay").expect("clean end");
     }
