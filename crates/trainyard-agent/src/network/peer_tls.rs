@@ -59,8 +59,8 @@ const MAX_IOVECS: usize = 64;
 /// it queued: the program ran megabytes ahead of the relay, which most likely read them back from
 /// memory rather than cache. Bounded, the agents carried 8 % more with iperf3 and 15 % more in
 /// DDP's all-reduce (BENCHMARKS.md, the peer path). Smaller (32 and 48 KiB) lost with iperf3;
-/// larger (96 and 128 KiB) gained nothing there. The plain path splices and copies nothing, so it
-/// keeps the kernel's autotuning.
+/// larger (96 and 128 KiB) gained nothing there. The plain path splices and copies nothing and
+/// keeps the kernel's autotuning: bounding its sockets cost it a fifth or more.
 const LOCAL_RECEIVE_BUFFER: usize = 64 * 1024;
 
 const CONTENT_ALERT: u8 = 21;
