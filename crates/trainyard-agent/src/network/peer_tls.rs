@@ -57,8 +57,8 @@ const MAX_IOVECS: usize = 64;
 /// The receive buffer of the local program's socket (`SO_RCVBUF`; the kernel doubles it for its
 /// bookkeeping, and autotuning stops). Autotuned, it grew to 2-4 MiB under iperf3, nearly all of
 /// it queued: the program ran megabytes ahead of the relay, which most likely read them back from
-/// memory rather than cache. Bounded, the agents carried 8 % more with iperf3 and 15 % more in
-/// DDP's all-reduce (BENCHMARKS.md, the peer path). Smaller (32 and 48 KiB) lost with iperf3;
+/// memory rather than cache. Bounded, the agents carried 7-9 % more with iperf3 and 15-19 % more
+/// in DDP's all-reduce (BENCHMARKS.md, the peer path). Smaller (32 and 48 KiB) lost with iperf3;
 /// larger (96 and 128 KiB) gained nothing there. The plain path splices and copies nothing and
 /// keeps the kernel's autotuning: bounding its sockets cost it a fifth or more.
 const LOCAL_RECEIVE_BUFFER: usize = 64 * 1024;
