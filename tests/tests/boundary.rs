@@ -799,9 +799,10 @@ try:
 except OSError as e:
     print(f"work root refused: {e.strerror}", flush=True)
 # Its mount table: no network namespace bound to a file (other instances' are named by agent and
-# slot), no container's root filesystem (named by its job).
+# slot), no container's root filesystem (named by its job), and not the mount that held the
+# namespace files (detached whole, with them).
 for line in open("/proc/self/mountinfo"):
-    if " - nsfs " in line or os.environ["HOLDER"] in line:
+    if " - nsfs " in line or os.environ["HOLDER"] in line or line.split()[4] == "/run/netns":
         print(f"LEAK mountinfo: {line.strip()}", flush=True)
 os.makedirs(os.environ["SM_MODEL_DIR"], exist_ok=True)
 "#;
@@ -873,6 +874,8 @@ fn a_host_program_sees_its_own_network_and_cgroup_in_sys_and_no_other_jobs_work_
     let host_table = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(host_table.contains("sys-holder-3b7e.algo-1.1/rootfs"), "{host_table}");
     assert!(host_table.lines().any(|l| l.contains(" - nsfs ") && l.contains("own-sys")), "{host_table}");
+    // The mount `ip netns` keeps them on, which instances get no copy of.
+    assert!(host_table.lines().any(|l| l.split(' ').nth(4) == Some("/run/netns")), "{host_table}");
 
     let probe = c.install_program("sys-probe.py", SYS_PROBE);
     c.create_training_job(&request("sys-probe", &probe));

@@ -1,7 +1,8 @@
 //! The host's mounts that name other instances, detached from a host program's mount namespace so
 //! that its `/proc/self/mountinfo` lists none of them: network namespaces bound to files (the
-//! agent's `/run/netns/ty-<agent>-<slot>`, other runtimes' alike) and containerd's containers'
-//! root filesystems, whose mount points carry each container's id (`<job>.algo-<n>.<attempt>`).
+//! agent's `/run/netns/ty-<agent>-<slot>`, other runtimes' alike; where `ip netns` keeps them on a
+//! mount of its own, that mount goes whole) and containerd's containers' root filesystems, whose
+//! mount points carry each container's id (`<job>.algo-<n>.<attempt>`).
 //!
 //! The table is read in the child, once its mount namespace has stopped receiving the host's new
 //! mounts (it is made private first): a table read by the agent before the fork would miss a
@@ -19,6 +20,10 @@ const ROOM: usize = 4 << 20;
 /// dir>/io.containerd.runtime.v2.task/<namespace>/<container id>/rootfs`.
 const CONTAINERD_TASKS: &[u8] = b"/io.containerd.runtime.v2.task/";
 
+/// Where `ip netns` binds named network namespaces to files (the agent's among them), on a mount
+/// of its own that holds nothing else.
+const NAMESPACE_FILES: &CStr = c"/run/netns";
+
 pub(super) struct ForeignMounts {
     table: Vec<u8>,
 }
@@ -33,6 +38,13 @@ impl ForeignMounts {
     /// propagate to the host): reads its mount table and detaches every foreign mount. Only
     /// syscalls; no allocation.
     pub(super) fn detach_in_child(&mut self) -> std::io::Result<()> {
+        // First the dir `ip netns` binds onto itself to hold the namespace files, whole: one
+        // detach instead of one per instance on the host, each of which waits for an expedited
+        // RCU grace period, every CPU interrupted (35 µs on this machine idle, 0.2-0.5 ms during
+        // the agents bench). The table read below no longer lists what it held. Where it is no mount of its own (EINVAL) or absent (ENOENT),
+        // its files are detached one by one below.
+        // SAFETY: umount2 of a NUL-terminated path.
+        unsafe { libc::umount2(NAMESPACE_FILES.as_ptr(), libc::MNT_DETACH) };
         let path = c"/proc/self/mountinfo";
         // SAFETY: open/read/close into the reserved capacity, whose length is set to what was read.
         unsafe {
