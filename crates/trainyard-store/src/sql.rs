@@ -314,6 +314,10 @@ fn redacted(url: &str) -> String {
     }
 }
 
+/// A pooled PostgreSQL connection idle longer than this is pinged before it is used (see
+/// [`SqlStore::connect`]); a busy coordinator's are used again within milliseconds.
+const POSTGRES_PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a PostgreSQL call waits for a connection from the pool (see [`SqlStore::connect`]).
 const POSTGRES_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -336,21 +340,38 @@ impl SqlStore {
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
         };
+        // sqlx pings every connection it hands out by default (and again when it is given back):
+        // a round trip per statement, to PostgreSQL or to the SQLite connection's thread. A SQLite
+        // file cannot go away; a PostgreSQL connection is pinged only when it sat idle long enough
+        // for a server restart or an idle timeout to have ended it unnoticed. One that dies in use
+        // fails its statement, as one dying between the ping and the statement always could.
         let options = match backend {
             // SQLite has one writer at a time; a few connections serve concurrent readers (WAL).
-            Backend::Sqlite => AnyPoolOptions::new().max_connections(4).after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    Ok(())
+            Backend::Sqlite => {
+                AnyPoolOptions::new().max_connections(4).test_before_acquire(false).after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        Ok(())
+                    })
                 })
-            }),
+            }
             // A server that went away answers no connection attempt: a call waits at most this
             // long for one (sqlx's default is 30 s), then fails as unavailable. Each of the event
             // loop's writes waited as long during an outage, and API clients before their error.
-            Backend::Postgres => AnyPoolOptions::new().max_connections(16).acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT),
+            Backend::Postgres => AnyPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        use sqlx::Connection;
+                        // false: the pool closes it and takes or opens another.
+                        Ok(meta.idle_for < POSTGRES_PING_AFTER_IDLE || conn.ping().await.is_ok())
+                    })
+                }),
         };
         if backend == Backend::Postgres {
             // One connection first, so that a server that is down or refuses us says so at once

@@ -243,6 +243,33 @@ async fn sqlite_backups_are_consistent_copies_taken_while_writers_go_on() {
     }
 }
 
+/// The pool pings a connection only when it sat idle a while: those a server restart ended are
+/// replaced before any call gets one, so the calls after it succeed.
+#[tokio::test]
+async fn postgres_connections_a_restart_ended_are_replaced_before_use() {
+    let server = PgServer::start();
+    let store = connect(&server.fresh_database()).await.expect("connect");
+    let calls = |store: Arc<dyn Store>| async move {
+        // Concurrent, so that the pool holds several connections.
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.count_active_tuning_jobs().await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for handle in handles {
+            results.push(handle.await.expect("task"));
+        }
+        results
+    };
+    assert!(calls(store.clone()).await.iter().all(Result::is_ok));
+    server.restart_immediately();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let after = calls(store.clone()).await;
+    assert!(after.iter().all(Result::is_ok), "calls after the restart: {after:?}");
+}
+
 #[tokio::test]
 async fn postgres_backups_are_left_to_pg_dump() {
     let server = PgServer::start();
