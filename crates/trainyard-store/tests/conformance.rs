@@ -265,6 +265,7 @@ async fn postgres_connections_a_restart_ended_are_replaced_before_use() {
     };
     assert!(calls(store.clone()).await.iter().all(Result::is_ok));
     server.restart_immediately();
+    // Past the second of idleness after which the pool pings a connection before handing it out.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let after = calls(store.clone()).await;
     assert!(after.iter().all(Result::is_ok), "calls after the restart: {after:?}");

@@ -41,8 +41,8 @@ impl ForeignMounts {
         // First the dir `ip netns` binds onto itself to hold the namespace files, whole: one
         // detach instead of one per instance on the host, each of which waits for an expedited
         // RCU grace period, every CPU interrupted (35 µs on this machine idle, 0.2-0.5 ms during
-        // the agents bench). The table read below no longer lists what it held. Where it is no mount of its own (EINVAL) or absent (ENOENT),
-        // its files are detached one by one below.
+        // the agents bench). The table read below no longer lists what it held. Where it is no
+        // mount of its own (EINVAL) or absent (ENOENT), its files are detached one by one below.
         // SAFETY: umount2 of a NUL-terminated path.
         unsafe { libc::umount2(NAMESPACE_FILES.as_ptr(), libc::MNT_DETACH) };
         let path = c"/proc/self/mountinfo";
