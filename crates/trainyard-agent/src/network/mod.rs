@@ -25,8 +25,9 @@ use tracing::{debug, info, warn};
 
 use self::plan::{Egress, Net};
 
-/// Where `ip netns` keeps named namespaces.
-const NETNS_DIR: &str = "/run/netns";
+/// Where `ip netns` keeps named namespaces (on a mount of its own, which host programs' instances
+/// detach: `runner::foreign_mounts`).
+pub(crate) const NETNS_DIR: &str = "/run/netns";
 
 /// The agent's ability to give instances their own network.
 pub struct Network {

@@ -20,18 +20,20 @@ const ROOM: usize = 4 << 20;
 /// dir>/io.containerd.runtime.v2.task/<namespace>/<container id>/rootfs`.
 const CONTAINERD_TASKS: &[u8] = b"/io.containerd.runtime.v2.task/";
 
-/// Where `ip netns` binds named network namespaces to files (the agent's among them), on a mount
-/// of its own that holds nothing else.
-const NAMESPACE_FILES: &CStr = c"/run/netns";
-
 pub(super) struct ForeignMounts {
     table: Vec<u8>,
+    /// Where `ip netns` binds named network namespaces to files (the agent's among them), on a
+    /// mount of its own that holds nothing else.
+    namespace_files: std::ffi::CString,
 }
 
 impl ForeignMounts {
     /// Before the fork: the room the child reads its mount table into (reserved, not touched).
     pub(super) fn new() -> ForeignMounts {
-        ForeignMounts { table: Vec::with_capacity(ROOM) }
+        ForeignMounts {
+            table: Vec::with_capacity(ROOM),
+            namespace_files: super::process::c_string(crate::network::NETNS_DIR),
+        }
     }
 
     /// In the child, after its mount namespace was made private (else the detaches would
@@ -44,7 +46,7 @@ impl ForeignMounts {
         // the agents bench). The table read below no longer lists what it held. Where it is no
         // mount of its own (EINVAL) or absent (ENOENT), its files are detached one by one below.
         // SAFETY: umount2 of a NUL-terminated path.
-        unsafe { libc::umount2(NAMESPACE_FILES.as_ptr(), libc::MNT_DETACH) };
+        unsafe { libc::umount2(self.namespace_files.as_ptr(), libc::MNT_DETACH) };
         let path = c"/proc/self/mountinfo";
         // SAFETY: open/read/close into the reserved capacity, whose length is set to what was read.
         unsafe {
